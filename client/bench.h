@@ -1,0 +1,7 @@
+/* Benchmarks of the actstore command (one file each: bench_<name>.c). */
+#ifndef AS_CLIENT_BENCH_H
+#define AS_CLIENT_BENCH_H
+
+int as_bench_alloc(int argc, char **argv);
+
+#endif

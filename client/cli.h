@@ -1,0 +1,54 @@
+/*
+ * Shared plumbing of the actstore command: exit codes, usage errors, JSON
+ * output files, terminal detection. Internal to client/.
+ */
+#ifndef AS_CLIENT_CLI_H
+#define AS_CLIENT_CLI_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include <cjson/cJSON.h>
+
+enum { AS_EXIT_OK = 0, AS_EXIT_FAIL = 1, AS_EXIT_USAGE = 2 };
+
+/* A subcommand: argv[0] is the subcommand's own name. Returns an exit code. */
+typedef int (*as_cmd_fn)(int argc, char **argv);
+
+/* Print "actstore <cmd>: <message>" and a hint to run --help to stderr;
+ * returns AS_EXIT_USAGE. */
+int as_cli_usage(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Print "actstore <cmd>: error: <message>" to stderr; returns AS_EXIT_FAIL. */
+int as_cli_fail(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Is argv[i] one of "-h", "--help"? */
+bool as_cli_is_help(const char *arg);
+
+/* Write json (pretty-printed) to path ("-" = stdout). Returns 0 or -1 with
+ * a message on stderr naming the path. Does not free json. */
+int as_cli_write_json(const char *cmd, const char *path, const cJSON *json);
+
+/* Parse a non-negative integer / double option value; on error prints a
+ * usage message naming the option and returns -1. */
+int as_cli_parse_u64(const char *cmd, const char *opt, const char *val,
+                     unsigned long long *out);
+int as_cli_parse_double(const char *cmd, const char *opt, const char *val,
+                        double *out);
+
+/* stdout is a terminal (and TERM is not "dumb"). */
+bool as_cli_stdout_is_tty(void);
+
+/* Human-readable bytes ("12.3 MiB") into buf; returns buf. */
+char *as_cli_human_bytes(double bytes, char *buf, size_t n);
+
+/* Subcommands (one file each: cmd_<name>.c). */
+int as_cmd_train(int argc, char **argv);
+int as_cmd_ab(int argc, char **argv);
+int as_cmd_demo(int argc, char **argv);
+int as_cmd_top(int argc, char **argv);
+int as_cmd_bench(int argc, char **argv);
+
+#endif

@@ -1,0 +1,41 @@
+/*
+ * actstore bench <name> [--json FILE] [options]: dispatch to one benchmark
+ * per file (bench_<name>.c). Every benchmark measures its comparisons side
+ * by side in one run and reports medians over repeats.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "bench.h"
+#include "cli.h"
+
+static const struct {
+    const char *name;
+    as_cmd_fn   fn;
+    const char *summary;
+} benches[] = {
+    {"alloc",   as_bench_alloc,   "tracked allocator vs jemalloc vs glibc (ns per pair)"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: actstore bench <name> [--json FILE] [options]\n\nbenchmarks:\n");
+    for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++)
+        fprintf(f, "  %-8s %s\n", benches[i].name, benches[i].summary);
+}
+
+int as_cmd_bench(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return AS_EXIT_USAGE;
+    }
+    if (as_cli_is_help(argv[1])) {
+        usage(stdout);
+        return AS_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++)
+        if (!strcmp(argv[1], benches[i].name))
+            return benches[i].fn(argc - 1, argv + 1);
+    return as_cli_usage("bench", "unknown benchmark '%s'", argv[1]);
+}

@@ -1,0 +1,53 @@
+/*
+ * actstore — the command. Dispatches to one subcommand per file
+ * (cmd_<name>.c). Exit status: 0 success, 1 failure, 2 usage error.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "actstore/common.h"
+#include "cli.h"
+
+static const struct {
+    const char *name;
+    as_cmd_fn   fn;
+    const char *summary;
+} commands[] = {
+    {"demo",  as_cmd_demo,  "A/B demo with the live dashboard (the main job)"},
+    {"train", as_cmd_train, "train a model with a policy spec"},
+    {"ab",    as_cmd_ab,    "paired A/B comparison of two policy specs"},
+    {"top",   as_cmd_top,   "live terminal view of a running service"},
+    {"bench", as_cmd_bench, "benchmarks (alloc, store, softmax, conv, layers, service)"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: actstore <command> [options]   (actstore <command> --help)\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "  %-8s %s\n", "version", "print the library version");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return AS_EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (as_cli_is_help(cmd) || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return AS_EXIT_OK;
+    }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("actstore %s\n", as_version_string());
+        return AS_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(cmd, commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "actstore: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return AS_EXIT_USAGE;
+}

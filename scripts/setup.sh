@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian 12 machine (as root) and build actstore.
+# Idempotent: installs only missing packages, reuses the build folder.
+#   scripts/setup.sh [BUILD_DIR] [extra cmake args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${1:-build}
+shift || true
+
+PACKAGES=(
+  build-essential cmake pkg-config git
+  libjemalloc-dev libuv1-dev libzstd-dev libcmocka-dev libopenblas-dev
+  zlib1g-dev libcjson-dev node-llhttp libkissfft-dev
+  nodejs npm
+  dataset-fashion-mnist fortunes fortunes-min
+)
+# Test-time tools (Prometheus' promtool and server, headless Chromium).
+if [[ "${AS_SETUP_TEST_TOOLS:-0}" == 1 ]]; then
+  PACKAGES+=(prometheus chromium)
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# uPlot for the dashboard, pinned in store/service/web/package-lock.json and
+# embedded into the binary at build time.
+if [[ -f store/service/web/package.json && ! -f store/service/web/node_modules/uplot/package.json ]]; then
+  echo "setup: npm ci (uPlot)"
+  (cd store/service/web && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+cmake --build "$BUILD_DIR" -j"$(nproc)"
