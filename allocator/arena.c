@@ -1,0 +1,1 @@
+/* The instrumented jemalloc arena: being written (see include/actstore/alloc.h). */

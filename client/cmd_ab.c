@@ -1,0 +1,9 @@
+/* actstore ab — placeholder until its issue lands; replaced by the owner. */
+#include "cli.h"
+
+int as_cmd_ab(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    return as_cli_fail("ab", "not available in this build yet");
+}

@@ -1,0 +1,9 @@
+/* actstore demo — placeholder until its issue lands; replaced by the owner. */
+#include "cli.h"
+
+int as_cmd_demo(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    return as_cli_fail("demo", "not available in this build yet");
+}

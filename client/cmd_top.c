@@ -1,0 +1,9 @@
+/* actstore top — placeholder until its issue lands; replaced by the owner. */
+#include "cli.h"
+
+int as_cmd_top(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    return as_cli_fail("top", "not available in this build yet");
+}
