@@ -1,0 +1,336 @@
+/*
+ * actstore — the activation store.
+ *
+ * A training framework calls the store at every "save for backward" point:
+ *
+ *     as_store_save(store, &info, &tensor, &h);   forward: hand over a tensor
+ *     as_store_restore(store, h, &dst);           backward: get it back
+ *     as_store_release(store, h);                 done with it
+ *
+ * Per-tensor policies (chosen by rules, see as_store_set_policy) decide how a
+ * tensor is kept: a codec stores a representation (keep, zstd, fp16, bf16,
+ * q8/q4/q2, offload, softmax codecs) and decodes it; a regenerator stores
+ * little or nothing and rebuilds the tensor from other saved items (conv
+ * inversion, elementwise inverse, recompute).
+ *
+ * Handles carry a generation: a released, stale, foreign (other store) or
+ * forged handle gives AS_EHANDLE, never a dereference.
+ *
+ * Thread-safety: all functions may be called concurrently from many threads
+ * on the same store (save and restore are the hot paths), except
+ * as_store_destroy(), which must not race with anything on that store.
+ * as_store_set_policy() may be called between steps from any thread.
+ */
+#ifndef ACTSTORE_STORE_H
+#define ACTSTORE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actstore/alloc.h"
+#include "actstore/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct as_store as_store;
+
+/* ---- tensors ---------------------------------------------------------- */
+
+enum as_dtype { AS_F32 = 0, AS_F16, AS_BF16, AS_I32, AS_U8, AS_DTYPE_COUNT };
+#define AS_MAX_DIMS 8
+
+/* A contiguous row-major tensor. Value type; does not own data. */
+typedef struct as_tensor {
+    void   *data;
+    int     dtype;               /* as_dtype */
+    int     ndim;                /* 0..AS_MAX_DIMS */
+    int64_t shape[AS_MAX_DIMS];
+} as_tensor;
+
+AS_API size_t as_dtype_size(int dtype);      /* 0 when unknown */
+AS_API const char *as_dtype_name(int dtype); /* "f32"; "?" when unknown */
+AS_API int64_t as_tensor_numel(const as_tensor *t);
+AS_API size_t as_tensor_bytes(const as_tensor *t);
+
+/* ---- handles ---------------------------------------------------------- */
+
+/* Opaque: store id, slot and generation. {0} is the null handle. */
+typedef struct as_handle { uint64_t v; } as_handle;
+#define AS_HANDLE_NULL ((as_handle){0})
+static inline bool as_handle_is_null(as_handle h) { return h.v == 0; }
+
+/* ---- what a saved tensor is ------------------------------------------ */
+
+enum as_kind {
+    AS_KIND_GENERIC = 0,
+    AS_KIND_SOFTMAX_OUTPUT,    /* meta.softmax */
+    AS_KIND_CONV_INPUT,        /* meta.conv */
+    AS_KIND_CONV_OUTPUT,       /* pre-activation conv output */
+    AS_KIND_LINEAR_INPUT,
+    AS_KIND_ACTIVATION_OUTPUT, /* meta.act: which function produced it */
+    AS_KIND_ACTIVATION_INPUT,
+    AS_KIND_NORM_INPUT,
+    AS_KIND_POOL_INPUT,
+    AS_KIND_ATTENTION_INPUT,   /* q, k, v */
+    AS_KIND_DROPOUT_MASK,
+    AS_KIND_INDEX,             /* token ids, argmax indices */
+    AS_KIND_COUNT
+};
+/* "softmax_output", ...; NULL when unknown. Spec names: as here, plus the
+ * short alias "softmax" for softmax_output. */
+AS_API const char *as_kind_name(int kind);
+AS_API int as_kind_from_name(const char *name, size_t len); /* <0 unknown */
+
+/* Elementwise functions, for activation metadata and derived tensors. */
+enum as_fn {
+    AS_FN_IDENTITY = 0,
+    AS_FN_RELU,          /* not invertible (negatives lost) */
+    AS_FN_LEAKY_RELU,    /* alpha = negative slope (> 0 to invert) */
+    AS_FN_AFFINE,        /* y = scale[c] * x + shift[c] (BatchNorm in eval
+                            form, or folded): invertible when scale != 0 */
+    AS_FN_GELU,          /* not invertible in practice */
+    AS_FN_COUNT
+};
+typedef struct as_elementwise {
+    int          fn;       /* as_fn */
+    float        alpha;    /* LeakyReLU slope */
+    /* AS_FN_AFFINE: per-channel scale/shift over NCHW-style layout: channel
+     * of flat index i is (i / inner) % channels. Pointers must stay valid and
+     * unchanged until every handle depending on them is released. */
+    const float *scale, *shift;
+    int64_t      channels, inner;
+} as_elementwise;
+
+typedef struct as_softmax_meta {
+    int64_t row_len;         /* L: entries per row (keys) */
+    int64_t queries;         /* rows per (batch, head) block; causal uses
+                                query index q = row % queries */
+    bool    causal;          /* key k valid only when k <= q */
+    /* Optional key padding: keys k < valid_len[row / rows_per_item] are
+     * valid. NULL = all valid. Copied by the store at save. */
+    const int32_t *valid_len;
+    int64_t rows_per_item;   /* e.g. heads * queries */
+} as_softmax_meta;
+
+typedef struct as_conv_meta {
+    int32_t n, cin, h, w;          /* input geometry (NCHW) */
+    int32_t cout, kh, kw;
+    int32_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
+    /* Weights (cout, cin/groups, kh, kw) and optional bias (cout). Must stay
+     * valid and unchanged until this handle is restored or released (true in
+     * training: the optimizer runs after backward). weight_version changes
+     * whenever the weights change; the store caches per (layer, version). */
+    const float *weight, *bias;
+    uint64_t     weight_version;
+    /* Handle of the saved conv output Y (pre-activation), which inversion
+     * rebuilds the input from. May be null (then invert falls back). */
+    as_handle    output;
+} as_conv_meta;
+
+/* Recompute: out = fn(inputs) — rebuild this tensor from saved inputs. */
+typedef int (*as_recompute_fn)(void *ud, const as_tensor *const *inputs,
+                               size_t ninputs, as_tensor *out);
+
+typedef struct as_save_info {
+    int         kind;         /* as_kind */
+    const char *layer;        /* layer name ("blocks.0.attn"); may be NULL */
+    union {
+        as_softmax_meta softmax;
+        as_conv_meta    conv;
+        as_elementwise  act;  /* activation_output/input: the function */
+    } meta;
+    /* Optional relation "this tensor = fn(source)". Lets the store rebuild
+     * either side from the other: this tensor by applying fn to source
+     * (policy "derive"), or source by applying the inverse of fn to this
+     * tensor (policy "inverse" on source, when fn is invertible). */
+    as_handle      source;
+    as_elementwise source_fn;
+    /* Optional: this tensor is the same data as an item saved earlier
+     * (e.g. a conv input that is also the previous activation's output).
+     * The new handle aliases that item and the item is re-planned under the
+     * newest description (the caller's buffer still holds the values). */
+    as_handle      alias_of;
+    /* Recompute inputs (policy "recompute"); handles must stay live. */
+    as_recompute_fn recompute;
+    void           *recompute_ud;
+    const as_handle *recompute_inputs;
+    size_t          recompute_ninputs;
+} as_save_info;
+
+/* ---- store lifetime --------------------------------------------------- */
+
+typedef struct as_store_config {
+    uint64_t    budget_bytes;   /* allocator budget, 0 = none */
+    bool        strict;         /* a policy that does not apply is an error
+                                   (AS_EFALLBACK) instead of a fallback */
+    const char *offload_dir;    /* default directory of offload; NULL = $TMPDIR or /tmp */
+    unsigned    sampler_hz;     /* allocator timeline sampler, 0 = off */
+    const char *policy;         /* initial spec; NULL = "default=keep" */
+    const char *label;          /* for the service / logs ("A", "B") */
+    bool        checksum_saved; /* debug: checksum kept tensors at save and
+                                   verify at restore (catches writes) */
+} as_store_config;
+
+/* Create a store with its own allocator arena. cfg may be NULL (defaults).
+ * Errors: AS_EINVAL, AS_ENOMEM, AS_ESPEC (bad initial policy: the message
+ * is written to err when err != NULL), AS_EIO. */
+AS_API int as_store_create(const as_store_config *cfg, as_store **out,
+                           char *err, size_t errlen);
+
+/* Destroy a store, releasing every item. NULL-safe. */
+AS_API void as_store_destroy(as_store *s);
+
+/* The store's arena: frameworks allocate parameters and activations there
+ * (tagged), and tensors allocated there can be adopted without a copy. The
+ * arena lives as long as the store. */
+AS_API as_arena *as_store_arena(as_store *s);
+
+AS_API const char *as_store_label(const as_store *s);
+
+/* Last error detail for the calling thread on this store (names handle,
+ * layer, shapes, rule offsets). Never NULL. */
+AS_API const char *as_store_last_error(const as_store *s);
+
+/* ---- policy rules ----------------------------------------------------- */
+
+/* Replace the rules. Spec grammar (';'-separated, whitespace ignored):
+ *     rule     := selector '=' policy ('|' fallback)?
+ *     selector := 'default' | KIND | 'layer:' GLOB
+ *     policy   := NAME (':' ARG)*
+ * e.g. "softmax=soa:5; conv_input=invert|zstd; layer:blocks.0.*=keep;
+ * default=keep". Most specific wins: layer glob > kind > default; among
+ * layer globs, the longest pattern wins. Takes effect for saves made after
+ * the call. On error nothing changes and err gets "offset N: expected ...".
+ * Errors: AS_ESPEC. Thread-safe. */
+AS_API int as_store_set_policy(as_store *s, const char *spec, char *err,
+                               size_t errlen);
+
+/* Parse and validate a spec without a store (for CLIs). Same errors. */
+AS_API int as_policy_check(const char *spec, char *err, size_t errlen);
+
+/* ---- save / restore / release ----------------------------------------- */
+
+/* Save a tensor for backward. The data is read during the call (or, for
+ * adopted tensors, ownership moves to the store); the caller's buffer may
+ * be reused afterwards unless the tensor was adopted.
+ * In no-grad mode, returns 0 and a null handle without storing anything.
+ * Errors: AS_EINVAL (bad dtype/shape/info), AS_EHANDLE (bad source,
+ * alias or input handle), AS_EBUDGET (store stays usable), AS_EFALLBACK
+ * (strict mode), AS_ENOMEM. */
+AS_API int as_store_save(as_store *s, const as_save_info *info,
+                         const as_tensor *t, as_handle *out);
+
+/* Save a tensor whose data is `block`, allocated from this store's arena:
+ * with the keep policy no copy is made; the store owns the block from now
+ * on (freed when the item is released, or immediately if the policy
+ * encodes it). On error the block still belongs to the caller. */
+AS_API int as_store_save_adopt(as_store *s, const as_save_info *info,
+                               const as_tensor *t, as_block *block,
+                               as_handle *out);
+
+/* Restore into the caller's buffer dst (dtype and shape must match the
+ * saved tensor: AS_ESHAPE names both). May be called many times, in any
+ * order. Errors: AS_EHANDLE, AS_ESHAPE, AS_ECORRUPT (checksum failed:
+ * nothing written; the message names handle and layer), AS_EIO, AS_ENOMEM. */
+AS_API int as_store_restore(as_store *s, as_handle h, as_tensor *dst);
+
+/* Restore as a store-owned read-only view, valid until the handle is
+ * released or the step ends. For keep this is the stored data itself. */
+AS_API int as_store_restore_view(as_store *s, as_handle h,
+                                 const as_tensor **view);
+
+/* Softmax backward straight from a saved softmax output:
+ * dx = y * (dy - <dy, y>) per row (rows = numel / last dim), with y the
+ * restored (possibly approximated) values; uses the policy's own O(row)
+ * path when it has one, so y need not be materialized. dy and dx are f32
+ * with the saved shape (dx may alias dy). Errors: as as_store_restore. */
+AS_API int as_store_softmax_backward(as_store *s, as_handle h,
+                                     const float *dy, float *dx);
+
+/* Restore rows [row0, row0 + nrows) of a saved f32 tensor viewed as
+ * (rows, last dim) into dst (nrows * last dim floats), e.g. one (batch,
+ * head) block of attention probabilities at a time. */
+AS_API int as_store_restore_rows(as_store *s, as_handle h, int64_t row0,
+                                 int64_t nrows, float *dst);
+
+/* Hint: restore of h will be asked for soon (offload starts reading). */
+AS_API int as_store_prefetch(as_store *s, as_handle h);
+
+/* Describe a handle's item: saved dtype/shape (data NULL) and kind. */
+AS_API int as_store_describe(as_store *s, as_handle h, as_tensor *shape,
+                             int *kind);
+
+/* End a handle. Items are freed when their last handle and every item that
+ * depends on them are gone. Errors: AS_EHANDLE. */
+AS_API int as_store_release(as_store *s, as_handle h);
+
+/* The policy decision for a handle ("soa:5", "keep (fallback from invert:
+ * stride 2)"); static for the handle's lifetime. */
+AS_API const char *as_store_policy_of(as_store *s, as_handle h);
+
+/* ---- steps, phases, no-grad ------------------------------------------- */
+
+/* Begin a training step: resets per-step peaks, marks the timeline. */
+AS_API void as_store_step_begin(as_store *s, uint64_t step);
+/* End a step: every handle saved since step_begin and not yet released is
+ * released (counted as auto-released). */
+AS_API void as_store_step_end(as_store *s);
+/* Phase mark (forward/backward/optimizer/eval). Entering backward enables
+ * the per-step cache of regenerated tensors (chains cost one
+ * materialization each); leaving it frees the cache. */
+AS_API void as_store_phase(as_store *s, int phase);
+/* No-grad mode (evaluation): saves store nothing. Returns the old mode. */
+AS_API bool as_store_set_grad(as_store *s, bool enabled);
+
+/* ---- accounting -------------------------------------------------------- */
+
+typedef struct as_store_counter {
+    uint64_t raw_live, raw_peak;        /* bytes keep would hold */
+    uint64_t stored_live, stored_peak;  /* bytes actually held */
+    uint64_t saves, restores, releases, fallbacks;
+    uint64_t encode_ns, decode_ns;      /* cumulative */
+} as_store_counter;
+
+typedef struct as_store_layer_stats {
+    const char       *name;
+    char              policy[48];       /* last policy used */
+    as_store_counter  c;
+    uint64_t          fallbacks_by_reason; /* fallbacks (same as c.fallbacks) */
+    char              last_fallback[96];   /* "invert: stride 2" or "" */
+} as_store_layer_stats;
+
+typedef struct as_store_policy_stats {
+    char             name[32];          /* policy name without args */
+    as_store_counter c;
+} as_store_policy_stats;
+
+typedef struct as_store_stats {
+    const char           *label;
+    uint64_t              step;
+    int                   phase;
+    as_store_counter      total;
+    as_store_counter      kinds[AS_KIND_COUNT];
+    size_t                nlayers;
+    as_store_layer_stats *layers;
+    size_t                npolicies;
+    as_store_policy_stats *policies;
+    uint64_t              live_handles, auto_released, offload_fallbacks;
+    char                  spec[512];    /* current rules, normalized */
+} as_store_stats;
+
+/* A consistent copy of the accounting (arrays owned by *out, plain malloc;
+ * free with as_store_stats_free). Cheap enough for 10 Hz from another
+ * thread. Errors: AS_ENOMEM. */
+AS_API int as_store_stats_take(as_store *s, as_store_stats *out);
+AS_API void as_store_stats_free(as_store_stats *st);
+
+/* Reset every peak (raw and stored, all groups) to current live values. */
+AS_API void as_store_reset_peaks(as_store *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

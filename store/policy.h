@@ -1,0 +1,126 @@
+/*
+ * The policy plug-in interface (internal to the library; experimental).
+ *
+ * A policy is one file in store/policies/ that defines a `const
+ * as_policy_ops as_policy_<name>` and is listed once in
+ * store/policies/registry.def. Two shapes:
+ *   - a codec encodes the tensor into payload blocks at save and decodes
+ *     them at restore;
+ *   - a regenerator stores little or nothing and rebuilds the tensor at
+ *     restore from other saved items (dependencies), which the store
+ *     restores first (as_pctx_restore_dep) and caches within a backward
+ *     step.
+ *
+ * The store owns the item; the policy owns what it allocates through the
+ * context (as_pctx_alloc: counted as stored bytes under the allocator's
+ * "saved" tag, attributed to the layer) and its state pointer.
+ *
+ * Threading: encode/decode may run concurrently on different items;
+ * per-policy shared caches (e.g. conv factorizations) need their own lock.
+ */
+#ifndef AS_STORE_POLICY_H
+#define AS_STORE_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actstore/store.h"
+
+typedef struct as_pctx as_pctx;   /* per-call context, owned by the store */
+
+/* Parsed arguments of one rule ("zstd:3" -> level 3). */
+typedef struct as_policy_args {
+    void *params;                 /* policy-owned, from parse() */
+} as_policy_args;
+
+typedef struct as_policy_ops {
+    const char *name;             /* spec name: "zstd", "soa", "invert" */
+    const char *summary;          /* one line for --help and docs */
+    uint32_t    kinds;            /* bit (1u << kind) per applicable kind;
+                                     0 = any kind */
+    bool        regenerator;
+
+    /* Parse "a:b:c" (the text after "name:", may be empty; length given,
+     * not NUL-terminated). On error return AS_ESPEC and write to err what
+     * was expected, with *err_off the offset within args. Required. */
+    int (*parse)(const char *args, size_t len, void **params, char *err,
+                 size_t errlen, size_t *err_off);
+    void (*free_params)(void *params);
+
+    /* Does the policy apply to this tensor? 0, or AS_ENOTSUP with a short
+     * reason in why ("stride 2", "dtype u8"). Optional (NULL = applies to
+     * every tensor of its kinds). */
+    int (*applies)(const void *params, const as_save_info *info,
+                   const as_tensor *t, char *why, size_t whylen);
+
+    /* Encode t into the item: allocate with as_pctx_alloc, keep what you
+     * need in *state (policy-owned). Regenerators record dependencies with
+     * as_pctx_depend. Errors are returned as AS_E* codes; on error
+     * everything allocated through the context is freed by the store. */
+    int (*encode)(as_pctx *ctx, const void *params, const as_save_info *info,
+                  const as_tensor *t, void **state);
+
+    /* Write the values into dst (shape and dtype already checked). Must give
+     * the same values every call. AS_ECORRUPT on failed checksums. */
+    int (*decode)(as_pctx *ctx, const void *params, void *state,
+                  as_tensor *dst);
+
+    /* Free state (not the context blocks: the store frees those). */
+    void (*drop)(void *params, void *state);
+
+    /* Optional: restore prefetch hint. */
+    void (*prefetch)(as_pctx *ctx, const void *params, void *state);
+
+    /* Optional, softmax codecs: dx = y_hat * (dy - <dy, y_hat>) per row,
+     * straight from the stored form (dy, dx: the saved shape, f32). */
+    int (*softmax_backward)(as_pctx *ctx, const void *params, void *state,
+                            const float *dy, float *dx);
+    /* Optional: decode rows [row0, row0 + nrows) of a 2-D view (rows x last
+     * dim) into dst, to stream a large tensor block by block. */
+    int (*decode_rows)(as_pctx *ctx, const void *params, void *state,
+                       int64_t row0, int64_t nrows, float *dst);
+} as_policy_ops;
+
+/* ---- context services for policies --------------------------------- */
+
+/* Allocate n bytes for the item (stored bytes, tag saved, the item's
+ * layer). Freed with the item, or earlier with as_pctx_free. */
+int as_pctx_alloc(as_pctx *ctx, size_t n, void **out);
+void as_pctx_free(as_pctx *ctx, void *p);
+
+/* Bytes that are held for the item outside as_pctx_alloc (e.g. bytes in
+ * an offload file do not count; a zero-copy adopted block does). */
+void as_pctx_account(as_pctx *ctx, int64_t delta_bytes);
+
+/* Adopted block of the save (keep zero-copy), or NULL. Taking it moves it
+ * to the item. */
+as_block *as_pctx_take_adopted(as_pctx *ctx);
+
+/* Regenerators: declare a dependency at encode; at decode, get its values
+ * as a read-only view (restored through its own policy; cached within the
+ * backward phase). */
+int as_pctx_depend(as_pctx *ctx, as_handle dep);
+int as_pctx_restore_dep(as_pctx *ctx, as_handle dep, const as_tensor **view);
+
+/* Scratch memory for decode (workspace tag), freed at the end of the call. */
+int as_pctx_scratch(as_pctx *ctx, size_t n, void **out);
+
+/* Error detail for the current call (becomes the store's last error). */
+void as_pctx_errorf(as_pctx *ctx, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The store's offload directory, and the item's handle / layer name (for
+ * messages). */
+const char *as_pctx_offload_dir(const as_pctx *ctx);
+as_handle as_pctx_handle(const as_pctx *ctx);
+const char *as_pctx_layer(const as_pctx *ctx);
+as_store *as_pctx_store(const as_pctx *ctx);
+
+/* Lookup by name (built-in registry plus runtime-registered). */
+const as_policy_ops *as_policy_find(const char *name, size_t len);
+
+/* Register a policy at run time (experimental API for frameworks). */
+int as_policy_register(const as_policy_ops *ops);
+
+#endif
