@@ -1,0 +1,75 @@
+/* Statistics for A/B reports (see stats.h). */
+#include "stats.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+as_summary as_stats_summary(const double *x, size_t n)
+{
+    as_summary s = {n, 0.0, 0.0};
+    if (n == 0)
+        return s;
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++)
+        sum += x[i];
+    s.mean = sum / (double)n;
+    if (n > 1) {
+        double ss = 0.0;
+        for (size_t i = 0; i < n; i++)
+            ss += (x[i] - s.mean) * (x[i] - s.mean);
+        s.sd = sqrt(ss / (double)(n - 1));
+    }
+    return s;
+}
+
+double as_stats_t975(size_t df)
+{
+    /* Student t quantiles, two-sided 95% (one-sided 0.975), df = 1..30. */
+    static const double t[] = {
+        0, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262,
+        2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093,
+        2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
+        2.042};
+    if (df == 0)
+        return NAN;
+    if (df <= 30)
+        return t[df];
+    if (df <= 60)
+        return 2.000 + (2.042 - 2.000) * (60.0 - (double)df) / 30.0;
+    return 1.960;
+}
+
+as_paired as_stats_paired(const double *a, const double *b, size_t n)
+{
+    as_paired p = {n, 0.0, 0.0, NAN, false};
+    if (n == 0)
+        return p;
+    double *d = malloc(n * sizeof *d);
+    if (!d)
+        return p;
+    for (size_t i = 0; i < n; i++)
+        d[i] = b[i] - a[i];
+    as_summary s = as_stats_summary(d, n);
+    free(d);
+    p.mean_diff = s.mean;
+    p.sd_diff = s.sd;
+    if (n >= 2) {
+        p.ci_half = as_stats_t975(n - 1) * s.sd / sqrt((double)n);
+        p.significant = fabs(p.mean_diff) > p.ci_half;
+    }
+    return p;
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+double as_stats_median(double *x, size_t n)
+{
+    if (n == 0)
+        return NAN;
+    qsort(x, n, sizeof *x, cmp_double);
+    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
