@@ -1,0 +1,182 @@
+/*
+ * actstore reference framework — tensor kernels.
+ *
+ * Plain functions on f32 arrays, no allocation, no store: the layers in
+ * nn.h call these and decide what to save for backward. Layouts are fixed:
+ * images NCHW, sequences (B, T, C) row-major, weights of a linear (out, in)
+ * row-major (y = x W^T + b), conv weights (Cout, Cin, kh, kw).
+ *
+ * Backward functions ACCUMULATE into parameter gradients (dW, db, ...) so a
+ * parameter shared by several uses sums its gradients, and OVERWRITE the
+ * input gradient (dx) unless stated otherwise. Any gradient pointer may be
+ * NULL when that gradient is not needed (e.g. dx of the first layer).
+ *
+ * Thread-safety: every kernel is reentrant; they use OpenBLAS, whose thread
+ * count is process-wide (as_op_set_threads). Results are bit-for-bit
+ * reproducible for a fixed thread count.
+ */
+#ifndef AS_LAYERS_OPS_H
+#define AS_LAYERS_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- BLAS --------------------------------------------------------------- */
+
+/* Set OpenBLAS threads (0 = leave as is). */
+void as_op_set_threads(int threads);
+/* Name of the OpenBLAS kernel set in use ("SkylakeX", "Prescott", ...). */
+const char *as_op_blas_core(void);
+
+/* C (M x N) = alpha * op(A) op(B) + beta * C, row-major; op = transpose when
+ * ta / tb. lda, ldb, ldc are row strides as stored. */
+void as_op_gemm(bool ta, bool tb, int M, int N, int K, float alpha,
+                const float *A, int lda, const float *B, int ldb, float beta,
+                float *C, int ldc);
+
+/* ---- linear: y (N, out) = x (N, in) W^T (in, out) + b ------------------- */
+
+void as_op_linear_fwd(int N, int in, int out, const float *x, const float *W,
+                      const float *b, float *y);
+/* dx = dy W (overwrite); dW += dy^T x; db += sum_rows dy. */
+void as_op_linear_bwd(int N, int in, int out, const float *x, const float *W,
+                      const float *dy, float *dx, float *dW, float *db);
+
+/* ---- conv2d ------------------------------------------------------------- */
+
+typedef struct as_op_conv_geom {
+    int N, Cin, H, W;        /* input */
+    int Cout, kh, kw;        /* weights (Cout, Cin, kh, kw) */
+    int stride, pad;         /* same in both directions */
+    int Ho, Wo;              /* output; filled by as_op_conv_geom_init */
+} as_op_conv_geom;
+
+/* Compute Ho, Wo; returns -1 when the geometry is invalid. */
+int as_op_conv_geom_init(as_op_conv_geom *g);
+/* Floats of workspace the conv kernels need (im2col of one image chunk). */
+size_t as_op_conv_workspace(const as_op_conv_geom *g);
+/* y (N, Cout, Ho, Wo) = conv(x, W) + b. ws: as_op_conv_workspace floats. */
+void as_op_conv_fwd(const as_op_conv_geom *g, const float *x, const float *W,
+                    const float *b, float *y, float *ws);
+/* dx (overwrite, may be NULL), dW += , db += (may be NULL). */
+void as_op_conv_bwd(const as_op_conv_geom *g, const float *x, const float *W,
+                    const float *dy, float *dx, float *dW, float *db,
+                    float *ws);
+
+/* ---- pooling (k x k window, stride k, no padding; H, W multiples of k
+ * are not required: the trailing rows/cols that do not fill a window are
+ * dropped, as floor mode does) ------------------------------------------ */
+
+/* y (N, C, H/k, W/k); idx (same size, may be NULL) gets the argmax
+ * position inside each window (0..k*k-1). */
+void as_op_maxpool_fwd(int N, int C, int H, int W, int k, const float *x,
+                       float *y, uint8_t *idx);
+/* dx (overwrite, N C H W) from dy and the saved argmax. */
+void as_op_maxpool_bwd(int N, int C, int H, int W, int k, const uint8_t *idx,
+                       const float *dy, float *dx);
+void as_op_avgpool_fwd(int N, int C, int H, int W, int k, const float *x,
+                       float *y);
+void as_op_avgpool_bwd(int N, int C, int H, int W, int k, const float *dy,
+                       float *dx);
+
+/* ---- elementwise activations ------------------------------------------ */
+
+/* ReLU and LeakyReLU (slope a; ReLU is a = 0). Backward from the OUTPUT y
+ * (y > 0 exactly where x > 0 when a >= 0). dx may alias dy. */
+void as_op_leaky_fwd(size_t n, float a, const float *x, float *y);
+void as_op_leaky_bwd(size_t n, float a, const float *y, const float *dy,
+                     float *dx);
+/* Inverse of LeakyReLU with a > 0 (used by regenerators): x from y. */
+void as_op_leaky_inv(size_t n, float a, const float *y, float *x);
+/* GELU, tanh approximation. Backward needs the INPUT x. dx may alias dy. */
+void as_op_gelu_fwd(size_t n, const float *x, float *y);
+void as_op_gelu_bwd(size_t n, const float *x, const float *dy, float *dx);
+
+/* Dropout with probability p (inverted scaling 1/(1-p)). The mask is a
+ * pure function of (seed, index), so backward regenerates it from the seed
+ * and nothing needs saving. dx may alias dy. */
+void as_op_dropout_fwd(size_t n, float p, uint64_t seed, const float *x,
+                       float *y);
+void as_op_dropout_bwd(size_t n, float p, uint64_t seed, const float *dy,
+                       float *dx);
+
+/* ---- softmax over rows ------------------------------------------------- */
+
+/* y = softmax(x) over rows of length L. When causal, row r (of each block of
+ * L rows) only sees columns 0..r%L... precisely: column c is valid iff
+ * c <= (r % L); masked entries get y = 0. valid (may be NULL) gives a valid
+ * prefix length per row instead (entries past it are 0). */
+void as_op_softmax_fwd(size_t rows, int L, bool causal, const int32_t *valid,
+                       const float *x, float *y);
+/* dx = y * (dy - sum(dy * y)) per row, O(L) per row. dx may alias dy. */
+void as_op_softmax_bwd(size_t rows, int L, const float *y, const float *dy,
+                       float *dx);
+
+/* ---- normalization ----------------------------------------------------- */
+
+/* LayerNorm over the last dim C of N rows: y = (x - mean) * rstd * g + b.
+ * mean, rstd (N) are written for backward. */
+void as_op_layernorm_fwd(int N, int C, float eps, const float *x,
+                         const float *g, const float *b, float *y,
+                         float *mean, float *rstd);
+void as_op_layernorm_bwd(int N, int C, const float *x, const float *g,
+                         const float *mean, const float *rstd,
+                         const float *dy, float *dx, float *dg, float *db);
+
+/* BatchNorm over (N, C, HW): per channel statistics. Training: batch
+ * statistics, written to mean / invstd (C), and running stats updated with
+ * momentum (may be NULL). Eval: running stats used. */
+void as_op_batchnorm_fwd(int N, int C, int HW, float eps, bool training,
+                         float momentum, const float *x, const float *g,
+                         const float *b, float *run_mean, float *run_var,
+                         float *mean, float *invstd, float *y);
+/* Training-mode backward (batch statistics). */
+void as_op_batchnorm_bwd(int N, int C, int HW, const float *x, const float *g,
+                         const float *mean, const float *invstd,
+                         const float *dy, float *dx, float *dg, float *db);
+
+/* ---- attention core ---------------------------------------------------- */
+
+/* Multi-head self-attention core on a fused qkv (B, T, 3C) (q | k | v, each
+ * split in NH heads of C/NH): P (B, NH, T, T) = softmax(q k^T / sqrt(hd))
+ * (causal optional; masked entries are 0), out (B, T, C) = P v. */
+void as_op_attn_fwd(int B, int T, int C, int NH, bool causal,
+                    const float *qkv, float *P, float *out);
+
+/* Backward given P (already restored / decoded): dqkv (B, T, 3C)
+ * overwritten. dP is scratch (T*T floats). softmax_bwd, when not NULL,
+ * replaces the plain softmax backward for head (b, h): it must turn dP (in
+ * place) into the score gradient; ud is passed through. */
+typedef void (*as_op_softmax_bwd_fn)(void *ud, int b, int h, int T,
+                                     const float *P_bh, float *dP_bh);
+void as_op_attn_bwd(int B, int T, int C, int NH, const float *qkv,
+                    const float *P, const float *dout, float *dqkv,
+                    float *dP, as_op_softmax_bwd_fn softmax_bwd, void *ud);
+
+/* ---- embeddings -------------------------------------------------------- */
+
+/* out (B, T, C) = wte[tok] + wpe[t]. wpe may be NULL. */
+void as_op_embed_fwd(int B, int T, int C, const int32_t *tok,
+                     const float *wte, const float *wpe, float *out);
+/* dwte += scatter, dwpe += sum over batch. */
+void as_op_embed_bwd(int B, int T, int C, const int32_t *tok,
+                     const float *dout, float *dwte, float *dwpe);
+
+/* ---- loss -------------------------------------------------------------- */
+
+/* Mean cross-entropy over N rows of V logits; targets < 0 are ignored
+ * (not counted). probs (N, V) receives softmax(logits) for backward.
+ * Returns the mean loss; *ncorrect (may be NULL) counts argmax hits. */
+double as_op_xent_fwd(int N, int V, const float *logits,
+                      const int32_t *targets, float *probs, int *ncorrect);
+/* dlogits = (probs - onehot) / count (overwrite). */
+void as_op_xent_bwd(int N, int V, const float *probs, const int32_t *targets,
+                    float *dlogits);
+
+/* ---- misc -------------------------------------------------------------- */
+
+/* y += x */
+void as_op_add(size_t n, const float *x, float *y);
+
+#endif

@@ -1,0 +1,146 @@
+/* LayerNorm and BatchNorm (see ops.h). Statistics are accumulated in
+ * double: cheap at these sizes and it keeps large-mean inputs exact. */
+#include "layers/ops.h"
+
+#include <math.h>
+#include <string.h>
+
+void as_op_layernorm_fwd(int N, int C, float eps, const float *x,
+                         const float *g, const float *b, float *y,
+                         float *mean, float *rstd)
+{
+    for (int i = 0; i < N; i++) {
+        const float *xr = x + (size_t)i * C;
+        float *yr = y + (size_t)i * C;
+        double m = 0.0, v = 0.0;
+        for (int c = 0; c < C; c++)
+            m += xr[c];
+        m /= C;
+        for (int c = 0; c < C; c++) {
+            double d = xr[c] - m;
+            v += d * d;
+        }
+        v /= C;
+        float s = (float)(1.0 / sqrt(v + eps)), mf = (float)m;
+        for (int c = 0; c < C; c++)
+            yr[c] = (xr[c] - mf) * s * g[c] + b[c];
+        mean[i] = mf;
+        rstd[i] = s;
+    }
+}
+
+/* dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), dxh = dy * g. */
+void as_op_layernorm_bwd(int N, int C, const float *x, const float *g,
+                         const float *mean, const float *rstd,
+                         const float *dy, float *dx, float *dg, float *db)
+{
+    for (int i = 0; i < N; i++) {
+        const float *xr = x + (size_t)i * C, *dr = dy + (size_t)i * C;
+        const float m = mean[i], s = rstd[i];
+        float a = 0.0f, bsum = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float xh = (xr[c] - m) * s, dxh = dr[c] * g[c];
+            a += dxh;
+            bsum += dxh * xh;
+            if (dg)
+                dg[c] += dr[c] * xh;
+            if (db)
+                db[c] += dr[c];
+        }
+        a /= (float)C;
+        bsum /= (float)C;
+        if (dx) {
+            float *xo = dx + (size_t)i * C;
+            for (int c = 0; c < C; c++) {
+                float xh = (xr[c] - m) * s;
+                xo[c] = s * (dr[c] * g[c] - a - xh * bsum);
+            }
+        }
+    }
+}
+
+void as_op_batchnorm_fwd(int N, int C, int HW, float eps, bool training,
+                         float momentum, const float *x, const float *g,
+                         const float *b, float *run_mean, float *run_var,
+                         float *mean, float *invstd, float *y)
+{
+    const size_t cs = (size_t)HW, ns = (size_t)C * HW;
+    const double cnt = (double)N * HW;
+    for (int c = 0; c < C; c++) {
+        float m, s;
+        if (training) {
+            double sm = 0.0, sv = 0.0;
+            for (int n = 0; n < N; n++) {
+                const float *p = x + n * ns + c * cs;
+                for (int k = 0; k < HW; k++)
+                    sm += p[k];
+            }
+            sm /= cnt;
+            for (int n = 0; n < N; n++) {
+                const float *p = x + n * ns + c * cs;
+                for (int k = 0; k < HW; k++) {
+                    double d = p[k] - sm;
+                    sv += d * d;
+                }
+            }
+            sv /= cnt;
+            m = (float)sm;
+            s = (float)(1.0 / sqrt(sv + eps));
+            if (run_mean && run_var) {
+                double unbiased = cnt > 1 ? sv * cnt / (cnt - 1) : sv;
+                run_mean[c] = (1.0f - momentum) * run_mean[c] + momentum * m;
+                run_var[c] = (1.0f - momentum) * run_var[c] +
+                             momentum * (float)unbiased;
+            }
+        } else {
+            m = run_mean[c];
+            s = 1.0f / sqrtf(run_var[c] + eps);
+        }
+        if (mean)
+            mean[c] = m;
+        if (invstd)
+            invstd[c] = s;
+        const float a = s * g[c], bb = b[c] - m * a;
+        for (int n = 0; n < N; n++) {
+            const float *p = x + n * ns + c * cs;
+            float *q = y + n * ns + c * cs;
+            for (int k = 0; k < HW; k++)
+                q[k] = p[k] * a + bb;
+        }
+    }
+}
+
+void as_op_batchnorm_bwd(int N, int C, int HW, const float *x, const float *g,
+                         const float *mean, const float *invstd,
+                         const float *dy, float *dx, float *dg, float *db)
+{
+    const size_t cs = (size_t)HW, ns = (size_t)C * HW;
+    const float cnt = (float)N * HW;
+    for (int c = 0; c < C; c++) {
+        const float m = mean[c], s = invstd[c];
+        double sd = 0.0, sdx = 0.0;
+        for (int n = 0; n < N; n++) {
+            const float *p = x + n * ns + c * cs, *d = dy + n * ns + c * cs;
+            for (int k = 0; k < HW; k++) {
+                sd += d[k];
+                sdx += d[k] * (p[k] - m) * s;
+            }
+        }
+        if (dg)
+            dg[c] += (float)sdx;
+        if (db)
+            db[c] += (float)sd;
+        if (!dx)
+            continue;
+        const float a = (float)(sd / cnt), bsum = (float)(sdx / cnt);
+        const float k0 = g[c] * s;
+        for (int n = 0; n < N; n++) {
+            const float *p = x + n * ns + c * cs, *d = dy + n * ns + c * cs;
+            float *o = dx + n * ns + c * cs;
+            for (int k = 0; k < HW; k++) {
+                float xh = (p[k] - m) * s;
+                o[k] = k0 * (d[k] - a - xh * bsum);
+            }
+        }
+    }
+}

@@ -1,0 +1,402 @@
+/*
+ * Tensor kernels (layers/ops.h): forward against a naive double-precision
+ * reference, backward against central finite differences of that
+ * reference. Loss = sum(r * y) with random r, so the analytic gradient is
+ * the backward with dy = r.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "layers/ops.h"
+
+/* ---- harness -------------------------------------------------------------- */
+
+typedef void (*ref_fn)(const void *cfg, const double *in, double *out);
+
+static uint64_t rng_state = 1;
+static double urand(void)   /* [-1, 1) */
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+static void fill(double *d, size_t n, double s)
+{
+    for (size_t i = 0; i < n; i++)
+        d[i] = urand() * s;
+}
+static float *to_f(const double *d, size_t n)
+{
+    float *f = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++)
+        f[i] = (float)d[i];
+    return f;
+}
+
+/* Forward check: float result against the double reference. */
+static void check_close(const char *what, const float *got, const double *ref,
+                        size_t n, double tol)
+{
+    double scale = 1e-3, err = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        scale = fmax(scale, fabs(ref[i]));
+        err = fmax(err, fabs(got[i] - ref[i]));
+    }
+    if (err / scale > tol)
+        fail_msg("%s: max error %.3g relative to %.3g (tol %.1g)", what, err,
+                 scale, tol);
+}
+
+/* Gradient check of in[off .. off+n) against finite differences of
+ * sum(r * ref(in)). */
+static void check_grad(const char *what, ref_fn ref, const void *cfg,
+                       double *in, size_t nout, const double *r,
+                       const float *analytic, size_t off, size_t n)
+{
+    double *out = malloc(sizeof(double) * nout);
+    double *num = malloc(sizeof(double) * n);
+    const double h = 1e-5;
+    for (size_t i = 0; i < n; i++) {
+        double keep = in[off + i], lp = 0.0, lm = 0.0;
+        in[off + i] = keep + h;
+        ref(cfg, in, out);
+        for (size_t k = 0; k < nout; k++)
+            lp += r[k] * out[k];
+        in[off + i] = keep - h;
+        ref(cfg, in, out);
+        for (size_t k = 0; k < nout; k++)
+            lm += r[k] * out[k];
+        in[off + i] = keep;
+        num[i] = (lp - lm) / (2 * h);
+    }
+    check_close(what, analytic, num, n, 2e-3);
+    free(out);
+    free(num);
+}
+
+/* ---- linear ----------------------------------------------------------- */
+
+typedef struct { int N, in, out; } lin_cfg;
+static void lin_ref(const void *c_, const double *p, double *y)
+{
+    const lin_cfg *c = c_;
+    const double *x = p, *W = x + c->N * c->in, *b = W + c->out * c->in;
+    for (int n = 0; n < c->N; n++)
+        for (int o = 0; o < c->out; o++) {
+            double s = b[o];
+            for (int i = 0; i < c->in; i++)
+                s += x[n * c->in + i] * W[o * c->in + i];
+            y[n * c->out + o] = s;
+        }
+}
+
+static void test_linear(void **state)
+{
+    (void)state;
+    lin_cfg c = {3, 5, 4};
+    size_t nx = 15, nw = 20, nb = 4, ny = 12, np = nx + nw + nb;
+    double p[39], r[12], yr[12];
+    fill(p, np, 1.0);
+    fill(r, ny, 1.0);
+    float *pf = to_f(p, np), *rf = to_f(r, ny), y[12];
+    as_op_linear_fwd(c.N, c.in, c.out, pf, pf + nx, pf + nx + nw, y);
+    lin_ref(&c, p, yr);
+    check_close("linear fwd", y, yr, ny, 1e-5);
+    float g[39] = {0};
+    as_op_linear_bwd(c.N, c.in, c.out, pf, pf + nx, rf, g, g + nx, g + nx + nw);
+    check_grad("linear dx", lin_ref, &c, p, ny, r, g, 0, nx);
+    check_grad("linear dW", lin_ref, &c, p, ny, r, g + nx, nx, nw);
+    check_grad("linear db", lin_ref, &c, p, ny, r, g + nx + nw, nx + nw, nb);
+    free(pf);
+    free(rf);
+}
+
+/* ---- conv2d ----------------------------------------------------------- */
+
+static void conv_ref(const void *c_, const double *p, double *y)
+{
+    const as_op_conv_geom *g = c_;
+    const double *x = p, *W = x + (size_t)g->N * g->Cin * g->H * g->W;
+    const double *b = W + (size_t)g->Cout * g->Cin * g->kh * g->kw;
+    for (int n = 0; n < g->N; n++)
+        for (int o = 0; o < g->Cout; o++)
+            for (int oh = 0; oh < g->Ho; oh++)
+                for (int ow = 0; ow < g->Wo; ow++) {
+                    double s = b[o];
+                    for (int c = 0; c < g->Cin; c++)
+                        for (int i = 0; i < g->kh; i++)
+                            for (int j = 0; j < g->kw; j++) {
+                                int ih = oh * g->stride - g->pad + i;
+                                int iw = ow * g->stride - g->pad + j;
+                                if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W)
+                                    continue;
+                                s += x[((n * g->Cin + c) * g->H + ih) * g->W + iw] *
+                                     W[((o * g->Cin + c) * g->kh + i) * g->kw + j];
+                            }
+                    y[((n * g->Cout + o) * g->Ho + oh) * g->Wo + ow] = s;
+                }
+}
+
+static void conv_case(int N, int Cin, int H, int W, int Cout, int k, int stride,
+                      int pad)
+{
+    as_op_conv_geom g = {.N = N, .Cin = Cin, .H = H, .W = W, .Cout = Cout,
+                         .kh = k, .kw = k, .stride = stride, .pad = pad};
+    assert_int_equal(as_op_conv_geom_init(&g), 0);
+    size_t nx = (size_t)N * Cin * H * W, nw = (size_t)Cout * Cin * k * k;
+    size_t nb = Cout, np = nx + nw + nb, ny = (size_t)N * Cout * g.Ho * g.Wo;
+    double *p = malloc(sizeof(double) * np), *r = malloc(sizeof(double) * ny);
+    double *yr = malloc(sizeof(double) * ny);
+    fill(p, np, 1.0);
+    fill(r, ny, 1.0);
+    float *pf = to_f(p, np), *rf = to_f(r, ny), *y = malloc(sizeof(float) * ny);
+    float *ws = malloc(sizeof(float) * as_op_conv_workspace(&g));
+    float *gr = calloc(np, sizeof(float));
+    as_op_conv_fwd(&g, pf, pf + nx, pf + nx + nw, y, ws);
+    conv_ref(&g, p, yr);
+    char what[96];
+    snprintf(what, sizeof what, "conv N%d Cin%d %dx%d Cout%d k%d s%d p%d", N,
+             Cin, H, W, Cout, k, stride, pad);
+    check_close(what, y, yr, ny, 1e-5);
+    as_op_conv_bwd(&g, pf, pf + nx, rf, gr, gr + nx, gr + nx + nw, ws);
+    check_grad(what, conv_ref, &g, p, ny, r, gr, 0, nx);
+    check_grad(what, conv_ref, &g, p, ny, r, gr + nx, nx, nw);
+    check_grad(what, conv_ref, &g, p, ny, r, gr + nx + nw, nx + nw, nb);
+    free(p); free(r); free(yr); free(pf); free(rf); free(y); free(ws); free(gr);
+}
+
+static void test_conv(void **state)
+{
+    (void)state;
+    conv_case(2, 3, 6, 5, 4, 3, 1, 1);   /* same padding */
+    conv_case(2, 2, 7, 7, 3, 3, 2, 1);   /* stride 2 with padding */
+    conv_case(1, 2, 5, 6, 2, 3, 1, 0);   /* valid */
+    conv_case(3, 2, 4, 4, 3, 1, 1, 0);   /* 1x1 direct path */
+    conv_case(2, 1, 8, 8, 2, 5, 3, 2);   /* large kernel, stride 3 */
+    conv_case(70, 2, 3, 3, 2, 3, 1, 1);  /* several image chunks */
+}
+
+/* ---- pooling ---------------------------------------------------------- */
+
+typedef struct { int N, C, H, W, k; bool max; } pool_cfg;
+static void pool_ref(const void *c_, const double *x, double *y)
+{
+    const pool_cfg *c = c_;
+    int Ho = c->H / c->k, Wo = c->W / c->k;
+    for (int nc = 0; nc < c->N * c->C; nc++)
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++) {
+                double acc = c->max ? -1e300 : 0.0;
+                for (int i = 0; i < c->k; i++)
+                    for (int j = 0; j < c->k; j++) {
+                        double v = x[(nc * c->H + oh * c->k + i) * c->W + ow * c->k + j];
+                        acc = c->max ? fmax(acc, v) : acc + v;
+                    }
+                y[(nc * Ho + oh) * Wo + ow] = c->max ? acc : acc / (c->k * c->k);
+            }
+}
+
+static void test_pool(void **state)
+{
+    (void)state;
+    for (int m = 0; m < 2; m++) {
+        pool_cfg c = {2, 3, 5, 6, 2, m == 1};
+        size_t nx = 180, ny = 2 * 3 * 2 * 3;
+        double x[180], r[36], yr[36];
+        fill(x, nx, 1.0);
+        fill(r, ny, 1.0);
+        float *xf = to_f(x, nx), *rf = to_f(r, ny), y[36], dx[180];
+        uint8_t idx[36];
+        if (c.max)
+            as_op_maxpool_fwd(c.N, c.C, c.H, c.W, c.k, xf, y, idx);
+        else
+            as_op_avgpool_fwd(c.N, c.C, c.H, c.W, c.k, xf, y);
+        pool_ref(&c, x, yr);
+        check_close(c.max ? "maxpool fwd" : "avgpool fwd", y, yr, ny, 1e-6);
+        if (c.max)
+            as_op_maxpool_bwd(c.N, c.C, c.H, c.W, c.k, idx, rf, dx);
+        else
+            as_op_avgpool_bwd(c.N, c.C, c.H, c.W, c.k, rf, dx);
+        check_grad(c.max ? "maxpool dx" : "avgpool dx", pool_ref, &c, x, ny,
+                   r, dx, 0, nx);
+        free(xf);
+        free(rf);
+    }
+}
+
+/* ---- activations, dropout -------------------------------------------- */
+
+typedef struct { int fn; float a; float p; uint64_t seed; } act_cfg;
+enum { F_LEAKY, F_GELU, F_DROP };
+#define NACT 64
+static void act_ref(const void *c_, const double *x, double *y)
+{
+    const act_cfg *c = c_;
+    float ones[NACT], mask[NACT];
+    if (c->fn == F_DROP) {
+        for (int i = 0; i < NACT; i++)
+            ones[i] = 1.0f;
+        as_op_dropout_fwd(NACT, c->p, c->seed, ones, mask);
+    }
+    for (int i = 0; i < NACT; i++) {
+        double v = x[i];
+        if (c->fn == F_LEAKY)
+            y[i] = v > 0 ? v : c->a * v;
+        else if (c->fn == F_GELU)
+            y[i] = 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+        else
+            y[i] = v * mask[i];
+    }
+}
+
+static void test_activations(void **state)
+{
+    (void)state;
+    const act_cfg cases[] = {{F_LEAKY, 0.0f, 0, 0}, {F_LEAKY, 0.1f, 0, 0},
+                             {F_GELU, 0, 0, 0}, {F_DROP, 0, 0.3f, 42}};
+    const char *names[] = {"relu", "leaky", "gelu", "dropout"};
+    for (size_t k = 0; k < 4; k++) {
+        const act_cfg *c = &cases[k];
+        double x[NACT], r[NACT], yr[NACT];
+        fill(x, NACT, 2.0);
+        for (int i = 0; i < NACT; i++)  /* keep away from the kink at 0 */
+            if (fabs(x[i]) < 1e-3)
+                x[i] = 0.5;
+        fill(r, NACT, 1.0);
+        float *xf = to_f(x, NACT), *rf = to_f(r, NACT), y[NACT], dx[NACT];
+        if (c->fn == F_LEAKY) {
+            as_op_leaky_fwd(NACT, c->a, xf, y);
+            as_op_leaky_bwd(NACT, c->a, y, rf, dx);
+        } else if (c->fn == F_GELU) {
+            as_op_gelu_fwd(NACT, xf, y);
+            as_op_gelu_bwd(NACT, xf, rf, dx);
+        } else {
+            as_op_dropout_fwd(NACT, c->p, c->seed, xf, y);
+            as_op_dropout_bwd(NACT, c->p, c->seed, rf, dx);
+        }
+        act_ref(c, x, yr);
+        check_close(names[k], y, yr, NACT, 1e-5);
+        check_grad(names[k], act_ref, c, x, NACT, r, dx, 0, NACT);
+        free(xf);
+        free(rf);
+    }
+    /* leaky inverse */
+    float x[4] = {-2.0f, -0.5f, 0.0f, 3.0f}, y[4], z[4];
+    as_op_leaky_fwd(4, 0.1f, x, y);
+    as_op_leaky_inv(4, 0.1f, y, z);
+    for (int i = 0; i < 4; i++)
+        assert_float_equal(z[i], x[i], 1e-6);
+    /* dropout keeps about 1 - p and is deterministic per seed */
+    enum { ND = 10000 };
+    float *o = malloc(sizeof(float) * ND), *o2 = malloc(sizeof(float) * ND);
+    float *one = malloc(sizeof(float) * ND);
+    for (int i = 0; i < ND; i++)
+        one[i] = 1.0f;
+    as_op_dropout_fwd(ND, 0.25f, 7, one, o);
+    as_op_dropout_fwd(ND, 0.25f, 7, one, o2);
+    int kept = 0;
+    for (int i = 0; i < ND; i++)
+        kept += o[i] != 0.0f;
+    assert_memory_equal(o, o2, sizeof(float) * ND);
+    assert_in_range(kept, 7200, 7800);
+    free(o); free(o2); free(one);
+}
+
+/* ---- softmax, cross-entropy ------------------------------------------- */
+
+typedef struct { int rows, L; bool causal; const int32_t *valid; } sm_cfg;
+static void sm_ref(const void *c_, const double *x, double *y)
+{
+    const sm_cfg *c = c_;
+    for (int r = 0; r < c->rows; r++) {
+        int n = c->causal ? r % c->L + 1 : (c->valid ? c->valid[r] : c->L);
+        double m = -1e300, s = 0;
+        for (int k = 0; k < n; k++)
+            m = fmax(m, x[r * c->L + k]);
+        for (int k = 0; k < n; k++)
+            s += exp(x[r * c->L + k] - m);
+        for (int k = 0; k < c->L; k++)
+            y[r * c->L + k] = k < n ? exp(x[r * c->L + k] - m) / s : 0.0;
+    }
+}
+
+static void test_softmax(void **state)
+{
+    (void)state;
+    const int32_t valid[8] = {7, 3, 1, 7, 5, 2, 6, 4};
+    const sm_cfg cases[] = {{8, 7, false, NULL}, {14, 7, true, NULL},
+                            {8, 7, false, valid}};
+    for (size_t k = 0; k < 3; k++) {
+        const sm_cfg *c = &cases[k];
+        size_t n = (size_t)c->rows * c->L;
+        double x[98], r[98], yr[98];
+        fill(x, n, 3.0);
+        fill(r, n, 1.0);
+        float *xf = to_f(x, n), *rf = to_f(r, n), y[98], dx[98];
+        as_op_softmax_fwd(c->rows, c->L, c->causal, c->valid, xf, y);
+        sm_ref(c, x, yr);
+        check_close("softmax fwd", y, yr, n, 1e-5);
+        as_op_softmax_bwd(c->rows, c->L, y, rf, dx);
+        check_grad("softmax dx", sm_ref, c, x, n, r, dx, 0, n);
+        free(xf);
+        free(rf);
+    }
+}
+
+typedef struct { int N, V; const int32_t *t; } xe_cfg;
+static void xe_ref(const void *c_, const double *x, double *y)
+{
+    const xe_cfg *c = c_;
+    double loss = 0;
+    int cnt = 0;
+    for (int i = 0; i < c->N; i++) {
+        if (c->t[i] < 0)
+            continue;
+        double m = -1e300, s = 0;
+        for (int v = 0; v < c->V; v++)
+            m = fmax(m, x[i * c->V + v]);
+        for (int v = 0; v < c->V; v++)
+            s += exp(x[i * c->V + v] - m);
+        loss += -(x[i * c->V + c->t[i]] - m - log(s));
+        cnt++;
+    }
+    y[0] = loss / cnt;
+}
+
+static void test_xent(void **state)
+{
+    (void)state;
+    const int32_t t[5] = {2, 0, -1, 5, 3};
+    xe_cfg c = {5, 6, t};
+    double x[30], r[1] = {1.0}, yr;
+    fill(x, 30, 3.0);
+    float *xf = to_f(x, 30), probs[30], dx[30];
+    int hits = -1;
+    double loss = as_op_xent_fwd(5, 6, xf, t, probs, &hits);
+    xe_ref(&c, x, &yr);
+    assert_true(fabs(loss - yr) < 1e-5);
+    assert_in_range(hits, 0, 4);
+    as_op_xent_bwd(5, 6, probs, t, dx);
+    check_grad("xent dlogits", xe_ref, &c, x, 1, r, dx, 0, 30);
+    free(xf);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_linear),
+        cmocka_unit_test(test_conv),
+        cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_activations),
+        cmocka_unit_test(test_softmax),
+        cmocka_unit_test(test_xent),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
