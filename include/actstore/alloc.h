@@ -113,6 +113,7 @@ AS_API bool as_arena_owns(const as_arena *a, const void *p);
 /* Set / read the budget (0 = none). Lowering it below the live bytes makes
  * the next allocations fail; nothing is freed. */
 AS_API void as_arena_set_budget(as_arena *a, uint64_t budget_bytes);
+AS_API uint64_t as_arena_budget(const as_arena *a);
 
 /* Reset every peak (total, per tag, per layer) to the current live value.
  * Call at the start of a training step to measure per-step peaks. */
@@ -175,6 +176,9 @@ typedef struct as_arena_snapshot {
     as_counter *layers;                /* nlayers entries */
     const char **layer_names;
     uint64_t   reserved_bytes, purged_bytes;   /* extent hooks, cumulative */
+    uint64_t   released_bytes;         /* extent hooks: unmapped, cumulative */
+    unsigned   nthreads;               /* threads holding a private tcache */
+    uint64_t   last_seq;               /* newest seq so far: the next since_seq */
     uint64_t   resident, mapped, retained;    /* last jemalloc reading */
     uint64_t   step; int phase;
     size_t     nsamples;               /* timeline, oldest first */
@@ -192,6 +196,12 @@ AS_API void as_arena_snapshot_free(as_arena_snapshot *s);
 /* Refresh jemalloc's epoch and read resident/mapped/retained now (the
  * sampler does this on its own thread; ~15 us). */
 AS_API int as_arena_refresh_stats(as_arena *a);
+
+/* Take one timeline sample now on the calling thread, exactly as a sampler
+ * tick does (refresh, counters, sample hook). For tests and for callers that
+ * want a sample at a precise point. Errors: AS_EINVAL, AS_EIO (statistics
+ * unreadable; the sample is still appended with zero jemalloc figures). */
+AS_API int as_arena_sample_now(as_arena *a);
 
 /* Flush the calling thread's private cache for this arena (returns cached
  * blocks to the arena so jemalloc's statistics are exact). */

@@ -1,0 +1,163 @@
+/*
+ * Internals of the instrumented arena (the allocator sources and the tests only).
+ *
+ * Counting scheme (see docs/allocator.md):
+ *   - Each (thread, arena) pair owns an as__tblock: its private jemalloc
+ *     tcache id and its own counters, written only by that thread with
+ *     relaxed atomic stores (plain moves on x86; no locked instruction).
+ *     live = sum over blocks of their live values (+ retired threads).
+ *   - Peaks and the budget need a global order, so every counter also has a
+ *     global atomic "charged" value G. A thread folds its pending delta into
+ *     G only when the delta turns positive (net growth) or when its pending
+ *     frees pass AS__FOLD_BYTES. So G >= true live at every instant, G ==
+ *     true live when one thread is active, and alloc/free churn that does
+ *     not grow memory touches no shared cache line.
+ */
+#ifndef AS_ALLOCATOR_INTERNAL_H
+#define AS_ALLOCATOR_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jemalloc/jemalloc.h>
+
+#include "actstore/alloc.h"
+
+/* Pending frees a thread may keep before folding them into G (per counter).
+ * Bounds how far a concurrent peak or budget check can over-count. */
+#define AS__FOLD_BYTES ((int64_t)4 << 20)
+
+#define AS__NAME_MAX 64
+#define AS__NCOUNTERS (AS_TAG_MAX + AS_LAYER_MAX) /* tags first, then layers */
+#define AS__RANGES_MAX 1024
+#define AS__DEFAULT_TIMELINE 4096
+
+/* One counter of one thread. Single writer (the owning thread). */
+typedef struct as__tcounter {
+    _Atomic int64_t live_req, live_use;   /* may go negative per thread */
+    _Atomic int64_t pend_req, pend_use;   /* <= 0 between operations */
+    _Atomic uint64_t allocs, frees;
+} as__tcounter;
+
+/* Global side of one counter. */
+typedef struct as__gcounter {
+    _Atomic int64_t  g_req, g_use;        /* charged (>= true live) */
+    _Atomic uint64_t peak_req, peak_use;
+} as__gcounter;
+
+typedef struct as__thread as__thread;
+
+/* The state of one thread for one arena. */
+typedef struct as__tblock {
+    struct as_arena   *arena;
+    as__thread        *owner;
+    unsigned           slot;               /* index in owner->slots */
+    unsigned           tcache;             /* jemalloc explicit tcache id */
+    int                flags;              /* MALLOCX_ARENA | MALLOCX_TCACHE */
+    struct as__tblock *prev, *next;        /* arena's list (g_reg_lock) */
+    as__tcounter       total;              /* pend only; live = sum of tags */
+    as__tcounter       c[AS__NCOUNTERS];
+} as__tblock;
+
+/* Retired totals of exited threads (under g_reg_lock). */
+typedef struct as__rcounter {
+    int64_t  live_req, live_use;
+    uint64_t allocs, frees;
+} as__rcounter;
+
+/* Extent hooks: the jemalloc struct first so a hook's extent_hooks_t * can
+ * be cast back. */
+typedef struct as__hooks {
+    extent_hooks_t   h;
+    struct as_arena *arena;
+} as__hooks;
+
+struct as_arena {
+    as__hooks        hooks;                /* must stay valid until destroy */
+    unsigned         index;                /* jemalloc arena index */
+    uint64_t         uid;                  /* unique per process, never 0 */
+    int              base_flags;           /* MALLOCX_ARENA(index) */
+    bool             checked;
+    _Atomic uint64_t budget;
+
+    /* names */
+    pthread_mutex_t  names_lock;
+    _Atomic unsigned ntags, nlayers;
+    char             tag_names[AS_TAG_MAX][AS__NAME_MAX];
+    char             layer_names[AS_LAYER_MAX][AS__NAME_MAX];
+
+    /* counters */
+    as__gcounter     gtotal;
+    as__gcounter     g[AS__NCOUNTERS];
+    as__tblock      *blocks;               /* g_reg_lock */
+    as__rcounter     retired[AS__NCOUNTERS];
+    unsigned         nthreads;             /* live blocks (g_reg_lock) */
+
+    /* extent hooks */
+    _Atomic uint64_t reserved, released, purged;
+    pthread_mutex_t  ranges_lock;
+    size_t           nranges;
+    bool             ranges_overflow;
+    struct { uintptr_t lo, hi; } ranges[AS__RANGES_MAX];
+
+    /* jemalloc statistics */
+    pthread_mutex_t  stats_lock;
+    size_t           mib_epoch[1], mib_resident[4], mib_mapped[4], mib_retained[4];
+    size_t           mib_len;
+    _Atomic uint64_t resident, mapped, retained;
+
+    /* timeline */
+    pthread_mutex_t  tl_lock;
+    as_sample       *tl;
+    size_t           tl_cap;
+    uint64_t         tl_next_seq;          /* seq of the next sample */
+    _Atomic uint64_t step;
+    _Atomic int      phase;
+    as_sample_fn     hook_fn;              /* tl_lock */
+    void            *hook_ud;
+
+    /* sampler */
+    unsigned         sampler_hz;
+    bool             sampler_running, sampler_stop;
+    pthread_t        sampler;
+    pthread_cond_t   sampler_cv;           /* CLOCK_MONOTONIC; tl_lock */
+};
+
+/* ---- thread.c ---- */
+/* The calling thread's block for arena a, created on first use (tcache
+ * created, block linked). NULL on failure (out of memory / no tcache). */
+as__tblock *as__tblock_get(as_arena *a);
+/* Fold the calling thread's pending deltas for a into G (owner only). */
+void as__tblock_fold(as__tblock *b);
+/* Destroy every block of a (arena destroy; caller guarantees no other call
+ * on a runs). */
+void as__arena_drop_blocks(as_arena *a);
+/* Number of threads holding a block (and a tcache) for a. */
+unsigned as__arena_nthreads(as_arena *a);
+/* The registry lock: held to read the blocks of any arena. */
+void as__reg_lock(void);
+void as__reg_unlock(void);
+
+/* ---- hooks.c ---- */
+int  as__hooks_init(as__hooks *h, as_arena *a);
+bool as__ranges_contain(as_arena *a, const void *p);
+
+/* ---- arena.c ---- */
+/* Sum the live values of every counter (tags, layers) into out (array of
+ * AS__NCOUNTERS). Caller holds the registry lock. */
+void as__sum_live(as_arena *a, as__rcounter *out);
+void as__set_error(const as_arena *a, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void as__atomic_max(_Atomic uint64_t *p, uint64_t v);
+
+/* ---- sampler.c ---- */
+int  as__timeline_init(as_arena *a, size_t cap);
+void as__timeline_free(as_arena *a);
+int  as__sampler_start(as_arena *a);
+void as__sampler_stop(as_arena *a);
+int  as__stats_init(as_arena *a);
+uint64_t as__now_ns(void);
+
+#endif
