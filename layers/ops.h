@@ -154,6 +154,17 @@ void as_op_attn_bwd(int B, int T, int C, int NH, const float *qkv,
                     const float *P, const float *dout, float *dqkv,
                     float *dP, as_op_softmax_bwd_fn softmax_bwd, void *ud);
 
+/* The two halves of the backward for one head (b, h), for callers that
+ * obtain P block by block and run the softmax backward in between (e.g.
+ * through the store, from a compressed P):
+ *   pv: dP_bh (T, T) = dO V^T and dV = P^T dO (written into dqkv);
+ *   qk: from dS_bh (the score gradient), dQ and dK (written into dqkv). */
+void as_op_attn_bwd_pv(int T, int C, int NH, int b, int h, const float *qkv,
+                       const float *P_bh, const float *dout, float *dqkv,
+                       float *dP_bh);
+void as_op_attn_bwd_qk(int T, int C, int NH, int b, int h, const float *qkv,
+                       const float *dS_bh, float *dqkv);
+
 /* ---- embeddings -------------------------------------------------------- */
 
 /* out (B, T, C) = wte[tok] + wpe[t]. wpe may be NULL. */

@@ -38,28 +38,46 @@ void as_op_attn_fwd(int B, int T, int C, int NH, bool causal,
         }
 }
 
+void as_op_attn_bwd_pv(int T, int C, int NH, int b, int h, const float *qkv,
+                       const float *P_bh, const float *dout, float *dqkv,
+                       float *dP_bh)
+{
+    const int hd = C / NH, C3 = 3 * C;
+    const size_t qo = (size_t)b * T * C3 + h * hd;
+    const float *v = qkv + qo + 2 * C;
+    const float *dO = dout + (size_t)b * T * C + h * hd;
+    as_op_gemm(false, true, T, T, hd, 1.0f, dO, C, v, C3, 0.0f, dP_bh, T);
+    as_op_gemm(true, false, T, hd, T, 1.0f, P_bh, T, dO, C, 0.0f,
+               dqkv + qo + 2 * C, C3);
+}
+
+void as_op_attn_bwd_qk(int T, int C, int NH, int b, int h, const float *qkv,
+                       const float *dS_bh, float *dqkv)
+{
+    const int hd = C / NH, C3 = 3 * C;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const size_t qo = (size_t)b * T * C3 + h * hd;
+    const float *q = qkv + qo, *k = q + C;
+    as_op_gemm(false, false, T, hd, T, scale, dS_bh, T, k, C3, 0.0f,
+               dqkv + qo, C3);
+    as_op_gemm(true, false, T, hd, T, scale, dS_bh, T, q, C3, 0.0f,
+               dqkv + qo + C, C3);
+}
+
 void as_op_attn_bwd(int B, int T, int C, int NH, const float *qkv,
                     const float *P, const float *dout, float *dqkv,
                     float *dP, as_op_softmax_bwd_fn softmax_bwd, void *ud)
 {
     assert(C % NH == 0);
-    const int hd = C / NH, C3 = 3 * C;
-    const float scale = 1.0f / sqrtf((float)hd);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
-            const size_t qo = (size_t)b * T * C3 + h * hd;
-            const float *q = qkv + qo, *k = q + C, *v = q + 2 * C;
-            float *dq = dqkv + qo, *dk = dq + C, *dv = dq + 2 * C;
             const float *p = P + ((size_t)b * NH + h) * T * T;
-            const float *dO = dout + (size_t)b * T * C + h * hd;
-            as_op_gemm(false, true, T, T, hd, 1.0f, dO, C, v, C3, 0.0f, dP, T);
-            as_op_gemm(true, false, T, hd, T, 1.0f, p, T, dO, C, 0.0f, dv, C3);
+            as_op_attn_bwd_pv(T, C, NH, b, h, qkv, p, dout, dqkv, dP);
             if (softmax_bwd)
                 softmax_bwd(ud, b, h, T, p, dP);
             else
                 as_op_softmax_bwd((size_t)T, T, p, dP, dP);
-            as_op_gemm(false, false, T, hd, T, scale, dP, T, k, C3, 0.0f, dq, C3);
-            as_op_gemm(true, false, T, hd, T, scale, dP, T, q, C3, 0.0f, dk, C3);
+            as_op_attn_bwd_qk(T, C, NH, b, h, qkv, dP, dqkv);
         }
 }
 

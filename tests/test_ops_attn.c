@@ -1,0 +1,303 @@
+/*
+ * Tensor kernels, part 2: LayerNorm, BatchNorm (train and eval), multi-head
+ * attention (with and without the causal mask, and with a softmax backward
+ * callback), embeddings. Same method as test_ops.c: double-precision
+ * reference forward, central finite differences for the backward.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "layers/ops.h"
+
+/* ---- harness -------------------------------------------------------------- */
+
+typedef void (*ref_fn)(const void *cfg, const double *in, double *out);
+
+static uint64_t rng_state = 1;
+static double urand(void)   /* [-1, 1) */
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+static void fill(double *d, size_t n, double s)
+{
+    for (size_t i = 0; i < n; i++)
+        d[i] = urand() * s;
+}
+static float *to_f(const double *d, size_t n)
+{
+    float *f = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++)
+        f[i] = (float)d[i];
+    return f;
+}
+
+/* Forward check: float result against the double reference. */
+static void check_close(const char *what, const float *got, const double *ref,
+                        size_t n, double tol)
+{
+    double scale = 1e-3, err = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        scale = fmax(scale, fabs(ref[i]));
+        err = fmax(err, fabs(got[i] - ref[i]));
+    }
+    if (err / scale > tol)
+        fail_msg("%s: max error %.3g relative to %.3g (tol %.1g)", what, err,
+                 scale, tol);
+}
+
+/* Gradient check of in[off .. off+n) against finite differences of
+ * sum(r * ref(in)). */
+static void check_grad(const char *what, ref_fn ref, const void *cfg,
+                       double *in, size_t nout, const double *r,
+                       const float *analytic, size_t off, size_t n)
+{
+    double *out = malloc(sizeof(double) * nout);
+    double *num = malloc(sizeof(double) * n);
+    const double h = 1e-5;
+    for (size_t i = 0; i < n; i++) {
+        double keep = in[off + i], lp = 0.0, lm = 0.0;
+        in[off + i] = keep + h;
+        ref(cfg, in, out);
+        for (size_t k = 0; k < nout; k++)
+            lp += r[k] * out[k];
+        in[off + i] = keep - h;
+        ref(cfg, in, out);
+        for (size_t k = 0; k < nout; k++)
+            lm += r[k] * out[k];
+        in[off + i] = keep;
+        num[i] = (lp - lm) / (2 * h);
+    }
+    check_close(what, analytic, num, n, 2e-3);
+    free(out);
+    free(num);
+}
+
+/* ---- LayerNorm -------------------------------------------------------- */
+
+typedef struct { int N, C; } ln_cfg;
+static void ln_ref(const void *c_, const double *p, double *y)
+{
+    const ln_cfg *c = c_;
+    const double *x = p, *g = x + c->N * c->C, *b = g + c->C;
+    for (int n = 0; n < c->N; n++) {
+        double m = 0, v = 0;
+        for (int k = 0; k < c->C; k++)
+            m += x[n * c->C + k];
+        m /= c->C;
+        for (int k = 0; k < c->C; k++)
+            v += (x[n * c->C + k] - m) * (x[n * c->C + k] - m);
+        v /= c->C;
+        for (int k = 0; k < c->C; k++)
+            y[n * c->C + k] = (x[n * c->C + k] - m) / sqrt(v + 1e-5) * g[k] + b[k];
+    }
+}
+
+static void test_layernorm(void **state)
+{
+    (void)state;
+    ln_cfg c = {4, 9};
+    size_t nx = 36, np = 36 + 18;
+    double p[54], r[36], yr[36];
+    fill(p, np, 2.0);
+    fill(r, nx, 1.0);
+    float *pf = to_f(p, np), *rf = to_f(r, nx), y[36], mean[4], rstd[4];
+    float g[54] = {0};
+    as_op_layernorm_fwd(4, 9, 1e-5f, pf, pf + 36, pf + 45, y, mean, rstd);
+    ln_ref(&c, p, yr);
+    check_close("layernorm fwd", y, yr, nx, 1e-5);
+    as_op_layernorm_bwd(4, 9, pf, pf + 36, mean, rstd, rf, g, g + 36, g + 45);
+    check_grad("layernorm dx", ln_ref, &c, p, nx, r, g, 0, 36);
+    check_grad("layernorm dg", ln_ref, &c, p, nx, r, g + 36, 36, 9);
+    check_grad("layernorm db", ln_ref, &c, p, nx, r, g + 45, 45, 9);
+    free(pf);
+    free(rf);
+}
+
+/* ---- BatchNorm -------------------------------------------------------- */
+
+typedef struct { int N, C, HW; } bn_cfg;
+static void bn_ref(const void *c_, const double *p, double *y)
+{
+    const bn_cfg *c = c_;
+    const double *x = p, *g = x + c->N * c->C * c->HW, *b = g + c->C;
+    for (int k = 0; k < c->C; k++) {
+        double m = 0, v = 0, cnt = c->N * c->HW;
+        for (int n = 0; n < c->N; n++)
+            for (int i = 0; i < c->HW; i++)
+                m += x[(n * c->C + k) * c->HW + i];
+        m /= cnt;
+        for (int n = 0; n < c->N; n++)
+            for (int i = 0; i < c->HW; i++) {
+                double d = x[(n * c->C + k) * c->HW + i] - m;
+                v += d * d;
+            }
+        v /= cnt;
+        for (int n = 0; n < c->N; n++)
+            for (int i = 0; i < c->HW; i++) {
+                size_t o = (size_t)(n * c->C + k) * c->HW + i;
+                y[o] = (x[o] - m) / sqrt(v + 1e-5) * g[k] + b[k];
+            }
+    }
+}
+
+static void test_batchnorm(void **state)
+{
+    (void)state;
+    bn_cfg c = {3, 4, 5};
+    size_t nx = 60, np = 68;
+    double p[68], r[60], yr[60];
+    fill(p, np, 2.0);
+    for (int i = 0; i < 60; i++)
+        p[i] += 3.0;  /* non-zero mean */
+    fill(r, nx, 1.0);
+    float *pf = to_f(p, np), *rf = to_f(r, nx), y[60], mean[4], inv[4];
+    float rm[4] = {0}, rv[4] = {1, 1, 1, 1}, g[68] = {0};
+    as_op_batchnorm_fwd(3, 4, 5, 1e-5f, true, 0.1f, pf, pf + 60, pf + 64, rm,
+                        rv, mean, inv, y);
+    bn_ref(&c, p, yr);
+    check_close("batchnorm fwd (train)", y, yr, nx, 1e-5);
+    for (int k = 0; k < 4; k++)  /* running mean moved 10% toward batch mean */
+        assert_float_equal(rm[k], 0.1f * mean[k], 1e-6);
+    as_op_batchnorm_bwd(3, 4, 5, pf, pf + 60, mean, inv, rf, g, g + 60, g + 64);
+    check_grad("batchnorm dx", bn_ref, &c, p, nx, r, g, 0, 60);
+    check_grad("batchnorm dg", bn_ref, &c, p, nx, r, g + 60, 60, 4);
+    check_grad("batchnorm db", bn_ref, &c, p, nx, r, g + 64, 64, 4);
+    /* eval mode uses the running statistics */
+    float rm2[4] = {1, -1, 0.5f, 0}, rv2[4] = {4, 1, 0.25f, 1}, ye[60];
+    as_op_batchnorm_fwd(3, 4, 5, 0.0f, false, 0.1f, pf, pf + 60, pf + 64, rm2,
+                        rv2, NULL, NULL, ye);
+    for (int n = 0; n < 3; n++)
+        for (int k = 0; k < 4; k++)
+            for (int i = 0; i < 5; i++) {
+                int o = (n * 4 + k) * 5 + i;
+                float want = (pf[o] - rm2[k]) / sqrtf(rv2[k]) * pf[60 + k] + pf[64 + k];
+                assert_float_equal(ye[o], want, 1e-5);
+            }
+    free(pf);
+    free(rf);
+}
+
+/* ---- attention -------------------------------------------------------- */
+
+typedef struct { int B, T, C, NH; bool causal; } at_cfg;
+static void at_ref(const void *c_, const double *qkv, double *out)
+{
+    const at_cfg *c = c_;
+    int hd = c->C / c->NH, C3 = 3 * c->C;
+    double sc = 1.0 / sqrt(hd), p[16];
+    for (int b = 0; b < c->B; b++)
+        for (int h = 0; h < c->NH; h++)
+            for (int t = 0; t < c->T; t++) {
+                const double *q = qkv + (b * c->T + t) * C3 + h * hd;
+                int n = c->causal ? t + 1 : c->T;
+                double m = -1e300, s = 0;
+                for (int u = 0; u < n; u++) {
+                    const double *k = qkv + (b * c->T + u) * C3 + c->C + h * hd;
+                    double d = 0;
+                    for (int i = 0; i < hd; i++)
+                        d += q[i] * k[i];
+                    p[u] = d * sc;
+                    m = fmax(m, p[u]);
+                }
+                for (int u = 0; u < n; u++)
+                    s += (p[u] = exp(p[u] - m));
+                for (int i = 0; i < hd; i++) {
+                    double acc = 0;
+                    for (int u = 0; u < n; u++)
+                        acc += p[u] / s * qkv[(b * c->T + u) * C3 + 2 * c->C + h * hd + i];
+                    out[(b * c->T + t) * c->C + h * hd + i] = acc;
+                }
+            }
+}
+
+static int cb_calls;
+static void plain_softmax_bwd(void *ud, int b, int h, int T, const float *P,
+                              float *dP)
+{
+    (void)b; (void)h;
+    cb_calls += *(int *)ud;
+    as_op_softmax_bwd((size_t)T, T, P, dP, dP);
+}
+
+static void attn_case(bool causal, bool callback)
+{
+    at_cfg c = {2, 5, 8, 2, causal};
+    size_t nq = 2 * 5 * 24, no = 2 * 5 * 8, np = 2 * 2 * 25;
+    double q[240], r[80], yr[80];
+    fill(q, nq, 1.5);
+    fill(r, no, 1.0);
+    float *qf = to_f(q, nq), *rf = to_f(r, no), P[100], out[80], dq[240], dP[25];
+    as_op_attn_fwd(2, 5, 8, 2, causal, qf, P, out);
+    at_ref(&c, q, yr);
+    check_close(causal ? "attn fwd causal" : "attn fwd", out, yr, no, 1e-5);
+    if (causal)
+        for (size_t i = 0; i < np; i++)
+            if ((int)(i % 5) > (int)((i / 5) % 5))
+                assert_true(P[i] == 0.0f);
+    int one = 1;
+    cb_calls = 0;
+    as_op_attn_bwd(2, 5, 8, 2, qf, P, rf, dq, dP,
+                   callback ? plain_softmax_bwd : NULL, &one);
+    assert_int_equal(cb_calls, callback ? 4 : 0);
+    check_grad(causal ? "attn dqkv causal" : "attn dqkv", at_ref, &c, q, no, r,
+               dq, 0, nq);
+    free(qf);
+    free(rf);
+}
+
+static void test_attention(void **state)
+{
+    (void)state;
+    attn_case(false, false);
+    attn_case(true, false);
+    attn_case(true, true);
+}
+
+/* ---- embeddings ------------------------------------------------------- */
+
+static const int32_t emb_tok[6] = {3, 0, 3, 1, 2, 3};
+static void emb_ref(const void *c_, const double *p, double *y)
+{
+    (void)c_;  /* B 2, T 3, C 4, V 4: wte (4, 4) then wpe (3, 4) */
+    for (int b = 0; b < 2; b++)
+        for (int t = 0; t < 3; t++)
+            for (int k = 0; k < 4; k++)
+                y[(b * 3 + t) * 4 + k] = p[emb_tok[b * 3 + t] * 4 + k] + p[16 + t * 4 + k];
+}
+
+static void test_embedding(void **state)
+{
+    (void)state;
+    double p[28], r[24], yr[24];
+    fill(p, 28, 1.0);
+    fill(r, 24, 1.0);
+    float *pf = to_f(p, 28), *rf = to_f(r, 24), y[24], g[28] = {0};
+    as_op_embed_fwd(2, 3, 4, emb_tok, pf, pf + 16, y);
+    emb_ref(NULL, p, yr);
+    check_close("embed fwd", y, yr, 24, 1e-6);
+    as_op_embed_bwd(2, 3, 4, emb_tok, rf, g, g + 16);
+    check_grad("embed dwte", emb_ref, NULL, p, 24, r, g, 0, 16);
+    check_grad("embed dwpe", emb_ref, NULL, p, 24, r, g + 16, 16, 12);
+    free(pf);
+    free(rf);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_batchnorm),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_embedding),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
