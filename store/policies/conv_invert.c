@@ -1,0 +1,479 @@
+/*
+ * Conv input regeneration by inversion: geometry, frame, factor cache and
+ * the batched restore (the math is summarized in conv_invert.h).
+ *
+ * Restore of a batch of n images, all fp32:
+ *  1. Pair the images: image j and image j + ceil(n/2) become the real and
+ *     imaginary parts of one complex image. The system is linear with a real
+ *     operator, so solving the complex image solves both at once and half as
+ *     many transforms are needed (the usual two-real-FFTs-for-one trick,
+ *     without ever separating the spectra).
+ *  2. Build the full output F on a P x Q grid (P >= H+kh-1, Q >= W+kw-1,
+ *     2,3,5-smooth): its central window is Y - bias, its border rows and
+ *     columns are the correlation of W with the frame of X, the rest is 0.
+ *     Layout [p][q][re|im][Cout][pairs]: every grid point is one planar
+ *     vector, so the FFT butterflies and the solve run over contiguous lanes.
+ *  3. 2-D FFT (batched over Cout * pairs lanes).
+ *  4. At every frequency X^(f) = M(f) F^(f) with the cached fp32 M(f)
+ *     (Cin x Cout; M(-f) = conj(M(f)) for the half not stored).
+ *  5. Inverse 2-D FFT (Cin * pairs lanes), only rows < H of the last pass.
+ *  6. Crop, scale by 1/(PQ), split real/imaginary parts back into images and
+ *     put the exact frame pixels back.
+ */
+#include <assert.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "store/policies/conv_invert.h"
+
+struct as__conv_inv {
+    as__conv_geom g;
+    as__conv_inv_cfg cfg;
+    int ho, wo;
+    int dh, dw;            /* F row a <-> Y row a - dh (dh = kh-1-pad_h) */
+    int top, bot, left, right;   /* frame widths, clamped to the image */
+    int P, Q, Qh;
+    as__civ_fft fp, fq, ip, iq;  /* forward / inverse along P and Q */
+    /* cache */
+    int state;             /* 0 none, 1 factor valid, 2 rejected (cond) */
+    uint64_t version;
+    float *m;              /* (P*Qh, 2, Cin, Cout) */
+    float *wt;             /* weights as (kh, kw, Cout, Cin) */
+    char reject[160];
+    as__conv_inv_stats st;
+};
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+static int max0(int v) { return v > 0 ? v : 0; }
+
+int as__conv_out_h(const as__conv_geom *g)
+{
+    return (g->h + 2 * g->pad_h - g->dil_h * (g->kh - 1) - 1) / (g->stride_h > 0 ? g->stride_h : 1) + 1;
+}
+
+int as__conv_out_w(const as__conv_geom *g)
+{
+    return (g->w + 2 * g->pad_w - g->dil_w * (g->kw - 1) - 1) / (g->stride_w > 0 ? g->stride_w : 1) + 1;
+}
+
+int as__conv_frame_rows(const as__conv_geom *g) { return max0(g->kh - 1 - g->pad_h); }
+int as__conv_frame_cols(const as__conv_geom *g) { return max0(g->kw - 1 - g->pad_w); }
+
+static void frame_widths(const as__conv_geom *g, int *top, int *bot, int *left, int *right)
+{
+    int mh = as__conv_frame_rows(g), mw = as__conv_frame_cols(g);
+    *top = mh < g->h ? mh : g->h;
+    *bot = mh < g->h - *top ? mh : g->h - *top;
+    *left = mw < g->w ? mw : g->w;
+    *right = mw < g->w - *left ? mw : g->w - *left;
+}
+
+size_t as__conv_frame_len(const as__conv_geom *g)
+{
+    int t, b, l, r;
+    frame_widths(g, &t, &b, &l, &r);
+    return (size_t)(t + b) * g->w + (size_t)(g->h - t - b) * (l + r);
+}
+
+#define WHY(...) do { if (why && whylen) snprintf(why, whylen, __VA_ARGS__); } while (0)
+
+int as__conv_inv_check(const as__conv_geom *g, char *why, size_t whylen)
+{
+    if (!g || g->cin < 1 || g->cout < 1 || g->h < 1 || g->w < 1 || g->kh < 1 ||
+        g->kw < 1 || g->kh > 16 || g->kw > 16 || g->pad_h < 0 || g->pad_w < 0) {
+        WHY("conv geometry: sizes must be positive, kernel <= 16, padding >= 0");
+        return AS_EINVAL;
+    }
+    if (g->stride_h != 1 || g->stride_w != 1) {
+        WHY("stride %dx%d (inversion needs stride 1)", g->stride_h, g->stride_w);
+        return AS_ENOTSUP;
+    }
+    if (g->dil_h != 1 || g->dil_w != 1) {
+        WHY("dilation %dx%d (inversion needs dilation 1)", g->dil_h, g->dil_w);
+        return AS_ENOTSUP;
+    }
+    if (g->groups != 1) {
+        WHY("groups %d (inversion needs groups 1)", g->groups);
+        return AS_ENOTSUP;
+    }
+    if (g->cout < g->cin) {
+        WHY("Cout %d < Cin %d (the system is underdetermined)", g->cout, g->cin);
+        return AS_ENOTSUP;
+    }
+    if (as__conv_out_h(g) < 1 || as__conv_out_w(g) < 1) {
+        WHY("empty conv output");
+        return AS_EINVAL;
+    }
+    if (as__conv_frame_len(g) >= (size_t)g->h * g->w) {
+        WHY("frame covers the whole %dx%d input (kernel %dx%d, padding %dx%d)",
+            g->h, g->w, g->kh, g->kw, g->pad_h, g->pad_w);
+        return AS_ENOTSUP;
+    }
+    return 0;
+}
+
+void as__conv_frame_extract(const as__conv_geom *g, int n, const float *x, float *frame)
+{
+    int t, b, l, r;
+    frame_widths(g, &t, &b, &l, &r);
+    const int H = g->h, W = g->w;
+    for (size_t ch = 0; ch < (size_t)n * g->cin; ch++) {
+        const float *src = x + ch * H * W;
+        memcpy(frame, src, sizeof(float) * t * W);
+        frame += (size_t)t * W;
+        memcpy(frame, src + (size_t)(H - b) * W, sizeof(float) * b * W);
+        frame += (size_t)b * W;
+        for (int row = t; row < H - b; row++) {
+            memcpy(frame, src + (size_t)row * W, sizeof(float) * l);
+            frame += l;
+            memcpy(frame, src + (size_t)row * W + W - r, sizeof(float) * r);
+            frame += r;
+        }
+    }
+}
+
+int as__conv_inv_create(const as__conv_geom *g, const as__conv_inv_cfg *cfg,
+                        as__conv_inv **out, char *why, size_t whylen)
+{
+    *out = NULL;
+    int rc = as__conv_inv_check(g, why, whylen);
+    if (rc)
+        return rc;
+    as__conv_inv *ci = calloc(1, sizeof *ci);
+    if (!ci)
+        return AS_ENOMEM;
+    ci->g = *g;
+    ci->cfg.cond_max = cfg && cfg->cond_max > 0 ? cfg->cond_max : 1e4;
+    ci->cfg.eps_rel = cfg && cfg->eps_rel >= 0 ? cfg->eps_rel : 1e-14;
+    ci->ho = as__conv_out_h(g);
+    ci->wo = as__conv_out_w(g);
+    ci->dh = g->kh - 1 - g->pad_h;
+    ci->dw = g->kw - 1 - g->pad_w;
+    frame_widths(g, &ci->top, &ci->bot, &ci->left, &ci->right);
+    ci->P = as__civ_fft_good_size(g->h + g->kh - 1);
+    ci->Q = as__civ_fft_good_size(g->w + g->kw - 1);
+    ci->Qh = ci->Q / 2 + 1;
+    if (as__civ_fft_init(&ci->fp, ci->P, -1) || as__civ_fft_init(&ci->fq, ci->Q, -1) ||
+        as__civ_fft_init(&ci->ip, ci->P, 1) || as__civ_fft_init(&ci->iq, ci->Q, 1)) {
+        as__conv_inv_destroy(ci);
+        return AS_ENOMEM;
+    }
+    ci->wt = malloc(sizeof(float) * (size_t)g->kh * g->kw * g->cout * g->cin);
+    if (!ci->wt) {
+        as__conv_inv_destroy(ci);
+        return AS_ENOMEM;
+    }
+    *out = ci;
+    return 0;
+}
+
+void as__conv_inv_destroy(as__conv_inv *ci)
+{
+    if (!ci)
+        return;
+    as__civ_fft_free(&ci->fp);
+    as__civ_fft_free(&ci->fq);
+    as__civ_fft_free(&ci->ip);
+    as__civ_fft_free(&ci->iq);
+    free(ci->m);
+    free(ci->wt);
+    free(ci);
+}
+
+void as__conv_inv_trim(as__conv_inv *ci)
+{
+    free(ci->m);
+    ci->m = NULL;
+    ci->state = 0;
+    ci->st.cache_bytes = 0;
+}
+
+void as__conv_inv_get_stats(const as__conv_inv *ci, as__conv_inv_stats *st)
+{
+    *st = ci->st;
+}
+
+int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
+                         double *cond_out, char *why, size_t whylen)
+{
+    const as__conv_geom *g = &ci->g;
+    if (ci->state && ci->version == version) {
+        if (cond_out)
+            *cond_out = ci->st.cond;
+        if (ci->state == 2) {
+            WHY("%s", ci->reject);
+            return AS_EFALLBACK;
+        }
+        ci->st.factor_hits++;
+        return 0;
+    }
+    as__conv_inv_trim(ci);
+    double t0 = now_ms();
+    size_t mlen = (size_t)ci->P * ci->Qh * 2 * g->cin * g->cout;
+    ci->m = malloc(sizeof(float) * mlen);
+    if (!ci->m)
+        return AS_ENOMEM;
+    double cond = 0;
+    int rc = as__civ_factor(g, ci->P, ci->Q, w, ci->cfg.eps_rel, ci->m, &cond);
+    if (rc) {
+        as__conv_inv_trim(ci);
+        return rc;
+    }
+    for (int u = 0; u < g->kh; u++)
+        for (int v = 0; v < g->kw; v++)
+            for (int o = 0; o < g->cout; o++)
+                for (int c = 0; c < g->cin; c++)
+                    ci->wt[(((size_t)u * g->kw + v) * g->cout + o) * g->cin + c] =
+                        w[(((size_t)o * g->cin + c) * g->kh + u) * g->kw + v];
+    ci->version = version;
+    ci->st.factor_builds++;
+    ci->st.cond = cond;
+    ci->st.factor_ms = now_ms() - t0;
+    if (cond_out)
+        *cond_out = cond;
+    if (!(cond <= ci->cfg.cond_max)) {
+        free(ci->m);
+        ci->m = NULL;
+        ci->state = 2;
+        snprintf(ci->reject, sizeof ci->reject,
+                 "condition number %.3g above the threshold %.3g", cond, ci->cfg.cond_max);
+        WHY("%s", ci->reject);
+        return AS_EFALLBACK;
+    }
+    ci->state = 1;
+    ci->st.cache_bytes = sizeof(float) * mlen;
+    return 0;
+}
+
+/* x^(f) = M(f) z^(f) for all lanes at one frequency. z: [re|im][Cout][NB],
+ * xo: [re|im][Cin][NB]; s = -1 applies conj(M). */
+static void solve_freq(const float *mr, const float *mi, float s, const float *z,
+                       float *xo, int ci, int co, int NB)
+{
+    const float *zr = z, *zi = z + (size_t)co * NB;
+    float *xr = xo, *xi = xo + (size_t)ci * NB;
+    for (int l0 = 0; l0 < NB; l0 += 8) {
+        int c = 0;
+        for (; c + 4 <= ci; c += 4) {
+            float ar[4][8] = {{0}}, ai[4][8] = {{0}};
+            for (int o = 0; o < co; o++) {
+                const float *pr = zr + (size_t)o * NB + l0, *pi = zi + (size_t)o * NB + l0;
+                for (int q = 0; q < 4; q++) {
+                    const float a = mr[(size_t)(c + q) * co + o];
+                    const float b = s * mi[(size_t)(c + q) * co + o];
+                    for (int l = 0; l < 8; l++) {
+                        ar[q][l] += a * pr[l] - b * pi[l];
+                        ai[q][l] += a * pi[l] + b * pr[l];
+                    }
+                }
+            }
+            for (int q = 0; q < 4; q++)
+                for (int l = 0; l < 8; l++) {
+                    xr[(size_t)(c + q) * NB + l0 + l] = ar[q][l];
+                    xi[(size_t)(c + q) * NB + l0 + l] = ai[q][l];
+                }
+        }
+        for (; c < ci; c++) {
+            float ar[8] = {0}, ai[8] = {0};
+            for (int o = 0; o < co; o++) {
+                const float *pr = zr + (size_t)o * NB + l0, *pi = zi + (size_t)o * NB + l0;
+                const float a = mr[(size_t)c * co + o], b = s * mi[(size_t)c * co + o];
+                for (int l = 0; l < 8; l++) {
+                    ar[l] += a * pr[l] - b * pi[l];
+                    ai[l] += a * pi[l] + b * pr[l];
+                }
+            }
+            for (int l = 0; l < 8; l++) {
+                xr[(size_t)c * NB + l0 + l] = ar[l];
+                xi[(size_t)c * NB + l0 + l] = ai[l];
+            }
+        }
+    }
+}
+
+/* The border of F (outside the Y window): correlation of W with the frame,
+ * held in xg ([H][W][re|im][Cin][NB], zero off the frame). */
+static void build_border(const as__conv_inv *ci, const float *xg, float *F, int NB)
+{
+    const as__conv_geom *g = &ci->g;
+    const int H = g->h, W = g->w, kh = g->kh, kw = g->kw;
+    const int cin = g->cin, cout = g->cout;
+    const size_t Bi = (size_t)cin * NB, Bo = (size_t)cout * NB;
+    const int Pl = H + kh - 1, Ql = W + kw - 1;
+    for (int a = 0; a < Pl; a++) {
+        const int in_rows = a - ci->dh >= 0 && a - ci->dh < ci->ho;
+        for (int b = 0; b < Ql; b++) {
+            if (in_rows && b - ci->dw >= 0 && b - ci->dw < ci->wo) {
+                b = ci->dw + ci->wo - 1;   /* jump over the window */
+                continue;
+            }
+            float *fe = F + ((size_t)a * ci->Q + b) * 2 * Bo;
+            for (int u = 0; u < kh; u++) {
+                const int r = a - (kh - 1) + u;
+                if (r < 0 || r >= H)
+                    continue;
+                for (int v = 0; v < kw; v++) {
+                    const int s = b - (kw - 1) + v;
+                    if (s < 0 || s >= W)
+                        continue;
+                    const float *xe = xg + ((size_t)r * W + s) * 2 * Bi;
+                    const float *wuv = ci->wt + ((size_t)u * kw + v) * cout * cin;
+                    for (int ri = 0; ri < 2; ri++)
+                        for (int o = 0; o < cout; o++) {
+                            float *dst = fe + ri * Bo + (size_t)o * NB;
+                            for (int c = 0; c < cin; c++) {
+                                const float wv = wuv[(size_t)o * cin + c];
+                                const float *src = xe + ri * Bi + (size_t)c * NB;
+                                for (int l = 0; l < NB; l++)
+                                    dst[l] += wv * src[l];
+                            }
+                        }
+                }
+            }
+        }
+    }
+}
+
+int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
+                         const float *bias, const float *frame, float *x)
+{
+    if (ci->state != 1 || !ci->m)
+        return AS_ESTATE;
+    if (n < 1)
+        return n == 0 ? 0 : AS_EINVAL;
+    const as__conv_geom *g = &ci->g;
+    const int H = g->h, W = g->w, P = ci->P, Q = ci->Q;
+    const int cin = g->cin, cout = g->cout, ho = ci->ho, wo = ci->wo;
+    const int N2 = (n + 1) / 2, NB = (N2 + 7) / 8 * 8;
+    const size_t Bo = (size_t)cout * NB, Bi = (size_t)cin * NB;
+    const size_t Eo = 2 * Bo, Ei = 2 * Bi;
+    const size_t grid = (size_t)P * Q * Eo;
+    float *b1 = malloc(sizeof(float) * grid), *b2 = malloc(sizeof(float) * grid);
+    if (!b1 || !b2) {
+        free(b1);
+        free(b2);
+        return AS_ENOMEM;
+    }
+    const int Pl = H + g->kh - 1;
+    const size_t flen = as__conv_frame_len(g);
+
+    /* 2. F: window from Y, border from the frame. */
+    memset(b1, 0, sizeof(float) * grid);
+    for (int img = 0; img < n; img++) {
+        const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
+        for (int o = 0; o < cout; o++) {
+            const float bo = bias ? bias[o] : 0.0f;
+            const float *ys = y + ((size_t)img * cout + o) * ho * wo;
+            for (int i = 0; i < ho; i++) {
+                const int a = i + ci->dh;
+                if (a < 0 || a >= Pl)
+                    continue;
+                for (int j = 0; j < wo; j++) {
+                    const int b = j + ci->dw;
+                    if (b < 0 || b >= W + g->kw - 1)
+                        continue;
+                    b1[((size_t)a * Q + b) * Eo + ri * Bo + (size_t)o * NB + np] =
+                        ys[(size_t)i * wo + j] - bo;
+                }
+            }
+        }
+    }
+    if (flen) {
+        float *xg = b2;   /* (H, W, 2, Cin, NB), fits: H*W*Ei <= P*Q*Eo */
+        memset(xg, 0, sizeof(float) * (size_t)H * W * Ei);
+        for (int img = 0; img < n; img++) {
+            const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
+            for (int c = 0; c < cin; c++) {
+                const float *fr = frame + ((size_t)img * cin + c) * flen;
+                float *base = xg + ri * Bi + (size_t)c * NB + np;
+#define PUT(r, s) base[((size_t)(r) * W + (s)) * Ei] = *fr++
+                for (int r = 0; r < ci->top; r++)
+                    for (int s = 0; s < W; s++) PUT(r, s);
+                for (int r = H - ci->bot; r < H; r++)
+                    for (int s = 0; s < W; s++) PUT(r, s);
+                for (int r = ci->top; r < H - ci->bot; r++) {
+                    for (int s = 0; s < ci->left; s++) PUT(r, s);
+                    for (int s = W - ci->right; s < W; s++) PUT(r, s);
+                }
+#undef PUT
+            }
+        }
+        build_border(ci, xg, b1, NB);
+    }
+
+    /* 3. forward 2-D FFT: rows b1 -> b2, columns b2 -> b1. */
+    for (int a = 0; a < P; a++) {
+        float *dst = b2 + (size_t)a * Q * Eo;
+        if (a >= Pl)
+            memset(dst, 0, sizeof(float) * Q * Eo);
+        else
+            as__civ_fft_run(&ci->fq, dst, Eo, b1 + (size_t)a * Q * Eo, Eo, Bo);
+    }
+    for (int b = 0; b < Q; b++)
+        as__civ_fft_run(&ci->fp, b1 + (size_t)b * Eo, (size_t)Q * Eo,
+                        b2 + (size_t)b * Eo, (size_t)Q * Eo, Bo);
+
+    /* 4. solve per frequency: b1 (Eo per point) -> b2 (Ei per point). */
+    const size_t msz = 2 * (size_t)cin * cout;
+    for (int kp = 0; kp < P; kp++)
+        for (int kq = 0; kq < Q; kq++) {
+            const float *mf;
+            float s;
+            if (kq < ci->Qh) {
+                mf = ci->m + ((size_t)kp * ci->Qh + kq) * msz;
+                s = 1.0f;
+            } else {
+                mf = ci->m + ((size_t)((P - kp) % P) * ci->Qh + (Q - kq)) * msz;
+                s = -1.0f;
+            }
+            solve_freq(mf, mf + msz / 2, s, b1 + ((size_t)kp * Q + kq) * Eo,
+                       b2 + ((size_t)kp * Q + kq) * Ei, cin, cout, NB);
+        }
+
+    /* 5. inverse 2-D FFT: columns b2 -> b1, rows (< H only) b1 -> b2. */
+    for (int b = 0; b < Q; b++)
+        as__civ_fft_run(&ci->ip, b1 + (size_t)b * Ei, (size_t)Q * Ei,
+                        b2 + (size_t)b * Ei, (size_t)Q * Ei, Bi);
+    for (int a = 0; a < H; a++)
+        as__civ_fft_run(&ci->iq, b2 + (size_t)a * Q * Ei, Ei,
+                        b1 + (size_t)a * Q * Ei, Ei, Bi);
+
+    /* 6. crop, scale, unpair; exact frame pixels back. */
+    const float scale = 1.0f / ((float)P * (float)Q);
+    for (int img = 0; img < n; img++) {
+        const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
+        for (int c = 0; c < cin; c++) {
+            float *xd = x + ((size_t)img * cin + c) * H * W;
+            const float *src = b2 + ri * Bi + (size_t)c * NB + np;
+            for (int r = 0; r < H; r++)
+                for (int s = 0; s < W; s++)
+                    xd[(size_t)r * W + s] = src[((size_t)r * Q + s) * Ei] * scale;
+            if (flen) {
+                const float *fr = frame + ((size_t)img * cin + c) * flen;
+                memcpy(xd, fr, sizeof(float) * ci->top * W);
+                fr += (size_t)ci->top * W;
+                memcpy(xd + (size_t)(H - ci->bot) * W, fr, sizeof(float) * ci->bot * W);
+                fr += (size_t)ci->bot * W;
+                for (int r = ci->top; r < H - ci->bot; r++) {
+                    memcpy(xd + (size_t)r * W, fr, sizeof(float) * ci->left);
+                    fr += ci->left;
+                    memcpy(xd + (size_t)r * W + W - ci->right, fr, sizeof(float) * ci->right);
+                    fr += ci->right;
+                }
+            }
+        }
+    }
+    free(b1);
+    free(b2);
+    ci->st.restores++;
+    return 0;
+}

@@ -1,0 +1,143 @@
+/*
+ * Conv input regeneration by inversion (internal; not part of the public API).
+ *
+ * A stride-1, dilation-1, groups-1 convolution (cross-correlation, as in
+ * PyTorch) Y = W (*) X + b is, before its window is cut, a multichannel
+ * linear convolution whose full output F has (H+kh-1) x (W+kw-1) pixels per
+ * output channel. Y is the central window of F; the rest of F depends only on
+ * a thin frame of X (the outer mh = kh-1-pad_h rows and mw = kw-1-pad_w
+ * columns). The solver keeps that frame at save time and at restore time
+ * rebuilds F from Y and the frame, transforms it to the Fourier domain, solves
+ * the per-frequency least-squares system (A^H A + eps I) X^ = A^H F^ with a
+ * factor cached per weight version, and transforms back.
+ *
+ * Layouts: X (N, Cin, H, W), Y (N, Cout, Ho, Wo), W (Cout, Cin, kh, kw), all
+ * fp32, contiguous. The frame of one image is (Cin, frame_len) floats; per
+ * channel: top mh rows (W each), bottom mh rows, then for the H-2mh middle rows
+ * the left mw and right mw columns (row by row: left block, then right block).
+ *
+ * Thread-safety: an as__conv_inv object is not thread-safe; use one per layer
+ * and serialize calls (the store holds its lock). Different objects are
+ * independent.
+ */
+#ifndef AS_STORE_CONV_INVERT_H
+#define AS_STORE_CONV_INVERT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actstore/common.h"
+
+/* Geometry of one conv layer. n is only used by callers that pass it around;
+ * the solver takes the batch size per call. */
+typedef struct as__conv_geom {
+    int n, cin, h, w;          /* input X */
+    int cout, kh, kw;          /* weights */
+    int pad_h, pad_w;          /* zero padding */
+    int stride_h, stride_w;    /* must be 1 for inversion */
+    int dil_h, dil_w;          /* must be 1 */
+    int groups;                /* must be 1 */
+} as__conv_geom;
+
+typedef struct as__conv_inv_cfg {
+    double cond_max;   /* largest accepted per-frequency cond(A(f)); 0 = 1e4 */
+    double eps_rel;    /* Tikhonov eps relative to trace(A^H A)/Cin; <0 = 1e-14 */
+} as__conv_inv_cfg;
+
+/* Counters of one solver object. */
+typedef struct as__conv_inv_stats {
+    uint64_t factor_builds;   /* factorizations computed (new weight version) */
+    uint64_t factor_hits;     /* restores that reused the cached factor */
+    uint64_t restores;        /* successful restores */
+    double   cond;            /* max over frequencies of cond(A(f)), last build */
+    double   factor_ms;       /* wall time of the last factorization */
+    size_t   cache_bytes;     /* bytes held by the cached factor */
+} as__conv_inv_stats;
+
+typedef struct as__conv_inv as__conv_inv;
+
+/* Output spatial size of the conv (ho = h + 2 pad_h - kh + 1). */
+int as__conv_out_h(const as__conv_geom *g);
+int as__conv_out_w(const as__conv_geom *g);
+
+/* Is the geometry invertible at all (stride 1, dilation 1, groups 1,
+ * Cout >= Cin, positive sizes, frame smaller than the input)? Returns 0, or
+ * AS_ENOTSUP with a reason in why (NUL-terminated, truncated to whylen), or
+ * AS_EINVAL for nonsense sizes. The condition number is checked later, by
+ * as__conv_inv_prepare. */
+int as__conv_inv_check(const as__conv_geom *g, char *why, size_t whylen);
+
+/* Frame width in rows / columns: max(0, k-1-pad). */
+int as__conv_frame_rows(const as__conv_geom *g);
+int as__conv_frame_cols(const as__conv_geom *g);
+/* Floats of the frame of one image and one channel (<= h*w). */
+size_t as__conv_frame_len(const as__conv_geom *g);
+
+/* Copy the frame of every image of x (n, Cin, H, W) into frame
+ * (n, Cin, frame_len). Never fails. */
+void as__conv_frame_extract(const as__conv_geom *g, int n, const float *x,
+                            float *frame);
+
+/* Create a solver for geometry g (must pass as__conv_inv_check). cfg may be
+ * NULL for defaults. Returns 0, AS_EINVAL / AS_ENOTSUP (why filled), or
+ * AS_ENOMEM. The caller owns *out and frees it with as__conv_inv_destroy. */
+int as__conv_inv_create(const as__conv_geom *g, const as__conv_inv_cfg *cfg,
+                        as__conv_inv **out, char *why, size_t whylen);
+/* NULL-safe. */
+void as__conv_inv_destroy(as__conv_inv *ci);
+
+/* Make the factor for weights w (Cout, Cin, kh, kw) of version `version`
+ * current: reuses the cached one when the version matches (counted as a hit
+ * by the next restore), otherwise rebuilds it (counted) and computes the
+ * condition number. Returns 0; AS_EFALLBACK when the max per-frequency
+ * condition number exceeds cfg.cond_max (why names the value; the factor is
+ * dropped and the next call with this version returns the same answer
+ * without recomputing); AS_ENOMEM. *cond_out (may be NULL) gets the
+ * condition number (inf when singular). */
+int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
+                         double *cond_out, char *why, size_t whylen);
+
+/* Rebuild x (n, Cin, H, W) from y (n, Cout, Ho, Wo), the optional bias
+ * (Cout, subtracted from y; NULL = none) and the frame written by
+ * as__conv_frame_extract. Needs a successful as__conv_inv_prepare for the
+ * current weights. Returns 0, AS_ESTATE (no valid factor), AS_ENOMEM. */
+int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
+                         const float *bias, const float *frame, float *x);
+
+/* Drop the cached factor (it is rebuilt on the next prepare). */
+void as__conv_inv_trim(as__conv_inv *ci);
+
+void as__conv_inv_get_stats(const as__conv_inv *ci, as__conv_inv_stats *st);
+
+/* ---- internals shared by the conv_invert*.c files ----------------------- */
+
+/* Batched complex FFT over "elements" that are planar vectors: an element is
+ * 2*B floats, B real parts then B imaginary parts; the transform runs along
+ * one axis of elements, independently for each of the B lanes. */
+typedef struct as__civ_fft {
+    int n;             /* length */
+    int nfact;
+    int sign;          /* -1 forward, +1 inverse */
+    int fact[32];      /* pairs (radix p, remaining m) as in a mixed-radix plan */
+    float *tw;         /* n complex twiddles, interleaved re/im */
+} as__civ_fft;
+
+/* Smallest 2,3,5-smooth integer >= n. */
+int as__civ_fft_good_size(int n);
+/* sign -1 forward, +1 inverse (unnormalized). Returns 0 or AS_ENOMEM. */
+int as__civ_fft_init(as__civ_fft *f, int n, int sign);
+void as__civ_fft_free(as__civ_fft *f);
+/* out[j*os] = sum_k in[k*is] exp(sign 2 pi i jk/n) for each lane; strides in
+ * floats; out and in must not overlap; B must be a multiple of 8. */
+void as__civ_fft_run(const as__civ_fft *f, float *out, size_t os,
+                     const float *in, size_t is, size_t B);
+
+/* Per-frequency factorization (conv_invert_factor.c). For every frequency of
+ * the half spectrum (kp in [0,P), kq in [0, Q/2]) compute
+ * M(f) = (A^H A + eps I)^-1 A^H as fp32 planar (mr, mi each Cin x Cout,
+ * row-major), stored at m + f * 2*Cin*Cout, and the max cond(A(f)).
+ * Returns 0 or AS_ENOMEM. */
+int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
+                   double eps_rel, float *m, double *cond_out);
+
+#endif

@@ -1,0 +1,360 @@
+/* Conv input regeneration by inversion: the solver (store/policies/conv_invert.h). */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "store/policies/conv_invert.h"
+
+static uint64_t rng_state = 88172645463325252ull;
+static double urand(void)   /* [0, 1) */
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (double)(rng_state >> 11) / 9007199254740992.0;
+}
+static double nrand(void)
+{
+    double u = urand() + 1e-12, v = urand();
+    return sqrt(-2 * log(u)) * cos(2 * M_PI * v);
+}
+
+static as__conv_geom geom(int cin, int h, int w, int cout, int k, int pad)
+{
+    as__conv_geom g = {.cin = cin, .h = h, .w = w, .cout = cout, .kh = k, .kw = k,
+                       .pad_h = pad, .pad_w = pad, .stride_h = 1, .stride_w = 1,
+                       .dil_h = 1, .dil_w = 1, .groups = 1};
+    return g;
+}
+
+/* Direct cross-correlation in double, stored as float (like a framework). */
+static void conv_ref(const as__conv_geom *g, int n, const float *x, const float *w,
+                     const float *bias, float *y)
+{
+    int ho = as__conv_out_h(g), wo = as__conv_out_w(g);
+    for (int b = 0; b < n; b++)
+        for (int o = 0; o < g->cout; o++)
+            for (int i = 0; i < ho; i++)
+                for (int j = 0; j < wo; j++) {
+                    double s = bias ? bias[o] : 0;
+                    for (int c = 0; c < g->cin; c++)
+                        for (int u = 0; u < g->kh; u++)
+                            for (int v = 0; v < g->kw; v++) {
+                                int r = i + u - g->pad_h, q = j + v - g->pad_w;
+                                if (r < 0 || r >= g->h || q < 0 || q >= g->w)
+                                    continue;
+                                s += (double)w[((o * g->cin + c) * g->kh + u) * g->kw + v] *
+                                     x[((b * g->cin + c) * g->h + r) * g->w + q];
+                            }
+                    y[((b * g->cout + o) * ho + i) * wo + j] = (float)s;
+                }
+}
+
+/* dW = sum over batch and output pixels of dY * X (double accumulation). */
+static void wgrad_ref(const as__conv_geom *g, int n, const float *x, const float *dy, double *dw)
+{
+    int ho = as__conv_out_h(g), wo = as__conv_out_w(g);
+    for (int o = 0; o < g->cout; o++)
+        for (int c = 0; c < g->cin; c++)
+            for (int u = 0; u < g->kh; u++)
+                for (int v = 0; v < g->kw; v++) {
+                    double s = 0;
+                    for (int b = 0; b < n; b++)
+                        for (int i = 0; i < ho; i++)
+                            for (int j = 0; j < wo; j++) {
+                                int r = i + u - g->pad_h, q = j + v - g->pad_w;
+                                if (r < 0 || r >= g->h || q < 0 || q >= g->w)
+                                    continue;
+                                s += (double)dy[((b * g->cout + o) * ho + i) * wo + j] *
+                                     x[((b * g->cin + c) * g->h + r) * g->w + q];
+                            }
+                    dw[((o * g->cin + c) * g->kh + u) * g->kw + v] = s;
+                }
+}
+
+static double max_rel_err(const float *a, const float *ref, size_t len)
+{
+    double e = 0, m = 0;
+    for (size_t i = 0; i < len; i++) {
+        double d = fabs((double)a[i] - ref[i]);
+        if (d > e) e = d;
+        if (fabs(ref[i]) > m) m = fabs(ref[i]);
+    }
+    return m > 0 ? e / m : e;
+}
+
+static float *rand_weights(const as__conv_geom *g)
+{
+    size_t len = (size_t)g->cout * g->cin * g->kh * g->kw;
+    float *w = malloc(sizeof(float) * len);
+    double sd = sqrt(2.0 / (g->cin * g->kh * g->kw));   /* He */
+    for (size_t i = 0; i < len; i++)
+        w[i] = (float)(sd * nrand());
+    return w;
+}
+
+static float *rand_input(const as__conv_geom *g, int n)
+{
+    size_t len = (size_t)n * g->cin * g->h * g->w;
+    float *x = malloc(sizeof(float) * len);
+    for (size_t i = 0; i < len; i++)
+        x[i] = (float)nrand();
+    return x;
+}
+
+/* Forward, extract frame, invert; returns the max relative error or -1 when
+ * the policy fell back (cond above the threshold). */
+static double roundtrip(const as__conv_geom *g, int n, const float *w, const float *x,
+                        float *xr, double *cond, as__conv_inv *ci, uint64_t version)
+{
+    int ho = as__conv_out_h(g), wo = as__conv_out_w(g);
+    float *bias = malloc(sizeof(float) * g->cout);
+    for (int o = 0; o < g->cout; o++)
+        bias[o] = (float)(0.1 * nrand());
+    float *y = malloc(sizeof(float) * (size_t)n * g->cout * ho * wo);
+    size_t flen = as__conv_frame_len(g);
+    float *frame = malloc(sizeof(float) * ((size_t)n * g->cin * flen + 1));
+    conv_ref(g, n, x, w, bias, y);
+    as__conv_frame_extract(g, n, x, frame);
+    char why[200];
+    double err = -1;
+    int rc = as__conv_inv_prepare(ci, w, version, cond, why, sizeof why);
+    if (rc == 0) {
+        assert_int_equal(as__conv_inv_restore(ci, n, y, bias, frame, xr), 0);
+        err = max_rel_err(xr, x, (size_t)n * g->cin * g->h * g->w);
+    } else {
+        assert_int_equal(rc, AS_EFALLBACK);
+        assert_true(strstr(why, "condition number") != NULL);
+    }
+    free(bias); free(y); free(frame);
+    return err;
+}
+
+static void test_fft_matches_dft(void **state)
+{
+    (void)state;
+    const int lens[] = {1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 15, 16, 30, 32, 36, 45, 72};
+    const size_t B = 8;
+    for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
+        int n = lens[t];
+        for (int sign = -1; sign <= 1; sign += 2) {
+            as__civ_fft f;
+            assert_int_equal(as__civ_fft_init(&f, n, sign), 0);
+            float *in = malloc(sizeof(float) * 2 * B * n), *out = malloc(sizeof(float) * 2 * B * n);
+            for (size_t i = 0; i < 2 * B * n; i++)
+                in[i] = (float)nrand();
+            as__civ_fft_run(&f, out, 2 * B, in, 2 * B, B);
+            double err = 0, mag = 0;
+            for (int j = 0; j < n; j++)
+                for (size_t l = 0; l < B; l++) {
+                    double sr = 0, si = 0;
+                    for (int k = 0; k < n; k++) {
+                        double a = sign * 2 * M_PI * (double)j * k / n;
+                        double xr = in[k * 2 * B + l], xi = in[k * 2 * B + B + l];
+                        sr += xr * cos(a) - xi * sin(a);
+                        si += xr * sin(a) + xi * cos(a);
+                    }
+                    err = fmax(err, fabs(sr - out[j * 2 * B + l]));
+                    err = fmax(err, fabs(si - out[j * 2 * B + B + l]));
+                    mag = fmax(mag, fmax(fabs(sr), fabs(si)));
+                }
+            assert_true(err <= 1e-5 * mag + 1e-6);
+            free(in); free(out);
+            as__civ_fft_free(&f);
+        }
+    }
+    assert_int_equal(as__civ_fft_good_size(31), 32);
+    assert_int_equal(as__civ_fft_good_size(66), 72);
+    assert_int_equal(as__civ_fft_good_size(7), 8);
+}
+
+static void test_frame_geometry(void **state)
+{
+    (void)state;
+    as__conv_geom g = geom(2, 28, 28, 2, 3, 1);
+    assert_int_equal(as__conv_frame_rows(&g), 1);
+    assert_int_equal(as__conv_frame_len(&g), 4 * 27);   /* 4(H-1) for p = 1 */
+    g = geom(2, 10, 12, 2, 5, 0);                       /* pad 0: k-1 wide */
+    assert_int_equal(as__conv_frame_rows(&g), 4);
+    assert_int_equal(as__conv_frame_len(&g), 2 * 4 * 12 + 2 * 4 * 2);
+    g = geom(2, 10, 12, 2, 3, 2);                       /* pad > k-1: none */
+    assert_int_equal(as__conv_frame_len(&g), 0);
+    /* extract: the frame holds exactly the outer pixels, in order */
+    g = geom(1, 4, 5, 1, 3, 1);
+    float x[20], fr[14];
+    for (int i = 0; i < 20; i++) x[i] = (float)i;
+    as__conv_frame_extract(&g, 1, x, fr);
+    const float want[14] = {0, 1, 2, 3, 4, 15, 16, 17, 18, 19, 5, 9, 10, 14};
+    assert_memory_equal(fr, want, sizeof want);
+}
+
+/* Every shape class: Cin = 1, odd and non-square sizes, k 1/3/5, padding
+ * 0/1/2, Cout = Cin and Cout > Cin, odd batch. */
+static void test_reconstruction_shapes(void **state)
+{
+    (void)state;
+    static const int shapes[][7] = {
+        /* n, cin, h, w, cout, k, pad */
+        {4, 1, 9, 11, 4, 3, 1},  {3, 1, 28, 28, 16, 3, 1}, {5, 3, 8, 13, 5, 3, 0},
+        {4, 4, 12, 10, 4, 5, 2}, {2, 4, 11, 13, 6, 5, 0},   {5, 6, 10, 10, 8, 1, 0},
+        {2, 4, 9, 9, 4, 3, 2},   {4, 8, 16, 16, 8, 3, 1},   {3, 5, 7, 7, 10, 5, 1},
+        {1, 2, 6, 5, 2, 3, 0},   {6, 16, 14, 14, 32, 3, 1}, {3, 8, 11, 6, 8, 1, 0},
+    };
+    int applied = 0;
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const int *s = shapes[t];
+        as__conv_geom g = geom(s[1], s[2], s[3], s[4], s[5], s[6]);
+        as__conv_inv *ci = NULL;
+        char why[200] = "";
+        if (as__conv_inv_create(&g, NULL, &ci, why, sizeof why))
+            fail_msg("shape %zu: %s", t, why);
+        float *w = rand_weights(&g), *x = rand_input(&g, s[0]);
+        float *xr = malloc(sizeof(float) * s[0] * g.cin * g.h * g.w);
+        double cond = 0;
+        double err = roundtrip(&g, s[0], w, x, xr, &cond, ci, 1);
+        if (getenv("AS_VERBOSE"))
+            printf("shape %zu: n %d cin %d %dx%d cout %d k %d pad %d: err %.3g cond %.3g\n",
+                   t, s[0], s[1], s[2], s[3], s[4], s[5], s[6], err, cond);
+        if (err >= 0) {
+            applied++;
+            assert_true(cond <= 1e4);
+            if (!(err <= 1e-4))
+                fail_msg("shape %zu: max rel err %.3g (cond %.3g)", t, err, cond);
+        } else {
+            assert_true(cond > 1e4);
+        }
+        free(w); free(x); free(xr);
+        as__conv_inv_destroy(ci);
+    }
+    assert_true(applied >= 10);   /* the tolerance test is not vacuous */
+}
+
+static void test_weight_gradient_from_rebuilt_input(void **state)
+{
+    (void)state;
+    as__conv_geom g = geom(6, 12, 10, 8, 3, 1);
+    const int n = 5, ho = as__conv_out_h(&g), wo = as__conv_out_w(&g);
+    as__conv_inv *ci = NULL;
+    assert_int_equal(as__conv_inv_create(&g, NULL, &ci, NULL, 0), 0);
+    float *w = rand_weights(&g), *x = rand_input(&g, n);
+    float *xr = malloc(sizeof(float) * n * g.cin * g.h * g.w);
+    double cond;
+    double err = roundtrip(&g, n, w, x, xr, &cond, ci, 7);
+    assert_true(err >= 0 && err <= 1e-4);
+    float *dy = malloc(sizeof(float) * n * g.cout * ho * wo);
+    for (int i = 0; i < n * g.cout * ho * wo; i++)
+        dy[i] = (float)nrand();
+    size_t wl = (size_t)g.cout * g.cin * g.kh * g.kw;
+    double *dw = malloc(sizeof(double) * wl), *dwr = malloc(sizeof(double) * wl);
+    wgrad_ref(&g, n, x, dy, dw);
+    wgrad_ref(&g, n, xr, dy, dwr);
+    double e = 0, m = 0;
+    for (size_t i = 0; i < wl; i++) {
+        e = fmax(e, fabs(dw[i] - dwr[i]));
+        m = fmax(m, fabs(dw[i]));
+    }
+    assert_true(e / m <= 1e-4);
+    free(w); free(x); free(xr); free(dy); free(dw); free(dwr);
+    as__conv_inv_destroy(ci);
+}
+
+static void test_not_applicable(void **state)
+{
+    (void)state;
+    char why[200];
+    as__conv_geom g = geom(4, 10, 10, 8, 3, 1);
+    g.stride_h = g.stride_w = 2;
+    assert_int_equal(as__conv_inv_check(&g, why, sizeof why), AS_ENOTSUP);
+    assert_non_null(strstr(why, "stride"));
+    g = geom(8, 10, 10, 4, 3, 1);
+    assert_int_equal(as__conv_inv_check(&g, why, sizeof why), AS_ENOTSUP);
+    assert_non_null(strstr(why, "Cout"));
+    as__conv_inv *ci = (as__conv_inv *)1;
+    assert_int_equal(as__conv_inv_create(&g, NULL, &ci, why, sizeof why), AS_ENOTSUP);
+    assert_null(ci);
+    g = geom(4, 10, 10, 8, 3, 1);
+    g.dil_h = 2;
+    assert_int_equal(as__conv_inv_check(&g, why, sizeof why), AS_ENOTSUP);
+    g = geom(4, 10, 10, 8, 3, 1);
+    g.groups = 4;
+    assert_int_equal(as__conv_inv_check(&g, why, sizeof why), AS_ENOTSUP);
+    g = geom(4, 5, 5, 8, 5, 0);   /* a 5x5 input with k 5, pad 0: all frame */
+    assert_int_equal(as__conv_inv_check(&g, why, sizeof why), AS_ENOTSUP);
+    assert_non_null(strstr(why, "frame"));
+
+    /* A deliberately singular kernel: input channels 0 and 1 share weights,
+     * so A(f) has two equal columns at every frequency. */
+    g = geom(4, 10, 10, 8, 3, 1);
+    assert_int_equal(as__conv_inv_create(&g, NULL, &ci, why, sizeof why), 0);
+    float *w = rand_weights(&g);
+    for (int o = 0; o < g.cout; o++)
+        memcpy(w + (o * g.cin + 1) * 9, w + (o * g.cin + 0) * 9, 9 * sizeof(float));
+    double cond = 0;
+    assert_int_equal(as__conv_inv_prepare(ci, w, 1, &cond, why, sizeof why), AS_EFALLBACK);
+    assert_true(cond > 1e4);
+    assert_non_null(strstr(why, "condition number"));
+    /* same version again: same answer, no recomputation */
+    assert_int_equal(as__conv_inv_prepare(ci, w, 1, &cond, why, sizeof why), AS_EFALLBACK);
+    as__conv_inv_stats st;
+    as__conv_inv_get_stats(ci, &st);
+    assert_int_equal(st.factor_builds, 1);
+    float dummy = 0;
+    assert_int_equal(as__conv_inv_restore(ci, 1, &dummy, NULL, &dummy, &dummy), AS_ESTATE);
+    free(w);
+    as__conv_inv_destroy(ci);
+}
+
+static void test_factor_cached_per_version(void **state)
+{
+    (void)state;
+    as__conv_geom g = geom(3, 9, 9, 5, 3, 1);
+    const int n = 4;
+    as__conv_inv *ci = NULL;
+    assert_int_equal(as__conv_inv_create(&g, NULL, &ci, NULL, 0), 0);
+    float *w = rand_weights(&g), *x = rand_input(&g, n);
+    float *xr = malloc(sizeof(float) * n * g.cin * g.h * g.w);
+    double cond;
+    as__conv_inv_stats st;
+    assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 1) <= 1e-4);
+    assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 1) <= 1e-4);
+    assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 1) <= 1e-4);
+    as__conv_inv_get_stats(ci, &st);
+    assert_int_equal(st.factor_builds, 1);
+    assert_int_equal(st.factor_hits, 2);
+    assert_int_equal(st.restores, 3);
+    assert_true(st.cache_bytes > 0);
+    /* A weight update (new version): rebuilt, and correct for new weights. */
+    for (int i = 0; i < g.cout * g.cin * 9; i++)
+        w[i] += (float)(0.05 * nrand());
+    assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 2) <= 1e-4);
+    as__conv_inv_get_stats(ci, &st);
+    assert_int_equal(st.factor_builds, 2);
+    assert_int_equal(st.factor_hits, 2);
+    /* Trimmed: the next prepare rebuilds even for the same version. */
+    as__conv_inv_trim(ci);
+    assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 2) <= 1e-4);
+    as__conv_inv_get_stats(ci, &st);
+    assert_int_equal(st.factor_builds, 3);
+    free(w); free(x); free(xr);
+    as__conv_inv_destroy(ci);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fft_matches_dft),
+        cmocka_unit_test(test_frame_geometry),
+        cmocka_unit_test(test_reconstruction_shapes),
+        cmocka_unit_test(test_weight_gradient_from_rebuilt_input),
+        cmocka_unit_test(test_not_applicable),
+        cmocka_unit_test(test_factor_cached_per_version),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
