@@ -146,10 +146,16 @@ static int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
                       "more than 64 arenas used by this thread)", a->index);
         return AS_ENOMEM;
     }
+    /* Size classes that are multiples of the wanted alignment are naturally
+     * aligned (slab regions sit at multiples of their size in page-aligned
+     * slabs), so the alignment flag is added only for the others. */
     int flags = b->flags | zero;
-    if (size >= 64)
-        flags |= MALLOCX_ALIGN(64);
+    size_t align = size >= 64 ? 64 : 16;
     size_t usable = nallocx(size, flags);
+    if (usable % align) {
+        flags |= MALLOCX_LG_ALIGN(align == 64 ? 6 : 4);
+        usable = nallocx(size, flags);
+    }
     if (usable == 0) {                     /* size overflows the size classes */
         as__set_error(a, "cannot allocate %zu bytes (tag %s): too large", size,
                       a->tag_names[tag]);
