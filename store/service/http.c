@@ -1,0 +1,603 @@
+/*
+ * HTTP/1.1 for the service: connections, request parsing (llhttp),
+ * validation, routing, responses and the SSE clients.
+ *
+ * Only GET and HEAD without a body are served. The llhttp of Debian 12
+ * (8.1.0) has known request-smuggling flaws, so anything that could carry
+ * a body is refused before llhttp looks at one, and the connection closed:
+ *     Transfer-Encoding (any)  -> 411
+ *     Content-Length > 0       -> 413
+ *     Content-Length: 0        -> 400
+ *     other methods            -> 405 (Allow: GET, HEAD)
+ *     parse error              -> 400
+ *     request line + headers over max_header_bytes -> 431, URL > 2 KiB -> 414
+ *     connection limit reached -> 503
+ * After an error response the connection is half-closed (FIN after the
+ * response) and what the client still sends is read and discarded for up
+ * to 2 s, so the client reads the status instead of a reset.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include <llhttp.h>
+
+#include "svc.h"
+
+#define URL_MAX 2048
+
+struct as__conn {
+    uv_tcp_t     tcp;
+    as_service  *svc;
+    as__conn    *prev, *next;
+    llhttp_t     parser;
+    char         url[URL_MAX];
+    size_t       url_len, hdr_bytes;
+    char         field[20];          /* lowercased header name prefix */
+    size_t       field_len;
+    bool         field_done;         /* a value followed the current field */
+    bool         has_cl, has_te, cl_nonzero;
+    int          reject;             /* status decided in a callback */
+    bool         sse, draining, closing, in_message;
+    unsigned     pending;            /* writes in flight */
+    uint64_t     last_active_ns, drain_since_ns, backlog_since_ns;
+    uv_shutdown_t shut;
+};
+
+typedef struct wreq {
+    uv_write_t req;
+    char      *own;        /* freed after the write (as__svc_free) */
+    as__frame *frame;      /* unref'd after the write */
+} wreq;
+
+static uint64_t now_ns(void) { return uv_hrtime(); }
+
+/* ---- frames ------------------------------------------------------------- */
+
+as__frame *as__frame_new(const as__sb *b)
+{
+    as__frame *f = as__svc_malloc(sizeof *f + b->len);
+    if (!f)
+        return NULL;
+    f->refs = 1;
+    f->len = b->len;
+    memcpy(f->data, b->p, b->len);
+    return f;
+}
+
+void as__frame_unref(as__frame *f)
+{
+    if (f && --f->refs == 0)
+        as__svc_free(f);
+}
+
+/* ---- closing ------------------------------------------------------------ */
+
+static void on_closed(uv_handle_t *h)
+{
+    as__conn *c = h->data;
+    as_service *svc = c->svc;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        svc->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    svc->nconns--;
+    if (c->sse)
+        svc->nsse--;
+    AS__STAT_SET(svc, AS__ST_OPEN, svc->nconns);
+    AS__STAT_SET(svc, AS__ST_SSE, svc->nsse);
+    as__svc_free(c);
+}
+
+static void conn_close(as__conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    as__conn *c = req->data;
+    if (status < 0)
+        conn_close(c);
+    /* else keep reading (and discarding) until EOF or the drain timeout */
+}
+
+/* Stop serving this connection: FIN after pending writes, then drain. */
+static void conn_finish(as__conn *c)
+{
+    if (c->draining || c->closing)
+        return;
+    c->draining = true;
+    c->drain_since_ns = now_ns();
+    c->shut.data = c;
+    if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_shutdown))
+        conn_close(c);
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static void on_write(uv_write_t *req, int status)
+{
+    wreq *w = (wreq *)req;
+    as__conn *c = req->data;
+    as__svc_free(w->own);
+    as__frame_unref(w->frame);
+    as__svc_free(w);
+    c->pending--;
+    if (status < 0)
+        conn_close(c);
+}
+
+/* Queue bufs; own / frame are released after the write (also on error). */
+static int conn_write(as__conn *c, uv_buf_t *bufs, unsigned n, char *own,
+                      as__frame *frame)
+{
+    wreq *w = as__svc_malloc(sizeof *w);
+    if (!w || c->closing) {
+        as__svc_free(own);
+        as__frame_unref(frame);
+        as__svc_free(w);
+        if (!c->closing)
+            conn_close(c);
+        return -1;
+    }
+    w->own = own;
+    w->frame = frame;
+    w->req.data = c;
+    c->pending++;
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, n, on_write)) {
+        c->pending--;
+        as__svc_free(own);
+        as__frame_unref(frame);
+        as__svc_free(w);
+        conn_close(c);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default:  return "Unknown";
+    }
+}
+
+/* Send a response. body is copied unless static_body (then it must outlive
+ * the write: embedded assets). head: headers only (Content-Length of the
+ * full body). close: Connection: close and finish after the write. */
+static void respond(as__conn *c, int status, const char *ctype, const char *extra,
+                    const char *body, size_t len, bool static_body, bool head,
+                    bool close)
+{
+    as_service *svc = c->svc;
+    if (status >= 500)
+        AS__STAT_ADD(svc, AS__ST_5XX, 1);
+    else if (status >= 400)
+        AS__STAT_ADD(svc, AS__ST_4XX, 1);
+    as__sb h;
+    as__sb_init(&h);
+    as__sb_printf(&h, "HTTP/1.1 %d %s\r\nServer: actstore/%s\r\n"
+                      "Content-Type: %s\r\nContent-Length: %zu\r\n"
+                      "Connection: %s\r\n%s\r\n",
+                  status, reason(status), AS_VERSION_STRING, ctype, len,
+                  close ? "close" : "keep-alive", extra ? extra : "");
+    if (!head && !static_body && len)
+        as__sb_put(&h, body, len);
+    if (h.oom) {
+        as__sb_free(&h);
+        conn_close(c);
+        return;
+    }
+    uv_buf_t bufs[2] = {uv_buf_init(h.p, (unsigned)h.len), uv_buf_init(NULL, 0)};
+    unsigned n = 1;
+    if (!head && static_body && len) {
+        bufs[1] = uv_buf_init((char *)body, (unsigned)len);
+        n = 2;
+    }
+    if (conn_write(c, bufs, n, h.p, NULL) == 0 && close)
+        conn_finish(c);
+}
+
+static void respond_error(as__conn *c, int status, const char *msg)
+{
+    char body[256];
+    int n = snprintf(body, sizeof body, "%d %s: %s\n", status, reason(status), msg);
+    respond(c, status, "text/plain; charset=utf-8",
+            status == 405 ? "Allow: GET, HEAD\r\n" : NULL, body, (size_t)n, false,
+            false, true);
+}
+
+/* ---- SSE ------------------------------------------------------------------ */
+
+static void sse_send_frame(as__conn *c, as__frame *f)
+{
+    f->refs++;
+    uv_buf_t b = uv_buf_init(f->data, (unsigned)f->len);
+    if (conn_write(c, &b, 1, NULL, f) == 0)
+        AS__STAT_ADD(c->svc, AS__ST_FRAMES, 1);
+}
+
+static void sse_start(as__conn *c)
+{
+    static const char hdr[] =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        "Cache-Control: no-cache, no-store\r\nConnection: keep-alive\r\n"
+        "X-Accel-Buffering: no\r\n\r\nretry: 2000\n\n";
+    as_service *svc = c->svc;
+    c->sse = true;
+    svc->nsse++;
+    AS__STAT_SET(svc, AS__ST_SSE, svc->nsse);
+    /* A small kernel send buffer per client: a client that stops reading
+     * is detected after ~100 KiB instead of several MiB, and 500 clients
+     * do not pin 500 autotuned buffers. */
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+        int sz = 64 * 1024;
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+    }
+    uv_buf_t b = uv_buf_init((char *)hdr, sizeof hdr - 1);
+    if (conn_write(c, &b, 1, NULL, NULL))
+        return;
+    if (!svc->frame) {
+        /* No client was subscribed, so no frame was built this tick. */
+        as__sb fb;
+        as__sb_init(&fb);
+        as__render_frame(svc, &fb);
+        if (!fb.oom)
+            svc->frame = as__frame_new(&fb);
+        as__sb_free(&fb);
+    }
+    if (svc->frame)
+        sse_send_frame(c, svc->frame);
+}
+
+void as__http_broadcast(as_service *svc, as__frame *f)
+{
+    uint64_t now = now_ns();
+    for (as__conn *c = svc->conns, *next; c; c = next) {
+        next = c->next;
+        if (!c->sse || c->closing || c->draining)
+            continue;
+        size_t q = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+        if (q == 0)
+            c->backlog_since_ns = 0;
+        else if (!c->backlog_since_ns)
+            c->backlog_since_ns = now;
+        /* Drop a client whose queue passed the limit, or that has not
+         * drained its backlog for 5 s: never wait for a slow reader. */
+        if (q > svc->cfg.sse_queue_limit ||
+            (c->backlog_since_ns && now - c->backlog_since_ns > 5000000000ull)) {
+            AS__STAT_ADD(svc, AS__ST_DROPPED, 1);
+            conn_close(c);
+            continue;
+        }
+        sse_send_frame(c, f);
+    }
+}
+
+void as__http_heartbeat(as_service *svc)
+{
+    static char hb[] = ": heartbeat\n\n";
+    for (as__conn *c = svc->conns; c; c = c->next) {
+        if (!c->sse || c->closing || c->draining)
+            continue;
+        uv_buf_t b = uv_buf_init(hb, sizeof hb - 1);
+        conn_write(c, &b, 1, NULL, NULL);
+    }
+}
+
+void as__http_sweep(as_service *svc)
+{
+    uint64_t now = now_ns();
+    uint64_t idle = svc->cfg.idle_timeout_ms * 1000000ull;
+    for (as__conn *c = svc->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->closing)
+            continue;
+        if (c->draining) {
+            if (now - c->drain_since_ns > 2000000000ull)
+                conn_close(c);
+        } else if (!c->sse && now - c->last_active_ns > idle) {
+            if (c->in_message)
+                respond_error(c, 408, "request not completed in time");
+            else
+                conn_close(c);
+        }
+    }
+}
+
+void as__http_close_all(as_service *svc)
+{
+    for (as__conn *c = svc->conns; c; c = c->next)
+        conn_close(c);
+}
+
+/* ---- routing ---------------------------------------------------------------- */
+
+static bool path_is(const char *p, size_t n, const char *want)
+{
+    return strlen(want) == n && !memcmp(p, want, n);
+}
+
+static void send_doc(as__conn *c, as__sb *b, const char *ctype, bool head, bool keep)
+{
+    if (b->oom) {
+        as__sb_free(b);
+        respond_error(c, 500, "out of memory");
+        return;
+    }
+    respond(c, 200, ctype, "Cache-Control: no-store\r\n", b->p ? b->p : "", b->len,
+            false, head, !keep);
+    as__sb_free(b);
+}
+
+/* Returns true when the connection switched to SSE. */
+static bool route(as__conn *c, bool head, bool keep)
+{
+    as_service *svc = c->svc;
+    AS__STAT_ADD(svc, AS__ST_REQUESTS, 1);
+    const char *url = c->url;
+    const char *q = memchr(url, '?', c->url_len);
+    size_t plen = q ? (size_t)(q - url) : c->url_len;
+    const char *query = q ? q + 1 : "";
+    as__sb b;
+    as__sb_init(&b);
+
+    if (path_is(url, plen, "/metrics")) {
+        as__render_metrics(svc, &b);
+        send_doc(c, &b, "text/plain; version=0.0.4; charset=utf-8", head, keep);
+    } else if (path_is(url, plen, "/api/v1/snapshot")) {
+        as__render_snapshot(svc, &b);
+        send_doc(c, &b, "application/json", head, keep);
+    } else if (path_is(url, plen, "/api/v1/timeline")) {
+        uint64_t since = 0;
+        if (*query) {
+            if (strncmp(query, "since=", 6)) {
+                respond_error(c, 400, "expected ?since=SEQ");
+                return false;
+            }
+            char *end;
+            since = strtoull(query + 6, &end, 10);
+            if (end == query + 6 || (*end && *end != '&')) {
+                respond_error(c, 400, "since must be a non-negative integer");
+                return false;
+            }
+        }
+        as__render_timeline(svc, since, &b);
+        send_doc(c, &b, "application/json", head, keep);
+    } else if (path_is(url, plen, "/api/v1/trace")) {
+        as__render_trace(svc, &b);
+        send_doc(c, &b, "application/json", head, keep);
+    } else if (path_is(url, plen, "/api/v1/events")) {
+        if (head) {
+            respond(c, 200, "text/event-stream", NULL, "", 0, true, true, !keep);
+            return false;
+        }
+        sse_start(c);
+        return true;
+    } else {
+        const as__asset *a = as__asset_find(url, plen);
+        if (!a) {
+            respond_error(c, 404, "no such path (try /, /metrics, /api/v1/snapshot)");
+            return false;
+        }
+        respond(c, 200, a->ctype, "Cache-Control: no-cache\r\n", (const char *)a->data,
+                a->len, true, head, !keep);
+    }
+    return false;
+}
+
+/* ---- llhttp callbacks ---------------------------------------------------------- */
+
+static as__conn *P(llhttp_t *p) { return p->data; }
+
+static int hdr_account(as__conn *c, size_t n)
+{
+    c->hdr_bytes += n;
+    if (c->hdr_bytes > c->svc->cfg.max_header_bytes) {
+        c->reject = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int cb_begin(llhttp_t *p)
+{
+    as__conn *c = P(p);
+    c->url_len = c->hdr_bytes = c->field_len = 0;
+    c->field_done = c->has_cl = c->has_te = c->cl_nonzero = false;
+    c->reject = 0;
+    c->in_message = true;
+    return 0;
+}
+
+static int cb_url(llhttp_t *p, const char *at, size_t n)
+{
+    as__conn *c = P(p);
+    if (hdr_account(c, n))
+        return -1;
+    if (c->url_len + n >= URL_MAX) {
+        c->reject = 414;
+        return -1;
+    }
+    memcpy(c->url + c->url_len, at, n);
+    c->url_len += n;
+    c->url[c->url_len] = 0;
+    return 0;
+}
+
+static int cb_field(llhttp_t *p, const char *at, size_t n)
+{
+    as__conn *c = P(p);
+    if (hdr_account(c, n + 4))
+        return -1;
+    if (c->field_done) {
+        c->field_len = 0;
+        c->field_done = false;
+    }
+    for (size_t i = 0; i < n && c->field_len < sizeof c->field - 1; i++) {
+        char ch = at[i];
+        c->field[c->field_len++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    c->field[c->field_len] = 0;
+    return 0;
+}
+
+static int cb_value(llhttp_t *p, const char *at, size_t n)
+{
+    as__conn *c = P(p);
+    if (hdr_account(c, n))
+        return -1;
+    if (!c->field_done) {
+        c->field_done = true;
+        if (!strcmp(c->field, "content-length"))
+            c->has_cl = true;
+        else if (!strcmp(c->field, "transfer-encoding"))
+            c->has_te = true;
+    }
+    if (c->has_cl && !strcmp(c->field, "content-length"))
+        for (size_t i = 0; i < n; i++)
+            if (at[i] >= '1' && at[i] <= '9')
+                c->cl_nonzero = true;
+    return 0;
+}
+
+static int cb_headers_complete(llhttp_t *p)
+{
+    as__conn *c = P(p);
+    if (c->has_te)
+        c->reject = 411;
+    else if (c->has_cl)
+        c->reject = c->cl_nonzero ? 413 : 400;
+    else if (p->method != HTTP_GET && p->method != HTTP_HEAD)
+        c->reject = 405;
+    return c->reject ? -1 : 0;
+}
+
+static int cb_complete(llhttp_t *p)
+{
+    as__conn *c = P(p);
+    c->in_message = false;
+    bool keep = llhttp_should_keep_alive(p);
+    bool sse = route(c, p->method == HTTP_HEAD, keep);
+    if (sse || !keep || c->draining || c->closing)
+        return HPE_PAUSED;   /* parse nothing more on this connection */
+    return 0;
+}
+
+static llhttp_settings_t settings;
+static uv_once_t settings_once = UV_ONCE_INIT;
+static void settings_init(void)
+{
+    llhttp_settings_init(&settings);
+    settings.on_message_begin = cb_begin;
+    settings.on_url = cb_url;
+    settings.on_header_field = cb_field;
+    settings.on_header_value = cb_value;
+    settings.on_headers_complete = cb_headers_complete;
+    settings.on_message_complete = cb_complete;
+}
+
+/* ---- reading ---------------------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    (void)hint;
+    /* One buffer per service: libuv calls read_cb right after alloc_cb on
+     * this (single) loop thread, and data is consumed synchronously. */
+    static _Thread_local char rbuf[16384];
+    (void)h;
+    *buf = uv_buf_init(rbuf, sizeof rbuf);
+}
+
+static const char *reject_text(int status)
+{
+    switch (status) {
+    case 411: return "Transfer-Encoding is not accepted (no request bodies)";
+    case 413: return "request bodies are not accepted";
+    case 405: return "only GET and HEAD are served";
+    case 414: return "URL too long";
+    case 431: return "request headers too large";
+    default:  return "malformed or unsupported request (Content-Length not accepted)";
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    as__conn *c = s->data;
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    if (nread == 0 || c->closing)
+        return;
+    c->last_active_ns = now_ns();
+    if (c->draining || c->sse)
+        return;     /* discard */
+    llhttp_errno_t e = llhttp_execute(&c->parser, buf->base, (size_t)nread);
+    if (e == HPE_OK || e == HPE_PAUSED)
+        return;
+    int status = c->reject ? c->reject : 400;
+    respond_error(c, status, c->reject ? reject_text(status) : llhttp_get_error_reason(&c->parser));
+}
+
+void as__http_on_connection(uv_stream_t *server, int status)
+{
+    as_service *svc = server->data;
+    if (status < 0)
+        return;
+    uv_once(&settings_once, settings_init);
+    as__conn *c = as__svc_malloc(sizeof *c);
+    if (!c)
+        return;   /* not accepted: libuv offers it again on the next accept */
+    memset(c, 0, sizeof *c);
+    c->svc = svc;
+    uv_tcp_init(server->loop, &c->tcp);
+    c->tcp.data = c;
+    c->next = svc->conns;
+    if (svc->conns)
+        svc->conns->prev = c;
+    svc->conns = c;
+    svc->nconns++;
+    AS__STAT_SET(svc, AS__ST_OPEN, svc->nconns);
+    AS__STAT_ADD(svc, AS__ST_CONN_TOTAL, 1);
+    if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->last_active_ns = now_ns();
+    llhttp_init(&c->parser, HTTP_REQUEST, &settings);
+    c->parser.data = c;
+    if (svc->nconns > svc->cfg.max_connections) {
+        AS__STAT_ADD(svc, AS__ST_REJECTED, 1);
+        if (svc->nconns > svc->cfg.max_connections + 64) {
+            conn_close(c);     /* flooded: no courtesy response */
+            return;
+        }
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        respond_error(c, 503, "connection limit reached");
+        return;
+    }
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}

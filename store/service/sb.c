@@ -1,0 +1,153 @@
+/* The service's own memory (counted apart) and its text buffer. */
+#include <malloc.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "svc.h"
+
+static atomic_uint_fast64_t svc_memory;
+
+void *as__svc_malloc(size_t n)
+{
+    void *p = malloc(n);
+    if (p)
+        atomic_fetch_add(&svc_memory, malloc_usable_size(p));
+    return p;
+}
+
+void *as__svc_realloc(void *p, size_t n)
+{
+    size_t old = p ? malloc_usable_size(p) : 0;
+    void *q = realloc(p, n);
+    if (!q)
+        return NULL;
+    atomic_fetch_sub(&svc_memory, old);
+    atomic_fetch_add(&svc_memory, malloc_usable_size(q));
+    return q;
+}
+
+void as__svc_free(void *p)
+{
+    if (!p)
+        return;
+    atomic_fetch_sub(&svc_memory, malloc_usable_size(p));
+    free(p);
+}
+
+uint64_t as__svc_memory(void) { return atomic_load(&svc_memory); }
+
+void as__sb_init(as__sb *b) { memset(b, 0, sizeof *b); }
+
+void as__sb_free(as__sb *b)
+{
+    as__svc_free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+void as__sb_reserve(as__sb *b, size_t extra)
+{
+    if (b->oom || b->len + extra + 1 <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
+    char *p = as__svc_realloc(b->p, cap);
+    if (!p) {
+        b->oom = true;
+        return;
+    }
+    b->p = p;
+    b->cap = cap;
+}
+
+void as__sb_put(as__sb *b, const char *s, size_t n)
+{
+    as__sb_reserve(b, n);
+    if (b->oom)
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+void as__sb_puts(as__sb *b, const char *s) { as__sb_put(b, s, strlen(s)); }
+
+void as__sb_printf(as__sb *b, const char *fmt, ...)
+{
+    va_list ap;
+    as__sb_reserve(b, 128);
+    if (b->oom)
+        return;
+    va_start(ap, fmt);
+    int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= b->cap - b->len) {
+        as__sb_reserve(b, (size_t)n);
+        if (b->oom)
+            return;
+        va_start(ap, fmt);
+        vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+    }
+    b->len += (size_t)n;
+}
+
+void as__sb_u64(as__sb *b, uint64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    as__sb_put(b, tmp + i, sizeof tmp - i);
+}
+
+void as__sb_dbl(as__sb *b, double v)
+{
+    if (!isfinite(v))
+        v = 0;
+    if (v == (double)(int64_t)v && fabs(v) < 1e15) {
+        as__sb_printf(b, "%lld", (long long)v);
+        return;
+    }
+    as__sb_printf(b, "%.9g", v);
+}
+
+void as__sb_jstr(as__sb *b, const char *s)
+{
+    as__sb_put(b, "\"", 1);
+    if (s) {
+        for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+            unsigned c = *p;
+            if (c == '"' || c == '\\') {
+                char e[2] = {'\\', (char)c};
+                as__sb_put(b, e, 2);
+            } else if (c < 0x20) {
+                as__sb_printf(b, "\\u%04x", c);
+            } else {
+                as__sb_put(b, (const char *)p, 1);
+            }
+        }
+    }
+    as__sb_put(b, "\"", 1);
+}
+
+void as__sb_plabel(as__sb *b, const char *s)
+{
+    as__sb_put(b, "\"", 1);
+    for (const char *p = s ? s : ""; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            as__sb_put(b, "\\", 1);
+        if (*p == '\n') {
+            as__sb_put(b, "\\n", 2);
+            continue;
+        }
+        as__sb_put(b, p, 1);
+    }
+    as__sb_put(b, "\"", 1);
+}

@@ -1,0 +1,345 @@
+/* Service: endpoints, HTTP validation and limits, lifetime (fake provider). */
+#define _GNU_SOURCE 1
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+
+#include "test_service_util.h"
+
+static fake_src srcs[2] = {{.nlayers = 100, .name_len = 0}, {.nlayers = 30, .name_len = 0}};
+
+static void test_start_stop(void **state)
+{
+    (void)state;
+    as_service *svc = fake_start(NULL, srcs, 2);
+    assert_non_null(svc);
+    assert_true(as_service_port(svc) > 0);
+    assert_non_null(strstr(as_service_url(svc), "http://127.0.0.1:"));
+    assert_int_equal(as__service_stop(svc), 0);
+}
+
+static void test_bad_config(void **state)
+{
+    (void)state;
+    as__svc_provider prov = {fake_take, fake_release, srcs};
+    as_service *svc = NULL;
+    char err[256] = "";
+    const char *labels[] = {"A"};
+    as_service_config cfg = {.addr = "0.0.0.0:0"};
+    assert_int_equal(as__service_start_with(&cfg, labels, 1, &prov, &svc, err, sizeof err), AS_EINVAL);
+    assert_non_null(strstr(err, "allow_remote"));
+    assert_null(svc);
+    cfg.addr = "127.0.0.1:99999";
+    assert_int_equal(as__service_start_with(&cfg, labels, 1, &prov, &svc, err, sizeof err), AS_EINVAL);
+    cfg.addr = "not an address:80";
+    assert_int_equal(as__service_start_with(&cfg, labels, 1, &prov, &svc, err, sizeof err), AS_EINVAL);
+    cfg.addr = NULL;
+    cfg.tick_hz = 1000;
+    assert_int_equal(as__service_start_with(&cfg, labels, 1, &prov, &svc, err, sizeof err), AS_EINVAL);
+    assert_int_equal(as__service_start_with(NULL, labels, 0, &prov, &svc, err, sizeof err), AS_EINVAL);
+    /* the public entry rejects a source with neither store nor arena */
+    as_service_source s = {.label = "x"};
+    assert_int_equal(as_service_start(NULL, &s, 1, &svc, err, sizeof err), AS_EINVAL);
+    /* the port is taken: AS_EIO naming the address */
+    as_service *a = fake_start(NULL, srcs, 1);
+    assert_non_null(a);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", as_service_port(a));
+    cfg.addr = addr;
+    cfg.tick_hz = 0;
+    assert_int_equal(as__service_start_with(&cfg, labels, 1, &prov, &svc, err, sizeof err), AS_EIO);
+    assert_non_null(strstr(err, "127.0.0.1"));
+    assert_int_equal(as__service_stop(a), 0);
+}
+
+static cJSON *get_json(int port, const char *path)
+{
+    char *r = tget(port, path, NULL);
+    assert_non_null(r);
+    assert_int_equal(tstatus(r), 200);
+    assert_non_null(strstr(r, "Content-Type: application/json"));
+    cJSON *j = cJSON_Parse(tbody(r));
+    free(r);
+    assert_non_null(j);
+    return j;
+}
+
+static void test_endpoints(void **state)
+{
+    (void)state;
+    as_service *svc = fake_start(NULL, srcs, 2);
+    assert_non_null(svc);
+    int port = as_service_port(svc);
+
+    char *r = tget(port, "/", NULL);
+    assert_int_equal(tstatus(r), 200);
+    assert_non_null(strstr(r, "text/html"));
+    assert_non_null(strstr(r, "uplot.min.js"));
+    free(r);
+    size_t len = 0;
+    r = tget(port, "/uplot.min.js", &len);
+    assert_int_equal(tstatus(r), 200);
+    assert_true(len > 20000);
+    free(r);
+
+    cJSON *j = get_json(port, "/api/v1/snapshot");
+    cJSON *stores = cJSON_GetObjectItem(j, "stores");
+    assert_int_equal(cJSON_GetArraySize(stores), 2);
+    cJSON *a = cJSON_GetArrayItem(stores, 0);
+    assert_string_equal(cJSON_GetObjectItem(a, "label")->valuestring, "A");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(a, "layers")), 100);
+    cJSON *saved = cJSON_GetObjectItem(a, "saved");
+    assert_true(cJSON_GetObjectItem(saved, "raw_bytes")->valuedouble > 0);
+    assert_true(cJSON_GetObjectItem(saved, "ratio")->valuedouble > 3.9);
+    assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(a, "arena"), "resident_bytes"));
+    /* layers come largest first */
+    cJSON *l0 = cJSON_GetArrayItem(cJSON_GetObjectItem(a, "layers"), 0);
+    assert_string_equal(cJSON_GetObjectItem(l0, "name")->valuestring, "blocks.99.attn");
+    cJSON_Delete(j);
+
+    usleep(350000);
+    j = get_json(port, "/api/v1/timeline");
+    int npts = cJSON_GetArraySize(cJSON_GetObjectItem(j, "t"));
+    assert_true(npts >= 2);
+    cJSON *s0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "stores"), 0);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(s0, "live")), npts);
+    assert_true(cJSON_GetArraySize(cJSON_GetObjectItem(j, "marks")) >= 1);
+    double seq = cJSON_GetObjectItem(j, "seq")->valuedouble;
+    cJSON_Delete(j);
+    char path[64];
+    snprintf(path, sizeof path, "/api/v1/timeline?since=%.0f", seq);
+    j = get_json(port, path);
+    assert_true(cJSON_GetArraySize(cJSON_GetObjectItem(j, "t")) <= 1);
+    cJSON_Delete(j);
+    r = tget(port, "/api/v1/timeline?since=abc", NULL);
+    assert_int_equal(tstatus(r), 400);
+    free(r);
+
+    j = get_json(port, "/api/v1/trace");
+    cJSON *ev = cJSON_GetObjectItem(j, "traceEvents");
+    assert_true(cJSON_GetArraySize(ev) > 4);
+    bool counter = false, instant = false;
+    cJSON *e;
+    cJSON_ArrayForEach(e, ev) {
+        const char *ph = cJSON_GetObjectItem(e, "ph")->valuestring;
+        counter |= !strcmp(ph, "C");
+        instant |= !strcmp(ph, "i");
+    }
+    assert_true(counter && instant);
+    cJSON_Delete(j);
+
+    r = tget(port, "/metrics", NULL);
+    assert_int_equal(tstatus(r), 200);
+    assert_non_null(strstr(r, "text/plain; version=0.0.4"));
+    const char *m = tbody(r);
+    assert_non_null(strstr(m, "# TYPE actstore_live_bytes gauge\n"));
+    assert_non_null(strstr(m, "actstore_live_bytes{store=\"A\"} "));
+    assert_non_null(strstr(m, "actstore_kind_stored_bytes{store=\"B\",kind=\"softmax_output\"} "));
+    assert_non_null(strstr(m, "actstore_peak_since_scrape_bytes{store=\"A\"} "));
+    assert_non_null(strstr(m, "actstore_policy_raw_bytes{store=\"A\",policy=\"soa\"} "));
+    /* per-layer series capped to the top 20 (largest first) */
+    size_t nlayer = 0;
+    for (const char *p = m; (p = strstr(p, "\nactstore_layer_raw_bytes{store=\"A\"")); p++)
+        nlayer++;
+    assert_int_equal(nlayer, 20);
+    assert_non_null(strstr(m, "layer=\"blocks.99.attn\""));
+    assert_null(strstr(m, "layer=\"blocks.5.attn\""));
+    if (getenv("AS_PROMTOOL_OUT")) {
+        FILE *f = fopen(getenv("AS_PROMTOOL_OUT"), "w");
+        if (f) {
+            fputs(m, f);
+            fclose(f);
+        }
+    }
+    free(r);
+    assert_int_equal(as__service_stop(svc), 0);
+}
+
+/* promtool check metrics on a live /metrics (skipped without promtool). */
+static void test_promtool(void **state)
+{
+    (void)state;
+    if (system("command -v promtool >/dev/null 2>&1") != 0) {
+        skip();
+        return;
+    }
+    as_service *svc = fake_start(NULL, srcs, 2);
+    assert_non_null(svc);
+    char *r = tget(as_service_port(svc), "/metrics", NULL);
+    assert_int_equal(tstatus(r), 200);
+    char path[] = "/tmp/as_metrics_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char *m = tbody(r);
+    assert_int_equal(write(fd, m, strlen(m)), (ssize_t)strlen(m));
+    close(fd);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "promtool check metrics < %s", path);
+    int rc = system(cmd);
+    unlink(path);
+    free(r);
+    assert_int_equal(rc, 0);
+    assert_int_equal(as__service_stop(svc), 0);
+}
+
+static void expect_status(int port, const char *raw, int status, bool closes)
+{
+    int fd = tconnect(port);
+    assert_true(fd >= 0);
+    assert_int_equal(tsend(fd, raw, strlen(raw)), 0);
+    char *r = tread_response(fd, !strncmp(raw, "HEAD", 4), NULL);
+    if (tstatus(r) != status)
+        fprintf(stderr, "request %.40s...: got %s\n", raw, r ? r : "(nothing)");
+    assert_int_equal(tstatus(r), status);
+    if (closes) {
+        assert_non_null(strstr(r, "Connection: close"));
+        assert_true(tclosed(fd));
+    }
+    free(r);
+    close(fd);
+}
+
+static void test_hostile(void **state)
+{
+    (void)state;
+    as_service_config cfg = {.max_header_bytes = 1024};
+    as_service *svc = fake_start(&cfg, srcs, 1);
+    assert_non_null(svc);
+    int port = as_service_port(svc);
+    expect_status(port, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 405, true);
+    expect_status(port, "DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", 405, true);
+    expect_status(port, "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 413, true);
+    expect_status(port, "GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 413, true);
+    expect_status(port, "GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400, true);
+    expect_status(port, "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 411, true);
+    expect_status(port, "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc", 400, true);
+    expect_status(port, "GARBAGE\r\n\r\n", 400, true);
+    expect_status(port, "GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400, true);
+    expect_status(port, "\x01\x02\x03\xff\r\n\r\n", 400, true);
+    expect_status(port, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, false);
+    char big[4096];
+    snprintf(big, sizeof big, "GET / HTTP/1.1\r\nX-Big: %03000d\r\n\r\n", 7);
+    expect_status(port, big, 431, true);
+    char *longurl = malloc(3000);
+    memset(longurl, 'a', 2999);
+    longurl[2999] = 0;
+    memcpy(longurl, "GET /", 5);
+    char *req = malloc(4000);
+    snprintf(req, 4000, "%s HTTP/1.1\r\n\r\n", longurl);
+    as_service_config cfg2 = {.max_header_bytes = 65536};
+    as_service *svc2 = fake_start(&cfg2, srcs, 1);
+    expect_status(as_service_port(svc2), req, 414, true);
+    assert_int_equal(as__service_stop(svc2), 0);
+    free(longurl);
+    free(req);
+
+    /* HEAD: headers only, with the body's length */
+    int fd = tconnect(port);
+    const char *head = "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(tsend(fd, head, strlen(head)), 0);
+    size_t len;
+    char *r = tread_response(fd, true, &len);
+    assert_int_equal(tstatus(r), 200);
+    assert_string_equal(tbody(r), "");
+    free(r);
+    /* keep-alive: a second (pipelined) pair on the same connection */
+    const char *two = "GET /api/v1/snapshot HTTP/1.1\r\nHost: x\r\n\r\n"
+                      "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(tsend(fd, two, strlen(two)), 0);
+    /* both responses, in order, on the same connection */
+    static char acc[1 << 17];
+    acc[0] = 0;
+    size_t n = 0;
+    while (n < sizeof acc - 1 && !strstr(acc, "HTTP/1.1 404")) {
+        ssize_t got = recv(fd, acc + n, sizeof acc - 1 - n, 0);
+        if (got <= 0)
+            break;
+        n += (size_t)got;
+        acc[n] = 0;
+    }
+    assert_int_equal(tstatus(acc), 200);
+    char *second = strstr(acc, "HTTP/1.1 404");
+    assert_non_null(second);
+    assert_true(second > acc);
+    close(fd);
+
+    /* a client that sends half a request and vanishes; one that resets */
+    fd = tconnect(port);
+    tsend(fd, "GET / HT", 8);
+    close(fd);
+    fd = tconnect(port);
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    tsend(fd, "GET /metrics HTTP/1.1\r\n", 23);
+    close(fd);
+
+    /* still serving */
+    r = tget(port, "/metrics", NULL);
+    assert_int_equal(tstatus(r), 200);
+    free(r);
+    as_service_stats st;
+    as_service_get_stats(svc, &st);
+    assert_true(st.responses_4xx >= 11);
+    assert_int_equal(as__service_stop(svc), 0);
+}
+
+static void test_connection_limit(void **state)
+{
+    (void)state;
+    as_service_config cfg = {.max_connections = 4};
+    as_service *svc = fake_start(&cfg, srcs, 1);
+    assert_non_null(svc);
+    int port = as_service_port(svc);
+    int fds[4];
+    for (int i = 0; i < 4; i++) {
+        fds[i] = tconnect(port);
+        assert_true(fds[i] >= 0);
+    }
+    usleep(100000);
+    expect_status(port, "GET / HTTP/1.1\r\n\r\n", 503, true);
+    for (int i = 0; i < 4; i++)
+        close(fds[i]);
+    usleep(100000);
+    char *r = tget(port, "/metrics", NULL);
+    assert_int_equal(tstatus(r), 200);
+    free(r);
+    as_service_stats st;
+    as_service_get_stats(svc, &st);
+    assert_true(st.connections_rejected >= 1);
+    assert_int_equal(as__service_stop(svc), 0);
+}
+
+/* Stop while clients are connected (idle, mid-request, SSE). */
+static void test_stop_with_clients(void **state)
+{
+    (void)state;
+    as_service *svc = fake_start(NULL, srcs, 2);
+    int port = as_service_port(svc);
+    int a = tconnect(port), b = tconnect(port), c = tconnect(port);
+    tsend(b, "GET /metr", 9);
+    const char *ev = "GET /api/v1/events HTTP/1.1\r\n\r\n";
+    tsend(c, ev, strlen(ev));
+    usleep(200000);
+    assert_int_equal(as__service_stop(svc), 0);
+    close(a);
+    close(b);
+    close(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_start_stop),
+        cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_endpoints),
+        cmocka_unit_test(test_promtool),
+        cmocka_unit_test(test_hostile),
+        cmocka_unit_test(test_connection_limit),
+        cmocka_unit_test(test_stop_with_clients),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
