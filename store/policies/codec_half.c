@@ -1,0 +1,170 @@
+/*
+ * fp16 and bf16 — keep an f32 tensor as 16-bit floats (2x smaller), round
+ * to nearest even. Error bounds (quant.h): fp16 relative <= 2^-11 in
+ * [2^-14, 65504], values past 65504 overflow to inf (use bf16 there);
+ * bf16 relative <= 2^-8 over the whole f32 range.
+ *
+ * Stored form: one block, a small header (count and last dimension, for
+ * decode_rows) followed by the 16-bit values. No arguments.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "store/policies/quant.h"
+#include "store/policy.h"
+
+typedef struct half_hdr {
+    uint64_t n;        /* values */
+    uint64_t cols;     /* last dimension (rows view for decode_rows) */
+    uint16_t v[];      /* n values */
+} half_hdr;
+
+static int half_parse(const char *args, size_t len, void **params, char *err,
+                      size_t errlen, size_t *err_off)
+{
+    (void)args;
+    *params = NULL;
+    if (len) {
+        snprintf(err, errlen, "expected no arguments");
+        *err_off = 0;
+        return AS_ESPEC;
+    }
+    return 0;
+}
+
+static int half_applies(const void *params, const as_save_info *info,
+                        const as_tensor *t, char *why, size_t whylen)
+{
+    (void)params, (void)info;
+    if (t->dtype != AS_F32) {
+        snprintf(why, whylen, "dtype %s (needs f32)", as_dtype_name(t->dtype));
+        return AS_ENOTSUP;
+    }
+    return 0;
+}
+
+static int half_encode(as_pctx *ctx, const as_tensor *t, void **state,
+                       bool brain)
+{
+    if (t->dtype != AS_F32)
+        return AS_ENOTSUP;
+    size_t n = (size_t)as_tensor_numel(t);
+    half_hdr *h;
+    int rc = as_pctx_alloc(ctx, sizeof *h + n * sizeof(uint16_t), (void **)&h);
+    if (rc)
+        return rc;
+    h->n = n;
+    h->cols = t->ndim > 0 && t->shape[t->ndim - 1] > 0
+                  ? (uint64_t)t->shape[t->ndim - 1] : 1;
+    if (brain)
+        as__f32_to_bf16(t->data, h->v, n);
+    else
+        as__f32_to_f16(t->data, h->v, n);
+    *state = h;
+    return 0;
+}
+
+static int fp16_encode(as_pctx *ctx, const void *params,
+                       const as_save_info *info, const as_tensor *t,
+                       void **state)
+{
+    (void)params, (void)info;
+    return half_encode(ctx, t, state, false);
+}
+
+static int bf16_encode(as_pctx *ctx, const void *params,
+                       const as_save_info *info, const as_tensor *t,
+                       void **state)
+{
+    (void)params, (void)info;
+    return half_encode(ctx, t, state, true);
+}
+
+static void half_range(const half_hdr *h, size_t i0, size_t n, float *dst,
+                       bool brain)
+{
+    if (brain)
+        as__bf16_to_f32(h->v + i0, dst, n);
+    else
+        as__f16_to_f32(h->v + i0, dst, n);
+}
+
+static int half_decode(const half_hdr *h, as_tensor *dst, bool brain)
+{
+    if ((uint64_t)as_tensor_numel(dst) != h->n || dst->dtype != AS_F32)
+        return AS_ESHAPE;
+    half_range(h, 0, h->n, dst->data, brain);
+    return 0;
+}
+
+static int fp16_decode(as_pctx *ctx, const void *params, void *state,
+                       as_tensor *dst)
+{
+    (void)ctx, (void)params;
+    return half_decode(state, dst, false);
+}
+
+static int bf16_decode(as_pctx *ctx, const void *params, void *state,
+                       as_tensor *dst)
+{
+    (void)ctx, (void)params;
+    return half_decode(state, dst, true);
+}
+
+static int half_rows(as_pctx *ctx, const half_hdr *h, int64_t row0,
+                     int64_t nrows, float *dst, bool brain)
+{
+    uint64_t rows = h->n / h->cols;
+    if (row0 < 0 || nrows < 0 || (uint64_t)row0 + (uint64_t)nrows > rows) {
+        as_pctx_errorf(ctx, "rows [%lld, %lld) outside 0..%llu",
+                       (long long)row0, (long long)(row0 + nrows),
+                       (unsigned long long)rows);
+        return AS_ERANGE;
+    }
+    half_range(h, (size_t)row0 * h->cols, (size_t)nrows * h->cols, dst, brain);
+    return 0;
+}
+
+static int fp16_rows(as_pctx *ctx, const void *params, void *state,
+                     int64_t row0, int64_t nrows, float *dst)
+{
+    (void)params;
+    return half_rows(ctx, state, row0, nrows, dst, false);
+}
+
+static int bf16_rows(as_pctx *ctx, const void *params, void *state,
+                     int64_t row0, int64_t nrows, float *dst)
+{
+    (void)params;
+    return half_rows(ctx, state, row0, nrows, dst, true);
+}
+
+/* State lives in a context block: the store frees it. */
+static void half_drop(void *params, void *state)
+{
+    (void)params, (void)state;
+}
+
+const as_policy_ops as_policy_fp16 = {
+    .name = "fp16",
+    .summary = "f32 as IEEE half, round to nearest even (2x; rel. err <= 2^-11, |x| <= 65504)",
+    .kinds = 0,
+    .parse = half_parse,
+    .applies = half_applies,
+    .encode = fp16_encode,
+    .decode = fp16_decode,
+    .drop = half_drop,
+    .decode_rows = fp16_rows,
+};
+
+const as_policy_ops as_policy_bf16 = {
+    .name = "bf16",
+    .summary = "f32 as bfloat16, round to nearest even (2x; rel. err <= 2^-8)",
+    .kinds = 0,
+    .parse = half_parse,
+    .applies = half_applies,
+    .encode = bf16_encode,
+    .decode = bf16_decode,
+    .drop = half_drop,
+    .decode_rows = bf16_rows,
+};

@@ -1,0 +1,527 @@
+/*
+ * zstd[:level] — lossless compression of any tensor (bit-exact restore).
+ *
+ * The tensor is cut into frames of 1 MiB raw (independent zstd frames, so
+ * memory stays small and rows can be decoded alone). Each frame is
+ * transformed before compression:
+ *   - f32/i32/f16/bf16: byte shuffle (all byte 0 of the elements, then all
+ *     byte 1, ...): exponent bytes, which vary little, end up together;
+ *   - if at least 1/8 of the frame's elements are all-zero bits (ReLU
+ *     outputs), "zero mask" mode: a bitmap of the nonzero elements, then
+ *     only the nonzero elements, shuffled. Plain shuffling would record
+ *     every zero once per byte plane (four times for f32);
+ *   - u8: no transform.
+ * Frames carry zstd's own content checksum (XXH64); in addition every
+ * compressed frame has a 64-bit checksum (as__hash64) kept beside it, and
+ * all are verified before anything is written to the destination, so a
+ * corrupted blob gives AS_ECORRUPT and leaves the destination untouched.
+ *
+ * Level: zstd:N, N in [-7, 19] (negative = zstd's fast levels); default 1.
+ *
+ * Contexts and work buffers are pooled per parsed rule (reused by every
+ * thread that saves under it) and their memory comes from the store's arena
+ * under the workspace tag (ZSTD_customMem).
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ZSTD_STATIC_LINKING_ONLY /* ZSTD_customMem, ZSTD_createCCtx_advanced */
+#include <zstd.h>
+#include <zstd_errors.h>
+
+#include "store/policies/quant.h"
+#include "store/policy.h"
+
+#define ZFRAME   ((size_t)1 << 20)  /* raw bytes per frame */
+#define ZPOOL    4                  /* idle work sets kept per rule */
+#define ZLEVEL_MIN (-7)
+#define ZLEVEL_MAX 19
+
+enum { ZMODE_PLAIN = 0, ZMODE_SHUF = 1, ZMODE_MASK = 2 };
+
+/* ---- workspace memory: the store's arena, workspace tag ------------------ */
+
+#define WS_HDR 64   /* keeps the returned pointer 64-byte aligned */
+
+static void *ws_alloc(void *opaque, size_t size)
+{
+    as_arena *a = opaque;
+    if (!a) {
+        void *p = malloc(size + WS_HDR);
+        return p ? (char *)p + WS_HDR : NULL;
+    }
+    as_block b;
+    if (as_alloc(a, size + WS_HDR, AS_TAG_WORKSPACE, AS_LAYER_NONE, &b))
+        return NULL;
+    memcpy(b.ptr, &b, sizeof b);
+    return (char *)b.ptr + WS_HDR;
+}
+
+static void ws_free(void *opaque, void *p)
+{
+    as_arena *a = opaque;
+    if (!p)
+        return;
+    char *base = (char *)p - WS_HDR;
+    if (!a) {
+        free(base);
+        return;
+    }
+    as_block b;
+    memcpy(&b, base, sizeof b);
+    as_free(a, &b);
+}
+
+/* ---- pooled work sets -------------------------------------------------- */
+
+typedef struct zwork {
+    as_arena     *arena;   /* where its memory lives (NULL = malloc) */
+    ZSTD_CCtx    *c;
+    ZSTD_DCtx    *d;
+    int           level;   /* level set on c */
+    uint8_t      *buf;     /* transformed frame: bitmap + elements */
+    uint8_t      *tmp;     /* compaction / unshuffle scratch */
+    uint8_t      *out;     /* compressed frame, or a decoded raw frame */
+    size_t        outcap;
+    struct zwork *next;
+} zwork;
+
+typedef struct zparams {
+    int             level;
+    pthread_mutex_t mu;
+    as_arena       *arena;   /* bound at first use */
+    zwork          *idle;
+    int             nidle;
+} zparams;
+
+static void zwork_free(zwork *w)
+{
+    if (!w)
+        return;
+    ZSTD_freeCCtx(w->c);
+    ZSTD_freeDCtx(w->d);
+    ws_free(w->arena, w->buf);
+    ws_free(w->arena, w->tmp);
+    ws_free(w->arena, w->out);
+    ws_free(w->arena, w);
+}
+
+static zwork *zwork_new(as_arena *a, int level)
+{
+    zwork *w = ws_alloc(a, sizeof *w);
+    if (!w)
+        return NULL;
+    memset(w, 0, sizeof *w);
+    w->arena = a;
+    ZSTD_customMem cm = {ws_alloc, ws_free, a};
+    w->c = ZSTD_createCCtx_advanced(cm);
+    w->d = ZSTD_createDCtx_advanced(cm);
+    w->outcap = ZSTD_compressBound(ZFRAME + ZFRAME / 8);
+    w->buf = ws_alloc(a, ZFRAME + ZFRAME / 8 + 64);
+    w->tmp = ws_alloc(a, ZFRAME + 64);
+    w->out = ws_alloc(a, w->outcap);
+    w->level = level;
+    if (!w->c || !w->d || !w->buf || !w->tmp || !w->out ||
+        ZSTD_isError(ZSTD_CCtx_setParameter(w->c, ZSTD_c_compressionLevel,
+                                            level)) ||
+        ZSTD_isError(ZSTD_CCtx_setParameter(w->c, ZSTD_c_checksumFlag, 1))) {
+        zwork_free(w);
+        return NULL;
+    }
+    return w;
+}
+
+static zwork *zwork_get(zparams *p, as_pctx *ctx)
+{
+    as_arena *a = as_store_arena(as_pctx_store(ctx));
+    zwork *w = NULL;
+    pthread_mutex_lock(&p->mu);
+    if (!p->arena)
+        p->arena = a;
+    if (p->arena == a && p->idle) {
+        w = p->idle;
+        p->idle = w->next;
+        p->nidle--;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return w ? w : zwork_new(a, p->level);
+}
+
+static void zwork_put(zparams *p, zwork *w)
+{
+    if (!w)
+        return;
+    pthread_mutex_lock(&p->mu);
+    if (w->arena == p->arena && p->nidle < ZPOOL) {
+        w->next = p->idle;
+        p->idle = w;
+        p->nidle++;
+        w = NULL;
+    }
+    pthread_mutex_unlock(&p->mu);
+    zwork_free(w);
+}
+
+/* ---- arguments ----------------------------------------------------------- */
+
+static int zstd_parse(const char *args, size_t len, void **params, char *err,
+                      size_t errlen, size_t *err_off)
+{
+    int level = 1;
+    *params = NULL;
+    if (len) {
+        size_t i = 0;
+        int neg = args[0] == '-';
+        i += (size_t)neg;
+        long v = 0;
+        if (i >= len) {
+            snprintf(err, errlen, "expected a level");
+            *err_off = i;
+            return AS_ESPEC;
+        }
+        for (; i < len; i++) {
+            if (args[i] < '0' || args[i] > '9' || v > 1000) {
+                snprintf(err, errlen, "expected a level in [%d, %d]",
+                         ZLEVEL_MIN, ZLEVEL_MAX);
+                *err_off = i;
+                return AS_ESPEC;
+            }
+            v = v * 10 + (args[i] - '0');
+        }
+        v = neg ? -v : v;
+        if (v < ZLEVEL_MIN || v > ZLEVEL_MAX || v == 0) {
+            snprintf(err, errlen, "expected a level in [%d, %d] other than 0",
+                     ZLEVEL_MIN, ZLEVEL_MAX);
+            *err_off = 0;
+            return AS_ESPEC;
+        }
+        level = (int)v;
+    }
+    zparams *p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        *err_off = 0;
+        return AS_ENOMEM;
+    }
+    p->level = level;
+    pthread_mutex_init(&p->mu, NULL);
+    *params = p;
+    return 0;
+}
+
+static void zstd_free_params(void *params)
+{
+    zparams *p = params;
+    if (!p)
+        return;
+    while (p->idle) {
+        zwork *w = p->idle;
+        p->idle = w->next;
+        zwork_free(w);
+    }
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+/* ---- frame transforms ---------------------------------------------------- */
+
+typedef struct zframe {
+    const uint8_t *data;   /* compressed, in a context block */
+    uint64_t       hash;   /* as__hash64 of data */
+    uint32_t       csize;  /* compressed bytes */
+    uint32_t       raw;    /* raw bytes */
+    uint32_t       tsize;  /* transformed (decompressed) bytes */
+    uint8_t        mode;
+} zframe;
+
+typedef struct zhdr {
+    uint64_t bytes;        /* raw tensor bytes */
+    uint64_t row_bytes;    /* bytes of one row (last dim), for decode_rows */
+    uint32_t esize;
+    uint32_t nframes;
+    zframe   f[];
+} zhdr;
+
+/* Elements whose bits are all zero. */
+static size_t count_zero(const uint8_t *src, size_t ne, size_t esize)
+{
+    size_t z = 0;
+    if (esize == 4) {
+        for (size_t i = 0; i < ne; i++) {
+            uint32_t v;
+            memcpy(&v, src + 4 * i, 4);
+            z += v == 0;
+        }
+    } else {
+        for (size_t i = 0; i < ne; i++) {
+            uint16_t v;
+            memcpy(&v, src + 2 * i, 2);
+            z += v == 0;
+        }
+    }
+    return z;
+}
+
+/* Mask mode: bitmap (bit i of byte i/8 = element i is nonzero) into bm and
+ * the nonzero elements packed into tmp; returns their count. Branch-free. */
+static size_t mask_split(const uint8_t *src, size_t ne, size_t esize,
+                         uint8_t *bm, uint8_t *tmp)
+{
+    size_t k = 0;
+    memset(bm, 0, (ne + 7) / 8);
+    if (esize == 4) {
+        for (size_t i = 0; i < ne; i++) {
+            uint32_t v;
+            memcpy(&v, src + 4 * i, 4);
+            memcpy(tmp + 4 * k, &v, 4);
+            unsigned nz = v != 0;
+            bm[i / 8] |= (uint8_t)(nz << (i % 8));
+            k += nz;
+        }
+    } else {
+        for (size_t i = 0; i < ne; i++) {
+            uint16_t v;
+            memcpy(&v, src + 2 * i, 2);
+            memcpy(tmp + 2 * k, &v, 2);
+            unsigned nz = v != 0;
+            bm[i / 8] |= (uint8_t)(nz << (i % 8));
+            k += nz;
+        }
+    }
+    return k;
+}
+
+/* The inverse: element i = next packed element if its bit is set, else 0.
+ * packed has one element of slack past nnz (read, never used). */
+static void mask_join(const uint8_t *bm, const uint8_t *packed, size_t ne,
+                      size_t esize, uint8_t *dst)
+{
+    size_t k = 0;
+    if (esize == 4) {
+        for (size_t i = 0; i < ne; i++) {
+            unsigned nz = (bm[i / 8] >> (i % 8)) & 1u;
+            uint32_t v;
+            memcpy(&v, packed + 4 * k, 4);
+            v = nz ? v : 0;
+            memcpy(dst + 4 * i, &v, 4);
+            k += nz;
+        }
+    } else {
+        for (size_t i = 0; i < ne; i++) {
+            unsigned nz = (bm[i / 8] >> (i % 8)) & 1u;
+            uint16_t v;
+            memcpy(&v, packed + 2 * k, 2);
+            v = nz ? v : 0;
+            memcpy(dst + 2 * i, &v, 2);
+            k += nz;
+        }
+    }
+}
+
+/* Transform one raw frame into w->buf; returns the transformed size. */
+static size_t frame_transform(zwork *w, const uint8_t *src, size_t raw,
+                              size_t esize, uint8_t *mode)
+{
+    size_t ne = raw / esize;
+    if (esize != 2 && esize != 4) {
+        *mode = ZMODE_PLAIN;
+        return raw;   /* compressed straight from src */
+    }
+    if (count_zero(src, ne, esize) >= ne / 8 && ne >= 64) {
+        *mode = ZMODE_MASK;
+        size_t bmb = (ne + 7) / 8;
+        size_t nnz = mask_split(src, ne, esize, w->buf, w->tmp);
+        as__shuffle(w->tmp, w->buf + bmb, nnz, esize);
+        return bmb + nnz * esize;
+    }
+    *mode = ZMODE_SHUF;
+    as__shuffle(src, w->buf, ne, esize);
+    return raw;
+}
+
+/* Decode one frame into dst (raw bytes of the frame). Checksums of the
+ * compressed bytes were verified by the caller. */
+static int frame_decode(as_pctx *ctx, zwork *w, const zhdr *h, size_t fi,
+                        uint8_t *dst)
+{
+    const zframe *f = &h->f[fi];
+    uint8_t *into = f->mode == ZMODE_PLAIN ? dst : w->buf;
+    size_t r = ZSTD_decompressDCtx(w->d, into, f->mode == ZMODE_PLAIN
+                                   ? f->raw : ZFRAME + ZFRAME / 8,
+                                   f->data, f->csize);
+    if (ZSTD_isError(r) || r != f->tsize) {
+        as_pctx_errorf(ctx, "zstd: handle %#llx (layer %s): frame %zu of %u "
+                       "corrupted: %s", (unsigned long long)as_pctx_handle(ctx).v,
+                       as_pctx_layer(ctx) ? as_pctx_layer(ctx) : "-", fi,
+                       h->nframes, ZSTD_isError(r) ? ZSTD_getErrorName(r)
+                       : "wrong decompressed size");
+        return ZSTD_isError(r) &&
+               ZSTD_getErrorCode(r) == ZSTD_error_memory_allocation
+                   ? AS_ENOMEM : AS_ECORRUPT;
+    }
+    size_t esize = h->esize, ne = f->raw / esize;
+    if (f->mode == ZMODE_SHUF) {
+        as__unshuffle(w->buf, dst, ne, esize);
+    } else if (f->mode == ZMODE_MASK) {
+        size_t bmb = (ne + 7) / 8, nnz = (f->tsize - bmb) / esize;
+        as__unshuffle(w->buf + bmb, w->tmp, nnz, esize);
+        mask_join(w->buf, w->tmp, ne, esize, dst);
+    }
+    return 0;
+}
+
+/* ---- policy -------------------------------------------------------------- */
+
+static int zstd_encode(as_pctx *ctx, const void *params,
+                       const as_save_info *info, const as_tensor *t,
+                       void **state)
+{
+    (void)info;
+    zparams *p = (zparams *)params;
+    size_t esize = as_dtype_size(t->dtype), bytes = as_tensor_bytes(t);
+    if (!esize)
+        return AS_EINVAL;
+    size_t nframes = (bytes + ZFRAME - 1) / ZFRAME;
+    zhdr *h;
+    int rc = as_pctx_alloc(ctx, sizeof *h + nframes * sizeof(zframe),
+                           (void **)&h);
+    if (rc)
+        return rc;
+    h->bytes = bytes;
+    h->esize = (uint32_t)esize;
+    h->nframes = (uint32_t)nframes;
+    h->row_bytes = esize * (t->ndim > 0 && t->shape[t->ndim - 1] > 0
+                            ? (uint64_t)t->shape[t->ndim - 1] : 1);
+    if (!nframes) {
+        *state = h;
+        return 0;
+    }
+    zwork *w = zwork_get(p, ctx);
+    if (!w)
+        return AS_ENOMEM;
+    const uint8_t *src = t->data;
+    for (size_t fi = 0; fi < nframes && !rc; fi++) {
+        size_t off = fi * ZFRAME, raw = bytes - off < ZFRAME ? bytes - off
+                                                             : ZFRAME;
+        zframe *f = &h->f[fi];
+        size_t ts = frame_transform(w, src + off, raw, esize, &f->mode);
+        const uint8_t *in = f->mode == ZMODE_PLAIN ? src + off : w->buf;
+        size_t cs = ZSTD_compress2(w->c, w->out, w->outcap, in, ts);
+        if (ZSTD_isError(cs)) {
+            as_pctx_errorf(ctx, "zstd: compressing frame %zu: %s", fi,
+                           ZSTD_getErrorName(cs));
+            rc = ZSTD_getErrorCode(cs) == ZSTD_error_memory_allocation
+                     ? AS_ENOMEM : AS_EIO;
+            break;
+        }
+        void *data;
+        rc = as_pctx_alloc(ctx, cs, &data);
+        if (rc)
+            break;
+        memcpy(data, w->out, cs);
+        f->data = data;
+        f->csize = (uint32_t)cs;
+        f->raw = (uint32_t)raw;
+        f->tsize = (uint32_t)ts;
+        f->hash = as__hash64(data, cs);
+    }
+    zwork_put(p, w);
+    if (!rc)
+        *state = h;
+    return rc;
+}
+
+static int verify_frames(as_pctx *ctx, const zhdr *h, size_t f0, size_t f1)
+{
+    for (size_t fi = f0; fi < f1; fi++) {
+        const zframe *f = &h->f[fi];
+        if (as__hash64(f->data, f->csize) != f->hash) {
+            as_pctx_errorf(ctx, "zstd: handle %#llx (layer %s): frame %zu of "
+                           "%u corrupted (checksum mismatch); nothing restored",
+                           (unsigned long long)as_pctx_handle(ctx).v,
+                           as_pctx_layer(ctx) ? as_pctx_layer(ctx) : "-", fi,
+                           h->nframes);
+            return AS_ECORRUPT;
+        }
+    }
+    return 0;
+}
+
+static int zstd_decode(as_pctx *ctx, const void *params, void *state,
+                       as_tensor *dst)
+{
+    const zhdr *h = state;
+    if (as_tensor_bytes(dst) != h->bytes || as_dtype_size(dst->dtype) != h->esize)
+        return AS_ESHAPE;
+    int rc = verify_frames(ctx, h, 0, h->nframes);
+    if (rc || !h->nframes)
+        return rc;
+    zwork *w = zwork_get((zparams *)params, ctx);
+    if (!w)
+        return AS_ENOMEM;
+    for (size_t fi = 0; fi < h->nframes && !rc; fi++)
+        rc = frame_decode(ctx, w, h, fi, (uint8_t *)dst->data + fi * ZFRAME);
+    zwork_put((zparams *)params, w);
+    return rc;
+}
+
+static int zstd_rows(as_pctx *ctx, const void *params, void *state,
+                     int64_t row0, int64_t nrows, float *dst)
+{
+    const zhdr *h = state;
+    uint64_t rows = h->bytes / h->row_bytes;
+    if (row0 < 0 || nrows < 0 || (uint64_t)row0 + (uint64_t)nrows > rows) {
+        as_pctx_errorf(ctx, "rows [%lld, %lld) outside 0..%llu",
+                       (long long)row0, (long long)(row0 + nrows),
+                       (unsigned long long)rows);
+        return AS_ERANGE;
+    }
+    size_t b0 = (size_t)row0 * h->row_bytes, b1 = b0 + (size_t)nrows * h->row_bytes;
+    if (b0 == b1)
+        return 0;
+    size_t f0 = b0 / ZFRAME, f1 = (b1 + ZFRAME - 1) / ZFRAME;
+    int rc = verify_frames(ctx, h, f0, f1);
+    if (rc)
+        return rc;
+    zwork *w = zwork_get((zparams *)params, ctx);
+    if (!w)
+        return AS_ENOMEM;
+    for (size_t fi = f0; fi < f1 && !rc; fi++) {
+        size_t fs = fi * ZFRAME, fe = fs + h->f[fi].raw;
+        size_t lo = b0 > fs ? b0 : fs, hi = b1 < fe ? b1 : fe;
+        rc = frame_decode(ctx, w, h, fi, w->out);
+        if (!rc)
+            memcpy((uint8_t *)dst + (lo - b0), w->out + (lo - fs), hi - lo);
+    }
+    zwork_put((zparams *)params, w);
+    return rc;
+}
+
+static void zstd_drop(void *params, void *state)
+{
+    (void)params, (void)state;   /* context blocks: the store frees them */
+}
+
+const as_policy_ops as_policy_zstd = {
+    .name = "zstd",
+    .summary = "lossless zstd[:level] of byte-shuffled frames (zero mask for sparse data)",
+    .kinds = 0,
+    .parse = zstd_parse,
+    .free_params = zstd_free_params,
+    .encode = zstd_encode,
+    .decode = zstd_decode,
+    .drop = zstd_drop,
+    .decode_rows = zstd_rows,
+};
+
+/* Testing hook (quant.h). */
+uint8_t *as__zstd_frame_bytes(void *state, size_t i, size_t *len)
+{
+    zhdr *h = state;
+    if (!h || i >= h->nframes)
+        return NULL;
+    *len = h->f[i].csize;
+    return (uint8_t *)h->f[i].data;
+}

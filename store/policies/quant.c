@@ -1,0 +1,463 @@
+/*
+ * Kernels of the numeric codecs: half floats, byte shuffle, per-group
+ * affine quantization with stochastic rounding (see quant.h for contracts
+ * and error bounds).
+ *
+ * Speed: every loop is written branch-free over plain arrays so the
+ * compiler vectorizes it; this file is built with -O3 and the hot loops are
+ * cloned for AVX2 with a baseline fallback picked at
+ * load time (target_clones). FP contraction is off (ISO C mode), so both
+ * clones give bit-identical results.
+ */
+#include "store/policies/quant.h"
+
+#include <assert.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define AS_CLONES __attribute__((target_clones("avx2", "default")))
+#define AS_HAVE_F16C_PATH 1
+#include <immintrin.h>
+#else
+#define AS_CLONES
+#define AS_HAVE_F16C_PATH 0
+#endif
+
+static inline uint32_t f2u(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static inline float u2f(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ---- fp16 --------------------------------------------------------------- */
+
+/* One f32 -> f16 conversion, round to nearest even, written as selects.
+ * Normal range: add the rounding bias to the f32 bits (0xfff plus the lowest
+ * kept bit, so ties go to even) and rebias the exponent; a carry out of the
+ * mantissa correctly bumps the exponent, up to inf at 65520. Subnormal
+ * range: |x| + 0.5 rounds |x| to a multiple of 2^-24 (the f16 subnormal
+ * quantum; 0.5 has ulp 2^-24) in the FPU, and the low bits of the sum are
+ * the half's bits. */
+static inline uint16_t f32_to_f16_one(float f)
+{
+    uint32_t x = f2u(f);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t a = x & 0x7fffffffu;
+    uint32_t normal = (a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13; /* -112<<23 */
+    uint32_t sub = f2u(u2f(a) + 0.5f) - 0x3f000000u;
+    uint32_t big = a > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    uint32_t h = a >= 0x47800000u ? big : (a < 0x38800000u ? sub : normal);
+    return (uint16_t)(sign | h);
+}
+
+static inline float f16_to_f32_one(uint16_t hv)
+{
+    uint32_t h = hv;
+    uint32_t sign = (h & 0x8000u) << 16;
+    uint32_t em = h & 0x7fffu;
+    uint32_t normal = (em << 13) + 0x38000000u;
+    uint32_t infnan = 0x7f800000u | ((em & 0x3ffu) << 13);
+    uint32_t sub = f2u((float)em * (1.0f / 16777216.0f));
+    uint32_t r = em >= 0x7c00u ? infnan : (em >= 0x400u ? normal : sub);
+    return u2f(sign | r);
+}
+
+static void f32_to_f16_portable(const float *restrict src,
+                                uint16_t *restrict dst, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = f32_to_f16_one(src[i]);
+}
+
+static void f16_to_f32_portable(const uint16_t *restrict src,
+                                float *restrict dst, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = f16_to_f32_one(src[i]);
+}
+
+#if AS_HAVE_F16C_PATH
+__attribute__((target("avx,f16c")))
+static void f32_to_f16_f16c(const float *src, uint16_t *dst, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(src + i);
+        __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+        _mm_storeu_si128((__m128i *)(void *)(dst + i), h);
+    }
+    f32_to_f16_portable(src + i, dst + i, n - i);
+}
+
+__attribute__((target("avx,f16c")))
+static void f16_to_f32_f16c(const uint16_t *src, float *dst, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(src + i));
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+    }
+    f16_to_f32_portable(src + i, dst + i, n - i);
+}
+
+static int have_f16c(void)
+{
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+#endif
+
+void as__f32_to_f16(const float *src, uint16_t *dst, size_t n)
+{
+#if AS_HAVE_F16C_PATH
+    if (have_f16c()) {
+        f32_to_f16_f16c(src, dst, n);
+        return;
+    }
+#endif
+    f32_to_f16_portable(src, dst, n);
+}
+
+void as__f16_to_f32(const uint16_t *src, float *dst, size_t n)
+{
+#if AS_HAVE_F16C_PATH
+    if (have_f16c()) {
+        f16_to_f32_f16c(src, dst, n);
+        return;
+    }
+#endif
+    f16_to_f32_portable(src, dst, n);
+}
+
+/* ---- bf16 --------------------------------------------------------------- */
+
+/* Round to nearest even on the f32 bits: add 0x7fff plus the lowest kept
+ * bit; NaNs are kept quiet (a NaN whose payload sits in the low half would
+ * otherwise truncate to inf). */
+AS_CLONES
+void as__f32_to_bf16(const float *restrict src, uint16_t *restrict dst,
+                     size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t x = f2u(src[i]);
+        uint32_t r = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+        uint32_t q = (x >> 16) | 0x40u;
+        dst[i] = (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? q : r);
+    }
+}
+
+AS_CLONES
+void as__bf16_to_f32(const uint16_t *restrict src, float *restrict dst,
+                     size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = u2f((uint32_t)src[i] << 16);
+}
+
+/* ---- byte shuffle ------------------------------------------------------- */
+
+AS_CLONES
+static void shuffle4(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
+{
+    uint8_t *restrict d0 = d, *restrict d1 = d + n, *restrict d2 = d + 2 * n,
+            *restrict d3 = d + 3 * n;
+    for (size_t i = 0; i < n; i++) {
+        d0[i] = s[4 * i];
+        d1[i] = s[4 * i + 1];
+        d2[i] = s[4 * i + 2];
+        d3[i] = s[4 * i + 3];
+    }
+}
+
+AS_CLONES
+static void unshuffle4(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
+{
+    const uint8_t *restrict s0 = s, *restrict s1 = s + n,
+                  *restrict s2 = s + 2 * n, *restrict s3 = s + 3 * n;
+    for (size_t i = 0; i < n; i++) {
+        d[4 * i] = s0[i];
+        d[4 * i + 1] = s1[i];
+        d[4 * i + 2] = s2[i];
+        d[4 * i + 3] = s3[i];
+    }
+}
+
+AS_CLONES
+static void shuffle2(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
+{
+    uint8_t *restrict d0 = d, *restrict d1 = d + n;
+    for (size_t i = 0; i < n; i++) {
+        d0[i] = s[2 * i];
+        d1[i] = s[2 * i + 1];
+    }
+}
+
+AS_CLONES
+static void unshuffle2(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
+{
+    const uint8_t *restrict s0 = s, *restrict s1 = s + n;
+    for (size_t i = 0; i < n; i++) {
+        d[2 * i] = s0[i];
+        d[2 * i + 1] = s1[i];
+    }
+}
+
+void as__shuffle(const void *src, void *dst, size_t n, size_t esize)
+{
+    const uint8_t *s = src;
+    uint8_t *d = dst;
+    assert(esize >= 1 && esize <= 16);
+    if (esize == 4) {
+        shuffle4(s, d, n);
+    } else if (esize == 2) {
+        shuffle2(s, d, n);
+    } else if (esize == 1) {
+        memcpy(d, s, n);
+    } else {
+        for (size_t b = 0; b < esize; b++)
+            for (size_t i = 0; i < n; i++)
+                d[b * n + i] = s[i * esize + b];
+    }
+}
+
+void as__unshuffle(const void *src, void *dst, size_t n, size_t esize)
+{
+    const uint8_t *s = src;
+    uint8_t *d = dst;
+    assert(esize >= 1 && esize <= 16);
+    if (esize == 4) {
+        unshuffle4(s, d, n);
+    } else if (esize == 2) {
+        unshuffle2(s, d, n);
+    } else if (esize == 1) {
+        memcpy(d, s, n);
+    } else {
+        for (size_t b = 0; b < esize; b++)
+            for (size_t i = 0; i < n; i++)
+                d[i * esize + b] = s[b * n + i];
+    }
+}
+
+/* ---- checksum ---------------------------------------------------------- */
+
+AS_CLONES
+static void hash_blocks(const uint8_t *restrict p, size_t nblocks,
+                        uint64_t *restrict a, uint64_t *restrict b)
+{
+    uint64_t la[8], lb[8];
+    for (int k = 0; k < 8; k++) {
+        la[k] = a[k];
+        lb[k] = b[k];
+    }
+    for (size_t i = 0; i < nblocks; i++) {
+        const uint8_t *q = p + 32 * i;
+        for (int k = 0; k < 8; k++) {
+            uint32_t w;
+            memcpy(&w, q + 4 * k, 4);
+            la[k] += w;
+            lb[k] += la[k];
+        }
+    }
+    for (int k = 0; k < 8; k++) {
+        a[k] = la[k];
+        b[k] = lb[k];
+    }
+}
+
+uint64_t as__hash64(const void *p, size_t n)
+{
+    uint64_t a[8] = {0}, b[8] = {0};
+    size_t nb = n / 32;
+    hash_blocks(p, nb, a, b);
+    if (n % 32) {
+        uint8_t last[32] = {0};
+        memcpy(last, (const uint8_t *)p + nb * 32, n % 32);
+        hash_blocks(last, 1, a, b);
+    }
+    uint64_t h = as__mix64(n ^ 0x6a09e667f3bcc909ull);
+    for (int k = 0; k < 8; k++) {
+        h = as__mix64(h ^ a[k]) + (uint64_t)k;
+        h = as__mix64(h ^ b[k]);
+    }
+    return h;
+}
+
+/* ---- quantization ------------------------------------------------------- */
+
+/* Min and max of a group, NaN-tolerant (a NaN leaves them as they were;
+ * the group then decodes its NaN elements to clamped codes). Written with
+ * plain comparisons so it maps onto vector min/max. */
+AS_CLONES
+static void group_minmax(const float *restrict x, size_t n, float *mn,
+                         float *mx)
+{
+    /* Eight independent lanes (vector min/max); float reductions are not
+     * reassociated by the compiler on its own. */
+    float lo[8], hi[8];
+    for (int k = 0; k < 8; k++)
+        lo[k] = hi[k] = x[0];
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        for (int k = 0; k < 8; k++) {
+            lo[k] = x[i + k] < lo[k] ? x[i + k] : lo[k];
+            hi[k] = x[i + k] > hi[k] ? x[i + k] : hi[k];
+        }
+    }
+    for (; i < n; i++) {
+        lo[0] = x[i] < lo[0] ? x[i] : lo[0];
+        hi[0] = x[i] > hi[0] ? x[i] : hi[0];
+    }
+    for (int k = 1; k < 8; k++) {
+        lo[0] = lo[k] < lo[0] ? lo[k] : lo[0];
+        hi[0] = hi[k] > hi[0] ? hi[k] : hi[0];
+    }
+    *mn = lo[0];
+    *mx = hi[0];
+}
+
+/* Codes of one group (count values, padded with zeros to a multiple of 8)
+ * into q[]. The clamp is done in float before the conversion, so NaN and
+ * out-of-range values never reach a float-to-int conversion. */
+AS_CLONES
+static void group_codes(const float *restrict x, size_t count, float mn,
+                        float inv, float qmax, uint32_t gseed,
+                        uint8_t *restrict q)
+{
+    assert(count <= AS_QUANT_GROUP_MAX);
+    for (uint32_t j = 0; j < (uint32_t)count; j++) {
+        float v = (x[j] - mn) * inv + as__uniform(gseed, j);
+        v = v > 0.0f ? v : 0.0f;
+        v = v < qmax ? v : qmax;
+        q[j] = (uint8_t)(int32_t)v;
+    }
+}
+
+AS_CLONES
+static void pack4(const uint8_t *restrict q, size_t count, uint8_t *restrict out)
+{
+    for (size_t k = 0; k < count / 2; k++)
+        out[k] = (uint8_t)(q[2 * k] | (q[2 * k + 1] << 4));
+}
+
+AS_CLONES
+static void pack2(const uint8_t *restrict q, size_t count, uint8_t *restrict out)
+{
+    for (size_t k = 0; k < count / 4; k++)
+        out[k] = (uint8_t)(q[4 * k] | (q[4 * k + 1] << 2) |
+                           (q[4 * k + 2] << 4) | (q[4 * k + 3] << 6));
+}
+
+void as__quant_encode(const float *x, size_t n, int bits, size_t group,
+                      uint64_t seed, size_t g0, size_t g1,
+                      as_qgroup *groups, uint8_t *codes)
+{
+    assert(bits == 2 || bits == 4 || bits == 8);
+    assert(group % 8 == 0 && group >= AS_QUANT_GROUP_MIN &&
+           group <= AS_QUANT_GROUP_MAX);
+    const float qmax = (float)((1 << bits) - 1);
+    uint8_t q[AS_QUANT_GROUP_MAX];
+    for (size_t g = g0; g < g1; g++) {
+        size_t start = g * group;
+        assert(start < n);
+        size_t count = n - start < group ? n - start : group;
+        size_t padded = (count + 7) & ~(size_t)7;
+        float mn, mx;
+        group_minmax(x + start, count, &mn, &mx);
+        float scale = (mx - mn) / qmax;
+        float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+        if (!(scale < 3.0e38f)) /* inf range or NaN: decode gives inf/NaN */
+            inv = 0.0f;
+        groups[g].min = mn;
+        groups[g].scale = scale;
+        uint8_t *out = codes + start / 8 * (size_t)bits;
+        uint8_t *dst = bits == 8 ? out : q;
+        group_codes(x + start, count, mn, inv, qmax, as__group_seed(seed, g),
+                    dst);
+        memset(dst + count, 0, padded - count);
+        if (bits == 4)
+            pack4(q, padded, out);
+        else if (bits == 2)
+            pack2(q, padded, out);
+    }
+}
+
+AS_CLONES
+static void dequant8(const uint8_t *restrict c, size_t count, float mn,
+                     float s, float *restrict d)
+{
+    for (size_t j = 0; j < count; j++)
+        d[j] = mn + (float)c[j] * s;
+}
+
+AS_CLONES
+static void dequant4(const uint8_t *restrict c, size_t count, float mn,
+                     float s, float *restrict d)
+{
+    for (size_t k = 0; k < count / 2; k++) {
+        d[2 * k] = mn + (float)(c[k] & 15u) * s;
+        d[2 * k + 1] = mn + (float)(c[k] >> 4) * s;
+    }
+}
+
+AS_CLONES
+static void dequant2(const uint8_t *restrict c, size_t count, float mn,
+                     float s, float *restrict d)
+{
+    for (size_t k = 0; k < count / 4; k++) {
+        d[4 * k] = mn + (float)(c[k] & 3u) * s;
+        d[4 * k + 1] = mn + (float)((c[k] >> 2) & 3u) * s;
+        d[4 * k + 2] = mn + (float)((c[k] >> 4) & 3u) * s;
+        d[4 * k + 3] = mn + (float)(c[k] >> 6) * s;
+    }
+}
+
+/* Decode the first `count` values (count a multiple of 8, or the padded
+ * tail) of a group whose codes start at c. */
+static void dequant(const uint8_t *c, int bits, size_t count, float mn,
+                    float s, float *d)
+{
+    if (bits == 8)
+        dequant8(c, count, mn, s, d);
+    else if (bits == 4)
+        dequant4(c, count, mn, s, d);
+    else
+        dequant2(c, count, mn, s, d);
+}
+
+void as__quant_decode(const as_qgroup *groups, const uint8_t *codes,
+                      int bits, size_t group, size_t i0, size_t count,
+                      float *dst)
+{
+    assert(bits == 2 || bits == 4 || bits == 8);
+    float tmp[AS_QUANT_GROUP_MAX];
+    size_t i = i0, end = i0 + count;
+    while (i < end) {
+        size_t g = i / group, gstart = g * group;
+        size_t gend = gstart + group < end ? gstart + group : end;
+        const uint8_t *c = codes + gstart / 8 * (size_t)bits;
+        if (i == gstart && (gend - gstart) % 8 == 0) {
+            dequant(c, bits, gend - gstart, groups[g].min, groups[g].scale,
+                    dst + (i - i0));
+        } else {
+            /* Partial group: decode the covering 8-aligned span. */
+            size_t span = ((gend - gstart) + 7) & ~(size_t)7;
+            dequant(c, bits, span, groups[g].min, groups[g].scale, tmp);
+            memcpy(dst + (i - i0), tmp + (i - gstart),
+                   (gend - i) * sizeof(float));
+        }
+        i = gend;
+    }
+}

@@ -1,0 +1,134 @@
+/*
+ * Kernels of the numeric codecs (internal): half-float conversions, byte
+ * shuffles, the counter-based RNG and per-group affine quantization with
+ * stochastic rounding. Pure functions over caller buffers: no allocation, no
+ * global state, thread-safe. The policies (codec_half.c, codec_quant.c,
+ * codec_zstd.c) wrap them; tests call them directly.
+ *
+ * Error bounds (round to nearest even; finite inputs):
+ *   fp16: |x| in [2^-14, 65504]: relative error <= 2^-11;
+ *         |x| < 2^-14 (subnormal range): absolute error <= 2^-25;
+ *         |x| >= 65520 becomes +-inf (IEEE overflow).
+ *   bf16: relative error <= 2^-8 for normal values (same range as f32);
+ *         absolute error <= 2^-134 below 2^-126.
+ *   qB (B = 8, 4, 2 bits, group of G values with min m and max M):
+ *         step s = (M - m) / (2^B - 1); every decoded value lies in [m, M]
+ *         and within one step of x: |x_hat - x| < s (plus f32 rounding of
+ *         m + q*s, a few ulp of max(|m|, |M|)). Stochastic rounding makes
+ *         the code unbiased: E[x_hat] = x over the RNG.
+ *   NaN and inf inputs: fp16/bf16 keep them; quantization of a group that
+ *   holds one gives NaN/inf for that group (no undefined behavior).
+ */
+#ifndef AS_STORE_POLICIES_QUANT_H
+#define AS_STORE_POLICIES_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- half floats (round to nearest even) --------------------------------- */
+
+void as__f32_to_f16(const float *src, uint16_t *dst, size_t n);
+void as__f16_to_f32(const uint16_t *src, float *dst, size_t n);
+void as__f32_to_bf16(const float *src, uint16_t *dst, size_t n);
+void as__bf16_to_f32(const uint16_t *src, float *dst, size_t n);
+
+/* ---- byte shuffle -------------------------------------------------------- */
+
+/* Transpose n elements of esize bytes (1..16) so that byte b of every
+ * element comes before byte b+1 of any: dst[b*n + i] = src[i*esize + b].
+ * src and dst must not overlap. esize 1 is a copy. */
+void as__shuffle(const void *src, void *dst, size_t n, size_t esize);
+/* The inverse: dst[i*esize + b] = src[b*n + i]. */
+void as__unshuffle(const void *src, void *dst, size_t n, size_t esize);
+
+/* ---- counter-based RNG --------------------------------------------------- */
+
+/* A 32-bit mixing function (xor-shift-multiply finalizer): a bijection
+ * whose outputs for consecutive inputs look independent. */
+static inline uint32_t as__mix32(uint32_t h)
+{
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return h;
+}
+
+/* 64 -> 64-bit mixer for seeds (splitmix-style finalizer). */
+static inline uint64_t as__mix64(uint64_t z)
+{
+    z ^= z >> 30;
+    z *= 0xbf58476d1ce4e5b9ull;
+    z ^= z >> 27;
+    z *= 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return z;
+}
+
+/* The uniform draw for element j of group g under seed: a pure function
+ * of (seed, g, j), so encodes are reproducible and independent of how work
+ * is split. Returns a value in [0, 1) with 24 random bits. */
+static inline uint32_t as__group_seed(uint64_t seed, uint64_t g)
+{
+    return (uint32_t)(as__mix64(seed ^ as__mix64(g + 0x9e3779b97f4a7c15ull)) >> 32);
+}
+static inline float as__uniform(uint32_t gseed, uint32_t j)
+{
+    return (float)(int32_t)(as__mix32(gseed + j * 0x9e3779b9u) >> 8) *
+           (1.0f / 16777216.0f);
+}
+
+/* ---- checksum ------------------------------------------------------------ */
+
+/* A fast 64-bit checksum of n bytes (not cryptographic): eight lanes of
+ * Fletcher-style sums over 32-bit words (a += w; b += a, in 64 bits),
+ * mixed with the length at the end. Any change of one word, and any swap of
+ * two different words, changes the result; it runs at memory speed (vector
+ * adds only), which zlib's crc32 (~1.7 GB/s here) does not. */
+uint64_t as__hash64(const void *p, size_t n);
+
+/* ---- per-group affine quantization --------------------------------------- */
+
+#define AS_QUANT_GROUP_MIN 8
+#define AS_QUANT_GROUP_MAX 4096
+#define AS_QUANT_GROUP_DEFAULT 256
+
+/* Per-group parameters: x_hat = min + code * scale. */
+typedef struct as_qgroup {
+    float min, scale;
+} as_qgroup;
+
+/* Number of groups and of code bytes for n values. group must be a multiple
+ * of 8 in [AS_QUANT_GROUP_MIN, AS_QUANT_GROUP_MAX]; bits 2, 4 or 8. Every
+ * group's codes start on a byte boundary (the last group is padded to a
+ * multiple of 8 codes). */
+static inline size_t as__quant_groups(size_t n, size_t group)
+{
+    return (n + group - 1) / group;
+}
+static inline size_t as__quant_code_bytes(size_t n, int bits)
+{
+    return (n + 7) / 8 * (size_t)bits;
+}
+
+/* Quantize groups [g0, g1) of x (n values in all) into groups[] and codes
+ * (indexed from the tensor start, so ranges may be encoded by different
+ * threads into the same arrays). Stochastic rounding: code = floor((x -
+ * min) / scale + u), u = as__uniform(as__group_seed(seed, g), j). */
+void as__quant_encode(const float *x, size_t n, int bits, size_t group,
+                      uint64_t seed, size_t g0, size_t g1,
+                      as_qgroup *groups, uint8_t *codes);
+
+/* Decode values [i0, i0 + count) into dst (dst[0] is value i0). */
+void as__quant_decode(const as_qgroup *groups, const uint8_t *codes,
+                      int bits, size_t group, size_t i0, size_t count,
+                      float *dst);
+
+/* ---- testing hooks --------------------------------------------------------- */
+
+/* codec_zstd.c: the compressed bytes of frame i of an encoded zstd state
+ * (NULL past the end), so tests can corrupt a blob. */
+uint8_t *as__zstd_frame_bytes(void *state, size_t i, size_t *len);
+
+#endif
