@@ -69,15 +69,15 @@ static inline float f16_to_f32_one(uint16_t hv)
     return u2f(sign | r);
 }
 
-static void f32_to_f16_portable(const float *restrict src,
-                                uint16_t *restrict dst, size_t n)
+void as__f32_to_f16_sw(const float *restrict src, uint16_t *restrict dst,
+                       size_t n)
 {
     for (size_t i = 0; i < n; i++)
         dst[i] = f32_to_f16_one(src[i]);
 }
 
-static void f16_to_f32_portable(const uint16_t *restrict src,
-                                float *restrict dst, size_t n)
+void as__f16_to_f32_sw(const uint16_t *restrict src, float *restrict dst,
+                       size_t n)
 {
     for (size_t i = 0; i < n; i++)
         dst[i] = f16_to_f32_one(src[i]);
@@ -93,7 +93,7 @@ static void f32_to_f16_f16c(const float *src, uint16_t *dst, size_t n)
         __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
         _mm_storeu_si128((__m128i *)(void *)(dst + i), h);
     }
-    f32_to_f16_portable(src + i, dst + i, n - i);
+    as__f32_to_f16_sw(src + i, dst + i, n - i);
 }
 
 __attribute__((target("avx,f16c")))
@@ -104,7 +104,7 @@ static void f16_to_f32_f16c(const uint16_t *src, float *dst, size_t n)
         __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(src + i));
         _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
     }
-    f16_to_f32_portable(src + i, dst + i, n - i);
+    as__f16_to_f32_sw(src + i, dst + i, n - i);
 }
 
 static int have_f16c(void)
@@ -128,7 +128,7 @@ void as__f32_to_f16(const float *src, uint16_t *dst, size_t n)
         return;
     }
 #endif
-    f32_to_f16_portable(src, dst, n);
+    as__f32_to_f16_sw(src, dst, n);
 }
 
 void as__f16_to_f32(const uint16_t *src, float *dst, size_t n)
@@ -139,7 +139,7 @@ void as__f16_to_f32(const uint16_t *src, float *dst, size_t n)
         return;
     }
 #endif
-    f16_to_f32_portable(src, dst, n);
+    as__f16_to_f32_sw(src, dst, n);
 }
 
 /* ---- bf16 --------------------------------------------------------------- */

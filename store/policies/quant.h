@@ -31,6 +31,10 @@ void as__f32_to_f16(const float *src, uint16_t *dst, size_t n);
 void as__f16_to_f32(const uint16_t *src, float *dst, size_t n);
 void as__f32_to_bf16(const float *src, uint16_t *dst, size_t n);
 void as__bf16_to_f32(const uint16_t *src, float *dst, size_t n);
+/* The portable versions (the above use F16C where the CPU has it; both
+ * give identical bits). */
+void as__f32_to_f16_sw(const float *src, uint16_t *dst, size_t n);
+void as__f16_to_f32_sw(const uint16_t *src, float *dst, size_t n);
 
 /* ---- byte shuffle -------------------------------------------------------- */
 
