@@ -1,5 +1,4 @@
 /* Service: endpoints, HTTP validation and limits, lifetime (fake provider). */
-#define _GNU_SOURCE 1
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -3,9 +3,6 @@
  * (arena snapshot + store accounting that change every tick) and blocking
  * loopback HTTP helpers that can send arbitrary bytes.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1
-#endif
 #ifndef AS_TEST_SERVICE_UTIL_H
 #define AS_TEST_SERVICE_UTIL_H
 
@@ -18,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -34,14 +32,14 @@ typedef struct fake_src {
     uint64_t    seq;
 } fake_src;
 
-static uint64_t fake_now_ns(void)
+static __attribute__((unused)) uint64_t fake_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static int fake_take(void *ud, size_t i, uint64_t since, as__svc_view *v)
+static __attribute__((unused)) int fake_take(void *ud, size_t i, uint64_t since, as__svc_view *v)
 {
     fake_src *f = &((fake_src *)ud)[i];
     unsigned n = atomic_fetch_add(&f->takes, 1) + 1;
@@ -128,7 +126,7 @@ static int fake_take(void *ud, size_t i, uint64_t since, as__svc_view *v)
     return 0;
 }
 
-static void fake_release(void *ud, size_t i, as__svc_view *v)
+static __attribute__((unused)) void fake_release(void *ud, size_t i, as__svc_view *v)
 {
     (void)ud;
     (void)i;
@@ -139,7 +137,7 @@ static void fake_release(void *ud, size_t i, as__svc_view *v)
     free(v->store.policies);
 }
 
-static as_service *fake_start(const as_service_config *cfg, fake_src *src, size_t n)
+static __attribute__((unused)) as_service *fake_start(const as_service_config *cfg, fake_src *src, size_t n)
 {
     static const char *const labels[] = {"A", "B", "C", "D"};
     as__svc_provider prov = {fake_take, fake_release, src};
@@ -153,7 +151,7 @@ static as_service *fake_start(const as_service_config *cfg, fake_src *src, size_
 
 /* ---- blocking loopback HTTP ---------------------------------------------------- */
 
-static int tconnect(int port)
+static __attribute__((unused)) int tconnect(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0)
@@ -170,7 +168,7 @@ static int tconnect(int port)
     return fd;
 }
 
-static int tsend(int fd, const char *data, size_t n)
+static __attribute__((unused)) int tsend(int fd, const char *data, size_t n)
 {
     while (n) {
         ssize_t w = send(fd, data, n, MSG_NOSIGNAL);
@@ -185,7 +183,7 @@ static int tsend(int fd, const char *data, size_t n)
 /* Read one response: headers, then Content-Length bytes (unless head), or
  * to EOF. Returns a malloc'd NUL-terminated buffer (NULL on timeout with
  * nothing read); *len = total bytes. */
-static char *tread_response(int fd, bool head, size_t *len)
+static __attribute__((unused)) char *tread_response(int fd, bool head, size_t *len)
 {
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap + 1);
@@ -204,7 +202,10 @@ static char *tread_response(int fd, bool head, size_t *len)
         buf[n] = 0;
         char *eoh = strstr(buf, "\r\n\r\n");
         if (eoh && want < 0) {
-            char *cl = strcasestr(buf, "\r\nContent-Length:");
+            char *cl = NULL;
+            for (char *q = buf; q < eoh && !cl; q++)
+                if (!strncasecmp(q, "\r\nContent-Length:", 17))
+                    cl = q;
             if (cl && cl < eoh)
                 want = (ssize_t)(eoh + 4 - buf) + (head ? 0 : atol(cl + 17));
         }
@@ -223,7 +224,7 @@ static char *tread_response(int fd, bool head, size_t *len)
     return buf;
 }
 
-static int tstatus(const char *resp)
+static __attribute__((unused)) int tstatus(const char *resp)
 {
     int st = 0;
     if (!resp || sscanf(resp, "HTTP/1.1 %d", &st) != 1)
@@ -232,7 +233,7 @@ static int tstatus(const char *resp)
 }
 
 /* One request on a new connection; returns the response (malloc'd). */
-static char *thttp(int port, const char *raw, size_t *len)
+static __attribute__((unused)) char *thttp(int port, const char *raw, size_t *len)
 {
     int fd = tconnect(port);
     if (fd < 0)
@@ -244,21 +245,21 @@ static char *thttp(int port, const char *raw, size_t *len)
     return r;
 }
 
-static char *tget(int port, const char *path, size_t *len)
+static __attribute__((unused)) char *tget(int port, const char *path, size_t *len)
 {
     char req[512];
     snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
     return thttp(port, req, len);
 }
 
-static const char *tbody(const char *resp)
+static __attribute__((unused)) const char *tbody(const char *resp)
 {
     const char *p = resp ? strstr(resp, "\r\n\r\n") : NULL;
     return p ? p + 4 : "";
 }
 
 /* Did the server close the connection (EOF within the timeout)? */
-static bool tclosed(int fd)
+static __attribute__((unused)) bool tclosed(int fd)
 {
     char tmp[4096];
     for (int i = 0; i < 100; i++) {
