@@ -1,0 +1,62 @@
+/*
+ * Models of the reference framework: cnn and vit for Fashion-MNIST, lm (a
+ * character-level causal transformer) for text. A model is a forward that
+ * returns the mean loss, a backward that fills the parameter gradients, and
+ * its parameter list. Activation buffers are transient arena blocks (tag
+ * activations, or workspace for gradients) freed as soon as the forward or
+ * backward no longer needs them: between forward and backward only what the
+ * store holds stays, so the store's policy decides the activation memory.
+ */
+#ifndef AS_LAYERS_MODEL_H
+#define AS_LAYERS_MODEL_H
+
+#include "layers/nn.h"
+
+typedef struct as_nn_batch {
+    int B;
+    const float   *x;      /* images (B, 1, 28, 28) */
+    const int32_t *y;      /* labels (B) */
+    int T;
+    const int32_t *tok;    /* text (B, T) inputs */
+    const int32_t *tgt;    /* text (B, T) next tokens */
+} as_nn_batch;
+
+typedef struct as_nn_model as_nn_model;
+struct as_nn_model {
+    const char  *kind;     /* "cnn", "vit", "lm" */
+    as_nn_params params;
+    int (*forward)(as_nn_model *m, as_nn_ctx *c, const as_nn_batch *b,
+                   double *loss, int *ncorrect);
+    int (*backward)(as_nn_model *m, as_nn_ctx *c);
+    void (*destroy)(as_nn_model *m, as_nn_ctx *c);
+};
+
+typedef struct as_nn_cnn_cfg {
+    int   act_fn;          /* AS_FN_RELU or AS_FN_LEAKY_RELU */
+    float alpha;           /* LeakyReLU slope */
+    int   nstages;         /* each: convs 3x3 stride 1 pad 1, then max-pool 2 */
+    int   convs;           /* convs per stage */
+    int   widths[4];       /* channels per stage, non-decreasing */
+    bool  batchnorm;       /* conv -> BN -> act (else conv(+bias) -> act) */
+} as_nn_cnn_cfg;
+
+typedef struct as_nn_tf_cfg {
+    int   C, NH, depth, mlp;   /* width, heads, blocks, MLP hidden = mlp * C */
+    float dropout;             /* after attention and MLP; 0 = off */
+    int   T;                   /* lm: context length */
+    int   V;                   /* lm: vocabulary */
+} as_nn_tf_cfg;
+
+int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
+                     as_nn_model **out);
+int as_nn_vit_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
+                     as_nn_model **out);
+int as_nn_lm_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
+                    as_nn_model **out);
+static inline void as_nn_model_destroy(as_nn_model *m, as_nn_ctx *c)
+{
+    if (m)
+        m->destroy(m, c);
+}
+
+#endif

@@ -1,0 +1,218 @@
+/*
+ * cnn for Fashion-MNIST: stages of 3x3 stride-1 convolutions (Cout >= Cin,
+ * so conv inversion can apply), each followed by BatchNorm and ReLU or
+ * LeakyReLU, a 2x2 max-pool between stages, and a linear head.
+ *
+ * Saved-tensor wiring: a conv saves its output (conv_output) and its input
+ * (conv_input, which aliases the previous activation's saved output when
+ * the input is that output); BatchNorm's input aliases the conv output; so
+ * with keep every tensor is held once.
+ */
+#include "layers/model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAXL 16
+
+typedef struct cnn {
+    as_nn_model base;
+    as_nn_cnn_cfg cfg;
+    int nconv;
+    as_nn_conv conv[MAXL];
+    as_nn_bnorm bn[MAXL];
+    as_nn_act act[MAXL];
+    int stage_of[MAXL];
+    as_nn_pool pool[4];
+    as_nn_linear head;
+    as_nn_xent loss;
+    int B, Hs[MAXL], feat;
+    int32_t *labels;
+} cnn;
+
+#define TRY(expr)                 \
+    do {                          \
+        rc = (expr);              \
+        if (rc)                   \
+            goto out;             \
+    } while (0)
+
+static int act_alloc(as_nn_ctx *c, size_t n, uint16_t id, as_block *b)
+{
+    return as_nn_alloc(c, n * sizeof(float), AS_TAG_ACTIVATIONS, id, false, b);
+}
+
+static int grad_alloc(as_nn_ctx *c, size_t n, uint16_t id, as_block *b)
+{
+    return as_nn_alloc(c, n * sizeof(float), AS_TAG_WORKSPACE, id, false, b);
+}
+
+static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
+                       double *loss, int *ncorrect)
+{
+    cnn *m = (cnn *)m_;
+    const int N = bt->B;
+    int rc = 0, H = 28, Cc = 1, li = 0;
+    m->B = N;
+    as_block cur = {0}, y = {0}, z = {0};
+    const float *in = bt->x;
+    as_handle in_h = AS_HANDLE_NULL;
+    for (int s = 0; s < m->cfg.nstages; s++) {
+        for (int k = 0; k < m->cfg.convs; k++, li++) {
+            const int Co = m->cfg.widths[s];
+            const size_t n = (size_t)N * Co * H * H;
+            m->Hs[li] = H;
+            TRY(act_alloc(c, n, m->conv[li].id, &y));
+            TRY(as_nn_conv_fwd(c, &m->conv[li], N, H, H, in, in_h, AS_NN_F(y)));
+            as_nn_free(c, &cur);
+            if (m->cfg.batchnorm) {
+                TRY(act_alloc(c, n, m->bn[li].id, &z));
+                TRY(as_nn_bnorm_fwd(c, &m->bn[li], N, H * H, AS_NN_F(y),
+                                    m->conv[li].hy, AS_NN_F(z)));
+                as_nn_free(c, &y);
+                y = z;
+                z = (as_block){0};
+            }
+            /* activation in place: its saved output is the next input */
+            const int64_t shape[4] = {N, Co, H, H};
+            TRY(as_nn_act_fwd(c, &m->act[li], 4, shape, AS_NN_F(y), AS_NN_F(y)));
+            cur = y;
+            y = (as_block){0};
+            in = AS_NN_F(cur);
+            in_h = m->act[li].h;
+            Cc = Co;
+        }
+        const int Ho = H / 2;
+        TRY(act_alloc(c, (size_t)N * Cc * Ho * Ho, m->pool[s].id, &y));
+        TRY(as_nn_pool_fwd(c, &m->pool[s], N, Cc, H, H, in, AS_NN_F(y)));
+        as_nn_free(c, &cur);
+        cur = y;
+        y = (as_block){0};
+        in = AS_NN_F(cur);
+        in_h = AS_HANDLE_NULL;
+        H = Ho;
+    }
+    TRY(act_alloc(c, (size_t)N * 10, m->head.id, &y));
+    TRY(as_nn_linear_fwd(c, &m->head, N, in, AS_NN_F(y)));
+    as_nn_free(c, &cur);
+    TRY(as_nn_xent_fwd(c, &m->loss, N, 10, AS_NN_F(y), bt->y, loss, ncorrect));
+out:
+    as_nn_free(c, &cur);
+    as_nn_free(c, &y);
+    as_nn_free(c, &z);
+    return rc;
+}
+
+static int cnn_backward(as_nn_model *m_, as_nn_ctx *c)
+{
+    cnn *m = (cnn *)m_;
+    const int N = m->B;
+    int rc = 0;
+    as_block dl = {0}, d = {0}, dn = {0};
+    TRY(grad_alloc(c, (size_t)N * 10, m->loss.id, &dl));
+    TRY(as_nn_xent_bwd(c, &m->loss, AS_NN_F(dl)));
+    TRY(grad_alloc(c, (size_t)N * m->feat, m->head.id, &d));
+    TRY(as_nn_linear_bwd(c, &m->head, AS_NN_F(dl), AS_NN_F(d)));
+    as_nn_free(c, &dl);
+    int li = m->nconv - 1;
+    for (int s = m->cfg.nstages - 1; s >= 0; s--) {
+        as_nn_pool *p = &m->pool[s];
+        TRY(grad_alloc(c, (size_t)N * p->C * p->H * p->W, p->id, &dn));
+        TRY(as_nn_pool_bwd(c, p, AS_NN_F(d), AS_NN_F(dn)));
+        as_nn_free(c, &d);
+        d = dn;
+        dn = (as_block){0};
+        for (int k = m->cfg.convs - 1; k >= 0; k--, li--) {
+            as_nn_conv *cv = &m->conv[li];
+            TRY(as_nn_act_bwd(c, &m->act[li], AS_NN_F(d), AS_NN_F(d)));
+            if (m->cfg.batchnorm)  /* in place: dx may not alias dy, so swap */
+            {
+                TRY(grad_alloc(c, (size_t)N * cv->g.Cout * m->Hs[li] * m->Hs[li],
+                               m->bn[li].id, &dn));
+                TRY(as_nn_bnorm_bwd(c, &m->bn[li], AS_NN_F(d), AS_NN_F(dn)));
+                as_nn_free(c, &d);
+                d = dn;
+                dn = (as_block){0};
+            }
+            if (li > 0)
+                TRY(grad_alloc(c, (size_t)N * cv->g.Cin * m->Hs[li] * m->Hs[li],
+                               cv->id, &dn));
+            TRY(as_nn_conv_bwd(c, cv, AS_NN_F(d), li > 0 ? AS_NN_F(dn) : NULL));
+            as_nn_free(c, &d);
+            d = dn;
+            dn = (as_block){0};
+        }
+    }
+out:
+    as_nn_free(c, &dl);
+    as_nn_free(c, &d);
+    as_nn_free(c, &dn);
+    return rc;
+}
+
+static void cnn_destroy(as_nn_model *m_, as_nn_ctx *c)
+{
+    cnn *m = (cnn *)m_;
+    for (int i = 0; i < m->nconv; i++)
+        as_nn_bnorm_fini(c, &m->bn[i]);
+    as_nn_params_free(c, &m->base.params);
+    free(m);
+}
+
+int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
+                     as_nn_model **out)
+{
+    *out = NULL;
+    if (cfg->nstages < 1 || cfg->nstages > 4 || cfg->convs < 1 ||
+        cfg->nstages * cfg->convs > MAXL)
+        return as_nn_fail(c, AS_EINVAL, "cnn: 1..4 stages of 1..%d convs",
+                          MAXL / 4);
+    cnn *m = calloc(1, sizeof *m);
+    if (!m)
+        return as_nn_fail(c, AS_ENOMEM, "cnn");
+    m->base.kind = "cnn";
+    m->base.forward = cnn_forward;
+    m->base.backward = cnn_backward;
+    m->base.destroy = cnn_destroy;
+    m->cfg = *cfg;
+    uint64_t rng = seed;
+    int rc = 0, cin = 1, H = 28, li = 0;
+    char name[64];
+    for (int s = 0; s < cfg->nstages; s++) {
+        int w = cfg->widths[s];
+        if (w < cin) {
+            rc = as_nn_fail(c, AS_EINVAL, "cnn: stage %d width %d < %d (need "
+                            "Cout >= Cin)", s, w, cin);
+            goto out;
+        }
+        for (int k = 0; k < cfg->convs; k++, li++) {
+            snprintf(name, sizeof name, "stages.%d.conv%d", s, k);
+            TRY(as_nn_conv_init(c, &m->base.params, &m->conv[li], name, cin, w,
+                                3, 1, 1, !cfg->batchnorm, &rng));
+            if (cfg->batchnorm) {
+                snprintf(name, sizeof name, "stages.%d.bn%d", s, k);
+                TRY(as_nn_bnorm_init(c, &m->base.params, &m->bn[li], name, w));
+            }
+            snprintf(name, sizeof name, "stages.%d.act%d", s, k);
+            as_nn_act_init(c, &m->act[li], name, cfg->act_fn, cfg->alpha);
+            m->stage_of[li] = s;
+            cin = w;
+        }
+        m->nconv = li;
+        snprintf(name, sizeof name, "stages.%d.pool", s);
+        as_nn_pool_init(c, &m->pool[s], name, true, 2);
+        H /= 2;
+    }
+    m->feat = cin * H * H;
+    TRY(as_nn_linear_init(c, &m->base.params, &m->head, "head", m->feat, 10,
+                          true, &rng));
+    as_nn_xent_init(c, &m->loss, "loss");
+out:
+    if (rc) {
+        cnn_destroy(&m->base, c);
+        return rc;
+    }
+    *out = &m->base;
+    return 0;
+}

@@ -1,0 +1,317 @@
+/*
+ * Transformer models: vit (Fashion-MNIST, 4x4 patches + class token) and
+ * lm (character-level, causal). Pre-norm blocks:
+ *     x = x + drop(attn(ln1(x)));  x = x + drop(fc2(gelu(fc1(ln2(x)))))
+ * The residual stream is one (N, C) buffer updated in place; everything a
+ * backward needs is saved by the layers through the store.
+ */
+#include "layers/model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAXD 12
+
+typedef struct block {
+    as_nn_layernorm ln1, ln2;
+    as_nn_attn attn;
+    as_nn_linear fc1, fc2;
+    as_nn_act gelu;
+    as_nn_dropout d1, d2;
+} block;
+
+typedef struct tf {
+    as_nn_model base;
+    as_nn_tf_cfg cfg;
+    bool vit;
+    block blk[MAXD];
+    as_nn_linear patch;        /* vit: 16 -> C */
+    as_nn_param *cls, *pos;    /* vit: class token (C), positions (50, C) */
+    as_nn_embed emb;           /* lm */
+    as_nn_layernorm lnf;
+    as_nn_linear head;
+    as_nn_xent loss;
+    int B, T, nout;
+} tf;
+
+#define TRY(expr)                 \
+    do {                          \
+        rc = (expr);              \
+        if (rc)                   \
+            goto out;             \
+    } while (0)
+
+static int falloc(as_nn_ctx *c, size_t n, int tag, uint16_t id, as_block *b)
+{
+    return as_nn_alloc(c, n * sizeof(float), (uint16_t)tag, id, false, b);
+}
+
+static int block_init(as_nn_ctx *c, as_nn_params *ps, block *b, int i,
+                      const as_nn_tf_cfg *cfg, bool causal, uint64_t *rng)
+{
+    char n[64];
+    int rc;
+#define NAME(s) (snprintf(n, sizeof n, "blocks.%d.%s", i, s), n)
+    if ((rc = as_nn_layernorm_init(c, ps, &b->ln1, NAME("ln1"), cfg->C)) ||
+        (rc = as_nn_attn_init(c, ps, &b->attn, NAME("attn"), cfg->C, cfg->NH,
+                              causal, rng)) ||
+        (rc = as_nn_layernorm_init(c, ps, &b->ln2, NAME("ln2"), cfg->C)) ||
+        (rc = as_nn_linear_init(c, ps, &b->fc1, NAME("mlp.fc1"), cfg->C,
+                                cfg->mlp * cfg->C, true, rng)) ||
+        (rc = as_nn_linear_init(c, ps, &b->fc2, NAME("mlp.fc2"),
+                                cfg->mlp * cfg->C, cfg->C, true, rng)))
+        return rc;
+    /* residual branches start small (GPT-2 style scaled init) */
+    float *w = AS_NN_F(b->fc2.W->w);
+    for (size_t k = 0; k < b->fc2.W->n; k++)
+        w[k] *= 0.5f;
+    w = AS_NN_F(b->attn.proj.W->w);
+    for (size_t k = 0; k < b->attn.proj.W->n; k++)
+        w[k] *= 0.5f;
+    as_nn_act_init(c, &b->gelu, NAME("mlp.gelu"), AS_FN_GELU, 0.0f);
+    as_nn_dropout_init(c, &b->d1, NAME("drop1"), cfg->dropout);
+    as_nn_dropout_init(c, &b->d2, NAME("drop2"), cfg->dropout);
+#undef NAME
+    return 0;
+}
+
+/* x (B*T, C) in place. */
+static int block_fwd(as_nn_ctx *c, block *b, const as_nn_tf_cfg *cfg, int B,
+                     int T, float *x)
+{
+    const int N = B * T, C = cfg->C, H = cfg->mlp * C;
+    as_block a = {0}, h = {0};
+    int rc = 0;
+    TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, b->attn.id, &a));
+    TRY(as_nn_layernorm_fwd(c, &b->ln1, N, x, AS_NN_F(a)));
+    TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, b->attn.id, &h));
+    TRY(as_nn_attn_fwd(c, &b->attn, B, T, AS_NN_F(a), AS_NN_F(h)));
+    TRY(as_nn_dropout_fwd(c, &b->d1, (size_t)N * C, AS_NN_F(h), AS_NN_F(h)));
+    as_op_add((size_t)N * C, AS_NN_F(h), x);
+    as_nn_free(c, &h);
+    TRY(as_nn_layernorm_fwd(c, &b->ln2, N, x, AS_NN_F(a)));
+    TRY(falloc(c, (size_t)N * H, AS_TAG_ACTIVATIONS, b->fc1.id, &h));
+    TRY(as_nn_linear_fwd(c, &b->fc1, N, AS_NN_F(a), AS_NN_F(h)));
+    const int64_t shape[2] = {N, H};
+    TRY(as_nn_act_fwd(c, &b->gelu, 2, shape, AS_NN_F(h), AS_NN_F(h)));
+    TRY(as_nn_linear_fwd(c, &b->fc2, N, AS_NN_F(h), AS_NN_F(a)));
+    TRY(as_nn_dropout_fwd(c, &b->d2, (size_t)N * C, AS_NN_F(a), AS_NN_F(a)));
+    as_op_add((size_t)N * C, AS_NN_F(a), x);
+out:
+    as_nn_free(c, &a);
+    as_nn_free(c, &h);
+    return rc;
+}
+
+/* dx (B*T, C): gradient of the block output in, of its input out. */
+static int block_bwd(as_nn_ctx *c, block *b, const as_nn_tf_cfg *cfg, int B,
+                     int T, float *dx)
+{
+    const int N = B * T, C = cfg->C, H = cfg->mlp * C;
+    as_block t = {0}, h = {0}, u = {0};
+    int rc = 0;
+    TRY(falloc(c, (size_t)N * C, AS_TAG_WORKSPACE, b->fc2.id, &t));
+    TRY(falloc(c, (size_t)N * C, AS_TAG_WORKSPACE, b->fc2.id, &u));
+    TRY(falloc(c, (size_t)N * H, AS_TAG_WORKSPACE, b->fc2.id, &h));
+    TRY(as_nn_dropout_bwd(c, &b->d2, dx, AS_NN_F(t)));
+    TRY(as_nn_linear_bwd(c, &b->fc2, AS_NN_F(t), AS_NN_F(h)));
+    TRY(as_nn_act_bwd(c, &b->gelu, AS_NN_F(h), AS_NN_F(h)));
+    TRY(as_nn_linear_bwd(c, &b->fc1, AS_NN_F(h), AS_NN_F(t)));
+    as_nn_free(c, &h);
+    TRY(as_nn_layernorm_bwd(c, &b->ln2, AS_NN_F(t), AS_NN_F(u)));
+    as_op_add((size_t)N * C, AS_NN_F(u), dx);
+    TRY(as_nn_dropout_bwd(c, &b->d1, dx, AS_NN_F(t)));
+    TRY(as_nn_attn_bwd(c, &b->attn, AS_NN_F(t), AS_NN_F(u)));
+    TRY(as_nn_layernorm_bwd(c, &b->ln1, AS_NN_F(u), AS_NN_F(t)));
+    as_op_add((size_t)N * C, AS_NN_F(t), dx);
+out:
+    as_nn_free(c, &t);
+    as_nn_free(c, &h);
+    as_nn_free(c, &u);
+    return rc;
+}
+
+static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
+                      double *loss, int *ncorrect)
+{
+    tf *m = (tf *)m_;
+    const int C = m->cfg.C, B = bt->B;
+    const int T = m->vit ? 50 : bt->T, N = B * T;
+    m->B = B;
+    m->T = T;
+    as_block x = {0}, p = {0}, e = {0}, lg = {0};
+    int rc = 0;
+    TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, 0, &x));  /* (B,T,C) */
+    float *xs = AS_NN_F(x);
+    if (m->vit) {
+        /* patches (B*49, 16): 4x4 pixel blocks, row-major within a patch */
+        TRY(falloc(c, (size_t)B * 49 * 16, AS_TAG_ACTIVATIONS, m->patch.id, &p));
+        float *pp = AS_NN_F(p);
+        for (int b = 0; b < B; b++)
+            for (int py = 0; py < 7; py++)
+                for (int px = 0; px < 7; px++)
+                    for (int i = 0; i < 4; i++)
+                        for (int j = 0; j < 4; j++)
+                            pp[((size_t)(b * 49 + py * 7 + px)) * 16 + i * 4 + j] =
+                                bt->x[(size_t)b * 784 + (py * 4 + i) * 28 + px * 4 + j];
+        TRY(falloc(c, (size_t)B * 49 * C, AS_TAG_ACTIVATIONS, m->patch.id, &e));
+        TRY(as_nn_linear_fwd(c, &m->patch, B * 49, pp, AS_NN_F(e)));
+        as_nn_free(c, &p);
+        const float *cls = AS_NN_F(m->cls->w), *pos = AS_NN_F(m->pos->w);
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < 50; t++) {
+                float *xr = xs + ((size_t)b * 50 + t) * C;
+                const float *src = t == 0 ? cls : AS_NN_F(e) + ((size_t)b * 49 + t - 1) * C;
+                for (int k = 0; k < C; k++)
+                    xr[k] = src[k] + pos[t * C + k];
+            }
+        as_nn_free(c, &e);
+    } else {
+        TRY(as_nn_embed_fwd(c, &m->emb, B, bt->tok, xs));
+    }
+    for (int i = 0; i < m->cfg.depth; i++)
+        TRY(block_fwd(c, &m->blk[i], &m->cfg, B, T, xs));
+    /* vit: only the class token goes to the head */
+    const int R = m->vit ? B : N;
+    const float *hin = xs;
+    if (m->vit) {
+        TRY(falloc(c, (size_t)B * C, AS_TAG_ACTIVATIONS, m->lnf.id, &p));
+        for (int b = 0; b < B; b++)
+            memcpy(AS_NN_F(p) + (size_t)b * C, xs + (size_t)b * 50 * C,
+                   sizeof(float) * C);
+        hin = AS_NN_F(p);
+    }
+    TRY(falloc(c, (size_t)R * C, AS_TAG_ACTIVATIONS, m->lnf.id, &e));
+    TRY(as_nn_layernorm_fwd(c, &m->lnf, R, hin, AS_NN_F(e)));
+    as_nn_free(c, &x);
+    as_nn_free(c, &p);
+    TRY(falloc(c, (size_t)R * m->nout, AS_TAG_ACTIVATIONS, m->head.id, &lg));
+    TRY(as_nn_linear_fwd(c, &m->head, R, AS_NN_F(e), AS_NN_F(lg)));
+    as_nn_free(c, &e);
+    TRY(as_nn_xent_fwd(c, &m->loss, R, m->nout, AS_NN_F(lg),
+                       m->vit ? bt->y : bt->tgt, loss, ncorrect));
+out:
+    as_nn_free(c, &x);
+    as_nn_free(c, &p);
+    as_nn_free(c, &e);
+    as_nn_free(c, &lg);
+    return rc;
+}
+
+static int tf_backward(as_nn_model *m_, as_nn_ctx *c)
+{
+    tf *m = (tf *)m_;
+    const int C = m->cfg.C, B = m->B, T = m->T, N = B * T;
+    const int R = m->vit ? B : N;
+    as_block dl = {0}, dh = {0}, dr = {0}, dx = {0};
+    int rc = 0;
+    TRY(falloc(c, (size_t)R * m->nout, AS_TAG_WORKSPACE, m->head.id, &dl));
+    TRY(as_nn_xent_bwd(c, &m->loss, AS_NN_F(dl)));
+    TRY(falloc(c, (size_t)R * C, AS_TAG_WORKSPACE, m->head.id, &dh));
+    TRY(as_nn_linear_bwd(c, &m->head, AS_NN_F(dl), AS_NN_F(dh)));
+    as_nn_free(c, &dl);
+    TRY(falloc(c, (size_t)R * C, AS_TAG_WORKSPACE, m->lnf.id, &dr));
+    TRY(as_nn_layernorm_bwd(c, &m->lnf, AS_NN_F(dh), AS_NN_F(dr)));
+    as_nn_free(c, &dh);
+    TRY(as_nn_alloc(c, sizeof(float) * (size_t)N * C, AS_TAG_WORKSPACE, 0,
+                    m->vit, &dx));
+    float *d = AS_NN_F(dx);
+    if (m->vit)
+        for (int b = 0; b < B; b++)
+            memcpy(d + (size_t)b * 50 * C, AS_NN_F(dr) + (size_t)b * C,
+                   sizeof(float) * C);
+    else
+        memcpy(d, AS_NN_F(dr), sizeof(float) * (size_t)N * C);
+    as_nn_free(c, &dr);
+    for (int i = m->cfg.depth - 1; i >= 0; i--)
+        TRY(block_bwd(c, &m->blk[i], &m->cfg, B, T, d));
+    if (m->vit) {
+        float *gc = AS_NN_F(m->cls->g), *gp = AS_NN_F(m->pos->g);
+        TRY(falloc(c, (size_t)B * 49 * C, AS_TAG_WORKSPACE, m->patch.id, &dh));
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < 50; t++) {
+                const float *r = d + ((size_t)b * 50 + t) * C;
+                for (int k = 0; k < C; k++)
+                    gp[t * C + k] += r[k];
+                if (t == 0)
+                    for (int k = 0; k < C; k++)
+                        gc[k] += r[k];
+                else
+                    memcpy(AS_NN_F(dh) + ((size_t)b * 49 + t - 1) * C, r,
+                           sizeof(float) * C);
+            }
+        TRY(as_nn_linear_bwd(c, &m->patch, AS_NN_F(dh), NULL));
+    } else {
+        TRY(as_nn_embed_bwd(c, &m->emb, d));
+    }
+out:
+    as_nn_free(c, &dl);
+    as_nn_free(c, &dh);
+    as_nn_free(c, &dr);
+    as_nn_free(c, &dx);
+    return rc;
+}
+
+static void tf_destroy(as_nn_model *m_, as_nn_ctx *c)
+{
+    tf *m = (tf *)m_;
+    as_nn_params_free(c, &m->base.params);
+    free(m);
+}
+
+static int tf_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
+                     bool vit, as_nn_model **out)
+{
+    *out = NULL;
+    if (cfg->depth < 1 || cfg->depth > MAXD || cfg->C < 1 || cfg->NH < 1 ||
+        cfg->C % cfg->NH || cfg->mlp < 1 || (!vit && (cfg->T < 1 || cfg->V < 2)))
+        return as_nn_fail(c, AS_EINVAL, "%s: bad configuration", vit ? "vit" : "lm");
+    tf *m = calloc(1, sizeof *m);
+    if (!m)
+        return as_nn_fail(c, AS_ENOMEM, "transformer");
+    m->base.kind = vit ? "vit" : "lm";
+    m->base.forward = tf_forward;
+    m->base.backward = tf_backward;
+    m->base.destroy = tf_destroy;
+    m->cfg = *cfg;
+    m->vit = vit;
+    m->nout = vit ? 10 : cfg->V;
+    uint64_t rng = seed;
+    int rc = 0;
+    as_nn_params *ps = &m->base.params;
+    if (vit) {
+        TRY(as_nn_linear_init(c, ps, &m->patch, "patch", 16, cfg->C, true, &rng));
+        TRY(as_nn_param_new(c, ps, "cls", m->patch.id, (size_t)cfg->C, 0.02f, 0,
+                            false, &rng, &m->cls));
+        TRY(as_nn_param_new(c, ps, "pos", m->patch.id, (size_t)50 * cfg->C, 0.02f,
+                            0, false, &rng, &m->pos));
+    } else {
+        TRY(as_nn_embed_init(c, ps, &m->emb, "embed", cfg->V, cfg->T, cfg->C,
+                             true, &rng));
+    }
+    for (int i = 0; i < cfg->depth; i++)
+        TRY(block_init(c, ps, &m->blk[i], i, cfg, !vit, &rng));
+    TRY(as_nn_layernorm_init(c, ps, &m->lnf, "ln_f", cfg->C));
+    TRY(as_nn_linear_init(c, ps, &m->head, "head", cfg->C, m->nout, true, &rng));
+    as_nn_xent_init(c, &m->loss, "loss");
+out:
+    if (rc) {
+        tf_destroy(&m->base, c);
+        return rc;
+    }
+    *out = &m->base;
+    return 0;
+}
+
+int as_nn_vit_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
+                     as_nn_model **out)
+{
+    return tf_create(c, cfg, seed, true, out);
+}
+
+int as_nn_lm_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
+                    as_nn_model **out)
+{
+    return tf_create(c, cfg, seed, false, out);
+}

@@ -1,0 +1,298 @@
+/*
+ * actstore reference framework — context, parameters, layers.
+ *
+ * This is the part a C framework author copies: every layer's forward
+ * computes its output with the kernels of ops.h and hands what its backward
+ * needs to the activation store (as_store_save, with the right kind and
+ * metadata); the layer struct keeps only HANDLES, never pointers to saved
+ * data. Backward restores (as_store_restore_view / _rows /
+ * as_store_softmax_backward), computes, and releases.
+ *
+ * Memory: parameters, gradients, optimizer state, activations and
+ * workspaces are allocated through the store's arena with their tag and the
+ * layer's id, so the allocator's per-tag numbers are real. Without an arena
+ * (ctx.arena NULL) plain aligned malloc is used (kernel tests).
+ *
+ * Without a store (ctx.store NULL) a minimal built-in keep table stands in,
+ * with the same semantics (copy at save, views, rows, release); it exists
+ * for bring-up and for tests that check the math apart from the store.
+ *
+ * Conventions: functions return 0 or a negative AS_E* code and write a
+ * message naming the layer into ctx->err. Layers are not thread-safe; one
+ * context per training thread.
+ */
+#ifndef AS_LAYERS_NN_H
+#define AS_LAYERS_NN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actstore/alloc.h"
+#include "actstore/store.h"
+#include "layers/ops.h"
+
+/* ---- context ------------------------------------------------------------ */
+
+typedef struct as_nn_slot as_nn_slot;  /* built-in keep table entry */
+
+typedef struct as_nn_ctx {
+    as_store *store;        /* NULL: built-in keep table */
+    as_arena *arena;        /* NULL: plain malloc */
+    bool      training;     /* false: no saves, BatchNorm uses running stats */
+    uint64_t  step;         /* seeds dropout masks */
+    uint64_t  seed;
+    char      err[256];
+    /* built-in keep table (store == NULL) */
+    as_nn_slot *slots;
+    size_t      nslots;
+} as_nn_ctx;
+
+/* Initialise with an optional store (its arena is used). */
+void as_nn_ctx_init(as_nn_ctx *c, as_store *store, uint64_t seed);
+/* Free the built-in keep table. */
+void as_nn_ctx_fini(as_nn_ctx *c);
+/* Set training / eval mode (eval turns saving off in the store). */
+void as_nn_ctx_train(as_nn_ctx *c, bool training);
+/* Record an error message (printf-style) and return code. */
+int as_nn_fail(as_nn_ctx *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Register a layer name with the arena (attribution); 0 without arena. */
+uint16_t as_nn_layer_id(as_nn_ctx *c, const char *name);
+
+/* Allocate / free through the arena (64-byte aligned). */
+int as_nn_alloc(as_nn_ctx *c, size_t bytes, uint16_t tag, uint16_t layer,
+                bool zero, as_block *out);
+void as_nn_free(as_nn_ctx *c, as_block *b);
+#define AS_NN_F(blk) ((float *)(blk).ptr)
+
+/* A tensor descriptor (data not owned): AS_NN_T(ptr, AS_F32, N, C, H, W). */
+as_tensor as_nn_tensor(const void *data, int dtype, int ndim,
+                       const int64_t *shape);
+#define AS_NN_T(data, dtype, ...)                                            \
+    as_nn_tensor((data), (dtype),                                            \
+                 (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)),  \
+                 (int64_t[]){__VA_ARGS__})
+
+/* ---- store access (store or built-in table) ----------------------------- */
+
+/* Save t under info. In eval mode returns 0 and a null handle. */
+int as_nn_save(as_nn_ctx *c, const as_save_info *info, const as_tensor *t,
+               as_handle *h);
+/* Read-only view of a saved tensor (valid until release / step end). */
+int as_nn_view(as_nn_ctx *c, as_handle h, const char *layer,
+               const void **data);
+/* Rows [row0, row0+nrows) of a saved f32 tensor (rows x last dim). */
+int as_nn_rows(as_nn_ctx *c, as_handle h, int64_t row0, int64_t nrows,
+               float *dst);
+/* Softmax backward from a saved softmax output (dx may alias dy). */
+int as_nn_softmax_bwd_saved(as_nn_ctx *c, as_handle h, const float *dy,
+                            float *dx);
+/* Release and null the handle (null handles are ignored). */
+void as_nn_release(as_nn_ctx *c, as_handle *h);
+/* Release everything the built-in table holds (step end). */
+void as_nn_step_end(as_nn_ctx *c);
+
+/* ---- parameters --------------------------------------------------------- */
+
+typedef struct as_nn_param {
+    char     name[64];
+    size_t   n;                /* floats */
+    as_block w, g;             /* weights, gradients (tags weights, gradients) */
+    as_block m, v;             /* optimizer state (tag optimizer), lazily */
+    uint64_t version;          /* bumped whenever w changes */
+    bool     decay;            /* weight decay applies (matrices, not biases) */
+    uint16_t layer;
+} as_nn_param;
+
+typedef struct as_nn_params {
+    as_nn_param **p;
+    size_t        n, cap;
+} as_nn_params;
+
+/* Create a parameter of n floats in list ps, initialised uniform in
+ * [-scale, scale] (scale 0: constant `fill`). */
+int as_nn_param_new(as_nn_ctx *c, as_nn_params *ps, const char *name,
+                    uint16_t layer, size_t n, float scale, float fill,
+                    bool decay, uint64_t *rng, as_nn_param **out);
+void as_nn_params_free(as_nn_ctx *c, as_nn_params *ps);
+void as_nn_params_zero_grad(as_nn_params *ps);
+size_t as_nn_params_count(const as_nn_params *ps);
+
+/* Deterministic RNG (splitmix64) for initialisation and shuffling. */
+uint64_t as_nn_rand(uint64_t *state);
+float as_nn_randu(uint64_t *state);     /* [0, 1) */
+float as_nn_randn(uint64_t *state);     /* standard normal */
+
+/* ---- layers ------------------------------------------------------------- */
+
+/* Every layer: a name (copied), the arena layer id, its parameters, and the
+ * handles of what forward saved. fwd writes the output into a caller
+ * buffer; bwd takes dy and writes dx (dx may be NULL when not needed). */
+
+typedef struct as_nn_linear {
+    char name[64]; uint16_t id;
+    int in, out;
+    as_nn_param *W, *b;
+    int N;                 /* rows of the last forward */
+    as_handle hx;          /* linear_input (N, in) */
+} as_nn_linear;
+int as_nn_linear_init(as_nn_ctx *c, as_nn_params *ps, as_nn_linear *l,
+                      const char *name, int in, int out, bool bias,
+                      uint64_t *rng);
+int as_nn_linear_fwd(as_nn_ctx *c, as_nn_linear *l, int N, const float *x,
+                     float *y);
+int as_nn_linear_bwd(as_nn_ctx *c, as_nn_linear *l, const float *dy,
+                     float *dx);
+
+typedef struct as_nn_conv {
+    char name[64]; uint16_t id;
+    as_op_conv_geom g;     /* N filled per forward */
+    as_nn_param *W, *b;
+    bool save_output;      /* save y (conv_output) for inversion; default on */
+    as_handle hx, hy;      /* conv_input (meta: geometry, W, version, hy);
+                              conv_output */
+} as_nn_conv;
+int as_nn_conv_init(as_nn_ctx *c, as_nn_params *ps, as_nn_conv *l,
+                    const char *name, int Cin, int Cout, int k, int stride,
+                    int pad, bool bias, uint64_t *rng);
+/* x_saved: handle under which x is already saved by its producer (e.g. an
+ * activation's output), or null; the conv input then aliases it. */
+int as_nn_conv_fwd(as_nn_ctx *c, as_nn_conv *l, int N, int H, int W,
+                   const float *x, as_handle x_saved, float *y);
+int as_nn_conv_bwd(as_nn_ctx *c, as_nn_conv *l, const float *dy, float *dx);
+
+typedef struct as_nn_bnorm {
+    char name[64]; uint16_t id;
+    int C, N, HW;
+    float eps, momentum;
+    as_nn_param *g, *b;
+    as_block run_mean, run_var;   /* weights tag, not trained */
+    as_handle hx, hstat;          /* norm_input; (2, C) mean, invstd */
+} as_nn_bnorm;
+int as_nn_bnorm_init(as_nn_ctx *c, as_nn_params *ps, as_nn_bnorm *l,
+                     const char *name, int C);
+void as_nn_bnorm_fini(as_nn_ctx *c, as_nn_bnorm *l);
+int as_nn_bnorm_fwd(as_nn_ctx *c, as_nn_bnorm *l, int N, int HW,
+                    const float *x, as_handle x_saved, float *y);
+int as_nn_bnorm_bwd(as_nn_ctx *c, as_nn_bnorm *l, const float *dy, float *dx);
+
+typedef struct as_nn_layernorm {
+    char name[64]; uint16_t id;
+    int C, N;
+    as_nn_param *g, *b;
+    as_handle hx, hstat;   /* norm_input (N, C); (2, N) mean, rstd */
+} as_nn_layernorm;
+int as_nn_layernorm_init(as_nn_ctx *c, as_nn_params *ps, as_nn_layernorm *l,
+                         const char *name, int C);
+int as_nn_layernorm_fwd(as_nn_ctx *c, as_nn_layernorm *l, int N,
+                        const float *x, float *y);
+int as_nn_layernorm_bwd(as_nn_ctx *c, as_nn_layernorm *l, const float *dy,
+                        float *dx);
+
+/* ReLU (alpha 0), LeakyReLU (alpha > 0) or GELU. ReLU / LeakyReLU save their
+ * output (activation_output, meta: the function), GELU its input
+ * (activation_input). hy is the saved output, for a consumer to alias. */
+typedef struct as_nn_act {
+    char name[64]; uint16_t id;
+    int fn;                /* AS_FN_RELU, AS_FN_LEAKY_RELU, AS_FN_GELU */
+    float alpha;
+    size_t n;
+    int ndim; int64_t shape[4];
+    as_handle h;
+} as_nn_act;
+void as_nn_act_init(as_nn_ctx *c, as_nn_act *l, const char *name, int fn,
+                    float alpha);
+/* shape: up to 4 dims describing x (for the saved tensor). */
+int as_nn_act_fwd(as_nn_ctx *c, as_nn_act *l, int ndim, const int64_t *shape,
+                  const float *x, float *y);
+int as_nn_act_bwd(as_nn_ctx *c, as_nn_act *l, const float *dy, float *dx);
+
+/* k x k pooling, stride k. Max saves the argmax (index, u8); avg nothing. */
+typedef struct as_nn_pool {
+    char name[64]; uint16_t id;
+    bool max; int k;
+    int N, C, H, W;
+    as_handle hidx;
+} as_nn_pool;
+void as_nn_pool_init(as_nn_ctx *c, as_nn_pool *l, const char *name, bool max,
+                     int k);
+int as_nn_pool_fwd(as_nn_ctx *c, as_nn_pool *l, int N, int C, int H, int W,
+                   const float *x, float *y);
+int as_nn_pool_bwd(as_nn_ctx *c, as_nn_pool *l, const float *dy, float *dx);
+
+/* Dropout: saves nothing; the mask is regenerated from (seed, step, layer). */
+typedef struct as_nn_dropout {
+    char name[64]; uint16_t id;
+    float p; size_t n; uint64_t seed;
+} as_nn_dropout;
+void as_nn_dropout_init(as_nn_ctx *c, as_nn_dropout *l, const char *name,
+                        float p);
+int as_nn_dropout_fwd(as_nn_ctx *c, as_nn_dropout *l, size_t n,
+                      const float *x, float *y);
+int as_nn_dropout_bwd(as_nn_ctx *c, as_nn_dropout *l, const float *dy,
+                      float *dx);
+
+/* Softmax over rows (standalone layer; attention has its own). Saves y
+ * (softmax_output, meta: row length, causal / valid lengths). */
+typedef struct as_nn_softmax {
+    char name[64]; uint16_t id;
+    size_t rows; int L; bool causal;
+    as_handle hy;
+} as_nn_softmax;
+void as_nn_softmax_init(as_nn_ctx *c, as_nn_softmax *l, const char *name);
+int as_nn_softmax_fwd(as_nn_ctx *c, as_nn_softmax *l, size_t rows, int L,
+                      bool causal, const int32_t *valid, const float *x,
+                      float *y);
+int as_nn_softmax_bwd(as_nn_ctx *c, as_nn_softmax *l, const float *dy,
+                      float *dx);
+
+/* Token (+ positional) embedding; saves the token ids (index, i32). */
+typedef struct as_nn_embed {
+    char name[64]; uint16_t id;
+    int V, T, C, B;
+    as_nn_param *wte, *wpe;   /* wpe NULL when no positions */
+    as_handle htok;
+} as_nn_embed;
+int as_nn_embed_init(as_nn_ctx *c, as_nn_params *ps, as_nn_embed *l,
+                     const char *name, int V, int T, int C, bool positions,
+                     uint64_t *rng);
+int as_nn_embed_fwd(as_nn_ctx *c, as_nn_embed *l, int B, const int32_t *tok,
+                    float *y);
+int as_nn_embed_bwd(as_nn_ctx *c, as_nn_embed *l, const float *dy);
+
+/* Softmax cross-entropy; saves probabilities (generic) and targets
+ * (index). Targets < 0 are ignored. */
+typedef struct as_nn_xent {
+    char name[64]; uint16_t id;
+    int N, V;
+    as_handle hp, ht;
+} as_nn_xent;
+void as_nn_xent_init(as_nn_ctx *c, as_nn_xent *l, const char *name);
+int as_nn_xent_fwd(as_nn_ctx *c, as_nn_xent *l, int N, int V,
+                   const float *logits, const int32_t *targets, double *loss,
+                   int *ncorrect);
+int as_nn_xent_bwd(as_nn_ctx *c, as_nn_xent *l, float *dlogits);
+
+/* Multi-head self-attention: qkv = x Wqkv^T + b, core, out = o Wo^T + b.
+ * Saves: x (linear_input, by the qkv linear), qkv (attention_input),
+ * P (softmax_output: row length T, T queries per (b, h), causal flag),
+ * o (linear_input, by the output linear). Backward streams P per (b, h)
+ * with restore_rows and runs the softmax backward through the store, so a
+ * softmax codec decodes P once and may use its own backward. */
+typedef struct as_nn_attn {
+    char name[64]; uint16_t id;
+    int C, NH; bool causal;
+    int B, T;
+    as_nn_linear qkv, proj;
+    as_handle hqkv, hP;
+} as_nn_attn;
+int as_nn_attn_init(as_nn_ctx *c, as_nn_params *ps, as_nn_attn *l,
+                    const char *name, int C, int NH, bool causal,
+                    uint64_t *rng);
+int as_nn_attn_fwd(as_nn_ctx *c, as_nn_attn *l, int B, int T,
+                   const float *x, float *y);
+int as_nn_attn_bwd(as_nn_ctx *c, as_nn_attn *l, const float *dy, float *dx);
+
+#endif

@@ -1,0 +1,121 @@
+/*
+ * Multi-head self-attention layer (see nn.h).
+ *
+ * Forward: qkv = x Wqkv^T + b (saved as attention_input), P = softmax of
+ * scaled scores (saved as softmax_output with row length T, T queries per
+ * (batch, head) and the causal flag), o = P v, y = o Wo^T + b. The qkv, P
+ * and o buffers are transient: after the save the store holds what backward
+ * needs, in whatever form the policy chose.
+ *
+ * Backward streams P one (batch, head) block at a time through
+ * as_store_restore_rows (so a compressed P is never decoded whole), computes
+ * dV = P^T dO and dP = dO V^T, then asks the store for the softmax backward
+ * over all of dP at once (a softmax codec answers straight from its stored
+ * form), then dQ, dK.
+ */
+#include "layers/nn.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define TRY(expr)                  \
+    do {                           \
+        int rc_ = (expr);          \
+        if (rc_)                   \
+            goto out;              \
+    } while (0)
+
+int as_nn_attn_init(as_nn_ctx *c, as_nn_params *ps, as_nn_attn *l,
+                    const char *name, int C, int NH, bool causal,
+                    uint64_t *rng)
+{
+    char b[64];
+    memset(l, 0, sizeof *l);
+    snprintf(l->name, sizeof l->name, "%s", name);
+    l->id = as_nn_layer_id(c, name);
+    if (C % NH)
+        return as_nn_fail(c, AS_EINVAL, "%s: %d channels not divisible by %d heads",
+                          name, C, NH);
+    l->C = C;
+    l->NH = NH;
+    l->causal = causal;
+    snprintf(b, sizeof b, "%s.qkv", name);
+    int rc = as_nn_linear_init(c, ps, &l->qkv, b, C, 3 * C, true, rng);
+    if (rc)
+        return rc;
+    snprintf(b, sizeof b, "%s.proj", name);
+    return as_nn_linear_init(c, ps, &l->proj, b, C, C, true, rng);
+}
+
+int as_nn_attn_fwd(as_nn_ctx *c, as_nn_attn *l, int B, int T,
+                   const float *x, float *y)
+{
+    const int C = l->C, NH = l->NH, N = B * T;
+    l->B = B;
+    l->T = T;
+    as_block qkv = {0}, P = {0}, o = {0};
+    int rc = 0;
+    TRY(rc = as_nn_alloc(c, sizeof(float) * 3 * (size_t)N * C,
+                         AS_TAG_ACTIVATIONS, l->id, false, &qkv)); /* (B,T,3C) */
+    TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)B * NH * T * T,
+                         AS_TAG_ACTIVATIONS, l->id, false, &P));   /* (B,NH,T,T) */
+    TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)N * C,
+                         AS_TAG_ACTIVATIONS, l->id, false, &o));   /* (B,T,C) */
+    TRY(rc = as_nn_linear_fwd(c, &l->qkv, N, x, AS_NN_F(qkv)));
+    as_op_attn_fwd(B, T, C, NH, l->causal, AS_NN_F(qkv), AS_NN_F(P), AS_NN_F(o));
+    as_save_info qi = {.kind = AS_KIND_ATTENTION_INPUT, .layer = l->name};
+    as_tensor qt = AS_NN_T(qkv.ptr, AS_F32, B, T, 3 * C);
+    TRY(rc = as_nn_save(c, &qi, &qt, &l->hqkv));
+    as_save_info pi = {.kind = AS_KIND_SOFTMAX_OUTPUT, .layer = l->name};
+    pi.meta.softmax = (as_softmax_meta){.row_len = T, .queries = T,
+                                        .causal = l->causal,
+                                        .rows_per_item = (int64_t)NH * T};
+    as_tensor pt = AS_NN_T(P.ptr, AS_F32, B, NH, T, T);
+    TRY(rc = as_nn_save(c, &pi, &pt, &l->hP));
+    TRY(rc = as_nn_linear_fwd(c, &l->proj, N, AS_NN_F(o), y));
+out:
+    as_nn_free(c, &qkv);
+    as_nn_free(c, &P);
+    as_nn_free(c, &o);
+    return rc;
+}
+
+int as_nn_attn_bwd(as_nn_ctx *c, as_nn_attn *l, const float *dy, float *dx)
+{
+    const int B = l->B, T = l->T, C = l->C, NH = l->NH, N = B * T;
+    as_block dO = {0}, dqkv = {0}, dP = {0}, Pb = {0};
+    const void *qkv;
+    int rc = 0;
+    TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)N * C, AS_TAG_WORKSPACE,
+                         l->id, false, &dO));                     /* (B,T,C) */
+    TRY(rc = as_nn_linear_bwd(c, &l->proj, dy, AS_NN_F(dO)));
+    TRY(rc = as_nn_view(c, l->hqkv, l->name, &qkv));
+    TRY(rc = as_nn_alloc(c, sizeof(float) * 3 * (size_t)N * C,
+                         AS_TAG_WORKSPACE, l->id, false, &dqkv)); /* (B,T,3C) */
+    TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)B * NH * T * T,
+                         AS_TAG_WORKSPACE, l->id, false, &dP));   /* (B,NH,T,T) */
+    TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)T * T, AS_TAG_WORKSPACE,
+                         l->id, false, &Pb));                     /* (T,T) */
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            size_t bh = (size_t)b * NH + h;
+            TRY(rc = as_nn_rows(c, l->hP, (int64_t)bh * T, T, AS_NN_F(Pb)));
+            as_op_attn_bwd_pv(T, C, NH, b, h, qkv, AS_NN_F(Pb), AS_NN_F(dO),
+                              AS_NN_F(dqkv), AS_NN_F(dP) + bh * T * T);
+        }
+    TRY(rc = as_nn_softmax_bwd_saved(c, l->hP, AS_NN_F(dP), AS_NN_F(dP)));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            as_op_attn_bwd_qk(T, C, NH, b, h, qkv,
+                              AS_NN_F(dP) + ((size_t)b * NH + h) * T * T,
+                              AS_NN_F(dqkv));
+    as_nn_release(c, &l->hP);
+    as_nn_release(c, &l->hqkv);
+    TRY(rc = as_nn_linear_bwd(c, &l->qkv, AS_NN_F(dqkv), dx));
+out:
+    as_nn_free(c, &dO);
+    as_nn_free(c, &dqkv);
+    as_nn_free(c, &dP);
+    as_nn_free(c, &Pb);
+    return rc;
+}

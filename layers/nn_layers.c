@@ -1,0 +1,424 @@
+/*
+ * Layers of the reference framework (see nn.h): forward computes with the
+ * kernels of ops.h and saves exactly what backward needs through the store;
+ * backward restores, computes and releases.
+ */
+#include "layers/nn.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define TRY(expr)                  \
+    do {                           \
+        int rc_ = (expr);          \
+        if (rc_)                   \
+            return rc_;            \
+    } while (0)
+
+static void set_name(as_nn_ctx *c, char *dst, uint16_t *id, const char *name)
+{
+    snprintf(dst, 64, "%s", name);
+    *id = as_nn_layer_id(c, name);
+}
+
+static char *pname(char *buf, const char *layer, const char *what)
+{
+    snprintf(buf, 64, "%s.%s", layer, what);
+    return buf;
+}
+
+/* ---- linear ------------------------------------------------------------ */
+
+int as_nn_linear_init(as_nn_ctx *c, as_nn_params *ps, as_nn_linear *l,
+                      const char *name, int in, int out, bool bias,
+                      uint64_t *rng)
+{
+    char b[64];
+    memset(l, 0, sizeof *l);
+    set_name(c, l->name, &l->id, name);
+    l->in = in;
+    l->out = out;
+    /* uniform with the variance of Kaiming-normal for fan_in */
+    float s = sqrtf(3.0f / (float)in);
+    TRY(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id,
+                        (size_t)in * out, s, 0, true, rng, &l->W));
+    if (bias)
+        TRY(as_nn_param_new(c, ps, pname(b, name, "bias"), l->id, (size_t)out,
+                            0, 0.0f, false, rng, &l->b));
+    return 0;
+}
+
+int as_nn_linear_fwd(as_nn_ctx *c, as_nn_linear *l, int N, const float *x,
+                     float *y)
+{
+    l->N = N;
+    as_op_linear_fwd(N, l->in, l->out, x, AS_NN_F(l->W->w),
+                     l->b ? AS_NN_F(l->b->w) : NULL, y);
+    as_save_info info = {.kind = AS_KIND_LINEAR_INPUT, .layer = l->name};
+    as_tensor t = AS_NN_T(x, AS_F32, N, l->in);
+    return as_nn_save(c, &info, &t, &l->hx);
+}
+
+int as_nn_linear_bwd(as_nn_ctx *c, as_nn_linear *l, const float *dy,
+                     float *dx)
+{
+    const void *x;
+    TRY(as_nn_view(c, l->hx, l->name, &x));
+    as_op_linear_bwd(l->N, l->in, l->out, x, AS_NN_F(l->W->w), dy, dx,
+                     AS_NN_F(l->W->g), l->b ? AS_NN_F(l->b->g) : NULL);
+    as_nn_release(c, &l->hx);
+    return 0;
+}
+
+/* ---- conv2d ------------------------------------------------------------ */
+
+int as_nn_conv_init(as_nn_ctx *c, as_nn_params *ps, as_nn_conv *l,
+                    const char *name, int Cin, int Cout, int k, int stride,
+                    int pad, bool bias, uint64_t *rng)
+{
+    char b[64];
+    memset(l, 0, sizeof *l);
+    set_name(c, l->name, &l->id, name);
+    l->g = (as_op_conv_geom){.Cin = Cin, .Cout = Cout, .kh = k, .kw = k,
+                             .stride = stride, .pad = pad};
+    l->save_output = true;
+    float s = sqrtf(6.0f / (float)(Cin * k * k));  /* He uniform */
+    TRY(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id,
+                        (size_t)Cout * Cin * k * k, s, 0, true, rng, &l->W));
+    if (bias)
+        TRY(as_nn_param_new(c, ps, pname(b, name, "bias"), l->id,
+                            (size_t)Cout, 0, 0.0f, false, rng, &l->b));
+    return 0;
+}
+
+int as_nn_conv_fwd(as_nn_ctx *c, as_nn_conv *l, int N, int H, int W,
+                   const float *x, as_handle x_saved, float *y)
+{
+    as_op_conv_geom *g = &l->g;
+    g->N = N;
+    g->H = H;
+    g->W = W;
+    if (as_op_conv_geom_init(g) != 0)
+        return as_nn_fail(c, AS_ESHAPE, "%s: bad geometry %dx%d", l->name, H, W);
+    as_block ws;
+    TRY(as_nn_alloc(c, as_op_conv_workspace(g) * sizeof(float),
+                    AS_TAG_WORKSPACE, l->id, false, &ws));
+    as_op_conv_fwd(g, x, AS_NN_F(l->W->w), l->b ? AS_NN_F(l->b->w) : NULL, y,
+                   AS_NN_F(ws));
+    as_nn_free(c, &ws);
+    /* The output first (inversion rebuilds x from it), then the input with
+     * everything a regenerator needs: geometry, weights and version. */
+    if (l->save_output) {
+        as_save_info oi = {.kind = AS_KIND_CONV_OUTPUT, .layer = l->name};
+        as_tensor ot = AS_NN_T(y, AS_F32, N, g->Cout, g->Ho, g->Wo);
+        TRY(as_nn_save(c, &oi, &ot, &l->hy));
+    }
+    as_save_info info = {.kind = AS_KIND_CONV_INPUT, .layer = l->name,
+                         .alias_of = x_saved};
+    info.meta.conv = (as_conv_meta){
+        .n = N, .cin = g->Cin, .h = H, .w = W, .cout = g->Cout, .kh = g->kh,
+        .kw = g->kw, .stride_h = g->stride, .stride_w = g->stride,
+        .pad_h = g->pad, .pad_w = g->pad, .dil_h = 1, .dil_w = 1, .groups = 1,
+        .weight = AS_NN_F(l->W->w), .bias = l->b ? AS_NN_F(l->b->w) : NULL,
+        .weight_version = l->W->version, .output = l->hy};
+    as_tensor t = AS_NN_T(x, AS_F32, N, g->Cin, H, W);
+    return as_nn_save(c, &info, &t, &l->hx);
+}
+
+int as_nn_conv_bwd(as_nn_ctx *c, as_nn_conv *l, const float *dy, float *dx)
+{
+    const void *x;
+    TRY(as_nn_view(c, l->hx, l->name, &x));
+    as_block ws;
+    TRY(as_nn_alloc(c, as_op_conv_workspace(&l->g) * sizeof(float),
+                    AS_TAG_WORKSPACE, l->id, false, &ws));
+    as_op_conv_bwd(&l->g, x, AS_NN_F(l->W->w), dy, dx, AS_NN_F(l->W->g),
+                   l->b ? AS_NN_F(l->b->g) : NULL, AS_NN_F(ws));
+    as_nn_free(c, &ws);
+    as_nn_release(c, &l->hx);
+    as_nn_release(c, &l->hy);
+    return 0;
+}
+
+/* ---- BatchNorm --------------------------------------------------------- */
+
+int as_nn_bnorm_init(as_nn_ctx *c, as_nn_params *ps, as_nn_bnorm *l,
+                     const char *name, int C)
+{
+    char b[64];
+    memset(l, 0, sizeof *l);
+    set_name(c, l->name, &l->id, name);
+    l->C = C;
+    l->eps = 1e-5f;
+    l->momentum = 0.1f;
+    TRY(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id, (size_t)C, 0,
+                        1.0f, false, NULL, &l->g));
+    TRY(as_nn_param_new(c, ps, pname(b, name, "bias"), l->id, (size_t)C, 0,
+                        0.0f, false, NULL, &l->b));
+    TRY(as_nn_alloc(c, sizeof(float) * C, AS_TAG_WEIGHTS, l->id, true,
+                    &l->run_mean));
+    TRY(as_nn_alloc(c, sizeof(float) * C, AS_TAG_WEIGHTS, l->id, false,
+                    &l->run_var));
+    for (int i = 0; i < C; i++)
+        AS_NN_F(l->run_var)[i] = 1.0f;
+    return 0;
+}
+
+void as_nn_bnorm_fini(as_nn_ctx *c, as_nn_bnorm *l)
+{
+    as_nn_free(c, &l->run_mean);
+    as_nn_free(c, &l->run_var);
+}
+
+int as_nn_bnorm_fwd(as_nn_ctx *c, as_nn_bnorm *l, int N, int HW,
+                    const float *x, as_handle x_saved, float *y)
+{
+    l->N = N;
+    l->HW = HW;
+    float stat[2 * 1024];
+    if (l->C > 1024)
+        return as_nn_fail(c, AS_ERANGE, "%s: more than 1024 channels", l->name);
+    as_op_batchnorm_fwd(N, l->C, HW, l->eps, c->training, l->momentum, x,
+                        AS_NN_F(l->g->w), AS_NN_F(l->b->w),
+                        AS_NN_F(l->run_mean), AS_NN_F(l->run_var), stat,
+                        stat + l->C, y);
+    as_save_info info = {.kind = AS_KIND_NORM_INPUT, .layer = l->name,
+                         .alias_of = x_saved};
+    as_tensor t = AS_NN_T(x, AS_F32, N, l->C, HW);
+    TRY(as_nn_save(c, &info, &t, &l->hx));
+    as_save_info si = {.kind = AS_KIND_GENERIC, .layer = l->name};
+    as_tensor st = AS_NN_T(stat, AS_F32, 2, l->C);
+    return as_nn_save(c, &si, &st, &l->hstat);
+}
+
+int as_nn_bnorm_bwd(as_nn_ctx *c, as_nn_bnorm *l, const float *dy, float *dx)
+{
+    const void *x, *st;
+    TRY(as_nn_view(c, l->hx, l->name, &x));
+    TRY(as_nn_view(c, l->hstat, l->name, &st));
+    const float *s = st;
+    as_op_batchnorm_bwd(l->N, l->C, l->HW, x, AS_NN_F(l->g->w), s, s + l->C,
+                        dy, dx, AS_NN_F(l->g->g), AS_NN_F(l->b->g));
+    as_nn_release(c, &l->hx);
+    as_nn_release(c, &l->hstat);
+    return 0;
+}
+
+/* ---- LayerNorm --------------------------------------------------------- */
+
+int as_nn_layernorm_init(as_nn_ctx *c, as_nn_params *ps, as_nn_layernorm *l,
+                         const char *name, int C)
+{
+    char b[64];
+    memset(l, 0, sizeof *l);
+    set_name(c, l->name, &l->id, name);
+    l->C = C;
+    TRY(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id, (size_t)C, 0,
+                        1.0f, false, NULL, &l->g));
+    return as_nn_param_new(c, ps, pname(b, name, "bias"), l->id, (size_t)C, 0,
+                           0.0f, false, NULL, &l->b);
+}
+
+int as_nn_layernorm_fwd(as_nn_ctx *c, as_nn_layernorm *l, int N,
+                        const float *x, float *y)
+{
+    l->N = N;
+    as_block sb;
+    TRY(as_nn_alloc(c, sizeof(float) * 2 * (size_t)N, AS_TAG_WORKSPACE, l->id,
+                    false, &sb));
+    float *s = AS_NN_F(sb);
+    as_op_layernorm_fwd(N, l->C, 1e-5f, x, AS_NN_F(l->g->w), AS_NN_F(l->b->w),
+                        y, s, s + N);
+    as_save_info info = {.kind = AS_KIND_NORM_INPUT, .layer = l->name};
+    as_tensor t = AS_NN_T(x, AS_F32, N, l->C);
+    int rc = as_nn_save(c, &info, &t, &l->hx);
+    as_save_info si = {.kind = AS_KIND_GENERIC, .layer = l->name};
+    as_tensor st = AS_NN_T(s, AS_F32, 2, N);
+    if (!rc)
+        rc = as_nn_save(c, &si, &st, &l->hstat);
+    as_nn_free(c, &sb);
+    return rc;
+}
+
+int as_nn_layernorm_bwd(as_nn_ctx *c, as_nn_layernorm *l, const float *dy,
+                        float *dx)
+{
+    const void *x, *st;
+    TRY(as_nn_view(c, l->hx, l->name, &x));
+    TRY(as_nn_view(c, l->hstat, l->name, &st));
+    const float *s = st;
+    as_op_layernorm_bwd(l->N, l->C, x, AS_NN_F(l->g->w), s, s + l->N, dy, dx,
+                        AS_NN_F(l->g->g), AS_NN_F(l->b->g));
+    as_nn_release(c, &l->hx);
+    as_nn_release(c, &l->hstat);
+    return 0;
+}
+
+/* ---- activations -------------------------------------------------------- */
+
+void as_nn_act_init(as_nn_ctx *c, as_nn_act *l, const char *name, int fn,
+                    float alpha)
+{
+    memset(l, 0, sizeof *l);
+    set_name(c, l->name, &l->id, name);
+    l->fn = fn;
+    l->alpha = fn == AS_FN_RELU ? 0.0f : alpha;
+}
+
+int as_nn_act_fwd(as_nn_ctx *c, as_nn_act *l, int ndim, const int64_t *shape,
+                  const float *x, float *y)
+{
+    l->ndim = ndim;
+    l->n = 1;
+    for (int i = 0; i < ndim; i++) {
+        l->shape[i] = shape[i];
+        l->n *= (size_t)shape[i];
+    }
+    as_save_info info = {.layer = l->name};
+    info.meta.act = (as_elementwise){.fn = l->fn, .alpha = l->alpha};
+    as_tensor t = as_nn_tensor(NULL, AS_F32, ndim, shape);
+    if (l->fn == AS_FN_GELU) {
+        info.kind = AS_KIND_ACTIVATION_INPUT;   /* GELU' needs x */
+        t.data = (void *)x;
+        int rc = as_nn_save(c, &info, &t, &l->h);  /* before y may overwrite x */
+        if (!rc)
+            as_op_gelu_fwd(l->n, x, y);
+        return rc;
+    } else {
+        as_op_leaky_fwd(l->n, l->alpha, x, y);
+        info.kind = AS_KIND_ACTIVATION_OUTPUT;  /* sign of y is enough */
+        t.data = y;
+    }
+    return as_nn_save(c, &info, &t, &l->h);
+}
+
+int as_nn_act_bwd(as_nn_ctx *c, as_nn_act *l, const float *dy, float *dx)
+{
+    const void *s;
+    TRY(as_nn_view(c, l->h, l->name, &s));
+    if (l->fn == AS_FN_GELU)
+        as_op_gelu_bwd(l->n, s, dy, dx);
+    else
+        as_op_leaky_bwd(l->n, l->alpha, s, dy, dx);
+    as_nn_release(c, &l->h);
+    return 0;
+}
+
+/* ---- pooling ------------------------------------------------------------ */
+
+void as_nn_pool_init(as_nn_ctx *c, as_nn_pool *l, const char *name, bool max,
+                     int k)
+{
+    memset(l, 0, sizeof *l);
+    set_name(c, l->name, &l->id, name);
+    l->max = max;
+    l->k = k;
+}
+
+int as_nn_pool_fwd(as_nn_ctx *c, as_nn_pool *l, int N, int C, int H, int W,
+                   const float *x, float *y)
+{
+    l->N = N; l->C = C; l->H = H; l->W = W;
+    if (!l->max) {
+        as_op_avgpool_fwd(N, C, H, W, l->k, x, y);
+        return 0;   /* backward needs only the shape */
+    }
+    const int Ho = H / l->k, Wo = W / l->k;
+    as_block ib;
+    TRY(as_nn_alloc(c, (size_t)N * C * Ho * Wo, AS_TAG_WORKSPACE, l->id, false,
+                    &ib));
+    as_op_maxpool_fwd(N, C, H, W, l->k, x, y, ib.ptr);
+    as_save_info info = {.kind = AS_KIND_INDEX, .layer = l->name};
+    as_tensor t = AS_NN_T(ib.ptr, AS_U8, N, C, Ho, Wo);
+    int rc = as_nn_save(c, &info, &t, &l->hidx);
+    as_nn_free(c, &ib);
+    return rc;
+}
+
+int as_nn_pool_bwd(as_nn_ctx *c, as_nn_pool *l, const float *dy, float *dx)
+{
+    if (!l->max) {
+        as_op_avgpool_bwd(l->N, l->C, l->H, l->W, l->k, dy, dx);
+        return 0;
+    }
+    const void *idx;
+    TRY(as_nn_view(c, l->hidx, l->name, &idx));
+    as_op_maxpool_bwd(l->N, l->C, l->H, l->W, l->k, idx, dy, dx);
+    as_nn_release(c, &l->hidx);
+    return 0;
+}
+
+/* ---- dropout ------------------------------------------------------------ */
+
+void as_nn_dropout_init(as_nn_ctx *c, as_nn_dropout *l, const char *name,
+                        float p)
+{
+    memset(l, 0, sizeof *l);
+    set_name(c, l->name, &l->id, name);
+    l->p = p;
+}
+
+int as_nn_dropout_fwd(as_nn_ctx *c, as_nn_dropout *l, size_t n,
+                      const float *x, float *y)
+{
+    l->n = n;
+    if (!c->training || l->p <= 0.0f) {
+        if (y != x)
+            memmove(y, x, n * sizeof(float));
+        l->seed = 0;
+        return 0;
+    }
+    /* (run seed, step, layer name) -> mask seed: nothing to save */
+    uint64_t h = c->seed ^ (c->step * 0x9E3779B97F4A7C15ull);
+    for (const char *p = l->name; *p; p++)
+        h = (h ^ (uint8_t)*p) * 0x100000001B3ull;
+    l->seed = h | 1;
+    as_op_dropout_fwd(n, l->p, l->seed, x, y);
+    return 0;
+}
+
+int as_nn_dropout_bwd(as_nn_ctx *c, as_nn_dropout *l, const float *dy,
+                      float *dx)
+{
+    (void)c;
+    if (l->seed == 0) {
+        if (dx != dy)
+            memmove(dx, dy, l->n * sizeof(float));
+        return 0;
+    }
+    as_op_dropout_bwd(l->n, l->p, l->seed, dy, dx);
+    return 0;
+}
+
+/* ---- softmax ------------------------------------------------------------ */
+
+void as_nn_softmax_init(as_nn_ctx *c, as_nn_softmax *l, const char *name)
+{
+    memset(l, 0, sizeof *l);
+    set_name(c, l->name, &l->id, name);
+}
+
+int as_nn_softmax_fwd(as_nn_ctx *c, as_nn_softmax *l, size_t rows, int L,
+                      bool causal, const int32_t *valid, const float *x,
+                      float *y)
+{
+    l->rows = rows;
+    l->L = L;
+    l->causal = causal;
+    as_op_softmax_fwd(rows, L, causal, valid, x, y);
+    as_save_info info = {.kind = AS_KIND_SOFTMAX_OUTPUT, .layer = l->name};
+    info.meta.softmax = (as_softmax_meta){
+        .row_len = L, .queries = L, .causal = causal, .valid_len = valid,
+        .rows_per_item = 1};
+    as_tensor t = AS_NN_T(y, AS_F32, (int64_t)rows, L);
+    return as_nn_save(c, &info, &t, &l->hy);
+}
+
+int as_nn_softmax_bwd(as_nn_ctx *c, as_nn_softmax *l, const float *dy,
+                      float *dx)
+{
+    TRY(as_nn_softmax_bwd_saved(c, l->hy, dy, dx));
+    as_nn_release(c, &l->hy);
+    return 0;
+}
