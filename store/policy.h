@@ -80,6 +80,11 @@ typedef struct as_policy_ops {
      * dim) into dst, to stream a large tensor block by block. */
     int (*decode_rows)(as_pctx *ctx, const void *params, void *state,
                        int64_t row0, int64_t nrows, float *dst);
+    /* Optional: when the stored bytes ARE the tensor (keep), return them.
+     * restore_view, restore_rows and dependents then read them in place
+     * (no materialization); as_store_restore copies them. Must return the
+     * same pointer for the representation's lifetime. */
+    const void *(*view)(const void *params, void *state);
 } as_policy_ops;
 
 /* ---- context services for policies --------------------------------- */
@@ -89,24 +94,33 @@ typedef struct as_policy_ops {
 int as_pctx_alloc(as_pctx *ctx, size_t n, void **out);
 void as_pctx_free(as_pctx *ctx, void *p);
 
-/* Bytes that are held for the item outside as_pctx_alloc (e.g. bytes in
- * an offload file do not count; a zero-copy adopted block does). */
+/* Bytes that are held for the item outside as_pctx_alloc and outside the
+ * adopted block (e.g. a policy-owned cache); bytes in an offload file do
+ * not count. Negative deltas give them back. */
 void as_pctx_account(as_pctx *ctx, int64_t delta_bytes);
 
 /* Adopted block of the save (keep zero-copy), or NULL. Taking it moves it
- * to the item. */
+ * to the item and counts its size as stored bytes (no as_pctx_account
+ * needed); the store frees it with the item. An adopted block nobody takes
+ * is freed by the store after a successful encode. */
 as_block *as_pctx_take_adopted(as_pctx *ctx);
 
-/* Regenerators: declare a dependency at encode; at decode, get its values
- * as a read-only view (restored through its own policy; cached within the
- * backward phase). */
+/* Regenerators: declare a dependency at encode (the dependency's item then
+ * lives at least as long as this item, even if its handle is released; a
+ * dependency that would close a cycle gives AS_ESTATE, which the store
+ * turns into a fallback); at decode, get its values as a read-only view,
+ * valid until the decode returns (restored through its own policy, in
+ * place for keep, cached within the backward phase otherwise). */
 int as_pctx_depend(as_pctx *ctx, as_handle dep);
 int as_pctx_restore_dep(as_pctx *ctx, as_handle dep, const as_tensor **view);
 
 /* Scratch memory for decode (workspace tag), freed at the end of the call. */
 int as_pctx_scratch(as_pctx *ctx, size_t n, void **out);
 
-/* Error detail for the current call (becomes the store's last error). */
+/* Error detail for the current call (becomes the store's last error,
+ * prefixed with handle, layer and policy). When encode then returns
+ * AS_ENOTSUP (or AS_EIO, AS_ESTATE), the store falls back to the rule's
+ * fallback and this text is the counted reason: keep it short ("stride 2"). */
 void as_pctx_errorf(as_pctx *ctx, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

@@ -1,0 +1,153 @@
+/*
+ * The services a policy calls during encode / decode (store/policy.h). A
+ * context lives on the stack of one store call; everything it hands out is
+ * attributed to the item's representation (blocks, dependencies) or freed
+ * when the call ends (scratch, borrowed materializations).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_internal.h"
+
+void as__pctx_init(as_pctx *c, as_store *s, as_item *it, as_rep *r,
+                   as_handle h, const char *layer)
+{
+    memset(c, 0, sizeof *c);
+    c->s = s;
+    c->it = it;
+    c->rep = r;
+    c->h = h;
+    c->layer = layer;
+}
+
+void as__pctx_done(as_pctx *c)
+{
+    for (size_t i = 0; i < c->nscratch; i++)
+        as_free(c->s->arena, &c->scratch[i]);
+    c->nscratch = 0;
+    for (size_t i = 0; i < c->nborrowed; i++)
+        as__unborrow(c->s, c->borrowed[i]);
+    c->nborrowed = 0;
+}
+
+int as_pctx_alloc(as_pctx *c, size_t n, void **out)
+{
+    *out = NULL;
+    as_rep *r = c->rep;
+    if (r->nblocks == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 4;
+        as_block *nb = realloc(r->blocks, cap * sizeof *nb);
+        if (!nb)
+            return AS_ENOMEM;
+        r->blocks = nb;
+        r->cap = cap;
+    }
+    as_block b;
+    int rc = as_alloc(c->s->arena, n, AS_TAG_SAVED, r->g.layer, &b);
+    if (rc < 0) {
+        as__seterr(c->s, "save (layer %s): %s", c->layer,
+                   as_arena_last_error(c->s->arena));
+        return rc;
+    }
+    r->blocks[r->nblocks++] = b;
+    r->stored += b.size;
+    as__acct_charge(c->s, &r->g, 0, (int64_t)b.size);
+    *out = b.ptr;
+    return 0;
+}
+
+void as_pctx_free(as_pctx *c, void *p)
+{
+    as_rep *r = c->rep;
+    for (size_t i = 0; p && i < r->nblocks; i++)
+        if (r->blocks[i].ptr == p) {
+            r->stored -= r->blocks[i].size;
+            as__acct_charge(c->s, &r->g, 0, -(int64_t)r->blocks[i].size);
+            as_free(c->s->arena, &r->blocks[i]);
+            r->blocks[i] = r->blocks[--r->nblocks];
+            return;
+        }
+}
+
+void as_pctx_account(as_pctx *c, int64_t delta)
+{
+    c->rep->extra += delta;
+    c->rep->stored += (uint64_t)delta;
+    as__acct_charge(c->s, &c->rep->g, 0, delta);
+}
+
+as_block *as_pctx_take_adopted(as_pctx *c)
+{
+    if (!c->adopted || c->adopted_taken)
+        return NULL;
+    c->adopted_taken = true;
+    c->rep->adopted = *c->adopted;
+    c->rep->stored += c->adopted->size;
+    as__acct_charge(c->s, &c->rep->g, 0, (int64_t)c->adopted->size);
+    return &c->rep->adopted;
+}
+
+int as_pctx_depend(as_pctx *c, as_handle dep)
+{
+    return as__rep_add_dep(c->s, c->it, c->rep, dep);
+}
+
+int as_pctx_restore_dep(as_pctx *c, as_handle dep, const as_tensor **view)
+{
+    *view = NULL;
+    as_rep *r = c->rep;
+    as_item *d = NULL;
+    for (size_t i = 0; i < r->ndeps; i++)
+        if (r->deps[i].handle == dep.v)
+            d = r->deps[i].item;
+    if (!d) {
+        as__seterr(c->s, "restore (layer %s): handle 0x%016llx is not a "
+                   "declared dependency", c->layer,
+                   (unsigned long long)dep.v);
+        return AS_EHANDLE;
+    }
+    if (c->nborrowed == sizeof c->borrowed / sizeof c->borrowed[0])
+        return AS_ERANGE;
+    int rc = as__borrow(c->s, d, view);
+    if (rc == 0)
+        c->borrowed[c->nborrowed++] = d;
+    return rc;
+}
+
+int as_pctx_scratch(as_pctx *c, size_t n, void **out)
+{
+    *out = NULL;
+    if (c->nscratch == sizeof c->scratch / sizeof c->scratch[0])
+        return AS_ERANGE;
+    as_block *b = &c->scratch[c->nscratch];
+    int rc = as_alloc(c->s->arena, n, AS_TAG_WORKSPACE,
+                      c->rep ? c->rep->g.layer : 0, b);
+    if (rc < 0) {
+        as__seterr(c->s, "scratch (layer %s): %s", c->layer,
+                   as_arena_last_error(c->s->arena));
+        return rc;
+    }
+    c->nscratch++;
+    *out = b->ptr;
+    return 0;
+}
+
+void as_pctx_errorf(as_pctx *c, const char *fmt, ...)
+{
+    char msg[200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    as__strlcpy(c->msg, msg, sizeof c->msg);
+    as__seterr(c->s, "handle 0x%016llx (layer %s, %s): %s",
+               (unsigned long long)c->h.v, c->layer,
+               c->rep ? c->rep->ops->name : "?", msg);
+}
+
+const char *as_pctx_offload_dir(const as_pctx *c) { return c->s->offload_dir; }
+as_handle as_pctx_handle(const as_pctx *c) { return c->h; }
+const char *as_pctx_layer(const as_pctx *c) { return c->layer; }
+as_store *as_pctx_store(const as_pctx *c) { return c->s; }

@@ -1,0 +1,251 @@
+/*
+ * Elementwise regenerators.
+ *
+ * derive:  this = fn(source). Stores nothing; restores the source and
+ *          applies fn (any as_fn). Typical: an activation output whose input
+ *          is kept anyway.
+ * inverse: source = fn^-1(this), chosen for the SOURCE tensor. At its save
+ *          nothing can be decided yet, so it is held by the rule's fallback
+ *          (keep by default); when a later save declares it its `source`
+ *          through an invertible fn (LeakyReLU with alpha > 0, affine with
+ *          no zero scale, identity), the store drops that copy and rebuilds
+ *          it from the later tensor from then on. See docs/store.md for the
+ *          implicit chain rule that makes conv outputs "inverse".
+ *
+ * Inverses are exact up to rounding: LeakyReLU negatives come back as
+ * (alpha * x) / alpha (<= 1 ulp off), affine as (y - shift) / scale (error
+ * relative to |shift| / |scale| in ulps).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_internal.h"
+
+typedef struct estate {
+    as_elementwise fn;
+    as_handle      dep;
+} estate;
+
+static int no_args(const char *args, size_t len, void **params, char *err,
+                   size_t errlen, size_t *err_off)
+{
+    *params = NULL;
+    if (len) {
+        snprintf(err, errlen, "no arguments");
+        *err_off = 0;
+        return AS_ESPEC;
+    }
+    return 0;
+}
+
+static float channel_of(const as_elementwise *f, const float *v, int64_t i)
+{
+    return v[(i / f->inner) % f->channels];
+}
+
+static void apply_fn(const as_elementwise *f, const float *x, float *y,
+                     int64_t n)
+{
+    switch (f->fn) {
+    case AS_FN_RELU:
+        for (int64_t i = 0; i < n; i++)
+            y[i] = x[i] > 0 ? x[i] : 0.0f;
+        break;
+    case AS_FN_LEAKY_RELU:
+        for (int64_t i = 0; i < n; i++)
+            y[i] = x[i] >= 0 ? x[i] : f->alpha * x[i];
+        break;
+    case AS_FN_AFFINE:
+        for (int64_t i = 0; i < n; i++)
+            y[i] = channel_of(f, f->scale, i) * x[i] + channel_of(f, f->shift, i);
+        break;
+    case AS_FN_GELU:
+        for (int64_t i = 0; i < n; i++)
+            y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678f));
+        break;
+    default:
+        memmove(y, x, (size_t)n * sizeof *y);
+    }
+}
+
+static void apply_inverse(const as_elementwise *f, const float *y, float *x,
+                          int64_t n)
+{
+    switch (f->fn) {
+    case AS_FN_LEAKY_RELU:
+        for (int64_t i = 0; i < n; i++)
+            x[i] = y[i] >= 0 ? y[i] : y[i] / f->alpha;
+        break;
+    case AS_FN_AFFINE:
+        for (int64_t i = 0; i < n; i++)
+            x[i] = (y[i] - channel_of(f, f->shift, i)) / channel_of(f, f->scale, i);
+        break;
+    default:
+        memmove(x, y, (size_t)n * sizeof *x);
+    }
+}
+
+static bool affine_ok(const as_elementwise *f, int64_t numel)
+{
+    return f->scale && f->shift && f->channels > 0 && f->inner > 0 &&
+           numel % (f->channels * f->inner) == 0;
+}
+
+bool as__fn_invertible(const as_elementwise *f, int64_t numel, char *why,
+                       size_t whylen)
+{
+    switch (f->fn) {
+    case AS_FN_IDENTITY:
+        return true;
+    case AS_FN_LEAKY_RELU:
+        if (f->alpha > 0 && isfinite(f->alpha))
+            return true;
+        snprintf(why, whylen, "leaky_relu alpha %g not > 0", f->alpha);
+        return false;
+    case AS_FN_AFFINE:
+        if (!affine_ok(f, numel)) {
+            snprintf(why, whylen, "affine without scale/shift or geometry");
+            return false;
+        }
+        for (int64_t c = 0; c < f->channels; c++)
+            if (f->scale[c] == 0 || !isfinite(f->scale[c])) {
+                snprintf(why, whylen, "affine scale[%lld] = %g",
+                         (long long)c, f->scale[c]);
+                return false;
+            }
+        return true;
+    default:
+        snprintf(why, whylen, "fn %d not invertible", f->fn);
+        return false;
+    }
+}
+
+/* ---- derive ------------------------------------------------------------ */
+
+static int derive_applies(const void *params, const as_save_info *info,
+                          const as_tensor *t, char *why, size_t whylen)
+{
+    if (as_handle_is_null(info->source)) {
+        snprintf(why, whylen, "no source");
+        return AS_ENOTSUP;
+    }
+    if (t->dtype != AS_F32) {
+        snprintf(why, whylen, "dtype %s", as_dtype_name(t->dtype));
+        return AS_ENOTSUP;
+    }
+    if (info->source_fn.fn < 0 || info->source_fn.fn >= AS_FN_COUNT ||
+        (info->source_fn.fn == AS_FN_AFFINE &&
+         !affine_ok(&info->source_fn, as_tensor_numel(t)))) {
+        snprintf(why, whylen, "bad source_fn");
+        return AS_ENOTSUP;
+    }
+    return 0;
+}
+
+static int derive_encode(as_pctx *ctx, const void *params,
+                         const as_save_info *info, const as_tensor *t,
+                         void **state)
+{
+    as_tensor src;
+    int rc = as_store_describe(as_pctx_store(ctx), info->source, &src, NULL);
+    if (rc < 0)
+        return rc;
+    if (src.dtype != AS_F32 || as_tensor_numel(&src) != as_tensor_numel(t)) {
+        as_pctx_errorf(ctx, "source is not an f32 tensor of the same size");
+        return AS_ENOTSUP;
+    }
+    estate *st = calloc(1, sizeof *st);
+    if (!st)
+        return AS_ENOMEM;
+    st->fn = info->source_fn;
+    st->dep = info->source;
+    if ((rc = as_pctx_depend(ctx, st->dep)) < 0) {
+        if (rc == AS_ESTATE)
+            as_pctx_errorf(ctx, "dependency cycle");
+        free(st);
+        return rc;
+    }
+    *state = st;
+    return 0;
+}
+
+static int derive_decode(as_pctx *ctx, const void *params, void *state,
+                         as_tensor *dst)
+{
+    estate *st = state;
+    const as_tensor *v;
+    int rc = as_pctx_restore_dep(ctx, st->dep, &v);
+    if (rc == 0)
+        apply_fn(&st->fn, v->data, dst->data, as_tensor_numel(dst));
+    return rc;
+}
+
+static void e_drop(void *params, void *state)
+{
+    free(state);
+}
+
+const as_policy_ops as_policy_derive = {
+    .name = "derive",
+    .summary = "store nothing; this = fn(source) (relu, leaky_relu, affine, gelu)",
+    .kinds = 0,
+    .regenerator = true,
+    .parse = no_args,
+    .applies = derive_applies,
+    .encode = derive_encode,
+    .decode = derive_decode,
+    .drop = e_drop,
+};
+
+/* ---- inverse ------------------------------------------------------------ */
+
+int as__inverse_encode(as_pctx *ctx, as_handle consumer,
+                       const as_elementwise *fn, void **state)
+{
+    estate *st = calloc(1, sizeof *st);
+    if (!st)
+        return AS_ENOMEM;
+    st->fn = *fn;
+    st->dep = consumer;
+    int rc = as_pctx_depend(ctx, consumer);
+    if (rc < 0) {
+        free(st);
+        return rc;
+    }
+    *state = st;
+    return 0;
+}
+
+static int inverse_encode(as_pctx *ctx, const void *params,
+                          const as_save_info *info, const as_tensor *t,
+                          void **state)
+{
+    /* Never the tensor's first representation: see the top of the file. */
+    as_pctx_errorf(ctx, "decided when a consumer declares this its source");
+    return AS_ENOTSUP;
+}
+
+static int inverse_decode(as_pctx *ctx, const void *params, void *state,
+                          as_tensor *dst)
+{
+    estate *st = state;
+    const as_tensor *v;
+    int rc = as_pctx_restore_dep(ctx, st->dep, &v);
+    if (rc == 0)
+        apply_inverse(&st->fn, v->data, dst->data, as_tensor_numel(dst));
+    return rc;
+}
+
+const as_policy_ops as_policy_inverse = {
+    .name = "inverse",
+    .summary = "store nothing; rebuilt from a later tensor y = fn(this) "
+               "through fn^-1 (leaky_relu, affine)",
+    .kinds = 0,
+    .regenerator = true,
+    .parse = no_args,
+    .encode = inverse_encode,
+    .decode = inverse_decode,
+    .drop = e_drop,
+};

@@ -1,0 +1,67 @@
+/*
+ * keep: hold the tensor exactly. Zero-copy when the tensor was saved with
+ * as_store_save_adopt (the framework's arena block moves to the item);
+ * otherwise one copy into a block of the saved tag. Restores read the bytes
+ * in place (view), so restore_view costs nothing and restore one memcpy.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "store/store_internal.h"
+
+static int keep_parse(const char *args, size_t len, void **params, char *err,
+                      size_t errlen, size_t *err_off)
+{
+    *params = NULL;
+    if (len) {
+        snprintf(err, errlen, "no arguments");
+        *err_off = 0;
+        return AS_ESPEC;
+    }
+    return 0;
+}
+
+static int keep_encode(as_pctx *ctx, const void *params,
+                       const as_save_info *info, const as_tensor *t,
+                       void **state)
+{
+    as_block *b = as_pctx_take_adopted(ctx);
+    if (b) {
+        *state = b->ptr;
+        return 0;
+    }
+    size_t n = as_tensor_bytes(t);
+    void *p = NULL;
+    int rc = as_pctx_alloc(ctx, n, &p);
+    if (rc < 0)
+        return rc;
+    if (n)
+        memcpy(p, t->data, n);
+    *state = p;
+    return 0;
+}
+
+static int keep_decode(as_pctx *ctx, const void *params, void *state,
+                       as_tensor *dst)
+{
+    size_t n = as_tensor_bytes(dst);
+    if (n)
+        memcpy(dst->data, state, n);
+    return 0;
+}
+
+static const void *keep_view(const void *params, void *state)
+{
+    return state;
+}
+
+const as_policy_ops as_policy_keep = {
+    .name = "keep",
+    .summary = "exact; zero-copy for tensors adopted from the store's arena",
+    .kinds = 0,
+    .regenerator = false,
+    .parse = keep_parse,
+    .encode = keep_encode,
+    .decode = keep_decode,
+    .view = keep_view,
+};

@@ -1,0 +1,113 @@
+/*
+ * recompute: store nothing; at restore, call the framework's callback on
+ * the restored inputs (as_save_info.recompute, .recompute_inputs). The
+ * inputs are dependencies: they stay alive with this item even if their
+ * handles are released, and are restored first (in place for keep, cached
+ * within the backward phase otherwise), so a chain of recomputes costs one
+ * call per link. The callback and its user data must stay valid until the
+ * handle is released; it must be deterministic (restore may run it again
+ * outside the backward phase).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_internal.h"
+
+#define RECOMPUTE_MAX_INPUTS 16
+
+typedef struct rstate {
+    as_recompute_fn fn;
+    void           *ud;
+    size_t          n;
+    as_handle       inputs[RECOMPUTE_MAX_INPUTS];
+} rstate;
+
+static int rc_parse(const char *args, size_t len, void **params, char *err,
+                    size_t errlen, size_t *err_off)
+{
+    *params = NULL;
+    if (len) {
+        snprintf(err, errlen, "no arguments");
+        *err_off = 0;
+        return AS_ESPEC;
+    }
+    return 0;
+}
+
+static int rc_applies(const void *params, const as_save_info *info,
+                      const as_tensor *t, char *why, size_t whylen)
+{
+    if (!info->recompute) {
+        snprintf(why, whylen, "no recompute callback");
+        return AS_ENOTSUP;
+    }
+    if (info->recompute_ninputs > RECOMPUTE_MAX_INPUTS ||
+        (info->recompute_ninputs && !info->recompute_inputs)) {
+        snprintf(why, whylen, "more than %d inputs", RECOMPUTE_MAX_INPUTS);
+        return AS_ENOTSUP;
+    }
+    return 0;
+}
+
+static int rc_encode(as_pctx *ctx, const void *params,
+                     const as_save_info *info, const as_tensor *t,
+                     void **state)
+{
+    rstate *st = calloc(1, sizeof *st);
+    if (!st)
+        return AS_ENOMEM;
+    st->fn = info->recompute;
+    st->ud = info->recompute_ud;
+    st->n = info->recompute_ninputs;
+    for (size_t i = 0; i < st->n; i++) {
+        st->inputs[i] = info->recompute_inputs[i];
+        int rc = as_pctx_depend(ctx, st->inputs[i]);
+        if (rc < 0) {
+            if (rc != AS_ESTATE)
+                as_pctx_errorf(ctx, "recompute input %zu: %s", i,
+                               as_store_last_error(as_pctx_store(ctx)));
+            else
+                as_pctx_errorf(ctx, "dependency cycle");
+            free(st);
+            return rc;
+        }
+    }
+    *state = st;
+    return 0;
+}
+
+static int rc_decode(as_pctx *ctx, const void *params, void *state,
+                     as_tensor *dst)
+{
+    rstate *st = state;
+    const as_tensor *in[RECOMPUTE_MAX_INPUTS];
+    for (size_t i = 0; i < st->n; i++) {
+        int rc = as_pctx_restore_dep(ctx, st->inputs[i], &in[i]);
+        if (rc < 0)
+            return rc;
+    }
+    int rc = st->fn(st->ud, in, st->n, dst);
+    if (rc < 0) {
+        as_pctx_errorf(ctx, "recompute callback failed: %s", as_strerror(rc));
+        return rc;
+    }
+    return 0;
+}
+
+static void rc_drop(void *params, void *state)
+{
+    free(state);
+}
+
+const as_policy_ops as_policy_recompute = {
+    .name = "recompute",
+    .summary = "store nothing; rerun the framework's callback on its inputs",
+    .kinds = 0,
+    .regenerator = true,
+    .parse = rc_parse,
+    .applies = rc_applies,
+    .encode = rc_encode,
+    .decode = rc_decode,
+    .drop = rc_drop,
+};

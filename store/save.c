@@ -1,0 +1,394 @@
+/*
+ * Save: choose the policy, encode (with fallbacks), publish the handle;
+ * re-planning of aliased items (alias_of) and of sources that a consumer
+ * can rebuild through an invertible function (policy "inverse", explicit or
+ * by the implicit chain rule, docs/store.md).
+ *
+ * Fallback order: the rule's policy, then the rule's fallback, then keep.
+ * A policy "does not apply" when its applies() says so or its encode
+ * returns AS_ENOTSUP, AS_EIO (e.g. offload directory missing) or AS_ESTATE
+ * (dependency cycle); any other error fails the save and the store stays
+ * usable. Strict mode turns the first fallback into AS_EFALLBACK.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_internal.h"
+
+static const char *layer_text(const as_save_info *info)
+{
+    return info->layer && info->layer[0] ? info->layer : "(none)";
+}
+
+static int validate(as_store *s, const as_save_info *info, const as_tensor *t)
+{
+    if (info->kind < 0 || info->kind >= AS_KIND_COUNT) {
+        as__seterr(s, "save (layer %s): unknown kind %d", layer_text(info),
+                   info->kind);
+        return AS_EINVAL;
+    }
+    if (!as_dtype_size(t->dtype) || t->ndim < 0 || t->ndim > AS_MAX_DIMS) {
+        as__seterr(s, "save (layer %s): bad tensor (dtype %d, ndim %d)",
+                   layer_text(info), t->dtype, t->ndim);
+        return AS_EINVAL;
+    }
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] < 0) {
+            as__seterr(s, "save (layer %s): negative dimension %d",
+                       layer_text(info), i);
+            return AS_EINVAL;
+        }
+    if (!t->data && as_tensor_bytes(t)) {
+        as__seterr(s, "save (layer %s): tensor without data", layer_text(info));
+        return AS_EINVAL;
+    }
+    return 0;
+}
+
+static bool is_fallback_code(int rc)
+{
+    return rc == AS_ENOTSUP || rc == AS_EIO || rc == AS_ESTATE;
+}
+
+/* Encode t under one policy. On success *out is a new rep (refs 1). */
+static int try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
+                      const as_polref *p, as_rules *rules,
+                      const as_save_info *info, const as_tensor *t,
+                      as_block *adopted, bool *taken, char *why,
+                      size_t whylen, as_rep **out)
+{
+    const as_policy_ops *ops = p ? p->ops : &as_policy_keep;
+    void *params = p ? p->params : NULL;
+    *out = NULL;
+    why[0] = 0;
+    if (ops->applies) {
+        int rc = ops->applies(params, info, t, why, whylen);
+        if (rc < 0)
+            return AS_ENOTSUP;
+    }
+    as_rep *r = calloc(1, sizeof *r);
+    if (!r)
+        return AS_ENOMEM;
+    atomic_init(&r->refs, 1);
+    r->ops = ops;
+    r->owner = it;
+    r->params = params;
+    r->rules = rules;
+    as__rules_ref(rules);
+    g.policy = (uint16_t)as__policy_index(ops);
+    r->g = g;
+    as_pctx c;
+    as__pctx_init(&c, s, it, r, h, layer_text(info));
+    c.adopted = adopted;
+    uint64_t t0 = as__now_ns();
+    int rc = ops->encode(&c, params, info, t, &r->state);
+    uint64_t dt = as__now_ns() - t0;
+    if (rc < 0) {
+        if (c.adopted_taken) {   /* the block stays with its owner */
+            r->stored -= r->adopted.size;
+            as__acct_charge(s, &r->g, 0, -(int64_t)r->adopted.size);
+            memset(&r->adopted, 0, sizeof r->adopted);
+        }
+        snprintf(why, whylen, "%s", c.msg[0] ? c.msg : as_strerror(rc));
+        as__pctx_done(&c);
+        as__rep_discard(s, r);
+        return rc;
+    }
+    as__pctx_done(&c);
+    as__acct_time(s, &r->g, true, dt);
+    if (ops->view) {
+        r->view = it->shape;
+        r->view.data = (void *)ops->view(params, r->state);
+    }
+    *taken = c.adopted_taken;
+    *out = r;
+    return 0;
+}
+
+/* Choose and encode: the plan's policy, its fallback, keep. */
+static int encode_plan(as_store *s, as_item *it, as_handle h, as_groups g,
+                       const as_plan *plan, as_rules *rules,
+                       const as_save_info *info, const as_tensor *t,
+                       as_block *adopted, bool *taken, as_rep **out)
+{
+    const as_polref *tries[3] = {plan->pol, plan->fallback, NULL};
+    size_t ntries = plan->fallback ? 3 : 2;
+    if (!plan->pol)
+        ntries = 1;
+    char why[160], first_why[160] = "";
+    const char *first_name = NULL;
+    for (size_t k = 0; k < ntries; k++) {
+        int rc = try_policy(s, it, h, g, tries[k], rules, info, t, adopted,
+                            taken, why, sizeof why, out);
+        if (rc == 0) {
+            as_rep *r = *out;
+            if (first_name) {
+                char reason[200];
+                snprintf(reason, sizeof reason, "%s: %s", first_name,
+                         first_why);
+                as_groups fg = g;
+                fg.policy = (uint16_t)as__policy_index(tries[0]->ops);
+                as__acct_fallback(s, &fg, reason);
+                char d[320];
+                snprintf(d, sizeof d, "%s (fallback from %s)",
+                         tries[k] ? tries[k]->text : "keep", reason);
+                as__strlcpy(r->desc, d, sizeof r->desc);
+            } else if (plan->pending_inverse) {
+                snprintf(r->desc, sizeof r->desc, "%s (inverse pending)",
+                         tries[k] ? tries[k]->text : "keep");
+            } else {
+                snprintf(r->desc, sizeof r->desc, "%s",
+                         tries[k] ? tries[k]->text : "keep");
+            }
+            return 0;
+        }
+        if (!is_fallback_code(rc))
+            return rc;
+        if (!first_name) {
+            first_name = tries[k] ? tries[k]->text : "keep";
+            snprintf(first_why, sizeof first_why, "%s", why);
+            if (s->strict) {
+                as__seterr(s, "save (layer %s, %s): policy %s does not apply:"
+                           " %s (strict mode)", layer_text(info),
+                           as_kind_name(info->kind), first_name, why);
+                return AS_EFALLBACK;
+            }
+        }
+    }
+    as__seterr(s, "save (layer %s): no policy applies (%s: %s)",
+               layer_text(info), first_name ? first_name : "keep", first_why);
+    return AS_ENOTSUP;
+}
+
+/* A consumer declared `src` its source through fn: if src is waiting for
+ * that ("inverse" pending), rebuild it from the consumer from now on. */
+static void source_consumed(as_store *s, as_item *src, as_item *z,
+                            as_handle zh, const as_elementwise *fn)
+{
+    pthread_mutex_lock(&s->mu);
+    int pend = src->pending_inverse;
+    as_rep *cur = src->rep;
+    atomic_fetch_add(&cur->refs, 1);
+    pthread_mutex_unlock(&s->mu);
+    char why[96];
+    as_rep *r = NULL;
+    if (!pend || src->shape.dtype != AS_F32 || z->shape.dtype != AS_F32 ||
+        src->bytes != z->bytes ||
+        !as__fn_invertible(fn, as_tensor_numel(&src->shape), why, sizeof why))
+        goto out;
+    r = calloc(1, sizeof *r);
+    if (!r)
+        goto out;
+    atomic_init(&r->refs, 1);
+    r->ops = &as_policy_inverse;
+    r->owner = src;
+    r->g = cur->g;
+    r->g.policy = (uint16_t)as__policy_index(&as_policy_inverse);
+    as_pctx c;
+    const char *ln = cur->g.layer ? s->layers[cur->g.layer].name : "(none)";
+    as__pctx_init(&c, s, src, r, src->h0, ln);
+    uint64_t t0 = as__now_ns();
+    int rc = as__inverse_encode(&c, zh, fn, &r->state);
+    as__pctx_done(&c);
+    if (rc < 0) {
+        as__rep_discard(s, r);
+        goto out;
+    }
+    as__acct_time(s, &r->g, true, as__now_ns() - t0);
+    snprintf(r->desc, sizeof r->desc, "inverse (%s of a later tensor)",
+             fn->fn == AS_FN_LEAKY_RELU ? "leaky_relu" :
+             fn->fn == AS_FN_AFFINE ? "affine" : "identity");
+    pthread_mutex_lock(&s->mu);
+    src->pending_inverse = 0;
+    pthread_mutex_unlock(&s->mu);
+    as__item_swap_rep(s, src, r);
+    as__acct_policy_name(s, r->g.layer, r->desc);
+out:
+    as__rep_unref(s, cur);
+}
+
+static void finish_save(as_store *s, as_item *it, as_rep *r)
+{
+    as__acct_count(s, &r->g, AS_STAT_SAVE, 1);
+    as__acct_policy_name(s, r->g.layer, r->desc);
+}
+
+static int save_alias(as_store *s, const as_save_info *info,
+                      const as_tensor *t, as_handle *out)
+{
+    as_item *it;
+    int rc = as__lookup(s, info->alias_of, &it, "save (alias_of)");
+    if (rc < 0)
+        return rc;
+    bool same = t->dtype == it->shape.dtype && t->ndim == it->shape.ndim;
+    for (int i = 0; same && i < t->ndim; i++)
+        same = t->shape[i] == it->shape.shape[i];
+    if (!same) {
+        as__seterr(s, "save (layer %s): alias_of a tensor of another dtype or "
+                   "shape", layer_text(info));
+        as__item_unref(s, it);
+        return AS_ESHAPE;
+    }
+    as_groups g = {info->kind, 0, 0};
+    as__layer_id(s, info->layer, &g.layer);
+    as_rules *rules = as__rules_get(s);
+    as_plan plan;
+    as__rules_select(rules, info->kind, info->layer, &plan);
+    as_handle h;
+    if ((rc = as__slot_reserve(s, &h)) < 0)
+        goto fail;
+    as_rep *cur = as__item_rep(s, it);
+    const as_policy_ops *want = plan.pol ? plan.pol->ops : &as_policy_keep;
+    void *wparams = plan.pol ? plan.pol->params : NULL;
+    if (want == cur->ops && wparams == cur->params) {
+        /* Same policy: only the description (groups) changes. */
+        as_groups ng = g;
+        ng.policy = cur->g.policy;
+        as__acct_charge(s, &cur->g, -(int64_t)it->bytes, -(int64_t)cur->stored);
+        pthread_mutex_lock(&s->mu);
+        cur->g = ng;
+        pthread_mutex_unlock(&s->mu);
+        as__acct_charge(s, &ng, (int64_t)it->bytes, (int64_t)cur->stored);
+        as__rep_unref(s, cur);
+        cur = NULL;
+    } else {
+        bool taken = false;
+        as_block *adopted = cur->adopted.ptr == t->data ? &cur->adopted : NULL;
+        as_rep *r;
+        rc = encode_plan(s, it, h, g, &plan, rules, info, t, adopted, &taken,
+                         &r);
+        if (rc < 0) {
+            as__rep_unref(s, cur);
+            as__slot_unreserve(s, h);
+            goto fail;
+        }
+        if (taken) {   /* the block moved to the new representation */
+            cur->stored -= cur->adopted.size;
+            as__acct_charge(s, &cur->g, 0, -(int64_t)cur->adopted.size);
+            memset(&cur->adopted, 0, sizeof cur->adopted);
+        }
+        as__rep_unref(s, cur);
+        as__item_swap_rep(s, it, r);
+    }
+    pthread_mutex_lock(&s->mu);
+    it->pending_inverse = plan.pending_inverse;
+    as_rep *r = it->rep;
+    pthread_mutex_unlock(&s->mu);
+    as__slot_publish(s, h, it);   /* the lookup reference becomes the handle's */
+    finish_save(s, it, r);
+    as__rules_unref(rules);
+    *out = h;
+    return 0;
+fail:
+    as__rules_unref(rules);
+    as__item_unref(s, it);
+    return rc;
+}
+
+static int save_impl(as_store *s, const as_save_info *info,
+                     const as_tensor *t, as_block *adopt, as_handle *out)
+{
+    if (!out)
+        return AS_EINVAL;
+    *out = AS_HANDLE_NULL;
+    if (!s || !info || !t)
+        return AS_EINVAL;
+    int rc = validate(s, info, t);
+    if (rc < 0)
+        return rc;
+    size_t bytes = as_tensor_bytes(t);
+    if (adopt && (adopt->ptr != t->data || adopt->size < bytes)) {
+        as__seterr(s, "save_adopt (layer %s): the block does not hold the "
+                   "tensor", layer_text(info));
+        return AS_EINVAL;
+    }
+    if (!atomic_load(&s->grad)) {
+        if (adopt)   /* ownership moved to the store: nothing to keep */
+            as_free(s->arena, adopt);
+        return 0;
+    }
+    if (!as_handle_is_null(info->alias_of)) {
+        if (adopt) {
+            as__seterr(s, "save (layer %s): alias_of with an adopted block",
+                       layer_text(info));
+            return AS_EINVAL;
+        }
+        return save_alias(s, info, t, out);
+    }
+    as_item *src = NULL;
+    if (!as_handle_is_null(info->source) &&
+        (rc = as__lookup(s, info->source, &src, "save (source)")) < 0)
+        return rc;
+
+    as_groups g = {info->kind, 0, 0};
+    as__layer_id(s, info->layer, &g.layer);
+    as_rules *rules = as__rules_get(s);
+    as_plan plan;
+    as__rules_select(rules, info->kind, info->layer, &plan);
+    as_item *it = calloc(1, sizeof *it);
+    as_handle h = AS_HANDLE_NULL;
+    if (!it) {
+        rc = AS_ENOMEM;
+        goto fail;
+    }
+    atomic_init(&it->refs, 1);
+    it->shape = *t;
+    it->shape.data = NULL;
+    it->bytes = bytes;
+    it->pending_inverse = plan.pending_inverse;
+    if ((rc = as__slot_reserve(s, &h)) < 0)
+        goto fail;
+    it->h0 = h;
+    as_block blk = adopt ? *adopt : (as_block){0};
+    bool taken = false;
+    as_rep *r;
+    rc = encode_plan(s, it, h, g, &plan, rules, info, t, adopt ? &blk : NULL,
+                     &taken, &r);
+    if (rc < 0) {
+        as__slot_unreserve(s, h);
+        goto fail;
+    }
+    it->rep = r;
+    as__acct_charge(s, &r->g, (int64_t)bytes, 0);
+    if (s->checksum && r->ops->view) {
+        it->checksum = as__checksum(r->view.data, bytes);
+        it->has_checksum = true;
+    }
+    as__slot_publish(s, h, it);
+    if (adopt) {
+        if (!taken)   /* encoded: the framework's block is not needed */
+            as_free(s->arena, &blk);
+    }
+    finish_save(s, it, r);
+    if (src) {
+        source_consumed(s, src, it, h, &info->source_fn);
+        as__item_unref(s, src);
+    }
+    as__rules_unref(rules);
+    *out = h;
+    return 0;
+fail:
+    free(it);
+    if (src)
+        as__item_unref(s, src);
+    as__rules_unref(rules);
+    return rc;
+}
+
+int as_store_save(as_store *s, const as_save_info *info, const as_tensor *t,
+                  as_handle *out)
+{
+    return save_impl(s, info, t, NULL, out);
+}
+
+int as_store_save_adopt(as_store *s, const as_save_info *info,
+                        const as_tensor *t, as_block *block, as_handle *out)
+{
+    if (!block) {
+        if (out)
+            *out = AS_HANDLE_NULL;
+        return AS_EINVAL;
+    }
+    return save_impl(s, info, t, block, out);
+}

@@ -1,0 +1,277 @@
+/*
+ * Internal structures of the activation store (not installed).
+ *
+ * Objects and who owns what:
+ *   as_store   slot table (handles -> items), rules, accounting groups, the
+ *              arena. One mutex `mu` guards the slot table, the dependency
+ *              graph (deps / dependents), item handle counts and the
+ *              materialization states; it is never held while a policy
+ *              encodes or decodes, nor during a copy.
+ *   as_item    one saved tensor (several handles may alias it). Refcounted:
+ *              one reference per handle, per dependent representation and
+ *              per in-flight operation. Holds the current representation and
+ *              an optional materialization (regenerated values, cached
+ *              inside the backward phase or pinned by restore_view).
+ *   as_rep     how an item is held right now: policy, params (owned by a
+ *              refcounted rule set), policy state, blocks allocated through
+ *              the context, dependencies. Re-planning an item (alias_of, the
+ *              implicit inverse rule) builds a new rep and swaps it in; the
+ *              old one is dropped when in-flight operations are done.
+ */
+#ifndef AS_STORE_INTERNAL_H
+#define AS_STORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "actstore/store.h"
+#include "store/policy.h"
+
+#define AS_POLICY_MAX 64u       /* built-in + runtime-registered policies */
+#define AS_SLOT_BITS  20u       /* handle: slot index bits */
+#define AS_GEN_BITS   20u       /* handle: generation bits */
+#define AS_CHK_BITS   8u        /* handle: check bits (forgery detection) */
+#define AS_SLOTS_PER_CHUNK 1024u
+#define AS_SLOT_CHUNKS ((1u << AS_SLOT_BITS) / AS_SLOTS_PER_CHUNK)
+
+/* ---- accounting ------------------------------------------------------ */
+
+typedef struct as_acct {
+    _Atomic uint64_t raw_live, raw_peak, stored_live, stored_peak;
+    _Atomic uint64_t saves, restores, releases, fallbacks;
+    _Atomic uint64_t encode_ns, decode_ns;
+} as_acct;
+
+/* The groups an item is charged to. */
+typedef struct as_groups {
+    int      kind;
+    uint16_t layer;      /* arena layer id = index into store->layers */
+    uint16_t policy;     /* registry index */
+} as_groups;
+
+typedef struct as_layer_acct {
+    as_acct acct;
+    char    name[64];
+    char    policy[48];         /* last policy used (guarded by layer_mu) */
+    char    last_fallback[96];  /* guarded by layer_mu */
+} as_layer_acct;
+
+enum { AS_STAT_SAVE, AS_STAT_RESTORE, AS_STAT_RELEASE, AS_STAT_FALLBACK };
+
+/* ---- rules ------------------------------------------------------------ */
+
+enum { AS_SEL_DEFAULT, AS_SEL_KIND, AS_SEL_LAYER };
+
+typedef struct as_polref {
+    const as_policy_ops *ops;
+    void                *params;
+    char                 text[48];   /* "zstd:3" as written (normalized) */
+} as_polref;
+
+typedef struct as_rule {
+    int        sel;        /* AS_SEL_* */
+    int        kind;       /* AS_SEL_KIND */
+    char      *glob;       /* AS_SEL_LAYER (malloc) */
+    size_t     glob_len;
+    size_t     offset;     /* in the spec, for messages */
+    as_polref  pol;
+    bool       has_fallback;
+    as_polref  fallback;
+} as_rule;
+
+typedef struct as_rules {
+    _Atomic int refs;
+    size_t      n;
+    as_rule    *rules;
+    char        spec[512];   /* normalized */
+} as_rules;
+
+/* Parse a spec. On error *out is NULL, AS_ESPEC returned and err holds
+ * "offset N: expected ...". */
+int as__rules_parse(const char *spec, as_rules **out, char *err, size_t errlen);
+void as__rules_unref(as_rules *r);
+static inline void as__rules_ref(as_rules *r) { atomic_fetch_add(&r->refs, 1); }
+
+/* The plan for one tensor: primary policy and fallback; `pending_inverse`
+ * when the primary is "inverse" (decided later, see as__replan_inverse):
+ * 1 = named by a rule, 2 = implied by the chain rule. */
+typedef struct as_plan {
+    const as_polref *pol;         /* NULL = keep, no params */
+    const as_polref *fallback;    /* NULL = keep */
+    int              pending_inverse;
+} as_plan;
+void as__rules_select(const as_rules *r, int kind, const char *layer,
+                      as_plan *plan);
+bool as__glob_match(const char *pat, size_t plen, const char *s);
+
+/* ---- items ------------------------------------------------------------ */
+
+typedef struct as_item as_item;
+
+typedef struct as_dep {
+    uint64_t handle;      /* as the policy named it */
+    as_item *item;        /* referenced */
+} as_dep;
+
+typedef struct as_rep {
+    _Atomic int          refs;       /* item's + in-flight */
+    const as_policy_ops *ops;
+    as_item             *owner;
+    void                *params;     /* owned by rules */
+    as_rules            *rules;      /* referenced (NULL: params NULL) */
+    void                *state;
+    as_groups            g;
+    as_block            *blocks;     /* allocated through the context */
+    size_t               nblocks, cap;
+    as_block             adopted;    /* keep zero-copy */
+    int64_t              extra;      /* as_pctx_account bytes */
+    uint64_t             stored;     /* bytes charged as stored */
+    as_dep              *deps;
+    size_t               ndeps, depcap;
+    char                 desc[96];   /* "keep (fallback from invert: ...)" */
+    as_tensor            view;       /* ops->view: shape + stored data */
+    struct as_rep       *older;      /* superseded reps, freed with the item
+                                        (keeps policy_of strings valid) */
+} as_rep;
+
+enum { AS_MAT_NONE, AS_MAT_BUSY, AS_MAT_READY };
+
+struct as_item {
+    _Atomic int refs;
+    int         nhandles;        /* under mu */
+    as_rep     *rep;             /* under mu (swap); read with a rep ref */
+    as_tensor   shape;           /* data NULL */
+    as_handle   h0;              /* first handle (messages) */
+    as_tensor   mat_view;        /* shape + mat.ptr when READY */
+    size_t      bytes;
+    int         pending_inverse; /* under mu */
+    uint64_t    checksum;        /* debug checksum_saved */
+    bool        has_checksum;
+    /* materialization (under mu) */
+    int         mat_state;
+    as_block    mat;
+    int         mat_borrows;
+    bool        mat_pinned;
+    struct as_item *mat_next, *mat_prev;   /* list of materialized items */
+    /* reverse edges: items whose current rep depends on this one (under mu) */
+    as_item   **dependents;
+    size_t      ndependents, dcap;
+};
+
+typedef struct as_slot {
+    uint32_t gen;       /* 1.. ; under mu */
+    bool     live;
+    bool     in_step;   /* saved since step_begin: auto-released at end */
+    uint32_t next_free;
+    as_item *item;
+} as_slot;
+
+struct as_store {
+    uint16_t        id;
+    char            label[32];
+    as_arena       *arena;
+    bool            strict, checksum;
+    char           *offload_dir;
+
+    pthread_mutex_t mu;
+    pthread_cond_t  cv;          /* materialization finished */
+    as_slot        *chunks[AS_SLOT_CHUNKS];
+    uint32_t        nslots;      /* slots ever used (high-water) */
+    uint32_t        free_head;   /* 1-based, 0 = empty */
+    _Atomic uint64_t live_handles;
+    as_item         mat_list;    /* sentinel of materialized items */
+    as_rules       *rules;       /* under mu */
+
+    _Atomic bool    grad;
+    _Atomic bool    cache_on;    /* backward phase (or no phase marked) */
+    _Atomic int     phase;
+    _Atomic uint64_t step;
+    bool            in_step;
+
+    /* accounting */
+    as_acct         total;
+    as_acct         kinds[AS_KIND_COUNT];
+    as_acct         policies[AS_POLICY_MAX];
+    as_layer_acct  *layers;      /* AS_LAYER_MAX entries */
+    _Atomic uint32_t nlayers;    /* high-water of layer ids + 1 */
+    pthread_mutex_t layer_mu;    /* layer names, ltab, policy strings */
+    uint16_t        ltab[2048];  /* name hash -> layer id (0 = empty) */
+    _Atomic uint64_t auto_released, offload_fallbacks;
+};
+
+/* ---- store internals shared between files ------------------------------ */
+
+void as__seterr(const as_store *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+uint64_t as__now_ns(void);
+
+/* Accounting (accounting.c). */
+void as__acct_charge(as_store *s, const as_groups *g, int64_t draw,
+                     int64_t dstored);
+void as__acct_count(as_store *s, const as_groups *g, int stat, uint64_t n);
+void as__acct_time(as_store *s, const as_groups *g, bool encode, uint64_t ns);
+void as__acct_fallback(as_store *s, const as_groups *g, const char *reason);
+void as__acct_policy_name(as_store *s, uint16_t layer, const char *desc);
+void as__acct_sample(void *ud, uint64_t extra[AS_SAMPLE_EXTRA]);
+int as__layer_id(as_store *s, const char *name, uint16_t *id);
+
+/* Handles and items (store.c). Lookup validates and takes an item
+ * reference; the caller drops it with as__item_unref. */
+int as__lookup(as_store *s, as_handle h, as_item **it, const char *what);
+int as__lookup_rep(as_store *s, as_handle h, as_item **it, as_rep **r,
+                   const char *what);
+int as__slot_reserve(as_store *s, as_handle *h);
+void as__slot_unreserve(as_store *s, as_handle h);
+void as__slot_publish(as_store *s, as_handle h, as_item *it);
+void as__item_swap_rep(as_store *s, as_item *it, as_rep *r);
+void as__rep_discard(as_store *s, as_rep *r);
+as_rules *as__rules_get(as_store *s);
+void as__item_unref(as_store *s, as_item *it);
+as_rep *as__item_rep(as_store *s, as_item *it);   /* referenced */
+void as__rep_unref(as_store *s, as_rep *r);
+int as__rep_add_dep(as_store *s, as_item *owner, as_rep *r, as_handle h);
+
+/* Materialization (restore.c): a read-only view of the item's values,
+ * borrowed until as__unborrow. */
+int as__borrow(as_store *s, as_item *it, const as_tensor **view);
+void as__unborrow(as_store *s, as_item *it);
+void as__mat_drop_all(as_store *s, bool pinned_too);
+void as__mat_maybe_evict_locked(as_store *s, as_item *it);
+
+/* The per-call policy context (restore.c). */
+struct as_pctx {
+    as_store       *s;
+    as_item        *it;        /* NULL while encoding a new item */
+    as_rep         *rep;
+    as_handle       h;
+    const char     *layer;
+    as_block       *adopted;   /* save_adopt's block, until taken */
+    bool            adopted_taken;
+    as_block        scratch[8];
+    size_t          nscratch;
+    as_item        *borrowed[32];
+    size_t          nborrowed;
+    char            msg[160];  /* last as_pctx_errorf text, unprefixed */
+};
+void as__pctx_init(as_pctx *c, as_store *s, as_item *it, as_rep *r,
+                   as_handle h, const char *layer);
+void as__pctx_done(as_pctx *c);
+
+/* Policies (registry.c). */
+int as__policy_index(const as_policy_ops *ops);
+const as_policy_ops *as__policy_at(size_t i);
+size_t as__policy_count(void);
+extern const as_policy_ops as_policy_keep, as_policy_inverse;
+
+/* Elementwise helpers (policies/elementwise.c). */
+bool as__fn_invertible(const as_elementwise *fn, int64_t numel, char *why,
+                       size_t whylen);
+int as__inverse_encode(as_pctx *ctx, as_handle consumer,
+                       const as_elementwise *fn, void **state);
+
+uint64_t as__checksum(const void *p, size_t n);
+void as__strlcpy(char *dst, const char *src, size_t n);   /* truncates */
+
+#endif
