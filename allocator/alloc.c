@@ -16,6 +16,8 @@
 #include "allocator/internal.h"
 
 #define RLX memory_order_relaxed
+#define LIKELY(x)   __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
 
 static inline int64_t ld(_Atomic int64_t *p) { return atomic_load_explicit(p, RLX); }
 static inline void st(_Atomic int64_t *p, int64_t v) { atomic_store_explicit(p, v, RLX); }
@@ -24,68 +26,140 @@ static inline void inc(_Atomic uint64_t *p)
     atomic_store_explicit(p, atomic_load_explicit(p, RLX) + 1, RLX);
 }
 
+/* ---- usable sizes ------------------------------------------------------
+ * nallocx costs about as much as the rest of our bookkeeping, so the usable
+ * size (and whether the alignment flag is needed) of every small request is
+ * tabulated once, per 8 bytes (size classes are multiples of 8, so a
+ * request and its round-up to 8 share a class). */
+#define AS__TAB_MAX 32768u
+#define AS__TAB_ALIGN 0x80000000u
+static uint32_t g_usable[AS__TAB_MAX / 8 + 1];
+static pthread_once_t g_tab_once = PTHREAD_ONCE_INIT;
+
+/* Flags and usable size for a request of size bytes (size > 0): alignment
+ * 64 for size >= 64, else 16. Size classes that are multiples of the
+ * alignment are naturally aligned (slab regions sit at multiples of their
+ * size in page-aligned slabs), so the flag is added only for the others. */
+static size_t size_slow(size_t size, int *align_flag)
+{
+    size_t align = size >= 64 ? 64 : 16;
+    size_t usable = nallocx(size, 0);
+    *align_flag = 0;
+    if (usable % align) {
+        *align_flag = MALLOCX_LG_ALIGN(align == 64 ? 6 : 4);
+        usable = nallocx(size, *align_flag);
+    }
+    return usable;
+}
+
+static void tab_init(void)
+{
+    for (size_t i = 1; i <= AS__TAB_MAX / 8; i++) {
+        int fl;
+        size_t u = size_slow(i * 8, &fl);
+        assert(u < AS__TAB_ALIGN);
+        g_usable[i] = (uint32_t)u | (fl ? AS__TAB_ALIGN : 0);
+    }
+}
+
+void as__size_table_init(void)
+{
+    pthread_once(&g_tab_once, tab_init);
+}
+
+static inline size_t usable_of(size_t size, int *align_flag)
+{
+    if (LIKELY(size <= AS__TAB_MAX)) {
+        uint32_t e = g_usable[(size + 7) >> 3];
+        *align_flag = (e & AS__TAB_ALIGN) ? MALLOCX_LG_ALIGN(size >= 64 ? 6 : 4) : 0;
+        return e & ~AS__TAB_ALIGN;
+    }
+    return size_slow(size, align_flag);
+}
+
+/* ---- counters ------------------------------------------------------------
+ * pending = live - folded (see internal.h). Folding is the only place a
+ * shared cache line is written. */
+
+__attribute__((noinline))
+static void fold_up(as__tcounter *t, as__gcounter *g, int64_t lr, int64_t lu,
+                    int64_t pr, int64_t pu)
+{
+    int64_t nr = atomic_fetch_add_explicit(&g->g_req, pr, RLX) + pr;
+    int64_t nu = atomic_fetch_add_explicit(&g->g_use, pu, RLX) + pu;
+    if (nr > 0)
+        as__atomic_max(&g->peak_req, (uint64_t)nr);
+    if (nu > 0)
+        as__atomic_max(&g->peak_use, (uint64_t)nu);
+    st(&t->fold_req, lr);
+    st(&t->fold_use, lu);
+}
+
+__attribute__((noinline))
+static void fold_down(as__tcounter *t, as__gcounter *g, int64_t lr, int64_t lu,
+                      int64_t pr, int64_t pu)
+{
+    atomic_fetch_add_explicit(&g->g_req, pr, RLX);
+    atomic_fetch_add_explicit(&g->g_use, pu, RLX);
+    st(&t->fold_req, lr);
+    st(&t->fold_use, lu);
+}
+
 /* Charge an allocation of (r, u) bytes to counter t/g. */
 static inline void charge(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u)
 {
-    int64_t pr = ld(&t->pend_req) + r, pu = ld(&t->pend_use) + u;
-    if (pr > 0 || pu > 0) {
-        int64_t nr = atomic_fetch_add_explicit(&g->g_req, pr, RLX) + pr;
-        int64_t nu = atomic_fetch_add_explicit(&g->g_use, pu, RLX) + pu;
-        if (nr > 0 && (uint64_t)nr > atomic_load_explicit(&g->peak_req, RLX))
-            as__atomic_max(&g->peak_req, (uint64_t)nr);
-        if (nu > 0 && (uint64_t)nu > atomic_load_explicit(&g->peak_use, RLX))
-            as__atomic_max(&g->peak_use, (uint64_t)nu);
-        pr = pu = 0;
-    }
-    st(&t->pend_req, pr);
-    st(&t->pend_use, pu);
+    int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
+    st(&t->live_req, lr);
+    st(&t->live_use, lu);
+    inc(&t->allocs);
+    int64_t pr = lr - ld(&t->fold_req), pu = lu - ld(&t->fold_use);
+    if (UNLIKELY(pr > 0 || pu > 0))
+        fold_up(t, g, lr, lu, pr, pu);
 }
 
 /* Record a free of (r, u) bytes in counter t/g. */
 static inline void discharge(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u)
 {
-    int64_t pr = ld(&t->pend_req) - r, pu = ld(&t->pend_use) - u;
-    if (pr < -AS__FOLD_BYTES || pu < -AS__FOLD_BYTES) {
-        atomic_fetch_add_explicit(&g->g_req, pr, RLX);
-        atomic_fetch_add_explicit(&g->g_use, pu, RLX);
-        pr = pu = 0;
-    }
-    st(&t->pend_req, pr);
-    st(&t->pend_use, pu);
+    int64_t lr = ld(&t->live_req) - r, lu = ld(&t->live_use) - u;
+    st(&t->live_req, lr);
+    st(&t->live_use, lu);
+    inc(&t->frees);
+    int64_t pr = lr - ld(&t->fold_req), pu = lu - ld(&t->fold_use);
+    if (UNLIKELY(pr < -AS__FOLD_BYTES || pu < -AS__FOLD_BYTES))
+        fold_down(t, g, lr, lu, pr, pu);
 }
 
-/* The total counter also enforces the budget. Returns false (nothing
- * changed) when the allocation would pass it. */
-static inline bool charge_total(as_arena *a, as__tblock *b, int64_t r, int64_t u,
+/* The total counter with a budget. Returns false (nothing changed) when
+ * the allocation would take the charged total past the budget. */
+__attribute__((noinline))
+static bool charge_total_budget(as_arena *a, as__tblock *b, int64_t r, int64_t u,
                                 uint64_t budget)
 {
     as__tcounter *t = &b->total;
     as__gcounter *g = &a->gtotal;
-    if (!budget) {
-        charge(t, g, r, u);
-        return true;
-    }
-    int64_t pr = ld(&t->pend_req) + r, pu = ld(&t->pend_use) + u;
+    int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
+    int64_t pr = lr - ld(&t->fold_req), pu = lu - ld(&t->fold_use);
     int64_t cur = atomic_load_explicit(&g->g_use, RLX);
     if (pr <= 0 && pu <= 0) {              /* covered by our own pending frees */
         if (cur + pu > (int64_t)budget)
             return false;
-        st(&t->pend_req, pr);
-        st(&t->pend_use, pu);
-        return true;
+    } else {
+        do {
+            if (cur + pu > (int64_t)budget)
+                return false;
+        } while (!atomic_compare_exchange_weak_explicit(&g->g_use, &cur, cur + pu,
+                                                        RLX, RLX));
+        int64_t nr = atomic_fetch_add_explicit(&g->g_req, pr, RLX) + pr;
+        if (nr > 0)
+            as__atomic_max(&g->peak_req, (uint64_t)nr);
+        if (cur + pu > 0)
+            as__atomic_max(&g->peak_use, (uint64_t)(cur + pu));
+        st(&t->fold_req, lr);
+        st(&t->fold_use, lu);
     }
-    do {
-        if (cur + pu > (int64_t)budget)
-            return false;
-    } while (!atomic_compare_exchange_weak_explicit(&g->g_use, &cur, cur + pu, RLX, RLX));
-    int64_t nu = cur + pu;
-    int64_t nr = atomic_fetch_add_explicit(&g->g_req, pr, RLX) + pr;
-    if (nr > 0)
-        as__atomic_max(&g->peak_req, (uint64_t)nr);
-    if (nu > 0)
-        as__atomic_max(&g->peak_use, (uint64_t)nu);
-    st(&t->pend_req, 0);
-    st(&t->pend_use, 0);
+    st(&t->live_req, lr);
+    st(&t->live_use, lu);
+    inc(&t->allocs);
     return true;
 }
 
@@ -105,9 +179,11 @@ static char *human(uint64_t v, char *buf, size_t n)
     return buf;
 }
 
+__attribute__((noinline, cold))
 static int budget_error(as_arena *a, size_t size, size_t usable, uint16_t tag,
-                        uint16_t layer, uint64_t budget)
+                        uint16_t layer, uint64_t budget, as_block *out)
 {
+    memset(out, 0, sizeof *out);
     char b1[32], b2[32], b3[32], b4[32];
     int64_t live = atomic_load(&a->gtotal.g_use);
     as__set_error(a, "budget %s exceeded: tag %s, layer %s, request %s (usable %s), live %s",
@@ -118,75 +194,75 @@ static int budget_error(as_arena *a, size_t size, size_t usable, uint16_t tag,
     return AS_EBUDGET;
 }
 
-static int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
-                    as_block *out, int zero)
+__attribute__((noinline, cold))
+static int bad_ids(as_arena *a, uint16_t tag, uint16_t layer, as_block *out)
 {
-    if (!out)
+    if (out)
+        memset(out, 0, sizeof *out);
+    if (!a || !out)
         return AS_EINVAL;
-    memset(out, 0, sizeof *out);
-    if (!a)
-        return AS_EINVAL;
-    if (tag >= atomic_load_explicit(&a->ntags, memory_order_acquire)) {
-        as__set_error(a, "unknown tag %u (%u registered)", tag, atomic_load(&a->ntags));
-        return AS_EINVAL;
-    }
-    if (layer >= atomic_load_explicit(&a->nlayers, memory_order_acquire)) {
-        as__set_error(a, "unknown layer %u (%u registered), tag %s", layer,
-                      atomic_load(&a->nlayers), a->tag_names[tag]);
-        return AS_EINVAL;
-    }
-    if (size == 0) {
+    unsigned nt = atomic_load(&a->ntags), nl = atomic_load(&a->nlayers);
+    if (tag >= nt)
+        as__set_error(a, "unknown tag %u (%u registered)", tag, nt);
+    else
+        as__set_error(a, "unknown layer %u (%u registered), tag %s", layer, nl,
+                      a->tag_names[tag]);
+    return AS_EINVAL;
+}
+
+static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
+                           as_block *out, int zero)
+{
+    if (UNLIKELY(!a || !out ||
+                 tag >= atomic_load_explicit(&a->ntags, memory_order_acquire) ||
+                 layer >= atomic_load_explicit(&a->nlayers, memory_order_acquire)))
+        return bad_ids(a, tag, layer, out);
+    if (UNLIKELY(size == 0)) {
+        memset(out, 0, sizeof *out);
         out->tag = tag;
         out->layer = layer;
         return 0;
     }
-    as__tblock *b = as__tblock_get(a);
-    if (!b) {
+    as__tblock *b = as__tblock_fast(a);
+    if (UNLIKELY(!b)) {
+        memset(out, 0, sizeof *out);
         as__set_error(a, "no per-thread state for arena %u (out of memory or "
                       "more than 64 arenas used by this thread)", a->index);
         return AS_ENOMEM;
     }
-    /* Size classes that are multiples of the wanted alignment are naturally
-     * aligned (slab regions sit at multiples of their size in page-aligned
-     * slabs), so the alignment flag is added only for the others. */
-    int flags = b->flags | zero;
-    size_t align = size >= 64 ? 64 : 16;
-    size_t usable = nallocx(size, flags);
-    if (usable % align) {
-        flags |= MALLOCX_LG_ALIGN(align == 64 ? 6 : 4);
-        usable = nallocx(size, flags);
-    }
-    if (usable == 0) {                     /* size overflows the size classes */
+    int align_flag;
+    size_t usable = usable_of(size, &align_flag);
+    if (UNLIKELY(usable == 0)) {           /* size overflows the size classes */
+        memset(out, 0, sizeof *out);
         as__set_error(a, "cannot allocate %zu bytes (tag %s): too large", size,
                       a->tag_names[tag]);
         return AS_ENOMEM;
     }
     uint64_t budget = atomic_load_explicit(&a->budget, RLX);
-    if (budget) {                          /* early out before mallocx */
-        int64_t g = atomic_load_explicit(&a->gtotal.g_use, RLX);
-        if (g + ld(&b->total.pend_use) + (int64_t)usable > (int64_t)budget)
-            return budget_error(a, size, usable, tag, layer, budget);
+    if (UNLIKELY(budget)) {                /* early out before mallocx */
+        as__tcounter *t = &b->total;
+        int64_t pu = ld(&t->live_use) - ld(&t->fold_use) + (int64_t)usable;
+        if (atomic_load_explicit(&a->gtotal.g_use, RLX) + pu > (int64_t)budget)
+            return budget_error(a, size, usable, tag, layer, budget, out);
     }
-    void *p = mallocx(size, flags);
-    if (!p) {
+    void *p = mallocx(size, b->flags | align_flag | zero);
+    if (UNLIKELY(!p)) {
+        memset(out, 0, sizeof *out);
         as__set_error(a, "out of memory: %zu bytes (tag %s, layer %s) in arena %u",
                       size, a->tag_names[tag], a->layer_names[layer], a->index);
         return AS_ENOMEM;
     }
     int64_t r = (int64_t)size, u = (int64_t)usable;
-    if (!charge_total(a, b, r, u, budget)) {
-        sdallocx(p, usable, b->flags);
-        return budget_error(a, size, usable, tag, layer, budget);
+    if (UNLIKELY(budget)) {
+        if (!charge_total_budget(a, b, r, u, budget)) {
+            sdallocx(p, usable, b->flags);
+            return budget_error(a, size, usable, tag, layer, budget, out);
+        }
+    } else {
+        charge(&b->total, &a->gtotal, r, u);
     }
-    as__tcounter *tt = &b->c[tag], *tl = &b->c[AS_TAG_MAX + layer];
-    charge(tt, &a->g[tag], r, u);
-    charge(tl, &a->g[AS_TAG_MAX + layer], r, u);
-    st(&tt->live_req, ld(&tt->live_req) + r);
-    st(&tt->live_use, ld(&tt->live_use) + u);
-    inc(&tt->allocs);
-    st(&tl->live_req, ld(&tl->live_req) + r);
-    st(&tl->live_use, ld(&tl->live_use) + u);
-    inc(&tl->allocs);
+    charge(&b->c[tag], &a->g[tag], r, u);
+    charge(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);
 
     out->ptr = p;
     out->size = size;
@@ -225,7 +301,7 @@ int as_free(as_arena *a, as_block *blk)
 {
     if (!blk)
         return AS_EINVAL;
-    if (!blk->ptr) {
+    if (UNLIKELY(!blk->ptr)) {
         memset(blk, 0, sizeof *blk);
         return 0;
     }
@@ -237,7 +313,7 @@ int as_free(as_arena *a, as_block *blk)
         as__set_error(a, "free of %p: unknown tag %u or layer %u", blk->ptr, tag, layer);
         return AS_EINVAL;
     }
-    if (a->checked) {
+    if (UNLIKELY(a->checked)) {
         if (!as_arena_owns(a, blk->ptr)) {
             as__set_error(a, "free of %p (tag %s, %zu bytes): not allocated by arena %u",
                           blk->ptr, a->tag_names[tag], blk->size, a->index);
@@ -250,24 +326,17 @@ int as_free(as_arena *a, as_block *blk)
             return AS_EINVAL;
         }
     }
-    as__tblock *b = as__tblock_get(a);
-    if (!b) {
+    as__tblock *b = as__tblock_fast(a);
+    if (UNLIKELY(!b)) {
         as__set_error(a, "no per-thread state for arena %u", a->index);
         return AS_ENOMEM;
     }
     /* usable is a size class, so sdallocx needs no alignment flag. */
     sdallocx(blk->ptr, blk->usable, b->flags);
     int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
-    as__tcounter *tt = &b->c[tag], *tl = &b->c[AS_TAG_MAX + layer];
     discharge(&b->total, &a->gtotal, r, u);
-    discharge(tt, &a->g[tag], r, u);
-    discharge(tl, &a->g[AS_TAG_MAX + layer], r, u);
-    st(&tt->live_req, ld(&tt->live_req) - r);
-    st(&tt->live_use, ld(&tt->live_use) - u);
-    inc(&tt->frees);
-    st(&tl->live_req, ld(&tl->live_req) - r);
-    st(&tl->live_use, ld(&tl->live_use) - u);
-    inc(&tl->frees);
+    discharge(&b->c[tag], &a->g[tag], r, u);
+    discharge(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);
     memset(blk, 0, sizeof *blk);
     return 0;
 }

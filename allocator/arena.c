@@ -97,6 +97,7 @@ int as_arena_create(const as_arena_config *cfg, as_arena **out)
                                                         : AS__DEFAULT_TIMELINE);
     if (rc == 0)
         rc = as__hooks_init(&a->hooks, a);
+    as__size_table_init();
     if (rc != 0)
         goto fail;
 

@@ -34,10 +34,12 @@
 #define AS__RANGES_MAX 1024
 #define AS__DEFAULT_TIMELINE 4096
 
-/* One counter of one thread. Single writer (the owning thread). */
+/* One counter of one thread. Single writer (the owning thread). The
+ * pending delta (not yet in G) is live - folded; it is <= 0 between
+ * operations and >= -AS__FOLD_BYTES. */
 typedef struct as__tcounter {
-    _Atomic int64_t live_req, live_use;   /* may go negative per thread */
-    _Atomic int64_t pend_req, pend_use;   /* <= 0 between operations */
+    _Atomic int64_t live_req, live_use;     /* may go negative per thread */
+    _Atomic int64_t fold_req, fold_use;     /* live value at the last fold */
     _Atomic uint64_t allocs, frees;
 } as__tcounter;
 
@@ -57,7 +59,7 @@ typedef struct as__tblock {
     unsigned           tcache;             /* jemalloc explicit tcache id */
     int                flags;              /* MALLOCX_ARENA | MALLOCX_TCACHE */
     struct as__tblock *prev, *next;        /* arena's list (g_reg_lock) */
-    as__tcounter       total;              /* pend only; live = sum of tags */
+    as__tcounter       total;              /* for G only; live = sum of tags */
     as__tcounter       c[AS__NCOUNTERS];
 } as__tblock;
 
@@ -126,11 +128,21 @@ struct as_arena {
 };
 
 /* ---- thread.c ---- */
+/* The last arena the thread used and its block: the allocation fast path. */
+extern _Thread_local uint64_t as__tls_uid __attribute__((tls_model("initial-exec")));
+extern _Thread_local struct as__tblock *as__tls_blk __attribute__((tls_model("initial-exec")));
+
 /* The calling thread's block for arena a, created on first use (tcache
  * created, block linked). NULL on failure (out of memory / no tcache). */
 as__tblock *as__tblock_get(as_arena *a);
 /* Fold the calling thread's pending deltas for a into G (owner only). */
 void as__tblock_fold(as__tblock *b);
+static inline as__tblock *as__tblock_fast(as_arena *a)
+{
+    if (__builtin_expect(as__tls_uid == a->uid, 1))
+        return as__tls_blk;
+    return as__tblock_get(a);
+}
 /* Destroy every block of a (arena destroy; caller guarantees no other call
  * on a runs). */
 void as__arena_drop_blocks(as_arena *a);
@@ -139,6 +151,9 @@ unsigned as__arena_nthreads(as_arena *a);
 /* The registry lock: held to read the blocks of any arena. */
 void as__reg_lock(void);
 void as__reg_unlock(void);
+
+/* ---- alloc.c ---- */
+void as__size_table_init(void);
 
 /* ---- hooks.c ---- */
 int  as__hooks_init(as__hooks *h, as_arena *a);

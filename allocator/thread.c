@@ -36,8 +36,10 @@ static pthread_mutex_t  g_reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t   g_key_once = PTHREAD_ONCE_INIT;
 static pthread_key_t    g_key;
 static _Thread_local as__thread *tls_thread;
-static _Thread_local uint64_t    tls_last_uid;
-static _Thread_local as__tblock *tls_last_blk;
+_Thread_local uint64_t as__tls_uid __attribute__((tls_model("initial-exec")));
+_Thread_local as__tblock *as__tls_blk __attribute__((tls_model("initial-exec")));
+#define tls_last_uid as__tls_uid
+#define tls_last_blk as__tls_blk
 
 void as__reg_lock(void)   { pthread_mutex_lock(&g_reg_lock); }
 void as__reg_unlock(void) { pthread_mutex_unlock(&g_reg_lock); }
@@ -45,14 +47,16 @@ void as__reg_unlock(void) { pthread_mutex_unlock(&g_reg_lock); }
 /* Fold one counter's pending deltas into its global side (owner only). */
 static void fold_counter(as__tcounter *t, as__gcounter *g)
 {
-    int64_t pr = atomic_load_explicit(&t->pend_req, memory_order_relaxed);
-    int64_t pu = atomic_load_explicit(&t->pend_use, memory_order_relaxed);
+    int64_t lr = atomic_load_explicit(&t->live_req, memory_order_relaxed);
+    int64_t lu = atomic_load_explicit(&t->live_use, memory_order_relaxed);
+    int64_t pr = lr - atomic_load_explicit(&t->fold_req, memory_order_relaxed);
+    int64_t pu = lu - atomic_load_explicit(&t->fold_use, memory_order_relaxed);
     if (pr)
         atomic_fetch_add_explicit(&g->g_req, pr, memory_order_relaxed);
     if (pu)
         atomic_fetch_add_explicit(&g->g_use, pu, memory_order_relaxed);
-    atomic_store_explicit(&t->pend_req, 0, memory_order_relaxed);
-    atomic_store_explicit(&t->pend_use, 0, memory_order_relaxed);
+    atomic_store_explicit(&t->fold_req, lr, memory_order_relaxed);
+    atomic_store_explicit(&t->fold_use, lu, memory_order_relaxed);
 }
 
 void as__tblock_fold(as__tblock *b)

@@ -3,5 +3,7 @@
 #define AS_CLIENT_BENCH_H
 
 int as_bench_alloc(int argc, char **argv);
+int as_bench_softmax(int argc, char **argv);
+int as_bench_conv(int argc, char **argv);
 
 #endif

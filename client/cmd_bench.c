@@ -15,6 +15,8 @@ static const struct {
     const char *summary;
 } benches[] = {
     {"alloc",   as_bench_alloc,   "tracked allocator vs jemalloc vs glibc (ns per pair)"},
+    {"softmax", as_bench_softmax, "softmax codecs: ratio, gradient cosine, rows/s"},
+    {"conv",    as_bench_conv,    "conv input inversion vs conv forward (time, error, bytes)"},
 };
 
 static void usage(FILE *f)

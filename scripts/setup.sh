@@ -11,9 +11,12 @@ PACKAGES=(
   build-essential cmake pkg-config git
   libjemalloc-dev libuv1-dev libzstd-dev libcmocka-dev libopenblas-dev
   zlib1g-dev libcjson-dev node-llhttp libkissfft-dev
-  nodejs npm
   dataset-fashion-mnist fortunes fortunes-min
 )
+# Node.js and npm only fetch uPlot at setup time. Many machines already have
+# a Node.js whose package bundles npm (and conflicts with Debian's npm), so
+# install Debian's only when there is no npm at all.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 # Test-time tools (Prometheus' promtool and server, headless Chromium).
 if [[ "${AS_SETUP_TEST_TOOLS:-0}" == 1 ]]; then
   PACKAGES+=(prometheus chromium)

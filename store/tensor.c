@@ -59,13 +59,6 @@ int as_kind_from_name(const char *name, size_t len)
     return AS_ENOTFOUND;
 }
 
-uint64_t as__now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Debug checksum of kept tensors: 64-bit multiply-xorshift over 8-byte
  * words, four lanes so the loop is not latency-bound. Not cryptographic:
  * it catches a framework that writes into a saved tensor. */

@@ -36,6 +36,7 @@ struct as__conv_inv {
     int dh, dw;            /* F row a <-> Y row a - dh (dh = kh-1-pad_h) */
     int top, bot, left, right;   /* frame widths, clamped to the image */
     int P, Q, Qh;
+    int pointwise;         /* 1x1 kernel: X = M Y per pixel */
     as__civ_fft fp, fq, ip, iq;  /* forward / inverse along P and Q */
     /* cache */
     int state;             /* 0 none, 1 factor valid, 2 rejected (cond) */
@@ -159,8 +160,11 @@ int as__conv_inv_create(const as__conv_geom *g, const as__conv_inv_cfg *cfg,
     ci->dh = g->kh - 1 - g->pad_h;
     ci->dw = g->kw - 1 - g->pad_w;
     frame_widths(g, &ci->top, &ci->bot, &ci->left, &ci->right);
-    ci->P = as__civ_fft_good_size(g->h + g->kh - 1);
-    ci->Q = as__civ_fft_good_size(g->w + g->kw - 1);
+    /* A 1x1 kernel has A(f) = W at every frequency: one "frequency", and
+     * the restore is a per-pixel channel mix (no transforms). */
+    ci->pointwise = g->kh == 1 && g->kw == 1;
+    ci->P = ci->pointwise ? 1 : as__civ_fft_good_size(g->h + g->kh - 1);
+    ci->Q = ci->pointwise ? 1 : as__civ_fft_good_size(g->w + g->kw - 1);
     ci->Qh = ci->Q / 2 + 1;
     if (as__civ_fft_init(&ci->fp, ci->P, -1) || as__civ_fft_init(&ci->fq, ci->Q, -1) ||
         as__civ_fft_init(&ci->ip, ci->P, 1) || as__civ_fft_init(&ci->iq, ci->Q, 1)) {
@@ -254,8 +258,19 @@ int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
     return 0;
 }
 
+/* 8-float vectors (GCC/Clang vector extension; lowered to whatever the
+ * clone's target has). Loads and stores are unaligned and
+ * free of aliasing questions (may_alias, alignment 4). Macros, not
+ * functions: a vector-typed function would change the ABI per clone. */
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
+#define ld8(p) (*(const v8u *)(p))
+#define st8(p, v) (*(v8u *)(p) = (v))
+
 /* x^(f) = M(f) z^(f) for all lanes at one frequency. z: [re|im][Cout][NB],
- * xo: [re|im][Cin][NB]; s = -1 applies conj(M). */
+ * xo: [re|im][Cin][NB]; s = -1 applies conj(M). Blocks of 4 input channels
+ * x 8 lanes keep their 8 accumulators in registers over the Cout loop. */
+AS__CIV_CLONES
 static void solve_freq(const float *mr, const float *mi, float s, const float *z,
                        float *xo, int ci, int co, int NB)
 {
@@ -264,44 +279,108 @@ static void solve_freq(const float *mr, const float *mi, float s, const float *z
     for (int l0 = 0; l0 < NB; l0 += 8) {
         int c = 0;
         for (; c + 4 <= ci; c += 4) {
-            float ar[4][8] = {{0}}, ai[4][8] = {{0}};
+            v8 r0 = {0}, r1 = {0}, r2 = {0}, r3 = {0}, i0 = {0}, i1 = {0}, i2 = {0}, i3 = {0};
+            const float *m0 = mr + (size_t)c * co, *n0 = mi + (size_t)c * co;
             for (int o = 0; o < co; o++) {
-                const float *pr = zr + (size_t)o * NB + l0, *pi = zi + (size_t)o * NB + l0;
-                for (int q = 0; q < 4; q++) {
-                    const float a = mr[(size_t)(c + q) * co + o];
-                    const float b = s * mi[(size_t)(c + q) * co + o];
-                    for (int l = 0; l < 8; l++) {
-                        ar[q][l] += a * pr[l] - b * pi[l];
-                        ai[q][l] += a * pi[l] + b * pr[l];
-                    }
-                }
+                const v8 pr = ld8(zr + (size_t)o * NB + l0), pi = ld8(zi + (size_t)o * NB + l0);
+                float a, b;
+#define STEP(q, R, I)                                                          \
+                a = m0[(size_t)(q) * co + o];                                  \
+                b = s * n0[(size_t)(q) * co + o];                              \
+                R += a * pr - b * pi;                                          \
+                I += a * pi + b * pr;
+                STEP(0, r0, i0) STEP(1, r1, i1) STEP(2, r2, i2) STEP(3, r3, i3)
+#undef STEP
             }
-            for (int q = 0; q < 4; q++)
-                for (int l = 0; l < 8; l++) {
-                    xr[(size_t)(c + q) * NB + l0 + l] = ar[q][l];
-                    xi[(size_t)(c + q) * NB + l0 + l] = ai[q][l];
-                }
+            st8(xr + (size_t)(c + 0) * NB + l0, r0); st8(xi + (size_t)(c + 0) * NB + l0, i0);
+            st8(xr + (size_t)(c + 1) * NB + l0, r1); st8(xi + (size_t)(c + 1) * NB + l0, i1);
+            st8(xr + (size_t)(c + 2) * NB + l0, r2); st8(xi + (size_t)(c + 2) * NB + l0, i2);
+            st8(xr + (size_t)(c + 3) * NB + l0, r3); st8(xi + (size_t)(c + 3) * NB + l0, i3);
         }
         for (; c < ci; c++) {
-            float ar[8] = {0}, ai[8] = {0};
+            v8 r = {0}, i = {0};
             for (int o = 0; o < co; o++) {
-                const float *pr = zr + (size_t)o * NB + l0, *pi = zi + (size_t)o * NB + l0;
+                const v8 pr = ld8(zr + (size_t)o * NB + l0), pi = ld8(zi + (size_t)o * NB + l0);
                 const float a = mr[(size_t)c * co + o], b = s * mi[(size_t)c * co + o];
-                for (int l = 0; l < 8; l++) {
-                    ar[l] += a * pr[l] - b * pi[l];
-                    ai[l] += a * pi[l] + b * pr[l];
-                }
+                r += a * pr - b * pi;
+                i += a * pi + b * pr;
             }
-            for (int l = 0; l < 8; l++) {
-                xr[(size_t)c * NB + l0 + l] = ar[l];
-                xi[(size_t)c * NB + l0 + l] = ai[l];
-            }
+            st8(xr + (size_t)c * NB + l0, r);
+            st8(xi + (size_t)c * NB + l0, i);
         }
     }
 }
 
+/* 1x1 kernel: x[c] = sum_o M[c][o] (y[o] - bias[o]) per pixel, M real
+ * (A(f) = W at every frequency, so the imaginary part is 0). */
+AS__CIV_CLONES
+static void restore_pointwise(const as__conv_inv *ci, int n, const float *y,
+                              const float *bias, float *x)
+{
+    const as__conv_geom *g = &ci->g;
+    const int cin = g->cin, cout = g->cout, H = g->h, W = g->w;
+    const int ho = ci->ho, wo = ci->wo;
+    const float *m = ci->m;   /* (Cin, Cout), real part */
+    float mb[64];             /* M bias, per input channel (blocks of 64) */
+    for (int img = 0; img < n; img++)
+        for (int c0 = 0; c0 < cin; c0 += 64) {
+            const int cn = cin - c0 < 64 ? cin - c0 : 64;
+            for (int c = 0; c < cn; c++) {
+                double s = 0;
+                if (bias)
+                    for (int o = 0; o < cout; o++)
+                        s += (double)m[(size_t)(c0 + c) * cout + o] * bias[o];
+                mb[c] = (float)s;
+            }
+            for (int r = 0; r < H; r++) {
+                const float *yr = y + (size_t)img * cout * ho * wo +
+                                  (ptrdiff_t)(r - ci->dh) * wo - ci->dw;
+                const size_t ys = (size_t)ho * wo;
+                float *xr = x + ((size_t)img * cin + c0) * H * W + (size_t)r * W;
+                int s0 = 0;
+                for (; s0 + 8 <= W; s0 += 8) {
+                    int c = 0;
+                    for (; c + 4 <= cn; c += 4) {
+                        const float *m0 = m + (size_t)(c0 + c) * cout;
+                        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                        for (int o = 0; o < cout; o++) {
+                            const v8 yv = ld8(yr + o * ys + s0);
+                            a0 += m0[o] * yv;
+                            a1 += m0[cout + o] * yv;
+                            a2 += m0[2 * cout + o] * yv;
+                            a3 += m0[3 * cout + o] * yv;
+                        }
+                        float *xd = xr + (size_t)c * H * W + s0;
+                        st8(xd, a0 - mb[c]);
+                        st8(xd + (size_t)H * W, a1 - mb[c + 1]);
+                        st8(xd + (size_t)2 * H * W, a2 - mb[c + 2]);
+                        st8(xd + (size_t)3 * H * W, a3 - mb[c + 3]);
+                    }
+                    for (; c < cn; c++) {
+                        const float *mc = m + (size_t)(c0 + c) * cout;
+                        v8 acc = {0};
+                        for (int o = 0; o < cout; o++)
+                            acc += mc[o] * ld8(yr + o * ys + s0);
+                        st8(xr + (size_t)c * H * W + s0, acc - mb[c]);
+                    }
+                }
+                for (; s0 < W; s0++)   /* tail columns */
+                    for (int c = 0; c < cn; c++) {
+                        const float *mc = m + (size_t)(c0 + c) * cout;
+                        float acc = 0;
+                        for (int o = 0; o < cout; o++)
+                            acc += mc[o] * yr[o * ys + s0];
+                        xr[(size_t)c * H * W + s0] = acc - mb[c];
+                    }
+            }
+        }
+}
+
 /* The border of F (outside the Y window): correlation of W with the frame,
- * held in xg ([H][W][re|im][Cin][NB], zero off the frame). */
+ * held in xg ([H][W][re|im][Cin][NB], zero off the frame). One accumulator
+ * per (point, re|im, output channel, 8 lanes) runs over all taps and input
+ * channels. */
+AS__CIV_CLONES
 static void build_border(const as__conv_inv *ci, const float *xg, float *F, int NB)
 {
     const as__conv_geom *g = &ci->g;
@@ -309,6 +388,8 @@ static void build_border(const as__conv_inv *ci, const float *xg, float *F, int 
     const int cin = g->cin, cout = g->cout;
     const size_t Bi = (size_t)cin * NB, Bo = (size_t)cout * NB;
     const int Pl = H + kh - 1, Ql = W + kw - 1;
+    const float *taps[256];
+    const float *wtap[256];
     for (int a = 0; a < Pl; a++) {
         const int in_rows = a - ci->dh >= 0 && a - ci->dh < ci->ho;
         for (int b = 0; b < Ql; b++) {
@@ -316,29 +397,58 @@ static void build_border(const as__conv_inv *ci, const float *xg, float *F, int 
                 b = ci->dw + ci->wo - 1;   /* jump over the window */
                 continue;
             }
-            float *fe = F + ((size_t)a * ci->Q + b) * 2 * Bo;
+            int nt = 0;
             for (int u = 0; u < kh; u++) {
                 const int r = a - (kh - 1) + u;
                 if (r < 0 || r >= H)
                     continue;
                 for (int v = 0; v < kw; v++) {
-                    const int s = b - (kw - 1) + v;
-                    if (s < 0 || s >= W)
+                    const int q = b - (kw - 1) + v;
+                    if (q < 0 || q >= W)
                         continue;
-                    const float *xe = xg + ((size_t)r * W + s) * 2 * Bi;
-                    const float *wuv = ci->wt + ((size_t)u * kw + v) * cout * cin;
-                    for (int ri = 0; ri < 2; ri++)
-                        for (int o = 0; o < cout; o++) {
-                            float *dst = fe + ri * Bo + (size_t)o * NB;
-                            for (int c = 0; c < cin; c++) {
-                                const float wv = wuv[(size_t)o * cin + c];
-                                const float *src = xe + ri * Bi + (size_t)c * NB;
-                                for (int l = 0; l < NB; l++)
-                                    dst[l] += wv * src[l];
-                            }
-                        }
+                    const int frame_px = r < ci->top || r >= H - ci->bot ||
+                                         q < ci->left || q >= W - ci->right;
+                    if (!frame_px)
+                        continue;   /* zero in xg */
+                    taps[nt] = xg + ((size_t)r * W + q) * 2 * Bi;
+                    wtap[nt] = ci->wt + ((size_t)u * kw + v) * cout * cin;
+                    nt++;
                 }
             }
+            float *fe = F + ((size_t)a * ci->Q + b) * 2 * Bo;
+            for (int ri = 0; ri < 2; ri++)
+                for (int l0 = 0; l0 < NB; l0 += 8) {
+                    int o = 0;
+                    for (; o + 4 <= cout; o += 4) {
+                        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                        for (int t = 0; t < nt; t++) {
+                            const float *w0 = wtap[t] + (size_t)o * cin;
+                            const float *src = taps[t] + ri * Bi + l0;
+                            for (int c = 0; c < cin; c++) {
+                                const v8 xv = ld8(src + (size_t)c * NB);
+                                a0 += w0[c] * xv;
+                                a1 += w0[cin + c] * xv;
+                                a2 += w0[2 * cin + c] * xv;
+                                a3 += w0[3 * cin + c] * xv;
+                            }
+                        }
+                        float *d = fe + ri * Bo + (size_t)o * NB + l0;
+                        st8(d, a0);
+                        st8(d + NB, a1);
+                        st8(d + 2 * NB, a2);
+                        st8(d + 3 * NB, a3);
+                    }
+                    for (; o < cout; o++) {
+                        v8 acc = {0};
+                        for (int t = 0; t < nt; t++) {
+                            const float *w0 = wtap[t] + (size_t)o * cin;
+                            const float *src = taps[t] + ri * Bi + l0;
+                            for (int c = 0; c < cin; c++)
+                                acc += w0[c] * ld8(src + (size_t)c * NB);
+                        }
+                        st8(fe + ri * Bo + (size_t)o * NB + l0, acc);
+                    }
+                }
         }
     }
 }
@@ -350,6 +460,13 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
         return AS_ESTATE;
     if (n < 1)
         return n == 0 ? 0 : AS_EINVAL;
+    if (ci->pointwise) {
+        double t0 = now_ms();
+        restore_pointwise(ci, n, y, bias, x);
+        ci->st.phase_ms[2] = now_ms() - t0;
+        ci->st.restores++;
+        return 0;
+    }
     const as__conv_geom *g = &ci->g;
     const int H = g->h, W = g->w, P = ci->P, Q = ci->Q;
     const int cin = g->cin, cout = g->cout, ho = ci->ho, wo = ci->wo;
@@ -366,23 +483,26 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
     const int Pl = H + g->kh - 1;
     const size_t flen = as__conv_frame_len(g);
 
+    double tp = now_ms();
     /* 2. F: window from Y, border from the frame. */
     memset(b1, 0, sizeof(float) * grid);
-    for (int img = 0; img < n; img++) {
-        const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
-        for (int o = 0; o < cout; o++) {
-            const float bo = bias ? bias[o] : 0.0f;
-            const float *ys = y + ((size_t)img * cout + o) * ho * wo;
-            for (int i = 0; i < ho; i++) {
-                const int a = i + ci->dh;
-                if (a < 0 || a >= Pl)
-                    continue;
+    /* Row by row of the grid, so the writes (one grid point = Eo floats
+     * apart) stay within one grid row's pages. */
+    for (int i = 0; i < ho; i++) {
+        const int a = i + ci->dh;
+        if (a < 0 || a >= Pl)
+            continue;
+        float *grow = b1 + (size_t)a * Q * Eo;
+        for (int img = 0; img < n; img++) {
+            const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
+            for (int o = 0; o < cout; o++) {
+                const float bo = bias ? bias[o] : 0.0f;
+                const float *ys = y + (((size_t)img * cout + o) * ho + i) * wo;
+                float *dst = grow + ri * Bo + (size_t)o * NB + np;
                 for (int j = 0; j < wo; j++) {
                     const int b = j + ci->dw;
-                    if (b < 0 || b >= W + g->kw - 1)
-                        continue;
-                    b1[((size_t)a * Q + b) * Eo + ri * Bo + (size_t)o * NB + np] =
-                        ys[(size_t)i * wo + j] - bo;
+                    if (b >= 0 && b < W + g->kw - 1)
+                        dst[(size_t)b * Eo] = ys[j] - bo;
                 }
             }
         }
@@ -410,6 +530,8 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
         build_border(ci, xg, b1, NB);
     }
 
+    ci->st.phase_ms[0] = now_ms() - tp;
+    tp = now_ms();
     /* 3. forward 2-D FFT: rows b1 -> b2, columns b2 -> b1. */
     for (int a = 0; a < P; a++) {
         float *dst = b2 + (size_t)a * Q * Eo;
@@ -422,6 +544,8 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
         as__civ_fft_run(&ci->fp, b1 + (size_t)b * Eo, (size_t)Q * Eo,
                         b2 + (size_t)b * Eo, (size_t)Q * Eo, Bo);
 
+    ci->st.phase_ms[1] = now_ms() - tp;
+    tp = now_ms();
     /* 4. solve per frequency: b1 (Eo per point) -> b2 (Ei per point). */
     const size_t msz = 2 * (size_t)cin * cout;
     for (int kp = 0; kp < P; kp++)
@@ -439,6 +563,8 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
                        b2 + ((size_t)kp * Q + kq) * Ei, cin, cout, NB);
         }
 
+    ci->st.phase_ms[2] = now_ms() - tp;
+    tp = now_ms();
     /* 5. inverse 2-D FFT: columns b2 -> b1, rows (< H only) b1 -> b2. */
     for (int b = 0; b < Q; b++)
         as__civ_fft_run(&ci->ip, b1 + (size_t)b * Ei, (size_t)Q * Ei,
@@ -447,17 +573,26 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
         as__civ_fft_run(&ci->iq, b2 + (size_t)a * Q * Ei, Ei,
                         b1 + (size_t)a * Q * Ei, Ei, Bi);
 
+    ci->st.phase_ms[3] = now_ms() - tp;
+    tp = now_ms();
     /* 6. crop, scale, unpair; exact frame pixels back. */
     const float scale = 1.0f / ((float)P * (float)Q);
-    for (int img = 0; img < n; img++) {
-        const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
-        for (int c = 0; c < cin; c++) {
-            float *xd = x + ((size_t)img * cin + c) * H * W;
-            const float *src = b2 + ri * Bi + (size_t)c * NB + np;
-            for (int r = 0; r < H; r++)
-                for (int s = 0; s < W; s++)
-                    xd[(size_t)r * W + s] = src[((size_t)r * Q + s) * Ei] * scale;
-            if (flen) {
+    for (int r = 0; r < H; r++) {
+        const float *grow = b2 + (size_t)r * Q * Ei;
+        for (int img = 0; img < n; img++) {
+            const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
+            for (int c = 0; c < cin; c++) {
+                float *xd = x + (((size_t)img * cin + c) * H + r) * W;
+                const float *src = grow + ri * Bi + (size_t)c * NB + np;
+                for (int q = 0; q < W; q++)
+                    xd[q] = src[(size_t)q * Ei] * scale;
+            }
+        }
+    }
+    if (flen)
+        for (int img = 0; img < n; img++)
+            for (int c = 0; c < cin; c++) {
+                float *xd = x + ((size_t)img * cin + c) * H * W;
                 const float *fr = frame + ((size_t)img * cin + c) * flen;
                 memcpy(xd, fr, sizeof(float) * ci->top * W);
                 fr += (size_t)ci->top * W;
@@ -470,8 +605,7 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
                     fr += ci->right;
                 }
             }
-        }
-    }
+    ci->st.phase_ms[4] = now_ms() - tp;
     free(b1);
     free(b2);
     ci->st.restores++;

@@ -52,6 +52,9 @@ typedef struct as__conv_inv_stats {
     double   cond;            /* max over frequencies of cond(A(f)), last build */
     double   factor_ms;       /* wall time of the last factorization */
     size_t   cache_bytes;     /* bytes held by the cached factor */
+    /* wall time of the phases of the last restore: build F, forward FFT,
+     * solve, inverse FFT, crop */
+    double   phase_ms[5];
 } as__conv_inv_stats;
 
 typedef struct as__conv_inv as__conv_inv;
@@ -110,6 +113,14 @@ void as__conv_inv_trim(as__conv_inv *ci);
 void as__conv_inv_get_stats(const as__conv_inv *ci, as__conv_inv_stats *st);
 
 /* ---- internals shared by the conv_invert*.c files ----------------------- */
+
+/* Hot loops are compiled for AVX-512, AVX2+FMA and baseline x86-64 and the
+ * best one is picked at load time (GCC function multi-versioning). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define AS__CIV_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define AS__CIV_CLONES
+#endif
 
 /* Batched complex FFT over "elements" that are planar vectors: an element is
  * 2*B floats, B real parts then B imaginary parts; the transform runs along

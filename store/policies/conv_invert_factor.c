@@ -38,6 +38,7 @@ typedef struct lanes_c {
     double re[LANES], im[LANES];
 } lanes_c;
 
+AS__CIV_CLONES
 int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
                    double eps_rel, float *m, double *cond_out)
 {

@@ -87,6 +87,7 @@ static inline void twiddle(float *restrict e, size_t B, float wr, float wi)
     }
 }
 
+AS__CIV_CLONES
 static void bfly2(float *out, size_t os, int m, int fstride, const float *tw, size_t B)
 {
     for (int k = 0; k < m; k++) {
@@ -104,6 +105,7 @@ static void bfly2(float *out, size_t os, int m, int fstride, const float *tw, si
     }
 }
 
+AS__CIV_CLONES
 static void bfly4(float *out, size_t os, int m, int fstride, const float *tw,
                   size_t B, float sign)
 {
@@ -132,6 +134,7 @@ static void bfly4(float *out, size_t os, int m, int fstride, const float *tw,
     }
 }
 
+AS__CIV_CLONES
 static void bfly3(float *out, size_t os, int m, int fstride, const float *tw,
                   size_t B, float sign)
 {
@@ -157,6 +160,7 @@ static void bfly3(float *out, size_t os, int m, int fstride, const float *tw,
     }
 }
 
+AS__CIV_CLONES
 static void bfly5(float *out, size_t os, int m, int fstride, const float *tw,
                   size_t B, float sign)
 {

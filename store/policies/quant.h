@@ -135,4 +135,10 @@ void as__quant_decode(const as_qgroup *groups, const uint8_t *codes,
  * (NULL past the end), so tests can corrupt a blob. */
 uint8_t *as__zstd_frame_bytes(void *state, size_t i, size_t *len);
 
+/* offload.c: make the next offload fail with errno err at stage 1 (creating
+ * the file: synchronous fallback) or 2 (the background write); and wait
+ * until the offload I/O thread has nothing queued or running. */
+void as__offload_inject(int stage, int err);
+void as__offload_wait_idle(void);
+
 #endif

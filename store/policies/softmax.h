@@ -35,6 +35,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef enum as_sm_kind {
     AS_SM_KEEP = 0,
@@ -179,6 +180,23 @@ size_t as_sm_row_size(const as_sm_params *p, const uint8_t *in, size_t n,
 /* Bytes of an encoded log/topk row without decoding it. */
 size_t as_sm_log_row_size(const as_sm_params *p, const uint8_t *in,
                           size_t n);
+
+/* ---- row dumps (softmax_dump.c; format in that file and docs) ----------- */
+
+typedef struct as_sm_dump_rec {
+    char    name[25];        /* "vit", "lm", ... */
+    int64_t rows, len, queries;
+    bool    causal;
+    float  *y;               /* rows x len, malloc'd: caller frees */
+} as_sm_dump_rec;
+
+/* Append one record of rows x len probabilities (masked entries 0) to f.
+ * Errors: AS_EINVAL, AS_EIO. Not thread-safe on the same FILE. */
+int as_sm_dump_write(FILE *f, const char *name, int64_t rows, int64_t len,
+                     int64_t queries, bool causal, const float *y);
+/* Read the next record: 0, 1 at a clean end of file, AS_EFORMAT (bad
+ * magic, version, sizes or a truncated record), AS_ENOMEM. */
+int as_sm_dump_read(FILE *f, as_sm_dump_rec *rec);
 
 /* IEEE half conversions (round to nearest even). */
 uint16_t as_sm_f32_to_f16(float f);

@@ -25,10 +25,11 @@
  *                the smallest fine level (last code = tail, 0).
  *                Row: ceil(n B / 8) + k bytes.
  *
- * Selection for sotk is linear time: a quickselect for the k-th largest
- * value, then only the k fine entries are sorted (for P). Coarse codes are
- * branch-free threshold counts (no logarithm per entry); only the k fine
- * entries take a logf.
+ * Encoding is linear time and needs no sort: every entry's level (1/16
+ * nat units below the max) comes from its float bits with a short series
+ * (no libm: same codes on every machine); a 257-bin histogram of the
+ * levels gives the cut for the k largest (and, with P, for mass P at level
+ * granularity); coarse codes are one table lookup by level.
  */
 #include <assert.h>
 #include <math.h>
@@ -40,13 +41,13 @@
 #define SM_FINE_STEP 16.0   /* fine codes per nat */
 #define SM_MAXC 16
 
-/* Coarse tables per (topk?, bits): boundaries b[0..nc-2] (nats, relative
- * to the reference level) and weights exp(-rep) of the nc codes (the last,
+/* Coarse tables per (topk?, bits): weights exp(-rep) of the nc codes
+ * (rep: the middle of the code's level range; boundaries b_c in nats above
+ * the reference level, in sm_ctab) (the last,
  * the tail, weighs 0). Steps chosen by measurement on synthetic rows
  * (n 50..1024, logit std 1..4; docs/policies.md). */
 typedef struct sm_table {
     int   nc;                 /* coarse codes */
-    float bnd[SM_MAXC];       /* exp(-b): thresholds on y / y_ref */
     float wt[SM_MAXC];        /* exp(-rep) */
 } sm_table;
 
@@ -54,9 +55,12 @@ static sm_table sm_tabs[2][5];     /* [topk][bits] */
 static float sm_fine_w[256];       /* exp(-c / 16) */
 static pthread_once_t sm_once = PTHREAD_ONCE_INIT;
 
+static void sm_make_ctab(int topk, int bits, double s, double g);
+
 static void sm_make(sm_table *t, int nc, double s, double g)
 {
-    double b[SM_MAXC];
+    double b[SM_MAXC] = {0};
+    assert(nc >= 3 && nc <= SM_MAXC);
     t->nc = nc;
     for (int c = 1; c < nc; c++)
         b[c - 1] = s * c * (1.0 + g * (c - 1));
@@ -64,20 +68,21 @@ static void sm_make(sm_table *t, int nc, double s, double g)
     for (int c = 1; c < nc - 1; c++)
         t->wt[c] = (float)exp(-0.5 * (b[c - 1] + b[c]));
     t->wt[nc - 1] = 0.0f;   /* tail */
-    for (int c = 0; c < nc - 1; c++)
-        t->bnd[c] = (float)exp(-b[c]);
 }
 
 static void sm_init_tables(void)
 {
     for (int c = 0; c < 256; c++)
         sm_fine_w[c] = (float)exp(-c / SM_FINE_STEP);
-    sm_make(&sm_tabs[0][2], 4, 0.7, 0.3);
-    sm_make(&sm_tabs[0][3], 8, 0.4, 0.15);
-    sm_make(&sm_tabs[0][4], 16, 0.2, 0.05);
-    sm_make(&sm_tabs[1][2], 3, 0.5, 0.3);
-    sm_make(&sm_tabs[1][3], 7, 0.3, 0.1);
-    sm_make(&sm_tabs[1][4], 15, 0.2, 0.05);
+    static const struct { int topk, bits; double s, g; } cfg[] = {
+        {0, 2, 0.7, 0.3}, {0, 3, 0.4, 0.15}, {0, 4, 0.2, 0.05},
+        {1, 2, 0.5, 0.3}, {1, 3, 0.3, 0.1},  {1, 4, 0.2, 0.05},
+    };
+    for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++) {
+        int nc = (1 << cfg[i].bits) - cfg[i].topk;
+        sm_make(&sm_tabs[cfg[i].topk][cfg[i].bits], nc, cfg[i].s, cfg[i].g);
+        sm_make_ctab(cfg[i].topk, cfg[i].bits, cfg[i].s, cfg[i].g);
+    }
 }
 
 static const sm_table *sm_table_of(const as_sm_params *p)
@@ -138,61 +143,41 @@ static void sm_unpack(const uint8_t *in, size_t n, int B, uint8_t *c)
     }
 }
 
-/* ---- selection --------------------------------------------------------- */
+/* ---- levels ------------------------------------------------------------ */
 
-/* Key of a value for selection: larger value, larger key. */
-static inline uint32_t sm_vkey(float f)
+/* 16 ln(y), from the float bits: y = 2^e x, x in [sqrt(1/2), sqrt(2)),
+ * ln x = 2 atanh(s) with s = (x - 1) / (x + 1), |s| < 0.172, three terms
+ * (error < 2e-6 nat, far below the 1/16 nat step). No libm: the same codes
+ * on every machine. y must be > 0. */
+static inline float sm_ln16(float y)
 {
     uint32_t b;
-    if (!(f > 0.0f))
-        return 0;
-    memcpy(&b, &f, sizeof b);
-    return b;
+    memcpy(&b, &y, 4);
+    uint32_t man = b & 0x7fffffu;
+    uint32_t big = man > 0x3504f3u;            /* x > sqrt(2): halve it */
+    int e = (int)((b >> 23) & 255u) - 127 + (int)big;
+    uint32_t xb = man | (0x3f800000u - (big << 23));   /* no branch */
+    float x;
+    memcpy(&x, &xb, 4);
+    float s = (x - 1.0f) / (x + 1.0f), s2 = s * s;
+    float l = 2.0f * s * (1.0f + s2 * (1.0f / 3.0f + s2 * 0.2f));
+    return 16.0f * ((float)e * 0.69314718f + l);
 }
 
-/* k-th largest key (k >= 1) of a[0..n-1]; a is permuted so that
- * a[0..k-1] holds the k largest. Quickselect with median-of-three pivots
- * and a three-way partition (softmax rows repeat values, e.g. zeros):
- * expected linear time. */
-static uint32_t sm_kth_largest(uint32_t *a, size_t n, size_t k)
+#define SM_DMAX 4095    /* level cap (256 nats: beyond any f32 ratio) */
+#define SM_CTAB 1024    /* coarse code lookup, by level above the reference */
+
+/* coarse code by level (1/16 nat units) above the reference, per table */
+static uint8_t sm_ctab[2][5][SM_CTAB];
+
+static void sm_make_ctab(int topk, int bits, double s, double g)
 {
-    size_t lo = 0, hi = n, want = k - 1;
-    assert(k >= 1 && k <= n);
-    for (;;) {
-        if (hi - lo <= 16) {
-            for (size_t i = lo + 1; i < hi; i++) {
-                uint32_t x = a[i];
-                size_t j = i;
-                while (j > lo && a[j - 1] < x) {
-                    a[j] = a[j - 1];
-                    j--;
-                }
-                a[j] = x;
-            }
-            return a[want];
-        }
-        uint32_t x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];
-        uint32_t piv = (x > y) ? ((y > z) ? y : (x > z ? z : x))
-                               : ((x > z) ? x : (y > z ? z : y));
-        size_t lt = lo, i = lo, gt = hi;
-        while (i < gt) {
-            uint32_t e = a[i];
-            if (e > piv) {
-                a[i++] = a[lt];
-                a[lt++] = e;
-            } else if (e < piv) {
-                a[i] = a[--gt];
-                a[gt] = e;
-            } else {
-                i++;
-            }
-        }
-        if (want < lt)
-            hi = lt;
-        else if (want >= gt)
-            lo = gt;
-        else
-            return piv;
+    const sm_table *t = &sm_tabs[topk][bits];
+    for (int d = 0; d < SM_CTAB; d++) {
+        int c = 0;
+        for (int j = 1; j < t->nc; j++)
+            c += d >= (int)lround(16.0 * s * j * (1.0 + g * (j - 1)));
+        sm_ctab[topk][bits][d] = (uint8_t)c;
     }
 }
 
@@ -201,20 +186,22 @@ static uint32_t sm_kth_largest(uint32_t *a, size_t n, size_t k)
 size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
                         uint8_t *out, as_sm_work *w)
 {
-    const sm_table *t = sm_table_of(p);
+    (void)sm_table_of(p);
     const int B = p->bits;
+    const bool topk = p->kind == AS_SM_TOPK;
+    const uint8_t *ctab = sm_ctab[topk][B];
+    const size_t nb = (n * (size_t)B + 7) / 8;
     uint8_t *codes = w->codes;
     float m = 0.0f;
     for (size_t i = 0; i < n; i++)
-        if (v[i] > m)
-            m = v[i];
+        m = v[i] > m ? v[i] : m;
     if (!(m > 0.0f)) {
         /* no positive entry (not a softmax row): solog decodes uniform,
          * sotk puts the mass on the first entry; sizes stay in bounds */
-        size_t nb = (n * (size_t)B + 7) / 8;
         memset(codes, 0, n);
-        if (p->kind == AS_SM_TOPK) {
-            memset(codes + 1, (1 << B) - 1, n - 1);
+        if (topk) {
+            for (size_t i = 1; i < n; i++)
+                codes[i] = (uint8_t)((1 << B) - 1);
             sm_pack(codes, n, B, out);
             out[nb] = 0;
             return nb + 1;
@@ -223,90 +210,85 @@ size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
         return nb;
     }
 
-    float ref = m;              /* coarse reference value */
-    size_t nfine = 0;
-    uint8_t *fine = NULL;
-    if (p->kind == AS_SM_TOPK) {
-        /* the fine set: the k largest (ties by position), fewer with P */
-        size_t k = n / (size_t)p->k;
-        if (k < 1)
-            k = 1;
-        uint32_t *key = w->key;
-        for (size_t i = 0; i < n; i++)
-            key[i] = sm_vkey(v[i]);
-        uint32_t thr = sm_kth_largest(key, n, k);
-        if (p->mass > 0.0f && k > 1) {
-            /* key[0..k-1] now holds the k largest (unordered): sort them
-             * descending and keep the shortest prefix with mass P */
-            uint32_t *top = w->key2;
-            memcpy(top, key, k * sizeof *top);
-            for (size_t i = 1; i < k; i++) {
-                uint32_t x = top[i];
-                size_t j = i;
-                while (j > 0 && top[j - 1] < x) {
-                    top[j] = top[j - 1];
-                    j--;
-                }
-                top[j] = x;
+    /* level of every entry below the max, 1/16 nat units, and (sotk) a
+     * histogram of the levels: the linear-time selection of the fine set */
+    const float lm = sm_ln16(m) + 0.5f;
+    uint32_t *lev = w->key;
+    /* branch-free, so the compiler vectorizes it */
+    for (size_t i = 0; i < n; i++) {
+        float x = fmaxf(v[i], 1e-38f);        /* also maps NaN, <= 0 */
+        float l = fminf(fmaxf(lm - sm_ln16(x), 0.0f), (float)SM_DMAX);
+        lev[i] = (uint32_t)(int32_t)l;
+    }
+    uint32_t hist[257];
+    float hmass[257];
+    if (topk) {
+        /* four interleaved histograms: equal neighbours would otherwise
+         * chain every increment through one memory slot */
+        uint32_t h4[4][257];
+        memset(h4, 0, sizeof h4);
+        size_t i = 0;
+        for (; i + 4 <= n; i += 4)
+            for (int j = 0; j < 4; j++) {
+                uint32_t d = lev[i + j];
+                h4[j][d < 256 ? d : 256]++;
             }
-            double acc = 0.0;
-            size_t kk = 0;
-            while (kk < k) {
-                float f;
-                memcpy(&f, &top[kk], 4);
-                acc += f;
-                kk++;
-                if (acc >= p->mass)
-                    break;
-            }
-            k = kk;
-            thr = top[k - 1];
+        for (; i < n; i++)
+            h4[0][lev[i] < 256 ? lev[i] : 256]++;
+        for (int c = 0; c < 257; c++)
+            hist[c] = h4[0][c] + h4[1][c] + h4[2][c] + h4[3][c];
+        if (p->mass > 0.0f) {
+            memset(hmass, 0, sizeof hmass);
+            for (i = 0; i < n; i++)
+                hmass[lev[i] < 256 ? lev[i] : 256] += v[i] > 0.0f ? v[i] : 0.0f;
         }
-        /* mark: strictly above thr first, then ties in position order */
-        size_t above = 0;
-        for (size_t i = 0; i < n; i++)
-            above += sm_vkey(v[i]) > thr;
-        size_t ties = k - above;
-        fine = out + (n * (size_t)B + 7) / 8;
-        uint32_t maxc = 0;
+    }
+
+    size_t nfine = 0;
+    uint32_t lref = 0;
+    if (topk) {
+        size_t k = n / (size_t)p->k;
+        k = k < 1 ? 1 : k;
+        /* cut level: the k entries of lowest level (highest value) */
+        uint32_t cut = 0;
+        size_t below = 0;            /* entries with level < cut */
+        double mass = 0.0;
+        while (below + hist[cut] < k) {
+            below += hist[cut];
+            mass += hmass[cut];
+            cut++;
+            if (p->mass > 0.0f && mass >= p->mass) {
+                k = below;           /* adaptive: whole levels to mass P */
+                break;
+            }
+        }
+        size_t ties = k - below;     /* taken at level == cut, in order */
+        uint8_t *fine = out + nb;
         for (size_t i = 0; i < n; i++) {
-            uint32_t kv = sm_vkey(v[i]);
-            bool isf = kv > thr || (kv == thr && ties > 0 && (ties--, true));
-            if (isf) {
-                double l = log((double)m / (double)v[i]) * SM_FINE_STEP;
-                uint32_t c = l < 255.0 ? (uint32_t)(l + 0.5) : 255u;
-                fine[nfine++] = (uint8_t)c;
-                if (c > maxc)
-                    maxc = c;
+            uint32_t d = lev[i];
+            if (d < cut || (d == cut && ties > 0 && (ties--, true))) {
+                fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
+                lref = d > lref ? d : lref;
                 codes[i] = 0;
             } else {
-                codes[i] = 255;   /* coarse, filled below */
+                codes[i] = 255;
             }
         }
         assert(nfine == k);
-        ref = m * sm_fine_w[maxc];
-    } else {
+        lref = lref < 255 ? lref : 255;
         for (size_t i = 0; i < n; i++)
-            codes[i] = 255;
-    }
-
-    /* coarse: code = number of thresholds y / ref is below (branch-free) */
-    const int nc = t->nc;
-    const int base = p->kind == AS_SM_TOPK ? 1 : 0;
-    float thr[SM_MAXC];
-    for (int c = 0; c < nc - 1; c++)
-        thr[c] = ref * t->bnd[c];
-    for (size_t i = 0; i < n; i++) {
-        if (codes[i] != 255)
-            continue;
-        float x = v[i] > 0.0f ? v[i] : 0.0f;
-        int c = 0;
-        for (int j = 0; j < nc - 1; j++)
-            c += x < thr[j];
-        codes[i] = (uint8_t)(c + base);
+            if (codes[i]) {
+                uint32_t r = lev[i] - lref;     /* >= 0: below the cut */
+                codes[i] = (uint8_t)(1 + ctab[r < SM_CTAB ? r : SM_CTAB - 1]);
+            }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            uint32_t r = lev[i];
+            codes[i] = ctab[r < SM_CTAB ? r : SM_CTAB - 1];
+        }
     }
     sm_pack(codes, n, B, out);
-    return (n * (size_t)B + 7) / 8 + nfine;
+    return nb + nfine;
 }
 
 size_t as_sm_log_row_size(const as_sm_params *p, const uint8_t *in, size_t n)

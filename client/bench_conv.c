@@ -1,0 +1,286 @@
+/*
+ * actstore bench conv [--json FILE] [--quick] [--reps R] [--threads T]
+ *                     [--cond-max C]
+ *
+ * Conv input regeneration by inversion against the conv forward it saves
+ * memory for, side by side per shape: forward = the layers library's
+ * im2col + OpenBLAS sgemm (as_op_conv_fwd); invert = rebuild X from Y, the
+ * weights and the frame with the cached per-frequency factor (the factor
+ * itself is built once per weight version and reported apart, factor_ms).
+ * Both run on the same number of threads (default 1, --threads). Medians
+ * over --reps repeats. Weights He-normal, inputs standard normal, fixed seed.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench.h"
+#include "cli.h"
+#include "layers/ops.h"
+#include "store/policies/conv_invert.h"
+
+typedef struct shape {
+    int n, cin, cout, h, k, pad;
+} shape;
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static double nrand(void)
+{
+    double u[2];
+    for (int i = 0; i < 2; i++) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        u[i] = ((double)(rng >> 11) + 0.5) / 9007199254740992.0;
+    }
+    return sqrt(-2 * log(u[0])) * cos(2 * M_PI * u[1]);
+}
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Default set: every channel pair at 28x28 with k3 'same'; kernels 1/3/5 and
+ * padding 0/same on 16/16 and 32/32 at 28x28, 14x14 and 7x7; 64x64 maps for
+ * the smaller channel counts (the largest ones take seconds per forward). */
+static size_t default_shapes(shape *out, size_t cap)
+{
+    static const int ch[][2] = {{1, 16}, {16, 16}, {16, 32}, {32, 32}, {32, 64}, {64, 64}};
+    static const int kp[][2] = {{1, 0}, {3, 1}, {3, 0}, {5, 2}, {5, 0}};
+    size_t n = 0;
+#define ADD(ci, co, hh, kk, pp) do { if (n < cap) out[n++] = (shape){32, ci, co, hh, kk, pp}; } while (0)
+    for (size_t c = 0; c < 6; c++)
+        ADD(ch[c][0], ch[c][1], 28, 3, 1);
+    static const int hs[] = {28, 14, 7};
+    for (size_t hi = 0; hi < 3; hi++)
+        for (size_t c = 1; c <= 3; c += 2)   /* 16/16, 32/32 */
+            for (size_t k = 0; k < 5; k++) {
+                if (hs[hi] == 28 && kp[k][0] == 3 && kp[k][1] == 1)
+                    continue;   /* already in */
+                ADD(ch[c][0], ch[c][1], hs[hi], kp[k][0], kp[k][1]);
+            }
+    for (size_t c = 0; c < 4; c++)
+        ADD(ch[c][0], ch[c][1], 64, 3, 1);
+    ADD(16, 16, 64, 3, 0);
+    ADD(16, 16, 64, 5, 2);
+    ADD(64, 64, 14, 3, 1);
+#undef ADD
+    return n;
+}
+
+static size_t quick_shapes(shape *out)
+{
+    static const shape q[] = {
+        {8, 1, 16, 28, 3, 1}, {8, 16, 16, 28, 3, 1}, {8, 16, 32, 14, 3, 0},
+        {8, 16, 16, 7, 5, 2}, {8, 16, 16, 28, 1, 0},
+    };
+    memcpy(out, q, sizeof q);
+    return sizeof q / sizeof q[0];
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: actstore bench conv [--json FILE] [--quick] [--reps R] [--threads T]\n"
+        "                           [--cond-max C]\n"
+        "Conv input inversion vs conv forward (im2col + OpenBLAS sgemm), per shape:\n"
+        "forward_ms, invert_ms (cached factor), factor_ms (once per weight version),\n"
+        "ratio, max_rel_err (max|X'-X| / max|X|), cond, fallback, stored/raw bytes.\n"
+        "  --quick        a few small shapes (N=8), seconds\n"
+        "  --reps R       repeats per measurement, median reported (default 3)\n"
+        "  --threads T    OpenBLAS threads for the forward (default 1; the\n"
+        "                 inversion is single-threaded)\n"
+        "  --cond-max C   inversion threshold on cond(A(f)) (default 1e4)\n");
+}
+
+/* Runs one shape; fills the JSON object. Returns 0 or -1 (out of memory). */
+static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
+{
+    as_op_conv_geom og = {.N = s->n, .Cin = s->cin, .H = s->h, .W = s->h,
+                          .Cout = s->cout, .kh = s->k, .kw = s->k, .stride = 1,
+                          .pad = s->pad};
+    if (as_op_conv_geom_init(&og))
+        return -1;
+    as__conv_geom g = {.n = s->n, .cin = s->cin, .h = s->h, .w = s->h,
+                       .cout = s->cout, .kh = s->k, .kw = s->k, .pad_h = s->pad,
+                       .pad_w = s->pad, .stride_h = 1, .stride_w = 1,
+                       .dil_h = 1, .dil_w = 1, .groups = 1};
+    const size_t xl = (size_t)s->n * s->cin * s->h * s->h;
+    const size_t yl = (size_t)s->n * s->cout * og.Ho * og.Wo;
+    const size_t wl = (size_t)s->cout * s->cin * s->k * s->k;
+    const size_t fl = (size_t)s->n * s->cin * as__conv_frame_len(&g);
+    float *x = malloc(sizeof(float) * xl), *xr = malloc(sizeof(float) * xl);
+    float *y = malloc(sizeof(float) * yl), *w = malloc(sizeof(float) * wl);
+    float *b = malloc(sizeof(float) * s->cout), *fr = malloc(sizeof(float) * (fl + 1));
+    float *ws = malloc(sizeof(float) * as_op_conv_workspace(&og));
+    double *tf = malloc(sizeof(double) * reps), *ti = malloc(sizeof(double) * reps);
+    as__conv_inv *ci = NULL;
+    int rc = -1;
+    if (!x || !xr || !y || !w || !b || !fr || !ws || !tf || !ti)
+        goto out;
+    const double sd = sqrt(2.0 / (s->cin * s->k * s->k));
+    for (size_t i = 0; i < wl; i++) w[i] = (float)(sd * nrand());
+    for (int o = 0; o < s->cout; o++) b[o] = (float)(0.1 * nrand());
+    for (size_t i = 0; i < xl; i++) x[i] = (float)nrand();
+
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_ms();
+        as_op_conv_fwd(&og, x, w, b, y, ws);
+        tf[r] = now_ms() - t0;
+    }
+    double fwd = median(tf, reps);
+    as__conv_frame_extract(&g, s->n, x, fr);
+
+    char why[200] = "";
+    as__conv_inv_cfg cfg = {.cond_max = cond_max, .eps_rel = -1};
+    double cond = NAN, inv = NAN, err = NAN, factor_ms = NAN;
+    size_t cache = 0;
+    int fallback = 0;
+    int crc = as__conv_inv_create(&g, &cfg, &ci, why, sizeof why);
+    if (crc == AS_ENOMEM)
+        goto out;
+    if (crc == 0) {
+        crc = as__conv_inv_prepare(ci, w, 1, &cond, why, sizeof why);
+        if (crc == AS_ENOMEM)
+            goto out;
+        as__conv_inv_stats st;
+        as__conv_inv_get_stats(ci, &st);
+        factor_ms = st.factor_ms;
+        cache = st.cache_bytes;
+    }
+    if (crc == 0) {
+        for (int r = 0; r < reps; r++) {
+            double t0 = now_ms();
+            if (as__conv_inv_prepare(ci, w, 1, NULL, NULL, 0) ||
+                as__conv_inv_restore(ci, s->n, y, b, fr, xr))
+                goto out;
+            ti[r] = now_ms() - t0;
+        }
+        inv = median(ti, reps);
+        as__conv_inv_stats st;
+        as__conv_inv_get_stats(ci, &st);
+        cJSON *ph = cJSON_AddObjectToObject(res, "invert_phases_ms");
+        static const char *const names[] = {"build", "fft", "solve", "ifft", "crop"};
+        for (int i = 0; i < 5; i++)
+            cJSON_AddNumberToObject(ph, names[i], st.phase_ms[i]);
+        if (getenv("AS_BENCH_PHASES"))
+            printf("    phases ms: build %.2f fft %.2f solve %.2f ifft %.2f crop %.2f\n",
+                   st.phase_ms[0], st.phase_ms[1], st.phase_ms[2], st.phase_ms[3], st.phase_ms[4]);
+        double e = 0, m = 0;
+        for (size_t i = 0; i < xl; i++) {
+            e = fmax(e, fabs((double)xr[i] - x[i]));
+            m = fmax(m, fabs((double)x[i]));
+        }
+        err = e / m;
+    } else {
+        fallback = 1;
+    }
+    const double raw = 4.0 * xl, stored = fallback ? raw : 4.0 * fl;
+    cJSON_AddNumberToObject(res, "n", s->n);
+    cJSON_AddNumberToObject(res, "cin", s->cin);
+    cJSON_AddNumberToObject(res, "cout", s->cout);
+    cJSON_AddNumberToObject(res, "h", s->h);
+    cJSON_AddNumberToObject(res, "w", s->h);
+    cJSON_AddNumberToObject(res, "k", s->k);
+    cJSON_AddNumberToObject(res, "pad", s->pad);
+    cJSON_AddNumberToObject(res, "forward_ms", fwd);
+#define NUM_OR_NULL(key, v) \
+    do { if (isfinite(v)) cJSON_AddNumberToObject(res, key, v); else cJSON_AddNullToObject(res, key); } while (0)
+    NUM_OR_NULL("invert_ms", inv);
+    NUM_OR_NULL("ratio", inv / fwd);
+    NUM_OR_NULL("factor_ms", factor_ms);
+    NUM_OR_NULL("max_rel_err", err);
+    NUM_OR_NULL("cond", cond);
+#undef NUM_OR_NULL
+    cJSON_AddBoolToObject(res, "fallback", fallback);
+    if (fallback)
+        cJSON_AddStringToObject(res, "reason", why);
+    cJSON_AddNumberToObject(res, "stored_bytes", stored);
+    cJSON_AddNumberToObject(res, "raw_bytes", raw);
+    cJSON_AddNumberToObject(res, "stored_over_raw", stored / raw);
+    cJSON_AddNumberToObject(res, "factor_cache_bytes", (double)cache);
+    printf("n %2d  %2d->%-2d  %2dx%-2d  k%d p%d  fwd %8.2f ms  inv %8.2f ms  ratio %5.2f  "
+           "factor %8.1f ms  err %.1e  cond %.3g  stored/raw %.3f%s%s\n",
+           s->n, s->cin, s->cout, s->h, s->h, s->k, s->pad, fwd, inv, inv / fwd,
+           factor_ms, err, cond, stored / raw, fallback ? "  FALLBACK: " : "",
+           fallback ? why : "");
+    fflush(stdout);
+    rc = 0;
+out:
+    as__conv_inv_destroy(ci);
+    free(x); free(xr); free(y); free(w); free(b); free(fr); free(ws); free(tf); free(ti);
+    return rc;
+}
+
+int as_bench_conv(int argc, char **argv)
+{
+    const char *json = NULL;
+    int quick = 0;
+    unsigned long long reps = 3, threads = 1;
+    double cond_max = 1e4;
+    for (int i = 1; i < argc; i++) {
+        if (as_cli_is_help(argv[i])) {
+            usage(stdout);
+            return AS_EXIT_OK;
+        } else if (!strcmp(argv[i], "--quick")) {
+            quick = 1;
+        } else if (i + 1 < argc && !strcmp(argv[i], "--json")) {
+            json = argv[++i];
+        } else if (i + 1 < argc && !strcmp(argv[i], "--reps")) {
+            if (as_cli_parse_u64("bench conv", "--reps", argv[++i], &reps) || reps < 1 || reps > 100)
+                return as_cli_usage("bench conv", "--reps: expected 1..100");
+        } else if (i + 1 < argc && !strcmp(argv[i], "--threads")) {
+            if (as_cli_parse_u64("bench conv", "--threads", argv[++i], &threads) || threads > 64)
+                return as_cli_usage("bench conv", "--threads: expected 0..64");
+        } else if (i + 1 < argc && !strcmp(argv[i], "--cond-max")) {
+            if (as_cli_parse_double("bench conv", "--cond-max", argv[++i], &cond_max) || !(cond_max > 1))
+                return as_cli_usage("bench conv", "--cond-max: expected a number > 1");
+        } else {
+            return as_cli_usage("bench conv", "unexpected argument '%s'", argv[i]);
+        }
+    }
+    if (threads)
+        as_op_set_threads((int)threads);
+    shape shapes[64];
+    size_t ns = quick ? quick_shapes(shapes) : default_shapes(shapes, 64);
+    cJSON *root = cJSON_CreateObject(), *arr = NULL;
+    if (!root)
+        return as_cli_fail("bench conv", "out of memory");
+    cJSON_AddStringToObject(root, "bench", "conv");
+    cJSON_AddNumberToObject(root, "threads", (double)threads);
+    cJSON_AddNumberToObject(root, "reps", (double)reps);
+    cJSON_AddNumberToObject(root, "cond_max", cond_max);
+    cJSON_AddStringToObject(root, "blas_core", as_op_blas_core());
+    arr = cJSON_AddArrayToObject(root, "results");
+    double t0 = now_ms();
+    for (size_t i = 0; i < ns; i++) {
+        cJSON *r = cJSON_CreateObject();
+        if (!r || run_shape(&shapes[i], (int)reps, cond_max, r)) {
+            cJSON_Delete(r);
+            cJSON_Delete(root);
+            return as_cli_fail("bench conv", "out of memory at shape %zu", i);
+        }
+        cJSON_AddItemToArray(arr, r);
+    }
+    cJSON_AddNumberToObject(root, "total_s", (now_ms() - t0) / 1e3);
+    int rc = json ? as_cli_write_json("bench conv", json, root) : 0;
+    cJSON_Delete(root);
+    return rc ? AS_EXIT_FAIL : AS_EXIT_OK;
+}

@@ -1,0 +1,487 @@
+/* Softmax codecs: soa against an independent reference, exactness, mass,
+ * masks, wide ranks, gradient cosine, backward / P^T dO from the blob,
+ * specs. The store round trip is in test_softmax_store.c. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "actstore/common.h"
+#include "store/policies/softmax.h"
+
+/* ---- fixed-seed rows ------------------------------------------------------ */
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static void seed(uint64_t s) { rng = s * 0x9e3779b97f4a7c15ull + 1; }
+static double urand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
+}
+static double nrand(void)
+{
+    double u = urand() + 1e-300, v = urand();
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+/* softmax of n Gaussian logits with std sd */
+static void softmax_row(float *y, size_t n, double sd)
+{
+    double mx = -1e300, z = 0.0, t[4096];
+    for (size_t i = 0; i < n; i++) {
+        t[i] = nrand() * sd;
+        if (t[i] > mx)
+            mx = t[i];
+    }
+    for (size_t i = 0; i < n; i++)
+        z += (t[i] = exp(t[i] - mx));
+    for (size_t i = 0; i < n; i++)
+        y[i] = (float)(t[i] / z);
+}
+
+/* ---- the reference: soa written out plainly, full sort ------------------- */
+
+typedef struct { float v; size_t i; } ref_ent;
+static int ref_cmp(const void *a, const void *b)
+{
+    const ref_ent *x = a, *y = b;
+    if (x->v != y->v)
+        return x->v > y->v ? -1 : 1;
+    return x->i < y->i ? -1 : (x->i > y->i);
+}
+
+/* Decoded row of soa:S for the n valid values y (row length L). */
+static void ref_soa(const float *y, size_t n, size_t S, int fullden,
+                    size_t L, float *out)
+{
+    if (n <= 2 * S) {
+        memcpy(out, y, n * sizeof *out);
+        return;
+    }
+    ref_ent *e = malloc(n * sizeof *e);
+    size_t *rank = malloc(n * sizeof *rank);
+    for (size_t i = 0; i < n; i++) {
+        e[i].v = y[i];
+        e[i].i = i;
+    }
+    qsort(e, n, sizeof *e, ref_cmp);
+    for (size_t r = 0; r < n; r++)
+        rank[e[r].i] = r;
+    double h = e[S - 1].v, l = e[n - S].v, g = e[S].v;
+    double den = fullden ? (double)L : (double)(n - 2 * S + 1);
+    float lam = (float)((log((h + 1e-8) / (l + 1e-8)) + 2 * (h - g)) /
+                        ((1 - h) * den));
+    double kept = 0;
+    for (size_t r = 0; r < S; r++)
+        kept += e[r].v + (double)e[n - S + r].v;
+    double target = 1 - kept > 0 ? 1 - kept : 0;
+    double sum = 0;   /* sum of h exp(-lambda j), j = 1..n-2S */
+    for (size_t j = 1; j <= n - 2 * S; j++)
+        sum += h * exp(-(double)lam * (double)j);
+    for (size_t i = 0; i < n; i++) {
+        size_t r = rank[i];
+        if (r < S || r >= n - S)
+            out[i] = y[i];
+        else
+            out[i] = (float)(h * exp(-(double)lam * (double)(r - S + 1)) *
+                             target / sum);
+    }
+    free(e);
+    free(rank);
+}
+
+static as_sm_params P(const char *spec)
+{
+    as_sm_params p;
+    char err[128];
+    assert_int_equal(as_sm_parse(spec, strlen(spec), &p, err, sizeof err,
+                                 NULL), 0);
+    return p;
+}
+
+static void roundtrip_row(const as_sm_params *p, const float *y, size_t n,
+                          size_t L, float *out, size_t *bytes)
+{
+    as_sm_work w;
+    assert_int_equal(as_sm_work_init(&w, L), 0);
+    uint8_t *buf = malloc(as_sm_row_bytes(p, n, L) + 8);
+    size_t b = as_sm_row_encode(p, y, n, L, buf, &w);
+    assert_true(b <= as_sm_row_bytes(p, n, L));
+    assert_int_equal(as_sm_row_decode(p, buf, n, L, out, &w), b);
+    assert_int_equal(as_sm_row_size(p, buf, n, L), b);
+    if (bytes)
+        *bytes = b;
+    free(buf);
+    as_sm_work_free(&w);
+}
+
+/* ---- tests ----------------------------------------------------------------- */
+
+static void test_soa_matches_reference(void **st)
+{
+    (void)st;
+    static const size_t ns[] = {11, 50, 128, 256, 257, 300, 1024};
+    static const double sds[] = {1, 2, 4, 8};
+    float y[1024], a[1024], b[1024];
+    for (int fd = 0; fd < 2; fd++)
+        for (size_t i = 0; i < sizeof ns / sizeof *ns; i++)
+            for (size_t j = 0; j < 4; j++) {
+                seed(100 * i + j + 7);
+                size_t n = ns[i];
+                softmax_row(y, n, sds[j]);
+                as_sm_params p = P(fd ? "soa:5:fullden" : "soa:5");
+                size_t bytes;
+                roundtrip_row(&p, y, n, 1024, a, &bytes);
+                ref_soa(y, n, 5, fd, 1024, b);
+                for (size_t k = 0; k < n; k++)
+                    assert_float_equal(a[k], b[k], 1e-6);
+                assert_int_equal(bytes, 44 + n * (n <= 256 ? 1 : 2));
+            }
+    /* ties and zeros (underflowed entries) order by position */
+    for (size_t k = 0; k < 64; k++)
+        y[k] = k % 3 == 0 ? 0.0f : (k % 3 == 1 ? 1.0f / 64 : 2.0f / 64);
+    as_sm_params p = P("soa:3");
+    roundtrip_row(&p, y, 64, 64, a, NULL);
+    ref_soa(y, 64, 3, 0, 64, b);
+    for (size_t k = 0; k < 64; k++)
+        assert_float_equal(a[k], b[k], 1e-6);
+}
+
+static void test_radix_order_matches_sort(void **st)
+{
+    (void)st;
+    as_sm_work w;
+    assert_int_equal(as_sm_work_init(&w, 2000), 0);
+    float y[2000];
+    uint32_t ord[2000];
+    ref_ent e[2000];
+    for (int t = 0; t < 20; t++) {
+        seed(500 + t);
+        size_t n = 10 + (size_t)(urand() * 1990);
+        softmax_row(y, n, 1 + t % 5);
+        for (size_t i = 0; i < n; i += 7)
+            y[i] = y[(i * 13) % n];          /* ties */
+        as_sm_order_desc(y, n, ord, &w);
+        for (size_t i = 0; i < n; i++) {
+            e[i].v = y[i];
+            e[i].i = i;
+        }
+        qsort(e, n, sizeof *e, ref_cmp);
+        for (size_t i = 0; i < n; i++)
+            assert_int_equal(ord[i], e[i].i);
+    }
+    as_sm_work_free(&w);
+}
+
+static void test_short_rows_exact(void **st)
+{
+    (void)st;
+    float y[10], a[10];
+    as_sm_params p = P("soa:5");
+    for (size_t n = 1; n <= 10; n++) {
+        seed(n);
+        softmax_row(y, n, 3);
+        size_t bytes;
+        roundtrip_row(&p, y, n, 64, a, &bytes);
+        assert_memory_equal(a, y, n * sizeof *y);
+        assert_int_equal(bytes, 4 * n);
+    }
+}
+
+static void test_mass_is_one(void **st)
+{
+    (void)st;
+    static const char *specs[] = {"soa:5", "soa:2:fullden", "solog:4",
+                                  "solog:3", "solog:2", "sotk:16:3",
+                                  "sotk:8:2", "sotk:16:3:0.9", "sotk:4:4"};
+    float y[1024], a[1024];
+    for (size_t s = 0; s < sizeof specs / sizeof *specs; s++) {
+        as_sm_params p = P(specs[s]);
+        for (int t = 0; t < 12; t++) {
+            seed(31 * s + t);
+            size_t n = (size_t[]){13, 50, 128, 256, 300, 1024}[t % 6];
+            softmax_row(y, n, (double[]){1, 2, 4}[t % 3]);
+            roundtrip_row(&p, y, n, 1024, a, NULL);
+            double sum = 0;
+            for (size_t k = 0; k < n; k++) {
+                assert_true(a[k] >= 0.0f);
+                sum += a[k];
+            }
+            assert_float_equal(sum, 1.0, 1e-6);
+        }
+    }
+}
+
+/* rows x L tensor with Gaussian-logit softmax over each row's valid keys */
+static void fill_tensor(float *y, int64_t rows, int64_t L,
+                        const as_sm_layout *lay, double sd)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = y + r * L;
+        size_t n = (size_t)L;
+        if (lay->causal && (size_t)(r % lay->queries) + 1 < n)
+            n = (size_t)(r % lay->queries) + 1;
+        if (lay->valid_len && lay->valid_len[r / lay->rows_per_item] < (int32_t)n)
+            n = (size_t)lay->valid_len[r / lay->rows_per_item];
+        float v[512];
+        size_t m = 0;
+        for (size_t k = 0; k < n; k++)
+            m += !lay->mask || lay->mask[r * L + (int64_t)k];
+        softmax_row(v, m, sd);
+        size_t j = 0;
+        for (int64_t k = 0; k < L; k++) {
+            bool ok = (size_t)k < n && (!lay->mask || lay->mask[r * L + k]);
+            row[k] = ok ? v[j++] : 0.5f;   /* junk at masked positions */
+        }
+    }
+}
+
+static void *encode(const char *spec, const as_sm_layout *lay,
+                    const float *y, size_t *used)
+{
+    as_sm_params p = P(spec);
+    size_t cap = as_sm_encode_bound(&p, lay);
+    assert_true(cap > 0);
+    void *blob = malloc(cap);
+    assert_int_equal(as_sm_encode(&p, lay, y, blob, cap, used), 0);
+    as_sm_info info;
+    assert_int_equal(as_sm_blob_info(blob, *used, &info), 0);
+    assert_int_equal(info.bytes, *used);
+    return blob;
+}
+
+static void test_masks(void **st)
+{
+    (void)st;
+    enum { B = 2, H = 2, T = 40, L = 40, ROWS = B * H * T };
+    static float y[ROWS * L], d[ROWS * L], ref[L];
+    static uint8_t mask[ROWS * L];
+    int32_t vlen[B] = {40, 23};
+    seed(77);
+    for (size_t i = 0; i < sizeof mask; i++)
+        mask[i] = urand() < 0.7;              /* arbitrary, not a prefix */
+    as_sm_layout lays[3] = {
+        {.rows = ROWS, .len = L, .queries = T, .causal = true,
+         .valid_len = vlen, .rows_per_item = H * T},
+        {.rows = ROWS, .len = L, .queries = T, .mask = mask},
+        {.rows = ROWS, .len = L, .queries = T, .causal = true, .mask = mask},
+    };
+    for (int li = 0; li < 3; li++) {
+        const as_sm_layout *lay = &lays[li];
+        fill_tensor(y, ROWS, L, lay, 2.0);
+        size_t used;
+        void *blob = encode("soa:3", lay, y, &used);
+        assert_int_equal(as_sm_decode_rows(blob, 0, ROWS, d), 0);
+        for (int64_t r = 0; r < ROWS; r++) {
+            /* gather the valid entries, run the reference, compare */
+            float v[L];
+            size_t n = 0, pos[L];
+            for (size_t k = 0; k < L; k++) {
+                bool ok = y[r * L + k] != 0.5f;
+                if (ok) {
+                    pos[n] = k;
+                    v[n++] = y[r * L + k];
+                } else {
+                    assert_true(d[r * L + k] == 0.0f);   /* masked: 0 */
+                }
+            }
+            ref_soa(v, n, 3, 0, L, ref);
+            for (size_t j = 0; j < n; j++)
+                assert_float_equal(d[r * L + pos[j]], ref[j], 1e-6);
+        }
+        free(blob);
+    }
+}
+
+static void test_wide_ranks(void **st)
+{
+    (void)st;
+    enum { L = 600 };
+    static float y[L], a[L], b[L];
+    seed(5);
+    softmax_row(y, L, 2);
+    as_sm_params p = P("soa:5");
+    size_t bytes;
+    roundtrip_row(&p, y, L, L, a, &bytes);
+    assert_int_equal(bytes, 44 + 2 * L);      /* u16 ranks */
+    ref_soa(y, L, 5, 0, L, b);
+    for (size_t k = 0; k < L; k++)
+        assert_float_equal(a[k], b[k], 1e-6);
+    /* a rank past 255 must decode to its own decayed value: the entry at
+     * sorted position 400 is not confused with position 400 - 256 */
+    as_sm_work w;
+    assert_int_equal(as_sm_work_init(&w, L), 0);
+    uint32_t ord[L];
+    as_sm_order_desc(y, L, ord, &w);
+    assert_true(a[ord[400]] < a[ord[144]]);
+    as_sm_work_free(&w);
+}
+
+/* mean gradient cosine and relative error over rows of one setting */
+static void grad_quality(const char *spec, size_t n, double sd, int nrows,
+                         double *cosine, double *rel)
+{
+    as_sm_params p = P(spec);
+    float y[1024], a[1024];
+    double cs = 0, re = 0;
+    for (int r = 0; r < nrows; r++) {
+        softmax_row(y, n, sd);
+        roundtrip_row(&p, y, n, n, a, NULL);
+        double dy[1024], d1 = 0, d2 = 0, ab = 0, aa = 0, bb = 0, ee = 0;
+        for (size_t i = 0; i < n; i++) {
+            dy[i] = nrand();
+            d1 += dy[i] * y[i];
+            d2 += dy[i] * a[i];
+        }
+        for (size_t i = 0; i < n; i++) {
+            double g = y[i] * (dy[i] - d1), h = a[i] * (dy[i] - d2);
+            ab += g * h;
+            aa += g * g;
+            bb += h * h;
+            ee += (g - h) * (g - h);
+        }
+        cs += ab / sqrt(aa * bb);
+        re += sqrt(ee / aa);
+    }
+    *cosine = cs / nrows;
+    *rel = re / nrows;
+}
+
+static void test_gradient_cosine(void **st)
+{
+    (void)st;
+    static const struct { const char *spec; double min_cos; } want[] = {
+        {"soa:5", 0.93}, {"solog:4", 0.985}, {"sotk:16:3", 0.993},
+        {"sotk:8:2", 0.99}, {"fp16", 0.99999},
+    };
+    static const size_t ns[] = {50, 128, 256, 1024};
+    static const double sds[] = {1, 2, 4};
+    for (size_t s = 0; s < sizeof want / sizeof *want; s++)
+        for (size_t i = 0; i < 4; i++)
+            for (size_t j = 0; j < 3; j++) {
+                seed(1000 + 10 * i + j);
+                double c, r;
+                grad_quality(want[s].spec, ns[i], sds[j], 20, &c, &r);
+                if (c < want[s].min_cos)
+                    fail_msg("%s n=%zu std=%g: cosine %.5f < %.3f",
+                             want[s].spec, ns[i], sds[j], c,
+                             want[s].min_cos);
+            }
+}
+
+static void test_backward_and_ptmatmul(void **st)
+{
+    (void)st;
+    enum { B = 2, H = 3, T = 33, L = 33, ROWS = B * H * T, D = 5 };
+    static float y[ROWS * L], dec[ROWS * L], dy[ROWS * L], dx[ROWS * L],
+        part[ROWS * L], dout[T * D], dv[L * D], dvref[L * D];
+    int32_t vlen[B] = {33, 20};
+    as_sm_layout lay = {.rows = ROWS, .len = L, .queries = T, .causal = true,
+                        .valid_len = vlen, .rows_per_item = H * T};
+    static const char *specs[] = {"keep", "fp16", "soa:4", "solog:4",
+                                  "sotk:8:3:0.95"};
+    seed(9);
+    fill_tensor(y, ROWS, L, &lay, 3.0);
+    for (size_t i = 0; i < ROWS * L; i++)
+        dy[i] = (float)nrand();
+    for (size_t i = 0; i < T * D; i++)
+        dout[i] = (float)nrand();
+    for (size_t s = 0; s < sizeof specs / sizeof *specs; s++) {
+        size_t used;
+        void *blob = encode(specs[s], &lay, y, &used);
+        assert_int_equal(as_sm_decode_rows(blob, 0, ROWS, dec), 0);
+        /* row ranges that start inside a block decode the same */
+        assert_int_equal(as_sm_decode_rows(blob, 47, 60, part), 0);
+        assert_memory_equal(part, dec + 47 * L, 60 * L * sizeof(float));
+        assert_int_equal(as_sm_decode_rows(blob, ROWS - 1, 2, part),
+                         AS_EINVAL);
+        assert_int_equal(as_sm_backward_rows(blob, 0, ROWS, dy, dx), 0);
+        for (int64_t r = 0; r < ROWS; r++) {
+            double dot = 0;
+            for (int k = 0; k < L; k++)
+                dot += (double)dy[r * L + k] * dec[r * L + k];
+            for (int k = 0; k < L; k++)
+                assert_float_equal(dx[r * L + k],
+                    dec[r * L + k] * (dy[r * L + k] - dot), 1e-6);
+        }
+        memcpy(part, dy, sizeof dy);          /* in place: dx == dy */
+        assert_int_equal(as_sm_backward_rows(blob, 0, ROWS, part, part), 0);
+        assert_memory_equal(part, dx, sizeof dx);
+        for (int64_t blk = 0; blk < B * H; blk += 5) {
+            memset(dv, 0, sizeof dv);
+            memset(dvref, 0, sizeof dvref);
+            assert_int_equal(as_sm_pt_matmul(blob, blk, dout, D, dv), 0);
+            for (int q = 0; q < T; q++)
+                for (int k = 0; k < L; k++)
+                    for (int c = 0; c < D; c++)
+                        dvref[k * D + c] +=
+                            dec[(blk * T + q) * L + k] * dout[q * D + c];
+            for (int i = 0; i < L * D; i++)
+                assert_float_equal(dv[i], dvref[i], 1e-5);
+        }
+        if (strcmp(specs[s], "keep"))
+            assert_true(used < ROWS * L * sizeof(float));
+        free(blob);
+    }
+}
+
+static void test_specs(void **st)
+{
+    (void)st;
+    static const struct { const char *in, *out; } ok[] = {
+        {"soa", "soa:5"}, {"soa:5", "soa:5"}, {"soa:7:fullden", "soa:7:fullden"},
+        {"solog", "solog:4"}, {"solog:2", "solog:2"}, {"sotk", "sotk:16:3"},
+        {"sotk:8:2", "sotk:8:2"}, {"sotk:16:3:0.9", "sotk:16:3:0.9"},
+        {"keep", "keep"}, {"fp16", "fp16"},
+    };
+    char buf[64], err[128];
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        as_sm_params p = P(ok[i].in);
+        assert_string_equal(as_sm_format(&p, buf, sizeof buf), ok[i].out);
+    }
+    static const struct { const char *in; size_t off; const char *msg; } bad[] = {
+        {"soa:0", 4, "S, an integer 1..128"}, {"soa:5:x", 6, "'fullden' or end"},
+        {"solog:5", 6, "bits, 2..4"}, {"sotk:16:3:1.5", 10, "mass P"},
+        {"zzz", 0, "softmax codec"}, {"soa:2.5", 4, "S, an integer"},
+        {"keep:1", 5, "no arguments"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        as_sm_params p;
+        size_t off = 999;
+        assert_int_equal(as_sm_parse(bad[i].in, strlen(bad[i].in), &p, err,
+                                     sizeof err, &off), AS_ESPEC);
+        assert_int_equal(off, bad[i].off);
+        assert_non_null(strstr(err, bad[i].msg));
+    }
+    /* bad layouts and corrupt blobs */
+    as_sm_params p = P("soa:5");
+    as_sm_layout lay = {.rows = 10, .len = 8, .queries = 3};
+    assert_int_equal(as_sm_encode_bound(&p, &lay), 0);
+    uint64_t junk[16] = {0};
+    as_sm_info info;
+    assert_int_equal(as_sm_blob_info(junk, sizeof junk, &info), AS_ECORRUPT);
+    assert_int_equal(as_sm_decode_rows(junk, 0, 1, (float *)junk),
+                     AS_ECORRUPT);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_soa_matches_reference),
+        cmocka_unit_test(test_radix_order_matches_sort),
+        cmocka_unit_test(test_short_rows_exact),
+        cmocka_unit_test(test_mass_is_one),
+        cmocka_unit_test(test_masks),
+        cmocka_unit_test(test_wide_ranks),
+        cmocka_unit_test(test_gradient_cosine),
+        cmocka_unit_test(test_backward_and_ptmatmul),
+        cmocka_unit_test(test_specs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
