@@ -23,6 +23,9 @@ install(FILES ${CMAKE_CURRENT_BINARY_DIR}/actstoreConfig.cmake
               ${CMAKE_CURRENT_BINARY_DIR}/actstoreConfigVersion.cmake
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/actstore)
 
+# Path from <prefix>/<libdir>/pkgconfig back up to <prefix>.
+file(RELATIVE_PATH AS_PC_TO_PREFIX "/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/")
+string(REGEX REPLACE "/$" "" AS_PC_TO_PREFIX "${AS_PC_TO_PREFIX}")
 configure_file(cmake/actstore.pc.in ${CMAKE_CURRENT_BINARY_DIR}/actstore.pc @ONLY)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/actstore.pc
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
