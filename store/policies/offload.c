@@ -72,7 +72,7 @@ typedef struct off_item {
     int        readers;     /* copying from staging right now */
     as_block   rbuf;        /* prefetched, verified data */
     int        rrc;         /* result of the prefetch read */
-    char       rmsg[160];
+    char       rmsg[320];
     struct off_item *next;  /* queue link */
 } off_item;
 
@@ -178,7 +178,7 @@ static int file_read(const off_item *it, uint64_t expect, void *buf, char *msg,
 {
     int fd = open(it->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        snprintf(msg, msglen, "offload file %s: %s", it->path, strerror(errno));
+        snprintf(msg, msglen, "offload file %.200s: %s", it->path, strerror(errno));
         return AS_EIO;
     }
     int rc = 0;
@@ -186,10 +186,10 @@ static int file_read(const off_item *it, uint64_t expect, void *buf, char *msg,
     uint8_t h[OFF_HDR];
     int e = fstat(fd, &st) ? errno : read_all(fd, h, OFF_HDR, 0);
     if (e > 0) {
-        snprintf(msg, msglen, "offload file %s: %s", it->path, strerror(e));
+        snprintf(msg, msglen, "offload file %.200s: %s", it->path, strerror(e));
         rc = AS_EIO;
     } else if (e < 0 || (uint64_t)st.st_size != OFF_HDR + it->bytes) {
-        snprintf(msg, msglen, "offload file %s truncated or resized: %lld "
+        snprintf(msg, msglen, "offload file %.200s truncated or resized: %lld "
                  "bytes, expected %llu", it->path, (long long)st.st_size,
                  (unsigned long long)(OFF_HDR + it->bytes));
         rc = AS_ECORRUPT;
@@ -197,14 +197,14 @@ static int file_read(const off_item *it, uint64_t expect, void *buf, char *msg,
                get_u32(h + 12) != OFF_HDR || get_u64(h + 16) != it->bytes ||
                get_u64(h + 32) != it->handle ||
                get_u64(h + 40) != as__hash64(h, 40)) {
-        snprintf(msg, msglen, "offload file %s: bad header", it->path);
+        snprintf(msg, msglen, "offload file %.200s: bad header", it->path);
         rc = AS_ECORRUPT;
     } else if ((e = read_all(fd, buf, it->bytes, OFF_HDR)) != 0) {
-        snprintf(msg, msglen, "offload file %s: %s", it->path,
+        snprintf(msg, msglen, "offload file %.200s: %s", it->path,
                  e > 0 ? strerror(e) : "truncated");
         rc = e > 0 ? AS_EIO : AS_ECORRUPT;
     } else if (get_u64(h + 24) != expect || as__hash64(buf, it->bytes) != expect) {
-        snprintf(msg, msglen, "offload file %s: checksum mismatch (modified)",
+        snprintf(msg, msglen, "offload file %.200s: checksum mismatch (modified)",
                  it->path);
         rc = AS_ECORRUPT;
     }
@@ -248,7 +248,7 @@ static void do_read(off_item *it)
     pthread_mutex_lock(&io.mu);
     uint64_t expect = it->hash;
     pthread_mutex_unlock(&io.mu);
-    char msg[160] = "";
+    char msg[320] = "";
     int rc = file_read(it, expect, it->rbuf.ptr, msg, sizeof msg);
     pthread_mutex_lock(&io.mu);
     it->rrc = rc;
@@ -467,7 +467,7 @@ static int off_decode(as_pctx *ctx, const void *params, void *state,
     if (it->rjob == JOB_DONE) {   /* prefetched */
         as_block b = it->rbuf;
         rc = it->rrc;
-        char msg[160];
+        char msg[320];
         snprintf(msg, sizeof msg, "%s", it->rmsg);
         memset(&it->rbuf, 0, sizeof it->rbuf);
         it->rjob = JOB_NONE;
@@ -485,7 +485,7 @@ static int off_decode(as_pctx *ctx, const void *params, void *state,
     rc = as_pctx_scratch(ctx, it->bytes ? it->bytes : 1, &buf);
     if (rc)
         return rc;
-    char msg[160];
+    char msg[320];
     rc = file_read(it, expect, buf, msg, sizeof msg);
     if (rc)
         as_pctx_errorf(ctx, "%s; nothing restored", msg);
