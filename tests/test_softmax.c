@@ -346,7 +346,9 @@ static void grad_quality(const char *spec, size_t n, double sd, int nrows,
             bb += h * h;
             ee += (g - h) * (g - h);
         }
-        cs += ab / sqrt(aa * bb);
+        /* a decoded row whose gradient vanishes (one-hot) counts as 0,
+         * never as NaN (which would pass any threshold comparison) */
+        cs += bb > 0 ? ab / sqrt(aa * bb) : 0.0;
         re += sqrt(ee / aa);
     }
     *cosine = cs / nrows;
@@ -357,8 +359,10 @@ static void test_gradient_cosine(void **st)
 {
     (void)st;
     static const struct { const char *spec; double min_cos; } want[] = {
-        {"soa:5", 0.93}, {"solog:4", 0.985}, {"sotk:16:3", 0.993},
-        {"sotk:8:2", 0.99}, {"fp16", 0.99999},
+        /* about the worst setting measured on 200 fresh-seed rows per
+         * setting (docs/policies.md), less a small margin */
+        {"soa:5", 0.95}, {"solog:4", 0.99}, {"sotk:16:3", 0.993},
+        {"sotk:8:2", 0.985}, {"fp16", 0.9999},
     };
     static const size_t ns[] = {50, 128, 256, 1024};
     static const double sds[] = {1, 2, 4};
@@ -368,7 +372,7 @@ static void test_gradient_cosine(void **st)
                 seed(1000 + 10 * i + j);
                 double c, r;
                 grad_quality(want[s].spec, ns[i], sds[j], 20, &c, &r);
-                if (c < want[s].min_cos)
+                if (!(c >= want[s].min_cos))
                     fail_msg("%s n=%zu std=%g: cosine %.5f < %.3f",
                              want[s].spec, ns[i], sds[j], c,
                              want[s].min_cos);
