@@ -1,9 +1,315 @@
-/* actstore train — placeholder until its issue lands; replaced by the owner. */
+/*
+ * actstore train — train a reference model (layers/) with every saved
+ * tensor going through the activation store under a policy, and report
+ * loss, evaluation, memory and time.
+ *
+ *   actstore train --model cnn|vit|lm --policy SPEC [--preset small|bench]
+ *                  [--steps N | --epochs E] [--batch B] [--lr X] [--seed S]
+ *                  [--threads T] [--json FILE] [--serve ADDR]
+ *
+ * The command creates the store itself (so a service can watch it: --serve)
+ * and hands it to the run (as_nn_train_opts.store).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "actstore/service.h"
 #include "cli.h"
+#include "client/client.h"
+#include "layers/data.h"
+#include "layers/train.h"
+
+static const char *const usage_text =
+    "usage: actstore train --model cnn|vit|lm --policy SPEC [options]\n"
+    "\n"
+    "Train a reference model; every tensor saved for backward goes through\n"
+    "the activation store under the policy SPEC (e.g. \"default=keep\",\n"
+    "\"softmax=soa:5; default=keep\", \"conv_input=invert|keep; default=keep\").\n"
+    "\n"
+    "options:\n"
+    "  --model M        cnn or vit (Fashion-MNIST), lm (fortunes text)\n"
+    "  --policy SPEC    store policy rules (required)\n"
+    "  --preset P       small (seconds, default) or bench (reported figures)\n"
+    "  --steps N        train N steps (overrides the preset's length)\n"
+    "  --epochs E       train E epochs instead (may be fractional)\n"
+    "  --batch B        batch size (images, or text windows)\n"
+    "  --lr X           peak learning rate\n"
+    "  --seed S         seed of initialisation, data order, dropout (default 1)\n"
+    "  --threads T      OpenBLAS threads (default: OpenBLAS's choice)\n"
+    "  --eval-every N   also evaluate every N steps (eval_curve in the JSON)\n"
+    "  --data-dir DIR   Fashion-MNIST directory (default " AS_NN_FMNIST_DIR ")\n"
+    "  --text-dir DIR   fortunes directory (default " AS_NN_FORTUNES_DIR ")\n"
+    "  --json FILE      write results as JSON (\"-\" = stdout)\n"
+    "  --serve ADDR     serve the dashboard and /metrics on ADDR while training\n"
+    "  --serve-remote   allow --serve on a non-loopback address\n"
+    "  --quiet          no progress output\n"
+    "\n"
+    "Same model, preset, policy, seed and threads give the same loss sequence\n"
+    "bit for bit. Exit status: 0 ok, 1 failure, 2 usage.\n";
+
+typedef struct prog {
+    bool   tty, quiet;
+    double last_t;
+    long   last_step;
+    long   every;
+} prog;
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Progress goes to stderr (stdout may carry --json -): a bar when stderr
+ * is a terminal, plain lines otherwise. */
+static bool isatty_stderr(void)
+{
+    const char *t = getenv("TERM");
+    return isatty(2) && !(t && !strcmp(t, "dumb"));
+}
+
+static void on_progress(void *ud, const as_nn_progress *p)
+{
+    prog *g = ud;
+    if (g->quiet)
+        return;
+    char live[32], st[32];
+    if (p->eval) {
+        if (g->tty)
+            fprintf(stderr, "\r\033[Kevaluating...");
+        else
+            fprintf(stderr, "evaluating\n");
+        fflush(stderr);
+        return;
+    }
+    as_cli_human_bytes((double)p->arena_live, live, sizeof live);
+    as_cli_human_bytes((double)p->saved_stored, st, sizeof st);
+    if (g->tty) {
+        double t = mono_s();
+        if (p->step != p->steps && t - g->last_t < 0.1)
+            return;
+        g->last_t = t;
+        const int W = 24;
+        int fill = p->steps ? (int)((double)W * p->step / p->steps) : 0;
+        char bar[32];
+        for (int i = 0; i < W; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[W] = 0;
+        fprintf(stderr, "\r\033[K[%s] step %ld/%ld  loss %.4f  %.0f samples/s  "
+                "arena %s  saved %s", bar, p->step, p->steps, p->loss,
+                p->samples_per_s, live, st);
+        if (p->step == p->steps)
+            fputc('\n', stderr);
+        fflush(stderr);
+        return;
+    }
+    if (p->step % g->every == 0 || p->step == p->steps || p->step == 1)
+        fprintf(stderr, "step %ld/%ld loss %.4f samples/s %.0f arena %s saved %s\n",
+                p->step, p->steps, p->loss, p->samples_per_s, live, st);
+}
+
+static cJSON *result_json(const as_nn_preset *p, const char *policy,
+                          unsigned long long seed, int threads,
+                          const as_nn_train_result *r)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "model", p->model);
+    cJSON_AddStringToObject(j, "preset", p->name);
+    cJSON_AddStringToObject(j, "policy", policy);
+    cJSON_AddNumberToObject(j, "seed", (double)seed);
+    cJSON_AddNumberToObject(j, "threads", threads);
+    cJSON_AddNumberToObject(j, "batch", p->batch);
+    cJSON_AddNumberToObject(j, "lr", p->lr);
+    cJSON_AddNumberToObject(j, "steps", (double)r->steps);
+    cJSON_AddNumberToObject(j, "params", (double)r->params);
+    cJSON_AddStringToObject(j, "blas_core", r->blas_core);
+    cJSON *lc = cJSON_AddArrayToObject(j, "loss_curve");
+    for (long s = 0; s < r->steps; s++) {
+        cJSON *pt = cJSON_CreateArray();
+        cJSON_AddItemToArray(pt, cJSON_CreateNumber((double)(s + 1)));
+        cJSON_AddItemToArray(pt, cJSON_CreateNumber(r->loss[s]));
+        cJSON_AddItemToArray(lc, pt);
+    }
+    cJSON_AddNumberToObject(j, "final_train_loss", r->final_train_loss);
+    cJSON *ev = cJSON_AddObjectToObject(j, "eval");
+    if (r->eval_accuracy >= 0)
+        cJSON_AddNumberToObject(ev, "accuracy", r->eval_accuracy);
+    cJSON_AddNumberToObject(ev, "loss", r->eval_loss);
+    cJSON_AddNumberToObject(ev, "samples", (double)r->eval_samples);
+    cJSON_AddStringToObject(ev, "on", strcmp(p->model, "lm") ? "test set"
+                                                             : "held-out text");
+    if (r->neval) {
+        cJSON *ec = cJSON_AddArrayToObject(j, "eval_curve");
+        for (long i = 0; i < r->neval; i++) {
+            const double *e = r->eval_curve + 3 * i;
+            cJSON *pt = cJSON_CreateArray();
+            cJSON_AddItemToArray(pt, cJSON_CreateNumber(e[0]));
+            cJSON_AddItemToArray(pt, cJSON_CreateNumber(e[e[1] >= 0 ? 1 : 2]));
+            cJSON_AddItemToArray(ec, pt);
+        }
+    }
+    cJSON *m = cJSON_AddObjectToObject(j, "memory");
+    cJSON_AddNumberToObject(m, "saved_stored_peak_bytes", (double)r->saved_stored_peak);
+    cJSON_AddNumberToObject(m, "saved_raw_peak_bytes", (double)r->saved_raw_peak);
+    cJSON *bk = cJSON_AddObjectToObject(m, "by_kind");
+    for (int k = 0; k < AS_KIND_COUNT; k++) {
+        if (!r->by_kind[k].raw_peak && !r->by_kind[k].stored_peak)
+            continue;
+        cJSON *o = cJSON_AddObjectToObject(bk, as_kind_name(k));
+        cJSON_AddNumberToObject(o, "stored_peak_bytes", (double)r->by_kind[k].stored_peak);
+        cJSON_AddNumberToObject(o, "raw_peak_bytes", (double)r->by_kind[k].raw_peak);
+    }
+    cJSON_AddNumberToObject(m, "arena_peak_bytes", (double)r->arena_peak);
+    cJSON_AddNumberToObject(m, "rss_peak_bytes", (double)r->rss_peak);
+    static const char *const tags[AS_TAG_FIXED_COUNT] = {
+        "weights", "gradients", "optimizer", "activations", "saved",
+        "workspace", "service", "other"};
+    cJSON *tp = cJSON_AddObjectToObject(m, "tag_peak_bytes");
+    for (int t = 0; t < AS_TAG_FIXED_COUNT; t++)
+        cJSON_AddNumberToObject(tp, tags[t], (double)r->tag_peak[t]);
+    cJSON_AddNumberToObject(m, "fallbacks", (double)r->fallbacks);
+    cJSON *tm = cJSON_AddObjectToObject(j, "time");
+    cJSON_AddNumberToObject(tm, "step_ms_median", r->step_ms_median);
+    cJSON_AddNumberToObject(tm, "total_s", r->total_s);
+    cJSON_AddNumberToObject(tm, "eval_s", r->eval_s);
+    return j;
+}
 
 int as_cmd_train(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    return as_cli_fail("train", "not available in this build yet");
+    const char *model = NULL, *policy = NULL, *preset = "small", *json = NULL;
+    const char *serve = NULL, *data_dir = NULL, *text_dir = NULL;
+    bool serve_remote = false, quiet = false;
+    unsigned long long steps = 0, batch = 0, seed = 1, threads = 0, evev = 0;
+    double epochs = 0, lr = 0;
+    bool have_steps = false, have_epochs = false, have_lr = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (as_cli_is_help(a)) {
+            fputs(usage_text, stdout);
+            return AS_EXIT_OK;
+        }
+        if (!strcmp(a, "--serve-remote")) {
+            serve_remote = true;
+            continue;
+        }
+        if (!strcmp(a, "--quiet")) {
+            quiet = true;
+            continue;
+        }
+        if (strncmp(a, "--", 2))
+            return as_cli_usage("train", "unexpected argument '%s'", a);
+        if (i + 1 >= argc)
+            return as_cli_usage("train", "%s needs a value", a);
+        const char *v = argv[++i];
+        int bad = 0;
+        if (!strcmp(a, "--model")) model = v;
+        else if (!strcmp(a, "--policy")) policy = v;
+        else if (!strcmp(a, "--preset")) preset = v;
+        else if (!strcmp(a, "--json")) json = v;
+        else if (!strcmp(a, "--serve")) serve = v;
+        else if (!strcmp(a, "--data-dir")) data_dir = v;
+        else if (!strcmp(a, "--text-dir")) text_dir = v;
+        else if (!strcmp(a, "--steps")) { bad = as_cli_parse_u64("train", a, v, &steps); have_steps = true; }
+        else if (!strcmp(a, "--epochs")) { bad = as_cli_parse_double("train", a, v, &epochs); have_epochs = true; }
+        else if (!strcmp(a, "--batch")) bad = as_cli_parse_u64("train", a, v, &batch);
+        else if (!strcmp(a, "--lr")) { bad = as_cli_parse_double("train", a, v, &lr); have_lr = true; }
+        else if (!strcmp(a, "--seed")) bad = as_cli_parse_u64("train", a, v, &seed);
+        else if (!strcmp(a, "--threads")) bad = as_cli_parse_u64("train", a, v, &threads);
+        else if (!strcmp(a, "--eval-every")) bad = as_cli_parse_u64("train", a, v, &evev);
+        else return as_cli_usage("train", "unknown option '%s'", a);
+        if (bad)
+            return AS_EXIT_USAGE;
+    }
+    if (!model)
+        return as_cli_usage("train", "--model is required (cnn, vit or lm)");
+    if (!policy)
+        return as_cli_usage("train", "--policy is required (e.g. --policy default=keep)");
+    if (have_steps && have_epochs)
+        return as_cli_usage("train", "give --steps or --epochs, not both");
+    if (have_steps && (steps < 1 || steps > 100000000ull))
+        return as_cli_usage("train", "--steps %llu out of range 1..100000000", steps);
+    if (have_epochs && !(epochs > 0 && epochs <= 1000))
+        return as_cli_usage("train", "--epochs %g out of range (0, 1000]", epochs);
+    if (batch > 65536)
+        return as_cli_usage("train", "--batch %llu out of range 1..65536", batch);
+    if (have_lr && !(lr > 0 && lr < 100))
+        return as_cli_usage("train", "--lr %g out of range (0, 100)", lr);
+    if (threads > 256)
+        return as_cli_usage("train", "--threads %llu out of range 0..256", threads);
+    as_nn_preset p;
+    if (strcmp(model, "cnn") && strcmp(model, "vit") && strcmp(model, "lm"))
+        return as_cli_usage("train", "unknown model '%s' (cnn, vit, lm)", model);
+    if (as_nn_preset_get(model, preset, &p))
+        return as_cli_usage("train", "unknown preset '%s' (small, bench)", preset);
+    char err[768] = "";
+    if (as_policy_check(policy, err, sizeof err))
+        return as_cli_usage("train", "--policy: %s", err);
+    if (have_steps) {
+        p.steps = (long)steps;
+        p.epochs = 0;
+    }
+    if (have_epochs) {
+        p.steps = 0;
+        p.epochs = epochs;
+    }
+    if (batch)
+        p.batch = (int)batch;
+    if (have_lr)
+        p.lr = (float)lr;
+
+    /* The command owns the store so that a service can watch it. */
+    as_store *store = NULL;
+    as_store_config cfg = {.policy = policy, .label = "train",
+                           .sampler_hz = serve ? 10 : 0};
+    int rc = as_store_create(&cfg, &store, err, sizeof err);
+    if (rc)
+        return as_cli_fail("train", "creating the store: %s", err);
+    as_service *svc = NULL;
+    if (serve && as_client_serve("train", serve, serve_remote, &store, NULL, 1, &svc)) {
+        as_store_destroy(store);
+        return AS_EXIT_FAIL;
+    }
+    prog g = {.tty = isatty_stderr(), .quiet = quiet, .every = 50};
+    as_nn_train_opts o = {.policy = NULL, .seed = seed, .threads = (int)threads,
+                          .data_dir = data_dir, .text_dir = text_dir,
+                          .progress = on_progress, .progress_ud = &g,
+                          .store = store, .eval_every = (int)evev};
+    as_nn_train_result r;
+    rc = as_nn_train(&p, &o, &r, err, sizeof err);
+    as_service_stop(svc);
+    as_store_destroy(store);
+    if (rc)
+        return as_cli_fail("train", "%s", err);
+    if (!quiet) {
+        char a[32], b[32], c[32];
+        as_cli_human_bytes((double)r.saved_stored_peak, a, sizeof a);
+        as_cli_human_bytes((double)r.saved_raw_peak, b, sizeof b);
+        as_cli_human_bytes((double)r.arena_peak, c, sizeof c);
+        fprintf(stderr, "%s/%s policy \"%s\" seed %llu: %ld steps, final train "
+                "loss %.4f, ", p.model, p.name, policy, seed, r.steps,
+                r.final_train_loss);
+        if (r.eval_accuracy >= 0)
+            fprintf(stderr, "test accuracy %.2f%% (%ld images), ",
+                    100 * r.eval_accuracy, r.eval_samples);
+        else
+            fprintf(stderr, "held-out loss %.4f nats/char (%ld chars), ",
+                    r.eval_loss, r.eval_samples);
+        fprintf(stderr, "saved peak %s of %s raw, arena peak %s, %.1f ms/step, "
+                "%.1f s\n", a, b, c, r.step_ms_median, r.total_s);
+    }
+    rc = AS_EXIT_OK;
+    if (json) {
+        cJSON *j = result_json(&p, policy, seed, (int)threads, &r);
+        if (as_cli_write_json("train", json, j))
+            rc = AS_EXIT_FAIL;
+        cJSON_Delete(j);
+    }
+    as_nn_train_result_free(&r);
+    return rc;
 }

@@ -21,10 +21,19 @@ typedef struct as_nn_batch {
     const int32_t *tgt;    /* text (B, T) next tokens */
 } as_nn_batch;
 
+/* Non-trained model state that a copy of the model must carry (BatchNorm
+ * running statistics). Pointers into the model's own blocks. */
+typedef struct as_nn_buf {
+    float *p;
+    size_t n;
+} as_nn_buf;
+
 typedef struct as_nn_model as_nn_model;
 struct as_nn_model {
     const char  *kind;     /* "cnn", "vit", "lm" */
     as_nn_params params;
+    as_nn_buf   *bufs;     /* nbufs entries (malloc), may be NULL */
+    size_t       nbufs;
     int (*forward)(as_nn_model *m, as_nn_ctx *c, const as_nn_batch *b,
                    double *loss, int *ncorrect);
     int (*backward)(as_nn_model *m, as_nn_ctx *c);

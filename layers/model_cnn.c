@@ -68,7 +68,7 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
             as_nn_free(c, &cur);
             if (m->cfg.batchnorm) {
                 TRY(act_alloc(c, n, m->bn[li].id, &z));
-                TRY(as_nn_bnorm_fwd(c, &m->bn[li], N, H * H, AS_NN_F(y),
+                TRY(as_nn_bnorm_fwd(c, &m->bn[li], N, H, H, AS_NN_F(y),
                                     m->conv[li].hy, AS_NN_F(z)));
                 as_nn_free(c, &y);
                 y = z;
@@ -157,6 +157,7 @@ static void cnn_destroy(as_nn_model *m_, as_nn_ctx *c)
     for (int i = 0; i < m->nconv; i++)
         as_nn_bnorm_fini(c, &m->bn[i]);
     as_nn_params_free(c, &m->base.params);
+    free(m->base.bufs);
     free(m);
 }
 
@@ -208,6 +209,19 @@ int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
     TRY(as_nn_linear_init(c, &m->base.params, &m->head, "head", m->feat, 10,
                           true, &rng));
     as_nn_xent_init(c, &m->loss, "loss");
+    if (cfg->batchnorm) {
+        m->base.bufs = calloc((size_t)2 * m->nconv, sizeof *m->base.bufs);
+        if (!m->base.bufs) {
+            rc = as_nn_fail(c, AS_ENOMEM, "cnn: buffer list");
+            goto out;
+        }
+        for (int i = 0; i < m->nconv; i++) {
+            m->base.bufs[m->base.nbufs++] =
+                (as_nn_buf){AS_NN_F(m->bn[i].run_mean), (size_t)m->bn[i].C};
+            m->base.bufs[m->base.nbufs++] =
+                (as_nn_buf){AS_NN_F(m->bn[i].run_var), (size_t)m->bn[i].C};
+        }
+    }
 out:
     if (rc) {
         cnn_destroy(&m->base, c);

@@ -174,7 +174,9 @@ typedef struct as_nn_bnorm {
 int as_nn_bnorm_init(as_nn_ctx *c, as_nn_params *ps, as_nn_bnorm *l,
                      const char *name, int C);
 void as_nn_bnorm_fini(as_nn_ctx *c, as_nn_bnorm *l);
-int as_nn_bnorm_fwd(as_nn_ctx *c, as_nn_bnorm *l, int N, int HW,
+/* x (N, C, H, W); x_saved: handle of x saved by its producer (the conv
+ * output) or null; the saved norm input then aliases it (same shape). */
+int as_nn_bnorm_fwd(as_nn_ctx *c, as_nn_bnorm *l, int N, int H, int W,
                     const float *x, as_handle x_saved, float *y);
 int as_nn_bnorm_bwd(as_nn_ctx *c, as_nn_bnorm *l, const float *dy, float *dx);
 

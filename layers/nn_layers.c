@@ -171,9 +171,10 @@ void as_nn_bnorm_fini(as_nn_ctx *c, as_nn_bnorm *l)
     as_nn_free(c, &l->run_var);
 }
 
-int as_nn_bnorm_fwd(as_nn_ctx *c, as_nn_bnorm *l, int N, int HW,
+int as_nn_bnorm_fwd(as_nn_ctx *c, as_nn_bnorm *l, int N, int H, int W,
                     const float *x, as_handle x_saved, float *y)
 {
+    const int HW = H * W;
     l->N = N;
     l->HW = HW;
     float stat[2 * 1024];
@@ -185,7 +186,7 @@ int as_nn_bnorm_fwd(as_nn_ctx *c, as_nn_bnorm *l, int N, int HW,
                         stat + l->C, y);
     as_save_info info = {.kind = AS_KIND_NORM_INPUT, .layer = l->name,
                          .alias_of = x_saved};
-    as_tensor t = AS_NN_T(x, AS_F32, N, l->C, HW);
+    as_tensor t = AS_NN_T(x, AS_F32, N, l->C, H, W);
     TRY(as_nn_save(c, &info, &t, &l->hx));
     as_save_info si = {.kind = AS_KIND_GENERIC, .layer = l->name};
     as_tensor st = AS_NN_T(stat, AS_F32, 2, l->C);

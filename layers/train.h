@@ -1,13 +1,32 @@
 /*
- * Training runs of the reference framework: presets, the loop, evaluation
- * and the measurements `actstore train` reports.
+ * Training runs of the reference framework: presets, a step-wise run
+ * object, the whole-run loop, evaluation and the measurements
+ * `actstore train` reports.
  *
  * Presets (documented in docs/training.md):
  *   small — a few seconds, for tests;
  *   bench — the configuration behind every reported figure.
- * A run is bit-for-bit deterministic for a fixed (model, preset, policy,
- * seed, threads): data order, initialisation and dropout come from the
- * seed, and no kernel depends on timing.
+ *
+ * Two levels of API:
+ *   as_nn_run_*  — one run = one store + model + optimizer + data order.
+ *                  Step by step; gradients can be computed on any batch of
+ *                  the run's data order without updating; weights can be
+ *                  copied between runs (A/B arms, exact-gradient references).
+ *   as_nn_train  — a whole run (steps, progress, final evaluation, memory
+ *                  and time figures), built on as_nn_run_*.
+ *
+ * Determinism: a run is bit-for-bit deterministic for a fixed (model,
+ * preset, policy, seed, threads). Initialisation, data order and dropout
+ * are pure functions of the seed and the batch index: batch k of two runs
+ * with the same seed holds the same samples, and its dropout masks are the
+ * same, whatever else the runs did before. No kernel depends on timing.
+ *
+ * Thread-safety: a run is used by one thread at a time. OpenBLAS's thread
+ * count is process-wide (as_op_set_threads), so runs created with different
+ * `threads` in one process see the last setting.
+ *
+ * Errors: functions return 0 or a negative AS_E* code; the message (naming
+ * the layer, file or option) is in as_nn_run_error() or the caller's err.
  */
 #ifndef AS_LAYERS_TRAIN_H
 #define AS_LAYERS_TRAIN_H
@@ -19,6 +38,8 @@
 #include "actstore/store.h"
 #include "layers/model.h"
 #include "layers/optim.h"
+
+/* ---- presets ------------------------------------------------------------- */
 
 typedef struct as_nn_preset {
     char          model[8];     /* "cnn", "vit", "lm" */
@@ -35,9 +56,11 @@ typedef struct as_nn_preset {
     int    eval_limit;          /* test images / held-out windows (0 = all) */
 } as_nn_preset;
 
-/* Fill *out for (model, preset). Returns 0 or AS_ENOTFOUND. */
+/* Fill *out for (model, preset). Returns 0 or AS_ENOTFOUND. Thread-safe. */
 int as_nn_preset_get(const char *model, const char *preset, as_nn_preset *out);
 
+/* Options shared by a run and a whole training job. Strings are copied at
+ * as_nn_run_create; the store, when given, is borrowed (not destroyed). */
 typedef struct as_nn_progress {
     long   step, steps;
     double loss, samples_per_s;
@@ -46,19 +69,112 @@ typedef struct as_nn_progress {
 } as_nn_progress;
 
 typedef struct as_nn_train_opts {
-    const char *policy;         /* store policy spec (NULL = default=keep) */
+    const char *policy;         /* store policy spec (NULL = default=keep);
+                                   applied to a given store too */
     uint64_t    seed;
     int         threads;        /* OpenBLAS threads, 0 = leave */
     const char *data_dir;       /* Fashion-MNIST directory (NULL = default) */
     const char *text_dir;       /* fortunes directory (NULL = default) */
-    void (*progress)(void *ud, const as_nn_progress *p);
+    void (*progress)(void *ud, const as_nn_progress *p);  /* as_nn_train */
     void *progress_ud;
-    as_store *store;            /* use this store (NULL: create one) */
+    as_store *store;            /* use this store (NULL: the run creates one,
+                                   labelled `label`, and owns it) */
+    const char *label;          /* label of a created store ("A", "B") */
+    int   eval_every;           /* as_nn_train: evaluate every n steps into
+                                   eval_curve (0 = only at the end) */
 } as_nn_train_opts;
 
+/* ---- step-wise runs ------------------------------------------------------ */
+
+typedef struct as_nn_run as_nn_run;
+
+/* What one step did (as_nn_run_last). */
+typedef struct as_nn_step_info {
+    long   batch;               /* batch index in the run's data order */
+    double loss;                /* mean loss of the batch */
+    int    ncorrect, samples;   /* argmax hits (cnn/vit; lm: tokens) */
+    double gnorm;               /* gradient norm before clipping (step only) */
+    float  lr;                  /* learning rate used (step only) */
+    double ms;                  /* wall time of the step */
+} as_nn_step_info;
+
+/* Evaluation on the test set (cnn, vit) or held-out text (lm). */
+typedef struct as_nn_eval {
+    double accuracy;            /* cnn / vit; -1 for lm */
+    double loss;                /* mean cross-entropy (lm: nats per char) */
+    long   samples;             /* images, or predicted characters */
+} as_nn_eval;
+
+/* Memory figures of a run: maxima over every step so far (the store and
+ * the arena reset their peaks at each step begin; the run keeps the max). */
 typedef struct as_nn_kind_mem {
     uint64_t stored_peak, raw_peak;
 } as_nn_kind_mem;
+
+typedef struct as_nn_mem {
+    uint64_t saved_stored_peak, saved_raw_peak;  /* store totals */
+    as_nn_kind_mem by_kind[AS_KIND_COUNT];
+    uint64_t arena_peak;                         /* arena usable bytes */
+    uint64_t tag_peak[AS_TAG_FIXED_COUNT];
+    uint64_t rss_peak;                           /* process (getrusage) */
+    uint64_t fallbacks;                          /* policy fallbacks */
+} as_nn_mem;
+
+/* Create a run: loads the data set, creates (or borrows) the store, sets
+ * the policy, builds the model from p and the seed, and the optimizer.
+ * p is copied. The run's planned length is p->steps, or p->epochs over the
+ * training set when p->steps == 0 (as_nn_run_planned_steps).
+ * Errors: AS_EINVAL (bad preset), AS_ESPEC (bad policy), AS_ENOTFOUND (data
+ * files missing: the message names the path tried and the package),
+ * AS_EFORMAT (bad data files), AS_ENOMEM, AS_EBUDGET; err gets the message
+ * and *out stays NULL. */
+int as_nn_run_create(const as_nn_preset *p, const as_nn_train_opts *o,
+                     as_nn_run **out, char *err, size_t errlen);
+/* Destroy (NULL-safe). Destroys the store only if the run created it. */
+void as_nn_run_destroy(as_nn_run *r);
+
+/* One training step on the next batch of the data order: forward,
+ * backward, optimizer update (with the preset's schedule), batch index + 1.
+ * *loss (may be NULL) gets the batch's mean loss. */
+int as_nn_run_step(as_nn_run *r, double *loss);
+
+/* Forward + backward on batch `batch` of the run's data order (any index,
+ * e.g. as_nn_run_next_batch(r)) WITHOUT the optimizer update: afterwards
+ * every parameter's g holds the gradient of this batch's mean loss at the
+ * current weights (fresh, not accumulated). Weights, optimizer state,
+ * BatchNorm running statistics and the batch index are unchanged, so two
+ * runs with copied weights and the same seed give comparable gradients.
+ * The next as_nn_run_step starts from zeroed gradients. */
+int as_nn_run_grads(as_nn_run *r, long batch, double *loss);
+
+/* Evaluate (no-grad: nothing saved, BatchNorm running statistics, dropout
+ * off) on the first eval_limit test images / held-out windows. */
+int as_nn_run_eval(as_nn_run *r, as_nn_eval *out);
+
+/* Copy src's weights (and BatchNorm running statistics; with
+ * with_optimizer also the optimizer moments and step count) into dst. Both
+ * runs must have the same model and configuration (AS_ESHAPE otherwise:
+ * the message names the first differing parameter). Bumps dst's weight
+ * versions so caches keyed by version are not reused. */
+int as_nn_run_copy_weights(as_nn_run *dst, const as_nn_run *src,
+                           bool with_optimizer);
+
+/* Accessors. Pointers stay valid for the run's lifetime. */
+as_store *as_nn_run_store(as_nn_run *r);
+as_nn_model *as_nn_run_model(as_nn_run *r);
+const as_nn_params *as_nn_run_params(const as_nn_run *r);
+const as_nn_preset *as_nn_run_preset(const as_nn_run *r);
+long as_nn_run_next_batch(const as_nn_run *r);   /* = steps done */
+long as_nn_run_planned_steps(const as_nn_run *r);
+long as_nn_run_batches_per_epoch(const as_nn_run *r);
+int  as_nn_run_samples_per_batch(const as_nn_run *r); /* images, or B*T */
+const as_nn_step_info *as_nn_run_last(const as_nn_run *r);
+/* Memory figures so far (rss_peak read now). */
+void as_nn_run_memory(const as_nn_run *r, as_nn_mem *out);
+/* Last error message of the run. Never NULL. */
+const char *as_nn_run_error(const as_nn_run *r);
+
+/* ---- whole training job -------------------------------------------------- */
 
 typedef struct as_nn_train_result {
     long     steps;
@@ -67,16 +183,21 @@ typedef struct as_nn_train_result {
     double   eval_accuracy;     /* cnn / vit; -1 otherwise */
     double   eval_loss;         /* test / held-out mean loss */
     long     eval_samples;
+    long     neval;             /* eval_curve entries (opts.eval_every) */
+    double  *eval_curve;        /* neval x (step, accuracy, loss) */
     uint64_t saved_stored_peak, saved_raw_peak;
     as_nn_kind_mem by_kind[AS_KIND_COUNT];
     uint64_t arena_peak, rss_peak;
     uint64_t tag_peak[AS_TAG_FIXED_COUNT];
-    double   step_ms_median, total_s;
+    uint64_t fallbacks;
+    double   step_ms_median, total_s, eval_s;
     size_t   params;
     char     blas_core[32];
 } as_nn_train_result;
 
-/* Run a training job. err gets a message on failure. */
+/* Run a training job (p->steps or p->epochs) and a final evaluation.
+ * err gets a message on failure; r is then empty. Free with
+ * as_nn_train_result_free (also safe on a zeroed or failed result). */
 int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
                 as_nn_train_result *r, char *err, size_t errlen);
 void as_nn_train_result_free(as_nn_train_result *r);

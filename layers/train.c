@@ -1,0 +1,779 @@
+/*
+ * Training runs (see train.h): presets, the step-wise run object and the
+ * whole-run loop.
+ *
+ * One step of a run, as any C framework using the store would do it:
+ *
+ *     as_store_step_begin(store, k)         per-step peaks reset
+ *     as_store_phase(store, FORWARD)        model->forward: layers save
+ *     as_store_phase(store, BACKWARD)       model->backward: layers restore,
+ *                                           release; gradients accumulate
+ *     as_store_phase(store, OPTIMIZER)      as_nn_optim_step
+ *     as_store_step_end(store)              anything left is released
+ *
+ * Data order. Batch k is a pure function of (seed, k): images come from a
+ * per-epoch permutation seeded by (seed, epoch); text windows start at
+ * positions hashed from (seed, k, row). Dropout masks are seeded by
+ * (seed, k, layer). So any batch can be recomputed on its own (exact
+ * gradients of a batch in a reference run), and two runs with one seed see
+ * the same batches in the same order.
+ */
+#include "layers/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "layers/data.h"
+
+/* ---- presets ------------------------------------------------------------- */
+
+/* Fixed configurations; every reported figure names its preset. Changing a
+ * bench preset invalidates docs/benchmarks.md ("## Training"). */
+static const as_nn_preset presets[] = {
+    /* cnn small: 2 stages (8, 16), 2k images, 60 steps: seconds. */
+    {.model = "cnn", .name = "small",
+     .cnn = {.act_fn = AS_FN_RELU, .alpha = 0.1f, .nstages = 2, .convs = 1,
+             .widths = {8, 16}, .batchnorm = true},
+     .batch = 32, .steps = 60, .optim = AS_NN_SGD, .lr = 0.05f,
+     .weight_decay = 5e-4f, .warmup = 5, .train_limit = 2048,
+     .eval_limit = 512},
+    /* cnn bench: 3 stages (16, 32, 64) x 1 conv + BN + ReLU, 2x2 max-pool,
+     * linear head; SGD momentum 0.9, 5 epochs of 60k. */
+    {.model = "cnn", .name = "bench",
+     .cnn = {.act_fn = AS_FN_RELU, .alpha = 0.1f, .nstages = 3, .convs = 1,
+             .widths = {16, 32, 64}, .batchnorm = true},
+     .batch = 64, .epochs = 5, .optim = AS_NN_SGD, .lr = 0.05f,
+     .weight_decay = 5e-4f, .warmup = 100},
+    /* vit small: width 32, 2 heads, 1 block. */
+    {.model = "vit", .name = "small",
+     .tf = {.C = 32, .NH = 2, .depth = 1, .mlp = 2},
+     .batch = 32, .steps = 40, .optim = AS_NN_ADAMW, .lr = 2e-3f,
+     .weight_decay = 0.01f, .clip = 1.0f, .warmup = 5, .train_limit = 2048,
+     .eval_limit = 512},
+    /* vit bench: width 48, 4 heads, 3 pre-norm blocks, MLP 2x. */
+    {.model = "vit", .name = "bench",
+     .tf = {.C = 48, .NH = 4, .depth = 3, .mlp = 2},
+     .batch = 64, .epochs = 5, .optim = AS_NN_ADAMW, .lr = 2e-3f,
+     .weight_decay = 0.01f, .clip = 1.0f, .warmup = 200},
+    /* lm small: context 32, width 32, 1 block. */
+    {.model = "lm", .name = "small",
+     .tf = {.C = 32, .NH = 2, .depth = 1, .mlp = 2, .T = 32},
+     .batch = 16, .steps = 40, .optim = AS_NN_ADAMW, .lr = 3e-3f,
+     .weight_decay = 0.01f, .clip = 1.0f, .warmup = 5, .eval_limit = 64},
+    /* lm bench: context 64, width 96, 4 heads, 3 blocks. */
+    {.model = "lm", .name = "bench",
+     .tf = {.C = 96, .NH = 4, .depth = 3, .mlp = 2, .T = 64},
+     .batch = 32, .steps = 3000, .optim = AS_NN_ADAMW, .lr = 2e-3f,
+     .weight_decay = 0.01f, .clip = 1.0f, .warmup = 100, .eval_limit = 1024},
+};
+
+int as_nn_preset_get(const char *model, const char *preset, as_nn_preset *out)
+{
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
+        if (model && preset && !strcmp(presets[i].model, model) &&
+            !strcmp(presets[i].name, preset)) {
+            *out = presets[i];
+            return 0;
+        }
+    return AS_ENOTFOUND;
+}
+
+/* ---- the run object ------------------------------------------------------ */
+
+enum { EVAL_BATCH = 250 };
+
+struct as_nn_run {
+    as_nn_preset p;
+    uint64_t     seed;
+    bool         lm;
+    as_store    *store;
+    bool         own_store;
+    as_nn_ctx    ctx;
+    as_nn_model *model;
+    as_nn_optim  opt;
+    /* data */
+    as_nn_images train, test;
+    as_nn_text   text;
+    int          ntrain;          /* images used (train_limit) */
+    int32_t     *perm;            /* permutation of epoch perm_epoch */
+    long         perm_epoch;
+    /* batch buffers (B = max(batch, EVAL_BATCH) rows) */
+    int          bcap;
+    float       *x;               /* (B, 1, 28, 28) */
+    int32_t     *y, *tok, *tgt;   /* (B), (B, T), (B, T) */
+    float       *bufsave;         /* copy of the model's buffers */
+    size_t       bufsave_n;
+    long         next;            /* next batch index = steps done */
+    long         planned;
+    long         bpe;             /* batches per epoch */
+    as_nn_step_info last;
+    as_nn_mem    mem;
+    char         err[512];
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t mix(uint64_t a, uint64_t b)
+{
+    uint64_t s = a ^ (b * 0x9E3779B97F4A7C15ull) ^ 0xD1B54A32D192ED03ull;
+    return as_nn_rand(&s);
+}
+
+static int run_fail(as_nn_run *r, int code, const char *what)
+{
+    snprintf(r->err, sizeof r->err, "%s%s%s", what, r->ctx.err[0] ? ": " : "",
+             r->ctx.err);
+    return code;
+}
+
+static int load_data(as_nn_run *r, const as_nn_train_opts *o)
+{
+    int rc;
+    if (r->lm) {
+        rc = as_nn_text_load(o->text_dir, &r->text, r->err, sizeof r->err);
+        if (rc)
+            return rc;
+        const size_t T = (size_t)r->p.tf.T;
+        if (r->text.ntrain < 4 * (T + 1) || r->text.nheldout < T + 1) {
+            snprintf(r->err, sizeof r->err, "%s: too little text for context %zu "
+                     "(%zu training, %zu held-out bytes)",
+                     o->text_dir ? o->text_dir : AS_NN_FORTUNES_DIR, T,
+                     r->text.ntrain, r->text.nheldout);
+            return AS_EFORMAT;
+        }
+        r->p.tf.V = r->text.vocab;
+        return 0;
+    }
+    rc = as_nn_fmnist_load(o->data_dir, true, &r->train, r->err, sizeof r->err);
+    if (!rc)
+        rc = as_nn_fmnist_load(o->data_dir, false, &r->test, r->err,
+                               sizeof r->err);
+    if (rc)
+        return rc;
+    r->ntrain = r->train.n;
+    if (r->p.train_limit > 0 && r->p.train_limit < r->ntrain)
+        r->ntrain = r->p.train_limit;
+    if (r->ntrain < r->p.batch) {
+        snprintf(r->err, sizeof r->err, "training set of %d images is smaller "
+                 "than one batch (%d)", r->ntrain, r->p.batch);
+        return AS_EINVAL;
+    }
+    return 0;
+}
+
+static int check_preset(as_nn_run *r)
+{
+    const as_nn_preset *p = &r->p;
+    if (strcmp(p->model, "cnn") && strcmp(p->model, "vit") && strcmp(p->model, "lm")) {
+        snprintf(r->err, sizeof r->err, "unknown model '%s' (cnn, vit, lm)", p->model);
+        return AS_EINVAL;
+    }
+    if (p->batch < 1 || p->batch > 65536) {
+        snprintf(r->err, sizeof r->err, "batch %d out of range 1..65536", p->batch);
+        return AS_EINVAL;
+    }
+    if (p->steps < 0 || (p->steps == 0 && !(p->epochs > 0))) {
+        snprintf(r->err, sizeof r->err, "need steps > 0 or epochs > 0");
+        return AS_EINVAL;
+    }
+    if (!(p->lr > 0) || !isfinite(p->lr)) {
+        snprintf(r->err, sizeof r->err, "learning rate must be > 0");
+        return AS_EINVAL;
+    }
+    if (r->lm && (p->tf.T < 2 || p->tf.T > 4096)) {
+        snprintf(r->err, sizeof r->err, "lm context %d out of range 2..4096", p->tf.T);
+        return AS_EINVAL;
+    }
+    return 0;
+}
+
+int as_nn_run_create(const as_nn_preset *p, const as_nn_train_opts *o,
+                     as_nn_run **out, char *err, size_t errlen)
+{
+    static const as_nn_train_opts dflt = {0};
+    *out = NULL;
+    if (!o)
+        o = &dflt;
+    as_nn_run *r = calloc(1, sizeof *r);
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return AS_ENOMEM;
+    }
+    r->p = *p;
+    r->seed = o->seed;
+    r->lm = !strcmp(p->model, "lm");
+    r->perm_epoch = -1;
+    int rc = check_preset(r);
+    if (!rc) {
+        as_op_set_threads(o->threads);
+        rc = load_data(r, o);
+    }
+    if (!rc && o->store) {
+        r->store = o->store;
+        if (o->policy)
+            rc = as_store_set_policy(r->store, o->policy, r->err, sizeof r->err);
+    } else if (!rc) {
+        as_store_config cfg = {.policy = o->policy, .label = o->label};
+        rc = as_store_create(&cfg, &r->store, r->err, sizeof r->err);
+        r->own_store = rc == 0;
+    }
+    if (rc) {
+        if (rc == AS_ESPEC) {
+            char tmp[sizeof r->err];
+            snprintf(tmp, sizeof tmp, "%s", r->err);
+            snprintf(r->err, sizeof r->err, "policy '%.200s': %.280s",
+                     o->policy ? o->policy : "", tmp);
+        }
+        goto fail;
+    }
+    as_nn_ctx_init(&r->ctx, r->store, r->seed);
+    if (!strcmp(p->model, "cnn"))
+        rc = as_nn_cnn_create(&r->ctx, &r->p.cnn, r->seed, &r->model);
+    else if (!strcmp(p->model, "vit"))
+        rc = as_nn_vit_create(&r->ctx, &r->p.tf, r->seed, &r->model);
+    else
+        rc = as_nn_lm_create(&r->ctx, &r->p.tf, r->seed, &r->model);
+    if (rc) {
+        run_fail(r, rc, "building the model");
+        goto fail;
+    }
+    as_nn_optim_init(&r->opt, r->p.optim, r->p.lr, r->p.weight_decay);
+    r->opt.clip = r->p.clip;
+    /* buffers: the largest of a training and an evaluation batch */
+    r->bcap = r->p.batch > EVAL_BATCH ? r->p.batch : EVAL_BATCH;
+    const size_t B = (size_t)r->bcap, T = r->lm ? (size_t)r->p.tf.T : 0;
+    if (r->lm) {
+        r->tok = malloc(B * T * sizeof *r->tok);
+        r->tgt = malloc(B * T * sizeof *r->tgt);
+    } else {
+        r->x = malloc(B * 784 * sizeof *r->x);
+        r->y = malloc(B * sizeof *r->y);
+        r->perm = malloc((size_t)r->ntrain * sizeof *r->perm);
+    }
+    for (size_t i = 0; i < r->model->nbufs; i++)
+        r->bufsave_n += r->model->bufs[i].n;
+    r->bufsave = malloc((r->bufsave_n + 1) * sizeof *r->bufsave);
+    if ((r->lm && (!r->tok || !r->tgt)) ||
+        (!r->lm && (!r->x || !r->y || !r->perm)) || !r->bufsave) {
+        snprintf(r->err, sizeof r->err, "out of memory (batch buffers)");
+        rc = AS_ENOMEM;
+        goto fail;
+    }
+    /* planned length */
+    if (r->lm)
+        r->bpe = (long)(r->text.ntrain / ((size_t)r->p.batch * (T + 1)));
+    else
+        r->bpe = r->ntrain / r->p.batch;
+    if (r->bpe < 1)
+        r->bpe = 1;
+    r->planned = r->p.steps > 0 ? r->p.steps
+                                : (long)ceil(r->p.epochs * (double)r->bpe);
+    *out = r;
+    return 0;
+fail:
+    snprintf(err, errlen, "%s", r->err);
+    as_nn_run_destroy(r);
+    return rc;
+}
+
+void as_nn_run_destroy(as_nn_run *r)
+{
+    if (!r)
+        return;
+    if (r->model)
+        as_nn_model_destroy(r->model, &r->ctx);
+    as_nn_ctx_fini(&r->ctx);
+    if (r->own_store)
+        as_store_destroy(r->store);
+    as_nn_images_free(&r->train);
+    as_nn_images_free(&r->test);
+    as_nn_text_free(&r->text);
+    free(r->perm);
+    free(r->x);
+    free(r->y);
+    free(r->tok);
+    free(r->tgt);
+    free(r->bufsave);
+    free(r);
+}
+
+/* ---- batches --------------------------------------------------------------- */
+
+static void make_perm(as_nn_run *r, long epoch)
+{
+    if (r->perm_epoch == epoch)
+        return;
+    uint64_t s = mix(r->seed, 0x5045524Dull + (uint64_t)epoch);
+    for (int i = 0; i < r->ntrain; i++)
+        r->perm[i] = i;
+    for (int i = r->ntrain - 1; i > 0; i--) {
+        int j = (int)(as_nn_rand(&s) % (uint64_t)(i + 1));
+        int32_t t = r->perm[i];
+        r->perm[i] = r->perm[j];
+        r->perm[j] = t;
+    }
+    r->perm_epoch = epoch;
+}
+
+/* Fill the batch buffers with training batch k. */
+static void train_batch(as_nn_run *r, long k, as_nn_batch *bt)
+{
+    const int B = r->p.batch;
+    memset(bt, 0, sizeof *bt);
+    bt->B = B;
+    if (r->lm) {
+        const int T = r->p.tf.T;
+        const uint64_t span = (uint64_t)(r->text.ntrain - (size_t)T - 1);
+        for (int b = 0; b < B; b++) {
+            uint64_t s = mix(mix(r->seed, (uint64_t)k), (uint64_t)b + 1);
+            size_t st = (size_t)(as_nn_rand(&s) % span);
+            for (int t = 0; t < T; t++) {
+                r->tok[(size_t)b * T + t] = r->text.train[st + t];
+                r->tgt[(size_t)b * T + t] = r->text.train[st + t + 1];
+            }
+        }
+        bt->T = T;
+        bt->tok = r->tok;
+        bt->tgt = r->tgt;
+        return;
+    }
+    make_perm(r, k / r->bpe);
+    const int32_t *idx = r->perm + (size_t)(k % r->bpe) * B;
+    as_nn_images_batch(&r->train, idx, B, r->x, r->y);
+    bt->x = r->x;
+    bt->y = r->y;
+}
+
+/* ---- steps ----------------------------------------------------------------- */
+
+static void note_memory(as_nn_run *r)
+{
+    as_nn_mem *m = &r->mem;
+    as_store_stats st;
+    if (as_store_stats_take(r->store, &st) == 0) {
+        if (st.total.stored_peak > m->saved_stored_peak)
+            m->saved_stored_peak = st.total.stored_peak;
+        if (st.total.raw_peak > m->saved_raw_peak)
+            m->saved_raw_peak = st.total.raw_peak;
+        for (int k = 0; k < AS_KIND_COUNT; k++) {
+            if (st.kinds[k].stored_peak > m->by_kind[k].stored_peak)
+                m->by_kind[k].stored_peak = st.kinds[k].stored_peak;
+            if (st.kinds[k].raw_peak > m->by_kind[k].raw_peak)
+                m->by_kind[k].raw_peak = st.kinds[k].raw_peak;
+        }
+        m->fallbacks = st.total.fallbacks;
+        as_store_stats_free(&st);
+    }
+    as_arena_snapshot sn;
+    if (as_arena_snapshot_take(as_store_arena(r->store), UINT64_MAX, &sn) == 0) {
+        if (sn.total.peak_usable > m->arena_peak)
+            m->arena_peak = sn.total.peak_usable;
+        for (int t = 0; t < AS_TAG_FIXED_COUNT; t++)
+            if (sn.tags[t].peak_usable > m->tag_peak[t])
+                m->tag_peak[t] = sn.tags[t].peak_usable;
+        as_arena_snapshot_free(&sn);
+    }
+}
+
+/* Forward and backward of training batch k into fresh gradients. */
+static int forward_backward(as_nn_run *r, long k, as_nn_step_info *info)
+{
+    as_nn_batch bt;
+    train_batch(r, k, &bt);
+    as_nn_params_zero_grad(&r->model->params);
+    r->ctx.step = (uint64_t)k;
+    r->ctx.err[0] = 0;
+    as_nn_ctx_train(&r->ctx, true);
+    as_store_step_begin(r->store, (uint64_t)k);
+    as_store_phase(r->store, AS_PHASE_FORWARD);
+    double loss = 0;
+    int ncorrect = 0;
+    int rc = r->model->forward(r->model, &r->ctx, &bt, &loss, &ncorrect);
+    if (!rc) {
+        as_store_phase(r->store, AS_PHASE_BACKWARD);
+        rc = r->model->backward(r->model, &r->ctx);
+    }
+    if (rc) {
+        as_store_step_end(r->store);
+        char what[64];
+        snprintf(what, sizeof what, "batch %ld", k);
+        return run_fail(r, rc, what);
+    }
+    if (!isfinite(loss)) {
+        as_store_step_end(r->store);
+        snprintf(r->err, sizeof r->err, "batch %ld: loss is %g (diverged; lower "
+                 "the learning rate)", k, loss);
+        return AS_ERANGE;
+    }
+    memset(info, 0, sizeof *info);
+    info->batch = k;
+    info->loss = loss;
+    info->ncorrect = ncorrect;
+    info->samples = r->lm ? bt.B * bt.T : bt.B;
+    return 0;
+}
+
+static float lr_at(const as_nn_run *r, long t)
+{
+    const float lr = r->p.lr, lo = lr * 0.1f;
+    const long w = r->p.warmup, T = r->planned;
+    if (t < w)
+        return lr * (float)(t + 1) / (float)w;
+    if (T <= w || t >= T)
+        return lo;
+    double f = (double)(t - w) / (double)(T - w);
+    return lo + 0.5f * (lr - lo) * (float)(1.0 + cos(M_PI * f));
+}
+
+int as_nn_run_step(as_nn_run *r, double *loss)
+{
+    double t0 = now_s();
+    as_nn_step_info info;
+    int rc = forward_backward(r, r->next, &info);
+    if (rc)
+        return rc;
+    as_store_phase(r->store, AS_PHASE_OPTIMIZER);
+    info.lr = lr_at(r, r->next);
+    rc = as_nn_optim_step(&r->ctx, &r->opt, &r->model->params, info.lr,
+                          &info.gnorm);
+    note_memory(r);
+    as_store_step_end(r->store);
+    as_store_phase(r->store, AS_PHASE_NONE);
+    if (rc)
+        return run_fail(r, rc, "optimizer");
+    r->next++;
+    info.ms = 1e3 * (now_s() - t0);
+    r->last = info;
+    if (loss)
+        *loss = info.loss;
+    return 0;
+}
+
+int as_nn_run_grads(as_nn_run *r, long batch, double *loss)
+{
+    if (batch < 0) {
+        snprintf(r->err, sizeof r->err, "batch index %ld < 0", batch);
+        return AS_EINVAL;
+    }
+    double t0 = now_s();
+    /* BatchNorm's running statistics move in a training forward: keep them */
+    size_t o = 0;
+    for (size_t i = 0; i < r->model->nbufs; i++) {
+        memcpy(r->bufsave + o, r->model->bufs[i].p,
+               r->model->bufs[i].n * sizeof(float));
+        o += r->model->bufs[i].n;
+    }
+    as_nn_step_info info;
+    int rc = forward_backward(r, batch, &info);
+    if (!rc) {
+        note_memory(r);
+        as_store_step_end(r->store);
+        as_store_phase(r->store, AS_PHASE_NONE);
+    }
+    o = 0;
+    for (size_t i = 0; i < r->model->nbufs; i++) {
+        memcpy(r->model->bufs[i].p, r->bufsave + o,
+               r->model->bufs[i].n * sizeof(float));
+        o += r->model->bufs[i].n;
+    }
+    if (rc)
+        return rc;
+    info.ms = 1e3 * (now_s() - t0);
+    r->last = info;
+    if (loss)
+        *loss = info.loss;
+    return 0;
+}
+
+/* ---- evaluation ------------------------------------------------------------ */
+
+int as_nn_run_eval(as_nn_run *r, as_nn_eval *out)
+{
+    memset(out, 0, sizeof *out);
+    as_nn_ctx_train(&r->ctx, false);
+    as_store_phase(r->store, AS_PHASE_EVAL);
+    double sum = 0;
+    long n = 0, correct = 0;
+    int rc = 0;
+    if (r->lm) {
+        const int T = r->p.tf.T;
+        long nw = (long)((r->text.nheldout - 1) / (size_t)T);
+        if (r->p.eval_limit > 0 && nw > r->p.eval_limit)
+            nw = r->p.eval_limit;
+        for (long w0 = 0; w0 < nw && !rc; w0 += r->bcap) {
+            int B = (int)(nw - w0 < r->bcap ? nw - w0 : r->bcap);
+            for (int b = 0; b < B; b++) {
+                const uint8_t *src = r->text.heldout + (size_t)(w0 + b) * T;
+                for (int t = 0; t < T; t++) {
+                    r->tok[(size_t)b * T + t] = src[t];
+                    r->tgt[(size_t)b * T + t] = src[t + 1];
+                }
+            }
+            as_nn_batch bt = {.B = B, .T = T, .tok = r->tok, .tgt = r->tgt};
+            double loss = 0;
+            int nc = 0;
+            rc = r->model->forward(r->model, &r->ctx, &bt, &loss, &nc);
+            sum += loss * B * T;
+            n += (long)B * T;
+            correct += nc;
+        }
+    } else {
+        long ni = r->test.n;
+        if (r->p.eval_limit > 0 && ni > r->p.eval_limit)
+            ni = r->p.eval_limit;
+        int32_t idx[EVAL_BATCH];
+        for (long i0 = 0; i0 < ni && !rc; i0 += EVAL_BATCH) {
+            int B = (int)(ni - i0 < EVAL_BATCH ? ni - i0 : EVAL_BATCH);
+            for (int b = 0; b < B; b++)
+                idx[b] = (int32_t)(i0 + b);
+            as_nn_images_batch(&r->test, idx, B, r->x, r->y);
+            as_nn_batch bt = {.B = B, .x = r->x, .y = r->y};
+            double loss = 0;
+            int nc = 0;
+            rc = r->model->forward(r->model, &r->ctx, &bt, &loss, &nc);
+            sum += loss * B;
+            n += B;
+            correct += nc;
+        }
+    }
+    as_nn_ctx_train(&r->ctx, true);
+    as_store_phase(r->store, AS_PHASE_NONE);
+    if (rc)
+        return run_fail(r, rc, "evaluation");
+    out->samples = n;
+    out->loss = n ? sum / (double)n : 0;
+    out->accuracy = r->lm ? -1.0 : (n ? (double)correct / (double)n : 0);
+    return 0;
+}
+
+/* ---- weights --------------------------------------------------------------- */
+
+int as_nn_run_copy_weights(as_nn_run *dst, const as_nn_run *src,
+                           bool with_optimizer)
+{
+    const as_nn_params *a = &dst->model->params, *b = &src->model->params;
+    if (a->n != b->n || dst->model->nbufs != src->model->nbufs ||
+        strcmp(dst->p.model, src->p.model)) {
+        snprintf(dst->err, sizeof dst->err, "copy weights: different models "
+                 "(%s with %zu parameters, %s with %zu)", dst->p.model, a->n,
+                 src->p.model, b->n);
+        return AS_ESHAPE;
+    }
+    for (size_t i = 0; i < a->n; i++)
+        if (a->p[i]->n != b->p[i]->n || strcmp(a->p[i]->name, b->p[i]->name)) {
+            snprintf(dst->err, sizeof dst->err, "copy weights: parameter %zu is "
+                     "%s (%zu) here and %s (%zu) in the source", i,
+                     a->p[i]->name, a->p[i]->n, b->p[i]->name, b->p[i]->n);
+            return AS_ESHAPE;
+        }
+    for (size_t i = 0; i < dst->model->nbufs; i++)
+        if (dst->model->bufs[i].n != src->model->bufs[i].n) {
+            snprintf(dst->err, sizeof dst->err, "copy weights: buffer %zu differs", i);
+            return AS_ESHAPE;
+        }
+    if (with_optimizer && dst->opt.kind != src->opt.kind) {
+        snprintf(dst->err, sizeof dst->err, "copy weights: different optimizers");
+        return AS_ESHAPE;
+    }
+    for (size_t i = 0; i < a->n; i++) {
+        as_nn_param *d = a->p[i];
+        const as_nn_param *s = b->p[i];
+        memcpy(d->w.ptr, s->w.ptr, d->n * sizeof(float));
+        d->version++;
+        if (!with_optimizer)
+            continue;
+        const as_block *sm[2] = {&s->m, &s->v};
+        as_block *dm[2] = {&d->m, &d->v};
+        for (int j = 0; j < 2; j++) {
+            if (!sm[j]->ptr) {
+                if (dm[j]->ptr)
+                    memset(dm[j]->ptr, 0, d->n * sizeof(float));
+                continue;
+            }
+            if (!dm[j]->ptr) {
+                int rc = as_nn_alloc(&dst->ctx, d->n * sizeof(float),
+                                     AS_TAG_OPTIMIZER, d->layer, false, dm[j]);
+                if (rc)
+                    return run_fail(dst, rc, "copy weights");
+            }
+            memcpy(dm[j]->ptr, sm[j]->ptr, d->n * sizeof(float));
+        }
+    }
+    for (size_t i = 0; i < dst->model->nbufs; i++)
+        memcpy(dst->model->bufs[i].p, src->model->bufs[i].p,
+               dst->model->bufs[i].n * sizeof(float));
+    if (with_optimizer)
+        dst->opt.t = src->opt.t;
+    return 0;
+}
+
+/* ---- accessors --------------------------------------------------------------- */
+
+as_store *as_nn_run_store(as_nn_run *r) { return r->store; }
+as_nn_model *as_nn_run_model(as_nn_run *r) { return r->model; }
+const as_nn_params *as_nn_run_params(const as_nn_run *r) { return &r->model->params; }
+const as_nn_preset *as_nn_run_preset(const as_nn_run *r) { return &r->p; }
+long as_nn_run_next_batch(const as_nn_run *r) { return r->next; }
+long as_nn_run_planned_steps(const as_nn_run *r) { return r->planned; }
+long as_nn_run_batches_per_epoch(const as_nn_run *r) { return r->bpe; }
+const as_nn_step_info *as_nn_run_last(const as_nn_run *r) { return &r->last; }
+const char *as_nn_run_error(const as_nn_run *r) { return r->err; }
+
+int as_nn_run_samples_per_batch(const as_nn_run *r)
+{
+    return r->lm ? r->p.batch * r->p.tf.T : r->p.batch;
+}
+
+void as_nn_run_memory(const as_nn_run *r, as_nn_mem *out)
+{
+    *out = r->mem;
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        out->rss_peak = (uint64_t)ru.ru_maxrss * 1024u;
+}
+
+/* ---- whole job --------------------------------------------------------------- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void progress(const as_nn_train_opts *o, as_nn_run *r, long step,
+                     long steps, double loss, double sps, bool eval)
+{
+    if (!o->progress)
+        return;
+    as_nn_progress p = {.step = step, .steps = steps, .loss = loss,
+                        .samples_per_s = sps, .eval = eval};
+    as_store_stats st;
+    if (as_store_stats_take(r->store, &st) == 0) {
+        p.saved_stored = st.total.stored_peak;
+        p.saved_raw = st.total.raw_peak;
+        as_store_stats_free(&st);
+    }
+    as_arena_snapshot sn;
+    if (as_arena_snapshot_take(as_store_arena(r->store), UINT64_MAX, &sn) == 0) {
+        p.arena_live = sn.total.live_usable;
+        as_arena_snapshot_free(&sn);
+    }
+    o->progress(o->progress_ud, &p);
+}
+
+int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
+                as_nn_train_result *res, char *err, size_t errlen)
+{
+    static const as_nn_train_opts dflt = {0};
+    if (!o)
+        o = &dflt;
+    memset(res, 0, sizeof *res);
+    const double t0 = now_s();
+    as_nn_run *r = NULL;
+    int rc = as_nn_run_create(p, o, &r, err, errlen);
+    if (rc)
+        return rc;
+    const long steps = r->planned;
+    double *ms = malloc((size_t)steps * sizeof *ms);
+    res->loss = malloc((size_t)steps * sizeof *res->loss);
+    long maxeval = o->eval_every > 0 ? steps / o->eval_every + 1 : 0;
+    res->eval_curve = calloc((size_t)maxeval * 3 + 1, sizeof *res->eval_curve);
+    if (!ms || !res->loss || !res->eval_curve) {
+        snprintf(err, errlen, "out of memory (%ld steps)", steps);
+        rc = AS_ENOMEM;
+        goto out;
+    }
+    double train_s = 0, eval_s = 0;
+    const int spb = as_nn_run_samples_per_batch(r);
+    for (long s = 0; s < steps; s++) {
+        double loss;
+        rc = as_nn_run_step(r, &loss);
+        if (rc) {
+            snprintf(err, errlen, "step %ld: %s", s, r->err);
+            goto out;
+        }
+        ms[s] = r->last.ms;
+        train_s += r->last.ms * 1e-3;
+        res->loss[s] = loss;
+        res->steps = s + 1;
+        progress(o, r, s + 1, steps, loss,
+                 train_s > 0 ? (double)spb * (double)(s + 1) / train_s : 0, false);
+        if (o->eval_every > 0 && (s + 1) % o->eval_every == 0 && s + 1 < steps) {
+            double te = now_s();
+            as_nn_eval ev;
+            rc = as_nn_run_eval(r, &ev);
+            if (rc) {
+                snprintf(err, errlen, "%s", r->err);
+                goto out;
+            }
+            eval_s += now_s() - te;
+            double *e = res->eval_curve + 3 * res->neval++;
+            e[0] = (double)(s + 1);
+            e[1] = ev.accuracy;
+            e[2] = ev.loss;
+        }
+    }
+    progress(o, r, 0, 0, 0, 0, true);
+    double te = now_s();
+    as_nn_eval ev;
+    rc = as_nn_run_eval(r, &ev);
+    if (rc) {
+        snprintf(err, errlen, "%s", r->err);
+        goto out;
+    }
+    eval_s += now_s() - te;
+    if (o->eval_every > 0) {
+        double *e = res->eval_curve + 3 * res->neval++;
+        e[0] = (double)steps;
+        e[1] = ev.accuracy;
+        e[2] = ev.loss;
+    }
+    res->eval_accuracy = ev.accuracy;
+    res->eval_loss = ev.loss;
+    res->eval_samples = ev.samples;
+    long tail = steps < 50 ? steps : 50;
+    double sum = 0;
+    for (long s = steps - tail; s < steps; s++)
+        sum += res->loss[s];
+    res->final_train_loss = tail ? sum / (double)tail : 0;
+    qsort(ms, (size_t)steps, sizeof *ms, cmp_double);
+    res->step_ms_median = steps % 2 ? ms[steps / 2]
+                                    : 0.5 * (ms[steps / 2 - 1] + ms[steps / 2]);
+    as_nn_mem m;
+    as_nn_run_memory(r, &m);
+    res->saved_stored_peak = m.saved_stored_peak;
+    res->saved_raw_peak = m.saved_raw_peak;
+    memcpy(res->by_kind, m.by_kind, sizeof res->by_kind);
+    res->arena_peak = m.arena_peak;
+    res->rss_peak = m.rss_peak;
+    memcpy(res->tag_peak, m.tag_peak, sizeof res->tag_peak);
+    res->fallbacks = m.fallbacks;
+    res->params = as_nn_params_count(&r->model->params);
+    snprintf(res->blas_core, sizeof res->blas_core, "%s", as_op_blas_core());
+    res->eval_s = eval_s;
+    res->total_s = now_s() - t0;
+out:
+    free(ms);
+    as_nn_run_destroy(r);
+    if (rc)
+        as_nn_train_result_free(res);
+    return rc;
+}
+
+void as_nn_train_result_free(as_nn_train_result *r)
+{
+    if (!r)
+        return;
+    free(r->loss);
+    free(r->eval_curve);
+    memset(r, 0, sizeof *r);
+}
