@@ -266,8 +266,11 @@ int as_svg_bar_chart(const char *path, const as_svg_axes *ax,
             put_text(f, groups[g]);
             fprintf(f, ": %s</title></rect>\n", buf);
         }
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", ML + slot * ((double)c + 0.5),
-                H - MB + 17);
+        /* Shrink long category names to their slot (about 0.6 em a character). */
+        double len = (double)strlen(categories[c] ? categories[c] : "");
+        double fs = len > 0 ? fmin(12.0, (slot - 4) / (0.6 * len)) : 12.0;
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"%.1f\">",
+                ML + slot * ((double)c + 0.5), H - MB + 17, fs < 7 ? 7 : fs);
         put_text(f, categories[c]);
         fputs("</text>\n", f);
     }

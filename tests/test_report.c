@@ -11,6 +11,11 @@
 
 #include <cmocka.h>
 
+#include <sys/stat.h>
+
+#include <cjson/cJSON.h>
+
+#include "client/report.h"
 #include "client/stats.h"
 #include "client/svg.h"
 
@@ -84,12 +89,260 @@ static void test_svg_charts(void **state)
     assert_int_equal(as_svg_line_chart("/nonexistent/dir/x.svg", &ax, &s, 1), -1);
 }
 
+
+/* ---- reports from fake data ------------------------------------------- */
+
+/* Fill one run as a training would: steps with a decreasing loss, memory,
+ * gradient checks, evaluation, peaks. `shift` makes arm B differ. */
+static void fake_run(as_report *r, as_rep_run *run, long steps, double acc,
+                     uint64_t softmax_stored, double cos, double ms)
+{
+    for (long s = 0; s < steps; s++) {
+        double loss = 2.3 * exp(-0.01 * (double)s) + 0.01 * (double)(run->seed % 3);
+        assert_int_equal(as_report_push_step(run, loss, (double)softmax_stored + 1000.0,
+                                             (double)softmax_stored + 5e6, ms + (double)(s % 2)),
+                         0);
+        if (r->check_every && s % r->check_every == 0) {
+            double pt[2] = {cos, cos - 0.01};
+            assert_int_equal(as_report_push_cos(r, run, s, cos, pt), 0);
+        }
+    }
+    run->finished = steps == r->steps;
+    run->evaluated = run->finished;
+    run->eval_accuracy = acc;
+    run->eval_loss = 0.5 - acc / 10;
+    run->kind_stored_peak[AS_KIND_SOFTMAX_OUTPUT] = softmax_stored;
+    run->kind_raw_peak[AS_KIND_SOFTMAX_OUTPUT] = 6100000;
+    run->kind_stored_peak[AS_KIND_LINEAR_INPUT] = 2000000;
+    run->kind_raw_peak[AS_KIND_LINEAR_INPUT] = 2000000;
+    run->saved_stored_peak = softmax_stored + 2000000;
+    run->saved_raw_peak = 8100000;
+    run->arena_peak = softmax_stored + 9000000;
+}
+
+static void fake_report(as_report *r, bool same, long steps_b_last)
+{
+    const uint64_t seeds[] = {1, 2, 3};
+    assert_int_equal(as_report_init(r, "vit", "small", "default=keep",
+                                    same ? "default=keep" : "softmax=soa:5", seeds, 3, 120, 50),
+                     0);
+    const char *names[] = {"blocks.0.attn.qkv.W", "head.W"};
+    assert_int_equal(as_report_set_tensors(r, names, 2), 0);
+    const double acc_a[] = {0.80, 0.82, 0.81}, acc_b[] = {0.79, 0.82, 0.80};
+    for (size_t i = 0; i < 3; i++) {
+        fake_run(r, &r->arm[0].runs[i], 120, acc_a[i], 6100000, 1.0, 10.0);
+        fake_run(r, &r->arm[1].runs[i], i == 2 ? steps_b_last : 120,
+                 same ? acc_a[i] : acc_b[i], same ? 6100000 : 1000000, same ? 1.0 : 0.995,
+                 same ? 10.0 : 10.4);
+    }
+}
+
+static cJSON *load_json(const char *path)
+{
+    char *t = slurp(path);
+    cJSON *j = cJSON_Parse(t);
+    free(t);
+    assert_non_null(j);
+    return j;
+}
+
+static void rm_report(const char *dir)
+{
+    static const char *f[] = {"report.json", "report.md", "loss.svg", "memory.svg",
+                              "kinds.svg", "cosine.svg"};
+    char p[1024];
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, f[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+static void test_report_files(void **state)
+{
+    (void)state;
+    as_report r;
+    fake_report(&r, false, 120);
+    char dir[] = "/tmp/as_test_report_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char sub[600], err[512];
+    snprintf(sub, sizeof sub, "%s/a/b", dir); /* created with parents */
+    assert_int_equal(as_report_prepare_dir(sub, err, sizeof err), 0);
+    assert_int_equal(as_report_write(&r, sub, err, sizeof err), 0);
+    /* AS_TEST_REPORT_DIR=DIR keeps a copy to look at the plots. */
+    const char *keep = getenv("AS_TEST_REPORT_DIR");
+    if (keep && as_report_prepare_dir(keep, err, sizeof err) == 0)
+        assert_int_equal(as_report_write(&r, keep, err, sizeof err), 0);
+
+    char p[700];
+    snprintf(p, sizeof p, "%s/report.json", sub);
+    cJSON *j = load_json(p);
+    assert_string_equal(cJSON_GetObjectItem(j, "format")->valuestring, AS_REPORT_FORMAT);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(j, "partial")));
+    cJSON *arms = cJSON_GetObjectItem(j, "arms");
+    assert_int_equal(cJSON_GetArraySize(arms), 2);
+    cJSON *runb = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetArrayItem(arms, 1), "runs"), 0);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(runb, "loss")), 120);
+    cJSON *sm = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(runb, "saved"),
+                                                        "by_kind"), "softmax_output");
+    assert_true(cJSON_GetObjectItem(sm, "stored_peak_bytes")->valuedouble == 1000000);
+    cJSON *gc = cJSON_GetObjectItem(runb, "grad_cosine");
+    assert_int_equal(cJSON_GetArraySize(gc), 3); /* steps 0, 50, 100 */
+    cJSON *g0 = cJSON_GetArrayItem(gc, 0);
+    assert_true(fabs(cJSON_GetObjectItem(g0, "min")->valuedouble - 0.985) < 1e-12);
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(cJSON_GetObjectItem(g0, "per_tensor"),
+                                                   "head.W")));
+    /* paired: accuracy diffs (points) {-1, 0, -1}: mean -2/3, sd 0.577 */
+    cJSON *pa = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "paired"), "eval_accuracy");
+    assert_non_null(pa);
+    assert_true(fabs(cJSON_GetObjectItem(pa, "diff")->valuedouble + 2.0 / 3.0) < 1e-9);
+    double half = 4.303 * sqrt(1.0 / 3.0) / sqrt(3.0);
+    assert_true(fabs(cJSON_GetObjectItem(pa, "ci95_half")->valuedouble - half) < 1e-6);
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(pa, "ci95_low")));
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(pa, "ci95_high")));
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(pa, "significant")));
+    cJSON *ps = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "paired"), "softmax_output");
+    assert_true(cJSON_GetObjectItem(ps, "diff")->valuedouble == -5100000);
+    const char *v = cJSON_GetObjectItem(j, "verdict")->valuestring;
+    assert_non_null(strstr(v, "B keeps 6.1x less softmax_output memory"));
+    assert_non_null(strstr(v, "accuracy -0.67 +/- 1.43 points (not significant)"));
+    assert_non_null(strstr(v, "step time +4%"));
+    cJSON_Delete(j);
+
+    snprintf(p, sizeof p, "%s/report.md", sub);
+    char *md = slurp(p);
+    assert_non_null(strstr(md, "| eval accuracy (%) | 81.00 ± 1.00 | 80.33 ± 1.53 | -0.67 | "
+                               "[-2.10, +0.77] | no |"));
+    assert_non_null(strstr(md, "softmax_output"));
+    assert_non_null(strstr(md, "**Verdict:** B keeps 6.1x less"));
+    assert_null(strstr(md, "PARTIAL"));
+    free(md);
+    static const char *svgs[] = {"loss.svg", "memory.svg", "kinds.svg", "cosine.svg"};
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(p, sizeof p, "%s/%s", sub, svgs[i]);
+        char *t = slurp(p);
+        assert_non_null(strstr(t, "<svg"));
+        assert_non_null(strstr(t, "</svg>"));
+        assert_null(strstr(t, "nan"));
+        assert_null(strstr(t, "inf"));
+        free(t);
+    }
+    snprintf(p, sizeof p, "%s/memory.svg", sub);
+    char *t = slurp(p);
+    assert_non_null(strstr(t, "MiB"));
+    assert_non_null(strstr(t, "peak bytes"));
+    free(t);
+    rm_report(sub);
+    snprintf(p, sizeof p, "%s/a", dir);
+    rmdir(p);
+    rmdir(dir);
+    as_report_free(&r);
+}
+
+static void test_report_same_policy_zero(void **state)
+{
+    (void)state;
+    as_report r;
+    fake_report(&r, true, 120);
+    as_rep_metric *m;
+    size_t n = as_report_metrics(&r, &m);
+    assert_true(n >= 7);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(m[i].n, 3);
+        assert_true(m[i].diff == 0.0);
+        assert_true(m[i].ci_half == 0.0);
+        assert_false(m[i].significant);
+    }
+    free(m);
+    char v[512];
+    as_report_verdict(&r, v, sizeof v);
+    assert_non_null(strstr(v, "B keeps as much saved memory as A"));
+    assert_non_null(strstr(v, "accuracy +0.00 +/- 0.00 points (not significant)"));
+    as_report_free(&r);
+}
+
+static void test_report_partial(void **state)
+{
+    (void)state;
+    as_report r;
+    fake_report(&r, false, 40); /* arm B of seed 3 interrupted at step 40 */
+    r.partial = true;
+    snprintf(r.partial_reason, sizeof r.partial_reason, "interrupted (SIGINT) at step 40");
+    size_t idx[3];
+    assert_int_equal(as_report_pairs(&r, idx), 2);
+    as_rep_metric *m;
+    size_t n = as_report_metrics(&r, &m);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(m[i].n, 2);
+    free(m);
+    char dir[] = "/tmp/as_test_partial_XXXXXX", err[512], p[600];
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(as_report_write(&r, dir, err, sizeof err), 0);
+    snprintf(p, sizeof p, "%s/report.json", dir);
+    cJSON *j = load_json(p);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "partial")));
+    assert_non_null(strstr(cJSON_GetObjectItem(j, "partial_reason")->valuestring, "SIGINT"));
+    assert_non_null(strstr(cJSON_GetObjectItem(j, "verdict")->valuestring, "PARTIAL: "));
+    cJSON *runs = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "arms"), 1),
+                                      "runs");
+    cJSON *last = cJSON_GetArrayItem(runs, 2);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(last, "finished")));
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(last, "eval"), "accuracy")));
+    cJSON_Delete(j);
+    snprintf(p, sizeof p, "%s/report.md", dir);
+    char *md = slurp(p);
+    assert_non_null(strstr(md, "**PARTIAL REPORT**"));
+    assert_non_null(strstr(md, "40 (unfinished)"));
+    free(md);
+    rm_report(dir);
+    as_report_free(&r);
+
+    /* Nothing finished: the pair in progress still gives memory figures. */
+    const uint64_t seeds[] = {7};
+    assert_int_equal(as_report_init(&r, "cnn", "small", "default=keep", "conv_input=invert",
+                                    seeds, 1, 100, 0), 0);
+    as_report_push_step(&r.arm[0].runs[0], 2.0, 100, 200, 5);
+    as_report_push_step(&r.arm[1].runs[0], 2.0, 50, 150, 6);
+    r.arm[0].runs[0].kind_raw_peak[AS_KIND_CONV_INPUT] = 100;
+    r.arm[0].runs[0].kind_stored_peak[AS_KIND_CONV_INPUT] = 100;
+    r.arm[1].runs[0].kind_raw_peak[AS_KIND_CONV_INPUT] = 100;
+    r.arm[1].runs[0].kind_stored_peak[AS_KIND_CONV_INPUT] = 25;
+    r.partial = true;
+    char v[512];
+    as_report_verdict(&r, v, sizeof v);
+    assert_non_null(strstr(v, "PARTIAL: B keeps 4.0x less conv_input memory"));
+    assert_non_null(strstr(v, "(1 seed, no interval)"));
+    as_report_free(&r);
+}
+
+static void test_prepare_dir_errors(void **state)
+{
+    (void)state;
+    char err[512];
+    assert_int_equal(as_report_prepare_dir("/dev/null/out", err, sizeof err), -1);
+    assert_non_null(strstr(err, "/dev/null/out"));
+    assert_int_equal(as_report_prepare_dir("/proc/actstore-no/out", err, sizeof err), -1);
+    assert_non_null(strstr(err, "/proc/actstore-no/out"));
+    assert_int_equal(as_report_prepare_dir("", err, sizeof err), -1);
+    char f[] = "/tmp/as_test_file_XXXXXX";
+    int fd = mkstemp(f);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(as_report_prepare_dir(f, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not a directory"));
+    unlink(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_summary_and_median),
         cmocka_unit_test(test_paired_ci),
         cmocka_unit_test(test_svg_charts),
+        cmocka_unit_test(test_report_files),
+        cmocka_unit_test(test_report_same_policy_zero),
+        cmocka_unit_test(test_report_partial),
+        cmocka_unit_test(test_prepare_dir_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
