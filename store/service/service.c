@@ -92,18 +92,6 @@ static uint64_t mono_ns(void)
 
 /* ---- the default provider (store + arena snapshots) ---------------------- */
 
-/* TEMPORARY (until the allocator and store implementations are in the
- * tree): weak references, so the service links and its tests run with a
- * fake provider before those land. Remove once they do. */
-#pragma weak as_arena_snapshot_take
-#pragma weak as_arena_snapshot_free
-#pragma weak as_arena_refresh_stats
-#pragma weak as_store_stats_take
-#pragma weak as_store_stats_free
-#pragma weak as_store_arena
-#pragma weak as_store_label
-#define AS__HAVE(fn) ((fn) != NULL)
-
 static int dflt_take(void *ud, size_t i, uint64_t since, as__svc_view *v)
 {
     struct default_src *d = &((struct default_src *)ud)[i];
@@ -111,10 +99,8 @@ static int dflt_take(void *ud, size_t i, uint64_t since, as__svc_view *v)
         /* jemalloc's resident/mapped figures are refreshed by the arena's
          * sampler when it runs; refresh them here at most twice a second
          * (about 15 us a call, on this thread). */
-        if (!AS__HAVE(as_arena_snapshot_take))
-            return AS_ENOTSUP;
         uint64_t now = mono_ns();
-        if (now - d->last_refresh_ns > 500000000ull && AS__HAVE(as_arena_refresh_stats)) {
+        if (now - d->last_refresh_ns > 500000000ull) {
             as_arena_refresh_stats(d->arena);
             d->last_refresh_ns = now;
         }
@@ -124,8 +110,7 @@ static int dflt_take(void *ud, size_t i, uint64_t since, as__svc_view *v)
         v->has_arena = true;
     }
     if (d->store) {
-        int rc = AS__HAVE(as_store_stats_take) ? as_store_stats_take(d->store, &v->store)
-                                               : AS_ENOTSUP;
+        int rc = as_store_stats_take(d->store, &v->store);
         if (rc) {
             if (v->has_arena)
                 as_arena_snapshot_free(&v->arena);
@@ -489,15 +474,13 @@ int as_service_start(const as_service_config *cfg, const as_service_source *src,
         d[i].store = src[i].store;
         d[i].last_refresh_ns = 0;
         d[i].arena = src[i].arena ? src[i].arena
-                     : src[i].store && AS__HAVE(as_store_arena) ? as_store_arena(src[i].store)
-                                                                : NULL;
+                     : src[i].store ? as_store_arena(src[i].store) : NULL;
         if (!d[i].store && !d[i].arena) {
             as__svc_free(d);
             return set_err(err, errlen, AS_EINVAL, "source %zu has neither store nor arena", i);
         }
         labels[i] = src[i].label ? src[i].label
-                    : src[i].store && AS__HAVE(as_store_label) ? as_store_label(src[i].store)
-                                                                : NULL;
+                    : src[i].store ? as_store_label(src[i].store) : NULL;
     }
     as__svc_provider prov = {dflt_take, dflt_release, d};
     as_service *svc = NULL;

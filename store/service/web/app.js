@@ -1,1 +1,699 @@
+/*
+ * actstore dashboard. Loads the service's timeline once, then follows the
+ * event stream (one frame per tick: the newest timeline point, new step /
+ * phase marks and each store's current tables). Everything is drawn from
+ * that local copy: uPlot for the time series, plain DOM for bars and tables.
+ *
+ * For tests and scripts the page exposes what it received on the DOM:
+ *   body[data-frames]   event-stream frames received
+ *   body[data-points]   timeline points held
+ *   body[data-state]    loading | live | reconnecting | polling | error
+ *   .chart[data-points] points plotted, .chart[data-nonzero] series with data
+ */
+'use strict';
+(function () {
+  const MAX_POINTS = 3000;               /* ~5 min at 10 Hz (the service's ring) */
+  const TABLE_MS = 500;                  /* tables and cards: 2 updates a second */
+  const PHASE_BACKWARD = 2, PHASE_EVAL = 4;
+  const STORE_COLORS = ['#5cc8ff', '#ffb454', '#c792ea', '#5ee4a1', '#ff6b6b', '#f7d154'];
+  const PALETTE = ['#5cc8ff', '#ffb454', '#5ee4a1', '#c792ea', '#ff6b6b', '#f7d154',
+                   '#4dd0c8', '#ff8fb1', '#9aa5ff', '#b5e08a', '#e0a07a', '#8fb8d8'];
+  const C = { muted: '#8a94a6', line: '#262c36', grid: '#1f252e', bg: '#171b22', text: '#dfe5ee' };
 
+  /* ---- formatting ------------------------------------------------------ */
+
+  const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  function fmtBytes(v) {
+    if (v == null || !isFinite(v)) return '–';
+    const neg = v < 0;
+    let x = Math.abs(v), u = 0;
+    while (x >= 1024 && u < UNITS.length - 1) { x /= 1024; u++; }
+    const s = u === 0 ? String(Math.round(x))
+      : x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2);
+    return (neg ? '−' : '') + s + ' ' + UNITS[u];
+  }
+  function fmtRatio(raw, stored) {
+    if (!(raw > 0)) return '–';
+    if (!(stored > 0)) return '∞';
+    const r = raw / stored;
+    return (r >= 100 ? r.toFixed(0) : r >= 10 ? r.toFixed(1) : r.toFixed(2)) + '×';
+  }
+  function fmtInt(n) { return n == null ? '–' : Math.round(n).toLocaleString('en-US'); }
+  function fmtPct(x) { return (x > 0 ? '+' : x < 0 ? '−' : '±') + Math.abs(x * 100).toFixed(1) + '%'; }
+  function fmtDur(s) {
+    s = Math.max(0, Math.floor(s));
+    const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, sec = s % 60;
+    if (h) return h + 'h ' + String(m).padStart(2, '0') + 'm';
+    if (m) return m + 'm ' + String(sec).padStart(2, '0') + 's';
+    return sec + ' s';
+  }
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text != null) e.textContent = text;
+    return e;
+  }
+  /* an opaque colour between c and the panel background (stacked fills) */
+  function mix(hex, a) {
+    const p = h => [1, 3, 5].map(i => parseInt(h.substr(i, 2), 16));
+    const x = p(hex), y = p(C.bg);
+    return 'rgb(' + x.map((v, i) => Math.round(v * a + y[i] * (1 - a))).join(',') + ')';
+  }
+  function storeColor(i) { return STORE_COLORS[i % STORE_COLORS.length]; }
+
+  /* ---- state --------------------------------------------------------------- */
+
+  const S = {
+    seq: 0,            /* seq of the newest point held */
+    t: [],             /* unix seconds per point */
+    stores: [],        /* {label, cols:{live,...}, tags:{name:[]}, kinds:{name:[]}} */
+    marks: [],         /* {t, store, type, step, phase} */
+    now: [],           /* each store's current tables (snapshot / frame "now") */
+    hdr: null,
+    frames: 0,
+    resyncing: false,
+    layoutKey: '',
+    charts: [],
+    dirty: false,
+    tablesAt: 0,
+    showAll: {},       /* store index -> show every layer (polls the snapshot) */
+    fullLayers: {},
+  };
+  const COLS = ['live', 'peak', 'resident', 'saved_raw', 'saved_stored', 'step', 'phase'];
+
+  function resetTimeline(labels) {
+    S.seq = 0; S.t = []; S.marks = [];
+    S.stores = labels.map(l => ({ label: l, cols: Object.fromEntries(COLS.map(c => [c, []])),
+                                  tags: {}, kinds: {} }));
+  }
+
+  /* Append a timeline document (full or increment). Points are numbered
+   * seq - n + 1 .. seq; only those newer than what we hold are taken. A gap
+   * (points missed while disconnected) triggers a resync from our seq. */
+  function merge(doc) {
+    const n = doc.t ? doc.t.length : 0;
+    const labels = (doc.stores || []).map(s => s.label);
+    if (labels.join('\u0001') !== S.stores.map(s => s.label).join('\u0001')) resetTimeline(labels);
+    if (!n) return true;
+    const first = doc.seq - n + 1;
+    if (S.seq && first > S.seq + 1) return false;        /* gap */
+    const from = Math.max(0, S.seq + 1 - first);
+    if (from >= n) return true;
+    for (let j = from; j < n; j++) S.t.push(doc.t[j]);
+    doc.stores.forEach((ds, i) => {
+      const st = S.stores[i];
+      for (const c of COLS) {
+        const src = ds[c] || [];
+        for (let j = from; j < n; j++) st.cols[c].push(src[j] == null ? null : src[j]);
+      }
+      for (const grp of ['tags', 'kinds']) {
+        const src = ds[grp] || {};
+        for (const name of Object.keys(src)) {
+          if (!st[grp][name]) st[grp][name] = new Array(S.t.length - (n - from)).fill(0);
+          const a = st[grp][name];
+          for (let j = from; j < n; j++) a.push(src[name][j] || 0);
+        }
+        for (const name of Object.keys(st[grp]))       /* a name missing here */
+          while (st[grp][name].length < S.t.length) st[grp][name].push(0);
+      }
+    });
+    for (const m of doc.marks || []) if (m.seq > S.seq) S.marks.push(m);
+    S.seq = doc.seq;
+    trim();
+    document.body.dataset.points = S.t.length;
+    return true;
+  }
+
+  function trim() {
+    const extra = S.t.length - MAX_POINTS;
+    if (extra <= 0) return;
+    S.t.splice(0, extra);
+    for (const st of S.stores) {
+      for (const c of COLS) st.cols[c].splice(0, extra);
+      for (const grp of ['tags', 'kinds']) for (const k in st[grp]) st[grp][k].splice(0, extra);
+    }
+    const t0 = S.t[0];
+    let k = 0;
+    while (k < S.marks.length && S.marks[k].t < t0) k++;
+    if (k) S.marks.splice(0, k);
+  }
+
+  /* ---- charts ----------------------------------------------------------------- */
+
+  /* Background: backward (and eval) spans of store si shaded; foreground:
+   * step boundaries as thin lines, labelled when there is room. */
+  function drawPhases(u, si) {
+    const st = S.stores[si];
+    if (!st || !S.t.length) return;
+    const ph = st.cols.phase, ctx = u.ctx, bb = u.bbox;
+    ctx.save();
+    const span = (a, b, style) => {
+      const x0 = Math.max(bb.left, u.valToPos(S.t[a], 'x', true));
+      const x1 = Math.min(bb.left + bb.width, u.valToPos(S.t[Math.min(b, S.t.length - 1)], 'x', true));
+      if (x1 > x0) { ctx.fillStyle = style; ctx.fillRect(x0, bb.top, x1 - x0, bb.height); }
+    };
+    let run = -1, runPhase = -1;
+    for (let j = 0; j <= ph.length; j++) {
+      const p = j < ph.length ? ph[j] : -1;
+      if (p !== runPhase) {
+        if (run >= 0 && runPhase === PHASE_BACKWARD) span(run, j, 'rgba(255,180,84,0.08)');
+        if (run >= 0 && runPhase === PHASE_EVAL) span(run, j, 'rgba(94,228,161,0.07)');
+        run = j; runPhase = p;
+      }
+    }
+    ctx.restore();
+  }
+
+  function drawSteps(u, si) {
+    const marks = S.marks.filter(m => m.type === 'step' && (si < 0 || m.store === si));
+    if (!marks.length) return;
+    const ctx = u.ctx, bb = u.bbox, dpr = window.devicePixelRatio || 1;
+    const xs = [];
+    for (const m of marks) {
+      const x = u.valToPos(m.t, 'x', true);
+      if (x >= bb.left && x <= bb.left + bb.width) xs.push([x, m.step]);
+    }
+    if (!xs.length) return;
+    /* with steps closer than 4 px, draw every k-th so lines stay lines */
+    const gap = xs.length > 1 ? (xs[xs.length - 1][0] - xs[0][0]) / (xs.length - 1) : 1e9;
+    const every = Math.max(1, Math.ceil((4 * dpr) / Math.max(gap, 1e-3)));
+    const labelEvery = Math.max(every, Math.ceil((70 * dpr) / Math.max(gap, 1e-3)));
+    ctx.save();
+    ctx.strokeStyle = 'rgba(223,229,238,0.16)';
+    ctx.lineWidth = dpr;
+    ctx.fillStyle = C.muted;
+    ctx.font = (10 * dpr) + 'px system-ui, sans-serif';
+    ctx.beginPath();
+    xs.forEach(([x, step], k) => {
+      if (step % every && k % every) return;
+      ctx.moveTo(Math.round(x) + 0.5, bb.top);
+      ctx.lineTo(Math.round(x) + 0.5, bb.top + bb.height);
+    });
+    ctx.stroke();
+    xs.forEach(([x, step], k) => {
+      if (k % labelEvery === 0 && x + 40 * dpr < bb.left + bb.width)
+        ctx.fillText('step ' + step, x + 3 * dpr, bb.top + 11 * dpr);
+    });
+    ctx.restore();
+  }
+
+  /* def: {el, title, series:[{label, color, dash, fill, get:()=>array, value}], stacked,
+   *       phaseStore, stepStore, key} */
+  function makeChart(def) {
+    const host = def.el;
+    const width = Math.max(200, host.clientWidth || 400);
+    const series = [{ value: (u, v) => v == null ? '–' : new Date(v * 1000).toLocaleTimeString() }];
+    def.series.forEach((s, k) => {
+      series.push({
+        label: s.label,
+        stroke: s.color,
+        width: s.width || 1.6,
+        dash: s.dash,
+        fill: s.fill,
+        points: { show: false },
+        value: (u, v, si, idx) => {
+          if (idx == null) return '–';
+          const raw = def.stacked ? def.rawAt(k, idx) : v;
+          return fmtBytes(raw);
+        },
+      });
+    });
+    const opts = {
+      width, height: def.height || 230,
+      cursor: { drag: { x: true, y: false, setScale: true }, points: { size: 6 } },
+      select: { show: true },
+      legend: { live: true },
+      scales: { x: { time: true }, y: { range: (u, lo, hi) => [0, hi > 0 ? hi * 1.08 : 1024] } },
+      axes: [
+        { stroke: C.muted, grid: { stroke: C.grid, width: 1 }, ticks: { stroke: C.line, width: 1 } },
+        { stroke: C.muted, grid: { stroke: C.grid, width: 1 }, ticks: { stroke: C.line, width: 1 },
+          size: 74, values: (u, vals) => vals.map(fmtBytes) },
+      ],
+      series,
+      hooks: {
+        drawClear: [u => { if (def.phaseStore != null) drawPhases(u, def.phaseStore); }],
+        draw: [u => drawSteps(u, def.stepStore != null ? def.stepStore : -1)],
+      },
+    };
+    const ch = { def, u: new uPlot(opts, data(def), host), zoomed: false };
+    ch.u.over.addEventListener('dblclick', () => { ch.zoomed = false; });
+    ch.u.over.addEventListener('mouseup', () => { ch.zoomed = ch.u.select.width > 0 || ch.zoomed; });
+    return ch;
+  }
+
+  function data(def) {
+    const cols = def.series.map(s => s.get());
+    if (def.stacked) {           /* series k holds the sum of k..end (drawn largest first) */
+      const n = S.t.length, acc = new Array(n).fill(0);
+      for (let k = cols.length - 1; k >= 0; k--) {
+        const c = cols[k];
+        for (let j = 0; j < n; j++) acc[j] += c[j] || 0;
+        cols[k] = acc.slice();
+      }
+    }
+    return [S.t.slice()].concat(cols);
+  }
+
+  function updateChart(ch) {
+    const d = data(ch.def);
+    ch.u.setData(d, !ch.zoomed);
+    let nonzero = 0;
+    for (let k = 1; k < d.length; k++) if (d[k].some(v => v > 0)) nonzero++;
+    ch.def.el.dataset.points = d[0].length;
+    ch.def.el.dataset.nonzero = nonzero;
+  }
+
+  /* ---- layout: cards, arms ---------------------------------------------------- */
+
+  function buildLayout() {
+    const key = S.stores.map(s => s.label).join('\u0001');
+    const kindKey = S.stores.map(s => activeNames(s.kinds).join(',') + '|' + activeNames(s.tags).join(',')).join(';');
+    if (key === S.layoutKey && kindKey === S.kindKey) return;
+    const fresh = key !== S.layoutKey;
+    S.layoutKey = key; S.kindKey = kindKey;
+    for (const ch of S.charts) ch.u.destroy();
+    S.charts = [];
+    const cards = document.getElementById('cards'), arms = document.getElementById('arms');
+    if (fresh) {
+      cards.textContent = ''; arms.textContent = '';
+      S.stores.forEach((st, i) => {
+        cards.appendChild(buildCard(st, i));
+        arms.appendChild(buildArm(st, i));
+      });
+      if (S.stores.length > 1) cards.appendChild(buildCompare());
+    }
+    const multi = S.stores.length > 1;
+    S.charts.push(makeChart({
+      el: clear('chart-live'), phaseStore: 0, stepStore: 0,
+      series: S.stores.flatMap((st, i) => [
+        { label: (multi ? st.label + ' ' : '') + 'live', color: storeColor(i), width: 2,
+          fill: multi ? undefined : 'rgba(92,200,255,0.10)', get: () => st.cols.live },
+        { label: (multi ? st.label + ' ' : '') + 'resident', color: storeColor(i), dash: [6, 4],
+          width: 1.2, get: () => st.cols.resident },
+      ]),
+    }));
+    S.charts.push(makeChart({
+      el: clear('chart-saved'), phaseStore: 0, stepStore: 0,
+      series: S.stores.flatMap((st, i) => [
+        { label: (multi ? st.label + ' ' : '') + 'stored', color: storeColor(i), width: 2,
+          fill: multi ? undefined : 'rgba(92,200,255,0.12)', get: () => st.cols.saved_stored },
+        { label: (multi ? st.label + ' ' : '') + 'raw (keep)', color: storeColor(i), dash: [6, 4],
+          width: 1.2, get: () => st.cols.saved_raw },
+      ]),
+    }));
+    S.stores.forEach((st, i) => {
+      for (const grp of ['kinds', 'tags']) {
+        const host = clear('chart-' + grp + '-' + i);
+        const names = activeNames(st[grp]);
+        const empty = document.getElementById('empty-' + grp + '-' + i);
+        empty.hidden = names.length > 0;
+        if (!names.length) { host.dataset.points = 0; host.dataset.nonzero = 0; continue; }
+        const def = {
+          el: host, stacked: true, phaseStore: i, stepStore: i, height: 200,
+          series: names.map((n, k) => ({ label: n.replace(/_/g, ' '), color: PALETTE[k % PALETTE.length],
+                                         fill: mix(PALETTE[k % PALETTE.length], 0.45), width: 1,
+                                         get: () => st[grp][n] })),
+        };
+        def.rawAt = (k, idx) => st[grp][names[k]][idx];
+        S.charts.push(makeChart(def));
+      }
+    });
+  }
+
+  function clear(id) { const e = document.getElementById(id); e.textContent = ''; return e; }
+
+  function activeNames(group) {
+    /* the service's order (kinds and tags by id): stable colours */
+    return Object.keys(group).filter(n => group[n].some(v => v > 0));
+  }
+
+  function kpi(parent, id, label) {
+    const k = el('div', 'kpi');
+    k.appendChild(el('div', 'l', label));
+    const v = el('div', 'v', '–'); v.id = id;
+    const s = el('div', 's', ''); s.id = id + '-sub';
+    k.append(v, s);
+    parent.appendChild(k);
+  }
+
+  function buildCard(st, i) {
+    const c = el('div', 'card');
+    c.style.setProperty('--c', storeColor(i));
+    const h = el('h3');
+    const sw = el('span', 'swatch'); sw.style.background = storeColor(i);
+    h.append(sw, el('span', null, 'store ' + st.label));
+    const badge = el('span', 'badge small'); badge.id = 'card-step-' + i;
+    h.appendChild(badge);
+    const spec = el('span', 'spec'); spec.id = 'card-spec-' + i;
+    h.appendChild(spec);
+    c.appendChild(h);
+    const k = el('div', 'kpis');
+    kpi(k, 'k-live-' + i, 'live now');
+    kpi(k, 'k-stored-' + i, 'saved stored');
+    kpi(k, 'k-ratio-' + i, 'saving');
+    kpi(k, 'k-res-' + i, 'resident');
+    c.appendChild(k);
+    return c;
+  }
+
+  function buildCompare() {
+    const c = el('div', 'card compare');
+    c.appendChild(el('h3', null, 'A/B: each store against ' + S.stores[0].label));
+    const t = el('table'); t.id = 'compare';
+    c.appendChild(t);
+    return c;
+  }
+
+  function panel(title, hint) {
+    const p = el('div', 'panel');
+    const h = el('h2', null, title);
+    if (hint) h.appendChild(el('span', 'hint', hint));
+    p.appendChild(h);
+    return p;
+  }
+
+  function buildArm(st, i) {
+    const a = el('div', 'arm');
+    a.style.setProperty('--c', storeColor(i));
+    const t = el('div', 'title');
+    const sw = el('span', 'swatch'); sw.style.background = storeColor(i);
+    t.append(sw, el('span', null, 'store ' + st.label));
+    a.appendChild(t);
+    for (const [grp, title, hint] of [['kinds', 'Saved by kind', 'stored bytes, stacked'],
+                                       ['tags', 'Arena by tag', 'live bytes, stacked']]) {
+      const p = panel(title, hint);
+      const ch = el('div', 'chart small'); ch.id = 'chart-' + grp + '-' + i;
+      ch.dataset.points = 0; ch.dataset.nonzero = 0;
+      const e = el('div', 'empty', grp === 'kinds' ? 'nothing saved yet' : 'no allocations yet');
+      e.id = 'empty-' + grp + '-' + i;
+      p.append(ch, e);
+      a.appendChild(p);
+    }
+    const pp = panel('Policies', 'peak bytes: raw (grey) vs stored (colour), compression ratio');
+    const pol = el('div', 'bars'); pol.id = 'pol-' + i;
+    pp.appendChild(pol);
+    a.appendChild(pp);
+    const lp = panel('Layers', 'largest first, by peak raw bytes this step');
+    const tog = el('a', 'toggle', 'show all'); tog.href = '#'; tog.id = 'layers-all-' + i;
+    tog.addEventListener('click', ev => {
+      ev.preventDefault();
+      S.showAll[i] = !S.showAll[i];
+      tog.textContent = S.showAll[i] ? 'top 20' : 'show all';
+      if (S.showAll[i]) pollFull(); else delete S.fullLayers[i];
+      renderTables(true);
+    });
+    lp.querySelector('h2').appendChild(tog);
+    const tbl = el('table', 'layers'); tbl.id = 'layers-' + i;
+    lp.appendChild(tbl);
+    const note = el('div', 'muted'); note.id = 'layers-note-' + i;
+    lp.appendChild(note);
+    a.appendChild(lp);
+    return a;
+  }
+
+  /* ---- tables and cards (throttled) -------------------------------------------- */
+
+  function setText(id, text, cls) {
+    const e = document.getElementById(id);
+    if (!e) return;
+    if (e.textContent !== text) e.textContent = text;
+    if (cls !== undefined) e.className = cls;
+  }
+
+  function barCell(raw, stored, max) {
+    const td = el('td', 'barcell');
+    const bar = el('div', 'bar');
+    const b = el('b'); b.style.width = (max > 0 ? 100 * raw / max : 0).toFixed(2) + '%';
+    const i = el('i'); i.style.width = (max > 0 ? 100 * stored / max : 0).toFixed(2) + '%';
+    bar.append(b, i);
+    td.appendChild(bar);
+    return td;
+  }
+
+  function row(cells) {
+    const tr = el('tr');
+    for (const c of cells) {
+      if (c instanceof HTMLElement) { tr.appendChild(c); continue; }
+      const [text, cls, title] = Array.isArray(c) ? c : [c];
+      const td = el('td', cls, text);
+      if (title) td.title = title;
+      tr.appendChild(td);
+    }
+    return tr;
+  }
+
+  function head(tbl, names) {
+    const tr = el('tr');
+    for (const n of names) {
+      const [text, cls] = Array.isArray(n) ? n : [n];
+      tr.appendChild(el('th', cls, text));
+    }
+    const th = el('thead'); th.appendChild(tr);
+    tbl.appendChild(th);
+  }
+
+  function peakOr(c, k) { return c[k + '_peak_bytes'] || c[k + '_bytes'] || 0; }
+
+  function renderStore(s, i) {
+    const arena = s.arena || {}, saved = s.saved || {};
+    setText('card-step-' + i, s.available === false ? 'unavailable' :
+            'step ' + fmtInt(s.step) + ' · ' + (s.phase || '–'), 'badge small phase ' + (s.phase || ''));
+    setText('card-spec-' + i, s.spec || (s.saved ? '' : 'arena only'));
+    const sp = document.getElementById('card-spec-' + i);
+    if (sp) sp.title = s.spec || '';
+    setText('k-live-' + i, fmtBytes(arena.live_bytes));
+    setText('k-live-' + i + '-sub', 'peak ' + fmtBytes(arena.peak_bytes) +
+            (arena.budget_bytes ? ' · budget ' + fmtBytes(arena.budget_bytes) : ''));
+    const rawP = saved.raw_peak_bytes || 0, stoP = saved.stored_peak_bytes || 0;
+    setText('k-stored-' + i, fmtBytes(saved.stored_bytes));
+    setText('k-stored-' + i + '-sub', 'of ' + fmtBytes(saved.raw_bytes) + ' raw · ' +
+            fmtInt(saved.live_handles) + ' handles');
+    setText('k-ratio-' + i, fmtRatio(rawP, stoP), 'v' + (rawP > stoP * 1.05 ? ' good' : ''));
+    setText('k-ratio-' + i + '-sub', rawP ? 'step peak ' + fmtBytes(stoP) + ' of ' + fmtBytes(rawP) +
+            ' (−' + fmtBytes(Math.max(0, rawP - stoP)) + ')' : 'nothing saved yet');
+    setText('k-res-' + i, fmtBytes(arena.resident_bytes));
+    setText('k-res-' + i + '-sub', 'mapped ' + fmtBytes(arena.mapped_bytes) + ' · retained ' +
+            fmtBytes(arena.retained_bytes));
+
+    /* policies: bars of peak raw vs stored, the ratio */
+    const pol = document.getElementById('pol-' + i);
+    if (pol) {
+      pol.textContent = '';
+      const ps = (s.policies || []).filter(p => p.saves || p.raw_peak_bytes);
+      if (!ps.length) pol.appendChild(el('div', 'empty', 'no saves yet'));
+      const tbl = el('table');
+      if (ps.length) head(tbl, ['policy', '', ['raw peak', 'num'], ['stored peak', 'num'],
+                                ['ratio', 'num'], ['saves', 'num'], ['fallbacks', 'num']]);
+      const max = Math.max(1, ...ps.map(p => peakOr(p, 'raw')));
+      const body = el('tbody');
+      for (const p of ps.sort((a, b) => peakOr(b, 'raw') - peakOr(a, 'raw')))
+        body.appendChild(row([[p.name, 'pol'], barCell(peakOr(p, 'raw'), peakOr(p, 'stored'), max),
+                              [fmtBytes(peakOr(p, 'raw')), 'num'], [fmtBytes(peakOr(p, 'stored')), 'num'],
+                              [fmtRatio(peakOr(p, 'raw'), peakOr(p, 'stored')), 'num ratio'],
+                              [fmtInt(p.saves), 'num'], [fmtInt(p.fallbacks), 'num' + (p.fallbacks ? ' fb' : '')]]));
+      tbl.appendChild(body);
+      if (ps.length) pol.appendChild(tbl);
+    }
+
+    /* layers */
+    const tbl = document.getElementById('layers-' + i);
+    if (tbl) {
+      const layers = (S.showAll[i] && S.fullLayers[i]) || s.layers || [];
+      tbl.textContent = '';
+      if (layers.length) {
+        head(tbl, ['layer', 'policy', '', ['raw peak', 'num'], ['stored peak', 'num'], ['ratio', 'num'],
+                   ['saves', 'num'], ['fallbacks', 'num']]);
+        const max = Math.max(1, ...layers.map(l => peakOr(l, 'raw')));
+        const body = el('tbody');
+        for (const l of layers)
+          body.appendChild(row([[l.name, 'name', l.name], [l.policy || '–', 'pol'],
+                                barCell(peakOr(l, 'raw'), peakOr(l, 'stored'), max),
+                                [fmtBytes(peakOr(l, 'raw')), 'num'], [fmtBytes(peakOr(l, 'stored')), 'num'],
+                                [fmtRatio(peakOr(l, 'raw'), peakOr(l, 'stored')), 'num ratio'],
+                                [fmtInt(l.saves), 'num'],
+                                [fmtInt(l.fallbacks), 'num' + (l.fallbacks ? ' fb' : ''),
+                                 l.last_fallback ? 'last fallback: ' + l.last_fallback : '']]));
+        tbl.appendChild(body);
+      }
+      const total = s.layers_total || 0;
+      setText('layers-note-' + i, !layers.length ? (s.saved ? 'no layer has saved anything yet' : '') :
+              layers.length < total ? 'showing ' + layers.length + ' of ' + total + ' layers' :
+              total + ' layers');
+    }
+  }
+
+  function renderCompare() {
+    const t = document.getElementById('compare');
+    if (!t || S.now.length < 2) return;
+    const a = S.now[0];
+    const fig = s => ({
+      live: (s.arena || {}).peak_bytes || 0,
+      stored: (s.saved || {}).stored_peak_bytes || 0,
+      raw: (s.saved || {}).raw_peak_bytes || 0,
+      resident: (s.arena || {}).resident_bytes || 0,
+    });
+    const fa = fig(a);
+    t.textContent = '';
+    head(t, ['store', ['peak live', 'num'], ['vs ' + a.label, 'num'], ['saved peak', 'num'],
+             ['vs ' + a.label, 'num'], ['resident', 'num'], ['vs ' + a.label, 'num']]);
+    const body = el('tbody');
+    S.now.forEach((s, i) => {
+      const f = fig(s);
+      const rel = (x, y) => (i === 0 || !y) ? ['', 'num'] :
+        [fmtPct(x / y - 1), 'num ' + (x < y ? 'good' : x > y ? 'bad' : '')];
+      const name = el('td'); const sw = el('span', 'swatch'); sw.style.background = storeColor(i);
+      name.append(sw, document.createTextNode(' ' + s.label));
+      body.appendChild(row([name, [fmtBytes(f.live), 'num'], rel(f.live, fa.live),
+                            [fmtBytes(f.stored), 'num'], rel(f.stored, fa.stored),
+                            [fmtBytes(f.resident), 'num'], rel(f.resident, fa.resident)]));
+    });
+    t.appendChild(body);
+  }
+
+  function renderTables(force) {
+    const now = Date.now();
+    if (!force && now - S.tablesAt < TABLE_MS) return;
+    S.tablesAt = now;
+    S.now.forEach(renderStore);
+    renderCompare();
+    const s0 = S.now[0];
+    if (s0) {
+      setText('step', 'step ' + fmtInt(s0.step));
+      setText('phase', s0.phase || '–', 'badge phase ' + (s0.phase || ''));
+    }
+    if (S.hdr) {
+      setText('uptime', 'up ' + fmtDur(S.hdr.uptime_s || 0));
+      const sv = S.hdr.service || {};
+      setText('svc', 'actstore ' + (S.hdr.version || '') + ' · ' + fmtInt(sv.sse_clients) +
+              ' live client' + (sv.sse_clients === 1 ? '' : 's') + ' · service memory ' +
+              fmtBytes(sv.memory_bytes) + ' · ' + (S.hdr.tick_hz || 10) + ' Hz');
+    }
+  }
+
+  /* ---- drawing loop ------------------------------------------------------------ */
+
+  function schedule() {
+    if (S.dirty) return;
+    S.dirty = true;
+    requestAnimationFrame(() => {
+      S.dirty = false;
+      buildLayout();
+      for (const ch of S.charts) updateChart(ch);
+      renderTables(false);
+    });
+  }
+
+  window.addEventListener('resize', () => {
+    for (const ch of S.charts) {
+      const w = Math.max(200, ch.def.el.clientWidth);
+      ch.u.setSize({ width: w, height: ch.def.height || 230 });
+    }
+  });
+
+  /* ---- network ------------------------------------------------------------------- */
+
+  function setConn(state, text) {
+    document.body.dataset.state = state;
+    const d = document.getElementById('conn');
+    d.className = 'dot ' + (state === 'live' ? 'on' : state === 'polling' ? 'warn' : 'off');
+    setText('conn-text', text);
+  }
+
+  async function getJSON(path) {
+    const r = await fetch(path, { cache: 'no-store' });
+    if (!r.ok) throw new Error(path + ': HTTP ' + r.status);
+    return r.json();
+  }
+
+  async function resync() {
+    if (S.resyncing) return;
+    S.resyncing = true;
+    try {
+      const doc = await getJSON('api/v1/timeline' + (S.seq ? '?since=' + S.seq : ''));
+      S.hdr = doc;
+      if (!merge(doc)) {            /* older than the ring: start over */
+        resetTimeline((doc.stores || []).map(s => s.label));
+        merge(await getJSON('api/v1/timeline'));
+      }
+      schedule();
+    } catch (e) {
+      setConn('error', 'cannot load the timeline (' + e.message + ')');
+    } finally {
+      S.resyncing = false;
+    }
+  }
+
+  function onFrame(ev) {
+    let d;
+    try { d = JSON.parse(ev.data); } catch (e) { return; }
+    S.frames++;
+    document.body.dataset.frames = S.frames;
+    S.hdr = d;
+    if (d.now) S.now = d.now;
+    if (!S.resyncing && !merge(d)) resync();
+    setConn('live', 'live');
+    schedule();
+  }
+
+  let es = null, pollTimer = null, failures = 0;
+  function connect() {
+    if (!window.EventSource) { startPolling(); return; }
+    es = new EventSource('api/v1/events');
+    es.onmessage = ev => { failures = 0; onFrame(ev); };
+    es.onopen = () => setConn('live', 'live');
+    es.onerror = () => {
+      failures++;
+      setConn('reconnecting', 'reconnecting…');
+      if (failures >= 5 && es.readyState === EventSource.CLOSED) { es.close(); startPolling(); }
+    };
+  }
+
+  /* Fallback when the event stream is not available: poll once a second. */
+  function startPolling() {
+    if (pollTimer) return;
+    setConn('polling', 'polling (no event stream)');
+    pollTimer = setInterval(async () => {
+      try {
+        await resync();
+        const snap = await getJSON('api/v1/snapshot');
+        S.now = snap.stores || [];
+        schedule();
+      } catch (e) { setConn('error', 'service unreachable'); }
+    }, 1000);
+  }
+
+  let fullTimer = null;
+  function pollFull() {
+    const run = async () => {
+      if (!Object.values(S.showAll).some(Boolean)) { clearInterval(fullTimer); fullTimer = null; return; }
+      try {
+        const snap = await getJSON('api/v1/snapshot');
+        (snap.stores || []).forEach((s, i) => { if (S.showAll[i]) S.fullLayers[i] = s.layers || []; });
+        renderTables(true);
+      } catch (e) { /* keep the last list */ }
+    };
+    run();
+    if (!fullTimer) fullTimer = setInterval(run, 2000);
+  }
+
+  async function start() {
+    try {
+      const [tl, snap] = await Promise.all([getJSON('api/v1/timeline'), getJSON('api/v1/snapshot')]);
+      S.hdr = snap;
+      S.now = snap.stores || [];
+      merge(tl);
+      schedule();
+      renderTables(true);
+    } catch (e) {
+      setConn('error', 'cannot reach the service (' + e.message + ')');
+    }
+    connect();
+  }
+
+  if (typeof uPlot === 'undefined') {
+    document.body.dataset.state = 'error';
+    document.getElementById('conn-text').textContent = 'uPlot failed to load';
+    return;
+  }
+  start();
+})();

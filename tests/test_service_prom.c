@@ -1,0 +1,241 @@
+/*
+ * Service + Prometheus, on a real workload (two stores driven like a
+ * training loop, tests/test_service_work.h):
+ *   - promtool check metrics passes on the live /metrics output;
+ *   - a real Prometheus server on loopback, scraping the service every
+ *     second, returns our samples through its HTTP API.
+ * Both tools come from the Debian package prometheus (scripts/setup.sh
+ * installs it with AS_SETUP_TEST_TOOLS=1, as scripts/test.sh does). A
+ * missing tool FAILS the test with a message saying so. Override paths
+ * with AS_PROMTOOL / AS_PROMETHEUS. Every wait is bounded.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+
+#include "client/client.h"
+#include "test_service_proc.h"
+#include "test_service_util.h"
+#include "test_service_work.h"
+
+static work_arm arms[2];
+static as_service *svc;
+static char svc_addr[64];
+static char scratch[256];
+
+static int setup(void **state)
+{
+    (void)state;
+    if (work_start(&arms[0], "A", "default=keep") ||
+        work_start(&arms[1], "B", "linear_input=fp16; default=q8")) {
+        fprintf(stderr, "workload: %s %s\n", arms[0].err, arms[1].err);
+        return -1;
+    }
+    as_service_source src[2] = {{.store = arms[0].store}, {.store = arms[1].store}};
+    char err[256];
+    if (as_service_start(NULL, src, 2, &svc, err, sizeof err)) {
+        fprintf(stderr, "service: %s\n", err);
+        return -1;
+    }
+    snprintf(svc_addr, sizeof svc_addr, "127.0.0.1:%d", as_service_port(svc));
+    snprintf(scratch, sizeof scratch, "%s/as_prom_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(scratch)) {
+        perror("mkdtemp");
+        return -1;
+    }
+    /* let a few steps run so every family has samples */
+    for (int i = 0; i < 100 && atomic_load(&arms[1].steps) < 3; i++)
+        usleep(50000);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    as_service_stop(svc);
+    work_stop(&arms[0]);
+    work_stop(&arms[1]);
+    if (arms[0].rc || arms[1].rc)
+        fprintf(stderr, "workload errors: %s / %s\n", arms[0].err, arms[1].err);
+    proc_rmtree(scratch);
+    return arms[0].rc || arms[1].rc ? -1 : 0;
+}
+
+static char *get_body(const char *addr, const char *path, int *status)
+{
+    as_client_response r;
+    char err[256];
+    if (as_client_get(addr, path, 3000, &r, err, sizeof err)) {
+        *status = -1;
+        return NULL;
+    }
+    *status = r.status;
+    return r.body;   /* caller frees */
+}
+
+static void test_promtool_live(void **state)
+{
+    (void)state;
+    char tool[512];
+    if (!proc_find("AS_PROMTOOL", "promtool", tool, sizeof tool))
+        fail_msg("promtool not found on PATH: install the Debian package 'prometheus' "
+                 "(scripts/setup.sh with AS_SETUP_TEST_TOOLS=1) or set AS_PROMTOOL");
+    int status;
+    char *m = get_body(svc_addr, "/metrics", &status);
+    assert_int_equal(status, 200);
+    /* real figures: both stores, kinds and layers of the workload */
+    assert_non_null(strstr(m, "actstore_saved_raw_bytes{store=\"B\"}"));
+    assert_non_null(strstr(m, "actstore_kind_stored_peak_bytes{store=\"A\",kind=\"linear_input\"}"));
+    assert_non_null(strstr(m, "actstore_layer_raw_peak_bytes{store=\"B\",layer=\"blocks.5.mlp\",policy="));
+    assert_non_null(strstr(m, "actstore_policy_stored_peak_bytes{store=\"B\",policy=\"fp16\"}"));
+    char path[300];
+    snprintf(path, sizeof path, "%s/metrics.txt", scratch);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(m, f);
+    fclose(f);
+    free(m);
+    char cmd[1200], log[300];
+    snprintf(log, sizeof log, "%s/promtool.log", scratch);
+    snprintf(cmd, sizeof cmd, "'%s' check metrics < '%s' > '%s' 2>&1", tool, path, log);
+    int rc = system(cmd);
+    if (rc != 0)
+        proc_dump_log(log, 4000);
+    assert_int_equal(rc, 0);
+}
+
+/* Query Prometheus' HTTP API; returns the first result's value or -1. */
+static double prom_query(const char *addr, const char *query_enc, char *why, size_t whylen)
+{
+    char path[600];
+    snprintf(path, sizeof path, "/api/v1/query?query=%s", query_enc);
+    int status;
+    char *body = get_body(addr, path, &status);
+    double v = -1;
+    if (!body) {
+        snprintf(why, whylen, "no answer from Prometheus");
+        return -1;
+    }
+    cJSON *j = cJSON_Parse(body);
+    const cJSON *res = j ? cJSON_GetObjectItem(cJSON_GetObjectItem(j, "data"), "result") : NULL;
+    const cJSON *first = cJSON_GetArrayItem(res, 0);
+    const cJSON *val = first ? cJSON_GetArrayItem(cJSON_GetObjectItem(first, "value"), 1) : NULL;
+    if (cJSON_IsString(val))
+        v = atof(val->valuestring);
+    else
+        snprintf(why, whylen, "HTTP %d: %.300s", status, body);
+    cJSON_Delete(j);
+    free(body);
+    return v;
+}
+
+static void test_prometheus_scrapes(void **state)
+{
+    (void)state;
+    char bin[512];
+    if (!proc_find("AS_PROMETHEUS", "prometheus", bin, sizeof bin))
+        fail_msg("prometheus not found on PATH: install the Debian package 'prometheus' "
+                 "(scripts/setup.sh with AS_SETUP_TEST_TOOLS=1) or set AS_PROMETHEUS");
+    char cfg[300], data[300], log[300], flag_cfg[400], flag_data[400], flag_web[100];
+    snprintf(cfg, sizeof cfg, "%s/prometheus.yml", scratch);
+    snprintf(data, sizeof data, "%s/data", scratch);
+    snprintf(log, sizeof log, "%s/prometheus.log", scratch);
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fprintf(f, "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
+               "scrape_configs:\n  - job_name: actstore\n    static_configs:\n"
+               "      - targets: ['%s']\n", svc_addr);
+    fclose(f);
+    snprintf(flag_cfg, sizeof flag_cfg, "--config.file=%s", cfg);
+    snprintf(flag_data, sizeof flag_data, "--storage.tsdb.path=%s", data);
+
+    /* The port is picked free just before the start; if Prometheus loses
+     * the race for it, try another. */
+    pid_t pid = -1;
+    char paddr[64] = "";
+    for (int attempt = 0; attempt < 3 && pid < 0; attempt++) {
+        int port = proc_free_port();
+        assert_true(port > 0);
+        snprintf(paddr, sizeof paddr, "127.0.0.1:%d", port);
+        snprintf(flag_web, sizeof flag_web, "--web.listen-address=%s", paddr);
+        char *argv[] = {bin, flag_cfg, flag_data, flag_web, "--log.level=warn",
+                        "--storage.tsdb.retention.time=1h", NULL};
+        pid = proc_spawn(argv, log, NULL, 0);
+        assert_true(pid > 0);
+        /* ready within 30 s, or it exited */
+        bool ready = false;
+        for (double t0 = proc_now_s(); proc_now_s() - t0 < 30 && !ready;) {
+            int st;
+            if (waitpid(pid, &st, WNOHANG) == pid) {
+                pid = -1;
+                break;
+            }
+            int status;
+            char *b = get_body(paddr, "/-/ready", &status);
+            free(b);
+            ready = status == 200;
+            if (!ready)
+                usleep(200000);
+        }
+        if (!ready && pid > 0) {
+            proc_stop(pid, 5);
+            proc_dump_log(log, 4000);
+            fail_msg("Prometheus at %s not ready within 30 s", paddr);
+        }
+    }
+    if (pid < 0) {
+        proc_dump_log(log, 4000);
+        fail_msg("Prometheus exited at start (3 attempts)");
+    }
+
+    /* wait (bounded) for a scrape that carries our samples */
+    char why[512] = "";
+    double live = -1, up = -1, ratio = -1, peak = -1;
+    double t0 = proc_now_s();
+    while (proc_now_s() - t0 < 40) {
+        up = prom_query(paddr, "up%7Bjob%3D%22actstore%22%7D", why, sizeof why);
+        live = prom_query(paddr, "actstore_live_bytes%7Bstore%3D%22A%22%7D", why, sizeof why);
+        if (up == 1 && live > 0)
+            break;
+        usleep(300000);
+    }
+    double waited = proc_now_s() - t0;
+    /* a derived figure from two series: B's saved raw/stored peak ratio */
+    ratio = prom_query(paddr,
+                       "actstore_saved_raw_peak_bytes%7Bstore%3D%22B%22%7D%20%2F%20"
+                       "actstore_saved_stored_peak_bytes%7Bstore%3D%22B%22%7D", why, sizeof why);
+    peak = prom_query(paddr, "max_over_time(actstore_peak_since_scrape_bytes%7Bstore%3D%22B%22%7D%5B1m%5D)",
+                      why, sizeof why);
+    char *targets = NULL;
+    if (up != 1 || live <= 0) {
+        int status;
+        targets = get_body(paddr, "/api/v1/targets", &status);
+    }
+    int st = proc_stop(pid, 10);
+    fprintf(stderr, "prometheus: first sample after %.1f s; up=%g live_bytes{A}=%g "
+                    "saved raw/stored peak {B}=%.2f peak_since_scrape{B}=%g (exit status %d)\n",
+            waited, up, live, ratio, peak, st);
+    if (up != 1 || live <= 0) {
+        fprintf(stderr, "last answer: %s\ntargets: %.2000s\n", why, targets ? targets : "-");
+        proc_dump_log(log, 4000);
+    }
+    free(targets);
+    assert_true(up == 1);
+    assert_true(live > 0);
+    /* B stores fp16 / q8: the ratio is between 2 and 4 (q8 groups carry scales) */
+    assert_true(ratio > 1.8 && ratio <= 4.0);
+    assert_true(peak > 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_promtool_live),
+        cmocka_unit_test(test_prometheus_scrapes),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
