@@ -38,8 +38,11 @@ struct as__conv_inv {
     int P, Q, Qh;
     int pointwise;         /* 1x1 kernel: X = M Y per pixel */
     as__civ_fft fp, fq, ip, iq;  /* forward / inverse along P and Q */
-    /* cache */
-    int state;             /* 0 none, 1 factor valid, 2 rejected (cond) */
+    /* cache: the condition verdict and the factor, each for one version */
+    int cond_state;        /* 0 unknown, 1 accepted, 2 rejected */
+    uint64_t cond_version;
+    double cond;
+    int state;             /* 0 no factor, 1 factor valid for `version` */
     uint64_t version;
     float *m;              /* (P*Qh, 2, Cin, Cout) */
     float *wt;             /* weights as (kh, kw, Cout, Cin) */
@@ -206,17 +209,51 @@ void as__conv_inv_get_stats(const as__conv_inv *ci, as__conv_inv_stats *st)
     *st = ci->st;
 }
 
+static int reject(as__conv_inv *ci, char *why, size_t whylen)
+{
+    WHY("%s", ci->reject);
+    return AS_EFALLBACK;
+}
+
+static void set_verdict(as__conv_inv *ci, uint64_t version, double cond)
+{
+    ci->cond_version = version;
+    ci->cond = cond;
+    ci->st.cond = cond;
+    ci->st.cond_checks++;
+    ci->cond_state = cond <= ci->cfg.cond_max ? 1 : 2;
+    if (ci->cond_state == 2)
+        snprintf(ci->reject, sizeof ci->reject,
+                 "condition number %.3g above the threshold %.3g", cond,
+                 ci->cfg.cond_max);
+}
+
+int as__conv_inv_condition(as__conv_inv *ci, const float *w, uint64_t version,
+                           double *cond_out, char *why, size_t whylen)
+{
+    if (!(ci->cond_state && ci->cond_version == version)) {
+        double t0 = now_ms(), cond = 0;
+        int rc = as__civ_factor(&ci->g, ci->P, ci->Q, w, ci->cfg.eps_rel, NULL, &cond);
+        if (rc)
+            return rc;
+        set_verdict(ci, version, cond);
+        ci->st.cond_ms = now_ms() - t0;
+    }
+    if (cond_out)
+        *cond_out = ci->cond;
+    return ci->cond_state == 2 ? reject(ci, why, whylen) : 0;
+}
+
 int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
                          double *cond_out, char *why, size_t whylen)
 {
     const as__conv_geom *g = &ci->g;
-    if (ci->state && ci->version == version) {
-        if (cond_out)
-            *cond_out = ci->st.cond;
-        if (ci->state == 2) {
-            WHY("%s", ci->reject);
-            return AS_EFALLBACK;
-        }
+    const int known = ci->cond_state && ci->cond_version == version;
+    if (known && cond_out)
+        *cond_out = ci->cond;
+    if (known && ci->cond_state == 2)
+        return reject(ci, why, whylen);
+    if (ci->state == 1 && ci->version == version) {
         ci->st.factor_hits++;
         return 0;
     }
@@ -226,8 +263,11 @@ int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
     ci->m = malloc(sizeof(float) * mlen);
     if (!ci->m)
         return AS_ENOMEM;
+    /* The condition number comes along when this version was not checked
+     * yet (one pass over the frequencies for both). */
     double cond = 0;
-    int rc = as__civ_factor(g, ci->P, ci->Q, w, ci->cfg.eps_rel, ci->m, &cond);
+    int rc = as__civ_factor(g, ci->P, ci->Q, w, ci->cfg.eps_rel, ci->m,
+                            known ? NULL : &cond);
     if (rc) {
         as__conv_inv_trim(ci);
         return rc;
@@ -238,21 +278,18 @@ int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
                 for (int c = 0; c < g->cin; c++)
                     ci->wt[(((size_t)u * g->kw + v) * g->cout + o) * g->cin + c] =
                         w[(((size_t)o * g->cin + c) * g->kh + u) * g->kw + v];
-    ci->version = version;
     ci->st.factor_builds++;
-    ci->st.cond = cond;
     ci->st.factor_ms = now_ms() - t0;
-    if (cond_out)
-        *cond_out = cond;
-    if (!(cond <= ci->cfg.cond_max)) {
-        free(ci->m);
-        ci->m = NULL;
-        ci->state = 2;
-        snprintf(ci->reject, sizeof ci->reject,
-                 "condition number %.3g above the threshold %.3g", cond, ci->cfg.cond_max);
-        WHY("%s", ci->reject);
-        return AS_EFALLBACK;
+    if (!known) {
+        set_verdict(ci, version, cond);
+        if (cond_out)
+            *cond_out = cond;
+        if (ci->cond_state == 2) {
+            as__conv_inv_trim(ci);
+            return reject(ci, why, whylen);
+        }
     }
+    ci->version = version;
     ci->state = 1;
     ci->st.cache_bytes = sizeof(float) * mlen;
     return 0;
@@ -463,6 +500,7 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
     if (ci->pointwise) {
         double t0 = now_ms();
         restore_pointwise(ci, n, y, bias, x);
+        memset(ci->st.phase_ms, 0, sizeof ci->st.phase_ms);
         ci->st.phase_ms[2] = now_ms() - t0;
         ci->st.restores++;
         return 0;

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "actstore/common.h"
+#include "actstore/store.h"
 
 /* Geometry of one conv layer. n is only used by callers that pass it around;
  * the solver takes the batch size per call. */
@@ -47,10 +48,12 @@ typedef struct as__conv_inv_cfg {
 /* Counters of one solver object. */
 typedef struct as__conv_inv_stats {
     uint64_t factor_builds;   /* factorizations computed (new weight version) */
-    uint64_t factor_hits;     /* restores that reused the cached factor */
+    uint64_t factor_hits;     /* prepares that reused the cached factor */
+    uint64_t cond_checks;     /* condition numbers computed (one per version) */
     uint64_t restores;        /* successful restores */
-    double   cond;            /* max over frequencies of cond(A(f)), last build */
+    double   cond;            /* max over frequencies of cond(A(f)), last check */
     double   factor_ms;       /* wall time of the last factorization */
+    double   cond_ms;         /* wall time of the last condition-only check */
     size_t   cache_bytes;     /* bytes held by the cached factor */
     /* wall time of the phases of the last restore: build F, forward FFT,
      * solve, inverse FFT, crop */
@@ -89,14 +92,22 @@ int as__conv_inv_create(const as__conv_geom *g, const as__conv_inv_cfg *cfg,
 /* NULL-safe. */
 void as__conv_inv_destroy(as__conv_inv *ci);
 
-/* Make the factor for weights w (Cout, Cin, kh, kw) of version `version`
- * current: reuses the cached one when the version matches (counted as a hit
- * by the next restore), otherwise rebuilds it (counted) and computes the
- * condition number. Returns 0; AS_EFALLBACK when the max per-frequency
- * condition number exceeds cfg.cond_max (why names the value; the factor is
- * dropped and the next call with this version returns the same answer
- * without recomputing); AS_ENOMEM. *cond_out (may be NULL) gets the
- * condition number (inf when singular). */
+/* Check the max per-frequency condition number of weights w (Cout, Cin,
+ * kh, kw) of version `version` against cfg.cond_max, without building the
+ * factor (cheaper: no M). The verdict is cached per version: a second call
+ * with the same version costs nothing. Returns 0; AS_EFALLBACK above the
+ * threshold (why names the value); AS_ENOMEM. *cond_out (may be NULL) gets
+ * the condition number (inf when singular). */
+int as__conv_inv_condition(as__conv_inv *ci, const float *w, uint64_t version,
+                           double *cond_out, char *why, size_t whylen);
+
+/* Make the factor for weights w of version `version` current: reuses the
+ * cached one when the version matches (counted as a hit), otherwise
+ * rebuilds it (counted), computing the condition number in the same pass
+ * when this version was not checked yet. Returns 0; AS_EFALLBACK when the
+ * condition number exceeds cfg.cond_max (no factor is kept and the next
+ * call with this version returns the same answer without recomputing);
+ * AS_ENOMEM. *cond_out as for as__conv_inv_condition. */
 int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
                          double *cond_out, char *why, size_t whylen);
 
@@ -107,10 +118,34 @@ int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
 int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
                          const float *bias, const float *frame, float *x);
 
-/* Drop the cached factor (it is rebuilt on the next prepare). */
+/* Drop the cached factor (it is rebuilt on the next prepare); the
+ * condition verdict stays. */
 void as__conv_inv_trim(as__conv_inv *ci);
 
 void as__conv_inv_get_stats(const as__conv_inv *ci, as__conv_inv_stats *st);
+
+/* ---- the store policy "invert" (conv_invert_policy.c) ------------------- */
+
+extern const struct as_policy_ops as_policy_invert;
+
+/* Counters of the invert policy for one layer (summed over the rules of
+ * the store's current spec that use invert, and over geometries). */
+typedef struct as__conv_inv_lstats {
+    uint64_t entries;         /* (layer, geometry) solvers */
+    uint64_t saves;           /* inputs saved by inversion */
+    uint64_t restores;        /* inputs rebuilt */
+    uint64_t factor_builds;   /* factorizations (once per weight version) */
+    uint64_t factor_hits;     /* restores that reused a cached factor */
+    uint64_t cond_checks;     /* condition numbers computed (per version) */
+    uint64_t users;           /* live items that may still restore */
+    size_t   cache_bytes;     /* factor bytes held now */
+    double   cond;            /* last condition number (max over entries) */
+} as__conv_inv_lstats;
+
+/* Fill *out for `layer` (NULL: all layers). Returns 0, or AS_ENOTFOUND when
+ * no invert solver exists for it under the current rules. Thread-safe. */
+int as__conv_inv_layer_stats(as_store *s, const char *layer,
+                             as__conv_inv_lstats *out);
 
 /* ---- internals shared by the conv_invert*.c files ----------------------- */
 
@@ -146,8 +181,9 @@ void as__civ_fft_run(const as__civ_fft *f, float *out, size_t os,
 /* Per-frequency factorization (conv_invert_factor.c). For every frequency of
  * the half spectrum (kp in [0,P), kq in [0, Q/2]) compute
  * M(f) = (A^H A + eps I)^-1 A^H as fp32 planar (mr, mi each Cin x Cout,
- * row-major), stored at m + f * 2*Cin*Cout, and the max cond(A(f)).
- * Returns 0 or AS_ENOMEM. */
+ * row-major), stored at m + f * 2*Cin*Cout (m NULL: not computed), and the
+ * max cond(A(f)) into *cond_out (NULL: not estimated). Returns 0 or
+ * AS_ENOMEM. */
 int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
                    double eps_rel, float *m, double *cond_out);
 

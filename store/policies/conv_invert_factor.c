@@ -42,6 +42,7 @@ AS__CIV_CLONES
 int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
                    double eps_rel, float *m, double *cond_out)
 {
+    const int want_cond = cond_out != NULL;
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
     const int Qh = Q / 2 + 1;
     const size_t nf = (size_t)P * Qh;
@@ -126,12 +127,12 @@ int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
          * held in L before the factorization overwrites it). */
         double lmax[LANES], lmin[LANES];
         lanes_c *x = v, *y = v + ci;
-        for (int c = 0; c < ci; c++)
+        for (int c = 0; want_cond && c < ci; c++)
             for (int l = 0; l < LANES; l++) {
                 x[c].re[l] = 1.0 + 0.37 * ((c * 7919) % 13);
                 x[c].im[l] = 0.11 * ((c * 104729) % 7);
             }
-        for (int it = 0; it < POWER_ITERS; it++) {
+        for (int it = 0; want_cond && it < POWER_ITERS; it++) {
             double nx[LANES] = {0}, rq[LANES] = {0};
             for (int i = 0; i < ci; i++) {
                 lanes_c s;
@@ -241,12 +242,12 @@ int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
         } while (0)
 
         /* lambda_min by inverse iteration: Rayleigh quotient of G^-1. */
-        for (int c = 0; c < ci; c++)
+        for (int c = 0; want_cond && c < ci; c++)
             for (int l = 0; l < LANES; l++) {
                 x[c].re[l] = 1.0 + 0.29 * ((c * 31) % 11);
                 x[c].im[l] = -0.13 * ((c * 17) % 5);
             }
-        for (int it = 0; it < POWER_ITERS; it++) {
+        for (int it = 0; want_cond && it < POWER_ITERS; it++) {
             double nx[LANES] = {0};
             for (int i = 0; i < ci; i++) {
                 y[i] = x[i];
@@ -270,14 +271,14 @@ int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
                     x[i].im[l] = y[i].im[l] * ny[l];
                 }
         }
-        for (int l = 0; l < LANES && f0 + l < nf; l++) {
+        for (int l = 0; want_cond && l < LANES && f0 + l < nf; l++) {
             double c = singular[l] || !(lmin[l] > 0) ? INFINITY : sqrt(lmax[l] / lmin[l]);
             if (!(c <= cond_max))
                 cond_max = c;
         }
 
         /* M = G^-1 A^H, column o of M solves G m = conj(A[o][:]). */
-        for (int o = 0; o < co; o++) {
+        for (int o = 0; m && o < co; o++) {
             for (int c = 0; c < ci; c++)
                 for (int l = 0; l < LANES; l++) {
                     x[c].re[l] = A[(size_t)o * ci + c].re[l];
@@ -295,6 +296,7 @@ int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
 #undef CHOL_SOLVE
     }
     free(T); free(A); free(L); free(v);
-    *cond_out = cond_max;
+    if (want_cond)
+        *cond_out = cond_max;
     return 0;
 }

@@ -1,0 +1,440 @@
+/*
+ * Policy "invert" for conv inputs: drop the input at save, rebuild it at
+ * restore from the conv output, the weights and the border frame (the
+ * solver is conv_invert.c; the math is in conv_invert.h and
+ * docs/policies.md, "## Conv inversion").
+ *
+ * Spec: conv_input=invert[:COND]   COND = largest accepted per-frequency
+ *                                  condition number (default 1e4)
+ *
+ * Save (encode):
+ *   - applicability: f32 (N, Cin, H, W) with conv metadata, stride 1,
+ *     dilation 1, groups 1, Cout >= Cin, a frame smaller than the input,
+ *     a saved conv output to rebuild from; then the condition number of the
+ *     weights' version (computed once per version and layer, cached).
+ *     Anything else is AS_ENOTSUP with a short reason: the store falls back
+ *     (the rule's fallback, else keep) and counts it for the layer.
+ *   - stored: the frame, as raw floats or, when smaller, as a bitmap of
+ *     its nonzero values plus those values (image borders are often zero),
+ *     and a copy of the bias. The conv output becomes a dependency.
+ * Restore (decode): the conv output through its own policy, the factor of
+ *   the weights' version (built at the first restore of that version and
+ *   reused by every other restore of it: the whole batch is solved at
+ *   once), the frame; solve.
+ *
+ * The per-layer solver (factor cache) lives in the rule's params, one per
+ * (layer, geometry), each with its own lock. The factor is built lazily at
+ * the first restore, so forward holds only frames; it is freed when the
+ * last item of the layer that may need it is dropped (in training: at the
+ * layer's backward release), so at most the layers being restored hold a
+ * factor. Its bytes are charged to the item whose restore built it.
+ *
+ * Contract (as_conv_meta): weights and bias unchanged between the save
+ * and the restore (true in training: the optimizer runs after backward),
+ * and weight_version bumped whenever they change.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/policies/conv_invert.h"
+#include "store/store_internal.h"
+
+typedef struct inv_entry {
+    struct inv_entry *next;
+    char              layer[64];
+    as__conv_geom     g;        /* n = 0 */
+    pthread_mutex_t   mu;
+    as__conv_inv     *ci;
+    int               users;    /* live items that may restore through ci */
+    uint64_t          saves, restores;
+} inv_entry;
+
+typedef struct inv_params {
+    double          cond_max;
+    pthread_mutex_t mu;         /* the entry list */
+    inv_entry      *entries;
+} inv_params;
+
+typedef struct inv_state {
+    inv_entry   *e;
+    as_handle    y;             /* conv output */
+    const float *w;
+    uint64_t     version;
+    int          n;
+    int          sparse;        /* frame as bitmap + nonzeros */
+    size_t       frame_floats;  /* n * Cin * frame_len */
+    size_t       nnz;
+    void        *frame;         /* raw floats, or bitmap then values */
+    float       *bias;          /* copy (Cout) or NULL */
+} inv_state;
+
+/* ---- params --------------------------------------------------------------- */
+
+static int inv_parse(const char *args, size_t len, void **params, char *err,
+                     size_t errlen, size_t *err_off)
+{
+    double cm = 1e4;
+    *params = NULL;
+    if (len) {
+        char buf[32];
+        char *end = NULL;
+        if (len >= sizeof buf) {
+            snprintf(err, errlen, "expected a condition number threshold");
+            *err_off = 0;
+            return AS_ESPEC;
+        }
+        memcpy(buf, args, len);
+        buf[len] = 0;
+        cm = strtod(buf, &end);
+        if (end != buf + len || !(cm > 1) || !isfinite(cm)) {
+            snprintf(err, errlen, "expected a condition number threshold > 1 "
+                     "(e.g. invert:1e5)");
+            *err_off = end && end > buf ? (size_t)(end - buf) : 0;
+            return AS_ESPEC;
+        }
+    }
+    inv_params *p = calloc(1, sizeof *p);
+    if (!p)
+        return AS_ENOMEM;
+    p->cond_max = cm;
+    pthread_mutex_init(&p->mu, NULL);
+    *params = p;
+    return 0;
+}
+
+static void inv_free_params(void *params)
+{
+    inv_params *p = params;
+    if (!p)
+        return;
+    for (inv_entry *e = p->entries, *nx; e; e = nx) {
+        nx = e->next;
+        as__conv_inv_destroy(e->ci);
+        pthread_mutex_destroy(&e->mu);
+        free(e);
+    }
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+static int geom_equal(const as__conv_geom *a, const as__conv_geom *b)
+{
+    return a->cin == b->cin && a->h == b->h && a->w == b->w &&
+           a->cout == b->cout && a->kh == b->kh && a->kw == b->kw &&
+           a->pad_h == b->pad_h && a->pad_w == b->pad_w;
+}
+
+/* The entry of (layer, geometry), created on first use. */
+static int entry_get(inv_params *p, const char *layer, const as__conv_geom *g,
+                     inv_entry **out, char *why, size_t whylen)
+{
+    *out = NULL;
+    pthread_mutex_lock(&p->mu);
+    inv_entry *e = p->entries;
+    for (; e; e = e->next)
+        if (!strcmp(e->layer, layer) && geom_equal(&e->g, g))
+            break;
+    int rc = 0;
+    if (!e) {
+        e = calloc(1, sizeof *e);
+        if (!e) {
+            rc = AS_ENOMEM;
+            goto out;
+        }
+        as__strlcpy(e->layer, layer, sizeof e->layer);
+        e->g = *g;
+        e->g.n = 0;
+        as__conv_inv_cfg cfg = {.cond_max = p->cond_max, .eps_rel = -1};
+        rc = as__conv_inv_create(&e->g, &cfg, &e->ci, why, whylen);
+        if (rc) {
+            free(e);
+            goto out;
+        }
+        pthread_mutex_init(&e->mu, NULL);
+        e->next = p->entries;
+        p->entries = e;
+    }
+    *out = e;
+out:
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+/* ---- save ----------------------------------------------------------------- */
+
+static void geom_of(const as_conv_meta *m, as__conv_geom *g)
+{
+    *g = (as__conv_geom){.n = m->n, .cin = m->cin, .h = m->h, .w = m->w,
+                         .cout = m->cout, .kh = m->kh, .kw = m->kw,
+                         .pad_h = m->pad_h, .pad_w = m->pad_w,
+                         .stride_h = m->stride_h, .stride_w = m->stride_w,
+                         .dil_h = m->dil_h, .dil_w = m->dil_w,
+                         .groups = m->groups};
+}
+
+static int inv_applies(const void *params, const as_save_info *info,
+                       const as_tensor *t, char *why, size_t whylen)
+{
+    (void)params;
+    const as_conv_meta *m = &info->meta.conv;
+    if (t->dtype != AS_F32) {
+        snprintf(why, whylen, "dtype %s (inversion needs f32)",
+                 as_dtype_name(t->dtype));
+        return AS_ENOTSUP;
+    }
+    if (t->ndim != 4 || t->shape[0] != m->n || t->shape[1] != m->cin ||
+        t->shape[2] != m->h || t->shape[3] != m->w) {
+        snprintf(why, whylen, "tensor shape does not match the conv "
+                 "metadata (N, Cin, H, W) = (%d, %d, %d, %d)", m->n, m->cin,
+                 m->h, m->w);
+        return AS_ENOTSUP;
+    }
+    if (!m->weight) {
+        snprintf(why, whylen, "no weights in the conv metadata");
+        return AS_ENOTSUP;
+    }
+    if (as_handle_is_null(m->output)) {
+        snprintf(why, whylen, "no saved conv output to rebuild from");
+        return AS_ENOTSUP;
+    }
+    as__conv_geom g;
+    geom_of(m, &g);
+    int rc = as__conv_inv_check(&g, why, whylen);
+    return rc ? AS_ENOTSUP : 0;
+}
+
+/* Frame packing: raw, or (when smaller) a bitmap of nonzeros then the
+ * nonzero values in order. */
+static size_t bitmap_bytes(size_t nfl) { return (nfl + 63) / 64 * 8; }
+
+static int inv_encode(as_pctx *ctx, const void *params,
+                      const as_save_info *info, const as_tensor *t,
+                      void **state)
+{
+    inv_params *p = (inv_params *)params;
+    const as_conv_meta *m = &info->meta.conv;
+    char why[160] = "";
+    int rc = inv_applies(params, info, t, why, sizeof why);
+    if (rc) {
+        as_pctx_errorf(ctx, "%s", why);
+        return rc;
+    }
+    as__conv_geom g;
+    geom_of(m, &g);
+    const int ho = as__conv_out_h(&g), wo = as__conv_out_w(&g);
+    as_tensor ys;
+    int yk = -1;
+    rc = as_store_describe(as_pctx_store(ctx), m->output, &ys, &yk);
+    if (rc < 0) {
+        as_pctx_errorf(ctx, "conv output handle: %s", as_strerror(rc));
+        return AS_ENOTSUP;
+    }
+    if (ys.dtype != AS_F32 || ys.ndim != 4 || ys.shape[0] != m->n ||
+        ys.shape[1] != m->cout || ys.shape[2] != ho || ys.shape[3] != wo) {
+        as_pctx_errorf(ctx, "conv output is not f32 (%d, %d, %d, %d)", m->n,
+                       m->cout, ho, wo);
+        return AS_ENOTSUP;
+    }
+    inv_entry *e;
+    if ((rc = entry_get(p, as_pctx_layer(ctx), &g, &e, why, sizeof why)) < 0) {
+        as_pctx_errorf(ctx, "%s", why[0] ? why : as_strerror(rc));
+        return rc == AS_ENOMEM ? rc : AS_ENOTSUP;
+    }
+    pthread_mutex_lock(&e->mu);
+    double cond = 0;
+    rc = as__conv_inv_condition(e->ci, m->weight, m->weight_version, &cond,
+                                why, sizeof why);
+    pthread_mutex_unlock(&e->mu);
+    if (rc == AS_EFALLBACK) {
+        as_pctx_errorf(ctx, "%s", why);
+        return AS_ENOTSUP;
+    }
+    if (rc < 0)
+        return rc;
+
+    inv_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return AS_ENOMEM;
+    st->e = e;
+    st->y = m->output;
+    st->w = m->weight;
+    st->version = m->weight_version;
+    st->n = m->n;
+    const size_t nfl = (size_t)m->n * m->cin * as__conv_frame_len(&g);
+    st->frame_floats = nfl;
+    float *raw = NULL;
+    if (nfl) {
+        /* Extract into scratch first, then choose the packing. */
+        rc = as_pctx_scratch(ctx, nfl * sizeof(float), (void **)&raw);
+        if (rc < 0)
+            goto fail;
+        as__conv_frame_extract(&g, m->n, t->data, raw);
+        size_t nnz = 0;
+        for (size_t i = 0; i < nfl; i++)
+            nnz += raw[i] != 0.0f || signbit(raw[i]);
+        const size_t sp = bitmap_bytes(nfl) + nnz * sizeof(float);
+        st->sparse = sp < nfl * sizeof(float);
+        st->nnz = nnz;
+        rc = as_pctx_alloc(ctx, st->sparse ? sp : nfl * sizeof(float),
+                           &st->frame);
+        if (rc < 0)
+            goto fail;
+        if (st->sparse) {
+            uint64_t *bm = st->frame;
+            float *val = (float *)((char *)st->frame + bitmap_bytes(nfl));
+            memset(bm, 0, bitmap_bytes(nfl));
+            for (size_t i = 0, k = 0; i < nfl; i++)
+                if (raw[i] != 0.0f || signbit(raw[i])) {
+                    bm[i / 64] |= 1ull << (i % 64);
+                    val[k++] = raw[i];
+                }
+        } else {
+            memcpy(st->frame, raw, nfl * sizeof(float));
+        }
+    }
+    if (m->bias) {
+        rc = as_pctx_alloc(ctx, sizeof(float) * m->cout, (void **)&st->bias);
+        if (rc < 0)
+            goto fail;
+        memcpy(st->bias, m->bias, sizeof(float) * m->cout);
+    }
+    rc = as_pctx_depend(ctx, m->output);
+    if (rc < 0) {
+        if (rc == AS_ESTATE)
+            as_pctx_errorf(ctx, "dependency cycle through the conv output");
+        goto fail;
+    }
+    pthread_mutex_lock(&e->mu);
+    e->users++;
+    e->saves++;
+    pthread_mutex_unlock(&e->mu);
+    *state = st;
+    return 0;
+fail:
+    free(st);   /* blocks are freed by the store */
+    return rc;
+}
+
+/* ---- restore -------------------------------------------------------------- */
+
+static int inv_decode(as_pctx *ctx, const void *params, void *state,
+                      as_tensor *dst)
+{
+    (void)params;
+    inv_state *st = state;
+    inv_entry *e = st->e;
+    const as_tensor *y;
+    int rc = as_pctx_restore_dep(ctx, st->y, &y);
+    if (rc < 0)
+        return rc;
+    const float *frame = st->frame;
+    if (st->sparse) {
+        float *raw;
+        if ((rc = as_pctx_scratch(ctx, st->frame_floats * sizeof(float),
+                                  (void **)&raw)) < 0)
+            return rc;
+        const uint64_t *bm = st->frame;
+        const float *val = (const float *)((const char *)st->frame +
+                                           bitmap_bytes(st->frame_floats));
+        for (size_t i = 0, k = 0; i < st->frame_floats; i++)
+            raw[i] = ((bm[i / 64] >> (i % 64)) & 1) ? val[k++] : 0.0f;
+        frame = raw;
+    }
+    char why[160] = "";
+    pthread_mutex_lock(&e->mu);
+    as__conv_inv_stats before;
+    as__conv_inv_get_stats(e->ci, &before);
+    rc = as__conv_inv_prepare(e->ci, st->w, st->version, NULL, why, sizeof why);
+    if (rc == 0) {
+        as__conv_inv_stats after;
+        as__conv_inv_get_stats(e->ci, &after);
+        if (after.factor_builds != before.factor_builds)
+            as_pctx_account(ctx, (int64_t)after.cache_bytes);
+        rc = as__conv_inv_restore(e->ci, st->n, y->data, st->bias, frame,
+                                  dst->data);
+        if (rc == 0)
+            e->restores++;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (rc == AS_EFALLBACK) {
+        /* Cannot happen for a version accepted at save unless the weights
+         * changed under the same version. */
+        as_pctx_errorf(ctx, "weights changed since the save: %s", why);
+        return AS_ESTATE;
+    }
+    return rc;
+}
+
+static void inv_drop(void *params, void *state)
+{
+    (void)params;
+    inv_state *st = state;
+    inv_entry *e = st->e;
+    pthread_mutex_lock(&e->mu);
+    if (--e->users == 0)
+        as__conv_inv_trim(e->ci);   /* nobody can restore through it now */
+    pthread_mutex_unlock(&e->mu);
+    free(st);
+}
+
+const as_policy_ops as_policy_invert = {
+    .name = "invert",
+    .summary = "conv inputs: keep only the border frame; rebuild the input "
+               "from the conv output by inverting the convolution",
+    .kinds = 1u << AS_KIND_CONV_INPUT,
+    .regenerator = true,
+    .parse = inv_parse,
+    .free_params = inv_free_params,
+    .applies = inv_applies,
+    .encode = inv_encode,
+    .decode = inv_decode,
+    .drop = inv_drop,
+};
+
+/* ---- introspection (tests, bench) ------------------------------------------ */
+
+static void add_entry(const inv_entry *e, as__conv_inv_lstats *out)
+{
+    as__conv_inv_stats s;
+    as__conv_inv_get_stats(e->ci, &s);
+    out->factor_builds += s.factor_builds;
+    out->factor_hits += s.factor_hits;
+    out->cond_checks += s.cond_checks;
+    out->restores += e->restores;
+    out->saves += e->saves;
+    out->users += (uint64_t)e->users;
+    out->cache_bytes += s.cache_bytes;
+    if (s.cond > out->cond || out->entries == 0)
+        out->cond = s.cond;
+    out->entries++;
+}
+
+int as__conv_inv_layer_stats(as_store *s, const char *layer,
+                             as__conv_inv_lstats *out)
+{
+    memset(out, 0, sizeof *out);
+    as_rules *r = as__rules_get(s);
+    for (size_t i = 0; i < r->n; i++) {
+        const as_polref *refs[2] = {&r->rules[i].pol,
+                                    r->rules[i].has_fallback ? &r->rules[i].fallback : NULL};
+        for (int k = 0; k < 2; k++) {
+            if (!refs[k] || refs[k]->ops != &as_policy_invert || !refs[k]->params)
+                continue;
+            inv_params *p = refs[k]->params;
+            pthread_mutex_lock(&p->mu);
+            for (inv_entry *e = p->entries; e; e = e->next) {
+                if (layer && strcmp(e->layer, layer))
+                    continue;
+                pthread_mutex_lock(&e->mu);
+                add_entry(e, out);
+                pthread_mutex_unlock(&e->mu);
+            }
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+    as__rules_unref(r);
+    return out->entries ? 0 : AS_ENOTFOUND;
+}
