@@ -1,0 +1,449 @@
+/*
+ * The A/B engine (see ab.h).
+ *
+ * One seed, as the loop below runs it:
+ *
+ *     A = run(seed, spec A, store A)     B = run(seed, spec B, store B)
+ *     copy A's weights into B            (same start, whatever the policy)
+ *     R = run(seed, default=keep)        exact reference (gradient checks)
+ *     for k in 0 .. steps-1:
+ *         for X in A, B:
+ *             every check_every steps: grads(X, k) vs grads(R <- X's weights, k)
+ *             step(X)                     batch k, its policy
+ *             read the step's peaks (store and arena)
+ *         stop requested? -> partial
+ *     evaluate A and B; read their memory figures
+ */
+#include "ab.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "actstore/common.h"
+#include "client/cli.h"
+
+#define AB_MAX_SEEDS 64
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double as_ab_cosine(const float *a, const float *b, size_t n, double acc[3])
+{
+    double d = 0, na = 0, nb = 0;
+    for (size_t i = 0; i < n; i++) {
+        d += (double)a[i] * (double)b[i];
+        na += (double)a[i] * (double)a[i];
+        nb += (double)b[i] * (double)b[i];
+    }
+    if (acc) {
+        acc[0] += d;
+        acc[1] += na;
+        acc[2] += nb;
+    }
+    double t[3] = {d, na, nb};
+    return as_ab_cosine_of(t);
+}
+
+double as_ab_cosine_of(const double acc[3])
+{
+    if (acc[1] == 0 && acc[2] == 0)
+        return 1.0;
+    if (acc[1] == 0 || acc[2] == 0)
+        return 0.0;
+    double c = acc[0] / (sqrt(acc[1]) * sqrt(acc[2]));
+    return c > 1.0 ? 1.0 : c < -1.0 ? -1.0 : c;
+}
+
+/* ---- signals ------------------------------------------------------------------ */
+
+static volatile sig_atomic_t stop_flag;
+static struct sigaction old_int, old_term;
+
+volatile sig_atomic_t *as_ab_stop_flag(void)
+{
+    return &stop_flag;
+}
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_flag = 1;
+    static const char msg[] = "\nactstore: interrupted: finishing the current step, then "
+                              "writing a partial report (again to abort)\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+}
+
+void as_ab_signals_catch(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND; /* the second signal kills */
+    stop_flag = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+}
+
+void as_ab_signals_restore(void)
+{
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+}
+
+int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t errlen)
+{
+    if (!c->model || (strcmp(c->model, "cnn") && strcmp(c->model, "vit") &&
+                      strcmp(c->model, "lm"))) {
+        snprintf(err, errlen, "unknown model '%s' (cnn, vit, lm)", c->model ? c->model : "");
+        return AS_EINVAL;
+    }
+    if (as_nn_preset_get(c->model, c->preset, p)) {
+        snprintf(err, errlen, "unknown preset '%s' (small, bench)", c->preset ? c->preset : "");
+        return AS_ENOTFOUND;
+    }
+    for (int a = 0; a < 2; a++) {
+        char e[512] = "";
+        if (!c->spec[a] || !*c->spec[a]) {
+            snprintf(err, errlen, "arm %c (--%c): empty policy spec", 'A' + a, 'a' + a);
+            return AS_ESPEC;
+        }
+        if (as_policy_check(c->spec[a], e, sizeof e)) {
+            snprintf(err, errlen, "arm %c (--%c) spec \"%.200s\": %.250s", 'A' + a, 'a' + a,
+                     c->spec[a], e);
+            return AS_ESPEC;
+        }
+    }
+    if (c->nseeds < 1 || c->nseeds > AB_MAX_SEEDS) {
+        snprintf(err, errlen, "--seeds %zu out of range 1..%d", c->nseeds, AB_MAX_SEEDS);
+        return AS_EINVAL;
+    }
+    if (c->steps > 0 && c->epochs > 0) {
+        snprintf(err, errlen, "give --steps or --epochs, not both");
+        return AS_EINVAL;
+    }
+    if (c->steps < 0 || c->steps > 100000000L) {
+        snprintf(err, errlen, "--steps %ld out of range 1..100000000", c->steps);
+        return AS_EINVAL;
+    }
+    if (c->epochs < 0 || c->epochs > 1000) {
+        snprintf(err, errlen, "--epochs %g out of range (0, 1000]", c->epochs);
+        return AS_EINVAL;
+    }
+    if (c->check_every < 0) {
+        snprintf(err, errlen, "--check-every %ld must be >= 0", c->check_every);
+        return AS_EINVAL;
+    }
+    if (c->act >= 0 && strcmp(c->model, "cnn")) {
+        snprintf(err, errlen, "--act applies to the cnn model only");
+        return AS_EINVAL;
+    }
+    if (c->act >= 0 && c->act != AS_FN_RELU && c->act != AS_FN_LEAKY_RELU) {
+        snprintf(err, errlen, "--act: relu or leaky");
+        return AS_EINVAL;
+    }
+    if (c->steps > 0) {
+        p->steps = c->steps;
+        p->epochs = 0;
+    } else if (c->epochs > 0) {
+        p->steps = 0;
+        p->epochs = c->epochs;
+    }
+    if (c->act >= 0)
+        p->cnn.act_fn = c->act;
+    return 0;
+}
+
+/* ---- progress --------------------------------------------------------------- */
+
+typedef struct prog {
+    const as_ab_config *c;
+    bool   tty;
+    double t0, last;
+    long   every;
+} prog;
+
+static void prog_step(prog *g, size_t si, size_t ns, uint64_t seed, long k, long n,
+                      const as_rep_run *ra, const as_rep_run *rb)
+{
+    if (g->c->quiet)
+        return;
+    double t = now_s();
+    bool line = !g->tty && (k % g->every == 0 || k == n);
+    if (g->tty && t - g->last < 0.2 && k != n)
+        return;
+    if (!g->tty && !line)
+        return;
+    g->last = t;
+    char sa[32], sb[32];
+    as_cli_human_bytes(ra->mem_saved[ra->steps_done - 1], sa, sizeof sa);
+    as_cli_human_bytes(rb->mem_saved[rb->steps_done - 1], sb, sizeof sb);
+    fprintf(stderr, "%sactstore %s: %s seed %llu (%zu/%zu) step %ld/%ld  loss A %.4f B %.4f  "
+                    "saved A %s B %s  [%.0f s]%s",
+            g->tty ? "\r" : "", g->c->cmd, g->c->title ? g->c->title : g->c->model,
+            (unsigned long long)seed, si + 1, ns, k, n, ra->loss[ra->steps_done - 1],
+            rb->loss[rb->steps_done - 1], sa, sb, t - g->t0, g->tty ? "\033[K" : "\n");
+    fflush(stderr);
+}
+
+static void prog_seed_done(prog *g, const as_rep_run *ra, const as_rep_run *rb)
+{
+    if (g->c->quiet)
+        return;
+    char sa[32], sb[32];
+    fprintf(stderr, "%sactstore %s: %s seed %llu done: ", g->tty ? "\r\033[K" : "", g->c->cmd,
+            g->c->title ? g->c->title : g->c->model, (unsigned long long)ra->seed);
+    if (ra->evaluated && isfinite(ra->eval_accuracy))
+        fprintf(stderr, "accuracy A %.2f%% B %.2f%%, ", 100 * ra->eval_accuracy,
+                100 * rb->eval_accuracy);
+    else if (ra->evaluated)
+        fprintf(stderr, "eval loss A %.4f B %.4f, ", ra->eval_loss, rb->eval_loss);
+    fprintf(stderr, "saved peak A %s B %s, step A %.2f ms B %.2f ms\n",
+            as_cli_human_bytes((double)ra->saved_stored_peak, sa, sizeof sa),
+            as_cli_human_bytes((double)rb->saved_stored_peak, sb, sizeof sb),
+            as_report_step_ms_median(ra), as_report_step_ms_median(rb));
+}
+
+/* ---- one seed ---------------------------------------------------------------- */
+
+/* The step's peaks, read right after the step (peaks reset at step begin). */
+static void step_peaks(as_store *s, double *saved, double *arena)
+{
+    *saved = NAN;
+    *arena = NAN;
+    as_store_stats st;
+    if (as_store_stats_take(s, &st) == 0) {
+        *saved = (double)st.total.stored_peak;
+        as_store_stats_free(&st);
+    }
+    as_arena_snapshot sn;
+    if (as_arena_snapshot_take(as_store_arena(s), UINT64_MAX, &sn) == 0) {
+        *arena = (double)sn.total.peak_usable;
+        as_arena_snapshot_free(&sn);
+    }
+}
+
+/* Gradients of X on batch k versus the exact ones of the same weights. */
+static int grad_check(as_report *rep, as_rep_run *out, as_nn_run *x, as_nn_run *ref,
+                      long k, float *buf, double *per, char *err, size_t errlen)
+{
+    int rc = as_nn_run_grads(x, k, NULL);
+    if (rc) {
+        snprintf(err, errlen, "gradient check at step %ld: %s", k, as_nn_run_error(x));
+        return rc;
+    }
+    const as_nn_params *px = as_nn_run_params(x);
+    size_t o = 0;
+    for (size_t i = 0; i < px->n; i++) {
+        memcpy(buf + o, px->p[i]->g.ptr, px->p[i]->n * sizeof(float));
+        o += px->p[i]->n;
+    }
+    rc = as_nn_run_copy_weights(ref, x, false);
+    if (!rc)
+        rc = as_nn_run_grads(ref, k, NULL);
+    if (rc) {
+        snprintf(err, errlen, "gradient check at step %ld (exact run): %s", k,
+                 as_nn_run_error(ref));
+        return rc;
+    }
+    const as_nn_params *pr = as_nn_run_params(ref);
+    double acc[3] = {0, 0, 0};
+    o = 0;
+    for (size_t i = 0; i < pr->n; i++) {
+        per[i] = as_ab_cosine(buf + o, (const float *)pr->p[i]->g.ptr, pr->p[i]->n, acc);
+        o += pr->p[i]->n;
+    }
+    return as_report_push_cos(rep, out, k, as_ab_cosine_of(acc), per);
+}
+
+static void fill_memory(as_rep_run *out, as_nn_run *r)
+{
+    as_nn_mem m;
+    as_nn_run_memory(r, &m);
+    out->saved_stored_peak = m.saved_stored_peak;
+    out->saved_raw_peak = m.saved_raw_peak;
+    out->arena_peak = m.arena_peak;
+    out->fallbacks = m.fallbacks;
+    for (int k = 0; k < AS_KIND_COUNT; k++) {
+        out->kind_stored_peak[k] = m.by_kind[k].stored_peak;
+        out->kind_raw_peak[k] = m.by_kind[k].raw_peak;
+    }
+}
+
+static int run_seed(const as_ab_config *c, const as_nn_preset *p, as_report *rep, size_t si,
+                    prog *g, bool *stopped, char *err, size_t errlen)
+{
+    const uint64_t seed = rep->arm[0].runs[si].seed;
+    as_nn_run *run[2] = {NULL, NULL}, *ref = NULL;
+    float *buf = NULL;
+    double *per = NULL;
+    int rc = 0;
+    char e[512] = "";
+    for (int a = 0; a < 2 && !rc; a++) {
+        char label[2] = {(char)('A' + a), 0};
+        as_nn_train_opts o = {.policy = c->spec[a], .seed = seed, .threads = c->threads,
+                              .data_dir = c->data_dir, .text_dir = c->text_dir,
+                              .store = c->store[a], .label = label};
+        rc = as_nn_run_create(p, &o, &run[a], e, sizeof e);
+        if (rc)
+            snprintf(err, errlen, "arm %c, seed %llu: %s", 'A' + a, (unsigned long long)seed, e);
+    }
+    if (!rc)
+        rc = as_nn_run_copy_weights(run[1], run[0], false);
+    if (!rc && c->check_every > 0) {
+        as_nn_train_opts o = {.policy = "default=keep", .seed = seed, .threads = c->threads,
+                              .data_dir = c->data_dir, .text_dir = c->text_dir,
+                              .label = "exact"};
+        rc = as_nn_run_create(p, &o, &ref, e, sizeof e);
+        if (rc)
+            snprintf(err, errlen, "exact reference run, seed %llu: %s",
+                     (unsigned long long)seed, e);
+    }
+    if (rc)
+        goto done;
+    const long n = as_nn_run_planned_steps(run[0]);
+    rep->steps = n;
+    const as_nn_params *ps = as_nn_run_params(run[0]);
+    if (rep->ntensors == 0) {
+        const char **names = calloc(ps->n ? ps->n : 1, sizeof *names);
+        if (!names) {
+            rc = AS_ENOMEM;
+            goto done;
+        }
+        for (size_t i = 0; i < ps->n; i++)
+            names[i] = ps->p[i]->name;
+        rc = as_report_set_tensors(rep, names, ps->n);
+        free(names);
+        if (rc)
+            goto done;
+    }
+    size_t total = as_nn_params_count(ps);
+    if (ref) {
+        buf = malloc((total ? total : 1) * sizeof *buf);
+        per = malloc((ps->n ? ps->n : 1) * sizeof *per);
+        if (!buf || !per) {
+            snprintf(err, errlen, "out of memory (gradient check buffers)");
+            rc = AS_ENOMEM;
+            goto done;
+        }
+    }
+    g->every = n / 5 > 0 ? n / 5 : 1;
+    for (long k = 0; k < n && !rc; k++) {
+        for (int a = 0; a < 2 && !rc; a++) {
+            as_rep_run *out = &rep->arm[a].runs[si];
+            if (ref && k % c->check_every == 0) {
+                rc = grad_check(rep, out, run[a], ref, k, buf, per, e, sizeof e);
+                if (rc) {
+                    snprintf(err, errlen, "arm %c, seed %llu: %s", 'A' + a,
+                             (unsigned long long)seed, e);
+                    break;
+                }
+            }
+            double loss;
+            rc = as_nn_run_step(run[a], &loss);
+            if (rc) {
+                snprintf(err, errlen, "arm %c, seed %llu, step %ld: %s", 'A' + a,
+                         (unsigned long long)seed, k, as_nn_run_error(run[a]));
+                break;
+            }
+            double ms_saved, ms_arena;
+            step_peaks(as_nn_run_store(run[a]), &ms_saved, &ms_arena);
+            rc = as_report_push_step(out, loss, ms_saved, ms_arena, as_nn_run_last(run[a])->ms);
+            if (rc)
+                snprintf(err, errlen, "out of memory (report)");
+        }
+        if (!rc)
+            prog_step(g, si, rep->nseeds, seed, k + 1, n, &rep->arm[0].runs[si],
+                      &rep->arm[1].runs[si]);
+        if (!rc && c->stop && *c->stop && k + 1 < n) {
+            *stopped = true;
+            snprintf(rep->partial_reason, sizeof rep->partial_reason,
+                     "interrupted at step %ld of %ld, seed %llu", k + 1, n,
+                     (unsigned long long)seed);
+            break;
+        }
+    }
+    if (!rc && !*stopped) {
+        for (int a = 0; a < 2 && !rc; a++) {
+            as_rep_run *out = &rep->arm[a].runs[si];
+            out->finished = true;
+            as_nn_eval ev;
+            rc = as_nn_run_eval(run[a], &ev);
+            if (rc) {
+                snprintf(err, errlen, "arm %c, seed %llu, evaluation: %s", 'A' + a,
+                         (unsigned long long)seed, as_nn_run_error(run[a]));
+                break;
+            }
+            out->evaluated = true;
+            out->eval_accuracy = ev.accuracy >= 0 ? ev.accuracy : NAN;
+            out->eval_loss = ev.loss;
+        }
+    }
+done:
+    for (int a = 0; a < 2; a++)
+        if (run[a]) {
+            fill_memory(&rep->arm[a].runs[si], run[a]);
+            as_nn_run_destroy(run[a]);
+        }
+    as_nn_run_destroy(ref);
+    free(buf);
+    free(per);
+    if (!rc && !*stopped)
+        prog_seed_done(g, &rep->arm[0].runs[si], &rep->arm[1].runs[si]);
+    else if (g->tty && !c->quiet)
+        fputc('\n', stderr);
+    return rc;
+}
+
+int as_ab_run(const as_ab_config *c, as_report *rep, char *err, size_t errlen)
+{
+    as_nn_preset p;
+    memset(rep, 0, sizeof *rep);
+    int rc = as_ab_validate(c, &p, err, errlen);
+    if (rc)
+        return rc;
+    uint64_t seeds[AB_MAX_SEEDS];
+    for (size_t i = 0; i < c->nseeds; i++)
+        seeds[i] = c->seed0 + i;
+    rc = as_report_init(rep, c->model, p.name, c->spec[0], c->spec[1], seeds, c->nseeds,
+                        p.steps, c->check_every);
+    if (rc) {
+        snprintf(err, errlen, "out of memory");
+        return rc;
+    }
+    if (!strcmp(c->model, "cnn"))
+        snprintf(rep->options, sizeof rep->options, "act=%s",
+                 p.cnn.act_fn == AS_FN_LEAKY_RELU ? "leaky" : "relu");
+    prog g = {.c = c, .tty = isatty(2) && getenv("TERM") && strcmp(getenv("TERM"), "dumb"),
+              .t0 = now_s(), .every = 1};
+    bool stopped = false;
+    for (size_t i = 0; i < c->nseeds && !rc && !stopped; i++) {
+        if (c->stop && *c->stop) {
+            stopped = true;
+            snprintf(rep->partial_reason, sizeof rep->partial_reason,
+                     "interrupted before seed %llu", (unsigned long long)seeds[i]);
+            break;
+        }
+        rc = run_seed(c, &p, rep, i, &g, &stopped, err, errlen);
+    }
+    rep->wall_s = now_s() - g.t0;
+    if (rc) {
+        rep->partial = true;
+        snprintf(rep->partial_reason, sizeof rep->partial_reason, "stopped by an error");
+        return rc;
+    }
+    if (stopped) {
+        rep->partial = true;
+        return AS_ESTATE;
+    }
+    return 0;
+}
