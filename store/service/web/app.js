@@ -202,7 +202,7 @@
   function makeChart(def) {
     const host = def.el;
     const width = Math.max(200, host.clientWidth || 400);
-    const series = [{ value: (u, v) => v == null ? '–' : new Date(v * 1000).toLocaleTimeString() }];
+    const series = [{ label: 'time', value: (u, v) => v == null ? 'now' : new Date(v * 1000).toLocaleTimeString() }];
     def.series.forEach((s, k) => {
       series.push({
         label: s.label,
@@ -212,7 +212,11 @@
         fill: s.fill,
         points: { show: false },
         value: (u, v, si, idx) => {
-          if (idx == null) return '–';
+          if (idx == null) {                 /* cursor off the chart: the newest value */
+            idx = u.data[0].length - 1;
+            if (idx < 0) return '–';
+            v = u.data[si][idx];
+          }
           const raw = def.stacked ? def.rawAt(k, idx) : v;
           return fmtBytes(raw);
         },
@@ -454,6 +458,33 @@
 
   function peakOr(c, k) { return c[k + '_peak_bytes'] || c[k + '_bytes'] || 0; }
 
+  /* Peaks are per step: the store resets them when a step begins, so right
+   * after a boundary most of them read 0. Tables and cards show the larger
+   * of this step's peak so far and the previous step's final peak, which
+   * reads steadily at any frame rate. */
+  const held = new Map();
+  function holdPeak(key, step, c) {
+    const raw = peakOr(c, 'raw'), stored = peakOr(c, 'stored');
+    let h = held.get(key);
+    if (!h) { h = { step, raw, stored, praw: 0, pstored: 0 }; held.set(key, h); }
+    if (step !== h.step) {
+      h.praw = h.raw; h.pstored = h.stored; h.step = step; h.raw = raw; h.stored = stored;
+    } else if (raw >= h.raw) {
+      h.raw = raw; h.stored = stored;
+    }
+    return h.raw >= h.praw ? { raw: h.raw, stored: h.stored } : { raw: h.praw, stored: h.pstored };
+  }
+  /* called on every frame so no step's final peak is missed */
+  function observePeaks(stores) {
+    stores.forEach((s, i) => {
+      if (s.available === false) return;
+      if (s.saved) holdPeak(i + '/total', s.step, s.saved);
+      for (const p of s.policies || []) holdPeak(i + '/p/' + p.name, s.step, p);
+      for (const l of s.layers || []) holdPeak(i + '/l/' + l.name, s.step, l);
+      if (s.arena) holdPeak(i + '/arena', s.step, { raw_peak_bytes: s.arena.peak_bytes, stored_peak_bytes: s.arena.peak_bytes });
+    });
+  }
+
   function renderStore(s, i) {
     const arena = s.arena || {}, saved = s.saved || {};
     setText('card-step-' + i, s.available === false ? 'unavailable' :
@@ -461,10 +492,12 @@
     setText('card-spec-' + i, s.spec || (s.saved ? '' : 'arena only'));
     const sp = document.getElementById('card-spec-' + i);
     if (sp) sp.title = s.spec || '';
+    const ap = holdPeak(i + '/arena', s.step, { raw_peak_bytes: arena.peak_bytes, stored_peak_bytes: arena.peak_bytes });
     setText('k-live-' + i, fmtBytes(arena.live_bytes));
-    setText('k-live-' + i + '-sub', 'peak ' + fmtBytes(arena.peak_bytes) +
+    setText('k-live-' + i + '-sub', 'step peak ' + fmtBytes(ap.raw) +
             (arena.budget_bytes ? ' · budget ' + fmtBytes(arena.budget_bytes) : ''));
-    const rawP = saved.raw_peak_bytes || 0, stoP = saved.stored_peak_bytes || 0;
+    const tp = holdPeak(i + '/total', s.step, saved);
+    const rawP = tp.raw, stoP = tp.stored;
     setText('k-stored-' + i, fmtBytes(saved.stored_bytes));
     setText('k-stored-' + i + '-sub', 'of ' + fmtBytes(saved.raw_bytes) + ' raw · ' +
             fmtInt(saved.live_handles) + ' handles');
@@ -479,17 +512,18 @@
     const pol = document.getElementById('pol-' + i);
     if (pol) {
       pol.textContent = '';
-      const ps = (s.policies || []).filter(p => p.saves || p.raw_peak_bytes);
+      const ps = (s.policies || []).filter(p => p.saves || p.raw_peak_bytes)
+        .map(p => Object.assign({ pk: holdPeak(i + '/p/' + p.name, s.step, p) }, p));
       if (!ps.length) pol.appendChild(el('div', 'empty', 'no saves yet'));
       const tbl = el('table');
       if (ps.length) head(tbl, ['policy', '', ['raw peak', 'num'], ['stored peak', 'num'],
                                 ['ratio', 'num'], ['saves', 'num'], ['fallbacks', 'num']]);
-      const max = Math.max(1, ...ps.map(p => peakOr(p, 'raw')));
+      const max = Math.max(1, ...ps.map(p => p.pk.raw));
       const body = el('tbody');
-      for (const p of ps.sort((a, b) => peakOr(b, 'raw') - peakOr(a, 'raw')))
-        body.appendChild(row([[p.name, 'pol'], barCell(peakOr(p, 'raw'), peakOr(p, 'stored'), max),
-                              [fmtBytes(peakOr(p, 'raw')), 'num'], [fmtBytes(peakOr(p, 'stored')), 'num'],
-                              [fmtRatio(peakOr(p, 'raw'), peakOr(p, 'stored')), 'num ratio'],
+      for (const p of ps.sort((a, b) => b.pk.raw - a.pk.raw || a.name.localeCompare(b.name)))
+        body.appendChild(row([[p.name, 'pol'], barCell(p.pk.raw, p.pk.stored, max),
+                              [fmtBytes(p.pk.raw), 'num'], [fmtBytes(p.pk.stored), 'num'],
+                              [fmtRatio(p.pk.raw, p.pk.stored), 'num ratio'],
                               [fmtInt(p.saves), 'num'], [fmtInt(p.fallbacks), 'num' + (p.fallbacks ? ' fb' : '')]]));
       tbl.appendChild(body);
       if (ps.length) pol.appendChild(tbl);
@@ -498,18 +532,20 @@
     /* layers */
     const tbl = document.getElementById('layers-' + i);
     if (tbl) {
-      const layers = (S.showAll[i] && S.fullLayers[i]) || s.layers || [];
+      const layers = ((S.showAll[i] && S.fullLayers[i]) || s.layers || [])
+        .map(l => Object.assign({ pk: holdPeak(i + '/l/' + l.name, s.step, l) }, l))
+        .sort((a, b) => b.pk.raw - a.pk.raw || a.name.localeCompare(b.name, 'en', { numeric: true }));
       tbl.textContent = '';
       if (layers.length) {
         head(tbl, ['layer', 'policy', '', ['raw peak', 'num'], ['stored peak', 'num'], ['ratio', 'num'],
                    ['saves', 'num'], ['fallbacks', 'num']]);
-        const max = Math.max(1, ...layers.map(l => peakOr(l, 'raw')));
+        const max = Math.max(1, ...layers.map(l => l.pk.raw));
         const body = el('tbody');
         for (const l of layers)
           body.appendChild(row([[l.name, 'name', l.name], [l.policy || '–', 'pol'],
-                                barCell(peakOr(l, 'raw'), peakOr(l, 'stored'), max),
-                                [fmtBytes(peakOr(l, 'raw')), 'num'], [fmtBytes(peakOr(l, 'stored')), 'num'],
-                                [fmtRatio(peakOr(l, 'raw'), peakOr(l, 'stored')), 'num ratio'],
+                                barCell(l.pk.raw, l.pk.stored, max),
+                                [fmtBytes(l.pk.raw), 'num'], [fmtBytes(l.pk.stored), 'num'],
+                                [fmtRatio(l.pk.raw, l.pk.stored), 'num ratio'],
                                 [fmtInt(l.saves), 'num'],
                                 [fmtInt(l.fallbacks), 'num' + (l.fallbacks ? ' fb' : ''),
                                  l.last_fallback ? 'last fallback: ' + l.last_fallback : '']]));
@@ -526,19 +562,18 @@
     const t = document.getElementById('compare');
     if (!t || S.now.length < 2) return;
     const a = S.now[0];
-    const fig = s => ({
-      live: (s.arena || {}).peak_bytes || 0,
-      stored: (s.saved || {}).stored_peak_bytes || 0,
-      raw: (s.saved || {}).raw_peak_bytes || 0,
+    const fig = (s, i) => ({
+      live: holdPeak(i + '/arena', s.step, { raw_peak_bytes: (s.arena || {}).peak_bytes }).raw,
+      stored: holdPeak(i + '/total', s.step, s.saved || {}).stored,
       resident: (s.arena || {}).resident_bytes || 0,
     });
-    const fa = fig(a);
+    const fa = fig(a, 0);
     t.textContent = '';
-    head(t, ['store', ['peak live', 'num'], ['vs ' + a.label, 'num'], ['saved peak', 'num'],
+    head(t, ['store', ['step peak live', 'num'], ['vs ' + a.label, 'num'], ['saved step peak', 'num'],
              ['vs ' + a.label, 'num'], ['resident', 'num'], ['vs ' + a.label, 'num']]);
     const body = el('tbody');
     S.now.forEach((s, i) => {
-      const f = fig(s);
+      const f = fig(s, i);
       const rel = (x, y) => (i === 0 || !y) ? ['', 'num'] :
         [fmtPct(x / y - 1), 'num ' + (x < y ? 'good' : x > y ? 'bad' : '')];
       const name = el('td'); const sw = el('span', 'swatch'); sw.style.background = storeColor(i);
@@ -629,7 +664,7 @@
     S.frames++;
     document.body.dataset.frames = S.frames;
     S.hdr = d;
-    if (d.now) S.now = d.now;
+    if (d.now) { S.now = d.now; observePeaks(S.now); }
     if (!S.resyncing && !merge(d)) resync();
     setConn('live', 'live');
     schedule();

@@ -1,0 +1,382 @@
+/*
+ * The dashboard in a real browser: headless Chromium (Debian package
+ * chromium) loads the page of a running service with real data (two stores
+ * driven like a training loop, tests/test_service_work.h), and the test
+ * reads the DOM to check that every chart received data, the tables are
+ * filled and the units are humanized. The browser is driven through the
+ * DevTools protocol over a pipe (--remote-debugging-pipe: NUL-separated
+ * JSON on fds 3 and 4), so no port and no WebSocket are involved.
+ *
+ * Artifacts (kept on success and failure) in <build>/test-artifacts/:
+ * dashboard.png (full-page screenshot), dashboard-dom.json (what the DOM
+ * said), chromium.log. A missing chromium FAILS the test (set AS_CHROMIUM
+ * to use another binary). Every wait is bounded.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+
+#include <poll.h>
+
+#include "test_service_proc.h"
+#include "test_service_util.h"
+#include "test_service_work.h"
+
+#ifndef AS_BINARY_DIR
+#define AS_BINARY_DIR "."
+#endif
+
+/* ---- DevTools protocol over the pipe ------------------------------------------ */
+
+typedef struct cdp {
+    int    wfd, rfd;
+    char  *buf;
+    size_t len, cap;
+    int    next_id;
+} cdp;
+
+static int cdp_send(cdp *c, const char *session, const char *method, cJSON *params)
+{
+    cJSON *m = cJSON_CreateObject();
+    int id = ++c->next_id;
+    cJSON_AddNumberToObject(m, "id", id);
+    cJSON_AddStringToObject(m, "method", method);
+    if (session)
+        cJSON_AddStringToObject(m, "sessionId", session);
+    cJSON_AddItemToObject(m, "params", params ? params : cJSON_CreateObject());
+    char *s = cJSON_PrintUnformatted(m);
+    cJSON_Delete(m);
+    size_t n = strlen(s) + 1;              /* with the NUL separator */
+    const char *p = s;
+    while (n) {
+        ssize_t w = write(c->wfd, p, n);
+        if (w <= 0) {
+            free(s);
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    free(s);
+    return id;
+}
+
+/* The reply to request id (events are skipped), or NULL on timeout / EOF. */
+static cJSON *cdp_wait(cdp *c, int id, double timeout_s)
+{
+    double t0 = proc_now_s();
+    for (;;) {
+        char *nul;
+        while ((nul = memchr(c->buf, 0, c->len))) {
+            cJSON *m = cJSON_Parse(c->buf);
+            size_t used = (size_t)(nul - c->buf) + 1;
+            memmove(c->buf, c->buf + used, c->len - used);
+            c->len -= used;
+            const cJSON *mid = m ? cJSON_GetObjectItem(m, "id") : NULL;
+            if (cJSON_IsNumber(mid) && mid->valueint == id)
+                return m;
+            cJSON_Delete(m);
+        }
+        double left = timeout_s - (proc_now_s() - t0);
+        if (left <= 0)
+            return NULL;
+        struct pollfd pf = {.fd = c->rfd, .events = POLLIN};
+        if (poll(&pf, 1, (int)(left * 1000) + 1) <= 0)
+            continue;
+        if (c->cap - c->len < 65536) {
+            c->cap = c->cap ? c->cap * 2 : 1 << 20;
+            c->buf = realloc(c->buf, c->cap);
+            assert_non_null(c->buf);
+        }
+        ssize_t r = read(c->rfd, c->buf + c->len, c->cap - c->len - 1);
+        if (r <= 0)
+            return NULL;
+        c->len += (size_t)r;
+    }
+}
+
+/* Send and wait; fails the test on timeout or a protocol error. */
+static cJSON *cdp_call(cdp *c, const char *session, const char *method, cJSON *params,
+                       double timeout_s)
+{
+    int id = cdp_send(c, session, method, params);
+    if (id < 0)
+        fail_msg("DevTools pipe: cannot send %s (browser gone?)", method);
+    cJSON *r = cdp_wait(c, id, timeout_s);
+    if (!r)
+        fail_msg("DevTools: no answer to %s within %.0f s", method, timeout_s);
+    const cJSON *err = cJSON_GetObjectItem(r, "error");
+    if (err) {
+        char *s = cJSON_PrintUnformatted(err);
+        fail_msg("DevTools: %s failed: %s", method, s);
+    }
+    return r;
+}
+
+static const cJSON *result(const cJSON *r, const char *k)
+{
+    return cJSON_GetObjectItem(cJSON_GetObjectItem(r, "result"), k);
+}
+
+/* ---- base64 (the screenshot) ------------------------------------------------------- */
+
+static size_t b64_decode(const char *in, unsigned char *out)
+{
+    static signed char map[256];
+    if (!map['B']) {
+        memset(map, -1, sizeof map);
+        const char *a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for (int i = 0; i < 64; i++)
+            map[(unsigned char)a[i]] = (signed char)i;
+    }
+    size_t n = 0;
+    unsigned v = 0;
+    int bits = 0;
+    for (; *in; in++) {
+        int d = map[(unsigned char)*in];
+        if (d < 0)
+            continue;          /* '=' padding, newlines */
+        v = (v << 6) | (unsigned)d;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[n++] = (unsigned char)(v >> bits);
+        }
+    }
+    return n;
+}
+
+/* ---- the test ------------------------------------------------------------------ */
+
+/* What the page says about itself (see store/service/web/app.js). */
+static const char dom_probe[] =
+    "(() => {"
+    " const q = id => document.getElementById(id);"
+    " const ch = id => { const e = q(id); return e ? {points: +e.dataset.points,"
+    "   nonzero: +e.dataset.nonzero, canvas: e.querySelectorAll('canvas').length} : null; };"
+    " const rows = id => { const e = q(id); return e ? e.querySelectorAll('tbody tr').length : -1; };"
+    " const txt = id => { const e = q(id); return e ? e.textContent : null; };"
+    " const body = document.body.innerText;"
+    " return JSON.stringify({state: document.body.dataset.state, frames: +document.body.dataset.frames,"
+    "  points: +document.body.dataset.points, uplot: typeof uPlot,"
+    "  live: ch('chart-live'), saved: ch('chart-saved'), kindsA: ch('chart-kinds-0'),"
+    "  kindsB: ch('chart-kinds-1'), tagsA: ch('chart-tags-0'), tagsB: ch('chart-tags-1'),"
+    "  layersA: rows('layers-0'), layersB: rows('layers-1'), polA: rows('pol-0'), polB: rows('pol-1'),"
+    "  compare: rows('compare'), liveA: txt('k-live-0'), ratioA: txt('k-ratio-0'),"
+    "  ratioB: txt('k-ratio-1'), storedB: txt('k-stored-1'), step: txt('step'),"
+    "  firstLayerB: (document.querySelector('#layers-1 tbody td.name') || {}).textContent,"
+    "  bad: /NaN|undefined|Infinity/.test(body)});"
+    "})()";
+
+static bool dom_ready(const cJSON *d)
+{
+    const cJSON *live = cJSON_GetObjectItem(d, "live"), *kinds = cJSON_GetObjectItem(d, "kindsB");
+    return cJSON_GetObjectItem(d, "frames")->valuedouble >= 15 && live && kinds &&
+           cJSON_GetObjectItem(live, "points")->valuedouble >= 30 &&
+           cJSON_GetObjectItem(kinds, "nonzero")->valuedouble >= 2 &&
+           cJSON_GetObjectItem(d, "layersB")->valuedouble >= WORK_LAYERS;
+}
+
+static double dnum(const cJSON *o, const char *a, const char *b)
+{
+    const cJSON *x = cJSON_GetObjectItem(o, a);
+    if (b)
+        x = cJSON_GetObjectItem(x, b);
+    return cJSON_IsNumber(x) ? x->valuedouble : -1;
+}
+
+static const char *dstr(const cJSON *o, const char *k)
+{
+    const cJSON *x = cJSON_GetObjectItem(o, k);
+    return cJSON_IsString(x) ? x->valuestring : "";
+}
+
+/* "123 B", "4.66 MiB", "388 KiB": a number, a space, a binary unit */
+static bool humanized(const char *s)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v < 0 || *end != ' ')
+        return false;
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    for (size_t i = 0; i < 5; i++)
+        if (!strcmp(end + 1, units[i]))
+            return true;
+    return false;
+}
+
+static void test_dashboard_in_chromium(void **state)
+{
+    (void)state;
+    char bin[512];
+    if (!proc_find("AS_CHROMIUM", "chromium", bin, sizeof bin))
+        fail_msg("chromium not found on PATH: install the Debian package 'chromium' "
+                 "(scripts/setup.sh with AS_SETUP_TEST_TOOLS=1) or set AS_CHROMIUM");
+
+    char dir[300], log[400], png[400], domf[400], profile[300], flag_profile[400];
+    snprintf(dir, sizeof dir, "%s/test-artifacts", AS_BINARY_DIR);
+    mkdir(dir, 0755);
+    snprintf(log, sizeof log, "%s/chromium.log", dir);
+    snprintf(png, sizeof png, "%s/dashboard.png", dir);
+    snprintf(domf, sizeof domf, "%s/dashboard-dom.json", dir);
+    unlink(log);
+    unlink(png);
+    snprintf(profile, sizeof profile, "%s/as_chromium_XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    assert_non_null(mkdtemp(profile));
+    snprintf(flag_profile, sizeof flag_profile, "--user-data-dir=%s", profile);
+
+    /* the running process: two stores in training loops, the service on them */
+    work_arm arms[2];
+    assert_int_equal(work_start(&arms[0], "A", "default=keep"), 0);
+    assert_int_equal(work_start(&arms[1], "B", "linear_input=fp16; default=q8"), 0);
+    as_service_source src[2] = {{.store = arms[0].store}, {.store = arms[1].store}};
+    as_service *svc = NULL;
+    char err[256];
+    assert_int_equal(as_service_start(NULL, src, 2, &svc, err, sizeof err), 0);
+
+    /* the browser, with the DevTools protocol on fds 3 (in) and 4 (out) */
+    int to_b[2], from_b[2];
+    assert_int_equal(pipe(to_b), 0);
+    assert_int_equal(pipe(from_b), 0);
+    char *argv[] = {bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--disable-extensions",
+                    "--disable-default-apps", "--no-default-browser-check",
+                    "--disable-dev-shm-usage", "--mute-audio", "--hide-scrollbars",
+                    "--remote-debugging-pipe", flag_profile, "about:blank", NULL};
+    const int fds[2][2] = {{to_b[0], 3}, {from_b[1], 4}};
+    pid_t pid = proc_spawn(argv, log, fds, 2);
+    assert_true(pid > 0);
+    close(to_b[0]);
+    close(from_b[1]);
+    cdp c = {.wfd = to_b[1], .rfd = from_b[0]};
+
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "url", "about:blank");
+    cJSON *r = cdp_call(&c, NULL, "Target.createTarget", p, 30);
+    char target[128], session[128];
+    snprintf(target, sizeof target, "%s", cJSON_GetStringValue(result(r, "targetId")));
+    cJSON_Delete(r);
+    p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "targetId", target);
+    cJSON_AddBoolToObject(p, "flatten", 1);
+    r = cdp_call(&c, NULL, "Target.attachToTarget", p, 10);
+    snprintf(session, sizeof session, "%s", cJSON_GetStringValue(result(r, "sessionId")));
+    cJSON_Delete(r);
+    p = cJSON_CreateObject();
+    cJSON_AddNumberToObject(p, "width", 1440);
+    cJSON_AddNumberToObject(p, "height", 1600);
+    cJSON_AddNumberToObject(p, "deviceScaleFactor", 1);
+    cJSON_AddBoolToObject(p, "mobile", 0);
+    cJSON_Delete(cdp_call(&c, session, "Emulation.setDeviceMetricsOverride", p, 10));
+    p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "url", as_service_url(svc));
+    cJSON_Delete(cdp_call(&c, session, "Page.navigate", p, 20));
+
+    /* poll the DOM until the charts have data (bounded) */
+    cJSON *dom = NULL;
+    double t0 = proc_now_s();
+    while (proc_now_s() - t0 < 45) {
+        p = cJSON_CreateObject();
+        cJSON_AddStringToObject(p, "expression", dom_probe);
+        cJSON_AddBoolToObject(p, "returnByValue", 1);
+        r = cdp_call(&c, session, "Runtime.evaluate", p, 10);
+        const cJSON *val = cJSON_GetObjectItem(result(r, "result"), "value");
+        cJSON_Delete(dom);
+        dom = cJSON_IsString(val) ? cJSON_Parse(val->valuestring) : NULL;
+        cJSON_Delete(r);
+        if (dom && dom_ready(dom))
+            break;
+        usleep(300000);
+    }
+    double waited = proc_now_s() - t0;
+
+    /* the artifact: a full-page screenshot */
+    p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "format", "png");
+    cJSON_AddBoolToObject(p, "captureBeyondViewport", 1);
+    r = cdp_call(&c, session, "Page.captureScreenshot", p, 30);
+    const char *b64 = cJSON_GetStringValue(result(r, "data"));
+    size_t png_len = 0;
+    if (b64) {
+        unsigned char *img = malloc(strlen(b64));
+        png_len = b64_decode(b64, img);
+        FILE *f = fopen(png, "wb");
+        if (f) {
+            fwrite(img, 1, png_len, f);
+            fclose(f);
+        }
+        free(img);
+    }
+    cJSON_Delete(r);
+    int id = cdp_send(&c, NULL, "Browser.close", NULL);
+    cJSON_Delete(id > 0 ? cdp_wait(&c, id, 5) : NULL);
+    proc_stop(pid, 10);
+    close(c.wfd);
+    close(c.rfd);
+    free(c.buf);
+    proc_rmtree(profile);
+    as_service_stats st;
+    as_service_get_stats(svc, &st);
+    as_service_stop(svc);
+    work_stop(&arms[0]);
+    work_stop(&arms[1]);
+    assert_int_equal(arms[0].rc, 0);
+    assert_int_equal(arms[1].rc, 0);
+
+    char *ds = dom ? cJSON_Print(dom) : NULL;
+    FILE *f = fopen(domf, "w");
+    if (f) {
+        fputs(ds ? ds : "null", f);
+        fclose(f);
+    }
+    fprintf(stderr, "chromium: DOM ready after %.1f s; screenshot %s (%zu bytes); service saw "
+                    "%llu requests, %llu SSE frames\n%s\n",
+            waited, png, png_len, (unsigned long long)st.requests,
+            (unsigned long long)st.sse_frames, ds ? ds : "(no DOM state)");
+    free(ds);
+    if (!dom)
+        proc_dump_log(log, 3000);
+    assert_non_null(dom);
+    assert_true(png_len > 10000);
+    assert_string_equal(dstr(dom, "uplot"), "function");
+    assert_string_equal(dstr(dom, "state"), "live");
+    assert_true(dnum(dom, "frames", NULL) >= 15);        /* the event stream flowed */
+    /* every chart drew data from both stores */
+    assert_true(dnum(dom, "live", "points") >= 30);
+    assert_true(dnum(dom, "live", "nonzero") >= 4);      /* live + resident, A and B */
+    assert_true(dnum(dom, "live", "canvas") >= 1);
+    assert_true(dnum(dom, "saved", "nonzero") >= 4);     /* stored + raw, A and B */
+    assert_true(dnum(dom, "kindsA", "nonzero") >= 3);    /* linear, norm, activation inputs */
+    assert_true(dnum(dom, "kindsB", "nonzero") >= 3);
+    assert_true(dnum(dom, "tagsA", "nonzero") >= 3);     /* weights, activations, saved, ... */
+    assert_true(dnum(dom, "tagsB", "points") >= 30);
+    /* tables: every layer of the workload, the policies of B, the A/B row */
+    assert_int_equal((int)dnum(dom, "layersA", NULL), WORK_LAYERS);
+    assert_int_equal((int)dnum(dom, "layersB", NULL), WORK_LAYERS);
+    assert_true(dnum(dom, "polB", NULL) >= 2);           /* fp16 and q8 */
+    assert_int_equal((int)dnum(dom, "compare", NULL), 2);
+    assert_non_null(strstr(dstr(dom, "firstLayerB"), "blocks."));
+    /* humanized units, sensible ratios, no NaN / undefined anywhere */
+    assert_true(humanized(dstr(dom, "liveA")));
+    assert_true(humanized(dstr(dom, "storedB")));   /* may be "0 B" at a step boundary */
+    assert_non_null(strstr(dstr(dom, "liveA"), "iB")); /* the weights alone are MiB */
+    assert_string_equal(dstr(dom, "ratioA"), "1.00×");
+    double rb = atof(dstr(dom, "ratioB"));
+    assert_true(rb > 1.8 && rb <= 4.0);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(dom, "bad")));
+    cJSON_Delete(dom);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dashboard_in_chromium),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
