@@ -5,5 +5,6 @@
 int as_bench_alloc(int argc, char **argv);
 int as_bench_softmax(int argc, char **argv);
 int as_bench_conv(int argc, char **argv);
+int as_bench_store(int argc, char **argv);
 
 #endif

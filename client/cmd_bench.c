@@ -17,6 +17,7 @@ static const struct {
     {"alloc",   as_bench_alloc,   "tracked allocator vs jemalloc vs glibc (ns per pair)"},
     {"softmax", as_bench_softmax, "softmax codecs: ratio, gradient cosine, rows/s"},
     {"conv",    as_bench_conv,    "conv input inversion vs conv forward (time, error, bytes)"},
+    {"store",   as_bench_store,   "codecs: save/restore GB/s and stored/raw vs memcpy"},
 };
 
 static void usage(FILE *f)

@@ -77,12 +77,24 @@ void as__acct_fallback(as_store *s, const as_groups *g, const char *reason)
     pthread_mutex_unlock(&s->layer_mu);
 }
 
+static uint64_t name_hash(const char *name)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *c = name; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    return h | 1;   /* never 0 (0 = no policy yet) */
+}
+
+/* Every save names its policy; the lock is only taken when it changed. */
 void as__acct_policy_name(as_store *s, uint16_t layer, const char *desc)
 {
     as_layer_acct *l = &s->layers[layer];
+    uint64_t h = name_hash(desc);
+    if (atomic_load_explicit(&l->policy_hash, memory_order_relaxed) == h)
+        return;
     pthread_mutex_lock(&s->layer_mu);
-    if (strncmp(l->policy, desc, sizeof l->policy - 1))
-        snprintf(l->policy, sizeof l->policy, "%s", desc);
+    as__strlcpy(l->policy, desc, sizeof l->policy);
+    atomic_store_explicit(&l->policy_hash, h, memory_order_relaxed);
     pthread_mutex_unlock(&s->layer_mu);
 }
 
@@ -93,13 +105,23 @@ int as__layer_id(as_store *s, const char *name, uint16_t *id)
     *id = AS_LAYER_NONE;
     if (!name || !name[0])
         return 0;
-    uint64_t h = 1469598103934665603ull;
-    for (const char *c = name; *c; c++)
-        h = (h ^ (unsigned char)*c) * 1099511628211ull;
-    pthread_mutex_lock(&s->layer_mu);
-    size_t mask = sizeof s->ltab / sizeof s->ltab[0] - 1, i = h & mask;
+    uint64_t h = name_hash(name);
+    size_t mask = sizeof s->ltab / sizeof s->ltab[0] - 1;
+    /* Fast path, lock-free: the name is already known. */
+    size_t i = h & mask;
     for (size_t probes = 0; probes <= mask; probes++, i = (i + 1) & mask) {
-        uint16_t e = s->ltab[i];
+        uint16_t e = atomic_load_explicit(&s->ltab[i], memory_order_acquire);
+        if (e == 0)
+            break;
+        if (!strncmp(s->layers[e].name, name, sizeof s->layers[e].name - 1)) {
+            *id = e;
+            return 0;
+        }
+    }
+    pthread_mutex_lock(&s->layer_mu);
+    i = h & mask;
+    for (size_t probes = 0; probes <= mask; probes++, i = (i + 1) & mask) {
+        uint16_t e = atomic_load_explicit(&s->ltab[i], memory_order_relaxed);
         if (e == 0)
             break;
         if (!strncmp(s->layers[e].name, name, sizeof s->layers[e].name - 1)) {
@@ -112,8 +134,8 @@ int as__layer_id(as_store *s, const char *name, uint16_t *id)
     int rc = as_arena_layer_register(s->arena, name, &nid);
     if (rc == 0 && nid != AS_LAYER_NONE && nid < AS_LAYER_MAX) {
         snprintf(s->layers[nid].name, sizeof s->layers[nid].name, "%s", name);
-        if (s->ltab[i] == 0)
-            s->ltab[i] = nid;
+        if (atomic_load_explicit(&s->ltab[i], memory_order_relaxed) == 0)
+            atomic_store_explicit(&s->ltab[i], nid, memory_order_release);
         uint32_t n = atomic_load(&s->nlayers);
         if (nid + 1u > n)
             atomic_store(&s->nlayers, nid + 1u);

@@ -14,12 +14,18 @@
 void as__pctx_init(as_pctx *c, as_store *s, as_item *it, as_rep *r,
                    as_handle h, const char *layer)
 {
-    memset(c, 0, sizeof *c);
+    /* Field by field: the arrays need no clearing (their counts are 0), and
+     * this runs on every save and restore. */
     c->s = s;
     c->it = it;
     c->rep = r;
     c->h = h;
     c->layer = layer;
+    c->adopted = NULL;
+    c->adopted_taken = false;
+    c->nscratch = 0;
+    c->nborrowed = 0;
+    c->msg[0] = 0;
 }
 
 void as__pctx_done(as_pctx *c)

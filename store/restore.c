@@ -37,21 +37,25 @@ static void shape_text(const as_tensor *t, char *buf, size_t len)
         snprintf(buf + k, len - k, "]");
 }
 
+/* Decode (or copy, for a view) the item's values into dst; the time is
+ * charged to the representation's groups as decode time. */
 static int decode_into(as_store *s, as_item *it, as_rep *r, as_tensor *dst)
 {
+    uint64_t t0 = as__now_ns();
+    int rc = 0;
     if (r->ops->view) {
         memcpy(dst->data, r->view.data, it->bytes);
-        return 0;
-    }
-    if (!r->ops->decode) {
+    } else if (!r->ops->decode) {
         as__seterr(s, "restore (layer %s): policy %s cannot decode",
                    lname(s, r), r->ops->name);
         return AS_ENOTSUP;
+    } else {
+        as_pctx c;
+        as__pctx_init(&c, s, it, r, it->h0, lname(s, r));
+        rc = r->ops->decode(&c, r->params, r->state, dst);
+        as__pctx_done(&c);
     }
-    as_pctx c;
-    as__pctx_init(&c, s, it, r, it->h0, lname(s, r));
-    int rc = r->ops->decode(&c, r->params, r->state, dst);
-    as__pctx_done(&c);
+    as__acct_time(s, &r->g, false, as__now_ns() - t0);
     return rc;
 }
 
@@ -123,9 +127,7 @@ int as__borrow(as_store *s, as_item *it, const as_tensor **view)
     if (rc == 0) {
         it->mat_view = it->shape;
         it->mat_view.data = b.ptr;
-        uint64_t t0 = as__now_ns();
         rc = decode_into(s, it, r, &it->mat_view);
-        as__acct_time(s, &r->g, false, as__now_ns() - t0);
     }
     pthread_mutex_lock(&s->mu);
     if (rc == 0) {
@@ -196,15 +198,23 @@ static int verify_checksum(as_store *s, as_item *it, as_rep *r, as_handle h)
     return 0;
 }
 
-static void done(as_store *s, as_item *it, as_rep *r, int rc, uint64_t t0)
+/* End of a restore call: count it (decode time was charged where the
+ * values were produced) and drop the references taken by the lookup. */
+static void done(as_store *s, as_item *it, as_rep *r, int rc)
 {
-    if (rc == 0) {
+    if (rc == 0)
         as__acct_count(s, &r->g, AS_STAT_RESTORE, 1);
-        as__acct_time(s, &r->g, false, as__now_ns() - t0);
-    }
     as__rep_unref(s, r);
     as__item_unref(s, it);
 }
+
+/* A policy's own restore path (softmax_backward, decode_rows), timed. */
+#define TIMED_POLICY_CALL(s, r, call)                                       \
+    do {                                                                    \
+        uint64_t t0_ = as__now_ns();                                        \
+        rc = (call);                                                        \
+        as__acct_time((s), &(r)->g, false, as__now_ns() - t0_);             \
+    } while (0)
 
 int as_store_restore(as_store *s, as_handle h, as_tensor *dst)
 {
@@ -215,7 +225,6 @@ int as_store_restore(as_store *s, as_handle h, as_tensor *dst)
     int rc = as__lookup_rep(s, h, &it, &r, "restore");
     if (rc < 0)
         return rc;
-    uint64_t t0 = as__now_ns();
     bool same = dst->dtype == it->shape.dtype && dst->ndim == it->shape.ndim;
     for (int i = 0; same && i < dst->ndim; i++)
         same = dst->shape[i] == it->shape.shape[i];
@@ -238,7 +247,7 @@ int as_store_restore(as_store *s, as_handle h, as_tensor *dst)
     } else {
         rc = decode_into(s, it, r, dst);
     }
-    done(s, it, r, rc, t0);
+    done(s, it, r, rc);
     return rc;
 }
 
@@ -252,7 +261,6 @@ int as_store_restore_view(as_store *s, as_handle h, const as_tensor **view)
     int rc = as__lookup_rep(s, h, &it, &r, "restore_view");
     if (rc < 0)
         return rc;
-    uint64_t t0 = as__now_ns();
     if (r->ops->view) {
         if ((rc = verify_checksum(s, it, r, h)) == 0)
             *view = &r->view;
@@ -262,7 +270,7 @@ int as_store_restore_view(as_store *s, as_handle h, const as_tensor **view)
         it->mat_borrows--;
         pthread_mutex_unlock(&s->mu);
     }
-    done(s, it, r, rc, t0);
+    done(s, it, r, rc);
     return rc;
 }
 
@@ -302,14 +310,14 @@ int as_store_softmax_backward(as_store *s, as_handle h, const float *dy,
     int rc = as__lookup_rep(s, h, &it, &r, "softmax_backward");
     if (rc < 0)
         return rc;
-    uint64_t t0 = as__now_ns();
     if ((rc = check_f32(s, it, r, h, "softmax_backward")) == 0) {
         int64_t n = it->shape.shape[it->shape.ndim - 1];
         int64_t rows = n ? as_tensor_numel(&it->shape) / n : 0;
         if (r->ops->softmax_backward && !r->ops->view && !mat_ready(s, it)) {
             as_pctx c;
             as__pctx_init(&c, s, it, r, h, lname(s, r));
-            rc = r->ops->softmax_backward(&c, r->params, r->state, dy, dx);
+            TIMED_POLICY_CALL(s, r, r->ops->softmax_backward(&c, r->params,
+                              r->state, dy, dx));
             as__pctx_done(&c);
         } else {
             const as_tensor *v;
@@ -319,7 +327,7 @@ int as_store_softmax_backward(as_store *s, as_handle h, const float *dy,
             }
         }
     }
-    done(s, it, r, rc, t0);
+    done(s, it, r, rc);
     return rc;
 }
 
@@ -333,7 +341,6 @@ int as_store_restore_rows(as_store *s, as_handle h, int64_t row0,
     int rc = as__lookup_rep(s, h, &it, &r, "restore_rows");
     if (rc < 0)
         return rc;
-    uint64_t t0 = as__now_ns();
     if ((rc = check_f32(s, it, r, h, "restore_rows")) == 0) {
         int64_t n = it->shape.shape[it->shape.ndim - 1];
         int64_t rows = n ? as_tensor_numel(&it->shape) / n : 0;
@@ -346,7 +353,8 @@ int as_store_restore_rows(as_store *s, as_handle h, int64_t row0,
         } else if (r->ops->decode_rows && !r->ops->view && !mat_ready(s, it)) {
             as_pctx c;
             as__pctx_init(&c, s, it, r, h, lname(s, r));
-            rc = r->ops->decode_rows(&c, r->params, r->state, row0, nrows, dst);
+            TIMED_POLICY_CALL(s, r, r->ops->decode_rows(&c, r->params,
+                              r->state, row0, nrows, dst));
             as__pctx_done(&c);
         } else {
             const as_tensor *v;
@@ -357,7 +365,7 @@ int as_store_restore_rows(as_store *s, as_handle h, int64_t row0,
             }
         }
     }
-    done(s, it, r, rc, t0);
+    done(s, it, r, rc);
     return rc;
 }
 

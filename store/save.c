@@ -6,9 +6,12 @@
  *
  * Fallback order: the rule's policy, then the rule's fallback, then keep.
  * A policy "does not apply" when its applies() says so or its encode
- * returns AS_ENOTSUP, AS_EIO (e.g. offload directory missing) or AS_ESTATE
- * (dependency cycle); any other error fails the save and the store stays
- * usable. Strict mode turns the first fallback into AS_EFALLBACK.
+ * returns AS_ENOTSUP or AS_ESTATE (dependency cycle); strict mode turns
+ * that into AS_EFALLBACK. An encode that fails with AS_EIO (offload
+ * directory missing, unwritable or full) falls back in strict mode too: the
+ * tensor is never lost to the environment, and the fallback is counted
+ * (offload_fallbacks as well for offload). Any other error (AS_EBUDGET,
+ * AS_ENOMEM, ...) fails the save; the store stays usable.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,17 +141,19 @@ static int encode_plan(as_store *s, as_item *it, as_handle h, as_groups g,
                 snprintf(r->desc, sizeof r->desc, "%s (inverse pending)",
                          tries[k] ? tries[k]->text : "keep");
             } else {
-                snprintf(r->desc, sizeof r->desc, "%s",
-                         tries[k] ? tries[k]->text : "keep");
+                as__strlcpy(r->desc, tries[k] ? tries[k]->text : "keep",
+                            sizeof r->desc);
             }
             return 0;
         }
         if (!is_fallback_code(rc))
             return rc;
+        if (rc == AS_EIO && tries[k] && tries[k]->ops == &as_policy_offload)
+            atomic_fetch_add(&s->offload_fallbacks, 1);
         if (!first_name) {
             first_name = tries[k] ? tries[k]->text : "keep";
             snprintf(first_why, sizeof first_why, "%s", why);
-            if (s->strict) {
+            if (s->strict && rc != AS_EIO) {
                 as__seterr(s, "save (layer %s, %s): policy %s does not apply:"
                            " %s (strict mode)", layer_text(info),
                            as_kind_name(info->kind), first_name, why);

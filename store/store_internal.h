@@ -55,6 +55,7 @@ typedef struct as_layer_acct {
     as_acct acct;
     char    name[64];
     char    policy[48];         /* last policy used (guarded by layer_mu) */
+    _Atomic uint64_t policy_hash; /* hash of `policy`: skips the lock */
     char    last_fallback[96];  /* guarded by layer_mu */
 } as_layer_acct;
 
@@ -197,7 +198,9 @@ struct as_store {
     as_layer_acct  *layers;      /* AS_LAYER_MAX entries */
     _Atomic uint32_t nlayers;    /* high-water of layer ids + 1 */
     pthread_mutex_t layer_mu;    /* layer names, ltab, policy strings */
-    uint16_t        ltab[2048];  /* name hash -> layer id (0 = empty) */
+    /* name hash -> layer id (0 = empty). Entries go from 0 to an id once,
+     * under layer_mu, after the name is written: lookups read lock-free. */
+    _Atomic uint16_t ltab[2048];
     _Atomic uint64_t auto_released, offload_fallbacks;
 };
 
@@ -263,7 +266,8 @@ void as__pctx_done(as_pctx *c);
 int as__policy_index(const as_policy_ops *ops);
 const as_policy_ops *as__policy_at(size_t i);
 size_t as__policy_count(void);
-extern const as_policy_ops as_policy_keep, as_policy_inverse;
+extern const as_policy_ops as_policy_keep, as_policy_inverse,
+    as_policy_offload;
 
 /* Elementwise helpers (policies/elementwise.c). */
 bool as__fn_invertible(const as_elementwise *fn, int64_t numel, char *why,

@@ -45,16 +45,24 @@ enum { ZMODE_PLAIN = 0, ZMODE_SHUF = 1, ZMODE_MASK = 2 };
 
 #define WS_HDR 64   /* keeps the returned pointer 64-byte aligned */
 
+/* Why the calling thread's last workspace allocation failed (AS_EBUDGET or
+ * AS_ENOMEM), so a save over budget reports the budget. */
+static _Thread_local int ws_last_rc;
+
 static void *ws_alloc(void *opaque, size_t size)
 {
     as_arena *a = opaque;
     if (!a) {
         void *p = malloc(size + WS_HDR);
+        ws_last_rc = p ? 0 : AS_ENOMEM;
         return p ? (char *)p + WS_HDR : NULL;
     }
     as_block b;
-    if (as_alloc(a, size + WS_HDR, AS_TAG_WORKSPACE, AS_LAYER_NONE, &b))
+    int rc = as_alloc(a, size + WS_HDR, AS_TAG_WORKSPACE, AS_LAYER_NONE, &b);
+    if (rc) {
+        ws_last_rc = rc;
         return NULL;
+    }
     memcpy(b.ptr, &b, sizeof b);
     return (char *)b.ptr + WS_HDR;
 }
@@ -398,9 +406,13 @@ static int zstd_encode(as_pctx *ctx, const void *params,
         *state = h;
         return 0;
     }
+    ws_last_rc = 0;
     zwork *w = zwork_get(p, ctx);
-    if (!w)
-        return AS_ENOMEM;
+    if (!w) {
+        as_pctx_errorf(ctx, "zstd: no work memory (%s)",
+                       as_strerror(ws_last_rc ? ws_last_rc : AS_ENOMEM));
+        return ws_last_rc ? ws_last_rc : AS_ENOMEM;
+    }
     const uint8_t *src = t->data;
     for (size_t fi = 0; fi < nframes && !rc; fi++) {
         size_t off = fi * ZFRAME, raw = bytes - off < ZFRAME ? bytes - off

@@ -1,10 +1,11 @@
 /*
  * offload[:dir] — keep the tensor in a file instead of memory.
  *
- * Save copies the tensor into a staging buffer (allocator tag workspace),
- * creates the file (O_EXCL, mode 0600) and reserves its size
- * (posix_fallocate), then queues the write on the offload I/O thread and
- * returns. The thread writes header + data and frees the staging buffer.
+ * Save creates the file (O_EXCL, mode 0600), reserves its size
+ * (posix_fallocate), copies the tensor into a staging buffer (allocator tag
+ * saved, the item's layer, counted as stored bytes while it lives), then
+ * queues the write on the offload I/O thread and returns. The thread writes
+ * header + data and frees the staging buffer.
  * Restore:
  *   - write not finished: copies from the staging buffer (no disk I/O);
  *   - prefetched read finished: copies the verified buffer;
@@ -17,11 +18,14 @@
  * Files are removed when the item is released.
  *
  * Fallback, never losing the tensor: when the file cannot be created or its
- * space reserved (missing, unwritable or full directory), the save keeps the
- * tensor in memory (stored bytes, tag saved) and counts a fallback (store
- * stats offload_fallbacks, and the layer's fallback count and reason). If a
- * background write fails anyway, the staging buffer stays as the in-memory
- * copy (tag workspace) and the fallback is counted the same way.
+ * space reserved (missing, unwritable or full directory), encode fails with
+ * AS_EIO and the reason; the store then saves the tensor under the rule's
+ * fallback (keep by default), counts the fallback (store stats
+ * offload_fallbacks, the layer's fallback count and reason) and says so in
+ * as_store_policy_of ("keep (fallback from offload: ...)"), in strict mode
+ * too (an I/O failure is not a policy that does not apply). If a background
+ * write fails anyway, the staging buffer stays as the in-memory copy (still
+ * counted as stored) and the fallback is counted the same way.
  *
  * File format (little endian), 64-byte header then the raw tensor bytes:
  *   0  magic "ASOFFLD1"       8  u32 version (1)   12 u32 header size (64)
@@ -60,10 +64,9 @@ typedef struct off_item {
     as_groups  g;
     uint64_t   bytes, handle;
     char       path[PATH_MAX];
-    bool       in_memory;   /* synchronous fallback: data in `mem` */
-    void      *mem;         /* context block (fallback copy) */
     /* under io.mu */
-    as_block   staging;     /* tensor copy until written (workspace) */
+    as_block   staging;     /* tensor copy until written (tag saved,
+                               charged as stored bytes to g) */
     int        fd;          /* open for the write job */
     int        wjob, rjob;  /* JOB_* */
     bool       on_disk;     /* written and verified-size file exists */
@@ -151,6 +154,16 @@ static void count_fallback(as_store *s, const as_groups *g, const char *why)
     as__acct_fallback(s, g, why);
 }
 
+/* Free the staging buffer (io.mu held or the item private) and give its
+ * bytes back. */
+static void staging_free(off_item *it)
+{
+    if (!it->staging.ptr)
+        return;
+    as__acct_charge(it->s, &it->g, 0, -(int64_t)it->staging.size);
+    as_free(as_store_arena(it->s), &it->staging);
+}
+
 /* ---- the file: write and verified read ----------------------------------- */
 
 static int file_write(off_item *it, const void *data, uint64_t hash)
@@ -163,7 +176,9 @@ static int file_write(off_item *it, const void *data, uint64_t hash)
     put_u64(h + 24, hash);
     put_u64(h + 32, it->handle);
     put_u64(h + 40, as__hash64(h, 40));
-    int e = atomic_exchange(&inject_stage, 0) == 2 ? atomic_load(&inject_err) : 0;
+    int two = 2;
+    int e = atomic_compare_exchange_strong(&inject_stage, &two, 0)
+                ? atomic_load(&inject_err) : 0;
     if (!e)
         e = write_all(it->fd, h, OFF_HDR, 0);
     if (!e)
@@ -231,7 +246,7 @@ static void do_write(off_item *it)
         it->hash = hash;
         it->on_disk = true;
         if (!it->readers)
-            as_free(as_store_arena(it->s), &it->staging);
+            staging_free(it);
     }
     pthread_cond_broadcast(&io.done);
     pthread_mutex_unlock(&io.mu);
@@ -351,19 +366,6 @@ static void off_free_params(void *params)
     free(params);
 }
 
-/* Keep the tensor in memory (synchronous fallback). */
-static int keep_in_memory(as_pctx *ctx, off_item *it, const as_tensor *t,
-                          const char *why)
-{
-    int rc = as_pctx_alloc(ctx, it->bytes, &it->mem);
-    if (rc)
-        return rc;
-    memcpy(it->mem, t->data, it->bytes);
-    it->in_memory = true;
-    count_fallback(it->s, &it->g, why);
-    return 0;
-}
-
 static int off_encode(as_pctx *ctx, const void *params,
                       const as_save_info *info, const as_tensor *t,
                       void **state)
@@ -381,10 +383,9 @@ static int off_encode(as_pctx *ctx, const void *params,
     snprintf(it->path, sizeof it->path, "%s/actstore-%ld-%llu.off", dir,
              (long)getpid(),
              (unsigned long long)atomic_fetch_add(&file_seq, 1));
-    int rc = 0, e = atomic_load(&inject_stage) == 1
-                        ? (atomic_store(&inject_stage, 0), atomic_load(&inject_err))
-                        : 0;
-    char why[96];
+    int one = 1;
+    int rc = 0, e = atomic_compare_exchange_strong(&inject_stage, &one, 0)
+                        ? atomic_load(&inject_err) : 0;
     if (!e) {
         it->fd = open(it->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (it->fd < 0)
@@ -400,24 +401,22 @@ static int off_encode(as_pctx *ctx, const void *params,
         }
     }
     if (e) {
-        snprintf(why, sizeof why, "offload: %s: %s, kept in memory", dir,
-                 strerror(e));
-        rc = keep_in_memory(ctx, it, t, why);
-        if (rc) {
-            free(it);
-            return rc;
-        }
-        *state = it;
-        return 0;
+        /* The store falls back (counted, named in policy_of). */
+        as_pctx_errorf(ctx, "directory %.200s: %s", dir, strerror(e));
+        free(it);
+        return AS_EIO;
     }
-    rc = as_alloc(as_store_arena(it->s), it->bytes, AS_TAG_WORKSPACE,
+    rc = as_alloc(as_store_arena(it->s), it->bytes, AS_TAG_SAVED,
                   it->g.layer, &it->staging);
     if (rc) {
+        as__seterr(it->s, "save (layer %s): %s", as_pctx_layer(ctx),
+                   as_arena_last_error(as_store_arena(it->s)));
         close(it->fd);
         unlink(it->path);
         free(it);
         return rc;
     }
+    as__acct_charge(it->s, &it->g, 0, (int64_t)it->staging.size);
     if (it->bytes)
         memcpy(it->staging.ptr, t->data, it->bytes);
     pthread_mutex_lock(&io.mu);
@@ -438,10 +437,6 @@ static int off_decode(as_pctx *ctx, const void *params, void *state,
     off_item *it = state;
     if (as_tensor_bytes(dst) != it->bytes)
         return AS_ESHAPE;
-    if (it->in_memory) {
-        memcpy(dst->data, it->mem, it->bytes);
-        return 0;
-    }
     pthread_mutex_lock(&io.mu);
     if (it->staging.ptr) {
         /* not written yet (or the write failed): copy from memory */
@@ -450,7 +445,7 @@ static int off_decode(as_pctx *ctx, const void *params, void *state,
         memcpy(dst->data, it->staging.ptr, it->bytes);
         pthread_mutex_lock(&io.mu);
         if (--it->readers == 0 && it->on_disk)
-            as_free(as_store_arena(it->s), &it->staging);
+            staging_free(it);
         pthread_mutex_unlock(&io.mu);
         return 0;
     }
@@ -498,8 +493,6 @@ static void off_prefetch(as_pctx *ctx, const void *params, void *state)
 {
     (void)ctx, (void)params;
     off_item *it = state;
-    if (it->in_memory)
-        return;
     pthread_mutex_lock(&io.mu);
     if (it->on_disk && !it->staging.ptr && it->rjob == JOB_NONE &&
         as_alloc(as_store_arena(it->s), it->bytes ? it->bytes : 1,
@@ -513,25 +506,22 @@ static void off_drop(void *params, void *state)
 {
     (void)params;
     off_item *it = state;
-    if (!it->in_memory) {
-        pthread_mutex_lock(&io.mu);
-        if (it->wjob == JOB_QUEUED && queue_remove(&io.writes, it)) {
-            it->wjob = JOB_NONE;
-            close(it->fd);
-            it->fd = -1;
-        }
-        if (it->rjob == JOB_QUEUED && queue_remove(&io.reads, it))
-            it->rjob = JOB_NONE;
-        while (it->wjob == JOB_RUNNING || it->rjob == JOB_RUNNING ||
-               it->readers)
-            pthread_cond_wait(&io.done, &io.mu);
-        pthread_mutex_unlock(&io.mu);
-        as_arena *a = as_store_arena(it->s);
-        as_free(a, &it->staging);
-        as_free(a, &it->rbuf);
-        if (!it->write_failed)
-            unlink(it->path);
+    pthread_mutex_lock(&io.mu);
+    if (it->wjob == JOB_QUEUED && queue_remove(&io.writes, it)) {
+        it->wjob = JOB_NONE;
+        close(it->fd);
+        it->fd = -1;
     }
+    if (it->rjob == JOB_QUEUED && queue_remove(&io.reads, it))
+        it->rjob = JOB_NONE;
+    while (it->wjob == JOB_RUNNING || it->rjob == JOB_RUNNING ||
+           it->readers)
+        pthread_cond_wait(&io.done, &io.mu);
+    pthread_mutex_unlock(&io.mu);
+    staging_free(it);
+    as_free(as_store_arena(it->s), &it->rbuf);
+    if (!it->write_failed)
+        unlink(it->path);
     free(it);
 }
 

@@ -1,0 +1,419 @@
+/*
+ * actstore bench store: save + restore throughput and stored/raw ratio of
+ * every codec on three kinds of f32 tensors (64 MiB by default), with a
+ * memcpy row measured in the same run as the reference.
+ *
+ * Tensors: "relu" (half exact zeros, the rest positive: max(N(0,1), 0)),
+ * "softmax" (rows of 256 probabilities, softmax of N(0, 2) logits),
+ * "gaussian" (N(0,1)).
+ * Rows: keep_adopt (a block of the store's arena handed over with
+ * as_store_save_adopt, restored with as_store_restore_view: both
+ * zero-copy), keep (one copy at save, restore into a caller buffer), zstd
+ * (level 1), fp16, bf16, q8, q4, q2 (group 256), offload (save = staging
+ * copy + queueing the background write; restore after the write finished
+ * = read the file, verify, copy), memcpy (src -> a pre-faulted buffer).
+ * Every restore goes into the same pre-faulted caller buffer; every repeat
+ * measures every cell once, cells interleaved, and the figures are medians
+ * over the repeats. bytes_stored is the store's stored_live for the item
+ * after the save (offload: after the write, i.e. bytes left in memory).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "actstore/store.h"
+#include "bench.h"
+#include "cli.h"
+#include "store/policies/quant.h"   /* as__offload_wait_idle */
+
+#define CMD "bench store"
+
+enum { T_RELU, T_SOFTMAX, T_GAUSS, NTENSORS };
+static const char *const tensor_name[NTENSORS] = {"relu", "softmax", "gaussian"};
+
+enum { P_MEMCPY, P_KEEP_ADOPT, P_KEEP, P_ZSTD, P_FP16, P_BF16, P_Q8, P_Q4, P_Q2,
+       P_OFFLOAD, NPOL };
+static const char *const pol_name[NPOL] = {"memcpy", "keep_adopt", "keep", "zstd", "fp16",
+                                           "bf16", "q8", "q4", "q2", "offload"};
+static const char *const pol_spec[NPOL] = {NULL, "default=keep", "default=keep",
+                                           "default=zstd:1", "default=fp16", "default=bf16",
+                                           "default=q8", "default=q4", "default=q2",
+                                           "default=offload"};
+
+#define ADOPT_BATCH 17   /* keep_adopt: 1 filled + 16 timed blocks */
+
+typedef struct cell {
+    double *save_s, *restore_s;   /* per repeat */
+    double *cold_s;               /* keep_adopt: first call after the write */
+    uint64_t stored;
+    double   max_err;
+} cell;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static double uniform01(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return ((double)(rng >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+/* Two N(0,1) draws (Box-Muller). */
+static void gauss2(float *a, float *b)
+{
+    double r = sqrt(-2.0 * log(uniform01())), t = 2.0 * M_PI * uniform01();
+    *a = (float)(r * cos(t));
+    *b = (float)(r * sin(t));
+}
+
+static void fill(int kind, float *x, size_t n)
+{
+    for (size_t i = 0; i + 1 < n; i += 2)
+        gauss2(&x[i], &x[i + 1]);
+    if (n % 2)
+        x[n - 1] = 0.5f;
+    if (kind == T_RELU) {
+        for (size_t i = 0; i < n; i++)
+            x[i] = x[i] > 0 ? x[i] : 0.0f;
+    } else if (kind == T_SOFTMAX) {
+        const size_t L = 256;
+        for (size_t r = 0; r + L <= n; r += L) {
+            float *row = x + r, mx = -INFINITY;
+            for (size_t j = 0; j < L; j++) {
+                row[j] *= 2.0f;
+                mx = row[j] > mx ? row[j] : mx;
+            }
+            double sum = 0;
+            for (size_t j = 0; j < L; j++)
+                sum += row[j] = expf(row[j] - mx);
+            for (size_t j = 0; j < L; j++)
+                row[j] = (float)(row[j] / sum);
+        }
+    }
+}
+
+static double max_abs_err(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > m || d != d)
+            m = d;
+    }
+    return m;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static uint64_t stored_live(as_store *s)
+{
+    as_store_stats st;
+    if (as_store_stats_take(s, &st) != 0)
+        return 0;
+    uint64_t v = st.total.stored_live;
+    as_store_stats_free(&st);
+    return v;
+}
+
+/* One measurement of one cell. Returns 0 or an exit code. */
+static int run_cell(as_store *s, int pol, int kind, const float *src, float *dst,
+                    size_t n, cell *c, unsigned long rep)
+{
+    size_t bytes = n * sizeof(float);
+    as_tensor t = {.data = (void *)src, .dtype = AS_F32, .ndim = 2,
+                   .shape = {(int64_t)(n / 256), 256}};
+    as_save_info info = {.kind = AS_KIND_ACTIVATION_OUTPUT, .layer = tensor_name[kind]};
+    if (pol == P_MEMCPY) {
+        uint64_t t0 = now_ns();
+        memcpy(dst, src, bytes);
+        uint64_t t1 = now_ns();
+        memcpy(dst, src, bytes);
+        uint64_t t2 = now_ns();
+        c->save_s[rep] = (double)(t1 - t0) * 1e-9;
+        c->restore_s[rep] = (double)(t2 - t1) * 1e-9;
+        c->max_err = max_abs_err(src, dst, n);
+        return 0;
+    }
+    char err[256];
+    if (as_store_set_policy(s, pol_spec[pol], err, sizeof err) != 0)
+        return as_cli_fail(CMD, "policy %s: %s", pol_spec[pol], err);
+    uint64_t before = stored_live(s);
+    as_handle h;
+    int rc;
+    uint64_t t0, t1, t2, t3;
+    if (pol == P_KEEP_ADOPT) {
+        /* First one block holding the tensor (the framework just wrote it):
+         * the values come back exactly, and the time of that single call
+         * right after a 64 MiB write is kept as the "cold" figure. Then the
+         * store's own cost: ADOPT_BATCH blocks of the same size handed over
+         * back to back (the store never touches the data, so they are not
+         * filled), timed per call. */
+        as_block b[ADOPT_BATCH];
+        as_handle hb[ADOPT_BATCH];
+        const as_tensor *v;
+        for (int i = 0; i < ADOPT_BATCH; i++) {
+            rc = as_alloc(as_store_arena(s), bytes, AS_TAG_ACTIVATIONS, AS_LAYER_NONE, &b[i]);
+            if (rc != 0) {
+                while (i-- > 0)
+                    as_free(as_store_arena(s), &b[i]);
+                return as_cli_fail(CMD, "as_alloc: %s", as_strerror(rc));
+            }
+        }
+        memcpy(b[0].ptr, src, bytes);
+        t.data = b[0].ptr;
+        t0 = now_ns();
+        rc = as_store_save_adopt(s, &info, &t, &b[0], &hb[0]);
+        if (rc == 0)
+            rc = as_store_restore_view(s, hb[0], &v);
+        t1 = now_ns();
+        if (rc == 0) {
+            c->max_err = max_abs_err(src, v->data, n);
+            c->stored = stored_live(s) - before;
+            c->cold_s[rep] = (double)(t1 - t0) * 1e-9;
+        }
+        int ok = rc == 0 ? 1 : 0;
+        t0 = now_ns();
+        for (int i = 1; i < ADOPT_BATCH && rc == 0; i++, ok++) {
+            t.data = b[i].ptr;
+            rc = as_store_save_adopt(s, &info, &t, &b[i], &hb[i]);
+        }
+        t1 = t2 = now_ns();
+        for (int i = 1; i < ok && rc == 0; i++)
+            rc = as_store_restore_view(s, hb[i], &v);
+        t3 = now_ns();
+        for (int i = 0; i < ADOPT_BATCH; i++) {
+            if (i < ok)
+                as_store_release(s, hb[i]);
+            else
+                as_free(as_store_arena(s), &b[i]);
+        }
+        if (rc != 0)
+            return as_cli_fail(CMD, "keep_adopt: %s", as_store_last_error(s));
+        c->save_s[rep] = (double)(t1 - t0) * 1e-9 / (ADOPT_BATCH - 1);
+        c->restore_s[rep] = (double)(t3 - t2) * 1e-9 / (ADOPT_BATCH - 1);
+        return 0;
+    } else {
+        t0 = now_ns();
+        rc = as_store_save(s, &info, &t, &h);
+        t1 = now_ns();
+        if (rc != 0)
+            return as_cli_fail(CMD, "save (%s): %s", pol_name[pol], as_store_last_error(s));
+        if (pol == P_OFFLOAD)
+            as__offload_wait_idle();   /* restore reads the file back */
+        c->stored = stored_live(s) - before;
+        as_tensor d = t;
+        d.data = dst;
+        t2 = now_ns();
+        rc = as_store_restore(s, h, &d);
+        t3 = now_ns();
+        if (rc == 0)
+            c->max_err = max_abs_err(src, dst, n);
+    }
+    if (rc != 0) {
+        as_store_release(s, h);
+        return as_cli_fail(CMD, "restore (%s): %s", pol_name[pol], as_store_last_error(s));
+    }
+    if (pol == P_OFFLOAD && strncmp(as_store_policy_of(s, h), "offload", 7) != 0) {
+        as_store_release(s, h);
+        return as_cli_fail(CMD, "offload did not apply: %s", as_store_policy_of(s, h));
+    }
+    as_store_release(s, h);
+    c->save_s[rep] = (double)(t1 - t0) * 1e-9;
+    c->restore_s[rep] = (double)(t3 - t2) * 1e-9;
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: actstore bench store [--json FILE] [--repeats N] [--mib N]\n"
+            "                            [--offload-dir DIR]\n\n"
+            "Save and restore throughput (GB/s, medians over repeats) and stored/raw\n"
+            "ratio of keep (adopted and copied), zstd, fp16, bf16, q8, q4, q2 and\n"
+            "offload on ReLU-like, softmax-like and Gaussian f32 tensors, with a\n"
+            "memcpy row measured in the same run; checks the store's targets.\n\n"
+            "  --json FILE        write {\"bench\":\"store\",\"results\":[...]} (\"-\" = stdout)\n"
+            "  --repeats N        repeats per cell, interleaved (default 5)\n"
+            "  --mib N            tensor size in MiB (default 64)\n"
+            "  --offload-dir DIR  directory of the offload files (default $TMPDIR or /tmp)\n");
+}
+
+int as_bench_store(int argc, char **argv)
+{
+    const char *json_path = NULL, *odir = NULL;
+    unsigned long long repeats = 5, mib = 64;
+    for (int i = 1; i < argc; i++) {
+        if (as_cli_is_help(argv[i])) {
+            usage(stdout);
+            return AS_EXIT_OK;
+        } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
+            json_path = argv[++i];
+        } else if (!strcmp(argv[i], "--offload-dir") && i + 1 < argc) {
+            odir = argv[++i];
+        } else if (!strcmp(argv[i], "--repeats") && i + 1 < argc) {
+            if (as_cli_parse_u64(CMD, "--repeats", argv[++i], &repeats) != 0)
+                return AS_EXIT_USAGE;
+            if (repeats < 1 || repeats > 100)
+                return as_cli_usage(CMD, "--repeats must be 1..100");
+        } else if (!strcmp(argv[i], "--mib") && i + 1 < argc) {
+            if (as_cli_parse_u64(CMD, "--mib", argv[++i], &mib) != 0)
+                return AS_EXIT_USAGE;
+            if (mib < 1 || mib > 1024)
+                return as_cli_usage(CMD, "--mib must be 1..1024");
+        } else {
+            return as_cli_usage(CMD, "unknown or incomplete option '%s'", argv[i]);
+        }
+    }
+    size_t n = (size_t)mib << 18, bytes = n * sizeof(float);   /* mib MiB of f32 */
+    float *src[NTENSORS], *dst = malloc(bytes);
+    for (int k = 0; k < NTENSORS; k++)
+        src[k] = malloc(bytes);
+    cell cells[NPOL][NTENSORS];
+    double *times = calloc(3 * NPOL * NTENSORS * repeats, sizeof *times);
+    int status = AS_EXIT_OK;
+    as_store *s = NULL;
+    if (!dst || !src[0] || !src[1] || !src[2] || !times) {
+        status = as_cli_fail(CMD, "out of memory for %llu MiB tensors", mib);
+        goto out;
+    }
+    for (int k = 0; k < NTENSORS; k++)
+        fill(k, src[k], n);
+    memset(dst, 0, bytes);   /* pre-fault the caller buffer */
+    for (int p = 0; p < NPOL; p++)
+        for (int k = 0; k < NTENSORS; k++) {
+            cell *c = &cells[p][k];
+            memset(c, 0, sizeof *c);
+            c->save_s = times + ((size_t)(p * NTENSORS + k) * 3) * repeats;
+            c->restore_s = c->save_s + repeats;
+            c->cold_s = c->restore_s + repeats;
+        }
+    as_store_config cfg = {.offload_dir = odir, .label = "bench"};
+    char err[256] = "";
+    int rc = as_store_create(&cfg, &s, err, sizeof err);
+    if (rc != 0) {
+        status = as_cli_fail(CMD, "as_store_create: %s %s", as_strerror(rc), err);
+        goto out;
+    }
+    /* warm-up: one pass of every cell (page faults, pools, the I/O thread) */
+    for (int p = 0; p < NPOL && status == AS_EXIT_OK; p++)
+        status = run_cell(s, p, T_GAUSS, src[T_GAUSS], dst, n, &cells[p][T_GAUSS], 0);
+    for (unsigned long r = 0; r < repeats && status == AS_EXIT_OK; r++)
+        for (int q = 0; q < NPOL * NTENSORS && status == AS_EXIT_OK; q++) {
+            int idx = (int)((q + r * 7) % (NPOL * NTENSORS));   /* rotate the order */
+            int p = idx / NTENSORS, k = idx % NTENSORS;
+            status = run_cell(s, p, k, src[k], dst, n, &cells[p][k], r);
+        }
+    if (status != AS_EXIT_OK)
+        goto out;
+
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "bench", "store");
+    cJSON_AddNumberToObject(root, "repeats", (double)repeats);
+    cJSON_AddNumberToObject(root, "tensor_bytes", (double)bytes);
+    cJSON *results = cJSON_AddArrayToObject(root, "results");
+    double save_gbps[NPOL][NTENSORS], rest_gbps[NPOL][NTENSORS];
+    printf("%-11s %-9s %9s %10s %12s %10s %10s\n", "policy", "tensor", "raw/stor",
+           "save GB/s", "restore GB/s", "rest/memcpy", "max err");
+    for (int p = 1; p <= NPOL; p++) {
+        int pp = p % NPOL;   /* memcpy last, as in the JSON of the issue */
+        for (int k = 0; k < NTENSORS; k++) {
+            cell *c = &cells[pp][k];
+            double ss = median(c->save_s, repeats), rs = median(c->restore_s, repeats);
+            save_gbps[pp][k] = (double)bytes / ss * 1e-9;
+            rest_gbps[pp][k] = (double)bytes / rs * 1e-9;
+            uint64_t stored = pp == P_MEMCPY ? bytes : c->stored;
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "policy", pol_name[pp]);
+            cJSON_AddStringToObject(e, "tensor", tensor_name[k]);
+            cJSON_AddNumberToObject(e, "bytes_raw", (double)bytes);
+            cJSON_AddNumberToObject(e, "bytes_stored", (double)stored);
+            cJSON_AddNumberToObject(e, "save_gbps", save_gbps[pp][k]);
+            cJSON_AddNumberToObject(e, "restore_gbps", rest_gbps[pp][k]);
+            cJSON_AddNumberToObject(e, "max_abs_err", c->max_err);
+            cJSON_AddItemToArray(results, e);
+        }
+    }
+    for (int p = 1; p <= NPOL; p++) {
+        int pp = p % NPOL;
+        for (int k = 0; k < NTENSORS; k++) {
+            cell *c = &cells[pp][k];
+            uint64_t stored = pp == P_MEMCPY ? bytes : c->stored;
+            char ratio[32];
+            if (stored)
+                snprintf(ratio, sizeof ratio, "%.2fx", (double)bytes / (double)stored);
+            else
+                snprintf(ratio, sizeof ratio, "inf");
+            printf("%-11s %-9s %9s %10.2f %12.2f %10.2fx %10.3g\n", pol_name[pp],
+                   tensor_name[k], ratio, save_gbps[pp][k], rest_gbps[pp][k],
+                   rest_gbps[pp][k] / rest_gbps[P_MEMCPY][k], c->max_err);
+        }
+    }
+    /* The targets of the store (docs/benchmarks.md "## Store"). */
+    double adopt_us = 0, cold_us = 0, rest_ratio = 1e9, zr = (double)bytes / (double)cells[P_ZSTD][T_RELU].stored;
+    for (int k = 0; k < NTENSORS; k++) {
+        double us = ((double)bytes / save_gbps[P_KEEP_ADOPT][k] +
+                     (double)bytes / rest_gbps[P_KEEP_ADOPT][k]) * 1e-3;
+        adopt_us = us > adopt_us ? us : adopt_us;
+        double cu = median(cells[P_KEEP_ADOPT][k].cold_s, repeats) * 1e6;
+        cold_us = cu > cold_us ? cu : cold_us;
+        double rr = rest_gbps[P_KEEP][k] / rest_gbps[P_MEMCPY][k];
+        rest_ratio = rr < rest_ratio ? rr : rest_ratio;
+    }
+    double q8 = save_gbps[P_Q8][0];
+    for (int k = 1; k < NTENSORS; k++)
+        q8 = save_gbps[P_Q8][k] < q8 ? save_gbps[P_Q8][k] : q8;
+    struct { const char *what; bool ok; char fig[96]; } tg[4];
+    tg[0].what = "keep adopted save+restore < 1 us";
+    tg[0].ok = adopt_us < 1.0;
+    snprintf(tg[0].fig, sizeof tg[0].fig, "%.3f us (cold, after the write: %.1f us)",
+             adopt_us, cold_us);
+    tg[1].what = "keep restore into a buffer >= 0.7x memcpy";
+    tg[1].ok = rest_ratio >= 0.7;
+    snprintf(tg[1].fig, sizeof tg[1].fig, "%.2fx (worst tensor)", rest_ratio);
+    tg[2].what = "zstd relu >= 2x smaller at >= 0.5 GB/s save";
+    tg[2].ok = zr >= 2.0 && save_gbps[P_ZSTD][T_RELU] >= 0.5;
+    snprintf(tg[2].fig, sizeof tg[2].fig, "%.2fx at %.2f GB/s", zr, save_gbps[P_ZSTD][T_RELU]);
+    tg[3].what = "q8 save >= 2 GB/s";
+    tg[3].ok = q8 >= 2.0;
+    snprintf(tg[3].fig, sizeof tg[3].fig, "%.2f GB/s (worst tensor)", q8);
+    cJSON *targets = cJSON_AddArrayToObject(root, "targets");
+    printf("\ntargets:\n");
+    for (int i = 0; i < 4; i++) {
+        printf("  %-4s %-46s %s\n", tg[i].ok ? "ok" : "MISS", tg[i].what, tg[i].fig);
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "target", tg[i].what);
+        cJSON_AddBoolToObject(e, "met", tg[i].ok);
+        cJSON_AddStringToObject(e, "measured", tg[i].fig);
+        cJSON_AddItemToArray(targets, e);
+    }
+    if (json_path && as_cli_write_json(CMD, json_path, root) != 0)
+        status = AS_EXIT_FAIL;
+    cJSON_Delete(root);
+out:
+    as_store_destroy(s);
+    for (int k = 0; k < NTENSORS; k++)
+        free(src[k]);
+    free(dst);
+    free(times);
+    return status;
+}
