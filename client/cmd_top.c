@@ -106,10 +106,11 @@ static void render(FILE *f, top_state *st, const cJSON *stores, bool color)
         if (sv) {
             double raw = num(sv, "raw_peak_bytes"), sto = num(sv, "stored_peak_bytes");
             ratio_str(raw, sto, r, sizeof r);
-            fprintf(f, "  saved now %s of %s raw   step peak %s of %s raw (%s%s%s, saves %s)\n",
+            char d[32];
+            as_cli_human_bytes(raw > sto ? raw - sto : sto - raw, d, sizeof d);
+            fprintf(f, "  saved now %s of %s raw   step peak %s of %s raw (%s%s%s, %s %s)\n",
                     hb(num(sv, "stored_bytes"), b1), hb(num(sv, "raw_bytes"), b2),
-                    hb(sto, b3), hb(raw, b4), B, r, R,
-                    raw > sto ? as_cli_human_bytes(raw - sto, (char[32]){0}, 32) : "0 B");
+                    hb(sto, b3), hb(raw, b4), B, r, R, raw >= sto ? "saving" : "costing", d);
             fprintf(f, "  %s%-20s %10s %10s %7s %8s %9s%s\n", D, "kind", "raw peak", "stored",
                     "ratio", "saves", "fallbacks", R);
             const cJSON *k;

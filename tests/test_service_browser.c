@@ -25,6 +25,7 @@
 #include "test_service_proc.h"
 #include "test_service_util.h"
 #include "test_service_work.h"
+#include "layers/train.h"
 
 #ifndef AS_BINARY_DIR
 #define AS_BINARY_DIR "."
@@ -209,35 +210,30 @@ static bool humanized(const char *s)
     return false;
 }
 
-static void test_dashboard_in_chromium(void **state)
+/* Load url in a fresh headless Chromium, poll the DOM (dom_probe) until
+ * ready(dom) or timeout_s, save a full-page screenshot to
+ * <build>/test-artifacts/<name>.png and the DOM state to <name>-dom.json.
+ * Returns the last DOM state (caller deletes) or NULL; *png_len = bytes of
+ * the screenshot. */
+static cJSON *browse(const char *url, const char *name, bool (*ready)(const cJSON *),
+                     double timeout_s, size_t *png_len)
 {
-    (void)state;
     char bin[512];
     if (!proc_find("AS_CHROMIUM", "chromium", bin, sizeof bin))
         fail_msg("chromium not found on PATH: install the Debian package 'chromium' "
                  "(scripts/setup.sh with AS_SETUP_TEST_TOOLS=1) or set AS_CHROMIUM");
-
     char dir[300], log[400], png[400], domf[400], profile[300], flag_profile[400];
     snprintf(dir, sizeof dir, "%s/test-artifacts", AS_BINARY_DIR);
     mkdir(dir, 0755);
-    snprintf(log, sizeof log, "%s/chromium.log", dir);
-    snprintf(png, sizeof png, "%s/dashboard.png", dir);
-    snprintf(domf, sizeof domf, "%s/dashboard-dom.json", dir);
+    snprintf(log, sizeof log, "%s/chromium-%s.log", dir, name);
+    snprintf(png, sizeof png, "%s/%s.png", dir, name);
+    snprintf(domf, sizeof domf, "%s/%s-dom.json", dir, name);
     unlink(log);
     unlink(png);
     snprintf(profile, sizeof profile, "%s/as_chromium_XXXXXX",
              getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     assert_non_null(mkdtemp(profile));
     snprintf(flag_profile, sizeof flag_profile, "--user-data-dir=%s", profile);
-
-    /* the running process: two stores in training loops, the service on them */
-    work_arm arms[2];
-    assert_int_equal(work_start(&arms[0], "A", "default=keep"), 0);
-    assert_int_equal(work_start(&arms[1], "B", "linear_input=fp16; default=q8"), 0);
-    as_service_source src[2] = {{.store = arms[0].store}, {.store = arms[1].store}};
-    as_service *svc = NULL;
-    char err[256];
-    assert_int_equal(as_service_start(NULL, src, 2, &svc, err, sizeof err), 0);
 
     /* the browser, with the DevTools protocol on fds 3 (in) and 4 (out) */
     int to_b[2], from_b[2];
@@ -275,13 +271,13 @@ static void test_dashboard_in_chromium(void **state)
     cJSON_AddBoolToObject(p, "mobile", 0);
     cJSON_Delete(cdp_call(&c, session, "Emulation.setDeviceMetricsOverride", p, 10));
     p = cJSON_CreateObject();
-    cJSON_AddStringToObject(p, "url", as_service_url(svc));
+    cJSON_AddStringToObject(p, "url", url);
     cJSON_Delete(cdp_call(&c, session, "Page.navigate", p, 20));
 
     /* poll the DOM until the charts have data (bounded) */
     cJSON *dom = NULL;
     double t0 = proc_now_s();
-    while (proc_now_s() - t0 < 45) {
+    while (proc_now_s() - t0 < timeout_s) {
         p = cJSON_CreateObject();
         cJSON_AddStringToObject(p, "expression", dom_probe);
         cJSON_AddBoolToObject(p, "returnByValue", 1);
@@ -290,7 +286,7 @@ static void test_dashboard_in_chromium(void **state)
         cJSON_Delete(dom);
         dom = cJSON_IsString(val) ? cJSON_Parse(val->valuestring) : NULL;
         cJSON_Delete(r);
-        if (dom && dom_ready(dom))
+        if (dom && ready(dom))
             break;
         usleep(300000);
     }
@@ -302,13 +298,13 @@ static void test_dashboard_in_chromium(void **state)
     cJSON_AddBoolToObject(p, "captureBeyondViewport", 1);
     r = cdp_call(&c, session, "Page.captureScreenshot", p, 30);
     const char *b64 = cJSON_GetStringValue(result(r, "data"));
-    size_t png_len = 0;
+    *png_len = 0;
     if (b64) {
         unsigned char *img = malloc(strlen(b64));
-        png_len = b64_decode(b64, img);
+        *png_len = b64_decode(b64, img);
         FILE *f = fopen(png, "wb");
         if (f) {
-            fwrite(img, 1, png_len, f);
+            fwrite(img, 1, *png_len, f);
             fclose(f);
         }
         free(img);
@@ -321,13 +317,6 @@ static void test_dashboard_in_chromium(void **state)
     close(c.rfd);
     free(c.buf);
     proc_rmtree(profile);
-    as_service_stats st;
-    as_service_get_stats(svc, &st);
-    as_service_stop(svc);
-    work_stop(&arms[0]);
-    work_stop(&arms[1]);
-    assert_int_equal(arms[0].rc, 0);
-    assert_int_equal(arms[1].rc, 0);
 
     char *ds = dom ? cJSON_Print(dom) : NULL;
     FILE *f = fopen(domf, "w");
@@ -335,13 +324,35 @@ static void test_dashboard_in_chromium(void **state)
         fputs(ds ? ds : "null", f);
         fclose(f);
     }
-    fprintf(stderr, "chromium: DOM ready after %.1f s; screenshot %s (%zu bytes); service saw "
-                    "%llu requests, %llu SSE frames\n%s\n",
-            waited, png, png_len, (unsigned long long)st.requests,
-            (unsigned long long)st.sse_frames, ds ? ds : "(no DOM state)");
+    fprintf(stderr, "chromium: DOM %s after %.1f s; screenshot %s (%zu bytes)\n%s\n",
+            dom && ready(dom) ? "ready" : "NOT ready", waited, png, *png_len,
+            ds ? ds : "(no DOM state)");
     free(ds);
-    if (!dom)
+    if (!dom || !ready(dom))
         proc_dump_log(log, 3000);
+    return dom;
+}
+
+/* ---- 1: two stores (A/B) of the synthetic training loop ---------------------- */
+
+static void test_dashboard_ab(void **state)
+{
+    (void)state;
+    work_arm arms[2];
+    assert_int_equal(work_start(&arms[0], "A", "default=keep"), 0);
+    assert_int_equal(work_start(&arms[1], "B", "linear_input=fp16; default=q8"), 0);
+    as_service_source src[2] = {{.store = arms[0].store}, {.store = arms[1].store}};
+    as_service *svc = NULL;
+    char err[256];
+    assert_int_equal(as_service_start(NULL, src, 2, &svc, err, sizeof err), 0);
+    size_t png_len;
+    cJSON *dom = browse(as_service_url(svc), "dashboard-ab", dom_ready, 45, &png_len);
+    as_service_stop(svc);
+    work_stop(&arms[0]);
+    work_stop(&arms[1]);
+    assert_int_equal(arms[0].rc, 0);
+    assert_int_equal(arms[1].rc, 0);
+
     assert_non_null(dom);
     assert_true(png_len > 10000);
     assert_string_equal(dstr(dom, "uplot"), "function");
@@ -373,10 +384,85 @@ static void test_dashboard_in_chromium(void **state)
     cJSON_Delete(dom);
 }
 
+/* ---- 2: the reference trainer (vit small) on Fashion-MNIST ---------------------- */
+
+typedef struct trainer {
+    as_nn_run  *run;
+    pthread_t   thread;
+    atomic_bool stop;
+    atomic_long steps;
+    int         rc;
+} trainer;
+
+static void *trainer_main(void *arg)
+{
+    trainer *t = arg;
+    while (!atomic_load(&t->stop) && !t->rc) {
+        t->rc = as_nn_run_step(t->run, NULL);
+        atomic_fetch_add(&t->steps, 1);
+    }
+    return NULL;
+}
+
+static bool dom_ready_vit(const cJSON *d)
+{
+    return dnum(d, "frames", NULL) >= 15 && dnum(d, "live", "points") >= 30 &&
+           dnum(d, "kindsA", "nonzero") >= 3 && dnum(d, "layersA", NULL) >= 5;
+}
+
+static void test_dashboard_of_trainer(void **state)
+{
+    (void)state;
+    as_nn_preset p;
+    assert_int_equal(as_nn_preset_get("vit", "small", &p), 0);
+    p.steps = 100000;                       /* stopped by the test */
+    as_store *store = NULL;
+    char err[512] = "";
+    as_store_config scfg = {.label = "vit", .sampler_hz = 10};
+    assert_int_equal(as_store_create(&scfg, &store, err, sizeof err), 0);
+    as_nn_train_opts o = {.policy = "linear_input=bf16; default=keep", .seed = 1, .threads = 1,
+                          .store = store};
+    trainer t = {0};
+    int rc = as_nn_run_create(&p, &o, &t.run, err, sizeof err);
+    if (rc)
+        fail_msg("vit small run: %s (Fashion-MNIST comes from the Debian package "
+                 "dataset-fashion-mnist, installed by scripts/setup.sh)", err);
+    as_service_source src = {.store = store};
+    as_service *svc = NULL;
+    assert_int_equal(as_service_start(NULL, &src, 1, &svc, err, sizeof err), 0);
+    assert_int_equal(pthread_create(&t.thread, NULL, trainer_main, &t), 0);
+    size_t png_len;
+    cJSON *dom = browse(as_service_url(svc), "dashboard-vit", dom_ready_vit, 45, &png_len);
+    atomic_store(&t.stop, true);
+    pthread_join(t.thread, NULL);
+    as_service_stop(svc);
+    if (t.rc)
+        fprintf(stderr, "trainer: %s\n", as_nn_run_error(t.run));
+    as_nn_run_destroy(t.run);
+    as_store_destroy(store);
+    fprintf(stderr, "trainer: %ld steps while the page was open\n", atomic_load(&t.steps));
+    assert_int_equal(t.rc, 0);
+    assert_non_null(dom);
+    assert_true(png_len > 10000);
+    assert_string_equal(dstr(dom, "state"), "live");
+    assert_true(dom_ready_vit(dom));
+    assert_true(dnum(dom, "live", "nonzero") >= 2);
+    assert_true(dnum(dom, "saved", "nonzero") >= 2);
+    assert_true(dnum(dom, "tagsA", "nonzero") >= 3);     /* weights, gradients, saved, ... */
+    assert_true(dnum(dom, "polA", NULL) >= 2);           /* bf16 and keep */
+    assert_int_equal((int)dnum(dom, "compare", NULL), -1);   /* one store: no A/B card */
+    assert_true(humanized(dstr(dom, "liveA")));
+    double ra = atof(dstr(dom, "ratioA"));
+    assert_true(ra > 1.0 && ra < 2.0);                   /* bf16 on linear inputs only */
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(dom, "bad")));
+    cJSON_Delete(dom);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dashboard_in_chromium),
+        cmocka_unit_test(test_dashboard_ab),
+        cmocka_unit_test(test_dashboard_of_trainer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -174,26 +174,28 @@
       if (x >= bb.left && x <= bb.left + bb.width) xs.push([x, m.step]);
     }
     if (!xs.length) return;
-    /* with steps closer than 4 px, draw every k-th so lines stay lines */
-    const gap = xs.length > 1 ? (xs[xs.length - 1][0] - xs[0][0]) / (xs.length - 1) : 1e9;
-    const every = Math.max(1, Math.ceil((4 * dpr) / Math.max(gap, 1e-3)));
-    const labelEvery = Math.max(every, Math.ceil((70 * dpr) / Math.max(gap, 1e-3)));
+    /* lines at least 4 px apart, labels at least 70 px apart: dense steps
+     * (a fast model) thin out instead of smearing */
     ctx.save();
     ctx.strokeStyle = 'rgba(223,229,238,0.16)';
     ctx.lineWidth = dpr;
     ctx.fillStyle = C.muted;
     ctx.font = (10 * dpr) + 'px system-ui, sans-serif';
     ctx.beginPath();
-    xs.forEach(([x, step], k) => {
-      if (step % every && k % every) return;
+    let lastLine = -1e9, lastLabel = -1e9;
+    const labels = [];
+    for (const [x, step] of xs) {
+      if (x - lastLine < 4 * dpr) continue;
+      lastLine = x;
       ctx.moveTo(Math.round(x) + 0.5, bb.top);
       ctx.lineTo(Math.round(x) + 0.5, bb.top + bb.height);
-    });
+      if (x - lastLabel >= 70 * dpr && x + 40 * dpr < bb.left + bb.width) {
+        lastLabel = x;
+        labels.push([x, step]);
+      }
+    }
     ctx.stroke();
-    xs.forEach(([x, step], k) => {
-      if (k % labelEvery === 0 && x + 40 * dpr < bb.left + bb.width)
-        ctx.fillText('step ' + step, x + 3 * dpr, bb.top + 11 * dpr);
-    });
+    for (const [x, step] of labels) ctx.fillText('step ' + step, x + 3 * dpr, bb.top + 11 * dpr);
     ctx.restore();
   }
 
