@@ -220,8 +220,11 @@ int as_store_stats_take(as_store *s, as_store_stats *out)
     }
     pthread_mutex_unlock(&s->layer_mu);
     for (size_t i = 0; i < npol; i++) {
-        if (atomic_load(&s->policies[i].saves) == 0 &&
-            atomic_load(&s->policies[i].fallbacks) == 0)
+        /* A policy shows once used: saved under, fallen back from, or
+         * holding items re-planned to it (inverse has no saves of its own). */
+        as_acct *p = &s->policies[i];
+        if (!atomic_load(&p->saves) && !atomic_load(&p->fallbacks) &&
+            !atomic_load(&p->raw_peak) && !atomic_load(&p->restores))
             continue;
         as_store_policy_stats *o = &out->policies[out->npolicies++];
         snprintf(o->name, sizeof o->name, "%s", as__policy_at(i)->name);
