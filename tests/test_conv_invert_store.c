@@ -165,7 +165,7 @@ static const as_store_layer_stats *find_layer(const as_store_stats *st, const ch
 static void test_invert_roundtrip(void **state)
 {
     (void)state;
-    as_store *s = mk_store("conv_input=invert; default=keep", false);
+    as_store *s = mk_store("conv_input=invert:1e4:cache; default=keep", false);
     /* Odd, non-square map, bias, k 3 pad 1. */
     layer l = mk_layer("conv", 5, 4, 8, 11, 13, 3, 1, 1, true);
     float *x = randv(xlen(&l), 1.0), *y = malloc(sizeof(float) * ylen(&l));
@@ -357,7 +357,7 @@ static void test_fallbacks(void **state)
 static void test_factor_per_version(void **state)
 {
     (void)state;
-    as_store *s = mk_store("conv_input=invert", false);
+    as_store *s = mk_store("conv_input=invert:1e4:cache", false);
     layer l = mk_layer("conv", 3, 4, 6, 9, 9, 3, 1, 1, true);
     for (int step = 0; step < 2; step++) {
         /* Two micro-batches of the same weights in one step. */
@@ -396,6 +396,43 @@ static void test_factor_per_version(void **state)
     }
     free_layer(&l);
     as_store_destroy(s);
+}
+
+/* Streaming (the factor never held whole) gives the same values as the
+ * cached factor, and auto streams when the factor is big next to x. */
+static void test_stream_matches_cache(void **state)
+{
+    (void)state;
+    static const char *const specs[3] = {"conv_input=invert:1e4:cache",
+                                         "conv_input=invert:1e4:stream",
+                                         "conv_input=invert"};
+    layer l = mk_layer("conv", 3, 6, 12, 15, 14, 3, 1, 1, true);
+    float *x = randv(xlen(&l), 1.0), *y = malloc(sizeof(float) * ylen(&l));
+    float *out[3];
+    conv_fwd(&l, x, y);
+    for (int k = 0; k < 3; k++) {
+        as_store *s = mk_store(specs[k], false);
+        as_handle hx, hy;
+        save_conv(s, &l, x, AS_HANDLE_NULL, y, &hx, &hy);
+        out[k] = malloc(sizeof(float) * xlen(&l));
+        as_tensor d = {.data = out[k], .dtype = AS_F32, .ndim = 4, .shape = {3, 6, 15, 14}};
+        assert_int_equal(as_store_restore(s, hx, &d), 0);
+        assert_true(rel_err(out[k], x, xlen(&l)) <= 1e-4);
+        as__conv_inv_lstats ls;
+        assert_int_equal(as__conv_inv_layer_stats(s, "conv", &ls), 0);
+        assert_int_equal(ls.factor_builds, 1);
+        assert_int_equal(ls.streamed, k == 0 ? 0 : 1);   /* auto: factor > x/8 here */
+        assert_int_equal(ls.cache_bytes, k == 0 ? ls.cache_bytes : 0);
+        as_store_destroy(s);
+    }
+    assert_memory_equal(out[0], out[1], sizeof(float) * xlen(&l));
+    assert_memory_equal(out[0], out[2], sizeof(float) * xlen(&l));
+    for (int k = 0; k < 3; k++)
+        free(out[k]);
+    free(x); free(y); free_layer(&l);
+    char err[200];
+    assert_int_equal(as_policy_check("conv_input=invert:1e4:sometimes", err, sizeof err), AS_ESPEC);
+    assert_non_null(strstr(err, "factor mode"));
 }
 
 /* ---- chains ---------------------------------------------------------------- */
@@ -541,6 +578,7 @@ int main(void)
         cmocka_unit_test(test_shapes_through_store),
         cmocka_unit_test(test_fallbacks),
         cmocka_unit_test(test_factor_per_version),
+        cmocka_unit_test(test_stream_matches_cache),
         cmocka_unit_test(test_chain_four_convs_leaky),
         cmocka_unit_test(test_chain_relu_keeps_outputs),
     };

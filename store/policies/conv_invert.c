@@ -244,6 +244,18 @@ int as__conv_inv_condition(as__conv_inv *ci, const float *w, uint64_t version,
     return ci->cond_state == 2 ? reject(ci, why, whylen) : 0;
 }
 
+/* Weights as (kh, kw, Cout, Cin) for the border build. */
+static void set_wt(as__conv_inv *ci, const float *w)
+{
+    const as__conv_geom *g = &ci->g;
+    for (int u = 0; u < g->kh; u++)
+        for (int v = 0; v < g->kw; v++)
+            for (int o = 0; o < g->cout; o++)
+                for (int c = 0; c < g->cin; c++)
+                    ci->wt[(((size_t)u * g->kw + v) * g->cout + o) * g->cin + c] =
+                        w[(((size_t)o * g->cin + c) * g->kh + u) * g->kw + v];
+}
+
 int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
                          double *cond_out, char *why, size_t whylen)
 {
@@ -272,12 +284,7 @@ int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
         as__conv_inv_trim(ci);
         return rc;
     }
-    for (int u = 0; u < g->kh; u++)
-        for (int v = 0; v < g->kw; v++)
-            for (int o = 0; o < g->cout; o++)
-                for (int c = 0; c < g->cin; c++)
-                    ci->wt[(((size_t)u * g->kw + v) * g->cout + o) * g->cin + c] =
-                        w[(((size_t)o * g->cin + c) * g->kh + u) * g->kw + v];
+    set_wt(ci, w);
     ci->st.factor_builds++;
     ci->st.factor_ms = now_ms() - t0;
     if (!known) {
@@ -490,13 +497,14 @@ static void build_border(const as__conv_inv *ci, const float *xg, float *F, int 
     }
 }
 
-int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
-                         const float *bias, const float *frame, float *x)
+/* Frequencies factored at a time by a streaming restore. */
+#define STREAM_BLOCK 64
+
+/* The restore; fc != NULL: factor the frequencies block by block during
+ * the solve (nothing cached), else use the cached factor ci->m. */
+static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *y,
+                        const float *bias, const float *frame, float *x)
 {
-    if (ci->state != 1 || !ci->m)
-        return AS_ESTATE;
-    if (n < 1)
-        return n == 0 ? 0 : AS_EINVAL;
     if (ci->pointwise) {
         double t0 = now_ms();
         restore_pointwise(ci, n, y, bias, x);
@@ -584,22 +592,38 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
 
     ci->st.phase_ms[1] = now_ms() - tp;
     tp = now_ms();
-    /* 4. solve per frequency: b1 (Eo per point) -> b2 (Ei per point). */
+    /* 4. solve per frequency: b1 (Eo per point) -> b2 (Ei per point). Each
+     * half-spectrum frequency f = (kp, kq) solves itself with M(f) and its
+     * mirror (-kp, -kq) with conj(M(f)) (real weights), unless the mirror
+     * is in the half spectrum too (kq = 0, or kq = Q/2 for even Q). */
     const size_t msz = 2 * (size_t)cin * cout;
-    for (int kp = 0; kp < P; kp++)
-        for (int kq = 0; kq < Q; kq++) {
-            const float *mf;
-            float s;
-            if (kq < ci->Qh) {
-                mf = ci->m + ((size_t)kp * ci->Qh + kq) * msz;
-                s = 1.0f;
-            } else {
-                mf = ci->m + ((size_t)((P - kp) % P) * ci->Qh + (Q - kq)) * msz;
-                s = -1.0f;
-            }
-            solve_freq(mf, mf + msz / 2, s, b1 + ((size_t)kp * Q + kq) * Eo,
-                       b2 + ((size_t)kp * Q + kq) * Ei, cin, cout, NB);
+    const size_t nf = (size_t)P * ci->Qh;
+    float *mblk = NULL;
+    if (fc && !(mblk = malloc(sizeof(float) * msz * STREAM_BLOCK))) {
+        free(b1);
+        free(b2);
+        return AS_ENOMEM;
+    }
+    for (size_t f0 = 0; f0 < nf; f0 += STREAM_BLOCK) {
+        const size_t f1 = f0 + STREAM_BLOCK < nf ? f0 + STREAM_BLOCK : nf;
+        const float *mb = ci->m + f0 * msz;
+        if (fc) {
+            as__civ_factor_range(fc, f0, f1, ci->cfg.eps_rel, mblk, NULL);
+            mb = mblk;
         }
+        for (size_t f = f0; f < f1; f++) {
+            const int kp = (int)(f / ci->Qh), kq = (int)(f % ci->Qh);
+            const float *mf = mb + (f - f0) * msz;
+            solve_freq(mf, mf + msz / 2, 1.0f, b1 + ((size_t)kp * Q + kq) * Eo,
+                       b2 + ((size_t)kp * Q + kq) * Ei, cin, cout, NB);
+            if (kq != 0 && 2 * kq != Q) {
+                const int mp = (P - kp) % P, mq = Q - kq;
+                solve_freq(mf, mf + msz / 2, -1.0f, b1 + ((size_t)mp * Q + mq) * Eo,
+                           b2 + ((size_t)mp * Q + mq) * Ei, cin, cout, NB);
+            }
+        }
+    }
+    free(mblk);
 
     ci->st.phase_ms[2] = now_ms() - tp;
     tp = now_ms();
@@ -648,4 +672,52 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
     free(b2);
     ci->st.restores++;
     return 0;
+}
+
+int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
+                         const float *bias, const float *frame, float *x)
+{
+    if (ci->state != 1 || !ci->m)
+        return AS_ESTATE;
+    if (n < 1)
+        return n == 0 ? 0 : AS_EINVAL;
+    return restore_impl(ci, NULL, n, y, bias, frame, x);
+}
+
+size_t as__conv_inv_factor_bytes(const as__conv_inv *ci)
+{
+    return sizeof(float) * (size_t)ci->P * ci->Qh * 2 * ci->g.cin * ci->g.cout;
+}
+
+int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t version,
+                                int n, const float *y, const float *bias,
+                                const float *frame, float *x, char *why, size_t whylen)
+{
+    if (ci->state == 1 && ci->version == version) {   /* cached anyway */
+        ci->st.factor_hits++;
+        return as__conv_inv_restore(ci, n, y, bias, frame, x);
+    }
+    int rc = as__conv_inv_condition(ci, w, version, NULL, why, whylen);
+    if (rc)
+        return rc;
+    if (n < 1)
+        return n == 0 ? 0 : AS_EINVAL;
+    if (ci->pointwise) {   /* one frequency: the cached factor is tiny */
+        if ((rc = as__conv_inv_prepare(ci, w, version, NULL, why, whylen)))
+            return rc;
+        return as__conv_inv_restore(ci, n, y, bias, frame, x);
+    }
+    as__civ_fctx fc;
+    double t0 = now_ms();
+    if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w)))
+        return rc;
+    set_wt(ci, w);
+    ci->st.factor_ms = now_ms() - t0;   /* the rest is inside the solve */
+    rc = restore_impl(ci, &fc, n, y, bias, frame, x);
+    as__civ_factor_end(&fc);
+    if (rc == 0) {
+        ci->st.factor_builds++;
+        ci->st.streamed++;
+    }
+    return rc;
 }

@@ -51,6 +51,7 @@ typedef struct as__conv_inv_stats {
     uint64_t factor_hits;     /* prepares that reused the cached factor */
     uint64_t cond_checks;     /* condition numbers computed (one per version) */
     uint64_t restores;        /* successful restores */
+    uint64_t streamed;        /* restores that factored block by block */
     double   cond;            /* max over frequencies of cond(A(f)), last check */
     double   factor_ms;       /* wall time of the last factorization */
     double   cond_ms;         /* wall time of the last condition-only check */
@@ -118,6 +119,20 @@ int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
 int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
                          const float *bias, const float *frame, float *x);
 
+/* Rebuild x without caching the factor: the frequencies are factored a
+ * block at a time inside the solve (workspace of 64 frequencies), so the
+ * factor never exists whole; the factor work is done for every call (once
+ * per version in training, where each version is restored once). Uses the
+ * cached factor instead when one is held for `version`. Needs an accepted
+ * condition verdict for `version` (computed here if missing). Returns 0,
+ * AS_EFALLBACK (why filled), AS_ENOMEM. */
+int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t version,
+                                int n, const float *y, const float *bias,
+                                const float *frame, float *x, char *why, size_t whylen);
+
+/* Bytes a cached factor takes (P * (Q/2+1) * 2 * Cin * Cout floats). */
+size_t as__conv_inv_factor_bytes(const as__conv_inv *ci);
+
 /* Drop the cached factor (it is rebuilt on the next prepare); the
  * condition verdict stays. */
 void as__conv_inv_trim(as__conv_inv *ci);
@@ -137,6 +152,7 @@ typedef struct as__conv_inv_lstats {
     uint64_t factor_builds;   /* factorizations (once per weight version) */
     uint64_t factor_hits;     /* restores that reused a cached factor */
     uint64_t cond_checks;     /* condition numbers computed (per version) */
+    uint64_t streamed;        /* restores that factored block by block */
     uint64_t users;           /* live items that may still restore */
     size_t   cache_bytes;     /* factor bytes held now */
     double   cond;            /* last condition number (max over entries) */
@@ -186,5 +202,23 @@ void as__civ_fft_run(const as__civ_fft *f, float *out, size_t os,
  * AS_ENOMEM. */
 int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
                    double eps_rel, float *m, double *cond_out);
+
+/* The same in pieces, for a restore that factors a block of frequencies at
+ * a time instead of caching the whole factor: begin (kernel column DFTs
+ * and work space), range (frequencies [f0, f1) of the half spectrum, index
+ * kp * (Q/2+1) + kq; M of frequency f at m + (f - f0) * 2*Cin*Cout; the
+ * max condition number is folded into *cond_out when not NULL), end. */
+typedef struct as__civ_fctx {
+    as__conv_geom g;
+    int P, Q;
+    size_t nf;                  /* P * (Q/2+1) */
+    double *T;
+    struct as__civ_lanes *A, *L, *v;
+} as__civ_fctx;
+int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
+                         int Q, const float *w);
+void as__civ_factor_range(as__civ_fctx *fc, size_t f0, size_t f1,
+                          double eps_rel, float *m, double *cond_out);
+void as__civ_factor_end(as__civ_fctx *fc);
 
 #endif

@@ -34,28 +34,32 @@
 #define LANES 8
 #define POWER_ITERS 12
 
-typedef struct lanes_c {
+struct as__civ_lanes {
     double re[LANES], im[LANES];
-} lanes_c;
+};
+typedef struct as__civ_lanes lanes_c;
 
-AS__CIV_CLONES
-int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
-                   double eps_rel, float *m, double *cond_out)
+int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
+                         int Q, const float *w)
 {
-    const int want_cond = cond_out != NULL;
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
     const int Qh = Q / 2 + 1;
-    const size_t nf = (size_t)P * Qh;
+    memset(fc, 0, sizeof *fc);
+    fc->g = *g;
+    fc->P = P;
+    fc->Q = Q;
+    fc->nf = (size_t)P * Qh;
     /* T[kq][o][c][u] = sum_v W[o,c,u,v] e^{-2 pi i kq (kw-1-v)/Q}: the
      * column DFT of the kernel, shared by every kp. */
-    double *T = malloc(sizeof(double) * 2 * (size_t)Qh * co * ci * kh);
-    lanes_c *A = malloc(sizeof(lanes_c) * (size_t)co * ci);   /* (Cout, Cin) */
-    lanes_c *L = malloc(sizeof(lanes_c) * (size_t)ci * ci);   /* (Cin, Cin) */
-    lanes_c *v = malloc(sizeof(lanes_c) * (size_t)ci * 2);    /* vectors */
-    if (!T || !A || !L || !v) {
-        free(T); free(A); free(L); free(v);
+    fc->T = malloc(sizeof(double) * 2 * (size_t)Qh * co * ci * kh);
+    fc->A = malloc(sizeof(lanes_c) * (size_t)co * ci);   /* (Cout, Cin) */
+    fc->L = malloc(sizeof(lanes_c) * (size_t)ci * ci);   /* (Cin, Cin) */
+    fc->v = malloc(sizeof(lanes_c) * (size_t)ci * 2);    /* vectors */
+    if (!fc->T || !fc->A || !fc->L || !fc->v) {
+        as__civ_factor_end(fc);
         return AS_ENOMEM;
     }
+    double *T = fc->T;
     for (int kq = 0; kq < Qh; kq++)
         for (int o = 0; o < co; o++)
             for (int c = 0; c < ci; c++)
@@ -71,9 +75,45 @@ int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
                     t[0] = sr;
                     t[1] = si;
                 }
+    return 0;
+}
 
-    double cond_max = 0;
-    for (size_t f0 = 0; f0 < nf; f0 += LANES) {
+void as__civ_factor_end(as__civ_fctx *fc)
+{
+    free(fc->T);
+    free(fc->A);
+    free(fc->L);
+    free(fc->v);
+    memset(fc, 0, sizeof *fc);
+}
+
+int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
+                   double eps_rel, float *m, double *cond_out)
+{
+    as__civ_fctx fc;
+    int rc = as__civ_factor_begin(&fc, g, P, Q, w);
+    if (rc)
+        return rc;
+    if (cond_out)
+        *cond_out = 0;
+    as__civ_factor_range(&fc, 0, fc.nf, eps_rel, m, cond_out);
+    as__civ_factor_end(&fc);
+    return 0;
+}
+
+AS__CIV_CLONES
+void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
+                          double eps_rel, float *m, double *cond_out)
+{
+    const int want_cond = cond_out != NULL;
+    const as__conv_geom *g = &fc->g;
+    const int ci = g->cin, co = g->cout, kh = g->kh;
+    const int P = fc->P, Q = fc->Q, Qh = Q / 2 + 1;
+    const size_t nf = fend;
+    const double *T = fc->T;
+    lanes_c *A = fc->A, *L = fc->L, *v = fc->v;
+    double cond_max = want_cond ? *cond_out : 0;
+    for (size_t f0 = fbeg; f0 < nf; f0 += LANES) {
         int kp[LANES], kq[LANES];
         double epr[LANES][16], epi[LANES][16];   /* row twiddles, kh <= 16 */
         for (int l = 0; l < LANES; l++) {
@@ -286,7 +326,7 @@ int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
                 }
             CHOL_SOLVE(x);
             for (int l = 0; l < LANES && f0 + l < nf; l++) {
-                float *mr = m + (f0 + l) * 2 * (size_t)ci * co, *mi = mr + (size_t)ci * co;
+                float *mr = m + (f0 + l - fbeg) * 2 * (size_t)ci * co, *mi = mr + (size_t)ci * co;
                 for (int c = 0; c < ci; c++) {
                     mr[(size_t)c * co + o] = (float)x[c].re[l];
                     mi[(size_t)c * co + o] = (float)x[c].im[l];
@@ -295,8 +335,6 @@ int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
         }
 #undef CHOL_SOLVE
     }
-    free(T); free(A); free(L); free(v);
     if (want_cond)
         *cond_out = cond_max;
-    return 0;
 }

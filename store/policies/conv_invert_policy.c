@@ -4,8 +4,10 @@
  * solver is conv_invert.c; the math is in conv_invert.h and
  * docs/policies.md, "## Conv inversion").
  *
- * Spec: conv_input=invert[:COND]   COND = largest accepted per-frequency
- *                                  condition number (default 1e4)
+ * Spec: conv_input=invert[:COND[:MODE]]
+ *   COND  largest accepted per-frequency condition number (default 1e4)
+ *   MODE  auto (default): cache the factor when it is small, else stream;
+ *         cache: always cache; stream: never cache (see below)
  *
  * Save (encode):
  *   - applicability: f32 (N, Cin, H, W) with conv metadata, stride 1,
@@ -24,10 +26,14 @@
  *
  * The per-layer solver (factor cache) lives in the rule's params, one per
  * (layer, geometry), each with its own lock. The factor is built lazily at
- * the first restore, so forward holds only frames; it is freed when the
- * last item of the layer that may need it is dropped (in training: at the
- * layer's backward release), so at most the layers being restored hold a
- * factor. Its bytes are charged to the item whose restore built it.
+ * the first restore, so forward holds only frames. When it is small next
+ * to the input (<= 1/8 of its bytes) it is cached, reused by every restore
+ * of that weight version, freed when the last item of the layer that may
+ * need it is dropped (in training: at the layer's backward release), and
+ * its bytes are charged to the item whose restore built it. Otherwise the
+ * restore factors 64 frequencies at a time inside the solve and keeps
+ * nothing (the factor would cost more memory than the inversion saves:
+ * it grows as Cin * Cout * spectrum, the input as N * Cin * H * W).
  *
  * Contract (as_conv_meta): weights and bias unchanged between the save
  * and the restore (true in training: the optimizer runs after backward),
@@ -54,6 +60,7 @@ typedef struct inv_entry {
 
 typedef struct inv_params {
     double          cond_max;
+    int             mode;       /* MODE_*: when to cache the factor */
     pthread_mutex_t mu;         /* the entry list */
     inv_entry      *entries;
 } inv_params;
@@ -73,33 +80,56 @@ typedef struct inv_state {
 
 /* ---- params --------------------------------------------------------------- */
 
+enum { MODE_AUTO, MODE_CACHE, MODE_STREAM };
+
 static int inv_parse(const char *args, size_t len, void **params, char *err,
                      size_t errlen, size_t *err_off)
 {
     double cm = 1e4;
+    int mode = MODE_AUTO;
     *params = NULL;
     if (len) {
-        char buf[32];
+        char buf[48];
         char *end = NULL;
         if (len >= sizeof buf) {
-            snprintf(err, errlen, "expected a condition number threshold");
+            snprintf(err, errlen, "expected COND[:auto|cache|stream]");
             *err_off = 0;
             return AS_ESPEC;
         }
         memcpy(buf, args, len);
         buf[len] = 0;
-        cm = strtod(buf, &end);
-        if (end != buf + len || !(cm > 1) || !isfinite(cm)) {
-            snprintf(err, errlen, "expected a condition number threshold > 1 "
-                     "(e.g. invert:1e5)");
-            *err_off = end && end > buf ? (size_t)(end - buf) : 0;
-            return AS_ESPEC;
+        char *colon = strchr(buf, ':');
+        if (colon)
+            *colon = 0;
+        if (buf[0]) {
+            cm = strtod(buf, &end);
+            if (*end || !(cm > 1) || !isfinite(cm)) {
+                snprintf(err, errlen, "expected a condition number threshold > 1 "
+                         "(e.g. invert:1e5)");
+                *err_off = 0;
+                return AS_ESPEC;
+            }
+        }
+        if (colon) {
+            const char *m = colon + 1;
+            if (!strcmp(m, "auto"))
+                mode = MODE_AUTO;
+            else if (!strcmp(m, "cache"))
+                mode = MODE_CACHE;
+            else if (!strcmp(m, "stream"))
+                mode = MODE_STREAM;
+            else {
+                snprintf(err, errlen, "expected a factor mode: auto, cache or stream");
+                *err_off = (size_t)(m - buf);
+                return AS_ESPEC;
+            }
         }
     }
     inv_params *p = calloc(1, sizeof *p);
     if (!p)
         return AS_ENOMEM;
     p->cond_max = cm;
+    p->mode = mode;
     pthread_mutex_init(&p->mu, NULL);
     *params = p;
     return 0;
@@ -323,7 +353,7 @@ fail:
 static int inv_decode(as_pctx *ctx, const void *params, void *state,
                       as_tensor *dst)
 {
-    (void)params;
+    const inv_params *p = params;
     inv_state *st = state;
     inv_entry *e = st->e;
     const as_tensor *y;
@@ -345,19 +375,31 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
     }
     char why[160] = "";
     pthread_mutex_lock(&e->mu);
-    as__conv_inv_stats before;
-    as__conv_inv_get_stats(e->ci, &before);
-    rc = as__conv_inv_prepare(e->ci, st->w, st->version, NULL, why, sizeof why);
-    if (rc == 0) {
-        as__conv_inv_stats after;
-        as__conv_inv_get_stats(e->ci, &after);
-        if (after.factor_builds != before.factor_builds)
-            as_pctx_account(ctx, (int64_t)after.cache_bytes);
-        rc = as__conv_inv_restore(e->ci, st->n, y->data, st->bias, frame,
-                                  dst->data);
-        if (rc == 0)
-            e->restores++;
+    /* Cache the factor only when it is small next to the input it rebuilds
+     * (it would otherwise eat the memory the inversion saves: it grows as
+     * Cin * Cout * spectrum, the input as N * Cin * H * W); else factor
+     * block by block inside the solve. */
+    const size_t fb = as__conv_inv_factor_bytes(e->ci);
+    if (p->mode == MODE_CACHE ||
+        (p->mode == MODE_AUTO && fb <= as_tensor_bytes(dst) / 8)) {
+        as__conv_inv_stats before;
+        as__conv_inv_get_stats(e->ci, &before);
+        rc = as__conv_inv_prepare(e->ci, st->w, st->version, NULL, why, sizeof why);
+        if (rc == 0) {
+            as__conv_inv_stats after;
+            as__conv_inv_get_stats(e->ci, &after);
+            if (after.factor_builds != before.factor_builds)
+                as_pctx_account(ctx, (int64_t)after.cache_bytes);
+            rc = as__conv_inv_restore(e->ci, st->n, y->data, st->bias, frame,
+                                      dst->data);
+        }
+    } else {
+        rc = as__conv_inv_restore_stream(e->ci, st->w, st->version, st->n,
+                                         y->data, st->bias, frame, dst->data,
+                                         why, sizeof why);
     }
+    if (rc == 0)
+        e->restores++;
     pthread_mutex_unlock(&e->mu);
     if (rc == AS_EFALLBACK) {
         /* Cannot happen for a version accepted at save unless the weights
@@ -403,6 +445,7 @@ static void add_entry(const inv_entry *e, as__conv_inv_lstats *out)
     out->factor_builds += s.factor_builds;
     out->factor_hits += s.factor_hits;
     out->cond_checks += s.cond_checks;
+    out->streamed += s.streamed;
     out->restores += e->restores;
     out->saves += e->saves;
     out->users += (uint64_t)e->users;
