@@ -39,7 +39,7 @@ static const char *const usage_text =
     "  --batch B        batch size (images, or text windows)\n"
     "  --lr X           peak learning rate\n"
     "  --seed S         seed of initialisation, data order, dropout (default 1)\n"
-    "  --threads T      OpenBLAS threads (default: OpenBLAS's choice)\n"
+    "  --threads T      OpenBLAS threads (default 1; 0 = OpenBLAS's choice)\n"
     "  --eval-every N   also evaluate every N steps (eval_curve in the JSON)\n"
     "  --data-dir DIR   Fashion-MNIST directory (default " AS_NN_FMNIST_DIR ")\n"
     "  --text-dir DIR   fortunes directory (default " AS_NN_FORTUNES_DIR ")\n"
@@ -185,7 +185,7 @@ int as_cmd_train(int argc, char **argv)
     const char *model = NULL, *policy = NULL, *preset = "small", *json = NULL;
     const char *serve = NULL, *data_dir = NULL, *text_dir = NULL;
     bool serve_remote = false, quiet = false;
-    unsigned long long steps = 0, batch = 0, seed = 1, threads = 0, evev = 0;
+    unsigned long long steps = 0, batch = 0, seed = 1, threads = 1, evev = 0;
     double epochs = 0, lr = 0;
     bool have_steps = false, have_epochs = false, have_lr = false;
     for (int i = 1; i < argc; i++) {

@@ -64,10 +64,10 @@ static const as_nn_preset presets[] = {
      .tf = {.C = 32, .NH = 2, .depth = 1, .mlp = 2, .T = 32},
      .batch = 16, .steps = 40, .optim = AS_NN_ADAMW, .lr = 3e-3f,
      .weight_decay = 0.01f, .clip = 1.0f, .warmup = 5, .eval_limit = 64},
-    /* lm bench: context 64, width 96, 4 heads, 3 blocks. */
+    /* lm bench: context 64, width 64, 4 heads, 3 blocks, MLP 2x. */
     {.model = "lm", .name = "bench",
-     .tf = {.C = 96, .NH = 4, .depth = 3, .mlp = 2, .T = 64},
-     .batch = 32, .steps = 3000, .optim = AS_NN_ADAMW, .lr = 2e-3f,
+     .tf = {.C = 64, .NH = 4, .depth = 3, .mlp = 2, .T = 64},
+     .batch = 32, .steps = 2000, .optim = AS_NN_ADAMW, .lr = 2e-3f,
      .weight_decay = 0.01f, .clip = 1.0f, .warmup = 100, .eval_limit = 1024},
 };
 
@@ -491,6 +491,16 @@ int as_nn_run_grads(as_nn_run *r, long batch, double *loss)
     r->last = info;
     if (loss)
         *loss = info.loss;
+    return 0;
+}
+
+int as_nn_run_seek(as_nn_run *r, long next_batch)
+{
+    if (next_batch < 0) {
+        snprintf(r->err, sizeof r->err, "batch index %ld < 0", next_batch);
+        return AS_EINVAL;
+    }
+    r->next = next_batch;
     return 0;
 }
 

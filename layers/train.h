@@ -151,6 +151,11 @@ int as_nn_run_grads(as_nn_run *r, long batch, double *loss);
  * off) on the first eval_limit test images / held-out windows. */
 int as_nn_run_eval(as_nn_run *r, as_nn_eval *out);
 
+/* Set the batch index of the next as_nn_run_step (and of the learning-rate
+ * schedule): e.g. a run forked from another with copied weights and
+ * optimizer state continues where the source is. Errors: AS_EINVAL (< 0). */
+int as_nn_run_seek(as_nn_run *r, long next_batch);
+
 /* Copy src's weights (and BatchNorm running statistics; with
  * with_optimizer also the optimizer moments and step count) into dst. Both
  * runs must have the same model and configuration (AS_ESHAPE otherwise:

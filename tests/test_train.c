@@ -1,0 +1,408 @@
+/*
+ * Training runs (layers/train.h): presets, bit-for-bit determinism, the
+ * step-wise API (gradients without update are pure, weights copy between
+ * runs, batch k depends only on (seed, k)), evaluation, memory figures and
+ * clear errors. Uses the small presets on the real data sets (Debian
+ * packages dataset-fashion-mnist and fortunes); a few seconds in all.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "layers/train.h"
+
+static as_nn_preset preset(const char *model, long steps)
+{
+    as_nn_preset p;
+    assert_int_equal(as_nn_preset_get(model, "small", &p), 0);
+    p.steps = steps;
+    p.epochs = 0;
+    return p;
+}
+
+static as_nn_run *run_new(const as_nn_preset *p, uint64_t seed,
+                          const char *policy)
+{
+    as_nn_train_opts o = {.seed = seed, .threads = 1, .policy = policy};
+    char err[512] = "";
+    as_nn_run *r = NULL;
+    int rc = as_nn_run_create(p, &o, &r, err, sizeof err);
+    if (rc)
+        fail_msg("as_nn_run_create(%s): %d %s", p->model, rc, err);
+    return r;
+}
+
+/* All parameters (w or g) of a run, concatenated (malloc). */
+static float *flat(const as_nn_run *r, bool grads, size_t *n)
+{
+    const as_nn_params *ps = as_nn_run_params(r);
+    size_t tot = as_nn_params_count(ps), o = 0;
+    float *v = malloc(tot * sizeof *v);
+    for (size_t i = 0; i < ps->n; i++) {
+        memcpy(v + o, grads ? ps->p[i]->g.ptr : ps->p[i]->w.ptr,
+               ps->p[i]->n * sizeof(float));
+        o += ps->p[i]->n;
+    }
+    *n = tot;
+    return v;
+}
+
+static float *flat_bufs(as_nn_run *r, size_t *n)
+{
+    as_nn_model *m = as_nn_run_model(r);
+    size_t tot = 0, o = 0;
+    for (size_t i = 0; i < m->nbufs; i++)
+        tot += m->bufs[i].n;
+    float *v = malloc((tot + 1) * sizeof *v);
+    for (size_t i = 0; i < m->nbufs; i++) {
+        memcpy(v + o, m->bufs[i].p, m->bufs[i].n * sizeof(float));
+        o += m->bufs[i].n;
+    }
+    *n = tot;
+    return v;
+}
+
+static double norm2(const float *v, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)v[i] * v[i];
+    return sqrt(s);
+}
+
+/* ---- presets --------------------------------------------------------------- */
+
+static void test_presets(void **state)
+{
+    (void)state;
+    const char *models[] = {"cnn", "vit", "lm"}, *names[] = {"small", "bench"};
+    for (int m = 0; m < 3; m++)
+        for (int k = 0; k < 2; k++) {
+            as_nn_preset p;
+            assert_int_equal(as_nn_preset_get(models[m], names[k], &p), 0);
+            assert_string_equal(p.model, models[m]);
+            assert_string_equal(p.name, names[k]);
+            assert_true(p.batch > 0 && p.lr > 0);
+            assert_true(p.steps > 0 || p.epochs > 0);
+            if (m == 0)   /* Cout >= Cin everywhere, so inversion can apply */
+                for (int s = 1; s < p.cnn.nstages; s++)
+                    assert_true(p.cnn.widths[s] >= p.cnn.widths[s - 1]);
+        }
+    as_nn_preset p;
+    assert_int_equal(as_nn_preset_get("cnn", "huge", &p), AS_ENOTFOUND);
+    assert_int_equal(as_nn_preset_get("rnn", "small", &p), AS_ENOTFOUND);
+}
+
+/* ---- determinism ----------------------------------------------------------- */
+
+static void train_losses(const as_nn_preset *p, uint64_t seed, double *loss,
+                         long n)
+{
+    as_nn_run *r = run_new(p, seed, "default=keep");
+    for (long s = 0; s < n; s++)
+        assert_int_equal(as_nn_run_step(r, &loss[s]), 0);
+    as_nn_run_destroy(r);
+}
+
+static void test_determinism(void **state)
+{
+    (void)state;
+    const char *models[] = {"cnn", "vit", "lm"};
+    enum { N = 6 };
+    for (int m = 0; m < 3; m++) {
+        as_nn_preset p = preset(models[m], N);
+        if (m == 1)
+            p.tf.dropout = 0.1f;   /* masks come from (seed, batch, layer) */
+        double a[N], b[N], c[N];
+        train_losses(&p, 11, a, N);
+        train_losses(&p, 11, b, N);
+        train_losses(&p, 12, c, N);
+        if (memcmp(a, b, sizeof a))
+            fail_msg("%s: same seed, different loss sequence (step 0: %.17g vs "
+                     "%.17g)", models[m], a[0], b[0]);
+        assert_memory_not_equal(a, c, sizeof a);
+        for (int s = 0; s < N; s++)
+            assert_true(isfinite(a[s]) && a[s] > 0);
+    }
+}
+
+/* ---- gradients without update ----------------------------------------------- */
+
+static void test_grads_pure(void **state)
+{
+    (void)state;
+    as_nn_preset p = preset("cnn", 20);
+    as_nn_run *r = run_new(&p, 5, "default=keep");
+    for (int s = 0; s < 3; s++)
+        assert_int_equal(as_nn_run_step(r, NULL), 0);
+    size_t nw, ng, nb;
+    float *w0 = flat(r, false, &nw), *b0 = flat_bufs(r, &nb);
+    assert_true(nb > 0);                     /* BatchNorm running stats */
+    double l1, l2, l3;
+    assert_int_equal(as_nn_run_grads(r, 3, &l1), 0);
+    float *g1 = flat(r, true, &ng);
+    assert_true(norm2(g1, ng) > 0);
+    assert_int_equal(as_nn_run_grads(r, 3, &l2), 0);
+    float *g2 = flat(r, true, &ng);
+    assert_memory_equal(g1, g2, ng * sizeof *g1);   /* fresh, not summed */
+    assert_true(l1 == l2);
+    float *w1 = flat(r, false, &nw), *b1 = flat_bufs(r, &nb);
+    assert_memory_equal(w0, w1, nw * sizeof *w0);   /* no update */
+    assert_memory_equal(b0, b1, nb * sizeof *b0);   /* running stats kept */
+    assert_int_equal(as_nn_run_next_batch(r), 3);
+    /* another batch: other gradients */
+    assert_int_equal(as_nn_run_grads(r, 7, NULL), 0);
+    float *g3 = flat(r, true, &ng);
+    assert_memory_not_equal(g1, g3, ng * sizeof *g1);
+    /* the step on batch 3 sees the same loss and moves the weights */
+    assert_int_equal(as_nn_run_step(r, &l3), 0);
+    assert_true(l3 == l1);
+    assert_int_equal(as_nn_run_last(r)->batch, 3);
+    assert_true(as_nn_run_last(r)->gnorm > 0);
+    free(w1);
+    w1 = flat(r, false, &nw);
+    assert_memory_not_equal(w0, w1, nw * sizeof *w0);
+    assert_int_equal(as_nn_run_grads(r, -1, NULL), AS_EINVAL);
+    assert_int_equal(as_nn_run_seek(r, -2), AS_EINVAL);
+    free(w0); free(w1); free(b0); free(b1); free(g1); free(g2); free(g3);
+    as_nn_run_destroy(r);
+}
+
+/* ---- copying weights: paired runs ------------------------------------------ */
+
+static void test_copy_weights(void **state)
+{
+    (void)state;
+    const char *models[] = {"cnn", "vit"};
+    for (int m = 0; m < 2; m++) {
+        as_nn_preset p = preset(models[m], 20);
+        as_nn_run *a = run_new(&p, 21, "default=keep");
+        as_nn_run *b = run_new(&p, 22, NULL);   /* another initialisation */
+        for (int s = 0; s < 4; s++)
+            assert_int_equal(as_nn_run_step(a, NULL), 0);
+        size_t n;
+        float *wa = flat(a, false, &n), *wb = flat(b, false, &n);
+        assert_memory_not_equal(wa, wb, n * sizeof *wa);
+        assert_int_equal(as_nn_run_copy_weights(b, a, true), 0);
+        free(wb);
+        wb = flat(b, false, &n);
+        assert_memory_equal(wa, wb, n * sizeof *wa);
+        /* same weights, same batch index: the batch comes from the seed, so
+         * a run with another seed sees another batch; same seed: same */
+        as_nn_run *c = run_new(&p, 21, NULL);
+        assert_int_equal(as_nn_run_copy_weights(c, a, true), 0);
+        double la, lc;
+        assert_int_equal(as_nn_run_grads(a, 2, &la), 0);
+        assert_int_equal(as_nn_run_grads(c, 2, &lc), 0);
+        float *ga = flat(a, true, &n), *gc = flat(c, true, &n);
+        assert_true(la == lc);
+        assert_memory_equal(ga, gc, n * sizeof *ga);
+        free(ga); free(gc);
+        /* with the optimizer state copied and c moved to a's position in
+         * the data order, the next updates are identical */
+        assert_int_equal(as_nn_run_seek(c, as_nn_run_next_batch(a)), 0);
+        for (int s = 0; s < 2; s++) {
+            assert_int_equal(as_nn_run_step(a, &la), 0);
+            assert_int_equal(as_nn_run_step(c, &lc), 0);
+            assert_true(la == lc);
+        }
+        free(wa);
+        wa = flat(a, false, &n);
+        float *wc = flat(c, false, &n);
+        assert_memory_equal(wa, wc, n * sizeof *wa);
+        free(wc);
+        /* without the optimizer state the update differs (momentum) */
+        assert_int_equal(as_nn_run_copy_weights(b, a, false), 0);
+        assert_int_equal(as_nn_run_seek(b, as_nn_run_next_batch(a)), 0);
+        assert_int_equal(as_nn_run_step(a, NULL), 0);
+        assert_int_equal(as_nn_run_step(b, NULL), 0);
+        free(wa); free(wb);
+        wa = flat(a, false, &n);
+        wb = flat(b, false, &n);
+        assert_memory_not_equal(wa, wb, n * sizeof *wa);
+        free(wa); free(wb);
+        as_nn_run_destroy(a);
+        as_nn_run_destroy(b);
+        as_nn_run_destroy(c);
+    }
+    /* different models: a clear error */
+    as_nn_preset pc = preset("cnn", 5), pv = preset("vit", 5);
+    as_nn_run *a = run_new(&pc, 1, NULL), *b = run_new(&pv, 1, NULL);
+    assert_int_equal(as_nn_run_copy_weights(b, a, false), AS_ESHAPE);
+    assert_non_null(strstr(as_nn_run_error(b), "different models"));
+    as_nn_run_destroy(a);
+    as_nn_run_destroy(b);
+}
+
+/* Paired arms: same seed, copied weights, stepped in lockstep stay equal
+ * under the same policy (the A/B harness's baseline). */
+static void test_lockstep(void **state)
+{
+    (void)state;
+    as_nn_preset p = preset("lm", 8);
+    as_nn_run *a = run_new(&p, 3, "default=keep"), *b = run_new(&p, 3, "default=keep");
+    assert_int_equal(as_nn_run_copy_weights(b, a, false), 0);
+    for (int s = 0; s < 5; s++) {
+        double la, lb;
+        assert_int_equal(as_nn_run_step(a, &la), 0);
+        assert_int_equal(as_nn_run_step(b, &lb), 0);
+        assert_true(la == lb);
+    }
+    size_t n;
+    float *wa = flat(a, false, &n), *wb = flat(b, false, &n);
+    assert_memory_equal(wa, wb, n * sizeof *wa);
+    free(wa); free(wb);
+    as_nn_run_destroy(a);
+    as_nn_run_destroy(b);
+}
+
+/* ---- evaluation and whole runs ---------------------------------------------- */
+
+static void test_eval(void **state)
+{
+    (void)state;
+    as_nn_preset p = preset("cnn", 60);
+    as_nn_run *r = run_new(&p, 1, NULL);
+    as_nn_eval e0, e1, e2;
+    assert_int_equal(as_nn_run_eval(r, &e0), 0);
+    assert_int_equal(e0.samples, p.eval_limit);
+    assert_true(e0.accuracy >= 0 && e0.accuracy <= 1);
+    assert_int_equal(as_nn_run_eval(r, &e1), 0);   /* no side effects */
+    assert_true(e0.accuracy == e1.accuracy && e0.loss == e1.loss);
+    for (int s = 0; s < 60; s++)
+        assert_int_equal(as_nn_run_step(r, NULL), 0);
+    assert_int_equal(as_nn_run_eval(r, &e2), 0);
+    if (!(e2.accuracy > 0.6 && e2.loss < e0.loss))
+        fail_msg("cnn small: accuracy %.3f (loss %.3f) after 60 steps, %.3f "
+                 "(%.3f) before", e2.accuracy, e2.loss, e0.accuracy, e0.loss);
+    as_nn_mem m;
+    as_nn_run_memory(r, &m);
+    assert_true(m.saved_raw_peak > 0 && m.saved_stored_peak == m.saved_raw_peak);
+    assert_true(m.by_kind[AS_KIND_CONV_INPUT].raw_peak > 0);
+    assert_true(m.by_kind[AS_KIND_SOFTMAX_OUTPUT].raw_peak == 0);
+    assert_true(m.arena_peak >= m.saved_stored_peak);
+    assert_true(m.rss_peak > m.arena_peak);
+    as_nn_run_destroy(r);
+}
+
+static void test_train_job(void **state)
+{
+    (void)state;
+    as_nn_preset p = preset("lm", 30);
+    as_nn_train_opts o = {.seed = 2, .threads = 1, .eval_every = 10};
+    as_nn_train_result r;
+    char err[512];
+    int rc = as_nn_train(&p, &o, &r, err, sizeof err);
+    if (rc)
+        fail_msg("as_nn_train: %s", err);
+    assert_int_equal(r.steps, 30);
+    assert_true(r.loss[29] < r.loss[0]);
+    assert_true(r.eval_accuracy < 0);                 /* lm: loss only */
+    assert_true(r.eval_loss > 0 && r.eval_loss < log(256.0));
+    assert_int_equal(r.neval, 3);
+    assert_true(r.eval_curve[3 * 2] == 30 && r.eval_curve[3 * 2 + 2] == r.eval_loss);
+    assert_true(r.by_kind[AS_KIND_SOFTMAX_OUTPUT].raw_peak > 0);
+    assert_true(r.step_ms_median > 0 && r.total_s > 0);
+    assert_true(r.params > 0);
+    as_nn_train_result_free(&r);
+    as_nn_train_result_free(&r);   /* idempotent */
+    /* a compressing policy stores fewer bytes than keep would */
+    as_nn_preset pv = preset("vit", 3);
+    as_nn_train_opts ov = {.seed = 2, .threads = 1, .policy = "default=bf16"};
+    rc = as_nn_train(&pv, &ov, &r, err, sizeof err);
+    if (rc)
+        fail_msg("as_nn_train bf16: %s", err);
+    if (!(r.saved_stored_peak < 0.75 * (double)r.saved_raw_peak))
+        fail_msg("bf16: stored %llu of raw %llu", (unsigned long long)r.saved_stored_peak,
+                 (unsigned long long)r.saved_raw_peak);
+    as_nn_train_result_free(&r);
+}
+
+static void test_borrowed_store(void **state)
+{
+    (void)state;
+    as_store *s = NULL;
+    char err[256];
+    assert_int_equal(as_store_create(NULL, &s, err, sizeof err), 0);
+    as_nn_preset p = preset("cnn", 3);
+    as_nn_train_opts o = {.seed = 1, .threads = 1, .store = s,
+                          .policy = "default=keep"};
+    as_nn_run *r = NULL;
+    assert_int_equal(as_nn_run_create(&p, &o, &r, err, sizeof err), 0);
+    assert_ptr_equal(as_nn_run_store(r), s);
+    assert_int_equal(as_nn_run_step(r, NULL), 0);
+    as_nn_run_destroy(r);
+    as_store_stats st;                       /* the store outlives the run */
+    assert_int_equal(as_store_stats_take(s, &st), 0);
+    assert_true(st.total.saves > 0);
+    assert_int_equal(st.live_handles, 0);    /* nothing leaked by the step */
+    as_store_stats_free(&st);
+    as_store_destroy(s);
+}
+
+/* ---- errors ----------------------------------------------------------------- */
+
+static void test_errors(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    as_nn_run *r = NULL;
+    as_nn_preset p = preset("cnn", 3);
+    as_nn_train_opts o = {.data_dir = "/nonexistent/fm"};
+    assert_int_equal(as_nn_run_create(&p, &o, &r, err, sizeof err), AS_ENOTFOUND);
+    assert_null(r);
+    assert_non_null(strstr(err, "/nonexistent/fm/train-images-idx3-ubyte.gz"));
+    assert_non_null(strstr(err, "dataset-fashion-mnist"));
+    as_nn_preset pl = preset("lm", 3);
+    as_nn_train_opts ol = {.text_dir = "/nonexistent/fortunes"};
+    assert_int_equal(as_nn_run_create(&pl, &ol, &r, err, sizeof err), AS_ENOTFOUND);
+    assert_non_null(strstr(err, "/nonexistent/fortunes"));
+    assert_non_null(strstr(err, "fortunes"));
+    as_nn_train_opts op = {.policy = "default=nosuchpolicy"};
+    assert_int_equal(as_nn_run_create(&p, &op, &r, err, sizeof err), AS_ESPEC);
+    assert_non_null(strstr(err, "nosuchpolicy"));
+    as_nn_preset bad = p;
+    bad.batch = 0;
+    assert_int_equal(as_nn_run_create(&bad, NULL, &r, err, sizeof err), AS_EINVAL);
+    assert_non_null(strstr(err, "batch"));
+    bad = p;
+    snprintf(bad.model, sizeof bad.model, "rnn");
+    assert_int_equal(as_nn_run_create(&bad, NULL, &r, err, sizeof err), AS_EINVAL);
+    assert_non_null(strstr(err, "rnn"));
+    /* a learning rate that diverges is reported, not trained on */
+    as_nn_preset hot = preset("vit", 30);
+    hot.lr = 1e6f;
+    hot.clip = 0;
+    hot.warmup = 0;
+    r = NULL;
+    assert_int_equal(as_nn_run_create(&hot, NULL, &r, err, sizeof err), 0);
+    int rc = 0;
+    for (int s = 0; s < 30 && !rc; s++)
+        rc = as_nn_run_step(r, NULL);
+    assert_int_equal(rc, AS_ERANGE);
+    assert_non_null(strstr(as_nn_run_error(r), "diverged"));
+    as_nn_run_destroy(r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_presets),
+        cmocka_unit_test(test_determinism),
+        cmocka_unit_test(test_grads_pure),
+        cmocka_unit_test(test_copy_weights),
+        cmocka_unit_test(test_lockstep),
+        cmocka_unit_test(test_eval),
+        cmocka_unit_test(test_train_job),
+        cmocka_unit_test(test_borrowed_store),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
