@@ -134,8 +134,11 @@ static int parse_policy(parser *p, int kind, as_polref *out)
     if (rc < 0) {
         if (eoff > alen)
             eoff = alen;
-        return fail(p, aoff + eoff, "%s (arguments of %s)",
-                    perr[0] ? perr : "valid arguments", o->name);
+        /* Policies may phrase it "expected X" or just "X". */
+        const char *what = perr[0] ? perr : "valid arguments";
+        if (!strncmp(what, "expected ", 9))
+            what += 9;
+        return fail(p, aoff + eoff, "%s (arguments of %s)", what, o->name);
     }
     out->ops = o;
     out->params = params;
