@@ -17,7 +17,9 @@ static const struct {
     {"alloc",   as_bench_alloc,   "tracked allocator vs jemalloc vs glibc (ns per pair)"},
     {"softmax", as_bench_softmax, "softmax codecs: ratio, gradient cosine, rows/s"},
     {"conv",    as_bench_conv,    "conv input inversion vs conv forward (time, error, bytes)"},
+    {"layers",  as_bench_layers,  "conv and matmul GFLOP/s in the bench presets vs OpenBLAS sgemm"},
     {"store",   as_bench_store,   "codecs: save/restore GB/s and stored/raw vs memcpy"},
+    {"service", as_bench_service, "live service: step-time overhead (vit small), /metrics latency"},
 };
 
 static void usage(FILE *f)

@@ -316,8 +316,6 @@ static int bind_listen(as_service *svc)
     return 0;
 }
 
-static int loop_close_rc;   /* last uv_loop_close result, for tests */
-
 static void thread_main(void *arg)
 {
     as_service *svc = arg;

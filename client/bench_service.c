@@ -1,0 +1,612 @@
+/*
+ * actstore bench service: what the live service costs a training run, and
+ * how fast /metrics answers.
+ *
+ * 1. Step time of the vit small preset (Fashion-MNIST) in four
+ *    configurations, measured side by side in one run:
+ *      plain        a run whose arena has no timeline sampler (what
+ *                   `actstore train` does without --serve);
+ *      off          the run used for the three below: sampler at 10 Hz
+ *                   (what --serve turns on), no service;
+ *      on_idle      the service started on that run's store, no client;
+ *      on_clients   the service with 10 SSE clients reading the event
+ *                   stream and a /metrics scrape every 100 ms.
+ *    Each repeat runs one block of --steps steps per configuration (after
+ *    --warmup unmeasured steps), the block order rotated every repeat so a
+ *    drift of the machine does not favour one configuration. A block's
+ *    figure is its median step time; a configuration's figure is the
+ *    median of its block medians. Overheads are ratios of those medians
+ *    (the machine is shared and noisy), with a paired 95% CI over repeats.
+ * 2. /metrics latency on a store with 100 layers (each with saved
+ *    tensors of two kinds under two policies): a keep-alive loopback
+ *    client sends --requests GETs back to back; p50 / p99 / max of the
+ *    time from sending the request to the last byte of the body, with the
+ *    default cap of 20 per-layer series and with all 100.
+ * Target (issue 7): on_clients <= 2% over off; /metrics p99 <= 2 ms.
+ */
+#include <arpa/inet.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "actstore/service.h"
+#include "bench.h"
+#include "cli.h"
+#include "client.h"
+#include "layers/train.h"
+#include "stats.h"
+
+#define CMD "bench service"
+
+enum { C_PLAIN, C_OFF, C_IDLE, C_CLIENTS, NCONF };
+static const char *const conf_name[NCONF] = {"plain", "off", "on_idle", "on_clients"};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- the load: SSE clients on their own loop, a scraper thread ---------------- */
+
+typedef struct load {
+    char        addr[64];
+    unsigned    nclients;
+    unsigned    scrape_ms;
+    pthread_t   sse_thread, scrape_thread;
+    uv_loop_t   loop;
+    uv_async_t  stop_async;
+    as_client_sse **sse;
+    atomic_ulong events, scrapes, scrape_errors, ended;
+    atomic_bool stop;
+    double      t_start, t_stop;
+} load;
+
+static int on_event(void *ud, const char *d, size_t n, bool comment)
+{
+    load *l = ud;
+    (void)d;
+    (void)n;
+    if (!comment)
+        atomic_fetch_add(&l->events, 1);
+    return 0;
+}
+
+static void on_end(void *ud, int rc)
+{
+    load *l = ud;
+    (void)rc;
+    atomic_fetch_add(&l->ended, 1);
+}
+
+static void on_stop(uv_async_t *a)
+{
+    load *l = a->data;
+    for (unsigned i = 0; i < l->nclients; i++)
+        if (l->sse[i])
+            as_client_sse_close(l->sse[i]);
+    uv_close((uv_handle_t *)&l->stop_async, NULL);
+}
+
+static void *sse_main(void *arg)
+{
+    load *l = arg;
+    uv_run(&l->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static void *scrape_main(void *arg)
+{
+    load *l = arg;
+    while (!atomic_load(&l->stop)) {
+        as_client_response r;
+        char err[256];
+        if (as_client_get(l->addr, "/metrics", 2000, &r, err, sizeof err) == 0 && r.status == 200)
+            atomic_fetch_add(&l->scrapes, 1);
+        else
+            atomic_fetch_add(&l->scrape_errors, 1);
+        as_client_response_free(&r);
+        struct timespec ts = {0, (long)l->scrape_ms * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+/* Connect the clients (waits until the service counts them all). */
+static int load_start(load *l, as_service *svc)
+{
+    snprintf(l->addr, sizeof l->addr, "127.0.0.1:%d", as_service_port(svc));
+    atomic_store(&l->stop, false);
+    atomic_store(&l->events, 0);
+    atomic_store(&l->ended, 0);
+    l->sse = calloc(l->nclients ? l->nclients : 1, sizeof *l->sse);
+    if (!l->sse || uv_loop_init(&l->loop))
+        return AS_ENOMEM;
+    uv_async_init(&l->loop, &l->stop_async, on_stop);
+    l->stop_async.data = l;
+    for (unsigned i = 0; i < l->nclients; i++)
+        if (as_client_sse_open(&l->loop, l->addr, on_event, on_end, l, &l->sse[i]))
+            return AS_EIO;
+    if (pthread_create(&l->sse_thread, NULL, sse_main, l))
+        return AS_ENOMEM;
+    for (double t0 = now_s(); now_s() - t0 < 10;) {
+        as_service_stats st;
+        as_service_get_stats(svc, &st);
+        if (st.sse_clients >= l->nclients)
+            break;
+        usleep(10000);
+    }
+    if (l->scrape_ms && pthread_create(&l->scrape_thread, NULL, scrape_main, l))
+        return AS_ENOMEM;
+    atomic_store(&l->events, 0);      /* the rate counts from here */
+    l->t_start = now_s();
+    return 0;
+}
+
+static void load_stop(load *l)
+{
+    l->t_stop = now_s();
+    atomic_store(&l->stop, true);
+    if (l->scrape_ms)
+        pthread_join(l->scrape_thread, NULL);
+    uv_async_send(&l->stop_async);
+    pthread_join(l->sse_thread, NULL);
+    uv_loop_close(&l->loop);
+    free(l->sse);
+    l->sse = NULL;
+}
+
+/* ---- part 1: step time ----------------------------------------------------------- */
+
+typedef struct steps_cfg {
+    long     steps, warmup;
+    unsigned repeats, clients, scrape_ms;
+    int      threads;
+    const char *policy, *data_dir;
+} steps_cfg;
+
+typedef struct steps_res {
+    double *block_ms[NCONF];      /* (repeats) block medians */
+    double  median_ms[NCONF];
+    double  events_per_s;         /* per SSE client, on_clients blocks */
+    unsigned long scrapes, scrape_errors, dropped;
+    double  tick_ms_max;
+} steps_res;
+
+static int run_block(as_nn_run *run, long warmup, long steps, double *step_ms, char *err,
+                     size_t errlen)
+{
+    for (long k = 0; k < warmup + steps; k++) {
+        double t0 = now_s();
+        if (as_nn_run_step(run, NULL)) {
+            snprintf(err, errlen, "training step: %s", as_nn_run_error(run));
+            return AS_EIO;
+        }
+        if (k >= warmup)
+            step_ms[k - warmup] = (now_s() - t0) * 1e3;
+    }
+    return 0;
+}
+
+static int bench_steps(const steps_cfg *c, steps_res *res, char *err, size_t errlen)
+{
+    as_nn_preset p;
+    if (as_nn_preset_get("vit", "small", &p)) {
+        snprintf(err, errlen, "no vit small preset");
+        return AS_ENOTFOUND;
+    }
+    p.steps = (c->steps + c->warmup) * (long)c->repeats * NCONF + 10;
+    as_store *stores[2] = {NULL, NULL};
+    as_nn_run *runs[2] = {NULL, NULL};
+    int rc = 0;
+    for (int i = 0; i < 2 && !rc; i++) {
+        as_store_config scfg = {.label = i ? "train" : "plain", .sampler_hz = i ? 10 : 0};
+        rc = as_store_create(&scfg, &stores[i], err, errlen);
+        if (rc)
+            break;
+        as_nn_train_opts o = {.policy = c->policy, .seed = 1, .threads = c->threads,
+                              .data_dir = c->data_dir, .store = stores[i]};
+        rc = as_nn_run_create(&p, &o, &runs[i], err, errlen);
+    }
+    double *ms = malloc((size_t)c->steps * sizeof *ms);
+    for (int k = 0; k < NCONF; k++)
+        res->block_ms[k] = calloc(c->repeats, sizeof(double));
+    if (!ms || !res->block_ms[NCONF - 1])
+        rc = rc ? rc : AS_ENOMEM;
+    double events_s = 0, clients_time = 0;
+    for (unsigned r = 0; r < c->repeats && !rc; r++) {
+        for (int j = 0; j < NCONF && !rc; j++) {
+            int k = (j + (int)r) % NCONF;          /* rotated order */
+            as_service *svc = NULL;
+            load l = {.nclients = c->clients, .scrape_ms = c->scrape_ms};
+            as_nn_run *run = runs[k == C_PLAIN ? 0 : 1];
+            if (k == C_IDLE || k == C_CLIENTS) {
+                as_service_source src = {.store = stores[1]};
+                as_service_config sc = {.quiet = true};
+                rc = as_service_start(&sc, &src, 1, &svc, err, errlen);
+                if (!rc && k == C_CLIENTS && (rc = load_start(&l, svc)))
+                    snprintf(err, errlen, "cannot connect the clients");
+            }
+            if (!rc)
+                rc = run_block(run, c->warmup, c->steps, ms, err, errlen);
+            if (svc) {
+                as_service_stats st;
+                as_service_get_stats(svc, &st);
+                if (k == C_CLIENTS) {
+                    load_stop(&l);
+                    events_s += (double)atomic_load(&l.events) / (c->clients ? c->clients : 1);
+                    clients_time += l.t_stop - l.t_start;
+                    res->scrapes += atomic_load(&l.scrapes);
+                    res->scrape_errors += atomic_load(&l.scrape_errors);
+                    res->dropped += st.sse_dropped;
+                }
+                if (st.tick_ns_max * 1e-6 > res->tick_ms_max)
+                    res->tick_ms_max = st.tick_ns_max * 1e-6;
+                as_service_stop(svc);
+            }
+            if (!rc)
+                res->block_ms[k][r] = as_stats_median(ms, (size_t)c->steps);
+            fprintf(stderr, "\r" CMD ": repeat %u/%u %-10s %.2f ms/step   ", r + 1, c->repeats,
+                    conf_name[k], rc ? 0 : res->block_ms[k][r]);
+        }
+    }
+    fprintf(stderr, "\n");
+    res->events_per_s = clients_time > 0 ? events_s / clients_time : 0;
+    for (int k = 0; k < NCONF && !rc; k++) {
+        double *tmp = malloc(c->repeats * sizeof *tmp);
+        memcpy(tmp, res->block_ms[k], c->repeats * sizeof *tmp);
+        res->median_ms[k] = as_stats_median(tmp, c->repeats);
+        free(tmp);
+    }
+    free(ms);
+    for (int i = 0; i < 2; i++) {
+        as_nn_run_destroy(runs[i]);
+        as_store_destroy(stores[i]);
+    }
+    return rc;
+}
+
+/* ---- part 2: /metrics latency ------------------------------------------------------ */
+
+static int ka_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* One keep-alive GET; returns the body length or -1. buf grows as needed. */
+static long ka_get(int fd, const char *path, char **buf, size_t *cap)
+{
+    char req[256];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: bench\r\n\r\n", path);
+    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n)
+        return -1;
+    size_t len = 0;
+    long want = -1, hdr = 0;
+    for (;;) {
+        if (len + 65536 > *cap) {
+            *cap = (*cap ? *cap * 2 : 1 << 20);
+            char *nb = realloc(*buf, *cap);
+            if (!nb)
+                return -1;
+            *buf = nb;
+        }
+        ssize_t r = recv(fd, *buf + len, *cap - len - 1, 0);
+        if (r <= 0)
+            return -1;
+        len += (size_t)r;
+        (*buf)[len] = 0;
+        if (want < 0) {
+            char *eoh = strstr(*buf, "\r\n\r\n");
+            if (!eoh)
+                continue;
+            hdr = eoh + 4 - *buf;
+            char *cl = NULL;
+            for (char *q = *buf; q < eoh && !cl; q++)
+                if (!strncasecmp(q, "\r\nContent-Length:", 17))
+                    cl = q;
+            if (!cl || strncmp(*buf, "HTTP/1.1 200", 12))
+                return -1;
+            want = atol(cl + 17);
+        }
+        if ((long)len >= hdr + want)
+            return want;
+    }
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct lat_res {
+    unsigned top;
+    double p50_ms, p99_ms, max_ms;
+    long   bytes, series;
+} lat_res;
+
+static int bench_metrics(unsigned layers, unsigned requests, unsigned top, lat_res *out,
+                         char *err, size_t errlen)
+{
+    as_store *s = NULL;
+    as_store_config scfg = {.label = "bench", .sampler_hz = 10,
+                            .policy = "linear_input=fp16; default=keep"};
+    int rc = as_store_create(&scfg, &s, err, errlen);
+    if (rc)
+        return rc;
+    /* 100 layers, each with a linear input (fp16) and a norm input (keep),
+     * sizes growing with the layer index; left live as in mid-forward */
+    as_store_step_begin(s, 1);
+    as_store_phase(s, AS_PHASE_FORWARD);
+    float *buf = calloc(64 * 256, sizeof *buf);
+    for (unsigned l = 0; l < layers && buf && !rc; l++) {
+        char name[48];
+        snprintf(name, sizeof name, "blocks.%u.%s", l / 4, (const char *[]){"attn", "ln", "mlp.fc1", "mlp.fc2"}[l % 4]);
+        as_tensor t = {.data = buf, .dtype = AS_F32, .ndim = 2,
+                       .shape = {16 + (int64_t)(l % 48), 256}};
+        as_handle h;
+        as_save_info a = {.kind = AS_KIND_LINEAR_INPUT, .layer = name};
+        as_save_info b = {.kind = AS_KIND_NORM_INPUT, .layer = name};
+        rc = as_store_save(s, &a, &t, &h);
+        if (!rc)
+            rc = as_store_save(s, &b, &t, &h);
+        if (rc)
+            snprintf(err, errlen, "save: %s", as_store_last_error(s));
+    }
+    free(buf);
+    as_service *svc = NULL;
+    if (!rc) {
+        as_service_source src = {.store = s};
+        as_service_config sc = {.metrics_top_layers = top, .quiet = true};
+        rc = as_service_start(&sc, &src, 1, &svc, err, errlen);
+    }
+    double *lat = calloc(requests, sizeof *lat);
+    char *body = NULL;
+    size_t cap = 0;
+    int fd = rc ? -1 : ka_connect(as_service_port(svc));
+    if (!rc && (fd < 0 || !lat)) {
+        snprintf(err, errlen, "cannot connect to the service");
+        rc = AS_EIO;
+    }
+    usleep(300000);   /* a few ticks: the views hold the 100 layers */
+    for (unsigned i = 0; i < requests + 50 && !rc; i++) {
+        double t0 = now_s();
+        long n = ka_get(fd, "/metrics", &body, &cap);
+        double dt = (now_s() - t0) * 1e3;
+        if (n < 0) {
+            snprintf(err, errlen, "GET /metrics failed (request %u)", i);
+            rc = AS_EIO;
+            break;
+        }
+        if (i >= 50)                    /* 50 warm-up requests */
+            lat[i - 50] = dt;
+        out->bytes = n;
+    }
+    if (!rc) {
+        out->series = 0;
+        for (const char *q = body; (q = strstr(q, "\nactstore_")); q++)
+            out->series++;
+        out->top = top;
+        qsort(lat, requests, sizeof *lat, cmp_double);   /* p50, p99, max */
+        out->p50_ms = lat[requests / 2];
+        out->p99_ms = lat[(size_t)((requests - 1) * 0.99)];
+        out->max_ms = lat[requests - 1];
+    }
+    if (fd >= 0)
+        close(fd);
+    free(body);
+    free(lat);
+    as_service_stop(svc);
+    as_store_destroy(s);
+    return rc;
+}
+
+/* ---- command ----------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: actstore bench service [--json FILE] [--repeats N] [--steps N] [--warmup N]\n"
+            "                              [--clients N] [--scrape-ms MS] [--threads T]\n"
+            "                              [--layers N] [--requests N] [--data-dir DIR]\n\n"
+            "Step time of the vit small preset with the service off, on with no client, and\n"
+            "on with SSE clients and a /metrics scrape (medians side by side in one run),\n"
+            "then /metrics latency (p50/p99) on a store with 100 layers.\n"
+            "  --json FILE     write {\"bench\":\"service\",...} (\"-\" = stdout)\n"
+            "  --repeats N     blocks per configuration (default 7)\n"
+            "  --steps N       measured steps per block (default 40)\n"
+            "  --warmup N      unmeasured steps before each block (default 3)\n"
+            "  --clients N     SSE clients in on_clients (default 10)\n"
+            "  --scrape-ms MS  /metrics scrape period in on_clients (default 100)\n"
+            "  --threads T     OpenBLAS threads of the training run (default 1)\n"
+            "  --layers N      layers of the /metrics store (default 100)\n"
+            "  --requests N    timed /metrics requests per cap (default 2000)\n"
+            "  --data-dir DIR  Fashion-MNIST directory\n"
+            "  --part P        all (default), steps or metrics\n"
+            "The load average before and after is recorded: the figures of a busy machine\n"
+            "(load above the core count) show its scheduling delays, not the service.\n");
+}
+
+int as_bench_service(int argc, char **argv)
+{
+    steps_cfg c = {.steps = 40, .warmup = 3, .repeats = 7, .clients = 10, .scrape_ms = 100,
+                   .threads = 1, .policy = "softmax=soa:5; default=keep"};
+    unsigned layers = 100, requests = 2000;
+    const char *json_path = NULL, *part = "all";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        unsigned long long v = 0;
+        if (as_cli_is_help(a)) {
+            usage(stdout);
+            return AS_EXIT_OK;
+        }
+        if (i + 1 >= argc)
+            return as_cli_usage(CMD, "unknown option or missing value: '%s'", a);
+        const char *val = argv[++i];
+        if (!strcmp(a, "--json")) {
+            json_path = val;
+            continue;
+        }
+        if (!strcmp(a, "--data-dir")) {
+            c.data_dir = val;
+            continue;
+        }
+        if (!strcmp(a, "--part")) {
+            if (strcmp(val, "all") && strcmp(val, "steps") && strcmp(val, "metrics"))
+                return as_cli_usage(CMD, "--part must be all, steps or metrics, not '%s'", val);
+            part = val;
+            continue;
+        }
+        if (as_cli_parse_u64(CMD, a, val, &v))
+            return AS_EXIT_USAGE;
+        if (!strcmp(a, "--repeats") && v >= 1 && v <= 1000) c.repeats = (unsigned)v;
+        else if (!strcmp(a, "--steps") && v >= 1 && v <= 100000) c.steps = (long)v;
+        else if (!strcmp(a, "--warmup") && v <= 1000) c.warmup = (long)v;
+        else if (!strcmp(a, "--clients") && v <= 1000) c.clients = (unsigned)v;
+        else if (!strcmp(a, "--scrape-ms") && v <= 60000) c.scrape_ms = (unsigned)v;
+        else if (!strcmp(a, "--threads") && v <= 256) c.threads = (int)v;
+        else if (!strcmp(a, "--layers") && v >= 1 && v <= 1000) layers = (unsigned)v;
+        else if (!strcmp(a, "--requests") && v >= 10 && v <= 1000000) requests = (unsigned)v;
+        else
+            return as_cli_usage(CMD, "unknown option '%s' or value %s out of range", a, val);
+    }
+
+    char err[512] = "";
+    double load0[3] = {0}, load1[3] = {0};
+    getloadavg(load0, 3);
+    bool do_steps = strcmp(part, "metrics") != 0, do_metrics = strcmp(part, "steps") != 0;
+    steps_res sr = {0};
+    int rc = 0;
+    if (do_steps && (rc = bench_steps(&c, &sr, err, sizeof err)))
+        return as_cli_fail(CMD, "%s", err);
+    lat_res lr[2] = {{0}};
+    const unsigned tops[2] = {20, layers};
+    for (int k = 0; k < 2 && do_metrics && !rc; k++)
+        rc = bench_metrics(layers, requests, tops[k], &lr[k], err, sizeof err);
+    if (rc)
+        return as_cli_fail(CMD, "%s", err);
+    getloadavg(load1, 3);
+    if (!do_steps)
+        c.repeats = 0;
+
+    /* paired overheads over repeats (block medians, same repeat = same moment) */
+    as_paired pd[NCONF];
+    for (int k = 0; k < NCONF; k++)
+        pd[k] = as_stats_paired(sr.block_ms[C_OFF], sr.block_ms[k], c.repeats);
+
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    printf("actstore bench service: load average %.2f before, %.2f after, %ld cores\n\n",
+           load0[0], load1[0], ncpu);
+    if (do_steps) {
+    printf("  vit small, %u repeats x %ld steps per configuration, %d BLAS thread(s)\n",
+           c.repeats, c.steps, c.threads);
+    printf("  %-11s %10s %12s %22s\n", "config", "ms/step", "vs off", "paired 95% CI (ms)");
+    for (int k = 0; k < NCONF; k++) {
+        double ratio = sr.median_ms[k] / sr.median_ms[C_OFF] - 1;
+        printf("  %-11s %10.3f %+11.2f%% %10.3f +- %-8.3f\n", conf_name[k], sr.median_ms[k],
+               100 * ratio, pd[k].mean_diff, isnan(pd[k].ci_half) ? 0 : pd[k].ci_half);
+    }
+    printf("\n  on_clients: %u SSE clients at %.1f events/s each, %lu scrapes (%lu failed), "
+           "%lu dropped; service tick max %.3f ms\n",
+           c.clients, sr.events_per_s, sr.scrapes, sr.scrape_errors, sr.dropped, sr.tick_ms_max);
+    }
+    if (do_metrics)
+    printf("\n  /metrics, %u layers, %u requests (keep-alive, loopback):\n", layers, requests);
+    for (int k = 0; k < 2 && do_metrics; k++)
+        printf("    top %-4u layers: p50 %.3f ms  p99 %.3f ms  max %.3f ms  (%ld bytes, %ld samples)\n",
+               lr[k].top, lr[k].p50_ms, lr[k].p99_ms, lr[k].max_ms, lr[k].bytes, lr[k].series);
+    double over = do_steps ? sr.median_ms[C_CLIENTS] / sr.median_ms[C_OFF] - 1 : 0;
+    if (do_steps)
+        printf("\n  target: step overhead with clients %.2f%% (<= 2%%: %s)\n", 100 * over,
+               over <= 0.02 ? "met" : "NOT met");
+    if (do_metrics)
+        printf("%s  target: /metrics p99 %.3f ms with the default cap (<= 2 ms: %s)\n",
+               do_steps ? "" : "\n", lr[0].p99_ms, lr[0].p99_ms <= 2 ? "met" : "NOT met");
+
+    if (json_path) {
+        cJSON *root = cJSON_CreateObject();
+        cJSON_AddStringToObject(root, "bench", "service");
+        cJSON_AddStringToObject(root, "model", "vit");
+        cJSON_AddStringToObject(root, "preset", "small");
+        cJSON_AddStringToObject(root, "policy", c.policy);
+        cJSON_AddItemToObject(root, "loadavg_before", cJSON_CreateDoubleArray(load0, 3));
+        cJSON_AddItemToObject(root, "loadavg_after", cJSON_CreateDoubleArray(load1, 3));
+        cJSON_AddNumberToObject(root, "cores", (double)ncpu);
+        cJSON_AddNumberToObject(root, "repeats", c.repeats);
+        cJSON_AddNumberToObject(root, "steps_per_block", (double)c.steps);
+        cJSON_AddNumberToObject(root, "warmup_steps", (double)c.warmup);
+        cJSON_AddNumberToObject(root, "threads", c.threads);
+        cJSON_AddNumberToObject(root, "clients", c.clients);
+        cJSON_AddNumberToObject(root, "scrape_ms", c.scrape_ms);
+        cJSON *cf = cJSON_AddArrayToObject(root, "step_time");
+        for (int k = 0; k < NCONF && do_steps; k++) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "config", conf_name[k]);
+            cJSON_AddNumberToObject(o, "median_ms", sr.median_ms[k]);
+            cJSON_AddNumberToObject(o, "vs_off", sr.median_ms[k] / sr.median_ms[C_OFF] - 1);
+            cJSON_AddNumberToObject(o, "paired_diff_ms", pd[k].mean_diff);
+            cJSON_AddNumberToObject(o, "paired_ci_half_ms", isnan(pd[k].ci_half) ? 0 : pd[k].ci_half);
+            cJSON_AddItemToObject(o, "block_medians_ms",
+                                  cJSON_CreateDoubleArray(sr.block_ms[k], (int)c.repeats));
+            cJSON_AddItemToArray(cf, o);
+        }
+        cJSON_AddNumberToObject(root, "sse_events_per_s_per_client", sr.events_per_s);
+        cJSON_AddNumberToObject(root, "scrapes", (double)sr.scrapes);
+        cJSON_AddNumberToObject(root, "scrape_errors", (double)sr.scrape_errors);
+        cJSON_AddNumberToObject(root, "sse_dropped", (double)sr.dropped);
+        cJSON_AddNumberToObject(root, "tick_ms_max", sr.tick_ms_max);
+        cJSON *ml = cJSON_AddArrayToObject(root, "metrics_latency");
+        for (int k = 0; k < 2 && do_metrics; k++) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "layers", layers);
+            cJSON_AddNumberToObject(o, "top_layers", lr[k].top);
+            cJSON_AddNumberToObject(o, "requests", requests);
+            cJSON_AddNumberToObject(o, "p50_ms", lr[k].p50_ms);
+            cJSON_AddNumberToObject(o, "p99_ms", lr[k].p99_ms);
+            cJSON_AddNumberToObject(o, "max_ms", lr[k].max_ms);
+            cJSON_AddNumberToObject(o, "body_bytes", (double)lr[k].bytes);
+            cJSON_AddNumberToObject(o, "samples", (double)lr[k].series);
+            cJSON_AddItemToArray(ml, o);
+        }
+        cJSON *t = cJSON_AddObjectToObject(root, "targets");
+        if (do_steps) {
+            cJSON_AddNumberToObject(t, "step_overhead_with_clients", over);
+            cJSON_AddBoolToObject(t, "step_overhead_met", over <= 0.02);
+        }
+        if (do_metrics)
+            cJSON_AddBoolToObject(t, "metrics_p99_met", lr[0].p99_ms <= 2);
+        int w = as_cli_write_json(CMD, json_path, root);
+        cJSON_Delete(root);
+        if (w)
+            rc = AS_EIO;
+    }
+    for (int k = 0; k < NCONF; k++)
+        free(sr.block_ms[k]);
+    return rc ? AS_EXIT_FAIL : AS_EXIT_OK;
+}
