@@ -330,7 +330,7 @@ static void thread_main(void *arg)
         atomic_store(&svc->stopping, true);
         on_wake(&svc->wake);
         uv_run(&svc->loop, UV_RUN_DEFAULT);
-        loop_close_rc = uv_loop_close(&svc->loop);
+        svc->loop_close_rc = uv_loop_close(&svc->loop);
         uv_sem_post(&svc->ready);
         return;
     }
@@ -341,7 +341,7 @@ static void thread_main(void *arg)
     uv_timer_start(&svc->tick, on_tick, period, period);
     uv_sem_post(&svc->ready);
     uv_run(&svc->loop, UV_RUN_DEFAULT);
-    loop_close_rc = uv_loop_close(&svc->loop);
+    svc->loop_close_rc = uv_loop_close(&svc->loop);
 }
 
 static void svc_free(as_service *svc)
@@ -500,7 +500,7 @@ int as__service_stop(as_service *svc)
     uv_async_send(&svc->wake);
     uv_thread_join(&svc->thread);
     uv_sem_destroy(&svc->ready);
-    int rc = loop_close_rc;
+    int rc = svc->loop_close_rc;
     svc_free(svc);
     return rc;
 }

@@ -115,6 +115,7 @@ struct as_service {
     uv_async_t        wake;        /* stop request */
     uv_sem_t          ready;
     int               start_rc;
+    int               loop_close_rc;   /* uv_loop_close() at thread exit */
     char              start_err[160];
     atomic_bool       stopping;
 
