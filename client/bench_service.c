@@ -29,6 +29,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -457,6 +458,7 @@ int as_bench_service(int argc, char **argv)
 {
     steps_cfg c = {.steps = 40, .warmup = 3, .repeats = 7, .clients = 10, .scrape_ms = 100,
                    .threads = 1, .policy = "softmax=soa:5; default=keep"};
+    signal(SIGPIPE, SIG_IGN);   /* a dropped client connection: EPIPE, not death */
     unsigned layers = 100, requests = 2000;
     const char *json_path = NULL, *part = "all";
     for (int i = 1; i < argc; i++) {

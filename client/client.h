@@ -6,6 +6,11 @@
  *
  * Addresses are "HOST:PORT", ":PORT", "PORT" or a URL "http://HOST:PORT/"
  * (numeric IPv4 or "localhost").
+ *
+ * Writing to a connection the service closed raises SIGPIPE in the calling
+ * thread: programs using this library should ignore SIGPIPE (actstore top
+ * does) or block it in the threads that call it. (The service itself
+ * blocks SIGPIPE on its own thread, so it never needs the host to.)
  */
 #ifndef AS_CLIENT_CLIENT_H
 #define AS_CLIENT_CLIENT_H

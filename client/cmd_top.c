@@ -307,6 +307,7 @@ static void usage(FILE *f)
 
 int as_cmd_top(int argc, char **argv)
 {
+    signal(SIGPIPE, SIG_IGN);   /* a service that goes away: EPIPE, not death */
     top_state *st = calloc(1, sizeof *st);
     if (!st)
         return as_cli_fail("top", "out of memory");

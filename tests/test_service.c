@@ -311,6 +311,108 @@ static void test_connection_limit(void **state)
     assert_int_equal(as__service_stop(svc), 0);
 }
 
+/* Send raw bytes, half-close, read what comes back until EOF (bounded). */
+static size_t blast(int port, const char *data, size_t n, char *resp, size_t cap)
+{
+    int fd = tconnect(port);
+    if (fd < 0)
+        return 0;
+    struct timeval tv = {0, 500000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    tsend(fd, data, n);
+    shutdown(fd, SHUT_WR);
+    size_t got = 0;
+    while (got < cap - 1) {
+        ssize_t r = recv(fd, resp + got, cap - 1 - got, 0);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    resp[got] = 0;
+    close(fd);
+    return got;
+}
+
+/* Hostile and random input: every response is a well-formed status line
+ * from the allowed set, and the service keeps serving (run it under
+ * ASan/UBSan: nothing a client sends may crash the process). */
+static void test_fuzz(void **state)
+{
+    (void)state;
+    as_service_config cfg = {.max_header_bytes = 2048};
+    as_service *svc = fake_start(&cfg, srcs, 2);
+    assert_non_null(svc);
+    int port = as_service_port(svc);
+    static const char *const seeds[] = {
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        "HEAD /api/v1/snapshot HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+        "GET /api/v1/timeline?since=3 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://evil.example/metrics HTTP/1.1\r\nHost: evil\r\n\r\n",
+        "GET /../../etc/passwd HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.0\r\n\r\n",
+        "GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        "GET / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+        "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+        "GET / HTTP/1.1\nHost: x\n\n",
+        "GET /\0metrics HTTP/1.1\r\n\r\n",
+        "GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    };
+    const size_t nseeds = sizeof seeds / sizeof seeds[0];
+    static char buf[8192], resp[1 << 16];
+    unsigned rng = 20261201u, statuses[600] = {0}, answered = 0;
+    for (int iter = 0; iter < 300; iter++) {
+        size_t n;
+        int mode = iter % 4;
+        if (mode == 0) {                 /* random bytes */
+            n = 1 + (size_t)(rand_r(&rng) % 3000);
+            for (size_t i = 0; i < n; i++)
+                buf[i] = (char)(rand_r(&rng) & 0xff);
+        } else {                         /* a seed, mutated, truncated or repeated */
+            const char *sd = seeds[(size_t)rand_r(&rng) % nseeds];
+            size_t sl = strlen(sd) + (strstr(sd, "\\0") ? 0 : 0);
+            if (sd == seeds[10])
+                sl = 32;                 /* the one with a NUL byte inside */
+            n = 0;
+            int reps = mode == 3 ? 1 + rand_r(&rng) % 40 : 1;
+            for (int r = 0; r < reps && n + sl < sizeof buf; r++) {
+                memcpy(buf + n, sd, sl);
+                n += sl;
+            }
+            if (mode == 1)
+                for (int k = 0; k < 1 + rand_r(&rng) % 4; k++)
+                    buf[(size_t)rand_r(&rng) % n] = (char)(rand_r(&rng) & 0xff);
+            if (mode == 2)
+                n = 1 + (size_t)rand_r(&rng) % n;
+        }
+        size_t got = blast(port, buf, n, resp, sizeof resp);
+        /* every response on the connection starts with an allowed status */
+        for (char *p = resp; got && (p = strstr(p, "HTTP/1.1 ")); p += 9) {
+            int st = atoi(p + 9);
+            if (p == resp || p[-1] == '\n') {
+                if (st < 100 || st >= 600)
+                    fail_msg("iteration %d: bad status line '%.40s'", iter, p);
+                statuses[st]++;
+                answered++;
+            }
+        }
+    }
+    static const int allowed[] = {200, 400, 404, 405, 408, 411, 413, 414, 431, 503};
+    unsigned total_allowed = 0;
+    for (size_t k = 0; k < sizeof allowed / sizeof allowed[0]; k++)
+        total_allowed += statuses[allowed[k]];
+    fprintf(stderr, "fuzz: %u responses (200: %u, 400: %u, 404: %u, 405: %u, 411: %u, 413: %u, "
+                    "431: %u)\n", answered, statuses[200], statuses[400], statuses[404],
+            statuses[405], statuses[411], statuses[413], statuses[431]);
+    assert_int_equal(total_allowed, answered);
+    assert_true(statuses[200] > 0 && statuses[400] > 0);
+    /* still serving, and every hostile connection is gone */
+    char *r = tget(port, "/metrics", NULL);
+    assert_int_equal(tstatus(r), 200);
+    free(r);
+    assert_int_equal(as__service_stop(svc), 0);
+}
+
 /* Stop while clients are connected (idle, mid-request, SSE). */
 static void test_stop_with_clients(void **state)
 {
@@ -337,6 +439,7 @@ int main(void)
         cmocka_unit_test(test_promtool),
         cmocka_unit_test(test_hostile),
         cmocka_unit_test(test_connection_limit),
+        cmocka_unit_test(test_fuzz),
         cmocka_unit_test(test_stop_with_clients),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

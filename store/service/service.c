@@ -10,6 +10,8 @@
  * thread closes it and exits, and stop joins it.
  */
 #include <arpa/inet.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -319,6 +321,14 @@ static int bind_listen(as_service *svc)
 static void thread_main(void *arg)
 {
     as_service *svc = arg;
+    /* A write to a connection the client already closed raises SIGPIPE in
+     * the writing thread, whose default action ends the whole training
+     * process. Block it on this thread only (the host's disposition is left
+     * alone): the write then fails with EPIPE and the connection is closed. */
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
     uv_tcp_init(&svc->loop, &svc->listener);
     svc->listener.data = svc;
     uv_timer_init(&svc->loop, &svc->tick);
