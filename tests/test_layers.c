@@ -1,0 +1,791 @@
+/*
+ * Layers of the reference framework (layers/nn.h) running through the real
+ * activation store: every layer's forward against a double-precision
+ * reference, its backward (input and parameter gradients) against central
+ * finite differences of that reference, the kind of what it saved, and
+ * that backward released everything (no live handles left).
+ * Covers linear, conv (stride 1 and 2, with and without padding),
+ * BatchNorm, LayerNorm, ReLU / LeakyReLU / GELU, max and average pooling,
+ * dropout, softmax (causal and valid lengths), embeddings, cross-entropy,
+ * and multi-head attention with and without the causal mask (P streamed
+ * back with restore_rows and the softmax backward done by the store).
+ * Loss = sum(r * y) with random r, so the analytic gradient is the
+ * backward with dy = r.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "layers/nn.h"
+
+/* ---- harness -------------------------------------------------------------- */
+
+typedef void (*ref_fn)(const void *cfg, const double *in, double *out);
+
+static uint64_t rng_state = 7;
+static double urand(void)   /* [-1, 1) */
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+static void fill(double *d, size_t n, double s)
+{
+    for (size_t i = 0; i < n; i++)
+        d[i] = urand() * s;
+}
+static float *to_f(const double *d, size_t n)
+{
+    float *f = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++)
+        f[i] = (float)d[i];
+    return f;
+}
+
+static void check_close(const char *what, const float *got, const double *ref,
+                        size_t n, double tol)
+{
+    double scale = 1e-3, err = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        scale = fmax(scale, fabs(ref[i]));
+        err = fmax(err, fabs(got[i] - ref[i]));
+    }
+    if (err / scale > tol)
+        fail_msg("%s: max error %.3g relative to %.3g (tol %.1g)", what, err,
+                 scale, tol);
+}
+
+/* in[off .. off+n) against finite differences of sum(r * ref(in)). */
+static void check_grad(const char *what, ref_fn ref, const void *cfg,
+                       double *in, size_t nout, const double *r,
+                       const float *analytic, size_t off, size_t n)
+{
+    double *out = malloc(sizeof(double) * nout);
+    double *num = malloc(sizeof(double) * n);
+    const double h = 1e-5;
+    for (size_t i = 0; i < n; i++) {
+        double keep = in[off + i], lp = 0.0, lm = 0.0;
+        in[off + i] = keep + h;
+        ref(cfg, in, out);
+        for (size_t k = 0; k < nout; k++)
+            lp += r[k] * out[k];
+        in[off + i] = keep - h;
+        ref(cfg, in, out);
+        for (size_t k = 0; k < nout; k++)
+            lm += r[k] * out[k];
+        in[off + i] = keep;
+        num[i] = (lp - lm) / (2 * h);
+    }
+    check_close(what, analytic, num, n, 2e-3);
+    free(out);
+    free(num);
+}
+
+/* A store (default=keep), a context and a parameter list. */
+typedef struct bench {
+    as_store    *s;
+    as_nn_ctx    c;
+    as_nn_params ps;
+    uint64_t     rng;
+} bench;
+
+static void bench_init(bench *b)
+{
+    char err[256];
+    memset(b, 0, sizeof *b);
+    assert_int_equal(as_store_create(NULL, &b->s, err, sizeof err), 0);
+    as_nn_ctx_init(&b->c, b->s, 99);
+    b->rng = 5;
+    as_store_step_begin(b->s, 1);
+    as_store_phase(b->s, AS_PHASE_FORWARD);
+}
+
+/* Parameters take the values p[off ..] in list order; returns the end. */
+static size_t bench_set_params(bench *b, const double *p, size_t off)
+{
+    for (size_t i = 0; i < b->ps.n; i++) {
+        float *w = AS_NN_F(b->ps.p[i]->w);
+        for (size_t k = 0; k < b->ps.p[i]->n; k++)
+            w[k] = (float)p[off + k];
+        off += b->ps.p[i]->n;
+    }
+    return off;
+}
+
+static void bench_backward(bench *b)
+{
+    as_store_phase(b->s, AS_PHASE_BACKWARD);
+}
+
+/* Every parameter's gradient against finite differences; then nothing may
+ * be left in the store. */
+static void bench_finish(bench *b, const char *what, ref_fn ref, const void *cfg,
+                         double *p, size_t off, size_t nout, const double *r)
+{
+    char buf[128];
+    for (size_t i = 0; i < b->ps.n; i++) {
+        snprintf(buf, sizeof buf, "%s d(%s)", what, b->ps.p[i]->name);
+        check_grad(buf, ref, cfg, p, nout, r, AS_NN_F(b->ps.p[i]->g), off,
+                   b->ps.p[i]->n);
+        off += b->ps.p[i]->n;
+    }
+    as_store_stats st;
+    assert_int_equal(as_store_stats_take(b->s, &st), 0);
+    if (st.live_handles != 0)
+        fail_msg("%s: %llu saved tensors still live after backward", what,
+                 (unsigned long long)st.live_handles);
+    assert_true(st.total.saves > 0 || nout == 0 || !strncmp(what, "dropout", 7) ||
+                !strncmp(what, "avgpool", 7));
+    as_store_stats_free(&st);
+    as_store_step_end(b->s);
+    as_nn_params_free(&b->c, &b->ps);
+    as_nn_ctx_fini(&b->c);
+    as_store_destroy(b->s);
+}
+
+static void expect_kind(bench *b, as_handle h, int kind, const char *what)
+{
+    as_tensor t;
+    int k = -1;
+    assert_int_equal(as_store_describe(b->s, h, &t, &k), 0);
+    if (k != kind)
+        fail_msg("%s saved a %s, expected %s", what, as_kind_name(k),
+                 as_kind_name(kind));
+}
+
+/* ---- linear ------------------------------------------------------------------ */
+
+typedef struct { int N, in, out; } lin_cfg;
+static void lin_ref(const void *c_, const double *p, double *y)
+{
+    const lin_cfg *c = c_;
+    const double *x = p, *W = x + c->N * c->in, *b = W + c->out * c->in;
+    for (int n = 0; n < c->N; n++)
+        for (int o = 0; o < c->out; o++) {
+            double s = b[o];
+            for (int i = 0; i < c->in; i++)
+                s += x[n * c->in + i] * W[o * c->in + i];
+            y[n * c->out + o] = s;
+        }
+}
+
+static void test_linear(void **state)
+{
+    (void)state;
+    bench b;
+    bench_init(&b);
+    as_nn_linear l;
+    assert_int_equal(as_nn_linear_init(&b.c, &b.ps, &l, "fc", 5, 4, true, &b.rng), 0);
+    lin_cfg c = {3, 5, 4};
+    double p[15 + 20 + 4], r[12], yr[12];
+    fill(p, 39, 1.0);
+    fill(r, 12, 1.0);
+    bench_set_params(&b, p, 15);
+    float *x = to_f(p, 15), *rf = to_f(r, 12), y[12], dx[15];
+    assert_int_equal(as_nn_linear_fwd(&b.c, &l, 3, x, y), 0);
+    expect_kind(&b, l.hx, AS_KIND_LINEAR_INPUT, "linear");
+    memset(x, 0, 15 * sizeof *x);   /* the store holds its own copy */
+    lin_ref(&c, p, yr);
+    check_close("linear fwd", y, yr, 12, 1e-5);
+    bench_backward(&b);
+    assert_int_equal(as_nn_linear_bwd(&b.c, &l, rf, dx), 0);
+    check_grad("linear dx", lin_ref, &c, p, 12, r, dx, 0, 15);
+    bench_finish(&b, "linear", lin_ref, &c, p, 15, 12, r);
+    free(x);
+    free(rf);
+}
+
+/* ---- conv ---------------------------------------------------------------------- */
+
+static void conv_ref(const void *c_, const double *p, double *y)
+{
+    const as_op_conv_geom *g = c_;
+    const double *x = p, *W = x + (size_t)g->N * g->Cin * g->H * g->W;
+    const double *b = W + (size_t)g->Cout * g->Cin * g->kh * g->kw;
+    for (int n = 0; n < g->N; n++)
+        for (int o = 0; o < g->Cout; o++)
+            for (int oh = 0; oh < g->Ho; oh++)
+                for (int ow = 0; ow < g->Wo; ow++) {
+                    double s = b[o];
+                    for (int c = 0; c < g->Cin; c++)
+                        for (int i = 0; i < g->kh; i++)
+                            for (int j = 0; j < g->kw; j++) {
+                                int ih = oh * g->stride - g->pad + i;
+                                int iw = ow * g->stride - g->pad + j;
+                                if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W)
+                                    continue;
+                                s += x[((n * g->Cin + c) * g->H + ih) * g->W + iw] *
+                                     W[((o * g->Cin + c) * g->kh + i) * g->kw + j];
+                            }
+                    y[((n * g->Cout + o) * g->Ho + oh) * g->Wo + ow] = s;
+                }
+}
+
+static void conv_case(int N, int Cin, int H, int Cout, int k, int stride, int pad)
+{
+    bench b;
+    bench_init(&b);
+    as_nn_conv l;
+    assert_int_equal(as_nn_conv_init(&b.c, &b.ps, &l, "conv", Cin, Cout, k,
+                                     stride, pad, true, &b.rng), 0);
+    as_op_conv_geom g = {.N = N, .Cin = Cin, .H = H, .W = H, .Cout = Cout,
+                         .kh = k, .kw = k, .stride = stride, .pad = pad};
+    assert_int_equal(as_op_conv_geom_init(&g), 0);
+    size_t nx = (size_t)N * Cin * H * H, ny = (size_t)N * Cout * g.Ho * g.Wo;
+    size_t np = nx + (size_t)Cout * Cin * k * k + Cout;
+    double *p = malloc(np * sizeof *p), *r = malloc(ny * sizeof *r);
+    double *yr = malloc(ny * sizeof *yr);
+    fill(p, np, 1.0);
+    fill(r, ny, 1.0);
+    bench_set_params(&b, p, nx);
+    float *x = to_f(p, nx), *rf = to_f(r, ny), *y = malloc(ny * sizeof *y);
+    float *dx = malloc(nx * sizeof *dx);
+    char what[64];
+    snprintf(what, sizeof what, "conv %d>%d %dx%d k%d s%d p%d", Cin, Cout, H, H,
+             k, stride, pad);
+    assert_int_equal(as_nn_conv_fwd(&b.c, &l, N, H, H, x, AS_HANDLE_NULL, y), 0);
+    expect_kind(&b, l.hx, AS_KIND_CONV_INPUT, what);
+    expect_kind(&b, l.hy, AS_KIND_CONV_OUTPUT, what);
+    memset(x, 0, nx * sizeof *x);
+    conv_ref(&g, p, yr);
+    check_close(what, y, yr, ny, 1e-5);
+    bench_backward(&b);
+    assert_int_equal(as_nn_conv_bwd(&b.c, &l, rf, dx), 0);
+    check_grad(what, conv_ref, &g, p, ny, r, dx, 0, nx);
+    bench_finish(&b, what, conv_ref, &g, p, nx, ny, r);
+    free(p); free(r); free(yr); free(x); free(rf); free(y); free(dx);
+}
+
+static void test_conv(void **state)
+{
+    (void)state;
+    conv_case(2, 2, 6, 3, 3, 1, 1);   /* same padding, Cout > Cin */
+    conv_case(2, 2, 7, 3, 3, 2, 1);   /* stride 2 with padding */
+    conv_case(1, 3, 6, 2, 3, 2, 0);   /* stride 2 without padding */
+    conv_case(2, 2, 5, 2, 1, 1, 0);   /* 1x1 */
+}
+
+/* ---- normalization ---------------------------------------------------------- */
+
+typedef struct { int N, C, HW; } bn_cfg;
+static void bn_ref(const void *c_, const double *p, double *y)
+{
+    const bn_cfg *c = c_;
+    const double *x = p, *g = x + c->N * c->C * c->HW, *b = g + c->C;
+    for (int k = 0; k < c->C; k++) {
+        double m = 0, v = 0, cnt = c->N * c->HW;
+        for (int n = 0; n < c->N; n++)
+            for (int i = 0; i < c->HW; i++)
+                m += x[(n * c->C + k) * c->HW + i];
+        m /= cnt;
+        for (int n = 0; n < c->N; n++)
+            for (int i = 0; i < c->HW; i++) {
+                double d = x[(n * c->C + k) * c->HW + i] - m;
+                v += d * d;
+            }
+        v /= cnt;
+        for (int n = 0; n < c->N; n++)
+            for (int i = 0; i < c->HW; i++) {
+                size_t o = (size_t)(n * c->C + k) * c->HW + i;
+                y[o] = (x[o] - m) / sqrt(v + 1e-5) * g[k] + b[k];
+            }
+    }
+}
+
+static void test_batchnorm(void **state)
+{
+    (void)state;
+    bench b;
+    bench_init(&b);
+    as_nn_bnorm l;
+    assert_int_equal(as_nn_bnorm_init(&b.c, &b.ps, &l, "bn", 3), 0);
+    bn_cfg c = {2, 3, 6};   /* (2, 3, 2, 3) */
+    double p[36 + 6], r[36], yr[36];
+    fill(p, 42, 1.5);
+    for (int i = 0; i < 36; i++)
+        p[i] += 2.0;
+    fill(r, 36, 1.0);
+    bench_set_params(&b, p, 36);
+    float *x = to_f(p, 36), *rf = to_f(r, 36), y[36], dx[36];
+    assert_int_equal(as_nn_bnorm_fwd(&b.c, &l, 2, 2, 3, x, AS_HANDLE_NULL, y), 0);
+    expect_kind(&b, l.hx, AS_KIND_NORM_INPUT, "batchnorm");
+    memset(x, 0, sizeof(float) * 36);
+    bn_ref(&c, p, yr);
+    check_close("batchnorm fwd", y, yr, 36, 1e-5);
+    bench_backward(&b);
+    assert_int_equal(as_nn_bnorm_bwd(&b.c, &l, rf, dx), 0);
+    check_grad("batchnorm dx", bn_ref, &c, p, 36, r, dx, 0, 36);
+    /* eval mode: running statistics moved toward the batch's, nothing saved */
+    const float *rm = AS_NN_F(l.run_mean);
+    assert_true(fabsf(rm[0]) > 0.05f);
+    as_nn_ctx_train(&b.c, false);
+    assert_int_equal(as_nn_bnorm_fwd(&b.c, &l, 2, 2, 3, y, AS_HANDLE_NULL, dx), 0);
+    assert_true(as_handle_is_null(l.hx));
+    as_nn_ctx_train(&b.c, true);
+    as_nn_bnorm_fini(&b.c, &l);
+    bench_finish(&b, "batchnorm", bn_ref, &c, p, 36, 36, r);
+    free(x);
+    free(rf);
+}
+
+typedef struct { int N, C; } ln_cfg;
+static void ln_ref(const void *c_, const double *p, double *y)
+{
+    const ln_cfg *c = c_;
+    const double *x = p, *g = x + c->N * c->C, *b = g + c->C;
+    for (int n = 0; n < c->N; n++) {
+        double m = 0, v = 0;
+        for (int k = 0; k < c->C; k++)
+            m += x[n * c->C + k];
+        m /= c->C;
+        for (int k = 0; k < c->C; k++)
+            v += (x[n * c->C + k] - m) * (x[n * c->C + k] - m);
+        v /= c->C;
+        for (int k = 0; k < c->C; k++)
+            y[n * c->C + k] = (x[n * c->C + k] - m) / sqrt(v + 1e-5) * g[k] + b[k];
+    }
+}
+
+static void test_layernorm(void **state)
+{
+    (void)state;
+    bench b;
+    bench_init(&b);
+    as_nn_layernorm l;
+    assert_int_equal(as_nn_layernorm_init(&b.c, &b.ps, &l, "ln", 7), 0);
+    ln_cfg c = {4, 7};
+    double p[28 + 14], r[28], yr[28];
+    fill(p, 42, 2.0);
+    fill(r, 28, 1.0);
+    bench_set_params(&b, p, 28);
+    float *x = to_f(p, 28), *rf = to_f(r, 28), y[28], dx[28];
+    assert_int_equal(as_nn_layernorm_fwd(&b.c, &l, 4, x, y), 0);
+    expect_kind(&b, l.hx, AS_KIND_NORM_INPUT, "layernorm");
+    memset(x, 0, sizeof(float) * 28);
+    ln_ref(&c, p, yr);
+    check_close("layernorm fwd", y, yr, 28, 1e-5);
+    bench_backward(&b);
+    assert_int_equal(as_nn_layernorm_bwd(&b.c, &l, rf, dx), 0);
+    check_grad("layernorm dx", ln_ref, &c, p, 28, r, dx, 0, 28);
+    bench_finish(&b, "layernorm", ln_ref, &c, p, 28, 28, r);
+    free(x);
+    free(rf);
+}
+
+/* ---- activations, pooling, dropout ------------------------------------------ */
+
+typedef struct { int fn; float a; size_t n; const float *mask; } act_cfg;
+static void act_ref(const void *c_, const double *x, double *y)
+{
+    const act_cfg *c = c_;
+    for (size_t i = 0; i < c->n; i++) {
+        double v = x[i];
+        if (c->mask)
+            y[i] = v * c->mask[i];
+        else if (c->fn == AS_FN_GELU)
+            y[i] = 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+        else
+            y[i] = v > 0 ? v : c->a * v;
+    }
+}
+
+static void test_activations(void **state)
+{
+    (void)state;
+    const int fns[3] = {AS_FN_RELU, AS_FN_LEAKY_RELU, AS_FN_GELU};
+    const char *names[3] = {"relu", "leaky_relu", "gelu"};
+    enum { N = 48 };
+    for (int k = 0; k < 3; k++) {
+        bench b;
+        bench_init(&b);
+        as_nn_act l;
+        as_nn_act_init(&b.c, &l, names[k], fns[k], 0.1f);
+        act_cfg c = {fns[k], fns[k] == AS_FN_RELU ? 0.0f : 0.1f, N, NULL};
+        double x[N], r[N], yr[N];
+        fill(x, N, 2.0);
+        for (int i = 0; i < N; i++)
+            if (fabs(x[i]) < 1e-2)
+                x[i] = 0.5;
+        fill(r, N, 1.0);
+        float *xf = to_f(x, N), *rf = to_f(r, N), y[N], dx[N];
+        const int64_t shape[4] = {2, 3, 2, 4};
+        assert_int_equal(as_nn_act_fwd(&b.c, &l, 4, shape, xf, y), 0);
+        expect_kind(&b, l.h, fns[k] == AS_FN_GELU ? AS_KIND_ACTIVATION_INPUT
+                                                  : AS_KIND_ACTIVATION_OUTPUT,
+                    names[k]);
+        memset(xf, 0, sizeof(float) * N);
+        act_ref(&c, x, yr);
+        check_close(names[k], y, yr, N, 1e-5);
+        bench_backward(&b);
+        assert_int_equal(as_nn_act_bwd(&b.c, &l, rf, dx), 0);
+        check_grad(names[k], act_ref, &c, x, N, r, dx, 0, N);
+        bench_finish(&b, names[k], act_ref, &c, x, N, N, r);
+        free(xf);
+        free(rf);
+    }
+    /* in place, as the cnn uses it: y overwrites x */
+    bench b;
+    bench_init(&b);
+    as_nn_act l;
+    as_nn_act_init(&b.c, &l, "inplace", AS_FN_LEAKY_RELU, 0.2f);
+    float v[4] = {-1, 2, -3, 4}, d[4] = {1, 1, 1, 1};
+    const int64_t sh[1] = {4};
+    assert_int_equal(as_nn_act_fwd(&b.c, &l, 1, sh, v, v), 0);
+    assert_float_equal(v[0], -0.2f, 1e-7);
+    bench_backward(&b);
+    assert_int_equal(as_nn_act_bwd(&b.c, &l, d, d), 0);
+    assert_float_equal(d[0], 0.2f, 1e-7);
+    assert_float_equal(d[1], 1.0f, 1e-7);
+    bench_finish(&b, "inplace", act_ref, NULL, NULL, 0, 0, NULL);
+}
+
+typedef struct { int N, C, H, W, k; bool max; } pool_cfg;
+static void pool_ref(const void *c_, const double *x, double *y)
+{
+    const pool_cfg *c = c_;
+    int Ho = c->H / c->k, Wo = c->W / c->k;
+    for (int nc = 0; nc < c->N * c->C; nc++)
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++) {
+                double acc = c->max ? -1e300 : 0.0;
+                for (int i = 0; i < c->k; i++)
+                    for (int j = 0; j < c->k; j++) {
+                        double v = x[(nc * c->H + oh * c->k + i) * c->W + ow * c->k + j];
+                        acc = c->max ? fmax(acc, v) : acc + v;
+                    }
+                y[(nc * Ho + oh) * Wo + ow] = c->max ? acc : acc / (c->k * c->k);
+            }
+}
+
+static void test_pool(void **state)
+{
+    (void)state;
+    for (int m = 0; m < 2; m++) {
+        const char *what = m ? "maxpool" : "avgpool";
+        bench b;
+        bench_init(&b);
+        as_nn_pool l;
+        as_nn_pool_init(&b.c, &l, what, m == 1, 2);
+        pool_cfg c = {2, 2, 5, 6, 2, m == 1};   /* odd H: last row dropped */
+        enum { NX = 120, NY = 24 };
+        double x[NX], r[NY], yr[NY];
+        fill(x, NX, 1.0);
+        fill(r, NY, 1.0);
+        float *xf = to_f(x, NX), *rf = to_f(r, NY), y[NY], dx[NX];
+        assert_int_equal(as_nn_pool_fwd(&b.c, &l, 2, 2, 5, 6, xf, y), 0);
+        if (m)
+            expect_kind(&b, l.hidx, AS_KIND_INDEX, what);
+        else
+            assert_true(as_handle_is_null(l.hidx));   /* needs nothing */
+        pool_ref(&c, x, yr);
+        check_close(what, y, yr, NY, 1e-6);
+        bench_backward(&b);
+        assert_int_equal(as_nn_pool_bwd(&b.c, &l, rf, dx), 0);
+        check_grad(what, pool_ref, &c, x, NY, r, dx, 0, NX);
+        bench_finish(&b, what, pool_ref, &c, x, NX, NY, r);
+        free(xf);
+        free(rf);
+    }
+}
+
+static void test_dropout(void **state)
+{
+    (void)state;
+    bench b;
+    bench_init(&b);
+    b.c.step = 3;
+    as_nn_dropout l;
+    as_nn_dropout_init(&b.c, &l, "dropout", 0.25f);
+    enum { N = 64 };
+    double x[N], r[N], yr[N];
+    fill(x, N, 1.0);
+    fill(r, N, 1.0);
+    float *xf = to_f(x, N), *rf = to_f(r, N), y[N], dx[N], ones[N], mask[N];
+    assert_int_equal(as_nn_dropout_fwd(&b.c, &l, N, xf, y), 0);
+    for (int i = 0; i < N; i++)
+        ones[i] = 1.0f;
+    as_op_dropout_fwd(N, 0.25f, l.seed, ones, mask);   /* the layer's mask */
+    int dropped = 0;
+    for (int i = 0; i < N; i++)
+        dropped += mask[i] == 0.0f;
+    assert_in_range(dropped, 4, 32);
+    act_cfg c = {0, 0, N, mask};
+    act_ref(&c, x, yr);
+    check_close("dropout fwd", y, yr, N, 1e-6);
+    bench_backward(&b);
+    assert_int_equal(as_nn_dropout_bwd(&b.c, &l, rf, dx), 0);
+    check_grad("dropout dx", act_ref, &c, x, N, r, dx, 0, N);
+    /* another step: another mask; eval: identity */
+    uint64_t s3 = l.seed;
+    b.c.step = 4;
+    assert_int_equal(as_nn_dropout_fwd(&b.c, &l, N, xf, y), 0);
+    assert_true(l.seed != s3);
+    as_nn_ctx_train(&b.c, false);
+    assert_int_equal(as_nn_dropout_fwd(&b.c, &l, N, xf, y), 0);
+    assert_memory_equal(xf, y, sizeof y);
+    as_nn_ctx_train(&b.c, true);
+    bench_finish(&b, "dropout", act_ref, &c, x, N, N, r);
+    free(xf);
+    free(rf);
+}
+
+/* ---- softmax -------------------------------------------------------------------- */
+
+typedef struct { int rows, L; bool causal; const int32_t *valid; } sm_cfg;
+static void sm_ref(const void *c_, const double *x, double *y)
+{
+    const sm_cfg *c = c_;
+    for (int r = 0; r < c->rows; r++) {
+        int n = c->causal ? r % c->L + 1 : (c->valid ? c->valid[r] : c->L);
+        double m = -1e300, s = 0;
+        for (int k = 0; k < n; k++)
+            m = fmax(m, x[r * c->L + k]);
+        for (int k = 0; k < n; k++)
+            s += exp(x[r * c->L + k] - m);
+        for (int k = 0; k < c->L; k++)
+            y[r * c->L + k] = k < n ? exp(x[r * c->L + k] - m) / s : 0.0;
+    }
+}
+
+static void test_softmax(void **state)
+{
+    (void)state;
+    const int32_t valid[12] = {6, 3, 1, 6, 5, 2, 6, 4, 2, 2, 5, 1};
+    const sm_cfg cases[3] = {{12, 6, false, NULL}, {12, 6, true, NULL},
+                             {12, 6, false, valid}};
+    const char *names[3] = {"softmax", "softmax causal", "softmax valid"};
+    for (int k = 0; k < 3; k++) {
+        bench b;
+        bench_init(&b);
+        as_nn_softmax l;
+        as_nn_softmax_init(&b.c, &l, names[k]);
+        enum { N = 72 };
+        double x[N], r[N], yr[N];
+        fill(x, N, 3.0);
+        fill(r, N, 1.0);
+        float *xf = to_f(x, N), *rf = to_f(r, N), y[N], dx[N];
+        assert_int_equal(as_nn_softmax_fwd(&b.c, &l, 12, 6, cases[k].causal,
+                                           cases[k].valid, xf, y), 0);
+        expect_kind(&b, l.hy, AS_KIND_SOFTMAX_OUTPUT, names[k]);
+        sm_ref(&cases[k], x, yr);
+        check_close(names[k], y, yr, N, 1e-5);
+        bench_backward(&b);
+        assert_int_equal(as_nn_softmax_bwd(&b.c, &l, rf, dx), 0);
+        check_grad(names[k], sm_ref, &cases[k], x, N, r, dx, 0, N);
+        bench_finish(&b, names[k], sm_ref, &cases[k], x, N, N, r);
+        free(xf);
+        free(rf);
+    }
+}
+
+/* ---- embeddings, cross-entropy ---------------------------------------------------- */
+
+static const int32_t emb_tok[6] = {3, 0, 3, 1, 2, 3};
+static void emb_ref(const void *c_, const double *p, double *y)
+{
+    (void)c_;  /* B 2, T 3, C 4, V 4: wte (4, 4) then wpe (3, 4) */
+    for (int b = 0; b < 2; b++)
+        for (int t = 0; t < 3; t++)
+            for (int k = 0; k < 4; k++)
+                y[(b * 3 + t) * 4 + k] = p[emb_tok[b * 3 + t] * 4 + k] + p[16 + t * 4 + k];
+}
+
+static void test_embedding(void **state)
+{
+    (void)state;
+    bench b;
+    bench_init(&b);
+    as_nn_embed l;
+    assert_int_equal(as_nn_embed_init(&b.c, &b.ps, &l, "embed", 4, 3, 4, true,
+                                      &b.rng), 0);
+    double p[28], r[24], yr[24];
+    fill(p, 28, 1.0);
+    fill(r, 24, 1.0);
+    bench_set_params(&b, p, 0);
+    float *rf = to_f(r, 24), y[24];
+    int32_t tok[6];
+    memcpy(tok, emb_tok, sizeof tok);
+    assert_int_equal(as_nn_embed_fwd(&b.c, &l, 2, tok, y), 0);
+    expect_kind(&b, l.htok, AS_KIND_INDEX, "embed");
+    memset(tok, 0, sizeof tok);   /* saved: the caller may reuse its buffer */
+    emb_ref(NULL, p, yr);
+    check_close("embed fwd", y, yr, 24, 1e-6);
+    bench_backward(&b);
+    assert_int_equal(as_nn_embed_bwd(&b.c, &l, rf), 0);
+    bench_finish(&b, "embed", emb_ref, NULL, p, 0, 24, r);
+    /* a token outside the vocabulary is an error naming the layer */
+    bench_init(&b);
+    assert_int_equal(as_nn_embed_init(&b.c, &b.ps, &l, "embed", 4, 3, 4, true,
+                                      &b.rng), 0);
+    int32_t badtok[6] = {0, 1, 9, 0, 0, 0};
+    assert_int_equal(as_nn_embed_fwd(&b.c, &l, 2, badtok, y), AS_ERANGE);
+    assert_non_null(strstr(b.c.err, "embed"));
+    bench_finish(&b, "embed (error)", emb_ref, NULL, p, 0, 0, NULL);
+    free(rf);
+}
+
+typedef struct { int N, V; const int32_t *t; } xe_cfg;
+static void xe_ref(const void *c_, const double *x, double *y)
+{
+    const xe_cfg *c = c_;
+    double loss = 0;
+    int cnt = 0;
+    for (int i = 0; i < c->N; i++) {
+        if (c->t[i] < 0)
+            continue;
+        double m = -1e300, s = 0;
+        for (int v = 0; v < c->V; v++)
+            m = fmax(m, x[i * c->V + v]);
+        for (int v = 0; v < c->V; v++)
+            s += exp(x[i * c->V + v] - m);
+        loss += -(x[i * c->V + c->t[i]] - m - log(s));
+        cnt++;
+    }
+    y[0] = loss / cnt;
+}
+
+static void test_xent(void **state)
+{
+    (void)state;
+    bench b;
+    bench_init(&b);
+    as_nn_xent l;
+    as_nn_xent_init(&b.c, &l, "loss");
+    const int32_t t[5] = {2, 0, -1, 5, 3};
+    xe_cfg c = {5, 6, t};
+    double x[30], one[1] = {1.0}, yr;
+    fill(x, 30, 3.0);
+    float *xf = to_f(x, 30), dx[30];
+    double loss;
+    int hits;
+    assert_int_equal(as_nn_xent_fwd(&b.c, &l, 5, 6, xf, t, &loss, &hits), 0);
+    expect_kind(&b, l.hp, AS_KIND_GENERIC, "xent probabilities");
+    expect_kind(&b, l.ht, AS_KIND_INDEX, "xent targets");
+    xe_ref(&c, x, &yr);
+    assert_true(fabs(loss - yr) < 1e-5);
+    bench_backward(&b);
+    assert_int_equal(as_nn_xent_bwd(&b.c, &l, dx), 0);
+    check_grad("xent dlogits", xe_ref, &c, x, 1, one, dx, 0, 30);
+    bench_finish(&b, "xent", xe_ref, &c, x, 30, 1, one);
+    free(xf);
+}
+
+/* ---- attention (layer: qkv linear, core, output linear) ------------------------- */
+
+typedef struct { int B, T, C, NH; bool causal; } at_cfg;
+/* p: x (B*T, C), Wqkv (3C, C), bqkv (3C), Wo (C, C), bo (C). */
+static void at_ref(const void *c_, const double *p, double *y)
+{
+    const at_cfg *c = c_;
+    const int N = c->B * c->T, C = c->C, C3 = 3 * C, hd = C / c->NH;
+    const double *x = p, *Wq = x + N * C, *bq = Wq + C3 * C, *Wo = bq + C3,
+                 *bo = Wo + C * C;
+    double qkv[2 * 6 * 24], o[2 * 6 * 8], s[6];
+    assert_true(N * C3 <= (int)(sizeof qkv / sizeof qkv[0]) && c->T <= 6);
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < C3; j++) {
+            double a = bq[j];
+            for (int i = 0; i < C; i++)
+                a += x[n * C + i] * Wq[j * C + i];
+            qkv[n * C3 + j] = a;
+        }
+    const double sc = 1.0 / sqrt(hd);
+    for (int b = 0; b < c->B; b++)
+        for (int h = 0; h < c->NH; h++)
+            for (int t = 0; t < c->T; t++) {
+                const double *q = qkv + (b * c->T + t) * C3 + h * hd;
+                int n = c->causal ? t + 1 : c->T;
+                double m = -1e300, z = 0;
+                for (int u = 0; u < n; u++) {
+                    const double *k = qkv + (b * c->T + u) * C3 + C + h * hd;
+                    double d = 0;
+                    for (int i = 0; i < hd; i++)
+                        d += q[i] * k[i];
+                    s[u] = d * sc;
+                    m = fmax(m, s[u]);
+                }
+                for (int u = 0; u < n; u++)
+                    z += (s[u] = exp(s[u] - m));
+                for (int i = 0; i < hd; i++) {
+                    double acc = 0;
+                    for (int u = 0; u < n; u++)
+                        acc += s[u] / z * qkv[(b * c->T + u) * C3 + 2 * C + h * hd + i];
+                    o[(b * c->T + t) * C + h * hd + i] = acc;
+                }
+            }
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < C; j++) {
+            double a = bo[j];
+            for (int i = 0; i < C; i++)
+                a += o[n * C + i] * Wo[j * C + i];
+            y[n * C + j] = a;
+        }
+}
+
+static void attn_case(bool causal)
+{
+    const char *what = causal ? "attention causal" : "attention";
+    bench b;
+    bench_init(&b);
+    as_nn_attn l;
+    assert_int_equal(as_nn_attn_init(&b.c, &b.ps, &l, "attn", 8, 2, causal,
+                                     &b.rng), 0);
+    at_cfg c = {2, 5, 8, 2, causal};
+    enum { NX = 80, NP = 80 + 192 + 24 + 64 + 8 };
+    double p[NP], r[NX], yr[NX];
+    fill(p, NP, 0.8);
+    fill(r, NX, 1.0);
+    assert_int_equal(bench_set_params(&b, p, NX), NP);
+    float *x = to_f(p, NX), *rf = to_f(r, NX), y[NX], dx[NX];
+    assert_int_equal(as_nn_attn_fwd(&b.c, &l, 2, 5, x, y), 0);
+    expect_kind(&b, l.hP, AS_KIND_SOFTMAX_OUTPUT, what);
+    expect_kind(&b, l.hqkv, AS_KIND_ATTENTION_INPUT, what);
+    expect_kind(&b, l.qkv.hx, AS_KIND_LINEAR_INPUT, what);
+    expect_kind(&b, l.proj.hx, AS_KIND_LINEAR_INPUT, what);
+    as_tensor ps;
+    int kind;
+    assert_int_equal(as_store_describe(b.s, l.hP, &ps, &kind), 0);
+    assert_int_equal(ps.ndim, 4);     /* (B, NH, T, T) */
+    assert_int_equal(ps.shape[1], 2);
+    assert_int_equal(ps.shape[3], 5);
+    memset(x, 0, sizeof(float) * NX);
+    at_ref(&c, p, yr);
+    check_close(what, y, yr, NX, 1e-5);
+    bench_backward(&b);
+    assert_int_equal(as_nn_attn_bwd(&b.c, &l, rf, dx), 0);
+    check_grad(what, at_ref, &c, p, NX, r, dx, 0, NX);
+    bench_finish(&b, what, at_ref, &c, p, NX, NX, r);
+    free(x);
+    free(rf);
+}
+
+static void test_attention(void **state)
+{
+    (void)state;
+    attn_case(false);
+    attn_case(true);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_linear),
+        cmocka_unit_test(test_conv),
+        cmocka_unit_test(test_batchnorm),
+        cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_activations),
+        cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_dropout),
+        cmocka_unit_test(test_softmax),
+        cmocka_unit_test(test_embedding),
+        cmocka_unit_test(test_xent),
+        cmocka_unit_test(test_attention),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
