@@ -7,6 +7,20 @@
  * (conv_input, which aliases the previous activation's saved output when
  * the input is that output); BatchNorm's input aliases the conv output; so
  * with keep every tensor is held once.
+ *
+ * LeakyReLU chain (act_fn = AS_FN_LEAKY_RELU, owned by the conv inversion
+ * component): the activation output names its source through the
+ * invertible function, so the store can rebuild the conv output from it
+ * (policy "inverse", implicit for conv outputs under conv_input=invert):
+ *   without BatchNorm  z = leaky(y):  source y (conv_output), fn leaky;
+ *   with BatchNorm     b = a*y + bb (the batch's affine, gamma != 0) is
+ *                      saved as activation_input with source y (fn affine)
+ *                      and z = leaky(b) names b its source; b's handle is
+ *                      released at once (its item lives while y needs it).
+ *                      Rules "norm_input=inverse; activation_input=inverse"
+ *                      then rebuild y and b instead of keeping them.
+ * With convs in a row, conv input l+1 is z_l (rebuilt by inversion from
+ * y_{l+1}), so a stack keeps only its top activation and the frames.
  */
 #include "layers/model.h"
 
@@ -29,6 +43,7 @@ typedef struct cnn {
     as_nn_xent loss;
     int B, Hs[MAXL], feat;
     int32_t *labels;
+    float *aff[MAXL];     /* leaky + BN chain: (scale, shift) per channel */
 } cnn;
 
 #define TRY(expr)                 \
@@ -46,6 +61,55 @@ static int act_alloc(as_nn_ctx *c, size_t n, uint16_t id, as_block *b)
 static int grad_alloc(as_nn_ctx *c, size_t n, uint16_t id, as_block *b)
 {
     return as_nn_alloc(c, n * sizeof(float), AS_TAG_WORKSPACE, id, false, b);
+}
+
+/* LeakyReLU in place on y, saving its output with `src` as its source
+ * through `src_fn` (as as_nn_act_fwd does, plus the relation). */
+static int leaky_fwd_chained(as_nn_ctx *c, as_nn_act *l, const int64_t shape[4],
+                             float *y, as_handle src)
+{
+    l->ndim = 4;
+    l->n = 1;
+    for (int i = 0; i < 4; i++) {
+        l->shape[i] = shape[i];
+        l->n *= (size_t)shape[i];
+    }
+    as_op_leaky_fwd(l->n, l->alpha, y, y);
+    as_save_info info = {.kind = AS_KIND_ACTIVATION_OUTPUT, .layer = l->name,
+                         .source = src};
+    info.meta.act = (as_elementwise){.fn = AS_FN_LEAKY_RELU, .alpha = l->alpha};
+    info.source_fn = info.meta.act;
+    as_tensor t = as_nn_tensor(y, AS_F32, 4, shape);
+    return as_nn_save(c, &info, &t, &l->h);
+}
+
+/* BatchNorm's output b = a*y + bb as an item whose source is y (affine),
+ * for the chain; the model keeps (a, bb) valid until the step ends. */
+static int bn_link(as_nn_ctx *c, cnn *m, int li, int N, int H, const float *b,
+                   as_handle *hb)
+{
+    as_nn_bnorm *bn = &m->bn[li];
+    *hb = AS_HANDLE_NULL;
+    if (as_handle_is_null(bn->hstat) || as_handle_is_null(bn->hx))
+        return 0;   /* no-grad */
+    const void *stv;
+    int rc = as_nn_view(c, bn->hstat, bn->name, &stv);
+    if (rc)
+        return rc;
+    const float *mean = stv, *invstd = (const float *)stv + bn->C;
+    const float *g = AS_NN_F(bn->g->w), *beta = AS_NN_F(bn->b->w);
+    float *a = m->aff[li], *bb = a + bn->C;
+    for (int ch = 0; ch < bn->C; ch++) {   /* as in as_op_batchnorm_fwd */
+        a[ch] = invstd[ch] * g[ch];
+        bb[ch] = beta[ch] - mean[ch] * a[ch];
+    }
+    as_save_info info = {.kind = AS_KIND_ACTIVATION_INPUT, .layer = m->act[li].name,
+                         .source = bn->hx};
+    info.meta.act = (as_elementwise){.fn = AS_FN_AFFINE, .scale = a, .shift = bb,
+                                     .channels = bn->C, .inner = (int64_t)H * H};
+    info.source_fn = info.meta.act;
+    as_tensor t = AS_NN_T(b, AS_F32, N, bn->C, H, H);
+    return as_nn_save(c, &info, &t, hb);
 }
 
 static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
@@ -76,7 +140,19 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
             }
             /* activation in place: its saved output is the next input */
             const int64_t shape[4] = {N, Co, H, H};
-            TRY(as_nn_act_fwd(c, &m->act[li], 4, shape, AS_NN_F(y), AS_NN_F(y)));
+            if (m->cfg.act_fn == AS_FN_LEAKY_RELU && c->training) {
+                as_handle src = m->conv[li].hy, hb = AS_HANDLE_NULL;
+                if (m->cfg.batchnorm) {
+                    TRY(bn_link(c, m, li, N, H, AS_NN_F(y), &hb));
+                    src = hb;
+                }
+                rc = leaky_fwd_chained(c, &m->act[li], shape, AS_NN_F(y), src);
+                as_nn_release(c, &hb);
+                if (rc)
+                    goto out;
+            } else {
+                TRY(as_nn_act_fwd(c, &m->act[li], 4, shape, AS_NN_F(y), AS_NN_F(y)));
+            }
             cur = y;
             y = (as_block){0};
             in = AS_NN_F(cur);
@@ -154,8 +230,10 @@ out:
 static void cnn_destroy(as_nn_model *m_, as_nn_ctx *c)
 {
     cnn *m = (cnn *)m_;
-    for (int i = 0; i < m->nconv; i++)
+    for (int i = 0; i < m->nconv; i++) {
         as_nn_bnorm_fini(c, &m->bn[i]);
+        free(m->aff[i]);
+    }
     as_nn_params_free(c, &m->base.params);
     free(m->base.bufs);
     free(m);
@@ -194,6 +272,11 @@ int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
             if (cfg->batchnorm) {
                 snprintf(name, sizeof name, "stages.%d.bn%d", s, k);
                 TRY(as_nn_bnorm_init(c, &m->base.params, &m->bn[li], name, w));
+                if (cfg->act_fn == AS_FN_LEAKY_RELU &&
+                    !(m->aff[li] = malloc(sizeof(float) * 2 * (size_t)w))) {
+                    rc = as_nn_fail(c, AS_ENOMEM, "cnn: BN affine");
+                    goto out;
+                }
             }
             snprintf(name, sizeof name, "stages.%d.act%d", s, k);
             as_nn_act_init(c, &m->act[li], name, cfg->act_fn, cfg->alpha);

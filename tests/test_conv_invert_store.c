@@ -489,6 +489,8 @@ static void run_chain(int act_fn, bool *all_dropped)
     for (int i = 0; i < L; i++) {
         frames += (uint64_t)n * ch[i] * (2 * W + 2 * (H - 2)) * sizeof(float) +
                   (uint64_t)ch[i + 1] * sizeof(float);
+        if (i)   /* aliased inputs: sign bitmap, 1 bit per value */
+            frames += ((uint64_t)n * ch[i] * H * W + 63) / 64 * 8;
         ys += ylen(&l[i]) * sizeof(float);
     }
     if (ci.stored_live != frames)
@@ -514,6 +516,21 @@ static void run_chain(int act_fn, bool *all_dropped)
         const double tol = 1e-4 * pow(act_fn == AS_FN_RELU ? 1.0 : 1.0 / alpha,
                                       links > 0 ? links - 1 : 0);
         restore_check(s, hz[i], x[i + 1], yl, tol, NULL);
+        {   /* the activation's derivative mask (y > 0) is exact */
+            float *zr = malloc(sizeof(float) * yl);
+            as_tensor d = {.data = zr, .dtype = AS_F32, .ndim = 4,
+                           .shape = {n, ch[i + 1], H, W}};
+            assert_int_equal(as_store_restore(s, hz[i], &d), 0);
+            size_t bad = 0, zeros = 0;
+            for (size_t k = 0; k < yl; k++) {
+                bad += (zr[k] > 0) != (x[i + 1][k] > 0);
+                zeros += x[i + 1][k] == 0 && zr[k] == 0;
+            }
+            assert_int_equal(bad, 0);
+            if (act_fn == AS_FN_RELU)   /* ReLU zeros come back exactly */
+                assert_true(zeros * 3 > yl);
+            free(zr);
+        }
         restore_check(s, hy[i], y[i], yl, 10 * tol, NULL);
         float *xr = malloc(sizeof(float) * xl);
         as_tensor d = {.data = xr, .dtype = AS_F32, .ndim = 4,

@@ -39,6 +39,7 @@
  * and the restore (true in training: the optimizer runs after backward),
  * and weight_version bumped whenever they change.
  */
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -76,6 +77,8 @@ typedef struct inv_state {
     size_t       nnz;
     void        *frame;         /* raw floats, or bitmap then values */
     float       *bias;          /* copy (Cout) or NULL */
+    int          nonneg;        /* no x < 0: clamp the rebuilt values at 0 */
+    uint64_t    *pos;           /* bitmap of x > 0 (aliased inputs) or NULL */
 } inv_state;
 
 /* ---- params --------------------------------------------------------------- */
@@ -325,6 +328,28 @@ static int inv_encode(as_pctx *ctx, const void *params,
             memcpy(st->frame, raw, nfl * sizeof(float));
         }
     }
+    /* Signs. The rebuilt values are off by the reconstruction error, so
+     * entries near 0 may land on the wrong side: harmless for the weight
+     * gradient, but an input that is also an activation's saved output
+     * (alias_of) gives that activation's backward its derivative mask
+     * (ReLU, LeakyReLU: y > 0), which must be exact. Such inputs keep a
+     * bitmap of x > 0 (1 bit per value); and an input with no negative
+     * value (images, ReLU and pooled ReLU outputs) is clamped at 0, which
+     * also restores its zeros exactly. */
+    const size_t nx = as_tensor_numel(t) > 0 ? (size_t)as_tensor_numel(t) : 0;
+    const float *xv = t->data;
+    st->nonneg = 1;
+    for (size_t i = 0; i < nx && st->nonneg; i++)
+        st->nonneg = !(xv[i] < 0);
+    if (!as_handle_is_null(info->alias_of) && nx) {
+        rc = as_pctx_alloc(ctx, bitmap_bytes(nx), (void **)&st->pos);
+        if (rc < 0)
+            goto fail;
+        memset(st->pos, 0, bitmap_bytes(nx));
+        for (size_t i = 0; i < nx; i++)
+            if (xv[i] > 0)
+                st->pos[i / 64] |= 1ull << (i % 64);
+    }
     if (m->bias) {
         rc = as_pctx_alloc(ctx, sizeof(float) * m->cout, (void **)&st->bias);
         if (rc < 0)
@@ -349,6 +374,26 @@ fail:
 }
 
 /* ---- restore -------------------------------------------------------------- */
+
+/* Put rebuilt values back on the side of 0 they were saved on (see the
+ * encode): a value that must be > 0 and is not becomes FLT_MIN, one that
+ * must be <= 0 and is not becomes 0 (in both cases the true value is
+ * within the reconstruction error of 0). */
+static void fix_signs(const inv_state *st, float *x, size_t n)
+{
+    if (st->pos) {
+        for (size_t i = 0; i < n; i++) {
+            const int p = (int)((st->pos[i / 64] >> (i % 64)) & 1);
+            if (p && !(x[i] > 0))
+                x[i] = FLT_MIN;
+            else if (!p && x[i] > 0)
+                x[i] = 0.0f;
+        }
+    }
+    if (st->nonneg)
+        for (size_t i = 0; i < n; i++)
+            x[i] = x[i] > 0 ? x[i] : 0.0f;
+}
 
 static int inv_decode(as_pctx *ctx, const void *params, void *state,
                       as_tensor *dst)
@@ -401,6 +446,8 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
     if (rc == 0)
         e->restores++;
     pthread_mutex_unlock(&e->mu);
+    if (rc == 0)
+        fix_signs(st, dst->data, (size_t)as_tensor_numel(dst));
     if (rc == AS_EFALLBACK) {
         /* Cannot happen for a version accepted at save unless the weights
          * changed under the same version. */
