@@ -44,7 +44,8 @@ static int decode_into(as_store *s, as_item *it, as_rep *r, as_tensor *dst)
     uint64_t t0 = as__now_ns();
     int rc = 0;
     if (r->ops->view) {
-        memcpy(dst->data, r->view.data, it->bytes);
+        if (it->bytes)   /* an empty tensor may have no data at all */
+            memcpy(dst->data, r->view.data, it->bytes);
     } else if (!r->ops->decode) {
         as__seterr(s, "restore (layer %s): policy %s cannot decode",
                    lname(s, r), r->ops->name);
@@ -241,7 +242,8 @@ int as_store_restore(as_store *s, as_handle h, as_tensor *dst)
     } else if (via_mat(s, it, r)) {
         const as_tensor *v;
         if ((rc = as__borrow(s, it, &v)) == 0) {
-            memcpy(dst->data, v->data, it->bytes);
+            if (it->bytes)
+                memcpy(dst->data, v->data, it->bytes);
             as__unborrow(s, it);
         }
     } else {
@@ -359,8 +361,9 @@ int as_store_restore_rows(as_store *s, as_handle h, int64_t row0,
         } else {
             const as_tensor *v;
             if ((rc = as__borrow(s, it, &v)) == 0) {
-                memcpy(dst, (const float *)v->data + row0 * n,
-                       (size_t)(nrows * n) * sizeof(float));
+                if (nrows > 0 && n > 0)
+                    memcpy(dst, (const float *)v->data + row0 * n,
+                           (size_t)(nrows * n) * sizeof(float));
                 as__unborrow(s, it);
             }
         }

@@ -127,7 +127,7 @@ static int encode_plan(as_store *s, as_item *it, as_handle h, as_groups g,
         if (rc == 0) {
             as_rep *r = *out;
             if (first_name) {
-                char reason[200];
+                char reason[224];
                 snprintf(reason, sizeof reason, "%s: %s", first_name,
                          first_why);
                 as_groups fg = g;
