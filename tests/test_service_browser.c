@@ -72,7 +72,7 @@ static cJSON *cdp_wait(cdp *c, int id, double timeout_s)
     double t0 = proc_now_s();
     for (;;) {
         char *nul;
-        while ((nul = memchr(c->buf, 0, c->len))) {
+        while (c->len && (nul = memchr(c->buf, 0, c->len))) {
             cJSON *m = cJSON_Parse(c->buf);
             size_t used = (size_t)(nul - c->buf) + 1;
             memmove(c->buf, c->buf + used, c->len - used);
