@@ -335,6 +335,8 @@ void as__render_timeline(as_service *svc, uint64_t since, as__sb *b)
         SERIES("resident", p->resident);
         SERIES("saved_raw", p->saved_raw);
         SERIES("saved_stored", p->saved_stored);
+        SERIES("saved_raw_peak", p->saved_raw_peak);
+        SERIES("saved_stored_peak", p->saved_stored_peak);
         SERIES("step", p->step);
         SERIES("phase", p->phase);
         as__sb_puts(b, ",\"tags\":{");
@@ -410,7 +412,13 @@ void as__render_trace(as_service *svc, as__sb *b)
         as__sb_jstr(b, svc->labels[i]);
         as__sb_puts(b, "}}");
     }
+    /* marks taken from the arena's ring may predate the service */
     uint64_t origin = svc->start_ns;
+    for (size_t k = 0; k < svc->mk_count; k++) {
+        const as__svc_mark *m = &svc->marks[(svc->mk_head + svc->mk_cap - svc->mk_count + k) % svc->mk_cap];
+        if (m->t_ns < origin)
+            origin = m->t_ns;
+    }
     for (size_t j = 0; j < svc->tl_count; j++) {
         size_t slot = as__tl_slot(svc, j);
         double ts = as__ns_to_s(svc->tl_t[slot], origin) * 1e6;

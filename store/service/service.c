@@ -214,6 +214,8 @@ static void timeline_append(as_service *svc)
         if (v->has_store) {
             p->saved_raw = v->store.total.raw_live;
             p->saved_stored = v->store.total.stored_live;
+            p->saved_raw_peak = v->store.total.raw_peak;
+            p->saved_stored_peak = v->store.total.stored_peak;
             for (size_t k = 0; k < AS_KIND_COUNT; k++)
                 p->kind_stored[k] = v->store.kinds[k].stored_live;
             p->step = v->store.step;

@@ -76,6 +76,7 @@ int as__service_start_with(const as_service_config *cfg,
 typedef struct as__svc_point {
     uint64_t live, peak, resident;
     uint64_t saved_raw, saved_stored;
+    uint64_t saved_raw_peak, saved_stored_peak;   /* per step */
     uint64_t tags[AS_TAG_FIXED_COUNT];
     uint64_t kind_stored[AS_KIND_COUNT];
     uint64_t step;

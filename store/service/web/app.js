@@ -79,7 +79,8 @@
     showAll: {},       /* store index -> show every layer (polls the snapshot) */
     fullLayers: {},
   };
-  const COLS = ['live', 'peak', 'resident', 'saved_raw', 'saved_stored', 'step', 'phase'];
+  const COLS = ['live', 'peak', 'resident', 'saved_raw', 'saved_stored', 'saved_raw_peak',
+                'saved_stored_peak', 'step', 'phase'];
 
   function resetTimeline(labels) {
     S.seq = 0; S.t = []; S.marks = [];
@@ -294,6 +295,8 @@
       series: S.stores.flatMap((st, i) => [
         { label: (multi ? st.label + ' ' : '') + 'live', color: storeColor(i), width: 2,
           fill: multi ? undefined : 'rgba(92,200,255,0.10)', get: () => st.cols.live },
+        { label: (multi ? st.label + ' ' : '') + 'step peak', color: storeColor(i), dash: [1, 3],
+          width: 1.4, get: () => st.cols.peak },
         { label: (multi ? st.label + ' ' : '') + 'resident', color: storeColor(i), dash: [6, 4],
           width: 1.2, get: () => st.cols.resident },
       ]),
@@ -305,6 +308,8 @@
           fill: multi ? undefined : 'rgba(92,200,255,0.12)', get: () => st.cols.saved_stored },
         { label: (multi ? st.label + ' ' : '') + 'raw (keep)', color: storeColor(i), dash: [6, 4],
           width: 1.2, get: () => st.cols.saved_raw },
+        { label: (multi ? st.label + ' ' : '') + 'stored step peak', color: storeColor(i), dash: [1, 3],
+          width: 1.4, get: () => st.cols.saved_stored_peak },
       ]),
     }));
     S.stores.forEach((st, i) => {
