@@ -38,6 +38,8 @@ static const char *const usage_text =
     "  --epochs E       train E epochs instead (may be fractional)\n"
     "  --batch B        batch size (images, or text windows)\n"
     "  --lr X           peak learning rate\n"
+    "  --act A          cnn: relu or leaky (LeakyReLU, so conv inversion chains)\n"
+    "  --convs N        cnn: stride-1 convs per stage (1..5)\n"
     "  --seed S         seed of initialisation, data order, dropout (default 1)\n"
     "  --threads T      OpenBLAS threads (default 1; 0 = OpenBLAS's choice)\n"
     "  --eval-every N   also evaluate every N steps (eval_curve in the JSON)\n"
@@ -183,7 +185,8 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
 int as_cmd_train(int argc, char **argv)
 {
     const char *model = NULL, *policy = NULL, *preset = "small", *json = NULL;
-    const char *serve = NULL, *data_dir = NULL, *text_dir = NULL;
+    const char *serve = NULL, *data_dir = NULL, *text_dir = NULL, *act = NULL;
+    unsigned long long convs = 0;
     bool serve_remote = false, quiet = false;
     unsigned long long steps = 0, batch = 0, seed = 1, threads = 1, evev = 0;
     double epochs = 0, lr = 0;
@@ -222,6 +225,8 @@ int as_cmd_train(int argc, char **argv)
         else if (!strcmp(a, "--seed")) bad = as_cli_parse_u64("train", a, v, &seed);
         else if (!strcmp(a, "--threads")) bad = as_cli_parse_u64("train", a, v, &threads);
         else if (!strcmp(a, "--eval-every")) bad = as_cli_parse_u64("train", a, v, &evev);
+        else if (!strcmp(a, "--act")) act = v;
+        else if (!strcmp(a, "--convs")) bad = as_cli_parse_u64("train", a, v, &convs);
         else return as_cli_usage("train", "unknown option '%s'", a);
         if (bad)
             return AS_EXIT_USAGE;
@@ -262,6 +267,16 @@ int as_cmd_train(int argc, char **argv)
         p.batch = (int)batch;
     if (have_lr)
         p.lr = (float)lr;
+    if ((act || convs) && strcmp(model, "cnn"))
+        return as_cli_usage("train", "--act and --convs apply to --model cnn");
+    if (act && strcmp(act, "relu") && strcmp(act, "leaky"))
+        return as_cli_usage("train", "--act '%s': expected relu or leaky", act);
+    if (act)
+        p.cnn.act_fn = strcmp(act, "leaky") ? AS_FN_RELU : AS_FN_LEAKY_RELU;
+    if (convs && (convs > 5 || (long)convs * p.cnn.nstages > 16))
+        return as_cli_usage("train", "--convs %llu out of range 1..5", convs);
+    if (convs)
+        p.cnn.convs = (int)convs;
 
     /* The command owns the store so that a service can watch it. */
     as_store *store = NULL;
