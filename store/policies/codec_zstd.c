@@ -23,6 +23,8 @@
  * under the workspace tag (ZSTD_customMem).
  */
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -295,10 +297,12 @@ static void tab_init(void)
     have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
 }
 
+static _Atomic bool force_portable;   /* testing hook */
+
 static bool use_avx2(void)
 {
     pthread_once(&tab_once, tab_init);
-    return have_avx2;
+    return have_avx2 && !atomic_load_explicit(&force_portable, memory_order_relaxed);
 }
 
 __attribute__((target("avx2,popcnt")))
@@ -665,7 +669,18 @@ const as_policy_ops as_policy_zstd = {
     .decode_rows = zstd_rows,
 };
 
-/* Testing hook (quant.h). */
+/* Testing hooks (quant.h). */
+bool as__zstd_portable(bool on)
+{
+#if ZS_X86
+    bool old = atomic_exchange(&force_portable, on);
+    return old;
+#else
+    (void)on;
+    return true;
+#endif
+}
+
 uint8_t *as__zstd_frame_bytes(void *state, size_t i, size_t *len)
 {
     zhdr *h = state;

@@ -22,6 +22,7 @@
 #ifndef AS_STORE_POLICIES_QUANT_H
 #define AS_STORE_POLICIES_QUANT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -134,6 +135,9 @@ void as__quant_decode(const as_qgroup *groups, const uint8_t *codes,
 /* codec_zstd.c: the compressed bytes of frame i of an encoded zstd state
  * (NULL past the end), so tests can corrupt a blob. */
 uint8_t *as__zstd_frame_bytes(void *state, size_t i, size_t *len);
+/* codec_zstd.c: use the portable zero-mask split/join instead of the AVX2
+ * one (both must give the same bytes); returns the previous setting. */
+bool as__zstd_portable(bool on);
 
 /* offload.c: make the next offload fail with errno err at stage 1 (creating
  * the file: synchronous fallback) or 2 (the background write); and wait
