@@ -21,6 +21,15 @@
 #define HIST 64   /* sparkline points per store */
 #define MAX_STORES 16
 
+/* Per-step peaks reset when a step begins, so right after a boundary they
+ * read 0. Live mode shows the larger of this step's peak so far and the
+ * previous step's final peak (as the dashboard does). */
+#define HELD_MAX 2048
+typedef struct held {
+    char   key[96];
+    double step, raw, stored, praw, pstored;
+} held;
+
 typedef struct top_state {
     const char *addr;
     int         layers;              /* top layers shown */
@@ -33,7 +42,61 @@ typedef struct top_state {
     as_client_sse *sse;
     bool        tty_open, quit;
     int         end_rc;
+    held        held[HELD_MAX];
+    int         nheld;
 } top_state;
+
+static void hold(top_state *st, int si, const char *group, const char *name, double step,
+                 double *raw, double *stored)
+{
+    char key[96];
+    snprintf(key, sizeof key, "%d/%s/%s", si, group, name);
+    held *h = NULL;
+    for (int i = 0; i < st->nheld && !h; i++)
+        if (!strcmp(st->held[i].key, key))
+            h = &st->held[i];
+    if (!h) {
+        if (st->nheld == HELD_MAX)
+            return;
+        h = &st->held[st->nheld++];
+        snprintf(h->key, sizeof h->key, "%s", key);
+        h->step = step;
+        h->raw = *raw;
+        h->stored = *stored;
+        h->praw = h->pstored = 0;
+    }
+    if (step != h->step) {
+        h->praw = h->raw;
+        h->pstored = h->stored;
+        h->step = step;
+        h->raw = *raw;
+        h->stored = *stored;
+    } else if (*raw >= h->raw) {
+        h->raw = *raw;
+        h->stored = *stored;
+    }
+    if (h->praw > h->raw) {
+        *raw = h->praw;
+        *stored = h->pstored;
+    } else {
+        *raw = h->raw;
+        *stored = h->stored;
+    }
+}
+
+typedef struct row {
+    const cJSON *j;
+    double raw, stored;
+} row;
+
+static int cmp_row(const void *a, const void *b)
+{
+    const row *x = a, *y = b;
+    if (x->raw != y->raw)
+        return x->raw < y->raw ? 1 : -1;
+    return strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(x->j, "name")),
+                  cJSON_GetStringValue(cJSON_GetObjectItem(y->j, "name")));
+}
 
 static double num(const cJSON *o, const char *k)
 {
@@ -103,8 +166,10 @@ static void render(FILE *f, top_state *st, const cJSON *stores, bool color)
             fputc('\n', f);
         }
         const cJSON *sv = cJSON_GetObjectItem(s, "saved");
+        double step = num(s, "step");
         if (sv) {
             double raw = num(sv, "raw_peak_bytes"), sto = num(sv, "stored_peak_bytes");
+            hold(st, si, "total", "", step, &raw, &sto);
             ratio_str(raw, sto, r, sizeof r);
             char d[32];
             as_cli_human_bytes(raw > sto ? raw - sto : sto - raw, d, sizeof d);
@@ -115,21 +180,30 @@ static void render(FILE *f, top_state *st, const cJSON *stores, bool color)
                     "ratio", "saves", "fallbacks", R);
             const cJSON *k;
             cJSON_ArrayForEach(k, cJSON_GetObjectItem(s, "kinds")) {
-                ratio_str(num(k, "raw_peak_bytes"), num(k, "stored_peak_bytes"), r, sizeof r);
-                fprintf(f, "  %-20s %10s %10s %7s %8.0f %9.0f\n", str(k, "name"),
-                        hb(num(k, "raw_peak_bytes"), b1), hb(num(k, "stored_peak_bytes"), b2), r,
-                        num(k, "saves"), num(k, "fallbacks"));
+                double kr = num(k, "raw_peak_bytes"), ks = num(k, "stored_peak_bytes");
+                hold(st, si, "kind", str(k, "name"), step, &kr, &ks);
+                ratio_str(kr, ks, r, sizeof r);
+                fprintf(f, "  %-20s %10s %10s %7s %8.0f %9.0f\n", str(k, "name"), hb(kr, b1),
+                        hb(ks, b2), r, num(k, "saves"), num(k, "fallbacks"));
             }
             fprintf(f, "  %s%-28s %-14s %10s %10s %7s %9s%s\n", D, "top layers", "policy",
                     "raw peak", "stored", "ratio", "fallbacks", R);
+            static row rows[1024];
             int n = 0;
             cJSON_ArrayForEach(k, cJSON_GetObjectItem(s, "layers")) {
-                if (n++ >= st->layers)
+                if (n == 1024)
                     break;
-                ratio_str(num(k, "raw_peak_bytes"), num(k, "stored_peak_bytes"), r, sizeof r);
-                fprintf(f, "  %-28.28s %-14.14s %10s %10s %7s %9.0f\n", str(k, "name"),
-                        str(k, "policy"), hb(num(k, "raw_peak_bytes"), b1),
-                        hb(num(k, "stored_peak_bytes"), b2), r, num(k, "fallbacks"));
+                rows[n] = (row){k, num(k, "raw_peak_bytes"), num(k, "stored_peak_bytes")};
+                hold(st, si, "layer", str(k, "name"), step, &rows[n].raw, &rows[n].stored);
+                n++;
+            }
+            qsort(rows, (size_t)n, sizeof *rows, cmp_row);
+            for (int i = 0; i < n && i < st->layers; i++) {
+                const cJSON *l = rows[i].j;
+                ratio_str(rows[i].raw, rows[i].stored, r, sizeof r);
+                fprintf(f, "  %-28.28s %-14.14s %10s %10s %7s %9.0f\n", str(l, "name"),
+                        str(l, "policy"), hb(rows[i].raw, b1), hb(rows[i].stored, b2), r,
+                        num(l, "fallbacks"));
             }
         }
         fputc('\n', f);
