@@ -415,6 +415,69 @@ static void test_fuzz(void **state)
     assert_int_equal(as__service_stop(svc), 0);
 }
 
+/* A client pipelining thousands of requests without reading the answers
+ * is dropped before the queued responses grow without bound; a request
+ * trickling in a byte at a time gets 408 at the idle deadline. */
+static void test_flood_and_slowloris(void **state)
+{
+    (void)state;
+    as_service_config cfg = {.sse_queue_limit = 256 * 1024, .idle_timeout_ms = 800};
+    as_service *svc = fake_start(&cfg, srcs, 2);
+    assert_non_null(svc);
+    int port = as_service_port(svc);
+    uint64_t mem0 = as__svc_memory();
+
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct timeval tv = {0, 200000};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    uint64_t peak = 0;
+    for (int i = 0; i < 5000; i++) {
+        if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) <= 0)
+            break;                       /* dropped (reset) or buffers full */
+        uint64_t m = as__svc_memory();
+        peak = m > peak ? m : peak;
+    }
+    usleep(200000);
+    as_service_stats st;
+    as_service_get_stats(svc, &st);
+    fprintf(stderr, "flood: service memory %.1f MiB at most (%.1f MiB before), %llu dropped\n",
+            peak / 1048576.0, mem0 / 1048576.0, (unsigned long long)st.sse_dropped);
+    assert_true(st.sse_dropped >= 1);
+    assert_true(peak < mem0 + 16u * 1024 * 1024);   /* 5000 answers would be ~150 MiB */
+    close(fd);
+
+    /* slowloris: one byte every 150 ms never completes a request */
+    fd = tconnect(port);
+    static const char slow[] = "GET /metrics HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    double t0 = (double)fake_now_ns() * 1e-9;
+    char resp[512] = "";
+    for (size_t i = 0; i < sizeof slow - 1; i++) {
+        if (send(fd, slow + i, 1, MSG_NOSIGNAL) <= 0)
+            break;
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        if (poll(&pf, 1, 150) > 0) {
+            ssize_t r = recv(fd, resp, sizeof resp - 1, 0);
+            resp[r > 0 ? r : 0] = 0;
+            break;
+        }
+    }
+    double waited = (double)fake_now_ns() * 1e-9 - t0;
+    fprintf(stderr, "slowloris: '%.30s' after %.2f s\n", resp, waited);
+    assert_int_equal(tstatus(resp), 408);
+    assert_true(waited < 3.0);
+    close(fd);
+    char *r = tget(port, "/metrics", NULL);
+    assert_int_equal(tstatus(r), 200);
+    free(r);
+    assert_int_equal(as__service_stop(svc), 0);
+}
+
 /* Stop while clients are connected (idle, mid-request, SSE). */
 static void test_stop_with_clients(void **state)
 {
@@ -442,6 +505,7 @@ int main(void)
         cmocka_unit_test(test_hostile),
         cmocka_unit_test(test_connection_limit),
         cmocka_unit_test(test_fuzz),
+        cmocka_unit_test(test_flood_and_slowloris),
         cmocka_unit_test(test_stop_with_clients),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

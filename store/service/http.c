@@ -43,6 +43,7 @@ struct as__conn {
     bool         sse, draining, closing, in_message;
     unsigned     pending;            /* writes in flight */
     uint64_t     last_active_ns, drain_since_ns, backlog_since_ns;
+    uint64_t     msg_start_ns;       /* first byte of the current request */
     uv_shutdown_t shut;
 };
 
@@ -317,11 +318,12 @@ void as__http_sweep(as_service *svc)
         if (c->draining) {
             if (now - c->drain_since_ns > 2000000000ull)
                 conn_close(c);
+        } else if (!c->sse && c->in_message && now - c->msg_start_ns > idle) {
+            /* a request trickling in (slowloris) gets the same deadline as
+             * an idle connection, however often it sends a byte */
+            respond_error(c, 408, "request not completed in time");
         } else if (!c->sse && now - c->last_active_ns > idle) {
-            if (c->in_message)
-                respond_error(c, 408, "request not completed in time");
-            else
-                conn_close(c);
+            conn_close(c);
         }
     }
 }
@@ -428,6 +430,7 @@ static int cb_begin(llhttp_t *p)
     c->field_done = c->has_cl = c->has_te = c->cl_nonzero = false;
     c->reject = 0;
     c->in_message = true;
+    c->msg_start_ns = now_ns();
     return 0;
 }
 
@@ -500,6 +503,16 @@ static int cb_complete(llhttp_t *p)
     c->in_message = false;
     bool keep = llhttp_should_keep_alive(p);
     bool sse = route(c, p->method == HTTP_HEAD, keep);
+    /* Pipelined requests from a client that does not read its responses
+     * would queue without bound (a memory attack on the training process):
+     * past 4x the SSE queue limit the client is dropped like a slow SSE
+     * reader. The queue only grows once the kernel's buffers are full. */
+    if (!sse && !c->closing &&
+        uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 4 * c->svc->cfg.sse_queue_limit) {
+        AS__STAT_ADD(c->svc, AS__ST_DROPPED, 1);
+        conn_close(c);
+        return HPE_PAUSED;
+    }
     if (sse || !keep || c->draining || c->closing)
         return HPE_PAUSED;   /* parse nothing more on this connection */
     return 0;

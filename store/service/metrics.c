@@ -221,7 +221,7 @@ static void service_metrics(as_service *svc, as__sb *b)
         {"actstore_service_connections", "gauge", "Open HTTP connections."},
         {"actstore_service_sse_clients", "gauge", "Connected event-stream clients."},
         {"actstore_service_requests_total", "counter", "HTTP requests served."},
-        {"actstore_service_sse_dropped_total", "counter", "Event-stream clients dropped for being slow."},
+        {"actstore_service_sse_dropped_total", "counter", "Clients dropped for not reading (slow event-stream readers, pipelining floods)."},
         {"actstore_service_ticks_total", "counter", "Sampling ticks of the service."},
     };
     const uint64_t vals[] = {st.memory_bytes, st.connections_open, st.sse_clients,
