@@ -95,6 +95,11 @@
     const n = doc.t ? doc.t.length : 0;
     const labels = (doc.stores || []).map(s => s.label);
     if (labels.join('\u0001') !== S.stores.map(s => s.label).join('\u0001')) resetTimeline(labels);
+    if (S.seq && doc.seq < S.seq) {      /* the service restarted: start over */
+      resetTimeline(labels);
+      held.clear();
+      return false;
+    }
     if (!n) return true;
     const first = doc.seq - n + 1;
     if (S.seq && first > S.seq + 1) return false;        /* gap */
