@@ -311,6 +311,59 @@ static void test_connection_limit(void **state)
     assert_int_equal(as__service_stop(svc), 0);
 }
 
+/* Names with quotes, backslashes, newlines, control and invalid UTF-8
+ * bytes come out as valid JSON and valid Prometheus text. */
+static const char weird_name[] = "we\"ird\\la\nyer\x01\xff\xc3(\xc3\xa9\xe2\x82";
+
+static int weird_take(void *ud, size_t i, uint64_t since, as__svc_view *v)
+{
+    int rc = fake_take(ud, i, since, v);
+    if (!rc && v->store.nlayers) {
+        free((char *)v->store.layers[v->store.nlayers - 1].name);   /* the largest */
+        v->store.layers[v->store.nlayers - 1].name = strdup(weird_name);
+    }
+    return rc;
+}
+
+static void test_names_escaped(void **state)
+{
+    (void)state;
+    fake_src src[1] = {{.nlayers = 5}};
+    as__svc_provider prov = {weird_take, fake_release, src};
+    const char *labels[] = {"arm \"A\"\\1\xfe"};
+    as_service *svc = NULL;
+    char err[256];
+    assert_int_equal(as__service_start_with(NULL, labels, 1, &prov, &svc, err, sizeof err), 0);
+    int port = as_service_port(svc);
+    cJSON *j = get_json(port, "/api/v1/snapshot");
+    cJSON *st = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "stores"), 0);
+    assert_string_equal(cJSON_GetObjectItem(st, "label")->valuestring, "arm \"A\"\\1\xef\xbf\xbd");
+    cJSON *l0 = cJSON_GetArrayItem(cJSON_GetObjectItem(st, "layers"), 0);
+    assert_string_equal(cJSON_GetObjectItem(l0, "name")->valuestring,
+                        "we\"ird\\la\nyer\x01\xef\xbf\xbd\xef\xbf\xbd(\xc3\xa9\xef\xbf\xbd\xef\xbf\xbd");
+    cJSON_Delete(j);
+    j = get_json(port, "/api/v1/timeline");
+    cJSON_Delete(j);
+    j = get_json(port, "/api/v1/trace");
+    cJSON_Delete(j);
+    char *r = tget(port, "/metrics", NULL);
+    assert_int_equal(tstatus(r), 200);
+    const char *m = tbody(r);
+    assert_non_null(strstr(m, "{store=\"arm \\\"A\\\"\\\\1\xef\xbf\xbd\",layer=\"we\\\"ird\\\\la\\nyer"));
+    char path[] = "/tmp/as_metrics_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, m, strlen(m)), (ssize_t)strlen(m));
+    close(fd);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "promtool check metrics < %s", path);
+    int rc = system(cmd);
+    unlink(path);
+    free(r);
+    assert_int_equal(rc, 0);
+    assert_int_equal(as__service_stop(svc), 0);
+}
+
 /* Send raw bytes, half-close, read what comes back until EOF (bounded). */
 static size_t blast(int port, const char *data, size_t n, char *resp, size_t cap)
 {
@@ -505,6 +558,7 @@ int main(void)
         cmocka_unit_test(test_hostile),
         cmocka_unit_test(test_connection_limit),
         cmocka_unit_test(test_fuzz),
+        cmocka_unit_test(test_names_escaped),
         cmocka_unit_test(test_flood_and_slowloris),
         cmocka_unit_test(test_stop_with_clients),
     };

@@ -118,6 +118,38 @@ void as__sb_dbl(as__sb *b, double v)
     as__sb_printf(b, "%.9g", v);
 }
 
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 if it is not one.
+ * Names come from the framework and may hold any bytes; JSON and the
+ * Prometheus format both require UTF-8, so invalid bytes become U+FFFD. */
+static size_t utf8_len(const unsigned char *p)
+{
+    unsigned c = p[0];
+    if (c < 0x80)
+        return 1;
+    size_t n;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else
+        return 0;
+    if (p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF)
+            return 0;
+    return n;
+}
+
+static const char replacement[] = "\xEF\xBF\xBD";   /* U+FFFD */
+
 void as__sb_jstr(as__sb *b, const char *s)
 {
     as__sb_put(b, "\"", 1);
@@ -130,7 +162,12 @@ void as__sb_jstr(as__sb *b, const char *s)
             } else if (c < 0x20) {
                 as__sb_printf(b, "\\u%04x", c);
             } else {
-                as__sb_put(b, (const char *)p, 1);
+                size_t n = utf8_len(p);
+                if (n)
+                    as__sb_put(b, (const char *)p, n);
+                else
+                    as__sb_put(b, replacement, 3);
+                p += n ? n - 1 : 0;
             }
         }
     }
@@ -147,7 +184,12 @@ void as__sb_plabel(as__sb *b, const char *s)
             as__sb_put(b, "\\n", 2);
             continue;
         }
-        as__sb_put(b, p, 1);
+        size_t n = utf8_len((const unsigned char *)p);
+        if (n)
+            as__sb_put(b, p, n);
+        else
+            as__sb_put(b, replacement, 3);
+        p += n ? n - 1 : 0;
     }
     as__sb_put(b, "\"", 1);
 }
