@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# actstore train: usage errors (exit 2), data errors (exit 1, naming the path
+# and the package), the JSON fields of the issue, bit-for-bit identical loss
+# curves for the same seed, plain progress lines when not on a terminal,
+# and actstore bench layers' JSON. Small preset, a few steps: seconds.
+set -u
+BIN=${1:?usage: cli_train.sh path/to/actstore}
+T=$(mktemp -d /tmp/as_cli_train.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fails=0; passes=0
+ok() { passes=$((passes+1)); }
+bad() { echo "FAIL: $*"; fails=$((fails+1)); }
+expect() { # expect CODE -- args...
+  local want=$1; shift
+  "$BIN" "$@" >"$T/out" 2>"$T/err"
+  local got=$?
+  if [[ $got -ne $want ]]; then
+    bad "actstore $* exited $got, expected $want: $(head -c 300 "$T/err")"
+  else
+    ok
+  fi
+}
+expect 0 train --help
+expect 2 train
+expect 2 train --model cnn
+expect 2 train --policy default=keep
+expect 2 train --model rnn --policy default=keep
+expect 2 train --model cnn --policy default=keep --preset huge
+expect 2 train --model cnn --policy "default=nosuch" --steps 1
+grep -q "nosuch" "$T/err" && ok || bad "bad policy message: $(cat "$T/err")"
+expect 2 train --model cnn --policy default=keep --steps 0
+expect 2 train --model cnn --policy default=keep --steps 3 --epochs 1
+expect 2 train --model cnn --policy default=keep --lr -1
+expect 2 train --model cnn --policy default=keep --steps abc
+expect 2 train --model cnn --policy default=keep --frobnicate 1
+expect 1 train --model cnn --policy default=keep --steps 2 --data-dir "$T/none"
+grep -q "$T/none/train-images-idx3-ubyte.gz" "$T/err" && grep -q "dataset-fashion-mnist" "$T/err" \
+  && ok || bad "missing data message: $(cat "$T/err")"
+expect 1 train --model lm --policy default=keep --steps 2 --text-dir "$T/none"
+grep -q "fortunes" "$T/err" && ok || bad "missing text message: $(cat "$T/err")"
+
+# JSON fields, and determinism through the command
+for run in a b; do
+  expect 0 train --model vit --policy "default=keep" --steps 6 --seed 7 --json "$T/$run.json"
+done
+expect 0 train --model vit --policy "default=keep" --steps 6 --seed 8 --json "$T/c.json"
+python3 - "$T" <<'EOF' && ok || bad "train JSON checks"
+import json, sys
+t = sys.argv[1]
+a, b, c = (json.load(open(f"{t}/{r}.json")) for r in "abc")
+for k in ["model", "policy", "seed", "steps", "loss_curve", "final_train_loss",
+          "eval", "memory", "time"]:
+    assert k in a, k
+m = a["memory"]
+for k in ["saved_stored_peak_bytes", "saved_raw_peak_bytes", "by_kind",
+          "arena_peak_bytes", "rss_peak_bytes"]:
+    assert k in m, k
+assert "softmax_output" in m["by_kind"], m["by_kind"].keys()
+for kind in m["by_kind"].values():
+    assert kind["stored_peak_bytes"] >= 0 and kind["raw_peak_bytes"] > 0
+assert m["saved_stored_peak_bytes"] == m["saved_raw_peak_bytes"] > 0   # keep
+assert m["arena_peak_bytes"] >= m["saved_stored_peak_bytes"]
+assert m["rss_peak_bytes"] > m["arena_peak_bytes"]
+assert a["time"]["step_ms_median"] > 0 and a["time"]["total_s"] > 0
+assert 0 <= a["eval"]["accuracy"] <= 1 and a["eval"]["loss"] > 0
+assert a["model"] == "vit" and a["seed"] == 7 and a["steps"] == 6
+assert [p[0] for p in a["loss_curve"]] == list(range(1, 7))
+assert a["loss_curve"] == b["loss_curve"], "same seed, different losses"
+assert a["loss_curve"] != c["loss_curve"], "different seed, same losses"
+assert a["eval"] == b["eval"]
+EOF
+
+# lm: held-out loss instead of accuracy; plain progress lines off a terminal
+expect 0 train --model lm --policy "softmax=keep; default=keep" --steps 3 --json -
+python3 -c "
+import json,sys; j=json.load(open('$T/out'))
+assert 'accuracy' not in j['eval'] and j['eval']['loss'] > 0, j['eval']
+" && ok || bad "lm JSON on stdout"
+grep -q "^step 1/3 loss" "$T/err" && ! grep -q $'\r' "$T/err" && ok \
+  || bad "plain progress lines: $(head -c 300 "$T/err")"
+
+# bench layers: its JSON has conv and matmul next to sgemm
+expect 0 bench layers --reps 1 --json "$T/bl.json"
+python3 -c "
+import json; j=json.load(open('$T/bl.json'))
+assert j['sgemm_peak']['gflops'] > 0
+assert len(j['conv']) >= 3 and len(j['matmul']) == 8
+for c in j['conv']: assert c['fwd_gflops'] > 0 and c['fwd_sgemm_gflops'] > 0
+assert j['conv_total']['fwd_over_peak'] > 0
+" && ok || bad "bench layers JSON"
+expect 2 bench layers --reps 0
+
+echo "$passes passed, $fails failed"
+[[ $fails -eq 0 ]]
