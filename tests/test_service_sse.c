@@ -7,6 +7,8 @@
 #include <cmocka.h>
 #include <cjson/cJSON.h>
 
+#include <sys/resource.h>
+
 #include "test_service_util.h"
 #include "client/client.h"
 
@@ -185,6 +187,19 @@ static void many_check(uv_timer_t *t)
 static void test_500_clients(void **state)
 {
     (void)state;
+    /* 500 clients and 500 server sides are 1000+ descriptors in this one
+     * process: many machines default to a soft limit of 1024 */
+    struct rlimit rl;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_cur < 2 * NCLIENTS + 100) {
+        rl.rlim_cur = rl.rlim_max < 4096 ? rl.rlim_max : 4096;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < 2 * NCLIENTS + 100)
+        fail_msg("need %d file descriptors for %d clients, the hard limit is %llu "
+                 "(raise it: ulimit -Hn)", 2 * NCLIENTS + 100, NCLIENTS,
+                 (unsigned long long)rl.rlim_max);
     fake_src src[1] = {{.nlayers = 5}};
     as_service *svc = fake_start(NULL, src, 1);
     assert_non_null(svc);
