@@ -53,7 +53,9 @@ typedef struct as_service_config {
                                     "127.0.0.1:0" (port chosen by the OS) */
     bool        allow_remote;    /* required to bind a non-loopback address
                                     (a warning is printed to stderr) */
-    unsigned    max_connections; /* default 1024; beyond: 503 and close */
+    unsigned    max_connections; /* default: a quarter of the process's
+                                    descriptor limit, 16..1024; beyond:
+                                    503 and close */
     unsigned    max_header_bytes;/* request line + headers; default 8192;
                                     beyond: 431 and close */
     unsigned    tick_hz;         /* sampling and SSE rate; default 10, 1..50 */

@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -391,7 +392,15 @@ int as__service_start_with(const as_service_config *cfg,
     if (nsrc < 1 || nsrc > 16)
         return set_err(err, errlen, AS_EINVAL, "need 1..16 sources, got %zu", nsrc);
     as_service_config c = cfg ? *cfg : (as_service_config){0};
-    if (!c.max_connections) c.max_connections = 1024;
+    if (!c.max_connections) {
+        /* the service shares the training process's descriptors: by default
+         * it takes at most a quarter of them (a data loader or the offload
+         * policy must still be able to open files) */
+        struct rlimit rl;
+        rlim_t q = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+                       ? rl.rlim_cur / 4 : 1024;
+        c.max_connections = q < 16 ? 16 : q > 1024 ? 1024 : (unsigned)q;
+    }
     if (!c.max_header_bytes) c.max_header_bytes = 8192;
     if (!c.tick_hz) c.tick_hz = 10;
     if (!c.heartbeat_ms) c.heartbeat_ms = 5000;
