@@ -131,9 +131,13 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     float *b = malloc(sizeof(float) * s->cout), *fr = malloc(sizeof(float) * (fl + 1));
     float *ws = malloc(sizeof(float) * as_op_conv_workspace(&og));
     double *tf = malloc(sizeof(double) * reps), *ti = malloc(sizeof(double) * reps);
+    double *ts = malloc(sizeof(double) * reps);
+    as__conv_inv *cs = NULL;   /* a second solver for the streaming restore */
+    double stream = NAN, cond_ms = NAN, serr = NAN;
+    int adjoint = 0;
     as__conv_inv *ci = NULL;
     int rc = -1;
-    if (!x || !xr || !y || !w || !b || !fr || !ws || !tf || !ti)
+    if (!x || !xr || !y || !w || !b || !fr || !ws || !tf || !ti || !ts)
         goto out;
     const double sd = sqrt(2.0 / (s->cin * s->k * s->k));
     for (size_t i = 0; i < wl; i++) w[i] = (float)(sd * nrand());
@@ -176,6 +180,34 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
         inv = median(ti, reps);
         as__conv_inv_stats st;
         as__conv_inv_get_stats(ci, &st);
+        /* What the policy does per training step: the condition check at
+         * save (once per version), then a restore that factors inside. */
+        if (as__conv_inv_create(&g, &cfg, &cs, why, sizeof why))
+            goto out;
+        for (int r = 0; r < reps; r++) {
+            if (as__conv_inv_condition(cs, w, (uint64_t)r + 1, NULL, NULL, 0))
+                goto out;
+            double t0 = now_ms();
+            if (as__conv_inv_restore_stream(cs, w, (uint64_t)r + 1, s->n, y, b, fr, xr, NULL, 0))
+                goto out;
+            ts[r] = now_ms() - t0;
+        }
+        stream = median(ts, reps);
+        as__conv_inv_stats ss;
+        as__conv_inv_get_stats(cs, &ss);
+        cond_ms = ss.cond_ms;
+        adjoint = ss.adjoint > 0;
+        {
+            double e = 0, m = 0;
+            for (size_t i = 0; i < xl; i++) {
+                e = fmax(e, fabs((double)xr[i] - x[i]));
+                m = fmax(m, fabs((double)x[i]));
+            }
+            serr = e / m;
+        }
+        /* xr back to the cached restore's output for the error below */
+        if (as__conv_inv_restore(ci, s->n, y, b, fr, xr))
+            goto out;
         cJSON *ph = cJSON_AddObjectToObject(res, "invert_phases_ms");
         static const char *const names[] = {"build", "fft", "solve", "ifft", "crop"};
         for (int i = 0; i < 5; i++)
@@ -206,25 +238,34 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     NUM_OR_NULL("invert_ms", inv);
     NUM_OR_NULL("ratio", inv / fwd);
     NUM_OR_NULL("factor_ms", factor_ms);
+    NUM_OR_NULL("stream_ms", stream);
+    NUM_OR_NULL("stream_ratio", stream / fwd);
+    NUM_OR_NULL("cond_ms", cond_ms);
+    NUM_OR_NULL("stream_max_rel_err", serr);
     NUM_OR_NULL("max_rel_err", err);
     NUM_OR_NULL("cond", cond);
 #undef NUM_OR_NULL
     cJSON_AddBoolToObject(res, "fallback", fallback);
+    if (!fallback)
+        cJSON_AddStringToObject(res, "stream_path", adjoint ? "adjoint" : "direct");
     if (fallback)
         cJSON_AddStringToObject(res, "reason", why);
     cJSON_AddNumberToObject(res, "stored_bytes", stored);
     cJSON_AddNumberToObject(res, "raw_bytes", raw);
     cJSON_AddNumberToObject(res, "stored_over_raw", stored / raw);
     cJSON_AddNumberToObject(res, "factor_cache_bytes", (double)cache);
-    printf("n %2d  %2d->%-2d  %2dx%-2d  k%d p%d  fwd %8.2f ms  inv %8.2f ms  ratio %5.2f  "
-           "factor %8.1f ms  err %.1e  cond %.3g  stored/raw %.3f%s%s\n",
+    printf("n %2d  %2d->%-2d  %2dx%-2d  k%d p%d  fwd %7.2f  inv %7.2f (x%5.2f)  "
+           "stream %7.2f (x%5.2f, %s)  factor %6.1f  cond-check %6.1f ms  err %.1e/%.1e  "
+           "cond %.3g  stored/raw %.3f%s%s\n",
            s->n, s->cin, s->cout, s->h, s->h, s->k, s->pad, fwd, inv, inv / fwd,
-           factor_ms, err, cond, stored / raw, fallback ? "  FALLBACK: " : "",
-           fallback ? why : "");
+           stream, stream / fwd, adjoint ? "adj" : "dir", factor_ms, cond_ms, err, serr,
+           cond, stored / raw, fallback ? "  FALLBACK: " : "", fallback ? why : "");
     fflush(stdout);
     rc = 0;
 out:
     as__conv_inv_destroy(ci);
+    as__conv_inv_destroy(cs);
+    free(ts);
     free(x); free(xr); free(y); free(w); free(b); free(fr); free(ws); free(tf); free(ti);
     return rc;
 }

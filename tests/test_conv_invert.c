@@ -346,6 +346,56 @@ static void test_factor_cached_per_version(void **state)
     as__conv_inv_destroy(ci);
 }
 
+/* The streaming restore: the direct path (Cout < 2 Cin) gives the same
+ * bits as the cached factor; the adjoint path (Cout >= 2 Cin, small cond)
+ * is within tolerance; shapes with Cin = 1, odd sizes, k 3/5, pad 0/1/2. */
+static void test_stream_paths(void **state)
+{
+    (void)state;
+    static const int shapes[][7] = {   /* n cin h w cout k pad */
+        {5, 1, 28, 28, 16, 3, 1}, {4, 3, 11, 9, 6, 3, 0}, {3, 4, 13, 10, 8, 5, 2},
+        {2, 8, 7, 7, 16, 3, 1},   {4, 4, 10, 12, 6, 3, 1}, {3, 2, 9, 11, 12, 5, 0},
+    };
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const int *s = shapes[t];
+        as__conv_geom g = geom(s[1], s[2], s[3], s[4], s[5], s[6]);
+        const int n = s[0], ho = as__conv_out_h(&g), wo = as__conv_out_w(&g);
+        as__conv_inv *ci = NULL, *cs = NULL;
+        assert_int_equal(as__conv_inv_create(&g, NULL, &ci, NULL, 0), 0);
+        assert_int_equal(as__conv_inv_create(&g, NULL, &cs, NULL, 0), 0);
+        float *w = rand_weights(&g), *x = rand_input(&g, n);
+        const size_t xl = (size_t)n * g.cin * g.h * g.w;
+        float *xa = malloc(sizeof(float) * xl), *xb = malloc(sizeof(float) * xl);
+        float *y = malloc(sizeof(float) * (size_t)n * g.cout * ho * wo);
+        float *frame = malloc(sizeof(float) * ((size_t)n * g.cin * as__conv_frame_len(&g) + 1));
+        float bias[32];
+        for (int o = 0; o < g.cout; o++)
+            bias[o] = (float)(0.1 * nrand());
+        conv_ref(&g, n, x, w, bias, y);
+        as__conv_frame_extract(&g, n, x, frame);
+        assert_int_equal(as__conv_inv_prepare(ci, w, 1, NULL, NULL, 0), 0);
+        assert_int_equal(as__conv_inv_restore(ci, n, y, bias, frame, xa), 0);
+        char why[160];
+        assert_int_equal(as__conv_inv_restore_stream(cs, w, 1, n, y, bias, frame, xb,
+                                                     why, sizeof why), 0);
+        as__conv_inv_stats st;
+        as__conv_inv_get_stats(cs, &st);
+        const int adj = g.cout >= 2 * g.cin && st.cond <= AS__CIV_ADJ_COND;
+        if (getenv("AS_VERBOSE"))
+            printf("stream %zu: cond %.3g adjoint %d err %.3g (cached %.3g)\n", t, st.cond,
+                   adj, max_rel_err(xb, x, xl), max_rel_err(xa, x, xl));
+        assert_int_equal(st.streamed, 1);
+        assert_int_equal(st.adjoint, (uint64_t)adj);
+        assert_int_equal(st.cache_bytes, 0);
+        assert_true(max_rel_err(xb, x, xl) <= 1e-4);
+        if (!adj)
+            assert_memory_equal(xa, xb, sizeof(float) * xl);
+        free(w); free(x); free(xa); free(xb); free(y); free(frame);
+        as__conv_inv_destroy(ci);
+        as__conv_inv_destroy(cs);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -355,6 +405,7 @@ int main(void)
         cmocka_unit_test(test_weight_gradient_from_rebuilt_input),
         cmocka_unit_test(test_not_applicable),
         cmocka_unit_test(test_factor_cached_per_version),
+        cmocka_unit_test(test_stream_paths),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -46,6 +46,7 @@ struct as__conv_inv {
     uint64_t version;
     float *m;              /* (P*Qh, 2, Cin, Cout) */
     float *wt;             /* weights as (kh, kw, Cout, Cin) */
+    float *wa;             /* weights as (kh, kw, Cin, Cout): adjoint path */
     char reject[160];
     as__conv_inv_stats st;
 };
@@ -158,6 +159,7 @@ int as__conv_inv_create(const as__conv_geom *g, const as__conv_inv_cfg *cfg,
     ci->g = *g;
     ci->cfg.cond_max = cfg && cfg->cond_max > 0 ? cfg->cond_max : 1e4;
     ci->cfg.eps_rel = cfg && cfg->eps_rel >= 0 ? cfg->eps_rel : 1e-14;
+    ci->cfg.no_adjoint = cfg ? cfg->no_adjoint : 0;
     ci->ho = as__conv_out_h(g);
     ci->wo = as__conv_out_w(g);
     ci->dh = g->kh - 1 - g->pad_h;
@@ -175,7 +177,8 @@ int as__conv_inv_create(const as__conv_geom *g, const as__conv_inv_cfg *cfg,
         return AS_ENOMEM;
     }
     ci->wt = malloc(sizeof(float) * (size_t)g->kh * g->kw * g->cout * g->cin);
-    if (!ci->wt) {
+    ci->wa = malloc(sizeof(float) * (size_t)g->kh * g->kw * g->cout * g->cin);
+    if (!ci->wt || !ci->wa) {
         as__conv_inv_destroy(ci);
         return AS_ENOMEM;
     }
@@ -193,6 +196,7 @@ void as__conv_inv_destroy(as__conv_inv *ci)
     as__civ_fft_free(&ci->iq);
     free(ci->m);
     free(ci->wt);
+    free(ci->wa);
     free(ci);
 }
 
@@ -244,16 +248,19 @@ int as__conv_inv_condition(as__conv_inv *ci, const float *w, uint64_t version,
     return ci->cond_state == 2 ? reject(ci, why, whylen) : 0;
 }
 
-/* Weights as (kh, kw, Cout, Cin) for the border build. */
+/* Weights as (kh, kw, Cout, Cin) for the border build and as (kh, kw,
+ * Cin, Cout) for the adjoint. */
 static void set_wt(as__conv_inv *ci, const float *w)
 {
     const as__conv_geom *g = &ci->g;
     for (int u = 0; u < g->kh; u++)
         for (int v = 0; v < g->kw; v++)
             for (int o = 0; o < g->cout; o++)
-                for (int c = 0; c < g->cin; c++)
-                    ci->wt[(((size_t)u * g->kw + v) * g->cout + o) * g->cin + c] =
-                        w[(((size_t)o * g->cin + c) * g->kh + u) * g->kw + v];
+                for (int c = 0; c < g->cin; c++) {
+                    const float x = w[(((size_t)o * g->cin + c) * g->kh + u) * g->kw + v];
+                    ci->wt[(((size_t)u * g->kw + v) * g->cout + o) * g->cin + c] = x;
+                    ci->wa[(((size_t)u * g->kw + v) * g->cin + c) * g->cout + o] = x;
+                }
 }
 
 int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
@@ -420,88 +427,134 @@ static void restore_pointwise(const as__conv_inv *ci, int n, const float *y,
         }
 }
 
-/* The border of F (outside the Y window): correlation of W with the frame,
- * held in xg ([H][W][re|im][Cin][NB], zero off the frame). One accumulator
- * per (point, re|im, output channel, 8 lanes) runs over all taps and input
- * channels. */
+/* The border points of grid row a of F (outside the Y window): the
+ * correlation of W with the frame. xf holds the frame pixels, one planar
+ * element each ([re|im][Cin][NB]); fidx maps pixel r*W+q to its element or
+ * -1. One accumulator per (point, re|im, 4 output channels, 8 lanes) runs
+ * over all taps and input channels. R: the row, element b at R + b*Eo. */
 AS__CIV_CLONES
-static void build_border(const as__conv_inv *ci, const float *xg, float *F, int NB)
+static void border_row(const as__conv_inv *ci, const float *xf, const int *fidx,
+                       int a, float *R, int NB)
 {
     const as__conv_geom *g = &ci->g;
     const int H = g->h, W = g->w, kh = g->kh, kw = g->kw;
     const int cin = g->cin, cout = g->cout;
     const size_t Bi = (size_t)cin * NB, Bo = (size_t)cout * NB;
-    const int Pl = H + kh - 1, Ql = W + kw - 1;
+    const int Ql = W + kw - 1;
+    const int in_rows = a - ci->dh >= 0 && a - ci->dh < ci->ho;
     const float *taps[256];
     const float *wtap[256];
-    for (int a = 0; a < Pl; a++) {
-        const int in_rows = a - ci->dh >= 0 && a - ci->dh < ci->ho;
-        for (int b = 0; b < Ql; b++) {
-            if (in_rows && b - ci->dw >= 0 && b - ci->dw < ci->wo) {
-                b = ci->dw + ci->wo - 1;   /* jump over the window */
-                continue;
-            }
-            int nt = 0;
-            for (int u = 0; u < kh; u++) {
-                const int r = a - (kh - 1) + u;
-                if (r < 0 || r >= H)
-                    continue;
-                for (int v = 0; v < kw; v++) {
-                    const int q = b - (kw - 1) + v;
-                    if (q < 0 || q >= W)
-                        continue;
-                    const int frame_px = r < ci->top || r >= H - ci->bot ||
-                                         q < ci->left || q >= W - ci->right;
-                    if (!frame_px)
-                        continue;   /* zero in xg */
-                    taps[nt] = xg + ((size_t)r * W + q) * 2 * Bi;
-                    wtap[nt] = ci->wt + ((size_t)u * kw + v) * cout * cin;
-                    nt++;
-                }
-            }
-            float *fe = F + ((size_t)a * ci->Q + b) * 2 * Bo;
-            for (int ri = 0; ri < 2; ri++)
-                for (int l0 = 0; l0 < NB; l0 += 8) {
-                    int o = 0;
-                    for (; o + 4 <= cout; o += 4) {
-                        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                        for (int t = 0; t < nt; t++) {
-                            const float *w0 = wtap[t] + (size_t)o * cin;
-                            const float *src = taps[t] + ri * Bi + l0;
-                            for (int c = 0; c < cin; c++) {
-                                const v8 xv = ld8(src + (size_t)c * NB);
-                                a0 += w0[c] * xv;
-                                a1 += w0[cin + c] * xv;
-                                a2 += w0[2 * cin + c] * xv;
-                                a3 += w0[3 * cin + c] * xv;
-                            }
-                        }
-                        float *d = fe + ri * Bo + (size_t)o * NB + l0;
-                        st8(d, a0);
-                        st8(d + NB, a1);
-                        st8(d + 2 * NB, a2);
-                        st8(d + 3 * NB, a3);
-                    }
-                    for (; o < cout; o++) {
-                        v8 acc = {0};
-                        for (int t = 0; t < nt; t++) {
-                            const float *w0 = wtap[t] + (size_t)o * cin;
-                            const float *src = taps[t] + ri * Bi + l0;
-                            for (int c = 0; c < cin; c++)
-                                acc += w0[c] * ld8(src + (size_t)c * NB);
-                        }
-                        st8(fe + ri * Bo + (size_t)o * NB + l0, acc);
-                    }
-                }
+    for (int b = 0; b < Ql; b++) {
+        if (in_rows && b - ci->dw >= 0 && b - ci->dw < ci->wo) {
+            b = ci->dw + ci->wo - 1;   /* jump over the window */
+            continue;
         }
+        int nt = 0;
+        for (int u = 0; u < kh; u++) {
+            const int r = a - (kh - 1) + u;
+            if (r < 0 || r >= H)
+                continue;
+            for (int v = 0; v < kw; v++) {
+                const int q = b - (kw - 1) + v;
+                if (q < 0 || q >= W || fidx[r * W + q] < 0)
+                    continue;   /* off the image, or not a frame pixel (0) */
+                taps[nt] = xf + (size_t)fidx[r * W + q] * 2 * Bi;
+                wtap[nt] = ci->wt + ((size_t)u * kw + v) * cout * cin;
+                nt++;
+            }
+        }
+        float *fe = R + (size_t)b * 2 * Bo;
+        if (!nt)
+            continue;   /* stays 0 */
+        for (int ri = 0; ri < 2; ri++)
+            for (int l0 = 0; l0 < NB; l0 += 8) {
+                int o = 0;
+                for (; o + 4 <= cout; o += 4) {
+                    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                    for (int t = 0; t < nt; t++) {
+                        const float *w0 = wtap[t] + (size_t)o * cin;
+                        const float *src = taps[t] + ri * Bi + l0;
+                        for (int c = 0; c < cin; c++) {
+                            const v8 xv = ld8(src + (size_t)c * NB);
+                            a0 += w0[c] * xv;
+                            a1 += w0[cin + c] * xv;
+                            a2 += w0[2 * cin + c] * xv;
+                            a3 += w0[3 * cin + c] * xv;
+                        }
+                    }
+                    float *d = fe + ri * Bo + (size_t)o * NB + l0;
+                    st8(d, a0);
+                    st8(d + NB, a1);
+                    st8(d + 2 * NB, a2);
+                    st8(d + 3 * NB, a3);
+                }
+                for (; o < cout; o++) {
+                    v8 acc = {0};
+                    for (int t = 0; t < nt; t++) {
+                        const float *w0 = wtap[t] + (size_t)o * cin;
+                        const float *src = taps[t] + ri * Bi + l0;
+                        for (int c = 0; c < cin; c++)
+                            acc += w0[c] * ld8(src + (size_t)c * NB);
+                    }
+                    st8(fe + ri * Bo + (size_t)o * NB + l0, acc);
+                }
+            }
     }
 }
 
-/* Frequencies factored at a time by a streaming restore. */
-#define STREAM_BLOCK 64
+/* Frame pixel index of every image pixel (-1 off the frame), in the order
+ * of as__conv_frame_extract. */
+static void frame_index(const as__conv_inv *ci, int *fidx)
+{
+    const int H = ci->g.h, W = ci->g.w;
+    int k = 0;
+    for (int i = 0; i < H * W; i++)
+        fidx[i] = -1;
+    for (int r = 0; r < ci->top; r++)
+        for (int q = 0; q < W; q++) fidx[r * W + q] = k++;
+    for (int r = H - ci->bot; r < H; r++)
+        for (int q = 0; q < W; q++) fidx[r * W + q] = k++;
+    for (int r = ci->top; r < H - ci->bot; r++) {
+        for (int q = 0; q < ci->left; q++) fidx[r * W + q] = k++;
+        for (int q = W - ci->right; q < W; q++) fidx[r * W + q] = k++;
+    }
+}
 
-/* The restore; fc != NULL: factor the frequencies block by block during
- * the solve (nothing cached), else use the cached factor ci->m. */
+/* The exact frame pixels back into x. */
+static void frame_put_back(const as__conv_inv *ci, int n, const float *frame, float *x)
+{
+    const int H = ci->g.h, W = ci->g.w, cin = ci->g.cin;
+    const size_t flen = as__conv_frame_len(&ci->g);
+    if (!flen)
+        return;
+    for (int img = 0; img < n; img++)
+        for (int c = 0; c < cin; c++) {
+            float *xd = x + ((size_t)img * cin + c) * H * W;
+            const float *fr = frame + ((size_t)img * cin + c) * flen;
+            memcpy(xd, fr, sizeof(float) * ci->top * W);
+            fr += (size_t)ci->top * W;
+            memcpy(xd + (size_t)(H - ci->bot) * W, fr, sizeof(float) * ci->bot * W);
+            fr += (size_t)ci->bot * W;
+            for (int r = ci->top; r < H - ci->bot; r++) {
+                memcpy(xd + (size_t)r * W, fr, sizeof(float) * ci->left);
+                fr += ci->left;
+                memcpy(xd + (size_t)r * W + W - ci->right, fr, sizeof(float) * ci->right);
+                fr += ci->right;
+            }
+        }
+}
+
+/* The restore; fc != NULL: factor each column of frequencies inside the
+ * solve (nothing cached), else use the cached factor ci->m.
+ *
+ * Passes over memory (grid G: P x Q elements of Eo floats, X: P x Q of Ei):
+ *   rows:    per grid row a < Pl, build F's row in a cache-sized buffer (Y
+ *            window and frame border), FFT along Q into G's row;
+ *   columns: per pair of columns (kq, Q-kq): FFT along P into a column
+ *            buffer, solve every frequency of both columns (the mirror with
+ *            conj(M), real weights), inverse FFT along P into X's columns;
+ *   rows:    per row a < H of X, inverse FFT along Q into a row buffer,
+ *            crop, scale and unpair into x. */
 static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *y,
                         const float *bias, const float *frame, float *x)
 {
@@ -514,162 +567,350 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
         return 0;
     }
     const as__conv_geom *g = &ci->g;
-    const int H = g->h, W = g->w, P = ci->P, Q = ci->Q;
+    const int H = g->h, W = g->w, P = ci->P, Q = ci->Q, Qh = ci->Qh;
     const int cin = g->cin, cout = g->cout, ho = ci->ho, wo = ci->wo;
     const int N2 = (n + 1) / 2, NB = (N2 + 7) / 8 * 8;
     const size_t Bo = (size_t)cout * NB, Bi = (size_t)cin * NB;
     const size_t Eo = 2 * Bo, Ei = 2 * Bi;
-    const size_t grid = (size_t)P * Q * Eo;
-    float *b1 = malloc(sizeof(float) * grid), *b2 = malloc(sizeof(float) * grid);
-    if (!b1 || !b2) {
-        free(b1);
-        free(b2);
+    const int Pl = H + g->kh - 1, Ql = W + g->kw - 1;
+    const size_t flen = as__conv_frame_len(g);
+    const size_t msz = 2 * (size_t)cin * cout;
+    float *G = malloc(sizeof(float) * (size_t)P * Q * Eo);
+    float *X = malloc(sizeof(float) * (size_t)P * Q * Ei);
+    float *R = malloc(sizeof(float) * (size_t)Q * Eo);          /* a row */
+    float *C = malloc(sizeof(float) * (size_t)2 * P * (Eo + Ei)); /* 2 columns */
+    float *xf = malloc(sizeof(float) * (flen ? flen : 1) * Ei);
+    int *fidx = malloc(sizeof(int) * (size_t)H * W);
+    float *mblk = fc ? malloc(sizeof(float) * msz * P) : NULL;
+    if (!G || !X || !R || !C || !xf || !fidx || (fc && !mblk)) {
+        free(G); free(X); free(R); free(C); free(xf); free(fidx); free(mblk);
         return AS_ENOMEM;
     }
-    const int Pl = H + g->kh - 1;
-    const size_t flen = as__conv_frame_len(g);
+    double tp = now_ms(), t_fft = 0, t_build = 0;
 
-    double tp = now_ms();
-    /* 2. F: window from Y, border from the frame. */
-    memset(b1, 0, sizeof(float) * grid);
-    /* Row by row of the grid, so the writes (one grid point = Eo floats
-     * apart) stay within one grid row's pages. */
-    for (int i = 0; i < ho; i++) {
-        const int a = i + ci->dh;
-        if (a < 0 || a >= Pl)
-            continue;
-        float *grow = b1 + (size_t)a * Q * Eo;
-        for (int img = 0; img < n; img++) {
-            const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
-            for (int o = 0; o < cout; o++) {
-                const float bo = bias ? bias[o] : 0.0f;
-                const float *ys = y + (((size_t)img * cout + o) * ho + i) * wo;
-                float *dst = grow + ri * Bo + (size_t)o * NB + np;
-                for (int j = 0; j < wo; j++) {
-                    const int b = j + ci->dw;
-                    if (b >= 0 && b < W + g->kw - 1)
-                        dst[(size_t)b * Eo] = ys[j] - bo;
-                }
-            }
-        }
-    }
+    /* The frame, one planar element per frame pixel. */
     if (flen) {
-        float *xg = b2;   /* (H, W, 2, Cin, NB), fits: H*W*Ei <= P*Q*Eo */
-        memset(xg, 0, sizeof(float) * (size_t)H * W * Ei);
+        memset(xf, 0, sizeof(float) * flen * Ei);
         for (int img = 0; img < n; img++) {
             const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
             for (int c = 0; c < cin; c++) {
                 const float *fr = frame + ((size_t)img * cin + c) * flen;
-                float *base = xg + ri * Bi + (size_t)c * NB + np;
-#define PUT(r, s) base[((size_t)(r) * W + (s)) * Ei] = *fr++
-                for (int r = 0; r < ci->top; r++)
-                    for (int s = 0; s < W; s++) PUT(r, s);
-                for (int r = H - ci->bot; r < H; r++)
-                    for (int s = 0; s < W; s++) PUT(r, s);
-                for (int r = ci->top; r < H - ci->bot; r++) {
-                    for (int s = 0; s < ci->left; s++) PUT(r, s);
-                    for (int s = W - ci->right; s < W; s++) PUT(r, s);
+                float *base = xf + ri * Bi + (size_t)c * NB + np;
+                for (size_t k = 0; k < flen; k++)
+                    base[k * Ei] = fr[k];
+            }
+        }
+        frame_index(ci, fidx);
+    }
+
+    /* Rows: build F row by row, FFT along Q into G. */
+    for (int a = 0; a < Pl; a++) {
+        double t0 = now_ms();
+        memset(R, 0, sizeof(float) * (size_t)Q * Eo);
+        const int i = a - ci->dh;   /* Y row */
+        if (i >= 0 && i < ho)
+            for (int img = 0; img < n; img++) {
+                const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
+                for (int o = 0; o < cout; o++) {
+                    const float bo = bias ? bias[o] : 0.0f;
+                    const float *ys = y + (((size_t)img * cout + o) * ho + i) * wo;
+                    float *dst = R + ri * Bo + (size_t)o * NB + np;
+                    for (int j = 0; j < wo; j++) {
+                        const int b = j + ci->dw;
+                        if (b >= 0 && b < Ql)
+                            dst[(size_t)b * Eo] = ys[j] - bo;
+                    }
                 }
-#undef PUT
             }
-        }
-        build_border(ci, xg, b1, NB);
+        if (flen)
+            border_row(ci, xf, fidx, a, R, NB);
+        double t1 = now_ms();
+        as__civ_fft_run(&ci->fq, G + (size_t)a * Q * Eo, Eo, R, Eo, Bo);
+        t_build += t1 - t0;
+        t_fft += now_ms() - t1;
     }
+    if (Pl < P)
+        memset(G + (size_t)Pl * Q * Eo, 0, sizeof(float) * (size_t)(P - Pl) * Q * Eo);
+    ci->st.phase_ms[0] = t_build;
+    double t_solve = 0, t_ifft = 0;
 
-    ci->st.phase_ms[0] = now_ms() - tp;
-    tp = now_ms();
-    /* 3. forward 2-D FFT: rows b1 -> b2, columns b2 -> b1. */
-    for (int a = 0; a < P; a++) {
-        float *dst = b2 + (size_t)a * Q * Eo;
-        if (a >= Pl)
-            memset(dst, 0, sizeof(float) * Q * Eo);
-        else
-            as__civ_fft_run(&ci->fq, dst, Eo, b1 + (size_t)a * Q * Eo, Eo, Bo);
-    }
-    for (int b = 0; b < Q; b++)
-        as__civ_fft_run(&ci->fp, b1 + (size_t)b * Eo, (size_t)Q * Eo,
-                        b2 + (size_t)b * Eo, (size_t)Q * Eo, Bo);
-
-    ci->st.phase_ms[1] = now_ms() - tp;
-    tp = now_ms();
-    /* 4. solve per frequency: b1 (Eo per point) -> b2 (Ei per point). Each
-     * half-spectrum frequency f = (kp, kq) solves itself with M(f) and its
-     * mirror (-kp, -kq) with conj(M(f)) (real weights), unless the mirror
-     * is in the half spectrum too (kq = 0, or kq = Q/2 for even Q). */
-    const size_t msz = 2 * (size_t)cin * cout;
-    const size_t nf = (size_t)P * ci->Qh;
-    float *mblk = NULL;
-    if (fc && !(mblk = malloc(sizeof(float) * msz * STREAM_BLOCK))) {
-        free(b1);
-        free(b2);
-        return AS_ENOMEM;
-    }
-    for (size_t f0 = 0; f0 < nf; f0 += STREAM_BLOCK) {
-        const size_t f1 = f0 + STREAM_BLOCK < nf ? f0 + STREAM_BLOCK : nf;
-        const float *mb = ci->m + f0 * msz;
+    /* Columns: forward FFT, solve, inverse FFT, a pair at a time. */
+    float *Cf[2] = {C, C + (size_t)P * Eo};                 /* spectra of F */
+    float *Cx[2] = {C + (size_t)2 * P * Eo, C + (size_t)2 * P * Eo + (size_t)P * Ei};
+    for (int kq = 0; kq < Qh; kq++) {
+        const int mq = (Q - kq) % Q, pair = mq != kq;
+        const int cols[2] = {kq, mq};
+        double t0 = now_ms();
+        for (int k = 0; k <= pair; k++)
+            as__civ_fft_run(&ci->fp, Cf[k], Eo, G + (size_t)cols[k] * Eo,
+                            (size_t)Q * Eo, Bo);
+        double t1 = now_ms();
+        const float *mcol;
         if (fc) {
-            as__civ_factor_range(fc, f0, f1, ci->cfg.eps_rel, mblk, NULL);
-            mb = mblk;
+            as__civ_factor_range(fc, (size_t)kq * P, (size_t)(kq + 1) * P,
+                                 ci->cfg.eps_rel, mblk, NULL);
+            mcol = mblk;
+        } else {
+            mcol = ci->m + (size_t)kq * P * msz;
         }
-        for (size_t f = f0; f < f1; f++) {
-            const int kp = (int)(f / ci->Qh), kq = (int)(f % ci->Qh);
-            const float *mf = mb + (f - f0) * msz;
-            solve_freq(mf, mf + msz / 2, 1.0f, b1 + ((size_t)kp * Q + kq) * Eo,
-                       b2 + ((size_t)kp * Q + kq) * Ei, cin, cout, NB);
-            if (kq != 0 && 2 * kq != Q) {
-                const int mp = (P - kp) % P, mq = Q - kq;
-                solve_freq(mf, mf + msz / 2, -1.0f, b1 + ((size_t)mp * Q + mq) * Eo,
-                           b2 + ((size_t)mp * Q + mq) * Ei, cin, cout, NB);
+        for (int kp = 0; kp < P; kp++) {
+            const float *mf = mcol + (size_t)kp * msz;
+            solve_freq(mf, mf + msz / 2, 1.0f, Cf[0] + (size_t)kp * Eo,
+                       Cx[0] + (size_t)kp * Ei, cin, cout, NB);
+            if (pair) {   /* (-kp, -kq) = ((P-kp)%P, mq) */
+                const int mp = (P - kp) % P;
+                solve_freq(mf, mf + msz / 2, -1.0f, Cf[1] + (size_t)mp * Eo,
+                           Cx[1] + (size_t)mp * Ei, cin, cout, NB);
             }
         }
+        double t2 = now_ms();
+        for (int k = 0; k <= pair; k++)
+            as__civ_fft_run(&ci->ip, X + (size_t)cols[k] * Ei, (size_t)Q * Ei,
+                            Cx[k], Ei, Bi);
+        t_fft += t1 - t0;
+        t_solve += t2 - t1;
+        t_ifft += now_ms() - t2;
     }
-    free(mblk);
+    ci->st.phase_ms[1] = t_fft;
+    ci->st.phase_ms[2] = t_solve;
 
-    ci->st.phase_ms[2] = now_ms() - tp;
-    tp = now_ms();
-    /* 5. inverse 2-D FFT: columns b2 -> b1, rows (< H only) b1 -> b2. */
-    for (int b = 0; b < Q; b++)
-        as__civ_fft_run(&ci->ip, b1 + (size_t)b * Ei, (size_t)Q * Ei,
-                        b2 + (size_t)b * Ei, (size_t)Q * Ei, Bi);
-    for (int a = 0; a < H; a++)
-        as__civ_fft_run(&ci->iq, b2 + (size_t)a * Q * Ei, Ei,
-                        b1 + (size_t)a * Q * Ei, Ei, Bi);
-
-    ci->st.phase_ms[3] = now_ms() - tp;
-    tp = now_ms();
-    /* 6. crop, scale, unpair; exact frame pixels back. */
+    /* Rows of X: inverse FFT along Q, crop, scale, unpair. */
+    double t_crop = 0;
     const float scale = 1.0f / ((float)P * (float)Q);
+    float *Rx = R;   /* Q * Ei <= Q * Eo */
     for (int r = 0; r < H; r++) {
-        const float *grow = b2 + (size_t)r * Q * Ei;
+        double t0 = now_ms();
+        as__civ_fft_run(&ci->iq, Rx, Ei, X + (size_t)r * Q * Ei, Ei, Bi);
+        double t1 = now_ms();
         for (int img = 0; img < n; img++) {
             const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
             for (int c = 0; c < cin; c++) {
                 float *xd = x + (((size_t)img * cin + c) * H + r) * W;
-                const float *src = grow + ri * Bi + (size_t)c * NB + np;
+                const float *src = Rx + ri * Bi + (size_t)c * NB + np;
                 for (int q = 0; q < W; q++)
                     xd[q] = src[(size_t)q * Ei] * scale;
             }
         }
+        t_ifft += t1 - t0;
+        t_crop += now_ms() - t1;
     }
-    if (flen)
-        for (int img = 0; img < n; img++)
-            for (int c = 0; c < cin; c++) {
-                float *xd = x + ((size_t)img * cin + c) * H * W;
-                const float *fr = frame + ((size_t)img * cin + c) * flen;
-                memcpy(xd, fr, sizeof(float) * ci->top * W);
-                fr += (size_t)ci->top * W;
-                memcpy(xd + (size_t)(H - ci->bot) * W, fr, sizeof(float) * ci->bot * W);
-                fr += (size_t)ci->bot * W;
-                for (int r = ci->top; r < H - ci->bot; r++) {
-                    memcpy(xd + (size_t)r * W, fr, sizeof(float) * ci->left);
-                    fr += ci->left;
-                    memcpy(xd + (size_t)r * W + W - ci->right, fr, sizeof(float) * ci->right);
-                    fr += ci->right;
+    ci->st.phase_ms[3] = t_ifft;
+    double t0 = now_ms();
+    frame_put_back(ci, n, frame, x);
+    ci->st.phase_ms[4] = t_crop + now_ms() - t0;
+    (void)tp;
+    free(G); free(X); free(R); free(C); free(xf); free(fidx); free(mblk);
+    ci->st.restores++;
+    return 0;
+}
+
+/* ---- the adjoint path (Cout >= 2 Cin, well conditioned) ---------------- *
+ *
+ * X^ = G^-1 (A^H F^) with G = A^H A: A^H F is the correlation of F with the
+ * weights (the transpose of the convolution, circular on the P x Q grid),
+ * computed in the spatial domain, so only Cin channels are transformed
+ * (forward and inverse) instead of Cout + Cin, and the per-frequency
+ * system is Cin x Cin. The normal equations square the condition number:
+ * rounding errors grow as cond^2 eps instead of cond eps, so this path is
+ * taken only for cond <= AS__CIV_ADJ_COND (there cond^2 eps_fp32 ~ 1.5e-4
+ * at worst, ~1e-6 measured). */
+
+/* Row p of X~ = A^H F (circular): X~[c](p, q) = sum_{o,u,v} W[o,c,u,v]
+ * F[o]((p + kh-1-u) mod P, (q + kw-1-v) mod Q); F is 0 outside rows < Pl,
+ * columns < Ql. out: Q elements of Ei floats. */
+AS__CIV_CLONES
+static void adjoint_row(const as__conv_inv *ci, const float *F, int p, float *out, int NB)
+{
+    const as__conv_geom *g = &ci->g;
+    const int kh = g->kh, kw = g->kw, cin = g->cin, cout = g->cout;
+    const int P = ci->P, Q = ci->Q, Pl = g->h + kh - 1, Ql = g->w + kw - 1;
+    const size_t Bi = (size_t)cin * NB, Bo = (size_t)cout * NB;
+    const size_t Ei = 2 * Bi, Eo = 2 * Bo;
+    const float *taps[256];
+    const float *wtap[256];
+    for (int q = 0; q < Q; q++) {
+        int nt = 0;
+        for (int u = 0; u < kh; u++) {
+            const int fp = (p + kh - 1 - u) % P;
+            if (fp >= Pl)
+                continue;
+            for (int v = 0; v < kw; v++) {
+                const int fq = (q + kw - 1 - v) % Q;
+                if (fq >= Ql)
+                    continue;
+                taps[nt] = F + ((size_t)fp * Q + fq) * Eo;
+                wtap[nt] = ci->wa + ((size_t)u * kw + v) * cin * cout;
+                nt++;
+            }
+        }
+        float *dst = out + (size_t)q * Ei;
+        if (!nt) {
+            memset(dst, 0, sizeof(float) * Ei);
+            continue;
+        }
+        for (int ri = 0; ri < 2; ri++)
+            for (int l0 = 0; l0 < NB; l0 += 8) {
+                int c = 0;
+                for (; c + 4 <= cin; c += 4) {
+                    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                    for (int t = 0; t < nt; t++) {
+                        const float *w0 = wtap[t] + (size_t)c * cout;
+                        const float *src = taps[t] + ri * Bo + l0;
+                        for (int o = 0; o < cout; o++) {
+                            const v8 fv = ld8(src + (size_t)o * NB);
+                            a0 += w0[o] * fv;
+                            a1 += w0[cout + o] * fv;
+                            a2 += w0[2 * cout + o] * fv;
+                            a3 += w0[3 * cout + o] * fv;
+                        }
+                    }
+                    float *d = dst + ri * Bi + (size_t)c * NB + l0;
+                    st8(d, a0);
+                    st8(d + NB, a1);
+                    st8(d + 2 * NB, a2);
+                    st8(d + 3 * NB, a3);
+                }
+                for (; c < cin; c++) {
+                    v8 acc0 = {0}, acc1 = {0};
+                    for (int t = 0; t < nt; t++) {
+                        const float *w0 = wtap[t] + (size_t)c * cout;
+                        const float *src = taps[t] + ri * Bo + l0;
+                        int o = 0;
+                        for (; o + 2 <= cout; o += 2) {
+                            acc0 += w0[o] * ld8(src + (size_t)o * NB);
+                            acc1 += w0[o + 1] * ld8(src + (size_t)(o + 1) * NB);
+                        }
+                        for (; o < cout; o++)
+                            acc0 += w0[o] * ld8(src + (size_t)o * NB);
+                    }
+                    st8(dst + ri * Bi + (size_t)c * NB + l0, acc0 + acc1);
                 }
             }
-    ci->st.phase_ms[4] = now_ms() - tp;
-    free(b1);
-    free(b2);
+    }
+}
+
+static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *y,
+                           const float *bias, const float *frame, float *x)
+{
+    const as__conv_geom *g = &ci->g;
+    const int H = g->h, W = g->w, P = ci->P, Q = ci->Q, Qh = ci->Qh;
+    const int cin = g->cin, cout = g->cout, ho = ci->ho, wo = ci->wo;
+    const int N2 = (n + 1) / 2, NB = (N2 + 7) / 8 * 8;
+    const size_t Bo = (size_t)cout * NB, Bi = (size_t)cin * NB;
+    const size_t Eo = 2 * Bo, Ei = 2 * Bi;
+    const int Pl = H + g->kh - 1, Ql = W + g->kw - 1;
+    const size_t flen = as__conv_frame_len(g);
+    const size_t gsz = 2 * (size_t)cin * cin;
+    size_t fsz = (size_t)Pl * Q * Eo;
+    if (fsz < (size_t)P * Q * Ei)
+        fsz = (size_t)P * Q * Ei;
+    float *F = malloc(sizeof(float) * fsz);                       /* then X */
+    float *G = malloc(sizeof(float) * (size_t)P * Q * Ei);
+    float *R = malloc(sizeof(float) * (size_t)Q * Ei);
+    float *C = malloc(sizeof(float) * (size_t)4 * P * Ei);
+    float *xf = malloc(sizeof(float) * (flen ? flen : 1) * Ei);
+    int *fidx = malloc(sizeof(int) * (size_t)H * W);
+    float *mblk = malloc(sizeof(float) * gsz * P);
+    if (!F || !G || !R || !C || !xf || !fidx || !mblk) {
+        free(F); free(G); free(R); free(C); free(xf); free(fidx); free(mblk);
+        return AS_ENOMEM;
+    }
+    double t0 = now_ms();
+    if (flen) {
+        memset(xf, 0, sizeof(float) * flen * Ei);
+        for (int img = 0; img < n; img++) {
+            const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
+            for (int c = 0; c < cin; c++) {
+                const float *fr = frame + ((size_t)img * cin + c) * flen;
+                float *base = xf + ri * Bi + (size_t)c * NB + np;
+                for (size_t k = 0; k < flen; k++)
+                    base[k * Ei] = fr[k];
+            }
+        }
+        frame_index(ci, fidx);
+    }
+    /* F in the spatial domain, rows < Pl. */
+    for (int a = 0; a < Pl; a++) {
+        float *Ra = F + (size_t)a * Q * Eo;
+        memset(Ra, 0, sizeof(float) * (size_t)Q * Eo);
+        const int i = a - ci->dh;
+        if (i >= 0 && i < ho)
+            for (int img = 0; img < n; img++) {
+                const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
+                for (int o = 0; o < cout; o++) {
+                    const float bo = bias ? bias[o] : 0.0f;
+                    const float *ys = y + (((size_t)img * cout + o) * ho + i) * wo;
+                    float *dst = Ra + ri * Bo + (size_t)o * NB + np;
+                    for (int j = 0; j < wo; j++) {
+                        const int b = j + ci->dw;
+                        if (b >= 0 && b < Ql)
+                            dst[(size_t)b * Eo] = ys[j] - bo;
+                    }
+                }
+            }
+        if (flen)
+            border_row(ci, xf, fidx, a, Ra, NB);
+    }
+    double t1 = now_ms();
+    ci->st.phase_ms[0] = t1 - t0;
+    /* X~ = A^H F row by row, FFT along Q into G. */
+    for (int p = 0; p < P; p++) {
+        adjoint_row(ci, F, p, R, NB);
+        as__civ_fft_run(&ci->fq, G + (size_t)p * Q * Ei, Ei, R, Ei, Bi);
+    }
+    double t_fft = now_ms() - t1, t_solve = 0, t_ifft = 0;
+    float *X = F;   /* F is not needed any more */
+    float *Cf[2] = {C, C + (size_t)P * Ei}, *Cx[2] = {C + (size_t)2 * P * Ei, C + (size_t)3 * P * Ei};
+    for (int kq = 0; kq < Qh; kq++) {
+        const int mq = (Q - kq) % Q, pair = mq != kq;
+        const int cols[2] = {kq, mq};
+        double ta = now_ms();
+        for (int k = 0; k <= pair; k++)
+            as__civ_fft_run(&ci->fp, Cf[k], Ei, G + (size_t)cols[k] * Ei, (size_t)Q * Ei, Bi);
+        double tb = now_ms();
+        as__civ_factor_range(fc, (size_t)kq * P, (size_t)(kq + 1) * P, ci->cfg.eps_rel, mblk, NULL);
+        for (int kp = 0; kp < P; kp++) {
+            const float *mf = mblk + (size_t)kp * gsz;
+            solve_freq(mf, mf + gsz / 2, 1.0f, Cf[0] + (size_t)kp * Ei,
+                       Cx[0] + (size_t)kp * Ei, cin, cin, NB);
+            if (pair) {
+                const int mp = (P - kp) % P;
+                solve_freq(mf, mf + gsz / 2, -1.0f, Cf[1] + (size_t)mp * Ei,
+                           Cx[1] + (size_t)mp * Ei, cin, cin, NB);
+            }
+        }
+        double tc = now_ms();
+        for (int k = 0; k <= pair; k++)
+            as__civ_fft_run(&ci->ip, X + (size_t)cols[k] * Ei, (size_t)Q * Ei, Cx[k], Ei, Bi);
+        t_fft += tb - ta;
+        t_solve += tc - tb;
+        t_ifft += now_ms() - tc;
+    }
+    ci->st.phase_ms[1] = t_fft;
+    ci->st.phase_ms[2] = t_solve;
+    double t_crop = 0;
+    const float scale = 1.0f / ((float)P * (float)Q);
+    for (int r = 0; r < H; r++) {
+        double ta = now_ms();
+        as__civ_fft_run(&ci->iq, R, Ei, X + (size_t)r * Q * Ei, Ei, Bi);
+        double tb = now_ms();
+        for (int img = 0; img < n; img++) {
+            const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
+            for (int c = 0; c < cin; c++) {
+                float *xd = x + (((size_t)img * cin + c) * H + r) * W;
+                const float *src = R + ri * Bi + (size_t)c * NB + np;
+                for (int q = 0; q < W; q++)
+                    xd[q] = src[(size_t)q * Ei] * scale;
+            }
+        }
+        t_ifft += tb - ta;
+        t_crop += now_ms() - tb;
+    }
+    ci->st.phase_ms[3] = t_ifft;
+    double te = now_ms();
+    frame_put_back(ci, n, frame, x);
+    ci->st.phase_ms[4] = t_crop + now_ms() - te;
+    free(F); free(G); free(R); free(C); free(xf); free(fidx); free(mblk);
     ci->st.restores++;
     return 0;
 }
@@ -713,11 +954,16 @@ int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t versi
         return rc;
     set_wt(ci, w);
     ci->st.factor_ms = now_ms() - t0;   /* the rest is inside the solve */
-    rc = restore_impl(ci, &fc, n, y, bias, frame, x);
+    const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
+                    ci->cond <= AS__CIV_ADJ_COND;
+    fc.ginv = adj;
+    rc = adj ? restore_adjoint(ci, &fc, n, y, bias, frame, x)
+             : restore_impl(ci, &fc, n, y, bias, frame, x);
     as__civ_factor_end(&fc);
     if (rc == 0) {
         ci->st.factor_builds++;
         ci->st.streamed++;
+        ci->st.adjoint += (uint64_t)adj;
     }
     return rc;
 }

@@ -43,7 +43,13 @@ typedef struct as__conv_geom {
 typedef struct as__conv_inv_cfg {
     double cond_max;   /* largest accepted per-frequency cond(A(f)); 0 = 1e4 */
     double eps_rel;    /* Tikhonov eps relative to trace(A^H A)/Cin; <0 = 1e-14 */
+    int    no_adjoint; /* 1: streaming restores never take the adjoint path
+                          (default: taken when Cout >= 2 Cin and
+                          cond <= AS__CIV_ADJ_COND) */
 } as__conv_inv_cfg;
+
+/* Largest condition number for the adjoint (normal equations) path. */
+#define AS__CIV_ADJ_COND 50.0
 
 /* Counters of one solver object. */
 typedef struct as__conv_inv_stats {
@@ -52,6 +58,7 @@ typedef struct as__conv_inv_stats {
     uint64_t cond_checks;     /* condition numbers computed (one per version) */
     uint64_t restores;        /* successful restores */
     uint64_t streamed;        /* restores that factored block by block */
+    uint64_t adjoint;         /* of those, on the adjoint path */
     double   cond;            /* max over frequencies of cond(A(f)), last check */
     double   factor_ms;       /* wall time of the last factorization */
     double   cond_ms;         /* wall time of the last condition-only check */
@@ -195,7 +202,7 @@ void as__civ_fft_run(const as__civ_fft *f, float *out, size_t os,
                      const float *in, size_t is, size_t B);
 
 /* Per-frequency factorization (conv_invert_factor.c). For every frequency of
- * the half spectrum (kp in [0,P), kq in [0, Q/2]) compute
+ * the half spectrum (kp in [0,P), kq in [0, Q/2]; index f = kq * P + kp) compute
  * M(f) = (A^H A + eps I)^-1 A^H as fp32 planar (mr, mi each Cin x Cout,
  * row-major), stored at m + f * 2*Cin*Cout (m NULL: not computed), and the
  * max cond(A(f)) into *cond_out (NULL: not estimated). Returns 0 or
@@ -206,7 +213,7 @@ int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
 /* The same in pieces, for a restore that factors a block of frequencies at
  * a time instead of caching the whole factor: begin (kernel column DFTs
  * and work space), range (frequencies [f0, f1) of the half spectrum, index
- * kp * (Q/2+1) + kq; M of frequency f at m + (f - f0) * 2*Cin*Cout; the
+ * kq * P + kp; M of frequency f at m + (f - f0) * 2*Cin*Cout; the
  * max condition number is folded into *cond_out when not NULL), end. */
 typedef struct as__civ_fctx {
     as__conv_geom g;
@@ -214,6 +221,7 @@ typedef struct as__civ_fctx {
     size_t nf;                  /* P * (Q/2+1) */
     double *T;
     struct as__civ_lanes *A, *L, *v;
+    int ginv;                   /* range() writes G^-1 (Cin x Cin), not M */
 } as__civ_fctx;
 int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
                          int Q, const float *w);

@@ -108,7 +108,7 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
     const int want_cond = cond_out != NULL;
     const as__conv_geom *g = &fc->g;
     const int ci = g->cin, co = g->cout, kh = g->kh;
-    const int P = fc->P, Q = fc->Q, Qh = Q / 2 + 1;
+    const int P = fc->P;
     const size_t nf = fend;
     const double *T = fc->T;
     lanes_c *A = fc->A, *L = fc->L, *v = fc->v;
@@ -118,8 +118,8 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
         double epr[LANES][16], epi[LANES][16];   /* row twiddles, kh <= 16 */
         for (int l = 0; l < LANES; l++) {
             size_t f = f0 + l < nf ? f0 + l : f0;   /* pad with a real one */
-            kp[l] = (int)(f / Qh);
-            kq[l] = (int)(f % Qh);
+            kq[l] = (int)(f / P);   /* column-major: one kq = P frequencies */
+            kp[l] = (int)(f % P);
             for (int u = 0; u < kh; u++) {
                 double a = -2.0 * M_PI * kp[l] * (kh - 1 - u) / P;
                 epr[l][u] = cos(a);
@@ -317,8 +317,24 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
                 cond_max = c;
         }
 
+        /* fc->ginv: G^-1 (Cin x Cin), column j solves G m = e_j. */
+        for (int j = 0; m && fc->ginv && j < ci; j++) {
+            for (int c = 0; c < ci; c++)
+                for (int l = 0; l < LANES; l++) {
+                    x[c].re[l] = c == j;
+                    x[c].im[l] = 0;
+                }
+            CHOL_SOLVE(x);
+            for (int l = 0; l < LANES && f0 + l < nf; l++) {
+                float *mr = m + (f0 + l - fbeg) * 2 * (size_t)ci * ci, *mi = mr + (size_t)ci * ci;
+                for (int c = 0; c < ci; c++) {
+                    mr[(size_t)c * ci + j] = (float)x[c].re[l];
+                    mi[(size_t)c * ci + j] = (float)x[c].im[l];
+                }
+            }
+        }
         /* M = G^-1 A^H, column o of M solves G m = conj(A[o][:]). */
-        for (int o = 0; m && o < co; o++) {
+        for (int o = 0; m && !fc->ginv && o < co; o++) {
             for (int c = 0; c < ci; c++)
                 for (int l = 0; l < LANES; l++) {
                     x[c].re[l] = A[(size_t)o * ci + c].re[l];
