@@ -5,7 +5,8 @@
  *
  *   actstore train --model cnn|vit|lm --policy SPEC [--preset small|bench]
  *                  [--steps N | --epochs E] [--batch B] [--lr X] [--seed S]
- *                  [--threads T] [--json FILE] [--serve ADDR]
+ *                  [--threads T] [--act relu|leaky] [--json FILE]
+ *                  [--serve ADDR]
  *
  * The command creates the store itself (so a service can watch it: --serve)
  * and hands it to the run (as_nn_train_opts.store).
@@ -38,6 +39,8 @@ static const char *const usage_text =
     "  --epochs E       train E epochs instead (may be fractional)\n"
     "  --batch B        batch size (images, or text windows)\n"
     "  --lr X           peak learning rate\n"
+    "  --act A          cnn activation: relu (preset) or leaky (LeakyReLU 0.1,\n"
+    "                   invertible: lets conv inversion chain through it)\n"
     "  --act A          cnn: relu or leaky (LeakyReLU, so conv inversion chains)\n"
     "  --convs N        cnn: stride-1 convs per stage (1..5)\n"
     "  --seed S         seed of initialisation, data order, dropout (default 1)\n"
@@ -217,6 +220,7 @@ int as_cmd_train(int argc, char **argv)
         else if (!strcmp(a, "--json")) json = v;
         else if (!strcmp(a, "--serve")) serve = v;
         else if (!strcmp(a, "--data-dir")) data_dir = v;
+        else if (!strcmp(a, "--act")) act = v;
         else if (!strcmp(a, "--text-dir")) text_dir = v;
         else if (!strcmp(a, "--steps")) { bad = as_cli_parse_u64("train", a, v, &steps); have_steps = true; }
         else if (!strcmp(a, "--epochs")) { bad = as_cli_parse_double("train", a, v, &epochs); have_epochs = true; }
@@ -262,6 +266,16 @@ int as_cmd_train(int argc, char **argv)
     if (have_epochs) {
         p.steps = 0;
         p.epochs = epochs;
+    }
+    if (act) {
+        if (strcmp(model, "cnn"))
+            return as_cli_usage("train", "--act applies to --model cnn only");
+        if (!strcmp(act, "relu"))
+            p.cnn.act_fn = AS_FN_RELU;
+        else if (!strcmp(act, "leaky"))
+            p.cnn.act_fn = AS_FN_LEAKY_RELU;
+        else
+            return as_cli_usage("train", "--act '%s': expected relu or leaky", act);
     }
     if (batch)
         p.batch = (int)batch;

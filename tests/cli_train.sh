@@ -33,6 +33,9 @@ expect 2 train --model cnn --policy default=keep --steps 3 --epochs 1
 expect 2 train --model cnn --policy default=keep --lr -1
 expect 2 train --model cnn --policy default=keep --steps abc
 expect 2 train --model cnn --policy default=keep --frobnicate 1
+expect 2 train --model cnn --policy default=keep --act tanh
+expect 2 train --model vit --policy default=keep --act leaky
+expect 0 train --model cnn --policy default=keep --act leaky --steps 3 --quiet
 expect 1 train --model cnn --policy default=keep --steps 2 --data-dir "$T/none"
 grep -q "$T/none/train-images-idx3-ubyte.gz" "$T/err" && grep -q "dataset-fashion-mnist" "$T/err" \
   && ok || bad "missing data message: $(cat "$T/err")"
