@@ -213,32 +213,44 @@ AS_API int as_policy_check(const char *spec, char *err, size_t errlen);
 
 /* ---- save / restore / release ----------------------------------------- */
 
-/* Save a tensor for backward. The data is read during the call (or, for
- * adopted tensors, ownership moves to the store); the caller's buffer may
- * be reused afterwards unless the tensor was adopted.
+/* Save a tensor for backward. The data is read during the call; the
+ * caller's buffer may be reused afterwards. *out receives the handle (the
+ * caller owns it until as_store_release or the end of the step).
  * In no-grad mode, returns 0 and a null handle without storing anything.
+ * A policy that does not apply falls back (counted; see as_store_policy_of);
+ * an offload directory that is missing or full falls back too, in strict
+ * mode as well. On error *out is null and nothing is kept.
  * Errors: AS_EINVAL (bad dtype/shape/info), AS_EHANDLE (bad source,
- * alias or input handle), AS_EBUDGET (store stays usable), AS_EFALLBACK
- * (strict mode), AS_ENOMEM. */
+ * alias or input handle), AS_ESHAPE (alias_of another shape), AS_EBUDGET
+ * (store stays usable), AS_EFALLBACK (strict mode), AS_ERANGE (2^20 live
+ * handles), AS_ENOMEM. Thread-safe. */
 AS_API int as_store_save(as_store *s, const as_save_info *info,
                          const as_tensor *t, as_handle *out);
 
 /* Save a tensor whose data is `block`, allocated from this store's arena:
  * with the keep policy no copy is made; the store owns the block from now
- * on (freed when the item is released, or immediately if the policy
- * encodes it). On error the block still belongs to the caller. */
+ * on (freed when the item is released, or during the call if the policy
+ * encodes it, or in no-grad mode): the caller must not use or free it after
+ * a successful call (restore_view gives the data back, in place for keep).
+ * On error the block still belongs to the caller. Errors: as
+ * as_store_save, plus AS_EINVAL when the block does not hold the tensor. */
 AS_API int as_store_save_adopt(as_store *s, const as_save_info *info,
                                const as_tensor *t, as_block *block,
                                as_handle *out);
 
 /* Restore into the caller's buffer dst (dtype and shape must match the
  * saved tensor: AS_ESHAPE names both). May be called many times, in any
- * order. Errors: AS_EHANDLE, AS_ESHAPE, AS_ECORRUPT (checksum failed:
- * nothing written; the message names handle and layer), AS_EIO, AS_ENOMEM. */
+ * order, from many threads; the same values every time. Errors:
+ * AS_EHANDLE, AS_ESHAPE, AS_ECORRUPT (a zstd frame, an offload file or the
+ * debug checksum failed: nothing written; the message names handle and
+ * layer), AS_EIO (offload file gone or unreadable), AS_EBUDGET / AS_ENOMEM
+ * (no memory to rebuild a regenerated tensor). */
 AS_API int as_store_restore(as_store *s, as_handle h, as_tensor *dst);
 
 /* Restore as a store-owned read-only view, valid until the handle is
- * released or the step ends. For keep this is the stored data itself. */
+ * released or the step ends. For keep this is the stored data itself;
+ * other policies decode once into a materialization the view pins (tag
+ * workspace). Errors: as as_store_restore; *view is NULL on error. */
 AS_API int as_store_restore_view(as_store *s, as_handle h,
                                  const as_tensor **view);
 
@@ -256,10 +268,12 @@ AS_API int as_store_softmax_backward(as_store *s, as_handle h,
 AS_API int as_store_restore_rows(as_store *s, as_handle h, int64_t row0,
                                  int64_t nrows, float *dst);
 
-/* Hint: restore of h will be asked for soon (offload starts reading). */
+/* Hint: restore of h will be asked for soon (offload starts reading its
+ * file in the background; other policies ignore it). Errors: AS_EHANDLE. */
 AS_API int as_store_prefetch(as_store *s, as_handle h);
 
-/* Describe a handle's item: saved dtype/shape (data NULL) and kind. */
+/* Describe a handle's item: saved dtype/shape (data NULL) and kind; either
+ * pointer may be NULL. Errors: AS_EHANDLE. */
 AS_API int as_store_describe(as_store *s, as_handle h, as_tensor *shape,
                              int *kind);
 
@@ -268,7 +282,8 @@ AS_API int as_store_describe(as_store *s, as_handle h, as_tensor *shape,
 AS_API int as_store_release(as_store *s, as_handle h);
 
 /* The policy decision for a handle ("soa:5", "keep (fallback from invert:
- * stride 2)"); static for the handle's lifetime. */
+ * stride 2)"); valid for the handle's lifetime. "invalid handle" for a bad
+ * handle. */
 AS_API const char *as_store_policy_of(as_store *s, as_handle h);
 
 /* ---- steps, phases, no-grad ------------------------------------------- */
