@@ -6,8 +6,8 @@
  * stored blob), gradient cosine and relative error of dx = y (dy - <dy,y>)
  * from the codec against the exact backward (dy ~ N(0,1)), encode, decode
  * and backward throughput (medians over repeats), and the encode time as a
- * fraction of an attention forward (sgemm QK^T, softmax, PV; head dim 64)
- * of the same shape, everything on one thread.
+ * fraction of an attention forward (sgemm QK^T, softmax, PV; head dim 64,
+ * or --head-dim) of the same shape, everything on one thread.
  *
  * Rows: synthetic (lengths 50, 128, 256, 1024; logit std 1, 2, 4; causal
  * and full; ~1M entries per set) and any number of --rows files written by
@@ -25,7 +25,9 @@
 #include "bench.h"
 #include "cli.h"
 #include "layers/ops.h"
+#include "layers/train.h"
 #include "store/policies/softmax.h"
+#include "store/policy.h"
 
 #define MAX_POL 16
 #define MAX_FILES 8
@@ -41,7 +43,15 @@ typedef struct rowset {
     float   *y;
 } rowset;
 
+/* Thread CPU time: the machines we measure on are shared, and time spent
+ * preempted is not the codec's. (Wall time for the capture's training.) */
 static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+static double wall_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -106,9 +116,11 @@ static int synth(rowset *s, int64_t L, double sd, bool causal, int64_t target)
 }
 
 /* attention forward of the same shape (blocks of L x L, head dim 64) */
+static int head_dim = 64;   /* --head-dim */
+
 static double attn_fwd_s(const rowset *s, int reps)
 {
-    int B = (int)(s->rows / s->queries), T = (int)s->queries, C = 64;
+    int B = (int)(s->rows / s->queries), T = (int)s->queries, C = head_dim;
     float *qkv = malloc((size_t)B * T * 3 * C * sizeof *qkv);
     float *P = malloc((size_t)B * T * T * sizeof *P);
     float *o = malloc((size_t)B * T * C * sizeof *o);
@@ -271,6 +283,268 @@ static void bench_order(cJSON *arr, int reps, int quick)
     }
 }
 
+/* ---- capture of real rows ------------------------------------------------- */
+
+/* A keep-like policy, registered at run time, that also appends every
+ * softmax output it sees to a dump file while capturing is on. */
+static struct {
+    FILE *fp;
+    bool  on;
+    char  name[24];
+    int   err;
+    long  records;
+} cap;
+
+static int cap_parse(const char *args, size_t len, void **params, char *err,
+                     size_t errlen, size_t *err_off)
+{
+    (void)args;
+    *params = NULL;
+    if (len) {
+        snprintf(err, errlen, "no arguments");
+        *err_off = 0;
+        return AS_ESPEC;
+    }
+    return 0;
+}
+
+static int cap_encode(as_pctx *ctx, const void *params,
+                      const as_save_info *info, const as_tensor *t,
+                      void **state)
+{
+    (void)params;
+    size_t n = as_tensor_bytes(t);
+    if (cap.on && cap.fp && t->dtype == AS_F32 && t->ndim >= 1 && n) {
+        int64_t L = t->shape[t->ndim - 1], rows = as_tensor_numel(t) / L;
+        int64_t q = info->meta.softmax.queries > 0 ? info->meta.softmax.queries
+                                                   : rows;
+        int e = as_sm_dump_write(cap.fp, cap.name, rows, L, q,
+                                 info->meta.softmax.causal, t->data);
+        if (e && !cap.err)
+            cap.err = e;
+        cap.records += e == 0;
+    }
+    void *p = NULL;
+    int rc = as_pctx_alloc(ctx, n, &p);
+    if (rc < 0)
+        return rc;
+    if (n)
+        memcpy(p, t->data, n);
+    *state = p;
+    return 0;
+}
+
+static int cap_decode(as_pctx *ctx, const void *params, void *state,
+                      as_tensor *dst)
+{
+    (void)ctx, (void)params;
+    size_t n = as_tensor_bytes(dst);
+    if (n)
+        memcpy(dst->data, state, n);
+    return 0;
+}
+
+static const void *cap_view(const void *params, void *state)
+{
+    (void)params;
+    return state;
+}
+
+static const as_policy_ops cap_ops = {
+    .name = "smcapture",
+    .summary = "keep, and append softmax outputs to a row dump (bench)",
+    .kinds = 1u << AS_KIND_SOFTMAX_OUTPUT,
+    .parse = cap_parse,
+    .encode = cap_encode,
+    .decode = cap_decode,
+    .view = cap_view,
+};
+
+/* Whole-model gradient of run r's current batch under `policy` against
+ * the exact gradient g0 (all parameters, concatenated): cosine and
+ * relative error, after copying the weights of `src`. */
+static int model_grad(const as_nn_preset *p, const as_nn_run *src,
+                      uint64_t seed, long batch, const char *spec,
+                      const float *g0, size_t ng, double loss0,
+                      cJSON *arr)
+{
+    char pol[96], err[256];
+    snprintf(pol, sizeof pol, "softmax=%s; default=keep", spec);
+    as_nn_train_opts o = {.policy = pol, .seed = seed, .threads = 1};
+    as_nn_run *run = NULL;
+    int rc = as_nn_run_create(p, &o, &run, err, sizeof err);
+    if (rc)
+        return as_cli_fail("bench", "softmax: %s: %s", pol, err);
+    double loss = 0;
+    if ((rc = as_nn_run_copy_weights(run, src, false)) == 0)
+        rc = as_nn_run_grads(run, batch, &loss);
+    if (rc) {
+        fprintf(stderr, "actstore bench: softmax: %s: %s\n", pol,
+                as_nn_run_error(run));
+        as_nn_run_destroy(run);
+        return AS_EXIT_FAIL;
+    }
+    as_nn_mem mem;
+    as_nn_run_memory(run, &mem);
+    const as_nn_params *ps = as_nn_run_params(run);
+    double ab = 0, aa = 0, bb = 0, ee = 0;
+    size_t off = 0;
+    for (size_t i = 0; i < ps->n && off <= ng; i++) {
+        const float *g = ps->p[i]->g.ptr;
+        for (size_t k = 0; k < ps->p[i]->n && off + k < ng; k++) {
+            double x = g0[off + k], y = g[k];
+            ab += x * y;
+            aa += x * x;
+            bb += y * y;
+            ee += (x - y) * (x - y);
+        }
+        off += ps->p[i]->n;
+    }
+    double cosv = aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0.0;
+    double rel = aa > 0 ? sqrt(ee / aa) : 0.0;
+    const as_nn_kind_mem *km = &mem.by_kind[AS_KIND_SOFTMAX_OUTPUT];
+    printf("%-4s %-16s model grad cos %.6f  rel %.5f  loss %.6f (exact "
+           "%.6f)  softmax stored/raw %.2fx\n", p->model, spec, cosv, rel,
+           loss, loss0,
+           km->stored_peak ? (double)km->raw_peak / (double)km->stored_peak
+                           : 0.0);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "model", p->model);
+    cJSON_AddStringToObject(j, "policy", spec);
+    cJSON_AddNumberToObject(j, "model_grad_cosine", cosv);
+    cJSON_AddNumberToObject(j, "model_grad_rel_err", rel);
+    cJSON_AddNumberToObject(j, "loss", loss);
+    cJSON_AddNumberToObject(j, "loss_exact", loss0);
+    cJSON_AddNumberToObject(j, "softmax_stored_peak_bytes",
+                            (double)km->stored_peak);
+    cJSON_AddNumberToObject(j, "softmax_raw_peak_bytes", (double)km->raw_peak);
+    cJSON_AddItemToArray(arr, j);
+    as_nn_run_destroy(run);
+    return off == ng ? AS_EXIT_OK
+                     : as_cli_fail("bench", "softmax: %s: parameter count "
+                                   "differs", pol);
+}
+
+/* Train `model` (preset) for `steps` steps with keep, then capture the
+ * softmax outputs of one more forward + backward (no update) into out;
+ * then the whole-model gradient of that batch under each codec of
+ * `specs` against the exact one (into arr). */
+static int capture(const char *model, const char *preset, long steps,
+                   uint64_t seed, const char *out, char **specs, int npol,
+                   cJSON *arr)
+{
+    as_nn_preset p;
+    if (as_nn_preset_get(model, preset, &p))
+        return as_cli_usage("bench", "softmax: --capture: no preset %s/%s",
+                            model, preset);
+    int rc = as_policy_register(&cap_ops);
+    if (rc && rc != AS_EBUSY)
+        return as_cli_fail("bench", "softmax: register capture policy: %s",
+                           as_strerror(rc));
+    cap.fp = fopen(out, "wb");
+    if (!cap.fp)
+        return as_cli_fail("bench", "softmax: cannot create %s", out);
+    snprintf(cap.name, sizeof cap.name, "%s", model);
+    as_nn_train_opts o = {.policy = "softmax=smcapture; default=keep",
+                          .seed = seed, .threads = 1};
+    as_nn_run *run = NULL;
+    char err[256];
+    if ((rc = as_nn_run_create(&p, &o, &run, err, sizeof err))) {
+        fclose(cap.fp);
+        return as_cli_fail("bench", "softmax: --capture %s: %s", model, err);
+    }
+    double t0 = wall_s(), loss = 0;
+    for (long i = 0; i < steps && rc == 0; i++)
+        rc = as_nn_run_step(run, &loss);
+    as_nn_eval ev = {0};
+    if (rc == 0)
+        rc = as_nn_run_eval(run, &ev);
+    cap.on = true;
+    double closs = 0;
+    if (rc == 0)
+        rc = as_nn_run_grads(run, as_nn_run_next_batch(run), &closs);
+    cap.on = false;
+    if (rc)
+        fprintf(stderr, "actstore bench: softmax: --capture %s: %s\n", model,
+                as_nn_run_error(run));
+    /* the exact gradient of the captured batch */
+    float *g0 = NULL;
+    size_t ng = 0;
+    long batch = as_nn_run_next_batch(run);
+    if (rc == 0) {
+        const as_nn_params *ps = as_nn_run_params(run);
+        for (size_t i = 0; i < ps->n; i++)
+            ng += ps->p[i]->n;
+        if (!(g0 = malloc(ng * sizeof *g0)))
+            rc = AS_ENOMEM;
+        for (size_t i = 0, off = 0; g0 && i < ps->n; off += ps->p[i]->n, i++)
+            memcpy(g0 + off, ps->p[i]->g.ptr, ps->p[i]->n * sizeof *g0);
+    }
+    if (fclose(cap.fp) && !cap.err)
+        cap.err = AS_EIO;
+    cap.fp = NULL;
+    if (rc || cap.err) {
+        free(g0);
+        as_nn_run_destroy(run);
+        return as_cli_fail("bench", "softmax: --capture %s: %s", model,
+                           as_strerror(rc ? rc : cap.err));
+    }
+    printf("captured %ld softmax tensors of %s (%s preset) after %ld steps "
+           "(%.0f s): train loss %.4f, eval %s %.4f, loss %.4f -> %s\n",
+           cap.records, model, preset, steps, wall_s() - t0, closs,
+           ev.accuracy >= 0 ? "accuracy" : "(lm)",
+           ev.accuracy >= 0 ? ev.accuracy : 0.0, ev.loss, out);
+    int ec = AS_EXIT_OK;
+    for (int i = 0; i < npol && ec == AS_EXIT_OK; i++)
+        ec = model_grad(&p, run, seed, batch, specs[i], g0, ng, closs, arr);
+    free(g0);
+    as_nn_run_destroy(run);
+    return ec;
+}
+
+/* Next rowset from a dump: consecutive records with the same name and
+ * shape (one per attention layer) are merged. 1 at end of file. */
+static int read_rowset(FILE *fp, as_sm_dump_rec *pend, bool *have, rowset *s)
+{
+    as_sm_dump_rec rec;
+    int e;
+    if (!*have) {
+        if ((e = as_sm_dump_read(fp, pend)))
+            return e;
+        *have = true;
+    }
+    *s = (rowset){.rows = pend->rows, .len = pend->len,
+                  .queries = pend->queries, .causal = pend->causal,
+                  .y = pend->y};
+    snprintf(s->name, sizeof s->name, "%s", pend->name[0] ? pend->name : "file");
+    *have = false;
+    while ((e = as_sm_dump_read(fp, &rec)) == 0) {
+        if (strcmp(rec.name, pend->name) || rec.len != s->len ||
+            rec.queries != s->queries || rec.causal != s->causal) {
+            *pend = rec;
+            *have = true;
+            return 0;
+        }
+        float *y = realloc(s->y, (size_t)((s->rows + rec.rows) * s->len) *
+                                     sizeof *y);
+        if (!y) {
+            free(rec.y);
+            free(s->y);
+            return AS_ENOMEM;
+        }
+        memcpy(y + s->rows * s->len, rec.y,
+               (size_t)(rec.rows * rec.len) * sizeof *y);
+        s->y = y;
+        s->rows += rec.rows;
+        free(rec.y);
+    }
+    if (e < 0) {
+        free(s->y);
+        return e;
+    }
+    return 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -281,13 +555,26 @@ static void usage(FILE *f)
         "                   are measured too unless --no-synthetic\n"
         "  --policies LIST  comma-separated codecs (default %s)\n"
         "  --repeats N      timing repeats, median reported (default 3, max 15)\n"
-        "  --quick          1/8 of the rows, 1 repeat (for tests)\n",
+        "  --quick          1/8 of the rows, 1 repeat (for tests)\n"
+        "  --no-synthetic   only the --rows files\n"
+        "  --head-dim D     head dim of the attention forward that encode time\n"
+        "                   is compared with (default 64)\n"
+        "capture real rows (then pass the file to --rows):\n"
+        "  actstore bench softmax --capture vit|lm --out FILE [--steps N]\n"
+        "                 [--preset P] [--seed S]\n"
+        "                   train N steps (default 1000, bench preset) with\n"
+        "                   keep, then dump the softmax outputs of one more\n"
+        "                   forward + backward of the next batch; then the\n"
+        "                   whole-model gradient of that batch under each\n"
+        "                   --policies codec against the exact one\n",
         default_policies);
 }
 
 int as_bench_softmax(int argc, char **argv)
 {
     const char *json = NULL, *pols = default_policies;
+    const char *cap_model = NULL, *cap_out = NULL, *cap_preset = "bench";
+    unsigned long long cap_steps = 1000, cap_seed = 1;
     const char *files[MAX_FILES];
     int nfiles = 0, quick = 0, synthetic = 1;
     unsigned long long reps = 3;
@@ -304,6 +591,25 @@ int as_bench_softmax(int argc, char **argv)
             return as_cli_usage("bench", "softmax: unknown option or missing value '%s'", a);
         } else if (!strcmp(a, "--json")) {
             json = argv[++i];
+        } else if (!strcmp(a, "--capture")) {
+            cap_model = argv[++i];
+        } else if (!strcmp(a, "--out")) {
+            cap_out = argv[++i];
+        } else if (!strcmp(a, "--preset")) {
+            cap_preset = argv[++i];
+        } else if (!strcmp(a, "--steps")) {
+            if (as_cli_parse_u64("bench", "--steps", argv[++i], &cap_steps))
+                return AS_EXIT_USAGE;
+        } else if (!strcmp(a, "--head-dim")) {
+            unsigned long long hd;
+            if (as_cli_parse_u64("bench", "--head-dim", argv[++i], &hd))
+                return AS_EXIT_USAGE;
+            if (hd < 1 || hd > 1024)
+                return as_cli_usage("bench", "--head-dim: 1..1024");
+            head_dim = (int)hd;
+        } else if (!strcmp(a, "--seed")) {
+            if (as_cli_parse_u64("bench", "--seed", argv[++i], &cap_seed))
+                return AS_EXIT_USAGE;
         } else if (!strcmp(a, "--policies")) {
             pols = argv[++i];
         } else if (!strcmp(a, "--rows")) {
@@ -318,6 +624,11 @@ int as_bench_softmax(int argc, char **argv)
         } else {
             return as_cli_usage("bench", "softmax: unknown option '%s'", a);
         }
+    }
+    if (cap_model || cap_out) {
+        if (!cap_model || !cap_out)
+            return as_cli_usage("bench", "softmax: --capture needs --out FILE "
+                                "and --out needs --capture MODEL");
     }
     if (quick)
         reps = 1;
@@ -341,31 +652,45 @@ int as_bench_softmax(int argc, char **argv)
     cJSON_AddStringToObject(root, "bench", "softmax");
     cJSON_AddItemToObject(root, "results", results);
     int rc = AS_EXIT_OK;
+    if (cap_model) {
+        cJSON *mg = cJSON_CreateArray();
+        cJSON_AddItemToObject(root, "model_grad", mg);
+        cJSON_AddStringToObject(root, "capture", cap_model);
+        cJSON_AddNumberToObject(root, "capture_steps", (double)cap_steps);
+        rc = capture(cap_model, cap_preset, (long)cap_steps, cap_seed,
+                     cap_out, specs, npol, mg);
+        if (rc == AS_EXIT_OK && json &&
+            as_cli_write_json("bench", json, root))
+            rc = AS_EXIT_FAIL;
+        cJSON_Delete(root);
+        free(pbuf);
+        return rc;
+    }
     for (int f = 0; f < nfiles && rc == AS_EXIT_OK; f++) {
         FILE *fp = fopen(files[f], "rb");
         if (!fp) {
             rc = as_cli_fail("bench", "softmax: cannot open %s", files[f]);
             break;
         }
-        for (int recno = 0;; recno++) {
-            as_sm_dump_rec rec;
-            int e = as_sm_dump_read(fp, &rec);
+        as_sm_dump_rec pend;
+        bool have = false;
+        for (int setno = 0;; setno++) {
+            rowset s;
+            int e = read_rowset(fp, &pend, &have, &s);
             if (e == 1)
                 break;
             if (e) {
-                rc = as_cli_fail("bench", "softmax: %s: record %d: %s",
-                                 files[f], recno, as_strerror(e));
+                rc = as_cli_fail("bench", "softmax: %s: row set %d: %s",
+                                 files[f], setno, as_strerror(e));
                 break;
             }
-            rowset s = {.rows = rec.rows, .len = rec.len,
-                        .queries = rec.queries, .causal = rec.causal,
-                        .y = rec.y};
-            snprintf(s.name, sizeof s.name, "%s", rec.name[0] ? rec.name : "file");
             double at = attn_fwd_s(&s, (int)reps);
             for (int i = 0; i < npol && rc == AS_EXIT_OK; i++)
                 rc = bench_one(&s, specs[i], (int)reps, at, results);
-            free(rec.y);
+            free(s.y);
         }
+        if (have)
+            free(pend.y);
         fclose(fp);
     }
     static const int64_t lens[] = {50, 128, 256, 1024};

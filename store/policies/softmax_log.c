@@ -221,13 +221,54 @@ size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
     uint32_t *lev = w->key;
     /* branch-free, so the compiler vectorizes it */
     for (size_t i = 0; i < n; i++) {
-        float x = fmaxf(v[i], 1e-38f);        /* also maps NaN, <= 0 */
-        float l = fminf(fmaxf(lm - sm_ln16(x), 0.0f), (float)SM_DMAX);
+        float x = v[i] > 1e-38f ? v[i] : 1e-38f;   /* also maps NaN, <= 0 */
+        float l = lm - sm_ln16(x);
+        l = l > 0.0f ? l : 0.0f;
+        l = l < (float)SM_DMAX ? l : (float)SM_DMAX;
         lev[i] = (uint32_t)(int32_t)l;
     }
     uint32_t hist[257];
     float hmass[257];
+    size_t k = 0;
     if (topk) {
+        k = n / (size_t)p->k;
+        k = k < 1 ? 1 : k;
+    }
+    /* the cut level (level of the k-th smallest) and how many lie below
+     * it: for a fixed small k a sorted buffer of the k smallest levels
+     * (expected O(n + k^2 log n) steps, no table to clear), else a
+     * histogram of the levels */
+    uint32_t cut = 0;
+    size_t below = 0;
+    bool have_cut = false;
+    if (topk && p->mass == 0.0f && k <= 32) {
+        uint32_t buf[32];
+        size_t nb_ = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t d = lev[i];
+            if (nb_ == k && d >= buf[k - 1])
+                continue;
+            size_t j = nb_ < k ? nb_++ : k - 1;
+            while (j > 0 && buf[j - 1] > d) {
+                buf[j] = buf[j - 1];
+                j--;
+            }
+            buf[j] = d;
+        }
+        cut = buf[k - 1];
+        for (size_t i = 0; i < n; i++)
+            below += lev[i] < cut;
+        have_cut = true;
+    } else if (topk && n < 1024) {
+        memset(hist, 0, sizeof hist);
+        for (size_t i = 0; i < n; i++)
+            hist[lev[i] < 256 ? lev[i] : 256]++;
+        if (p->mass > 0.0f) {
+            memset(hmass, 0, sizeof hmass);
+            for (size_t i = 0; i < n; i++)
+                hmass[lev[i] < 256 ? lev[i] : 256] += v[i] > 0.0f ? v[i] : 0.0f;
+        }
+    } else if (topk) {
         /* four interleaved histograms: equal neighbours would otherwise
          * chain every increment through one memory slot */
         uint32_t h4[4][257];
@@ -252,15 +293,12 @@ size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
     size_t nfine = 0;
     uint32_t lref = 0;
     if (topk) {
-        size_t k = n / (size_t)p->k;
-        k = k < 1 ? 1 : k;
         /* cut level: the k entries of lowest level (highest value) */
-        uint32_t cut = 0;
-        size_t below = 0;            /* entries with level < cut */
         double mass = 0.0;
-        while (below + hist[cut] < k) {
+        while (!have_cut && below + hist[cut] < k) {
             below += hist[cut];
-            mass += hmass[cut];
+            if (p->mass > 0.0f)
+                mass += hmass[cut];
             cut++;
             if (p->mass > 0.0f && mass >= p->mass) {
                 k = below;           /* adaptive: whole levels to mass P */
@@ -269,8 +307,11 @@ size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
         }
         size_t ties = k - below;     /* taken at level == cut, in order */
         uint8_t *fine = out + nb;
+        /* the histogram lumps levels >= 256 into bin 256: compare
+         * clamped levels then (the fine code clamps to 255 anyway) */
+        const uint32_t dmax = have_cut ? SM_DMAX : 256;
         for (size_t i = 0; i < n; i++) {
-            uint32_t d = lev[i];
+            uint32_t d = lev[i] < dmax ? lev[i] : dmax;
             if (d < cut || (d == cut && ties > 0 && (ties--, true))) {
                 fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
                 lref = d > lref ? d : lref;
