@@ -178,7 +178,8 @@ static void prog_step(prog *g, size_t si, size_t ns, uint64_t seed, long k, long
     if (g->c->quiet)
         return;
     double t = now_s();
-    bool line = !g->tty && (k % g->every == 0 || k == n);
+    /* plain lines: every fifth of the run, and at least every 10 s */
+    bool line = !g->tty && (k % g->every == 0 || k == n || t - g->last >= 10.0);
     if (g->tty && t - g->last < 0.2 && k != n)
         return;
     if (!g->tty && !line)
@@ -337,6 +338,11 @@ static int run_seed(const as_ab_config *c, const as_nn_preset *p, as_report *rep
         }
     }
     g->every = n / 5 > 0 ? n / 5 : 1;
+    g->last = now_s();
+    if (!c->quiet)
+        fprintf(stderr, "actstore %s: %s seed %llu (%zu/%zu): training %ld steps, A: %s, B: %s\n",
+                c->cmd, c->title ? c->title : c->model, (unsigned long long)seed, si + 1,
+                rep->nseeds, n, c->spec[0], c->spec[1]);
     for (long k = 0; k < n && !rc; k++) {
         for (int a = 0; a < 2 && !rc; a++) {
             as_rep_run *out = &rep->arm[a].runs[si];

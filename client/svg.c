@@ -112,7 +112,12 @@ static void header(FILE *f, const as_svg_axes *ax)
 static void axes(FILE *f, const as_svg_axes *ax, const frame *fr, bool xticks)
 {
     char buf[48];
-    for (double v = fr->y0; v <= fr->y1 + fr->ystep * 1e-6; v += fr->ystep) {
+    /* Ticks by index, not by accumulation: a step below the ulp of the
+     * values would never advance (y_range keeps the range wide enough). */
+    for (int i = 0; i <= 100; i++) {
+        double v = fr->y0 + fr->ystep * i;
+        if (v > fr->y1 + fr->ystep * 1e-6)
+            break;
         double y = py(fr, v);
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e5e5e5\"/>\n",
                 ML, y, W - MR, y);
@@ -121,7 +126,10 @@ static void axes(FILE *f, const as_svg_axes *ax, const frame *fr, bool xticks)
     }
     if (xticks) {
         double step = nice_step(fr->x1 - fr->x0, 8);
-        for (double v = ceil(fr->x0 / step) * step; v <= fr->x1 + step * 1e-6; v += step) {
+        for (int i = 0; i <= 100; i++) {
+            double v = ceil(fr->x0 / step) * step + step * i;
+            if (v > fr->x1 + step * 1e-6)
+                break;
             double x = px(fr, v);
             fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#999\"/>\n",
                     x, H - MB, x, H - MB + 4);
@@ -163,7 +171,9 @@ static void y_range(frame *fr, const as_svg_axes *ax, double lo, double hi)
 {
     if (ax->y_from_zero && lo > 0)
         lo = 0;
-    if (!(hi > lo)) {
+    /* A range below ~1e-9 of the values is flat (cosines of 1 and
+     * 1 - 1e-16, say): widen it so the ticks are distinct numbers. */
+    if (!(hi - lo > 1e-9 * fmax(fabs(lo), fabs(hi)))) {
         hi = lo + (lo != 0 ? fabs(lo) * 0.1 : 1.0);
     }
     fr->scale = 1.0;

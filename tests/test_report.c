@@ -85,6 +85,18 @@ static void test_svg_charts(void **state)
     assert_non_null(strstr(t, "conv_input"));
     assert_non_null(strstr(t, "<rect x="));
     free(t);
+    /* A flat series a rounding error apart (cosines 1 and 1 - 1e-16) once
+     * looped forever on ticks below the values' ulp. */
+    const double yc[] = {1.0, 0.9999999999999999, 1.0, 1.0};
+    as_svg_series sc = {"cos", x, yc, 4, false};
+    as_svg_axes axc = {"cosine", "step", "cosine", AS_SVG_PLAIN, false};
+    assert_int_equal(as_svg_line_chart(path, &axc, &sc, 1), 0);
+    t = slurp(path);
+    size_t nticks = 0;
+    for (const char *q = t; (q = strstr(q, "text-anchor=\"end\"")); q++)
+        nticks++;
+    assert_true(nticks >= 2 && nticks <= 20);
+    free(t);
     unlink(path);
     assert_int_equal(as_svg_line_chart("/nonexistent/dir/x.svg", &ax, &s, 1), -1);
 }
