@@ -123,13 +123,14 @@ static void bench_backward(bench *b)
     as_store_phase(b->s, AS_PHASE_BACKWARD);
 }
 
-/* Every parameter's gradient against finite differences; then nothing may
- * be left in the store. */
+/* Every parameter's gradient against finite differences (nout = 0: none
+ * computed, e.g. after a failed forward); then nothing may be left in the
+ * store. */
 static void bench_finish(bench *b, const char *what, ref_fn ref, const void *cfg,
                          double *p, size_t off, size_t nout, const double *r)
 {
     char buf[128];
-    for (size_t i = 0; i < b->ps.n; i++) {
+    for (size_t i = 0; i < b->ps.n && nout > 0; i++) {
         snprintf(buf, sizeof buf, "%s d(%s)", what, b->ps.p[i]->name);
         check_grad(buf, ref, cfg, p, nout, r, AS_NN_F(b->ps.p[i]->g), off,
                    b->ps.p[i]->n);
