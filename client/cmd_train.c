@@ -315,6 +315,8 @@ int as_cmd_train(int argc, char **argv)
     as_store_destroy(store);
     if (rc)
         return as_cli_fail("train", "%s", err);
+    if (!quiet && g.tty)
+        fputs("\r\033[K", stderr);   /* clear the "evaluating" bar */
     if (!quiet) {
         char a[32], b[32], c[32];
         as_cli_human_bytes((double)r.saved_stored_peak, a, sizeof a);
