@@ -185,6 +185,7 @@ typedef struct steps_res {
     double  events_per_s;         /* per SSE client, on_clients blocks */
     unsigned long scrapes, scrape_errors, dropped;
     double  tick_ms_max;
+    double  cpu_s[NCONF], wall_s[NCONF];   /* service thread CPU during blocks */
 } steps_res;
 
 static int run_block(as_nn_run *run, long warmup, long steps, double *step_ms, char *err,
@@ -241,11 +242,20 @@ static int bench_steps(const steps_cfg *c, steps_res *res, char *err, size_t err
                 if (!rc && k == C_CLIENTS && (rc = load_start(&l, svc)))
                     snprintf(err, errlen, "cannot connect the clients");
             }
+            as_service_stats st0 = {0};
+            if (svc) {
+                usleep(150000);    /* a tick, so the CPU figure is fresh */
+                as_service_get_stats(svc, &st0);
+            }
+            double w0 = now_s();
             if (!rc)
                 rc = run_block(run, c->warmup, c->steps, ms, err, errlen);
             if (svc) {
+                usleep(150000);
                 as_service_stats st;
                 as_service_get_stats(svc, &st);
+                res->cpu_s[k] += (double)(st.cpu_ns - st0.cpu_ns) * 1e-9;
+                res->wall_s[k] += now_s() - w0;
                 if (k == C_CLIENTS) {
                     load_stop(&l);
                     events_s += (double)atomic_load(&l.events) / (c->clients ? c->clients : 1);
@@ -517,10 +527,23 @@ int as_bench_service(int argc, char **argv)
     if (!do_steps)
         c.repeats = 0;
 
-    /* paired overheads over repeats (block medians, same repeat = same moment) */
+    /* paired overheads over repeats (block medians, same repeat = same
+     * moment): the median of the per-repeat ratios, and a 95% t interval
+     * of the mean log ratio (geometric mean overhead) */
     as_paired pd[NCONF];
-    for (int k = 0; k < NCONF; k++)
+    double rmed[NCONF] = {0}, glo[NCONF] = {0}, ghi[NCONF] = {0};
+    double *lr_ = calloc(c.repeats ? c.repeats : 1, sizeof *lr_);
+    for (int k = 0; k < NCONF && do_steps && lr_; k++) {
         pd[k] = as_stats_paired(sr.block_ms[C_OFF], sr.block_ms[k], c.repeats);
+        for (unsigned r = 0; r < c.repeats; r++)
+            lr_[r] = log(sr.block_ms[k][r] / sr.block_ms[C_OFF][r]);
+        as_summary sm = as_stats_summary(lr_, c.repeats);
+        double h = c.repeats > 1 ? as_stats_t975(c.repeats - 1) * sm.sd / sqrt((double)c.repeats) : 0;
+        glo[k] = exp(sm.mean - h) - 1;
+        ghi[k] = exp(sm.mean + h) - 1;
+        rmed[k] = exp(as_stats_median(lr_, c.repeats)) - 1;
+    }
+    free(lr_);
 
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     printf("actstore bench service: load average %.2f before, %.2f after, %ld cores\n\n",
@@ -528,15 +551,19 @@ int as_bench_service(int argc, char **argv)
     if (do_steps) {
     printf("  vit small, %u repeats x %ld steps per configuration, %d BLAS thread(s)\n",
            c.repeats, c.steps, c.threads);
-    printf("  %-11s %10s %12s %22s\n", "config", "ms/step", "vs off", "paired 95% CI (ms)");
+    printf("  %-11s %9s %9s %15s %24s\n", "config", "ms/step", "vs off", "paired median",
+           "paired 95% CI (geomean)");
     for (int k = 0; k < NCONF; k++) {
         double ratio = sr.median_ms[k] / sr.median_ms[C_OFF] - 1;
-        printf("  %-11s %10.3f %+11.2f%% %10.3f +- %-8.3f\n", conf_name[k], sr.median_ms[k],
-               100 * ratio, pd[k].mean_diff, isnan(pd[k].ci_half) ? 0 : pd[k].ci_half);
+        printf("  %-11s %9.3f %+8.2f%% %+14.2f%%      [%+6.2f%%, %+6.2f%%]\n", conf_name[k],
+               sr.median_ms[k], 100 * ratio, 100 * rmed[k], 100 * glo[k], 100 * ghi[k]);
     }
     printf("\n  on_clients: %u SSE clients at %.1f events/s each, %lu scrapes (%lu failed), "
            "%lu dropped; service tick max %.3f ms\n",
            c.clients, sr.events_per_s, sr.scrapes, sr.scrape_errors, sr.dropped, sr.tick_ms_max);
+    printf("  service thread CPU: %.2f%% of a core idle, %.2f%% with the clients and scrapes\n",
+           100 * sr.cpu_s[C_IDLE] / (sr.wall_s[C_IDLE] > 0 ? sr.wall_s[C_IDLE] : 1),
+           100 * sr.cpu_s[C_CLIENTS] / (sr.wall_s[C_CLIENTS] > 0 ? sr.wall_s[C_CLIENTS] : 1));
     }
     if (do_metrics)
     printf("\n  /metrics, %u layers, %u requests (keep-alive, loopback):\n", layers, requests);
@@ -572,6 +599,9 @@ int as_bench_service(int argc, char **argv)
             cJSON_AddStringToObject(o, "config", conf_name[k]);
             cJSON_AddNumberToObject(o, "median_ms", sr.median_ms[k]);
             cJSON_AddNumberToObject(o, "vs_off", sr.median_ms[k] / sr.median_ms[C_OFF] - 1);
+            cJSON_AddNumberToObject(o, "paired_median_vs_off", rmed[k]);
+            cJSON_AddNumberToObject(o, "paired_geomean_ci95_lo", glo[k]);
+            cJSON_AddNumberToObject(o, "paired_geomean_ci95_hi", ghi[k]);
             cJSON_AddNumberToObject(o, "paired_diff_ms", pd[k].mean_diff);
             cJSON_AddNumberToObject(o, "paired_ci_half_ms", isnan(pd[k].ci_half) ? 0 : pd[k].ci_half);
             cJSON_AddItemToObject(o, "block_medians_ms",
@@ -583,6 +613,10 @@ int as_bench_service(int argc, char **argv)
         cJSON_AddNumberToObject(root, "scrape_errors", (double)sr.scrape_errors);
         cJSON_AddNumberToObject(root, "sse_dropped", (double)sr.dropped);
         cJSON_AddNumberToObject(root, "tick_ms_max", sr.tick_ms_max);
+        cJSON_AddNumberToObject(root, "service_cpu_share_idle",
+                                sr.wall_s[C_IDLE] > 0 ? sr.cpu_s[C_IDLE] / sr.wall_s[C_IDLE] : 0);
+        cJSON_AddNumberToObject(root, "service_cpu_share_clients",
+                                sr.wall_s[C_CLIENTS] > 0 ? sr.cpu_s[C_CLIENTS] / sr.wall_s[C_CLIENTS] : 0);
         cJSON *ml = cJSON_AddArrayToObject(root, "metrics_latency");
         for (int k = 0; k < 2 && do_metrics; k++) {
             cJSON *o = cJSON_CreateObject();

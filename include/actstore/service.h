@@ -99,6 +99,8 @@ typedef struct as_service_stats {
     uint64_t ticks;
     uint64_t tick_ns_last, tick_ns_max;   /* time to gather + build a frame */
     uint64_t memory_bytes;                /* the service's own buffers */
+    uint64_t cpu_ns;                      /* CPU time of the service thread
+                                             (updated every tick) */
 } as_service_stats;
 AS_API void as_service_get_stats(const as_service *svc, as_service_stats *out);
 

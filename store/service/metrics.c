@@ -235,6 +235,9 @@ static void service_metrics(as_service *svc, as__sb *b)
     family(b, "actstore_service_tick_seconds", "gauge",
            "Time the last tick took (snapshots, timeline, SSE frame).");
     as__sb_printf(b, "actstore_service_tick_seconds %.9g\n", st.tick_ns_last * 1e-9);
+    family(b, "actstore_service_cpu_seconds_total", "counter",
+           "CPU time used by the service thread.");
+    as__sb_printf(b, "actstore_service_cpu_seconds_total %.9g\n", st.cpu_ns * 1e-9);
 }
 
 void as__render_metrics(as_service *svc, as__sb *b)

@@ -259,6 +259,9 @@ static void on_tick(uv_timer_t *t)
     AS__STAT_SET(svc, AS__ST_TICK_NS, dt);
     if (dt > atomic_load(&svc->st[AS__ST_TICK_MAX]))
         AS__STAT_SET(svc, AS__ST_TICK_MAX, dt);
+    struct timespec cpu;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) == 0)
+        AS__STAT_SET(svc, AS__ST_CPU_NS, (uint64_t)cpu.tv_sec * 1000000000ull + (uint64_t)cpu.tv_nsec);
 }
 
 /* ---- thread, start, stop ------------------------------------------------- */
@@ -551,4 +554,5 @@ void as_service_get_stats(const as_service *svc, as_service_stats *o)
     o->tick_ns_last = atomic_load(&s->st[AS__ST_TICK_NS]);
     o->tick_ns_max = atomic_load(&s->st[AS__ST_TICK_MAX]);
     o->memory_bytes = as__svc_memory();
+    o->cpu_ns = atomic_load(&s->st[AS__ST_CPU_NS]);
 }

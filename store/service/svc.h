@@ -151,7 +151,7 @@ struct as_service {
 enum {
     AS__ST_REQUESTS, AS__ST_4XX, AS__ST_5XX, AS__ST_OPEN, AS__ST_CONN_TOTAL,
     AS__ST_REJECTED, AS__ST_SSE, AS__ST_FRAMES, AS__ST_DROPPED, AS__ST_TICKS,
-    AS__ST_TICK_NS, AS__ST_TICK_MAX
+    AS__ST_TICK_NS, AS__ST_TICK_MAX, AS__ST_CPU_NS
 };
 #define AS__STAT_ADD(svc, k, v) atomic_fetch_add(&(svc)->st[k], (v))
 #define AS__STAT_SET(svc, k, v) atomic_store(&(svc)->st[k], (v))
