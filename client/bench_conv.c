@@ -102,7 +102,10 @@ static void usage(FILE *f)
         "                           [--cond-max C]\n"
         "Conv input inversion vs conv forward (im2col + OpenBLAS sgemm), per shape:\n"
         "forward_ms, invert_ms (cached factor), factor_ms (once per weight version),\n"
-        "ratio, max_rel_err (max|X'-X| / max|X|), cond, fallback, stored/raw bytes.\n"
+        "ratio (median of invert/forward timed back to back), stream_ms and\n"
+        "stream_ratio (restore that factors inside, as in training: adjoint path when\n"
+        "Cout >= 2 Cin and cond <= 50), cond_ms (the check at save), max_rel_err\n"
+        "(max|X'-X| / max|X|), cond, fallback, stored/raw bytes.\n"
         "  --quick        a few small shapes (N=8), seconds\n"
         "  --reps R       repeats per measurement, median reported (default 3)\n"
         "  --threads T    OpenBLAS threads for the forward (default 1; the\n"
@@ -132,12 +135,19 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     float *ws = malloc(sizeof(float) * as_op_conv_workspace(&og));
     double *tf = malloc(sizeof(double) * reps), *ti = malloc(sizeof(double) * reps);
     double *ts = malloc(sizeof(double) * reps);
+    /* Forward times taken right before each inversion: the ratios are
+     * medians of paired ratios, so load changes between shapes or phases
+     * of the run cancel. */
+    double *tfi = malloc(sizeof(double) * reps), *tfs = malloc(sizeof(double) * reps);
+    double *qi = malloc(sizeof(double) * reps), *qs = malloc(sizeof(double) * reps);
+    double ratio = NAN, sratio = NAN;
     as__conv_inv *cs = NULL;   /* a second solver for the streaming restore */
     double stream = NAN, cond_ms = NAN, serr = NAN;
     int adjoint = 0;
     as__conv_inv *ci = NULL;
     int rc = -1;
-    if (!x || !xr || !y || !w || !b || !fr || !ws || !tf || !ti || !ts)
+    if (!x || !xr || !y || !w || !b || !fr || !ws || !tf || !ti || !ts || !tfi || !tfs ||
+        !qi || !qs)
         goto out;
     const double sd = sqrt(2.0 / (s->cin * s->k * s->k));
     for (size_t i = 0; i < wl; i++) w[i] = (float)(sd * nrand());
@@ -172,12 +182,17 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     if (crc == 0) {
         for (int r = 0; r < reps; r++) {
             double t0 = now_ms();
+            as_op_conv_fwd(&og, x, w, b, y, ws);
+            tfi[r] = now_ms() - t0;
+            t0 = now_ms();
             if (as__conv_inv_prepare(ci, w, 1, NULL, NULL, 0) ||
                 as__conv_inv_restore(ci, s->n, y, b, fr, xr))
                 goto out;
             ti[r] = now_ms() - t0;
+            qi[r] = ti[r] / tfi[r];
         }
         inv = median(ti, reps);
+        ratio = median(qi, reps);
         as__conv_inv_stats st;
         as__conv_inv_get_stats(ci, &st);
         /* What the policy does per training step: the condition check at
@@ -188,11 +203,16 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
             if (as__conv_inv_condition(cs, w, (uint64_t)r + 1, NULL, NULL, 0))
                 goto out;
             double t0 = now_ms();
+            as_op_conv_fwd(&og, x, w, b, y, ws);
+            tfs[r] = now_ms() - t0;
+            t0 = now_ms();
             if (as__conv_inv_restore_stream(cs, w, (uint64_t)r + 1, s->n, y, b, fr, xr, NULL, 0))
                 goto out;
             ts[r] = now_ms() - t0;
+            qs[r] = ts[r] / tfs[r];
         }
         stream = median(ts, reps);
+        sratio = median(qs, reps);
         as__conv_inv_stats ss;
         as__conv_inv_get_stats(cs, &ss);
         cond_ms = ss.cond_ms;
@@ -236,10 +256,10 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
 #define NUM_OR_NULL(key, v) \
     do { if (isfinite(v)) cJSON_AddNumberToObject(res, key, v); else cJSON_AddNullToObject(res, key); } while (0)
     NUM_OR_NULL("invert_ms", inv);
-    NUM_OR_NULL("ratio", inv / fwd);
+    NUM_OR_NULL("ratio", ratio);
     NUM_OR_NULL("factor_ms", factor_ms);
     NUM_OR_NULL("stream_ms", stream);
-    NUM_OR_NULL("stream_ratio", stream / fwd);
+    NUM_OR_NULL("stream_ratio", sratio);
     NUM_OR_NULL("cond_ms", cond_ms);
     NUM_OR_NULL("stream_max_rel_err", serr);
     NUM_OR_NULL("max_rel_err", err);
@@ -257,15 +277,15 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     printf("n %2d  %2d->%-2d  %2dx%-2d  k%d p%d  fwd %7.2f  inv %7.2f (x%5.2f)  "
            "stream %7.2f (x%5.2f, %s)  factor %6.1f  cond-check %6.1f ms  err %.1e/%.1e  "
            "cond %.3g  stored/raw %.3f%s%s\n",
-           s->n, s->cin, s->cout, s->h, s->h, s->k, s->pad, fwd, inv, inv / fwd,
-           stream, stream / fwd, adjoint ? "adj" : "dir", factor_ms, cond_ms, err, serr,
+           s->n, s->cin, s->cout, s->h, s->h, s->k, s->pad, fwd, inv, ratio,
+           stream, sratio, adjoint ? "adj" : "dir", factor_ms, cond_ms, err, serr,
            cond, stored / raw, fallback ? "  FALLBACK: " : "", fallback ? why : "");
     fflush(stdout);
     rc = 0;
 out:
     as__conv_inv_destroy(ci);
     as__conv_inv_destroy(cs);
-    free(ts);
+    free(ts); free(tfi); free(tfs); free(qi); free(qs);
     free(x); free(xr); free(y); free(w); free(b); free(fr); free(ws); free(tf); free(ti);
     return rc;
 }

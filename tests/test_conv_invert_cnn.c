@@ -75,7 +75,7 @@ static void check_variant(bool batchnorm, const char *policy, bool chain)
     p.batch = 16;
     as_nn_run *keep = run_new(&p, "default=keep");
     as_nn_run *inv = run_new(&p, policy);
-    for (long b = 0; b < 3; b++) {
+    for (long b = 0; b < 2; b++) {
         double la, lb;
         assert_int_equal(as_nn_run_grads(keep, b, &la), 0);
         if (as_nn_run_grads(inv, b, &lb))
@@ -118,7 +118,7 @@ static void check_variant(bool batchnorm, const char *policy, bool chain)
         assert_true(mi.saved_stored_peak * 2 < mk.saved_stored_peak);
     as__conv_inv_lstats ls;
     assert_int_equal(as__conv_inv_layer_stats(as_nn_run_store(inv), NULL, &ls), 0);
-    assert_true(ls.restores >= 3 * 4);   /* 4 convs, 3 batches */
+    assert_true(ls.restores >= 2 * 4);   /* 4 convs, 2 batches */
     assert_int_equal(ls.cond_checks, 4);  /* weights unchanged: one per layer */
     as_nn_run_destroy(keep);
     as_nn_run_destroy(inv);
