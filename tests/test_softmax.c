@@ -296,6 +296,53 @@ static void test_masks(void **st)
                 assert_float_equal(d[r * L + pos[j]], ref[j], 1e-6);
         }
         free(blob);
+        /* the compact codecs: masked entries 0, valid ones sum to 1 */
+        static const char *others[] = {"solog:4", "sotk:16:3", "sotk:8:2:0.9"};
+        for (size_t o = 0; o < 3; o++) {
+            blob = encode(others[o], lay, y, &used);
+            assert_int_equal(as_sm_decode_rows(blob, 0, ROWS, d), 0);
+            for (int64_t r = 0; r < ROWS; r++) {
+                double sum = 0;
+                size_t nvalid = 0;
+                for (size_t k = 0; k < L; k++) {
+                    if (y[r * L + k] == 0.5f) {
+                        assert_true(d[r * L + k] == 0.0f);
+                    } else {
+                        nvalid++;
+                        sum += d[r * L + k];
+                    }
+                }
+                if (nvalid)
+                    assert_float_equal(sum, 1.0, 1e-6);
+            }
+            free(blob);
+        }
+    }
+}
+
+/* sotk keeps max(min(n, 3), n / F) fine entries: short rows get 3 */
+static void test_sotk_fine_count(void **st)
+{
+    (void)st;
+    static const struct { const char *spec; size_t n, bytes; } want[] = {
+        {"sotk:16:3", 1, 1 + 1}, {"sotk:16:3", 2, 1 + 2},
+        {"sotk:16:3", 10, 4 + 3}, {"sotk:16:3", 50, 19 + 3},
+        {"sotk:16:3", 64, 24 + 4}, {"sotk:8:2", 300, 75 + 37},
+    };
+    float y[300], a[300];
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        seed(40 + i);
+        softmax_row(y, want[i].n, 2.0);
+        as_sm_params p = P(want[i].spec);
+        size_t bytes;
+        roundtrip_row(&p, y, want[i].n, 300, a, &bytes);
+        assert_int_equal(bytes, want[i].bytes);
+        assert_int_equal(as_sm_row_bytes(&p, want[i].n, 300), want[i].bytes);
+        /* the largest entry is never dropped to the tail */
+        size_t im = 0;
+        for (size_t k = 1; k < want[i].n; k++)
+            im = y[k] > y[im] ? k : im;
+        assert_true(a[im] > 0.0f);
     }
 }
 
@@ -483,6 +530,7 @@ int main(void)
         cmocka_unit_test(test_mass_is_one),
         cmocka_unit_test(test_masks),
         cmocka_unit_test(test_wide_ranks),
+        cmocka_unit_test(test_sotk_fine_count),
         cmocka_unit_test(test_gradient_cosine),
         cmocka_unit_test(test_backward_and_ptmatmul),
         cmocka_unit_test(test_specs),

@@ -15,11 +15,11 @@
  *                 rows with n <= 2S exact. n*r + (2S+1)*4 bytes, r = 1|2.
  *   solog:B       B-bit (2..4) log-domain code per valid entry relative to
  *                 the row maximum, renormalized to mass 1. ceil(nB/8) bytes.
- *   sotk:K:B[:P]  the up-to-K largest entries as 8-bit fine log codes, the
- *                 rest as B-bit coarse log codes below them, renormalized
- *                 to mass 1; with P (0 < P < 1) a row keeps only as many
- *                 fine entries as hold mass P (adaptive k, at most K).
- *                 ceil(nB/8) + k bytes, k <= K.
+ *   sotk:F:B[:P]  the k = max(min(n, 3), floor(n / F)) largest entries as
+ *                 8-bit fine log codes, the rest as B-bit coarse log codes
+ *                 below them, renormalized to mass 1; with P (0 < P < 1) a
+ *                 row keeps only as many fine entries as hold mass P
+ *                 (adaptive k, at most that). ceil(nB/8) + k bytes.
  *
  * Masks: a row's valid keys are given by the layout (causal: keys 0..q for
  * query q = row % queries; padding: keys < valid_len[row / rows_per_item];
@@ -46,13 +46,17 @@ typedef enum as_sm_kind {
     AS_SM_KIND_COUNT
 } as_sm_kind;
 
+/* sotk keeps at least this many fine entries (all of a shorter row). */
+#define AS_SM_MIN_FINE 3
+
 typedef struct as_sm_params {
     int   kind;      /* as_sm_kind */
     int   s;         /* soa: entries kept exactly at each end (S >= 1) */
     bool  fullden;   /* soa: lambda divides by the full row length L (the
                         published unmasked path) instead of n - 2S + 1 */
     int   bits;      /* solog / sotk: coarse code bits, 2..4 */
-    int   k;         /* sotk: most fine entries per row, 1..255 (and <= n) */
+    int   k;         /* sotk: F, fine entries per row = max(min(n, 3),
+                        n / F), 1..255 */
     float mass;      /* sotk: adaptive k keeps the fewest fine entries that
                         hold this share of the row's mass; 0 = always k */
 } as_sm_params;

@@ -212,7 +212,8 @@ size_t as_sm_row_bytes(const as_sm_params *p, size_t n, size_t len)
     case AS_SM_LOG: return (n * (size_t)p->bits + 7) / 8;
     default: {
         size_t k = n / (size_t)p->k;
-        return (n * (size_t)p->bits + 7) / 8 + (k < 1 ? 1 : k);
+        size_t k0 = n < AS_SM_MIN_FINE ? n : AS_SM_MIN_FINE;
+        return (n * (size_t)p->bits + 7) / 8 + (k < k0 ? k0 : k);
     }
     }
 }

@@ -17,13 +17,16 @@
  *
  *   solog:B      every valid entry gets a B-bit code (0 = the max's bucket,
  *                2^B - 1 = tail, decoded as 0). Row: ceil(n B / 8) bytes.
- *   sotk:F:B[:P] the k = max(1, floor(n / F)) largest entries (fewer with P:
- *                the fewest that hold mass P) get an 8-bit fine code
+ *   sotk:F:B[:P] the k = max(min(n, 3), floor(n / F)) largest entries (fewer
+ *                with P: the fewest that hold mass P) get an 8-bit fine code
  *                (l quantized at 1/16 nat, relative to the max); code 0 in
  *                the B-bit stream marks them, in key order, so they need no
  *                index. The others get coarse codes 1..2^B - 1 relative to
  *                the smallest fine level (last code = tail, 0).
- *                Row: ceil(n B / 8) + k bytes.
+ *                Row: ceil(n B / 8) + k bytes. The floor of 3 fine entries
+ *                is for short rows (causal rows of early queries): with
+ *                k = 1 the lm rows lost 1.3% cosine (0.986 vs 0.9986 with
+ *                3), at 7% of the bytes; a row of 50 already has 3.
  *
  * Encoding is linear time and needs no sort: every entry's level (1/16
  * nat units below the max) comes from its float bits with a short series
@@ -232,7 +235,8 @@ size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
     size_t k = 0;
     if (topk) {
         k = n / (size_t)p->k;
-        k = k < 1 ? 1 : k;
+        size_t k0 = n < AS_SM_MIN_FINE ? n : AS_SM_MIN_FINE;
+        k = k < k0 ? k0 : k;
     }
     /* the cut level (level of the k-th smallest) and how many lie below
      * it: for a fixed small k a sorted buffer of the k smallest levels
