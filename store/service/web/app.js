@@ -293,6 +293,7 @@
         arms.appendChild(buildArm(st, i));
       });
       if (S.stores.length > 1) cards.appendChild(buildCompare());
+      cards.style.setProperty('--ncards', Math.min(S.stores.length, 3));
     }
     const multi = S.stores.length > 1;
     S.charts.push(makeChart({
