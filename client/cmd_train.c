@@ -182,6 +182,8 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
     cJSON_AddNumberToObject(tm, "step_ms_median", r->step_ms_median);
     cJSON_AddNumberToObject(tm, "total_s", r->total_s);
     cJSON_AddNumberToObject(tm, "eval_s", r->eval_s);
+    cJSON_AddNumberToObject(tm, "step_cpu_ms_median", r->step_cpu_ms_median);
+    cJSON_AddNumberToObject(tm, "cpu_s", r->cpu_s);
     return j;
 }
 

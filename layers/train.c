@@ -122,6 +122,22 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double process_cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
+           (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
+}
+
 static uint64_t mix(uint64_t a, uint64_t b)
 {
     uint64_t s = a ^ (b * 0x9E3779B97F4A7C15ull) ^ 0xD1B54A32D192ED03ull;
@@ -436,7 +452,7 @@ static float lr_at(const as_nn_run *r, long t)
 
 int as_nn_run_step(as_nn_run *r, double *loss)
 {
-    double t0 = now_s();
+    double t0 = now_s(), c0 = thread_cpu_s();
     as_nn_step_info info;
     int rc = forward_backward(r, r->next, &info);
     if (rc)
@@ -452,6 +468,7 @@ int as_nn_run_step(as_nn_run *r, double *loss)
         return run_fail(r, rc, "optimizer");
     r->next++;
     info.ms = 1e3 * (now_s() - t0);
+    info.cpu_ms = 1e3 * (thread_cpu_s() - c0);
     r->last = info;
     if (loss)
         *loss = info.loss;
@@ -464,7 +481,7 @@ int as_nn_run_grads(as_nn_run *r, long batch, double *loss)
         snprintf(r->err, sizeof r->err, "batch index %ld < 0", batch);
         return AS_EINVAL;
     }
-    double t0 = now_s();
+    double t0 = now_s(), c0 = thread_cpu_s();
     /* BatchNorm's running statistics move in a training forward: keep them */
     size_t o = 0;
     for (size_t i = 0; i < r->model->nbufs; i++) {
@@ -488,6 +505,7 @@ int as_nn_run_grads(as_nn_run *r, long batch, double *loss)
     if (rc)
         return rc;
     info.ms = 1e3 * (now_s() - t0);
+    info.cpu_ms = 1e3 * (thread_cpu_s() - c0);
     r->last = info;
     if (loss)
         *loss = info.loss;
@@ -687,17 +705,18 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
     if (!o)
         o = &dflt;
     memset(res, 0, sizeof *res);
-    const double t0 = now_s();
+    const double t0 = now_s(), cpu0 = process_cpu_s();
     as_nn_run *r = NULL;
     int rc = as_nn_run_create(p, o, &r, err, errlen);
     if (rc)
         return rc;
     const long steps = r->planned;
     double *ms = malloc((size_t)steps * sizeof *ms);
+    double *cms = malloc((size_t)steps * sizeof *cms);
     res->loss = malloc((size_t)steps * sizeof *res->loss);
     long maxeval = o->eval_every > 0 ? steps / o->eval_every + 1 : 0;
     res->eval_curve = calloc((size_t)maxeval * 3 + 1, sizeof *res->eval_curve);
-    if (!ms || !res->loss || !res->eval_curve) {
+    if (!ms || !cms || !res->loss || !res->eval_curve) {
         snprintf(err, errlen, "out of memory (%ld steps)", steps);
         rc = AS_ENOMEM;
         goto out;
@@ -712,6 +731,7 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
             goto out;
         }
         ms[s] = r->last.ms;
+        cms[s] = r->last.cpu_ms;
         train_s += r->last.ms * 1e-3;
         res->loss[s] = loss;
         res->steps = s + 1;
@@ -758,6 +778,9 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
     qsort(ms, (size_t)steps, sizeof *ms, cmp_double);
     res->step_ms_median = steps % 2 ? ms[steps / 2]
                                     : 0.5 * (ms[steps / 2 - 1] + ms[steps / 2]);
+    qsort(cms, (size_t)steps, sizeof *cms, cmp_double);
+    res->step_cpu_ms_median = steps % 2 ? cms[steps / 2]
+                                        : 0.5 * (cms[steps / 2 - 1] + cms[steps / 2]);
     as_nn_mem m;
     as_nn_run_memory(r, &m);
     res->saved_stored_peak = m.saved_stored_peak;
@@ -771,8 +794,10 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
     snprintf(res->blas_core, sizeof res->blas_core, "%s", as_op_blas_core());
     res->eval_s = eval_s;
     res->total_s = now_s() - t0;
+    res->cpu_s = process_cpu_s() - cpu0;
 out:
     free(ms);
+    free(cms);
     as_nn_run_destroy(r);
     if (rc)
         as_nn_train_result_free(res);

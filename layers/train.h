@@ -96,6 +96,9 @@ typedef struct as_nn_step_info {
     double gnorm;               /* gradient norm before clipping (step only) */
     float  lr;                  /* learning rate used (step only) */
     double ms;                  /* wall time of the step */
+    double cpu_ms;              /* CPU time of the calling thread (with one
+                                   BLAS thread: the step's whole cost,
+                                   robust to a loaded host) */
 } as_nn_step_info;
 
 /* Evaluation on the test set (cnn, vit) or held-out text (lm). */
@@ -196,6 +199,8 @@ typedef struct as_nn_train_result {
     uint64_t tag_peak[AS_TAG_FIXED_COUNT];
     uint64_t fallbacks;
     double   step_ms_median, total_s, eval_s;
+    double   step_cpu_ms_median; /* calling thread's CPU time per step */
+    double   cpu_s;              /* process CPU time (user + system) */
     size_t   params;
     char     blas_core[32];
 } as_nn_train_result;
