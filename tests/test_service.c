@@ -208,8 +208,8 @@ static void test_hostile(void **state)
     as_service *svc = fake_start(&cfg, srcs, 1);
     assert_non_null(svc);
     int port = as_service_port(svc);
-    expect_status(port, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 405, true);
-    expect_status(port, "DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", 405, true);
+    expect_status(port, "POST /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 405, true);
+    expect_status(port, "DELETE / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 405, true);
     expect_status(port, "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 413, true);
     expect_status(port, "GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 413, true);
     expect_status(port, "GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400, true);
@@ -218,7 +218,18 @@ static void test_hostile(void **state)
     expect_status(port, "GARBAGE\r\n\r\n", 400, true);
     expect_status(port, "GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400, true);
     expect_status(port, "\x01\x02\x03\xff\r\n\r\n", 400, true);
-    expect_status(port, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, false);
+    expect_status(port, "GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404, false);
+    /* DNS rebinding: only loopback names as Host on a loopback bind */
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n", 403, true);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: evil.example:8080\r\n\r\n", 403, true);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1.evil.example\r\n\r\n", 403, true);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n", 403, true);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: [::2]:80\r\n\r\n", 403, true);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: localhost:9464\r\n\r\n", 200, false);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: LOCALHOST\r\n\r\n", 200, false);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n", 200, false);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", 200, false);
+    expect_status(port, "GET /metrics HTTP/1.0\r\n\r\n", 200, false);   /* no Host at all */
     char big[4096];
     snprintf(big, sizeof big, "GET / HTTP/1.1\r\nX-Big: %03000d\r\n\r\n", 7);
     expect_status(port, big, 431, true);
@@ -237,7 +248,7 @@ static void test_hostile(void **state)
 
     /* HEAD: headers only, with the body's length */
     int fd = tconnect(port);
-    const char *head = "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    const char *head = "HEAD /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     assert_int_equal(tsend(fd, head, strlen(head)), 0);
     size_t len;
     char *r = tread_response(fd, true, &len);
@@ -245,8 +256,8 @@ static void test_hostile(void **state)
     assert_string_equal(tbody(r), "");
     free(r);
     /* keep-alive: a second (pipelined) pair on the same connection */
-    const char *two = "GET /api/v1/snapshot HTTP/1.1\r\nHost: x\r\n\r\n"
-                      "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n";
+    const char *two = "GET /api/v1/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                      "GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     assert_int_equal(tsend(fd, two, strlen(two)), 0);
     /* both responses, in order, on the same connection */
     static char acc[1 << 17];
@@ -399,9 +410,9 @@ static void test_fuzz(void **state)
     /* seeds with their lengths (one holds a NUL byte) */
 #define SEED(x) {x, sizeof x - 1}
     static const struct { const char *s; size_t n; } seeds[] = {
-        SEED("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-        SEED("HEAD /api/v1/snapshot HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"),
-        SEED("GET /api/v1/timeline?since=3 HTTP/1.1\r\nHost: x\r\n\r\n"),
+        SEED("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+        SEED("HEAD /api/v1/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n"),
+        SEED("GET /api/v1/timeline?since=3 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
         SEED("GET http://evil.example/metrics HTTP/1.1\r\nHost: evil\r\n\r\n"),
         SEED("GET /../../etc/passwd HTTP/1.1\r\n\r\n"),
         SEED("GET / HTTP/1.0\r\n\r\n"),
@@ -410,7 +421,7 @@ static void test_fuzz(void **state)
         SEED("GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n"),
         SEED("GET / HTTP/1.1\nHost: x\n\n"),
         SEED("GET /\0metrics HTTP/1.1\r\n\r\n"),
-        SEED("GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n"),
+        SEED("GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET / HTTP/1.1\r\n\r\n"),
         SEED("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
     };
 #undef SEED
@@ -452,7 +463,7 @@ static void test_fuzz(void **state)
             }
         }
     }
-    static const int allowed[] = {200, 400, 404, 405, 408, 411, 413, 414, 431, 503};
+    static const int allowed[] = {200, 400, 403, 404, 405, 408, 411, 413, 414, 431, 503};
     unsigned total_allowed = 0;
     for (size_t k = 0; k < sizeof allowed / sizeof allowed[0]; k++)
         total_allowed += statuses[allowed[k]];
@@ -488,7 +499,7 @@ static void test_flood_and_slowloris(void **state)
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     uint64_t peak = 0;
     as_service_stats st;
     /* send until the service drops us (bounded: 10 s; a slow sanitizer

@@ -113,7 +113,7 @@ static void test_stalled_client_dropped(void **state)
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    const char *req = "GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n";
+    const char *req = "GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     assert_int_equal(tsend(fd, req, strlen(req)), 0);
 
     uv_loop_t loop;

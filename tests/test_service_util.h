@@ -248,7 +248,7 @@ static __attribute__((unused)) char *thttp(int port, const char *raw, size_t *le
 static __attribute__((unused)) char *tget(int port, const char *path, size_t *len)
 {
     char req[512];
-    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
+    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", path);
     return thttp(port, req, len);
 }
 

@@ -9,6 +9,7 @@
  *     Content-Length > 0       -> 413
  *     Content-Length: 0        -> 400
  *     other methods            -> 405 (Allow: GET, HEAD)
+ *     Host not a loopback name on a loopback bind (DNS rebinding) -> 403
  *     parse error              -> 400
  *     request line + headers over max_header_bytes -> 431, URL > 2 KiB -> 414
  *     connection limit reached -> 503
@@ -38,7 +39,9 @@ struct as__conn {
     char         field[20];          /* lowercased header name prefix */
     size_t       field_len;
     bool         field_done;         /* a value followed the current field */
-    bool         has_cl, has_te, cl_nonzero;
+    bool         has_cl, has_te, cl_nonzero, has_host;
+    char         host[72];           /* Host header value (truncated) */
+    size_t       host_len;
     int          reject;             /* status decided in a callback */
     bool         sse, draining, closing, in_message;
     unsigned     pending;            /* writes in flight */
@@ -170,6 +173,7 @@ static const char *reason(int status)
     case 200: return "OK";
     case 204: return "No Content";
     case 400: return "Bad Request";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
@@ -427,7 +431,9 @@ static int cb_begin(llhttp_t *p)
 {
     as__conn *c = P(p);
     c->url_len = c->hdr_bytes = c->field_len = 0;
-    c->field_done = c->has_cl = c->has_te = c->cl_nonzero = false;
+    c->field_done = c->has_cl = c->has_te = c->cl_nonzero = c->has_host = false;
+    c->host_len = 0;
+    c->host[0] = 0;
     c->reject = 0;
     c->in_message = true;
     c->msg_start_ns = now_ns();
@@ -477,12 +483,49 @@ static int cb_value(llhttp_t *p, const char *at, size_t n)
             c->has_cl = true;
         else if (!strcmp(c->field, "transfer-encoding"))
             c->has_te = true;
+        else if (!strcmp(c->field, "host"))
+            c->has_host = true;
     }
+    if (c->has_host && !strcmp(c->field, "host"))
+        for (size_t i = 0; i < n && c->host_len < sizeof c->host - 1; i++)
+            c->host[c->host_len++] = at[i];
+    c->host[c->host_len] = 0;
     if (c->has_cl && !strcmp(c->field, "content-length"))
         for (size_t i = 0; i < n; i++)
             if (at[i] >= '1' && at[i] <= '9')
                 c->cl_nonzero = true;
     return 0;
+}
+
+/* DNS rebinding: a web page on evil.example whose name is re-pointed at
+ * 127.0.0.1 could read this service with the browser's same-origin
+ * blessing. On a loopback bind only loopback names are accepted as Host
+ * (127.x.y.z, localhost, [::1], with or without a port). */
+static bool host_is_loopback(const char *h)
+{
+    char name[72];
+    const char *end;
+    if (h[0] == '[') {
+        end = strchr(h, ']');
+        if (!end)
+            return false;
+        return (size_t)(end - h - 1) == 3 && !strncmp(h + 1, "::1", 3) &&
+               (!end[1] || end[1] == ':');
+    }
+    end = strchr(h, ':');
+    size_t n = end ? (size_t)(end - h) : strlen(h);
+    if (n >= sizeof name)
+        return false;
+    memcpy(name, h, n);
+    name[n] = 0;
+    if (!strcasecmp(name, "localhost") || !strcasecmp(name, "localhost."))
+        return true;
+    if (strncmp(name, "127.", 4) || strspn(name, "0123456789.") != n)
+        return false;
+    int dots = 0;
+    for (size_t i = 0; i < n; i++)
+        dots += name[i] == '.';
+    return dots == 3;
 }
 
 static int cb_headers_complete(llhttp_t *p)
@@ -494,6 +537,8 @@ static int cb_headers_complete(llhttp_t *p)
         c->reject = c->cl_nonzero ? 413 : 400;
     else if (p->method != HTTP_GET && p->method != HTTP_HEAD)
         c->reject = 405;
+    else if (c->has_host && !c->svc->cfg.allow_remote && !host_is_loopback(c->host))
+        c->reject = 403;
     return c->reject ? -1 : 0;
 }
 
@@ -549,6 +594,7 @@ static const char *reject_text(int status)
     case 411: return "Transfer-Encoding is not accepted (no request bodies)";
     case 413: return "request bodies are not accepted";
     case 405: return "only GET and HEAD are served";
+    case 403: return "Host is not a loopback name (this service binds loopback only)";
     case 414: return "URL too long";
     case 431: return "request headers too large";
     default:  return "malformed or unsupported request (Content-Length not accepted)";
