@@ -356,6 +356,39 @@ static void test_bad_input(void **state)
     free(out);
 }
 
+static void test_demo_small(void **state)
+{
+    (void)state;
+    char d[600], p[700];
+    snprintf(d, sizeof d, "%s/demo", tmpdir);
+    char *out;
+    int rc = run(&out, "demo --preset small --steps 6 --seeds 2 --serve 127.0.0.1:0 --quiet "
+                       "--out '%s'", d);
+    if (rc != 0)
+        fail_msg("exit %d: %s", rc, out);
+    assert_non_null(strstr(out, "dashboard at http://127.0.0.1:"));
+    assert_true(strstr(out, "dashboard at") < strstr(out, "done in")); /* URL first */
+    assert_non_null(strstr(out, "  vit (keep vs softmax=soa:5; default=keep): B keeps"));
+    assert_non_null(strstr(out, "  cnn (leaky) (keep vs conv_input=invert; default=keep): "
+                                "B keeps"));
+    assert_non_null(strstr(out, "less conv_input memory"));
+    snprintf(p, sizeof p, "reports: %s/", d);
+    assert_non_null(strstr(out, p));
+    free(out);
+    snprintf(p, sizeof p, "%s/vit", d);
+    cJSON *j = load(p);
+    assert_string_equal(cJSON_GetObjectItem(j, "model")->valuestring, "vit");
+    cJSON_Delete(j);
+    snprintf(p, sizeof p, "%s/cnn", d);
+    j = load(p);
+    assert_string_equal(cJSON_GetObjectItem(j, "options")->valuestring, "act=leaky");
+    assert_true(num(arm_run(j, 1, 1), "steps") == 6);
+    cJSON_Delete(j);
+    assert_int_equal(run(&out, "demo --preset nope"), 2);
+    assert_non_null(strstr(out, "unknown preset 'nope'"));
+    free(out);
+}
+
 static void test_cosine(void **state)
 {
     (void)state;
@@ -377,6 +410,7 @@ int main(void)
         cmocka_unit_test(test_vit_pair_and_determinism),
         cmocka_unit_test(test_cnn_invert),
         cmocka_unit_test(test_ctrl_c_partial),
+        cmocka_unit_test(test_demo_small),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
