@@ -347,6 +347,60 @@ static void test_borrowed_store(void **state)
     as_store_destroy(s);
 }
 
+/* ---- optimizers ------------------------------------------------------------ */
+
+static void test_optim(void **state)
+{
+    (void)state;
+    as_nn_ctx c;
+    as_nn_ctx_init(&c, NULL, 1);   /* no store: plain allocation */
+    as_nn_params ps = {0};
+    as_nn_param *a, *d;
+    assert_int_equal(as_nn_param_new(&c, &ps, "a", 0, 2, 0, 1.0f, false, NULL, &a), 0);
+    assert_int_equal(as_nn_param_new(&c, &ps, "d", 0, 1, 0, 1.0f, true, NULL, &d), 0);
+    float *wa = AS_NN_F(a->w), *ga = AS_NN_F(a->g), *wd = AS_NN_F(d->w), *gd = AS_NN_F(d->g);
+    /* SGD, momentum 0.9, weight decay 0.1 on d only */
+    as_nn_optim o;
+    as_nn_optim_init(&o, AS_NN_SGD, 0.1f, 0.1f);
+    uint64_t v0 = a->version;
+    for (int s = 0; s < 2; s++) {
+        ga[0] = ga[1] = 0.5f;
+        gd[0] = 0.5f;
+        assert_int_equal(as_nn_optim_step(&c, &o, &ps, 0.1f, NULL), 0);
+    }
+    /* m1 = 0.5, w1 = 0.95; m2 = 0.95, w2 = 0.855 */
+    assert_float_equal(wa[0], 0.855f, 1e-6);
+    /* d: g1 = 0.6, m1 = 0.6, w1 = 0.94; g2 = 0.594, m2 = 1.134, w2 = 0.8266 */
+    assert_float_equal(wd[0], 0.8266f, 1e-5);
+    assert_true(ga[0] == 0.0f && gd[0] == 0.0f);        /* zeroed */
+    assert_int_equal(a->version, v0 + 2);               /* bumped */
+    /* AdamW, first step: the update is lr * (sign + wd * w) */
+    as_nn_params_free(&c, &ps);
+    assert_int_equal(as_nn_param_new(&c, &ps, "a", 0, 2, 0, 1.0f, false, NULL, &a), 0);
+    assert_int_equal(as_nn_param_new(&c, &ps, "d", 0, 1, 0, 1.0f, true, NULL, &d), 0);
+    wa = AS_NN_F(a->w), ga = AS_NN_F(a->g), wd = AS_NN_F(d->w), gd = AS_NN_F(d->g);
+    as_nn_optim_init(&o, AS_NN_ADAMW, 0.1f, 0.01f);
+    ga[0] = 0.5f, ga[1] = -2.0f, gd[0] = 0.25f;
+    double gn = 0;
+    assert_int_equal(as_nn_optim_step(&c, &o, &ps, 0.1f, &gn), 0);
+    assert_float_equal(wa[0], 0.9f, 1e-5);
+    assert_float_equal(wa[1], 1.1f, 1e-5);
+    assert_float_equal(wd[0], 1.0f - 0.1f * (1.0f + 0.01f), 1e-5);
+    assert_true(fabs(gn - sqrt(0.25 + 4 + 0.0625)) < 1e-6);
+    /* clipping: norm 5 scaled to 1 (SGD without momentum history) */
+    as_nn_params_free(&c, &ps);
+    assert_int_equal(as_nn_param_new(&c, &ps, "a", 0, 2, 0, 0.0f, false, NULL, &a), 0);
+    as_nn_optim_init(&o, AS_NN_SGD, 1.0f, 0.0f);
+    o.clip = 1.0f;
+    AS_NN_F(a->g)[0] = 3.0f, AS_NN_F(a->g)[1] = 4.0f;
+    assert_int_equal(as_nn_optim_step(&c, &o, &ps, 1.0f, &gn), 0);
+    assert_true(fabs(gn - 5.0) < 1e-9);
+    assert_float_equal(AS_NN_F(a->w)[0], -0.6f, 1e-6);
+    assert_float_equal(AS_NN_F(a->w)[1], -0.8f, 1e-6);
+    as_nn_params_free(&c, &ps);
+    as_nn_ctx_fini(&c);
+}
+
 /* ---- errors ----------------------------------------------------------------- */
 
 static void test_errors(void **state)
@@ -402,6 +456,7 @@ int main(void)
         cmocka_unit_test(test_eval),
         cmocka_unit_test(test_train_job),
         cmocka_unit_test(test_borrowed_store),
+        cmocka_unit_test(test_optim),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
