@@ -129,6 +129,11 @@ size_t as_report_metrics(const as_report *r, as_rep_metric **out);
  * -0.10 +/- 0.30 points (not significant); step time +4%"). */
 void as_report_verdict(const as_report *r, char *buf, size_t n);
 
+/* Mean over checks of the overall cosine / smallest per-tensor cosine of
+ * a run; NAN without checks. */
+double as_report_cos_mean(const as_rep_run *run);
+double as_report_cos_min(const as_rep_run *run);
+
 /* ---- files -------------------------------------------------------------- */
 
 /* The report as JSON (caller frees with cJSON_Delete); NULL on ENOMEM. */
@@ -144,5 +149,13 @@ int as_report_prepare_dir(const char *dir, char *err, size_t errlen);
  * err. */
 int as_report_write(const as_report *r, const char *dir, char *err,
                     size_t errlen);
+
+/* Internal to report*.c: the markdown file and the plots of the pairs
+ * idx[0..np) (as_report_pairs). Return 0 or -1 with errno. */
+int as__report_write_md(const as_report *r, const char *path);
+int as__report_plot_loss(const as_report *r, const size_t *idx, size_t np, const char *path);
+int as__report_plot_memory(const as_report *r, const size_t *idx, size_t np, const char *path);
+int as__report_plot_kinds(const as_report *r, const size_t *idx, size_t np, const char *path);
+int as__report_plot_cosine(const as_report *r, const size_t *idx, size_t np, const char *path);
 
 #endif
