@@ -67,7 +67,7 @@ static const as_nn_preset presets[] = {
     /* lm bench: context 64, width 64, 4 heads, 3 blocks, MLP 2x. */
     {.model = "lm", .name = "bench",
      .tf = {.C = 64, .NH = 4, .depth = 3, .mlp = 2, .T = 64},
-     .batch = 32, .steps = 2000, .optim = AS_NN_ADAMW, .lr = 2e-3f,
+     .batch = 32, .steps = 2000, .optim = AS_NN_ADAMW, .lr = 4e-3f,
      .weight_decay = 0.01f, .clip = 1.0f, .warmup = 100, .eval_limit = 1024},
 };
 
