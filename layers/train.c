@@ -1,6 +1,6 @@
 /*
- * Training runs (see train.h): presets, the step-wise run object and the
- * whole-run loop.
+ * Training runs (see train.h): the step-wise run object. Presets are in
+ * presets.c, the whole-run loop (as_nn_train) in train_job.c.
  *
  * One step of a run, as any C framework using the store would do it:
  *
@@ -28,59 +28,6 @@
 #include <time.h>
 
 #include "layers/data.h"
-
-/* ---- presets ------------------------------------------------------------- */
-
-/* Fixed configurations; every reported figure names its preset. Changing a
- * bench preset invalidates docs/benchmarks.md ("## Training"). */
-static const as_nn_preset presets[] = {
-    /* cnn small: 2 stages (8, 16), 2k images, 60 steps: seconds. */
-    {.model = "cnn", .name = "small",
-     .cnn = {.act_fn = AS_FN_RELU, .alpha = 0.1f, .nstages = 2, .convs = 1,
-             .widths = {8, 16}, .batchnorm = true},
-     .batch = 32, .steps = 60, .optim = AS_NN_SGD, .lr = 0.05f,
-     .weight_decay = 5e-4f, .warmup = 5, .train_limit = 2048,
-     .eval_limit = 512},
-    /* cnn bench: 3 stages (16, 32, 64) x 1 conv + BN + ReLU, 2x2 max-pool,
-     * linear head; SGD momentum 0.9, 5 epochs of 60k. */
-    {.model = "cnn", .name = "bench",
-     .cnn = {.act_fn = AS_FN_RELU, .alpha = 0.1f, .nstages = 3, .convs = 1,
-             .widths = {16, 32, 64}, .batchnorm = true},
-     .batch = 64, .epochs = 5, .optim = AS_NN_SGD, .lr = 0.05f,
-     .weight_decay = 5e-4f, .warmup = 100},
-    /* vit small: width 32, 2 heads, 1 block. */
-    {.model = "vit", .name = "small",
-     .tf = {.C = 32, .NH = 2, .depth = 1, .mlp = 2},
-     .batch = 32, .steps = 40, .optim = AS_NN_ADAMW, .lr = 2e-3f,
-     .weight_decay = 0.01f, .clip = 1.0f, .warmup = 5, .train_limit = 2048,
-     .eval_limit = 512},
-    /* vit bench: width 48, 4 heads, 3 pre-norm blocks, MLP 2x. */
-    {.model = "vit", .name = "bench",
-     .tf = {.C = 48, .NH = 4, .depth = 3, .mlp = 2},
-     .batch = 64, .epochs = 5, .optim = AS_NN_ADAMW, .lr = 2e-3f,
-     .weight_decay = 0.01f, .clip = 1.0f, .warmup = 200},
-    /* lm small: context 32, width 32, 1 block. */
-    {.model = "lm", .name = "small",
-     .tf = {.C = 32, .NH = 2, .depth = 1, .mlp = 2, .T = 32},
-     .batch = 16, .steps = 40, .optim = AS_NN_ADAMW, .lr = 3e-3f,
-     .weight_decay = 0.01f, .clip = 1.0f, .warmup = 5, .eval_limit = 64},
-    /* lm bench: context 64, width 64, 4 heads, 3 blocks, MLP 2x. */
-    {.model = "lm", .name = "bench",
-     .tf = {.C = 64, .NH = 4, .depth = 3, .mlp = 2, .T = 64},
-     .batch = 32, .steps = 2000, .optim = AS_NN_ADAMW, .lr = 4e-3f,
-     .weight_decay = 0.01f, .clip = 1.0f, .warmup = 100, .eval_limit = 1024},
-};
-
-int as_nn_preset_get(const char *model, const char *preset, as_nn_preset *out)
-{
-    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
-        if (model && preset && !strcmp(presets[i].model, model) &&
-            !strcmp(presets[i].name, preset)) {
-            *out = presets[i];
-            return 0;
-        }
-    return AS_ENOTFOUND;
-}
 
 /* ---- the run object ------------------------------------------------------ */
 
@@ -127,15 +74,6 @@ static double thread_cpu_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static double process_cpu_s(void)
-{
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0)
-        return 0;
-    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
-           (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
 }
 
 static uint64_t mix(uint64_t a, uint64_t b)
@@ -669,146 +607,3 @@ void as_nn_run_memory(const as_nn_run *r, as_nn_mem *out)
         out->rss_peak = (uint64_t)ru.ru_maxrss * 1024u;
 }
 
-/* ---- whole job --------------------------------------------------------------- */
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static void progress(const as_nn_train_opts *o, as_nn_run *r, long step,
-                     long steps, double loss, double sps, bool eval)
-{
-    if (!o->progress)
-        return;
-    as_nn_progress p = {.step = step, .steps = steps, .loss = loss,
-                        .samples_per_s = sps, .eval = eval};
-    as_store_stats st;
-    if (as_store_stats_take(r->store, &st) == 0) {
-        p.saved_stored = st.total.stored_peak;
-        p.saved_raw = st.total.raw_peak;
-        as_store_stats_free(&st);
-    }
-    as_arena_snapshot sn;
-    if (as_arena_snapshot_take(as_store_arena(r->store), UINT64_MAX, &sn) == 0) {
-        p.arena_live = sn.total.live_usable;
-        as_arena_snapshot_free(&sn);
-    }
-    o->progress(o->progress_ud, &p);
-}
-
-int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
-                as_nn_train_result *res, char *err, size_t errlen)
-{
-    static const as_nn_train_opts dflt = {0};
-    if (!o)
-        o = &dflt;
-    memset(res, 0, sizeof *res);
-    const double t0 = now_s(), cpu0 = process_cpu_s();
-    as_nn_run *r = NULL;
-    int rc = as_nn_run_create(p, o, &r, err, errlen);
-    if (rc)
-        return rc;
-    const long steps = r->planned;
-    double *ms = malloc((size_t)steps * sizeof *ms);
-    double *cms = malloc((size_t)steps * sizeof *cms);
-    res->loss = malloc((size_t)steps * sizeof *res->loss);
-    long maxeval = o->eval_every > 0 ? steps / o->eval_every + 1 : 0;
-    res->eval_curve = calloc((size_t)maxeval * 3 + 1, sizeof *res->eval_curve);
-    if (!ms || !cms || !res->loss || !res->eval_curve) {
-        snprintf(err, errlen, "out of memory (%ld steps)", steps);
-        rc = AS_ENOMEM;
-        goto out;
-    }
-    double train_s = 0, eval_s = 0;
-    const int spb = as_nn_run_samples_per_batch(r);
-    for (long s = 0; s < steps; s++) {
-        double loss;
-        rc = as_nn_run_step(r, &loss);
-        if (rc) {
-            snprintf(err, errlen, "step %ld: %s", s, r->err);
-            goto out;
-        }
-        ms[s] = r->last.ms;
-        cms[s] = r->last.cpu_ms;
-        train_s += r->last.ms * 1e-3;
-        res->loss[s] = loss;
-        res->steps = s + 1;
-        progress(o, r, s + 1, steps, loss,
-                 train_s > 0 ? (double)spb * (double)(s + 1) / train_s : 0, false);
-        if (o->eval_every > 0 && (s + 1) % o->eval_every == 0 && s + 1 < steps) {
-            double te = now_s();
-            as_nn_eval ev;
-            rc = as_nn_run_eval(r, &ev);
-            if (rc) {
-                snprintf(err, errlen, "%s", r->err);
-                goto out;
-            }
-            eval_s += now_s() - te;
-            double *e = res->eval_curve + 3 * res->neval++;
-            e[0] = (double)(s + 1);
-            e[1] = ev.accuracy;
-            e[2] = ev.loss;
-        }
-    }
-    progress(o, r, 0, 0, 0, 0, true);
-    double te = now_s();
-    as_nn_eval ev;
-    rc = as_nn_run_eval(r, &ev);
-    if (rc) {
-        snprintf(err, errlen, "%s", r->err);
-        goto out;
-    }
-    eval_s += now_s() - te;
-    if (o->eval_every > 0) {
-        double *e = res->eval_curve + 3 * res->neval++;
-        e[0] = (double)steps;
-        e[1] = ev.accuracy;
-        e[2] = ev.loss;
-    }
-    res->eval_accuracy = ev.accuracy;
-    res->eval_loss = ev.loss;
-    res->eval_samples = ev.samples;
-    long tail = steps < 50 ? steps : 50;
-    double sum = 0;
-    for (long s = steps - tail; s < steps; s++)
-        sum += res->loss[s];
-    res->final_train_loss = tail ? sum / (double)tail : 0;
-    qsort(ms, (size_t)steps, sizeof *ms, cmp_double);
-    res->step_ms_median = steps % 2 ? ms[steps / 2]
-                                    : 0.5 * (ms[steps / 2 - 1] + ms[steps / 2]);
-    qsort(cms, (size_t)steps, sizeof *cms, cmp_double);
-    res->step_cpu_ms_median = steps % 2 ? cms[steps / 2]
-                                        : 0.5 * (cms[steps / 2 - 1] + cms[steps / 2]);
-    as_nn_mem m;
-    as_nn_run_memory(r, &m);
-    res->saved_stored_peak = m.saved_stored_peak;
-    res->saved_raw_peak = m.saved_raw_peak;
-    memcpy(res->by_kind, m.by_kind, sizeof res->by_kind);
-    res->arena_peak = m.arena_peak;
-    res->rss_peak = m.rss_peak;
-    memcpy(res->tag_peak, m.tag_peak, sizeof res->tag_peak);
-    res->fallbacks = m.fallbacks;
-    res->params = as_nn_params_count(&r->model->params);
-    snprintf(res->blas_core, sizeof res->blas_core, "%s", as_op_blas_core());
-    res->eval_s = eval_s;
-    res->total_s = now_s() - t0;
-    res->cpu_s = process_cpu_s() - cpu0;
-out:
-    free(ms);
-    free(cms);
-    as_nn_run_destroy(r);
-    if (rc)
-        as_nn_train_result_free(res);
-    return rc;
-}
-
-void as_nn_train_result_free(as_nn_train_result *r)
-{
-    if (!r)
-        return;
-    free(r->loss);
-    free(r->eval_curve);
-    memset(r, 0, sizeof *r);
-}
