@@ -2,7 +2,7 @@
  * actstore bench layers [--json FILE] [--reps R] [--threads T] [--quick]
  *
  * Achieved GFLOP/s of the reference framework's conv and matmul kernels in
- * the shapes of the bench presets (read from layers/train.c, so they stay
+ * the shapes of the bench presets (read from layers/presets.c, so they stay
  * in sync), side by side in one run with OpenBLAS sgemm:
  *   - sgemm of the same GEMM shape the kernel performs (conv forward:
  *     M = Cout, N = images * Ho * Wo, K = Cin * k * k, one call): what the
