@@ -27,7 +27,9 @@
  * The per-layer solver (factor cache) lives in the rule's params, one per
  * (layer, geometry), each with its own lock. The factor is built lazily at
  * the first restore, so forward holds only frames. When it is small next
- * to the input (<= 1/8 of its bytes) it is cached, reused by every restore
+ * to the input (<= 1/8 of its bytes) and the layer does not qualify for
+ * the adjoint path (Cout >= 2 Cin, cond <= 50: streamed, faster), it is
+ * cached, reused by every restore
  * of that weight version, freed when the last item of the layer that may
  * need it is dropped (in training: at the layer's backward release), and
  * its bytes are charged to the item whose restore built it. Otherwise the
@@ -425,8 +427,14 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
      * Cin * Cout * spectrum, the input as N * Cin * H * W); else factor
      * block by block inside the solve. */
     const size_t fb = as__conv_inv_factor_bytes(e->ci);
+    as__conv_inv_stats cs;
+    as__conv_inv_get_stats(e->ci, &cs);
+    /* Cout >= 2 Cin and well conditioned: the streaming restore takes the
+     * adjoint path (Cin-channel transforms), faster than a cached M. */
+    const int adjoint = e->g.cout >= 2 * e->g.cin && cs.cond <= AS__CIV_ADJ_COND &&
+                        !(e->g.kh == 1 && e->g.kw == 1);
     if (p->mode == MODE_CACHE ||
-        (p->mode == MODE_AUTO && fb <= as_tensor_bytes(dst) / 8)) {
+        (p->mode == MODE_AUTO && !adjoint && fb <= as_tensor_bytes(dst) / 8)) {
         as__conv_inv_stats before;
         as__conv_inv_get_stats(e->ci, &before);
         rc = as__conv_inv_prepare(e->ci, st->w, st->version, NULL, why, sizeof why);
