@@ -502,6 +502,80 @@ static int capture(const char *model, const char *preset, long steps,
     return ec;
 }
 
+/* Step time: one run per policy (same seed, same data order), stepped in
+ * turn, each step timed in thread CPU time; medians after 3 warm-up steps,
+ * and the store's softmax encode + decode time per step. */
+static int step_time(const char *model, const char *preset, long steps,
+                     uint64_t seed, char **specs, int npol, cJSON *arr)
+{
+    as_nn_preset p;
+    if (as_nn_preset_get(model, preset, &p))
+        return as_cli_usage("bench", "softmax: --step-time: no preset %s/%s",
+                            model, preset);
+    if (npol > MAX_POL)
+        npol = MAX_POL;
+    as_nn_run *runs[MAX_POL] = {0};
+    double *t = calloc((size_t)(npol * steps), sizeof *t);
+    int rc = t ? 0 : AS_ENOMEM;
+    char err[256];
+    for (int i = 0; i < npol && rc == 0; i++) {
+        char pol[96];
+        snprintf(pol, sizeof pol, strcmp(specs[i], "keep")
+                 ? "softmax=%s; default=keep" : "default=keep", specs[i]);
+        as_nn_train_opts o = {.policy = pol, .seed = seed, .threads = 1};
+        if ((rc = as_nn_run_create(&p, &o, &runs[i], err, sizeof err)))
+            fprintf(stderr, "actstore bench: softmax: %s: %s\n", pol, err);
+    }
+    uint64_t codec0[MAX_POL] = {0}, codec1[MAX_POL] = {0};
+    const long warm = 3;
+    for (long s = 0; s < steps + warm && rc == 0; s++)
+        for (int i = 0; i < npol && rc == 0; i++) {
+            if (s == warm) {
+                as_store_stats st;
+                if (as_store_stats_take(as_nn_run_store(runs[i]), &st) == 0) {
+                    codec0[i] = st.kinds[AS_KIND_SOFTMAX_OUTPUT].encode_ns +
+                                st.kinds[AS_KIND_SOFTMAX_OUTPUT].decode_ns;
+                    as_store_stats_free(&st);
+                }
+            }
+            double t0 = now_s();
+            rc = as_nn_run_step(runs[i], NULL);
+            if (s >= warm)
+                t[i * steps + (s - warm)] = now_s() - t0;
+            if (rc)
+                fprintf(stderr, "actstore bench: softmax: %s: %s\n",
+                        specs[i], as_nn_run_error(runs[i]));
+        }
+    double base = 0;
+    for (int i = 0; i < npol && rc == 0; i++) {
+        as_store_stats st;
+        if (as_store_stats_take(as_nn_run_store(runs[i]), &st) == 0) {
+            codec1[i] = st.kinds[AS_KIND_SOFTMAX_OUTPUT].encode_ns +
+                        st.kinds[AS_KIND_SOFTMAX_OUTPUT].decode_ns;
+            as_store_stats_free(&st);
+        }
+        double med = median(t + i * steps, (int)steps) * 1e3;
+        double codec = (double)(codec1[i] - codec0[i]) * 1e-6 / (double)steps;
+        if (i == 0)
+            base = med;
+        printf("%-4s %-16s step %7.2f ms (CPU, median of %ld)  x%.3f of %s"
+               "  softmax codec %6.2f ms/step\n", model, specs[i], med, steps,
+               med / base, specs[0], codec);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "model", model);
+        cJSON_AddStringToObject(j, "preset", preset);
+        cJSON_AddStringToObject(j, "policy", specs[i]);
+        cJSON_AddNumberToObject(j, "step_cpu_ms_median", med);
+        cJSON_AddNumberToObject(j, "step_ratio_to_first", med / base);
+        cJSON_AddNumberToObject(j, "softmax_codec_ms_per_step", codec);
+        cJSON_AddItemToArray(arr, j);
+    }
+    for (int i = 0; i < npol; i++)
+        as_nn_run_destroy(runs[i]);
+    free(t);
+    return rc ? AS_EXIT_FAIL : AS_EXIT_OK;
+}
+
 /* Next rowset from a dump: consecutive records with the same name and
  * shape (one per attention layer) are merged. 1 at end of file. */
 static int read_rowset(FILE *fp, as_sm_dump_rec *pend, bool *have, rowset *s)
@@ -566,7 +640,10 @@ static void usage(FILE *f)
         "                   keep, then dump the softmax outputs of one more\n"
         "                   forward + backward of the next batch; then the\n"
         "                   whole-model gradient of that batch under each\n"
-        "                   --policies codec against the exact one\n",
+        "                   --policies codec against the exact one\n"
+        "training step time per policy (runs stepped in turn, CPU time):\n"
+        "  actstore bench softmax --step-time vit|lm [--steps N] [--preset P]\n"
+        "                 [--policies keep,soa:5,...]   (default 40 steps)\n",
         default_policies);
 }
 
@@ -574,7 +651,8 @@ int as_bench_softmax(int argc, char **argv)
 {
     const char *json = NULL, *pols = default_policies;
     const char *cap_model = NULL, *cap_out = NULL, *cap_preset = "bench";
-    unsigned long long cap_steps = 1000, cap_seed = 1;
+    const char *st_model = NULL;
+    unsigned long long cap_steps = 0, cap_seed = 1;   /* 0: default */
     const char *files[MAX_FILES];
     int nfiles = 0, quick = 0, synthetic = 1;
     unsigned long long reps = 3;
@@ -593,6 +671,8 @@ int as_bench_softmax(int argc, char **argv)
             json = argv[++i];
         } else if (!strcmp(a, "--capture")) {
             cap_model = argv[++i];
+        } else if (!strcmp(a, "--step-time")) {
+            st_model = argv[++i];
         } else if (!strcmp(a, "--out")) {
             cap_out = argv[++i];
         } else if (!strcmp(a, "--preset")) {
@@ -652,12 +732,26 @@ int as_bench_softmax(int argc, char **argv)
     cJSON_AddStringToObject(root, "bench", "softmax");
     cJSON_AddItemToObject(root, "results", results);
     int rc = AS_EXIT_OK;
+    if (st_model) {
+        cJSON *sa = cJSON_CreateArray();
+        cJSON_AddItemToObject(root, "step_time", sa);
+        rc = step_time(st_model, cap_preset,
+                       cap_steps ? (long)cap_steps : 40, cap_seed,
+                       specs, npol, sa);
+        if (rc == AS_EXIT_OK && json &&
+            as_cli_write_json("bench", json, root))
+            rc = AS_EXIT_FAIL;
+        cJSON_Delete(root);
+        free(pbuf);
+        return rc;
+    }
     if (cap_model) {
         cJSON *mg = cJSON_CreateArray();
         cJSON_AddItemToObject(root, "model_grad", mg);
         cJSON_AddStringToObject(root, "capture", cap_model);
         cJSON_AddNumberToObject(root, "capture_steps", (double)cap_steps);
-        rc = capture(cap_model, cap_preset, (long)cap_steps, cap_seed,
+        rc = capture(cap_model, cap_preset,
+                     cap_steps ? (long)cap_steps : 1000, cap_seed,
                      cap_out, specs, npol, mg);
         if (rc == AS_EXIT_OK && json &&
             as_cli_write_json("bench", json, root))
