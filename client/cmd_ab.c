@@ -208,7 +208,8 @@ int as_cmd_ab(int argc, char **argv)
         if (!quiet || rep.partial)
             fprintf(stderr, "actstore ab: %sreport in %s/\n", rep.partial ? "partial " : "",
                     out);
-        printf("%s: %s\n", model, v);
+        /* stdout carries the JSON with --json -: the verdict goes to stderr */
+        fprintf(json && !strcmp(json, "-") ? stderr : stdout, "%s: %s\n", model, v);
     }
     if (interrupted || rc == AS_ESTATE) {
         fprintf(stderr, "actstore ab: interrupted (%s)\n",

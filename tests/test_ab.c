@@ -64,10 +64,10 @@ static int run(char **out, const char *fmt, ...)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-static cJSON *load(const char *dir)
+static cJSON *load_file(const char *dir, const char *name)
 {
     char p[700];
-    snprintf(p, sizeof p, "%s/report.json", dir);
+    snprintf(p, sizeof p, "%s/%s", dir, name);
     FILE *f = fopen(p, "rb");
     if (!f)
         fail_msg("no %s", p);
@@ -80,6 +80,11 @@ static cJSON *load(const char *dir)
     if (!j)
         fail_msg("%s does not parse", p);
     return j;
+}
+
+static cJSON *load(const char *dir)
+{
+    return load_file(dir, "report.json");
 }
 
 static cJSON *arm_run(cJSON *j, int arm, int seed)
@@ -226,12 +231,17 @@ static void test_cnn_invert(void **state)
     char *out;
     int rc = run(&out, "ab --model cnn --act leaky --preset small --steps 8 --seeds 1 "
                        "--check-every 4 --quiet --a default=keep "
-                       "--b 'conv_input=invert; default=keep' --out '%s'", d);
+                       "--b 'conv_input=invert; default=keep' --out '%s' --json '%s/copy.json'",
+                 d, tmpdir);
     if (rc != 0)
         fail_msg("exit %d: %s", rc, out);
     free(out);
     cJSON *j = load(d);
     assert_string_equal(cJSON_GetObjectItem(j, "options")->valuestring, "act=leaky");
+    /* --json FILE: the same document */
+    cJSON *copy = load_file(tmpdir, "copy.json");
+    assert_true(cJSON_Compare(j, copy, true));
+    cJSON_Delete(copy);
     double a = num(arm_run(j, 0, 0), "saved.by_kind.conv_input.stored_peak_bytes");
     double b = num(arm_run(j, 1, 0), "saved.by_kind.conv_input.stored_peak_bytes");
     assert_true(b < a);
