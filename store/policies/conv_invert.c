@@ -45,6 +45,8 @@ struct as__conv_inv {
     int state;             /* 0 no factor, 1 factor valid for `version` */
     uint64_t version;
     float *m;              /* (P*Qh, 2, Cin, Cout) */
+    void *ext_work;        /* caller's work space for the next restores */
+    size_t ext_bytes;
     float *wt;             /* weights as (kh, kw, Cout, Cin) */
     float *wa;             /* weights as (kh, kw, Cin, Cout): adjoint path */
     char reject[160];
@@ -520,6 +522,73 @@ static void frame_index(const as__conv_inv *ci, int *fidx)
     }
 }
 
+/* Work space of a restore: carved from the caller's block when one was
+ * given (as__conv_inv_set_work) and it is large enough, else one malloc. */
+typedef struct work {
+    char *base, *own;
+    size_t off, cap;
+} work;
+
+#define WALIGN 64
+static size_t wround(size_t n) { return (n + WALIGN - 1) / WALIGN * WALIGN; }
+
+static int work_begin(as__conv_inv *ci, work *wk, size_t need)
+{
+    memset(wk, 0, sizeof *wk);
+    if (ci->ext_work && ci->ext_bytes >= need) {
+        wk->base = ci->ext_work;
+    } else {
+        if (!(wk->own = malloc(need + WALIGN)))
+            return AS_ENOMEM;
+        wk->base = (char *)(((uintptr_t)wk->own + WALIGN - 1) / WALIGN * WALIGN);
+    }
+    wk->cap = need;
+    return 0;
+}
+
+static void *wtake(work *wk, size_t bytes)
+{
+    void *p = wk->base + wk->off;
+    wk->off += wround(bytes);
+    assert(wk->off <= wk->cap);
+    return p;
+}
+
+/* Bytes of work space the restore paths take (both layouts). */
+static size_t work_need(const as__conv_inv *ci, int n, int adjoint)
+{
+    const as__conv_geom *g = &ci->g;
+    const size_t P = (size_t)ci->P, Q = (size_t)ci->Q;
+    const size_t N2 = ((size_t)n + 1) / 2, NB = (N2 + 7) / 8 * 8;
+    const size_t Eo = 2 * (size_t)g->cout * NB, Ei = 2 * (size_t)g->cin * NB;
+    const size_t flen = as__conv_frame_len(g), f4 = sizeof(float);
+    const size_t Pl = (size_t)g->h + g->kh - 1;
+    size_t t = wround(f4 * (flen ? flen : 1) * Ei) + wround(sizeof(int) * (size_t)g->h * g->w);
+    if (!adjoint) {
+        t += wround(f4 * P * Q * Eo) + wround(f4 * P * Q * Ei) + wround(f4 * Q * Eo) +
+             wround(f4 * 2 * P * (Eo + Ei)) + wround(f4 * 2 * (size_t)g->cin * g->cout * P);
+    } else {
+        size_t fsz = Pl * Q * Eo > P * Q * Ei ? Pl * Q * Eo : P * Q * Ei;
+        t += wround(f4 * fsz) + wround(f4 * P * Q * Ei) + wround(f4 * Q * Ei) +
+             wround(f4 * 4 * P * Ei) + wround(f4 * 2 * (size_t)g->cin * g->cin * P);
+    }
+    return t;
+}
+
+size_t as__conv_inv_work_bytes(const as__conv_inv *ci, int n)
+{
+    if (ci->pointwise)
+        return 0;
+    size_t a = work_need(ci, n, 0), b = work_need(ci, n, 1);
+    return a > b ? a : b;
+}
+
+void as__conv_inv_set_work(as__conv_inv *ci, void *block, size_t bytes)
+{
+    ci->ext_work = block;
+    ci->ext_bytes = block ? bytes : 0;
+}
+
 /* The exact frame pixels back into x. */
 static void frame_put_back(const as__conv_inv *ci, int n, const float *frame, float *x)
 {
@@ -575,17 +644,16 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
     const int Pl = H + g->kh - 1, Ql = W + g->kw - 1;
     const size_t flen = as__conv_frame_len(g);
     const size_t msz = 2 * (size_t)cin * cout;
-    float *G = malloc(sizeof(float) * (size_t)P * Q * Eo);
-    float *X = malloc(sizeof(float) * (size_t)P * Q * Ei);
-    float *R = malloc(sizeof(float) * (size_t)Q * Eo);          /* a row */
-    float *C = malloc(sizeof(float) * (size_t)2 * P * (Eo + Ei)); /* 2 columns */
-    float *xf = malloc(sizeof(float) * (flen ? flen : 1) * Ei);
-    int *fidx = malloc(sizeof(int) * (size_t)H * W);
-    float *mblk = fc ? malloc(sizeof(float) * msz * P) : NULL;
-    if (!G || !X || !R || !C || !xf || !fidx || (fc && !mblk)) {
-        free(G); free(X); free(R); free(C); free(xf); free(fidx); free(mblk);
+    work wk;
+    if (work_begin(ci, &wk, work_need(ci, n, 0)))
         return AS_ENOMEM;
-    }
+    float *xf = wtake(&wk, sizeof(float) * (flen ? flen : 1) * Ei);
+    int *fidx = wtake(&wk, sizeof(int) * (size_t)H * W);
+    float *G = wtake(&wk, sizeof(float) * (size_t)P * Q * Eo);
+    float *X = wtake(&wk, sizeof(float) * (size_t)P * Q * Ei);
+    float *R = wtake(&wk, sizeof(float) * (size_t)Q * Eo);          /* a row */
+    float *C = wtake(&wk, sizeof(float) * (size_t)2 * P * (Eo + Ei)); /* 2 columns */
+    float *mblk = wtake(&wk, sizeof(float) * msz * P);
     double tp = now_ms(), t_fft = 0, t_build = 0;
 
     /* The frame, one planar element per frame pixel. */
@@ -699,7 +767,7 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
     frame_put_back(ci, n, frame, x);
     ci->st.phase_ms[4] = t_crop + now_ms() - t0;
     (void)tp;
-    free(G); free(X); free(R); free(C); free(xf); free(fidx); free(mblk);
+    free(wk.own);
     ci->st.restores++;
     return 0;
 }
@@ -804,17 +872,16 @@ static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const floa
     size_t fsz = (size_t)Pl * Q * Eo;
     if (fsz < (size_t)P * Q * Ei)
         fsz = (size_t)P * Q * Ei;
-    float *F = malloc(sizeof(float) * fsz);                       /* then X */
-    float *G = malloc(sizeof(float) * (size_t)P * Q * Ei);
-    float *R = malloc(sizeof(float) * (size_t)Q * Ei);
-    float *C = malloc(sizeof(float) * (size_t)4 * P * Ei);
-    float *xf = malloc(sizeof(float) * (flen ? flen : 1) * Ei);
-    int *fidx = malloc(sizeof(int) * (size_t)H * W);
-    float *mblk = malloc(sizeof(float) * gsz * P);
-    if (!F || !G || !R || !C || !xf || !fidx || !mblk) {
-        free(F); free(G); free(R); free(C); free(xf); free(fidx); free(mblk);
+    work wk;
+    if (work_begin(ci, &wk, work_need(ci, n, 1)))
         return AS_ENOMEM;
-    }
+    float *xf = wtake(&wk, sizeof(float) * (flen ? flen : 1) * Ei);
+    int *fidx = wtake(&wk, sizeof(int) * (size_t)H * W);
+    float *F = wtake(&wk, sizeof(float) * fsz);                       /* then X */
+    float *G = wtake(&wk, sizeof(float) * (size_t)P * Q * Ei);
+    float *R = wtake(&wk, sizeof(float) * (size_t)Q * Ei);
+    float *C = wtake(&wk, sizeof(float) * (size_t)4 * P * Ei);
+    float *mblk = wtake(&wk, sizeof(float) * gsz * P);
     double t0 = now_ms();
     if (flen) {
         memset(xf, 0, sizeof(float) * flen * Ei);
@@ -910,7 +977,7 @@ static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const floa
     double te = now_ms();
     frame_put_back(ci, n, frame, x);
     ci->st.phase_ms[4] = t_crop + now_ms() - te;
-    free(F); free(G); free(R); free(C); free(xf); free(fidx); free(mblk);
+    free(wk.own);
     ci->st.restores++;
     return 0;
 }

@@ -137,6 +137,14 @@ int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t versi
                                 int n, const float *y, const float *bias,
                                 const float *frame, float *x, char *why, size_t whylen);
 
+/* Work space: restores take as__conv_inv_work_bytes(ci, n) bytes of work
+ * space; with as__conv_inv_set_work the caller lends a block (64-byte
+ * aligned, at least that size) that the following restores use instead of
+ * their own malloc (e.g. from an arena that keeps its pages: no page
+ * faults). NULL returns to malloc. The block must outlive those calls. */
+size_t as__conv_inv_work_bytes(const as__conv_inv *ci, int n);
+void as__conv_inv_set_work(as__conv_inv *ci, void *block, size_t bytes);
+
 /* Bytes a cached factor takes (P * (Q/2+1) * 2 * Cin * Cout floats). */
 size_t as__conv_inv_factor_bytes(const as__conv_inv *ci);
 

@@ -422,6 +422,12 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
     }
     char why[160] = "";
     pthread_mutex_lock(&e->mu);
+    /* Work space from the store's arena (workspace tag: counted, and its
+     * pages are reused from one restore to the next); malloc if refused. */
+    const size_t wb = as__conv_inv_work_bytes(e->ci, st->n);
+    void *wbuf = NULL;
+    if (wb && as_pctx_scratch(ctx, wb, &wbuf) == 0)
+        as__conv_inv_set_work(e->ci, wbuf, wb);
     /* Cache the factor only when it is small next to the input it rebuilds
      * (it would otherwise eat the memory the inversion saves: it grows as
      * Cin * Cout * spectrum, the input as N * Cin * H * W); else factor
@@ -453,6 +459,7 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
     }
     if (rc == 0)
         e->restores++;
+    as__conv_inv_set_work(e->ci, NULL, 0);
     pthread_mutex_unlock(&e->mu);
     if (rc == 0)
         fix_signs(st, dst->data, (size_t)as_tensor_numel(dst));
