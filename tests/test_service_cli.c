@@ -79,10 +79,26 @@ static void test_train_serve_and_top(void **state)
         }
         usleep(200000);
     }
-    char cmd[1200];
+    char cmd[1600];
     snprintf(cmd, sizeof cmd, "'%s' top %s --once > '%s' 2>&1", bin(), addr, out);
     int rc = system(cmd);
     char *top = strdup(slurp(out) ? slurp(out) : "");
+
+    /* live mode on a pseudo-terminal (script(1), util-linux): it redraws
+     * at the tick rate until 'q' arrives on the terminal */
+    char live[300];
+    snprintf(live, sizeof live, "%s/live.txt", dir);
+    int live_rc = -1;
+    char *live_out = NULL;
+    if (system("command -v script >/dev/null 2>&1") == 0) {
+        snprintf(cmd, sizeof cmd,
+                 "(sleep 2; printf q) | timeout 20 script -qfec \"'%s' top %s --layers 3\" '%s' "
+                 "> /dev/null 2>&1", bin(), addr, live);
+        live_rc = system(cmd);
+        live_out = strdup(slurp(live) ? slurp(live) : "");
+    } else {
+        fail_msg("script(1) not found: install util-linux (bsdutils)");
+    }
     proc_stop(pid, 10);
     fprintf(stderr, "train --serve at %s reached step %.0f; top --once:\n%s", addr, step, top);
     proc_rmtree(dir);
@@ -94,6 +110,16 @@ static void test_train_serve_and_top(void **state)
     assert_non_null(strstr(top, "bf16"));
     assert_non_null(strstr(top, "MiB"));
     free(top);
+    /* several frames were drawn (each starts with the title and a frame
+     * counter), and 'q' ended it with status 0 */
+    unsigned frames = 0;
+    for (const char *p = live_out; (p = strstr(p, "actstore top")); p++)
+        frames++;
+    fprintf(stderr, "top live: %u frames, exit %d\n", frames, live_rc);
+    assert_true(frames >= 5);
+    assert_non_null(strstr(live_out, "(q quits)"));
+    assert_int_equal(live_rc, 0);
+    free(live_out);
 }
 
 static void test_bad_serve(void **state)
