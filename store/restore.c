@@ -38,8 +38,10 @@ static void shape_text(const as_tensor *t, char *buf, size_t len)
 }
 
 /* Decode (or copy, for a view) the item's values into dst; the time is
- * charged to the representation's groups as decode time. */
-static int decode_into(as_store *s, as_item *it, as_rep *r, as_tensor *dst)
+ * charged to the representation's groups as decode time. h is the handle
+ * the caller used (messages name it). */
+static int decode_into(as_store *s, as_item *it, as_rep *r, as_tensor *dst,
+                       as_handle h)
 {
     uint64_t t0 = as__now_ns();
     int rc = 0;
@@ -52,7 +54,7 @@ static int decode_into(as_store *s, as_item *it, as_rep *r, as_tensor *dst)
         return AS_ENOTSUP;
     } else {
         as_pctx c;
-        as__pctx_init(&c, s, it, r, it->h0, lname(s, r));
+        as__pctx_init(&c, s, it, r, h, lname(s, r));
         rc = r->ops->decode(&c, r->params, r->state, dst);
         as__pctx_done(&c);
     }
@@ -128,7 +130,7 @@ int as__borrow(as_store *s, as_item *it, const as_tensor **view)
     if (rc == 0) {
         it->mat_view = it->shape;
         it->mat_view.data = b.ptr;
-        rc = decode_into(s, it, r, &it->mat_view);
+        rc = decode_into(s, it, r, &it->mat_view, it->h0);
     }
     pthread_mutex_lock(&s->mu);
     if (rc == 0) {
@@ -247,7 +249,7 @@ int as_store_restore(as_store *s, as_handle h, as_tensor *dst)
             as__unborrow(s, it);
         }
     } else {
-        rc = decode_into(s, it, r, dst);
+        rc = decode_into(s, it, r, dst, h);
     }
     done(s, it, r, rc);
     return rc;
