@@ -59,7 +59,7 @@ int as__report_plot_loss(const as_report *r, const size_t *idx, size_t np, const
         as_svg_series ser[2];
         for (int a = 0; a < 2; a++) {
             arm_name(r, a, "", names[a], sizeof names[a]);
-            ser[a] = (as_svg_series){names[a], x, y[a], (size_t)n, a == 1};
+            ser[a] = (as_svg_series){names[a], x, y[a], (size_t)n, a == 1, a + 1};
         }
         char title[128];
         snprintf(title, sizeof title, "Training loss, %s (mean of %zu seed%s, moving average of %ld step%s)",
@@ -92,13 +92,15 @@ int as__report_plot_memory(const as_report *r, const size_t *idx, size_t np, con
         for (int a = 0; a < 2; a++) {
             const as_rep_run *run = &r->arm[a].runs[idx[0]];
             arm_name(r, a, " saved", names[ns], sizeof names[ns]);
-            ser[ns] = (as_svg_series){names[ns], x, run->mem_saved, (size_t)run->steps_done, false};
+            ser[ns] = (as_svg_series){names[ns], x, run->mem_saved, (size_t)run->steps_done,
+                                      false, a + 1};
             ns++;
         }
         for (int a = 0; a < 2; a++) {
             const as_rep_run *run = &r->arm[a].runs[idx[0]];
             snprintf(names[ns], sizeof names[ns], "%s arena (all tags)", r->arm[a].label);
-            ser[ns] = (as_svg_series){names[ns], x, run->mem_arena, (size_t)run->steps_done, true};
+            ser[ns] = (as_svg_series){names[ns], x, run->mem_arena, (size_t)run->steps_done,
+                                      true, a + 1};
             ns++;
         }
     }
@@ -184,8 +186,8 @@ int as__report_plot_cosine(const as_report *r, const size_t *idx, size_t np, con
             arm_name(r, a, " overall", names[2 * a], sizeof names[2 * a]);
             snprintf(names[2 * a + 1], sizeof names[2 * a + 1], "%s worst tensor",
                      r->arm[a].label);
-            ser[2 * a] = (as_svg_series){names[2 * a], x, y[2 * a], nc, false};
-            ser[2 * a + 1] = (as_svg_series){names[2 * a + 1], x, y[2 * a + 1], nc, true};
+            ser[2 * a] = (as_svg_series){names[2 * a], x, y[2 * a], nc, false, a + 1};
+            ser[2 * a + 1] = (as_svg_series){names[2 * a + 1], x, y[2 * a + 1], nc, true, a + 1};
         }
         char title[128];
         snprintf(title, sizeof title,

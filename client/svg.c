@@ -15,7 +15,7 @@
 #define H 400.0
 #define ML 84.0   /* left margin: y tick labels */
 #define MR 20.0
-#define MT 58.0   /* title + legend */
+#define MT 66.0   /* title + two legend rows */
 #define MB 52.0   /* x ticks + label */
 
 static const char *palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
@@ -148,21 +148,30 @@ static void axes(FILE *f, const as_svg_axes *ax, const frame *fr, bool xticks)
     fputs("</text>\n", f);
 }
 
-static void legend(FILE *f, const char *const *names, size_t n, const bool *dashed)
+/* Legend above the plot: items left to right, wrapping to a second row
+ * (y 38, then 53) when the first is full. colors[i]: palette index. */
+static void legend(FILE *f, const char *const *names, size_t n, const bool *dashed,
+                   const int *colors)
 {
-    double x = ML;
+    double x = ML, y = 38;
     for (size_t i = 0; i < n; i++) {
-        const char *c = palette[i % NPAL];
+        double w = 40 + 6.6 * (double)strlen(names[i] ? names[i] : "");
+        if (x > ML && x + w - 12 > W - MR && y < 52) {
+            x = ML;
+            y += 15;
+        }
+        const char *c = palette[(size_t)(colors ? colors[i] : (int)i) % NPAL];
         if (dashed)
-            fprintf(f, "<line x1=\"%.1f\" y1=\"38\" x2=\"%.1f\" y2=\"38\" stroke=\"%s\" "
+            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
                        "stroke-width=\"2.5\"%s/>\n",
-                    x, x + 22, c, dashed[i] ? " stroke-dasharray=\"6,3\"" : "");
+                    x, y - 4, x + 22, y - 4, c, dashed[i] ? " stroke-dasharray=\"6,3\"" : "");
         else
-            fprintf(f, "<rect x=\"%.1f\" y=\"32\" width=\"14\" height=\"12\" fill=\"%s\"/>\n", x, c);
-        fprintf(f, "<text x=\"%.1f\" y=\"42\">", x + 28);
+            fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"14\" height=\"12\" fill=\"%s\"/>\n",
+                    x, y - 10, c);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">", x + 28, y);
         put_text(f, names[i]);
         fputs("</text>\n", f);
-        x += 40 + 7.0 * (double)strlen(names[i] ? names[i] : "");
+        x += w;
     }
 }
 
@@ -220,14 +229,17 @@ int as_svg_line_chart(const char *path, const as_svg_axes *ax,
     axes(f, ax, &fr, true);
     const char *names[16];
     bool dashed[16];
+    int colors[16];
     size_t nl = nseries < 16 ? nseries : 16;
     for (size_t s = 0; s < nseries; s++) {
+        int c = series[s].color > 0 ? series[s].color - 1 : (int)s;
         if (s < 16) {
             names[s] = series[s].name;
             dashed[s] = series[s].dashed;
+            colors[s] = c;
         }
         fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.8\"%s points=\"",
-                palette[s % NPAL], series[s].dashed ? " stroke-dasharray=\"6,3\"" : "");
+                palette[(size_t)c % NPAL], series[s].dashed ? " stroke-dasharray=\"6,3\"" : "");
         for (size_t i = 0; i < series[s].n; i++) {
             double x = series[s].x[i], y = series[s].y[i];
             if (isfinite(x) && isfinite(y))
@@ -235,7 +247,7 @@ int as_svg_line_chart(const char *path, const as_svg_axes *ax,
         }
         fputs("\"/>\n", f);
     }
-    legend(f, names, nl, dashed);
+    legend(f, names, nl, dashed, colors);
     fputs("</svg>\n", f);
     return fclose(f) == 0 ? 0 : -1;
 }
@@ -284,7 +296,7 @@ int as_svg_bar_chart(const char *path, const as_svg_axes *ax,
         put_text(f, categories[c]);
         fputs("</text>\n", f);
     }
-    legend(f, groups, ngroups < 16 ? ngroups : 16, NULL);
+    legend(f, groups, ngroups < 16 ? ngroups : 16, NULL, NULL);
     fputs("</svg>\n", f);
     return fclose(f) == 0 ? 0 : -1;
 }

@@ -16,6 +16,7 @@ typedef struct as_svg_series {
     const double *x, *y;   /* n points; non-finite y values are skipped */
     size_t        n;
     bool          dashed;
+    int           color;   /* palette index + 1; 0 = by position */
 } as_svg_series;
 
 typedef struct as_svg_axes {

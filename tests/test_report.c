@@ -69,7 +69,7 @@ static void test_svg_charts(void **state)
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     const double x[] = {0, 1, 2, 3}, y[] = {0, 3 << 20, 5 << 20, 6 << 20};
-    as_svg_series s = {"arm <A>", x, y, 4, false};
+    as_svg_series s = {"arm <A>", x, y, 4, false, 0};
     as_svg_axes ax = {"memory", "step", "saved bytes", AS_SVG_BYTES, true};
     assert_int_equal(as_svg_line_chart(path, &ax, &s, 1), 0);
     char *t = slurp(path);
@@ -88,7 +88,7 @@ static void test_svg_charts(void **state)
     /* A flat series a rounding error apart (cosines 1 and 1 - 1e-16) once
      * looped forever on ticks below the values' ulp. */
     const double yc[] = {1.0, 0.9999999999999999, 1.0, 1.0};
-    as_svg_series sc = {"cos", x, yc, 4, false};
+    as_svg_series sc = {"cos", x, yc, 4, false, 0};
     as_svg_axes axc = {"cosine", "step", "cosine", AS_SVG_PLAIN, false};
     assert_int_equal(as_svg_line_chart(path, &axc, &sc, 1), 0);
     t = slurp(path);
