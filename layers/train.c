@@ -21,6 +21,7 @@
 #include "layers/train.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +44,8 @@ struct as_nn_run {
     as_nn_model *model;
     as_nn_optim  opt;
     /* data */
-    as_nn_images train, test;
+    const as_nn_images *train, *test;   /* shared, read-only (image cache) */
+    struct image_set *images;
     as_nn_text   text;
     int          ntrain;          /* images used (train_limit) */
     int32_t     *perm;            /* permutation of epoch perm_epoch */
@@ -89,6 +91,87 @@ static int run_fail(as_nn_run *r, int code, const char *what)
     return code;
 }
 
+/* ---- shared images ----------------------------------------------------------
+ * Fashion-MNIST is 55 MB decoded and takes a quarter of a second to
+ * inflate; paired runs (A/B arms, exact-gradient references) and tests
+ * create several runs on it. So the images are loaded once per directory
+ * and shared read-only between runs: a small list of refcounted sets,
+ * kept after the last run ends (a later run reuses them) until
+ * as_nn_image_cache_clear(). */
+
+typedef struct image_set {
+    struct image_set *next;
+    char          dir[1024];
+    as_nn_images  train, test;
+    int           refs;
+} image_set;
+
+static pthread_mutex_t image_mu = PTHREAD_MUTEX_INITIALIZER;
+static image_set *image_sets;
+
+static int images_acquire(const char *dir, image_set **out, char *err,
+                          size_t errlen)
+{
+    if (!dir)
+        dir = AS_NN_FMNIST_DIR;
+    pthread_mutex_lock(&image_mu);
+    image_set *e = image_sets;
+    while (e && strcmp(e->dir, dir))
+        e = e->next;
+    int rc = 0;
+    if (!e) {
+        e = calloc(1, sizeof *e);
+        if (!e) {
+            snprintf(err, errlen, "out of memory");
+            rc = AS_ENOMEM;
+        } else {
+            snprintf(e->dir, sizeof e->dir, "%s", dir);
+            rc = as_nn_fmnist_load(dir, true, &e->train, err, errlen);
+            if (!rc)
+                rc = as_nn_fmnist_load(dir, false, &e->test, err, errlen);
+            if (rc) {
+                as_nn_images_free(&e->train);
+                free(e);
+                e = NULL;
+            } else {
+                e->next = image_sets;
+                image_sets = e;
+            }
+        }
+    }
+    if (e)
+        e->refs++;
+    pthread_mutex_unlock(&image_mu);
+    *out = e;
+    return rc;
+}
+
+static void images_release(image_set *e)
+{
+    if (!e)
+        return;
+    pthread_mutex_lock(&image_mu);
+    e->refs--;
+    pthread_mutex_unlock(&image_mu);
+}
+
+void as_nn_image_cache_clear(void)
+{
+    pthread_mutex_lock(&image_mu);
+    for (image_set **pp = &image_sets; *pp;) {
+        image_set *e = *pp;
+        if (e->refs > 0) {
+            pp = &e->next;
+            continue;
+        }
+        *pp = e->next;
+        as_nn_images_free(&e->train);
+        as_nn_images_free(&e->test);
+        free(e);
+    }
+    pthread_mutex_unlock(&image_mu);
+}
+
 static int load_data(as_nn_run *r, const as_nn_train_opts *o)
 {
     int rc;
@@ -107,13 +190,12 @@ static int load_data(as_nn_run *r, const as_nn_train_opts *o)
         r->p.tf.V = r->text.vocab;
         return 0;
     }
-    rc = as_nn_fmnist_load(o->data_dir, true, &r->train, r->err, sizeof r->err);
-    if (!rc)
-        rc = as_nn_fmnist_load(o->data_dir, false, &r->test, r->err,
-                               sizeof r->err);
+    rc = images_acquire(o->data_dir, &r->images, r->err, sizeof r->err);
     if (rc)
         return rc;
-    r->ntrain = r->train.n;
+    r->train = &r->images->train;
+    r->test = &r->images->test;
+    r->ntrain = r->train->n;
     if (r->p.train_limit > 0 && r->p.train_limit < r->ntrain)
         r->ntrain = r->p.train_limit;
     if (r->ntrain < r->p.batch) {
@@ -248,8 +330,7 @@ void as_nn_run_destroy(as_nn_run *r)
     as_nn_ctx_fini(&r->ctx);
     if (r->own_store)
         as_store_destroy(r->store);
-    as_nn_images_free(&r->train);
-    as_nn_images_free(&r->test);
+    images_release(r->images);
     as_nn_text_free(&r->text);
     free(r->perm);
     free(r->x);
@@ -302,7 +383,7 @@ static void train_batch(as_nn_run *r, long k, as_nn_batch *bt)
     }
     make_perm(r, k / r->bpe);
     const int32_t *idx = r->perm + (size_t)(k % r->bpe) * B;
-    as_nn_images_batch(&r->train, idx, B, r->x, r->y);
+    as_nn_images_batch(r->train, idx, B, r->x, r->y);
     bt->x = r->x;
     bt->y = r->y;
 }
@@ -493,7 +574,7 @@ int as_nn_run_eval(as_nn_run *r, as_nn_eval *out)
             correct += nc;
         }
     } else {
-        long ni = r->test.n;
+        long ni = r->test->n;
         if (r->p.eval_limit > 0 && ni > r->p.eval_limit)
             ni = r->p.eval_limit;
         int32_t idx[EVAL_BATCH];
@@ -501,7 +582,7 @@ int as_nn_run_eval(as_nn_run *r, as_nn_eval *out)
             int B = (int)(ni - i0 < EVAL_BATCH ? ni - i0 : EVAL_BATCH);
             for (int b = 0; b < B; b++)
                 idx[b] = (int32_t)(i0 + b);
-            as_nn_images_batch(&r->test, idx, B, r->x, r->y);
+            as_nn_images_batch(r->test, idx, B, r->x, r->y);
             as_nn_batch bt = {.B = B, .x = r->x, .y = r->y};
             double loss = 0;
             int nc = 0;

@@ -167,6 +167,11 @@ int as_nn_run_seek(as_nn_run *r, long next_batch);
 int as_nn_run_copy_weights(as_nn_run *dst, const as_nn_run *src,
                            bool with_optimizer);
 
+/* Fashion-MNIST images are loaded once per directory and shared read-only
+ * by every run of the process (55 MB); they stay cached after the last run
+ * ends, for the next one. Free the sets no run uses. Thread-safe. */
+void as_nn_image_cache_clear(void);
+
 /* Accessors. Pointers stay valid for the run's lifetime. */
 as_store *as_nn_run_store(as_nn_run *r);
 as_nn_model *as_nn_run_model(as_nn_run *r);

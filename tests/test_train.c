@@ -459,5 +459,7 @@ int main(void)
         cmocka_unit_test(test_optim),
         cmocka_unit_test(test_errors),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    as_nn_image_cache_clear();   /* no run left: frees the shared images */
+    return failed;
 }
