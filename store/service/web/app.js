@@ -606,6 +606,9 @@
     renderCompare();
     const s0 = S.now[0];
     if (s0) {
+      /* the tab title carries the figure people glance at */
+      const t = 'actstore · ' + fmtBytes((s0.arena || {}).live_bytes) + ' live · step ' + fmtInt(s0.step);
+      if (document.title !== t) document.title = t;
       setText('step', 'step ' + fmtInt(s0.step));
       setText('phase', s0.phase || '–', 'badge phase ' + (s0.phase || ''));
     }
