@@ -208,7 +208,8 @@ static void test_vit_pair_and_determinism(void **state)
     /* A/B of a policy against itself: zero difference, not significant. */
     paired = cJSON_GetObjectItem(k, "paired");
     static const char *zero[] = {"eval_accuracy", "eval_loss", "final_train_loss", "saved_peak",
-                                 "softmax_output", "grad_cosine"};
+                                 "softmax_output", "arena_peak", "grad_cosine",
+                                 "grad_cosine_min"};
     for (size_t i = 0; i < sizeof zero / sizeof zero[0]; i++) {
         cJSON *m = cJSON_GetObjectItem(paired, zero[i]);
         assert_non_null(m);
