@@ -161,9 +161,11 @@ static void test_radix_order_matches_sort(void **st)
     float y[2000];
     uint32_t ord[2000];
     ref_ent e[2000];
-    for (int t = 0; t < 20; t++) {
+    /* every sorting path: insertion (<= 48), merge (<= 72), radix */
+    static const size_t fixed[] = {1, 2, 47, 48, 49, 50, 64, 71, 72, 73, 300};
+    for (int t = 0; t < 31; t++) {
         seed(500 + t);
-        size_t n = 10 + (size_t)(urand() * 1990);
+        size_t n = t < 11 ? fixed[t] : 10 + (size_t)(urand() * 1990);
         softmax_row(y, n, 1 + t % 5);
         for (size_t i = 0; i < n; i += 7)
             y[i] = y[(i * 13) % n];          /* ties */
