@@ -1,6 +1,6 @@
 /*
  * HTTP/1.1 for the service: connections, request parsing (llhttp),
- * validation, routing, responses and the SSE clients.
+ * validation, routing and responses (the event stream is in sse.c).
  *
  * Only GET and HEAD without a body are served. The llhttp of Debian 12
  * (8.1.0) has known request-smuggling flaws, so anything that could carry
@@ -25,30 +25,7 @@
 
 #include <llhttp.h>
 
-#include "svc.h"
-
-#define URL_MAX 2048
-
-struct as__conn {
-    uv_tcp_t     tcp;
-    as_service  *svc;
-    as__conn    *prev, *next;
-    llhttp_t     parser;
-    char         url[URL_MAX];
-    size_t       url_len, hdr_bytes;
-    char         field[20];          /* lowercased header name prefix */
-    size_t       field_len;
-    bool         field_done;         /* a value followed the current field */
-    bool         has_cl, has_te, cl_nonzero, has_host;
-    char         host[72];           /* Host header value (truncated) */
-    size_t       host_len;
-    int          reject;             /* status decided in a callback */
-    bool         sse, draining, closing, in_message;
-    unsigned     pending;            /* writes in flight */
-    uint64_t     last_active_ns, drain_since_ns, backlog_since_ns;
-    uint64_t     msg_start_ns;       /* first byte of the current request */
-    uv_shutdown_t shut;
-};
+#include "conn.h"
 
 typedef struct wreq {
     uv_write_t req;
@@ -57,25 +34,6 @@ typedef struct wreq {
 } wreq;
 
 static uint64_t now_ns(void) { return uv_hrtime(); }
-
-/* ---- frames ------------------------------------------------------------- */
-
-as__frame *as__frame_new(const as__sb *b)
-{
-    as__frame *f = as__svc_malloc(sizeof *f + b->len);
-    if (!f)
-        return NULL;
-    f->refs = 1;
-    f->len = b->len;
-    memcpy(f->data, b->p, b->len);
-    return f;
-}
-
-void as__frame_unref(as__frame *f)
-{
-    if (f && --f->refs == 0)
-        as__svc_free(f);
-}
 
 /* ---- closing ------------------------------------------------------------ */
 
@@ -97,7 +55,7 @@ static void on_closed(uv_handle_t *h)
     as__svc_free(c);
 }
 
-static void conn_close(as__conn *c)
+void as__conn_close(as__conn *c)
 {
     if (c->closing)
         return;
@@ -109,7 +67,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 {
     as__conn *c = req->data;
     if (status < 0)
-        conn_close(c);
+        as__conn_close(c);
     /* else keep reading (and discarding) until EOF or the drain timeout */
 }
 
@@ -122,7 +80,7 @@ static void conn_finish(as__conn *c)
     c->drain_since_ns = now_ns();
     c->shut.data = c;
     if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_shutdown))
-        conn_close(c);
+        as__conn_close(c);
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -136,11 +94,11 @@ static void on_write(uv_write_t *req, int status)
     as__svc_free(w);
     c->pending--;
     if (status < 0)
-        conn_close(c);
+        as__conn_close(c);
 }
 
 /* Queue bufs; own / frame are released after the write (also on error). */
-static int conn_write(as__conn *c, uv_buf_t *bufs, unsigned n, char *own,
+int as__conn_write(as__conn *c, uv_buf_t *bufs, unsigned n, char *own,
                       as__frame *frame)
 {
     wreq *w = as__svc_malloc(sizeof *w);
@@ -149,7 +107,7 @@ static int conn_write(as__conn *c, uv_buf_t *bufs, unsigned n, char *own,
         as__frame_unref(frame);
         as__svc_free(w);
         if (!c->closing)
-            conn_close(c);
+            as__conn_close(c);
         return -1;
     }
     w->own = own;
@@ -161,7 +119,7 @@ static int conn_write(as__conn *c, uv_buf_t *bufs, unsigned n, char *own,
         as__svc_free(own);
         as__frame_unref(frame);
         as__svc_free(w);
-        conn_close(c);
+        as__conn_close(c);
         return -1;
     }
     return 0;
@@ -210,7 +168,7 @@ static void respond(as__conn *c, int status, const char *ctype, const char *extr
         as__sb_put(&h, body, len);
     if (h.oom) {
         as__sb_free(&h);
-        conn_close(c);
+        as__conn_close(c);
         return;
     }
     uv_buf_t bufs[2] = {uv_buf_init(h.p, (unsigned)h.len), uv_buf_init(NULL, 0)};
@@ -219,7 +177,7 @@ static void respond(as__conn *c, int status, const char *ctype, const char *extr
         bufs[1] = uv_buf_init((char *)body, (unsigned)len);
         n = 2;
     }
-    if (conn_write(c, bufs, n, h.p, NULL) == 0 && close)
+    if (as__conn_write(c, bufs, n, h.p, NULL) == 0 && close)
         conn_finish(c);
 }
 
@@ -232,85 +190,6 @@ static void respond_error(as__conn *c, int status, const char *msg)
             false, true);
 }
 
-/* ---- SSE ------------------------------------------------------------------ */
-
-static void sse_send_frame(as__conn *c, as__frame *f)
-{
-    f->refs++;
-    uv_buf_t b = uv_buf_init(f->data, (unsigned)f->len);
-    if (conn_write(c, &b, 1, NULL, f) == 0)
-        AS__STAT_ADD(c->svc, AS__ST_FRAMES, 1);
-}
-
-static void sse_start(as__conn *c)
-{
-    static const char hdr[] =
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-        "Cache-Control: no-cache, no-store\r\nConnection: keep-alive\r\n"
-        "X-Accel-Buffering: no\r\n\r\nretry: 2000\n\n";
-    as_service *svc = c->svc;
-    c->sse = true;
-    svc->nsse++;
-    AS__STAT_SET(svc, AS__ST_SSE, svc->nsse);
-    /* A small kernel send buffer per client: a client that stops reading
-     * is detected after ~100 KiB instead of several MiB, and 500 clients
-     * do not pin 500 autotuned buffers. */
-    uv_os_fd_t fd;
-    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
-        int sz = 64 * 1024;
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
-    }
-    uv_buf_t b = uv_buf_init((char *)hdr, sizeof hdr - 1);
-    if (conn_write(c, &b, 1, NULL, NULL))
-        return;
-    if (!svc->frame) {
-        /* No client was subscribed, so no frame was built this tick. */
-        as__sb fb;
-        as__sb_init(&fb);
-        as__render_frame(svc, &fb);
-        if (!fb.oom)
-            svc->frame = as__frame_new(&fb);
-        as__sb_free(&fb);
-    }
-    if (svc->frame)
-        sse_send_frame(c, svc->frame);
-}
-
-void as__http_broadcast(as_service *svc, as__frame *f)
-{
-    uint64_t now = now_ns();
-    for (as__conn *c = svc->conns, *next; c; c = next) {
-        next = c->next;
-        if (!c->sse || c->closing || c->draining)
-            continue;
-        size_t q = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
-        if (q == 0)
-            c->backlog_since_ns = 0;
-        else if (!c->backlog_since_ns)
-            c->backlog_since_ns = now;
-        /* Drop a client whose queue passed the limit, or that has not
-         * drained its backlog for 5 s: never wait for a slow reader. */
-        if (q > svc->cfg.sse_queue_limit ||
-            (c->backlog_since_ns && now - c->backlog_since_ns > 5000000000ull)) {
-            AS__STAT_ADD(svc, AS__ST_DROPPED, 1);
-            conn_close(c);
-            continue;
-        }
-        sse_send_frame(c, f);
-    }
-}
-
-void as__http_heartbeat(as_service *svc)
-{
-    static char hb[] = ": heartbeat\n\n";
-    for (as__conn *c = svc->conns; c; c = c->next) {
-        if (!c->sse || c->closing || c->draining)
-            continue;
-        uv_buf_t b = uv_buf_init(hb, sizeof hb - 1);
-        conn_write(c, &b, 1, NULL, NULL);
-    }
-}
-
 void as__http_sweep(as_service *svc)
 {
     uint64_t now = now_ns();
@@ -321,13 +200,13 @@ void as__http_sweep(as_service *svc)
             continue;
         if (c->draining) {
             if (now - c->drain_since_ns > 2000000000ull)
-                conn_close(c);
+                as__conn_close(c);
         } else if (!c->sse && c->in_message && now - c->msg_start_ns > idle) {
             /* a request trickling in (slowloris) gets the same deadline as
              * an idle connection, however often it sends a byte */
             respond_error(c, 408, "request not completed in time");
         } else if (!c->sse && now - c->last_active_ns > idle) {
-            conn_close(c);
+            as__conn_close(c);
         }
     }
 }
@@ -335,7 +214,7 @@ void as__http_sweep(as_service *svc)
 void as__http_close_all(as_service *svc)
 {
     for (as__conn *c = svc->conns; c; c = c->next)
-        conn_close(c);
+        as__conn_close(c);
 }
 
 /* ---- routing ---------------------------------------------------------------- */
@@ -399,7 +278,7 @@ static bool route(as__conn *c, bool head, bool keep)
             respond(c, 200, "text/event-stream", NULL, "", 0, true, true, !keep);
             return false;
         }
-        sse_start(c);
+        as__sse_start(c);
         return true;
     } else {
         const as__asset *a = as__asset_find(url, plen);
@@ -555,7 +434,7 @@ static int cb_complete(llhttp_t *p)
     if (!sse && !c->closing &&
         uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 4 * c->svc->cfg.sse_queue_limit) {
         AS__STAT_ADD(c->svc, AS__ST_DROPPED, 1);
-        conn_close(c);
+        as__conn_close(c);
         return HPE_PAUSED;
     }
     if (sse || !keep || c->draining || c->closing)
@@ -605,7 +484,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     as__conn *c = s->data;
     if (nread < 0) {
-        conn_close(c);
+        as__conn_close(c);
         return;
     }
     if (nread == 0 || c->closing)
@@ -641,7 +520,7 @@ void as__http_on_connection(uv_stream_t *server, int status)
     AS__STAT_SET(svc, AS__ST_OPEN, svc->nconns);
     AS__STAT_ADD(svc, AS__ST_CONN_TOTAL, 1);
     if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
-        conn_close(c);
+        as__conn_close(c);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
@@ -651,7 +530,7 @@ void as__http_on_connection(uv_stream_t *server, int status)
     if (svc->nconns > svc->cfg.max_connections) {
         AS__STAT_ADD(svc, AS__ST_REJECTED, 1);
         if (svc->nconns > svc->cfg.max_connections + 64) {
-            conn_close(c);     /* flooded: no courtesy response */
+            as__conn_close(c);     /* flooded: no courtesy response */
             return;
         }
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
