@@ -42,6 +42,11 @@ static int validate(as_store *s, const as_save_info *info, const as_tensor *t)
                        layer_text(info), i);
             return AS_EINVAL;
         }
+    if (as_tensor_numel(t) < 0 || as_tensor_bytes(t) > ((size_t)1 << 48)) {
+        as__seterr(s, "save (layer %s): tensor too large (more than 2^48 "
+                   "bytes or the shape overflows)", layer_text(info));
+        return AS_EINVAL;
+    }
     if (!t->data && as_tensor_bytes(t)) {
         as__seterr(s, "save (layer %s): tensor without data", layer_text(info));
         return AS_EINVAL;

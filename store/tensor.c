@@ -26,14 +26,21 @@ int64_t as_tensor_numel(const as_tensor *t)
     if (!t || t->ndim < 0 || t->ndim > AS_MAX_DIMS)
         return 0;
     int64_t n = 1;
-    for (int i = 0; i < t->ndim; i++)
-        n *= t->shape[i] < 0 ? 0 : t->shape[i];
+    for (int i = 0; i < t->ndim; i++) {
+        int64_t d = t->shape[i] < 0 ? 0 : t->shape[i];
+        if (__builtin_mul_overflow(n, d, &n))
+            return -1;
+    }
     return n;
 }
 
 size_t as_tensor_bytes(const as_tensor *t)
 {
-    return t ? (size_t)as_tensor_numel(t) * as_dtype_size(t->dtype) : 0;
+    int64_t n = as_tensor_numel(t);
+    size_t b;
+    if (n < 0 || __builtin_mul_overflow((size_t)n, as_dtype_size(t->dtype), &b))
+        return SIZE_MAX;
+    return b;
 }
 
 static const char *const kind_names[AS_KIND_COUNT] = {

@@ -188,6 +188,15 @@ static void test_restore_shape_errors(void **st)
     assert_int_equal(as_store_save(s, &i, &bad, &hb), AS_EINVAL);
     bad = t2(NULL, AS_F32, 3, 4);
     assert_int_equal(as_store_save(s, &i, &bad, &hb), AS_EINVAL);
+    bad = (as_tensor){.data = x, .dtype = AS_F32, .ndim = 3,
+                      .shape = {1ll << 40, 1ll << 40, 1ll << 40}};   /* overflows */
+    assert_int_equal(as_store_save(s, &i, &bad, &hb), AS_EINVAL);
+    assert_contains(as_store_last_error(s), "too large");
+    assert_int_equal(as_tensor_numel(&bad), -1);
+    bad.ndim = 2;   /* 2^80 elements: overflows too */
+    assert_int_equal(as_store_save(s, &i, &bad, &hb), AS_EINVAL);
+    bad = (as_tensor){.data = x, .dtype = AS_F32, .ndim = 2, .shape = {1ll << 30, 1ll << 30}};
+    assert_int_equal(as_store_save(s, &i, &bad, &hb), AS_EINVAL);   /* 2^62 bytes */
     as_save_info bk = info(AS_KIND_COUNT, "blk");
     assert_int_equal(as_store_save(s, &bk, &t, &hb), AS_EINVAL);
     assert_contains(as_store_last_error(s), "unknown kind");

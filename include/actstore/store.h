@@ -52,6 +52,8 @@ typedef struct as_tensor {
 
 AS_API size_t as_dtype_size(int dtype);      /* 0 when unknown */
 AS_API const char *as_dtype_name(int dtype); /* "f32"; "?" when unknown */
+/* Elements (product of the dims; negative dims count as 0; -1 when the
+ * product overflows) and bytes (SIZE_MAX when that overflows). */
 AS_API int64_t as_tensor_numel(const as_tensor *t);
 AS_API size_t as_tensor_bytes(const as_tensor *t);
 
