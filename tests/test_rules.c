@@ -245,6 +245,48 @@ static void test_kind_names(void **st)
     assert_int_equal(as_dtype_size(42), 0);
 }
 
+/* Random specs built from the grammar's characters and words: every one
+ * is accepted or rejected with "offset N: expected ...", N inside the
+ * spec; never a crash (run under ASan in CI). */
+static void test_random_specs(void **st)
+{
+    (void)st;
+    static const char *const words[] = {
+        "default", "softmax", "conv_input", "layer:", "blocks.*", "?", "=", "=", ";",
+        ";", "|", ":", "keep", "zstd", "zstd:3", "q4", "g=", "64", "seed=", "fp16",
+        "offload", "/tmp", "soa", "invert", "recompute", "inverse", " ", "-", "99999999999",
+        "\t", "x", "*", "generic", "linear_input", "bf16:", "q2:g=8:seed=1"};
+    uint64_t r = 12345;
+    int accepted = 0;
+    for (int k = 0; k < 20000; k++) {
+        char spec[256] = "";
+        size_t len = 0;
+        int nw = 1 + (int)(r % 9);
+        for (int w = 0; w < nw; w++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            const char *wd = words[(r >> 33) % (sizeof words / sizeof words[0])];
+            size_t l = strlen(wd);
+            if (len + l + 1 >= sizeof spec)
+                break;
+            memcpy(spec + len, wd, l + 1);
+            len += l;
+        }
+        char err[200] = "";
+        int rc = as_policy_check(spec, err, sizeof err);
+        if (rc == 0) {
+            accepted++;
+            assert_string_equal(err, "");
+            continue;
+        }
+        if (rc != AS_ESPEC)
+            fail_msg("spec '%s': rc %d", spec, rc);
+        unsigned long off = 0;
+        if (sscanf(err, "offset %lu: expected ", &off) != 1 || off > len)
+            fail_msg("spec '%s': message '%s'", spec, err);
+    }
+    assert_true(accepted > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -254,6 +296,7 @@ int main(void)
         cmocka_unit_test(test_glob),
         cmocka_unit_test(test_most_specific_wins),
         cmocka_unit_test(test_kind_names),
+        cmocka_unit_test(test_random_specs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
