@@ -43,6 +43,23 @@ static void test_bad_config(void **state)
     /* the public entry rejects a source with neither store nor arena */
     as_service_source s = {.label = "x"};
     assert_int_equal(as_service_start(NULL, &s, 1, &svc, err, sizeof err), AS_EINVAL);
+    /* a v4-mapped loopback address is loopback: no allow_remote needed,
+     * and IPv4 clients reach it */
+    cfg.addr = "[::ffff:127.0.0.1]:0";
+    cfg.tick_hz = 0;
+    as_service *m = NULL;
+    int s6 = socket(AF_INET6, SOCK_STREAM, 0);
+    if (s6 < 0) {
+        fprintf(stderr, "note: this machine has no IPv6 sockets (%s): the v4-mapped "
+                        "loopback bind is not checked\n", strerror(errno));
+    } else {
+        close(s6);
+        assert_int_equal(as__service_start_with(&cfg, labels, 1, &prov, &m, err, sizeof err), 0);
+        char *mr = tget(as_service_port(m), "/metrics", NULL);
+        assert_int_equal(tstatus(mr), 200);
+        free(mr);
+        assert_int_equal(as__service_stop(m), 0);
+    }
     /* the port is taken: AS_EIO naming the address */
     as_service *a = fake_start(NULL, srcs, 1);
     assert_non_null(a);
@@ -229,6 +246,10 @@ static void test_hostile(void **state)
     expect_status(port, "GET /metrics HTTP/1.1\r\nHost: LOCALHOST\r\n\r\n", 200, false);
     expect_status(port, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n", 200, false);
     expect_status(port, "GET /metrics HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", 200, false);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: [::ffff:7f00:1]:8080\r\n\r\n", 200, false);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: [0:0::1]\r\n\r\n", 200, false);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: [::ffff:10.0.0.1]\r\n\r\n", 403, true);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: [::1\r\n\r\n", 403, true);
     expect_status(port, "GET /metrics HTTP/1.0\r\n\r\n", 200, false);   /* no Host at all */
     char big[4096];
     snprintf(big, sizeof big, "GET / HTTP/1.1\r\nX-Big: %03000d\r\n\r\n", 7);

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 
 #include <llhttp.h>
@@ -385,11 +386,18 @@ static bool host_is_loopback(const char *h)
     char name[72];
     const char *end;
     if (h[0] == '[') {
+        /* [::1], [::ffff:127.0.0.1] in any spelling ([::ffff:7f00:1]) */
         end = strchr(h, ']');
-        if (!end)
+        if (!end || (end[1] && end[1] != ':') || (size_t)(end - h - 1) >= sizeof name)
             return false;
-        return (size_t)(end - h - 1) == 3 && !strncmp(h + 1, "::1", 3) &&
-               (!end[1] || end[1] == ':');
+        memcpy(name, h + 1, (size_t)(end - h - 1));
+        name[end - h - 1] = 0;
+        unsigned char a[16];
+        static const unsigned char lo[16] = {[15] = 1};
+        static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};
+        if (inet_pton(AF_INET6, name, a) != 1)
+            return false;
+        return !memcmp(a, lo, 16) || (!memcmp(a, mapped, 12) && a[12] == 127);
     }
     end = strchr(h, ':');
     size_t n = end ? (size_t)(end - h) : strlen(h);

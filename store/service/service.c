@@ -83,7 +83,9 @@ static bool is_loopback(const struct sockaddr_storage *ss)
     }
     const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
     static const unsigned char lo[16] = {[15] = 1};
-    return !memcmp(&s6->sin6_addr, lo, 16);
+    static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};  /* ::ffff:a.b.c.d */
+    const unsigned char *a = (const unsigned char *)&s6->sin6_addr;
+    return !memcmp(a, lo, 16) || (!memcmp(a, mapped, 12) && a[12] == 127);
 }
 
 static uint64_t mono_ns(void)
