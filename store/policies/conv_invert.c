@@ -504,6 +504,64 @@ static void border_row(const as__conv_inv *ci, const float *xf, const int *fidx,
     }
 }
 
+/* Y row i (minus bias) into a grid row R (element b at R + b*Eo,
+ * [re|im][Cout][NB]): 8 lanes (images) at a time, one vector store per
+ * pixel. Image j + ri*N2 is lane j of half ri. */
+AS__CIV_CLONES
+static void scatter_yrow(const as__conv_inv *ci, int n, const float *y, const float *bias,
+                         int i, float *R, int NB)
+{
+    const int cout = ci->g.cout, ho = ci->ho, wo = ci->wo, N2 = (n + 1) / 2;
+    const int Ql = ci->g.w + ci->g.kw - 1;
+    const size_t Bo = (size_t)cout * NB, Eo = 2 * Bo;
+    int j0 = -ci->dw > 0 ? -ci->dw : 0, j1 = Ql - ci->dw < wo ? Ql - ci->dw : wo;
+    for (int ri = 0; ri < 2; ri++)
+        for (int l0 = 0; l0 < N2; l0 += 8)
+            for (int o = 0; o < cout; o++) {
+                const float bo = bias ? bias[o] : 0.0f;
+                const float *ys[8];
+                for (int k = 0; k < 8; k++) {
+                    const int img = l0 + k + ri * N2;
+                    ys[k] = l0 + k < N2 && img < n
+                                ? y + (((size_t)img * cout + o) * ho + i) * wo : NULL;
+                }
+                float *dst = R + ri * Bo + (size_t)o * NB + l0;
+                for (int j = j0; j < j1; j++) {
+                    v8 v;
+                    for (int k = 0; k < 8; k++)
+                        v[k] = ys[k] ? ys[k][j] - bo : 0.0f;
+                    st8(dst + (size_t)(j + ci->dw) * Eo, v);
+                }
+            }
+}
+
+/* Row r of x from an inverse-transformed row (element q at Rx + q*Ei),
+ * scaled: one vector load per pixel, 8 images at a time. */
+AS__CIV_CLONES
+static void crop_row(const as__conv_inv *ci, int n, const float *Rx, int r, float scale,
+                     float *x, int NB)
+{
+    const int cin = ci->g.cin, H = ci->g.h, W = ci->g.w, N2 = (n + 1) / 2;
+    const size_t Bi = (size_t)cin * NB, Ei = 2 * Bi;
+    for (int ri = 0; ri < 2; ri++)
+        for (int l0 = 0; l0 < N2; l0 += 8)
+            for (int c = 0; c < cin; c++) {
+                float *xd[8];
+                for (int k = 0; k < 8; k++) {
+                    const int img = l0 + k + ri * N2;
+                    xd[k] = l0 + k < N2 && img < n
+                                ? x + (((size_t)img * cin + c) * H + r) * W : NULL;
+                }
+                const float *src = Rx + ri * Bi + (size_t)c * NB + l0;
+                for (int q = 0; q < W; q++) {
+                    const v8 v = ld8(src + (size_t)q * Ei) * scale;
+                    for (int k = 0; k < 8; k++)
+                        if (xd[k])
+                            xd[k][q] = v[k];
+                }
+            }
+}
+
 /* Frame pixel index of every image pixel (-1 off the frame), in the order
  * of as__conv_frame_extract. */
 static void frame_index(const as__conv_inv *ci, int *fidx)
@@ -637,11 +695,11 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
     }
     const as__conv_geom *g = &ci->g;
     const int H = g->h, W = g->w, P = ci->P, Q = ci->Q, Qh = ci->Qh;
-    const int cin = g->cin, cout = g->cout, ho = ci->ho, wo = ci->wo;
+    const int cin = g->cin, cout = g->cout, ho = ci->ho;
     const int N2 = (n + 1) / 2, NB = (N2 + 7) / 8 * 8;
     const size_t Bo = (size_t)cout * NB, Bi = (size_t)cin * NB;
     const size_t Eo = 2 * Bo, Ei = 2 * Bi;
-    const int Pl = H + g->kh - 1, Ql = W + g->kw - 1;
+    const int Pl = H + g->kh - 1;
     const size_t flen = as__conv_frame_len(g);
     const size_t msz = 2 * (size_t)cin * cout;
     work wk;
@@ -677,19 +735,7 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
         memset(R, 0, sizeof(float) * (size_t)Q * Eo);
         const int i = a - ci->dh;   /* Y row */
         if (i >= 0 && i < ho)
-            for (int img = 0; img < n; img++) {
-                const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
-                for (int o = 0; o < cout; o++) {
-                    const float bo = bias ? bias[o] : 0.0f;
-                    const float *ys = y + (((size_t)img * cout + o) * ho + i) * wo;
-                    float *dst = R + ri * Bo + (size_t)o * NB + np;
-                    for (int j = 0; j < wo; j++) {
-                        const int b = j + ci->dw;
-                        if (b >= 0 && b < Ql)
-                            dst[(size_t)b * Eo] = ys[j] - bo;
-                    }
-                }
-            }
+            scatter_yrow(ci, n, y, bias, i, R, NB);
         if (flen)
             border_row(ci, xf, fidx, a, R, NB);
         double t1 = now_ms();
@@ -750,15 +796,7 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
         double t0 = now_ms();
         as__civ_fft_run(&ci->iq, Rx, Ei, X + (size_t)r * Q * Ei, Ei, Bi);
         double t1 = now_ms();
-        for (int img = 0; img < n; img++) {
-            const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
-            for (int c = 0; c < cin; c++) {
-                float *xd = x + (((size_t)img * cin + c) * H + r) * W;
-                const float *src = Rx + ri * Bi + (size_t)c * NB + np;
-                for (int q = 0; q < W; q++)
-                    xd[q] = src[(size_t)q * Ei] * scale;
-            }
-        }
+        crop_row(ci, n, Rx, r, scale, x, NB);
         t_ifft += t1 - t0;
         t_crop += now_ms() - t1;
     }
@@ -862,11 +900,11 @@ static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const floa
 {
     const as__conv_geom *g = &ci->g;
     const int H = g->h, W = g->w, P = ci->P, Q = ci->Q, Qh = ci->Qh;
-    const int cin = g->cin, cout = g->cout, ho = ci->ho, wo = ci->wo;
+    const int cin = g->cin, cout = g->cout, ho = ci->ho;
     const int N2 = (n + 1) / 2, NB = (N2 + 7) / 8 * 8;
     const size_t Bo = (size_t)cout * NB, Bi = (size_t)cin * NB;
     const size_t Eo = 2 * Bo, Ei = 2 * Bi;
-    const int Pl = H + g->kh - 1, Ql = W + g->kw - 1;
+    const int Pl = H + g->kh - 1;
     const size_t flen = as__conv_frame_len(g);
     const size_t gsz = 2 * (size_t)cin * cin;
     size_t fsz = (size_t)Pl * Q * Eo;
@@ -902,19 +940,7 @@ static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const floa
         memset(Ra, 0, sizeof(float) * (size_t)Q * Eo);
         const int i = a - ci->dh;
         if (i >= 0 && i < ho)
-            for (int img = 0; img < n; img++) {
-                const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
-                for (int o = 0; o < cout; o++) {
-                    const float bo = bias ? bias[o] : 0.0f;
-                    const float *ys = y + (((size_t)img * cout + o) * ho + i) * wo;
-                    float *dst = Ra + ri * Bo + (size_t)o * NB + np;
-                    for (int j = 0; j < wo; j++) {
-                        const int b = j + ci->dw;
-                        if (b >= 0 && b < Ql)
-                            dst[(size_t)b * Eo] = ys[j] - bo;
-                    }
-                }
-            }
+            scatter_yrow(ci, n, y, bias, i, Ra, NB);
         if (flen)
             border_row(ci, xf, fidx, a, Ra, NB);
     }
@@ -961,15 +987,7 @@ static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const floa
         double ta = now_ms();
         as__civ_fft_run(&ci->iq, R, Ei, X + (size_t)r * Q * Ei, Ei, Bi);
         double tb = now_ms();
-        for (int img = 0; img < n; img++) {
-            const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
-            for (int c = 0; c < cin; c++) {
-                float *xd = x + (((size_t)img * cin + c) * H + r) * W;
-                const float *src = R + ri * Bi + (size_t)c * NB + np;
-                for (int q = 0; q < W; q++)
-                    xd[q] = src[(size_t)q * Ei] * scale;
-            }
-        }
+        crop_row(ci, n, R, r, scale, x, NB);
         t_ifft += tb - ta;
         t_crop += now_ms() - tb;
     }

@@ -114,16 +114,18 @@ static void bfly4(float *out, size_t os, int m, int fstride, const float *tw,
         float *restrict e1 = out + (size_t)(k + m) * os;
         float *restrict e2 = out + (size_t)(k + 2 * m) * os;
         float *restrict e3 = out + (size_t)(k + 3 * m) * os;
-        if (k) {
-            twiddle(e1, B, tw[2 * k * fstride], tw[2 * k * fstride + 1]);
-            twiddle(e2, B, tw[4 * k * fstride], tw[4 * k * fstride + 1]);
-            twiddle(e3, B, tw[6 * k * fstride], tw[6 * k * fstride + 1]);
-        }
+        /* twiddles applied in the same pass (k = 0: all 1) */
+        const float w1r = tw[2 * k * fstride], w1i = tw[2 * k * fstride + 1];
+        const float w2r = tw[4 * k * fstride], w2i = tw[4 * k * fstride + 1];
+        const float w3r = tw[6 * k * fstride], w3i = tw[6 * k * fstride + 1];
         for (size_t b = 0; b < B; b++) {
-            float s0r = e0[b] + e2[b], s0i = e0[B + b] + e2[B + b];
-            float s1r = e0[b] - e2[b], s1i = e0[B + b] - e2[B + b];
-            float s2r = e1[b] + e3[b], s2i = e1[B + b] + e3[B + b];
-            float s3r = e1[b] - e3[b], s3i = e1[B + b] - e3[B + b];
+            const float x1r = e1[b] * w1r - e1[B + b] * w1i, x1i = e1[b] * w1i + e1[B + b] * w1r;
+            const float x2r = e2[b] * w2r - e2[B + b] * w2i, x2i = e2[b] * w2i + e2[B + b] * w2r;
+            const float x3r = e3[b] * w3r - e3[B + b] * w3i, x3i = e3[b] * w3i + e3[B + b] * w3r;
+            float s0r = e0[b] + x2r, s0i = e0[B + b] + x2i;
+            float s1r = e0[b] - x2r, s1i = e0[B + b] - x2i;
+            float s2r = x1r + x3r, s2i = x1i + x3i;
+            float s3r = x1r - x3r, s3i = x1i - x3i;
             /* w * s3 with w = sign * i */
             float ur = -sign * s3i, ui = sign * s3r;
             e0[b] = s0r + s2r; e0[B + b] = s0i + s2i;
@@ -143,13 +145,13 @@ static void bfly3(float *out, size_t os, int m, int fstride, const float *tw,
         float *restrict e0 = out + (size_t)k * os;
         float *restrict e1 = out + (size_t)(k + m) * os;
         float *restrict e2 = out + (size_t)(k + 2 * m) * os;
-        if (k) {
-            twiddle(e1, B, tw[2 * k * fstride], tw[2 * k * fstride + 1]);
-            twiddle(e2, B, tw[4 * k * fstride], tw[4 * k * fstride + 1]);
-        }
+        const float w1r = tw[2 * k * fstride], w1i = tw[2 * k * fstride + 1];
+        const float w2r = tw[4 * k * fstride], w2i = tw[4 * k * fstride + 1];
         for (size_t b = 0; b < B; b++) {
-            float tr = e1[b] + e2[b], ti = e1[B + b] + e2[B + b];
-            float dr = e1[b] - e2[b], di = e1[B + b] - e2[B + b];
+            const float x1r = e1[b] * w1r - e1[B + b] * w1i, x1i = e1[b] * w1i + e1[B + b] * w1r;
+            const float x2r = e2[b] * w2r - e2[B + b] * w2i, x2i = e2[b] * w2i + e2[B + b] * w2r;
+            float tr = x1r + x2r, ti = x1i + x2i;
+            float dr = x1r - x2r, di = x1i - x2i;
             float cr = e0[b] - 0.5f * tr, cI = e0[B + b] - 0.5f * ti;
             e0[b] += tr;
             e0[B + b] += ti;
@@ -198,12 +200,63 @@ static void bfly5(float *out, size_t os, int m, int fstride, const float *tw,
     }
 }
 
+/* The last stage (m == 1: no twiddles) reading its p inputs where they
+ * are, instead of copying them to the output first. x[j] = in + j * s. */
+AS__CIV_CLONES
+static int leaf(int p, float *out, size_t os, const float *in, size_t s, size_t B,
+                float sign)
+{
+    float *restrict o0 = out, *restrict o1 = out + os, *restrict o2 = out + 2 * os;
+    const float *restrict x0 = in, *restrict x1 = in + s, *restrict x2 = in + 2 * s;
+    switch (p) {
+    case 2:
+        for (size_t b = 0; b < B; b++) {
+            const float ar = x0[b], ai = x0[B + b], cr = x1[b], ci = x1[B + b];
+            o0[b] = ar + cr; o0[B + b] = ai + ci;
+            o1[b] = ar - cr; o1[B + b] = ai - ci;
+        }
+        return 1;
+    case 3: {
+        const float h = sign * 0.86602540378443864676f;
+        for (size_t b = 0; b < B; b++) {
+            const float tr = x1[b] + x2[b], ti = x1[B + b] + x2[B + b];
+            const float dr = x1[b] - x2[b], di = x1[B + b] - x2[B + b];
+            const float cr = x0[b] - 0.5f * tr, cI = x0[B + b] - 0.5f * ti;
+            o0[b] = x0[b] + tr; o0[B + b] = x0[B + b] + ti;
+            o1[b] = cr - h * di; o1[B + b] = cI + h * dr;
+            o2[b] = cr + h * di; o2[B + b] = cI - h * dr;
+        }
+        return 1;
+    }
+    case 4: {
+        float *restrict o3 = out + 3 * os;
+        const float *restrict x3 = in + 3 * s;
+        for (size_t b = 0; b < B; b++) {
+            const float s0r = x0[b] + x2[b], s0i = x0[B + b] + x2[B + b];
+            const float s1r = x0[b] - x2[b], s1i = x0[B + b] - x2[B + b];
+            const float s2r = x1[b] + x3[b], s2i = x1[B + b] + x3[B + b];
+            const float s3r = x1[b] - x3[b], s3i = x1[B + b] - x3[B + b];
+            const float ur = -sign * s3i, ui = sign * s3r;
+            o0[b] = s0r + s2r; o0[B + b] = s0i + s2i;
+            o2[b] = s0r - s2r; o2[B + b] = s0i - s2i;
+            o1[b] = s1r + ur;  o1[B + b] = s1i + ui;
+            o3[b] = s1r - ur;  o3[B + b] = s1i - ui;
+        }
+        return 1;
+    }
+    default:
+        return 0;
+    }
+}
+
 static void work(const as__civ_fft *f, float *out, size_t os, const float *in,
                  size_t is, int fstride, const int *fact, size_t B)
 {
     const int p = fact[0], m = fact[1];
     const size_t esz = 2 * B * sizeof(float);
     if (m == 1) {
+        if (leaf(p, out, os, in, (size_t)fstride * is, B, (float)f->sign))
+            return;
         for (int j = 0; j < p; j++)
             memcpy(out + (size_t)j * os, in + (size_t)j * fstride * is, esz);
     } else {
