@@ -311,6 +311,27 @@ size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
         }
         size_t ties = k - below;     /* taken at level == cut, in order */
         uint8_t *fine = out + nb;
+        if (p->mass == 0.0f) {
+            /* fixed k: the fine set always holds an entry at the cut (at
+             * most k - 1 lie below it), so the reference level is the cut
+             * and one pass writes every code */
+            const uint32_t dmax = have_cut ? SM_DMAX : 256;
+            const uint32_t lr = cut < 255 ? cut : 255;
+            for (size_t i = 0; i < n; i++) {
+                uint32_t d = lev[i] < dmax ? lev[i] : dmax;
+                if (d < cut || (d == cut && ties > 0)) {
+                    ties -= d == cut;
+                    fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
+                    codes[i] = 0;
+                } else {
+                    uint32_t r = lev[i] - lr;
+                    codes[i] = (uint8_t)(1 + ctab[r < SM_CTAB ? r : SM_CTAB - 1]);
+                }
+            }
+            assert(nfine == k);
+            sm_pack(codes, n, B, out);
+            return nb + nfine;
+        }
         /* the histogram lumps levels >= 256 into bin 256: compare
          * clamped levels then (the fine code clamps to 255 anyway) */
         const uint32_t dmax = have_cut ? SM_DMAX : 256;
