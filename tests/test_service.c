@@ -43,6 +43,35 @@ static void test_bad_config(void **state)
     /* the public entry rejects a source with neither store nor arena */
     as_service_source s = {.label = "x"};
     assert_int_equal(as_service_start(NULL, &s, 1, &svc, err, sizeof err), AS_EINVAL);
+    /* allow_remote prints a warning before binding. 192.0.2.1 (TEST-NET-1,
+     * RFC 5737) is on no interface, so the bind fails and nothing is ever
+     * exposed; the warning must have been printed all the same. */
+    {
+        char wpath[] = "/tmp/as_warn_XXXXXX";
+        int wfd = mkstemp(wpath);
+        assert_true(wfd >= 0);
+        fflush(stderr);
+        int saved = dup(2);
+        dup2(wfd, 2);
+        as_service_config rc_cfg = {.addr = "192.0.2.1:0", .allow_remote = true};
+        as_service *x = NULL;
+        int rc = as__service_start_with(&rc_cfg, labels, 1, &prov, &x, err, sizeof err);
+        fflush(stderr);
+        dup2(saved, 2);
+        close(saved);
+        char wbuf[512] = "";
+        lseek(wfd, 0, SEEK_SET);
+        ssize_t wn = read(wfd, wbuf, sizeof wbuf - 1);
+        wbuf[wn > 0 ? wn : 0] = 0;
+        close(wfd);
+        unlink(wpath);
+        if (rc == 0)
+            as__service_stop(x);
+        assert_int_equal(rc, AS_EIO);
+        assert_non_null(strstr(err, "192.0.2.1"));
+        assert_non_null(strstr(wbuf, "WARNING"));
+        assert_non_null(strstr(wbuf, "non-loopback"));
+    }
     /* a v4-mapped loopback address is loopback: no allow_remote needed,
      * and IPv4 clients reach it */
     cfg.addr = "[::ffff:127.0.0.1]:0";
