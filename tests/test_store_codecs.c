@@ -698,6 +698,68 @@ static void test_offload_missing_or_full_dir(void **st)
     rm_tmp(dir);
 }
 
+/* Fault injection through the budget: for each codec, every budget from
+ * 0 up in small steps until the save succeeds. Each failed save returns
+ * AS_EBUDGET and leaves nothing behind (no handle, no stored or raw bytes,
+ * nothing in the arena's saved tag); then the store works normally. */
+static void test_budget_sweep(void **st)
+{
+    (void)st;
+    static const char *const specs[] = {"default=keep", "default=zstd", "default=q4:g=64",
+                                        "default=fp16", "default=offload"};
+    size_t n = 640000;   /* 2.4 MiB: three zstd frames */
+    float *x = make_data(AS_F32, n, 0), *y = malloc(n * sizeof *y);
+    as_tensor t = {.data = x, .dtype = AS_F32, .ndim = 2, .shape = {(int64_t)n / 1000, 1000}};
+    as_tensor d = t;
+    d.data = y;
+    as_save_info i = {.kind = AS_KIND_GENERIC, .layer = "sweep"};
+    for (size_t k = 0; k < sizeof specs / sizeof specs[0]; k++) {
+        const char *dir = mktmp();
+        as_store *s = mk(specs[k], dir, false);
+        as_arena *a = as_store_arena(s);
+        int fails = 0;
+        for (uint64_t budget = 1;; budget += 32 << 10) {
+            as_arena_set_budget(a, budget);
+            as_handle h;
+            int rc = as_store_save(s, &i, &t, &h);
+            if (rc == 0) {
+                as_arena_set_budget(a, 0);
+                assert_int_equal(as_store_restore(s, h, &d), 0);
+                if (!strstr(specs[k], "q4") && !strstr(specs[k], "fp16"))
+                    assert_memory_equal(x, y, n * sizeof *y);   /* lossless ones */
+                else
+                    for (size_t j = 64; j < n; j++)   /* past the specials' group */
+                        assert_true(fabsf(x[j] - y[j]) <= 0.5f + fabsf(x[j]) * 1e-3f);
+                assert_int_equal(as_store_release(s, h), 0);
+                break;
+            }
+            if (rc != AS_EBUDGET)
+                fail_msg("%s, budget %llu: %s (%s)", specs[k], (unsigned long long)budget,
+                         as_strerror(rc), as_store_last_error(s));
+            fails++;
+            assert_true(as_handle_is_null(h));
+            assert_contains(as_store_last_error(s), "budget");
+            as_store_stats a2 = stats(s);
+            assert_int_equal(a2.live_handles, 0);
+            assert_int_equal(a2.total.raw_live, 0);
+            assert_int_equal(a2.total.stored_live, 0);
+            as_store_stats_free(&a2);
+            as_arena_flush_thread_cache(a);
+            as_arena_snapshot sn;
+            assert_int_equal(as_arena_snapshot_take(a, 0, &sn), 0);
+            assert_int_equal(sn.tags[AS_TAG_SAVED].live_requested, 0);
+            as_arena_snapshot_free(&sn);
+            assert_true(budget < (64u << 20));
+        }
+        assert_true(fails >= 3);   /* the sweep went through the error paths */
+        as__offload_wait_idle();
+        as_store_destroy(s);
+        rm_tmp(dir);
+    }
+    free(x);
+    free(y);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -711,6 +773,7 @@ int main(void)
         cmocka_unit_test(test_offload_round_trip_prefetch),
         cmocka_unit_test(test_offload_corrupted_file),
         cmocka_unit_test(test_offload_missing_or_full_dir),
+        cmocka_unit_test(test_budget_sweep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

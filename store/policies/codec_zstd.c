@@ -625,9 +625,9 @@ static int frame_decode(as_pctx *ctx, zwork *w, const zhdr *h, size_t fi,
                            as_pctx_layer(ctx) ? as_pctx_layer(ctx) : "-", fi,
                            h->nframes, ZSTD_isError(r) ? ZSTD_getErrorName(r)
                            : "wrong segment size");
-            return ZSTD_isError(r) &&
-                   ZSTD_getErrorCode(r) == ZSTD_error_memory_allocation
-                       ? AS_ENOMEM : AS_ECORRUPT;
+            if (ZSTD_isError(r) && ZSTD_getErrorCode(r) == ZSTD_error_memory_allocation)
+                return ws_last_rc ? ws_last_rc : AS_ENOMEM;
+            return AS_ECORRUPT;
         }
         pos += f->seg[i];
     }
@@ -687,10 +687,10 @@ static int zstd_encode(as_pctx *ctx, const void *params,
         size_t zerr;
         size_t cs = frame_store(w, f, in, esize, &zerr);
         if (zerr) {
+            bool mem = ZSTD_getErrorCode(zerr) == ZSTD_error_memory_allocation;
+            rc = mem ? (ws_last_rc ? ws_last_rc : AS_ENOMEM) : AS_EIO;
             as_pctx_errorf(ctx, "zstd: compressing frame %zu: %s", fi,
-                           ZSTD_getErrorName(zerr));
-            rc = ZSTD_getErrorCode(zerr) == ZSTD_error_memory_allocation
-                     ? AS_ENOMEM : AS_EIO;
+                           mem ? as_strerror(rc) : ZSTD_getErrorName(zerr));
             break;
         }
         void *data;
@@ -735,9 +735,10 @@ static int zstd_decode(as_pctx *ctx, const void *params, void *state,
     int rc = verify_frames(ctx, h, 0, h->nframes);
     if (rc || !h->nframes)
         return rc;
+    ws_last_rc = 0;
     zwork *w = zwork_get((zparams *)params, ctx);
     if (!w)
-        return AS_ENOMEM;
+        return ws_last_rc ? ws_last_rc : AS_ENOMEM;
     for (size_t fi = 0; fi < h->nframes && !rc; fi++)
         rc = frame_decode(ctx, w, h, fi, (uint8_t *)dst->data + fi * ZFRAME);
     zwork_put((zparams *)params, w);
@@ -762,9 +763,10 @@ static int zstd_rows(as_pctx *ctx, const void *params, void *state,
     int rc = verify_frames(ctx, h, f0, f1);
     if (rc)
         return rc;
+    ws_last_rc = 0;
     zwork *w = zwork_get((zparams *)params, ctx);
     if (!w)
-        return AS_ENOMEM;
+        return ws_last_rc ? ws_last_rc : AS_ENOMEM;
     for (size_t fi = f0; fi < f1 && !rc; fi++) {
         size_t fs = fi * ZFRAME, fe = fs + h->f[fi].raw;
         size_t lo = b0 > fs ? b0 : fs, hi = b1 < fe ? b1 : fe;
