@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -760,6 +761,89 @@ static void test_budget_sweep(void **st)
     free(y);
 }
 
+/* Offload from 4 threads at once: saves, prefetches, restores (from the
+ * staging copy, a prefetched buffer or the file) and releases interleave
+ * with the I/O thread's writes and reads. */
+typedef struct off_thr {
+    as_store *s;
+    int id, errors;
+    char msg[300];
+} off_thr;
+
+static void *off_worker(void *arg)
+{
+    off_thr *c = arg;
+    enum { N = 16384, KEEP = 6 };
+    float *x = malloc(KEEP * N * sizeof *x), *y = malloc(N * sizeof *y);
+    as_handle h[KEEP] = {{0}};
+    uint64_t r = 0x9e3779b97f4a7c15ull * (uint64_t)(c->id + 1);
+    for (int it = 0; it < 120 && !c->errors; it++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        int slot = (int)((r >> 33) % KEEP);
+        float *xs = x + slot * N;
+        int rc = 0;
+        if (!as_handle_is_null(h[slot])) {   /* restore the old one, then release */
+            as_tensor d = {.data = y, .dtype = AS_F32, .ndim = 1, .shape = {N}};
+            if ((r >> 20) & 1)
+                rc = as_store_prefetch(c->s, h[slot]);
+            if (rc == 0)
+                rc = as_store_restore(c->s, h[slot], &d);
+            if (rc == 0 && memcmp(xs, y, N * sizeof *y)) {
+                snprintf(c->msg, sizeof c->msg, "thread %d: wrong values", c->id);
+                c->errors++;
+            }
+            if (rc == 0)
+                rc = as_store_release(c->s, h[slot]);
+            h[slot] = AS_HANDLE_NULL;
+        }
+        for (int j = 0; j < N; j++)
+            xs[j] = (float)(it * 31 + j + c->id * 1000);
+        as_tensor t = {.data = xs, .dtype = AS_F32, .ndim = 1, .shape = {N}};
+        as_save_info i = {.kind = AS_KIND_GENERIC, .layer = "othr"};
+        if (rc == 0)
+            rc = as_store_save(c->s, &i, &t, &h[slot]);
+        if (rc != 0 && !c->errors) {
+            snprintf(c->msg, sizeof c->msg, "thread %d: %s: %s", c->id, as_strerror(rc),
+                     as_store_last_error(c->s));
+            c->errors++;
+        }
+    }
+    for (int k = 0; k < KEEP; k++)
+        as_store_release(c->s, h[k]);
+    free(x);
+    free(y);
+    return NULL;
+}
+
+static void test_offload_threads(void **st)
+{
+    (void)st;
+    const char *dir = mktmp();
+    as_store *s = mk("default=offload", dir, false);
+    off_thr c[4];
+    pthread_t th[4];
+    for (int k = 0; k < 4; k++) {
+        c[k] = (off_thr){.s = s, .id = k};
+        assert_int_equal(pthread_create(&th[k], NULL, off_worker, &c[k]), 0);
+    }
+    for (int k = 0; k < 4; k++)
+        pthread_join(th[k], NULL);
+    for (int k = 0; k < 4; k++)
+        if (c[k].errors)
+            fail_msg("%s", c[k].msg);
+    as__offload_wait_idle();
+    as_store_stats a = stats(s);
+    assert_int_equal(a.live_handles, 0);
+    assert_int_equal(a.total.stored_live, 0);
+    assert_int_equal(a.offload_fallbacks, 0);
+    assert_int_equal(a.total.saves, 4 * 120);
+    as_store_stats_free(&a);
+    char p[512];
+    assert_int_equal(offload_files(dir, p, sizeof p), 0);
+    as_store_destroy(s);
+    rm_tmp(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -774,6 +858,7 @@ int main(void)
         cmocka_unit_test(test_offload_corrupted_file),
         cmocka_unit_test(test_offload_missing_or_full_dir),
         cmocka_unit_test(test_budget_sweep),
+        cmocka_unit_test(test_offload_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
