@@ -76,7 +76,11 @@ typedef struct as_service_config {
  * and arena, bad config value, non-loopback address without allow_remote;
  * err names which), AS_EIO (bind/listen failed: err has the system error),
  * AS_ENOMEM. err (may be NULL) receives a message on error.
- * Thread-safety: may be called from any thread; one call per service. */
+ * Thread-safety: may be called from any thread; one call per service.
+ * Training threads keep using the stores and arenas meanwhile: the service
+ * only calls their snapshot functions, on its own thread. That thread
+ * blocks SIGPIPE for itself (a client closing mid-response); the process's
+ * signal dispositions are left alone. */
 AS_API int as_service_start(const as_service_config *cfg,
                             const as_service_source *src, size_t nsrc,
                             as_service **out, char *err, size_t errlen);
@@ -87,11 +91,13 @@ AS_API int as_service_start(const as_service_config *cfg,
 AS_API void as_service_stop(as_service *svc);
 
 /* The bound port (useful with port 0) and the base URL
- * ("http://127.0.0.1:8080/"), static for the service's lifetime. */
+ * ("http://127.0.0.1:8080/"). The string is owned by the service and valid
+ * until as_service_stop. Thread-safe (fixed at start). NULL svc: -1 / "". */
 AS_API int as_service_port(const as_service *svc);
 AS_API const char *as_service_url(const as_service *svc);
 
-/* Counters of the service itself (read from any thread; approximate). */
+/* Counters of the service itself. sse_dropped counts every client dropped
+ * for not reading (slow event-stream readers, pipelining floods). */
 typedef struct as_service_stats {
     uint64_t requests, responses_4xx, responses_5xx;
     uint64_t connections_open, connections_total, connections_rejected;
@@ -102,6 +108,9 @@ typedef struct as_service_stats {
     uint64_t cpu_ns;                      /* CPU time of the service thread
                                              (updated every tick) */
 } as_service_stats;
+/* Copy the counters into *out (zeroed for a NULL svc). Thread-safe: each
+ * counter is read atomically, but the set is not one consistent instant.
+ * No errors. */
 AS_API void as_service_get_stats(const as_service *svc, as_service_stats *out);
 
 #ifdef __cplusplus
