@@ -37,6 +37,7 @@ typedef struct as_client_response {
  * HTTP response), AS_ENOMEM. */
 int as_client_get(const char *addr, const char *path, int timeout_ms,
                   as_client_response *out, char *err, size_t errlen);
+/* Free the body and zero *r. NULL-safe; safe on a zeroed response. */
 void as_client_response_free(as_client_response *r);
 
 /* ---- the event stream (on a caller's loop) ---------------------------------- */
