@@ -669,6 +669,53 @@ static void test_recompute_chain(void **st)
     as_store_destroy(s);
 }
 
+/* A long recompute chain: x0 kept, x[k] = x[k-1] + 1. Restoring the top
+ * rebuilds every link once; walking back down (as backward does) calls
+ * nothing more, and releasing as we go keeps the cache small. */
+static int cb_inc(void *ud, const as_tensor *const *in, size_t nin, as_tensor *out)
+{
+    (void)nin;
+    (*(int *)ud)++;
+    const float *a = in[0]->data;
+    float *o = out->data;
+    for (int64_t k = 0; k < as_tensor_numel(out); k++)
+        o[k] = a[k] + 1.0f;
+    return 0;
+}
+
+static void test_long_chain(void **st)
+{
+    (void)st;
+    enum { L = 1000, N = 64 };
+    as_store *s = mk("default=keep; layer:link=recompute", false, 0);
+    static as_handle h[L + 1];
+    float x[N], y[N];
+    for (int k = 0; k < N; k++)
+        x[k] = (float)k;
+    as_tensor t = t2(x, AS_F32, 1, N), d = t2(y, AS_F32, 1, N);
+    as_save_info i0 = info(AS_KIND_GENERIC, "base");
+    assert_int_equal(as_store_save(s, &i0, &t, &h[0]), 0);
+    int calls = 0;
+    for (int l = 1; l <= L; l++) {
+        as_save_info i = info(AS_KIND_GENERIC, "link");
+        i.recompute = cb_inc, i.recompute_ud = &calls;
+        i.recompute_inputs = &h[l - 1], i.recompute_ninputs = 1;
+        assert_int_equal(as_store_save(s, &i, &t, &h[l]), 0);
+    }
+    as_store_phase(s, AS_PHASE_BACKWARD);
+    for (int l = L; l >= 0; l--) {
+        assert_int_equal(as_store_restore(s, h[l], &d), 0);
+        for (int k = 0; k < N; k++)
+            assert_true(y[k] == (float)(k + l));
+        assert_int_equal(as_store_release(s, h[l]), 0);
+    }
+    assert_int_equal(calls, L);   /* one materialization per link */
+    as_store_phase(s, AS_PHASE_FORWARD);
+    assert_int_equal(arena_tag(s, AS_TAG_WORKSPACE).live_requested, 0);
+    assert_int_equal(arena_tag(s, AS_TAG_SAVED).live_requested, 0);
+    as_store_destroy(s);
+}
+
 static void test_inverse_chain(void **st)
 {
     (void)st;
@@ -951,6 +998,7 @@ int main(void)
         cmocka_unit_test(test_strict_mode),
         cmocka_unit_test(test_budget_keeps_store_usable),
         cmocka_unit_test(test_recompute_chain),
+        cmocka_unit_test(test_long_chain),
         cmocka_unit_test(test_inverse_chain),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_accounting_matches_allocator),
