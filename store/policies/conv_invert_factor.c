@@ -60,21 +60,27 @@ int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
         return AS_ENOMEM;
     }
     double *T = fc->T;
-    for (int kq = 0; kq < Qh; kq++)
+    double cs[2 * 16];   /* e^{-2 pi i kq (kw-1-v)/Q} for v < kw <= 16 */
+    for (int kq = 0; kq < Qh; kq++) {
+        for (int vv = 0; vv < kw; vv++) {
+            const double a = -2.0 * M_PI * kq * (kw - 1 - vv) / Q;
+            cs[2 * vv] = cos(a);
+            cs[2 * vv + 1] = sin(a);
+        }
         for (int o = 0; o < co; o++)
             for (int c = 0; c < ci; c++)
                 for (int u = 0; u < kh; u++) {
                     double sr = 0, si = 0;
+                    const float *wr = w + (((size_t)o * ci + c) * kh + u) * kw;
                     for (int vv = 0; vv < kw; vv++) {
-                        double a = -2.0 * M_PI * kq * (kw - 1 - vv) / Q;
-                        double x = w[(((size_t)o * ci + c) * kh + u) * kw + vv];
-                        sr += x * cos(a);
-                        si += x * sin(a);
+                        sr += wr[vv] * cs[2 * vv];
+                        si += wr[vv] * cs[2 * vv + 1];
                     }
                     double *t = T + 2 * ((((size_t)kq * co + o) * ci + c) * kh + u);
                     t[0] = sr;
                     t[1] = si;
                 }
+    }
     return 0;
 }
 
