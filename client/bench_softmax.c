@@ -717,14 +717,17 @@ int as_bench_softmax(int argc, char **argv)
     openblas_set_num_threads(1);
     char *specs[MAX_POL], *pbuf = strdup(pols);
     int npol = 0;
+    if (!pbuf)
+        return as_cli_fail("bench", "softmax: out of memory");
     for (char *t = strtok(pbuf, ","); t && npol < MAX_POL; t = strtok(NULL, ","))
         specs[npol++] = t;
     for (int i = 0; i < npol; i++) {
         as_sm_params p;
         char err[160];
         if (as_sm_parse(specs[i], strlen(specs[i]), &p, err, sizeof err, NULL)) {
-            free(pbuf);
-            return as_cli_usage("bench", "--policies: '%s': %s", specs[i], err);
+            int ec = as_cli_usage("bench", "--policies: '%s': %s", specs[i], err);
+            free(pbuf);   /* after the message: specs[i] points into it */
+            return ec;
         }
     }
 
