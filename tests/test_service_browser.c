@@ -170,6 +170,7 @@ static const char dom_probe[] =
     "  compare: rows('compare'), liveA: txt('k-live-0'), ratioA: txt('k-ratio-0'),"
     "  ratioB: txt('k-ratio-1'), storedB: txt('k-stored-1'), step: txt('step'),"
     "  firstLayerB: (document.querySelector('#layers-1 tbody td.name') || {}).textContent,"
+    "  kindsMode: (document.querySelector('.kinds-mode') || {}).textContent,"
     "  bad: /NaN|undefined|Infinity/.test(body)});"
     "})()";
 
@@ -215,8 +216,22 @@ static bool humanized(const char *s)
  * <build>/test-artifacts/<name>.png and the DOM state to <name>-dom.json.
  * Returns the last DOM state (caller deletes) or NULL; *png_len = bytes of
  * the screenshot. */
+static cJSON *probe(cdp *c, const char *session)
+{
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "expression", dom_probe);
+    cJSON_AddBoolToObject(p, "returnByValue", 1);
+    cJSON *r = cdp_call(c, session, "Runtime.evaluate", p, 10);
+    const cJSON *val = cJSON_GetObjectItem(result(r, "result"), "value");
+    cJSON *dom = cJSON_IsString(val) ? cJSON_Parse(val->valuestring) : NULL;
+    cJSON_Delete(r);
+    return dom;
+}
+
+/* then_js (may be NULL): run once the page is ready (e.g. a click), then
+ * wait a second and probe again; that last state is returned. */
 static cJSON *browse(const char *url, const char *name, bool (*ready)(const cJSON *),
-                     double timeout_s, size_t *png_len)
+                     double timeout_s, const char *then_js, size_t *png_len)
 {
     char bin[512];
     if (!proc_find("AS_CHROMIUM", "chromium", bin, sizeof bin))
@@ -278,19 +293,21 @@ static cJSON *browse(const char *url, const char *name, bool (*ready)(const cJSO
     cJSON *dom = NULL;
     double t0 = proc_now_s();
     while (proc_now_s() - t0 < timeout_s) {
-        p = cJSON_CreateObject();
-        cJSON_AddStringToObject(p, "expression", dom_probe);
-        cJSON_AddBoolToObject(p, "returnByValue", 1);
-        r = cdp_call(&c, session, "Runtime.evaluate", p, 10);
-        const cJSON *val = cJSON_GetObjectItem(result(r, "result"), "value");
         cJSON_Delete(dom);
-        dom = cJSON_IsString(val) ? cJSON_Parse(val->valuestring) : NULL;
-        cJSON_Delete(r);
+        dom = probe(&c, session);
         if (dom && ready(dom))
             break;
         usleep(300000);
     }
     double waited = proc_now_s() - t0;
+    if (then_js && dom && ready(dom)) {
+        p = cJSON_CreateObject();
+        cJSON_AddStringToObject(p, "expression", then_js);
+        cJSON_Delete(cdp_call(&c, session, "Runtime.evaluate", p, 10));
+        usleep(1000000);
+        cJSON_Delete(dom);
+        dom = probe(&c, session);
+    }
 
     /* the artifact: a full-page screenshot */
     p = cJSON_CreateObject();
@@ -346,7 +363,7 @@ static void test_dashboard_ab(void **state)
     char err[256];
     assert_int_equal(as_service_start(NULL, src, 2, &svc, err, sizeof err), 0);
     size_t png_len;
-    cJSON *dom = browse(as_service_url(svc), "dashboard-ab", dom_ready, 45, &png_len);
+    cJSON *dom = browse(as_service_url(svc), "dashboard-ab", dom_ready, 45, NULL, &png_len);
     as_service_stop(svc);
     work_stop(&arms[0]);
     work_stop(&arms[1]);
@@ -432,7 +449,9 @@ static void test_dashboard_of_trainer(void **state)
     assert_int_equal(as_service_start(NULL, &src, 1, &svc, err, sizeof err), 0);
     assert_int_equal(pthread_create(&t.thread, NULL, trainer_main, &t), 0);
     size_t png_len;
-    cJSON *dom = browse(as_service_url(svc), "dashboard-vit", dom_ready_vit, 45, &png_len);
+    /* and switch "Saved by kind" to step peaks (the view for fast steps) */
+    cJSON *dom = browse(as_service_url(svc), "dashboard-vit", dom_ready_vit, 45,
+                        "document.querySelector('.kinds-mode').click()", &png_len);
     atomic_store(&t.stop, true);
     pthread_join(t.thread, NULL);
     as_service_stop(svc);
@@ -450,6 +469,9 @@ static void test_dashboard_of_trainer(void **state)
     assert_true(dnum(dom, "saved", "nonzero") >= 2);
     assert_true(dnum(dom, "tagsA", "nonzero") >= 3);     /* weights, gradients, saved, ... */
     assert_true(dnum(dom, "polA", NULL) >= 2);           /* bf16 and keep */
+    /* after the click the kinds chart plots step peaks, with data */
+    assert_string_equal(dstr(dom, "kindsMode"), "show now");
+    assert_true(dnum(dom, "kindsA", "nonzero") >= 3);
     assert_int_equal((int)dnum(dom, "compare", NULL), -1);   /* one store: no A/B card */
     assert_true(humanized(dstr(dom, "liveA")));
     double ra = atof(dstr(dom, "ratioA"));

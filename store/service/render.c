@@ -355,20 +355,20 @@ void as__render_timeline(as_service *svc, uint64_t since, as__sb *b)
             }
             as__sb_puts(b, "]");
         }
-        as__sb_puts(b, "},\"kinds\":{");
-        any = false;
-        for (int k = 0; k < AS_KIND_COUNT; k++) {
-            as__sb_printf(b, "%s", any ? "," : "");
-            any = true;
-            as__sb_jstr(b, as__svc_kind_name(k));
-            as__sb_puts(b, ":[");
-            for (size_t j = first; j < svc->tl_count; j++) {
-                const as__svc_point *p = &svc->tl_pts[as__tl_slot(svc, j) * svc->nsrc + i];
-                if (j > first)
-                    as__sb_puts(b, ",");
-                as__sb_u64(b, p->kind_stored[k]);
+        for (int grp = 0; grp < 2; grp++) {     /* stored now, stored step peak */
+            as__sb_puts(b, grp ? "},\"kinds_peak\":{" : "},\"kinds\":{");
+            for (int k = 0; k < AS_KIND_COUNT; k++) {
+                as__sb_puts(b, k ? "," : "");
+                as__sb_jstr(b, as__svc_kind_name(k));
+                as__sb_puts(b, ":[");
+                for (size_t j = first; j < svc->tl_count; j++) {
+                    const as__svc_point *p = &svc->tl_pts[as__tl_slot(svc, j) * svc->nsrc + i];
+                    if (j > first)
+                        as__sb_puts(b, ",");
+                    as__sb_u64(b, grp ? p->kind_stored_peak[k] : p->kind_stored[k]);
+                }
+                as__sb_puts(b, "]");
             }
-            as__sb_puts(b, "]");
         }
         as__sb_puts(b, "}}");
     }

@@ -219,8 +219,10 @@ static void timeline_append(as_service *svc)
             p->saved_stored = v->store.total.stored_live;
             p->saved_raw_peak = v->store.total.raw_peak;
             p->saved_stored_peak = v->store.total.stored_peak;
-            for (size_t k = 0; k < AS_KIND_COUNT; k++)
+            for (size_t k = 0; k < AS_KIND_COUNT; k++) {
                 p->kind_stored[k] = v->store.kinds[k].stored_live;
+                p->kind_stored_peak[k] = v->store.kinds[k].stored_peak;
+            }
             p->step = v->store.step;
             p->phase = (uint8_t)v->store.phase;
         }

@@ -79,6 +79,7 @@ typedef struct as__svc_point {
     uint64_t saved_raw_peak, saved_stored_peak;   /* per step */
     uint64_t tags[AS_TAG_FIXED_COUNT];
     uint64_t kind_stored[AS_KIND_COUNT];
+    uint64_t kind_stored_peak[AS_KIND_COUNT];   /* per step */
     uint64_t step;
     uint8_t  phase, valid;
 } as__svc_point;

@@ -79,13 +79,14 @@
     showAll: {},       /* store index -> show every layer (polls the snapshot) */
     fullLayers: {},
   };
+  const GROUPS = ['tags', 'kinds', 'kinds_peak'];
   const COLS = ['live', 'peak', 'resident', 'saved_raw', 'saved_stored', 'saved_raw_peak',
                 'saved_stored_peak', 'step', 'phase'];
 
   function resetTimeline(labels) {
     S.seq = 0; S.t = []; S.marks = [];
     S.stores = labels.map(l => ({ label: l, cols: Object.fromEntries(COLS.map(c => [c, []])),
-                                  tags: {}, kinds: {} }));
+                                  tags: {}, kinds: {}, kinds_peak: {} }));
   }
 
   /* Append a timeline document (full or increment). Points are numbered
@@ -112,7 +113,7 @@
         const src = ds[c] || [];
         for (let j = from; j < n; j++) st.cols[c].push(src[j] == null ? null : src[j]);
       }
-      for (const grp of ['tags', 'kinds']) {
+      for (const grp of GROUPS) {
         const src = ds[grp] || {};
         for (const name of Object.keys(src)) {
           if (!st[grp][name]) st[grp][name] = new Array(S.t.length - (n - from)).fill(0);
@@ -136,7 +137,7 @@
     S.t.splice(0, extra);
     for (const st of S.stores) {
       for (const c of COLS) st.cols[c].splice(0, extra);
-      for (const grp of ['tags', 'kinds']) for (const k in st[grp]) st[grp][k].splice(0, extra);
+      for (const grp of GROUPS) for (const k in st[grp]) st[grp][k].splice(0, extra);
     }
     const t0 = S.t[0];
     let k = 0;
@@ -279,7 +280,8 @@
 
   function buildLayout() {
     const key = S.stores.map(s => s.label).join('\u0001');
-    const kindKey = S.stores.map(s => activeNames(s.kinds).join(',') + '|' + activeNames(s.tags).join(',')).join(';');
+    const kindKey = (S.kindsPeak ? 'peak;' : 'now;') + S.stores.map(s =>
+      activeNames(S.kindsPeak ? s.kinds_peak : s.kinds).join(',') + '|' + activeNames(s.tags).join(',')).join(';');
     if (key === S.layoutKey && kindKey === S.kindKey) return;
     const fresh = key !== S.layoutKey;
     S.layoutKey = key; S.kindKey = kindKey;
@@ -302,7 +304,7 @@
         { label: (multi ? st.label + ' ' : '') + 'live', color: storeColor(i), width: 2,
           fill: multi ? undefined : 'rgba(92,200,255,0.10)', get: () => st.cols.live },
         { label: (multi ? st.label + ' ' : '') + 'step peak', color: storeColor(i), dash: [1, 3],
-          width: 1.4, get: () => st.cols.peak },
+          width: 1.4, get: () => heldSeries(st, st.cols.peak) },
         { label: (multi ? st.label + ' ' : '') + 'resident', color: storeColor(i), dash: [6, 4],
           width: 1.2, get: () => st.cols.resident },
       ]),
@@ -315,26 +317,45 @@
         { label: (multi ? st.label + ' ' : '') + 'raw (keep)', color: storeColor(i), dash: [6, 4],
           width: 1.2, get: () => st.cols.saved_raw },
         { label: (multi ? st.label + ' ' : '') + 'stored step peak', color: storeColor(i), dash: [1, 3],
-          width: 1.4, get: () => st.cols.saved_stored_peak },
+          width: 1.4, get: () => heldSeries(st, st.cols.saved_stored_peak) },
       ]),
     }));
     S.stores.forEach((st, i) => {
-      for (const grp of ['kinds', 'tags']) {
-        const host = clear('chart-' + grp + '-' + i);
+      for (const panelGrp of ['kinds', 'tags']) {
+        /* the kinds panel shows stored bytes now, or each step's peak */
+        const grp = panelGrp === 'kinds' && S.kindsPeak ? 'kinds_peak' : panelGrp;
+        const host = clear('chart-' + panelGrp + '-' + i);
         const names = activeNames(st[grp]);
-        const empty = document.getElementById('empty-' + grp + '-' + i);
+        const empty = document.getElementById('empty-' + panelGrp + '-' + i);
         empty.hidden = names.length > 0;
         if (!names.length) { host.dataset.points = 0; host.dataset.nonzero = 0; continue; }
         const def = {
           el: host, stacked: true, phaseStore: i, stepStore: i, height: 200,
           series: names.map((n, k) => ({ label: n.replace(/_/g, ' '), color: PALETTE[k % PALETTE.length],
                                          fill: mix(PALETTE[k % PALETTE.length], 0.45), width: 1,
-                                         get: () => st[grp][n] })),
+                                         get: () => grp === 'kinds_peak' ? heldSeries(st, st[grp][n]) : st[grp][n] })),
         };
-        def.rawAt = (k, idx) => st[grp][names[k]][idx];
+        def.rawAt = (k, idx) => (grp === 'kinds_peak' ? heldSeries(st, st[grp][names[k]]) : st[grp][names[k]])[idx];
         S.charts.push(makeChart(def));
       }
     });
+  }
+
+  /* A per-step peak series as drawn: the store resets peaks when a step
+   * begins, so a tick early in a step reads near 0. Each point shows the
+   * larger of its value and the previous step's last value, which turns
+   * the saw-tooth of fast steps into the plateau people read. */
+  function heldSeries(st, a) {
+    const steps = st.cols.step, out = new Array(a.length);
+    let cur = null, prevFinal = 0;
+    for (let j = 0; j < a.length; j++) {
+      if (steps[j] !== cur) {
+        prevFinal = j > 0 && cur !== null ? (a[j - 1] || 0) : 0;
+        cur = steps[j];
+      }
+      out[j] = a[j] == null ? null : Math.max(a[j], prevFinal);
+    }
+    return out;
   }
 
   function clear(id) { const e = document.getElementById(id); e.textContent = ''; return e; }
@@ -399,6 +420,23 @@
     for (const [grp, title, hint] of [['kinds', 'Saved by kind', 'stored bytes, stacked'],
                                        ['tags', 'Arena by tag', 'live bytes, stacked']]) {
       const p = panel(title, hint);
+      if (grp === 'kinds') {
+        /* fast steps alias at the tick rate: the step peak reads steadily */
+        const tog = el('a', 'toggle kinds-mode', S.kindsPeak ? 'show now' : 'show step peaks');
+        tog.href = '#';
+        tog.title = 'now: stored bytes at each tick · step peaks: the largest stored bytes of the step so far';
+        tog.addEventListener('click', ev => {
+          ev.preventDefault();
+          S.kindsPeak = !S.kindsPeak;
+          for (const t of document.querySelectorAll('.kinds-mode'))
+            t.textContent = S.kindsPeak ? 'show now' : 'show step peaks';
+          for (const h of document.querySelectorAll('.kinds-hint'))
+            h.textContent = S.kindsPeak ? 'stored bytes, step peak per kind, stacked' : 'stored bytes, stacked';
+          schedule();
+        });
+        p.querySelector('h2').appendChild(tog);
+        p.querySelector('.hint').classList.add('kinds-hint');
+      }
       const ch = el('div', 'chart small'); ch.id = 'chart-' + grp + '-' + i;
       ch.dataset.points = 0; ch.dataset.nonzero = 0;
       const e = el('div', 'empty', grp === 'kinds' ? 'nothing saved yet' : 'no allocations yet');
@@ -498,10 +536,24 @@
     });
   }
 
+  /* Training speed from the step marks of the last 10 s (exact times). */
+  function stepRate(i) {
+    const ms = S.marks.filter(m => m.type === 'step' && m.store === i);
+    if (ms.length < 2) return '';
+    const last = ms[ms.length - 1];
+    let k = ms.length - 1;
+    while (k > 0 && last.t - ms[k - 1].t <= 10) k--;
+    const first = ms[k], dt = last.t - first.t, n = last.step - first.step;
+    if (!(dt > 0) || n <= 0) return '';
+    const r = n / dt;
+    return ' · ' + (r >= 10 ? r.toFixed(0) : r >= 1 ? r.toFixed(1) : r.toFixed(2)) + ' steps/s';
+  }
+
   function renderStore(s, i) {
     const arena = s.arena || {}, saved = s.saved || {};
     setText('card-step-' + i, s.available === false ? 'unavailable' :
-            'step ' + fmtInt(s.step) + ' · ' + (s.phase || '–'), 'badge small phase ' + (s.phase || ''));
+            'step ' + fmtInt(s.step) + ' · ' + (s.phase || '–') + stepRate(i),
+            'badge small phase ' + (s.phase || ''));
     setText('card-spec-' + i, s.spec || (s.saved ? '' : 'arena only'));
     const sp = document.getElementById('card-spec-' + i);
     if (sp) sp.title = s.spec || '';
