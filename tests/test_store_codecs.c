@@ -565,6 +565,15 @@ static void test_offload_round_trip_prefetch(void **st)
         assert_memory_equal(c.x, c.y, c.n * 4);
         assert_int_equal(as_store_release(c.s, hs[k]), 0);
     }
+    /* an empty tensor: no file, restores give nothing, release is fine */
+    as_tensor e = {.data = NULL, .dtype = AS_F32, .ndim = 2, .shape = {0, 300}};
+    as_handle he;
+    assert_int_equal(as_store_save(c.s, &i, &e, &he), 0);
+    assert_string_equal(as_store_policy_of(c.s, he), "offload");
+    assert_int_equal(as_store_restore(c.s, he, &e), 0);
+    assert_int_equal(as_store_prefetch(c.s, he), 0);
+    assert_int_equal(as_store_restore(c.s, he, &e), 0);
+    assert_int_equal(as_store_release(c.s, he), 0);
     assert_int_equal(as_store_release(c.s, c.h), 0);
     c.h = AS_HANDLE_NULL;
     as__offload_wait_idle();

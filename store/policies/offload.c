@@ -380,6 +380,10 @@ static int off_encode(as_pctx *ctx, const void *params,
     it->bytes = as_tensor_bytes(t);
     it->handle = as_pctx_handle(ctx).v;
     it->fd = -1;
+    if (!it->bytes) {   /* nothing to write: no file, restores are no-ops */
+        *state = it;
+        return 0;
+    }
     snprintf(it->path, sizeof it->path, "%s/actstore-%ld-%llu.off", dir,
              (long)getpid(),
              (unsigned long long)atomic_fetch_add(&file_seq, 1));
@@ -437,6 +441,8 @@ static int off_decode(as_pctx *ctx, const void *params, void *state,
     off_item *it = state;
     if (as_tensor_bytes(dst) != it->bytes)
         return AS_ESHAPE;
+    if (!it->bytes)
+        return 0;
     pthread_mutex_lock(&io.mu);
     if (it->staging.ptr) {
         /* not written yet (or the write failed): copy from memory */
@@ -520,7 +526,7 @@ static void off_drop(void *params, void *state)
     pthread_mutex_unlock(&io.mu);
     staging_free(it);
     as_free(as_store_arena(it->s), &it->rbuf);
-    if (!it->write_failed)
+    if (!it->write_failed && it->path[0])
         unlink(it->path);
     free(it);
 }
