@@ -267,9 +267,12 @@ static void item_free(as_store *s, as_item *first)
     while (n) {
         as_item *it = stack[--n];
         as_rep *r = it->rep;
-        if (it->pending_inverse == 1)
-            as__acct_fallback(s, &r->g, "inverse: no consumer declared this "
+        if (it->pending_inverse == 1) {   /* charged to inverse, which did not apply */
+            as_groups fg = r->g;
+            fg.policy = (uint16_t)as__policy_index(&as_policy_inverse);
+            as__acct_fallback(s, &fg, "inverse: no consumer declared this "
                               "tensor its source through an invertible fn");
+        }
         pthread_mutex_lock(&s->mu);
         if (it->mat_state == AS_MAT_READY) {
             it->mat_prev->mat_next = it->mat_next;

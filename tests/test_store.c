@@ -790,6 +790,10 @@ static void test_inverse_chain(void **st)
     as_store_release(s, h0);
     a = stats(s);
     assert_int_equal(layer_of(&a, "conv1")->c.fallbacks, 1);
+    assert_contains(layer_of(&a, "conv1")->last_fallback, "inverse: no consumer");
+    for (size_t k = 0; k < a.npolicies; k++)
+        if (!strcmp(a.policies[k].name, "inverse"))
+            assert_int_equal(a.policies[k].c.fallbacks, 1);
     as_store_stats_free(&a);
     free(x0);
     as_store_destroy(s);
