@@ -248,6 +248,40 @@ static void test_zstd_portable_same_bytes(void **st)
     as_store_destroy(s);
 }
 
+/* Edge frames: all zeros (mask mode, nothing packed), one repeated value,
+ * lengths around the 8-element steps and the 1 MiB frame size. */
+static void test_zstd_edge_frames(void **st)
+{
+    (void)st;
+    as_store *s = mk("default=zstd", NULL, false);
+    static const size_t lens[] = {1, 7, 8, 63, 64, 65, 1000, (1u << 18) + 3, 600001};
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+        for (int kind = 0; kind < 3; kind++) {
+            size_t n = lens[li];
+            float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+            for (size_t j = 0; j < n; j++)
+                x[j] = kind == 0 ? 0.0f : kind == 1 ? 3.25f : (j % 97 == 0 ? 1.5f : 0.0f);
+            as_tensor t = {.data = x, .dtype = AS_F32, .ndim = 1, .shape = {(int64_t)n}}, d = t;
+            d.data = y;
+            as_save_info i = {.kind = AS_KIND_GENERIC, .layer = "edge"};
+            as_handle h;
+            assert_int_equal(as_store_save(s, &i, &t, &h), 0);
+            memset(y, 0x77, n * sizeof *y);
+            assert_int_equal(as_store_restore(s, h, &d), 0);
+            if (memcmp(x, y, n * sizeof *y))
+                fail_msg("zstd edge frame: n %zu kind %d not exact", n, kind);
+            if (n > 100000) {
+                as_store_stats a = stats(s);
+                assert_true(a.total.stored_live * 50 < a.total.raw_live);   /* compresses */
+                as_store_stats_free(&a);
+            }
+            assert_int_equal(as_store_release(s, h), 0);
+            free(x);
+            free(y);
+        }
+    as_store_destroy(s);
+}
+
 static void test_zstd_ratio_on_relu(void **st)
 {
     (void)st;
@@ -858,6 +892,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lossless_round_trips),
         cmocka_unit_test(test_zstd_portable_same_bytes),
+        cmocka_unit_test(test_zstd_edge_frames),
         cmocka_unit_test(test_zstd_ratio_on_relu),
         cmocka_unit_test(test_half_bounds),
         cmocka_unit_test(test_quant_bounds),
