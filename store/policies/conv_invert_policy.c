@@ -55,6 +55,7 @@ typedef struct inv_entry {
     struct inv_entry *next;
     char              layer[64];
     as__conv_geom     g;        /* n = 0 */
+    const float      *w;        /* the layer's weights (part of the key) */
     pthread_mutex_t   mu;
     as__conv_inv     *ci;
     int               users;    /* live items that may restore through ci */
@@ -72,7 +73,7 @@ typedef struct inv_state {
     inv_entry   *e;
     as_handle    y;             /* conv output */
     const float *w;
-    uint64_t     version;
+    uint64_t     version;       /* cache key: weight version and checksum */
     int          n;
     int          sparse;        /* frame as bitmap + nonzeros */
     size_t       frame_floats;  /* n * Cin * frame_len */
@@ -164,13 +165,13 @@ static int geom_equal(const as__conv_geom *a, const as__conv_geom *b)
 
 /* The entry of (layer, geometry), created on first use. */
 static int entry_get(inv_params *p, const char *layer, const as__conv_geom *g,
-                     inv_entry **out, char *why, size_t whylen)
+                     const float *w, inv_entry **out, char *why, size_t whylen)
 {
     *out = NULL;
     pthread_mutex_lock(&p->mu);
     inv_entry *e = p->entries;
     for (; e; e = e->next)
-        if (!strcmp(e->layer, layer) && geom_equal(&e->g, g))
+        if (e->w == w && !strcmp(e->layer, layer) && geom_equal(&e->g, g))
             break;
     int rc = 0;
     if (!e) {
@@ -180,6 +181,7 @@ static int entry_get(inv_params *p, const char *layer, const as__conv_geom *g,
             goto out;
         }
         as__strlcpy(e->layer, layer, sizeof e->layer);
+        e->w = w;
         e->g = *g;
         e->g.n = 0;
         as__conv_inv_cfg cfg = {.cond_max = p->cond_max, .eps_rel = -1};
@@ -274,14 +276,19 @@ static int inv_encode(as_pctx *ctx, const void *params,
         return AS_ENOTSUP;
     }
     inv_entry *e;
-    if ((rc = entry_get(p, as_pctx_layer(ctx), &g, &e, why, sizeof why)) < 0) {
+    if ((rc = entry_get(p, as_pctx_layer(ctx), &g, m->weight, &e, why, sizeof why)) < 0) {
         as_pctx_errorf(ctx, "%s", why[0] ? why : as_strerror(rc));
         return rc == AS_ENOMEM ? rc : AS_ENOTSUP;
     }
+    /* The cache key: the framework's weight version and a checksum of the
+     * weights, so a version number reused with other weights (another
+     * model in the same store, a framework that forgot to bump it) never
+     * picks up a stale factor. */
+    const uint64_t key = m->weight_version * 0x9E3779B97F4A7C15ull ^
+        as__checksum(m->weight, sizeof(float) * (size_t)m->cout * m->cin * m->kh * m->kw);
     pthread_mutex_lock(&e->mu);
     double cond = 0;
-    rc = as__conv_inv_condition(e->ci, m->weight, m->weight_version, &cond,
-                                why, sizeof why);
+    rc = as__conv_inv_condition(e->ci, m->weight, key, &cond, why, sizeof why);
     pthread_mutex_unlock(&e->mu);
     if (rc == AS_EFALLBACK) {
         as_pctx_errorf(ctx, "%s", why);
@@ -296,7 +303,7 @@ static int inv_encode(as_pctx *ctx, const void *params,
     st->e = e;
     st->y = m->output;
     st->w = m->weight;
-    st->version = m->weight_version;
+    st->version = key;
     st->n = m->n;
     const size_t nfl = (size_t)m->n * m->cin * as__conv_frame_len(&g);
     st->frame_floats = nfl;
