@@ -340,8 +340,8 @@ size_t as_report_metrics(const as_report *r, as_rep_metric **out)
         {"saved_peak", "saved peak, all kinds", AS_REP_BYTES, m_saved},
         {"arena_peak", "arena peak", AS_REP_BYTES, m_arena},
         {"step_ms", "step time, median (ms)", AS_REP_MS, m_step},
-        {"grad_cosine", "gradient cosine, mean", AS_REP_PLAIN, m_cos},
-        {"grad_cosine_min", "gradient cosine, worst tensor", AS_REP_PLAIN, m_cos_min},
+        {"grad_cosine", "gradient cosine, mean", AS_REP_COSINE, m_cos},
+        {"grad_cosine_min", "gradient cosine, worst tensor", AS_REP_COSINE, m_cos_min},
     };
     for (size_t f = 0; f < sizeof fixed / sizeof fixed[0]; f++) {
         if (!strcmp(fixed[f].key, "arena_peak")) {

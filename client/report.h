@@ -112,7 +112,8 @@ typedef struct as_rep_metric {
     bool        significant;
 } as_rep_metric;
 
-enum as_rep_unit { AS_REP_PLAIN = 0, AS_REP_PERCENT, AS_REP_BYTES, AS_REP_MS };
+enum as_rep_unit { AS_REP_PLAIN = 0, AS_REP_PERCENT, AS_REP_BYTES, AS_REP_MS,
+                   AS_REP_COSINE };
 
 /* The seeds the statistics use: indices i where both arms finished (or,
  * when none did, the first pair with steps). Returns how many, into idx

@@ -146,7 +146,8 @@ cJSON *as_report_json(const as_report *r)
         cJSON_AddBoolToObject(x, "significant", m[i].significant);
         cJSON_AddStringToObject(x, "unit", m[i].unit == AS_REP_BYTES ? "bytes" :
                                            m[i].unit == AS_REP_PERCENT ? "percent" :
-                                           m[i].unit == AS_REP_MS ? "ms" : "");
+                                           m[i].unit == AS_REP_MS ? "ms" :
+                                           m[i].unit == AS_REP_COSINE ? "cosine" : "");
     }
     free(m);
     char v[512];

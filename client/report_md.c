@@ -25,6 +25,14 @@ static void fmt_val(char *buf, size_t n, double v, int unit, bool sign)
         snprintf(buf, n, "%s%s", v < 0 ? "-" : sign ? "+" : "", hb);
     } else if (unit == AS_REP_PERCENT || unit == AS_REP_MS) {
         snprintf(buf, n, sign ? "%+.2f" : "%.2f", v);
+    } else if (unit == AS_REP_COSINE) {
+        /* cosines sit next to 1: six places, tiny differences in e-notation */
+        if (sign && v != 0 && fabs(v) < 1e-5)
+            snprintf(buf, n, "%+.2e", v);
+        else
+            snprintf(buf, n, sign ? "%+.6f" : "%.6f", v);
+    } else if (sign && v != 0 && fabs(v) < 1e-4) {
+        snprintf(buf, n, "%+.2e", v);
     } else {
         snprintf(buf, n, sign ? "%+.4f" : "%.4f", v);
     }
