@@ -60,6 +60,20 @@
     return 'rgb(' + x.map((v, i) => Math.round(v * a + y[i] * (1 - a))).join(',') + ')';
   }
   function storeColor(i) { return STORE_COLORS[i % STORE_COLORS.length]; }
+  /* "vit B: softmax=soa:5; default=keep" -> "vit B" for legends */
+  function shortLabel(l) {
+    const c = l.indexOf(':');
+    const s = c > 0 && c <= 16 ? l.slice(0, c) : l;
+    return s.length > 18 ? s.slice(0, 17) + '…' : s;
+  }
+  /* The store each store is compared with: the first one whose label
+   * starts with the same word ("vit A" for "vit B"), else the first. */
+  function baselineOf(labels, i) {
+    const w = l => (l.split(/[\s:]/)[0] || '');
+    for (let j = 0; j < labels.length; j++)
+      if (j !== i && w(labels[j]) === w(labels[i]) && w(labels[i]).length > 1) return j < i ? j : i;
+    return 0;
+  }
 
   /* ---- state --------------------------------------------------------------- */
 
@@ -297,28 +311,32 @@
       if (S.stores.length > 1) cards.appendChild(buildCompare());
       cards.style.setProperty('--ncards', Math.min(S.stores.length, 3));
     }
-    const multi = S.stores.length > 1;
+    const multi = S.stores.length > 1, many = S.stores.length > 2;
+    const pre = st => multi ? shortLabel(st.label) + ' ' : '';
+    /* with more than two stores, two series each keep the legend readable */
     S.charts.push(makeChart({
       el: clear('chart-live'), phaseStore: 0, stepStore: 0,
       series: S.stores.flatMap((st, i) => [
-        { label: (multi ? st.label + ' ' : '') + 'live', color: storeColor(i), width: 2,
+        { label: pre(st) + 'live', color: storeColor(i), width: 2,
           fill: multi ? undefined : 'rgba(92,200,255,0.10)', get: () => st.cols.live },
-        { label: (multi ? st.label + ' ' : '') + 'step peak', color: storeColor(i), dash: [1, 3],
+        { label: pre(st) + 'step peak', color: storeColor(i), dash: [1, 3],
           width: 1.4, get: () => heldSeries(st, st.cols.peak) },
-        { label: (multi ? st.label + ' ' : '') + 'resident', color: storeColor(i), dash: [6, 4],
+      ].concat(many ? [] : [
+        { label: pre(st) + 'resident', color: storeColor(i), dash: [6, 4],
           width: 1.2, get: () => st.cols.resident },
-      ]),
+      ])),
     }));
     S.charts.push(makeChart({
       el: clear('chart-saved'), phaseStore: 0, stepStore: 0,
       series: S.stores.flatMap((st, i) => [
-        { label: (multi ? st.label + ' ' : '') + 'stored', color: storeColor(i), width: 2,
+        { label: pre(st) + 'stored', color: storeColor(i), width: 2,
           fill: multi ? undefined : 'rgba(92,200,255,0.12)', get: () => st.cols.saved_stored },
-        { label: (multi ? st.label + ' ' : '') + 'raw (keep)', color: storeColor(i), dash: [6, 4],
+        { label: pre(st) + 'raw (keep)', color: storeColor(i), dash: [6, 4],
           width: 1.2, get: () => st.cols.saved_raw },
-        { label: (multi ? st.label + ' ' : '') + 'stored step peak', color: storeColor(i), dash: [1, 3],
+      ].concat(many ? [] : [
+        { label: pre(st) + 'stored step peak', color: storeColor(i), dash: [1, 3],
           width: 1.4, get: () => heldSeries(st, st.cols.saved_stored_peak) },
-      ]),
+      ])),
     }));
     S.stores.forEach((st, i) => {
       for (const panelGrp of ['kinds', 'tags']) {
@@ -328,6 +346,7 @@
         const names = activeNames(st[grp]);
         const empty = document.getElementById('empty-' + panelGrp + '-' + i);
         empty.hidden = names.length > 0;
+        host.hidden = !names.length;         /* an arm that has not started stays compact */
         if (!names.length) { host.dataset.points = 0; host.dataset.nonzero = 0; continue; }
         const def = {
           el: host, stacked: true, phaseStore: i, stepStore: i, height: 200,
@@ -379,12 +398,14 @@
     c.style.setProperty('--c', storeColor(i));
     const h = el('h3');
     const sw = el('span', 'swatch'); sw.style.background = storeColor(i);
-    h.append(sw, el('span', null, 'store ' + st.label));
+    const name = el('span', 'name', 'store ' + st.label);
+    name.title = st.label;
+    h.append(sw, name);
     const badge = el('span', 'badge small'); badge.id = 'card-step-' + i;
     h.appendChild(badge);
-    const spec = el('span', 'spec'); spec.id = 'card-spec-' + i;
-    h.appendChild(spec);
     c.appendChild(h);
+    const spec = el('div', 'spec'); spec.id = 'card-spec-' + i;
+    c.appendChild(spec);
     const k = el('div', 'kpis');
     kpi(k, 'k-live-' + i, 'live now');
     kpi(k, 'k-stored-' + i, 'saved stored');
@@ -396,7 +417,7 @@
 
   function buildCompare() {
     const c = el('div', 'card compare');
-    c.appendChild(el('h3', null, 'A/B: each store against ' + S.stores[0].label));
+    c.appendChild(el('h3', null, 'A/B: each store against its baseline (step peaks)'));
     const t = el('table'); t.id = 'compare';
     c.appendChild(t);
     return c;
@@ -554,7 +575,8 @@
     setText('card-step-' + i, s.available === false ? 'unavailable' :
             'step ' + fmtInt(s.step) + ' · ' + (s.phase || '–') + stepRate(i),
             'badge small phase ' + (s.phase || ''));
-    setText('card-spec-' + i, s.spec || (s.saved ? '' : 'arena only'));
+    const specText = s.spec && !(s.label || '').includes(s.spec.replace(/;\s*$/, '')) ? s.spec : '';
+    setText('card-spec-' + i, specText || (s.saved ? '' : 'arena only'));
     const sp = document.getElementById('card-spec-' + i);
     if (sp) sp.title = s.spec || '';
     const ap = holdPeak(i + '/arena', s.step, { raw_peak_bytes: arena.peak_bytes, stored_peak_bytes: arena.peak_bytes });
@@ -626,26 +648,29 @@
   function renderCompare() {
     const t = document.getElementById('compare');
     if (!t || S.now.length < 2) return;
-    const a = S.now[0];
     const fig = (s, i) => ({
       live: holdPeak(i + '/arena', s.step, { raw_peak_bytes: (s.arena || {}).peak_bytes }).raw,
       stored: holdPeak(i + '/total', s.step, s.saved || {}).stored,
       resident: (s.arena || {}).resident_bytes || 0,
     });
-    const fa = fig(a, 0);
+    const labels = S.now.map(s => s.label || '');
+    const figs = S.now.map(fig);
     t.textContent = '';
-    head(t, ['store', ['step peak live', 'num'], ['vs ' + a.label, 'num'], ['saved step peak', 'num'],
-             ['vs ' + a.label, 'num'], ['resident', 'num'], ['vs ' + a.label, 'num']]);
+    head(t, ['store', 'against', ['step peak live', 'num'], ['vs', 'num'], ['saved step peak', 'num'],
+             ['vs', 'num'], ['resident', 'num'], ['vs', 'num']]);
     const body = el('tbody');
     S.now.forEach((s, i) => {
-      const f = fig(s, i);
-      const rel = (x, y) => (i === 0 || !y) ? ['', 'num'] :
+      const f = figs[i], b = baselineOf(labels, i), fb = figs[b];
+      /* nothing to compare yet (an arm that has not started): a dash */
+      const rel = (x, y) => (b === i || !y || !x) ? ['–', 'num muted'] :
         [fmtPct(x / y - 1), 'num ' + (x < y ? 'good' : x > y ? 'bad' : '')];
-      const name = el('td'); const sw = el('span', 'swatch'); sw.style.background = storeColor(i);
+      const name = el('td', 'name'); const sw = el('span', 'swatch'); sw.style.background = storeColor(i);
       name.append(sw, document.createTextNode(' ' + s.label));
-      body.appendChild(row([name, [fmtBytes(f.live), 'num'], rel(f.live, fa.live),
-                            [fmtBytes(f.stored), 'num'], rel(f.stored, fa.stored),
-                            [fmtBytes(f.resident), 'num'], rel(f.resident, fa.resident)]));
+      name.title = s.label;
+      body.appendChild(row([name, [b === i ? 'baseline' : shortLabel(labels[b]), 'muted'],
+                            [fmtBytes(f.live), 'num'], rel(f.live, fb.live),
+                            [fmtBytes(f.stored), 'num'], rel(f.stored, fb.stored),
+                            [fmtBytes(f.resident), 'num'], rel(f.resident, fb.resident)]));
     });
     t.appendChild(body);
   }
