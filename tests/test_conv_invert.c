@@ -355,6 +355,7 @@ static void test_stream_paths(void **state)
     static const int shapes[][7] = {   /* n cin h w cout k pad */
         {5, 1, 28, 28, 16, 3, 1}, {4, 3, 11, 9, 6, 3, 0}, {3, 4, 13, 10, 8, 5, 2},
         {2, 8, 7, 7, 16, 3, 1},   {4, 4, 10, 12, 6, 3, 1}, {3, 2, 9, 11, 12, 5, 0},
+        {34, 6, 7, 9, 12, 3, 1},  {33, 1, 8, 8, 4, 3, 1},   {40, 8, 6, 6, 16, 3, 1},
     };
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
         const int *s = shapes[t];

@@ -855,42 +855,74 @@ static void adjoint_row(const as__conv_inv *ci, const float *F, int p, float *ou
             continue;
         }
         for (int ri = 0; ri < 2; ri++)
-            for (int l0 = 0; l0 < NB; l0 += 8) {
+            for (int l0 = 0; l0 < NB;) {
+                const int two = l0 + 16 <= NB;
                 int c = 0;
-                for (; c + 4 <= cin; c += 4) {
+                /* two lane blocks x 4 channels: 8 accumulators, 2 vector
+                 * loads and 4 weights per output channel */
+                for (; two && c + 4 <= cin; c += 4) {
                     v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                    v8 b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
                     for (int t = 0; t < nt; t++) {
                         const float *w0 = wtap[t] + (size_t)c * cout;
                         const float *src = taps[t] + ri * Bo + l0;
                         for (int o = 0; o < cout; o++) {
                             const v8 fv = ld8(src + (size_t)o * NB);
-                            a0 += w0[o] * fv;
-                            a1 += w0[cout + o] * fv;
-                            a2 += w0[2 * cout + o] * fv;
-                            a3 += w0[3 * cout + o] * fv;
+                            const v8 gv = ld8(src + (size_t)o * NB + 8);
+                            const float q0 = w0[o], q1 = w0[cout + o];
+                            const float q2 = w0[2 * cout + o], q3 = w0[3 * cout + o];
+                            a0 += q0 * fv; b0 += q0 * gv;
+                            a1 += q1 * fv; b1 += q1 * gv;
+                            a2 += q2 * fv; b2 += q2 * gv;
+                            a3 += q3 * fv; b3 += q3 * gv;
                         }
                     }
                     float *d = dst + ri * Bi + (size_t)c * NB + l0;
-                    st8(d, a0);
-                    st8(d + NB, a1);
-                    st8(d + 2 * NB, a2);
-                    st8(d + 3 * NB, a3);
+                    st8(d, a0); st8(d + 8, b0);
+                    st8(d + NB, a1); st8(d + NB + 8, b1);
+                    st8(d + 2 * NB, a2); st8(d + 2 * NB + 8, b2);
+                    st8(d + 3 * NB, a3); st8(d + 3 * NB + 8, b3);
                 }
-                for (; c < cin; c++) {
-                    v8 acc0 = {0}, acc1 = {0};
-                    for (int t = 0; t < nt; t++) {
-                        const float *w0 = wtap[t] + (size_t)c * cout;
-                        const float *src = taps[t] + ri * Bo + l0;
-                        int o = 0;
-                        for (; o + 2 <= cout; o += 2) {
-                            acc0 += w0[o] * ld8(src + (size_t)o * NB);
-                            acc1 += w0[o + 1] * ld8(src + (size_t)(o + 1) * NB);
+                /* the rest, one lane block at a time */
+                for (int h = 0; h <= two; h++) {
+                    const int lb = l0 + 8 * h;
+                    int c2 = c;
+                    for (; c2 + 4 <= cin; c2 += 4) {
+                        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                        for (int t = 0; t < nt; t++) {
+                            const float *w0 = wtap[t] + (size_t)c2 * cout;
+                            const float *src = taps[t] + ri * Bo + lb;
+                            for (int o = 0; o < cout; o++) {
+                                const v8 fv = ld8(src + (size_t)o * NB);
+                                a0 += w0[o] * fv;
+                                a1 += w0[cout + o] * fv;
+                                a2 += w0[2 * cout + o] * fv;
+                                a3 += w0[3 * cout + o] * fv;
+                            }
                         }
-                        for (; o < cout; o++)
-                            acc0 += w0[o] * ld8(src + (size_t)o * NB);
+                        float *d = dst + ri * Bi + (size_t)c2 * NB + lb;
+                        st8(d, a0);
+                        st8(d + NB, a1);
+                        st8(d + 2 * NB, a2);
+                        st8(d + 3 * NB, a3);
                     }
-                    st8(dst + ri * Bi + (size_t)c * NB + l0, acc0 + acc1);
+                    for (; c2 < cin; c2++) {
+                        v8 acc0 = {0}, acc1 = {0};
+                        for (int t = 0; t < nt; t++) {
+                            const float *w0 = wtap[t] + (size_t)c2 * cout;
+                            const float *src = taps[t] + ri * Bo + lb;
+                            int o = 0;
+                            for (; o + 2 <= cout; o += 2) {
+                                acc0 += w0[o] * ld8(src + (size_t)o * NB);
+                                acc1 += w0[o + 1] * ld8(src + (size_t)(o + 1) * NB);
+                            }
+                            for (; o < cout; o++)
+                                acc0 += w0[o] * ld8(src + (size_t)o * NB);
+                        }
+                        st8(dst + ri * Bi + (size_t)c2 * NB + lb, acc0 + acc1);
+                    }
                 }
+                l0 += two ? 16 : 8;
             }
     }
 }
