@@ -250,9 +250,11 @@ AS_API int as_store_save_adopt(as_store *s, const as_save_info *info,
 AS_API int as_store_restore(as_store *s, as_handle h, as_tensor *dst);
 
 /* Restore as a store-owned read-only view, valid until the handle is
- * released or the step ends. For keep this is the stored data itself;
- * other policies decode once into a materialization the view pins (tag
- * workspace). Errors: as as_store_restore; *view is NULL on error. */
+ * released or the step ends, or until the item is re-planned by a later
+ * save (alias_of, or a consumer turning it into "inverse": take views in
+ * backward, not between those saves). For keep this is the stored data
+ * itself; other policies decode once into a materialization the view pins
+ * (tag workspace). Errors: as as_store_restore; *view is NULL on error. */
 AS_API int as_store_restore_view(as_store *s, as_handle h,
                                  const as_tensor **view);
 
