@@ -32,7 +32,7 @@
 #include "store/policies/conv_invert.h"
 
 #define LANES 8
-#define POWER_ITERS 12
+#define POWER_ITERS 8
 
 struct as__civ_lanes {
     double re[LANES], im[LANES];
