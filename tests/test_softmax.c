@@ -161,8 +161,8 @@ static void test_radix_order_matches_sort(void **st)
     float y[2000];
     uint32_t ord[2000];
     ref_ent e[2000];
-    /* every sorting path: insertion (<= 48), merge (<= 72), radix */
-    static const size_t fixed[] = {1, 2, 47, 48, 49, 50, 64, 71, 72, 73, 300};
+    /* every sorting path: insertion (<= 48), rank counting (<= 64), radix */
+    static const size_t fixed[] = {1, 2, 47, 48, 49, 50, 63, 64, 65, 73, 300};
     for (int t = 0; t < 31; t++) {
         seed(500 + t);
         size_t n = t < 11 ? fixed[t] : 10 + (size_t)(urand() * 1990);

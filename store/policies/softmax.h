@@ -145,7 +145,6 @@ typedef struct as_sm_work {
     size_t    cap;
     uint32_t *ord, *tmp;   /* order / radix buffers (cap) */
     uint32_t *key, *key2;  /* radix keys (cap) */
-    uint64_t *pair;        /* merge sort: (key << 32 | position), 2 cap */
     float    *vals;        /* gathered valid values (cap) */
     double   *tab;         /* decay table / weights (cap) */
     uint8_t  *codes;       /* unpacked codes (cap) */
@@ -166,8 +165,8 @@ size_t as_sm_row_decode(const as_sm_params *p, const uint8_t *in, size_t n,
 
 /* Order of v[0..n-1] by value, descending, ties by ascending position
  * (non-positive and NaN values count as 0). Insertion sort for n <= 48,
- * a branch-free merge sort of (key, position) pairs up to SM_MERGE_MAX,
- * LSD radix on the float bits above. ord gets n positions. */
+ * rank counting by vectorized comparisons up to 64, LSD radix on the
+ * float bits above. ord gets n positions. */
 void as_sm_order_desc(const float *v, size_t n, uint32_t *ord,
                       as_sm_work *w);
 

@@ -227,12 +227,11 @@ int as_sm_work_init(as_sm_work *w, size_t len)
     w->tmp = malloc(c * sizeof *w->tmp);
     w->key = malloc(c * sizeof *w->key);
     w->key2 = malloc(c * sizeof *w->key2);
-    w->pair = malloc(2 * c * sizeof *w->pair);
     w->vals = malloc(c * sizeof *w->vals);
     w->tab = malloc(c * sizeof *w->tab);
     w->codes = malloc(c);
-    if (!w->ord || !w->tmp || !w->key || !w->key2 || !w->pair || !w->vals ||
-        !w->tab || !w->codes) {
+    if (!w->ord || !w->tmp || !w->key || !w->key2 || !w->vals || !w->tab ||
+        !w->codes) {
         as_sm_work_free(w);
         return AS_ENOMEM;
     }
@@ -245,7 +244,6 @@ void as_sm_work_free(as_sm_work *w)
     free(w->tmp);
     free(w->key);
     free(w->key2);
-    free(w->pair);
     free(w->vals);
     free(w->tab);
     free(w->codes);
