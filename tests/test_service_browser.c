@@ -166,6 +166,7 @@ static const char dom_probe[] =
     "  points: +document.body.dataset.points, uplot: typeof uPlot,"
     "  live: ch('chart-live'), saved: ch('chart-saved'), kindsA: ch('chart-kinds-0'),"
     "  kindsB: ch('chart-kinds-1'), tagsA: ch('chart-tags-0'), tagsB: ch('chart-tags-1'),"
+    "  layersHistA: ch('chart-lhist-0'), polHistB: ch('chart-phist-1'), polHistA: ch('chart-phist-0'),"
     "  layersA: rows('layers-0'), layersB: rows('layers-1'), polA: rows('pol-0'), polB: rows('pol-1'),"
     "  compare: rows('compare'), liveA: txt('k-live-0'), ratioA: txt('k-ratio-0'),"
     "  ratioB: txt('k-ratio-1'), storedB: txt('k-stored-1'), step: txt('step'),"
@@ -388,6 +389,9 @@ static void test_dashboard_ab(void **state)
     assert_int_equal((int)dnum(dom, "layersA", NULL), WORK_LAYERS);
     assert_int_equal((int)dnum(dom, "layersB", NULL), WORK_LAYERS);
     assert_true(dnum(dom, "polB", NULL) >= 2);           /* fp16 and q8 */
+    /* the page's own history charts: top layers, policy ratios */
+    assert_true(dnum(dom, "layersHistA", "nonzero") >= 3);
+    assert_true(dnum(dom, "polHistB", "nonzero") >= 2);
     assert_int_equal((int)dnum(dom, "compare", NULL), 2);
     assert_non_null(strstr(dstr(dom, "firstLayerB"), "blocks."));
     /* humanized units, sensible ratios, no NaN / undefined anywhere */
@@ -469,6 +473,8 @@ static void test_dashboard_of_trainer(void **state)
     assert_true(dnum(dom, "saved", "nonzero") >= 2);
     assert_true(dnum(dom, "tagsA", "nonzero") >= 3);     /* weights, gradients, saved, ... */
     assert_true(dnum(dom, "polA", NULL) >= 2);           /* bf16 and keep */
+    assert_true(dnum(dom, "layersHistA", "nonzero") >= 3);
+    assert_true(dnum(dom, "polHistA", "nonzero") >= 2);
     /* after the click the kinds chart plots step peaks, with data */
     assert_string_equal(dstr(dom, "kindsMode"), "show now");
     assert_true(dnum(dom, "kindsA", "nonzero") >= 3);

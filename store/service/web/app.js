@@ -100,7 +100,8 @@
   function resetTimeline(labels) {
     S.seq = 0; S.t = []; S.marks = [];
     S.stores = labels.map(l => ({ label: l, cols: Object.fromEntries(COLS.map(c => [c, []])),
-                                  tags: {}, kinds: {}, kinds_peak: {} }));
+                                  tags: {}, kinds: {}, kinds_peak: {},
+                                  hist: { layers: {}, policies: {} } }));
   }
 
   /* Append a timeline document (full or increment). Points are numbered
@@ -151,6 +152,7 @@
     S.t.splice(0, extra);
     for (const st of S.stores) {
       for (const c of COLS) st.cols[c].splice(0, extra);
+      for (const h of ['layers', 'policies']) for (const k in st.hist[h]) st.hist[h][k].splice(0, extra);
       for (const grp of GROUPS) for (const k in st[grp]) st[grp][k].splice(0, extra);
     }
     const t0 = S.t[0];
@@ -241,7 +243,7 @@
             v = u.data[si][idx];
           }
           const raw = def.stacked ? def.rawAt(k, idx) : v;
-          return fmtBytes(raw);
+          return (def.fmt || fmtBytes)(raw);
         },
       });
     });
@@ -250,11 +252,12 @@
       cursor: { drag: { x: true, y: false, setScale: true }, points: { size: 6 } },
       select: { show: true },
       legend: { live: true },
-      scales: { x: { time: true }, y: { range: (u, lo, hi) => [0, hi > 0 ? hi * 1.08 : 1024] } },
+      scales: { x: { time: true }, y: { range: (u, lo, hi) => [0, def.fmt ? Math.max(hi * 1.1, 1.1) :
+                                                                         hi > 0 ? hi * 1.08 : 1024] } },
       axes: [
         { stroke: C.muted, grid: { stroke: C.grid, width: 1 }, ticks: { stroke: C.line, width: 1 } },
         { stroke: C.muted, grid: { stroke: C.grid, width: 1 }, ticks: { stroke: C.line, width: 1 },
-          size: 74, values: (u, vals) => vals.map(fmtBytes) },
+          size: 74, values: (u, vals) => vals.map(def.fmt || fmtBytes) },
       ],
       series,
       hooks: {
@@ -294,8 +297,9 @@
 
   function buildLayout() {
     const key = S.stores.map(s => s.label).join('\u0001');
-    const kindKey = (S.kindsPeak ? 'peak;' : 'now;') + S.stores.map(s =>
-      activeNames(S.kindsPeak ? s.kinds_peak : s.kinds).join(',') + '|' + activeNames(s.tags).join(',')).join(';');
+    const kindKey = (S.kindsPeak ? 'peak;' : 'now;') + S.stores.map((s, i) =>
+      activeNames(S.kindsPeak ? s.kinds_peak : s.kinds).join(',') + '|' + activeNames(s.tags).join(',') +
+      '|' + topLayers(i, 5).join(',') + '|' + ratioPolicies(i).join(',')).join(';');
     if (key === S.layoutKey && kindKey === S.kindKey) return;
     const fresh = key !== S.layoutKey;
     S.layoutKey = key; S.kindKey = kindKey;
@@ -357,6 +361,25 @@
         def.rawAt = (k, idx) => (grp === 'kinds_peak' ? heldSeries(st, st[grp][names[k]]) : st[grp][names[k]])[idx];
         S.charts.push(makeChart(def));
       }
+      /* top layers (stored step peak) and policy ratios over time */
+      const lay = topLayers(i, 5), pols = ratioPolicies(i);
+      const lh = clear('chart-lhist-' + i), ph = clear('chart-phist-' + i);
+      lh.hidden = !lay.length;
+      ph.hidden = !pols.length;
+      lh.dataset.points = ph.dataset.points = 0;
+      lh.dataset.nonzero = ph.dataset.nonzero = 0;
+      if (lay.length)
+        S.charts.push(makeChart({
+          el: lh, phaseStore: i, stepStore: i, height: 170,
+          series: lay.map((n, k) => ({ label: n, color: PALETTE[k % PALETTE.length], width: 1.6,
+                                       get: () => st.hist.layers[n] || [] })),
+        }));
+      if (pols.length)
+        S.charts.push(makeChart({
+          el: ph, stepStore: i, height: 150, fmt: fmtX,
+          series: pols.map((n, k) => ({ label: n, color: PALETTE[(k + 2) % PALETTE.length], width: 1.8,
+                                        get: () => st.hist.policies[n] || [] })),
+        }));
     });
   }
 
@@ -466,8 +489,10 @@
       a.appendChild(p);
     }
     const pp = panel('Policies', 'peak bytes: raw (grey) vs stored (colour), compression ratio');
+    const phc = el('div', 'chart tiny'); phc.id = 'chart-phist-' + i;
+    phc.title = 'raw / stored at each step peak, per policy (recorded since this page was opened)';
     const pol = el('div', 'bars'); pol.id = 'pol-' + i;
-    pp.appendChild(pol);
+    pp.append(phc, pol);
     a.appendChild(pp);
     const lp = panel('Layers', 'largest first, by peak raw bytes this step');
     const tog = el('a', 'toggle', 'show all'); tog.href = '#'; tog.id = 'layers-all-' + i;
@@ -479,8 +504,10 @@
       renderTables(true);
     });
     lp.querySelector('h2').appendChild(tog);
+    const lhc = el('div', 'chart tiny'); lhc.id = 'chart-lhist-' + i;
+    lhc.title = 'stored step peak of the five largest layers (recorded since this page was opened)';
     const tbl = el('table', 'layers'); tbl.id = 'layers-' + i;
-    lp.appendChild(tbl);
+    lp.append(lhc, tbl);
     const note = el('div', 'muted'); note.id = 'layers-note-' + i;
     lp.appendChild(note);
     a.appendChild(lp);
@@ -751,6 +778,44 @@
     }
   }
 
+  /* Per-layer and per-policy series are not in the service's ring: the
+   * page records them from each frame (held step peaks), aligned with the
+   * timeline points; points from before the page was opened are empty. */
+  function recordHistory(fresh) {
+    S.now.forEach((s, i) => {
+      const st = S.stores[i];
+      if (!st || s.available === false) return;
+      const n = S.t.length;
+      const put = (group, key, v) => {
+        let a = st.hist[group][key];
+        if (!a) a = st.hist[group][key] = [];
+        while (a.length < n) a.push(null);
+        if (fresh && n) a[n - 1] = v;
+      };
+      for (const l of s.layers || []) put('layers', l.name, holdPeak(i + '/l/' + l.name, s.step, l).stored);
+      for (const p of s.policies || []) {
+        const h = holdPeak(i + '/p/' + p.name, s.step, p);
+        if (h.raw > 0 && h.stored > 0) put('policies', p.name, h.raw / h.stored);
+      }
+      for (const g of ['layers', 'policies'])
+        for (const k in st.hist[g]) while (st.hist[g][k].length < n) st.hist[g][k].push(null);
+    });
+  }
+
+  /* The five layers with the largest held raw peak now (stable order). */
+  function topLayers(i, n) {
+    const s = S.now[i];
+    if (!s || !s.layers) return [];
+    return s.layers.map(l => [l.name, holdPeak(i + '/l/' + l.name, s.step, l).raw])
+      .filter(x => x[1] > 0).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1))
+      .slice(0, n).map(x => x[0]).sort();
+  }
+  function ratioPolicies(i) {
+    const st = S.stores[i];
+    return st ? Object.keys(st.hist.policies).filter(k => st.hist.policies[k].some(v => v != null)).sort() : [];
+  }
+  function fmtX(v) { return v == null || !isFinite(v) ? '–' : (v >= 10 ? v.toFixed(1) : v.toFixed(2)) + '×'; }
+
   function onFrame(ev) {
     let d;
     try { d = JSON.parse(ev.data); } catch (e) { return; }
@@ -758,7 +823,9 @@
     document.body.dataset.frames = S.frames;
     S.hdr = d;
     if (d.now) { S.now = d.now; observePeaks(S.now); }
+    const before = S.t.length;
     if (!S.resyncing && !merge(d)) resync();
+    recordHistory(S.t.length > before || S.t.length === MAX_POINTS);
     setConn('live', 'live');
     schedule();
   }
