@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "actstore/service.h"
 #include "cli.h"
@@ -50,6 +51,8 @@ static const char *const usage_text =
     "  --threads T      OpenBLAS threads (default: OpenBLAS's choice)\n"
     "  --data-dir DIR   Fashion-MNIST directory (default " AS_NN_FMNIST_DIR ")\n"
     "  --quiet          no progress output\n"
+    "  --no-wait        at a terminal, do not keep the dashboard up at the end\n"
+    "                   (it waits for Enter otherwise)\n"
     "\n"
     "Ctrl-C finishes the current step, writes a partial report and exits 1.\n"
     "Exit status: 0 ok, 1 failure or interrupted, 2 usage.\n";
@@ -65,7 +68,7 @@ int as_cmd_demo(int argc, char **argv)
 {
     const char *out = "actstore-demo", *serve = NULL, *preset = "bench", *data_dir = NULL;
     unsigned long long steps = 400, seeds = 3, threads = 0;
-    bool quiet = false;
+    bool quiet = false, no_wait = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (as_cli_is_help(a)) {
@@ -74,6 +77,10 @@ int as_cmd_demo(int argc, char **argv)
         }
         if (!strcmp(a, "--quiet")) {
             quiet = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-wait")) {
+            no_wait = true;
             continue;
         }
         if (strncmp(a, "--", 2))
@@ -190,8 +197,6 @@ int as_cmd_demo(int argc, char **argv)
             break;
     }
     as_ab_signals_restore();
-    as_service_stop(svc);
-
     double dt = now_s() - t0;
     printf("\nactstore demo: %s in %.0f min %02.0f s\n",
            interrupted ? "interrupted" : code ? "stopped by an error" : "done",
@@ -200,6 +205,17 @@ int as_cmd_demo(int argc, char **argv)
         if (done[d])
             printf("  %s\n", verdict[d]);
     printf("reports: %s/ (vit/report.md, cnn/report.md; plots beside them)\n", out);
+    fflush(stdout);
+    /* At a terminal, keep the dashboard up until Enter so the final state
+     * can be looked at; scripts and pipes never wait. */
+    if (!interrupted && !code && !quiet && !no_wait && isatty(0) && isatty(2)) {
+        fprintf(stderr, "actstore demo: the dashboard stays at %s until you "
+                        "press Enter\n", as_service_url(svc));
+        int ch;
+        while ((ch = getchar()) != EOF && ch != '\n')
+            ;
+    }
+    as_service_stop(svc);
     if (interrupted)
         code = AS_EXIT_FAIL;
 out:
