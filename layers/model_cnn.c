@@ -18,7 +18,10 @@
  *                      and z = leaky(b) names b its source; b's handle is
  *                      released at once (its item lives while y needs it).
  *                      Rules "norm_input=inverse; activation_input=inverse"
- *                      then rebuild y and b instead of keeping them.
+ *                      then rebuild y and b instead of keeping them (the
+ *                      link is made only when the rules name
+ *                      activation_input=inverse: otherwise it would be a
+ *                      transient copy for nothing).
  * With convs in a row, conv input l+1 is z_l (rebuilt by inversion from
  * y_{l+1}), so a stack keeps only its top activation and the frames.
  */
@@ -119,6 +122,16 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
     const int N = bt->B;
     int rc = 0, H = 28, Cc = 1, li = 0;
     m->B = N;
+    /* The BatchNorm link costs a transient copy of b per layer: make it
+     * only when the rules can use it (activation_input=inverse). */
+    bool bn_chain = false;
+    if (m->cfg.act_fn == AS_FN_LEAKY_RELU && m->cfg.batchnorm && c->store && c->training) {
+        as_store_stats st;
+        if (as_store_stats_take(c->store, &st) == 0) {
+            bn_chain = strstr(st.spec, "activation_input=inverse") != NULL;
+            as_store_stats_free(&st);
+        }
+    }
     as_block cur = {0}, y = {0}, z = {0};
     const float *in = bt->x;
     as_handle in_h = AS_HANDLE_NULL;
@@ -143,7 +156,8 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
             if (m->cfg.act_fn == AS_FN_LEAKY_RELU && c->training) {
                 as_handle src = m->conv[li].hy, hb = AS_HANDLE_NULL;
                 if (m->cfg.batchnorm) {
-                    TRY(bn_link(c, m, li, N, H, AS_NN_F(y), &hb));
+                    if (bn_chain)
+                        TRY(bn_link(c, m, li, N, H, AS_NN_F(y), &hb));
                     src = hb;
                 }
                 rc = leaky_fwd_chained(c, &m->act[li], shape, AS_NN_F(y), src);
