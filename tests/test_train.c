@@ -175,6 +175,88 @@ static void test_grads_pure(void **state)
     as_nn_run_destroy(r);
 }
 
+/* ---- whole-model gradients ----------------------------------------------------
+ * The model's wiring (aliases between conv, BatchNorm and in-place
+ * activations; residual streams; the vit's patches, class token and
+ * positions; the lm's embeddings) checked end to end: the directional
+ * derivative of the batch loss along a random direction v, from the
+ * gradients, against central differences of the loss itself. */
+
+static void w_axpy(as_nn_run *r, const float *v, double h)
+{
+    const as_nn_params *ps = as_nn_run_params(r);
+    size_t o = 0;
+    for (size_t i = 0; i < ps->n; i++) {
+        float *w = AS_NN_F(ps->p[i]->w);
+        for (size_t k = 0; k < ps->p[i]->n; k++)
+            w[k] = (float)((double)w[k] + h * v[o + k]);
+        o += ps->p[i]->n;
+        ps->p[i]->version++;
+    }
+}
+
+static void model_grad_case(const char *model, bool leaky)
+{
+    as_nn_preset p = preset(model, 10);
+    if (leaky)
+        p.cnn.act_fn = AS_FN_LEAKY_RELU;
+    as_nn_run *r = run_new(&p, 17, "default=keep");
+    for (int s = 0; s < 3; s++)   /* away from the initialisation */
+        assert_int_equal(as_nn_run_step(r, NULL), 0);
+    size_t n;
+    assert_int_equal(as_nn_run_grads(r, 5, NULL), 0);
+    float *g = flat(r, true, &n), *v = calloc(n, sizeof *v);
+    const as_nn_params *ps = as_nn_run_params(r);
+    uint64_t st = 99;
+    size_t o = 0;
+    double worst = 0;
+    /* one direction per parameter tensor, so a missing or wrong gradient
+     * of even a small tensor (a bias, the class token) shows */
+    for (size_t i = 0; i < ps->n; o += ps->p[i]->n, i++) {
+        const size_t m = ps->p[i]->n;
+        double vn = 0, dot = 0;
+        memset(v, 0, n * sizeof *v);
+        for (size_t k = 0; k < m; k++) {
+            v[o + k] = as_nn_randn(&st);
+            vn += (double)v[o + k] * v[o + k];
+        }
+        for (size_t k = 0; k < m; k++) {
+            v[o + k] = (float)(v[o + k] / sqrt(vn));
+            dot += (double)g[o + k] * v[o + k];
+        }
+        /* h: 1e-2 is already in the curvature of BatchNorm'd first convs
+         * and of max-pool switches (8% off for stages.0.conv0); 1e-3 leaves
+         * ~1% there and float noise of ~2e-5 on the smallest tensors */
+        const double h = 1e-3;
+        double lp, lm;
+        w_axpy(r, v, h);
+        assert_int_equal(as_nn_run_grads(r, 5, &lp), 0);
+        w_axpy(r, v, -2 * h);
+        assert_int_equal(as_nn_run_grads(r, 5, &lm), 0);
+        w_axpy(r, v, h);
+        double num = (lp - lm) / (2 * h), err = fabs(num - dot);
+        if (!(err <= 0.05 * fabs(dot) + 5e-5))
+            fail_msg("%s%s: %s: directional derivative %.6g from the gradients, "
+                     "%.6g from the loss", model, leaky ? " (leaky)" : "",
+                     ps->p[i]->name, dot, num);
+        if (fabs(dot) > 1e-3 && err / fabs(dot) > worst)
+            worst = err / fabs(dot);
+    }
+    print_message("%s%s: %zu parameter tensors, worst relative error %.2g\n",
+                  model, leaky ? " leaky" : "", ps->n, worst);
+    free(g); free(v);
+    as_nn_run_destroy(r);
+}
+
+static void test_model_grads(void **state)
+{
+    (void)state;
+    model_grad_case("cnn", true);
+    model_grad_case("cnn", false);
+    model_grad_case("vit", false);
+    model_grad_case("lm", false);
+}
+
 /* ---- copying weights: paired runs ------------------------------------------ */
 
 static void test_copy_weights(void **state)
@@ -451,6 +533,7 @@ int main(void)
         cmocka_unit_test(test_presets),
         cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_grads_pure),
+        cmocka_unit_test(test_model_grads),
         cmocka_unit_test(test_copy_weights),
         cmocka_unit_test(test_lockstep),
         cmocka_unit_test(test_eval),
