@@ -182,6 +182,7 @@ static void test_endpoints(void **state)
     assert_non_null(strstr(r, "text/plain; version=0.0.4"));
     const char *m = tbody(r);
     assert_non_null(strstr(m, "# TYPE actstore_live_bytes gauge\n"));
+    assert_non_null(strstr(m, "\nactstore_build_info{version=\"" AS_VERSION_STRING "\"} 1\n"));
     assert_non_null(strstr(m, "actstore_live_bytes{store=\"A\"} "));
     assert_non_null(strstr(m, "actstore_kind_stored_bytes{store=\"B\",kind=\"softmax_output\"} "));
     assert_non_null(strstr(m, "actstore_peak_since_scrape_bytes{store=\"A\"} "));

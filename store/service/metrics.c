@@ -243,6 +243,10 @@ static void service_metrics(as_service *svc, as__sb *b)
 void as__render_metrics(as_service *svc, as__sb *b)
 {
     as__sb_reserve(b, 16384);
+    family(b, "actstore_build_info", "gauge", "Always 1; the version of actstore serving these figures.");
+    as__sb_puts(b, "actstore_build_info{version=");
+    as__sb_plabel(b, AS_VERSION_STRING);
+    as__sb_puts(b, "} 1\n");
     arena_metrics(svc, b);
     store_metrics(svc, b);
     service_metrics(svc, b);
