@@ -436,7 +436,7 @@ int as__service_start_with(const as_service_config *cfg,
     svc->nsrc = nsrc;
     svc->prov = *prov;
     svc->tl_cap = c.timeline_points;
-    svc->mk_cap = 4096;
+    svc->mk_cap = 16384;   /* ~75 s of marks at 50 steps/s, 4 marks a step */
     svc->labels = as__svc_malloc(nsrc * sizeof *svc->labels);
     svc->views = as__svc_malloc(nsrc * sizeof *svc->views);
     svc->view_rc = as__svc_malloc(nsrc * sizeof *svc->view_rc);
