@@ -130,6 +130,21 @@ void as__quant_decode(const as_qgroup *groups, const uint8_t *codes,
                       int bits, size_t group, size_t i0, size_t count,
                       float *dst);
 
+/* ---- zero mask (zmask.c), for the zstd codec ------------------------------ */
+
+/* Elements (esize 2 or 4 bytes) whose bits are all zero. */
+size_t as__zmask_count_zero(const uint8_t *src, size_t ne, size_t esize);
+/* Bitmap of the nonzero elements into bm ((ne + 7) / 8 bytes; bit i of
+ * byte i/8) and those elements packed into tmp; returns their count. tmp
+ * needs 64 bytes of slack past ne elements (the AVX2 path stores 8 at a
+ * time). */
+size_t as__zmask_split(const uint8_t *src, size_t ne, size_t esize,
+                       uint8_t *bm, uint8_t *tmp);
+/* The inverse: dst[i] = next packed element if bit i is set, else 0.
+ * packed is read up to 8 elements past the packed ones (slack). */
+void as__zmask_join(const uint8_t *bm, const uint8_t *packed, size_t ne,
+                    size_t esize, uint8_t *dst);
+
 /* ---- testing hooks --------------------------------------------------------- */
 
 /* codec_zstd.c: the compressed bytes of frame i of an encoded zstd state
