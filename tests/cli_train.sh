@@ -73,6 +73,16 @@ assert a["loss_curve"] != c["loss_curve"], "different seed, same losses"
 assert a["eval"] == b["eval"]
 EOF
 
+# a stochastic-rounding policy repeats too, run to run
+for run in q1 q2; do
+  expect 0 train --model cnn --policy "default=q4" --steps 8 --seed 3 --quiet --json "$T/$run.json"
+done
+python3 -c "
+import json; a, b = (json.load(open('$T/%s.json' % r)) for r in ('q1', 'q2'))
+assert a['loss_curve'] == b['loss_curve']
+assert a['memory']['saved_stored_peak_bytes'] < a['memory']['saved_raw_peak_bytes'] / 4
+" && ok || bad "q4 determinism across processes"
+
 # lm: held-out loss instead of accuracy; plain progress lines off a terminal
 expect 0 train --model lm --policy "softmax=keep; default=keep" --steps 3 --json -
 python3 -c "

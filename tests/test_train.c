@@ -102,13 +102,19 @@ static void test_presets(void **state)
 
 /* ---- determinism ----------------------------------------------------------- */
 
-static void train_losses(const as_nn_preset *p, uint64_t seed, double *loss,
-                         long n)
+static void train_losses_policy(const as_nn_preset *p, uint64_t seed,
+                                const char *policy, double *loss, long n)
 {
-    as_nn_run *r = run_new(p, seed, "default=keep");
+    as_nn_run *r = run_new(p, seed, policy);
     for (long s = 0; s < n; s++)
         assert_int_equal(as_nn_run_step(r, &loss[s]), 0);
     as_nn_run_destroy(r);
+}
+
+static void train_losses(const as_nn_preset *p, uint64_t seed, double *loss,
+                         long n)
+{
+    train_losses_policy(p, seed, "default=keep", loss, n);
 }
 
 static void test_determinism(void **state)
@@ -130,6 +136,23 @@ static void test_determinism(void **state)
         assert_memory_not_equal(a, c, sizeof a);
         for (int s = 0; s < N; s++)
             assert_true(isfinite(a[s]) && a[s] > 0);
+    }
+    /* lossy policies (softmax approximation, bf16) are deterministic too,
+     * and differ from keep. Stochastic-rounding policies (q8/q4/q2) draw
+     * their noise from the handle, which carries the store's process-wide
+     * id, so two runs in ONE process differ; across processes they repeat
+     * (tests/cli_train.sh checks q4 that way). */
+    const char *lossy[2] = {"default=bf16", "softmax=soa:5; default=keep"};
+    const char *lm[2] = {"cnn", "vit"};
+    for (int k = 0; k < 2; k++) {
+        as_nn_preset p = preset(lm[k], N);
+        double a[N], b[N], c[N];
+        train_losses_policy(&p, 11, lossy[k], a, N);
+        train_losses_policy(&p, 11, lossy[k], b, N);
+        train_losses(&p, 11, c, N);
+        if (memcmp(a, b, sizeof a))
+            fail_msg("%s under %s: same seed, different losses", lm[k], lossy[k]);
+        assert_memory_not_equal(a, c, sizeof a);
     }
 }
 
