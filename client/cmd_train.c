@@ -92,7 +92,7 @@ static void on_progress(void *ud, const as_nn_progress *p)
         fflush(stderr);
         return;
     }
-    as_cli_human_bytes((double)p->arena_live, live, sizeof live);
+    as_cli_human_bytes((double)p->arena_peak, live, sizeof live);
     as_cli_human_bytes((double)p->saved_stored, st, sizeof st);
     if (g->tty) {
         double t = mono_s();
@@ -106,7 +106,7 @@ static void on_progress(void *ud, const as_nn_progress *p)
             bar[i] = i < fill ? '#' : '.';
         bar[W] = 0;
         fprintf(stderr, "\r\033[K[%s] step %ld/%ld  loss %.4f  %.0f samples/s  "
-                "arena %s  saved %s", bar, p->step, p->steps, p->loss,
+                "memory %s  saved %s", bar, p->step, p->steps, p->loss,
                 p->samples_per_s, live, st);
         if (p->step == p->steps)
             fputc('\n', stderr);
@@ -114,7 +114,7 @@ static void on_progress(void *ud, const as_nn_progress *p)
         return;
     }
     if (p->step % g->every == 0 || p->step == p->steps || p->step == 1)
-        fprintf(stderr, "step %ld/%ld loss %.4f samples/s %.0f arena %s saved %s\n",
+        fprintf(stderr, "step %ld/%ld loss %.4f samples/s %.0f memory %s saved %s\n",
                 p->step, p->steps, p->loss, p->samples_per_s, live, st);
 }
 

@@ -64,7 +64,9 @@ int as_nn_preset_get(const char *model, const char *preset, as_nn_preset *out);
 typedef struct as_nn_progress {
     long   step, steps;
     double loss, samples_per_s;
-    uint64_t arena_live, saved_stored, saved_raw;
+    uint64_t arena_live;        /* arena bytes live after the step */
+    uint64_t arena_peak;        /* arena peak during the step */
+    uint64_t saved_stored, saved_raw;   /* store peaks during the step */
     bool   eval;                /* evaluating (step = batches done) */
 } as_nn_progress;
 

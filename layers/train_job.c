@@ -49,6 +49,7 @@ static void progress(const as_nn_train_opts *o, as_nn_run *r, long step,
     as_arena_snapshot sn;
     if (as_arena_snapshot_take(as_store_arena(as_nn_run_store(r)), UINT64_MAX, &sn) == 0) {
         p.arena_live = sn.total.live_usable;
+        p.arena_peak = sn.total.peak_usable;
         as_arena_snapshot_free(&sn);
     }
     o->progress(o->progress_ud, &p);
