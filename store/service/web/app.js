@@ -255,7 +255,11 @@
       scales: { x: { time: true }, y: { range: (u, lo, hi) => [0, def.fmt ? Math.max(hi * 1.1, 1.1) :
                                                                          hi > 0 ? hi * 1.08 : 1024] } },
       axes: [
-        { stroke: C.muted, grid: { stroke: C.grid, width: 1 }, ticks: { stroke: C.line, width: 1 } },
+        /* wall-clock seconds, never fractions: at most a label per second */
+        { stroke: C.muted, grid: { stroke: C.grid, width: 1 }, ticks: { stroke: C.line, width: 1 },
+          space: 70, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600],
+          values: (u, vals) => vals.map(v => new Date(v * 1000).toLocaleTimeString([],
+            { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false })) },
         { stroke: C.muted, grid: { stroke: C.grid, width: 1 }, ticks: { stroke: C.line, width: 1 },
           size: 74, values: (u, vals) => vals.map(def.fmt || fmtBytes) },
       ],
@@ -388,14 +392,20 @@
    * larger of its value and the previous step's last value, which turns
    * the saw-tooth of fast steps into the plateau people read. */
   function heldSeries(st, a) {
-    const steps = st.cols.step, out = new Array(a.length);
+    const steps = st.cols.step, t = S.t, out = new Array(a.length);
     let cur = null, prevFinal = 0;
     for (let j = 0; j < a.length; j++) {
       if (steps[j] !== cur) {
         prevFinal = j > 0 && cur !== null ? (a[j - 1] || 0) : 0;
         cur = steps[j];
       }
-      out[j] = a[j] == null ? null : Math.max(a[j], prevFinal);
+      if (a[j] == null) { out[j] = null; continue; }
+      /* steps shorter than a tick: also the other steps sampled in the
+       * last second (each seen once, at a random point of the step) */
+      let m = Math.max(a[j], prevFinal);
+      for (let k = j - 1; k >= 0 && k >= j - 50 && t[j] - t[k] <= 1.0; k--)
+        if (steps[k] !== steps[j] && a[k] > m) m = a[k];
+      out[j] = m;
     }
     return out;
   }
@@ -561,17 +571,26 @@
    * after a boundary most of them read 0. Tables and cards show the larger
    * of this step's peak so far and the previous step's final peak, which
    * reads steadily at any frame rate. */
-  const held = new Map();
+  /* Fast steps (many per frame) are each seen once, often early in their
+   * forward pass: the figure is then the largest final value of the steps
+   * seen in the last HOLD_S seconds, and always includes the last finished
+   * step (slow steps). */
+  const held = new Map(), HOLD_S = 2;
   function holdPeak(key, step, c) {
     const raw = peakOr(c, 'raw'), stored = peakOr(c, 'stored');
+    const now = performance.now() / 1000;
     let h = held.get(key);
-    if (!h) { h = { step, raw, stored, praw: 0, pstored: 0 }; held.set(key, h); }
+    if (!h) { h = { step, raw, stored, done: [] }; held.set(key, h); }
     if (step !== h.step) {
-      h.praw = h.raw; h.pstored = h.stored; h.step = step; h.raw = raw; h.stored = stored;
+      h.done.push({ t: now, raw: h.raw, stored: h.stored });
+      h.step = step; h.raw = raw; h.stored = stored;
     } else if (raw >= h.raw) {
       h.raw = raw; h.stored = stored;
     }
-    return h.raw >= h.praw ? { raw: h.raw, stored: h.stored } : { raw: h.praw, stored: h.pstored };
+    while (h.done.length > 1 && (now - h.done[0].t > HOLD_S || h.done.length > 64)) h.done.shift();
+    let best = h;
+    for (const d of h.done) if (d.raw > best.raw) best = d;
+    return { raw: best.raw, stored: best.stored };
   }
   /* called on every frame so no step's final peak is missed */
   function observePeaks(stores) {
