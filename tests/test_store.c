@@ -11,6 +11,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -858,6 +859,37 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* A reader taking snapshots while the workers run (the service does this
+ * at 10 Hz): counters only grow, live handles stay in range. */
+typedef struct snap_ctx {
+    as_store    *s;
+    _Atomic bool stop;
+    int          snaps, errors;
+} snap_ctx;
+
+static void *snapper(void *arg)
+{
+    snap_ctx *c = arg;
+    uint64_t last_saves = 0;
+    while (!atomic_load(&c->stop)) {
+        as_store_stats a;
+        if (as_store_stats_take(c->s, &a) != 0) {
+            c->errors++;
+            break;
+        }
+        if (a.total.saves < last_saves || a.live_handles > 8 + 4 ||
+            a.total.stored_peak < a.total.stored_live)
+            c->errors++;
+        last_saves = a.total.saves;
+        for (size_t k = 0; k < a.nlayers; k++)
+            if (!a.layers[k].name || !a.layers[k].name[0])
+                c->errors++;
+        as_store_stats_free(&a);
+        c->snaps++;
+    }
+    return NULL;
+}
+
 static void test_threads(void **st)
 {
     (void)st;
@@ -871,7 +903,9 @@ static void test_threads(void **st)
         assert_int_equal(as_store_save(s, &i, &t, &sh[k]), 0);
     }
     tctx c[4];
-    pthread_t th[4];
+    pthread_t th[4], sn;
+    snap_ctx sc = {.s = s};
+    assert_int_equal(pthread_create(&sn, NULL, snapper, &sc), 0);
     for (int k = 0; k < 4; k++) {
         c[k] = (tctx){.s = s, .id = k, .shared = shared};
         memcpy(c[k].shared_h, sh, sizeof sh);
@@ -879,9 +913,13 @@ static void test_threads(void **st)
     }
     for (int k = 0; k < 4; k++)
         pthread_join(th[k], NULL);
+    atomic_store(&sc.stop, true);
+    pthread_join(sn, NULL);
     for (int k = 0; k < 4; k++)
         if (c[k].errors)
             fail_msg("%s", c[k].msg);
+    assert_int_equal(sc.errors, 0);
+    assert_true(sc.snaps > 0);
     as_store_stats a = stats(s);
     assert_int_equal(a.total.saves, 8 + 4 * 400);
     assert_int_equal(a.total.releases, 4 * 400);
