@@ -927,6 +927,44 @@ static void adjoint_row(const as__conv_inv *ci, const float *F, int p, float *ou
     }
 }
 
+/* x = G^-1 z at one frequency by substitution with G = L L^H (lr, li:
+ * Cin x Cin, lower, diagonal = 1 / L_ii; s = -1: the conjugate, for the
+ * mirror frequency). z, xo: [re|im][Cin][NB]. */
+AS__CIV_CLONES
+static void solve_chol(const float *lr, const float *li, float s, const float *z,
+                       float *xo, int cin, int NB)
+{
+    const size_t B = (size_t)cin * NB;
+    for (int l0 = 0; l0 < NB; l0 += 8) {
+        /* forward: y_i = (z_i - sum_{k<i} L_ik y_k) / L_ii */
+        for (int i = 0; i < cin; i++) {
+            v8 ar = ld8(z + (size_t)i * NB + l0), ai = ld8(z + B + (size_t)i * NB + l0);
+            for (int k = 0; k < i; k++) {
+                const float a = lr[(size_t)i * cin + k], b = s * li[(size_t)i * cin + k];
+                const v8 yr = ld8(xo + (size_t)k * NB + l0), yi = ld8(xo + B + (size_t)k * NB + l0);
+                ar -= a * yr - b * yi;
+                ai -= a * yi + b * yr;
+            }
+            const float d = lr[(size_t)i * cin + i];
+            st8(xo + (size_t)i * NB + l0, ar * d);
+            st8(xo + B + (size_t)i * NB + l0, ai * d);
+        }
+        /* back: x_i = (y_i - sum_{k>i} conj(L_ki) x_k) / L_ii */
+        for (int i = cin - 1; i >= 0; i--) {
+            v8 ar = ld8(xo + (size_t)i * NB + l0), ai = ld8(xo + B + (size_t)i * NB + l0);
+            for (int k = i + 1; k < cin; k++) {
+                const float a = lr[(size_t)k * cin + i], b = -s * li[(size_t)k * cin + i];
+                const v8 xr = ld8(xo + (size_t)k * NB + l0), xi = ld8(xo + B + (size_t)k * NB + l0);
+                ar -= a * xr - b * xi;
+                ai -= a * xi + b * xr;
+            }
+            const float d = lr[(size_t)i * cin + i];
+            st8(xo + (size_t)i * NB + l0, ar * d);
+            st8(xo + B + (size_t)i * NB + l0, ai * d);
+        }
+    }
+}
+
 static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *y,
                            const float *bias, const float *frame, float *x)
 {
@@ -996,12 +1034,12 @@ static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const floa
         as__civ_factor_range(fc, (size_t)kq * P, (size_t)(kq + 1) * P, ci->cfg.eps_rel, mblk, NULL);
         for (int kp = 0; kp < P; kp++) {
             const float *mf = mblk + (size_t)kp * gsz;
-            solve_freq(mf, mf + gsz / 2, 1.0f, Cf[0] + (size_t)kp * Ei,
-                       Cx[0] + (size_t)kp * Ei, cin, cin, NB);
+            solve_chol(mf, mf + gsz / 2, 1.0f, Cf[0] + (size_t)kp * Ei,
+                       Cx[0] + (size_t)kp * Ei, cin, NB);
             if (pair) {
                 const int mp = (P - kp) % P;
-                solve_freq(mf, mf + gsz / 2, -1.0f, Cf[1] + (size_t)mp * Ei,
-                           Cx[1] + (size_t)mp * Ei, cin, cin, NB);
+                solve_chol(mf, mf + gsz / 2, -1.0f, Cf[1] + (size_t)mp * Ei,
+                           Cx[1] + (size_t)mp * Ei, cin, NB);
             }
         }
         double tc = now_ms();

@@ -229,7 +229,8 @@ typedef struct as__civ_fctx {
     size_t nf;                  /* P * (Q/2+1) */
     double *T;
     struct as__civ_lanes *A, *L, *v;
-    int ginv;                   /* range() writes G^-1 (Cin x Cin), not M */
+    int ginv;                   /* range() writes the Cholesky factor of A^H A
+                                   (Cin x Cin, diagonal inverted), not M */
 } as__civ_fctx;
 int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
                          int Q, const float *w);

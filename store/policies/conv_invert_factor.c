@@ -323,21 +323,16 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
                 cond_max = c;
         }
 
-        /* fc->ginv: G^-1 (Cin x Cin), column j solves G m = e_j. */
-        for (int j = 0; m && fc->ginv && j < ci; j++) {
-            for (int c = 0; c < ci; c++)
-                for (int l = 0; l < LANES; l++) {
-                    x[c].re[l] = c == j;
-                    x[c].im[l] = 0;
+        /* fc->ginv: the Cholesky factor L of G (Cin x Cin, lower; the
+         * diagonal holds 1 / L_ii), for a solve by substitution. */
+        for (int l = 0; m && fc->ginv && l < LANES && f0 + l < nf; l++) {
+            float *mr = m + (f0 + l - fbeg) * 2 * (size_t)ci * ci, *mi = mr + (size_t)ci * ci;
+            for (int i = 0; i < ci; i++)
+                for (int k = 0; k < ci; k++) {
+                    const lanes_c *lik = &L[(size_t)i * ci + k];
+                    mr[(size_t)i * ci + k] = k < i ? (float)lik->re[l] : k == i ? (float)(1.0 / lik->re[l]) : 0.0f;
+                    mi[(size_t)i * ci + k] = k < i ? (float)lik->im[l] : 0.0f;
                 }
-            CHOL_SOLVE(x);
-            for (int l = 0; l < LANES && f0 + l < nf; l++) {
-                float *mr = m + (f0 + l - fbeg) * 2 * (size_t)ci * ci, *mi = mr + (size_t)ci * ci;
-                for (int c = 0; c < ci; c++) {
-                    mr[(size_t)c * ci + j] = (float)x[c].re[l];
-                    mi[(size_t)c * ci + j] = (float)x[c].im[l];
-                }
-            }
         }
         /* M = G^-1 A^H, column o of M solves G m = conj(A[o][:]). */
         for (int o = 0; m && !fc->ginv && o < co; o++) {
