@@ -23,11 +23,19 @@
 
 /* Per-step peaks reset when a step begins, so right after a boundary they
  * read 0. Live mode shows the larger of this step's peak so far and the
- * previous step's final peak (as the dashboard does). */
+ * final peaks of the steps seen in the last 2 s, always including the last
+ * finished one (as the dashboard does): steady for slow steps and for
+ * steps shorter than a frame alike. */
 #define HELD_MAX 2048
+#define HELD_DONE 16
+typedef struct held_done {
+    double t, raw, stored;
+} held_done;
 typedef struct held {
-    char   key[96];
-    double step, raw, stored, praw, pstored;
+    char      key[96];
+    double    step, raw, stored;
+    held_done done[HELD_DONE];     /* oldest first */
+    int       ndone;
 } held;
 
 typedef struct top_state {
@@ -63,11 +71,17 @@ static void hold(top_state *st, int si, const char *group, const char *name, dou
         h->step = step;
         h->raw = *raw;
         h->stored = *stored;
-        h->praw = h->pstored = 0;
+        h->ndone = 0;
     }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
     if (step != h->step) {
-        h->praw = h->raw;
-        h->pstored = h->stored;
+        if (h->ndone == HELD_DONE) {
+            memmove(h->done, h->done + 1, (HELD_DONE - 1) * sizeof *h->done);
+            h->ndone--;
+        }
+        h->done[h->ndone++] = (held_done){now, h->raw, h->stored};
         h->step = step;
         h->raw = *raw;
         h->stored = *stored;
@@ -75,13 +89,20 @@ static void hold(top_state *st, int si, const char *group, const char *name, dou
         h->raw = *raw;
         h->stored = *stored;
     }
-    if (h->praw > h->raw) {
-        *raw = h->praw;
-        *stored = h->pstored;
-    } else {
-        *raw = h->raw;
-        *stored = h->stored;
+    int drop = 0;
+    while (drop < h->ndone - 1 && now - h->done[drop].t > 2.0)
+        drop++;
+    if (drop) {
+        memmove(h->done, h->done + drop, (size_t)(h->ndone - drop) * sizeof *h->done);
+        h->ndone -= drop;
     }
+    *raw = h->raw;
+    *stored = h->stored;
+    for (int i = 0; i < h->ndone; i++)
+        if (h->done[i].raw > *raw) {
+            *raw = h->done[i].raw;
+            *stored = h->done[i].stored;
+        }
 }
 
 typedef struct row {
