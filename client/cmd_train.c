@@ -5,7 +5,7 @@
  *
  *   actstore train --model cnn|vit|lm --policy SPEC [--preset small|bench]
  *                  [--steps N | --epochs E] [--batch B] [--lr X] [--seed S]
- *                  [--threads T] [--act relu|leaky] [--json FILE]
+ *                  [--threads T] [--act relu|leaky] [--convs N] [--json FILE]
  *                  [--serve ADDR]
  *
  * The command creates the store itself (so a service can watch it: --serve)
@@ -41,7 +41,6 @@ static const char *const usage_text =
     "  --lr X           peak learning rate\n"
     "  --act A          cnn activation: relu (preset) or leaky (LeakyReLU 0.1,\n"
     "                   invertible: lets conv inversion chain through it)\n"
-    "  --act A          cnn: relu or leaky (LeakyReLU, so conv inversion chains)\n"
     "  --convs N        cnn: stride-1 convs per stage (1..5)\n"
     "  --seed S         seed of initialisation, data order, dropout (default 1)\n"
     "  --threads T      OpenBLAS threads (default 1; 0 = OpenBLAS's choice)\n"
@@ -130,6 +129,22 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
     cJSON_AddNumberToObject(j, "threads", threads);
     cJSON_AddNumberToObject(j, "batch", p->batch);
     cJSON_AddNumberToObject(j, "lr", p->lr);
+    cJSON *cfg = cJSON_AddObjectToObject(j, "config");   /* the model as run */
+    if (!strcmp(p->model, "cnn")) {
+        cJSON_AddStringToObject(cfg, "act", p->cnn.act_fn == AS_FN_LEAKY_RELU ? "leaky" : "relu");
+        cJSON_AddNumberToObject(cfg, "convs_per_stage", p->cnn.convs);
+        cJSON *w = cJSON_AddArrayToObject(cfg, "widths");
+        for (int s = 0; s < p->cnn.nstages; s++)
+            cJSON_AddItemToArray(w, cJSON_CreateNumber(p->cnn.widths[s]));
+        cJSON_AddBoolToObject(cfg, "batchnorm", p->cnn.batchnorm);
+    } else {
+        cJSON_AddNumberToObject(cfg, "width", p->tf.C);
+        cJSON_AddNumberToObject(cfg, "heads", p->tf.NH);
+        cJSON_AddNumberToObject(cfg, "depth", p->tf.depth);
+        cJSON_AddNumberToObject(cfg, "mlp", p->tf.mlp);
+        if (!strcmp(p->model, "lm"))
+            cJSON_AddNumberToObject(cfg, "context", p->tf.T);
+    }
     cJSON_AddNumberToObject(j, "steps", (double)r->steps);
     cJSON_AddNumberToObject(j, "params", (double)r->params);
     cJSON_AddStringToObject(j, "blas_core", r->blas_core);
@@ -222,7 +237,6 @@ int as_cmd_train(int argc, char **argv)
         else if (!strcmp(a, "--json")) json = v;
         else if (!strcmp(a, "--serve")) serve = v;
         else if (!strcmp(a, "--data-dir")) data_dir = v;
-        else if (!strcmp(a, "--act")) act = v;
         else if (!strcmp(a, "--text-dir")) text_dir = v;
         else if (!strcmp(a, "--steps")) { bad = as_cli_parse_u64("train", a, v, &steps); have_steps = true; }
         else if (!strcmp(a, "--epochs")) { bad = as_cli_parse_double("train", a, v, &epochs); have_epochs = true; }
@@ -268,16 +282,6 @@ int as_cmd_train(int argc, char **argv)
     if (have_epochs) {
         p.steps = 0;
         p.epochs = epochs;
-    }
-    if (act) {
-        if (strcmp(model, "cnn"))
-            return as_cli_usage("train", "--act applies to --model cnn only");
-        if (!strcmp(act, "relu"))
-            p.cnn.act_fn = AS_FN_RELU;
-        else if (!strcmp(act, "leaky"))
-            p.cnn.act_fn = AS_FN_LEAKY_RELU;
-        else
-            return as_cli_usage("train", "--act '%s': expected relu or leaky", act);
     }
     if (batch)
         p.batch = (int)batch;
