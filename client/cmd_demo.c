@@ -11,7 +11,7 @@
  *
  * Budget (bench presets, 3 seeds, 400 steps per run, gradient check every
  * 50 steps): measured with one BLAS thread at about 119 ms CPU per vit
- * step pair (keep + soa:5) and 78 ms per cnn step pair (keep + invert),
+ * step pair (keep + soa:5) and 75 ms per cnn step pair (keep + invert),
  * plus ~7 s / ~4 s per seed for data, initialisation and two evaluations
  * on the 10000 test images; docs/ab-testing.md has the measured total.
  */
@@ -27,8 +27,8 @@
 #include "client/report.h"
 #include "layers/data.h"
 
-/* The softmax policy the demo recommends (docs/policies.md, "Softmax"). */
-#define AS_DEMO_SOFTMAX_POLICY "softmax=soa:5; default=keep"
+/* The softmax policy docs/policies.md ("Softmax") recommends. */
+#define AS_DEMO_SOFTMAX_POLICY "softmax=sotk:16:3; default=keep"
 #define AS_DEMO_CONV_POLICY    "conv_input=invert; default=keep"
 #define AS_DEMO_KEEP           "default=keep"
 #define AS_DEMO_ADDR           "127.0.0.1:8080"

@@ -379,7 +379,7 @@ static void test_demo_small(void **state)
         fail_msg("exit %d: %s", rc, out);
     assert_non_null(strstr(out, "dashboard at http://127.0.0.1:"));
     assert_true(strstr(out, "dashboard at") < strstr(out, "done in")); /* URL first */
-    assert_non_null(strstr(out, "  vit (keep vs softmax=soa:5; default=keep): B keeps"));
+    assert_non_null(strstr(out, "  vit (keep vs softmax=sotk:16:3; default=keep): B keeps"));
     assert_non_null(strstr(out, "  cnn (leaky) (keep vs conv_input=invert; default=keep): "
                                 "B keeps"));
     assert_non_null(strstr(out, "less conv_input memory"));
