@@ -74,6 +74,7 @@ typedef struct load {
     atomic_ulong events, scrapes, scrape_errors, ended;
     atomic_bool stop;
     double      t_start, t_stop;
+    double      cpu_sse, cpu_scrape;  /* CPU time of the client threads */
 } load;
 
 static int on_event(void *ud, const char *d, size_t n, bool comment)
@@ -102,10 +103,13 @@ static void on_stop(uv_async_t *a)
     uv_close((uv_handle_t *)&l->stop_async, NULL);
 }
 
+static double thread_cpu_s(void);
+
 static void *sse_main(void *arg)
 {
     load *l = arg;
     uv_run(&l->loop, UV_RUN_DEFAULT);
+    l->cpu_sse = thread_cpu_s();
     return NULL;
 }
 
@@ -123,6 +127,7 @@ static void *scrape_main(void *arg)
         struct timespec ts = {0, (long)l->scrape_ms * 1000000L};
         nanosleep(&ts, NULL);
     }
+    l->cpu_scrape = thread_cpu_s();
     return NULL;
 }
 
@@ -188,6 +193,7 @@ typedef struct steps_res {
     unsigned long scrapes, scrape_errors, dropped;
     double  tick_ms_max;
     double  cpu_s[NCONF], wall_s[NCONF];   /* service thread CPU during blocks */
+    double  client_cpu_s, client_wall_s;    /* the bench's client threads */
 } steps_res;
 
 static double thread_cpu_s(void)
@@ -278,6 +284,8 @@ static int bench_steps(const steps_cfg *c, steps_res *res, char *err, size_t err
                 res->wall_s[k] += now_s() - w0;
                 if (k == C_CLIENTS) {
                     load_stop(&l);
+                    res->client_cpu_s += l.cpu_sse + l.cpu_scrape;
+                    res->client_wall_s += l.t_stop - l.t_start;
                     events_s += (double)atomic_load(&l.events) / (c->clients ? c->clients : 1);
                     clients_time += l.t_stop - l.t_start;
                     res->scrapes += atomic_load(&l.scrapes);
@@ -638,6 +646,8 @@ int as_bench_service(int argc, char **argv)
     printf("  service thread CPU: %.2f%% of a core idle, %.2f%% with the clients and scrapes\n",
            100 * sr.cpu_s[C_IDLE] / (sr.wall_s[C_IDLE] > 0 ? sr.wall_s[C_IDLE] : 1),
            100 * sr.cpu_s[C_CLIENTS] / (sr.wall_s[C_CLIENTS] > 0 ? sr.wall_s[C_CLIENTS] : 1));
+    printf("  the bench's own client threads (10 SSE readers, the scraper): %.2f%% of a core\n",
+           100 * sr.client_cpu_s / (sr.client_wall_s > 0 ? sr.client_wall_s : 1));
     }
     if (do_metrics)
     printf("\n  /metrics, %u layers, %u requests (keep-alive, loopback):\n", layers, requests);
@@ -696,6 +706,8 @@ int as_bench_service(int argc, char **argv)
         cJSON_AddNumberToObject(root, "tick_ms_max", sr.tick_ms_max);
         cJSON_AddNumberToObject(root, "service_cpu_share_idle",
                                 sr.wall_s[C_IDLE] > 0 ? sr.cpu_s[C_IDLE] / sr.wall_s[C_IDLE] : 0);
+        cJSON_AddNumberToObject(root, "client_threads_cpu_share",
+                                sr.client_wall_s > 0 ? sr.client_cpu_s / sr.client_wall_s : 0);
         cJSON_AddNumberToObject(root, "service_cpu_share_clients",
                                 sr.wall_s[C_CLIENTS] > 0 ? sr.cpu_s[C_CLIENTS] / sr.wall_s[C_CLIENTS] : 0);
         cJSON *ml = cJSON_AddArrayToObject(root, "metrics_latency");
