@@ -157,7 +157,11 @@ static int load_start(load *l, as_service *svc)
     }
     if (l->scrape_ms && pthread_create(&l->scrape_thread, NULL, scrape_main, l))
         return AS_ENOMEM;
-    atomic_store(&l->events, 0);      /* the rate counts from here */
+    /* every client has had the frame sent on subscription: the rate
+     * counts from here */
+    for (double t0 = now_s(); now_s() - t0 < 2 && atomic_load(&l->events) < l->nclients;)
+        usleep(5000);
+    atomic_store(&l->events, 0);
     l->t_start = now_s();
     return 0;
 }
