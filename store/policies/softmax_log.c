@@ -30,9 +30,11 @@
  *
  * Encoding is linear time and needs no sort: every entry's level (1/16
  * nat units below the max) comes from its float bits with a short series
- * (no libm: same codes on every machine); a 257-bin histogram of the
- * levels gives the cut for the k largest (and, with P, for mass P at level
- * granularity); coarse codes are one table lookup by level.
+ * (no libm: same codes on every machine); the cut for the k largest comes
+ * from a small sorted buffer of the k lowest levels (fixed k <= 32) or a
+ * 257-bin histogram of the levels (larger k; with P, the mass per level
+ * too); coarse codes are one table lookup by level. Compiled with -O3 and
+ * without trapping math so that the level loop vectorizes (same codes).
  */
 #include <assert.h>
 #include <math.h>
