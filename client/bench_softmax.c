@@ -231,7 +231,8 @@ static int bench_one(const rowset *s, const char *spec, int reps,
     return 0;
 }
 
-/* radix order (what soa uses) against qsort, ns per row */
+/* as_sm_order_desc (what soa uses: insertion, rank counting or radix by
+ * length) against qsort, ns per row */
 typedef struct { float v; uint32_t i; } ent;
 static int cmp_ent(const void *a, const void *b)
 {
@@ -269,11 +270,11 @@ static void bench_order(cJSON *arr, int reps, int quick)
         }
         double a = median(tr, reps) * 1e9 / (double)s.rows;
         double b = median(tq, reps) * 1e9 / (double)s.rows;
-        printf("order n=%-5lld radix %8.0f ns/row   qsort %8.0f ns/row\n",
+        printf("order n=%-5lld actstore %8.0f ns/row   qsort %8.0f ns/row\n",
                (long long)L, a, b);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "row_len", (double)L);
-        cJSON_AddNumberToObject(o, "radix_ns_per_row", a);
+        cJSON_AddNumberToObject(o, "order_ns_per_row", a);
         cJSON_AddNumberToObject(o, "qsort_ns_per_row", b);
         cJSON_AddItemToArray(arr, o);
         free(ord);
