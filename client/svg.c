@@ -288,12 +288,29 @@ int as_svg_bar_chart(const char *path, const as_svg_axes *ax,
             put_text(f, groups[g]);
             fprintf(f, ": %s</title></rect>\n", buf);
         }
-        /* Shrink long category names to their slot (about 0.6 em a character). */
-        double len = (double)strlen(categories[c] ? categories[c] : "");
+        /* Long category names: split at the first '_' onto two lines when
+         * one line would need a font under 10 px, then shrink to the slot
+         * (about 0.6 em a character). */
+        const char *name = categories[c] ? categories[c] : "";
+        const char *us = strchr(name, '_');
+        double len = (double)strlen(name);
         double fs = len > 0 ? fmin(12.0, (slot - 4) / (0.6 * len)) : 12.0;
+        double cx = ML + slot * ((double)c + 0.5);
+        if (fs < 10 && us) {
+            double l1 = (double)(us - name), l2 = (double)strlen(us + 1);
+            fs = fmin(12.0, (slot - 4) / (0.6 * fmax(l1, l2)));
+            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"%.1f\">"
+                       "<tspan x=\"%.1f\">", cx, H - MB + 14, fs < 7 ? 7 : fs, cx);
+            for (const char *q = name; q < us; q++)
+                put_text(f, (char[2]){*q, 0});
+            fprintf(f, "</tspan><tspan x=\"%.1f\" dy=\"1.1em\">", cx);
+            put_text(f, us + 1);
+            fputs("</tspan></text>\n", f);
+            continue;
+        }
         fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"%.1f\">",
-                ML + slot * ((double)c + 0.5), H - MB + 17, fs < 7 ? 7 : fs);
-        put_text(f, categories[c]);
+                cx, H - MB + 17, fs < 7 ? 7 : fs);
+        put_text(f, name);
         fputs("</text>\n", f);
     }
     legend(f, groups, ngroups < 16 ? ngroups : 16, NULL, NULL);

@@ -85,6 +85,18 @@ static void test_svg_charts(void **state)
     assert_non_null(strstr(t, "conv_input"));
     assert_non_null(strstr(t, "<rect x="));
     free(t);
+    /* Many long names: split at '_' onto two lines instead of tiny text. */
+    const char *many[] = {"activation_output", "activation_input", "attention_input",
+                          "linear_input", "norm_input", "softmax_output", "conv_output",
+                          "dropout_mask"};
+    double mv[16];
+    for (int i = 0; i < 16; i++)
+        mv[i] = 1000.0 * (i + 1);
+    assert_int_equal(as_svg_bar_chart(path, &ax, many, 8, groups, 2, mv), 0);
+    t = slurp(path);
+    assert_non_null(strstr(t, ">activation</tspan><tspan"));
+    assert_non_null(strstr(t, ">output</tspan>"));
+    free(t);
     /* A flat series a rounding error apart (cosines 1 and 1 - 1e-16) once
      * looped forever on ticks below the values' ulp. */
     const double yc[] = {1.0, 0.9999999999999999, 1.0, 1.0};
