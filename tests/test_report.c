@@ -46,7 +46,11 @@ static void test_paired_ci(void **state)
     /* One seed: no interval. */
     as_paired one = as_stats_paired(a, b, 1);
     assert_true(isnan(one.ci_half));
-    assert_true(as_stats_t975(1000) == 1.96);
+    /* large df: exact quantiles t(40) 2.0211, t(63) 1.9983, t(1000) 1.9623 */
+    assert_true(fabs(as_stats_t975(40) - 2.0211) < 2e-4);
+    assert_true(fabs(as_stats_t975(63) - 1.9983) < 2e-4);
+    assert_true(fabs(as_stats_t975(1000) - 1.9623) < 2e-4);
+    assert_true(fabs(as_stats_t975(31) - 2.0395) < 2e-4);
 }
 
 static char *slurp(const char *path)
