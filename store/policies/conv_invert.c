@@ -712,7 +712,7 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
     float *R = wtake(&wk, sizeof(float) * (size_t)Q * Eo);          /* a row */
     float *C = wtake(&wk, sizeof(float) * (size_t)2 * P * (Eo + Ei)); /* 2 columns */
     float *mblk = wtake(&wk, sizeof(float) * msz * P);
-    double tp = now_ms(), t_fft = 0, t_build = 0;
+    double t_fft = 0, t_build = 0;
 
     /* The frame, one planar element per frame pixel. */
     if (flen) {
@@ -804,7 +804,6 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
     double t0 = now_ms();
     frame_put_back(ci, n, frame, x);
     ci->st.phase_ms[4] = t_crop + now_ms() - t0;
-    (void)tp;
     free(wk.own);
     ci->st.restores++;
     return 0;

@@ -9,7 +9,10 @@
  * columns). The solver keeps that frame at save time and at restore time
  * rebuilds F from Y and the frame, transforms it to the Fourier domain, solves
  * the per-frequency least-squares system (A^H A + eps I) X^ = A^H F^ with a
- * factor cached per weight version, and transforms back.
+ * factor cached per weight version (or factored column by column inside a
+ * streaming restore, nothing kept), and transforms back. For Cout >= 2 Cin
+ * and small condition numbers a streaming restore forms A^H F in the
+ * spatial domain instead and solves Cin x Cin systems (the adjoint path).
  *
  * Layouts: X (N, Cin, H, W), Y (N, Cout, Ho, Wo), W (Cout, Cin, kh, kw), all
  * fp32, contiguous. The frame of one image is (Cin, frame_len) floats; per
@@ -127,7 +130,7 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
                          const float *bias, const float *frame, float *x);
 
 /* Rebuild x without caching the factor: the frequencies are factored a
- * block at a time inside the solve (workspace of 64 frequencies), so the
+ * column (P frequencies) at a time inside the solve, so the
  * factor never exists whole; the factor work is done for every call (once
  * per version in training, where each version is restored once). Uses the
  * cached factor instead when one is held for `version`. Needs an accepted

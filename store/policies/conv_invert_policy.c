@@ -33,7 +33,7 @@
  * of that weight version, freed when the last item of the layer that may
  * need it is dropped (in training: at the layer's backward release), and
  * its bytes are charged to the item whose restore built it. Otherwise the
- * restore factors 64 frequencies at a time inside the solve and keeps
+ * restore factors one column of frequencies at a time inside the solve and keeps
  * nothing (the factor would cost more memory than the inversion saves:
  * it grows as Cin * Cout * spectrum, the input as N * Cin * H * W).
  *
