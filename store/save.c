@@ -64,7 +64,7 @@ static int try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
                       const as_polref *p, as_rules *rules,
                       const as_save_info *info, const as_tensor *t,
                       as_block *adopted, bool *taken, char *why,
-                      size_t whylen, as_rep **out)
+                      size_t whylen, as_rep **spare, as_rep **out)
 {
     const as_policy_ops *ops = p ? p->ops : &as_policy_keep;
     void *params = p ? p->params : NULL;
@@ -75,9 +75,14 @@ static int try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
         if (rc < 0)
             return AS_ENOTSUP;
     }
-    as_rep *r = calloc(1, sizeof *r);
-    if (!r)
+    as_rep *r;
+    if (spare && *spare) {   /* allocated (and prefetched) by the caller */
+        r = *spare;
+        *spare = NULL;
+        memset(r, 0, sizeof *r);
+    } else if (!(r = calloc(1, sizeof *r))) {
         return AS_ENOMEM;
+    }
     atomic_init(&r->refs, 1);
     r->ops = ops;
     r->owner = it;
@@ -122,7 +127,8 @@ static int try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
 static int encode_plan(as_store *s, as_item *it, as_handle h, as_groups g,
                        const as_plan *plan, as_rules *rules,
                        const as_save_info *info, const as_tensor *t,
-                       as_block *adopted, bool *taken, as_rep **out)
+                       as_block *adopted, bool *taken, as_rep **spare,
+                       as_rep **out)
 {
     const as_polref *tries[3] = {plan->pol, plan->fallback, NULL};
     size_t ntries = plan->fallback ? 3 : 2;
@@ -132,7 +138,7 @@ static int encode_plan(as_store *s, as_item *it, as_handle h, as_groups g,
     const char *first_name = NULL;
     for (size_t k = 0; k < ntries; k++) {
         int rc = try_policy(s, it, h, g, tries[k], rules, info, t, adopted,
-                            taken, why, sizeof why, out);
+                            taken, why, sizeof why, spare, out);
         if (rc == 0) {
             as_rep *r = *out;
             if (first_name) {
@@ -271,7 +277,7 @@ static int save_alias(as_store *s, const as_save_info *info,
         as_block *adopted = cur->adopted.ptr == t->data ? &cur->adopted : NULL;
         as_rep *r;
         rc = encode_plan(s, it, h, g, &plan, rules, info, t, adopted, &taken,
-                         &r);
+                         NULL, &r);
         if (rc < 0) {
             as__rep_unref(s, cur);
             as__slot_unreserve(s, h);
@@ -335,17 +341,26 @@ static int save_impl(as_store *s, const as_save_info *info,
         (rc = as__lookup(s, info->source, &src, "save (source)")) < 0)
         return rc;
 
+    /* The item and its first representation are fresh memory, usually not
+     * in any cache: allocate them first and ask for their lines now, so the
+     * misses overlap the layer and rule lookups instead of following them. */
+    as_item *it = malloc(sizeof *it);
+    as_rep *spare = malloc(sizeof *spare);
+    for (size_t o = 0; it && o < sizeof *it; o += 64)
+        __builtin_prefetch((char *)it + o, 1);
+    for (size_t o = 0; spare && o < sizeof *spare; o += 64)
+        __builtin_prefetch((char *)spare + o, 1);
     as_groups g = {info->kind, 0, 0};
     as__layer_id(s, info->layer, &g.layer);
     as_rules *rules = as__rules_get(s);
     as_plan plan;
     as__rules_select(rules, info->kind, info->layer, &plan);
-    as_item *it = calloc(1, sizeof *it);
     as_handle h = AS_HANDLE_NULL;
     if (!it) {
         rc = AS_ENOMEM;
         goto fail;
     }
+    memset(it, 0, sizeof *it);
     atomic_init(&it->refs, 1);
     it->shape = *t;
     it->shape.data = NULL;
@@ -358,7 +373,9 @@ static int save_impl(as_store *s, const as_save_info *info,
     bool taken = false;
     as_rep *r;
     rc = encode_plan(s, it, h, g, &plan, rules, info, t, adopt ? &blk : NULL,
-                     &taken, &r);
+                     &taken, &spare, &r);
+    free(spare);   /* NULL when used */
+    spare = NULL;
     if (rc < 0) {
         as__slot_unreserve(s, h);
         goto fail;
@@ -384,6 +401,7 @@ static int save_impl(as_store *s, const as_save_info *info,
     return 0;
 fail:
     free(it);
+    free(spare);
     if (src)
         as__item_unref(s, src);
     as__rules_unref(rules);
