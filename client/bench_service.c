@@ -656,14 +656,14 @@ int as_bench_service(int argc, char **argv)
     if (do_steps) {
     printf("  vit small, %u repeats x %ld steps per configuration, %d BLAS thread(s)\n",
            c.repeats, c.steps, c.threads);
-    printf("  %-11s %9s %9s %15s %24s\n", "wall time", "ms/step", "vs off", "paired median",
+    printf("  %-11s %9s %9s %15s %24s\n", "wall time", "ms/step", "medians", "paired median",
            "95% CI of the median");
     for (int k = 0; k < NCONF; k++) {
         double ratio = sr.median_ms[k] / sr.median_ms[C_OFF] - 1;
         printf("  %-11s %9.3f %+8.2f%% %+14.2f%%      [%+6.2f%%, %+6.2f%%]\n", conf_name[k],
                sr.median_ms[k], 100 * ratio, 100 * rmed[k], 100 * glo[k], 100 * ghi[k]);
     }
-    printf("  %-11s %9s %9s %15s %24s\n", "CPU time", "ms/step", "vs off", "paired median",
+    printf("  %-11s %9s %9s %15s %24s\n", "CPU time", "ms/step", "medians", "paired median",
            "95% CI of the median");
     for (int k = 0; k < NCONF; k++) {
         double ratio = sr.median_cpu[k] / sr.median_cpu[C_OFF] - 1;
@@ -685,10 +685,13 @@ int as_bench_service(int argc, char **argv)
         printf("    top %-4u layers: p50 %.3f ms  p99 %.3f ms  max %.3f ms  service CPU %.3f ms/request"
                "  (%ld bytes, %ld samples)\n", lr[k].top, lr[k].p50_ms, lr[k].p99_ms, lr[k].max_ms,
                lr[k].cpu_ms, lr[k].bytes, lr[k].series);
-    double over = do_steps ? sr.median_ms[C_CLIENTS] / sr.median_ms[C_OFF] - 1 : 0;
+    /* the verdict uses the paired median (wall time): blocks measured at
+     * the same moment, robust to the load shifts of a shared machine */
+    double over = do_steps ? rmed[C_CLIENTS] : 0;
     if (do_steps)
-        printf("\n  target: step overhead with clients %.2f%% (<= 2%%: %s)\n", 100 * over,
-               over <= 0.02 ? "met" : "NOT met");
+        printf("\n  target: step overhead with clients %+.2f%% (paired median of wall time, 95%% CI "
+               "[%+.2f%%, %+.2f%%]; <= 2%%: %s)\n", 100 * over, 100 * glo[C_CLIENTS],
+               100 * ghi[C_CLIENTS], over <= 0.02 ? "met" : "NOT met");
     if (do_metrics)
         printf("%s  target: /metrics p99 %.3f ms with the default cap (<= 2 ms: %s)\n",
                do_steps ? "" : "\n", lr[0].p99_ms, lr[0].p99_ms <= 2 ? "met" : "NOT met");
@@ -757,6 +760,8 @@ int as_bench_service(int argc, char **argv)
         cJSON *t = cJSON_AddObjectToObject(root, "targets");
         if (do_steps) {
             cJSON_AddNumberToObject(t, "step_overhead_with_clients", over);
+            cJSON_AddNumberToObject(t, "step_overhead_ci95_lo", glo[C_CLIENTS]);
+            cJSON_AddNumberToObject(t, "step_overhead_ci95_hi", ghi[C_CLIENTS]);
             cJSON_AddBoolToObject(t, "step_overhead_met", over <= 0.02);
         }
         if (do_metrics)
