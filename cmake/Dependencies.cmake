@@ -6,7 +6,6 @@ pkg_check_modules(LIBUV    REQUIRED IMPORTED_TARGET libuv)
 pkg_check_modules(ZSTD     REQUIRED IMPORTED_TARGET libzstd)
 pkg_check_modules(CJSON    REQUIRED IMPORTED_TARGET libcjson)
 pkg_check_modules(ZLIB     REQUIRED IMPORTED_TARGET zlib)
-pkg_check_modules(KISSFFT  REQUIRED IMPORTED_TARGET kissfft-float)
 pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
 
 # llhttp: Debian 12 ships its C sources in node-llhttp; build them here as a
@@ -24,4 +23,4 @@ set_target_properties(as_llhttp PROPERTIES C_VISIBILITY_PRESET hidden)
 add_library(as_deps INTERFACE)
 target_link_libraries(as_deps INTERFACE
   PkgConfig::JEMALLOC PkgConfig::LIBUV PkgConfig::ZSTD PkgConfig::CJSON
-  PkgConfig::KISSFFT as_llhttp Threads::Threads m)
+  as_llhttp Threads::Threads m)

@@ -10,7 +10,7 @@ shift || true
 PACKAGES=(
   build-essential cmake pkg-config git
   libjemalloc-dev libuv1-dev libzstd-dev libcmocka-dev libopenblas-dev
-  zlib1g-dev libcjson-dev node-llhttp libkissfft-dev
+  zlib1g-dev libcjson-dev node-llhttp
   dataset-fashion-mnist fortunes fortunes-min
 )
 # Node.js and npm only fetch uPlot at setup time. Many machines already have
