@@ -4,6 +4,9 @@
 set -eu
 BIN=${1:?usage: cli_install.sh path/to/actstore}
 BUILD_DIR=$(cd "$(dirname "$BIN")/.." && pwd)
+# A sanitizer build's library needs its consumers built with the same flags
+# (the runtime must come first); tests/CMakeLists.txt passes them.
+SAN=${AS_CONSUMER_FLAGS:-}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 cmake --install "$BUILD_DIR" --prefix "$TMP/prefix" >/dev/null
@@ -30,7 +33,7 @@ int main(void)
 C
 LIBDIR=$(ls -d "$TMP"/prefix/lib*/pkgconfig | head -1)
 export PKG_CONFIG_PATH="$LIBDIR"
-cc -std=c11 -o "$TMP/c1" "$TMP/consumer.c" $(pkg-config --cflags --libs actstore) \
+cc -std=c11 $SAN -o "$TMP/c1" "$TMP/consumer.c" $(pkg-config --cflags --libs actstore) \
   -Wl,-rpath,"$(dirname "$LIBDIR")"
 "$TMP/c1" | grep -q " success 1" || { echo "FAIL: pkg-config consumer"; echo "0 passed, 1 failed"; exit 1; }
 mkdir "$TMP/cm"
@@ -41,7 +44,8 @@ find_package(actstore REQUIRED)
 add_executable(c2 ../consumer.c)
 target_link_libraries(c2 PRIVATE actstore::actstore)
 CM
-cmake -S "$TMP/cm" -B "$TMP/cm/b" -DCMAKE_PREFIX_PATH="$TMP/prefix" >/dev/null
+cmake -S "$TMP/cm" -B "$TMP/cm/b" -DCMAKE_PREFIX_PATH="$TMP/prefix" \
+  -DCMAKE_C_FLAGS="$SAN" -DCMAKE_EXE_LINKER_FLAGS="$SAN" >/dev/null
 cmake --build "$TMP/cm/b" >/dev/null
 "$TMP/cm/b/c2" | grep -q " success 1" || { echo "FAIL: find_package consumer"; echo "1 passed, 1 failed"; exit 1; }
 echo "2 passed, 0 failed"

@@ -305,13 +305,18 @@ static void test_many_arenas_one_thread(void **state)
             assert_int_equal(as_arena_create(NULL, &a[i]), 0);
             assert_int_equal(as_alloc(a[i], (size_t)(i + 1) * 1000, AS_TAG_OTHER, 0, &b[i]), 0);
         }
+        /* Ownership is asked while every arena is alive: a[(i + 1) % N]
+         * wraps to an arena the loop below has already destroyed. */
+        for (int i = 0; i < N; i++) {
+            assert_true(as_arena_owns(a[i], b[i].ptr));
+            assert_false(as_arena_owns(a[(i + 1) % N], b[i].ptr));
+        }
         for (int i = 0; i < N; i++) {
             as_arena_snapshot s;
             assert_int_equal(as_arena_snapshot_take(a[i], 0, &s), 0);
             assert_int_equal(s.total.live_requested, (uint64_t)(i + 1) * 1000);
             assert_int_equal(s.nthreads, 1);
             as_arena_snapshot_free(&s);
-            assert_false(as_arena_owns(a[(i + 1) % N], b[i].ptr));
             assert_int_equal(as_free(a[i], &b[i]), 0);
             as_arena_destroy(a[i]);
         }
