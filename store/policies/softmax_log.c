@@ -247,7 +247,23 @@ size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
     uint32_t cut = 0;
     size_t below = 0;
     bool have_cut = false;
-    if (topk && p->mass == 0.0f && k <= 32) {
+    if (topk && p->mass == 0.0f && k <= 4) {
+        /* the 4 lowest levels by a branch-free insertion network (k is 3
+         * for rows of 48..63, the common case): the k-th lowest is the cut */
+        uint32_t b0 = UINT32_MAX, b1 = UINT32_MAX, b2 = UINT32_MAX,
+                 b3 = UINT32_MAX;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t x = lev[i], t;
+            t = b0 < x ? b0 : x; x = b0 < x ? x : b0; b0 = t;
+            t = b1 < x ? b1 : x; x = b1 < x ? x : b1; b1 = t;
+            t = b2 < x ? b2 : x; x = b2 < x ? x : b2; b2 = t;
+            b3 = b3 < x ? b3 : x;
+        }
+        cut = k == 1 ? b0 : k == 2 ? b1 : k == 3 ? b2 : b3;
+        for (size_t i = 0; i < n; i++)
+            below += lev[i] < cut;
+        have_cut = true;
+    } else if (topk && p->mass == 0.0f && k <= 32) {
         uint32_t buf[32];
         size_t nb_ = 0;
         for (size_t i = 0; i < n; i++) {
