@@ -17,28 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jemalloc/jemalloc.h>
-
 #include "store/store_internal.h"
-
-/* Keep the pages of freed extents in the store's arena (MADV_FREE after the
- * dirty decay, reclaimable by the kernel) instead of jemalloc 5.3's eager
- * purge of extents of 8 MiB and more (opt.oversize_threshold), which it
- * skips only when a decay is disabled. Training saves the same large sizes
- * every step: with eager purging every such save page-faults its block in
- * again (bench store, 64 MiB: keep save 0.6 -> 3.2 GB/s, q8 0.9 -> 2.2 GB/s
- * on the reference machine). Best effort: a failure changes nothing else. */
-static void keep_freed_pages(as_arena *a)
-{
-    as_arena_snapshot sn;
-    if (as_arena_snapshot_take(a, UINT64_MAX, &sn) != 0)
-        return;
-    char name[64];
-    snprintf(name, sizeof name, "arena.%u.muzzy_decay_ms", sn.arena_index);
-    as_arena_snapshot_free(&sn);
-    ssize_t never = -1;
-    (void)mallctl(name, NULL, NULL, &never, sizeof never);
-}
 
 /* Live store ids (for "foreign" versus "forged" messages). */
 static _Atomic uint64_t live_ids[65536 / 64];
@@ -472,7 +451,6 @@ int as_store_create(const as_store_config *cfg, as_store **out, char *err,
             break;
         }
     }
-    keep_freed_pages(s->arena);
     s->layers = layers;
     s->rules = rules;
     s->offload_dir = odir;
