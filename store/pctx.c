@@ -156,4 +156,6 @@ void as_pctx_errorf(as_pctx *c, const char *fmt, ...)
 const char *as_pctx_offload_dir(const as_pctx *c) { return c->s->offload_dir; }
 as_handle as_pctx_handle(const as_pctx *c) { return c->h; }
 const char *as_pctx_layer(const as_pctx *c) { return c->layer; }
+/* Handle layout (store.c): id << 48 | check << 40 | gen << 20 | slot. */
+uint64_t as_pctx_item_key(const as_pctx *c) { return c->h.v & ((1ull << 40) - 1); }
 as_store *as_pctx_store(const as_pctx *c) { return c->s; }

@@ -129,6 +129,12 @@ void as_pctx_errorf(as_pctx *ctx, const char *fmt, ...)
 const char *as_pctx_offload_dir(const as_pctx *ctx);
 as_handle as_pctx_handle(const as_pctx *ctx);
 const char *as_pctx_layer(const as_pctx *ctx);
+/* A key of the item that does not depend on which store holds it: the
+ * handle's slot and generation without the store id. Two stores fed the
+ * same sequence of saves give their items the same keys, so per-item
+ * randomness (stochastic rounding) is the same in both arms of an A/B run
+ * as in a run alone. */
+uint64_t as_pctx_item_key(const as_pctx *ctx);
 as_store *as_pctx_store(const as_pctx *ctx);
 
 /* Lookup by name (built-in registry plus runtime-registered). */

@@ -14,8 +14,10 @@
  * more closely at 8 bytes of (m, s) per group.
  *
  * Randomness is counter-based: u for value j of group g is a hash of
- * (seed, item handle, g, j), so a run is reproducible, the result does not
+ * (seed, item key, g, j), so a run is reproducible, the result does not
  * depend on threads, and successive steps (new handles) draw fresh noise.
+ * The item key is the handle without its store id, so two stores fed the
+ * same saves (the arms of an A/B run) draw the same noise.
  *
  * Stored form: one block: header, G-group parameters, packed codes (codes
  * of a group start on a byte boundary, low bits first).
@@ -149,7 +151,7 @@ static int quant_encode(as_pctx *ctx, const quant_params *p,
     h->group = p->group;
     h->groups = (as_qgroup *)(void *)(blk + off_g);
     h->codes = blk + off_c;
-    uint64_t seed = as__mix64(p->seed ^ as__mix64(as_pctx_handle(ctx).v));
+    uint64_t seed = as__mix64(p->seed ^ as__mix64(as_pctx_item_key(ctx)));
     if (n)
         as__quant_encode(t->data, n, bits, p->group, seed, 0, ng, h->groups,
                          h->codes);
