@@ -3,7 +3,7 @@
  * bounds and against each other (F16C vs portable), byte shuffles, the
  * checksum, per-group quantization (bounds, ranges, determinism, and that
  * stochastic rounding is unbiased over many draws).
- * Policy-level round trips through the store: test_codecs_store.c.
+ * Policy-level round trips through the store: test_store_codecs.c.
  */
 #include <math.h>
 #include <setjmp.h>
