@@ -16,70 +16,7 @@
 #include <cmocka.h>
 
 #include "layers/ops.h"
-
-/* ---- harness -------------------------------------------------------------- */
-
-typedef void (*ref_fn)(const void *cfg, const double *in, double *out);
-
-static uint64_t rng_state = 1;
-static double urand(void)   /* [-1, 1) */
-{
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-}
-static void fill(double *d, size_t n, double s)
-{
-    for (size_t i = 0; i < n; i++)
-        d[i] = urand() * s;
-}
-static float *to_f(const double *d, size_t n)
-{
-    float *f = malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++)
-        f[i] = (float)d[i];
-    return f;
-}
-
-/* Forward check: float result against the double reference. */
-static void check_close(const char *what, const float *got, const double *ref,
-                        size_t n, double tol)
-{
-    double scale = 1e-3, err = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        scale = fmax(scale, fabs(ref[i]));
-        err = fmax(err, fabs(got[i] - ref[i]));
-    }
-    if (err / scale > tol)
-        fail_msg("%s: max error %.3g relative to %.3g (tol %.1g)", what, err,
-                 scale, tol);
-}
-
-/* Gradient check of in[off .. off+n) against finite differences of
- * sum(r * ref(in)). */
-static void check_grad(const char *what, ref_fn ref, const void *cfg,
-                       double *in, size_t nout, const double *r,
-                       const float *analytic, size_t off, size_t n)
-{
-    double *out = malloc(sizeof(double) * nout);
-    double *num = malloc(sizeof(double) * n);
-    const double h = 1e-5;
-    for (size_t i = 0; i < n; i++) {
-        double keep = in[off + i], lp = 0.0, lm = 0.0;
-        in[off + i] = keep + h;
-        ref(cfg, in, out);
-        for (size_t k = 0; k < nout; k++)
-            lp += r[k] * out[k];
-        in[off + i] = keep - h;
-        ref(cfg, in, out);
-        for (size_t k = 0; k < nout; k++)
-            lm += r[k] * out[k];
-        in[off + i] = keep;
-        num[i] = (lp - lm) / (2 * h);
-    }
-    check_close(what, analytic, num, n, 2e-3);
-    free(out);
-    free(num);
-}
+#include "support/fd.h"
 
 /* ---- LayerNorm -------------------------------------------------------- */
 
