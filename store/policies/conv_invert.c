@@ -320,6 +320,34 @@ typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
 #define ld8(p) (*(const v8u *)(p))
 #define st8(p, v) (*(v8u *)(p) = (v))
 
+/* Four output channels of one block of 8 lanes, summed over nt taps and K
+ * channels: d[j*NB + l] = sum_t sum_k w_t[j*K + k] * x_t[k*NB + l], j < 4,
+ * l < 8, with w_t = wtap[t] + woff (four rows of K weights) and
+ * x_t = taps[t] + xoff. The convolution (border_row: K = Cin) and its
+ * transpose (adjoint_row: K = Cout) share it. Always inlined, so each
+ * target clone of the caller gets its own copy. */
+static inline __attribute__((always_inline)) void
+taps_dot4(int nt, const float *const *wtap, size_t woff, const float *const *taps,
+          size_t xoff, int K, int NB, float *d)
+{
+    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (int t = 0; t < nt; t++) {
+        const float *w0 = wtap[t] + woff;
+        const float *src = taps[t] + xoff;
+        for (int k = 0; k < K; k++) {
+            const v8 xv = ld8(src + (size_t)k * NB);
+            a0 += w0[k] * xv;
+            a1 += w0[K + k] * xv;
+            a2 += w0[2 * K + k] * xv;
+            a3 += w0[3 * K + k] * xv;
+        }
+    }
+    st8(d, a0);
+    st8(d + NB, a1);
+    st8(d + 2 * NB, a2);
+    st8(d + 3 * NB, a3);
+}
+
 /* x^(f) = M(f) z^(f) for all lanes at one frequency. z: [re|im][Cout][NB],
  * xo: [re|im][Cin][NB]; s = -1 applies conj(M). Blocks of 4 input channels
  * x 8 lanes keep their 8 accumulators in registers over the Cout loop. */
@@ -471,25 +499,9 @@ static void border_row(const as__conv_inv *ci, const float *xf, const int *fidx,
         for (int ri = 0; ri < 2; ri++)
             for (int l0 = 0; l0 < NB; l0 += 8) {
                 int o = 0;
-                for (; o + 4 <= cout; o += 4) {
-                    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                    for (int t = 0; t < nt; t++) {
-                        const float *w0 = wtap[t] + (size_t)o * cin;
-                        const float *src = taps[t] + ri * Bi + l0;
-                        for (int c = 0; c < cin; c++) {
-                            const v8 xv = ld8(src + (size_t)c * NB);
-                            a0 += w0[c] * xv;
-                            a1 += w0[cin + c] * xv;
-                            a2 += w0[2 * cin + c] * xv;
-                            a3 += w0[3 * cin + c] * xv;
-                        }
-                    }
-                    float *d = fe + ri * Bo + (size_t)o * NB + l0;
-                    st8(d, a0);
-                    st8(d + NB, a1);
-                    st8(d + 2 * NB, a2);
-                    st8(d + 3 * NB, a3);
-                }
+                for (; o + 4 <= cout; o += 4)
+                    taps_dot4(nt, wtap, (size_t)o * cin, taps, ri * Bi + l0, cin, NB,
+                              fe + ri * Bo + (size_t)o * NB + l0);
                 for (; o < cout; o++) {
                     v8 acc = {0};
                     for (int t = 0; t < nt; t++) {
@@ -578,6 +590,30 @@ static void frame_index(const as__conv_inv *ci, int *fidx)
         for (int q = 0; q < ci->left; q++) fidx[r * W + q] = k++;
         for (int q = W - ci->right; q < W; q++) fidx[r * W + q] = k++;
     }
+}
+
+/* The frame of n images into xf, one planar element per frame pixel
+ * ([re|im][Cin][NB], image j + ri*N2 in lane j of half ri), and the frame
+ * index of every image pixel into fidx; nothing when there is no frame. */
+static void frame_pack(const as__conv_inv *ci, int n, const float *frame, float *xf,
+                       int *fidx, int NB)
+{
+    const int cin = ci->g.cin, N2 = (n + 1) / 2;
+    const size_t Bi = (size_t)cin * NB, Ei = 2 * Bi;
+    const size_t flen = as__conv_frame_len(&ci->g);
+    if (!flen)
+        return;
+    memset(xf, 0, sizeof(float) * flen * Ei);
+    for (int img = 0; img < n; img++) {
+        const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
+        for (int c = 0; c < cin; c++) {
+            const float *fr = frame + ((size_t)img * cin + c) * flen;
+            float *base = xf + ri * Bi + (size_t)c * NB + np;
+            for (size_t k = 0; k < flen; k++)
+                base[k * Ei] = fr[k];
+        }
+    }
+    frame_index(ci, fidx);
 }
 
 /* Work space of a restore: carved from the caller's block when one was
@@ -715,19 +751,7 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
     double t_fft = 0, t_build = 0;
 
     /* The frame, one planar element per frame pixel. */
-    if (flen) {
-        memset(xf, 0, sizeof(float) * flen * Ei);
-        for (int img = 0; img < n; img++) {
-            const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
-            for (int c = 0; c < cin; c++) {
-                const float *fr = frame + ((size_t)img * cin + c) * flen;
-                float *base = xf + ri * Bi + (size_t)c * NB + np;
-                for (size_t k = 0; k < flen; k++)
-                    base[k * Ei] = fr[k];
-            }
-        }
-        frame_index(ci, fidx);
-    }
+    frame_pack(ci, n, frame, xf, fidx, NB);
 
     /* Rows: build F row by row, FFT along Q into G. */
     for (int a = 0; a < Pl; a++) {
@@ -886,25 +910,9 @@ static void adjoint_row(const as__conv_inv *ci, const float *F, int p, float *ou
                 for (int h = 0; h <= two; h++) {
                     const int lb = l0 + 8 * h;
                     int c2 = c;
-                    for (; c2 + 4 <= cin; c2 += 4) {
-                        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                        for (int t = 0; t < nt; t++) {
-                            const float *w0 = wtap[t] + (size_t)c2 * cout;
-                            const float *src = taps[t] + ri * Bo + lb;
-                            for (int o = 0; o < cout; o++) {
-                                const v8 fv = ld8(src + (size_t)o * NB);
-                                a0 += w0[o] * fv;
-                                a1 += w0[cout + o] * fv;
-                                a2 += w0[2 * cout + o] * fv;
-                                a3 += w0[3 * cout + o] * fv;
-                            }
-                        }
-                        float *d = dst + ri * Bi + (size_t)c2 * NB + lb;
-                        st8(d, a0);
-                        st8(d + NB, a1);
-                        st8(d + 2 * NB, a2);
-                        st8(d + 3 * NB, a3);
-                    }
+                    for (; c2 + 4 <= cin; c2 += 4)
+                        taps_dot4(nt, wtap, (size_t)c2 * cout, taps, ri * Bo + lb, cout, NB,
+                                  dst + ri * Bi + (size_t)c2 * NB + lb);
                     for (; c2 < cin; c2++) {
                         v8 acc0 = {0}, acc1 = {0};
                         for (int t = 0; t < nt; t++) {
@@ -990,19 +998,7 @@ static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const floa
     float *C = wtake(&wk, sizeof(float) * (size_t)4 * P * Ei);
     float *mblk = wtake(&wk, sizeof(float) * gsz * P);
     double t0 = now_ms();
-    if (flen) {
-        memset(xf, 0, sizeof(float) * flen * Ei);
-        for (int img = 0; img < n; img++) {
-            const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
-            for (int c = 0; c < cin; c++) {
-                const float *fr = frame + ((size_t)img * cin + c) * flen;
-                float *base = xf + ri * Bi + (size_t)c * NB + np;
-                for (size_t k = 0; k < flen; k++)
-                    base[k * Ei] = fr[k];
-            }
-        }
-        frame_index(ci, fidx);
-    }
+    frame_pack(ci, n, frame, xf, fidx, NB);
     /* F in the spatial domain, rows < Pl. */
     for (int a = 0; a < Pl; a++) {
         float *Ra = F + (size_t)a * Q * Eo;
