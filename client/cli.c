@@ -35,6 +35,28 @@ bool as_cli_is_help(const char *arg)
     return arg && (!strcmp(arg, "-h") || !strcmp(arg, "--help"));
 }
 
+int as_cli_next_opt(const char *cmd, const char *usage, int argc, char **argv, int *i,
+                    const as_cli_flag *flags, const char **opt, const char **val)
+{
+    const char *a = argv[*i];
+    if (as_cli_is_help(a)) {
+        fputs(usage, stdout);
+        return AS_EXIT_OK;
+    }
+    for (const as_cli_flag *f = flags; f && f->name; f++)
+        if (!strcmp(a, f->name)) {
+            *f->set = true;
+            return AS_CLI_FLAG;
+        }
+    if (strncmp(a, "--", 2))
+        return as_cli_usage(cmd, "unexpected argument '%s'", a);
+    if (*i + 1 >= argc)
+        return as_cli_usage(cmd, "%s needs a value", a);
+    *opt = a;
+    *val = argv[++*i];
+    return AS_CLI_VALUE;
+}
+
 int as_cli_write_json(const char *cmd, const char *path, const cJSON *json)
 {
     char *text = cJSON_Print(json);

@@ -38,6 +38,25 @@ int as_cli_parse_u64(const char *cmd, const char *opt, const char *val,
 int as_cli_parse_double(const char *cmd, const char *opt, const char *val,
                         double *out);
 
+/* A flag of a subcommand (an option without a value): seen sets *set. */
+typedef struct as_cli_flag {
+    const char *name;   /* "--quiet" */
+    bool       *set;
+} as_cli_flag;
+
+enum { AS_CLI_FLAG = -1, AS_CLI_VALUE = -2 };
+
+/* One turn of a subcommand's option loop, at argv[*i]: "-h"/"--help"
+ * prints usage to stdout and gives AS_EXIT_OK; one of flags[] (ended by a
+ * NULL name) sets its bool and gives AS_CLI_FLAG; "--name value" sets
+ * *opt = argv[*i], *val = the value, moves *i to the value and gives
+ * AS_CLI_VALUE. Anything else (not "--...", or no value after it) prints a
+ * usage message naming the argument and gives AS_EXIT_USAGE. The caller
+ * continues on AS_CLI_FLAG, parses *opt on AS_CLI_VALUE, else returns the
+ * code. */
+int as_cli_next_opt(const char *cmd, const char *usage, int argc, char **argv, int *i,
+                    const as_cli_flag *flags, const char **opt, const char **val);
+
 /* stdout is a terminal (and TERM is not "dumb"). */
 bool as_cli_stdout_is_tty(void);
 

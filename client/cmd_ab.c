@@ -80,25 +80,15 @@ int as_cmd_ab(int argc, char **argv)
     bool serve_remote = false, quiet = false;
     unsigned long long seeds = 3, seed = 1, steps = 0, check = 50, threads = 0;
     double epochs = 0;
+    const as_cli_flag flags[] = {{"--serve-remote", &serve_remote}, {"--quiet", &quiet},
+                                 {NULL, NULL}};
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (as_cli_is_help(a)) {
-            fputs(usage_text, stdout);
-            return AS_EXIT_OK;
-        }
-        if (!strcmp(a, "--serve-remote")) {
-            serve_remote = true;
+        const char *a, *v;
+        int r = as_cli_next_opt("ab", usage_text, argc, argv, &i, flags, &a, &v);
+        if (r == AS_CLI_FLAG)
             continue;
-        }
-        if (!strcmp(a, "--quiet")) {
-            quiet = true;
-            continue;
-        }
-        if (strncmp(a, "--", 2))
-            return as_cli_usage("ab", "unexpected argument '%s'", a);
-        if (i + 1 >= argc)
-            return as_cli_usage("ab", "%s needs a value", a);
-        const char *v = argv[++i];
+        if (r != AS_CLI_VALUE)
+            return r;
         int bad = 0;
         if (!strcmp(a, "--model")) model = v;
         else if (!strcmp(a, "--a")) spec_a = v;

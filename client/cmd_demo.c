@@ -69,25 +69,14 @@ int as_cmd_demo(int argc, char **argv)
     const char *out = "actstore-demo", *serve = NULL, *preset = "bench", *data_dir = NULL;
     unsigned long long steps = 400, seeds = 3, threads = 0;
     bool quiet = false, no_wait = false;
+    const as_cli_flag flags[] = {{"--quiet", &quiet}, {"--no-wait", &no_wait}, {NULL, NULL}};
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (as_cli_is_help(a)) {
-            fputs(usage_text, stdout);
-            return AS_EXIT_OK;
-        }
-        if (!strcmp(a, "--quiet")) {
-            quiet = true;
+        const char *a, *v;
+        int r = as_cli_next_opt("demo", usage_text, argc, argv, &i, flags, &a, &v);
+        if (r == AS_CLI_FLAG)
             continue;
-        }
-        if (!strcmp(a, "--no-wait")) {
-            no_wait = true;
-            continue;
-        }
-        if (strncmp(a, "--", 2))
-            return as_cli_usage("demo", "unexpected argument '%s'", a);
-        if (i + 1 >= argc)
-            return as_cli_usage("demo", "%s needs a value", a);
-        const char *v = argv[++i];
+        if (r != AS_CLI_VALUE)
+            return r;
         int bad = 0;
         if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--serve")) serve = v;
