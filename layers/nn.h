@@ -280,9 +280,9 @@ int as_nn_xent_bwd(as_nn_ctx *c, as_nn_xent *l, float *dlogits);
 /* Multi-head self-attention: qkv = x Wqkv^T + b, core, out = o Wo^T + b.
  * Saves: x (linear_input, by the qkv linear), qkv (attention_input),
  * P (softmax_output: row length T, T queries per (b, h), causal flag),
- * o (linear_input, by the output linear). Backward streams P per (b, h)
- * with restore_rows and runs the softmax backward through the store, so a
- * softmax codec decodes P once and may use its own backward. */
+ * o (linear_input, by the output linear). Backward decodes P once per
+ * (b, h) with restore_rows into a (T, T) workspace and uses that block for
+ * both dV and the softmax backward. */
 typedef struct as_nn_attn {
     char name[64]; uint16_t id;
     int C, NH; bool causal;

@@ -8,10 +8,11 @@
  * needs, in whatever form the policy chose.
  *
  * Backward streams P one (batch, head) block at a time through
- * as_store_restore_rows (so a compressed P is never decoded whole), computes
- * dV = P^T dO and dP = dO V^T, then asks the store for the softmax backward
- * over all of dP at once (a softmax codec answers straight from its stored
- * form), then dQ, dK.
+ * as_store_restore_rows into one (T, T) workspace (so a compressed P is
+ * decoded once per step and never whole), and per block computes
+ * dP = dO V^T, dV = P^T dO, dS = P * (dP - <dP, P>) from that same decoded
+ * block (as_op_attn_softmax_bwd, bit-identical to the softmax codecs' own
+ * backward), then dQ, dK. Workspace beyond dO and dqkv: two (T, T) blocks.
  */
 #include "layers/nn.h"
 
@@ -92,23 +93,23 @@ int as_nn_attn_bwd(as_nn_ctx *c, as_nn_attn *l, const float *dy, float *dx)
     TRY(rc = as_nn_view(c, l->hqkv, l->name, &qkv));
     TRY(rc = as_nn_alloc(c, sizeof(float) * 3 * (size_t)N * C,
                          AS_TAG_WORKSPACE, l->id, false, &dqkv)); /* (B,T,3C) */
-    TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)B * NH * T * T,
-                         AS_TAG_WORKSPACE, l->id, false, &dP));   /* (B,NH,T,T) */
+    TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)T * T, AS_TAG_WORKSPACE,
+                         l->id, false, &dP));                     /* (T,T) */
     TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)T * T, AS_TAG_WORKSPACE,
                          l->id, false, &Pb));                     /* (T,T) */
+    /* one decode of P per (b, h), used by dV and by the softmax backward;
+     * dP becomes dS in place, then dQ, dK */
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             size_t bh = (size_t)b * NH + h;
             TRY(rc = as_nn_rows(c, l->hP, (int64_t)bh * T, T, AS_NN_F(Pb)));
             as_op_attn_bwd_pv(T, C, NH, b, h, qkv, AS_NN_F(Pb), AS_NN_F(dO),
-                              AS_NN_F(dqkv), AS_NN_F(dP) + bh * T * T);
-        }
-    TRY(rc = as_nn_softmax_bwd_saved(c, l->hP, AS_NN_F(dP), AS_NN_F(dP)));
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            as_op_attn_bwd_qk(T, C, NH, b, h, qkv,
-                              AS_NN_F(dP) + ((size_t)b * NH + h) * T * T,
+                              AS_NN_F(dqkv), AS_NN_F(dP));
+            as_op_attn_softmax_bwd(T, l->causal, AS_NN_F(Pb), AS_NN_F(dP),
+                                   AS_NN_F(dP));
+            as_op_attn_bwd_qk(T, C, NH, b, h, qkv, AS_NN_F(dP),
                               AS_NN_F(dqkv));
+        }
     as_nn_release(c, &l->hP);
     as_nn_release(c, &l->hqkv);
     TRY(rc = as_nn_linear_bwd(c, &l->qkv, AS_NN_F(dqkv), dx));

@@ -164,6 +164,13 @@ void as_op_attn_bwd_pv(int T, int C, int NH, int b, int h, const float *qkv,
                        float *dP_bh);
 void as_op_attn_bwd_qk(int T, int C, int NH, int b, int h, const float *qkv,
                        const float *dS_bh, float *dqkv);
+/* Softmax backward of one head's decoded P (T, T): per query q, over its
+ * valid keys (k <= q when causal, else all), dS = P * (dP - <dP, P>) with
+ * the dot in double (the arithmetic of the softmax codecs' backward, so
+ * the result equals theirs bit for bit); masked entries 0. dS_bh may
+ * alias dP_bh. */
+void as_op_attn_softmax_bwd(int T, bool causal, const float *P_bh,
+                            const float *dP_bh, float *dS_bh);
 
 /* ---- embeddings -------------------------------------------------------- */
 

@@ -10,9 +10,9 @@
  *   dV = P^T dO            (T, hd)
  *   dS = P * (dP - rowsum(dP * P))      (or a policy's softmax backward)
  *   dQ = scale dS K,  dK = scale dS^T Q
- * P enters only through dV and the softmax backward, so a policy that keeps
- * P compressed decodes it once (restore) and may replace the second use by
- * its own backward straight from the stored form.
+ * P enters only through dV and the softmax backward, so a caller that keeps
+ * P compressed decodes each block once and feeds the same decoded block to
+ * both (as_op_attn_bwd_pv, as_op_attn_softmax_bwd).
  */
 #include "layers/ops.h"
 
@@ -49,6 +49,24 @@ void as_op_attn_bwd_pv(int T, int C, int NH, int b, int h, const float *qkv,
     as_op_gemm(false, true, T, T, hd, 1.0f, dO, C, v, C3, 0.0f, dP_bh, T);
     as_op_gemm(true, false, T, hd, T, 1.0f, P_bh, T, dO, C, 0.0f,
                dqkv + qo + 2 * C, C3);
+}
+
+void as_op_attn_softmax_bwd(int T, bool causal, const float *P_bh,
+                            const float *dP_bh, float *dS_bh)
+{
+    for (int q = 0; q < T; q++) {
+        const float *y = P_bh + (size_t)q * T, *g = dP_bh + (size_t)q * T;
+        float *o = dS_bh + (size_t)q * T;
+        int n = causal && q + 1 < T ? q + 1 : T;
+        double dot = 0.0;
+        for (int k = 0; k < n; k++)
+            dot += (double)g[k] * y[k];
+        float d = (float)dot;
+        for (int k = 0; k < n; k++)
+            o[k] = y[k] * (g[k] - d);
+        for (int k = n; k < T; k++)
+            o[k] = 0.0f;
+    }
 }
 
 void as_op_attn_bwd_qk(int T, int C, int NH, int b, int h, const float *qkv,
