@@ -17,7 +17,9 @@
 
 #include "actstore/alloc.h"
 #include "bench.h"
+#include "bench_util.h"
 #include "cli.h"
+#include "stats.h"
 
 /* glibc's own allocator: jemalloc replaces malloc in this process. */
 extern void *__libc_malloc(size_t);
@@ -35,20 +37,13 @@ typedef struct ctx {
     unsigned  je_arena, je_tcache;
 } ctx;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 #define KEEP(p) __asm__ volatile("" : : "r"(p) : "memory")
 
 /* Time n pairs of one implementation at one size; returns ns per pair, or a
  * negative value on allocation failure. */
 static double run_cell(ctx *c, int impl, size_t size, unsigned long n)
 {
-    uint64_t t0 = now_ns();
+    uint64_t t0 = as_bench_clock_ns(CLOCK_MONOTONIC);
     switch (impl) {
     case IMPL_GLIBC:
         for (unsigned long i = 0; i < n; i++) {
@@ -81,13 +76,7 @@ static double run_cell(ctx *c, int impl, size_t size, unsigned long n)
         }
         break;
     }
-    return (double)(now_ns() - t0) / (double)n;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+    return (double)(as_bench_clock_ns(CLOCK_MONOTONIC) - t0) / (double)n;
 }
 
 static void usage(FILE *f)
@@ -177,9 +166,7 @@ int as_bench_alloc(int argc, char **argv)
         double med[NIMPL];
         for (int impl = 0; impl < NIMPL; impl++) {
             double *v = &ns[(si * NIMPL + (unsigned)impl) * repeats];
-            qsort(v, repeats, sizeof *v, cmp_double);
-            med[impl] = repeats % 2 ? v[repeats / 2]
-                                    : 0.5 * (v[repeats / 2 - 1] + v[repeats / 2]);
+            med[impl] = as_stats_median(v, repeats);
             cJSON *e = cJSON_CreateObject();
             cJSON_AddStringToObject(e, "impl", impl_name[impl]);
             cJSON_AddNumberToObject(e, "size_bytes", (double)sizes[si]);

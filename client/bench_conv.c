@@ -17,8 +17,10 @@
 #include <time.h>
 
 #include "bench.h"
+#include "bench_util.h"
 #include "cli.h"
 #include "layers/ops.h"
+#include "stats.h"
 #include "store/policies/conv_invert.h"
 
 typedef struct shape {
@@ -43,24 +45,7 @@ static double nrand(void)
  * and with one thread it is the time of the kernel measured. */
 static clockid_t bench_clock = CLOCK_PROCESS_CPUTIME_ID;
 
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(bench_clock, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+static double now_ms(void) { return as_bench_clock_s(bench_clock) * 1e3; }
 
 /* Default set: every channel pair at 28x28 with k3 'same'; kernels 1/3/5 and
  * padding 0/same on 16/16 and 32/32 at 28x28, 14x14 and 7x7; 64x64 maps for
@@ -166,7 +151,7 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
         as_op_conv_fwd(&og, x, w, b, y, ws);
         tf[r] = now_ms() - t0;
     }
-    double fwd = median(tf, reps);
+    double fwd = as_stats_median(tf, (size_t)reps);
     as__conv_frame_extract(&g, s->n, x, fr);
 
     char why[200] = "";
@@ -198,8 +183,8 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
             ti[r] = now_ms() - t0;
             qi[r] = ti[r] / tfi[r];
         }
-        inv = median(ti, reps);
-        ratio = median(qi, reps);
+        inv = as_stats_median(ti, (size_t)reps);
+        ratio = as_stats_median(qi, (size_t)reps);
         as__conv_inv_stats st;
         as__conv_inv_get_stats(ci, &st);
         /* What the policy does per training step: the condition check at
@@ -218,8 +203,8 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
             ts[r] = now_ms() - t0;
             qs[r] = ts[r] / tfs[r];
         }
-        stream = median(ts, reps);
-        sratio = median(qs, reps);
+        stream = as_stats_median(ts, (size_t)reps);
+        sratio = as_stats_median(qs, (size_t)reps);
         as__conv_inv_stats ss;
         as__conv_inv_get_stats(cs, &ss);
         cond_ms = ss.cond_ms;

@@ -25,33 +25,18 @@
 #include <time.h>
 
 #include "bench.h"
+#include "bench_util.h"
 #include "cli.h"
 #include "layers/ops.h"
 #include "layers/train.h"
+#include "stats.h"
 
 /* With one BLAS thread every kernel runs on the calling thread, so its CPU
  * time is the honest cost: time the host's other processes take from this
  * thread is not counted. With more threads, wall time. */
 static clockid_t bench_clock = CLOCK_THREAD_CPUTIME_ID;
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(bench_clock, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+static double now_s(void) { return as_bench_clock_s(bench_clock); }
 
 static float *randbuf(size_t n, uint64_t *s)
 {
@@ -161,8 +146,8 @@ static void pair(kern_fn a, void *ua, kern_fn b, void *ub, int reps,
         va[r] = time_once(a, ua, ia);
         vb[r] = time_once(b, ub, ib);
     }
-    *ta = median(va, reps);
-    *tb = median(vb, reps);
+    *ta = as_stats_median(va, (size_t)reps);
+    *tb = as_stats_median(vb, (size_t)reps);
 }
 
 /* ---- command --------------------------------------------------------------- */
@@ -230,7 +215,7 @@ int as_bench_layers(int argc, char **argv)
     int ipk = calibrate(run_gemm, &peak);
     for (int r = 0; r < R; r++)
         tpk[r] = time_once(run_gemm, &peak, ipk);
-    const double peak_gf = 2e-9 * 1024.0 * 1024 * 1024 / median(tpk, R);
+    const double peak_gf = 2e-9 * 1024.0 * 1024 * 1024 / as_stats_median(tpk, (size_t)R);
     cJSON *pk = cJSON_AddObjectToObject(root, "sgemm_peak");
     cJSON_AddNumberToObject(pk, "m", 1024);
     cJSON_AddNumberToObject(pk, "n", 1024);

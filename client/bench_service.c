@@ -46,6 +46,7 @@
 
 #include "actstore/service.h"
 #include "bench.h"
+#include "bench_util.h"
 #include "cli.h"
 #include "client.h"
 #include "layers/train.h"
@@ -56,12 +57,7 @@
 enum { C_PLAIN, C_OFF, C_IDLE, C_CLIENTS, NCONF };
 static const char *const conf_name[NCONF] = {"plain", "off", "on_idle", "on_clients"};
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+static double now_s(void) { return as_bench_clock_s(CLOCK_MONOTONIC); }
 
 /* ---- the load: SSE clients on their own loop, a scraper thread ---------------- */
 
@@ -106,7 +102,7 @@ static void on_stop(uv_async_t *a)
     uv_close((uv_handle_t *)&l->stop_async, NULL);
 }
 
-static double thread_cpu_s(void);
+static double thread_cpu_s(void) { return as_bench_clock_s(CLOCK_THREAD_CPUTIME_ID); }
 
 static void *sse_main(void *arg)
 {
@@ -203,13 +199,6 @@ typedef struct steps_res {
     double  cpu_s[NCONF], wall_s[NCONF];   /* service thread CPU during blocks */
     double  client_cpu_s, client_wall_s;    /* the bench's client threads */
 } steps_res;
-
-static double thread_cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Wall and CPU time (this thread: with one BLAS thread every kernel runs
  * here) of each measured step. CPU time does not count the time other
@@ -391,19 +380,13 @@ static long ka_get(int fd, const char *path, char **buf, size_t *cap)
     }
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* 95% confidence interval of the median of x (n values, sorted in place):
  * order statistics x[k-1] and x[n-k] with the largest k such that
  * P(Binomial(n, 1/2) <= k - 1) <= 0.025 (sign test; no assumption on the
  * distribution, robust to the outliers a busy machine produces). */
 static void median_ci(double *x, size_t n, double *lo, double *hi)
 {
-    qsort(x, n, sizeof *x, cmp_double);
+    as_stats_sort(x, n);
     double p = pow(0.5, (double)n), cum = p;   /* P(X <= 0) */
     size_t k = 0;
     for (size_t j = 1; j < n && cum <= 0.025; j++) {
@@ -518,7 +501,7 @@ static int bench_metrics(unsigned layers, unsigned requests, const unsigned top[
             for (const char *q = body[k]; (q = strstr(q, "\nactstore_")); q++)
                 out[k].series++;
             out[k].top = top[k];
-            qsort(lat[k], requests, sizeof *lat[k], cmp_double);   /* p50, p99, max */
+            as_stats_sort(lat[k], requests);   /* p50, p99, max */
             out[k].p50_ms = lat[k][requests / 2];
             out[k].p99_ms = lat[k][(size_t)((requests - 1) * 0.99)];
             out[k].max_ms = lat[k][requests - 1];

@@ -30,7 +30,9 @@
 
 #include "actstore/store.h"
 #include "bench.h"
+#include "bench_util.h"
 #include "cli.h"
+#include "stats.h"
 #include "store/policies/quant.h"   /* as__offload_wait_idle */
 
 #define CMD "bench store"
@@ -65,16 +67,9 @@ typedef struct stamp_t {
     uint64_t wall, cpu;
 } stamp_t;
 
-static uint64_t clock_ns(clockid_t id)
-{
-    struct timespec ts;
-    clock_gettime(id, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static stamp_t stamp(void)
 {
-    stamp_t t = {clock_ns(CLOCK_MONOTONIC), clock_ns(CLOCK_THREAD_CPUTIME_ID)};
+    stamp_t t = {as_bench_clock_ns(CLOCK_MONOTONIC), as_bench_clock_ns(CLOCK_THREAD_CPUTIME_ID)};
     return t;
 }
 
@@ -133,18 +128,6 @@ static double max_abs_err(const float *a, const float *b, size_t n)
             m = d;
     }
     return m;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, size_t n)
-{
-    qsort(v, n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 static uint64_t stored_live(as_store *s)
@@ -361,10 +344,10 @@ int as_bench_store(int argc, char **argv)
     for (int p = 0; p < NPOL; p++)
         for (int k = 0; k < NTENSORS; k++) {
             cell *c = &cells[p][k];
-            sg[0][p][k] = (double)bytes / median(c->save_s, repeats) * 1e-9;
-            rg[0][p][k] = (double)bytes / median(c->restore_s, repeats) * 1e-9;
-            sg[1][p][k] = (double)bytes / median(c->save_c, repeats) * 1e-9;
-            rg[1][p][k] = (double)bytes / median(c->restore_c, repeats) * 1e-9;
+            sg[0][p][k] = (double)bytes / as_stats_median(c->save_s, repeats) * 1e-9;
+            rg[0][p][k] = (double)bytes / as_stats_median(c->restore_s, repeats) * 1e-9;
+            sg[1][p][k] = (double)bytes / as_stats_median(c->save_c, repeats) * 1e-9;
+            rg[1][p][k] = (double)bytes / as_stats_median(c->restore_c, repeats) * 1e-9;
         }
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "bench", "store");
@@ -433,7 +416,7 @@ int as_bench_store(int argc, char **argv)
     }
     double cold_us = 0;
     for (int k = 0; k < NTENSORS; k++) {
-        double cu = median(cells[P_KEEP_ADOPT][k].cold_s, repeats) * 1e6;
+        double cu = as_stats_median(cells[P_KEEP_ADOPT][k].cold_s, repeats) * 1e6;
         cold_us = cu > cold_us ? cu : cold_us;
     }
     cJSON *targets = cJSON_AddArrayToObject(root, "targets");
