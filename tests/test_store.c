@@ -23,6 +23,7 @@
 
 #include "actstore/store.h"
 #include "store/policies/quant.h"
+#include "support/store_stats.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -73,22 +74,6 @@ __attribute__((noinline)) static void assert_contains(const char *hay, const cha
 {
     if (!strstr(hay, needle))
         fail_msg("'%s' does not contain '%s'", hay, needle);
-}
-
-static as_store_stats stats(as_store *s)
-{
-    as_store_stats st;
-    assert_int_equal(as_store_stats_take(s, &st), 0);
-    return st;
-}
-
-static const as_store_layer_stats *layer_of(const as_store_stats *st, const char *name)
-{
-    for (size_t i = 0; i < st->nlayers; i++)
-        if (!strcmp(st->layers[i].name, name))
-            return &st->layers[i];
-    fail_msg("layer %s not in the stats", name);
-    return NULL;
 }
 
 static as_counter arena_tag(as_store *s, int tag)

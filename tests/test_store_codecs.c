@@ -28,6 +28,7 @@
 #include "actstore/store.h"
 #include "store/policies/quant.h"
 #include "store/store_internal.h"
+#include "support/store_stats.h"
 
 /* ---- helpers -------------------------------------------------------------- */
 
@@ -95,22 +96,6 @@ static void rm_tmp(const char *dir)
     while (offload_files(dir, p, sizeof p) > 0)
         unlink(p);
     rmdir(dir);
-}
-
-static as_store_stats stats(as_store *s)
-{
-    as_store_stats st;
-    assert_int_equal(as_store_stats_take(s, &st), 0);
-    return st;
-}
-
-static const as_store_layer_stats *layer_of(const as_store_stats *st, const char *name)
-{
-    for (size_t i = 0; i < st->nlayers; i++)
-        if (!strcmp(st->layers[i].name, name))
-            return &st->layers[i];
-    fail_msg("layer %s not in the stats", name);
-    return NULL;
 }
 
 /* A test tensor of a dtype: mixed data (runs of zeros, specials for the
