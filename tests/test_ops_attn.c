@@ -17,26 +17,9 @@
 
 #include "layers/ops.h"
 #include "support/fd.h"
+#include "support/ref.h"
 
 /* ---- LayerNorm -------------------------------------------------------- */
-
-typedef struct { int N, C; } ln_cfg;
-static void ln_ref(const void *c_, const double *p, double *y)
-{
-    const ln_cfg *c = c_;
-    const double *x = p, *g = x + c->N * c->C, *b = g + c->C;
-    for (int n = 0; n < c->N; n++) {
-        double m = 0, v = 0;
-        for (int k = 0; k < c->C; k++)
-            m += x[n * c->C + k];
-        m /= c->C;
-        for (int k = 0; k < c->C; k++)
-            v += (x[n * c->C + k] - m) * (x[n * c->C + k] - m);
-        v /= c->C;
-        for (int k = 0; k < c->C; k++)
-            y[n * c->C + k] = (x[n * c->C + k] - m) / sqrt(v + 1e-5) * g[k] + b[k];
-    }
-}
 
 static void test_layernorm(void **state)
 {
@@ -60,31 +43,6 @@ static void test_layernorm(void **state)
 }
 
 /* ---- BatchNorm -------------------------------------------------------- */
-
-typedef struct { int N, C, HW; } bn_cfg;
-static void bn_ref(const void *c_, const double *p, double *y)
-{
-    const bn_cfg *c = c_;
-    const double *x = p, *g = x + c->N * c->C * c->HW, *b = g + c->C;
-    for (int k = 0; k < c->C; k++) {
-        double m = 0, v = 0, cnt = c->N * c->HW;
-        for (int n = 0; n < c->N; n++)
-            for (int i = 0; i < c->HW; i++)
-                m += x[(n * c->C + k) * c->HW + i];
-        m /= cnt;
-        for (int n = 0; n < c->N; n++)
-            for (int i = 0; i < c->HW; i++) {
-                double d = x[(n * c->C + k) * c->HW + i] - m;
-                v += d * d;
-            }
-        v /= cnt;
-        for (int n = 0; n < c->N; n++)
-            for (int i = 0; i < c->HW; i++) {
-                size_t o = (size_t)(n * c->C + k) * c->HW + i;
-                y[o] = (x[o] - m) / sqrt(v + 1e-5) * g[k] + b[k];
-            }
-    }
-}
 
 static void test_batchnorm(void **state)
 {

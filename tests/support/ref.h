@@ -1,0 +1,153 @@
+/*
+ * Double-precision references of the kernel and layer tests (test_ops.c,
+ * test_ops_attn.c, test_layers.c), in the ref_fn form of fd.h:
+ * out = f(in), in = the input then the parameters in one array (x, W, b
+ * for linear and conv; x, gamma, beta for the norms). Header-only (static
+ * inline).
+ */
+#ifndef AS_TESTS_SUPPORT_REF_H
+#define AS_TESTS_SUPPORT_REF_H
+
+#include <math.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layers/ops.h"
+
+typedef struct { int N, in, out; } lin_cfg;
+static inline void lin_ref(const void *c_, const double *p, double *y)
+{
+    const lin_cfg *c = c_;
+    const double *x = p, *W = x + c->N * c->in, *b = W + c->out * c->in;
+    for (int n = 0; n < c->N; n++)
+        for (int o = 0; o < c->out; o++) {
+            double s = b[o];
+            for (int i = 0; i < c->in; i++)
+                s += x[n * c->in + i] * W[o * c->in + i];
+            y[n * c->out + o] = s;
+        }
+}
+
+static inline void conv_ref(const void *c_, const double *p, double *y)
+{
+    const as_op_conv_geom *g = c_;
+    const double *x = p, *W = x + (size_t)g->N * g->Cin * g->H * g->W;
+    const double *b = W + (size_t)g->Cout * g->Cin * g->kh * g->kw;
+    for (int n = 0; n < g->N; n++)
+        for (int o = 0; o < g->Cout; o++)
+            for (int oh = 0; oh < g->Ho; oh++)
+                for (int ow = 0; ow < g->Wo; ow++) {
+                    double s = b[o];
+                    for (int c = 0; c < g->Cin; c++)
+                        for (int i = 0; i < g->kh; i++)
+                            for (int j = 0; j < g->kw; j++) {
+                                int ih = oh * g->stride - g->pad + i;
+                                int iw = ow * g->stride - g->pad + j;
+                                if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W)
+                                    continue;
+                                s += x[((n * g->Cin + c) * g->H + ih) * g->W + iw] *
+                                     W[((o * g->Cin + c) * g->kh + i) * g->kw + j];
+                            }
+                    y[((n * g->Cout + o) * g->Ho + oh) * g->Wo + ow] = s;
+                }
+}
+
+typedef struct { int N, C, H, W, k; bool max; } pool_cfg;
+static inline void pool_ref(const void *c_, const double *x, double *y)
+{
+    const pool_cfg *c = c_;
+    int Ho = c->H / c->k, Wo = c->W / c->k;
+    for (int nc = 0; nc < c->N * c->C; nc++)
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++) {
+                double acc = c->max ? -1e300 : 0.0;
+                for (int i = 0; i < c->k; i++)
+                    for (int j = 0; j < c->k; j++) {
+                        double v = x[(nc * c->H + oh * c->k + i) * c->W + ow * c->k + j];
+                        acc = c->max ? fmax(acc, v) : acc + v;
+                    }
+                y[(nc * Ho + oh) * Wo + ow] = c->max ? acc : acc / (c->k * c->k);
+            }
+}
+
+typedef struct { int rows, L; bool causal; const int32_t *valid; } sm_cfg;
+static inline void sm_ref(const void *c_, const double *x, double *y)
+{
+    const sm_cfg *c = c_;
+    for (int r = 0; r < c->rows; r++) {
+        int n = c->causal ? r % c->L + 1 : (c->valid ? c->valid[r] : c->L);
+        double m = -1e300, s = 0;
+        for (int k = 0; k < n; k++)
+            m = fmax(m, x[r * c->L + k]);
+        for (int k = 0; k < n; k++)
+            s += exp(x[r * c->L + k] - m);
+        for (int k = 0; k < c->L; k++)
+            y[r * c->L + k] = k < n ? exp(x[r * c->L + k] - m) / s : 0.0;
+    }
+}
+
+typedef struct { int N, V; const int32_t *t; } xe_cfg;
+static inline void xe_ref(const void *c_, const double *x, double *y)
+{
+    const xe_cfg *c = c_;
+    double loss = 0;
+    int cnt = 0;
+    for (int i = 0; i < c->N; i++) {
+        if (c->t[i] < 0)
+            continue;
+        double m = -1e300, s = 0;
+        for (int v = 0; v < c->V; v++)
+            m = fmax(m, x[i * c->V + v]);
+        for (int v = 0; v < c->V; v++)
+            s += exp(x[i * c->V + v] - m);
+        loss += -(x[i * c->V + c->t[i]] - m - log(s));
+        cnt++;
+    }
+    y[0] = loss / cnt;
+}
+
+typedef struct { int N, C; } ln_cfg;
+static inline void ln_ref(const void *c_, const double *p, double *y)
+{
+    const ln_cfg *c = c_;
+    const double *x = p, *g = x + c->N * c->C, *b = g + c->C;
+    for (int n = 0; n < c->N; n++) {
+        double m = 0, v = 0;
+        for (int k = 0; k < c->C; k++)
+            m += x[n * c->C + k];
+        m /= c->C;
+        for (int k = 0; k < c->C; k++)
+            v += (x[n * c->C + k] - m) * (x[n * c->C + k] - m);
+        v /= c->C;
+        for (int k = 0; k < c->C; k++)
+            y[n * c->C + k] = (x[n * c->C + k] - m) / sqrt(v + 1e-5) * g[k] + b[k];
+    }
+}
+
+typedef struct { int N, C, HW; } bn_cfg;
+static inline void bn_ref(const void *c_, const double *p, double *y)
+{
+    const bn_cfg *c = c_;
+    const double *x = p, *g = x + c->N * c->C * c->HW, *b = g + c->C;
+    for (int k = 0; k < c->C; k++) {
+        double m = 0, v = 0, cnt = c->N * c->HW;
+        for (int n = 0; n < c->N; n++)
+            for (int i = 0; i < c->HW; i++)
+                m += x[(n * c->C + k) * c->HW + i];
+        m /= cnt;
+        for (int n = 0; n < c->N; n++)
+            for (int i = 0; i < c->HW; i++) {
+                double d = x[(n * c->C + k) * c->HW + i] - m;
+                v += d * d;
+            }
+        v /= cnt;
+        for (int n = 0; n < c->N; n++)
+            for (int i = 0; i < c->HW; i++) {
+                size_t o = (size_t)(n * c->C + k) * c->HW + i;
+                y[o] = (x[o] - m) / sqrt(v + 1e-5) * g[k] + b[k];
+            }
+    }
+}
+
+#endif
