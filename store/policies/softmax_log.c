@@ -411,22 +411,28 @@ static size_t sm_weights(const as_sm_params *p, const uint8_t *in, size_t n,
     sm_unpack(in, n, p->bits, codes);
     double z = 0.0;
     if (p->kind == AS_SM_TOPK) {
+        /* branch-free: which entries are fine is data (a mispredicted
+         * branch per fine entry was most of the decode) */
         const uint8_t *fine = in + nb;
         size_t k = 0;
-        uint32_t maxc = 0;
         for (size_t i = 0; i < n; i++)
-            if (codes[i] == 0) {
-                if (fine[k] > maxc)
-                    maxc = fine[k];
-                k++;
-            }
+            k += codes[i] == 0;
+        uint32_t maxc = 0;
+        for (size_t f = 0; f < k; f++)
+            maxc = fine[f] > maxc ? fine[f] : maxc;
         float cw[SM_MAXC + 1];
         cw[0] = 0.0f;
         for (int c = 0; c < t->nc; c++)
             cw[c + 1] = sm_fine_w[maxc] * t->wt[c];
+        static const uint8_t zero = 0;
+        const uint8_t *fsrc = k ? fine : &zero;  /* read in bounds always */
+        const size_t flast = k ? k - 1 : 0;
         size_t f = 0;
         for (size_t i = 0; i < n; i++) {
-            float x = codes[i] == 0 ? sm_fine_w[fine[f++]] : cw[codes[i]];
+            size_t isf = codes[i] == 0;
+            uint8_t fc = fsrc[f < flast ? f : flast];
+            float x = isf ? sm_fine_w[fc] : cw[codes[i]];
+            f += isf;
             wt[i] = x;
             z += x;
         }
