@@ -159,16 +159,6 @@ static void test_attention(void **state)
 
 /* ---- embeddings ------------------------------------------------------- */
 
-static const int32_t emb_tok[6] = {3, 0, 3, 1, 2, 3};
-static void emb_ref(const void *c_, const double *p, double *y)
-{
-    (void)c_;  /* B 2, T 3, C 4, V 4: wte (4, 4) then wpe (3, 4) */
-    for (int b = 0; b < 2; b++)
-        for (int t = 0; t < 3; t++)
-            for (int k = 0; k < 4; k++)
-                y[(b * 3 + t) * 4 + k] = p[emb_tok[b * 3 + t] * 4 + k] + p[16 + t * 4 + k];
-}
-
 static void test_embedding(void **state)
 {
     (void)state;

@@ -2,8 +2,8 @@
  * Double-precision references of the kernel and layer tests (test_ops.c,
  * test_ops_attn.c, test_layers.c), in the ref_fn form of fd.h:
  * out = f(in), in = the input then the parameters in one array (x, W, b
- * for linear and conv; x, gamma, beta for the norms). Header-only (static
- * inline).
+ * for linear and conv; x, gamma, beta for the norms), and the fixed
+ * embedding case. Header-only (static inline).
  */
 #ifndef AS_TESTS_SUPPORT_REF_H
 #define AS_TESTS_SUPPORT_REF_H
@@ -148,6 +148,18 @@ static inline void bn_ref(const void *c_, const double *p, double *y)
                 y[o] = (x[o] - m) / sqrt(v + 1e-5) * g[k] + b[k];
             }
     }
+}
+
+/* The embedding case of the tests (cfg unused): tokens emb_tok of B 2 x T 3,
+ * C 4, V 4; in = wte (4, 4) then wpe (3, 4). */
+static const int32_t emb_tok[6] = {3, 0, 3, 1, 2, 3};
+static inline void emb_ref(const void *c_, const double *p, double *y)
+{
+    (void)c_;  /* B 2, T 3, C 4, V 4: wte (4, 4) then wpe (3, 4) */
+    for (int b = 0; b < 2; b++)
+        for (int t = 0; t < 3; t++)
+            for (int k = 0; k < 4; k++)
+                y[(b * 3 + t) * 4 + k] = p[emb_tok[b * 3 + t] * 4 + k] + p[16 + t * 4 + k];
 }
 
 #endif
