@@ -108,8 +108,18 @@ static void sm_pack(const uint8_t *c, size_t n, int B, uint8_t *out)
 {
     uint64_t acc = 0;
     int nb = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
+    size_t o = 0, i = 0;
+    /* whole groups of 8 codes fill B bytes exactly: the same bytes as
+     * the running accumulator below, without its per-code branch */
+    for (; i + 8 <= n; i += 8, c += 8) {
+        uint32_t g = 0;
+        for (int j = 0; j < 8; j++)
+            g |= (uint32_t)c[j] << (B * j);
+        for (int j = 0; j < B; j++)
+            out[o++] = (uint8_t)(g >> (8 * j));
+    }
+    n -= i;
+    for (i = 0; i < n; i++) {
         acc |= (uint64_t)c[i] << nb;
         nb += B;
         if (nb >= 32) {
@@ -137,6 +147,14 @@ static void sm_unpack(const uint8_t *in, size_t n, int B, uint8_t *c)
         if (n & 1)
             c[n - 1] = in[n / 2] & 15;
         return;
+    }
+    /* whole groups of 8 codes are B bytes (see sm_pack) */
+    for (; n >= 8; n -= 8, in += B, c += 8) {
+        uint32_t g = 0;
+        for (int j = 0; j < B; j++)
+            g |= (uint32_t)in[j] << (8 * j);
+        for (int j = 0; j < 8; j++)
+            c[j] = (uint8_t)((g >> (B * j)) & mask);
     }
     uint64_t acc = 0;
     int nb = 0;
@@ -202,9 +220,18 @@ size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
     const uint8_t *ctab = sm_ctab[topk][B];
     const size_t nb = (n * (size_t)B + 7) / 8;
     uint8_t *codes = w->codes;
+    /* 8 independent partial maxima (the same max in any order; NaN and
+     * values <= 0 never win): no chain of dependent compares */
+    float m8[8] = {0};
+    size_t n8 = n & ~(size_t)7;
+    for (size_t i = 0; i < n8; i += 8)
+        for (int j = 0; j < 8; j++)
+            m8[j] = v[i + j] > m8[j] ? v[i + j] : m8[j];
+    for (size_t i = n8; i < n; i++)
+        m8[0] = v[i] > m8[0] ? v[i] : m8[0];
     float m = 0.0f;
-    for (size_t i = 0; i < n; i++)
-        m = v[i] > m ? v[i] : m;
+    for (int j = 0; j < 8; j++)
+        m = m8[j] > m ? m8[j] : m;
     if (!(m > 0.0f)) {
         /* no positive entry (not a softmax row): solog decodes uniform,
          * sotk puts the mass on the first entry; sizes stay in bounds */
@@ -250,21 +277,39 @@ size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
     if (topk && p->mass == 0.0f && k <= 4) {
         /* the 4 lowest levels by a branch-free insertion network (k is 3
          * for rows of 48..63, the common case): the k-th lowest is the cut */
-        uint32_t b0 = UINT32_MAX, b1 = UINT32_MAX, b2 = UINT32_MAX,
-                 b3 = UINT32_MAX;
-        for (size_t i = 0; i < n; i++) {
-            uint32_t x = lev[i], t;
-            t = b0 < x ? b0 : x; x = b0 < x ? x : b0; b0 = t;
-            t = b1 < x ? b1 : x; x = b1 < x ? x : b1; b1 = t;
-            t = b2 < x ? b2 : x; x = b2 < x ? x : b2; b2 = t;
-            b3 = b3 < x ? b3 : x;
+        /* two independent networks (even / odd entries) for instruction
+         * parallelism, then the odd one's four merged into the even one's:
+         * the 4 lowest of a multiset do not depend on the order */
+        uint32_t b[2][4];
+        for (int j = 0; j < 2; j++)
+            b[j][0] = b[j][1] = b[j][2] = b[j][3] = UINT32_MAX;
+#define SM_NET_INS(bb, xin)                                                 \
+        do {                                                                \
+            uint32_t x_ = (xin), t_;                                        \
+            t_ = bb[0] < x_ ? bb[0] : x_; x_ = bb[0] < x_ ? x_ : bb[0];     \
+            bb[0] = t_;                                                     \
+            t_ = bb[1] < x_ ? bb[1] : x_; x_ = bb[1] < x_ ? x_ : bb[1];     \
+            bb[1] = t_;                                                     \
+            t_ = bb[2] < x_ ? bb[2] : x_; x_ = bb[2] < x_ ? x_ : bb[2];     \
+            bb[2] = t_;                                                     \
+            bb[3] = bb[3] < x_ ? bb[3] : x_;                                \
+        } while (0)
+        size_t e = 0;
+        for (; e + 2 <= n; e += 2) {
+            SM_NET_INS(b[0], lev[e]);
+            SM_NET_INS(b[1], lev[e + 1]);
         }
-        cut = k == 1 ? b0 : k == 2 ? b1 : k == 3 ? b2 : b3;
+        if (e < n)
+            SM_NET_INS(b[0], lev[e]);
+        for (int j = 0; j < 4; j++)
+            SM_NET_INS(b[0], b[1][j]);
+#undef SM_NET_INS
+        cut = b[0][k - 1];
         for (size_t i = 0; i < n; i++)
             below += lev[i] < cut;
         have_cut = true;
     } else if (topk && p->mass == 0.0f && k <= 32) {
-        uint32_t buf[32];
+        uint32_t buf[32] = {0};   /* (k >= 1 fills buf[k - 1]) */
         size_t nb_ = 0;
         for (size_t i = 0; i < n; i++) {
             uint32_t d = lev[i];
