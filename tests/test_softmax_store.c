@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "actstore/store.h"
+#include "layers/ops.h"
 #include "store/policies/softmax.h"
 
 static uint64_t rng = 1;
@@ -194,10 +195,78 @@ static void test_specs_and_fallbacks(void **st)
     as_store_destroy(S);
 }
 
+/* The attention backward decodes each (batch, head) block once
+ * (restore_rows) and runs as_op_attn_softmax_bwd on it: the same bits as
+ * the codec's backward from the blob, causal or not; keep (the store's own
+ * backward over whole rows) the same values. */
+static void test_attn_block_backward(void **st)
+{
+    (void)st;
+    static const char *specs[] = {"keep", "soa:5", "solog:4", "solog:2",
+                                  "sotk:16:3", "sotk:4:2", "sotk:8:2:0.95"};
+    static float y[N], dy[N], dx[N], dxb[N], Pb[T * T];
+    int32_t vlen[B] = {T, T};
+    for (int causal = 0; causal < 2; causal++) {
+        rng = 777 + (uint64_t)causal;
+        fill(y, vlen, 3.0);
+        if (!causal)   /* full rows: softmax of every key */
+            for (int r = 0; r < ROWS; r++) {
+                double z = 0, t[T];
+                for (int k = 0; k < T; k++)
+                    z += (t[k] = exp(nrand() * 3.0));
+                for (int k = 0; k < T; k++)
+                    y[r * T + k] = (float)(t[k] / z);
+            }
+        for (int i = 0; i < N; i++)
+            dy[i] = (float)nrand();
+        for (size_t s = 0; s < sizeof specs / sizeof *specs; s++) {
+            char spec[64], err[256];
+            snprintf(spec, sizeof spec, "softmax=%s; default=keep", specs[s]);
+            as_store_config cfg = {.policy = spec, .strict = true};
+            as_store *S;
+            assert_int_equal(as_store_create(&cfg, &S, err, sizeof err), 0);
+            as_store_step_begin(S, 0);
+            as_save_info si = {.kind = AS_KIND_SOFTMAX_OUTPUT,
+                               .layer = "blk.attn"};
+            si.meta.softmax = (as_softmax_meta){.row_len = T, .queries = T,
+                                                .causal = causal,
+                                                .rows_per_item = H * T};
+            as_tensor t = tens(y);
+            as_handle h;
+            assert_int_equal(as_store_save(S, &si, &t, &h), 0);
+            as_store_phase(S, AS_PHASE_BACKWARD);
+            for (int blk = 0; blk < B * H; blk++) {
+                memset(Pb, 0x7f, sizeof Pb);
+                assert_int_equal(as_store_restore_rows(S, h, blk * T, T, Pb),
+                                 0);
+                as_op_attn_softmax_bwd(T, causal, Pb, dy + blk * T * T,
+                                       dxb + blk * T * T);
+            }
+            assert_int_equal(as_store_softmax_backward(S, h, dy, dx), 0);
+            if (strcmp(specs[s], "keep")) {
+                assert_memory_equal(dxb, dx, sizeof dx);
+            } else {
+                for (int i = 0; i < N; i++)   /* +0 / -0 where masked */
+                    assert_true(dxb[i] == dx[i]);
+            }
+            /* and not trivially: the codec's P is not y, the gradient is
+             * not zero */
+            double nz = 0;
+            for (int i = 0; i < N; i++)
+                nz += fabs((double)dxb[i]);
+            assert_true(nz > 1e-3);
+            as_store_phase(S, AS_PHASE_FORWARD);
+            as_store_step_end(S);
+            as_store_destroy(S);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_attn_block_backward),
         cmocka_unit_test(test_specs_and_fallbacks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
