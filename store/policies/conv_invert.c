@@ -669,10 +669,22 @@ static size_t work_need(const as__conv_inv *ci, int n, int adjoint)
     return t;
 }
 
+/* Images per pass of a restore. The work space grows with the images of a
+ * pass (the grid holds Cout channels of every image: P*Q*Cout floats per
+ * image, several times the image's Cin*H*W), so a whole batch in one pass
+ * would take more memory than the inversion saves. The passes are
+ * independent (an image's result depends on its pair partner only through
+ * float rounding); 16 images fill the 8 lanes of both halves exactly, the
+ * smallest work space of the layout. The streamed factor is rebuilt per
+ * pass (CPU time for memory). */
+#define CHUNK 16
+static int chunk_of(int n) { return n < CHUNK ? n : CHUNK; }
+
 size_t as__conv_inv_work_bytes(const as__conv_inv *ci, int n)
 {
     if (ci->pointwise)
         return 0;
+    n = chunk_of(n);
     size_t a = work_need(ci, n, 0), b = work_need(ci, n, 1);
     return a > b ? a : b;
 }
@@ -1065,6 +1077,37 @@ static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const floa
     return 0;
 }
 
+/* A restore of n images in passes of chunk_of(n) (see CHUNK): one counted
+ * restore, phase times summed over the passes. */
+static int restore_chunked(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n,
+                           const float *y, const float *bias, const float *frame,
+                           float *x)
+{
+    if (ci->pointwise || n <= CHUNK)
+        return adj ? restore_adjoint(ci, fc, n, y, bias, frame, x)
+                   : restore_impl(ci, fc, n, y, bias, frame, x);
+    const as__conv_geom *g = &ci->g;
+    const size_t ys = (size_t)g->cout * ci->ho * ci->wo, xs = (size_t)g->cin * g->h * g->w;
+    const size_t fs = (size_t)g->cin * as__conv_frame_len(g);
+    double ph[5] = {0};
+    for (int i0 = 0; i0 < n; i0 += CHUNK) {
+        const int m = n - i0 < CHUNK ? n - i0 : CHUNK;
+        const float *fr = frame && fs ? frame + (size_t)i0 * fs : frame;
+        int rc = adj ? restore_adjoint(ci, fc, m, y + (size_t)i0 * ys, bias, fr,
+                                       x + (size_t)i0 * xs)
+                     : restore_impl(ci, fc, m, y + (size_t)i0 * ys, bias, fr,
+                                    x + (size_t)i0 * xs);
+        if (rc)
+            return rc;
+        ci->st.restores--;
+        for (int k = 0; k < 5; k++)
+            ph[k] += ci->st.phase_ms[k];
+    }
+    memcpy(ci->st.phase_ms, ph, sizeof ph);
+    ci->st.restores++;
+    return 0;
+}
+
 int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
                          const float *bias, const float *frame, float *x)
 {
@@ -1072,7 +1115,7 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
         return AS_ESTATE;
     if (n < 1)
         return n == 0 ? 0 : AS_EINVAL;
-    return restore_impl(ci, NULL, n, y, bias, frame, x);
+    return restore_chunked(ci, NULL, 0, n, y, bias, frame, x);
 }
 
 size_t as__conv_inv_factor_bytes(const as__conv_inv *ci)
@@ -1107,8 +1150,7 @@ int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t versi
     const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
                     ci->cond <= AS__CIV_ADJ_COND;
     fc.ginv = adj;
-    rc = adj ? restore_adjoint(ci, &fc, n, y, bias, frame, x)
-             : restore_impl(ci, &fc, n, y, bias, frame, x);
+    rc = restore_chunked(ci, &fc, adj, n, y, bias, frame, x);
     as__civ_factor_end(&fc);
     if (rc == 0) {
         ci->st.factor_builds++;

@@ -131,8 +131,8 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
 
 /* Rebuild x without caching the factor: the frequencies are factored a
  * column (P frequencies) at a time inside the solve, so the
- * factor never exists whole; the factor work is done for every call (once
- * per version in training, where each version is restored once). Uses the
+ * factor never exists whole; the factor work is done for every call, once
+ * per pass of 16 images (in training each version is restored once). Uses the
  * cached factor instead when one is held for `version`. Needs an accepted
  * condition verdict for `version` (computed here if missing). Returns 0,
  * AS_EFALLBACK (why filled), AS_ENOMEM. */
@@ -141,7 +141,8 @@ int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t versi
                                 const float *frame, float *x, char *why, size_t whylen);
 
 /* Work space: restores take as__conv_inv_work_bytes(ci, n) bytes of work
- * space; with as__conv_inv_set_work the caller lends a block (64-byte
+ * space (that of one pass of at most 16 images: a restore of n images runs
+ * in passes, so the work space does not grow with the batch); with as__conv_inv_set_work the caller lends a block (64-byte
  * aligned, at least that size) that the following restores use instead of
  * their own malloc (e.g. from an arena that keeps its pages: no page
  * faults). NULL returns to malloc. The block must outlive those calls. */

@@ -21,8 +21,9 @@
  *     and a copy of the bias. The conv output becomes a dependency.
  * Restore (decode): the conv output through its own policy, the factor of
  *   the weights' version (built at the first restore of that version and
- *   reused by every other restore of it: the whole batch is solved at
- *   once), the frame; solve.
+ *   reused by every other restore of it), the frame; solve, 16 images per
+ *   pass (as__conv_inv_work_bytes: the work space is that of one pass, not
+ *   of the batch, which would exceed the bytes the inversion saves).
  *
  * The per-layer solver (factor cache) lives in the rule's params, one per
  * (layer, geometry), each with its own lock. The factor is built lazily at
@@ -33,8 +34,8 @@
  * of that weight version, freed when the last item of the layer that may
  * need it is dropped (in training: at the layer's backward release), and
  * its bytes are charged to the item whose restore built it. Otherwise the
- * restore factors one column of frequencies at a time inside the solve and keeps
- * nothing (the factor would cost more memory than the inversion saves:
+ * restore factors one column of frequencies at a time inside the solve (in
+ * every pass of images) and keeps nothing (the factor would cost more memory than the inversion saves:
  * it grows as Cin * Cout * spectrum, the input as N * Cin * H * W).
  *
  * Contract (as_conv_meta): weights and bias unchanged between the save
