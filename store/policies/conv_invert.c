@@ -648,6 +648,23 @@ static void *wtake(work *wk, size_t bytes)
     return p;
 }
 
+/* The adjoint path holds F (Cout channels, spatial) only for the rows of
+ * the window of adjoint_row: rows 0..kh-2 (the wrap of the last rows) in
+ * fixed slots, the others in a ring of kh slots. */
+static size_t adj_slots(const as__conv_geom *g)
+{
+    const size_t Pl = (size_t)g->h + g->kh - 1, s = 2 * (size_t)g->kh - 1;
+    return Pl < s ? Pl : s;
+}
+
+static size_t adj_slot(const as__conv_geom *g, int a)
+{
+    const int Pl = g->h + g->kh - 1;
+    if (Pl <= 2 * g->kh - 1 || a < g->kh - 1)
+        return (size_t)a;
+    return (size_t)(g->kh - 1) + (size_t)((a - (g->kh - 1)) % g->kh);
+}
+
 /* Bytes of work space the restore paths take (both layouts). */
 static size_t work_need(const as__conv_inv *ci, int n, int adjoint)
 {
@@ -662,8 +679,8 @@ static size_t work_need(const as__conv_inv *ci, int n, int adjoint)
         t += wround(f4 * P * Q * Eo) + wround(f4 * P * Q * Ei) + wround(f4 * Q * Eo) +
              wround(f4 * 2 * P * (Eo + Ei)) + wround(f4 * 2 * (size_t)g->cin * g->cout * P);
     } else {
-        size_t fsz = Pl * Q * Eo > P * Q * Ei ? Pl * Q * Eo : P * Q * Ei;
-        t += wround(f4 * fsz) + wround(f4 * P * Q * Ei) + wround(f4 * Q * Ei) +
+        t += wround(f4 * adj_slots(g) * Q * Eo) + wround(sizeof(float *) * Pl) +
+             wround(f4 * P * Q * Ei) + wround(f4 * Q * Ei) +
              wround(f4 * 4 * P * Ei) + wround(f4 * 2 * (size_t)g->cin * g->cin * P);
     }
     return t;
@@ -687,6 +704,21 @@ size_t as__conv_inv_work_bytes(const as__conv_inv *ci, int n)
     n = chunk_of(n);
     size_t a = work_need(ci, n, 0), b = work_need(ci, n, 1);
     return a > b ? a : b;
+}
+
+size_t as__conv_inv_path_work_bytes(const as__conv_inv *ci, uint64_t version, int n,
+                                    int stream)
+{
+    if (ci->pointwise)
+        return 0;
+    n = chunk_of(n);
+    if (!stream || (ci->state == 1 && ci->version == version))
+        return work_need(ci, n, 0);
+    if (!(ci->cond_state == 1 && ci->cond_version == version))
+        return as__conv_inv_work_bytes(ci, n);
+    const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
+                    ci->cond <= AS__CIV_ADJ_COND;
+    return work_need(ci, n, adj);
 }
 
 void as__conv_inv_set_work(as__conv_inv *ci, void *block, size_t bytes)
@@ -858,9 +890,11 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
 
 /* Row p of X~ = A^H F (circular): X~[c](p, q) = sum_{o,u,v} W[o,c,u,v]
  * F[o]((p + kh-1-u) mod P, (q + kw-1-v) mod Q); F is 0 outside rows < Pl,
- * columns < Ql. out: Q elements of Ei floats. */
+ * columns < Ql; Frow[a]: row a of F (Q elements of Eo floats), read for
+ * the rows of the window only. out: Q elements of Ei floats. */
 AS__CIV_CLONES
-static void adjoint_row(const as__conv_inv *ci, const float *F, int p, float *out, int NB)
+static void adjoint_row(const as__conv_inv *ci, const float *const *Frow, int p, float *out,
+                        int NB)
 {
     const as__conv_geom *g = &ci->g;
     const int kh = g->kh, kw = g->kw, cin = g->cin, cout = g->cout;
@@ -879,7 +913,7 @@ static void adjoint_row(const as__conv_inv *ci, const float *F, int p, float *ou
                 const int fq = (q + kw - 1 - v) % Q;
                 if (fq >= Ql)
                     continue;
-                taps[nt] = F + ((size_t)fp * Q + fq) * Eo;
+                taps[nt] = Frow[fp] + (size_t)fq * Eo;
                 wtap[nt] = ci->wa + ((size_t)u * kw + v) * cin * cout;
                 nt++;
             }
@@ -993,43 +1027,53 @@ static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const floa
     const int N2 = (n + 1) / 2, NB = (N2 + 7) / 8 * 8;
     const size_t Bo = (size_t)cout * NB, Bi = (size_t)cin * NB;
     const size_t Eo = 2 * Bo, Ei = 2 * Bi;
-    const int Pl = H + g->kh - 1;
+    const int kh = g->kh, Pl = H + kh - 1;
     const size_t flen = as__conv_frame_len(g);
     const size_t gsz = 2 * (size_t)cin * cin;
-    size_t fsz = (size_t)Pl * Q * Eo;
-    if (fsz < (size_t)P * Q * Ei)
-        fsz = (size_t)P * Q * Ei;
     work wk;
     if (work_begin(ci, &wk, work_need(ci, n, 1)))
         return AS_ENOMEM;
     float *xf = wtake(&wk, sizeof(float) * (flen ? flen : 1) * Ei);
     int *fidx = wtake(&wk, sizeof(int) * (size_t)H * W);
-    float *F = wtake(&wk, sizeof(float) * fsz);                       /* then X */
-    float *G = wtake(&wk, sizeof(float) * (size_t)P * Q * Ei);
+    float *F = wtake(&wk, sizeof(float) * adj_slots(g) * Q * Eo);     /* row slots */
+    const float **Frow = wtake(&wk, sizeof(float *) * (size_t)Pl);
+    float *G = wtake(&wk, sizeof(float) * (size_t)P * Q * Ei);        /* then X */
     float *R = wtake(&wk, sizeof(float) * (size_t)Q * Ei);
     float *C = wtake(&wk, sizeof(float) * (size_t)4 * P * Ei);
     float *mblk = wtake(&wk, sizeof(float) * gsz * P);
     double t0 = now_ms();
     frame_pack(ci, n, frame, xf, fidx, NB);
-    /* F in the spatial domain, rows < Pl. */
-    for (int a = 0; a < Pl; a++) {
-        float *Ra = F + (size_t)a * Q * Eo;
-        memset(Ra, 0, sizeof(float) * (size_t)Q * Eo);
-        const int i = a - ci->dh;
-        if (i >= 0 && i < ho)
-            scatter_yrow(ci, n, y, bias, i, Ra, NB);
-        if (flen)
-            border_row(ci, xf, fidx, a, Ra, NB);
-    }
-    double t1 = now_ms();
-    ci->st.phase_ms[0] = t1 - t0;
-    /* X~ = A^H F row by row, FFT along Q into G. */
+    const double t_pack = now_ms() - t0;
+    /* X~ = A^H F row by row, FFT along Q into G. Row p reads F rows
+     * p .. p+kh-1 (mod P; rows >= Pl are 0): F in the spatial domain is
+     * built a row ahead of its first use, into its slot. */
+    double t_build = 0, t_fft = 0;
+    int built = 0;   /* F rows < built are in their slots */
     for (int p = 0; p < P; p++) {
-        adjoint_row(ci, F, p, R, NB);
+        const int need = p + kh < Pl ? p + kh : Pl;
+        double ta = now_ms();
+        for (; built < need; built++) {
+            const int a = built;
+            float *Ra = F + adj_slot(g, a) * Q * Eo;
+            memset(Ra, 0, sizeof(float) * (size_t)Q * Eo);
+            const int i = a - ci->dh;
+            if (i >= 0 && i < ho)
+                scatter_yrow(ci, n, y, bias, i, Ra, NB);
+            if (flen)
+                border_row(ci, xf, fidx, a, Ra, NB);
+            Frow[a] = Ra;
+        }
+        double tb = now_ms();
+        adjoint_row(ci, Frow, p, R, NB);
         as__civ_fft_run(&ci->fq, G + (size_t)p * Q * Ei, Ei, R, Ei, Bi);
+        t_build += tb - ta;
+        t_fft += now_ms() - tb;
     }
-    double t_fft = now_ms() - t1, t_solve = 0, t_ifft = 0;
-    float *X = F;   /* F is not needed any more */
+    ci->st.phase_ms[0] = t_build + t_pack;
+    double t_solve = 0, t_ifft = 0;
+    /* The column pass reads both columns of G before it writes them: X
+     * in place of G. */
+    float *X = G;
     float *Cf[2] = {C, C + (size_t)P * Ei}, *Cx[2] = {C + (size_t)2 * P * Ei, C + (size_t)3 * P * Ei};
     for (int kq = 0; kq < Qh; kq++) {
         const int mq = (Q - kq) % Q, pair = mq != kq;

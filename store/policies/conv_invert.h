@@ -147,6 +147,12 @@ int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t versi
  * their own malloc (e.g. from an arena that keeps its pages: no page
  * faults). NULL returns to malloc. The block must outlive those calls. */
 size_t as__conv_inv_work_bytes(const as__conv_inv *ci, int n);
+/* The work space of the one restore about to run: as__conv_inv_restore
+ * (stream = 0) or as__conv_inv_restore_stream for `version` (stream = 1;
+ * the layout it takes follows the condition verdict of `version`, both
+ * layouts' maximum when there is none yet). <= as__conv_inv_work_bytes. */
+size_t as__conv_inv_path_work_bytes(const as__conv_inv *ci, uint64_t version, int n,
+                                    int stream);
 void as__conv_inv_set_work(as__conv_inv *ci, void *block, size_t bytes);
 
 /* Bytes a cached factor takes (P * (Q/2+1) * 2 * Cin * Cout floats). */

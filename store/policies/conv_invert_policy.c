@@ -430,12 +430,6 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
     }
     char why[160] = "";
     pthread_mutex_lock(&e->mu);
-    /* Work space from the store's arena (workspace tag: counted, and its
-     * pages are reused from one restore to the next); malloc if refused. */
-    const size_t wb = as__conv_inv_work_bytes(e->ci, st->n);
-    void *wbuf = NULL;
-    if (wb && as_pctx_scratch(ctx, wb, &wbuf) == 0)
-        as__conv_inv_set_work(e->ci, wbuf, wb);
     /* Cache the factor only when it is small next to the input it rebuilds
      * (it would otherwise eat the memory the inversion saves: it grows as
      * Cin * Cout * spectrum, the input as N * Cin * H * W); else factor
@@ -447,8 +441,16 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
      * adjoint path (Cin-channel transforms), faster than a cached M. */
     const int adjoint = e->g.cout >= 2 * e->g.cin && cs.cond <= AS__CIV_ADJ_COND &&
                         !(e->g.kh == 1 && e->g.kw == 1);
-    if (p->mode == MODE_CACHE ||
-        (p->mode == MODE_AUTO && !adjoint && fb <= as_tensor_bytes(dst) / 8)) {
+    const int cached = p->mode == MODE_CACHE ||
+        (p->mode == MODE_AUTO && !adjoint && fb <= as_tensor_bytes(dst) / 8);
+    /* Work space from the store's arena (workspace tag: counted, and its
+     * pages are reused from one restore to the next); malloc if refused.
+     * The size of the path about to run, for one pass of images. */
+    const size_t wb = as__conv_inv_path_work_bytes(e->ci, st->version, st->n, !cached);
+    void *wbuf = NULL;
+    if (wb && as_pctx_scratch(ctx, wb, &wbuf) == 0)
+        as__conv_inv_set_work(e->ci, wbuf, wb);
+    if (cached) {
         as__conv_inv_stats before;
         as__conv_inv_get_stats(e->ci, &before);
         rc = as__conv_inv_prepare(e->ci, st->w, st->version, NULL, why, sizeof why);
