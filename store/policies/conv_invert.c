@@ -762,6 +762,32 @@ static void frame_put_back(const as__conv_inv *ci, int n, const float *frame, fl
  *            conj(M), real weights), inverse FFT along P into X's columns;
  *   rows:    per row a < H of X, inverse FFT along Q into a row buffer,
  *            crop, scale and unpair into x. */
+/* The common end of both restore paths. X holds the solved spectrum with
+ * the P-direction transform undone, R a row of scratch (Q * Ei floats):
+ * per row of X, the inverse FFT along Q, crop, scale and unpair into x;
+ * then the kept frame goes back in place. t_ifft: inverse-FFT time so far. */
+static void finish_rows(as__conv_inv *ci, int n, const float *X, float *R,
+                        const float *frame, float *x, int NB, double t_ifft)
+{
+    const int H = ci->g.h, P = ci->P, Q = ci->Q;
+    const size_t Bi = (size_t)ci->g.cin * NB, Ei = 2 * Bi;
+    const float scale = 1.0f / ((float)P * (float)Q);
+    double t_crop = 0;
+    for (int r = 0; r < H; r++) {
+        double ta = now_ms();
+        as__civ_fft_run(&ci->iq, R, Ei, X + (size_t)r * Q * Ei, Ei, Bi);
+        double tb = now_ms();
+        crop_row(ci, n, R, r, scale, x, NB);
+        t_ifft += tb - ta;
+        t_crop += now_ms() - tb;
+    }
+    ci->st.phase_ms[3] = t_ifft;
+    double te = now_ms();
+    frame_put_back(ci, n, frame, x);
+    ci->st.phase_ms[4] = t_crop + now_ms() - te;
+    ci->st.restores++;
+}
+
 static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *y,
                         const float *bias, const float *frame, float *x)
 {
@@ -856,24 +882,8 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
     ci->st.phase_ms[1] = t_fft;
     ci->st.phase_ms[2] = t_solve;
 
-    /* Rows of X: inverse FFT along Q, crop, scale, unpair. */
-    double t_crop = 0;
-    const float scale = 1.0f / ((float)P * (float)Q);
-    float *Rx = R;   /* Q * Ei <= Q * Eo */
-    for (int r = 0; r < H; r++) {
-        double t0 = now_ms();
-        as__civ_fft_run(&ci->iq, Rx, Ei, X + (size_t)r * Q * Ei, Ei, Bi);
-        double t1 = now_ms();
-        crop_row(ci, n, Rx, r, scale, x, NB);
-        t_ifft += t1 - t0;
-        t_crop += now_ms() - t1;
-    }
-    ci->st.phase_ms[3] = t_ifft;
-    double t0 = now_ms();
-    frame_put_back(ci, n, frame, x);
-    ci->st.phase_ms[4] = t_crop + now_ms() - t0;
+    finish_rows(ci, n, X, R, frame, x, NB, t_ifft);
     free(wk.own);
-    ci->st.restores++;
     return 0;
 }
 
@@ -1102,22 +1112,8 @@ static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const floa
     }
     ci->st.phase_ms[1] = t_fft;
     ci->st.phase_ms[2] = t_solve;
-    double t_crop = 0;
-    const float scale = 1.0f / ((float)P * (float)Q);
-    for (int r = 0; r < H; r++) {
-        double ta = now_ms();
-        as__civ_fft_run(&ci->iq, R, Ei, X + (size_t)r * Q * Ei, Ei, Bi);
-        double tb = now_ms();
-        crop_row(ci, n, R, r, scale, x, NB);
-        t_ifft += tb - ta;
-        t_crop += now_ms() - tb;
-    }
-    ci->st.phase_ms[3] = t_ifft;
-    double te = now_ms();
-    frame_put_back(ci, n, frame, x);
-    ci->st.phase_ms[4] = t_crop + now_ms() - te;
+    finish_rows(ci, n, X, R, frame, x, NB, t_ifft);
     free(wk.own);
-    ci->st.restores++;
     return 0;
 }
 
