@@ -23,6 +23,7 @@
 
 #include "actstore/common.h"
 #include "bench.h"
+#include "bench_util.h"
 #include "cli.h"
 #include "layers/ops.h"
 #include "layers/train.h"
@@ -45,18 +46,8 @@ typedef struct rowset {
 
 /* Thread CPU time: the machines we measure on are shared, and time spent
  * preempted is not the codec's. (Wall time for the capture's training.) */
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-static double wall_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static double now_s(void) { return as_bench_clock_s(CLOCK_THREAD_CPUTIME_ID); }
+static double wall_s(void) { return as_bench_clock_s(CLOCK_MONOTONIC); }
 
 static int cmp_d(const void *a, const void *b)
 {
