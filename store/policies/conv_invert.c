@@ -27,38 +27,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "store/policies/conv_invert.h"
+#include "store/policies/conv_invert_impl.h"
 
-struct as__conv_inv {
-    as__conv_geom g;
-    as__conv_inv_cfg cfg;
-    int ho, wo;
-    int dh, dw;            /* F row a <-> Y row a - dh (dh = kh-1-pad_h) */
-    int top, bot, left, right;   /* frame widths, clamped to the image */
-    int P, Q, Qh;
-    int pointwise;         /* 1x1 kernel: X = M Y per pixel */
-    as__civ_fft fp, fq, ip, iq;  /* forward / inverse along P and Q */
-    /* cache: the condition verdict and the factor, each for one version */
-    int cond_state;        /* 0 unknown, 1 accepted, 2 rejected */
-    uint64_t cond_version;
-    double cond;
-    int state;             /* 0 no factor, 1 factor valid for `version` */
-    uint64_t version;
-    float *m;              /* (P*Qh, 2, Cin, Cout) */
-    void *ext_work;        /* caller's work space for the next restores */
-    size_t ext_bytes;
-    float *wt;             /* weights as (kh, kw, Cout, Cin) */
-    float *wa;             /* weights as (kh, kw, Cin, Cout): adjoint path */
-    char reject[160];
-    as__conv_inv_stats st;
-};
-
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
 
 static int max0(int v) { return v > 0 ? v : 0; }
 
@@ -238,12 +208,12 @@ int as__conv_inv_condition(as__conv_inv *ci, const float *w, uint64_t version,
                            double *cond_out, char *why, size_t whylen)
 {
     if (!(ci->cond_state && ci->cond_version == version)) {
-        double t0 = now_ms(), cond = 0;
+        double t0 = as__civ_now_ms(), cond = 0;
         int rc = as__civ_factor(&ci->g, ci->P, ci->Q, w, ci->cfg.eps_rel, NULL, &cond);
         if (rc)
             return rc;
         set_verdict(ci, version, cond);
-        ci->st.cond_ms = now_ms() - t0;
+        ci->st.cond_ms = as__civ_now_ms() - t0;
     }
     if (cond_out)
         *cond_out = ci->cond;
@@ -279,7 +249,7 @@ int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
         return 0;
     }
     as__conv_inv_trim(ci);
-    double t0 = now_ms();
+    double t0 = as__civ_now_ms();
     size_t mlen = (size_t)ci->P * ci->Qh * 2 * g->cin * g->cout;
     ci->m = malloc(sizeof(float) * mlen);
     if (!ci->m)
@@ -295,7 +265,7 @@ int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
     }
     set_wt(ci, w);
     ci->st.factor_builds++;
-    ci->st.factor_ms = now_ms() - t0;
+    ci->st.factor_ms = as__civ_now_ms() - t0;
     if (!known) {
         set_verdict(ci, version, cond);
         if (cond_out)
@@ -311,42 +281,6 @@ int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
     return 0;
 }
 
-/* 8-float vectors (GCC/Clang vector extension; lowered to whatever the
- * clone's target has). Loads and stores are unaligned and
- * free of aliasing questions (may_alias, alignment 4). Macros, not
- * functions: a vector-typed function would change the ABI per clone. */
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
-#define ld8(p) (*(const v8u *)(p))
-#define st8(p, v) (*(v8u *)(p) = (v))
-
-/* Four output channels of one block of 8 lanes, summed over nt taps and K
- * channels: d[j*NB + l] = sum_t sum_k w_t[j*K + k] * x_t[k*NB + l], j < 4,
- * l < 8, with w_t = wtap[t] + woff (four rows of K weights) and
- * x_t = taps[t] + xoff. The convolution (border_row: K = Cin) and its
- * transpose (adjoint_row: K = Cout) share it. Always inlined, so each
- * target clone of the caller gets its own copy. */
-static inline __attribute__((always_inline)) void
-taps_dot4(int nt, const float *const *wtap, size_t woff, const float *const *taps,
-          size_t xoff, int K, int NB, float *d)
-{
-    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-    for (int t = 0; t < nt; t++) {
-        const float *w0 = wtap[t] + woff;
-        const float *src = taps[t] + xoff;
-        for (int k = 0; k < K; k++) {
-            const v8 xv = ld8(src + (size_t)k * NB);
-            a0 += w0[k] * xv;
-            a1 += w0[K + k] * xv;
-            a2 += w0[2 * K + k] * xv;
-            a3 += w0[3 * K + k] * xv;
-        }
-    }
-    st8(d, a0);
-    st8(d + NB, a1);
-    st8(d + 2 * NB, a2);
-    st8(d + 3 * NB, a3);
-}
 
 /* x^(f) = M(f) z^(f) for all lanes at one frequency. z: [re|im][Cout][NB],
  * xo: [re|im][Cin][NB]; s = -1 applies conj(M). Blocks of 4 input channels
@@ -463,7 +397,7 @@ static void restore_pointwise(const as__conv_inv *ci, int n, const float *y,
  * -1. One accumulator per (point, re|im, 4 output channels, 8 lanes) runs
  * over all taps and input channels. R: the row, element b at R + b*Eo. */
 AS__CIV_CLONES
-static void border_row(const as__conv_inv *ci, const float *xf, const int *fidx,
+void as__civ_border_row(const as__conv_inv *ci, const float *xf, const int *fidx,
                        int a, float *R, int NB)
 {
     const as__conv_geom *g = &ci->g;
@@ -500,7 +434,7 @@ static void border_row(const as__conv_inv *ci, const float *xf, const int *fidx,
             for (int l0 = 0; l0 < NB; l0 += 8) {
                 int o = 0;
                 for (; o + 4 <= cout; o += 4)
-                    taps_dot4(nt, wtap, (size_t)o * cin, taps, ri * Bi + l0, cin, NB,
+                    as__civ_taps_dot4(nt, wtap, (size_t)o * cin, taps, ri * Bi + l0, cin, NB,
                               fe + ri * Bo + (size_t)o * NB + l0);
                 for (; o < cout; o++) {
                     v8 acc = {0};
@@ -520,7 +454,7 @@ static void border_row(const as__conv_inv *ci, const float *xf, const int *fidx,
  * [re|im][Cout][NB]): 8 lanes (images) at a time, one vector store per
  * pixel. Image j + ri*N2 is lane j of half ri. */
 AS__CIV_CLONES
-static void scatter_yrow(const as__conv_inv *ci, int n, const float *y, const float *bias,
+void as__civ_scatter_yrow(const as__conv_inv *ci, int n, const float *y, const float *bias,
                          int i, float *R, int NB)
 {
     const int cout = ci->g.cout, ho = ci->ho, wo = ci->wo, N2 = (n + 1) / 2;
@@ -595,7 +529,7 @@ static void frame_index(const as__conv_inv *ci, int *fidx)
 /* The frame of n images into xf, one planar element per frame pixel
  * ([re|im][Cin][NB], image j + ri*N2 in lane j of half ri), and the frame
  * index of every image pixel into fidx; nothing when there is no frame. */
-static void frame_pack(const as__conv_inv *ci, int n, const float *frame, float *xf,
+void as__civ_frame_pack(const as__conv_inv *ci, int n, const float *frame, float *xf,
                        int *fidx, int NB)
 {
     const int cin = ci->g.cin, N2 = (n + 1) / 2;
@@ -616,57 +550,9 @@ static void frame_pack(const as__conv_inv *ci, int n, const float *frame, float 
     frame_index(ci, fidx);
 }
 
-/* Work space of a restore: carved from the caller's block when one was
- * given (as__conv_inv_set_work) and it is large enough, else one malloc. */
-typedef struct work {
-    char *base, *own;
-    size_t off, cap;
-} work;
-
-#define WALIGN 64
-static size_t wround(size_t n) { return (n + WALIGN - 1) / WALIGN * WALIGN; }
-
-static int work_begin(as__conv_inv *ci, work *wk, size_t need)
-{
-    memset(wk, 0, sizeof *wk);
-    if (ci->ext_work && ci->ext_bytes >= need) {
-        wk->base = ci->ext_work;
-    } else {
-        if (!(wk->own = malloc(need + WALIGN)))
-            return AS_ENOMEM;
-        wk->base = (char *)(((uintptr_t)wk->own + WALIGN - 1) / WALIGN * WALIGN);
-    }
-    wk->cap = need;
-    return 0;
-}
-
-static void *wtake(work *wk, size_t bytes)
-{
-    void *p = wk->base + wk->off;
-    wk->off += wround(bytes);
-    assert(wk->off <= wk->cap);
-    return p;
-}
-
-/* The adjoint path holds F (Cout channels, spatial) only for the rows of
- * the window of adjoint_row: rows 0..kh-2 (the wrap of the last rows) in
- * fixed slots, the others in a ring of kh slots. */
-static size_t adj_slots(const as__conv_geom *g)
-{
-    const size_t Pl = (size_t)g->h + g->kh - 1, s = 2 * (size_t)g->kh - 1;
-    return Pl < s ? Pl : s;
-}
-
-static size_t adj_slot(const as__conv_geom *g, int a)
-{
-    const int Pl = g->h + g->kh - 1;
-    if (Pl <= 2 * g->kh - 1 || a < g->kh - 1)
-        return (size_t)a;
-    return (size_t)(g->kh - 1) + (size_t)((a - (g->kh - 1)) % g->kh);
-}
 
 /* Bytes of work space the restore paths take (both layouts). */
-static size_t work_need(const as__conv_inv *ci, int n, int adjoint)
+size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint)
 {
     const as__conv_geom *g = &ci->g;
     const size_t P = (size_t)ci->P, Q = (size_t)ci->Q;
@@ -674,14 +560,14 @@ static size_t work_need(const as__conv_inv *ci, int n, int adjoint)
     const size_t Eo = 2 * (size_t)g->cout * NB, Ei = 2 * (size_t)g->cin * NB;
     const size_t flen = as__conv_frame_len(g), f4 = sizeof(float);
     const size_t Pl = (size_t)g->h + g->kh - 1;
-    size_t t = wround(f4 * (flen ? flen : 1) * Ei) + wround(sizeof(int) * (size_t)g->h * g->w);
+    size_t t = as__civ_wround(f4 * (flen ? flen : 1) * Ei) + as__civ_wround(sizeof(int) * (size_t)g->h * g->w);
     if (!adjoint) {
-        t += wround(f4 * P * Q * Eo) + wround(f4 * P * Q * Ei) + wround(f4 * Q * Eo) +
-             wround(f4 * 2 * P * (Eo + Ei)) + wround(f4 * 2 * (size_t)g->cin * g->cout * P);
+        t += as__civ_wround(f4 * P * Q * Eo) + as__civ_wround(f4 * P * Q * Ei) + as__civ_wround(f4 * Q * Eo) +
+             as__civ_wround(f4 * 2 * P * (Eo + Ei)) + as__civ_wround(f4 * 2 * (size_t)g->cin * g->cout * P);
     } else {
-        t += wround(f4 * adj_slots(g) * Q * Eo) + wround(sizeof(float *) * Pl) +
-             wround(f4 * P * Q * Ei) + wround(f4 * Q * Ei) +
-             wround(f4 * 4 * P * Ei) + wround(f4 * 2 * (size_t)g->cin * g->cin * P);
+        t += as__civ_wround(f4 * as__civ_adj_slots(g) * Q * Eo) + as__civ_wround(sizeof(float *) * Pl) +
+             as__civ_wround(f4 * P * Q * Ei) + as__civ_wround(f4 * Q * Ei) +
+             as__civ_wround(f4 * 4 * P * Ei) + as__civ_wround(f4 * 2 * (size_t)g->cin * g->cin * P);
     }
     return t;
 }
@@ -702,7 +588,7 @@ size_t as__conv_inv_work_bytes(const as__conv_inv *ci, int n)
     if (ci->pointwise)
         return 0;
     n = chunk_of(n);
-    size_t a = work_need(ci, n, 0), b = work_need(ci, n, 1);
+    size_t a = as__civ_work_need(ci, n, 0), b = as__civ_work_need(ci, n, 1);
     return a > b ? a : b;
 }
 
@@ -713,12 +599,12 @@ size_t as__conv_inv_path_work_bytes(const as__conv_inv *ci, uint64_t version, in
         return 0;
     n = chunk_of(n);
     if (!stream || (ci->state == 1 && ci->version == version))
-        return work_need(ci, n, 0);
+        return as__civ_work_need(ci, n, 0);
     if (!(ci->cond_state == 1 && ci->cond_version == version))
         return as__conv_inv_work_bytes(ci, n);
     const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
                     ci->cond <= AS__CIV_ADJ_COND;
-    return work_need(ci, n, adj);
+    return as__civ_work_need(ci, n, adj);
 }
 
 void as__conv_inv_set_work(as__conv_inv *ci, void *block, size_t bytes)
@@ -766,7 +652,7 @@ static void frame_put_back(const as__conv_inv *ci, int n, const float *frame, fl
  * the P-direction transform undone, R a row of scratch (Q * Ei floats):
  * per row of X, the inverse FFT along Q, crop, scale and unpair into x;
  * then the kept frame goes back in place. t_ifft: inverse-FFT time so far. */
-static void finish_rows(as__conv_inv *ci, int n, const float *X, float *R,
+void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, float *R,
                         const float *frame, float *x, int NB, double t_ifft)
 {
     const int H = ci->g.h, P = ci->P, Q = ci->Q;
@@ -774,17 +660,17 @@ static void finish_rows(as__conv_inv *ci, int n, const float *X, float *R,
     const float scale = 1.0f / ((float)P * (float)Q);
     double t_crop = 0;
     for (int r = 0; r < H; r++) {
-        double ta = now_ms();
+        double ta = as__civ_now_ms();
         as__civ_fft_run(&ci->iq, R, Ei, X + (size_t)r * Q * Ei, Ei, Bi);
-        double tb = now_ms();
+        double tb = as__civ_now_ms();
         crop_row(ci, n, R, r, scale, x, NB);
         t_ifft += tb - ta;
-        t_crop += now_ms() - tb;
+        t_crop += as__civ_now_ms() - tb;
     }
     ci->st.phase_ms[3] = t_ifft;
-    double te = now_ms();
+    double te = as__civ_now_ms();
     frame_put_back(ci, n, frame, x);
-    ci->st.phase_ms[4] = t_crop + now_ms() - te;
+    ci->st.phase_ms[4] = t_crop + as__civ_now_ms() - te;
     ci->st.restores++;
 }
 
@@ -792,10 +678,10 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
                         const float *bias, const float *frame, float *x)
 {
     if (ci->pointwise) {
-        double t0 = now_ms();
+        double t0 = as__civ_now_ms();
         restore_pointwise(ci, n, y, bias, x);
         memset(ci->st.phase_ms, 0, sizeof ci->st.phase_ms);
-        ci->st.phase_ms[2] = now_ms() - t0;
+        ci->st.phase_ms[2] = as__civ_now_ms() - t0;
         ci->st.restores++;
         return 0;
     }
@@ -808,34 +694,34 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
     const int Pl = H + g->kh - 1;
     const size_t flen = as__conv_frame_len(g);
     const size_t msz = 2 * (size_t)cin * cout;
-    work wk;
-    if (work_begin(ci, &wk, work_need(ci, n, 0)))
+    as__civ_work wk;
+    if (as__civ_work_begin(ci, &wk, as__civ_work_need(ci, n, 0)))
         return AS_ENOMEM;
-    float *xf = wtake(&wk, sizeof(float) * (flen ? flen : 1) * Ei);
-    int *fidx = wtake(&wk, sizeof(int) * (size_t)H * W);
-    float *G = wtake(&wk, sizeof(float) * (size_t)P * Q * Eo);
-    float *X = wtake(&wk, sizeof(float) * (size_t)P * Q * Ei);
-    float *R = wtake(&wk, sizeof(float) * (size_t)Q * Eo);          /* a row */
-    float *C = wtake(&wk, sizeof(float) * (size_t)2 * P * (Eo + Ei)); /* 2 columns */
-    float *mblk = wtake(&wk, sizeof(float) * msz * P);
+    float *xf = as__civ_wtake(&wk, sizeof(float) * (flen ? flen : 1) * Ei);
+    int *fidx = as__civ_wtake(&wk, sizeof(int) * (size_t)H * W);
+    float *G = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Q * Eo);
+    float *X = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Q * Ei);
+    float *R = as__civ_wtake(&wk, sizeof(float) * (size_t)Q * Eo);          /* a row */
+    float *C = as__civ_wtake(&wk, sizeof(float) * (size_t)2 * P * (Eo + Ei)); /* 2 columns */
+    float *mblk = as__civ_wtake(&wk, sizeof(float) * msz * P);
     double t_fft = 0, t_build = 0;
 
     /* The frame, one planar element per frame pixel. */
-    frame_pack(ci, n, frame, xf, fidx, NB);
+    as__civ_frame_pack(ci, n, frame, xf, fidx, NB);
 
     /* Rows: build F row by row, FFT along Q into G. */
     for (int a = 0; a < Pl; a++) {
-        double t0 = now_ms();
+        double t0 = as__civ_now_ms();
         memset(R, 0, sizeof(float) * (size_t)Q * Eo);
         const int i = a - ci->dh;   /* Y row */
         if (i >= 0 && i < ho)
-            scatter_yrow(ci, n, y, bias, i, R, NB);
+            as__civ_scatter_yrow(ci, n, y, bias, i, R, NB);
         if (flen)
-            border_row(ci, xf, fidx, a, R, NB);
-        double t1 = now_ms();
+            as__civ_border_row(ci, xf, fidx, a, R, NB);
+        double t1 = as__civ_now_ms();
         as__civ_fft_run(&ci->fq, G + (size_t)a * Q * Eo, Eo, R, Eo, Bo);
         t_build += t1 - t0;
-        t_fft += now_ms() - t1;
+        t_fft += as__civ_now_ms() - t1;
     }
     if (Pl < P)
         memset(G + (size_t)Pl * Q * Eo, 0, sizeof(float) * (size_t)(P - Pl) * Q * Eo);
@@ -848,11 +734,11 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
     for (int kq = 0; kq < Qh; kq++) {
         const int mq = (Q - kq) % Q, pair = mq != kq;
         const int cols[2] = {kq, mq};
-        double t0 = now_ms();
+        double t0 = as__civ_now_ms();
         for (int k = 0; k <= pair; k++)
             as__civ_fft_run(&ci->fp, Cf[k], Eo, G + (size_t)cols[k] * Eo,
                             (size_t)Q * Eo, Bo);
-        double t1 = now_ms();
+        double t1 = as__civ_now_ms();
         const float *mcol;
         if (fc) {
             as__civ_factor_range(fc, (size_t)kq * P, (size_t)(kq + 1) * P,
@@ -871,248 +757,18 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
                            Cx[1] + (size_t)mp * Ei, cin, cout, NB);
             }
         }
-        double t2 = now_ms();
+        double t2 = as__civ_now_ms();
         for (int k = 0; k <= pair; k++)
             as__civ_fft_run(&ci->ip, X + (size_t)cols[k] * Ei, (size_t)Q * Ei,
                             Cx[k], Ei, Bi);
         t_fft += t1 - t0;
         t_solve += t2 - t1;
-        t_ifft += now_ms() - t2;
+        t_ifft += as__civ_now_ms() - t2;
     }
     ci->st.phase_ms[1] = t_fft;
     ci->st.phase_ms[2] = t_solve;
 
-    finish_rows(ci, n, X, R, frame, x, NB, t_ifft);
-    free(wk.own);
-    return 0;
-}
-
-/* ---- the adjoint path (Cout >= 2 Cin, well conditioned) ---------------- *
- *
- * X^ = G^-1 (A^H F^) with G = A^H A: A^H F is the correlation of F with the
- * weights (the transpose of the convolution, circular on the P x Q grid),
- * computed in the spatial domain, so only Cin channels are transformed
- * (forward and inverse) instead of Cout + Cin, and the per-frequency
- * system is Cin x Cin. The normal equations square the condition number:
- * rounding errors grow as cond^2 eps instead of cond eps, so this path is
- * taken only for cond <= AS__CIV_ADJ_COND (there cond^2 eps_fp32 ~ 1.5e-4
- * at worst, ~1e-6 measured). */
-
-/* Row p of X~ = A^H F (circular): X~[c](p, q) = sum_{o,u,v} W[o,c,u,v]
- * F[o]((p + kh-1-u) mod P, (q + kw-1-v) mod Q); F is 0 outside rows < Pl,
- * columns < Ql; Frow[a]: row a of F (Q elements of Eo floats), read for
- * the rows of the window only. out: Q elements of Ei floats. */
-AS__CIV_CLONES
-static void adjoint_row(const as__conv_inv *ci, const float *const *Frow, int p, float *out,
-                        int NB)
-{
-    const as__conv_geom *g = &ci->g;
-    const int kh = g->kh, kw = g->kw, cin = g->cin, cout = g->cout;
-    const int P = ci->P, Q = ci->Q, Pl = g->h + kh - 1, Ql = g->w + kw - 1;
-    const size_t Bi = (size_t)cin * NB, Bo = (size_t)cout * NB;
-    const size_t Ei = 2 * Bi, Eo = 2 * Bo;
-    const float *taps[256];
-    const float *wtap[256];
-    for (int q = 0; q < Q; q++) {
-        int nt = 0;
-        for (int u = 0; u < kh; u++) {
-            const int fp = (p + kh - 1 - u) % P;
-            if (fp >= Pl)
-                continue;
-            for (int v = 0; v < kw; v++) {
-                const int fq = (q + kw - 1 - v) % Q;
-                if (fq >= Ql)
-                    continue;
-                taps[nt] = Frow[fp] + (size_t)fq * Eo;
-                wtap[nt] = ci->wa + ((size_t)u * kw + v) * cin * cout;
-                nt++;
-            }
-        }
-        float *dst = out + (size_t)q * Ei;
-        if (!nt) {
-            memset(dst, 0, sizeof(float) * Ei);
-            continue;
-        }
-        for (int ri = 0; ri < 2; ri++)
-            for (int l0 = 0; l0 < NB;) {
-                const int two = l0 + 16 <= NB;
-                int c = 0;
-                /* two lane blocks x 4 channels: 8 accumulators, 2 vector
-                 * loads and 4 weights per output channel */
-                for (; two && c + 4 <= cin; c += 4) {
-                    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                    v8 b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
-                    for (int t = 0; t < nt; t++) {
-                        const float *w0 = wtap[t] + (size_t)c * cout;
-                        const float *src = taps[t] + ri * Bo + l0;
-                        for (int o = 0; o < cout; o++) {
-                            const v8 fv = ld8(src + (size_t)o * NB);
-                            const v8 gv = ld8(src + (size_t)o * NB + 8);
-                            const float q0 = w0[o], q1 = w0[cout + o];
-                            const float q2 = w0[2 * cout + o], q3 = w0[3 * cout + o];
-                            a0 += q0 * fv; b0 += q0 * gv;
-                            a1 += q1 * fv; b1 += q1 * gv;
-                            a2 += q2 * fv; b2 += q2 * gv;
-                            a3 += q3 * fv; b3 += q3 * gv;
-                        }
-                    }
-                    float *d = dst + ri * Bi + (size_t)c * NB + l0;
-                    st8(d, a0); st8(d + 8, b0);
-                    st8(d + NB, a1); st8(d + NB + 8, b1);
-                    st8(d + 2 * NB, a2); st8(d + 2 * NB + 8, b2);
-                    st8(d + 3 * NB, a3); st8(d + 3 * NB + 8, b3);
-                }
-                /* the rest, one lane block at a time */
-                for (int h = 0; h <= two; h++) {
-                    const int lb = l0 + 8 * h;
-                    int c2 = c;
-                    for (; c2 + 4 <= cin; c2 += 4)
-                        taps_dot4(nt, wtap, (size_t)c2 * cout, taps, ri * Bo + lb, cout, NB,
-                                  dst + ri * Bi + (size_t)c2 * NB + lb);
-                    for (; c2 < cin; c2++) {
-                        v8 acc0 = {0}, acc1 = {0};
-                        for (int t = 0; t < nt; t++) {
-                            const float *w0 = wtap[t] + (size_t)c2 * cout;
-                            const float *src = taps[t] + ri * Bo + lb;
-                            int o = 0;
-                            for (; o + 2 <= cout; o += 2) {
-                                acc0 += w0[o] * ld8(src + (size_t)o * NB);
-                                acc1 += w0[o + 1] * ld8(src + (size_t)(o + 1) * NB);
-                            }
-                            for (; o < cout; o++)
-                                acc0 += w0[o] * ld8(src + (size_t)o * NB);
-                        }
-                        st8(dst + ri * Bi + (size_t)c2 * NB + lb, acc0 + acc1);
-                    }
-                }
-                l0 += two ? 16 : 8;
-            }
-    }
-}
-
-/* x = G^-1 z at one frequency by substitution with G = L L^H (lr, li:
- * Cin x Cin, lower, diagonal = 1 / L_ii; s = -1: the conjugate, for the
- * mirror frequency). z, xo: [re|im][Cin][NB]. */
-AS__CIV_CLONES
-static void solve_chol(const float *lr, const float *li, float s, const float *z,
-                       float *xo, int cin, int NB)
-{
-    const size_t B = (size_t)cin * NB;
-    for (int l0 = 0; l0 < NB; l0 += 8) {
-        /* forward: y_i = (z_i - sum_{k<i} L_ik y_k) / L_ii */
-        for (int i = 0; i < cin; i++) {
-            v8 ar = ld8(z + (size_t)i * NB + l0), ai = ld8(z + B + (size_t)i * NB + l0);
-            for (int k = 0; k < i; k++) {
-                const float a = lr[(size_t)i * cin + k], b = s * li[(size_t)i * cin + k];
-                const v8 yr = ld8(xo + (size_t)k * NB + l0), yi = ld8(xo + B + (size_t)k * NB + l0);
-                ar -= a * yr - b * yi;
-                ai -= a * yi + b * yr;
-            }
-            const float d = lr[(size_t)i * cin + i];
-            st8(xo + (size_t)i * NB + l0, ar * d);
-            st8(xo + B + (size_t)i * NB + l0, ai * d);
-        }
-        /* back: x_i = (y_i - sum_{k>i} conj(L_ki) x_k) / L_ii */
-        for (int i = cin - 1; i >= 0; i--) {
-            v8 ar = ld8(xo + (size_t)i * NB + l0), ai = ld8(xo + B + (size_t)i * NB + l0);
-            for (int k = i + 1; k < cin; k++) {
-                const float a = lr[(size_t)k * cin + i], b = -s * li[(size_t)k * cin + i];
-                const v8 xr = ld8(xo + (size_t)k * NB + l0), xi = ld8(xo + B + (size_t)k * NB + l0);
-                ar -= a * xr - b * xi;
-                ai -= a * xi + b * xr;
-            }
-            const float d = lr[(size_t)i * cin + i];
-            st8(xo + (size_t)i * NB + l0, ar * d);
-            st8(xo + B + (size_t)i * NB + l0, ai * d);
-        }
-    }
-}
-
-static int restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *y,
-                           const float *bias, const float *frame, float *x)
-{
-    const as__conv_geom *g = &ci->g;
-    const int H = g->h, W = g->w, P = ci->P, Q = ci->Q, Qh = ci->Qh;
-    const int cin = g->cin, cout = g->cout, ho = ci->ho;
-    const int N2 = (n + 1) / 2, NB = (N2 + 7) / 8 * 8;
-    const size_t Bo = (size_t)cout * NB, Bi = (size_t)cin * NB;
-    const size_t Eo = 2 * Bo, Ei = 2 * Bi;
-    const int kh = g->kh, Pl = H + kh - 1;
-    const size_t flen = as__conv_frame_len(g);
-    const size_t gsz = 2 * (size_t)cin * cin;
-    work wk;
-    if (work_begin(ci, &wk, work_need(ci, n, 1)))
-        return AS_ENOMEM;
-    float *xf = wtake(&wk, sizeof(float) * (flen ? flen : 1) * Ei);
-    int *fidx = wtake(&wk, sizeof(int) * (size_t)H * W);
-    float *F = wtake(&wk, sizeof(float) * adj_slots(g) * Q * Eo);     /* row slots */
-    const float **Frow = wtake(&wk, sizeof(float *) * (size_t)Pl);
-    float *G = wtake(&wk, sizeof(float) * (size_t)P * Q * Ei);        /* then X */
-    float *R = wtake(&wk, sizeof(float) * (size_t)Q * Ei);
-    float *C = wtake(&wk, sizeof(float) * (size_t)4 * P * Ei);
-    float *mblk = wtake(&wk, sizeof(float) * gsz * P);
-    double t0 = now_ms();
-    frame_pack(ci, n, frame, xf, fidx, NB);
-    const double t_pack = now_ms() - t0;
-    /* X~ = A^H F row by row, FFT along Q into G. Row p reads F rows
-     * p .. p+kh-1 (mod P; rows >= Pl are 0): F in the spatial domain is
-     * built a row ahead of its first use, into its slot. */
-    double t_build = 0, t_fft = 0;
-    int built = 0;   /* F rows < built are in their slots */
-    for (int p = 0; p < P; p++) {
-        const int need = p + kh < Pl ? p + kh : Pl;
-        double ta = now_ms();
-        for (; built < need; built++) {
-            const int a = built;
-            float *Ra = F + adj_slot(g, a) * Q * Eo;
-            memset(Ra, 0, sizeof(float) * (size_t)Q * Eo);
-            const int i = a - ci->dh;
-            if (i >= 0 && i < ho)
-                scatter_yrow(ci, n, y, bias, i, Ra, NB);
-            if (flen)
-                border_row(ci, xf, fidx, a, Ra, NB);
-            Frow[a] = Ra;
-        }
-        double tb = now_ms();
-        adjoint_row(ci, Frow, p, R, NB);
-        as__civ_fft_run(&ci->fq, G + (size_t)p * Q * Ei, Ei, R, Ei, Bi);
-        t_build += tb - ta;
-        t_fft += now_ms() - tb;
-    }
-    ci->st.phase_ms[0] = t_build + t_pack;
-    double t_solve = 0, t_ifft = 0;
-    /* The column pass reads both columns of G before it writes them: X
-     * in place of G. */
-    float *X = G;
-    float *Cf[2] = {C, C + (size_t)P * Ei}, *Cx[2] = {C + (size_t)2 * P * Ei, C + (size_t)3 * P * Ei};
-    for (int kq = 0; kq < Qh; kq++) {
-        const int mq = (Q - kq) % Q, pair = mq != kq;
-        const int cols[2] = {kq, mq};
-        double ta = now_ms();
-        for (int k = 0; k <= pair; k++)
-            as__civ_fft_run(&ci->fp, Cf[k], Ei, G + (size_t)cols[k] * Ei, (size_t)Q * Ei, Bi);
-        double tb = now_ms();
-        as__civ_factor_range(fc, (size_t)kq * P, (size_t)(kq + 1) * P, ci->cfg.eps_rel, mblk, NULL);
-        for (int kp = 0; kp < P; kp++) {
-            const float *mf = mblk + (size_t)kp * gsz;
-            solve_chol(mf, mf + gsz / 2, 1.0f, Cf[0] + (size_t)kp * Ei,
-                       Cx[0] + (size_t)kp * Ei, cin, NB);
-            if (pair) {
-                const int mp = (P - kp) % P;
-                solve_chol(mf, mf + gsz / 2, -1.0f, Cf[1] + (size_t)mp * Ei,
-                           Cx[1] + (size_t)mp * Ei, cin, NB);
-            }
-        }
-        double tc = now_ms();
-        for (int k = 0; k <= pair; k++)
-            as__civ_fft_run(&ci->ip, X + (size_t)cols[k] * Ei, (size_t)Q * Ei, Cx[k], Ei, Bi);
-        t_fft += tb - ta;
-        t_solve += tc - tb;
-        t_ifft += now_ms() - tc;
-    }
-    ci->st.phase_ms[1] = t_fft;
-    ci->st.phase_ms[2] = t_solve;
-    finish_rows(ci, n, X, R, frame, x, NB, t_ifft);
+    as__civ_finish_rows(ci, n, X, R, frame, x, NB, t_ifft);
     free(wk.own);
     return 0;
 }
@@ -1124,7 +780,7 @@ static int restore_chunked(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n,
                            float *x)
 {
     if (ci->pointwise || n <= CHUNK)
-        return adj ? restore_adjoint(ci, fc, n, y, bias, frame, x)
+        return adj ? as__civ_restore_adjoint(ci, fc, n, y, bias, frame, x)
                    : restore_impl(ci, fc, n, y, bias, frame, x);
     const as__conv_geom *g = &ci->g;
     const size_t ys = (size_t)g->cout * ci->ho * ci->wo, xs = (size_t)g->cin * g->h * g->w;
@@ -1133,7 +789,7 @@ static int restore_chunked(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n,
     for (int i0 = 0; i0 < n; i0 += CHUNK) {
         const int m = n - i0 < CHUNK ? n - i0 : CHUNK;
         const float *fr = frame && fs ? frame + (size_t)i0 * fs : frame;
-        int rc = adj ? restore_adjoint(ci, fc, m, y + (size_t)i0 * ys, bias, fr,
+        int rc = adj ? as__civ_restore_adjoint(ci, fc, m, y + (size_t)i0 * ys, bias, fr,
                                        x + (size_t)i0 * xs)
                      : restore_impl(ci, fc, m, y + (size_t)i0 * ys, bias, fr,
                                     x + (size_t)i0 * xs);
@@ -1182,11 +838,11 @@ int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t versi
         return as__conv_inv_restore(ci, n, y, bias, frame, x);
     }
     as__civ_fctx fc;
-    double t0 = now_ms();
+    double t0 = as__civ_now_ms();
     if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w)))
         return rc;
     set_wt(ci, w);
-    ci->st.factor_ms = now_ms() - t0;   /* the rest is inside the solve */
+    ci->st.factor_ms = as__civ_now_ms() - t0;   /* the rest is inside the solve */
     const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
                     ci->cond <= AS__CIV_ADJ_COND;
     fc.ginv = adj;

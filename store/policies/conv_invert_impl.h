@@ -1,0 +1,152 @@
+/*
+ * Internals shared by the conv inversion sources (conv_invert.c: geometry,
+ * factor cache, the direct restore; conv_invert_adjoint.c: the adjoint
+ * restore). Not part of any API; include only from conv_invert*.c.
+ */
+#ifndef AS_STORE_CONV_INVERT_IMPL_H
+#define AS_STORE_CONV_INVERT_IMPL_H
+
+#include <assert.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "store/policies/conv_invert.h"
+
+struct as__conv_inv {
+    as__conv_geom g;
+    as__conv_inv_cfg cfg;
+    int ho, wo;
+    int dh, dw;            /* F row a <-> Y row a - dh (dh = kh-1-pad_h) */
+    int top, bot, left, right;   /* frame widths, clamped to the image */
+    int P, Q, Qh;
+    int pointwise;         /* 1x1 kernel: X = M Y per pixel */
+    as__civ_fft fp, fq, ip, iq;  /* forward / inverse along P and Q */
+    /* cache: the condition verdict and the factor, each for one version */
+    int cond_state;        /* 0 unknown, 1 accepted, 2 rejected */
+    uint64_t cond_version;
+    double cond;
+    int state;             /* 0 no factor, 1 factor valid for `version` */
+    uint64_t version;
+    float *m;              /* (P*Qh, 2, Cin, Cout) */
+    void *ext_work;        /* caller's work space for the next restores */
+    size_t ext_bytes;
+    float *wt;             /* weights as (kh, kw, Cout, Cin) */
+    float *wa;             /* weights as (kh, kw, Cin, Cout): adjoint path */
+    char reject[160];
+    as__conv_inv_stats st;
+};
+
+static inline double as__civ_now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+/* 8-float vectors (GCC/Clang vector extension; lowered to whatever the
+ * clone's target has). Loads and stores are unaligned and
+ * free of aliasing questions (may_alias, alignment 4). Macros, not
+ * functions: a vector-typed function would change the ABI per clone. */
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
+#define ld8(p) (*(const v8u *)(p))
+#define st8(p, v) (*(v8u *)(p) = (v))
+
+/* Four output channels of one block of 8 lanes, summed over nt taps and K
+ * channels: d[j*NB + l] = sum_t sum_k w_t[j*K + k] * x_t[k*NB + l], j < 4,
+ * l < 8, with w_t = wtap[t] + woff (four rows of K weights) and
+ * x_t = taps[t] + xoff. The convolution (as__civ_border_row: K = Cin) and its
+ * transpose (adjoint_row: K = Cout) share it. Always inlined, so each
+ * target clone of the caller gets its own copy. */
+static inline __attribute__((always_inline)) void
+as__civ_taps_dot4(int nt, const float *const *wtap, size_t woff, const float *const *taps,
+          size_t xoff, int K, int NB, float *d)
+{
+    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (int t = 0; t < nt; t++) {
+        const float *w0 = wtap[t] + woff;
+        const float *src = taps[t] + xoff;
+        for (int k = 0; k < K; k++) {
+            const v8 xv = ld8(src + (size_t)k * NB);
+            a0 += w0[k] * xv;
+            a1 += w0[K + k] * xv;
+            a2 += w0[2 * K + k] * xv;
+            a3 += w0[3 * K + k] * xv;
+        }
+    }
+    st8(d, a0);
+    st8(d + NB, a1);
+    st8(d + 2 * NB, a2);
+    st8(d + 3 * NB, a3);
+}
+
+/* Work space of a restore: carved from the caller's block when one was
+ * given (as__conv_inv_set_work) and it is large enough, else one malloc. */
+typedef struct as__civ_work {
+    char *base, *own;
+    size_t off, cap;
+} as__civ_work;
+
+#define AS__CIV_WALIGN 64
+static inline size_t as__civ_wround(size_t n) { return (n + AS__CIV_WALIGN - 1) / AS__CIV_WALIGN * AS__CIV_WALIGN; }
+
+static inline int as__civ_work_begin(as__conv_inv *ci, as__civ_work *wk, size_t need)
+{
+    memset(wk, 0, sizeof *wk);
+    if (ci->ext_work && ci->ext_bytes >= need) {
+        wk->base = ci->ext_work;
+    } else {
+        if (!(wk->own = malloc(need + AS__CIV_WALIGN)))
+            return AS_ENOMEM;
+        wk->base = (char *)(((uintptr_t)wk->own + AS__CIV_WALIGN - 1) / AS__CIV_WALIGN * AS__CIV_WALIGN);
+    }
+    wk->cap = need;
+    return 0;
+}
+
+static inline void *as__civ_wtake(as__civ_work *wk, size_t bytes)
+{
+    void *p = wk->base + wk->off;
+    wk->off += as__civ_wround(bytes);
+    assert(wk->off <= wk->cap);
+    return p;
+}
+
+/* The adjoint path holds F (Cout channels, spatial) only for the rows of
+ * the window of adjoint_row: rows 0..kh-2 (the wrap of the last rows) in
+ * fixed slots, the others in a ring of kh slots. */
+static inline size_t as__civ_adj_slots(const as__conv_geom *g)
+{
+    const size_t Pl = (size_t)g->h + g->kh - 1, s = 2 * (size_t)g->kh - 1;
+    return Pl < s ? Pl : s;
+}
+
+static inline size_t as__civ_adj_slot(const as__conv_geom *g, int a)
+{
+    const int Pl = g->h + g->kh - 1;
+    if (Pl <= 2 * g->kh - 1 || a < g->kh - 1)
+        return (size_t)a;
+    return (size_t)(g->kh - 1) + (size_t)((a - (g->kh - 1)) % g->kh);
+}
+
+/* Shared pieces of the restore (conv_invert.c). NB: lanes per half (a
+ * multiple of 8); images j and j + ceil(n/2) share lane j (re / im). */
+void as__civ_border_row(const as__conv_inv *ci, const float *xf, const int *fidx,
+                        int a, float *R, int NB);
+void as__civ_scatter_yrow(const as__conv_inv *ci, int n, const float *y, const float *bias,
+                          int i, float *R, int NB);
+void as__civ_frame_pack(const as__conv_inv *ci, int n, const float *frame, float *xf,
+                        int *fidx, int NB);
+void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, float *R,
+                         const float *frame, float *x, int NB, double t_ifft);
+/* Bytes of work space of a restore of n images (adjoint: that path). */
+size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint);
+
+/* The adjoint restore of n <= 16 images (conv_invert_adjoint.c); fc: the
+ * streamed factor context with ginv set. Returns 0 or AS_ENOMEM. */
+int as__civ_restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *y,
+                            const float *bias, const float *frame, float *x);
+
+#endif
