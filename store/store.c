@@ -262,6 +262,9 @@ static void item_free(as_store *s, as_item *first)
         pthread_mutex_unlock(&s->mu);
         as__acct_charge(s, &r->g, -(int64_t)it->bytes, 0);
         rep_contents_free(s, r, stack, &n, 64);
+        for (as_rep *o = r->older; o; o = o->older)
+            if (o->view_held)   /* retired while restore_view's data was out */
+                rep_contents_free(s, o, stack, &n, 64);
         while (r) {
             as_rep *older = r->older;
             free(r);

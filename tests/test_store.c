@@ -138,6 +138,53 @@ static void test_keep_round_trip(void **st)
     as_store_destroy(s);
 }
 
+/* A keep view stays valid when a later alias_of save re-plans its item
+ * (here to fp16): the retired data is held, and counted, until release.
+ * Returns stored_live after the re-plan. */
+static uint64_t replan_with_view(bool take_view)
+{
+    as_store *s = mk("linear_input=fp16; default=keep", false, 0);
+    float *x = randv(64), orig[64];
+    memcpy(orig, x, sizeof orig);
+    as_tensor t = t2(x, AS_F32, 8, 8);
+    as_save_info ai = info(AS_KIND_ACTIVATION_OUTPUT, "act");
+    as_handle ha, hb;
+    assert_int_equal(as_store_save(s, &ai, &t, &ha), 0);
+    const as_tensor *v = NULL;
+    if (take_view) {
+        assert_int_equal(as_store_restore_view(s, ha, &v), 0);
+        assert_int_equal(as_store_restore_view(s, ha, &v), 0);   /* one hold */
+    }
+    as_save_info bi = info(AS_KIND_LINEAR_INPUT, "fc");
+    bi.alias_of = ha;
+    assert_int_equal(as_store_save(s, &bi, &t, &hb), 0);
+    assert_string_equal(as_store_policy_of(s, hb), "fp16");
+    memset(x, 0, sizeof orig);   /* the caller's buffer is not what v shows */
+    if (v)
+        assert_memory_equal(v->data, orig, sizeof orig);
+    as_store_stats a = stats(s);
+    assert_int_equal(a.total.raw_live, sizeof orig);
+    uint64_t stored = a.total.stored_live;
+    as_store_stats_free(&a);
+    assert_int_equal(as_store_release(s, ha), 0);
+    assert_int_equal(as_store_release(s, hb), 0);
+    a = stats(s);
+    assert_int_equal(a.total.stored_live, 0);
+    assert_int_equal(a.total.raw_live, 0);
+    as_store_stats_free(&a);
+    free(x);
+    as_store_destroy(s);
+    return stored;
+}
+
+static void test_view_survives_replan(void **st)
+{
+    (void)st;
+    uint64_t plain = replan_with_view(false), viewed = replan_with_view(true);
+    assert_true(plain < 64 * sizeof(float));          /* fp16 only */
+    assert_int_equal(viewed, plain + 64 * sizeof(float));   /* + held keep */
+}
+
 static void test_restore_shape_errors(void **st)
 {
     (void)st;
@@ -1015,6 +1062,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keep_round_trip),
         cmocka_unit_test(test_restore_shape_errors),
+        cmocka_unit_test(test_view_survives_replan),
         cmocka_unit_test(test_handle_misuse),
         cmocka_unit_test(test_adopt_zero_copy),
         cmocka_unit_test(test_debug_checksum),

@@ -250,11 +250,13 @@ AS_API int as_store_save_adopt(as_store *s, const as_save_info *info,
 AS_API int as_store_restore(as_store *s, as_handle h, as_tensor *dst);
 
 /* Restore as a store-owned read-only view, valid until the handle is
- * released or the step ends, or until the item is re-planned by a later
- * save (alias_of, or a consumer turning it into "inverse": take views in
- * backward, not between those saves). For keep this is the stored data
- * itself; other policies decode once into a materialization the view pins
- * (tag workspace). Errors: as as_store_restore; *view is NULL on error. */
+ * released or the step ends (the last handle of the item, when several
+ * alias it). For keep this is the stored data itself; other policies decode
+ * once into a materialization the view pins (tag workspace). A later save
+ * that re-plans the item (alias_of, or a consumer turning it into
+ * "inverse") does not invalidate the view: the viewed data then stays
+ * allocated, and charged as stored, until the item is freed. Thread-safe.
+ * Errors: as as_store_restore; *view is NULL on error. */
 AS_API int as_store_restore_view(as_store *s, as_handle h,
                                  const as_tensor **view);
 
