@@ -1,6 +1,6 @@
 /*
  * actstore bench conv [--json FILE] [--quick] [--wall] [--reps R] [--threads T]
- *                     [--cond-max C]
+ *                     [--cond-max C] [--shape N:CIN:COUT:H:K:PAD]...
  *
  * Conv input regeneration by inversion against the conv forward it saves
  * memory for, side by side per shape: forward = the layers library's
@@ -89,7 +89,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: actstore bench conv [--json FILE] [--quick] [--wall] [--reps R] [--threads T]\n"
-        "                           [--cond-max C]\n"
+        "                           [--cond-max C] [--shape N:CIN:COUT:H:K:PAD]...\n"
         "Conv input inversion vs conv forward (im2col + OpenBLAS sgemm), per shape:\n"
         "forward_ms, invert_ms (cached factor), factor_ms (once per weight version),\n"
         "ratio (median of invert/forward timed back to back), stream_ms and\n"
@@ -102,7 +102,9 @@ static void usage(FILE *f)
         "  --reps R       repeats per measurement, median reported (default 3)\n"
         "  --threads T    OpenBLAS threads for the forward (default 1; the\n"
         "                 inversion is single-threaded)\n"
-        "  --cond-max C   inversion threshold on cond(A(f)) (default 1e4)\n");
+        "  --cond-max C   inversion threshold on cond(A(f)) (default 1e4)\n"
+        "  --shape S      run only shape S = N:CIN:COUT:H:K:PAD (square map H x H,\n"
+        "                 k x k kernel, padding PAD); repeatable, up to 64\n");
 }
 
 /* Runs one shape; fills the JSON object. Returns 0 or -1 (out of memory). */
@@ -288,6 +290,8 @@ int as_bench_conv(int argc, char **argv)
     int quick = 0;
     unsigned long long reps = 3, threads = 1;
     double cond_max = 1e4;
+    shape shapes[64];
+    size_t ns = 0;
     for (int i = 1; i < argc; i++) {
         if (as_cli_is_help(argv[i])) {
             usage(stdout);
@@ -307,14 +311,29 @@ int as_bench_conv(int argc, char **argv)
         } else if (i + 1 < argc && !strcmp(argv[i], "--cond-max")) {
             if (as_cli_parse_double("bench conv", "--cond-max", argv[++i], &cond_max) || !(cond_max > 1))
                 return as_cli_usage("bench conv", "--cond-max: expected a number > 1");
+        } else if (i + 1 < argc && !strcmp(argv[i], "--shape")) {
+            shape sh;
+            char tail;
+            const char *a = argv[++i];
+            if (sscanf(a, "%d:%d:%d:%d:%d:%d%c", &sh.n, &sh.cin, &sh.cout, &sh.h, &sh.k,
+                       &sh.pad, &tail) != 6 || sh.n < 1 || sh.n > 4096 || sh.cin < 1 ||
+                sh.cin > 1024 || sh.cout < 1 || sh.cout > 1024 || sh.h < 1 || sh.h > 1024 ||
+                sh.k < 1 || sh.k > 16 || sh.pad < 0 || sh.pad > 16 ||
+                sh.h + 2 * sh.pad < sh.k)
+                return as_cli_usage("bench conv", "--shape '%s': expected N:CIN:COUT:H:K:PAD "
+                                    "(N <= 4096, channels <= 1024, H <= 1024, K <= 16, "
+                                    "PAD <= 16, H + 2 PAD >= K)", a);
+            if (ns == 64)
+                return as_cli_usage("bench conv", "--shape: at most 64 shapes");
+            shapes[ns++] = sh;
         } else {
             return as_cli_usage("bench conv", "unexpected argument '%s'", argv[i]);
         }
     }
     if (threads)
         as_op_set_threads((int)threads);
-    shape shapes[64];
-    size_t ns = quick ? quick_shapes(shapes) : default_shapes(shapes, 64);
+    if (!ns)
+        ns = quick ? quick_shapes(shapes) : default_shapes(shapes, 64);
     cJSON *root = cJSON_CreateObject(), *arr = NULL;
     if (!root)
         return as_cli_fail("bench conv", "out of memory");

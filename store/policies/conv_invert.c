@@ -583,12 +583,34 @@ size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint)
 #define CHUNK 16
 static int chunk_of(int n) { return n < CHUNK ? n : CHUNK; }
 
+/* A streamed restore of more than one pass builds the factor of every
+ * frequency once, before the passes, into work space (instead of once per
+ * column in every pass: the factor work would grow with the batch), when
+ * it is at most the work space of one pass (so the work space at most
+ * doubles; wide layers at small maps, e.g. 64->64 at 28x28, where the
+ * factor is several times a pass, keep factoring per column). Bytes of
+ * that factor for n images on the given path, or 0. */
+static size_t stream_factor_bytes(const as__conv_inv *ci, int n, int adjoint)
+{
+    if (ci->pointwise || n <= CHUNK)
+        return 0;
+    const size_t k = adjoint ? (size_t)ci->g.cin : (size_t)ci->g.cout;
+    const size_t b = sizeof(float) * (size_t)ci->P * ci->Qh * 2 * ci->g.cin * k;
+    return b <= as__civ_work_need(ci, CHUNK, adjoint) ? b : 0;
+}
+
+/* Work space of one restore: one pass, plus the streamed factor. */
+static size_t path_need(const as__conv_inv *ci, int n, int adjoint, int stream)
+{
+    return as__civ_work_need(ci, chunk_of(n), adjoint) +
+           (stream ? as__civ_wround(stream_factor_bytes(ci, n, adjoint)) : 0);
+}
+
 size_t as__conv_inv_work_bytes(const as__conv_inv *ci, int n)
 {
     if (ci->pointwise)
         return 0;
-    n = chunk_of(n);
-    size_t a = as__civ_work_need(ci, n, 0), b = as__civ_work_need(ci, n, 1);
+    size_t a = path_need(ci, n, 0, 1), b = path_need(ci, n, 1, 1);
     return a > b ? a : b;
 }
 
@@ -597,14 +619,13 @@ size_t as__conv_inv_path_work_bytes(const as__conv_inv *ci, uint64_t version, in
 {
     if (ci->pointwise)
         return 0;
-    n = chunk_of(n);
     if (!stream || (ci->state == 1 && ci->version == version))
-        return as__civ_work_need(ci, n, 0);
+        return path_need(ci, n, 0, 0);
     if (!(ci->cond_state == 1 && ci->cond_version == version))
         return as__conv_inv_work_bytes(ci, n);
     const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
                     ci->cond <= AS__CIV_ADJ_COND;
-    return as__civ_work_need(ci, n, adj);
+    return path_need(ci, n, adj, 1);
 }
 
 void as__conv_inv_set_work(as__conv_inv *ci, void *block, size_t bytes)
@@ -740,7 +761,9 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
                             (size_t)Q * Eo, Bo);
         double t1 = as__civ_now_ms();
         const float *mcol;
-        if (fc) {
+        if (fc && ci->mstream) {
+            mcol = ci->mstream + (size_t)kq * P * msz;
+        } else if (fc) {
             as__civ_factor_range(fc, (size_t)kq * P, (size_t)(kq + 1) * P,
                                  ci->cfg.eps_rel, mblk, NULL);
             mcol = mblk;
@@ -846,7 +869,27 @@ int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t versi
     const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
                     ci->cond <= AS__CIV_ADJ_COND;
     fc.ginv = adj;
+    /* Several passes: the factor of every frequency once, up front, at the
+     * end of the lent work space (after the pass's part) or malloc'ed. */
+    const size_t sfb = stream_factor_bytes(ci, n, adj);
+    float *mown = NULL;
+    if (sfb) {
+        const size_t pass = as__civ_wround(as__civ_work_need(ci, CHUNK, adj));
+        float *mbuf;
+        if (ci->ext_work && ci->ext_bytes >= pass + sfb)
+            mbuf = (float *)((char *)ci->ext_work + pass);
+        else if (!(mbuf = mown = malloc(sfb))) {
+            as__civ_factor_end(&fc);
+            return AS_ENOMEM;
+        }
+        t0 = as__civ_now_ms();
+        as__civ_factor_range(&fc, 0, fc.nf, ci->cfg.eps_rel, mbuf, NULL);
+        ci->st.factor_ms += as__civ_now_ms() - t0;
+        ci->mstream = mbuf;
+    }
     rc = restore_chunked(ci, &fc, adj, n, y, bias, frame, x);
+    ci->mstream = NULL;
+    free(mown);
     as__civ_factor_end(&fc);
     if (rc == 0) {
         ci->st.factor_builds++;

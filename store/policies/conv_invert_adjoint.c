@@ -213,9 +213,14 @@ int as__civ_restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const flo
         for (int k = 0; k <= pair; k++)
             as__civ_fft_run(&ci->fp, Cf[k], Ei, G + (size_t)cols[k] * Ei, (size_t)Q * Ei, Bi);
         double tb = as__civ_now_ms();
-        as__civ_factor_range(fc, (size_t)kq * P, (size_t)(kq + 1) * P, ci->cfg.eps_rel, mblk, NULL);
+        const float *mcol = mblk;
+        if (ci->mstream)
+            mcol = ci->mstream + (size_t)kq * P * gsz;
+        else
+            as__civ_factor_range(fc, (size_t)kq * P, (size_t)(kq + 1) * P, ci->cfg.eps_rel,
+                                 mblk, NULL);
         for (int kp = 0; kp < P; kp++) {
-            const float *mf = mblk + (size_t)kp * gsz;
+            const float *mf = mcol + (size_t)kp * gsz;
             solve_chol(mf, mf + gsz / 2, 1.0f, Cf[0] + (size_t)kp * Ei,
                        Cx[0] + (size_t)kp * Ei, cin, NB);
             if (pair) {

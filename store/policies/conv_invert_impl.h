@@ -30,6 +30,9 @@ struct as__conv_inv {
     int state;             /* 0 no factor, 1 factor valid for `version` */
     uint64_t version;
     float *m;              /* (P*Qh, 2, Cin, Cout) */
+    const float *mstream;  /* during a streamed restore of several passes:
+                              the factor of every frequency, built once for
+                              all passes (NULL: per column inside each pass) */
     void *ext_work;        /* caller's work space for the next restores */
     size_t ext_bytes;
     float *wt;             /* weights as (kh, kw, Cout, Cin) */
