@@ -140,13 +140,18 @@ int as_sm_pt_matmul(const void *blob, int64_t blk, const float *dout,
 
 /* ---- rows, for tests and the benchmark ---------------------------------- */
 
-/* Scratch for the row codecs, sized for rows up to len entries. */
+/* Rows decoded side by side by as_sm_soa_decode_rows. */
+#define AS_SM_SOA_LANES 4
+
+/* Scratch for the row codecs, sized for rows up to len entries (one
+ * allocation). */
 typedef struct as_sm_work {
     size_t    cap;
     uint32_t *ord, *tmp;   /* order / radix buffers (cap) */
     uint32_t *key, *key2;  /* radix keys (cap) */
     float    *vals;        /* gathered valid values (cap) */
-    double   *tab;         /* decay table / weights (cap) */
+    double   *tab;         /* decay tables (AS_SM_SOA_LANES x cap) */
+    float    *val;         /* soa values by rank (AS_SM_SOA_LANES x cap) */
     uint8_t  *codes;       /* unpacked codes (cap) */
 } as_sm_work;
 
@@ -175,6 +180,11 @@ size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
                         size_t len, uint8_t *out, as_sm_work *w);
 size_t as_sm_soa_decode(const as_sm_params *p, const uint8_t *in, size_t n,
                         float *v, as_sm_work *w);
+/* Decode cnt (1..AS_SM_SOA_LANES) soa rows at once: row l has n[l] valid
+ * entries at in[l] and goes to v[l]; the same values as one by one. */
+void   as_sm_soa_decode_rows(const as_sm_params *p, const uint8_t *const *in,
+                             const size_t *n, float *const *v, int cnt,
+                             as_sm_work *w);
 size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
                         uint8_t *out, as_sm_work *w);
 size_t as_sm_log_decode(const as_sm_params *p, const uint8_t *in, size_t n,

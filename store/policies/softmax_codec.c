@@ -222,31 +222,30 @@ int as_sm_work_init(as_sm_work *w, size_t len)
 {
     memset(w, 0, sizeof *w);
     size_t c = len ? len : 1;
-    w->cap = c;
-    w->ord = malloc(c * sizeof *w->ord);
-    w->tmp = malloc(c * sizeof *w->tmp);
-    w->key = malloc(c * sizeof *w->key);
-    w->key2 = malloc(c * sizeof *w->key2);
-    w->vals = malloc(c * sizeof *w->vals);
-    w->tab = malloc(c * sizeof *w->tab);
-    w->codes = malloc(c);
-    if (!w->ord || !w->tmp || !w->key || !w->key2 || !w->vals || !w->tab ||
-        !w->codes) {
-        as_sm_work_free(w);
+    const size_t L = AS_SM_SOA_LANES;
+    /* doubles first (8-byte aligned), then the 4-byte arrays, bytes last */
+    size_t bytes = c * (L * sizeof(double) + L * sizeof(float) +
+                        4 * sizeof(uint32_t) + sizeof(float) + 1);
+    uint8_t *m = malloc(bytes);
+    if (!m)
         return AS_ENOMEM;
-    }
+    w->cap = c;
+    w->tab = (double *)(void *)m;
+    m += c * L * sizeof(double);
+    w->val = (float *)(void *)m;
+    m += c * L * sizeof(float);
+    w->ord = (uint32_t *)(void *)m;
+    w->tmp = w->ord + c;
+    w->key = w->tmp + c;
+    w->key2 = w->key + c;
+    w->vals = (float *)(void *)(w->key2 + c);
+    w->codes = (uint8_t *)(void *)(w->vals + c);
     return 0;
 }
 
 void as_sm_work_free(as_sm_work *w)
 {
-    free(w->ord);
-    free(w->tmp);
-    free(w->key);
-    free(w->key2);
-    free(w->vals);
     free(w->tab);
-    free(w->codes);
     memset(w, 0, sizeof *w);
 }
 

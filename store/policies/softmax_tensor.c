@@ -348,9 +348,28 @@ int as_sm_decode_rows(const void *blob, int64_t row0, int64_t nrows,
         return rc;
     }
     const uint8_t *pp = sm_seek(&v, row0);
-    for (int64_t r = 0; r < nrows; r++)
-        sm_decode_row(&v, &pp, row0 + r, dst + (size_t)r * (size_t)v.len,
-                      &w);
+    const size_t len = (size_t)v.len;
+    int64_t r = 0;
+    if (v.p.kind == AS_SM_SOA && !sm_masked(&v)) {
+        /* soa rows have a known size: decode them in groups whose decay
+         * chains run side by side (as_sm_soa_decode_rows) */
+        for (; r + AS_SM_SOA_LANES <= nrows; r += AS_SM_SOA_LANES) {
+            const uint8_t *in[AS_SM_SOA_LANES];
+            size_t n[AS_SM_SOA_LANES];
+            float *o[AS_SM_SOA_LANES];
+            for (int l = 0; l < AS_SM_SOA_LANES; l++) {
+                n[l] = sm_count(&v, row0 + r + l);
+                in[l] = pp;
+                pp += as_sm_row_bytes(&v.p, n[l], len);
+                o[l] = dst + (size_t)(r + l) * len;
+            }
+            as_sm_soa_decode_rows(&v.p, in, n, o, AS_SM_SOA_LANES, &w);
+            for (int l = 0; l < AS_SM_SOA_LANES; l++)
+                memset(o[l] + n[l], 0, (len - n[l]) * sizeof(float));
+        }
+    }
+    for (; r < nrows; r++)
+        sm_decode_row(&v, &pp, row0 + r, dst + (size_t)r * len, &w);
     as_sm_work_free(&w);
     return 0;
 }
