@@ -197,6 +197,8 @@ static inline float sm_ln16(float y)
 
 /* coarse code by level (1/16 nat units) above the reference, per table */
 static uint8_t sm_ctab[2][5][SM_CTAB];
+/* the same as boundaries: sm_ctab[d] = #{j : d >= sm_cbnd[j]} (j < nc - 1) */
+static int32_t sm_cbnd[2][5][SM_MAXC];
 
 static void sm_make_ctab(int topk, int bits, double s, double g)
 {
@@ -207,9 +209,193 @@ static void sm_make_ctab(int topk, int bits, double s, double g)
             c += d >= (int)lround(16.0 * s * j * (1.0 + g * (j - 1)));
         sm_ctab[topk][bits][d] = (uint8_t)c;
     }
+    for (int j = 1; j < t->nc; j++)
+        sm_cbnd[topk][bits][j - 1] =
+            (int32_t)lround(16.0 * s * j * (1.0 + g * (j - 1)));
 }
 
 /* ---- encode / decode ----------------------------------------------------- */
+
+#if (defined(__x86_64__) || defined(__i386__)) && \
+    (defined(__GNUC__) || defined(__clang__)) && !defined(AS_SM_NO_DISPATCH)
+#define SM_X86_DISPATCH 1
+#endif
+
+#ifdef SM_X86_DISPATCH
+#include <immintrin.h>
+
+/* Short sotk rows (n <= 64, fixed k <= 4: sotk:16:B up to 64 keys, the
+ * vit and lm rows), eight entries per AVX2 vector: the same float
+ * operations as the scalar path below, lane by lane (no FMA: the same
+ * levels, cut, codes and bytes), without its per-entry branches; codes are
+ * packed straight from the vectors. CPUs without AVX2 take the scalar
+ * path. Returns the bytes written, or 0 when the row has no positive
+ * entry (the scalar path handles it). */
+#define SM_SMALL 64
+
+__attribute__((target("avx2"))) static inline __m256
+sm_ln16_avx2(__m256 y)   /* sm_ln16, lane by lane, same operations */
+{
+    const __m256i b = _mm256_castps_si256(y);
+    const __m256i man = _mm256_and_si256(b, _mm256_set1_epi32(0x7fffff));
+    const __m256i big = _mm256_cmpgt_epi32(man, _mm256_set1_epi32(0x3504f3));
+    const __m256i e = _mm256_sub_epi32(
+        _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(b, 23),
+                                          _mm256_set1_epi32(255)),
+                         _mm256_set1_epi32(127)),
+        big);                                      /* big is -1 / 0 */
+    const __m256i xb = _mm256_or_si256(
+        man, _mm256_add_epi32(_mm256_set1_epi32(0x3f800000),
+                              _mm256_slli_epi32(big, 23)));
+    const __m256 x = _mm256_castsi256_ps(xb), one = _mm256_set1_ps(1.0f);
+    const __m256 s = _mm256_div_ps(_mm256_sub_ps(x, one), _mm256_add_ps(x, one));
+    const __m256 s2 = _mm256_mul_ps(s, s);
+    const __m256 t = _mm256_add_ps(_mm256_set1_ps(1.0f / 3.0f),
+                                   _mm256_mul_ps(s2, _mm256_set1_ps(0.2f)));
+    const __m256 l = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(2.0f), s),
+                                   _mm256_add_ps(one, _mm256_mul_ps(s2, t)));
+    const __m256 u = _mm256_add_ps(
+        _mm256_mul_ps(_mm256_cvtepi32_ps(e), _mm256_set1_ps(0.69314718f)), l);
+    return _mm256_mul_ps(_mm256_set1_ps(16.0f), u);
+}
+
+__attribute__((target("avx2"))) static inline int32_t
+sm_hmin_avx2(__m256i m)
+{
+    __m128i x = _mm_min_epi32(_mm256_castsi256_si128(m),
+                              _mm256_extracti128_si256(m, 1));
+    x = _mm_min_epi32(x, _mm_shuffle_epi32(x, 0x4e));
+    x = _mm_min_epi32(x, _mm_shuffle_epi32(x, 0xb1));
+    return _mm_cvtsi128_si32(x);
+}
+
+__attribute__((target("avx2"))) static inline uint32_t
+sm_hor_avx2(__m256i m)
+{
+    __m128i x = _mm_or_si128(_mm256_castsi256_si128(m),
+                             _mm256_extracti128_si256(m, 1));
+    x = _mm_or_si128(x, _mm_shuffle_epi32(x, 0x4e));
+    x = _mm_or_si128(x, _mm_shuffle_epi32(x, 0xb1));
+    return (uint32_t)_mm_cvtsi128_si32(x);
+}
+
+__attribute__((target("avx2,popcnt"))) static size_t
+sm_topk_small_avx2(const as_sm_params *p, const float *v, size_t n,
+                   uint8_t *out)
+{
+    const int B = p->bits;
+    const int nv = (int)((n + 7) / 8);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i imax = _mm256_set1_epi32(INT32_MAX);
+    __m256 y[SM_SMALL / 8];
+    __m256i in[SM_SMALL / 8];
+    __m256 mv = _mm256_setzero_ps();
+    for (int b = 0; b < nv; b++) {
+        in[b] = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n - 8 * b), lane);
+        y[b] = _mm256_maskload_ps(v + 8 * b, in[b]);   /* 0 past n */
+        mv = _mm256_max_ps(y[b], mv);   /* y > mv ? y : mv, as the scalar */
+    }
+    float mx[8], m = 0.0f;
+    _mm256_storeu_ps(mx, mv);
+    for (int j = 0; j < 8; j++)
+        m = mx[j] > m ? mx[j] : m;
+    if (!(m > 0.0f))
+        return 0;
+    size_t k = n / (size_t)p->k;
+    size_t k0 = n < AS_SM_MIN_FINE ? n : AS_SM_MIN_FINE;
+    k = k < k0 ? k0 : k;
+    const __m256 lm = _mm256_set1_ps(sm_ln16(m) + 0.5f);
+    __m256i lev[SM_SMALL / 8];
+    __m256i mn = imax;
+    for (int b = 0; b < nv; b++) {
+        const __m256 tiny = _mm256_set1_ps(1e-38f);
+        const __m256 x = _mm256_blendv_ps(tiny, y[b],
+                                          _mm256_cmp_ps(y[b], tiny, _CMP_GT_OQ));
+        __m256 l = _mm256_sub_ps(lm, sm_ln16_avx2(x));
+        l = _mm256_max_ps(l, _mm256_setzero_ps());          /* l > 0 ? l : 0 */
+        l = _mm256_min_ps(l, _mm256_set1_ps((float)SM_DMAX)); /* l < D ? l : D */
+        lev[b] = _mm256_blendv_epi8(imax, _mm256_cvttps_epi32(l), in[b]);
+        mn = _mm256_min_epi32(mn, lev[b]);
+    }
+    /* the cut (k-th lowest level, with multiplicity), entries below it */
+    int32_t cut = sm_hmin_avx2(mn);
+    size_t below = 0;
+    for (;;) {
+        const __m256i c = _mm256_set1_epi32(cut);
+        uint64_t eq = 0;
+        for (int b = 0; b < nv; b++)
+            eq |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
+                      _mm256_cmpeq_epi32(lev[b], c))) << (8 * b);
+        const size_t cnt = (size_t)__builtin_popcountll(eq);
+        if (below + cnt >= k)
+            break;
+        below += cnt;
+        mn = imax;
+        for (int b = 0; b < nv; b++)
+            mn = _mm256_min_epi32(mn, _mm256_blendv_epi8(
+                     imax, lev[b], _mm256_cmpgt_epi32(lev[b], c)));
+        cut = sm_hmin_avx2(mn);
+    }
+    /* fine: every entry below the cut, then the first k - below at it */
+    const __m256i cv = _mm256_set1_epi32(cut);
+    uint64_t lt = 0, eq = 0;
+    for (int b = 0; b < nv; b++) {
+        lt |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
+                  _mm256_cmpgt_epi32(cv, lev[b]))) << (8 * b);
+        eq |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
+                  _mm256_cmpeq_epi32(lev[b], cv))) << (8 * b);
+    }
+    uint64_t fm = lt;
+    for (size_t t = k - below; t > 0 && eq; t--) {
+        fm |= eq & (~eq + 1);
+        eq &= eq - 1;
+    }
+    const size_t nbytes = (n * (size_t)B + 7) / 8;
+    uint8_t *fine = out + nbytes;
+    size_t nfine = 0;
+    int32_t lv[SM_SMALL];
+    for (int b = 0; b < nv; b++)
+        _mm256_storeu_si256((__m256i *)(void *)(lv + 8 * b), lev[b]);
+    for (uint64_t f = fm; f; f &= f - 1) {
+        const int32_t d = lv[__builtin_ctzll(f)];
+        fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
+    }
+    assert(nfine == k);
+    /* coarse codes 1 + #{boundaries <= level - reference} (= sm_ctab,
+     * reference min(cut, 255)), 0 for fine entries and past n, packed B
+     * bits each, little endian: a group of 8 codes is B bytes */
+    const int32_t *bnd = sm_cbnd[1][B];
+    const int nbd = sm_tabs[1][B].nc - 1;
+    const __m256i lr = _mm256_set1_epi32(cut < 255 ? cut : 255);
+    const __m256i shl = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    uint8_t pk[SM_SMALL / 8 * 4 + 4];
+    for (int b = 0; b < nv; b++) {
+        __m256i r = _mm256_min_epi32(_mm256_sub_epi32(lev[b], lr),
+                                     _mm256_set1_epi32(SM_CTAB - 1));
+        __m256i c = _mm256_set1_epi32(1);
+        for (int j = 0; j < nbd; j++)
+            c = _mm256_sub_epi32(c, _mm256_cmpgt_epi32(
+                    r, _mm256_set1_epi32(bnd[j] - 1)));
+        const __m256i fb = _mm256_set1_epi32((int)((fm >> (8 * b)) & 255));
+        const __m256i isf = _mm256_cmpeq_epi32(_mm256_and_si256(fb, bits), bits);
+        c = _mm256_andnot_si256(_mm256_or_si256(isf, _mm256_xor_si256(
+                in[b], _mm256_set1_epi32(-1))), c);
+        const uint32_t g = sm_hor_avx2(_mm256_sllv_epi32(c, shl));
+        memcpy(pk + B * b, &g, 4);
+    }
+    memcpy(out, pk, nbytes);
+    return nbytes + nfine;
+}
+
+static size_t sm_topk_small(const as_sm_params *p, const float *v, size_t n,
+                            uint8_t *out)
+{
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"))
+        return sm_topk_small_avx2(p, v, n, out);
+    return 0;
+}
+#endif
 
 size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
                         uint8_t *out, as_sm_work *w)
@@ -220,6 +406,13 @@ size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
     const uint8_t *ctab = sm_ctab[topk][B];
     const size_t nb = (n * (size_t)B + 7) / 8;
     uint8_t *codes = w->codes;
+#ifdef SM_X86_DISPATCH
+    if (topk && p->mass == 0.0f && n <= SM_SMALL && n / (size_t)p->k <= 4) {
+        size_t used = sm_topk_small(p, v, n, out);
+        if (used)
+            return used;
+    }
+#endif
     /* 8 independent partial maxima (the same max in any order; NaN and
      * values <= 0 never win): no chain of dependent compares */
     float m8[8] = {0};
