@@ -1,6 +1,6 @@
 /*
  * actstore bench conv [--json FILE] [--quick] [--wall] [--reps R] [--threads T]
- *                     [--cond-max C] [--shape N:CIN:COUT:H:K:PAD]...
+ *                     [--cond-max C] [--no-adjoint] [--shape N:CIN:COUT:H:K:PAD]...
  *
  * Conv input regeneration by inversion against the conv forward it saves
  * memory for, side by side per shape: forward = the layers library's
@@ -89,7 +89,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: actstore bench conv [--json FILE] [--quick] [--wall] [--reps R] [--threads T]\n"
-        "                           [--cond-max C] [--shape N:CIN:COUT:H:K:PAD]...\n"
+        "                           [--cond-max C] [--no-adjoint]\n"
+        "                           [--shape N:CIN:COUT:H:K:PAD]...\n"
         "Conv input inversion vs conv forward (im2col + OpenBLAS sgemm), per shape:\n"
         "forward_ms, invert_ms (cached factor), factor_ms (once per weight version),\n"
         "ratio (median of invert/forward timed back to back), stream_ms and\n"
@@ -103,11 +104,14 @@ static void usage(FILE *f)
         "  --threads T    OpenBLAS threads for the forward (default 1; the\n"
         "                 inversion is single-threaded)\n"
         "  --cond-max C   inversion threshold on cond(A(f)) (default 1e4)\n"
+        "  --no-adjoint   streamed restores never take the adjoint path\n"
         "  --shape S      run only shape S = N:CIN:COUT:H:K:PAD (square map H x H,\n"
         "                 k x k kernel, padding PAD); repeatable, up to 64\n");
 }
 
 /* Runs one shape; fills the JSON object. Returns 0 or -1 (out of memory). */
+static int no_adjoint;   /* --no-adjoint */
+
 static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
 {
     as_op_conv_geom og = {.N = s->n, .Cin = s->cin, .H = s->h, .W = s->h,
@@ -157,7 +161,7 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     as__conv_frame_extract(&g, s->n, x, fr);
 
     char why[200] = "";
-    as__conv_inv_cfg cfg = {.cond_max = cond_max, .eps_rel = -1};
+    as__conv_inv_cfg cfg = {.cond_max = cond_max, .eps_rel = -1, .no_adjoint = no_adjoint};
     double cond = NAN, inv = NAN, err = NAN, factor_ms = NAN;
     size_t cache = 0;
     int fallback = 0;
@@ -298,6 +302,8 @@ int as_bench_conv(int argc, char **argv)
             return AS_EXIT_OK;
         } else if (!strcmp(argv[i], "--quick")) {
             quick = 1;
+        } else if (!strcmp(argv[i], "--no-adjoint")) {
+            no_adjoint = 1;
         } else if (!strcmp(argv[i], "--wall")) {
             bench_clock = CLOCK_MONOTONIC;
         } else if (i + 1 < argc && !strcmp(argv[i], "--json")) {

@@ -286,7 +286,7 @@ int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
  * xo: [re|im][Cin][NB]; s = -1 applies conj(M). Blocks of 4 input channels
  * x 8 lanes keep their 8 accumulators in registers over the Cout loop. */
 AS__CIV_CLONES
-static void solve_freq(const float *mr, const float *mi, float s, const float *z,
+void as__civ_solve_freq(const float *mr, const float *mi, float s, const float *z,
                        float *xo, int ci, int co, int NB)
 {
     const float *zr = z, *zi = z + (size_t)co * NB;
@@ -551,7 +551,10 @@ void as__civ_frame_pack(const as__conv_inv *ci, int n, const float *frame, float
 }
 
 
-/* Bytes of work space the restore paths take (both layouts). */
+/* Bytes of work space of a restore of n images (one pass). Both paths
+ * share the layout; the solved spectrum X goes in place of G (element
+ * stride Eo), and the adjoint path needs one more element (A^H F^) and a
+ * larger factor per frequency (A^H and the Cholesky factor). */
 size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint)
 {
     const as__conv_geom *g = &ci->g;
@@ -559,17 +562,11 @@ size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint)
     const size_t N2 = ((size_t)n + 1) / 2, NB = (N2 + 7) / 8 * 8;
     const size_t Eo = 2 * (size_t)g->cout * NB, Ei = 2 * (size_t)g->cin * NB;
     const size_t flen = as__conv_frame_len(g), f4 = sizeof(float);
-    const size_t Pl = (size_t)g->h + g->kh - 1;
-    size_t t = as__civ_wround(f4 * (flen ? flen : 1) * Ei) + as__civ_wround(sizeof(int) * (size_t)g->h * g->w);
-    if (!adjoint) {
-        t += as__civ_wround(f4 * P * Q * Eo) + as__civ_wround(f4 * P * Q * Ei) + as__civ_wround(f4 * Q * Eo) +
-             as__civ_wround(f4 * 2 * P * (Eo + Ei)) + as__civ_wround(f4 * 2 * (size_t)g->cin * g->cout * P);
-    } else {
-        t += as__civ_wround(f4 * as__civ_adj_slots(g) * Q * Eo) + as__civ_wround(sizeof(float *) * Pl) +
-             as__civ_wround(f4 * P * Q * Ei) + as__civ_wround(f4 * Q * Ei) +
-             as__civ_wround(f4 * 4 * P * Ei) + as__civ_wround(f4 * 2 * (size_t)g->cin * g->cin * P);
-    }
-    return t;
+    return as__civ_wround(f4 * (flen ? flen : 1) * Ei) +
+           as__civ_wround(sizeof(int) * (size_t)g->h * g->w) +
+           as__civ_wround(f4 * P * Q * Eo) + as__civ_wround(f4 * Q * Eo) +
+           as__civ_wround(f4 * 2 * P * (Eo + Ei)) + as__civ_wround(f4 * (adjoint ? Ei : 1)) +
+           as__civ_wround(f4 * as__civ_msz(g, adjoint) * P);
 }
 
 /* Images per pass of a restore. The work space grows with the images of a
@@ -586,17 +583,17 @@ static int chunk_of(int n) { return n < CHUNK ? n : CHUNK; }
 /* A streamed restore of more than one pass builds the factor of every
  * frequency once, before the passes, into work space (instead of once per
  * column in every pass: the factor work would grow with the batch), when
- * it is at most the work space of one pass (so the work space at most
- * doubles; wide layers at small maps, e.g. 64->64 at 28x28, where the
- * factor is several times a pass, keep factoring per column). Bytes of
- * that factor for n images on the given path, or 0. */
+ * it is at most twice the work space of one pass (so the work space at
+ * most triples; wide layers at small maps, e.g. 64->64 at 28x28 on the
+ * direct path, where the factor is several times a pass, keep factoring
+ * per column in every pass). Bytes of that factor for n images on the
+ * given path, or 0. */
 static size_t stream_factor_bytes(const as__conv_inv *ci, int n, int adjoint)
 {
     if (ci->pointwise || n <= CHUNK)
         return 0;
-    const size_t k = adjoint ? (size_t)ci->g.cin : (size_t)ci->g.cout;
-    const size_t b = sizeof(float) * (size_t)ci->P * ci->Qh * 2 * ci->g.cin * k;
-    return b <= as__civ_work_need(ci, CHUNK, adjoint) ? b : 0;
+    const size_t b = sizeof(float) * (size_t)ci->P * ci->Qh * as__civ_msz(&ci->g, adjoint);
+    return b <= 2 * as__civ_work_need(ci, CHUNK, adjoint) ? b : 0;
 }
 
 /* Work space of one restore: one pass, plus the streamed factor. */
@@ -673,8 +670,8 @@ static void frame_put_back(const as__conv_inv *ci, int n, const float *frame, fl
  * the P-direction transform undone, R a row of scratch (Q * Ei floats):
  * per row of X, the inverse FFT along Q, crop, scale and unpair into x;
  * then the kept frame goes back in place. t_ifft: inverse-FFT time so far. */
-void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, float *R,
-                        const float *frame, float *x, int NB, double t_ifft)
+void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, size_t ex, float *R,
+                         const float *frame, float *x, int NB, double t_ifft)
 {
     const int H = ci->g.h, P = ci->P, Q = ci->Q;
     const size_t Bi = (size_t)ci->g.cin * NB, Ei = 2 * Bi;
@@ -682,7 +679,7 @@ void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, float *R,
     double t_crop = 0;
     for (int r = 0; r < H; r++) {
         double ta = as__civ_now_ms();
-        as__civ_fft_run(&ci->iq, R, Ei, X + (size_t)r * Q * Ei, Ei, Bi);
+        as__civ_fft_run(&ci->iq, R, Ei, X + (size_t)r * Q * ex, ex, Bi);
         double tb = as__civ_now_ms();
         crop_row(ci, n, R, r, scale, x, NB);
         t_ifft += tb - ta;
@@ -695,7 +692,7 @@ void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, float *R,
     ci->st.restores++;
 }
 
-static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *y,
+static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const float *y,
                         const float *bias, const float *frame, float *x)
 {
     if (ci->pointwise) {
@@ -714,17 +711,20 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
     const size_t Eo = 2 * Bo, Ei = 2 * Bi;
     const int Pl = H + g->kh - 1;
     const size_t flen = as__conv_frame_len(g);
-    const size_t msz = 2 * (size_t)cin * cout;
+    const size_t msz = as__civ_msz(g, adj);
     as__civ_work wk;
-    if (as__civ_work_begin(ci, &wk, as__civ_work_need(ci, n, 0)))
+    if (as__civ_work_begin(ci, &wk, as__civ_work_need(ci, n, adj)))
         return AS_ENOMEM;
     float *xf = as__civ_wtake(&wk, sizeof(float) * (flen ? flen : 1) * Ei);
     int *fidx = as__civ_wtake(&wk, sizeof(int) * (size_t)H * W);
     float *G = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Q * Eo);
-    float *X = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Q * Ei);
     float *R = as__civ_wtake(&wk, sizeof(float) * (size_t)Q * Eo);          /* a row */
     float *C = as__civ_wtake(&wk, sizeof(float) * (size_t)2 * P * (Eo + Ei)); /* 2 columns */
+    float *tz = as__civ_wtake(&wk, sizeof(float) * (adj ? Ei : 1));       /* A^H F^ */
     float *mblk = as__civ_wtake(&wk, sizeof(float) * msz * P);
+    /* The column pass reads both columns of G before it writes them: the
+     * solved spectrum X in place of G (element stride Eo, first Ei floats). */
+    float *X = G;
     double t_fft = 0, t_build = 0;
 
     /* The frame, one planar element per frame pixel. */
@@ -772,17 +772,25 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
         }
         for (int kp = 0; kp < P; kp++) {
             const float *mf = mcol + (size_t)kp * msz;
-            solve_freq(mf, mf + msz / 2, 1.0f, Cf[0] + (size_t)kp * Eo,
-                       Cx[0] + (size_t)kp * Ei, cin, cout, NB);
-            if (pair) {   /* (-kp, -kq) = ((P-kp)%P, mq) */
-                const int mp = (P - kp) % P;
-                solve_freq(mf, mf + msz / 2, -1.0f, Cf[1] + (size_t)mp * Eo,
-                           Cx[1] + (size_t)mp * Ei, cin, cout, NB);
+            /* (-kp, -kq) = ((P-kp)%P, mq) with the conjugate factor */
+            const int mp = (P - kp) % P;
+            if (adj) {
+                as__civ_adjoint_freq(mf, 1.0f, Cf[0] + (size_t)kp * Eo, tz,
+                                     Cx[0] + (size_t)kp * Ei, cin, cout, NB);
+                if (pair)
+                    as__civ_adjoint_freq(mf, -1.0f, Cf[1] + (size_t)mp * Eo, tz,
+                                         Cx[1] + (size_t)mp * Ei, cin, cout, NB);
+                continue;
             }
+            as__civ_solve_freq(mf, mf + msz / 2, 1.0f, Cf[0] + (size_t)kp * Eo,
+                               Cx[0] + (size_t)kp * Ei, cin, cout, NB);
+            if (pair)
+                as__civ_solve_freq(mf, mf + msz / 2, -1.0f, Cf[1] + (size_t)mp * Eo,
+                                   Cx[1] + (size_t)mp * Ei, cin, cout, NB);
         }
         double t2 = as__civ_now_ms();
         for (int k = 0; k <= pair; k++)
-            as__civ_fft_run(&ci->ip, X + (size_t)cols[k] * Ei, (size_t)Q * Ei,
+            as__civ_fft_run(&ci->ip, X + (size_t)cols[k] * Eo, (size_t)Q * Eo,
                             Cx[k], Ei, Bi);
         t_fft += t1 - t0;
         t_solve += t2 - t1;
@@ -791,7 +799,7 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *
     ci->st.phase_ms[1] = t_fft;
     ci->st.phase_ms[2] = t_solve;
 
-    as__civ_finish_rows(ci, n, X, R, frame, x, NB, t_ifft);
+    as__civ_finish_rows(ci, n, X, Eo, R, frame, x, NB, t_ifft);
     free(wk.own);
     return 0;
 }
@@ -803,8 +811,7 @@ static int restore_chunked(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n,
                            float *x)
 {
     if (ci->pointwise || n <= CHUNK)
-        return adj ? as__civ_restore_adjoint(ci, fc, n, y, bias, frame, x)
-                   : restore_impl(ci, fc, n, y, bias, frame, x);
+        return restore_impl(ci, fc, adj, n, y, bias, frame, x);
     const as__conv_geom *g = &ci->g;
     const size_t ys = (size_t)g->cout * ci->ho * ci->wo, xs = (size_t)g->cin * g->h * g->w;
     const size_t fs = (size_t)g->cin * as__conv_frame_len(g);
@@ -812,10 +819,8 @@ static int restore_chunked(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n,
     for (int i0 = 0; i0 < n; i0 += CHUNK) {
         const int m = n - i0 < CHUNK ? n - i0 : CHUNK;
         const float *fr = frame && fs ? frame + (size_t)i0 * fs : frame;
-        int rc = adj ? as__civ_restore_adjoint(ci, fc, m, y + (size_t)i0 * ys, bias, fr,
-                                       x + (size_t)i0 * xs)
-                     : restore_impl(ci, fc, m, y + (size_t)i0 * ys, bias, fr,
-                                    x + (size_t)i0 * xs);
+        int rc = restore_impl(ci, fc, adj, m, y + (size_t)i0 * ys, bias, fr,
+                              x + (size_t)i0 * xs);
         if (rc)
             return rc;
         ci->st.restores--;

@@ -238,9 +238,12 @@ typedef struct as__civ_fctx {
     int P, Q;
     size_t nf;                  /* P * (Q/2+1) */
     double *T;
+    double *Tg;                 /* Gram matrix DFT along kq (gram_dft) */
     struct as__civ_lanes *A, *L, *v;
-    int ginv;                   /* range() writes the Cholesky factor of A^H A
-                                   (Cin x Cin, diagonal inverted), not M */
+    int ginv;                   /* range() writes A^H (Cin x Cout) and the
+                                   Cholesky factor of A^H A (Cin x Cin,
+                                   diagonal inverted) instead of M: 2 Cin
+                                   (Cout + Cin) floats per frequency */
 } as__civ_fctx;
 int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
                          int Q, const float *w);

@@ -117,22 +117,6 @@ static inline void *as__civ_wtake(as__civ_work *wk, size_t bytes)
     return p;
 }
 
-/* The adjoint path holds F (Cout channels, spatial) only for the rows of
- * the window of adjoint_row: rows 0..kh-2 (the wrap of the last rows) in
- * fixed slots, the others in a ring of kh slots. */
-static inline size_t as__civ_adj_slots(const as__conv_geom *g)
-{
-    const size_t Pl = (size_t)g->h + g->kh - 1, s = 2 * (size_t)g->kh - 1;
-    return Pl < s ? Pl : s;
-}
-
-static inline size_t as__civ_adj_slot(const as__conv_geom *g, int a)
-{
-    const int Pl = g->h + g->kh - 1;
-    if (Pl <= 2 * g->kh - 1 || a < g->kh - 1)
-        return (size_t)a;
-    return (size_t)(g->kh - 1) + (size_t)((a - (g->kh - 1)) % g->kh);
-}
 
 /* Shared pieces of the restore (conv_invert.c). NB: lanes per half (a
  * multiple of 8); images j and j + ceil(n/2) share lane j (re / im). */
@@ -142,14 +126,26 @@ void as__civ_scatter_yrow(const as__conv_inv *ci, int n, const float *y, const f
                           int i, float *R, int NB);
 void as__civ_frame_pack(const as__conv_inv *ci, int n, const float *frame, float *xf,
                         int *fidx, int NB);
-void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, float *R,
+/* X: the solved spectrum, element (p, q) at X + (p*Q + q) * ex. */
+void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, size_t ex, float *R,
                          const float *frame, float *x, int NB, double t_ifft);
 /* Bytes of work space of a restore of n images (adjoint: that path). */
 size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint);
 
-/* The adjoint restore of n <= 16 images (conv_invert_adjoint.c); fc: the
- * streamed factor context with ginv set. Returns 0 or AS_ENOMEM. */
-int as__civ_restore_adjoint(as__conv_inv *ci, as__civ_fctx *fc, int n, const float *y,
-                            const float *bias, const float *frame, float *x);
+/* Floats of the factor of one frequency: M (2 Cin Cout), or for the
+ * adjoint path A^H (2 Cin Cout) and the Cholesky factor (2 Cin Cin). */
+static inline size_t as__civ_msz(const as__conv_geom *g, int adjoint)
+{
+    return 2 * (size_t)g->cin * g->cout + (adjoint ? 2 * (size_t)g->cin * g->cin : 0);
+}
+
+/* x^ = M z^ at one frequency for all lanes (conv_invert.c): mr, mi Cin x
+ * Cout; z [re|im][Cout][NB], xo [re|im][Cin][NB]; s = -1: conj(M). */
+void as__civ_solve_freq(const float *mr, const float *mi, float s, const float *z,
+                        float *xo, int ci, int co, int NB);
+/* x^ = G^-1 A^H z^ at one frequency (conv_invert_adjoint.c); f: the
+ * adjoint factor of the frequency (as__civ_msz(g, 1) floats). */
+void as__civ_adjoint_freq(const float *f, float s, const float *z, float *tz, float *xo,
+                          int cin, int cout, int NB);
 
 #endif
