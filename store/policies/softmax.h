@@ -189,6 +189,12 @@ size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
                         uint8_t *out, as_sm_work *w);
 size_t as_sm_log_decode(const as_sm_params *p, const uint8_t *in, size_t n,
                         float *v, as_sm_work *w);
+/* Decode cnt (1..AS_SM_SOA_LANES) log/topk rows stored back to back
+ * from in (row l: n[l] entries, to v[l]); returns the bytes read. The
+ * same values as one by one. */
+size_t as_sm_log_decode_rows(const as_sm_params *p, const uint8_t *in,
+                             const size_t *n, float *const *v, int cnt,
+                             as_sm_work *w);
 /* Bytes of an encoded row (any codec) without decoding it. */
 size_t as_sm_row_size(const as_sm_params *p, const uint8_t *in, size_t n,
                       size_t len);

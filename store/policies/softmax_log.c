@@ -638,16 +638,75 @@ size_t as_sm_log_row_size(const as_sm_params *p, const uint8_t *in, size_t n)
     return nb + k;
 }
 
+#ifdef SM_X86_DISPATCH
+/* Weights of a short sotk row (n <= 64) in AVX2 vectors: codes unpacked
+ * by variable shifts, coarse weights by a table permute, fine entries
+ * patched in key order; the same values as the scalar loop of sm_row_weights
+ * (which also sums them: the caller does that, in the same order). */
+__attribute__((target("avx2,popcnt"))) static size_t
+sm_topk_weights_avx2(const sm_table *t, int B, const uint8_t *in,
+                     size_t n, float *wt)
+{
+    const int nv = (int)((n + 7) / 8);
+    const size_t nb = (n * (size_t)B + 7) / 8;
+    uint8_t buf[SM_SMALL / 8 * 4 + 4] = {0};
+    memcpy(buf, in, nb);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i shr = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
+    const __m256i cmask = _mm256_set1_epi32((1 << B) - 1);
+    __m256i c[SM_SMALL / 8];
+    uint64_t fm = 0;
+    for (int b = 0; b < nv; b++) {
+        uint32_t g;
+        memcpy(&g, buf + B * b, 4);
+        c[b] = _mm256_and_si256(
+            _mm256_srlv_epi32(_mm256_set1_epi32((int)g), shr), cmask);
+        const __m256i in_ = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32((int)n - 8 * b), lane);
+        fm |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
+                  _mm256_and_si256(_mm256_cmpeq_epi32(c[b],
+                                   _mm256_setzero_si256()), in_))) << (8 * b);
+    }
+    const uint8_t *fine = in + nb;
+    const size_t k = (size_t)__builtin_popcountll(fm);
+    uint32_t maxc = 0;
+    for (size_t f = 0; f < k; f++)
+        maxc = fine[f] > maxc ? fine[f] : maxc;
+    float cw[16] = {0};
+    for (int q = 0; q < t->nc; q++)
+        cw[q + 1] = sm_fine_w[maxc] * t->wt[q];
+    const __m256 cw0 = _mm256_loadu_ps(cw), cw1 = _mm256_loadu_ps(cw + 8);
+    float tmp[SM_SMALL];
+    for (int b = 0; b < nv; b++) {
+        __m256 x = _mm256_permutevar8x32_ps(cw0, c[b]);
+        if (B == 4)
+            x = _mm256_blendv_ps(x, _mm256_permutevar8x32_ps(cw1, c[b]),
+                                 _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                                     c[b], _mm256_set1_epi32(7))));
+        _mm256_storeu_ps(tmp + 8 * b, x);
+    }
+    size_t f = 0;
+    for (uint64_t r = fm; r; r &= r - 1)
+        tmp[__builtin_ctzll(r)] = sm_fine_w[fine[f++]];
+    memcpy(wt, tmp, n * sizeof *wt);
+    return nb + k;
+}
+#endif
+
 /* Weights of the row's codes (unnormalized) into wt[0..n-1]; returns the
- * bytes of the row and the weight sum in *zsum. */
-static size_t sm_weights(const as_sm_params *p, const uint8_t *in, size_t n,
-                         float *wt, double *zsum, as_sm_work *w)
+ * bytes of the row. */
+static size_t sm_row_weights(const as_sm_params *p, const uint8_t *in,
+                             size_t n, float *wt, as_sm_work *w)
 {
     const sm_table *t = sm_table_of(p);
+#ifdef SM_X86_DISPATCH
+    if (p->kind == AS_SM_TOPK && n <= SM_SMALL &&
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"))
+        return sm_topk_weights_avx2(t, p->bits, in, n, wt);
+#endif
     uint8_t *codes = w->codes;
     size_t nb = (n * (size_t)p->bits + 7) / 8;
     sm_unpack(in, n, p->bits, codes);
-    double z = 0.0;
     if (p->kind == AS_SM_TOPK) {
         /* branch-free: which entries are fine is data (a mispredicted
          * branch per fine entry was most of the decode) */
@@ -669,35 +728,69 @@ static size_t sm_weights(const as_sm_params *p, const uint8_t *in, size_t n,
         for (size_t i = 0; i < n; i++) {
             size_t isf = codes[i] == 0;
             uint8_t fc = fsrc[f < flast ? f : flast];
-            float x = isf ? sm_fine_w[fc] : cw[codes[i]];
+            wt[i] = isf ? sm_fine_w[fc] : cw[codes[i]];
             f += isf;
-            wt[i] = x;
-            z += x;
         }
         nb += k;
     } else {
-        for (size_t i = 0; i < n; i++) {
-            float x = t->wt[codes[i]];
-            wt[i] = x;
-            z += x;
-        }
+        for (size_t i = 0; i < n; i++)
+            wt[i] = t->wt[codes[i]];
     }
-    *zsum = z;
     return nb;
+}
+
+/* Rows normalized to mass 1: each row's weight sum in double, entry by
+ * entry in key order (a chain of dependent adds: the rows' chains run
+ * side by side), then one scale; an all-zero row decodes uniform. */
+static void sm_normalize(float *const *v, const size_t *n, int cnt)
+{
+    double z[AS_SM_SOA_LANES] = {0};
+    size_t nmin = SIZE_MAX;
+    for (int l = 0; l < cnt; l++)
+        nmin = n[l] < nmin ? n[l] : nmin;
+    size_t i0 = 0;
+    if (cnt == 4) {
+        const float *a = v[0], *b = v[1], *c = v[2], *d = v[3];
+        double za = 0.0, zb = 0.0, zc = 0.0, zd = 0.0;
+        for (size_t i = 0; i < nmin; i++) {
+            za += a[i];
+            zb += b[i];
+            zc += c[i];
+            zd += d[i];
+        }
+        z[0] = za, z[1] = zb, z[2] = zc, z[3] = zd;
+        i0 = nmin;
+    }
+    for (int l = 0; l < cnt; l++) {
+        float *x = v[l];
+        double zl = z[l];
+        for (size_t i = i0; i < n[l]; i++)
+            zl += x[i];
+        if (!(zl > 0.0)) {           /* all-zero input row */
+            for (size_t i = 0; i < n[l]; i++)
+                x[i] = 1.0f / (float)n[l];
+            continue;
+        }
+        float inv = (float)(1.0 / zl);
+        for (size_t i = 0; i < n[l]; i++)
+            x[i] *= inv;
+    }
+}
+
+size_t as_sm_log_decode_rows(const as_sm_params *p, const uint8_t *in,
+                             const size_t *n, float *const *v, int cnt,
+                             as_sm_work *w)
+{
+    assert(cnt >= 1 && cnt <= AS_SM_SOA_LANES);
+    const uint8_t *pp = in;
+    for (int l = 0; l < cnt; l++)
+        pp += sm_row_weights(p, pp, n[l], v[l], w);
+    sm_normalize(v, n, cnt);
+    return (size_t)(pp - in);
 }
 
 size_t as_sm_log_decode(const as_sm_params *p, const uint8_t *in, size_t n,
                         float *v, as_sm_work *w)
 {
-    double z;
-    size_t nb = sm_weights(p, in, n, v, &z, w);
-    if (!(z > 0.0)) {           /* all-zero input row */
-        for (size_t i = 0; i < n; i++)
-            v[i] = 1.0f / (float)n;
-        return nb;
-    }
-    float inv = (float)(1.0 / z);
-    for (size_t i = 0; i < n; i++)
-        v[i] *= inv;
-    return nb;
+    return as_sm_log_decode_rows(p, in, &n, &v, 1, w);
 }

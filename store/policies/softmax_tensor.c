@@ -368,6 +368,20 @@ int as_sm_decode_rows(const void *blob, int64_t row0, int64_t nrows,
                 memset(o[l] + n[l], 0, (len - n[l]) * sizeof(float));
         }
     }
+    if ((v.p.kind == AS_SM_LOG || v.p.kind == AS_SM_TOPK) && !sm_masked(&v)) {
+        /* log / topk rows in groups whose weight sums run side by side */
+        for (; r + AS_SM_SOA_LANES <= nrows; r += AS_SM_SOA_LANES) {
+            size_t n[AS_SM_SOA_LANES];
+            float *o[AS_SM_SOA_LANES];
+            for (int l = 0; l < AS_SM_SOA_LANES; l++) {
+                n[l] = sm_count(&v, row0 + r + l);
+                o[l] = dst + (size_t)(r + l) * len;
+            }
+            pp += as_sm_log_decode_rows(&v.p, pp, n, o, AS_SM_SOA_LANES, &w);
+            for (int l = 0; l < AS_SM_SOA_LANES; l++)
+                memset(o[l] + n[l], 0, (len - n[l]) * sizeof(float));
+        }
+    }
     for (; r < nrows; r++)
         sm_decode_row(&v, &pp, row0 + r, dst + (size_t)r * len, &w);
     as_sm_work_free(&w);
