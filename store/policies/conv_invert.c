@@ -562,6 +562,8 @@ size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint)
     const size_t N2 = ((size_t)n + 1) / 2, NB = (N2 + 7) / 8 * 8;
     const size_t Eo = 2 * (size_t)g->cout * NB, Ei = 2 * (size_t)g->cin * NB;
     const size_t flen = as__conv_frame_len(g), f4 = sizeof(float);
+    if (g->cin == 1)
+        return as__civ_c1_work_need(ci, n);
     return as__civ_wround(f4 * (flen ? flen : 1) * Ei) +
            as__civ_wround(sizeof(int) * (size_t)g->h * g->w) +
            as__civ_wround(f4 * P * Q * Eo) + as__civ_wround(f4 * Q * Eo) +
@@ -632,7 +634,7 @@ void as__conv_inv_set_work(as__conv_inv *ci, void *block, size_t bytes)
 }
 
 /* The exact frame pixels back into x. */
-static void frame_put_back(const as__conv_inv *ci, int n, const float *frame, float *x)
+void as__civ_frame_put_back(const as__conv_inv *ci, int n, const float *frame, float *x)
 {
     const int H = ci->g.h, W = ci->g.w, cin = ci->g.cin;
     const size_t flen = as__conv_frame_len(&ci->g);
@@ -687,7 +689,7 @@ void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, size_t ex, flo
     }
     ci->st.phase_ms[3] = t_ifft;
     double te = as__civ_now_ms();
-    frame_put_back(ci, n, frame, x);
+    as__civ_frame_put_back(ci, n, frame, x);
     ci->st.phase_ms[4] = t_crop + as__civ_now_ms() - te;
     ci->st.restores++;
 }
@@ -712,6 +714,8 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, cons
     const int Pl = H + g->kh - 1;
     const size_t flen = as__conv_frame_len(g);
     const size_t msz = as__civ_msz(g, adj);
+    if (cin == 1)
+        return as__civ_restore_c1(ci, fc, adj, n, y, bias, frame, x);
     as__civ_work wk;
     if (as__civ_work_begin(ci, &wk, as__civ_work_need(ci, n, adj)))
         return AS_ENOMEM;

@@ -71,3 +71,229 @@ void as__civ_adjoint_freq(const float *f, float s, const float *z, float *tz, fl
     as__civ_solve_freq(f, f + a, s, z, tz, cin, cout, NB);
     solve_chol(f + 2 * a, f + 2 * a + l, s, tz, xo, cin, NB);
 }
+
+/* ---- one input channel: the closed form ---------------------------------
+ *
+ * With Cin = 1, A(f) is a column a(f) of Cout values and G(f) = |a(f)|^2
+ * (+ eps) a number: X^(f) = a(f)^H F^(f) / G(f). The product a^H F^ is
+ * formed in the spatial domain, image by image in the images' own layout
+ * (X~ = the circular correlation of F with the kernels, summed over the
+ * output channels: Cout * kh * kw multiply-adds per grid point, vectorized
+ * along the rows), so only the one channel X~ is transformed, forward and
+ * back, instead of the Cout channels of F, and F is never moved into the
+ * transform layout. Same result as the other paths up to fp32 rounding:
+ * X^ = M F^ with M = a^H / G for Cin = 1. */
+
+/* 1 / G(f) of one frequency from its factor: M (adj = 0; sum |M_o|^2 =
+ * |a|^2 / G^2 = 1/G up to the relative eps) or the adjoint factor (adj =
+ * 1; its Cholesky diagonal holds 1 / sqrt(G)). */
+static float inv_gram(const float *f, int adj, int cout)
+{
+    if (adj) {
+        const float d = f[2 * (size_t)cout];
+        return d * d;
+    }
+    double s = 0;
+    for (int o = 0; o < cout; o++)
+        s += (double)f[o] * f[o] + (double)f[cout + o] * f[cout + o];
+    return (float)s;
+}
+
+/* xt (P x Q) += the circular correlation of one output channel's F with
+ * its kernel; fe: F on the grid extended by kh-1 rows and kw-1 columns of
+ * wrap, Qe floats a row. */
+AS__CIV_CLONES
+static void c1_corr(const float *fe, int Qe, const float *wk, int kh, int kw, int P, int Qs,
+                    float *xt)
+{
+    for (int p = 0; p < P; p++) {
+        float *xr = xt + (size_t)p * Qs;
+        for (int q = 0; q < Qs; q += 8) {
+            v8 acc = ld8(xr + q);
+            for (int u = 0; u < kh; u++) {
+                const float *fr = fe + (size_t)(p + kh - 1 - u) * Qe + kw - 1 + q;
+                for (int v = 0; v < kw; v++)
+                    acc += wk[u * kw + v] * ld8(fr - v);
+            }
+            st8(xr + q, acc);
+        }
+    }
+}
+
+/* dst[b] = src[b] - c for b < len */
+AS__CIV_CLONES
+static void sub_row(float *dst, const float *src, float c, int len)
+{
+    int b = 0;
+    const v8 cv = {c, c, c, c, c, c, c, c};
+    for (; b + 8 <= len; b += 8)
+        st8(dst + b, ld8(src + b) - cv);
+    for (; b < len; b++)
+        dst[b] = src[b] - c;
+}
+
+#define C1_OB 16   /* output channels of F held at once */
+
+size_t as__civ_c1_work_need(const as__conv_inv *ci, int n)
+{
+    const as__conv_geom *g = &ci->g;
+    const size_t P = (size_t)ci->P, Q = (size_t)ci->Q;
+    const size_t NB = (((size_t)n + 1) / 2 + 7) / 8 * 8, E = 2 * NB, f4 = sizeof(float);
+    const size_t Qs = (Q + 7) / 8 * 8, Pe = P + g->kh - 1, Qe = Qs + g->kw - 1;
+    const size_t ob = g->cout < C1_OB ? (size_t)g->cout : C1_OB;
+    return as__civ_wround(f4 * Pe * Qe * ob) + as__civ_wround(f4 * P * Qs) +
+           as__civ_wround(f4 * (size_t)g->h * g->w) + 2 * as__civ_wround(f4 * P * Q * E) +
+           as__civ_wround(f4 * Q * E) + as__civ_wround(f4 * 2 * P * E) +
+           as__civ_wround(f4 * P * ci->Qh) + as__civ_wround(f4 * P * as__civ_msz(g, 1));
+}
+
+int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const float *y,
+                       const float *bias, const float *frame, float *x)
+{
+    const as__conv_geom *g = &ci->g;
+    const int H = g->h, W = g->w, P = ci->P, Q = ci->Q, Qh = ci->Qh;
+    const int cout = g->cout, ho = ci->ho, wo = ci->wo, kh = g->kh, kw = g->kw;
+    const int N2 = (n + 1) / 2, NB = (N2 + 7) / 8 * 8;
+    const size_t E = 2 * (size_t)NB;
+    /* rows of X~ padded to whole vectors (Qs), F's rows to Qs + kw - 1 */
+    const int Qs = (Q + 7) / 8 * 8;
+    const int Pl = H + kh - 1, Ql = W + kw - 1, Pe = P + kh - 1, Qe = Qs + kw - 1;
+    const int dh = ci->dh, dw = ci->dw;
+    const size_t flen = as__conv_frame_len(g);
+    const size_t msz = as__civ_msz(g, adj);
+    as__civ_work wk;
+    if (as__civ_work_begin(ci, &wk, as__civ_c1_work_need(ci, n)))
+        return AS_ENOMEM;
+    float *fe = as__civ_wtake(&wk, sizeof(float) * (size_t)Pe * Qe *
+                              (cout < C1_OB ? cout : C1_OB));
+    float *xt = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Qs);
+    float *xf = as__civ_wtake(&wk, sizeof(float) * (size_t)H * W);
+    float *Ga = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Q * E);
+    float *Gb = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Q * E);
+    float *R = as__civ_wtake(&wk, sizeof(float) * (size_t)Q * E);
+    float *C = as__civ_wtake(&wk, sizeof(float) * (size_t)2 * P * E);
+    float *gi = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Qh);
+    float *mblk = as__civ_wtake(&wk, sizeof(float) * (size_t)P * as__civ_msz(g, 1));
+    double t0 = as__civ_now_ms();
+
+    /* 1 / G(f) over the half spectrum, from the factor in use */
+    for (int kq = 0; kq < Qh; kq++) {
+        const float *mcol;
+        if (!fc)
+            mcol = ci->m + (size_t)kq * P * msz;
+        else if (ci->mstream)
+            mcol = ci->mstream + (size_t)kq * P * msz;
+        else {
+            as__civ_factor_range(fc, (size_t)kq * P, (size_t)(kq + 1) * P, ci->cfg.eps_rel,
+                                 mblk, NULL);
+            mcol = mblk;
+        }
+        for (int kp = 0; kp < P; kp++)
+            gi[(size_t)kq * P + kp] = inv_gram(mcol + (size_t)kp * msz, adj, cout);
+    }
+    double t1 = as__civ_now_ms();
+
+    /* X~ image by image into lane (img mod N2) of half (img / N2) of Ga;
+     * F of C1_OB output channels at a time, each on the grid extended by
+     * the wrap (Pe x Qe). */
+    memset(Ga, 0, sizeof(float) * (size_t)P * Q * E);
+    const size_t fsz = (size_t)Pe * Qe;
+    for (int img = 0; img < n; img++) {
+        memset(xf, 0, sizeof(float) * (size_t)H * W);
+        if (flen)
+            as__civ_frame_put_back(ci, 1, frame + (size_t)img * flen, xf);
+        memset(xt, 0, sizeof(float) * (size_t)P * Qs);
+        for (int o0 = 0; o0 < cout; o0 += C1_OB) {
+            const int ob = cout - o0 < C1_OB ? cout - o0 : C1_OB;
+            memset(fe, 0, sizeof(float) * fsz * ob);
+            /* the window: Y - b */
+            for (int k = 0; k < ob; k++) {
+                const float *yo = y + ((size_t)img * cout + o0 + k) * ho * wo;
+                const float bo = bias ? bias[o0 + k] : 0.0f;
+                for (int a = 0; a < Pl; a++) {
+                    const int i = a - dh;
+                    if (i < 0 || i >= ho)
+                        continue;
+                    const int b0 = dw > 0 ? dw : 0, b1 = wo + dw < Ql ? wo + dw : Ql;
+                    float *fr = fe + k * fsz + (size_t)a * Qe;
+                    const float *ys = yo + (size_t)i * wo - dw;
+                    sub_row(fr + b0, ys + b0, bo, b1 - b0);
+                }
+            }
+            /* the border: the kernels against the frame, all channels of
+             * the block per point (weights wt: (kh, kw, Cout)) */
+            for (int a = 0; flen && a < Pl; a++) {
+                const int in_row = a - dh >= 0 && a - dh < ho;
+                for (int b = 0; b < Ql; b++) {
+                    if (in_row && b - dw >= 0 && b - dw < wo) {
+                        b = dw + wo - 1;
+                        continue;
+                    }
+                    float acc[C1_OB] = {0};
+                    for (int u = 0; u < kh; u++) {
+                        const int r = a - (kh - 1) + u;
+                        if (r < 0 || r >= H)
+                            continue;
+                        for (int v = 0; v < kw; v++) {
+                            const int q = b - (kw - 1) + v;
+                            if (q < 0 || q >= W)
+                                continue;
+                            const float xv = xf[(size_t)r * W + q];
+                            const float *wr = ci->wt + (size_t)(u * kw + v) * cout + o0;
+                            for (int k = 0; k < C1_OB; k++)
+                                acc[k] += (k < ob ? wr[k] : 0.0f) * xv;
+                        }
+                    }
+                    for (int k = 0; k < ob; k++)
+                        fe[k * fsz + (size_t)a * Qe + b] = acc[k];
+                }
+            }
+            for (int k = 0; k < ob; k++) {
+                float *f = fe + k * fsz;
+                float wk_o[256];
+                for (int t = 0; t < kh * kw; t++)
+                    wk_o[t] = ci->wt[(size_t)t * cout + o0 + k];
+                /* wrap: columns Q.. are columns 0.., rows P.. rows 0.. */
+                for (int a = 0; a < P; a++)
+                    memcpy(f + (size_t)a * Qe + Q, f + (size_t)a * Qe, sizeof(float) * (kw - 1));
+                memcpy(f + (size_t)P * Qe, f, sizeof(float) * (size_t)(kh - 1) * Qe);
+                c1_corr(f, Qe, wk_o, kh, kw, P, Qs, xt);
+            }
+        }
+        const int lane = img < N2 ? img : img - N2, half = img < N2 ? 0 : 1;
+        float *dst = Ga + (size_t)half * NB + lane;
+        for (int p = 0; p < P; p++)
+            for (int q = 0; q < Q; q++)
+                dst[((size_t)p * Q + q) * E] = xt[(size_t)p * Qs + q];
+    }
+    double t2 = as__civ_now_ms();
+    /* rows: FFT along Q; columns: FFT along P, times 1/G, inverse */
+    for (int p = 0; p < P; p++)
+        as__civ_fft_run(&ci->fq, Gb + (size_t)p * Q * E, E, Ga + (size_t)p * Q * E, E, NB);
+    double t3 = as__civ_now_ms();
+    float *Cf = C, *Cx = C + (size_t)P * E;
+    for (int kq = 0; kq < Qh; kq++) {
+        const int mq = (Q - kq) % Q, pair = mq != kq;
+        const int cols[2] = {kq, mq};
+        for (int k = 0; k <= pair; k++) {
+            as__civ_fft_run(&ci->fp, Cf, E, Gb + (size_t)cols[k] * E, (size_t)Q * E, NB);
+            for (int kp = 0; kp < P; kp++) {
+                /* (kp, mq) = -((P-kp)%P, kq): the same real 1/G */
+                const int fp = k ? (P - kp) % P : kp;
+                const float s = gi[(size_t)kq * P + fp];
+                float *e = Cf + (size_t)kp * E;
+                for (size_t l = 0; l < E; l++)
+                    e[l] *= s;
+            }
+            as__civ_fft_run(&ci->ip, Ga + (size_t)cols[k] * E, (size_t)Q * E, Cf, E, NB);
+        }
+    }
+    (void)Cx;
+    double t4 = as__civ_now_ms();
+    ci->st.phase_ms[0] = t2 - t1;
+    ci->st.phase_ms[1] = t3 - t2;
+    ci->st.phase_ms[2] = t1 - t0 + t4 - t3;
+    as__civ_finish_rows(ci, n, Ga, E, R, frame, x, NB, 0);
+    free(wk.own);
+    return 0;
+}

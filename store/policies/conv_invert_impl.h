@@ -132,6 +132,16 @@ void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, size_t ex, flo
 /* Bytes of work space of a restore of n images (adjoint: that path). */
 size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint);
 
+/* The exact frame pixels of n images back into x (conv_invert.c). */
+void as__civ_frame_put_back(const as__conv_inv *ci, int n, const float *frame, float *x);
+
+/* Cin = 1 (conv_invert_adjoint.c): the restore of n <= 16 images by the
+ * closed form, with the cached M (fc NULL) or the streamed factor of the
+ * path (adj), and its work space (a restore of Cin = 1 takes only this). */
+int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const float *y,
+                       const float *bias, const float *frame, float *x);
+size_t as__civ_c1_work_need(const as__conv_inv *ci, int n);
+
 /* Floats of the factor of one frequency: M (2 Cin Cout), or for the
  * adjoint path A^H (2 Cin Cout) and the Cholesky factor (2 Cin Cin). */
 static inline size_t as__civ_msz(const as__conv_geom *g, int adjoint)
