@@ -165,7 +165,7 @@ static const as_store_layer_stats *find_layer(const as_store_stats *st, const ch
 static void test_invert_roundtrip(void **state)
 {
     (void)state;
-    as_store *s = mk_store("conv_input=invert:1e4:cache; default=keep", false);
+    as_store *s = mk_store("conv_input=invert:1e4:cache:f32; default=keep", false);
     /* Odd, non-square map, bias, k 3 pad 1. */
     layer l = mk_layer("conv", 5, 4, 8, 11, 13, 3, 1, 1, true);
     float *x = randv(xlen(&l), 1.0), *y = malloc(sizeof(float) * ylen(&l));
@@ -216,6 +216,72 @@ static void test_invert_roundtrip(void **state)
     assert_int_equal(c.raw_live, 0);
     free(x); free(y); free_layer(&l);
     as_store_destroy(s);
+}
+
+/* Frame precision: auto gives a well-conditioned, unaliased input a 16-bit
+ * frame (int16 codes + one scale per image and channel) within 1e-4; f32
+ * keeps it exact; an ill-conditioned version (cond > 100) stays f32 under
+ * auto; bad FRAME fields are spec errors. */
+static size_t frame_stored(const char *spec, int cin, int cout, double tol,
+                           double *cond, double *err)
+{
+    as_store *s = mk_store(spec, false);
+    rng_state = 0x9E3779B97F4A7C15ull;
+    layer l = mk_layer("cq", 5, cin, cout, 11, 13, 3, 1, 1, true);
+    float *x = randv(xlen(&l), 1.0), *y = malloc(sizeof(float) * ylen(&l));
+    conv_fwd(&l, x, y);
+    as_handle hx, hy;
+    save_conv(s, &l, x, AS_HANDLE_NULL, y, &hx, &hy);
+    assert_null(strstr(as_store_policy_of(s, hx), "fallback"));
+    const size_t stored = kind_counter(s, AS_KIND_CONV_INPUT).stored_live;
+    as_store_phase(s, AS_PHASE_BACKWARD);
+    restore_check(s, hx, x, xlen(&l), tol, err);
+    {   /* the weight gradient from the rebuilt input */
+        const size_t nw = (size_t)cout * cin * 9;
+        float *xr = malloc(sizeof(float) * xlen(&l)), *dy = randv(ylen(&l), 1.0);
+        float *dw = malloc(sizeof(float) * nw), *dwr = malloc(sizeof(float) * nw);
+        as_tensor d = {.data = xr, .dtype = AS_F32, .ndim = 4, .shape = {5, cin, 11, 13}};
+        assert_int_equal(as_store_restore(s, hx, &d), 0);
+        conv_wgrad(&l, x, dy, dw);
+        conv_wgrad(&l, xr, dy, dwr);
+        assert_true(rel_err(dwr, dw, nw) <= 1e-4);
+        free(xr); free(dy); free(dw); free(dwr);
+    }
+    as__conv_inv_lstats ls;
+    assert_int_equal(as__conv_inv_layer_stats(s, "cq", &ls), 0);
+    *cond = ls.cond;
+    as_store_destroy(s);
+    free(x); free(y); free_layer(&l);
+    return stored;
+}
+
+static void test_frame_precision(void **state)
+{
+    (void)state;
+    const size_t flen = 2 * 13 + 2 * (11 - 2), bias = 8 * sizeof(float);
+    double cond, e32, e16, eq;
+    /* 4 -> 8 (Cout = 2 Cin): cond ~ 5 */
+    size_t f32 = frame_stored("conv_input=invert:1e4:auto:f32", 4, 8, 1e-5, &cond, &e32);
+    size_t q16 = frame_stored("conv_input=invert", 4, 8, 1e-4, &cond, &e16);
+    assert_true(cond <= 100);
+    assert_int_equal(f32, 5 * 4 * flen * sizeof(float) + bias);
+    assert_int_equal(q16, 5 * 4 * (flen * sizeof(int16_t) + sizeof(float)) + bias);
+    assert_true(e16 > e32);   /* the codes are lossy, and within the bound */
+    if (getenv("AS_VERBOSE"))
+        print_message("4->8 cond %.3g: f32 err %.2e, q16 err %.2e\n", cond, e32, e16);
+    /* 8 -> 8: cond above 100 -> auto keeps f32; q16 forced still restores */
+    size_t a88 = frame_stored("conv_input=invert", 8, 8, 1e-4, &cond, &eq);
+    assert_true(cond > 100);
+    assert_int_equal(a88, 5 * 8 * flen * sizeof(float) + bias);
+    size_t q88 = frame_stored("conv_input=invert:1e4:stream:q16", 8, 8, 1e-3, &cond, &eq);
+    assert_int_equal(q88, 5 * 8 * (flen * sizeof(int16_t) + sizeof(float)) + bias);
+    if (getenv("AS_VERBOSE"))
+        print_message("8->8 cond %.3g: q16 err %.2e\n", cond, eq);
+    char err[256];
+    assert_int_equal(as_policy_check("conv_input=invert:1e4:auto:q8", err, sizeof err), AS_ESPEC);
+    assert_non_null(strstr(err, "frame precision"));
+    assert_int_equal(as_policy_check("conv_input=invert:1e4:auto:f32:x", err, sizeof err), AS_ESPEC);
+    assert_int_equal(as_policy_check("conv_input=invert:::q16", err, sizeof err), 0);
 }
 
 /* Zero image borders (as in Fashion-MNIST) pack into a bitmap. */
@@ -486,7 +552,9 @@ static void run_chain(int act_fn, bool *all_dropped)
     const int n = 4, H = 12, W = 10;
     const float alpha = 0.1f;
     rng_state = 0x2545F4914F6CDD1Dull;   /* the same draws whatever ran before */
-    as_store *s = mk_store("conv_input=invert; default=keep", false);
+    /* f32 frames: the byte count below is exact (auto would give the
+     * first, unaliased input a 16-bit frame). */
+    as_store *s = mk_store("conv_input=invert:::f32; default=keep", false);
     layer l[L];
     float *x[L + 1], *y[L];
     as_handle hx[L], hy[L], hz[L];
@@ -621,6 +689,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_invert_roundtrip),
+        cmocka_unit_test(test_frame_precision),
         cmocka_unit_test(test_zero_frame_packs_small),
         cmocka_unit_test(test_shapes_through_store),
         cmocka_unit_test(test_fallbacks),

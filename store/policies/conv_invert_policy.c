@@ -4,10 +4,14 @@
  * solver is conv_invert.c; the math is in conv_invert.h and
  * docs/policies.md, "## Conv inversion").
  *
- * Spec: conv_input=invert[:COND[:MODE]]
+ * Spec: conv_input=invert[:COND[:MODE[:FRAME]]] (an empty field = default)
  *   COND  largest accepted per-frequency condition number (default 1e4)
  *   MODE  auto (default): cache the factor when it is small, else stream;
  *         cache: always cache; stream: never cache (see below)
+ *   FRAME precision of the stored frame: auto (default: q16 when the
+ *         version's condition number is at most INV_Q16_COND and the input
+ *         is not an activation's saved output, else f32), f32 (exact), q16
+ *         (16-bit fixed point per image and channel)
  *
  * Save (encode):
  *   - applicability: f32 (N, Cin, H, W) with conv metadata, stride 1,
@@ -16,9 +20,13 @@
  *     weights' version (computed once per version and layer, cached).
  *     Anything else is AS_ENOTSUP with a short reason: the store falls back
  *     (the rule's fallback, else keep) and counts it for the layer.
- *   - stored: the frame, as raw floats or, when smaller, as a bitmap of
+ *   - stored: the frame, as raw values or, when smaller, as a bitmap of
  *     its nonzero values plus those values (image borders are often zero),
- *     and a copy of the bias. The conv output becomes a dependency.
+ *     and a copy of the bias. Values are floats, or (q16) int16 codes with
+ *     one float scale per image and channel: |error| <= max|frame of that
+ *     channel| / 65534, which the solve spreads into the interior amplified
+ *     by a small factor when the condition number is small (measured in
+ *     docs/policies.md). The conv output becomes a dependency.
  * Restore (decode): the conv output through its own policy, the factor of
  *   the weights' version (built at the first restore of that version and
  *   reused by every other restore of it), the frame; solve, 16 images per
@@ -66,6 +74,7 @@ typedef struct inv_entry {
 typedef struct inv_params {
     double          cond_max;
     int             mode;       /* MODE_*: when to cache the factor */
+    int             frame;      /* FRAME_*: precision of the stored frame */
     pthread_mutex_t mu;         /* the entry list */
     inv_entry      *entries;
 } inv_params;
@@ -77,9 +86,10 @@ typedef struct inv_state {
     uint64_t     version;       /* cache key: weight version and checksum */
     int          n;
     int          sparse;        /* frame as bitmap + nonzeros */
+    int          q16;           /* values as int16 codes + scales */
     size_t       frame_floats;  /* n * Cin * frame_len */
     size_t       nnz;
-    void        *frame;         /* raw floats, or bitmap then values */
+    void        *frame;         /* [bitmap] [scales (q16)] values */
     float       *bias;          /* copy (Cout) or NULL */
     int          nonneg;        /* no x < 0: clamp the rebuilt values at 0 */
     uint64_t    *pos;           /* bitmap of x > 0 (aliased inputs) or NULL */
@@ -88,55 +98,83 @@ typedef struct inv_state {
 /* ---- params --------------------------------------------------------------- */
 
 enum { MODE_AUTO, MODE_CACHE, MODE_STREAM };
+enum { FRAME_AUTO, FRAME_F32, FRAME_Q16 };
+
+/* FRAME=auto stores 16-bit frames up to this condition number: the frame's
+ * quantization error (<= 1.5e-5 of the channel's frame maximum) then comes
+ * back in the interior amplified by at most a few times (measured:
+ * docs/policies.md, "Frame precision"), inside the 1e-4 of the target. */
+#define INV_Q16_COND 100.0
+
+static int parse_err(char *err, size_t errlen, size_t *err_off, size_t off,
+                     const char *msg)
+{
+    snprintf(err, errlen, "%s", msg);
+    *err_off = off;
+    return AS_ESPEC;
+}
 
 static int inv_parse(const char *args, size_t len, void **params, char *err,
                      size_t errlen, size_t *err_off)
 {
     double cm = 1e4;
-    int mode = MODE_AUTO;
+    int mode = MODE_AUTO, frame = FRAME_AUTO;
     *params = NULL;
-    if (len) {
-        char buf[48];
+    char buf[64];
+    if (len >= sizeof buf)
+        return parse_err(err, errlen, err_off, 0,
+                         "expected COND[:auto|cache|stream[:auto|f32|q16]]");
+    memcpy(buf, args, len);
+    buf[len] = 0;
+    char *field[3] = {buf, NULL, NULL};
+    for (int i = 1; i < 3 && field[i - 1]; i++) {
+        char *c = strchr(field[i - 1], ':');
+        if (c) {
+            *c = 0;
+            field[i] = c + 1;
+        }
+    }
+    if (field[2] && strchr(field[2], ':'))
+        return parse_err(err, errlen, err_off, (size_t)(strchr(field[2], ':') - buf),
+                         "at most three fields: COND:MODE:FRAME");
+    if (field[0][0]) {
         char *end = NULL;
-        if (len >= sizeof buf) {
-            snprintf(err, errlen, "expected COND[:auto|cache|stream]");
-            *err_off = 0;
-            return AS_ESPEC;
-        }
-        memcpy(buf, args, len);
-        buf[len] = 0;
-        char *colon = strchr(buf, ':');
-        if (colon)
-            *colon = 0;
-        if (buf[0]) {
-            cm = strtod(buf, &end);
-            if (*end || !(cm > 1) || !isfinite(cm)) {
-                snprintf(err, errlen, "expected a condition number threshold > 1 "
-                         "(e.g. invert:1e5)");
-                *err_off = 0;
-                return AS_ESPEC;
-            }
-        }
-        if (colon) {
-            const char *m = colon + 1;
-            if (!strcmp(m, "auto"))
-                mode = MODE_AUTO;
-            else if (!strcmp(m, "cache"))
-                mode = MODE_CACHE;
-            else if (!strcmp(m, "stream"))
-                mode = MODE_STREAM;
-            else {
-                snprintf(err, errlen, "expected a factor mode: auto, cache or stream");
-                *err_off = (size_t)(m - buf);
-                return AS_ESPEC;
-            }
-        }
+        cm = strtod(field[0], &end);
+        if (*end || !(cm > 1) || !isfinite(cm))
+            return parse_err(err, errlen, err_off, 0,
+                             "expected a condition number threshold > 1 "
+                             "(e.g. invert:1e5)");
+    }
+    if (field[1] && field[1][0]) {
+        const char *m = field[1];
+        if (!strcmp(m, "auto"))
+            mode = MODE_AUTO;
+        else if (!strcmp(m, "cache"))
+            mode = MODE_CACHE;
+        else if (!strcmp(m, "stream"))
+            mode = MODE_STREAM;
+        else
+            return parse_err(err, errlen, err_off, (size_t)(m - buf),
+                             "expected a factor mode: auto, cache or stream");
+    }
+    if (field[2] && field[2][0]) {
+        const char *f = field[2];
+        if (!strcmp(f, "auto"))
+            frame = FRAME_AUTO;
+        else if (!strcmp(f, "f32"))
+            frame = FRAME_F32;
+        else if (!strcmp(f, "q16"))
+            frame = FRAME_Q16;
+        else
+            return parse_err(err, errlen, err_off, (size_t)(f - buf),
+                             "expected a frame precision: auto, f32 or q16");
     }
     inv_params *p = calloc(1, sizeof *p);
     if (!p)
         return AS_ENOMEM;
     p->cond_max = cm;
     p->mode = mode;
+    p->frame = frame;
     pthread_mutex_init(&p->mu, NULL);
     *params = p;
     return 0;
@@ -244,9 +282,94 @@ static int inv_applies(const void *params, const as_save_info *info,
     return rc ? AS_ENOTSUP : 0;
 }
 
-/* Frame packing: raw, or (when smaller) a bitmap of nonzeros then the
- * nonzero values in order. */
+/* Frame packing: [bitmap of nonzeros, when that is smaller] [q16: one
+ * float scale per (image, channel)] values (all, or the nonzeros in
+ * order) as floats or int16 codes. */
 static size_t bitmap_bytes(size_t nfl) { return (nfl + 63) / 64 * 8; }
+
+static size_t frame_pack_bytes(size_t nfl, size_t nnz, size_t nblk, int sparse,
+                               int q16)
+{
+    const size_t nv = sparse ? nnz : nfl;
+    return (sparse ? bitmap_bytes(nfl) : 0) + (q16 ? nblk * sizeof(float) : 0) +
+           nv * (q16 ? sizeof(int16_t) : sizeof(float));
+}
+
+/* Pack raw (nblk blocks of flen values) into dst. q16: code = round(v /
+ * scale), scale = max|block| / 32767, so |v - code * scale| <= scale / 2. */
+static void frame_pack(const float *raw, size_t nblk, size_t flen, int sparse,
+                       int q16, void *dst)
+{
+    const size_t nfl = nblk * flen;
+    char *p = dst;
+    uint64_t *bm = NULL;
+    if (sparse) {
+        bm = (uint64_t *)p;
+        memset(bm, 0, bitmap_bytes(nfl));
+        p += bitmap_bytes(nfl);
+    }
+    float *scale = NULL;
+    if (q16) {
+        scale = (float *)p;
+        p += nblk * sizeof(float);
+    }
+    float *vf = (float *)p;
+    int16_t *vq = (int16_t *)p;
+    size_t k = 0;
+    for (size_t b = 0; b < nblk; b++) {
+        const float *v = raw + b * flen;
+        float inv = 0;
+        if (q16) {
+            float mx = 0;
+            for (size_t i = 0; i < flen; i++)
+                mx = fmaxf(mx, fabsf(v[i]));
+            scale[b] = mx / 32767.0f;
+            inv = mx > 0 ? 32767.0f / mx : 0;
+        }
+        for (size_t i = 0; i < flen; i++) {
+            const size_t j = b * flen + i;
+            if (sparse) {
+                if (!(v[i] != 0.0f || signbit(v[i])))
+                    continue;
+                bm[j / 64] |= 1ull << (j % 64);
+            }
+            if (q16) {
+                long c = lrintf(v[i] * inv);
+                vq[k++] = (int16_t)(c > 32767 ? 32767 : c < -32767 ? -32767 : c);
+            } else {
+                vf[k++] = v[i];
+            }
+        }
+    }
+}
+
+static void frame_unpack(const void *src, size_t nblk, size_t flen, int sparse,
+                         int q16, float *raw)
+{
+    const size_t nfl = nblk * flen;
+    const char *p = src;
+    const uint64_t *bm = NULL;
+    if (sparse) {
+        bm = (const uint64_t *)p;
+        p += bitmap_bytes(nfl);
+    }
+    const float *scale = NULL;
+    if (q16) {
+        scale = (const float *)p;
+        p += nblk * sizeof(float);
+    }
+    const float *vf = (const float *)p;
+    const int16_t *vq = (const int16_t *)p;
+    size_t k = 0;
+    for (size_t j = 0; j < nfl; j++) {
+        if (sparse && !((bm[j / 64] >> (j % 64)) & 1)) {
+            raw[j] = 0.0f;
+            continue;
+        }
+        raw[j] = q16 ? (float)vq[k] * scale[j / flen] : vf[k];
+        k++;
+    }
+}
 
 static int inv_encode(as_pctx *ctx, const void *params,
                       const as_save_info *info, const as_tensor *t,
@@ -316,27 +439,28 @@ static int inv_encode(as_pctx *ctx, const void *params,
             goto fail;
         as__conv_frame_extract(&g, m->n, t->data, raw);
         size_t nnz = 0;
-        for (size_t i = 0; i < nfl; i++)
+        int finite = 1;
+        for (size_t i = 0; i < nfl; i++) {
             nnz += raw[i] != 0.0f || signbit(raw[i]);
-        const size_t sp = bitmap_bytes(nfl) + nnz * sizeof(float);
-        st->sparse = sp < nfl * sizeof(float);
+            finite &= isfinite(raw[i]) != 0;
+        }
+        /* 16-bit codes only for finite frames (a NaN or Inf stays exact);
+         * auto: only for well-conditioned versions, and not for inputs that
+         * are an activation's saved output (alias_of): in a chain those
+         * values also rebuild the layers below, through inverses that
+         * amplify errors (LeakyReLU: 1/alpha per link). */
+        st->q16 = finite && (p->frame == FRAME_Q16 ||
+                             (p->frame == FRAME_AUTO && cond <= INV_Q16_COND &&
+                              as_handle_is_null(info->alias_of)));
+        const size_t nblk = (size_t)m->n * m->cin, flen = nfl / nblk;
+        const size_t dense = frame_pack_bytes(nfl, nnz, nblk, 0, st->q16);
+        const size_t sp = frame_pack_bytes(nfl, nnz, nblk, 1, st->q16);
+        st->sparse = sp < dense;
         st->nnz = nnz;
-        rc = as_pctx_alloc(ctx, st->sparse ? sp : nfl * sizeof(float),
-                           &st->frame);
+        rc = as_pctx_alloc(ctx, st->sparse ? sp : dense, &st->frame);
         if (rc < 0)
             goto fail;
-        if (st->sparse) {
-            uint64_t *bm = st->frame;
-            float *val = (float *)((char *)st->frame + bitmap_bytes(nfl));
-            memset(bm, 0, bitmap_bytes(nfl));
-            for (size_t i = 0, k = 0; i < nfl; i++)
-                if (raw[i] != 0.0f || signbit(raw[i])) {
-                    bm[i / 64] |= 1ull << (i % 64);
-                    val[k++] = raw[i];
-                }
-        } else {
-            memcpy(st->frame, raw, nfl * sizeof(float));
-        }
+        frame_pack(raw, nblk, flen, st->sparse, st->q16, st->frame);
     }
     /* Signs. The rebuilt values are off by the reconstruction error, so
      * entries near 0 may land on the wrong side: harmless for the weight
@@ -416,16 +540,14 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
     if (rc < 0)
         return rc;
     const float *frame = st->frame;
-    if (st->sparse) {
+    if (st->sparse || st->q16) {
         float *raw;
         if ((rc = as_pctx_scratch(ctx, st->frame_floats * sizeof(float),
                                   (void **)&raw)) < 0)
             return rc;
-        const uint64_t *bm = st->frame;
-        const float *val = (const float *)((const char *)st->frame +
-                                           bitmap_bytes(st->frame_floats));
-        for (size_t i = 0, k = 0; i < st->frame_floats; i++)
-            raw[i] = ((bm[i / 64] >> (i % 64)) & 1) ? val[k++] : 0.0f;
+        const size_t nblk = (size_t)st->n * e->g.cin;
+        frame_unpack(st->frame, nblk, st->frame_floats / nblk, st->sparse,
+                     st->q16, raw);
         frame = raw;
     }
     char why[160] = "";
