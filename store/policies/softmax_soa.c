@@ -53,7 +53,7 @@ static inline uint32_t sm_key(float f)
 #define SM_RANK_MAX 64   /* rank counting up to here, then radix */
 
 #if (defined(__x86_64__) || defined(__i386__)) && \
-    (defined(__GNUC__) || defined(__clang__))
+    (defined(__GNUC__) || defined(__clang__)) && !defined(AS_SM_NO_DISPATCH)
 #define SM_X86_DISPATCH 1
 #endif
 
@@ -90,6 +90,8 @@ sm_count_body(const int32_t *k, size_t n, uint32_t *c)
 }
 
 #ifdef SM_X86_DISPATCH
+#include <immintrin.h>
+
 __attribute__((target("avx2"))) static void
 sm_count_avx2(const int32_t *k, size_t n, uint32_t *c)
 {
@@ -132,6 +134,74 @@ static void sm_rank_small(const float *v, size_t n, uint32_t *rk)
         rk[i] += t;
     }
 }
+
+#ifdef SM_X86_DISPATCH
+/* soa's whole use of the order for a short row (2S < n <= 64) in AVX2
+ * vectors: the keys, the rank counts (sm_count_body), the rank code
+ * narrowed to bytes, and the 2S + 1 kept values (ranks 0..S into
+ * slot[0..S], ranks n-S..n-1 into slot[S+1..2S]) picked by a mask of
+ * their lanes instead of a scatter of the whole order. The stored values
+ * depend only on the keys (v clamped at 0). Returns false, writing
+ * nothing, when two keys are equal: the counts sum to n (n - 1) / 2 only
+ * when they are a permutation; the caller breaks ties then. */
+__attribute__((target("avx2"))) static bool
+sm_soa_small_avx2(const float *v, size_t n, size_t S, uint8_t *code,
+                  float *slot)
+{
+    const int nv = (int)((n + 7) / 8);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    int32_t sk[SM_RANK_MAX];
+    uint32_t rk[SM_RANK_MAX];
+    float xa[SM_RANK_MAX];
+    __m256i in[SM_RANK_MAX / 8];
+    for (int b = 0; b < SM_RANK_MAX / 8; b++) {
+        in[b] = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n - 8 * b), lane);
+        const __m256 y = _mm256_maskload_ps(v + 8 * b, in[b]);  /* 0 past n */
+        const __m256 x = _mm256_and_ps(y, _mm256_cmp_ps(y, _mm256_setzero_ps(),
+                                                          _CMP_GT_OQ));
+        _mm256_storeu_ps(xa + 8 * b, x);
+        _mm256_storeu_si256((__m256i *)(void *)(sk + 8 * b),
+                            _mm256_xor_si256(_mm256_castps_si256(x),
+                                             _mm256_set1_epi32(0x7fffffff)));
+    }
+    sm_count_avx2(sk, n, rk);
+    __m256i sum = _mm256_setzero_si256();
+    uint64_t need = 0;
+    uint8_t cb[SM_RANK_MAX];
+    const __m256i lo_ = _mm256_set1_epi32((int)S + 1);
+    const __m256i hi_ = _mm256_set1_epi32((int)(n - S) - 1);
+    for (int b = 0; b < nv; b++) {
+        const __m256i c = _mm256_and_si256(
+            _mm256_loadu_si256((const __m256i *)(const void *)(rk + 8 * b)),
+            in[b]);
+        sum = _mm256_add_epi32(sum, c);
+        const __m256i sel = _mm256_and_si256(
+            _mm256_or_si256(_mm256_cmpgt_epi32(lo_, c),
+                            _mm256_cmpgt_epi32(c, hi_)), in[b]);
+        need |= (uint64_t)(uint32_t)_mm256_movemask_ps(
+                    _mm256_castsi256_ps(sel)) << (8 * b);
+        const __m256i p16 = _mm256_packus_epi32(c, c);
+        const __m256i p8 = _mm256_packus_epi16(p16, p16);
+        const uint32_t w0 = (uint32_t)_mm256_extract_epi32(p8, 0);
+        const uint32_t w1 = (uint32_t)_mm256_extract_epi32(p8, 4);
+        memcpy(cb + 8 * b, &w0, 4);
+        memcpy(cb + 8 * b + 4, &w1, 4);
+    }
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum),
+                               _mm256_extracti128_si256(sum, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    if ((size_t)(uint32_t)_mm_cvtsi128_si32(s4) != n * (n - 1) / 2)
+        return false;
+    memcpy(code, cb, n);
+    for (; need; need &= need - 1) {
+        const unsigned i = (unsigned)__builtin_ctzll(need);
+        const size_t r = rk[i];
+        slot[r <= S ? r : r + 2 * S + 1 - n] = xa[i];
+    }
+    return true;
+}
+#endif
 
 void as_sm_order_desc(const float *v, size_t n, uint32_t *ord, as_sm_work *w)
 {
@@ -193,6 +263,20 @@ static inline float get_f32(const uint8_t *p)
     return f;
 }
 
+/* lambda from h = hi[S-1], l = lo[0], g = the first evicted value, to
+ * out + 8S */
+static void sm_soa_lambda(const as_sm_params *p, double h, double l, double g,
+                          size_t n, size_t len, uint8_t *out)
+{
+    const size_t S = (size_t)p->s;
+    double den = p->fullden ? (double)len : (double)(n - 2 * S + 1);
+    double lam = (log((h + 1e-8) / (l + 1e-8)) + 2.0 * (h - g)) /
+                 ((1.0 - h) * den);
+    if (isnan(lam) || lam < 0.0)
+        lam = 0.0;             /* h == 1 with g == h: nothing to decay */
+    put_f32(out + 8 * S, (float)lam);  /* +inf stays +inf: all mass to j=1 */
+}
+
 size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
                         size_t len, uint8_t *out, as_sm_work *w)
 {
@@ -201,6 +285,17 @@ size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
         memcpy(out, v, n * sizeof(float));
         return n * sizeof(float);
     }
+    uint8_t *o = out;
+#ifdef SM_X86_DISPATCH
+    float slot[2 * SM_RANK_MAX + 1];
+    if (n <= SM_RANK_MAX && __builtin_cpu_supports("avx2") &&
+        sm_soa_small_avx2(v, n, S, o + 8 * S + 4, slot)) {
+        memcpy(o, slot, S * sizeof(float));                  /* hi */
+        memcpy(o + 4 * S, slot + S + 1, S * sizeof(float));  /* lo */
+        sm_soa_lambda(p, slot[S - 1], slot[S + 1], slot[S], n, len, o);
+        return 8 * S + 4 + n;
+    }
+#endif
     uint32_t *ord = w->ord;
     uint32_t rk[SM_RANK_MAX];
     if (n <= SM_RANK_MAX) {
@@ -212,28 +307,17 @@ size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
         as_sm_order_desc(v, n, ord, w);
     }
 
-    uint8_t *o = out;
-    double kept = 0.0;
     for (size_t i = 0; i < S; i++) {
         float x = v[ord[i]];
-        x = x > 0.0f ? x : 0.0f;
-        put_f32(o + 4 * i, x);
-        kept += x;
+        put_f32(o + 4 * i, x > 0.0f ? x : 0.0f);
     }
     for (size_t i = 0; i < S; i++) {
         float x = v[ord[n - S + i]];
-        x = x > 0.0f ? x : 0.0f;
-        put_f32(o + 4 * (S + i), x);
+        put_f32(o + 4 * (S + i), x > 0.0f ? x : 0.0f);
     }
-    double h = get_f32(o + 4 * (S - 1));
-    double l = get_f32(o + 4 * S);
-    double g = v[ord[S]] > 0.0f ? v[ord[S]] : 0.0;
-    double den = p->fullden ? (double)len : (double)(n - 2 * S + 1);
-    double lam = (log((h + 1e-8) / (l + 1e-8)) + 2.0 * (h - g)) /
-                 ((1.0 - h) * den);
-    if (isnan(lam) || lam < 0.0)
-        lam = 0.0;             /* h == 1 with g == h: nothing to decay */
-    put_f32(o + 8 * S, (float)lam);   /* +inf stays +inf: all mass to j=1 */
+    float g = v[ord[S]] > 0.0f ? v[ord[S]] : 0.0f;
+    sm_soa_lambda(p, get_f32(o + 4 * (S - 1)), get_f32(o + 4 * S), g, n, len,
+                  o);
     o += 8 * S + 4;
 
     /* rank of every valid entry, in key order */
@@ -252,7 +336,6 @@ size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
         }
         o += 2 * n;
     }
-    (void)kept;
     return (size_t)(o - out);
 }
 
