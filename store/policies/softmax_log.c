@@ -287,13 +287,18 @@ sm_topk_small_avx2(const as_sm_params *p, const float *v, size_t n,
     const int nv = (int)((n + 7) / 8);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i imax = _mm256_set1_epi32(INT32_MAX);
-    __m256 y[SM_SMALL / 8];
+    const __m256 tiny = _mm256_set1_ps(1e-38f);
     __m256i in[SM_SMALL / 8];
+    __m256 lx[SM_SMALL / 8];
     __m256 mv = _mm256_setzero_ps();
     for (int b = 0; b < nv; b++) {
         in[b] = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n - 8 * b), lane);
-        y[b] = _mm256_maskload_ps(v + 8 * b, in[b]);   /* 0 past n */
-        mv = _mm256_max_ps(y[b], mv);   /* y > mv ? y : mv, as the scalar */
+        const __m256 y = _mm256_maskload_ps(v + 8 * b, in[b]);  /* 0 past n */
+        mv = _mm256_max_ps(y, mv);   /* y > mv ? y : mv, as the scalar */
+        /* each entry's own log does not need the max: computed here, it
+         * overlaps the max's reduction and log */
+        lx[b] = sm_ln16_avx2(_mm256_blendv_ps(
+            tiny, y, _mm256_cmp_ps(y, tiny, _CMP_GT_OQ)));
     }
     float mx[8], m = 0.0f;
     _mm256_storeu_ps(mx, mv);
@@ -305,71 +310,58 @@ sm_topk_small_avx2(const as_sm_params *p, const float *v, size_t n,
     size_t k0 = n < AS_SM_MIN_FINE ? n : AS_SM_MIN_FINE;
     k = k < k0 ? k0 : k;
     const __m256 lm = _mm256_set1_ps(sm_ln16(m) + 0.5f);
-    __m256i lev[SM_SMALL / 8];
-    __m256i mn = imax;
+    /* levels, and keys (level, position) = level * 64 + position: the
+     * fine set is the k smallest keys (lowest levels, ties in key order,
+     * as the scalar path takes them). Per lane the 4 smallest keys of its
+     * column by an insertion network, then k extractions of the overall
+     * minimum: the k-th is the last fine key. */
+    __m256i lev[SM_SMALL / 8], ck[SM_SMALL / 8];
+    __m256i m0 = imax, m1 = imax, m2 = imax, m3 = imax;
     for (int b = 0; b < nv; b++) {
-        const __m256 tiny = _mm256_set1_ps(1e-38f);
-        const __m256 x = _mm256_blendv_ps(tiny, y[b],
-                                          _mm256_cmp_ps(y[b], tiny, _CMP_GT_OQ));
-        __m256 l = _mm256_sub_ps(lm, sm_ln16_avx2(x));
+        __m256 l = _mm256_sub_ps(lm, lx[b]);
         l = _mm256_max_ps(l, _mm256_setzero_ps());          /* l > 0 ? l : 0 */
         l = _mm256_min_ps(l, _mm256_set1_ps((float)SM_DMAX)); /* l < D ? l : D */
-        lev[b] = _mm256_blendv_epi8(imax, _mm256_cvttps_epi32(l), in[b]);
-        mn = _mm256_min_epi32(mn, lev[b]);
+        lev[b] = _mm256_cvttps_epi32(l);
+        const __m256i x0 = _mm256_blendv_epi8(
+            imax, _mm256_or_si256(_mm256_slli_epi32(lev[b], 6),
+                                  _mm256_add_epi32(lane, _mm256_set1_epi32(8 * b))),
+            in[b]);
+        ck[b] = x0;
+        __m256i x = x0, t;
+        t = _mm256_min_epi32(m0, x); x = _mm256_max_epi32(m0, x); m0 = t;
+        t = _mm256_min_epi32(m1, x); x = _mm256_max_epi32(m1, x); m1 = t;
+        t = _mm256_min_epi32(m2, x); x = _mm256_max_epi32(m2, x); m2 = t;
+        m3 = _mm256_min_epi32(m3, x);
     }
-    /* the cut (k-th lowest level, with multiplicity), entries below it */
-    int32_t cut = sm_hmin_avx2(mn);
-    size_t below = 0;
-    for (;;) {
-        const __m256i c = _mm256_set1_epi32(cut);
-        uint64_t eq = 0;
-        for (int b = 0; b < nv; b++)
-            eq |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
-                      _mm256_cmpeq_epi32(lev[b], c))) << (8 * b);
-        const size_t cnt = (size_t)__builtin_popcountll(eq);
-        if (below + cnt >= k)
-            break;
-        below += cnt;
-        mn = imax;
-        for (int b = 0; b < nv; b++)
-            mn = _mm256_min_epi32(mn, _mm256_blendv_epi8(
-                     imax, lev[b], _mm256_cmpgt_epi32(lev[b], c)));
-        cut = sm_hmin_avx2(mn);
+    int32_t kth = sm_hmin_avx2(m0);
+    for (size_t e = 1; e < k; e++) {
+        const __m256i hit = _mm256_cmpeq_epi32(m0, _mm256_set1_epi32(kth));
+        m0 = _mm256_blendv_epi8(m0, m1, hit);
+        m1 = _mm256_blendv_epi8(m1, m2, hit);
+        m2 = _mm256_blendv_epi8(m2, m3, hit);
+        m3 = _mm256_blendv_epi8(m3, imax, hit);
+        kth = sm_hmin_avx2(m0);
     }
-    /* fine: every entry below the cut, then the first k - below at it */
-    const __m256i cv = _mm256_set1_epi32(cut);
-    uint64_t lt = 0, eq = 0;
-    for (int b = 0; b < nv; b++) {
-        lt |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
-                  _mm256_cmpgt_epi32(cv, lev[b]))) << (8 * b);
-        eq |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
-                  _mm256_cmpeq_epi32(lev[b], cv))) << (8 * b);
-    }
-    uint64_t fm = lt;
-    for (size_t t = k - below; t > 0 && eq; t--) {
-        fm |= eq & (~eq + 1);
-        eq &= eq - 1;
-    }
-    const size_t nbytes = (n * (size_t)B + 7) / 8;
-    uint8_t *fine = out + nbytes;
-    size_t nfine = 0;
-    int32_t lv[SM_SMALL];
+    const int32_t cut = kth >> 6;
+    const __m256i kv = _mm256_set1_epi32(kth + 1);
+    uint64_t fm = 0;
     for (int b = 0; b < nv; b++)
-        _mm256_storeu_si256((__m256i *)(void *)(lv + 8 * b), lev[b]);
-    for (uint64_t f = fm; f; f &= f - 1) {
-        const int32_t d = lv[__builtin_ctzll(f)];
-        fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
-    }
-    assert(nfine == k);
+        fm |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
+                  _mm256_cmpgt_epi32(kv, ck[b]))) << (8 * b);
     /* coarse codes 1 + #{boundaries <= level - reference} (= sm_ctab,
      * reference min(cut, 255)), 0 for fine entries and past n, packed B
-     * bits each, little endian: a group of 8 codes is B bytes */
+     * bits each, little endian: a group of 8 codes is B bytes, written
+     * 4 bytes at a time (the spill past the codes lands on the fine bytes,
+     * written after; short rows go through a buffer) */
+    const size_t nbytes = (n * (size_t)B + 7) / 8;
+    const bool direct = (size_t)(B * (nv - 1) + 4) <= nbytes + k;
+    uint8_t pk[SM_SMALL / 8 * 4 + 4];
+    uint8_t *dst = direct ? out : pk;
     const int32_t *bnd = sm_cbnd[1][B];
     const int nbd = sm_tabs[1][B].nc - 1;
     const __m256i lr = _mm256_set1_epi32(cut < 255 ? cut : 255);
     const __m256i shl = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
     const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    uint8_t pk[SM_SMALL / 8 * 4 + 4];
     for (int b = 0; b < nv; b++) {
         __m256i r = _mm256_min_epi32(_mm256_sub_epi32(lev[b], lr),
                                      _mm256_set1_epi32(SM_CTAB - 1));
@@ -382,9 +374,20 @@ sm_topk_small_avx2(const as_sm_params *p, const float *v, size_t n,
         c = _mm256_andnot_si256(_mm256_or_si256(isf, _mm256_xor_si256(
                 in[b], _mm256_set1_epi32(-1))), c);
         const uint32_t g = sm_hor_avx2(_mm256_sllv_epi32(c, shl));
-        memcpy(pk + B * b, &g, 4);
+        memcpy(dst + B * b, &g, 4);
     }
-    memcpy(out, pk, nbytes);
+    if (!direct)
+        memcpy(out, pk, nbytes);
+    /* fine codes: levels of the fine entries (at most 255), key order */
+    uint8_t *fine = out + nbytes;
+    size_t nfine = 0;
+    for (uint64_t f = fm; f; f &= f - 1) {
+        const unsigned i = (unsigned)__builtin_ctzll(f);
+        int32_t d;
+        memcpy(&d, (const char *)(const void *)lev + 4 * i, 4);
+        fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
+    }
+    assert(nfine == k);
     return nbytes + nfine;
 }
 
@@ -648,9 +651,19 @@ sm_topk_weights_avx2(const sm_table *t, int B, const uint8_t *in,
                      size_t n, float *wt)
 {
     const int nv = (int)((n + 7) / 8);
-    const size_t nb = (n * (size_t)B + 7) / 8;
+    const size_t nb = (n * (size_t)B + 7) / 8;   /* <= 32 */
     uint8_t buf[SM_SMALL / 8 * 4 + 4] = {0};
-    memcpy(buf, in, nb);
+    /* the nb code bytes by two overlapping fixed-size copies (no call) */
+    if (nb >= 16) {
+        memcpy(buf, in, 16);
+        memcpy(buf + nb - 16, in + nb - 16, 16);
+    } else if (nb >= 8) {
+        memcpy(buf, in, 8);
+        memcpy(buf + nb - 8, in + nb - 8, 8);
+    } else {
+        for (size_t i = 0; i < nb; i++)
+            buf[i] = in[i];
+    }
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i shr = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
     const __m256i cmask = _mm256_set1_epi32((1 << B) - 1);
@@ -676,19 +689,21 @@ sm_topk_weights_avx2(const sm_table *t, int B, const uint8_t *in,
     for (int q = 0; q < t->nc; q++)
         cw[q + 1] = sm_fine_w[maxc] * t->wt[q];
     const __m256 cw0 = _mm256_loadu_ps(cw), cw1 = _mm256_loadu_ps(cw + 8);
-    float tmp[SM_SMALL];
     for (int b = 0; b < nv; b++) {
         __m256 x = _mm256_permutevar8x32_ps(cw0, c[b]);
         if (B == 4)
             x = _mm256_blendv_ps(x, _mm256_permutevar8x32_ps(cw1, c[b]),
                                  _mm256_castsi256_ps(_mm256_cmpgt_epi32(
                                      c[b], _mm256_set1_epi32(7))));
-        _mm256_storeu_ps(tmp + 8 * b, x);
+        if (8 * (size_t)b + 8 <= n)
+            _mm256_storeu_ps(wt + 8 * b, x);
+        else
+            _mm256_maskstore_ps(wt + 8 * b, _mm256_cmpgt_epi32(
+                _mm256_set1_epi32((int)n - 8 * b), lane), x);
     }
     size_t f = 0;
     for (uint64_t r = fm; r; r &= r - 1)
-        tmp[__builtin_ctzll(r)] = sm_fine_w[fine[f++]];
-    memcpy(wt, tmp, n * sizeof *wt);
+        wt[__builtin_ctzll(r)] = sm_fine_w[fine[f++]];
     return nb + k;
 }
 #endif
