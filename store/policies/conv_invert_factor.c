@@ -49,33 +49,54 @@ typedef struct as__civ_lanes lanes_c;
  * = sum_dv R_ij(du, dv) e^{2 pi i kq dv/Q}, ij the lower-triangle index of
  * (i, j), i >= j: i(i+1)/2 + j. Returns 0 or AS_ENOMEM. */
 typedef double v4d __attribute__((vector_size(32)));
+/* The 8 lanes of a lanes_c part as one vector (lowered per target clone). */
+typedef double v8d __attribute__((vector_size(64)));
+typedef double v8du __attribute__((vector_size(64), aligned(8), may_alias));
+#define VR(p) (*(v8du *)((p)->re))
+#define VI(p) (*(v8du *)((p)->im))
 typedef double v4du __attribute__((vector_size(32), aligned(8), may_alias));
 
-/* R_ij(d) for i >= j from wd[c][t][o] (see gram_dft). */
+/* R_ij(d) for i >= j from V[o][c*nt + t] (rows of NRp >= ci*nt + 8
+ * doubles, zero beyond ci*nt; see gram_dft). Per input channel i: the
+ * products K[t1][r2] = sum_o V[o][i*nt + t1] V[o][r2] for every column r2
+ * of channels j <= i, in register blocks (8 rows x 8 columns, vectors
+ * along the columns), then added into R_ij at offset d(t1, t2). Kb: 8 *
+ * NRp doubles of scratch. */
 AS__CIV_CLONES
-static void gram_corr(int ci, int co, int kh, int kw, const double *wd, double *R)
+static void gram_corr(int ci, int co, int kh, int kw, const double *V, size_t NRp, double *Kb,
+                      double *R)
 {
-    const int nt = kh * kw, nw = 2 * kw - 1;
-    for (int i = 0; i < ci; i++)
-        for (int j = 0; j <= i; j++) {
-            double *r = R + ((size_t)i * (i + 1) / 2 + j) * (2 * kh - 1) * nw;
-            for (int t1 = 0; t1 < nt; t1++) {
-                const double *a = wd + ((size_t)i * nt + t1) * co;
-                const int u = t1 / kw, v = t1 % kw;
-                for (int t2 = 0; t2 < nt; t2++) {
-                    const double *b = wd + ((size_t)j * nt + t2) * co;
-                    /* four partial sums (a vector), then the rest */
-                    v4d s4 = {0, 0, 0, 0};
-                    int o = 0;
-                    for (; o + 4 <= co; o += 4)
-                        s4 += *(const v4du *)(a + o) * *(const v4du *)(b + o);
-                    double acc = (s4[0] + s4[1]) + (s4[2] + s4[3]);
-                    for (; o < co; o++)
-                        acc += a[o] * b[o];
-                    r[(t2 / kw - u + kh - 1) * nw + (t2 % kw - v + kw - 1)] += acc;
+    const int nt = kh * kw, nw = 2 * kw - 1, nh = 2 * kh - 1;
+    for (int i = 0; i < ci; i++) {
+        const int ncol = (i + 1) * nt, ncolp = (ncol + 7) / 8 * 8;
+        for (int t0 = 0; t0 < nt; t0 += 8) {
+            const int tr = nt - t0 < 8 ? nt - t0 : 8;
+            for (int c0 = 0; c0 < ncolp; c0 += 8) {
+                v8d acc[8] = {{0}};
+                for (int o = 0; o < co; o++) {
+                    const double *vo = V + (size_t)o * NRp;
+                    const v8d b = *(const v8du *)(vo + c0);
+                    const double *a = vo + (size_t)i * nt + t0;
+                    for (int r = 0; r < 8; r++)
+                        acc[r] += (r < tr ? a[r] : 0.0) * b;
+                }
+                for (int r = 0; r < tr; r++)
+                    *(v8du *)(Kb + (size_t)r * NRp + c0) = acc[r];
+            }
+            for (int r = 0; r < tr; r++) {
+                const int t1 = t0 + r, u = t1 / kw, v = t1 % kw;
+                const double *kr = Kb + (size_t)r * NRp;
+                for (int j = 0; j <= i; j++) {
+                    double *rij = R + ((size_t)i * (i + 1) / 2 + j) * nh * nw +
+                                  (kh - 1 - u) * nw + (kw - 1 - v);
+                    const double *kj = kr + (size_t)j * nt;
+                    for (int u2 = 0; u2 < kh; u2++)
+                        for (int v2 = 0; v2 < kw; v2++)
+                            rij[u2 * nw + v2] += kj[u2 * kw + v2];
                 }
             }
         }
+    }
 }
 
 static int gram_dft(const as__conv_geom *g, int Q, const float *w, double *Tg)
@@ -84,19 +105,19 @@ static int gram_dft(const as__conv_geom *g, int Q, const float *w, double *Tg)
     const int Qh = Q / 2 + 1, nh = 2 * kh - 1, nw = 2 * kw - 1;
     const size_t npair = (size_t)ci * (ci + 1) / 2;
     double *R = calloc(npair * nh * nw, sizeof(double));
-    double *wd = malloc(sizeof(double) * (size_t)co * ci * kh * kw);
+    const size_t NRp = (size_t)ci * kh * kw + 8;
+    double *wd = calloc((size_t)co * NRp + 8 * NRp, sizeof(double));
     if (!R || !wd) {
         free(R);
         free(wd);
         return AS_ENOMEM;
     }
-    /* wd[c][t][o]: tap t = u*kw + v of input channel c, output channels
-     * contiguous, so each term of R is a dot product over o. */
+    /* V[o][c*nt + t] (tap t = u*kw + v of input channel c), rows of NRp */
     for (int o = 0; o < co; o++)
         for (int c = 0; c < ci; c++)
             for (int t = 0; t < kh * kw; t++)
-                wd[((size_t)c * kh * kw + t) * co + o] = w[((size_t)o * ci + c) * kh * kw + t];
-    gram_corr(ci, co, kh, kw, wd, R);
+                wd[(size_t)o * NRp + (size_t)c * kh * kw + t] = w[((size_t)o * ci + c) * kh * kw + t];
+    gram_corr(ci, co, kh, kw, wd, NRp, wd + (size_t)co * NRp, R);
     double cs[2 * 31];   /* e^{2 pi i kq dv/Q}, dv in [-(kw-1), kw-1], kw <= 16 */
     for (int kq = 0; kq < Qh; kq++) {
         for (int dv = 0; dv < nw; dv++) {
@@ -226,48 +247,73 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
         }
         /* A(f), for M or the adjoint factor (the Gram matrix comes from
          * Tg, so a condition check alone does not need it) */
-        for (int o = 0; m && o < co; o++)
-            for (int c = 0; c < ci; c++) {
-                lanes_c *a = &A[(size_t)o * ci + c];
-                for (int l = 0; l < LANES; l++) {
-                    const double *t = T + 2 * ((((size_t)kq[l] * co + o) * ci + c) * kh);
-                    double sr = 0, si = 0;
-                    for (int u = 0; u < kh; u++) {
-                        sr += epr[l][u] * t[2 * u] - epi[l][u] * t[2 * u + 1];
-                        si += epr[l][u] * t[2 * u + 1] + epi[l][u] * t[2 * u];
-                    }
-                    a->re[l] = sr;
-                    a->im[l] = si;
-                }
+        /* The lanes span few columns (kq values): per distinct kq, every
+         * lane computed with that column's row DFTs T (vectors over the
+         * lanes), kept in the lanes of that kq. */
+        int kqd[LANES], nkq = 0;
+        for (int l = 0; l < LANES; l++) {
+            int k = 0;
+            while (k < nkq && kqd[k] != kq[l]) k++;
+            if (k == nkq) kqd[nkq++] = kq[l];
+        }
+        double eur[16][LANES], eui[16][LANES];
+        for (int u = 0; u < kh; u++)
+            for (int l = 0; l < LANES; l++) {
+                eur[u][l] = epr[l][u];
+                eui[u][l] = epi[l][u];
             }
+        for (int d = 0; m && d < nkq; d++) {
+            double sel[LANES];
+            for (int l = 0; l < LANES; l++)
+                sel[l] = kq[l] == kqd[d];
+            for (int o = 0; o < co; o++)
+                for (int c = 0; c < ci; c++) {
+                    lanes_c *a = &A[(size_t)o * ci + c];
+                    const double *t = T + 2 * ((((size_t)kqd[d] * co + o) * ci + c) * kh);
+                    double sr[LANES] = {0}, si[LANES] = {0};
+                    for (int u = 0; u < kh; u++) {
+                        const double tr = t[2 * u], ti = t[2 * u + 1];
+                        for (int l = 0; l < LANES; l++) {
+                            sr[l] += eur[u][l] * tr - eui[u][l] * ti;
+                            si[l] += eur[u][l] * ti + eui[u][l] * tr;
+                        }
+                    }
+                    for (int l = 0; l < LANES; l++) {
+                        a->re[l] = d ? (sel[l] != 0 ? sr[l] : a->re[l]) : sr[l];
+                        a->im[l] = d ? (sel[l] != 0 ? si[l] : a->im[l]) : si[l];
+                    }
+                }
+        }
         /* G = A^H A (lower triangle) into L, from Tg (gram_dft). */
         {
             const int nh = 2 * kh - 1;
             const size_t npair = (size_t)ci * (ci + 1) / 2;
             double gpr[31][LANES], gpi[31][LANES];   /* e^{2 pi i kp du/P} */
-            const double *tl[LANES];
-            for (int l = 0; l < LANES; l++) {
+            for (int l = 0; l < LANES; l++)
                 for (int du = 0; du < nh; du++) {
                     const double a = 2.0 * M_PI * kp[l] * (du - (kh - 1)) / P;
                     gpr[du][l] = cos(a);
                     gpi[du][l] = sin(a);
                 }
-                tl[l] = fc->Tg + 2 * (size_t)kq[l] * npair * nh;
-            }
             for (int i = 0; i < ci; i++)
                 for (int j = 0; j <= i; j++) {
                     lanes_c *s = &L[(size_t)i * ci + j];
                     const size_t off = 2 * ((size_t)i * (i + 1) / 2 + j) * nh;
-                    double sr[LANES] = {0}, si[LANES] = {0};
-                    for (int du = 0; du < nh; du++)
-                        for (int l = 0; l < LANES; l++) {
-                            const double tr = tl[l][off + 2 * du], ti = tl[l][off + 2 * du + 1];
-                            sr[l] += gpr[du][l] * tr - gpi[du][l] * ti;
-                            si[l] += gpr[du][l] * ti + gpi[du][l] * tr;
+                    for (int d = 0; d < nkq; d++) {
+                        const double *t = fc->Tg + 2 * (size_t)kqd[d] * npair * nh + off;
+                        double sr[LANES] = {0}, si[LANES] = {0};
+                        for (int du = 0; du < nh; du++) {
+                            const double tr = t[2 * du], ti = t[2 * du + 1];
+                            for (int l = 0; l < LANES; l++) {
+                                sr[l] += gpr[du][l] * tr - gpi[du][l] * ti;
+                                si[l] += gpr[du][l] * ti + gpi[du][l] * tr;
+                            }
                         }
-                    for (int l = 0; l < LANES; l++) {
-                        s->re[l] = sr[l];
-                        s->im[l] = i == j ? 0.0 : si[l];
+                        for (int l = 0; l < LANES; l++) {
+                            const int take = !d || kq[l] == kqd[d];
+                            s->re[l] = take ? sr[l] : s->re[l];
+                            s->im[l] = take ? (i == j ? 0.0 : si[l]) : s->im[l];
+                        }
                     }
                 }
         }
@@ -281,7 +327,7 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
 
         /* lambda_max by power iteration on G (Hermitian; lower triangle
          * held in L before the factorization overwrites it). */
-        double lmax[LANES], lmin[LANES];
+        v8d lmax = {0}, lmin = {0};
         lanes_c *x = v, *y = v + ci;
         for (int c = 0; want_cond && c < ci; c++)
             for (int l = 0; l < LANES; l++) {
@@ -289,77 +335,76 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
                 x[c].im[l] = 0.11 * ((c * 104729) % 7);
             }
         for (int it = 0; want_cond && it < POWER_ITERS; it++) {
-            double nx[LANES] = {0}, rq[LANES] = {0};
+            v8d nx = {0}, rq = {0}, ny = {0};
             for (int i = 0; i < ci; i++) {
-                lanes_c s;
-                memset(&s, 0, sizeof s);
-                for (int j = 0; j < ci; j++) {
-                    /* G[i][j] = L[i][j] for j <= i, conj(L[j][i]) above */
-                    const lanes_c *gij = j <= i ? &L[(size_t)i * ci + j] : &L[(size_t)j * ci + i];
-                    const double sg = j <= i ? 1.0 : -1.0;
-                    for (int l = 0; l < LANES; l++) {
-                        double gr = gij->re[l], gi = sg * gij->im[l];
-                        s.re[l] += gr * x[j].re[l] - gi * x[j].im[l];
-                        s.im[l] += gr * x[j].im[l] + gi * x[j].re[l];
-                    }
+                v8d sr = {0}, si = {0};
+                /* G[i][j] = L[i][j] for j <= i, conj(L[j][i]) above */
+                for (int j = 0; j <= i; j++) {
+                    const lanes_c *gp = &L[(size_t)i * ci + j];
+                    const v8d gr = VR(gp), gi = VI(gp), xr = VR(&x[j]), xi = VI(&x[j]);
+                    sr += gr * xr - gi * xi;
+                    si += gr * xi + gi * xr;
                 }
-                y[i] = s;
-                for (int l = 0; l < LANES; l++) {
-                    rq[l] += x[i].re[l] * s.re[l] + x[i].im[l] * s.im[l];
-                    nx[l] += x[i].re[l] * x[i].re[l] + x[i].im[l] * x[i].im[l];
+                for (int j = i + 1; j < ci; j++) {
+                    const lanes_c *gp = &L[(size_t)j * ci + i];
+                    const v8d gr = VR(gp), gi = VI(gp), xr = VR(&x[j]), xi = VI(&x[j]);
+                    sr += gr * xr + gi * xi;
+                    si += gr * xi - gi * xr;
                 }
+                VR(&y[i]) = sr;
+                VI(&y[i]) = si;
+                const v8d xr = VR(&x[i]), xi = VI(&x[i]);
+                rq += xr * sr + xi * si;
+                nx += xr * xr + xi * xi;
+                ny += sr * sr + si * si;
             }
-            double ny[LANES] = {0};
-            for (int i = 0; i < ci; i++)
-                for (int l = 0; l < LANES; l++)
-                    ny[l] += y[i].re[l] * y[i].re[l] + y[i].im[l] * y[i].im[l];
-            for (int l = 0; l < LANES; l++) {
-                lmax[l] = rq[l] / nx[l];
-                ny[l] = ny[l] > 0 ? 1.0 / sqrt(ny[l]) : 0.0;
+            lmax = rq / nx;
+            v8d sc;
+            for (int l = 0; l < LANES; l++)
+                sc[l] = ny[l] > 0 ? 1.0 / sqrt(ny[l]) : 0.0;
+            for (int i = 0; i < ci; i++) {
+                VR(&x[i]) = VR(&y[i]) * sc;
+                VI(&x[i]) = VI(&y[i]) * sc;
             }
-            for (int i = 0; i < ci; i++)
-                for (int l = 0; l < LANES; l++) {
-                    x[i].re[l] = y[i].re[l] * ny[l];
-                    x[i].im[l] = y[i].im[l] * ny[l];
-                }
         }
 
         /* Cholesky G = L L^H in place (lower). A non-positive pivot marks
          * the lane singular; the lane goes on with a harmless pivot so the
-         * other lanes are unaffected. */
+         * other lanes are unaffected. The imaginary part of the diagonal
+         * gets 1 / L_ii (for the solves). */
         int singular[LANES] = {0};
         for (int j = 0; j < ci; j++) {
             lanes_c *ljj = &L[(size_t)j * ci + j];
+            v8d dj = VR(ljj);
             for (int k = 0; k < j; k++) {
                 const lanes_c *ljk = &L[(size_t)j * ci + k];
-                for (int l = 0; l < LANES; l++)
-                    ljj->re[l] -= ljk->re[l] * ljk->re[l] + ljk->im[l] * ljk->im[l];
+                const v8d a = VR(ljk), b = VI(ljk);
+                dj -= a * a + b * b;
             }
-            double dinv[LANES];
+            v8d dinv = {0};
             for (int l = 0; l < LANES; l++) {
-                double d = ljj->re[l];
+                double d = dj[l];
                 if (!(d > 1e-300 + 1e-15 * tr[l])) {
                     singular[l] = 1;
                     d = tr[l] > 0 ? tr[l] : 1.0;
                 }
-                ljj->re[l] = sqrt(d);
-                ljj->im[l] = 0;
-                dinv[l] = 1.0 / ljj->re[l];
+                dj[l] = sqrt(d);
+                dinv[l] = 1.0 / dj[l];
             }
+            VR(ljj) = dj;
+            VI(ljj) = dinv;
             for (int i = j + 1; i < ci; i++) {
                 lanes_c *lij = &L[(size_t)i * ci + j];
+                v8d lr = VR(lij), li = VI(lij);
                 for (int k = 0; k < j; k++) {
                     const lanes_c *lik = &L[(size_t)i * ci + k], *ljk = &L[(size_t)j * ci + k];
-                    for (int l = 0; l < LANES; l++) {
-                        /* lij -= lik * conj(ljk) */
-                        lij->re[l] -= lik->re[l] * ljk->re[l] + lik->im[l] * ljk->im[l];
-                        lij->im[l] -= lik->im[l] * ljk->re[l] - lik->re[l] * ljk->im[l];
-                    }
+                    const v8d ar = VR(lik), ai = VI(lik), br = VR(ljk), bi = VI(ljk);
+                    /* lij -= lik * conj(ljk) */
+                    lr -= ar * br + ai * bi;
+                    li -= ai * br - ar * bi;
                 }
-                for (int l = 0; l < LANES; l++) {
-                    lij->re[l] *= dinv[l];
-                    lij->im[l] *= dinv[l];
-                }
+                VR(lij) = lr * dinv;
+                VI(lij) = li * dinv;
             }
         }
 
@@ -367,33 +412,31 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
 #define CHOL_SOLVE(x)                                                          \
         do {                                                                   \
             for (int i_ = 0; i_ < ci; i_++) {                                  \
+                v8d xr_ = VR(&x[i_]), xi_ = VI(&x[i_]);                        \
                 for (int k_ = 0; k_ < i_; k_++) {                              \
                     const lanes_c *lik_ = &L[(size_t)i_ * ci + k_];            \
-                    for (int l = 0; l < LANES; l++) {                          \
-                        x[i_].re[l] -= lik_->re[l] * x[k_].re[l] - lik_->im[l] * x[k_].im[l]; \
-                        x[i_].im[l] -= lik_->re[l] * x[k_].im[l] + lik_->im[l] * x[k_].re[l]; \
-                    }                                                          \
+                    const v8d a_ = VR(lik_), b_ = VI(lik_);                    \
+                    const v8d yr_ = VR(&x[k_]), yi_ = VI(&x[k_]);              \
+                    xr_ -= a_ * yr_ - b_ * yi_;                                \
+                    xi_ -= a_ * yi_ + b_ * yr_;                                \
                 }                                                              \
-                const lanes_c *lii_ = &L[(size_t)i_ * ci + i_];                \
-                for (int l = 0; l < LANES; l++) {                              \
-                    x[i_].re[l] /= lii_->re[l];                                \
-                    x[i_].im[l] /= lii_->re[l];                                \
-                }                                                              \
+                const v8d d_ = VI(&L[(size_t)i_ * ci + i_]);                   \
+                VR(&x[i_]) = xr_ * d_;                                         \
+                VI(&x[i_]) = xi_ * d_;                                         \
             }                                                                  \
             for (int i_ = ci - 1; i_ >= 0; i_--) {                             \
+                v8d xr_ = VR(&x[i_]), xi_ = VI(&x[i_]);                        \
                 for (int k_ = i_ + 1; k_ < ci; k_++) {                         \
                     /* (L^H)[i][k] = conj(L[k][i]) */                          \
                     const lanes_c *lki_ = &L[(size_t)k_ * ci + i_];            \
-                    for (int l = 0; l < LANES; l++) {                          \
-                        x[i_].re[l] -= lki_->re[l] * x[k_].re[l] + lki_->im[l] * x[k_].im[l]; \
-                        x[i_].im[l] -= lki_->re[l] * x[k_].im[l] - lki_->im[l] * x[k_].re[l]; \
-                    }                                                          \
+                    const v8d a_ = VR(lki_), b_ = VI(lki_);                    \
+                    const v8d yr_ = VR(&x[k_]), yi_ = VI(&x[k_]);              \
+                    xr_ -= a_ * yr_ + b_ * yi_;                                \
+                    xi_ -= a_ * yi_ - b_ * yr_;                                \
                 }                                                              \
-                const lanes_c *lii_ = &L[(size_t)i_ * ci + i_];                \
-                for (int l = 0; l < LANES; l++) {                              \
-                    x[i_].re[l] /= lii_->re[l];                                \
-                    x[i_].im[l] /= lii_->re[l];                                \
-                }                                                              \
+                const v8d d_ = VI(&L[(size_t)i_ * ci + i_]);                   \
+                VR(&x[i_]) = xr_ * d_;                                         \
+                VI(&x[i_]) = xi_ * d_;                                         \
             }                                                                  \
         } while (0)
 
@@ -404,28 +447,27 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
                 x[c].im[l] = -0.13 * ((c * 17) % 5);
             }
         for (int it = 0; want_cond && it < POWER_ITERS; it++) {
-            double nx[LANES] = {0};
+            v8d nx = {0};
             for (int i = 0; i < ci; i++) {
                 y[i] = x[i];
-                for (int l = 0; l < LANES; l++)
-                    nx[l] += x[i].re[l] * x[i].re[l] + x[i].im[l] * x[i].im[l];
+                nx += VR(&x[i]) * VR(&x[i]) + VI(&x[i]) * VI(&x[i]);
             }
             CHOL_SOLVE(y);
-            double rq[LANES] = {0}, ny[LANES] = {0};
-            for (int i = 0; i < ci; i++)
-                for (int l = 0; l < LANES; l++) {
-                    rq[l] += x[i].re[l] * y[i].re[l] + x[i].im[l] * y[i].im[l];
-                    ny[l] += y[i].re[l] * y[i].re[l] + y[i].im[l] * y[i].im[l];
-                }
+            v8d rq = {0}, ny = {0};
+            for (int i = 0; i < ci; i++) {
+                const v8d xr = VR(&x[i]), xi = VI(&x[i]), yr = VR(&y[i]), yi = VI(&y[i]);
+                rq += xr * yr + xi * yi;
+                ny += yr * yr + yi * yi;
+            }
+            v8d sc;
             for (int l = 0; l < LANES; l++) {
                 lmin[l] = rq[l] > 0 ? nx[l] / rq[l] : 0.0;
-                ny[l] = ny[l] > 0 ? 1.0 / sqrt(ny[l]) : 0.0;
+                sc[l] = ny[l] > 0 ? 1.0 / sqrt(ny[l]) : 0.0;
             }
-            for (int i = 0; i < ci; i++)
-                for (int l = 0; l < LANES; l++) {
-                    x[i].re[l] = y[i].re[l] * ny[l];
-                    x[i].im[l] = y[i].im[l] * ny[l];
-                }
+            for (int i = 0; i < ci; i++) {
+                VR(&x[i]) = VR(&y[i]) * sc;
+                VI(&x[i]) = VI(&y[i]) * sc;
+            }
         }
         for (int l = 0; want_cond && l < LANES && f0 + l < nf; l++) {
             double c = singular[l] || !(lmin[l] > 0) ? INFINITY : sqrt(lmax[l] / lmin[l]);
@@ -440,8 +482,8 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
             const size_t a = (size_t)ci * co;
             float *ar = m + (f0 + l - fbeg) * (2 * a + 2 * (size_t)ci * ci), *ai = ar + a;
             float *mr = ai + a, *mi = mr + (size_t)ci * ci;
-            for (int c = 0; c < ci; c++)
-                for (int o = 0; o < co; o++) {
+            for (int o = 0; o < co; o++)
+                for (int c = 0; c < ci; c++) {
                     ar[(size_t)c * co + o] = (float)A[(size_t)o * ci + c].re[l];
                     ai[(size_t)c * co + o] = (float)-A[(size_t)o * ci + c].im[l];
                 }
