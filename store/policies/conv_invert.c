@@ -472,7 +472,21 @@ void as__civ_scatter_yrow(const as__conv_inv *ci, int n, const float *y, const f
                                 ? y + (((size_t)img * cout + o) * ho + i) * wo : NULL;
                 }
                 float *dst = R + ri * Bo + (size_t)o * NB + l0;
-                for (int j = j0; j < j1; j++) {
+                int j = j0;
+                /* 8 pixels of 8 images at a time: 8 row loads, a transpose,
+                 * 8 lane stores (missing images read zeros) */
+                for (; j + 8 <= j1; j += 8) {
+                    v8 r[8];
+                    for (int k = 0; k < 8; k++)
+                        if (ys[k])
+                            r[k] = ld8(ys[k] + j);
+                        else
+                            r[k] = (v8){0};
+                    AS__CIV_T8(r);
+                    for (int k = 0; k < 8; k++)
+                        st8(dst + (size_t)(j + k + ci->dw) * Eo, r[k] - bo);
+                }
+                for (; j < j1; j++) {
                     v8 v;
                     for (int k = 0; k < 8; k++)
                         v[k] = ys[k] ? ys[k][j] - bo : 0.0f;
@@ -499,7 +513,17 @@ static void crop_row(const as__conv_inv *ci, int n, const float *Rx, int r, floa
                                 ? x + (((size_t)img * cin + c) * H + r) * W : NULL;
                 }
                 const float *src = Rx + ri * Bi + (size_t)c * NB + l0;
-                for (int q = 0; q < W; q++) {
+                int q = 0;
+                for (; q + 8 <= W; q += 8) {
+                    v8 t[8];
+                    for (int k = 0; k < 8; k++)
+                        t[k] = ld8(src + (size_t)(q + k) * Ei) * scale;
+                    AS__CIV_T8(t);
+                    for (int k = 0; k < 8; k++)
+                        if (xd[k])
+                            st8(xd[k] + q, t[k]);
+                }
+                for (; q < W; q++) {
                     const v8 v = ld8(src + (size_t)q * Ei) * scale;
                     for (int k = 0; k < 8; k++)
                         if (xd[k])

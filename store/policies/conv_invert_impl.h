@@ -57,6 +57,31 @@ typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
 #define ld8(p) (*(const v8u *)(p))
 #define st8(p, v) (*(v8u *)(p) = (v))
 
+/* 8 x 8 transpose of r[0..7] in place (r[k][j] -> r[j][k]): unpack pairs,
+ * then quads, then halves. A macro for the same reason as ld8. */
+typedef int v8i __attribute__((vector_size(32)));
+#define AS__CIV_T8(r)                                                          \
+    do {                                                                       \
+        const v8i lo_ = {0, 8, 1, 9, 4, 12, 5, 13}, hi_ = {2, 10, 3, 11, 6, 14, 7, 15}; \
+        const v8i ql_ = {0, 1, 8, 9, 4, 5, 12, 13}, qh_ = {2, 3, 10, 11, 6, 7, 14, 15}; \
+        const v8i hl_ = {0, 1, 2, 3, 8, 9, 10, 11}, hh_ = {4, 5, 6, 7, 12, 13, 14, 15}; \
+        v8 t_[8], u_[8];                                                       \
+        for (int k_ = 0; k_ < 8; k_ += 2) {                                    \
+            t_[k_] = __builtin_shuffle(r[k_], r[k_ + 1], lo_);                 \
+            t_[k_ + 1] = __builtin_shuffle(r[k_], r[k_ + 1], hi_);             \
+        }                                                                      \
+        for (int k_ = 0; k_ < 8; k_ += 4) {                                    \
+            u_[k_] = __builtin_shuffle(t_[k_], t_[k_ + 2], ql_);               \
+            u_[k_ + 1] = __builtin_shuffle(t_[k_], t_[k_ + 2], qh_);           \
+            u_[k_ + 2] = __builtin_shuffle(t_[k_ + 1], t_[k_ + 3], ql_);       \
+            u_[k_ + 3] = __builtin_shuffle(t_[k_ + 1], t_[k_ + 3], qh_);       \
+        }                                                                      \
+        for (int k_ = 0; k_ < 4; k_++) {                                       \
+            r[k_] = __builtin_shuffle(u_[k_], u_[k_ + 4], hl_);                \
+            r[k_ + 4] = __builtin_shuffle(u_[k_], u_[k_ + 4], hh_);            \
+        }                                                                      \
+    } while (0)
+
 /* Four output channels of one block of 8 lanes, summed over nt taps and K
  * channels: d[j*NB + l] = sum_t sum_k w_t[j*K + k] * x_t[k*NB + l], j < 4,
  * l < 8, with w_t = wtap[t] + woff (four rows of K weights) and
