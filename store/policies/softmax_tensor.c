@@ -154,10 +154,19 @@ size_t as_sm_encode_bound(const as_sm_params *p, const as_sm_layout *lay)
     if (sm_view_layout(p, lay, &v))
         return 0;
     size_t total = sm_prefix_bytes(&v);
-    for (int64_t r = 0; r < v.rows; r++) {
-        size_t n = sm_store_whole(p) ? (size_t)v.len : sm_prefix(&v, r);
-        total += as_sm_row_bytes(p, n, (size_t)v.len);
+    if (sm_store_whole(p) || (!v.causal && !v.vlen))
+        /* every row has all len entries */
+        return total + (size_t)v.rows * as_sm_row_bytes(p, (size_t)v.len,
+                                                         (size_t)v.len);
+    if (!v.vlen) {
+        /* causal only: every (batch, head) block has the same rows */
+        size_t blk = 0;
+        for (int64_t r = 0; r < v.queries; r++)
+            blk += as_sm_row_bytes(p, sm_prefix(&v, r), (size_t)v.len);
+        return total + (size_t)v.nblocks * blk;
     }
+    for (int64_t r = 0; r < v.rows; r++)
+        total += as_sm_row_bytes(p, sm_prefix(&v, r), (size_t)v.len);
     return total;
 }
 
@@ -365,7 +374,8 @@ int as_sm_decode_rows(const void *blob, int64_t row0, int64_t nrows,
             }
             as_sm_soa_decode_rows(&v.p, in, n, o, AS_SM_SOA_LANES, &w);
             for (int l = 0; l < AS_SM_SOA_LANES; l++)
-                memset(o[l] + n[l], 0, (len - n[l]) * sizeof(float));
+                if (n[l] < len)
+                    memset(o[l] + n[l], 0, (len - n[l]) * sizeof(float));
         }
     }
     if ((v.p.kind == AS_SM_LOG || v.p.kind == AS_SM_TOPK) && !sm_masked(&v)) {
@@ -379,7 +389,8 @@ int as_sm_decode_rows(const void *blob, int64_t row0, int64_t nrows,
             }
             pp += as_sm_log_decode_rows(&v.p, pp, n, o, AS_SM_SOA_LANES, &w);
             for (int l = 0; l < AS_SM_SOA_LANES; l++)
-                memset(o[l] + n[l], 0, (len - n[l]) * sizeof(float));
+                if (n[l] < len)
+                    memset(o[l] + n[l], 0, (len - n[l]) * sizeof(float));
         }
     }
     for (; r < nrows; r++)
