@@ -56,11 +56,13 @@ typedef double v8du __attribute__((vector_size(64), aligned(8), may_alias));
 #define VI(p) (*(v8du *)((p)->im))
 typedef double v4du __attribute__((vector_size(32), aligned(8), may_alias));
 
+#define GRB 5   /* rows of a register block (3x3 kernels: 9 = 5 + 4) */
+
 /* R_ij(d) for i >= j from V[o][c*nt + t] (rows of NRp >= ci*nt + 8
  * doubles, zero beyond ci*nt; see gram_dft). Per input channel i: the
  * products K[t1][r2] = sum_o V[o][i*nt + t1] V[o][r2] for every column r2
- * of channels j <= i, in register blocks (8 rows x 8 columns, vectors
- * along the columns), then added into R_ij at offset d(t1, t2). Kb: 8 *
+ * of channels j <= i, in register blocks (GRB rows x 8 columns, vectors
+ * along the columns), then added into R_ij at offset d(t1, t2). Kb: GRB *
  * NRp doubles of scratch. */
 AS__CIV_CLONES
 static void gram_corr(int ci, int co, int kh, int kw, const double *V, size_t NRp, double *Kb,
@@ -69,15 +71,15 @@ static void gram_corr(int ci, int co, int kh, int kw, const double *V, size_t NR
     const int nt = kh * kw, nw = 2 * kw - 1, nh = 2 * kh - 1;
     for (int i = 0; i < ci; i++) {
         const int ncol = (i + 1) * nt, ncolp = (ncol + 7) / 8 * 8;
-        for (int t0 = 0; t0 < nt; t0 += 8) {
-            const int tr = nt - t0 < 8 ? nt - t0 : 8;
+        for (int t0 = 0; t0 < nt; t0 += GRB) {
+            const int tr = nt - t0 < GRB ? nt - t0 : GRB;
             for (int c0 = 0; c0 < ncolp; c0 += 8) {
-                v8d acc[8] = {{0}};
+                v8d acc[GRB] = {{0}};
                 for (int o = 0; o < co; o++) {
                     const double *vo = V + (size_t)o * NRp;
                     const v8d b = *(const v8du *)(vo + c0);
                     const double *a = vo + (size_t)i * nt + t0;
-                    for (int r = 0; r < 8; r++)
+                    for (int r = 0; r < GRB; r++)
                         acc[r] += (r < tr ? a[r] : 0.0) * b;
                 }
                 for (int r = 0; r < tr; r++)
