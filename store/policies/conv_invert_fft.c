@@ -76,31 +76,29 @@ void as__civ_fft_free(as__civ_fft *f)
     }
 }
 
-/* x * (wr + i wi), in place on one planar element. */
-static inline void twiddle(float *restrict e, size_t B, float wr, float wi)
-{
-    float *restrict re = e, *restrict im = e + B;
-    for (size_t b = 0; b < B; b++) {
-        float xr = re[b], xi = im[b];
-        re[b] = xr * wr - xi * wi;
-        im[b] = xr * wi + xi * wr;
-    }
-}
+/* 8-float vectors (as in conv_invert_impl.h): the butterflies run over
+ * the lanes 8 at a time (B is a multiple of 8), explicitly, because the
+ * compiler left the plain loops scalar. Macros, not functions: a vector
+ * typed function would change the ABI per target clone. */
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
+#define LD(p) (*(const v8u *)(p))
+#define ST(p, v) (*(v8u *)(p) = (v))
 
 AS__CIV_CLONES
 static void bfly2(float *out, size_t os, int m, int fstride, const float *tw, size_t B)
 {
     for (int k = 0; k < m; k++) {
-        float *restrict a = out + (size_t)k * os;
-        float *restrict c = out + (size_t)(k + m) * os;
+        float *a = out + (size_t)k * os;
+        float *c = out + (size_t)(k + m) * os;
         const float wr = tw[2 * k * fstride], wi = tw[2 * k * fstride + 1];
-        for (size_t b = 0; b < B; b++) {
-            float xr = c[b] * wr - c[B + b] * wi;
-            float xi = c[b] * wi + c[B + b] * wr;
-            c[b] = a[b] - xr;
-            c[B + b] = a[B + b] - xi;
-            a[b] += xr;
-            a[B + b] += xi;
+        for (size_t b = 0; b < B; b += 8) {
+            const v8 cr = LD(c + b), ci = LD(c + B + b), ar = LD(a + b), ai = LD(a + B + b);
+            const v8 xr = cr * wr - ci * wi, xi = cr * wi + ci * wr;
+            ST(c + b, ar - xr);
+            ST(c + B + b, ai - xi);
+            ST(a + b, ar + xr);
+            ST(a + B + b, ai + xi);
         }
     }
 }
@@ -110,28 +108,32 @@ static void bfly4(float *out, size_t os, int m, int fstride, const float *tw,
                   size_t B, float sign)
 {
     for (int k = 0; k < m; k++) {
-        float *restrict e0 = out + (size_t)k * os;
-        float *restrict e1 = out + (size_t)(k + m) * os;
-        float *restrict e2 = out + (size_t)(k + 2 * m) * os;
-        float *restrict e3 = out + (size_t)(k + 3 * m) * os;
+        float *e0 = out + (size_t)k * os;
+        float *e1 = out + (size_t)(k + m) * os;
+        float *e2 = out + (size_t)(k + 2 * m) * os;
+        float *e3 = out + (size_t)(k + 3 * m) * os;
         /* twiddles applied in the same pass (k = 0: all 1) */
         const float w1r = tw[2 * k * fstride], w1i = tw[2 * k * fstride + 1];
         const float w2r = tw[4 * k * fstride], w2i = tw[4 * k * fstride + 1];
         const float w3r = tw[6 * k * fstride], w3i = tw[6 * k * fstride + 1];
-        for (size_t b = 0; b < B; b++) {
-            const float x1r = e1[b] * w1r - e1[B + b] * w1i, x1i = e1[b] * w1i + e1[B + b] * w1r;
-            const float x2r = e2[b] * w2r - e2[B + b] * w2i, x2i = e2[b] * w2i + e2[B + b] * w2r;
-            const float x3r = e3[b] * w3r - e3[B + b] * w3i, x3i = e3[b] * w3i + e3[B + b] * w3r;
-            float s0r = e0[b] + x2r, s0i = e0[B + b] + x2i;
-            float s1r = e0[b] - x2r, s1i = e0[B + b] - x2i;
-            float s2r = x1r + x3r, s2i = x1i + x3i;
-            float s3r = x1r - x3r, s3i = x1i - x3i;
+        for (size_t b = 0; b < B; b += 8) {
+            const v8 a1r = LD(e1 + b), a1i = LD(e1 + B + b);
+            const v8 a2r = LD(e2 + b), a2i = LD(e2 + B + b);
+            const v8 a3r = LD(e3 + b), a3i = LD(e3 + B + b);
+            const v8 a0r = LD(e0 + b), a0i = LD(e0 + B + b);
+            const v8 x1r = a1r * w1r - a1i * w1i, x1i = a1r * w1i + a1i * w1r;
+            const v8 x2r = a2r * w2r - a2i * w2i, x2i = a2r * w2i + a2i * w2r;
+            const v8 x3r = a3r * w3r - a3i * w3i, x3i = a3r * w3i + a3i * w3r;
+            const v8 s0r = a0r + x2r, s0i = a0i + x2i;
+            const v8 s1r = a0r - x2r, s1i = a0i - x2i;
+            const v8 s2r = x1r + x3r, s2i = x1i + x3i;
+            const v8 s3r = x1r - x3r, s3i = x1i - x3i;
             /* w * s3 with w = sign * i */
-            float ur = -sign * s3i, ui = sign * s3r;
-            e0[b] = s0r + s2r; e0[B + b] = s0i + s2i;
-            e2[b] = s0r - s2r; e2[B + b] = s0i - s2i;
-            e1[b] = s1r + ur;  e1[B + b] = s1i + ui;
-            e3[b] = s1r - ur;  e3[B + b] = s1i - ui;
+            const v8 ur = -sign * s3i, ui = sign * s3r;
+            ST(e0 + b, s0r + s2r); ST(e0 + B + b, s0i + s2i);
+            ST(e2 + b, s0r - s2r); ST(e2 + B + b, s0i - s2i);
+            ST(e1 + b, s1r + ur);  ST(e1 + B + b, s1i + ui);
+            ST(e3 + b, s1r - ur);  ST(e3 + B + b, s1i - ui);
         }
     }
 }
@@ -142,22 +144,25 @@ static void bfly3(float *out, size_t os, int m, int fstride, const float *tw,
 {
     const float h = sign * 0.86602540378443864676f;   /* sign * sqrt(3)/2 */
     for (int k = 0; k < m; k++) {
-        float *restrict e0 = out + (size_t)k * os;
-        float *restrict e1 = out + (size_t)(k + m) * os;
-        float *restrict e2 = out + (size_t)(k + 2 * m) * os;
+        float *e0 = out + (size_t)k * os;
+        float *e1 = out + (size_t)(k + m) * os;
+        float *e2 = out + (size_t)(k + 2 * m) * os;
         const float w1r = tw[2 * k * fstride], w1i = tw[2 * k * fstride + 1];
         const float w2r = tw[4 * k * fstride], w2i = tw[4 * k * fstride + 1];
-        for (size_t b = 0; b < B; b++) {
-            const float x1r = e1[b] * w1r - e1[B + b] * w1i, x1i = e1[b] * w1i + e1[B + b] * w1r;
-            const float x2r = e2[b] * w2r - e2[B + b] * w2i, x2i = e2[b] * w2i + e2[B + b] * w2r;
-            float tr = x1r + x2r, ti = x1i + x2i;
-            float dr = x1r - x2r, di = x1i - x2i;
-            float cr = e0[b] - 0.5f * tr, cI = e0[B + b] - 0.5f * ti;
-            e0[b] += tr;
-            e0[B + b] += ti;
+        for (size_t b = 0; b < B; b += 8) {
+            const v8 a1r = LD(e1 + b), a1i = LD(e1 + B + b);
+            const v8 a2r = LD(e2 + b), a2i = LD(e2 + B + b);
+            const v8 a0r = LD(e0 + b), a0i = LD(e0 + B + b);
+            const v8 x1r = a1r * w1r - a1i * w1i, x1i = a1r * w1i + a1i * w1r;
+            const v8 x2r = a2r * w2r - a2i * w2i, x2i = a2r * w2i + a2i * w2r;
+            const v8 tr = x1r + x2r, ti = x1i + x2i;
+            const v8 dr = x1r - x2r, di = x1i - x2i;
+            const v8 cr = a0r - 0.5f * tr, cI = a0i - 0.5f * ti;
+            ST(e0 + b, a0r + tr);
+            ST(e0 + B + b, a0i + ti);
             /* +- i h d */
-            e1[b] = cr - h * di; e1[B + b] = cI + h * dr;
-            e2[b] = cr + h * di; e2[B + b] = cI - h * dr;
+            ST(e1 + b, cr - h * di); ST(e1 + B + b, cI + h * dr);
+            ST(e2 + b, cr + h * di); ST(e2 + B + b, cI - h * dr);
         }
     }
 }
@@ -170,32 +175,42 @@ static void bfly5(float *out, size_t os, int m, int fstride, const float *tw,
     const float s1 = sign * 0.95105651629515357212f;
     const float s2 = sign * 0.58778525229247312917f;
     for (int k = 0; k < m; k++) {
-        float *restrict e0 = out + (size_t)k * os;
-        float *restrict e1 = out + (size_t)(k + m) * os;
-        float *restrict e2 = out + (size_t)(k + 2 * m) * os;
-        float *restrict e3 = out + (size_t)(k + 3 * m) * os;
-        float *restrict e4 = out + (size_t)(k + 4 * m) * os;
-        if (k) {
-            for (int q = 1; q < 5; q++)
-                twiddle(out + (size_t)(k + q * m) * os, B,
-                        tw[2 * q * k * fstride], tw[2 * q * k * fstride + 1]);
+        float *e[5];
+        float wr[5], wi[5];
+        for (int q = 0; q < 5; q++) {
+            e[q] = out + (size_t)(k + q * m) * os;
+            wr[q] = tw[2 * q * k * fstride];
+            wi[q] = tw[2 * q * k * fstride + 1];
         }
-        for (size_t b = 0; b < B; b++) {
-            float t1r = e1[b] + e4[b], t1i = e1[B + b] + e4[B + b];
-            float t2r = e2[b] + e3[b], t2i = e2[B + b] + e3[B + b];
-            float d1r = e1[b] - e4[b], d1i = e1[B + b] - e4[B + b];
-            float d2r = e2[b] - e3[b], d2i = e2[B + b] - e3[B + b];
-            float ar = e0[b], ai = e0[B + b];
-            float p1r = ar + c1 * t1r + c2 * t2r, p1i = ai + c1 * t1i + c2 * t2i;
-            float p2r = ar + c2 * t1r + c1 * t2r, p2i = ai + c2 * t1i + c1 * t2i;
-            float q1r = s1 * d1r + s2 * d2r, q1i = s1 * d1i + s2 * d2i;
-            float q2r = s2 * d1r - s1 * d2r, q2i = s2 * d1i - s1 * d2i;
-            e0[b] = ar + t1r + t2r; e0[B + b] = ai + t1i + t2i;
+        for (size_t b = 0; b < B; b += 8) {
+            v8 xr[5], xi[5];
+            xr[0] = LD(e[0] + b);
+            xi[0] = LD(e[0] + B + b);
+            for (int q = 1; q < 5; q++) {
+                const v8 ar = LD(e[q] + b), ai = LD(e[q] + B + b);
+                if (k) {
+                    xr[q] = ar * wr[q] - ai * wi[q];
+                    xi[q] = ar * wi[q] + ai * wr[q];
+                } else {
+                    xr[q] = ar;
+                    xi[q] = ai;
+                }
+            }
+            const v8 t1r = xr[1] + xr[4], t1i = xi[1] + xi[4];
+            const v8 t2r = xr[2] + xr[3], t2i = xi[2] + xi[3];
+            const v8 d1r = xr[1] - xr[4], d1i = xi[1] - xi[4];
+            const v8 d2r = xr[2] - xr[3], d2i = xi[2] - xi[3];
+            const v8 ar = xr[0], ai = xi[0];
+            const v8 p1r = ar + c1 * t1r + c2 * t2r, p1i = ai + c1 * t1i + c2 * t2i;
+            const v8 p2r = ar + c2 * t1r + c1 * t2r, p2i = ai + c2 * t1i + c1 * t2i;
+            const v8 q1r = s1 * d1r + s2 * d2r, q1i = s1 * d1i + s2 * d2i;
+            const v8 q2r = s2 * d1r - s1 * d2r, q2i = s2 * d1i - s1 * d2i;
+            ST(e[0] + b, ar + t1r + t2r); ST(e[0] + B + b, ai + t1i + t2i);
             /* y1,4 = p1 +- i q1 ; y2,3 = p2 +- i q2 */
-            e1[b] = p1r - q1i; e1[B + b] = p1i + q1r;
-            e4[b] = p1r + q1i; e4[B + b] = p1i - q1r;
-            e2[b] = p2r - q2i; e2[B + b] = p2i + q2r;
-            e3[b] = p2r + q2i; e3[B + b] = p2i - q2r;
+            ST(e[1] + b, p1r - q1i); ST(e[1] + B + b, p1i + q1r);
+            ST(e[4] + b, p1r + q1i); ST(e[4] + B + b, p1i - q1r);
+            ST(e[2] + b, p2r - q2i); ST(e[2] + B + b, p2i + q2r);
+            ST(e[3] + b, p2r + q2i); ST(e[3] + B + b, p2i - q2r);
         }
     }
 }
@@ -206,41 +221,48 @@ AS__CIV_CLONES
 static int leaf(int p, float *out, size_t os, const float *in, size_t s, size_t B,
                 float sign)
 {
-    float *restrict o0 = out, *restrict o1 = out + os, *restrict o2 = out + 2 * os;
-    const float *restrict x0 = in, *restrict x1 = in + s, *restrict x2 = in + 2 * s;
+    float *o0 = out, *o1 = out + os, *o2 = out + 2 * os;
+    const float *x0 = in, *x1 = in + s, *x2 = in + 2 * s;
     switch (p) {
     case 2:
-        for (size_t b = 0; b < B; b++) {
-            const float ar = x0[b], ai = x0[B + b], cr = x1[b], ci = x1[B + b];
-            o0[b] = ar + cr; o0[B + b] = ai + ci;
-            o1[b] = ar - cr; o1[B + b] = ai - ci;
+        for (size_t b = 0; b < B; b += 8) {
+            const v8 ar = LD(x0 + b), ai = LD(x0 + B + b), cr = LD(x1 + b), ci = LD(x1 + B + b);
+            ST(o0 + b, ar + cr); ST(o0 + B + b, ai + ci);
+            ST(o1 + b, ar - cr); ST(o1 + B + b, ai - ci);
         }
         return 1;
     case 3: {
         const float h = sign * 0.86602540378443864676f;
-        for (size_t b = 0; b < B; b++) {
-            const float tr = x1[b] + x2[b], ti = x1[B + b] + x2[B + b];
-            const float dr = x1[b] - x2[b], di = x1[B + b] - x2[B + b];
-            const float cr = x0[b] - 0.5f * tr, cI = x0[B + b] - 0.5f * ti;
-            o0[b] = x0[b] + tr; o0[B + b] = x0[B + b] + ti;
-            o1[b] = cr - h * di; o1[B + b] = cI + h * dr;
-            o2[b] = cr + h * di; o2[B + b] = cI - h * dr;
+        for (size_t b = 0; b < B; b += 8) {
+            const v8 a0r = LD(x0 + b), a0i = LD(x0 + B + b);
+            const v8 a1r = LD(x1 + b), a1i = LD(x1 + B + b);
+            const v8 a2r = LD(x2 + b), a2i = LD(x2 + B + b);
+            const v8 tr = a1r + a2r, ti = a1i + a2i;
+            const v8 dr = a1r - a2r, di = a1i - a2i;
+            const v8 cr = a0r - 0.5f * tr, cI = a0i - 0.5f * ti;
+            ST(o0 + b, a0r + tr); ST(o0 + B + b, a0i + ti);
+            ST(o1 + b, cr - h * di); ST(o1 + B + b, cI + h * dr);
+            ST(o2 + b, cr + h * di); ST(o2 + B + b, cI - h * dr);
         }
         return 1;
     }
     case 4: {
-        float *restrict o3 = out + 3 * os;
-        const float *restrict x3 = in + 3 * s;
-        for (size_t b = 0; b < B; b++) {
-            const float s0r = x0[b] + x2[b], s0i = x0[B + b] + x2[B + b];
-            const float s1r = x0[b] - x2[b], s1i = x0[B + b] - x2[B + b];
-            const float s2r = x1[b] + x3[b], s2i = x1[B + b] + x3[B + b];
-            const float s3r = x1[b] - x3[b], s3i = x1[B + b] - x3[B + b];
-            const float ur = -sign * s3i, ui = sign * s3r;
-            o0[b] = s0r + s2r; o0[B + b] = s0i + s2i;
-            o2[b] = s0r - s2r; o2[B + b] = s0i - s2i;
-            o1[b] = s1r + ur;  o1[B + b] = s1i + ui;
-            o3[b] = s1r - ur;  o3[B + b] = s1i - ui;
+        float *o3 = out + 3 * os;
+        const float *x3 = in + 3 * s;
+        for (size_t b = 0; b < B; b += 8) {
+            const v8 a0r = LD(x0 + b), a0i = LD(x0 + B + b);
+            const v8 a1r = LD(x1 + b), a1i = LD(x1 + B + b);
+            const v8 a2r = LD(x2 + b), a2i = LD(x2 + B + b);
+            const v8 a3r = LD(x3 + b), a3i = LD(x3 + B + b);
+            const v8 s0r = a0r + a2r, s0i = a0i + a2i;
+            const v8 s1r = a0r - a2r, s1i = a0i - a2i;
+            const v8 s2r = a1r + a3r, s2i = a1i + a3i;
+            const v8 s3r = a1r - a3r, s3i = a1i - a3i;
+            const v8 ur = -sign * s3i, ui = sign * s3r;
+            ST(o0 + b, s0r + s2r); ST(o0 + B + b, s0i + s2i);
+            ST(o2 + b, s0r - s2r); ST(o2 + B + b, s0i - s2i);
+            ST(o1 + b, s1r + ur);  ST(o1 + B + b, s1i + ui);
+            ST(o3 + b, s1r - ur);  ST(o3 + B + b, s1i - ui);
         }
         return 1;
     }
