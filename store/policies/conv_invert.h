@@ -239,6 +239,7 @@ typedef struct as__civ_fctx {
     size_t nf;                  /* P * (Q/2+1) */
     double *T;
     double *Tg;                 /* Gram matrix DFT along kq (gram_dft) */
+    double *tw;                 /* row twiddles (P x (2kh-1) complex) */
     struct as__civ_lanes *A, *L, *v;
     int ginv;                   /* range() writes A^H (Cin x Cout) and the
                                    Cholesky factor of A^H A (Cin x Cin,

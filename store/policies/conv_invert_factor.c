@@ -58,10 +58,10 @@ typedef double v4du __attribute__((vector_size(32), aligned(8), may_alias));
 
 #define GRB 5   /* rows of a register block (3x3 kernels: 9 = 5 + 4) */
 
-/* R_ij(d) for i >= j from V[o][c*nt + t] (rows of NRp >= ci*nt + 8
+/* R_ij(d) for i >= j from V[o][c*nt + t] (rows of NRp >= ci*nt + 16
  * doubles, zero beyond ci*nt; see gram_dft). Per input channel i: the
  * products K[t1][r2] = sum_o V[o][i*nt + t1] V[o][r2] for every column r2
- * of channels j <= i, in register blocks (GRB rows x 8 columns, vectors
+ * of channels j <= i, in register blocks (GRB rows x 16 columns, vectors
  * along the columns), then added into R_ij at offset d(t1, t2). Kb: GRB *
  * NRp doubles of scratch. */
 AS__CIV_CLONES
@@ -70,20 +70,25 @@ static void gram_corr(int ci, int co, int kh, int kw, const double *V, size_t NR
 {
     const int nt = kh * kw, nw = 2 * kw - 1, nh = 2 * kh - 1;
     for (int i = 0; i < ci; i++) {
-        const int ncol = (i + 1) * nt, ncolp = (ncol + 7) / 8 * 8;
+        const int ncol = (i + 1) * nt, ncolp = (ncol + 15) / 16 * 16;
         for (int t0 = 0; t0 < nt; t0 += GRB) {
             const int tr = nt - t0 < GRB ? nt - t0 : GRB;
-            for (int c0 = 0; c0 < ncolp; c0 += 8) {
-                v8d acc[GRB] = {{0}};
+            for (int c0 = 0; c0 < ncolp; c0 += 16) {
+                v8d acc[GRB][2] = {{{0}}};
                 for (int o = 0; o < co; o++) {
                     const double *vo = V + (size_t)o * NRp;
-                    const v8d b = *(const v8du *)(vo + c0);
+                    const v8d b0 = *(const v8du *)(vo + c0), b1 = *(const v8du *)(vo + c0 + 8);
                     const double *a = vo + (size_t)i * nt + t0;
-                    for (int r = 0; r < GRB; r++)
-                        acc[r] += (r < tr ? a[r] : 0.0) * b;
+                    for (int r = 0; r < GRB; r++) {
+                        const double ar = r < tr ? a[r] : 0.0;
+                        acc[r][0] += ar * b0;
+                        acc[r][1] += ar * b1;
+                    }
                 }
-                for (int r = 0; r < tr; r++)
-                    *(v8du *)(Kb + (size_t)r * NRp + c0) = acc[r];
+                for (int r = 0; r < tr; r++) {
+                    *(v8du *)(Kb + (size_t)r * NRp + c0) = acc[r][0];
+                    *(v8du *)(Kb + (size_t)r * NRp + c0 + 8) = acc[r][1];
+                }
             }
             for (int r = 0; r < tr; r++) {
                 const int t1 = t0 + r, u = t1 / kw, v = t1 % kw;
@@ -107,7 +112,7 @@ static int gram_dft(const as__conv_geom *g, int Q, const float *w, double *Tg)
     const int Qh = Q / 2 + 1, nh = 2 * kh - 1, nw = 2 * kw - 1;
     const size_t npair = (size_t)ci * (ci + 1) / 2;
     double *R = calloc(npair * nh * nw, sizeof(double));
-    const size_t NRp = (size_t)ci * kh * kw + 8;
+    const size_t NRp = (size_t)ci * kh * kw + 16;
     double *wd = calloc((size_t)co * NRp + 8 * NRp, sizeof(double));
     if (!R || !wd) {
         free(R);
@@ -145,8 +150,19 @@ static int gram_dft(const as__conv_geom *g, int Q, const float *w, double *Tg)
     return 0;
 }
 
+static int begin_impl(as__civ_fctx *fc, const as__conv_geom *g, int P, int Q,
+                      const float *w, int need_a);
+
 int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
                          int Q, const float *w)
+{
+    return begin_impl(fc, g, P, Q, w, 1);
+}
+
+/* need_a = 0: for condition numbers only (no M, no adjoint factor), which
+ * do not need A(f), so not its row DFTs T either. */
+static int begin_impl(as__civ_fctx *fc, const as__conv_geom *g, int P, int Q,
+                      const float *w, int need_a)
 {
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
     const int Qh = Q / 2 + 1;
@@ -157,7 +173,10 @@ int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
     fc->nf = (size_t)P * Qh;
     /* T[kq][o][c][u] = sum_v W[o,c,u,v] e^{-2 pi i kq (kw-1-v)/Q}: the
      * column DFT of the kernel, shared by every kp. */
-    fc->T = malloc(sizeof(double) * 2 * (size_t)Qh * co * ci * kh);
+    fc->T = malloc(sizeof(double) * 2 * (need_a ? (size_t)Qh * co * ci * kh : 1));
+    /* tw[kp][d] = e^{2 pi i kp (d - (kh-1)) / P}, d < 2kh-1: the row
+     * twiddles of A (d <= kh-1) and of the Gram matrix */
+    fc->tw = malloc(sizeof(double) * 2 * (size_t)P * (2 * kh - 1));
     fc->A = malloc(sizeof(lanes_c) * (size_t)co * ci);   /* (Cout, Cin) */
     fc->L = malloc(sizeof(lanes_c) * (size_t)ci * ci);   /* (Cin, Cin) */
     fc->v = malloc(sizeof(lanes_c) * (size_t)ci * 2);    /* vectors */
@@ -165,7 +184,7 @@ int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
      * i >= j, du in [-(kh-1), kh-1]. */
     const size_t npair = (size_t)ci * (ci + 1) / 2, nd = 2 * (size_t)kh - 1;
     fc->Tg = malloc(sizeof(double) * 2 * (size_t)Qh * npair * nd);
-    if (!fc->T || !fc->A || !fc->L || !fc->v || !fc->Tg) {
+    if (!fc->T || !fc->A || !fc->L || !fc->v || !fc->Tg || !fc->tw) {
         as__civ_factor_end(fc);
         return AS_ENOMEM;
     }
@@ -173,9 +192,15 @@ int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
         as__civ_factor_end(fc);
         return AS_ENOMEM;
     }
+    for (int kp = 0; kp < P; kp++)
+        for (int d = 0; d < 2 * kh - 1; d++) {
+            const double a = 2.0 * M_PI * kp * (d - (kh - 1)) / P;
+            fc->tw[2 * ((size_t)kp * (2 * kh - 1) + d)] = cos(a);
+            fc->tw[2 * ((size_t)kp * (2 * kh - 1) + d) + 1] = sin(a);
+        }
     double *T = fc->T;
     double cs[2 * 16];   /* e^{-2 pi i kq (kw-1-v)/Q} for v < kw <= 16 */
-    for (int kq = 0; kq < Qh; kq++) {
+    for (int kq = 0; need_a && kq < Qh; kq++) {
         for (int vv = 0; vv < kw; vv++) {
             const double a = -2.0 * M_PI * kq * (kw - 1 - vv) / Q;
             cs[2 * vv] = cos(a);
@@ -202,6 +227,7 @@ void as__civ_factor_end(as__civ_fctx *fc)
 {
     free(fc->T);
     free(fc->Tg);
+    free(fc->tw);
     free(fc->A);
     free(fc->L);
     free(fc->v);
@@ -212,7 +238,7 @@ int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
                    double eps_rel, float *m, double *cond_out)
 {
     as__civ_fctx fc;
-    int rc = as__civ_factor_begin(&fc, g, P, Q, w);
+    int rc = begin_impl(&fc, g, P, Q, w, m != NULL);
     if (rc)
         return rc;
     if (cond_out)
@@ -242,9 +268,10 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
             kq[l] = (int)(f / P);   /* column-major: one kq = P frequencies */
             kp[l] = (int)(f % P);
             for (int u = 0; u < kh; u++) {
-                double a = -2.0 * M_PI * kp[l] * (kh - 1 - u) / P;
-                epr[l][u] = cos(a);
-                epi[l][u] = sin(a);
+                /* e^{-2 pi i kp (kh-1-u)/P} */
+                const double *t = fc->tw + 2 * ((size_t)kp[l] * (2 * kh - 1) + u);
+                epr[l][u] = t[0];
+                epi[l][u] = t[1];
             }
         }
         /* A(f), for M or the adjoint factor (the Gram matrix comes from
@@ -293,9 +320,9 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
             double gpr[31][LANES], gpi[31][LANES];   /* e^{2 pi i kp du/P} */
             for (int l = 0; l < LANES; l++)
                 for (int du = 0; du < nh; du++) {
-                    const double a = 2.0 * M_PI * kp[l] * (du - (kh - 1)) / P;
-                    gpr[du][l] = cos(a);
-                    gpi[du][l] = sin(a);
+                    const double *t = fc->tw + 2 * ((size_t)kp[l] * nh + du);
+                    gpr[du][l] = t[0];
+                    gpi[du][l] = t[1];
                 }
             for (int i = 0; i < ci; i++)
                 for (int j = 0; j <= i; j++) {
