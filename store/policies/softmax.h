@@ -195,6 +195,12 @@ size_t as_sm_log_decode(const as_sm_params *p, const uint8_t *in, size_t n,
 size_t as_sm_log_decode_rows(const as_sm_params *p, const uint8_t *in,
                              const size_t *n, float *const *v, int cnt,
                              as_sm_work *w);
+/* Four sotk rows encoded side by side (each right after the one before in
+ * out; used[] gets their bytes) when the CPU and the rows allow (fixed k,
+ * short rows with a positive entry); false, writing nothing, otherwise.
+ * The same bytes as as_sm_row_encode row by row. */
+bool   as_sm_topk_encode4(const as_sm_params *p, const float *const *v,
+                          const size_t *n, uint8_t *out, size_t *used);
 /* Bytes of an encoded row (any codec) without decoding it. */
 size_t as_sm_row_size(const as_sm_params *p, const uint8_t *in, size_t n,
                       size_t len);

@@ -279,124 +279,207 @@ sm_hor_avx2(__m256i m)
     return (uint32_t)_mm_cvtsi128_si32(x);
 }
 
-__attribute__((target("avx2,popcnt"))) static size_t
-sm_topk_small_avx2(const as_sm_params *p, const float *v, size_t n,
-                   uint8_t *out)
+/* R rows (1..4) at once, phase by phase: one row's work is a long chain
+ * of dependent steps (max, its log, levels, the selection network, the
+ * extractions, codes): R rows' chains side by side raise the throughput
+ * (encode of the captured vit rows: 112 ns per row one at a time, 94 two,
+ * 88 four at a time). Row r: n[r] entries at v[r], written to out[r]; returns
+ * false, writing nothing, when a row has no positive entry. */
+__attribute__((target("avx2,popcnt"), always_inline)) static inline bool
+sm_topk_small_body(const as_sm_params *p, const float *const *v,
+                   const size_t *n, uint8_t *const *out, size_t *used,
+                   const int R)
 {
     const int B = p->bits;
-    const int nv = (int)((n + 7) / 8);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i imax = _mm256_set1_epi32(INT32_MAX);
     const __m256 tiny = _mm256_set1_ps(1e-38f);
-    __m256i in[SM_SMALL / 8];
-    __m256 lx[SM_SMALL / 8];
-    __m256 mv = _mm256_setzero_ps();
-    for (int b = 0; b < nv; b++) {
-        in[b] = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n - 8 * b), lane);
-        const __m256 y = _mm256_maskload_ps(v + 8 * b, in[b]);  /* 0 past n */
-        mv = _mm256_max_ps(y, mv);   /* y > mv ? y : mv, as the scalar */
-        /* each entry's own log does not need the max: computed here, it
-         * overlaps the max's reduction and log */
-        lx[b] = sm_ln16_avx2(_mm256_blendv_ps(
-            tiny, y, _mm256_cmp_ps(y, tiny, _CMP_GT_OQ)));
+    int nv[4];
+    __m256i in[4][SM_SMALL / 8];
+    __m256 lx[4][SM_SMALL / 8];
+    __m256 mv[4];
+    for (int r = 0; r < R; r++) {
+        nv[r] = (int)((n[r] + 7) / 8);
+        mv[r] = _mm256_setzero_ps();
+        for (int b = 0; b < nv[r]; b++) {
+            in[r][b] = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32((int)n[r] - 8 * b), lane);
+            const __m256 y = _mm256_maskload_ps(v[r] + 8 * b, in[r][b]);
+            mv[r] = _mm256_max_ps(y, mv[r]);  /* y > mv ? y : mv, as scalar */
+            /* each entry's own log does not need the max: computed here,
+             * it overlaps the max's reduction and log */
+            lx[r][b] = sm_ln16_avx2(_mm256_blendv_ps(
+                tiny, y, _mm256_cmp_ps(y, tiny, _CMP_GT_OQ)));
+        }
     }
-    float mx[8], m = 0.0f;
-    _mm256_storeu_ps(mx, mv);
-    for (int j = 0; j < 8; j++)
-        m = mx[j] > m ? mx[j] : m;
-    if (!(m > 0.0f))
-        return 0;
-    size_t k = n / (size_t)p->k;
-    size_t k0 = n < AS_SM_MIN_FINE ? n : AS_SM_MIN_FINE;
-    k = k < k0 ? k0 : k;
-    const __m256 lm = _mm256_set1_ps(sm_ln16(m) + 0.5f);
+    float m[4];
+    size_t k[4];
+    __m256 lm[4];
+    for (int r = 0; r < R; r++) {
+        float mx[8];
+        m[r] = 0.0f;
+        _mm256_storeu_ps(mx, mv[r]);
+        for (int j = 0; j < 8; j++)
+            m[r] = mx[j] > m[r] ? mx[j] : m[r];
+        if (!(m[r] > 0.0f))
+            return false;   /* (0 past n: a row of n >= 1 decides alone) */
+        k[r] = n[r] / (size_t)p->k;
+        size_t k0 = n[r] < AS_SM_MIN_FINE ? n[r] : AS_SM_MIN_FINE;
+        k[r] = k[r] < k0 ? k0 : k[r];
+        lm[r] = _mm256_set1_ps(sm_ln16(m[r]) + 0.5f);
+    }
     /* levels, and keys (level, position) = level * 64 + position: the
      * fine set is the k smallest keys (lowest levels, ties in key order,
      * as the scalar path takes them). Per lane the 4 smallest keys of its
      * column by an insertion network, then k extractions of the overall
      * minimum: the k-th is the last fine key. */
-    __m256i lev[SM_SMALL / 8], ck[SM_SMALL / 8];
-    __m256i m0 = imax, m1 = imax, m2 = imax, m3 = imax;
-    for (int b = 0; b < nv; b++) {
-        __m256 l = _mm256_sub_ps(lm, lx[b]);
-        l = _mm256_max_ps(l, _mm256_setzero_ps());          /* l > 0 ? l : 0 */
-        l = _mm256_min_ps(l, _mm256_set1_ps((float)SM_DMAX)); /* l < D ? l : D */
-        lev[b] = _mm256_cvttps_epi32(l);
-        const __m256i x0 = _mm256_blendv_epi8(
-            imax, _mm256_or_si256(_mm256_slli_epi32(lev[b], 6),
-                                  _mm256_add_epi32(lane, _mm256_set1_epi32(8 * b))),
-            in[b]);
-        ck[b] = x0;
-        __m256i x = x0, t;
-        t = _mm256_min_epi32(m0, x); x = _mm256_max_epi32(m0, x); m0 = t;
-        t = _mm256_min_epi32(m1, x); x = _mm256_max_epi32(m1, x); m1 = t;
-        t = _mm256_min_epi32(m2, x); x = _mm256_max_epi32(m2, x); m2 = t;
-        m3 = _mm256_min_epi32(m3, x);
+    __m256i lev[4][SM_SMALL / 8], ck[4][SM_SMALL / 8];
+    __m256i m0[4], m1[4], m2[4], m3[4];
+    for (int r = 0; r < R; r++) {
+        m0[r] = m1[r] = m2[r] = m3[r] = imax;
+        for (int b = 0; b < nv[r]; b++) {
+            __m256 l = _mm256_sub_ps(lm[r], lx[r][b]);
+            l = _mm256_max_ps(l, _mm256_setzero_ps());   /* l > 0 ? l : 0 */
+            l = _mm256_min_ps(l, _mm256_set1_ps((float)SM_DMAX)); /* < D */
+            lev[r][b] = _mm256_cvttps_epi32(l);
+            const __m256i x0 = _mm256_blendv_epi8(
+                imax, _mm256_or_si256(_mm256_slli_epi32(lev[r][b], 6),
+                                      _mm256_add_epi32(lane,
+                                          _mm256_set1_epi32(8 * b))),
+                in[r][b]);
+            ck[r][b] = x0;
+            __m256i x = x0, t;
+            t = _mm256_min_epi32(m0[r], x); x = _mm256_max_epi32(m0[r], x);
+            m0[r] = t;
+            t = _mm256_min_epi32(m1[r], x); x = _mm256_max_epi32(m1[r], x);
+            m1[r] = t;
+            t = _mm256_min_epi32(m2[r], x); x = _mm256_max_epi32(m2[r], x);
+            m2[r] = t;
+            m3[r] = _mm256_min_epi32(m3[r], x);
+        }
     }
-    int32_t kth = sm_hmin_avx2(m0);
-    for (size_t e = 1; e < k; e++) {
-        const __m256i hit = _mm256_cmpeq_epi32(m0, _mm256_set1_epi32(kth));
-        m0 = _mm256_blendv_epi8(m0, m1, hit);
-        m1 = _mm256_blendv_epi8(m1, m2, hit);
-        m2 = _mm256_blendv_epi8(m2, m3, hit);
-        m3 = _mm256_blendv_epi8(m3, imax, hit);
-        kth = sm_hmin_avx2(m0);
-    }
-    const int32_t cut = kth >> 6;
-    const __m256i kv = _mm256_set1_epi32(kth + 1);
-    uint64_t fm = 0;
-    for (int b = 0; b < nv; b++)
-        fm |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
-                  _mm256_cmpgt_epi32(kv, ck[b]))) << (8 * b);
-    /* coarse codes 1 + #{boundaries <= level - reference} (= sm_ctab,
-     * reference min(cut, 255)), 0 for fine entries and past n, packed B
-     * bits each, little endian: a group of 8 codes is B bytes, written
-     * 4 bytes at a time (the spill past the codes lands on the fine bytes,
-     * written after; short rows go through a buffer) */
-    const size_t nbytes = (n * (size_t)B + 7) / 8;
-    const bool direct = (size_t)(B * (nv - 1) + 4) <= nbytes + k;
-    uint8_t pk[SM_SMALL / 8 * 4 + 4];
-    uint8_t *dst = direct ? out : pk;
+    int32_t kth[4];
+    for (int r = 0; r < R; r++)
+        kth[r] = sm_hmin_avx2(m0[r]);
+    size_t kmax = 0;
+    for (int r = 0; r < R; r++)
+        kmax = k[r] > kmax ? k[r] : kmax;
+    for (size_t e = 1; e < kmax; e++)
+        for (int r = 0; r < R; r++) {
+            if (e >= k[r])
+                continue;
+            const __m256i hit = _mm256_cmpeq_epi32(m0[r],
+                                                   _mm256_set1_epi32(kth[r]));
+            m0[r] = _mm256_blendv_epi8(m0[r], m1[r], hit);
+            m1[r] = _mm256_blendv_epi8(m1[r], m2[r], hit);
+            m2[r] = _mm256_blendv_epi8(m2[r], m3[r], hit);
+            m3[r] = _mm256_blendv_epi8(m3[r], imax, hit);
+            kth[r] = sm_hmin_avx2(m0[r]);
+        }
     const int32_t *bnd = sm_cbnd[1][B];
     const int nbd = sm_tabs[1][B].nc - 1;
-    const __m256i lr = _mm256_set1_epi32(cut < 255 ? cut : 255);
     const __m256i shl = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
     const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    for (int b = 0; b < nv; b++) {
-        __m256i r = _mm256_min_epi32(_mm256_sub_epi32(lev[b], lr),
-                                     _mm256_set1_epi32(SM_CTAB - 1));
-        __m256i c = _mm256_set1_epi32(1);
-        for (int j = 0; j < nbd; j++)
-            c = _mm256_sub_epi32(c, _mm256_cmpgt_epi32(
-                    r, _mm256_set1_epi32(bnd[j] - 1)));
-        const __m256i fb = _mm256_set1_epi32((int)((fm >> (8 * b)) & 255));
-        const __m256i isf = _mm256_cmpeq_epi32(_mm256_and_si256(fb, bits), bits);
-        c = _mm256_andnot_si256(_mm256_or_si256(isf, _mm256_xor_si256(
-                in[b], _mm256_set1_epi32(-1))), c);
-        const uint32_t g = sm_hor_avx2(_mm256_sllv_epi32(c, shl));
-        memcpy(dst + B * b, &g, 4);
+    for (int r = 0; r < R; r++) {
+        const int32_t cut = kth[r] >> 6;
+        const __m256i kv = _mm256_set1_epi32(kth[r] + 1);
+        uint64_t fm = 0;
+        for (int b = 0; b < nv[r]; b++)
+            fm |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
+                      _mm256_cmpgt_epi32(kv, ck[r][b]))) << (8 * b);
+        /* coarse codes 1 + #{boundaries <= level - reference} (= sm_ctab,
+         * reference min(cut, 255)), 0 for fine entries and past n, packed
+         * B bits each, little endian: a group of 8 codes is B bytes,
+         * written 4 bytes at a time (the spill past the codes lands on
+         * the fine bytes, written after; short rows go through a buffer) */
+        const size_t nbytes = (n[r] * (size_t)B + 7) / 8;
+        const bool direct = (size_t)(B * (nv[r] - 1) + 4) <= nbytes + k[r];
+        uint8_t pk[SM_SMALL / 8 * 4 + 4];
+        uint8_t *dst = direct ? out[r] : pk;
+        const __m256i lr = _mm256_set1_epi32(cut < 255 ? cut : 255);
+        for (int b = 0; b < nv[r]; b++) {
+            __m256i q = _mm256_min_epi32(_mm256_sub_epi32(lev[r][b], lr),
+                                         _mm256_set1_epi32(SM_CTAB - 1));
+            __m256i c = _mm256_set1_epi32(1);
+            for (int j = 0; j < nbd; j++)
+                c = _mm256_sub_epi32(c, _mm256_cmpgt_epi32(
+                        q, _mm256_set1_epi32(bnd[j] - 1)));
+            const __m256i fb = _mm256_set1_epi32((int)((fm >> (8 * b)) & 255));
+            const __m256i isf = _mm256_cmpeq_epi32(_mm256_and_si256(fb, bits),
+                                                   bits);
+            c = _mm256_andnot_si256(_mm256_or_si256(isf, _mm256_xor_si256(
+                    in[r][b], _mm256_set1_epi32(-1))), c);
+            const uint32_t g = sm_hor_avx2(_mm256_sllv_epi32(c, shl));
+            memcpy(dst + B * b, &g, 4);
+        }
+        if (!direct)
+            memcpy(out[r], pk, nbytes);
+        /* fine codes: levels of the fine entries (at most 255), key order */
+        uint8_t *fine = out[r] + nbytes;
+        size_t nfine = 0;
+        for (uint64_t f = fm; f; f &= f - 1) {
+            const unsigned i = (unsigned)__builtin_ctzll(f);
+            int32_t d;
+            memcpy(&d, (const char *)(const void *)lev[r] + 4 * i, 4);
+            fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
+        }
+        assert(nfine == k[r]);
+        used[r] = nbytes + nfine;
     }
-    if (!direct)
-        memcpy(out, pk, nbytes);
-    /* fine codes: levels of the fine entries (at most 255), key order */
-    uint8_t *fine = out + nbytes;
-    size_t nfine = 0;
-    for (uint64_t f = fm; f; f &= f - 1) {
-        const unsigned i = (unsigned)__builtin_ctzll(f);
-        int32_t d;
-        memcpy(&d, (const char *)(const void *)lev + 4 * i, 4);
-        fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
-    }
-    assert(nfine == k);
-    return nbytes + nfine;
+    return true;
+}
+
+__attribute__((target("avx2,popcnt"))) static bool
+sm_topk_small1_avx2(const as_sm_params *p, const float *const *v,
+                    const size_t *n, uint8_t *const *out, size_t *used)
+{
+    return sm_topk_small_body(p, v, n, out, used, 1);
+}
+
+static bool sm_have_avx2(void)
+{
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
 }
 
 static size_t sm_topk_small(const as_sm_params *p, const float *v, size_t n,
                             uint8_t *out)
 {
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"))
-        return sm_topk_small_avx2(p, v, n, out);
+    size_t used = 0;
+    if (sm_have_avx2() && sm_topk_small1_avx2(p, &v, &n, &out, &used))
+        return used;
     return 0;
+}
+
+__attribute__((target("avx2,popcnt"))) static bool
+sm_topk_small4_avx2(const as_sm_params *p, const float *const *v,
+                    const size_t *n, uint8_t *const *out, size_t *used)
+{
+    return sm_topk_small_body(p, v, n, out, used, 4);
+}
+
+/* Four rows' sotk encodings side by side when all are short fixed-k rows
+ * with a positive entry (each row right after the one before); false
+ * otherwise, writing nothing. */
+bool as_sm_topk_encode4(const as_sm_params *p, const float *const *v,
+                        const size_t *n, uint8_t *out, size_t *used)
+{
+    (void)sm_table_of(p);
+    if (!(p->kind == AS_SM_TOPK && p->mass == 0.0f && sm_have_avx2()))
+        return false;
+    uint8_t *o[4];
+    for (int r = 0; r < 4; r++) {
+        if (n[r] < 1 || n[r] > SM_SMALL || n[r] / (size_t)p->k > 4)
+            return false;
+        o[r] = r ? o[r - 1] + as_sm_row_bytes(p, n[r - 1], n[r - 1]) : out;
+    }
+    return sm_topk_small4_avx2(p, v, n, o, used);
+}
+#else
+bool as_sm_topk_encode4(const as_sm_params *p, const float *const *v,
+                        const size_t *n, uint8_t *out, size_t *used)
+{
+    (void)p, (void)v, (void)n, (void)out, (void)used;
+    return false;
 }
 #endif
 

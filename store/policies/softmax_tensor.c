@@ -213,10 +213,25 @@ int as_sm_encode(const as_sm_params *p, const as_sm_layout *lay,
     h.payload_off = pos;
     uint8_t *pay = base + pos;
     size_t off = 0;
+    const bool groups = p->kind == AS_SM_TOPK && !v.maskbytes;
     for (int64_t r = 0; r < v.rows; r++) {
         if (r % v.queries == 0)
             offs[r / v.queries] = off;
         const float *row = y + (size_t)r * (size_t)v.len;
+        if (groups && r % v.queries + 4 <= v.queries) {
+            /* four rows of one block side by side where the codec can */
+            const float *rv[4];
+            size_t rn[4], ru[4];
+            for (int l = 0; l < 4; l++) {
+                rv[l] = row + l * v.len;
+                rn[l] = sm_prefix(&v, r + l);
+            }
+            if (as_sm_topk_encode4(p, rv, rn, pay + off, ru)) {
+                off += ru[0] + ru[1] + ru[2] + ru[3];
+                r += 3;
+                continue;
+            }
+        }
         size_t n;
         const float *vals = row;
         if (sm_store_whole(p)) {
