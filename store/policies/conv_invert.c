@@ -461,6 +461,7 @@ void as__civ_scatter_yrow(const as__conv_inv *ci, int n, const float *y, const f
     const int Ql = ci->g.w + ci->g.kw - 1;
     const size_t Bo = (size_t)cout * NB, Eo = 2 * Bo;
     int j0 = -ci->dw > 0 ? -ci->dw : 0, j1 = Ql - ci->dw < wo ? Ql - ci->dw : wo;
+    const float *yend = y + (size_t)n * cout * ho * wo;
     for (int ri = 0; ri < 2; ri++)
         for (int l0 = 0; l0 < N2; l0 += 8)
             for (int o = 0; o < cout; o++) {
@@ -485,6 +486,24 @@ void as__civ_scatter_yrow(const as__conv_inv *ci, int n, const float *y, const f
                     AS__CIV_T8(r);
                     for (int k = 0; k < 8; k++)
                         st8(dst + (size_t)(j + k + ci->dw) * Eo, r[k] - bo);
+                }
+                /* the last < 8 pixels the same way when the 8-float loads
+                 * stay inside y (they read into the next row; those
+                 * columns are not stored) */
+                int tail_ok = j < j1;
+                for (int k = 0; k < 8; k++)
+                    tail_ok &= !ys[k] || ys[k] + j + 8 <= yend;
+                if (tail_ok) {
+                    v8 r[8];
+                    for (int k = 0; k < 8; k++)
+                        if (ys[k])
+                            r[k] = ld8(ys[k] + j);
+                        else
+                            r[k] = (v8){0};
+                    AS__CIV_T8(r);
+                    for (int k = 0; k < j1 - j; k++)
+                        st8(dst + (size_t)(j + k + ci->dw) * Eo, r[k] - bo);
+                    j = j1;
                 }
                 for (; j < j1; j++) {
                     v8 v;

@@ -205,7 +205,15 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const
         memset(xt, 0, sizeof(float) * (size_t)P * Qs);
         for (int o0 = 0; o0 < cout; o0 += C1_OB) {
             const int ob = cout - o0 < C1_OB ? cout - o0 : C1_OB;
-            memset(fe, 0, sizeof(float) * fsz * ob);
+            /* zeros where neither the window nor the border writes: the
+             * columns from Ql on and the rows Pl .. P-1 (the wrap comes
+             * last) */
+            for (int k = 0; k < ob; k++) {
+                float *f = fe + k * fsz;
+                for (int a = 0; a < Pl; a++)
+                    memset(f + (size_t)a * Qe + Ql, 0, sizeof(float) * (size_t)(Qe - Ql));
+                memset(f + (size_t)Pl * Qe, 0, sizeof(float) * (size_t)(P - Pl) * Qe);
+            }
             /* the window: Y - b */
             for (int k = 0; k < ob; k++) {
                 const float *yo = y + ((size_t)img * cout + o0 + k) * ho * wo;
