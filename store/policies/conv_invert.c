@@ -337,6 +337,10 @@ static void restore_pointwise(const as__conv_inv *ci, int n, const float *y,
     const int ho = ci->ho, wo = ci->wo;
     const float *m = ci->m;   /* (Cin, Cout), real part */
     float mb[64];             /* M bias, per input channel (blocks of 64) */
+    /* Padding 0 (Y and X have the same layout): each channel plane as one
+     * row of H*W pixels, so the vector loops have no short row tails. */
+    const int flat = ci->dh == 0 && ci->dw == 0 && ho == H && wo == W;
+    const int nrow = flat ? 1 : H, rw = flat ? H * W : W;
     for (int img = 0; img < n; img++)
         for (int c0 = 0; c0 < cin; c0 += 64) {
             const int cn = cin - c0 < 64 ? cin - c0 : 64;
@@ -347,13 +351,51 @@ static void restore_pointwise(const as__conv_inv *ci, int n, const float *y,
                         s += (double)m[(size_t)(c0 + c) * cout + o] * bias[o];
                 mb[c] = (float)s;
             }
-            for (int r = 0; r < H; r++) {
+            for (int r = 0; r < nrow; r++) {
                 const float *yr = y + (size_t)img * cout * ho * wo +
                                   (ptrdiff_t)(r - ci->dh) * wo - ci->dw;
+
                 const size_t ys = (size_t)ho * wo;
-                float *xr = x + ((size_t)img * cin + c0) * H * W + (size_t)r * W;
+                float *xr = x + ((size_t)img * cin + c0) * H * W + (size_t)r * rw;
                 int s0 = 0;
-                for (; s0 + 8 <= W; s0 += 8) {
+                /* 16 pixels x 4 channels: 8 accumulators, 2 loads and 4
+                 * weights per output channel */
+                for (; s0 + 16 <= rw; s0 += 16) {
+                    int c = 0;
+                    for (; c + 4 <= cn; c += 4) {
+                        const float *m0 = m + (size_t)(c0 + c) * cout;
+                        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                        v8 b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+                        for (int o = 0; o < cout; o++) {
+                            const v8 yv = ld8(yr + o * ys + s0), yw = ld8(yr + o * ys + s0 + 8);
+                            const float q0 = m0[o], q1 = m0[cout + o];
+                            const float q2 = m0[2 * cout + o], q3 = m0[3 * cout + o];
+                            a0 += q0 * yv; b0 += q0 * yw;
+                            a1 += q1 * yv; b1 += q1 * yw;
+                            a2 += q2 * yv; b2 += q2 * yw;
+                            a3 += q3 * yv; b3 += q3 * yw;
+                        }
+                        float *xd = xr + (size_t)c * H * W + s0;
+                        st8(xd, a0 - mb[c]); st8(xd + 8, b0 - mb[c]);
+                        xd += (size_t)H * W;
+                        st8(xd, a1 - mb[c + 1]); st8(xd + 8, b1 - mb[c + 1]);
+                        xd += (size_t)H * W;
+                        st8(xd, a2 - mb[c + 2]); st8(xd + 8, b2 - mb[c + 2]);
+                        xd += (size_t)H * W;
+                        st8(xd, a3 - mb[c + 3]); st8(xd + 8, b3 - mb[c + 3]);
+                    }
+                    for (; c < cn; c++) {
+                        const float *mc = m + (size_t)(c0 + c) * cout;
+                        v8 acc = {0}, acd = {0};
+                        for (int o = 0; o < cout; o++) {
+                            acc += mc[o] * ld8(yr + o * ys + s0);
+                            acd += mc[o] * ld8(yr + o * ys + s0 + 8);
+                        }
+                        st8(xr + (size_t)c * H * W + s0, acc - mb[c]);
+                        st8(xr + (size_t)c * H * W + s0 + 8, acd - mb[c]);
+                    }
+                }
+                for (; s0 + 8 <= rw; s0 += 8) {
                     int c = 0;
                     for (; c + 4 <= cn; c += 4) {
                         const float *m0 = m + (size_t)(c0 + c) * cout;
@@ -379,7 +421,7 @@ static void restore_pointwise(const as__conv_inv *ci, int n, const float *y,
                         st8(xr + (size_t)c * H * W + s0, acc - mb[c]);
                     }
                 }
-                for (; s0 < W; s0++)   /* tail columns */
+                for (; s0 < rw; s0++)   /* tail columns */
                     for (int c = 0; c < cn; c++) {
                         const float *mc = m + (size_t)(c0 + c) * cout;
                         float acc = 0;
