@@ -180,6 +180,13 @@ size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
                         size_t len, uint8_t *out, as_sm_work *w);
 size_t as_sm_soa_decode(const as_sm_params *p, const uint8_t *in, size_t n,
                         float *v, as_sm_work *w);
+/* Four soa rows encoded side by side (each right after the one before in
+ * out; used[] gets their bytes) when the CPU and the rows allow (2S < n <=
+ * 64, no equal values); false otherwise (out may then hold partial rows:
+ * the caller encodes them one by one). The same bytes as row by row. */
+bool   as_sm_soa_encode4(const as_sm_params *p, const float *const *v,
+                         const size_t *n, size_t len, uint8_t *out,
+                         size_t *used);
 /* Decode cnt (1..AS_SM_SOA_LANES) soa rows at once: row l has n[l] valid
  * entries at in[l] and goes to v[l]; the same values as one by one. */
 void   as_sm_soa_decode_rows(const as_sm_params *p, const uint8_t *const *in,

@@ -287,6 +287,40 @@ static void sm_soa_lambda(const as_sm_params *p, double h, double l, double g,
     put_f32(out + 8 * S, (float)lam);  /* +inf stays +inf: all mass to j=1 */
 }
 
+bool as_sm_soa_encode4(const as_sm_params *p, const float *const *v,
+                       const size_t *n, size_t len, uint8_t *out,
+                       size_t *used)
+{
+#ifdef SM_X86_DISPATCH
+    const size_t S = (size_t)p->s;
+    if (p->kind != AS_SM_SOA || !__builtin_cpu_supports("avx2"))
+        return false;
+    uint8_t *o[4];
+    for (int r = 0; r < 4; r++) {
+        if (n[r] <= 2 * S || n[r] > SM_RANK_MAX)
+            return false;
+        used[r] = 8 * S + 4 + n[r];
+        o[r] = r ? o[r - 1] + used[r - 1] : out;
+    }
+    /* the order work row by row, then the four lambdas together: each is
+     * a chain of a log and two divisions that one row alone waits for */
+    float slot[4][2 * SM_RANK_MAX + 1];
+    for (int r = 0; r < 4; r++)
+        if (!sm_soa_small_avx2(v[r], n[r], S, o[r] + 8 * S + 4, slot[r]))
+            return false;   /* ties: the caller encodes row by row */
+    for (int r = 0; r < 4; r++) {
+        memcpy(o[r], slot[r], S * sizeof(float));                  /* hi */
+        memcpy(o[r] + 4 * S, slot[r] + S + 1, S * sizeof(float));  /* lo */
+        sm_soa_lambda(p, slot[r][S - 1], slot[r][S + 1], slot[r][S], n[r],
+                      len, o[r]);
+    }
+    return true;
+#else
+    (void)p, (void)v, (void)n, (void)len, (void)out, (void)used;
+    return false;
+#endif
+}
+
 size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
                         size_t len, uint8_t *out, as_sm_work *w)
 {

@@ -213,7 +213,8 @@ int as_sm_encode(const as_sm_params *p, const as_sm_layout *lay,
     h.payload_off = pos;
     uint8_t *pay = base + pos;
     size_t off = 0;
-    const bool groups = p->kind == AS_SM_TOPK && !v.maskbytes;
+    const bool groups = (p->kind == AS_SM_TOPK || p->kind == AS_SM_SOA) &&
+                        !v.maskbytes;
     for (int64_t r = 0; r < v.rows; r++) {
         if (r % v.queries == 0)
             offs[r / v.queries] = off;
@@ -226,7 +227,9 @@ int as_sm_encode(const as_sm_params *p, const as_sm_layout *lay,
                 rv[l] = row + l * v.len;
                 rn[l] = sm_prefix(&v, r + l);
             }
-            if (as_sm_topk_encode4(p, rv, rn, pay + off, ru)) {
+            if (p->kind == AS_SM_SOA
+                    ? as_sm_soa_encode4(p, rv, rn, (size_t)v.len, pay + off, ru)
+                    : as_sm_topk_encode4(p, rv, rn, pay + off, ru)) {
                 off += ru[0] + ru[1] + ru[2] + ru[3];
                 r += 3;
                 continue;
