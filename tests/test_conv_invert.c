@@ -397,6 +397,55 @@ static void test_stream_paths(void **state)
     }
 }
 
+/* The special paths: Cin = 1 (the closed form a^H F^ / |a|^2, its own F
+ * build in the images' layout: frames of width 0..2, padding beyond the
+ * kernel, odd and non-square maps, one or several passes) and 1x1 kernels
+ * (per pixel; padding 0 as one flat row, padding 1 row by row), cached and
+ * streamed, against the input and against each other. */
+static void test_closed_form_and_pointwise(void **state)
+{
+    (void)state;
+    static const int shapes[][7] = {   /* n cin h w cout k pad */
+        {20, 1, 13, 9, 6, 5, 0}, {5, 1, 10, 12, 3, 5, 2}, {7, 1, 9, 9, 4, 3, 0},
+        {3, 1, 8, 11, 5, 3, 3},  {18, 1, 12, 7, 2, 3, 1}, {2, 1, 5, 6, 1, 3, 1},
+        {5, 4, 9, 7, 6, 1, 0},   {4, 3, 7, 9, 5, 1, 1},   {21, 8, 5, 6, 8, 1, 0},
+        {3, 16, 4, 4, 16, 1, 0},
+    };
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const int *s = shapes[t];
+        as__conv_geom g = geom(s[1], s[2], s[3], s[4], s[5], s[6]);
+        const int n = s[0], ho = as__conv_out_h(&g), wo = as__conv_out_w(&g);
+        as__conv_inv *ci = NULL, *cs = NULL;
+        assert_int_equal(as__conv_inv_create(&g, NULL, &ci, NULL, 0), 0);
+        assert_int_equal(as__conv_inv_create(&g, NULL, &cs, NULL, 0), 0);
+        float *w = rand_weights(&g), *x = rand_input(&g, n);
+        const size_t xl = (size_t)n * g.cin * g.h * g.w;
+        float *xa = malloc(sizeof(float) * xl), *xb = malloc(sizeof(float) * xl);
+        float *y = malloc(sizeof(float) * (size_t)n * g.cout * ho * wo);
+        float *frame = malloc(sizeof(float) * ((size_t)n * g.cin * as__conv_frame_len(&g) + 1));
+        float bias[32];
+        for (int o = 0; o < g.cout; o++)
+            bias[o] = (float)(0.1 * nrand());
+        conv_ref(&g, n, x, w, bias, y);
+        as__conv_frame_extract(&g, n, x, frame);
+        double cond = 0;
+        assert_int_equal(as__conv_inv_prepare(ci, w, 1, &cond, NULL, 0), 0);
+        assert_true(cond <= 1e4);
+        assert_int_equal(as__conv_inv_restore(ci, n, y, bias, frame, xa), 0);
+        assert_int_equal(as__conv_inv_restore_stream(cs, w, 1, n, y, bias, frame, xb,
+                                                     NULL, 0), 0);
+        const double ea = max_rel_err(xa, x, xl), eb = max_rel_err(xb, x, xl);
+        if (getenv("AS_VERBOSE"))
+            printf("special %zu: cond %.3g err cached %.3g streamed %.3g\n", t, cond, ea, eb);
+        if (!(ea <= 1e-4) || !(eb <= 1e-4))
+            fail_msg("shape %zu: max rel err %.3g / %.3g (cond %.3g)", t, ea, eb, cond);
+        assert_true(max_rel_err(xa, xb, xl) <= 1e-5);
+        free(w); free(x); free(xa); free(xb); free(y); free(frame);
+        as__conv_inv_destroy(ci);
+        as__conv_inv_destroy(cs);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -407,6 +456,7 @@ int main(void)
         cmocka_unit_test(test_not_applicable),
         cmocka_unit_test(test_factor_cached_per_version),
         cmocka_unit_test(test_stream_paths),
+        cmocka_unit_test(test_closed_form_and_pointwise),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
