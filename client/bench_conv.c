@@ -338,6 +338,22 @@ int as_bench_conv(int argc, char **argv)
     }
     if (threads)
         as_op_set_threads((int)threads);
+    /* Warm-up: OpenBLAS's worker threads spin (sched_yield) for ~0.1 s of
+     * CPU after their start before they sleep; that CPU time would land in
+     * whichever shape runs first (process CPU clock). One small forward,
+     * then a quarter second of sleep, before anything is measured. */
+    {
+        as_op_conv_geom wg = {.N = 1, .Cin = 1, .H = 8, .W = 8, .Cout = 1, .kh = 3, .kw = 3,
+                              .stride = 1, .pad = 1};
+        float wx[64] = {0}, ww[9] = {0}, wb[1] = {0}, wy[64];
+        float *wsp = NULL;
+        if (!as_op_conv_geom_init(&wg) &&
+            (wsp = malloc(sizeof(float) * (as_op_conv_workspace(&wg) + 1))))
+            as_op_conv_fwd(&wg, wx, ww, wb, wy, wsp);
+        free(wsp);
+        struct timespec ts = {0, 250000000};
+        nanosleep(&ts, NULL);
+    }
     if (!ns)
         ns = quick ? quick_shapes(shapes) : default_shapes(shapes, 64);
     cJSON *root = cJSON_CreateObject(), *arr = NULL;

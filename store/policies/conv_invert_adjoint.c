@@ -229,7 +229,12 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const
                 }
             }
             /* the border: the kernels against the frame, all channels of
-             * the block per point (weights wt: (kh, kw, Cout)) */
+             * the block per point (weights wt: (kh, kw, Cout); the block's
+             * as (kh, kw, C1_OB), zero beyond ob) */
+            float wblk[256 * C1_OB];
+            for (int t = 0; flen && t < kh * kw; t++)
+                for (int k = 0; k < C1_OB; k++)
+                    wblk[t * C1_OB + k] = k < ob ? ci->wt[(size_t)t * cout + o0 + k] : 0.0f;
             for (int a = 0; flen && a < Pl; a++) {
                 const int in_row = a - dh >= 0 && a - dh < ho;
                 for (int b = 0; b < Ql; b++) {
@@ -237,7 +242,7 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const
                         b = dw + wo - 1;
                         continue;
                     }
-                    float acc[C1_OB] = {0};
+                    v8 acc0 = {0}, acc1 = {0};
                     for (int u = 0; u < kh; u++) {
                         const int r = a - (kh - 1) + u;
                         if (r < 0 || r >= H)
@@ -247,13 +252,13 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const
                             if (q < 0 || q >= W)
                                 continue;
                             const float xv = xf[(size_t)r * W + q];
-                            const float *wr = ci->wt + (size_t)(u * kw + v) * cout + o0;
-                            for (int k = 0; k < C1_OB; k++)
-                                acc[k] += (k < ob ? wr[k] : 0.0f) * xv;
+                            const float *wr = wblk + (size_t)(u * kw + v) * C1_OB;
+                            acc0 += xv * ld8(wr);
+                            acc1 += xv * ld8(wr + 8);
                         }
                     }
                     for (int k = 0; k < ob; k++)
-                        fe[k * fsz + (size_t)a * Qe + b] = acc[k];
+                        fe[k * fsz + (size_t)a * Qe + b] = k < 8 ? acc0[k] : acc1[k - 8];
                 }
             }
             for (int k = 0; k < ob; k++) {
