@@ -149,8 +149,7 @@ int as__conv_inv_create(const as__conv_geom *g, const as__conv_inv_cfg *cfg,
         return AS_ENOMEM;
     }
     ci->wt = malloc(sizeof(float) * (size_t)g->kh * g->kw * g->cout * g->cin);
-    ci->wa = malloc(sizeof(float) * (size_t)g->kh * g->kw * g->cout * g->cin);
-    if (!ci->wt || !ci->wa) {
+    if (!ci->wt) {
         as__conv_inv_destroy(ci);
         return AS_ENOMEM;
     }
@@ -168,7 +167,7 @@ void as__conv_inv_destroy(as__conv_inv *ci)
     as__civ_fft_free(&ci->iq);
     free(ci->m);
     free(ci->wt);
-    free(ci->wa);
+    free(ci->gram);
     free(ci);
 }
 
@@ -204,12 +203,30 @@ static void set_verdict(as__conv_inv *ci, uint64_t version, double cond)
                  ci->cfg.cond_max);
 }
 
+/* The kernels' cross-correlation of version `version` (computed on first
+ * use, kept for the factorization of the same version); NULL when out of
+ * memory (the factorization then computes its own). */
+static const double *gram_of(as__conv_inv *ci, const float *w, uint64_t version)
+{
+    if (ci->gram_ok && ci->gram_version == version)
+        return ci->gram;
+    if (!ci->gram && !(ci->gram = malloc(sizeof(double) * as__civ_gram_len(&ci->g))))
+        return NULL;
+    ci->gram_ok = 0;
+    if (as__civ_gram(&ci->g, w, ci->gram))
+        return NULL;
+    ci->gram_ok = 1;
+    ci->gram_version = version;
+    return ci->gram;
+}
+
 int as__conv_inv_condition(as__conv_inv *ci, const float *w, uint64_t version,
                            double *cond_out, char *why, size_t whylen)
 {
     if (!(ci->cond_state && ci->cond_version == version)) {
         double t0 = as__civ_now_ms(), cond = 0;
-        int rc = as__civ_factor(&ci->g, ci->P, ci->Q, w, ci->cfg.eps_rel, NULL, &cond);
+        int rc = as__civ_factor(&ci->g, ci->P, ci->Q, w, gram_of(ci, w, version),
+                                ci->cfg.eps_rel, NULL, &cond);
         if (rc)
             return rc;
         set_verdict(ci, version, cond);
@@ -220,8 +237,7 @@ int as__conv_inv_condition(as__conv_inv *ci, const float *w, uint64_t version,
     return ci->cond_state == 2 ? reject(ci, why, whylen) : 0;
 }
 
-/* Weights as (kh, kw, Cout, Cin) for the border build and as (kh, kw,
- * Cin, Cout) for the adjoint. */
+/* Weights as (kh, kw, Cout, Cin) for the border build. */
 static void set_wt(as__conv_inv *ci, const float *w)
 {
     const as__conv_geom *g = &ci->g;
@@ -231,7 +247,6 @@ static void set_wt(as__conv_inv *ci, const float *w)
                 for (int c = 0; c < g->cin; c++) {
                     const float x = w[(((size_t)o * g->cin + c) * g->kh + u) * g->kw + v];
                     ci->wt[(((size_t)u * g->kw + v) * g->cout + o) * g->cin + c] = x;
-                    ci->wa[(((size_t)u * g->kw + v) * g->cin + c) * g->cout + o] = x;
                 }
 }
 
@@ -257,7 +272,7 @@ int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
     /* The condition number comes along when this version was not checked
      * yet (one pass over the frequencies for both). */
     double cond = 0;
-    int rc = as__civ_factor(g, ci->P, ci->Q, w, ci->cfg.eps_rel, ci->m,
+    int rc = as__civ_factor(g, ci->P, ci->Q, w, gram_of(ci, w, version), ci->cfg.eps_rel, ci->m,
                             known ? NULL : &cond);
     if (rc) {
         as__conv_inv_trim(ci);
@@ -956,7 +971,7 @@ int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t versi
     }
     as__civ_fctx fc;
     double t0 = as__civ_now_ms();
-    if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w)))
+    if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w, gram_of(ci, w, version))))
         return rc;
     set_wt(ci, w);
     ci->st.factor_ms = as__civ_now_ms() - t0;   /* the rest is inside the solve */

@@ -226,7 +226,14 @@ void as__civ_fft_run(const as__civ_fft *f, float *out, size_t os,
  * max cond(A(f)) into *cond_out (NULL: not estimated). Returns 0 or
  * AS_ENOMEM. */
 int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
-                   double eps_rel, float *m, double *cond_out);
+                   const double *R, double eps_rel, float *m, double *cond_out);
+
+/* The kernels' cross-correlation R_ij(d) (i >= j, d in [-(kh-1), kh-1] x
+ * [-(kw-1), kw-1]) that the Gram matrices come from: as__civ_gram_len(g)
+ * doubles. The factorizations take it precomputed (R) or compute it (R
+ * NULL). Returns 0 or AS_ENOMEM. */
+size_t as__civ_gram_len(const as__conv_geom *g);
+int as__civ_gram(const as__conv_geom *g, const float *w, double *R);
 
 /* The same in pieces, for a restore that factors a block of frequencies at
  * a time instead of caching the whole factor: begin (kernel column DFTs
@@ -247,7 +254,7 @@ typedef struct as__civ_fctx {
                                    (Cout + Cin) floats per frequency */
 } as__civ_fctx;
 int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
-                         int Q, const float *w);
+                         int Q, const float *w, const double *R);
 void as__civ_factor_range(as__civ_fctx *fc, size_t f0, size_t f1,
                           double eps_rel, float *m, double *cond_out);
 void as__civ_factor_end(as__civ_fctx *fc);

@@ -106,25 +106,46 @@ static void gram_corr(int ci, int co, int kh, int kw, const double *V, size_t NR
     }
 }
 
-static int gram_dft(const as__conv_geom *g, int Q, const float *w, double *Tg)
+size_t as__civ_gram_len(const as__conv_geom *g)
+{
+    return (size_t)g->cin * (g->cin + 1) / 2 * (2 * g->kh - 1) * (2 * g->kw - 1);
+}
+
+int as__civ_gram(const as__conv_geom *g, const float *w, double *R)
 {
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
-    const int Qh = Q / 2 + 1, nh = 2 * kh - 1, nw = 2 * kw - 1;
-    const size_t npair = (size_t)ci * (ci + 1) / 2;
-    double *R = calloc(npair * nh * nw, sizeof(double));
     const size_t NRp = (size_t)ci * kh * kw + 16;
     double *wd = calloc((size_t)co * NRp + 8 * NRp, sizeof(double));
-    if (!R || !wd) {
-        free(R);
-        free(wd);
+    if (!wd)
         return AS_ENOMEM;
-    }
+    memset(R, 0, sizeof(double) * as__civ_gram_len(g));
     /* V[o][c*nt + t] (tap t = u*kw + v of input channel c), rows of NRp */
     for (int o = 0; o < co; o++)
         for (int c = 0; c < ci; c++)
             for (int t = 0; t < kh * kw; t++)
                 wd[(size_t)o * NRp + (size_t)c * kh * kw + t] = w[((size_t)o * ci + c) * kh * kw + t];
     gram_corr(ci, co, kh, kw, wd, NRp, wd + (size_t)co * NRp, R);
+    free(wd);
+    return 0;
+}
+
+/* Tg from R (computed here when R is NULL). */
+static int gram_dft(const as__conv_geom *g, int Q, const float *w, const double *Rin,
+                    double *Tg)
+{
+    const int ci = g->cin, kh = g->kh, kw = g->kw;
+    const int Qh = Q / 2 + 1, nh = 2 * kh - 1, nw = 2 * kw - 1;
+    const size_t npair = (size_t)ci * (ci + 1) / 2;
+    double *Rown = NULL;
+    const double *R = Rin;
+    if (!R) {
+        if (!(Rown = malloc(sizeof(double) * as__civ_gram_len(g))) ||
+            as__civ_gram(g, w, Rown)) {
+            free(Rown);
+            return AS_ENOMEM;
+        }
+        R = Rown;
+    }
     double cs[2 * 31];   /* e^{2 pi i kq dv/Q}, dv in [-(kw-1), kw-1], kw <= 16 */
     for (int kq = 0; kq < Qh; kq++) {
         for (int dv = 0; dv < nw; dv++) {
@@ -145,24 +166,23 @@ static int gram_dft(const as__conv_geom *g, int Q, const float *w, double *Tg)
                 t[1] = si;
             }
     }
-    free(R);
-    free(wd);
+    free(Rown);
     return 0;
 }
 
 static int begin_impl(as__civ_fctx *fc, const as__conv_geom *g, int P, int Q,
-                      const float *w, int need_a);
+                      const float *w, const double *R, int need_a);
 
 int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
-                         int Q, const float *w)
+                         int Q, const float *w, const double *R)
 {
-    return begin_impl(fc, g, P, Q, w, 1);
+    return begin_impl(fc, g, P, Q, w, R, 1);
 }
 
 /* need_a = 0: for condition numbers only (no M, no adjoint factor), which
  * do not need A(f), so not its row DFTs T either. */
 static int begin_impl(as__civ_fctx *fc, const as__conv_geom *g, int P, int Q,
-                      const float *w, int need_a)
+                      const float *w, const double *R, int need_a)
 {
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
     const int Qh = Q / 2 + 1;
@@ -188,7 +208,7 @@ static int begin_impl(as__civ_fctx *fc, const as__conv_geom *g, int P, int Q,
         as__civ_factor_end(fc);
         return AS_ENOMEM;
     }
-    if (gram_dft(g, Q, w, fc->Tg)) {
+    if (gram_dft(g, Q, w, R, fc->Tg)) {
         as__civ_factor_end(fc);
         return AS_ENOMEM;
     }
@@ -235,10 +255,10 @@ void as__civ_factor_end(as__civ_fctx *fc)
 }
 
 int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
-                   double eps_rel, float *m, double *cond_out)
+                   const double *R, double eps_rel, float *m, double *cond_out)
 {
     as__civ_fctx fc;
-    int rc = begin_impl(&fc, g, P, Q, w, m != NULL);
+    int rc = begin_impl(&fc, g, P, Q, w, R, m != NULL);
     if (rc)
         return rc;
     if (cond_out)

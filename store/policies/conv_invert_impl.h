@@ -36,7 +36,12 @@ struct as__conv_inv {
     void *ext_work;        /* caller's work space for the next restores */
     size_t ext_bytes;
     float *wt;             /* weights as (kh, kw, Cout, Cin) */
-    float *wa;             /* weights as (kh, kw, Cin, Cout): adjoint path */
+    /* the kernels' cross-correlation of one version (weight-sized state,
+     * as__civ_gram_len doubles): computed by the condition check at save,
+     * reused by the restore's factorization of the same version */
+    double *gram;
+    uint64_t gram_version;
+    int gram_ok;
     char reject[160];
     as__conv_inv_stats st;
 };
