@@ -268,7 +268,8 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const
                     wk_o[t] = ci->wt[(size_t)t * cout + o0 + k];
                 /* wrap: columns Q.. are columns 0.., rows P.. rows 0.. */
                 for (int a = 0; a < P; a++)
-                    memcpy(f + (size_t)a * Qe + Q, f + (size_t)a * Qe, sizeof(float) * (kw - 1));
+                    for (int v = 0; v < kw - 1; v++)
+                        f[(size_t)a * Qe + Q + v] = f[(size_t)a * Qe + v];
                 memcpy(f + (size_t)P * Qe, f, sizeof(float) * (size_t)(kh - 1) * Qe);
                 c1_corr(f, Qe, wk_o, kh, kw, P, Qs, xt);
             }
