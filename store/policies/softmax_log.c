@@ -789,6 +789,86 @@ sm_topk_weights_avx2(const sm_table *t, int B, const uint8_t *in,
         wt[__builtin_ctzll(r)] = sm_fine_w[fine[f++]];
     return nb + k;
 }
+/* The same for four rows stored back to back, phase by phase (codes and
+ * fine counts of all four, then their scales, then the weights): one
+ * row's steps are a chain; four side by side overlap. Returns the bytes
+ * of the four rows. */
+__attribute__((target("avx2,popcnt"))) static size_t
+sm_topk_weights4_avx2(const sm_table *t, int B, const uint8_t *in,
+                      const size_t *n, float *const *wt)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i shr = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
+    const __m256i cmask = _mm256_set1_epi32((1 << B) - 1);
+    __m256i c[4][SM_SMALL / 8];
+    uint64_t fm[4];
+    const uint8_t *fine[4];
+    int nv[4];
+    const uint8_t *pp = in;
+    for (int r = 0; r < 4; r++) {
+        nv[r] = (int)((n[r] + 7) / 8);
+        const size_t nb = (n[r] * (size_t)B + 7) / 8;   /* <= 32 */
+        uint8_t buf[SM_SMALL / 8 * 4 + 4] = {0};
+        if (nb >= 16) {
+            memcpy(buf, pp, 16);
+            memcpy(buf + nb - 16, pp + nb - 16, 16);
+        } else if (nb >= 8) {
+            memcpy(buf, pp, 8);
+            memcpy(buf + nb - 8, pp + nb - 8, 8);
+        } else {
+            for (size_t i = 0; i < nb; i++)
+                buf[i] = pp[i];
+        }
+        fm[r] = 0;
+        for (int b = 0; b < nv[r]; b++) {
+            uint32_t g;
+            memcpy(&g, buf + B * b, 4);
+            c[r][b] = _mm256_and_si256(
+                _mm256_srlv_epi32(_mm256_set1_epi32((int)g), shr), cmask);
+            const __m256i in_ = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32((int)n[r] - 8 * b), lane);
+            fm[r] |= (uint64_t)(uint32_t)_mm256_movemask_ps(
+                         _mm256_castsi256_ps(_mm256_and_si256(
+                             _mm256_cmpeq_epi32(c[r][b],
+                                                _mm256_setzero_si256()),
+                             in_))) << (8 * b);
+        }
+        fine[r] = pp + nb;
+        pp += nb + (size_t)__builtin_popcountll(fm[r]);
+    }
+    __m256 cw0[4], cw1[4];
+    for (int r = 0; r < 4; r++) {
+        const size_t k = (size_t)__builtin_popcountll(fm[r]);
+        uint32_t maxc = 0;
+        for (size_t f = 0; f < k; f++)
+            maxc = fine[r][f] > maxc ? fine[r][f] : maxc;
+        float cw[16] = {0};
+        for (int q = 0; q < t->nc; q++)
+            cw[q + 1] = sm_fine_w[maxc] * t->wt[q];
+        cw0[r] = _mm256_loadu_ps(cw);
+        cw1[r] = _mm256_loadu_ps(cw + 8);
+    }
+    for (int r = 0; r < 4; r++) {
+        float *w = wt[r];
+        for (int b = 0; b < nv[r]; b++) {
+            __m256 x = _mm256_permutevar8x32_ps(cw0[r], c[r][b]);
+            if (B == 4)
+                x = _mm256_blendv_ps(x, _mm256_permutevar8x32_ps(cw1[r],
+                                                                 c[r][b]),
+                                     _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                                         c[r][b], _mm256_set1_epi32(7))));
+            if (8 * (size_t)b + 8 <= n[r])
+                _mm256_storeu_ps(w + 8 * b, x);
+            else
+                _mm256_maskstore_ps(w + 8 * b, _mm256_cmpgt_epi32(
+                    _mm256_set1_epi32((int)n[r] - 8 * b), lane), x);
+        }
+        size_t f = 0;
+        for (uint64_t q = fm[r]; q; q &= q - 1)
+            w[__builtin_ctzll(q)] = sm_fine_w[fine[r][f++]];
+    }
+    return (size_t)(pp - in);
+}
 #endif
 
 /* Weights of the row's codes (unnormalized) into wt[0..n-1]; returns the
@@ -881,6 +961,15 @@ size_t as_sm_log_decode_rows(const as_sm_params *p, const uint8_t *in,
 {
     assert(cnt >= 1 && cnt <= AS_SM_SOA_LANES);
     const uint8_t *pp = in;
+#ifdef SM_X86_DISPATCH
+    if (cnt == 4 && p->kind == AS_SM_TOPK && n[0] <= SM_SMALL &&
+        n[1] <= SM_SMALL && n[2] <= SM_SMALL && n[3] <= SM_SMALL &&
+        sm_have_avx2()) {
+        pp += sm_topk_weights4_avx2(sm_table_of(p), p->bits, in, n, v);
+        sm_normalize(v, n, cnt);
+        return (size_t)(pp - in);
+    }
+#endif
     for (int l = 0; l < cnt; l++)
         pp += sm_row_weights(p, pp, n[l], v[l], w);
     sm_normalize(v, n, cnt);
