@@ -69,7 +69,8 @@ static inline __attribute__((always_inline)) void
 sm_count_body(const int32_t *k, size_t n, uint32_t *c)
 {
     const size_t nv = (n + 7) / 8;
-    for (size_t b = 0; b < nv; b += 4) {
+    size_t b = 0;
+    for (; b + 4 <= nv; b += 4) {
         sm_v8i k0, k1, k2, k3, a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         memcpy(&k0, k + 8 * b, sizeof k0);
         memcpy(&k1, k + 8 * b + 8, sizeof k1);
@@ -86,6 +87,39 @@ sm_count_body(const int32_t *k, size_t n, uint32_t *c)
         memcpy(c + 8 * b + 8, &a1, sizeof a1);
         memcpy(c + 8 * b + 16, &a2, sizeof a2);
         memcpy(c + 8 * b + 24, &a3, sizeof a3);
+    }
+    /* the last 1..3 vectors in one pass of their own (not a padded 4) */
+    if (nv - b == 3) {
+        sm_v8i k0, k1, k2, a0 = {0}, a1 = {0}, a2 = {0};
+        memcpy(&k0, k + 8 * b, sizeof k0);
+        memcpy(&k1, k + 8 * b + 8, sizeof k1);
+        memcpy(&k2, k + 8 * b + 16, sizeof k2);
+        for (size_t j = 0; j < n; j++) {
+            const sm_v8i s = (sm_v8i){0} + k[j];
+            a0 -= k0 > s;
+            a1 -= k1 > s;
+            a2 -= k2 > s;
+        }
+        memcpy(c + 8 * b, &a0, sizeof a0);
+        memcpy(c + 8 * b + 8, &a1, sizeof a1);
+        memcpy(c + 8 * b + 16, &a2, sizeof a2);
+    } else if (nv - b == 2) {
+        sm_v8i k0, k1, a0 = {0}, a1 = {0};
+        memcpy(&k0, k + 8 * b, sizeof k0);
+        memcpy(&k1, k + 8 * b + 8, sizeof k1);
+        for (size_t j = 0; j < n; j++) {
+            const sm_v8i s = (sm_v8i){0} + k[j];
+            a0 -= k0 > s;
+            a1 -= k1 > s;
+        }
+        memcpy(c + 8 * b, &a0, sizeof a0);
+        memcpy(c + 8 * b + 8, &a1, sizeof a1);
+    } else if (nv - b == 1) {
+        sm_v8i k0, a0 = {0};
+        memcpy(&k0, k + 8 * b, sizeof k0);
+        for (size_t j = 0; j < n; j++)
+            a0 -= k0 > ((sm_v8i){0} + k[j]);
+        memcpy(c + 8 * b, &a0, sizeof a0);
     }
 }
 
