@@ -472,17 +472,27 @@ static int inv_encode(as_pctx *ctx, const void *params,
      * also restores its zeros exactly. */
     const size_t nx = as_tensor_numel(t) > 0 ? (size_t)as_tensor_numel(t) : 0;
     const float *xv = t->data;
+    /* (branch-free inner loops: signs of activations are unpredictable) */
     st->nonneg = 1;
-    for (size_t i = 0; i < nx && st->nonneg; i++)
-        st->nonneg = !(xv[i] < 0);
+    for (size_t i0 = 0; i0 < nx && st->nonneg; i0 += 64) {
+        const size_t i1 = nx - i0 < 64 ? nx : i0 + 64;
+        int neg = 0;
+        for (size_t i = i0; i < i1; i++)
+            neg |= xv[i] < 0;
+        st->nonneg = !neg;
+    }
     if (!as_handle_is_null(info->alias_of) && nx) {
         rc = as_pctx_alloc(ctx, bitmap_bytes(nx), (void **)&st->pos);
         if (rc < 0)
             goto fail;
         memset(st->pos, 0, bitmap_bytes(nx));
-        for (size_t i = 0; i < nx; i++)
-            if (xv[i] > 0)
-                st->pos[i / 64] |= 1ull << (i % 64);
+        for (size_t i0 = 0; i0 < nx; i0 += 64) {
+            const size_t nb = nx - i0 < 64 ? nx - i0 : 64;
+            uint64_t wbits = 0;
+            for (size_t j = 0; j < nb; j++)
+                wbits |= (uint64_t)(xv[i0 + j] > 0) << j;
+            st->pos[i0 / 64] = wbits;
+        }
     }
     if (m->bias) {
         rc = as_pctx_alloc(ctx, sizeof(float) * m->cout, (void **)&st->bias);
@@ -516,12 +526,13 @@ fail:
 static void fix_signs(const inv_state *st, float *x, size_t n)
 {
     if (st->pos) {
+        /* a value on the wrong side of 0 moves to FLT_MIN (should be > 0)
+         * or 0 (should not be); selects, no branches */
         for (size_t i = 0; i < n; i++) {
             const int p = (int)((st->pos[i / 64] >> (i % 64)) & 1);
-            if (p && !(x[i] > 0))
-                x[i] = FLT_MIN;
-            else if (!p && x[i] > 0)
-                x[i] = 0.0f;
+            const float v = x[i];
+            const int q = v > 0;
+            x[i] = p == q ? v : (p ? FLT_MIN : 0.0f);
         }
     }
     if (st->nonneg)
