@@ -320,9 +320,11 @@ static void frame_pack(const float *raw, size_t nblk, size_t flen, int sparse,
         const float *v = raw + b * flen;
         float inv = 0;
         if (q16) {
-            float mx = 0;
-            for (size_t i = 0; i < flen; i++)
-                mx = fmaxf(mx, fabsf(v[i]));
+            float mx = 0;   /* q16 frames are finite: a plain max (no libm call) */
+            for (size_t i = 0; i < flen; i++) {
+                const float a = fabsf(v[i]);
+                mx = a > mx ? a : mx;
+            }
             scale[b] = mx / 32767.0f;
             inv = mx > 0 ? 32767.0f / mx : 0;
         }
