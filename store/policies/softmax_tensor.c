@@ -220,7 +220,15 @@ int as_sm_encode(const as_sm_params *p, const as_sm_layout *lay,
             offs[r / v.queries] = off;
         const float *row = y + (size_t)r * (size_t)v.len;
         if (groups && r % v.queries + 4 <= v.queries) {
-            /* four rows of one block side by side where the codec can */
+            /* four rows of one block side by side where the codec can;
+             * the rows two groups ahead are fetched meanwhile (P was
+             * written whole by the forward: early blocks left the L2) */
+            if (r + 12 <= v.rows) {
+                const char *pf = (const char *)(row + 8 * v.len);
+                for (size_t o = 0; o < 4 * (size_t)v.len * sizeof(float);
+                     o += 64)
+                    __builtin_prefetch(pf + o);
+            }
             const float *rv[4];
             size_t rn[4], ru[4];
             for (int l = 0; l < 4; l++) {
