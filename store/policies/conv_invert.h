@@ -9,10 +9,11 @@
  * columns). The solver keeps that frame at save time and at restore time
  * rebuilds F from Y and the frame, transforms it to the Fourier domain, solves
  * the per-frequency least-squares system (A^H A + eps I) X^ = A^H F^ with a
- * factor cached per weight version (or factored column by column inside a
- * streaming restore, nothing kept), and transforms back. For Cout >= 2 Cin
- * and small condition numbers a streaming restore forms A^H F in the
- * spatial domain instead and solves Cin x Cin systems (the adjoint path).
+ * factor cached per weight version (or built inside a streaming restore,
+ * nothing kept), and transforms back. For Cout >= 2 Cin and small condition
+ * numbers a streaming restore applies A^H and the Cholesky factor of A^H A
+ * per frequency instead of M (the adjoint path); Cin = 1 takes the closed
+ * form a^H F^ / |a|^2 and 1x1 kernels a per-pixel channel mix.
  *
  * Layouts: X (N, Cin, H, W), Y (N, Cout, Ho, Wo), W (Cout, Cin, kh, kw), all
  * fp32, contiguous. The frame of one image is (Cin, frame_len) floats; per
@@ -129,10 +130,12 @@ int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
 int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
                          const float *bias, const float *frame, float *x);
 
-/* Rebuild x without caching the factor: the frequencies are factored a
- * column (P frequencies) at a time inside the solve, so the
- * factor never exists whole; the factor work is done for every call, once
- * per pass of 16 images (in training each version is restored once). Uses the
+/* Rebuild x without caching the factor: it exists only during the call.
+ * A restore of more than one pass of 16 images builds the factor of every
+ * frequency once, before the passes, in its work space when that is at most
+ * twice one pass's work space; otherwise the frequencies are factored a
+ * column (P frequencies) at a time inside each pass. The factor work is
+ * done for every call (in training each version is restored once). Uses the
  * cached factor instead when one is held for `version`. Needs an accepted
  * condition verdict for `version` (computed here if missing). Returns 0,
  * AS_EFALLBACK (why filled), AS_ENOMEM. */
