@@ -296,7 +296,7 @@ sm_topk_small_body(const as_sm_params *p, const float *const *v,
     const __m256 tiny = _mm256_set1_ps(1e-38f);
     int nv[4];
     __m256i in[4][SM_SMALL / 8];
-    __m256 lx[4][SM_SMALL / 8];
+    __m256 lx[4][SM_SMALL / 8], yv[4][SM_SMALL / 8];
     __m256 mv[4];
     for (int r = 0; r < R; r++) {
         nv[r] = (int)((n[r] + 7) / 8);
@@ -305,6 +305,7 @@ sm_topk_small_body(const as_sm_params *p, const float *const *v,
             in[r][b] = _mm256_cmpgt_epi32(
                 _mm256_set1_epi32((int)n[r] - 8 * b), lane);
             const __m256 y = _mm256_maskload_ps(v[r] + 8 * b, in[r][b]);
+            yv[r][b] = y;
             mv[r] = _mm256_max_ps(y, mv[r]);  /* y > mv ? y : mv, as scalar */
             /* each entry's own log does not need the max: computed here,
              * it overlaps the max's reduction and log */
@@ -316,17 +317,33 @@ sm_topk_small_body(const as_sm_params *p, const float *const *v,
     size_t k[4];
     __m256 lm[4];
     for (int r = 0; r < R; r++) {
-        float mx[8];
-        m[r] = 0.0f;
-        _mm256_storeu_ps(mx, mv[r]);
-        for (int j = 0; j < 8; j++)
-            m[r] = mx[j] > m[r] ? mx[j] : m[r];
+        /* the max in every lane (lanes are >= +0, never NaN: the same
+         * value as the scalar path's loop over them) */
+        __m256 t = _mm256_max_ps(mv[r], _mm256_permute2f128_ps(mv[r], mv[r],
+                                                                1));
+        t = _mm256_max_ps(t, _mm256_shuffle_ps(t, t, 0x4e));
+        t = _mm256_max_ps(t, _mm256_shuffle_ps(t, t, 0xb1));
+        m[r] = _mm256_cvtss_f32(t);
         if (!(m[r] > 0.0f))
             return false;   /* (0 past n: a row of n >= 1 decides alone) */
         k[r] = n[r] / (size_t)p->k;
         size_t k0 = n[r] < AS_SM_MIN_FINE ? n[r] : AS_SM_MIN_FINE;
         k[r] = k[r] < k0 ? k0 : k[r];
-        lm[r] = _mm256_set1_ps(sm_ln16(m[r]) + 0.5f);
+        if (!(m[r] > 1e-38f)) {
+            lm[r] = _mm256_set1_ps(sm_ln16(m[r]) + 0.5f);
+            continue;
+        }
+        /* ln16(m) is already in the lanes holding m (the same operations
+         * on the same bits), so no scalar log waits on the max */
+        const __m256 ninf = _mm256_set1_ps(-__builtin_inff());
+        __m256 a = ninf;
+        for (int b = 0; b < nv[r]; b++)
+            a = _mm256_max_ps(a, _mm256_blendv_ps(
+                    ninf, lx[r][b], _mm256_cmp_ps(yv[r][b], t, _CMP_EQ_OQ)));
+        a = _mm256_max_ps(a, _mm256_permute2f128_ps(a, a, 1));
+        a = _mm256_max_ps(a, _mm256_shuffle_ps(a, a, 0x4e));
+        a = _mm256_max_ps(a, _mm256_shuffle_ps(a, a, 0xb1));
+        lm[r] = _mm256_add_ps(a, _mm256_set1_ps(0.5f));
     }
     /* levels, and keys (level, position) = level * 64 + position: the
      * fine set is the k smallest keys (lowest levels, ties in key order,
