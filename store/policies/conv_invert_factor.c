@@ -199,7 +199,7 @@ static int begin_impl(as__civ_fctx *fc, const as__conv_geom *g, int P, int Q,
     fc->tw = malloc(sizeof(double) * 2 * (size_t)P * (2 * kh - 1));
     fc->A = malloc(sizeof(lanes_c) * (size_t)co * ci);   /* (Cout, Cin) */
     fc->L = malloc(sizeof(lanes_c) * (size_t)ci * ci);   /* (Cin, Cin) */
-    fc->v = malloc(sizeof(lanes_c) * (size_t)ci * 2);    /* vectors */
+    fc->v = malloc(sizeof(lanes_c) * (size_t)ci * 4);    /* vectors */
     /* Tg[kq][ij][du] for the Gram matrix (see gram_dft), lower triangle
      * i >= j, du in [-(kh-1), kh-1]. */
     const size_t npair = (size_t)ci * (ci + 1) / 2, nd = 2 * (size_t)kh - 1;
@@ -543,8 +543,71 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
                     mi[(size_t)i * ci + k] = k < i ? (float)lik->im[l] : 0.0f;
                 }
         }
-        /* M = G^-1 A^H, column o of M solves G m = conj(A[o][:]). */
-        for (int o = 0; m && !fc->ginv && o < co; o++) {
+        /* M = G^-1 A^H, column o of M solves G m = conj(A[o][:]); four
+         * columns per pass over L (x4[c*4 + r]: row c of column o + r), so
+         * L is read once for four right-hand sides. */
+        int o4 = 0;
+        for (; m && !fc->ginv && o4 + 4 <= co; o4 += 4) {
+            lanes_c *x4 = v;
+            for (int c = 0; c < ci; c++)
+                for (int r = 0; r < 4; r++) {
+                    const lanes_c *a = &A[(size_t)(o4 + r) * ci + c];
+                    VR(&x4[c * 4 + r]) = VR(a);
+                    VI(&x4[c * 4 + r]) = -VI(a);
+                }
+            for (int i = 0; i < ci; i++) {
+                v8d xr[4], xi[4];
+                for (int r = 0; r < 4; r++) {
+                    xr[r] = VR(&x4[i * 4 + r]);
+                    xi[r] = VI(&x4[i * 4 + r]);
+                }
+                for (int k = 0; k < i; k++) {
+                    const lanes_c *lik = &L[(size_t)i * ci + k];
+                    const v8d a = VR(lik), b = VI(lik);
+                    for (int r = 0; r < 4; r++) {
+                        const v8d yr = VR(&x4[k * 4 + r]), yi = VI(&x4[k * 4 + r]);
+                        xr[r] -= a * yr - b * yi;
+                        xi[r] -= a * yi + b * yr;
+                    }
+                }
+                const v8d d = VI(&L[(size_t)i * ci + i]);
+                for (int r = 0; r < 4; r++) {
+                    VR(&x4[i * 4 + r]) = xr[r] * d;
+                    VI(&x4[i * 4 + r]) = xi[r] * d;
+                }
+            }
+            for (int i = ci - 1; i >= 0; i--) {
+                v8d xr[4], xi[4];
+                for (int r = 0; r < 4; r++) {
+                    xr[r] = VR(&x4[i * 4 + r]);
+                    xi[r] = VI(&x4[i * 4 + r]);
+                }
+                for (int k = i + 1; k < ci; k++) {
+                    /* (L^H)[i][k] = conj(L[k][i]) */
+                    const lanes_c *lki = &L[(size_t)k * ci + i];
+                    const v8d a = VR(lki), b = VI(lki);
+                    for (int r = 0; r < 4; r++) {
+                        const v8d yr = VR(&x4[k * 4 + r]), yi = VI(&x4[k * 4 + r]);
+                        xr[r] -= a * yr + b * yi;
+                        xi[r] -= a * yi - b * yr;
+                    }
+                }
+                const v8d d = VI(&L[(size_t)i * ci + i]);
+                for (int r = 0; r < 4; r++) {
+                    VR(&x4[i * 4 + r]) = xr[r] * d;
+                    VI(&x4[i * 4 + r]) = xi[r] * d;
+                }
+            }
+            for (int l = 0; l < LANES && f0 + l < nf; l++) {
+                float *mr = m + (f0 + l - fbeg) * 2 * (size_t)ci * co, *mi = mr + (size_t)ci * co;
+                for (int c = 0; c < ci; c++)
+                    for (int r = 0; r < 4; r++) {
+                        mr[(size_t)c * co + o4 + r] = (float)x4[c * 4 + r].re[l];
+                        mi[(size_t)c * co + o4 + r] = (float)x4[c * 4 + r].im[l];
+                    }
+            }
+        }
+        for (int o = o4; m && !fc->ginv && o < co; o++) {
             for (int c = 0; c < ci; c++)
                 for (int l = 0; l < LANES; l++) {
                     x[c].re[l] = A[(size_t)o * ci + c].re[l];
