@@ -222,7 +222,7 @@ static int bench_one(const rowset *s, const char *spec, int reps,
     return 0;
 }
 
-/* as_sm_order_desc (what soa uses: insertion, rank counting or radix by
+/* as_sm_order_desc (what soa uses: rank counting or radix by
  * length) against qsort, ns per row */
 typedef struct { float v; uint32_t i; } ent;
 static int cmp_ent(const void *a, const void *b)

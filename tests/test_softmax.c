@@ -161,7 +161,7 @@ static void test_radix_order_matches_sort(void **st)
     float y[2000];
     uint32_t ord[2000];
     ref_ent e[2000];
-    /* every sorting path: insertion (<= 48), rank counting (<= 64), radix */
+    /* every sorting path: rank counting (<= 64, ties by position), radix */
     static const size_t fixed[] = {1, 2, 47, 48, 49, 50, 63, 64, 65, 73, 300};
     for (int t = 0; t < 31; t++) {
         seed(500 + t);
@@ -523,6 +523,72 @@ static void test_specs(void **st)
                      AS_ECORRUPT);
 }
 
+/* The tensor paths encode and decode short rows in groups (vector code,
+ * four rows at a time): the same bytes and values as row by row, with
+ * ties, zero rows and NaN among them, full and causal. */
+static void test_grouped_rows_match_row_by_row(void **st)
+{
+    (void)st;
+    static const char *specs[] = {"soa:5", "soa:2", "soa:16", "sotk:16:3",
+                                  "sotk:16:2", "sotk:16:4", "solog:4"};
+    static const struct { int64_t L; bool causal; } lays[] = {
+        {50, false}, {64, true}, {37, false}, {9, false}, {64, false}};
+    for (size_t si = 0; si < sizeof specs / sizeof *specs; si++)
+        for (size_t li = 0; li < sizeof lays / sizeof *lays; li++) {
+            const int64_t L = lays[li].L, rows = 3 * L;
+            as_sm_layout lay = {.rows = rows, .len = L, .queries = L,
+                                .causal = lays[li].causal};
+            float *y = malloc((size_t)(rows * L) * sizeof *y);
+            seed(900 + si * 10 + li);
+            fill_tensor(y, rows, L, &lay, 1.0 + (double)(li % 3));
+            for (int64_t r = 0; r < rows; r++) {
+                float *row = y + r * L;
+                if (r % 7 == 3)
+                    for (int64_t k = 1; k < L; k += 3)
+                        row[k] = row[k - 1];            /* ties */
+                if (r % 11 == 5)
+                    memset(row, 0, (size_t)L * sizeof *row);  /* no mass */
+                if (r % 13 == 6 && L > 4)
+                    row[2] = NAN;
+            }
+            as_sm_params p = P(specs[si]);
+            size_t used;
+            uint8_t *blob = encode(specs[si], &lay, y, &used);
+            as_sm_info info;
+            assert_int_equal(as_sm_blob_info(blob, used, &info), 0);
+            const uint8_t *pay = blob + used - info.payload_bytes;
+            as_sm_work w;
+            assert_int_equal(as_sm_work_init(&w, (size_t)L), 0);
+            uint8_t *rb = malloc(as_sm_row_bytes(&p, (size_t)L, (size_t)L) + 64);
+            float *dec = malloc((size_t)(rows * L) * sizeof *dec);
+            float *one = malloc((size_t)L * sizeof *one);
+            assert_int_equal(as_sm_decode_rows(blob, 0, rows, dec), 0);
+            size_t off = 0;
+            for (int64_t r = 0; r < rows; r++) {
+                size_t n = (size_t)L;
+                if (lay.causal && (size_t)(r % L) + 1 < n)
+                    n = (size_t)(r % L) + 1;
+                size_t b = as_sm_row_encode(&p, y + r * L, n, (size_t)L, rb,
+                                            &w);
+                assert_true(off + b <= info.payload_bytes);
+                assert_memory_equal(pay + off, rb, b);
+                memset(one, 0, (size_t)L * sizeof *one);
+                assert_int_equal(as_sm_row_decode(&p, rb, n, (size_t)L, one,
+                                                  &w), b);
+                assert_memory_equal(dec + r * L, one,
+                                    (size_t)L * sizeof *one);
+                off += b;
+            }
+            assert_int_equal(off, info.payload_bytes);
+            free(one);
+            free(dec);
+            free(rb);
+            as_sm_work_free(&w);
+            free(blob);
+            free(y);
+        }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -536,6 +602,7 @@ int main(void)
         cmocka_unit_test(test_gradient_cosine),
         cmocka_unit_test(test_backward_and_ptmatmul),
         cmocka_unit_test(test_specs),
+        cmocka_unit_test(test_grouped_rows_match_row_by_row),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -169,8 +169,8 @@ size_t as_sm_row_decode(const as_sm_params *p, const uint8_t *in, size_t n,
                         size_t len, float *v, as_sm_work *w);
 
 /* Order of v[0..n-1] by value, descending, ties by ascending position
- * (non-positive and NaN values count as 0). Insertion sort for n <= 48,
- * rank counting by vectorized comparisons up to 64, LSD radix on the
+ * (non-positive and NaN values count as 0). Rank counting by vector
+ * comparisons up to n = 64 (AVX2 when the CPU has it), LSD radix on the
  * float bits above. ord gets n positions. */
 void as_sm_order_desc(const float *v, size_t n, uint32_t *ord,
                       as_sm_work *w);

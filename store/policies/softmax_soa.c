@@ -28,10 +28,11 @@
  * two linear-time selections). The order is an LSD radix sort on the float
  * bits (non-negative floats order like their bit patterns), 8-bit digits,
  * digit passes whose bucket holds every key skipped (softmax values share
- * their top bits). Short rows: insertion sort (n <= 48), then counting
- * each entry's rank by vectorized comparisons up to n = 64 (the radix's
- * 4 x 256-bin prefix sums dominate there). Measured in `actstore bench
- * softmax` (encode rows/s, "order") against qsort.
+ * their top bits). Short rows (n <= 64): each entry's rank counted by
+ * vector comparisons (the radix's 4 x 256-bin prefix sums dominate there);
+ * soa's encode of such rows runs in AVX2 when the CPU has it, four rows per
+ * call (as_sm_soa_encode4). Measured in `actstore bench softmax` (encode
+ * rows/s, "order") against qsort.
  */
 #include <assert.h>
 #include <math.h>
