@@ -934,40 +934,32 @@ static size_t sm_row_weights(const as_sm_params *p, const uint8_t *in,
     return nb;
 }
 
-/* Rows normalized to mass 1: each row's weight sum in double, entry by
- * entry in key order (a chain of dependent adds: the rows' chains run
- * side by side), then one scale; an all-zero row decodes uniform. */
+/* Rows normalized to mass 1: each row's weight sum in double, in eight
+ * partial sums (entry i into sum i mod 8, combined pairwise in a fixed
+ * order: eight short chains of adds instead of one long one; the same
+ * row gives the same bits), then one scale; an all-zero row decodes
+ * uniform. */
 static void sm_normalize(float *const *v, const size_t *n, int cnt)
 {
-    double z[AS_SM_SOA_LANES] = {0};
-    size_t nmin = SIZE_MAX;
-    for (int l = 0; l < cnt; l++)
-        nmin = n[l] < nmin ? n[l] : nmin;
-    size_t i0 = 0;
-    if (cnt == 4) {
-        const float *a = v[0], *b = v[1], *c = v[2], *d = v[3];
-        double za = 0.0, zb = 0.0, zc = 0.0, zd = 0.0;
-        for (size_t i = 0; i < nmin; i++) {
-            za += a[i];
-            zb += b[i];
-            zc += c[i];
-            zd += d[i];
-        }
-        z[0] = za, z[1] = zb, z[2] = zc, z[3] = zd;
-        i0 = nmin;
-    }
     for (int l = 0; l < cnt; l++) {
         float *x = v[l];
-        double zl = z[l];
-        for (size_t i = i0; i < n[l]; i++)
-            zl += x[i];
+        const size_t nl = n[l];
+        double a[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        size_t i = 0;
+        for (; i + 8 <= nl; i += 8)
+            for (int j = 0; j < 8; j++)
+                a[j] += (double)x[i + j];
+        for (int j = 0; i < nl; i++, j++)
+            a[j] += (double)x[i];
+        const double zl = ((a[0] + a[4]) + (a[2] + a[6])) +
+                          ((a[1] + a[5]) + (a[3] + a[7]));
         if (!(zl > 0.0)) {           /* all-zero input row */
-            for (size_t i = 0; i < n[l]; i++)
-                x[i] = 1.0f / (float)n[l];
+            for (i = 0; i < nl; i++)
+                x[i] = 1.0f / (float)nl;
             continue;
         }
         float inv = (float)(1.0 / zl);
-        for (size_t i = 0; i < n[l]; i++)
+        for (i = 0; i < nl; i++)
             x[i] *= inv;
     }
 }

@@ -310,16 +310,20 @@ static inline float get_f32(const uint8_t *p)
 
 /* lambda from h = hi[S-1], l = lo[0], g = the first evicted value, to
  * out + 8S */
-static void sm_soa_lambda(const as_sm_params *p, double h, double l, double g,
+static void sm_soa_lambda(const as_sm_params *p, float h, float l, float g,
                           size_t n, size_t len, uint8_t *out)
 {
+    /* in float (stored as float anyway): logf and float divisions instead
+     * of the double log and divisions (format v1 blobs differ from the
+     * double ones in lambda's last bits only; the test's double reference
+     * agrees to 1e-6 on the decoded rows) */
     const size_t S = (size_t)p->s;
-    double den = p->fullden ? (double)len : (double)(n - 2 * S + 1);
-    double lam = (log((h + 1e-8) / (l + 1e-8)) + 2.0 * (h - g)) /
-                 ((1.0 - h) * den);
-    if (isnan(lam) || lam < 0.0)
-        lam = 0.0;             /* h == 1 with g == h: nothing to decay */
-    put_f32(out + 8 * S, (float)lam);  /* +inf stays +inf: all mass to j=1 */
+    float den = p->fullden ? (float)len : (float)(n - 2 * S + 1);
+    float lam = (logf((h + 1e-8f) / (l + 1e-8f)) + 2.0f * (h - g)) /
+                ((1.0f - h) * den);
+    if (isnan(lam) || lam < 0.0f)
+        lam = 0.0f;            /* h == 1 with g == h: nothing to decay */
+    put_f32(out + 8 * S, lam);  /* +inf stays +inf: all mass to j=1 */
 }
 
 bool as_sm_soa_encode4(const as_sm_params *p, const float *const *v,
@@ -421,19 +425,18 @@ size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
 /* Decode cnt <= AS_SM_SOA_LANES rows at once. Per row the values by rank
  * go into a table (hi, the rebuilt evicted values, lo), then every entry
  * is one lookup by its rank: no branch on the data. The evicted weights
- * are a chain of dependent products (t_j = t_{j-1} q) and sums, which
- * latency bounds one row; the rows' chains run side by side in one loop.
- * Each row sees exactly the operations it saw alone, in the same order
- * (bit-identical to decoding the rows one by one). */
+ * q^j come four powers per step (four short chains of products and sums
+ * instead of one long one). Each row sees exactly the operations it sees
+ * alone, in the same order (bit-identical to decoding the rows one by
+ * one). */
 void as_sm_soa_decode_rows(const as_sm_params *p, const uint8_t *const *in,
                            const size_t *n, float *const *v, int cnt,
                            as_sm_work *w)
 {
     const size_t S = (size_t)p->s, cap = w->cap;
     assert(cnt >= 1 && cnt <= AS_SM_SOA_LANES && S <= 256);
-    double q[AS_SM_SOA_LANES], t[AS_SM_SOA_LANES], z[AS_SM_SOA_LANES];
-    double target[AS_SM_SOA_LANES];
-    size_t m[AS_SM_SOA_LANES], mmin = SIZE_MAX;
+    double q[AS_SM_SOA_LANES], target[AS_SM_SOA_LANES];
+    size_t m[AS_SM_SOA_LANES];
     bool dec[AS_SM_SOA_LANES];
     for (int l = 0; l < cnt; l++) {
         const size_t nl = n[l];
@@ -458,43 +461,37 @@ void as_sm_soa_decode_rows(const as_sm_params *p, const uint8_t *const *in,
         target[l] = 1.0 - kept;
         if (!(target[l] > 0.0))
             target[l] = 0.0;
-        q[l] = exp(-lam);
-        t[l] = 1.0;
-        z[l] = 0.0;
+        q[l] = (double)expf(-(float)lam);   /* lam is a float */
         m[l] = nl - 2 * S;
-        mmin = m[l] < mmin ? m[l] : mmin;
     }
     double *tab = w->tab;
-    if (cnt == AS_SM_SOA_LANES && dec[0] && dec[1] && dec[2] && dec[3]) {
-        /* the common case: four chains in step up to the shortest row */
-        double *t0 = tab, *t1 = tab + cap, *t2 = tab + 2 * cap,
-               *t3 = tab + 3 * cap;
-        double a0 = t[0], a1 = t[1], a2 = t[2], a3 = t[3];
-        double z0 = 0.0, z1 = 0.0, z2 = 0.0, z3 = 0.0;
-        for (size_t j = 0; j < mmin; j++) {
-            t0[j] = a0; z0 += a0; a0 *= q[0];
-            t1[j] = a1; z1 += a1; a1 *= q[1];
-            t2[j] = a2; z2 += a2; a2 *= q[2];
-            t3[j] = a3; z3 += a3; a3 *= q[3];
-        }
-        t[0] = a0, t[1] = a1, t[2] = a2, t[3] = a3;
-        z[0] = z0, z[1] = z1, z[2] = z2, z[3] = z3;
-    } else {
-        mmin = 0;
-    }
     for (int l = 0; l < cnt; l++) {
         if (!dec[l])
             continue;
-        double *tl = tab + (size_t)l * cap, a = t[l], zl = z[l];
-        for (size_t j = mmin; j < m[l]; j++) {
-            tl[j] = a;
-            zl += a;
-            a *= q[l];
+        /* t_j = q^j, j = 0..m-1, four powers per step (q^j .. q^(j+3),
+         * each times q^4) and four partial sums: a quarter of the chain
+         * a single product per entry was (values equal to rounding; the
+         * sum in a fixed order, so the same row decodes the same bits) */
+        double *tl = tab + (size_t)l * cap;
+        const double ql = q[l], q2 = ql * ql, q4 = q2 * q2;
+        double p0 = 1.0, p1 = ql, p2 = q2, p3 = q2 * ql;
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+        size_t j = 0;
+        for (; j + 4 <= m[l]; j += 4) {
+            tl[j] = p0, tl[j + 1] = p1, tl[j + 2] = p2, tl[j + 3] = p3;
+            s0 += p0, s1 += p1, s2 += p2, s3 += p3;
+            p0 *= q4, p1 *= q4, p2 *= q4, p3 *= q4;
         }
+        const double rest[3] = {p0, p1, p2};
+        for (size_t e = 0; j < m[l]; j++, e++) {
+            tl[j] = rest[e];
+            s0 += rest[e];
+        }
+        const double zl = (s0 + s1) + (s2 + s3);
         const double c = target[l] / zl;
         float *val = w->val + (size_t)l * cap + S;
-        for (size_t j = 0; j < m[l]; j++)
-            val[j] = (float)(tl[j] * c);
+        for (size_t i = 0; i < m[l]; i++)
+            val[i] = (float)(tl[i] * c);
         val -= S;
         const size_t nl = n[l];
         const uint8_t *rk = in[l] + 8 * S + 4;
