@@ -507,6 +507,18 @@ void as__civ_border_row(const as__conv_inv *ci, const float *xf, const int *fidx
     }
 }
 
+/* Pixels j..j+7 of 8 rows (NULL: an image the pass lacks, zeros) as 8
+ * vectors, transposed: r[k] holds pixel j+k of the 8 rows. */
+static inline void load_t8(const float *const ys[8], int j, v8 r[8])
+{
+    for (int k = 0; k < 8; k++)
+        if (ys[k])
+            r[k] = ld8(ys[k] + j);
+        else
+            r[k] = (v8){0};
+    AS__CIV_T8(r);
+}
+
 /* Y row i (minus bias) into a grid row R (element b at R + b*Eo,
  * [re|im][Cout][NB]): 8 lanes (images) at a time, one vector store per
  * pixel. Image j + ri*N2 is lane j of half ri. */
@@ -535,12 +547,7 @@ void as__civ_scatter_yrow(const as__conv_inv *ci, int n, const float *y, const f
                  * 8 lane stores (missing images read zeros) */
                 for (; j + 8 <= j1; j += 8) {
                     v8 r[8];
-                    for (int k = 0; k < 8; k++)
-                        if (ys[k])
-                            r[k] = ld8(ys[k] + j);
-                        else
-                            r[k] = (v8){0};
-                    AS__CIV_T8(r);
+                    load_t8(ys, j, r);
                     for (int k = 0; k < 8; k++)
                         st8(dst + (size_t)(j + k + ci->dw) * Eo, r[k] - bo);
                 }
@@ -552,12 +559,7 @@ void as__civ_scatter_yrow(const as__conv_inv *ci, int n, const float *y, const f
                     tail_ok &= !ys[k] || ys[k] + j + 8 <= yend;
                 if (tail_ok) {
                     v8 r[8];
-                    for (int k = 0; k < 8; k++)
-                        if (ys[k])
-                            r[k] = ld8(ys[k] + j);
-                        else
-                            r[k] = (v8){0};
-                    AS__CIV_T8(r);
+                    load_t8(ys, j, r);
                     for (int k = 0; k < j1 - j; k++)
                         st8(dst + (size_t)(j + k + ci->dw) * Eo, r[k] - bo);
                     j = j1;
