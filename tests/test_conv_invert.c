@@ -346,6 +346,48 @@ static void test_factor_cached_per_version(void **state)
     as__conv_inv_destroy(ci);
 }
 
+/* One case of the cached-vs-streamed tests: shape {n, cin, h, w, cout, k,
+ * pad}, two solvers (ci for the cached factor, cs for streaming), random
+ * weights, input, bias, the conv output y and the frame, and buffers xa,
+ * xb for the two rebuilt inputs. */
+typedef struct pair_case {
+    as__conv_geom g;
+    int n;
+    size_t xl;
+    as__conv_inv *ci, *cs;
+    float *w, *x, *xa, *xb, *y, *frame;
+    float bias[32];
+} pair_case;
+
+static pair_case pair_case_new(const int s[7])
+{
+    pair_case k = {.g = geom(s[1], s[2], s[3], s[4], s[5], s[6]), .n = s[0]};
+    const as__conv_geom *g = &k.g;
+    const int ho = as__conv_out_h(g), wo = as__conv_out_w(g);
+    assert_true(g->cout <= 32);
+    assert_int_equal(as__conv_inv_create(g, NULL, &k.ci, NULL, 0), 0);
+    assert_int_equal(as__conv_inv_create(g, NULL, &k.cs, NULL, 0), 0);
+    k.w = rand_weights(g);
+    k.x = rand_input(g, k.n);
+    k.xl = (size_t)k.n * g->cin * g->h * g->w;
+    k.xa = malloc(sizeof(float) * k.xl);
+    k.xb = malloc(sizeof(float) * k.xl);
+    k.y = malloc(sizeof(float) * (size_t)k.n * g->cout * ho * wo);
+    k.frame = malloc(sizeof(float) * ((size_t)k.n * g->cin * as__conv_frame_len(g) + 1));
+    for (int o = 0; o < g->cout; o++)
+        k.bias[o] = (float)(0.1 * nrand());
+    conv_ref(g, k.n, k.x, k.w, k.bias, k.y);
+    as__conv_frame_extract(g, k.n, k.x, k.frame);
+    return k;
+}
+
+static void pair_case_free(pair_case *k)
+{
+    free(k->w); free(k->x); free(k->xa); free(k->xb); free(k->y); free(k->frame);
+    as__conv_inv_destroy(k->ci);
+    as__conv_inv_destroy(k->cs);
+}
+
 /* The streaming restore: the direct path (Cout < 2 Cin) gives the same
  * bits as the cached factor; the adjoint path (Cout >= 2 Cin, small cond)
  * is within tolerance; shapes with Cin = 1, odd sizes, k 3/5, pad 0/1/2. */
@@ -358,22 +400,13 @@ static void test_stream_paths(void **state)
         {34, 6, 7, 9, 12, 3, 1},  {33, 1, 8, 8, 4, 3, 1},   {40, 8, 6, 6, 16, 3, 1},
     };
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
-        const int *s = shapes[t];
-        as__conv_geom g = geom(s[1], s[2], s[3], s[4], s[5], s[6]);
-        const int n = s[0], ho = as__conv_out_h(&g), wo = as__conv_out_w(&g);
-        as__conv_inv *ci = NULL, *cs = NULL;
-        assert_int_equal(as__conv_inv_create(&g, NULL, &ci, NULL, 0), 0);
-        assert_int_equal(as__conv_inv_create(&g, NULL, &cs, NULL, 0), 0);
-        float *w = rand_weights(&g), *x = rand_input(&g, n);
-        const size_t xl = (size_t)n * g.cin * g.h * g.w;
-        float *xa = malloc(sizeof(float) * xl), *xb = malloc(sizeof(float) * xl);
-        float *y = malloc(sizeof(float) * (size_t)n * g.cout * ho * wo);
-        float *frame = malloc(sizeof(float) * ((size_t)n * g.cin * as__conv_frame_len(&g) + 1));
-        float bias[32];
-        for (int o = 0; o < g.cout; o++)
-            bias[o] = (float)(0.1 * nrand());
-        conv_ref(&g, n, x, w, bias, y);
-        as__conv_frame_extract(&g, n, x, frame);
+        pair_case k = pair_case_new(shapes[t]);
+        const as__conv_geom g = k.g;
+        const int n = k.n;
+        const size_t xl = k.xl;
+        as__conv_inv *ci = k.ci, *cs = k.cs;
+        float *w = k.w, *x = k.x, *xa = k.xa, *xb = k.xb, *y = k.y, *frame = k.frame;
+        const float *bias = k.bias;
         assert_int_equal(as__conv_inv_prepare(ci, w, 1, NULL, NULL, 0), 0);
         assert_int_equal(as__conv_inv_restore(ci, n, y, bias, frame, xa), 0);
         char why[160];
@@ -391,9 +424,7 @@ static void test_stream_paths(void **state)
         assert_true(max_rel_err(xb, x, xl) <= 1e-4);
         if (!adj)
             assert_memory_equal(xa, xb, sizeof(float) * xl);
-        free(w); free(x); free(xa); free(xb); free(y); free(frame);
-        as__conv_inv_destroy(ci);
-        as__conv_inv_destroy(cs);
+        pair_case_free(&k);
     }
 }
 
@@ -412,22 +443,12 @@ static void test_closed_form_and_pointwise(void **state)
         {3, 16, 4, 4, 16, 1, 0},
     };
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
-        const int *s = shapes[t];
-        as__conv_geom g = geom(s[1], s[2], s[3], s[4], s[5], s[6]);
-        const int n = s[0], ho = as__conv_out_h(&g), wo = as__conv_out_w(&g);
-        as__conv_inv *ci = NULL, *cs = NULL;
-        assert_int_equal(as__conv_inv_create(&g, NULL, &ci, NULL, 0), 0);
-        assert_int_equal(as__conv_inv_create(&g, NULL, &cs, NULL, 0), 0);
-        float *w = rand_weights(&g), *x = rand_input(&g, n);
-        const size_t xl = (size_t)n * g.cin * g.h * g.w;
-        float *xa = malloc(sizeof(float) * xl), *xb = malloc(sizeof(float) * xl);
-        float *y = malloc(sizeof(float) * (size_t)n * g.cout * ho * wo);
-        float *frame = malloc(sizeof(float) * ((size_t)n * g.cin * as__conv_frame_len(&g) + 1));
-        float bias[32];
-        for (int o = 0; o < g.cout; o++)
-            bias[o] = (float)(0.1 * nrand());
-        conv_ref(&g, n, x, w, bias, y);
-        as__conv_frame_extract(&g, n, x, frame);
+        pair_case k = pair_case_new(shapes[t]);
+        const int n = k.n;
+        const size_t xl = k.xl;
+        as__conv_inv *ci = k.ci, *cs = k.cs;
+        float *w = k.w, *x = k.x, *xa = k.xa, *xb = k.xb, *y = k.y, *frame = k.frame;
+        const float *bias = k.bias;
         double cond = 0;
         assert_int_equal(as__conv_inv_prepare(ci, w, 1, &cond, NULL, 0), 0);
         assert_true(cond <= 1e4);
@@ -440,9 +461,7 @@ static void test_closed_form_and_pointwise(void **state)
         if (!(ea <= 1e-4) || !(eb <= 1e-4))
             fail_msg("shape %zu: max rel err %.3g / %.3g (cond %.3g)", t, ea, eb, cond);
         assert_true(max_rel_err(xa, xb, xl) <= 1e-5);
-        free(w); free(x); free(xa); free(xb); free(y); free(frame);
-        as__conv_inv_destroy(ci);
-        as__conv_inv_destroy(cs);
+        pair_case_free(&k);
     }
 }
 
