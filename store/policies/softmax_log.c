@@ -395,6 +395,9 @@ sm_topk_small_body(const as_sm_params *p, const float *const *v,
         }
     const int32_t *bnd = sm_cbnd[1][B];
     const int nbd = sm_tabs[1][B].nc - 1;
+    __m256i bv[SM_MAXC];
+    for (int j = 0; j < nbd; j++)
+        bv[j] = _mm256_set1_epi32(bnd[j] - 1);
     const __m256i shl = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
     const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     for (int r = 0; r < R; r++) {
@@ -418,9 +421,13 @@ sm_topk_small_body(const as_sm_params *p, const float *const *v,
             __m256i q = _mm256_min_epi32(_mm256_sub_epi32(lev[r][b], lr),
                                          _mm256_set1_epi32(SM_CTAB - 1));
             __m256i c = _mm256_set1_epi32(1);
-            for (int j = 0; j < nbd; j++)
-                c = _mm256_sub_epi32(c, _mm256_cmpgt_epi32(
-                        q, _mm256_set1_epi32(bnd[j] - 1)));
+            if (nbd == 6) {          /* B = 3: unrolled, bounds in registers */
+                for (int j = 0; j < 6; j++)
+                    c = _mm256_sub_epi32(c, _mm256_cmpgt_epi32(q, bv[j]));
+            } else {
+                for (int j = 0; j < nbd; j++)
+                    c = _mm256_sub_epi32(c, _mm256_cmpgt_epi32(q, bv[j]));
+            }
             const __m256i fb = _mm256_set1_epi32((int)((fm >> (8 * b)) & 255));
             const __m256i isf = _mm256_cmpeq_epi32(_mm256_and_si256(fb, bits),
                                                    bits);
