@@ -59,6 +59,7 @@
 typedef struct sm_table {
     int   nc;                 /* coarse codes */
     float wt[SM_MAXC];        /* exp(-rep) */
+    float wsh[SM_MAXC];       /* 0, then wt: sotk's weights by code */
 } sm_table;
 
 static sm_table sm_tabs[2][5];     /* [topk][bits] */
@@ -78,6 +79,9 @@ static void sm_make(sm_table *t, int nc, double s, double g)
     for (int c = 1; c < nc - 1; c++)
         t->wt[c] = (float)exp(-0.5 * (b[c - 1] + b[c]));
     t->wt[nc - 1] = 0.0f;   /* tail */
+    t->wsh[0] = 0.0f;
+    for (int c = 0; c + 1 < SM_MAXC; c++)
+        t->wsh[c + 1] = c < nc ? t->wt[c] : 0.0f;
 }
 
 static void sm_init_tables(void)
@@ -792,10 +796,11 @@ sm_topk_weights_avx2(const sm_table *t, int B, const uint8_t *in,
     uint32_t maxc = 0;
     for (size_t f = 0; f < k; f++)
         maxc = fine[f] > maxc ? fine[f] : maxc;
-    float cw[16] = {0};
-    for (int q = 0; q < t->nc; q++)
-        cw[q + 1] = sm_fine_w[maxc] * t->wt[q];
-    const __m256 cw0 = _mm256_loadu_ps(cw), cw1 = _mm256_loadu_ps(cw + 8);
+    /* weights by code: fine weight times the shifted table, as vectors
+     * (the same float products; no scalar stores reloaded as a vector) */
+    const __m256 fw = _mm256_set1_ps(sm_fine_w[maxc]);
+    const __m256 cw0 = _mm256_mul_ps(fw, _mm256_loadu_ps(t->wsh)),
+                 cw1 = _mm256_mul_ps(fw, _mm256_loadu_ps(t->wsh + 8));
     for (int b = 0; b < nv; b++) {
         __m256 x = _mm256_permutevar8x32_ps(cw0, c[b]);
         if (B == 4)
@@ -866,11 +871,9 @@ sm_topk_weights4_avx2(const sm_table *t, int B, const uint8_t *in,
         uint32_t maxc = 0;
         for (size_t f = 0; f < k; f++)
             maxc = fine[r][f] > maxc ? fine[r][f] : maxc;
-        float cw[16] = {0};
-        for (int q = 0; q < t->nc; q++)
-            cw[q + 1] = sm_fine_w[maxc] * t->wt[q];
-        cw0[r] = _mm256_loadu_ps(cw);
-        cw1[r] = _mm256_loadu_ps(cw + 8);
+        const __m256 fw = _mm256_set1_ps(sm_fine_w[maxc]);
+        cw0[r] = _mm256_mul_ps(fw, _mm256_loadu_ps(t->wsh));
+        cw1[r] = _mm256_mul_ps(fw, _mm256_loadu_ps(t->wsh + 8));
     }
     for (int r = 0; r < 4; r++) {
         float *w = wt[r];
