@@ -757,32 +757,43 @@ size_t as_sm_log_row_size(const as_sm_params *p, const uint8_t *in, size_t n)
  * by variable shifts, coarse weights by a table permute, fine entries
  * patched in key order; the same values as the scalar loop of sm_row_weights
  * (which also sums them: the caller does that, in the same order). */
+/* The 4 code bytes at offset o of a row's nb code bytes (zeros past nb),
+ * read straight from the blob: the last group as the 4 bytes ending at nb,
+ * shifted down (nothing past the codes is read). Rows of nb < 4 go
+ * through the zero-padded copy sm[0..7]. (The codes used to be copied
+ * into a padded buffer first: its overlapping copies, reloaded 4 bytes at
+ * a time, stalled store forwarding.) */
+static inline uint32_t sm_code_group(const uint8_t *in, const uint8_t *sm,
+                                     size_t nb, size_t o)
+{
+    uint32_t g;
+    if (nb < 4) {
+        memcpy(&g, sm + o, 4);
+    } else if (o + 4 <= nb) {
+        memcpy(&g, in + o, 4);
+    } else {
+        memcpy(&g, in + nb - 4, 4);
+        g >>= 8 * (o + 4 - nb);
+    }
+    return g;
+}
+
 __attribute__((target("avx2,popcnt"))) static size_t
 sm_topk_weights_avx2(const sm_table *t, int B, const uint8_t *in,
                      size_t n, float *wt)
 {
     const int nv = (int)((n + 7) / 8);
     const size_t nb = (n * (size_t)B + 7) / 8;   /* <= 32 */
-    uint8_t buf[SM_SMALL / 8 * 4 + 4] = {0};
-    /* the nb code bytes by two overlapping fixed-size copies (no call) */
-    if (nb >= 16) {
-        memcpy(buf, in, 16);
-        memcpy(buf + nb - 16, in + nb - 16, 16);
-    } else if (nb >= 8) {
-        memcpy(buf, in, 8);
-        memcpy(buf + nb - 8, in + nb - 8, 8);
-    } else {
-        for (size_t i = 0; i < nb; i++)
-            buf[i] = in[i];
-    }
+    uint8_t buf[8] = {0};
+    for (size_t i = 0; i < nb && nb < 4; i++)
+        buf[i] = in[i];
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i shr = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
     const __m256i cmask = _mm256_set1_epi32((1 << B) - 1);
     __m256i c[SM_SMALL / 8];
     uint64_t fm = 0;
     for (int b = 0; b < nv; b++) {
-        uint32_t g;
-        memcpy(&g, buf + B * b, 4);
+        const uint32_t g = sm_code_group(in, buf, nb, (size_t)B * b);
         c[b] = _mm256_and_si256(
             _mm256_srlv_epi32(_mm256_set1_epi32((int)g), shr), cmask);
         const __m256i in_ = _mm256_cmpgt_epi32(
@@ -837,21 +848,12 @@ sm_topk_weights4_avx2(const sm_table *t, int B, const uint8_t *in,
     for (int r = 0; r < 4; r++) {
         nv[r] = (int)((n[r] + 7) / 8);
         const size_t nb = (n[r] * (size_t)B + 7) / 8;   /* <= 32 */
-        uint8_t buf[SM_SMALL / 8 * 4 + 4] = {0};
-        if (nb >= 16) {
-            memcpy(buf, pp, 16);
-            memcpy(buf + nb - 16, pp + nb - 16, 16);
-        } else if (nb >= 8) {
-            memcpy(buf, pp, 8);
-            memcpy(buf + nb - 8, pp + nb - 8, 8);
-        } else {
-            for (size_t i = 0; i < nb; i++)
-                buf[i] = pp[i];
-        }
+        uint8_t buf[8] = {0};
+        for (size_t i = 0; i < nb && nb < 4; i++)
+            buf[i] = pp[i];
         fm[r] = 0;
         for (int b = 0; b < nv[r]; b++) {
-            uint32_t g;
-            memcpy(&g, buf + B * b, 4);
+            const uint32_t g = sm_code_group(pp, buf, nb, (size_t)B * b);
             c[r][b] = _mm256_and_si256(
                 _mm256_srlv_epi32(_mm256_set1_epi32((int)g), shr), cmask);
             const __m256i in_ = _mm256_cmpgt_epi32(
