@@ -175,16 +175,17 @@ static void sm_rank_small(const float *v, size_t n, uint32_t *rk)
 #ifdef SM_X86_DISPATCH
 /* soa's whole use of the order for a short row (2S < n <= 64) in AVX2
  * vectors: the keys, the rank counts (sm_count_body), the rank code
- * narrowed to bytes, and the 2S + 1 kept values (ranks 0..S into
- * slot[0..S], ranks n-S..n-1 into slot[S+1..2S]) picked by a mask of
- * their lanes instead of a scatter of the whole order. The stored values
+ * narrowed to bytes (at kept + 8S + 4), and the 2S + 1 kept values
+ * (ranks 0..S-1 and n-S..n-1 as the stored hi / lo, kept[0..2S-1]; rank
+ * S, g, at kept[2S], lambda's place, for the caller's lambda) picked by a
+ * mask of their lanes instead of a scatter of the whole order. The stored values
  * depend only on the keys (v clamped at 0). Returns false, writing
  * nothing, when two keys are equal: the counts sum to n (n - 1) / 2 only
  * when they are a permutation; the caller breaks ties then. */
 __attribute__((target("avx2"))) static bool
-sm_soa_small_avx2(const float *v, size_t n, size_t S, uint8_t *code,
-                  float *slot)
+sm_soa_small_avx2(const float *v, size_t n, size_t S, uint8_t *kept)
 {
+    uint8_t *code = kept + 8 * S + 4;
     const int nv = (int)((n + 7) / 8);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     int32_t sk[SM_RANK_MAX];
@@ -239,10 +240,15 @@ sm_soa_small_avx2(const float *v, size_t n, size_t S, uint8_t *code,
     else
         for (; q < n; q++)
             code[q] = cb[q];
+    /* hi (ranks 0..S-1) and lo (ranks n-S..n-1) straight into kept, rank
+     * S (g, for lambda) into lambda's own slot until lambda replaces it:
+     * 4-byte stores, read back 4 bytes at a time (a staging array copied
+     * with memcpy stalled store forwarding) */
     for (; need; need &= need - 1) {
         const unsigned i = (unsigned)__builtin_ctzll(need);
         const size_t r = rk[i];
-        slot[r <= S ? r : r + 2 * S + 1 - n] = xa[i];
+        const size_t d = r < S ? r : r == S ? 2 * S : r + 2 * S - n;
+        memcpy(kept + 4 * d, xa + i, 4);
     }
     return true;
 }
@@ -343,14 +349,12 @@ bool as_sm_soa_encode4(const as_sm_params *p, const float *const *v,
     }
     /* the order work row by row, then the four lambdas together: each is
      * a chain of a log and two divisions that one row alone waits for */
-    float slot[4][2 * SM_RANK_MAX + 1];
     for (int r = 0; r < 4; r++)
-        if (!sm_soa_small_avx2(v[r], n[r], S, o[r] + 8 * S + 4, slot[r]))
+        if (!sm_soa_small_avx2(v[r], n[r], S, o[r]))
             return false;   /* ties: the caller encodes row by row */
     for (int r = 0; r < 4; r++) {
-        memcpy(o[r], slot[r], S * sizeof(float));                  /* hi */
-        memcpy(o[r] + 4 * S, slot[r] + S + 1, S * sizeof(float));  /* lo */
-        sm_soa_lambda(p, slot[r][S - 1], slot[r][S + 1], slot[r][S], n[r],
+        sm_soa_lambda(p, get_f32(o[r] + 4 * (S - 1)), get_f32(o[r] + 4 * S),
+                      get_f32(o[r] + 8 * S), n[r],
                       len, o[r]);
     }
     return true;
@@ -370,12 +374,10 @@ size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
     }
     uint8_t *o = out;
 #ifdef SM_X86_DISPATCH
-    float slot[2 * SM_RANK_MAX + 1];
     if (n <= SM_RANK_MAX && __builtin_cpu_supports("avx2") &&
-        sm_soa_small_avx2(v, n, S, o + 8 * S + 4, slot)) {
-        memcpy(o, slot, S * sizeof(float));                  /* hi */
-        memcpy(o + 4 * S, slot + S + 1, S * sizeof(float));  /* lo */
-        sm_soa_lambda(p, slot[S - 1], slot[S + 1], slot[S], n, len, o);
+        sm_soa_small_avx2(v, n, S, o)) {
+        sm_soa_lambda(p, get_f32(o + 4 * (S - 1)), get_f32(o + 4 * S),
+                      get_f32(o + 8 * S), n, len, o);
         return 8 * S + 4 + n;
     }
 #endif
