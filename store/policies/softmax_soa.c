@@ -247,7 +247,13 @@ sm_soa_small_avx2(const float *v, size_t n, size_t S, uint8_t *kept)
     for (; need; need &= need - 1) {
         const unsigned i = (unsigned)__builtin_ctzll(need);
         const size_t r = rk[i];
-        const size_t d = r < S ? r : r == S ? 2 * S : r + 2 * S - n;
+        /* r < S: hi at r; r > S: lo at r + 2S - n; r == S: 2S. By masks,
+         * not branches: which class the next set lane is in is data (the
+         * branches mispredicted several times per row) */
+        const size_t mh = (size_t)0 - (size_t)(r < S),
+                     ml = (size_t)0 - (size_t)(r > S);
+        const size_t d = (r & mh) | ((r + 2 * S - n) & ml) |
+                         (2 * S & ~(mh | ml));
         memcpy(kept + 4 * d, xa + i, 4);
     }
     return true;
