@@ -10,10 +10,11 @@
  * reports.
  *
  * Budget (bench presets, 3 seeds, 400 steps per run, gradient check every
- * 50 steps): measured with one BLAS thread at about 119 ms CPU per vit
- * step pair (keep + soa:5) and 75 ms per cnn step pair (keep + invert),
- * plus ~7 s / ~4 s per seed for data, initialisation and two evaluations
- * on the 10000 test images; docs/ab-testing.md has the measured total.
+ * 50 steps): measured with one BLAS thread (2026-12-01) at about 78 ms per
+ * vit step pair (keep + sotk:16:3) and 51 ms per cnn step pair (keep +
+ * invert), plus a few seconds per seed for data, initialisation and two
+ * evaluations on the 10000 test images; docs/ab-testing.md has the
+ * measured total (3 min 04 s).
  */
 #include <stdio.h>
 #include <stdlib.h>
