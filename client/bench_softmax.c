@@ -285,6 +285,7 @@ static struct {
     char  name[24];
     int   err;
     long  records;
+    const as_policy_ops *keep;   /* what the capture policy stores with */
 } cap;
 
 static int cap_parse(const char *args, size_t len, void **params, char *err,
@@ -304,7 +305,6 @@ static int cap_encode(as_pctx *ctx, const void *params,
                       const as_save_info *info, const as_tensor *t,
                       void **state)
 {
-    (void)params;
     size_t n = as_tensor_bytes(t);
     if (cap.on && cap.fp && t->dtype == AS_F32 && t->ndim >= 1 && n) {
         int64_t L = t->shape[t->ndim - 1], rows = as_tensor_numel(t) / L;
@@ -316,30 +316,19 @@ static int cap_encode(as_pctx *ctx, const void *params,
             cap.err = e;
         cap.records += e == 0;
     }
-    void *p = NULL;
-    int rc = as_pctx_alloc(ctx, n, &p);
-    if (rc < 0)
-        return rc;
-    if (n)
-        memcpy(p, t->data, n);
-    *state = p;
-    return 0;
+    return cap.keep->encode(ctx, params, info, t, state);
 }
 
+/* Decoding and viewing are keep's (the state is keep's). */
 static int cap_decode(as_pctx *ctx, const void *params, void *state,
                       as_tensor *dst)
 {
-    (void)ctx, (void)params;
-    size_t n = as_tensor_bytes(dst);
-    if (n)
-        memcpy(dst->data, state, n);
-    return 0;
+    return cap.keep->decode(ctx, params, state, dst);
 }
 
 static const void *cap_view(const void *params, void *state)
 {
-    (void)params;
-    return state;
+    return cap.keep->view(params, state);
 }
 
 static const as_policy_ops cap_ops = {
@@ -429,7 +418,8 @@ static int capture(const char *model, const char *preset, long steps,
     if (as_nn_preset_get(model, preset, &p))
         return as_cli_usage("bench", "softmax: --capture: no preset %s/%s",
                             model, preset);
-    int rc = as_policy_register(&cap_ops);
+    cap.keep = as_policy_find("keep", 4);
+    int rc = cap.keep ? as_policy_register(&cap_ops) : AS_ENOTFOUND;
     if (rc && rc != AS_EBUSY)
         return as_cli_fail("bench", "softmax: register capture policy: %s",
                            as_strerror(rc));
