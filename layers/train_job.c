@@ -33,6 +33,34 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Median of v[0..n) (n > 0); sorts v. */
+static double median(double *v, long n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Evaluate r into *ev, adding the time to *eval_s; with curve, append
+ * (step, accuracy, loss) to the result's eval curve. */
+static int eval_point(as_nn_run *r, as_nn_train_result *res, long step, bool curve,
+                      as_nn_eval *ev, double *eval_s, char *err, size_t errlen)
+{
+    double t0 = now_s();
+    int rc = as_nn_run_eval(r, ev);
+    if (rc) {
+        snprintf(err, errlen, "%s", as_nn_run_error(r));
+        return rc;
+    }
+    *eval_s += now_s() - t0;
+    if (curve) {
+        double *e = res->eval_curve + 3 * res->neval++;
+        e[0] = (double)step;
+        e[1] = ev->accuracy;
+        e[2] = ev->loss;
+    }
+    return 0;
+}
+
 static void progress(const as_nn_train_opts *o, as_nn_run *r, long step,
                      long steps, double loss, double sps, bool eval)
 {
@@ -95,35 +123,15 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
         progress(o, r, s + 1, steps, loss,
                  train_s > 0 ? (double)spb * (double)(s + 1) / train_s : 0, false);
         if (o->eval_every > 0 && (s + 1) % o->eval_every == 0 && s + 1 < steps) {
-            double te = now_s();
             as_nn_eval ev;
-            rc = as_nn_run_eval(r, &ev);
-            if (rc) {
-                snprintf(err, errlen, "%s", as_nn_run_error(r));
+            if ((rc = eval_point(r, res, s + 1, true, &ev, &eval_s, err, errlen)))
                 goto out;
-            }
-            eval_s += now_s() - te;
-            double *e = res->eval_curve + 3 * res->neval++;
-            e[0] = (double)(s + 1);
-            e[1] = ev.accuracy;
-            e[2] = ev.loss;
         }
     }
     progress(o, r, 0, 0, 0, 0, true);
-    double te = now_s();
     as_nn_eval ev;
-    rc = as_nn_run_eval(r, &ev);
-    if (rc) {
-        snprintf(err, errlen, "%s", as_nn_run_error(r));
+    if ((rc = eval_point(r, res, steps, o->eval_every > 0, &ev, &eval_s, err, errlen)))
         goto out;
-    }
-    eval_s += now_s() - te;
-    if (o->eval_every > 0) {
-        double *e = res->eval_curve + 3 * res->neval++;
-        e[0] = (double)steps;
-        e[1] = ev.accuracy;
-        e[2] = ev.loss;
-    }
     res->eval_accuracy = ev.accuracy;
     res->eval_loss = ev.loss;
     res->eval_samples = ev.samples;
@@ -132,12 +140,8 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
     for (long s = steps - tail; s < steps; s++)
         sum += res->loss[s];
     res->final_train_loss = tail ? sum / (double)tail : 0;
-    qsort(ms, (size_t)steps, sizeof *ms, cmp_double);
-    res->step_ms_median = steps % 2 ? ms[steps / 2]
-                                    : 0.5 * (ms[steps / 2 - 1] + ms[steps / 2]);
-    qsort(cms, (size_t)steps, sizeof *cms, cmp_double);
-    res->step_cpu_ms_median = steps % 2 ? cms[steps / 2]
-                                        : 0.5 * (cms[steps / 2 - 1] + cms[steps / 2]);
+    res->step_ms_median = median(ms, steps);
+    res->step_cpu_ms_median = median(cms, steps);
     as_nn_mem m;
     as_nn_run_memory(r, &m);
     res->saved_stored_peak = m.saved_stored_peak;
