@@ -267,12 +267,10 @@ int as_store_restore_view(as_store *s, as_handle h, const as_tensor **view)
         return rc;
     if (r->ops->view) {
         if ((rc = verify_checksum(s, it, r, h)) == 0) {
-            pthread_mutex_lock(&s->mu);
-            if (!r->view_held) {   /* keep the data past a re-plan */
-                r->view_held = true;
+            /* keep the data past a re-plan: one ref, taken once */
+            if (!atomic_load_explicit(&r->view_held, memory_order_relaxed) &&
+                !atomic_exchange(&r->view_held, true))
                 atomic_fetch_add(&r->refs, 1);
-            }
-            pthread_mutex_unlock(&s->mu);
             *view = &r->view;
         }
     } else if ((rc = as__borrow(s, it, view)) == 0) {

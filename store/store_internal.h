@@ -133,10 +133,10 @@ typedef struct as_rep {
     size_t               ndeps, depcap;
     char                 desc[96];   /* "keep (fallback from invert: ...)" */
     as_tensor            view;       /* ops->view: shape + stored data */
-    bool                 view_held;  /* restore_view handed out view.data
-                                        (under mu): one extra ref, so a
-                                        re-plan retires the rep without
-                                        freeing that data; item_free does */
+    _Atomic bool         view_held;  /* restore_view handed out view.data:
+                                        one extra ref, so a re-plan retires
+                                        the rep without freeing that data;
+                                        item_free does */
     struct as_rep       *older;      /* superseded reps, freed with the item
                                         (keeps policy_of strings valid) */
 } as_rep;
