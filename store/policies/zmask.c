@@ -63,8 +63,10 @@ static bool use_avx2(void)
     return have_avx2 && !atomic_load_explicit(&force_portable, memory_order_relaxed);
 }
 
+/* The AVX2 kernels do whole groups of 8 elements and return how many
+ * elements they did; the portable loops below finish from there. */
 __attribute__((target("avx2,popcnt")))
-static size_t count_zero4_avx2(const uint8_t *src, size_t ne)
+static size_t count_zero4_avx2(const uint8_t *src, size_t ne, size_t *zeros)
 {
     size_t z = 0, i = 0;
     const __m256i zero = _mm256_setzero_si256();
@@ -73,17 +75,13 @@ static size_t count_zero4_avx2(const uint8_t *src, size_t ne)
         z += (size_t)__builtin_popcount((unsigned)_mm256_movemask_ps(
             _mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero))));
     }
-    for (; i < ne; i++) {
-        uint32_t v;
-        memcpy(&v, src + 4 * i, 4);
-        z += v == 0;
-    }
-    return z;
+    *zeros = z;
+    return i;
 }
 
 __attribute__((target("avx2,popcnt")))
 static size_t mask_split4_avx2(const uint8_t *src, size_t ne, uint8_t *bm,
-                               uint8_t *tmp)
+                               uint8_t *tmp, size_t *packed)
 {
     size_t k = 0, i = 0;
     const __m256i zero = _mm256_setzero_si256();
@@ -98,22 +96,13 @@ static size_t mask_split4_avx2(const uint8_t *src, size_t ne, uint8_t *bm,
                             _mm256_permutevar8x32_epi32(v, idx));
         k += (size_t)__builtin_popcount(b);
     }
-    if (i < ne)
-        bm[i / 8] = 0;
-    for (; i < ne; i++) {
-        uint32_t v;
-        memcpy(&v, src + 4 * i, 4);
-        memcpy(tmp + 4 * k, &v, 4);
-        unsigned nz = v != 0;
-        bm[i / 8] |= (uint8_t)(nz << (i % 8));
-        k += nz;
-    }
-    return k;
+    *packed = k;
+    return i;
 }
 
 __attribute__((target("avx2,popcnt")))
-static void mask_join4_avx2(const uint8_t *bm, const uint8_t *packed, size_t ne,
-                            uint8_t *dst)
+static size_t mask_join4_avx2(const uint8_t *bm, const uint8_t *packed, size_t ne,
+                              uint8_t *dst, size_t *used)
 {
     size_t k = 0, i = 0;
     const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -126,39 +115,68 @@ static void mask_join4_avx2(const uint8_t *bm, const uint8_t *packed, size_t ne,
         _mm256_storeu_si256((__m256i *)(void *)(dst + 4 * i), _mm256_and_si256(e, m));
         k += (size_t)__builtin_popcount(b);
     }
+    *used = k;
+    return i;
+}
+#endif
+
+/* ---- portable loops, from element i on (esize 2 or 4; called with a
+ * constant esize so each size gets its own loop) ---- */
+
+static inline bool is_zero(const uint8_t *p, size_t esize)
+{
+    uint32_t v = 0;
+    memcpy(&v, p, esize);
+    return v == 0;
+}
+
+static inline size_t count_zero_from(const uint8_t *src, size_t i, size_t ne,
+                                     size_t esize)
+{
+    size_t z = 0;
+    for (; i < ne; i++)
+        z += is_zero(src + esize * i, esize);
+    return z;
+}
+
+/* bm's bytes from i / 8 on are cleared here; i is a multiple of 8. */
+static inline size_t split_from(const uint8_t *src, size_t i, size_t ne, size_t esize,
+                                uint8_t *bm, uint8_t *tmp, size_t k)
+{
+    memset(bm + i / 8, 0, (ne + 7) / 8 - i / 8);
+    for (; i < ne; i++) {
+        memcpy(tmp + esize * k, src + esize * i, esize);
+        unsigned nz = !is_zero(src + esize * i, esize);
+        bm[i / 8] |= (uint8_t)(nz << (i % 8));
+        k += nz;
+    }
+    return k;
+}
+
+static inline void join_from(const uint8_t *bm, const uint8_t *packed, size_t i,
+                             size_t ne, size_t esize, uint8_t *dst, size_t k)
+{
     for (; i < ne; i++) {
         unsigned nz = (bm[i / 8] >> (i % 8)) & 1u;
-        uint32_t v;
-        memcpy(&v, packed + 4 * k, 4);
+        uint32_t v = 0;
+        memcpy(&v, packed + esize * k, esize);
         v = nz ? v : 0;
-        memcpy(dst + 4 * i, &v, 4);
+        memcpy(dst + esize * i, &v, esize);
         k += nz;
     }
 }
-#endif
 
 /* Elements whose bits are all zero. */
 size_t as__zmask_count_zero(const uint8_t *src, size_t ne, size_t esize)
 {
-    size_t z = 0;
+    if (esize != 4)
+        return count_zero_from(src, 0, ne, 2);
+    size_t i = 0, z = 0;
 #if ZS_X86
-    if (esize == 4 && use_avx2())
-        return count_zero4_avx2(src, ne);
+    if (use_avx2())
+        i = count_zero4_avx2(src, ne, &z);
 #endif
-    if (esize == 4) {
-        for (size_t i = 0; i < ne; i++) {
-            uint32_t v;
-            memcpy(&v, src + 4 * i, 4);
-            z += v == 0;
-        }
-    } else {
-        for (size_t i = 0; i < ne; i++) {
-            uint16_t v;
-            memcpy(&v, src + 2 * i, 2);
-            z += v == 0;
-        }
-    }
-    return z;
+    return z + count_zero_from(src, i, ne, 4);
 }
 
 /* Mask mode: bitmap (bit i of byte i/8 = element i is nonzero) into bm and
@@ -166,32 +184,14 @@ size_t as__zmask_count_zero(const uint8_t *src, size_t ne, size_t esize)
 size_t as__zmask_split(const uint8_t *src, size_t ne, size_t esize,
                        uint8_t *bm, uint8_t *tmp)
 {
+    if (esize != 4)
+        return split_from(src, 0, ne, 2, bm, tmp, 0);
+    size_t i = 0, k = 0;
 #if ZS_X86
-    if (esize == 4 && use_avx2())
-        return mask_split4_avx2(src, ne, bm, tmp);
+    if (use_avx2())
+        i = mask_split4_avx2(src, ne, bm, tmp, &k);
 #endif
-    size_t k = 0;
-    memset(bm, 0, (ne + 7) / 8);
-    if (esize == 4) {
-        for (size_t i = 0; i < ne; i++) {
-            uint32_t v;
-            memcpy(&v, src + 4 * i, 4);
-            memcpy(tmp + 4 * k, &v, 4);
-            unsigned nz = v != 0;
-            bm[i / 8] |= (uint8_t)(nz << (i % 8));
-            k += nz;
-        }
-    } else {
-        for (size_t i = 0; i < ne; i++) {
-            uint16_t v;
-            memcpy(&v, src + 2 * i, 2);
-            memcpy(tmp + 2 * k, &v, 2);
-            unsigned nz = v != 0;
-            bm[i / 8] |= (uint8_t)(nz << (i % 8));
-            k += nz;
-        }
-    }
-    return k;
+    return split_from(src, i, ne, 4, bm, tmp, k);
 }
 
 /* The inverse: element i = next packed element if its bit is set, else 0.
@@ -199,32 +199,16 @@ size_t as__zmask_split(const uint8_t *src, size_t ne, size_t esize,
 void as__zmask_join(const uint8_t *bm, const uint8_t *packed, size_t ne,
                     size_t esize, uint8_t *dst)
 {
-#if ZS_X86
-    if (esize == 4 && use_avx2()) {
-        mask_join4_avx2(bm, packed, ne, dst);
+    if (esize != 4) {
+        join_from(bm, packed, 0, ne, 2, dst, 0);
         return;
     }
+    size_t i = 0, k = 0;
+#if ZS_X86
+    if (use_avx2())
+        i = mask_join4_avx2(bm, packed, ne, dst, &k);
 #endif
-    size_t k = 0;
-    if (esize == 4) {
-        for (size_t i = 0; i < ne; i++) {
-            unsigned nz = (bm[i / 8] >> (i % 8)) & 1u;
-            uint32_t v;
-            memcpy(&v, packed + 4 * k, 4);
-            v = nz ? v : 0;
-            memcpy(dst + 4 * i, &v, 4);
-            k += nz;
-        }
-    } else {
-        for (size_t i = 0; i < ne; i++) {
-            unsigned nz = (bm[i / 8] >> (i % 8)) & 1u;
-            uint16_t v;
-            memcpy(&v, packed + 2 * k, 2);
-            v = nz ? v : 0;
-            memcpy(dst + 2 * i, &v, 2);
-            k += nz;
-        }
-    }
+    join_from(bm, packed, i, ne, 4, dst, k);
 }
 
 /* Testing hook (quant.h). */
