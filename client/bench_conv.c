@@ -226,13 +226,16 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
         /* xr back to the cached restore's output for the error below */
         if (as__conv_inv_restore(ci, s->n, y, b, fr, xr))
             goto out;
+        if (s->cin == 1 && s->k > 1)   /* the closed form's channel pick */
+            cJSON_AddNumberToObject(res, "channels_read", st.c1_channels);
         cJSON *ph = cJSON_AddObjectToObject(res, "invert_phases_ms");
         static const char *const names[] = {"build", "fft", "solve", "ifft", "crop"};
         for (int i = 0; i < 5; i++)
             cJSON_AddNumberToObject(ph, names[i], st.phase_ms[i]);
         if (getenv("AS_BENCH_PHASES"))
-            printf("    phases ms: build %.2f fft %.2f solve %.2f ifft %.2f crop %.2f\n",
-                   st.phase_ms[0], st.phase_ms[1], st.phase_ms[2], st.phase_ms[3], st.phase_ms[4]);
+            printf("    phases ms: build %.2f fft %.2f solve %.2f ifft %.2f crop %.2f"
+                   "  channels read %d\n", st.phase_ms[0], st.phase_ms[1], st.phase_ms[2],
+                   st.phase_ms[3], st.phase_ms[4], s->cin == 1 ? st.c1_channels : s->cout);
         double e = 0, m = 0;
         for (size_t i = 0; i < xl; i++) {
             e = fmax(e, fabs((double)xr[i] - x[i]));

@@ -149,7 +149,11 @@ int as__conv_inv_create(const as__conv_geom *g, const as__conv_inv_cfg *cfg,
         return AS_ENOMEM;
     }
     ci->wt = malloc(sizeof(float) * (size_t)g->kh * g->kw * g->cout * g->cin);
-    if (!ci->wt) {
+    if (g->cin == 1 && !ci->pointwise) {
+        ci->c1_gi = malloc(sizeof(float) * (size_t)ci->P * ci->Qh);
+        ci->c1_sel = malloc(sizeof(int) * (size_t)g->cout);
+    }
+    if (!ci->wt || (g->cin == 1 && !ci->pointwise && (!ci->c1_gi || !ci->c1_sel))) {
         as__conv_inv_destroy(ci);
         return AS_ENOMEM;
     }
@@ -168,6 +172,8 @@ void as__conv_inv_destroy(as__conv_inv *ci)
     free(ci->m);
     free(ci->wt);
     free(ci->gram);
+    free(ci->c1_gi);
+    free(ci->c1_sel);
     free(ci);
 }
 
@@ -694,7 +700,8 @@ static int chunk_of(int n) { return n < CHUNK ? n : CHUNK; }
  * given path, or 0. */
 static size_t stream_factor_bytes(const as__conv_inv *ci, int n, int adjoint)
 {
-    if (ci->pointwise || n <= CHUNK)
+    /* Cin = 1: the first pass keeps what later passes need (c1_gi) */
+    if (ci->pointwise || n <= CHUNK || ci->g.cin == 1)
         return 0;
     const size_t b = sizeof(float) * (size_t)ci->P * ci->Qh * as__civ_msz(&ci->g, adjoint);
     return b <= 2 * as__civ_work_need(ci, CHUNK, adjoint) ? b : 0;
@@ -796,7 +803,8 @@ void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, size_t ex, flo
     ci->st.restores++;
 }
 
-static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const float *y,
+static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t version, int n,
+                        const float *y,
                         const float *bias, const float *frame, float *x)
 {
     if (ci->pointwise) {
@@ -817,7 +825,7 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, cons
     const size_t flen = as__conv_frame_len(g);
     const size_t msz = as__civ_msz(g, adj);
     if (cin == 1)
-        return as__civ_restore_c1(ci, fc, adj, n, y, bias, frame, x);
+        return as__civ_restore_c1(ci, fc, adj, version, n, y, bias, frame, x);
     as__civ_work wk;
     if (as__civ_work_begin(ci, &wk, as__civ_work_need(ci, n, adj)))
         return AS_ENOMEM;
@@ -912,12 +920,12 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, cons
 
 /* A restore of n images in passes of chunk_of(n) (see CHUNK): one counted
  * restore, phase times summed over the passes. */
-static int restore_chunked(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n,
-                           const float *y, const float *bias, const float *frame,
+static int restore_chunked(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t version,
+                           int n, const float *y, const float *bias, const float *frame,
                            float *x)
 {
     if (ci->pointwise || n <= CHUNK)
-        return restore_impl(ci, fc, adj, n, y, bias, frame, x);
+        return restore_impl(ci, fc, adj, version, n, y, bias, frame, x);
     const as__conv_geom *g = &ci->g;
     const size_t ys = (size_t)g->cout * ci->ho * ci->wo, xs = (size_t)g->cin * g->h * g->w;
     const size_t fs = (size_t)g->cin * as__conv_frame_len(g);
@@ -925,7 +933,7 @@ static int restore_chunked(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n,
     for (int i0 = 0; i0 < n; i0 += CHUNK) {
         const int m = n - i0 < CHUNK ? n - i0 : CHUNK;
         const float *fr = frame && fs ? frame + (size_t)i0 * fs : frame;
-        int rc = restore_impl(ci, fc, adj, m, y + (size_t)i0 * ys, bias, fr,
+        int rc = restore_impl(ci, fc, adj, version, m, y + (size_t)i0 * ys, bias, fr,
                               x + (size_t)i0 * xs);
         if (rc)
             return rc;
@@ -945,7 +953,7 @@ int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
         return AS_ESTATE;
     if (n < 1)
         return n == 0 ? 0 : AS_EINVAL;
-    return restore_chunked(ci, NULL, 0, n, y, bias, frame, x);
+    return restore_chunked(ci, NULL, 0, ci->version, n, y, bias, frame, x);
 }
 
 size_t as__conv_inv_factor_bytes(const as__conv_inv *ci)
@@ -970,6 +978,15 @@ int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t versi
         if ((rc = as__conv_inv_prepare(ci, w, version, NULL, why, whylen)))
             return rc;
         return as__conv_inv_restore(ci, n, y, bias, frame, x);
+    }
+    if (ci->c1_ok && ci->c1_version == version) {
+        /* Cin = 1, this version seen: no factor needed (c1_gi) */
+        set_wt(ci, w);
+        ci->st.factor_hits++;
+        if ((rc = restore_chunked(ci, NULL, 0, version, n, y, bias, frame, x)))
+            return rc;
+        ci->st.streamed++;
+        return 0;
     }
     as__civ_fctx fc;
     double t0 = as__civ_now_ms();
@@ -998,7 +1015,7 @@ int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t versi
         ci->st.factor_ms += as__civ_now_ms() - t0;
         ci->mstream = mbuf;
     }
-    rc = restore_chunked(ci, &fc, adj, n, y, bias, frame, x);
+    rc = restore_chunked(ci, &fc, adj, version, n, y, bias, frame, x);
     ci->mstream = NULL;
     free(mown);
     as__civ_factor_end(&fc);

@@ -70,6 +70,8 @@ typedef struct as__conv_inv_stats {
     /* wall time of the phases of the last restore: build F, forward FFT,
      * solve, inverse FFT, crop */
     double   phase_ms[5];
+    int      c1_channels;     /* Cin = 1: output channels the last restore
+                                 read (conv_invert_adjoint.c) */
 } as__conv_inv_stats;
 
 typedef struct as__conv_inv as__conv_inv;

@@ -82,21 +82,87 @@ void as__civ_adjoint_freq(const float *f, float s, const float *z, float *tz, fl
  * along the rows), so only the one channel X~ is transformed, forward and
  * back, instead of the Cout channels of F, and F is never moved into the
  * transform layout. Same result as the other paths up to fp32 rounding:
- * X^ = M F^ with M = a^H / G for Cin = 1. */
+ * X^ = M F^ with M = a^H / G for Cin = 1.
+ *
+ * Fewer channels. Cout equations per frequency for one unknown: F is
+ * exact up to rounding (it is A X), so any subset S of the output
+ * channels gives the same X^ = a_S^H F_S^ / G_S, with G_S = sum over S of
+ * |a_o|^2, and only the rounding noise differs: at frequency f the
+ * least-squares noise is sigma^2 / G_S(f) against sigma^2 / G(f) with all
+ * channels. The restore reads the fewest channels, picked greedily (each
+ * time the channel that raises min_f G_S(f) / G(f) most), for which
+ * G_S(f) >= G(f) / C1_RHO at every frequency: the noise grows by at most
+ * sqrt(C1_RHO) = 4 over the full least squares at any frequency, and the
+ * build, the correlation and the border, the restore's main cost, shrink
+ * by |S| / Cout. The weights of |a_o(f)|^2 come from the factor in use
+ * (both factors hold a multiple of conj(a_o(f)) per channel), so the pick
+ * costs Cout * P * Qh per greedy step. */
 
 /* 1 / G(f) of one frequency from its factor: M (adj = 0; sum |M_o|^2 =
  * |a|^2 / G^2 = 1/G up to the relative eps) or the adjoint factor (adj =
- * 1; its Cholesky diagonal holds 1 / sqrt(G)). */
-static float inv_gram(const float *f, int adj, int cout)
+ * 1; its Cholesky diagonal holds 1 / sqrt(G)). Each channel's share of G,
+ * |a_o|^2 / |a|^2, into wv[o * stride] (both factors hold c conj(a_o) with
+ * one c per frequency); all 1 where a = 0. */
+static float inv_gram(const float *f, int adj, int cout, float *wv, size_t stride)
 {
+    double s = 0;
+    for (int o = 0; o < cout; o++)
+        s += (double)f[o] * f[o] + (double)f[cout + o] * f[cout + o];
+    for (int o = 0; o < cout; o++)
+        wv[o * stride] = s > 0 ? (float)(((double)f[o] * f[o] +
+                                          (double)f[cout + o] * f[cout + o]) / s) : 1.0f;
     if (adj) {
         const float d = f[2 * (size_t)cout];
         return d * d;
     }
-    double s = 0;
-    for (int o = 0; o < cout; o++)
-        s += (double)f[o] * f[o] + (double)f[cout + o] * f[cout + o];
     return (float)s;
+}
+
+#define C1_RHO 16.0f   /* G_S >= G / C1_RHO at every frequency */
+
+/* The channels to read (see "Fewer channels" above) into sel, their
+ * number returned; wv: (Cout, nf) shares of G; r: nf floats of scratch,
+ * left holding G_S / G; used: Cout bytes of scratch. */
+static int pick_channels(const float *wv, int cout, size_t nf, float *r, int *sel,
+                         unsigned char *used)
+{
+    int ns = 0;
+    memset(used, 0, (size_t)cout);
+    for (size_t f = 0; f < nf; f++)
+        r[f] = 0.0f;
+    while (ns < cout) {
+        int best = -1;
+        float bmin = -1.0f;
+        for (int o = 0; o < cout; o++) {
+            if (used[o])
+                continue;
+            const float *w = wv + (size_t)o * nf;
+            float mn = 3.4e38f;
+            for (size_t f = 0; f < nf && mn > bmin; f++) {
+                const float t = r[f] + w[f];
+                mn = t < mn ? t : mn;
+            }
+            if (mn > bmin) {
+                bmin = mn;
+                best = o;
+            }
+        }
+        used[best] = 1;
+        sel[ns++] = best;
+        const float *w = wv + (size_t)best * nf;
+        for (size_t f = 0; f < nf; f++)
+            r[f] += w[f];
+        if (bmin * C1_RHO >= 1.0f)
+            break;
+    }
+    /* the order of the reads: by channel, for y's layout */
+    for (int i = 1; i < ns; i++)
+        for (int j = i; j > 0 && sel[j - 1] > sel[j]; j--) {
+            const int t = sel[j];
+            sel[j] = sel[j - 1];
+            sel[j - 1] = t;
+        }
+    return ns;
 }
 
 /* xt (P x Q) += the circular correlation of one output channel's F with
@@ -134,6 +200,47 @@ static void sub_row(float *dst, const float *src, float c, int len)
 
 #define C1_OB 16   /* output channels of F held at once */
 
+/* The border of F (the grid points outside Y's window, each a sum of the
+ * kernels over frame pixels only) for ob <= C1_OB channels at once; xf:
+ * the image with the frame in place and zeros inside; wblk: weights as
+ * (kh, kw, C1_OB), zero beyond ob; fe: ob grids of fsz floats, Qe a row. */
+AS__CIV_CLONES
+static void c1_border(const as__conv_inv *ci, const float *xf, const float *wblk, int ob,
+                      float *fe, int Qe, size_t fsz)
+{
+    const as__conv_geom *g = &ci->g;
+    const int H = g->h, W = g->w, kh = g->kh, kw = g->kw;
+    const int Pl = H + kh - 1, Ql = W + kw - 1, dh = ci->dh, dw = ci->dw;
+    const int ho = ci->ho, wo = ci->wo, two = ob > 8;
+    for (int a = 0; a < Pl; a++) {
+        const int in_row = a - dh >= 0 && a - dh < ho;
+        const int u0 = kh - 1 - a > 0 ? kh - 1 - a : 0;
+        const int u1 = H + kh - 1 - a < kh ? H + kh - 1 - a : kh;
+        for (int b = 0; b < Ql; b++) {
+            if (in_row && b - dw >= 0 && b - dw < wo) {
+                b = dw + wo - 1;
+                continue;
+            }
+            const int v0 = kw - 1 - b > 0 ? kw - 1 - b : 0;
+            const int v1 = W + kw - 1 - b < kw ? W + kw - 1 - b : kw;
+            v8 acc0 = {0}, acc1 = {0};
+            for (int u = u0; u < u1; u++) {
+                const float *xr = xf + (size_t)(a - (kh - 1) + u) * W + b - (kw - 1);
+                const float *wr = wblk + (size_t)u * kw * C1_OB;
+                for (int v = v0; v < v1; v++) {
+                    const float xv = xr[v];
+                    acc0 += xv * ld8(wr + (size_t)v * C1_OB);
+                    if (two)
+                        acc1 += xv * ld8(wr + (size_t)v * C1_OB + 8);
+                }
+            }
+            for (int k = 0; k < ob; k++)
+                fe[k * fsz + (size_t)a * Qe + b] = k < 8 ? acc0[k] : acc1[k - 8];
+        }
+    }
+}
+
+
 size_t as__civ_c1_work_need(const as__conv_inv *ci, int n)
 {
     const as__conv_geom *g = &ci->g;
@@ -144,11 +251,13 @@ size_t as__civ_c1_work_need(const as__conv_inv *ci, int n)
     return as__civ_wround(f4 * Pe * Qe * ob) + as__civ_wround(f4 * P * Qs) +
            as__civ_wround(f4 * (size_t)g->h * g->w) + 2 * as__civ_wround(f4 * P * Q * E) +
            as__civ_wround(f4 * Q * E) + as__civ_wround(f4 * 2 * P * E) +
-           as__civ_wround(f4 * P * ci->Qh) + as__civ_wround(f4 * P * as__civ_msz(g, 1));
+           as__civ_wround(f4 * P * as__civ_msz(g, 1)) +
+           as__civ_wround(f4 * P * ci->Qh * (size_t)g->cout) + as__civ_wround(f4 * P * ci->Qh) +
+           as__civ_wround((size_t)g->cout);
 }
 
-int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const float *y,
-                       const float *bias, const float *frame, float *x)
+int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t version, int n,
+                       const float *y, const float *bias, const float *frame, float *x)
 {
     const as__conv_geom *g = &ci->g;
     const int H = g->h, W = g->w, P = ci->P, Q = ci->Q, Qh = ci->Qh;
@@ -172,25 +281,43 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const
     float *Gb = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Q * E);
     float *R = as__civ_wtake(&wk, sizeof(float) * (size_t)Q * E);
     float *C = as__civ_wtake(&wk, sizeof(float) * (size_t)2 * P * E);
-    float *gi = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Qh);
     float *mblk = as__civ_wtake(&wk, sizeof(float) * (size_t)P * as__civ_msz(g, 1));
+    const size_t nf = (size_t)P * Qh;
+    float *wv = as__civ_wtake(&wk, sizeof(float) * nf * cout);
+    float *rs = as__civ_wtake(&wk, sizeof(float) * nf);
+    unsigned char *used = as__civ_wtake(&wk, (size_t)cout);
     double t0 = as__civ_now_ms();
 
-    /* 1 / G(f) over the half spectrum, from the factor in use */
-    for (int kq = 0; kq < Qh; kq++) {
-        const float *mcol;
-        if (!fc)
-            mcol = ci->m + (size_t)kq * P * msz;
-        else if (ci->mstream)
-            mcol = ci->mstream + (size_t)kq * P * msz;
-        else {
-            as__civ_factor_range(fc, (size_t)kq * P, (size_t)(kq + 1) * P, ci->cfg.eps_rel,
-                                 mblk, NULL);
-            mcol = mblk;
+    /* 1 / G_S(f) over the half spectrum and the channels read: from the
+     * factor in use, once per version */
+    float *gi = ci->c1_gi;
+    if (!(ci->c1_ok && ci->c1_version == version)) {
+        ci->c1_ok = 0;
+        for (int kq = 0; kq < Qh; kq++) {
+            const float *mcol;
+            if (!fc)
+                mcol = ci->m + (size_t)kq * P * msz;
+            else if (ci->mstream)
+                mcol = ci->mstream + (size_t)kq * P * msz;
+            else {
+                as__civ_factor_range(fc, (size_t)kq * P, (size_t)(kq + 1) * P,
+                                     ci->cfg.eps_rel, mblk, NULL);
+                mcol = mblk;
+            }
+            for (int kp = 0; kp < P; kp++) {
+                const size_t f = (size_t)kq * P + kp;
+                gi[f] = inv_gram(mcol + (size_t)kp * msz, adj, cout, wv + f, nf);
+            }
         }
-        for (int kp = 0; kp < P; kp++)
-            gi[(size_t)kq * P + kp] = inv_gram(mcol + (size_t)kp * msz, adj, cout);
+        /* 1 / G_S = (1 / G) / (G_S / G) */
+        ci->c1_ns = pick_channels(wv, cout, nf, rs, ci->c1_sel, used);
+        for (size_t f = 0; f < nf; f++)
+            gi[f] /= rs[f];
+        ci->c1_version = version;
+        ci->c1_ok = 1;
     }
+    const int ns = ci->c1_ns, *sel = ci->c1_sel;
+    ci->st.c1_channels = ns;
     double t1 = as__civ_now_ms();
 
     /* X~ image by image into lane (img mod N2) of half (img / N2) of Ga;
@@ -203,8 +330,8 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const
         if (flen)
             as__civ_frame_put_back(ci, 1, frame + (size_t)img * flen, xf);
         memset(xt, 0, sizeof(float) * (size_t)P * Qs);
-        for (int o0 = 0; o0 < cout; o0 += C1_OB) {
-            const int ob = cout - o0 < C1_OB ? cout - o0 : C1_OB;
+        for (int o0 = 0; o0 < ns; o0 += C1_OB) {
+            const int ob = ns - o0 < C1_OB ? ns - o0 : C1_OB;
             /* zeros where neither the window nor the border writes: the
              * columns from Ql on and the rows Pl .. P-1 (the wrap comes
              * last) */
@@ -216,8 +343,8 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const
             }
             /* the window: Y - b */
             for (int k = 0; k < ob; k++) {
-                const float *yo = y + ((size_t)img * cout + o0 + k) * ho * wo;
-                const float bo = bias ? bias[o0 + k] : 0.0f;
+                const float *yo = y + ((size_t)img * cout + sel[o0 + k]) * ho * wo;
+                const float bo = bias ? bias[sel[o0 + k]] : 0.0f;
                 for (int a = 0; a < Pl; a++) {
                     const int i = a - dh;
                     if (i < 0 || i >= ho)
@@ -234,38 +361,14 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const
             float wblk[256 * C1_OB];
             for (int t = 0; flen && t < kh * kw; t++)
                 for (int k = 0; k < C1_OB; k++)
-                    wblk[t * C1_OB + k] = k < ob ? ci->wt[(size_t)t * cout + o0 + k] : 0.0f;
-            for (int a = 0; flen && a < Pl; a++) {
-                const int in_row = a - dh >= 0 && a - dh < ho;
-                for (int b = 0; b < Ql; b++) {
-                    if (in_row && b - dw >= 0 && b - dw < wo) {
-                        b = dw + wo - 1;
-                        continue;
-                    }
-                    v8 acc0 = {0}, acc1 = {0};
-                    for (int u = 0; u < kh; u++) {
-                        const int r = a - (kh - 1) + u;
-                        if (r < 0 || r >= H)
-                            continue;
-                        for (int v = 0; v < kw; v++) {
-                            const int q = b - (kw - 1) + v;
-                            if (q < 0 || q >= W)
-                                continue;
-                            const float xv = xf[(size_t)r * W + q];
-                            const float *wr = wblk + (size_t)(u * kw + v) * C1_OB;
-                            acc0 += xv * ld8(wr);
-                            acc1 += xv * ld8(wr + 8);
-                        }
-                    }
-                    for (int k = 0; k < ob; k++)
-                        fe[k * fsz + (size_t)a * Qe + b] = k < 8 ? acc0[k] : acc1[k - 8];
-                }
-            }
+                    wblk[t * C1_OB + k] = k < ob ? ci->wt[(size_t)t * cout + sel[o0 + k]] : 0.0f;
+            if (flen)
+                c1_border(ci, xf, wblk, ob, fe, Qe, fsz);
             for (int k = 0; k < ob; k++) {
                 float *f = fe + k * fsz;
                 float wk_o[256];
                 for (int t = 0; t < kh * kw; t++)
-                    wk_o[t] = ci->wt[(size_t)t * cout + o0 + k];
+                    wk_o[t] = ci->wt[(size_t)t * cout + sel[o0 + k]];
                 /* wrap: columns Q.. are columns 0.., rows P.. rows 0.. */
                 for (int a = 0; a < P; a++)
                     for (int v = 0; v < kw - 1; v++)

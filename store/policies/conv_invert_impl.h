@@ -42,6 +42,13 @@ struct as__conv_inv {
     double *gram;
     uint64_t gram_version;
     int gram_ok;
+    /* Cin = 1 (conv_invert_adjoint.c): the output channels a restore reads
+     * and 1 / G_S over the half spectrum (P*Qh floats), for one version;
+     * with them a restore needs no factor at all */
+    float *c1_gi;
+    int *c1_sel;
+    int c1_ns, c1_ok;
+    uint64_t c1_version;
     char reject[160];
     as__conv_inv_stats st;
 };
@@ -168,7 +175,8 @@ void as__civ_frame_put_back(const as__conv_inv *ci, int n, const float *frame, f
 /* Cin = 1 (conv_invert_adjoint.c): the restore of n <= 16 images by the
  * closed form, with the cached M (fc NULL) or the streamed factor of the
  * path (adj), and its work space (a restore of Cin = 1 takes only this). */
-int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, int n, const float *y,
+int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t version, int n,
+                       const float *y,
                        const float *bias, const float *frame, float *x);
 size_t as__civ_c1_work_need(const as__conv_inv *ci, int n);
 
