@@ -742,6 +742,23 @@ void as__conv_inv_set_work(as__conv_inv *ci, void *block, size_t bytes)
     ci->ext_bytes = block ? bytes : 0;
 }
 
+/* The frame of one image and channel (flen floats) into its place in an
+ * image of rows `stride` floats apart. */
+void as__civ_frame_put_one(const as__conv_inv *ci, const float *fr, float *xd, size_t stride)
+{
+    const int H = ci->g.h, W = ci->g.w;
+    for (int r = 0; r < ci->top; r++, fr += W)
+        memcpy(xd + (size_t)r * stride, fr, sizeof(float) * W);
+    for (int r = H - ci->bot; r < H; r++, fr += W)
+        memcpy(xd + (size_t)r * stride, fr, sizeof(float) * W);
+    for (int r = ci->top; r < H - ci->bot; r++) {
+        memcpy(xd + (size_t)r * stride, fr, sizeof(float) * ci->left);
+        fr += ci->left;
+        memcpy(xd + (size_t)r * stride + W - ci->right, fr, sizeof(float) * ci->right);
+        fr += ci->right;
+    }
+}
+
 /* The exact frame pixels back into x. */
 void as__civ_frame_put_back(const as__conv_inv *ci, int n, const float *frame, float *x)
 {
@@ -750,20 +767,9 @@ void as__civ_frame_put_back(const as__conv_inv *ci, int n, const float *frame, f
     if (!flen)
         return;
     for (int img = 0; img < n; img++)
-        for (int c = 0; c < cin; c++) {
-            float *xd = x + ((size_t)img * cin + c) * H * W;
-            const float *fr = frame + ((size_t)img * cin + c) * flen;
-            memcpy(xd, fr, sizeof(float) * ci->top * W);
-            fr += (size_t)ci->top * W;
-            memcpy(xd + (size_t)(H - ci->bot) * W, fr, sizeof(float) * ci->bot * W);
-            fr += (size_t)ci->bot * W;
-            for (int r = ci->top; r < H - ci->bot; r++) {
-                memcpy(xd + (size_t)r * W, fr, sizeof(float) * ci->left);
-                fr += ci->left;
-                memcpy(xd + (size_t)r * W + W - ci->right, fr, sizeof(float) * ci->right);
-                fr += ci->right;
-            }
-        }
+        for (int c = 0; c < cin; c++)
+            as__civ_frame_put_one(ci, frame + ((size_t)img * cin + c) * flen,
+                                  x + ((size_t)img * cin + c) * H * W, (size_t)W);
 }
 
 /* The restore; fc != NULL: factor each column of frequencies inside the

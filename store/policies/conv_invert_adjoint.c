@@ -118,7 +118,7 @@ static float inv_gram(const float *f, int adj, int cout, float *wv, size_t strid
     return (float)s;
 }
 
-#define C1_RHO 16.0f   /* G_S >= G / C1_RHO at every frequency */
+#define C1_RHO 64.0f   /* G_S >= G / C1_RHO at every frequency */
 
 /* The channels to read (see "Fewer channels" above) into sel, their
  * number returned; wv: (Cout, nf) shares of G; r: nf floats of scratch,
@@ -167,14 +167,34 @@ static int pick_channels(const float *wv, int cout, size_t nf, float *r, int *se
 
 /* xt (P x Q) += the circular correlation of one output channel's F with
  * its kernel; fe: F on the grid extended by kh-1 rows and kw-1 columns of
- * wrap, Qe floats a row. */
+ * wrap, Qe floats a row. Four vectors of a row at a time: four independent
+ * chains of products and sums (one chain waits on the add latency). */
 AS__CIV_CLONES
 static void c1_corr(const float *fe, int Qe, const float *wk, int kh, int kw, int P, int Qs,
                     float *xt)
 {
     for (int p = 0; p < P; p++) {
         float *xr = xt + (size_t)p * Qs;
-        for (int q = 0; q < Qs; q += 8) {
+        int q = 0;
+        for (; q + 32 <= Qs; q += 32) {
+            v8 a0 = ld8(xr + q), a1 = ld8(xr + q + 8), a2 = ld8(xr + q + 16),
+               a3 = ld8(xr + q + 24);
+            for (int u = 0; u < kh; u++) {
+                const float *fr = fe + (size_t)(p + kh - 1 - u) * Qe + kw - 1 + q;
+                for (int v = 0; v < kw; v++) {
+                    const float w = wk[u * kw + v];
+                    a0 += w * ld8(fr - v);
+                    a1 += w * ld8(fr - v + 8);
+                    a2 += w * ld8(fr - v + 16);
+                    a3 += w * ld8(fr - v + 24);
+                }
+            }
+            st8(xr + q, a0);
+            st8(xr + q + 8, a1);
+            st8(xr + q + 16, a2);
+            st8(xr + q + 24, a3);
+        }
+        for (; q < Qs; q += 8) {
             v8 acc = ld8(xr + q);
             for (int u = 0; u < kh; u++) {
                 const float *fr = fe + (size_t)(p + kh - 1 - u) * Qe + kw - 1 + q;
@@ -201,45 +221,56 @@ static void sub_row(float *dst, const float *src, float c, int len)
 #define C1_OB 16   /* output channels of F held at once */
 
 /* The border of F (the grid points outside Y's window, each a sum of the
- * kernels over frame pixels only) for ob <= C1_OB channels at once; xf:
- * the image with the frame in place and zeros inside; wblk: weights as
- * (kh, kw, C1_OB), zero beyond ob; fe: ob grids of fsz floats, Qe a row. */
+ * kernels over frame pixels only) for ob <= C1_OB channels at once; xp:
+ * the image with the frame in place and zeros inside, padded by kh-1 rows
+ * and kw-1 columns of zeros on each side (xs floats a row); wblk: weights
+ * as (kh, kw, C1_OB), zero beyond ob; fe: ob grids of fsz floats, Qe a
+ * row. Four points of a row at a time (four independent chains). */
 AS__CIV_CLONES
-static void c1_border(const as__conv_inv *ci, const float *xf, const float *wblk, int ob,
-                      float *fe, int Qe, size_t fsz)
+static void c1_border(const as__conv_inv *ci, const float *xp, size_t xs, const float *wblk,
+                      int ob, float *fe, int Qe, size_t fsz)
 {
     const as__conv_geom *g = &ci->g;
     const int H = g->h, W = g->w, kh = g->kh, kw = g->kw;
     const int Pl = H + kh - 1, Ql = W + kw - 1, dh = ci->dh, dw = ci->dw;
-    const int ho = ci->ho, wo = ci->wo, two = ob > 8;
+    const int ho = ci->ho, wo = ci->wo;
     for (int a = 0; a < Pl; a++) {
-        const int in_row = a - dh >= 0 && a - dh < ho;
+        /* the kernel rows over image rows (the others read zeros) */
         const int u0 = kh - 1 - a > 0 ? kh - 1 - a : 0;
         const int u1 = H + kh - 1 - a < kh ? H + kh - 1 - a : kh;
-        for (int b = 0; b < Ql; b++) {
-            if (in_row && b - dw >= 0 && b - dw < wo) {
-                b = dw + wo - 1;
-                continue;
-            }
-            const int v0 = kw - 1 - b > 0 ? kw - 1 - b : 0;
-            const int v1 = W + kw - 1 - b < kw ? W + kw - 1 - b : kw;
-            v8 acc0 = {0}, acc1 = {0};
-            for (int u = u0; u < u1; u++) {
-                const float *xr = xf + (size_t)(a - (kh - 1) + u) * W + b - (kw - 1);
-                const float *wr = wblk + (size_t)u * kw * C1_OB;
-                for (int v = v0; v < v1; v++) {
-                    const float xv = xr[v];
-                    acc0 += xv * ld8(wr + (size_t)v * C1_OB);
-                    if (two)
-                        acc1 += xv * ld8(wr + (size_t)v * C1_OB + 8);
+        /* the border points of this row: [0, Ql), or the strips left and
+         * right of the window */
+        int seg[2][2] = {{0, Ql}, {0, 0}};
+        if (a - dh >= 0 && a - dh < ho) {
+            seg[0][1] = dw > 0 ? dw : 0;
+            seg[1][0] = dw + wo > 0 ? dw + wo : 0;
+            seg[1][1] = Ql;
+        }
+        for (int sg = 0; sg < 2; sg++)
+            for (int b = seg[sg][0]; b < seg[sg][1]; b += 4) {
+                const int nb = seg[sg][1] - b < 4 ? seg[sg][1] - b : 4;
+                for (int k0 = 0; k0 < ob; k0 += 8) {
+                    v8 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
+                    for (int u = u0; u < u1; u++) {
+                        const float *xr = xp + (size_t)(a + u) * xs + b;
+                        const float *wr = wblk + (size_t)u * kw * C1_OB + k0;
+                        for (int v = 0; v < kw; v++) {
+                            const v8 w0 = ld8(wr + (size_t)v * C1_OB);
+                            c0 += xr[v] * w0;
+                            c1 += xr[v + 1] * w0;
+                            c2 += xr[v + 2] * w0;
+                            c3 += xr[v + 3] * w0;
+                        }
+                    }
+                    const v8 cs[4] = {c0, c1, c2, c3};
+                    const int kn = ob - k0 < 8 ? ob - k0 : 8;
+                    for (int j = 0; j < nb; j++)
+                        for (int k = 0; k < kn; k++)
+                            fe[(k0 + k) * fsz + (size_t)a * Qe + b + j] = cs[j][k];
                 }
             }
-            for (int k = 0; k < ob; k++)
-                fe[k * fsz + (size_t)a * Qe + b] = k < 8 ? acc0[k] : acc1[k - 8];
-        }
     }
 }
-
 
 size_t as__civ_c1_work_need(const as__conv_inv *ci, int n)
 {
@@ -249,7 +280,8 @@ size_t as__civ_c1_work_need(const as__conv_inv *ci, int n)
     const size_t Qs = (Q + 7) / 8 * 8, Pe = P + g->kh - 1, Qe = Qs + g->kw - 1;
     const size_t ob = g->cout < C1_OB ? (size_t)g->cout : C1_OB;
     return as__civ_wround(f4 * Pe * Qe * ob) + as__civ_wround(f4 * P * Qs) +
-           as__civ_wround(f4 * (size_t)g->h * g->w) + 2 * as__civ_wround(f4 * P * Q * E) +
+           as__civ_wround(f4 * ((g->h + 2 * (size_t)(g->kh - 1)) * (g->w + 2 * (size_t)(g->kw - 1)) + 3)) +
+           2 * as__civ_wround(f4 * P * Q * E) +
            as__civ_wround(f4 * Q * E) + as__civ_wround(f4 * 2 * P * E) +
            as__civ_wround(f4 * P * as__civ_msz(g, 1)) +
            as__civ_wround(f4 * P * ci->Qh * (size_t)g->cout) + as__civ_wround(f4 * P * ci->Qh) +
@@ -276,7 +308,11 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t ver
     float *fe = as__civ_wtake(&wk, sizeof(float) * (size_t)Pe * Qe *
                               (cout < C1_OB ? cout : C1_OB));
     float *xt = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Qs);
-    float *xf = as__civ_wtake(&wk, sizeof(float) * (size_t)H * W);
+    /* the frame of an image, zero inside and padded by kh-1 rows and kw-1
+     * columns (then the border's sums need no bounds; +3: the last group
+     * of four points of a row reads up to 3 floats beyond) */
+    const size_t xs = (size_t)W + 2 * (kw - 1);
+    float *xp = as__civ_wtake(&wk, sizeof(float) * ((H + 2 * (size_t)(kh - 1)) * xs + 3));
     float *Ga = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Q * E);
     float *Gb = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Q * E);
     float *R = as__civ_wtake(&wk, sizeof(float) * (size_t)Q * E);
@@ -324,11 +360,12 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t ver
      * F of C1_OB output channels at a time, each on the grid extended by
      * the wrap (Pe x Qe). */
     memset(Ga, 0, sizeof(float) * (size_t)P * Q * E);
+    memset(xp, 0, sizeof(float) * ((H + 2 * (size_t)(kh - 1)) * xs + 3));
     const size_t fsz = (size_t)Pe * Qe;
     for (int img = 0; img < n; img++) {
-        memset(xf, 0, sizeof(float) * (size_t)H * W);
         if (flen)
-            as__civ_frame_put_back(ci, 1, frame + (size_t)img * flen, xf);
+            as__civ_frame_put_one(ci, frame + (size_t)img * flen,
+                                  xp + (size_t)(kh - 1) * xs + kw - 1, xs);
         memset(xt, 0, sizeof(float) * (size_t)P * Qs);
         for (int o0 = 0; o0 < ns; o0 += C1_OB) {
             const int ob = ns - o0 < C1_OB ? ns - o0 : C1_OB;
@@ -363,7 +400,7 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t ver
                 for (int k = 0; k < C1_OB; k++)
                     wblk[t * C1_OB + k] = k < ob ? ci->wt[(size_t)t * cout + sel[o0 + k]] : 0.0f;
             if (flen)
-                c1_border(ci, xf, wblk, ob, fe, Qe, fsz);
+                c1_border(ci, xp, xs, wblk, ob, fe, Qe, fsz);
             for (int k = 0; k < ob; k++) {
                 float *f = fe + k * fsz;
                 float wk_o[256];

@@ -171,6 +171,9 @@ size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint);
 
 /* The exact frame pixels of n images back into x (conv_invert.c). */
 void as__civ_frame_put_back(const as__conv_inv *ci, int n, const float *frame, float *x);
+/* The frame of one image and channel into an image with rows stride floats
+ * apart (conv_invert.c). */
+void as__civ_frame_put_one(const as__conv_inv *ci, const float *fr, float *xd, size_t stride);
 
 /* Cin = 1 (conv_invert_adjoint.c): the restore of n <= 16 images by the
  * closed form, with the cached M (fc NULL) or the streamed factor of the
