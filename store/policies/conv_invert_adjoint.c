@@ -92,7 +92,7 @@ void as__civ_adjoint_freq(const float *f, float s, const float *z, float *tz, fl
  * channels. The restore reads the fewest channels, picked greedily (each
  * time the channel that raises min_f G_S(f) / G(f) most), for which
  * G_S(f) >= G(f) / C1_RHO at every frequency: the noise grows by at most
- * sqrt(C1_RHO) = 4 over the full least squares at any frequency, and the
+ * sqrt(C1_RHO) = 8 over the full least squares at any frequency, and the
  * build, the correlation and the border, the restore's main cost, shrink
  * by |S| / Cout. The weights of |a_o(f)|^2 come from the factor in use
  * (both factors hold a multiple of conj(a_o(f)) per channel), so the pick

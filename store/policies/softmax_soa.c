@@ -430,6 +430,40 @@ size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
     return (size_t)(o - out);
 }
 
+#ifdef SM_X86_DISPATCH
+/* vl[i] = val[min(rk[i], nl - 1)] for i < nl <= 64 (the decode's lookup):
+ * the table in four registers, 16 entries per two two-register permutes
+ * and a blend on bit 5 of the rank; loads and stores masked to the row
+ * (the same values as the scalar loop, without its per-entry loads). */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+sm_lookup64_avx512(const float *val, size_t nl, const uint8_t *rk, float *vl)
+{
+    __m512 t[4];
+    for (int k = 0; k < 4; k++) {
+        const size_t b = 16 * (size_t)k;
+        const __mmask16 m = b >= nl ? 0 : nl - b >= 16 ? 0xffff
+                                                          : (__mmask16)((1u << (nl - b)) - 1);
+        t[k] = _mm512_maskz_loadu_ps(m, val + b);
+    }
+    const __m512i top = _mm512_set1_epi32((int)nl - 1), bit5 = _mm512_set1_epi32(32);
+    for (size_t i = 0; i < nl; i += 16) {
+        const __mmask16 m = nl - i >= 16 ? 0xffff : (__mmask16)((1u << (nl - i)) - 1);
+        __m512i idx = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, rk + i));
+        idx = _mm512_min_epu32(idx, top);   /* corrupt: in bounds */
+        const __m512 lo = _mm512_permutex2var_ps(t[0], idx, t[1]);
+        const __m512 hi = _mm512_permutex2var_ps(t[2], idx, t[3]);
+        _mm512_mask_storeu_ps(vl + i, m,
+                              _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, bit5), lo, hi));
+    }
+}
+
+static int sm_have_avx512(void)
+{
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+}
+#endif
+
 /* Decode cnt <= AS_SM_SOA_LANES rows at once. Per row the values by rank
  * go into a table (hi, the rebuilt evicted values, lo), then every entry
  * is one lookup by its rank: no branch on the data. The evicted weights
@@ -437,6 +471,11 @@ size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
  * instead of one long one). Each row sees exactly the operations it sees
  * alone, in the same order (bit-identical to decoding the rows one by
  * one). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+/* the table loops in the widest vectors the CPU has (picked at load time;
+ * no contraction under -std=c11, so every clone computes the same bits) */
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
 void as_sm_soa_decode_rows(const as_sm_params *p, const uint8_t *const *in,
                            const size_t *n, float *const *v, int cnt,
                            as_sm_work *w)
@@ -504,6 +543,12 @@ void as_sm_soa_decode_rows(const as_sm_params *p, const uint8_t *const *in,
         const size_t nl = n[l];
         const uint8_t *rk = in[l] + 8 * S + 4;
         float *vl = v[l];
+#ifdef SM_X86_DISPATCH
+        if (nl <= 64 && sm_have_avx512()) {
+            sm_lookup64_avx512(val, nl, rk, vl);
+            continue;
+        }
+#endif
         if (nl <= 256) {
             for (size_t i = 0; i < nl; i++) {
                 size_t r = rk[i];
