@@ -181,6 +181,44 @@ static void test_radix_order_matches_sort(void **st)
     as_sm_work_free(&w);
 }
 
+/* The soa rank code of every short-row length (the vector and split
+ * counting paths) against a sort: random rows, rows with ties, rows of
+ * one value and of two values. */
+static void test_rank_code_matches_sort(void **st)
+{
+    (void)st;
+    as_sm_work w;
+    assert_int_equal(as_sm_work_init(&w, 64), 0);
+    as_sm_params p = P("soa:5");
+    float y[64];
+    uint8_t out[64 * 5 + 64];
+    ref_ent e[64];
+    for (size_t n = 11; n <= 64; n++)
+        for (int kind = 0; kind < 4; kind++) {
+            seed(900 + 4 * n + (size_t)kind);
+            softmax_row(y, n, 1 + (double)kind);
+            if (kind == 1)
+                for (size_t i = 0; i < n; i += 3)
+                    y[i] = y[(i * 7 + 1) % n];       /* ties */
+            else if (kind == 2)
+                for (size_t i = 0; i < n; i++)
+                    y[i] = 1.0f / (float)n;          /* one value */
+            else if (kind == 3)
+                for (size_t i = 0; i < n; i++)
+                    y[i] = i % 2 ? 0.5f / (float)n : 1.5f / (float)n;
+            size_t b = as_sm_soa_encode(&p, y, n, n, out, &w);
+            assert_int_equal(b, 44 + n);
+            for (size_t i = 0; i < n; i++) {
+                e[i].v = y[i];
+                e[i].i = i;
+            }
+            qsort(e, n, sizeof *e, ref_cmp);
+            for (size_t r = 0; r < n; r++)
+                assert_int_equal(out[44 + e[r].i], r);
+        }
+    as_sm_work_free(&w);
+}
+
 static void test_short_rows_exact(void **st)
 {
     (void)st;
@@ -594,6 +632,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_soa_matches_reference),
         cmocka_unit_test(test_radix_order_matches_sort),
+        cmocka_unit_test(test_rank_code_matches_sort),
         cmocka_unit_test(test_short_rows_exact),
         cmocka_unit_test(test_mass_is_one),
         cmocka_unit_test(test_masks),
