@@ -465,6 +465,71 @@ static void test_closed_form_and_pointwise(void **state)
     }
 }
 
+/* Cin = 1 reads only the output channels it needs (the pick, once per
+ * weight version): never a channel whose kernel is zero (their outputs
+ * are NaN here, so reading one would show), both of two channels whose
+ * spectra vanish at different frequencies, fewer than Cout for random
+ * kernels; the pick follows a new version and is reused for the same one. */
+static void test_c1_channel_pick(void **state)
+{
+    (void)state;
+    const as__conv_geom g = geom(1, 12, 10, 8, 3, 1);
+    const int n = 3, ho = as__conv_out_h(&g), wo = as__conv_out_w(&g);
+    const size_t xl = (size_t)n * g.h * g.w, plane = (size_t)ho * wo;
+    const size_t flen = as__conv_frame_len(&g);
+    float *x = rand_input(&g, n), *xr = malloc(sizeof(float) * xl);
+    float *y = malloc(sizeof(float) * n * g.cout * plane);
+    float *frame = malloc(sizeof(float) * (n * flen + 1));
+    float w[2][8 * 9];
+    as__conv_frame_extract(&g, n, x, frame);
+    /* version 1: channel 2 = [1 1] and channel 5 = [1 -1] along a row
+     * (zeros at the Nyquist and at the zero frequency), the rest zero;
+     * version 2: the same pair on channels 6 and 1 */
+    const int pairs[2][2] = {{2, 5}, {6, 1}};
+    for (int v = 0; v < 2; v++) {
+        memset(w[v], 0, sizeof w[v]);
+        w[v][pairs[v][0] * 9 + 3] = 1.0f, w[v][pairs[v][0] * 9 + 4] = 1.0f;
+        w[v][pairs[v][1] * 9 + 3] = 1.0f, w[v][pairs[v][1] * 9 + 4] = -1.0f;
+    }
+    as__conv_inv *cs = NULL;
+    assert_int_equal(as__conv_inv_create(&g, NULL, &cs, NULL, 0), 0);
+    for (int round = 0; round < 3; round++) {
+        const int v = round == 1;   /* versions 1, 2, then 1 again */
+        conv_ref(&g, n, x, w[v], NULL, y);
+        for (int img = 0; img < n; img++)
+            for (int o = 0; o < g.cout; o++)
+                if (o != pairs[v][0] && o != pairs[v][1])
+                    for (size_t i = 0; i < plane; i++)
+                        y[((size_t)img * g.cout + o) * plane + i] = NAN;
+        assert_int_equal(as__conv_inv_restore_stream(cs, w[v], (uint64_t)v + 1, n, y, NULL,
+                                                     frame, xr, NULL, 0), 0);
+        as__conv_inv_stats st;
+        as__conv_inv_get_stats(cs, &st);
+        assert_int_equal(st.c1_channels, 2);
+        const double e = max_rel_err(xr, x, xl);
+        if (!(e <= 1e-5))
+            fail_msg("round %d: max rel err %.3g", round, e);
+    }
+    as__conv_inv_destroy(cs);
+    /* random kernels: fewer channels than Cout, same accuracy, cached and
+     * streamed alike */
+    as__conv_geom g16 = geom(1, 28, 28, 16, 3, 1);
+    float *w16 = rand_weights(&g16);
+    float *x16 = rand_input(&g16, 2), *xa = malloc(sizeof(float) * 2 * 28 * 28);
+    as__conv_inv *ci = NULL;
+    assert_int_equal(as__conv_inv_create(&g16, NULL, &ci, NULL, 0), 0);
+    double err = roundtrip(&g16, 2, w16, x16, xa, NULL, ci, 1);
+    as__conv_inv_stats st;
+    as__conv_inv_get_stats(ci, &st);
+    if (getenv("AS_VERBOSE"))
+        printf("c1 pick: %d of 16 channels, err %.3g\n", st.c1_channels, err);
+    assert_true(st.c1_channels >= 1 && st.c1_channels < 16);
+    assert_true(err >= 0 && err <= 1e-5);
+    as__conv_inv_destroy(ci);
+    free(w16); free(x16); free(xa);
+    free(x); free(xr); free(y); free(frame);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -476,6 +541,7 @@ int main(void)
         cmocka_unit_test(test_factor_cached_per_version),
         cmocka_unit_test(test_stream_paths),
         cmocka_unit_test(test_closed_form_and_pointwise),
+        cmocka_unit_test(test_c1_channel_pick),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
