@@ -48,8 +48,9 @@ static clockid_t bench_clock = CLOCK_PROCESS_CPUTIME_ID;
 static double now_ms(void) { return as_bench_clock_s(bench_clock) * 1e3; }
 
 /* Default set: every channel pair at 28x28 with k3 'same'; kernels 1/3/5 and
- * padding 0/same on 16/16 and 32/32 at 28x28, 14x14 and 7x7; 64x64 maps for
- * the smaller channel counts (the largest ones take seconds per forward). */
+ * padding 0/same on 16/16 and 32/32 at 28x28, 14x14 and 7x7 and on 1/16 at
+ * 28x28; 64x64 maps for the smaller channel counts (the largest ones take
+ * seconds per forward). */
 static size_t default_shapes(shape *out, size_t cap)
 {
     static const int ch[][2] = {{1, 16}, {16, 16}, {16, 32}, {32, 32}, {32, 64}, {64, 64}};
@@ -66,8 +67,13 @@ static size_t default_shapes(shape *out, size_t cap)
                     continue;   /* already in */
                 ADD(ch[c][0], ch[c][1], hs[hi], kp[k][0], kp[k][1]);
             }
+    for (size_t k = 0; k < 5; k++)   /* 1/16: the closed form */
+        if (!(kp[k][0] == 3 && kp[k][1] == 1))
+            ADD(1, 16, 28, kp[k][0], kp[k][1]);
     for (size_t c = 0; c < 4; c++)
         ADD(ch[c][0], ch[c][1], 64, 3, 1);
+    ADD(1, 16, 64, 3, 0);
+    ADD(1, 16, 64, 5, 2);
     ADD(16, 16, 64, 3, 0);
     ADD(16, 16, 64, 5, 2);
     ADD(64, 64, 14, 3, 1);
