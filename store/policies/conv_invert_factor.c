@@ -555,49 +555,55 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
                     VR(&x4[c * 4 + r]) = VR(a);
                     VI(&x4[c * 4 + r]) = -VI(a);
                 }
+            /* the four right-hand sides in named registers (an array of
+             * them indexed in the inner loop stayed in memory: a store and
+             * a reload per step) */
+#define X4_LOAD(i)                                                          \
+    v8d xr0 = VR(&x4[(i) * 4]), xr1 = VR(&x4[(i) * 4 + 1]),                  \
+        xr2 = VR(&x4[(i) * 4 + 2]), xr3 = VR(&x4[(i) * 4 + 3]);              \
+    v8d xi0 = VI(&x4[(i) * 4]), xi1 = VI(&x4[(i) * 4 + 1]),                  \
+        xi2 = VI(&x4[(i) * 4 + 2]), xi3 = VI(&x4[(i) * 4 + 3])
+#define X4_STEP(k, sg)                                                      \
+    do {                                                                    \
+        const lanes_c *y_ = &x4[(k) * 4];                                   \
+        xr0 -= a * VR(&y_[0]) - (sg) * b * VI(&y_[0]);                      \
+        xi0 -= a * VI(&y_[0]) + (sg) * b * VR(&y_[0]);                      \
+        xr1 -= a * VR(&y_[1]) - (sg) * b * VI(&y_[1]);                      \
+        xi1 -= a * VI(&y_[1]) + (sg) * b * VR(&y_[1]);                      \
+        xr2 -= a * VR(&y_[2]) - (sg) * b * VI(&y_[2]);                      \
+        xi2 -= a * VI(&y_[2]) + (sg) * b * VR(&y_[2]);                      \
+        xr3 -= a * VR(&y_[3]) - (sg) * b * VI(&y_[3]);                      \
+        xi3 -= a * VI(&y_[3]) + (sg) * b * VR(&y_[3]);                      \
+    } while (0)
+#define X4_STORE(i, d)                                                      \
+    do {                                                                    \
+        VR(&x4[(i) * 4]) = xr0 * (d), VI(&x4[(i) * 4]) = xi0 * (d);         \
+        VR(&x4[(i) * 4 + 1]) = xr1 * (d), VI(&x4[(i) * 4 + 1]) = xi1 * (d); \
+        VR(&x4[(i) * 4 + 2]) = xr2 * (d), VI(&x4[(i) * 4 + 2]) = xi2 * (d); \
+        VR(&x4[(i) * 4 + 3]) = xr3 * (d), VI(&x4[(i) * 4 + 3]) = xi3 * (d); \
+    } while (0)
             for (int i = 0; i < ci; i++) {
-                v8d xr[4], xi[4];
-                for (int r = 0; r < 4; r++) {
-                    xr[r] = VR(&x4[i * 4 + r]);
-                    xi[r] = VI(&x4[i * 4 + r]);
-                }
+                X4_LOAD(i);
                 for (int k = 0; k < i; k++) {
                     const lanes_c *lik = &L[(size_t)i * ci + k];
                     const v8d a = VR(lik), b = VI(lik);
-                    for (int r = 0; r < 4; r++) {
-                        const v8d yr = VR(&x4[k * 4 + r]), yi = VI(&x4[k * 4 + r]);
-                        xr[r] -= a * yr - b * yi;
-                        xi[r] -= a * yi + b * yr;
-                    }
+                    X4_STEP(k, 1.0);
                 }
-                const v8d d = VI(&L[(size_t)i * ci + i]);
-                for (int r = 0; r < 4; r++) {
-                    VR(&x4[i * 4 + r]) = xr[r] * d;
-                    VI(&x4[i * 4 + r]) = xi[r] * d;
-                }
+                X4_STORE(i, VI(&L[(size_t)i * ci + i]));
             }
             for (int i = ci - 1; i >= 0; i--) {
-                v8d xr[4], xi[4];
-                for (int r = 0; r < 4; r++) {
-                    xr[r] = VR(&x4[i * 4 + r]);
-                    xi[r] = VI(&x4[i * 4 + r]);
-                }
+                X4_LOAD(i);
                 for (int k = i + 1; k < ci; k++) {
                     /* (L^H)[i][k] = conj(L[k][i]) */
                     const lanes_c *lki = &L[(size_t)k * ci + i];
                     const v8d a = VR(lki), b = VI(lki);
-                    for (int r = 0; r < 4; r++) {
-                        const v8d yr = VR(&x4[k * 4 + r]), yi = VI(&x4[k * 4 + r]);
-                        xr[r] -= a * yr + b * yi;
-                        xi[r] -= a * yi - b * yr;
-                    }
+                    X4_STEP(k, -1.0);
                 }
-                const v8d d = VI(&L[(size_t)i * ci + i]);
-                for (int r = 0; r < 4; r++) {
-                    VR(&x4[i * 4 + r]) = xr[r] * d;
-                    VI(&x4[i * 4 + r]) = xi[r] * d;
-                }
+                X4_STORE(i, VI(&L[(size_t)i * ci + i]));
             }
+#undef X4_LOAD
+#undef X4_STEP
+#undef X4_STORE
             for (int l = 0; l < LANES && f0 + l < nf; l++) {
                 float *mr = m + (f0 + l - fbeg) * 2 * (size_t)ci * co, *mi = mr + (size_t)ci * co;
                 for (int c = 0; c < ci; c++)
