@@ -101,7 +101,8 @@ static void usage(FILE *f)
         "forward_ms, invert_ms (cached factor), factor_ms (once per weight version),\n"
         "ratio (median of invert/forward timed back to back), stream_ms and\n"
         "stream_ratio (restore that factors inside, as in training: adjoint path when\n"
-        "Cout >= 2 Cin and cond <= 50), cond_ms (the check at save), max_rel_err\n"
+        "Cout >= 2 Cin and cond <= 50; Cin = 1: the closed form, no factor),\n"
+        "channels_read (Cin = 1), cond_ms (the check at save), max_rel_err\n"
         "(max|X'-X| / max|X|), cond, fallback, stored/raw bytes.\n"
         "  --quick        a few small shapes (N=8), seconds\n"
         "  --wall         wall-clock times (default: process CPU time, which leaves\n"
@@ -274,7 +275,8 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
 #undef NUM_OR_NULL
     cJSON_AddBoolToObject(res, "fallback", fallback);
     if (!fallback)
-        cJSON_AddStringToObject(res, "stream_path", adjoint ? "adjoint" : "direct");
+        cJSON_AddStringToObject(res, "stream_path", s->cin == 1 && s->k > 1 ? "closed-form"
+                                                    : adjoint ? "adjoint" : "direct");
     if (fallback)
         cJSON_AddStringToObject(res, "reason", why);
     cJSON_AddNumberToObject(res, "stored_bytes", stored);
@@ -285,7 +287,8 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
            "stream %7.2f (x%5.2f, %s)  factor %6.1f  cond-check %6.1f ms  err %.1e/%.1e  "
            "cond %.3g  stored/raw %.3f%s%s\n",
            s->n, s->cin, s->cout, s->h, s->h, s->k, s->pad, fwd, inv, ratio,
-           stream, sratio, adjoint ? "adj" : "dir", factor_ms, cond_ms, err, serr,
+           stream, sratio, s->cin == 1 && s->k > 1 ? "c1" : adjoint ? "adj" : "dir",
+           factor_ms, cond_ms, err, serr,
            cond, stored / raw, fallback ? "  FALLBACK: " : "", fallback ? why : "");
     fflush(stdout);
     rc = 0;

@@ -414,7 +414,9 @@ static void test_stream_paths(void **state)
                                                      why, sizeof why), 0);
         as__conv_inv_stats st;
         as__conv_inv_get_stats(cs, &st);
-        const int adj = g.cout >= 2 * g.cin && st.cond <= AS__CIV_ADJ_COND;
+        /* Cin = 1 takes the closed form (no factor, the same state as the
+         * cached restore: the same bits) */
+        const int adj = g.cin > 1 && g.cout >= 2 * g.cin && st.cond <= AS__CIV_ADJ_COND;
         if (getenv("AS_VERBOSE"))
             printf("stream %zu: cond %.3g adjoint %d err %.3g (cached %.3g)\n", t, st.cond,
                    adj, max_rel_err(xb, x, xl), max_rel_err(xa, x, xl));

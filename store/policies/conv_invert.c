@@ -231,8 +231,11 @@ int as__conv_inv_condition(as__conv_inv *ci, const float *w, uint64_t version,
 {
     if (!(ci->cond_state && ci->cond_version == version)) {
         double t0 = as__civ_now_ms(), cond = 0;
-        int rc = as__civ_factor(&ci->g, ci->P, ci->Q, w, gram_of(ci, w, version),
-                                ci->cfg.eps_rel, NULL, &cond);
+        /* Cin = 1: the verdict comes with the closed form's own state */
+        int rc = ci->c1_gi ? as__civ_c1_prepare(ci, w, (size_t)ci->g.kh * ci->g.kw, 1,
+                                                version, &cond)
+                           : as__civ_factor(&ci->g, ci->P, ci->Q, w, gram_of(ci, w, version),
+                                            ci->cfg.eps_rel, NULL, &cond);
         if (rc)
             return rc;
         set_verdict(ci, version, cond);
@@ -831,7 +834,7 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t ve
     const size_t flen = as__conv_frame_len(g);
     const size_t msz = as__civ_msz(g, adj);
     if (cin == 1)
-        return as__civ_restore_c1(ci, fc, adj, version, n, y, bias, frame, x);
+        return as__civ_restore_c1(ci, version, n, y, bias, frame, x);
     as__civ_work wk;
     if (as__civ_work_begin(ci, &wk, as__civ_work_need(ci, n, adj)))
         return AS_ENOMEM;

@@ -18,6 +18,7 @@
  * channels only; the transposed convolution cost about as much as the
  * conv forward and dominated the restore.)
  */
+#include <math.h>
 #include <string.h>
 
 #include "store/policies/conv_invert_impl.h"
@@ -98,24 +99,62 @@ void as__civ_adjoint_freq(const float *f, float s, const float *z, float *tz, fl
  * (both factors hold a multiple of conj(a_o(f)) per channel), so the pick
  * costs Cout * P * Qh per greedy step. */
 
-/* 1 / G(f) of one frequency from its factor: M (adj = 0; sum |M_o|^2 =
- * |a|^2 / G^2 = 1/G up to the relative eps) or the adjoint factor (adj =
- * 1; its Cholesky diagonal holds 1 / sqrt(G)). Each channel's share of G,
- * |a_o|^2 / |a|^2, into wv[o * stride] (both factors hold c conj(a_o) with
- * one c per frequency); all 1 where a = 0. */
-static float inv_gram(const float *f, int adj, int cout, float *wv, size_t stride)
+/* |a_o(f)|^2 over the half spectrum (f = kq P + kp), straight from the
+ * kernels: w(o, u, v) = w[o * so + (u * kw + v) * st]. |a_o|^2 does not
+ * depend on the kernel's flip or on where it sits on the grid (a phase),
+ * so the plain 2-D DFT of each kernel is transformed, along the columns
+ * first (kh x Qh per channel), then along the rows. Into wv (Cout, nf);
+ * the sum over the channels, G(f), into g (nf doubles); tw: 2 (Qh kw +
+ * P kh) doubles of scratch. */
+static void c1_spectra(const as__conv_inv *ci, const float *w, size_t so, size_t st,
+                       float *wv, double *g, double *tw)
 {
-    double s = 0;
-    for (int o = 0; o < cout; o++)
-        s += (double)f[o] * f[o] + (double)f[cout + o] * f[cout + o];
-    for (int o = 0; o < cout; o++)
-        wv[o * stride] = s > 0 ? (float)(((double)f[o] * f[o] +
-                                          (double)f[cout + o] * f[cout + o]) / s) : 1.0f;
-    if (adj) {
-        const float d = f[2 * (size_t)cout];
-        return d * d;
+    const int P = ci->P, Q = ci->Q, Qh = ci->Qh, kh = ci->g.kh, kw = ci->g.kw;
+    const int cout = ci->g.cout;
+    const size_t nf = (size_t)P * Qh;
+    /* twiddles e^{-2 pi i kq v / Q} (Qh x kw), then e^{-2 pi i kp u / P}
+     * (P x kh), as (re, im) */
+    double *eq = tw, *ep = tw + 2 * (size_t)Qh * kw;
+    for (int kq = 0; kq < Qh; kq++)
+        for (int v = 0; v < kw; v++) {
+            const double ph = -2.0 * M_PI * (double)((long)kq * v % Q) / Q;
+            eq[2 * (kq * kw + v)] = cos(ph), eq[2 * (kq * kw + v) + 1] = sin(ph);
+        }
+    for (int kp = 0; kp < P; kp++)
+        for (int u = 0; u < kh; u++) {
+            const double ph = -2.0 * M_PI * (double)((long)kp * u % P) / P;
+            ep[2 * (kp * kh + u)] = cos(ph), ep[2 * (kp * kh + u) + 1] = sin(ph);
+        }
+    for (size_t f = 0; f < nf; f++)
+        g[f] = 0.0;
+    double t[16][2];
+    for (int o = 0; o < cout; o++) {
+        float *wo = wv + (size_t)o * nf;
+        for (int kq = 0; kq < Qh; kq++) {
+            const double *e = eq + 2 * (size_t)kq * kw;
+            for (int u = 0; u < kh; u++) {
+                double re = 0.0, im = 0.0;
+                for (int v = 0; v < kw; v++) {
+                    const double x = w[(size_t)o * so + (size_t)(u * kw + v) * st];
+                    re += x * e[2 * v];
+                    im += x * e[2 * v + 1];
+                }
+                t[u][0] = re, t[u][1] = im;
+            }
+            for (int kp = 0; kp < P; kp++) {
+                const double *d = ep + 2 * (size_t)kp * kh;
+                double re = 0.0, im = 0.0;
+                for (int u = 0; u < kh; u++) {
+                    re += t[u][0] * d[2 * u] - t[u][1] * d[2 * u + 1];
+                    im += t[u][0] * d[2 * u + 1] + t[u][1] * d[2 * u];
+                }
+                const size_t f = (size_t)kq * P + kp;
+                const double a2 = re * re + im * im;
+                wo[f] = (float)a2;
+                g[f] += a2;
+            }
+        }
     }
-    return (float)s;
 }
 
 #define C1_RHO 64.0f   /* G_S >= G / C1_RHO at every frequency */
@@ -163,6 +202,47 @@ static int pick_channels(const float *wv, int cout, size_t nf, float *r, int *se
             sel[j - 1] = t;
         }
     return ns;
+}
+
+/* The per-version state of the closed form (see "Fewer channels"): the
+ * kernels' spectra, the condition verdict (1, or infinite when some
+ * |a(f)|^2 vanishes: the Cholesky test of the factorization, d <= 1e-300 +
+ * 1e-15 tr, for Cin = 1), the pick and 1 / G_S(f) (with the relative eps
+ * of the factorization: G (1 + eps_rel)) into ci's c1 cache for version.
+ * Returns 0 or AS_ENOMEM (the cache is then left invalid). */
+int as__civ_c1_prepare(as__conv_inv *ci, const float *w, size_t so, size_t st,
+                       uint64_t version, double *cond)
+{
+    const int cout = ci->g.cout;
+    const size_t nf = (size_t)ci->P * ci->Qh;
+    ci->c1_ok = 0;
+    float *wv = malloc(sizeof(float) * nf * ((size_t)cout + 1));
+    double *g = malloc(sizeof(double) * (nf + 2 * ((size_t)ci->Qh * ci->g.kw +
+                                                 (size_t)ci->P * ci->g.kh)));
+    unsigned char *used = malloc((size_t)cout);
+    if (!wv || !g || !used) {
+        free(wv), free(g), free(used);
+        return AS_ENOMEM;
+    }
+    float *rs = wv + nf * (size_t)cout;
+    c1_spectra(ci, w, so, st, wv, g, g + nf);
+    double c = 1.0;
+    for (size_t f = 0; f < nf; f++) {
+        const double d = g[f] * (1.0 + ci->cfg.eps_rel);
+        if (!(d > 1e-300 + 1e-15 * g[f]))
+            c = INFINITY;
+        for (int o = 0; o < cout; o++)   /* shares of G (all 1 where G = 0) */
+            wv[(size_t)o * nf + f] = g[f] > 0 ? (float)(wv[(size_t)o * nf + f] / g[f]) : 1.0f;
+    }
+    ci->c1_ns = pick_channels(wv, cout, nf, rs, ci->c1_sel, used);
+    for (size_t f = 0; f < nf; f++)
+        ci->c1_gi[f] = (float)(1.0 / (g[f] * rs[f] * (1.0 + ci->cfg.eps_rel)));
+    ci->c1_version = version;
+    ci->c1_ok = 1;
+    if (cond)
+        *cond = c;
+    free(wv), free(g), free(used);
+    return 0;
 }
 
 /* xt (P x Q) += the circular correlation of one output channel's F with
@@ -282,14 +362,11 @@ size_t as__civ_c1_work_need(const as__conv_inv *ci, int n)
     return as__civ_wround(f4 * Pe * Qe * ob) + as__civ_wround(f4 * P * Qs) +
            as__civ_wround(f4 * ((g->h + 2 * (size_t)(g->kh - 1)) * (g->w + 2 * (size_t)(g->kw - 1)) + 3)) +
            2 * as__civ_wround(f4 * P * Q * E) +
-           as__civ_wround(f4 * Q * E) + as__civ_wround(f4 * 2 * P * E) +
-           as__civ_wround(f4 * P * as__civ_msz(g, 1)) +
-           as__civ_wround(f4 * P * ci->Qh * (size_t)g->cout) + as__civ_wround(f4 * P * ci->Qh) +
-           as__civ_wround((size_t)g->cout);
+           as__civ_wround(f4 * Q * E) + as__civ_wround(f4 * 2 * P * E);
 }
 
-int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t version, int n,
-                       const float *y, const float *bias, const float *frame, float *x)
+int as__civ_restore_c1(as__conv_inv *ci, uint64_t version, int n, const float *y,
+                       const float *bias, const float *frame, float *x)
 {
     const as__conv_geom *g = &ci->g;
     const int H = g->h, W = g->w, P = ci->P, Q = ci->Q, Qh = ci->Qh;
@@ -301,8 +378,15 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t ver
     const int Pl = H + kh - 1, Ql = W + kw - 1, Pe = P + kh - 1, Qe = Qs + kw - 1;
     const int dh = ci->dh, dw = ci->dw;
     const size_t flen = as__conv_frame_len(g);
-    const size_t msz = as__civ_msz(g, adj);
     as__civ_work wk;
+    /* the channels read and 1 / G_S, once per version (ci->wt holds the
+     * weights of the version restored: set by prepare or restore_stream) */
+    if (!(ci->c1_ok && ci->c1_version == version) &&
+        as__civ_c1_prepare(ci, ci->wt, 1, (size_t)cout, version, NULL))
+        return AS_ENOMEM;
+    const float *gi = ci->c1_gi;
+    const int ns = ci->c1_ns, *sel = ci->c1_sel;
+    ci->st.c1_channels = ns;
     if (as__civ_work_begin(ci, &wk, as__civ_c1_work_need(ci, n)))
         return AS_ENOMEM;
     float *fe = as__civ_wtake(&wk, sizeof(float) * (size_t)Pe * Qe *
@@ -317,43 +401,7 @@ int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t ver
     float *Gb = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Q * E);
     float *R = as__civ_wtake(&wk, sizeof(float) * (size_t)Q * E);
     float *C = as__civ_wtake(&wk, sizeof(float) * (size_t)2 * P * E);
-    float *mblk = as__civ_wtake(&wk, sizeof(float) * (size_t)P * as__civ_msz(g, 1));
-    const size_t nf = (size_t)P * Qh;
-    float *wv = as__civ_wtake(&wk, sizeof(float) * nf * cout);
-    float *rs = as__civ_wtake(&wk, sizeof(float) * nf);
-    unsigned char *used = as__civ_wtake(&wk, (size_t)cout);
     double t0 = as__civ_now_ms();
-
-    /* 1 / G_S(f) over the half spectrum and the channels read: from the
-     * factor in use, once per version */
-    float *gi = ci->c1_gi;
-    if (!(ci->c1_ok && ci->c1_version == version)) {
-        ci->c1_ok = 0;
-        for (int kq = 0; kq < Qh; kq++) {
-            const float *mcol;
-            if (!fc)
-                mcol = ci->m + (size_t)kq * P * msz;
-            else if (ci->mstream)
-                mcol = ci->mstream + (size_t)kq * P * msz;
-            else {
-                as__civ_factor_range(fc, (size_t)kq * P, (size_t)(kq + 1) * P,
-                                     ci->cfg.eps_rel, mblk, NULL);
-                mcol = mblk;
-            }
-            for (int kp = 0; kp < P; kp++) {
-                const size_t f = (size_t)kq * P + kp;
-                gi[f] = inv_gram(mcol + (size_t)kp * msz, adj, cout, wv + f, nf);
-            }
-        }
-        /* 1 / G_S = (1 / G) / (G_S / G) */
-        ci->c1_ns = pick_channels(wv, cout, nf, rs, ci->c1_sel, used);
-        for (size_t f = 0; f < nf; f++)
-            gi[f] /= rs[f];
-        ci->c1_version = version;
-        ci->c1_ok = 1;
-    }
-    const int ns = ci->c1_ns, *sel = ci->c1_sel;
-    ci->st.c1_channels = ns;
     double t1 = as__civ_now_ms();
 
     /* X~ image by image into lane (img mod N2) of half (img / N2) of Ga;

@@ -176,11 +176,16 @@ void as__civ_frame_put_back(const as__conv_inv *ci, int n, const float *frame, f
 void as__civ_frame_put_one(const as__conv_inv *ci, const float *fr, float *xd, size_t stride);
 
 /* Cin = 1 (conv_invert_adjoint.c): the restore of n <= 16 images by the
- * closed form, with the cached M (fc NULL) or the streamed factor of the
- * path (adj), and its work space (a restore of Cin = 1 takes only this). */
-int as__civ_restore_c1(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t version, int n,
-                       const float *y,
+ * closed form, with the per-version state of version (computed from ci->wt
+ * when the cache holds another), and its work space (a restore of Cin = 1
+ * takes only this). No factor is used. */
+int as__civ_restore_c1(as__conv_inv *ci, uint64_t version, int n, const float *y,
                        const float *bias, const float *frame, float *x);
+/* The per-version state of Cin = 1 (the condition verdict, 1 or infinite,
+ * the channels to read, 1 / G_S) from weights w(o, u, v) =
+ * w[o * so + (u * kw + v) * st] into ci's c1 cache; 0 or AS_ENOMEM. */
+int as__civ_c1_prepare(as__conv_inv *ci, const float *w, size_t so, size_t st,
+                       uint64_t version, double *cond);
 size_t as__civ_c1_work_need(const as__conv_inv *ci, int n);
 
 /* Floats of the factor of one frequency: M (2 Cin Cout), or for the
