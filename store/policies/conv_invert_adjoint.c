@@ -95,9 +95,11 @@ void as__civ_adjoint_freq(const float *f, float s, const float *z, float *tz, fl
  * G_S(f) >= G(f) / C1_RHO at every frequency: the noise grows by at most
  * sqrt(C1_RHO) = 8 over the full least squares at any frequency, and the
  * build, the correlation and the border, the restore's main cost, shrink
- * by |S| / Cout. The weights of |a_o(f)|^2 come from the factor in use
- * (both factors hold a multiple of conj(a_o(f)) per channel), so the pick
- * costs Cout * P * Qh per greedy step. */
+ * by |S| / Cout. The shares |a_o(f)|^2 / G(f) come from the kernels' 2-D
+ * DFT, once per weight version at the condition check (as__civ_c1_prepare,
+ * which gives the verdict too: for one input channel cond(A(f)) is 1, or
+ * infinite where a(f) vanishes), so no restore of Cin = 1 factors anything;
+ * the pick costs Cout * P * Qh per greedy step. */
 
 /* |a_o(f)|^2 over the half spectrum (f = kq P + kp), straight from the
  * kernels: w(o, u, v) = w[o * so + (u * kw + v) * st]. |a_o|^2 does not
