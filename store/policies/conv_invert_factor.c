@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store/policies/conv_invert.h"
+#include "store/policies/conv_invert_impl.h"
 
 #define LANES 8
 #define POWER_ITERS 8
@@ -527,11 +527,29 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
         /* fc->ginv: A^H (Cin x Cout) and the Cholesky factor L of G (Cin x
          * Cin, lower; the diagonal holds 1 / L_ii), for the adjoint path's
          * product and substitution (conv_invert_adjoint.c). */
+        /* A^H in blocks of 8 output channels: the 8 lanes (frequencies)
+         * of 8 channels' entries converted to float and transposed, so each
+         * frequency gets 8 consecutive floats of its row c (one store
+         * instead of 8 scalar conversions and stores) */
+        for (int o = 0; m && fc->ginv && o + 8 <= co; o += 8)
+            for (int c = 0; c < ci; c++)
+                for (int part = 0; part < 2; part++) {
+                    v8 r[8];
+                    for (int j = 0; j < 8; j++) {
+                        const lanes_c *e = &A[(size_t)(o + j) * ci + c];
+                        const v8d d = part ? -VI(e) : VR(e);
+                        r[j] = __builtin_convertvector(d, v8);
+                    }
+                    AS__CIV_T8(r);
+                    const size_t a = (size_t)ci * co, fs = 2 * a + 2 * (size_t)ci * ci;
+                    for (int l = 0; l < LANES && f0 + l < nf; l++)
+                        st8(m + (f0 + l - fbeg) * fs + part * a + (size_t)c * co + o, r[l]);
+                }
         for (int l = 0; m && fc->ginv && l < LANES && f0 + l < nf; l++) {
             const size_t a = (size_t)ci * co;
             float *ar = m + (f0 + l - fbeg) * (2 * a + 2 * (size_t)ci * ci), *ai = ar + a;
             float *mr = ai + a, *mi = mr + (size_t)ci * ci;
-            for (int o = 0; o < co; o++)
+            for (int o = co / 8 * 8; o < co; o++)   /* blocks of 8 below */
                 for (int c = 0; c < ci; c++) {
                     ar[(size_t)c * co + o] = (float)A[(size_t)o * ci + c].re[l];
                     ai[(size_t)c * co + o] = (float)-A[(size_t)o * ci + c].im[l];
