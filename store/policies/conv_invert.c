@@ -703,7 +703,7 @@ static int chunk_of(int n) { return n < CHUNK ? n : CHUNK; }
  * given path, or 0. */
 static size_t stream_factor_bytes(const as__conv_inv *ci, int n, int adjoint)
 {
-    /* Cin = 1: the first pass keeps what later passes need (c1_gi) */
+    /* Cin = 1 takes no factor (the closed form, conv_invert_adjoint.c) */
     if (ci->pointwise || n <= CHUNK || ci->g.cin == 1)
         return 0;
     const size_t b = sizeof(float) * (size_t)ci->P * ci->Qh * as__civ_msz(&ci->g, adjoint);
@@ -988,8 +988,10 @@ int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t versi
             return rc;
         return as__conv_inv_restore(ci, n, y, bias, frame, x);
     }
-    if (ci->c1_ok && ci->c1_version == version) {
-        /* Cin = 1, this version seen: no factor needed (c1_gi) */
+    if (ci->c1_gi) {
+        /* Cin = 1 never needs a factor: the closed form's state of this
+         * version is in the c1 cache (filled by the check above), or is
+         * built from the weights by the restore */
         set_wt(ci, w);
         ci->st.factor_hits++;
         if ((rc = restore_chunked(ci, NULL, 0, version, n, y, bias, frame, x)))

@@ -381,6 +381,7 @@ int as__civ_restore_c1(as__conv_inv *ci, uint64_t version, int n, const float *y
     const int dh = ci->dh, dw = ci->dw;
     const size_t flen = as__conv_frame_len(g);
     as__civ_work wk;
+    double t0 = as__civ_now_ms();
     /* the channels read and 1 / G_S, once per version (ci->wt holds the
      * weights of the version restored: set by prepare or restore_stream) */
     if (!(ci->c1_ok && ci->c1_version == version) &&
@@ -403,7 +404,6 @@ int as__civ_restore_c1(as__conv_inv *ci, uint64_t version, int n, const float *y
     float *Gb = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Q * E);
     float *R = as__civ_wtake(&wk, sizeof(float) * (size_t)Q * E);
     float *C = as__civ_wtake(&wk, sizeof(float) * (size_t)2 * P * E);
-    double t0 = as__civ_now_ms();
     double t1 = as__civ_now_ms();
 
     /* X~ image by image into lane (img mod N2) of half (img / N2) of Ga;
