@@ -51,8 +51,8 @@ static enc encode(as_aq_fmt f, const float *x, size_t n, uint64_t seed)
     assert_non_null(e.params);
     assert_non_null(e.codes);
     if (n)
-        as__aq_encode(&f, x, n, seed, 0, as__aq_groups(&f, n), e.params,
-                      e.codes);
+        assert_true(as__aq_encode(&f, x, n, seed, 0, as__aq_groups(&f, n),
+                                  e.params, e.codes));
     return e;
 }
 
@@ -206,8 +206,15 @@ static void test_special_groups(void **st)
     for (int i = 0; i < G; i++)
         assert_true(y[i] == 2.5f);
     enc_free(&e);
-    assert_true(isnan(as__aq_absmax(x, N)));
-    assert_true(as__aq_absmax(x + G, G) == 2.5f);
+    /* a finite group beyond f16: the f16 encode says so */
+    float big[G];
+    for (int i = 0; i < G; i++)
+        big[i] = 1e5f + (float)i;
+    void *p16 = malloc(4), *codes = malloc(G);
+    assert_false(as__aq_encode(&f, big, G, 1, 0, 1, p16, codes));
+    f.p16 = false;
+    free(p16);
+    free(codes);
 }
 
 /* Any sub-range decodes to the same values as the whole. */
@@ -314,6 +321,26 @@ static void test_policy_store(void **st)
     as_handle he;
     assert_int_equal(as_store_save(s, &info, &e, &he), 0);
     assert_int_equal(as_store_restore(s, he, &e), 0);
+    /* values beyond f16: f32 parameters (8 bytes a group), same bounds */
+    float big[N], bigd[N];
+    for (int i = 0; i < N; i++)
+        big[i] = 1e6f + gauss() * 1e4f;
+    as_tensor tb = t;
+    tb.data = big;
+    as_handle hb;
+    assert_int_equal(as_store_stats_take(s, &a), 0);
+    uint64_t before = a.total.stored_live;
+    as_store_stats_free(&a);
+    assert_int_equal(as_store_save(s, &info, &tb, &hb), 0);
+    assert_int_equal(as_store_stats_take(s, &a), 0);
+    lo = groups * 8 + codes;
+    assert_true(a.total.stored_live - before >= lo &&
+                a.total.stored_live - before <= lo + 64);
+    as_store_stats_free(&a);
+    tb.data = bigd;
+    assert_int_equal(as_store_restore(s, hb, &tb), 0);
+    for (int i = 0; i < N; i++)
+        assert_true(fabsf(bigd[i] - big[i]) < 4e4f);
     /* i32 falls back to keep */
     as_tensor it = {.data = x, .dtype = AS_I32, .ndim = 1, .shape = {4}};
     as_handle hi;
@@ -403,6 +430,7 @@ static void test_linear_gradient(void **st)
 {
     (void)st;
     enum { R = 256, C = 64, O = 32 };
+    rng = 0x5eed;   /* fixed rows whatever ran before */
     float *x = malloc(sizeof(float) * R * C), *dy = malloc(sizeof(float) * R * O);
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++)
@@ -410,12 +438,12 @@ static void test_linear_gradient(void **st)
     for (int i = 0; i < R * O; i++)
         dy[i] = gauss();
     struct { as_aq_fmt f; double min_cos; } cases[] = {
-        {{.bits = 8, .group = 64}, 0.9999},   /* measured 0.99994 */
-        {{.bits = 4, .group = 64}, 0.975},    /* 0.982 */
-        {{.bits = 3, .group = 64}, 0.90},     /* 0.923 */
-        {{.bits = 2, .group = 64}, 0.65},     /* 0.704 */
-        {{.bits = 2, .group = 64, .rot = true}, 0.88},   /* 0.905 */
-        {{.bits = 4, .group = 64, .nearest = true}, 0.985},   /* 0.9915 */
+        {{.bits = 8, .group = 64}, 0.9999},   /* measured 0.99992 */
+        {{.bits = 4, .group = 64}, 0.975},    /* 0.979 */
+        {{.bits = 3, .group = 64}, 0.90},     /* 0.909 */
+        {{.bits = 2, .group = 64}, 0.65},     /* 0.661 */
+        {{.bits = 2, .group = 64, .rot = true}, 0.88},   /* 0.890 */
+        {{.bits = 4, .group = 64, .nearest = true}, 0.985},   /* 0.9893 */
     };
     double got[6];
     for (int i = 0; i < 6; i++) {
@@ -424,7 +452,7 @@ static void test_linear_gradient(void **st)
         if (!(got[i] >= cases[i].min_cos))
             fail_msg("case %d: cosine %.5f < %.5f", i, got[i], cases[i].min_cos);
     }
-    assert_true(got[4] > got[3] + 0.1);   /* rotation helps with the outlier */
+    assert_true(got[4] > got[3] + 0.2);   /* rotation helps with the outlier */
     free(x);
     free(dy);
 }

@@ -65,29 +65,6 @@ size_t as__aq_code_bytes(const as_aq_fmt *f, size_t n)
 
 /* ---- reductions ------------------------------------------------------- */
 
-AQ_CLONES
-float as__aq_absmax(const float *restrict x, size_t n)
-{
-    float m[16] = {0}, z[16] = {0};
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int k = 0; k < 16; k++) {
-            float a = fabsf(x[i + k]);
-            m[k] = a > m[k] ? a : m[k];
-            z[k] += x[i + k] * 0.0f;   /* NaN when x is NaN or inf */
-        }
-    for (; i < n; i++) {
-        float a = fabsf(x[i]);
-        m[0] = a > m[0] ? a : m[0];
-        z[0] += x[i] * 0.0f;
-    }
-    for (int k = 1; k < 16; k++) {
-        m[0] = m[k] > m[0] ? m[k] : m[0];
-        z[0] += z[k];
-    }
-    return z[0] == 0.0f ? m[0] : NAN;
-}
-
 /* Eight-lane vectors (GCC vector extensions: AVX-512VL / AVX2 registers in
  * the v4 / v3 clones, SSE pairs in the baseline one). */
 typedef float v8f __attribute__((vector_size(32)));
@@ -255,23 +232,27 @@ static uint16_t f16_directed(float x, int dir)
 }
 
 /* f16: m rounded down, then s rounded up from that m, so that
- * [m, m + qmax s] still covers [min, max]. */
-static void param_put(const as_aq_fmt *f, void *params, size_t g, float mn,
+ * [m, m + qmax s] still covers [min, max]. False when they do not fit f16
+ * (then nothing is usable: the caller re-encodes with f32). */
+static bool param_put(const as_aq_fmt *f, void *params, size_t g, float mn,
                       float mx, float step, float qmax)
 {
     if (f->p16) {
         uint16_t *p = (uint16_t *)params + 2 * g;
         if (isnan(step)) {
             p[0] = p[1] = 0x7e00u;
-        } else {
-            p[0] = f16_directed(mn, -1);
-            p[1] = f16_directed((mx - f16_value(p[0])) / qmax, +1);
+            return true;
         }
-    } else {
-        as_aq_param *p = (as_aq_param *)params + g;
-        p->min = mn;
-        p->step = step;
+        if (!(fabsf(mn) <= 65504.0f && fabsf(mx) <= 65504.0f))
+            return false;   /* m would be off by more than the range */
+        p[0] = f16_directed(mn, -1);
+        p[1] = f16_directed((mx - f16_value(p[0])) / qmax, +1);
+        return (p[0] & 0x7c00u) != 0x7c00u && (p[1] & 0x7c00u) != 0x7c00u;
     }
+    as_aq_param *p = (as_aq_param *)params + g;
+    p->min = mn;
+    p->step = step;
+    return true;
 }
 
 static void param_get(const as_aq_fmt *f, const void *params, size_t g,
@@ -290,7 +271,7 @@ static void param_get(const as_aq_fmt *f, const void *params, size_t g,
 
 /* ---- encode ----------------------------------------------------------- */
 
-void as__aq_encode(const as_aq_fmt *f, const float *x, size_t n,
+bool as__aq_encode(const as_aq_fmt *f, const float *x, size_t n,
                    uint64_t seed, size_t g0, size_t g1, void *params,
                    uint8_t *codes)
 {
@@ -321,7 +302,8 @@ void as__aq_encode(const as_aq_fmt *f, const float *x, size_t n,
                    P / 8 * (size_t)f->bits);
             continue;
         }
-        param_put(f, params, g, mn, mx, step, qmax);
+        if (!param_put(f, params, g, mn, mx, step, qmax))
+            return false;
         param_get(f, params, g, &mn, &step);   /* f16: the rounded values */
         float inv = step > 0.0f ? 1.0f / step : 0.0f;
         if (f->nearest)
@@ -331,6 +313,7 @@ void as__aq_encode(const as_aq_fmt *f, const float *x, size_t n,
         memset(q + live, 0, P - live);
         pack(f->bits, q, P, codes + start / 8 * (size_t)f->bits);
     }
+    return true;
 }
 
 /* ---- decode ----------------------------------------------------------- */

@@ -31,8 +31,9 @@
  * sense (H / sqrt(G) is orthogonal).
  * f16 parameters: m rounded down and s rounded up to f16, then the codes
  * are computed against those exact values, so the bounds above still hold
- * with the (slightly larger) f16 step. Used when every |m| and s fits f16
- * (the caller checks max |v| < 16384).
+ * with the (slightly larger) f16 step. The encode reports when some
+ * group's m or s does not fit f16 (|v| beyond ~65504); the caller then
+ * encodes again with f32 parameters.
  * A group that holds NaN or +-inf, or whose range overflows f32, decodes
  * to NaN (every value of it): a non-finite input is never hidden.
  */
@@ -66,12 +67,11 @@ size_t as__aq_code_bytes(const as_aq_fmt *f, size_t n);
 /* Is the format valid (bits, group range, power of two with rotation)? */
 bool as__aq_fmt_ok(const as_aq_fmt *f);
 
-/* Largest |x| over n values, NaN when one is NaN (for the f16 choice). */
-float as__aq_absmax(const float *x, size_t n);
-
 /* Encode groups [g0, g1) of x (n values in all) into params (f32 pairs or
- * f16 pairs per f->p16) and codes, both indexed from the tensor start. */
-void as__aq_encode(const as_aq_fmt *f, const float *x, size_t n,
+ * f16 pairs per f->p16) and codes, both indexed from the tensor start.
+ * False (f16 only): a group's parameters do not fit f16; the output is
+ * then incomplete. */
+bool as__aq_encode(const as_aq_fmt *f, const float *x, size_t n,
                    uint64_t seed, size_t g0, size_t g1, void *params,
                    uint8_t *codes);
 

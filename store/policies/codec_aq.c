@@ -15,8 +15,8 @@
  * item key, g, j): reproducible, independent of threads, the same in both
  * arms of an A/B run, fresh every step.
  *
- * Stored form: one block: header, per-group (min, step) as f16 pairs when
- * max |x| (times G with rotation) is below 16384, else f32 pairs, codes.
+ * Stored form: one block: header, per-group (min, step) as f16 pairs (f32
+ * pairs when some group's do not fit f16: |values| beyond ~65504), codes.
  * Size: ceil(n/8)*B bytes of codes (the last group padded to G values with
  * rotation) + ceil(n/G)*4 (f16) or *8 (f32) bytes of parameters; e.g. 2
  * bits at G = 64 with f16 parameters: 2.5 bits per value, 12.8x smaller
@@ -29,8 +29,6 @@
 #include "store/policies/aq.h"
 #include "store/policies/quant.h"
 #include "store/policy.h"
-
-#define AQ_P16_LIMIT 16384.0f
 
 typedef struct aq_params {
     as_aq_fmt fmt;     /* p16 is decided per tensor */
@@ -149,29 +147,35 @@ static int aq_encode(as_pctx *ctx, const void *params_,
     if (t->dtype != AS_F32)
         return AS_ENOTSUP;
     size_t n = (size_t)as_tensor_numel(t);
-    as_aq_fmt fmt = p->fmt;
-    float lim = AQ_P16_LIMIT / (fmt.rot ? (float)fmt.group : 1.0f);
-    fmt.p16 = n > 0 && as__aq_absmax(t->data, n) < lim;
-    size_t off_p = (sizeof(aq_hdr) + 7) & ~(size_t)7;
-    size_t off_c = off_p + ((as__aq_param_bytes(&fmt, n) + 7) & ~(size_t)7);
-    size_t total = off_c + as__aq_code_bytes(&fmt, n);
-    uint8_t *blk;
-    int rc = as_pctx_alloc(ctx, total, (void **)&blk);
-    if (rc)
-        return rc;
-    aq_hdr *h = (aq_hdr *)(void *)blk;
-    h->n = n;
-    h->cols = t->ndim > 0 && t->shape[t->ndim - 1] > 0
-                  ? (uint64_t)t->shape[t->ndim - 1] : 1;
-    h->fmt = fmt;
-    h->params = blk + off_p;
-    h->codes = blk + off_c;
     uint64_t seed = as__mix64(p->seed ^ as__mix64(as_pctx_item_key(ctx)));
-    if (n)
-        as__aq_encode(&fmt, t->data, n, seed, 0, as__aq_groups(&fmt, n),
-                      h->params, h->codes);
-    *state = h;
-    return 0;
+    /* f16 parameters, unless some group's do not fit: then f32 */
+    for (int pass = 0; pass < 2; pass++) {
+        as_aq_fmt fmt = p->fmt;
+        fmt.p16 = pass == 0;
+        size_t off_p = (sizeof(aq_hdr) + 7) & ~(size_t)7;
+        size_t off_c = off_p + ((as__aq_param_bytes(&fmt, n) + 7) & ~(size_t)7);
+        size_t total = off_c + as__aq_code_bytes(&fmt, n);
+        uint8_t *blk;
+        int rc = as_pctx_alloc(ctx, total, (void **)&blk);
+        if (rc)
+            return rc;
+        aq_hdr *h = (aq_hdr *)(void *)blk;
+        h->n = n;
+        h->cols = t->ndim > 0 && t->shape[t->ndim - 1] > 0
+                      ? (uint64_t)t->shape[t->ndim - 1] : 1;
+        h->fmt = fmt;
+        h->params = blk + off_p;
+        h->codes = blk + off_c;
+        if (n && !as__aq_encode(&fmt, t->data, n, seed, 0,
+                                as__aq_groups(&fmt, n), h->params, h->codes)) {
+            as_pctx_free(ctx, blk);
+            continue;
+        }
+        *state = h;
+        return 0;
+    }
+    as_pctx_errorf(ctx, "f32 parameters refused");   /* not reached */
+    return AS_ESTATE;
 }
 
 static int aq_decode(as_pctx *ctx, const void *params, void *state,
