@@ -27,6 +27,7 @@
 #include "client/ab.h"
 #include "client/report.h"
 #include "layers/data.h"
+#include "util/clock.h"
 
 /* The softmax policy docs/policies.md ("Softmax") recommends. */
 #define AS_DEMO_SOFTMAX_POLICY "softmax=sotk:16:3; default=keep"
@@ -47,13 +48,6 @@ static const as_cli_cmd demo_cmd = {
     "is taken.\n",
     "Ctrl-C finishes the current step, writes a partial report and exits 1.\n"
     "Exit status: 0 ok, 1 failure or interrupted, 2 usage.\n"};
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 int as_cmd_demo(int argc, char **argv)
 {
@@ -125,7 +119,7 @@ int as_cmd_demo(int argc, char **argv)
     fprintf(stderr, "actstore demo: %s preset, %llu seeds x %llu steps per arm; reports in "
                     "%s/\n", preset, seeds, steps, out);
 
-    double t0 = now_s();
+    double t0 = as_clock_wall_s();
     char verdict[2][600];
     bool done[2] = {false, false};
     bool interrupted = false;
@@ -157,7 +151,7 @@ int as_cmd_demo(int argc, char **argv)
             break;
     }
     as_ab_signals_restore();
-    double dt = now_s() - t0;
+    double dt = as_clock_wall_s() - t0;
     printf("\nactstore demo: %s in %.0f min %02.0f s\n",
            interrupted ? "interrupted" : code ? "stopped by an error" : "done",
            (double)(long)(dt / 60), dt - 60.0 * (double)(long)(dt / 60));

@@ -23,6 +23,7 @@
 #include "client/client.h"
 #include "layers/data.h"
 #include "layers/train.h"
+#include "util/clock.h"
 
 static const as_cli_cmd train_cmd = {
     "train", AS_CLI_TRAIN,
@@ -40,13 +41,6 @@ typedef struct prog {
     long   last_step;
     long   every;
 } prog;
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Progress goes to stderr (stdout may carry --json -): a bar when stderr
  * is a terminal, plain lines otherwise. */
@@ -73,7 +67,7 @@ static void on_progress(void *ud, const as_nn_progress *p)
     as_cli_human_bytes((double)p->arena_peak, live, sizeof live);
     as_cli_human_bytes((double)p->saved_stored, st, sizeof st);
     if (g->tty) {
-        double t = mono_s();
+        double t = as_clock_wall_s();
         if (p->step != p->steps && t - g->last_t < 0.1)
             return;
         g->last_t = t;

@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "layers/data.h"
+#include "util/clock.h"
 
 /* ---- the run object ------------------------------------------------------ */
 
@@ -63,20 +64,6 @@ struct as_nn_run {
     as_nn_mem    mem;
     char         err[512];
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static double thread_cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static uint64_t mix(uint64_t a, uint64_t b)
 {
@@ -471,7 +458,7 @@ static float lr_at(const as_nn_run *r, long t)
 
 int as_nn_run_step(as_nn_run *r, double *loss)
 {
-    double t0 = now_s(), c0 = thread_cpu_s();
+    double t0 = as_clock_wall_s(), c0 = as_clock_thread_cpu_s();
     as_nn_step_info info;
     int rc = forward_backward(r, r->next, &info);
     if (rc)
@@ -486,8 +473,8 @@ int as_nn_run_step(as_nn_run *r, double *loss)
     if (rc)
         return run_fail(r, rc, "optimizer");
     r->next++;
-    info.ms = 1e3 * (now_s() - t0);
-    info.cpu_ms = 1e3 * (thread_cpu_s() - c0);
+    info.ms = 1e3 * (as_clock_wall_s() - t0);
+    info.cpu_ms = 1e3 * (as_clock_thread_cpu_s() - c0);
     r->last = info;
     if (loss)
         *loss = info.loss;
@@ -500,7 +487,7 @@ int as_nn_run_grads(as_nn_run *r, long batch, double *loss)
         snprintf(r->err, sizeof r->err, "batch index %ld < 0", batch);
         return AS_EINVAL;
     }
-    double t0 = now_s(), c0 = thread_cpu_s();
+    double t0 = as_clock_wall_s(), c0 = as_clock_thread_cpu_s();
     /* BatchNorm's running statistics move in a training forward: keep them */
     size_t o = 0;
     for (size_t i = 0; i < r->model->nbufs; i++) {
@@ -523,8 +510,8 @@ int as_nn_run_grads(as_nn_run *r, long batch, double *loss)
     }
     if (rc)
         return rc;
-    info.ms = 1e3 * (now_s() - t0);
-    info.cpu_ms = 1e3 * (thread_cpu_s() - c0);
+    info.ms = 1e3 * (as_clock_wall_s() - t0);
+    info.cpu_ms = 1e3 * (as_clock_thread_cpu_s() - c0);
     r->last = info;
     if (loss)
         *loss = info.loss;

@@ -13,23 +13,14 @@
 
 #include "actstore/common.h"
 #include "store/policies/softmax/softmax.h"
+#include "util/rng.h"
 
 /* ---- fixed-seed rows ------------------------------------------------------ */
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static void seed(uint64_t s) { rng = s * 0x9e3779b97f4a7c15ull + 1; }
-static double urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
-}
-static double nrand(void)
-{
-    double u = urand() + 1e-300, v = urand();
-    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
-}
+static double urand(void) { return as_rng_u01(&rng); }
+static double nrand(void) { return as_rng_normal(&rng); }
 /* softmax of n Gaussian logits with std sd */
 static void softmax_row(float *y, size_t n, double sd)
 {

@@ -13,20 +13,10 @@
 #include "actstore/store.h"
 #include "layers/ops.h"
 #include "store/policies/softmax/softmax.h"
+#include "util/rng.h"
 
 static uint64_t rng = 1;
-static double urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
-}
-static double nrand(void)
-{
-    double u = urand() + 1e-300, v = urand();
-    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
-}
+static double nrand(void) { return as_rng_normal(&rng); }
 
 enum { B = 2, H = 3, T = 37, ROWS = B * H * T, N = ROWS * T };
 
