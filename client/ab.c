@@ -96,9 +96,10 @@ void as_ab_signals_restore(void)
 
 int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t errlen)
 {
-    if (!c->model || (strcmp(c->model, "cnn") && strcmp(c->model, "vit") &&
-                      strcmp(c->model, "lm"))) {
-        snprintf(err, errlen, "unknown model '%s' (cnn, vit, lm)", c->model ? c->model : "");
+    const as_nn_model_info *mi = as_nn_model_find(c->model);
+    if (!mi) {
+        snprintf(err, errlen, "unknown model '%s' (%s)", c->model ? c->model : "",
+                 as_nn_model_names());
         return AS_EINVAL;
     }
     if (as_nn_preset_get(c->model, c->preset, p)) {
@@ -137,7 +138,7 @@ int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t err
         snprintf(err, errlen, "--check-every %ld must be >= 0", c->check_every);
         return AS_EINVAL;
     }
-    if (c->act >= 0 && strcmp(c->model, "cnn")) {
+    if (c->act >= 0 && mi->cfg != AS_NN_CFG_cnn) {
         snprintf(err, errlen, "--act applies to the cnn model only");
         return AS_EINVAL;
     }
@@ -420,7 +421,7 @@ int as_ab_run(const as_ab_config *c, as_report *rep, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return rc;
     }
-    if (!strcmp(c->model, "cnn"))
+    if (as_nn_model_find(c->model)->cfg == AS_NN_CFG_cnn)
         snprintf(rep->options, sizeof rep->options, "act=%s",
                  p.cnn.act_fn == AS_FN_LEAKY_RELU ? "leaky" : "relu");
     prog g = {.c = c, .tty = isatty(2) && getenv("TERM") && strcmp(getenv("TERM"), "dumb"),

@@ -102,8 +102,9 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
     cJSON_AddNumberToObject(j, "threads", threads);
     cJSON_AddNumberToObject(j, "batch", p->batch);
     cJSON_AddNumberToObject(j, "lr", p->lr);
+    const as_nn_model_info *mi = as_nn_model_find(p->model);
     cJSON *cfg = cJSON_AddObjectToObject(j, "config");   /* the model as run */
-    if (!strcmp(p->model, "cnn")) {
+    if (mi->cfg == AS_NN_CFG_cnn) {
         cJSON_AddStringToObject(cfg, "act", p->cnn.act_fn == AS_FN_LEAKY_RELU ? "leaky" : "relu");
         cJSON_AddNumberToObject(cfg, "convs_per_stage", p->cnn.convs);
         cJSON *w = cJSON_AddArrayToObject(cfg, "widths");
@@ -115,7 +116,7 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
         cJSON_AddNumberToObject(cfg, "heads", p->tf.NH);
         cJSON_AddNumberToObject(cfg, "depth", p->tf.depth);
         cJSON_AddNumberToObject(cfg, "mlp", p->tf.mlp);
-        if (!strcmp(p->model, "lm"))
+        if (mi->data == AS_NN_DATA_TEXT)
             cJSON_AddNumberToObject(cfg, "context", p->tf.T);
     }
     cJSON_AddNumberToObject(j, "steps", (double)r->steps);
@@ -134,8 +135,8 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
         cJSON_AddNumberToObject(ev, "accuracy", r->eval_accuracy);
     cJSON_AddNumberToObject(ev, "loss", r->eval_loss);
     cJSON_AddNumberToObject(ev, "samples", (double)r->eval_samples);
-    cJSON_AddStringToObject(ev, "on", strcmp(p->model, "lm") ? "test set"
-                                                             : "held-out text");
+    cJSON_AddStringToObject(ev, "on", mi->data == AS_NN_DATA_TEXT ? "held-out text"
+                                                                 : "test set");
     if (r->neval) {
         cJSON *ec = cJSON_AddArrayToObject(j, "eval_curve");
         for (long i = 0; i < r->neval; i++) {
@@ -189,8 +190,9 @@ int as_cmd_train(int argc, char **argv)
     if (o.seen[AS_OPT_steps] && o.seen[AS_OPT_epochs])
         return as_cli_usage("train", "give --steps or --epochs, not both");
     as_nn_preset p;
-    if (strcmp(model, "cnn") && strcmp(model, "vit") && strcmp(model, "lm"))
-        return as_cli_usage("train", "unknown model '%s' (cnn, vit, lm)", model);
+    const as_nn_model_info *mi = as_nn_model_find(model);
+    if (!mi)
+        return as_cli_usage("train", "unknown model '%s' (%s)", model, as_nn_model_names());
     if (as_nn_preset_get(model, o.preset, &p))
         return as_cli_usage("train", "unknown preset '%s' (small, bench)", o.preset);
     char err[768] = "";
@@ -208,7 +210,7 @@ int as_cmd_train(int argc, char **argv)
         p.batch = (int)o.batch;
     if (o.lr > 0)
         p.lr = (float)o.lr;
-    if ((act || o.convs) && strcmp(model, "cnn"))
+    if ((act || o.convs) && mi->cfg != AS_NN_CFG_cnn)
         return as_cli_usage("train", "--act and --convs apply to --model cnn");
     if (act && strcmp(act, "relu") && strcmp(act, "leaky"))
         return as_cli_usage("train", "--act '%s': expected relu or leaky", act);

@@ -38,7 +38,8 @@ enum { EVAL_BATCH = 250 };
 struct as_nn_run {
     as_nn_preset p;
     uint64_t     seed;
-    bool         lm;
+    const as_nn_model_info *info;   /* the model's row (models.def) */
+    bool         lm;              /* a text model */
     as_store    *store;
     bool         own_store;
     as_nn_ctx    ctx;
@@ -196,8 +197,9 @@ static int load_data(as_nn_run *r, const as_nn_train_opts *o)
 static int check_preset(as_nn_run *r)
 {
     const as_nn_preset *p = &r->p;
-    if (strcmp(p->model, "cnn") && strcmp(p->model, "vit") && strcmp(p->model, "lm")) {
-        snprintf(r->err, sizeof r->err, "unknown model '%s' (cnn, vit, lm)", p->model);
+    if (!r->info) {
+        snprintf(r->err, sizeof r->err, "unknown model '%s' (%s)", p->model,
+                 as_nn_model_names());
         return AS_EINVAL;
     }
     if (p->batch < 1 || p->batch > 65536) {
@@ -233,7 +235,8 @@ int as_nn_run_create(const as_nn_preset *p, const as_nn_train_opts *o,
     }
     r->p = *p;
     r->seed = o->seed;
-    r->lm = !strcmp(p->model, "lm");
+    r->info = as_nn_model_find(p->model);
+    r->lm = r->info && r->info->data == AS_NN_DATA_TEXT;
     r->perm_epoch = -1;
     int rc = check_preset(r);
     if (!rc) {
@@ -259,12 +262,7 @@ int as_nn_run_create(const as_nn_preset *p, const as_nn_train_opts *o,
         goto fail;
     }
     as_nn_ctx_init(&r->ctx, r->store, r->seed);
-    if (!strcmp(p->model, "cnn"))
-        rc = as_nn_cnn_create(&r->ctx, &r->p.cnn, r->seed, &r->model);
-    else if (!strcmp(p->model, "vit"))
-        rc = as_nn_vit_create(&r->ctx, &r->p.tf, r->seed, &r->model);
-    else
-        rc = as_nn_lm_create(&r->ctx, &r->p.tf, r->seed, &r->model);
+    rc = r->info->create(&r->ctx, &r->p, r->seed, &r->model);
     if (rc) {
         run_fail(r, rc, "building the model");
         goto fail;
