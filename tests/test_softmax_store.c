@@ -74,16 +74,16 @@ static void test_round_trip(void **st)
         assert_int_equal(as_store_create(&cfg, &S, err, sizeof err), 0);
 
         /* the codec on its own: the reference for the store's answers */
-        as_sm_params p;
-        assert_int_equal(as_sm_parse(specs[s], strlen(specs[s]), &p, err,
+        as__sm_params p;
+        assert_int_equal(as__sm_parse(specs[s], strlen(specs[s]), &p, err,
                                      sizeof err, NULL), 0);
-        as_sm_layout lay = {.rows = ROWS, .len = T, .queries = T,
+        as__sm_layout lay = {.rows = ROWS, .len = T, .queries = T,
                             .causal = true, .valid_len = vlen,
                             .rows_per_item = H * T};
-        size_t cap = as_sm_encode_bound(&p, &lay), used;
+        size_t cap = as__sm_encode_bound(&p, &lay), used;
         void *blob = malloc(cap);
-        assert_int_equal(as_sm_encode(&p, &lay, y, blob, cap, &used), 0);
-        assert_int_equal(as_sm_decode_rows(blob, 0, ROWS, ref), 0);
+        assert_int_equal(as__sm_encode(&p, &lay, y, blob, cap, &used), 0);
+        assert_int_equal(as__sm_decode_rows(blob, 0, ROWS, ref), 0);
 
         for (int step = 0; step < 2; step++) {
             as_store_step_begin(S, (uint64_t)step);
@@ -111,7 +111,7 @@ static void test_round_trip(void **st)
                                  0);
             assert_memory_equal(rows, ref, sizeof rows);
             assert_int_equal(as_store_softmax_backward(S, h, dy, dx), 0);
-            assert_int_equal(as_sm_backward_rows(blob, 0, ROWS, dy, dxr), 0);
+            assert_int_equal(as__sm_backward_rows(blob, 0, ROWS, dy, dxr), 0);
             assert_memory_equal(dx, dxr, sizeof dx);
 
             /* stored bytes are the blob, raw bytes the f32 tensor */

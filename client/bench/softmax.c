@@ -111,13 +111,13 @@ static double attn_fwd_s(const rowset *s, int reps)
 static int bench_one(const rowset *s, const char *spec, int reps,
                      double attn_s, cJSON *results)
 {
-    as_sm_params p;
+    as__sm_params p;
     char err[160];
-    if (as_sm_parse(spec, strlen(spec), &p, err, sizeof err, NULL))
+    if (as__sm_parse(spec, strlen(spec), &p, err, sizeof err, NULL))
         return as_cli_usage("bench", "--policies: %s: %s", spec, err);
-    as_sm_layout lay = {.rows = s->rows, .len = s->len, .queries = s->queries,
+    as__sm_layout lay = {.rows = s->rows, .len = s->len, .queries = s->queries,
                         .causal = s->causal};
-    size_t cap = as_sm_encode_bound(&p, &lay), used = 0;
+    size_t cap = as__sm_encode_bound(&p, &lay), used = 0;
     size_t ne = (size_t)(s->rows * s->len);
     void *blob = malloc(cap);
     float *dy = malloc(ne * sizeof *dy), *dx = malloc(ne * sizeof *dx);
@@ -127,17 +127,17 @@ static int bench_one(const rowset *s, const char *spec, int reps,
     double te[16], td[16], tb[16];
     for (int r = 0; r < reps; r++) {
         double t0 = as_clock_thread_cpu_s();
-        as_sm_encode(&p, &lay, s->y, blob, cap, &used);
+        as__sm_encode(&p, &lay, s->y, blob, cap, &used);
         te[r] = as_clock_thread_cpu_s() - t0;
         t0 = as_clock_thread_cpu_s();
-        as_sm_decode_rows(blob, 0, s->rows, dh);
+        as__sm_decode_rows(blob, 0, s->rows, dh);
         td[r] = as_clock_thread_cpu_s() - t0;
     }
     for (size_t i = 0; i < ne; i++)
         dy[i] = (float)nrand();
     for (int r = 0; r < reps; r++) {
         double t0 = as_clock_thread_cpu_s();
-        as_sm_backward_rows(blob, 0, s->rows, dy, dh);
+        as__sm_backward_rows(blob, 0, s->rows, dy, dh);
         tb[r] = as_clock_thread_cpu_s() - t0;
     }
     /* exact backward, cosine over the tensor and mean over rows */
@@ -169,7 +169,7 @@ static int bench_one(const rowset *s, const char *spec, int reps,
     double ratio = (double)ne * 4.0 / (double)used;
     double cosv = ab / sqrt(aa * bb), rel = sqrt(ee / aa);
     char canon[48];
-    as_sm_format(&p, canon, sizeof canon);
+    as__sm_format(&p, canon, sizeof canon);
     printf("%-30s %-16s %6.2fx  cos %.5f  rowcos %.5f  rel %.4f  "
            "enc %8.0f  dec %8.0f  bwd %8.0f rows/s  enc/attn %.2f\n",
            s->name, canon, ratio, cosv, nrc ? rowcos / (double)nrc : 1.0, rel,
@@ -201,7 +201,7 @@ static int bench_one(const rowset *s, const char *spec, int reps,
     return 0;
 }
 
-/* as_sm_order_desc (what soa uses: rank counting or radix by
+/* as__sm_order_desc (what soa uses: rank counting or radix by
  * length) against qsort, ns per row */
 typedef struct { float v; uint32_t i; } ent;
 static int cmp_ent(const void *a, const void *b)
@@ -220,15 +220,15 @@ static void bench_order(cJSON *arr, int reps, int quick)
         int64_t L = lens[li];
         if (synth(&s, L, 2.0, false, quick ? 1 << 17 : 1 << 20))
             return;
-        as_sm_work w;
-        as_sm_work_init(&w, (size_t)L);
+        as__sm_work w;
+        as__sm_work_init(&w, (size_t)L);
         uint32_t *ord = malloc((size_t)L * sizeof *ord);
         ent *e = malloc((size_t)L * sizeof *e);
         double tr[16], tq[16];
         for (int r = 0; r < reps; r++) {
             double t0 = as_clock_thread_cpu_s();
             for (int64_t q = 0; q < s.rows; q++)
-                as_sm_order_desc(s.y + q * L, (size_t)L, ord, &w);
+                as__sm_order_desc(s.y + q * L, (size_t)L, ord, &w);
             tr[r] = as_clock_thread_cpu_s() - t0;
             t0 = as_clock_thread_cpu_s();
             for (int64_t q = 0; q < s.rows; q++) {
@@ -249,7 +249,7 @@ static void bench_order(cJSON *arr, int reps, int quick)
         cJSON_AddItemToArray(arr, o);
         free(ord);
         free(e);
-        as_sm_work_free(&w);
+        as__sm_work_free(&w);
         free(s.y);
     }
 }
@@ -289,7 +289,7 @@ static int cap_encode(as_pctx *ctx, const void *params,
         int64_t L = t->shape[t->ndim - 1], rows = as_tensor_numel(t) / L;
         int64_t q = info->meta.softmax.queries > 0 ? info->meta.softmax.queries
                                                    : rows;
-        int e = as_sm_dump_write(cap.fp, cap.name, rows, L, q,
+        int e = as__sm_dump_write(cap.fp, cap.name, rows, L, q,
                                  info->meta.softmax.causal, t->data);
         if (e && !cap.err)
             cap.err = e;
@@ -542,12 +542,12 @@ static int step_time(const char *model, const char *preset, long steps,
 
 /* Next rowset from a dump: consecutive records with the same name and
  * shape (one per attention layer) are merged. 1 at end of file. */
-static int read_rowset(FILE *fp, as_sm_dump_rec *pend, bool *have, rowset *s)
+static int read_rowset(FILE *fp, as__sm_dump_rec *pend, bool *have, rowset *s)
 {
-    as_sm_dump_rec rec;
+    as__sm_dump_rec rec;
     int e;
     if (!*have) {
-        if ((e = as_sm_dump_read(fp, pend)))
+        if ((e = as__sm_dump_read(fp, pend)))
             return e;
         *have = true;
     }
@@ -556,7 +556,7 @@ static int read_rowset(FILE *fp, as_sm_dump_rec *pend, bool *have, rowset *s)
                   .y = pend->y};
     snprintf(s->name, sizeof s->name, "%s", pend->name[0] ? pend->name : "file");
     *have = false;
-    while ((e = as_sm_dump_read(fp, &rec)) == 0) {
+    while ((e = as__sm_dump_read(fp, &rec)) == 0) {
         if (strcmp(rec.name, pend->name) || rec.len != s->len ||
             rec.queries != s->queries || rec.causal != s->causal) {
             *pend = rec;
@@ -686,9 +686,9 @@ int as_bench_softmax(int argc, char **argv)
     for (char *t = strtok(pbuf, ","); t && npol < MAX_POL; t = strtok(NULL, ","))
         specs[npol++] = t;
     for (int i = 0; i < npol; i++) {
-        as_sm_params p;
+        as__sm_params p;
         char err[160];
-        if (as_sm_parse(specs[i], strlen(specs[i]), &p, err, sizeof err, NULL)) {
+        if (as__sm_parse(specs[i], strlen(specs[i]), &p, err, sizeof err, NULL)) {
             int ec = as_cli_usage("bench", "--policies: '%s': %s", specs[i], err);
             free(pbuf);   /* after the message: specs[i] points into it */
             return ec;
@@ -733,7 +733,7 @@ int as_bench_softmax(int argc, char **argv)
             rc = as_cli_fail("bench", "softmax: cannot open %s", files[f]);
             break;
         }
-        as_sm_dump_rec pend;
+        as__sm_dump_rec pend;
         bool have = false;
         for (int setno = 0;; setno++) {
             rowset s;
