@@ -186,7 +186,7 @@ typedef struct as_arena_snapshot {
 } as_arena_snapshot;
 
 /* A consistent copy of all counters and of the timeline samples with
- * seq > since_seq (0 = all). The snapshot owns its arrays (plain malloc,
+ * seq > since_seq (0 = all, UINT64_MAX = none: counters only). The snapshot owns its arrays (plain malloc,
  * not the arena, so it does not disturb what it measures); free with
  * as_arena_snapshot_free(). Errors: AS_ENOMEM. */
 AS_API int as_arena_snapshot_take(as_arena *a, uint64_t since_seq,
