@@ -129,6 +129,21 @@ static inline void discharge(as__tcounter *t, as__gcounter *g, int64_t r, int64_
         fold_down(t, g, lr, lu, pr, pu);
 }
 
+/* A free of a block another thread charged: into G at once (see
+ * internal.h). live and folded move together, so the pending delta of this
+ * thread is unchanged. */
+__attribute__((noinline))
+static void discharge_remote(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u)
+{
+    st(&t->live_req, ld(&t->live_req) - r);
+    st(&t->live_use, ld(&t->live_use) - u);
+    st(&t->fold_req, ld(&t->fold_req) - r);
+    st(&t->fold_use, ld(&t->fold_use) - u);
+    inc(&t->frees);
+    atomic_fetch_sub_explicit(&g->g_req, r, RLX);
+    atomic_fetch_sub_explicit(&g->g_use, u, RLX);
+}
+
 /* The total counter with a budget. Returns false (nothing changed) when
  * the allocation would take the charged total past the budget. */
 __attribute__((noinline))
@@ -269,6 +284,7 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
     out->usable = usable;
     out->tag = tag;
     out->layer = layer;
+    out->shard = b->id;
     return 0;
 }
 
@@ -334,6 +350,13 @@ int as_free(as_arena *a, as_block *blk)
     /* usable is a size class, so sdallocx needs no alignment flag. */
     sdallocx(blk->ptr, blk->usable, b->flags);
     int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
+    if (UNLIKELY(blk->shard != b->id)) {
+        discharge_remote(&b->total, &a->gtotal, r, u);
+        discharge_remote(&b->c[tag], &a->g[tag], r, u);
+        discharge_remote(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);
+        memset(blk, 0, sizeof *blk);
+        return 0;
+    }
     discharge(&b->total, &a->gtotal, r, u);
     discharge(&b->c[tag], &a->g[tag], r, u);
     discharge(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);

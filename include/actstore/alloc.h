@@ -59,6 +59,7 @@ typedef struct as_block {
     size_t   usable;    /* sallocx(ptr): bytes actually reserved */
     uint16_t tag;
     uint16_t layer;     /* AS_LAYER_NONE when not attributed */
+    uint32_t shard;     /* the per-thread counters that charged it (internal) */
 } as_block;
 
 typedef struct as_arena_config {
