@@ -313,6 +313,37 @@ bool as_arena_owns(const as_arena *ca, const void *p)
     return ind == a->index;
 }
 
+/* The block is a live allocation of a: the pointer lies in one of its
+ * extents and jemalloc's size for it is the block's usable size. */
+static int check_block(as_arena *a, const as_block *blk, const char *what)
+{
+    if (!as_arena_owns(a, blk->ptr)) {
+        as__set_error(a, "%s of %p (tag %s, %zu bytes): not allocated by arena %u",
+                      what, blk->ptr, a->tag_names[blk->tag], blk->size, a->index);
+        return AS_EFOREIGN;
+    }
+    size_t real = sallocx(blk->ptr, 0);
+    if (real != blk->usable || blk->size > real) {
+        as__set_error(a, "%s of %p: block says %zu/%zu bytes, jemalloc says %zu",
+                      what, blk->ptr, blk->size, blk->usable, real);
+        return AS_EINVAL;
+    }
+    return 0;
+}
+
+int as_arena_check_block(as_arena *a, const as_block *blk)
+{
+    if (!a || !blk || !blk->ptr)
+        return AS_EINVAL;
+    if (blk->tag >= atomic_load_explicit(&a->ntags, memory_order_acquire) ||
+        blk->layer >= atomic_load_explicit(&a->nlayers, memory_order_acquire)) {
+        as__set_error(a, "block %p: unknown tag %u or layer %u", blk->ptr, blk->tag,
+                      blk->layer);
+        return AS_EINVAL;
+    }
+    return check_block(a, blk, "block");
+}
+
 int as_free(as_arena *a, as_block *blk)
 {
     if (!blk)
@@ -330,17 +361,9 @@ int as_free(as_arena *a, as_block *blk)
         return AS_EINVAL;
     }
     if (UNLIKELY(a->checked)) {
-        if (!as_arena_owns(a, blk->ptr)) {
-            as__set_error(a, "free of %p (tag %s, %zu bytes): not allocated by arena %u",
-                          blk->ptr, a->tag_names[tag], blk->size, a->index);
-            return AS_EFOREIGN;
-        }
-        size_t real = sallocx(blk->ptr, 0);
-        if (real != blk->usable || blk->size > real) {
-            as__set_error(a, "free of %p: block says %zu/%zu bytes, jemalloc says %zu",
-                          blk->ptr, blk->size, blk->usable, real);
-            return AS_EINVAL;
-        }
+        int rc = check_block(a, blk, "free");
+        if (rc)
+            return rc;
     }
     as__tblock *b = as__tblock_fast(a);
     if (UNLIKELY(!b)) {

@@ -111,6 +111,14 @@ AS_API int as_free(as_arena *a, as_block *b);
 /* Is p inside a block of this arena? Uses "arenas.lookup". */
 AS_API bool as_arena_owns(const as_arena *a, const void *p);
 
+/* Is b a live allocation of this arena (what checked mode verifies on
+ * free)? Its pointer lies in the arena's memory, jemalloc's size for it is
+ * b->usable, and tag and layer are registered. Reads only; about a
+ * microsecond. Thread-safe. Errors: AS_EINVAL (NULL, empty, unknown ids,
+ * sizes that disagree), AS_EFOREIGN (memory of another arena or none);
+ * detail in as_arena_last_error(). */
+AS_API int as_arena_check_block(as_arena *a, const as_block *b);
+
 /* Set / read the budget (0 = none). Lowering it below the live bytes makes
  * the next allocations fail; nothing is freed. */
 AS_API void as_arena_set_budget(as_arena *a, uint64_t budget_bytes);
