@@ -21,20 +21,11 @@
 #include "actstore/store.h"
 #include "store/policies/aq.h"
 #include "support/store_stats.h"
+#include "util/rng.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint32_t rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-static double urand(void) { return ((double)rnd() + 0.5) / 4294967296.0; }
-static float gauss(void)
-{
-    return (float)(sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand()));
-}
+static uint32_t rnd(void) { return as_rng_u32(&rng); }
+static float gauss(void) { return (float)as_rng_normal_open(&rng); }
 
 typedef struct enc {
     as_aq_fmt f;
