@@ -361,7 +361,7 @@ int as_arena_snapshot_take(as_arena *a, uint64_t since_seq, as_arena_snapshot *o
     uint64_t next = a->tl_next_seq;         /* samples 1 .. next-1 exist */
     uint64_t first = next > a->tl_cap ? next - a->tl_cap : 1;
     if (first <= since_seq)
-        first = since_seq + 1;
+        first = since_seq < next ? since_seq + 1 : next;   /* UINT64_MAX: none */
     size_t n = next > first ? (size_t)(next - first) : 0;
     if (n) {
         out->samples = malloc(n * sizeof *out->samples);

@@ -324,6 +324,11 @@ static int save_impl(as_store *s, const as_save_info *info,
                    "tensor", layer_text(info));
         return AS_EINVAL;
     }
+    if (adopt && (rc = as_arena_check_block(s->arena, adopt)) < 0) {
+        as__seterr(s, "save_adopt (layer %s): not a live block of this store's "
+                   "arena: %s", layer_text(info), as_arena_last_error(s->arena));
+        return rc;
+    }
     if (!atomic_load(&s->grad)) {
         if (adopt)   /* ownership moved to the store: nothing to keep */
             as_free(s->arena, adopt);

@@ -271,6 +271,17 @@ static void test_hostile(void **state)
     expect_status(port, "GET /metrics HTTP/1.1\r\nHost: evil.example:8080\r\n\r\n", 403, true);
     expect_status(port, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1.evil.example\r\n\r\n", 403, true);
     expect_status(port, "GET /metrics HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n", 403, true);
+    /* a loopback-looking prefix longer than the Host buffer, a name an
+     * attacker can own; a second Host header */
+    char longhost[512];
+    snprintf(longhost, sizeof longhost,
+             "GET /api/v1/snapshot HTTP/1.1\r\nHost: 127.0.0.1%0200d.evil.example\r\n\r\n", 1);
+    expect_status(port, longhost, 403, true);
+    snprintf(longhost, sizeof longhost,
+             "GET /api/v1/snapshot HTTP/1.1\r\nHost: 127.0.0.1%070d1.evil.example\r\n\r\n", 1);
+    expect_status(port, longhost, 403, true);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n", 403, true);
+    expect_status(port, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n\r\n", 403, true);
     expect_status(port, "GET /metrics HTTP/1.1\r\nHost: [::2]:80\r\n\r\n", 403, true);
     expect_status(port, "GET /metrics HTTP/1.1\r\nHost: localhost:9464\r\n\r\n", 200, false);
     expect_status(port, "GET /metrics HTTP/1.1\r\nHost: LOCALHOST\r\n\r\n", 200, false);
