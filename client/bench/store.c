@@ -455,8 +455,7 @@ static void report_targets(const store_bench *b, cJSON *root)
 
 int as_bench_store(int argc, char **argv)
 {
-    static store_bench b;   /* the cells' medians: a few KiB */
-    b = (store_bench){.repeats = 5, .mib = 64};
+    store_bench b = {.repeats = 5, .mib = 64};
     int status = parse_args(&b, argc, argv);
     if (status != AS_CLI_RUN)
         return status;
