@@ -42,6 +42,7 @@
 #include <string.h>
 
 #include "store/policies/softmax/softmax.h"
+#include "util/simd.h"
 
 #define SM_FINE_STEP 16.0   /* fine codes per nat */
 #define SM_MAXC 16
@@ -220,13 +221,8 @@ static void sm_make_ctab(int topk, int bits, double s, double g)
 
 /* ---- encode / decode ----------------------------------------------------- */
 
-#if (defined(__x86_64__) || defined(__i386__)) && \
-    (defined(__GNUC__) || defined(__clang__)) && !defined(AS_SM_NO_DISPATCH)
-#define SM_X86_DISPATCH 1
-#endif
 
-#ifdef SM_X86_DISPATCH
-#include <immintrin.h>
+#if AS_X86_DISPATCH
 
 /* Short sotk rows (n <= 64, fixed k <= 4: sotk:16:B up to 64 keys, the
  * vit and lm rows), eight entries per AVX2 vector: the same float
@@ -466,7 +462,7 @@ sm_topk_small1_avx2(const as__sm_params *p, const float *const *v,
 
 static bool sm_have_avx2(void)
 {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+    return as_cpu_avx2();
 }
 
 static size_t sm_topk_small(const as__sm_params *p, const float *v, size_t n,
@@ -520,7 +516,7 @@ size_t as__sm_log_encode(const as__sm_params *p, const float *v, size_t n,
     const uint8_t *ctab = sm_ctab[topk][B];
     const size_t nb = (n * (size_t)B + 7) / 8;
     uint8_t *codes = w->codes;
-#ifdef SM_X86_DISPATCH
+#if AS_X86_DISPATCH
     if (topk && p->mass == 0.0f && n <= SM_SMALL && n / (size_t)p->k <= 4) {
         size_t used = sm_topk_small(p, v, n, out);
         if (used)
@@ -752,7 +748,7 @@ size_t as__sm_log_row_size(const as__sm_params *p, const uint8_t *in, size_t n)
     return nb + k;
 }
 
-#ifdef SM_X86_DISPATCH
+#if AS_X86_DISPATCH
 /* Weights of a short sotk row (n <= 64) in AVX2 vectors: codes unpacked
  * by variable shifts, coarse weights by a table permute, fine entries
  * patched in key order; the same values as the scalar loop of sm_row_weights
@@ -906,9 +902,9 @@ static size_t sm_row_weights(const as__sm_params *p, const uint8_t *in,
                              size_t n, float *wt, as__sm_work *w)
 {
     const sm_table *t = sm_table_of(p);
-#ifdef SM_X86_DISPATCH
+#if AS_X86_DISPATCH
     if (p->kind == AS_SM_TOPK && n <= SM_SMALL &&
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"))
+        as_cpu_avx2())
         return sm_topk_weights_avx2(t, p->bits, in, n, wt);
 #endif
     uint8_t *codes = w->codes;
@@ -982,7 +978,7 @@ size_t as__sm_log_decode_rows(const as__sm_params *p, const uint8_t *in,
 {
     assert(cnt >= 1 && cnt <= AS_SM_SOA_LANES);
     const uint8_t *pp = in;
-#ifdef SM_X86_DISPATCH
+#if AS_X86_DISPATCH
     if (cnt == 4 && p->kind == AS_SM_TOPK && n[0] <= SM_SMALL &&
         n[1] <= SM_SMALL && n[2] <= SM_SMALL && n[3] <= SM_SMALL &&
         sm_have_avx2()) {
