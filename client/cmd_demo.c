@@ -7,7 +7,7 @@
  *
  * Then prints the two verdict lines and the report folder. Everything is
  * `actstore ab` underneath (client/ab.c); docs/ab-testing.md explains the
- * reports; its time budget is measured there ("Demo").
+ * reports; its time budget is measured there ("The demo's budget").
  */
 #include <stdio.h>
 #include <stdlib.h>

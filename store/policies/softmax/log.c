@@ -24,9 +24,8 @@
  *                index. The others get coarse codes 1..2^B - 1 relative to
  *                the smallest fine level (last code = tail, 0).
  *                Row: ceil(n B / 8) + k bytes. The floor of 3 fine entries
- *                is for short rows (causal rows of early queries): with
- *                k = 1 the lm rows lost 1.3% cosine (0.986 vs 0.9986 with
- *                3), at 7% of the bytes; a row of 50 already has 3.
+ *                keeps short rows (causal rows of early queries) accurate
+ *                (docs/benchmarks.md, "Design measurements").
  *
  * Encoding is linear time and needs no sort: every entry's level (1/16
  * nat units below the max) comes from its float bits with a short series
@@ -54,9 +53,7 @@
  * 200 rows per setting, worst setting maximized; docs/policies.md).
  * The ladder must reach deep enough: what the tail drops is taken from
  * 1 - y_max after renormalization, and in a peaked row that is what the
- * gradient is made of. solog:4 once stopped at 5.1 nats (g = 0.05) and
- * dropped up to 9% of the mass of long sharp rows (n = 1024, std 4),
- * cosine 0.93 on single peaked rows; g = 0.15 reaches 9.3 nats. */
+ * gradient is made of (solog:4's g = 0.15 reaches 9.3 nats). */
 typedef struct sm_table {
     int   nc;                 /* coarse codes */
     float wt[SM_MAXC];        /* exp(-rep) */
@@ -281,9 +278,8 @@ sm_hor_avx2(__m256i m)
 
 /* R rows (1..4) at once, phase by phase: one row's work is a long chain
  * of dependent steps (max, its log, levels, the selection network, the
- * extractions, codes): R rows' chains side by side raise the throughput
- * (encode of the captured vit rows: 112 ns per row one at a time, 94 two,
- * 88 four at a time). Row r: n[r] entries at v[r], written to out[r]; returns
+ * extractions, codes): R rows' chains side by side raise the throughput.
+ * Row r: n[r] entries at v[r], written to out[r]; returns
  * false, writing nothing, when a row has no positive entry. */
 __attribute__((target("avx2,popcnt"), always_inline)) static inline bool
 sm_topk_small_body(const as__sm_params *p, const float *const *v,
@@ -756,9 +752,8 @@ size_t as__sm_log_row_size(const as__sm_params *p, const uint8_t *in, size_t n)
 /* The 4 code bytes at offset o of a row's nb code bytes (zeros past nb),
  * read straight from the blob: the last group as the 4 bytes ending at nb,
  * shifted down (nothing past the codes is read). Rows of nb < 4 go
- * through the zero-padded copy sm[0..7]. (The codes used to be copied
- * into a padded buffer first: its overlapping copies, reloaded 4 bytes at
- * a time, stalled store forwarding.) */
+ * through the zero-padded copy sm[0..7]. Reading the blob in place avoids
+ * the store-forwarding stalls of a padded copy. */
 static inline uint32_t sm_code_group(const uint8_t *in, const uint8_t *sm,
                                      size_t nb, size_t o)
 {
