@@ -311,6 +311,7 @@ static int tf_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
     } else {
         TRY(as_nn_embed_init(c, ps, &m->emb, "embed", cfg->V, cfg->T, cfg->C,
                              true, &rng));
+        m->emb.input_held = true;   /* the batch, held by the caller */
     }
     for (int i = 0; i < cfg->depth; i++)
         TRY(block_init(c, ps, &m->blk[i], i, cfg, !vit, &rng));

@@ -263,6 +263,9 @@ typedef struct as_nn_embed {
     char name[64]; uint16_t id;
     int V, T, C, B;
     as_nn_param *wte, *wpe;   /* wpe NULL when no positions */
+    bool input_held;          /* the caller keeps tok valid and unchanged
+                                 until the step ends (the batch): saved
+                                 borrowed (0 bytes) */
     as_handle htok;
 } as_nn_embed;
 int as_nn_embed_init(as_nn_ctx *c, as_nn_params *ps, as_nn_embed *l,
