@@ -349,11 +349,8 @@ static int act_bwd_values(as_store *s, as_item *it, const as_elementwise *fn,
     int rc = as__borrow(s, it, &v);
     if (rc < 0)
         return rc;
-    size_t n = (size_t)as_tensor_numel(&it->shape);
-    if (fn->fn == AS_FN_GELU)
-        as__gelu_grad_mul(n, v->data, dy, dx);
-    else
-        as__leaky_grad(n, fn->alpha, v->data, dy, dx);
+    as__act_grad(fn->fn, fn->alpha, (size_t)as_tensor_numel(&it->shape),
+                 v->data, dy, dx);
     as__unborrow(s, it);
     return 0;
 }

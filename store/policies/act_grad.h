@@ -40,18 +40,10 @@ static inline float as__gelu_grad(float v)
     return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
 }
 
-static inline void as__leaky_grad(size_t n, float a, const float *y,
-                                  const float *dy, float *dx)
-{
-    for (size_t i = 0; i < n; i++)
-        dx[i] = y[i] > 0.0f ? dy[i] : a * dy[i];
-}
-
-static inline void as__gelu_grad_mul(size_t n, const float *x,
-                                     const float *dy, float *dx)
-{
-    for (size_t i = 0; i < n; i++)
-        dx[i] = as__gelu_grad(x[i]) * dy[i];
-}
+/* dx = f'(v) * dy for n elements: ReLU / LeakyReLU (v their input or
+ * output: v > 0 ? dy : alpha dy, alpha 0 for ReLU) or GELU (v its input).
+ * Compiled for the vectorizer (act_grad.c). */
+void as__act_grad(int fn, float alpha, size_t n, const float *v,
+                  const float *dy, float *dx);
 
 #endif

@@ -58,6 +58,22 @@ static int sign_applies(const void *params, const as_save_info *info,
     return 0;
 }
 
+/* Bit j of a 32-bit half as a per-lane constant: the select loops below
+ * vectorize with plain SSE2 (and, compare, blend; no variable shifts). */
+static const uint32_t bitv[32] = {
+    1u << 0, 1u << 1, 1u << 2, 1u << 3, 1u << 4, 1u << 5, 1u << 6, 1u << 7,
+    1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15,
+    1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
+    1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
+
+static inline uint32_t pack32(const float *x)
+{
+    uint32_t v = 0;
+    for (int j = 0; j < 32; j++)
+        v |= x[j] > 0.0f ? bitv[j] : 0u;
+    return v;
+}
+
 static int sign_encode(as_pctx *ctx, const void *params,
                        const as_save_info *info, const as_tensor *t,
                        void **state)
@@ -71,13 +87,14 @@ static int sign_encode(as_pctx *ctx, const void *params,
         return rc;
     b->n = n;
     const float *x = t->data;
-    for (size_t k = 0; k < words; k++) {
-        const int64_t i0 = (int64_t)k * 64;
-        const int64_t m = n - i0 < 64 ? n - i0 : 64;
+    const int64_t full = n & ~(int64_t)63;
+    for (int64_t i0 = 0; i0 < full; i0 += 64)
+        b->w[i0 >> 6] = pack32(x + i0) | (uint64_t)pack32(x + i0 + 32) << 32;
+    if (full < n) {
         uint64_t v = 0;
-        for (int64_t j = 0; j < m; j++)
-            v |= (uint64_t)(x[i0 + j] > 0.0f) << j;
-        b->w[k] = v;
+        for (int64_t j = 0; j < n - full; j++)
+            v |= (uint64_t)(x[full + j] > 0.0f) << j;
+        b->w[full >> 6] = v;
     }
     *state = b;
     return 0;
@@ -93,18 +110,26 @@ static int sign_decode(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
+static inline void select32(uint32_t bits, float a, const float *dy, float *dx)
+{
+    for (int j = 0; j < 32; j++)
+        dx[j] = bits & bitv[j] ? dy[j] : a * dy[j];
+}
+
 static int sign_act_backward(as_pctx *ctx, const void *params, void *state,
                              const as_elementwise *fn, const float *dy,
                              float *dx)
 {
     const sign_blk *b = state;
     const float a = fn->alpha;
-    for (int64_t i0 = 0; i0 < b->n; i0 += 64) {
+    const int64_t full = b->n & ~(int64_t)63;
+    for (int64_t i0 = 0; i0 < full; i0 += 64) {
         const uint64_t v = b->w[i0 >> 6];
-        const int64_t m = b->n - i0 < 64 ? b->n - i0 : 64;
-        for (int64_t j = 0; j < m; j++)
-            dx[i0 + j] = (v >> j) & 1 ? dy[i0 + j] : a * dy[i0 + j];
+        select32((uint32_t)v, a, dy + i0, dx + i0);
+        select32((uint32_t)(v >> 32), a, dy + i0 + 32, dx + i0 + 32);
     }
+    for (int64_t i = full; i < b->n; i++)
+        dx[i] = (b->w[i >> 6] >> (i & 63)) & 1 ? dy[i] : a * dy[i];
     return 0;
 }
 
