@@ -19,6 +19,7 @@
 #include "layers/ops.h"
 #include "layers/train.h"
 #include "support/store_stats.h"
+#include "util/rng.h"
 
 static as_store *mk(const char *spec)
 {
@@ -35,7 +36,7 @@ static float *randn(size_t n, uint64_t seed, float scale)
     float *x = malloc((n ? n : 1) * sizeof *x);
     uint64_t st = seed;
     for (size_t i = 0; i < n; i++)
-        x[i] = scale * as_nn_randn(&st);
+        x[i] = scale * (float)as_rng_normal(&st);
     return x;
 }
 
@@ -393,7 +394,7 @@ static void test_bitpack(void **state)
     uint64_t st = 17;
     uint8_t am[1001];            /* 2x2 argmax positions: 2 bits */
     for (int i = 0; i < 1001; i++)
-        am[i] = (uint8_t)(as_nn_rand(&st) % 4);
+        am[i] = (uint8_t)(as_rng_next(&st) % 4);
     check_bitpack(AS_U8, am, 1001, 2);
     uint8_t full[300];           /* 0..255: 8 bits */
     for (int i = 0; i < 300; i++)
@@ -401,7 +402,7 @@ static void test_bitpack(void **state)
     check_bitpack(AS_U8, full, 300, 8);
     int32_t tok[257];            /* targets with ignored (-1) entries: 7 bits */
     for (int i = 0; i < 257; i++)
-        tok[i] = i % 10 == 0 ? -1 : (int32_t)(as_nn_rand(&st) % 96);
+        tok[i] = i % 10 == 0 ? -1 : (int32_t)(as_rng_next(&st) % 96);
     check_bitpack(AS_I32, tok, 257, 7);
     int32_t wide[5] = {INT32_MIN, INT32_MAX, 0, -1, 1};   /* 32 bits */
     check_bitpack(AS_I32, wide, 5, 32);

@@ -20,9 +20,9 @@
 #include "actstore/store.h"
 #include "bench.h"
 #include "cli.h"
-#include "layers/nn.h"
 #include "stats.h"
-#include "util.h"
+#include "util/clock.h"
+#include "util/rng.h"
 
 #define CMD "bench act"
 
@@ -48,10 +48,10 @@ static void fill(const acase *c, size_t n, void *x)
     uint64_t st = 42;
     for (size_t i = 0; i < n; i++) {
         if (c->dtype == AS_U8) {
-            ((uint8_t *)x)[i] = (uint8_t)(as_nn_rand(&st) & 3);
+            ((uint8_t *)x)[i] = (uint8_t)(as_rng_next(&st) & 3);
             continue;
         }
-        float v = as_nn_randn(&st);
+        float v = (float)as_rng_normal(&st);
         if (c->fn == AS_FN_RELU || c->fn == AS_FN_LEAKY_RELU)
             v = v > 0 ? v : c->alpha * v;
         ((float *)x)[i] = v;
@@ -68,9 +68,9 @@ static int one(as_store *s, const acase *c, size_t n, const void *x,
     as_tensor t = {.data = (void *)x, .dtype = c->dtype, .ndim = 1,
                    .shape = {(int64_t)n}};
     as_handle h;
-    uint64_t t0 = as_bench_clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    uint64_t t0 = as_clock_ns(CLOCK_THREAD_CPUTIME_ID);
     int rc = as_store_save(s, &info, &t, &h);
-    uint64_t t1 = as_bench_clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    uint64_t t1 = as_clock_ns(CLOCK_THREAD_CPUTIME_ID);
     if (rc)
         return rc;
     as_store_stats st;
@@ -85,7 +85,7 @@ static int one(as_store *s, const acase *c, size_t n, const void *x,
     } else {
         rc = as_store_act_backward(s, h, dy, dx);
     }
-    uint64_t t2 = as_bench_clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    uint64_t t2 = as_clock_ns(CLOCK_THREAD_CPUTIME_ID);
     as_store_release(s, h);
     *save_ns = (double)(t1 - t0);
     *bwd_ns = (double)(t2 - t1);
@@ -148,7 +148,7 @@ int as_bench_act(int argc, char **argv)
     }
     uint64_t st = 7;
     for (size_t i = 0; i < n; i++)
-        dy[i] = as_nn_randn(&st);
+        dy[i] = (float)as_rng_normal(&st);
     for (unsigned long r = 0; r < repeats; r++)
         for (size_t c = 0; c < NCASES; c++) {
             fill(&cases[c], n, x);
