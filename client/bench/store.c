@@ -42,13 +42,17 @@ enum { T_RELU, T_SOFTMAX, T_GAUSS, NTENSORS };
 static const char *const tensor_name[NTENSORS] = {"relu", "softmax", "gaussian"};
 
 enum { P_MEMCPY, P_KEEP_ADOPT, P_KEEP, P_ZSTD, P_FP16, P_BF16, P_Q8, P_Q4, P_Q2,
-       P_OFFLOAD, NPOL };
+       P_OFFLOAD, P_AQ8, P_AQ4, P_AQ3, P_AQ2, P_AQ3ROT, P_AQ2ROT, NPOL };
 static const char *const pol_name[NPOL] = {"memcpy", "keep_adopt", "keep", "zstd", "fp16",
-                                           "bf16", "q8", "q4", "q2", "offload"};
+                                           "bf16", "q8", "q4", "q2", "offload",
+                                           "aq:8", "aq:4", "aq:3", "aq:2", "aq:3:rot",
+                                           "aq:2:rot"};
 static const char *const pol_spec[NPOL] = {NULL, "default=keep", "default=keep",
                                            "default=zstd:1", "default=fp16", "default=bf16",
                                            "default=q8", "default=q4", "default=q2",
-                                           "default=offload"};
+                                           "default=offload", "default=aq:8",
+                                           "default=aq:4", "default=aq:3", "default=aq:2",
+                                           "default=aq:3:rot", "default=aq:2:rot"};
 
 #define ADOPT_BATCH 17   /* keep_adopt: 1 filled + 16 timed blocks */
 

@@ -572,6 +572,7 @@ const as_policy_ops as_policy_zstd = {
     .name = "zstd",
     .summary = "lossless zstd[:level] of byte-shuffled frames (zero mask for sparse data)",
     .kinds = 0,
+    .exact = true,
     .parse = zstd_parse,
     .free_params = zstd_free_params,
     .encode = zstd_encode,

@@ -33,49 +33,18 @@ static inline float u2f(uint32_t u)
 
 /* ---- fp16 --------------------------------------------------------------- */
 
-/* One f32 -> f16 conversion, round to nearest even, written as selects.
- * Normal range: add the rounding bias to the f32 bits (0xfff plus the lowest
- * kept bit, so ties go to even) and rebias the exponent; a carry out of the
- * mantissa correctly bumps the exponent, up to inf at 65520. Subnormal
- * range: |x| + 0.5 rounds |x| to a multiple of 2^-24 (the f16 subnormal
- * quantum; 0.5 has ulp 2^-24) in the FPU, and the low bits of the sum are
- * the half's bits. */
-static inline uint16_t f32_to_f16_one(float f)
-{
-    uint32_t x = f2u(f);
-    uint32_t sign = (x >> 16) & 0x8000u;
-    uint32_t a = x & 0x7fffffffu;
-    uint32_t normal = (a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13; /* -112<<23 */
-    uint32_t sub = f2u(u2f(a) + 0.5f) - 0x3f000000u;
-    uint32_t big = a > 0x7f800000u ? 0x7e00u : 0x7c00u;
-    uint32_t h = a >= 0x47800000u ? big : (a < 0x38800000u ? sub : normal);
-    return (uint16_t)(sign | h);
-}
-
-static inline float f16_to_f32_one(uint16_t hv)
-{
-    uint32_t h = hv;
-    uint32_t sign = (h & 0x8000u) << 16;
-    uint32_t em = h & 0x7fffu;
-    uint32_t normal = (em << 13) + 0x38000000u;
-    uint32_t infnan = 0x7f800000u | ((em & 0x3ffu) << 13);
-    uint32_t sub = f2u((float)em * (1.0f / 16777216.0f));
-    uint32_t r = em >= 0x7c00u ? infnan : (em >= 0x400u ? normal : sub);
-    return u2f(sign | r);
-}
-
 void as__f32_to_f16_sw(const float *restrict src, uint16_t *restrict dst,
                        size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        dst[i] = f32_to_f16_one(src[i]);
+        dst[i] = as__f32_to_f16_one(src[i]);
 }
 
 void as__f16_to_f32_sw(const uint16_t *restrict src, float *restrict dst,
                        size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        dst[i] = f16_to_f32_one(src[i]);
+        dst[i] = as__f16_to_f32_one(src[i]);
 }
 
 #if AS_HAVE_F16C_PATH
