@@ -155,6 +155,11 @@ as_store *as_pctx_store(const as_pctx *ctx);
 /* Lookup by name (built-in registry plus runtime-registered). */
 const as_policy_ops *as_policy_find(const char *name, size_t len);
 
+/* parse() of a policy that takes no arguments: *params = NULL; any text
+ * after "name:" is AS_ESPEC ("no arguments", offset 0). */
+int as_policy_parse_none(const char *args, size_t len, void **params, char *err,
+                         size_t errlen, size_t *err_off);
+
 /* Register a policy at run time (experimental API for frameworks). */
 int as_policy_register(const as_policy_ops *ops);
 

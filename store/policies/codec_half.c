@@ -19,19 +19,6 @@ typedef struct half_hdr {
     uint16_t v[];      /* n values */
 } half_hdr;
 
-static int half_parse(const char *args, size_t len, void **params, char *err,
-                      size_t errlen, size_t *err_off)
-{
-    (void)args;
-    *params = NULL;
-    if (len) {
-        snprintf(err, errlen, "expected no arguments");
-        *err_off = 0;
-        return AS_ESPEC;
-    }
-    return 0;
-}
-
 static int half_applies(const void *params, const as_save_info *info,
                         const as_tensor *t, char *why, size_t whylen)
 {
@@ -149,7 +136,7 @@ const as_policy_ops as_policy_fp16 = {
     .name = "fp16",
     .summary = "f32 as IEEE half, round to nearest even (2x; rel. err <= 2^-11, |x| <= 65504)",
     .kinds = 0,
-    .parse = half_parse,
+    .parse = as_policy_parse_none,
     .applies = half_applies,
     .encode = fp16_encode,
     .decode = fp16_decode,
@@ -161,7 +148,7 @@ const as_policy_ops as_policy_bf16 = {
     .name = "bf16",
     .summary = "f32 as bfloat16, round to nearest even (2x; rel. err <= 2^-8)",
     .kinds = 0,
-    .parse = half_parse,
+    .parse = as_policy_parse_none,
     .applies = half_applies,
     .encode = bf16_encode,
     .decode = bf16_decode,
