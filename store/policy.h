@@ -159,6 +159,12 @@ const as_policy_ops *as_policy_find(const char *name, size_t len);
  * after "name:" is AS_ESPEC ("no arguments", offset 0). */
 int as_policy_parse_none(const char *args, size_t len, void **params, char *err,
                          size_t errlen, size_t *err_off);
+/* free_params() of a policy whose params are one malloc'ed block. */
+void as_policy_free_params(void *params);
+/* applies() of a policy for f32 tensors only: AS_ENOTSUP otherwise, with
+ * "dtype <name> (needs f32)" in why. */
+int as_policy_applies_f32(const void *params, const as_save_info *info, const as_tensor *t,
+                          char *why, size_t whylen);
 
 /* Register a policy at run time (experimental API for frameworks). */
 int as_policy_register(const as_policy_ops *ops);

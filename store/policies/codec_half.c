@@ -19,17 +19,6 @@ typedef struct half_hdr {
     uint16_t v[];      /* n values */
 } half_hdr;
 
-static int half_applies(const void *params, const as_save_info *info,
-                        const as_tensor *t, char *why, size_t whylen)
-{
-    (void)params, (void)info;
-    if (t->dtype != AS_F32) {
-        snprintf(why, whylen, "dtype %s (needs f32)", as_dtype_name(t->dtype));
-        return AS_ENOTSUP;
-    }
-    return 0;
-}
-
 static int half_encode(as_pctx *ctx, const as_tensor *t, void **state,
                        bool brain)
 {
@@ -137,7 +126,7 @@ const as_policy_ops as_policy_fp16 = {
     .summary = "f32 as IEEE half, round to nearest even (2x; rel. err <= 2^-11, |x| <= 65504)",
     .kinds = 0,
     .parse = as_policy_parse_none,
-    .applies = half_applies,
+    .applies = as_policy_applies_f32,
     .encode = fp16_encode,
     .decode = fp16_decode,
     .drop = half_drop,
@@ -149,7 +138,7 @@ const as_policy_ops as_policy_bf16 = {
     .summary = "f32 as bfloat16, round to nearest even (2x; rel. err <= 2^-8)",
     .kinds = 0,
     .parse = as_policy_parse_none,
-    .applies = half_applies,
+    .applies = as_policy_applies_f32,
     .encode = bf16_encode,
     .decode = bf16_decode,
     .drop = half_drop,

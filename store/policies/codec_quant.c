@@ -113,22 +113,6 @@ static int quant_parse(const char *args, size_t len, void **params, char *err,
     return 0;
 }
 
-static void quant_free_params(void *params)
-{
-    free(params);
-}
-
-static int quant_applies(const void *params, const as_save_info *info,
-                         const as_tensor *t, char *why, size_t whylen)
-{
-    (void)params, (void)info;
-    if (t->dtype != AS_F32) {
-        snprintf(why, whylen, "dtype %s (needs f32)", as_dtype_name(t->dtype));
-        return AS_ENOTSUP;
-    }
-    return 0;
-}
-
 static int quant_encode(as_pctx *ctx, const quant_params *p,
                         const as_tensor *t, void **state, int bits)
 {
@@ -211,8 +195,8 @@ static void quant_drop(void *params, void *state)
         .summary = SUMMARY,                                                 \
         .kinds = 0,                                                         \
         .parse = quant_parse,                                               \
-        .free_params = quant_free_params,                                   \
-        .applies = quant_applies,                                           \
+        .free_params = as_policy_free_params,                                   \
+        .applies = as_policy_applies_f32,                                           \
         .encode = q##B##_encode,                                            \
         .decode = quant_decode,                                             \
         .drop = quant_drop,                                                 \

@@ -5,6 +5,7 @@
  */
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -63,6 +64,22 @@ int as_policy_parse_none(const char *args, size_t len, void **params, char *err,
         snprintf(err, errlen, "no arguments");
         *err_off = 0;
         return AS_ESPEC;
+    }
+    return 0;
+}
+
+void as_policy_free_params(void *params)
+{
+    free(params);
+}
+
+int as_policy_applies_f32(const void *params, const as_save_info *info, const as_tensor *t,
+                          char *why, size_t whylen)
+{
+    (void)params, (void)info;
+    if (t->dtype != AS_F32) {
+        snprintf(why, whylen, "dtype %s (needs f32)", as_dtype_name(t->dtype));
+        return AS_ENOTSUP;
     }
     return 0;
 }
