@@ -139,6 +139,10 @@ int as_pctx_scratch(as_pctx *ctx, size_t n, void **out);
 void as_pctx_errorf(as_pctx *ctx, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* Check a decode_rows request [row0, row0 + nrows) against a tensor of
+ * `rows` rows: 0, or AS_ERANGE with the range in the call's error. */
+int as_pctx_check_rows(as_pctx *ctx, int64_t row0, int64_t nrows, uint64_t rows);
+
 /* The store's offload directory, and the item's handle / layer name (for
  * messages). */
 const char *as_pctx_offload_dir(const as_pctx *ctx);

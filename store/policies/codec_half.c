@@ -90,13 +90,9 @@ static int bf16_decode(as_pctx *ctx, const void *params, void *state,
 static int half_rows(as_pctx *ctx, const half_hdr *h, int64_t row0,
                      int64_t nrows, float *dst, bool brain)
 {
-    uint64_t rows = h->n / h->cols;
-    if (row0 < 0 || nrows < 0 || (uint64_t)row0 + (uint64_t)nrows > rows) {
-        as_pctx_errorf(ctx, "rows [%lld, %lld) outside 0..%llu",
-                       (long long)row0, (long long)(row0 + nrows),
-                       (unsigned long long)rows);
-        return AS_ERANGE;
-    }
+    int rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
+    if (rc_rows)
+        return rc_rows;
     half_range(h, (size_t)row0 * h->cols, (size_t)nrows * h->cols, dst, brain);
     return 0;
 }

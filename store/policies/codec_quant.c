@@ -172,13 +172,9 @@ static int quant_rows(as_pctx *ctx, const void *params, void *state,
 {
     (void)params;
     const quant_hdr *h = state;
-    uint64_t rows = h->n / h->cols;
-    if (row0 < 0 || nrows < 0 || (uint64_t)row0 + (uint64_t)nrows > rows) {
-        as_pctx_errorf(ctx, "rows [%lld, %lld) outside 0..%llu",
-                       (long long)row0, (long long)(row0 + nrows),
-                       (unsigned long long)rows);
-        return AS_ERANGE;
-    }
+    int rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
+    if (rc_rows)
+        return rc_rows;
     as__quant_decode(h->groups, h->codes, (int)h->bits, h->group,
                      (size_t)row0 * h->cols, (size_t)nrows * h->cols, dst);
     return 0;
