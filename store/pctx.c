@@ -142,7 +142,7 @@ int as_pctx_scratch(as_pctx *c, size_t n, void **out)
 
 void as_pctx_errorf(as_pctx *c, const char *fmt, ...)
 {
-    char msg[200];
+    char msg[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);

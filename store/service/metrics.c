@@ -171,6 +171,9 @@ static void store_metrics(as_service *svc, as__sb *b)
     KIND_SERIES("actstore_restores_total", "counter", "Tensors restored, per kind.", restores);
     KIND_SERIES("actstore_fallbacks_total", "counter",
                 "Saves whose policy did not apply and fell back, per kind.", fallbacks);
+    KIND_SERIES("actstore_meta_mismatches_total", "counter",
+                "Saves whose metadata contradicted the tensor (fell back, or "
+                "failed in strict mode), per kind.", meta_mismatches);
     family(b, "actstore_encode_seconds_total", "counter", "Time spent encoding, per kind.");
     FOR_STORE(i, v) for (int k = 0; k < AS_KIND_COUNT; k++)
         if (v->store.kinds[k].saves)

@@ -79,6 +79,7 @@ static void put_counter(as__sb *b, const as_store_counter *c)
     put_kv_u64(b, "restores", c->restores, true);
     put_kv_u64(b, "releases", c->releases, true);
     put_kv_u64(b, "fallbacks", c->fallbacks, true);
+    put_kv_u64(b, "meta_mismatches", c->meta_mismatches, true);
     as__sb_puts(b, ",\"encode_s\":");
     as__sb_dbl(b, c->encode_ns * 1e-9);
     as__sb_puts(b, ",\"decode_s\":");
@@ -207,6 +208,8 @@ static void put_store(as__sb *b, const as_store_stats *st, size_t layer_limit)
         as__sb_jstr(b, l->policy);
         as__sb_puts(b, ",\"last_fallback\":");
         as__sb_jstr(b, l->last_fallback);
+        as__sb_puts(b, ",\"last_meta_mismatch\":");
+        as__sb_jstr(b, l->last_meta_mismatch);
         as__sb_puts(b, ",");
         put_counter(b, &l->c);
         as__sb_puts(b, "}");

@@ -106,6 +106,33 @@ size_t as_sm_encode_bound(const as_sm_params *p, const as_sm_layout *lay);
 int as_sm_encode(const as_sm_params *p, const as_sm_layout *lay,
                  const float *y, void *out, size_t cap, size_t *used);
 
+/* Metadata check, fused into the encode (the row is hot in cache): on
+ * every row, keys the layout masks hold exactly 0, the valid keys sum to 1
+ * within AS_SM_SUM_TOL (NaN fails), and the last valid key is not exactly
+ * 0 (a softmax entry is exp(.) > 0; an exact 0 there means a causal or
+ * padding mask the layout does not declare). */
+#define AS_SM_SUM_TOL 1e-2f
+enum { AS_SM_CHECK_OK = 0, AS_SM_CHECK_MASKED, AS_SM_CHECK_SUM,
+       AS_SM_CHECK_TAIL };
+typedef struct as_sm_check {
+    int64_t bad_rows;        /* rows that failed */
+    int64_t row;             /* the first of them (-1: none) */
+    int     what;            /* AS_SM_CHECK_* of that row */
+    int64_t key;             /* its offending key (masked / tail), or -1 */
+    double  value;           /* that key's value, or the row's valid sum */
+} as_sm_check;
+
+/* As as_sm_encode, and checks every row into *chk (NULL: no check). The
+ * blob is written either way; the caller decides what a mismatch means. */
+int as_sm_encode_checked(const as_sm_params *p, const as_sm_layout *lay,
+                         const float *y, void *out, size_t cap, size_t *used,
+                         as_sm_check *chk);
+
+/* "row 37 (query 5): key 9 is masked by the metadata but holds 0.012" and
+ * the like, into buf; returns buf. */
+char *as_sm_check_text(const as_sm_check *chk, const as_sm_layout *lay,
+                       char *buf, size_t n);
+
 /* Facts of a blob. */
 typedef struct as_sm_info {
     as_sm_params params;
