@@ -40,6 +40,11 @@ export PKG_CONFIG_PATH="$LIBDIR"
 unset LD_LIBRARY_PATH
 cc -std=c11 -Wall -Werror $SAN -o "$TMP/c1" "$TMP/consumer.c" $(pkg-config --cflags --libs actstore)
 (cd / && "$TMP/c1") | grep -q " success 1" || { echo "FAIL: pkg-config consumer"; echo "0 passed, 1 failed"; exit 1; }
+# docs/integration.md's example builds from the installed headers alone
+EX_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/example/integration.c"
+cc -std=c11 -Wall -Werror $SAN -o "$TMP/ex" "$EX_SRC" $(pkg-config --cflags --libs actstore) -lm
+(cd / && "$TMP/ex" --steps 2 --policy "softmax=sotk:16:3") | grep -q '"arena_peak_bytes"' \
+  || { echo "FAIL: integration example against the installed package"; echo "1 passed, 1 failed"; exit 1; }
 mkdir "$TMP/cm"
 cat > "$TMP/cm/CMakeLists.txt" <<'CM'
 cmake_minimum_required(VERSION 3.20)

@@ -447,6 +447,12 @@ static void test_meta_check_codec(void **st)
     assert_int_equal(as_sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
     assert_int_equal(c.bad_rows, 2);
     assert_int_equal(c.row, 6);
+    /* underflow, not a mask: zeros at key 3 and at the last valid key 8 of
+     * row 8 (a peaked softmax leaves them where the logits were) */
+    y[8 * T + 0] += y[8 * T + 3] + y[8 * T + 8];
+    y[8 * T + 3] = y[8 * T + 8] = 0.0f;
+    assert_int_equal(as_sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
+    assert_int_equal(c.bad_rows, 2);
     free(blob);
 }
 

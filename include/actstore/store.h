@@ -115,9 +115,10 @@ typedef struct as_elementwise {
  * The softmax codecs (soa, solog, sotk) check the metadata against the
  * tensor at every save, on every row: row_len equals the last dim, queries
  * divides the rows, keys the metadata masks hold exactly 0, the valid keys
- * sum to 1 within 1e-2, and the last valid key is not exactly 0 (a mask
- * the metadata does not declare, e.g. causal rows saved with a zeroed
- * meta). A mismatch is AS_EMETA in strict mode; otherwise the tensor falls
+ * sum to 1 within 1e-2, and the valid keys do not end in a run of exact
+ * zeros with no other zero before it (a mask the metadata does not
+ * declare, e.g. causal rows saved with a zeroed meta; zeros from underflow
+ * elsewhere in the row are not flagged). A mismatch is AS_EMETA in strict mode; otherwise the tensor falls
  * back (the rule's fallback, else keep), and the mismatch is counted
  * (as_store_counter.meta_mismatches), kept per layer
  * (last_meta_mismatch) and logged to stderr (the 1st, 2nd, 4th, ... of

@@ -108,9 +108,10 @@ int as_sm_encode(const as_sm_params *p, const as_sm_layout *lay,
 
 /* Metadata check, fused into the encode (the row is hot in cache): on
  * every row, keys the layout masks hold exactly 0, the valid keys sum to 1
- * within AS_SM_SUM_TOL (NaN fails), and the last valid key is not exactly
- * 0 (a softmax entry is exp(.) > 0; an exact 0 there means a causal or
- * padding mask the layout does not declare). */
+ * within AS_SM_SUM_TOL (NaN fails), and the valid keys do not end in a run
+ * of exact zeros with no other zero before it (the shape of a causal or
+ * padding mask the layout does not declare; a softmax that underflows at
+ * logit gaps over ~87 leaves its zeros where the small logits were). */
 #define AS_SM_SUM_TOL 1e-2f
 enum { AS_SM_CHECK_OK = 0, AS_SM_CHECK_MASKED, AS_SM_CHECK_SUM,
        AS_SM_CHECK_TAIL };

@@ -208,6 +208,22 @@ static void sm_check_row_mask(const sm_view *v, int64_t r, const float *row,
         sm_check_flag(c, r, AS_SM_CHECK_TAIL, last, 0.0);
 }
 
+/* The row's exact zeros form one run that ends at key n - 1: the shape of
+ * a mask, not of underflow (a softmax that underflows some keys to 0, at
+ * logit gaps over ~87, leaves them where their logits were). */
+static bool sm_zero_suffix_only(const float *row, size_t n)
+{
+    size_t k = n;
+    while (k > 0 && row[k - 1] == 0.0f)
+        k--;
+    if (k == 0)
+        return false;   /* no mass at all: the sum check's case */
+    for (size_t i = 0; i < k; i++)
+        if (row[i] == 0.0f)
+            return false;
+    return true;
+}
+
 /* One row: a vectorizable sum of the valid prefix and an OR of the masked
  * tail's bits (sign ignored: -0 counts as 0). */
 static void sm_check_row(const sm_view *v, int64_t r, const float *row,
@@ -239,7 +255,7 @@ static void sm_check_row(const sm_view *v, int64_t r, const float *row,
         sm_check_flag(c, r, AS_SM_CHECK_MASKED, (int64_t)k, row[k]);
     } else if (n && !(fabsf(sum - 1.0f) <= AS_SM_SUM_TOL)) {
         sm_check_flag(c, r, AS_SM_CHECK_SUM, -1, sum);
-    } else if (n && row[n - 1] == 0.0f) {
+    } else if (n > 1 && row[n - 1] == 0.0f && sm_zero_suffix_only(row, n)) {
         sm_check_flag(c, r, AS_SM_CHECK_TAIL, (int64_t)n - 1, 0.0);
     }
 }
