@@ -13,20 +13,11 @@
 #include "actstore/store.h"
 #include "layers/ops.h"
 #include "store/policies/softmax/softmax.h"
+#include "util/rng.h"
 
 static uint64_t rng = 1;
-static double urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
-}
-static double nrand(void)
-{
-    double u = urand() + 1e-300, v = urand();
-    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
-}
+static double nrand(void) { return as_rng_normal(&rng); }
+static double urand(void) { return as_rng_u01(&rng); }
 
 enum { B = 2, H = 3, T = 37, ROWS = B * H * T, N = ROWS * T };
 
@@ -84,16 +75,16 @@ static void test_round_trip(void **st)
         assert_int_equal(as_store_create(&cfg, &S, err, sizeof err), 0);
 
         /* the codec on its own: the reference for the store's answers */
-        as_sm_params p;
-        assert_int_equal(as_sm_parse(specs[s], strlen(specs[s]), &p, err,
+        as__sm_params p;
+        assert_int_equal(as__sm_parse(specs[s], strlen(specs[s]), &p, err,
                                      sizeof err, NULL), 0);
-        as_sm_layout lay = {.rows = ROWS, .len = T, .queries = T,
+        as__sm_layout lay = {.rows = ROWS, .len = T, .queries = T,
                             .causal = true, .valid_len = vlen,
                             .rows_per_item = H * T};
-        size_t cap = as_sm_encode_bound(&p, &lay), used;
+        size_t cap = as__sm_encode_bound(&p, &lay), used;
         void *blob = malloc(cap);
-        assert_int_equal(as_sm_encode(&p, &lay, y, blob, cap, &used), 0);
-        assert_int_equal(as_sm_decode_rows(blob, 0, ROWS, ref), 0);
+        assert_int_equal(as__sm_encode(&p, &lay, y, blob, cap, &used), 0);
+        assert_int_equal(as__sm_decode_rows(blob, 0, ROWS, ref), 0);
 
         for (int step = 0; step < 2; step++) {
             as_store_step_begin(S, (uint64_t)step);
@@ -121,7 +112,7 @@ static void test_round_trip(void **st)
                                  0);
             assert_memory_equal(rows, ref, sizeof rows);
             assert_int_equal(as_store_softmax_backward(S, h, dy, dx), 0);
-            assert_int_equal(as_sm_backward_rows(blob, 0, ROWS, dy, dxr), 0);
+            assert_int_equal(as__sm_backward_rows(blob, 0, ROWS, dy, dxr), 0);
             assert_memory_equal(dx, dxr, sizeof dx);
 
             /* stored bytes are the blob, raw bytes the f32 tensor */
@@ -399,7 +390,7 @@ static void test_meta_fuzz(void **state)
 }
 
 /* The codec's own check: what each failure names, and no check without
- * the check argument (as_sm_encode). */
+ * the check argument (as__sm_encode). */
 static void test_meta_check_codec(void **st)
 {
     (void)st;
@@ -407,51 +398,51 @@ static void test_meta_check_codec(void **st)
     int32_t vlen[B] = {T, 21};
     rng = 7;
     fill(y, vlen, 2.0);
-    as_sm_params p;
-    assert_int_equal(as_sm_parse("soa:5", 5, &p, NULL, 0, NULL), 0);
-    as_sm_layout lay = {.rows = ROWS, .len = T, .queries = T, .causal = true,
+    as__sm_params p;
+    assert_int_equal(as__sm_parse("soa:5", 5, &p, NULL, 0, NULL), 0);
+    as__sm_layout lay = {.rows = ROWS, .len = T, .queries = T, .causal = true,
                         .valid_len = vlen, .rows_per_item = H * T};
-    size_t cap = as_sm_encode_bound(&p, &lay), used;
+    size_t cap = as__sm_encode_bound(&p, &lay), used;
     void *blob = malloc(cap);
-    as_sm_check c;
-    assert_int_equal(as_sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
+    as__sm_check c;
+    assert_int_equal(as__sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
     assert_int_equal(c.bad_rows, 0);
     assert_int_equal(c.row, -1);
     /* a masked entry holding mass */
     float keep = y[3 * T + 10];
     y[3 * T + 10] = 0.25f;
-    assert_int_equal(as_sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
+    assert_int_equal(as__sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
     assert_int_equal(c.bad_rows, 1);
     assert_int_equal(c.row, 3);
     assert_int_equal(c.what, AS_SM_CHECK_MASKED);
     assert_int_equal(c.key, 10);
     char txt[200];
-    assert_non_null(strstr(as_sm_check_text(&c, &lay, txt, sizeof txt),
+    assert_non_null(strstr(as__sm_check_text(&c, &lay, txt, sizeof txt),
                            "key 10 is masked"));
     y[3 * T + 10] = keep;
     /* a row that does not sum to 1 */
     y[5 * T + 2] += 0.5f;
-    assert_int_equal(as_sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
+    assert_int_equal(as__sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
     assert_int_equal(c.what, AS_SM_CHECK_SUM);
     assert_int_equal(c.row, 5);
     y[5 * T + 2] -= 0.5f;
     /* a valid last key of exactly 0: row 6 moves its last entry's mass */
     y[6 * T + 0] += y[6 * T + 6];
     y[6 * T + 6] = 0.0f;
-    assert_int_equal(as_sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
+    assert_int_equal(as__sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
     assert_int_equal(c.what, AS_SM_CHECK_TAIL);
     assert_int_equal(c.row, 6);
     assert_int_equal(c.key, 6);
     /* NaN fails the sum */
     y[7 * T] = NAN;
-    assert_int_equal(as_sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
+    assert_int_equal(as__sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
     assert_int_equal(c.bad_rows, 2);
     assert_int_equal(c.row, 6);
     /* underflow, not a mask: zeros at key 3 and at the last valid key 8 of
      * row 8 (a peaked softmax leaves them where the logits were) */
     y[8 * T + 0] += y[8 * T + 3] + y[8 * T + 8];
     y[8 * T + 3] = y[8 * T + 8] = 0.0f;
-    assert_int_equal(as_sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
+    assert_int_equal(as__sm_encode_checked(&p, &lay, y, blob, cap, &used, &c), 0);
     assert_int_equal(c.bad_rows, 2);
     free(blob);
 }
