@@ -105,7 +105,8 @@ int as_cmd_ab(int argc, char **argv)
     snprintf(la, sizeof la, "A: %.80s", spec_a);
     snprintf(lb, sizeof lb, "B: %.80s", spec_b);
     const char *labels[2] = {la, lb};
-    if (o.serve && as_client_serve("ab", o.serve, o.serve_remote, stores, labels, 2, &svc)) {
+    if (o.serve && as_client_serve("ab", o.serve, o.serve_remote, stores, labels, 2,
+                                  (const char *const[3]){o.job, o.rank, o.host}, &svc)) {
         as_store_destroy(stores[0]);
         as_store_destroy(stores[1]);
         return AS_EXIT_FAIL;

@@ -103,7 +103,8 @@ int as_cmd_demo(int argc, char **argv)
     for (int i = 0; i < 4; i++)
         src[i] = (as_service_source){.label = labels[i], .store = stores[i]};
     as_service *svc = NULL;
-    as_service_config svcfg = {.addr = serve ? serve : AS_DEMO_ADDR};
+    as_service_config svcfg = {.addr = serve ? serve : AS_DEMO_ADDR,
+                               .job = o.job, .rank = o.rank, .host = o.host};
     int rc = as_service_start(&svcfg, src, 4, &svc, err, sizeof err);
     if (rc && !serve) { /* the default port is taken: any free one */
         svcfg.addr = "127.0.0.1:0";

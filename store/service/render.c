@@ -251,6 +251,12 @@ static void put_header(as_service *svc, as__sb *b)
 {
     as__sb_puts(b, "{\"version\":");
     as__sb_jstr(b, AS_VERSION_STRING);
+    as__sb_puts(b, ",\"job\":");
+    as__sb_jstr(b, svc->fleet_job);
+    as__sb_puts(b, ",\"rank\":");
+    as__sb_jstr(b, svc->fleet_rank);
+    as__sb_puts(b, ",\"host\":");
+    as__sb_jstr(b, svc->fleet_host);
     as__sb_printf(b, ",\"seq\":%llu,\"time\":", (unsigned long long)svc->tl_seq);
     as__sb_printf(b, "%.3f", unix_s(svc->now_ns));
     as__sb_puts(b, ",\"uptime_s\":");
