@@ -31,6 +31,7 @@ typedef struct tf {
     bool vit;
     block blk[MAXD];
     as_nn_linear patch;        /* vit: 16 -> C */
+    as_handle himg;            /* vit: the batch images (B, 784), borrowed */
     as_nn_param *cls, *pos;    /* vit: class token (C), positions (50, C) */
     as_nn_embed emb;           /* lm */
     as_nn_layernorm lnf;
@@ -42,6 +43,19 @@ typedef struct tf {
 static int falloc(as_nn_ctx *c, size_t n, int tag, uint16_t id, as_block *b)
 {
     return as_nn_alloc(c, n * sizeof(float), (uint16_t)tag, id, false, b);
+}
+
+/* patches (B*49, 16): 4x4 pixel blocks of (B, 28, 28), row-major within a
+ * patch */
+static void patchify(int B, const float *img, float *pp)
+{
+    for (int b = 0; b < B; b++)
+        for (int py = 0; py < 7; py++)
+            for (int px = 0; px < 7; px++)
+                for (int i = 0; i < 4; i++)
+                    for (int j = 0; j < 4; j++)
+                        pp[((size_t)(b * 49 + py * 7 + px)) * 16 + i * 4 + j] =
+                            img[(size_t)b * 784 + (py * 4 + i) * 28 + px * 4 + j];
 }
 
 static int block_init(as_nn_ctx *c, as_nn_params *ps, block *b, int i,
@@ -144,19 +158,20 @@ static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
     AS_TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, 0, &x));  /* (B,T,C) */
     float *xs = AS_NN_F(x);
     if (m->vit) {
-        /* patches (B*49, 16): 4x4 pixel blocks, row-major within a patch */
+        /* The patch linear's input is a rearrangement of the batch, which
+         * the caller holds through the step: save the images borrowed (0
+         * bytes) and rebuild the patches in backward. */
         AS_TRY(falloc(c, (size_t)B * 49 * 16, AS_TAG_ACTIVATIONS, m->patch.id, &p));
-        float *pp = AS_NN_F(p);
-        for (int b = 0; b < B; b++)
-            for (int py = 0; py < 7; py++)
-                for (int px = 0; px < 7; px++)
-                    for (int i = 0; i < 4; i++)
-                        for (int j = 0; j < 4; j++)
-                            pp[((size_t)(b * 49 + py * 7 + px)) * 16 + i * 4 + j] =
-                                bt->x[(size_t)b * 784 + (py * 4 + i) * 28 + px * 4 + j];
+        patchify(B, bt->x, AS_NN_F(p));
         AS_TRY(falloc(c, (size_t)B * 49 * C, AS_TAG_ACTIVATIONS, m->patch.id, &e));
-        AS_TRY(as_nn_linear_fwd(c, &m->patch, B * 49, pp, AS_NN_F(e)));
+        m->patch.N = B * 49;
+        as_op_linear_fwd(B * 49, 16, C, AS_NN_F(p), AS_NN_F(m->patch.W->w),
+                         AS_NN_F(m->patch.b->w), AS_NN_F(e));
         as_nn_free(c, &p);
+        as_save_info ii = {.kind = AS_KIND_LINEAR_INPUT, .layer = m->patch.name,
+                           .borrow = true};
+        as_tensor it = AS_NN_T(bt->x, AS_F32, B, 784);
+        AS_TRY(as_nn_save(c, &ii, &it, &m->himg));
         const float *cls = AS_NN_F(m->cls->w), *pos = AS_NN_F(m->pos->w);
         for (int b = 0; b < B; b++)
             for (int t = 0; t < 50; t++) {
@@ -241,7 +256,14 @@ static int tf_backward(as_nn_model *m_, as_nn_ctx *c)
                     memcpy(AS_NN_F(dh) + ((size_t)b * 49 + t - 1) * C, r,
                            sizeof(float) * C);
             }
-        AS_TRY(as_nn_linear_bwd(c, &m->patch, AS_NN_F(dh), NULL));
+        const void *img;
+        AS_TRY(as_nn_view(c, m->himg, m->patch.name, &img));
+        AS_TRY(falloc(c, (size_t)B * 49 * 16, AS_TAG_WORKSPACE, m->patch.id, &dr));
+        patchify(B, img, AS_NN_F(dr));
+        as_op_linear_bwd(B * 49, 16, C, AS_NN_F(dr), AS_NN_F(m->patch.W->w),
+                         AS_NN_F(dh), NULL, AS_NN_F(m->patch.W->g),
+                         AS_NN_F(m->patch.b->g));
+        as_nn_release(c, &m->himg);
     } else {
         AS_TRY(as_nn_embed_bwd(c, &m->emb, d));
     }
@@ -289,6 +311,7 @@ static int tf_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
     } else {
         AS_TRY(as_nn_embed_init(c, ps, &m->emb, "embed", cfg->V, cfg->T, cfg->C,
                              true, &rng));
+        m->emb.input_held = true;   /* the batch, held by the caller */
     }
     for (int i = 0; i < cfg->depth; i++)
         AS_TRY(block_init(c, ps, &m->blk[i], i, cfg, !vit, &rng));

@@ -89,6 +89,11 @@ int as_nn_rows(as_nn_ctx *c, as_handle h, int64_t row0, int64_t nrows,
 /* Softmax backward from a saved softmax output (dx may alias dy). */
 int as_nn_softmax_bwd_saved(as_nn_ctx *c, as_handle h, const float *dy,
                             float *dx);
+/* Activation backward from a saved activation input (GELU) or output
+ * (ReLU, LeakyReLU): dx = f'(.) * dy (dx may alias dy); with a store, from
+ * the policy's stored form (as_store_act_backward). */
+int as_nn_act_bwd_saved(as_nn_ctx *c, as_handle h, int fn, float alpha,
+                        const float *dy, float *dx);
 /* Release and null the handle (null handles are ignored). */
 void as_nn_release(as_nn_ctx *c, as_handle *h);
 /* Release everything the built-in table holds (step end). */
@@ -155,6 +160,9 @@ typedef struct as_nn_conv {
     as_op_conv_geom g;     /* N filled per forward */
     as_nn_param *W, *b;
     bool save_output;      /* save y (conv_output) for inversion; default on */
+    bool input_held;       /* the caller keeps x valid and unchanged until
+                              the step ends (the input batch): x is saved
+                              borrowed (as_save_info.borrow, 0 bytes) */
     as_handle hx, hy;      /* conv_input (meta: geometry, W, version, hy);
                               conv_output */
 } as_nn_conv;
@@ -274,6 +282,9 @@ typedef struct as_nn_embed {
     char name[64]; uint16_t id;
     int V, T, C, B;
     as_nn_param *wte, *wpe;   /* wpe NULL when no positions */
+    bool input_held;          /* the caller keeps tok valid and unchanged
+                                 until the step ends (the batch): saved
+                                 borrowed (0 bytes) */
     as_handle htok;
 } as_nn_embed;
 int as_nn_embed_init(as_nn_ctx *c, as_nn_params *ps, as_nn_embed *l,

@@ -116,7 +116,8 @@ int as_nn_conv_fwd(as_nn_ctx *c, as_nn_conv *l, int N, int H, int W,
         AS_TRY_RETURN(as_nn_save(c, &oi, &ot, &l->hy));
     }
     as_save_info info = {.kind = AS_KIND_CONV_INPUT, .layer = l->name,
-                         .alias_of = x_saved};
+                         .alias_of = x_saved,
+                         .borrow = l->input_held && as_handle_is_null(x_saved)};
     info.meta.conv = (as_conv_meta){
         .n = N, .cin = g->Cin, .h = H, .w = W, .cout = g->Cout, .kh = g->kh,
         .kw = g->kw, .stride_h = g->stride, .stride_w = g->stride,
@@ -340,12 +341,7 @@ int as_nn_act_fwd(as_nn_ctx *c, as_nn_act *l, int ndim, const int64_t *shape,
 
 int as_nn_act_bwd(as_nn_ctx *c, as_nn_act *l, const float *dy, float *dx)
 {
-    const void *s;
-    AS_TRY_RETURN(as_nn_view(c, l->h, l->name, &s));
-    if (l->fn == AS_FN_GELU)
-        as_op_gelu_bwd(l->n, s, dy, dx);
-    else
-        as_op_leaky_bwd(l->n, l->alpha, s, dy, dx);
+    AS_TRY_RETURN(as_nn_act_bwd_saved(c, l->h, l->fn, l->alpha, dy, dx));
     as_nn_release(c, &l->h);
     return 0;
 }

@@ -14,14 +14,9 @@
 #include <assert.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AS_CLONES __attribute__((target_clones("avx2", "default")))
-#define AS_HAVE_F16C_PATH 1
-#include <immintrin.h>
-#else
-#define AS_CLONES
-#define AS_HAVE_F16C_PATH 0
-#endif
+#include "util/simd.h"
+
+#define AS_HAVE_F16C_PATH AS_X86_DISPATCH
 
 static inline uint32_t f2u(float f)
 {
@@ -82,7 +77,7 @@ static int have_f16c(void)
     int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (v < 0) {
         __builtin_cpu_init();
-        v = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+        v = as_cpu_f16c();
         __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
     return v;
@@ -116,7 +111,7 @@ void as__f16_to_f32(const uint16_t *src, float *dst, size_t n)
 /* Round to nearest even on the f32 bits: add 0x7fff plus the lowest kept
  * bit; NaNs are kept quiet (a NaN whose payload sits in the low half would
  * otherwise truncate to inf). */
-AS_CLONES
+AS_CLONES_AVX2
 void as__f32_to_bf16(const float *restrict src, uint16_t *restrict dst,
                      size_t n)
 {
@@ -128,7 +123,7 @@ void as__f32_to_bf16(const float *restrict src, uint16_t *restrict dst,
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 void as__bf16_to_f32(const uint16_t *restrict src, float *restrict dst,
                      size_t n)
 {
@@ -138,7 +133,7 @@ void as__bf16_to_f32(const uint16_t *restrict src, float *restrict dst,
 
 /* ---- byte shuffle ------------------------------------------------------- */
 
-AS_CLONES
+AS_CLONES_AVX2
 static void shuffle4(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
 {
     uint8_t *restrict d0 = d, *restrict d1 = d + n, *restrict d2 = d + 2 * n,
@@ -151,7 +146,7 @@ static void shuffle4(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void unshuffle4(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
 {
     const uint8_t *restrict s0 = s, *restrict s1 = s + n,
@@ -164,7 +159,7 @@ static void unshuffle4(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void shuffle2(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
 {
     uint8_t *restrict d0 = d, *restrict d1 = d + n;
@@ -174,7 +169,7 @@ static void shuffle2(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void unshuffle2(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
 {
     const uint8_t *restrict s0 = s, *restrict s1 = s + n;
@@ -222,7 +217,7 @@ void as__unshuffle(const void *src, void *dst, size_t n, size_t esize)
 
 /* ---- checksum ---------------------------------------------------------- */
 
-AS_CLONES
+AS_CLONES_AVX2
 static void hash_blocks(const uint8_t *restrict p, size_t nblocks,
                         uint64_t *restrict a, uint64_t *restrict b)
 {
@@ -269,7 +264,7 @@ uint64_t as__hash64(const void *p, size_t n)
 /* Min and max of a group, NaN-tolerant (a NaN leaves them as they were;
  * the group then decodes its NaN elements to clamped codes). Written with
  * plain comparisons so it maps onto vector min/max. */
-AS_CLONES
+AS_CLONES_AVX2
 static void group_minmax(const float *restrict x, size_t n, float *mn,
                          float *mx)
 {
@@ -300,7 +295,7 @@ static void group_minmax(const float *restrict x, size_t n, float *mn,
 /* Codes of one group (count values, padded with zeros to a multiple of 8)
  * into q[]. The clamp is done in float before the conversion, so NaN and
  * out-of-range values never reach a float-to-int conversion. */
-AS_CLONES
+AS_CLONES_AVX2
 static void group_codes(const float *restrict x, size_t count, float mn,
                         float inv, float qmax, uint32_t gseed,
                         uint8_t *restrict q)
@@ -314,14 +309,14 @@ static void group_codes(const float *restrict x, size_t count, float mn,
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void pack4(const uint8_t *restrict q, size_t count, uint8_t *restrict out)
 {
     for (size_t k = 0; k < count / 2; k++)
         out[k] = (uint8_t)(q[2 * k] | (q[2 * k + 1] << 4));
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void pack2(const uint8_t *restrict q, size_t count, uint8_t *restrict out)
 {
     for (size_t k = 0; k < count / 4; k++)
@@ -363,7 +358,7 @@ void as__quant_encode(const float *x, size_t n, int bits, size_t group,
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void dequant8(const uint8_t *restrict c, size_t count, float mn,
                      float s, float *restrict d)
 {
@@ -371,7 +366,7 @@ static void dequant8(const uint8_t *restrict c, size_t count, float mn,
         d[j] = mn + (float)c[j] * s;
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void dequant4(const uint8_t *restrict c, size_t count, float mn,
                      float s, float *restrict d)
 {
@@ -381,7 +376,7 @@ static void dequant4(const uint8_t *restrict c, size_t count, float mn,
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void dequant2(const uint8_t *restrict c, size_t count, float mn,
                      float s, float *restrict d)
 {
