@@ -152,7 +152,7 @@ int as_pctx_check_rows(as_pctx *ctx, int64_t row0, int64_t nrows, uint64_t rows)
 
 void as_pctx_errorf(as_pctx *c, const char *fmt, ...)
 {
-    char msg[200];
+    char msg[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
