@@ -3,7 +3,10 @@
  * lm (character-level, causal). Pre-norm blocks:
  *     x = x + drop(attn(ln1(x)));  x = x + drop(fc2(gelu(fc1(ln2(x)))))
  * The residual stream is one (N, C) buffer updated in place; everything a
- * backward needs is saved by the layers through the store.
+ * backward needs is saved by the layers through the store. Every LayerNorm
+ * output feeds a linear (qkv, fc1, head): the norm saves that output and
+ * the linear's saved input aliases it, so it is held once, under the
+ * linear's policy (the norm rebuilds xhat from it, see nn.h).
  */
 #include "layers/model.h"
 
@@ -94,13 +97,15 @@ static int block_fwd(as_nn_ctx *c, block *b, const as_nn_tf_cfg *cfg, int B,
     AS_TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, b->attn.id, &a));
     AS_TRY(as_nn_layernorm_fwd(c, &b->ln1, N, x, AS_NN_F(a)));
     AS_TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, b->attn.id, &h));
-    AS_TRY(as_nn_attn_fwd(c, &b->attn, B, T, AS_NN_F(a), AS_NN_F(h)));
+    AS_TRY(as_nn_attn_fwd_alias(c, &b->attn, B, T, AS_NN_F(a),
+                             as_nn_layernorm_out(&b->ln1), AS_NN_F(h)));
     AS_TRY(as_nn_dropout_fwd(c, &b->d1, (size_t)N * C, AS_NN_F(h), AS_NN_F(h)));
     as_op_add((size_t)N * C, AS_NN_F(h), x);
     as_nn_free(c, &h);
     AS_TRY(as_nn_layernorm_fwd(c, &b->ln2, N, x, AS_NN_F(a)));
     AS_TRY(falloc(c, (size_t)N * H, AS_TAG_ACTIVATIONS, b->fc1.id, &h));
-    AS_TRY(as_nn_linear_fwd(c, &b->fc1, N, AS_NN_F(a), AS_NN_F(h)));
+    AS_TRY(as_nn_linear_fwd_alias(c, &b->fc1, N, AS_NN_F(a),
+                               as_nn_layernorm_out(&b->ln2), AS_NN_F(h)));
     const int64_t shape[2] = {N, H};
     AS_TRY(as_nn_act_fwd(c, &b->gelu, 2, shape, AS_NN_F(h), AS_NN_F(h)));
     AS_TRY(as_nn_linear_fwd(c, &b->fc2, N, AS_NN_F(h), AS_NN_F(a)));
@@ -196,7 +201,8 @@ static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
     as_nn_free(c, &x);
     as_nn_free(c, &p);
     AS_TRY(falloc(c, (size_t)R * m->nout, AS_TAG_ACTIVATIONS, m->head.id, &lg));
-    AS_TRY(as_nn_linear_fwd(c, &m->head, R, AS_NN_F(e), AS_NN_F(lg)));
+    AS_TRY(as_nn_linear_fwd_alias(c, &m->head, R, AS_NN_F(e),
+                               as_nn_layernorm_out(&m->lnf), AS_NN_F(lg)));
     as_nn_free(c, &e);
     AS_TRY(as_nn_xent_fwd(c, &m->loss, R, m->nout, AS_NN_F(lg),
                        m->vit ? bt->y : bt->tgt, loss, ncorrect));

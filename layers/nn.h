@@ -148,6 +148,10 @@ int as_nn_linear_init(as_nn_ctx *c, as_nn_params *ps, as_nn_linear *l,
                       uint64_t *rng);
 int as_nn_linear_fwd(as_nn_ctx *c, as_nn_linear *l, int N, const float *x,
                      float *y);
+/* The same with x already saved by its producer under x_saved (e.g. a
+ * LayerNorm output): the saved input aliases that item. Null: as above. */
+int as_nn_linear_fwd_alias(as_nn_ctx *c, as_nn_linear *l, int N,
+                           const float *x, as_handle x_saved, float *y);
 int as_nn_linear_bwd(as_nn_ctx *c, as_nn_linear *l, const float *dy,
                      float *dx);
 
@@ -188,16 +192,31 @@ int as_nn_bnorm_fwd(as_nn_ctx *c, as_nn_bnorm *l, int N, int H, int W,
                     const float *x, as_handle x_saved, float *y);
 int as_nn_bnorm_bwd(as_nn_ctx *c, as_nn_bnorm *l, const float *dy, float *dx);
 
+/* LayerNorm. Backward needs xhat = (x - mean) * rstd and rstd per row;
+ * with save_output (the default) forward saves its output y instead of x
+ * (kind norm_input, handle hx; the next linear aliases it, so y is held
+ * once) and only rstd, and backward rebuilds xhat = (y - beta) / gamma.
+ * Per forward it falls back to saving x and (mean, rstd) when some gamma
+ * is 0, not finite, below max |gamma| * min_gamma_ratio, or when
+ * |beta| > 64 |gamma| (xhat would lose precision); from_y says which. */
 typedef struct as_nn_layernorm {
     char name[64]; uint16_t id;
     int C, N;
     as_nn_param *g, *b;
-    as_handle hx, hstat;   /* norm_input (N, C); (2, N) mean, rstd */
+    bool save_output;        /* rebuild xhat from y when gamma allows */
+    float min_gamma_ratio;   /* default 1/32 */
+    bool from_y;             /* the last forward saved y */
+    uint64_t fallbacks;      /* forwards that saved x although save_output */
+    as_handle hx, hstat;     /* from_y: y (N, C), rstd (N); else x (N, C),
+                                (2, N) mean, rstd */
 } as_nn_layernorm;
 int as_nn_layernorm_init(as_nn_ctx *c, as_nn_params *ps, as_nn_layernorm *l,
                          const char *name, int C);
 int as_nn_layernorm_fwd(as_nn_ctx *c, as_nn_layernorm *l, int N,
                         const float *x, float *y);
+/* The handle under which the last forward saved y, for the consumer of y
+ * to alias (as_nn_linear_fwd_alias), or null (x was saved, or eval). */
+as_handle as_nn_layernorm_out(const as_nn_layernorm *l);
 int as_nn_layernorm_bwd(as_nn_ctx *c, as_nn_layernorm *l, const float *dy,
                         float *dx);
 
@@ -306,6 +325,10 @@ int as_nn_attn_init(as_nn_ctx *c, as_nn_params *ps, as_nn_attn *l,
                     uint64_t *rng);
 int as_nn_attn_fwd(as_nn_ctx *c, as_nn_attn *l, int B, int T,
                    const float *x, float *y);
+/* The same with x already saved under x_saved (the qkv linear's saved
+ * input aliases it). */
+int as_nn_attn_fwd_alias(as_nn_ctx *c, as_nn_attn *l, int B, int T,
+                         const float *x, as_handle x_saved, float *y);
 int as_nn_attn_bwd(as_nn_ctx *c, as_nn_attn *l, const float *dy, float *dx);
 
 #endif

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # actstore train: usage errors (exit 2), data errors (exit 1, naming the path
-# and the package), the JSON fields of the issue, bit-for-bit identical loss
+# and the package), the JSON fields (docs/training.md), bit-for-bit identical loss
 # curves for the same seed, plain progress lines when not on a terminal,
 # and actstore bench layers' JSON. Small preset, a few steps: seconds.
 set -u
