@@ -286,19 +286,6 @@ static struct {
     const as_policy_ops *keep;   /* what the capture policy stores with */
 } cap;
 
-static int cap_parse(const char *args, size_t len, void **params, char *err,
-                     size_t errlen, size_t *err_off)
-{
-    (void)args;
-    *params = NULL;
-    if (len) {
-        snprintf(err, errlen, "no arguments");
-        *err_off = 0;
-        return AS_ESPEC;
-    }
-    return 0;
-}
-
 static int cap_encode(as_pctx *ctx, const void *params,
                       const as_save_info *info, const as_tensor *t,
                       void **state)
@@ -333,7 +320,7 @@ static const as_policy_ops cap_ops = {
     .name = "smcapture",
     .summary = "keep, and append softmax outputs to a row dump (bench)",
     .kinds = 1u << AS_KIND_SOFTMAX_OUTPUT,
-    .parse = cap_parse,
+    .parse = as_policy_parse_none,
     .encode = cap_encode,
     .decode = cap_decode,
     .view = cap_view,
