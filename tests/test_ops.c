@@ -303,9 +303,9 @@ static void test_backend(void **state)
 static void test_pool(void **state)
 {
     (void)state;
-    for (int m = 0; m < 2; m++) {
-        pool_cfg c = {2, 3, 5, 6, 2, m == 1};
-        size_t nx = 180, ny = 2 * 3 * 2 * 3;
+    for (int m = 0; m < 4; m++) {   /* k = 2 and 3, avg / max */
+        pool_cfg c = {2, 3, 5, 6, m < 2 ? 2 : 3, m % 2 == 1};
+        size_t nx = 180, ny = 2 * 3 * (size_t)(5 / c.k) * (size_t)(6 / c.k);
         double x[180], r[36], yr[36];
         fill(x, nx, 1.0);
         fill(r, ny, 1.0);

@@ -15,6 +15,12 @@ table gives the median over rounds.
 
   /usr/bin/python3 scripts/experiments/torch_step.py [--bin build/client/actstore]
       [--rounds 5] [--steps 40] [--json out.json] [--models cnn,vit]
+      [--kernels]
+
+--kernels also times PyTorch's conv (forward; backward dW + dx, dW only for
+the first layer) and linear layers in the shapes `actstore bench layers`
+reports, alternating with `actstore bench layers --reps 9` runs; GFLOP/s
+per shape next to actstore's, medians over rounds.
 
 The actstore run's environment decides its kernels (AS_KERNELS,
 OPENBLAS_CORETYPE); PyTorch runs with the environment it was started with
@@ -110,6 +116,105 @@ def torch_run(model, steps):
     return statistics.median(t[3:]) * 1e3
 
 
+def tmedian(fn, reps=9):
+    """Median thread-CPU seconds of fn over reps repeats of ~2 ms."""
+    fn()
+    t0 = time.thread_time()
+    fn()
+    one = max(time.thread_time() - t0, 1e-6)
+    it = max(1, int(0.002 / one))
+    v = []
+    for _ in range(reps):
+        t0 = time.thread_time()
+        for _ in range(it):
+            fn()
+        v.append((time.thread_time() - t0) / it)
+    return statistics.median(v)
+
+
+def torch_kernels():
+    """GFLOP/s of PyTorch's conv and linear in the bench shapes."""
+    out = {}
+    H, cin = 28, 1
+    for s, w in enumerate((16, 32, 64)):
+        x = torch.rand(64, cin, H, H, requires_grad=s > 0)
+        conv = nn.Conv2d(cin, w, 3, 1, 1)
+        f = 2.0 * w * 64 * H * H * cin * 9
+        with torch.no_grad():
+            tf = tmedian(lambda: conv(x))
+        y = conv(x)
+        dy = torch.rand_like(y)
+
+        def bwd():
+            conv.zero_grad(set_to_none=True)
+            x.grad = None
+            conv(x).backward(dy)
+        tfb = tmedian(bwd)
+        fb = f * (2 if s > 0 else 1)
+        # backward timed with its forward: subtract the forward
+        out[f"stages.{s}.conv0"] = {"fwd_gflops": 1e-9 * f / tf,
+                                    "bwd_gflops": 1e-9 * fb / max(tfb - tf, 1e-9)}
+        H //= 2
+        cin = w
+    for name, n, i, o in (("vit.attn.qkv", 3200, 48, 144), ("vit.attn.proj", 3200, 48, 48),
+                          ("vit.mlp.fc1", 3200, 48, 96), ("vit.mlp.fc2", 3200, 96, 48)):
+        x = torch.rand(n, i, requires_grad=True)
+        lin = nn.Linear(i, o)
+        f = 2.0 * n * i * o
+        with torch.no_grad():
+            tf = tmedian(lambda: lin(x))
+        dy = torch.rand(n, o)
+
+        def bwd():
+            lin.zero_grad(set_to_none=True)
+            x.grad = None
+            lin(x).backward(dy)
+        tfb = tmedian(bwd)
+        out[name] = {"fwd_gflops": 1e-9 * f / tf,
+                     "bwd_gflops": 1e-9 * 2 * f / max(tfb - tf, 1e-9)}
+    return out
+
+
+def actstore_kernels(binary):
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        subprocess.run([binary, "bench", "layers", "--reps", "9", "--json", f.name],
+                       check=True, stdout=subprocess.DEVNULL)
+        d = json.load(open(f.name))
+    out = {c["layer"]: c for c in d["conv"]}
+    out.update({m["layer"]: m for m in d["matmul"]})
+    out["sgemm"] = d["sgemm_peak"]["gflops"]
+    return out, d
+
+
+def kernels(binary, rounds):
+    keys = ("fwd_gflops", "bwd_gflops", "fwd_lib_gflops", "bwd_lib_gflops")
+    ours, theirs, head = [], [], None
+    for _ in range(rounds):
+        o, head = actstore_kernels(binary)
+        ours.append(o)
+        theirs.append(torch_kernels())
+    res = {"kernels": head.get("kernels"),
+           "sgemm_1024_gflops": statistics.median(o["sgemm"] for o in ours),
+           "layers": {}}
+    print(f"actstore: {head.get('kernels')}")
+    print(f"{'layer':16} {'ours fwd':>9} {'torch fwd':>9} {'ours bwd':>9} {'torch bwd':>9}"
+          f" {'lib fwd':>8} {'lib bwd':>8}")
+    for name in theirs[0]:
+        r = {}
+        for k in keys:
+            v = [o[name][k] for o in ours if k in o.get(name, {})]
+            if v:
+                r[k] = statistics.median(v)
+        r["torch_fwd_gflops"] = statistics.median(t[name]["fwd_gflops"] for t in theirs)
+        r["torch_bwd_gflops"] = statistics.median(t[name]["bwd_gflops"] for t in theirs)
+        res["layers"][name] = r
+        lib = (f" {r['fwd_lib_gflops']:8.1f} {r['bwd_lib_gflops']:8.1f}"
+               if "fwd_lib_gflops" in r else "")
+        print(f"{name:16} {r['fwd_gflops']:9.1f} {r['torch_fwd_gflops']:9.1f} "
+              f"{r['bwd_gflops']:9.1f} {r['torch_bwd_gflops']:9.1f}{lib}", flush=True)
+    return res
+
+
 def actstore_run(binary, model, steps):
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         subprocess.run([binary, "train", "--model", model, "--preset", "bench",
@@ -126,6 +231,7 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--models", default="cnn,vit")
     ap.add_argument("--json")
+    ap.add_argument("--kernels", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
     out = {"torch": torch.__version__, "rounds": a.rounds, "steps": a.steps,
@@ -146,6 +252,8 @@ def main():
               f"PyTorch {r['torch_step_cpu_ms']:.2f} ms, ratio {r['ratio']:.2f} "
               f"(actstore runs {', '.join(f'{v:.1f}' for v in ours)}; "
               f"PyTorch {', '.join(f'{v:.1f}' for v in theirs)})", flush=True)
+    if a.kernels:
+        out["kernels"] = kernels(a.bin, a.rounds)
     if a.json:
         json.dump(out, open(a.json, "w"), indent=1)
 
