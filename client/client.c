@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "actstore/common.h"
+#include "util/err.h"
 
 typedef struct conn {
     uv_tcp_t          tcp;
@@ -16,6 +17,7 @@ typedef struct conn {
     char             *buf;          /* received, not yet consumed */
     size_t            len, cap;
     bool              headers_done, sse, closing, ended;
+    bool              chunked;      /* Transfer-Encoding: chunked (GET) */
     int               status;
     long long         content_length;   /* -1 unknown */
     int               rc;
@@ -30,19 +32,6 @@ typedef struct conn {
 } conn;
 
 struct as_client_sse { conn c; };
-
-static int set_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int set_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 static int parse_addr(const char *addr, struct sockaddr_in *sa, char *host, size_t hostlen)
 {
@@ -136,6 +125,9 @@ static size_t parse_headers(conn *c)
     for (char *line = strstr(c->buf, "\r\n"); line && line < eoh; line = strstr(line + 2, "\r\n"))
         if (!strncasecmp(line + 2, "Content-Length:", 15))
             c->content_length = atoll(line + 17);
+        else if (!strncasecmp(line + 2, "Transfer-Encoding:", 18) &&
+                 strstr(line + 20, "chunked") && strstr(line + 20, "chunked") < eoh)
+            c->chunked = true;
     c->headers_done = true;
     return (size_t)(eoh + 4 - c->buf);
 }
@@ -180,8 +172,36 @@ static void sse_feed(conn *c)
     c->len -= off;
 }
 
+/* Decode a chunked body (delimited by the close: GETs ask for one) in
+ * place: sizes in hex, extensions and trailers ignored. AS_EFORMAT when
+ * malformed or cut before the last chunk. */
+static int dechunk(conn *c)
+{
+    size_t in = 0, out = 0;
+    c->buf[c->len] = 0;   /* on_alloc keeps a spare byte: strtoull stops */
+    for (;;) {
+        char *end;
+        unsigned long long n = strtoull(c->buf + in, &end, 16);
+        char *eol = memchr(c->buf + in, '\n', c->len - in);
+        if (end == c->buf + in || !eol)
+            return AS_EFORMAT;
+        in = (size_t)(eol - c->buf) + 1;
+        if (n == 0)
+            break;
+        if (n > c->len - in || c->len - in - n < 2)
+            return AS_EFORMAT;
+        memmove(c->buf + out, c->buf + in, n);
+        out += n;
+        in += n + 2;   /* data, CRLF */
+    }
+    c->len = out;
+    return 0;
+}
+
 static void finish_get(conn *c, int rc)
 {
+    if (!rc && c->chunked)
+        rc = dechunk(c);
     if (!rc && c->resp) {
         c->resp->status = c->status;
         c->resp->len = c->len;
@@ -203,7 +223,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     if (c->closing)
         return;
     if (n < 0) {
-        if (!c->sse && c->headers_done && c->content_length < 0 && n == UV_EOF)
+        if (!c->sse && c->headers_done && (c->content_length < 0 || c->chunked) &&
+            n == UV_EOF)
             finish_get(c, 0);   /* body delimited by close */
         else
             conn_end(c, AS_EIO);
@@ -223,7 +244,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     }
     if (c->sse)
         sse_feed(c);
-    else if (c->content_length >= 0 && c->len >= (size_t)c->content_length) {
+    else if (!c->chunked && c->content_length >= 0 && c->len >= (size_t)c->content_length) {
         c->len = (size_t)c->content_length;
         finish_get(c, 0);
     }
@@ -285,11 +306,11 @@ int as_client_get(const char *addr, const char *path, int timeout_ms,
                   as_client_response *out, char *err, size_t errlen)
 {
     if (!out || !path)
-        return set_err(err, errlen, AS_EINVAL, "path and out are required");
+        return as_set_err(err, errlen, AS_EINVAL, "path and out are required");
     memset(out, 0, sizeof *out);
     uv_loop_t loop;
     if (uv_loop_init(&loop))
-        return set_err(err, errlen, AS_EIO, "cannot create an event loop");
+        return as_set_err(err, errlen, AS_EIO, "cannot create an event loop");
     conn c;
     memset(&c, 0, sizeof c);
     c.resp = out;
@@ -304,14 +325,14 @@ int as_client_get(const char *addr, const char *path, int timeout_ms,
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     if (rc == AS_EINVAL)
-        return set_err(err, errlen, rc, "bad address '%s' (expected HOST:PORT)", addr ? addr : "");
+        return as_set_err(err, errlen, rc, "bad address '%s' (expected HOST:PORT)", addr ? addr : "");
     if (!rc)
         rc = c.rc;
     if (!rc && c.status <= 0)
         rc = AS_EFORMAT;
     if (rc) {
         as_client_response_free(out);
-        return set_err(err, errlen, rc, "GET %s from %s: %s", path, addr,
+        return as_set_err(err, errlen, rc, "GET %s from %s: %s", path, addr,
                        rc == AS_EIO ? "connection failed, reset or timed out" : as_strerror(rc));
     }
     return 0;
@@ -392,7 +413,7 @@ int as_client_subscribe(const char *addr, int duration_ms, as_client_event_fn fn
 {
     uv_loop_t loop;
     if (uv_loop_init(&loop))
-        return set_err(err, errlen, AS_EIO, "cannot create an event loop");
+        return as_set_err(err, errlen, AS_EIO, "cannot create an event loop");
     sub_ctx x = {.fn = fn, .ud = ud};
     uv_timer_init(&loop, &x.timer);
     x.timer.data = &x;
@@ -404,11 +425,11 @@ int as_client_subscribe(const char *addr, int duration_ms, as_client_event_fn fn
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     if (rc == AS_EINVAL)
-        return set_err(err, errlen, rc, "bad address '%s' (expected HOST:PORT)", addr ? addr : "");
+        return as_set_err(err, errlen, rc, "bad address '%s' (expected HOST:PORT)", addr ? addr : "");
     if (!rc)
         rc = x.rc;
     if (rc)
-        set_err(err, errlen, rc, "event stream from %s: %s", addr,
+        as_set_err(err, errlen, rc, "event stream from %s: %s", addr,
                 rc == AS_EIO ? "connection failed or closed" : as_strerror(rc));
     return rc;
 }
@@ -417,7 +438,7 @@ int as_client_subscribe(const char *addr, int duration_ms, as_client_event_fn fn
 
 int as_client_serve(const char *cmd, const char *addr, bool allow_remote,
                     as_store *const *stores, const char *const *labels, size_t n,
-                    as_service **out)
+                    const char *const fleet[3], as_service **out)
 {
     as_service_source src[16];
     if (n < 1 || n > 16) {
@@ -427,6 +448,8 @@ int as_client_serve(const char *cmd, const char *addr, bool allow_remote,
     for (size_t i = 0; i < n; i++)
         src[i] = (as_service_source){.label = labels ? labels[i] : NULL, .store = stores[i]};
     as_service_config cfg = {.addr = addr, .allow_remote = allow_remote};
+    if (fleet)
+        cfg.job = fleet[0], cfg.rank = fleet[1], cfg.host = fleet[2];
     char err[256] = "";
     int rc = as_service_start(&cfg, src, n, out, err, sizeof err);
     if (rc) {

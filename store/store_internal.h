@@ -40,7 +40,7 @@
 
 typedef struct as_acct {
     _Atomic uint64_t raw_live, raw_peak, stored_live, stored_peak;
-    _Atomic uint64_t saves, restores, releases, fallbacks;
+    _Atomic uint64_t saves, restores, releases, fallbacks, meta_mismatches;
     _Atomic uint64_t encode_ns, decode_ns;
 } as_acct;
 
@@ -57,6 +57,7 @@ typedef struct as_layer_acct {
     char    policy[48];         /* last policy used (guarded by layer_mu) */
     _Atomic uint64_t policy_hash; /* hash of `policy`: skips the lock */
     char    last_fallback[96];  /* guarded by layer_mu */
+    char    last_meta[160];     /* last metadata mismatch (layer_mu) */
 } as_layer_acct;
 
 enum { AS_STAT_SAVE, AS_STAT_RESTORE, AS_STAT_RELEASE, AS_STAT_FALLBACK };
@@ -152,6 +153,15 @@ struct as_item {
     as_tensor   mat_view;        /* shape + mat.ptr when READY */
     size_t      bytes;
     int         pending_inverse; /* under mu */
+    /* The activation of the first save (kind activation_input/output):
+     * what as_store_act_backward differentiates. fn -1: none. */
+    int8_t      act_fn;
+    bool        act_output;      /* the values are f's output */
+    float       act_alpha;
+    /* A source whose "inverse" waits for this item to hold values (it was
+     * declared while this item is grad_only): referenced, under mu. */
+    as_item    *link_src;
+    as_elementwise link_fn;
     uint64_t    checksum;        /* debug checksum_saved */
     bool        has_checksum;
     /* materialization (under mu) */
@@ -212,7 +222,6 @@ struct as_store {
 
 void as__seterr(const as_store *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-uint64_t as__now_ns(void);
 
 /* Accounting (accounting.c). */
 void as__acct_charge(as_store *s, const as_groups *g, int64_t draw,
@@ -220,6 +229,11 @@ void as__acct_charge(as_store *s, const as_groups *g, int64_t draw,
 void as__acct_count(as_store *s, const as_groups *g, int stat, uint64_t n);
 void as__acct_time(as_store *s, const as_groups *g, bool encode, uint64_t ns);
 void as__acct_fallback(as_store *s, const as_groups *g, const char *reason);
+/* A save whose metadata contradicts its tensor: counted in every group,
+ * the text kept per layer, logged to stderr at the layer's 1st, 2nd, 4th,
+ * 8th, ... mismatch. */
+void as__acct_meta(as_store *s, const as_groups *g, const char *kind,
+                   const char *layer, const char *what);
 void as__acct_policy_name(as_store *s, uint16_t layer, const char *desc);
 void as__acct_sample(void *ud, uint64_t extra[AS_SAMPLE_EXTRA]);
 int as__layer_id(as_store *s, const char *name, uint16_t *id);
@@ -260,7 +274,7 @@ struct as_pctx {
     size_t          nscratch;
     as_item        *borrowed[32];
     size_t          nborrowed;
-    char            msg[160];  /* last as_pctx_errorf text, unprefixed */
+    char            msg[256];  /* last as_pctx_errorf text, unprefixed */
 };
 void as__pctx_init(as_pctx *c, as_store *s, as_item *it, as_rep *r,
                    as_handle h, const char *layer);
@@ -271,7 +285,7 @@ int as__policy_index(const as_policy_ops *ops);
 const as_policy_ops *as__policy_at(size_t i);
 size_t as__policy_count(void);
 extern const as_policy_ops as_policy_keep, as_policy_inverse,
-    as_policy_offload;
+    as_policy_offload, as_policy_borrow;
 
 /* Elementwise helpers (policies/elementwise.c). */
 bool as__fn_invertible(const as_elementwise *fn, int64_t numel, char *why,
