@@ -126,14 +126,14 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
                           .pad = s->pad};
     if (as_op_conv_geom_init(&og))
         return -1;
-    as__conv_geom g = {.n = s->n, .cin = s->cin, .h = s->h, .w = s->h,
+    as__civ_geom g = {.n = s->n, .cin = s->cin, .h = s->h, .w = s->h,
                        .cout = s->cout, .kh = s->k, .kw = s->k, .pad_h = s->pad,
                        .pad_w = s->pad, .stride_h = 1, .stride_w = 1,
                        .dil_h = 1, .dil_w = 1, .groups = 1};
     const size_t xl = (size_t)s->n * s->cin * s->h * s->h;
     const size_t yl = (size_t)s->n * s->cout * og.Ho * og.Wo;
     const size_t wl = (size_t)s->cout * s->cin * s->k * s->k;
-    const size_t fl = (size_t)s->n * s->cin * as__conv_frame_len(&g);
+    const size_t fl = (size_t)s->n * s->cin * as__civ_frame_len(&g);
     float *x = malloc(sizeof(float) * xl), *xr = malloc(sizeof(float) * xl);
     float *y = malloc(sizeof(float) * yl), *w = malloc(sizeof(float) * wl);
     float *b = malloc(sizeof(float) * s->cout), *fr = malloc(sizeof(float) * (fl + 1));
@@ -146,10 +146,10 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     double *tfi = malloc(sizeof(double) * reps), *tfs = malloc(sizeof(double) * reps);
     double *qi = malloc(sizeof(double) * reps), *qs = malloc(sizeof(double) * reps);
     double ratio = NAN, sratio = NAN;
-    as__conv_inv *cs = NULL;   /* a second solver for the streaming restore */
+    as__civ *cs = NULL;   /* a second solver for the streaming restore */
     double stream = NAN, cond_ms = NAN, serr = NAN;
     int adjoint = 0;
-    as__conv_inv *ci = NULL;
+    as__civ *ci = NULL;
     int rc = -1;
     if (!x || !xr || !y || !w || !b || !fr || !ws || !tf || !ti || !ts || !tfi || !tfs ||
         !qi || !qs)
@@ -165,22 +165,22 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
         tf[r] = now_ms() - t0;
     }
     double fwd = as_stats_median(tf, (size_t)reps);
-    as__conv_frame_extract(&g, s->n, x, fr);
+    as__civ_frame_extract(&g, s->n, x, fr);
 
     char why[200] = "";
-    as__conv_inv_cfg cfg = {.cond_max = cond_max, .eps_rel = -1, .no_adjoint = no_adjoint};
+    as__civ_cfg cfg = {.cond_max = cond_max, .eps_rel = -1, .no_adjoint = no_adjoint};
     double cond = NAN, inv = NAN, err = NAN, factor_ms = NAN;
     size_t cache = 0;
     int fallback = 0;
-    int crc = as__conv_inv_create(&g, &cfg, &ci, why, sizeof why);
+    int crc = as__civ_create(&g, &cfg, &ci, why, sizeof why);
     if (crc == AS_ENOMEM)
         goto out;
     if (crc == 0) {
-        crc = as__conv_inv_prepare(ci, w, 1, &cond, why, sizeof why);
+        crc = as__civ_prepare(ci, w, 1, &cond, why, sizeof why);
         if (crc == AS_ENOMEM)
             goto out;
-        as__conv_inv_stats st;
-        as__conv_inv_get_stats(ci, &st);
+        as__civ_stats st;
+        as__civ_get_stats(ci, &st);
         factor_ms = st.factor_ms;
         cache = st.cache_bytes;
     }
@@ -190,36 +190,36 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
             as_op_conv_fwd(&og, x, w, b, y, ws);
             tfi[r] = now_ms() - t0;
             t0 = now_ms();
-            if (as__conv_inv_prepare(ci, w, 1, NULL, NULL, 0) ||
-                as__conv_inv_restore(ci, s->n, y, b, fr, xr))
+            if (as__civ_prepare(ci, w, 1, NULL, NULL, 0) ||
+                as__civ_restore(ci, s->n, y, b, fr, xr))
                 goto out;
             ti[r] = now_ms() - t0;
             qi[r] = ti[r] / tfi[r];
         }
         inv = as_stats_median(ti, (size_t)reps);
         ratio = as_stats_median(qi, (size_t)reps);
-        as__conv_inv_stats st;
-        as__conv_inv_get_stats(ci, &st);
+        as__civ_stats st;
+        as__civ_get_stats(ci, &st);
         /* What the policy does per training step: the condition check at
          * save (once per version), then a restore that factors inside. */
-        if (as__conv_inv_create(&g, &cfg, &cs, why, sizeof why))
+        if (as__civ_create(&g, &cfg, &cs, why, sizeof why))
             goto out;
         for (int r = 0; r < reps; r++) {
-            if (as__conv_inv_condition(cs, w, (uint64_t)r + 1, NULL, NULL, 0))
+            if (as__civ_condition(cs, w, (uint64_t)r + 1, NULL, NULL, 0))
                 goto out;
             double t0 = now_ms();
             as_op_conv_fwd(&og, x, w, b, y, ws);
             tfs[r] = now_ms() - t0;
             t0 = now_ms();
-            if (as__conv_inv_restore_stream(cs, w, (uint64_t)r + 1, s->n, y, b, fr, xr, NULL, 0))
+            if (as__civ_restore_stream(cs, w, (uint64_t)r + 1, s->n, y, b, fr, xr, NULL, 0))
                 goto out;
             ts[r] = now_ms() - t0;
             qs[r] = ts[r] / tfs[r];
         }
         stream = as_stats_median(ts, (size_t)reps);
         sratio = as_stats_median(qs, (size_t)reps);
-        as__conv_inv_stats ss;
-        as__conv_inv_get_stats(cs, &ss);
+        as__civ_stats ss;
+        as__civ_get_stats(cs, &ss);
         cond_ms = ss.cond_ms;
         adjoint = ss.adjoint > 0;
         {
@@ -231,7 +231,7 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
             serr = e / m;
         }
         /* xr back to the cached restore's output for the error below */
-        if (as__conv_inv_restore(ci, s->n, y, b, fr, xr))
+        if (as__civ_restore(ci, s->n, y, b, fr, xr))
             goto out;
         if (s->cin == 1 && s->k > 1)   /* the closed form's channel pick */
             cJSON_AddNumberToObject(res, "channels_read", st.c1_channels);
@@ -293,8 +293,8 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     fflush(stdout);
     rc = 0;
 out:
-    as__conv_inv_destroy(ci);
-    as__conv_inv_destroy(cs);
+    as__civ_destroy(ci);
+    as__civ_destroy(cs);
     free(ts); free(tfi); free(tfs); free(qi); free(qs);
     free(x); free(xr); free(y); free(w); free(b); free(fr); free(ws); free(tf); free(ti);
     return rc;

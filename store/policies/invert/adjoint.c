@@ -108,7 +108,7 @@ void as__civ_adjoint_freq(const float *f, float s, const float *z, float *tz, fl
  * first (kh x Qh per channel), then along the rows. Into wv (Cout, nf);
  * the sum over the channels, G(f), into g (nf doubles); tw: 2 (Qh kw +
  * P kh) doubles of scratch. */
-static void c1_spectra(const as__conv_inv *ci, const float *w, size_t so, size_t st,
+static void c1_spectra(const as__civ *ci, const float *w, size_t so, size_t st,
                        float *wv, double *g, double *tw)
 {
     const int P = ci->P, Q = ci->Q, Qh = ci->Qh, kh = ci->g.kh, kw = ci->g.kw;
@@ -212,7 +212,7 @@ static int pick_channels(const float *wv, int cout, size_t nf, float *r, int *se
  * 1e-15 tr, for Cin = 1), the pick and 1 / G_S(f) (with the relative eps
  * of the factorization: G (1 + eps_rel)) into ci's c1 cache for version.
  * Returns 0 or AS_ENOMEM (the cache is then left invalid). */
-int as__civ_c1_prepare(as__conv_inv *ci, const float *w, size_t so, size_t st,
+int as__civ_c1_prepare(as__civ *ci, const float *w, size_t so, size_t st,
                        uint64_t version, double *cond)
 {
     const int cout = ci->g.cout;
@@ -309,10 +309,10 @@ static void sub_row(float *dst, const float *src, float c, int len)
  * as (kh, kw, C1_OB), zero beyond ob; fe: ob grids of fsz floats, Qe a
  * row. Four points of a row at a time (four independent chains). */
 AS__CIV_CLONES
-static void c1_border(const as__conv_inv *ci, const float *xp, size_t xs, const float *wblk,
+static void c1_border(const as__civ *ci, const float *xp, size_t xs, const float *wblk,
                       int ob, float *fe, int Qe, size_t fsz)
 {
-    const as__conv_geom *g = &ci->g;
+    const as__civ_geom *g = &ci->g;
     const int H = g->h, W = g->w, kh = g->kh, kw = g->kw;
     const int Pl = H + kh - 1, Ql = W + kw - 1, dh = ci->dh, dw = ci->dw;
     const int ho = ci->ho, wo = ci->wo;
@@ -354,9 +354,9 @@ static void c1_border(const as__conv_inv *ci, const float *xp, size_t xs, const 
     }
 }
 
-size_t as__civ_c1_work_need(const as__conv_inv *ci, int n)
+size_t as__civ_c1_work_need(const as__civ *ci, int n)
 {
-    const as__conv_geom *g = &ci->g;
+    const as__civ_geom *g = &ci->g;
     const size_t P = (size_t)ci->P, Q = (size_t)ci->Q;
     const size_t NB = (((size_t)n + 1) / 2 + 7) / 8 * 8, E = 2 * NB, f4 = sizeof(float);
     const size_t Qs = (Q + 7) / 8 * 8, Pe = P + g->kh - 1, Qe = Qs + g->kw - 1;
@@ -367,10 +367,10 @@ size_t as__civ_c1_work_need(const as__conv_inv *ci, int n)
            as__civ_wround(f4 * Q * E) + as__civ_wround(f4 * 2 * P * E);
 }
 
-int as__civ_restore_c1(as__conv_inv *ci, uint64_t version, int n, const float *y,
+int as__civ_restore_c1(as__civ *ci, uint64_t version, int n, const float *y,
                        const float *bias, const float *frame, float *x)
 {
-    const as__conv_geom *g = &ci->g;
+    const as__civ_geom *g = &ci->g;
     const int H = g->h, W = g->w, P = ci->P, Q = ci->Q, Qh = ci->Qh;
     const int cout = g->cout, ho = ci->ho, wo = ci->wo, kh = g->kh, kw = g->kw;
     const int N2 = (n + 1) / 2, NB = (N2 + 7) / 8 * 8;
@@ -379,7 +379,7 @@ int as__civ_restore_c1(as__conv_inv *ci, uint64_t version, int n, const float *y
     const int Qs = (Q + 7) / 8 * 8;
     const int Pl = H + kh - 1, Ql = W + kw - 1, Pe = P + kh - 1, Qe = Qs + kw - 1;
     const int dh = ci->dh, dw = ci->dw;
-    const size_t flen = as__conv_frame_len(g);
+    const size_t flen = as__civ_frame_len(g);
     as__civ_work wk;
     double t0 = as__civ_now_ms();
     /* the channels read and 1 / G_S, once per version (ci->wt holds the

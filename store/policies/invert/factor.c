@@ -106,12 +106,12 @@ static void gram_corr(int ci, int co, int kh, int kw, const double *V, size_t NR
     }
 }
 
-size_t as__civ_gram_len(const as__conv_geom *g)
+size_t as__civ_gram_len(const as__civ_geom *g)
 {
     return (size_t)g->cin * (g->cin + 1) / 2 * (2 * g->kh - 1) * (2 * g->kw - 1);
 }
 
-int as__civ_gram(const as__conv_geom *g, const float *w, double *R)
+int as__civ_gram(const as__civ_geom *g, const float *w, double *R)
 {
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
     const size_t NRp = (size_t)ci * kh * kw + 16;
@@ -130,7 +130,7 @@ int as__civ_gram(const as__conv_geom *g, const float *w, double *R)
 }
 
 /* Tg from R (computed here when R is NULL). */
-static int gram_dft(const as__conv_geom *g, int Q, const float *w, const double *Rin,
+static int gram_dft(const as__civ_geom *g, int Q, const float *w, const double *Rin,
                     double *Tg)
 {
     const int ci = g->cin, kh = g->kh, kw = g->kw;
@@ -170,10 +170,10 @@ static int gram_dft(const as__conv_geom *g, int Q, const float *w, const double 
     return 0;
 }
 
-static int begin_impl(as__civ_fctx *fc, const as__conv_geom *g, int P, int Q,
+static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
                       const float *w, const double *R, int need_a);
 
-int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
+int as__civ_factor_begin(as__civ_fctx *fc, const as__civ_geom *g, int P,
                          int Q, const float *w, const double *R)
 {
     return begin_impl(fc, g, P, Q, w, R, 1);
@@ -181,7 +181,7 @@ int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
 
 /* need_a = 0: for condition numbers only (no M, no adjoint factor), which
  * do not need A(f), so not its row DFTs T either. */
-static int begin_impl(as__civ_fctx *fc, const as__conv_geom *g, int P, int Q,
+static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
                       const float *w, const double *R, int need_a)
 {
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
@@ -254,7 +254,7 @@ void as__civ_factor_end(as__civ_fctx *fc)
     memset(fc, 0, sizeof *fc);
 }
 
-int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
+int as__civ_factor(const as__civ_geom *g, int P, int Q, const float *w,
                    const double *R, double eps_rel, float *m, double *cond_out)
 {
     as__civ_fctx fc;
@@ -273,7 +273,7 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
                           double eps_rel, float *m, double *cond_out)
 {
     const int want_cond = cond_out != NULL;
-    const as__conv_geom *g = &fc->g;
+    const as__civ_geom *g = &fc->g;
     const int ci = g->cin, co = g->cout, kh = g->kh;
     const int P = fc->P;
     const size_t nf = fend;

@@ -30,7 +30,7 @@
  * Restore (decode): the conv output through its own policy, the factor of
  *   the weights' version (built at the first restore of that version and
  *   reused by every other restore of it), the frame; solve, 16 images per
- *   pass (as__conv_inv_work_bytes: the work space is that of one pass, not
+ *   pass (as__civ_work_bytes: the work space is that of one pass, not
  *   of the batch, which would exceed the bytes the inversion saves).
  *
  * The per-layer solver (factor cache) lives in the rule's params, one per
@@ -63,10 +63,10 @@
 typedef struct inv_entry {
     struct inv_entry *next;
     char              layer[64];
-    as__conv_geom     g;        /* n = 0 */
+    as__civ_geom     g;        /* n = 0 */
     const float      *w;        /* the layer's weights (part of the key) */
     pthread_mutex_t   mu;
-    as__conv_inv     *ci;
+    as__civ     *ci;
     int               users;    /* live items that may restore through ci */
     uint64_t          saves, restores;
 } inv_entry;
@@ -187,7 +187,7 @@ static void inv_free_params(void *params)
         return;
     for (inv_entry *e = p->entries, *nx; e; e = nx) {
         nx = e->next;
-        as__conv_inv_destroy(e->ci);
+        as__civ_destroy(e->ci);
         pthread_mutex_destroy(&e->mu);
         free(e);
     }
@@ -195,7 +195,7 @@ static void inv_free_params(void *params)
     free(p);
 }
 
-static int geom_equal(const as__conv_geom *a, const as__conv_geom *b)
+static int geom_equal(const as__civ_geom *a, const as__civ_geom *b)
 {
     return a->cin == b->cin && a->h == b->h && a->w == b->w &&
            a->cout == b->cout && a->kh == b->kh && a->kw == b->kw &&
@@ -203,7 +203,7 @@ static int geom_equal(const as__conv_geom *a, const as__conv_geom *b)
 }
 
 /* The entry of (layer, geometry), created on first use. */
-static int entry_get(inv_params *p, const char *layer, const as__conv_geom *g,
+static int entry_get(inv_params *p, const char *layer, const as__civ_geom *g,
                      const float *w, inv_entry **out, char *why, size_t whylen)
 {
     *out = NULL;
@@ -223,8 +223,8 @@ static int entry_get(inv_params *p, const char *layer, const as__conv_geom *g,
         e->w = w;
         e->g = *g;
         e->g.n = 0;
-        as__conv_inv_cfg cfg = {.cond_max = p->cond_max, .eps_rel = -1};
-        rc = as__conv_inv_create(&e->g, &cfg, &e->ci, why, whylen);
+        as__civ_cfg cfg = {.cond_max = p->cond_max, .eps_rel = -1};
+        rc = as__civ_create(&e->g, &cfg, &e->ci, why, whylen);
         if (rc) {
             free(e);
             goto out;
@@ -241,9 +241,9 @@ out:
 
 /* ---- save ----------------------------------------------------------------- */
 
-static void geom_of(const as_conv_meta *m, as__conv_geom *g)
+static void geom_of(const as_conv_meta *m, as__civ_geom *g)
 {
-    *g = (as__conv_geom){.n = m->n, .cin = m->cin, .h = m->h, .w = m->w,
+    *g = (as__civ_geom){.n = m->n, .cin = m->cin, .h = m->h, .w = m->w,
                          .cout = m->cout, .kh = m->kh, .kw = m->kw,
                          .pad_h = m->pad_h, .pad_w = m->pad_w,
                          .stride_h = m->stride_h, .stride_w = m->stride_w,
@@ -276,9 +276,9 @@ static int inv_applies(const void *params, const as_save_info *info,
         snprintf(why, whylen, "no saved conv output to rebuild from");
         return AS_ENOTSUP;
     }
-    as__conv_geom g;
+    as__civ_geom g;
     geom_of(m, &g);
-    int rc = as__conv_inv_check(&g, why, whylen);
+    int rc = as__civ_check(&g, why, whylen);
     return rc ? AS_ENOTSUP : 0;
 }
 
@@ -385,9 +385,9 @@ static int inv_encode(as_pctx *ctx, const void *params,
         as_pctx_errorf(ctx, "%s", why);
         return rc;
     }
-    as__conv_geom g;
+    as__civ_geom g;
     geom_of(m, &g);
-    const int ho = as__conv_out_h(&g), wo = as__conv_out_w(&g);
+    const int ho = as__civ_out_h(&g), wo = as__civ_out_w(&g);
     as_tensor ys;
     int yk = -1;
     rc = as_store_describe(as_pctx_store(ctx), m->output, &ys, &yk);
@@ -414,7 +414,7 @@ static int inv_encode(as_pctx *ctx, const void *params,
         as__checksum(m->weight, sizeof(float) * (size_t)m->cout * m->cin * m->kh * m->kw);
     pthread_mutex_lock(&e->mu);
     double cond = 0;
-    rc = as__conv_inv_condition(e->ci, m->weight, key, &cond, why, sizeof why);
+    rc = as__civ_condition(e->ci, m->weight, key, &cond, why, sizeof why);
     pthread_mutex_unlock(&e->mu);
     if (rc == AS_EFALLBACK) {
         as_pctx_errorf(ctx, "%s", why);
@@ -431,7 +431,7 @@ static int inv_encode(as_pctx *ctx, const void *params,
     st->w = m->weight;
     st->version = key;
     st->n = m->n;
-    const size_t nfl = (size_t)m->n * m->cin * as__conv_frame_len(&g);
+    const size_t nfl = (size_t)m->n * m->cin * as__civ_frame_len(&g);
     st->frame_floats = nfl;
     float *raw = NULL;
     if (nfl) {
@@ -439,7 +439,7 @@ static int inv_encode(as_pctx *ctx, const void *params,
         rc = as_pctx_scratch(ctx, nfl * sizeof(float), (void **)&raw);
         if (rc < 0)
             goto fail;
-        as__conv_frame_extract(&g, m->n, t->data, raw);
+        as__civ_frame_extract(&g, m->n, t->data, raw);
         size_t nnz = 0;
         int finite = 1;
         for (size_t i = 0; i < nfl; i++) {
@@ -569,9 +569,9 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
      * (it would otherwise eat the memory the inversion saves: it grows as
      * Cin * Cout * spectrum, the input as N * Cin * H * W); else factor
      * block by block inside the solve. */
-    const size_t fb = as__conv_inv_factor_bytes(e->ci);
-    as__conv_inv_stats cs;
-    as__conv_inv_get_stats(e->ci, &cs);
+    const size_t fb = as__civ_factor_bytes(e->ci);
+    as__civ_stats cs;
+    as__civ_get_stats(e->ci, &cs);
     /* Cout >= 2 Cin and well conditioned: the streaming restore takes the
      * adjoint path (Cin-channel transforms), faster than a cached M. */
     const int adjoint = e->g.cout >= 2 * e->g.cin && cs.cond <= AS__CIV_ADJ_COND &&
@@ -581,30 +581,30 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
     /* Work space from the store's arena (workspace tag: counted, and its
      * pages are reused from one restore to the next); malloc if refused.
      * The size of the path about to run, for one pass of images. */
-    const size_t wb = as__conv_inv_path_work_bytes(e->ci, st->version, st->n, !cached);
+    const size_t wb = as__civ_path_work_bytes(e->ci, st->version, st->n, !cached);
     void *wbuf = NULL;
     if (wb && as_pctx_scratch(ctx, wb, &wbuf) == 0)
-        as__conv_inv_set_work(e->ci, wbuf, wb);
+        as__civ_set_work(e->ci, wbuf, wb);
     if (cached) {
-        as__conv_inv_stats before;
-        as__conv_inv_get_stats(e->ci, &before);
-        rc = as__conv_inv_prepare(e->ci, st->w, st->version, NULL, why, sizeof why);
+        as__civ_stats before;
+        as__civ_get_stats(e->ci, &before);
+        rc = as__civ_prepare(e->ci, st->w, st->version, NULL, why, sizeof why);
         if (rc == 0) {
-            as__conv_inv_stats after;
-            as__conv_inv_get_stats(e->ci, &after);
+            as__civ_stats after;
+            as__civ_get_stats(e->ci, &after);
             if (after.factor_builds != before.factor_builds)
                 as_pctx_account(ctx, (int64_t)after.cache_bytes);
-            rc = as__conv_inv_restore(e->ci, st->n, y->data, st->bias, frame,
-                                      dst->data);
+            rc = as__civ_restore(e->ci, st->n, y->data, st->bias, frame,
+                                 dst->data);
         }
     } else {
-        rc = as__conv_inv_restore_stream(e->ci, st->w, st->version, st->n,
-                                         y->data, st->bias, frame, dst->data,
-                                         why, sizeof why);
+        rc = as__civ_restore_stream(e->ci, st->w, st->version, st->n,
+                                    y->data, st->bias, frame, dst->data,
+                                    why, sizeof why);
     }
     if (rc == 0)
         e->restores++;
-    as__conv_inv_set_work(e->ci, NULL, 0);
+    as__civ_set_work(e->ci, NULL, 0);
     pthread_mutex_unlock(&e->mu);
     if (rc == 0)
         fix_signs(st, dst->data, (size_t)as_tensor_numel(dst));
@@ -624,7 +624,7 @@ static void inv_drop(void *params, void *state)
     inv_entry *e = st->e;
     pthread_mutex_lock(&e->mu);
     if (--e->users == 0)
-        as__conv_inv_trim(e->ci);   /* nobody can restore through it now */
+        as__civ_trim(e->ci);   /* nobody can restore through it now */
     pthread_mutex_unlock(&e->mu);
     free(st);
 }
@@ -645,10 +645,10 @@ const as_policy_ops as_policy_invert = {
 
 /* ---- introspection (tests, bench) ------------------------------------------ */
 
-static void add_entry(const inv_entry *e, as__conv_inv_lstats *out)
+static void add_entry(const inv_entry *e, as__civ_lstats *out)
 {
-    as__conv_inv_stats s;
-    as__conv_inv_get_stats(e->ci, &s);
+    as__civ_stats s;
+    as__civ_get_stats(e->ci, &s);
     out->factor_builds += s.factor_builds;
     out->factor_hits += s.factor_hits;
     out->cond_checks += s.cond_checks;
@@ -662,8 +662,8 @@ static void add_entry(const inv_entry *e, as__conv_inv_lstats *out)
     out->entries++;
 }
 
-int as__conv_inv_layer_stats(as_store *s, const char *layer,
-                             as__conv_inv_lstats *out)
+int as__civ_layer_stats(as_store *s, const char *layer,
+                        as__civ_lstats *out)
 {
     memset(out, 0, sizeof *out);
     as_rules *r = as__rules_get(s);
