@@ -1,7 +1,9 @@
 /*
- * Internals shared by the conv inversion sources (invert/restore.c: geometry,
- * factor cache, the direct restore; invert/adjoint.c: the adjoint
- * restore). Not part of any API; include only from conv_invert*.c.
+ * Internals shared by the conv inversion sources (invert/solver.c: the
+ * solver object, verdict and factor cache; invert/restore.c: geometry,
+ * frame and the restore's passes; invert/adjoint.c: the adjoint path and
+ * Cin = 1; invert/factor.c; invert/fft.c). Not part of any API; include
+ * only from the sources in invert/.
  */
 #ifndef AS_STORE_CONV_INVERT_IMPL_H
 #define AS_STORE_CONV_INVERT_IMPL_H
@@ -187,6 +189,28 @@ int as__civ_restore_c1(as__civ *ci, uint64_t version, int n, const float *y,
 int as__civ_c1_prepare(as__civ *ci, const float *w, size_t so, size_t st,
                        uint64_t version, double *cond);
 size_t as__civ_c1_work_need(const as__civ *ci, int n);
+
+/* Images per pass of a restore. The work space grows with the images of a
+ * pass (the grid holds Cout channels of every image: P*Q*Cout floats per
+ * image, several times the image's Cin*H*W), so a whole batch in one pass
+ * would take more memory than the inversion saves. The passes are
+ * independent (an image's result depends on its pair partner only through
+ * float rounding); 16 images fill the 8 lanes of both halves exactly, the
+ * smallest work space of the layout. */
+#define AS__CIV_CHUNK 16
+static inline int as__civ_chunk_of(int n) { return n < AS__CIV_CHUNK ? n : AS__CIV_CHUNK; }
+
+/* Frame widths (rows at the top and bottom, columns left and right),
+ * clamped to the image (invert/restore.c). */
+void as__civ_frame_widths(const as__civ_geom *g, int *top, int *bot, int *left, int *right);
+
+/* A restore of n images in passes of as__civ_chunk_of(n) (invert/restore.c):
+ * fc != NULL factors inside (streamed; adj: the adjoint path), else the
+ * cached factor ci->m; one counted restore, phase times summed over the
+ * passes. Returns 0 or AS_ENOMEM. */
+int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version,
+                           int n, const float *y, const float *bias, const float *frame,
+                           float *x);
 
 /* Floats of the factor of one frequency: M (2 Cin Cout), or for the
  * adjoint path A^H (2 Cin Cout) and the Cholesky factor (2 Cin Cin). */
