@@ -532,6 +532,102 @@ static void test_c1_channel_pick(void **state)
     free(x); free(xr); free(y); free(frame);
 }
 
+/* One step of an SGD-like walk: w += step * sd * N(0, 1), sd the He scale. */
+static void perturb(const as__civ_geom *g, float *w, double step)
+{
+    const size_t len = (size_t)g->cout * g->cin * g->kh * g->kw;
+    const double sd = sqrt(2.0 / (g->cin * g->kh * g->kw));
+    for (size_t i = 0; i < len; i++)
+        w[i] += (float)(step * sd * nrand());
+}
+
+/* Verdicts across weight versions: a version near the last checked one
+ * takes the perturbation bound (no check); the bound is never below the
+ * computed condition number and stays at or below the threshold above the
+ * reference's (so the path is the reference's); the restores with it stay
+ * within 1e-4; a jump of the weights (a learning-rate spike) fails the
+ * bound and the version is checked again, giving the exact verdict. */
+static void test_condition_bound(void **state)
+{
+    (void)state;
+    static const int shapes[][3] = {{8, 16, 1}, {6, 6, 1}, {4, 8, 0}};   /* cin cout pad */
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        as__civ_geom g = geom(shapes[s][0], 9, 10, shapes[s][1], 3, shapes[s][2]);
+        const int n = 6, ho = as__civ_out_h(&g), wo = as__civ_out_w(&g);
+        const size_t xl = (size_t)n * g.cin * g.h * g.w;
+        as__civ *cb = NULL, *cx = NULL;
+        const as__civ_cfg exact = {.cond_max = 1e4, .eps_rel = -1, .no_bound = 1};
+        assert_int_equal(as__civ_create(&g, NULL, &cb, NULL, 0), 0);
+        assert_int_equal(as__civ_create(&g, &exact, &cx, NULL, 0), 0);
+        float *w = rand_weights(&g), *x = rand_input(&g, n), *xr = malloc(sizeof(float) * xl);
+        float *y = malloc(sizeof(float) * (size_t)n * g.cout * ho * wo);
+        float *frame = malloc(sizeof(float) * ((size_t)n * g.cin * as__civ_frame_len(&g) + 1));
+        as__civ_frame_extract(&g, n, x, frame);
+        double cb_cond = 0, cx_cond = 0, ref = 0;
+        char why[160];
+        const int versions = 24;
+        for (int v = 1; v <= versions + 1; v++) {
+            perturb(&g, w, v <= versions ? 2e-4 : 0.5);   /* the last: a jump */
+            as__civ_stats before;
+            as__civ_get_stats(cb, &before);
+            assert_int_equal(as__civ_condition(cx, w, (uint64_t)v, &cx_cond, why, sizeof why), 0);
+            assert_int_equal(as__civ_condition(cb, w, (uint64_t)v, &cb_cond, why, sizeof why), 0);
+            as__civ_stats st;
+            as__civ_get_stats(cb, &st);
+            if (v == 1 || st.cond_checks > before.cond_checks)
+                ref = cb_cond;
+            if (getenv("AS_VERBOSE"))
+                printf("bound %d->%d v%d: exact %.4g verdict %.4g (%s)\n", g.cin, g.cout, v,
+                       cx_cond, cb_cond, st.cond_checks > before.cond_checks ? "checked" : "bound");
+            assert_true(cb_cond >= cx_cond * (1 - 1e-9));
+            if (ref <= AS__CIV_ADJ_COND)
+                assert_true(cb_cond <= AS__CIV_ADJ_COND);
+            if (v > versions) {   /* the jump: checked again, exact */
+                assert_int_equal(st.cond_checks, before.cond_checks + 1);
+                assert_true(cb_cond == cx_cond);
+            }
+            conv_ref(&g, n, x, w, NULL, y);
+            assert_int_equal(as__civ_restore_stream(cb, w, (uint64_t)v, n, y, NULL, frame, xr,
+                                                    why, sizeof why), 0);
+            assert_true(max_rel_err(xr, x, xl) <= 1e-4);
+        }
+        as__civ_stats sb, sx;
+        as__civ_get_stats(cb, &sb);
+        as__civ_get_stats(cx, &sx);
+        assert_int_equal(sx.cond_bounded, 0);
+        assert_int_equal(sx.cond_checks, versions + 1);
+        assert_int_equal(sb.cond_checks + sb.cond_bounded, versions + 1);
+        assert_true(sb.cond_bounded >= (uint64_t)versions / 2);   /* small steps: mostly bounded */
+        free(w); free(x); free(xr); free(y); free(frame);
+        as__civ_destroy(cb);
+        as__civ_destroy(cx);
+    }
+}
+
+/* A rejected reference never bounds the next version: every version of a
+ * layer above the threshold is checked (and rejected) again. */
+static void test_condition_bound_rejected(void **state)
+{
+    (void)state;
+    as__civ_geom g = geom(6, 9, 9, 6, 3, 1);
+    as__civ *ci = NULL;
+    const as__civ_cfg cfg = {.cond_max = 1.5, .eps_rel = -1};
+    assert_int_equal(as__civ_create(&g, &cfg, &ci, NULL, 0), 0);
+    float *w = rand_weights(&g);
+    char why[160];
+    for (int v = 1; v <= 5; v++) {
+        perturb(&g, w, 1e-6);
+        assert_int_equal(as__civ_condition(ci, w, (uint64_t)v, NULL, why, sizeof why),
+                         AS_EFALLBACK);
+    }
+    as__civ_stats st;
+    as__civ_get_stats(ci, &st);
+    assert_int_equal(st.cond_checks, 5);
+    assert_int_equal(st.cond_bounded, 0);
+    free(w);
+    as__civ_destroy(ci);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -544,6 +640,8 @@ int main(void)
         cmocka_unit_test(test_stream_paths),
         cmocka_unit_test(test_closed_form_and_pointwise),
         cmocka_unit_test(test_c1_channel_pick),
+        cmocka_unit_test(test_condition_bound),
+        cmocka_unit_test(test_condition_bound_rejected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -50,16 +50,27 @@ typedef struct as__civ_cfg {
     int    no_adjoint; /* 1: streaming restores never take the adjoint path
                           (default: taken when Cout >= 2 Cin and
                           cond <= AS__CIV_ADJ_COND) */
+    int    no_bound;   /* 1: compute the condition number of every version
+                          (default: a version close enough to the last
+                          checked one is accepted by a perturbation bound,
+                          see as__civ_condition) */
 } as__civ_cfg;
 
 /* Largest condition number for the adjoint (normal equations) path. */
 #define AS__CIV_ADJ_COND 50.0
+/* FRAME=auto stores 16-bit frames up to this condition number: the frame's
+ * quantization error (<= 1.5e-5 of the channel's frame maximum) then comes
+ * back in the interior amplified by at most a few times (measured:
+ * docs/policies.md, "Frame precision"), inside the 1e-4 of the target. */
+#define AS__CIV_Q16_COND 100.0
 
 /* Counters of one solver object. */
 typedef struct as__civ_stats {
     uint64_t factor_builds;   /* factorizations computed (new weight version) */
     uint64_t factor_hits;     /* prepares that reused the cached factor */
     uint64_t cond_checks;     /* condition numbers computed (one per version) */
+    uint64_t cond_bounded;    /* versions accepted by the perturbation bound
+                                 from the last checked version instead */
     uint64_t restores;        /* successful restores */
     uint64_t streamed;        /* restores that factored block by block */
     uint64_t adjoint;         /* of those, on the adjoint path */
@@ -182,6 +193,7 @@ typedef struct as__civ_lstats {
     uint64_t factor_builds;   /* factorizations (once per weight version) */
     uint64_t factor_hits;     /* restores that reused a cached factor */
     uint64_t cond_checks;     /* condition numbers computed (per version) */
+    uint64_t cond_bounded;    /* versions accepted by the perturbation bound */
     uint64_t streamed;        /* restores that factored block by block */
     uint64_t users;           /* live items that may still restore */
     size_t   cache_bytes;     /* factor bytes held now */
@@ -228,10 +240,12 @@ void as__civ_fft_run(const as__civ_fft *f, float *out, size_t os,
  * the half spectrum (kp in [0,P), kq in [0, Q/2]; index f = kq * P + kp) compute
  * M(f) = (A^H A + eps I)^-1 A^H as fp32 planar (mr, mi each Cin x Cout,
  * row-major), stored at m + f * 2*Cin*Cout (m NULL: not computed), and the
- * max cond(A(f)) into *cond_out (NULL: not estimated). Returns 0 or
- * AS_ENOMEM. */
+ * max cond(A(f)) into *cond_out (NULL: not estimated), with the per-frequency
+ * extreme eigenvalues of A^H A into eig (as in as__civ_fctx; NULL: not
+ * kept). Returns 0 or AS_ENOMEM. */
 int as__civ_factor(const as__civ_geom *g, int P, int Q, const float *w,
-                   const double *R, double eps_rel, float *m, double *cond_out);
+                   const double *R, double eps_rel, float *m, double *cond_out,
+                   double *eig);
 
 /* The kernels' cross-correlation R_ij(d) (i >= j, d in [-(kh-1), kh-1] x
  * [-(kw-1), kw-1]) that the Gram matrices come from: as__civ_gram_len(g)
@@ -253,6 +267,10 @@ typedef struct as__civ_fctx {
     double *Tg;                 /* Gram matrix DFT along kq (gram_dft) */
     double *tw;                 /* row twiddles (P x (2kh-1) complex) */
     struct as__civ_lanes *A, *L, *v;
+    double *eig;                /* not NULL (with cond_out): range() writes
+                                   lambda_max and lambda_min of G(f) at
+                                   eig[2f], eig[2f+1] (lambda_min 0 where
+                                   the Cholesky failed) */
     int ginv;                   /* range() writes A^H (Cin x Cout) and the
                                    Cholesky factor of A^H A (Cin x Cin,
                                    diagonal inverted) instead of M: 2 Cin

@@ -255,12 +255,14 @@ void as__civ_factor_end(as__civ_fctx *fc)
 }
 
 int as__civ_factor(const as__civ_geom *g, int P, int Q, const float *w,
-                   const double *R, double eps_rel, float *m, double *cond_out)
+                   const double *R, double eps_rel, float *m, double *cond_out,
+                   double *eig)
 {
     as__civ_fctx fc;
     int rc = begin_impl(&fc, g, P, Q, w, R, m != NULL);
     if (rc)
         return rc;
+    fc.eig = eig;
     if (cond_out)
         *cond_out = 0;
     as__civ_factor_range(&fc, 0, fc.nf, eps_rel, m, cond_out);
@@ -683,14 +685,20 @@ FSTEP void store_m(const as__civ_fctx *fc, const fgroup *gr, size_t fbeg, const 
 }
 
 /* The largest of cond_max and the condition numbers sqrt(lmax / lmin) of
- * the group's lanes (infinite for a singular lane). */
+ * the group's lanes (infinite for a singular lane); eig (not NULL) gets
+ * the lanes' lmax and lmin (0 when singular) at eig[2f], eig[2f+1]. */
 FSTEP double fold_cond(const fgroup *gr, const int singular[LANES], const v8d *lmax,
-                       const v8d *lmin, double cond_max)
+                       const v8d *lmin, double cond_max, double *eig)
 {
     for (int l = 0; l < LANES && gr->f0 + l < gr->nf; l++) {
-        const double c = singular[l] || !((*lmin)[l] > 0) ? INFINITY : sqrt((*lmax)[l] / (*lmin)[l]);
+        const int bad = singular[l] || !((*lmin)[l] > 0);
+        const double c = bad ? INFINITY : sqrt((*lmax)[l] / (*lmin)[l]);
         if (!(c <= cond_max))
             cond_max = c;
+        if (eig) {
+            eig[2 * (gr->f0 + l)] = (*lmax)[l];
+            eig[2 * (gr->f0 + l) + 1] = bad ? 0.0 : (*lmin)[l];
+        }
     }
     return cond_max;
 }
@@ -717,7 +725,7 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
         cholesky(L, ci, tr, singular);
         if (cond_out) {
             inverse_lmin(L, ci, v, v + ci, &lmin);
-            cond_max = fold_cond(&gr, singular, &lmax, &lmin, cond_max);
+            cond_max = fold_cond(&gr, singular, &lmax, &lmin, cond_max, fc->eig);
         }
         if (m && fc->ginv)
             store_adjoint(fc, &gr, fbeg, A, L, m);

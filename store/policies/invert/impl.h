@@ -44,6 +44,13 @@ struct as__civ {
     double *gram;
     uint64_t gram_version;
     int gram_ok;
+    /* the reference of the perturbation bound (as__civ_condition): the
+     * weights of the last version whose condition number was computed,
+     * and the extreme eigenvalues of its A^H A per frequency (2 P Qh) */
+    float *ref_w;
+    double *ref_eig;
+    double ref_cond;
+    int ref_ok;
     /* Cin = 1 (invert/adjoint.c): the output channels a restore reads
      * and 1 / G_S over the half spectrum (P*Qh floats), for one version;
      * with them a restore needs no factor at all */

@@ -9,7 +9,7 @@
  *   MODE  auto (default): cache the factor when it is small, else stream;
  *         cache: always cache; stream: never cache (see below)
  *   FRAME precision of the stored frame: auto (default: q16 when the
- *         version's condition number is at most INV_Q16_COND and the input
+ *         version's condition number is at most AS__CIV_Q16_COND and the input
  *         is not an activation's saved output, else f32), f32 (exact), q16
  *         (16-bit fixed point per image and channel)
  *
@@ -99,12 +99,6 @@ typedef struct inv_state {
 
 enum { MODE_AUTO, MODE_CACHE, MODE_STREAM };
 enum { FRAME_AUTO, FRAME_F32, FRAME_Q16 };
-
-/* FRAME=auto stores 16-bit frames up to this condition number: the frame's
- * quantization error (<= 1.5e-5 of the channel's frame maximum) then comes
- * back in the interior amplified by at most a few times (measured:
- * docs/policies.md, "Frame precision"), inside the 1e-4 of the target. */
-#define INV_Q16_COND 100.0
 
 static int parse_err(char *err, size_t errlen, size_t *err_off, size_t off,
                      const char *msg)
@@ -373,6 +367,103 @@ static void frame_unpack(const void *src, size_t nblk, size_t flen, int sparse,
     }
 }
 
+/* The conv output handle must describe the f32 (N, Cout, Ho, Wo) tensor
+ * the restore rebuilds from. Returns 0 or AS_ENOTSUP (reason set). */
+static int encode_check_output(as_pctx *ctx, const as_conv_meta *m, const as__civ_geom *g)
+{
+    const int ho = as__civ_out_h(g), wo = as__civ_out_w(g);
+    as_tensor ys;
+    int yk = -1;
+    int rc = as_store_describe(as_pctx_store(ctx), m->output, &ys, &yk);
+    if (rc < 0) {
+        as_pctx_errorf(ctx, "conv output handle: %s", as_strerror(rc));
+        return AS_ENOTSUP;
+    }
+    if (ys.dtype != AS_F32 || ys.ndim != 4 || ys.shape[0] != m->n ||
+        ys.shape[1] != m->cout || ys.shape[2] != ho || ys.shape[3] != wo) {
+        as_pctx_errorf(ctx, "conv output is not f32 (%d, %d, %d, %d)", m->n,
+                       m->cout, ho, wo);
+        return AS_ENOTSUP;
+    }
+    return 0;
+}
+
+/* The frame of t into st->frame: extracted into scratch, then packed dense
+ * or sparse (whichever is smaller), 16-bit or f32 (see FRAME). */
+static int encode_frame(as_pctx *ctx, const inv_params *p, const as_save_info *info,
+                        const as_tensor *t, const as__civ_geom *g, double cond,
+                        inv_state *st)
+{
+    const size_t nfl = st->frame_floats;
+    float *raw = NULL;
+    int rc = as_pctx_scratch(ctx, nfl * sizeof(float), (void **)&raw);
+    if (rc < 0)
+        return rc;
+    as__civ_frame_extract(g, st->n, t->data, raw);
+    size_t nnz = 0;
+    int finite = 1;
+    for (size_t i = 0; i < nfl; i++) {
+        nnz += raw[i] != 0.0f || signbit(raw[i]);
+        finite &= isfinite(raw[i]) != 0;
+    }
+    /* 16-bit codes only for finite frames (a NaN or Inf stays exact);
+     * auto: only for well-conditioned versions, and not for inputs that
+     * are an activation's saved output (alias_of): in a chain those
+     * values also rebuild the layers below, through inverses that
+     * amplify errors (LeakyReLU: 1/alpha per link). */
+    st->q16 = finite && (p->frame == FRAME_Q16 ||
+                         (p->frame == FRAME_AUTO && cond <= AS__CIV_Q16_COND &&
+                          as_handle_is_null(info->alias_of)));
+    const size_t nblk = (size_t)st->n * g->cin, flen = nfl / nblk;
+    const size_t dense = frame_pack_bytes(nfl, nnz, nblk, 0, st->q16);
+    const size_t sp = frame_pack_bytes(nfl, nnz, nblk, 1, st->q16);
+    st->sparse = sp < dense;
+    st->nnz = nnz;
+    rc = as_pctx_alloc(ctx, st->sparse ? sp : dense, &st->frame);
+    if (rc < 0)
+        return rc;
+    frame_pack(raw, nblk, flen, st->sparse, st->q16, st->frame);
+    return 0;
+}
+
+/* Signs. The rebuilt values are off by the reconstruction error, so
+ * entries near 0 may land on the wrong side: harmless for the weight
+ * gradient, but an input that is also an activation's saved output
+ * (alias_of) gives that activation's backward its derivative mask
+ * (ReLU, LeakyReLU: y > 0), which must be exact. Such inputs keep a
+ * bitmap of x > 0 (1 bit per value); and an input with no negative
+ * value (images, ReLU and pooled ReLU outputs) is clamped at 0, which
+ * also restores its zeros exactly. */
+static int encode_signs(as_pctx *ctx, const as_save_info *info, const as_tensor *t,
+                        inv_state *st)
+{
+    const size_t nx = as_tensor_numel(t) > 0 ? (size_t)as_tensor_numel(t) : 0;
+    const float *xv = t->data;
+    /* (branch-free inner loops: signs of activations are unpredictable) */
+    st->nonneg = 1;
+    for (size_t i0 = 0; i0 < nx && st->nonneg; i0 += 64) {
+        const size_t i1 = nx - i0 < 64 ? nx : i0 + 64;
+        int neg = 0;
+        for (size_t i = i0; i < i1; i++)
+            neg |= xv[i] < 0;
+        st->nonneg = !neg;
+    }
+    if (as_handle_is_null(info->alias_of) || !nx)
+        return 0;
+    int rc = as_pctx_alloc(ctx, bitmap_bytes(nx), (void **)&st->pos);
+    if (rc < 0)
+        return rc;
+    memset(st->pos, 0, bitmap_bytes(nx));
+    for (size_t i0 = 0; i0 < nx; i0 += 64) {
+        const size_t nb = nx - i0 < 64 ? nx - i0 : 64;
+        uint64_t wbits = 0;
+        for (size_t j = 0; j < nb; j++)
+            wbits |= (uint64_t)(xv[i0 + j] > 0) << j;
+        st->pos[i0 / 64] = wbits;
+    }
+    return 0;
+}
+
 static int inv_encode(as_pctx *ctx, const void *params,
                       const as_save_info *info, const as_tensor *t,
                       void **state)
@@ -387,20 +478,8 @@ static int inv_encode(as_pctx *ctx, const void *params,
     }
     as__civ_geom g;
     geom_of(m, &g);
-    const int ho = as__civ_out_h(&g), wo = as__civ_out_w(&g);
-    as_tensor ys;
-    int yk = -1;
-    rc = as_store_describe(as_pctx_store(ctx), m->output, &ys, &yk);
-    if (rc < 0) {
-        as_pctx_errorf(ctx, "conv output handle: %s", as_strerror(rc));
-        return AS_ENOTSUP;
-    }
-    if (ys.dtype != AS_F32 || ys.ndim != 4 || ys.shape[0] != m->n ||
-        ys.shape[1] != m->cout || ys.shape[2] != ho || ys.shape[3] != wo) {
-        as_pctx_errorf(ctx, "conv output is not f32 (%d, %d, %d, %d)", m->n,
-                       m->cout, ho, wo);
-        return AS_ENOTSUP;
-    }
+    if ((rc = encode_check_output(ctx, m, &g)))
+        return rc;
     inv_entry *e;
     if ((rc = entry_get(p, as_pctx_layer(ctx), &g, m->weight, &e, why, sizeof why)) < 0) {
         as_pctx_errorf(ctx, "%s", why[0] ? why : as_strerror(rc));
@@ -431,71 +510,11 @@ static int inv_encode(as_pctx *ctx, const void *params,
     st->w = m->weight;
     st->version = key;
     st->n = m->n;
-    const size_t nfl = (size_t)m->n * m->cin * as__civ_frame_len(&g);
-    st->frame_floats = nfl;
-    float *raw = NULL;
-    if (nfl) {
-        /* Extract into scratch first, then choose the packing. */
-        rc = as_pctx_scratch(ctx, nfl * sizeof(float), (void **)&raw);
-        if (rc < 0)
-            goto fail;
-        as__civ_frame_extract(&g, m->n, t->data, raw);
-        size_t nnz = 0;
-        int finite = 1;
-        for (size_t i = 0; i < nfl; i++) {
-            nnz += raw[i] != 0.0f || signbit(raw[i]);
-            finite &= isfinite(raw[i]) != 0;
-        }
-        /* 16-bit codes only for finite frames (a NaN or Inf stays exact);
-         * auto: only for well-conditioned versions, and not for inputs that
-         * are an activation's saved output (alias_of): in a chain those
-         * values also rebuild the layers below, through inverses that
-         * amplify errors (LeakyReLU: 1/alpha per link). */
-        st->q16 = finite && (p->frame == FRAME_Q16 ||
-                             (p->frame == FRAME_AUTO && cond <= INV_Q16_COND &&
-                              as_handle_is_null(info->alias_of)));
-        const size_t nblk = (size_t)m->n * m->cin, flen = nfl / nblk;
-        const size_t dense = frame_pack_bytes(nfl, nnz, nblk, 0, st->q16);
-        const size_t sp = frame_pack_bytes(nfl, nnz, nblk, 1, st->q16);
-        st->sparse = sp < dense;
-        st->nnz = nnz;
-        rc = as_pctx_alloc(ctx, st->sparse ? sp : dense, &st->frame);
-        if (rc < 0)
-            goto fail;
-        frame_pack(raw, nblk, flen, st->sparse, st->q16, st->frame);
-    }
-    /* Signs. The rebuilt values are off by the reconstruction error, so
-     * entries near 0 may land on the wrong side: harmless for the weight
-     * gradient, but an input that is also an activation's saved output
-     * (alias_of) gives that activation's backward its derivative mask
-     * (ReLU, LeakyReLU: y > 0), which must be exact. Such inputs keep a
-     * bitmap of x > 0 (1 bit per value); and an input with no negative
-     * value (images, ReLU and pooled ReLU outputs) is clamped at 0, which
-     * also restores its zeros exactly. */
-    const size_t nx = as_tensor_numel(t) > 0 ? (size_t)as_tensor_numel(t) : 0;
-    const float *xv = t->data;
-    /* (branch-free inner loops: signs of activations are unpredictable) */
-    st->nonneg = 1;
-    for (size_t i0 = 0; i0 < nx && st->nonneg; i0 += 64) {
-        const size_t i1 = nx - i0 < 64 ? nx : i0 + 64;
-        int neg = 0;
-        for (size_t i = i0; i < i1; i++)
-            neg |= xv[i] < 0;
-        st->nonneg = !neg;
-    }
-    if (!as_handle_is_null(info->alias_of) && nx) {
-        rc = as_pctx_alloc(ctx, bitmap_bytes(nx), (void **)&st->pos);
-        if (rc < 0)
-            goto fail;
-        memset(st->pos, 0, bitmap_bytes(nx));
-        for (size_t i0 = 0; i0 < nx; i0 += 64) {
-            const size_t nb = nx - i0 < 64 ? nx - i0 : 64;
-            uint64_t wbits = 0;
-            for (size_t j = 0; j < nb; j++)
-                wbits |= (uint64_t)(xv[i0 + j] > 0) << j;
-            st->pos[i0 / 64] = wbits;
-        }
-    }
+    st->frame_floats = (size_t)m->n * m->cin * as__civ_frame_len(&g);
+    if (st->frame_floats && (rc = encode_frame(ctx, p, info, t, &g, cond, st)) < 0)
+        goto fail;
+    if ((rc = encode_signs(ctx, info, t, st)) < 0)
+        goto fail;
     if (m->bias) {
         rc = as_pctx_alloc(ctx, sizeof(float) * m->cout, (void **)&st->bias);
         if (rc < 0)
@@ -652,6 +671,7 @@ static void add_entry(const inv_entry *e, as__civ_lstats *out)
     out->factor_builds += s.factor_builds;
     out->factor_hits += s.factor_hits;
     out->cond_checks += s.cond_checks;
+    out->cond_bounded += s.cond_bounded;
     out->streamed += s.streamed;
     out->restores += e->restores;
     out->saves += e->saves;
