@@ -118,6 +118,10 @@ void as__civ_frame_extract(const as__civ_geom *g, int n, const float *x, float *
     }
 }
 
+/* x^(f) = M(f) z^(f) for all lanes at one frequency. z: [re|im][Cout][NB],
+ * xo: [re|im][Cin][NB]; s = -1 applies conj(M). Blocks of 4 input channels
+ * x 8 lanes keep their 8 accumulators in registers over the Cout loop. */
+AS__CIV_CLONES
 void as__civ_solve_freq(const float *mr, const float *mi, float s, const float *z,
                        float *xo, int ci, int co, int NB)
 {

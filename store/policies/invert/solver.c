@@ -295,10 +295,6 @@ int as__civ_prepare(as__civ *ci, const float *w, uint64_t version,
 }
 
 
-/* x^(f) = M(f) z^(f) for all lanes at one frequency. z: [re|im][Cout][NB],
- * xo: [re|im][Cin][NB]; s = -1 applies conj(M). Blocks of 4 input channels
- * x 8 lanes keep their 8 accumulators in registers over the Cout loop. */
-
 /* A streamed restore of more than one pass builds the factor of every
  * frequency once, before the passes, into work space (instead of once per
  * column in every pass: the factor work would grow with the batch), when
