@@ -102,7 +102,9 @@ static void usage(FILE *f)
         "ratio (median of invert/forward timed back to back), stream_ms and\n"
         "stream_ratio (restore that factors inside, as in training: adjoint path when\n"
         "Cout >= 2 Cin and cond <= 50; Cin = 1: the closed form, no factor),\n"
-        "channels_read (Cin = 1), cond_ms (the check at save), max_rel_err\n"
+        "channels_read (Cin = 1), cond_ms (the check at save), bound_ms and bounded (the\n"
+        "next version's verdict after a small weight step: by the perturbation bound\n"
+        "when bounded), max_rel_err\n"
         "(max|X'-X| / max|X|), cond, fallback, stored/raw bytes.\n"
         "  --quick        a few small shapes (N=8), seconds\n"
         "  --wall         wall-clock times (default: process CPU time, which leaves\n"
@@ -118,6 +120,34 @@ static void usage(FILE *f)
 
 /* Runs one shape; fills the JSON object. Returns 0 or -1 (out of memory). */
 static int no_adjoint;   /* --no-adjoint */
+
+/* The verdict of the next weight version when it is one small step away
+ * (every weight moved by 1e-4 of the He scale, deterministically, about an
+ * SGD step): its time (CPU ms) and whether the perturbation bound gave it
+ * (*bounded) instead of a condition check. NAN when it could not run. */
+static double verdict_by_bound(const as__civ_geom *g, const as__civ_cfg *cfg, const float *w,
+                               size_t wl, int *bounded)
+{
+    as__civ *cb = NULL;
+    float *w2 = malloc(sizeof(float) * wl);
+    double ms = NAN;
+    *bounded = 0;
+    if (w2 && !as__civ_create(g, cfg, &cb, NULL, 0) &&
+        as__civ_condition(cb, w, 1, NULL, NULL, 0) != AS_ENOMEM) {
+        const double sd = sqrt(2.0 / (g->cin * g->kh * g->kw));
+        for (size_t i = 0; i < wl; i++)
+            w2[i] = w[i] + (float)(1e-4 * sd * ((double)(i * 2654435761u % 2001) / 1000.0 - 1.0));
+        const double t0 = now_ms();
+        const int rc = as__civ_condition(cb, w2, 2, NULL, NULL, 0);
+        ms = now_ms() - t0;
+        as__civ_stats st;
+        as__civ_get_stats(cb, &st);
+        *bounded = rc != AS_ENOMEM && st.cond_bounded == 1;
+    }
+    as__civ_destroy(cb);
+    free(w2);
+    return ms;
+}
 
 static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
 {
@@ -147,7 +177,8 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     double *qi = malloc(sizeof(double) * reps), *qs = malloc(sizeof(double) * reps);
     double ratio = NAN, sratio = NAN;
     as__civ *cs = NULL;   /* a second solver for the streaming restore */
-    double stream = NAN, cond_ms = NAN, serr = NAN;
+    double stream = NAN, cond_ms = NAN, serr = NAN, bound_ms = NAN;
+    int bounded = 0;
     int adjoint = 0;
     as__civ *ci = NULL;
     int rc = -1;
@@ -202,7 +233,9 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
         as__civ_get_stats(ci, &st);
         /* What the policy does per training step: the condition check at
          * save (once per version), then a restore that factors inside. */
-        if (as__civ_create(&g, &cfg, &cs, why, sizeof why))
+        as__civ_cfg scfg = cfg;
+        scfg.no_bound = 1;   /* every version checked, as for a weight jump */
+        if (as__civ_create(&g, &scfg, &cs, why, sizeof why))
             goto out;
         for (int r = 0; r < reps; r++) {
             if (as__civ_condition(cs, w, (uint64_t)r + 1, NULL, NULL, 0))
@@ -222,6 +255,7 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
         as__civ_get_stats(cs, &ss);
         cond_ms = ss.cond_ms;
         adjoint = ss.adjoint > 0;
+        bound_ms = verdict_by_bound(&g, &cfg, w, wl, &bounded);
         {
             double e = 0, m = 0;
             for (size_t i = 0; i < xl; i++) {
@@ -269,11 +303,14 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     NUM_OR_NULL("stream_ms", stream);
     NUM_OR_NULL("stream_ratio", sratio);
     NUM_OR_NULL("cond_ms", cond_ms);
+    NUM_OR_NULL("bound_ms", bound_ms);
     NUM_OR_NULL("stream_max_rel_err", serr);
     NUM_OR_NULL("max_rel_err", err);
     NUM_OR_NULL("cond", cond);
 #undef NUM_OR_NULL
     cJSON_AddBoolToObject(res, "fallback", fallback);
+    if (!fallback)
+        cJSON_AddBoolToObject(res, "bounded", bounded);
     if (!fallback)
         cJSON_AddStringToObject(res, "stream_path", s->cin == 1 && s->k > 1 ? "closed-form"
                                                     : adjoint ? "adjoint" : "direct");
@@ -284,11 +321,11 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     cJSON_AddNumberToObject(res, "stored_over_raw", stored / raw);
     cJSON_AddNumberToObject(res, "factor_cache_bytes", (double)cache);
     printf("n %2d  %2d->%-2d  %2dx%-2d  k%d p%d  fwd %7.2f  inv %7.2f (x%5.2f)  "
-           "stream %7.2f (x%5.2f, %s)  factor %6.1f  cond-check %6.1f ms  err %.1e/%.1e  "
+           "stream %7.2f (x%5.2f, %s)  factor %6.1f  cond-check %6.1f ms (next %s %.2f)  err %.1e/%.1e  "
            "cond %.3g  stored/raw %.3f%s%s\n",
            s->n, s->cin, s->cout, s->h, s->h, s->k, s->pad, fwd, inv, ratio,
            stream, sratio, s->cin == 1 && s->k > 1 ? "c1" : adjoint ? "adj" : "dir",
-           factor_ms, cond_ms, err, serr,
+           factor_ms, cond_ms, bounded ? "bound" : "check", bound_ms, err, serr,
            cond, stored / raw, fallback ? "  FALLBACK: " : "", fallback ? why : "");
     fflush(stdout);
     rc = 0;
