@@ -55,6 +55,8 @@ typedef double v8du __attribute__((vector_size(64), aligned(8), may_alias));
 #define VR(p) (*(v8du *)((p)->re))
 #define VI(p) (*(v8du *)((p)->im))
 typedef double v4du __attribute__((vector_size(32), aligned(8), may_alias));
+typedef long v8i64 __attribute__((vector_size(64)));
+typedef long v8i64u __attribute__((vector_size(64), aligned(8), may_alias));
 
 #define GRB 5   /* rows of a register block (3x3 kernels: 9 = 5 + 4) */
 
@@ -309,67 +311,85 @@ FSTEP void group_init(const as__civ_fctx *fc, size_t f0, size_t nf, fgroup *gr)
 
 /* A(f) (Cout x Cin) for M or the adjoint factor (a condition check alone
  * does not need it: the Gram matrix comes from Tg). The lanes span few
- * columns: per distinct kq, every lane computed with that column's row
- * DFTs T (vectors over the lanes), kept in the lanes of that kq. */
+ * columns (kq values): each lane takes the row DFTs T of its own column,
+ * blended from one broadcast per distinct column. */
 FSTEP void form_a(const as__civ_fctx *fc, const fgroup *gr, lanes_c *A)
 {
-    const int ci = fc->g.cin, co = fc->g.cout, kh = fc->g.kh;
-    for (int d = 0; d < gr->nkq; d++) {
-        double sel[LANES];
+    const int ci = fc->g.cin, co = fc->g.cout, kh = fc->g.kh, nkq = gr->nkq;
+    const size_t cs = 2 * (size_t)co * ci * kh;   /* T's stride between columns */
+    const double *t0 = fc->T + (size_t)gr->kqd[0] * cs;
+    long dsel[LANES][LANES];   /* dsel[d][l]: lane l belongs to column kqd[d] */
+    for (int d = 0; d < nkq; d++)
         for (int l = 0; l < LANES; l++)
-            sel[l] = gr->kq[l] == gr->kqd[d];
-        for (int o = 0; o < co; o++)
-            for (int c = 0; c < ci; c++) {
-                lanes_c *a = &A[(size_t)o * ci + c];
-                const double *t = fc->T + 2 * ((((size_t)gr->kqd[d] * co + o) * ci + c) * kh);
-                double sr[LANES] = {0}, si[LANES] = {0};
-                for (int u = 0; u < kh; u++) {
-                    const double tr = t[2 * u], ti = t[2 * u + 1];
-                    for (int l = 0; l < LANES; l++) {
-                        sr[l] += gr->eur[u][l] * tr - gr->eui[u][l] * ti;
-                        si[l] += gr->eur[u][l] * ti + gr->eui[u][l] * tr;
-                    }
+            dsel[d][l] = gr->kq[l] == gr->kqd[d] ? -1 : 0;
+    for (int o = 0; o < co; o++)
+        for (int c = 0; c < ci; c++) {
+            const size_t off = 2 * (((size_t)o * ci + c) * kh);
+            v8d sr = {0}, si = {0};
+            for (int u = 0; u < kh; u++) {
+                v8d tr = {0}, ti = {0};
+                tr += t0[off + 2 * u];
+                ti += t0[off + 2 * u + 1];
+                for (int d = 1; d < nkq; d++) {
+                    const double *td = fc->T + (size_t)gr->kqd[d] * cs + off;
+                    const v8i64 m = *(const v8i64u *)dsel[d];
+                    v8d br = {0}, bi = {0};
+                    br += td[2 * u];
+                    bi += td[2 * u + 1];
+                    tr = (v8d)(((v8i64)br & m) | ((v8i64)tr & ~m));
+                    ti = (v8d)(((v8i64)bi & m) | ((v8i64)ti & ~m));
                 }
-                for (int l = 0; l < LANES; l++) {
-                    a->re[l] = d ? (sel[l] != 0 ? sr[l] : a->re[l]) : sr[l];
-                    a->im[l] = d ? (sel[l] != 0 ? si[l] : a->im[l]) : si[l];
-                }
+                const v8d er = *(const v8du *)gr->eur[u], ei = *(const v8du *)gr->eui[u];
+                sr += er * tr - ei * ti;
+                si += er * ti + ei * tr;
             }
-    }
+            lanes_c *a = &A[(size_t)o * ci + c];
+            VR(a) = sr;
+            VI(a) = si;
+        }
 }
 
-/* G = A^H A (lower triangle) into L, from Tg (gram_dft). */
+/* G = A^H A (lower triangle) into L, from Tg (gram_dft); each lane takes
+ * Tg of its own column as in form_a. */
 FSTEP void form_gram(const as__civ_fctx *fc, const fgroup *gr, lanes_c *L)
 {
-    const int ci = fc->g.cin, nh = 2 * fc->g.kh - 1;
-    const size_t npair = (size_t)ci * (ci + 1) / 2;
-    double gpr[31][LANES], gpi[31][LANES];   /* e^{2 pi i kp du/P} */
+    const int ci = fc->g.cin, nh = 2 * fc->g.kh - 1, nkq = gr->nkq;
+    const size_t npair = (size_t)ci * (ci + 1) / 2, cs = 2 * npair * nh;
+    v8d gpr[31], gpi[31];   /* e^{2 pi i kp du/P} */
     for (int l = 0; l < LANES; l++)
         for (int du = 0; du < nh; du++) {
             const double *t = fc->tw + 2 * ((size_t)gr->kp[l] * nh + du);
             gpr[du][l] = t[0];
             gpi[du][l] = t[1];
         }
+    long dsel[LANES][LANES];
+    for (int d = 0; d < nkq; d++)
+        for (int l = 0; l < LANES; l++)
+            dsel[d][l] = gr->kq[l] == gr->kqd[d] ? -1 : 0;
+    const double *t0 = fc->Tg + (size_t)gr->kqd[0] * cs;
     for (int i = 0; i < ci; i++)
         for (int j = 0; j <= i; j++) {
-            lanes_c *s = &L[(size_t)i * ci + j];
             const size_t off = 2 * ((size_t)i * (i + 1) / 2 + j) * nh;
-            for (int d = 0; d < gr->nkq; d++) {
-                const double *t = fc->Tg + 2 * (size_t)gr->kqd[d] * npair * nh + off;
-                double sr[LANES] = {0}, si[LANES] = {0};
-                for (int du = 0; du < nh; du++) {
-                    const double tr = t[2 * du], ti = t[2 * du + 1];
-                    for (int l = 0; l < LANES; l++) {
-                        sr[l] += gpr[du][l] * tr - gpi[du][l] * ti;
-                        si[l] += gpr[du][l] * ti + gpi[du][l] * tr;
-                    }
+            v8d sr = {0}, si = {0};
+            for (int du = 0; du < nh; du++) {
+                v8d tr = {0}, ti = {0};
+                tr += t0[off + 2 * du];
+                ti += t0[off + 2 * du + 1];
+                for (int d = 1; d < nkq; d++) {
+                    const double *td = fc->Tg + (size_t)gr->kqd[d] * cs + off;
+                    const v8i64 m = *(const v8i64u *)dsel[d];
+                    v8d br = {0}, bi = {0};
+                    br += td[2 * du];
+                    bi += td[2 * du + 1];
+                    tr = (v8d)(((v8i64)br & m) | ((v8i64)tr & ~m));
+                    ti = (v8d)(((v8i64)bi & m) | ((v8i64)ti & ~m));
                 }
-                for (int l = 0; l < LANES; l++) {
-                    const int take = !d || gr->kq[l] == gr->kqd[d];
-                    s->re[l] = take ? sr[l] : s->re[l];
-                    s->im[l] = take ? (i == j ? 0.0 : si[l]) : s->im[l];
-                }
+                sr += gpr[du] * tr - gpi[du] * ti;
+                si += gpr[du] * ti + gpi[du] * tr;
             }
+            lanes_c *s = &L[(size_t)i * ci + j];
+            VR(s) = sr;
+            VI(s) = i == j ? (v8d){0} : si;
         }
 }
 
