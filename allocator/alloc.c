@@ -129,6 +129,21 @@ static inline void discharge(as__tcounter *t, as__gcounter *g, int64_t r, int64_
         fold_down(t, g, lr, lu, pr, pu);
 }
 
+/* A free of a block another thread charged: into G at once (see
+ * internal.h). live and folded move together, so the pending delta of this
+ * thread is unchanged. */
+__attribute__((noinline))
+static void discharge_remote(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u)
+{
+    st(&t->live_req, ld(&t->live_req) - r);
+    st(&t->live_use, ld(&t->live_use) - u);
+    st(&t->fold_req, ld(&t->fold_req) - r);
+    st(&t->fold_use, ld(&t->fold_use) - u);
+    inc(&t->frees);
+    atomic_fetch_sub_explicit(&g->g_req, r, RLX);
+    atomic_fetch_sub_explicit(&g->g_use, u, RLX);
+}
+
 /* The total counter with a budget. Returns false (nothing changed) when
  * the allocation would take the charged total past the budget. */
 __attribute__((noinline))
@@ -179,19 +194,47 @@ static char *human(uint64_t v, char *buf, size_t n)
     return buf;
 }
 
+/* True live usable bytes of a: the sum over threads (+ retired), as a
+ * snapshot reads it. Caller holds the registry lock. */
+static uint64_t true_live_locked(as_arena *a)
+{
+    int64_t v = 0;
+    for (unsigned i = 0; i < AS_TAG_MAX; i++)
+        v += a->retired[i].live_use;
+    for (as__tblock *b = a->blocks; b; b = b->next)
+        v += ld(&b->total.live_use);
+    return v > 0 ? (uint64_t)v : 0;
+}
+
 __attribute__((noinline, cold))
 static int budget_error(as_arena *a, size_t size, size_t usable, uint16_t tag,
-                        uint16_t layer, uint64_t budget, as_block *out)
+                        uint16_t layer, uint64_t budget, uint64_t live, as_block *out)
 {
     memset(out, 0, sizeof *out);
     char b1[32], b2[32], b3[32], b4[32];
-    int64_t live = atomic_load(&a->gtotal.g_use);
     as__set_error(a, "budget %s exceeded: tag %s, layer %s, request %s (usable %s), live %s",
                   human(budget, b1, sizeof b1), a->tag_names[tag],
                   a->layer_names[layer], human(size, b2, sizeof b2),
-                  human(usable, b3, sizeof b3),
-                  human(live > 0 ? (uint64_t)live : 0, b4, sizeof b4));
+                  human(usable, b3, sizeof b3), human(live, b4, sizeof b4));
     return AS_EBUDGET;
+}
+
+/* The charged total says no. It may stand above the true live value by
+ * frees other threads have not folded yet (see internal.h), so recount:
+ * returns true (charged, under the registry lock so that two recounts do
+ * not both spend the same room) when the allocation fits the true value;
+ * else *live gets that value for the message. */
+__attribute__((noinline, cold))
+static bool budget_recount(as_arena *a, as__tblock *b, int64_t r, int64_t u,
+                           uint64_t budget, uint64_t *live)
+{
+    as__reg_lock();
+    *live = true_live_locked(a);
+    bool fits = *live + (uint64_t)u <= budget;
+    if (fits)
+        charge(&b->total, &a->gtotal, r, u);
+    as__reg_unlock();
+    return fits;
 }
 
 __attribute__((noinline, cold))
@@ -242,8 +285,13 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
     if (UNLIKELY(budget)) {                /* early out before mallocx */
         as__tcounter *t = &b->total;
         int64_t pu = ld(&t->live_use) - ld(&t->fold_use) + (int64_t)usable;
-        if (atomic_load_explicit(&a->gtotal.g_use, RLX) + pu > (int64_t)budget)
-            return budget_error(a, size, usable, tag, layer, budget, out);
+        if (atomic_load_explicit(&a->gtotal.g_use, RLX) + pu > (int64_t)budget) {
+            as__reg_lock();
+            uint64_t live = true_live_locked(a);
+            as__reg_unlock();
+            if (live + usable > budget)
+                return budget_error(a, size, usable, tag, layer, budget, live, out);
+        }
     }
     void *p = mallocx(size, b->flags | align_flag | zero);
     if (UNLIKELY(!p)) {
@@ -254,9 +302,11 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
     }
     int64_t r = (int64_t)size, u = (int64_t)usable;
     if (UNLIKELY(budget)) {
-        if (!charge_total_budget(a, b, r, u, budget)) {
+        uint64_t live;
+        if (!charge_total_budget(a, b, r, u, budget) &&
+            !budget_recount(a, b, r, u, budget, &live)) {
             sdallocx(p, usable, b->flags);
-            return budget_error(a, size, usable, tag, layer, budget, out);
+            return budget_error(a, size, usable, tag, layer, budget, live, out);
         }
     } else {
         charge(&b->total, &a->gtotal, r, u);
@@ -269,6 +319,7 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
     out->usable = usable;
     out->tag = tag;
     out->layer = layer;
+    out->shard = b->id;
     return 0;
 }
 
@@ -297,6 +348,37 @@ bool as_arena_owns(const as_arena *ca, const void *p)
     return ind == a->index;
 }
 
+/* The block is a live allocation of a: the pointer lies in one of its
+ * extents and jemalloc's size for it is the block's usable size. */
+static int check_block(as_arena *a, const as_block *blk, const char *what)
+{
+    if (!as_arena_owns(a, blk->ptr)) {
+        as__set_error(a, "%s of %p (tag %s, %zu bytes): not allocated by arena %u",
+                      what, blk->ptr, a->tag_names[blk->tag], blk->size, a->index);
+        return AS_EFOREIGN;
+    }
+    size_t real = sallocx(blk->ptr, 0);
+    if (real != blk->usable || blk->size > real) {
+        as__set_error(a, "%s of %p: block says %zu/%zu bytes, jemalloc says %zu",
+                      what, blk->ptr, blk->size, blk->usable, real);
+        return AS_EINVAL;
+    }
+    return 0;
+}
+
+int as_arena_check_block(as_arena *a, const as_block *blk)
+{
+    if (!a || !blk || !blk->ptr)
+        return AS_EINVAL;
+    if (blk->tag >= atomic_load_explicit(&a->ntags, memory_order_acquire) ||
+        blk->layer >= atomic_load_explicit(&a->nlayers, memory_order_acquire)) {
+        as__set_error(a, "block %p: unknown tag %u or layer %u", blk->ptr, blk->tag,
+                      blk->layer);
+        return AS_EINVAL;
+    }
+    return check_block(a, blk, "block");
+}
+
 int as_free(as_arena *a, as_block *blk)
 {
     if (!blk)
@@ -314,17 +396,9 @@ int as_free(as_arena *a, as_block *blk)
         return AS_EINVAL;
     }
     if (UNLIKELY(a->checked)) {
-        if (!as_arena_owns(a, blk->ptr)) {
-            as__set_error(a, "free of %p (tag %s, %zu bytes): not allocated by arena %u",
-                          blk->ptr, a->tag_names[tag], blk->size, a->index);
-            return AS_EFOREIGN;
-        }
-        size_t real = sallocx(blk->ptr, 0);
-        if (real != blk->usable || blk->size > real) {
-            as__set_error(a, "free of %p: block says %zu/%zu bytes, jemalloc says %zu",
-                          blk->ptr, blk->size, blk->usable, real);
-            return AS_EINVAL;
-        }
+        int rc = check_block(a, blk, "free");
+        if (rc)
+            return rc;
     }
     as__tblock *b = as__tblock_fast(a);
     if (UNLIKELY(!b)) {
@@ -334,6 +408,13 @@ int as_free(as_arena *a, as_block *blk)
     /* usable is a size class, so sdallocx needs no alignment flag. */
     sdallocx(blk->ptr, blk->usable, b->flags);
     int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
+    if (UNLIKELY(blk->shard != b->id)) {
+        discharge_remote(&b->total, &a->gtotal, r, u);
+        discharge_remote(&b->c[tag], &a->g[tag], r, u);
+        discharge_remote(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);
+        memset(blk, 0, sizeof *blk);
+        return 0;
+    }
     discharge(&b->total, &a->gtotal, r, u);
     discharge(&b->c[tag], &a->g[tag], r, u);
     discharge(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);

@@ -17,7 +17,7 @@
 
 #include "actstore/alloc.h"
 #include "bench.h"
-#include "util.h"
+#include "util/clock.h"
 #include "cli.h"
 #include "stats.h"
 
@@ -43,7 +43,7 @@ typedef struct ctx {
  * negative value on allocation failure. */
 static double run_cell(ctx *c, int impl, size_t size, unsigned long n)
 {
-    uint64_t t0 = as_bench_clock_ns(CLOCK_MONOTONIC);
+    uint64_t t0 = as_clock_ns(CLOCK_MONOTONIC);
     switch (impl) {
     case IMPL_GLIBC:
         for (unsigned long i = 0; i < n; i++) {
@@ -76,7 +76,7 @@ static double run_cell(ctx *c, int impl, size_t size, unsigned long n)
         }
         break;
     }
-    return (double)(as_bench_clock_ns(CLOCK_MONOTONIC) - t0) / (double)n;
+    return (double)(as_clock_ns(CLOCK_MONOTONIC) - t0) / (double)n;
 }
 
 static void usage(FILE *f)
@@ -129,7 +129,7 @@ int as_bench_alloc(int argc, char **argv)
     }
     c.je_flags = MALLOCX_ARENA(c.je_arena) | MALLOCX_TCACHE(c.je_tcache);
 
-    /* pairs per repeat: about 2-5 ms per cell on a current core */
+    /* pairs per repeat: a few ms per cell */
     static const unsigned long base_pairs[NSIZES] = {200000, 100000, 4000, 400};
     double *ns = calloc(NSIZES * NIMPL * repeats, sizeof *ns);
     if (!ns) {

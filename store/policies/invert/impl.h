@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "store/policies/invert/conv_invert.h"
+#include "util/clock.h"
 
 struct as__civ {
     as__civ_geom g;
@@ -62,12 +63,8 @@ struct as__civ {
     as__civ_stats st;
 };
 
-static inline double as__civ_now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
+/* Wall clock in ms for the phase and factor times of the stats. */
+static inline double as__civ_now_ms(void) { return as_clock_wall_s() * 1e3; }
 
 /* 8-float vectors (GCC/Clang vector extension; lowered to whatever the
  * clone's target has). Loads and stores are unaligned and
