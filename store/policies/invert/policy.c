@@ -414,7 +414,7 @@ static void frame_unpack(const void *src, size_t nblk, size_t flen, int sparse,
 
 /* The conv output handle must describe the f32 (N, Cout, Ho, Wo) tensor
  * the restore rebuilds from. Returns 0, AS_ENOTSUP (no such handle) or
- * AS_EMETA (the metadata disagrees with it), the reason set. *
+ * AS_EMETA (the metadata disagrees with it), the reason set. */
 static int encode_check_output(as_pctx *ctx, const as_conv_meta *m, const as__civ_geom *g)
 {
     const int ho = as__civ_out_h(g), wo = as__civ_out_w(g);
