@@ -120,9 +120,13 @@ void as__civ_destroy(as__civ *ci);
 /* Check the max per-frequency condition number of weights w (Cout, Cin,
  * kh, kw) of version `version` against cfg.cond_max, without building the
  * factor (cheaper: no M). The verdict is cached per version: a second call
- * with the same version costs nothing. Returns 0; AS_EFALLBACK above the
- * threshold (why names the value); AS_ENOMEM. *cond_out (may be NULL) gets
- * the condition number (inf when singular). */
+ * with the same version costs nothing. A version close to the last
+ * computed one (unless cfg.no_bound) is accepted by a perturbation bound
+ * instead, when the bound stays below the decision threshold above that
+ * one's condition number; its verdict is then the bound (an upper bound,
+ * counted in cond_bounded). Returns 0; AS_EFALLBACK above the threshold
+ * (why names the value); AS_ENOMEM. *cond_out (may be NULL) gets the
+ * condition number (inf when singular). */
 int as__civ_condition(as__civ *ci, const float *w, uint64_t version,
                       double *cond_out, char *why, size_t whylen);
 
