@@ -30,7 +30,9 @@ static const as_cli_cmd ab_cmd = {
     "Paired A/B comparison of two store policy specs: for each seed, arm A and\n"
     "arm B start from the same weights and see the same batches in the same\n"
     "order; only the policy differs. Each arm has its own store, so its memory\n"
-    "is measured alone. Writes report.json, report.md and SVG plots to DIR.\n",
+    "is measured alone. Writes report.json, report.md and SVG plots to DIR.\n"
+    "Across machines: run each shard with --shard I/N, then combine the report\n"
+    "folders with 'actstore ab merge DIR... [--out DIR]' (see its --help).\n",
     "Ctrl-C finishes the current step, writes a partial report (marked as such)\n"
     "and exits 1. Exit status: 0 ok, 1 failure or interrupted, 2 usage.\n"};
 
