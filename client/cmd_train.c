@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "actstore/service.h"
+#include "ab.h"
 #include "cli.h"
 #include "client/client.h"
 #include "layers/data.h"
@@ -53,7 +54,10 @@ static const char *const usage_text =
     "  --quiet          no progress output\n"
     "\n"
     "Same model, preset, policy, seed and threads give the same loss sequence\n"
-    "bit for bit. Exit status: 0 ok, 1 failure, 2 usage.\n";
+    "bit for bit. SIGINT / SIGTERM end the run after the current step, without\n"
+    "the final evaluation, and write the partial results (\"partial\" in the\n"
+    "JSON; a second signal kills). Exit status: 0 ok, 1 failure or\n"
+    "interrupted, 2 usage.\n";
 
 typedef struct prog {
     bool   tty, quiet;
@@ -146,6 +150,11 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
             cJSON_AddNumberToObject(cfg, "context", p->tf.T);
     }
     cJSON_AddNumberToObject(j, "steps", (double)r->steps);
+    if (r->interrupted) {
+        cJSON *pa = cJSON_AddObjectToObject(j, "partial");
+        cJSON_AddStringToObject(pa, "reason", "interrupted (SIGINT or SIGTERM)");
+        cJSON_AddNumberToObject(pa, "planned_steps", (double)r->planned_steps);
+    }
     cJSON_AddNumberToObject(j, "params", (double)r->params);
     cJSON_AddStringToObject(j, "blas_core", r->blas_core);
     cJSON *lc = cJSON_AddArrayToObject(j, "loss_curve");
@@ -156,7 +165,8 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
         cJSON_AddItemToArray(lc, pt);
     }
     cJSON_AddNumberToObject(j, "final_train_loss", r->final_train_loss);
-    cJSON *ev = cJSON_AddObjectToObject(j, "eval");
+    /* no "eval" when interrupted (cJSON_Add* on NULL adds nothing) */
+    cJSON *ev = r->interrupted ? NULL : cJSON_AddObjectToObject(j, "eval");
     if (r->eval_accuracy >= 0)
         cJSON_AddNumberToObject(ev, "accuracy", r->eval_accuracy);
     cJSON_AddNumberToObject(ev, "loss", r->eval_loss);
@@ -304,9 +314,12 @@ int as_cmd_train(int argc, char **argv)
     as_nn_train_opts o = {.policy = NULL, .seed = seed, .threads = (int)threads,
                           .data_dir = data_dir, .text_dir = text_dir,
                           .progress = on_progress, .progress_ud = &g,
-                          .store = store, .eval_every = (int)evev};
+                          .store = store, .eval_every = (int)evev,
+                          .stop = as_ab_stop_flag()};
     as_nn_train_result r;
+    as_ab_signals_catch();
     rc = as_nn_train(&p, &o, &r, err, sizeof err);
+    as_ab_signals_restore();
     as_service_stop(svc);
     as_store_destroy(store);
     if (rc)
@@ -321,7 +334,10 @@ int as_cmd_train(int argc, char **argv)
         fprintf(stderr, "%s/%s policy \"%s\" seed %llu: %ld steps, final train "
                 "loss %.4f, ", p.model, p.name, policy, seed, r.steps,
                 r.final_train_loss);
-        if (r.eval_accuracy >= 0)
+        if (r.interrupted)
+            fprintf(stderr, "interrupted (%ld of %ld steps, no evaluation), ",
+                    r.steps, r.planned_steps);
+        else if (r.eval_accuracy >= 0)
             fprintf(stderr, "test accuracy %.2f%% (%ld images), ",
                     100 * r.eval_accuracy, r.eval_samples);
         else
@@ -330,7 +346,7 @@ int as_cmd_train(int argc, char **argv)
         fprintf(stderr, "saved peak %s of %s raw, arena peak %s, %.1f ms/step, "
                 "%.1f s\n", a, b, c, r.step_ms_median, r.total_s);
     }
-    rc = AS_EXIT_OK;
+    rc = r.interrupted ? AS_EXIT_FAIL : AS_EXIT_OK;
     if (json) {
         cJSON *j = result_json(&p, policy, seed, (int)threads, &r);
         if (as_cli_write_json("train", json, j))

@@ -2,10 +2,11 @@
  * Codecs through the store: bit-exact round trips of keep, zstd and offload
  * over every dtype, special values and frame boundaries; fp16 / bf16 /
  * q8 / q4 / q2 against their stated error bounds; stochastic rounding
- * unbiased over many saves; a corrupted zstd blob and a modified, truncated
- * or deleted offload file giving errors that name the handle and the layer
+ * unbiased over many saves; a corrupted zstd blob and a modified or
+ * truncated offload file giving errors that name the handle and the layer
  * with nothing written; offload falling back to memory when the directory
- * is missing or full (counted, named), background write failures, prefetch.
+ * is missing or full (counted, named), background write failures, prefetch;
+ * offload files that have no name, so none outlives a killed process.
  * (The kernels alone: test_codecs.c.)
  */
 #include <dirent.h>
@@ -19,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -86,6 +89,32 @@ static int offload_files(const char *dir, char *buf, size_t len)
             snprintf(buf, len, "%s/%s", dir, e->d_name);
             n++;
         }
+    closedir(d);
+    return n;
+}
+
+/* Open descriptors of this process on unnamed files in dir; buf gets a
+ * /proc/self/fd path of the last one (opening it reaches the file). */
+static int offload_fds(const char *dir, char *buf, size_t len)
+{
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    size_t dl = strlen(dir);
+    buf[0] = 0;
+    while ((e = readdir(d))) {
+        char fp[300], target[600];
+        snprintf(fp, sizeof fp, "/proc/self/fd/%s", e->d_name);
+        ssize_t k = readlink(fp, target, sizeof target - 1);
+        if (k <= 0)
+            continue;
+        target[k] = 0;
+        if (!strncmp(target, dir, dl) && target[dl] == '/' && strstr(target, "(deleted)")) {
+            snprintf(buf, len, "%s", fp);
+            n++;
+        }
+    }
     closedir(d);
     return n;
 }
@@ -592,7 +621,8 @@ static void test_offload_round_trip_prefetch(void **st)
     off_case c;
     off_setup(&c, "default=offload", "conv3");
     assert_string_equal(as_store_policy_of(c.s, c.h), "offload");
-    assert_int_equal(offload_files(c.dir, c.path, sizeof c.path), 1);
+    assert_int_equal(offload_files(c.dir, c.path, sizeof c.path), 0);   /* no name */
+    assert_int_equal(offload_fds(c.dir, c.path, sizeof c.path), 1);
     struct stat sb;
     assert_int_equal(stat(c.path, &sb), 0);
     assert_int_equal(sb.st_size, 64 + c.n * 4);
@@ -635,7 +665,7 @@ static void test_offload_round_trip_prefetch(void **st)
     assert_int_equal(as_store_release(c.s, c.h), 0);
     c.h = AS_HANDLE_NULL;
     as__offload_wait_idle();
-    assert_int_equal(offload_files(c.dir, c.path, sizeof c.path), 0);
+    assert_int_equal(offload_fds(c.dir, c.path, sizeof c.path), 0);
     off_teardown(&c);
 }
 
@@ -660,7 +690,7 @@ static void test_offload_corrupted_file(void **st)
     (void)st;
     off_case c;
     off_setup(&c, "default=offload", "conv7");
-    assert_int_equal(offload_files(c.dir, c.path, sizeof c.path), 1);
+    assert_int_equal(offload_fds(c.dir, c.path, sizeof c.path), 1);
     /* one payload byte modified */
     uint8_t b, nb;
     int fd = open(c.path, O_RDONLY);
@@ -680,13 +710,47 @@ static void test_offload_corrupted_file(void **st)
     /* truncated */
     assert_int_equal(truncate(c.path, 64 + 1000), 0);
     expect_corrupt(&c, AS_ECORRUPT, "truncated");
-    /* deleted */
-    assert_int_equal(unlink(c.path), 0);
-    expect_corrupt(&c, AS_EIO, "No such file");
     as_store_stats a = stats(c.s);
     assert_int_equal(a.total.restores, 2);   /* only the good ones count */
     as_store_stats_free(&a);
     off_teardown(&c);
+}
+
+/* A process killed with offloaded items live leaves no file behind. */
+static void test_offload_files_die_with_process(void **st)
+{
+    (void)st;
+    const char *dir = mktmp();
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        as_store *s = mk("default=offload", dir, false);
+        static float x[50000];
+        as_tensor t = {.data = x, .dtype = AS_F32, .ndim = 1, .shape = {50000}};
+        as_save_info i = {.kind = AS_KIND_ACTIVATION_OUTPUT, .layer = "k"};
+        as_handle h;
+        for (int k = 0; k < 8; k++)
+            if (as_store_save(s, &i, &t, &h) || strcmp(as_store_policy_of(s, h), "offload"))
+                _exit(3);
+        /* (no wait for the writes: the forked child has no I/O thread of
+         * its own if the parent had one; the files exist from the save) */
+        raise(SIGKILL);
+        _exit(4);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    char p[512];
+    assert_int_equal(offload_files(dir, p, sizeof p), 0);
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int entries = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        entries += e->d_name[0] != '.';
+    closedir(d);
+    assert_int_equal(entries, 0);
+    rm_tmp(dir);
 }
 
 static void test_offload_missing_or_full_dir(void **st)
@@ -741,7 +805,7 @@ static void test_offload_missing_or_full_dir(void **st)
     assert_int_equal(as_store_save(s, &i, &t, &h), 0);
     as__offload_wait_idle();
     char p[512];
-    assert_int_equal(offload_files(dir, p, sizeof p), 0);   /* the partial file is gone */
+    assert_int_equal(offload_fds(dir, p, sizeof p), 0);   /* the partial file is gone */
     memset(y, 0, sizeof y);
     assert_int_equal(as_store_restore(s, h, &d), 0);
     assert_memory_equal(x, y, sizeof x);
@@ -758,7 +822,7 @@ static void test_offload_missing_or_full_dir(void **st)
     assert_int_equal(as_store_save(s, &i, &t, &h), 0);
     assert_string_equal(as_store_policy_of(s, h), "offload");
     as__offload_wait_idle();
-    assert_int_equal(offload_files(dir, p, sizeof p), 1);
+    assert_int_equal(offload_fds(dir, p, sizeof p), 1);
     assert_int_equal(as_store_restore(s, h, &d), 0);
     assert_memory_equal(x, y, sizeof x);
     as_store_release(s, h);
@@ -925,6 +989,7 @@ int main(void)
         cmocka_unit_test(test_zstd_corrupted_blob),
         cmocka_unit_test(test_offload_round_trip_prefetch),
         cmocka_unit_test(test_offload_corrupted_file),
+        cmocka_unit_test(test_offload_files_die_with_process),
         cmocka_unit_test(test_offload_missing_or_full_dir),
         cmocka_unit_test(test_budget_sweep),
         cmocka_unit_test(test_offload_threads),
