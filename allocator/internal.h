@@ -179,6 +179,5 @@ void as__timeline_free(as_arena *a);
 int  as__sampler_start(as_arena *a);
 void as__sampler_stop(as_arena *a);
 int  as__stats_init(as_arena *a);
-uint64_t as__now_ns(void);
 
 #endif

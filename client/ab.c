@@ -25,15 +25,9 @@
 
 #include "actstore/common.h"
 #include "client/cli.h"
+#include "util/clock.h"
 
 #define AB_MAX_SEEDS 64
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 double as_ab_cosine(const float *a, const float *b, size_t n, double acc[3])
 {
@@ -102,9 +96,10 @@ void as_ab_signals_restore(void)
 
 int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t errlen)
 {
-    if (!c->model || (strcmp(c->model, "cnn") && strcmp(c->model, "vit") &&
-                      strcmp(c->model, "lm"))) {
-        snprintf(err, errlen, "unknown model '%s' (cnn, vit, lm)", c->model ? c->model : "");
+    const as_nn_model_info *mi = as_nn_model_find(c->model);
+    if (!mi) {
+        snprintf(err, errlen, "unknown model '%s' (%s)", c->model ? c->model : "",
+                 as_nn_model_names());
         return AS_EINVAL;
     }
     if (as_nn_preset_get(c->model, c->preset, p)) {
@@ -143,7 +138,7 @@ int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t err
         snprintf(err, errlen, "--check-every %ld must be >= 0", c->check_every);
         return AS_EINVAL;
     }
-    if (c->act >= 0 && strcmp(c->model, "cnn")) {
+    if (c->act >= 0 && mi->cfg != AS_NN_CFG_cnn) {
         snprintf(err, errlen, "--act applies to the cnn model only");
         return AS_EINVAL;
     }
@@ -177,7 +172,7 @@ static void prog_step(prog *g, size_t si, size_t ns, uint64_t seed, long k, long
 {
     if (g->c->quiet)
         return;
-    double t = now_s();
+    double t = as_clock_wall_s();
     /* plain lines: every fifth of the run, and at least every 10 s */
     bool line = !g->tty && (k % g->every == 0 || k == n || t - g->last >= 10.0);
     if (g->tty && t - g->last < 0.2 && k != n)
@@ -280,131 +275,175 @@ static void fill_memory(as_rep_run *out, as_nn_run *r)
     }
 }
 
+/* One seed of a comparison: both arms, the exact reference, the buffers of
+ * the gradient check. */
+typedef struct seed_run {
+    const as_ab_config *c;
+    as_report *rep;
+    size_t     si;
+    uint64_t   seed;
+    as_nn_run *run[2], *ref;
+    float     *buf;       /* all gradients, flat */
+    double    *per;       /* per tensor */
+    char      *err;
+    size_t     errlen;
+} seed_run;
+
+/* Both arms from the same weights, and the exact reference when checking. */
+static int seed_create(seed_run *s, const as_nn_preset *p)
+{
+    const as_ab_config *c = s->c;
+    char e[512] = "";
+    int rc = 0;
+    for (int a = 0; a < 2 && !rc; a++) {
+        char label[2] = {(char)('A' + a), 0};
+        as_nn_train_opts o = {.policy = c->spec[a], .seed = s->seed, .threads = c->threads,
+                              .data_dir = c->data_dir, .text_dir = c->text_dir,
+                              .store = c->store[a], .label = label};
+        rc = as_nn_run_create(p, &o, &s->run[a], e, sizeof e);
+        if (rc)
+            snprintf(s->err, s->errlen, "arm %c, seed %llu: %s", 'A' + a,
+                     (unsigned long long)s->seed, e);
+    }
+    if (!rc)
+        rc = as_nn_run_copy_weights(s->run[1], s->run[0], false);
+    if (!rc && c->check_every > 0) {
+        as_nn_train_opts o = {.policy = "default=keep", .seed = s->seed, .threads = c->threads,
+                              .data_dir = c->data_dir, .text_dir = c->text_dir,
+                              .label = "exact"};
+        rc = as_nn_run_create(p, &o, &s->ref, e, sizeof e);
+        if (rc)
+            snprintf(s->err, s->errlen, "exact reference run, seed %llu: %s",
+                     (unsigned long long)s->seed, e);
+    }
+    return rc;
+}
+
+/* The report's tensor names (first seed) and the gradient check buffers. */
+static int seed_prepare(seed_run *s)
+{
+    const as_nn_params *ps = as_nn_run_params(s->run[0]);
+    if (s->rep->ntensors == 0) {
+        const char **names = calloc(ps->n ? ps->n : 1, sizeof *names);
+        if (!names)
+            return AS_ENOMEM;
+        for (size_t i = 0; i < ps->n; i++)
+            names[i] = ps->p[i]->name;
+        int rc = as_report_set_tensors(s->rep, names, ps->n);
+        free(names);
+        if (rc)
+            return rc;
+    }
+    size_t total = as_nn_params_count(ps);
+    if (s->ref) {
+        s->buf = malloc((total ? total : 1) * sizeof *s->buf);
+        s->per = malloc((ps->n ? ps->n : 1) * sizeof *s->per);
+        if (!s->buf || !s->per) {
+            snprintf(s->err, s->errlen, "out of memory (gradient check buffers)");
+            return AS_ENOMEM;
+        }
+    }
+    return 0;
+}
+
+/* Step k of both arms (after the gradient check when one is due). */
+static int seed_step(seed_run *s, long k)
+{
+    const as_ab_config *c = s->c;
+    char e[512] = "";
+    for (int a = 0; a < 2; a++) {
+        as_rep_run *out = &s->rep->arm[a].runs[s->si];
+        int rc;
+        if (s->ref && k % c->check_every == 0) {
+            rc = grad_check(s->rep, out, s->run[a], s->ref, k, s->buf, s->per, e, sizeof e);
+            if (rc) {
+                snprintf(s->err, s->errlen, "arm %c, seed %llu: %s", 'A' + a,
+                         (unsigned long long)s->seed, e);
+                return rc;
+            }
+        }
+        double loss;
+        rc = as_nn_run_step(s->run[a], &loss);
+        if (rc) {
+            snprintf(s->err, s->errlen, "arm %c, seed %llu, step %ld: %s", 'A' + a,
+                     (unsigned long long)s->seed, k, as_nn_run_error(s->run[a]));
+            return rc;
+        }
+        double ms_saved, ms_arena;
+        step_peaks(as_nn_run_store(s->run[a]), &ms_saved, &ms_arena);
+        rc = as_report_push_step(out, loss, ms_saved, ms_arena, as_nn_run_last(s->run[a])->ms);
+        if (rc) {
+            snprintf(s->err, s->errlen, "out of memory (report)");
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* The final evaluation of both arms. */
+static int seed_eval(seed_run *s)
+{
+    for (int a = 0; a < 2; a++) {
+        as_rep_run *out = &s->rep->arm[a].runs[s->si];
+        out->finished = true;
+        as_nn_eval ev;
+        int rc = as_nn_run_eval(s->run[a], &ev);
+        if (rc) {
+            snprintf(s->err, s->errlen, "arm %c, seed %llu, evaluation: %s", 'A' + a,
+                     (unsigned long long)s->seed, as_nn_run_error(s->run[a]));
+            return rc;
+        }
+        out->evaluated = true;
+        out->eval_accuracy = ev.accuracy >= 0 ? ev.accuracy : NAN;
+        out->eval_loss = ev.loss;
+    }
+    return 0;
+}
+
 static int run_seed(const as_ab_config *c, const as_nn_preset *p, as_report *rep, size_t si,
                     prog *g, bool *stopped, char *err, size_t errlen)
 {
-    const uint64_t seed = rep->arm[0].runs[si].seed;
-    as_nn_run *run[2] = {NULL, NULL}, *ref = NULL;
-    float *buf = NULL;
-    double *per = NULL;
-    int rc = 0;
-    char e[512] = "";
-    for (int a = 0; a < 2 && !rc; a++) {
-        char label[2] = {(char)('A' + a), 0};
-        as_nn_train_opts o = {.policy = c->spec[a], .seed = seed, .threads = c->threads,
-                              .data_dir = c->data_dir, .text_dir = c->text_dir,
-                              .store = c->store[a], .label = label};
-        rc = as_nn_run_create(p, &o, &run[a], e, sizeof e);
-        if (rc)
-            snprintf(err, errlen, "arm %c, seed %llu: %s", 'A' + a, (unsigned long long)seed, e);
-    }
+    seed_run s = {.c = c, .rep = rep, .si = si, .seed = rep->arm[0].runs[si].seed,
+                  .err = err, .errlen = errlen};
+    as_rep_run *ra = &rep->arm[0].runs[si], *rb = &rep->arm[1].runs[si];
+    int rc = seed_create(&s, p);
     if (!rc)
-        rc = as_nn_run_copy_weights(run[1], run[0], false);
-    if (!rc && c->check_every > 0) {
-        as_nn_train_opts o = {.policy = "default=keep", .seed = seed, .threads = c->threads,
-                              .data_dir = c->data_dir, .text_dir = c->text_dir,
-                              .label = "exact"};
-        rc = as_nn_run_create(p, &o, &ref, e, sizeof e);
-        if (rc)
-            snprintf(err, errlen, "exact reference run, seed %llu: %s",
-                     (unsigned long long)seed, e);
+        rc = seed_prepare(&s);
+    const long n = rc ? 0 : as_nn_run_planned_steps(s.run[0]);
+    if (!rc) {
+        rep->steps = n;
+        g->every = n / 5 > 0 ? n / 5 : 1;
+        g->last = as_clock_wall_s();
+        if (!c->quiet)
+            fprintf(stderr, "actstore %s: %s seed %llu (%zu/%zu): training %ld steps, "
+                            "A: %s, B: %s\n", c->cmd, c->title ? c->title : c->model,
+                    (unsigned long long)s.seed, si + 1, rep->nseeds, n, c->spec[0],
+                    c->spec[1]);
     }
-    if (rc)
-        goto done;
-    const long n = as_nn_run_planned_steps(run[0]);
-    rep->steps = n;
-    const as_nn_params *ps = as_nn_run_params(run[0]);
-    if (rep->ntensors == 0) {
-        const char **names = calloc(ps->n ? ps->n : 1, sizeof *names);
-        if (!names) {
-            rc = AS_ENOMEM;
-            goto done;
-        }
-        for (size_t i = 0; i < ps->n; i++)
-            names[i] = ps->p[i]->name;
-        rc = as_report_set_tensors(rep, names, ps->n);
-        free(names);
-        if (rc)
-            goto done;
-    }
-    size_t total = as_nn_params_count(ps);
-    if (ref) {
-        buf = malloc((total ? total : 1) * sizeof *buf);
-        per = malloc((ps->n ? ps->n : 1) * sizeof *per);
-        if (!buf || !per) {
-            snprintf(err, errlen, "out of memory (gradient check buffers)");
-            rc = AS_ENOMEM;
-            goto done;
-        }
-    }
-    g->every = n / 5 > 0 ? n / 5 : 1;
-    g->last = now_s();
-    if (!c->quiet)
-        fprintf(stderr, "actstore %s: %s seed %llu (%zu/%zu): training %ld steps, A: %s, B: %s\n",
-                c->cmd, c->title ? c->title : c->model, (unsigned long long)seed, si + 1,
-                rep->nseeds, n, c->spec[0], c->spec[1]);
     for (long k = 0; k < n && !rc; k++) {
-        for (int a = 0; a < 2 && !rc; a++) {
-            as_rep_run *out = &rep->arm[a].runs[si];
-            if (ref && k % c->check_every == 0) {
-                rc = grad_check(rep, out, run[a], ref, k, buf, per, e, sizeof e);
-                if (rc) {
-                    snprintf(err, errlen, "arm %c, seed %llu: %s", 'A' + a,
-                             (unsigned long long)seed, e);
-                    break;
-                }
-            }
-            double loss;
-            rc = as_nn_run_step(run[a], &loss);
-            if (rc) {
-                snprintf(err, errlen, "arm %c, seed %llu, step %ld: %s", 'A' + a,
-                         (unsigned long long)seed, k, as_nn_run_error(run[a]));
-                break;
-            }
-            double ms_saved, ms_arena;
-            step_peaks(as_nn_run_store(run[a]), &ms_saved, &ms_arena);
-            rc = as_report_push_step(out, loss, ms_saved, ms_arena, as_nn_run_last(run[a])->ms);
-            if (rc)
-                snprintf(err, errlen, "out of memory (report)");
-        }
+        rc = seed_step(&s, k);
         if (!rc)
-            prog_step(g, si, rep->nseeds, seed, k + 1, n, &rep->arm[0].runs[si],
-                      &rep->arm[1].runs[si]);
+            prog_step(g, si, rep->nseeds, s.seed, k + 1, n, ra, rb);
         if (!rc && c->stop && *c->stop && k + 1 < n) {
             *stopped = true;
             snprintf(rep->partial_reason, sizeof rep->partial_reason,
                      "interrupted at step %ld of %ld, seed %llu", k + 1, n,
-                     (unsigned long long)seed);
+                     (unsigned long long)s.seed);
             break;
         }
     }
-    if (!rc && !*stopped) {
-        for (int a = 0; a < 2 && !rc; a++) {
-            as_rep_run *out = &rep->arm[a].runs[si];
-            out->finished = true;
-            as_nn_eval ev;
-            rc = as_nn_run_eval(run[a], &ev);
-            if (rc) {
-                snprintf(err, errlen, "arm %c, seed %llu, evaluation: %s", 'A' + a,
-                         (unsigned long long)seed, as_nn_run_error(run[a]));
-                break;
-            }
-            out->evaluated = true;
-            out->eval_accuracy = ev.accuracy >= 0 ? ev.accuracy : NAN;
-            out->eval_loss = ev.loss;
-        }
-    }
-done:
-    for (int a = 0; a < 2; a++)
-        if (run[a]) {
-            fill_memory(&rep->arm[a].runs[si], run[a]);
-            as_nn_run_destroy(run[a]);
-        }
-    as_nn_run_destroy(ref);
-    free(buf);
-    free(per);
     if (!rc && !*stopped)
-        prog_seed_done(g, &rep->arm[0].runs[si], &rep->arm[1].runs[si]);
+        rc = seed_eval(&s);
+    for (int a = 0; a < 2; a++)
+        if (s.run[a]) {
+            fill_memory(&rep->arm[a].runs[si], s.run[a]);
+            as_nn_run_destroy(s.run[a]);
+        }
+    as_nn_run_destroy(s.ref);
+    free(s.buf);
+    free(s.per);
+    if (!rc && !*stopped)
+        prog_seed_done(g, ra, rb);
     else if (g->tty && !c->quiet)
         fputc('\n', stderr);
     return rc;
@@ -426,11 +465,11 @@ int as_ab_run(const as_ab_config *c, as_report *rep, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return rc;
     }
-    if (!strcmp(c->model, "cnn"))
+    if (as_nn_model_find(c->model)->cfg == AS_NN_CFG_cnn)
         snprintf(rep->options, sizeof rep->options, "act=%s",
                  p.cnn.act_fn == AS_FN_LEAKY_RELU ? "leaky" : "relu");
     prog g = {.c = c, .tty = isatty(2) && getenv("TERM") && strcmp(getenv("TERM"), "dumb"),
-              .t0 = now_s(), .every = 1};
+              .t0 = as_clock_wall_s(), .every = 1};
     bool stopped = false;
     for (size_t i = 0; i < c->nseeds && !rc && !stopped; i++) {
         if (c->stop && *c->stop) {
@@ -441,7 +480,7 @@ int as_ab_run(const as_ab_config *c, as_report *rep, char *err, size_t errlen)
         }
         rc = run_seed(c, &p, rep, i, &g, &stopped, err, errlen);
     }
-    rep->wall_s = now_s() - g.t0;
+    rep->wall_s = as_clock_wall_s() - g.t0;
     if (rc) {
         rep->partial = true;
         snprintf(rep->partial_reason, sizeof rep->partial_reason, "stopped by an error");

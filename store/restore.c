@@ -20,7 +20,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "store/policies/act_grad.h"
 #include "store/store_internal.h"
+#include "util/clock.h"
 
 static const char *lname(const as_store *s, const as_rep *r)
 {
@@ -43,7 +45,7 @@ static void shape_text(const as_tensor *t, char *buf, size_t len)
 static int decode_into(as_store *s, as_item *it, as_rep *r, as_tensor *dst,
                        as_handle h)
 {
-    uint64_t t0 = as__now_ns();
+    uint64_t t0 = as_clock_wall_ns();
     int rc = 0;
     if (r->ops->view) {
         if (it->bytes)   /* an empty tensor may have no data at all */
@@ -58,7 +60,7 @@ static int decode_into(as_store *s, as_item *it, as_rep *r, as_tensor *dst,
         rc = r->ops->decode(&c, r->params, r->state, dst);
         as__pctx_done(&c);
     }
-    as__acct_time(s, &r->g, false, as__now_ns() - t0);
+    as__acct_time(s, &r->g, false, as_clock_wall_ns() - t0);
     return rc;
 }
 
@@ -214,9 +216,9 @@ static void done(as_store *s, as_item *it, as_rep *r, int rc)
 /* A policy's own restore path (softmax_backward, decode_rows), timed. */
 #define TIMED_POLICY_CALL(s, r, call)                                       \
     do {                                                                    \
-        uint64_t t0_ = as__now_ns();                                        \
+        uint64_t t0_ = as_clock_wall_ns();                                        \
         rc = (call);                                                        \
-        as__acct_time((s), &(r)->g, false, as__now_ns() - t0_);             \
+        as__acct_time((s), &(r)->g, false, as_clock_wall_ns() - t0_);             \
     } while (0)
 
 int as_store_restore(as_store *s, as_handle h, as_tensor *dst)
@@ -335,6 +337,56 @@ int as_store_softmax_backward(as_store *s, as_handle h, const float *dy,
                 as__unborrow(s, it);
             }
         }
+    }
+    done(s, it, r, rc);
+    return rc;
+}
+
+/* f' * dy from the item's values (kept in place, or materialized). */
+static int act_bwd_values(as_store *s, as_item *it, const as_elementwise *fn,
+                          const float *dy, float *dx)
+{
+    const as_tensor *v;
+    int rc = as__borrow(s, it, &v);
+    if (rc < 0)
+        return rc;
+    as__act_grad(fn->fn, fn->alpha, (size_t)as_tensor_numel(&it->shape),
+                 v->data, dy, dx);
+    as__unborrow(s, it);
+    return 0;
+}
+
+int as_store_act_backward(as_store *s, as_handle h, const float *dy,
+                          float *dx)
+{
+    if (!s || !dy || !dx)
+        return AS_EINVAL;
+    as_item *it;
+    as_rep *r;
+    int rc = as__lookup_rep(s, h, &it, &r, "act_backward");
+    if (rc < 0)
+        return rc;
+    as_elementwise fn = {.fn = it->act_fn, .alpha = it->act_alpha};
+    bool ok = fn.fn == AS_FN_RELU || fn.fn == AS_FN_LEAKY_RELU ||
+              (fn.fn == AS_FN_GELU && !it->act_output);
+    if (fn.fn == AS_FN_RELU)
+        fn.alpha = 0.0f;
+    if (it->shape.dtype != AS_F32) {
+        rc = check_f32(s, it, r, h, "act_backward");
+    } else if (!ok) {
+        as__seterr(s, "act_backward of handle 0x%016llx (layer %s): %s",
+                   (unsigned long long)h.v, lname(s, r),
+                   it->act_fn < 0 ? "not saved as an activation input or output"
+                   : "no derivative of this function from the saved tensor");
+        rc = AS_EINVAL;
+    } else if (r->ops->act_backward && !r->ops->view) {
+        as_pctx c;
+        as__pctx_init(&c, s, it, r, h, lname(s, r));
+        TIMED_POLICY_CALL(s, r, r->ops->act_backward(&c, r->params, r->state,
+                                                     &fn, dy, dx));
+        as__pctx_done(&c);
+    } else {
+        rc = act_bwd_values(s, it, &fn, dy, dx);
     }
     done(s, it, r, rc);
     return rc;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # actstore bench store: a small run (1 MiB tensors, one repeat) checks the
-# JSON shape of the issue, exact values of the lossless codecs, the ratios
+# JSON shape (docs/benchmarks.md), exact values of the lossless codecs, the ratios
 # that do not depend on the machine, and the errors (exit 2 usage).
 set -u
 BIN=${1:?usage: cli_bench_store.sh path/to/actstore}

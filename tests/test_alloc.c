@@ -14,26 +14,19 @@
 
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
+#include "util/rng.h"
 
 extern void *__libc_malloc(size_t);
 extern void __libc_free(void *);
 
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
 
 /* Log-uniform size in [1, max]. */
 static size_t rand_size(uint64_t *s, unsigned max_log2)
 {
-    unsigned lg = (unsigned)(rng_next(s) % (max_log2 + 1));
+    unsigned lg = (unsigned)(as_rng_next(s) % (max_log2 + 1));
     size_t lo = (size_t)1 << lg;
     size_t span = lg ? lo : 1;
-    size_t v = lo + rng_next(s) % span;
+    size_t v = lo + as_rng_next(s) % span;
     size_t max = (size_t)1 << max_log2;
     return v > max ? max : v;
 }
@@ -156,7 +149,7 @@ static void test_random_sequence_is_exact(void **state)
     uint64_t seed = 0x9e3779b97f4a7c15ull, live_bytes = 0;
     const unsigned long ops = scaled(20000);
     for (unsigned long op = 0; op < ops; op++) {
-        unsigned k = (unsigned)(rng_next(&seed) % NLIVE);
+        unsigned k = (unsigned)(as_rng_next(&seed) % NLIVE);
         as_block *b = &live[k];
         if (b->ptr) {
             model_block(&m, b, -1);
@@ -167,8 +160,8 @@ static void test_random_sequence_is_exact(void **state)
             size_t sz = rand_size(&seed, 26);         /* 1 B .. 64 MiB */
             if (live_bytes + sz > ((uint64_t)768 << 20))
                 continue;                             /* keep the test small */
-            uint16_t tag = (uint16_t)(rng_next(&seed) % ntags);
-            uint16_t lay = (uint16_t)(rng_next(&seed) % nlayers);
+            uint16_t tag = (uint16_t)(as_rng_next(&seed) % ntags);
+            uint16_t lay = (uint16_t)(as_rng_next(&seed) % nlayers);
             int rc = (sz < 4096 && (op & 1)) ? as_calloc(a, sz, tag, lay, b)
                                              : as_alloc(a, sz, tag, lay, b);
             assert_int_equal(rc, 0);
@@ -287,7 +280,7 @@ static void *worker_main(void *p)
 {
     worker *w = p;
     for (unsigned long op = 0; op < w->ops; op++) {
-        uint64_t r = rng_next(&w->seed);
+        uint64_t r = as_rng_next(&w->seed);
         as_block *b = &w->live[r % 64];
         if (b->ptr) {
             model_block(&w->m, b, -1);

@@ -24,17 +24,12 @@
 #include "actstore/store.h"
 #include "store/policies/quant.h"
 #include "support/store_stats.h"
+#include "util/rng.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
 static uint64_t rng = 88172645463325252ull;
-static uint32_t rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
+static uint32_t rnd(void) { return as_rng_u32(&rng); }
 static float frand(void) { return (float)(rnd() >> 8) / 16777216.0f * 2.0f - 1.0f; }
 
 static as_store *mk(const char *spec, bool strict, uint64_t budget)

@@ -1,0 +1,428 @@
+/*
+ * actstore bench layers [--json FILE] [--reps R] [--threads T] [--quick]
+ *
+ * Achieved GFLOP/s of the reference framework's conv and matmul kernels in
+ * the shapes of the bench presets (read from layers/presets.c, so they stay
+ * in sync), side by side in one run with OpenBLAS sgemm:
+ *   - sgemm of the same GEMM shape the kernel performs (conv forward:
+ *     M = Cout, N = images * Ho * Wo, K = Cin * k * k, one call): what the
+ *     kernel would reach with zero overhead (im2col, scatter, bias);
+ *   - sgemm 1024 x 1024 x 1024: the machine's practical peak.
+ * Time is the calling thread's CPU time with one BLAS thread (the
+ * default), wall time otherwise. Each figure is the median over R repeats
+ * (default 31); a repeat times
+ * enough calls to last ~2 ms, short enough that on a shared host most
+ * repeats run without being preempted, and kernel and reference alternate
+ * repeat by repeat, so machine noise hits both alike. Ratios are what to
+ * read on a shared host.
+ * FLOPs: 2 M N K per GEMM-equivalent; conv backward counts dW and dx
+ * (dx skipped for the first conv, as in the model).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench.h"
+#include "util/clock.h"
+#include "cli.h"
+#include "layers/ops.h"
+#include "layers/train.h"
+#include "stats.h"
+
+/* With one BLAS thread every kernel runs on the calling thread, so its CPU
+ * time is the honest cost: time the host's other processes take from this
+ * thread is not counted. With more threads, wall time. */
+static clockid_t bench_clock = CLOCK_THREAD_CPUTIME_ID;
+
+
+static float *randbuf(size_t n, uint64_t *s)
+{
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    if (p)
+        for (size_t i = 0; i < n; i++)
+            p[i] = 2.0f * as_nn_randu(s) - 1.0f;
+    return p;
+}
+
+/* One timed kernel: fn(ud) called `iters` times per repeat. */
+typedef void (*kern_fn)(void *ud);
+
+static double time_once(kern_fn fn, void *ud, int iters)
+{
+    double t0 = as_clock_s(bench_clock);
+    for (int i = 0; i < iters; i++)
+        fn(ud);
+    return (as_clock_s(bench_clock) - t0) / iters;
+}
+
+/* Calls per repeat so that one repeat lasts ~2 ms (from the fastest of 3
+ * warm calls). */
+static int calibrate(kern_fn fn, void *ud)
+{
+    fn(ud);
+    double t = 1e9;
+    for (int i = 0; i < 3; i++) {
+        double ti = time_once(fn, ud, 1);
+        t = ti < t ? ti : t;
+    }
+    int it = t > 0 ? (int)(0.002 / t) : 1000;
+    return it < 1 ? 1 : (it > 10000 ? 10000 : it);
+}
+
+/* ---- kernels --------------------------------------------------------------- */
+
+typedef struct gemm_case {
+    int M, N, K;
+    float *A, *B, *C;
+} gemm_case;
+
+static void run_gemm(void *ud)
+{
+    gemm_case *g = ud;
+    as_op_gemm(false, false, g->M, g->N, g->K, 1.0f, g->A, g->K, g->B, g->N,
+               0.0f, g->C, g->N);
+}
+
+typedef struct conv_case {
+    as_op_conv_geom g;
+    bool dx;
+    float *x, *W, *b, *y, *dy, *dxb, *dW, *db, *ws;
+} conv_case;
+
+static void run_conv_fwd(void *ud)
+{
+    conv_case *c = ud;
+    as_op_conv_fwd(&c->g, c->x, c->W, c->b, c->y, c->ws);
+}
+
+static void run_conv_bwd(void *ud)
+{
+    conv_case *c = ud;
+    as_op_conv_bwd(&c->g, c->x, c->W, c->dy, c->dx ? c->dxb : NULL, c->dW,
+                   c->db, c->ws);
+}
+
+typedef struct lin_case {
+    int N, in, out;
+    float *x, *W, *b, *y, *dy, *dx, *dW, *db;
+} lin_case;
+
+static void run_lin_fwd(void *ud)
+{
+    lin_case *l = ud;
+    as_op_linear_fwd(l->N, l->in, l->out, l->x, l->W, l->b, l->y);
+}
+
+static void run_lin_bwd(void *ud)
+{
+    lin_case *l = ud;
+    as_op_linear_bwd(l->N, l->in, l->out, l->x, l->W, l->dy, l->dx, l->dW, l->db);
+}
+
+static int gemm_alloc(gemm_case *g, int M, int N, int K, uint64_t *s)
+{
+    g->M = M, g->N = N, g->K = K;
+    g->A = randbuf((size_t)M * K, s);
+    g->B = randbuf((size_t)K * N, s);
+    g->C = randbuf((size_t)M * N, s);
+    return g->A && g->B && g->C ? 0 : -1;
+}
+
+static void gemm_free(gemm_case *g)
+{
+    free(g->A); free(g->B); free(g->C);
+}
+
+/* Median seconds of kernel a and reference b, alternating per repeat. */
+static void pair(kern_fn a, void *ua, kern_fn b, void *ub, int reps,
+                 double *ta, double *tb)
+{
+    int ia = calibrate(a, ua), ib = calibrate(b, ub);
+    double va[256], vb[256];
+    for (int r = 0; r < reps; r++) {
+        va[r] = time_once(a, ua, ia);
+        vb[r] = time_once(b, ub, ib);
+    }
+    *ta = as_stats_median(va, (size_t)reps);
+    *tb = as_stats_median(vb, (size_t)reps);
+}
+
+/* ---- command --------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: actstore bench layers [--json FILE] [--reps R] [--threads T] [--quick]\n"
+        "\n"
+        "GFLOP/s of conv (forward, backward) and linear (forward, backward)\n"
+        "in the shapes of the bench presets (cnn, vit, lm), next to OpenBLAS\n"
+        "sgemm of the same GEMM shape and sgemm 1024^3, in the same run.\n"
+        "  --reps R     repeats per figure, median reported (default 31, max 256)\n"
+        "  --threads T  OpenBLAS threads for everything (default 1)\n"
+        "  --quick      9 repeats\n"
+        "  --json FILE  write the results as JSON (\"-\" = stdout)\n");
+}
+
+/* One run of the bench: options, data seed, the peak reference, the conv
+ * totals (FLOP-weighted). */
+typedef struct layers_bench {
+    const char *json;
+    unsigned long long reps, threads;
+    int      R;
+    uint64_t seed;
+    double   peak_gf;
+    double   fwd_flops, fwd_t, fwd_ref_t, bwd_flops, bwd_t, bwd_ref_t;
+} layers_bench;
+
+/* Returns AS_CLI_RUN, or an exit code after --help or a usage error. */
+static int parse_args(layers_bench *b, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (as_cli_is_help(argv[i])) {
+            usage(stdout);
+            return AS_EXIT_OK;
+        } else if (!strcmp(argv[i], "--quick")) {
+            b->reps = 9;
+        } else if (i + 1 < argc && !strcmp(argv[i], "--json")) {
+            b->json = argv[++i];
+        } else if (i + 1 < argc && !strcmp(argv[i], "--reps")) {
+            if (as_cli_parse_u64("bench layers", "--reps", argv[++i], &b->reps))
+                return AS_EXIT_USAGE;
+            if (b->reps < 1 || b->reps > 256)
+                return as_cli_usage("bench layers", "--reps %llu out of range 1..256", b->reps);
+        } else if (i + 1 < argc && !strcmp(argv[i], "--threads")) {
+            if (as_cli_parse_u64("bench layers", "--threads", argv[++i], &b->threads))
+                return AS_EXIT_USAGE;
+            if (b->threads < 1 || b->threads > 256)
+                return as_cli_usage("bench layers", "--threads %llu out of range 1..256",
+                                    b->threads);
+        } else {
+            return as_cli_usage("bench layers", "unknown argument '%s'", argv[i]);
+        }
+    }
+    return AS_CLI_RUN;
+}
+
+/* sgemm 1024^3: the reference every layer is compared with. */
+static int sgemm_peak(layers_bench *b, cJSON *root)
+{
+    gemm_case peak;
+    if (gemm_alloc(&peak, 1024, 1024, 1024, &b->seed)) {
+        gemm_free(&peak);
+        return as_cli_fail("bench layers", "out of memory");
+    }
+    double tpk[256];
+    int ipk = calibrate(run_gemm, &peak);
+    for (int r = 0; r < b->R; r++)
+        tpk[r] = time_once(run_gemm, &peak, ipk);
+    gemm_free(&peak);
+    b->peak_gf = 2e-9 * 1024.0 * 1024 * 1024 / as_stats_median(tpk, (size_t)b->R);
+    cJSON *pk = cJSON_AddObjectToObject(root, "sgemm_peak");
+    cJSON_AddNumberToObject(pk, "m", 1024);
+    cJSON_AddNumberToObject(pk, "n", 1024);
+    cJSON_AddNumberToObject(pk, "k", 1024);
+    cJSON_AddNumberToObject(pk, "gflops", b->peak_gf);
+    printf("OpenBLAS %s, %llu thread(s), median of %d, %s time; sgemm 1024^3: %.1f GFLOP/s\n\n",
+           as_op_blas_core(), b->threads, b->R, b->threads == 1 ? "thread CPU" : "wall",
+           b->peak_gf);
+    return AS_EXIT_OK;
+}
+
+/* One conv layer (stage s, conv k) against the GEMMs of the same shape. */
+static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
+{
+    uint64_t *seed = &b->seed;
+    const int H = c->g.H;
+    const size_t nx = (size_t)c->g.N * c->g.Cin * H * H;
+    const size_t ny = (size_t)c->g.N * c->g.Cout * c->g.Ho * c->g.Wo;
+    const size_t nw = (size_t)c->g.Cout * c->g.Cin * 9;
+    c->x = randbuf(nx, seed); c->W = randbuf(nw, seed);
+    c->b = randbuf((size_t)c->g.Cout, seed); c->y = randbuf(ny, seed);
+    c->dy = randbuf(ny, seed); c->dxb = randbuf(nx, seed);
+    c->dW = randbuf(nw, seed); c->db = randbuf((size_t)c->g.Cout, seed);
+    c->ws = randbuf(as_op_conv_workspace(&c->g), seed);
+    const int M = c->g.Cout, Nc = c->g.N * c->g.Ho * c->g.Wo, K = c->g.Cin * 9;
+    gemm_case gf, gb;   /* forward GEMM; backward dW GEMM (Cout, K, cols) */
+    int bad = gemm_alloc(&gf, M, Nc, K, seed) | gemm_alloc(&gb, M, K, Nc, seed);
+    int rc = AS_EXIT_OK;
+    if (bad || !c->x || !c->W || !c->b || !c->y || !c->dy || !c->dxb || !c->dW || !c->db ||
+        !c->ws) {
+        rc = as_cli_fail("bench layers", "out of memory");
+    } else {
+        double tf, tfr, tb, tbr;
+        pair(run_conv_fwd, c, run_gemm, &gf, b->R, &tf, &tfr);
+        pair(run_conv_bwd, c, run_gemm, &gb, b->R, &tb, &tbr);
+        const double f = 2.0 * M * Nc * K, fb = f * (c->dx ? 2 : 1);
+        /* the backward reference: one GEMM per product it computes */
+        const double tbr_all = tbr * (c->dx ? 2 : 1);
+        b->fwd_flops += f; b->fwd_t += tf; b->fwd_ref_t += tfr;
+        b->bwd_flops += fb; b->bwd_t += tb; b->bwd_ref_t += tbr_all;
+        char name[64], shp[64];
+        snprintf(name, sizeof name, "stages.%d.conv%d", s, k);
+        snprintf(shp, sizeof shp, "%d %d>%d %dx%d 3", c->g.N, c->g.Cin, c->g.Cout, H, H);
+        printf("%-18s %-20s %8.1f %8.1f %6.2f %8.1f %8.1f %6.2f\n", name, shp,
+               1e-9 * f / tf, 1e-9 * f / tfr, tfr / tf, 1e-9 * fb / tb,
+               1e-9 * fb / tbr_all, tbr_all / tb);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "layer", name);
+        cJSON_AddNumberToObject(o, "n", c->g.N);
+        cJSON_AddNumberToObject(o, "cin", c->g.Cin);
+        cJSON_AddNumberToObject(o, "cout", c->g.Cout);
+        cJSON_AddNumberToObject(o, "h", H);
+        cJSON_AddNumberToObject(o, "w", H);
+        cJSON_AddNumberToObject(o, "k", 3);
+        cJSON_AddNumberToObject(o, "stride", 1);
+        cJSON_AddNumberToObject(o, "pad", 1);
+        cJSON_AddNumberToObject(o, "gemm_m", M);
+        cJSON_AddNumberToObject(o, "gemm_n", Nc);
+        cJSON_AddNumberToObject(o, "gemm_k", K);
+        cJSON_AddNumberToObject(o, "fwd_gflops", 1e-9 * f / tf);
+        cJSON_AddNumberToObject(o, "fwd_sgemm_gflops", 1e-9 * f / tfr);
+        cJSON_AddNumberToObject(o, "fwd_over_sgemm", tfr / tf);
+        cJSON_AddNumberToObject(o, "fwd_over_peak", 1e-9 * f / tf / b->peak_gf);
+        cJSON_AddNumberToObject(o, "bwd_gflops", 1e-9 * fb / tb);
+        cJSON_AddNumberToObject(o, "bwd_sgemm_gflops", 1e-9 * fb / tbr_all);
+        cJSON_AddNumberToObject(o, "bwd_over_sgemm", tbr_all / tb);
+        cJSON_AddBoolToObject(o, "bwd_includes_dx", c->dx);
+        cJSON_AddItemToArray(ca, o);
+    }
+    gemm_free(&gf); gemm_free(&gb);
+    free(c->x); free(c->W); free(c->b); free(c->y); free(c->dy); free(c->dxb);
+    free(c->dW); free(c->db); free(c->ws);
+    return rc;
+}
+
+/* The convolutions of the cnn bench preset, then their FLOP-weighted total. */
+static int bench_convs(layers_bench *b, cJSON *root)
+{
+    as_nn_preset cp;
+    as_nn_preset_get("cnn", "bench", &cp);
+    cJSON *ca = cJSON_AddArrayToObject(root, "conv");
+    printf("%-18s %-20s %8s %8s %6s %8s %8s %6s\n", "conv (cnn bench)", "N Cin>Cout HxW k",
+           "fwd GF/s", "sgemm", "ratio", "bwd GF/s", "sgemm", "ratio");
+    int H = 28, cin = 1, li = 0;
+    for (int s = 0; s < cp.cnn.nstages; s++) {
+        for (int k = 0; k < cp.cnn.convs; k++, li++) {
+            conv_case c = {.g = {.N = cp.batch, .Cin = cin, .H = H, .W = H,
+                                 .Cout = cp.cnn.widths[s], .kh = 3, .kw = 3,
+                                 .stride = 1, .pad = 1},
+                           .dx = li > 0};
+            as_op_conv_geom_init(&c.g);
+            int rc = conv_one(b, &c, s, k, ca);
+            cin = cp.cnn.widths[s];
+            if (rc)
+                return rc;
+        }
+        H /= 2;
+    }
+    cJSON *cs = cJSON_AddObjectToObject(root, "conv_total");
+    cJSON_AddNumberToObject(cs, "fwd_gflops", 1e-9 * b->fwd_flops / b->fwd_t);
+    cJSON_AddNumberToObject(cs, "fwd_sgemm_gflops", 1e-9 * b->fwd_flops / b->fwd_ref_t);
+    cJSON_AddNumberToObject(cs, "fwd_over_sgemm", b->fwd_ref_t / b->fwd_t);
+    cJSON_AddNumberToObject(cs, "fwd_over_peak", 1e-9 * b->fwd_flops / b->fwd_t / b->peak_gf);
+    cJSON_AddNumberToObject(cs, "bwd_gflops", 1e-9 * b->bwd_flops / b->bwd_t);
+    cJSON_AddNumberToObject(cs, "bwd_over_sgemm", b->bwd_ref_t / b->bwd_t);
+    printf("%-18s %-20s %8.1f %8.1f %6.2f %8.1f %8.1f %6.2f\n", "all convs", "(FLOP-weighted)",
+           1e-9 * b->fwd_flops / b->fwd_t, 1e-9 * b->fwd_flops / b->fwd_ref_t,
+           b->fwd_ref_t / b->fwd_t, 1e-9 * b->bwd_flops / b->bwd_t,
+           1e-9 * b->bwd_flops / b->bwd_ref_t, b->bwd_ref_t / b->bwd_t);
+    printf("conv forward / sgemm 1024^3: %.2f\n\n", 1e-9 * b->fwd_flops / b->fwd_t / b->peak_gf);
+    return AS_EXIT_OK;
+}
+
+/* One linear layer against the GEMM of the same shape. */
+static int lin_one(layers_bench *b, lin_case *l, const char *name, cJSON *ma)
+{
+    uint64_t *seed = &b->seed;
+    const int N = l->N;
+    l->x = randbuf((size_t)N * l->in, seed); l->W = randbuf((size_t)l->in * l->out, seed);
+    l->b = randbuf((size_t)l->out, seed); l->y = randbuf((size_t)N * l->out, seed);
+    l->dy = randbuf((size_t)N * l->out, seed); l->dx = randbuf((size_t)N * l->in, seed);
+    l->dW = randbuf((size_t)l->in * l->out, seed); l->db = randbuf((size_t)l->out, seed);
+    gemm_case g;   /* y (N, out) = x (N, in) W^T: same M, N, K untransposed */
+    int bad = gemm_alloc(&g, N, l->out, l->in, seed);
+    int rc = AS_EXIT_OK;
+    if (bad || !l->x || !l->W || !l->b || !l->y || !l->dy || !l->dx || !l->dW || !l->db) {
+        rc = as_cli_fail("bench layers", "out of memory");
+    } else {
+        double tf, tfr, tb, tbr;
+        pair(run_lin_fwd, l, run_gemm, &g, b->R, &tf, &tfr);
+        pair(run_lin_bwd, l, run_gemm, &g, b->R, &tb, &tbr);
+        const double f = 2.0 * N * l->in * l->out;
+        char shp[64];
+        snprintf(shp, sizeof shp, "%d %d>%d", N, l->in, l->out);
+        printf("%-18s %-20s %8.1f %8.1f %6.2f %8.1f %8.1f %6.2f\n", name, shp,
+               1e-9 * f / tf, 1e-9 * f / tfr, tfr / tf, 2e-9 * f / tb,
+               2e-9 * f / (2 * tbr), 2 * tbr / tb);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "layer", name);
+        cJSON_AddNumberToObject(o, "n", N);
+        cJSON_AddNumberToObject(o, "in", l->in);
+        cJSON_AddNumberToObject(o, "out", l->out);
+        cJSON_AddNumberToObject(o, "fwd_gflops", 1e-9 * f / tf);
+        cJSON_AddNumberToObject(o, "fwd_sgemm_gflops", 1e-9 * f / tfr);
+        cJSON_AddNumberToObject(o, "fwd_over_sgemm", tfr / tf);
+        cJSON_AddNumberToObject(o, "bwd_gflops", 2e-9 * f / tb);
+        cJSON_AddNumberToObject(o, "bwd_over_sgemm", 2 * tbr / tb);
+        cJSON_AddItemToArray(ma, o);
+    }
+    gemm_free(&g);
+    free(l->x); free(l->W); free(l->b); free(l->y); free(l->dy); free(l->dx);
+    free(l->dW); free(l->db);
+    return rc;
+}
+
+/* The linear layers of the vit and lm bench presets. */
+static int bench_linears(layers_bench *b, cJSON *root)
+{
+    cJSON *ma = cJSON_AddArrayToObject(root, "matmul");
+    printf("%-18s %-20s %8s %8s %6s %8s %8s %6s\n", "linear", "N in>out", "fwd GF/s",
+           "sgemm", "ratio", "bwd GF/s", "sgemm", "ratio");
+    const char *models[2] = {"vit", "lm"};
+    for (int mi = 0; mi < 2; mi++) {
+        as_nn_preset tp;
+        as_nn_preset_get(models[mi], "bench", &tp);
+        const int C = tp.tf.C, Hd = tp.tf.mlp * tp.tf.C;
+        const int N = tp.batch * (mi == 0 ? 50 : tp.tf.T);
+        const struct { const char *n; int in, out; } ls[] = {
+            {"attn.qkv", C, 3 * C}, {"attn.proj", C, C}, {"mlp.fc1", C, Hd},
+            {"mlp.fc2", Hd, C}};
+        for (size_t k = 0; k < 4; k++) {
+            lin_case l = {.N = N, .in = ls[k].in, .out = ls[k].out};
+            char name[64];
+            snprintf(name, sizeof name, "%s.%s", models[mi], ls[k].n);
+            int rc = lin_one(b, &l, name, ma);
+            if (rc)
+                return rc;
+        }
+    }
+    return AS_EXIT_OK;
+}
+
+int as_bench_layers(int argc, char **argv)
+{
+    layers_bench b = {.reps = 31, .threads = 1, .seed = 0x5EED};
+    int rc = parse_args(&b, argc, argv);
+    if (rc != AS_CLI_RUN)
+        return rc;
+    as_op_set_threads((int)b.threads);
+    bench_clock = b.threads == 1 ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC;
+    b.R = (int)b.reps;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "benchmark", "layers");
+    cJSON_AddStringToObject(root, "blas_core", as_op_blas_core());
+    cJSON_AddNumberToObject(root, "threads", (double)b.threads);
+    cJSON_AddNumberToObject(root, "reps", b.R);
+    cJSON_AddStringToObject(root, "clock", b.threads == 1 ? "thread_cpu" : "monotonic");
+    rc = sgemm_peak(&b, root);
+    if (!rc)
+        rc = bench_convs(&b, root);
+    if (!rc)
+        rc = bench_linears(&b, root);
+    if (!rc && b.json && as_cli_write_json("bench layers", b.json, root))
+        rc = AS_EXIT_FAIL;
+    cJSON_Delete(root);
+    return rc;
+}

@@ -1,0 +1,690 @@
+/*
+ * Policy "invert" for conv inputs: drop the input at save, rebuild it at
+ * restore from the conv output, the weights and the border frame (the
+ * solver is invert/restore.c; the math is in invert/conv_invert.h and
+ * docs/policies.md, "## Conv inversion").
+ *
+ * Spec: conv_input=invert[:COND[:MODE[:FRAME]]] (an empty field = default)
+ *   COND  largest accepted per-frequency condition number (default 1e4)
+ *   MODE  auto (default): cache the factor when it is small, else stream;
+ *         cache: always cache; stream: never cache (see below)
+ *   FRAME precision of the stored frame: auto (default: q16 when the
+ *         version's condition number is at most INV_Q16_COND and the input
+ *         is not an activation's saved output, else f32), f32 (exact), q16
+ *         (16-bit fixed point per image and channel)
+ *
+ * Save (encode):
+ *   - applicability: f32 (N, Cin, H, W) with conv metadata, stride 1,
+ *     dilation 1, groups 1, Cout >= Cin, a frame smaller than the input,
+ *     a saved conv output to rebuild from; then the condition number of the
+ *     weights' version (computed once per version and layer, cached).
+ *     Anything else is AS_ENOTSUP with a short reason: the store falls back
+ *     (the rule's fallback, else keep) and counts it for the layer.
+ *   - stored: the frame, as raw values or, when smaller, as a bitmap of
+ *     its nonzero values plus those values (image borders are often zero),
+ *     and a copy of the bias. Values are floats, or (q16) int16 codes with
+ *     one float scale per image and channel: |error| <= max|frame of that
+ *     channel| / 65534, which the solve spreads into the interior amplified
+ *     by a small factor when the condition number is small (measured in
+ *     docs/policies.md). The conv output becomes a dependency.
+ * Restore (decode): the conv output through its own policy, the factor of
+ *   the weights' version (built at the first restore of that version and
+ *   reused by every other restore of it), the frame; solve, 16 images per
+ *   pass (as__conv_inv_work_bytes: the work space is that of one pass, not
+ *   of the batch, which would exceed the bytes the inversion saves).
+ *
+ * The per-layer solver (factor cache) lives in the rule's params, one per
+ * (layer, geometry), each with its own lock. The factor is built lazily at
+ * the first restore, so forward holds only frames. When it is small next
+ * to the input (<= 1/8 of its bytes) and the layer does not qualify for
+ * the adjoint path (Cout >= 2 Cin, cond <= 50: streamed, faster), it is
+ * cached, reused by every restore
+ * of that weight version, freed when the last item of the layer that may
+ * need it is dropped (in training: at the layer's backward release), and
+ * its bytes are charged to the item whose restore built it. Otherwise the
+ * restore factors one column of frequencies at a time inside the solve (in
+ * every pass of images) and keeps nothing (the factor would cost more memory than the inversion saves:
+ * it grows as Cin * Cout * spectrum, the input as N * Cin * H * W).
+ *
+ * Contract (as_conv_meta): weights and bias unchanged between the save
+ * and the restore (true in training: the optimizer runs after backward),
+ * and weight_version bumped whenever they change.
+ */
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/policies/invert/conv_invert.h"
+#include "store/store_internal.h"
+
+typedef struct inv_entry {
+    struct inv_entry *next;
+    char              layer[64];
+    as__conv_geom     g;        /* n = 0 */
+    const float      *w;        /* the layer's weights (part of the key) */
+    pthread_mutex_t   mu;
+    as__conv_inv     *ci;
+    int               users;    /* live items that may restore through ci */
+    uint64_t          saves, restores;
+} inv_entry;
+
+typedef struct inv_params {
+    double          cond_max;
+    int             mode;       /* MODE_*: when to cache the factor */
+    int             frame;      /* FRAME_*: precision of the stored frame */
+    pthread_mutex_t mu;         /* the entry list */
+    inv_entry      *entries;
+} inv_params;
+
+typedef struct inv_state {
+    inv_entry   *e;
+    as_handle    y;             /* conv output */
+    const float *w;
+    uint64_t     version;       /* cache key: weight version and checksum */
+    int          n;
+    int          sparse;        /* frame as bitmap + nonzeros */
+    int          q16;           /* values as int16 codes + scales */
+    size_t       frame_floats;  /* n * Cin * frame_len */
+    size_t       nnz;
+    void        *frame;         /* [bitmap] [scales (q16)] values */
+    float       *bias;          /* copy (Cout) or NULL */
+    int          nonneg;        /* no x < 0: clamp the rebuilt values at 0 */
+    uint64_t    *pos;           /* bitmap of x > 0 (aliased inputs) or NULL */
+} inv_state;
+
+/* ---- params --------------------------------------------------------------- */
+
+enum { MODE_AUTO, MODE_CACHE, MODE_STREAM };
+enum { FRAME_AUTO, FRAME_F32, FRAME_Q16 };
+
+/* FRAME=auto stores 16-bit frames up to this condition number: the frame's
+ * quantization error (<= 1.5e-5 of the channel's frame maximum) then comes
+ * back in the interior amplified by at most a few times (measured:
+ * docs/policies.md, "Frame precision"), inside the 1e-4 of the target. */
+#define INV_Q16_COND 100.0
+
+static int parse_err(char *err, size_t errlen, size_t *err_off, size_t off,
+                     const char *msg)
+{
+    snprintf(err, errlen, "%s", msg);
+    *err_off = off;
+    return AS_ESPEC;
+}
+
+static int inv_parse(const char *args, size_t len, void **params, char *err,
+                     size_t errlen, size_t *err_off)
+{
+    double cm = 1e4;
+    int mode = MODE_AUTO, frame = FRAME_AUTO;
+    *params = NULL;
+    char buf[64];
+    if (len >= sizeof buf)
+        return parse_err(err, errlen, err_off, 0,
+                         "expected COND[:auto|cache|stream[:auto|f32|q16]]");
+    memcpy(buf, args, len);
+    buf[len] = 0;
+    char *field[3] = {buf, NULL, NULL};
+    for (int i = 1; i < 3 && field[i - 1]; i++) {
+        char *c = strchr(field[i - 1], ':');
+        if (c) {
+            *c = 0;
+            field[i] = c + 1;
+        }
+    }
+    if (field[2] && strchr(field[2], ':'))
+        return parse_err(err, errlen, err_off, (size_t)(strchr(field[2], ':') - buf),
+                         "at most three fields: COND:MODE:FRAME");
+    if (field[0][0]) {
+        char *end = NULL;
+        cm = strtod(field[0], &end);
+        if (*end || !(cm > 1) || !isfinite(cm))
+            return parse_err(err, errlen, err_off, 0,
+                             "expected a condition number threshold > 1 "
+                             "(e.g. invert:1e5)");
+    }
+    if (field[1] && field[1][0]) {
+        const char *m = field[1];
+        if (!strcmp(m, "auto"))
+            mode = MODE_AUTO;
+        else if (!strcmp(m, "cache"))
+            mode = MODE_CACHE;
+        else if (!strcmp(m, "stream"))
+            mode = MODE_STREAM;
+        else
+            return parse_err(err, errlen, err_off, (size_t)(m - buf),
+                             "expected a factor mode: auto, cache or stream");
+    }
+    if (field[2] && field[2][0]) {
+        const char *f = field[2];
+        if (!strcmp(f, "auto"))
+            frame = FRAME_AUTO;
+        else if (!strcmp(f, "f32"))
+            frame = FRAME_F32;
+        else if (!strcmp(f, "q16"))
+            frame = FRAME_Q16;
+        else
+            return parse_err(err, errlen, err_off, (size_t)(f - buf),
+                             "expected a frame precision: auto, f32 or q16");
+    }
+    inv_params *p = calloc(1, sizeof *p);
+    if (!p)
+        return AS_ENOMEM;
+    p->cond_max = cm;
+    p->mode = mode;
+    p->frame = frame;
+    pthread_mutex_init(&p->mu, NULL);
+    *params = p;
+    return 0;
+}
+
+static void inv_free_params(void *params)
+{
+    inv_params *p = params;
+    if (!p)
+        return;
+    for (inv_entry *e = p->entries, *nx; e; e = nx) {
+        nx = e->next;
+        as__conv_inv_destroy(e->ci);
+        pthread_mutex_destroy(&e->mu);
+        free(e);
+    }
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+static int geom_equal(const as__conv_geom *a, const as__conv_geom *b)
+{
+    return a->cin == b->cin && a->h == b->h && a->w == b->w &&
+           a->cout == b->cout && a->kh == b->kh && a->kw == b->kw &&
+           a->pad_h == b->pad_h && a->pad_w == b->pad_w;
+}
+
+/* The entry of (layer, geometry), created on first use. */
+static int entry_get(inv_params *p, const char *layer, const as__conv_geom *g,
+                     const float *w, inv_entry **out, char *why, size_t whylen)
+{
+    *out = NULL;
+    pthread_mutex_lock(&p->mu);
+    inv_entry *e = p->entries;
+    for (; e; e = e->next)
+        if (e->w == w && !strcmp(e->layer, layer) && geom_equal(&e->g, g))
+            break;
+    int rc = 0;
+    if (!e) {
+        e = calloc(1, sizeof *e);
+        if (!e) {
+            rc = AS_ENOMEM;
+            goto out;
+        }
+        as__strlcpy(e->layer, layer, sizeof e->layer);
+        e->w = w;
+        e->g = *g;
+        e->g.n = 0;
+        as__conv_inv_cfg cfg = {.cond_max = p->cond_max, .eps_rel = -1};
+        rc = as__conv_inv_create(&e->g, &cfg, &e->ci, why, whylen);
+        if (rc) {
+            free(e);
+            goto out;
+        }
+        pthread_mutex_init(&e->mu, NULL);
+        e->next = p->entries;
+        p->entries = e;
+    }
+    *out = e;
+out:
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+/* ---- save ----------------------------------------------------------------- */
+
+static void geom_of(const as_conv_meta *m, as__conv_geom *g)
+{
+    *g = (as__conv_geom){.n = m->n, .cin = m->cin, .h = m->h, .w = m->w,
+                         .cout = m->cout, .kh = m->kh, .kw = m->kw,
+                         .pad_h = m->pad_h, .pad_w = m->pad_w,
+                         .stride_h = m->stride_h, .stride_w = m->stride_w,
+                         .dil_h = m->dil_h, .dil_w = m->dil_w,
+                         .groups = m->groups};
+}
+
+static int inv_applies(const void *params, const as_save_info *info,
+                       const as_tensor *t, char *why, size_t whylen)
+{
+    (void)params;
+    const as_conv_meta *m = &info->meta.conv;
+    if (t->dtype != AS_F32) {
+        snprintf(why, whylen, "dtype %s (inversion needs f32)",
+                 as_dtype_name(t->dtype));
+        return AS_ENOTSUP;
+    }
+    if (t->ndim != 4 || t->shape[0] != m->n || t->shape[1] != m->cin ||
+        t->shape[2] != m->h || t->shape[3] != m->w) {
+        snprintf(why, whylen, "tensor shape does not match the conv "
+                 "metadata (N, Cin, H, W) = (%d, %d, %d, %d)", m->n, m->cin,
+                 m->h, m->w);
+        return AS_ENOTSUP;
+    }
+    if (!m->weight) {
+        snprintf(why, whylen, "no weights in the conv metadata");
+        return AS_ENOTSUP;
+    }
+    if (as_handle_is_null(m->output)) {
+        snprintf(why, whylen, "no saved conv output to rebuild from");
+        return AS_ENOTSUP;
+    }
+    as__conv_geom g;
+    geom_of(m, &g);
+    int rc = as__conv_inv_check(&g, why, whylen);
+    return rc ? AS_ENOTSUP : 0;
+}
+
+/* Frame packing: [bitmap of nonzeros, when that is smaller] [q16: one
+ * float scale per (image, channel)] values (all, or the nonzeros in
+ * order) as floats or int16 codes. */
+static size_t bitmap_bytes(size_t nfl) { return (nfl + 63) / 64 * 8; }
+
+static size_t frame_pack_bytes(size_t nfl, size_t nnz, size_t nblk, int sparse,
+                               int q16)
+{
+    const size_t nv = sparse ? nnz : nfl;
+    return (sparse ? bitmap_bytes(nfl) : 0) + (q16 ? nblk * sizeof(float) : 0) +
+           nv * (q16 ? sizeof(int16_t) : sizeof(float));
+}
+
+/* Pack raw (nblk blocks of flen values) into dst. q16: code = round(v /
+ * scale), scale = max|block| / 32767, so |v - code * scale| <= scale / 2. */
+static void frame_pack(const float *raw, size_t nblk, size_t flen, int sparse,
+                       int q16, void *dst)
+{
+    const size_t nfl = nblk * flen;
+    char *p = dst;
+    uint64_t *bm = NULL;
+    if (sparse) {
+        bm = (uint64_t *)p;
+        memset(bm, 0, bitmap_bytes(nfl));
+        p += bitmap_bytes(nfl);
+    }
+    float *scale = NULL;
+    if (q16) {
+        scale = (float *)p;
+        p += nblk * sizeof(float);
+    }
+    float *vf = (float *)p;
+    int16_t *vq = (int16_t *)p;
+    size_t k = 0;
+    for (size_t b = 0; b < nblk; b++) {
+        const float *v = raw + b * flen;
+        float inv = 0;
+        if (q16) {
+            float mx = 0;   /* q16 frames are finite: a plain max (no libm call) */
+            for (size_t i = 0; i < flen; i++) {
+                const float a = fabsf(v[i]);
+                mx = a > mx ? a : mx;
+            }
+            scale[b] = mx / 32767.0f;
+            inv = mx > 0 ? 32767.0f / mx : 0;
+        }
+        for (size_t i = 0; i < flen; i++) {
+            const size_t j = b * flen + i;
+            if (sparse) {
+                if (!(v[i] != 0.0f || signbit(v[i])))
+                    continue;
+                bm[j / 64] |= 1ull << (j % 64);
+            }
+            if (q16) {
+                long c = lrintf(v[i] * inv);
+                vq[k++] = (int16_t)(c > 32767 ? 32767 : c < -32767 ? -32767 : c);
+            } else {
+                vf[k++] = v[i];
+            }
+        }
+    }
+}
+
+static void frame_unpack(const void *src, size_t nblk, size_t flen, int sparse,
+                         int q16, float *raw)
+{
+    const size_t nfl = nblk * flen;
+    const char *p = src;
+    const uint64_t *bm = NULL;
+    if (sparse) {
+        bm = (const uint64_t *)p;
+        p += bitmap_bytes(nfl);
+    }
+    const float *scale = NULL;
+    if (q16) {
+        scale = (const float *)p;
+        p += nblk * sizeof(float);
+    }
+    const float *vf = (const float *)p;
+    const int16_t *vq = (const int16_t *)p;
+    size_t k = 0;
+    for (size_t j = 0; j < nfl; j++) {
+        if (sparse && !((bm[j / 64] >> (j % 64)) & 1)) {
+            raw[j] = 0.0f;
+            continue;
+        }
+        raw[j] = q16 ? (float)vq[k] * scale[j / flen] : vf[k];
+        k++;
+    }
+}
+
+static int inv_encode(as_pctx *ctx, const void *params,
+                      const as_save_info *info, const as_tensor *t,
+                      void **state)
+{
+    inv_params *p = (inv_params *)params;
+    const as_conv_meta *m = &info->meta.conv;
+    char why[160] = "";
+    int rc = inv_applies(params, info, t, why, sizeof why);
+    if (rc) {
+        as_pctx_errorf(ctx, "%s", why);
+        return rc;
+    }
+    as__conv_geom g;
+    geom_of(m, &g);
+    const int ho = as__conv_out_h(&g), wo = as__conv_out_w(&g);
+    as_tensor ys;
+    int yk = -1;
+    rc = as_store_describe(as_pctx_store(ctx), m->output, &ys, &yk);
+    if (rc < 0) {
+        as_pctx_errorf(ctx, "conv output handle: %s", as_strerror(rc));
+        return AS_ENOTSUP;
+    }
+    if (ys.dtype != AS_F32 || ys.ndim != 4 || ys.shape[0] != m->n ||
+        ys.shape[1] != m->cout || ys.shape[2] != ho || ys.shape[3] != wo) {
+        as_pctx_errorf(ctx, "conv output is not f32 (%d, %d, %d, %d)", m->n,
+                       m->cout, ho, wo);
+        return AS_ENOTSUP;
+    }
+    inv_entry *e;
+    if ((rc = entry_get(p, as_pctx_layer(ctx), &g, m->weight, &e, why, sizeof why)) < 0) {
+        as_pctx_errorf(ctx, "%s", why[0] ? why : as_strerror(rc));
+        return rc == AS_ENOMEM ? rc : AS_ENOTSUP;
+    }
+    /* The cache key: the framework's weight version and a checksum of the
+     * weights, so a version number reused with other weights (another
+     * model in the same store, a framework that forgot to bump it) never
+     * picks up a stale factor. */
+    const uint64_t key = m->weight_version * 0x9E3779B97F4A7C15ull ^
+        as__checksum(m->weight, sizeof(float) * (size_t)m->cout * m->cin * m->kh * m->kw);
+    pthread_mutex_lock(&e->mu);
+    double cond = 0;
+    rc = as__conv_inv_condition(e->ci, m->weight, key, &cond, why, sizeof why);
+    pthread_mutex_unlock(&e->mu);
+    if (rc == AS_EFALLBACK) {
+        as_pctx_errorf(ctx, "%s", why);
+        return AS_ENOTSUP;
+    }
+    if (rc < 0)
+        return rc;
+
+    inv_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return AS_ENOMEM;
+    st->e = e;
+    st->y = m->output;
+    st->w = m->weight;
+    st->version = key;
+    st->n = m->n;
+    const size_t nfl = (size_t)m->n * m->cin * as__conv_frame_len(&g);
+    st->frame_floats = nfl;
+    float *raw = NULL;
+    if (nfl) {
+        /* Extract into scratch first, then choose the packing. */
+        rc = as_pctx_scratch(ctx, nfl * sizeof(float), (void **)&raw);
+        if (rc < 0)
+            goto fail;
+        as__conv_frame_extract(&g, m->n, t->data, raw);
+        size_t nnz = 0;
+        int finite = 1;
+        for (size_t i = 0; i < nfl; i++) {
+            nnz += raw[i] != 0.0f || signbit(raw[i]);
+            finite &= isfinite(raw[i]) != 0;
+        }
+        /* 16-bit codes only for finite frames (a NaN or Inf stays exact);
+         * auto: only for well-conditioned versions, and not for inputs that
+         * are an activation's saved output (alias_of): in a chain those
+         * values also rebuild the layers below, through inverses that
+         * amplify errors (LeakyReLU: 1/alpha per link). */
+        st->q16 = finite && (p->frame == FRAME_Q16 ||
+                             (p->frame == FRAME_AUTO && cond <= INV_Q16_COND &&
+                              as_handle_is_null(info->alias_of)));
+        const size_t nblk = (size_t)m->n * m->cin, flen = nfl / nblk;
+        const size_t dense = frame_pack_bytes(nfl, nnz, nblk, 0, st->q16);
+        const size_t sp = frame_pack_bytes(nfl, nnz, nblk, 1, st->q16);
+        st->sparse = sp < dense;
+        st->nnz = nnz;
+        rc = as_pctx_alloc(ctx, st->sparse ? sp : dense, &st->frame);
+        if (rc < 0)
+            goto fail;
+        frame_pack(raw, nblk, flen, st->sparse, st->q16, st->frame);
+    }
+    /* Signs. The rebuilt values are off by the reconstruction error, so
+     * entries near 0 may land on the wrong side: harmless for the weight
+     * gradient, but an input that is also an activation's saved output
+     * (alias_of) gives that activation's backward its derivative mask
+     * (ReLU, LeakyReLU: y > 0), which must be exact. Such inputs keep a
+     * bitmap of x > 0 (1 bit per value); and an input with no negative
+     * value (images, ReLU and pooled ReLU outputs) is clamped at 0, which
+     * also restores its zeros exactly. */
+    const size_t nx = as_tensor_numel(t) > 0 ? (size_t)as_tensor_numel(t) : 0;
+    const float *xv = t->data;
+    /* (branch-free inner loops: signs of activations are unpredictable) */
+    st->nonneg = 1;
+    for (size_t i0 = 0; i0 < nx && st->nonneg; i0 += 64) {
+        const size_t i1 = nx - i0 < 64 ? nx : i0 + 64;
+        int neg = 0;
+        for (size_t i = i0; i < i1; i++)
+            neg |= xv[i] < 0;
+        st->nonneg = !neg;
+    }
+    if (!as_handle_is_null(info->alias_of) && nx) {
+        rc = as_pctx_alloc(ctx, bitmap_bytes(nx), (void **)&st->pos);
+        if (rc < 0)
+            goto fail;
+        memset(st->pos, 0, bitmap_bytes(nx));
+        for (size_t i0 = 0; i0 < nx; i0 += 64) {
+            const size_t nb = nx - i0 < 64 ? nx - i0 : 64;
+            uint64_t wbits = 0;
+            for (size_t j = 0; j < nb; j++)
+                wbits |= (uint64_t)(xv[i0 + j] > 0) << j;
+            st->pos[i0 / 64] = wbits;
+        }
+    }
+    if (m->bias) {
+        rc = as_pctx_alloc(ctx, sizeof(float) * m->cout, (void **)&st->bias);
+        if (rc < 0)
+            goto fail;
+        memcpy(st->bias, m->bias, sizeof(float) * m->cout);
+    }
+    rc = as_pctx_depend(ctx, m->output);
+    if (rc < 0) {
+        if (rc == AS_ESTATE)
+            as_pctx_errorf(ctx, "dependency cycle through the conv output");
+        goto fail;
+    }
+    pthread_mutex_lock(&e->mu);
+    e->users++;
+    e->saves++;
+    pthread_mutex_unlock(&e->mu);
+    *state = st;
+    return 0;
+fail:
+    free(st);   /* blocks are freed by the store */
+    return rc;
+}
+
+/* ---- restore -------------------------------------------------------------- */
+
+/* Put rebuilt values back on the side of 0 they were saved on (see the
+ * encode): a value that must be > 0 and is not becomes FLT_MIN, one that
+ * must be <= 0 and is not becomes 0 (in both cases the true value is
+ * within the reconstruction error of 0). */
+static void fix_signs(const inv_state *st, float *x, size_t n)
+{
+    if (st->pos) {
+        /* a value on the wrong side of 0 moves to FLT_MIN (should be > 0)
+         * or 0 (should not be); selects, no branches */
+        for (size_t i = 0; i < n; i++) {
+            const int p = (int)((st->pos[i / 64] >> (i % 64)) & 1);
+            const float v = x[i];
+            const int q = v > 0;
+            x[i] = p == q ? v : (p ? FLT_MIN : 0.0f);
+        }
+    }
+    if (st->nonneg)
+        for (size_t i = 0; i < n; i++)
+            x[i] = x[i] > 0 ? x[i] : 0.0f;
+}
+
+static int inv_decode(as_pctx *ctx, const void *params, void *state,
+                      as_tensor *dst)
+{
+    const inv_params *p = params;
+    inv_state *st = state;
+    inv_entry *e = st->e;
+    const as_tensor *y;
+    int rc = as_pctx_restore_dep(ctx, st->y, &y);
+    if (rc < 0)
+        return rc;
+    const float *frame = st->frame;
+    if (st->sparse || st->q16) {
+        float *raw;
+        if ((rc = as_pctx_scratch(ctx, st->frame_floats * sizeof(float),
+                                  (void **)&raw)) < 0)
+            return rc;
+        const size_t nblk = (size_t)st->n * e->g.cin;
+        frame_unpack(st->frame, nblk, st->frame_floats / nblk, st->sparse,
+                     st->q16, raw);
+        frame = raw;
+    }
+    char why[160] = "";
+    pthread_mutex_lock(&e->mu);
+    /* Cache the factor only when it is small next to the input it rebuilds
+     * (it would otherwise eat the memory the inversion saves: it grows as
+     * Cin * Cout * spectrum, the input as N * Cin * H * W); else factor
+     * block by block inside the solve. */
+    const size_t fb = as__conv_inv_factor_bytes(e->ci);
+    as__conv_inv_stats cs;
+    as__conv_inv_get_stats(e->ci, &cs);
+    /* Cout >= 2 Cin and well conditioned: the streaming restore takes the
+     * adjoint path (Cin-channel transforms), faster than a cached M. */
+    const int adjoint = e->g.cout >= 2 * e->g.cin && cs.cond <= AS__CIV_ADJ_COND &&
+                        !(e->g.kh == 1 && e->g.kw == 1);
+    const int cached = p->mode == MODE_CACHE ||
+        (p->mode == MODE_AUTO && !adjoint && fb <= as_tensor_bytes(dst) / 8);
+    /* Work space from the store's arena (workspace tag: counted, and its
+     * pages are reused from one restore to the next); malloc if refused.
+     * The size of the path about to run, for one pass of images. */
+    const size_t wb = as__conv_inv_path_work_bytes(e->ci, st->version, st->n, !cached);
+    void *wbuf = NULL;
+    if (wb && as_pctx_scratch(ctx, wb, &wbuf) == 0)
+        as__conv_inv_set_work(e->ci, wbuf, wb);
+    if (cached) {
+        as__conv_inv_stats before;
+        as__conv_inv_get_stats(e->ci, &before);
+        rc = as__conv_inv_prepare(e->ci, st->w, st->version, NULL, why, sizeof why);
+        if (rc == 0) {
+            as__conv_inv_stats after;
+            as__conv_inv_get_stats(e->ci, &after);
+            if (after.factor_builds != before.factor_builds)
+                as_pctx_account(ctx, (int64_t)after.cache_bytes);
+            rc = as__conv_inv_restore(e->ci, st->n, y->data, st->bias, frame,
+                                      dst->data);
+        }
+    } else {
+        rc = as__conv_inv_restore_stream(e->ci, st->w, st->version, st->n,
+                                         y->data, st->bias, frame, dst->data,
+                                         why, sizeof why);
+    }
+    if (rc == 0)
+        e->restores++;
+    as__conv_inv_set_work(e->ci, NULL, 0);
+    pthread_mutex_unlock(&e->mu);
+    if (rc == 0)
+        fix_signs(st, dst->data, (size_t)as_tensor_numel(dst));
+    if (rc == AS_EFALLBACK) {
+        /* Cannot happen for a version accepted at save unless the weights
+         * changed under the same version. */
+        as_pctx_errorf(ctx, "weights changed since the save: %s", why);
+        return AS_ESTATE;
+    }
+    return rc;
+}
+
+static void inv_drop(void *params, void *state)
+{
+    (void)params;
+    inv_state *st = state;
+    inv_entry *e = st->e;
+    pthread_mutex_lock(&e->mu);
+    if (--e->users == 0)
+        as__conv_inv_trim(e->ci);   /* nobody can restore through it now */
+    pthread_mutex_unlock(&e->mu);
+    free(st);
+}
+
+const as_policy_ops as_policy_invert = {
+    .name = "invert",
+    .summary = "conv inputs: keep only the border frame; rebuild the input "
+               "from the conv output by inverting the convolution",
+    .kinds = 1u << AS_KIND_CONV_INPUT,
+    .regenerator = true,
+    .parse = inv_parse,
+    .free_params = inv_free_params,
+    .applies = inv_applies,
+    .encode = inv_encode,
+    .decode = inv_decode,
+    .drop = inv_drop,
+};
+
+/* ---- introspection (tests, bench) ------------------------------------------ */
+
+static void add_entry(const inv_entry *e, as__conv_inv_lstats *out)
+{
+    as__conv_inv_stats s;
+    as__conv_inv_get_stats(e->ci, &s);
+    out->factor_builds += s.factor_builds;
+    out->factor_hits += s.factor_hits;
+    out->cond_checks += s.cond_checks;
+    out->streamed += s.streamed;
+    out->restores += e->restores;
+    out->saves += e->saves;
+    out->users += (uint64_t)e->users;
+    out->cache_bytes += s.cache_bytes;
+    if (s.cond > out->cond || out->entries == 0)
+        out->cond = s.cond;
+    out->entries++;
+}
+
+int as__conv_inv_layer_stats(as_store *s, const char *layer,
+                             as__conv_inv_lstats *out)
+{
+    memset(out, 0, sizeof *out);
+    as_rules *r = as__rules_get(s);
+    for (size_t i = 0; i < r->n; i++) {
+        const as_polref *refs[2] = {&r->rules[i].pol,
+                                    r->rules[i].has_fallback ? &r->rules[i].fallback : NULL};
+        for (int k = 0; k < 2; k++) {
+            if (!refs[k] || refs[k]->ops != &as_policy_invert || !refs[k]->params)
+                continue;
+            inv_params *p = refs[k]->params;
+            pthread_mutex_lock(&p->mu);
+            for (inv_entry *e = p->entries; e; e = e->next) {
+                if (layer && strcmp(e->layer, layer))
+                    continue;
+                pthread_mutex_lock(&e->mu);
+                add_entry(e, out);
+                pthread_mutex_unlock(&e->mu);
+            }
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+    as__rules_unref(r);
+    return out->entries ? 0 : AS_ENOTFOUND;
+}

@@ -1,0 +1,525 @@
+/*
+ * Compact softmax codecs beyond the paper: log-domain codes renormalized to
+ * mass 1 (solog:B, sotk:F:B[:P]).
+ *
+ * Why log domain: for dy with roughly independent entries, the error of
+ * dx = y (dy - <dy, y>) is dominated by sum_i (y_hat_i - y_i)^2, so the
+ * gradient cosine is about 1 - 0.5 * sum e_i^2 / sum y_i^2: what counts is
+ * the relative error of the large entries, weighted by y_i^2. A code of
+ * l_i = ln(max / y_i) with a step s has relative error ~ s / sqrt(12) per
+ * entry, independent of the entry's size; tiny entries (far below the max)
+ * barely matter and go to a zero "tail" code. Steps grow with the level
+ * (b_c = s c (1 + g (c - 1))) because lower levels weigh less.
+ *
+ * Renormalization: decoded weights w_i = exp(-level_i) are divided by their
+ * sum, so the row has mass exactly 1 and no per-row scale needs storing:
+ * zero header bytes.
+ *
+ *   solog:B      every valid entry gets a B-bit code (0 = the max's bucket,
+ *                2^B - 1 = tail, decoded as 0). Row: ceil(n B / 8) bytes.
+ *   sotk:F:B[:P] the k = max(min(n, 3), floor(n / F)) largest entries (fewer
+ *                with P: the fewest that hold mass P) get an 8-bit fine code
+ *                (l quantized at 1/16 nat, relative to the max); code 0 in
+ *                the B-bit stream marks them, in key order, so they need no
+ *                index. The others get coarse codes 1..2^B - 1 relative to
+ *                the smallest fine level (last code = tail, 0).
+ *                Row: ceil(n B / 8) + k bytes. The floor of 3 fine entries
+ *                keeps short rows (causal rows of early queries) accurate
+ *                (docs/benchmarks.md, "Design measurements").
+ *
+ * Encoding is linear time and needs no sort: every entry's level (1/16
+ * nat units below the max) comes from its float bits with a short series
+ * (no libm: same codes on every machine); the cut for the k largest comes
+ * from a small sorted buffer of the k lowest levels (fixed k <= 32) or a
+ * 257-bin histogram of the levels (larger k; with P, the mass per level
+ * too); coarse codes are one table lookup by level. Compiled with -O3 and
+ * without trapping math so that the level loop vectorizes (same codes).
+ */
+#include <assert.h>
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "store/policies/softmax/log_impl.h"
+#include "util/simd.h"
+
+
+/* ---- tables ------------------------------------------------------------- */
+
+
+sm_table as__sm_tabs[2][5];
+float as__sm_fine_w[256];
+static pthread_once_t sm_once = PTHREAD_ONCE_INIT;
+
+static void sm_make_ctab(int topk, int bits, double s, double g);
+
+static void sm_make(sm_table *t, int nc, double s, double g)
+{
+    double b[SM_MAXC] = {0};
+    assert(nc >= 3 && nc <= SM_MAXC);
+    t->nc = nc;
+    for (int c = 1; c < nc; c++)
+        b[c - 1] = s * c * (1.0 + g * (c - 1));
+    t->wt[0] = (float)exp(-0.5 * b[0]);
+    for (int c = 1; c < nc - 1; c++)
+        t->wt[c] = (float)exp(-0.5 * (b[c - 1] + b[c]));
+    t->wt[nc - 1] = 0.0f;   /* tail */
+    t->wsh[0] = 0.0f;
+    for (int c = 0; c + 1 < SM_MAXC; c++)
+        t->wsh[c + 1] = c < nc ? t->wt[c] : 0.0f;
+}
+
+static void sm_init_tables(void)
+{
+    for (int c = 0; c < 256; c++)
+        as__sm_fine_w[c] = (float)exp(-c / SM_FINE_STEP);
+    static const struct { int topk, bits; double s, g; } cfg[] = {
+        {0, 2, 0.7, 0.3}, {0, 3, 0.2, 0.5}, {0, 4, 0.2, 0.15},
+        {1, 2, 0.7, 0.3}, {1, 3, 0.3, 0.1}, {1, 4, 0.2, 0.05},
+    };
+    for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++) {
+        int nc = (1 << cfg[i].bits) - cfg[i].topk;
+        sm_make(&as__sm_tabs[cfg[i].topk][cfg[i].bits], nc, cfg[i].s, cfg[i].g);
+        sm_make_ctab(cfg[i].topk, cfg[i].bits, cfg[i].s, cfg[i].g);
+    }
+}
+
+const sm_table *as__sm_table_of(const as__sm_params *p)
+{
+    pthread_once(&sm_once, sm_init_tables);
+    assert(p->bits >= 2 && p->bits <= 4);
+    return &as__sm_tabs[p->kind == AS_SM_TOPK][p->bits];
+}
+
+uint8_t as__sm_ctab[2][5][SM_CTAB];
+int32_t as__sm_cbnd[2][5][SM_MAXC];
+
+static void sm_make_ctab(int topk, int bits, double s, double g)
+{
+    const sm_table *t = &as__sm_tabs[topk][bits];
+    for (int d = 0; d < SM_CTAB; d++) {
+        int c = 0;
+        for (int j = 1; j < t->nc; j++)
+            c += d >= (int)lround(16.0 * s * j * (1.0 + g * (j - 1)));
+        as__sm_ctab[topk][bits][d] = (uint8_t)c;
+    }
+    for (int j = 1; j < t->nc; j++)
+        as__sm_cbnd[topk][bits][j - 1] =
+            (int32_t)lround(16.0 * s * j * (1.0 + g * (j - 1)));
+}
+
+/* ---- bit packing (little endian, B bits per code) ------------------------ */
+
+static void sm_pack(const uint8_t *c, size_t n, int B, uint8_t *out)
+{
+    uint64_t acc = 0;
+    int nb = 0;
+    size_t o = 0, i = 0;
+    /* whole groups of 8 codes fill B bytes exactly: the same bytes as
+     * the running accumulator below, without its per-code branch */
+    for (; i + 8 <= n; i += 8, c += 8) {
+        uint32_t g = 0;
+        for (int j = 0; j < 8; j++)
+            g |= (uint32_t)c[j] << (B * j);
+        for (int j = 0; j < B; j++)
+            out[o++] = (uint8_t)(g >> (8 * j));
+    }
+    n -= i;
+    for (i = 0; i < n; i++) {
+        acc |= (uint64_t)c[i] << nb;
+        nb += B;
+        if (nb >= 32) {
+            for (int k = 0; k < 4; k++)
+                out[o++] = (uint8_t)(acc >> (8 * k));
+            acc >>= 32;
+            nb -= 32;
+        }
+    }
+    while (nb > 0) {
+        out[o++] = (uint8_t)acc;
+        acc >>= 8;
+        nb -= 8;
+    }
+}
+
+static void sm_unpack(const uint8_t *in, size_t n, int B, uint8_t *c)
+{
+    const unsigned mask = (1u << B) - 1;
+    if (B == 4) {
+        for (size_t i = 0; i + 1 < n; i += 2) {
+            c[i] = in[i / 2] & 15;
+            c[i + 1] = in[i / 2] >> 4;
+        }
+        if (n & 1)
+            c[n - 1] = in[n / 2] & 15;
+        return;
+    }
+    /* whole groups of 8 codes are B bytes (see sm_pack) */
+    for (; n >= 8; n -= 8, in += B, c += 8) {
+        uint32_t g = 0;
+        for (int j = 0; j < B; j++)
+            g |= (uint32_t)in[j] << (8 * j);
+        for (int j = 0; j < 8; j++)
+            c[j] = (uint8_t)((g >> (B * j)) & mask);
+    }
+    uint64_t acc = 0;
+    int nb = 0;
+    size_t ip = 0, nbytes = (n * (size_t)B + 7) / 8;
+    for (size_t i = 0; i < n; i++) {
+        while (nb < B) {
+            acc |= (uint64_t)(ip < nbytes ? in[ip] : 0) << nb;
+            ip++;
+            nb += 8;
+        }
+        c[i] = (uint8_t)(acc & mask);
+        acc >>= B;
+        nb -= B;
+    }
+}
+
+/* ---- encode / decode ----------------------------------------------------- */
+
+size_t as__sm_log_encode(const as__sm_params *p, const float *v, size_t n,
+                        uint8_t *out, as__sm_work *w)
+{
+    (void)as__sm_table_of(p);
+    const int B = p->bits;
+    const bool topk = p->kind == AS_SM_TOPK;
+    const uint8_t *ctab = as__sm_ctab[topk][B];
+    const size_t nb = (n * (size_t)B + 7) / 8;
+    uint8_t *codes = w->codes;
+#if AS_X86_DISPATCH
+    if (topk && p->mass == 0.0f && n <= SM_SMALL && n / (size_t)p->k <= 4) {
+        size_t used = as__sm_topk_small(p, v, n, out);
+        if (used)
+            return used;
+    }
+#endif
+    /* 8 independent partial maxima (the same max in any order; NaN and
+     * values <= 0 never win): no chain of dependent compares */
+    float m8[8] = {0};
+    size_t n8 = n & ~(size_t)7;
+    for (size_t i = 0; i < n8; i += 8)
+        for (int j = 0; j < 8; j++)
+            m8[j] = v[i + j] > m8[j] ? v[i + j] : m8[j];
+    for (size_t i = n8; i < n; i++)
+        m8[0] = v[i] > m8[0] ? v[i] : m8[0];
+    float m = 0.0f;
+    for (int j = 0; j < 8; j++)
+        m = m8[j] > m ? m8[j] : m;
+    if (!(m > 0.0f)) {
+        /* no positive entry (not a softmax row): solog decodes uniform,
+         * sotk puts the mass on the first entry; sizes stay in bounds */
+        memset(codes, 0, n);
+        if (topk) {
+            for (size_t i = 1; i < n; i++)
+                codes[i] = (uint8_t)((1 << B) - 1);
+            sm_pack(codes, n, B, out);
+            out[nb] = 0;
+            return nb + 1;
+        }
+        sm_pack(codes, n, B, out);
+        return nb;
+    }
+
+    /* level of every entry below the max, 1/16 nat units, and (sotk) a
+     * histogram of the levels: the linear-time selection of the fine set */
+    const float lm = sm_ln16(m) + 0.5f;
+    uint32_t *lev = w->key;
+    /* branch-free, so the compiler vectorizes it */
+    for (size_t i = 0; i < n; i++) {
+        float x = v[i] > 1e-38f ? v[i] : 1e-38f;   /* also maps NaN, <= 0 */
+        float l = lm - sm_ln16(x);
+        l = l > 0.0f ? l : 0.0f;
+        l = l < (float)SM_DMAX ? l : (float)SM_DMAX;
+        lev[i] = (uint32_t)(int32_t)l;
+    }
+    uint32_t hist[257];
+    float hmass[257];
+    size_t k = 0;
+    if (topk) {
+        k = n / (size_t)p->k;
+        size_t k0 = n < AS_SM_MIN_FINE ? n : AS_SM_MIN_FINE;
+        k = k < k0 ? k0 : k;
+    }
+    /* the cut level (level of the k-th smallest) and how many lie below
+     * it: for a fixed small k a sorted buffer of the k smallest levels
+     * (expected O(n + k^2 log n) steps, no table to clear), else a
+     * histogram of the levels */
+    uint32_t cut = 0;
+    size_t below = 0;
+    bool have_cut = false;
+    if (topk && p->mass == 0.0f && k <= 4) {
+        /* the 4 lowest levels by a branch-free insertion network (k is 3
+         * for rows of 48..63, the common case): the k-th lowest is the cut */
+        /* two independent networks (even / odd entries) for instruction
+         * parallelism, then the odd one's four merged into the even one's:
+         * the 4 lowest of a multiset do not depend on the order */
+        uint32_t b[2][4];
+        for (int j = 0; j < 2; j++)
+            b[j][0] = b[j][1] = b[j][2] = b[j][3] = UINT32_MAX;
+#define SM_NET_INS(bb, xin)                                                 \
+        do {                                                                \
+            uint32_t x_ = (xin), t_;                                        \
+            t_ = bb[0] < x_ ? bb[0] : x_; x_ = bb[0] < x_ ? x_ : bb[0];     \
+            bb[0] = t_;                                                     \
+            t_ = bb[1] < x_ ? bb[1] : x_; x_ = bb[1] < x_ ? x_ : bb[1];     \
+            bb[1] = t_;                                                     \
+            t_ = bb[2] < x_ ? bb[2] : x_; x_ = bb[2] < x_ ? x_ : bb[2];     \
+            bb[2] = t_;                                                     \
+            bb[3] = bb[3] < x_ ? bb[3] : x_;                                \
+        } while (0)
+        size_t e = 0;
+        for (; e + 2 <= n; e += 2) {
+            SM_NET_INS(b[0], lev[e]);
+            SM_NET_INS(b[1], lev[e + 1]);
+        }
+        if (e < n)
+            SM_NET_INS(b[0], lev[e]);
+        for (int j = 0; j < 4; j++)
+            SM_NET_INS(b[0], b[1][j]);
+#undef SM_NET_INS
+        cut = b[0][k - 1];
+        for (size_t i = 0; i < n; i++)
+            below += lev[i] < cut;
+        have_cut = true;
+    } else if (topk && p->mass == 0.0f && k <= 32) {
+        uint32_t buf[32] = {0};   /* (k >= 1 fills buf[k - 1]) */
+        size_t nb_ = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t d = lev[i];
+            if (nb_ == k && d >= buf[k - 1])
+                continue;
+            size_t j = nb_ < k ? nb_++ : k - 1;
+            while (j > 0 && buf[j - 1] > d) {
+                buf[j] = buf[j - 1];
+                j--;
+            }
+            buf[j] = d;
+        }
+        cut = buf[k - 1];
+        for (size_t i = 0; i < n; i++)
+            below += lev[i] < cut;
+        have_cut = true;
+    } else if (topk && n < 1024) {
+        memset(hist, 0, sizeof hist);
+        for (size_t i = 0; i < n; i++)
+            hist[lev[i] < 256 ? lev[i] : 256]++;
+        if (p->mass > 0.0f) {
+            memset(hmass, 0, sizeof hmass);
+            for (size_t i = 0; i < n; i++)
+                hmass[lev[i] < 256 ? lev[i] : 256] += v[i] > 0.0f ? v[i] : 0.0f;
+        }
+    } else if (topk) {
+        /* four interleaved histograms: equal neighbours would otherwise
+         * chain every increment through one memory slot */
+        uint32_t h4[4][257];
+        memset(h4, 0, sizeof h4);
+        size_t i = 0;
+        for (; i + 4 <= n; i += 4)
+            for (int j = 0; j < 4; j++) {
+                uint32_t d = lev[i + j];
+                h4[j][d < 256 ? d : 256]++;
+            }
+        for (; i < n; i++)
+            h4[0][lev[i] < 256 ? lev[i] : 256]++;
+        for (int c = 0; c < 257; c++)
+            hist[c] = h4[0][c] + h4[1][c] + h4[2][c] + h4[3][c];
+        if (p->mass > 0.0f) {
+            memset(hmass, 0, sizeof hmass);
+            for (i = 0; i < n; i++)
+                hmass[lev[i] < 256 ? lev[i] : 256] += v[i] > 0.0f ? v[i] : 0.0f;
+        }
+    }
+
+    size_t nfine = 0;
+    uint32_t lref = 0;
+    if (topk) {
+        /* cut level: the k entries of lowest level (highest value) */
+        double mass = 0.0;
+        while (!have_cut && below + hist[cut] < k) {
+            below += hist[cut];
+            if (p->mass > 0.0f)
+                mass += hmass[cut];
+            cut++;
+            if (p->mass > 0.0f && mass >= p->mass) {
+                k = below;           /* adaptive: whole levels to mass P */
+                break;
+            }
+        }
+        size_t ties = k - below;     /* taken at level == cut, in order */
+        uint8_t *fine = out + nb;
+        if (p->mass == 0.0f) {
+            /* fixed k: the fine set always holds an entry at the cut (at
+             * most k - 1 lie below it), so the reference level is the cut
+             * and one pass writes every code */
+            const uint32_t dmax = have_cut ? SM_DMAX : 256;
+            const uint32_t lr = cut < 255 ? cut : 255;
+            for (size_t i = 0; i < n; i++) {
+                uint32_t d = lev[i] < dmax ? lev[i] : dmax;
+                if (d < cut || (d == cut && ties > 0)) {
+                    ties -= d == cut;
+                    fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
+                    codes[i] = 0;
+                } else {
+                    uint32_t r = lev[i] - lr;
+                    codes[i] = (uint8_t)(1 + ctab[r < SM_CTAB ? r : SM_CTAB - 1]);
+                }
+            }
+            assert(nfine == k);
+            sm_pack(codes, n, B, out);
+            return nb + nfine;
+        }
+        /* the histogram lumps levels >= 256 into bin 256: compare
+         * clamped levels then (the fine code clamps to 255 anyway) */
+        const uint32_t dmax = have_cut ? SM_DMAX : 256;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t d = lev[i] < dmax ? lev[i] : dmax;
+            if (d < cut || (d == cut && ties > 0 && (ties--, true))) {
+                fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
+                lref = d > lref ? d : lref;
+                codes[i] = 0;
+            } else {
+                codes[i] = 255;
+            }
+        }
+        assert(nfine == k);
+        lref = lref < 255 ? lref : 255;
+        for (size_t i = 0; i < n; i++)
+            if (codes[i]) {
+                uint32_t r = lev[i] - lref;     /* >= 0: below the cut */
+                codes[i] = (uint8_t)(1 + ctab[r < SM_CTAB ? r : SM_CTAB - 1]);
+            }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            uint32_t r = lev[i];
+            codes[i] = ctab[r < SM_CTAB ? r : SM_CTAB - 1];
+        }
+    }
+    sm_pack(codes, n, B, out);
+    return nb + nfine;
+}
+
+size_t as__sm_log_row_size(const as__sm_params *p, const uint8_t *in, size_t n)
+{
+    size_t nb = (n * (size_t)p->bits + 7) / 8;
+    if (p->kind != AS_SM_TOPK)
+        return nb;
+    /* count code 0 in the packed stream */
+    size_t k = 0, done = 0;
+    uint8_t buf[256];
+    while (done < n) {
+        size_t m = n - done < 256 ? n - done : 256;
+        /* chunks of 256 codes start on byte boundaries for B in 2..4
+         * (256 B bits is a whole number of bytes) */
+        sm_unpack(in + done * (size_t)p->bits / 8, m, p->bits, buf);
+        for (size_t i = 0; i < m; i++)
+            k += buf[i] == 0;
+        done += m;
+    }
+    return nb + k;
+}
+
+
+/* Weights of the row's codes (unnormalized) into wt[0..n-1]; returns the
+ * bytes of the row. */
+static size_t sm_row_weights(const as__sm_params *p, const uint8_t *in,
+                             size_t n, float *wt, as__sm_work *w)
+{
+    const sm_table *t = as__sm_table_of(p);
+#if AS_X86_DISPATCH
+    if (p->kind == AS_SM_TOPK && n <= SM_SMALL &&
+        as_cpu_avx2())
+        return as__sm_topk_weights_avx2(t, p->bits, in, n, wt);
+#endif
+    uint8_t *codes = w->codes;
+    size_t nb = (n * (size_t)p->bits + 7) / 8;
+    sm_unpack(in, n, p->bits, codes);
+    if (p->kind == AS_SM_TOPK) {
+        /* branch-free: which entries are fine is data (a mispredicted
+         * branch per fine entry was most of the decode) */
+        const uint8_t *fine = in + nb;
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            k += codes[i] == 0;
+        uint32_t maxc = 0;
+        for (size_t f = 0; f < k; f++)
+            maxc = fine[f] > maxc ? fine[f] : maxc;
+        float cw[SM_MAXC + 1];
+        cw[0] = 0.0f;
+        for (int c = 0; c < t->nc; c++)
+            cw[c + 1] = as__sm_fine_w[maxc] * t->wt[c];
+        static const uint8_t zero = 0;
+        const uint8_t *fsrc = k ? fine : &zero;  /* read in bounds always */
+        const size_t flast = k ? k - 1 : 0;
+        size_t f = 0;
+        for (size_t i = 0; i < n; i++) {
+            size_t isf = codes[i] == 0;
+            uint8_t fc = fsrc[f < flast ? f : flast];
+            wt[i] = isf ? as__sm_fine_w[fc] : cw[codes[i]];
+            f += isf;
+        }
+        nb += k;
+    } else {
+        for (size_t i = 0; i < n; i++)
+            wt[i] = t->wt[codes[i]];
+    }
+    return nb;
+}
+
+/* Rows normalized to mass 1: each row's weight sum in double, in eight
+ * partial sums (entry i into sum i mod 8, combined pairwise in a fixed
+ * order: eight short chains of adds instead of one long one; the same
+ * row gives the same bits), then one scale; an all-zero row decodes
+ * uniform. */
+static void sm_normalize(float *const *v, const size_t *n, int cnt)
+{
+    for (int l = 0; l < cnt; l++) {
+        float *x = v[l];
+        const size_t nl = n[l];
+        double a[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        size_t i = 0;
+        for (; i + 8 <= nl; i += 8)
+            for (int j = 0; j < 8; j++)
+                a[j] += (double)x[i + j];
+        for (int j = 0; i < nl; i++, j++)
+            a[j] += (double)x[i];
+        const double zl = ((a[0] + a[4]) + (a[2] + a[6])) +
+                          ((a[1] + a[5]) + (a[3] + a[7]));
+        if (!(zl > 0.0)) {           /* all-zero input row */
+            for (i = 0; i < nl; i++)
+                x[i] = 1.0f / (float)nl;
+            continue;
+        }
+        float inv = (float)(1.0 / zl);
+        for (i = 0; i < nl; i++)
+            x[i] *= inv;
+    }
+}
+
+size_t as__sm_log_decode_rows(const as__sm_params *p, const uint8_t *in,
+                             const size_t *n, float *const *v, int cnt,
+                             as__sm_work *w)
+{
+    assert(cnt >= 1 && cnt <= AS_SM_SOA_LANES);
+    const uint8_t *pp = in;
+#if AS_X86_DISPATCH
+    if (cnt == 4 && p->kind == AS_SM_TOPK && n[0] <= SM_SMALL &&
+        n[1] <= SM_SMALL && n[2] <= SM_SMALL && n[3] <= SM_SMALL &&
+        as_cpu_avx2()) {
+        pp += as__sm_topk_weights4_avx2(as__sm_table_of(p), p->bits, in, n, v);
+        sm_normalize(v, n, cnt);
+        return (size_t)(pp - in);
+    }
+#endif
+    for (int l = 0; l < cnt; l++)
+        pp += sm_row_weights(p, pp, n[l], v[l], w);
+    sm_normalize(v, n, cnt);
+    return (size_t)(pp - in);
+}
+
+size_t as__sm_log_decode(const as__sm_params *p, const uint8_t *in, size_t n,
+                        float *v, as__sm_work *w)
+{
+    return as__sm_log_decode_rows(p, in, &n, &v, 1, w);
+}
