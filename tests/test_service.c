@@ -292,6 +292,22 @@ static void test_hostile(void **state)
     expect_status(port, "GET /metrics HTTP/1.1\r\nHost: [::ffff:10.0.0.1]\r\n\r\n", 403, true);
     expect_status(port, "GET /metrics HTTP/1.1\r\nHost: [::1\r\n\r\n", 403, true);
     expect_status(port, "GET /metrics HTTP/1.0\r\n\r\n", 200, false);   /* no Host at all */
+    /* Upgrade is not offered: one plain answer, then close, nothing after */
+    {
+        int ufd = tconnect(port);
+        static const char up[] = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                 "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert_int_equal(tsend(ufd, up, sizeof up - 1), 0);
+        static char all[1 << 17];
+        size_t got = 0;
+        for (ssize_t k; got < sizeof all - 1 && (k = recv(ufd, all + got, sizeof all - 1 - got, 0)) > 0;)
+            got += (size_t)k;
+        all[got] = 0;
+        assert_int_equal(tstatus(all), 200);
+        assert_non_null(strstr(all, "Connection: close"));
+        assert_null(strstr(all + 12, "HTTP/1.1 "));   /* no second response */
+        close(ufd);
+    }
     char big[4096];
     snprintf(big, sizeof big, "GET / HTTP/1.1\r\nX-Big: %03000d\r\n\r\n", 7);
     expect_status(port, big, 431, true);

@@ -447,7 +447,9 @@ static int cb_complete(llhttp_t *p)
     as__conn *c = P(p);
     c->in_message = false;
     c->last_active_ns = now_ns();
-    bool keep = llhttp_should_keep_alive(p);
+    /* Upgrade (WebSocket, h2c) is not offered: answer the request as plain
+     * HTTP and close, since llhttp parses nothing after an upgrade */
+    bool keep = llhttp_should_keep_alive(p) && !p->upgrade;
     bool sse = route(c, p->method == HTTP_HEAD, keep);
     /* Pipelined requests from a client that does not read its responses
      * would queue without bound (a memory attack on the training process):
@@ -517,7 +519,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->draining || c->sse)
         return;     /* discard */
     llhttp_errno_t e = llhttp_execute(&c->parser, buf->base, (size_t)nread);
-    if (e == HPE_OK || e == HPE_PAUSED)
+    if (e == HPE_OK || e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE)
         return;
     int status = c->reject ? c->reject : 400;
     respond_error(c, status, c->reject ? reject_text(status) : llhttp_get_error_reason(&c->parser));
