@@ -510,6 +510,12 @@ int as_store_set_policy(as_store *s, const char *spec, char *err,
 {
     if (!s)
         return AS_EINVAL;
+    if (!spec) {   /* NULL is no spec, not "default=keep" (the config's default) */
+        if (err && errlen)
+            snprintf(err, errlen, "no spec (NULL); give e.g. \"default=keep\"");
+        as__seterr(s, "set_policy: no spec (NULL)");
+        return AS_EINVAL;
+    }
     as_rules *r;
     int rc = as__rules_parse(spec, &r, err, errlen);
     if (rc < 0) {

@@ -10,7 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -139,7 +141,44 @@ static void test_set_policy_error_keeps_rules(void **st)
     assert_int_equal(as_store_stats_take(s, &a), 0);
     assert_string_equal(a.spec, "default=fp16");
     as_store_stats_free(&a);
+    /* NULL is an error, not a silent reset to default=keep */
+    assert_int_equal(as_store_set_policy(s, NULL, err, sizeof err), AS_EINVAL);
+    assert_non_null(strstr(err, "NULL"));
+    assert_int_equal(as_store_stats_take(s, &a), 0);
+    assert_string_equal(a.spec, "default=fp16");
+    as_store_stats_free(&a);
     as_store_destroy(s);
+}
+
+/* One rule per layer of a large model parses in linear time (the
+ * duplicate-selector check was quadratic: 64k rules took 25 s), and a
+ * duplicate far apart is still found. */
+static void test_many_rules_linear(void **st)
+{
+    (void)st;
+    enum { N = 65536 };
+    size_t cap = (size_t)N * 40 + 64;
+    char *spec = malloc(cap);
+    assert_non_null(spec);
+    size_t k = 0;
+    for (int i = 0; i < N; i++)
+        k += (size_t)snprintf(spec + k, cap - k, "layer:blocks.%d.attn=%s; ", i,
+                              i % 3 ? "keep" : "zstd");
+    snprintf(spec + k, cap - k, "default=keep");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    char err[256] = "";
+    int rc = as_policy_check(spec, err, sizeof err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    fprintf(stderr, "%d layer rules parsed in %.3f s\n", N, s);
+    assert_int_equal(rc, 0);
+    assert_true(s < 3.0);
+    /* the same selector again at the very end */
+    snprintf(spec + k, cap - k, "layer:blocks.7.attn=fp16");
+    assert_int_equal(as_policy_check(spec, err, sizeof err), AS_ESPEC);
+    assert_non_null(strstr(err, "one rule per selector"));
+    free(spec);
 }
 
 static void test_glob(void **st)
@@ -293,6 +332,7 @@ int main(void)
         cmocka_unit_test(test_valid_specs),
         cmocka_unit_test(test_invalid_specs),
         cmocka_unit_test(test_set_policy_error_keeps_rules),
+        cmocka_unit_test(test_many_rules_linear),
         cmocka_unit_test(test_glob),
         cmocka_unit_test(test_most_specific_wins),
         cmocka_unit_test(test_kind_names),

@@ -215,7 +215,7 @@ AS_API const char *as_store_last_error(const as_store *s);
  * default=keep". Most specific wins: layer glob > kind > default; among
  * layer globs, the longest pattern wins. Takes effect for saves made after
  * the call. On error nothing changes and err gets "offset N: expected ...".
- * Errors: AS_ESPEC. Thread-safe. */
+ * Errors: AS_ESPEC, AS_EINVAL (s or spec NULL). Thread-safe. */
 AS_API int as_store_set_policy(as_store *s, const char *spec, char *err,
                                size_t errlen);
 
