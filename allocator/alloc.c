@@ -253,6 +253,37 @@ static int bad_ids(as_arena *a, uint16_t tag, uint16_t layer, as_block *out)
     return AS_EINVAL;
 }
 
+/* ---- fault injection (tests): SQLite's fail-the-Nth-allocation loop ---- */
+
+void as__arena_fault_set(as_arena *a, long nth, bool sticky)
+{
+    a->fault_sticky = sticky;
+    atomic_store(&a->fault_n, nth > 0 ? nth : 0);
+}
+
+__attribute__((noinline))
+static bool fault_step(as_arena *a, long n)
+{
+    if (n > 1) {
+        atomic_store_explicit(&a->fault_n, n - 1, RLX);
+        return false;
+    }
+    if (!a->fault_sticky)
+        atomic_store_explicit(&a->fault_n, 0, RLX);
+    return true;
+}
+
+long as__arena_fault_left(as_arena *a)
+{
+    return atomic_load(&a->fault_n);
+}
+
+bool as__arena_fault(as_arena *a)
+{
+    long n = atomic_load_explicit(&a->fault_n, RLX);
+    return UNLIKELY(n != 0) && fault_step(a, n);
+}
+
 static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
                            as_block *out, int zero)
 {
@@ -265,6 +296,12 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
         out->tag = tag;
         out->layer = layer;
         return 0;
+    }
+    if (UNLIKELY(atomic_load_explicit(&a->fault_n, RLX) != 0) && as__arena_fault(a)) {
+        memset(out, 0, sizeof *out);
+        as__set_error(a, "out of memory: %zu bytes (tag %s, layer %s): injected "
+                      "failure", size, a->tag_names[tag], a->layer_names[layer]);
+        return AS_ENOMEM;
     }
     as__tblock *b = as__tblock_fast(a);
     if (UNLIKELY(!b)) {

@@ -16,7 +16,8 @@
 
 #include "store/policies/quant.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(AS_NO_TARGET_CLONES)
 #define AQ_CLONES                                                             \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3",         \
                                  "default")))
