@@ -216,10 +216,16 @@ static bool same_selector(const as_rule *a, const as_rule *b)
 
 /* Selectors seen so far, for the one-rule-per-selector check in linear
  * time (a spec may carry a rule for every layer of a large model). Open
- * addressing over rule indices + 1; 0 = empty. */
+ * addressing; each slot keeps the selector's hash, so a probe reads a rule
+ * (a cache miss in a large spec) only when the hashes agree. */
+typedef struct sel_slot {
+    uint64_t hash;
+    size_t   idx;      /* rule index + 1; 0 = empty */
+} sel_slot;
+
 typedef struct sel_set {
-    size_t *slot;
-    size_t  cap;     /* power of two, > 2 x entries */
+    sel_slot *slot;
+    size_t    cap;     /* power of two, > 2 x entries */
 } sel_set;
 
 static uint64_t sel_hash(const as_rule *u)
@@ -230,22 +236,24 @@ static uint64_t sel_hash(const as_rule *u)
     else if (u->sel == AS_SEL_LAYER)
         for (size_t i = 0; i < u->glob_len; i++)
             h = (h ^ (unsigned char)u->glob[i]) * 1099511628211ull;
-    return h ^ (h >> 29);
+    h ^= h >> 33;   /* mix the high bits down: the table uses the low ones */
+    h *= 0xff51afd7ed558ccdull;
+    return h ^ (h >> 33);
 }
 
-/* The index of an earlier rule with u's selector, or SIZE_MAX after
- * inserting u (index `at`); AS_ENOMEM as (size_t)-2. */
+/* The index of an earlier rule with the selector of rule `at`, or
+ * SIZE_MAX after inserting it; AS_ENOMEM as (size_t)-2. */
 static size_t sel_set_add(sel_set *t, const as_rule *rules, size_t at)
 {
     if (2 * (at + 1) >= t->cap) {
         size_t ncap = t->cap ? 2 * t->cap : 64;
-        size_t *ns = calloc(ncap, sizeof *ns);
+        sel_slot *ns = calloc(ncap, sizeof *ns);
         if (!ns)
             return (size_t)-2;
         for (size_t k = 0; k < t->cap; k++)
-            if (t->slot[k]) {
-                size_t h = (size_t)sel_hash(&rules[t->slot[k] - 1]) & (ncap - 1);
-                while (ns[h])
+            if (t->slot[k].idx) {
+                size_t h = (size_t)t->slot[k].hash & (ncap - 1);
+                while (ns[h].idx)
                     h = (h + 1) & (ncap - 1);
                 ns[h] = t->slot[k];
             }
@@ -253,11 +261,12 @@ static size_t sel_set_add(sel_set *t, const as_rule *rules, size_t at)
         t->slot = ns;
         t->cap = ncap;
     }
-    size_t h = (size_t)sel_hash(&rules[at]) & (t->cap - 1);
-    for (; t->slot[h]; h = (h + 1) & (t->cap - 1))
-        if (same_selector(&rules[t->slot[h] - 1], &rules[at]))
-            return t->slot[h] - 1;
-    t->slot[h] = at + 1;
+    uint64_t hv = sel_hash(&rules[at]);
+    size_t h = (size_t)hv & (t->cap - 1);
+    for (; t->slot[h].idx; h = (h + 1) & (t->cap - 1))
+        if (t->slot[h].hash == hv && same_selector(&rules[t->slot[h].idx - 1], &rules[at]))
+            return t->slot[h].idx - 1;
+    t->slot[h] = (sel_slot){hv, at + 1};
     return SIZE_MAX;
 }
 

@@ -157,34 +157,53 @@ static void test_set_policy_error_keeps_rules(void **st)
 }
 
 /* One rule per layer of a large model parses in linear time (the
- * duplicate-selector check was quadratic: 64k rules took 25 s), and a
- * duplicate far apart is still found. */
-static void test_many_rules_linear(void **st)
+ * duplicate-selector check was quadratic: 64k rules took 25 s): 64x the
+ * rules take far less than 64^2 x the time (caches make it ~500x),
+ * in any build. A duplicate far apart is still found. */
+static char *many_rules(int n, size_t *len)
 {
-    (void)st;
-    enum { N = 65536 };
-    size_t cap = (size_t)N * 40 + 64;
+    size_t cap = (size_t)n * 40 + 64, k = 0;
     char *spec = malloc(cap);
     assert_non_null(spec);
-    size_t k = 0;
-    for (int i = 0; i < N; i++)
+    for (int i = 0; i < n; i++)
         k += (size_t)snprintf(spec + k, cap - k, "layer:blocks.%d.attn=%s; ", i,
                               i % 3 ? "keep" : "zstd");
     snprintf(spec + k, cap - k, "default=keep");
+    *len = k;
+    return spec;
+}
+
+static double parse_s(const char *spec)
+{
     struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
     char err[256] = "";
-    int rc = as_policy_check(spec, err, sizeof err);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(as_policy_check(spec, err, sizeof err), 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-    fprintf(stderr, "%d layer rules parsed in %.3f s\n", N, s);
-    assert_int_equal(rc, 0);
-    assert_true(s < 3.0);
+    return (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+}
+
+static void test_many_rules_linear(void **st)
+{
+    (void)st;
+    size_t ks, kl;
+    char *small = many_rules(1024, &ks), *large = many_rules(65536, &kl);
+    double ts = 1e9, tl = 1e9;
+    for (int r = 0; r < 3; r++) {   /* best of 3: a loaded host only slows */
+        double a = parse_s(small), b = parse_s(large);
+        ts = a < ts ? a : ts;
+        tl = b < tl ? b : tl;
+    }
+    fprintf(stderr, "layer rules: 1024 parsed in %.4f s, 65536 in %.3f s (%.0fx)\n", ts, tl,
+            tl / ts);
+    assert_true(tl < 2000.0 * ts);
     /* the same selector again at the very end */
-    snprintf(spec + k, cap - k, "layer:blocks.7.attn=fp16");
-    assert_int_equal(as_policy_check(spec, err, sizeof err), AS_ESPEC);
+    char err[256];
+    snprintf(large + kl, 64, "layer:blocks.7.attn=fp16");
+    assert_int_equal(as_policy_check(large, err, sizeof err), AS_ESPEC);
     assert_non_null(strstr(err, "one rule per selector"));
-    free(spec);
+    free(small);
+    free(large);
 }
 
 static void test_glob(void **st)
