@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <pthread.h>
@@ -711,28 +712,37 @@ static void test_offload_corrupted_file(void **st)
     off_teardown(&c);
 }
 
+/* The child of test_offload_files_die_with_process (this program run
+ * again with --offload-child DIR: a fresh process, no fork of a threaded
+ * one): offloads 8 tensors, waits until they are written, kills itself. */
+static int offload_child(const char *dir)
+{
+    as_store_config cfg = {.policy = "default=offload", .offload_dir = dir};
+    as_store *s = NULL;
+    if (as_store_create(&cfg, &s, NULL, 0))
+        return 3;
+    static float x[50000];
+    as_tensor t = {.data = x, .dtype = AS_F32, .ndim = 1, .shape = {50000}};
+    as_save_info i = {.kind = AS_KIND_ACTIVATION_OUTPUT, .layer = "k"};
+    as_handle h;
+    for (int k = 0; k < 8; k++)
+        if (as_store_save(s, &i, &t, &h) || strcmp(as_store_policy_of(s, h), "offload"))
+            return 3;
+    as__offload_wait_idle();
+    raise(SIGKILL);
+    return 4;
+}
+
 /* A process killed with offloaded items live leaves no file behind. */
 static void test_offload_files_die_with_process(void **st)
 {
     (void)st;
     const char *dir = mktmp();
     fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        as_store *s = mk("default=offload", dir, false);
-        static float x[50000];
-        as_tensor t = {.data = x, .dtype = AS_F32, .ndim = 1, .shape = {50000}};
-        as_save_info i = {.kind = AS_KIND_ACTIVATION_OUTPUT, .layer = "k"};
-        as_handle h;
-        for (int k = 0; k < 8; k++)
-            if (as_store_save(s, &i, &t, &h) || strcmp(as_store_policy_of(s, h), "offload"))
-                _exit(3);
-        /* (no wait for the writes: the forked child has no I/O thread of
-         * its own if the parent had one; the files exist from the save) */
-        raise(SIGKILL);
-        _exit(4);
-    }
+    pid_t pid;
+    char *const args[] = {"test_store_codecs", "--offload-child", (char *)dir, NULL};
+    extern char **environ;
+    assert_int_equal(posix_spawn(&pid, "/proc/self/exe", NULL, NULL, args, environ), 0);
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
@@ -970,8 +980,10 @@ static void test_offload_threads(void **st)
     rm_tmp(dir);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 3 && !strcmp(argv[1], "--offload-child"))
+        return offload_child(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lossless_round_trips),
         cmocka_unit_test(test_zstd_portable_same_bytes),

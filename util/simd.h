@@ -21,7 +21,8 @@
 #define AS_X86_DISPATCH 0
 #endif
 
-#if AS_X86_DISPATCH && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
+#if AS_X86_DISPATCH && defined(__x86_64__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(AS_NO_TARGET_CLONES)
 #define AS_CLONES_V4_V3 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define AS_CLONES_AVX2  __attribute__((target_clones("avx2", "default")))
 #else
