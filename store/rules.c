@@ -26,6 +26,8 @@ static void free_polref(as_polref *p)
     if (p->ops && p->ops->free_params && p->params)
         p->ops->free_params(p->params);
     p->params = NULL;
+    free((char *)p->text);
+    p->text = NULL;
 }
 
 void as__rules_unref(as_rules *r)
@@ -142,8 +144,12 @@ static int parse_policy(parser *p, int kind, as_polref *out)
     }
     out->ops = o;
     out->params = params;
-    snprintf(out->text, sizeof out->text, "%s%s%.*s", o->name,
-             alen ? ":" : "", (int)alen, p->s + aoff);
+    size_t tl = strlen(o->name) + 1 + alen + 1;
+    char *text = malloc(tl);
+    if (!text)
+        return AS_ENOMEM;   /* params are freed with the rule */
+    snprintf(text, tl, "%s%s%.*s", o->name, alen ? ":" : "", (int)alen, p->s + aoff);
+    out->text = text;
     return 0;
 }
 

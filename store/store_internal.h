@@ -69,7 +69,9 @@ enum { AS_SEL_DEFAULT, AS_SEL_KIND, AS_SEL_LAYER };
 typedef struct as_polref {
     const as_policy_ops *ops;
     void                *params;
-    char                 text[48];   /* "zstd:3" as written (normalized) */
+    const char          *text;       /* "zstd:3" as written (normalized);
+                                        malloc'd, whole (an offload path
+                                        may be long) */
 } as_polref;
 
 typedef struct as_rule {

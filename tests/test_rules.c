@@ -35,6 +35,10 @@ static void test_valid_specs(void **st)
         {"default=q2:g=64:seed=7", "default=q2:g=64:seed=7"},
         {"layer:a.?=fp16", "layer:a.?=fp16"},
         {"default=offload:/tmp/x", "default=offload:/tmp/x"},
+        /* a policy's text is kept whole (it was cut at 47 bytes: the
+         * normalized spec named another directory) */
+        {"default=offload:/scratch/a-rather-long-directory/for-activations/run-0001",
+         "default=offload:/scratch/a-rather-long-directory/for-activations/run-0001"},
         {"default=offload:", "default=offload"},
         {"linear_input=fp16 | bf16", "linear_input=fp16|bf16"},
         {"softmax_output=q8; generic=bf16;", "softmax_output=q8; generic=bf16"},
