@@ -17,6 +17,9 @@
     !defined(AS_NO_X86_DISPATCH)
 #define AS_X86_DISPATCH 1
 #include <immintrin.h>
+#if defined(__clang__)
+#include <cpuid.h>
+#endif
 #else
 #define AS_X86_DISPATCH 0
 #endif
@@ -45,7 +48,12 @@ static inline bool as_cpu_avx512bw(void)
 
 static inline bool as_cpu_f16c(void)
 {
+#if defined(__clang__)   /* clang 14 does not know the "f16c" feature name */
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) && (c & (1u << 28));
+#else
     return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+#endif
 }
 #endif
 
