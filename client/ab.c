@@ -118,6 +118,12 @@ int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t err
             return AS_ESPEC;
         }
     }
+    if (c->nshards && (c->shard < 1 || c->shard > c->nshards ||
+                       c->nshards > c->nseeds)) {
+        snprintf(err, errlen, "--shard %u/%u: needs 1 <= I <= N <= --seeds (%zu)", c->shard,
+                 c->nshards, c->nseeds);
+        return AS_EINVAL;
+    }
     if (c->nseeds < 1 || c->nseeds > AB_MAX_SEEDS) {
         snprintf(err, errlen, "--seeds %zu out of range 1..%d", c->nseeds, AB_MAX_SEEDS);
         return AS_EINVAL;
@@ -258,7 +264,13 @@ static int grad_check(as_report *rep, as_rep_run *out, as_nn_run *x, as_nn_run *
         per[i] = as_ab_cosine(buf + o, (const float *)pr->p[i]->g.ptr, pr->p[i]->n, acc);
         o += pr->p[i]->n;
     }
-    return as_report_push_cos(rep, out, k, as_ab_cosine_of(acc), per);
+    rc = as_report_push_cos(rep, out, k, as_ab_cosine_of(acc), per);
+    /* for a service watching the arm (--serve): the fleet can alert on it */
+    if (!rc && out->ncos) {
+        as_store_report_metric(as_nn_run_store(x), "grad_cosine", out->cos[out->ncos - 1].overall);
+        as_store_report_metric(as_nn_run_store(x), "grad_cosine_min", out->cos[out->ncos - 1].min);
+    }
+    return rc;
 }
 
 static void fill_memory(as_rep_run *out, as_nn_run *r)
@@ -457,13 +469,21 @@ int as_ab_run(const as_ab_config *c, as_report *rep, char *err, size_t errlen)
     if (rc)
         return rc;
     uint64_t seeds[AB_MAX_SEEDS];
+    size_t nseeds = 0;
     for (size_t i = 0; i < c->nseeds; i++)
-        seeds[i] = c->seed0 + i;
-    rc = as_report_init(rep, c->model, p.name, c->spec[0], c->spec[1], seeds, c->nseeds,
+        if (!c->nshards || i % c->nshards == c->shard - 1)
+            seeds[nseeds++] = c->seed0 + i;
+    rc = as_report_init(rep, c->model, p.name, c->spec[0], c->spec[1], seeds, nseeds,
                         p.steps, c->check_every);
     if (rc) {
         snprintf(err, errlen, "out of memory");
         return rc;
+    }
+    if (c->nshards) {
+        rep->shard = c->shard;
+        rep->nshards = c->nshards;
+        rep->seed0 = c->seed0;
+        rep->seeds_total = c->nseeds;
     }
     if (as_nn_model_find(c->model)->cfg == AS_NN_CFG_cnn)
         snprintf(rep->options, sizeof rep->options, "act=%s",
@@ -471,7 +491,7 @@ int as_ab_run(const as_ab_config *c, as_report *rep, char *err, size_t errlen)
     prog g = {.c = c, .tty = isatty(2) && getenv("TERM") && strcmp(getenv("TERM"), "dumb"),
               .t0 = as_clock_wall_s(), .every = 1};
     bool stopped = false;
-    for (size_t i = 0; i < c->nseeds && !rc && !stopped; i++) {
+    for (size_t i = 0; i < nseeds && !rc && !stopped; i++) {
         if (c->stop && *c->stop) {
             stopped = true;
             snprintf(rep->partial_reason, sizeof rep->partial_reason,

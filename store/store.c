@@ -391,7 +391,7 @@ void as_store_step_end(as_store *s)
     as__mat_drop_all(s, true);
 }
 
-void as_store_phase(as_store *s, int phase)
+void as_store_phase(as_store *s, enum as_phase phase)
 {
     if (!s)
         return;

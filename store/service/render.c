@@ -80,6 +80,7 @@ static void put_counter(as__sb *b, const as_store_counter *c)
     put_kv_u64(b, "restores", c->restores, true);
     put_kv_u64(b, "releases", c->releases, true);
     put_kv_u64(b, "fallbacks", c->fallbacks, true);
+    put_kv_u64(b, "meta_mismatches", c->meta_mismatches, true);
     as__sb_puts(b, ",\"encode_s\":");
     as__sb_dbl(b, c->encode_ns * 1e-9);
     as__sb_puts(b, ",\"decode_s\":");
@@ -176,6 +177,15 @@ static void put_store(as__sb *b, const as_store_stats *st, size_t layer_limit)
     put_kv_u64(b, "auto_released", st->auto_released, true);
     as__sb_puts(b, "},\"spec\":");
     as__sb_jstr(b, st->spec);
+    as__sb_puts(b, ",\"metrics\":[");
+    for (size_t m = 0; m < st->nmetrics; m++) {
+        as__sb_puts(b, m ? ",{\"name\":" : "{\"name\":");
+        as__sb_jstr(b, st->metrics[m].name);
+        as__sb_puts(b, ",\"value\":");
+        as__sb_dbl(b, st->metrics[m].value);
+        as__sb_printf(b, ",\"step\":%llu}", (unsigned long long)st->metrics[m].step);
+    }
+    as__sb_puts(b, "]");
     as__sb_puts(b, ",\"kinds\":[");
     bool first = true;
     for (int k = 0; k < AS_KIND_COUNT; k++) {
@@ -208,6 +218,8 @@ static void put_store(as__sb *b, const as_store_stats *st, size_t layer_limit)
         as__sb_jstr(b, l->policy);
         as__sb_puts(b, ",\"last_fallback\":");
         as__sb_jstr(b, l->last_fallback);
+        as__sb_puts(b, ",\"last_meta_mismatch\":");
+        as__sb_jstr(b, l->last_meta_mismatch);
         as__sb_puts(b, ",");
         put_counter(b, &l->c);
         as__sb_puts(b, "}");
@@ -248,6 +260,12 @@ static void put_header(as_service *svc, as__sb *b)
 {
     as__sb_puts(b, "{\"version\":");
     as__sb_jstr(b, AS_VERSION_STRING);
+    as__sb_puts(b, ",\"job\":");
+    as__sb_jstr(b, svc->fleet_job);
+    as__sb_puts(b, ",\"rank\":");
+    as__sb_jstr(b, svc->fleet_rank);
+    as__sb_puts(b, ",\"host\":");
+    as__sb_jstr(b, svc->fleet_host);
     as__sb_printf(b, ",\"seq\":%llu,\"time\":", (unsigned long long)svc->tl_seq);
     as__sb_printf(b, "%.3f", unix_s(svc->now_ns));
     as__sb_puts(b, ",\"uptime_s\":");

@@ -671,7 +671,7 @@
       tbl.textContent = '';
       if (layers.length) {
         head(tbl, ['layer', 'policy', '', ['raw peak', 'num'], ['stored peak', 'num'], ['ratio', 'num'],
-                   ['saves', 'num'], ['fallbacks', 'num']]);
+                   ['saves', 'num'], ['fallbacks', 'num'], ['meta', 'num']]);
         const max = Math.max(1, ...layers.map(l => l.pk.raw));
         const body = el('tbody');
         for (const l of layers)
@@ -681,7 +681,9 @@
                                 [fmtRatio(l.pk.raw, l.pk.stored), 'num ratio'],
                                 [fmtInt(l.saves), 'num'],
                                 [fmtInt(l.fallbacks), 'num' + (l.fallbacks ? ' fb' : ''),
-                                 l.last_fallback ? 'last fallback: ' + l.last_fallback : '']]));
+                                 l.last_fallback ? 'last fallback: ' + l.last_fallback : ''],
+                                [fmtInt(l.meta_mismatches || 0), 'num' + (l.meta_mismatches ? ' fb' : ''),
+                                 l.last_meta_mismatch ? 'metadata mismatch: ' + l.last_meta_mismatch : '']]));
         tbl.appendChild(body);
       }
       const total = s.layers_total || 0;
@@ -737,6 +739,8 @@
     }
     if (S.hdr) {
       setText('uptime', 'up ' + fmtDur(S.hdr.uptime_s || 0));
+      if (S.hdr.job)
+        setText('fleet', S.hdr.job + ' · rank ' + S.hdr.rank + ' · ' + S.hdr.host);
       const sv = S.hdr.service || {};
       setText('svc', 'actstore ' + (S.hdr.version || '') + ' · ' + fmtInt(sv.sse_clients) +
               ' live client' + (sv.sse_clients === 1 ? '' : 's') + ' · service memory ' +
