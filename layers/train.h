@@ -31,11 +31,13 @@
 #ifndef AS_LAYERS_TRAIN_H
 #define AS_LAYERS_TRAIN_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "actstore/store.h"
+
 #include "layers/model.h"
 #include "layers/optim.h"
 
@@ -84,6 +86,10 @@ typedef struct as_nn_train_opts {
     const char *label;          /* label of a created store ("A", "B") */
     int   eval_every;           /* as_nn_train: evaluate every n steps into
                                    eval_curve (0 = only at the end) */
+    volatile sig_atomic_t *stop; /* as_nn_train: when *stop turns nonzero
+                                   (a signal handler), end after the current
+                                   step without the final evaluation: the
+                                   result is partial (NULL = never) */
 } as_nn_train_opts;
 
 /* ---- step-wise runs ------------------------------------------------------ */
@@ -192,7 +198,10 @@ const char *as_nn_run_error(const as_nn_run *r);
 /* ---- whole training job -------------------------------------------------- */
 
 typedef struct as_nn_train_result {
-    long     steps;
+    long     steps;             /* done */
+    long     planned_steps;
+    bool     interrupted;       /* opts.stop ended it: no final evaluation
+                                   (eval_samples 0), figures over `steps` */
     double  *loss;              /* per step (steps entries) */
     double   final_train_loss;  /* mean over the last min(50, steps) steps */
     double   eval_accuracy;     /* cnn / vit; -1 otherwise */

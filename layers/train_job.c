@@ -70,6 +70,7 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
     if (rc)
         return rc;
     const long steps = as_nn_run_planned_steps(r);
+    res->planned_steps = steps;
     double *ms = malloc((size_t)steps * sizeof *ms);
     double *cms = malloc((size_t)steps * sizeof *cms);
     res->loss = malloc((size_t)steps * sizeof *res->loss);
@@ -96,26 +97,34 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
         res->steps = s + 1;
         progress(o, r, s + 1, steps, loss,
                  train_s > 0 ? (double)spb * (double)(s + 1) / train_s : 0, false);
+        if (o->stop && *o->stop && s + 1 < steps) {
+            res->interrupted = true;
+            break;
+        }
         if (o->eval_every > 0 && (s + 1) % o->eval_every == 0 && s + 1 < steps) {
             as_nn_eval ev;
             if ((rc = eval_point(r, res, s + 1, true, &ev, &eval_s, err, errlen)))
                 goto out;
         }
     }
-    progress(o, r, 0, 0, 0, 0, true);
-    as_nn_eval ev;
-    if ((rc = eval_point(r, res, steps, o->eval_every > 0, &ev, &eval_s, err, errlen)))
-        goto out;
-    res->eval_accuracy = ev.accuracy;
-    res->eval_loss = ev.loss;
-    res->eval_samples = ev.samples;
-    long tail = steps < 50 ? steps : 50;
+    const long done = res->steps;
+    res->eval_accuracy = -1;
+    if (!res->interrupted) {
+        progress(o, r, 0, 0, 0, 0, true);
+        as_nn_eval ev;
+        if ((rc = eval_point(r, res, steps, o->eval_every > 0, &ev, &eval_s, err, errlen)))
+            goto out;
+        res->eval_accuracy = ev.accuracy;
+        res->eval_loss = ev.loss;
+        res->eval_samples = ev.samples;
+    }
+    long tail = done < 50 ? done : 50;
     double sum = 0;
-    for (long s = steps - tail; s < steps; s++)
+    for (long s = done - tail; s < done; s++)
         sum += res->loss[s];
     res->final_train_loss = tail ? sum / (double)tail : 0;
-    res->step_ms_median = as_stats_median(ms, (size_t)steps);
-    res->step_cpu_ms_median = as_stats_median(cms, (size_t)steps);
+    res->step_ms_median = as_stats_median(ms, (size_t)done);
+    res->step_cpu_ms_median = as_stats_median(cms, (size_t)done);
     as_nn_mem m;
     as_nn_run_memory(r, &m);
     res->saved_stored_peak = m.saved_stored_peak;

@@ -44,7 +44,7 @@ int as_pctx_alloc(as_pctx *c, size_t n, void **out)
     as_rep *r = c->rep;
     if (r->nblocks == r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 4;
-        as_block *nb = realloc(r->blocks, cap * sizeof *nb);
+        as_block *nb = as__srealloc(c->s, r->blocks, cap * sizeof *nb);
         if (!nb)
             return AS_ENOMEM;
         r->blocks = nb;

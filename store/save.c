@@ -108,7 +108,7 @@ static int try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
         r = *spare;
         *spare = NULL;
         memset(r, 0, sizeof *r);
-    } else if (!(r = calloc(1, sizeof *r))) {
+    } else if (!(r = as__scalloc(s, 1, sizeof *r))) {
         return AS_ENOMEM;
     }
     atomic_init(&r->refs, 1);
@@ -239,7 +239,7 @@ static void source_consumed(as_store *s, as_item *src, as_item *z,
         src->bytes != z->bytes ||
         !as__fn_invertible(fn, as_tensor_numel(&src->shape), why, sizeof why))
         goto out;
-    r = calloc(1, sizeof *r);
+    r = as__scalloc(s, 1, sizeof *r);
     if (!r)
         goto out;
     atomic_init(&r->refs, 1);
@@ -438,8 +438,8 @@ static int save_impl(as_store *s, const as_save_info *info,
     /* The item and its first representation are fresh memory, usually not
      * in any cache: allocate them first and ask for their lines now, so the
      * misses overlap the layer and rule lookups instead of following them. */
-    as_item *it = malloc(sizeof *it);
-    as_rep *spare = malloc(sizeof *spare);
+    as_item *it = as__smalloc(s, sizeof *it);
+    as_rep *spare = as__smalloc(s, sizeof *spare);
     for (size_t o = 0; it && o < sizeof *it; o += 64)
         __builtin_prefetch((char *)it + o, 1);
     for (size_t o = 0; spare && o < sizeof *spare; o += 64)

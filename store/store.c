@@ -140,7 +140,7 @@ int as__slot_reserve(as_store *s, as_handle *h)
             return AS_ERANGE;
         }
         as_slot **c = &s->chunks[i / AS_SLOTS_PER_CHUNK];
-        if (!*c && !(*c = calloc(AS_SLOTS_PER_CHUNK, sizeof **c))) {
+        if (!*c && !(*c = as__scalloc(s, AS_SLOTS_PER_CHUNK, sizeof **c))) {
             pthread_mutex_unlock(&s->mu);
             return AS_ENOMEM;
         }
@@ -510,6 +510,12 @@ int as_store_set_policy(as_store *s, const char *spec, char *err,
 {
     if (!s)
         return AS_EINVAL;
+    if (!spec) {   /* NULL is no spec, not "default=keep" (the config's default) */
+        if (err && errlen)
+            snprintf(err, errlen, "no spec (NULL); give e.g. \"default=keep\"");
+        as__seterr(s, "set_policy: no spec (NULL)");
+        return AS_EINVAL;
+    }
     as_rules *r;
     int rc = as__rules_parse(spec, &r, err, errlen);
     if (rc < 0) {
@@ -604,7 +610,7 @@ int as__rep_add_dep(as_store *s, as_item *owner, as_rep *r, as_handle h)
     }
     if (rc == 0 && r->ndeps == r->depcap) {
         size_t cap = r->depcap ? r->depcap * 2 : 4;
-        as_dep *nd = realloc(r->deps, cap * sizeof *nd);
+        as_dep *nd = as__srealloc(s, r->deps, cap * sizeof *nd);
         rc = nd ? 0 : AS_ENOMEM;
         if (nd) {
             r->deps = nd;
@@ -614,7 +620,7 @@ int as__rep_add_dep(as_store *s, as_item *owner, as_rep *r, as_handle h)
     as_item *d = rc == 0 ? sl->item : NULL;
     if (d && d->ndependents == d->dcap) {
         size_t cap = d->dcap ? d->dcap * 2 : 4;
-        as_item **nd = realloc(d->dependents, cap * sizeof *nd);
+        as_item **nd = as__srealloc(s, d->dependents, cap * sizeof *nd);
         rc = nd ? 0 : AS_ENOMEM;
         if (nd) {
             d->dependents = nd;

@@ -25,6 +25,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "actstore/store.h"
 #include "store/policy.h"
@@ -69,7 +70,9 @@ enum { AS_SEL_DEFAULT, AS_SEL_KIND, AS_SEL_LAYER };
 typedef struct as_polref {
     const as_policy_ops *ops;
     void                *params;
-    char                 text[48];   /* "zstd:3" as written (normalized) */
+    const char          *text;       /* "zstd:3" as written (normalized);
+                                        malloc'd, whole (an offload path
+                                        may be long) */
 } as_polref;
 
 typedef struct as_rule {
@@ -95,6 +98,25 @@ typedef struct as_rules {
 int as__rules_parse(const char *spec, as_rules **out, char *err, size_t errlen);
 void as__rules_unref(as_rules *r);
 static inline void as__rules_ref(as_rules *r) { atomic_fetch_add(&r->refs, 1); }
+
+/* Fault injection (tests, allocator/alloc.c): with as__arena_fault_set(a,
+ * n, sticky) the nth allocation from now fails, arena blocks and the
+ * store's own records alike (sticky: every one after it too). */
+void as__arena_fault_set(as_arena *a, long nth, bool sticky);
+bool as__arena_fault(as_arena *a);
+long as__arena_fault_left(as_arena *a);   /* allocations to go; 0 = done */
+static inline void *as__smalloc(as_store *s, size_t n)
+{
+    return as__arena_fault(as_store_arena(s)) ? NULL : malloc(n);
+}
+static inline void *as__scalloc(as_store *s, size_t k, size_t n)
+{
+    return as__arena_fault(as_store_arena(s)) ? NULL : calloc(k, n);
+}
+static inline void *as__srealloc(as_store *s, void *p, size_t n)
+{
+    return as__arena_fault(as_store_arena(s)) ? NULL : realloc(p, n);
+}
 
 /* The plan for one tensor: primary policy and fallback; `pending_inverse`
  * when the primary is "inverse" (decided later, see as__replan_inverse):

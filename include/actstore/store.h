@@ -243,7 +243,7 @@ AS_API const char *as_store_last_error(const as_store *s);
  * default=keep". Most specific wins: layer glob > kind > default; among
  * layer globs, the longest pattern wins. Takes effect for saves made after
  * the call. On error nothing changes and err gets "offset N: expected ...".
- * Errors: AS_ESPEC. Thread-safe. */
+ * Errors: AS_ESPEC, AS_EINVAL (s or spec NULL). Thread-safe. */
 AS_API int as_store_set_policy(as_store *s, const char *spec, char *err,
                                size_t errlen);
 
@@ -283,9 +283,10 @@ AS_API int as_store_save_adopt(as_store *s, const as_save_info *info,
 /* Restore into the caller's buffer dst (dtype and shape must match the
  * saved tensor: AS_ESHAPE names both). May be called many times, in any
  * order, from many threads; the same values every time. Errors:
+ * AS_EINVAL (s or dst NULL, dst->data NULL for a non-empty tensor),
  * AS_EHANDLE, AS_ESHAPE, AS_ECORRUPT (a zstd frame, an offload file or the
  * debug checksum failed: nothing written; the message names handle and
- * layer), AS_EIO (offload file gone or unreadable), AS_EBUDGET / AS_ENOMEM
+ * layer), AS_EIO (offload file unreadable), AS_EBUDGET / AS_ENOMEM
  * (no memory to rebuild a regenerated tensor). */
 AS_API int as_store_restore(as_store *s, as_handle h, as_tensor *dst);
 
