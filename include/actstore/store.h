@@ -253,7 +253,8 @@ AS_API int as_policy_check(const char *spec, char *err, size_t errlen);
 /* ---- save / restore / release ----------------------------------------- */
 
 /* Save a tensor for backward. The data is read during the call; the
- * caller's buffer may be reused afterwards. *out receives the handle (the
+ * caller's buffer may be reused afterwards (not with info->borrow, whose
+ * contract is at as_save_info). *out receives the handle (the
  * caller owns it until as_store_release or the end of the step).
  * In no-grad mode, returns 0 and a null handle without storing anything.
  * A policy that does not apply falls back (counted; see as_store_policy_of);
