@@ -216,6 +216,8 @@ struct as_store {
      * under layer_mu, after the name is written: lookups read lock-free. */
     _Atomic uint16_t ltab[2048];
     _Atomic uint64_t auto_released, offload_fallbacks;
+    as_store_metric  metrics[AS_STORE_METRICS_MAX];   /* under layer_mu */
+    size_t           nmetrics;
 };
 
 /* ---- store internals shared between files ------------------------------ */
