@@ -194,8 +194,8 @@ int as_nn_bnorm_bwd(as_nn_ctx *c, as_nn_bnorm *l, const float *dy, float *dx);
 
 /* LayerNorm. Backward needs xhat = (x - mean) * rstd and rstd per row;
  * with save_output (the default) forward saves its output y instead of x
- * (kind norm_input, handle hx; the next linear aliases it, so y is held
- * once) and only rstd, and backward rebuilds xhat = (y - beta) / gamma.
+ * (kind linear_input: it is the next linear's input, which aliases it, so
+ * y is held once under that linear's rule) and only rstd, and backward rebuilds xhat = (y - beta) / gamma.
  * Per forward it falls back to saving x and (mean, rstd) when some gamma
  * is 0, not finite, below max |gamma| * min_gamma_ratio, or when
  * |beta| > 64 |gamma| (xhat would lose precision); from_y says which. */

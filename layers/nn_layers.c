@@ -261,8 +261,12 @@ int as_nn_layernorm_fwd(as_nn_ctx *c, as_nn_layernorm *l, int N,
     l->from_y = l->save_output && ln_affine_invertible(l);
     if (l->save_output && !l->from_y && c->training)
         l->fallbacks++;
-    /* from y: the output and rstd; else the input and (mean, rstd) */
-    as_save_info info = {.kind = AS_KIND_NORM_INPUT, .layer = l->name};
+    /* From y: the output (the next linear's input, saved as such so that
+     * the linear's alias finds it under its own rule, no second encode)
+     * and rstd; else the input and (mean, rstd). */
+    as_save_info info = {.kind = l->from_y ? AS_KIND_LINEAR_INPUT
+                                           : AS_KIND_NORM_INPUT,
+                         .layer = l->name};
     as_tensor t = AS_NN_T(l->from_y ? y : x, AS_F32, N, l->C);
     int rc = as_nn_save(c, &info, &t, &l->hx);
     as_save_info si = {.kind = AS_KIND_GENERIC, .layer = l->name};
