@@ -105,6 +105,33 @@ int as_cli_parse_u64(const char *cmd, const char *opt, const char *val,
     return 0;
 }
 
+int as_cli_parse_bytes(const char *cmd, const char *opt, const char *val,
+                       unsigned long long *out)
+{
+    char *end = NULL;
+    if (!val || !*val || *val == '-' || *val == '+') {
+        as_cli_usage(cmd, "%s expects bytes (e.g. 3000000, 512K, 2.5M, 1G), "
+                     "got '%s'", opt, val ? val : "");
+        return -1;
+    }
+    errno = 0;
+    double v = strtod(val, &end);
+    double mul = 1;
+    if (*end == 'K' || *end == 'k')
+        mul = 1024.0, end++;
+    else if (*end == 'M' || *end == 'm')
+        mul = 1024.0 * 1024, end++;
+    else if (*end == 'G' || *end == 'g')
+        mul = 1024.0 * 1024 * 1024, end++;
+    if (errno || end == val || *end || !(v * mul >= 1) || v * mul > 1e18) {
+        as_cli_usage(cmd, "%s expects bytes >= 1 (e.g. 3000000, 512K, 2.5M, "
+                     "1G), got '%s'", opt, val);
+        return -1;
+    }
+    *out = (unsigned long long)(v * mul);
+    return 0;
+}
+
 int as_cli_parse_double(const char *cmd, const char *opt, const char *val,
                         double *out)
 {

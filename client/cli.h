@@ -38,6 +38,19 @@ int as_cli_parse_u64(const char *cmd, const char *opt, const char *val,
 int as_cli_parse_double(const char *cmd, const char *opt, const char *val,
                         double *out);
 
+/* Parse a byte count: an integer with an optional K, M or G suffix (powers
+ * of 1024; "1.5G" allowed); on error prints a usage message naming the
+ * option and returns -1. 0 is refused. */
+int as_cli_parse_bytes(const char *cmd, const char *opt, const char *val,
+                       unsigned long long *out);
+
+/* auto's plan (as_store_plan_take) as a table on f, and as JSON (owned by
+ * the caller): budget, keep / planned / smallest bytes, and per (layer,
+ * kind): policy, raw and stored bytes, error, cosine, time. */
+struct as_store_plan;
+void as_cli_plan_print(FILE *f, const struct as_store_plan *p);
+cJSON *as_cli_plan_json(const struct as_store_plan *p);
+
 /* A flag of a subcommand (an option without a value): seen sets *set. */
 typedef struct as_cli_flag {
     const char *name;   /* "--quiet" */

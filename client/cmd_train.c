@@ -34,6 +34,10 @@ static const char *const usage_text =
     "options:\n"
     "  --model M        cnn or vit (Fashion-MNIST), lm (fortunes text)\n"
     "  --policy SPEC    store policy rules (required)\n"
+    "  --budget BYTES   hard limit on the saved bytes (K/M/G suffixes); the\n"
+    "                   auto policy plans within it (docs/policies.md)\n"
+    "  --ratio X        budget = keep's saved bytes of a step / X (measured\n"
+    "                   by one step without update before training)\n"
     "  --preset P       small (seconds, default) or bench (reported figures)\n"
     "  --steps N        train N steps (overrides the preset's length)\n"
     "  --epochs E       train E epochs instead (may be fractional)\n"
@@ -193,6 +197,9 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
     for (int t = 0; t < AS_TAG_FIXED_COUNT; t++)
         cJSON_AddNumberToObject(tp, tags[t], (double)r->tag_peak[t]);
     cJSON_AddNumberToObject(m, "fallbacks", (double)r->fallbacks);
+    cJSON_AddNumberToObject(m, "saved_budget_bytes", (double)r->saved_budget);
+    if (r->plan.active)
+        cJSON_AddItemToObject(j, "plan", as_cli_plan_json(&r->plan));
     cJSON *tm = cJSON_AddObjectToObject(j, "time");
     cJSON_AddNumberToObject(tm, "step_ms_median", r->step_ms_median);
     cJSON_AddNumberToObject(tm, "total_s", r->total_s);
@@ -206,7 +213,8 @@ int as_cmd_train(int argc, char **argv)
 {
     const char *model = NULL, *policy = NULL, *preset = "small", *json = NULL;
     const char *serve = NULL, *data_dir = NULL, *text_dir = NULL, *act = NULL;
-    unsigned long long convs = 0;
+    unsigned long long convs = 0, budget = 0;
+    double ratio = 0;
     bool serve_remote = false, quiet = false;
     unsigned long long steps = 0, batch = 0, seed = 1, threads = 1, evev = 0;
     double epochs = 0, lr = 0;
@@ -237,6 +245,8 @@ int as_cmd_train(int argc, char **argv)
         else if (!strcmp(a, "--eval-every")) bad = as_cli_parse_u64("train", a, v, &evev);
         else if (!strcmp(a, "--act")) act = v;
         else if (!strcmp(a, "--convs")) bad = as_cli_parse_u64("train", a, v, &convs);
+        else if (!strcmp(a, "--budget")) bad = as_cli_parse_bytes("train", a, v, &budget);
+        else if (!strcmp(a, "--ratio")) bad = as_cli_parse_double("train", a, v, &ratio);
         else return as_cli_usage("train", "unknown option '%s'", a);
         if (bad)
             return AS_EXIT_USAGE;
@@ -245,6 +255,10 @@ int as_cmd_train(int argc, char **argv)
         return as_cli_usage("train", "--model is required (cnn, vit or lm)");
     if (!policy)
         return as_cli_usage("train", "--policy is required (e.g. --policy default=keep)");
+    if (budget && ratio > 0)
+        return as_cli_usage("train", "give --budget or --ratio, not both");
+    if (ratio != 0 && !(ratio >= 1 && ratio <= 1e6))
+        return as_cli_usage("train", "--ratio %g out of range [1, 1e6]", ratio);
     if (have_steps && have_epochs)
         return as_cli_usage("train", "give --steps or --epochs, not both");
     if (have_steps && (steps < 1 || steps > 100000000ull))
@@ -304,7 +318,8 @@ int as_cmd_train(int argc, char **argv)
     as_nn_train_opts o = {.policy = NULL, .seed = seed, .threads = (int)threads,
                           .data_dir = data_dir, .text_dir = text_dir,
                           .progress = on_progress, .progress_ud = &g,
-                          .store = store, .eval_every = (int)evev};
+                          .store = store, .eval_every = (int)evev,
+                          .saved_budget = budget, .budget_ratio = ratio};
     as_nn_train_result r;
     rc = as_nn_train(&p, &o, &r, err, sizeof err);
     as_service_stop(svc);
@@ -329,6 +344,7 @@ int as_cmd_train(int argc, char **argv)
                     r.eval_loss, r.eval_samples);
         fprintf(stderr, "saved peak %s of %s raw, arena peak %s, %.1f ms/step, "
                 "%.1f s\n", a, b, c, r.step_ms_median, r.total_s);
+        as_cli_plan_print(stderr, &r.plan);
     }
     rc = AS_EXIT_OK;
     if (json) {

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/policies/auto/auto.h"
 #include "store/store_internal.h"
 
 static const char *layer_text(const as_save_info *info)
@@ -59,12 +60,11 @@ static bool is_fallback_code(int rc)
     return rc == AS_ENOTSUP || rc == AS_EIO || rc == AS_ESTATE;
 }
 
-/* Encode t under one policy. On success *out is a new rep (refs 1). */
-static int try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
-                      const as_polref *p, as_rules *rules,
-                      const as_save_info *info, const as_tensor *t,
-                      as_block *adopted, bool *taken, char *why,
-                      size_t whylen, as_rep **spare, as_rep **out)
+int as__try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
+                   const as_polref *p, as_rules *rules,
+                   const as_save_info *info, const as_tensor *t,
+                   as_block *adopted, bool *taken, char *why, size_t whylen,
+                   as_rep **spare, as_rep **out)
 {
     const as_policy_ops *ops = p ? p->ops : &as_policy_keep;
     void *params = p ? p->params : NULL;
@@ -137,8 +137,8 @@ static int encode_plan(as_store *s, as_item *it, as_handle h, as_groups g,
     char why[160], first_why[160] = "";
     const char *first_name = NULL;
     for (size_t k = 0; k < ntries; k++) {
-        int rc = try_policy(s, it, h, g, tries[k], rules, info, t, adopted,
-                            taken, why, sizeof why, spare, out);
+        int rc = as__try_policy(s, it, h, g, tries[k], rules, info, t, adopted,
+                                taken, why, sizeof why, spare, out);
         if (rc == 0) {
             as_rep *r = *out;
             if (first_name) {
@@ -261,6 +261,10 @@ static int save_alias(as_store *s, const as_save_info *info,
     as_rep *cur = as__item_rep(s, it);
     const as_policy_ops *want = plan.pol ? plan.pol->ops : &as_policy_keep;
     void *wparams = plan.pol ? plan.pol->params : NULL;
+    if (want == &as_policy_auto) {   /* auto planned the item already */
+        want = cur->ops;
+        wparams = cur->params;
+    }
     if (want == cur->ops && wparams == cur->params) {
         /* Same policy: only the description (groups) changes. */
         as_groups ng = g;
@@ -372,8 +376,13 @@ static int save_impl(as_store *s, const as_save_info *info,
     as_block blk = adopt ? *adopt : (as_block){0};
     bool taken = false;
     as_rep *r;
-    rc = encode_plan(s, it, h, g, &plan, rules, info, t, adopt ? &blk : NULL,
-                     &taken, &spare, &r);
+    bool planned = plan.pol && plan.pol->ops == &as_policy_auto;
+    if (planned)
+        rc = as__auto_save(s, it, h, g, plan.pol, rules, info, t,
+                           adopt ? &blk : NULL, &taken, &spare, &r);
+    else
+        rc = encode_plan(s, it, h, g, &plan, rules, info, t,
+                         adopt ? &blk : NULL, &taken, &spare, &r);
     free(spare);   /* NULL when used */
     spare = NULL;
     if (rc < 0) {
@@ -392,6 +401,8 @@ static int save_impl(as_store *s, const as_save_info *info,
             as_free(s->arena, &blk);
     }
     finish_save(s, it, r);
+    if (atomic_load_explicit(&s->planner, memory_order_acquire))
+        as__auto_note(s, r, bytes, planned);
     if (src) {
         source_consumed(s, src, it, h, &info->source_fn);
         as__item_unref(s, src);
