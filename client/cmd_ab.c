@@ -38,6 +38,9 @@ static const char *const usage_text =
     "  --preset P         small (seconds, default) or bench (reported figures)\n"
     "  --steps N          steps per run (overrides the preset's length)\n"
     "  --epochs E         epochs per run instead (may be fractional)\n"
+    "  --budget BYTES     saved-bytes budget (K/M/G suffixes) of the arms whose\n"
+    "                     spec uses auto (docs/policies.md)\n"
+    "  --ratio X          or: budget = keep's saved bytes of a step / X\n"
     "  --check-every N    compare gradients with the exact ones every N steps\n"
     "                     (default 50; 0 = off)\n"
     "  --act relu|leaky   cnn activation (leaky lets conv inversion chain)\n"
@@ -79,7 +82,8 @@ int as_cmd_ab(int argc, char **argv)
     const char *data_dir = NULL, *text_dir = NULL;
     bool serve_remote = false, quiet = false;
     unsigned long long seeds = 3, seed = 1, steps = 0, check = 50, threads = 0;
-    double epochs = 0;
+    double epochs = 0, ratio = 0;
+    unsigned long long budget = 0;
     const as_cli_flag flags[] = {{"--serve-remote", &serve_remote}, {"--quiet", &quiet},
                                  {NULL, NULL}};
     for (int i = 1; i < argc; i++) {
@@ -114,6 +118,8 @@ int as_cmd_ab(int argc, char **argv)
         }
         else if (!strcmp(a, "--check-every")) bad = as_cli_parse_u64("ab", a, v, &check);
         else if (!strcmp(a, "--threads")) bad = as_cli_parse_u64("ab", a, v, &threads);
+        else if (!strcmp(a, "--budget")) bad = as_cli_parse_bytes("ab", a, v, &budget);
+        else if (!strcmp(a, "--ratio")) bad = as_cli_parse_double("ab", a, v, &ratio);
         else return as_cli_usage("ab", "unknown option '%s'", a);
         if (bad)
             return AS_EXIT_USAGE;
@@ -145,7 +151,7 @@ int as_cmd_ab(int argc, char **argv)
                       .seed0 = seed, .steps = (long)steps, .epochs = epochs,
                       .check_every = (long)check, .act = act_fn, .threads = (int)threads,
                       .data_dir = data_dir, .text_dir = text_dir, .quiet = quiet,
-                      .stop = as_ab_stop_flag()};
+                      .budget = budget, .ratio = ratio, .stop = as_ab_stop_flag()};
     char err[1024] = "";
     as_nn_preset p;
     if (as_ab_validate(&c, &p, err, sizeof err))
@@ -193,7 +199,7 @@ int as_cmd_ab(int argc, char **argv)
     if (rep.nseeds) {
         if (write_report("ab", &rep, out, json))
             code = AS_EXIT_FAIL;
-        char v[512];
+        char v[1024];
         as_report_verdict(&rep, v, sizeof v);
         if (!quiet || rep.partial)
             fprintf(stderr, "actstore ab: %sreport in %s/\n", rep.partial ? "partial " : "",

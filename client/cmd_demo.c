@@ -2,19 +2,15 @@
  * actstore demo — the first thing to run: two paired A/B comparisons with
  * the live dashboard on 127.0.0.1, about 5 minutes on 2 cores.
  *
- *   1. vit: keep everything vs the recommended softmax policy;
- *   2. cnn with LeakyReLU: keep everything vs conv-input inversion.
+ *   1. vit: keep everything vs `auto` at a tenth of keep's saved bytes;
+ *   2. cnn with LeakyReLU: the same.
  *
- * Then prints the two verdict lines and the report folder. Everything is
- * `actstore ab` underneath (client/ab.c); docs/ab-testing.md explains the
- * reports.
- *
- * Budget (bench presets, 3 seeds, 400 steps per run, gradient check every
- * 50 steps): measured with one BLAS thread (2026-12-01) at about 78 ms per
- * vit step pair (keep + sotk:16:3) and 51 ms per cnn step pair (keep +
- * invert), plus a few seconds per seed for data, initialisation and two
- * evaluations on the 10000 test images; docs/ab-testing.md has the
- * measured total (3 min 04 s).
+ * `auto` (docs/policies.md) picks a policy per (layer, kind), softmax
+ * approximation and conv inversion among them, so that every saved tensor
+ * together fits the budget. Then prints the two verdict lines (whole model
+ * first: all saved, arena peak, accuracy) and the report folder. Everything
+ * is `actstore ab --ratio 10` underneath (client/ab.c); docs/ab-testing.md
+ * explains the reports and has the measured total time.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,9 +24,9 @@
 #include "client/report.h"
 #include "layers/data.h"
 
-/* The softmax policy docs/policies.md ("Softmax") recommends. */
-#define AS_DEMO_SOFTMAX_POLICY "softmax=sotk:16:3; default=keep"
-#define AS_DEMO_CONV_POLICY    "conv_input=invert; default=keep"
+/* Arm B: auto within a tenth of keep's saved bytes. */
+#define AS_DEMO_AUTO_POLICY    "default=auto"
+#define AS_DEMO_RATIO          10.0
 #define AS_DEMO_KEEP           "default=keep"
 #define AS_DEMO_ADDR           "127.0.0.1:8080"
 
@@ -38,8 +34,8 @@ static const char *const usage_text =
     "usage: actstore demo [options]\n"
     "\n"
     "Two paired A/B comparisons, live on the dashboard (printed URL):\n"
-    "  vit:          keep  vs  " AS_DEMO_SOFTMAX_POLICY "\n"
-    "  cnn (leaky):  keep  vs  " AS_DEMO_CONV_POLICY "\n"
+    "  vit:          keep  vs  " AS_DEMO_AUTO_POLICY " within keep's saved bytes / 10\n"
+    "  cnn (leaky):  keep  vs  " AS_DEMO_AUTO_POLICY " within keep's saved bytes / 10\n"
     "about 5 minutes on 2 cores; then the two verdict lines and the reports.\n"
     "\n"
     "options:\n"
@@ -104,8 +100,8 @@ int as_cmd_demo(int argc, char **argv)
     for (int d = 0; d < 2; d++) {
         cfg[d] = (as_ab_config){.cmd = "demo", .title = titles[d],
                                 .model = d == 0 ? "vit" : "cnn", .preset = preset,
-                                .spec = {AS_DEMO_KEEP,
-                                         d == 0 ? AS_DEMO_SOFTMAX_POLICY : AS_DEMO_CONV_POLICY},
+                                .spec = {AS_DEMO_KEEP, AS_DEMO_AUTO_POLICY},
+                                .ratio = AS_DEMO_RATIO,
                                 .nseeds = (size_t)seeds, .seed0 = 1, .steps = (long)steps,
                                 .check_every = 50, .act = d == 0 ? -1 : AS_FN_LEAKY_RELU,
                                 .threads = (int)threads, .data_dir = data_dir, .quiet = quiet,
@@ -122,8 +118,8 @@ int as_cmd_demo(int argc, char **argv)
 
     /* Four stores (two per comparison), all on the dashboard. */
     as_store *stores[4] = {NULL, NULL, NULL, NULL};
-    static const char *const labels[4] = {"vit A: keep", "vit B: " AS_DEMO_SOFTMAX_POLICY,
-                                          "cnn A: keep", "cnn B: " AS_DEMO_CONV_POLICY};
+    static const char *const labels[4] = {"vit A: keep", "vit B: auto, keep / 10",
+                                          "cnn A: keep", "cnn B: auto, keep / 10"};
     int code = AS_EXIT_OK;
     for (int i = 0; i < 4; i++) {
         as_store_config sc = {.policy = cfg[i / 2].spec[i % 2], .label = labels[i],
@@ -156,7 +152,7 @@ int as_cmd_demo(int argc, char **argv)
                     "%s/\n", preset, seeds, steps, out);
 
     double t0 = now_s();
-    char verdict[2][600];
+    char verdict[2][1400];
     bool done[2] = {false, false};
     bool interrupted = false;
     as_ab_signals_catch();
@@ -174,10 +170,10 @@ int as_cmd_demo(int argc, char **argv)
                 as_cli_fail("demo", "writing the report: %s", e2);
                 code = AS_EXIT_FAIL;
             }
-            char v[512];
+            char v[1024];
             as_report_verdict(&rep, v, sizeof v);
-            snprintf(verdict[d], sizeof verdict[d], "%s (keep vs %s): %s", titles[d],
-                     cfg[d].spec[1], v);
+            snprintf(verdict[d], sizeof verdict[d], "%s (keep vs auto at keep / %g): %s",
+                     titles[d], AS_DEMO_RATIO, v);
             done[d] = true;
             if (!quiet)
                 fprintf(stderr, "actstore demo: %s\n", verdict[d]);

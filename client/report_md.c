@@ -76,7 +76,7 @@ int as__report_write_md(const as_report *r, const char *path)
     if (r->partial)
         fprintf(f, "**PARTIAL REPORT** (%s): the statistics use only the seeds whose "
                    "both arms finished.\n\n", r->partial_reason);
-    char v[512];
+    char v[1024];
     as_report_verdict(r, v, sizeof v);
     fprintf(f, "**Verdict:** %s\n\n", v);
     fprintf(f, "- A: `%s`\n- B: `%s`\n", r->arm[0].spec, r->arm[1].spec);
