@@ -443,7 +443,9 @@ void as_report_verdict(const as_report *r, char *buf, size_t n)
     }
     if (arena && arena->a_mean > 0 && arena->b_mean > 0) {
         as_cli_human_bytes(arena->b_mean, hb, sizeof hb);
-        if (arena->b_mean <= arena->a_mean)
+        if (arena->b_mean == arena->a_mean)
+            cat(buf, n, &len, "%sarena peak the same (%s)", sep, hb);
+        else if (arena->b_mean < arena->a_mean)
             cat(buf, n, &len, "%sarena peak %.1fx less (%s)", sep,
                 arena->a_mean / arena->b_mean, hb);
         else

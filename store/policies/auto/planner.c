@@ -398,7 +398,18 @@ static void plan(as_auto *pl, uint64_t budget, uint64_t step)
     pl->need_plan = false;
     pl->feasible = !budget || minb <= budget;
     size_t G = pl->ng;
-    if (!budget || !pl->feasible || !nmeas) {
+    /* The unconstrained best, when it fits, needs no knapsack (and is
+     * exact where the units' rounding would not be). */
+    uint64_t best = pl->fixed;
+    for (size_t i = 0; i < G; i++) {
+        int c = least_cost(pl, pl->g[i]);
+        best += c >= 0 ? cand_bytes(pl, pl->g[i], (size_t)c) : 0;
+    }
+    if (budget && pl->feasible && best <= budget) {
+        for (size_t i = 0; i < G; i++)
+            if (pl->g[i]->measured)
+                pl->g[i]->choice = least_cost(pl, pl->g[i]);
+    } else if (!budget || !pl->feasible || !nmeas) {
         for (size_t i = 0; i < G; i++) {
             agroup *g = pl->g[i];
             if (g->measured)
