@@ -1,46 +1,36 @@
 /*
- * actstore bench <name> [--json FILE] [options]: dispatch to one benchmark
- * per file (bench_<name>.c). Every benchmark measures its comparisons side
- * by side in one run and reports medians over repeats.
+ * actstore bench ...: the benchmarks are a program of their own,
+ * actstore-bench, so the shipped command stays small. This forwards to it:
+ * first the one installed or built next to this binary, then $PATH.
  */
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
-#include "bench.h"
 #include "cli.h"
-
-static const struct {
-    const char *name;
-    as_cmd_fn   fn;
-    const char *summary;
-} benches[] = {
-    {"alloc",   as_bench_alloc,   "tracked allocator vs jemalloc vs glibc (ns per pair)"},
-    {"softmax", as_bench_softmax, "softmax codecs: ratio, gradient cosine, rows/s"},
-    {"conv",    as_bench_conv,    "conv input inversion vs conv forward (time, error, bytes)"},
-    {"layers",  as_bench_layers,  "conv and matmul GFLOP/s in the bench presets vs OpenBLAS sgemm"},
-    {"store",   as_bench_store,   "codecs: save/restore GB/s and stored/raw vs memcpy"},
-    {"service", as_bench_service, "live service: step-time overhead (vit small), /metrics latency"},
-};
-
-static void usage(FILE *f)
-{
-    fprintf(f, "usage: actstore bench <name> [--json FILE] [options]\n\nbenchmarks:\n");
-    for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++)
-        fprintf(f, "  %-8s %s\n", benches[i].name, benches[i].summary);
-}
 
 int as_cmd_bench(int argc, char **argv)
 {
-    if (argc < 2) {
-        usage(stderr);
-        return AS_EXIT_USAGE;
+    char self[PATH_MAX], path[PATH_MAX + 32];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    argv[0] = "actstore-bench";
+    if (n > 0) {
+        self[n] = '\0';
+        char *slash = strrchr(self, '/');
+        if (slash) {
+            *slash = '\0';
+            snprintf(path, sizeof path, "%s/actstore-bench", self);
+            if (access(path, X_OK) == 0)
+                execv(path, argv);
+        }
     }
-    if (as_cli_is_help(argv[1])) {
-        usage(stdout);
-        return AS_EXIT_OK;
-    }
-    for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++)
-        if (!strcmp(argv[1], benches[i].name))
-            return benches[i].fn(argc - 1, argv + 1);
-    return as_cli_usage("bench", "unknown benchmark '%s'", argv[1]);
+    execvp("actstore-bench", argv);
+    fprintf(stderr,
+            "actstore bench: cannot run actstore-bench (%s); it is built "
+            "with -DAS_BUILD_BENCH=ON and installed next to actstore\n",
+            strerror(errno));
+    (void)argc;
+    return AS_EXIT_FAIL;
 }

@@ -1,7 +1,8 @@
 /*
  * The policy plug-in interface (internal to the library; experimental).
  *
- * A policy is one file in store/policies/ that defines a `const
+ * A policy is one file (or one folder, e.g. invert/, softmax/) in
+ * store/policies/ that defines a `const
  * as_policy_ops as_policy_<name>` and is listed once in
  * store/policies/registry.def. Two shapes:
  *   - a codec encodes the tensor into payload blocks at save and decodes

@@ -1,4 +1,4 @@
-/* Conv input regeneration by inversion: the solver (store/policies/conv_invert.h). */
+/* Conv input regeneration by inversion: the solver (store/policies/invert/conv_invert.h). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "store/policies/conv_invert.h"
+#include "store/policies/invert/conv_invert.h"
 
 static uint64_t rng_state = 88172645463325252ull;
 static double urand(void)   /* [0, 1) */

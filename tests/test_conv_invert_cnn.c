@@ -14,7 +14,7 @@
 #include <cmocka.h>
 
 #include "layers/train.h"
-#include "store/policies/conv_invert.h"
+#include "store/policies/invert/conv_invert.h"
 
 #define CHAIN "conv_input=invert; norm_input=inverse; activation_input=inverse; default=keep"
 

@@ -14,7 +14,7 @@
 
 #include "actstore/store.h"
 #include "layers/ops.h"
-#include "store/policies/conv_invert.h"
+#include "store/policies/invert/conv_invert.h"
 
 static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
 static double nrand(void)

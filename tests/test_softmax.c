@@ -12,7 +12,7 @@
 #include <cmocka.h>
 
 #include "actstore/common.h"
-#include "store/policies/softmax.h"
+#include "store/policies/softmax/softmax.h"
 
 /* ---- fixed-seed rows ------------------------------------------------------ */
 

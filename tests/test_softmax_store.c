@@ -12,7 +12,7 @@
 
 #include "actstore/store.h"
 #include "layers/ops.h"
-#include "store/policies/softmax.h"
+#include "store/policies/softmax/softmax.h"
 
 static uint64_t rng = 1;
 static double urand(void)

@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "store/policies/softmax.h"
+#include "store/policies/softmax/softmax.h"
 
 static double cpu_s(void)
 {

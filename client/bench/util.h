@@ -1,5 +1,5 @@
 /*
- * Clocks of the benchmarks (bench_<name>.c). Internal to client/.
+ * Clocks of the benchmarks (client/bench/). Internal to the bench program.
  * Medians and sorting: stats.h.
  */
 #ifndef AS_CLIENT_BENCH_UTIL_H

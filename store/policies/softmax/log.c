@@ -41,7 +41,7 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "store/policies/softmax.h"
+#include "store/policies/softmax/softmax.h"
 
 #define SM_FINE_STEP 16.0   /* fine codes per nat */
 #define SM_MAXC 16

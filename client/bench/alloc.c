@@ -17,7 +17,7 @@
 
 #include "actstore/alloc.h"
 #include "bench.h"
-#include "bench_util.h"
+#include "util.h"
 #include "cli.h"
 #include "stats.h"
 

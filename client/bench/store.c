@@ -30,7 +30,7 @@
 
 #include "actstore/store.h"
 #include "bench.h"
-#include "bench_util.h"
+#include "util.h"
 #include "cli.h"
 #include "stats.h"
 #include "store/policies/quant.h"   /* as__offload_wait_idle */

@@ -3,7 +3,7 @@
  * sotk:F:B[:P] (formats and measurements: softmax.h, docs/policies.md).
  *
  * They apply to softmax_output tensors only (f32, rank >= 1, last dim =
- * meta.row_len). The stored form is one blob (softmax_tensor.c) in one
+ * meta.row_len). The stored form is one blob (softmax/tensor.c) in one
  * context block; restore decodes it, restore_rows decodes one (batch, head)
  * block at a time, and the softmax backward runs straight from the blob, so
  * in attention the approximated P serves both dV = P^T dO (block by block)
@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store/policies/softmax.h"
+#include "store/policies/softmax/softmax.h"
 #include "store/policy.h"
 
 typedef struct sm_pol {

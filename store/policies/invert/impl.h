@@ -1,6 +1,6 @@
 /*
- * Internals shared by the conv inversion sources (conv_invert.c: geometry,
- * factor cache, the direct restore; conv_invert_adjoint.c: the adjoint
+ * Internals shared by the conv inversion sources (invert/restore.c: geometry,
+ * factor cache, the direct restore; invert/adjoint.c: the adjoint
  * restore). Not part of any API; include only from conv_invert*.c.
  */
 #ifndef AS_STORE_CONV_INVERT_IMPL_H
@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "store/policies/conv_invert.h"
+#include "store/policies/invert/conv_invert.h"
 
 struct as__conv_inv {
     as__conv_geom g;
@@ -42,7 +42,7 @@ struct as__conv_inv {
     double *gram;
     uint64_t gram_version;
     int gram_ok;
-    /* Cin = 1 (conv_invert_adjoint.c): the output channels a restore reads
+    /* Cin = 1 (invert/adjoint.c): the output channels a restore reads
      * and 1 / G_S over the half spectrum (P*Qh floats), for one version;
      * with them a restore needs no factor at all */
     float *c1_gi;
@@ -155,7 +155,7 @@ static inline void *as__civ_wtake(as__civ_work *wk, size_t bytes)
 }
 
 
-/* Shared pieces of the restore (conv_invert.c). NB: lanes per half (a
+/* Shared pieces of the restore (invert/restore.c). NB: lanes per half (a
  * multiple of 8); images j and j + ceil(n/2) share lane j (re / im). */
 void as__civ_border_row(const as__conv_inv *ci, const float *xf, const int *fidx,
                         int a, float *R, int NB);
@@ -169,13 +169,13 @@ void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, size_t ex, flo
 /* Bytes of work space of a restore of n images (adjoint: that path). */
 size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint);
 
-/* The exact frame pixels of n images back into x (conv_invert.c). */
+/* The exact frame pixels of n images back into x (invert/restore.c). */
 void as__civ_frame_put_back(const as__conv_inv *ci, int n, const float *frame, float *x);
 /* The frame of one image and channel into an image with rows stride floats
- * apart (conv_invert.c). */
+ * apart (invert/restore.c). */
 void as__civ_frame_put_one(const as__conv_inv *ci, const float *fr, float *xd, size_t stride);
 
-/* Cin = 1 (conv_invert_adjoint.c): the restore of n <= 16 images by the
+/* Cin = 1 (invert/adjoint.c): the restore of n <= 16 images by the
  * closed form, with the per-version state of version (computed from ci->wt
  * when the cache holds another), and its work space (a restore of Cin = 1
  * takes only this). No factor is used. */
@@ -195,11 +195,11 @@ static inline size_t as__civ_msz(const as__conv_geom *g, int adjoint)
     return 2 * (size_t)g->cin * g->cout + (adjoint ? 2 * (size_t)g->cin * g->cin : 0);
 }
 
-/* x^ = M z^ at one frequency for all lanes (conv_invert.c): mr, mi Cin x
+/* x^ = M z^ at one frequency for all lanes (invert/restore.c): mr, mi Cin x
  * Cout; z [re|im][Cout][NB], xo [re|im][Cin][NB]; s = -1: conj(M). */
 void as__civ_solve_freq(const float *mr, const float *mi, float s, const float *z,
                         float *xo, int ci, int co, int NB);
-/* x^ = G^-1 A^H z^ at one frequency (conv_invert_adjoint.c); f: the
+/* x^ = G^-1 A^H z^ at one frequency (invert/adjoint.c); f: the
  * adjoint factor of the frequency (as__civ_msz(g, 1) floats). */
 void as__civ_adjoint_freq(const float *f, float s, const float *z, float *tz, float *xo,
                           int cin, int cout, int NB);

@@ -71,7 +71,7 @@ typedef struct as__conv_inv_stats {
      * solve, inverse FFT, crop */
     double   phase_ms[5];
     int      c1_channels;     /* Cin = 1: output channels the last restore
-                                 read (conv_invert_adjoint.c) */
+                                 read (invert/adjoint.c) */
 } as__conv_inv_stats;
 
 typedef struct as__conv_inv as__conv_inv;
@@ -169,7 +169,7 @@ void as__conv_inv_trim(as__conv_inv *ci);
 
 void as__conv_inv_get_stats(const as__conv_inv *ci, as__conv_inv_stats *st);
 
-/* ---- the store policy "invert" (conv_invert_policy.c) ------------------- */
+/* ---- the store policy "invert" (invert/policy.c) ------------------- */
 
 extern const struct as_policy_ops as_policy_invert;
 
@@ -224,7 +224,7 @@ void as__civ_fft_free(as__civ_fft *f);
 void as__civ_fft_run(const as__civ_fft *f, float *out, size_t os,
                      const float *in, size_t is, size_t B);
 
-/* Per-frequency factorization (conv_invert_factor.c). For every frequency of
+/* Per-frequency factorization (invert/factor.c). For every frequency of
  * the half spectrum (kp in [0,P), kq in [0, Q/2]; index f = kq * P + kp) compute
  * M(f) = (A^H A + eps I)^-1 A^H as fp32 planar (mr, mi each Cin x Cout,
  * row-major), stored at m + f * 2*Cin*Cout (m NULL: not computed), and the

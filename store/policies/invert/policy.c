@@ -1,7 +1,7 @@
 /*
  * Policy "invert" for conv inputs: drop the input at save, rebuild it at
  * restore from the conv output, the weights and the border frame (the
- * solver is conv_invert.c; the math is in conv_invert.h and
+ * solver is invert/restore.c; the math is in invert/conv_invert.h and
  * docs/policies.md, "## Conv inversion").
  *
  * Spec: conv_input=invert[:COND[:MODE[:FRAME]]] (an empty field = default)
@@ -57,7 +57,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store/policies/conv_invert.h"
+#include "store/policies/invert/conv_invert.h"
 #include "store/store_internal.h"
 
 typedef struct inv_entry {

@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "actstore/common.h"
-#include "store/policies/softmax.h"
+#include "store/policies/softmax/softmax.h"
 
 typedef struct sm_dump_hdr {
     char     magic[8];

@@ -22,7 +22,7 @@
 #include <string.h>
 
 #include "actstore/common.h"
-#include "store/policies/softmax.h"
+#include "store/policies/softmax/softmax.h"
 
 #define SM_MAGIC   0x4d535341u   /* "ASSM" little endian */
 #define SM_VERSION 1u

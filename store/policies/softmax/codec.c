@@ -1,7 +1,7 @@
 /*
  * Softmax codecs: spec parsing, bytes per row, scratch, the
- * row dispatch over the row codecs of softmax_soa.c and softmax_log.c,
- * half floats. Whole tensors: softmax_tensor.c.
+ * row dispatch over the row codecs of softmax/soa.c and softmax/log.c,
+ * half floats. Whole tensors: softmax/tensor.c.
  */
 #include <assert.h>
 #include <errno.h>
@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "actstore/common.h"
-#include "store/policies/softmax.h"
+#include "store/policies/softmax/softmax.h"
 
 /* ---- half floats ------------------------------------------------------------ */
 

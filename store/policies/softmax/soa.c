@@ -38,7 +38,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "store/policies/softmax.h"
+#include "store/policies/softmax/softmax.h"
 
 /* Sort key: descending value = ascending ~bits; non-positive and NaN
  * values sort as 0 (last). */

@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store/policies/conv_invert_impl.h"
+#include "store/policies/invert/impl.h"
 
 #define LANES 8
 #define POWER_ITERS 8
@@ -526,7 +526,7 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
 
         /* fc->ginv: A^H (Cin x Cout) and the Cholesky factor L of G (Cin x
          * Cin, lower; the diagonal holds 1 / L_ii), for the adjoint path's
-         * product and substitution (conv_invert_adjoint.c). */
+         * product and substitution (invert/adjoint.c). */
         /* A^H in blocks of 8 output channels: the 8 lanes (frequencies)
          * of 8 channels' entries converted to float and transposed, so each
          * frequency gets 8 consecutive floats of its row c (one store

@@ -17,11 +17,11 @@
 #include <time.h>
 
 #include "bench.h"
-#include "bench_util.h"
+#include "util.h"
 #include "cli.h"
 #include "layers/ops.h"
 #include "stats.h"
-#include "store/policies/conv_invert.h"
+#include "store/policies/invert/conv_invert.h"
 
 typedef struct shape {
     int n, cin, cout, h, k, pad;

@@ -1,5 +1,5 @@
-/* Clocks of the benchmarks (see bench_util.h). */
-#include "bench_util.h"
+/* Clocks of the benchmarks (see util.h). */
+#include "util.h"
 
 uint64_t as_bench_clock_ns(clockid_t id)
 {

@@ -1,6 +1,6 @@
 /*
  * Conv input regeneration by inversion: geometry, frame, factor cache and
- * the batched restore (the math is summarized in conv_invert.h).
+ * the batched restore (the math is summarized in invert/conv_invert.h).
  *
  * Restore of a batch of n images, all fp32:
  *  1. Pair the images: image j and image j + ceil(n/2) become the real and
@@ -27,7 +27,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "store/policies/conv_invert_impl.h"
+#include "store/policies/invert/impl.h"
 
 
 static int max0(int v) { return v > 0 ? v : 0; }
@@ -703,7 +703,7 @@ static int chunk_of(int n) { return n < CHUNK ? n : CHUNK; }
  * given path, or 0. */
 static size_t stream_factor_bytes(const as__conv_inv *ci, int n, int adjoint)
 {
-    /* Cin = 1 takes no factor (the closed form, conv_invert_adjoint.c) */
+    /* Cin = 1 takes no factor (the closed form, invert/adjoint.c) */
     if (ci->pointwise || n <= CHUNK || ci->g.cin == 1)
         return 0;
     const size_t b = sizeof(float) * (size_t)ci->P * ci->Qh * as__civ_msz(&ci->g, adjoint);

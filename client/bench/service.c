@@ -46,7 +46,7 @@
 
 #include "actstore/service.h"
 #include "bench.h"
-#include "bench_util.h"
+#include "util.h"
 #include "cli.h"
 #include "client.h"
 #include "layers/train.h"

@@ -11,7 +11,7 @@
  *
  * Rows: synthetic (lengths 50, 128, 256, 1024; logit std 1, 2, 4; causal
  * and full; ~1M entries per set) and any number of --rows files written by
- * a trainer (format: store/policies/softmax_dump.c, docs/policies.md).
+ * a trainer (format: store/policies/softmax/dump.c, docs/policies.md).
  */
 #include <math.h>
 #include <stdio.h>
@@ -23,11 +23,11 @@
 
 #include "actstore/common.h"
 #include "bench.h"
-#include "bench_util.h"
+#include "util.h"
 #include "cli.h"
 #include "layers/ops.h"
 #include "layers/train.h"
-#include "store/policies/softmax.h"
+#include "store/policies/softmax/softmax.h"
 #include "store/policy.h"
 
 #define MAX_POL 16

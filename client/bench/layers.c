@@ -25,7 +25,7 @@
 #include <time.h>
 
 #include "bench.h"
-#include "bench_util.h"
+#include "util.h"
 #include "cli.h"
 #include "layers/ops.h"
 #include "layers/train.h"

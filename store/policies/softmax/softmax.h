@@ -175,7 +175,7 @@ size_t as_sm_row_decode(const as_sm_params *p, const uint8_t *in, size_t n,
 void as_sm_order_desc(const float *v, size_t n, uint32_t *ord,
                       as_sm_work *w);
 
-/* Row codec internals, by family (softmax_soa.c, softmax_log.c). */
+/* Row codec internals, by family (softmax/soa.c, softmax/log.c). */
 size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
                         size_t len, uint8_t *out, as_sm_work *w);
 size_t as_sm_soa_decode(const as_sm_params *p, const uint8_t *in, size_t n,
@@ -215,7 +215,7 @@ size_t as_sm_row_size(const as_sm_params *p, const uint8_t *in, size_t n,
 size_t as_sm_log_row_size(const as_sm_params *p, const uint8_t *in,
                           size_t n);
 
-/* ---- row dumps (softmax_dump.c; format in that file and docs) ----------- */
+/* ---- row dumps (softmax/dump.c; format in that file and docs) ----------- */
 
 typedef struct as_sm_dump_rec {
     char    name[25];        /* "vit", "lm", ... */

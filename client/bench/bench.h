@@ -1,4 +1,4 @@
-/* Benchmarks of the actstore command (one file each: bench_<name>.c). */
+/* The benchmarks of actstore-bench (one file each in client/bench/). */
 #ifndef AS_CLIENT_BENCH_H
 #define AS_CLIENT_BENCH_H
 

@@ -8,7 +8,7 @@
  * multiply-adds per frequency in double, the largest part of a streamed
  * factorization) for Cin^2 more per lane in the apply; the transforms,
  * the row and column passes and the work space are the direct path's
- * (conv_invert.c). The normal equations square the condition number:
+ * (invert/restore.c). The normal equations square the condition number:
  * rounding errors grow as cond^2 eps instead of cond eps, so this path is
  * taken only for cond <= AS__CIV_ADJ_COND (there cond^2 eps_fp32 ~ 1.5e-4
  * at worst, ~1e-6 measured).
@@ -21,7 +21,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "store/policies/conv_invert_impl.h"
+#include "store/policies/invert/impl.h"
 
 /* x = G^-1 z at one frequency by substitution with G = L L^H (lr, li:
  * Cin x Cin, lower, diagonal = 1 / L_ii; s = -1: the conjugate, for the

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store/policies/conv_invert.h"
+#include "store/policies/invert/conv_invert.h"
 
 int as__civ_fft_good_size(int n)
 {
