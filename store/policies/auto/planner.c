@@ -417,7 +417,12 @@ static void plan(as_auto *pl, uint64_t budget, uint64_t step)
         }
     } else {
         uint64_t avail = budget - pl->fixed;
-        uint64_t unit = avail / AUTO_UNITS + 1;
+        /* The choice table is groups x units bytes: fewer units for a
+         * model with very many groups (at most 32 MiB). */
+        uint64_t units = AUTO_UNITS;
+        if (G * (units + 1) > (32u << 20))
+            units = (32u << 20) / G - 1;
+        uint64_t unit = avail / units + 1;
         size_t U = (size_t)(avail / unit);
         double *dp = malloc((U + 1) * sizeof *dp);
         double *nx = malloc((U + 1) * sizeof *nx);
