@@ -13,9 +13,11 @@
  * cannot push the saved peak. The tensor is then stored as on any step.
  *
  * Deciding. Cost of candidate c for group g:
- *     w_g * rel_err(g, c) + time_weight * time(g, c) / step_time
+ *     (w_g * rel_err(g, c))^2 + time_weight * time(g, c) / step_time
  * with w_g = 1, or ||x_g|| * ||dy_g|| normalized to mean 1 when the
- * framework reports gradient norms (as_store_report_grad). Minimize the
+ * framework reports gradient norms (as_store_report_grad). Squared: the
+ * codecs' errors are independent across tensors (stochastic rounding), so
+ * their contributions to the gradient error add as variances. Minimize the
  * summed cost subject to sum of stored bytes (plus bytes of tensors under
  * fixed rules) <= budget: a multiple-choice knapsack solved by dynamic
  * programming on the budget cut into AUTO_UNITS units (each candidate's
@@ -329,7 +331,8 @@ static uint64_t cand_bytes(const as_auto *pl, const agroup *g, size_t c)
 static double cand_cost(const as_auto *pl, const agroup *g, size_t c)
 {
     double t = pl->step_ns ? g->m[c].ns / (double)pl->step_ns : 0;
-    return g->weight * rel_err(&g->m[c]) + pl->time_weight * t;
+    double e = g->weight * rel_err(&g->m[c]);
+    return e * e + pl->time_weight * t;
 }
 
 /* The most compact usable candidate (ties: least cost, then table order). */
