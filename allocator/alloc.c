@@ -129,6 +129,21 @@ static inline void discharge(as__tcounter *t, as__gcounter *g, int64_t r, int64_
         fold_down(t, g, lr, lu, pr, pu);
 }
 
+/* A free of a block another thread charged: into G at once (see
+ * internal.h). live and folded move together, so the pending delta of this
+ * thread is unchanged. */
+__attribute__((noinline))
+static void discharge_remote(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u)
+{
+    st(&t->live_req, ld(&t->live_req) - r);
+    st(&t->live_use, ld(&t->live_use) - u);
+    st(&t->fold_req, ld(&t->fold_req) - r);
+    st(&t->fold_use, ld(&t->fold_use) - u);
+    inc(&t->frees);
+    atomic_fetch_sub_explicit(&g->g_req, r, RLX);
+    atomic_fetch_sub_explicit(&g->g_use, u, RLX);
+}
+
 /* The total counter with a budget. Returns false (nothing changed) when
  * the allocation would take the charged total past the budget. */
 __attribute__((noinline))
@@ -269,6 +284,7 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
     out->usable = usable;
     out->tag = tag;
     out->layer = layer;
+    out->shard = b->id;
     return 0;
 }
 
@@ -297,6 +313,37 @@ bool as_arena_owns(const as_arena *ca, const void *p)
     return ind == a->index;
 }
 
+/* The block is a live allocation of a: the pointer lies in one of its
+ * extents and jemalloc's size for it is the block's usable size. */
+static int check_block(as_arena *a, const as_block *blk, const char *what)
+{
+    if (!as_arena_owns(a, blk->ptr)) {
+        as__set_error(a, "%s of %p (tag %s, %zu bytes): not allocated by arena %u",
+                      what, blk->ptr, a->tag_names[blk->tag], blk->size, a->index);
+        return AS_EFOREIGN;
+    }
+    size_t real = sallocx(blk->ptr, 0);
+    if (real != blk->usable || blk->size > real) {
+        as__set_error(a, "%s of %p: block says %zu/%zu bytes, jemalloc says %zu",
+                      what, blk->ptr, blk->size, blk->usable, real);
+        return AS_EINVAL;
+    }
+    return 0;
+}
+
+int as_arena_check_block(as_arena *a, const as_block *blk)
+{
+    if (!a || !blk || !blk->ptr)
+        return AS_EINVAL;
+    if (blk->tag >= atomic_load_explicit(&a->ntags, memory_order_acquire) ||
+        blk->layer >= atomic_load_explicit(&a->nlayers, memory_order_acquire)) {
+        as__set_error(a, "block %p: unknown tag %u or layer %u", blk->ptr, blk->tag,
+                      blk->layer);
+        return AS_EINVAL;
+    }
+    return check_block(a, blk, "block");
+}
+
 int as_free(as_arena *a, as_block *blk)
 {
     if (!blk)
@@ -314,17 +361,9 @@ int as_free(as_arena *a, as_block *blk)
         return AS_EINVAL;
     }
     if (UNLIKELY(a->checked)) {
-        if (!as_arena_owns(a, blk->ptr)) {
-            as__set_error(a, "free of %p (tag %s, %zu bytes): not allocated by arena %u",
-                          blk->ptr, a->tag_names[tag], blk->size, a->index);
-            return AS_EFOREIGN;
-        }
-        size_t real = sallocx(blk->ptr, 0);
-        if (real != blk->usable || blk->size > real) {
-            as__set_error(a, "free of %p: block says %zu/%zu bytes, jemalloc says %zu",
-                          blk->ptr, blk->size, blk->usable, real);
-            return AS_EINVAL;
-        }
+        int rc = check_block(a, blk, "free");
+        if (rc)
+            return rc;
     }
     as__tblock *b = as__tblock_fast(a);
     if (UNLIKELY(!b)) {
@@ -334,6 +373,13 @@ int as_free(as_arena *a, as_block *blk)
     /* usable is a size class, so sdallocx needs no alignment flag. */
     sdallocx(blk->ptr, blk->usable, b->flags);
     int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
+    if (UNLIKELY(blk->shard != b->id)) {
+        discharge_remote(&b->total, &a->gtotal, r, u);
+        discharge_remote(&b->c[tag], &a->g[tag], r, u);
+        discharge_remote(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);
+        memset(blk, 0, sizeof *blk);
+        return 0;
+    }
     discharge(&b->total, &a->gtotal, r, u);
     discharge(&b->c[tag], &a->g[tag], r, u);
     discharge(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);

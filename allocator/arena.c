@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "allocator/internal.h"
+#include "util/clock.h"
 
 static const char *const fixed_tags[AS_TAG_FIXED_COUNT] = {
     "weights", "gradients", "optimizer", "activations",
@@ -319,7 +320,7 @@ int as_arena_snapshot_take(as_arena *a, uint64_t since_seq, as_arena_snapshot *o
         return AS_ENOMEM;
     }
 
-    out->t_ns = as__now_ns();
+    out->t_ns = as_clock_wall_ns();
     out->arena_index = a->index;
     out->budget_bytes = atomic_load(&a->budget);
     as__reg_lock();
@@ -360,7 +361,7 @@ int as_arena_snapshot_take(as_arena *a, uint64_t since_seq, as_arena_snapshot *o
     uint64_t next = a->tl_next_seq;         /* samples 1 .. next-1 exist */
     uint64_t first = next > a->tl_cap ? next - a->tl_cap : 1;
     if (first <= since_seq)
-        first = since_seq + 1;
+        first = since_seq < next ? since_seq + 1 : next;   /* UINT64_MAX: none */
     size_t n = next > first ? (size_t)(next - first) : 0;
     if (n) {
         out->samples = malloc(n * sizeof *out->samples);

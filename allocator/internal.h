@@ -12,6 +12,11 @@
  *     frees pass AS__FOLD_BYTES. So G >= true live at every instant, G ==
  *     true live when one thread is active, and alloc/free churn that does
  *     not grow memory touches no shared cache line.
+ *   - A block records the id of the thread block that charged it. A free on
+ *     another thread (an autograd worker, the offload I/O thread) is folded
+ *     into G at once: lazily kept, those frees would never meet the
+ *     allocations they offset, and G would drift up by up to AS__FOLD_BYTES
+ *     per freeing thread (budget failures, inflated peaks).
  */
 #ifndef AS_ALLOCATOR_INTERNAL_H
 #define AS_ALLOCATOR_INTERNAL_H
@@ -56,6 +61,7 @@ typedef struct as__tblock {
     struct as_arena   *arena;
     as__thread        *owner;
     unsigned           slot;               /* index in owner->slots */
+    uint32_t           id;                 /* as_block.shard; unique, never 0 */
     unsigned           tcache;             /* jemalloc explicit tcache id */
     int                flags;              /* MALLOCX_ARENA | MALLOCX_TCACHE */
     struct as__tblock *prev, *next;        /* arena's list (g_reg_lock) */
@@ -173,6 +179,5 @@ void as__timeline_free(as_arena *a);
 int  as__sampler_start(as_arena *a);
 void as__sampler_stop(as_arena *a);
 int  as__stats_init(as_arena *a);
-uint64_t as__now_ns(void);
 
 #endif

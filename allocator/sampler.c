@@ -17,13 +17,7 @@
 #include <time.h>
 
 #include "allocator/internal.h"
-
-uint64_t as__now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+#include "util/clock.h"
 
 int as__timeline_init(as_arena *a, size_t cap)
 {
@@ -130,7 +124,7 @@ static void mark(as_arena *a, int type)
 {
     as_sample s;
     memset(&s, 0, sizeof s);
-    s.t_ns = as__now_ns();
+    s.t_ns = as_clock_wall_ns();
     s.type = (uint8_t)type;
     fill_counters(a, &s);
     append(a, &s);
@@ -169,7 +163,7 @@ int as_arena_sample_now(as_arena *a)
     as_sample s;
     memset(&s, 0, sizeof s);
     int rc = as_arena_refresh_stats(a);
-    s.t_ns = as__now_ns();
+    s.t_ns = as_clock_wall_ns();
     s.type = AS_SAMPLE_TICK;
     s.resident = atomic_load(&a->resident);
     s.mapped = atomic_load(&a->mapped);
@@ -191,7 +185,7 @@ static void *sampler_main(void *p)
 {
     as_arena *a = p;
     uint64_t period = 1000000000u / a->sampler_hz;
-    uint64_t next = as__now_ns() + period;
+    uint64_t next = as_clock_wall_ns() + period;
     pthread_mutex_lock(&a->tl_lock);
     while (!a->sampler_stop) {
         struct timespec ts = {(time_t)(next / 1000000000u), (long)(next % 1000000000u)};
@@ -203,7 +197,7 @@ static void *sampler_main(void *p)
         pthread_mutex_unlock(&a->tl_lock);
         as_arena_sample_now(a);
         next += period;
-        uint64_t now = as__now_ns();
+        uint64_t now = as_clock_wall_ns();
         if (next < now)                    /* fell behind: do not burst */
             next = now + period;
         pthread_mutex_lock(&a->tl_lock);

@@ -153,8 +153,12 @@ as__tblock *as__tblock_get(as_arena *a)
         return NULL;
     unsigned tc;
     size_t sz = sizeof tc;
+    static _Atomic uint32_t next_id = 1;
     b->arena = a;
     b->owner = t;
+    do
+        b->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
+    while (b->id == 0);
     if (mallctl("tcache.create", &tc, &sz, NULL, 0) == 0) {
         b->tcache = tc;
         b->flags = a->base_flags | MALLOCX_TCACHE(tc);

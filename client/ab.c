@@ -25,15 +25,9 @@
 
 #include "actstore/common.h"
 #include "client/cli.h"
+#include "util/clock.h"
 
 #define AB_MAX_SEEDS 64
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 double as_ab_cosine(const float *a, const float *b, size_t n, double acc[3])
 {
@@ -102,9 +96,10 @@ void as_ab_signals_restore(void)
 
 int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t errlen)
 {
-    if (!c->model || (strcmp(c->model, "cnn") && strcmp(c->model, "vit") &&
-                      strcmp(c->model, "lm"))) {
-        snprintf(err, errlen, "unknown model '%s' (cnn, vit, lm)", c->model ? c->model : "");
+    const as_nn_model_info *mi = as_nn_model_find(c->model);
+    if (!mi) {
+        snprintf(err, errlen, "unknown model '%s' (%s)", c->model ? c->model : "",
+                 as_nn_model_names());
         return AS_EINVAL;
     }
     if (as_nn_preset_get(c->model, c->preset, p)) {
@@ -157,7 +152,7 @@ int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t err
         snprintf(err, errlen, "--check-every %ld must be >= 0", c->check_every);
         return AS_EINVAL;
     }
-    if (c->act >= 0 && strcmp(c->model, "cnn")) {
+    if (c->act >= 0 && mi->cfg != AS_NN_CFG_cnn) {
         snprintf(err, errlen, "--act applies to the cnn model only");
         return AS_EINVAL;
     }
@@ -191,7 +186,7 @@ static void prog_step(prog *g, size_t si, size_t ns, uint64_t seed, long k, long
 {
     if (g->c->quiet)
         return;
-    double t = now_s();
+    double t = as_clock_wall_s();
     /* plain lines: every fifth of the run, and at least every 10 s */
     bool line = !g->tty && (k % g->every == 0 || k == n || t - g->last >= 10.0);
     if (g->tty && t - g->last < 0.2 && k != n)
@@ -365,7 +360,7 @@ static int run_seed(const as_ab_config *c, const as_nn_preset *p, as_report *rep
         }
     }
     g->every = n / 5 > 0 ? n / 5 : 1;
-    g->last = now_s();
+    g->last = as_clock_wall_s();
     if (!c->quiet)
         fprintf(stderr, "actstore %s: %s seed %llu (%zu/%zu): training %ld steps, A: %s, B: %s\n",
                 c->cmd, c->title ? c->title : c->model, (unsigned long long)seed, si + 1,
@@ -453,11 +448,11 @@ int as_ab_run(const as_ab_config *c, as_report *rep, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return rc;
     }
-    if (!strcmp(c->model, "cnn"))
+    if (as_nn_model_find(c->model)->cfg == AS_NN_CFG_cnn)
         snprintf(rep->options, sizeof rep->options, "act=%s",
                  p.cnn.act_fn == AS_FN_LEAKY_RELU ? "leaky" : "relu");
     prog g = {.c = c, .tty = isatty(2) && getenv("TERM") && strcmp(getenv("TERM"), "dumb"),
-              .t0 = now_s(), .every = 1};
+              .t0 = as_clock_wall_s(), .every = 1};
     bool stopped = false;
     for (size_t i = 0; i < c->nseeds && !rc && !stopped; i++) {
         if (c->stop && *c->stop) {
@@ -468,7 +463,7 @@ int as_ab_run(const as_ab_config *c, as_report *rep, char *err, size_t errlen)
         }
         rc = run_seed(c, &p, rep, i, &g, &stopped, err, errlen);
     }
-    rep->wall_s = now_s() - g.t0;
+    rep->wall_s = as_clock_wall_s() - g.t0;
     if (rc) {
         rep->partial = true;
         snprintf(rep->partial_reason, sizeof rep->partial_reason, "stopped by an error");

@@ -1,7 +1,9 @@
 /* Shared plumbing of the actstore command (see cli.h). */
 #include "cli.h"
+#include "layers/data.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -33,28 +35,6 @@ int as_cli_fail(const char *cmd, const char *fmt, ...)
 bool as_cli_is_help(const char *arg)
 {
     return arg && (!strcmp(arg, "-h") || !strcmp(arg, "--help"));
-}
-
-int as_cli_next_opt(const char *cmd, const char *usage, int argc, char **argv, int *i,
-                    const as_cli_flag *flags, const char **opt, const char **val)
-{
-    const char *a = argv[*i];
-    if (as_cli_is_help(a)) {
-        fputs(usage, stdout);
-        return AS_EXIT_OK;
-    }
-    for (const as_cli_flag *f = flags; f && f->name; f++)
-        if (!strcmp(a, f->name)) {
-            *f->set = true;
-            return AS_CLI_FLAG;
-        }
-    if (strncmp(a, "--", 2))
-        return as_cli_usage(cmd, "unexpected argument '%s'", a);
-    if (*i + 1 >= argc)
-        return as_cli_usage(cmd, "%s needs a value", a);
-    *opt = a;
-    *val = argv[++*i];
-    return AS_CLI_VALUE;
 }
 
 int as_cli_write_json(const char *cmd, const char *path, const cJSON *json)
@@ -169,4 +149,129 @@ char *as_cli_human_bytes(double bytes, char *buf, size_t n)
     else
         snprintf(buf, n, "%.1f %s", bytes, units[u]);
     return buf;
+}
+
+/* ---- the run commands' option table (cli_opts.def) ---- */
+
+enum { TRAIN = AS_CLI_TRAIN, AB = AS_CLI_AB, DEMO = AS_CLI_DEMO };
+enum opt_type { STR, U64, BYTES, DBL, FLAG };
+
+typedef struct opt_row {
+    const char   *flag, *arg, *help;
+    enum opt_type type;
+    unsigned      cmds;
+    double        lo, hi;
+    size_t        off;
+} opt_row;
+
+static const opt_row opt_rows[AS_OPT_COUNT] = {
+#define AS_CLI_OPT(name, flag, type, cmds, lo, hi, arg, help) \
+    {flag, arg, help, type, cmds, lo, hi, offsetof(as_cli_opts, name)},
+#include "cli_opts.def"
+#undef AS_CLI_OPT
+};
+
+/* The default a row's help shows: strings and nonzero numbers, and zero
+ * where zero is a legal value. */
+static void opt_default(const opt_row *r, const as_cli_opts *d, char *buf, size_t n)
+{
+    const char *p = (const char *)d + r->off;
+    buf[0] = 0;
+    if (r->type == STR && *(const char *const *)(const void *)p)
+        snprintf(buf, n, " (default %s)", *(const char *const *)(const void *)p);
+    else if (r->type == U64) {
+        unsigned long long v = *(const unsigned long long *)(const void *)p;
+        if (v || r->lo == 0)
+            snprintf(buf, n, " (default %llu)", v);
+    } else if (r->type == DBL && *(const double *)(const void *)p != 0)
+        snprintf(buf, n, " (default %g)", *(const double *)(const void *)p);
+}
+
+static void print_usage(const as_cli_cmd *cmd, const as_cli_opts *d)
+{
+    fputs(cmd->intro, stdout);
+    fputs("\noptions:\n", stdout);
+    for (const opt_row *r = opt_rows; r < opt_rows + AS_OPT_COUNT; r++) {
+        if (!(r->cmds & cmd->bit))
+            continue;
+        char head[40], def[96];
+        snprintf(head, sizeof head, "%s%s%s", r->flag, *r->arg ? " " : "", r->arg);
+        opt_default(r, d, def, sizeof def);
+        printf("  %-16s ", head);
+        for (const char *h = r->help; *h; h++) {
+            putchar(*h);
+            if (*h == '\n')
+                printf("%19s", "");
+        }
+        printf("%s\n", def);
+    }
+    fputs("\n", stdout);
+    fputs(cmd->outro, stdout);
+}
+
+/* Parse one value into its field; prints a usage message on error. */
+static int opt_set(const as_cli_cmd *cmd, const opt_row *r, const char *v, as_cli_opts *o)
+{
+    void *p = (char *)o + r->off;
+    if (r->type == STR) {
+        *(const char **)p = v;
+        return 0;
+    }
+    if (r->type == BYTES)
+        return as_cli_parse_bytes(cmd->name, r->flag, v, (unsigned long long *)p);
+    if (r->type == U64) {
+        unsigned long long x;
+        if (as_cli_parse_u64(cmd->name, r->flag, v, &x))
+            return -1;
+        if (x < (unsigned long long)r->lo || (r->hi > 0 && x > (unsigned long long)r->hi)) {
+            if (r->hi > 0)
+                as_cli_usage(cmd->name, "%s %llu out of range %.0f..%.0f", r->flag, x, r->lo,
+                             r->hi);
+            else
+                as_cli_usage(cmd->name, "%s %llu out of range: at least %.0f", r->flag, x,
+                             r->lo);
+            return -1;
+        }
+        *(unsigned long long *)p = x;
+        return 0;
+    }
+    double x;
+    if (as_cli_parse_double(cmd->name, r->flag, v, &x))
+        return -1;
+    if (!(x > r->lo && x <= r->hi)) {
+        as_cli_usage(cmd->name, "%s %g out of range (%g, %g]", r->flag, x, r->lo, r->hi);
+        return -1;
+    }
+    *(double *)p = x;
+    return 0;
+}
+
+int as_cli_parse_opts(const as_cli_cmd *cmd, int argc, char **argv, as_cli_opts *o)
+{
+    const as_cli_opts defaults = *o;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (as_cli_is_help(a)) {
+            print_usage(cmd, &defaults);
+            return AS_EXIT_OK;
+        }
+        const opt_row *r = opt_rows;
+        while (r < opt_rows + AS_OPT_COUNT && (!(r->cmds & cmd->bit) || strcmp(a, r->flag)))
+            r++;
+        if (r == opt_rows + AS_OPT_COUNT) {
+            if (strncmp(a, "--", 2))
+                return as_cli_usage(cmd->name, "unexpected argument '%s'", a);
+            return as_cli_usage(cmd->name, "unknown option '%s'", a);
+        }
+        o->seen[r - opt_rows] = true;
+        if (r->type == FLAG) {
+            *(bool *)(void *)((char *)o + r->off) = true;
+            continue;
+        }
+        if (i + 1 >= argc)
+            return as_cli_usage(cmd->name, "%s needs a value", a);
+        if (opt_set(cmd, r, argv[++i], o))
+            return AS_EXIT_USAGE;
+    }
+    return AS_CLI_RUN;
 }

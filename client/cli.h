@@ -51,24 +51,47 @@ struct as_store_plan;
 void as_cli_plan_print(FILE *f, const struct as_store_plan *p);
 cJSON *as_cli_plan_json(const struct as_store_plan *p);
 
-/* A flag of a subcommand (an option without a value): seen sets *set. */
-typedef struct as_cli_flag {
-    const char *name;   /* "--quiet" */
-    bool       *set;
-} as_cli_flag;
+/* The options shared by the run commands (train, ab, demo): one table,
+ * cli_opts.def; o.NAME holds the value of row NAME, o.seen[AS_OPT_NAME] says
+ * whether the command line gave it. */
+enum { AS_CLI_TRAIN = 1, AS_CLI_AB = 2, AS_CLI_DEMO = 4 };
 
-enum { AS_CLI_FLAG = -1, AS_CLI_VALUE = -2 };
+#define AS_CLI_T_STR  const char *
+#define AS_CLI_T_U64  unsigned long long
+#define AS_CLI_T_BYTES unsigned long long
+#define AS_CLI_T_DBL  double
+#define AS_CLI_T_FLAG bool
 
-/* One turn of a subcommand's option loop, at argv[*i]: "-h"/"--help"
- * prints usage to stdout and gives AS_EXIT_OK; one of flags[] (ended by a
- * NULL name) sets its bool and gives AS_CLI_FLAG; "--name value" sets
- * *opt = argv[*i], *val = the value, moves *i to the value and gives
- * AS_CLI_VALUE. Anything else (not "--...", or no value after it) prints a
- * usage message naming the argument and gives AS_EXIT_USAGE. The caller
- * continues on AS_CLI_FLAG, parses *opt on AS_CLI_VALUE, else returns the
- * code. */
-int as_cli_next_opt(const char *cmd, const char *usage, int argc, char **argv, int *i,
-                    const as_cli_flag *flags, const char **opt, const char **val);
+typedef enum as_cli_opt_id {
+#define AS_CLI_OPT(name, ...) AS_OPT_##name,
+#include "cli_opts.def"
+#undef AS_CLI_OPT
+    AS_OPT_COUNT
+} as_cli_opt_id;
+
+typedef struct as_cli_opts {
+#define AS_CLI_OPT(name, flag, type, ...) AS_CLI_T_##type name;
+#include "cli_opts.def"
+#undef AS_CLI_OPT
+    bool seen[AS_OPT_COUNT];
+} as_cli_opts;
+
+/* A run command: its name, its AS_CLI_* bit (which rows it takes), the
+ * usage text before and after the generated option list. */
+typedef struct as_cli_cmd {
+    const char *name;
+    unsigned    bit;
+    const char *intro, *outro;
+} as_cli_cmd;
+
+enum { AS_CLI_RUN = -3 };
+
+/* Parse argv[1..] into *o, which holds the command's defaults on entry
+ * (they are shown in --help). Gives AS_CLI_RUN when the command should run;
+ * otherwise the exit code: AS_EXIT_OK after --help (usage on stdout),
+ * AS_EXIT_USAGE after a message naming the bad argument (unknown option,
+ * missing or malformed value, number out of the row's range). */
+int as_cli_parse_opts(const as_cli_cmd *cmd, int argc, char **argv, as_cli_opts *o);
 
 /* stdout is a terminal (and TERM is not "dumb"). */
 bool as_cli_stdout_is_tty(void);

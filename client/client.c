@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "actstore/common.h"
+#include "util/err.h"
 
 typedef struct conn {
     uv_tcp_t          tcp;
@@ -30,19 +31,6 @@ typedef struct conn {
 } conn;
 
 struct as_client_sse { conn c; };
-
-static int set_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int set_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 static int parse_addr(const char *addr, struct sockaddr_in *sa, char *host, size_t hostlen)
 {
@@ -285,11 +273,11 @@ int as_client_get(const char *addr, const char *path, int timeout_ms,
                   as_client_response *out, char *err, size_t errlen)
 {
     if (!out || !path)
-        return set_err(err, errlen, AS_EINVAL, "path and out are required");
+        return as_set_err(err, errlen, AS_EINVAL, "path and out are required");
     memset(out, 0, sizeof *out);
     uv_loop_t loop;
     if (uv_loop_init(&loop))
-        return set_err(err, errlen, AS_EIO, "cannot create an event loop");
+        return as_set_err(err, errlen, AS_EIO, "cannot create an event loop");
     conn c;
     memset(&c, 0, sizeof c);
     c.resp = out;
@@ -304,14 +292,14 @@ int as_client_get(const char *addr, const char *path, int timeout_ms,
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     if (rc == AS_EINVAL)
-        return set_err(err, errlen, rc, "bad address '%s' (expected HOST:PORT)", addr ? addr : "");
+        return as_set_err(err, errlen, rc, "bad address '%s' (expected HOST:PORT)", addr ? addr : "");
     if (!rc)
         rc = c.rc;
     if (!rc && c.status <= 0)
         rc = AS_EFORMAT;
     if (rc) {
         as_client_response_free(out);
-        return set_err(err, errlen, rc, "GET %s from %s: %s", path, addr,
+        return as_set_err(err, errlen, rc, "GET %s from %s: %s", path, addr,
                        rc == AS_EIO ? "connection failed, reset or timed out" : as_strerror(rc));
     }
     return 0;
@@ -392,7 +380,7 @@ int as_client_subscribe(const char *addr, int duration_ms, as_client_event_fn fn
 {
     uv_loop_t loop;
     if (uv_loop_init(&loop))
-        return set_err(err, errlen, AS_EIO, "cannot create an event loop");
+        return as_set_err(err, errlen, AS_EIO, "cannot create an event loop");
     sub_ctx x = {.fn = fn, .ud = ud};
     uv_timer_init(&loop, &x.timer);
     x.timer.data = &x;
@@ -404,11 +392,11 @@ int as_client_subscribe(const char *addr, int duration_ms, as_client_event_fn fn
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     if (rc == AS_EINVAL)
-        return set_err(err, errlen, rc, "bad address '%s' (expected HOST:PORT)", addr ? addr : "");
+        return as_set_err(err, errlen, rc, "bad address '%s' (expected HOST:PORT)", addr ? addr : "");
     if (!rc)
         rc = x.rc;
     if (rc)
-        set_err(err, errlen, rc, "event stream from %s: %s", addr,
+        as_set_err(err, errlen, rc, "event stream from %s: %s", addr,
                 rc == AS_EIO ? "connection failed or closed" : as_strerror(rc));
     return rc;
 }

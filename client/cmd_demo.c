@@ -2,7 +2,7 @@
  * actstore demo — the first thing to run: two paired A/B comparisons with
  * the live dashboard on 127.0.0.1, about 5 minutes on 2 cores.
  *
- *   1. vit: keep everything vs `auto` at a tenth of keep's saved bytes;
+ *   1. vit: keep everything vs `auto` within a tenth of keep's saved bytes;
  *   2. cnn with LeakyReLU: the same.
  *
  * `auto` (docs/policies.md) picks a policy per (layer, kind), softmax
@@ -23,6 +23,7 @@
 #include "client/ab.h"
 #include "client/report.h"
 #include "layers/data.h"
+#include "util/clock.h"
 
 /* Arm B: auto within a tenth of keep's saved bytes. */
 #define AS_DEMO_AUTO_POLICY    "default=auto"
@@ -30,66 +31,29 @@
 #define AS_DEMO_KEEP           "default=keep"
 #define AS_DEMO_ADDR           "127.0.0.1:8080"
 
-static const char *const usage_text =
+static const as_cli_cmd demo_cmd = {
+    "demo", AS_CLI_DEMO,
     "usage: actstore demo [options]\n"
     "\n"
     "Two paired A/B comparisons, live on the dashboard (printed URL):\n"
     "  vit:          keep  vs  " AS_DEMO_AUTO_POLICY " within keep's saved bytes / 10\n"
     "  cnn (leaky):  keep  vs  " AS_DEMO_AUTO_POLICY " within keep's saved bytes / 10\n"
-    "about 5 minutes on 2 cores; then the two verdict lines and the reports.\n"
-    "\n"
-    "options:\n"
-    "  --out DIR        report folder (default actstore-demo; vit/ and cnn/ inside)\n"
-    "  --serve ADDR     dashboard address (default " AS_DEMO_ADDR ", or any free\n"
-    "                   port on 127.0.0.1 when that one is taken)\n"
-    "  --preset P       bench (default) or small (seconds)\n"
-    "  --steps N        steps per run (default 400)\n"
-    "  --seeds K        seeds per comparison (default 3)\n"
-    "  --threads T      OpenBLAS threads (default: OpenBLAS's choice)\n"
-    "  --data-dir DIR   Fashion-MNIST directory (default " AS_NN_FMNIST_DIR ")\n"
-    "  --quiet          no progress output\n"
-    "  --no-wait        at a terminal, do not keep the dashboard up at the end\n"
-    "                   (it waits for Enter otherwise)\n"
-    "\n"
+    "about 5 minutes on 2 cores; then the two verdict lines and the reports\n"
+    "(vit/ and cnn/ in the --out folder). The dashboard is on " AS_DEMO_ADDR "\n"
+    "unless --serve says otherwise, or any free port on 127.0.0.1 when that one\n"
+    "is taken.\n",
     "Ctrl-C finishes the current step, writes a partial report and exits 1.\n"
-    "Exit status: 0 ok, 1 failure or interrupted, 2 usage.\n";
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+    "Exit status: 0 ok, 1 failure or interrupted, 2 usage.\n"};
 
 int as_cmd_demo(int argc, char **argv)
 {
-    const char *out = "actstore-demo", *serve = NULL, *preset = "bench", *data_dir = NULL;
-    unsigned long long steps = 400, seeds = 3, threads = 0;
-    bool quiet = false, no_wait = false;
-    const as_cli_flag flags[] = {{"--quiet", &quiet}, {"--no-wait", &no_wait}, {NULL, NULL}};
-    for (int i = 1; i < argc; i++) {
-        const char *a, *v;
-        int r = as_cli_next_opt("demo", usage_text, argc, argv, &i, flags, &a, &v);
-        if (r == AS_CLI_FLAG)
-            continue;
-        if (r != AS_CLI_VALUE)
-            return r;
-        int bad = 0;
-        if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--serve")) serve = v;
-        else if (!strcmp(a, "--preset")) preset = v;
-        else if (!strcmp(a, "--data-dir")) data_dir = v;
-        else if (!strcmp(a, "--steps")) bad = as_cli_parse_u64("demo", a, v, &steps);
-        else if (!strcmp(a, "--seeds")) bad = as_cli_parse_u64("demo", a, v, &seeds);
-        else if (!strcmp(a, "--threads")) bad = as_cli_parse_u64("demo", a, v, &threads);
-        else return as_cli_usage("demo", "unknown option '%s'", a);
-        if (bad)
-            return AS_EXIT_USAGE;
-    }
-    if (steps < 1 || steps > 100000000ull)
-        return as_cli_usage("demo", "--steps %llu out of range 1..100000000", steps);
-    if (threads > 256)
-        return as_cli_usage("demo", "--threads %llu out of range 0..256", threads);
+    as_cli_opts o = {.out = "actstore-demo", .preset = "bench", .steps = 400, .seeds = 3};
+    int r = as_cli_parse_opts(&demo_cmd, argc, argv, &o);
+    if (r != AS_CLI_RUN)
+        return r;
+    const char *out = o.out, *serve = o.serve, *preset = o.preset;
+    unsigned long long steps = o.steps, seeds = o.seeds;
+    bool quiet = o.quiet;
 
     /* The two comparisons, checked in full before anything runs. */
     static const char *const titles[2] = {"vit", "cnn (leaky)"};
@@ -104,7 +68,7 @@ int as_cmd_demo(int argc, char **argv)
                                 .ratio = AS_DEMO_RATIO,
                                 .nseeds = (size_t)seeds, .seed0 = 1, .steps = (long)steps,
                                 .check_every = 50, .act = d == 0 ? -1 : AS_FN_LEAKY_RELU,
-                                .threads = (int)threads, .data_dir = data_dir, .quiet = quiet,
+                                .threads = (int)o.threads, .data_dir = o.data_dir, .quiet = quiet,
                                 .stop = as_ab_stop_flag()};
         as_nn_preset p;
         if (as_ab_validate(&cfg[d], &p, err, sizeof err))
@@ -151,7 +115,7 @@ int as_cmd_demo(int argc, char **argv)
     fprintf(stderr, "actstore demo: %s preset, %llu seeds x %llu steps per arm; reports in "
                     "%s/\n", preset, seeds, steps, out);
 
-    double t0 = now_s();
+    double t0 = as_clock_wall_s();
     char verdict[2][1400];
     bool done[2] = {false, false};
     bool interrupted = false;
@@ -183,7 +147,7 @@ int as_cmd_demo(int argc, char **argv)
             break;
     }
     as_ab_signals_restore();
-    double dt = now_s() - t0;
+    double dt = as_clock_wall_s() - t0;
     printf("\nactstore demo: %s in %.0f min %02.0f s\n",
            interrupted ? "interrupted" : code ? "stopped by an error" : "done",
            (double)(long)(dt / 60), dt - 60.0 * (double)(long)(dt / 60));
@@ -194,7 +158,7 @@ int as_cmd_demo(int argc, char **argv)
     fflush(stdout);
     /* At a terminal, keep the dashboard up until Enter so the final state
      * can be looked at; scripts and pipes never wait. */
-    if (!interrupted && !code && !quiet && !no_wait && isatty(0) && isatty(2)) {
+    if (!interrupted && !code && !quiet && !o.no_wait && isatty(0) && isatty(2)) {
         fprintf(stderr, "actstore demo: the dashboard stays at %s until you "
                         "press Enter\n", as_service_url(svc));
         int ch;

@@ -17,6 +17,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "util/clock.h"
 
 #define HIST 64   /* sparkline points per store */
 #define MAX_STORES 16
@@ -73,9 +74,7 @@ static void hold(top_state *st, int si, const char *group, const char *name, dou
         h->stored = *stored;
         h->ndone = 0;
     }
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double now = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    double now = as_clock_wall_s();
     if (step != h->step) {
         if (h->ndone == HELD_DONE) {
             memmove(h->done, h->done + 1, (HELD_DONE - 1) * sizeof *h->done);

@@ -6,7 +6,7 @@
  *   actstore train --model cnn|vit|lm --policy SPEC [--preset small|bench]
  *                  [--steps N | --epochs E] [--batch B] [--lr X] [--seed S]
  *                  [--threads T] [--act relu|leaky] [--convs N] [--json FILE]
- *                  [--serve ADDR]
+ *                  [--budget BYTES | --ratio X] [--serve ADDR]
  *
  * The command creates the store itself (so a service can watch it: --serve)
  * and hands it to the run (as_nn_train_opts.store).
@@ -23,41 +23,17 @@
 #include "client/client.h"
 #include "layers/data.h"
 #include "layers/train.h"
+#include "util/clock.h"
 
-static const char *const usage_text =
+static const as_cli_cmd train_cmd = {
+    "train", AS_CLI_TRAIN,
     "usage: actstore train --model cnn|vit|lm --policy SPEC [options]\n"
     "\n"
     "Train a reference model; every tensor saved for backward goes through\n"
     "the activation store under the policy SPEC (e.g. \"default=keep\",\n"
-    "\"softmax=soa:5; default=keep\", \"conv_input=invert|keep; default=keep\").\n"
-    "\n"
-    "options:\n"
-    "  --model M        cnn or vit (Fashion-MNIST), lm (fortunes text)\n"
-    "  --policy SPEC    store policy rules (required)\n"
-    "  --budget BYTES   hard limit on the saved bytes (K/M/G suffixes); the\n"
-    "                   auto policy plans within it (docs/policies.md)\n"
-    "  --ratio X        budget = keep's saved bytes of a step / X (measured\n"
-    "                   by one step without update before training)\n"
-    "  --preset P       small (seconds, default) or bench (reported figures)\n"
-    "  --steps N        train N steps (overrides the preset's length)\n"
-    "  --epochs E       train E epochs instead (may be fractional)\n"
-    "  --batch B        batch size (images, or text windows)\n"
-    "  --lr X           peak learning rate\n"
-    "  --act A          cnn activation: relu (preset) or leaky (LeakyReLU 0.1,\n"
-    "                   invertible: lets conv inversion chain through it)\n"
-    "  --convs N        cnn: stride-1 convs per stage (1..5)\n"
-    "  --seed S         seed of initialisation, data order, dropout (default 1)\n"
-    "  --threads T      OpenBLAS threads (default 1; 0 = OpenBLAS's choice)\n"
-    "  --eval-every N   also evaluate every N steps (eval_curve in the JSON)\n"
-    "  --data-dir DIR   Fashion-MNIST directory (default " AS_NN_FMNIST_DIR ")\n"
-    "  --text-dir DIR   fortunes directory (default " AS_NN_FORTUNES_DIR ")\n"
-    "  --json FILE      write results as JSON (\"-\" = stdout)\n"
-    "  --serve ADDR     serve the dashboard and /metrics on ADDR while training\n"
-    "  --serve-remote   allow --serve on a non-loopback address\n"
-    "  --quiet          no progress output\n"
-    "\n"
+    "\"softmax=soa:5; default=keep\", \"conv_input=invert|keep; default=keep\").\n",
     "Same model, preset, policy, seed and threads give the same loss sequence\n"
-    "bit for bit. Exit status: 0 ok, 1 failure, 2 usage.\n";
+    "bit for bit. Exit status: 0 ok, 1 failure, 2 usage.\n"};
 
 typedef struct prog {
     bool   tty, quiet;
@@ -65,13 +41,6 @@ typedef struct prog {
     long   last_step;
     long   every;
 } prog;
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Progress goes to stderr (stdout may carry --json -): a bar when stderr
  * is a terminal, plain lines otherwise. */
@@ -98,7 +67,7 @@ static void on_progress(void *ud, const as_nn_progress *p)
     as_cli_human_bytes((double)p->arena_peak, live, sizeof live);
     as_cli_human_bytes((double)p->saved_stored, st, sizeof st);
     if (g->tty) {
-        double t = mono_s();
+        double t = as_clock_wall_s();
         if (p->step != p->steps && t - g->last_t < 0.1)
             return;
         g->last_t = t;
@@ -133,8 +102,9 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
     cJSON_AddNumberToObject(j, "threads", threads);
     cJSON_AddNumberToObject(j, "batch", p->batch);
     cJSON_AddNumberToObject(j, "lr", p->lr);
+    const as_nn_model_info *mi = as_nn_model_find(p->model);
     cJSON *cfg = cJSON_AddObjectToObject(j, "config");   /* the model as run */
-    if (!strcmp(p->model, "cnn")) {
+    if (mi->cfg == AS_NN_CFG_cnn) {
         cJSON_AddStringToObject(cfg, "act", p->cnn.act_fn == AS_FN_LEAKY_RELU ? "leaky" : "relu");
         cJSON_AddNumberToObject(cfg, "convs_per_stage", p->cnn.convs);
         cJSON *w = cJSON_AddArrayToObject(cfg, "widths");
@@ -146,7 +116,7 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
         cJSON_AddNumberToObject(cfg, "heads", p->tf.NH);
         cJSON_AddNumberToObject(cfg, "depth", p->tf.depth);
         cJSON_AddNumberToObject(cfg, "mlp", p->tf.mlp);
-        if (!strcmp(p->model, "lm"))
+        if (mi->data == AS_NN_DATA_TEXT)
             cJSON_AddNumberToObject(cfg, "context", p->tf.T);
     }
     cJSON_AddNumberToObject(j, "steps", (double)r->steps);
@@ -165,8 +135,8 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
         cJSON_AddNumberToObject(ev, "accuracy", r->eval_accuracy);
     cJSON_AddNumberToObject(ev, "loss", r->eval_loss);
     cJSON_AddNumberToObject(ev, "samples", (double)r->eval_samples);
-    cJSON_AddStringToObject(ev, "on", strcmp(p->model, "lm") ? "test set"
-                                                             : "held-out text");
+    cJSON_AddStringToObject(ev, "on", mi->data == AS_NN_DATA_TEXT ? "held-out text"
+                                                                 : "test set");
     if (r->neval) {
         cJSON *ec = cJSON_AddArrayToObject(j, "eval_curve");
         for (long i = 0; i < r->neval; i++) {
@@ -211,148 +181,102 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
 
 int as_cmd_train(int argc, char **argv)
 {
-    const char *model = NULL, *policy = NULL, *preset = "small", *json = NULL;
-    const char *serve = NULL, *data_dir = NULL, *text_dir = NULL, *act = NULL;
-    unsigned long long convs = 0, budget = 0;
-    double ratio = 0;
-    bool serve_remote = false, quiet = false;
-    unsigned long long steps = 0, batch = 0, seed = 1, threads = 1, evev = 0;
-    double epochs = 0, lr = 0;
-    bool have_steps = false, have_epochs = false, have_lr = false;
-    const as_cli_flag flags[] = {{"--serve-remote", &serve_remote}, {"--quiet", &quiet},
-                                 {NULL, NULL}};
-    for (int i = 1; i < argc; i++) {
-        const char *a, *v;
-        int r = as_cli_next_opt("train", usage_text, argc, argv, &i, flags, &a, &v);
-        if (r == AS_CLI_FLAG)
-            continue;
-        if (r != AS_CLI_VALUE)
-            return r;
-        int bad = 0;
-        if (!strcmp(a, "--model")) model = v;
-        else if (!strcmp(a, "--policy")) policy = v;
-        else if (!strcmp(a, "--preset")) preset = v;
-        else if (!strcmp(a, "--json")) json = v;
-        else if (!strcmp(a, "--serve")) serve = v;
-        else if (!strcmp(a, "--data-dir")) data_dir = v;
-        else if (!strcmp(a, "--text-dir")) text_dir = v;
-        else if (!strcmp(a, "--steps")) { bad = as_cli_parse_u64("train", a, v, &steps); have_steps = true; }
-        else if (!strcmp(a, "--epochs")) { bad = as_cli_parse_double("train", a, v, &epochs); have_epochs = true; }
-        else if (!strcmp(a, "--batch")) bad = as_cli_parse_u64("train", a, v, &batch);
-        else if (!strcmp(a, "--lr")) { bad = as_cli_parse_double("train", a, v, &lr); have_lr = true; }
-        else if (!strcmp(a, "--seed")) bad = as_cli_parse_u64("train", a, v, &seed);
-        else if (!strcmp(a, "--threads")) bad = as_cli_parse_u64("train", a, v, &threads);
-        else if (!strcmp(a, "--eval-every")) bad = as_cli_parse_u64("train", a, v, &evev);
-        else if (!strcmp(a, "--act")) act = v;
-        else if (!strcmp(a, "--convs")) bad = as_cli_parse_u64("train", a, v, &convs);
-        else if (!strcmp(a, "--budget")) bad = as_cli_parse_bytes("train", a, v, &budget);
-        else if (!strcmp(a, "--ratio")) bad = as_cli_parse_double("train", a, v, &ratio);
-        else return as_cli_usage("train", "unknown option '%s'", a);
-        if (bad)
-            return AS_EXIT_USAGE;
-    }
+    as_cli_opts o = {.preset = "small", .seed = 1, .threads = 1};
+    int r = as_cli_parse_opts(&train_cmd, argc, argv, &o);
+    if (r != AS_CLI_RUN)
+        return r;
+    const char *model = o.model, *policy = o.policy, *act = o.act;
     if (!model)
         return as_cli_usage("train", "--model is required (cnn, vit or lm)");
     if (!policy)
         return as_cli_usage("train", "--policy is required (e.g. --policy default=keep)");
-    if (budget && ratio > 0)
+    if (o.budget && o.ratio > 0)
         return as_cli_usage("train", "give --budget or --ratio, not both");
-    if (ratio != 0 && !(ratio >= 1 && ratio <= 1e6))
-        return as_cli_usage("train", "--ratio %g out of range [1, 1e6]", ratio);
-    if (have_steps && have_epochs)
+    if (o.seen[AS_OPT_steps] && o.seen[AS_OPT_epochs])
         return as_cli_usage("train", "give --steps or --epochs, not both");
-    if (have_steps && (steps < 1 || steps > 100000000ull))
-        return as_cli_usage("train", "--steps %llu out of range 1..100000000", steps);
-    if (have_epochs && !(epochs > 0 && epochs <= 1000))
-        return as_cli_usage("train", "--epochs %g out of range (0, 1000]", epochs);
-    if (batch > 65536)
-        return as_cli_usage("train", "--batch %llu out of range 1..65536", batch);
-    if (have_lr && !(lr > 0 && lr < 100))
-        return as_cli_usage("train", "--lr %g out of range (0, 100)", lr);
-    if (threads > 256)
-        return as_cli_usage("train", "--threads %llu out of range 0..256", threads);
     as_nn_preset p;
-    if (strcmp(model, "cnn") && strcmp(model, "vit") && strcmp(model, "lm"))
-        return as_cli_usage("train", "unknown model '%s' (cnn, vit, lm)", model);
-    if (as_nn_preset_get(model, preset, &p))
-        return as_cli_usage("train", "unknown preset '%s' (small, bench)", preset);
+    const as_nn_model_info *mi = as_nn_model_find(model);
+    if (!mi)
+        return as_cli_usage("train", "unknown model '%s' (%s)", model, as_nn_model_names());
+    if (as_nn_preset_get(model, o.preset, &p))
+        return as_cli_usage("train", "unknown preset '%s' (small, bench)", o.preset);
     char err[768] = "";
     if (as_policy_check(policy, err, sizeof err))
         return as_cli_usage("train", "--policy: %s", err);
-    if (have_steps) {
-        p.steps = (long)steps;
+    if (o.steps) {
+        p.steps = (long)o.steps;
         p.epochs = 0;
     }
-    if (have_epochs) {
+    if (o.epochs > 0) {
         p.steps = 0;
-        p.epochs = epochs;
+        p.epochs = o.epochs;
     }
-    if (batch)
-        p.batch = (int)batch;
-    if (have_lr)
-        p.lr = (float)lr;
-    if ((act || convs) && strcmp(model, "cnn"))
+    if (o.batch)
+        p.batch = (int)o.batch;
+    if (o.lr > 0)
+        p.lr = (float)o.lr;
+    if ((act || o.convs) && mi->cfg != AS_NN_CFG_cnn)
         return as_cli_usage("train", "--act and --convs apply to --model cnn");
     if (act && strcmp(act, "relu") && strcmp(act, "leaky"))
         return as_cli_usage("train", "--act '%s': expected relu or leaky", act);
     if (act)
         p.cnn.act_fn = strcmp(act, "leaky") ? AS_FN_RELU : AS_FN_LEAKY_RELU;
-    if (convs && (convs > 5 || (long)convs * p.cnn.nstages > 16))
-        return as_cli_usage("train", "--convs %llu out of range 1..5", convs);
-    if (convs)
-        p.cnn.convs = (int)convs;
+    if (o.convs && (long)o.convs * p.cnn.nstages > 16)
+        return as_cli_usage("train", "--convs %llu: more than 16 convs in all", o.convs);
+    if (o.convs)
+        p.cnn.convs = (int)o.convs;
 
     /* The command owns the store so that a service can watch it. */
     as_store *store = NULL;
     as_store_config cfg = {.policy = policy, .label = "train",
-                           .sampler_hz = serve ? 10 : 0};
+                           .sampler_hz = o.serve ? 10 : 0};
     int rc = as_store_create(&cfg, &store, err, sizeof err);
     if (rc)
         return as_cli_fail("train", "creating the store: %s", err);
     as_service *svc = NULL;
-    if (serve && as_client_serve("train", serve, serve_remote, &store, NULL, 1, &svc)) {
+    if (o.serve && as_client_serve("train", o.serve, o.serve_remote, &store, NULL, 1, &svc)) {
         as_store_destroy(store);
         return AS_EXIT_FAIL;
     }
-    prog g = {.tty = isatty_stderr(), .quiet = quiet, .every = 50};
-    as_nn_train_opts o = {.policy = NULL, .seed = seed, .threads = (int)threads,
-                          .data_dir = data_dir, .text_dir = text_dir,
-                          .progress = on_progress, .progress_ud = &g,
-                          .store = store, .eval_every = (int)evev,
-                          .saved_budget = budget, .budget_ratio = ratio};
-    as_nn_train_result r;
-    rc = as_nn_train(&p, &o, &r, err, sizeof err);
+    prog g = {.tty = isatty_stderr(), .quiet = o.quiet, .every = 50};
+    as_nn_train_opts to = {.policy = NULL, .seed = o.seed, .threads = (int)o.threads,
+                           .data_dir = o.data_dir, .text_dir = o.text_dir,
+                           .progress = on_progress, .progress_ud = &g,
+                           .store = store, .eval_every = (int)o.eval_every,
+                           .saved_budget = o.budget, .budget_ratio = o.ratio};
+    as_nn_train_result res;
+    rc = as_nn_train(&p, &to, &res, err, sizeof err);
     as_service_stop(svc);
     as_store_destroy(store);
     if (rc)
         return as_cli_fail("train", "%s", err);
-    if (!quiet && g.tty)
+    if (!o.quiet && g.tty)
         fputs("\r\033[K", stderr);   /* clear the "evaluating" bar */
-    if (!quiet) {
+    if (!o.quiet) {
         char a[32], b[32], c[32];
-        as_cli_human_bytes((double)r.saved_stored_peak, a, sizeof a);
-        as_cli_human_bytes((double)r.saved_raw_peak, b, sizeof b);
-        as_cli_human_bytes((double)r.arena_peak, c, sizeof c);
+        as_cli_human_bytes((double)res.saved_stored_peak, a, sizeof a);
+        as_cli_human_bytes((double)res.saved_raw_peak, b, sizeof b);
+        as_cli_human_bytes((double)res.arena_peak, c, sizeof c);
         fprintf(stderr, "%s/%s policy \"%s\" seed %llu: %ld steps, final train "
-                "loss %.4f, ", p.model, p.name, policy, seed, r.steps,
-                r.final_train_loss);
-        if (r.eval_accuracy >= 0)
+                "loss %.4f, ", p.model, p.name, policy, o.seed, res.steps,
+                res.final_train_loss);
+        if (res.eval_accuracy >= 0)
             fprintf(stderr, "test accuracy %.2f%% (%ld images), ",
-                    100 * r.eval_accuracy, r.eval_samples);
+                    100 * res.eval_accuracy, res.eval_samples);
         else
             fprintf(stderr, "held-out loss %.4f nats/char (%ld chars), ",
-                    r.eval_loss, r.eval_samples);
+                    res.eval_loss, res.eval_samples);
         fprintf(stderr, "saved peak %s of %s raw, arena peak %s, %.1f ms/step, "
-                "%.1f s\n", a, b, c, r.step_ms_median, r.total_s);
-        as_cli_plan_print(stderr, &r.plan);
+                "%.1f s\n", a, b, c, res.step_ms_median, res.total_s);
+        as_cli_plan_print(stderr, &res.plan);
     }
     rc = AS_EXIT_OK;
-    if (json) {
-        cJSON *j = result_json(&p, policy, seed, (int)threads, &r);
-        if (as_cli_write_json("train", json, j))
+    if (o.json) {
+        cJSON *j = result_json(&p, policy, o.seed, (int)o.threads, &res);
+        if (as_cli_write_json("train", o.json, j))
             rc = AS_EXIT_FAIL;
         cJSON_Delete(j);
     }
-    as_nn_train_result_free(&r);
+    as_nn_train_result_free(&res);
     return rc;
 }

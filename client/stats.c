@@ -61,22 +61,3 @@ as_paired as_stats_paired(const double *a, const double *b, size_t n)
     }
     return p;
 }
-
-static int cmp_double(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
-void as_stats_sort(double *x, size_t n)
-{
-    qsort(x, n, sizeof *x, cmp_double);
-}
-
-double as_stats_median(double *x, size_t n)
-{
-    if (n == 0)
-        return NAN;
-    as_stats_sort(x, n);
-    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}

@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "util/median.h"
+
 typedef struct as_summary {
     size_t n;
     double mean, sd;        /* sd: sample (n-1); 0 when n < 2 */
@@ -25,9 +27,6 @@ as_summary as_stats_summary(const double *x, size_t n);
 as_paired as_stats_paired(const double *a, const double *b, size_t n);
 /* Two-sided 97.5% quantile of Student's t with df degrees of freedom. */
 double as_stats_t975(size_t df);
-/* Sort x[0..n) ascending, in place. */
-void as_stats_sort(double *x, size_t n);
-/* Median of x (n > 0); x is reordered. */
-double as_stats_median(double *x, size_t n);
+/* as_stats_sort, as_stats_median: util/median.h. */
 
 #endif

@@ -62,6 +62,23 @@ int as_nn_vit_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
                      as_nn_model **out);
 int as_nn_lm_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
                     as_nn_model **out);
+/* The models by name (layers/models.def). */
+typedef enum { AS_NN_CFG_cnn, AS_NN_CFG_tf } as_nn_cfg_kind;
+typedef enum { AS_NN_DATA_IMAGES, AS_NN_DATA_TEXT } as_nn_data_kind;
+
+typedef struct as_nn_preset as_nn_preset;
+typedef struct as_nn_model_info {
+    const char     *name;
+    as_nn_cfg_kind  cfg;        /* which preset member builds it */
+    as_nn_data_kind data;
+    int (*create)(as_nn_ctx *c, const as_nn_preset *p, uint64_t seed, as_nn_model **out);
+} as_nn_model_info;
+
+/* The row of model `name`, or NULL (also for NULL). Thread-safe. */
+const as_nn_model_info *as_nn_model_find(const char *name);
+/* "cnn, vit, lm": the names for messages. */
+const char *as_nn_model_names(void);
+
 static inline void as_nn_model_destroy(as_nn_model *m, as_nn_ctx *c)
 {
     if (m)

@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "util/try.h"
 
 #define MAXL 16
 
@@ -48,13 +49,6 @@ typedef struct cnn {
     int32_t *labels;
     float *aff[MAXL];     /* leaky + BN chain: (scale, shift) per channel */
 } cnn;
-
-#define TRY(expr)                 \
-    do {                          \
-        rc = (expr);              \
-        if (rc)                   \
-            goto out;             \
-    } while (0)
 
 static int act_alloc(as_nn_ctx *c, size_t n, uint16_t id, as_block *b)
 {
@@ -140,12 +134,12 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
             const int Co = m->cfg.widths[s];
             const size_t n = (size_t)N * Co * H * H;
             m->Hs[li] = H;
-            TRY(act_alloc(c, n, m->conv[li].id, &y));
-            TRY(as_nn_conv_fwd(c, &m->conv[li], N, H, H, in, in_h, AS_NN_F(y)));
+            AS_TRY(act_alloc(c, n, m->conv[li].id, &y));
+            AS_TRY(as_nn_conv_fwd(c, &m->conv[li], N, H, H, in, in_h, AS_NN_F(y)));
             as_nn_free(c, &cur);
             if (m->cfg.batchnorm) {
-                TRY(act_alloc(c, n, m->bn[li].id, &z));
-                TRY(as_nn_bnorm_fwd(c, &m->bn[li], N, H, H, AS_NN_F(y),
+                AS_TRY(act_alloc(c, n, m->bn[li].id, &z));
+                AS_TRY(as_nn_bnorm_fwd(c, &m->bn[li], N, H, H, AS_NN_F(y),
                                     m->conv[li].hy, AS_NN_F(z)));
                 as_nn_free(c, &y);
                 y = z;
@@ -157,7 +151,7 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
                 as_handle src = m->conv[li].hy, hb = AS_HANDLE_NULL;
                 if (m->cfg.batchnorm) {
                     if (bn_chain)
-                        TRY(bn_link(c, m, li, N, H, AS_NN_F(y), &hb));
+                        AS_TRY(bn_link(c, m, li, N, H, AS_NN_F(y), &hb));
                     src = hb;
                 }
                 rc = leaky_fwd_chained(c, &m->act[li], shape, AS_NN_F(y), src);
@@ -165,7 +159,7 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
                 if (rc)
                     goto out;
             } else {
-                TRY(as_nn_act_fwd(c, &m->act[li], 4, shape, AS_NN_F(y), AS_NN_F(y)));
+                AS_TRY(as_nn_act_fwd(c, &m->act[li], 4, shape, AS_NN_F(y), AS_NN_F(y)));
             }
             cur = y;
             y = (as_block){0};
@@ -174,8 +168,8 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
             Cc = Co;
         }
         const int Ho = H / 2;
-        TRY(act_alloc(c, (size_t)N * Cc * Ho * Ho, m->pool[s].id, &y));
-        TRY(as_nn_pool_fwd(c, &m->pool[s], N, Cc, H, H, in, AS_NN_F(y)));
+        AS_TRY(act_alloc(c, (size_t)N * Cc * Ho * Ho, m->pool[s].id, &y));
+        AS_TRY(as_nn_pool_fwd(c, &m->pool[s], N, Cc, H, H, in, AS_NN_F(y)));
         as_nn_free(c, &cur);
         cur = y;
         y = (as_block){0};
@@ -183,10 +177,10 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
         in_h = AS_HANDLE_NULL;
         H = Ho;
     }
-    TRY(act_alloc(c, (size_t)N * 10, m->head.id, &y));
-    TRY(as_nn_linear_fwd(c, &m->head, N, in, AS_NN_F(y)));
+    AS_TRY(act_alloc(c, (size_t)N * 10, m->head.id, &y));
+    AS_TRY(as_nn_linear_fwd(c, &m->head, N, in, AS_NN_F(y)));
     as_nn_free(c, &cur);
-    TRY(as_nn_xent_fwd(c, &m->loss, N, 10, AS_NN_F(y), bt->y, loss, ncorrect));
+    AS_TRY(as_nn_xent_fwd(c, &m->loss, N, 10, AS_NN_F(y), bt->y, loss, ncorrect));
 out:
     as_nn_free(c, &cur);
     as_nn_free(c, &y);
@@ -200,35 +194,35 @@ static int cnn_backward(as_nn_model *m_, as_nn_ctx *c)
     const int N = m->B;
     int rc = 0;
     as_block dl = {0}, d = {0}, dn = {0};
-    TRY(grad_alloc(c, (size_t)N * 10, m->loss.id, &dl));
-    TRY(as_nn_xent_bwd(c, &m->loss, AS_NN_F(dl)));
-    TRY(grad_alloc(c, (size_t)N * m->feat, m->head.id, &d));
-    TRY(as_nn_linear_bwd(c, &m->head, AS_NN_F(dl), AS_NN_F(d)));
+    AS_TRY(grad_alloc(c, (size_t)N * 10, m->loss.id, &dl));
+    AS_TRY(as_nn_xent_bwd(c, &m->loss, AS_NN_F(dl)));
+    AS_TRY(grad_alloc(c, (size_t)N * m->feat, m->head.id, &d));
+    AS_TRY(as_nn_linear_bwd(c, &m->head, AS_NN_F(dl), AS_NN_F(d)));
     as_nn_free(c, &dl);
     int li = m->nconv - 1;
     for (int s = m->cfg.nstages - 1; s >= 0; s--) {
         as_nn_pool *p = &m->pool[s];
-        TRY(grad_alloc(c, (size_t)N * p->C * p->H * p->W, p->id, &dn));
-        TRY(as_nn_pool_bwd(c, p, AS_NN_F(d), AS_NN_F(dn)));
+        AS_TRY(grad_alloc(c, (size_t)N * p->C * p->H * p->W, p->id, &dn));
+        AS_TRY(as_nn_pool_bwd(c, p, AS_NN_F(d), AS_NN_F(dn)));
         as_nn_free(c, &d);
         d = dn;
         dn = (as_block){0};
         for (int k = m->cfg.convs - 1; k >= 0; k--, li--) {
             as_nn_conv *cv = &m->conv[li];
-            TRY(as_nn_act_bwd(c, &m->act[li], AS_NN_F(d), AS_NN_F(d)));
+            AS_TRY(as_nn_act_bwd(c, &m->act[li], AS_NN_F(d), AS_NN_F(d)));
             if (m->cfg.batchnorm)  /* in place: dx may not alias dy, so swap */
             {
-                TRY(grad_alloc(c, (size_t)N * cv->g.Cout * m->Hs[li] * m->Hs[li],
+                AS_TRY(grad_alloc(c, (size_t)N * cv->g.Cout * m->Hs[li] * m->Hs[li],
                                m->bn[li].id, &dn));
-                TRY(as_nn_bnorm_bwd(c, &m->bn[li], AS_NN_F(d), AS_NN_F(dn)));
+                AS_TRY(as_nn_bnorm_bwd(c, &m->bn[li], AS_NN_F(d), AS_NN_F(dn)));
                 as_nn_free(c, &d);
                 d = dn;
                 dn = (as_block){0};
             }
             if (li > 0)
-                TRY(grad_alloc(c, (size_t)N * cv->g.Cin * m->Hs[li] * m->Hs[li],
+                AS_TRY(grad_alloc(c, (size_t)N * cv->g.Cin * m->Hs[li] * m->Hs[li],
                                cv->id, &dn));
-            TRY(as_nn_conv_bwd(c, cv, AS_NN_F(d), li > 0 ? AS_NN_F(dn) : NULL));
+            AS_TRY(as_nn_conv_bwd(c, cv, AS_NN_F(d), li > 0 ? AS_NN_F(dn) : NULL));
             as_nn_free(c, &d);
             d = dn;
             dn = (as_block){0};
@@ -281,11 +275,11 @@ int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
         }
         for (int k = 0; k < cfg->convs; k++, li++) {
             snprintf(name, sizeof name, "stages.%d.conv%d", s, k);
-            TRY(as_nn_conv_init(c, &m->base.params, &m->conv[li], name, cin, w,
+            AS_TRY(as_nn_conv_init(c, &m->base.params, &m->conv[li], name, cin, w,
                                 3, 1, 1, !cfg->batchnorm, &rng));
             if (cfg->batchnorm) {
                 snprintf(name, sizeof name, "stages.%d.bn%d", s, k);
-                TRY(as_nn_bnorm_init(c, &m->base.params, &m->bn[li], name, w));
+                AS_TRY(as_nn_bnorm_init(c, &m->base.params, &m->bn[li], name, w));
                 if (cfg->act_fn == AS_FN_LEAKY_RELU &&
                     !(m->aff[li] = malloc(sizeof(float) * 2 * (size_t)w))) {
                     rc = as_nn_fail(c, AS_ENOMEM, "cnn: BN affine");
@@ -303,7 +297,7 @@ int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
         H /= 2;
     }
     m->feat = cin * H * H;
-    TRY(as_nn_linear_init(c, &m->base.params, &m->head, "head", m->feat, 10,
+    AS_TRY(as_nn_linear_init(c, &m->base.params, &m->head, "head", m->feat, 10,
                           true, &rng));
     as_nn_xent_init(c, &m->loss, "loss");
     if (cfg->batchnorm) {

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "util/try.h"
 
 #define MAXD 12
 
@@ -34,13 +35,6 @@ typedef struct tf {
     as_nn_xent loss;
     int B, T, nout;
 } tf;
-
-#define TRY(expr)                 \
-    do {                          \
-        rc = (expr);              \
-        if (rc)                   \
-            goto out;             \
-    } while (0)
 
 static int falloc(as_nn_ctx *c, size_t n, int tag, uint16_t id, as_block *b)
 {
@@ -83,20 +77,20 @@ static int block_fwd(as_nn_ctx *c, block *b, const as_nn_tf_cfg *cfg, int B,
     const int N = B * T, C = cfg->C, H = cfg->mlp * C;
     as_block a = {0}, h = {0};
     int rc = 0;
-    TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, b->attn.id, &a));
-    TRY(as_nn_layernorm_fwd(c, &b->ln1, N, x, AS_NN_F(a)));
-    TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, b->attn.id, &h));
-    TRY(as_nn_attn_fwd(c, &b->attn, B, T, AS_NN_F(a), AS_NN_F(h)));
-    TRY(as_nn_dropout_fwd(c, &b->d1, (size_t)N * C, AS_NN_F(h), AS_NN_F(h)));
+    AS_TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, b->attn.id, &a));
+    AS_TRY(as_nn_layernorm_fwd(c, &b->ln1, N, x, AS_NN_F(a)));
+    AS_TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, b->attn.id, &h));
+    AS_TRY(as_nn_attn_fwd(c, &b->attn, B, T, AS_NN_F(a), AS_NN_F(h)));
+    AS_TRY(as_nn_dropout_fwd(c, &b->d1, (size_t)N * C, AS_NN_F(h), AS_NN_F(h)));
     as_op_add((size_t)N * C, AS_NN_F(h), x);
     as_nn_free(c, &h);
-    TRY(as_nn_layernorm_fwd(c, &b->ln2, N, x, AS_NN_F(a)));
-    TRY(falloc(c, (size_t)N * H, AS_TAG_ACTIVATIONS, b->fc1.id, &h));
-    TRY(as_nn_linear_fwd(c, &b->fc1, N, AS_NN_F(a), AS_NN_F(h)));
+    AS_TRY(as_nn_layernorm_fwd(c, &b->ln2, N, x, AS_NN_F(a)));
+    AS_TRY(falloc(c, (size_t)N * H, AS_TAG_ACTIVATIONS, b->fc1.id, &h));
+    AS_TRY(as_nn_linear_fwd(c, &b->fc1, N, AS_NN_F(a), AS_NN_F(h)));
     const int64_t shape[2] = {N, H};
-    TRY(as_nn_act_fwd(c, &b->gelu, 2, shape, AS_NN_F(h), AS_NN_F(h)));
-    TRY(as_nn_linear_fwd(c, &b->fc2, N, AS_NN_F(h), AS_NN_F(a)));
-    TRY(as_nn_dropout_fwd(c, &b->d2, (size_t)N * C, AS_NN_F(a), AS_NN_F(a)));
+    AS_TRY(as_nn_act_fwd(c, &b->gelu, 2, shape, AS_NN_F(h), AS_NN_F(h)));
+    AS_TRY(as_nn_linear_fwd(c, &b->fc2, N, AS_NN_F(h), AS_NN_F(a)));
+    AS_TRY(as_nn_dropout_fwd(c, &b->d2, (size_t)N * C, AS_NN_F(a), AS_NN_F(a)));
     as_op_add((size_t)N * C, AS_NN_F(a), x);
 out:
     as_nn_free(c, &a);
@@ -111,19 +105,19 @@ static int block_bwd(as_nn_ctx *c, block *b, const as_nn_tf_cfg *cfg, int B,
     const int N = B * T, C = cfg->C, H = cfg->mlp * C;
     as_block t = {0}, h = {0}, u = {0};
     int rc = 0;
-    TRY(falloc(c, (size_t)N * C, AS_TAG_WORKSPACE, b->fc2.id, &t));
-    TRY(falloc(c, (size_t)N * C, AS_TAG_WORKSPACE, b->fc2.id, &u));
-    TRY(falloc(c, (size_t)N * H, AS_TAG_WORKSPACE, b->fc2.id, &h));
-    TRY(as_nn_dropout_bwd(c, &b->d2, dx, AS_NN_F(t)));
-    TRY(as_nn_linear_bwd(c, &b->fc2, AS_NN_F(t), AS_NN_F(h)));
-    TRY(as_nn_act_bwd(c, &b->gelu, AS_NN_F(h), AS_NN_F(h)));
-    TRY(as_nn_linear_bwd(c, &b->fc1, AS_NN_F(h), AS_NN_F(t)));
+    AS_TRY(falloc(c, (size_t)N * C, AS_TAG_WORKSPACE, b->fc2.id, &t));
+    AS_TRY(falloc(c, (size_t)N * C, AS_TAG_WORKSPACE, b->fc2.id, &u));
+    AS_TRY(falloc(c, (size_t)N * H, AS_TAG_WORKSPACE, b->fc2.id, &h));
+    AS_TRY(as_nn_dropout_bwd(c, &b->d2, dx, AS_NN_F(t)));
+    AS_TRY(as_nn_linear_bwd(c, &b->fc2, AS_NN_F(t), AS_NN_F(h)));
+    AS_TRY(as_nn_act_bwd(c, &b->gelu, AS_NN_F(h), AS_NN_F(h)));
+    AS_TRY(as_nn_linear_bwd(c, &b->fc1, AS_NN_F(h), AS_NN_F(t)));
     as_nn_free(c, &h);
-    TRY(as_nn_layernorm_bwd(c, &b->ln2, AS_NN_F(t), AS_NN_F(u)));
+    AS_TRY(as_nn_layernorm_bwd(c, &b->ln2, AS_NN_F(t), AS_NN_F(u)));
     as_op_add((size_t)N * C, AS_NN_F(u), dx);
-    TRY(as_nn_dropout_bwd(c, &b->d1, dx, AS_NN_F(t)));
-    TRY(as_nn_attn_bwd(c, &b->attn, AS_NN_F(t), AS_NN_F(u)));
-    TRY(as_nn_layernorm_bwd(c, &b->ln1, AS_NN_F(u), AS_NN_F(t)));
+    AS_TRY(as_nn_dropout_bwd(c, &b->d1, dx, AS_NN_F(t)));
+    AS_TRY(as_nn_attn_bwd(c, &b->attn, AS_NN_F(t), AS_NN_F(u)));
+    AS_TRY(as_nn_layernorm_bwd(c, &b->ln1, AS_NN_F(u), AS_NN_F(t)));
     as_op_add((size_t)N * C, AS_NN_F(t), dx);
 out:
     as_nn_free(c, &t);
@@ -142,11 +136,11 @@ static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
     m->T = T;
     as_block x = {0}, p = {0}, e = {0}, lg = {0};
     int rc = 0;
-    TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, 0, &x));  /* (B,T,C) */
+    AS_TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, 0, &x));  /* (B,T,C) */
     float *xs = AS_NN_F(x);
     if (m->vit) {
         /* patches (B*49, 16): 4x4 pixel blocks, row-major within a patch */
-        TRY(falloc(c, (size_t)B * 49 * 16, AS_TAG_ACTIVATIONS, m->patch.id, &p));
+        AS_TRY(falloc(c, (size_t)B * 49 * 16, AS_TAG_ACTIVATIONS, m->patch.id, &p));
         float *pp = AS_NN_F(p);
         for (int b = 0; b < B; b++)
             for (int py = 0; py < 7; py++)
@@ -155,8 +149,8 @@ static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
                         for (int j = 0; j < 4; j++)
                             pp[((size_t)(b * 49 + py * 7 + px)) * 16 + i * 4 + j] =
                                 bt->x[(size_t)b * 784 + (py * 4 + i) * 28 + px * 4 + j];
-        TRY(falloc(c, (size_t)B * 49 * C, AS_TAG_ACTIVATIONS, m->patch.id, &e));
-        TRY(as_nn_linear_fwd(c, &m->patch, B * 49, pp, AS_NN_F(e)));
+        AS_TRY(falloc(c, (size_t)B * 49 * C, AS_TAG_ACTIVATIONS, m->patch.id, &e));
+        AS_TRY(as_nn_linear_fwd(c, &m->patch, B * 49, pp, AS_NN_F(e)));
         as_nn_free(c, &p);
         const float *cls = AS_NN_F(m->cls->w), *pos = AS_NN_F(m->pos->w);
         for (int b = 0; b < B; b++)
@@ -168,28 +162,28 @@ static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
             }
         as_nn_free(c, &e);
     } else {
-        TRY(as_nn_embed_fwd(c, &m->emb, B, bt->tok, xs));
+        AS_TRY(as_nn_embed_fwd(c, &m->emb, B, bt->tok, xs));
     }
     for (int i = 0; i < m->cfg.depth; i++)
-        TRY(block_fwd(c, &m->blk[i], &m->cfg, B, T, xs));
+        AS_TRY(block_fwd(c, &m->blk[i], &m->cfg, B, T, xs));
     /* vit: only the class token goes to the head */
     const int R = m->vit ? B : N;
     const float *hin = xs;
     if (m->vit) {
-        TRY(falloc(c, (size_t)B * C, AS_TAG_ACTIVATIONS, m->lnf.id, &p));
+        AS_TRY(falloc(c, (size_t)B * C, AS_TAG_ACTIVATIONS, m->lnf.id, &p));
         for (int b = 0; b < B; b++)
             memcpy(AS_NN_F(p) + (size_t)b * C, xs + (size_t)b * 50 * C,
                    sizeof(float) * C);
         hin = AS_NN_F(p);
     }
-    TRY(falloc(c, (size_t)R * C, AS_TAG_ACTIVATIONS, m->lnf.id, &e));
-    TRY(as_nn_layernorm_fwd(c, &m->lnf, R, hin, AS_NN_F(e)));
+    AS_TRY(falloc(c, (size_t)R * C, AS_TAG_ACTIVATIONS, m->lnf.id, &e));
+    AS_TRY(as_nn_layernorm_fwd(c, &m->lnf, R, hin, AS_NN_F(e)));
     as_nn_free(c, &x);
     as_nn_free(c, &p);
-    TRY(falloc(c, (size_t)R * m->nout, AS_TAG_ACTIVATIONS, m->head.id, &lg));
-    TRY(as_nn_linear_fwd(c, &m->head, R, AS_NN_F(e), AS_NN_F(lg)));
+    AS_TRY(falloc(c, (size_t)R * m->nout, AS_TAG_ACTIVATIONS, m->head.id, &lg));
+    AS_TRY(as_nn_linear_fwd(c, &m->head, R, AS_NN_F(e), AS_NN_F(lg)));
     as_nn_free(c, &e);
-    TRY(as_nn_xent_fwd(c, &m->loss, R, m->nout, AS_NN_F(lg),
+    AS_TRY(as_nn_xent_fwd(c, &m->loss, R, m->nout, AS_NN_F(lg),
                        m->vit ? bt->y : bt->tgt, loss, ncorrect));
 out:
     as_nn_free(c, &x);
@@ -206,15 +200,15 @@ static int tf_backward(as_nn_model *m_, as_nn_ctx *c)
     const int R = m->vit ? B : N;
     as_block dl = {0}, dh = {0}, dr = {0}, dx = {0};
     int rc = 0;
-    TRY(falloc(c, (size_t)R * m->nout, AS_TAG_WORKSPACE, m->head.id, &dl));
-    TRY(as_nn_xent_bwd(c, &m->loss, AS_NN_F(dl)));
-    TRY(falloc(c, (size_t)R * C, AS_TAG_WORKSPACE, m->head.id, &dh));
-    TRY(as_nn_linear_bwd(c, &m->head, AS_NN_F(dl), AS_NN_F(dh)));
+    AS_TRY(falloc(c, (size_t)R * m->nout, AS_TAG_WORKSPACE, m->head.id, &dl));
+    AS_TRY(as_nn_xent_bwd(c, &m->loss, AS_NN_F(dl)));
+    AS_TRY(falloc(c, (size_t)R * C, AS_TAG_WORKSPACE, m->head.id, &dh));
+    AS_TRY(as_nn_linear_bwd(c, &m->head, AS_NN_F(dl), AS_NN_F(dh)));
     as_nn_free(c, &dl);
-    TRY(falloc(c, (size_t)R * C, AS_TAG_WORKSPACE, m->lnf.id, &dr));
-    TRY(as_nn_layernorm_bwd(c, &m->lnf, AS_NN_F(dh), AS_NN_F(dr)));
+    AS_TRY(falloc(c, (size_t)R * C, AS_TAG_WORKSPACE, m->lnf.id, &dr));
+    AS_TRY(as_nn_layernorm_bwd(c, &m->lnf, AS_NN_F(dh), AS_NN_F(dr)));
     as_nn_free(c, &dh);
-    TRY(as_nn_alloc(c, sizeof(float) * (size_t)N * C, AS_TAG_WORKSPACE, 0,
+    AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)N * C, AS_TAG_WORKSPACE, 0,
                     m->vit, &dx));
     float *d = AS_NN_F(dx);
     if (m->vit)
@@ -225,10 +219,10 @@ static int tf_backward(as_nn_model *m_, as_nn_ctx *c)
         memcpy(d, AS_NN_F(dr), sizeof(float) * (size_t)N * C);
     as_nn_free(c, &dr);
     for (int i = m->cfg.depth - 1; i >= 0; i--)
-        TRY(block_bwd(c, &m->blk[i], &m->cfg, B, T, d));
+        AS_TRY(block_bwd(c, &m->blk[i], &m->cfg, B, T, d));
     if (m->vit) {
         float *gc = AS_NN_F(m->cls->g), *gp = AS_NN_F(m->pos->g);
-        TRY(falloc(c, (size_t)B * 49 * C, AS_TAG_WORKSPACE, m->patch.id, &dh));
+        AS_TRY(falloc(c, (size_t)B * 49 * C, AS_TAG_WORKSPACE, m->patch.id, &dh));
         for (int b = 0; b < B; b++)
             for (int t = 0; t < 50; t++) {
                 const float *r = d + ((size_t)b * 50 + t) * C;
@@ -241,9 +235,9 @@ static int tf_backward(as_nn_model *m_, as_nn_ctx *c)
                     memcpy(AS_NN_F(dh) + ((size_t)b * 49 + t - 1) * C, r,
                            sizeof(float) * C);
             }
-        TRY(as_nn_linear_bwd(c, &m->patch, AS_NN_F(dh), NULL));
+        AS_TRY(as_nn_linear_bwd(c, &m->patch, AS_NN_F(dh), NULL));
     } else {
-        TRY(as_nn_embed_bwd(c, &m->emb, d));
+        AS_TRY(as_nn_embed_bwd(c, &m->emb, d));
     }
 out:
     as_nn_free(c, &dl);
@@ -281,19 +275,19 @@ static int tf_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
     int rc = 0;
     as_nn_params *ps = &m->base.params;
     if (vit) {
-        TRY(as_nn_linear_init(c, ps, &m->patch, "patch", 16, cfg->C, true, &rng));
-        TRY(as_nn_param_new(c, ps, "cls", m->patch.id, (size_t)cfg->C, 0.02f, 0,
+        AS_TRY(as_nn_linear_init(c, ps, &m->patch, "patch", 16, cfg->C, true, &rng));
+        AS_TRY(as_nn_param_new(c, ps, "cls", m->patch.id, (size_t)cfg->C, 0.02f, 0,
                             false, &rng, &m->cls));
-        TRY(as_nn_param_new(c, ps, "pos", m->patch.id, (size_t)50 * cfg->C, 0.02f,
+        AS_TRY(as_nn_param_new(c, ps, "pos", m->patch.id, (size_t)50 * cfg->C, 0.02f,
                             0, false, &rng, &m->pos));
     } else {
-        TRY(as_nn_embed_init(c, ps, &m->emb, "embed", cfg->V, cfg->T, cfg->C,
+        AS_TRY(as_nn_embed_init(c, ps, &m->emb, "embed", cfg->V, cfg->T, cfg->C,
                              true, &rng));
     }
     for (int i = 0; i < cfg->depth; i++)
-        TRY(block_init(c, ps, &m->blk[i], i, cfg, !vit, &rng));
-    TRY(as_nn_layernorm_init(c, ps, &m->lnf, "ln_f", cfg->C));
-    TRY(as_nn_linear_init(c, ps, &m->head, "head", cfg->C, m->nout, true, &rng));
+        AS_TRY(block_init(c, ps, &m->blk[i], i, cfg, !vit, &rng));
+    AS_TRY(as_nn_layernorm_init(c, ps, &m->lnf, "ln_f", cfg->C));
+    AS_TRY(as_nn_linear_init(c, ps, &m->head, "head", cfg->C, m->nout, true, &rng));
     as_nn_xent_init(c, &m->loss, "loss");
 out:
     if (rc) {

@@ -3,8 +3,7 @@
  * framework (see nn.h).
  *
  * Store access goes to the activation store when the context has one, else
- * to a minimal built-in keep table (copy at save). AS_NN_HAVE_STORE is set
- * by the build once the store implementation is linked.
+ * to a minimal built-in keep table (copy at save).
  */
 #include "layers/nn.h"
 
@@ -14,10 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#ifndef AS_NN_HAVE_STORE
-#define AS_NN_HAVE_STORE 0
-#endif
 
 struct as_nn_slot {
     bool      used;
@@ -29,9 +24,7 @@ void as_nn_ctx_init(as_nn_ctx *c, as_store *store, uint64_t seed)
 {
     memset(c, 0, sizeof *c);
     c->store = store;
-#if AS_NN_HAVE_STORE
     c->arena = store ? as_store_arena(store) : NULL;
-#endif
     c->training = true;
     c->seed = seed;
 }
@@ -47,10 +40,8 @@ void as_nn_ctx_fini(as_nn_ctx *c)
 void as_nn_ctx_train(as_nn_ctx *c, bool training)
 {
     c->training = training;
-#if AS_NN_HAVE_STORE
     if (c->store)
         as_store_set_grad(c->store, training);
-#endif
 }
 
 int as_nn_fail(as_nn_ctx *c, int code, const char *fmt, ...)
@@ -189,7 +180,6 @@ int as_nn_save(as_nn_ctx *c, const as_save_info *info, const as_tensor *t,
     *h = AS_HANDLE_NULL;
     if (!c->training)
         return 0;
-#if AS_NN_HAVE_STORE
     if (c->store) {
         int rc = as_store_save(c->store, info, t, h);
         if (rc)
@@ -198,13 +188,11 @@ int as_nn_save(as_nn_ctx *c, const as_save_info *info, const as_tensor *t,
                               as_store_last_error(c->store));
         return 0;
     }
-#endif
     return table_save(c, info, t, h);
 }
 
 int as_nn_view(as_nn_ctx *c, as_handle h, const char *layer, const void **data)
 {
-#if AS_NN_HAVE_STORE
     if (c->store) {
         const as_tensor *v = NULL;
         int rc = as_store_restore_view(c->store, h, &v);
@@ -214,7 +202,6 @@ int as_nn_view(as_nn_ctx *c, as_handle h, const char *layer, const void **data)
         *data = v->data;
         return 0;
     }
-#endif
     as_nn_slot *s = NULL;
     int rc = table_slot(c, h, layer, &s);
     if (rc)
@@ -226,7 +213,6 @@ int as_nn_view(as_nn_ctx *c, as_handle h, const char *layer, const void **data)
 int as_nn_rows(as_nn_ctx *c, as_handle h, int64_t row0, int64_t nrows,
                float *dst)
 {
-#if AS_NN_HAVE_STORE
     if (c->store) {
         int rc = as_store_restore_rows(c->store, h, row0, nrows, dst);
         if (rc)
@@ -234,7 +220,6 @@ int as_nn_rows(as_nn_ctx *c, as_handle h, int64_t row0, int64_t nrows,
                               as_store_last_error(c->store));
         return 0;
     }
-#endif
     as_nn_slot *s = NULL;
     int rc = table_slot(c, h, "rows", &s);
     if (rc)
@@ -248,7 +233,6 @@ int as_nn_rows(as_nn_ctx *c, as_handle h, int64_t row0, int64_t nrows,
 int as_nn_softmax_bwd_saved(as_nn_ctx *c, as_handle h, const float *dy,
                             float *dx)
 {
-#if AS_NN_HAVE_STORE
     if (c->store) {
         int rc = as_store_softmax_backward(c->store, h, dy, dx);
         if (rc)
@@ -256,7 +240,6 @@ int as_nn_softmax_bwd_saved(as_nn_ctx *c, as_handle h, const float *dy,
                               as_store_last_error(c->store));
         return 0;
     }
-#endif
     as_nn_slot *s = NULL;
     int rc = table_slot(c, h, "softmax", &s);
     if (rc)
@@ -271,13 +254,11 @@ void as_nn_release(as_nn_ctx *c, as_handle *h)
 {
     if (as_handle_is_null(*h))
         return;
-#if AS_NN_HAVE_STORE
     if (c->store) {
         as_store_release(c->store, *h);
         *h = AS_HANDLE_NULL;
         return;
     }
-#endif
     if (h->v <= c->nslots && c->slots[h->v - 1].used) {
         as_nn_free(c, &c->slots[h->v - 1].blk);
         c->slots[h->v - 1].used = false;

@@ -18,13 +18,7 @@
 
 #include <stdio.h>
 #include <string.h>
-
-#define TRY(expr)                  \
-    do {                           \
-        int rc_ = (expr);          \
-        if (rc_)                   \
-            goto out;              \
-    } while (0)
+#include "util/try.h"
 
 int as_nn_attn_init(as_nn_ctx *c, as_nn_params *ps, as_nn_attn *l,
                     const char *name, int C, int NH, bool causal,
@@ -56,24 +50,24 @@ int as_nn_attn_fwd(as_nn_ctx *c, as_nn_attn *l, int B, int T,
     l->T = T;
     as_block qkv = {0}, P = {0}, o = {0};
     int rc = 0;
-    TRY(rc = as_nn_alloc(c, sizeof(float) * 3 * (size_t)N * C,
+    AS_TRY(as_nn_alloc(c, sizeof(float) * 3 * (size_t)N * C,
                          AS_TAG_ACTIVATIONS, l->id, false, &qkv)); /* (B,T,3C) */
-    TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)B * NH * T * T,
+    AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)B * NH * T * T,
                          AS_TAG_ACTIVATIONS, l->id, false, &P));   /* (B,NH,T,T) */
-    TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)N * C,
+    AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)N * C,
                          AS_TAG_ACTIVATIONS, l->id, false, &o));   /* (B,T,C) */
-    TRY(rc = as_nn_linear_fwd(c, &l->qkv, N, x, AS_NN_F(qkv)));
+    AS_TRY(as_nn_linear_fwd(c, &l->qkv, N, x, AS_NN_F(qkv)));
     as_op_attn_fwd(B, T, C, NH, l->causal, AS_NN_F(qkv), AS_NN_F(P), AS_NN_F(o));
     as_save_info qi = {.kind = AS_KIND_ATTENTION_INPUT, .layer = l->name};
     as_tensor qt = AS_NN_T(qkv.ptr, AS_F32, B, T, 3 * C);
-    TRY(rc = as_nn_save(c, &qi, &qt, &l->hqkv));
+    AS_TRY(as_nn_save(c, &qi, &qt, &l->hqkv));
     as_save_info pi = {.kind = AS_KIND_SOFTMAX_OUTPUT, .layer = l->name};
     pi.meta.softmax = (as_softmax_meta){.row_len = T, .queries = T,
                                         .causal = l->causal,
                                         .rows_per_item = (int64_t)NH * T};
     as_tensor pt = AS_NN_T(P.ptr, AS_F32, B, NH, T, T);
-    TRY(rc = as_nn_save(c, &pi, &pt, &l->hP));
-    TRY(rc = as_nn_linear_fwd(c, &l->proj, N, AS_NN_F(o), y));
+    AS_TRY(as_nn_save(c, &pi, &pt, &l->hP));
+    AS_TRY(as_nn_linear_fwd(c, &l->proj, N, AS_NN_F(o), y));
 out:
     as_nn_free(c, &qkv);
     as_nn_free(c, &P);
@@ -87,24 +81,24 @@ int as_nn_attn_bwd(as_nn_ctx *c, as_nn_attn *l, const float *dy, float *dx)
     as_block dO = {0}, dqkv = {0}, dP = {0}, Pb = {0};
     const void *qkv;
     int rc = 0;
-    TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)N * C, AS_TAG_WORKSPACE,
+    AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)N * C, AS_TAG_WORKSPACE,
                          l->id, false, &dO));                     /* (B,T,C) */
-    TRY(rc = as_nn_linear_bwd(c, &l->proj, dy, AS_NN_F(dO)));
-    TRY(rc = as_nn_view(c, l->hqkv, l->name, &qkv));
+    AS_TRY(as_nn_linear_bwd(c, &l->proj, dy, AS_NN_F(dO)));
+    AS_TRY(as_nn_view(c, l->hqkv, l->name, &qkv));
     as_nn_report_grad(c, l->hqkv, AS_NN_F(dO), (size_t)N * C);
     as_nn_report_grad(c, l->hP, AS_NN_F(dO), (size_t)N * C);
-    TRY(rc = as_nn_alloc(c, sizeof(float) * 3 * (size_t)N * C,
+    AS_TRY(as_nn_alloc(c, sizeof(float) * 3 * (size_t)N * C,
                          AS_TAG_WORKSPACE, l->id, false, &dqkv)); /* (B,T,3C) */
-    TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)T * T, AS_TAG_WORKSPACE,
+    AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)T * T, AS_TAG_WORKSPACE,
                          l->id, false, &dP));                     /* (T,T) */
-    TRY(rc = as_nn_alloc(c, sizeof(float) * (size_t)T * T, AS_TAG_WORKSPACE,
+    AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)T * T, AS_TAG_WORKSPACE,
                          l->id, false, &Pb));                     /* (T,T) */
     /* one decode of P per (b, h), used by dV and by the softmax backward;
      * dP becomes dS in place, then dQ, dK */
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             size_t bh = (size_t)b * NH + h;
-            TRY(rc = as_nn_rows(c, l->hP, (int64_t)bh * T, T, AS_NN_F(Pb)));
+            AS_TRY(as_nn_rows(c, l->hP, (int64_t)bh * T, T, AS_NN_F(Pb)));
             as_op_attn_bwd_pv(T, C, NH, b, h, qkv, AS_NN_F(Pb), AS_NN_F(dO),
                               AS_NN_F(dqkv), AS_NN_F(dP));
             as_op_attn_softmax_bwd(T, l->causal, AS_NN_F(Pb), AS_NN_F(dP),
@@ -114,7 +108,7 @@ int as_nn_attn_bwd(as_nn_ctx *c, as_nn_attn *l, const float *dy, float *dx)
         }
     as_nn_release(c, &l->hP);
     as_nn_release(c, &l->hqkv);
-    TRY(rc = as_nn_linear_bwd(c, &l->qkv, AS_NN_F(dqkv), dx));
+    AS_TRY(as_nn_linear_bwd(c, &l->qkv, AS_NN_F(dqkv), dx));
 out:
     as_nn_free(c, &dO);
     as_nn_free(c, &dqkv);

@@ -8,13 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-
-#define TRY(expr)                  \
-    do {                           \
-        int rc_ = (expr);          \
-        if (rc_)                   \
-            return rc_;            \
-    } while (0)
+#include "util/try.h"
 
 static void set_name(as_nn_ctx *c, char *dst, uint16_t *id, const char *name)
 {
@@ -41,10 +35,10 @@ int as_nn_linear_init(as_nn_ctx *c, as_nn_params *ps, as_nn_linear *l,
     l->out = out;
     /* uniform with the variance of Kaiming-normal for fan_in */
     float s = sqrtf(3.0f / (float)in);
-    TRY(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id,
+    AS_TRY_RETURN(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id,
                         (size_t)in * out, s, 0, true, rng, &l->W));
     if (bias)
-        TRY(as_nn_param_new(c, ps, pname(b, name, "bias"), l->id, (size_t)out,
+        AS_TRY_RETURN(as_nn_param_new(c, ps, pname(b, name, "bias"), l->id, (size_t)out,
                             0, 0.0f, false, rng, &l->b));
     return 0;
 }
@@ -64,7 +58,7 @@ int as_nn_linear_bwd(as_nn_ctx *c, as_nn_linear *l, const float *dy,
                      float *dx)
 {
     const void *x;
-    TRY(as_nn_view(c, l->hx, l->name, &x));
+    AS_TRY_RETURN(as_nn_view(c, l->hx, l->name, &x));
     as_nn_report_grad(c, l->hx, dy, (size_t)l->N * l->out);
     as_op_linear_bwd(l->N, l->in, l->out, x, AS_NN_F(l->W->w), dy, dx,
                      AS_NN_F(l->W->g), l->b ? AS_NN_F(l->b->g) : NULL);
@@ -85,10 +79,10 @@ int as_nn_conv_init(as_nn_ctx *c, as_nn_params *ps, as_nn_conv *l,
                              .stride = stride, .pad = pad};
     l->save_output = true;
     float s = sqrtf(6.0f / (float)(Cin * k * k));  /* He uniform */
-    TRY(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id,
+    AS_TRY_RETURN(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id,
                         (size_t)Cout * Cin * k * k, s, 0, true, rng, &l->W));
     if (bias)
-        TRY(as_nn_param_new(c, ps, pname(b, name, "bias"), l->id,
+        AS_TRY_RETURN(as_nn_param_new(c, ps, pname(b, name, "bias"), l->id,
                             (size_t)Cout, 0, 0.0f, false, rng, &l->b));
     return 0;
 }
@@ -103,7 +97,7 @@ int as_nn_conv_fwd(as_nn_ctx *c, as_nn_conv *l, int N, int H, int W,
     if (as_op_conv_geom_init(g) != 0)
         return as_nn_fail(c, AS_ESHAPE, "%s: bad geometry %dx%d", l->name, H, W);
     as_block ws;
-    TRY(as_nn_alloc(c, as_op_conv_workspace(g) * sizeof(float),
+    AS_TRY_RETURN(as_nn_alloc(c, as_op_conv_workspace(g) * sizeof(float),
                     AS_TAG_WORKSPACE, l->id, false, &ws));
     as_op_conv_fwd(g, x, AS_NN_F(l->W->w), l->b ? AS_NN_F(l->b->w) : NULL, y,
                    AS_NN_F(ws));
@@ -113,7 +107,7 @@ int as_nn_conv_fwd(as_nn_ctx *c, as_nn_conv *l, int N, int H, int W,
     if (l->save_output) {
         as_save_info oi = {.kind = AS_KIND_CONV_OUTPUT, .layer = l->name};
         as_tensor ot = AS_NN_T(y, AS_F32, N, g->Cout, g->Ho, g->Wo);
-        TRY(as_nn_save(c, &oi, &ot, &l->hy));
+        AS_TRY_RETURN(as_nn_save(c, &oi, &ot, &l->hy));
     }
     as_save_info info = {.kind = AS_KIND_CONV_INPUT, .layer = l->name,
                          .alias_of = x_saved};
@@ -130,11 +124,11 @@ int as_nn_conv_fwd(as_nn_ctx *c, as_nn_conv *l, int N, int H, int W,
 int as_nn_conv_bwd(as_nn_ctx *c, as_nn_conv *l, const float *dy, float *dx)
 {
     const void *x;
-    TRY(as_nn_view(c, l->hx, l->name, &x));
+    AS_TRY_RETURN(as_nn_view(c, l->hx, l->name, &x));
     as_nn_report_grad(c, l->hx, dy,
                       (size_t)l->g.N * l->g.Cout * l->g.Ho * l->g.Wo);
     as_block ws;
-    TRY(as_nn_alloc(c, as_op_conv_workspace(&l->g) * sizeof(float),
+    AS_TRY_RETURN(as_nn_alloc(c, as_op_conv_workspace(&l->g) * sizeof(float),
                     AS_TAG_WORKSPACE, l->id, false, &ws));
     as_op_conv_bwd(&l->g, x, AS_NN_F(l->W->w), dy, dx, AS_NN_F(l->W->g),
                    l->b ? AS_NN_F(l->b->g) : NULL, AS_NN_F(ws));
@@ -155,13 +149,13 @@ int as_nn_bnorm_init(as_nn_ctx *c, as_nn_params *ps, as_nn_bnorm *l,
     l->C = C;
     l->eps = 1e-5f;
     l->momentum = 0.1f;
-    TRY(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id, (size_t)C, 0,
+    AS_TRY_RETURN(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id, (size_t)C, 0,
                         1.0f, false, NULL, &l->g));
-    TRY(as_nn_param_new(c, ps, pname(b, name, "bias"), l->id, (size_t)C, 0,
+    AS_TRY_RETURN(as_nn_param_new(c, ps, pname(b, name, "bias"), l->id, (size_t)C, 0,
                         0.0f, false, NULL, &l->b));
-    TRY(as_nn_alloc(c, sizeof(float) * C, AS_TAG_WEIGHTS, l->id, true,
+    AS_TRY_RETURN(as_nn_alloc(c, sizeof(float) * C, AS_TAG_WEIGHTS, l->id, true,
                     &l->run_mean));
-    TRY(as_nn_alloc(c, sizeof(float) * C, AS_TAG_WEIGHTS, l->id, false,
+    AS_TRY_RETURN(as_nn_alloc(c, sizeof(float) * C, AS_TAG_WEIGHTS, l->id, false,
                     &l->run_var));
     for (int i = 0; i < C; i++)
         AS_NN_F(l->run_var)[i] = 1.0f;
@@ -190,7 +184,7 @@ int as_nn_bnorm_fwd(as_nn_ctx *c, as_nn_bnorm *l, int N, int H, int W,
     as_save_info info = {.kind = AS_KIND_NORM_INPUT, .layer = l->name,
                          .alias_of = x_saved};
     as_tensor t = AS_NN_T(x, AS_F32, N, l->C, H, W);
-    TRY(as_nn_save(c, &info, &t, &l->hx));
+    AS_TRY_RETURN(as_nn_save(c, &info, &t, &l->hx));
     as_save_info si = {.kind = AS_KIND_GENERIC, .layer = l->name};
     as_tensor st = AS_NN_T(stat, AS_F32, 2, l->C);
     return as_nn_save(c, &si, &st, &l->hstat);
@@ -199,8 +193,8 @@ int as_nn_bnorm_fwd(as_nn_ctx *c, as_nn_bnorm *l, int N, int H, int W,
 int as_nn_bnorm_bwd(as_nn_ctx *c, as_nn_bnorm *l, const float *dy, float *dx)
 {
     const void *x, *st;
-    TRY(as_nn_view(c, l->hx, l->name, &x));
-    TRY(as_nn_view(c, l->hstat, l->name, &st));
+    AS_TRY_RETURN(as_nn_view(c, l->hx, l->name, &x));
+    AS_TRY_RETURN(as_nn_view(c, l->hstat, l->name, &st));
     const float *s = st;
     as_nn_report_grad(c, l->hx, dy, (size_t)l->N * l->C * l->HW);
     as_op_batchnorm_bwd(l->N, l->C, l->HW, x, AS_NN_F(l->g->w), s, s + l->C,
@@ -219,7 +213,7 @@ int as_nn_layernorm_init(as_nn_ctx *c, as_nn_params *ps, as_nn_layernorm *l,
     memset(l, 0, sizeof *l);
     set_name(c, l->name, &l->id, name);
     l->C = C;
-    TRY(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id, (size_t)C, 0,
+    AS_TRY_RETURN(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id, (size_t)C, 0,
                         1.0f, false, NULL, &l->g));
     return as_nn_param_new(c, ps, pname(b, name, "bias"), l->id, (size_t)C, 0,
                            0.0f, false, NULL, &l->b);
@@ -230,7 +224,7 @@ int as_nn_layernorm_fwd(as_nn_ctx *c, as_nn_layernorm *l, int N,
 {
     l->N = N;
     as_block sb;
-    TRY(as_nn_alloc(c, sizeof(float) * 2 * (size_t)N, AS_TAG_WORKSPACE, l->id,
+    AS_TRY_RETURN(as_nn_alloc(c, sizeof(float) * 2 * (size_t)N, AS_TAG_WORKSPACE, l->id,
                     false, &sb));
     float *s = AS_NN_F(sb);
     as_op_layernorm_fwd(N, l->C, 1e-5f, x, AS_NN_F(l->g->w), AS_NN_F(l->b->w),
@@ -250,8 +244,8 @@ int as_nn_layernorm_bwd(as_nn_ctx *c, as_nn_layernorm *l, const float *dy,
                         float *dx)
 {
     const void *x, *st;
-    TRY(as_nn_view(c, l->hx, l->name, &x));
-    TRY(as_nn_view(c, l->hstat, l->name, &st));
+    AS_TRY_RETURN(as_nn_view(c, l->hx, l->name, &x));
+    AS_TRY_RETURN(as_nn_view(c, l->hstat, l->name, &st));
     const float *s = st;
     as_nn_report_grad(c, l->hx, dy, (size_t)l->N * l->C);
     as_nn_report_grad(c, l->hstat, dy, (size_t)l->N * l->C);
@@ -303,7 +297,7 @@ int as_nn_act_fwd(as_nn_ctx *c, as_nn_act *l, int ndim, const int64_t *shape,
 int as_nn_act_bwd(as_nn_ctx *c, as_nn_act *l, const float *dy, float *dx)
 {
     const void *s;
-    TRY(as_nn_view(c, l->h, l->name, &s));
+    AS_TRY_RETURN(as_nn_view(c, l->h, l->name, &s));
     as_nn_report_grad(c, l->h, dy, (size_t)l->n);
     if (l->fn == AS_FN_GELU)
         as_op_gelu_bwd(l->n, s, dy, dx);
@@ -334,7 +328,7 @@ int as_nn_pool_fwd(as_nn_ctx *c, as_nn_pool *l, int N, int C, int H, int W,
     }
     const int Ho = H / l->k, Wo = W / l->k;
     as_block ib;
-    TRY(as_nn_alloc(c, (size_t)N * C * Ho * Wo, AS_TAG_WORKSPACE, l->id, false,
+    AS_TRY_RETURN(as_nn_alloc(c, (size_t)N * C * Ho * Wo, AS_TAG_WORKSPACE, l->id, false,
                     &ib));
     as_op_maxpool_fwd(N, C, H, W, l->k, x, y, ib.ptr);
     as_save_info info = {.kind = AS_KIND_INDEX, .layer = l->name};
@@ -351,7 +345,7 @@ int as_nn_pool_bwd(as_nn_ctx *c, as_nn_pool *l, const float *dy, float *dx)
         return 0;
     }
     const void *idx;
-    TRY(as_nn_view(c, l->hidx, l->name, &idx));
+    AS_TRY_RETURN(as_nn_view(c, l->hidx, l->name, &idx));
     as_op_maxpool_bwd(l->N, l->C, l->H, l->W, l->k, idx, dy, dx);
     as_nn_release(c, &l->hidx);
     return 0;
@@ -426,7 +420,7 @@ int as_nn_softmax_fwd(as_nn_ctx *c, as_nn_softmax *l, size_t rows, int L,
 int as_nn_softmax_bwd(as_nn_ctx *c, as_nn_softmax *l, const float *dy,
                       float *dx)
 {
-    TRY(as_nn_softmax_bwd_saved(c, l->hy, dy, dx));
+    AS_TRY_RETURN(as_nn_softmax_bwd_saved(c, l->hy, dy, dx));
     as_nn_release(c, &l->hy);
     return 0;
 }

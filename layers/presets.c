@@ -1,10 +1,48 @@
 /*
- * Presets of the reference framework (see train.h and docs/training.md):
- * fixed configurations; every reported figure names its preset.
+ * The catalogue of the reference framework: the models (models.def) and
+ * their presets (see train.h and docs/training.md).
  */
 #include "layers/train.h"
 
 #include <string.h>
+
+/* ---- models ---------------------------------------------------------- */
+
+#define AS_NN_MODEL(name, create, cfg, data)                                    \
+    static int create_##name(as_nn_ctx *c, const as_nn_preset *p, uint64_t seed, \
+                             as_nn_model **out)                                 \
+    {                                                                           \
+        return create(c, &p->cfg, seed, out);                                   \
+    }
+#include "layers/models.def"
+#undef AS_NN_MODEL
+
+static const as_nn_model_info models[] = {
+#define AS_NN_MODEL(name, create, cfg, data) \
+    {#name, AS_NN_CFG_##cfg, AS_NN_DATA_##data, create_##name},
+#include "layers/models.def"
+#undef AS_NN_MODEL
+};
+
+const as_nn_model_info *as_nn_model_find(const char *name)
+{
+    for (size_t i = 0; name && i < sizeof models / sizeof models[0]; i++)
+        if (!strcmp(models[i].name, name))
+            return &models[i];
+    return NULL;
+}
+
+const char *as_nn_model_names(void)
+{
+    static const char names[] =
+#define AS_NN_MODEL(name, create, cfg, data) ", " #name
+#include "layers/models.def"
+#undef AS_NN_MODEL
+        ;
+    return names + 2;
+}
+
+/* ---- presets ---------------------------------------------------------- */
 
 /* Fixed configurations; every reported figure names its preset. Changing a
  * bench preset invalidates docs/benchmarks.md ("## Training"). */

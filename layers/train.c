@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "layers/data.h"
+#include "util/clock.h"
 
 /* ---- the run object ------------------------------------------------------ */
 
@@ -37,7 +38,8 @@ enum { EVAL_BATCH = 250 };
 struct as_nn_run {
     as_nn_preset p;
     uint64_t     seed;
-    bool         lm;
+    const as_nn_model_info *info;   /* the model's row (models.def) */
+    bool         lm;              /* a text model */
     as_store    *store;
     bool         own_store;
     as_nn_ctx    ctx;
@@ -63,20 +65,6 @@ struct as_nn_run {
     as_nn_mem    mem;
     char         err[512];
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static double thread_cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static uint64_t mix(uint64_t a, uint64_t b)
 {
@@ -209,8 +197,9 @@ static int load_data(as_nn_run *r, const as_nn_train_opts *o)
 static int check_preset(as_nn_run *r)
 {
     const as_nn_preset *p = &r->p;
-    if (strcmp(p->model, "cnn") && strcmp(p->model, "vit") && strcmp(p->model, "lm")) {
-        snprintf(r->err, sizeof r->err, "unknown model '%s' (cnn, vit, lm)", p->model);
+    if (!r->info) {
+        snprintf(r->err, sizeof r->err, "unknown model '%s' (%s)", p->model,
+                 as_nn_model_names());
         return AS_EINVAL;
     }
     if (p->batch < 1 || p->batch > 65536) {
@@ -246,7 +235,8 @@ int as_nn_run_create(const as_nn_preset *p, const as_nn_train_opts *o,
     }
     r->p = *p;
     r->seed = o->seed;
-    r->lm = !strcmp(p->model, "lm");
+    r->info = as_nn_model_find(p->model);
+    r->lm = r->info && r->info->data == AS_NN_DATA_TEXT;
     r->perm_epoch = -1;
     int rc = check_preset(r);
     if (!rc) {
@@ -272,12 +262,7 @@ int as_nn_run_create(const as_nn_preset *p, const as_nn_train_opts *o,
         goto fail;
     }
     as_nn_ctx_init(&r->ctx, r->store, r->seed);
-    if (!strcmp(p->model, "cnn"))
-        rc = as_nn_cnn_create(&r->ctx, &r->p.cnn, r->seed, &r->model);
-    else if (!strcmp(p->model, "vit"))
-        rc = as_nn_vit_create(&r->ctx, &r->p.tf, r->seed, &r->model);
-    else
-        rc = as_nn_lm_create(&r->ctx, &r->p.tf, r->seed, &r->model);
+    rc = r->info->create(&r->ctx, &r->p, r->seed, &r->model);
     if (rc) {
         run_fail(r, rc, "building the model");
         goto fail;
@@ -471,7 +456,7 @@ static float lr_at(const as_nn_run *r, long t)
 
 int as_nn_run_step(as_nn_run *r, double *loss)
 {
-    double t0 = now_s(), c0 = thread_cpu_s();
+    double t0 = as_clock_wall_s(), c0 = as_clock_thread_cpu_s();
     as_nn_step_info info;
     int rc = forward_backward(r, r->next, &info);
     if (rc)
@@ -486,8 +471,8 @@ int as_nn_run_step(as_nn_run *r, double *loss)
     if (rc)
         return run_fail(r, rc, "optimizer");
     r->next++;
-    info.ms = 1e3 * (now_s() - t0);
-    info.cpu_ms = 1e3 * (thread_cpu_s() - c0);
+    info.ms = 1e3 * (as_clock_wall_s() - t0);
+    info.cpu_ms = 1e3 * (as_clock_thread_cpu_s() - c0);
     r->last = info;
     if (loss)
         *loss = info.loss;
@@ -500,7 +485,7 @@ int as_nn_run_grads(as_nn_run *r, long batch, double *loss)
         snprintf(r->err, sizeof r->err, "batch index %ld < 0", batch);
         return AS_EINVAL;
     }
-    double t0 = now_s(), c0 = thread_cpu_s();
+    double t0 = as_clock_wall_s(), c0 = as_clock_thread_cpu_s();
     /* BatchNorm's running statistics move in a training forward: keep them */
     size_t o = 0;
     for (size_t i = 0; i < r->model->nbufs; i++) {
@@ -523,8 +508,8 @@ int as_nn_run_grads(as_nn_run *r, long batch, double *loss)
     }
     if (rc)
         return rc;
-    info.ms = 1e3 * (now_s() - t0);
-    info.cpu_ms = 1e3 * (thread_cpu_s() - c0);
+    info.ms = 1e3 * (as_clock_wall_s() - t0);
+    info.cpu_ms = 1e3 * (as_clock_thread_cpu_s() - c0);
     r->last = info;
     if (loss)
         *loss = info.loss;

@@ -10,48 +10,21 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static double process_cpu_s(void)
-{
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0)
-        return 0;
-    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
-           (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Median of v[0..n) (n > 0); sorts v. */
-static double median(double *v, long n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+#include "util/clock.h"
+#include "util/median.h"
 
 /* Evaluate r into *ev, adding the time to *eval_s; with curve, append
  * (step, accuracy, loss) to the result's eval curve. */
 static int eval_point(as_nn_run *r, as_nn_train_result *res, long step, bool curve,
                       as_nn_eval *ev, double *eval_s, char *err, size_t errlen)
 {
-    double t0 = now_s();
+    double t0 = as_clock_wall_s();
     int rc = as_nn_run_eval(r, ev);
     if (rc) {
         snprintf(err, errlen, "%s", as_nn_run_error(r));
         return rc;
     }
-    *eval_s += now_s() - t0;
+    *eval_s += as_clock_wall_s() - t0;
     if (curve) {
         double *e = res->eval_curve + 3 * res->neval++;
         e[0] = (double)step;
@@ -90,7 +63,7 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
     if (!o)
         o = &dflt;
     memset(res, 0, sizeof *res);
-    const double t0 = now_s(), cpu0 = process_cpu_s();
+    const double t0 = as_clock_wall_s(), cpu0 = as_clock_process_cpu_s();
     as_nn_run *r = NULL;
     int rc = as_nn_run_create(p, o, &r, err, errlen);
     if (rc)
@@ -147,8 +120,8 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
     for (long s = steps - tail; s < steps; s++)
         sum += res->loss[s];
     res->final_train_loss = tail ? sum / (double)tail : 0;
-    res->step_ms_median = median(ms, steps);
-    res->step_cpu_ms_median = median(cms, steps);
+    res->step_ms_median = as_stats_median(ms, (size_t)steps);
+    res->step_cpu_ms_median = as_stats_median(cms, (size_t)steps);
     as_nn_mem m;
     as_nn_run_memory(r, &m);
     res->saved_stored_peak = m.saved_stored_peak;
@@ -165,8 +138,8 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
     }
     snprintf(res->blas_core, sizeof res->blas_core, "%s", as_op_blas_core());
     res->eval_s = eval_s;
-    res->total_s = now_s() - t0;
-    res->cpu_s = process_cpu_s() - cpu0;
+    res->total_s = as_clock_wall_s() - t0;
+    res->cpu_s = as_clock_process_cpu_s() - cpu0;
 out:
     free(ms);
     free(cms);

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "store/store_internal.h"
+#include "util/clock.h"
 
 static const char *lname(const as_store *s, const as_rep *r)
 {
@@ -43,7 +44,7 @@ static void shape_text(const as_tensor *t, char *buf, size_t len)
 static int decode_into(as_store *s, as_item *it, as_rep *r, as_tensor *dst,
                        as_handle h)
 {
-    uint64_t t0 = as__now_ns();
+    uint64_t t0 = as_clock_wall_ns();
     int rc = 0;
     if (r->ops->view) {
         if (it->bytes)   /* an empty tensor may have no data at all */
@@ -58,7 +59,7 @@ static int decode_into(as_store *s, as_item *it, as_rep *r, as_tensor *dst,
         rc = r->ops->decode(&c, r->params, r->state, dst);
         as__pctx_done(&c);
     }
-    as__acct_time(s, &r->g, false, as__now_ns() - t0);
+    as__acct_time(s, &r->g, false, as_clock_wall_ns() - t0);
     return rc;
 }
 
@@ -214,9 +215,9 @@ static void done(as_store *s, as_item *it, as_rep *r, int rc)
 /* A policy's own restore path (softmax_backward, decode_rows), timed. */
 #define TIMED_POLICY_CALL(s, r, call)                                       \
     do {                                                                    \
-        uint64_t t0_ = as__now_ns();                                        \
+        uint64_t t0_ = as_clock_wall_ns();                                        \
         rc = (call);                                                        \
-        as__acct_time((s), &(r)->g, false, as__now_ns() - t0_);             \
+        as__acct_time((s), &(r)->g, false, as_clock_wall_ns() - t0_);             \
     } while (0)
 
 int as_store_restore(as_store *s, as_handle h, as_tensor *dst)

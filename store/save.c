@@ -19,6 +19,7 @@
 
 #include "store/policies/auto/auto.h"
 #include "store/store_internal.h"
+#include "util/clock.h"
 
 static const char *layer_text(const as_save_info *info)
 {
@@ -97,9 +98,9 @@ int as__try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
     /* An adopted block under keep is taken as it is: nothing to time (and
      * the clock would be a tenth of the call). */
     bool timed = !(adopted && ops == &as_policy_keep);
-    uint64_t t0 = timed ? as__now_ns() : 0;
+    uint64_t t0 = timed ? as_clock_wall_ns() : 0;
     int rc = ops->encode(&c, params, info, t, &r->state);
-    uint64_t dt = timed ? as__now_ns() - t0 : 0;
+    uint64_t dt = timed ? as_clock_wall_ns() - t0 : 0;
     if (rc < 0) {
         if (c.adopted_taken) {   /* the block stays with its owner */
             r->stored -= r->adopted.size;
@@ -208,14 +209,14 @@ static void source_consumed(as_store *s, as_item *src, as_item *z,
     as_pctx c;
     const char *ln = cur->g.layer ? s->layers[cur->g.layer].name : "(none)";
     as__pctx_init(&c, s, src, r, src->h0, ln);
-    uint64_t t0 = as__now_ns();
+    uint64_t t0 = as_clock_wall_ns();
     int rc = as__inverse_encode(&c, zh, fn, &r->state);
     as__pctx_done(&c);
     if (rc < 0) {
         as__rep_discard(s, r);
         goto out;
     }
-    as__acct_time(s, &r->g, true, as__now_ns() - t0);
+    as__acct_time(s, &r->g, true, as_clock_wall_ns() - t0);
     snprintf(r->desc, sizeof r->desc, "inverse (%s of a later tensor)",
              fn->fn == AS_FN_LEAKY_RELU ? "leaky_relu" :
              fn->fn == AS_FN_AFFINE ? "affine" : "identity");
@@ -326,6 +327,11 @@ static int save_impl(as_store *s, const as_save_info *info,
         as__seterr(s, "save_adopt (layer %s): the block does not hold the "
                    "tensor", layer_text(info));
         return AS_EINVAL;
+    }
+    if (adopt && (rc = as_arena_check_block(s->arena, adopt)) < 0) {
+        as__seterr(s, "save_adopt (layer %s): not a live block of this store's "
+                   "arena: %s", layer_text(info), as_arena_last_error(s->arena));
+        return rc;
     }
     if (!atomic_load(&s->grad)) {
         if (adopt)   /* ownership moved to the store: nothing to keep */

@@ -219,7 +219,6 @@ struct as_store {
 
 void as__seterr(const as_store *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-uint64_t as__now_ns(void);
 
 /* Accounting (accounting.c). */
 void as__acct_charge(as_store *s, const as_groups *g, int64_t draw,

@@ -97,7 +97,7 @@ grep -q "^step 1/3 loss" "$T/err" && ! grep -q $'\r' "$T/err" && ok \
 # naming the smallest reachable one
 expect 2 train --model vit --policy default=auto --budget 0
 expect 2 train --model vit --policy default=auto --budget 12X
-expect 2 train --model vit --policy default=auto --ratio 0.5
+expect 2 train --model vit --policy default=auto --ratio 0
 expect 2 train --model vit --policy default=auto --budget 1M --ratio 10
 expect 0 train --model vit --policy default=auto --ratio 10 --steps 4 --json "$T/auto.json"
 grep -q "auto plan" "$T/err" && grep -q "linear_input" "$T/err" && ok \

@@ -10,29 +10,23 @@
 
 #include <cmocka.h>
 #include <pthread.h>
+#include <sched.h>
 
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
+#include "util/rng.h"
 
 extern void *__libc_malloc(size_t);
 extern void __libc_free(void *);
 
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
 
 /* Log-uniform size in [1, max]. */
 static size_t rand_size(uint64_t *s, unsigned max_log2)
 {
-    unsigned lg = (unsigned)(rng_next(s) % (max_log2 + 1));
+    unsigned lg = (unsigned)(as_rng_next(s) % (max_log2 + 1));
     size_t lo = (size_t)1 << lg;
     size_t span = lg ? lo : 1;
-    size_t v = lo + rng_next(s) % span;
+    size_t v = lo + as_rng_next(s) % span;
     size_t max = (size_t)1 << max_log2;
     return v > max ? max : v;
 }
@@ -155,7 +149,7 @@ static void test_random_sequence_is_exact(void **state)
     uint64_t seed = 0x9e3779b97f4a7c15ull, live_bytes = 0;
     const unsigned long ops = scaled(20000);
     for (unsigned long op = 0; op < ops; op++) {
-        unsigned k = (unsigned)(rng_next(&seed) % NLIVE);
+        unsigned k = (unsigned)(as_rng_next(&seed) % NLIVE);
         as_block *b = &live[k];
         if (b->ptr) {
             model_block(&m, b, -1);
@@ -166,8 +160,8 @@ static void test_random_sequence_is_exact(void **state)
             size_t sz = rand_size(&seed, 26);         /* 1 B .. 64 MiB */
             if (live_bytes + sz > ((uint64_t)768 << 20))
                 continue;                             /* keep the test small */
-            uint16_t tag = (uint16_t)(rng_next(&seed) % ntags);
-            uint16_t lay = (uint16_t)(rng_next(&seed) % nlayers);
+            uint16_t tag = (uint16_t)(as_rng_next(&seed) % ntags);
+            uint16_t lay = (uint16_t)(as_rng_next(&seed) % nlayers);
             int rc = (sz < 4096 && (op & 1)) ? as_calloc(a, sz, tag, lay, b)
                                              : as_alloc(a, sz, tag, lay, b);
             assert_int_equal(rc, 0);
@@ -286,7 +280,7 @@ static void *worker_main(void *p)
 {
     worker *w = p;
     for (unsigned long op = 0; op < w->ops; op++) {
-        uint64_t r = rng_next(&w->seed);
+        uint64_t r = as_rng_next(&w->seed);
         as_block *b = &w->live[r % 64];
         if (b->ptr) {
             model_block(&w->m, b, -1);
@@ -456,6 +450,79 @@ static void test_budget_holds_under_threads(void **state)
     as_arena_destroy(a);
 }
 
+/* What an autograd engine does: blocks allocated on one thread, freed on a
+ * long-lived worker. With at most 256 KiB live, a 2 MiB budget never fails
+ * and the peak stays at what was truly live. */
+typedef struct xq {
+    as_arena       *a;
+    as_block        b[4];
+    _Atomic int     head, tail;       /* producer writes head, worker tail */
+    _Atomic bool    done;
+} xq;
+
+static void *xfree_worker(void *p)
+{
+    xq *q = p;
+    for (;;) {
+        int t = atomic_load(&q->tail);
+        if (t == atomic_load(&q->head)) {
+            if (atomic_load(&q->done) && t == atomic_load(&q->head))
+                return NULL;
+            sched_yield();
+            continue;
+        }
+        as_block b = q->b[t % 4];
+        assert_int_equal(as_free(q->a, &b), 0);
+        atomic_store(&q->tail, t + 1);
+    }
+}
+
+static void test_cross_thread_frees_exact(void **state)
+{
+    (void)state;
+    as_arena_config cfg = {.budget_bytes = 2u << 20};
+    as_arena *a;
+    assert_int_equal(as_arena_create(&cfg, &a), 0);
+    static xq q;
+    memset(&q, 0, sizeof q);
+    q.a = a;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, xfree_worker, &q), 0);
+    size_t usable = 0;
+    for (int i = 0; i < 400; i++) {
+        while (atomic_load(&q.head) - atomic_load(&q.tail) >= 4)
+            sched_yield();                 /* at most 4 x 64 KiB live */
+        as_block b;
+        int rc = as_alloc(a, 64 << 10, AS_TAG_SAVED, 0, &b);
+        if (rc)
+            fprintf(stderr, "alloc %d: %s\n", i, as_arena_last_error(a));
+        assert_int_equal(rc, 0);
+        usable = b.usable;
+        q.b[atomic_load(&q.head) % 4] = b;
+        atomic_store(&q.head, atomic_load(&q.head) + 1);
+    }
+    atomic_store(&q.done, true);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    as_arena_snapshot s;
+    assert_int_equal(as_arena_snapshot_take(a, 0, &s), 0);
+    assert_int_equal(s.total.live_usable, 0);
+    assert_int_equal(s.tags[AS_TAG_SAVED].live_usable, 0);
+    assert_true(s.total.peak_usable <= 4 * usable);
+    assert_true(s.tags[AS_TAG_SAVED].peak_usable <= 4 * usable);
+    assert_int_equal(s.total.allocs, 400);
+    assert_int_equal(s.total.frees, 400);
+    as_arena_snapshot_free(&s);
+    /* the freeing thread exited: its counters retired, nothing drifts */
+    as_arena_reset_peaks(a);
+    as_block b;
+    assert_int_equal(as_alloc(a, 64 << 10, AS_TAG_SAVED, 0, &b), 0);
+    assert_int_equal(as_arena_snapshot_take(a, 0, &s), 0);
+    assert_int_equal(s.total.peak_usable, usable);
+    as_arena_snapshot_free(&s);
+    assert_int_equal(as_free(a, &b), 0);
+    as_arena_destroy(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -464,6 +531,7 @@ int main(void)
         cmocka_unit_test(test_four_threads_exact_totals),
         cmocka_unit_test(test_budget_failure_changes_nothing),
         cmocka_unit_test(test_budget_holds_under_threads),
+        cmocka_unit_test(test_cross_thread_frees_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

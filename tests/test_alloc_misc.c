@@ -105,6 +105,16 @@ static void test_timeline_wraps_and_keeps_marks_in_order(void **state)
     assert_int_equal(s.nsamples, 0);
     assert_null(s.samples);
     as_arena_snapshot_free(&s);
+    /* past the newest, and UINT64_MAX ("counters only"; since + 1 wraps) */
+    assert_int_equal(as_arena_snapshot_take(a, 25, &s), 0);
+    assert_int_equal(s.nsamples, 0);
+    as_arena_snapshot_free(&s);
+    assert_int_equal(as_arena_snapshot_take(a, UINT64_MAX, &s), 0);
+    assert_int_equal(s.nsamples, 0);
+    assert_null(s.samples);
+    assert_int_equal(s.last_seq, 20);
+    assert_int_equal(s.total.live_usable, b.usable);
+    as_arena_snapshot_free(&s);
     assert_int_equal(as_free(a, &b), 0);
     as_arena_destroy(a);
 }

@@ -18,7 +18,7 @@
 #include <cmocka.h>
 
 #include "actstore/store.h"
-#include "store/policies/quant.h"
+#include "util/rng.h"
 
 /* ---- a small synthetic model: the same tensors every step ------------------ */
 
@@ -40,22 +40,17 @@ static const tdesc model[] = {
 };
 #define NT (sizeof model / sizeof model[0])
 
-/* Values: a pure function of (step, tensor, index): the same data for two
+/* Values: a pure function of (step, tensor): the same data for two
  * stores, a little different every step (weights change). */
-static float value(uint64_t step, size_t t, size_t i)
-{
-    uint32_t h = as__mix32((uint32_t)(step * 131 + t * 7919) ^ as__mix32((uint32_t)i));
-    float u = (float)(h >> 8) / 16777216.0f;
-    return (u - 0.5f) * (1.0f + (float)t) + 0.01f * (float)(i % 17);
-}
-
 static void fill(uint64_t step, size_t t, float *x)
 {
     const tdesc *d = &model[t];
+    uint64_t rng = 0x9e3779b97f4a7c15ull * (step * 16 + t + 1);
     for (int64_t r = 0; r < d->rows; r++) {
         float *row = x + r * d->cols;
         for (int64_t c = 0; c < d->cols; c++)
-            row[c] = value(step, t, (size_t)(r * d->cols + c));
+            row[c] = (float)((as_rng_u01(&rng) - 0.5) * (1.0 + (double)t)) +
+                     0.01f * (float)(c % 17);
         if (d->kind == AS_KIND_SOFTMAX_OUTPUT) {   /* a softmax row */
             double s = 0;
             for (int64_t c = 0; c < d->cols; c++)

@@ -11,20 +11,10 @@
 #include <cmocka.h>
 
 #include "store/policies/invert/conv_invert.h"
+#include "util/rng.h"
 
 static uint64_t rng_state = 88172645463325252ull;
-static double urand(void)   /* [0, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / 9007199254740992.0;
-}
-static double nrand(void)
-{
-    double u = urand() + 1e-12, v = urand();
-    return sqrt(-2 * log(u)) * cos(2 * M_PI * v);
-}
+static double nrand(void) { return as_rng_normal(&rng_state); }
 
 static as__conv_geom geom(int cin, int h, int w, int cout, int k, int pad)
 {

@@ -15,19 +15,10 @@
 #include "actstore/store.h"
 #include "layers/ops.h"
 #include "store/policies/invert/conv_invert.h"
+#include "util/rng.h"
 
 static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-static double nrand(void)
-{
-    double u[2];
-    for (int i = 0; i < 2; i++) {
-        rng_state ^= rng_state << 13;
-        rng_state ^= rng_state >> 7;
-        rng_state ^= rng_state << 17;
-        u[i] = ((double)(rng_state >> 11) + 0.5) / 9007199254740992.0;
-    }
-    return sqrt(-2 * log(u[0])) * cos(2 * M_PI * u[1]);
-}
+static double nrand(void) { return as_rng_normal_open(&rng_state); }
 
 static float *randv(size_t n, double sd)
 {

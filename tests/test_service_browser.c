@@ -69,7 +69,7 @@ static int cdp_send(cdp *c, const char *session, const char *method, cJSON *para
 /* The reply to request id (events are skipped), or NULL on timeout / EOF. */
 static cJSON *cdp_wait(cdp *c, int id, double timeout_s)
 {
-    double t0 = proc_now_s();
+    double t0 = as_clock_wall_s();
     for (;;) {
         char *nul;
         while (c->len && (nul = memchr(c->buf, 0, c->len))) {
@@ -82,7 +82,7 @@ static cJSON *cdp_wait(cdp *c, int id, double timeout_s)
                 return m;
             cJSON_Delete(m);
         }
-        double left = timeout_s - (proc_now_s() - t0);
+        double left = timeout_s - (as_clock_wall_s() - t0);
         if (left <= 0)
             return NULL;
         struct pollfd pf = {.fd = c->rfd, .events = POLLIN};
@@ -292,15 +292,15 @@ static cJSON *browse(const char *url, const char *name, bool (*ready)(const cJSO
 
     /* poll the DOM until the charts have data (bounded) */
     cJSON *dom = NULL;
-    double t0 = proc_now_s();
-    while (proc_now_s() - t0 < timeout_s) {
+    double t0 = as_clock_wall_s();
+    while (as_clock_wall_s() - t0 < timeout_s) {
         cJSON_Delete(dom);
         dom = probe(&c, session);
         if (dom && ready(dom))
             break;
         usleep(300000);
     }
-    double waited = proc_now_s() - t0;
+    double waited = as_clock_wall_s() - t0;
     if (then_js && dom && ready(dom)) {
         p = cJSON_CreateObject();
         cJSON_AddStringToObject(p, "expression", then_js);

@@ -52,7 +52,7 @@ static void test_train_serve_and_top(void **state)
 
     /* the URL line, then a few steps */
     char addr[64] = "";
-    for (double t0 = proc_now_s(); proc_now_s() - t0 < 30 && !addr[0];) {
+    for (double t0 = as_clock_wall_s(); as_clock_wall_s() - t0 < 30 && !addr[0];) {
         const char *l = slurp(log);
         const char *u = l ? strstr(l, "dashboard at http://") : NULL;
         if (u)
@@ -68,7 +68,7 @@ static void test_train_serve_and_top(void **state)
     }
     /* the run's store is visible: steps advance, a saved tensor is there */
     double step = 0;
-    for (double t0 = proc_now_s(); proc_now_s() - t0 < 30 && step < 5;) {
+    for (double t0 = as_clock_wall_s(); as_clock_wall_s() - t0 < 30 && step < 5;) {
         as_client_response r;
         char err[256];
         if (as_client_get(addr, "/metrics", 2000, &r, err, sizeof err) == 0) {

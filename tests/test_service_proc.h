@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "util/clock.h"
 
 /* Absolute path of an executable on PATH (or the env override), or NULL. */
 static __attribute__((unused)) const char *proc_find(const char *env, const char *name,
@@ -43,13 +44,6 @@ static __attribute__((unused)) const char *proc_find(const char *env, const char
         path += n + (end ? 1 : 0);
     }
     return NULL;
-}
-
-static __attribute__((unused)) double proc_now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* Spawn argv[0] with stdout and stderr appended to log (NULL: /dev/null).
@@ -96,9 +90,9 @@ static __attribute__((unused)) int proc_stop(pid_t pid, double grace_s)
         return -1;
     kill(-pid, SIGTERM);
     kill(pid, SIGTERM);
-    double t0 = proc_now_s();
+    double t0 = as_clock_wall_s();
     int st = 0;
-    while (proc_now_s() - t0 < grace_s) {
+    while (as_clock_wall_s() - t0 < grace_s) {
         pid_t r = waitpid(pid, &st, WNOHANG);
         if (r == pid) {
             kill(-pid, SIGKILL);   /* helpers left in the group */

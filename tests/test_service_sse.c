@@ -28,7 +28,7 @@ static int count_event(void *ud, const char *d, size_t n, bool comment)
         c->comments++;
         return 0;
     }
-    uint64_t now = fake_now_ns();
+    uint64_t now = as_clock_wall_ns();
     if (!c->events)
         c->t_first = now;
     c->t_last = now;
@@ -82,7 +82,7 @@ static void stall_check(uv_timer_t *t)
     stall_ctx *x = t->data;
     as_service_stats st;
     as_service_get_stats(x->svc, &st);
-    uint64_t now = fake_now_ns();
+    uint64_t now = as_clock_wall_ns();
     if (!x->t_drop && st.sse_dropped >= 1) {
         x->t_drop = now;
         x->events_at_drop = x->good.events;
@@ -118,7 +118,7 @@ static void test_stalled_client_dropped(void **state)
 
     uv_loop_t loop;
     uv_loop_init(&loop);
-    stall_ctx x = {.svc = svc, .t_start = fake_now_ns()};
+    stall_ctx x = {.svc = svc, .t_start = as_clock_wall_ns()};
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
     assert_int_equal(as_client_sse_open(&loop, addr, count_event, stall_end, &x.good, &x.s), 0);
@@ -178,7 +178,7 @@ static void many_check(uv_timer_t *t)
     for (int i = 0; i < NCLIENTS; i++)
         ok += m->c[i].events >= 3;
     m->ok = ok;
-    if (ok == NCLIENTS || fake_now_ns() - m->t_start > 30000000000ull) {
+    if (ok == NCLIENTS || as_clock_wall_ns() - m->t_start > 30000000000ull) {
         uv_timer_stop(t);
         for (int i = 0; i < NCLIENTS; i++)
             if (!m->ended[i])
@@ -211,7 +211,7 @@ static void test_500_clients(void **state)
     g_many = m;
     uv_loop_t loop;
     uv_loop_init(&loop);
-    m->t_start = fake_now_ns();
+    m->t_start = as_clock_wall_ns();
     for (int i = 0; i < NCLIENTS; i++)
         assert_int_equal(as_client_sse_open(&loop, addr, count_event, many_end, &m->c[i], &m->s[i]), 0);
     uv_timer_init(&loop, &m->timer);
@@ -225,7 +225,7 @@ static void test_500_clients(void **state)
     as_service_get_stats(svc, &st);
     fprintf(stderr, "500 clients: %u received >= 3 events in %.2f s; peak sse clients seen %llu, "
                     "dropped %llu\n",
-            m->ok, (double)(fake_now_ns() - m->t_start) * 1e-9,
+            m->ok, (double)(as_clock_wall_ns() - m->t_start) * 1e-9,
             (unsigned long long)st.sse_clients, (unsigned long long)st.sse_dropped);
     assert_int_equal(m->ok, NCLIENTS);
     free(m);

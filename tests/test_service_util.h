@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "store/service/svc.h"
+#include "util/clock.h"
 
 /* ---- fake provider -------------------------------------------------------- */
 
@@ -32,13 +33,6 @@ typedef struct fake_src {
     uint64_t    seq;
 } fake_src;
 
-static __attribute__((unused)) uint64_t fake_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static __attribute__((unused)) int fake_take(void *ud, size_t i, uint64_t since, as__svc_view *v)
 {
     fake_src *f = &((fake_src *)ud)[i];
@@ -46,7 +40,7 @@ static __attribute__((unused)) int fake_take(void *ud, size_t i, uint64_t since,
     uint64_t base = (1ull << 20) * (i + 1) + (uint64_t)(n % 50) * 4096;
     as_arena_snapshot *a = &v->arena;
     v->has_arena = true;
-    a->t_ns = fake_now_ns();
+    a->t_ns = as_clock_wall_ns();
     a->total.live_usable = base;
     a->total.peak_usable = base + 65536;
     a->total.allocs = n * 10;

@@ -13,23 +13,14 @@
 
 #include "actstore/common.h"
 #include "store/policies/softmax/softmax.h"
+#include "util/rng.h"
 
 /* ---- fixed-seed rows ------------------------------------------------------ */
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static void seed(uint64_t s) { rng = s * 0x9e3779b97f4a7c15ull + 1; }
-static double urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
-}
-static double nrand(void)
-{
-    double u = urand() + 1e-300, v = urand();
-    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
-}
+static double urand(void) { return as_rng_u01(&rng); }
+static double nrand(void) { return as_rng_normal(&rng); }
 /* softmax of n Gaussian logits with std sd */
 static void softmax_row(float *y, size_t n, double sd)
 {
@@ -96,29 +87,29 @@ static void ref_soa(const float *y, size_t n, size_t S, int fullden,
     free(rank);
 }
 
-static as_sm_params P(const char *spec)
+static as__sm_params P(const char *spec)
 {
-    as_sm_params p;
+    as__sm_params p;
     char err[128];
-    assert_int_equal(as_sm_parse(spec, strlen(spec), &p, err, sizeof err,
+    assert_int_equal(as__sm_parse(spec, strlen(spec), &p, err, sizeof err,
                                  NULL), 0);
     return p;
 }
 
-static void roundtrip_row(const as_sm_params *p, const float *y, size_t n,
+static void roundtrip_row(const as__sm_params *p, const float *y, size_t n,
                           size_t L, float *out, size_t *bytes)
 {
-    as_sm_work w;
-    assert_int_equal(as_sm_work_init(&w, L), 0);
-    uint8_t *buf = malloc(as_sm_row_bytes(p, n, L) + 8);
-    size_t b = as_sm_row_encode(p, y, n, L, buf, &w);
-    assert_true(b <= as_sm_row_bytes(p, n, L));
-    assert_int_equal(as_sm_row_decode(p, buf, n, L, out, &w), b);
-    assert_int_equal(as_sm_row_size(p, buf, n, L), b);
+    as__sm_work w;
+    assert_int_equal(as__sm_work_init(&w, L), 0);
+    uint8_t *buf = malloc(as__sm_row_bytes(p, n, L) + 8);
+    size_t b = as__sm_row_encode(p, y, n, L, buf, &w);
+    assert_true(b <= as__sm_row_bytes(p, n, L));
+    assert_int_equal(as__sm_row_decode(p, buf, n, L, out, &w), b);
+    assert_int_equal(as__sm_row_size(p, buf, n, L), b);
     if (bytes)
         *bytes = b;
     free(buf);
-    as_sm_work_free(&w);
+    as__sm_work_free(&w);
 }
 
 /* ---- tests ----------------------------------------------------------------- */
@@ -135,7 +126,7 @@ static void test_soa_matches_reference(void **st)
                 seed(100 * i + j + 7);
                 size_t n = ns[i];
                 softmax_row(y, n, sds[j]);
-                as_sm_params p = P(fd ? "soa:5:fullden" : "soa:5");
+                as__sm_params p = P(fd ? "soa:5:fullden" : "soa:5");
                 size_t bytes;
                 roundtrip_row(&p, y, n, 1024, a, &bytes);
                 ref_soa(y, n, 5, fd, 1024, b);
@@ -146,7 +137,7 @@ static void test_soa_matches_reference(void **st)
     /* ties and zeros (underflowed entries) order by position */
     for (size_t k = 0; k < 64; k++)
         y[k] = k % 3 == 0 ? 0.0f : (k % 3 == 1 ? 1.0f / 64 : 2.0f / 64);
-    as_sm_params p = P("soa:3");
+    as__sm_params p = P("soa:3");
     roundtrip_row(&p, y, 64, 64, a, NULL);
     ref_soa(y, 64, 3, 0, 64, b);
     for (size_t k = 0; k < 64; k++)
@@ -156,8 +147,8 @@ static void test_soa_matches_reference(void **st)
 static void test_radix_order_matches_sort(void **st)
 {
     (void)st;
-    as_sm_work w;
-    assert_int_equal(as_sm_work_init(&w, 2000), 0);
+    as__sm_work w;
+    assert_int_equal(as__sm_work_init(&w, 2000), 0);
     float y[2000];
     uint32_t ord[2000];
     ref_ent e[2000];
@@ -169,7 +160,7 @@ static void test_radix_order_matches_sort(void **st)
         softmax_row(y, n, 1 + t % 5);
         for (size_t i = 0; i < n; i += 7)
             y[i] = y[(i * 13) % n];          /* ties */
-        as_sm_order_desc(y, n, ord, &w);
+        as__sm_order_desc(y, n, ord, &w);
         for (size_t i = 0; i < n; i++) {
             e[i].v = y[i];
             e[i].i = i;
@@ -178,7 +169,7 @@ static void test_radix_order_matches_sort(void **st)
         for (size_t i = 0; i < n; i++)
             assert_int_equal(ord[i], e[i].i);
     }
-    as_sm_work_free(&w);
+    as__sm_work_free(&w);
 }
 
 /* The soa rank code of every short-row length (the vector and split
@@ -187,9 +178,9 @@ static void test_radix_order_matches_sort(void **st)
 static void test_rank_code_matches_sort(void **st)
 {
     (void)st;
-    as_sm_work w;
-    assert_int_equal(as_sm_work_init(&w, 64), 0);
-    as_sm_params p = P("soa:5");
+    as__sm_work w;
+    assert_int_equal(as__sm_work_init(&w, 64), 0);
+    as__sm_params p = P("soa:5");
     float y[64];
     uint8_t out[64 * 5 + 64];
     ref_ent e[64];
@@ -206,7 +197,7 @@ static void test_rank_code_matches_sort(void **st)
             else if (kind == 3)
                 for (size_t i = 0; i < n; i++)
                     y[i] = i % 2 ? 0.5f / (float)n : 1.5f / (float)n;
-            size_t b = as_sm_soa_encode(&p, y, n, n, out, &w);
+            size_t b = as__sm_soa_encode(&p, y, n, n, out, &w);
             assert_int_equal(b, 44 + n);
             for (size_t i = 0; i < n; i++) {
                 e[i].v = y[i];
@@ -216,14 +207,14 @@ static void test_rank_code_matches_sort(void **st)
             for (size_t r = 0; r < n; r++)
                 assert_int_equal(out[44 + e[r].i], r);
         }
-    as_sm_work_free(&w);
+    as__sm_work_free(&w);
 }
 
 static void test_short_rows_exact(void **st)
 {
     (void)st;
     float y[10], a[10];
-    as_sm_params p = P("soa:5");
+    as__sm_params p = P("soa:5");
     for (size_t n = 1; n <= 10; n++) {
         seed(n);
         softmax_row(y, n, 3);
@@ -242,7 +233,7 @@ static void test_mass_is_one(void **st)
                                   "sotk:8:2", "sotk:16:3:0.9", "sotk:4:4"};
     float y[1024], a[1024];
     for (size_t s = 0; s < sizeof specs / sizeof *specs; s++) {
-        as_sm_params p = P(specs[s]);
+        as__sm_params p = P(specs[s]);
         for (int t = 0; t < 12; t++) {
             seed(31 * s + t);
             size_t n = (size_t[]){13, 50, 128, 256, 300, 1024}[t % 6];
@@ -260,7 +251,7 @@ static void test_mass_is_one(void **st)
 
 /* rows x L tensor with Gaussian-logit softmax over each row's valid keys */
 static void fill_tensor(float *y, int64_t rows, int64_t L,
-                        const as_sm_layout *lay, double sd)
+                        const as__sm_layout *lay, double sd)
 {
     for (int64_t r = 0; r < rows; r++) {
         float *row = y + r * L;
@@ -282,16 +273,16 @@ static void fill_tensor(float *y, int64_t rows, int64_t L,
     }
 }
 
-static void *encode(const char *spec, const as_sm_layout *lay,
+static void *encode(const char *spec, const as__sm_layout *lay,
                     const float *y, size_t *used)
 {
-    as_sm_params p = P(spec);
-    size_t cap = as_sm_encode_bound(&p, lay);
+    as__sm_params p = P(spec);
+    size_t cap = as__sm_encode_bound(&p, lay);
     assert_true(cap > 0);
     void *blob = malloc(cap);
-    assert_int_equal(as_sm_encode(&p, lay, y, blob, cap, used), 0);
-    as_sm_info info;
-    assert_int_equal(as_sm_blob_info(blob, *used, &info), 0);
+    assert_int_equal(as__sm_encode(&p, lay, y, blob, cap, used), 0);
+    as__sm_info info;
+    assert_int_equal(as__sm_blob_info(blob, *used, &info), 0);
     assert_int_equal(info.bytes, *used);
     return blob;
 }
@@ -306,18 +297,18 @@ static void test_masks(void **st)
     seed(77);
     for (size_t i = 0; i < sizeof mask; i++)
         mask[i] = urand() < 0.7;              /* arbitrary, not a prefix */
-    as_sm_layout lays[3] = {
+    as__sm_layout lays[3] = {
         {.rows = ROWS, .len = L, .queries = T, .causal = true,
          .valid_len = vlen, .rows_per_item = H * T},
         {.rows = ROWS, .len = L, .queries = T, .mask = mask},
         {.rows = ROWS, .len = L, .queries = T, .causal = true, .mask = mask},
     };
     for (int li = 0; li < 3; li++) {
-        const as_sm_layout *lay = &lays[li];
+        const as__sm_layout *lay = &lays[li];
         fill_tensor(y, ROWS, L, lay, 2.0);
         size_t used;
         void *blob = encode("soa:3", lay, y, &used);
-        assert_int_equal(as_sm_decode_rows(blob, 0, ROWS, d), 0);
+        assert_int_equal(as__sm_decode_rows(blob, 0, ROWS, d), 0);
         for (int64_t r = 0; r < ROWS; r++) {
             /* gather the valid entries, run the reference, compare */
             float v[L];
@@ -340,7 +331,7 @@ static void test_masks(void **st)
         static const char *others[] = {"solog:4", "sotk:16:3", "sotk:8:2:0.9"};
         for (size_t o = 0; o < 3; o++) {
             blob = encode(others[o], lay, y, &used);
-            assert_int_equal(as_sm_decode_rows(blob, 0, ROWS, d), 0);
+            assert_int_equal(as__sm_decode_rows(blob, 0, ROWS, d), 0);
             for (int64_t r = 0; r < ROWS; r++) {
                 double sum = 0;
                 size_t nvalid = 0;
@@ -373,11 +364,11 @@ static void test_sotk_fine_count(void **st)
     for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
         seed(40 + i);
         softmax_row(y, want[i].n, 2.0);
-        as_sm_params p = P(want[i].spec);
+        as__sm_params p = P(want[i].spec);
         size_t bytes;
         roundtrip_row(&p, y, want[i].n, 300, a, &bytes);
         assert_int_equal(bytes, want[i].bytes);
-        assert_int_equal(as_sm_row_bytes(&p, want[i].n, 300), want[i].bytes);
+        assert_int_equal(as__sm_row_bytes(&p, want[i].n, 300), want[i].bytes);
         /* the largest entry is never dropped to the tail */
         size_t im = 0;
         for (size_t k = 1; k < want[i].n; k++)
@@ -393,7 +384,7 @@ static void test_wide_ranks(void **st)
     static float y[L], a[L], b[L];
     seed(5);
     softmax_row(y, L, 2);
-    as_sm_params p = P("soa:5");
+    as__sm_params p = P("soa:5");
     size_t bytes;
     roundtrip_row(&p, y, L, L, a, &bytes);
     assert_int_equal(bytes, 44 + 2 * L);      /* u16 ranks */
@@ -402,19 +393,19 @@ static void test_wide_ranks(void **st)
         assert_float_equal(a[k], b[k], 1e-6);
     /* a rank past 255 must decode to its own decayed value: the entry at
      * sorted position 400 is not confused with position 400 - 256 */
-    as_sm_work w;
-    assert_int_equal(as_sm_work_init(&w, L), 0);
+    as__sm_work w;
+    assert_int_equal(as__sm_work_init(&w, L), 0);
     uint32_t ord[L];
-    as_sm_order_desc(y, L, ord, &w);
+    as__sm_order_desc(y, L, ord, &w);
     assert_true(a[ord[400]] < a[ord[144]]);
-    as_sm_work_free(&w);
+    as__sm_work_free(&w);
 }
 
 /* mean gradient cosine and relative error over rows of one setting */
 static void grad_quality(const char *spec, size_t n, double sd, int nrows,
                          double *cosine, double *rel)
 {
-    as_sm_params p = P(spec);
+    as__sm_params p = P(spec);
     float y[1024], a[1024];
     double cs = 0, re = 0;
     for (int r = 0; r < nrows; r++) {
@@ -473,7 +464,7 @@ static void test_backward_and_ptmatmul(void **st)
     static float y[ROWS * L], dec[ROWS * L], dy[ROWS * L], dx[ROWS * L],
         part[ROWS * L], dout[T * D], dv[L * D], dvref[L * D];
     int32_t vlen[B] = {33, 20};
-    as_sm_layout lay = {.rows = ROWS, .len = L, .queries = T, .causal = true,
+    as__sm_layout lay = {.rows = ROWS, .len = L, .queries = T, .causal = true,
                         .valid_len = vlen, .rows_per_item = H * T};
     static const char *specs[] = {"keep", "fp16", "soa:4", "solog:4",
                                   "sotk:8:3:0.95"};
@@ -486,13 +477,13 @@ static void test_backward_and_ptmatmul(void **st)
     for (size_t s = 0; s < sizeof specs / sizeof *specs; s++) {
         size_t used;
         void *blob = encode(specs[s], &lay, y, &used);
-        assert_int_equal(as_sm_decode_rows(blob, 0, ROWS, dec), 0);
+        assert_int_equal(as__sm_decode_rows(blob, 0, ROWS, dec), 0);
         /* row ranges that start inside a block decode the same */
-        assert_int_equal(as_sm_decode_rows(blob, 47, 60, part), 0);
+        assert_int_equal(as__sm_decode_rows(blob, 47, 60, part), 0);
         assert_memory_equal(part, dec + 47 * L, 60 * L * sizeof(float));
-        assert_int_equal(as_sm_decode_rows(blob, ROWS - 1, 2, part),
+        assert_int_equal(as__sm_decode_rows(blob, ROWS - 1, 2, part),
                          AS_EINVAL);
-        assert_int_equal(as_sm_backward_rows(blob, 0, ROWS, dy, dx), 0);
+        assert_int_equal(as__sm_backward_rows(blob, 0, ROWS, dy, dx), 0);
         for (int64_t r = 0; r < ROWS; r++) {
             double dot = 0;
             for (int k = 0; k < L; k++)
@@ -502,12 +493,12 @@ static void test_backward_and_ptmatmul(void **st)
                     dec[r * L + k] * (dy[r * L + k] - dot), 1e-6);
         }
         memcpy(part, dy, sizeof dy);          /* in place: dx == dy */
-        assert_int_equal(as_sm_backward_rows(blob, 0, ROWS, part, part), 0);
+        assert_int_equal(as__sm_backward_rows(blob, 0, ROWS, part, part), 0);
         assert_memory_equal(part, dx, sizeof dx);
         for (int64_t blk = 0; blk < B * H; blk += 5) {
             memset(dv, 0, sizeof dv);
             memset(dvref, 0, sizeof dvref);
-            assert_int_equal(as_sm_pt_matmul(blob, blk, dout, D, dv), 0);
+            assert_int_equal(as__sm_pt_matmul(blob, blk, dout, D, dv), 0);
             for (int q = 0; q < T; q++)
                 for (int k = 0; k < L; k++)
                     for (int c = 0; c < D; c++)
@@ -533,8 +524,8 @@ static void test_specs(void **st)
     };
     char buf[64], err[128];
     for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
-        as_sm_params p = P(ok[i].in);
-        assert_string_equal(as_sm_format(&p, buf, sizeof buf), ok[i].out);
+        as__sm_params p = P(ok[i].in);
+        assert_string_equal(as__sm_format(&p, buf, sizeof buf), ok[i].out);
     }
     static const struct { const char *in; size_t off; const char *msg; } bad[] = {
         {"soa:0", 4, "S, an integer 1..128"}, {"soa:5:x", 6, "'fullden' or end"},
@@ -543,21 +534,21 @@ static void test_specs(void **st)
         {"keep:1", 5, "no arguments"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        as_sm_params p;
+        as__sm_params p;
         size_t off = 999;
-        assert_int_equal(as_sm_parse(bad[i].in, strlen(bad[i].in), &p, err,
+        assert_int_equal(as__sm_parse(bad[i].in, strlen(bad[i].in), &p, err,
                                      sizeof err, &off), AS_ESPEC);
         assert_int_equal(off, bad[i].off);
         assert_non_null(strstr(err, bad[i].msg));
     }
     /* bad layouts and corrupt blobs */
-    as_sm_params p = P("soa:5");
-    as_sm_layout lay = {.rows = 10, .len = 8, .queries = 3};
-    assert_int_equal(as_sm_encode_bound(&p, &lay), 0);
+    as__sm_params p = P("soa:5");
+    as__sm_layout lay = {.rows = 10, .len = 8, .queries = 3};
+    assert_int_equal(as__sm_encode_bound(&p, &lay), 0);
     uint64_t junk[16] = {0};
-    as_sm_info info;
-    assert_int_equal(as_sm_blob_info(junk, sizeof junk, &info), AS_ECORRUPT);
-    assert_int_equal(as_sm_decode_rows(junk, 0, 1, (float *)junk),
+    as__sm_info info;
+    assert_int_equal(as__sm_blob_info(junk, sizeof junk, &info), AS_ECORRUPT);
+    assert_int_equal(as__sm_decode_rows(junk, 0, 1, (float *)junk),
                      AS_ECORRUPT);
 }
 
@@ -574,7 +565,7 @@ static void test_grouped_rows_match_row_by_row(void **st)
     for (size_t si = 0; si < sizeof specs / sizeof *specs; si++)
         for (size_t li = 0; li < sizeof lays / sizeof *lays; li++) {
             const int64_t L = lays[li].L, rows = 3 * L;
-            as_sm_layout lay = {.rows = rows, .len = L, .queries = L,
+            as__sm_layout lay = {.rows = rows, .len = L, .queries = L,
                                 .causal = lays[li].causal};
             float *y = malloc((size_t)(rows * L) * sizeof *y);
             seed(900 + si * 10 + li);
@@ -589,29 +580,29 @@ static void test_grouped_rows_match_row_by_row(void **st)
                 if (r % 13 == 6 && L > 4)
                     row[2] = NAN;
             }
-            as_sm_params p = P(specs[si]);
+            as__sm_params p = P(specs[si]);
             size_t used;
             uint8_t *blob = encode(specs[si], &lay, y, &used);
-            as_sm_info info;
-            assert_int_equal(as_sm_blob_info(blob, used, &info), 0);
+            as__sm_info info;
+            assert_int_equal(as__sm_blob_info(blob, used, &info), 0);
             const uint8_t *pay = blob + used - info.payload_bytes;
-            as_sm_work w;
-            assert_int_equal(as_sm_work_init(&w, (size_t)L), 0);
-            uint8_t *rb = malloc(as_sm_row_bytes(&p, (size_t)L, (size_t)L) + 64);
+            as__sm_work w;
+            assert_int_equal(as__sm_work_init(&w, (size_t)L), 0);
+            uint8_t *rb = malloc(as__sm_row_bytes(&p, (size_t)L, (size_t)L) + 64);
             float *dec = malloc((size_t)(rows * L) * sizeof *dec);
             float *one = malloc((size_t)L * sizeof *one);
-            assert_int_equal(as_sm_decode_rows(blob, 0, rows, dec), 0);
+            assert_int_equal(as__sm_decode_rows(blob, 0, rows, dec), 0);
             size_t off = 0;
             for (int64_t r = 0; r < rows; r++) {
                 size_t n = (size_t)L;
                 if (lay.causal && (size_t)(r % L) + 1 < n)
                     n = (size_t)(r % L) + 1;
-                size_t b = as_sm_row_encode(&p, y + r * L, n, (size_t)L, rb,
+                size_t b = as__sm_row_encode(&p, y + r * L, n, (size_t)L, rb,
                                             &w);
                 assert_true(off + b <= info.payload_bytes);
                 assert_memory_equal(pay + off, rb, b);
                 memset(one, 0, (size_t)L * sizeof *one);
-                assert_int_equal(as_sm_row_decode(&p, rb, n, (size_t)L, one,
+                assert_int_equal(as__sm_row_decode(&p, rb, n, (size_t)L, one,
                                                   &w), b);
                 assert_memory_equal(dec + r * L, one,
                                     (size_t)L * sizeof *one);
@@ -621,7 +612,7 @@ static void test_grouped_rows_match_row_by_row(void **st)
             free(one);
             free(dec);
             free(rb);
-            as_sm_work_free(&w);
+            as__sm_work_free(&w);
             free(blob);
             free(y);
         }

@@ -13,20 +13,10 @@
 #include "actstore/store.h"
 #include "layers/ops.h"
 #include "store/policies/softmax/softmax.h"
+#include "util/rng.h"
 
 static uint64_t rng = 1;
-static double urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
-}
-static double nrand(void)
-{
-    double u = urand() + 1e-300, v = urand();
-    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
-}
+static double nrand(void) { return as_rng_normal(&rng); }
 
 enum { B = 2, H = 3, T = 37, ROWS = B * H * T, N = ROWS * T };
 
@@ -84,16 +74,16 @@ static void test_round_trip(void **st)
         assert_int_equal(as_store_create(&cfg, &S, err, sizeof err), 0);
 
         /* the codec on its own: the reference for the store's answers */
-        as_sm_params p;
-        assert_int_equal(as_sm_parse(specs[s], strlen(specs[s]), &p, err,
+        as__sm_params p;
+        assert_int_equal(as__sm_parse(specs[s], strlen(specs[s]), &p, err,
                                      sizeof err, NULL), 0);
-        as_sm_layout lay = {.rows = ROWS, .len = T, .queries = T,
+        as__sm_layout lay = {.rows = ROWS, .len = T, .queries = T,
                             .causal = true, .valid_len = vlen,
                             .rows_per_item = H * T};
-        size_t cap = as_sm_encode_bound(&p, &lay), used;
+        size_t cap = as__sm_encode_bound(&p, &lay), used;
         void *blob = malloc(cap);
-        assert_int_equal(as_sm_encode(&p, &lay, y, blob, cap, &used), 0);
-        assert_int_equal(as_sm_decode_rows(blob, 0, ROWS, ref), 0);
+        assert_int_equal(as__sm_encode(&p, &lay, y, blob, cap, &used), 0);
+        assert_int_equal(as__sm_decode_rows(blob, 0, ROWS, ref), 0);
 
         for (int step = 0; step < 2; step++) {
             as_store_step_begin(S, (uint64_t)step);
@@ -121,7 +111,7 @@ static void test_round_trip(void **st)
                                  0);
             assert_memory_equal(rows, ref, sizeof rows);
             assert_int_equal(as_store_softmax_backward(S, h, dy, dx), 0);
-            assert_int_equal(as_sm_backward_rows(blob, 0, ROWS, dy, dxr), 0);
+            assert_int_equal(as__sm_backward_rows(blob, 0, ROWS, dy, dxr), 0);
             assert_memory_equal(dx, dxr, sizeof dx);
 
             /* stored bytes are the blob, raw bytes the f32 tensor */

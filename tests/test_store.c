@@ -24,17 +24,12 @@
 #include "actstore/store.h"
 #include "store/policies/quant.h"
 #include "support/store_stats.h"
+#include "util/rng.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
 static uint64_t rng = 88172645463325252ull;
-static uint32_t rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
+static uint32_t rnd(void) { return as_rng_u32(&rng); }
 static float frand(void) { return (float)(rnd() >> 8) / 16777216.0f * 2.0f - 1.0f; }
 
 static as_store *mk(const char *spec, bool strict, uint64_t budget)
@@ -352,6 +347,33 @@ static void test_adopt_zero_copy(void **st)
     assert_non_null(b.ptr);
     assert_int_equal(as_free(ar, &b), 0);
     assert_int_equal(as_store_save_adopt(s, &i, &t, NULL, &h), AS_EINVAL);
+
+    /* not this arena's memory: a static array, another store's block, a
+     * block whose sizes were edited; each refused, nothing taken */
+    static float stat[1024];
+    as_block fake = {.ptr = stat, .size = sizeof stat, .usable = sizeof stat,
+                     .tag = AS_TAG_ACTIVATIONS};
+    t = t2(stat, AS_F32, 32, 32);
+    i.layer = "dec.1";
+    assert_int_equal(as_store_save_adopt(s, &i, &t, &fake, &h), AS_EFOREIGN);
+    assert_true(as_handle_is_null(h));
+    assert_contains(as_store_last_error(s), "not a live block");
+    as_store *o = mk("default=keep", false, 0);
+    as_arena *oar = as_store_arena(o);
+    assert_int_equal(as_alloc(oar, 4096, AS_TAG_ACTIVATIONS, AS_LAYER_NONE, &b), 0);
+    t = t2(b.ptr, AS_F32, 32, 32);
+    assert_int_equal(as_store_save_adopt(s, &i, &t, &b, &h), AS_EFOREIGN);
+    assert_int_equal(arena_tag(s, AS_TAG_ACTIVATIONS).live_requested, 0);
+    assert_int_equal(as_free(oar, &b), 0);
+    assert_int_equal(as_alloc(ar, 4096, AS_TAG_ACTIVATIONS, AS_LAYER_NONE, &b), 0);
+    as_block forged = b;
+    forged.usable = 1 << 20;
+    forged.size = 1 << 20;
+    t = t2(b.ptr, AS_F32, 32, 32);
+    assert_int_equal(as_store_save_adopt(s, &i, &t, &forged, &h), AS_EINVAL);
+    assert_int_equal(as_free(ar, &b), 0);
+    assert_int_equal(as_arena_check_block(ar, &b), AS_EINVAL);   /* empty */
+    as_store_destroy(o);
     free(y);
     free(ref);
     as_store_destroy(s);

@@ -29,17 +29,12 @@
 #include "store/policies/quant.h"
 #include "store/store_internal.h"
 #include "support/store_stats.h"
+#include "util/rng.h"
 
 /* ---- helpers -------------------------------------------------------------- */
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
-static uint32_t rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
+static uint32_t rnd(void) { return as_rng_u32(&rng); }
 static double urand(void) { return ((double)rnd() + 0.5) / 4294967296.0; }
 static float gauss(void)
 {

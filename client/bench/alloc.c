@@ -17,7 +17,7 @@
 
 #include "actstore/alloc.h"
 #include "bench.h"
-#include "util.h"
+#include "util/clock.h"
 #include "cli.h"
 #include "stats.h"
 
@@ -43,7 +43,7 @@ typedef struct ctx {
  * negative value on allocation failure. */
 static double run_cell(ctx *c, int impl, size_t size, unsigned long n)
 {
-    uint64_t t0 = as_bench_clock_ns(CLOCK_MONOTONIC);
+    uint64_t t0 = as_clock_ns(CLOCK_MONOTONIC);
     switch (impl) {
     case IMPL_GLIBC:
         for (unsigned long i = 0; i < n; i++) {
@@ -76,7 +76,7 @@ static double run_cell(ctx *c, int impl, size_t size, unsigned long n)
         }
         break;
     }
-    return (double)(as_bench_clock_ns(CLOCK_MONOTONIC) - t0) / (double)n;
+    return (double)(as_clock_ns(CLOCK_MONOTONIC) - t0) / (double)n;
 }
 
 static void usage(FILE *f)

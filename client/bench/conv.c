@@ -17,35 +17,26 @@
 #include <time.h>
 
 #include "bench.h"
-#include "util.h"
+#include "util/clock.h"
 #include "cli.h"
 #include "layers/ops.h"
 #include "stats.h"
 #include "store/policies/invert/conv_invert.h"
+#include "util/rng.h"
 
 typedef struct shape {
     int n, cin, cout, h, k, pad;
 } shape;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
-static double nrand(void)
-{
-    double u[2];
-    for (int i = 0; i < 2; i++) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        u[i] = ((double)(rng >> 11) + 0.5) / 9007199254740992.0;
-    }
-    return sqrt(-2 * log(u[0])) * cos(2 * M_PI * u[1]);
-}
+static double nrand(void) { return as_rng_normal_open(&rng); }
 
 /* CPU time of the process by default (--wall: wall-clock time): on a
  * shared machine it leaves out the time other processes hold the cores,
  * and with one thread it is the time of the kernel measured. */
 static clockid_t bench_clock = CLOCK_PROCESS_CPUTIME_ID;
 
-static double now_ms(void) { return as_bench_clock_s(bench_clock) * 1e3; }
+static double now_ms(void) { return as_clock_s(bench_clock) * 1e3; }
 
 /* Default set: every channel pair at 28x28 with k3 'same'; kernels 1/3/5 and
  * padding 0/same on 16/16 and 32/32 at 28x28, 14x14 and 7x7 and on 1/16 at

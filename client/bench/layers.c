@@ -25,7 +25,7 @@
 #include <time.h>
 
 #include "bench.h"
-#include "util.h"
+#include "util/clock.h"
 #include "cli.h"
 #include "layers/ops.h"
 #include "layers/train.h"
@@ -36,7 +36,6 @@
  * thread is not counted. With more threads, wall time. */
 static clockid_t bench_clock = CLOCK_THREAD_CPUTIME_ID;
 
-static double now_s(void) { return as_bench_clock_s(bench_clock); }
 
 static float *randbuf(size_t n, uint64_t *s)
 {
@@ -52,10 +51,10 @@ typedef void (*kern_fn)(void *ud);
 
 static double time_once(kern_fn fn, void *ud, int iters)
 {
-    double t0 = now_s();
+    double t0 = as_clock_s(bench_clock);
     for (int i = 0; i < iters; i++)
         fn(ud);
-    return (now_s() - t0) / iters;
+    return (as_clock_s(bench_clock) - t0) / iters;
 }
 
 /* Calls per repeat so that one repeat lasts ~2 ms (from the fastest of 3

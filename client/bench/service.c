@@ -46,7 +46,7 @@
 
 #include "actstore/service.h"
 #include "bench.h"
-#include "util.h"
+#include "util/clock.h"
 #include "cli.h"
 #include "client.h"
 #include "layers/train.h"
@@ -57,7 +57,6 @@
 enum { C_PLAIN, C_OFF, C_IDLE, C_CLIENTS, NCONF };
 static const char *const conf_name[NCONF] = {"plain", "off", "on_idle", "on_clients"};
 
-static double now_s(void) { return as_bench_clock_s(CLOCK_MONOTONIC); }
 
 /* ---- the load: SSE clients on their own loop, a scraper thread ---------------- */
 
@@ -102,13 +101,12 @@ static void on_stop(uv_async_t *a)
     uv_close((uv_handle_t *)&l->stop_async, NULL);
 }
 
-static double thread_cpu_s(void) { return as_bench_clock_s(CLOCK_THREAD_CPUTIME_ID); }
 
 static void *sse_main(void *arg)
 {
     load *l = arg;
     uv_run(&l->loop, UV_RUN_DEFAULT);
-    l->cpu_sse = thread_cpu_s();
+    l->cpu_sse = as_clock_thread_cpu_s();
     return NULL;
 }
 
@@ -126,7 +124,7 @@ static void *scrape_main(void *arg)
         struct timespec ts = {0, (long)l->scrape_ms * 1000000L};
         nanosleep(&ts, NULL);
     }
-    l->cpu_scrape = thread_cpu_s();
+    l->cpu_scrape = as_clock_thread_cpu_s();
     return NULL;
 }
 
@@ -147,7 +145,7 @@ static int load_start(load *l, as_service *svc)
             return AS_EIO;
     if (pthread_create(&l->sse_thread, NULL, sse_main, l))
         return AS_ENOMEM;
-    for (double t0 = now_s(); now_s() - t0 < 10;) {
+    for (double t0 = as_clock_wall_s(); as_clock_wall_s() - t0 < 10;) {
         as_service_stats st;
         as_service_get_stats(svc, &st);
         if (st.sse_clients >= l->nclients)
@@ -158,16 +156,16 @@ static int load_start(load *l, as_service *svc)
         return AS_ENOMEM;
     /* every client has had the frame sent on subscription: the rate
      * counts from here */
-    for (double t0 = now_s(); now_s() - t0 < 2 && atomic_load(&l->events) < l->nclients;)
+    for (double t0 = as_clock_wall_s(); as_clock_wall_s() - t0 < 2 && atomic_load(&l->events) < l->nclients;)
         usleep(5000);
     atomic_store(&l->events, 0);
-    l->t_start = now_s();
+    l->t_start = as_clock_wall_s();
     return 0;
 }
 
 static void load_stop(load *l)
 {
-    l->t_stop = now_s();
+    l->t_stop = as_clock_wall_s();
     l->events_at_stop = atomic_load(&l->events);
     atomic_store(&l->stop, true);
     if (l->scrape_ms)
@@ -208,14 +206,14 @@ static int run_block(as_nn_run *run, long warmup, long steps, double *step_ms, d
                      char *err, size_t errlen)
 {
     for (long k = 0; k < warmup + steps; k++) {
-        double t0 = now_s(), c0 = thread_cpu_s();
+        double t0 = as_clock_wall_s(), c0 = as_clock_thread_cpu_s();
         if (as_nn_run_step(run, NULL)) {
             snprintf(err, errlen, "training step: %s", as_nn_run_error(run));
             return AS_EIO;
         }
         if (k >= warmup) {
-            step_ms[k - warmup] = (now_s() - t0) * 1e3;
-            cpu_ms[k - warmup] = (thread_cpu_s() - c0) * 1e3;
+            step_ms[k - warmup] = (as_clock_wall_s() - t0) * 1e3;
+            cpu_ms[k - warmup] = (as_clock_thread_cpu_s() - c0) * 1e3;
         }
     }
     return 0;
@@ -270,7 +268,7 @@ static int bench_steps(const steps_cfg *c, steps_res *res, char *err, size_t err
                 usleep(150000);    /* a tick, so the CPU figure is fresh */
                 as_service_get_stats(svc, &st0);
             }
-            double w0 = now_s();
+            double w0 = as_clock_wall_s();
             if (!rc)
                 rc = run_block(run, c->warmup, c->steps, ms, cms, err, errlen);
             if (svc) {
@@ -278,7 +276,7 @@ static int bench_steps(const steps_cfg *c, steps_res *res, char *err, size_t err
                 as_service_stats st;
                 as_service_get_stats(svc, &st);
                 res->cpu_s[k] += (double)(st.cpu_ns - st0.cpu_ns) * 1e-9;
-                res->wall_s[k] += now_s() - w0;
+                res->wall_s[k] += as_clock_wall_s() - w0;
                 if (k == C_CLIENTS) {
                     load_stop(&l);
                     res->client_cpu_s += l.cpu_sse + l.cpu_scrape;
@@ -477,9 +475,9 @@ static int bench_metrics(unsigned layers, unsigned requests, const unsigned top[
         unsigned n = requests - done < ROUND ? requests - done : ROUND;
         for (int k = 0; k < NCAPS && !rc; k++)
             for (unsigned i = 0; i < n; i++) {
-                double t0 = now_s();
+                double t0 = as_clock_wall_s();
                 long got = ka_get(fd[k], "/metrics", &body[k], &cap[k]);
-                lat[k][done + i] = (now_s() - t0) * 1e3;
+                lat[k][done + i] = (as_clock_wall_s() - t0) * 1e3;
                 if (got < 0) {
                     snprintf(err, errlen, "GET /metrics failed (request %u)", done + i);
                     rc = AS_EIO;

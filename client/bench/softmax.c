@@ -23,12 +23,14 @@
 
 #include "actstore/common.h"
 #include "bench.h"
-#include "util.h"
+#include "util/clock.h"
+#include "util/median.h"
 #include "cli.h"
 #include "layers/ops.h"
 #include "layers/train.h"
 #include "store/policies/softmax/softmax.h"
 #include "store/policy.h"
+#include "util/rng.h"
 
 #define MAX_POL 16
 #define MAX_FILES 8
@@ -46,33 +48,10 @@ typedef struct rowset {
 
 /* Thread CPU time: the machines we measure on are shared, and time spent
  * preempted is not the codec's. (Wall time for the capture's training.) */
-static double now_s(void) { return as_bench_clock_s(CLOCK_THREAD_CPUTIME_ID); }
-static double wall_s(void) { return as_bench_clock_s(CLOCK_MONOTONIC); }
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
-static double urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
-}
-static double nrand(void)
-{
-    double u = urand() + 1e-300, v = urand();
-    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
-}
+static double nrand(void) { return as_rng_normal(&rng); }
 
 static int synth(rowset *s, int64_t L, double sd, bool causal, int64_t target)
 {
@@ -119,26 +98,26 @@ static double attn_fwd_s(const rowset *s, int reps)
     for (size_t i = 0; i < (size_t)B * T * 3 * C; i++)
         qkv[i] = (float)nrand();
     for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = as_clock_thread_cpu_s();
         as_op_attn_fwd(B, T, C, 1, s->causal, qkv, P, o);
-        t[r] = now_s() - t0;
+        t[r] = as_clock_thread_cpu_s() - t0;
     }
     free(qkv);
     free(P);
     free(o);
-    return median(t, reps);
+    return as_stats_median(t, (size_t)reps);
 }
 
 static int bench_one(const rowset *s, const char *spec, int reps,
                      double attn_s, cJSON *results)
 {
-    as_sm_params p;
+    as__sm_params p;
     char err[160];
-    if (as_sm_parse(spec, strlen(spec), &p, err, sizeof err, NULL))
+    if (as__sm_parse(spec, strlen(spec), &p, err, sizeof err, NULL))
         return as_cli_usage("bench", "--policies: %s: %s", spec, err);
-    as_sm_layout lay = {.rows = s->rows, .len = s->len, .queries = s->queries,
+    as__sm_layout lay = {.rows = s->rows, .len = s->len, .queries = s->queries,
                         .causal = s->causal};
-    size_t cap = as_sm_encode_bound(&p, &lay), used = 0;
+    size_t cap = as__sm_encode_bound(&p, &lay), used = 0;
     size_t ne = (size_t)(s->rows * s->len);
     void *blob = malloc(cap);
     float *dy = malloc(ne * sizeof *dy), *dx = malloc(ne * sizeof *dx);
@@ -147,19 +126,19 @@ static int bench_one(const rowset *s, const char *spec, int reps,
         return as_cli_fail("bench", "softmax: out of memory");
     double te[16], td[16], tb[16];
     for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
-        as_sm_encode(&p, &lay, s->y, blob, cap, &used);
-        te[r] = now_s() - t0;
-        t0 = now_s();
-        as_sm_decode_rows(blob, 0, s->rows, dh);
-        td[r] = now_s() - t0;
+        double t0 = as_clock_thread_cpu_s();
+        as__sm_encode(&p, &lay, s->y, blob, cap, &used);
+        te[r] = as_clock_thread_cpu_s() - t0;
+        t0 = as_clock_thread_cpu_s();
+        as__sm_decode_rows(blob, 0, s->rows, dh);
+        td[r] = as_clock_thread_cpu_s() - t0;
     }
     for (size_t i = 0; i < ne; i++)
         dy[i] = (float)nrand();
     for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
-        as_sm_backward_rows(blob, 0, s->rows, dy, dh);
-        tb[r] = now_s() - t0;
+        double t0 = as_clock_thread_cpu_s();
+        as__sm_backward_rows(blob, 0, s->rows, dy, dh);
+        tb[r] = as_clock_thread_cpu_s() - t0;
     }
     /* exact backward, cosine over the tensor and mean over rows */
     double ab = 0, aa = 0, bb = 0, ee = 0, rowcos = 0;
@@ -185,12 +164,12 @@ static int bench_one(const rowset *s, const char *spec, int reps,
             nrc++;
         }
     }
-    double enc = median(te, reps), dec = median(td, reps);
-    double bwd = median(tb, reps);
+    double enc = as_stats_median(te, (size_t)reps), dec = as_stats_median(td, (size_t)reps);
+    double bwd = as_stats_median(tb, (size_t)reps);
     double ratio = (double)ne * 4.0 / (double)used;
     double cosv = ab / sqrt(aa * bb), rel = sqrt(ee / aa);
     char canon[48];
-    as_sm_format(&p, canon, sizeof canon);
+    as__sm_format(&p, canon, sizeof canon);
     printf("%-30s %-16s %6.2fx  cos %.5f  rowcos %.5f  rel %.4f  "
            "enc %8.0f  dec %8.0f  bwd %8.0f rows/s  enc/attn %.2f\n",
            s->name, canon, ratio, cosv, nrc ? rowcos / (double)nrc : 1.0, rel,
@@ -222,7 +201,7 @@ static int bench_one(const rowset *s, const char *spec, int reps,
     return 0;
 }
 
-/* as_sm_order_desc (what soa uses: rank counting or radix by
+/* as__sm_order_desc (what soa uses: rank counting or radix by
  * length) against qsort, ns per row */
 typedef struct { float v; uint32_t i; } ent;
 static int cmp_ent(const void *a, const void *b)
@@ -241,26 +220,26 @@ static void bench_order(cJSON *arr, int reps, int quick)
         int64_t L = lens[li];
         if (synth(&s, L, 2.0, false, quick ? 1 << 17 : 1 << 20))
             return;
-        as_sm_work w;
-        as_sm_work_init(&w, (size_t)L);
+        as__sm_work w;
+        as__sm_work_init(&w, (size_t)L);
         uint32_t *ord = malloc((size_t)L * sizeof *ord);
         ent *e = malloc((size_t)L * sizeof *e);
         double tr[16], tq[16];
         for (int r = 0; r < reps; r++) {
-            double t0 = now_s();
+            double t0 = as_clock_thread_cpu_s();
             for (int64_t q = 0; q < s.rows; q++)
-                as_sm_order_desc(s.y + q * L, (size_t)L, ord, &w);
-            tr[r] = now_s() - t0;
-            t0 = now_s();
+                as__sm_order_desc(s.y + q * L, (size_t)L, ord, &w);
+            tr[r] = as_clock_thread_cpu_s() - t0;
+            t0 = as_clock_thread_cpu_s();
             for (int64_t q = 0; q < s.rows; q++) {
                 for (int64_t k = 0; k < L; k++)
                     e[k] = (ent){s.y[q * L + k], (uint32_t)k};
                 qsort(e, (size_t)L, sizeof *e, cmp_ent);
             }
-            tq[r] = now_s() - t0;
+            tq[r] = as_clock_thread_cpu_s() - t0;
         }
-        double a = median(tr, reps) * 1e9 / (double)s.rows;
-        double b = median(tq, reps) * 1e9 / (double)s.rows;
+        double a = as_stats_median(tr, (size_t)reps) * 1e9 / (double)s.rows;
+        double b = as_stats_median(tq, (size_t)reps) * 1e9 / (double)s.rows;
         printf("order n=%-5lld actstore %8.0f ns/row   qsort %8.0f ns/row\n",
                (long long)L, a, b);
         cJSON *o = cJSON_CreateObject();
@@ -270,7 +249,7 @@ static void bench_order(cJSON *arr, int reps, int quick)
         cJSON_AddItemToArray(arr, o);
         free(ord);
         free(e);
-        as_sm_work_free(&w);
+        as__sm_work_free(&w);
         free(s.y);
     }
 }
@@ -310,7 +289,7 @@ static int cap_encode(as_pctx *ctx, const void *params,
         int64_t L = t->shape[t->ndim - 1], rows = as_tensor_numel(t) / L;
         int64_t q = info->meta.softmax.queries > 0 ? info->meta.softmax.queries
                                                    : rows;
-        int e = as_sm_dump_write(cap.fp, cap.name, rows, L, q,
+        int e = as__sm_dump_write(cap.fp, cap.name, rows, L, q,
                                  info->meta.softmax.causal, t->data);
         if (e && !cap.err)
             cap.err = e;
@@ -435,7 +414,7 @@ static int capture(const char *model, const char *preset, long steps,
         fclose(cap.fp);
         return as_cli_fail("bench", "softmax: --capture %s: %s", model, err);
     }
-    double t0 = wall_s(), loss = 0;
+    double t0 = as_clock_wall_s(), loss = 0;
     for (long i = 0; i < steps && rc == 0; i++)
         rc = as_nn_run_step(run, &loss);
     as_nn_eval ev = {0};
@@ -473,7 +452,7 @@ static int capture(const char *model, const char *preset, long steps,
     }
     printf("captured %ld softmax tensors of %s (%s preset) after %ld steps "
            "(%.0f s): train loss %.4f, eval %s %.4f, loss %.4f -> %s\n",
-           cap.records, model, preset, steps, wall_s() - t0, closs,
+           cap.records, model, preset, steps, as_clock_wall_s() - t0, closs,
            ev.accuracy >= 0 ? "accuracy" : "(lm)",
            ev.accuracy >= 0 ? ev.accuracy : 0.0, ev.loss, out);
     int ec = AS_EXIT_OK;
@@ -521,10 +500,10 @@ static int step_time(const char *model, const char *preset, long steps,
                     as_store_stats_free(&st);
                 }
             }
-            double t0 = now_s();
+            double t0 = as_clock_thread_cpu_s();
             rc = as_nn_run_step(runs[i], NULL);
             if (s >= warm)
-                t[i * steps + (s - warm)] = now_s() - t0;
+                t[i * steps + (s - warm)] = as_clock_thread_cpu_s() - t0;
             if (rc)
                 fprintf(stderr, "actstore bench: softmax: %s: %s\n",
                         specs[i], as_nn_run_error(runs[i]));
@@ -537,7 +516,7 @@ static int step_time(const char *model, const char *preset, long steps,
                         st.kinds[AS_KIND_SOFTMAX_OUTPUT].decode_ns;
             as_store_stats_free(&st);
         }
-        double med = median(t + i * steps, (int)steps) * 1e3;
+        double med = as_stats_median(t + i * steps, (size_t)steps) * 1e3;
         double codec = (double)(codec1[i] - codec0[i]) * 1e-6 / (double)steps;
         if (i == 0)
             base = med;
@@ -563,12 +542,12 @@ static int step_time(const char *model, const char *preset, long steps,
 
 /* Next rowset from a dump: consecutive records with the same name and
  * shape (one per attention layer) are merged. 1 at end of file. */
-static int read_rowset(FILE *fp, as_sm_dump_rec *pend, bool *have, rowset *s)
+static int read_rowset(FILE *fp, as__sm_dump_rec *pend, bool *have, rowset *s)
 {
-    as_sm_dump_rec rec;
+    as__sm_dump_rec rec;
     int e;
     if (!*have) {
-        if ((e = as_sm_dump_read(fp, pend)))
+        if ((e = as__sm_dump_read(fp, pend)))
             return e;
         *have = true;
     }
@@ -577,7 +556,7 @@ static int read_rowset(FILE *fp, as_sm_dump_rec *pend, bool *have, rowset *s)
                   .y = pend->y};
     snprintf(s->name, sizeof s->name, "%s", pend->name[0] ? pend->name : "file");
     *have = false;
-    while ((e = as_sm_dump_read(fp, &rec)) == 0) {
+    while ((e = as__sm_dump_read(fp, &rec)) == 0) {
         if (strcmp(rec.name, pend->name) || rec.len != s->len ||
             rec.queries != s->queries || rec.causal != s->causal) {
             *pend = rec;
@@ -707,9 +686,9 @@ int as_bench_softmax(int argc, char **argv)
     for (char *t = strtok(pbuf, ","); t && npol < MAX_POL; t = strtok(NULL, ","))
         specs[npol++] = t;
     for (int i = 0; i < npol; i++) {
-        as_sm_params p;
+        as__sm_params p;
         char err[160];
-        if (as_sm_parse(specs[i], strlen(specs[i]), &p, err, sizeof err, NULL)) {
+        if (as__sm_parse(specs[i], strlen(specs[i]), &p, err, sizeof err, NULL)) {
             int ec = as_cli_usage("bench", "--policies: '%s': %s", specs[i], err);
             free(pbuf);   /* after the message: specs[i] points into it */
             return ec;
@@ -754,7 +733,7 @@ int as_bench_softmax(int argc, char **argv)
             rc = as_cli_fail("bench", "softmax: cannot open %s", files[f]);
             break;
         }
-        as_sm_dump_rec pend;
+        as__sm_dump_rec pend;
         bool have = false;
         for (int setno = 0;; setno++) {
             rowset s;

@@ -30,7 +30,7 @@
 
 #include "actstore/store.h"
 #include "bench.h"
-#include "util.h"
+#include "util/clock.h"
 #include "cli.h"
 #include "stats.h"
 #include "store/policies/quant.h"   /* as__offload_wait_idle */
@@ -69,7 +69,7 @@ typedef struct stamp_t {
 
 static stamp_t stamp(void)
 {
-    stamp_t t = {as_bench_clock_ns(CLOCK_MONOTONIC), as_bench_clock_ns(CLOCK_THREAD_CPUTIME_ID)};
+    stamp_t t = {as_clock_ns(CLOCK_MONOTONIC), as_clock_ns(CLOCK_THREAD_CPUTIME_ID)};
     return t;
 }
 

@@ -59,6 +59,7 @@ typedef struct as_block {
     size_t   usable;    /* sallocx(ptr): bytes actually reserved */
     uint16_t tag;
     uint16_t layer;     /* AS_LAYER_NONE when not attributed */
+    uint32_t shard;     /* the per-thread counters that charged it (internal) */
 } as_block;
 
 typedef struct as_arena_config {
@@ -109,6 +110,14 @@ AS_API int as_free(as_arena *a, as_block *b);
 
 /* Is p inside a block of this arena? Uses "arenas.lookup". */
 AS_API bool as_arena_owns(const as_arena *a, const void *p);
+
+/* Is b a live allocation of this arena (what checked mode verifies on
+ * free)? Its pointer lies in the arena's memory, jemalloc's size for it is
+ * b->usable, and tag and layer are registered. Reads only; about a
+ * microsecond. Thread-safe. Errors: AS_EINVAL (NULL, empty, unknown ids,
+ * sizes that disagree), AS_EFOREIGN (memory of another arena or none);
+ * detail in as_arena_last_error(). */
+AS_API int as_arena_check_block(as_arena *a, const as_block *b);
 
 /* Set / read the budget (0 = none). Lowering it below the live bytes makes
  * the next allocations fail; nothing is freed. */
@@ -186,7 +195,7 @@ typedef struct as_arena_snapshot {
 } as_arena_snapshot;
 
 /* A consistent copy of all counters and of the timeline samples with
- * seq > since_seq (0 = all). The snapshot owns its arrays (plain malloc,
+ * seq > since_seq (0 = all, UINT64_MAX = none: counters only). The snapshot owns its arrays (plain malloc,
  * not the arena, so it does not disturb what it measures); free with
  * as_arena_snapshot_free(). Errors: AS_ENOMEM. */
 AS_API int as_arena_snapshot_take(as_arena *a, uint64_t since_seq,

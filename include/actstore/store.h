@@ -235,7 +235,9 @@ AS_API int as_store_save(as_store *s, const as_save_info *info,
  * encodes it, or in no-grad mode): the caller must not use or free it after
  * a successful call (restore_view gives the data back, in place for keep).
  * On error the block still belongs to the caller. Errors: as
- * as_store_save, plus AS_EINVAL when the block does not hold the tensor. */
+ * as_store_save, plus AS_EINVAL when the block does not hold the tensor or
+ * its sizes disagree with the allocator's, AS_EFOREIGN when it is not
+ * memory of this store's arena (a static array, another arena's block). */
 AS_API int as_store_save_adopt(as_store *s, const as_save_info *info,
                                const as_tensor *t, as_block *block,
                                as_handle *out);

@@ -4,7 +4,7 @@
  * The question behind "encode inside the attention kernel" (an API that
  * saves P tile by tile, right after each (batch, head) slice is computed):
  * the store encodes P after the whole forward, so the rows come from L2/L3.
- * This times as_sm_soa_encode4 on 64 x 4 x 50 rows of length 50 (the vit
+ * This times as__sm_soa_encode4 on 64 x 4 x 50 rows of length 50 (the vit
  * bench preset's softmax tensor, 2.56 MB) read once in order, against the
  * same number of rows taken again and again from one 48-row block (hot in
  * L1). Rows: softmax of uniform logits in [-3, 3], fixed seed. Prints CPU
@@ -51,9 +51,9 @@ int main(void)
         for (size_t i = 0; i < T; i++)
             p[r * T + i] = (float)(p[r * T + i] / s);
     }
-    as_sm_params prm;
+    as__sm_params prm;
     char err[128];
-    if (as_sm_parse("soa:5", 5, &prm, err, sizeof err, NULL)) {
+    if (as__sm_parse("soa:5", 5, &prm, err, sizeof err, NULL)) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
@@ -63,13 +63,13 @@ int main(void)
         double t0 = cpu_s();
         for (size_t r = 0; r + 4 <= ROWS; r += 4) {
             const float *v[4] = {p + r * T, p + (r + 1) * T, p + (r + 2) * T, p + (r + 3) * T};
-            as_sm_soa_encode4(&prm, v, n, T, out + (r % 64) * 100, used);
+            as__sm_soa_encode4(&prm, v, n, T, out + (r % 64) * 100, used);
         }
         double t1 = cpu_s();
         for (size_t r = 0; r + 4 <= ROWS; r += 4) {
             const size_t h = r % HOT;
             const float *v[4] = {p + h * T, p + (h + 1) * T, p + (h + 2) * T, p + (h + 3) * T};
-            as_sm_soa_encode4(&prm, v, n, T, out + (r % 64) * 100, used);
+            as__sm_soa_encode4(&prm, v, n, T, out + (r % 64) * 100, used);
         }
         double t2 = cpu_s();
         printf("streamed %.1f ns/row  hot %.1f ns/row\n", (t1 - t0) / ROWS * 1e9,

@@ -23,7 +23,8 @@ struct as__conn {
     size_t       field_len;
     bool         field_done;         /* a value followed the current field */
     bool         has_cl, has_te, cl_nonzero, has_host;
-    char         host[72];           /* Host header value (truncated) */
+    char         host[72];           /* Host header value */
+    bool         host_bad;           /* Host too long for host[] or repeated */
     size_t       host_len;
     int          reject;             /* status decided in a callback */
     bool         sse, draining, closing, in_message;

@@ -9,7 +9,8 @@
  *     Content-Length > 0       -> 413
  *     Content-Length: 0        -> 400
  *     other methods            -> 405 (Allow: GET, HEAD)
- *     Host not a loopback name on a loopback bind (DNS rebinding) -> 403
+ *     Host not a loopback name on a loopback bind (DNS rebinding), longer
+ *     than any loopback name, or given twice -> 403
  *     parse error              -> 400
  *     request line + headers over max_header_bytes -> 431, URL > 2 KiB -> 414
  *     connection limit reached -> 503
@@ -315,6 +316,7 @@ static int cb_begin(llhttp_t *p)
     as__conn *c = P(p);
     c->url_len = c->hdr_bytes = c->field_len = 0;
     c->field_done = c->has_cl = c->has_te = c->cl_nonzero = c->has_host = false;
+    c->host_bad = false;
     c->host_len = 0;
     c->host[0] = 0;
     c->reject = 0;
@@ -366,13 +368,22 @@ static int cb_value(llhttp_t *p, const char *at, size_t n)
             c->has_cl = true;
         else if (!strcmp(c->field, "transfer-encoding"))
             c->has_te = true;
-        else if (!strcmp(c->field, "host"))
+        else if (!strcmp(c->field, "host")) {
+            /* a second Host would be appended to the first */
+            c->host_bad |= c->has_host;
             c->has_host = true;
+        }
     }
-    if (c->has_host && !strcmp(c->field, "host"))
-        for (size_t i = 0; i < n && c->host_len < sizeof c->host - 1; i++)
-            c->host[c->host_len++] = at[i];
-    c->host[c->host_len] = 0;
+    if (c->has_host && !strcmp(c->field, "host")) {
+        /* checking a prefix would pass 127.0.0.1111...1.evil.example */
+        if (n > sizeof c->host - 1 - c->host_len) {
+            c->host_bad = true;
+            n = sizeof c->host - 1 - c->host_len;
+        }
+        memcpy(c->host + c->host_len, at, n);
+        c->host_len += n;
+        c->host[c->host_len] = 0;
+    }
     if (c->has_cl && !strcmp(c->field, "content-length"))
         for (size_t i = 0; i < n; i++)
             if (at[i] >= '1' && at[i] <= '9')
@@ -427,7 +438,8 @@ static int cb_headers_complete(llhttp_t *p)
         c->reject = c->cl_nonzero ? 413 : 400;
     else if (p->method != HTTP_GET && p->method != HTTP_HEAD)
         c->reject = 405;
-    else if (c->has_host && !c->svc->cfg.allow_remote && !host_is_loopback(c->host))
+    else if (c->has_host && !c->svc->cfg.allow_remote &&
+             (c->host_bad || !host_is_loopback(c->host)))
         c->reject = 403;
     return c->reject ? -1 : 0;
 }

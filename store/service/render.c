@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "svc.h"
+#include "util/clock.h"
 
 /* ---- names ----------------------------------------------------------------- */
 

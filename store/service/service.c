@@ -19,21 +19,10 @@
 #include <time.h>
 
 #include "svc.h"
+#include "util/clock.h"
+#include "util/err.h"
 
 /* ---- defaults and address ------------------------------------------------ */
-
-static int set_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int set_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 /* "HOST:PORT", "[V6]:PORT", ":PORT", "PORT", "HOST" (port 0). */
 static int parse_addr(const char *addr, char *host, size_t hostlen, int *port)
@@ -88,13 +77,6 @@ static bool is_loopback(const struct sockaddr_storage *ss)
     return !memcmp(a, lo, 16) || (!memcmp(a, mapped, 12) && a[12] == 127);
 }
 
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* ---- the default provider (store + arena snapshots) ---------------------- */
 
 static int dflt_take(void *ud, size_t i, uint64_t since, as__svc_view *v)
@@ -104,7 +86,7 @@ static int dflt_take(void *ud, size_t i, uint64_t since, as__svc_view *v)
         /* jemalloc's resident/mapped figures are refreshed by the arena's
          * sampler when it runs; refresh them here at most twice a second
          * (about 15 us a call, on this thread). */
-        uint64_t now = mono_ns();
+        uint64_t now = as_clock_wall_ns();
         if (now - d->last_refresh_ns > 500000000ull) {
             as_arena_refresh_stats(d->arena);
             d->last_refresh_ns = now;
@@ -240,7 +222,7 @@ static void on_tick(uv_timer_t *t)
 {
     as_service *svc = t->data;
     uint64_t t0 = uv_hrtime();
-    svc->now_ns = mono_ns();
+    svc->now_ns = as_clock_wall_ns();
     svc->mk_first_new = svc->tl_seq + 1;
     gather(svc);
     timeline_append(svc);
@@ -358,7 +340,7 @@ static void thread_main(void *arg)
         uv_sem_post(&svc->ready);
         return;
     }
-    svc->now_ns = svc->start_ns = svc->last_heartbeat_ns = mono_ns();
+    svc->now_ns = svc->start_ns = svc->last_heartbeat_ns = as_clock_wall_ns();
     gather(svc);                 /* so the first request has data */
     timeline_append(svc);
     uint64_t period = 1000 / svc->cfg.tick_hz;
@@ -398,10 +380,10 @@ int as__service_start_with(const as_service_config *cfg,
                            char *err, size_t errlen)
 {
     if (!out || !prov || !prov->take || !prov->release)
-        return set_err(err, errlen, AS_EINVAL, "out and provider are required");
+        return as_set_err(err, errlen, AS_EINVAL, "out and provider are required");
     *out = NULL;
     if (nsrc < 1 || nsrc > 16)
-        return set_err(err, errlen, AS_EINVAL, "need 1..16 sources, got %zu", nsrc);
+        return as_set_err(err, errlen, AS_EINVAL, "need 1..16 sources, got %zu", nsrc);
     as_service_config c = cfg ? *cfg : (as_service_config){0};
     if (!c.max_connections) {
         /* the service shares the training process's descriptors: by default
@@ -420,21 +402,21 @@ int as__service_start_with(const as_service_config *cfg,
     if (!c.metrics_top_layers) c.metrics_top_layers = 20;
     if (!c.timeline_points) c.timeline_points = 3000;
     if (c.tick_hz > 50)
-        return set_err(err, errlen, AS_EINVAL, "tick_hz %u out of range 1..50", c.tick_hz);
+        return as_set_err(err, errlen, AS_EINVAL, "tick_hz %u out of range 1..50", c.tick_hz);
     if (c.max_header_bytes < 256)
-        return set_err(err, errlen, AS_EINVAL, "max_header_bytes %u below 256",
+        return as_set_err(err, errlen, AS_EINVAL, "max_header_bytes %u below 256",
                        c.max_header_bytes);
 
     as_service *svc = as__svc_malloc(sizeof *svc);
     if (!svc)
-        return set_err(err, errlen, AS_ENOMEM, "out of memory");
+        return as_set_err(err, errlen, AS_ENOMEM, "out of memory");
     memset(svc, 0, sizeof *svc);
     svc->cfg = c;
     svc->cfg.addr = NULL;
     if (parse_addr(c.addr ? c.addr : "127.0.0.1:0", svc->addr_host,
                    sizeof svc->addr_host, &svc->port)) {
         svc_free(svc);
-        return set_err(err, errlen, AS_EINVAL,
+        return as_set_err(err, errlen, AS_EINVAL,
                        "bad address '%s' (expected HOST:PORT, :PORT or PORT)", c.addr);
     }
     svc->nsrc = nsrc;
@@ -455,7 +437,7 @@ int as__service_start_with(const as_service_config *cfg,
         !svc->scrape_peak || !svc->prev_peak_seen || !svc->tl_seqs || !svc->tl_t ||
         !svc->tl_pts || !svc->marks) {
         svc_free(svc);
-        return set_err(err, errlen, AS_ENOMEM, "out of memory");
+        return as_set_err(err, errlen, AS_ENOMEM, "out of memory");
     }
     for (size_t i = 0; i < nsrc; i++) {
         svc->view_rc[i] = AS_ENOTFOUND;   /* nothing taken yet */
@@ -468,18 +450,18 @@ int as__service_start_with(const as_service_config *cfg,
     }
     if (uv_loop_init(&svc->loop) || uv_sem_init(&svc->ready, 0)) {
         svc_free(svc);
-        return set_err(err, errlen, AS_EIO, "cannot initialize the event loop");
+        return as_set_err(err, errlen, AS_EIO, "cannot initialize the event loop");
     }
     if (uv_thread_create(&svc->thread, thread_main, svc)) {
         uv_loop_close(&svc->loop);
         uv_sem_destroy(&svc->ready);
         svc_free(svc);
-        return set_err(err, errlen, AS_EIO, "cannot create the service thread");
+        return as_set_err(err, errlen, AS_EIO, "cannot create the service thread");
     }
     uv_sem_wait(&svc->ready);
     if (svc->start_rc) {
         int rc = svc->start_rc;
-        set_err(err, errlen, rc, "%s", svc->start_err);
+        as_set_err(err, errlen, rc, "%s", svc->start_err);
         uv_thread_join(&svc->thread);
         uv_sem_destroy(&svc->ready);
         svc_free(svc);
@@ -493,13 +475,13 @@ int as_service_start(const as_service_config *cfg, const as_service_source *src,
                      size_t nsrc, as_service **out, char *err, size_t errlen)
 {
     if (!src || !out)
-        return set_err(err, errlen, AS_EINVAL, "sources and out are required");
+        return as_set_err(err, errlen, AS_EINVAL, "sources and out are required");
     if (nsrc < 1 || nsrc > 16)
-        return set_err(err, errlen, AS_EINVAL, "need 1..16 sources, got %zu", nsrc);
+        return as_set_err(err, errlen, AS_EINVAL, "need 1..16 sources, got %zu", nsrc);
     const char *labels[16];
     struct default_src *d = as__svc_malloc(nsrc * sizeof *d);
     if (!d)
-        return set_err(err, errlen, AS_ENOMEM, "out of memory");
+        return as_set_err(err, errlen, AS_ENOMEM, "out of memory");
     for (size_t i = 0; i < nsrc; i++) {
         d[i].store = src[i].store;
         d[i].last_refresh_ns = 0;
@@ -507,7 +489,7 @@ int as_service_start(const as_service_config *cfg, const as_service_source *src,
                      : src[i].store ? as_store_arena(src[i].store) : NULL;
         if (!d[i].store && !d[i].arena) {
             as__svc_free(d);
-            return set_err(err, errlen, AS_EINVAL, "source %zu has neither store nor arena", i);
+            return as_set_err(err, errlen, AS_EINVAL, "source %zu has neither store nor arena", i);
         }
         labels[i] = src[i].label ? src[i].label
                     : src[i].store ? as_store_label(src[i].store) : NULL;

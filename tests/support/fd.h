@@ -20,6 +20,7 @@
 #include <stdlib.h>
 
 #include <cmocka.h>
+#include "util/rng.h"
 
 #ifndef AS_FD_SEED
 #define AS_FD_SEED 1
@@ -28,12 +29,8 @@
 /* A reference: out = f(in) in double precision; cfg is the layer's shape. */
 typedef void (*ref_fn)(const void *cfg, const double *in, double *out);
 
-static uint64_t rng_state = AS_FD_SEED;
-static inline double urand(void)   /* [-1, 1) */
-{
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-}
+static uint64_t rng_state = AS_FD_SEED * 0x9E3779B97F4A7C15ull + 1;
+static inline double urand(void) { return as_rng_u01(&rng_state) * 2.0 - 1.0; } /* [-1, 1) */
 static inline void fill(double *d, size_t n, double s)
 {
     for (size_t i = 0; i < n; i++)

@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "store/policies/auto/auto.h"
+#include "util/clock.h"
 
 #define AUTO_NCAND_MAX 24
 #define AUTO_UNITS 4096
@@ -128,7 +129,7 @@ static as_auto *planner_new(void)
 #include "store/policies/auto/candidates.def"
 #undef AS_AUTO_CANDIDATE
     pl->probe_step = true;
-    pl->t0 = as__now_ns();
+    pl->t0 = as_clock_wall_ns();
     pl->feasible = true;
     return pl;
 }
@@ -262,15 +263,15 @@ static void trial(as_store *s, as_item *it, as_handle h, as_groups g,
     r->g = g;
     as_pctx ctx;
     as__pctx_init(&ctx, s, it, r, h, layer);
-    uint64_t t0 = as__now_ns();
+    uint64_t t0 = as_clock_wall_ns();
     int rc = r->ops->encode(&ctx, r->params, info, t, &r->state);
-    uint64_t t1 = as__now_ns();
+    uint64_t t1 = as_clock_wall_ns();
     as__pctx_done(&ctx);
     size_t bytes = as_tensor_bytes(t);
     if (rc == 0 && bytes &&
         as_alloc(s->arena, bytes, AS_TAG_WORKSPACE, g.layer, &dst) < 0)
         rc = AS_ENOMEM;
-    uint64_t t2 = as__now_ns();
+    uint64_t t2 = as_clock_wall_ns();
     if (rc == 0 && bytes) {
         as_tensor out = it->shape;
         out.data = dst.ptr;
@@ -284,7 +285,7 @@ static void trial(as_store *s, as_item *it, as_handle h, as_groups g,
             rc = AS_ENOTSUP;
         }
     }
-    uint64_t t3 = as__now_ns();
+    uint64_t t3 = as_clock_wall_ns();
     if (rc == 0) {
         m->bytes += (double)r->probe_bytes;
         m->ns += (double)(t1 - t0) + (double)(t3 - t2);
@@ -549,7 +550,7 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
 
     meas mt[AUTO_NCAND_MAX];
     memset(mt, 0, sizeof mt);
-    uint64_t tp = as__now_ns();
+    uint64_t tp = as_clock_wall_ns();
     if (probe) {
         for (size_t c = 0; c < pl->nc; c++) {
             if (!ok[c])
@@ -569,7 +570,7 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
      * compact candidate of this tensor under a budget, keep without one. */
     uint64_t budget = atomic_load(&s->saved_budget);
     pthread_mutex_lock(&pl->mu);
-    pl->trial_ns_step += as__now_ns() - tp;
+    pl->trial_ns_step += as_clock_wall_ns() - tp;
     if (probe) {
         for (size_t c = 0; c < pl->nc; c++) {
             meas *a = &grp->acc[c];
@@ -676,7 +677,7 @@ void as__auto_step_begin(as_store *s)
         return;
     uint64_t budget = atomic_load(&s->saved_budget);
     pthread_mutex_lock(&pl->mu);
-    pl->t0 = as__now_ns();
+    pl->t0 = as_clock_wall_ns();
     pl->trial_ns_step = 0;
     /* The first two steps probe (the second times warm code). */
     pl->probe_step = pl->steps < 2 ||
@@ -727,7 +728,7 @@ void as__auto_step_end(as_store *s)
     pl->fixed = pl->fixed_step;
     pl->fixed_raw = pl->fixed_raw_step;
     pl->fixed_step = pl->fixed_raw_step = 0;
-    pl->step_ns = as__now_ns() - pl->t0 - pl->trial_ns_step;
+    pl->step_ns = as_clock_wall_ns() - pl->t0 - pl->trial_ns_step;
     pl->trial_ns_step = 0;
     if (pl->probe_step) {
         pl->probes++;

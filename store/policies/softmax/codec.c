@@ -15,7 +15,7 @@
 
 /* ---- half floats ------------------------------------------------------------ */
 
-uint16_t as_sm_f32_to_f16(float f)
+uint16_t as__sm_f32_to_f16(float f)
 {
     uint32_t x;
     memcpy(&x, &f, 4);
@@ -42,7 +42,7 @@ uint16_t as_sm_f32_to_f16(float f)
     return (uint16_t)(sign | h);
 }
 
-float as_sm_f16_to_f32(uint16_t h)
+float as__sm_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t ex = (h >> 10) & 31u, man = h & 1023u, x;
@@ -105,10 +105,10 @@ static bool sm_num(const char *s, size_t a, size_t b, double lo, double hi,
     return true;
 }
 
-int as_sm_parse(const char *spec, size_t len, as_sm_params *out, char *err,
+int as__sm_parse(const char *spec, size_t len, as__sm_params *out, char *err,
                 size_t errlen, size_t *err_off)
 {
-    as_sm_params p = {.kind = AS_SM_SOA, .s = 5, .bits = 4, .k = 16};
+    as__sm_params p = {.kind = AS_SM_SOA, .s = 5, .bits = 4, .k = 16};
     size_t pos = 0, a, b;
     double v;
     sm_field(spec, len, &pos, &a, &b);
@@ -177,7 +177,7 @@ int as_sm_parse(const char *spec, size_t len, as_sm_params *out, char *err,
     return 0;
 }
 
-char *as_sm_format(const as_sm_params *p, char *buf, size_t n)
+char *as__sm_format(const as__sm_params *p, char *buf, size_t n)
 {
     switch (p->kind) {
     case AS_SM_KEEP: snprintf(buf, n, "keep"); break;
@@ -197,7 +197,7 @@ char *as_sm_format(const as_sm_params *p, char *buf, size_t n)
 
 /* ---- rows ----------------------------------------------------------------------- */
 
-size_t as_sm_row_bytes(const as_sm_params *p, size_t n, size_t len)
+size_t as__sm_row_bytes(const as__sm_params *p, size_t n, size_t len)
 {
     (void)len;
     if (n == 0)
@@ -218,7 +218,7 @@ size_t as_sm_row_bytes(const as_sm_params *p, size_t n, size_t len)
     }
 }
 
-int as_sm_work_init(as_sm_work *w, size_t len)
+int as__sm_work_init(as__sm_work *w, size_t len)
 {
     memset(w, 0, sizeof *w);
     size_t c = len ? len : 1;
@@ -243,14 +243,14 @@ int as_sm_work_init(as_sm_work *w, size_t len)
     return 0;
 }
 
-void as_sm_work_free(as_sm_work *w)
+void as__sm_work_free(as__sm_work *w)
 {
     free(w->tab);
     memset(w, 0, sizeof *w);
 }
 
-size_t as_sm_row_encode(const as_sm_params *p, const float *v, size_t n,
-                        size_t len, uint8_t *out, as_sm_work *w)
+size_t as__sm_row_encode(const as__sm_params *p, const float *v, size_t n,
+                        size_t len, uint8_t *out, as__sm_work *w)
 {
     if (n == 0)
         return 0;
@@ -260,19 +260,19 @@ size_t as_sm_row_encode(const as_sm_params *p, const float *v, size_t n,
         return 4 * n;
     case AS_SM_FP16:
         for (size_t i = 0; i < n; i++) {
-            uint16_t h = as_sm_f32_to_f16(v[i]);
+            uint16_t h = as__sm_f32_to_f16(v[i]);
             memcpy(out + 2 * i, &h, 2);
         }
         return 2 * n;
     case AS_SM_SOA:
-        return as_sm_soa_encode(p, v, n, len, out, w);
+        return as__sm_soa_encode(p, v, n, len, out, w);
     default:
-        return as_sm_log_encode(p, v, n, out, w);
+        return as__sm_log_encode(p, v, n, out, w);
     }
 }
 
-size_t as_sm_row_decode(const as_sm_params *p, const uint8_t *in, size_t n,
-                        size_t len, float *v, as_sm_work *w)
+size_t as__sm_row_decode(const as__sm_params *p, const uint8_t *in, size_t n,
+                        size_t len, float *v, as__sm_work *w)
 {
     (void)len;
     if (n == 0)
@@ -285,20 +285,20 @@ size_t as_sm_row_decode(const as_sm_params *p, const uint8_t *in, size_t n,
         for (size_t i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, in + 2 * i, 2);
-            v[i] = as_sm_f16_to_f32(h);
+            v[i] = as__sm_f16_to_f32(h);
         }
         return 2 * n;
     case AS_SM_SOA:
-        return as_sm_soa_decode(p, in, n, v, w);
+        return as__sm_soa_decode(p, in, n, v, w);
     default:
-        return as_sm_log_decode(p, in, n, v, w);
+        return as__sm_log_decode(p, in, n, v, w);
     }
 }
 
-size_t as_sm_row_size(const as_sm_params *p, const uint8_t *in, size_t n,
+size_t as__sm_row_size(const as__sm_params *p, const uint8_t *in, size_t n,
                       size_t len)
 {
     if (p->kind == AS_SM_TOPK && n > 0)
-        return as_sm_log_row_size(p, in, n);
-    return as_sm_row_bytes(p, n, len);
+        return as__sm_log_row_size(p, in, n);
+    return as__sm_row_bytes(p, n, len);
 }

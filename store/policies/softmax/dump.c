@@ -26,7 +26,7 @@ typedef struct sm_dump_hdr {
 } sm_dump_hdr;
 _Static_assert(sizeof(sm_dump_hdr) == 64, "dump header is 64 bytes");
 
-int as_sm_dump_write(FILE *f, const char *name, int64_t rows, int64_t len,
+int as__sm_dump_write(FILE *f, const char *name, int64_t rows, int64_t len,
                      int64_t queries, bool causal, const float *y)
 {
     if (!f || rows < 1 || len < 1 || queries < 1 || rows % queries || !y)
@@ -41,7 +41,7 @@ int as_sm_dump_write(FILE *f, const char *name, int64_t rows, int64_t len,
     return 0;
 }
 
-int as_sm_dump_read(FILE *f, as_sm_dump_rec *rec)
+int as__sm_dump_read(FILE *f, as__sm_dump_rec *rec)
 {
     sm_dump_hdr h;
     memset(rec, 0, sizeof *rec);

@@ -99,7 +99,7 @@ static void sm_init_tables(void)
     }
 }
 
-static const sm_table *sm_table_of(const as_sm_params *p)
+static const sm_table *sm_table_of(const as__sm_params *p)
 {
     pthread_once(&sm_once, sm_init_tables);
     assert(p->bits >= 2 && p->bits <= 4);
@@ -290,7 +290,7 @@ sm_hor_avx2(__m256i m)
  * 88 four at a time). Row r: n[r] entries at v[r], written to out[r]; returns
  * false, writing nothing, when a row has no positive entry. */
 __attribute__((target("avx2,popcnt"), always_inline)) static inline bool
-sm_topk_small_body(const as_sm_params *p, const float *const *v,
+sm_topk_small_body(const as__sm_params *p, const float *const *v,
                    const size_t *n, uint8_t *const *out, size_t *used,
                    const int R)
 {
@@ -458,7 +458,7 @@ sm_topk_small_body(const as_sm_params *p, const float *const *v,
 }
 
 __attribute__((target("avx2,popcnt"))) static bool
-sm_topk_small1_avx2(const as_sm_params *p, const float *const *v,
+sm_topk_small1_avx2(const as__sm_params *p, const float *const *v,
                     const size_t *n, uint8_t *const *out, size_t *used)
 {
     return sm_topk_small_body(p, v, n, out, used, 1);
@@ -469,7 +469,7 @@ static bool sm_have_avx2(void)
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
 }
 
-static size_t sm_topk_small(const as_sm_params *p, const float *v, size_t n,
+static size_t sm_topk_small(const as__sm_params *p, const float *v, size_t n,
                             uint8_t *out)
 {
     size_t used = 0;
@@ -479,7 +479,7 @@ static size_t sm_topk_small(const as_sm_params *p, const float *v, size_t n,
 }
 
 __attribute__((target("avx2,popcnt"))) static bool
-sm_topk_small4_avx2(const as_sm_params *p, const float *const *v,
+sm_topk_small4_avx2(const as__sm_params *p, const float *const *v,
                     const size_t *n, uint8_t *const *out, size_t *used)
 {
     return sm_topk_small_body(p, v, n, out, used, 4);
@@ -488,7 +488,7 @@ sm_topk_small4_avx2(const as_sm_params *p, const float *const *v,
 /* Four rows' sotk encodings side by side when all are short fixed-k rows
  * with a positive entry (each row right after the one before); false
  * otherwise, writing nothing. */
-bool as_sm_topk_encode4(const as_sm_params *p, const float *const *v,
+bool as__sm_topk_encode4(const as__sm_params *p, const float *const *v,
                         const size_t *n, uint8_t *out, size_t *used)
 {
     (void)sm_table_of(p);
@@ -498,12 +498,12 @@ bool as_sm_topk_encode4(const as_sm_params *p, const float *const *v,
     for (int r = 0; r < 4; r++) {
         if (n[r] < 1 || n[r] > SM_SMALL || n[r] / (size_t)p->k > 4)
             return false;
-        o[r] = r ? o[r - 1] + as_sm_row_bytes(p, n[r - 1], n[r - 1]) : out;
+        o[r] = r ? o[r - 1] + as__sm_row_bytes(p, n[r - 1], n[r - 1]) : out;
     }
     return sm_topk_small4_avx2(p, v, n, o, used);
 }
 #else
-bool as_sm_topk_encode4(const as_sm_params *p, const float *const *v,
+bool as__sm_topk_encode4(const as__sm_params *p, const float *const *v,
                         const size_t *n, uint8_t *out, size_t *used)
 {
     (void)p, (void)v, (void)n, (void)out, (void)used;
@@ -511,8 +511,8 @@ bool as_sm_topk_encode4(const as_sm_params *p, const float *const *v,
 }
 #endif
 
-size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
-                        uint8_t *out, as_sm_work *w)
+size_t as__sm_log_encode(const as__sm_params *p, const float *v, size_t n,
+                        uint8_t *out, as__sm_work *w)
 {
     (void)sm_table_of(p);
     const int B = p->bits;
@@ -732,7 +732,7 @@ size_t as_sm_log_encode(const as_sm_params *p, const float *v, size_t n,
     return nb + nfine;
 }
 
-size_t as_sm_log_row_size(const as_sm_params *p, const uint8_t *in, size_t n)
+size_t as__sm_log_row_size(const as__sm_params *p, const uint8_t *in, size_t n)
 {
     size_t nb = (n * (size_t)p->bits + 7) / 8;
     if (p->kind != AS_SM_TOPK)
@@ -902,8 +902,8 @@ sm_topk_weights4_avx2(const sm_table *t, int B, const uint8_t *in,
 
 /* Weights of the row's codes (unnormalized) into wt[0..n-1]; returns the
  * bytes of the row. */
-static size_t sm_row_weights(const as_sm_params *p, const uint8_t *in,
-                             size_t n, float *wt, as_sm_work *w)
+static size_t sm_row_weights(const as__sm_params *p, const uint8_t *in,
+                             size_t n, float *wt, as__sm_work *w)
 {
     const sm_table *t = sm_table_of(p);
 #ifdef SM_X86_DISPATCH
@@ -976,9 +976,9 @@ static void sm_normalize(float *const *v, const size_t *n, int cnt)
     }
 }
 
-size_t as_sm_log_decode_rows(const as_sm_params *p, const uint8_t *in,
+size_t as__sm_log_decode_rows(const as__sm_params *p, const uint8_t *in,
                              const size_t *n, float *const *v, int cnt,
-                             as_sm_work *w)
+                             as__sm_work *w)
 {
     assert(cnt >= 1 && cnt <= AS_SM_SOA_LANES);
     const uint8_t *pp = in;
@@ -997,8 +997,8 @@ size_t as_sm_log_decode_rows(const as_sm_params *p, const uint8_t *in,
     return (size_t)(pp - in);
 }
 
-size_t as_sm_log_decode(const as_sm_params *p, const uint8_t *in, size_t n,
-                        float *v, as_sm_work *w)
+size_t as__sm_log_decode(const as__sm_params *p, const uint8_t *in, size_t n,
+                        float *v, as__sm_work *w)
 {
-    return as_sm_log_decode_rows(p, in, &n, &v, 1, w);
+    return as__sm_log_decode_rows(p, in, &n, &v, 1, w);
 }

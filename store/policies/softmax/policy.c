@@ -21,7 +21,7 @@
 #include "store/policy.h"
 
 typedef struct sm_pol {
-    as_sm_params p;
+    as__sm_params p;
 } sm_pol;
 
 static int sm_pol_parse(const char *name, const char *args, size_t len,
@@ -49,10 +49,10 @@ static int sm_pol_parse(const char *name, const char *args, size_t len,
         return AS_ENOMEM;
     size_t off = 0;
     char msg[128];
-    int rc = as_sm_parse(spec, sl, &pp->p, msg, sizeof msg, &off);
+    int rc = as__sm_parse(spec, sl, &pp->p, msg, sizeof msg, &off);
     if (rc) {
         free(pp);
-        /* as_sm_parse counts from the codec name; the rule parser wants
+        /* as__sm_parse counts from the codec name; the rule parser wants
          * the offset within args */
         size_t ao = off > nl ? off - nl - 1 : 0;
         const char *what = strstr(msg, "expected ");
@@ -84,7 +84,7 @@ static void sm_pol_free(void *params) { free(params); }
 
 /* Layout of t under info, or a reason why the codec cannot take it. */
 static int sm_pol_layout(const as_save_info *info, const as_tensor *t,
-                         as_sm_layout *lay, char *why, size_t whylen)
+                         as__sm_layout *lay, char *why, size_t whylen)
 {
     memset(lay, 0, sizeof *lay);
     if (t->dtype != AS_F32 || t->ndim < 1) {
@@ -129,7 +129,7 @@ static int sm_pol_applies(const void *params, const as_save_info *info,
                           const as_tensor *t, char *why, size_t whylen)
 {
     (void)params;
-    as_sm_layout lay;
+    as__sm_layout lay;
     return sm_pol_layout(info, t, &lay, why, whylen);
 }
 
@@ -138,14 +138,14 @@ static int sm_pol_encode(as_pctx *ctx, const void *params,
                          void **state)
 {
     const sm_pol *pp = params;
-    as_sm_layout lay;
+    as__sm_layout lay;
     char why[96];
     int rc = sm_pol_layout(info, t, &lay, why, sizeof why);
     if (rc) {
         as_pctx_errorf(ctx, "%s", why);
         return rc;
     }
-    size_t bound = as_sm_encode_bound(&pp->p, &lay), used = 0;
+    size_t bound = as__sm_encode_bound(&pp->p, &lay), used = 0;
     if (!bound) {
         as_pctx_errorf(ctx, "layout not encodable");
         return AS_ENOTSUP;
@@ -159,7 +159,7 @@ static int sm_pol_encode(as_pctx *ctx, const void *params,
         return AS_ENOMEM;
     if (exact && (rc = as_pctx_alloc(ctx, bound, &blob)) < 0)
         return rc;
-    rc = as_sm_encode(&pp->p, &lay, t->data, exact ? blob : tmp, bound,
+    rc = as__sm_encode(&pp->p, &lay, t->data, exact ? blob : tmp, bound,
                       &used);
     if (rc == 0 && !exact) {
         if ((rc = as_pctx_alloc(ctx, used, &blob)) == 0)
@@ -178,12 +178,12 @@ static int sm_pol_decode(as_pctx *ctx, const void *params, void *state,
                          as_tensor *dst)
 {
     (void)params;
-    as_sm_info info;
-    int rc = as_sm_blob_info(state, (size_t)-1, &info);
+    as__sm_info info;
+    int rc = as__sm_blob_info(state, (size_t)-1, &info);
     if (rc == 0 && info.rows * info.len != as_tensor_numel(dst))
         rc = AS_ESHAPE;
     if (rc == 0)
-        rc = as_sm_decode_rows(state, 0, info.rows, dst->data);
+        rc = as__sm_decode_rows(state, 0, info.rows, dst->data);
     if (rc)
         as_pctx_errorf(ctx, "softmax blob: %s", as_strerror(rc));
     return rc;
@@ -193,7 +193,7 @@ static int sm_pol_rows(as_pctx *ctx, const void *params, void *state,
                        int64_t row0, int64_t nrows, float *dst)
 {
     (void)params;
-    int rc = as_sm_decode_rows(state, row0, nrows, dst);
+    int rc = as__sm_decode_rows(state, row0, nrows, dst);
     if (rc)
         as_pctx_errorf(ctx, "softmax rows [%lld, %lld): %s", (long long)row0,
                        (long long)(row0 + nrows), as_strerror(rc));
@@ -204,10 +204,10 @@ static int sm_pol_backward(as_pctx *ctx, const void *params, void *state,
                            const float *dy, float *dx)
 {
     (void)params;
-    as_sm_info info;
-    int rc = as_sm_blob_info(state, (size_t)-1, &info);
+    as__sm_info info;
+    int rc = as__sm_blob_info(state, (size_t)-1, &info);
     if (rc == 0)
-        rc = as_sm_backward_rows(state, 0, info.rows, dy, dx);
+        rc = as__sm_backward_rows(state, 0, info.rows, dy, dx);
     if (rc)
         as_pctx_errorf(ctx, "softmax backward: %s", as_strerror(rc));
     return rc;

@@ -31,7 +31,7 @@
  * their top bits). Short rows (n <= 64): each entry's rank counted by
  * vector comparisons (the radix's 4 x 256-bin prefix sums dominate there);
  * soa's encode of such rows runs in AVX2 when the CPU has it, four rows per
- * call (as_sm_soa_encode4). Measured in `actstore bench softmax` (encode
+ * call (as__sm_soa_encode4). Measured in `actstore bench softmax` (encode
  * rows/s, "order") against qsort.
  */
 #include <assert.h>
@@ -260,7 +260,7 @@ sm_soa_small_avx2(const float *v, size_t n, size_t S, uint8_t *kept)
 }
 #endif
 
-void as_sm_order_desc(const float *v, size_t n, uint32_t *ord, as_sm_work *w)
+void as__sm_order_desc(const float *v, size_t n, uint32_t *ord, as__sm_work *w)
 {
     assert(n <= w->cap);
     if (n <= SM_RANK_MAX) {
@@ -322,7 +322,7 @@ static inline float get_f32(const uint8_t *p)
 
 /* lambda from h = hi[S-1], l = lo[0], g = the first evicted value, to
  * out + 8S */
-static void sm_soa_lambda(const as_sm_params *p, float h, float l, float g,
+static void sm_soa_lambda(const as__sm_params *p, float h, float l, float g,
                           size_t n, size_t len, uint8_t *out)
 {
     /* in float (stored as float anyway): logf and float divisions instead
@@ -338,7 +338,7 @@ static void sm_soa_lambda(const as_sm_params *p, float h, float l, float g,
     put_f32(out + 8 * S, lam);  /* +inf stays +inf: all mass to j=1 */
 }
 
-bool as_sm_soa_encode4(const as_sm_params *p, const float *const *v,
+bool as__sm_soa_encode4(const as__sm_params *p, const float *const *v,
                        const size_t *n, size_t len, uint8_t *out,
                        size_t *used)
 {
@@ -370,8 +370,8 @@ bool as_sm_soa_encode4(const as_sm_params *p, const float *const *v,
 #endif
 }
 
-size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
-                        size_t len, uint8_t *out, as_sm_work *w)
+size_t as__sm_soa_encode(const as__sm_params *p, const float *v, size_t n,
+                        size_t len, uint8_t *out, as__sm_work *w)
 {
     const size_t S = (size_t)p->s;
     if (n <= 2 * S) {
@@ -395,7 +395,7 @@ size_t as_sm_soa_encode(const as_sm_params *p, const float *v, size_t n,
         for (size_t i = 0; i < n; i++)
             ord[rk[i]] = (uint32_t)i;
     } else {
-        as_sm_order_desc(v, n, ord, w);
+        as__sm_order_desc(v, n, ord, w);
     }
 
     for (size_t i = 0; i < S; i++) {
@@ -476,9 +476,9 @@ static int sm_have_avx512(void)
  * no contraction under -std=c11, so every clone computes the same bits) */
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
-void as_sm_soa_decode_rows(const as_sm_params *p, const uint8_t *const *in,
+void as__sm_soa_decode_rows(const as__sm_params *p, const uint8_t *const *in,
                            const size_t *n, float *const *v, int cnt,
-                           as_sm_work *w)
+                           as__sm_work *w)
 {
     const size_t S = (size_t)p->s, cap = w->cap;
     assert(cnt >= 1 && cnt <= AS_SM_SOA_LANES && S <= 256);
@@ -564,9 +564,9 @@ void as_sm_soa_decode_rows(const as_sm_params *p, const uint8_t *const *in,
     }
 }
 
-size_t as_sm_soa_decode(const as_sm_params *p, const uint8_t *in, size_t n,
-                        float *v, as_sm_work *w)
+size_t as__sm_soa_decode(const as__sm_params *p, const uint8_t *in, size_t n,
+                        float *v, as__sm_work *w)
 {
-    as_sm_soa_decode_rows(p, &in, &n, &v, 1, w);
-    return as_sm_row_bytes(p, n, n);
+    as__sm_soa_decode_rows(p, &in, &n, &v, 1, w);
+    return as__sm_row_bytes(p, n, n);
 }

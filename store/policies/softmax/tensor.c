@@ -45,7 +45,7 @@ static size_t al8(size_t n) { return (n + 7) & ~(size_t)7; }
 
 /* A parsed blob or a layout to encode. */
 typedef struct sm_view {
-    as_sm_params   p;
+    as__sm_params   p;
     int64_t        rows, len, queries, rpi, nitems, nblocks;
     bool           causal;
     const int32_t *vlen;
@@ -55,7 +55,7 @@ typedef struct sm_view {
     const uint8_t *payload;
 } sm_view;
 
-static bool sm_store_whole(const as_sm_params *p)
+static bool sm_store_whole(const as__sm_params *p)
 {
     return p->kind == AS_SM_KEEP || p->kind == AS_SM_FP16;
 }
@@ -108,7 +108,7 @@ static bool sm_masked(const sm_view *v)
     return (v->maskbits || v->maskbytes) && !sm_store_whole(&v->p);
 }
 
-static int sm_view_layout(const as_sm_params *p, const as_sm_layout *lay,
+static int sm_view_layout(const as__sm_params *p, const as__sm_layout *lay,
                           sm_view *v)
 {
     memset(v, 0, sizeof *v);
@@ -148,7 +148,7 @@ static size_t sm_prefix_bytes(const sm_view *v)
            ((size_t)v->nblocks + 1) * 8;
 }
 
-size_t as_sm_encode_bound(const as_sm_params *p, const as_sm_layout *lay)
+size_t as__sm_encode_bound(const as__sm_params *p, const as__sm_layout *lay)
 {
     sm_view v;
     if (sm_view_layout(p, lay, &v))
@@ -156,32 +156,32 @@ size_t as_sm_encode_bound(const as_sm_params *p, const as_sm_layout *lay)
     size_t total = sm_prefix_bytes(&v);
     if (sm_store_whole(p) || (!v.causal && !v.vlen))
         /* every row has all len entries */
-        return total + (size_t)v.rows * as_sm_row_bytes(p, (size_t)v.len,
+        return total + (size_t)v.rows * as__sm_row_bytes(p, (size_t)v.len,
                                                          (size_t)v.len);
     if (!v.vlen) {
         /* causal only: every (batch, head) block has the same rows */
         size_t blk = 0;
         for (int64_t r = 0; r < v.queries; r++)
-            blk += as_sm_row_bytes(p, sm_prefix(&v, r), (size_t)v.len);
+            blk += as__sm_row_bytes(p, sm_prefix(&v, r), (size_t)v.len);
         return total + (size_t)v.nblocks * blk;
     }
     for (int64_t r = 0; r < v.rows; r++)
-        total += as_sm_row_bytes(p, sm_prefix(&v, r), (size_t)v.len);
+        total += as__sm_row_bytes(p, sm_prefix(&v, r), (size_t)v.len);
     return total;
 }
 
-int as_sm_encode(const as_sm_params *p, const as_sm_layout *lay,
+int as__sm_encode(const as__sm_params *p, const as__sm_layout *lay,
                  const float *y, void *out, size_t cap, size_t *used)
 {
     sm_view v;
     int rc = sm_view_layout(p, lay, &v);
     if (rc)
         return rc;
-    size_t bound = as_sm_encode_bound(p, lay);
+    size_t bound = as__sm_encode_bound(p, lay);
     if (!y || !out || cap < bound)
         return AS_EINVAL;
-    as_sm_work w;
-    if (as_sm_work_init(&w, (size_t)v.len))
+    as__sm_work w;
+    if (as__sm_work_init(&w, (size_t)v.len))
         return AS_ENOMEM;
 
     uint8_t *base = out;
@@ -236,8 +236,8 @@ int as_sm_encode(const as_sm_params *p, const as_sm_layout *lay,
                 rn[l] = sm_prefix(&v, r + l);
             }
             if (p->kind == AS_SM_SOA
-                    ? as_sm_soa_encode4(p, rv, rn, (size_t)v.len, pay + off, ru)
-                    : as_sm_topk_encode4(p, rv, rn, pay + off, ru)) {
+                    ? as__sm_soa_encode4(p, rv, rn, (size_t)v.len, pay + off, ru)
+                    : as__sm_topk_encode4(p, rv, rn, pay + off, ru)) {
                 off += ru[0] + ru[1] + ru[2] + ru[3];
                 r += 3;
                 continue;
@@ -257,7 +257,7 @@ int as_sm_encode(const as_sm_params *p, const as_sm_layout *lay,
         } else {
             n = sm_prefix(&v, r);
         }
-        off += as_sm_row_encode(p, vals, n, (size_t)v.len, pay + off, &w);
+        off += as__sm_row_encode(p, vals, n, (size_t)v.len, pay + off, &w);
     }
     offs[v.nblocks] = off;
     h.payload_bytes = off;
@@ -265,7 +265,7 @@ int as_sm_encode(const as_sm_params *p, const as_sm_layout *lay,
     memcpy(base, &h, sizeof h);
     *used = (size_t)h.bytes;
     assert(*used <= bound);
-    as_sm_work_free(&w);
+    as__sm_work_free(&w);
     return 0;
 }
 
@@ -283,7 +283,7 @@ static int sm_view_blob(const void *blob, sm_view *v, size_t *bytes_out)
         h.payload_off + h.payload_bytes != h.bytes)
         return AS_ECORRUPT;
     memset(v, 0, sizeof *v);
-    v->p = (as_sm_params){.kind = h.kind, .s = h.s, .k = h.k,
+    v->p = (as__sm_params){.kind = h.kind, .s = h.s, .k = h.k,
                           .bits = h.bits, .mass = h.mass,
                           .fullden = (h.flags & SM_F_FULLDEN) != 0};
     v->rows = h.rows;
@@ -313,7 +313,7 @@ static int sm_view_blob(const void *blob, sm_view *v, size_t *bytes_out)
     return 0;
 }
 
-int as_sm_blob_info(const void *blob, size_t bytes, as_sm_info *out)
+int as__sm_blob_info(const void *blob, size_t bytes, as__sm_info *out)
 {
     sm_view v;
     size_t b;
@@ -339,21 +339,21 @@ static const uint8_t *sm_seek(const sm_view *v, int64_t row0)
     int64_t blk = row0 / v->queries;
     const uint8_t *pp = v->payload + v->offs[blk];
     for (int64_t r = blk * v->queries; r < row0; r++)
-        pp += as_sm_row_size(&v->p, pp, sm_count(v, r), (size_t)v->len);
+        pp += as__sm_row_size(&v->p, pp, sm_count(v, r), (size_t)v->len);
     return pp;
 }
 
 /* Decode one row into dst (len floats, masked = 0); advances *pp. */
 static void sm_decode_row(const sm_view *v, const uint8_t **pp, int64_t row,
-                          float *dst, as_sm_work *w)
+                          float *dst, as__sm_work *w)
 {
     size_t len = (size_t)v->len, n = sm_count(v, row);
     if (!sm_masked(v)) {
-        *pp += as_sm_row_decode(&v->p, *pp, n, len, dst, w);
+        *pp += as__sm_row_decode(&v->p, *pp, n, len, dst, w);
         memset(dst + n, 0, (len - n) * sizeof *dst);
         return;
     }
-    *pp += as_sm_row_decode(&v->p, *pp, n, len, w->vals, w);
+    *pp += as__sm_row_decode(&v->p, *pp, n, len, w->vals, w);
     size_t pre = sm_prefix(v, row), j = 0;
     for (size_t k = 0; k < len; k++)
         dst[k] = (k < pre && sm_valid(v, row, k)) ? w->vals[j++] : 0.0f;
@@ -361,25 +361,25 @@ static void sm_decode_row(const sm_view *v, const uint8_t **pp, int64_t row,
 }
 
 static int sm_open(const void *blob, int64_t row0, int64_t nrows, sm_view *v,
-                   as_sm_work *w)
+                   as__sm_work *w)
 {
     int rc = sm_view_blob(blob, v, NULL);
     if (rc)
         return rc;
     if (row0 < 0 || nrows < 0 || row0 > v->rows || nrows > v->rows - row0)
         return AS_EINVAL;
-    return as_sm_work_init(w, (size_t)v->len) ? AS_ENOMEM : 0;
+    return as__sm_work_init(w, (size_t)v->len) ? AS_ENOMEM : 0;
 }
 
-int as_sm_decode_rows(const void *blob, int64_t row0, int64_t nrows,
+int as__sm_decode_rows(const void *blob, int64_t row0, int64_t nrows,
                       float *dst)
 {
     sm_view v;
-    as_sm_work w;
+    as__sm_work w;
     int rc = sm_open(blob, row0, nrows, &v, &w);
     if (rc || nrows == 0) {
         if (!rc)
-            as_sm_work_free(&w);
+            as__sm_work_free(&w);
         return rc;
     }
     const uint8_t *pp = sm_seek(&v, row0);
@@ -387,7 +387,7 @@ int as_sm_decode_rows(const void *blob, int64_t row0, int64_t nrows,
     int64_t r = 0;
     if (v.p.kind == AS_SM_SOA && !sm_masked(&v)) {
         /* soa rows have a known size: decode them in groups whose decay
-         * chains run side by side (as_sm_soa_decode_rows) */
+         * chains run side by side (as__sm_soa_decode_rows) */
         for (; r + AS_SM_SOA_LANES <= nrows; r += AS_SM_SOA_LANES) {
             const uint8_t *in[AS_SM_SOA_LANES];
             size_t n[AS_SM_SOA_LANES];
@@ -395,10 +395,10 @@ int as_sm_decode_rows(const void *blob, int64_t row0, int64_t nrows,
             for (int l = 0; l < AS_SM_SOA_LANES; l++) {
                 n[l] = sm_count(&v, row0 + r + l);
                 in[l] = pp;
-                pp += as_sm_row_bytes(&v.p, n[l], len);
+                pp += as__sm_row_bytes(&v.p, n[l], len);
                 o[l] = dst + (size_t)(r + l) * len;
             }
-            as_sm_soa_decode_rows(&v.p, in, n, o, AS_SM_SOA_LANES, &w);
+            as__sm_soa_decode_rows(&v.p, in, n, o, AS_SM_SOA_LANES, &w);
             for (int l = 0; l < AS_SM_SOA_LANES; l++)
                 if (n[l] < len)
                     memset(o[l] + n[l], 0, (len - n[l]) * sizeof(float));
@@ -413,7 +413,7 @@ int as_sm_decode_rows(const void *blob, int64_t row0, int64_t nrows,
                 n[l] = sm_count(&v, row0 + r + l);
                 o[l] = dst + (size_t)(r + l) * len;
             }
-            pp += as_sm_log_decode_rows(&v.p, pp, n, o, AS_SM_SOA_LANES, &w);
+            pp += as__sm_log_decode_rows(&v.p, pp, n, o, AS_SM_SOA_LANES, &w);
             for (int l = 0; l < AS_SM_SOA_LANES; l++)
                 if (n[l] < len)
                     memset(o[l] + n[l], 0, (len - n[l]) * sizeof(float));
@@ -421,19 +421,19 @@ int as_sm_decode_rows(const void *blob, int64_t row0, int64_t nrows,
     }
     for (; r < nrows; r++)
         sm_decode_row(&v, &pp, row0 + r, dst + (size_t)r * len, &w);
-    as_sm_work_free(&w);
+    as__sm_work_free(&w);
     return 0;
 }
 
-int as_sm_backward_rows(const void *blob, int64_t row0, int64_t nrows,
+int as__sm_backward_rows(const void *blob, int64_t row0, int64_t nrows,
                         const float *dy, float *dx)
 {
     sm_view v;
-    as_sm_work w;
+    as__sm_work w;
     int rc = sm_open(blob, row0, nrows, &v, &w);
     if (rc || nrows == 0) {
         if (!rc)
-            as_sm_work_free(&w);
+            as__sm_work_free(&w);
         return rc;
     }
     const size_t len = (size_t)v.len;
@@ -444,7 +444,7 @@ int as_sm_backward_rows(const void *blob, int64_t row0, int64_t nrows,
         float *o = dx + (size_t)r * len;
         size_t n = sm_count(&v, row0 + r);
         /* y_hat of this row only (n values, valid keys in order) */
-        pp += as_sm_row_decode(&v.p, pp, n, len, y, &w);
+        pp += as__sm_row_decode(&v.p, pp, n, len, y, &w);
         if (!sm_masked(&v)) {
             double dot = 0.0;
             for (size_t k = 0; k < n; k++)
@@ -466,15 +466,15 @@ int as_sm_backward_rows(const void *blob, int64_t row0, int64_t nrows,
             o[k] = (k < pre && sm_valid(&v, row0 + r, k))
                        ? y[j++] * (g[k] - d) : 0.0f;
     }
-    as_sm_work_free(&w);
+    as__sm_work_free(&w);
     return 0;
 }
 
-int as_sm_pt_matmul(const void *blob, int64_t blk, const float *dout,
+int as__sm_pt_matmul(const void *blob, int64_t blk, const float *dout,
                     int64_t d, float *dv)
 {
     sm_view v;
-    as_sm_work w;
+    as__sm_work w;
     int rc = sm_view_blob(blob, &v, NULL);
     if (rc)
         return rc;
@@ -485,7 +485,7 @@ int as_sm_pt_matmul(const void *blob, int64_t blk, const float *dout,
         return rc;
     float *row = malloc((size_t)v.len * sizeof *row);
     if (!row) {
-        as_sm_work_free(&w);
+        as__sm_work_free(&w);
         return AS_ENOMEM;
     }
     const uint8_t *pp = v.payload + v.offs[blk];
@@ -502,6 +502,6 @@ int as_sm_pt_matmul(const void *blob, int64_t blk, const float *dout,
         }
     }
     free(row);
-    as_sm_work_free(&w);
+    as__sm_work_free(&w);
     return 0;
 }
