@@ -209,16 +209,9 @@ static bool offered(const cand *c, const as_save_info *info,
 
 /* ---- measuring ------------------------------------------------------------- */
 
-static void compare(const as_tensor *t, const void *hat, meas *m)
+/* Add the error of y against x (n f32 values) to *m. */
+static void compare_f32(const float *x, const float *y, size_t n, meas *m)
 {
-    size_t bytes = as_tensor_bytes(t);
-    if (t->dtype != AS_F32) {   /* exact or useless */
-        if (bytes && memcmp(t->data, hat, bytes))
-            m->bad = true;
-        return;
-    }
-    const float *x = t->data, *y = hat;
-    size_t n = bytes / sizeof(float);
     double e2 = 0, x2 = 0, d = 0, y2 = 0;
     for (size_t i = 0; i < n; i++) {
         if (!isfinite(x[i])) {
@@ -242,6 +235,73 @@ static void compare(const as_tensor *t, const void *hat, meas *m)
     m->hat2 += y2;
 }
 
+static void compare(const as_tensor *t, const void *hat, meas *m)
+{
+    size_t bytes = as_tensor_bytes(t);
+    if (t->dtype != AS_F32) {   /* exact or useless */
+        if (bytes && memcmp(t->data, hat, bytes))
+            m->bad = true;
+        return;
+    }
+    compare_f32(t->data, hat, bytes / sizeof(float), m);
+}
+
+/* Decode the trial rep into dst (the whole tensor), or, when the policy
+ * decodes row blocks of an f32 tensor, block by block through a small
+ * buffer straight into the error sums: the trial then needs no second copy
+ * of the tensor. */
+#define AUTO_BLOCK_FLOATS 16384
+static int trial_decode(as_store *s, as_item *it, as_rep *r, as_handle h,
+                        const char *layer, const as_tensor *t, meas *m,
+                        uint64_t *ns)
+{
+    size_t bytes = as_tensor_bytes(t);
+    int64_t cols = t->ndim ? t->shape[t->ndim - 1] : 1;
+    as_block dst = {0};
+    as_pctx ctx;
+    int rc;
+    if (r->ops->view) {
+        compare(t, r->ops->view(r->params, r->state), m);
+        return 0;
+    }
+    if (r->ops->decode_rows && t->dtype == AS_F32 && cols > 0) {
+        int64_t rows = as_tensor_numel(t) / cols;
+        int64_t per = AUTO_BLOCK_FLOATS / cols > 0 ? AUTO_BLOCK_FLOATS / cols : 1;
+        if ((rc = as_alloc(s->arena, (size_t)(per * cols) * sizeof(float),
+                           AS_TAG_WORKSPACE, r->g.layer, &dst)) < 0)
+            return rc;
+        as__pctx_init(&ctx, s, it, r, h, layer);
+        rc = 0;
+        for (int64_t r0 = 0; r0 < rows && !rc; r0 += per) {
+            int64_t nr = rows - r0 < per ? rows - r0 : per;
+            uint64_t t0 = as_clock_wall_ns();
+            rc = r->ops->decode_rows(&ctx, r->params, r->state, r0, nr, dst.ptr);
+            *ns += as_clock_wall_ns() - t0;
+            if (!rc)
+                compare_f32((const float *)t->data + r0 * cols, dst.ptr,
+                            (size_t)(nr * cols), m);
+        }
+        as__pctx_done(&ctx);
+        as_free(s->arena, &dst);
+        return rc;
+    }
+    if (!r->ops->decode)
+        return AS_ENOTSUP;
+    if ((rc = as_alloc(s->arena, bytes, AS_TAG_WORKSPACE, r->g.layer, &dst)) < 0)
+        return rc;
+    as_tensor out = it->shape;
+    out.data = dst.ptr;
+    as__pctx_init(&ctx, s, it, r, h, layer);
+    uint64_t t0 = as_clock_wall_ns();
+    rc = r->ops->decode(&ctx, r->params, r->state, &out);
+    *ns += as_clock_wall_ns() - t0;
+    as__pctx_done(&ctx);
+    if (!rc)
+        compare(t, dst.ptr, m);
+    as_free(s->arena, &dst);
+    return rc;
+}
+
 /* Encode and decode t under c as a trial (workspace only) and add what it
  * would store, its time and its error to *m. */
 static void trial(as_store *s, as_item *it, as_handle h, as_groups g,
@@ -249,7 +309,6 @@ static void trial(as_store *s, as_item *it, as_handle h, as_groups g,
                   const char *layer, meas *m)
 {
     as_rep *r = calloc(1, sizeof *r);
-    as_block dst = {0};
     if (!r) {
         m->bad = true;
         return;
@@ -267,36 +326,22 @@ static void trial(as_store *s, as_item *it, as_handle h, as_groups g,
     int rc = r->ops->encode(&ctx, r->params, info, t, &r->state);
     uint64_t t1 = as_clock_wall_ns();
     as__pctx_done(&ctx);
-    size_t bytes = as_tensor_bytes(t);
-    if (rc == 0 && bytes &&
-        as_alloc(s->arena, bytes, AS_TAG_WORKSPACE, g.layer, &dst) < 0)
-        rc = AS_ENOMEM;
-    uint64_t t2 = as_clock_wall_ns();
-    if (rc == 0 && bytes) {
-        as_tensor out = it->shape;
-        out.data = dst.ptr;
-        if (r->ops->view) {
-            memcpy(dst.ptr, r->ops->view(r->params, r->state), bytes);
-        } else if (r->ops->decode) {
-            as__pctx_init(&ctx, s, it, r, h, layer);
-            rc = r->ops->decode(&ctx, r->params, r->state, &out);
-            as__pctx_done(&ctx);
-        } else {
-            rc = AS_ENOTSUP;
-        }
-    }
-    uint64_t t3 = as_clock_wall_ns();
+    meas e = {0};
+    uint64_t dec_ns = 0;
+    if (rc == 0 && as_tensor_bytes(t))
+        rc = trial_decode(s, it, r, h, layer, t, &e, &dec_ns);
     if (rc == 0) {
         m->bytes += (double)r->probe_bytes;
-        m->ns += (double)(t1 - t0) + (double)(t3 - t2);
+        m->ns += (double)(t1 - t0) + (double)dec_ns;
         m->n++;
-        if (bytes)
-            compare(t, dst.ptr, m);
+        m->err2 += e.err2;
+        m->norm2 += e.norm2;
+        m->dot += e.dot;
+        m->hat2 += e.hat2;
+        m->bad |= e.bad;
     } else {
         m->bad = true;
     }
-    if (dst.ptr)
-        as_free(s->arena, &dst);
     as__rep_discard(s, r);
 }
 
