@@ -194,19 +194,47 @@ static char *human(uint64_t v, char *buf, size_t n)
     return buf;
 }
 
+/* True live usable bytes of a: the sum over threads (+ retired), as a
+ * snapshot reads it. Caller holds the registry lock. */
+static uint64_t true_live_locked(as_arena *a)
+{
+    int64_t v = 0;
+    for (unsigned i = 0; i < AS_TAG_MAX; i++)
+        v += a->retired[i].live_use;
+    for (as__tblock *b = a->blocks; b; b = b->next)
+        v += ld(&b->total.live_use);
+    return v > 0 ? (uint64_t)v : 0;
+}
+
 __attribute__((noinline, cold))
 static int budget_error(as_arena *a, size_t size, size_t usable, uint16_t tag,
-                        uint16_t layer, uint64_t budget, as_block *out)
+                        uint16_t layer, uint64_t budget, uint64_t live, as_block *out)
 {
     memset(out, 0, sizeof *out);
     char b1[32], b2[32], b3[32], b4[32];
-    int64_t live = atomic_load(&a->gtotal.g_use);
     as__set_error(a, "budget %s exceeded: tag %s, layer %s, request %s (usable %s), live %s",
                   human(budget, b1, sizeof b1), a->tag_names[tag],
                   a->layer_names[layer], human(size, b2, sizeof b2),
-                  human(usable, b3, sizeof b3),
-                  human(live > 0 ? (uint64_t)live : 0, b4, sizeof b4));
+                  human(usable, b3, sizeof b3), human(live, b4, sizeof b4));
     return AS_EBUDGET;
+}
+
+/* The charged total says no. It may stand above the true live value by
+ * frees other threads have not folded yet (see internal.h), so recount:
+ * returns true (charged, under the registry lock so that two recounts do
+ * not both spend the same room) when the allocation fits the true value;
+ * else *live gets that value for the message. */
+__attribute__((noinline, cold))
+static bool budget_recount(as_arena *a, as__tblock *b, int64_t r, int64_t u,
+                           uint64_t budget, uint64_t *live)
+{
+    as__reg_lock();
+    *live = true_live_locked(a);
+    bool fits = *live + (uint64_t)u <= budget;
+    if (fits)
+        charge(&b->total, &a->gtotal, r, u);
+    as__reg_unlock();
+    return fits;
 }
 
 __attribute__((noinline, cold))
@@ -257,8 +285,13 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
     if (UNLIKELY(budget)) {                /* early out before mallocx */
         as__tcounter *t = &b->total;
         int64_t pu = ld(&t->live_use) - ld(&t->fold_use) + (int64_t)usable;
-        if (atomic_load_explicit(&a->gtotal.g_use, RLX) + pu > (int64_t)budget)
-            return budget_error(a, size, usable, tag, layer, budget, out);
+        if (atomic_load_explicit(&a->gtotal.g_use, RLX) + pu > (int64_t)budget) {
+            as__reg_lock();
+            uint64_t live = true_live_locked(a);
+            as__reg_unlock();
+            if (live + usable > budget)
+                return budget_error(a, size, usable, tag, layer, budget, live, out);
+        }
     }
     void *p = mallocx(size, b->flags | align_flag | zero);
     if (UNLIKELY(!p)) {
@@ -269,9 +302,11 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
     }
     int64_t r = (int64_t)size, u = (int64_t)usable;
     if (UNLIKELY(budget)) {
-        if (!charge_total_budget(a, b, r, u, budget)) {
+        uint64_t live;
+        if (!charge_total_budget(a, b, r, u, budget) &&
+            !budget_recount(a, b, r, u, budget, &live)) {
             sdallocx(p, usable, b->flags);
-            return budget_error(a, size, usable, tag, layer, budget, out);
+            return budget_error(a, size, usable, tag, layer, budget, live, out);
         }
     } else {
         charge(&b->total, &a->gtotal, r, u);

@@ -292,141 +292,185 @@ static void fill_memory(as_rep_run *out, as_nn_run *r)
     }
 }
 
-static int run_seed(const as_ab_config *c, const as_nn_preset *p, as_report *rep, size_t si,
-                    prog *g, bool *stopped, char *err, size_t errlen)
+/* One seed of a comparison: both arms, the exact reference, the buffers of
+ * the gradient check. */
+typedef struct seed_run {
+    const as_ab_config *c;
+    as_report *rep;
+    size_t     si;
+    uint64_t   seed;
+    as_nn_run *run[2], *ref;
+    float     *buf;       /* all gradients, flat */
+    double    *per;       /* per tensor */
+    char      *err;
+    size_t     errlen;
+} seed_run;
+
+/* Both arms from the same weights, and the exact reference when checking. */
+static int seed_create(seed_run *s, const as_nn_preset *p)
 {
-    const uint64_t seed = rep->arm[0].runs[si].seed;
-    as_nn_run *run[2] = {NULL, NULL}, *ref = NULL;
-    float *buf = NULL;
-    double *per = NULL;
-    int rc = 0;
+    const as_ab_config *c = s->c;
     char e[512] = "";
+    int rc = 0;
     for (int a = 0; a < 2 && !rc; a++) {
         char label[2] = {(char)('A' + a), 0};
-        as_nn_train_opts o = {.policy = c->spec[a], .seed = seed, .threads = c->threads,
+        as_nn_train_opts o = {.policy = c->spec[a], .seed = s->seed, .threads = c->threads,
                               .data_dir = c->data_dir, .text_dir = c->text_dir,
                               .store = c->store[a], .label = label};
-        rc = as_nn_run_create(p, &o, &run[a], e, sizeof e);
+        rc = as_nn_run_create(p, &o, &s->run[a], e, sizeof e);
         if (rc)
-            snprintf(err, errlen, "arm %c, seed %llu: %s", 'A' + a, (unsigned long long)seed, e);
+            snprintf(s->err, s->errlen, "arm %c, seed %llu: %s", 'A' + a,
+                     (unsigned long long)s->seed, e);
     }
     if (!rc)
-        rc = as_nn_run_copy_weights(run[1], run[0], false);
+        rc = as_nn_run_copy_weights(s->run[1], s->run[0], false);
     /* A budget (or ratio) binds the arms that plan with auto. */
     for (int a = 0; a < 2 && !rc && (c->budget || c->ratio > 0); a++) {
         if (!strstr(c->spec[a], "auto"))
             continue;
-        as_rep_run *out = &rep->arm[a].runs[si];
-        rc = as_nn_run_fit_budget(run[a], c->budget, c->ratio, &out->budget);
+        as_rep_run *out = &s->rep->arm[a].runs[s->si];
+        rc = as_nn_run_fit_budget(s->run[a], c->budget, c->ratio, &out->budget);
         if (rc)
-            snprintf(err, errlen, "arm %c, seed %llu: %s", 'A' + a,
-                     (unsigned long long)seed, as_nn_run_error(run[a]));
+            snprintf(s->err, s->errlen, "arm %c, seed %llu: %s", 'A' + a,
+                     (unsigned long long)s->seed, as_nn_run_error(s->run[a]));
     }
     if (!rc && c->check_every > 0) {
-        as_nn_train_opts o = {.policy = "default=keep", .seed = seed, .threads = c->threads,
+        as_nn_train_opts o = {.policy = "default=keep", .seed = s->seed, .threads = c->threads,
                               .data_dir = c->data_dir, .text_dir = c->text_dir,
                               .label = "exact"};
-        rc = as_nn_run_create(p, &o, &ref, e, sizeof e);
+        rc = as_nn_run_create(p, &o, &s->ref, e, sizeof e);
         if (rc)
-            snprintf(err, errlen, "exact reference run, seed %llu: %s",
-                     (unsigned long long)seed, e);
+            snprintf(s->err, s->errlen, "exact reference run, seed %llu: %s",
+                     (unsigned long long)s->seed, e);
     }
-    if (rc)
-        goto done;
-    const long n = as_nn_run_planned_steps(run[0]);
-    rep->steps = n;
-    const as_nn_params *ps = as_nn_run_params(run[0]);
-    if (rep->ntensors == 0) {
+    return rc;
+}
+
+/* The report's tensor names (first seed) and the gradient check buffers. */
+static int seed_prepare(seed_run *s)
+{
+    const as_nn_params *ps = as_nn_run_params(s->run[0]);
+    if (s->rep->ntensors == 0) {
         const char **names = calloc(ps->n ? ps->n : 1, sizeof *names);
-        if (!names) {
-            rc = AS_ENOMEM;
-            goto done;
-        }
+        if (!names)
+            return AS_ENOMEM;
         for (size_t i = 0; i < ps->n; i++)
             names[i] = ps->p[i]->name;
-        rc = as_report_set_tensors(rep, names, ps->n);
+        int rc = as_report_set_tensors(s->rep, names, ps->n);
         free(names);
         if (rc)
-            goto done;
+            return rc;
     }
     size_t total = as_nn_params_count(ps);
-    if (ref) {
-        buf = malloc((total ? total : 1) * sizeof *buf);
-        per = malloc((ps->n ? ps->n : 1) * sizeof *per);
-        if (!buf || !per) {
-            snprintf(err, errlen, "out of memory (gradient check buffers)");
-            rc = AS_ENOMEM;
-            goto done;
+    if (s->ref) {
+        s->buf = malloc((total ? total : 1) * sizeof *s->buf);
+        s->per = malloc((ps->n ? ps->n : 1) * sizeof *s->per);
+        if (!s->buf || !s->per) {
+            snprintf(s->err, s->errlen, "out of memory (gradient check buffers)");
+            return AS_ENOMEM;
         }
     }
-    g->every = n / 5 > 0 ? n / 5 : 1;
-    g->last = as_clock_wall_s();
-    if (!c->quiet)
-        fprintf(stderr, "actstore %s: %s seed %llu (%zu/%zu): training %ld steps, A: %s, B: %s\n",
-                c->cmd, c->title ? c->title : c->model, (unsigned long long)seed, si + 1,
-                rep->nseeds, n, c->spec[0], c->spec[1]);
-    for (long k = 0; k < n && !rc; k++) {
-        for (int a = 0; a < 2 && !rc; a++) {
-            as_rep_run *out = &rep->arm[a].runs[si];
-            if (ref && k % c->check_every == 0) {
-                rc = grad_check(rep, out, run[a], ref, k, buf, per, e, sizeof e);
-                if (rc) {
-                    snprintf(err, errlen, "arm %c, seed %llu: %s", 'A' + a,
-                             (unsigned long long)seed, e);
-                    break;
-                }
-            }
-            double loss;
-            rc = as_nn_run_step(run[a], &loss);
+    return 0;
+}
+
+/* Step k of both arms (after the gradient check when one is due). */
+static int seed_step(seed_run *s, long k)
+{
+    const as_ab_config *c = s->c;
+    char e[512] = "";
+    for (int a = 0; a < 2; a++) {
+        as_rep_run *out = &s->rep->arm[a].runs[s->si];
+        int rc;
+        if (s->ref && k % c->check_every == 0) {
+            rc = grad_check(s->rep, out, s->run[a], s->ref, k, s->buf, s->per, e, sizeof e);
             if (rc) {
-                snprintf(err, errlen, "arm %c, seed %llu, step %ld: %s", 'A' + a,
-                         (unsigned long long)seed, k, as_nn_run_error(run[a]));
-                break;
+                snprintf(s->err, s->errlen, "arm %c, seed %llu: %s", 'A' + a,
+                         (unsigned long long)s->seed, e);
+                return rc;
             }
-            double ms_saved, ms_arena;
-            step_peaks(as_nn_run_store(run[a]), &ms_saved, &ms_arena);
-            rc = as_report_push_step(out, loss, ms_saved, ms_arena, as_nn_run_last(run[a])->ms);
-            if (rc)
-                snprintf(err, errlen, "out of memory (report)");
         }
+        double loss;
+        rc = as_nn_run_step(s->run[a], &loss);
+        if (rc) {
+            snprintf(s->err, s->errlen, "arm %c, seed %llu, step %ld: %s", 'A' + a,
+                     (unsigned long long)s->seed, k, as_nn_run_error(s->run[a]));
+            return rc;
+        }
+        double ms_saved, ms_arena;
+        step_peaks(as_nn_run_store(s->run[a]), &ms_saved, &ms_arena);
+        rc = as_report_push_step(out, loss, ms_saved, ms_arena, as_nn_run_last(s->run[a])->ms);
+        if (rc) {
+            snprintf(s->err, s->errlen, "out of memory (report)");
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* The final evaluation of both arms. */
+static int seed_eval(seed_run *s)
+{
+    for (int a = 0; a < 2; a++) {
+        as_rep_run *out = &s->rep->arm[a].runs[s->si];
+        out->finished = true;
+        as_nn_eval ev;
+        int rc = as_nn_run_eval(s->run[a], &ev);
+        if (rc) {
+            snprintf(s->err, s->errlen, "arm %c, seed %llu, evaluation: %s", 'A' + a,
+                     (unsigned long long)s->seed, as_nn_run_error(s->run[a]));
+            return rc;
+        }
+        out->evaluated = true;
+        out->eval_accuracy = ev.accuracy >= 0 ? ev.accuracy : NAN;
+        out->eval_loss = ev.loss;
+    }
+    return 0;
+}
+
+static int run_seed(const as_ab_config *c, const as_nn_preset *p, as_report *rep, size_t si,
+                    prog *g, bool *stopped, char *err, size_t errlen)
+{
+    seed_run s = {.c = c, .rep = rep, .si = si, .seed = rep->arm[0].runs[si].seed,
+                  .err = err, .errlen = errlen};
+    as_rep_run *ra = &rep->arm[0].runs[si], *rb = &rep->arm[1].runs[si];
+    int rc = seed_create(&s, p);
+    if (!rc)
+        rc = seed_prepare(&s);
+    const long n = rc ? 0 : as_nn_run_planned_steps(s.run[0]);
+    if (!rc) {
+        rep->steps = n;
+        g->every = n / 5 > 0 ? n / 5 : 1;
+        g->last = as_clock_wall_s();
+        if (!c->quiet)
+            fprintf(stderr, "actstore %s: %s seed %llu (%zu/%zu): training %ld steps, "
+                            "A: %s, B: %s\n", c->cmd, c->title ? c->title : c->model,
+                    (unsigned long long)s.seed, si + 1, rep->nseeds, n, c->spec[0],
+                    c->spec[1]);
+    }
+    for (long k = 0; k < n && !rc; k++) {
+        rc = seed_step(&s, k);
         if (!rc)
-            prog_step(g, si, rep->nseeds, seed, k + 1, n, &rep->arm[0].runs[si],
-                      &rep->arm[1].runs[si]);
+            prog_step(g, si, rep->nseeds, s.seed, k + 1, n, ra, rb);
         if (!rc && c->stop && *c->stop && k + 1 < n) {
             *stopped = true;
             snprintf(rep->partial_reason, sizeof rep->partial_reason,
                      "interrupted at step %ld of %ld, seed %llu", k + 1, n,
-                     (unsigned long long)seed);
+                     (unsigned long long)s.seed);
             break;
         }
     }
-    if (!rc && !*stopped) {
-        for (int a = 0; a < 2 && !rc; a++) {
-            as_rep_run *out = &rep->arm[a].runs[si];
-            out->finished = true;
-            as_nn_eval ev;
-            rc = as_nn_run_eval(run[a], &ev);
-            if (rc) {
-                snprintf(err, errlen, "arm %c, seed %llu, evaluation: %s", 'A' + a,
-                         (unsigned long long)seed, as_nn_run_error(run[a]));
-                break;
-            }
-            out->evaluated = true;
-            out->eval_accuracy = ev.accuracy >= 0 ? ev.accuracy : NAN;
-            out->eval_loss = ev.loss;
-        }
-    }
-done:
-    for (int a = 0; a < 2; a++)
-        if (run[a]) {
-            fill_memory(&rep->arm[a].runs[si], run[a]);
-            as_nn_run_destroy(run[a]);
-        }
-    as_nn_run_destroy(ref);
-    free(buf);
-    free(per);
     if (!rc && !*stopped)
-        prog_seed_done(g, &rep->arm[0].runs[si], &rep->arm[1].runs[si]);
+        rc = seed_eval(&s);
+    for (int a = 0; a < 2; a++)
+        if (s.run[a]) {
+            fill_memory(&rep->arm[a].runs[si], s.run[a]);
+            as_nn_run_destroy(s.run[a]);
+        }
+    as_nn_run_destroy(s.ref);
+    free(s.buf);
+    free(s.per);
+    if (!rc && !*stopped)
+        prog_seed_done(g, ra, rb);
     else if (g->tty && !c->quiet)
         fputc('\n', stderr);
     return rc;

@@ -10,7 +10,8 @@
  * together fits the budget. Then prints the two verdict lines (whole model
  * first: all saved, arena peak, accuracy) and the report folder. Everything
  * is `actstore ab --ratio 10` underneath (client/ab.c); docs/ab-testing.md
- * explains the reports and has the measured total time.
+ * explains the reports; its time budget is measured there ("The demo's
+ * budget").
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,131 +46,149 @@ static const as_cli_cmd demo_cmd = {
     "Ctrl-C finishes the current step, writes a partial report and exits 1.\n"
     "Exit status: 0 ok, 1 failure or interrupted, 2 usage.\n"};
 
-int as_cmd_demo(int argc, char **argv)
-{
-    as_cli_opts o = {.out = "actstore-demo", .preset = "bench", .steps = 400, .seeds = 3};
-    int r = as_cli_parse_opts(&demo_cmd, argc, argv, &o);
-    if (r != AS_CLI_RUN)
-        return r;
-    const char *out = o.out, *serve = o.serve, *preset = o.preset;
-    unsigned long long steps = o.steps, seeds = o.seeds;
-    bool quiet = o.quiet;
-
-    /* The two comparisons, checked in full before anything runs. */
-    static const char *const titles[2] = {"vit", "cnn (leaky)"};
-    static const char *const subdirs[2] = {"vit", "cnn"};
+/* The demo's two comparisons, their stores and the dashboard. */
+typedef struct demo {
+    const as_cli_opts *o;
     as_ab_config cfg[2];
-    char dirs[2][4096];
-    char err[1024] = "";
-    for (int d = 0; d < 2; d++) {
-        cfg[d] = (as_ab_config){.cmd = "demo", .title = titles[d],
-                                .model = d == 0 ? "vit" : "cnn", .preset = preset,
-                                .spec = {AS_DEMO_KEEP, AS_DEMO_AUTO_POLICY},
-                                .ratio = AS_DEMO_RATIO,
-                                .nseeds = (size_t)seeds, .seed0 = 1, .steps = (long)steps,
-                                .check_every = 50, .act = d == 0 ? -1 : AS_FN_LEAKY_RELU,
-                                .threads = (int)o.threads, .data_dir = o.data_dir, .quiet = quiet,
-                                .stop = as_ab_stop_flag()};
-        as_nn_preset p;
-        if (as_ab_validate(&cfg[d], &p, err, sizeof err))
-            return as_cli_usage("demo", "%s", err);
-        if ((size_t)snprintf(dirs[d], sizeof dirs[d], "%s/%s", out, subdirs[d]) >=
-            sizeof dirs[d])
-            return as_cli_usage("demo", "--out: path too long");
-        if (as_report_prepare_dir(dirs[d], err, sizeof err))
-            return as_cli_fail("demo", "%s", err);
-    }
+    char         dirs[2][4096];
+    as_store    *stores[4];         /* vit A, vit B, cnn A, cnn B */
+    as_service  *svc;
+    char         verdict[2][1400];
+    bool         done[2], interrupted;
+    char         err[1024];
+} demo;
 
-    /* Four stores (two per comparison), all on the dashboard. */
-    as_store *stores[4] = {NULL, NULL, NULL, NULL};
-    static const char *const labels[4] = {"vit A: keep", "vit B: auto, keep / 10",
-                                          "cnn A: keep", "cnn B: auto, keep / 10"};
-    int code = AS_EXIT_OK;
+static const char *const titles[2] = {"vit", "cnn (leaky)"};
+static const char *const labels[4] = {"vit A: keep", "vit B: auto, keep / 10",
+                                      "cnn A: keep", "cnn B: auto, keep / 10"};
+
+/* The two comparisons, checked in full before anything runs. Returns an
+ * exit code, or AS_CLI_RUN. */
+static int demo_plan(demo *d)
+{
+    static const char *const subdirs[2] = {"vit", "cnn"};
+    const as_cli_opts *o = d->o;
+    for (int k = 0; k < 2; k++) {
+        d->cfg[k] = (as_ab_config){
+            .cmd = "demo", .title = titles[k], .model = k == 0 ? "vit" : "cnn",
+            .preset = o->preset,
+            .spec = {AS_DEMO_KEEP, AS_DEMO_AUTO_POLICY}, .ratio = AS_DEMO_RATIO,
+            .nseeds = (size_t)o->seeds, .seed0 = 1, .steps = (long)o->steps,
+            .check_every = 50, .act = k == 0 ? -1 : AS_FN_LEAKY_RELU,
+            .threads = (int)o->threads, .data_dir = o->data_dir, .quiet = o->quiet,
+            .stop = as_ab_stop_flag()};
+        as_nn_preset p;
+        if (as_ab_validate(&d->cfg[k], &p, d->err, sizeof d->err))
+            return as_cli_usage("demo", "%s", d->err);
+        if ((size_t)snprintf(d->dirs[k], sizeof d->dirs[k], "%s/%s", o->out, subdirs[k]) >=
+            sizeof d->dirs[k])
+            return as_cli_usage("demo", "--out: path too long");
+        if (as_report_prepare_dir(d->dirs[k], d->err, sizeof d->err))
+            return as_cli_fail("demo", "%s", d->err);
+    }
+    return AS_CLI_RUN;
+}
+
+/* Four stores (two per comparison), all on the dashboard: the default
+ * address, or any free port when it is taken. Returns 0 or an exit code. */
+static int demo_open(demo *d)
+{
     for (int i = 0; i < 4; i++) {
-        as_store_config sc = {.policy = cfg[i / 2].spec[i % 2], .label = labels[i],
+        as_store_config sc = {.policy = d->cfg[i / 2].spec[i % 2], .label = labels[i],
                               .sampler_hz = 10};
-        if (as_store_create(&sc, &stores[i], err, sizeof err)) {
-            as_cli_fail("demo", "creating the store '%s': %s", labels[i], err);
-            code = AS_EXIT_FAIL;
-            goto out;
-        }
-        cfg[i / 2].store[i % 2] = stores[i];
+        if (as_store_create(&sc, &d->stores[i], d->err, sizeof d->err))
+            return as_cli_fail("demo", "creating the store '%s': %s", labels[i], d->err);
+        d->cfg[i / 2].store[i % 2] = d->stores[i];
     }
     as_service_source src[4];
     for (int i = 0; i < 4; i++)
-        src[i] = (as_service_source){.label = labels[i], .store = stores[i]};
-    as_service *svc = NULL;
-    as_service_config svcfg = {.addr = serve ? serve : AS_DEMO_ADDR};
-    int rc = as_service_start(&svcfg, src, 4, &svc, err, sizeof err);
-    if (rc && !serve) { /* the default port is taken: any free one */
+        src[i] = (as_service_source){.label = labels[i], .store = d->stores[i]};
+    as_service_config svcfg = {.addr = d->o->serve ? d->o->serve : AS_DEMO_ADDR};
+    int rc = as_service_start(&svcfg, src, 4, &d->svc, d->err, sizeof d->err);
+    if (rc && !d->o->serve) {
         svcfg.addr = "127.0.0.1:0";
-        rc = as_service_start(&svcfg, src, 4, &svc, err, sizeof err);
+        rc = as_service_start(&svcfg, src, 4, &d->svc, d->err, sizeof d->err);
     }
-    if (rc) {
-        as_cli_fail("demo", "dashboard on %s: %s", svcfg.addr, err);
-        code = AS_EXIT_FAIL;
-        goto out;
-    }
+    if (rc)
+        return as_cli_fail("demo", "dashboard on %s: %s", svcfg.addr, d->err);
     fprintf(stderr, "actstore demo: dashboard at %s  (open it in a browser; both arms of "
-                    "each comparison side by side)\n", as_service_url(svc));
+                    "each comparison side by side)\n", as_service_url(d->svc));
     fprintf(stderr, "actstore demo: %s preset, %llu seeds x %llu steps per arm; reports in "
-                    "%s/\n", preset, seeds, steps, out);
+                    "%s/\n", d->o->preset, d->o->seeds, d->o->steps, d->o->out);
+    return 0;
+}
 
-    double t0 = as_clock_wall_s();
-    char verdict[2][1400];
-    bool done[2] = {false, false};
-    bool interrupted = false;
-    as_ab_signals_catch();
-    for (int d = 0; d < 2 && !interrupted; d++) {
-        as_report rep;
-        rc = as_ab_run(&cfg[d], &rep, err, sizeof err);
-        interrupted = *cfg[d].stop != 0 || rc == AS_ESTATE;
-        if (rc && rc != AS_ESTATE) {
-            as_cli_fail("demo", "%s: %s", titles[d], err);
-            code = AS_EXIT_FAIL;
-        }
-        if (rep.nseeds) {
-            char e2[1024];
-            if (as_report_write(&rep, dirs[d], e2, sizeof e2)) {
-                as_cli_fail("demo", "writing the report: %s", e2);
-                code = AS_EXIT_FAIL;
-            }
-            char v[1024];
-            as_report_verdict(&rep, v, sizeof v);
-            snprintf(verdict[d], sizeof verdict[d], "%s (keep vs auto at keep / %g): %s",
-                     titles[d], AS_DEMO_RATIO, v);
-            done[d] = true;
-            if (!quiet)
-                fprintf(stderr, "actstore demo: %s\n", verdict[d]);
-        }
-        as_report_free(&rep);
-        if (rc && rc != AS_ESTATE)
-            break;
+/* Run comparison k and write its report; returns an exit code, and false
+ * in *go_on after an error or an interruption. */
+static int demo_compare(demo *d, int k, bool *go_on)
+{
+    int code = AS_EXIT_OK;
+    as_report rep;
+    int rc = as_ab_run(&d->cfg[k], &rep, d->err, sizeof d->err);
+    d->interrupted = *d->cfg[k].stop != 0 || rc == AS_ESTATE;
+    if (rc && rc != AS_ESTATE)
+        code = as_cli_fail("demo", "%s: %s", titles[k], d->err);
+    if (rep.nseeds) {
+        char e2[1024], v[1024];
+        if (as_report_write(&rep, d->dirs[k], e2, sizeof e2))
+            code = as_cli_fail("demo", "writing the report: %s", e2);
+        as_report_verdict(&rep, v, sizeof v);
+        snprintf(d->verdict[k], sizeof d->verdict[k], "%s (keep vs auto at keep / %g): %s",
+                 titles[k], AS_DEMO_RATIO, v);
+        d->done[k] = true;
+        if (!d->o->quiet)
+            fprintf(stderr, "actstore demo: %s\n", d->verdict[k]);
     }
-    as_ab_signals_restore();
-    double dt = as_clock_wall_s() - t0;
+    as_report_free(&rep);
+    *go_on = !d->interrupted && !(rc && rc != AS_ESTATE);
+    return code;
+}
+
+static void demo_summary(const demo *d, int code, double dt)
+{
     printf("\nactstore demo: %s in %.0f min %02.0f s\n",
-           interrupted ? "interrupted" : code ? "stopped by an error" : "done",
+           d->interrupted ? "interrupted" : code ? "stopped by an error" : "done",
            (double)(long)(dt / 60), dt - 60.0 * (double)(long)(dt / 60));
-    for (int d = 0; d < 2; d++)
-        if (done[d])
-            printf("  %s\n", verdict[d]);
-    printf("reports: %s/ (vit/report.md, cnn/report.md; plots beside them)\n", out);
+    for (int k = 0; k < 2; k++)
+        if (d->done[k])
+            printf("  %s\n", d->verdict[k]);
+    printf("reports: %s/ (vit/report.md, cnn/report.md; plots beside them)\n", d->o->out);
     fflush(stdout);
-    /* At a terminal, keep the dashboard up until Enter so the final state
-     * can be looked at; scripts and pipes never wait. */
-    if (!interrupted && !code && !quiet && !o.no_wait && isatty(0) && isatty(2)) {
-        fprintf(stderr, "actstore demo: the dashboard stays at %s until you "
-                        "press Enter\n", as_service_url(svc));
-        int ch;
-        while ((ch = getchar()) != EOF && ch != '\n')
-            ;
+}
+
+int as_cmd_demo(int argc, char **argv)
+{
+    as_cli_opts o = {.out = "actstore-demo", .preset = "bench", .steps = 400, .seeds = 3};
+    int code = as_cli_parse_opts(&demo_cmd, argc, argv, &o);
+    if (code != AS_CLI_RUN)
+        return code;
+    demo d = {.o = &o};
+    code = demo_plan(&d);
+    if (code != AS_CLI_RUN)
+        return code;
+    code = demo_open(&d);
+    if (!code) {
+        double t0 = as_clock_wall_s();
+        bool go_on = true;
+        as_ab_signals_catch();
+        for (int k = 0; k < 2 && go_on; k++)
+            code |= demo_compare(&d, k, &go_on);
+        as_ab_signals_restore();
+        demo_summary(&d, code, as_clock_wall_s() - t0);
+        /* At a terminal, keep the dashboard up until Enter so the final
+         * state can be looked at; scripts and pipes never wait. */
+        if (!d.interrupted && !code && !o.quiet && !o.no_wait && isatty(0) && isatty(2)) {
+            fprintf(stderr, "actstore demo: the dashboard stays at %s until you "
+                            "press Enter\n", as_service_url(d.svc));
+            int ch;
+            while ((ch = getchar()) != EOF && ch != '\n')
+                ;
+        }
+        if (d.interrupted)
+            code = AS_EXIT_FAIL;
     }
-    as_service_stop(svc);
-    if (interrupted)
-        code = AS_EXIT_FAIL;
-out:
+    as_service_stop(d.svc);
     for (int i = 0; i < 4; i++)
-        as_store_destroy(stores[i]);
+        as_store_destroy(d.stores[i]);
     return code;
 }

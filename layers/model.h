@@ -12,6 +12,8 @@
 
 #include "layers/nn.h"
 
+/* A batch stays valid and unchanged from forward until backward returns:
+ * models save the images as borrowed tensors (0 stored bytes). */
 typedef struct as_nn_batch {
     int B;
     const float   *x;      /* images (B, 1, 28, 28) */

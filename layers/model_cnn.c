@@ -22,6 +22,8 @@
  *                      link is made only when the rules name
  *                      activation_input=inverse: otherwise it would be a
  *                      transient copy for nothing).
+ * The first conv's input is the batch itself, which the caller holds
+ * through the step: it is saved borrowed (0 bytes).
  * With convs in a row, conv input l+1 is z_l (rebuilt by inversion from
  * y_{l+1}), so a stack keeps only its top activation and the frames.
  */
@@ -277,6 +279,7 @@ int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
             snprintf(name, sizeof name, "stages.%d.conv%d", s, k);
             AS_TRY(as_nn_conv_init(c, &m->base.params, &m->conv[li], name, cin, w,
                                 3, 1, 1, !cfg->batchnorm, &rng));
+            m->conv[li].input_held = li == 0;   /* the batch, held by the caller */
             if (cfg->batchnorm) {
                 snprintf(name, sizeof name, "stages.%d.bn%d", s, k);
                 AS_TRY(as_nn_bnorm_init(c, &m->base.params, &m->bn[li], name, w));

@@ -3,7 +3,10 @@
  * lm (character-level, causal). Pre-norm blocks:
  *     x = x + drop(attn(ln1(x)));  x = x + drop(fc2(gelu(fc1(ln2(x)))))
  * The residual stream is one (N, C) buffer updated in place; everything a
- * backward needs is saved by the layers through the store.
+ * backward needs is saved by the layers through the store. Every LayerNorm
+ * output feeds a linear (qkv, fc1, head): the norm saves that output and
+ * the linear's saved input aliases it, so it is held once, under the
+ * linear's policy (the norm rebuilds xhat from it, see nn.h).
  */
 #include "layers/model.h"
 
@@ -28,6 +31,7 @@ typedef struct tf {
     bool vit;
     block blk[MAXD];
     as_nn_linear patch;        /* vit: 16 -> C */
+    as_handle himg;            /* vit: the batch images (B, 784), borrowed */
     as_nn_param *cls, *pos;    /* vit: class token (C), positions (50, C) */
     as_nn_embed emb;           /* lm */
     as_nn_layernorm lnf;
@@ -39,6 +43,19 @@ typedef struct tf {
 static int falloc(as_nn_ctx *c, size_t n, int tag, uint16_t id, as_block *b)
 {
     return as_nn_alloc(c, n * sizeof(float), (uint16_t)tag, id, false, b);
+}
+
+/* patches (B*49, 16): 4x4 pixel blocks of (B, 28, 28), row-major within a
+ * patch */
+static void patchify(int B, const float *img, float *pp)
+{
+    for (int b = 0; b < B; b++)
+        for (int py = 0; py < 7; py++)
+            for (int px = 0; px < 7; px++)
+                for (int i = 0; i < 4; i++)
+                    for (int j = 0; j < 4; j++)
+                        pp[((size_t)(b * 49 + py * 7 + px)) * 16 + i * 4 + j] =
+                            img[(size_t)b * 784 + (py * 4 + i) * 28 + px * 4 + j];
 }
 
 static int block_init(as_nn_ctx *c, as_nn_params *ps, block *b, int i,
@@ -80,13 +97,15 @@ static int block_fwd(as_nn_ctx *c, block *b, const as_nn_tf_cfg *cfg, int B,
     AS_TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, b->attn.id, &a));
     AS_TRY(as_nn_layernorm_fwd(c, &b->ln1, N, x, AS_NN_F(a)));
     AS_TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, b->attn.id, &h));
-    AS_TRY(as_nn_attn_fwd(c, &b->attn, B, T, AS_NN_F(a), AS_NN_F(h)));
+    AS_TRY(as_nn_attn_fwd_alias(c, &b->attn, B, T, AS_NN_F(a),
+                             as_nn_layernorm_out(&b->ln1), AS_NN_F(h)));
     AS_TRY(as_nn_dropout_fwd(c, &b->d1, (size_t)N * C, AS_NN_F(h), AS_NN_F(h)));
     as_op_add((size_t)N * C, AS_NN_F(h), x);
     as_nn_free(c, &h);
     AS_TRY(as_nn_layernorm_fwd(c, &b->ln2, N, x, AS_NN_F(a)));
     AS_TRY(falloc(c, (size_t)N * H, AS_TAG_ACTIVATIONS, b->fc1.id, &h));
-    AS_TRY(as_nn_linear_fwd(c, &b->fc1, N, AS_NN_F(a), AS_NN_F(h)));
+    AS_TRY(as_nn_linear_fwd_alias(c, &b->fc1, N, AS_NN_F(a),
+                               as_nn_layernorm_out(&b->ln2), AS_NN_F(h)));
     const int64_t shape[2] = {N, H};
     AS_TRY(as_nn_act_fwd(c, &b->gelu, 2, shape, AS_NN_F(h), AS_NN_F(h)));
     AS_TRY(as_nn_linear_fwd(c, &b->fc2, N, AS_NN_F(h), AS_NN_F(a)));
@@ -139,19 +158,20 @@ static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
     AS_TRY(falloc(c, (size_t)N * C, AS_TAG_ACTIVATIONS, 0, &x));  /* (B,T,C) */
     float *xs = AS_NN_F(x);
     if (m->vit) {
-        /* patches (B*49, 16): 4x4 pixel blocks, row-major within a patch */
+        /* The patch linear's input is a rearrangement of the batch, which
+         * the caller holds through the step: save the images borrowed (0
+         * bytes) and rebuild the patches in backward. */
         AS_TRY(falloc(c, (size_t)B * 49 * 16, AS_TAG_ACTIVATIONS, m->patch.id, &p));
-        float *pp = AS_NN_F(p);
-        for (int b = 0; b < B; b++)
-            for (int py = 0; py < 7; py++)
-                for (int px = 0; px < 7; px++)
-                    for (int i = 0; i < 4; i++)
-                        for (int j = 0; j < 4; j++)
-                            pp[((size_t)(b * 49 + py * 7 + px)) * 16 + i * 4 + j] =
-                                bt->x[(size_t)b * 784 + (py * 4 + i) * 28 + px * 4 + j];
+        patchify(B, bt->x, AS_NN_F(p));
         AS_TRY(falloc(c, (size_t)B * 49 * C, AS_TAG_ACTIVATIONS, m->patch.id, &e));
-        AS_TRY(as_nn_linear_fwd(c, &m->patch, B * 49, pp, AS_NN_F(e)));
+        m->patch.N = B * 49;
+        as_op_linear_fwd(B * 49, 16, C, AS_NN_F(p), AS_NN_F(m->patch.W->w),
+                         AS_NN_F(m->patch.b->w), AS_NN_F(e));
         as_nn_free(c, &p);
+        as_save_info ii = {.kind = AS_KIND_LINEAR_INPUT, .layer = m->patch.name,
+                           .borrow = true};
+        as_tensor it = AS_NN_T(bt->x, AS_F32, B, 784);
+        AS_TRY(as_nn_save(c, &ii, &it, &m->himg));
         const float *cls = AS_NN_F(m->cls->w), *pos = AS_NN_F(m->pos->w);
         for (int b = 0; b < B; b++)
             for (int t = 0; t < 50; t++) {
@@ -181,7 +201,8 @@ static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
     as_nn_free(c, &x);
     as_nn_free(c, &p);
     AS_TRY(falloc(c, (size_t)R * m->nout, AS_TAG_ACTIVATIONS, m->head.id, &lg));
-    AS_TRY(as_nn_linear_fwd(c, &m->head, R, AS_NN_F(e), AS_NN_F(lg)));
+    AS_TRY(as_nn_linear_fwd_alias(c, &m->head, R, AS_NN_F(e),
+                               as_nn_layernorm_out(&m->lnf), AS_NN_F(lg)));
     as_nn_free(c, &e);
     AS_TRY(as_nn_xent_fwd(c, &m->loss, R, m->nout, AS_NN_F(lg),
                        m->vit ? bt->y : bt->tgt, loss, ncorrect));
@@ -235,7 +256,14 @@ static int tf_backward(as_nn_model *m_, as_nn_ctx *c)
                     memcpy(AS_NN_F(dh) + ((size_t)b * 49 + t - 1) * C, r,
                            sizeof(float) * C);
             }
-        AS_TRY(as_nn_linear_bwd(c, &m->patch, AS_NN_F(dh), NULL));
+        const void *img;
+        AS_TRY(as_nn_view(c, m->himg, m->patch.name, &img));
+        AS_TRY(falloc(c, (size_t)B * 49 * 16, AS_TAG_WORKSPACE, m->patch.id, &dr));
+        patchify(B, img, AS_NN_F(dr));
+        as_op_linear_bwd(B * 49, 16, C, AS_NN_F(dr), AS_NN_F(m->patch.W->w),
+                         AS_NN_F(dh), NULL, AS_NN_F(m->patch.W->g),
+                         AS_NN_F(m->patch.b->g));
+        as_nn_release(c, &m->himg);
     } else {
         AS_TRY(as_nn_embed_bwd(c, &m->emb, d));
     }
@@ -283,6 +311,7 @@ static int tf_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
     } else {
         AS_TRY(as_nn_embed_init(c, ps, &m->emb, "embed", cfg->V, cfg->T, cfg->C,
                              true, &rng));
+        m->emb.input_held = true;   /* the batch, held by the caller */
     }
     for (int i = 0; i < cfg->depth; i++)
         AS_TRY(block_init(c, ps, &m->blk[i], i, cfg, !vit, &rng));

@@ -250,6 +250,28 @@ int as_nn_softmax_bwd_saved(as_nn_ctx *c, as_handle h, const float *dy,
     return 0;
 }
 
+int as_nn_act_bwd_saved(as_nn_ctx *c, as_handle h, int fn, float alpha,
+                        const float *dy, float *dx)
+{
+    if (c->store) {
+        int rc = as_store_act_backward(c->store, h, dy, dx);
+        if (rc)
+            return as_nn_fail(c, rc, "activation backward: %s",
+                              as_store_last_error(c->store));
+        return 0;
+    }
+    as_nn_slot *s = NULL;
+    int rc = table_slot(c, h, "activation", &s);
+    if (rc)
+        return rc;
+    size_t n = tensor_bytes(&s->t) / sizeof(float);
+    if (fn == AS_FN_GELU)
+        as_op_gelu_bwd(n, s->t.data, dy, dx);
+    else
+        as_op_leaky_bwd(n, fn == AS_FN_RELU ? 0.0f : alpha, s->t.data, dy, dx);
+    return 0;
+}
+
 void as_nn_release(as_nn_ctx *c, as_handle *h)
 {
     if (as_handle_is_null(*h))

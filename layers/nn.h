@@ -89,6 +89,11 @@ int as_nn_rows(as_nn_ctx *c, as_handle h, int64_t row0, int64_t nrows,
 /* Softmax backward from a saved softmax output (dx may alias dy). */
 int as_nn_softmax_bwd_saved(as_nn_ctx *c, as_handle h, const float *dy,
                             float *dx);
+/* Activation backward from a saved activation input (GELU) or output
+ * (ReLU, LeakyReLU): dx = f'(.) * dy (dx may alias dy); with a store, from
+ * the policy's stored form (as_store_act_backward). */
+int as_nn_act_bwd_saved(as_nn_ctx *c, as_handle h, int fn, float alpha,
+                        const float *dy, float *dx);
 /* Release and null the handle (null handles are ignored). */
 void as_nn_release(as_nn_ctx *c, as_handle *h);
 /* Report ||dy|| (n floats: the gradient backward multiplies the saved
@@ -147,6 +152,10 @@ int as_nn_linear_init(as_nn_ctx *c, as_nn_params *ps, as_nn_linear *l,
                       uint64_t *rng);
 int as_nn_linear_fwd(as_nn_ctx *c, as_nn_linear *l, int N, const float *x,
                      float *y);
+/* The same with x already saved by its producer under x_saved (e.g. a
+ * LayerNorm output): the saved input aliases that item. Null: as above. */
+int as_nn_linear_fwd_alias(as_nn_ctx *c, as_nn_linear *l, int N,
+                           const float *x, as_handle x_saved, float *y);
 int as_nn_linear_bwd(as_nn_ctx *c, as_nn_linear *l, const float *dy,
                      float *dx);
 
@@ -155,6 +164,9 @@ typedef struct as_nn_conv {
     as_op_conv_geom g;     /* N filled per forward */
     as_nn_param *W, *b;
     bool save_output;      /* save y (conv_output) for inversion; default on */
+    bool input_held;       /* the caller keeps x valid and unchanged until
+                              the step ends (the input batch): x is saved
+                              borrowed (as_save_info.borrow, 0 bytes) */
     as_handle hx, hy;      /* conv_input (meta: geometry, W, version, hy);
                               conv_output */
 } as_nn_conv;
@@ -184,16 +196,31 @@ int as_nn_bnorm_fwd(as_nn_ctx *c, as_nn_bnorm *l, int N, int H, int W,
                     const float *x, as_handle x_saved, float *y);
 int as_nn_bnorm_bwd(as_nn_ctx *c, as_nn_bnorm *l, const float *dy, float *dx);
 
+/* LayerNorm. Backward needs xhat = (x - mean) * rstd and rstd per row;
+ * with save_output (the default) forward saves its output y instead of x
+ * (kind norm_input, handle hx; the next linear aliases it, so y is held
+ * once) and only rstd, and backward rebuilds xhat = (y - beta) / gamma.
+ * Per forward it falls back to saving x and (mean, rstd) when some gamma
+ * is 0, not finite, below max |gamma| * min_gamma_ratio, or when
+ * |beta| > 64 |gamma| (xhat would lose precision); from_y says which. */
 typedef struct as_nn_layernorm {
     char name[64]; uint16_t id;
     int C, N;
     as_nn_param *g, *b;
-    as_handle hx, hstat;   /* norm_input (N, C); (2, N) mean, rstd */
+    bool save_output;        /* rebuild xhat from y when gamma allows */
+    float min_gamma_ratio;   /* default 1/32 */
+    bool from_y;             /* the last forward saved y */
+    uint64_t fallbacks;      /* forwards that saved x although save_output */
+    as_handle hx, hstat;     /* from_y: y (N, C), rstd (N); else x (N, C),
+                                (2, N) mean, rstd */
 } as_nn_layernorm;
 int as_nn_layernorm_init(as_nn_ctx *c, as_nn_params *ps, as_nn_layernorm *l,
                          const char *name, int C);
 int as_nn_layernorm_fwd(as_nn_ctx *c, as_nn_layernorm *l, int N,
                         const float *x, float *y);
+/* The handle under which the last forward saved y, for the consumer of y
+ * to alias (as_nn_linear_fwd_alias), or null (x was saved, or eval). */
+as_handle as_nn_layernorm_out(const as_nn_layernorm *l);
 int as_nn_layernorm_bwd(as_nn_ctx *c, as_nn_layernorm *l, const float *dy,
                         float *dx);
 
@@ -259,6 +286,9 @@ typedef struct as_nn_embed {
     char name[64]; uint16_t id;
     int V, T, C, B;
     as_nn_param *wte, *wpe;   /* wpe NULL when no positions */
+    bool input_held;          /* the caller keeps tok valid and unchanged
+                                 until the step ends (the batch): saved
+                                 borrowed (0 bytes) */
     as_handle htok;
 } as_nn_embed;
 int as_nn_embed_init(as_nn_ctx *c, as_nn_params *ps, as_nn_embed *l,
@@ -299,6 +329,10 @@ int as_nn_attn_init(as_nn_ctx *c, as_nn_params *ps, as_nn_attn *l,
                     uint64_t *rng);
 int as_nn_attn_fwd(as_nn_ctx *c, as_nn_attn *l, int B, int T,
                    const float *x, float *y);
+/* The same with x already saved under x_saved (the qkv linear's saved
+ * input aliases it). */
+int as_nn_attn_fwd_alias(as_nn_ctx *c, as_nn_attn *l, int B, int T,
+                         const float *x, as_handle x_saved, float *y);
 int as_nn_attn_bwd(as_nn_ctx *c, as_nn_attn *l, const float *dy, float *dx);
 
 #endif

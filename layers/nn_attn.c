@@ -45,6 +45,12 @@ int as_nn_attn_init(as_nn_ctx *c, as_nn_params *ps, as_nn_attn *l,
 int as_nn_attn_fwd(as_nn_ctx *c, as_nn_attn *l, int B, int T,
                    const float *x, float *y)
 {
+    return as_nn_attn_fwd_alias(c, l, B, T, x, AS_HANDLE_NULL, y);
+}
+
+int as_nn_attn_fwd_alias(as_nn_ctx *c, as_nn_attn *l, int B, int T,
+                         const float *x, as_handle x_saved, float *y)
+{
     const int C = l->C, NH = l->NH, N = B * T;
     l->B = B;
     l->T = T;
@@ -56,7 +62,7 @@ int as_nn_attn_fwd(as_nn_ctx *c, as_nn_attn *l, int B, int T,
                          AS_TAG_ACTIVATIONS, l->id, false, &P));   /* (B,NH,T,T) */
     AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)N * C,
                          AS_TAG_ACTIVATIONS, l->id, false, &o));   /* (B,T,C) */
-    AS_TRY(as_nn_linear_fwd(c, &l->qkv, N, x, AS_NN_F(qkv)));
+    AS_TRY(as_nn_linear_fwd_alias(c, &l->qkv, N, x, x_saved, AS_NN_F(qkv)));
     as_op_attn_fwd(B, T, C, NH, l->causal, AS_NN_F(qkv), AS_NN_F(P), AS_NN_F(o));
     as_save_info qi = {.kind = AS_KIND_ATTENTION_INPUT, .layer = l->name};
     as_tensor qt = AS_NN_T(qkv.ptr, AS_F32, B, T, 3 * C);

@@ -35,7 +35,8 @@ int as_nn_embed_fwd(as_nn_ctx *c, as_nn_embed *l, int B, const int32_t *tok,
                               l->name, tok[i], i, l->V);
     as_op_embed_fwd(B, l->T, l->C, tok, AS_NN_F(l->wte->w),
                     l->wpe ? AS_NN_F(l->wpe->w) : NULL, y);
-    as_save_info info = {.kind = AS_KIND_INDEX, .layer = l->name};
+    as_save_info info = {.kind = AS_KIND_INDEX, .layer = l->name,
+                         .borrow = l->input_held};
     as_tensor t = AS_NN_T(tok, AS_I32, B, l->T);
     return as_nn_save(c, &info, &t, &l->htok);
 }

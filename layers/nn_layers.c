@@ -46,10 +46,17 @@ int as_nn_linear_init(as_nn_ctx *c, as_nn_params *ps, as_nn_linear *l,
 int as_nn_linear_fwd(as_nn_ctx *c, as_nn_linear *l, int N, const float *x,
                      float *y)
 {
+    return as_nn_linear_fwd_alias(c, l, N, x, AS_HANDLE_NULL, y);
+}
+
+int as_nn_linear_fwd_alias(as_nn_ctx *c, as_nn_linear *l, int N,
+                           const float *x, as_handle x_saved, float *y)
+{
     l->N = N;
     as_op_linear_fwd(N, l->in, l->out, x, AS_NN_F(l->W->w),
                      l->b ? AS_NN_F(l->b->w) : NULL, y);
-    as_save_info info = {.kind = AS_KIND_LINEAR_INPUT, .layer = l->name};
+    as_save_info info = {.kind = AS_KIND_LINEAR_INPUT, .layer = l->name,
+                         .alias_of = x_saved};
     as_tensor t = AS_NN_T(x, AS_F32, N, l->in);
     return as_nn_save(c, &info, &t, &l->hx);
 }
@@ -110,7 +117,8 @@ int as_nn_conv_fwd(as_nn_ctx *c, as_nn_conv *l, int N, int H, int W,
         AS_TRY_RETURN(as_nn_save(c, &oi, &ot, &l->hy));
     }
     as_save_info info = {.kind = AS_KIND_CONV_INPUT, .layer = l->name,
-                         .alias_of = x_saved};
+                         .alias_of = x_saved,
+                         .borrow = l->input_held && as_handle_is_null(x_saved)};
     info.meta.conv = (as_conv_meta){
         .n = N, .cin = g->Cin, .h = H, .w = W, .cout = g->Cout, .kh = g->kh,
         .kw = g->kw, .stride_h = g->stride, .stride_w = g->stride,
@@ -213,10 +221,34 @@ int as_nn_layernorm_init(as_nn_ctx *c, as_nn_params *ps, as_nn_layernorm *l,
     memset(l, 0, sizeof *l);
     set_name(c, l->name, &l->id, name);
     l->C = C;
+    l->save_output = true;
+    l->min_gamma_ratio = 1.0f / 32.0f;
     AS_TRY_RETURN(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id, (size_t)C, 0,
                         1.0f, false, NULL, &l->g));
     return as_nn_param_new(c, ps, pname(b, name, "bias"), l->id, (size_t)C, 0,
                            0.0f, false, NULL, &l->b);
+}
+
+/* Can xhat be rebuilt from y = xhat * gamma + beta? Every gamma nonzero,
+ * finite and within min_ratio of the largest (a lossy code of y has one
+ * step per row: a small gamma would magnify it), and |beta| <= 64 |gamma|
+ * (y's rounding is relative to |beta|, the rebuilt xhat's to |gamma|). */
+static bool ln_affine_invertible(const as_nn_layernorm *l)
+{
+    const float *g = AS_NN_F(l->g->w), *b = AS_NN_F(l->b->w);
+    float gmax = 0.0f;
+    for (int k = 0; k < l->C; k++) {
+        if (!isfinite(g[k]) || !isfinite(b[k]))
+            return false;
+        gmax = fmaxf(gmax, fabsf(g[k]));
+    }
+    float gmin = gmax * l->min_gamma_ratio;
+    for (int k = 0; k < l->C; k++) {
+        float a = fabsf(g[k]);
+        if (a == 0.0f || a < gmin || a < 1e-30f || fabsf(b[k]) > 64.0f * a)
+            return false;
+    }
+    return true;
 }
 
 int as_nn_layernorm_fwd(as_nn_ctx *c, as_nn_layernorm *l, int N,
@@ -229,15 +261,25 @@ int as_nn_layernorm_fwd(as_nn_ctx *c, as_nn_layernorm *l, int N,
     float *s = AS_NN_F(sb);
     as_op_layernorm_fwd(N, l->C, 1e-5f, x, AS_NN_F(l->g->w), AS_NN_F(l->b->w),
                         y, s, s + N);
+    l->from_y = l->save_output && ln_affine_invertible(l);
+    if (l->save_output && !l->from_y && c->training)
+        l->fallbacks++;
+    /* from y: the output and rstd; else the input and (mean, rstd) */
     as_save_info info = {.kind = AS_KIND_NORM_INPUT, .layer = l->name};
-    as_tensor t = AS_NN_T(x, AS_F32, N, l->C);
+    as_tensor t = AS_NN_T(l->from_y ? y : x, AS_F32, N, l->C);
     int rc = as_nn_save(c, &info, &t, &l->hx);
     as_save_info si = {.kind = AS_KIND_GENERIC, .layer = l->name};
-    as_tensor st = AS_NN_T(s, AS_F32, 2, N);
+    as_tensor st = l->from_y ? AS_NN_T(s + N, AS_F32, N)
+                             : AS_NN_T(s, AS_F32, 2, N);
     if (!rc)
         rc = as_nn_save(c, &si, &st, &l->hstat);
     as_nn_free(c, &sb);
     return rc;
+}
+
+as_handle as_nn_layernorm_out(const as_nn_layernorm *l)
+{
+    return l->from_y ? l->hx : AS_HANDLE_NULL;
 }
 
 int as_nn_layernorm_bwd(as_nn_ctx *c, as_nn_layernorm *l, const float *dy,
@@ -249,8 +291,13 @@ int as_nn_layernorm_bwd(as_nn_ctx *c, as_nn_layernorm *l, const float *dy,
     const float *s = st;
     as_nn_report_grad(c, l->hx, dy, (size_t)l->N * l->C);
     as_nn_report_grad(c, l->hstat, dy, (size_t)l->N * l->C);
-    as_op_layernorm_bwd(l->N, l->C, x, AS_NN_F(l->g->w), s, s + l->N, dy, dx,
-                        AS_NN_F(l->g->g), AS_NN_F(l->b->g));
+    if (l->from_y)
+        as_op_layernorm_bwd_y(l->N, l->C, x, AS_NN_F(l->g->w),
+                              AS_NN_F(l->b->w), s, dy, dx, AS_NN_F(l->g->g),
+                              AS_NN_F(l->b->g));
+    else
+        as_op_layernorm_bwd(l->N, l->C, x, AS_NN_F(l->g->w), s, s + l->N, dy,
+                            dx, AS_NN_F(l->g->g), AS_NN_F(l->b->g));
     as_nn_release(c, &l->hx);
     as_nn_release(c, &l->hstat);
     return 0;
@@ -296,13 +343,8 @@ int as_nn_act_fwd(as_nn_ctx *c, as_nn_act *l, int ndim, const int64_t *shape,
 
 int as_nn_act_bwd(as_nn_ctx *c, as_nn_act *l, const float *dy, float *dx)
 {
-    const void *s;
-    AS_TRY_RETURN(as_nn_view(c, l->h, l->name, &s));
     as_nn_report_grad(c, l->h, dy, (size_t)l->n);
-    if (l->fn == AS_FN_GELU)
-        as_op_gelu_bwd(l->n, s, dy, dx);
-    else
-        as_op_leaky_bwd(l->n, l->alpha, s, dy, dx);
+    AS_TRY_RETURN(as_nn_act_bwd_saved(c, l->h, l->fn, l->alpha, dy, dx));
     as_nn_release(c, &l->h);
     return 0;
 }

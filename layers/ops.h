@@ -123,6 +123,11 @@ void as_op_layernorm_fwd(int N, int C, float eps, const float *x,
 void as_op_layernorm_bwd(int N, int C, const float *x, const float *g,
                          const float *mean, const float *rstd,
                          const float *dy, float *dx, float *dg, float *db);
+/* The same from the output y = xhat * g + b instead of x: xhat is rebuilt
+ * as (y - b) / g (every g nonzero), rstd per row. */
+void as_op_layernorm_bwd_y(int N, int C, const float *y, const float *g,
+                           const float *b, const float *rstd, const float *dy,
+                           float *dx, float *dg, float *db);
 
 /* BatchNorm over (N, C, HW): per channel statistics. Training: batch
  * statistics, written to mean / invstd (C), and running stats updated with

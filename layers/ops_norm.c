@@ -59,6 +59,37 @@ void as_op_layernorm_bwd(int N, int C, const float *x, const float *g,
     }
 }
 
+/* As as_op_layernorm_bwd with xh = (y - b) / g: the division (not a
+ * product with 1 / g) keeps xh within an ulp or two of the forward's. */
+void as_op_layernorm_bwd_y(int N, int C, const float *y, const float *g,
+                           const float *b, const float *rstd, const float *dy,
+                           float *dx, float *dg, float *db)
+{
+    for (int i = 0; i < N; i++) {
+        const float *yr = y + (size_t)i * C, *dr = dy + (size_t)i * C;
+        const float s = rstd[i];
+        float a = 0.0f, bsum = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float xh = (yr[c] - b[c]) / g[c], dxh = dr[c] * g[c];
+            a += dxh;
+            bsum += dxh * xh;
+            if (dg)
+                dg[c] += dr[c] * xh;
+            if (db)
+                db[c] += dr[c];
+        }
+        a /= (float)C;
+        bsum /= (float)C;
+        if (dx) {
+            float *xo = dx + (size_t)i * C;
+            for (int c = 0; c < C; c++) {
+                float xh = (yr[c] - b[c]) / g[c];
+                xo[c] = s * (dr[c] * g[c] - a - xh * bsum);
+            }
+        }
+    }
+}
+
 void as_op_batchnorm_fwd(int N, int C, int HW, float eps, bool training,
                          float momentum, const float *x, const float *g,
                          const float *b, float *run_mean, float *run_var,

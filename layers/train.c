@@ -579,6 +579,7 @@ int as_nn_run_eval(as_nn_run *r, as_nn_eval *out)
     }
     as_nn_ctx_train(&r->ctx, true);
     as_store_phase(r->store, AS_PHASE_NONE);
+    note_memory(r);   /* evaluation counts in the peaks (a budget set from them) */
     if (rc)
         return run_fail(r, rc, "evaluation");
     out->samples = n;

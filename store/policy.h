@@ -41,6 +41,15 @@ typedef struct as_policy_ops {
     uint32_t    kinds;            /* bit (1u << kind) per applicable kind;
                                      0 = any kind */
     bool        regenerator;
+    /* decode gives back the saved bits (keep, zstd, offload, borrow,
+     * bitpack). An alias re-plan may then drop a grad_only form. */
+    bool        exact;
+    /* decode gives a stand-in with the same derivative, not the values
+     * (sign, fewbit): only the backward of the item's activation function
+     * (act_backward) is exact or bounded. Such a form is only ever an
+     * item's first representation, no regenerator may depend on it, and an
+     * alias under a policy that is not exact gets an item of its own. */
+    bool        grad_only;
 
     /* Parse "a:b:c" (the text after "name:", may be empty; length given,
      * not NUL-terminated). On error return AS_ESPEC and write to err what
@@ -77,6 +86,11 @@ typedef struct as_policy_ops {
      * straight from the stored form (dy, dx: the saved shape, f32). */
     int (*softmax_backward)(as_pctx *ctx, const void *params, void *state,
                             const float *dy, float *dx);
+    /* Optional, activation codecs: dx = f'(.) * dy straight from the stored
+     * form, f the activation the item was saved with (fn: its function and
+     * slope; dy, dx: the saved shape, f32; dx may alias dy). */
+    int (*act_backward)(as_pctx *ctx, const void *params, void *state,
+                        const as_elementwise *fn, const float *dy, float *dx);
     /* Optional: decode rows [row0, row0 + nrows) of a 2-D view (rows x last
      * dim) into dst, to stream a large tensor block by block. */
     int (*decode_rows)(as_pctx *ctx, const void *params, void *state,

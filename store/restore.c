@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "store/policies/act_grad.h"
 #include "store/store_internal.h"
 #include "util/clock.h"
 
@@ -336,6 +337,56 @@ int as_store_softmax_backward(as_store *s, as_handle h, const float *dy,
                 as__unborrow(s, it);
             }
         }
+    }
+    done(s, it, r, rc);
+    return rc;
+}
+
+/* f' * dy from the item's values (kept in place, or materialized). */
+static int act_bwd_values(as_store *s, as_item *it, const as_elementwise *fn,
+                          const float *dy, float *dx)
+{
+    const as_tensor *v;
+    int rc = as__borrow(s, it, &v);
+    if (rc < 0)
+        return rc;
+    as__act_grad(fn->fn, fn->alpha, (size_t)as_tensor_numel(&it->shape),
+                 v->data, dy, dx);
+    as__unborrow(s, it);
+    return 0;
+}
+
+int as_store_act_backward(as_store *s, as_handle h, const float *dy,
+                          float *dx)
+{
+    if (!s || !dy || !dx)
+        return AS_EINVAL;
+    as_item *it;
+    as_rep *r;
+    int rc = as__lookup_rep(s, h, &it, &r, "act_backward");
+    if (rc < 0)
+        return rc;
+    as_elementwise fn = {.fn = it->act_fn, .alpha = it->act_alpha};
+    bool ok = fn.fn == AS_FN_RELU || fn.fn == AS_FN_LEAKY_RELU ||
+              (fn.fn == AS_FN_GELU && !it->act_output);
+    if (fn.fn == AS_FN_RELU)
+        fn.alpha = 0.0f;
+    if (it->shape.dtype != AS_F32) {
+        rc = check_f32(s, it, r, h, "act_backward");
+    } else if (!ok) {
+        as__seterr(s, "act_backward of handle 0x%016llx (layer %s): %s",
+                   (unsigned long long)h.v, lname(s, r),
+                   it->act_fn < 0 ? "not saved as an activation input or output"
+                   : "no derivative of this function from the saved tensor");
+        rc = AS_EINVAL;
+    } else if (r->ops->act_backward && !r->ops->view) {
+        as_pctx c;
+        as__pctx_init(&c, s, it, r, h, lname(s, r));
+        TIMED_POLICY_CALL(s, r, r->ops->act_backward(&c, r->params, r->state,
+                                                     &fn, dy, dx));
+        as__pctx_done(&c);
+    } else {
+        rc = act_bwd_values(s, it, &fn, dy, dx);
     }
     done(s, it, r, rc);
     return rc;

@@ -53,7 +53,28 @@ static int validate(as_store *s, const as_save_info *info, const as_tensor *t)
         as__seterr(s, "save (layer %s): tensor without data", layer_text(info));
         return AS_EINVAL;
     }
+    if (info->borrow && !as_handle_is_null(info->alias_of)) {
+        as__seterr(s, "save (layer %s): borrow with alias_of (an alias is "
+                   "held by the item it aliases)", layer_text(info));
+        return AS_EINVAL;
+    }
     return 0;
+}
+
+/* The rule for a borrowed tensor, whatever the spec says. */
+static const as_polref borrow_ref = {&as_policy_borrow, NULL, "borrow"};
+
+/* The activation the tensor is the input or output of, for act_backward. */
+static void note_act(as_item *it, const as_save_info *info)
+{
+    it->act_fn = -1;
+    if ((info->kind == AS_KIND_ACTIVATION_INPUT ||
+         info->kind == AS_KIND_ACTIVATION_OUTPUT) &&
+        info->meta.act.fn >= 0 && info->meta.act.fn < AS_FN_COUNT) {
+        it->act_fn = (int8_t)info->meta.act.fn;
+        it->act_alpha = info->meta.act.alpha;
+        it->act_output = info->kind == AS_KIND_ACTIVATION_OUTPUT;
+    }
 }
 
 static bool is_fallback_code(int rc)
@@ -229,11 +250,29 @@ out:
     as__rep_unref(s, cur);
 }
 
+/* z now holds values: a source that waited for that (its link was made
+ * while z's item was grad_only) is rebuilt from z's handle zh. */
+static void run_link(as_store *s, as_item *from, as_item *z, as_handle zh)
+{
+    pthread_mutex_lock(&s->mu);
+    as_item *src = from->link_src;
+    as_elementwise fn = from->link_fn;
+    from->link_src = NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (!src)
+        return;
+    source_consumed(s, src, z, zh, &fn);
+    as__item_unref(s, src);
+}
+
 static void finish_save(as_store *s, as_item *it, as_rep *r)
 {
     as__acct_count(s, &r->g, AS_STAT_SAVE, 1);
     as__acct_policy_name(s, r->g.layer, r->desc);
 }
+
+static int save_impl(as_store *s, const as_save_info *info,
+                     const as_tensor *t, as_block *adopt, as_handle *out);
 
 static int save_alias(as_store *s, const as_save_info *info,
                       const as_tensor *t, as_handle *out)
@@ -262,11 +301,36 @@ static int save_alias(as_store *s, const as_save_info *info,
     as_rep *cur = as__item_rep(s, it);
     const as_policy_ops *want = plan.pol ? plan.pol->ops : &as_policy_keep;
     void *wparams = plan.pol ? plan.pol->params : NULL;
-    if (want == &as_policy_auto) {   /* auto planned the item already */
+    /* auto planned the item already; a derivative-only form (sign, fewbit)
+     * cannot serve a save that needs values: that one gets an item of its
+     * own below, planned by auto under its own (layer, kind). */
+    if (want == &as_policy_auto && !cur->ops->grad_only) {
         want = cur->ops;
         wparams = cur->params;
     }
-    if (want == cur->ops && wparams == cur->params) {
+    bool same_pol = want == cur->ops && wparams == cur->params;
+    if (!same_pol && cur->ops->grad_only && !want->exact) {
+        /* The first save needs only its derivative form, this one the
+         * values under a lossy policy: each gets an item of its own (a
+         * lossy copy would make the derivative inexact). */
+        as__rep_unref(s, cur);
+        as__slot_unreserve(s, h);
+        as__rules_unref(rules);
+        as_save_info own = *info;
+        own.alias_of = AS_HANDLE_NULL;
+        rc = save_impl(s, &own, t, NULL, out);
+        as_item *z;
+        if (rc == 0 && as__lookup(s, *out, &z, "save") == 0) {
+            run_link(s, it, z, *out);
+            as__item_unref(s, z);
+        }
+        as__item_unref(s, it);
+        return rc;
+    }
+    /* A borrowed tensor costs nothing, and a derivative-only form never
+     * replaces values: the item stays as it is, under the new description. */
+    if (same_pol || cur->ops == &as_policy_borrow ||
+        (want->grad_only && !cur->ops->grad_only)) {
         /* Same policy: only the description (groups) changes. */
         as_groups ng = g;
         ng.policy = cur->g.policy;
@@ -297,11 +361,13 @@ static int save_alias(as_store *s, const as_save_info *info,
         as__item_swap_rep(s, it, r);
     }
     pthread_mutex_lock(&s->mu);
-    it->pending_inverse = plan.pending_inverse;
     as_rep *r = it->rep;
+    it->pending_inverse = r->ops == &as_policy_borrow ? 0 : plan.pending_inverse;
     pthread_mutex_unlock(&s->mu);
     as__slot_publish(s, h, it);   /* the lookup reference becomes the handle's */
     finish_save(s, it, r);
+    if (!r->ops->grad_only)
+        run_link(s, it, it, h);
     as__rules_unref(rules);
     *out = h;
     return 0;
@@ -326,6 +392,11 @@ static int save_impl(as_store *s, const as_save_info *info,
     if (adopt && (adopt->ptr != t->data || adopt->size < bytes)) {
         as__seterr(s, "save_adopt (layer %s): the block does not hold the "
                    "tensor", layer_text(info));
+        return AS_EINVAL;
+    }
+    if (adopt && info->borrow) {
+        as__seterr(s, "save_adopt (layer %s): borrow of an adopted block",
+                   layer_text(info));
         return AS_EINVAL;
     }
     if (adopt && (rc = as_arena_check_block(s->arena, adopt)) < 0) {
@@ -365,6 +436,8 @@ static int save_impl(as_store *s, const as_save_info *info,
     as_rules *rules = as__rules_get(s);
     as_plan plan;
     as__rules_select(rules, info->kind, info->layer, &plan);
+    if (info->borrow)
+        plan = (as_plan){&borrow_ref, NULL, 0};
     as_handle h = AS_HANDLE_NULL;
     if (!it) {
         rc = AS_ENOMEM;
@@ -376,6 +449,7 @@ static int save_impl(as_store *s, const as_save_info *info,
     it->shape.data = NULL;
     it->bytes = bytes;
     it->pending_inverse = plan.pending_inverse;
+    note_act(it, info);
     if ((rc = as__slot_reserve(s, &h)) < 0)
         goto fail;
     it->h0 = h;
@@ -407,9 +481,17 @@ static int save_impl(as_store *s, const as_save_info *info,
             as_free(s->arena, &blk);
     }
     finish_save(s, it, r);
-    if (atomic_load_explicit(&s->planner, memory_order_acquire))
+    if (rules->has_auto || atomic_load_explicit(&s->planner, memory_order_acquire))
         as__auto_note(s, r, bytes, planned);
-    if (src) {
+    if (src && r->ops->grad_only) {
+        /* No values to rebuild the source from yet: wait for an alias that
+         * brings them (save_alias), or keep the source as it is. */
+        pthread_mutex_lock(&s->mu);
+        it->link_src = src;
+        it->link_fn = info->source_fn;
+        pthread_mutex_unlock(&s->mu);
+        src = NULL;
+    } else if (src) {
         source_consumed(s, src, it, h, &info->source_fn);
         as__item_unref(s, src);
     }

@@ -272,7 +272,14 @@ static void item_free(as_store *s, as_item *first)
             r = older;
         }
         free(it->dependents);
+        as_item *link = it->link_src;
         free(it);
+        if (link && atomic_fetch_sub(&link->refs, 1) == 1) {
+            if (n < 64)
+                stack[n++] = link;
+            else
+                item_free(s, link);
+        }
     }
 }
 
@@ -588,6 +595,12 @@ int as__rep_add_dep(as_store *s, as_item *owner, as_rep *r, as_handle h)
     as_slot *sl;
     pthread_mutex_lock(&s->mu);
     int rc = check_locked(s, h, &sl, "dependency");
+    if (rc == 0 && sl->item->rep && sl->item->rep->ops->grad_only) {
+        as__seterr(s, "dependency: handle 0x%016llx holds a derivative-only "
+                   "form (%s), not values", (unsigned long long)h.v,
+                   sl->item->rep->ops->name);
+        rc = AS_ENOTSUP;
+    }
     if (rc == 0 && (sl->item == owner || reaches_locked(sl->item, owner))) {
         as__seterr(s, "dependency cycle: handle 0x%016llx already depends on "
                    "this tensor", (unsigned long long)h.v);

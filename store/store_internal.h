@@ -84,6 +84,7 @@ typedef struct as_rule {
 
 typedef struct as_rules {
     _Atomic int refs;
+    bool        has_auto;    /* a rule names auto (its planner sees every save) */
     size_t      n;
     as_rule    *rules;
     char        spec[512];   /* normalized */
@@ -155,6 +156,15 @@ struct as_item {
     as_tensor   mat_view;        /* shape + mat.ptr when READY */
     size_t      bytes;
     int         pending_inverse; /* under mu */
+    /* The activation of the first save (kind activation_input/output):
+     * what as_store_act_backward differentiates. fn -1: none. */
+    int8_t      act_fn;
+    bool        act_output;      /* the values are f's output */
+    float       act_alpha;
+    /* A source whose "inverse" waits for this item to hold values (it was
+     * declared while this item is grad_only): referenced, under mu. */
+    as_item    *link_src;
+    as_elementwise link_fn;
     uint64_t    checksum;        /* debug checksum_saved */
     bool        has_checksum;
     /* materialization (under mu) */
@@ -290,7 +300,7 @@ int as__policy_index(const as_policy_ops *ops);
 const as_policy_ops *as__policy_at(size_t i);
 size_t as__policy_count(void);
 extern const as_policy_ops as_policy_keep, as_policy_inverse,
-    as_policy_offload;
+    as_policy_offload, as_policy_borrow;
 
 /* Elementwise helpers (policies/elementwise.c). */
 bool as__fn_invertible(const as_elementwise *fn, int64_t numel, char *why,

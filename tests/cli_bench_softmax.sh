@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # actstore bench softmax: capture real rows from a short vit run, bench them,
-# check the JSON shape of the issue and the errors (exit 1 failure, 2 usage).
+# check the JSON shape (docs/benchmarks.md) and the errors (exit 1 failure, 2 usage).
 set -u
 BIN=${1:?usage: cli_bench_softmax.sh path/to/actstore}
 dir=$(mktemp -d "${TMPDIR:-/tmp}/as_cli_softmax.XXXXXX")

@@ -379,9 +379,16 @@ static void test_demo_small(void **state)
         fail_msg("exit %d: %s", rc, out);
     assert_non_null(strstr(out, "dashboard at http://127.0.0.1:"));
     assert_true(strstr(out, "dashboard at") < strstr(out, "done in")); /* URL first */
-    assert_non_null(strstr(out, "  vit (keep vs auto at keep / 10): all saved: 10.0x less"));
-    assert_non_null(strstr(out, "  cnn (leaky) (keep vs auto at keep / 10): all saved: "
-                                "10.0x less"));
+    /* the whole model leads: at least 10x less saved (the plan may leave
+     * some of the budget unused) */
+    static const char *const heads[2] = {"  vit (keep vs auto at keep / 10): all saved: ",
+                                         "  cnn (leaky) (keep vs auto at keep / 10): all saved: "};
+    for (int k = 0; k < 2; k++) {
+        const char *v = strstr(out, heads[k]);
+        assert_non_null(v);
+        double x = strtod(v + strlen(heads[k]), NULL);
+        assert_true(x >= 9.95 && x < 30);
+    }
     assert_non_null(strstr(out, "arena peak"));
     snprintf(p, sizeof p, "reports: %s/", d);
     assert_non_null(strstr(out, p));

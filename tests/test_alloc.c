@@ -523,6 +523,51 @@ static void test_cross_thread_frees_exact(void **state)
     as_arena_destroy(a);
 }
 
+/* Another thread's own frees not yet folded (it allocated and freed, then
+ * went quiet) must neither fail an allocation that fits nor show up as
+ * "live" in the budget message. */
+typedef struct quiet { as_arena *a; pthread_barrier_t *bar; } quiet;
+
+static void *quiet_worker(void *p)
+{
+    quiet *q = p;
+    as_block b;
+    assert_int_equal(as_alloc(q->a, 768 << 10, AS_TAG_WORKSPACE, 0, &b), 0);
+    assert_int_equal(as_free(q->a, &b), 0);
+    pthread_barrier_wait(q->bar);          /* freed, still alive */
+    pthread_barrier_wait(q->bar);          /* main is done */
+    return NULL;
+}
+
+static void test_budget_counts_true_live(void **state)
+{
+    (void)state;
+    as_arena_config cfg = {.budget_bytes = 1u << 20};
+    as_arena *a;
+    assert_int_equal(as_arena_create(&cfg, &a), 0);
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, 2);
+    quiet q = {a, &bar};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, quiet_worker, &q), 0);
+    pthread_barrier_wait(&bar);
+    as_block b1, b2;
+    int rc = as_alloc(a, 512 << 10, AS_TAG_SAVED, 0, &b1);
+    if (rc)
+        fprintf(stderr, "%s\n", as_arena_last_error(a));
+    assert_int_equal(rc, 0);               /* 512 KiB live of 1 MiB */
+    assert_int_equal(as_alloc(a, 600 << 10, AS_TAG_SAVED, 0, &b2), AS_EBUDGET);
+    const char *e = as_arena_last_error(a);
+    if (!strstr(e, "live 512.0 KiB"))
+        fprintf(stderr, "%s\n", e);
+    assert_non_null(strstr(e, "live 512.0 KiB"));
+    assert_int_equal(as_free(a, &b1), 0);
+    pthread_barrier_wait(&bar);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    pthread_barrier_destroy(&bar);
+    as_arena_destroy(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -532,6 +577,7 @@ int main(void)
         cmocka_unit_test(test_budget_failure_changes_nothing),
         cmocka_unit_test(test_budget_holds_under_threads),
         cmocka_unit_test(test_cross_thread_frees_exact),
+        cmocka_unit_test(test_budget_counts_true_live),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

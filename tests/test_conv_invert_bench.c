@@ -1,4 +1,4 @@
-/* `actstore bench conv`: the JSON has the fields the issue names, with
+/* `actstore bench conv`: the JSON has the documented fields (docs/benchmarks.md), with
  * values that make sense, and bad arguments are usage errors. Runs the
  * command built next to the tests (AS_BIN, set by CTest). */
 #include <setjmp.h>

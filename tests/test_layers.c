@@ -239,6 +239,110 @@ static void test_layernorm(void **state)
     free(rf);
 }
 
+/* LayerNorm + linear with the norm saving its output (the linear aliasing
+ * it) against the same pair saving the norm's input: input and parameter
+ * gradients within 1e-5; one item for y; a zero gamma falls back to the
+ * input (counted) with bit-identical gradients. */
+typedef struct ln_run {
+    float dx[64 * 24], dg[24], db[24], dW[24 * 8];
+    uint64_t stored, raw;
+    bool from_y;
+} ln_run;
+
+static void ln_pair(bool save_output, const float *gamma, const float *beta,
+                    ln_run *out, uint64_t *fallbacks)
+{
+    enum { N = 64, C = 24, O = 8 };
+    bench b;
+    bench_init(&b);
+    as_nn_layernorm l;
+    as_nn_linear fc;
+    assert_int_equal(as_nn_layernorm_init(&b.c, &b.ps, &l, "ln", C), 0);
+    assert_int_equal(as_nn_linear_init(&b.c, &b.ps, &fc, "fc", C, O, true, &b.rng), 0);
+    l.save_output = save_output;
+    memcpy(AS_NN_F(l.g->w), gamma, sizeof(float) * C);
+    memcpy(AS_NN_F(l.b->w), beta, sizeof(float) * C);
+    uint64_t rng = 11;
+    float x[N * C], y[N * C], z[N * O], dz[N * O], dy[N * C];
+    for (int i = 0; i < N * C; i++)
+        x[i] = as_nn_randn(&rng) * 3.0f + (float)(i % C) * 0.25f;
+    for (int i = 0; i < N * O; i++)
+        dz[i] = as_nn_randn(&rng);
+    assert_int_equal(as_nn_layernorm_fwd(&b.c, &l, N, x, y), 0);
+    assert_int_equal(as_nn_linear_fwd_alias(&b.c, &fc, N, y,
+                                            as_nn_layernorm_out(&l), z), 0);
+    memset(y, 0, sizeof y);   /* the store holds what backward needs */
+    out->from_y = l.from_y;
+    as_store_stats st;
+    assert_int_equal(as_store_stats_take(b.s, &st), 0);
+    out->stored = st.total.stored_live;
+    out->raw = st.total.raw_live;
+    as_store_stats_free(&st);
+    bench_backward(&b);
+    assert_int_equal(as_nn_linear_bwd(&b.c, &fc, dz, dy), 0);
+    assert_int_equal(as_nn_layernorm_bwd(&b.c, &l, dy, out->dx), 0);
+    memcpy(out->dg, AS_NN_F(l.g->g), sizeof out->dg);
+    memcpy(out->db, AS_NN_F(l.b->g), sizeof out->db);
+    memcpy(out->dW, AS_NN_F(fc.W->g), sizeof out->dW);
+    *fallbacks = l.fallbacks;
+    bench_finish(&b, "layernorm from output", NULL, NULL, NULL, 0, 0, NULL);
+}
+
+static void close_rel(const char *what, const float *a, const float *b,
+                      size_t n, double tol)
+{
+    double scale = 0;
+    for (size_t i = 0; i < n; i++)
+        scale = fmax(scale, fabs(b[i]));
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs((double)a[i] - b[i]) <= tol * fmax(scale, 1.0)))
+            fail_msg("%s[%zu]: %.9g vs exact %.9g (scale %g)", what, i, a[i],
+                     b[i], scale);
+}
+
+static void test_layernorm_from_output(void **state)
+{
+    (void)state;
+    enum { C = 24 };
+    float gamma[C], beta[C];
+    uint64_t rng = 3, fb;
+    for (int k = 0; k < C; k++) {
+        gamma[k] = (k % 2 ? -1.0f : 1.0f) * (0.2f + 1.5f * as_nn_randu(&rng));
+        beta[k] = as_nn_randn(&rng) * 2.0f;
+    }
+    static ln_run ex, fy;
+    ln_pair(false, gamma, beta, &ex, &fb);
+    assert_false(ex.from_y);
+    assert_int_equal(fb, 0);
+    ln_pair(true, gamma, beta, &fy, &fb);
+    assert_true(fy.from_y);
+    assert_int_equal(fb, 0);
+    close_rel("dx", fy.dx, ex.dx, 64 * C, 1e-5);
+    close_rel("dgamma", fy.dg, ex.dg, C, 1e-5);
+    close_rel("dbeta", fy.db, ex.db, C, 1e-5);
+    assert_memory_equal(fy.dW, ex.dW, sizeof ex.dW);   /* same y */
+    /* keep: x, y and (mean, rstd) against y once and rstd */
+    assert_int_equal(ex.stored, 2 * 64 * C * 4 + 2 * 64 * 4);
+    assert_int_equal(fy.stored, 64 * C * 4 + 64 * 4);
+    /* a zero gamma, a tiny one, a beta too large for its gamma: fall back */
+    const struct { int k; float g, b; } bad[] = {{5, 0.0f, 0.0f},
+                                                {7, 1e-3f, 0.0f},
+                                                {9, 0.5f, 40.0f}};
+    for (int i = 0; i < 3; i++) {
+        float g2[C], b2[C];
+        memcpy(g2, gamma, sizeof g2);
+        memcpy(b2, beta, sizeof b2);
+        g2[bad[i].k] = bad[i].g;
+        b2[bad[i].k] = bad[i].b;
+        ln_pair(false, g2, b2, &ex, &fb);
+        ln_pair(true, g2, b2, &fy, &fb);
+        assert_false(fy.from_y);
+        assert_int_equal(fb, 1);
+        assert_memory_equal(fy.dx, ex.dx, sizeof ex.dx);
+        assert_memory_equal(fy.dg, ex.dg, sizeof ex.dg);
+    }
+}
+
 /* ---- activations, pooling, dropout ------------------------------------------ */
 
 typedef struct { int fn; float a; size_t n; const float *mask; } act_cfg;
@@ -576,6 +680,7 @@ int main(void)
         cmocka_unit_test(test_conv),
         cmocka_unit_test(test_batchnorm),
         cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_layernorm_from_output),
         cmocka_unit_test(test_activations),
         cmocka_unit_test(test_pool),
         cmocka_unit_test(test_dropout),

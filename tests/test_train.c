@@ -389,12 +389,45 @@ static void test_eval(void **state)
                  "(%.3f) before", e2.accuracy, e2.loss, e0.accuracy, e0.loss);
     as_nn_mem m;
     as_nn_run_memory(r, &m);
-    assert_true(m.saved_raw_peak > 0 && m.saved_stored_peak == m.saved_raw_peak);
+    /* keep holds everything but the batch, which is borrowed */
+    const uint64_t batch_bytes = (uint64_t)p.batch * 784 * sizeof(float);
+    assert_true(m.saved_raw_peak > 0 && m.saved_stored_peak < m.saved_raw_peak &&
+                m.saved_stored_peak + batch_bytes >= m.saved_raw_peak);
     assert_true(m.by_kind[AS_KIND_CONV_INPUT].raw_peak > 0);
     assert_true(m.by_kind[AS_KIND_SOFTMAX_OUTPUT].raw_peak == 0);
     assert_true(m.arena_peak >= m.saved_stored_peak);
     assert_true(m.rss_peak > m.arena_peak);
+    /* the evaluation's memory counts in the peaks */
+    as_arena_snapshot sn;
+    assert_int_equal(as_arena_snapshot_take(as_store_arena(as_nn_run_store(r)), UINT64_MAX, &sn), 0);
+    assert_true(m.arena_peak >= sn.total.peak_usable);
+    assert_true(m.tag_peak[AS_TAG_ACTIVATIONS] >= sn.tags[AS_TAG_ACTIVATIONS].peak_usable);
+    as_arena_snapshot_free(&sn);
     as_nn_run_destroy(r);
+}
+
+/* A budget set to a run's reported arena peak lets the same run finish,
+ * final evaluation included. */
+static void test_budget_from_reported_peak(void **state)
+{
+    (void)state;
+    as_nn_preset p = preset("cnn", 3);
+    as_nn_train_opts o = {.seed = 1, .threads = 1, .policy = "default=keep"};
+    as_nn_train_result r;
+    char err[512] = "";
+    assert_int_equal(as_nn_train(&p, &o, &r, err, sizeof err), 0);
+    uint64_t peak = r.arena_peak;
+    as_nn_train_result_free(&r);
+    as_store *s = NULL;
+    as_store_config cfg = {.budget_bytes = peak};
+    assert_int_equal(as_store_create(&cfg, &s, err, sizeof err), 0);
+    o.store = s;
+    int rc = as_nn_train(&p, &o, &r, err, sizeof err);
+    if (rc)
+        fail_msg("budget %llu (the reported peak): %s", (unsigned long long)peak, err);
+    assert_true(r.arena_peak <= peak);
+    as_nn_train_result_free(&r);
+    as_store_destroy(s);
 }
 
 static void test_train_job(void **state)
@@ -561,6 +594,7 @@ int main(void)
         cmocka_unit_test(test_lockstep),
         cmocka_unit_test(test_eval),
         cmocka_unit_test(test_train_job),
+        cmocka_unit_test(test_budget_from_reported_peak),
         cmocka_unit_test(test_borrowed_store),
         cmocka_unit_test(test_optim),
         cmocka_unit_test(test_errors),

@@ -129,7 +129,7 @@ int as_bench_alloc(int argc, char **argv)
     }
     c.je_flags = MALLOCX_ARENA(c.je_arena) | MALLOCX_TCACHE(c.je_tcache);
 
-    /* pairs per repeat: about 2-5 ms per cell on a current core */
+    /* pairs per repeat: a few ms per cell */
     static const unsigned long base_pairs[NSIZES] = {200000, 100000, 4000, 400};
     double *ns = calloc(NSIZES * NIMPL * repeats, sizeof *ns);
     if (!ns) {

@@ -8,5 +8,6 @@ int as_bench_conv(int argc, char **argv);
 int as_bench_layers(int argc, char **argv);
 int as_bench_store(int argc, char **argv);
 int as_bench_service(int argc, char **argv);
+int as_bench_act(int argc, char **argv);
 
 #endif

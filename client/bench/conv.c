@@ -110,140 +110,193 @@ static void usage(FILE *f)
 /* Runs one shape; fills the JSON object. Returns 0 or -1 (out of memory). */
 static int no_adjoint;   /* --no-adjoint */
 
-static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
+/* One shape's run: geometry, buffers, samples and results. */
+typedef struct conv_run {
+    const shape   *s;
+    int            reps;
+    as_op_conv_geom og;
+    as__conv_geom  g;
+    size_t         xl, yl, wl, fl;          /* input, output, weight, frame lengths */
+    float         *x, *xr, *y, *w, *b, *fr, *ws;
+    /* per repeat: forward, cached inversion, streamed restore; the forward
+     * right before each inversion (paired ratios: load changes between
+     * shapes or phases cancel); the ratios */
+    double        *tf, *ti, *ts, *tfi, *tfs, *qi, *qs;
+    as__conv_inv  *ci, *cs;                 /* cached / streaming solver */
+    as__conv_inv_stats st;                  /* of ci after its restores */
+    double         fwd, inv, ratio, factor_ms, cond, stream, sratio, cond_ms, serr, err;
+    size_t         cache;
+    int            fallback, adjoint;
+    char           why[200];
+} conv_run;
+
+static double max_rel_err(const float *x, const float *xr, size_t n)
 {
-    as_op_conv_geom og = {.N = s->n, .Cin = s->cin, .H = s->h, .W = s->h,
-                          .Cout = s->cout, .kh = s->k, .kw = s->k, .stride = 1,
-                          .pad = s->pad};
-    if (as_op_conv_geom_init(&og))
+    double e = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        e = fmax(e, fabs((double)xr[i] - x[i]));
+        m = fmax(m, fabs((double)x[i]));
+    }
+    return e / m;
+}
+
+/* Buffers, He-initialised weights, Gaussian inputs. Returns 0 or -1. */
+static int shape_alloc(conv_run *r)
+{
+    const shape *s = r->s;
+    r->og = (as_op_conv_geom){.N = s->n, .Cin = s->cin, .H = s->h, .W = s->h,
+                              .Cout = s->cout, .kh = s->k, .kw = s->k, .stride = 1,
+                              .pad = s->pad};
+    if (as_op_conv_geom_init(&r->og))
         return -1;
-    as__conv_geom g = {.n = s->n, .cin = s->cin, .h = s->h, .w = s->h,
-                       .cout = s->cout, .kh = s->k, .kw = s->k, .pad_h = s->pad,
-                       .pad_w = s->pad, .stride_h = 1, .stride_w = 1,
-                       .dil_h = 1, .dil_w = 1, .groups = 1};
-    const size_t xl = (size_t)s->n * s->cin * s->h * s->h;
-    const size_t yl = (size_t)s->n * s->cout * og.Ho * og.Wo;
-    const size_t wl = (size_t)s->cout * s->cin * s->k * s->k;
-    const size_t fl = (size_t)s->n * s->cin * as__conv_frame_len(&g);
-    float *x = malloc(sizeof(float) * xl), *xr = malloc(sizeof(float) * xl);
-    float *y = malloc(sizeof(float) * yl), *w = malloc(sizeof(float) * wl);
-    float *b = malloc(sizeof(float) * s->cout), *fr = malloc(sizeof(float) * (fl + 1));
-    float *ws = malloc(sizeof(float) * as_op_conv_workspace(&og));
-    double *tf = malloc(sizeof(double) * reps), *ti = malloc(sizeof(double) * reps);
-    double *ts = malloc(sizeof(double) * reps);
-    /* Forward times taken right before each inversion: the ratios are
-     * medians of paired ratios, so load changes between shapes or phases
-     * of the run cancel. */
-    double *tfi = malloc(sizeof(double) * reps), *tfs = malloc(sizeof(double) * reps);
-    double *qi = malloc(sizeof(double) * reps), *qs = malloc(sizeof(double) * reps);
-    double ratio = NAN, sratio = NAN;
-    as__conv_inv *cs = NULL;   /* a second solver for the streaming restore */
-    double stream = NAN, cond_ms = NAN, serr = NAN;
-    int adjoint = 0;
-    as__conv_inv *ci = NULL;
-    int rc = -1;
-    if (!x || !xr || !y || !w || !b || !fr || !ws || !tf || !ti || !ts || !tfi || !tfs ||
-        !qi || !qs)
-        goto out;
+    r->g = (as__conv_geom){.n = s->n, .cin = s->cin, .h = s->h, .w = s->h,
+                           .cout = s->cout, .kh = s->k, .kw = s->k, .pad_h = s->pad,
+                           .pad_w = s->pad, .stride_h = 1, .stride_w = 1,
+                           .dil_h = 1, .dil_w = 1, .groups = 1};
+    r->xl = (size_t)s->n * s->cin * s->h * s->h;
+    r->yl = (size_t)s->n * s->cout * r->og.Ho * r->og.Wo;
+    r->wl = (size_t)s->cout * s->cin * s->k * s->k;
+    r->fl = (size_t)s->n * s->cin * as__conv_frame_len(&r->g);
+    r->x = malloc(sizeof(float) * r->xl);
+    r->xr = malloc(sizeof(float) * r->xl);
+    r->y = malloc(sizeof(float) * r->yl);
+    r->w = malloc(sizeof(float) * r->wl);
+    r->b = malloc(sizeof(float) * s->cout);
+    r->fr = malloc(sizeof(float) * (r->fl + 1));
+    r->ws = malloc(sizeof(float) * as_op_conv_workspace(&r->og));
+    double **t[] = {&r->tf, &r->ti, &r->ts, &r->tfi, &r->tfs, &r->qi, &r->qs};
+    bool ok = r->x && r->xr && r->y && r->w && r->b && r->fr && r->ws;
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        ok = (*t[i] = malloc(sizeof(double) * r->reps)) && ok;
+    if (!ok)
+        return -1;
     const double sd = sqrt(2.0 / (s->cin * s->k * s->k));
-    for (size_t i = 0; i < wl; i++) w[i] = (float)(sd * nrand());
-    for (int o = 0; o < s->cout; o++) b[o] = (float)(0.1 * nrand());
-    for (size_t i = 0; i < xl; i++) x[i] = (float)nrand();
+    for (size_t i = 0; i < r->wl; i++) r->w[i] = (float)(sd * nrand());
+    for (int o = 0; o < s->cout; o++) r->b[o] = (float)(0.1 * nrand());
+    for (size_t i = 0; i < r->xl; i++) r->x[i] = (float)nrand();
+    return 0;
+}
 
-    for (int r = 0; r < reps; r++) {
+static void shape_free(conv_run *r)
+{
+    as__conv_inv_destroy(r->ci);
+    as__conv_inv_destroy(r->cs);
+    free(r->ts); free(r->tfi); free(r->tfs); free(r->qi); free(r->qs);
+    free(r->x); free(r->xr); free(r->y); free(r->w); free(r->b); free(r->fr); free(r->ws);
+    free(r->tf); free(r->ti);
+}
+
+static void time_forward(conv_run *r)
+{
+    for (int k = 0; k < r->reps; k++) {
         double t0 = now_ms();
-        as_op_conv_fwd(&og, x, w, b, y, ws);
-        tf[r] = now_ms() - t0;
+        as_op_conv_fwd(&r->og, r->x, r->w, r->b, r->y, r->ws);
+        r->tf[k] = now_ms() - t0;
     }
-    double fwd = as_stats_median(tf, (size_t)reps);
-    as__conv_frame_extract(&g, s->n, x, fr);
+    r->fwd = as_stats_median(r->tf, (size_t)r->reps);
+    as__conv_frame_extract(&r->g, r->s->n, r->x, r->fr);
+}
 
-    char why[200] = "";
-    as__conv_inv_cfg cfg = {.cond_max = cond_max, .eps_rel = -1, .no_adjoint = no_adjoint};
-    double cond = NAN, inv = NAN, err = NAN, factor_ms = NAN;
-    size_t cache = 0;
-    int fallback = 0;
-    int crc = as__conv_inv_create(&g, &cfg, &ci, why, sizeof why);
+/* The cached solver: factor once, then time restores against the forward
+ * right before each. Returns 0, 1 (the shape falls back: r->why), or -1. */
+static int time_cached(conv_run *r, const as__conv_inv_cfg *cfg)
+{
+    int crc = as__conv_inv_create(&r->g, cfg, &r->ci, r->why, sizeof r->why);
+    if (crc == 0)
+        crc = as__conv_inv_prepare(r->ci, r->w, 1, &r->cond, r->why, sizeof r->why);
     if (crc == AS_ENOMEM)
-        goto out;
-    if (crc == 0) {
-        crc = as__conv_inv_prepare(ci, w, 1, &cond, why, sizeof why);
-        if (crc == AS_ENOMEM)
-            goto out;
-        as__conv_inv_stats st;
-        as__conv_inv_get_stats(ci, &st);
-        factor_ms = st.factor_ms;
-        cache = st.cache_bytes;
+        return -1;
+    if (crc)
+        return 1;
+    as__conv_inv_get_stats(r->ci, &r->st);
+    r->factor_ms = r->st.factor_ms;
+    r->cache = r->st.cache_bytes;
+    for (int k = 0; k < r->reps; k++) {
+        double t0 = now_ms();
+        as_op_conv_fwd(&r->og, r->x, r->w, r->b, r->y, r->ws);
+        r->tfi[k] = now_ms() - t0;
+        t0 = now_ms();
+        if (as__conv_inv_prepare(r->ci, r->w, 1, NULL, NULL, 0) ||
+            as__conv_inv_restore(r->ci, r->s->n, r->y, r->b, r->fr, r->xr))
+            return -1;
+        r->ti[k] = now_ms() - t0;
+        r->qi[k] = r->ti[k] / r->tfi[k];
     }
-    if (crc == 0) {
-        for (int r = 0; r < reps; r++) {
-            double t0 = now_ms();
-            as_op_conv_fwd(&og, x, w, b, y, ws);
-            tfi[r] = now_ms() - t0;
-            t0 = now_ms();
-            if (as__conv_inv_prepare(ci, w, 1, NULL, NULL, 0) ||
-                as__conv_inv_restore(ci, s->n, y, b, fr, xr))
-                goto out;
-            ti[r] = now_ms() - t0;
-            qi[r] = ti[r] / tfi[r];
-        }
-        inv = as_stats_median(ti, (size_t)reps);
-        ratio = as_stats_median(qi, (size_t)reps);
-        as__conv_inv_stats st;
-        as__conv_inv_get_stats(ci, &st);
-        /* What the policy does per training step: the condition check at
-         * save (once per version), then a restore that factors inside. */
-        if (as__conv_inv_create(&g, &cfg, &cs, why, sizeof why))
-            goto out;
-        for (int r = 0; r < reps; r++) {
-            if (as__conv_inv_condition(cs, w, (uint64_t)r + 1, NULL, NULL, 0))
-                goto out;
-            double t0 = now_ms();
-            as_op_conv_fwd(&og, x, w, b, y, ws);
-            tfs[r] = now_ms() - t0;
-            t0 = now_ms();
-            if (as__conv_inv_restore_stream(cs, w, (uint64_t)r + 1, s->n, y, b, fr, xr, NULL, 0))
-                goto out;
-            ts[r] = now_ms() - t0;
-            qs[r] = ts[r] / tfs[r];
-        }
-        stream = as_stats_median(ts, (size_t)reps);
-        sratio = as_stats_median(qs, (size_t)reps);
-        as__conv_inv_stats ss;
-        as__conv_inv_get_stats(cs, &ss);
-        cond_ms = ss.cond_ms;
-        adjoint = ss.adjoint > 0;
-        {
-            double e = 0, m = 0;
-            for (size_t i = 0; i < xl; i++) {
-                e = fmax(e, fabs((double)xr[i] - x[i]));
-                m = fmax(m, fabs((double)x[i]));
-            }
-            serr = e / m;
-        }
-        /* xr back to the cached restore's output for the error below */
-        if (as__conv_inv_restore(ci, s->n, y, b, fr, xr))
-            goto out;
-        if (s->cin == 1 && s->k > 1)   /* the closed form's channel pick */
-            cJSON_AddNumberToObject(res, "channels_read", st.c1_channels);
-        cJSON *ph = cJSON_AddObjectToObject(res, "invert_phases_ms");
-        static const char *const names[] = {"build", "fft", "solve", "ifft", "crop"};
-        for (int i = 0; i < 5; i++)
-            cJSON_AddNumberToObject(ph, names[i], st.phase_ms[i]);
-        if (getenv("AS_BENCH_PHASES"))
-            printf("    phases ms: build %.2f fft %.2f solve %.2f ifft %.2f crop %.2f"
-                   "  channels read %d\n", st.phase_ms[0], st.phase_ms[1], st.phase_ms[2],
-                   st.phase_ms[3], st.phase_ms[4], s->cin == 1 ? st.c1_channels : s->cout);
-        double e = 0, m = 0;
-        for (size_t i = 0; i < xl; i++) {
-            e = fmax(e, fabs((double)xr[i] - x[i]));
-            m = fmax(m, fabs((double)x[i]));
-        }
-        err = e / m;
-    } else {
-        fallback = 1;
+    r->inv = as_stats_median(r->ti, (size_t)r->reps);
+    r->ratio = as_stats_median(r->qi, (size_t)r->reps);
+    as__conv_inv_get_stats(r->ci, &r->st);
+    return 0;
+}
+
+/* What the policy does per training step: the condition check at save
+ * (once per version), then a restore that factors inside. Returns 0 or -1. */
+static int time_streamed(conv_run *r, const as__conv_inv_cfg *cfg)
+{
+    if (as__conv_inv_create(&r->g, cfg, &r->cs, r->why, sizeof r->why))
+        return -1;
+    for (int k = 0; k < r->reps; k++) {
+        if (as__conv_inv_condition(r->cs, r->w, (uint64_t)k + 1, NULL, NULL, 0))
+            return -1;
+        double t0 = now_ms();
+        as_op_conv_fwd(&r->og, r->x, r->w, r->b, r->y, r->ws);
+        r->tfs[k] = now_ms() - t0;
+        t0 = now_ms();
+        if (as__conv_inv_restore_stream(r->cs, r->w, (uint64_t)k + 1, r->s->n, r->y, r->b,
+                                        r->fr, r->xr, NULL, 0))
+            return -1;
+        r->ts[k] = now_ms() - t0;
+        r->qs[k] = r->ts[k] / r->tfs[k];
     }
-    const double raw = 4.0 * xl, stored = fallback ? raw : 4.0 * fl;
+    r->stream = as_stats_median(r->ts, (size_t)r->reps);
+    r->sratio = as_stats_median(r->qs, (size_t)r->reps);
+    as__conv_inv_stats ss;
+    as__conv_inv_get_stats(r->cs, &ss);
+    r->cond_ms = ss.cond_ms;
+    r->adjoint = ss.adjoint > 0;
+    r->serr = max_rel_err(r->x, r->xr, r->xl);
+    /* xr back to the cached restore's output for its error */
+    if (as__conv_inv_restore(r->ci, r->s->n, r->y, r->b, r->fr, r->xr))
+        return -1;
+    r->err = max_rel_err(r->x, r->xr, r->xl);
+    return 0;
+}
+
+/* The cached solver's phases (and, for Cin = 1, its channel pick). */
+static void phases_json(const conv_run *r, cJSON *res)
+{
+    const shape *s = r->s;
+    if (s->cin == 1 && s->k > 1)
+        cJSON_AddNumberToObject(res, "channels_read", r->st.c1_channels);
+    cJSON *ph = cJSON_AddObjectToObject(res, "invert_phases_ms");
+    static const char *const names[] = {"build", "fft", "solve", "ifft", "crop"};
+    for (int i = 0; i < 5; i++)
+        cJSON_AddNumberToObject(ph, names[i], r->st.phase_ms[i]);
+    if (getenv("AS_BENCH_PHASES"))
+        printf("    phases ms: build %.2f fft %.2f solve %.2f ifft %.2f crop %.2f"
+               "  channels read %d\n", r->st.phase_ms[0], r->st.phase_ms[1],
+               r->st.phase_ms[2], r->st.phase_ms[3], r->st.phase_ms[4],
+               s->cin == 1 ? r->st.c1_channels : s->cout);
+}
+
+static void num_or_null(cJSON *res, const char *key, double v)
+{
+    if (isfinite(v))
+        cJSON_AddNumberToObject(res, key, v);
+    else
+        cJSON_AddNullToObject(res, key);
+}
+
+static const char *stream_path(const conv_run *r, bool brief)
+{
+    if (r->s->cin == 1 && r->s->k > 1)
+        return brief ? "c1" : "closed-form";
+    return r->adjoint ? (brief ? "adj" : "adjoint") : (brief ? "dir" : "direct");
+}
+
+static void shape_report(const conv_run *r, cJSON *res)
+{
+    const shape *s = r->s;
+    const double raw = 4.0 * r->xl, stored = r->fallback ? raw : 4.0 * r->fl;
     cJSON_AddNumberToObject(res, "n", s->n);
     cJSON_AddNumberToObject(res, "cin", s->cin);
     cJSON_AddNumberToObject(res, "cout", s->cout);
@@ -251,43 +304,57 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     cJSON_AddNumberToObject(res, "w", s->h);
     cJSON_AddNumberToObject(res, "k", s->k);
     cJSON_AddNumberToObject(res, "pad", s->pad);
-    cJSON_AddNumberToObject(res, "forward_ms", fwd);
-#define NUM_OR_NULL(key, v) \
-    do { if (isfinite(v)) cJSON_AddNumberToObject(res, key, v); else cJSON_AddNullToObject(res, key); } while (0)
-    NUM_OR_NULL("invert_ms", inv);
-    NUM_OR_NULL("ratio", ratio);
-    NUM_OR_NULL("factor_ms", factor_ms);
-    NUM_OR_NULL("stream_ms", stream);
-    NUM_OR_NULL("stream_ratio", sratio);
-    NUM_OR_NULL("cond_ms", cond_ms);
-    NUM_OR_NULL("stream_max_rel_err", serr);
-    NUM_OR_NULL("max_rel_err", err);
-    NUM_OR_NULL("cond", cond);
-#undef NUM_OR_NULL
-    cJSON_AddBoolToObject(res, "fallback", fallback);
-    if (!fallback)
-        cJSON_AddStringToObject(res, "stream_path", s->cin == 1 && s->k > 1 ? "closed-form"
-                                                    : adjoint ? "adjoint" : "direct");
-    if (fallback)
-        cJSON_AddStringToObject(res, "reason", why);
+    cJSON_AddNumberToObject(res, "forward_ms", r->fwd);
+    num_or_null(res, "invert_ms", r->inv);
+    num_or_null(res, "ratio", r->ratio);
+    num_or_null(res, "factor_ms", r->factor_ms);
+    num_or_null(res, "stream_ms", r->stream);
+    num_or_null(res, "stream_ratio", r->sratio);
+    num_or_null(res, "cond_ms", r->cond_ms);
+    num_or_null(res, "stream_max_rel_err", r->serr);
+    num_or_null(res, "max_rel_err", r->err);
+    num_or_null(res, "cond", r->cond);
+    cJSON_AddBoolToObject(res, "fallback", r->fallback);
+    if (!r->fallback)
+        cJSON_AddStringToObject(res, "stream_path", stream_path(r, false));
+    if (r->fallback)
+        cJSON_AddStringToObject(res, "reason", r->why);
     cJSON_AddNumberToObject(res, "stored_bytes", stored);
     cJSON_AddNumberToObject(res, "raw_bytes", raw);
     cJSON_AddNumberToObject(res, "stored_over_raw", stored / raw);
-    cJSON_AddNumberToObject(res, "factor_cache_bytes", (double)cache);
+    cJSON_AddNumberToObject(res, "factor_cache_bytes", (double)r->cache);
     printf("n %2d  %2d->%-2d  %2dx%-2d  k%d p%d  fwd %7.2f  inv %7.2f (x%5.2f)  "
            "stream %7.2f (x%5.2f, %s)  factor %6.1f  cond-check %6.1f ms  err %.1e/%.1e  "
            "cond %.3g  stored/raw %.3f%s%s\n",
-           s->n, s->cin, s->cout, s->h, s->h, s->k, s->pad, fwd, inv, ratio,
-           stream, sratio, s->cin == 1 && s->k > 1 ? "c1" : adjoint ? "adj" : "dir",
-           factor_ms, cond_ms, err, serr,
-           cond, stored / raw, fallback ? "  FALLBACK: " : "", fallback ? why : "");
+           s->n, s->cin, s->cout, s->h, s->h, s->k, s->pad, r->fwd, r->inv, r->ratio,
+           r->stream, r->sratio, stream_path(r, true), r->factor_ms, r->cond_ms, r->err,
+           r->serr, r->cond, stored / raw, r->fallback ? "  FALLBACK: " : "",
+           r->fallback ? r->why : "");
     fflush(stdout);
-    rc = 0;
-out:
-    as__conv_inv_destroy(ci);
-    as__conv_inv_destroy(cs);
-    free(ts); free(tfi); free(tfs); free(qi); free(qs);
-    free(x); free(xr); free(y); free(w); free(b); free(fr); free(ws); free(tf); free(ti);
+}
+
+static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
+{
+    conv_run r = {.s = s, .reps = reps, .inv = NAN, .ratio = NAN, .factor_ms = NAN,
+                  .cond = NAN, .stream = NAN, .sratio = NAN, .cond_ms = NAN, .serr = NAN,
+                  .err = NAN};
+    as__conv_inv_cfg cfg = {.cond_max = cond_max, .eps_rel = -1, .no_adjoint = no_adjoint};
+    int rc = shape_alloc(&r);
+    if (!rc) {
+        time_forward(&r);
+        rc = time_cached(&r, &cfg);
+        r.fallback = rc == 1;
+        if (rc == 0)
+            rc = time_streamed(&r, &cfg);
+        else if (rc == 1)
+            rc = 0;
+    }
+    if (!rc) {
+        if (!r.fallback)
+            phases_json(&r, res);
+        shape_report(&r, res);
+    }
+    shape_free(&r);
     return rc;
 }
 

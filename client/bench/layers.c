@@ -165,71 +165,143 @@ static void usage(FILE *f)
         "  --json FILE  write the results as JSON (\"-\" = stdout)\n");
 }
 
-int as_bench_layers(int argc, char **argv)
+/* One run of the bench: options, data seed, the peak reference, the conv
+ * totals (FLOP-weighted). */
+typedef struct layers_bench {
+    const char *json;
+    unsigned long long reps, threads;
+    int      R;
+    uint64_t seed;
+    double   peak_gf;
+    double   fwd_flops, fwd_t, fwd_ref_t, bwd_flops, bwd_t, bwd_ref_t;
+} layers_bench;
+
+/* Returns AS_CLI_RUN, or an exit code after --help or a usage error. */
+static int parse_args(layers_bench *b, int argc, char **argv)
 {
-    const char *json = NULL;
-    unsigned long long reps = 31, threads = 1;
     for (int i = 1; i < argc; i++) {
         if (as_cli_is_help(argv[i])) {
             usage(stdout);
             return AS_EXIT_OK;
         } else if (!strcmp(argv[i], "--quick")) {
-            reps = 9;
+            b->reps = 9;
         } else if (i + 1 < argc && !strcmp(argv[i], "--json")) {
-            json = argv[++i];
+            b->json = argv[++i];
         } else if (i + 1 < argc && !strcmp(argv[i], "--reps")) {
-            if (as_cli_parse_u64("bench layers", "--reps", argv[++i], &reps))
+            if (as_cli_parse_u64("bench layers", "--reps", argv[++i], &b->reps))
                 return AS_EXIT_USAGE;
-            if (reps < 1 || reps > 256)
-                return as_cli_usage("bench layers", "--reps %llu out of range 1..256", reps);
+            if (b->reps < 1 || b->reps > 256)
+                return as_cli_usage("bench layers", "--reps %llu out of range 1..256", b->reps);
         } else if (i + 1 < argc && !strcmp(argv[i], "--threads")) {
-            if (as_cli_parse_u64("bench layers", "--threads", argv[++i], &threads))
+            if (as_cli_parse_u64("bench layers", "--threads", argv[++i], &b->threads))
                 return AS_EXIT_USAGE;
-            if (threads < 1 || threads > 256)
-                return as_cli_usage("bench layers", "--threads %llu out of range 1..256", threads);
+            if (b->threads < 1 || b->threads > 256)
+                return as_cli_usage("bench layers", "--threads %llu out of range 1..256",
+                                    b->threads);
         } else {
             return as_cli_usage("bench layers", "unknown argument '%s'", argv[i]);
         }
     }
-    as_op_set_threads((int)threads);
-    bench_clock = threads == 1 ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC;
-    const int R = (int)reps;
-    uint64_t seed = 0x5EED;
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "benchmark", "layers");
-    cJSON_AddStringToObject(root, "blas_core", as_op_blas_core());
-    cJSON_AddNumberToObject(root, "threads", (double)threads);
-    cJSON_AddNumberToObject(root, "reps", R);
-    cJSON_AddStringToObject(root, "clock", threads == 1 ? "thread_cpu" : "monotonic");
-    int rc = AS_EXIT_OK;
+    return AS_CLI_RUN;
+}
 
-    /* peak reference */
+/* sgemm 1024^3: the reference every layer is compared with. */
+static int sgemm_peak(layers_bench *b, cJSON *root)
+{
     gemm_case peak;
-    if (gemm_alloc(&peak, 1024, 1024, 1024, &seed)) {
+    if (gemm_alloc(&peak, 1024, 1024, 1024, &b->seed)) {
         gemm_free(&peak);
-        cJSON_Delete(root);
         return as_cli_fail("bench layers", "out of memory");
     }
     double tpk[256];
     int ipk = calibrate(run_gemm, &peak);
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < b->R; r++)
         tpk[r] = time_once(run_gemm, &peak, ipk);
-    const double peak_gf = 2e-9 * 1024.0 * 1024 * 1024 / as_stats_median(tpk, (size_t)R);
+    gemm_free(&peak);
+    b->peak_gf = 2e-9 * 1024.0 * 1024 * 1024 / as_stats_median(tpk, (size_t)b->R);
     cJSON *pk = cJSON_AddObjectToObject(root, "sgemm_peak");
     cJSON_AddNumberToObject(pk, "m", 1024);
     cJSON_AddNumberToObject(pk, "n", 1024);
     cJSON_AddNumberToObject(pk, "k", 1024);
-    cJSON_AddNumberToObject(pk, "gflops", peak_gf);
+    cJSON_AddNumberToObject(pk, "gflops", b->peak_gf);
     printf("OpenBLAS %s, %llu thread(s), median of %d, %s time; sgemm 1024^3: %.1f GFLOP/s\n\n",
-           as_op_blas_core(), threads, R, threads == 1 ? "thread CPU" : "wall", peak_gf);
+           as_op_blas_core(), b->threads, b->R, b->threads == 1 ? "thread CPU" : "wall",
+           b->peak_gf);
+    return AS_EXIT_OK;
+}
 
-    /* convolutions of the cnn bench preset */
+/* One conv layer (stage s, conv k) against the GEMMs of the same shape. */
+static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
+{
+    uint64_t *seed = &b->seed;
+    const int H = c->g.H;
+    const size_t nx = (size_t)c->g.N * c->g.Cin * H * H;
+    const size_t ny = (size_t)c->g.N * c->g.Cout * c->g.Ho * c->g.Wo;
+    const size_t nw = (size_t)c->g.Cout * c->g.Cin * 9;
+    c->x = randbuf(nx, seed); c->W = randbuf(nw, seed);
+    c->b = randbuf((size_t)c->g.Cout, seed); c->y = randbuf(ny, seed);
+    c->dy = randbuf(ny, seed); c->dxb = randbuf(nx, seed);
+    c->dW = randbuf(nw, seed); c->db = randbuf((size_t)c->g.Cout, seed);
+    c->ws = randbuf(as_op_conv_workspace(&c->g), seed);
+    const int M = c->g.Cout, Nc = c->g.N * c->g.Ho * c->g.Wo, K = c->g.Cin * 9;
+    gemm_case gf, gb;   /* forward GEMM; backward dW GEMM (Cout, K, cols) */
+    int bad = gemm_alloc(&gf, M, Nc, K, seed) | gemm_alloc(&gb, M, K, Nc, seed);
+    int rc = AS_EXIT_OK;
+    if (bad || !c->x || !c->W || !c->b || !c->y || !c->dy || !c->dxb || !c->dW || !c->db ||
+        !c->ws) {
+        rc = as_cli_fail("bench layers", "out of memory");
+    } else {
+        double tf, tfr, tb, tbr;
+        pair(run_conv_fwd, c, run_gemm, &gf, b->R, &tf, &tfr);
+        pair(run_conv_bwd, c, run_gemm, &gb, b->R, &tb, &tbr);
+        const double f = 2.0 * M * Nc * K, fb = f * (c->dx ? 2 : 1);
+        /* the backward reference: one GEMM per product it computes */
+        const double tbr_all = tbr * (c->dx ? 2 : 1);
+        b->fwd_flops += f; b->fwd_t += tf; b->fwd_ref_t += tfr;
+        b->bwd_flops += fb; b->bwd_t += tb; b->bwd_ref_t += tbr_all;
+        char name[64], shp[64];
+        snprintf(name, sizeof name, "stages.%d.conv%d", s, k);
+        snprintf(shp, sizeof shp, "%d %d>%d %dx%d 3", c->g.N, c->g.Cin, c->g.Cout, H, H);
+        printf("%-18s %-20s %8.1f %8.1f %6.2f %8.1f %8.1f %6.2f\n", name, shp,
+               1e-9 * f / tf, 1e-9 * f / tfr, tfr / tf, 1e-9 * fb / tb,
+               1e-9 * fb / tbr_all, tbr_all / tb);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "layer", name);
+        cJSON_AddNumberToObject(o, "n", c->g.N);
+        cJSON_AddNumberToObject(o, "cin", c->g.Cin);
+        cJSON_AddNumberToObject(o, "cout", c->g.Cout);
+        cJSON_AddNumberToObject(o, "h", H);
+        cJSON_AddNumberToObject(o, "w", H);
+        cJSON_AddNumberToObject(o, "k", 3);
+        cJSON_AddNumberToObject(o, "stride", 1);
+        cJSON_AddNumberToObject(o, "pad", 1);
+        cJSON_AddNumberToObject(o, "gemm_m", M);
+        cJSON_AddNumberToObject(o, "gemm_n", Nc);
+        cJSON_AddNumberToObject(o, "gemm_k", K);
+        cJSON_AddNumberToObject(o, "fwd_gflops", 1e-9 * f / tf);
+        cJSON_AddNumberToObject(o, "fwd_sgemm_gflops", 1e-9 * f / tfr);
+        cJSON_AddNumberToObject(o, "fwd_over_sgemm", tfr / tf);
+        cJSON_AddNumberToObject(o, "fwd_over_peak", 1e-9 * f / tf / b->peak_gf);
+        cJSON_AddNumberToObject(o, "bwd_gflops", 1e-9 * fb / tb);
+        cJSON_AddNumberToObject(o, "bwd_sgemm_gflops", 1e-9 * fb / tbr_all);
+        cJSON_AddNumberToObject(o, "bwd_over_sgemm", tbr_all / tb);
+        cJSON_AddBoolToObject(o, "bwd_includes_dx", c->dx);
+        cJSON_AddItemToArray(ca, o);
+    }
+    gemm_free(&gf); gemm_free(&gb);
+    free(c->x); free(c->W); free(c->b); free(c->y); free(c->dy); free(c->dxb);
+    free(c->dW); free(c->db); free(c->ws);
+    return rc;
+}
+
+/* The convolutions of the cnn bench preset, then their FLOP-weighted total. */
+static int bench_convs(layers_bench *b, cJSON *root)
+{
     as_nn_preset cp;
     as_nn_preset_get("cnn", "bench", &cp);
     cJSON *ca = cJSON_AddArrayToObject(root, "conv");
     printf("%-18s %-20s %8s %8s %6s %8s %8s %6s\n", "conv (cnn bench)", "N Cin>Cout HxW k",
            "fwd GF/s", "sgemm", "ratio", "bwd GF/s", "sgemm", "ratio");
-    double fwd_flops = 0, fwd_t = 0, fwd_ref_t = 0, bwd_flops = 0, bwd_t = 0, bwd_ref_t = 0;
     int H = 28, cin = 1, li = 0;
     for (int s = 0; s < cp.cnn.nstages; s++) {
         for (int k = 0; k < cp.cnn.convs; k++, li++) {
@@ -238,81 +310,73 @@ int as_bench_layers(int argc, char **argv)
                                  .stride = 1, .pad = 1},
                            .dx = li > 0};
             as_op_conv_geom_init(&c.g);
-            const size_t nx = (size_t)c.g.N * c.g.Cin * H * H;
-            const size_t ny = (size_t)c.g.N * c.g.Cout * c.g.Ho * c.g.Wo;
-            const size_t nw = (size_t)c.g.Cout * c.g.Cin * 9;
-            c.x = randbuf(nx, &seed); c.W = randbuf(nw, &seed);
-            c.b = randbuf((size_t)c.g.Cout, &seed); c.y = randbuf(ny, &seed);
-            c.dy = randbuf(ny, &seed); c.dxb = randbuf(nx, &seed);
-            c.dW = randbuf(nw, &seed); c.db = randbuf((size_t)c.g.Cout, &seed);
-            c.ws = randbuf(as_op_conv_workspace(&c.g), &seed);
-            const int M = c.g.Cout, Nc = c.g.N * c.g.Ho * c.g.Wo, K = c.g.Cin * 9;
-            gemm_case gf, gb;   /* forward GEMM; backward dW GEMM (Cout, K, cols) */
-            int bad = gemm_alloc(&gf, M, Nc, K, &seed) | gemm_alloc(&gb, M, K, Nc, &seed);
-            if (bad || !c.x || !c.W || !c.b || !c.y || !c.dy || !c.dxb || !c.dW ||
-                !c.db || !c.ws) {
-                rc = as_cli_fail("bench layers", "out of memory");
-            } else {
-                double tf, tfr, tb, tbr;
-                pair(run_conv_fwd, &c, run_gemm, &gf, R, &tf, &tfr);
-                pair(run_conv_bwd, &c, run_gemm, &gb, R, &tb, &tbr);
-                const double f = 2.0 * M * Nc * K, fb = f * (c.dx ? 2 : 1);
-                /* the backward reference: one GEMM per product it computes */
-                const double tbr_all = tbr * (c.dx ? 2 : 1);
-                fwd_flops += f; fwd_t += tf; fwd_ref_t += tfr;
-                bwd_flops += fb; bwd_t += tb; bwd_ref_t += tbr_all;
-                char name[64], shp[64];
-                snprintf(name, sizeof name, "stages.%d.conv%d", s, k);
-                snprintf(shp, sizeof shp, "%d %d>%d %dx%d 3", c.g.N, c.g.Cin,
-                         c.g.Cout, H, H);
-                printf("%-18s %-20s %8.1f %8.1f %6.2f %8.1f %8.1f %6.2f\n", name, shp,
-                       1e-9 * f / tf, 1e-9 * f / tfr, tfr / tf, 1e-9 * fb / tb,
-                       1e-9 * fb / tbr_all, tbr_all / tb);
-                cJSON *o = cJSON_CreateObject();
-                cJSON_AddStringToObject(o, "layer", name);
-                cJSON_AddNumberToObject(o, "n", c.g.N);
-                cJSON_AddNumberToObject(o, "cin", c.g.Cin);
-                cJSON_AddNumberToObject(o, "cout", c.g.Cout);
-                cJSON_AddNumberToObject(o, "h", H);
-                cJSON_AddNumberToObject(o, "w", H);
-                cJSON_AddNumberToObject(o, "k", 3);
-                cJSON_AddNumberToObject(o, "stride", 1);
-                cJSON_AddNumberToObject(o, "pad", 1);
-                cJSON_AddNumberToObject(o, "gemm_m", M);
-                cJSON_AddNumberToObject(o, "gemm_n", Nc);
-                cJSON_AddNumberToObject(o, "gemm_k", K);
-                cJSON_AddNumberToObject(o, "fwd_gflops", 1e-9 * f / tf);
-                cJSON_AddNumberToObject(o, "fwd_sgemm_gflops", 1e-9 * f / tfr);
-                cJSON_AddNumberToObject(o, "fwd_over_sgemm", tfr / tf);
-                cJSON_AddNumberToObject(o, "fwd_over_peak", 1e-9 * f / tf / peak_gf);
-                cJSON_AddNumberToObject(o, "bwd_gflops", 1e-9 * fb / tb);
-                cJSON_AddNumberToObject(o, "bwd_sgemm_gflops", 1e-9 * fb / tbr_all);
-                cJSON_AddNumberToObject(o, "bwd_over_sgemm", tbr_all / tb);
-                cJSON_AddBoolToObject(o, "bwd_includes_dx", c.dx);
-                cJSON_AddItemToArray(ca, o);
-            }
-            gemm_free(&gf); gemm_free(&gb);
-            free(c.x); free(c.W); free(c.b); free(c.y); free(c.dy); free(c.dxb);
-            free(c.dW); free(c.db); free(c.ws);
+            int rc = conv_one(b, &c, s, k, ca);
             cin = cp.cnn.widths[s];
             if (rc)
-                goto out;
+                return rc;
         }
         H /= 2;
     }
     cJSON *cs = cJSON_AddObjectToObject(root, "conv_total");
-    cJSON_AddNumberToObject(cs, "fwd_gflops", 1e-9 * fwd_flops / fwd_t);
-    cJSON_AddNumberToObject(cs, "fwd_sgemm_gflops", 1e-9 * fwd_flops / fwd_ref_t);
-    cJSON_AddNumberToObject(cs, "fwd_over_sgemm", fwd_ref_t / fwd_t);
-    cJSON_AddNumberToObject(cs, "fwd_over_peak", 1e-9 * fwd_flops / fwd_t / peak_gf);
-    cJSON_AddNumberToObject(cs, "bwd_gflops", 1e-9 * bwd_flops / bwd_t);
-    cJSON_AddNumberToObject(cs, "bwd_over_sgemm", bwd_ref_t / bwd_t);
+    cJSON_AddNumberToObject(cs, "fwd_gflops", 1e-9 * b->fwd_flops / b->fwd_t);
+    cJSON_AddNumberToObject(cs, "fwd_sgemm_gflops", 1e-9 * b->fwd_flops / b->fwd_ref_t);
+    cJSON_AddNumberToObject(cs, "fwd_over_sgemm", b->fwd_ref_t / b->fwd_t);
+    cJSON_AddNumberToObject(cs, "fwd_over_peak", 1e-9 * b->fwd_flops / b->fwd_t / b->peak_gf);
+    cJSON_AddNumberToObject(cs, "bwd_gflops", 1e-9 * b->bwd_flops / b->bwd_t);
+    cJSON_AddNumberToObject(cs, "bwd_over_sgemm", b->bwd_ref_t / b->bwd_t);
     printf("%-18s %-20s %8.1f %8.1f %6.2f %8.1f %8.1f %6.2f\n", "all convs", "(FLOP-weighted)",
-           1e-9 * fwd_flops / fwd_t, 1e-9 * fwd_flops / fwd_ref_t, fwd_ref_t / fwd_t,
-           1e-9 * bwd_flops / bwd_t, 1e-9 * bwd_flops / bwd_ref_t, bwd_ref_t / bwd_t);
-    printf("conv forward / sgemm 1024^3: %.2f\n\n", 1e-9 * fwd_flops / fwd_t / peak_gf);
+           1e-9 * b->fwd_flops / b->fwd_t, 1e-9 * b->fwd_flops / b->fwd_ref_t,
+           b->fwd_ref_t / b->fwd_t, 1e-9 * b->bwd_flops / b->bwd_t,
+           1e-9 * b->bwd_flops / b->bwd_ref_t, b->bwd_ref_t / b->bwd_t);
+    printf("conv forward / sgemm 1024^3: %.2f\n\n", 1e-9 * b->fwd_flops / b->fwd_t / b->peak_gf);
+    return AS_EXIT_OK;
+}
 
-    /* linear layers of the vit and lm bench presets */
+/* One linear layer against the GEMM of the same shape. */
+static int lin_one(layers_bench *b, lin_case *l, const char *name, cJSON *ma)
+{
+    uint64_t *seed = &b->seed;
+    const int N = l->N;
+    l->x = randbuf((size_t)N * l->in, seed); l->W = randbuf((size_t)l->in * l->out, seed);
+    l->b = randbuf((size_t)l->out, seed); l->y = randbuf((size_t)N * l->out, seed);
+    l->dy = randbuf((size_t)N * l->out, seed); l->dx = randbuf((size_t)N * l->in, seed);
+    l->dW = randbuf((size_t)l->in * l->out, seed); l->db = randbuf((size_t)l->out, seed);
+    gemm_case g;   /* y (N, out) = x (N, in) W^T: same M, N, K untransposed */
+    int bad = gemm_alloc(&g, N, l->out, l->in, seed);
+    int rc = AS_EXIT_OK;
+    if (bad || !l->x || !l->W || !l->b || !l->y || !l->dy || !l->dx || !l->dW || !l->db) {
+        rc = as_cli_fail("bench layers", "out of memory");
+    } else {
+        double tf, tfr, tb, tbr;
+        pair(run_lin_fwd, l, run_gemm, &g, b->R, &tf, &tfr);
+        pair(run_lin_bwd, l, run_gemm, &g, b->R, &tb, &tbr);
+        const double f = 2.0 * N * l->in * l->out;
+        char shp[64];
+        snprintf(shp, sizeof shp, "%d %d>%d", N, l->in, l->out);
+        printf("%-18s %-20s %8.1f %8.1f %6.2f %8.1f %8.1f %6.2f\n", name, shp,
+               1e-9 * f / tf, 1e-9 * f / tfr, tfr / tf, 2e-9 * f / tb,
+               2e-9 * f / (2 * tbr), 2 * tbr / tb);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "layer", name);
+        cJSON_AddNumberToObject(o, "n", N);
+        cJSON_AddNumberToObject(o, "in", l->in);
+        cJSON_AddNumberToObject(o, "out", l->out);
+        cJSON_AddNumberToObject(o, "fwd_gflops", 1e-9 * f / tf);
+        cJSON_AddNumberToObject(o, "fwd_sgemm_gflops", 1e-9 * f / tfr);
+        cJSON_AddNumberToObject(o, "fwd_over_sgemm", tfr / tf);
+        cJSON_AddNumberToObject(o, "bwd_gflops", 2e-9 * f / tb);
+        cJSON_AddNumberToObject(o, "bwd_over_sgemm", 2 * tbr / tb);
+        cJSON_AddItemToArray(ma, o);
+    }
+    gemm_free(&g);
+    free(l->x); free(l->W); free(l->b); free(l->y); free(l->dy); free(l->dx);
+    free(l->dW); free(l->db);
+    return rc;
+}
+
+/* The linear layers of the vit and lm bench presets. */
+static int bench_linears(layers_bench *b, cJSON *root)
+{
     cJSON *ma = cJSON_AddArrayToObject(root, "matmul");
     printf("%-18s %-20s %8s %8s %6s %8s %8s %6s\n", "linear", "N in>out", "fwd GF/s",
            "sgemm", "ratio", "bwd GF/s", "sgemm", "ratio");
@@ -327,47 +391,37 @@ int as_bench_layers(int argc, char **argv)
             {"mlp.fc2", Hd, C}};
         for (size_t k = 0; k < 4; k++) {
             lin_case l = {.N = N, .in = ls[k].in, .out = ls[k].out};
-            l.x = randbuf((size_t)N * l.in, &seed); l.W = randbuf((size_t)l.in * l.out, &seed);
-            l.b = randbuf((size_t)l.out, &seed); l.y = randbuf((size_t)N * l.out, &seed);
-            l.dy = randbuf((size_t)N * l.out, &seed); l.dx = randbuf((size_t)N * l.in, &seed);
-            l.dW = randbuf((size_t)l.in * l.out, &seed); l.db = randbuf((size_t)l.out, &seed);
-            gemm_case g;   /* y (N, out) = x (N, in) W^T: same M, N, K untransposed */
-            int bad = gemm_alloc(&g, N, l.out, l.in, &seed);
-            if (bad || !l.x || !l.W || !l.b || !l.y || !l.dy || !l.dx || !l.dW || !l.db) {
-                rc = as_cli_fail("bench layers", "out of memory");
-            } else {
-                double tf, tfr, tb, tbr;
-                pair(run_lin_fwd, &l, run_gemm, &g, R, &tf, &tfr);
-                pair(run_lin_bwd, &l, run_gemm, &g, R, &tb, &tbr);
-                const double f = 2.0 * N * l.in * l.out;
-                char name[64], shp[64];
-                snprintf(name, sizeof name, "%s.%s", models[mi], ls[k].n);
-                snprintf(shp, sizeof shp, "%d %d>%d", N, l.in, l.out);
-                printf("%-18s %-20s %8.1f %8.1f %6.2f %8.1f %8.1f %6.2f\n", name, shp,
-                       1e-9 * f / tf, 1e-9 * f / tfr, tfr / tf, 2e-9 * f / tb,
-                       2e-9 * f / (2 * tbr), 2 * tbr / tb);
-                cJSON *o = cJSON_CreateObject();
-                cJSON_AddStringToObject(o, "layer", name);
-                cJSON_AddNumberToObject(o, "n", N);
-                cJSON_AddNumberToObject(o, "in", l.in);
-                cJSON_AddNumberToObject(o, "out", l.out);
-                cJSON_AddNumberToObject(o, "fwd_gflops", 1e-9 * f / tf);
-                cJSON_AddNumberToObject(o, "fwd_sgemm_gflops", 1e-9 * f / tfr);
-                cJSON_AddNumberToObject(o, "fwd_over_sgemm", tfr / tf);
-                cJSON_AddNumberToObject(o, "bwd_gflops", 2e-9 * f / tb);
-                cJSON_AddNumberToObject(o, "bwd_over_sgemm", 2 * tbr / tb);
-                cJSON_AddItemToArray(ma, o);
-            }
-            gemm_free(&g);
-            free(l.x); free(l.W); free(l.b); free(l.y); free(l.dy); free(l.dx);
-            free(l.dW); free(l.db);
+            char name[64];
+            snprintf(name, sizeof name, "%s.%s", models[mi], ls[k].n);
+            int rc = lin_one(b, &l, name, ma);
             if (rc)
-                goto out;
+                return rc;
         }
     }
-out:
-    gemm_free(&peak);
-    if (!rc && json && as_cli_write_json("bench layers", json, root))
+    return AS_EXIT_OK;
+}
+
+int as_bench_layers(int argc, char **argv)
+{
+    layers_bench b = {.reps = 31, .threads = 1, .seed = 0x5EED};
+    int rc = parse_args(&b, argc, argv);
+    if (rc != AS_CLI_RUN)
+        return rc;
+    as_op_set_threads((int)b.threads);
+    bench_clock = b.threads == 1 ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC;
+    b.R = (int)b.reps;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "benchmark", "layers");
+    cJSON_AddStringToObject(root, "blas_core", as_op_blas_core());
+    cJSON_AddNumberToObject(root, "threads", (double)b.threads);
+    cJSON_AddNumberToObject(root, "reps", b.R);
+    cJSON_AddStringToObject(root, "clock", b.threads == 1 ? "thread_cpu" : "monotonic");
+    rc = sgemm_peak(&b, root);
+    if (!rc)
+        rc = bench_convs(&b, root);
+    if (!rc)
+        rc = bench_linears(&b, root);
+    if (!rc && b.json && as_cli_write_json("bench layers", b.json, root))
         rc = AS_EXIT_FAIL;
     cJSON_Delete(root);
     return rc;

@@ -21,6 +21,7 @@ static const struct {
     {"conv",    as_bench_conv,    "conv input inversion vs conv forward (time, error, bytes)"},
     {"layers",  as_bench_layers,  "conv and matmul GFLOP/s in the bench presets vs OpenBLAS sgemm"},
     {"store",   as_bench_store,   "codecs: save/restore GB/s and stored/raw vs memcpy"},
+    {"act",     as_bench_act,     "sign, fewbit, bitpack vs keep: bytes, ns per element, error"},
     {"service", as_bench_service, "live service: step-time overhead (vit small), /metrics latency"},
 };
 

@@ -24,7 +24,7 @@
  *    client sends --requests GETs back to back; p50 / p99 / max of the
  *    time from sending the request to the last byte of the body, with the
  *    default cap of 20 per-layer series and with all 100.
- * Target (issue 7): on_clients <= 2% over off; /metrics p99 <= 2 ms.
+ * Targets: on_clients <= 2% over off; /metrics p99 <= 2 ms.
  */
 #include <arpa/inet.h>
 #include <math.h>
@@ -543,13 +543,27 @@ static void usage(FILE *f)
             "(load above the core count) show its scheduling delays, not the service.\n");
 }
 
-int as_bench_service(int argc, char **argv)
+/* One run of the bench: its options and results. */
+typedef struct svc_bench {
+    steps_cfg   c;
+    unsigned    layers, requests;
+    const char *json_path;
+    bool        do_steps, do_metrics;
+    double      load0[3], load1[3];
+    long        ncpu;
+    steps_res   sr;
+    lat_res     lr[NCAPS];
+    /* paired overheads vs off (wall, CPU): median of the per-repeat ratios
+     * and its 95% interval; pd: paired mean difference */
+    as_paired   pd[NCONF];
+    double      rmed[NCONF], glo[NCONF], ghi[NCONF];
+    double      cmed[NCONF], clo[NCONF], chi[NCONF];
+} svc_bench;
+
+/* Returns AS_CLI_RUN, or an exit code after --help or a usage error. */
+static int parse_args(svc_bench *b, int argc, char **argv)
 {
-    steps_cfg c = {.steps = 40, .warmup = 3, .repeats = 7, .clients = 10, .scrape_ms = 100,
-                   .threads = 1, .policy = "softmax=soa:5; default=keep"};
-    signal(SIGPIPE, SIG_IGN);   /* a dropped client connection: EPIPE, not death */
-    unsigned layers = 100, requests = 2000;
-    const char *json_path = NULL, *part = "all";
+    const char *part = "all";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         unsigned long long v = 0;
@@ -561,11 +575,11 @@ int as_bench_service(int argc, char **argv)
             return as_cli_usage(CMD, "unknown option or missing value: '%s'", a);
         const char *val = argv[++i];
         if (!strcmp(a, "--json")) {
-            json_path = val;
+            b->json_path = val;
             continue;
         }
         if (!strcmp(a, "--data-dir")) {
-            c.data_dir = val;
+            b->c.data_dir = val;
             continue;
         }
         if (!strcmp(a, "--part")) {
@@ -576,185 +590,232 @@ int as_bench_service(int argc, char **argv)
         }
         if (as_cli_parse_u64(CMD, a, val, &v))
             return AS_EXIT_USAGE;
-        if (!strcmp(a, "--repeats") && v >= 1 && v <= 1000) c.repeats = (unsigned)v;
-        else if (!strcmp(a, "--steps") && v >= 1 && v <= 100000) c.steps = (long)v;
-        else if (!strcmp(a, "--warmup") && v <= 1000) c.warmup = (long)v;
-        else if (!strcmp(a, "--clients") && v <= 1000) c.clients = (unsigned)v;
-        else if (!strcmp(a, "--scrape-ms") && v <= 60000) c.scrape_ms = (unsigned)v;
-        else if (!strcmp(a, "--threads") && v <= 256) c.threads = (int)v;
-        else if (!strcmp(a, "--layers") && v >= 1 && v <= 1000) layers = (unsigned)v;
-        else if (!strcmp(a, "--requests") && v >= 10 && v <= 1000000) requests = (unsigned)v;
+        steps_cfg *c = &b->c;
+        if (!strcmp(a, "--repeats") && v >= 1 && v <= 1000) c->repeats = (unsigned)v;
+        else if (!strcmp(a, "--steps") && v >= 1 && v <= 100000) c->steps = (long)v;
+        else if (!strcmp(a, "--warmup") && v <= 1000) c->warmup = (long)v;
+        else if (!strcmp(a, "--clients") && v <= 1000) c->clients = (unsigned)v;
+        else if (!strcmp(a, "--scrape-ms") && v <= 60000) c->scrape_ms = (unsigned)v;
+        else if (!strcmp(a, "--threads") && v <= 256) c->threads = (int)v;
+        else if (!strcmp(a, "--layers") && v >= 1 && v <= 1000) b->layers = (unsigned)v;
+        else if (!strcmp(a, "--requests") && v >= 10 && v <= 1000000) b->requests = (unsigned)v;
         else
             return as_cli_usage(CMD, "unknown option '%s' or value %s out of range", a, val);
     }
+    b->do_steps = strcmp(part, "metrics") != 0;
+    b->do_metrics = strcmp(part, "steps") != 0;
+    return AS_CLI_RUN;
+}
 
-    char err[512] = "";
-    double load0[3] = {0}, load1[3] = {0};
-    getloadavg(load0, 3);
-    bool do_steps = strcmp(part, "metrics") != 0, do_metrics = strcmp(part, "steps") != 0;
-    steps_res sr = {0};
-    int rc = 0;
-    if (do_steps && (rc = bench_steps(&c, &sr, err, sizeof err)))
-        return as_cli_fail(CMD, "%s", err);
-    lat_res lr[NCAPS] = {{0}};
-    const unsigned tops[NCAPS] = {20, layers};
-    if (do_metrics)
-        rc = bench_metrics(layers, requests, tops, lr, err, sizeof err);
-    if (rc)
-        return as_cli_fail(CMD, "%s", err);
-    getloadavg(load1, 3);
-    if (!do_steps)
-        c.repeats = 0;
-
-    /* paired overheads over repeats (block medians, same repeat = same
-     * moment): the median of the per-repeat ratios and its distribution-
-     * free 95% interval */
-    as_paired pd[NCONF];
-    double rmed[NCONF] = {0}, glo[NCONF] = {0}, ghi[NCONF] = {0};
-    double cmed[NCONF] = {0}, clo[NCONF] = {0}, chi[NCONF] = {0};
-    double *lr_ = calloc(c.repeats ? c.repeats : 1, sizeof *lr_);
-    for (int k = 0; k < NCONF && do_steps && lr_; k++) {
-        pd[k] = as_stats_paired(sr.block_ms[C_OFF], sr.block_ms[k], c.repeats);
-        for (unsigned r = 0; r < c.repeats; r++)
-            lr_[r] = log(sr.block_ms[k][r] / sr.block_ms[C_OFF][r]);
+/* Paired overheads over repeats (block medians, same repeat = same
+ * moment): the median of the per-repeat ratios and its distribution-free
+ * 95% interval, for wall and CPU time. */
+static void paired_overheads(svc_bench *b)
+{
+    const steps_res *sr = &b->sr;
+    unsigned n = b->c.repeats;
+    double *lr_ = calloc(n ? n : 1, sizeof *lr_);
+    for (int k = 0; k < NCONF && b->do_steps && lr_; k++) {
+        b->pd[k] = as_stats_paired(sr->block_ms[C_OFF], sr->block_ms[k], n);
+        for (unsigned r = 0; r < n; r++)
+            lr_[r] = log(sr->block_ms[k][r] / sr->block_ms[C_OFF][r]);
         double lo, hi;
-        median_ci(lr_, c.repeats, &lo, &hi);
-        glo[k] = exp(lo) - 1;
-        ghi[k] = exp(hi) - 1;
-        rmed[k] = exp(as_stats_median(lr_, c.repeats)) - 1;
-        for (unsigned r = 0; r < c.repeats; r++)
-            lr_[r] = log(sr.block_cpu[k][r] / sr.block_cpu[C_OFF][r]);
-        median_ci(lr_, c.repeats, &lo, &hi);
-        clo[k] = exp(lo) - 1;
-        chi[k] = exp(hi) - 1;
-        cmed[k] = exp(as_stats_median(lr_, c.repeats)) - 1;
+        median_ci(lr_, n, &lo, &hi);
+        b->glo[k] = exp(lo) - 1;
+        b->ghi[k] = exp(hi) - 1;
+        b->rmed[k] = exp(as_stats_median(lr_, n)) - 1;
+        for (unsigned r = 0; r < n; r++)
+            lr_[r] = log(sr->block_cpu[k][r] / sr->block_cpu[C_OFF][r]);
+        median_ci(lr_, n, &lo, &hi);
+        b->clo[k] = exp(lo) - 1;
+        b->chi[k] = exp(hi) - 1;
+        b->cmed[k] = exp(as_stats_median(lr_, n)) - 1;
     }
     free(lr_);
+}
 
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    printf("actstore bench service: load average %.2f before, %.2f after, %ld cores\n\n",
-           load0[0], load1[0], ncpu);
-    if (do_steps) {
+static void print_steps(const svc_bench *b)
+{
+    const steps_cfg *c = &b->c;
+    const steps_res *sr = &b->sr;
     printf("  vit small, %u repeats x %ld steps per configuration, %d BLAS thread(s)\n",
-           c.repeats, c.steps, c.threads);
+           c->repeats, c->steps, c->threads);
     printf("  %-11s %9s %9s %15s %24s\n", "wall time", "ms/step", "medians", "paired median",
            "95% CI of the median");
     for (int k = 0; k < NCONF; k++) {
-        double ratio = sr.median_ms[k] / sr.median_ms[C_OFF] - 1;
+        double ratio = sr->median_ms[k] / sr->median_ms[C_OFF] - 1;
         printf("  %-11s %9.3f %+8.2f%% %+14.2f%%      [%+6.2f%%, %+6.2f%%]\n", conf_name[k],
-               sr.median_ms[k], 100 * ratio, 100 * rmed[k], 100 * glo[k], 100 * ghi[k]);
+               sr->median_ms[k], 100 * ratio, 100 * b->rmed[k], 100 * b->glo[k],
+               100 * b->ghi[k]);
     }
     printf("  %-11s %9s %9s %15s %24s\n", "CPU time", "ms/step", "medians", "paired median",
            "95% CI of the median");
     for (int k = 0; k < NCONF; k++) {
-        double ratio = sr.median_cpu[k] / sr.median_cpu[C_OFF] - 1;
+        double ratio = sr->median_cpu[k] / sr->median_cpu[C_OFF] - 1;
         printf("  %-11s %9.3f %+8.2f%% %+14.2f%%      [%+6.2f%%, %+6.2f%%]\n", conf_name[k],
-               sr.median_cpu[k], 100 * ratio, 100 * cmed[k], 100 * clo[k], 100 * chi[k]);
+               sr->median_cpu[k], 100 * ratio, 100 * b->cmed[k], 100 * b->clo[k],
+               100 * b->chi[k]);
     }
     printf("\n  on_clients: %u SSE clients at %.1f events/s each, %lu scrapes (%lu failed), "
            "%lu dropped; service tick max %.3f ms\n",
-           c.clients, sr.events_per_s, sr.scrapes, sr.scrape_errors, sr.dropped, sr.tick_ms_max);
+           c->clients, sr->events_per_s, sr->scrapes, sr->scrape_errors, sr->dropped,
+           sr->tick_ms_max);
     printf("  service thread CPU: %.2f%% of a core idle, %.2f%% with the clients and scrapes\n",
-           100 * sr.cpu_s[C_IDLE] / (sr.wall_s[C_IDLE] > 0 ? sr.wall_s[C_IDLE] : 1),
-           100 * sr.cpu_s[C_CLIENTS] / (sr.wall_s[C_CLIENTS] > 0 ? sr.wall_s[C_CLIENTS] : 1));
+           100 * sr->cpu_s[C_IDLE] / (sr->wall_s[C_IDLE] > 0 ? sr->wall_s[C_IDLE] : 1),
+           100 * sr->cpu_s[C_CLIENTS] / (sr->wall_s[C_CLIENTS] > 0 ? sr->wall_s[C_CLIENTS] : 1));
     printf("  the bench's own client threads (10 SSE readers, the scraper): %.2f%% of a core\n",
-           100 * sr.client_cpu_s / (sr.client_wall_s > 0 ? sr.client_wall_s : 1));
-    }
-    if (do_metrics)
-    printf("\n  /metrics, %u layers, %u requests (keep-alive, loopback):\n", layers, requests);
-    for (int k = 0; k < 2 && do_metrics; k++)
-        printf("    top %-4u layers: p50 %.3f ms  p99 %.3f ms  max %.3f ms  service CPU %.3f ms/request"
-               "  (%ld bytes, %ld samples)\n", lr[k].top, lr[k].p50_ms, lr[k].p99_ms, lr[k].max_ms,
-               lr[k].cpu_ms, lr[k].bytes, lr[k].series);
+           100 * sr->client_cpu_s / (sr->client_wall_s > 0 ? sr->client_wall_s : 1));
+}
+
+static void print_report(const svc_bench *b)
+{
+    printf("actstore bench service: load average %.2f before, %.2f after, %ld cores\n\n",
+           b->load0[0], b->load1[0], b->ncpu);
+    if (b->do_steps)
+        print_steps(b);
+    if (b->do_metrics)
+        printf("\n  /metrics, %u layers, %u requests (keep-alive, loopback):\n", b->layers,
+               b->requests);
+    for (int k = 0; k < 2 && b->do_metrics; k++)
+        printf("    top %-4u layers: p50 %.3f ms  p99 %.3f ms  max %.3f ms  service CPU %.3f "
+               "ms/request  (%ld bytes, %ld samples)\n", b->lr[k].top, b->lr[k].p50_ms,
+               b->lr[k].p99_ms, b->lr[k].max_ms, b->lr[k].cpu_ms, b->lr[k].bytes,
+               b->lr[k].series);
     /* the verdict uses the paired median (wall time): blocks measured at
      * the same moment, robust to the load shifts of a shared machine */
-    double over = do_steps ? rmed[C_CLIENTS] : 0;
-    if (do_steps)
-        printf("\n  target: step overhead with clients %+.2f%% (paired median of wall time, 95%% CI "
-               "[%+.2f%%, %+.2f%%]; <= 2%%: %s)\n", 100 * over, 100 * glo[C_CLIENTS],
-               100 * ghi[C_CLIENTS], over <= 0.02 ? "met" : "NOT met");
-    if (do_metrics)
+    double over = b->do_steps ? b->rmed[C_CLIENTS] : 0;
+    if (b->do_steps)
+        printf("\n  target: step overhead with clients %+.2f%% (paired median of wall time, "
+               "95%% CI [%+.2f%%, %+.2f%%]; <= 2%%: %s)\n", 100 * over,
+               100 * b->glo[C_CLIENTS], 100 * b->ghi[C_CLIENTS],
+               over <= 0.02 ? "met" : "NOT met");
+    if (b->do_metrics)
         printf("%s  target: /metrics p99 %.3f ms with the default cap (<= 2 ms: %s)\n",
-               do_steps ? "" : "\n", lr[0].p99_ms, lr[0].p99_ms <= 2 ? "met" : "NOT met");
+               b->do_steps ? "" : "\n", b->lr[0].p99_ms, b->lr[0].p99_ms <= 2 ? "met" : "NOT met");
+}
 
-    if (json_path) {
-        cJSON *root = cJSON_CreateObject();
-        cJSON_AddStringToObject(root, "bench", "service");
-        cJSON_AddStringToObject(root, "model", "vit");
-        cJSON_AddStringToObject(root, "preset", "small");
-        cJSON_AddStringToObject(root, "policy", c.policy);
-        cJSON_AddItemToObject(root, "loadavg_before", cJSON_CreateDoubleArray(load0, 3));
-        cJSON_AddItemToObject(root, "loadavg_after", cJSON_CreateDoubleArray(load1, 3));
-        cJSON_AddNumberToObject(root, "cores", (double)ncpu);
-        cJSON_AddNumberToObject(root, "repeats", c.repeats);
-        cJSON_AddNumberToObject(root, "steps_per_block", (double)c.steps);
-        cJSON_AddNumberToObject(root, "warmup_steps", (double)c.warmup);
-        cJSON_AddNumberToObject(root, "threads", c.threads);
-        cJSON_AddNumberToObject(root, "clients", c.clients);
-        cJSON_AddNumberToObject(root, "scrape_ms", c.scrape_ms);
-        cJSON *cf = cJSON_AddArrayToObject(root, "step_time");
-        for (int k = 0; k < NCONF && do_steps; k++) {
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "config", conf_name[k]);
-            cJSON_AddNumberToObject(o, "median_ms", sr.median_ms[k]);
-            cJSON_AddNumberToObject(o, "vs_off", sr.median_ms[k] / sr.median_ms[C_OFF] - 1);
-            cJSON_AddNumberToObject(o, "paired_median_vs_off", rmed[k]);
-            cJSON_AddNumberToObject(o, "paired_median_ci95_lo", glo[k]);
-            cJSON_AddNumberToObject(o, "paired_median_ci95_hi", ghi[k]);
-            cJSON_AddNumberToObject(o, "paired_diff_ms", pd[k].mean_diff);
-            cJSON_AddNumberToObject(o, "paired_ci_half_ms", isnan(pd[k].ci_half) ? 0 : pd[k].ci_half);
-            cJSON_AddItemToObject(o, "block_medians_ms",
-                                  cJSON_CreateDoubleArray(sr.block_ms[k], (int)c.repeats));
-            cJSON_AddNumberToObject(o, "cpu_median_ms", sr.median_cpu[k]);
-            cJSON_AddNumberToObject(o, "cpu_paired_median_vs_off", cmed[k]);
-            cJSON_AddNumberToObject(o, "cpu_paired_median_ci95_lo", clo[k]);
-            cJSON_AddNumberToObject(o, "cpu_paired_median_ci95_hi", chi[k]);
-            cJSON_AddItemToObject(o, "block_cpu_medians_ms",
-                                  cJSON_CreateDoubleArray(sr.block_cpu[k], (int)c.repeats));
-            cJSON_AddItemToArray(cf, o);
-        }
-        cJSON_AddNumberToObject(root, "sse_events_per_s_per_client", sr.events_per_s);
-        cJSON_AddNumberToObject(root, "scrapes", (double)sr.scrapes);
-        cJSON_AddNumberToObject(root, "scrape_errors", (double)sr.scrape_errors);
-        cJSON_AddNumberToObject(root, "sse_dropped", (double)sr.dropped);
-        cJSON_AddNumberToObject(root, "tick_ms_max", sr.tick_ms_max);
-        cJSON_AddNumberToObject(root, "service_cpu_share_idle",
-                                sr.wall_s[C_IDLE] > 0 ? sr.cpu_s[C_IDLE] / sr.wall_s[C_IDLE] : 0);
-        cJSON_AddNumberToObject(root, "client_threads_cpu_share",
-                                sr.client_wall_s > 0 ? sr.client_cpu_s / sr.client_wall_s : 0);
-        cJSON_AddNumberToObject(root, "service_cpu_share_clients",
-                                sr.wall_s[C_CLIENTS] > 0 ? sr.cpu_s[C_CLIENTS] / sr.wall_s[C_CLIENTS] : 0);
-        cJSON *ml = cJSON_AddArrayToObject(root, "metrics_latency");
-        for (int k = 0; k < 2 && do_metrics; k++) {
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddNumberToObject(o, "layers", layers);
-            cJSON_AddNumberToObject(o, "top_layers", lr[k].top);
-            cJSON_AddNumberToObject(o, "requests", requests);
-            cJSON_AddNumberToObject(o, "p50_ms", lr[k].p50_ms);
-            cJSON_AddNumberToObject(o, "p99_ms", lr[k].p99_ms);
-            cJSON_AddNumberToObject(o, "max_ms", lr[k].max_ms);
-            cJSON_AddNumberToObject(o, "service_cpu_ms_per_request", lr[k].cpu_ms);
-            cJSON_AddNumberToObject(o, "body_bytes", (double)lr[k].bytes);
-            cJSON_AddNumberToObject(o, "samples", (double)lr[k].series);
-            cJSON_AddItemToArray(ml, o);
-        }
-        cJSON *t = cJSON_AddObjectToObject(root, "targets");
-        if (do_steps) {
-            cJSON_AddNumberToObject(t, "step_overhead_with_clients", over);
-            cJSON_AddNumberToObject(t, "step_overhead_ci95_lo", glo[C_CLIENTS]);
-            cJSON_AddNumberToObject(t, "step_overhead_ci95_hi", ghi[C_CLIENTS]);
-            cJSON_AddBoolToObject(t, "step_overhead_met", over <= 0.02);
-        }
-        if (do_metrics)
-            cJSON_AddBoolToObject(t, "metrics_p99_met", lr[0].p99_ms <= 2);
-        int w = as_cli_write_json(CMD, json_path, root);
-        cJSON_Delete(root);
-        if (w)
-            rc = AS_EIO;
+static void steps_json(const svc_bench *b, cJSON *root)
+{
+    const steps_res *sr = &b->sr;
+    int n = (int)b->c.repeats;
+    cJSON *cf = cJSON_AddArrayToObject(root, "step_time");
+    for (int k = 0; k < NCONF && b->do_steps; k++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "config", conf_name[k]);
+        cJSON_AddNumberToObject(o, "median_ms", sr->median_ms[k]);
+        cJSON_AddNumberToObject(o, "vs_off", sr->median_ms[k] / sr->median_ms[C_OFF] - 1);
+        cJSON_AddNumberToObject(o, "paired_median_vs_off", b->rmed[k]);
+        cJSON_AddNumberToObject(o, "paired_median_ci95_lo", b->glo[k]);
+        cJSON_AddNumberToObject(o, "paired_median_ci95_hi", b->ghi[k]);
+        cJSON_AddNumberToObject(o, "paired_diff_ms", b->pd[k].mean_diff);
+        cJSON_AddNumberToObject(o, "paired_ci_half_ms",
+                                isnan(b->pd[k].ci_half) ? 0 : b->pd[k].ci_half);
+        cJSON_AddItemToObject(o, "block_medians_ms", cJSON_CreateDoubleArray(sr->block_ms[k], n));
+        cJSON_AddNumberToObject(o, "cpu_median_ms", sr->median_cpu[k]);
+        cJSON_AddNumberToObject(o, "cpu_paired_median_vs_off", b->cmed[k]);
+        cJSON_AddNumberToObject(o, "cpu_paired_median_ci95_lo", b->clo[k]);
+        cJSON_AddNumberToObject(o, "cpu_paired_median_ci95_hi", b->chi[k]);
+        cJSON_AddItemToObject(o, "block_cpu_medians_ms",
+                              cJSON_CreateDoubleArray(sr->block_cpu[k], n));
+        cJSON_AddItemToArray(cf, o);
     }
+    cJSON_AddNumberToObject(root, "sse_events_per_s_per_client", sr->events_per_s);
+    cJSON_AddNumberToObject(root, "scrapes", (double)sr->scrapes);
+    cJSON_AddNumberToObject(root, "scrape_errors", (double)sr->scrape_errors);
+    cJSON_AddNumberToObject(root, "sse_dropped", (double)sr->dropped);
+    cJSON_AddNumberToObject(root, "tick_ms_max", sr->tick_ms_max);
+    cJSON_AddNumberToObject(root, "service_cpu_share_idle",
+                            sr->wall_s[C_IDLE] > 0 ? sr->cpu_s[C_IDLE] / sr->wall_s[C_IDLE] : 0);
+    cJSON_AddNumberToObject(root, "client_threads_cpu_share",
+                            sr->client_wall_s > 0 ? sr->client_cpu_s / sr->client_wall_s : 0);
+    cJSON_AddNumberToObject(root, "service_cpu_share_clients",
+                            sr->wall_s[C_CLIENTS] > 0
+                                ? sr->cpu_s[C_CLIENTS] / sr->wall_s[C_CLIENTS] : 0);
+}
+
+static void metrics_json(const svc_bench *b, cJSON *root)
+{
+    cJSON *ml = cJSON_AddArrayToObject(root, "metrics_latency");
+    for (int k = 0; k < 2 && b->do_metrics; k++) {
+        const lat_res *l = &b->lr[k];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "layers", b->layers);
+        cJSON_AddNumberToObject(o, "top_layers", l->top);
+        cJSON_AddNumberToObject(o, "requests", b->requests);
+        cJSON_AddNumberToObject(o, "p50_ms", l->p50_ms);
+        cJSON_AddNumberToObject(o, "p99_ms", l->p99_ms);
+        cJSON_AddNumberToObject(o, "max_ms", l->max_ms);
+        cJSON_AddNumberToObject(o, "service_cpu_ms_per_request", l->cpu_ms);
+        cJSON_AddNumberToObject(o, "body_bytes", (double)l->bytes);
+        cJSON_AddNumberToObject(o, "samples", (double)l->series);
+        cJSON_AddItemToArray(ml, o);
+    }
+}
+
+static int write_json(const svc_bench *b)
+{
+    const steps_cfg *c = &b->c;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "bench", "service");
+    cJSON_AddStringToObject(root, "model", "vit");
+    cJSON_AddStringToObject(root, "preset", "small");
+    cJSON_AddStringToObject(root, "policy", c->policy);
+    cJSON_AddItemToObject(root, "loadavg_before", cJSON_CreateDoubleArray(b->load0, 3));
+    cJSON_AddItemToObject(root, "loadavg_after", cJSON_CreateDoubleArray(b->load1, 3));
+    cJSON_AddNumberToObject(root, "cores", (double)b->ncpu);
+    cJSON_AddNumberToObject(root, "repeats", c->repeats);
+    cJSON_AddNumberToObject(root, "steps_per_block", (double)c->steps);
+    cJSON_AddNumberToObject(root, "warmup_steps", (double)c->warmup);
+    cJSON_AddNumberToObject(root, "threads", c->threads);
+    cJSON_AddNumberToObject(root, "clients", c->clients);
+    cJSON_AddNumberToObject(root, "scrape_ms", c->scrape_ms);
+    steps_json(b, root);
+    metrics_json(b, root);
+    cJSON *t = cJSON_AddObjectToObject(root, "targets");
+    if (b->do_steps) {
+        double over = b->rmed[C_CLIENTS];
+        cJSON_AddNumberToObject(t, "step_overhead_with_clients", over);
+        cJSON_AddNumberToObject(t, "step_overhead_ci95_lo", b->glo[C_CLIENTS]);
+        cJSON_AddNumberToObject(t, "step_overhead_ci95_hi", b->ghi[C_CLIENTS]);
+        cJSON_AddBoolToObject(t, "step_overhead_met", over <= 0.02);
+    }
+    if (b->do_metrics)
+        cJSON_AddBoolToObject(t, "metrics_p99_met", b->lr[0].p99_ms <= 2);
+    int w = as_cli_write_json(CMD, b->json_path, root);
+    cJSON_Delete(root);
+    return w ? AS_EIO : 0;
+}
+
+int as_bench_service(int argc, char **argv)
+{
+    svc_bench b = {.c = {.steps = 40, .warmup = 3, .repeats = 7, .clients = 10,
+                         .scrape_ms = 100, .threads = 1,
+                         .policy = "softmax=soa:5; default=keep"},
+                   .layers = 100, .requests = 2000};
+    signal(SIGPIPE, SIG_IGN);   /* a dropped client connection: EPIPE, not death */
+    int rc = parse_args(&b, argc, argv);
+    if (rc != AS_CLI_RUN)
+        return rc;
+    char err[512] = "";
+    getloadavg(b.load0, 3);
+    if (b.do_steps && (rc = bench_steps(&b.c, &b.sr, err, sizeof err)))
+        return as_cli_fail(CMD, "%s", err);
+    const unsigned tops[NCAPS] = {20, b.layers};
+    if (b.do_metrics)
+        rc = bench_metrics(b.layers, b.requests, tops, b.lr, err, sizeof err);
+    if (rc)
+        return as_cli_fail(CMD, "%s", err);
+    getloadavg(b.load1, 3);
+    if (!b.do_steps)
+        b.c.repeats = 0;
+    paired_overheads(&b);
+    b.ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    print_report(&b);
+    if (b.json_path)
+        rc = write_json(&b);
     for (int k = 0; k < NCONF; k++) {
-        free(sr.block_ms[k]);
-        free(sr.block_cpu[k]);
+        free(b.sr.block_ms[k]);
+        free(b.sr.block_cpu[k]);
     }
     return rc ? AS_EXIT_FAIL : AS_EXIT_OK;
 }

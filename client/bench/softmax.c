@@ -611,128 +611,112 @@ static void usage(FILE *f)
         default_policies);
 }
 
-int as_bench_softmax(int argc, char **argv)
-{
-    const char *json = NULL, *pols = default_policies;
-    const char *cap_model = NULL, *cap_out = NULL, *cap_preset = "bench";
-    const char *st_model = NULL;
-    unsigned long long cap_steps = 0, cap_seed = 1;   /* 0: default */
+/* The bench's options. */
+typedef struct sm_opts {
+    const char *json, *pols, *cap_model, *cap_out, *cap_preset, *st_model;
+    unsigned long long cap_steps, cap_seed, reps;   /* cap_steps 0: default */
     const char *files[MAX_FILES];
-    int nfiles = 0, quick = 0, synthetic = 1;
-    unsigned long long reps = 3;
+    int nfiles, quick, synthetic;
+} sm_opts;
+
+/* One option with its value at argv[*i]; returns AS_CLI_RUN or an exit code. */
+static int parse_value(sm_opts *o, const char *a, const char *v)
+{
+    if (!strcmp(a, "--json")) {
+        o->json = v;
+    } else if (!strcmp(a, "--capture")) {
+        o->cap_model = v;
+    } else if (!strcmp(a, "--step-time")) {
+        o->st_model = v;
+    } else if (!strcmp(a, "--out")) {
+        o->cap_out = v;
+    } else if (!strcmp(a, "--preset")) {
+        o->cap_preset = v;
+    } else if (!strcmp(a, "--steps")) {
+        if (as_cli_parse_u64("bench", "--steps", v, &o->cap_steps))
+            return AS_EXIT_USAGE;
+    } else if (!strcmp(a, "--head-dim")) {
+        unsigned long long hd;
+        if (as_cli_parse_u64("bench", "--head-dim", v, &hd))
+            return AS_EXIT_USAGE;
+        if (hd < 1 || hd > 1024)
+            return as_cli_usage("bench", "--head-dim: 1..1024");
+        head_dim = (int)hd;
+    } else if (!strcmp(a, "--seed")) {
+        if (as_cli_parse_u64("bench", "--seed", v, &o->cap_seed))
+            return AS_EXIT_USAGE;
+    } else if (!strcmp(a, "--policies")) {
+        o->pols = v;
+    } else if (!strcmp(a, "--rows")) {
+        if (o->nfiles == MAX_FILES)
+            return as_cli_usage("bench", "softmax: at most %d --rows", MAX_FILES);
+        o->files[o->nfiles++] = v;
+    } else if (!strcmp(a, "--repeats")) {
+        if (as_cli_parse_u64("bench", "--repeats", v, &o->reps))
+            return AS_EXIT_USAGE;
+        if (o->reps < 1 || o->reps > 15)
+            return as_cli_usage("bench", "--repeats: 1..15");
+    } else {
+        return as_cli_usage("bench", "softmax: unknown option '%s'", a);
+    }
+    return AS_CLI_RUN;
+}
+
+static int parse_args(sm_opts *o, int argc, char **argv)
+{
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int r = AS_CLI_RUN;
         if (as_cli_is_help(a)) {
             usage(stdout);
             return AS_EXIT_OK;
         } else if (!strcmp(a, "--quick")) {
-            quick = 1;
+            o->quick = 1;
         } else if (!strcmp(a, "--no-synthetic")) {
-            synthetic = 0;
+            o->synthetic = 0;
         } else if (i + 1 >= argc) {
             return as_cli_usage("bench", "softmax: unknown option or missing value '%s'", a);
-        } else if (!strcmp(a, "--json")) {
-            json = argv[++i];
-        } else if (!strcmp(a, "--capture")) {
-            cap_model = argv[++i];
-        } else if (!strcmp(a, "--step-time")) {
-            st_model = argv[++i];
-        } else if (!strcmp(a, "--out")) {
-            cap_out = argv[++i];
-        } else if (!strcmp(a, "--preset")) {
-            cap_preset = argv[++i];
-        } else if (!strcmp(a, "--steps")) {
-            if (as_cli_parse_u64("bench", "--steps", argv[++i], &cap_steps))
-                return AS_EXIT_USAGE;
-        } else if (!strcmp(a, "--head-dim")) {
-            unsigned long long hd;
-            if (as_cli_parse_u64("bench", "--head-dim", argv[++i], &hd))
-                return AS_EXIT_USAGE;
-            if (hd < 1 || hd > 1024)
-                return as_cli_usage("bench", "--head-dim: 1..1024");
-            head_dim = (int)hd;
-        } else if (!strcmp(a, "--seed")) {
-            if (as_cli_parse_u64("bench", "--seed", argv[++i], &cap_seed))
-                return AS_EXIT_USAGE;
-        } else if (!strcmp(a, "--policies")) {
-            pols = argv[++i];
-        } else if (!strcmp(a, "--rows")) {
-            if (nfiles == MAX_FILES)
-                return as_cli_usage("bench", "softmax: at most %d --rows", MAX_FILES);
-            files[nfiles++] = argv[++i];
-        } else if (!strcmp(a, "--repeats")) {
-            if (as_cli_parse_u64("bench", "--repeats", argv[++i], &reps))
-                return AS_EXIT_USAGE;
-            if (reps < 1 || reps > 15)
-                return as_cli_usage("bench", "--repeats: 1..15");
         } else {
-            return as_cli_usage("bench", "softmax: unknown option '%s'", a);
+            r = parse_value(o, a, argv[++i]);
         }
+        if (r != AS_CLI_RUN)
+            return r;
     }
-    if (cap_model || cap_out) {
-        if (!cap_model || !cap_out)
-            return as_cli_usage("bench", "softmax: --capture needs --out FILE "
-                                "and --out needs --capture MODEL");
-    }
-    if (quick)
-        reps = 1;
-    /* one thread: codecs run on the training thread; an idle OpenBLAS pool
-     * spinning in sched_yield would also steal the core from them */
-    openblas_set_num_threads(1);
-    char *specs[MAX_POL], *pbuf = strdup(pols);
+    if ((o->cap_model || o->cap_out) && (!o->cap_model || !o->cap_out))
+        return as_cli_usage("bench", "softmax: --capture needs --out FILE "
+                            "and --out needs --capture MODEL");
+    if (o->quick)
+        o->reps = 1;
+    return AS_CLI_RUN;
+}
+
+/* Split --policies at commas into specs (pointing into *buf, which the
+ * caller frees) and check each. Returns the count, or -exit code. */
+static int parse_policies(const char *pols, char **buf, char *specs[MAX_POL])
+{
     int npol = 0;
-    if (!pbuf)
-        return as_cli_fail("bench", "softmax: out of memory");
-    for (char *t = strtok(pbuf, ","); t && npol < MAX_POL; t = strtok(NULL, ","))
+    *buf = strdup(pols);
+    if (!*buf)
+        return -as_cli_fail("bench", "softmax: out of memory");
+    for (char *t = strtok(*buf, ","); t && npol < MAX_POL; t = strtok(NULL, ","))
         specs[npol++] = t;
     for (int i = 0; i < npol; i++) {
         as__sm_params p;
         char err[160];
-        if (as__sm_parse(specs[i], strlen(specs[i]), &p, err, sizeof err, NULL)) {
-            int ec = as_cli_usage("bench", "--policies: '%s': %s", specs[i], err);
-            free(pbuf);   /* after the message: specs[i] points into it */
-            return ec;
-        }
+        if (as__sm_parse(specs[i], strlen(specs[i]), &p, err, sizeof err, NULL))
+            return -as_cli_usage("bench", "--policies: '%s': %s", specs[i], err);
     }
+    return npol;
+}
 
-    cJSON *root = cJSON_CreateObject(), *results = cJSON_CreateArray();
-    cJSON_AddStringToObject(root, "bench", "softmax");
-    cJSON_AddItemToObject(root, "results", results);
+/* Every row set of every --rows file, under every policy. */
+static int bench_files(const sm_opts *o, char **specs, int npol, cJSON *results)
+{
     int rc = AS_EXIT_OK;
-    if (st_model) {
-        cJSON *sa = cJSON_CreateArray();
-        cJSON_AddItemToObject(root, "step_time", sa);
-        rc = step_time(st_model, cap_preset,
-                       cap_steps ? (long)cap_steps : 40, cap_seed,
-                       specs, npol, sa);
-        if (rc == AS_EXIT_OK && json &&
-            as_cli_write_json("bench", json, root))
-            rc = AS_EXIT_FAIL;
-        cJSON_Delete(root);
-        free(pbuf);
-        return rc;
-    }
-    if (cap_model) {
-        cJSON *mg = cJSON_CreateArray();
-        cJSON_AddItemToObject(root, "model_grad", mg);
-        cJSON_AddStringToObject(root, "capture", cap_model);
-        cJSON_AddNumberToObject(root, "capture_steps", (double)cap_steps);
-        rc = capture(cap_model, cap_preset,
-                     cap_steps ? (long)cap_steps : 1000, cap_seed,
-                     cap_out, specs, npol, mg);
-        if (rc == AS_EXIT_OK && json &&
-            as_cli_write_json("bench", json, root))
-            rc = AS_EXIT_FAIL;
-        cJSON_Delete(root);
-        free(pbuf);
-        return rc;
-    }
-    for (int f = 0; f < nfiles && rc == AS_EXIT_OK; f++) {
-        FILE *fp = fopen(files[f], "rb");
-        if (!fp) {
-            rc = as_cli_fail("bench", "softmax: cannot open %s", files[f]);
-            break;
-        }
+    for (int f = 0; f < o->nfiles && rc == AS_EXIT_OK; f++) {
+        FILE *fp = fopen(o->files[f], "rb");
+        if (!fp)
+            return as_cli_fail("bench", "softmax: cannot open %s", o->files[f]);
         as__sm_dump_rec pend;
         bool have = false;
         for (int setno = 0;; setno++) {
@@ -742,41 +726,92 @@ int as_bench_softmax(int argc, char **argv)
                 break;
             if (e) {
                 rc = as_cli_fail("bench", "softmax: %s: row set %d: %s",
-                                 files[f], setno, as_strerror(e));
+                                 o->files[f], setno, as_strerror(e));
                 break;
             }
-            double at = attn_fwd_s(&s, (int)reps);
+            double at = attn_fwd_s(&s, (int)o->reps);
             for (int i = 0; i < npol && rc == AS_EXIT_OK; i++)
-                rc = bench_one(&s, specs[i], (int)reps, at, results);
+                rc = bench_one(&s, specs[i], (int)o->reps, at, results);
             free(s.y);
         }
         if (have)
             free(pend.y);
         fclose(fp);
     }
+    return rc;
+}
+
+/* The synthetic row sets: lengths x logit spreads x (padded, causal). */
+static int bench_synthetic(const sm_opts *o, char **specs, int npol, cJSON *results)
+{
     static const int64_t lens[] = {50, 128, 256, 1024};
     static const double sds[] = {1, 2, 4};
-    for (int li = 0; synthetic && li < 4 && rc == AS_EXIT_OK; li++)
+    int rc = AS_EXIT_OK;
+    for (int li = 0; li < 4 && rc == AS_EXIT_OK; li++)
         for (int si = 0; si < 3 && rc == AS_EXIT_OK; si++)
             for (int c = 0; c < 2 && rc == AS_EXIT_OK; c++) {
                 rowset s;
-                if (synth(&s, lens[li], sds[si], c == 1,
-                          quick ? 1 << 17 : 1 << 20)) {
-                    rc = as_cli_fail("bench", "softmax: out of memory");
-                    break;
-                }
-                double at = attn_fwd_s(&s, (int)reps);
+                if (synth(&s, lens[li], sds[si], c == 1, o->quick ? 1 << 17 : 1 << 20))
+                    return as_cli_fail("bench", "softmax: out of memory");
+                double at = attn_fwd_s(&s, (int)o->reps);
                 for (int i = 0; i < npol && rc == AS_EXIT_OK; i++)
-                    rc = bench_one(&s, specs[i], (int)reps, at, results);
+                    rc = bench_one(&s, specs[i], (int)o->reps, at, results);
                 free(s.y);
             }
+    return rc;
+}
+
+/* The codec benches (files, synthetic rows, the rank code's order). */
+static int bench_codecs(const sm_opts *o, char **specs, int npol, cJSON *root)
+{
+    cJSON *results = cJSON_GetObjectItem(root, "results");
+    int rc = bench_files(o, specs, npol, results);
+    if (rc == AS_EXIT_OK && o->synthetic)
+        rc = bench_synthetic(o, specs, npol, results);
     if (rc == AS_EXIT_OK) {
         cJSON *order = cJSON_CreateArray();
         cJSON_AddItemToObject(root, "order", order);
-        bench_order(order, (int)reps, quick);
-        if (json && as_cli_write_json("bench", json, root))
-            rc = AS_EXIT_FAIL;
+        bench_order(order, (int)o->reps, o->quick);
     }
+    return rc;
+}
+
+int as_bench_softmax(int argc, char **argv)
+{
+    sm_opts o = {.pols = default_policies, .cap_preset = "bench", .cap_seed = 1, .reps = 3,
+                 .synthetic = 1};
+    int rc = parse_args(&o, argc, argv);
+    if (rc != AS_CLI_RUN)
+        return rc;
+    /* one thread: codecs run on the training thread; an idle OpenBLAS pool
+     * spinning in sched_yield would also steal the core from them */
+    openblas_set_num_threads(1);
+    char *specs[MAX_POL], *pbuf = NULL;
+    int npol = parse_policies(o.pols, &pbuf, specs);
+    if (npol < 0) {
+        free(pbuf);   /* after the message: specs point into it */
+        return -npol;
+    }
+    cJSON *root = cJSON_CreateObject(), *results = cJSON_CreateArray();
+    cJSON_AddStringToObject(root, "bench", "softmax");
+    cJSON_AddItemToObject(root, "results", results);
+    if (o.st_model) {
+        cJSON *sa = cJSON_CreateArray();
+        cJSON_AddItemToObject(root, "step_time", sa);
+        rc = step_time(o.st_model, o.cap_preset, o.cap_steps ? (long)o.cap_steps : 40,
+                       o.cap_seed, specs, npol, sa);
+    } else if (o.cap_model) {
+        cJSON *mg = cJSON_CreateArray();
+        cJSON_AddItemToObject(root, "model_grad", mg);
+        cJSON_AddStringToObject(root, "capture", o.cap_model);
+        cJSON_AddNumberToObject(root, "capture_steps", (double)o.cap_steps);
+        rc = capture(o.cap_model, o.cap_preset, o.cap_steps ? (long)o.cap_steps : 1000,
+                     o.cap_seed, o.cap_out, specs, npol, mg);
+    } else {
+        rc = bench_codecs(&o, specs, npol, root);
+    }
+    if (rc == AS_EXIT_OK && o.json && as_cli_write_json("bench", o.json, root))
+        rc = AS_EXIT_FAIL;
     cJSON_Delete(root);
     free(pbuf);
     return rc;

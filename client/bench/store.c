@@ -31,6 +31,7 @@
 #include "actstore/store.h"
 #include "bench.h"
 #include "util/clock.h"
+#include "util/rng.h"
 #include "cli.h"
 #include "stats.h"
 #include "store/policies/quant.h"   /* as__offload_wait_idle */
@@ -41,13 +42,17 @@ enum { T_RELU, T_SOFTMAX, T_GAUSS, NTENSORS };
 static const char *const tensor_name[NTENSORS] = {"relu", "softmax", "gaussian"};
 
 enum { P_MEMCPY, P_KEEP_ADOPT, P_KEEP, P_ZSTD, P_FP16, P_BF16, P_Q8, P_Q4, P_Q2,
-       P_OFFLOAD, NPOL };
+       P_OFFLOAD, P_AQ8, P_AQ4, P_AQ3, P_AQ2, P_AQ3ROT, P_AQ2ROT, NPOL };
 static const char *const pol_name[NPOL] = {"memcpy", "keep_adopt", "keep", "zstd", "fp16",
-                                           "bf16", "q8", "q4", "q2", "offload"};
+                                           "bf16", "q8", "q4", "q2", "offload",
+                                           "aq:8", "aq:4", "aq:3", "aq:2", "aq:3:rot",
+                                           "aq:2:rot"};
 static const char *const pol_spec[NPOL] = {NULL, "default=keep", "default=keep",
                                            "default=zstd:1", "default=fp16", "default=bf16",
                                            "default=q8", "default=q4", "default=q2",
-                                           "default=offload"};
+                                           "default=offload", "default=aq:8",
+                                           "default=aq:4", "default=aq:3", "default=aq:2",
+                                           "default=aq:3:rot", "default=aq:2:rot"};
 
 #define ADOPT_BATCH 17   /* keep_adopt: 1 filled + 16 timed blocks */
 
@@ -77,13 +82,7 @@ static double wall_s(stamp_t a, stamp_t b) { return (double)(b.wall - a.wall) * 
 static double cpu_s(stamp_t a, stamp_t b) { return (double)(b.cpu - a.cpu) * 1e-9; }
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static double uniform01(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return ((double)(rng >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
+static double uniform01(void) { return as_rng_u01_open(&rng); }
 
 /* Two N(0,1) draws (Box-Muller). */
 static void gauss2(float *a, float *b)
@@ -269,126 +268,146 @@ static void usage(FILE *f)
             "  --offload-dir DIR  directory of the offload files (default $TMPDIR or /tmp)\n");
 }
 
-int as_bench_store(int argc, char **argv)
+/* One run of the bench: options, tensors, cells and their medians. */
+typedef struct store_bench {
+    const char *json_path, *odir;
+    unsigned long long repeats, mib;
+    size_t   n, bytes;                      /* f32 values and bytes per tensor */
+    float   *src[NTENSORS], *dst;
+    double  *times;                         /* the cells' sample arrays */
+    cell     cells[NPOL][NTENSORS];
+    double   sg[2][NPOL][NTENSORS], rg[2][NPOL][NTENSORS];   /* GB/s: [0] wall, [1] CPU */
+} store_bench;
+
+/* Returns AS_CLI_RUN, or an exit code after --help or a usage error. */
+static int parse_args(store_bench *b, int argc, char **argv)
 {
-    const char *json_path = NULL, *odir = NULL;
-    unsigned long long repeats = 5, mib = 64;
     for (int i = 1; i < argc; i++) {
         if (as_cli_is_help(argv[i])) {
             usage(stdout);
             return AS_EXIT_OK;
         } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
-            json_path = argv[++i];
+            b->json_path = argv[++i];
         } else if (!strcmp(argv[i], "--offload-dir") && i + 1 < argc) {
-            odir = argv[++i];
+            b->odir = argv[++i];
         } else if (!strcmp(argv[i], "--repeats") && i + 1 < argc) {
-            if (as_cli_parse_u64(CMD, "--repeats", argv[++i], &repeats) != 0)
+            if (as_cli_parse_u64(CMD, "--repeats", argv[++i], &b->repeats) != 0)
                 return AS_EXIT_USAGE;
-            if (repeats < 1 || repeats > 100)
+            if (b->repeats < 1 || b->repeats > 100)
                 return as_cli_usage(CMD, "--repeats must be 1..100");
         } else if (!strcmp(argv[i], "--mib") && i + 1 < argc) {
-            if (as_cli_parse_u64(CMD, "--mib", argv[++i], &mib) != 0)
+            if (as_cli_parse_u64(CMD, "--mib", argv[++i], &b->mib) != 0)
                 return AS_EXIT_USAGE;
-            if (mib < 1 || mib > 1024)
+            if (b->mib < 1 || b->mib > 1024)
                 return as_cli_usage(CMD, "--mib must be 1..1024");
         } else {
             return as_cli_usage(CMD, "unknown or incomplete option '%s'", argv[i]);
         }
     }
-    size_t n = (size_t)mib << 18, bytes = n * sizeof(float);   /* mib MiB of f32 */
-    float *src[NTENSORS], *dst = malloc(bytes);
+    return AS_CLI_RUN;
+}
+
+/* The tensors (filled), the caller buffer (pre-faulted) and the cells'
+ * sample arrays. Returns 0 or -1 (out of memory). */
+static int bench_alloc(store_bench *b)
+{
+    b->n = (size_t)b->mib << 18;   /* mib MiB of f32 */
+    b->bytes = b->n * sizeof(float);
+    b->dst = malloc(b->bytes);
     for (int k = 0; k < NTENSORS; k++)
-        src[k] = malloc(bytes);
-    cell cells[NPOL][NTENSORS];
-    double *times = calloc(5 * NPOL * NTENSORS * repeats, sizeof *times);
-    int status = AS_EXIT_OK;
-    as_store *s = NULL;
-    if (!dst || !src[0] || !src[1] || !src[2] || !times) {
-        status = as_cli_fail(CMD, "out of memory for %llu MiB tensors", mib);
-        goto out;
-    }
+        b->src[k] = malloc(b->bytes);
+    size_t r = b->repeats;
+    b->times = calloc(5 * NPOL * NTENSORS * r, sizeof *b->times);
+    if (!b->dst || !b->src[0] || !b->src[1] || !b->src[2] || !b->times)
+        return -1;
     for (int k = 0; k < NTENSORS; k++)
-        fill(k, src[k], n);
-    memset(dst, 0, bytes);   /* pre-fault the caller buffer */
+        fill(k, b->src[k], b->n);
+    memset(b->dst, 0, b->bytes);
     for (int p = 0; p < NPOL; p++)
         for (int k = 0; k < NTENSORS; k++) {
-            cell *c = &cells[p][k];
+            cell *c = &b->cells[p][k];
             memset(c, 0, sizeof *c);
-            c->save_s = times + ((size_t)(p * NTENSORS + k) * 5) * repeats;
-            c->restore_s = c->save_s + repeats;
-            c->cold_s = c->restore_s + repeats;
-            c->save_c = c->cold_s + repeats;
-            c->restore_c = c->save_c + repeats;
+            c->save_s = b->times + ((size_t)(p * NTENSORS + k) * 5) * r;
+            c->restore_s = c->save_s + r;
+            c->cold_s = c->restore_s + r;
+            c->save_c = c->cold_s + r;
+            c->restore_c = c->save_c + r;
         }
-    as_store_config cfg = {.offload_dir = odir, .label = "bench"};
-    char err[256] = "";
-    int rc = as_store_create(&cfg, &s, err, sizeof err);
-    if (rc != 0) {
-        status = as_cli_fail(CMD, "as_store_create: %s %s", as_strerror(rc), err);
-        goto out;
-    }
+    return 0;
+}
+
+/* A warm-up pass, then every cell `repeats` times in a rotating order;
+ * then the medians in GB/s. Returns an exit code. */
+static int bench_measure(store_bench *b, as_store *s)
+{
+    int status = AS_EXIT_OK;
     /* warm-up: one pass of every cell (page faults, pools, the I/O thread) */
     for (int p = 0; p < NPOL && status == AS_EXIT_OK; p++)
-        status = run_cell(s, p, T_GAUSS, src[T_GAUSS], dst, n, &cells[p][T_GAUSS], 0);
-    for (unsigned long r = 0; r < repeats && status == AS_EXIT_OK; r++)
+        status = run_cell(s, p, T_GAUSS, b->src[T_GAUSS], b->dst, b->n,
+                          &b->cells[p][T_GAUSS], 0);
+    for (unsigned long r = 0; r < b->repeats && status == AS_EXIT_OK; r++)
         for (int q = 0; q < NPOL * NTENSORS && status == AS_EXIT_OK; q++) {
             int idx = (int)((q + r * 7) % (NPOL * NTENSORS));   /* rotate the order */
             int p = idx / NTENSORS, k = idx % NTENSORS;
-            status = run_cell(s, p, k, src[k], dst, n, &cells[p][k], r);
+            status = run_cell(s, p, k, b->src[k], b->dst, b->n, &b->cells[p][k], r);
         }
-    if (status != AS_EXIT_OK)
-        goto out;
-
-    /* medians: [0] wall clock, [1] thread CPU time */
-    double sg[2][NPOL][NTENSORS], rg[2][NPOL][NTENSORS];
+    double bytes = (double)b->bytes;
     for (int p = 0; p < NPOL; p++)
         for (int k = 0; k < NTENSORS; k++) {
-            cell *c = &cells[p][k];
-            sg[0][p][k] = (double)bytes / as_stats_median(c->save_s, repeats) * 1e-9;
-            rg[0][p][k] = (double)bytes / as_stats_median(c->restore_s, repeats) * 1e-9;
-            sg[1][p][k] = (double)bytes / as_stats_median(c->save_c, repeats) * 1e-9;
-            rg[1][p][k] = (double)bytes / as_stats_median(c->restore_c, repeats) * 1e-9;
+            cell *c = &b->cells[p][k];
+            b->sg[0][p][k] = bytes / as_stats_median(c->save_s, b->repeats) * 1e-9;
+            b->rg[0][p][k] = bytes / as_stats_median(c->restore_s, b->repeats) * 1e-9;
+            b->sg[1][p][k] = bytes / as_stats_median(c->save_c, b->repeats) * 1e-9;
+            b->rg[1][p][k] = bytes / as_stats_median(c->restore_c, b->repeats) * 1e-9;
         }
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "bench", "store");
-    cJSON_AddNumberToObject(root, "repeats", (double)repeats);
-    cJSON_AddNumberToObject(root, "tensor_bytes", (double)bytes);
+    return status;
+}
+
+/* The table of cells, printed and added to root's "results". */
+static void report_cells(const store_bench *b, cJSON *root)
+{
     cJSON *results = cJSON_AddArrayToObject(root, "results");
+    double bytes = (double)b->bytes;
     printf("%-10s %-8s %8s | %8s %8s %7s | %8s %8s %7s | %9s\n", "", "", "",
            "wall", "", "", "cpu", "", "", "");
     printf("%-10s %-8s %8s | %8s %8s %7s | %8s %8s %7s | %9s\n", "policy", "tensor",
            "raw/stor", "save", "restore", "rest/mc", "save", "restore", "rest/mc", "max err");
     for (int p = 1; p <= NPOL; p++) {
-        int pp = p % NPOL;   /* memcpy last, as in the JSON of the issue */
+        int pp = p % NPOL;   /* memcpy last */
         for (int k = 0; k < NTENSORS; k++) {
-            cell *c = &cells[pp][k];
-            uint64_t stored = pp == P_MEMCPY ? bytes : c->stored;
+            const cell *c = &b->cells[pp][k];
+            uint64_t stored = pp == P_MEMCPY ? b->bytes : c->stored;
             cJSON *e = cJSON_CreateObject();
             cJSON_AddStringToObject(e, "policy", pol_name[pp]);
             cJSON_AddStringToObject(e, "tensor", tensor_name[k]);
-            cJSON_AddNumberToObject(e, "bytes_raw", (double)bytes);
+            cJSON_AddNumberToObject(e, "bytes_raw", bytes);
             cJSON_AddNumberToObject(e, "bytes_stored", (double)stored);
-            cJSON_AddNumberToObject(e, "save_gbps", sg[0][pp][k]);
-            cJSON_AddNumberToObject(e, "restore_gbps", rg[0][pp][k]);
+            cJSON_AddNumberToObject(e, "save_gbps", b->sg[0][pp][k]);
+            cJSON_AddNumberToObject(e, "restore_gbps", b->rg[0][pp][k]);
             cJSON_AddNumberToObject(e, "max_abs_err", c->max_err);
-            cJSON_AddNumberToObject(e, "save_gbps_cpu", sg[1][pp][k]);
-            cJSON_AddNumberToObject(e, "restore_gbps_cpu", rg[1][pp][k]);
+            cJSON_AddNumberToObject(e, "save_gbps_cpu", b->sg[1][pp][k]);
+            cJSON_AddNumberToObject(e, "restore_gbps_cpu", b->rg[1][pp][k]);
             cJSON_AddItemToArray(results, e);
             char ratio[32];
             if (stored)
-                snprintf(ratio, sizeof ratio, "%.2fx", (double)bytes / (double)stored);
+                snprintf(ratio, sizeof ratio, "%.2fx", bytes / (double)stored);
             else
                 snprintf(ratio, sizeof ratio, "inf");
             printf("%-10s %-8s %8s | %8.4g %8.4g %6.2fx | %8.4g %8.4g %6.2fx | %9.3g\n",
-                   pol_name[pp], tensor_name[k], ratio, sg[0][pp][k], rg[0][pp][k],
-                   rg[0][pp][k] / rg[0][P_MEMCPY][k], sg[1][pp][k], rg[1][pp][k],
-                   rg[1][pp][k] / rg[1][P_MEMCPY][k], c->max_err);
+                   pol_name[pp], tensor_name[k], ratio, b->sg[0][pp][k], b->rg[0][pp][k],
+                   b->rg[0][pp][k] / b->rg[0][P_MEMCPY][k], b->sg[1][pp][k], b->rg[1][pp][k],
+                   b->rg[1][pp][k] / b->rg[1][P_MEMCPY][k], c->max_err);
         }
     }
     printf("(GB/s; rest/mc = restore / memcpy of the same tensor in the same run)\n");
-    /* The targets of the store (docs/benchmarks.md "## Store"), on both
-     * clocks; worst tensor. */
-    double zr = (double)bytes / (double)cells[P_ZSTD][T_RELU].stored;
+}
+
+/* The targets of the store (docs/benchmarks.md "## Store"), on both
+ * clocks, worst tensor; printed and added to root. */
+static void report_targets(const store_bench *b, cJSON *root)
+{
+    double bytes = (double)b->bytes;
+    double zr = bytes / (double)b->cells[P_ZSTD][T_RELU].stored;
     struct { const char *what; bool ok[2]; char fig[2][64]; } tg[4];
     tg[0].what = "keep adopted save+restore < 1 us";
     tg[1].what = "keep restore into a buffer >= 0.7x memcpy";
@@ -397,26 +416,26 @@ int as_bench_store(int argc, char **argv)
     for (int m = 0; m < 2; m++) {
         double us = 0, rr = 1e9, q8 = 1e9;
         for (int k = 0; k < NTENSORS; k++) {
-            double u = ((double)bytes / sg[m][P_KEEP_ADOPT][k] +
-                        (double)bytes / rg[m][P_KEEP_ADOPT][k]) * 1e-3;
+            double u = (bytes / b->sg[m][P_KEEP_ADOPT][k] + bytes / b->rg[m][P_KEEP_ADOPT][k]) *
+                       1e-3;
             us = u > us ? u : us;
-            double r = rg[m][P_KEEP][k] / rg[m][P_MEMCPY][k];
+            double r = b->rg[m][P_KEEP][k] / b->rg[m][P_MEMCPY][k];
             rr = r < rr ? r : rr;
-            q8 = sg[m][P_Q8][k] < q8 ? sg[m][P_Q8][k] : q8;
+            q8 = b->sg[m][P_Q8][k] < q8 ? b->sg[m][P_Q8][k] : q8;
         }
         tg[0].ok[m] = us < 1.0;
         snprintf(tg[0].fig[m], sizeof tg[0].fig[m], "%.3f us", us);
         tg[1].ok[m] = rr >= 0.7;
         snprintf(tg[1].fig[m], sizeof tg[1].fig[m], "%.2fx", rr);
-        tg[2].ok[m] = zr >= 2.0 && sg[m][P_ZSTD][T_RELU] >= 0.5;
+        tg[2].ok[m] = zr >= 2.0 && b->sg[m][P_ZSTD][T_RELU] >= 0.5;
         snprintf(tg[2].fig[m], sizeof tg[2].fig[m], "%.2fx at %.2f GB/s", zr,
-                 sg[m][P_ZSTD][T_RELU]);
+                 b->sg[m][P_ZSTD][T_RELU]);
         tg[3].ok[m] = q8 >= 2.0;
         snprintf(tg[3].fig[m], sizeof tg[3].fig[m], "%.2f GB/s", q8);
     }
     double cold_us = 0;
     for (int k = 0; k < NTENSORS; k++) {
-        double cu = as_stats_median(cells[P_KEEP_ADOPT][k].cold_s, repeats) * 1e6;
+        double cu = as_stats_median(b->cells[P_KEEP_ADOPT][k].cold_s, b->repeats) * 1e6;
         cold_us = cu > cold_us ? cu : cold_us;
     }
     cJSON *targets = cJSON_AddArrayToObject(root, "targets");
@@ -436,14 +455,44 @@ int as_bench_store(int argc, char **argv)
     printf("  (keep adopted, first call right after writing the block: %.1f us wall)\n",
            cold_us);
     cJSON_AddNumberToObject(root, "keep_adopt_cold_us", cold_us);
-    if (json_path && as_cli_write_json(CMD, json_path, root) != 0)
+}
+
+int as_bench_store(int argc, char **argv)
+{
+    store_bench b = {.repeats = 5, .mib = 64};
+    int status = parse_args(&b, argc, argv);
+    if (status != AS_CLI_RUN)
+        return status;
+    status = AS_EXIT_OK;
+    as_store *s = NULL;
+    if (bench_alloc(&b)) {
+        status = as_cli_fail(CMD, "out of memory for %llu MiB tensors", b.mib);
+        goto out;
+    }
+    as_store_config cfg = {.offload_dir = b.odir, .label = "bench"};
+    char err[256] = "";
+    int rc = as_store_create(&cfg, &s, err, sizeof err);
+    if (rc != 0) {
+        status = as_cli_fail(CMD, "as_store_create: %s %s", as_strerror(rc), err);
+        goto out;
+    }
+    status = bench_measure(&b, s);
+    if (status != AS_EXIT_OK)
+        goto out;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "bench", "store");
+    cJSON_AddNumberToObject(root, "repeats", (double)b.repeats);
+    cJSON_AddNumberToObject(root, "tensor_bytes", (double)b.bytes);
+    report_cells(&b, root);
+    report_targets(&b, root);
+    if (b.json_path && as_cli_write_json(CMD, b.json_path, root) != 0)
         status = AS_EXIT_FAIL;
     cJSON_Delete(root);
 out:
     as_store_destroy(s);
     for (int k = 0; k < NTENSORS; k++)
-        free(src[k]);
-    free(dst);
-    free(times);
+        free(b.src[k]);
+    free(b.dst);
+    free(b.times);
     return status;
 }

@@ -93,7 +93,8 @@ enum as_fn {
     AS_FN_LEAKY_RELU,    /* alpha = negative slope (> 0 to invert) */
     AS_FN_AFFINE,        /* y = scale[c] * x + shift[c] (BatchNorm in eval
                             form, or folded): invertible when scale != 0 */
-    AS_FN_GELU,          /* not invertible in practice */
+    AS_FN_GELU,          /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)));
+                            not invertible in practice */
     AS_FN_COUNT
 };
 typedef struct as_elementwise {
@@ -155,6 +156,14 @@ typedef struct as_save_info {
      * The new handle aliases that item and the item is re-planned under the
      * newest description (the caller's buffer still holds the values). */
     as_handle      alias_of;
+    /* Optional: the caller holds t->data itself (the input batch, say) and
+     * keeps it valid and unchanged until this handle and every handle that
+     * aliases it or depends on it is released; in a training step, until
+     * as_store_step_end. The store then keeps only the pointer (policy
+     * "borrow": 0 stored bytes, whatever the rules say; later aliases do
+     * not re-plan it); restore copies from it, restore_view returns it.
+     * Not with alias_of or as_store_save_adopt (AS_EINVAL). */
+    bool           borrow;
     /* Recompute inputs (policy "recompute"); handles must stay live. */
     as_recompute_fn recompute;
     void           *recompute_ud;
@@ -269,6 +278,21 @@ AS_API int as_store_restore_view(as_store *s, as_handle h,
  * with the saved shape (dx may alias dy). Errors: as as_store_restore. */
 AS_API int as_store_softmax_backward(as_store *s, as_handle h,
                                      const float *dy, float *dx);
+
+/* Activation backward straight from a saved activation input or output:
+ * dx = f'(.) * dy elementwise, f the function named in meta.act when the
+ * handle's item was first saved (kind activation_input or
+ * activation_output): ReLU and LeakyReLU from the sign of the saved input
+ * or output (y > 0 ? dy : alpha * dy), GELU (tanh form, see AS_FN_GELU)
+ * from its saved input. Uses the policy's own path when it has one (sign:
+ * from the bits; fewbit: from its derivative codes), otherwise restores
+ * the values (materialized or in place) and applies f'. dy and dx are f32
+ * with the saved shape; dx may alias dy. Thread-safe.
+ * Errors: AS_EHANDLE; AS_ESHAPE (not f32); AS_EINVAL (NULL pointers, an
+ * item not saved as an activation, or a function without a derivative
+ * here: identity, affine, GELU from its output); as as_store_restore. */
+AS_API int as_store_act_backward(as_store *s, as_handle h, const float *dy,
+                                 float *dx);
 
 /* Restore rows [row0, row0 + nrows) of a saved f32 tensor viewed as
  * (rows, last dim) into dst (nrows * last dim floats), e.g. one (batch,

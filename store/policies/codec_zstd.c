@@ -20,8 +20,8 @@
  * segment that neither shrinks by 3% is stored raw. Low mantissa planes of
  * real-valued data are noise (stored raw at memcpy speed); exponent planes
  * are a few symbols with short repeats, which LZ matching at level 1
- * compresses slower (80 vs 450 MB/s here) and worse (2.8x vs 3.3x) than
- * Huffman coding alone; data with real repeats keeps LZ.
+ * compresses slower and worse than Huffman coding alone; data with real
+ * repeats keeps LZ.
  * Compressed segments carry zstd's own content checksum (XXH64); in
  * addition every frame's stored bytes have a 64-bit checksum (as__hash64)
  * kept beside them, and all are verified before anything is written to the
@@ -572,6 +572,7 @@ const as_policy_ops as_policy_zstd = {
     .name = "zstd",
     .summary = "lossless zstd[:level] of byte-shuffled frames (zero mask for sparse data)",
     .kinds = 0,
+    .exact = true,
     .parse = zstd_parse,
     .free_params = zstd_free_params,
     .encode = zstd_encode,

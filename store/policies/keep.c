@@ -60,6 +60,7 @@ const as_policy_ops as_policy_keep = {
     .summary = "exact; zero-copy for tensors adopted from the store's arena",
     .kinds = 0,
     .regenerator = false,
+    .exact = true,
     .parse = keep_parse,
     .encode = keep_encode,
     .decode = keep_decode,

@@ -535,6 +535,7 @@ const as_policy_ops as_policy_offload = {
     .name = "offload",
     .summary = "to a file, written in the background (offload[:dir]; falls back to memory)",
     .kinds = 0,
+    .exact = true,
     .parse = off_parse,
     .free_params = off_free_params,
     .encode = off_encode,

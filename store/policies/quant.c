@@ -14,14 +14,9 @@
 #include <assert.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AS_CLONES __attribute__((target_clones("avx2", "default")))
-#define AS_HAVE_F16C_PATH 1
-#include <immintrin.h>
-#else
-#define AS_CLONES
-#define AS_HAVE_F16C_PATH 0
-#endif
+#include "util/simd.h"
+
+#define AS_HAVE_F16C_PATH AS_X86_DISPATCH
 
 static inline uint32_t f2u(float f)
 {
@@ -38,49 +33,18 @@ static inline float u2f(uint32_t u)
 
 /* ---- fp16 --------------------------------------------------------------- */
 
-/* One f32 -> f16 conversion, round to nearest even, written as selects.
- * Normal range: add the rounding bias to the f32 bits (0xfff plus the lowest
- * kept bit, so ties go to even) and rebias the exponent; a carry out of the
- * mantissa correctly bumps the exponent, up to inf at 65520. Subnormal
- * range: |x| + 0.5 rounds |x| to a multiple of 2^-24 (the f16 subnormal
- * quantum; 0.5 has ulp 2^-24) in the FPU, and the low bits of the sum are
- * the half's bits. */
-static inline uint16_t f32_to_f16_one(float f)
-{
-    uint32_t x = f2u(f);
-    uint32_t sign = (x >> 16) & 0x8000u;
-    uint32_t a = x & 0x7fffffffu;
-    uint32_t normal = (a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13; /* -112<<23 */
-    uint32_t sub = f2u(u2f(a) + 0.5f) - 0x3f000000u;
-    uint32_t big = a > 0x7f800000u ? 0x7e00u : 0x7c00u;
-    uint32_t h = a >= 0x47800000u ? big : (a < 0x38800000u ? sub : normal);
-    return (uint16_t)(sign | h);
-}
-
-static inline float f16_to_f32_one(uint16_t hv)
-{
-    uint32_t h = hv;
-    uint32_t sign = (h & 0x8000u) << 16;
-    uint32_t em = h & 0x7fffu;
-    uint32_t normal = (em << 13) + 0x38000000u;
-    uint32_t infnan = 0x7f800000u | ((em & 0x3ffu) << 13);
-    uint32_t sub = f2u((float)em * (1.0f / 16777216.0f));
-    uint32_t r = em >= 0x7c00u ? infnan : (em >= 0x400u ? normal : sub);
-    return u2f(sign | r);
-}
-
 void as__f32_to_f16_sw(const float *restrict src, uint16_t *restrict dst,
                        size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        dst[i] = f32_to_f16_one(src[i]);
+        dst[i] = as__f32_to_f16_one(src[i]);
 }
 
 void as__f16_to_f32_sw(const uint16_t *restrict src, float *restrict dst,
                        size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        dst[i] = f16_to_f32_one(src[i]);
+        dst[i] = as__f16_to_f32_one(src[i]);
 }
 
 #if AS_HAVE_F16C_PATH
@@ -113,7 +77,7 @@ static int have_f16c(void)
     int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (v < 0) {
         __builtin_cpu_init();
-        v = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+        v = as_cpu_f16c();
         __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
     return v;
@@ -147,7 +111,7 @@ void as__f16_to_f32(const uint16_t *src, float *dst, size_t n)
 /* Round to nearest even on the f32 bits: add 0x7fff plus the lowest kept
  * bit; NaNs are kept quiet (a NaN whose payload sits in the low half would
  * otherwise truncate to inf). */
-AS_CLONES
+AS_CLONES_AVX2
 void as__f32_to_bf16(const float *restrict src, uint16_t *restrict dst,
                      size_t n)
 {
@@ -159,7 +123,7 @@ void as__f32_to_bf16(const float *restrict src, uint16_t *restrict dst,
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 void as__bf16_to_f32(const uint16_t *restrict src, float *restrict dst,
                      size_t n)
 {
@@ -169,7 +133,7 @@ void as__bf16_to_f32(const uint16_t *restrict src, float *restrict dst,
 
 /* ---- byte shuffle ------------------------------------------------------- */
 
-AS_CLONES
+AS_CLONES_AVX2
 static void shuffle4(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
 {
     uint8_t *restrict d0 = d, *restrict d1 = d + n, *restrict d2 = d + 2 * n,
@@ -182,7 +146,7 @@ static void shuffle4(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void unshuffle4(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
 {
     const uint8_t *restrict s0 = s, *restrict s1 = s + n,
@@ -195,7 +159,7 @@ static void unshuffle4(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void shuffle2(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
 {
     uint8_t *restrict d0 = d, *restrict d1 = d + n;
@@ -205,7 +169,7 @@ static void shuffle2(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void unshuffle2(const uint8_t *restrict s, uint8_t *restrict d, size_t n)
 {
     const uint8_t *restrict s0 = s, *restrict s1 = s + n;
@@ -253,7 +217,7 @@ void as__unshuffle(const void *src, void *dst, size_t n, size_t esize)
 
 /* ---- checksum ---------------------------------------------------------- */
 
-AS_CLONES
+AS_CLONES_AVX2
 static void hash_blocks(const uint8_t *restrict p, size_t nblocks,
                         uint64_t *restrict a, uint64_t *restrict b)
 {
@@ -300,7 +264,7 @@ uint64_t as__hash64(const void *p, size_t n)
 /* Min and max of a group, NaN-tolerant (a NaN leaves them as they were;
  * the group then decodes its NaN elements to clamped codes). Written with
  * plain comparisons so it maps onto vector min/max. */
-AS_CLONES
+AS_CLONES_AVX2
 static void group_minmax(const float *restrict x, size_t n, float *mn,
                          float *mx)
 {
@@ -331,7 +295,7 @@ static void group_minmax(const float *restrict x, size_t n, float *mn,
 /* Codes of one group (count values, padded with zeros to a multiple of 8)
  * into q[]. The clamp is done in float before the conversion, so NaN and
  * out-of-range values never reach a float-to-int conversion. */
-AS_CLONES
+AS_CLONES_AVX2
 static void group_codes(const float *restrict x, size_t count, float mn,
                         float inv, float qmax, uint32_t gseed,
                         uint8_t *restrict q)
@@ -345,14 +309,14 @@ static void group_codes(const float *restrict x, size_t count, float mn,
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void pack4(const uint8_t *restrict q, size_t count, uint8_t *restrict out)
 {
     for (size_t k = 0; k < count / 2; k++)
         out[k] = (uint8_t)(q[2 * k] | (q[2 * k + 1] << 4));
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void pack2(const uint8_t *restrict q, size_t count, uint8_t *restrict out)
 {
     for (size_t k = 0; k < count / 4; k++)
@@ -394,7 +358,7 @@ void as__quant_encode(const float *x, size_t n, int bits, size_t group,
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void dequant8(const uint8_t *restrict c, size_t count, float mn,
                      float s, float *restrict d)
 {
@@ -402,7 +366,7 @@ static void dequant8(const uint8_t *restrict c, size_t count, float mn,
         d[j] = mn + (float)c[j] * s;
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void dequant4(const uint8_t *restrict c, size_t count, float mn,
                      float s, float *restrict d)
 {
@@ -412,7 +376,7 @@ static void dequant4(const uint8_t *restrict c, size_t count, float mn,
     }
 }
 
-AS_CLONES
+AS_CLONES_AVX2
 static void dequant2(const uint8_t *restrict c, size_t count, float mn,
                      float s, float *restrict d)
 {

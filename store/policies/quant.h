@@ -25,8 +25,53 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* ---- half floats (round to nearest even) --------------------------------- */
+
+static inline uint32_t as__f2u(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static inline float as__u2f(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* One f32 -> f16 conversion, round to nearest even, written as selects.
+ * Normal range: add the rounding bias to the f32 bits (0xfff plus the lowest
+ * kept bit, so ties go to even) and rebias the exponent; a carry out of the
+ * mantissa correctly bumps the exponent, up to inf at 65520. Subnormal
+ * range: |x| + 0.5 rounds |x| to a multiple of 2^-24 (the f16 subnormal
+ * quantum; 0.5 has ulp 2^-24) in the FPU, and the low bits of the sum are
+ * the half's bits. */
+static inline uint16_t as__f32_to_f16_one(float f)
+{
+    uint32_t x = as__f2u(f);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t a = x & 0x7fffffffu;
+    uint32_t normal = (a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13; /* -112<<23 */
+    uint32_t sub = as__f2u(as__u2f(a) + 0.5f) - 0x3f000000u;
+    uint32_t big = a > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    uint32_t h = a >= 0x47800000u ? big : (a < 0x38800000u ? sub : normal);
+    return (uint16_t)(sign | h);
+}
+
+static inline float as__f16_to_f32_one(uint16_t hv)
+{
+    uint32_t h = hv;
+    uint32_t sign = (h & 0x8000u) << 16;
+    uint32_t em = h & 0x7fffu;
+    uint32_t normal = (em << 13) + 0x38000000u;
+    uint32_t infnan = 0x7f800000u | ((em & 0x3ffu) << 13);
+    uint32_t sub = as__f2u((float)em * (1.0f / 16777216.0f));
+    uint32_t r = em >= 0x7c00u ? infnan : (em >= 0x400u ? normal : sub);
+    return as__u2f(sign | r);
+}
 
 void as__f32_to_f16(const float *src, uint16_t *dst, size_t n);
 void as__f16_to_f32(const uint16_t *src, float *dst, size_t n);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "store/policies/quant.h"
+#include "util/simd.h"
 
 /* ---- zero mask: split a frame into a bitmap and its nonzero elements ----
  *
@@ -23,14 +24,8 @@
  * Both read or write at most 8 elements past the packed ones: the work
  * buffers have 64 bytes of slack. */
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define ZS_X86 1
-#else
-#define ZS_X86 0
-#endif
 
-#if ZS_X86
+#if AS_X86_DISPATCH
 static int32_t pack_idx[256][8] __attribute__((aligned(32)));
 static int32_t unpack_idx[256][8] __attribute__((aligned(32)));
 static bool have_avx2;
@@ -52,7 +47,7 @@ static void tab_init(void)
         }
     }
     __builtin_cpu_init();
-    have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+    have_avx2 = as_cpu_avx2();
 }
 
 static _Atomic bool force_portable;   /* testing hook */
@@ -172,7 +167,7 @@ size_t as__zmask_count_zero(const uint8_t *src, size_t ne, size_t esize)
     if (esize != 4)
         return count_zero_from(src, 0, ne, 2);
     size_t i = 0, z = 0;
-#if ZS_X86
+#if AS_X86_DISPATCH
     if (use_avx2())
         i = count_zero4_avx2(src, ne, &z);
 #endif
@@ -187,7 +182,7 @@ size_t as__zmask_split(const uint8_t *src, size_t ne, size_t esize,
     if (esize != 4)
         return split_from(src, 0, ne, 2, bm, tmp, 0);
     size_t i = 0, k = 0;
-#if ZS_X86
+#if AS_X86_DISPATCH
     if (use_avx2())
         i = mask_split4_avx2(src, ne, bm, tmp, &k);
 #endif
@@ -204,7 +199,7 @@ void as__zmask_join(const uint8_t *bm, const uint8_t *packed, size_t ne,
         return;
     }
     size_t i = 0, k = 0;
-#if ZS_X86
+#if AS_X86_DISPATCH
     if (use_avx2())
         i = mask_join4_avx2(bm, packed, ne, dst, &k);
 #endif
@@ -214,7 +209,7 @@ void as__zmask_join(const uint8_t *bm, const uint8_t *packed, size_t ne,
 /* Testing hook (quant.h). */
 bool as__zstd_portable(bool on)
 {
-#if ZS_X86
+#if AS_X86_DISPATCH
     return atomic_exchange(&force_portable, on);
 #else
     (void)on;

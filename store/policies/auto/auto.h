@@ -36,7 +36,9 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
                   as_block *adopted, bool *taken, as_rep **spare,
                   as_rep **out);
 
-/* A save that auto did not plan (planned false) or did (true, no-op). */
+/* A save that auto did not plan (planned false) or did (true, no-op);
+ * creates the planner when the rules name auto, so the first step counts
+ * every fixed tensor too. */
 void as__auto_note(as_store *s, const as_rep *r, size_t raw, bool planned);
 
 void as__auto_step_begin(as_store *s);

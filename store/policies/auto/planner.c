@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/policies/act_grad.h"
 #include "store/policies/auto/auto.h"
 #include "util/clock.h"
 
@@ -235,7 +236,41 @@ static void compare_f32(const float *x, const float *y, size_t n, meas *m)
     m->hat2 += y2;
 }
 
-static void compare(const as_tensor *t, const void *hat, meas *m)
+/* An activation's backward multiplies dy by f'(saved): for those the
+ * error that matters is that of f' (and a derivative-only form restores a
+ * stand-in with the right f', not the values). */
+static bool by_derivative(const as_save_info *info)
+{
+    if (info->kind != AS_KIND_ACTIVATION_INPUT &&
+        info->kind != AS_KIND_ACTIVATION_OUTPUT)
+        return false;
+    int fn = info->meta.act.fn;
+    return fn == AS_FN_RELU || fn == AS_FN_LEAKY_RELU || fn == AS_FN_GELU;
+}
+
+static void compare_span(const as_save_info *info, const float *x,
+                         const float *y, size_t n, meas *m)
+{
+    if (!by_derivative(info)) {
+        compare_f32(x, y, n, m);
+        return;
+    }
+    enum { CH = 1024 };
+    float one[CH], fx[CH], fy[CH];
+    for (size_t i = 0; i < CH; i++)
+        one[i] = 1.0f;
+    const int fn = info->meta.act.fn;
+    const float alpha = fn == AS_FN_LEAKY_RELU ? info->meta.act.alpha : 0.0f;
+    for (size_t i = 0; i < n; i += CH) {
+        size_t k = n - i < CH ? n - i : CH;
+        as__act_grad(fn, alpha, k, x + i, one, fx);
+        as__act_grad(fn, alpha, k, y + i, one, fy);
+        compare_f32(fx, fy, k, m);
+    }
+}
+
+static void compare(const as_save_info *info, const as_tensor *t,
+                    const void *hat, meas *m)
 {
     size_t bytes = as_tensor_bytes(t);
     if (t->dtype != AS_F32) {   /* exact or useless */
@@ -243,7 +278,7 @@ static void compare(const as_tensor *t, const void *hat, meas *m)
             m->bad = true;
         return;
     }
-    compare_f32(t->data, hat, bytes / sizeof(float), m);
+    compare_span(info, t->data, hat, bytes / sizeof(float), m);
 }
 
 /* Decode the trial rep into dst (the whole tensor), or, when the policy
@@ -252,8 +287,8 @@ static void compare(const as_tensor *t, const void *hat, meas *m)
  * of the tensor. */
 #define AUTO_BLOCK_FLOATS 16384
 static int trial_decode(as_store *s, as_item *it, as_rep *r, as_handle h,
-                        const char *layer, const as_tensor *t, meas *m,
-                        uint64_t *ns)
+                        const char *layer, const as_save_info *info,
+                        const as_tensor *t, meas *m, uint64_t *ns)
 {
     size_t bytes = as_tensor_bytes(t);
     int64_t cols = t->ndim ? t->shape[t->ndim - 1] : 1;
@@ -261,7 +296,7 @@ static int trial_decode(as_store *s, as_item *it, as_rep *r, as_handle h,
     as_pctx ctx;
     int rc;
     if (r->ops->view) {
-        compare(t, r->ops->view(r->params, r->state), m);
+        compare(info, t, r->ops->view(r->params, r->state), m);
         return 0;
     }
     if (r->ops->decode_rows && t->dtype == AS_F32 && cols > 0) {
@@ -278,8 +313,8 @@ static int trial_decode(as_store *s, as_item *it, as_rep *r, as_handle h,
             rc = r->ops->decode_rows(&ctx, r->params, r->state, r0, nr, dst.ptr);
             *ns += as_clock_wall_ns() - t0;
             if (!rc)
-                compare_f32((const float *)t->data + r0 * cols, dst.ptr,
-                            (size_t)(nr * cols), m);
+                compare_span(info, (const float *)t->data + r0 * cols,
+                             dst.ptr, (size_t)(nr * cols), m);
         }
         as__pctx_done(&ctx);
         as_free(s->arena, &dst);
@@ -297,7 +332,7 @@ static int trial_decode(as_store *s, as_item *it, as_rep *r, as_handle h,
     *ns += as_clock_wall_ns() - t0;
     as__pctx_done(&ctx);
     if (!rc)
-        compare(t, dst.ptr, m);
+        compare(info, t, dst.ptr, m);
     as_free(s->arena, &dst);
     return rc;
 }
@@ -329,7 +364,7 @@ static void trial(as_store *s, as_item *it, as_handle h, as_groups g,
     meas e = {0};
     uint64_t dec_ns = 0;
     if (rc == 0 && as_tensor_bytes(t))
-        rc = trial_decode(s, it, r, h, layer, t, &e, &dec_ns);
+        rc = trial_decode(s, it, r, h, layer, info, t, &e, &dec_ns);
     if (rc == 0) {
         m->bytes += (double)r->probe_bytes;
         m->ns += (double)(t1 - t0) + (double)dec_ns;
@@ -604,7 +639,7 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
                 mt[c].bytes = (double)it->bytes;
                 mt[c].n = 1;
                 if (t->dtype == AS_F32)
-                    compare(t, t->data, &mt[c]);
+                    compare(info, t, t->data, &mt[c]);
                 continue;
             }
             trial(s, it, h, g, &pl->c[c], info, t, layer, &mt[c]);
@@ -691,12 +726,17 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
 
 void as__auto_note(as_store *s, const as_rep *r, size_t raw, bool planned)
 {
-    as_auto *pl = atomic_load_explicit(&s->planner, memory_order_acquire);
-    if (!pl || planned)
+    if (planned)
+        return;
+    as_auto *pl = planner_get(s);   /* from the step's first save on */
+    if (!pl)
         return;
     pthread_mutex_lock(&pl->mu);
     pl->fixed_step += r->stored;
-    pl->fixed_raw_step += raw;
+    /* keep's bytes: a borrowed tensor costs keep nothing either */
+    if (r->ops != &as_policy_borrow)
+        pl->fixed_raw_step += raw;
+    pl->any_save = true;
     pthread_mutex_unlock(&pl->mu);
 }
 

@@ -24,9 +24,8 @@
  *                index. The others get coarse codes 1..2^B - 1 relative to
  *                the smallest fine level (last code = tail, 0).
  *                Row: ceil(n B / 8) + k bytes. The floor of 3 fine entries
- *                is for short rows (causal rows of early queries): with
- *                k = 1 the lm rows lost 1.3% cosine (0.986 vs 0.9986 with
- *                3), at 7% of the bytes; a row of 50 already has 3.
+ *                keeps short rows (causal rows of early queries) accurate
+ *                (docs/benchmarks.md, "Design measurements").
  *
  * Encoding is linear time and needs no sort: every entry's level (1/16
  * nat units below the max) comes from its float bits with a short series
@@ -41,29 +40,15 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "store/policies/softmax/softmax.h"
+#include "store/policies/softmax/log_impl.h"
+#include "util/simd.h"
 
-#define SM_FINE_STEP 16.0   /* fine codes per nat */
-#define SM_MAXC 16
 
-/* Coarse tables per (topk?, bits): weights exp(-rep) of the nc codes
- * (rep: the middle of the code's level range; boundaries b_c in nats above
- * the reference level, in sm_ctab) (the last, the tail, weighs 0). Steps
- * chosen by measurement on synthetic rows (n 50..1024, logit std 1..4,
- * 200 rows per setting, worst setting maximized; docs/policies.md).
- * The ladder must reach deep enough: what the tail drops is taken from
- * 1 - y_max after renormalization, and in a peaked row that is what the
- * gradient is made of. solog:4 once stopped at 5.1 nats (g = 0.05) and
- * dropped up to 9% of the mass of long sharp rows (n = 1024, std 4),
- * cosine 0.93 on single peaked rows; g = 0.15 reaches 9.3 nats. */
-typedef struct sm_table {
-    int   nc;                 /* coarse codes */
-    float wt[SM_MAXC];        /* exp(-rep) */
-    float wsh[SM_MAXC];       /* 0, then wt: sotk's weights by code */
-} sm_table;
+/* ---- tables ------------------------------------------------------------- */
 
-static sm_table sm_tabs[2][5];     /* [topk][bits] */
-static float sm_fine_w[256];       /* exp(-c / 16) */
+
+sm_table as__sm_tabs[2][5];
+float as__sm_fine_w[256];
 static pthread_once_t sm_once = PTHREAD_ONCE_INIT;
 
 static void sm_make_ctab(int topk, int bits, double s, double g);
@@ -87,23 +72,40 @@ static void sm_make(sm_table *t, int nc, double s, double g)
 static void sm_init_tables(void)
 {
     for (int c = 0; c < 256; c++)
-        sm_fine_w[c] = (float)exp(-c / SM_FINE_STEP);
+        as__sm_fine_w[c] = (float)exp(-c / SM_FINE_STEP);
     static const struct { int topk, bits; double s, g; } cfg[] = {
         {0, 2, 0.7, 0.3}, {0, 3, 0.2, 0.5}, {0, 4, 0.2, 0.15},
         {1, 2, 0.7, 0.3}, {1, 3, 0.3, 0.1}, {1, 4, 0.2, 0.05},
     };
     for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++) {
         int nc = (1 << cfg[i].bits) - cfg[i].topk;
-        sm_make(&sm_tabs[cfg[i].topk][cfg[i].bits], nc, cfg[i].s, cfg[i].g);
+        sm_make(&as__sm_tabs[cfg[i].topk][cfg[i].bits], nc, cfg[i].s, cfg[i].g);
         sm_make_ctab(cfg[i].topk, cfg[i].bits, cfg[i].s, cfg[i].g);
     }
 }
 
-static const sm_table *sm_table_of(const as__sm_params *p)
+const sm_table *as__sm_table_of(const as__sm_params *p)
 {
     pthread_once(&sm_once, sm_init_tables);
     assert(p->bits >= 2 && p->bits <= 4);
-    return &sm_tabs[p->kind == AS_SM_TOPK][p->bits];
+    return &as__sm_tabs[p->kind == AS_SM_TOPK][p->bits];
+}
+
+uint8_t as__sm_ctab[2][5][SM_CTAB];
+int32_t as__sm_cbnd[2][5][SM_MAXC];
+
+static void sm_make_ctab(int topk, int bits, double s, double g)
+{
+    const sm_table *t = &as__sm_tabs[topk][bits];
+    for (int d = 0; d < SM_CTAB; d++) {
+        int c = 0;
+        for (int j = 1; j < t->nc; j++)
+            c += d >= (int)lround(16.0 * s * j * (1.0 + g * (j - 1)));
+        as__sm_ctab[topk][bits][d] = (uint8_t)c;
+    }
+    for (int j = 1; j < t->nc; j++)
+        as__sm_cbnd[topk][bits][j - 1] =
+            (int32_t)lround(16.0 * s * j * (1.0 + g * (j - 1)));
 }
 
 /* ---- bit packing (little endian, B bits per code) ------------------------ */
@@ -175,354 +177,20 @@ static void sm_unpack(const uint8_t *in, size_t n, int B, uint8_t *c)
     }
 }
 
-/* ---- levels ------------------------------------------------------------ */
-
-/* 16 ln(y), from the float bits: y = 2^e x, x in [sqrt(1/2), sqrt(2)),
- * ln x = 2 atanh(s) with s = (x - 1) / (x + 1), |s| < 0.172, three terms
- * (error < 2e-6 nat, far below the 1/16 nat step). No libm: the same codes
- * on every machine. y must be > 0. */
-static inline float sm_ln16(float y)
-{
-    uint32_t b;
-    memcpy(&b, &y, 4);
-    uint32_t man = b & 0x7fffffu;
-    uint32_t big = man > 0x3504f3u;            /* x > sqrt(2): halve it */
-    int e = (int)((b >> 23) & 255u) - 127 + (int)big;
-    uint32_t xb = man | (0x3f800000u - (big << 23));   /* no branch */
-    float x;
-    memcpy(&x, &xb, 4);
-    float s = (x - 1.0f) / (x + 1.0f), s2 = s * s;
-    float l = 2.0f * s * (1.0f + s2 * (1.0f / 3.0f + s2 * 0.2f));
-    return 16.0f * ((float)e * 0.69314718f + l);
-}
-
-#define SM_DMAX 4095    /* level cap (256 nats: beyond any f32 ratio) */
-#define SM_CTAB 1024    /* coarse code lookup, by level above the reference */
-
-/* coarse code by level (1/16 nat units) above the reference, per table */
-static uint8_t sm_ctab[2][5][SM_CTAB];
-/* the same as boundaries: sm_ctab[d] = #{j : d >= sm_cbnd[j]} (j < nc - 1) */
-static int32_t sm_cbnd[2][5][SM_MAXC];
-
-static void sm_make_ctab(int topk, int bits, double s, double g)
-{
-    const sm_table *t = &sm_tabs[topk][bits];
-    for (int d = 0; d < SM_CTAB; d++) {
-        int c = 0;
-        for (int j = 1; j < t->nc; j++)
-            c += d >= (int)lround(16.0 * s * j * (1.0 + g * (j - 1)));
-        sm_ctab[topk][bits][d] = (uint8_t)c;
-    }
-    for (int j = 1; j < t->nc; j++)
-        sm_cbnd[topk][bits][j - 1] =
-            (int32_t)lround(16.0 * s * j * (1.0 + g * (j - 1)));
-}
-
 /* ---- encode / decode ----------------------------------------------------- */
-
-#if (defined(__x86_64__) || defined(__i386__)) && \
-    (defined(__GNUC__) || defined(__clang__)) && !defined(AS_SM_NO_DISPATCH)
-#define SM_X86_DISPATCH 1
-#endif
-
-#ifdef SM_X86_DISPATCH
-#include <immintrin.h>
-
-/* Short sotk rows (n <= 64, fixed k <= 4: sotk:16:B up to 64 keys, the
- * vit and lm rows), eight entries per AVX2 vector: the same float
- * operations as the scalar path below, lane by lane (no FMA: the same
- * levels, cut, codes and bytes), without its per-entry branches; codes are
- * packed straight from the vectors. CPUs without AVX2 take the scalar
- * path. Returns the bytes written, or 0 when the row has no positive
- * entry (the scalar path handles it). */
-#define SM_SMALL 64
-
-__attribute__((target("avx2"))) static inline __m256
-sm_ln16_avx2(__m256 y)   /* sm_ln16, lane by lane, same operations */
-{
-    const __m256i b = _mm256_castps_si256(y);
-    const __m256i man = _mm256_and_si256(b, _mm256_set1_epi32(0x7fffff));
-    const __m256i big = _mm256_cmpgt_epi32(man, _mm256_set1_epi32(0x3504f3));
-    const __m256i e = _mm256_sub_epi32(
-        _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(b, 23),
-                                          _mm256_set1_epi32(255)),
-                         _mm256_set1_epi32(127)),
-        big);                                      /* big is -1 / 0 */
-    const __m256i xb = _mm256_or_si256(
-        man, _mm256_add_epi32(_mm256_set1_epi32(0x3f800000),
-                              _mm256_slli_epi32(big, 23)));
-    const __m256 x = _mm256_castsi256_ps(xb), one = _mm256_set1_ps(1.0f);
-    const __m256 s = _mm256_div_ps(_mm256_sub_ps(x, one), _mm256_add_ps(x, one));
-    const __m256 s2 = _mm256_mul_ps(s, s);
-    const __m256 t = _mm256_add_ps(_mm256_set1_ps(1.0f / 3.0f),
-                                   _mm256_mul_ps(s2, _mm256_set1_ps(0.2f)));
-    const __m256 l = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(2.0f), s),
-                                   _mm256_add_ps(one, _mm256_mul_ps(s2, t)));
-    const __m256 u = _mm256_add_ps(
-        _mm256_mul_ps(_mm256_cvtepi32_ps(e), _mm256_set1_ps(0.69314718f)), l);
-    return _mm256_mul_ps(_mm256_set1_ps(16.0f), u);
-}
-
-__attribute__((target("avx2"))) static inline int32_t
-sm_hmin_avx2(__m256i m)
-{
-    __m128i x = _mm_min_epi32(_mm256_castsi256_si128(m),
-                              _mm256_extracti128_si256(m, 1));
-    x = _mm_min_epi32(x, _mm_shuffle_epi32(x, 0x4e));
-    x = _mm_min_epi32(x, _mm_shuffle_epi32(x, 0xb1));
-    return _mm_cvtsi128_si32(x);
-}
-
-__attribute__((target("avx2"))) static inline uint32_t
-sm_hor_avx2(__m256i m)
-{
-    __m128i x = _mm_or_si128(_mm256_castsi256_si128(m),
-                             _mm256_extracti128_si256(m, 1));
-    x = _mm_or_si128(x, _mm_shuffle_epi32(x, 0x4e));
-    x = _mm_or_si128(x, _mm_shuffle_epi32(x, 0xb1));
-    return (uint32_t)_mm_cvtsi128_si32(x);
-}
-
-/* R rows (1..4) at once, phase by phase: one row's work is a long chain
- * of dependent steps (max, its log, levels, the selection network, the
- * extractions, codes): R rows' chains side by side raise the throughput
- * (encode of the captured vit rows: 112 ns per row one at a time, 94 two,
- * 88 four at a time). Row r: n[r] entries at v[r], written to out[r]; returns
- * false, writing nothing, when a row has no positive entry. */
-__attribute__((target("avx2,popcnt"), always_inline)) static inline bool
-sm_topk_small_body(const as__sm_params *p, const float *const *v,
-                   const size_t *n, uint8_t *const *out, size_t *used,
-                   const int R)
-{
-    const int B = p->bits;
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i imax = _mm256_set1_epi32(INT32_MAX);
-    const __m256 tiny = _mm256_set1_ps(1e-38f);
-    int nv[4];
-    __m256i in[4][SM_SMALL / 8];
-    __m256 lx[4][SM_SMALL / 8], yv[4][SM_SMALL / 8];
-    __m256 mv[4];
-    for (int r = 0; r < R; r++) {
-        nv[r] = (int)((n[r] + 7) / 8);
-        mv[r] = _mm256_setzero_ps();
-        for (int b = 0; b < nv[r]; b++) {
-            in[r][b] = _mm256_cmpgt_epi32(
-                _mm256_set1_epi32((int)n[r] - 8 * b), lane);
-            const __m256 y = _mm256_maskload_ps(v[r] + 8 * b, in[r][b]);
-            yv[r][b] = y;
-            mv[r] = _mm256_max_ps(y, mv[r]);  /* y > mv ? y : mv, as scalar */
-            /* each entry's own log does not need the max: computed here,
-             * it overlaps the max's reduction and log */
-            lx[r][b] = sm_ln16_avx2(_mm256_blendv_ps(
-                tiny, y, _mm256_cmp_ps(y, tiny, _CMP_GT_OQ)));
-        }
-    }
-    float m[4];
-    size_t k[4];
-    __m256 lm[4];
-    for (int r = 0; r < R; r++) {
-        /* the max in every lane (lanes are >= +0, never NaN: the same
-         * value as the scalar path's loop over them) */
-        __m256 t = _mm256_max_ps(mv[r], _mm256_permute2f128_ps(mv[r], mv[r],
-                                                                1));
-        t = _mm256_max_ps(t, _mm256_shuffle_ps(t, t, 0x4e));
-        t = _mm256_max_ps(t, _mm256_shuffle_ps(t, t, 0xb1));
-        m[r] = _mm256_cvtss_f32(t);
-        if (!(m[r] > 0.0f))
-            return false;   /* (0 past n: a row of n >= 1 decides alone) */
-        k[r] = n[r] / (size_t)p->k;
-        size_t k0 = n[r] < AS_SM_MIN_FINE ? n[r] : AS_SM_MIN_FINE;
-        k[r] = k[r] < k0 ? k0 : k[r];
-        if (!(m[r] > 1e-38f)) {
-            lm[r] = _mm256_set1_ps(sm_ln16(m[r]) + 0.5f);
-            continue;
-        }
-        /* ln16(m) is already in the lanes holding m (the same operations
-         * on the same bits), so no scalar log waits on the max */
-        const __m256 ninf = _mm256_set1_ps(-__builtin_inff());
-        __m256 a = ninf;
-        for (int b = 0; b < nv[r]; b++)
-            a = _mm256_max_ps(a, _mm256_blendv_ps(
-                    ninf, lx[r][b], _mm256_cmp_ps(yv[r][b], t, _CMP_EQ_OQ)));
-        a = _mm256_max_ps(a, _mm256_permute2f128_ps(a, a, 1));
-        a = _mm256_max_ps(a, _mm256_shuffle_ps(a, a, 0x4e));
-        a = _mm256_max_ps(a, _mm256_shuffle_ps(a, a, 0xb1));
-        lm[r] = _mm256_add_ps(a, _mm256_set1_ps(0.5f));
-    }
-    /* levels, and keys (level, position) = level * 64 + position: the
-     * fine set is the k smallest keys (lowest levels, ties in key order,
-     * as the scalar path takes them). Per lane the 4 smallest keys of its
-     * column by an insertion network, then k extractions of the overall
-     * minimum: the k-th is the last fine key. */
-    __m256i lev[4][SM_SMALL / 8], ck[4][SM_SMALL / 8];
-    __m256i m0[4], m1[4], m2[4], m3[4];
-    for (int r = 0; r < R; r++) {
-        m0[r] = m1[r] = m2[r] = m3[r] = imax;
-        for (int b = 0; b < nv[r]; b++) {
-            __m256 l = _mm256_sub_ps(lm[r], lx[r][b]);
-            l = _mm256_max_ps(l, _mm256_setzero_ps());   /* l > 0 ? l : 0 */
-            l = _mm256_min_ps(l, _mm256_set1_ps((float)SM_DMAX)); /* < D */
-            lev[r][b] = _mm256_cvttps_epi32(l);
-            const __m256i x0 = _mm256_blendv_epi8(
-                imax, _mm256_or_si256(_mm256_slli_epi32(lev[r][b], 6),
-                                      _mm256_add_epi32(lane,
-                                          _mm256_set1_epi32(8 * b))),
-                in[r][b]);
-            ck[r][b] = x0;
-            __m256i x = x0, t;
-            t = _mm256_min_epi32(m0[r], x); x = _mm256_max_epi32(m0[r], x);
-            m0[r] = t;
-            t = _mm256_min_epi32(m1[r], x); x = _mm256_max_epi32(m1[r], x);
-            m1[r] = t;
-            t = _mm256_min_epi32(m2[r], x); x = _mm256_max_epi32(m2[r], x);
-            m2[r] = t;
-            m3[r] = _mm256_min_epi32(m3[r], x);
-        }
-    }
-    int32_t kth[4];
-    for (int r = 0; r < R; r++)
-        kth[r] = sm_hmin_avx2(m0[r]);
-    size_t kmax = 0;
-    for (int r = 0; r < R; r++)
-        kmax = k[r] > kmax ? k[r] : kmax;
-    for (size_t e = 1; e < kmax; e++)
-        for (int r = 0; r < R; r++) {
-            if (e >= k[r])
-                continue;
-            const __m256i hit = _mm256_cmpeq_epi32(m0[r],
-                                                   _mm256_set1_epi32(kth[r]));
-            m0[r] = _mm256_blendv_epi8(m0[r], m1[r], hit);
-            m1[r] = _mm256_blendv_epi8(m1[r], m2[r], hit);
-            m2[r] = _mm256_blendv_epi8(m2[r], m3[r], hit);
-            m3[r] = _mm256_blendv_epi8(m3[r], imax, hit);
-            kth[r] = sm_hmin_avx2(m0[r]);
-        }
-    const int32_t *bnd = sm_cbnd[1][B];
-    const int nbd = sm_tabs[1][B].nc - 1;
-    __m256i bv[SM_MAXC];
-    for (int j = 0; j < nbd; j++)
-        bv[j] = _mm256_set1_epi32(bnd[j] - 1);
-    const __m256i shl = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
-    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    for (int r = 0; r < R; r++) {
-        const int32_t cut = kth[r] >> 6;
-        const __m256i kv = _mm256_set1_epi32(kth[r] + 1);
-        uint64_t fm = 0;
-        for (int b = 0; b < nv[r]; b++)
-            fm |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
-                      _mm256_cmpgt_epi32(kv, ck[r][b]))) << (8 * b);
-        /* coarse codes 1 + #{boundaries <= level - reference} (= sm_ctab,
-         * reference min(cut, 255)), 0 for fine entries and past n, packed
-         * B bits each, little endian: a group of 8 codes is B bytes,
-         * written 4 bytes at a time (the spill past the codes lands on
-         * the fine bytes, written after; short rows go through a buffer) */
-        const size_t nbytes = (n[r] * (size_t)B + 7) / 8;
-        const bool direct = (size_t)(B * (nv[r] - 1) + 4) <= nbytes + k[r];
-        uint8_t pk[SM_SMALL / 8 * 4 + 4];
-        uint8_t *dst = direct ? out[r] : pk;
-        const __m256i lr = _mm256_set1_epi32(cut < 255 ? cut : 255);
-        for (int b = 0; b < nv[r]; b++) {
-            __m256i q = _mm256_min_epi32(_mm256_sub_epi32(lev[r][b], lr),
-                                         _mm256_set1_epi32(SM_CTAB - 1));
-            __m256i c = _mm256_set1_epi32(1);
-            if (nbd == 6) {          /* B = 3: unrolled, bounds in registers */
-                for (int j = 0; j < 6; j++)
-                    c = _mm256_sub_epi32(c, _mm256_cmpgt_epi32(q, bv[j]));
-            } else {
-                for (int j = 0; j < nbd; j++)
-                    c = _mm256_sub_epi32(c, _mm256_cmpgt_epi32(q, bv[j]));
-            }
-            const __m256i fb = _mm256_set1_epi32((int)((fm >> (8 * b)) & 255));
-            const __m256i isf = _mm256_cmpeq_epi32(_mm256_and_si256(fb, bits),
-                                                   bits);
-            c = _mm256_andnot_si256(_mm256_or_si256(isf, _mm256_xor_si256(
-                    in[r][b], _mm256_set1_epi32(-1))), c);
-            const uint32_t g = sm_hor_avx2(_mm256_sllv_epi32(c, shl));
-            memcpy(dst + B * b, &g, 4);
-        }
-        if (!direct)
-            memcpy(out[r], pk, nbytes);
-        /* fine codes: levels of the fine entries (at most 255), key order */
-        uint8_t *fine = out[r] + nbytes;
-        size_t nfine = 0;
-        for (uint64_t f = fm; f; f &= f - 1) {
-            const unsigned i = (unsigned)__builtin_ctzll(f);
-            int32_t d;
-            memcpy(&d, (const char *)(const void *)lev[r] + 4 * i, 4);
-            fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
-        }
-        assert(nfine == k[r]);
-        used[r] = nbytes + nfine;
-    }
-    return true;
-}
-
-__attribute__((target("avx2,popcnt"))) static bool
-sm_topk_small1_avx2(const as__sm_params *p, const float *const *v,
-                    const size_t *n, uint8_t *const *out, size_t *used)
-{
-    return sm_topk_small_body(p, v, n, out, used, 1);
-}
-
-static bool sm_have_avx2(void)
-{
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
-}
-
-static size_t sm_topk_small(const as__sm_params *p, const float *v, size_t n,
-                            uint8_t *out)
-{
-    size_t used = 0;
-    if (sm_have_avx2() && sm_topk_small1_avx2(p, &v, &n, &out, &used))
-        return used;
-    return 0;
-}
-
-__attribute__((target("avx2,popcnt"))) static bool
-sm_topk_small4_avx2(const as__sm_params *p, const float *const *v,
-                    const size_t *n, uint8_t *const *out, size_t *used)
-{
-    return sm_topk_small_body(p, v, n, out, used, 4);
-}
-
-/* Four rows' sotk encodings side by side when all are short fixed-k rows
- * with a positive entry (each row right after the one before); false
- * otherwise, writing nothing. */
-bool as__sm_topk_encode4(const as__sm_params *p, const float *const *v,
-                        const size_t *n, uint8_t *out, size_t *used)
-{
-    (void)sm_table_of(p);
-    if (!(p->kind == AS_SM_TOPK && p->mass == 0.0f && sm_have_avx2()))
-        return false;
-    uint8_t *o[4];
-    for (int r = 0; r < 4; r++) {
-        if (n[r] < 1 || n[r] > SM_SMALL || n[r] / (size_t)p->k > 4)
-            return false;
-        o[r] = r ? o[r - 1] + as__sm_row_bytes(p, n[r - 1], n[r - 1]) : out;
-    }
-    return sm_topk_small4_avx2(p, v, n, o, used);
-}
-#else
-bool as__sm_topk_encode4(const as__sm_params *p, const float *const *v,
-                        const size_t *n, uint8_t *out, size_t *used)
-{
-    (void)p, (void)v, (void)n, (void)out, (void)used;
-    return false;
-}
-#endif
 
 size_t as__sm_log_encode(const as__sm_params *p, const float *v, size_t n,
                         uint8_t *out, as__sm_work *w)
 {
-    (void)sm_table_of(p);
+    (void)as__sm_table_of(p);
     const int B = p->bits;
     const bool topk = p->kind == AS_SM_TOPK;
-    const uint8_t *ctab = sm_ctab[topk][B];
+    const uint8_t *ctab = as__sm_ctab[topk][B];
     const size_t nb = (n * (size_t)B + 7) / 8;
     uint8_t *codes = w->codes;
-#ifdef SM_X86_DISPATCH
+#if AS_X86_DISPATCH
     if (topk && p->mass == 0.0f && n <= SM_SMALL && n / (size_t)p->k <= 4) {
-        size_t used = sm_topk_small(p, v, n, out);
+        size_t used = as__sm_topk_small(p, v, n, out);
         if (used)
             return used;
     }
@@ -752,164 +420,17 @@ size_t as__sm_log_row_size(const as__sm_params *p, const uint8_t *in, size_t n)
     return nb + k;
 }
 
-#ifdef SM_X86_DISPATCH
-/* Weights of a short sotk row (n <= 64) in AVX2 vectors: codes unpacked
- * by variable shifts, coarse weights by a table permute, fine entries
- * patched in key order; the same values as the scalar loop of sm_row_weights
- * (which also sums them: the caller does that, in the same order). */
-/* The 4 code bytes at offset o of a row's nb code bytes (zeros past nb),
- * read straight from the blob: the last group as the 4 bytes ending at nb,
- * shifted down (nothing past the codes is read). Rows of nb < 4 go
- * through the zero-padded copy sm[0..7]. (The codes used to be copied
- * into a padded buffer first: its overlapping copies, reloaded 4 bytes at
- * a time, stalled store forwarding.) */
-static inline uint32_t sm_code_group(const uint8_t *in, const uint8_t *sm,
-                                     size_t nb, size_t o)
-{
-    uint32_t g;
-    if (nb < 4) {
-        memcpy(&g, sm + o, 4);
-    } else if (o + 4 <= nb) {
-        memcpy(&g, in + o, 4);
-    } else {
-        memcpy(&g, in + nb - 4, 4);
-        g >>= 8 * (o + 4 - nb);
-    }
-    return g;
-}
-
-__attribute__((target("avx2,popcnt"))) static size_t
-sm_topk_weights_avx2(const sm_table *t, int B, const uint8_t *in,
-                     size_t n, float *wt)
-{
-    const int nv = (int)((n + 7) / 8);
-    const size_t nb = (n * (size_t)B + 7) / 8;   /* <= 32 */
-    uint8_t buf[8] = {0};
-    for (size_t i = 0; i < nb && nb < 4; i++)
-        buf[i] = in[i];
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i shr = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
-    const __m256i cmask = _mm256_set1_epi32((1 << B) - 1);
-    __m256i c[SM_SMALL / 8];
-    uint64_t fm = 0;
-    for (int b = 0; b < nv; b++) {
-        const uint32_t g = sm_code_group(in, buf, nb, (size_t)B * b);
-        c[b] = _mm256_and_si256(
-            _mm256_srlv_epi32(_mm256_set1_epi32((int)g), shr), cmask);
-        const __m256i in_ = _mm256_cmpgt_epi32(
-            _mm256_set1_epi32((int)n - 8 * b), lane);
-        fm |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
-                  _mm256_and_si256(_mm256_cmpeq_epi32(c[b],
-                                   _mm256_setzero_si256()), in_))) << (8 * b);
-    }
-    const uint8_t *fine = in + nb;
-    const size_t k = (size_t)__builtin_popcountll(fm);
-    uint32_t maxc = 0;
-    for (size_t f = 0; f < k; f++)
-        maxc = fine[f] > maxc ? fine[f] : maxc;
-    /* weights by code: fine weight times the shifted table, as vectors
-     * (the same float products; no scalar stores reloaded as a vector) */
-    const __m256 fw = _mm256_set1_ps(sm_fine_w[maxc]);
-    const __m256 cw0 = _mm256_mul_ps(fw, _mm256_loadu_ps(t->wsh)),
-                 cw1 = _mm256_mul_ps(fw, _mm256_loadu_ps(t->wsh + 8));
-    for (int b = 0; b < nv; b++) {
-        __m256 x = _mm256_permutevar8x32_ps(cw0, c[b]);
-        if (B == 4)
-            x = _mm256_blendv_ps(x, _mm256_permutevar8x32_ps(cw1, c[b]),
-                                 _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-                                     c[b], _mm256_set1_epi32(7))));
-        if (8 * (size_t)b + 8 <= n)
-            _mm256_storeu_ps(wt + 8 * b, x);
-        else
-            _mm256_maskstore_ps(wt + 8 * b, _mm256_cmpgt_epi32(
-                _mm256_set1_epi32((int)n - 8 * b), lane), x);
-    }
-    size_t f = 0;
-    for (uint64_t r = fm; r; r &= r - 1)
-        wt[__builtin_ctzll(r)] = sm_fine_w[fine[f++]];
-    return nb + k;
-}
-/* The same for four rows stored back to back, phase by phase (codes and
- * fine counts of all four, then their scales, then the weights): one
- * row's steps are a chain; four side by side overlap. Returns the bytes
- * of the four rows. */
-__attribute__((target("avx2,popcnt"))) static size_t
-sm_topk_weights4_avx2(const sm_table *t, int B, const uint8_t *in,
-                      const size_t *n, float *const *wt)
-{
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i shr = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
-    const __m256i cmask = _mm256_set1_epi32((1 << B) - 1);
-    __m256i c[4][SM_SMALL / 8];
-    uint64_t fm[4];
-    const uint8_t *fine[4];
-    int nv[4];
-    const uint8_t *pp = in;
-    for (int r = 0; r < 4; r++) {
-        nv[r] = (int)((n[r] + 7) / 8);
-        const size_t nb = (n[r] * (size_t)B + 7) / 8;   /* <= 32 */
-        uint8_t buf[8] = {0};
-        for (size_t i = 0; i < nb && nb < 4; i++)
-            buf[i] = pp[i];
-        fm[r] = 0;
-        for (int b = 0; b < nv[r]; b++) {
-            const uint32_t g = sm_code_group(pp, buf, nb, (size_t)B * b);
-            c[r][b] = _mm256_and_si256(
-                _mm256_srlv_epi32(_mm256_set1_epi32((int)g), shr), cmask);
-            const __m256i in_ = _mm256_cmpgt_epi32(
-                _mm256_set1_epi32((int)n[r] - 8 * b), lane);
-            fm[r] |= (uint64_t)(uint32_t)_mm256_movemask_ps(
-                         _mm256_castsi256_ps(_mm256_and_si256(
-                             _mm256_cmpeq_epi32(c[r][b],
-                                                _mm256_setzero_si256()),
-                             in_))) << (8 * b);
-        }
-        fine[r] = pp + nb;
-        pp += nb + (size_t)__builtin_popcountll(fm[r]);
-    }
-    __m256 cw0[4], cw1[4];
-    for (int r = 0; r < 4; r++) {
-        const size_t k = (size_t)__builtin_popcountll(fm[r]);
-        uint32_t maxc = 0;
-        for (size_t f = 0; f < k; f++)
-            maxc = fine[r][f] > maxc ? fine[r][f] : maxc;
-        const __m256 fw = _mm256_set1_ps(sm_fine_w[maxc]);
-        cw0[r] = _mm256_mul_ps(fw, _mm256_loadu_ps(t->wsh));
-        cw1[r] = _mm256_mul_ps(fw, _mm256_loadu_ps(t->wsh + 8));
-    }
-    for (int r = 0; r < 4; r++) {
-        float *w = wt[r];
-        for (int b = 0; b < nv[r]; b++) {
-            __m256 x = _mm256_permutevar8x32_ps(cw0[r], c[r][b]);
-            if (B == 4)
-                x = _mm256_blendv_ps(x, _mm256_permutevar8x32_ps(cw1[r],
-                                                                 c[r][b]),
-                                     _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-                                         c[r][b], _mm256_set1_epi32(7))));
-            if (8 * (size_t)b + 8 <= n[r])
-                _mm256_storeu_ps(w + 8 * b, x);
-            else
-                _mm256_maskstore_ps(w + 8 * b, _mm256_cmpgt_epi32(
-                    _mm256_set1_epi32((int)n[r] - 8 * b), lane), x);
-        }
-        size_t f = 0;
-        for (uint64_t q = fm[r]; q; q &= q - 1)
-            w[__builtin_ctzll(q)] = sm_fine_w[fine[r][f++]];
-    }
-    return (size_t)(pp - in);
-}
-#endif
 
 /* Weights of the row's codes (unnormalized) into wt[0..n-1]; returns the
  * bytes of the row. */
 static size_t sm_row_weights(const as__sm_params *p, const uint8_t *in,
                              size_t n, float *wt, as__sm_work *w)
 {
-    const sm_table *t = sm_table_of(p);
-#ifdef SM_X86_DISPATCH
+    const sm_table *t = as__sm_table_of(p);
+#if AS_X86_DISPATCH
     if (p->kind == AS_SM_TOPK && n <= SM_SMALL &&
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"))
-        return sm_topk_weights_avx2(t, p->bits, in, n, wt);
+        as_cpu_avx2())
+        return as__sm_topk_weights_avx2(t, p->bits, in, n, wt);
 #endif
     uint8_t *codes = w->codes;
     size_t nb = (n * (size_t)p->bits + 7) / 8;
@@ -927,7 +448,7 @@ static size_t sm_row_weights(const as__sm_params *p, const uint8_t *in,
         float cw[SM_MAXC + 1];
         cw[0] = 0.0f;
         for (int c = 0; c < t->nc; c++)
-            cw[c + 1] = sm_fine_w[maxc] * t->wt[c];
+            cw[c + 1] = as__sm_fine_w[maxc] * t->wt[c];
         static const uint8_t zero = 0;
         const uint8_t *fsrc = k ? fine : &zero;  /* read in bounds always */
         const size_t flast = k ? k - 1 : 0;
@@ -935,7 +456,7 @@ static size_t sm_row_weights(const as__sm_params *p, const uint8_t *in,
         for (size_t i = 0; i < n; i++) {
             size_t isf = codes[i] == 0;
             uint8_t fc = fsrc[f < flast ? f : flast];
-            wt[i] = isf ? sm_fine_w[fc] : cw[codes[i]];
+            wt[i] = isf ? as__sm_fine_w[fc] : cw[codes[i]];
             f += isf;
         }
         nb += k;
@@ -982,11 +503,11 @@ size_t as__sm_log_decode_rows(const as__sm_params *p, const uint8_t *in,
 {
     assert(cnt >= 1 && cnt <= AS_SM_SOA_LANES);
     const uint8_t *pp = in;
-#ifdef SM_X86_DISPATCH
+#if AS_X86_DISPATCH
     if (cnt == 4 && p->kind == AS_SM_TOPK && n[0] <= SM_SMALL &&
         n[1] <= SM_SMALL && n[2] <= SM_SMALL && n[3] <= SM_SMALL &&
-        sm_have_avx2()) {
-        pp += sm_topk_weights4_avx2(sm_table_of(p), p->bits, in, n, v);
+        as_cpu_avx2()) {
+        pp += as__sm_topk_weights4_avx2(as__sm_table_of(p), p->bits, in, n, v);
         sm_normalize(v, n, cnt);
         return (size_t)(pp - in);
     }

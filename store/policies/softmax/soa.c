@@ -39,6 +39,7 @@
 #include <string.h>
 
 #include "store/policies/softmax/softmax.h"
+#include "util/simd.h"
 
 /* Sort key: descending value = ascending ~bits; non-positive and NaN
  * values sort as 0 (last). */
@@ -53,10 +54,6 @@ static inline uint32_t sm_key(float f)
 
 #define SM_RANK_MAX 64   /* rank counting up to here, then radix */
 
-#if (defined(__x86_64__) || defined(__i386__)) && \
-    (defined(__GNUC__) || defined(__clang__)) && !defined(AS_SM_NO_DISPATCH)
-#define SM_X86_DISPATCH 1
-#endif
 
 typedef int32_t sm_v8i __attribute__((vector_size(32)));
 
@@ -124,15 +121,12 @@ sm_count_body(const int32_t *k, size_t n, uint32_t *c)
     }
 }
 
-#ifdef SM_X86_DISPATCH
-#include <immintrin.h>
+#if AS_X86_DISPATCH
 
 __attribute__((target("avx2"))) static void
 sm_count_avx2(const int32_t *k, size_t n, uint32_t *c)
 {
-    /* (one pass of 7 vectors for n = 50 measured slower: 88 against
-     * 65 ns; two passes of 4 keep the compare ports busier) */
-    sm_count_body(k, n, c);
+    sm_count_body(k, n, c);   /* two passes of 4 vectors keep the compare ports busy */
 }
 #endif
 
@@ -153,8 +147,8 @@ static void sm_rank_small(const float *v, size_t n, uint32_t *rk)
         sk[i] = (int32_t)(sm_key(v[i]) ^ 0x80000000u);
     for (; i < SM_RANK_MAX; i++)
         sk[i] = INT32_MAX;
-#ifdef SM_X86_DISPATCH
-    if (__builtin_cpu_supports("avx2"))
+#if AS_X86_DISPATCH
+    if (as_cpu_avx2())
         sm_count_avx2(sk, n, rk);
     else
 #endif
@@ -172,7 +166,7 @@ static void sm_rank_small(const float *v, size_t n, uint32_t *rk)
     }
 }
 
-#ifdef SM_X86_DISPATCH
+#if AS_X86_DISPATCH
 /* soa's whole use of the order for a short row (2S < n <= 64) in AVX2
  * vectors: the keys, the rank counts (sm_count_body), the rank code
  * narrowed to bytes (at kept + 8S + 4), and the 2S + 1 kept values
@@ -265,8 +259,8 @@ void as__sm_order_desc(const float *v, size_t n, uint32_t *ord, as__sm_work *w)
     assert(n <= w->cap);
     if (n <= SM_RANK_MAX) {
         /* rank counting by vector compares: n^2 / 8 steps, no branch on
-         * the data, no table to clear (captured vit rows, n = 50: 65 ns
-         * against 320 for scalar counting, 700 for the radix below) */
+         * the data, no table to clear; faster than the radix below on
+         * short rows */
         uint32_t rk[SM_RANK_MAX];
         sm_rank_small(v, n, rk);
         for (size_t i = 0; i < n; i++)
@@ -342,9 +336,9 @@ bool as__sm_soa_encode4(const as__sm_params *p, const float *const *v,
                        const size_t *n, size_t len, uint8_t *out,
                        size_t *used)
 {
-#ifdef SM_X86_DISPATCH
+#if AS_X86_DISPATCH
     const size_t S = (size_t)p->s;
-    if (p->kind != AS_SM_SOA || !__builtin_cpu_supports("avx2"))
+    if (p->kind != AS_SM_SOA || !as_cpu_avx2())
         return false;
     uint8_t *o[4];
     for (int r = 0; r < 4; r++) {
@@ -379,8 +373,8 @@ size_t as__sm_soa_encode(const as__sm_params *p, const float *v, size_t n,
         return n * sizeof(float);
     }
     uint8_t *o = out;
-#ifdef SM_X86_DISPATCH
-    if (n <= SM_RANK_MAX && __builtin_cpu_supports("avx2") &&
+#if AS_X86_DISPATCH
+    if (n <= SM_RANK_MAX && as_cpu_avx2() &&
         sm_soa_small_avx2(v, n, S, o)) {
         sm_soa_lambda(p, get_f32(o + 4 * (S - 1)), get_f32(o + 4 * S),
                       get_f32(o + 8 * S), n, len, o);
@@ -430,7 +424,7 @@ size_t as__sm_soa_encode(const as__sm_params *p, const float *v, size_t n,
     return (size_t)(o - out);
 }
 
-#ifdef SM_X86_DISPATCH
+#if AS_X86_DISPATCH
 /* vl[i] = val[min(rk[i], nl - 1)] for i < nl <= 64 (the decode's lookup):
  * the table in four registers, 16 entries per two two-register permutes
  * and a blend on bit 5 of the rank; loads and stores masked to the row
@@ -459,8 +453,7 @@ sm_lookup64_avx512(const float *val, size_t nl, const uint8_t *rk, float *vl)
 
 static int sm_have_avx512(void)
 {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl");
+    return as_cpu_avx512bw();
 }
 #endif
 
@@ -471,11 +464,8 @@ static int sm_have_avx512(void)
  * instead of one long one). Each row sees exactly the operations it sees
  * alone, in the same order (bit-identical to decoding the rows one by
  * one). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-/* the table loops in the widest vectors the CPU has (picked at load time;
- * no contraction under -std=c11, so every clone computes the same bits) */
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
+/* the table loops in the widest vectors the CPU has (picked at load time) */
+AS_CLONES_V4_V3
 void as__sm_soa_decode_rows(const as__sm_params *p, const uint8_t *const *in,
                            const size_t *n, float *const *v, int cnt,
                            as__sm_work *w)
@@ -543,7 +533,7 @@ void as__sm_soa_decode_rows(const as__sm_params *p, const uint8_t *const *in,
         const size_t nl = n[l];
         const uint8_t *rk = in[l] + 8 * S + 4;
         float *vl = v[l];
-#ifdef SM_X86_DISPATCH
+#if AS_X86_DISPATCH
         if (nl <= 64 && sm_have_avx512()) {
             sm_lookup64_avx512(val, nl, rk, vl);
             continue;

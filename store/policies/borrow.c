@@ -1,0 +1,73 @@
+/*
+ * borrow: a tensor the caller holds anyway (as_save_info.borrow, e.g. the
+ * input batch a data loader keeps until the step ends). The store keeps the
+ * pointer only: 0 stored bytes, restore copies from the caller's buffer,
+ * restore_view returns it. The caller's contract (store.h) keeps it valid
+ * and unchanged while the item may be restored; the debug checksum
+ * (checksum_saved) catches a caller that writes into it.
+ *
+ * Chosen by the store for every borrowed save, whatever the rules say (no
+ * policy stores less, and none is more exact); named in a rule it applies
+ * only to borrowed saves.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "store/store_internal.h"
+
+static int borrow_parse(const char *args, size_t len, void **params,
+                        char *err, size_t errlen, size_t *err_off)
+{
+    *params = NULL;
+    if (len) {
+        snprintf(err, errlen, "no arguments");
+        *err_off = 0;
+        return AS_ESPEC;
+    }
+    return 0;
+}
+
+static int borrow_applies(const void *params, const as_save_info *info,
+                          const as_tensor *t, char *why, size_t whylen)
+{
+    if (!info->borrow) {
+        snprintf(why, whylen, "not a borrowed (caller-held) tensor");
+        return AS_ENOTSUP;
+    }
+    return 0;
+}
+
+static int borrow_encode(as_pctx *ctx, const void *params,
+                         const as_save_info *info, const as_tensor *t,
+                         void **state)
+{
+    *state = t->data;
+    return 0;
+}
+
+static int borrow_decode(as_pctx *ctx, const void *params, void *state,
+                         as_tensor *dst)
+{
+    size_t n = as_tensor_bytes(dst);
+    if (n)
+        memcpy(dst->data, state, n);
+    return 0;
+}
+
+static const void *borrow_view(const void *params, void *state)
+{
+    return state;
+}
+
+const as_policy_ops as_policy_borrow = {
+    .name = "borrow",
+    .summary = "store nothing: the caller holds the tensor (as_save_info."
+               "borrow), restore reads it",
+    .kinds = 0,
+    .exact = true,
+    .parse = borrow_parse,
+    .applies = borrow_applies,
+    .encode = borrow_encode,
+    .decode = borrow_decode,
+    .view = borrow_view,
+};
