@@ -122,14 +122,20 @@ int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t err
         snprintf(err, errlen, "give --budget or --ratio, not both");
         return AS_EINVAL;
     }
-    if (c->ratio != 0 && !(c->ratio >= 1 && c->ratio <= 1e6)) {
-        snprintf(err, errlen, "--ratio %g out of range [1, 1e6]", c->ratio);
+    if (c->ratio != 0 && !(c->ratio > 0 && c->ratio <= 1e6)) {
+        snprintf(err, errlen, "--ratio %g out of range (0, 1e6]", c->ratio);
         return AS_EINVAL;
     }
     if ((c->budget || c->ratio > 0) && !strstr(c->spec[0], "auto") &&
         !strstr(c->spec[1], "auto")) {
         snprintf(err, errlen, "--budget / --ratio bind the arms that use auto, "
                  "and neither spec does (e.g. --b default=auto)");
+        return AS_EINVAL;
+    }
+    if (c->nshards && (c->shard < 1 || c->shard > c->nshards ||
+                       c->nshards > c->nseeds)) {
+        snprintf(err, errlen, "--shard %u/%u: needs 1 <= I <= N <= --seeds (%zu)", c->shard,
+                 c->nshards, c->nseeds);
         return AS_EINVAL;
     }
     if (c->nseeds < 1 || c->nseeds > AB_MAX_SEEDS) {
@@ -484,13 +490,21 @@ int as_ab_run(const as_ab_config *c, as_report *rep, char *err, size_t errlen)
     if (rc)
         return rc;
     uint64_t seeds[AB_MAX_SEEDS];
+    size_t nseeds = 0;
     for (size_t i = 0; i < c->nseeds; i++)
-        seeds[i] = c->seed0 + i;
-    rc = as_report_init(rep, c->model, p.name, c->spec[0], c->spec[1], seeds, c->nseeds,
+        if (!c->nshards || i % c->nshards == c->shard - 1)
+            seeds[nseeds++] = c->seed0 + i;
+    rc = as_report_init(rep, c->model, p.name, c->spec[0], c->spec[1], seeds, nseeds,
                         p.steps, c->check_every);
     if (rc) {
         snprintf(err, errlen, "out of memory");
         return rc;
+    }
+    if (c->nshards) {
+        rep->shard = c->shard;
+        rep->nshards = c->nshards;
+        rep->seed0 = c->seed0;
+        rep->seeds_total = c->nseeds;
     }
     if (as_nn_model_find(c->model)->cfg == AS_NN_CFG_cnn)
         snprintf(rep->options, sizeof rep->options, "act=%s",
@@ -498,7 +512,7 @@ int as_ab_run(const as_ab_config *c, as_report *rep, char *err, size_t errlen)
     prog g = {.c = c, .tty = isatty(2) && getenv("TERM") && strcmp(getenv("TERM"), "dumb"),
               .t0 = as_clock_wall_s(), .every = 1};
     bool stopped = false;
-    for (size_t i = 0; i < c->nseeds && !rc && !stopped; i++) {
+    for (size_t i = 0; i < nseeds && !rc && !stopped; i++) {
         if (c->stop && *c->stop) {
             stopped = true;
             snprintf(rep->partial_reason, sizeof rep->partial_reason,

@@ -51,6 +51,8 @@ typedef struct as_ab_config {
     const char *data_dir, *text_dir;
     as_store   *store[2];     /* borrowed stores for A and B (a service may
                                  watch them); NULL: each run creates its own */
+    unsigned    shard, nshards; /* --shard I/N: run only the seeds i (of
+                                   0..nseeds-1) with i % N == I - 1; N 0 = all */
     bool        quiet;        /* no progress output */
     volatile sig_atomic_t *stop; /* set (e.g. by SIGINT): finish the current
                                     step, mark the report partial, return */

@@ -17,6 +17,7 @@ typedef struct conn {
     char             *buf;          /* received, not yet consumed */
     size_t            len, cap;
     bool              headers_done, sse, closing, ended;
+    bool              chunked;      /* Transfer-Encoding: chunked (GET) */
     int               status;
     long long         content_length;   /* -1 unknown */
     int               rc;
@@ -124,6 +125,9 @@ static size_t parse_headers(conn *c)
     for (char *line = strstr(c->buf, "\r\n"); line && line < eoh; line = strstr(line + 2, "\r\n"))
         if (!strncasecmp(line + 2, "Content-Length:", 15))
             c->content_length = atoll(line + 17);
+        else if (!strncasecmp(line + 2, "Transfer-Encoding:", 18) &&
+                 strstr(line + 20, "chunked") && strstr(line + 20, "chunked") < eoh)
+            c->chunked = true;
     c->headers_done = true;
     return (size_t)(eoh + 4 - c->buf);
 }
@@ -168,8 +172,36 @@ static void sse_feed(conn *c)
     c->len -= off;
 }
 
+/* Decode a chunked body (delimited by the close: GETs ask for one) in
+ * place: sizes in hex, extensions and trailers ignored. AS_EFORMAT when
+ * malformed or cut before the last chunk. */
+static int dechunk(conn *c)
+{
+    size_t in = 0, out = 0;
+    c->buf[c->len] = 0;   /* on_alloc keeps a spare byte: strtoull stops */
+    for (;;) {
+        char *end;
+        unsigned long long n = strtoull(c->buf + in, &end, 16);
+        char *eol = memchr(c->buf + in, '\n', c->len - in);
+        if (end == c->buf + in || !eol)
+            return AS_EFORMAT;
+        in = (size_t)(eol - c->buf) + 1;
+        if (n == 0)
+            break;
+        if (n > c->len - in || c->len - in - n < 2)
+            return AS_EFORMAT;
+        memmove(c->buf + out, c->buf + in, n);
+        out += n;
+        in += n + 2;   /* data, CRLF */
+    }
+    c->len = out;
+    return 0;
+}
+
 static void finish_get(conn *c, int rc)
 {
+    if (!rc && c->chunked)
+        rc = dechunk(c);
     if (!rc && c->resp) {
         c->resp->status = c->status;
         c->resp->len = c->len;
@@ -191,7 +223,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     if (c->closing)
         return;
     if (n < 0) {
-        if (!c->sse && c->headers_done && c->content_length < 0 && n == UV_EOF)
+        if (!c->sse && c->headers_done && (c->content_length < 0 || c->chunked) &&
+            n == UV_EOF)
             finish_get(c, 0);   /* body delimited by close */
         else
             conn_end(c, AS_EIO);
@@ -211,7 +244,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     }
     if (c->sse)
         sse_feed(c);
-    else if (c->content_length >= 0 && c->len >= (size_t)c->content_length) {
+    else if (!c->chunked && c->content_length >= 0 && c->len >= (size_t)c->content_length) {
         c->len = (size_t)c->content_length;
         finish_get(c, 0);
     }
@@ -405,7 +438,7 @@ int as_client_subscribe(const char *addr, int duration_ms, as_client_event_fn fn
 
 int as_client_serve(const char *cmd, const char *addr, bool allow_remote,
                     as_store *const *stores, const char *const *labels, size_t n,
-                    as_service **out)
+                    const char *const fleet[3], as_service **out)
 {
     as_service_source src[16];
     if (n < 1 || n > 16) {
@@ -415,6 +448,8 @@ int as_client_serve(const char *cmd, const char *addr, bool allow_remote,
     for (size_t i = 0; i < n; i++)
         src[i] = (as_service_source){.label = labels ? labels[i] : NULL, .store = stores[i]};
     as_service_config cfg = {.addr = addr, .allow_remote = allow_remote};
+    if (fleet)
+        cfg.job = fleet[0], cfg.rank = fleet[1], cfg.host = fleet[2];
     char err[256] = "";
     int rc = as_service_start(&cfg, src, n, out, err, sizeof err);
     if (rc) {

@@ -71,9 +71,11 @@ int as_client_subscribe(const char *addr, int duration_ms, as_client_event_fn fn
  * labels), print "actstore <cmd>: dashboard at http://..." on stderr and
  * return 0; on error print the reason naming cmd and return the AS_E* code.
  * allow_remote: the --serve-remote flag (binding a non-loopback address).
- * Stop with as_service_stop(*out). */
+ * fleet: job, rank, host labels (--job, --rank, --host; NULL entries or a
+ * NULL array: the environment's, as_service_config). Stop with
+ * as_service_stop(*out). */
 int as_client_serve(const char *cmd, const char *addr, bool allow_remote,
                     as_store *const *stores, const char *const *labels, size_t n,
-                    as_service **out);
+                    const char *const fleet[3], as_service **out);
 
 #endif

@@ -2,7 +2,9 @@
  * actstore ab — paired A/B comparison of two policy specs on one model.
  *
  *   actstore ab --model M --a SPEC --b SPEC [--seeds K] [--steps N |
- *               --epochs E] [--preset P] [--out DIR] [--serve ADDR] ...
+ *               --epochs E] [--preset P] [--out DIR] [--serve ADDR]
+ *               [--shard I/N] ...
+ *   actstore ab merge DIR... [--out DIR] [--json FILE]
  *
  * Everything that can be wrong with the command line (model, preset, both
  * specs, ranges, the output folder) is checked before any training starts.
@@ -51,8 +53,85 @@ static int write_report(const char *cmd, const as_report *rep, const char *out,
     return 0;
 }
 
+/* "I/N" with 1 <= I <= N <= 64. */
+static int parse_shard(const char *s, unsigned *i, unsigned *n)
+{
+    char *end;
+    unsigned long a = strtoul(s, &end, 10), b;
+    if (end == s || *end != '/')
+        return -1;
+    const char *t = end + 1;
+    b = strtoul(t, &end, 10);
+    if (end == t || *end || a < 1 || b < 1 || a > b || b > 64)
+        return -1;
+    *i = (unsigned)a;
+    *n = (unsigned)b;
+    return 0;
+}
+
+/* actstore ab merge DIR... [--out DIR] [--json FILE] */
+static int cmd_merge(int argc, char **argv)
+{
+    const char *out = "ab-report", *json = NULL, *dirs[64];
+    size_t nd = 0;
+    for (int i = 2; i < argc; i++) {
+        if (as_cli_is_help(argv[i])) {
+            printf("usage: actstore ab merge DIR... [--out DIR] [--json FILE]\n\n"
+                   "Combine the reports of the shards of one comparison (each DIR holds\n"
+                   "the report.json of one 'actstore ab --shard I/N' run, same options)\n"
+                   "into one report with the statistics of a single run of every seed.\n"
+                   "Writes report.json, report.md and SVG plots to --out (default\n"
+                   "ab-report). Exit status: 0 ok, 1 failure, 2 usage.\n");
+            return AS_EXIT_OK;
+        } else if (!strcmp(argv[i], "--out") && i + 1 < argc) {
+            out = argv[++i];
+        } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
+            json = argv[++i];
+        } else if (argv[i][0] == '-' || nd == 64) {
+            return as_cli_usage("ab", "merge: unexpected argument '%s'", argv[i]);
+        } else {
+            dirs[nd++] = argv[i];
+        }
+    }
+    if (!nd)
+        return as_cli_usage("ab", "merge: give the report folders of the shards");
+    as_report parts[64], merged;
+    char err[1024];
+    size_t np = 0;
+    int code = AS_EXIT_OK;
+    for (; np < nd; np++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/report.json", dirs[np]);
+        if (as_report_read(path, &parts[np], err, sizeof err)) {
+            code = as_cli_fail("ab", "merge: %s", err);
+            break;
+        }
+    }
+    if (code == AS_EXIT_OK && as_report_merge(parts, np, &merged, err, sizeof err))
+        code = as_cli_fail("ab", "merge: %s", err);
+    for (size_t i = 0; i < np; i++)
+        as_report_free(&parts[i]);
+    if (code != AS_EXIT_OK)
+        return code;
+    if (as_report_prepare_dir(out, err, sizeof err))
+        code = as_cli_fail("ab", "merge: %s", err);
+    else if (write_report("ab", &merged, out, json))
+        code = AS_EXIT_FAIL;
+    if (code == AS_EXIT_OK) {
+        char v[512];
+        as_report_verdict(&merged, v, sizeof v);
+        fprintf(stderr, "actstore ab: merged %zu shards (%zu seeds) into %s/\n", np,
+                merged.nseeds, out);
+        fprintf(json && !strcmp(json, "-") ? stderr : stdout, "%s: %s\n", merged.model, v);
+    }
+    as_report_free(&merged);
+    return code;
+}
+
 int as_cmd_ab(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "merge"))
+        return cmd_merge(argc, argv);
     as_cli_opts o = {.preset = "small", .out = "ab-report", .seeds = 3, .seed = 1,
                      .check_every = 50};
     int r = as_cli_parse_opts(&ab_cmd, argc, argv, &o);
@@ -74,6 +153,10 @@ int as_cmd_ab(int argc, char **argv)
         else
             return as_cli_usage("ab", "--act '%s': relu or leaky", act);
     }
+    unsigned shard = 0, nshards = 0;
+    if (o.shard && parse_shard(o.shard, &shard, &nshards))
+        return as_cli_usage("ab", "--shard '%s': I/N with 1 <= I <= N <= 64 (e.g. 2/3)",
+                            o.shard);
     as_ab_config c = {.cmd = "ab", .model = model, .preset = o.preset,
                       .spec = {spec_a, spec_b}, .nseeds = (size_t)o.seeds,
                       .seed0 = o.seed, .steps = (long)o.steps, .epochs = o.epochs,
@@ -81,7 +164,7 @@ int as_cmd_ab(int argc, char **argv)
                       .threads = (int)o.threads, .data_dir = o.data_dir,
                       .text_dir = o.text_dir, .quiet = o.quiet,
                       .budget = o.budget, .ratio = o.ratio,
-                      .stop = as_ab_stop_flag()};
+                      .stop = as_ab_stop_flag(), .shard = shard, .nshards = nshards};
     char err[1024] = "";
     as_nn_preset p;
     if (as_ab_validate(&c, &p, err, sizeof err))
@@ -106,7 +189,8 @@ int as_cmd_ab(int argc, char **argv)
     snprintf(la, sizeof la, "A: %.80s", spec_a);
     snprintf(lb, sizeof lb, "B: %.80s", spec_b);
     const char *labels[2] = {la, lb};
-    if (o.serve && as_client_serve("ab", o.serve, o.serve_remote, stores, labels, 2, &svc)) {
+    if (o.serve && as_client_serve("ab", o.serve, o.serve_remote, stores, labels, 2,
+                                  (const char *const[3]){o.job, o.rank, o.host}, &svc)) {
         as_store_destroy(stores[0]);
         as_store_destroy(stores[1]);
         return AS_EXIT_FAIL;

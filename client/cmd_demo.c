@@ -103,7 +103,8 @@ static int demo_open(demo *d)
     as_service_source src[4];
     for (int i = 0; i < 4; i++)
         src[i] = (as_service_source){.label = labels[i], .store = d->stores[i]};
-    as_service_config svcfg = {.addr = d->o->serve ? d->o->serve : AS_DEMO_ADDR};
+    as_service_config svcfg = {.addr = d->o->serve ? d->o->serve : AS_DEMO_ADDR,
+                               .job = d->o->job, .rank = d->o->rank, .host = d->o->host};
     int rc = as_service_start(&svcfg, src, 4, &d->svc, d->err, sizeof d->err);
     if (rc && !d->o->serve) {
         svcfg.addr = "127.0.0.1:0";

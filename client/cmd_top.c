@@ -17,6 +17,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "top_fleet.h"
 #include "util/clock.h"
 
 #define HIST 64   /* sparkline points per store */
@@ -390,9 +391,11 @@ static int run_once(top_state *st)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: actstore top ADDR [--once] [--layers N]\n\n"
+    fprintf(f, "usage: actstore top ADDR [ADDR...] [--once] [--layers N]\n\n"
                "Live terminal view of a running actstore service (started with --serve ADDR):\n"
                "totals, per-kind and top-layer tables, a sparkline of live bytes.\n"
+               "With several ADDRs (one per rank): one line per store with its job, rank\n"
+               "and host, and the fleet's total; --once then exits 1 if one is down.\n"
                "  ADDR        HOST:PORT, :PORT, PORT or http://HOST:PORT/\n"
                "  --once      print one snapshot and exit (default when stdout is not a terminal)\n"
                "  --layers N  top layers to show (default 10)\n"
@@ -407,6 +410,8 @@ int as_cmd_top(int argc, char **argv)
         return as_cli_fail("top", "out of memory");
     st->layers = 10;
     bool once = false;
+    const char *addrs[64];
+    int naddr = 0;
     for (int i = 1; i < argc; i++) {
         if (as_cli_is_help(argv[i])) {
             usage(stdout);
@@ -421,11 +426,12 @@ int as_cmd_top(int argc, char **argv)
                 return AS_EXIT_USAGE;
             }
             st->layers = (int)(n > 1000 ? 1000 : n);
-        } else if (argv[i][0] == '-' || st->addr) {
+        } else if (argv[i][0] == '-' || naddr == 64) {
             free(st);
-            return as_cli_usage("top", "unexpected argument '%s'", argv[i]);
+            return as_cli_usage("top", "unexpected argument '%s'%s", argv[i],
+                                naddr == 64 ? " (at most 64 ADDRs)" : "");
         } else {
-            st->addr = argv[i];
+            addrs[naddr++] = st->addr = argv[i];
         }
     }
     if (!st->addr) {
@@ -434,7 +440,8 @@ int as_cmd_top(int argc, char **argv)
     }
     if (!once && (!as_cli_stdout_is_tty() || !isatty(0)))
         once = true;
-    int rc = once ? run_once(st) : run_live(st);
+    int rc = naddr > 1 ? as_top_fleet(addrs, naddr, once)
+             : once    ? run_once(st) : run_live(st);
     free(st);
     return rc;
 }

@@ -234,7 +234,8 @@ int as_cmd_train(int argc, char **argv)
     if (rc)
         return as_cli_fail("train", "creating the store: %s", err);
     as_service *svc = NULL;
-    if (o.serve && as_client_serve("train", o.serve, o.serve_remote, &store, NULL, 1, &svc)) {
+    if (o.serve && as_client_serve("train", o.serve, o.serve_remote, &store, NULL, 1,
+                                  (const char *const[3]){o.job, o.rank, o.host}, &svc)) {
         as_store_destroy(store);
         return AS_EXIT_FAIL;
     }

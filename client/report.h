@@ -76,6 +76,11 @@ typedef struct as_report {
     char      partial_reason[96];
     double    wall_s;       /* whole comparison */
     char      started[32];  /* UTC, ISO 8601 */
+    /* ab --shard I/N: this report holds the seeds seed0 + i, i < seeds_total,
+     * with i % nshards == shard - 1 (nshards 0: not a shard) */
+    unsigned  shard, nshards;
+    uint64_t  seed0;
+    size_t    seeds_total;
 } as_report;
 
 /* Set up an empty report for nseeds seeds (seeds[i] for both arms).
@@ -136,6 +141,24 @@ void as_report_verdict(const as_report *r, char *buf, size_t n);
  * a run; NAN without checks. */
 double as_report_cos_mean(const as_rep_run *run);
 double as_report_cos_min(const as_rep_run *run);
+
+/* ---- reading and merging (report_merge.c) -------------------------------- */
+
+/* Rebuild a report from its report.json (as written by as_report_json:
+ * the same numbers to the bit). Returns 0, or AS_EFORMAT / AS_ENOMEM with
+ * err set (r is then empty). */
+int as_report_from_json(const cJSON *j, as_report *r, char *err, size_t errlen);
+/* The same from a file; AS_EIO when it cannot be read (err names it). */
+int as_report_read(const char *path, as_report *r, char *err, size_t errlen);
+
+/* Merge the reports of the shards of one comparison into *out, the report
+ * one run of every seed gives: every part must come from ab --shard I/N
+ * of the same model, preset, options, specs, steps, checks, seeds and
+ * shard count, and together hold each seed exactly once (else AS_EINVAL
+ * naming the part, or the missing seed and its shard). The runs move from
+ * parts into *out (parts stay to be freed). wall_s is the shards' sum,
+ * started the earliest; a partial part makes the merge partial. */
+int as_report_merge(as_report *parts, size_t n, as_report *out, char *err, size_t errlen);
 
 /* ---- files -------------------------------------------------------------- */
 

@@ -7,15 +7,33 @@
 #include "report.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "actstore/common.h"
+
+/* A number that parses back to the same bits (the shortest of %.15g,
+ * %.16g, %.17g that does: cJSON's own printing stops at 15 digits when
+ * those are within an epsilon), so that ab merge reproduces a report
+ * exactly; null when not finite (JSON has no NaN). */
+static cJSON *num_item(double v)
+{
+    if (!isfinite(v))
+        return cJSON_CreateNull();
+    char buf[40];
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v)
+            break;
+    }
+    return cJSON_CreateRaw(buf);
+}
 
 static cJSON *num_array(const double *v, size_t n)
 {
     cJSON *a = cJSON_CreateArray();
     for (size_t i = 0; a && i < n; i++) {
-        cJSON *x = isfinite(v[i]) ? cJSON_CreateNumber(v[i]) : cJSON_CreateNull();
+        cJSON *x = num_item(v[i]);
         if (!x || !cJSON_AddItemToArray(a, x)) {
             cJSON_Delete(x);
             cJSON_Delete(a);
@@ -28,10 +46,9 @@ static cJSON *num_array(const double *v, size_t n)
 /* A number, or null when not finite (JSON has no NaN). */
 static void add_num(cJSON *o, const char *k, double v)
 {
-    if (isfinite(v))
-        cJSON_AddNumberToObject(o, k, v);
-    else
-        cJSON_AddNullToObject(o, k);
+    cJSON *x = num_item(v);
+    if (x && !cJSON_AddItemToObject(o, k, x))
+        cJSON_Delete(x);
 }
 
 static cJSON *run_json(const as_report *r, const as_rep_run *run)
@@ -113,6 +130,15 @@ cJSON *as_report_json(const as_report *r)
     cJSON_AddStringToObject(o, "options", r->options);
     add_num(o, "steps", (double)r->steps);
     add_num(o, "check_every", (double)r->check_every);
+    if (r->nshards) {
+        cJSON *sh = cJSON_AddObjectToObject(o, "shard");
+        if (sh) {
+            cJSON_AddNumberToObject(sh, "index", r->shard);
+            cJSON_AddNumberToObject(sh, "count", r->nshards);
+            cJSON_AddNumberToObject(sh, "seed0", (double)r->seed0);
+            cJSON_AddNumberToObject(sh, "seeds_total", (double)r->seeds_total);
+        }
+    }
     cJSON *seeds = cJSON_AddArrayToObject(o, "seeds");
     for (size_t i = 0; seeds && i < r->nseeds; i++)
         cJSON_AddItemToArray(seeds, cJSON_CreateNumber((double)r->arm[0].runs[i].seed));

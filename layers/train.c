@@ -33,8 +33,6 @@
 
 /* ---- the run object ------------------------------------------------------ */
 
-enum { EVAL_BATCH = 250 };
-
 struct as_nn_run {
     as_nn_preset p;
     uint64_t     seed;
@@ -52,10 +50,12 @@ struct as_nn_run {
     int          ntrain;          /* images used (train_limit) */
     int32_t     *perm;            /* permutation of epoch perm_epoch */
     long         perm_epoch;
-    /* batch buffers (B = max(batch, EVAL_BATCH) rows) */
+    /* batch buffers (B = batch rows; evaluation runs in chunks of B, so it
+     * never needs more memory than a training step) */
     int          bcap;
     float       *x;               /* (B, 1, 28, 28) */
     int32_t     *y, *tok, *tgt;   /* (B), (B, T), (B, T) */
+    int32_t     *evidx;           /* (B) test-image indices of one chunk */
     float       *bufsave;         /* copy of the model's buffers */
     size_t       bufsave_n;
     long         next;            /* next batch index = steps done */
@@ -269,8 +269,7 @@ int as_nn_run_create(const as_nn_preset *p, const as_nn_train_opts *o,
     }
     as_nn_optim_init(&r->opt, r->p.optim, r->p.lr, r->p.weight_decay);
     r->opt.clip = r->p.clip;
-    /* buffers: the largest of a training and an evaluation batch */
-    r->bcap = r->p.batch > EVAL_BATCH ? r->p.batch : EVAL_BATCH;
+    r->bcap = r->p.batch;
     const size_t B = (size_t)r->bcap, T = r->lm ? (size_t)r->p.tf.T : 0;
     if (r->lm) {
         r->tok = malloc(B * T * sizeof *r->tok);
@@ -278,13 +277,14 @@ int as_nn_run_create(const as_nn_preset *p, const as_nn_train_opts *o,
     } else {
         r->x = malloc(B * 784 * sizeof *r->x);
         r->y = malloc(B * sizeof *r->y);
+        r->evidx = malloc(B * sizeof *r->evidx);
         r->perm = malloc((size_t)r->ntrain * sizeof *r->perm);
     }
     for (size_t i = 0; i < r->model->nbufs; i++)
         r->bufsave_n += r->model->bufs[i].n;
     r->bufsave = malloc((r->bufsave_n + 1) * sizeof *r->bufsave);
     if ((r->lm && (!r->tok || !r->tgt)) ||
-        (!r->lm && (!r->x || !r->y || !r->perm)) || !r->bufsave) {
+        (!r->lm && (!r->x || !r->y || !r->evidx || !r->perm)) || !r->bufsave) {
         snprintf(r->err, sizeof r->err, "out of memory (batch buffers)");
         rc = AS_ENOMEM;
         goto fail;
@@ -319,6 +319,7 @@ void as_nn_run_destroy(as_nn_run *r)
     as_nn_text_free(&r->text);
     free(r->perm);
     free(r->x);
+    free(r->evidx);
     free(r->y);
     free(r->tok);
     free(r->tgt);
@@ -562,12 +563,11 @@ int as_nn_run_eval(as_nn_run *r, as_nn_eval *out)
         long ni = r->test->n;
         if (r->p.eval_limit > 0 && ni > r->p.eval_limit)
             ni = r->p.eval_limit;
-        int32_t idx[EVAL_BATCH];
-        for (long i0 = 0; i0 < ni && !rc; i0 += EVAL_BATCH) {
-            int B = (int)(ni - i0 < EVAL_BATCH ? ni - i0 : EVAL_BATCH);
+        for (long i0 = 0; i0 < ni && !rc; i0 += r->bcap) {
+            int B = (int)(ni - i0 < r->bcap ? ni - i0 : r->bcap);
             for (int b = 0; b < B; b++)
-                idx[b] = (int32_t)(i0 + b);
-            as_nn_images_batch(r->test, idx, B, r->x, r->y);
+                r->evidx[b] = (int32_t)(i0 + b);
+            as_nn_images_batch(r->test, r->evidx, B, r->x, r->y);
             as_nn_batch bt = {.B = B, .x = r->x, .y = r->y};
             double loss = 0;
             int nc = 0;

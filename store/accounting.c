@@ -110,6 +110,29 @@ void as__acct_fallback(as_store *s, const as_groups *g, const char *reason)
     pthread_mutex_unlock(&s->layer_mu);
 }
 
+void as__acct_meta(as_store *s, const as_groups *g, const char *kind,
+                   const char *layer, const char *what)
+{
+    uint64_t n = 0;
+    FOR_GROUPS(s, g, a) {
+        uint64_t v = atomic_fetch_add_explicit(&a->meta_mismatches, 1,
+                                               memory_order_relaxed) + 1;
+        if (a == &s->layers[g->layer].acct)
+            n = v;
+    }
+    pthread_mutex_lock(&s->layer_mu);
+    snprintf(s->layers[g->layer].last_meta,
+             sizeof s->layers[g->layer].last_meta, "%s", what);
+    pthread_mutex_unlock(&s->layer_mu);
+    if (n & (n - 1))
+        return;   /* logged at 1, 2, 4, 8, ...: bounded, never silent */
+    fprintf(stderr, "actstore: warning: store %s, layer %s (%s): %s "
+            "(metadata mismatch %llu of this layer; %s)\n",
+            s->label[0] ? s->label : "-", layer, kind, what,
+            (unsigned long long)n, s->strict ? "save failed: strict mode"
+                                             : "kept by the fallback");
+}
+
 static uint64_t name_hash(const char *name)
 {
     uint64_t h = 1469598103934665603ull;
@@ -205,6 +228,7 @@ static void copy_counter(as_store_counter *o, as_acct *a)
     o->restores = atomic_load(&a->restores);
     o->releases = atomic_load(&a->releases);
     o->fallbacks = atomic_load(&a->fallbacks);
+    o->meta_mismatches = atomic_load(&a->meta_mismatches);
     o->encode_ns = atomic_load(&a->encode_ns);
     o->decode_ns = atomic_load(&a->decode_ns);
 }
@@ -239,7 +263,7 @@ int as_store_stats_take(as_store *s, as_store_stats *out)
         as_layer_acct *l = &s->layers[i];
         if (i != AS_LAYER_NONE && !l->name[0])
             continue;
-        if (atomic_load(&l->acct.saves) == 0)
+        if (!atomic_load(&l->acct.saves) && !atomic_load(&l->acct.meta_mismatches))
             continue;
         as_store_layer_stats *o = &out->layers[out->nlayers];
         char *nm = names + out->nlayers * 64;
@@ -248,6 +272,8 @@ int as_store_stats_take(as_store *s, as_store_stats *out)
         o->name = nm;
         memcpy(o->policy, l->policy, sizeof o->policy);
         memcpy(o->last_fallback, l->last_fallback, sizeof o->last_fallback);
+        memcpy(o->last_meta_mismatch, l->last_meta,
+               sizeof o->last_meta_mismatch);
         copy_counter(&o->c, &l->acct);
         o->fallbacks_by_reason = o->c.fallbacks;
     }

@@ -163,9 +163,19 @@ int as_pctx_scratch(as_pctx *c, size_t n, void **out)
     return 0;
 }
 
+int as_pctx_check_rows(as_pctx *ctx, int64_t row0, int64_t nrows, uint64_t rows)
+{
+    if (row0 < 0 || nrows < 0 || (uint64_t)row0 + (uint64_t)nrows > rows) {
+        as_pctx_errorf(ctx, "rows [%lld, %lld) outside 0..%llu", (long long)row0,
+                       (long long)(row0 + nrows), (unsigned long long)rows);
+        return AS_ERANGE;
+    }
+    return 0;
+}
+
 void as_pctx_errorf(as_pctx *c, const char *fmt, ...)
 {
-    char msg[200];
+    char msg[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);

@@ -139,6 +139,10 @@ int as_pctx_scratch(as_pctx *ctx, size_t n, void **out);
 void as_pctx_errorf(as_pctx *ctx, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* Check a decode_rows request [row0, row0 + nrows) against a tensor of
+ * `rows` rows: 0, or AS_ERANGE with the range in the call's error. */
+int as_pctx_check_rows(as_pctx *ctx, int64_t row0, int64_t nrows, uint64_t rows);
+
 /* The store's offload directory, and the item's handle / layer name (for
  * messages). */
 const char *as_pctx_offload_dir(const as_pctx *ctx);
@@ -154,6 +158,17 @@ as_store *as_pctx_store(const as_pctx *ctx);
 
 /* Lookup by name (built-in registry plus runtime-registered). */
 const as_policy_ops *as_policy_find(const char *name, size_t len);
+
+/* parse() of a policy that takes no arguments: *params = NULL; any text
+ * after "name:" is AS_ESPEC ("no arguments", offset 0). */
+int as_policy_parse_none(const char *args, size_t len, void **params, char *err,
+                         size_t errlen, size_t *err_off);
+/* free_params() of a policy whose params are one malloc'ed block. */
+void as_policy_free_params(void *params);
+/* applies() of a policy for f32 tensors only: AS_ENOTSUP otherwise, with
+ * "dtype <name> (needs f32)" in why. */
+int as_policy_applies_f32(const void *params, const as_save_info *info, const as_tensor *t,
+                          char *why, size_t whylen);
 
 /* Register a policy at run time (experimental API for frameworks). */
 int as_policy_register(const as_policy_ops *ops);

@@ -12,6 +12,11 @@
  * tensor is never lost to the environment, and the fallback is counted
  * (offload_fallbacks as well for offload). Any other error (AS_EBUDGET,
  * AS_ENOMEM, ...) fails the save; the store stays usable.
+ *
+ * AS_EMETA (the save's metadata contradicts the tensor, found by the
+ * policy's applies or encode) is counted and logged once per save
+ * (as__acct_meta), then handled as a fallback; strict mode fails the save
+ * with AS_EMETA.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,7 +84,8 @@ static void note_act(as_item *it, const as_save_info *info)
 
 static bool is_fallback_code(int rc)
 {
-    return rc == AS_ENOTSUP || rc == AS_EIO || rc == AS_ESTATE;
+    return rc == AS_ENOTSUP || rc == AS_EIO || rc == AS_ESTATE ||
+           rc == AS_EMETA;
 }
 
 int as__try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
@@ -95,7 +101,7 @@ int as__try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
     if (ops->applies) {
         int rc = ops->applies(params, info, t, why, whylen);
         if (rc < 0)
-            return AS_ENOTSUP;
+            return rc == AS_EMETA ? AS_EMETA : AS_ENOTSUP;
     }
     as_rep *r;
     if (spare && *spare) {   /* allocated (and prefetched) by the caller */
@@ -156,8 +162,9 @@ static int encode_plan(as_store *s, as_item *it, as_handle h, as_groups g,
     size_t ntries = plan->fallback ? 3 : 2;
     if (!plan->pol)
         ntries = 1;
-    char why[160], first_why[160] = "";
+    char why[256], first_why[256] = "";
     const char *first_name = NULL;
+    bool meta_seen = false;
     for (size_t k = 0; k < ntries; k++) {
         int rc = as__try_policy(s, it, h, g, tries[k], rules, info, t, adopted,
                                 taken, why, sizeof why, spare, out);
@@ -187,6 +194,19 @@ static int encode_plan(as_store *s, as_item *it, as_handle h, as_groups g,
             return rc;
         if (rc == AS_EIO && tries[k] && tries[k]->ops == &as_policy_offload)
             atomic_fetch_add(&s->offload_fallbacks, 1);
+        if (rc == AS_EMETA && !meta_seen && tries[k]) {
+            meta_seen = true;
+            as_groups mg = g;
+            mg.policy = (uint16_t)as__policy_index(tries[k]->ops);
+            as__acct_meta(s, &mg, as_kind_name(info->kind), layer_text(info),
+                          why);
+            if (s->strict) {
+                as__seterr(s, "save (layer %s, %s): policy %s: %s (strict "
+                           "mode)", layer_text(info),
+                           as_kind_name(info->kind), tries[k]->text, why);
+                return AS_EMETA;
+            }
+        }
         if (!first_name) {
             first_name = tries[k] ? tries[k]->text : "keep";
             snprintf(first_why, sizeof first_why, "%s", why);

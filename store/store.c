@@ -394,7 +394,7 @@ void as_store_step_end(as_store *s)
     as__auto_step_end(s);
 }
 
-void as_store_phase(as_store *s, int phase)
+void as_store_phase(as_store *s, enum as_phase phase)
 {
     if (!s)
         return;

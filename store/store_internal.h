@@ -40,7 +40,7 @@
 
 typedef struct as_acct {
     _Atomic uint64_t raw_live, raw_peak, stored_live, stored_peak;
-    _Atomic uint64_t saves, restores, releases, fallbacks;
+    _Atomic uint64_t saves, restores, releases, fallbacks, meta_mismatches;
     _Atomic uint64_t encode_ns, decode_ns;
 } as_acct;
 
@@ -57,6 +57,7 @@ typedef struct as_layer_acct {
     char    policy[48];         /* last policy used (guarded by layer_mu) */
     _Atomic uint64_t policy_hash; /* hash of `policy`: skips the lock */
     char    last_fallback[96];  /* guarded by layer_mu */
+    char    last_meta[160];     /* last metadata mismatch (layer_mu) */
 } as_layer_acct;
 
 enum { AS_STAT_SAVE, AS_STAT_RESTORE, AS_STAT_RELEASE, AS_STAT_FALLBACK };
@@ -240,6 +241,11 @@ int as__acct_reserve(as_store *s, const as_groups *g, uint64_t n,
 void as__acct_count(as_store *s, const as_groups *g, int stat, uint64_t n);
 void as__acct_time(as_store *s, const as_groups *g, bool encode, uint64_t ns);
 void as__acct_fallback(as_store *s, const as_groups *g, const char *reason);
+/* A save whose metadata contradicts its tensor: counted in every group,
+ * the text kept per layer, logged to stderr at the layer's 1st, 2nd, 4th,
+ * 8th, ... mismatch. */
+void as__acct_meta(as_store *s, const as_groups *g, const char *kind,
+                   const char *layer, const char *what);
 void as__acct_policy_name(as_store *s, uint16_t layer, const char *desc);
 void as__acct_sample(void *ud, uint64_t extra[AS_SAMPLE_EXTRA]);
 int as__layer_id(as_store *s, const char *name, uint16_t *id);
@@ -289,7 +295,7 @@ struct as_pctx {
     size_t          nscratch;
     as_item        *borrowed[32];
     size_t          nborrowed;
-    char            msg[160];  /* last as_pctx_errorf text, unprefixed */
+    char            msg[256];  /* last as_pctx_errorf text, unprefixed */
 };
 void as__pctx_init(as_pctx *c, as_store *s, as_item *it, as_rep *r,
                    as_handle h, const char *layer);

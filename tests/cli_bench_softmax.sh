@@ -29,6 +29,8 @@ assert abs(rs["keep"]["ratio"] - 1) < 0.01 and rs["keep"]["grad_cosine"] > 0.999
 assert 2.0 < rs["soa:5"]["ratio"] < 2.2, rs["soa:5"]["ratio"]     # 44 + n bytes, n = 50
 assert 8.9 < rs["sotk:16:3"]["ratio"] < 9.1, rs["sotk:16:3"]["ratio"]
 assert rs["sotk:16:3"]["grad_cosine"] > 0.98, rs["sotk:16:3"]["grad_cosine"]
+for r in rs.values():    # the store's metadata check, timed beside encode
+    assert isinstance(r["check_frac_of_encode"], (int, float)), r
 c = json.load(open(sys.argv[2]))
 mg = {m["policy"]: m for m in c["model_grad"]}
 assert set(mg) == {"soa:5", "sotk:16:3"}

@@ -392,6 +392,57 @@ static void test_fallbacks(void **state)
     as_tensor xt = {.data = x, .dtype = AS_F32, .ndim = 4, .shape = {2, 4, 10, 10}};
     assert_int_equal(as_store_save(s, &xi, &xt, &hx), AS_EFALLBACK);
     assert_non_null(strstr(as_store_last_error(s), "stride"));
+    /* Metadata that contradicts the tensor is AS_EMETA in strict mode: a
+     * shape other than (n, cin, h, w), weights missing, an impossible
+     * geometry. Stride, dilation and groups 0 mean 1 (not a mismatch). */
+    float *y1 = randv((size_t)2 * 8 * 10 * 10, 1.0);  /* stride-1 output */
+    as_tensor ot1 = {.data = y1, .dtype = AS_F32, .ndim = 4,
+                     .shape = {2, 8, 10, 10}};
+    assert_int_equal(as_store_save(s, &oi, &ot1, &hy), 0);
+    xi.meta.conv.output = hy;
+    xi.meta.conv.stride_h = xi.meta.conv.stride_w = 0;
+    xi.meta.conv.dil_h = xi.meta.conv.dil_w = xi.meta.conv.groups = 0;
+    int rc0 = as_store_save(s, &xi, &xt, &hx);
+    if (rc0 != 0)
+        assert_non_null(strstr(as_store_last_error(s), "condition"));
+    else
+        assert_string_equal(as_store_policy_of(s, hx), "invert");
+    as_conv_meta good = xi.meta.conv;
+    xi.meta.conv.h = 9;
+    assert_int_equal(as_store_save(s, &xi, &xt, &hx), AS_EMETA);
+    assert_non_null(strstr(as_store_last_error(s), "(N, Cin, H, W)"));
+    xi.meta.conv = good;
+    xi.meta.conv.weight = NULL;
+    assert_int_equal(as_store_save(s, &xi, &xt, &hx), AS_EMETA);
+    assert_non_null(strstr(as_store_last_error(s), "no weights"));
+    xi.meta.conv = good;
+    xi.meta.conv.kh = 0;
+    assert_int_equal(as_store_save(s, &xi, &xt, &hx), AS_EMETA);
+    assert_non_null(strstr(as_store_last_error(s), "geometry"));
+    xi.meta.conv = good;
+    xi.meta.conv.cout = 16;   /* the saved output has 8 channels */
+    assert_int_equal(as_store_save(s, &xi, &xt, &hx), AS_EMETA);
+    assert_non_null(strstr(as_store_last_error(s), "conv output"));
+    xi.meta.conv = good;
+    as_store_stats mst;
+    assert_int_equal(as_store_stats_take(s, &mst), 0);
+    assert_int_equal(mst.kinds[AS_KIND_CONV_INPUT].meta_mismatches, 4);
+    as_store_stats_free(&mst);
+    /* not strict: the same mismatch falls back, counted */
+    as_store_destroy(s);
+    s = mk_store("conv_input=invert", false);
+    assert_int_equal(as_store_save(s, &oi, &ot1, &hy), 0);
+    xi.meta.conv.output = hy;
+    free(y1);
+    xi.meta.conv.weight = NULL;
+    assert_int_equal(as_store_save(s, &xi, &xt, &hx), 0);
+    assert_non_null(strstr(as_store_policy_of(s, hx), "fallback"));
+    assert_int_equal(as_store_stats_take(s, &mst), 0);
+    assert_int_equal(mst.total.meta_mismatches, 1);
+    assert_non_null(strstr(find_layer(&mst, a.name)->last_meta_mismatch,
+                           "no weights"));
+    as_store_stats_free(&mst);
+    xi.meta.conv = good;
     /* No output handle: falls back too (non-strict). */
     as_store_destroy(s);
     s = mk_store("conv_input=invert", false);

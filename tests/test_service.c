@@ -270,14 +270,14 @@ static void test_endpoints(void **state)
     assert_non_null(strstr(r, "text/plain; version=0.0.4"));
     const char *m = tbody(r);
     assert_non_null(strstr(m, "# TYPE actstore_live_bytes gauge\n"));
-    assert_non_null(strstr(m, "\nactstore_build_info{version=\"" AS_VERSION_STRING "\"} 1\n"));
-    assert_non_null(strstr(m, "actstore_live_bytes{store=\"A\"} "));
-    assert_non_null(strstr(m, "actstore_kind_stored_bytes{store=\"B\",kind=\"softmax_output\"} "));
-    assert_non_null(strstr(m, "actstore_peak_since_scrape_bytes{store=\"A\"} "));
-    assert_non_null(strstr(m, "actstore_policy_raw_bytes{store=\"A\",policy=\"soa\"} "));
+    assert_non_null(strstr(m, "\nactstore_build_info{" FLEET "version=\"" AS_VERSION_STRING "\"} 1\n"));
+    assert_non_null(strstr(m, "actstore_live_bytes{" FLEET "store=\"A\"} "));
+    assert_non_null(strstr(m, "actstore_kind_stored_bytes{" FLEET "store=\"B\",kind=\"softmax_output\"} "));
+    assert_non_null(strstr(m, "actstore_peak_since_scrape_bytes{" FLEET "store=\"A\"} "));
+    assert_non_null(strstr(m, "actstore_policy_raw_bytes{" FLEET "store=\"A\",policy=\"soa\"} "));
     /* per-layer series capped to the top 20 (largest first) */
     size_t nlayer = 0;
-    for (const char *p = m; (p = strstr(p, "\nactstore_layer_raw_bytes{store=\"A\"")); p++)
+    for (const char *p = m; (p = strstr(p, "\nactstore_layer_raw_bytes{" FLEET "store=\"A\"")); p++)
         nlayer++;
     assert_int_equal(nlayer, 20);
     assert_non_null(strstr(m, "layer=\"blocks.99.attn\""));
@@ -510,7 +510,7 @@ static void test_names_escaped(void **state)
     char *r = tget(port, "/metrics", NULL);
     assert_int_equal(tstatus(r), 200);
     const char *m = tbody(r);
-    assert_non_null(strstr(m, "{store=\"arm \\\"A\\\"\\\\1\xef\xbf\xbd\",layer=\"we\\\"ird\\\\la\\nyer"));
+    assert_non_null(strstr(m, "{" FLEET "store=\"arm \\\"A\\\"\\\\1\xef\xbf\xbd\",layer=\"we\\\"ird\\\\la\\nyer"));
     char path[] = "/tmp/as_metrics_XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
@@ -720,6 +720,7 @@ static void test_stop_with_clients(void **state)
 
 int main(void)
 {
+    fleet_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_start_stop),
         cmocka_unit_test(test_bad_config),

@@ -72,9 +72,9 @@ static void test_train_serve_and_top(void **state)
         as_client_response r;
         char err[256];
         if (as_client_get(addr, "/metrics", 2000, &r, err, sizeof err) == 0) {
-            const char *m = strstr(r.body, "\nactstore_training_step{store=\"train\"} ");
+            const char *m = strstr(r.body, "\nactstore_training_step{job=\"t\",rank=\"0\",host=\"h\",store=\"train\"} ");
             if (m)
-                step = atof(m + strlen("\nactstore_training_step{store=\"train\"} "));
+                step = atof(m + strlen("\nactstore_training_step{job=\"t\",rank=\"0\",host=\"h\",store=\"train\"} "));
             as_client_response_free(&r);
         }
         usleep(200000);
@@ -160,6 +160,10 @@ static void test_bad_serve(void **state)
 
 int main(void)
 {
+    /* the fleet labels of the spawned commands' services */
+    setenv("ACTSTORE_JOB", "t", 1);
+    setenv("ACTSTORE_RANK", "0", 1);
+    setenv("ACTSTORE_HOST", "h", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_train_serve_and_top),
         cmocka_unit_test(test_bad_serve),

@@ -88,10 +88,10 @@ static void test_promtool_live(void **state)
     char *m = get_body(svc_addr, "/metrics", &status);
     assert_int_equal(status, 200);
     /* real figures: both stores, kinds and layers of the workload */
-    assert_non_null(strstr(m, "actstore_saved_raw_bytes{store=\"B\"}"));
-    assert_non_null(strstr(m, "actstore_kind_stored_peak_bytes{store=\"A\",kind=\"linear_input\"}"));
-    assert_non_null(strstr(m, "actstore_layer_raw_peak_bytes{store=\"B\",layer=\"blocks.5.mlp\",policy="));
-    assert_non_null(strstr(m, "actstore_policy_stored_peak_bytes{store=\"B\",policy=\"fp16\"}"));
+    assert_non_null(strstr(m, "actstore_saved_raw_bytes{" FLEET "store=\"B\"}"));
+    assert_non_null(strstr(m, "actstore_kind_stored_peak_bytes{" FLEET "store=\"A\",kind=\"linear_input\"}"));
+    assert_non_null(strstr(m, "actstore_layer_raw_peak_bytes{" FLEET "store=\"B\",layer=\"blocks.5.mlp\",policy="));
+    assert_non_null(strstr(m, "actstore_policy_stored_peak_bytes{" FLEET "store=\"B\",policy=\"fp16\"}"));
     char path[300];
     snprintf(path, sizeof path, "%s/metrics.txt", scratch);
     FILE *f = fopen(path, "w");
@@ -233,6 +233,7 @@ static void test_prometheus_scrapes(void **state)
 
 int main(void)
 {
+    fleet_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_promtool_live),
         cmocka_unit_test(test_prometheus_scrapes),

@@ -142,7 +142,7 @@ static void test_stalled_client_dropped(void **state)
     /* the service still answers */
     char *r = tget(port, "/metrics", NULL);
     assert_int_equal(tstatus(r), 200);
-    assert_non_null(strstr(r, "actstore_service_sse_dropped_total 1"));
+    assert_non_null(strstr(r, "actstore_service_sse_dropped_total{job=\"t\",rank=\"0\",host=\"h\"} 1"));
     free(r);
     assert_int_equal(as__service_stop(svc), 0);
 }
@@ -234,6 +234,7 @@ static void test_500_clients(void **state)
 
 int main(void)
 {
+    fleet_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rate),
         cmocka_unit_test(test_stalled_client_dropped),

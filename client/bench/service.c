@@ -634,28 +634,27 @@ static void paired_overheads(svc_bench *b)
     free(lr_);
 }
 
+/* One clock's table: medians, their ratio to off, the paired median and
+ * its 95% interval. */
+static void print_clock(const char *clock, const double *median, const double *pmed,
+                        const double *lo, const double *hi)
+{
+    printf("  %-11s %9s %9s %15s %24s\n", clock, "ms/step", "medians", "paired median",
+           "95% CI of the median");
+    for (int k = 0; k < NCONF; k++)
+        printf("  %-11s %9.3f %+8.2f%% %+14.2f%%      [%+6.2f%%, %+6.2f%%]\n", conf_name[k],
+               median[k], 100 * (median[k] / median[C_OFF] - 1), 100 * pmed[k], 100 * lo[k],
+               100 * hi[k]);
+}
+
 static void print_steps(const svc_bench *b)
 {
     const steps_cfg *c = &b->c;
     const steps_res *sr = &b->sr;
     printf("  vit small, %u repeats x %ld steps per configuration, %d BLAS thread(s)\n",
            c->repeats, c->steps, c->threads);
-    printf("  %-11s %9s %9s %15s %24s\n", "wall time", "ms/step", "medians", "paired median",
-           "95% CI of the median");
-    for (int k = 0; k < NCONF; k++) {
-        double ratio = sr->median_ms[k] / sr->median_ms[C_OFF] - 1;
-        printf("  %-11s %9.3f %+8.2f%% %+14.2f%%      [%+6.2f%%, %+6.2f%%]\n", conf_name[k],
-               sr->median_ms[k], 100 * ratio, 100 * b->rmed[k], 100 * b->glo[k],
-               100 * b->ghi[k]);
-    }
-    printf("  %-11s %9s %9s %15s %24s\n", "CPU time", "ms/step", "medians", "paired median",
-           "95% CI of the median");
-    for (int k = 0; k < NCONF; k++) {
-        double ratio = sr->median_cpu[k] / sr->median_cpu[C_OFF] - 1;
-        printf("  %-11s %9.3f %+8.2f%% %+14.2f%%      [%+6.2f%%, %+6.2f%%]\n", conf_name[k],
-               sr->median_cpu[k], 100 * ratio, 100 * b->cmed[k], 100 * b->clo[k],
-               100 * b->chi[k]);
-    }
+    print_clock("wall time", sr->median_ms, b->rmed, b->glo, b->ghi);
+    print_clock("CPU time", sr->median_cpu, b->cmed, b->clo, b->chi);
     printf("\n  on_clients: %u SSE clients at %.1f events/s each, %lu scrapes (%lu failed), "
            "%lu dropped; service tick max %.3f ms\n",
            c->clients, sr->events_per_s, sr->scrapes, sr->scrape_errors, sr->dropped,

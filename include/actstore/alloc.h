@@ -128,11 +128,9 @@ AS_API uint64_t as_arena_budget(const as_arena *a);
  * Call at the start of a training step to measure per-step peaks. */
 AS_API void as_arena_reset_peaks(as_arena *a);
 
-/* Phase marks for the timeline. */
-enum as_phase {
-    AS_PHASE_NONE = 0, AS_PHASE_FORWARD, AS_PHASE_BACKWARD,
-    AS_PHASE_OPTIMIZER, AS_PHASE_EVAL
-};
+/* Phase marks for the timeline: enum as_phase (common.h; what each phase
+ * means to the store: store.h, as_store_phase). "forward", ...; "?" when
+ * unknown. */
 AS_API const char *as_phase_name(int phase);
 
 /* Mark the start of training step `step` / of a phase. Recorded in the

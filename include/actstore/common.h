@@ -42,12 +42,23 @@ extern "C" {
     X(AS_ESTATE,     -13, "call not valid in the current state")           \
     X(AS_ERANGE,     -14, "value out of range")                            \
     X(AS_EFOREIGN,   -15, "pointer not owned by this allocator")           \
-    X(AS_EFORMAT,    -16, "malformed input data")
+    X(AS_EFORMAT,    -16, "malformed input data")                        \
+    X(AS_EMETA,      -17, "save metadata does not match the tensor")
 
 enum as_errno {
 #define AS_ERRNO_ENUM(name, val, text) name = (val),
     AS_ERRNO_MAP(AS_ERRNO_ENUM)
 #undef AS_ERRNO_ENUM
+};
+
+/* Phases of a training step, marked with as_store_phase (store.h) or
+ * as_arena_mark_phase (alloc.h). Values are stable. */
+enum as_phase {
+    AS_PHASE_NONE = 0,       /* unmarked: the store behaves as in backward */
+    AS_PHASE_FORWARD,
+    AS_PHASE_BACKWARD,
+    AS_PHASE_OPTIMIZER,
+    AS_PHASE_EVAL
 };
 
 /* Name of an error code ("allocation over budget"); never NULL, static

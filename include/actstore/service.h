@@ -67,6 +67,13 @@ typedef struct as_service_config {
     unsigned    metrics_top_layers; /* per-layer series per store; default 20 */
     unsigned    timeline_points; /* ring capacity (ticks); default 3000 */
     bool        quiet;           /* do not print the warning for remote binds */
+    /* Fleet labels, on every /metrics sample and in /api/v1/snapshot, so
+     * one Prometheus can aggregate many training processes (docs/service.md,
+     * "Fleet view"). NULL = the environment: ACTSTORE_JOB; ACTSTORE_RANK,
+     * else RANK, OMPI_COMM_WORLD_RANK, PMI_RANK; ACTSTORE_HOST; else
+     * "actstore", "0" and the host name. Copied at start; 1..63 bytes
+     * (rank 1..31), else AS_EINVAL. */
+    const char *job, *rank, *host;
 } as_service_config;
 
 /* Start serving nsrc sources (1..16) on cfg->addr (cfg may be NULL).

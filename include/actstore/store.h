@@ -107,17 +107,45 @@ typedef struct as_elementwise {
     int64_t      channels, inner;
 } as_elementwise;
 
+/* Softmax output metadata. The tensor is viewed as rows = numel / last dim
+ * rows of row_len keys. Zero fields: row_len 0 = the last dim; queries 0 =
+ * all rows form one block (so a causal query index is the row index);
+ * causal false = no causal mask; valid_len NULL = no padding. A zeroed
+ * meta therefore says "every key of every row is valid".
+ *
+ * The softmax codecs (soa, solog, sotk) check the metadata against the
+ * tensor at every save, on every row: row_len equals the last dim, queries
+ * divides the rows, keys the metadata masks hold exactly 0, the valid keys
+ * sum to 1 within 1e-2, and the valid keys do not end in a run of exact
+ * zeros with no other zero before it (a mask the metadata does not
+ * declare, e.g. causal rows saved with a zeroed meta; zeros from underflow
+ * elsewhere in the row are not flagged). A mismatch is AS_EMETA in strict mode; otherwise the tensor falls
+ * back (the rule's fallback, else keep), and the mismatch is counted
+ * (as_store_counter.meta_mismatches), kept per layer
+ * (last_meta_mismatch) and logged to stderr (the 1st, 2nd, 4th, ... of
+ * each layer). Other policies take the tensor as plain data and ignore
+ * the metadata. */
 typedef struct as_softmax_meta {
-    int64_t row_len;         /* L: entries per row (keys) */
+    int64_t row_len;         /* L: entries per row (keys); 0 = last dim */
     int64_t queries;         /* rows per (batch, head) block; causal uses
-                                query index q = row % queries */
+                                query index q = row % queries; 0 = rows */
     bool    causal;          /* key k valid only when k <= q */
     /* Optional key padding: keys k < valid_len[row / rows_per_item] are
      * valid. NULL = all valid. Copied by the store at save. */
     const int32_t *valid_len;
-    int64_t rows_per_item;   /* e.g. heads * queries */
+    int64_t rows_per_item;   /* e.g. heads * queries; > 0 with valid_len */
 } as_softmax_meta;
 
+/* Conv input metadata. Zero fields: stride, dilation and groups 0 mean 1;
+ * padding 0 is no padding; n, cin, h, w, cout, kh, kw must be set (the
+ * input's shape must be (n, cin, h, w)); output null: "invert" falls back
+ * (no saved output to rebuild from; counted, not a mismatch). Only the
+ * policy "invert" reads this metadata, and it checks it at save: a shape
+ * that contradicts (n, cin, h, w), an impossible geometry (non-positive
+ * sizes, negative padding, empty output), weight NULL, or
+ * a saved output whose shape is not the conv's output is AS_EMETA in
+ * strict mode and a counted, logged fallback otherwise (as for softmax
+ * metadata). */
 typedef struct as_conv_meta {
     int32_t n, cin, h, w;          /* input geometry (NCHW) */
     int32_t cout, kh, kw;
@@ -233,8 +261,9 @@ AS_API int as_policy_check(const char *spec, char *err, size_t errlen);
  * mode as well. On error *out is null and nothing is kept.
  * Errors: AS_EINVAL (bad dtype/shape/info), AS_EHANDLE (bad source,
  * alias or input handle), AS_ESHAPE (alias_of another shape), AS_EBUDGET
- * (store stays usable), AS_EFALLBACK (strict mode), AS_ERANGE (2^20 live
- * handles), AS_ENOMEM. Thread-safe. */
+ * (store stays usable), AS_EFALLBACK (strict mode), AS_EMETA (strict
+ * mode: the metadata contradicts the tensor, see as_softmax_meta), AS_ERANGE
+ * (2^20 live handles), AS_ENOMEM. Thread-safe. */
 AS_API int as_store_save(as_store *s, const as_save_info *info,
                          const as_tensor *t, as_handle *out);
 
@@ -325,10 +354,17 @@ AS_API void as_store_step_begin(as_store *s, uint64_t step);
 /* End a step: every handle saved since step_begin and not yet released is
  * released (counted as auto-released). */
 AS_API void as_store_step_end(as_store *s);
-/* Phase mark (forward/backward/optimizer/eval). Entering backward enables
- * the per-step cache of regenerated tensors (chains cost one
- * materialization each); leaving it frees the cache. */
-AS_API void as_store_phase(as_store *s, int phase);
+/* Phase mark, one of enum as_phase (common.h, included here):
+ *   AS_PHASE_FORWARD    saves happen; regenerated tensors are not cached
+ *   AS_PHASE_BACKWARD   restores happen; the per-step cache of regenerated
+ *                       tensors is on (chains cost one materialization
+ *                       each); leaving backward frees it
+ *   AS_PHASE_OPTIMIZER, AS_PHASE_EVAL   timeline marks only
+ *   AS_PHASE_NONE       no phase marked (the default): the cache is on
+ * Marks are recorded in the arena timeline (dashboard). An unknown value
+ * is recorded as is and treated like a phase other than backward.
+ * Thread-safe. */
+AS_API void as_store_phase(as_store *s, enum as_phase phase);
 /* No-grad mode (evaluation): saves store nothing. Returns the old mode. */
 AS_API bool as_store_set_grad(as_store *s, bool enabled);
 
@@ -338,6 +374,9 @@ typedef struct as_store_counter {
     uint64_t raw_live, raw_peak;        /* bytes keep would hold */
     uint64_t stored_live, stored_peak;  /* bytes actually held */
     uint64_t saves, restores, releases, fallbacks;
+    uint64_t meta_mismatches;           /* saves whose metadata contradicted
+                                           the tensor (as_softmax_meta,
+                                           as_conv_meta) */
     uint64_t encode_ns, decode_ns;      /* cumulative */
 } as_store_counter;
 
@@ -347,6 +386,7 @@ typedef struct as_store_layer_stats {
     as_store_counter  c;
     uint64_t          fallbacks_by_reason; /* fallbacks (same as c.fallbacks) */
     char              last_fallback[96];   /* "invert: stride 2" or "" */
+    char              last_meta_mismatch[160]; /* "metadata: ..." or "" */
 } as_store_layer_stats;
 
 typedef struct as_store_policy_stats {

@@ -24,18 +24,6 @@ typedef struct bp_blk {
     uint64_t w[];
 } bp_blk;
 
-static int bp_parse(const char *args, size_t len, void **params, char *err,
-                    size_t errlen, size_t *err_off)
-{
-    *params = NULL;
-    if (len) {
-        snprintf(err, errlen, "no arguments");
-        *err_off = 0;
-        return AS_ESPEC;
-    }
-    return 0;
-}
-
 static int bp_applies(const void *params, const as_save_info *info,
                       const as_tensor *t, char *why, size_t whylen)
 {
@@ -109,7 +97,7 @@ const as_policy_ops as_policy_bitpack = {
     .kinds = (1u << AS_KIND_INDEX) | (1u << AS_KIND_DROPOUT_MASK) |
              (1u << AS_KIND_GENERIC),
     .exact = true,
-    .parse = bp_parse,
+    .parse = as_policy_parse_none,
     .applies = bp_applies,
     .encode = bp_encode,
     .decode = bp_decode,

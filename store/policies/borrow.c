@@ -15,18 +15,6 @@
 
 #include "store/store_internal.h"
 
-static int borrow_parse(const char *args, size_t len, void **params,
-                        char *err, size_t errlen, size_t *err_off)
-{
-    *params = NULL;
-    if (len) {
-        snprintf(err, errlen, "no arguments");
-        *err_off = 0;
-        return AS_ESPEC;
-    }
-    return 0;
-}
-
 static int borrow_applies(const void *params, const as_save_info *info,
                           const as_tensor *t, char *why, size_t whylen)
 {
@@ -65,7 +53,7 @@ const as_policy_ops as_policy_borrow = {
                "borrow), restore reads it",
     .kinds = 0,
     .exact = true,
-    .parse = borrow_parse,
+    .parse = as_policy_parse_none,
     .applies = borrow_applies,
     .encode = borrow_encode,
     .decode = borrow_decode,

@@ -122,22 +122,6 @@ static int aq_parse(const char *args, size_t len, void **params, char *err,
     return 0;
 }
 
-static void aq_free_params(void *params)
-{
-    free(params);
-}
-
-static int aq_applies(const void *params, const as_save_info *info,
-                      const as_tensor *t, char *why, size_t whylen)
-{
-    (void)params, (void)info;
-    if (t->dtype != AS_F32) {
-        snprintf(why, whylen, "dtype %s (needs f32)", as_dtype_name(t->dtype));
-        return AS_ENOTSUP;
-    }
-    return 0;
-}
-
 static int aq_encode(as_pctx *ctx, const void *params_,
                      const as_save_info *info, const as_tensor *t,
                      void **state)
@@ -194,13 +178,9 @@ static int aq_rows(as_pctx *ctx, const void *params, void *state,
 {
     (void)params;
     const aq_hdr *h = state;
-    uint64_t rows = h->n / h->cols;
-    if (row0 < 0 || nrows < 0 || (uint64_t)row0 + (uint64_t)nrows > rows) {
-        as_pctx_errorf(ctx, "rows [%lld, %lld) outside 0..%llu",
-                       (long long)row0, (long long)(row0 + nrows),
-                       (unsigned long long)rows);
-        return AS_ERANGE;
-    }
+    int rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
+    if (rc_rows)
+        return rc_rows;
     as__aq_decode(&h->fmt, h->params, h->codes, h->n, (size_t)row0 * h->cols,
                   (size_t)nrows * h->cols, dst);
     return 0;
@@ -218,8 +198,8 @@ const as_policy_ops as_policy_aq = {
                "~12.8x)",
     .kinds = 0,
     .parse = aq_parse,
-    .free_params = aq_free_params,
-    .applies = aq_applies,
+    .free_params = as_policy_free_params,
+    .applies = as_policy_applies_f32,
     .encode = aq_encode,
     .decode = aq_decode,
     .drop = aq_drop,

@@ -19,30 +19,6 @@ typedef struct half_hdr {
     uint16_t v[];      /* n values */
 } half_hdr;
 
-static int half_parse(const char *args, size_t len, void **params, char *err,
-                      size_t errlen, size_t *err_off)
-{
-    (void)args;
-    *params = NULL;
-    if (len) {
-        snprintf(err, errlen, "expected no arguments");
-        *err_off = 0;
-        return AS_ESPEC;
-    }
-    return 0;
-}
-
-static int half_applies(const void *params, const as_save_info *info,
-                        const as_tensor *t, char *why, size_t whylen)
-{
-    (void)params, (void)info;
-    if (t->dtype != AS_F32) {
-        snprintf(why, whylen, "dtype %s (needs f32)", as_dtype_name(t->dtype));
-        return AS_ENOTSUP;
-    }
-    return 0;
-}
-
 static int half_encode(as_pctx *ctx, const as_tensor *t, void **state,
                        bool brain)
 {
@@ -114,13 +90,9 @@ static int bf16_decode(as_pctx *ctx, const void *params, void *state,
 static int half_rows(as_pctx *ctx, const half_hdr *h, int64_t row0,
                      int64_t nrows, float *dst, bool brain)
 {
-    uint64_t rows = h->n / h->cols;
-    if (row0 < 0 || nrows < 0 || (uint64_t)row0 + (uint64_t)nrows > rows) {
-        as_pctx_errorf(ctx, "rows [%lld, %lld) outside 0..%llu",
-                       (long long)row0, (long long)(row0 + nrows),
-                       (unsigned long long)rows);
-        return AS_ERANGE;
-    }
+    int rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
+    if (rc_rows)
+        return rc_rows;
     half_range(h, (size_t)row0 * h->cols, (size_t)nrows * h->cols, dst, brain);
     return 0;
 }
@@ -149,8 +121,8 @@ const as_policy_ops as_policy_fp16 = {
     .name = "fp16",
     .summary = "f32 as IEEE half, round to nearest even (2x; rel. err <= 2^-11, |x| <= 65504)",
     .kinds = 0,
-    .parse = half_parse,
-    .applies = half_applies,
+    .parse = as_policy_parse_none,
+    .applies = as_policy_applies_f32,
     .encode = fp16_encode,
     .decode = fp16_decode,
     .drop = half_drop,
@@ -161,8 +133,8 @@ const as_policy_ops as_policy_bf16 = {
     .name = "bf16",
     .summary = "f32 as bfloat16, round to nearest even (2x; rel. err <= 2^-8)",
     .kinds = 0,
-    .parse = half_parse,
-    .applies = half_applies,
+    .parse = as_policy_parse_none,
+    .applies = as_policy_applies_f32,
     .encode = bf16_encode,
     .decode = bf16_decode,
     .drop = half_drop,

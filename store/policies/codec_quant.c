@@ -113,22 +113,6 @@ static int quant_parse(const char *args, size_t len, void **params, char *err,
     return 0;
 }
 
-static void quant_free_params(void *params)
-{
-    free(params);
-}
-
-static int quant_applies(const void *params, const as_save_info *info,
-                         const as_tensor *t, char *why, size_t whylen)
-{
-    (void)params, (void)info;
-    if (t->dtype != AS_F32) {
-        snprintf(why, whylen, "dtype %s (needs f32)", as_dtype_name(t->dtype));
-        return AS_ENOTSUP;
-    }
-    return 0;
-}
-
 static int quant_encode(as_pctx *ctx, const quant_params *p,
                         const as_tensor *t, void **state, int bits)
 {
@@ -188,13 +172,9 @@ static int quant_rows(as_pctx *ctx, const void *params, void *state,
 {
     (void)params;
     const quant_hdr *h = state;
-    uint64_t rows = h->n / h->cols;
-    if (row0 < 0 || nrows < 0 || (uint64_t)row0 + (uint64_t)nrows > rows) {
-        as_pctx_errorf(ctx, "rows [%lld, %lld) outside 0..%llu",
-                       (long long)row0, (long long)(row0 + nrows),
-                       (unsigned long long)rows);
-        return AS_ERANGE;
-    }
+    int rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
+    if (rc_rows)
+        return rc_rows;
     as__quant_decode(h->groups, h->codes, (int)h->bits, h->group,
                      (size_t)row0 * h->cols, (size_t)nrows * h->cols, dst);
     return 0;
@@ -211,8 +191,8 @@ static void quant_drop(void *params, void *state)
         .summary = SUMMARY,                                                 \
         .kinds = 0,                                                         \
         .parse = quant_parse,                                               \
-        .free_params = quant_free_params,                                   \
-        .applies = quant_applies,                                           \
+        .free_params = as_policy_free_params,                                   \
+        .applies = as_policy_applies_f32,                                           \
         .encode = q##B##_encode,                                            \
         .decode = quant_decode,                                             \
         .drop = quant_drop,                                                 \

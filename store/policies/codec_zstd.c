@@ -534,13 +534,9 @@ static int zstd_rows(as_pctx *ctx, const void *params, void *state,
                      int64_t row0, int64_t nrows, float *dst)
 {
     const zhdr *h = state;
-    uint64_t rows = h->bytes / h->row_bytes;
-    if (row0 < 0 || nrows < 0 || (uint64_t)row0 + (uint64_t)nrows > rows) {
-        as_pctx_errorf(ctx, "rows [%lld, %lld) outside 0..%llu",
-                       (long long)row0, (long long)(row0 + nrows),
-                       (unsigned long long)rows);
-        return AS_ERANGE;
-    }
+    int rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->bytes / h->row_bytes);
+    if (rc_rows)
+        return rc_rows;
     size_t b0 = (size_t)row0 * h->row_bytes, b1 = b0 + (size_t)nrows * h->row_bytes;
     if (b0 == b1)
         return 0;

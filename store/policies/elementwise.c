@@ -28,18 +28,6 @@ typedef struct estate {
     as_handle      dep;
 } estate;
 
-static int no_args(const char *args, size_t len, void **params, char *err,
-                   size_t errlen, size_t *err_off)
-{
-    *params = NULL;
-    if (len) {
-        snprintf(err, errlen, "no arguments");
-        *err_off = 0;
-        return AS_ESPEC;
-    }
-    return 0;
-}
-
 static float channel_of(const as_elementwise *f, const float *v, int64_t i)
 {
     return v[(i / f->inner) % f->channels];
@@ -192,7 +180,7 @@ const as_policy_ops as_policy_derive = {
     .summary = "store nothing; this = fn(source) (relu, leaky_relu, affine, gelu)",
     .kinds = 0,
     .regenerator = true,
-    .parse = no_args,
+    .parse = as_policy_parse_none,
     .applies = derive_applies,
     .encode = derive_encode,
     .decode = derive_decode,
@@ -244,7 +232,7 @@ const as_policy_ops as_policy_inverse = {
                "through fn^-1 (leaky_relu, affine)",
     .kinds = 0,
     .regenerator = true,
-    .parse = no_args,
+    .parse = as_policy_parse_none,
     .encode = inverse_encode,
     .decode = inverse_decode,
     .drop = e_drop,

@@ -78,11 +78,6 @@ static int fb_parse(const char *args, size_t len, void **params, char *err,
     return 0;
 }
 
-static void fb_free_params(void *params)
-{
-    free(params);
-}
-
 static int fb_applies(const void *params, const as_save_info *info,
                       const as_tensor *t, char *why, size_t whylen)
 {
@@ -350,7 +345,7 @@ const as_policy_ops as_policy_fewbit = {
     .kinds = 1u << AS_KIND_ACTIVATION_INPUT,
     .grad_only = true,
     .parse = fb_parse,
-    .free_params = fb_free_params,
+    .free_params = as_policy_free_params,
     .applies = fb_applies,
     .encode = fb_encode,
     .decode = fb_decode,

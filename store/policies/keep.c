@@ -9,18 +9,6 @@
 
 #include "store/store_internal.h"
 
-static int keep_parse(const char *args, size_t len, void **params, char *err,
-                      size_t errlen, size_t *err_off)
-{
-    *params = NULL;
-    if (len) {
-        snprintf(err, errlen, "no arguments");
-        *err_off = 0;
-        return AS_ESPEC;
-    }
-    return 0;
-}
-
 static int keep_encode(as_pctx *ctx, const void *params,
                        const as_save_info *info, const as_tensor *t,
                        void **state)
@@ -61,7 +49,7 @@ const as_policy_ops as_policy_keep = {
     .kinds = 0,
     .regenerator = false,
     .exact = true,
-    .parse = keep_parse,
+    .parse = as_policy_parse_none,
     .encode = keep_encode,
     .decode = keep_decode,
     .view = keep_view,

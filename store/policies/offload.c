@@ -361,11 +361,6 @@ static int off_parse(const char *args, size_t len, void **params, char *err,
     return 0;
 }
 
-static void off_free_params(void *params)
-{
-    free(params);
-}
-
 static int off_encode(as_pctx *ctx, const void *params,
                       const as_save_info *info, const as_tensor *t,
                       void **state)
@@ -537,7 +532,7 @@ const as_policy_ops as_policy_offload = {
     .kinds = 0,
     .exact = true,
     .parse = off_parse,
-    .free_params = off_free_params,
+    .free_params = as_policy_free_params,
     .encode = off_encode,
     .decode = off_decode,
     .drop = off_drop,

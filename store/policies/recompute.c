@@ -23,18 +23,6 @@ typedef struct rstate {
     as_handle       inputs[RECOMPUTE_MAX_INPUTS];
 } rstate;
 
-static int rc_parse(const char *args, size_t len, void **params, char *err,
-                    size_t errlen, size_t *err_off)
-{
-    *params = NULL;
-    if (len) {
-        snprintf(err, errlen, "no arguments");
-        *err_off = 0;
-        return AS_ESPEC;
-    }
-    return 0;
-}
-
 static int rc_applies(const void *params, const as_save_info *info,
                       const as_tensor *t, char *why, size_t whylen)
 {
@@ -105,7 +93,7 @@ const as_policy_ops as_policy_recompute = {
     .summary = "store nothing; rerun the framework's callback on its inputs",
     .kinds = 0,
     .regenerator = true,
-    .parse = rc_parse,
+    .parse = as_policy_parse_none,
     .applies = rc_applies,
     .encode = rc_encode,
     .decode = rc_decode,

@@ -4,6 +4,8 @@
  * lifetime: they are the ids of the per-policy accounting groups.
  */
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -51,6 +53,35 @@ int as__policy_index(const as_policy_ops *ops)
         if (atomic_load(&table[i]) == ops)
             return (int)i;
     return 0;   /* unknown ops: charged to keep's group */
+}
+
+int as_policy_parse_none(const char *args, size_t len, void **params, char *err,
+                         size_t errlen, size_t *err_off)
+{
+    (void)args;
+    *params = NULL;
+    if (len) {
+        snprintf(err, errlen, "no arguments");
+        *err_off = 0;
+        return AS_ESPEC;
+    }
+    return 0;
+}
+
+void as_policy_free_params(void *params)
+{
+    free(params);
+}
+
+int as_policy_applies_f32(const void *params, const as_save_info *info, const as_tensor *t,
+                          char *why, size_t whylen)
+{
+    (void)params, (void)info;
+    if (t->dtype != AS_F32) {
+        snprintf(why, whylen, "dtype %s (needs f32)", as_dtype_name(t->dtype));
+        return AS_ENOTSUP;
+    }
+    return 0;
 }
 
 const as_policy_ops *as_policy_find(const char *name, size_t len)

@@ -27,18 +27,6 @@ typedef struct sign_blk {
     uint64_t w[];      /* ceil(n / 64) words, element i at bit i % 64 */
 } sign_blk;
 
-static int sign_parse(const char *args, size_t len, void **params, char *err,
-                      size_t errlen, size_t *err_off)
-{
-    *params = NULL;
-    if (len) {
-        snprintf(err, errlen, "no arguments");
-        *err_off = 0;
-        return AS_ESPEC;
-    }
-    return 0;
-}
-
 static int sign_applies(const void *params, const as_save_info *info,
                         const as_tensor *t, char *why, size_t whylen)
 {
@@ -139,7 +127,7 @@ const as_policy_ops as_policy_sign = {
                "exact gradients",
     .kinds = (1u << AS_KIND_ACTIVATION_INPUT) | (1u << AS_KIND_ACTIVATION_OUTPUT),
     .grad_only = true,
-    .parse = sign_parse,
+    .parse = as_policy_parse_none,
     .applies = sign_applies,
     .encode = sign_encode,
     .decode = sign_decode,

@@ -3,7 +3,8 @@
  *
  * Names: actstore_ prefix, base units (bytes, seconds), _bytes and _total
  * suffixes; one HELP and TYPE line per family, all its samples together.
- * Labels: store, tag, kind, policy, layer. Per-layer series are capped to
+ * Labels: job, rank, host (the fleet labels, on every sample: fleet.c),
+ * store, tag, kind, policy, layer. Per-layer series are capped to
  * the metrics_top_layers largest layers (raw peak) per store.
  *
  * actstore_peak_since_scrape_bytes: the largest live figure seen since the
@@ -22,12 +23,14 @@ static void family(as__sb *b, const char *name, const char *type, const char *he
     as__sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void sample_u64(as__sb *b, const char *name, const char *store,
-                       const char *k2, const char *v2, const char *k3, const char *v3,
-                       uint64_t v)
+static void sample_u64(const as_service *svc, as__sb *b, const char *name,
+                       const char *store, const char *k2, const char *v2,
+                       const char *k3, const char *v3, uint64_t v)
 {
     as__sb_puts(b, name);
-    as__sb_puts(b, "{store=");
+    as__sb_puts(b, "{");
+    as__sb_puts(b, svc->prom_labels);
+    as__sb_puts(b, ",store=");
     as__sb_plabel(b, store);
     if (k2) {
         as__sb_printf(b, ",%s=", k2);
@@ -42,11 +45,14 @@ static void sample_u64(as__sb *b, const char *name, const char *store,
     as__sb_puts(b, "\n");
 }
 
-static void sample_dbl(as__sb *b, const char *name, const char *store,
-                       const char *k2, const char *v2, double v)
+static void sample_dbl(const as_service *svc, as__sb *b, const char *name,
+                       const char *store, const char *k2, const char *v2,
+                       double v)
 {
     as__sb_puts(b, name);
-    as__sb_puts(b, "{store=");
+    as__sb_puts(b, "{");
+    as__sb_puts(b, svc->prom_labels);
+    as__sb_puts(b, ",store=");
     as__sb_plabel(b, store);
     if (k2) {
         as__sb_printf(b, ",%s=", k2);
@@ -68,7 +74,7 @@ static void sample_dbl(as__sb *b, const char *name, const char *store,
 #define ARENA_GAUGE(name, type, help, expr)                                    \
     do {                                                                       \
         family(b, name, type, help);                                           \
-        FOR_ARENA(i, v) sample_u64(b, name, svc->labels[i], NULL, NULL, NULL, NULL, (expr)); \
+        FOR_ARENA(i, v) sample_u64(svc, b, name, svc->labels[i], NULL, NULL, NULL, NULL, (expr)); \
     } while (0)
 
 #define KIND_SERIES(name, type, help, field)                                   \
@@ -76,7 +82,7 @@ static void sample_dbl(as__sb *b, const char *name, const char *store,
         family(b, name, type, help);                                           \
         FOR_STORE(i, v) for (int k = 0; k < AS_KIND_COUNT; k++)                \
             if (v->store.kinds[k].saves || v->store.kinds[k].raw_live)         \
-                sample_u64(b, name, svc->labels[i], "kind", as__svc_kind_name(k), \
+                sample_u64(svc, b, name, svc->labels[i], "kind", as__svc_kind_name(k), \
                            NULL, NULL, v->store.kinds[k].field);               \
     } while (0)
 
@@ -84,7 +90,7 @@ static void sample_dbl(as__sb *b, const char *name, const char *store,
     do {                                                                       \
         family(b, N, T, H);                                                    \
         FOR_STORE(i, v) for (size_t p = 0; p < v->store.npolicies; p++)        \
-            sample_u64(b, N, svc->labels[i], "policy", v->store.policies[p].name, \
+            sample_u64(svc, b, N, svc->labels[i], "policy", v->store.policies[p].name, \
                        NULL, NULL, v->store.policies[p].c.F);                  \
     } while (0)
 
@@ -102,7 +108,7 @@ static void arena_metrics(as_service *svc, as__sb *b)
         uint64_t peak = svc->scrape_peak[i];
         if (v->arena.total.live_usable > peak)
             peak = v->arena.total.live_usable;
-        sample_u64(b, "actstore_peak_since_scrape_bytes", svc->labels[i], NULL, NULL,
+        sample_u64(svc, b, "actstore_peak_since_scrape_bytes", svc->labels[i], NULL, NULL,
                    NULL, NULL, peak);
         svc->scrape_peak[i] = v->arena.total.live_usable;
     }
@@ -125,42 +131,42 @@ static void arena_metrics(as_service *svc, as__sb *b)
 
     family(b, "actstore_tag_live_bytes", "gauge", "Live bytes per allocation tag.");
     FOR_ARENA(i, v) for (size_t t = 0; t < v->arena.ntags && t < AS_TAG_MAX; t++)
-        sample_u64(b, "actstore_tag_live_bytes", svc->labels[i], "tag",
+        sample_u64(svc, b, "actstore_tag_live_bytes", svc->labels[i], "tag",
                    as__svc_tag_name(v, t), NULL, NULL, v->arena.tags[t].live_usable);
     family(b, "actstore_tag_peak_bytes", "gauge",
            "Peak live bytes per allocation tag since the last peak reset.");
     FOR_ARENA(i, v) for (size_t t = 0; t < v->arena.ntags && t < AS_TAG_MAX; t++)
-        sample_u64(b, "actstore_tag_peak_bytes", svc->labels[i], "tag",
+        sample_u64(svc, b, "actstore_tag_peak_bytes", svc->labels[i], "tag",
                    as__svc_tag_name(v, t), NULL, NULL, v->arena.tags[t].peak_usable);
 }
 
 static void store_metrics(as_service *svc, as__sb *b)
 {
     family(b, "actstore_training_step", "gauge", "Current training step.");
-    FOR_STORE(i, v) sample_u64(b, "actstore_training_step", svc->labels[i], NULL, NULL,
+    FOR_STORE(i, v) sample_u64(svc, b, "actstore_training_step", svc->labels[i], NULL, NULL,
                                NULL, NULL, v->store.step);
     family(b, "actstore_saved_raw_bytes", "gauge",
            "Bytes the saved tensors would hold if kept exactly (live).");
-    FOR_STORE(i, v) sample_u64(b, "actstore_saved_raw_bytes", svc->labels[i], NULL, NULL,
+    FOR_STORE(i, v) sample_u64(svc, b, "actstore_saved_raw_bytes", svc->labels[i], NULL, NULL,
                                NULL, NULL, v->store.total.raw_live);
     family(b, "actstore_saved_stored_bytes", "gauge",
            "Bytes the store actually holds for saved tensors (live).");
-    FOR_STORE(i, v) sample_u64(b, "actstore_saved_stored_bytes", svc->labels[i], NULL,
+    FOR_STORE(i, v) sample_u64(svc, b, "actstore_saved_stored_bytes", svc->labels[i], NULL,
                                NULL, NULL, NULL, v->store.total.stored_live);
     family(b, "actstore_saved_raw_peak_bytes", "gauge",
            "Peak raw bytes of saved tensors since the last peak reset.");
-    FOR_STORE(i, v) sample_u64(b, "actstore_saved_raw_peak_bytes", svc->labels[i], NULL,
+    FOR_STORE(i, v) sample_u64(svc, b, "actstore_saved_raw_peak_bytes", svc->labels[i], NULL,
                                NULL, NULL, NULL, v->store.total.raw_peak);
     family(b, "actstore_saved_stored_peak_bytes", "gauge",
            "Peak stored bytes of saved tensors since the last peak reset.");
-    FOR_STORE(i, v) sample_u64(b, "actstore_saved_stored_peak_bytes", svc->labels[i], NULL,
+    FOR_STORE(i, v) sample_u64(svc, b, "actstore_saved_stored_peak_bytes", svc->labels[i], NULL,
                                NULL, NULL, NULL, v->store.total.stored_peak);
     family(b, "actstore_live_handles", "gauge", "Handles saved and not yet released.");
-    FOR_STORE(i, v) sample_u64(b, "actstore_live_handles", svc->labels[i], NULL, NULL,
+    FOR_STORE(i, v) sample_u64(svc, b, "actstore_live_handles", svc->labels[i], NULL, NULL,
                                NULL, NULL, v->store.live_handles);
     family(b, "actstore_auto_released_total", "counter",
            "Handles released by step_end because the framework did not release them.");
-    FOR_STORE(i, v) sample_u64(b, "actstore_auto_released_total", svc->labels[i], NULL,
+    FOR_STORE(i, v) sample_u64(svc, b, "actstore_auto_released_total", svc->labels[i], NULL,
                                NULL, NULL, NULL, v->store.auto_released);
 
     KIND_SERIES("actstore_kind_raw_bytes", "gauge", "Raw bytes of live saved tensors per kind.", raw_live);
@@ -171,15 +177,18 @@ static void store_metrics(as_service *svc, as__sb *b)
     KIND_SERIES("actstore_restores_total", "counter", "Tensors restored, per kind.", restores);
     KIND_SERIES("actstore_fallbacks_total", "counter",
                 "Saves whose policy did not apply and fell back, per kind.", fallbacks);
+    KIND_SERIES("actstore_meta_mismatches_total", "counter",
+                "Saves whose metadata contradicted the tensor (fell back, or "
+                "failed in strict mode), per kind.", meta_mismatches);
     family(b, "actstore_encode_seconds_total", "counter", "Time spent encoding, per kind.");
     FOR_STORE(i, v) for (int k = 0; k < AS_KIND_COUNT; k++)
         if (v->store.kinds[k].saves)
-            sample_dbl(b, "actstore_encode_seconds_total", svc->labels[i], "kind",
+            sample_dbl(svc, b, "actstore_encode_seconds_total", svc->labels[i], "kind",
                        as__svc_kind_name(k), v->store.kinds[k].encode_ns * 1e-9);
     family(b, "actstore_decode_seconds_total", "counter", "Time spent decoding or regenerating, per kind.");
     FOR_STORE(i, v) for (int k = 0; k < AS_KIND_COUNT; k++)
         if (v->store.kinds[k].saves)
-            sample_dbl(b, "actstore_decode_seconds_total", svc->labels[i], "kind",
+            sample_dbl(svc, b, "actstore_decode_seconds_total", svc->labels[i], "kind",
                        as__svc_kind_name(k), v->store.kinds[k].decode_ns * 1e-9);
 
     POLICY_SERIES("actstore_policy_raw_bytes", "gauge", "Raw bytes of live saved tensors per policy.", raw_live);
@@ -204,7 +213,7 @@ static void store_metrics(as_service *svc, as__sb *b)
             const as_store_layer_stats *l = &v->store.layers[idx[i][j]];
             const uint64_t vals[5] = {l->c.raw_live, l->c.stored_live, l->c.raw_peak,
                                       l->c.stored_peak, l->c.fallbacks};
-            sample_u64(b, lf[f].name, svc->labels[i], "layer", l->name ? l->name : "",
+            sample_u64(svc, b, lf[f].name, svc->labels[i], "layer", l->name ? l->name : "",
                        "policy", l->policy, vals[lf[f].field]);
         }
     }
@@ -228,23 +237,25 @@ static void service_metrics(as_service *svc, as__sb *b)
                              st.requests, st.sse_dropped, st.ticks};
     for (size_t k = 0; k < sizeof vals / sizeof vals[0]; k++) {
         family(b, names[k][0], names[k][1], names[k][2]);
-        as__sb_printf(b, "%s ", names[k][0]);
+        as__sb_printf(b, "%s{%s} ", names[k][0], svc->prom_labels);
         as__sb_u64(b, vals[k]);
         as__sb_puts(b, "\n");
     }
     family(b, "actstore_service_tick_seconds", "gauge",
            "Time the last tick took (snapshots, timeline, SSE frame).");
-    as__sb_printf(b, "actstore_service_tick_seconds %.9g\n", st.tick_ns_last * 1e-9);
+    as__sb_printf(b, "actstore_service_tick_seconds{%s} %.9g\n", svc->prom_labels,
+                  st.tick_ns_last * 1e-9);
     family(b, "actstore_service_cpu_seconds_total", "counter",
            "CPU time used by the service thread.");
-    as__sb_printf(b, "actstore_service_cpu_seconds_total %.9g\n", st.cpu_ns * 1e-9);
+    as__sb_printf(b, "actstore_service_cpu_seconds_total{%s} %.9g\n", svc->prom_labels,
+                  st.cpu_ns * 1e-9);
 }
 
 void as__render_metrics(as_service *svc, as__sb *b)
 {
     as__sb_reserve(b, 16384);
     family(b, "actstore_build_info", "gauge", "Always 1; the version of actstore serving these figures.");
-    as__sb_puts(b, "actstore_build_info{version=");
+    as__sb_printf(b, "actstore_build_info{%s,version=", svc->prom_labels);
     as__sb_plabel(b, AS_VERSION_STRING);
     as__sb_puts(b, "} 1\n");
     arena_metrics(svc, b);

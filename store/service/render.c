@@ -80,6 +80,7 @@ static void put_counter(as__sb *b, const as_store_counter *c)
     put_kv_u64(b, "restores", c->restores, true);
     put_kv_u64(b, "releases", c->releases, true);
     put_kv_u64(b, "fallbacks", c->fallbacks, true);
+    put_kv_u64(b, "meta_mismatches", c->meta_mismatches, true);
     as__sb_puts(b, ",\"encode_s\":");
     as__sb_dbl(b, c->encode_ns * 1e-9);
     as__sb_puts(b, ",\"decode_s\":");
@@ -208,6 +209,8 @@ static void put_store(as__sb *b, const as_store_stats *st, size_t layer_limit)
         as__sb_jstr(b, l->policy);
         as__sb_puts(b, ",\"last_fallback\":");
         as__sb_jstr(b, l->last_fallback);
+        as__sb_puts(b, ",\"last_meta_mismatch\":");
+        as__sb_jstr(b, l->last_meta_mismatch);
         as__sb_puts(b, ",");
         put_counter(b, &l->c);
         as__sb_puts(b, "}");
@@ -248,6 +251,12 @@ static void put_header(as_service *svc, as__sb *b)
 {
     as__sb_puts(b, "{\"version\":");
     as__sb_jstr(b, AS_VERSION_STRING);
+    as__sb_puts(b, ",\"job\":");
+    as__sb_jstr(b, svc->fleet_job);
+    as__sb_puts(b, ",\"rank\":");
+    as__sb_jstr(b, svc->fleet_rank);
+    as__sb_puts(b, ",\"host\":");
+    as__sb_jstr(b, svc->fleet_host);
     as__sb_printf(b, ",\"seq\":%llu,\"time\":", (unsigned long long)svc->tl_seq);
     as__sb_printf(b, "%.3f", unix_s(svc->now_ns));
     as__sb_puts(b, ",\"uptime_s\":");

@@ -419,6 +419,11 @@ int as__service_start_with(const as_service_config *cfg,
         return as_set_err(err, errlen, AS_EINVAL,
                        "bad address '%s' (expected HOST:PORT, :PORT or PORT)", c.addr);
     }
+    int frc = as__svc_fleet_init(svc, &c, err, errlen);
+    if (frc) {
+        svc_free(svc);
+        return frc;
+    }
     svc->nsrc = nsrc;
     svc->prov = *prov;
     svc->tl_cap = c.timeline_points;

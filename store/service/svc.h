@@ -108,6 +108,9 @@ struct as_service {
     char              url[96];
     size_t            nsrc;
     char            (*labels)[64];
+    /* fleet labels (fleet.c) and their Prometheus form, job="..",rank=".." */
+    char              fleet_job[64], fleet_rank[32], fleet_host[64];
+    char              prom_labels[256];
     as__svc_provider  prov;
     struct default_src { as_store *store; as_arena *arena; uint64_t last_refresh_ns; } *dsrc;
 
@@ -187,6 +190,10 @@ typedef struct as__asset {
 const as__asset *as__asset_find(const char *path, size_t len);
 
 /* Helpers shared by the renderers. */
+/* Resolve the fleet labels (config, environment, defaults) into svc. */
+int as__svc_fleet_init(as_service *svc, const as_service_config *c,
+                       char *err, size_t errlen);
+
 const char *as__svc_kind_name(int kind);
 const char *as__svc_phase_name(int phase);
 const char *as__svc_tag_name(const as__svc_view *v, size_t t);

@@ -241,14 +241,19 @@ out:
 
 /* ---- save ----------------------------------------------------------------- */
 
+/* Stride, dilation and groups 0 mean 1 (store.h, as_conv_meta). */
+static int32_t one_if_zero(int32_t v) { return v ? v : 1; }
+
 static void geom_of(const as_conv_meta *m, as__conv_geom *g)
 {
     *g = (as__conv_geom){.n = m->n, .cin = m->cin, .h = m->h, .w = m->w,
                          .cout = m->cout, .kh = m->kh, .kw = m->kw,
                          .pad_h = m->pad_h, .pad_w = m->pad_w,
-                         .stride_h = m->stride_h, .stride_w = m->stride_w,
-                         .dil_h = m->dil_h, .dil_w = m->dil_w,
-                         .groups = m->groups};
+                         .stride_h = one_if_zero(m->stride_h),
+                         .stride_w = one_if_zero(m->stride_w),
+                         .dil_h = one_if_zero(m->dil_h),
+                         .dil_w = one_if_zero(m->dil_w),
+                         .groups = one_if_zero(m->groups)};
 }
 
 static int inv_applies(const void *params, const as_save_info *info,
@@ -263,14 +268,15 @@ static int inv_applies(const void *params, const as_save_info *info,
     }
     if (t->ndim != 4 || t->shape[0] != m->n || t->shape[1] != m->cin ||
         t->shape[2] != m->h || t->shape[3] != m->w) {
-        snprintf(why, whylen, "tensor shape does not match the conv "
-                 "metadata (N, Cin, H, W) = (%d, %d, %d, %d)", m->n, m->cin,
-                 m->h, m->w);
-        return AS_ENOTSUP;
+        snprintf(why, whylen, "metadata: tensor shape does not match the "
+                 "conv metadata (N, Cin, H, W) = (%d, %d, %d, %d)", m->n,
+                 m->cin, m->h, m->w);
+        return AS_EMETA;
     }
     if (!m->weight) {
-        snprintf(why, whylen, "no weights in the conv metadata");
-        return AS_ENOTSUP;
+        snprintf(why, whylen, "metadata: no weights (inversion needs "
+                 "them)");
+        return AS_EMETA;
     }
     if (as_handle_is_null(m->output)) {
         snprintf(why, whylen, "no saved conv output to rebuild from");
@@ -278,7 +284,19 @@ static int inv_applies(const void *params, const as_save_info *info,
     }
     as__conv_geom g;
     geom_of(m, &g);
-    int rc = as__conv_inv_check(&g, why, whylen);
+    if (g.kh > 16 || g.kw > 16) {   /* a real conv, beyond the solver */
+        snprintf(why, whylen, "kernel %dx%d (inversion handles up to 16)",
+                 g.kh, g.kw);
+        return AS_ENOTSUP;
+    }
+    char what[128];
+    int rc = as__conv_inv_check(&g, what, sizeof what);
+    if (rc == AS_EINVAL) {   /* impossible geometry: the metadata is wrong */
+        snprintf(why, whylen, "metadata: %s", what);
+        return AS_EMETA;
+    }
+    if (rc)
+        snprintf(why, whylen, "%s", what);
     return rc ? AS_ENOTSUP : 0;
 }
 
@@ -397,9 +415,9 @@ static int inv_encode(as_pctx *ctx, const void *params,
     }
     if (ys.dtype != AS_F32 || ys.ndim != 4 || ys.shape[0] != m->n ||
         ys.shape[1] != m->cout || ys.shape[2] != ho || ys.shape[3] != wo) {
-        as_pctx_errorf(ctx, "conv output is not f32 (%d, %d, %d, %d)", m->n,
-                       m->cout, ho, wo);
-        return AS_ENOTSUP;
+        as_pctx_errorf(ctx, "metadata: conv output is not f32 (%d, %d, %d, "
+                       "%d)", m->n, m->cout, ho, wo);
+        return AS_EMETA;
     }
     inv_entry *e;
     if ((rc = entry_get(p, as_pctx_layer(ctx), &g, m->weight, &e, why, sizeof why)) < 0) {

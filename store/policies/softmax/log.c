@@ -179,6 +179,222 @@ static void sm_unpack(const uint8_t *in, size_t n, int B, uint8_t *c)
 
 /* ---- encode / decode ----------------------------------------------------- */
 
+/* The row maximum from 8 independent partial maxima (the same max in any
+ * order; NaN and values <= 0 never win): no chain of dependent compares. */
+static inline float sm_row_max(const float *v, size_t n)
+{
+    float m8[8] = {0};
+    size_t n8 = n & ~(size_t)7;
+    for (size_t i = 0; i < n8; i += 8)
+        for (int j = 0; j < 8; j++)
+            m8[j] = v[i + j] > m8[j] ? v[i + j] : m8[j];
+    for (size_t i = n8; i < n; i++)
+        m8[0] = v[i] > m8[0] ? v[i] : m8[0];
+    float m = 0.0f;
+    for (int j = 0; j < 8; j++)
+        m = m8[j] > m ? m8[j] : m;
+    return m;
+}
+
+/* A row with no positive entry (not a softmax row): solog decodes uniform,
+ * sotk puts the mass on the first entry; sizes stay in bounds. */
+static size_t sm_encode_flat(bool topk, int B, size_t n, uint8_t *codes, uint8_t *out)
+{
+    const size_t nb = (n * (size_t)B + 7) / 8;
+    memset(codes, 0, n);
+    if (!topk) {
+        sm_pack(codes, n, B, out);
+        return nb;
+    }
+    for (size_t i = 1; i < n; i++)
+        codes[i] = (uint8_t)((1 << B) - 1);
+    sm_pack(codes, n, B, out);
+    out[nb] = 0;
+    return nb + 1;
+}
+
+/* The level of every entry below the max m, in 1/16 nat units, clamped to
+ * 0..SM_DMAX; branch-free, so the compiler vectorizes it. */
+static inline void sm_levels(const float *v, size_t n, float m, uint32_t *lev)
+{
+    const float lm = sm_ln16(m) + 0.5f;
+    for (size_t i = 0; i < n; i++) {
+        float x = v[i] > 1e-38f ? v[i] : 1e-38f;   /* also maps NaN, <= 0 */
+        float l = lm - sm_ln16(x);
+        l = l > 0.0f ? l : 0.0f;
+        l = l < (float)SM_DMAX ? l : (float)SM_DMAX;
+        lev[i] = (uint32_t)(int32_t)l;
+    }
+}
+
+/* Insert x into the ascending 4 smallest bb[0..3] (branch-free). */
+static inline void sm_net_ins(uint32_t bb[4], uint32_t x)
+{
+    uint32_t t;
+    t = bb[0] < x ? bb[0] : x; x = bb[0] < x ? x : bb[0];
+    bb[0] = t;
+    t = bb[1] < x ? bb[1] : x; x = bb[1] < x ? x : bb[1];
+    bb[1] = t;
+    t = bb[2] < x ? bb[2] : x; x = bb[2] < x ? x : bb[2];
+    bb[2] = t;
+    bb[3] = bb[3] < x ? bb[3] : x;
+}
+
+/* The k-th lowest level (k <= 4) by two insertion networks (even / odd
+ * entries, for instruction parallelism), the odd one's four then merged
+ * into the even one's: the 4 lowest of a multiset do not depend on the
+ * order. */
+static inline uint32_t sm_cut_net4(const uint32_t *lev, size_t n, size_t k)
+{
+    uint32_t b[2][4];
+    for (int j = 0; j < 2; j++)
+        b[j][0] = b[j][1] = b[j][2] = b[j][3] = UINT32_MAX;
+    size_t e = 0;
+    for (; e + 2 <= n; e += 2) {
+        sm_net_ins(b[0], lev[e]);
+        sm_net_ins(b[1], lev[e + 1]);
+    }
+    if (e < n)
+        sm_net_ins(b[0], lev[e]);
+    for (int j = 0; j < 4; j++)
+        sm_net_ins(b[0], b[1][j]);
+    return b[0][k - 1];
+}
+
+/* The k-th lowest level (k <= 32) from a sorted buffer of the k lowest
+ * (expected O(n + k^2 log n) steps, no table to clear). */
+static inline uint32_t sm_cut_sorted(const uint32_t *lev, size_t n, size_t k)
+{
+    uint32_t buf[32] = {0};   /* (k >= 1 fills buf[k - 1]) */
+    size_t nb = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t d = lev[i];
+        if (nb == k && d >= buf[k - 1])
+            continue;
+        size_t j = nb < k ? nb++ : k - 1;
+        while (j > 0 && buf[j - 1] > d) {
+            buf[j] = buf[j - 1];
+            j--;
+        }
+        buf[j] = d;
+    }
+    return buf[k - 1];
+}
+
+/* A histogram of the levels (bin 256 lumps the rest), and with P the mass
+ * per level. Long rows count into four interleaved histograms: equal
+ * neighbours would otherwise chain every increment through one slot. */
+static void sm_histogram(const as__sm_params *p, const float *v, const uint32_t *lev,
+                         size_t n, uint32_t hist[257], float hmass[257])
+{
+    if (n < 1024) {
+        memset(hist, 0, 257 * sizeof *hist);
+        for (size_t i = 0; i < n; i++)
+            hist[lev[i] < 256 ? lev[i] : 256]++;
+    } else {
+        uint32_t h4[4][257];
+        memset(h4, 0, sizeof h4);
+        size_t i = 0;
+        for (; i + 4 <= n; i += 4)
+            for (int j = 0; j < 4; j++) {
+                uint32_t d = lev[i + j];
+                h4[j][d < 256 ? d : 256]++;
+            }
+        for (; i < n; i++)
+            h4[0][lev[i] < 256 ? lev[i] : 256]++;
+        for (int c = 0; c < 257; c++)
+            hist[c] = h4[0][c] + h4[1][c] + h4[2][c] + h4[3][c];
+    }
+    if (p->mass > 0.0f) {
+        memset(hmass, 0, 257 * sizeof *hmass);
+        for (size_t i = 0; i < n; i++)
+            hmass[lev[i] < 256 ? lev[i] : 256] += v[i] > 0.0f ? v[i] : 0.0f;
+    }
+}
+
+/* The cut for sotk: the level of the k-th lowest entry and how many lie
+ * below it. A fixed small k reads the levels directly (*have_cut: exact
+ * levels); otherwise the histogram is walked, and with P (adaptive k)
+ * whole levels are taken until they hold mass P (*k shrinks to that). */
+static uint32_t sm_cut(const as__sm_params *p, const float *v, const uint32_t *lev,
+                       size_t n, size_t *k, size_t *below, bool *have_cut)
+{
+    uint32_t cut = 0;
+    *below = 0;
+    *have_cut = p->mass == 0.0f && *k <= 32;
+    if (*have_cut) {
+        cut = *k <= 4 ? sm_cut_net4(lev, n, *k) : sm_cut_sorted(lev, n, *k);
+        for (size_t i = 0; i < n; i++)
+            *below += lev[i] < cut;
+        return cut;
+    }
+    uint32_t hist[257];
+    float hmass[257];
+    sm_histogram(p, v, lev, n, hist, hmass);
+    double mass = 0.0;
+    while (*below + hist[cut] < *k) {
+        *below += hist[cut];
+        if (p->mass > 0.0f)
+            mass += hmass[cut];
+        cut++;
+        if (p->mass > 0.0f && mass >= p->mass) {
+            *k = *below;             /* adaptive: whole levels to mass P */
+            break;
+        }
+    }
+    return cut;
+}
+
+/* sotk with a fixed k: the fine set always holds an entry at the cut (at
+ * most k - 1 lie below it), so the reference level is the cut and one pass
+ * writes every code. Returns the fine bytes. */
+static size_t sm_codes_fixed(const uint32_t *lev, size_t n, uint32_t cut, size_t ties,
+                             uint32_t dmax, const uint8_t *ctab, uint8_t *codes, uint8_t *fine)
+{
+    size_t nfine = 0;
+    const uint32_t lr = cut < 255 ? cut : 255;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t d = lev[i] < dmax ? lev[i] : dmax;
+        if (d < cut || (d == cut && ties > 0)) {
+            ties -= d == cut;
+            fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
+            codes[i] = 0;
+        } else {
+            uint32_t r = lev[i] - lr;
+            codes[i] = (uint8_t)(1 + ctab[r < SM_CTAB ? r : SM_CTAB - 1]);
+        }
+    }
+    return nfine;
+}
+
+/* sotk with mass P: fine entries first, then coarse codes relative to the
+ * highest fine level. The histogram lumps levels >= 256 into bin 256:
+ * compare clamped levels then (the fine code clamps to 255 anyway).
+ * Returns the fine bytes. */
+static size_t sm_codes_mass(const uint32_t *lev, size_t n, uint32_t cut, size_t ties,
+                            uint32_t dmax, const uint8_t *ctab, uint8_t *codes, uint8_t *fine)
+{
+    size_t nfine = 0;
+    uint32_t lref = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t d = lev[i] < dmax ? lev[i] : dmax;
+        if (d < cut || (d == cut && ties > 0 && (ties--, true))) {
+            fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
+            lref = d > lref ? d : lref;
+            codes[i] = 0;
+        } else {
+            codes[i] = 255;
+        }
+    }
+    lref = lref < 255 ? lref : 255;
+    for (size_t i = 0; i < n; i++)
+        if (codes[i]) {
+            uint32_t r = lev[i] - lref;     /* >= 0: below the cut */
+            codes[i] = (uint8_t)(1 + ctab[r < SM_CTAB ? r : SM_CTAB - 1]);
+        }
+    return nfine;
+}
+
 size_t as__sm_log_encode(const as__sm_params *p, const float *v, size_t n,
                         uint8_t *out, as__sm_work *w)
 {
@@ -195,207 +411,31 @@ size_t as__sm_log_encode(const as__sm_params *p, const float *v, size_t n,
             return used;
     }
 #endif
-    /* 8 independent partial maxima (the same max in any order; NaN and
-     * values <= 0 never win): no chain of dependent compares */
-    float m8[8] = {0};
-    size_t n8 = n & ~(size_t)7;
-    for (size_t i = 0; i < n8; i += 8)
-        for (int j = 0; j < 8; j++)
-            m8[j] = v[i + j] > m8[j] ? v[i + j] : m8[j];
-    for (size_t i = n8; i < n; i++)
-        m8[0] = v[i] > m8[0] ? v[i] : m8[0];
-    float m = 0.0f;
-    for (int j = 0; j < 8; j++)
-        m = m8[j] > m ? m8[j] : m;
-    if (!(m > 0.0f)) {
-        /* no positive entry (not a softmax row): solog decodes uniform,
-         * sotk puts the mass on the first entry; sizes stay in bounds */
-        memset(codes, 0, n);
-        if (topk) {
-            for (size_t i = 1; i < n; i++)
-                codes[i] = (uint8_t)((1 << B) - 1);
-            sm_pack(codes, n, B, out);
-            out[nb] = 0;
-            return nb + 1;
-        }
-        sm_pack(codes, n, B, out);
-        return nb;
-    }
-
-    /* level of every entry below the max, 1/16 nat units, and (sotk) a
-     * histogram of the levels: the linear-time selection of the fine set */
-    const float lm = sm_ln16(m) + 0.5f;
+    const float m = sm_row_max(v, n);
+    if (!(m > 0.0f))
+        return sm_encode_flat(topk, B, n, codes, out);
     uint32_t *lev = w->key;
-    /* branch-free, so the compiler vectorizes it */
-    for (size_t i = 0; i < n; i++) {
-        float x = v[i] > 1e-38f ? v[i] : 1e-38f;   /* also maps NaN, <= 0 */
-        float l = lm - sm_ln16(x);
-        l = l > 0.0f ? l : 0.0f;
-        l = l < (float)SM_DMAX ? l : (float)SM_DMAX;
-        lev[i] = (uint32_t)(int32_t)l;
-    }
-    uint32_t hist[257];
-    float hmass[257];
-    size_t k = 0;
-    if (topk) {
-        k = n / (size_t)p->k;
-        size_t k0 = n < AS_SM_MIN_FINE ? n : AS_SM_MIN_FINE;
-        k = k < k0 ? k0 : k;
-    }
-    /* the cut level (level of the k-th smallest) and how many lie below
-     * it: for a fixed small k a sorted buffer of the k smallest levels
-     * (expected O(n + k^2 log n) steps, no table to clear), else a
-     * histogram of the levels */
-    uint32_t cut = 0;
-    size_t below = 0;
-    bool have_cut = false;
-    if (topk && p->mass == 0.0f && k <= 4) {
-        /* the 4 lowest levels by a branch-free insertion network (k is 3
-         * for rows of 48..63, the common case): the k-th lowest is the cut */
-        /* two independent networks (even / odd entries) for instruction
-         * parallelism, then the odd one's four merged into the even one's:
-         * the 4 lowest of a multiset do not depend on the order */
-        uint32_t b[2][4];
-        for (int j = 0; j < 2; j++)
-            b[j][0] = b[j][1] = b[j][2] = b[j][3] = UINT32_MAX;
-#define SM_NET_INS(bb, xin)                                                 \
-        do {                                                                \
-            uint32_t x_ = (xin), t_;                                        \
-            t_ = bb[0] < x_ ? bb[0] : x_; x_ = bb[0] < x_ ? x_ : bb[0];     \
-            bb[0] = t_;                                                     \
-            t_ = bb[1] < x_ ? bb[1] : x_; x_ = bb[1] < x_ ? x_ : bb[1];     \
-            bb[1] = t_;                                                     \
-            t_ = bb[2] < x_ ? bb[2] : x_; x_ = bb[2] < x_ ? x_ : bb[2];     \
-            bb[2] = t_;                                                     \
-            bb[3] = bb[3] < x_ ? bb[3] : x_;                                \
-        } while (0)
-        size_t e = 0;
-        for (; e + 2 <= n; e += 2) {
-            SM_NET_INS(b[0], lev[e]);
-            SM_NET_INS(b[1], lev[e + 1]);
-        }
-        if (e < n)
-            SM_NET_INS(b[0], lev[e]);
-        for (int j = 0; j < 4; j++)
-            SM_NET_INS(b[0], b[1][j]);
-#undef SM_NET_INS
-        cut = b[0][k - 1];
-        for (size_t i = 0; i < n; i++)
-            below += lev[i] < cut;
-        have_cut = true;
-    } else if (topk && p->mass == 0.0f && k <= 32) {
-        uint32_t buf[32] = {0};   /* (k >= 1 fills buf[k - 1]) */
-        size_t nb_ = 0;
-        for (size_t i = 0; i < n; i++) {
-            uint32_t d = lev[i];
-            if (nb_ == k && d >= buf[k - 1])
-                continue;
-            size_t j = nb_ < k ? nb_++ : k - 1;
-            while (j > 0 && buf[j - 1] > d) {
-                buf[j] = buf[j - 1];
-                j--;
-            }
-            buf[j] = d;
-        }
-        cut = buf[k - 1];
-        for (size_t i = 0; i < n; i++)
-            below += lev[i] < cut;
-        have_cut = true;
-    } else if (topk && n < 1024) {
-        memset(hist, 0, sizeof hist);
-        for (size_t i = 0; i < n; i++)
-            hist[lev[i] < 256 ? lev[i] : 256]++;
-        if (p->mass > 0.0f) {
-            memset(hmass, 0, sizeof hmass);
-            for (size_t i = 0; i < n; i++)
-                hmass[lev[i] < 256 ? lev[i] : 256] += v[i] > 0.0f ? v[i] : 0.0f;
-        }
-    } else if (topk) {
-        /* four interleaved histograms: equal neighbours would otherwise
-         * chain every increment through one memory slot */
-        uint32_t h4[4][257];
-        memset(h4, 0, sizeof h4);
-        size_t i = 0;
-        for (; i + 4 <= n; i += 4)
-            for (int j = 0; j < 4; j++) {
-                uint32_t d = lev[i + j];
-                h4[j][d < 256 ? d : 256]++;
-            }
-        for (; i < n; i++)
-            h4[0][lev[i] < 256 ? lev[i] : 256]++;
-        for (int c = 0; c < 257; c++)
-            hist[c] = h4[0][c] + h4[1][c] + h4[2][c] + h4[3][c];
-        if (p->mass > 0.0f) {
-            memset(hmass, 0, sizeof hmass);
-            for (i = 0; i < n; i++)
-                hmass[lev[i] < 256 ? lev[i] : 256] += v[i] > 0.0f ? v[i] : 0.0f;
-        }
-    }
-
-    size_t nfine = 0;
-    uint32_t lref = 0;
-    if (topk) {
-        /* cut level: the k entries of lowest level (highest value) */
-        double mass = 0.0;
-        while (!have_cut && below + hist[cut] < k) {
-            below += hist[cut];
-            if (p->mass > 0.0f)
-                mass += hmass[cut];
-            cut++;
-            if (p->mass > 0.0f && mass >= p->mass) {
-                k = below;           /* adaptive: whole levels to mass P */
-                break;
-            }
-        }
-        size_t ties = k - below;     /* taken at level == cut, in order */
-        uint8_t *fine = out + nb;
-        if (p->mass == 0.0f) {
-            /* fixed k: the fine set always holds an entry at the cut (at
-             * most k - 1 lie below it), so the reference level is the cut
-             * and one pass writes every code */
-            const uint32_t dmax = have_cut ? SM_DMAX : 256;
-            const uint32_t lr = cut < 255 ? cut : 255;
-            for (size_t i = 0; i < n; i++) {
-                uint32_t d = lev[i] < dmax ? lev[i] : dmax;
-                if (d < cut || (d == cut && ties > 0)) {
-                    ties -= d == cut;
-                    fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
-                    codes[i] = 0;
-                } else {
-                    uint32_t r = lev[i] - lr;
-                    codes[i] = (uint8_t)(1 + ctab[r < SM_CTAB ? r : SM_CTAB - 1]);
-                }
-            }
-            assert(nfine == k);
-            sm_pack(codes, n, B, out);
-            return nb + nfine;
-        }
-        /* the histogram lumps levels >= 256 into bin 256: compare
-         * clamped levels then (the fine code clamps to 255 anyway) */
-        const uint32_t dmax = have_cut ? SM_DMAX : 256;
-        for (size_t i = 0; i < n; i++) {
-            uint32_t d = lev[i] < dmax ? lev[i] : dmax;
-            if (d < cut || (d == cut && ties > 0 && (ties--, true))) {
-                fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
-                lref = d > lref ? d : lref;
-                codes[i] = 0;
-            } else {
-                codes[i] = 255;
-            }
-        }
-        assert(nfine == k);
-        lref = lref < 255 ? lref : 255;
-        for (size_t i = 0; i < n; i++)
-            if (codes[i]) {
-                uint32_t r = lev[i] - lref;     /* >= 0: below the cut */
-                codes[i] = (uint8_t)(1 + ctab[r < SM_CTAB ? r : SM_CTAB - 1]);
-            }
-    } else {
+    sm_levels(v, n, m, lev);
+    if (!topk) {
         for (size_t i = 0; i < n; i++) {
             uint32_t r = lev[i];
             codes[i] = ctab[r < SM_CTAB ? r : SM_CTAB - 1];
         }
+        sm_pack(codes, n, B, out);
+        return nb;
     }
+    size_t k = n / (size_t)p->k;
+    size_t k0 = n < AS_SM_MIN_FINE ? n : AS_SM_MIN_FINE;
+    k = k < k0 ? k0 : k;
+    size_t below;
+    bool have_cut;
+    const uint32_t cut = sm_cut(p, v, lev, n, &k, &below, &have_cut);
+    const size_t ties = k - below;   /* taken at level == cut, in order */
+    const uint32_t dmax = have_cut ? SM_DMAX : 256;
+    const size_t nfine = p->mass == 0.0f
+                             ? sm_codes_fixed(lev, n, cut, ties, dmax, ctab, codes, out + nb)
+                             : sm_codes_mass(lev, n, cut, ties, dmax, ctab, codes, out + nb);
+    assert(nfine == k);
     sm_pack(codes, n, B, out);
     return nb + nfine;
 }

@@ -71,173 +71,225 @@ sm_hor_avx2(__m256i m)
 /* R rows (1..4) at once, phase by phase: one row's work is a long chain
  * of dependent steps (max, its log, levels, the selection network, the
  * extractions, codes): R rows' chains side by side raise the throughput.
- * Row r: n[r] entries at v[r], written to out[r]; returns
- * false, writing nothing, when a row has no positive entry. */
-__attribute__((target("avx2,popcnt"), always_inline)) static inline bool
-sm_topk_small_body(const as__sm_params *p, const float *const *v,
-                   const size_t *n, uint8_t *const *out, size_t *used,
-                   const int R)
+ * The phases share this state; each is always inlined into the R = 1 and
+ * R = 4 kernels. */
+typedef struct sm_small {
+    int     nv[4];                          /* vectors per row */
+    __m256i in[4][SM_SMALL / 8];            /* lane < n */
+    __m256  lx[4][SM_SMALL / 8];            /* 16 ln(y) per entry */
+    __m256  yv[4][SM_SMALL / 8];
+    __m256  mv[4], lm[4];                   /* partial maxima; 16 ln(max) + 1/2 */
+    size_t  k[4];                           /* fine entries */
+    __m256i lev[4][SM_SMALL / 8], ck[4][SM_SMALL / 8];   /* levels, keys */
+    __m256i m0[4], m1[4], m2[4], m3[4];     /* per lane: the 4 smallest keys */
+    int32_t kth[4];                         /* the k-th smallest key */
+} sm_small;
+
+#define SM_SMALL_FN __attribute__((target("avx2,popcnt"), always_inline)) static inline
+
+/* Load the rows (masked past n), their partial maxima and each entry's own
+ * log (which does not need the max: computed here, it overlaps the max's
+ * reduction and log). */
+SM_SMALL_FN void sm_small_load(sm_small *st, const float *const *v, const size_t *n, const int R)
 {
-    const int B = p->bits;
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i imax = _mm256_set1_epi32(INT32_MAX);
     const __m256 tiny = _mm256_set1_ps(1e-38f);
-    int nv[4];
-    __m256i in[4][SM_SMALL / 8];
-    __m256 lx[4][SM_SMALL / 8], yv[4][SM_SMALL / 8];
-    __m256 mv[4];
     for (int r = 0; r < R; r++) {
-        nv[r] = (int)((n[r] + 7) / 8);
-        mv[r] = _mm256_setzero_ps();
-        for (int b = 0; b < nv[r]; b++) {
-            in[r][b] = _mm256_cmpgt_epi32(
-                _mm256_set1_epi32((int)n[r] - 8 * b), lane);
-            const __m256 y = _mm256_maskload_ps(v[r] + 8 * b, in[r][b]);
-            yv[r][b] = y;
-            mv[r] = _mm256_max_ps(y, mv[r]);  /* y > mv ? y : mv, as scalar */
-            /* each entry's own log does not need the max: computed here,
-             * it overlaps the max's reduction and log */
-            lx[r][b] = sm_ln16_avx2(_mm256_blendv_ps(
+        st->nv[r] = (int)((n[r] + 7) / 8);
+        st->mv[r] = _mm256_setzero_ps();
+        for (int b = 0; b < st->nv[r]; b++) {
+            st->in[r][b] = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n[r] - 8 * b), lane);
+            const __m256 y = _mm256_maskload_ps(v[r] + 8 * b, st->in[r][b]);
+            st->yv[r][b] = y;
+            st->mv[r] = _mm256_max_ps(y, st->mv[r]);  /* y > mv ? y : mv, as scalar */
+            st->lx[r][b] = sm_ln16_avx2(_mm256_blendv_ps(
                 tiny, y, _mm256_cmp_ps(y, tiny, _CMP_GT_OQ)));
         }
     }
-    float m[4];
-    size_t k[4];
-    __m256 lm[4];
+}
+
+/* Each row's max, k and reference log; false when a row has no positive
+ * entry. */
+SM_SMALL_FN bool sm_small_max(sm_small *st, const as__sm_params *p, const size_t *n,
+                              const int R)
+{
     for (int r = 0; r < R; r++) {
         /* the max in every lane (lanes are >= +0, never NaN: the same
          * value as the scalar path's loop over them) */
-        __m256 t = _mm256_max_ps(mv[r], _mm256_permute2f128_ps(mv[r], mv[r],
-                                                                1));
+        const __m256 mv = st->mv[r];
+        __m256 t = _mm256_max_ps(mv, _mm256_permute2f128_ps(mv, mv, 1));
         t = _mm256_max_ps(t, _mm256_shuffle_ps(t, t, 0x4e));
         t = _mm256_max_ps(t, _mm256_shuffle_ps(t, t, 0xb1));
-        m[r] = _mm256_cvtss_f32(t);
-        if (!(m[r] > 0.0f))
+        const float m = _mm256_cvtss_f32(t);
+        if (!(m > 0.0f))
             return false;   /* (0 past n: a row of n >= 1 decides alone) */
-        k[r] = n[r] / (size_t)p->k;
+        st->k[r] = n[r] / (size_t)p->k;
         size_t k0 = n[r] < AS_SM_MIN_FINE ? n[r] : AS_SM_MIN_FINE;
-        k[r] = k[r] < k0 ? k0 : k[r];
-        if (!(m[r] > 1e-38f)) {
-            lm[r] = _mm256_set1_ps(sm_ln16(m[r]) + 0.5f);
+        st->k[r] = st->k[r] < k0 ? k0 : st->k[r];
+        if (!(m > 1e-38f)) {
+            st->lm[r] = _mm256_set1_ps(sm_ln16(m) + 0.5f);
             continue;
         }
         /* ln16(m) is already in the lanes holding m (the same operations
          * on the same bits), so no scalar log waits on the max */
         const __m256 ninf = _mm256_set1_ps(-__builtin_inff());
         __m256 a = ninf;
-        for (int b = 0; b < nv[r]; b++)
+        for (int b = 0; b < st->nv[r]; b++)
             a = _mm256_max_ps(a, _mm256_blendv_ps(
-                    ninf, lx[r][b], _mm256_cmp_ps(yv[r][b], t, _CMP_EQ_OQ)));
+                    ninf, st->lx[r][b], _mm256_cmp_ps(st->yv[r][b], t, _CMP_EQ_OQ)));
         a = _mm256_max_ps(a, _mm256_permute2f128_ps(a, a, 1));
         a = _mm256_max_ps(a, _mm256_shuffle_ps(a, a, 0x4e));
         a = _mm256_max_ps(a, _mm256_shuffle_ps(a, a, 0xb1));
-        lm[r] = _mm256_add_ps(a, _mm256_set1_ps(0.5f));
+        st->lm[r] = _mm256_add_ps(a, _mm256_set1_ps(0.5f));
     }
-    /* levels, and keys (level, position) = level * 64 + position: the
-     * fine set is the k smallest keys (lowest levels, ties in key order,
-     * as the scalar path takes them). Per lane the 4 smallest keys of its
-     * column by an insertion network, then k extractions of the overall
-     * minimum: the k-th is the last fine key. */
-    __m256i lev[4][SM_SMALL / 8], ck[4][SM_SMALL / 8];
-    __m256i m0[4], m1[4], m2[4], m3[4];
+    return true;
+}
+
+/* Levels, and keys (level, position) = level * 64 + position: the fine set
+ * is the k smallest keys (lowest levels, ties in key order, as the scalar
+ * path takes them). Per lane the 4 smallest keys of its column by an
+ * insertion network. */
+SM_SMALL_FN void sm_small_keys(sm_small *st, const int R)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i imax = _mm256_set1_epi32(INT32_MAX);
     for (int r = 0; r < R; r++) {
-        m0[r] = m1[r] = m2[r] = m3[r] = imax;
-        for (int b = 0; b < nv[r]; b++) {
-            __m256 l = _mm256_sub_ps(lm[r], lx[r][b]);
+        __m256i m0 = imax, m1 = imax, m2 = imax, m3 = imax;
+        for (int b = 0; b < st->nv[r]; b++) {
+            __m256 l = _mm256_sub_ps(st->lm[r], st->lx[r][b]);
             l = _mm256_max_ps(l, _mm256_setzero_ps());   /* l > 0 ? l : 0 */
             l = _mm256_min_ps(l, _mm256_set1_ps((float)SM_DMAX)); /* < D */
-            lev[r][b] = _mm256_cvttps_epi32(l);
+            st->lev[r][b] = _mm256_cvttps_epi32(l);
             const __m256i x0 = _mm256_blendv_epi8(
-                imax, _mm256_or_si256(_mm256_slli_epi32(lev[r][b], 6),
-                                      _mm256_add_epi32(lane,
-                                          _mm256_set1_epi32(8 * b))),
-                in[r][b]);
-            ck[r][b] = x0;
+                imax, _mm256_or_si256(_mm256_slli_epi32(st->lev[r][b], 6),
+                                      _mm256_add_epi32(lane, _mm256_set1_epi32(8 * b))),
+                st->in[r][b]);
+            st->ck[r][b] = x0;
             __m256i x = x0, t;
-            t = _mm256_min_epi32(m0[r], x); x = _mm256_max_epi32(m0[r], x);
-            m0[r] = t;
-            t = _mm256_min_epi32(m1[r], x); x = _mm256_max_epi32(m1[r], x);
-            m1[r] = t;
-            t = _mm256_min_epi32(m2[r], x); x = _mm256_max_epi32(m2[r], x);
-            m2[r] = t;
-            m3[r] = _mm256_min_epi32(m3[r], x);
+            t = _mm256_min_epi32(m0, x); x = _mm256_max_epi32(m0, x);
+            m0 = t;
+            t = _mm256_min_epi32(m1, x); x = _mm256_max_epi32(m1, x);
+            m1 = t;
+            t = _mm256_min_epi32(m2, x); x = _mm256_max_epi32(m2, x);
+            m2 = t;
+            m3 = _mm256_min_epi32(m3, x);
         }
+        st->m0[r] = m0, st->m1[r] = m1, st->m2[r] = m2, st->m3[r] = m3;
     }
-    int32_t kth[4];
+}
+
+/* k extractions of the overall minimum key, rows interleaved: the k-th is
+ * the last fine key. */
+SM_SMALL_FN void sm_small_extract(sm_small *st, const int R)
+{
+    const __m256i imax = _mm256_set1_epi32(INT32_MAX);
     for (int r = 0; r < R; r++)
-        kth[r] = sm_hmin_avx2(m0[r]);
+        st->kth[r] = sm_hmin_avx2(st->m0[r]);
     size_t kmax = 0;
     for (int r = 0; r < R; r++)
-        kmax = k[r] > kmax ? k[r] : kmax;
+        kmax = st->k[r] > kmax ? st->k[r] : kmax;
     for (size_t e = 1; e < kmax; e++)
         for (int r = 0; r < R; r++) {
-            if (e >= k[r])
+            if (e >= st->k[r])
                 continue;
-            const __m256i hit = _mm256_cmpeq_epi32(m0[r],
-                                                   _mm256_set1_epi32(kth[r]));
-            m0[r] = _mm256_blendv_epi8(m0[r], m1[r], hit);
-            m1[r] = _mm256_blendv_epi8(m1[r], m2[r], hit);
-            m2[r] = _mm256_blendv_epi8(m2[r], m3[r], hit);
-            m3[r] = _mm256_blendv_epi8(m3[r], imax, hit);
-            kth[r] = sm_hmin_avx2(m0[r]);
+            const __m256i hit = _mm256_cmpeq_epi32(st->m0[r], _mm256_set1_epi32(st->kth[r]));
+            st->m0[r] = _mm256_blendv_epi8(st->m0[r], st->m1[r], hit);
+            st->m1[r] = _mm256_blendv_epi8(st->m1[r], st->m2[r], hit);
+            st->m2[r] = _mm256_blendv_epi8(st->m2[r], st->m3[r], hit);
+            st->m3[r] = _mm256_blendv_epi8(st->m3[r], imax, hit);
+            st->kth[r] = sm_hmin_avx2(st->m0[r]);
         }
+}
+
+/* Row r's codes and fine bytes into out: coarse codes 1 + #{boundaries <=
+ * level - reference} (= the ctab, reference min(cut, 255)), 0 for fine
+ * entries and past n, packed B bits each, little endian: a group of 8
+ * codes is B bytes, written 4 bytes at a time (the spill past the codes
+ * lands on the fine bytes, written after; short rows go through a
+ * buffer). Then the fine codes: levels of the fine entries (at most 255),
+ * in key order. Returns the row's bytes. */
+typedef struct sm_coarse {
+    int     nbd;              /* boundaries */
+    __m256i bv[SM_MAXC];      /* boundary - 1, broadcast */
+    __m256i shl;              /* B * lane */
+} sm_coarse;
+
+SM_SMALL_FN void sm_coarse_init(sm_coarse *cb, int B)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const int32_t *bnd = as__sm_cbnd[1][B];
-    const int nbd = as__sm_tabs[1][B].nc - 1;
-    __m256i bv[SM_MAXC];
-    for (int j = 0; j < nbd; j++)
-        bv[j] = _mm256_set1_epi32(bnd[j] - 1);
-    const __m256i shl = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
+    cb->nbd = as__sm_tabs[1][B].nc - 1;
+    for (int j = 0; j < cb->nbd; j++)
+        cb->bv[j] = _mm256_set1_epi32(bnd[j] - 1);
+    cb->shl = _mm256_mullo_epi32(lane, _mm256_set1_epi32(B));
+}
+
+SM_SMALL_FN size_t sm_small_write(const sm_small *st, const sm_coarse *cb, int r, int B,
+                                  size_t n, uint8_t *out)
+{
+    const int nbd = cb->nbd;
+    const __m256i *bv = cb->bv;
+    const __m256i shl = cb->shl;
     const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    for (int r = 0; r < R; r++) {
-        const int32_t cut = kth[r] >> 6;
-        const __m256i kv = _mm256_set1_epi32(kth[r] + 1);
-        uint64_t fm = 0;
-        for (int b = 0; b < nv[r]; b++)
-            fm |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
-                      _mm256_cmpgt_epi32(kv, ck[r][b]))) << (8 * b);
-        /* coarse codes 1 + #{boundaries <= level - reference} (= as__sm_ctab,
-         * reference min(cut, 255)), 0 for fine entries and past n, packed
-         * B bits each, little endian: a group of 8 codes is B bytes,
-         * written 4 bytes at a time (the spill past the codes lands on
-         * the fine bytes, written after; short rows go through a buffer) */
-        const size_t nbytes = (n[r] * (size_t)B + 7) / 8;
-        const bool direct = (size_t)(B * (nv[r] - 1) + 4) <= nbytes + k[r];
-        uint8_t pk[SM_SMALL / 8 * 4 + 4];
-        uint8_t *dst = direct ? out[r] : pk;
-        const __m256i lr = _mm256_set1_epi32(cut < 255 ? cut : 255);
-        for (int b = 0; b < nv[r]; b++) {
-            __m256i q = _mm256_min_epi32(_mm256_sub_epi32(lev[r][b], lr),
-                                         _mm256_set1_epi32(SM_CTAB - 1));
-            __m256i c = _mm256_set1_epi32(1);
-            if (nbd == 6) {          /* B = 3: unrolled, bounds in registers */
-                for (int j = 0; j < 6; j++)
-                    c = _mm256_sub_epi32(c, _mm256_cmpgt_epi32(q, bv[j]));
-            } else {
-                for (int j = 0; j < nbd; j++)
-                    c = _mm256_sub_epi32(c, _mm256_cmpgt_epi32(q, bv[j]));
-            }
-            const __m256i fb = _mm256_set1_epi32((int)((fm >> (8 * b)) & 255));
-            const __m256i isf = _mm256_cmpeq_epi32(_mm256_and_si256(fb, bits),
-                                                   bits);
-            c = _mm256_andnot_si256(_mm256_or_si256(isf, _mm256_xor_si256(
-                    in[r][b], _mm256_set1_epi32(-1))), c);
-            const uint32_t g = sm_hor_avx2(_mm256_sllv_epi32(c, shl));
-            memcpy(dst + B * b, &g, 4);
+    const int32_t cut = st->kth[r] >> 6;
+    const __m256i kv = _mm256_set1_epi32(st->kth[r] + 1);
+    uint64_t fm = 0;
+    for (int b = 0; b < st->nv[r]; b++)
+        fm |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(
+                  _mm256_cmpgt_epi32(kv, st->ck[r][b]))) << (8 * b);
+    const size_t nbytes = (n * (size_t)B + 7) / 8;
+    const bool direct = (size_t)(B * (st->nv[r] - 1) + 4) <= nbytes + st->k[r];
+    uint8_t pk[SM_SMALL / 8 * 4 + 4];
+    uint8_t *dst = direct ? out : pk;
+    const __m256i lr = _mm256_set1_epi32(cut < 255 ? cut : 255);
+    for (int b = 0; b < st->nv[r]; b++) {
+        __m256i q = _mm256_min_epi32(_mm256_sub_epi32(st->lev[r][b], lr),
+                                     _mm256_set1_epi32(SM_CTAB - 1));
+        __m256i c = _mm256_set1_epi32(1);
+        if (nbd == 6) {          /* B = 3: unrolled, bounds in registers */
+            for (int j = 0; j < 6; j++)
+                c = _mm256_sub_epi32(c, _mm256_cmpgt_epi32(q, bv[j]));
+        } else {
+            for (int j = 0; j < nbd; j++)
+                c = _mm256_sub_epi32(c, _mm256_cmpgt_epi32(q, bv[j]));
         }
-        if (!direct)
-            memcpy(out[r], pk, nbytes);
-        /* fine codes: levels of the fine entries (at most 255), key order */
-        uint8_t *fine = out[r] + nbytes;
-        size_t nfine = 0;
-        for (uint64_t f = fm; f; f &= f - 1) {
-            const unsigned i = (unsigned)__builtin_ctzll(f);
-            int32_t d;
-            memcpy(&d, (const char *)(const void *)lev[r] + 4 * i, 4);
-            fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
-        }
-        assert(nfine == k[r]);
-        used[r] = nbytes + nfine;
+        const __m256i fb = _mm256_set1_epi32((int)((fm >> (8 * b)) & 255));
+        const __m256i isf = _mm256_cmpeq_epi32(_mm256_and_si256(fb, bits), bits);
+        c = _mm256_andnot_si256(_mm256_or_si256(isf, _mm256_xor_si256(
+                st->in[r][b], _mm256_set1_epi32(-1))), c);
+        const uint32_t g = sm_hor_avx2(_mm256_sllv_epi32(c, shl));
+        memcpy(dst + B * b, &g, 4);
     }
+    if (!direct)
+        memcpy(out, pk, nbytes);
+    uint8_t *fine = out + nbytes;
+    size_t nfine = 0;
+    for (uint64_t f = fm; f; f &= f - 1) {
+        const unsigned i = (unsigned)__builtin_ctzll(f);
+        int32_t d;
+        memcpy(&d, (const char *)(const void *)st->lev[r] + 4 * i, 4);
+        fine[nfine++] = (uint8_t)(d < 255 ? d : 255);
+    }
+    assert(nfine == st->k[r]);
+    return nbytes + nfine;
+}
+
+/* Row r: n[r] entries at v[r], written to out[r]; returns false, writing
+ * nothing, when a row has no positive entry. */
+SM_SMALL_FN bool sm_topk_small_body(const as__sm_params *p, const float *const *v,
+                                    const size_t *n, uint8_t *const *out, size_t *used,
+                                    const int R)
+{
+    sm_small st;
+    sm_small_load(&st, v, n, R);
+    if (!sm_small_max(&st, p, n, R))
+        return false;
+    sm_small_keys(&st, R);
+    sm_small_extract(&st, R);
+    sm_coarse cb;
+    sm_coarse_init(&cb, p->bits);
+    for (int r = 0; r < R; r++)
+        used[r] = sm_small_write(&st, &cb, r, p->bits, n[r], out[r]);
     return true;
 }
 

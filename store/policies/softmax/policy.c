@@ -12,6 +12,12 @@
  * Layout from the save's metadata: rows = numel / L, queries = meta.queries
  * (0: every row of the tensor is one block), causal flag, optional key
  * padding (valid_len per rows_per_item rows, copied into the blob).
+ *
+ * Metadata that contradicts the tensor (row_len against the last dim,
+ * queries not dividing the rows, and the per-row value checks of
+ * as__sm_encode_checked) is AS_EMETA: the store counts it, logs it, and
+ * falls back (strict mode: fails the save). A wrong dtype or rank is
+ * AS_ENOTSUP (the codec does not apply; nothing is wrong with the meta).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,9 +101,9 @@ static int sm_pol_layout(const as_save_info *info, const as_tensor *t,
     const as_softmax_meta *m = &info->meta.softmax;
     int64_t L = t->shape[t->ndim - 1];
     if (m->row_len && m->row_len != L) {
-        snprintf(why, whylen, "row_len %lld but last dim %lld",
+        snprintf(why, whylen, "metadata: row_len %lld but last dim %lld",
                  (long long)m->row_len, (long long)L);
-        return AS_ENOTSUP;
+        return AS_EMETA;
     }
     int64_t numel = as_tensor_numel(t);
     if (L < 1 || numel < 1 || L > 65536) {
@@ -109,15 +115,17 @@ static int sm_pol_layout(const as_save_info *info, const as_tensor *t,
     lay->len = L;
     lay->queries = m->queries > 0 ? m->queries : lay->rows;
     if (lay->rows % lay->queries) {
-        snprintf(why, whylen, "%lld rows not a multiple of queries %lld",
-                 (long long)lay->rows, (long long)lay->queries);
-        return AS_ENOTSUP;
+        snprintf(why, whylen, "metadata: %lld rows not a multiple of "
+                 "queries %lld", (long long)lay->rows,
+                 (long long)lay->queries);
+        return AS_EMETA;
     }
     lay->causal = m->causal;
     if (m->valid_len) {
         if (m->rows_per_item < 1) {
-            snprintf(why, whylen, "valid_len without rows_per_item");
-            return AS_ENOTSUP;
+            snprintf(why, whylen, "metadata: valid_len without "
+                     "rows_per_item");
+            return AS_EMETA;
         }
         lay->valid_len = m->valid_len;
         lay->rows_per_item = m->rows_per_item;
@@ -159,8 +167,17 @@ static int sm_pol_encode(as_pctx *ctx, const void *params,
         return AS_ENOMEM;
     if (exact && (rc = as_pctx_alloc(ctx, bound, &blob)) < 0)
         return rc;
-    rc = as__sm_encode(&pp->p, &lay, t->data, exact ? blob : tmp, bound,
-                      &used);
+    as__sm_check chk;
+    rc = as__sm_encode_checked(&pp->p, &lay, t->data, exact ? blob : tmp,
+                              bound, &used, &chk);
+    if (rc == 0 && chk.bad_rows) {
+        char what[200];
+        as_pctx_errorf(ctx, "metadata: %lld of %lld rows do not match: %s",
+                       (long long)chk.bad_rows, (long long)lay.rows,
+                       as__sm_check_text(&chk, &lay, what, sizeof what));
+        free(tmp);
+        return AS_EMETA;
+    }
     if (rc == 0 && !exact) {
         if ((rc = as_pctx_alloc(ctx, used, &blob)) == 0)
             memcpy(blob, tmp, used);

@@ -106,6 +106,34 @@ size_t as__sm_encode_bound(const as__sm_params *p, const as__sm_layout *lay);
 int as__sm_encode(const as__sm_params *p, const as__sm_layout *lay,
                  const float *y, void *out, size_t cap, size_t *used);
 
+/* Metadata check, fused into the encode (the row is hot in cache): on
+ * every row, keys the layout masks hold exactly 0, the valid keys sum to 1
+ * within AS_SM_SUM_TOL (NaN fails), and the valid keys do not end in a run
+ * of exact zeros with no other zero before it (the shape of a causal or
+ * padding mask the layout does not declare; a softmax that underflows at
+ * logit gaps over ~87 leaves its zeros where the small logits were). */
+#define AS_SM_SUM_TOL 1e-2f
+enum { AS_SM_CHECK_OK = 0, AS_SM_CHECK_MASKED, AS_SM_CHECK_SUM,
+       AS_SM_CHECK_TAIL };
+typedef struct as__sm_check {
+    int64_t bad_rows;        /* rows that failed */
+    int64_t row;             /* the first of them (-1: none) */
+    int     what;            /* AS_SM_CHECK_* of that row */
+    int64_t key;             /* its offending key (masked / tail), or -1 */
+    double  value;           /* that key's value, or the row's valid sum */
+} as__sm_check;
+
+/* As as__sm_encode, and checks every row into *chk (NULL: no check). The
+ * blob is written either way; the caller decides what a mismatch means. */
+int as__sm_encode_checked(const as__sm_params *p, const as__sm_layout *lay,
+                         const float *y, void *out, size_t cap, size_t *used,
+                         as__sm_check *chk);
+
+/* "row 37 (query 5): key 9 is masked by the metadata but holds 0.012" and
+ * the like, into buf; returns buf. */
+char *as__sm_check_text(const as__sm_check *chk, const as__sm_layout *lay,
+                       char *buf, size_t n);
+
 /* Facts of a blob. */
 typedef struct as__sm_info {
     as__sm_params params;

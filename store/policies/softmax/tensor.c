@@ -18,6 +18,8 @@
  * the store's keep would); the other codecs store only valid entries.
  */
 #include <assert.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -170,8 +172,130 @@ size_t as__sm_encode_bound(const as__sm_params *p, const as__sm_layout *lay)
     return total;
 }
 
+/* ---- metadata check ------------------------------------------------------ */
+
+static void sm_check_flag(as__sm_check *c, int64_t row, int what, int64_t key,
+                          double value)
+{
+    if (c->bad_rows++ == 0) {
+        c->row = row;
+        c->what = what;
+        c->key = key;
+        c->value = value;
+    }
+}
+
+/* Rows with an explicit per-entry mask: entry by entry. */
+static void sm_check_row_mask(const sm_view *v, int64_t r, const float *row,
+                              as__sm_check *c)
+{
+    size_t n = sm_prefix(v, r);
+    double sum = 0;
+    int64_t last = -1;
+    for (size_t k = 0; k < (size_t)v->len; k++) {
+        bool ok = k < n && sm_valid(v, r, k);
+        if (ok) {
+            sum += row[k];
+            last = (int64_t)k;
+        } else if (row[k] != 0.0f) {
+            sm_check_flag(c, r, AS_SM_CHECK_MASKED, (int64_t)k, row[k]);
+            return;
+        }
+    }
+    if (last >= 0 && !(fabs(sum - 1.0) <= AS_SM_SUM_TOL))
+        sm_check_flag(c, r, AS_SM_CHECK_SUM, -1, sum);
+    else if (last >= 0 && row[last] == 0.0f)
+        sm_check_flag(c, r, AS_SM_CHECK_TAIL, last, 0.0);
+}
+
+/* The row's exact zeros form one run that ends at key n - 1: the shape of
+ * a mask, not of underflow (a softmax that underflows some keys to 0, at
+ * logit gaps over ~87, leaves them where their logits were). */
+static bool sm_zero_suffix_only(const float *row, size_t n)
+{
+    size_t k = n;
+    while (k > 0 && row[k - 1] == 0.0f)
+        k--;
+    if (k == 0)
+        return false;   /* no mass at all: the sum check's case */
+    for (size_t i = 0; i < k; i++)
+        if (row[i] == 0.0f)
+            return false;
+    return true;
+}
+
+/* One row: a vectorizable sum of the valid prefix and an OR of the masked
+ * tail's bits (sign ignored: -0 counts as 0). */
+static void sm_check_row(const sm_view *v, int64_t r, const float *row,
+                         as__sm_check *c)
+{
+    if (v->maskbytes) {
+        sm_check_row_mask(v, r, row, c);
+        return;
+    }
+    const size_t n = sm_prefix(v, r), len = (size_t)v->len;
+    float acc[8] = {0};
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += row[k + j];
+    float sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) +
+                ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; k < n; k++)
+        sum += row[k];
+    uint32_t bits = 0;
+    for (k = n; k < len; k++) {
+        uint32_t b;
+        memcpy(&b, row + k, 4);
+        bits |= b;
+    }
+    if (bits & 0x7fffffffu) {
+        for (k = n; k < len && row[k] == 0.0f; k++)
+            ;
+        sm_check_flag(c, r, AS_SM_CHECK_MASKED, (int64_t)k, row[k]);
+    } else if (n && !(fabsf(sum - 1.0f) <= AS_SM_SUM_TOL)) {
+        sm_check_flag(c, r, AS_SM_CHECK_SUM, -1, sum);
+    } else if (n > 1 && row[n - 1] == 0.0f && sm_zero_suffix_only(row, n)) {
+        sm_check_flag(c, r, AS_SM_CHECK_TAIL, (int64_t)n - 1, 0.0);
+    }
+}
+
+char *as__sm_check_text(const as__sm_check *c, const as__sm_layout *lay,
+                       char *buf, size_t n)
+{
+    int64_t q = lay->queries > 0 ? c->row % lay->queries : c->row;
+    char where[64];
+    snprintf(where, sizeof where, "row %lld (query %lld of its block)",
+             (long long)c->row, (long long)q);
+    switch (c->what) {
+    case AS_SM_CHECK_MASKED:
+        snprintf(buf, n, "%s: key %lld is masked by the metadata but holds "
+                 "%g", where, (long long)c->key, c->value);
+        break;
+    case AS_SM_CHECK_SUM:
+        snprintf(buf, n, "%s: valid keys sum to %g (a softmax row sums to "
+                 "1)", where, c->value);
+        break;
+    case AS_SM_CHECK_TAIL:
+        snprintf(buf, n, "%s: last valid key %lld holds exactly 0 (a mask "
+                 "the metadata does not declare: causal, queries or "
+                 "valid_len)", where, (long long)c->key);
+        break;
+    default:
+        snprintf(buf, n, "no mismatch");
+    }
+    return buf;
+}
+
 int as__sm_encode(const as__sm_params *p, const as__sm_layout *lay,
                  const float *y, void *out, size_t cap, size_t *used)
+{
+    return as__sm_encode_checked(p, lay, y, out, cap, used, NULL);
+}
+
+int as__sm_encode_checked(const as__sm_params *p, const as__sm_layout *lay,
+                         const float *y, void *out, size_t cap, size_t *used,
+                         as__sm_check *chk)
 {
     sm_view v;
     int rc = sm_view_layout(p, lay, &v);
@@ -183,6 +307,8 @@ int as__sm_encode(const as__sm_params *p, const as__sm_layout *lay,
     as__sm_work w;
     if (as__sm_work_init(&w, (size_t)v.len))
         return AS_ENOMEM;
+    if (chk)
+        *chk = (as__sm_check){.row = -1, .key = -1};
 
     uint8_t *base = out;
     memset(base, 0, sm_prefix_bytes(&v));
@@ -239,6 +365,8 @@ int as__sm_encode(const as__sm_params *p, const as__sm_layout *lay,
                     ? as__sm_soa_encode4(p, rv, rn, (size_t)v.len, pay + off, ru)
                     : as__sm_topk_encode4(p, rv, rn, pay + off, ru)) {
                 off += ru[0] + ru[1] + ru[2] + ru[3];
+                for (int l = 0; chk && l < 4; l++)
+                    sm_check_row(&v, r + l, rv[l], chk);
                 r += 3;
                 continue;
             }
@@ -258,6 +386,8 @@ int as__sm_encode(const as__sm_params *p, const as__sm_layout *lay,
             n = sm_prefix(&v, r);
         }
         off += as__sm_row_encode(p, vals, n, (size_t)v.len, pay + off, &w);
+        if (chk)
+            sm_check_row(&v, r, row, chk);
     }
     offs[v.nblocks] = off;
     h.payload_bytes = off;

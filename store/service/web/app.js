@@ -717,7 +717,7 @@
       tbl.textContent = '';
       if (layers.length) {
         head(tbl, ['layer', 'policy', '', ['raw peak', 'num'], ['stored peak', 'num'], ['ratio', 'num'],
-                   ['saves', 'num'], ['fallbacks', 'num']]);
+                   ['saves', 'num'], ['fallbacks', 'num'], ['meta', 'num']]);
         const max = Math.max(1, ...layers.map(l => l.pk.raw));
         const body = el('tbody');
         for (const l of layers)
@@ -727,7 +727,9 @@
                                 [fmtRatio(l.pk.raw, l.pk.stored), 'num ratio'],
                                 [fmtInt(l.saves), 'num'],
                                 [fmtInt(l.fallbacks), 'num' + (l.fallbacks ? ' fb' : ''),
-                                 l.last_fallback ? 'last fallback: ' + l.last_fallback : '']]));
+                                 l.last_fallback ? 'last fallback: ' + l.last_fallback : ''],
+                                [fmtInt(l.meta_mismatches || 0), 'num' + (l.meta_mismatches ? ' fb' : ''),
+                                 l.last_meta_mismatch ? 'metadata mismatch: ' + l.last_meta_mismatch : '']]));
         tbl.appendChild(body);
       }
       const total = s.layers_total || 0;

@@ -1,0 +1,164 @@
+/*
+ * Helpers of the store tests (test_store*.c, test_store_codecs.c): stores,
+ * tensors, save infos, random data, message checks, arena tags.
+ * Header-only (static inline); each test file holds its own data state.
+ */
+#ifndef AS_TESTS_SUPPORT_STORE_UTIL_H
+#define AS_TESTS_SUPPORT_STORE_UTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "actstore/store.h"
+#include "util/rng.h"
+
+/* A store with these settings (dir: offload directory or NULL); fails the
+ * test when it cannot be created. */
+static inline as_store *store_new(const char *spec, const char *dir, bool strict,
+                                  uint64_t budget, const char *label)
+{
+    as_store_config cfg = {.policy = spec, .offload_dir = dir, .strict = strict,
+                           .budget_bytes = budget, .label = label};
+    as_store *s = NULL;
+    char err[256] = "";
+    int rc = as_store_create(&cfg, &s, err, sizeof err);
+    if (rc != 0)
+        fail_msg("as_store_create(%s): %s (%s)", spec ? spec : "(null)", as_strerror(rc), err);
+    return s;
+}
+
+static inline as_tensor t2(void *data, int dtype, int64_t a, int64_t b)
+{
+    as_tensor t = {.data = data, .dtype = dtype, .ndim = 2, .shape = {a, b}};
+    return t;
+}
+
+static inline as_save_info info(int kind, const char *layer)
+{
+    as_save_info i = {.kind = kind, .layer = layer};
+    return i;
+}
+
+/* n floats uniform on [-1, 1) from state *rng (the caller frees them). */
+static inline float *randv_from(uint64_t *rng, size_t n)
+{
+    float *x = malloc(n * sizeof *x);
+    assert_non_null(x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(as_rng_u32(rng) >> 8) / 16777216.0f * 2.0f - 1.0f;
+    return x;
+}
+
+__attribute__((noinline, unused)) static void assert_contains(const char *hay,
+                                                              const char *needle)
+{
+    if (!strstr(hay, needle))
+        fail_msg("'%s' does not contain '%s'", hay, needle);
+}
+
+/* Live and peak bytes of tag in the store's arena (thread caches flushed). */
+static inline as_counter arena_tag(as_store *s, int tag)
+{
+    as_arena_flush_thread_cache(as_store_arena(s));
+    as_arena_snapshot sn;
+    assert_int_equal(as_arena_snapshot_take(as_store_arena(s), 0, &sn), 0);
+    as_counter c = sn.tags[tag];
+    as_arena_snapshot_free(&sn);
+    return c;
+}
+
+/* ---- offload directories and mixed test data (test_store_codecs.c,
+ * test_store_offload.c) ---- */
+
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <unistd.h>
+
+/* A fresh directory under /tmp (the path stays valid for 8 calls). */
+static inline const char *mktmp(void)
+{
+    static char buf[8][64];
+    static int n;
+    char *d = buf[n++ % 8];
+    snprintf(d, 64, "/tmp/as_test_store_XXXXXX");
+    assert_non_null(mkdtemp(d));
+    return d;
+}
+
+/* The one offload file in dir (path into buf), or "" when none; returns
+ * how many there are. */
+static inline int offload_files(const char *dir, char *buf, size_t len)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    buf[0] = 0;
+    while ((e = readdir(d)))
+        if (!strncmp(e->d_name, "actstore-", 9)) {
+            snprintf(buf, len, "%s/%s", dir, e->d_name);
+            n++;
+        }
+    closedir(d);
+    return n;
+}
+
+static inline void rm_tmp(const char *dir)
+{
+    char p[512];
+    while (offload_files(dir, p, sizeof p) > 0)
+        unlink(p);
+    rmdir(dir);
+}
+
+/* A standard normal draw from the high 32 bits of two draws. */
+static inline float gauss_from(uint64_t *rng)
+{
+    double u = ((double)as_rng_u32(rng) + 0.5) / 4294967296.0;
+    double v = ((double)as_rng_u32(rng) + 0.5) / 4294967296.0;
+    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
+}
+
+/* A test tensor of a dtype: mixed data (runs of zeros, specials for the
+ * float types) so every codec path is taken. The caller frees it. */
+static inline void *make_data_from(uint64_t *rng, int dtype, size_t n, int flavor)
+{
+    size_t es = as_dtype_size(dtype);
+    uint8_t *p = malloc(n * es + 1);
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) {
+        float f = flavor == 0 ? (gauss_from(rng) > 0 ? fabsf(gauss_from(rng)) : 0.0f) /* relu */
+                : flavor == 1 ? gauss_from(rng) : (float)(as_rng_u32(rng) % 1000) * 1e-3f;
+        switch (dtype) {
+        case AS_F32: memcpy(p + 4 * i, &f, 4); break;
+        case AS_I32: {
+            int32_t v = flavor == 0 && f == 0 ? 0 : (int32_t)as_rng_u32(rng);
+            memcpy(p + 4 * i, &v, 4);
+            break;
+        }
+        case AS_F16: case AS_BF16: {
+            uint16_t v = f == 0 ? 0 : (uint16_t)as_rng_u32(rng);
+            memcpy(p + 2 * i, &v, 2);
+            break;
+        }
+        default: p[i] = f == 0 ? 0 : (uint8_t)as_rng_u32(rng);
+        }
+    }
+    if (dtype == AS_F32 && n > 8) {
+        float sp[] = {NAN, -0.0f, INFINITY, -INFINITY, 1e-45f, -3.4e38f, 0x1p-140f};
+        memcpy(p, sp, sizeof sp);
+        uint32_t payload = 0x7fc12345u;   /* a NaN payload survives */
+        memcpy(p + 4 * 7, &payload, 4);
+    }
+    return p;
+}
+
+#endif
