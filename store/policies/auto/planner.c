@@ -36,59 +36,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store/policies/act_grad.h"
-#include "store/policies/auto/auto.h"
+#include "store/policies/auto/impl.h"
 #include "util/clock.h"
-
-#define AUTO_NCAND_MAX 24
-#define AUTO_UNITS 4096
-#define AUTO_MARGIN 1.05   /* values-dependent stored bytes */
-
-typedef struct cand {
-    const char          *spec;
-    uint32_t             kinds;
-    bool                 variable;
-    as_polref            ref;   /* params owned by the planner */
-} cand;
-
-/* Sums over the tensors of one group and one candidate. */
-typedef struct meas {
-    double   bytes, ns, err2, norm2, dot, hat2;
-    uint32_t n;
-    bool     bad;        /* failed, or non-finite where the input is finite */
-} meas;
-
-typedef struct agroup {
-    uint16_t layer;
-    int      kind;
-    uint32_t items_step, items;   /* tensors this step / last step */
-    uint64_t raw_step, raw;
-    bool     probed_step, measured;
-    meas     acc[AUTO_NCAND_MAX], m[AUTO_NCAND_MAX];
-    double   g2_step, g2, weight;
-    uint32_t greports_step;
-    bool     has_grad;
-    int      choice;              /* candidate index, -1 = none yet */
-} agroup;
-
-typedef struct as_auto {
-    pthread_mutex_t mu;
-    size_t   nc;
-    cand     c[AUTO_NCAND_MAX];   /* c[0] is keep */
-    agroup **g;
-    size_t   ng, gcap;
-    int32_t *idx;                 /* (layer, kind) -> group + 1 */
-    uint32_t period;
-    double   time_weight;
-    bool     probe_step, any_save;
-    uint64_t steps, last_probe;
-    uint64_t fixed_step, fixed, fixed_raw_step, fixed_raw;
-    uint64_t t0, step_ns, trial_ns_step;   /* trials leave step_ns */
-    uint64_t planned_for;         /* budget of the current plan */
-    bool     need_plan, measured, feasible;
-    uint64_t planned_bytes, min_bytes, keep_bytes, plan_step;
-    uint64_t probes, replans;
-} as_auto;
 
 /* ---- candidates and groups ------------------------------------------------ */
 
@@ -208,371 +157,6 @@ static bool offered(const cand *c, const as_save_info *info,
            c->ref.ops->applies(c->ref.params, info, t, why, sizeof why) == 0;
 }
 
-/* ---- measuring ------------------------------------------------------------- */
-
-/* Add the error of y against x (n f32 values) to *m. */
-static void compare_f32(const float *x, const float *y, size_t n, meas *m)
-{
-    double e2 = 0, x2 = 0, d = 0, y2 = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(x[i])) {
-            if (memcmp(&x[i], &y[i], sizeof(float)) && !(isnan(x[i]) && isnan(y[i])))
-                m->bad = true;
-            continue;
-        }
-        if (!isfinite(y[i])) {
-            m->bad = true;
-            continue;
-        }
-        double dx = (double)y[i] - x[i];
-        e2 += dx * dx;
-        x2 += (double)x[i] * x[i];
-        d += (double)x[i] * y[i];
-        y2 += (double)y[i] * y[i];
-    }
-    m->err2 += e2;
-    m->norm2 += x2;
-    m->dot += d;
-    m->hat2 += y2;
-}
-
-/* An activation's backward multiplies dy by f'(saved): for those the
- * error that matters is that of f' (and a derivative-only form restores a
- * stand-in with the right f', not the values). */
-static bool by_derivative(const as_save_info *info)
-{
-    if (info->kind != AS_KIND_ACTIVATION_INPUT &&
-        info->kind != AS_KIND_ACTIVATION_OUTPUT)
-        return false;
-    int fn = info->meta.act.fn;
-    return fn == AS_FN_RELU || fn == AS_FN_LEAKY_RELU || fn == AS_FN_GELU;
-}
-
-static void compare_span(const as_save_info *info, const float *x,
-                         const float *y, size_t n, meas *m)
-{
-    if (!by_derivative(info)) {
-        compare_f32(x, y, n, m);
-        return;
-    }
-    enum { CH = 1024 };
-    float one[CH], fx[CH], fy[CH];
-    for (size_t i = 0; i < CH; i++)
-        one[i] = 1.0f;
-    const int fn = info->meta.act.fn;
-    const float alpha = fn == AS_FN_LEAKY_RELU ? info->meta.act.alpha : 0.0f;
-    for (size_t i = 0; i < n; i += CH) {
-        size_t k = n - i < CH ? n - i : CH;
-        as__act_grad(fn, alpha, k, x + i, one, fx);
-        as__act_grad(fn, alpha, k, y + i, one, fy);
-        compare_f32(fx, fy, k, m);
-    }
-}
-
-static void compare(const as_save_info *info, const as_tensor *t,
-                    const void *hat, meas *m)
-{
-    size_t bytes = as_tensor_bytes(t);
-    if (t->dtype != AS_F32) {   /* exact or useless */
-        if (bytes && memcmp(t->data, hat, bytes))
-            m->bad = true;
-        return;
-    }
-    compare_span(info, t->data, hat, bytes / sizeof(float), m);
-}
-
-/* Decode the trial rep into dst (the whole tensor), or, when the policy
- * decodes row blocks of an f32 tensor, block by block through a small
- * buffer straight into the error sums: the trial then needs no second copy
- * of the tensor. */
-#define AUTO_BLOCK_FLOATS 16384
-static int trial_decode(as_store *s, as_item *it, as_rep *r, as_handle h,
-                        const char *layer, const as_save_info *info,
-                        const as_tensor *t, meas *m, uint64_t *ns)
-{
-    size_t bytes = as_tensor_bytes(t);
-    int64_t cols = t->ndim ? t->shape[t->ndim - 1] : 1;
-    as_block dst = {0};
-    as_pctx ctx;
-    int rc;
-    if (r->ops->view) {
-        compare(info, t, r->ops->view(r->params, r->state), m);
-        return 0;
-    }
-    if (r->ops->decode_rows && t->dtype == AS_F32 && cols > 0) {
-        int64_t rows = as_tensor_numel(t) / cols;
-        int64_t per = AUTO_BLOCK_FLOATS / cols > 0 ? AUTO_BLOCK_FLOATS / cols : 1;
-        if ((rc = as_alloc(s->arena, (size_t)(per * cols) * sizeof(float),
-                           AS_TAG_WORKSPACE, r->g.layer, &dst)) < 0)
-            return rc;
-        as__pctx_init(&ctx, s, it, r, h, layer);
-        rc = 0;
-        for (int64_t r0 = 0; r0 < rows && !rc; r0 += per) {
-            int64_t nr = rows - r0 < per ? rows - r0 : per;
-            uint64_t t0 = as_clock_wall_ns();
-            rc = r->ops->decode_rows(&ctx, r->params, r->state, r0, nr, dst.ptr);
-            *ns += as_clock_wall_ns() - t0;
-            if (!rc)
-                compare_span(info, (const float *)t->data + r0 * cols,
-                             dst.ptr, (size_t)(nr * cols), m);
-        }
-        as__pctx_done(&ctx);
-        as_free(s->arena, &dst);
-        return rc;
-    }
-    if (!r->ops->decode)
-        return AS_ENOTSUP;
-    if ((rc = as_alloc(s->arena, bytes, AS_TAG_WORKSPACE, r->g.layer, &dst)) < 0)
-        return rc;
-    as_tensor out = it->shape;
-    out.data = dst.ptr;
-    as__pctx_init(&ctx, s, it, r, h, layer);
-    uint64_t t0 = as_clock_wall_ns();
-    rc = r->ops->decode(&ctx, r->params, r->state, &out);
-    *ns += as_clock_wall_ns() - t0;
-    as__pctx_done(&ctx);
-    if (!rc)
-        compare(info, t, dst.ptr, m);
-    as_free(s->arena, &dst);
-    return rc;
-}
-
-/* Encode and decode t under c as a trial (workspace only) and add what it
- * would store, its time and its error to *m. */
-static void trial(as_store *s, as_item *it, as_handle h, as_groups g,
-                  const cand *c, const as_save_info *info, const as_tensor *t,
-                  const char *layer, meas *m)
-{
-    as_rep *r = calloc(1, sizeof *r);
-    if (!r) {
-        m->bad = true;
-        return;
-    }
-    atomic_init(&r->refs, 1);
-    r->ops = c->ref.ops;
-    r->owner = it;
-    r->params = c->ref.params;
-    r->probe = true;
-    g.policy = (uint16_t)as__policy_index(r->ops);
-    r->g = g;
-    as_pctx ctx;
-    as__pctx_init(&ctx, s, it, r, h, layer);
-    uint64_t t0 = as_clock_wall_ns();
-    int rc = r->ops->encode(&ctx, r->params, info, t, &r->state);
-    uint64_t t1 = as_clock_wall_ns();
-    as__pctx_done(&ctx);
-    meas e = {0};
-    uint64_t dec_ns = 0;
-    if (rc == 0 && as_tensor_bytes(t))
-        rc = trial_decode(s, it, r, h, layer, info, t, &e, &dec_ns);
-    if (rc == 0) {
-        m->bytes += (double)r->probe_bytes;
-        m->ns += (double)(t1 - t0) + (double)dec_ns;
-        m->n++;
-        m->err2 += e.err2;
-        m->norm2 += e.norm2;
-        m->dot += e.dot;
-        m->hat2 += e.hat2;
-        m->bad |= e.bad;
-    } else {
-        m->bad = true;
-    }
-    as__rep_discard(s, r);
-}
-
-/* ---- deciding -------------------------------------------------------------- */
-
-static double rel_err(const meas *m)
-{
-    if (m->norm2 > 0)
-        return sqrt(m->err2 / m->norm2);
-    return m->err2 > 0 ? 1.0 : 0.0;
-}
-
-static double cosine(const meas *m)
-{
-    if (m->norm2 <= 0 || m->hat2 <= 0)
-        return m->norm2 <= 0 && m->hat2 <= 0 ? 1.0 : 0.0;
-    return m->dot / sqrt(m->norm2 * m->hat2);
-}
-
-static bool usable(const agroup *g, size_t c)
-{
-    return g->measured && g->m[c].n && !g->m[c].bad;
-}
-
-static uint64_t cand_bytes(const as_auto *pl, const agroup *g, size_t c)
-{
-    double b = g->m[c].bytes;
-    if (pl->c[c].variable)
-        b *= AUTO_MARGIN;
-    return (uint64_t)ceil(b);
-}
-
-static double cand_cost(const as_auto *pl, const agroup *g, size_t c)
-{
-    double t = pl->step_ns ? g->m[c].ns / (double)pl->step_ns : 0;
-    double e = g->weight * rel_err(&g->m[c]);
-    return e * e + pl->time_weight * t;
-}
-
-/* The most compact usable candidate (ties: least cost, then table order). */
-static int most_compact(const as_auto *pl, const agroup *g)
-{
-    int best = -1;
-    for (size_t c = 0; c < pl->nc; c++) {
-        if (!usable(g, c))
-            continue;
-        if (best < 0 || cand_bytes(pl, g, c) < cand_bytes(pl, g, (size_t)best) ||
-            (cand_bytes(pl, g, c) == cand_bytes(pl, g, (size_t)best) &&
-             cand_cost(pl, g, c) < cand_cost(pl, g, (size_t)best)))
-            best = (int)c;
-    }
-    return best;
-}
-
-static int least_cost(const as_auto *pl, const agroup *g)
-{
-    int best = -1;
-    for (size_t c = 0; c < pl->nc; c++)
-        if (usable(g, c) &&
-            (best < 0 || cand_cost(pl, g, c) < cand_cost(pl, g, (size_t)best)))
-            best = (int)c;
-    return best;
-}
-
-/* Sensitivity weights: ||x|| * ||dy||, mean 1 over reporting groups. */
-static void weigh(as_auto *pl)
-{
-    double sum = 0;
-    size_t n = 0;
-    for (size_t i = 0; i < pl->ng; i++) {
-        agroup *g = pl->g[i];
-        g->weight = 1;
-        if (g->has_grad && g->measured && g->m[0].n) {
-            g->weight = sqrt(g->m[0].norm2 * g->g2);
-            sum += g->weight;
-            n++;
-        }
-    }
-    for (size_t i = 0; i < pl->ng && sum > 0; i++)
-        if (pl->g[i]->has_grad && pl->g[i]->measured && pl->g[i]->m[0].n)
-            pl->g[i]->weight *= (double)n / sum;
-}
-
-/* Multiple-choice knapsack over the measured groups. Under mu. */
-static void plan(as_auto *pl, uint64_t budget, uint64_t step)
-{
-    weigh(pl);
-    uint64_t minb = pl->fixed, keep = pl->fixed_raw, nmeas = 0;
-    for (size_t i = 0; i < pl->ng; i++) {
-        agroup *g = pl->g[i];
-        keep += g->raw;
-        int mc = most_compact(pl, g);
-        if (mc >= 0) {
-            minb += cand_bytes(pl, g, (size_t)mc);
-            nmeas++;
-        }
-    }
-    pl->min_bytes = minb;
-    pl->keep_bytes = keep;
-    pl->planned_for = budget;
-    pl->plan_step = step;
-    pl->replans++;
-    pl->need_plan = false;
-    pl->feasible = !budget || minb <= budget;
-    size_t G = pl->ng;
-    /* The unconstrained best, when it fits, needs no knapsack (and is
-     * exact where the units' rounding would not be). */
-    uint64_t best = pl->fixed;
-    for (size_t i = 0; i < G; i++) {
-        int c = least_cost(pl, pl->g[i]);
-        best += c >= 0 ? cand_bytes(pl, pl->g[i], (size_t)c) : 0;
-    }
-    if (budget && pl->feasible && best <= budget) {
-        for (size_t i = 0; i < G; i++)
-            if (pl->g[i]->measured)
-                pl->g[i]->choice = least_cost(pl, pl->g[i]);
-    } else if (!budget || !pl->feasible || !nmeas) {
-        for (size_t i = 0; i < G; i++) {
-            agroup *g = pl->g[i];
-            if (g->measured)
-                g->choice = budget ? most_compact(pl, g) : least_cost(pl, g);
-        }
-    } else {
-        uint64_t avail = budget - pl->fixed;
-        /* The choice table is groups x units bytes: fewer units for a
-         * model with very many groups (at most 32 MiB). */
-        uint64_t units = AUTO_UNITS;
-        if (G * (units + 1) > (32u << 20))
-            units = (32u << 20) / G - 1;
-        uint64_t unit = avail / units + 1;
-        size_t U = (size_t)(avail / unit);
-        double *dp = malloc((U + 1) * sizeof *dp);
-        double *nx = malloc((U + 1) * sizeof *nx);
-        uint8_t *pick = malloc(G * (U + 1));
-        if (!dp || !nx || !pick) {   /* no memory: the safe plan */
-            for (size_t i = 0; i < G; i++)
-                if (pl->g[i]->measured)
-                    pl->g[i]->choice = most_compact(pl, pl->g[i]);
-        } else {
-            for (size_t u = 0; u <= U; u++)
-                dp[u] = 0;
-            for (size_t i = 0; i < G; i++) {
-                agroup *g = pl->g[i];
-                for (size_t u = 0; u <= U; u++) {
-                    nx[u] = INFINITY;
-                    pick[i * (U + 1) + u] = 0xff;
-                    if (!g->measured) {   /* nothing to choose */
-                        nx[u] = dp[u];
-                        continue;
-                    }
-                    for (size_t c = 0; c < pl->nc; c++) {
-                        if (!usable(g, c))
-                            continue;
-                        uint64_t k = (cand_bytes(pl, g, c) + unit - 1) / unit;
-                        if (k > u)
-                            continue;
-                        double v = dp[u - k] + cand_cost(pl, g, c);
-                        if (v < nx[u]) {
-                            nx[u] = v;
-                            pick[i * (U + 1) + u] = (uint8_t)c;
-                        }
-                    }
-                }
-                double *tmp = dp;
-                dp = nx;
-                nx = tmp;
-            }
-            if (isfinite(dp[U])) {
-                size_t u = U;
-                for (size_t i = G; i-- > 0;) {
-                    agroup *g = pl->g[i];
-                    if (!g->measured)
-                        continue;
-                    int c = pick[i * (U + 1) + u];
-                    g->choice = c;
-                    u -= (cand_bytes(pl, g, (size_t)c) + unit - 1) / unit;
-                }
-            } else {   /* fits in bytes but not after rounding to units */
-                for (size_t i = 0; i < G; i++)
-                    if (pl->g[i]->measured)
-                        pl->g[i]->choice = most_compact(pl, pl->g[i]);
-            }
-        }
-        free(dp);
-        free(nx);
-        free(pick);
-    }
-    uint64_t planned = pl->fixed;
-    for (size_t i = 0; i < G; i++) {
-        agroup *g = pl->g[i];
-        if (g->choice >= 0)
-            planned += (uint64_t)g->m[g->choice].bytes;
-    }
-    pl->planned_bytes = planned;
-}
-
 /* ---- the store's entry points ---------------------------------------------- */
 
 static void budget_error(as_store *s, as_auto *pl, const as_save_info *info,
@@ -639,10 +223,10 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
                 mt[c].bytes = (double)it->bytes;
                 mt[c].n = 1;
                 if (t->dtype == AS_F32)
-                    compare(info, t, t->data, &mt[c]);
+                    as__auto_compare(info, t, t->data, &mt[c]);
                 continue;
             }
-            trial(s, it, h, g, &pl->c[c], info, t, layer, &mt[c]);
+            as__auto_trial(s, it, h, g, &pl->c[c], info, t, layer, &mt[c]);
         }
     }
 
@@ -768,7 +352,7 @@ void as__auto_step_begin(as_store *s)
     pl->probe_step = pl->steps < 2 ||
         (pl->period && pl->steps - pl->last_probe >= pl->period);
     if (budget != pl->planned_for && pl->measured)
-        plan(pl, budget, atomic_load(&s->step));
+        as__auto_plan(pl, budget, atomic_load(&s->step));
     pthread_mutex_unlock(&pl->mu);
 }
 
@@ -821,7 +405,7 @@ void as__auto_step_end(as_store *s)
         pl->measured = true;
     }
     if (probed || pl->need_plan || budget != pl->planned_for)
-        plan(pl, budget, atomic_load(&s->step));
+        as__auto_plan(pl, budget, atomic_load(&s->step));
     pl->steps++;
     pl->probe_step = false;
     pl->any_save = false;
@@ -847,7 +431,7 @@ int as__auto_budget(as_store *s, uint64_t bytes)
     }
     atomic_store(&s->saved_budget, bytes);
     if (pl->measured)
-        plan(pl, bytes, atomic_load(&s->step));
+        as__auto_plan(pl, bytes, atomic_load(&s->step));
     pthread_mutex_unlock(&pl->mu);
     return 0;
 }
@@ -926,13 +510,13 @@ int as_store_plan_take(as_store *s, as_store_plan *out)
         e->items = g->items;
         e->weight = g->weight;
         for (size_t c = 0; c < pl->nc; c++)
-            e->candidates += usable(g, c);
+            e->candidates += as__auto_usable(g, c);
         int c = g->choice >= 0 ? g->choice : 0;
         as__strlcpy(e->policy, g->choice >= 0 ? pl->c[c].ref.text : "(none)",
                     sizeof e->policy);
         e->stored_bytes = (uint64_t)g->m[c].bytes;
-        e->rel_error = rel_err(&g->m[c]);
-        e->cosine = cosine(&g->m[c]);
+        e->rel_error = as__auto_rel_err(&g->m[c]);
+        e->cosine = as__auto_cosine(&g->m[c]);
         e->time_ns = g->m[c].ns;
         /* the layer name lives in the store's layer table */
         pthread_mutex_lock(&s->layer_mu);
