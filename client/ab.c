@@ -278,7 +278,13 @@ static int grad_check(as_report *rep, as_rep_run *out, as_nn_run *x, as_nn_run *
         per[i] = as_ab_cosine(buf + o, (const float *)pr->p[i]->g.ptr, pr->p[i]->n, acc);
         o += pr->p[i]->n;
     }
-    return as_report_push_cos(rep, out, k, as_ab_cosine_of(acc), per);
+    rc = as_report_push_cos(rep, out, k, as_ab_cosine_of(acc), per);
+    /* for a service watching the arm (--serve): the fleet can alert on it */
+    if (!rc && out->ncos) {
+        as_store_report_metric(as_nn_run_store(x), "grad_cosine", out->cos[out->ncos - 1].overall);
+        as_store_report_metric(as_nn_run_store(x), "grad_cosine_min", out->cos[out->ncos - 1].min);
+    }
+    return rc;
 }
 
 static void fill_memory(as_rep_run *out, as_nn_run *r)

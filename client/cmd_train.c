@@ -40,6 +40,7 @@ typedef struct prog {
     double last_t;
     long   last_step;
     long   every;
+    as_store *store;   /* the run's: per-step figures for --serve */
 } prog;
 
 /* Progress goes to stderr (stdout may carry --json -): a bar when stderr
@@ -53,6 +54,10 @@ static bool isatty_stderr(void)
 static void on_progress(void *ud, const as_nn_progress *p)
 {
     prog *g = ud;
+    if (!p->eval && g->store) {   /* actstore_training_metric{name=...} */
+        as_store_report_metric(g->store, "train_loss", p->loss);
+        as_store_report_metric(g->store, "samples_per_s", p->samples_per_s);
+    }
     if (g->quiet)
         return;
     char live[32], st[32];
@@ -239,7 +244,8 @@ int as_cmd_train(int argc, char **argv)
         as_store_destroy(store);
         return AS_EXIT_FAIL;
     }
-    prog g = {.tty = isatty_stderr(), .quiet = o.quiet, .every = 50};
+    prog g = {.tty = isatty_stderr(), .quiet = o.quiet, .every = 50,
+              .store = o.serve ? store : NULL};
     as_nn_train_opts to = {.policy = NULL, .seed = o.seed, .threads = (int)o.threads,
                            .data_dir = o.data_dir, .text_dir = o.text_dir,
                            .progress = on_progress, .progress_ud = &g,

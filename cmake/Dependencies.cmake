@@ -24,3 +24,18 @@ add_library(as_deps INTERFACE)
 target_link_libraries(as_deps INTERFACE
   PkgConfig::JEMALLOC PkgConfig::LIBUV PkgConfig::ZSTD PkgConfig::CJSON
   as_llhttp Threads::Threads m)
+
+# oneDNN (libdnnl-dev): the layers' GEMM and conv kernels; optional, the
+# layers fall back to im2col + OpenBLAS without it (AS_ONEDNN=OFF).
+set(AS_HAVE_ONEDNN OFF)
+if(AS_ONEDNN)
+  find_path(AS_DNNL_INCLUDE_DIR oneapi/dnnl/dnnl.h)
+  find_library(AS_DNNL_LIBRARY dnnl)
+  find_library(AS_GOMP_LIBRARY NAMES gomp libgomp.so.1)
+  if(AS_DNNL_INCLUDE_DIR AND AS_DNNL_LIBRARY AND AS_GOMP_LIBRARY)
+    set(AS_HAVE_ONEDNN ON)
+    message(STATUS "oneDNN: ${AS_DNNL_LIBRARY}")
+  else()
+    message(WARNING "oneDNN not found (apt-get install libdnnl-dev): the layers use im2col + OpenBLAS")
+  endif()
+endif()

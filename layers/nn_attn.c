@@ -18,6 +18,7 @@
 
 #include <stdio.h>
 #include <string.h>
+
 #include "util/try.h"
 
 int as_nn_attn_init(as_nn_ctx *c, as_nn_params *ps, as_nn_attn *l,

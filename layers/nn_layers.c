@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+
 #include "util/try.h"
 
 static void set_name(as_nn_ctx *c, char *dst, uint16_t *id, const char *name)

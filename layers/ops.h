@@ -11,9 +11,19 @@
  * input gradient (dx) unless stated otherwise. Any gradient pointer may be
  * NULL when that gradient is not needed (e.g. dx of the first layer).
  *
- * Thread-safety: every kernel is reentrant; they use OpenBLAS, whose thread
- * count is process-wide (as_op_set_threads). Results are bit-for-bit
- * reproducible for a fixed thread count.
+ * Thread-safety: every kernel is reentrant. GEMM and conv run on oneDNN
+ * (OpenMP) or OpenBLAS, whose thread counts are process-wide
+ * (as_op_set_threads). Results are bit-for-bit reproducible for a fixed
+ * backend, CPU and thread count.
+ *
+ * Backends: AS_OP_ONEDNN (default when built with oneDNN, -DAS_ONEDNN=ON)
+ * runs GEMM through oneDNN's sgemm and conv forward / backward through its
+ * primitives (blocked layouts, reordered from and to NCHW inside the call);
+ * AS_OP_BUILTIN is the library-free path: im2col + OpenBLAS sgemm. The
+ * environment variable AS_KERNELS=onednn|builtin picks the initial one.
+ * OpenBLAS's kernel set is forced to the CPU's ISA before the library loads
+ * (docs/architecture.md, "Kernels"); OPENBLAS_CORETYPE in the environment
+ * wins, AS_BLAS_CORE=openblas keeps OpenBLAS's own detection.
  */
 #ifndef AS_LAYERS_OPS_H
 #define AS_LAYERS_OPS_H
@@ -24,10 +34,27 @@
 
 /* ---- BLAS --------------------------------------------------------------- */
 
-/* Set OpenBLAS threads (0 = leave as is). */
+/* Threads of OpenBLAS and of oneDNN's OpenMP runtime (0 = leave as is).
+ * Process-wide; call it before running kernels on other threads. */
 void as_op_set_threads(int threads);
 /* Name of the OpenBLAS kernel set in use ("SkylakeX", "Prescott", ...). */
 const char *as_op_blas_core(void);
+
+typedef enum as_op_backend {
+    AS_OP_BUILTIN = 0,   /* im2col + OpenBLAS, plain loops */
+    AS_OP_ONEDNN = 1,    /* oneDNN sgemm and conv primitives */
+} as_op_backend;
+
+/* Select the GEMM / conv backend, process-wide (not while kernels run on
+ * other threads: a conv's workspace is sized for both backends, so a
+ * switch between calls is safe). Returns 0, or AS_ENOTSUP (-10) when
+ * oneDNN is not built in or failed to start (the backend stays). */
+int as_op_set_backend(as_op_backend b);
+as_op_backend as_op_get_backend(void);
+/* Text describing the kernels in use: backend, oneDNN version and ISA,
+ * OpenBLAS core and how it was chosen. Never NULL; a per-thread buffer,
+ * valid until the thread's next call. */
+const char *as_op_kernels_info(void);
 
 /* C (M x N) = alpha * op(A) op(B) + beta * C, row-major; op = transpose when
  * ta / tb. lda, ldb, ldc are row strides as stored. */
@@ -63,6 +90,15 @@ void as_op_conv_fwd(const as_op_conv_geom *g, const float *x, const float *W,
 void as_op_conv_bwd(const as_op_conv_geom *g, const float *x, const float *W,
                     const float *dy, float *dx, float *dW, float *db,
                     float *ws);
+/* The library's own primitives alone on this geometry, on their native
+ * (blocked) layouts inside ws, with no reorder from or to NCHW: what the
+ * library itself reaches (for benchmarks). pass 0: forward; 1: backward
+ * weights (and bias); 2: backward data. ws: as_op_conv_native_workspace
+ * floats, any contents. Returns 0, or AS_ENOTSUP without oneDNN, when the
+ * backend is AS_OP_BUILTIN or the library does not run this geometry
+ * (as_op_conv_native_workspace then returns 0). */
+size_t as_op_conv_native_workspace(const as_op_conv_geom *g);
+int as_op_conv_native(const as_op_conv_geom *g, int pass, float *ws);
 
 /* ---- pooling (k x k window, stride k, no padding; H, W multiples of k
  * are not required: the trailing rows/cols that do not fill a window are

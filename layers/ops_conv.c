@@ -9,12 +9,20 @@
  * the bench-preset convs at the speed of one sgemm of the whole layer's
  * shape, while 2048 columns lose 15-30% to cache misses.
  * When nb = 1 the GEMM writes straight into y.
+ * With the oneDNN backend the library's primitives run instead
+ * (ops_dnnl.c); this path remains for builds without it and for the
+ * geometries it does not support.
  */
 #include "layers/ops.h"
 
+#include <actstore/common.h>
 #include <assert.h>
 #include <float.h>
 #include <string.h>
+
+#ifdef AS_OPS_HAVE_ONEDNN
+#include "layers/ops_dnnl.h"
+#endif
 
 #define AS_CONV_COLS_TARGET 512  /* GEMM columns per chunk we aim for */
 
@@ -50,13 +58,48 @@ static size_t pad_floats(const as_op_conv_geom *g)
     return (size_t)g->Cin * (g->H + 2 * g->pad) * (g->W + 2 * g->pad);
 }
 
-size_t as_op_conv_workspace(const as_op_conv_geom *g)
+/* Workspace of the im2col path. */
+static size_t im2col_workspace(const as_op_conv_geom *g)
 {
     size_t K = (size_t)g->Cin * g->kh * g->kw;
     size_t cols = (size_t)chunk_images(g) * g->Ho * g->Wo;
     /* forward: cols + y chunk; backward: cols + dy chunk + dcols; then one
      * zero-padded input image for the stride-1 im2col */
     return 2 * K * cols + (size_t)g->Cout * cols + pad_floats(g);
+}
+
+/* Enough for both paths, so the backend may change between calls. */
+size_t as_op_conv_workspace(const as_op_conv_geom *g)
+{
+    size_t n = im2col_workspace(g);
+#ifdef AS_OPS_HAVE_ONEDNN
+    if (as_op_get_backend() == AS_OP_ONEDNN) {
+        size_t d = as_dnnl_conv_workspace(g);
+        n = d > n ? d : n;
+    }
+#endif
+    return n;
+}
+
+size_t as_op_conv_native_workspace(const as_op_conv_geom *g)
+{
+#ifdef AS_OPS_HAVE_ONEDNN
+    if (as_op_get_backend() == AS_OP_ONEDNN)
+        return as_dnnl_conv_native_workspace(g);
+#endif
+    (void)g;
+    return 0;
+}
+
+int as_op_conv_native(const as_op_conv_geom *g, int pass, float *ws)
+{
+#ifdef AS_OPS_HAVE_ONEDNN
+    if (as_op_get_backend() == AS_OP_ONEDNN &&
+        as_dnnl_conv_native(g, pass, ws) == 0)
+        return 0;
+#endif
+    (void)g, (void)pass, (void)ws;
+    return AS_ENOTSUP;
 }
 
 static float *pad_buffer(const as_op_conv_geom *g, float *ws)
@@ -153,6 +196,11 @@ static void col2im(const as_op_conv_geom *g, const float *cols, int nb,
 void as_op_conv_fwd(const as_op_conv_geom *g, const float *x, const float *W,
                     const float *b, float *y, float *ws)
 {
+#ifdef AS_OPS_HAVE_ONEDNN
+    if (as_op_get_backend() == AS_OP_ONEDNN &&
+        as_dnnl_conv_fwd(g, x, W, b, y, ws) == 0)
+        return;
+#endif
     const int K = g->Cin * g->kh * g->kw, HoWo = g->Ho * g->Wo;
     const int nbmax = chunk_images(g);
     const size_t xs = (size_t)g->Cin * g->H * g->W, ys = (size_t)g->Cout * HoWo;
@@ -190,6 +238,11 @@ void as_op_conv_bwd(const as_op_conv_geom *g, const float *x, const float *W,
                     const float *dy, float *dx, float *dW, float *db,
                     float *ws)
 {
+#ifdef AS_OPS_HAVE_ONEDNN
+    if (as_op_get_backend() == AS_OP_ONEDNN &&
+        as_dnnl_conv_bwd(g, x, W, dy, dx, dW, db, ws) == 0)
+        return;
+#endif
     const int K = g->Cin * g->kh * g->kw, HoWo = g->Ho * g->Wo;
     const int nbmax = chunk_images(g);
     const size_t xs = (size_t)g->Cin * g->H * g->W, ys = (size_t)g->Cout * HoWo;

@@ -1,20 +1,160 @@
-/* BLAS glue, linear layer and small vector helpers (see ops.h). */
+/* BLAS glue, kernel backend selection, linear layer and small vector
+ * helpers (see ops.h). */
 #include "layers/ops.h"
 
+#include <actstore/common.h>
 #include <assert.h>
 #include <cblas.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#ifdef AS_OPS_HAVE_ONEDNN
+#include "layers/ops_dnnl.h"
+#endif
+
+/* ---- OpenBLAS kernel set ------------------------------------------------
+ * Debian's OpenBLAS (DYNAMIC_ARCH) picks its kernels from the CPU model
+ * when it loads; on CPUs newer than its build (e.g. AMD Zen 4) it falls
+ * back to old ones (Haswell, even Prescott) and runs sgemm at a fraction
+ * of the core's speed. It reads OPENBLAS_CORETYPE in its constructor, so
+ * the choice must be in the environment before the library initializes,
+ * and glibc restores the startup environment after .preinit_array runs:
+ * so an entry of the executable's .preinit_array (this object is linked
+ * into every program that runs the layers) re-executes the program once
+ * with OPENBLAS_CORETYPE added, before any library constructor ran. The
+ * kernel set follows the ISA: AVX-512 F/BW/DQ/VL -> SkylakeX, AVX2 + FMA
+ * -> Haswell. OPENBLAS_CORETYPE already set wins; AS_BLAS_CORE=openblas
+ * keeps OpenBLAS's own detection; if the re-exec fails the program runs
+ * on. Child processes inherit the variables. */
+#define FORCED_TAG "AS_BLAS_CORE_FORCED=1"
+
+static const char *blas_core_how = "OpenBLAS detection";
+
+/* getenv from the startup environment: in .preinit_array glibc's
+ * environ is not set up yet. */
+static const char *env_of(char **envp, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; envp && envp[i]; i++)
+        if (!strncmp(envp[i], name, n) && envp[i][n] == '=')
+            return envp[i] + n + 1;
+    return NULL;
+}
+
+static void blas_core_preinit(int argc, char **argv, char **envp)
+{
+    (void)argc;
+    if (env_of(envp, "OPENBLAS_CORETYPE")) {
+        const char *f = env_of(envp, "AS_BLAS_CORE_FORCED");
+        blas_core_how = f && !strcmp(f, "1") ? "forced by actstore from the CPU's ISA"
+                                             : "OPENBLAS_CORETYPE";
+        return;
+    }
+    const char *keep = env_of(envp, "AS_BLAS_CORE");
+    if (keep && !strcmp(keep, "openblas")) {
+        blas_core_how = "OpenBLAS detection (AS_BLAS_CORE=openblas)";
+        return;
+    }
+    __builtin_cpu_init();
+    const char *core = NULL;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        core = "OPENBLAS_CORETYPE=SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        core = "OPENBLAS_CORETYPE=Haswell";
+    if (!core || !argv || !envp)
+        return;
+    size_t n = 0;
+    while (envp[n])
+        n++;
+    char *env[n + 3];   /* no allocation this early */
+    memcpy(env, envp, sizeof(char *) * n);
+    env[n] = (char *)core;
+    env[n + 1] = (char *)FORCED_TAG;
+    env[n + 2] = NULL;
+    execve("/proc/self/exe", argv, env);
+    blas_core_how = "OpenBLAS detection (re-exec failed)";
+}
+
+__attribute__((section(".preinit_array"), used))
+static void (*const as_blas_core_preinit)(int, char **, char **) = blas_core_preinit;
+
+/* ---- backend ------------------------------------------------------------ */
+
+static atomic_int backend = AS_OP_BUILTIN;
+static pthread_once_t backend_once = PTHREAD_ONCE_INIT;
+
+static void backend_init(void)
+{
+#ifdef AS_OPS_HAVE_ONEDNN
+    const char *e = getenv("AS_KERNELS");
+    if ((!e || strcmp(e, "builtin") != 0) && as_dnnl_available())
+        atomic_store(&backend, AS_OP_ONEDNN);
+#endif
+}
+
+as_op_backend as_op_get_backend(void)
+{
+    pthread_once(&backend_once, backend_init);
+    return (as_op_backend)atomic_load(&backend);
+}
+
+int as_op_set_backend(as_op_backend b)
+{
+    pthread_once(&backend_once, backend_init);
+    if (b == AS_OP_BUILTIN) {
+        atomic_store(&backend, AS_OP_BUILTIN);
+        return 0;
+    }
+#ifdef AS_OPS_HAVE_ONEDNN
+    if (b == AS_OP_ONEDNN && as_dnnl_available()) {
+        atomic_store(&backend, AS_OP_ONEDNN);
+        return 0;
+    }
+#endif
+    return AS_ENOTSUP;
+}
+
+const char *as_op_kernels_info(void)
+{
+    static _Thread_local char info[256];
+    char lib[96];
+#ifdef AS_OPS_HAVE_ONEDNN
+    as_dnnl_describe(lib, sizeof lib);
+    if (!lib[0])
+        snprintf(lib, sizeof lib, "oneDNN did not start");
+#else
+    snprintf(lib, sizeof lib, "oneDNN not built in");
+#endif
+    snprintf(info, sizeof info, "kernels %s (%s); OpenBLAS %s (%s)",
+             as_op_get_backend() == AS_OP_ONEDNN ? "onednn" : "builtin", lib,
+             openblas_get_corename(), blas_core_how);
+    return info;
+}
 
 void as_op_set_threads(int threads)
 {
     if (threads > 0)
         openblas_set_num_threads(threads);
+#ifdef AS_OPS_HAVE_ONEDNN
+    as_dnnl_set_threads(threads);
+#endif
 }
 
 const char *as_op_blas_core(void)
 {
     return openblas_get_corename();
 }
+
+/* oneDNN's sgemm beats OpenBLAS's SkylakeX kernels on this framework's
+ * shapes except small untransposed products (per-head attention), where
+ * OpenBLAS's lower call overhead wins: `actstore bench layers`. */
+#define ONEDNN_MIN_NN (1 << 20)   /* M N K, no operand transposed */
+#define ONEDNN_MIN_T  (1 << 15)   /* M N K, an operand transposed */
 
 void as_op_gemm(bool ta, bool tb, int M, int N, int K, float alpha,
                 const float *A, int lda, const float *B, int ldb, float beta,
@@ -23,6 +163,13 @@ void as_op_gemm(bool ta, bool tb, int M, int N, int K, float alpha,
     assert(M >= 0 && N >= 0 && K >= 0);
     if (M == 0 || N == 0)
         return;
+#ifdef AS_OPS_HAVE_ONEDNN
+    double mnk = (double)M * N * K;
+    if (K > 0 && mnk >= (ta || tb ? ONEDNN_MIN_T : ONEDNN_MIN_NN) &&
+        as_op_get_backend() == AS_OP_ONEDNN &&
+        as_dnnl_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0)
+        return;
+#endif
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
                 tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B,
                 ldb, beta, C, ldc);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+
 #include "util/clock.h"
 #include "util/median.h"
 

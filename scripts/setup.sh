@@ -9,7 +9,7 @@ shift || true
 
 PACKAGES=(
   build-essential cmake pkg-config git
-  libjemalloc-dev libuv1-dev libzstd-dev libcmocka-dev libopenblas-dev
+  libjemalloc-dev libuv1-dev libzstd-dev libcmocka-dev libopenblas-dev libdnnl-dev
   zlib1g-dev libcjson-dev node-llhttp
   dataset-fashion-mnist fortunes fortunes-min
 )

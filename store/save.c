@@ -171,13 +171,13 @@ static int encode_plan(as_store *s, as_item *it, as_handle h, as_groups g,
         if (rc == 0) {
             as_rep *r = *out;
             if (first_name) {
-                char reason[224];
+                char reason[320];
                 snprintf(reason, sizeof reason, "%s: %s", first_name,
                          first_why);
                 as_groups fg = g;
                 fg.policy = (uint16_t)as__policy_index(tries[0]->ops);
                 as__acct_fallback(s, &fg, reason);
-                char d[320];
+                char d[400];
                 snprintf(d, sizeof d, "%s (fallback from %s)",
                          tries[k] ? tries[k]->text : "keep", reason);
                 as__strlcpy(r->desc, d, sizeof r->desc);

@@ -224,6 +224,8 @@ struct as_store {
     _Atomic uint64_t saved_budget;
     /* The `auto` planner, created at the first save under auto. */
     struct as_auto *_Atomic planner;
+    as_store_metric  metrics[AS_STORE_METRICS_MAX];   /* under layer_mu */
+    size_t           nmetrics;
 };
 
 /* ---- store internals shared between files ------------------------------ */

@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include <actstore/common.h>
+
 #include "layers/ops.h"
 #include "support/fd.h"
 #include "support/ref.h"
@@ -44,6 +46,22 @@ static void test_linear(void **state)
 
 /* ---- conv2d ----------------------------------------------------------- */
 
+/* Backends to run: the builtin path always, oneDNN when built in. */
+static int nbackends(as_op_backend *b)
+{
+    int n = 0;
+    b[n++] = AS_OP_BUILTIN;
+    if (as_op_set_backend(AS_OP_ONEDNN) == 0)
+        b[n++] = AS_OP_ONEDNN;
+    as_op_set_backend(AS_OP_BUILTIN);
+    return n;
+}
+
+static const char *bname(as_op_backend b)
+{
+    return b == AS_OP_ONEDNN ? "onednn" : "builtin";
+}
+
 static void conv_case(int N, int Cin, int H, int W, int Cout, int k, int stride,
                       int pad)
 {
@@ -57,19 +75,26 @@ static void conv_case(int N, int Cin, int H, int W, int Cout, int k, int stride,
     fill(p, np, 1.0);
     fill(r, ny, 1.0);
     float *pf = to_f(p, np), *rf = to_f(r, ny), *y = malloc(sizeof(float) * ny);
-    float *ws = malloc(sizeof(float) * as_op_conv_workspace(&g));
-    float *gr = calloc(np, sizeof(float));
-    as_op_conv_fwd(&g, pf, pf + nx, pf + nx + nw, y, ws);
     conv_ref(&g, p, yr);
-    char what[96];
-    snprintf(what, sizeof what, "conv N%d Cin%d %dx%d Cout%d k%d s%d p%d", N,
-             Cin, H, W, Cout, k, stride, pad);
-    check_close(what, y, yr, ny, 1e-5);
-    as_op_conv_bwd(&g, pf, pf + nx, rf, gr, gr + nx, gr + nx + nw, ws);
-    check_grad(what, conv_ref, &g, p, ny, r, gr, 0, nx);
-    check_grad(what, conv_ref, &g, p, ny, r, gr + nx, nx, nw);
-    check_grad(what, conv_ref, &g, p, ny, r, gr + nx + nw, nx + nw, nb);
-    free(p); free(r); free(yr); free(pf); free(rf); free(y); free(ws); free(gr);
+    as_op_backend bk[2];
+    for (int bi = 0, nbk = nbackends(bk); bi < nbk; bi++) {
+        assert_int_equal(as_op_set_backend(bk[bi]), 0);
+        float *ws = malloc(sizeof(float) * as_op_conv_workspace(&g));
+        float *gr = calloc(np, sizeof(float));
+        as_op_conv_fwd(&g, pf, pf + nx, pf + nx + nw, y, ws);
+        char what[96];
+        snprintf(what, sizeof what, "conv %s N%d Cin%d %dx%d Cout%d k%d s%d p%d",
+                 bname(bk[bi]), N, Cin, H, W, Cout, k, stride, pad);
+        check_close(what, y, yr, ny, 1e-5);
+        as_op_conv_bwd(&g, pf, pf + nx, rf, gr, gr + nx, gr + nx + nw, ws);
+        check_grad(what, conv_ref, &g, p, ny, r, gr, 0, nx);
+        check_grad(what, conv_ref, &g, p, ny, r, gr + nx, nx, nw);
+        check_grad(what, conv_ref, &g, p, ny, r, gr + nx + nw, nx + nw, nb);
+        free(ws);
+        free(gr);
+    }
+    as_op_set_backend(AS_OP_BUILTIN);
+    free(p); free(r); free(yr); free(pf); free(rf); free(y);
 }
 
 static void test_conv(void **state)
@@ -83,14 +108,204 @@ static void test_conv(void **state)
     conv_case(70, 2, 3, 3, 2, 3, 1, 1);  /* several image chunks */
 }
 
+/* Exact backward of conv_ref in double: dx = , dW += , db += . */
+static void conv_bwd_ref(const as_op_conv_geom *g, const double *x,
+                         const double *W, const double *dy, double *dx,
+                         double *dW, double *db)
+{
+    memset(dx, 0, sizeof(double) * (size_t)g->N * g->Cin * g->H * g->W);
+    for (int n = 0; n < g->N; n++)
+        for (int o = 0; o < g->Cout; o++)
+            for (int oh = 0; oh < g->Ho; oh++)
+                for (int ow = 0; ow < g->Wo; ow++) {
+                    double d = dy[(((size_t)n * g->Cout + o) * g->Ho + oh) * g->Wo + ow];
+                    db[o] += d;
+                    for (int c = 0; c < g->Cin; c++)
+                        for (int i = 0; i < g->kh; i++)
+                            for (int j = 0; j < g->kw; j++) {
+                                int ih = oh * g->stride - g->pad + i;
+                                int iw = ow * g->stride - g->pad + j;
+                                if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W)
+                                    continue;
+                                size_t xi = (((size_t)n * g->Cin + c) * g->H + ih) * g->W + iw;
+                                size_t wi = (((size_t)o * g->Cin + c) * g->kh + i) * g->kw + j;
+                                dx[xi] += d * W[wi];
+                                dW[wi] += d * x[xi];
+                            }
+                }
+}
+
+static int irand(int lo, int hi)   /* [lo, hi] */
+{
+    return lo + (int)((urand() + 1.0) * 0.5 * (hi - lo + 1)) % (hi - lo + 1);
+}
+
+#define CANARY 16   /* floats after the workspace that must stay intact */
+
+/* Random geometries (odd sizes, strides, paddings, missing bias or
+ * gradients), every backend against the double reference forward and
+ * exact backward, with dW / db accumulating onto non-zero contents; the
+ * workspace is guarded by a canary. */
+static void test_conv_random(void **state)
+{
+    (void)state;
+    as_op_backend bk[2];
+    int nbk = nbackends(bk);
+    for (int t = 0; t < 24; t++) {
+        int k = irand(1, 5), stride = irand(1, 3);
+        as_op_conv_geom g = {.N = irand(1, 5), .Cin = irand(1, 20),
+                             .H = irand(k, 17), .W = irand(k, 17),
+                             .Cout = irand(1, 24), .kh = k, .kw = k,
+                             .stride = stride, .pad = irand(0, k - 1)};
+        if (t == 0)   /* a bench-like shape: oneDNN's blocked kernels */
+            g = (as_op_conv_geom){.N = 4, .Cin = 16, .H = 14, .W = 14,
+                                  .Cout = 32, .kh = 3, .kw = 3, .stride = 1,
+                                  .pad = 1};
+        assert_int_equal(as_op_conv_geom_init(&g), 0);
+        size_t nx = (size_t)g.N * g.Cin * g.H * g.W;
+        size_t nw = (size_t)g.Cout * g.Cin * g.kh * g.kw;
+        size_t ny = (size_t)g.N * g.Cout * g.Ho * g.Wo, nb = (size_t)g.Cout;
+        size_t np = nx + nw + nb;
+        bool bias = t % 4 != 1, want_dx = t % 5 != 2, want_dw = t % 7 != 3;
+        double *p = malloc(sizeof(double) * np), *dy = malloc(sizeof(double) * ny);
+        double *yr = malloc(sizeof(double) * ny), *g0 = malloc(sizeof(double) * np);
+        double *gr = malloc(sizeof(double) * np);
+        fill(p, np, 1.0);
+        fill(dy, ny, 1.0);
+        fill(g0, np, 1.0);
+        if (!bias)
+            memset(p + nx + nw, 0, sizeof(double) * nb);
+        conv_ref(&g, p, yr);
+        memcpy(gr, g0, sizeof(double) * np);
+        conv_bwd_ref(&g, p, p + nx, dy, gr, gr + nx, gr + nx + nw);
+        float *pf = to_f(p, np), *dyf = to_f(dy, ny), *y = malloc(sizeof(float) * ny);
+        for (int bi = 0; bi < nbk; bi++) {
+            assert_int_equal(as_op_set_backend(bk[bi]), 0);
+            size_t nws = as_op_conv_workspace(&g);
+            float *ws = malloc(sizeof(float) * (nws + CANARY));
+            for (int c = 0; c < CANARY; c++)
+                ws[nws + c] = 1234.5f;
+            float *gf = to_f(g0, np);
+            char what[128];
+            snprintf(what, sizeof what,
+                     "conv %s N%d Cin%d %dx%d Cout%d k%d s%d p%d bias%d dx%d dW%d",
+                     bname(bk[bi]), g.N, g.Cin, g.H, g.W, g.Cout, g.kh, g.stride,
+                     g.pad, bias, want_dx, want_dw);
+            as_op_conv_fwd(&g, pf, pf + nx, bias ? pf + nx + nw : NULL, y, ws);
+            check_close(what, y, yr, ny, 1e-5);
+            as_op_conv_bwd(&g, pf, pf + nx, dyf, want_dx ? gf : NULL,
+                           want_dw ? gf + nx : NULL, gf + nx + nw, ws);
+            if (want_dx)
+                check_close(what, gf, gr, nx, 1e-5);
+            if (want_dw)
+                check_close(what, gf + nx, gr + nx, nw, 1e-5);
+            else   /* untouched */
+                for (size_t i = 0; i < nw; i++)
+                    assert_true(gf[nx + i] == (float)g0[nx + i]);
+            check_close(what, gf + nx + nw, gr + nx + nw, nb, 1e-5);
+            for (int c = 0; c < CANARY; c++)
+                assert_true(ws[nws + c] == 1234.5f);
+            free(ws);
+            free(gf);
+        }
+        as_op_set_backend(AS_OP_BUILTIN);
+        free(p); free(dy); free(yr); free(g0); free(gr); free(pf); free(dyf);
+        free(y);
+    }
+}
+
+/* as_op_gemm on every backend, transposes, strides, alpha / beta, sizes
+ * on both sides of the oneDNN / OpenBLAS split, against double loops. */
+static void test_gemm(void **state)
+{
+    (void)state;
+    as_op_backend bk[2];
+    int nbk = nbackends(bk);
+    const int shapes[][3] = {{3, 5, 4}, {50, 50, 12}, {64, 130, 33},
+                             {129, 67, 150}, {300, 40, 96}, {1, 1000, 2}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int tr = 0; tr < 4; tr++) {
+            bool ta = tr & 1, tb = tr & 2;
+            int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+            size_t na = (size_t)(ta ? K : M) * lda, nbb = (size_t)(tb ? N : K) * ldb;
+            size_t nc = (size_t)M * ldc;
+            double *a = malloc(sizeof(double) * na), *b = malloc(sizeof(double) * nbb);
+            double *c = malloc(sizeof(double) * nc), *cr = malloc(sizeof(double) * nc);
+            fill(a, na, 1.0);
+            fill(b, nbb, 1.0);
+            fill(c, nc, 1.0);
+            const double alpha = 0.75, beta = si % 2 ? 0.0 : -0.5;
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < ldc; j++) {
+                    if (j >= N) {
+                        cr[i * ldc + j] = c[i * ldc + j];
+                        continue;
+                    }
+                    double s = 0;
+                    for (int k = 0; k < K; k++)
+                        s += a[ta ? (size_t)k * lda + i : (size_t)i * lda + k] *
+                             b[tb ? (size_t)j * ldb + k : (size_t)k * ldb + j];
+                    cr[i * ldc + j] = alpha * s + beta * c[i * ldc + j];
+                }
+            float *af = to_f(a, na), *bf = to_f(b, nbb);
+            for (int bi = 0; bi < nbk; bi++) {
+                assert_int_equal(as_op_set_backend(bk[bi]), 0);
+                float *cf = to_f(c, nc);
+                as_op_gemm(ta, tb, M, N, K, (float)alpha, af, lda, bf, ldb,
+                           (float)beta, cf, ldc);
+                char what[96];
+                snprintf(what, sizeof what, "gemm %s %dx%dx%d ta%d tb%d",
+                         bname(bk[bi]), M, N, K, ta, tb);
+                check_close(what, cf, cr, nc, 1e-5);
+                free(cf);
+            }
+            as_op_set_backend(AS_OP_BUILTIN);
+            free(a); free(b); free(c); free(cr); free(af); free(bf);
+        }
+}
+
+/* Backend selection: builtin always; oneDNN selectable iff built in; the
+ * description names what runs. */
+static void test_backend(void **state)
+{
+    (void)state;
+    as_op_backend was = as_op_get_backend();
+    assert_int_equal(as_op_set_backend(AS_OP_BUILTIN), 0);
+    assert_int_equal(as_op_get_backend(), AS_OP_BUILTIN);
+    assert_non_null(strstr(as_op_kernels_info(), "kernels builtin"));
+    assert_non_null(strstr(as_op_kernels_info(), as_op_blas_core()));
+    int rc = as_op_set_backend(AS_OP_ONEDNN);
+#ifdef AS_TEST_HAVE_ONEDNN
+    assert_int_equal(rc, 0);
+    assert_int_equal(as_op_get_backend(), AS_OP_ONEDNN);
+    assert_non_null(strstr(as_op_kernels_info(), "kernels onednn (oneDNN "));
+    as_op_conv_geom g = {.N = 2, .Cin = 16, .H = 8, .W = 8, .Cout = 16,
+                         .kh = 3, .kw = 3, .stride = 1, .pad = 1};
+    assert_int_equal(as_op_conv_geom_init(&g), 0);
+    size_t n = as_op_conv_native_workspace(&g);
+    assert_true(n > 0);
+    float *ws = calloc(n, sizeof(float));
+    for (int pass = 0; pass < 3; pass++)
+        assert_int_equal(as_op_conv_native(&g, pass, ws), 0);
+    free(ws);
+#else
+    assert_int_equal(rc, AS_ENOTSUP);
+    assert_int_equal(as_op_get_backend(), AS_OP_BUILTIN);
+#endif
+    as_op_set_backend(AS_OP_BUILTIN);
+    assert_int_equal(as_op_conv_native(&(as_op_conv_geom){0}, 0, NULL), AS_ENOTSUP);
+    as_op_set_backend(was);
+}
+
 /* ---- pooling ---------------------------------------------------------- */
 
 static void test_pool(void **state)
 {
     (void)state;
-    for (int m = 0; m < 2; m++) {
-        pool_cfg c = {2, 3, 5, 6, 2, m == 1};
-        size_t nx = 180, ny = 2 * 3 * 2 * 3;
+    for (int m = 0; m < 4; m++) {   /* k = 2 and 3, avg / max */
+        pool_cfg c = {2, 3, 5, 6, m < 2 ? 2 : 3, m % 2 == 1};
+        size_t nx = 180, ny = 2 * 3 * (size_t)(5 / c.k) * (size_t)(6 / c.k);
         double x[180], r[36], yr[36];
         fill(x, nx, 1.0);
         fill(r, ny, 1.0);
@@ -239,6 +454,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear),
         cmocka_unit_test(test_conv),
+        cmocka_unit_test(test_conv_random),
+        cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_backend),
         cmocka_unit_test(test_pool),
         cmocka_unit_test(test_activations),
         cmocka_unit_test(test_softmax),

@@ -7,7 +7,12 @@
  *   - sgemm of the same GEMM shape the kernel performs (conv forward:
  *     M = Cout, N = images * Ho * Wo, K = Cin * k * k, one call): what the
  *     kernel would reach with zero overhead (im2col, scatter, bias);
- *   - sgemm 1024 x 1024 x 1024: the machine's practical peak.
+ *   - sgemm 1024 x 1024 x 1024: the machine's practical peak;
+ *   - for conv, the library's own primitives (oneDNN) alone on their
+ *     native blocked layouts, without the reorders from and to NCHW the
+ *     kernel pays: what the library itself reaches on the shape.
+ * The kernels in use (backend, oneDNN ISA, OpenBLAS core and how it was
+ * chosen) head the output; AS_KERNELS=builtin measures the im2col path.
  * Time is the calling thread's CPU time with one BLAS thread (the
  * default), wall time otherwise. Each figure is the median over R repeats
  * (default 31); a repeat times
@@ -17,7 +22,10 @@
  * read on a shared host.
  * FLOPs: 2 M N K per GEMM-equivalent; conv backward counts dW and dx
  * (dx skipped for the first conv, as in the model).
+ * Linear backward is reported against its forward (same FLOPs per
+ * product): parity means the ratio bwd / fwd GF/s is near 1.
  */
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,10 +93,18 @@ static void run_gemm(void *ud)
                0.0f, g->C, g->N);
 }
 
+/* OpenBLAS directly, whatever the backend. */
+static void run_openblas(void *ud)
+{
+    gemm_case *g = ud;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->M, g->N, g->K, 1.0f,
+                g->A, g->K, g->B, g->N, 0.0f, g->C, g->N);
+}
+
 typedef struct conv_case {
     as_op_conv_geom g;
     bool dx;
-    float *x, *W, *b, *y, *dy, *dxb, *dW, *db, *ws;
+    float *x, *W, *b, *y, *dy, *dxb, *dW, *db, *ws, *nws;
 } conv_case;
 
 static void run_conv_fwd(void *ud)
@@ -102,6 +118,21 @@ static void run_conv_bwd(void *ud)
     conv_case *c = ud;
     as_op_conv_bwd(&c->g, c->x, c->W, c->dy, c->dx ? c->dxb : NULL, c->dW,
                    c->db, c->ws);
+}
+
+/* The library's primitives alone: forward; backward weights (+ data). */
+static void run_native_fwd(void *ud)
+{
+    conv_case *c = ud;
+    as_op_conv_native(&c->g, 0, c->nws);
+}
+
+static void run_native_bwd(void *ud)
+{
+    conv_case *c = ud;
+    as_op_conv_native(&c->g, 1, c->nws);
+    if (c->dx)
+        as_op_conv_native(&c->g, 2, c->nws);
 }
 
 typedef struct lin_case {
@@ -135,18 +166,30 @@ static void gemm_free(gemm_case *g)
     free(g->A); free(g->B); free(g->C);
 }
 
+/* Median seconds of n kernels, alternating repeat by repeat. */
+static void alternate(int n, kern_fn *fn, void **ud, int reps, double *t)
+{
+    int it[4];
+    double v[4][256];
+    for (int k = 0; k < n; k++)
+        it[k] = calibrate(fn[k], ud[k]);
+    for (int r = 0; r < reps; r++)
+        for (int k = 0; k < n; k++)
+            v[k][r] = time_once(fn[k], ud[k], it[k]);
+    for (int k = 0; k < n; k++)
+        t[k] = as_stats_median(v[k], (size_t)reps);
+}
+
 /* Median seconds of kernel a and reference b, alternating per repeat. */
 static void pair(kern_fn a, void *ua, kern_fn b, void *ub, int reps,
                  double *ta, double *tb)
 {
-    int ia = calibrate(a, ua), ib = calibrate(b, ub);
-    double va[256], vb[256];
-    for (int r = 0; r < reps; r++) {
-        va[r] = time_once(a, ua, ia);
-        vb[r] = time_once(b, ub, ib);
-    }
-    *ta = as_stats_median(va, (size_t)reps);
-    *tb = as_stats_median(vb, (size_t)reps);
+    kern_fn fn[2] = {a, b};
+    void *ud[2] = {ua, ub};
+    double t[2];
+    alternate(2, fn, ud, reps, t);
+    *ta = t[0];
+    *tb = t[1];
 }
 
 /* ---- command --------------------------------------------------------------- */
@@ -157,10 +200,13 @@ static void usage(FILE *f)
         "usage: actstore bench layers [--json FILE] [--reps R] [--threads T] [--quick]\n"
         "\n"
         "GFLOP/s of conv (forward, backward) and linear (forward, backward)\n"
-        "in the shapes of the bench presets (cnn, vit, lm), next to OpenBLAS\n"
-        "sgemm of the same GEMM shape and sgemm 1024^3, in the same run.\n"
+        "in the shapes of the bench presets (cnn, vit, lm), next to sgemm of\n"
+        "the same GEMM shape, sgemm 1024^3 and (conv) the library's own\n"
+        "primitives on their native layouts, in the same run. The first line\n"
+        "names the kernels: AS_KERNELS=builtin|onednn picks the backend,\n"
+        "OPENBLAS_CORETYPE or AS_BLAS_CORE=openblas OpenBLAS's kernel set.\n"
         "  --reps R     repeats per figure, median reported (default 31, max 256)\n"
-        "  --threads T  OpenBLAS threads for everything (default 1)\n"
+        "  --threads T  BLAS / oneDNN threads for everything (default 1)\n"
         "  --quick      9 repeats\n"
         "  --json FILE  write the results as JSON (\"-\" = stdout)\n");
 }
@@ -174,6 +220,8 @@ typedef struct layers_bench {
     uint64_t seed;
     double   peak_gf;
     double   fwd_flops, fwd_t, fwd_ref_t, bwd_flops, bwd_t, bwd_ref_t;
+    double   fwd_lib_t, bwd_lib_t;   /* the library primitives alone */
+    bool     lib_all;                /* ... ran on every conv shape */
 } layers_bench;
 
 /* Returns AS_CLI_RUN, or an exit code after --help or a usage error. */
@@ -213,20 +261,23 @@ static int sgemm_peak(layers_bench *b, cJSON *root)
         gemm_free(&peak);
         return as_cli_fail("bench layers", "out of memory");
     }
-    double tpk[256];
-    int ipk = calibrate(run_gemm, &peak);
-    for (int r = 0; r < b->R; r++)
-        tpk[r] = time_once(run_gemm, &peak, ipk);
+    double tpk[2];
+    kern_fn fn[2] = {run_gemm, run_openblas};
+    void *ud[2] = {&peak, &peak};
+    alternate(2, fn, ud, b->R, tpk);
     gemm_free(&peak);
-    b->peak_gf = 2e-9 * 1024.0 * 1024 * 1024 / as_stats_median(tpk, (size_t)b->R);
+    b->peak_gf = 2e-9 * 1024.0 * 1024 * 1024 / tpk[0];
+    const double peak_ob = 2e-9 * 1024.0 * 1024 * 1024 / tpk[1];
     cJSON *pk = cJSON_AddObjectToObject(root, "sgemm_peak");
     cJSON_AddNumberToObject(pk, "m", 1024);
     cJSON_AddNumberToObject(pk, "n", 1024);
     cJSON_AddNumberToObject(pk, "k", 1024);
     cJSON_AddNumberToObject(pk, "gflops", b->peak_gf);
-    printf("OpenBLAS %s, %llu thread(s), median of %d, %s time; sgemm 1024^3: %.1f GFLOP/s\n\n",
-           as_op_blas_core(), b->threads, b->R, b->threads == 1 ? "thread CPU" : "wall",
-           b->peak_gf);
+    cJSON_AddNumberToObject(pk, "openblas_gflops", peak_ob);
+    printf("%s\n%llu thread(s), median of %d, %s time; sgemm 1024^3: %.1f GFLOP/s "
+           "(OpenBLAS %s alone: %.1f)\n\n",
+           as_op_kernels_info(), b->threads, b->R, b->threads == 1 ? "thread CPU" : "wall",
+           b->peak_gf, as_op_blas_core(), peak_ob);
     return AS_EXIT_OK;
 }
 
@@ -243,6 +294,8 @@ static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
     c->dy = randbuf(ny, seed); c->dxb = randbuf(nx, seed);
     c->dW = randbuf(nw, seed); c->db = randbuf((size_t)c->g.Cout, seed);
     c->ws = randbuf(as_op_conv_workspace(&c->g), seed);
+    const size_t nnws = as_op_conv_native_workspace(&c->g);
+    c->nws = nnws ? randbuf(nnws, seed) : NULL;
     const int M = c->g.Cout, Nc = c->g.N * c->g.Ho * c->g.Wo, K = c->g.Cin * 9;
     gemm_case gf, gb;   /* forward GEMM; backward dW GEMM (Cout, K, cols) */
     int bad = gemm_alloc(&gf, M, Nc, K, seed) | gemm_alloc(&gb, M, K, Nc, seed);
@@ -251,9 +304,17 @@ static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
         !c->ws) {
         rc = as_cli_fail("bench layers", "out of memory");
     } else {
-        double tf, tfr, tb, tbr;
-        pair(run_conv_fwd, c, run_gemm, &gf, b->R, &tf, &tfr);
-        pair(run_conv_bwd, c, run_gemm, &gb, b->R, &tb, &tbr);
+        double tf, tfr, tb, tbr, tfl = 0, tbl = 0, t[3];
+        const bool nat = c->nws != NULL;
+        kern_fn ff[3] = {run_conv_fwd, run_gemm, run_native_fwd};
+        kern_fn fbk[3] = {run_conv_bwd, run_gemm, run_native_bwd};
+        void *uf[3] = {c, &gf, c}, *ub[3] = {c, &gb, c};
+        alternate(nat ? 3 : 2, ff, uf, b->R, t);
+        tf = t[0], tfr = t[1], tfl = nat ? t[2] : 0;
+        alternate(nat ? 3 : 2, fbk, ub, b->R, t);
+        tb = t[0], tbr = t[1], tbl = nat ? t[2] : 0;
+        b->lib_all = b->lib_all && nat;
+        b->fwd_lib_t += tfl; b->bwd_lib_t += tbl;
         const double f = 2.0 * M * Nc * K, fb = f * (c->dx ? 2 : 1);
         /* the backward reference: one GEMM per product it computes */
         const double tbr_all = tbr * (c->dx ? 2 : 1);
@@ -262,9 +323,14 @@ static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
         char name[64], shp[64];
         snprintf(name, sizeof name, "stages.%d.conv%d", s, k);
         snprintf(shp, sizeof shp, "%d %d>%d %dx%d 3", c->g.N, c->g.Cin, c->g.Cout, H, H);
-        printf("%-18s %-20s %8.1f %8.1f %6.2f %8.1f %8.1f %6.2f\n", name, shp,
-               1e-9 * f / tf, 1e-9 * f / tfr, tfr / tf, 1e-9 * fb / tb,
-               1e-9 * fb / tbr_all, tbr_all / tb);
+        if (nat)
+            printf("%-16s %-16s %8.1f %6.1f %6.1f %6.2f %8.1f %6.1f %6.1f %6.2f\n", name,
+                   shp, 1e-9 * f / tf, 1e-9 * f / tfr, 1e-9 * f / tfl, tfl / tf,
+                   1e-9 * fb / tb, 1e-9 * fb / tbr_all, 1e-9 * fb / tbl, tbl / tb);
+        else
+            printf("%-16s %-16s %8.1f %6.1f %6s %6s %8.1f %6.1f %6s %6s\n", name, shp,
+                   1e-9 * f / tf, 1e-9 * f / tfr, "-", "-", 1e-9 * fb / tb,
+                   1e-9 * fb / tbr_all, "-", "-");
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "layer", name);
         cJSON_AddNumberToObject(o, "n", c->g.N);
@@ -286,11 +352,17 @@ static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
         cJSON_AddNumberToObject(o, "bwd_sgemm_gflops", 1e-9 * fb / tbr_all);
         cJSON_AddNumberToObject(o, "bwd_over_sgemm", tbr_all / tb);
         cJSON_AddBoolToObject(o, "bwd_includes_dx", c->dx);
+        if (nat) {   /* the library's primitives alone, native layouts */
+            cJSON_AddNumberToObject(o, "fwd_lib_gflops", 1e-9 * f / tfl);
+            cJSON_AddNumberToObject(o, "fwd_over_lib", tfl / tf);
+            cJSON_AddNumberToObject(o, "bwd_lib_gflops", 1e-9 * fb / tbl);
+            cJSON_AddNumberToObject(o, "bwd_over_lib", tbl / tb);
+        }
         cJSON_AddItemToArray(ca, o);
     }
     gemm_free(&gf); gemm_free(&gb);
     free(c->x); free(c->W); free(c->b); free(c->y); free(c->dy); free(c->dxb);
-    free(c->dW); free(c->db); free(c->ws);
+    free(c->dW); free(c->db); free(c->ws); free(c->nws);
     return rc;
 }
 
@@ -300,8 +372,10 @@ static int bench_convs(layers_bench *b, cJSON *root)
     as_nn_preset cp;
     as_nn_preset_get("cnn", "bench", &cp);
     cJSON *ca = cJSON_AddArrayToObject(root, "conv");
-    printf("%-18s %-20s %8s %8s %6s %8s %8s %6s\n", "conv (cnn bench)", "N Cin>Cout HxW k",
-           "fwd GF/s", "sgemm", "ratio", "bwd GF/s", "sgemm", "ratio");
+    printf("%-16s %-16s %8s %6s %6s %6s %8s %6s %6s %6s\n", "conv (cnn bench)",
+           "N Cin>Cout HxW k", "fwd GF/s", "sgemm", "lib", "/lib", "bwd GF/s", "sgemm",
+           "lib", "/lib");
+    b->lib_all = true;
     int H = 28, cin = 1, li = 0;
     for (int s = 0; s < cp.cnn.nstages; s++) {
         for (int k = 0; k < cp.cnn.convs; k++, li++) {
@@ -324,10 +398,21 @@ static int bench_convs(layers_bench *b, cJSON *root)
     cJSON_AddNumberToObject(cs, "fwd_over_peak", 1e-9 * b->fwd_flops / b->fwd_t / b->peak_gf);
     cJSON_AddNumberToObject(cs, "bwd_gflops", 1e-9 * b->bwd_flops / b->bwd_t);
     cJSON_AddNumberToObject(cs, "bwd_over_sgemm", b->bwd_ref_t / b->bwd_t);
-    printf("%-18s %-20s %8.1f %8.1f %6.2f %8.1f %8.1f %6.2f\n", "all convs", "(FLOP-weighted)",
-           1e-9 * b->fwd_flops / b->fwd_t, 1e-9 * b->fwd_flops / b->fwd_ref_t,
-           b->fwd_ref_t / b->fwd_t, 1e-9 * b->bwd_flops / b->bwd_t,
-           1e-9 * b->bwd_flops / b->bwd_ref_t, b->bwd_ref_t / b->bwd_t);
+    const double ff = 1e-9 * b->fwd_flops, fb = 1e-9 * b->bwd_flops;
+    if (b->lib_all) {
+        cJSON_AddNumberToObject(cs, "fwd_lib_gflops", ff / b->fwd_lib_t);
+        cJSON_AddNumberToObject(cs, "fwd_over_lib", b->fwd_lib_t / b->fwd_t);
+        cJSON_AddNumberToObject(cs, "bwd_lib_gflops", fb / b->bwd_lib_t);
+        cJSON_AddNumberToObject(cs, "bwd_over_lib", b->bwd_lib_t / b->bwd_t);
+        printf("%-16s %-16s %8.1f %6.1f %6.1f %6.2f %8.1f %6.1f %6.1f %6.2f\n", "all convs",
+               "(FLOP-weighted)", ff / b->fwd_t, ff / b->fwd_ref_t, ff / b->fwd_lib_t,
+               b->fwd_lib_t / b->fwd_t, fb / b->bwd_t, fb / b->bwd_ref_t,
+               fb / b->bwd_lib_t, b->bwd_lib_t / b->bwd_t);
+    } else {
+        printf("%-16s %-16s %8.1f %6.1f %6s %6s %8.1f %6.1f %6s %6s\n", "all convs",
+               "(FLOP-weighted)", ff / b->fwd_t, ff / b->fwd_ref_t, "-", "-",
+               fb / b->bwd_t, fb / b->bwd_ref_t, "-", "-");
+    }
     printf("conv forward / sgemm 1024^3: %.2f\n\n", 1e-9 * b->fwd_flops / b->fwd_t / b->peak_gf);
     return AS_EXIT_OK;
 }
@@ -353,9 +438,9 @@ static int lin_one(layers_bench *b, lin_case *l, const char *name, cJSON *ma)
         const double f = 2.0 * N * l->in * l->out;
         char shp[64];
         snprintf(shp, sizeof shp, "%d %d>%d", N, l->in, l->out);
-        printf("%-18s %-20s %8.1f %8.1f %6.2f %8.1f %8.1f %6.2f\n", name, shp,
+        printf("%-16s %-16s %8.1f %6.1f %6.2f %8.1f %6.1f %6.2f %8.2f\n", name, shp,
                1e-9 * f / tf, 1e-9 * f / tfr, tfr / tf, 2e-9 * f / tb,
-               2e-9 * f / (2 * tbr), 2 * tbr / tb);
+               2e-9 * f / (2 * tbr), 2 * tbr / tb, 2 * tf / tb);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "layer", name);
         cJSON_AddNumberToObject(o, "n", N);
@@ -366,6 +451,7 @@ static int lin_one(layers_bench *b, lin_case *l, const char *name, cJSON *ma)
         cJSON_AddNumberToObject(o, "fwd_over_sgemm", tfr / tf);
         cJSON_AddNumberToObject(o, "bwd_gflops", 2e-9 * f / tb);
         cJSON_AddNumberToObject(o, "bwd_over_sgemm", 2 * tbr / tb);
+        cJSON_AddNumberToObject(o, "bwd_over_fwd", 2 * tf / tb);
         cJSON_AddItemToArray(ma, o);
     }
     gemm_free(&g);
@@ -378,8 +464,8 @@ static int lin_one(layers_bench *b, lin_case *l, const char *name, cJSON *ma)
 static int bench_linears(layers_bench *b, cJSON *root)
 {
     cJSON *ma = cJSON_AddArrayToObject(root, "matmul");
-    printf("%-18s %-20s %8s %8s %6s %8s %8s %6s\n", "linear", "N in>out", "fwd GF/s",
-           "sgemm", "ratio", "bwd GF/s", "sgemm", "ratio");
+    printf("%-16s %-16s %8s %6s %6s %8s %6s %6s %8s\n", "linear", "N in>out", "fwd GF/s",
+           "sgemm", "ratio", "bwd GF/s", "sgemm", "ratio", "bwd/fwd");
     const char *models[2] = {"vit", "lm"};
     for (int mi = 0; mi < 2; mi++) {
         as_nn_preset tp;
@@ -413,6 +499,9 @@ int as_bench_layers(int argc, char **argv)
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "benchmark", "layers");
     cJSON_AddStringToObject(root, "blas_core", as_op_blas_core());
+    cJSON_AddStringToObject(root, "backend",
+                            as_op_get_backend() == AS_OP_ONEDNN ? "onednn" : "builtin");
+    cJSON_AddStringToObject(root, "kernels", as_op_kernels_info());
     cJSON_AddNumberToObject(root, "threads", (double)b.threads);
     cJSON_AddNumberToObject(root, "reps", b.R);
     cJSON_AddStringToObject(root, "clock", b.threads == 1 ? "thread_cpu" : "monotonic");

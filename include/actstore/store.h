@@ -394,6 +394,15 @@ typedef struct as_store_policy_stats {
     as_store_counter c;
 } as_store_policy_stats;
 
+/* A figure the training loop reports (as_store_report_metric). */
+#define AS_STORE_METRICS_MAX 16
+typedef struct as_store_metric {
+    char     name[32];          /* [a-z0-9_], e.g. "grad_cosine" */
+    double   value;             /* the latest */
+    uint64_t step;              /* the store's step when it was reported */
+    uint64_t count;             /* reports so far */
+} as_store_metric;
+
 typedef struct as_store_stats {
     const char           *label;
     uint64_t              step;
@@ -406,6 +415,8 @@ typedef struct as_store_stats {
     as_store_policy_stats *policies;
     uint64_t              live_handles, auto_released, offload_fallbacks;
     char                  spec[512];    /* current rules, normalized */
+    size_t                nmetrics;     /* reported training figures */
+    as_store_metric       metrics[AS_STORE_METRICS_MAX];
 } as_store_stats;
 
 /* A consistent copy of the accounting (arrays owned by *out, plain malloc;
@@ -413,6 +424,16 @@ typedef struct as_store_stats {
  * thread. Errors: AS_ENOMEM. */
 AS_API int as_store_stats_take(as_store *s, as_store_stats *out);
 AS_API void as_store_stats_free(as_store_stats *st);
+
+/* Report a training figure (the loss, the cosine of the gradients against
+ * exact ones, a learning rate) under a name: the store keeps the latest
+ * value of each name with the step, and a service watching the store
+ * serves it as actstore_training_metric{name=...} (so a fleet can alert on
+ * it, docs/service.md). name: 1..31 of [a-z0-9_]; at most
+ * AS_STORE_METRICS_MAX names per store. Thread-safe, cheap (a lock held for
+ * a copy). Errors: AS_EINVAL (bad name, NULL store), AS_ERANGE (a new name
+ * beyond the maximum). */
+AS_API int as_store_report_metric(as_store *s, const char *name, double value);
 
 /* Reset every peak (raw and stored, all groups) to current live values. */
 AS_API void as_store_reset_peaks(as_store *s);

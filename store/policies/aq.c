@@ -15,14 +15,8 @@
 #include <string.h>
 
 #include "store/policies/quant.h"
+#include "util/simd.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AQ_CLONES                                                             \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3",         \
-                                 "default")))
-#else
-#define AQ_CLONES
-#endif
 
 bool as__aq_fmt_ok(const as_aq_fmt *f)
 {
@@ -76,7 +70,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 #define v8_select(m, a, b) ((v8f)(((v8i)(a) & (m)) | ((v8i)(b) & ~(m))))
 
 /* Min, max and a finiteness flag over n values (n a multiple of 8). */
-AQ_CLONES
+AS_CLONES_V4_V3
 static bool minmax8(const float *restrict v, size_t n, float *mn, float *mx)
 {
     v8f lo, hi, z = {0};
@@ -102,7 +96,7 @@ static bool minmax8(const float *restrict v, size_t n, float *mn, float *mx)
 
 /* ---- rotation --------------------------------------------------------- */
 
-AQ_CLONES
+AS_CLONES_V4_V3
 void as__aq_fwht(float *restrict v, size_t G)
 {
     /* Stages of half-width 1, 2, 4 within blocks of 8 (v[j] becomes
@@ -137,7 +131,7 @@ void as__aq_fwht(float *restrict v, size_t G)
 /* q[j] = clamp(floor((v[j] - mn) * inv + u_j), 0, qmax) for j < n. The
  * clamp is done in float, so a stray value never reaches the conversion
  * out of range. */
-AQ_CLONES
+AS_CLONES_V4_V3
 static void codes_sr(const float *restrict v, size_t n, float mn, float inv,
                      float qmax, uint32_t gseed, uint8_t *restrict q)
 {
@@ -149,7 +143,7 @@ static void codes_sr(const float *restrict v, size_t n, float mn, float inv,
     }
 }
 
-AQ_CLONES
+AS_CLONES_V4_V3
 static void codes_rn(const float *restrict v, size_t n, float mn, float inv,
                      float qmax, uint8_t *restrict q)
 {
@@ -161,7 +155,7 @@ static void codes_rn(const float *restrict v, size_t n, float mn, float inv,
     }
 }
 
-AQ_CLONES
+AS_CLONES_V4_V3
 static void pack4(const uint8_t *restrict q, size_t P, uint8_t *restrict o)
 {
     size_t h = P / 2;
@@ -170,7 +164,7 @@ static void pack4(const uint8_t *restrict q, size_t P, uint8_t *restrict o)
 }
 
 /* The low two bits of every code (B = 2, and the low plane of B = 3). */
-AQ_CLONES
+AS_CLONES_V4_V3
 static void pack2(const uint8_t *restrict q, size_t P, uint8_t *restrict o)
 {
     size_t h = P / 4;
@@ -180,7 +174,7 @@ static void pack2(const uint8_t *restrict q, size_t P, uint8_t *restrict o)
 }
 
 /* Bit 2 of every code (the high plane of B = 3). */
-AQ_CLONES
+AS_CLONES_V4_V3
 static void pack1(const uint8_t *restrict q, size_t P, uint8_t *restrict o)
 {
     size_t h = P / 8;
@@ -318,7 +312,7 @@ bool as__aq_encode(const as_aq_fmt *f, const float *x, size_t n,
 
 /* ---- decode ----------------------------------------------------------- */
 
-AQ_CLONES
+AS_CLONES_V4_V3
 static void unpack8(const uint8_t *restrict c, size_t P, float mn, float s,
                     float *restrict d)
 {
@@ -326,7 +320,7 @@ static void unpack8(const uint8_t *restrict c, size_t P, float mn, float s,
         d[j] = mn + (float)c[j] * s;
 }
 
-AQ_CLONES
+AS_CLONES_V4_V3
 static void unpack4(const uint8_t *restrict c, size_t P, float mn, float s,
                     float *restrict d)
 {
@@ -337,7 +331,7 @@ static void unpack4(const uint8_t *restrict c, size_t P, float mn, float s,
     }
 }
 
-AQ_CLONES
+AS_CLONES_V4_V3
 static void unpack2(const uint8_t *restrict c, size_t P, float mn, float s,
                     float *restrict d)
 {
@@ -347,7 +341,7 @@ static void unpack2(const uint8_t *restrict c, size_t P, float mn, float s,
             d[i * h + k] = mn + (float)(c[k] >> (2 * i) & 3) * s;
 }
 
-AQ_CLONES
+AS_CLONES_V4_V3
 static void unpack3(const uint8_t *restrict c, size_t P, float mn, float s,
                     float *restrict d)
 {

@@ -177,6 +177,15 @@ static void put_store(as__sb *b, const as_store_stats *st, size_t layer_limit)
     put_kv_u64(b, "auto_released", st->auto_released, true);
     as__sb_puts(b, "},\"spec\":");
     as__sb_jstr(b, st->spec);
+    as__sb_puts(b, ",\"metrics\":[");
+    for (size_t m = 0; m < st->nmetrics; m++) {
+        as__sb_puts(b, m ? ",{\"name\":" : "{\"name\":");
+        as__sb_jstr(b, st->metrics[m].name);
+        as__sb_puts(b, ",\"value\":");
+        as__sb_dbl(b, st->metrics[m].value);
+        as__sb_printf(b, ",\"step\":%llu}", (unsigned long long)st->metrics[m].step);
+    }
+    as__sb_puts(b, "]");
     as__sb_puts(b, ",\"kinds\":[");
     bool first = true;
     for (int k = 0; k < AS_KIND_COUNT; k++) {

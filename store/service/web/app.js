@@ -785,6 +785,8 @@
     }
     if (S.hdr) {
       setText('uptime', 'up ' + fmtDur(S.hdr.uptime_s || 0));
+      if (S.hdr.job)
+        setText('fleet', S.hdr.job + ' · rank ' + S.hdr.rank + ' · ' + S.hdr.host);
       const sv = S.hdr.service || {};
       setText('svc', 'actstore ' + (S.hdr.version || '') + ' · ' + fmtInt(sv.sse_clients) +
               ' live client' + (sv.sse_clients === 1 ? '' : 's') + ' · service memory ' +
