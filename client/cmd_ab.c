@@ -165,6 +165,7 @@ int as_cmd_ab(int argc, char **argv)
                       .check_every = (long)o.check_every, .act = act_fn,
                       .threads = (int)o.threads, .data_dir = o.data_dir,
                       .text_dir = o.text_dir, .quiet = o.quiet,
+                      .budget = o.budget, .ratio = o.ratio,
                       .stop = as_ab_stop_flag(), .shard = shard, .nshards = nshards};
     char err[1024] = "";
     as_nn_preset p;
@@ -214,7 +215,7 @@ int as_cmd_ab(int argc, char **argv)
     if (rep.nseeds) {
         if (write_report("ab", &rep, out, json))
             code = AS_EXIT_FAIL;
-        char v[512];
+        char v[1024];
         as_report_verdict(&rep, v, sizeof v);
         if (!o.quiet || rep.partial)
             fprintf(stderr, "actstore ab: %sreport in %s/\n", rep.partial ? "partial " : "",

@@ -6,7 +6,7 @@
  *   actstore train --model cnn|vit|lm --policy SPEC [--preset small|bench]
  *                  [--steps N | --epochs E] [--batch B] [--lr X] [--seed S]
  *                  [--threads T] [--act relu|leaky] [--convs N] [--json FILE]
- *                  [--serve ADDR]
+ *                  [--budget BYTES | --ratio X] [--serve ADDR]
  *
  * The command creates the store itself (so a service can watch it: --serve)
  * and hands it to the run (as_nn_train_opts.store).
@@ -182,6 +182,9 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
     for (int t = 0; t < AS_TAG_FIXED_COUNT; t++)
         cJSON_AddNumberToObject(tp, tags[t], (double)r->tag_peak[t]);
     cJSON_AddNumberToObject(m, "fallbacks", (double)r->fallbacks);
+    cJSON_AddNumberToObject(m, "saved_budget_bytes", (double)r->saved_budget);
+    if (r->plan.active)
+        cJSON_AddItemToObject(j, "plan", as_cli_plan_json(&r->plan));
     cJSON *tm = cJSON_AddObjectToObject(j, "time");
     cJSON_AddNumberToObject(tm, "step_ms_median", r->step_ms_median);
     cJSON_AddNumberToObject(tm, "total_s", r->total_s);
@@ -202,6 +205,8 @@ int as_cmd_train(int argc, char **argv)
         return as_cli_usage("train", "--model is required (cnn, vit or lm)");
     if (!policy)
         return as_cli_usage("train", "--policy is required (e.g. --policy default=keep)");
+    if (o.budget && o.ratio > 0)
+        return as_cli_usage("train", "give --budget or --ratio, not both");
     if (o.seen[AS_OPT_steps] && o.seen[AS_OPT_epochs])
         return as_cli_usage("train", "give --steps or --epochs, not both");
     as_nn_preset p;
@@ -255,7 +260,8 @@ int as_cmd_train(int argc, char **argv)
                            .data_dir = o.data_dir, .text_dir = o.text_dir,
                            .progress = on_progress, .progress_ud = &g,
                            .store = store, .eval_every = (int)o.eval_every,
-                           .stop = as_ab_stop_flag()};
+                           .stop = as_ab_stop_flag(),
+                           .saved_budget = o.budget, .budget_ratio = o.ratio};
     as_nn_train_result res;
     as_ab_signals_catch();
     rc = as_nn_train(&p, &to, &res, err, sizeof err);
@@ -285,6 +291,7 @@ int as_cmd_train(int argc, char **argv)
                     res.eval_loss, res.eval_samples);
         fprintf(stderr, "saved peak %s of %s raw, arena peak %s, %.1f ms/step, "
                 "%.1f s\n", a, b, c, res.step_ms_median, res.total_s);
+        as_cli_plan_print(stderr, &res.plan);
     }
     rc = res.interrupted ? AS_EXIT_FAIL : AS_EXIT_OK;
     if (o.json) {

@@ -69,6 +69,13 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
     int rc = as_nn_run_create(p, o, &r, err, errlen);
     if (rc)
         return rc;
+    if ((o->saved_budget || o->budget_ratio > 0) &&
+        (rc = as_nn_run_fit_budget(r, o->saved_budget, o->budget_ratio,
+                                   &res->saved_budget))) {
+        snprintf(err, errlen, "%s", as_nn_run_error(r));
+        as_nn_run_destroy(r);
+        return rc;
+    }
     const long steps = as_nn_run_planned_steps(r);
     res->planned_steps = steps;
     double *ms = malloc((size_t)steps * sizeof *ms);
@@ -135,6 +142,10 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
     memcpy(res->tag_peak, m.tag_peak, sizeof res->tag_peak);
     res->fallbacks = m.fallbacks;
     res->params = as_nn_params_count(as_nn_run_params(r));
+    if ((rc = as_store_plan_take(as_nn_run_store(r), &res->plan))) {
+        snprintf(err, errlen, "copying the plan: %s", as_strerror(rc));
+        goto out;
+    }
     snprintf(res->blas_core, sizeof res->blas_core, "%s", as_op_blas_core());
     res->eval_s = eval_s;
     res->total_s = as_clock_wall_s() - t0;
@@ -154,5 +165,6 @@ void as_nn_train_result_free(as_nn_train_result *r)
         return;
     free(r->loss);
     free(r->eval_curve);
+    as_store_plan_free(&r->plan);
     memset(r, 0, sizeof *r);
 }

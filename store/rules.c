@@ -354,6 +354,8 @@ int as__rules_parse(const char *spec, as_rules **out, char *err, size_t errlen)
         return rc;
     }
     normalize(r);
+    for (size_t i = 0; i < r->n; i++)
+        r->has_auto |= !strcmp(r->rules[i].pol.ops->name, "auto");
     *out = r;
     return 0;
 }

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/policies/auto/auto.h"
 #include "store/store_internal.h"
 
 /* Live store ids (for "foreign" versus "forged" messages). */
@@ -377,6 +378,7 @@ void as_store_step_begin(as_store *s, uint64_t step)
     as_store_reset_peaks(s);
     as_arena_reset_peaks(s->arena);
     as_arena_mark_step(s->arena, step);
+    as__auto_step_begin(s);
 }
 
 void as_store_step_end(as_store *s)
@@ -389,6 +391,7 @@ void as_store_step_end(as_store *s)
     s->in_step = false;
     pthread_mutex_unlock(&s->mu);
     as__mat_drop_all(s, true);
+    as__auto_step_end(s);
 }
 
 void as_store_phase(as_store *s, enum as_phase phase)
@@ -488,6 +491,7 @@ void as_store_destroy(as_store *s)
     as_arena_set_sample_hook(s->arena, NULL, NULL);
     release_all(s, true);
     as__mat_drop_all(s, true);
+    as__auto_destroy(s);
     as__rules_unref(s->rules);
     as_arena_destroy(s->arena);
     for (size_t i = 0; i < AS_SLOT_CHUNKS; i++)

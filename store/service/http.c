@@ -257,6 +257,9 @@ static bool route(as__conn *c, bool head, bool keep)
     } else if (path_is(url, plen, "/api/v1/snapshot")) {
         as__render_snapshot(svc, &b);
         send_doc(c, &b, "application/json", head, keep);
+    } else if (path_is(url, plen, "/api/v1/plan")) {
+        as__render_plan(svc, &b);
+        send_doc(c, &b, "application/json", head, keep);
     } else if (path_is(url, plen, "/api/v1/timeline")) {
         uint64_t since = 0;
         if (*query) {
