@@ -96,6 +96,10 @@ int as_nn_act_bwd_saved(as_nn_ctx *c, as_handle h, int fn, float alpha,
                         const float *dy, float *dx);
 /* Release and null the handle (null handles are ignored). */
 void as_nn_release(as_nn_ctx *c, as_handle *h);
+/* Report ||dy|| (n floats: the gradient backward multiplies the saved
+ * tensor h with) to the store's auto planner as h's sensitivity
+ * (as_store_report_grad). No-op without a store or for a null handle. */
+void as_nn_report_grad(as_nn_ctx *c, as_handle h, const float *dy, size_t n);
 /* Release everything the built-in table holds (step end). */
 void as_nn_step_end(as_nn_ctx *c);
 
