@@ -50,6 +50,39 @@ void as__acct_charge(as_store *s, const as_groups *g, int64_t draw,
     FOR_GROUPS(s, g, a) charge1(a, draw, dstored);
 }
 
+int as__acct_reserve(as_store *s, const as_groups *g, uint64_t n,
+                     const char *layer)
+{
+    uint64_t budget = atomic_load_explicit(&s->saved_budget,
+                                           memory_order_relaxed);
+    if (!budget || !n) {
+        as__acct_charge(s, g, 0, (int64_t)n);
+        return 0;
+    }
+    /* Compare-and-add on the total: concurrent saves cannot pass the
+     * budget together; the other groups follow. */
+    uint64_t cur = atomic_load(&s->total.stored_live);
+    do {
+        if (cur + n > budget) {
+            as__seterr(s, "save (layer %s, %s): saved-bytes budget %llu "
+                       "exceeded (%llu bytes live, %llu more asked)", layer,
+                       as_kind_name(g->kind), (unsigned long long)budget,
+                       (unsigned long long)cur, (unsigned long long)n);
+            return AS_EBUDGET;
+        }
+    } while (!atomic_compare_exchange_weak(&s->total.stored_live, &cur,
+                                           cur + n));
+    uint64_t now = cur + n, p = atomic_load(&s->total.stored_peak);
+    while (now > p && !atomic_compare_exchange_weak(&s->total.stored_peak,
+                                                    &p, now))
+        ;
+    as_acct *grp[3] = {&s->kinds[g->kind], &s->layers[g->layer].acct,
+                       &s->policies[g->policy]};
+    for (int i = 0; i < 3; i++)
+        add_live(&grp[i]->stored_live, &grp[i]->stored_peak, (int64_t)n);
+    return 0;
+}
+
 void as__acct_count(as_store *s, const as_groups *g, int stat, uint64_t n)
 {
     FOR_GROUPS(s, g, a) {

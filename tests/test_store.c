@@ -158,7 +158,10 @@ static void test_restore_shape_errors(void **st)
     assert_int_equal(as_store_restore(s, h, &d), AS_ESHAPE);
     for (int k = 0; k < 12; k++)   /* nothing written */
         assert_int_equal(((uint32_t *)y)[k], 0x7f7f7f7fu);
-    d = t2(NULL, AS_F32, 3, 4);
+    d = t2(NULL, AS_F32, 3, 4);   /* no buffer: a caller error, not a shape */
+    assert_int_equal(as_store_restore(s, h, &d), AS_EINVAL);
+    assert_contains(as_store_last_error(s), "data is NULL");
+    d = t2(NULL, AS_F32, 4, 4);
     assert_int_equal(as_store_restore(s, h, &d), AS_ESHAPE);
     /* bad saves */
     as_tensor bad = t2(x, 99, 3, 4);

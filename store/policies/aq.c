@@ -279,16 +279,22 @@ bool as__aq_encode(const as_aq_fmt *f, const float *x, size_t n,
         assert(start < n);
         size_t count = n - start < G ? n - start : G;
         size_t P = padded_count(f, n, g);
-        memcpy(v, x + start, count * sizeof(float));
-        memset(v + count, 0, (P - count) * sizeof(float));
-        if (f->rot)
-            as__aq_fwht(v, G);
-        /* Without rotation the padding does not count in the range. */
+        /* A full group without rotation is read in place; otherwise a
+         * copy, padded with zeros (rotation) or with its first value (so
+         * the padding does not widen the range). */
+        const float *src = x + start;
         size_t live = f->rot ? P : count;
-        for (size_t j = live; j < P; j++)
-            v[j] = v[0];
+        if (f->rot || count != P) {
+            memcpy(v, x + start, count * sizeof(float));
+            float pad = f->rot ? 0.0f : v[0];
+            for (size_t j = count; j < P; j++)
+                v[j] = pad;
+            if (f->rot)
+                as__aq_fwht(v, G);
+            src = v;
+        }
         float mn, mx;
-        bool finite = minmax8(v, P, &mn, &mx);
+        bool finite = minmax8(src, P, &mn, &mx);
         float step = (mx - mn) / qmax;
         if (!finite || !(step < 3.0e38f)) {
             param_put(f, params, g, NAN, NAN, NAN, qmax);
@@ -301,9 +307,9 @@ bool as__aq_encode(const as_aq_fmt *f, const float *x, size_t n,
         param_get(f, params, g, &mn, &step);   /* f16: the rounded values */
         float inv = step > 0.0f ? 1.0f / step : 0.0f;
         if (f->nearest)
-            codes_rn(v, live, mn, inv, qmax, q);
+            codes_rn(src, live, mn, inv, qmax, q);
         else
-            codes_sr(v, live, mn, inv, qmax, as__group_seed(seed, g), q);
+            codes_sr(src, live, mn, inv, qmax, as__group_seed(seed, g), q);
         memset(q + live, 0, P - live);
         pack(f->bits, q, P, codes + start / 8 * (size_t)f->bits);
     }
@@ -341,21 +347,34 @@ static void unpack2(const uint8_t *restrict c, size_t P, float mn, float s,
             d[i * h + k] = mn + (float)(c[k] >> (2 * i) & 3) * s;
 }
 
+typedef uint8_t v8u8 __attribute__((vector_size(8)));
+
 AS_CLONES_V4_V3
 static void unpack3(const uint8_t *restrict c, size_t P, float mn, float s,
                     float *restrict d)
 {
     const uint8_t *restrict hi = c + P / 4;
-    size_t h = P / 8;
+    size_t h = P / 8, h8 = h & ~(size_t)7;
     /* Code j = i P/4 + k: low bits at (byte k, shift 2i), high bit at
-     * (byte k mod P/8 of the high plane, bit 2i + k / (P/8)). */
+     * (byte k mod P/8 of the high plane, bit 2i + k / (P/8)); eight codes
+     * at a time, the rest one by one. */
     for (unsigned i = 0; i < 4; i++)
         for (unsigned half = 0; half < 2; half++) {
             const uint8_t *restrict lo = c + half * h;
             float *restrict o = d + i * 2 * h + half * h;
-            unsigned hb = 2 * i + half;
-            for (size_t k = 0; k < h; k++) {
-                unsigned code = (lo[k] >> (2 * i) & 3) | (hi[k] >> hb & 1) << 2;
+            int sl = (int)(2 * i), sh = (int)(2 * i + half);
+            size_t k = 0;
+            for (; k < h8; k += 8) {
+                v8u8 lb, hb;
+                memcpy(&lb, lo + k, 8);
+                memcpy(&hb, hi + k, 8);
+                v8i code = (__builtin_convertvector(lb, v8i) >> sl & 3) |
+                           (__builtin_convertvector(hb, v8i) >> sh & 1) << 2;
+                v8f v = __builtin_convertvector(code, v8f) * s + mn;
+                memcpy(o + k, &v, sizeof v);
+            }
+            for (; k < h; k++) {
+                unsigned code = (lo[k] >> sl & 3) | (hi[k] >> sh & 1) << 2;
                 o[k] = mn + (float)code * s;
             }
         }

@@ -213,7 +213,8 @@ int as__civ_layer_stats(as_store *s, const char *layer,
 
 /* Hot loops are compiled for AVX-512, AVX2+FMA and baseline x86-64 and the
  * best one is picked at load time (GCC function multi-versioning). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(AS_NO_TARGET_CLONES)
 #define AS__CIV_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define AS__CIV_CLONES
