@@ -60,7 +60,7 @@ static void add_cand(as_auto *pl, const char *spec, uint32_t kinds,
     c->variable = variable;
     c->ref.ops = ops;
     c->ref.params = params;
-    c->ref.text = spec;   /* a literal of candidates.def: lives forever */
+    c->ref.text = spec;   /* the candidate table's static string */
 }
 
 static as_auto *planner_new(void)
