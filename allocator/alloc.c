@@ -196,13 +196,19 @@ static char *human(uint64_t v, char *buf, size_t n)
 
 /* True live usable bytes of a: the sum over threads (+ retired), as a
  * snapshot reads it. Caller holds the registry lock. */
-static uint64_t true_live_locked(as_arena *a)
+static uint64_t true_live_locked(as_arena *a, uint64_t *requested)
 {
-    int64_t v = 0;
-    for (unsigned i = 0; i < AS_TAG_MAX; i++)
+    int64_t v = 0, q = 0;
+    for (unsigned i = 0; i < AS_TAG_MAX; i++) {
         v += a->retired[i].live_use;
-    for (as__tblock *b = a->blocks; b; b = b->next)
+        q += a->retired[i].live_req;
+    }
+    for (as__tblock *b = a->blocks; b; b = b->next) {
         v += ld(&b->total.live_use);
+        q += ld(&b->total.live_req);
+    }
+    if (requested)
+        *requested = q > 0 ? (uint64_t)q : 0;
     return v > 0 ? (uint64_t)v : 0;
 }
 
@@ -229,10 +235,24 @@ static bool budget_recount(as_arena *a, as__tblock *b, int64_t r, int64_t u,
                            uint64_t budget, uint64_t *live)
 {
     as__reg_lock();
-    *live = true_live_locked(a);
+    uint64_t live_req;
+    *live = true_live_locked(a, &live_req);
     bool fits = *live + (uint64_t)u <= budget;
-    if (fits)
-        charge(&b->total, &a->gtotal, r, u);
+    if (fits) {
+        /* into G like charge(), but the peak gets the true value: G stands
+         * above it by exactly the frees we just stepped around */
+        as__tcounter *t = &b->total;
+        int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
+        atomic_fetch_add_explicit(&a->gtotal.g_req, lr - ld(&t->fold_req), RLX);
+        atomic_fetch_add_explicit(&a->gtotal.g_use, lu - ld(&t->fold_use), RLX);
+        as__atomic_max(&a->gtotal.peak_use, *live + (uint64_t)u);
+        as__atomic_max(&a->gtotal.peak_req, live_req + (uint64_t)r);
+        st(&t->fold_req, lr);
+        st(&t->fold_use, lu);
+        st(&t->live_req, lr);
+        st(&t->live_use, lu);
+        inc(&t->allocs);
+    }
     as__reg_unlock();
     return fits;
 }
@@ -253,6 +273,37 @@ static int bad_ids(as_arena *a, uint16_t tag, uint16_t layer, as_block *out)
     return AS_EINVAL;
 }
 
+/* ---- fault injection (tests): SQLite's fail-the-Nth-allocation loop ---- */
+
+void as__arena_fault_set(as_arena *a, long nth, bool sticky)
+{
+    a->fault_sticky = sticky;
+    atomic_store(&a->fault_n, nth > 0 ? nth : 0);
+}
+
+__attribute__((noinline))
+static bool fault_step(as_arena *a, long n)
+{
+    if (n > 1) {
+        atomic_store_explicit(&a->fault_n, n - 1, RLX);
+        return false;
+    }
+    if (!a->fault_sticky)
+        atomic_store_explicit(&a->fault_n, 0, RLX);
+    return true;
+}
+
+long as__arena_fault_left(as_arena *a)
+{
+    return atomic_load(&a->fault_n);
+}
+
+bool as__arena_fault(as_arena *a)
+{
+    long n = atomic_load_explicit(&a->fault_n, RLX);
+    return UNLIKELY(n != 0) && fault_step(a, n);
+}
+
 static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
                            as_block *out, int zero)
 {
@@ -265,6 +316,12 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
         out->tag = tag;
         out->layer = layer;
         return 0;
+    }
+    if (UNLIKELY(atomic_load_explicit(&a->fault_n, RLX) != 0) && as__arena_fault(a)) {
+        memset(out, 0, sizeof *out);
+        as__set_error(a, "out of memory: %zu bytes (tag %s, layer %s): injected "
+                      "failure", size, a->tag_names[tag], a->layer_names[layer]);
+        return AS_ENOMEM;
     }
     as__tblock *b = as__tblock_fast(a);
     if (UNLIKELY(!b)) {
@@ -287,7 +344,7 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
         int64_t pu = ld(&t->live_use) - ld(&t->fold_use) + (int64_t)usable;
         if (atomic_load_explicit(&a->gtotal.g_use, RLX) + pu > (int64_t)budget) {
             as__reg_lock();
-            uint64_t live = true_live_locked(a);
+            uint64_t live = true_live_locked(a, NULL);
             as__reg_unlock();
             if (live + usable > budget)
                 return budget_error(a, size, usable, tag, layer, budget, live, out);

@@ -89,6 +89,9 @@ struct as_arena {
     int              base_flags;           /* MALLOCX_ARENA(index) */
     bool             checked;
     _Atomic uint64_t budget;
+    _Atomic long     fault_n;              /* fault injection: fail the nth
+                                              allocation from now (0 = off) */
+    bool             fault_sticky;         /* ... and every one after it */
 
     /* names */
     pthread_mutex_t  names_lock;
@@ -160,6 +163,10 @@ void as__reg_unlock(void);
 
 /* ---- alloc.c ---- */
 void as__size_table_init(void);
+/* Fault injection (declared for the store and tests in store_internal.h). */
+void as__arena_fault_set(as_arena *a, long nth, bool sticky);
+bool as__arena_fault(as_arena *a);
+long as__arena_fault_left(as_arena *a);
 
 /* ---- hooks.c ---- */
 int  as__hooks_init(as__hooks *h, as_arena *a);

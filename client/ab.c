@@ -118,6 +118,20 @@ int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t err
             return AS_ESPEC;
         }
     }
+    if (c->budget && c->ratio > 0) {
+        snprintf(err, errlen, "give --budget or --ratio, not both");
+        return AS_EINVAL;
+    }
+    if (c->ratio != 0 && !(c->ratio > 0 && c->ratio <= 1e6)) {
+        snprintf(err, errlen, "--ratio %g out of range (0, 1e6]", c->ratio);
+        return AS_EINVAL;
+    }
+    if ((c->budget || c->ratio > 0) && !strstr(c->spec[0], "auto") &&
+        !strstr(c->spec[1], "auto")) {
+        snprintf(err, errlen, "--budget / --ratio bind the arms that use auto, "
+                 "and neither spec does (e.g. --b default=auto)");
+        return AS_EINVAL;
+    }
     if (c->nshards && (c->shard < 1 || c->shard > c->nshards ||
                        c->nshards > c->nseeds)) {
         snprintf(err, errlen, "--shard %u/%u: needs 1 <= I <= N <= --seeds (%zu)", c->shard,
@@ -264,7 +278,13 @@ static int grad_check(as_report *rep, as_rep_run *out, as_nn_run *x, as_nn_run *
         per[i] = as_ab_cosine(buf + o, (const float *)pr->p[i]->g.ptr, pr->p[i]->n, acc);
         o += pr->p[i]->n;
     }
-    return as_report_push_cos(rep, out, k, as_ab_cosine_of(acc), per);
+    rc = as_report_push_cos(rep, out, k, as_ab_cosine_of(acc), per);
+    /* for a service watching the arm (--serve): the fleet can alert on it */
+    if (!rc && out->ncos) {
+        as_store_report_metric(as_nn_run_store(x), "grad_cosine", out->cos[out->ncos - 1].overall);
+        as_store_report_metric(as_nn_run_store(x), "grad_cosine_min", out->cos[out->ncos - 1].min);
+    }
+    return rc;
 }
 
 static void fill_memory(as_rep_run *out, as_nn_run *r)
@@ -275,6 +295,9 @@ static void fill_memory(as_rep_run *out, as_nn_run *r)
     out->saved_raw_peak = m.saved_raw_peak;
     out->arena_peak = m.arena_peak;
     out->fallbacks = m.fallbacks;
+    as_store_plan_free(&out->plan);
+    if (as_store_plan_take(as_nn_run_store(r), &out->plan))
+        memset(&out->plan, 0, sizeof out->plan);
     for (int k = 0; k < AS_KIND_COUNT; k++) {
         out->kind_stored_peak[k] = m.by_kind[k].stored_peak;
         out->kind_raw_peak[k] = m.by_kind[k].raw_peak;
@@ -313,6 +336,16 @@ static int seed_create(seed_run *s, const as_nn_preset *p)
     }
     if (!rc)
         rc = as_nn_run_copy_weights(s->run[1], s->run[0], false);
+    /* A budget (or ratio) binds the arms that plan with auto. */
+    for (int a = 0; a < 2 && !rc && (c->budget || c->ratio > 0); a++) {
+        if (!strstr(c->spec[a], "auto"))
+            continue;
+        as_rep_run *out = &s->rep->arm[a].runs[s->si];
+        rc = as_nn_run_fit_budget(s->run[a], c->budget, c->ratio, &out->budget);
+        if (rc)
+            snprintf(s->err, s->errlen, "arm %c, seed %llu: %s", 'A' + a,
+                     (unsigned long long)s->seed, as_nn_run_error(s->run[a]));
+    }
     if (!rc && c->check_every > 0) {
         as_nn_train_opts o = {.policy = "default=keep", .seed = s->seed, .threads = c->threads,
                               .data_dir = c->data_dir, .text_dir = c->text_dir,

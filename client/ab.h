@@ -45,6 +45,9 @@ typedef struct as_ab_config {
     int         act;          /* cnn activation: -1 preset, AS_FN_RELU,
                                  AS_FN_LEAKY_RELU */
     int         threads;      /* OpenBLAS threads; 0 = leave */
+    uint64_t    budget;       /* saved-bytes budget of the arms whose spec
+                                 uses auto (0 = none) */
+    double      ratio;        /* or: budget = keep's saved bytes / ratio */
     const char *data_dir, *text_dir;
     as_store   *store[2];     /* borrowed stores for A and B (a service may
                                  watch them); NULL: each run creates its own */

@@ -85,6 +85,33 @@ int as_cli_parse_u64(const char *cmd, const char *opt, const char *val,
     return 0;
 }
 
+int as_cli_parse_bytes(const char *cmd, const char *opt, const char *val,
+                       unsigned long long *out)
+{
+    char *end = NULL;
+    if (!val || !*val || *val == '-' || *val == '+') {
+        as_cli_usage(cmd, "%s expects bytes (e.g. 3000000, 512K, 2.5M, 1G), "
+                     "got '%s'", opt, val ? val : "");
+        return -1;
+    }
+    errno = 0;
+    double v = strtod(val, &end);
+    double mul = 1;
+    if (*end == 'K' || *end == 'k')
+        mul = 1024.0, end++;
+    else if (*end == 'M' || *end == 'm')
+        mul = 1024.0 * 1024, end++;
+    else if (*end == 'G' || *end == 'g')
+        mul = 1024.0 * 1024 * 1024, end++;
+    if (errno || end == val || *end || !(v * mul >= 1) || v * mul > 1e18) {
+        as_cli_usage(cmd, "%s expects bytes >= 1 (e.g. 3000000, 512K, 2.5M, "
+                     "1G), got '%s'", opt, val);
+        return -1;
+    }
+    *out = (unsigned long long)(v * mul);
+    return 0;
+}
+
 int as_cli_parse_double(const char *cmd, const char *opt, const char *val,
                         double *out)
 {
@@ -127,7 +154,7 @@ char *as_cli_human_bytes(double bytes, char *buf, size_t n)
 /* ---- the run commands' option table (cli_opts.def) ---- */
 
 enum { TRAIN = AS_CLI_TRAIN, AB = AS_CLI_AB, DEMO = AS_CLI_DEMO };
-enum opt_type { STR, U64, DBL, FLAG };
+enum opt_type { STR, U64, BYTES, DBL, FLAG };
 
 typedef struct opt_row {
     const char   *flag, *arg, *help;
@@ -190,6 +217,8 @@ static int opt_set(const as_cli_cmd *cmd, const opt_row *r, const char *v, as_cl
         *(const char **)p = v;
         return 0;
     }
+    if (r->type == BYTES)
+        return as_cli_parse_bytes(cmd->name, r->flag, v, (unsigned long long *)p);
     if (r->type == U64) {
         unsigned long long x;
         if (as_cli_parse_u64(cmd->name, r->flag, v, &x))

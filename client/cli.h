@@ -38,6 +38,19 @@ int as_cli_parse_u64(const char *cmd, const char *opt, const char *val,
 int as_cli_parse_double(const char *cmd, const char *opt, const char *val,
                         double *out);
 
+/* Parse a byte count: an integer with an optional K, M or G suffix (powers
+ * of 1024; "1.5G" allowed); on error prints a usage message naming the
+ * option and returns -1. 0 is refused. */
+int as_cli_parse_bytes(const char *cmd, const char *opt, const char *val,
+                       unsigned long long *out);
+
+/* auto's plan (as_store_plan_take) as a table on f, and as JSON (owned by
+ * the caller): budget, keep / planned / smallest bytes, and per (layer,
+ * kind): policy, raw and stored bytes, error, cosine, time. */
+struct as_store_plan;
+void as_cli_plan_print(FILE *f, const struct as_store_plan *p);
+cJSON *as_cli_plan_json(const struct as_store_plan *p);
+
 /* The options shared by the run commands (train, ab, demo): one table,
  * cli_opts.def; o.NAME holds the value of row NAME, o.seen[AS_OPT_NAME] says
  * whether the command line gave it. */
@@ -45,6 +58,7 @@ enum { AS_CLI_TRAIN = 1, AS_CLI_AB = 2, AS_CLI_DEMO = 4 };
 
 #define AS_CLI_T_STR  const char *
 #define AS_CLI_T_U64  unsigned long long
+#define AS_CLI_T_BYTES unsigned long long
 #define AS_CLI_T_DBL  double
 #define AS_CLI_T_FLAG bool
 

@@ -30,7 +30,9 @@ static const as_cli_cmd ab_cmd = {
     "Paired A/B comparison of two store policy specs: for each seed, arm A and\n"
     "arm B start from the same weights and see the same batches in the same\n"
     "order; only the policy differs. Each arm has its own store, so its memory\n"
-    "is measured alone. Writes report.json, report.md and SVG plots to DIR.\n",
+    "is measured alone. Writes report.json, report.md and SVG plots to DIR.\n"
+    "Across machines: run each shard with --shard I/N, then combine the report\n"
+    "folders with 'actstore ab merge DIR... [--out DIR]' (see its --help).\n",
     "Ctrl-C finishes the current step, writes a partial report (marked as such)\n"
     "and exits 1. Exit status: 0 ok, 1 failure or interrupted, 2 usage.\n"};
 
@@ -163,6 +165,7 @@ int as_cmd_ab(int argc, char **argv)
                       .check_every = (long)o.check_every, .act = act_fn,
                       .threads = (int)o.threads, .data_dir = o.data_dir,
                       .text_dir = o.text_dir, .quiet = o.quiet,
+                      .budget = o.budget, .ratio = o.ratio,
                       .stop = as_ab_stop_flag(), .shard = shard, .nshards = nshards};
     char err[1024] = "";
     as_nn_preset p;
@@ -212,7 +215,7 @@ int as_cmd_ab(int argc, char **argv)
     if (rep.nseeds) {
         if (write_report("ab", &rep, out, json))
             code = AS_EXIT_FAIL;
-        char v[512];
+        char v[1024];
         as_report_verdict(&rep, v, sizeof v);
         if (!o.quiet || rep.partial)
             fprintf(stderr, "actstore ab: %sreport in %s/\n", rep.partial ? "partial " : "",

@@ -2,12 +2,16 @@
  * actstore demo — the first thing to run: two paired A/B comparisons with
  * the live dashboard on 127.0.0.1, about 5 minutes on 2 cores.
  *
- *   1. vit: keep everything vs the recommended softmax policy;
- *   2. cnn with LeakyReLU: keep everything vs conv-input inversion.
+ *   1. vit: keep everything vs `auto` within a tenth of keep's saved bytes;
+ *   2. cnn with LeakyReLU: the same.
  *
- * Then prints the two verdict lines and the report folder. Everything is
- * `actstore ab` underneath (client/ab.c); docs/ab-testing.md explains the
- * reports; its time budget is measured there ("The demo's budget").
+ * `auto` (docs/policies.md) picks a policy per (layer, kind), softmax
+ * approximation and conv inversion among them, so that every saved tensor
+ * together fits the budget. Then prints the two verdict lines (whole model
+ * first: all saved, arena peak, accuracy) and the report folder. Everything
+ * is `actstore ab --ratio 10` underneath (client/ab.c); docs/ab-testing.md
+ * explains the reports; its time budget is measured there ("The demo's
+ * budget").
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,9 +26,9 @@
 #include "layers/data.h"
 #include "util/clock.h"
 
-/* The softmax policy docs/policies.md ("Softmax") recommends. */
-#define AS_DEMO_SOFTMAX_POLICY "softmax=sotk:16:3; default=keep"
-#define AS_DEMO_CONV_POLICY    "conv_input=invert; default=keep"
+/* Arm B: auto within a tenth of keep's saved bytes. */
+#define AS_DEMO_AUTO_POLICY    "default=auto"
+#define AS_DEMO_RATIO          10.0
 #define AS_DEMO_KEEP           "default=keep"
 #define AS_DEMO_ADDR           "127.0.0.1:8080"
 
@@ -33,8 +37,8 @@ static const as_cli_cmd demo_cmd = {
     "usage: actstore demo [options]\n"
     "\n"
     "Two paired A/B comparisons, live on the dashboard (printed URL):\n"
-    "  vit:          keep  vs  " AS_DEMO_SOFTMAX_POLICY "\n"
-    "  cnn (leaky):  keep  vs  " AS_DEMO_CONV_POLICY "\n"
+    "  vit:          keep  vs  " AS_DEMO_AUTO_POLICY " within keep's saved bytes / 10\n"
+    "  cnn (leaky):  keep  vs  " AS_DEMO_AUTO_POLICY " within keep's saved bytes / 10\n"
     "about 5 minutes on 2 cores; then the two verdict lines and the reports\n"
     "(vit/ and cnn/ in the --out folder). The dashboard is on " AS_DEMO_ADDR "\n"
     "unless --serve says otherwise, or any free port on 127.0.0.1 when that one\n"
@@ -49,14 +53,14 @@ typedef struct demo {
     char         dirs[2][4096];
     as_store    *stores[4];         /* vit A, vit B, cnn A, cnn B */
     as_service  *svc;
-    char         verdict[2][600];
+    char         verdict[2][1400];
     bool         done[2], interrupted;
     char         err[1024];
 } demo;
 
 static const char *const titles[2] = {"vit", "cnn (leaky)"};
-static const char *const labels[4] = {"vit A: keep", "vit B: " AS_DEMO_SOFTMAX_POLICY,
-                                      "cnn A: keep", "cnn B: " AS_DEMO_CONV_POLICY};
+static const char *const labels[4] = {"vit A: keep", "vit B: auto, keep / 10",
+                                      "cnn A: keep", "cnn B: auto, keep / 10"};
 
 /* The two comparisons, checked in full before anything runs. Returns an
  * exit code, or AS_CLI_RUN. */
@@ -68,7 +72,7 @@ static int demo_plan(demo *d)
         d->cfg[k] = (as_ab_config){
             .cmd = "demo", .title = titles[k], .model = k == 0 ? "vit" : "cnn",
             .preset = o->preset,
-            .spec = {AS_DEMO_KEEP, k == 0 ? AS_DEMO_SOFTMAX_POLICY : AS_DEMO_CONV_POLICY},
+            .spec = {AS_DEMO_KEEP, AS_DEMO_AUTO_POLICY}, .ratio = AS_DEMO_RATIO,
             .nseeds = (size_t)o->seeds, .seed0 = 1, .steps = (long)o->steps,
             .check_every = 50, .act = k == 0 ? -1 : AS_FN_LEAKY_RELU,
             .threads = (int)o->threads, .data_dir = o->data_dir, .quiet = o->quiet,
@@ -126,12 +130,12 @@ static int demo_compare(demo *d, int k, bool *go_on)
     if (rc && rc != AS_ESTATE)
         code = as_cli_fail("demo", "%s: %s", titles[k], d->err);
     if (rep.nseeds) {
-        char e2[1024], v[512];
+        char e2[1024], v[1024];
         if (as_report_write(&rep, d->dirs[k], e2, sizeof e2))
             code = as_cli_fail("demo", "writing the report: %s", e2);
         as_report_verdict(&rep, v, sizeof v);
-        snprintf(d->verdict[k], sizeof d->verdict[k], "%s (keep vs %s): %s", titles[k],
-                 d->cfg[k].spec[1], v);
+        snprintf(d->verdict[k], sizeof d->verdict[k], "%s (keep vs auto at keep / %g): %s",
+                 titles[k], AS_DEMO_RATIO, v);
         d->done[k] = true;
         if (!d->o->quiet)
             fprintf(stderr, "actstore demo: %s\n", d->verdict[k]);

@@ -6,7 +6,7 @@
  *   actstore train --model cnn|vit|lm --policy SPEC [--preset small|bench]
  *                  [--steps N | --epochs E] [--batch B] [--lr X] [--seed S]
  *                  [--threads T] [--act relu|leaky] [--convs N] [--json FILE]
- *                  [--serve ADDR]
+ *                  [--budget BYTES | --ratio X] [--serve ADDR]
  *
  * The command creates the store itself (so a service can watch it: --serve)
  * and hands it to the run (as_nn_train_opts.store).
@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "actstore/service.h"
+#include "ab.h"
 #include "cli.h"
 #include "client/client.h"
 #include "layers/data.h"
@@ -33,13 +34,17 @@ static const as_cli_cmd train_cmd = {
     "the activation store under the policy SPEC (e.g. \"default=keep\",\n"
     "\"softmax=soa:5; default=keep\", \"conv_input=invert|keep; default=keep\").\n",
     "Same model, preset, policy, seed and threads give the same loss sequence\n"
-    "bit for bit. Exit status: 0 ok, 1 failure, 2 usage.\n"};
+    "bit for bit. SIGINT / SIGTERM end the run after the current step, without\n"
+    "the final evaluation, and write the partial results (\"partial\" in the\n"
+    "JSON; a second signal kills). Exit status: 0 ok, 1 failure or\n"
+    "interrupted, 2 usage.\n"};
 
 typedef struct prog {
     bool   tty, quiet;
     double last_t;
     long   last_step;
     long   every;
+    as_store *store;   /* the run's: per-step figures for --serve */
 } prog;
 
 /* Progress goes to stderr (stdout may carry --json -): a bar when stderr
@@ -53,6 +58,10 @@ static bool isatty_stderr(void)
 static void on_progress(void *ud, const as_nn_progress *p)
 {
     prog *g = ud;
+    if (!p->eval && g->store) {   /* actstore_training_metric{name=...} */
+        as_store_report_metric(g->store, "train_loss", p->loss);
+        as_store_report_metric(g->store, "samples_per_s", p->samples_per_s);
+    }
     if (g->quiet)
         return;
     char live[32], st[32];
@@ -120,6 +129,11 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
             cJSON_AddNumberToObject(cfg, "context", p->tf.T);
     }
     cJSON_AddNumberToObject(j, "steps", (double)r->steps);
+    if (r->interrupted) {
+        cJSON *pa = cJSON_AddObjectToObject(j, "partial");
+        cJSON_AddStringToObject(pa, "reason", "interrupted (SIGINT or SIGTERM)");
+        cJSON_AddNumberToObject(pa, "planned_steps", (double)r->planned_steps);
+    }
     cJSON_AddNumberToObject(j, "params", (double)r->params);
     cJSON_AddStringToObject(j, "blas_core", r->blas_core);
     cJSON *lc = cJSON_AddArrayToObject(j, "loss_curve");
@@ -130,7 +144,8 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
         cJSON_AddItemToArray(lc, pt);
     }
     cJSON_AddNumberToObject(j, "final_train_loss", r->final_train_loss);
-    cJSON *ev = cJSON_AddObjectToObject(j, "eval");
+    /* no "eval" when interrupted (cJSON_Add* on NULL adds nothing) */
+    cJSON *ev = r->interrupted ? NULL : cJSON_AddObjectToObject(j, "eval");
     if (r->eval_accuracy >= 0)
         cJSON_AddNumberToObject(ev, "accuracy", r->eval_accuracy);
     cJSON_AddNumberToObject(ev, "loss", r->eval_loss);
@@ -167,6 +182,9 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
     for (int t = 0; t < AS_TAG_FIXED_COUNT; t++)
         cJSON_AddNumberToObject(tp, tags[t], (double)r->tag_peak[t]);
     cJSON_AddNumberToObject(m, "fallbacks", (double)r->fallbacks);
+    cJSON_AddNumberToObject(m, "saved_budget_bytes", (double)r->saved_budget);
+    if (r->plan.active)
+        cJSON_AddItemToObject(j, "plan", as_cli_plan_json(&r->plan));
     cJSON *tm = cJSON_AddObjectToObject(j, "time");
     cJSON_AddNumberToObject(tm, "step_ms_median", r->step_ms_median);
     cJSON_AddNumberToObject(tm, "total_s", r->total_s);
@@ -187,6 +205,8 @@ int as_cmd_train(int argc, char **argv)
         return as_cli_usage("train", "--model is required (cnn, vit or lm)");
     if (!policy)
         return as_cli_usage("train", "--policy is required (e.g. --policy default=keep)");
+    if (o.budget && o.ratio > 0)
+        return as_cli_usage("train", "give --budget or --ratio, not both");
     if (o.seen[AS_OPT_steps] && o.seen[AS_OPT_epochs])
         return as_cli_usage("train", "give --steps or --epochs, not both");
     as_nn_preset p;
@@ -234,13 +254,18 @@ int as_cmd_train(int argc, char **argv)
         as_store_destroy(store);
         return AS_EXIT_FAIL;
     }
-    prog g = {.tty = isatty_stderr(), .quiet = o.quiet, .every = 50};
+    prog g = {.tty = isatty_stderr(), .quiet = o.quiet, .every = 50,
+              .store = o.serve ? store : NULL};
     as_nn_train_opts to = {.policy = NULL, .seed = o.seed, .threads = (int)o.threads,
                            .data_dir = o.data_dir, .text_dir = o.text_dir,
                            .progress = on_progress, .progress_ud = &g,
-                           .store = store, .eval_every = (int)o.eval_every};
+                           .store = store, .eval_every = (int)o.eval_every,
+                           .stop = as_ab_stop_flag(),
+                           .saved_budget = o.budget, .budget_ratio = o.ratio};
     as_nn_train_result res;
+    as_ab_signals_catch();
     rc = as_nn_train(&p, &to, &res, err, sizeof err);
+    as_ab_signals_restore();
     as_service_stop(svc);
     as_store_destroy(store);
     if (rc)
@@ -255,7 +280,10 @@ int as_cmd_train(int argc, char **argv)
         fprintf(stderr, "%s/%s policy \"%s\" seed %llu: %ld steps, final train "
                 "loss %.4f, ", p.model, p.name, policy, o.seed, res.steps,
                 res.final_train_loss);
-        if (res.eval_accuracy >= 0)
+        if (res.interrupted)
+            fprintf(stderr, "interrupted (%ld of %ld steps, no evaluation), ",
+                    res.steps, res.planned_steps);
+        else if (res.eval_accuracy >= 0)
             fprintf(stderr, "test accuracy %.2f%% (%ld images), ",
                     100 * res.eval_accuracy, res.eval_samples);
         else
@@ -263,8 +291,9 @@ int as_cmd_train(int argc, char **argv)
                     res.eval_loss, res.eval_samples);
         fprintf(stderr, "saved peak %s of %s raw, arena peak %s, %.1f ms/step, "
                 "%.1f s\n", a, b, c, res.step_ms_median, res.total_s);
+        as_cli_plan_print(stderr, &res.plan);
     }
-    rc = AS_EXIT_OK;
+    rc = res.interrupted ? AS_EXIT_FAIL : AS_EXIT_OK;
     if (o.json) {
         cJSON *j = result_json(&p, policy, o.seed, (int)o.threads, &res);
         if (as_cli_write_json("train", o.json, j))

@@ -45,6 +45,7 @@ static void run_free(as_rep_run *run)
     for (size_t i = 0; i < run->ncos; i++)
         free(run->cos[i].per_tensor);
     free(run->cos);
+    as_store_plan_free(&run->plan);
     memset(run, 0, sizeof *run);
 }
 
@@ -420,7 +421,39 @@ void as_report_verdict(const as_report *r, char *buf, size_t n)
         cat(buf, n, &len, "no complete pair of runs to compare");
         return;
     }
-    /* Memory: the kind where the arms differ most. */
+    /* Memory, whole model first: every saved kind, then the arena. */
+    const as_rep_metric *tot = find_metric(m, nm, "saved_peak");
+    const as_rep_metric *arena = find_metric(m, nm, "arena_peak");
+    char ha[32], hb[32];
+    const char *sep = "";
+    if (tot) {
+        as_cli_human_bytes(tot->a_mean, ha, sizeof ha);
+        as_cli_human_bytes(tot->b_mean, hb, sizeof hb);
+        if (tot->a_mean == tot->b_mean)
+            cat(buf, n, &len, "all saved: the same (%s)", ha);
+        else if (tot->b_mean < tot->a_mean && tot->b_mean > 0)
+            cat(buf, n, &len, "all saved: %.1fx less (%s -> %s)",
+                tot->a_mean / tot->b_mean, ha, hb);
+        else if (tot->b_mean < tot->a_mean)
+            cat(buf, n, &len, "all saved: none kept (A: %s)", ha);
+        else
+            cat(buf, n, &len, "all saved: %.2fx more (%s -> %s)",
+                tot->a_mean > 0 ? tot->b_mean / tot->a_mean : INFINITY, ha, hb);
+        sep = "; ";
+    }
+    if (arena && arena->a_mean > 0 && arena->b_mean > 0) {
+        as_cli_human_bytes(arena->b_mean, hb, sizeof hb);
+        if (arena->b_mean == arena->a_mean)
+            cat(buf, n, &len, "%sarena peak the same (%s)", sep, hb);
+        else if (arena->b_mean < arena->a_mean)
+            cat(buf, n, &len, "%sarena peak %.1fx less (%s)", sep,
+                arena->a_mean / arena->b_mean, hb);
+        else
+            cat(buf, n, &len, "%sarena peak %.2fx more (%s)", sep,
+                arena->b_mean / arena->a_mean, hb);
+        sep = "; ";
+    }
+    /* The kind where the arms differ most, after the quality and time. */
     const as_rep_metric *best = NULL;
     for (size_t i = 0; i < nm; i++) {
         if (m[i].unit != AS_REP_BYTES || !strcmp(m[i].key, "saved_peak") ||
@@ -428,25 +461,6 @@ void as_report_verdict(const as_report *r, char *buf, size_t n)
             continue;
         if (!best || fabs(m[i].a_mean - m[i].b_mean) > fabs(best->a_mean - best->b_mean))
             best = &m[i];
-    }
-    const as_rep_metric *tot = find_metric(m, nm, "saved_peak");
-    char hb[32];
-    if (!best || best->a_mean == best->b_mean) {
-        cat(buf, n, &len, "B keeps as much saved memory as A");
-        if (tot)
-            cat(buf, n, &len, " (%s)", as_cli_human_bytes(tot->a_mean, hb, sizeof hb));
-    } else if (best->b_mean < best->a_mean) {
-        if (best->b_mean > 0)
-            cat(buf, n, &len, "B keeps %.1fx less %s memory", best->a_mean / best->b_mean,
-                best->key);
-        else
-            cat(buf, n, &len, "B keeps no %s memory (A: %s)", best->key,
-                as_cli_human_bytes(best->a_mean, hb, sizeof hb));
-        if (tot && tot->b_mean > 0 && tot->b_mean < tot->a_mean)
-            cat(buf, n, &len, " (all saved: %.2fx less)", tot->a_mean / tot->b_mean);
-    } else {
-        cat(buf, n, &len, "B keeps %.2fx more %s memory",
-            best->a_mean > 0 ? best->b_mean / best->a_mean : INFINITY, best->key);
     }
     /* Quality: accuracy when the model has it, else the eval loss. */
     const as_rep_metric *q = find_metric(m, nm, "eval_accuracy");
@@ -466,19 +480,32 @@ void as_report_verdict(const as_report *r, char *buf, size_t n)
     }
     if (q) {
         if (q->n >= 2 && isfinite(q->ci_half))
-            cat(buf, n, &len, "; %s %+.*f +/- %.*f%s (%s)", qname, prec, q->diff, prec,
-                q->ci_half, qunit, sig_word(q));
+            cat(buf, n, &len, "%s%s %+.*f +/- %.*f%s (%s)", sep, qname, prec, q->diff,
+                prec, q->ci_half, qunit, sig_word(q));
         else
-            cat(buf, n, &len, "; %s %+.*f%s (%s)", qname, prec, q->diff, qunit, sig_word(q));
+            cat(buf, n, &len, "%s%s %+.*f%s (%s)", sep, qname, prec, q->diff, qunit,
+                sig_word(q));
+        sep = "; ";
     }
     const as_rep_metric *t = find_metric(m, nm, "step_ms");
     if (t && t->a_mean > 0) {
         double pct = 100.0 * t->diff / t->a_mean;
         if (t->n >= 2 && isfinite(t->ci_half))
-            cat(buf, n, &len, "; step time %+.0f%% +/- %.0f%% (%s)", pct,
+            cat(buf, n, &len, "%sstep time %+.0f%% +/- %.0f%% (%s)", sep, pct,
                 100.0 * t->ci_half / t->a_mean, sig_word(t));
         else
-            cat(buf, n, &len, "; step time %+.0f%%", pct);
+            cat(buf, n, &len, "%sstep time %+.0f%%", sep, pct);
+        sep = "; ";
+    }
+    if (best && best->b_mean < best->a_mean) {
+        if (best->b_mean > 0)
+            cat(buf, n, &len, "%smost: %.1fx less %s", sep, best->a_mean / best->b_mean,
+                best->key);
+        else
+            cat(buf, n, &len, "%smost: no %s kept", sep, best->key);
+    } else if (best && best->b_mean > best->a_mean) {
+        cat(buf, n, &len, "%smost: %.2fx more %s", sep,
+            best->a_mean > 0 ? best->b_mean / best->a_mean : INFINITY, best->key);
     }
     free(m);
 }

@@ -51,6 +51,8 @@ typedef struct as_rep_run {
     uint64_t saved_stored_peak, saved_raw_peak, arena_peak;
     uint64_t kind_stored_peak[AS_KIND_COUNT], kind_raw_peak[AS_KIND_COUNT];
     uint64_t fallbacks;
+    uint64_t budget;        /* saved-bytes budget of the run, 0 = none */
+    as_store_plan plan;     /* auto's plan at the end (plan.active) */
     size_t   ncos, cos_cap;
     as_rep_cos *cos;
 } as_rep_run;

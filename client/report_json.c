@@ -3,6 +3,7 @@
  * version 1: run parameters, per arm and seed every curve and figure, the
  * paired statistics and the verdict. Non-finite numbers are null.
  */
+#include "cli.h"
 #include "report.h"
 
 #include <math.h>
@@ -67,6 +68,9 @@ static cJSON *run_json(const as_report *r, const as_rep_run *run)
     add_num(o, "final_train_loss", as_report_final_loss(run));
     add_num(o, "step_ms_median", as_report_step_ms_median(run));
     add_num(o, "arena_peak_bytes", (double)run->arena_peak);
+    add_num(o, "saved_budget_bytes", (double)run->budget);
+    if (run->plan.active)
+        cJSON_AddItemToObject(o, "plan", as_cli_plan_json(&run->plan));
     cJSON *sv = cJSON_AddObjectToObject(o, "saved");
     if (sv) {
         add_num(sv, "stored_peak_bytes", (double)run->saved_stored_peak);
@@ -176,7 +180,7 @@ cJSON *as_report_json(const as_report *r)
                                            m[i].unit == AS_REP_COSINE ? "cosine" : "");
     }
     free(m);
-    char v[512];
+    char v[1024];
     as_report_verdict(r, v, sizeof v);
     cJSON_AddStringToObject(o, "verdict", v);
     return o;

@@ -76,7 +76,7 @@ int as__report_write_md(const as_report *r, const char *path)
     if (r->partial)
         fprintf(f, "**PARTIAL REPORT** (%s): the statistics use only the seeds whose "
                    "both arms finished.\n\n", r->partial_reason);
-    char v[512];
+    char v[1024];
     as_report_verdict(r, v, sizeof v);
     fprintf(f, "**Verdict:** %s\n\n", v);
     fprintf(f, "- A: `%s`\n- B: `%s`\n", r->arm[0].spec, r->arm[1].spec);
@@ -132,6 +132,35 @@ int as__report_write_md(const as_report *r, const char *path)
             else
                 fprintf(f, "n/a |\n");
         }
+    /* auto's plan, for the first run of each arm that has one */
+    for (int a = 0; a < 2; a++) {
+        const as_rep_run *run = NULL;
+        for (size_t i = 0; i < r->nseeds && !run; i++)
+            if (r->arm[a].runs[i].plan.active)
+                run = &r->arm[a].runs[i];
+        if (!run)
+            continue;
+        const as_store_plan *p = &run->plan;
+        char b1[32], b2[32], b3[32], b4[32];
+        fprintf(f, "\n## Arm %s: auto's plan (seed %llu, step %llu)\n\n"
+                   "Budget %s; keep %s per step, planned %s, smallest reachable %s "
+                   "(docs/policies.md, \"auto\").\n\n"
+                   "| layer | kind | policy | raw | stored | rel. error | cosine |\n"
+                   "|---|---|---|---|---|---|---|\n", r->arm[a].label,
+                (unsigned long long)run->seed, (unsigned long long)p->step,
+                run->budget ? as_cli_human_bytes((double)run->budget, b1, sizeof b1) : "none",
+                as_cli_human_bytes((double)p->keep_bytes, b2, sizeof b2),
+                as_cli_human_bytes((double)p->planned_bytes, b3, sizeof b3),
+                as_cli_human_bytes((double)p->min_bytes, b4, sizeof b4));
+        for (size_t i = 0; i < p->n; i++) {
+            const as_store_plan_entry *e = &p->entries[i];
+            fprintf(f, "| %s | %s | %s | %s | %s | %.2e | %.5f |\n", e->layer,
+                    as_kind_name(e->kind), e->policy,
+                    as_cli_human_bytes((double)e->raw_bytes, b2, sizeof b2),
+                    as_cli_human_bytes((double)e->stored_bytes, b3, sizeof b3),
+                    e->rel_error, e->cosine);
+        }
+    }
     fprintf(f, "\n## Plots\n\n"
                "![training loss](loss.svg)\n\n![memory per step](memory.svg)\n\n"
                "![saved memory per kind](kinds.svg)\n\n![gradient cosine](cosine.svg)\n");

@@ -40,6 +40,52 @@ static double jat(const cJSON *a, int i)
     return cJSON_IsNumber(v) ? v->valuedouble : NAN;
 }
 
+/* auto's plan of a run, as as_cli_plan_json wrote it (absent: inactive). */
+static int plan_from_json(as_store_plan *p, const cJSON *o, char *err, size_t errlen)
+{
+    memset(p, 0, sizeof *p);
+    if (!cJSON_IsObject(o))
+        return 0;
+    p->active = cJSON_IsTrue(cJSON_GetObjectItem(o, "active"));
+    p->feasible = cJSON_IsTrue(cJSON_GetObjectItem(o, "feasible"));
+    p->measured = p->active;
+    p->budget = ju64(o, "budget_bytes");
+    p->keep_bytes = ju64(o, "keep_bytes");
+    p->planned_bytes = ju64(o, "planned_bytes");
+    p->fixed_bytes = ju64(o, "fixed_bytes");
+    p->min_bytes = ju64(o, "min_bytes");
+    p->step = ju64(o, "step");
+    p->probes = ju64(o, "probes");
+    p->replans = ju64(o, "replans");
+    p->period = (uint32_t)ju64(o, "period");
+    const cJSON *ls = cJSON_GetObjectItem(o, "layers");
+    int n = cJSON_GetArraySize(ls);
+    if (n <= 0)
+        return 0;
+    if (!(p->entries = calloc((size_t)n, sizeof *p->entries)))
+        return as_set_err(err, errlen, AS_ENOMEM, "out of memory");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, ls) {
+        as_store_plan_entry *x = &p->entries[p->n++];
+        const char *layer = jstr(e, "layer"), *kind = jstr(e, "kind"), *pol = jstr(e, "policy");
+        snprintf(x->layer, sizeof x->layer, "%s", layer ? layer : "");
+        snprintf(x->policy, sizeof x->policy, "%s", pol ? pol : "");
+        x->kind = kind ? as_kind_from_name(kind, strlen(kind)) : -1;
+        if (x->kind < 0)
+            return as_set_err(err, errlen, AS_EFORMAT, "plan: unknown kind '%s'",
+                              kind ? kind : "");
+        x->raw_bytes = ju64(e, "raw_bytes");
+        x->stored_bytes = ju64(e, "stored_bytes");
+        x->rel_error = jnum(e, "rel_error");
+        x->cosine = jnum(e, "cosine");
+        x->time_ns = jnum(e, "time_ns");
+        x->weight = jnum(e, "weight");
+        x->items = (uint32_t)ju64(e, "items");
+        x->candidates = (uint32_t)ju64(e, "candidates");
+    }
+    return 0;
+}
+
 static int run_from_json(as_report *r, as_rep_run *run, const cJSON *o, char *err,
                          size_t errlen)
 {
@@ -49,6 +95,10 @@ static int run_from_json(as_report *r, as_rep_run *run, const cJSON *o, char *er
     run->eval_accuracy = jnum(ev, "accuracy");
     run->eval_loss = jnum(ev, "loss");
     run->arena_peak = ju64(o, "arena_peak_bytes");
+    run->budget = ju64(o, "saved_budget_bytes");
+    int prc = plan_from_json(&run->plan, cJSON_GetObjectItem(o, "plan"), err, errlen);
+    if (prc)
+        return prc;
     const cJSON *sv = cJSON_GetObjectItem(o, "saved");
     run->saved_stored_peak = ju64(sv, "stored_peak_bytes");
     run->saved_raw_peak = ju64(sv, "raw_peak_bytes");

@@ -96,6 +96,10 @@ int as_nn_act_bwd_saved(as_nn_ctx *c, as_handle h, int fn, float alpha,
                         const float *dy, float *dx);
 /* Release and null the handle (null handles are ignored). */
 void as_nn_release(as_nn_ctx *c, as_handle *h);
+/* Report ||dy|| (n floats: the gradient backward multiplies the saved
+ * tensor h with) to the store's auto planner as h's sensitivity
+ * (as_store_report_grad). No-op without a store or for a null handle. */
+void as_nn_report_grad(as_nn_ctx *c, as_handle h, const float *dy, size_t n);
 /* Release everything the built-in table holds (step end). */
 void as_nn_step_end(as_nn_ctx *c);
 
@@ -194,8 +198,8 @@ int as_nn_bnorm_bwd(as_nn_ctx *c, as_nn_bnorm *l, const float *dy, float *dx);
 
 /* LayerNorm. Backward needs xhat = (x - mean) * rstd and rstd per row;
  * with save_output (the default) forward saves its output y instead of x
- * (kind norm_input, handle hx; the next linear aliases it, so y is held
- * once) and only rstd, and backward rebuilds xhat = (y - beta) / gamma.
+ * (kind linear_input: it is the next linear's input, which aliases it, so
+ * y is held once under that linear's rule) and only rstd, and backward rebuilds xhat = (y - beta) / gamma.
  * Per forward it falls back to saving x and (mean, rstd) when some gamma
  * is 0, not finite, below max |gamma| * min_gamma_ratio, or when
  * |beta| > 64 |gamma| (xhat would lose precision); from_y says which. */

@@ -18,6 +18,7 @@
 
 #include <stdio.h>
 #include <string.h>
+
 #include "util/try.h"
 
 int as_nn_attn_init(as_nn_ctx *c, as_nn_params *ps, as_nn_attn *l,
@@ -91,6 +92,8 @@ int as_nn_attn_bwd(as_nn_ctx *c, as_nn_attn *l, const float *dy, float *dx)
                          l->id, false, &dO));                     /* (B,T,C) */
     AS_TRY(as_nn_linear_bwd(c, &l->proj, dy, AS_NN_F(dO)));
     AS_TRY(as_nn_view(c, l->hqkv, l->name, &qkv));
+    as_nn_report_grad(c, l->hqkv, AS_NN_F(dO), (size_t)N * C);
+    as_nn_report_grad(c, l->hP, AS_NN_F(dO), (size_t)N * C);
     AS_TRY(as_nn_alloc(c, sizeof(float) * 3 * (size_t)N * C,
                          AS_TAG_WORKSPACE, l->id, false, &dqkv)); /* (B,T,3C) */
     AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)T * T, AS_TAG_WORKSPACE,

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+
 #include "util/try.h"
 
 static void set_name(as_nn_ctx *c, char *dst, uint16_t *id, const char *name)
@@ -66,6 +67,7 @@ int as_nn_linear_bwd(as_nn_ctx *c, as_nn_linear *l, const float *dy,
 {
     const void *x;
     AS_TRY_RETURN(as_nn_view(c, l->hx, l->name, &x));
+    as_nn_report_grad(c, l->hx, dy, (size_t)l->N * l->out);
     as_op_linear_bwd(l->N, l->in, l->out, x, AS_NN_F(l->W->w), dy, dx,
                      AS_NN_F(l->W->g), l->b ? AS_NN_F(l->b->g) : NULL);
     as_nn_release(c, &l->hx);
@@ -132,6 +134,8 @@ int as_nn_conv_bwd(as_nn_ctx *c, as_nn_conv *l, const float *dy, float *dx)
 {
     const void *x;
     AS_TRY_RETURN(as_nn_view(c, l->hx, l->name, &x));
+    as_nn_report_grad(c, l->hx, dy,
+                      (size_t)l->g.N * l->g.Cout * l->g.Ho * l->g.Wo);
     as_block ws;
     AS_TRY_RETURN(as_nn_alloc(c, as_op_conv_workspace(&l->g) * sizeof(float),
                     AS_TAG_WORKSPACE, l->id, false, &ws));
@@ -201,6 +205,7 @@ int as_nn_bnorm_bwd(as_nn_ctx *c, as_nn_bnorm *l, const float *dy, float *dx)
     AS_TRY_RETURN(as_nn_view(c, l->hx, l->name, &x));
     AS_TRY_RETURN(as_nn_view(c, l->hstat, l->name, &st));
     const float *s = st;
+    as_nn_report_grad(c, l->hx, dy, (size_t)l->N * l->C * l->HW);
     as_op_batchnorm_bwd(l->N, l->C, l->HW, x, AS_NN_F(l->g->w), s, s + l->C,
                         dy, dx, AS_NN_F(l->g->g), AS_NN_F(l->b->g));
     as_nn_release(c, &l->hx);
@@ -260,8 +265,12 @@ int as_nn_layernorm_fwd(as_nn_ctx *c, as_nn_layernorm *l, int N,
     l->from_y = l->save_output && ln_affine_invertible(l);
     if (l->save_output && !l->from_y && c->training)
         l->fallbacks++;
-    /* from y: the output and rstd; else the input and (mean, rstd) */
-    as_save_info info = {.kind = AS_KIND_NORM_INPUT, .layer = l->name};
+    /* From y: the output (the next linear's input, saved as such so that
+     * the linear's alias finds it under its own rule, no second encode)
+     * and rstd; else the input and (mean, rstd). */
+    as_save_info info = {.kind = l->from_y ? AS_KIND_LINEAR_INPUT
+                                           : AS_KIND_NORM_INPUT,
+                         .layer = l->name};
     as_tensor t = AS_NN_T(l->from_y ? y : x, AS_F32, N, l->C);
     int rc = as_nn_save(c, &info, &t, &l->hx);
     as_save_info si = {.kind = AS_KIND_GENERIC, .layer = l->name};
@@ -285,6 +294,8 @@ int as_nn_layernorm_bwd(as_nn_ctx *c, as_nn_layernorm *l, const float *dy,
     AS_TRY_RETURN(as_nn_view(c, l->hx, l->name, &x));
     AS_TRY_RETURN(as_nn_view(c, l->hstat, l->name, &st));
     const float *s = st;
+    as_nn_report_grad(c, l->hx, dy, (size_t)l->N * l->C);
+    as_nn_report_grad(c, l->hstat, dy, (size_t)l->N * l->C);
     if (l->from_y)
         as_op_layernorm_bwd_y(l->N, l->C, x, AS_NN_F(l->g->w),
                               AS_NN_F(l->b->w), s, dy, dx, AS_NN_F(l->g->g),
@@ -337,6 +348,7 @@ int as_nn_act_fwd(as_nn_ctx *c, as_nn_act *l, int ndim, const int64_t *shape,
 
 int as_nn_act_bwd(as_nn_ctx *c, as_nn_act *l, const float *dy, float *dx)
 {
+    as_nn_report_grad(c, l->h, dy, (size_t)l->n);
     AS_TRY_RETURN(as_nn_act_bwd_saved(c, l->h, l->fn, l->alpha, dy, dx));
     as_nn_release(c, &l->h);
     return 0;

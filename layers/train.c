@@ -659,6 +659,48 @@ long as_nn_run_next_batch(const as_nn_run *r) { return r->next; }
 long as_nn_run_planned_steps(const as_nn_run *r) { return r->planned; }
 long as_nn_run_batches_per_epoch(const as_nn_run *r) { return r->bpe; }
 const as_nn_step_info *as_nn_run_last(const as_nn_run *r) { return &r->last; }
+int as_nn_run_fit_budget(as_nn_run *r, uint64_t budget, double ratio,
+                         uint64_t *set)
+{
+    if ((budget && ratio > 0) || !(ratio >= 0) || (!budget && !(ratio > 0))) {
+        snprintf(r->err, sizeof r->err, "give a budget in bytes or a ratio "
+                 "> 0, not both");
+        return AS_EINVAL;
+    }
+    as_store_set_budget(r->store, 0);
+    int rc = as_nn_run_grads(r, 0, NULL);
+    if (rc)
+        return rc;
+    as_store_plan pl;
+    as_store_stats st;
+    uint64_t keep = 0;
+    if (as_store_plan_take(r->store, &pl) == 0) {
+        keep = pl.keep_bytes;
+        as_store_plan_free(&pl);
+    }
+    if (!keep && as_store_stats_take(r->store, &st) == 0) {
+        keep = st.total.raw_peak;   /* no auto rule: keep's peak */
+        as_store_stats_free(&st);
+    }
+    if (ratio > 0)
+        budget = (uint64_t)((double)keep / ratio);
+    if (!budget) {
+        snprintf(r->err, sizeof r->err, "the model saves nothing: no budget "
+                 "to derive from ratio %g", ratio);
+        return AS_EINVAL;
+    }
+    rc = as_store_set_budget(r->store, budget);
+    if (rc) {
+        snprintf(r->err, sizeof r->err, "%s", as_store_last_error(r->store));
+        return rc;
+    }
+    memset(&r->mem, 0, sizeof r->mem);
+    as_store_reset_peaks(r->store);
+    if (set)
+        *set = budget;
+    return 0;
+}
+
 const char *as_nn_run_error(const as_nn_run *r) { return r->err; }
 
 int as_nn_run_samples_per_batch(const as_nn_run *r)

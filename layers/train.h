@@ -31,11 +31,13 @@
 #ifndef AS_LAYERS_TRAIN_H
 #define AS_LAYERS_TRAIN_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "actstore/store.h"
+
 #include "layers/model.h"
 #include "layers/optim.h"
 
@@ -84,6 +86,14 @@ typedef struct as_nn_train_opts {
     const char *label;          /* label of a created store ("A", "B") */
     int   eval_every;           /* as_nn_train: evaluate every n steps into
                                    eval_curve (0 = only at the end) */
+    volatile sig_atomic_t *stop; /* as_nn_train: when *stop turns nonzero
+                                   (a signal handler), end after the current
+                                   step without the final evaluation: the
+                                   result is partial (NULL = never) */
+    uint64_t saved_budget;      /* as_nn_train: saved-bytes budget (0 = none),
+                                   see as_nn_run_fit_budget */
+    double   budget_ratio;      /* as_nn_train: budget = keep's saved bytes /
+                                   ratio (0 = none; not with saved_budget) */
 } as_nn_train_opts;
 
 /* ---- step-wise runs ------------------------------------------------------ */
@@ -152,6 +162,17 @@ int as_nn_run_step(as_nn_run *r, double *loss);
  * The next as_nn_run_step starts from zeroed gradients. */
 int as_nn_run_grads(as_nn_run *r, long batch, double *loss);
 
+/* Set the store's saved-bytes budget (as_store_set_budget) to `budget`
+ * bytes, or, when ratio > 0, to keep's saved bytes of a step / ratio. A
+ * measuring step comes first: forward + backward of batch 0 without an
+ * update (as as_nn_run_grads), with no budget, so that keep's bytes and
+ * what `auto` can reach are known; the run's memory figures are then reset
+ * (they report the training steps only). *set (may be NULL) gets the
+ * budget. Errors: AS_EBUDGET when the budget cannot be met (err names the
+ * smallest reachable budget), AS_EINVAL, and those of as_nn_run_grads. */
+int as_nn_run_fit_budget(as_nn_run *r, uint64_t budget, double ratio,
+                         uint64_t *set);
+
 /* Evaluate (no-grad: nothing saved, BatchNorm running statistics, dropout
  * off) on the first eval_limit test images / held-out windows. */
 int as_nn_run_eval(as_nn_run *r, as_nn_eval *out);
@@ -192,7 +213,10 @@ const char *as_nn_run_error(const as_nn_run *r);
 /* ---- whole training job -------------------------------------------------- */
 
 typedef struct as_nn_train_result {
-    long     steps;
+    long     steps;             /* done */
+    long     planned_steps;
+    bool     interrupted;       /* opts.stop ended it: no final evaluation
+                                   (eval_samples 0), figures over `steps` */
     double  *loss;              /* per step (steps entries) */
     double   final_train_loss;  /* mean over the last min(50, steps) steps */
     double   eval_accuracy;     /* cnn / vit; -1 otherwise */
@@ -210,6 +234,8 @@ typedef struct as_nn_train_result {
     double   cpu_s;              /* process CPU time (user + system) */
     size_t   params;
     char     blas_core[32];
+    uint64_t saved_budget;      /* 0 = none */
+    as_store_plan plan;         /* auto's plan at the end (plan.active) */
 } as_nn_train_result;
 
 /* Run a training job (p->steps or p->epochs) and a final evaluation.

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+
 #include "util/clock.h"
 #include "util/median.h"
 
@@ -68,7 +69,15 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
     int rc = as_nn_run_create(p, o, &r, err, errlen);
     if (rc)
         return rc;
+    if ((o->saved_budget || o->budget_ratio > 0) &&
+        (rc = as_nn_run_fit_budget(r, o->saved_budget, o->budget_ratio,
+                                   &res->saved_budget))) {
+        snprintf(err, errlen, "%s", as_nn_run_error(r));
+        as_nn_run_destroy(r);
+        return rc;
+    }
     const long steps = as_nn_run_planned_steps(r);
+    res->planned_steps = steps;
     double *ms = malloc((size_t)steps * sizeof *ms);
     double *cms = malloc((size_t)steps * sizeof *cms);
     res->loss = malloc((size_t)steps * sizeof *res->loss);
@@ -95,26 +104,34 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
         res->steps = s + 1;
         progress(o, r, s + 1, steps, loss,
                  train_s > 0 ? (double)spb * (double)(s + 1) / train_s : 0, false);
+        if (o->stop && *o->stop && s + 1 < steps) {
+            res->interrupted = true;
+            break;
+        }
         if (o->eval_every > 0 && (s + 1) % o->eval_every == 0 && s + 1 < steps) {
             as_nn_eval ev;
             if ((rc = eval_point(r, res, s + 1, true, &ev, &eval_s, err, errlen)))
                 goto out;
         }
     }
-    progress(o, r, 0, 0, 0, 0, true);
-    as_nn_eval ev;
-    if ((rc = eval_point(r, res, steps, o->eval_every > 0, &ev, &eval_s, err, errlen)))
-        goto out;
-    res->eval_accuracy = ev.accuracy;
-    res->eval_loss = ev.loss;
-    res->eval_samples = ev.samples;
-    long tail = steps < 50 ? steps : 50;
+    const long done = res->steps;
+    res->eval_accuracy = -1;
+    if (!res->interrupted) {
+        progress(o, r, 0, 0, 0, 0, true);
+        as_nn_eval ev;
+        if ((rc = eval_point(r, res, steps, o->eval_every > 0, &ev, &eval_s, err, errlen)))
+            goto out;
+        res->eval_accuracy = ev.accuracy;
+        res->eval_loss = ev.loss;
+        res->eval_samples = ev.samples;
+    }
+    long tail = done < 50 ? done : 50;
     double sum = 0;
-    for (long s = steps - tail; s < steps; s++)
+    for (long s = done - tail; s < done; s++)
         sum += res->loss[s];
     res->final_train_loss = tail ? sum / (double)tail : 0;
-    res->step_ms_median = as_stats_median(ms, (size_t)steps);
-    res->step_cpu_ms_median = as_stats_median(cms, (size_t)steps);
+    res->step_ms_median = as_stats_median(ms, (size_t)done);
+    res->step_cpu_ms_median = as_stats_median(cms, (size_t)done);
     as_nn_mem m;
     as_nn_run_memory(r, &m);
     res->saved_stored_peak = m.saved_stored_peak;
@@ -125,6 +142,10 @@ int as_nn_train(const as_nn_preset *p, const as_nn_train_opts *o,
     memcpy(res->tag_peak, m.tag_peak, sizeof res->tag_peak);
     res->fallbacks = m.fallbacks;
     res->params = as_nn_params_count(as_nn_run_params(r));
+    if ((rc = as_store_plan_take(as_nn_run_store(r), &res->plan))) {
+        snprintf(err, errlen, "copying the plan: %s", as_strerror(rc));
+        goto out;
+    }
     snprintf(res->blas_core, sizeof res->blas_core, "%s", as_op_blas_core());
     res->eval_s = eval_s;
     res->total_s = as_clock_wall_s() - t0;
@@ -144,5 +165,6 @@ void as_nn_train_result_free(as_nn_train_result *r)
         return;
     free(r->loss);
     free(r->eval_curve);
+    as_store_plan_free(&r->plan);
     memset(r, 0, sizeof *r);
 }

@@ -17,9 +17,10 @@ PACKAGES=(
 # a Node.js whose package bundles npm (and conflicts with Debian's npm), so
 # install Debian's only when there is no npm at all.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
-# Test-time tools (Prometheus' promtool and server, headless Chromium).
+# Test-time tools (Prometheus' promtool and server, headless Chromium, and
+# clang with libFuzzer for the fuzz targets: scripts/fuzz.sh).
 if [[ "${AS_SETUP_TEST_TOOLS:-0}" == 1 ]]; then
-  PACKAGES+=(prometheus chromium)
+  PACKAGES+=(prometheus chromium clang libclang-rt-14-dev)
 fi
 
 missing=()

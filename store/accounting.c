@@ -50,6 +50,39 @@ void as__acct_charge(as_store *s, const as_groups *g, int64_t draw,
     FOR_GROUPS(s, g, a) charge1(a, draw, dstored);
 }
 
+int as__acct_reserve(as_store *s, const as_groups *g, uint64_t n,
+                     const char *layer)
+{
+    uint64_t budget = atomic_load_explicit(&s->saved_budget,
+                                           memory_order_relaxed);
+    if (!budget || !n) {
+        as__acct_charge(s, g, 0, (int64_t)n);
+        return 0;
+    }
+    /* Compare-and-add on the total: concurrent saves cannot pass the
+     * budget together; the other groups follow. */
+    uint64_t cur = atomic_load(&s->total.stored_live);
+    do {
+        if (cur + n > budget) {
+            as__seterr(s, "save (layer %s, %s): saved-bytes budget %llu "
+                       "exceeded (%llu bytes live, %llu more asked)", layer,
+                       as_kind_name(g->kind), (unsigned long long)budget,
+                       (unsigned long long)cur, (unsigned long long)n);
+            return AS_EBUDGET;
+        }
+    } while (!atomic_compare_exchange_weak(&s->total.stored_live, &cur,
+                                           cur + n));
+    uint64_t now = cur + n, p = atomic_load(&s->total.stored_peak);
+    while (now > p && !atomic_compare_exchange_weak(&s->total.stored_peak,
+                                                    &p, now))
+        ;
+    as_acct *grp[3] = {&s->kinds[g->kind], &s->layers[g->layer].acct,
+                       &s->policies[g->policy]};
+    for (int i = 0; i < 3; i++)
+        add_live(&grp[i]->stored_live, &grp[i]->stored_peak, (int64_t)n);
+    return 0;
+}
+
 void as__acct_count(as_store *s, const as_groups *g, int stat, uint64_t n)
 {
     FOR_GROUPS(s, g, a) {
@@ -185,6 +218,36 @@ void as__acct_sample(void *ud, uint64_t extra[AS_SAMPLE_EXTRA])
     extra[15] = atomic_load(&s->total.fallbacks);
 }
 
+int as_store_report_metric(as_store *s, const char *name, double value)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (!s || n < 1 || n >= sizeof s->metrics[0].name ||
+        strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_") != n)
+        return AS_EINVAL;
+    int rc = 0;
+    pthread_mutex_lock(&s->layer_mu);
+    size_t i = 0;
+    while (i < s->nmetrics && strcmp(s->metrics[i].name, name))
+        i++;
+    if (i == s->nmetrics) {
+        if (i == AS_STORE_METRICS_MAX) {
+            rc = AS_ERANGE;
+            goto out;
+        }
+        memcpy(s->metrics[i].name, name, n + 1);
+        s->nmetrics++;
+    }
+    s->metrics[i].value = value;
+    s->metrics[i].step = atomic_load(&s->step);
+    s->metrics[i].count++;
+out:
+    pthread_mutex_unlock(&s->layer_mu);
+    if (rc)
+        as__seterr(s, "report_metric '%s': already %d names (AS_STORE_METRICS_MAX)", name,
+                   AS_STORE_METRICS_MAX);
+    return rc;
+}
+
 static void copy_counter(as_store_counter *o, as_acct *a)
 {
     o->raw_live = atomic_load(&a->raw_live);
@@ -226,6 +289,8 @@ int as_store_stats_take(as_store *s, as_store_stats *out)
     char *names = mem + (size_t)nl * sizeof(as_store_layer_stats);
     out->policies = (as_store_policy_stats *)(void *)(mem + lsz);
     pthread_mutex_lock(&s->layer_mu);
+    out->nmetrics = s->nmetrics;
+    memcpy(out->metrics, s->metrics, s->nmetrics * sizeof s->metrics[0]);
     for (uint32_t i = 0; i < nl; i++) {
         as_layer_acct *l = &s->layers[i];
         if (i != AS_LAYER_NONE && !l->name[0])

@@ -44,22 +44,34 @@ int as_pctx_alloc(as_pctx *c, size_t n, void **out)
     as_rep *r = c->rep;
     if (r->nblocks == r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 4;
-        as_block *nb = realloc(r->blocks, cap * sizeof *nb);
+        as_block *nb = as__srealloc(c->s, r->blocks, cap * sizeof *nb);
         if (!nb)
             return AS_ENOMEM;
         r->blocks = nb;
         r->cap = cap;
     }
     as_block b;
-    int rc = as_alloc(c->s->arena, n, AS_TAG_SAVED, r->g.layer, &b);
+    if (r->probe) {   /* a trial encode: workspace, never stored bytes */
+        int rc = as_alloc(c->s->arena, n, AS_TAG_WORKSPACE, r->g.layer, &b);
+        if (rc < 0)
+            return rc;
+        r->blocks[r->nblocks++] = b;
+        r->probe_bytes += b.size;
+        *out = b.ptr;
+        return 0;
+    }
+    int rc = as__acct_reserve(c->s, &r->g, n, c->layer);
+    if (rc < 0)
+        return rc;
+    rc = as_alloc(c->s->arena, n, AS_TAG_SAVED, r->g.layer, &b);
     if (rc < 0) {
+        as__acct_charge(c->s, &r->g, 0, -(int64_t)n);
         as__seterr(c->s, "save (layer %s): %s", c->layer,
                    as_arena_last_error(c->s->arena));
         return rc;
     }
     r->blocks[r->nblocks++] = b;
     r->stored += b.size;
-    as__acct_charge(c->s, &r->g, 0, (int64_t)b.size);
     *out = b.ptr;
     return 0;
 }
@@ -69,8 +81,12 @@ void as_pctx_free(as_pctx *c, void *p)
     as_rep *r = c->rep;
     for (size_t i = 0; p && i < r->nblocks; i++)
         if (r->blocks[i].ptr == p) {
-            r->stored -= r->blocks[i].size;
-            as__acct_charge(c->s, &r->g, 0, -(int64_t)r->blocks[i].size);
+            if (r->probe) {
+                r->probe_bytes -= r->blocks[i].size;
+            } else {
+                r->stored -= r->blocks[i].size;
+                as__acct_charge(c->s, &r->g, 0, -(int64_t)r->blocks[i].size);
+            }
             as_free(c->s->arena, &r->blocks[i]);
             r->blocks[i] = r->blocks[--r->nblocks];
             return;
@@ -79,6 +95,10 @@ void as_pctx_free(as_pctx *c, void *p)
 
 void as_pctx_account(as_pctx *c, int64_t delta)
 {
+    if (c->rep->probe) {
+        c->rep->probe_bytes += (uint64_t)delta;
+        return;
+    }
     c->rep->extra += delta;
     c->rep->stored += (uint64_t)delta;
     as__acct_charge(c->s, &c->rep->g, 0, delta);
@@ -86,12 +106,15 @@ void as_pctx_account(as_pctx *c, int64_t delta)
 
 as_block *as_pctx_take_adopted(as_pctx *c)
 {
-    if (!c->adopted || c->adopted_taken)
+    if (!c->adopted || c->adopted_taken || c->rep->probe)
+        return NULL;
+    /* Over the saved budget: the policy copies instead, and that copy is
+     * refused with the budget's message. */
+    if (as__acct_reserve(c->s, &c->rep->g, c->adopted->size, c->layer) < 0)
         return NULL;
     c->adopted_taken = true;
     c->rep->adopted = *c->adopted;
     c->rep->stored += c->adopted->size;
-    as__acct_charge(c->s, &c->rep->g, 0, (int64_t)c->adopted->size);
     return &c->rep->adopted;
 }
 

@@ -233,13 +233,16 @@ int as_store_restore(as_store *s, as_handle h, as_tensor *dst)
     bool same = dst->dtype == it->shape.dtype && dst->ndim == it->shape.ndim;
     for (int i = 0; same && i < dst->ndim; i++)
         same = dst->shape[i] == it->shape.shape[i];
-    if (!same || (!dst->data && it->bytes)) {
+    if (same && !dst->data && it->bytes) {   /* a caller error, not a shape */
+        as__seterr(s, "restore of handle 0x%016llx (layer %s): the buffer's data "
+                   "is NULL", (unsigned long long)h.v, lname(s, r));
+        rc = AS_EINVAL;
+    } else if (!same) {
         char a[128], b[128];
         shape_text(dst, a, sizeof a);
         shape_text(&it->shape, b, sizeof b);
-        as__seterr(s, "restore of handle 0x%016llx (layer %s): buffer is %s%s,"
-                   " saved tensor is %s", (unsigned long long)h.v,
-                   lname(s, r), a, dst->data ? "" : " with no data", b);
+        as__seterr(s, "restore of handle 0x%016llx (layer %s): buffer is %s,"
+                   " saved tensor is %s", (unsigned long long)h.v, lname(s, r), a, b);
         rc = AS_ESHAPE;
     } else if ((rc = verify_checksum(s, it, r, h)) < 0) {
         /* nothing written */

@@ -26,6 +26,8 @@ static void free_polref(as_polref *p)
     if (p->ops && p->ops->free_params && p->params)
         p->ops->free_params(p->params);
     p->params = NULL;
+    free((char *)p->text);
+    p->text = NULL;
 }
 
 void as__rules_unref(as_rules *r)
@@ -142,8 +144,12 @@ static int parse_policy(parser *p, int kind, as_polref *out)
     }
     out->ops = o;
     out->params = params;
-    snprintf(out->text, sizeof out->text, "%s%s%.*s", o->name,
-             alen ? ":" : "", (int)alen, p->s + aoff);
+    size_t tl = strlen(o->name) + 1 + alen + 1;
+    char *text = malloc(tl);
+    if (!text)
+        return AS_ENOMEM;   /* params are freed with the rule */
+    snprintf(text, tl, "%s%s%.*s", o->name, alen ? ":" : "", (int)alen, p->s + aoff);
+    out->text = text;
     return 0;
 }
 
@@ -214,6 +220,62 @@ static bool same_selector(const as_rule *a, const as_rule *b)
     return true;
 }
 
+/* Selectors seen so far, for the one-rule-per-selector check in linear
+ * time (a spec may carry a rule for every layer of a large model). Open
+ * addressing; each slot keeps the selector's hash, so a probe reads a rule
+ * (a cache miss in a large spec) only when the hashes agree. */
+typedef struct sel_slot {
+    uint64_t hash;
+    size_t   idx;      /* rule index + 1; 0 = empty */
+} sel_slot;
+
+typedef struct sel_set {
+    sel_slot *slot;
+    size_t    cap;     /* power of two, > 2 x entries */
+} sel_set;
+
+static uint64_t sel_hash(const as_rule *u)
+{
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)u->sel;
+    if (u->sel == AS_SEL_KIND)
+        h = (h ^ (uint64_t)u->kind) * 1099511628211ull;
+    else if (u->sel == AS_SEL_LAYER)
+        for (size_t i = 0; i < u->glob_len; i++)
+            h = (h ^ (unsigned char)u->glob[i]) * 1099511628211ull;
+    h ^= h >> 33;   /* mix the high bits down: the table uses the low ones */
+    h *= 0xff51afd7ed558ccdull;
+    return h ^ (h >> 33);
+}
+
+/* The index of an earlier rule with the selector of rule `at`, or
+ * SIZE_MAX after inserting it; AS_ENOMEM as (size_t)-2. */
+static size_t sel_set_add(sel_set *t, const as_rule *rules, size_t at)
+{
+    if (2 * (at + 1) >= t->cap) {
+        size_t ncap = t->cap ? 2 * t->cap : 64;
+        sel_slot *ns = calloc(ncap, sizeof *ns);
+        if (!ns)
+            return (size_t)-2;
+        for (size_t k = 0; k < t->cap; k++)
+            if (t->slot[k].idx) {
+                size_t h = (size_t)t->slot[k].hash & (ncap - 1);
+                while (ns[h].idx)
+                    h = (h + 1) & (ncap - 1);
+                ns[h] = t->slot[k];
+            }
+        free(t->slot);
+        t->slot = ns;
+        t->cap = ncap;
+    }
+    uint64_t hv = sel_hash(&rules[at]);
+    size_t h = (size_t)hv & (t->cap - 1);
+    for (; t->slot[h].idx; h = (h + 1) & (t->cap - 1))
+        if (t->slot[h].hash == hv && same_selector(&rules[t->slot[h].idx - 1], &rules[at]))
+            return t->slot[h].idx - 1;
+    t->slot[h] = (sel_slot){hv, at + 1};
+    return SIZE_MAX;
+}
+
 static void normalize(as_rules *r)
 {
     size_t k = 0, cap = sizeof r->spec;
@@ -251,6 +313,7 @@ int as__rules_parse(const char *spec, as_rules **out, char *err, size_t errlen)
     parser p = {spec, strlen(spec), 0, err, errlen};
     size_t cap = 0;
     int rc = 0;
+    sel_set seen = {0};
     while (p.i <= p.n) {
         skip_ws(&p);
         if (p.i >= p.n)
@@ -272,15 +335,18 @@ int as__rules_parse(const char *spec, as_rules **out, char *err, size_t errlen)
         memset(u, 0, sizeof *u);
         if ((rc = parse_rule(&p, u)) < 0)
             break;
-        for (size_t j = 0; j + 1 < r->n; j++)
-            if (same_selector(&r->rules[j], u)) {
-                rc = fail(&p, u->offset, "one rule per selector (this one is "
-                          "already set at offset %zu)", r->rules[j].offset);
-                break;
-            }
-        if (rc < 0)
+        size_t j = sel_set_add(&seen, r->rules, r->n - 1);
+        if (j == (size_t)-2) {
+            rc = AS_ENOMEM;
             break;
+        }
+        if (j != SIZE_MAX) {
+            rc = fail(&p, u->offset, "one rule per selector (this one is "
+                      "already set at offset %zu)", r->rules[j].offset);
+            break;
+        }
     }
+    free(seen.slot);
     if (rc < 0) {
         if (rc == AS_ENOMEM && err && errlen)
             snprintf(err, errlen, "out of memory parsing the spec");
@@ -288,6 +354,8 @@ int as__rules_parse(const char *spec, as_rules **out, char *err, size_t errlen)
         return rc;
     }
     normalize(r);
+    for (size_t i = 0; i < r->n; i++)
+        r->has_auto |= !strcmp(r->rules[i].pol.ops->name, "auto");
     *out = r;
     return 0;
 }

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/policies/auto/auto.h"
 #include "store/store_internal.h"
 #include "util/clock.h"
 
@@ -87,12 +88,11 @@ static bool is_fallback_code(int rc)
            rc == AS_EMETA;
 }
 
-/* Encode t under one policy. On success *out is a new rep (refs 1). */
-static int try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
-                      const as_polref *p, as_rules *rules,
-                      const as_save_info *info, const as_tensor *t,
-                      as_block *adopted, bool *taken, char *why,
-                      size_t whylen, as_rep **spare, as_rep **out)
+int as__try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
+                   const as_polref *p, as_rules *rules,
+                   const as_save_info *info, const as_tensor *t,
+                   as_block *adopted, bool *taken, char *why, size_t whylen,
+                   as_rep **spare, as_rep **out)
 {
     const as_policy_ops *ops = p ? p->ops : &as_policy_keep;
     void *params = p ? p->params : NULL;
@@ -108,7 +108,7 @@ static int try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
         r = *spare;
         *spare = NULL;
         memset(r, 0, sizeof *r);
-    } else if (!(r = calloc(1, sizeof *r))) {
+    } else if (!(r = as__scalloc(s, 1, sizeof *r))) {
         return AS_ENOMEM;
     }
     atomic_init(&r->refs, 1);
@@ -166,18 +166,18 @@ static int encode_plan(as_store *s, as_item *it, as_handle h, as_groups g,
     const char *first_name = NULL;
     bool meta_seen = false;
     for (size_t k = 0; k < ntries; k++) {
-        int rc = try_policy(s, it, h, g, tries[k], rules, info, t, adopted,
-                            taken, why, sizeof why, spare, out);
+        int rc = as__try_policy(s, it, h, g, tries[k], rules, info, t, adopted,
+                                taken, why, sizeof why, spare, out);
         if (rc == 0) {
             as_rep *r = *out;
             if (first_name) {
-                char reason[224];
+                char reason[320];
                 snprintf(reason, sizeof reason, "%s: %s", first_name,
                          first_why);
                 as_groups fg = g;
                 fg.policy = (uint16_t)as__policy_index(tries[0]->ops);
                 as__acct_fallback(s, &fg, reason);
-                char d[320];
+                char d[400];
                 snprintf(d, sizeof d, "%s (fallback from %s)",
                          tries[k] ? tries[k]->text : "keep", reason);
                 as__strlcpy(r->desc, d, sizeof r->desc);
@@ -239,7 +239,7 @@ static void source_consumed(as_store *s, as_item *src, as_item *z,
         src->bytes != z->bytes ||
         !as__fn_invertible(fn, as_tensor_numel(&src->shape), why, sizeof why))
         goto out;
-    r = calloc(1, sizeof *r);
+    r = as__scalloc(s, 1, sizeof *r);
     if (!r)
         goto out;
     atomic_init(&r->refs, 1);
@@ -321,6 +321,13 @@ static int save_alias(as_store *s, const as_save_info *info,
     as_rep *cur = as__item_rep(s, it);
     const as_policy_ops *want = plan.pol ? plan.pol->ops : &as_policy_keep;
     void *wparams = plan.pol ? plan.pol->params : NULL;
+    /* auto planned the item already; a derivative-only form (sign, fewbit)
+     * cannot serve a save that needs values: that one gets an item of its
+     * own below, planned by auto under its own (layer, kind). */
+    if (want == &as_policy_auto && !cur->ops->grad_only) {
+        want = cur->ops;
+        wparams = cur->params;
+    }
     bool same_pol = want == cur->ops && wparams == cur->params;
     if (!same_pol && cur->ops->grad_only && !want->exact) {
         /* The first save needs only its derivative form, this one the
@@ -438,8 +445,8 @@ static int save_impl(as_store *s, const as_save_info *info,
     /* The item and its first representation are fresh memory, usually not
      * in any cache: allocate them first and ask for their lines now, so the
      * misses overlap the layer and rule lookups instead of following them. */
-    as_item *it = malloc(sizeof *it);
-    as_rep *spare = malloc(sizeof *spare);
+    as_item *it = as__smalloc(s, sizeof *it);
+    as_rep *spare = as__smalloc(s, sizeof *spare);
     for (size_t o = 0; it && o < sizeof *it; o += 64)
         __builtin_prefetch((char *)it + o, 1);
     for (size_t o = 0; spare && o < sizeof *spare; o += 64)
@@ -469,8 +476,13 @@ static int save_impl(as_store *s, const as_save_info *info,
     as_block blk = adopt ? *adopt : (as_block){0};
     bool taken = false;
     as_rep *r;
-    rc = encode_plan(s, it, h, g, &plan, rules, info, t, adopt ? &blk : NULL,
-                     &taken, &spare, &r);
+    bool planned = plan.pol && plan.pol->ops == &as_policy_auto;
+    if (planned)
+        rc = as__auto_save(s, it, h, g, plan.pol, rules, info, t,
+                           adopt ? &blk : NULL, &taken, &spare, &r);
+    else
+        rc = encode_plan(s, it, h, g, &plan, rules, info, t,
+                         adopt ? &blk : NULL, &taken, &spare, &r);
     free(spare);   /* NULL when used */
     spare = NULL;
     if (rc < 0) {
@@ -489,6 +501,8 @@ static int save_impl(as_store *s, const as_save_info *info,
             as_free(s->arena, &blk);
     }
     finish_save(s, it, r);
+    if (rules->has_auto || atomic_load_explicit(&s->planner, memory_order_acquire))
+        as__auto_note(s, r, bytes, planned);
     if (src && r->ops->grad_only) {
         /* No values to rebuild the source from yet: wait for an alias that
          * brings them (save_alias), or keep the source as it is. */

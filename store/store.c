@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/policies/auto/auto.h"
 #include "store/store_internal.h"
 
 /* Live store ids (for "foreign" versus "forged" messages). */
@@ -140,7 +141,7 @@ int as__slot_reserve(as_store *s, as_handle *h)
             return AS_ERANGE;
         }
         as_slot **c = &s->chunks[i / AS_SLOTS_PER_CHUNK];
-        if (!*c && !(*c = calloc(AS_SLOTS_PER_CHUNK, sizeof **c))) {
+        if (!*c && !(*c = as__scalloc(s, AS_SLOTS_PER_CHUNK, sizeof **c))) {
             pthread_mutex_unlock(&s->mu);
             return AS_ENOMEM;
         }
@@ -377,6 +378,7 @@ void as_store_step_begin(as_store *s, uint64_t step)
     as_store_reset_peaks(s);
     as_arena_reset_peaks(s->arena);
     as_arena_mark_step(s->arena, step);
+    as__auto_step_begin(s);
 }
 
 void as_store_step_end(as_store *s)
@@ -389,6 +391,7 @@ void as_store_step_end(as_store *s)
     s->in_step = false;
     pthread_mutex_unlock(&s->mu);
     as__mat_drop_all(s, true);
+    as__auto_step_end(s);
 }
 
 void as_store_phase(as_store *s, enum as_phase phase)
@@ -488,6 +491,7 @@ void as_store_destroy(as_store *s)
     as_arena_set_sample_hook(s->arena, NULL, NULL);
     release_all(s, true);
     as__mat_drop_all(s, true);
+    as__auto_destroy(s);
     as__rules_unref(s->rules);
     as_arena_destroy(s->arena);
     for (size_t i = 0; i < AS_SLOT_CHUNKS; i++)
@@ -510,6 +514,12 @@ int as_store_set_policy(as_store *s, const char *spec, char *err,
 {
     if (!s)
         return AS_EINVAL;
+    if (!spec) {   /* NULL is no spec, not "default=keep" (the config's default) */
+        if (err && errlen)
+            snprintf(err, errlen, "no spec (NULL); give e.g. \"default=keep\"");
+        as__seterr(s, "set_policy: no spec (NULL)");
+        return AS_EINVAL;
+    }
     as_rules *r;
     int rc = as__rules_parse(spec, &r, err, errlen);
     if (rc < 0) {
@@ -604,7 +614,7 @@ int as__rep_add_dep(as_store *s, as_item *owner, as_rep *r, as_handle h)
     }
     if (rc == 0 && r->ndeps == r->depcap) {
         size_t cap = r->depcap ? r->depcap * 2 : 4;
-        as_dep *nd = realloc(r->deps, cap * sizeof *nd);
+        as_dep *nd = as__srealloc(s, r->deps, cap * sizeof *nd);
         rc = nd ? 0 : AS_ENOMEM;
         if (nd) {
             r->deps = nd;
@@ -614,7 +624,7 @@ int as__rep_add_dep(as_store *s, as_item *owner, as_rep *r, as_handle h)
     as_item *d = rc == 0 ? sl->item : NULL;
     if (d && d->ndependents == d->dcap) {
         size_t cap = d->dcap ? d->dcap * 2 : 4;
-        as_item **nd = realloc(d->dependents, cap * sizeof *nd);
+        as_item **nd = as__srealloc(s, d->dependents, cap * sizeof *nd);
         rc = nd ? 0 : AS_ENOMEM;
         if (nd) {
             d->dependents = nd;

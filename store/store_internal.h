@@ -25,6 +25,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "actstore/store.h"
 #include "store/policy.h"
@@ -69,7 +70,9 @@ enum { AS_SEL_DEFAULT, AS_SEL_KIND, AS_SEL_LAYER };
 typedef struct as_polref {
     const as_policy_ops *ops;
     void                *params;
-    char                 text[48];   /* "zstd:3" as written (normalized) */
+    const char          *text;       /* "zstd:3" as written (normalized);
+                                        malloc'd, whole (an offload path
+                                        may be long) */
 } as_polref;
 
 typedef struct as_rule {
@@ -85,6 +88,7 @@ typedef struct as_rule {
 
 typedef struct as_rules {
     _Atomic int refs;
+    bool        has_auto;    /* a rule names auto (its planner sees every save) */
     size_t      n;
     as_rule    *rules;
     char        spec[512];   /* normalized */
@@ -95,6 +99,25 @@ typedef struct as_rules {
 int as__rules_parse(const char *spec, as_rules **out, char *err, size_t errlen);
 void as__rules_unref(as_rules *r);
 static inline void as__rules_ref(as_rules *r) { atomic_fetch_add(&r->refs, 1); }
+
+/* Fault injection (tests, allocator/alloc.c): with as__arena_fault_set(a,
+ * n, sticky) the nth allocation from now fails, arena blocks and the
+ * store's own records alike (sticky: every one after it too). */
+void as__arena_fault_set(as_arena *a, long nth, bool sticky);
+bool as__arena_fault(as_arena *a);
+long as__arena_fault_left(as_arena *a);   /* allocations to go; 0 = done */
+static inline void *as__smalloc(as_store *s, size_t n)
+{
+    return as__arena_fault(as_store_arena(s)) ? NULL : malloc(n);
+}
+static inline void *as__scalloc(as_store *s, size_t k, size_t n)
+{
+    return as__arena_fault(as_store_arena(s)) ? NULL : calloc(k, n);
+}
+static inline void *as__srealloc(as_store *s, void *p, size_t n)
+{
+    return as__arena_fault(as_store_arena(s)) ? NULL : realloc(p, n);
+}
 
 /* The plan for one tensor: primary policy and fallback; `pending_inverse`
  * when the primary is "inverse" (decided later, see as__replan_inverse):
@@ -140,6 +163,9 @@ typedef struct as_rep {
                                         item_free does */
     struct as_rep       *older;      /* superseded reps, freed with the item
                                         (keeps policy_of strings valid) */
+    bool                 probe;      /* auto's trial encode: blocks are
+                                        workspace, never charged as stored */
+    uint64_t             probe_bytes;/* what the trial would have stored */
 } as_rep;
 
 enum { AS_MAT_NONE, AS_MAT_BUSY, AS_MAT_READY };
@@ -216,6 +242,12 @@ struct as_store {
      * under layer_mu, after the name is written: lookups read lock-free. */
     _Atomic uint16_t ltab[2048];
     _Atomic uint64_t auto_released, offload_fallbacks;
+    /* Hard limit on total stored_live (as_store_set_budget), 0 = none. */
+    _Atomic uint64_t saved_budget;
+    /* The `auto` planner, created at the first save under auto. */
+    struct as_auto *_Atomic planner;
+    as_store_metric  metrics[AS_STORE_METRICS_MAX];   /* under layer_mu */
+    size_t           nmetrics;
 };
 
 /* ---- store internals shared between files ------------------------------ */
@@ -226,6 +258,10 @@ void as__seterr(const as_store *s, const char *fmt, ...)
 /* Accounting (accounting.c). */
 void as__acct_charge(as_store *s, const as_groups *g, int64_t draw,
                      int64_t dstored);
+/* Charge n new stored bytes within the saved budget: AS_EBUDGET (nothing
+ * charged, message set) when live stored bytes would pass it. */
+int as__acct_reserve(as_store *s, const as_groups *g, uint64_t n,
+                     const char *layer);
 void as__acct_count(as_store *s, const as_groups *g, int stat, uint64_t n);
 void as__acct_time(as_store *s, const as_groups *g, bool encode, uint64_t ns);
 void as__acct_fallback(as_store *s, const as_groups *g, const char *reason);
@@ -253,6 +289,15 @@ void as__item_unref(as_store *s, as_item *it);
 as_rep *as__item_rep(as_store *s, as_item *it);   /* referenced */
 void as__rep_unref(as_store *s, as_rep *r);
 int as__rep_add_dep(as_store *s, as_item *owner, as_rep *r, as_handle h);
+
+/* Save (save.c): encode t under one policy (NULL = keep) into a new rep
+ * (refs 1). A fallback code (AS_ENOTSUP / AS_EIO / AS_ESTATE) comes with the
+ * reason in why. */
+int as__try_policy(as_store *s, as_item *it, as_handle h, as_groups g,
+                   const as_polref *p, as_rules *rules,
+                   const as_save_info *info, const as_tensor *t,
+                   as_block *adopted, bool *taken, char *why, size_t whylen,
+                   as_rep **spare, as_rep **out);
 
 /* Materialization (restore.c): a read-only view of the item's values,
  * borrowed until as__unborrow. */

@@ -83,5 +83,32 @@ for bad in 0/3 4/3 3 a/b 2/1 1/65; do
 done
 "$BIN" "${AB[@]}" --seeds 2 --shard 3/3 --out x >x.txt 2>&1; rc=$?
 [[ $rc == 2 ]] && grep -q "N <= --seeds" x.txt && ok || fail "more shards than seeds: exit $rc: $(cat x.txt)"
+# an auto arm's budget and plan survive the cut and the merge
+"$BIN" ab --model vit --a default=keep --b default=auto --ratio 10 --seeds 2 --steps 3 \
+    --check-every 0 --threads 1 --quiet --out auto >auto.txt 2>&1 \
+  || fail "auto run exited $? ($(tail -1 auto.txt))"
+python3 - <<'PY' || fail "splitting the auto report"
+import json, os
+full = json.load(open("auto/report.json"))
+for i in range(2):
+    d = json.loads(json.dumps(full))
+    d["seeds"] = [full["seeds"][i]]
+    for arm in d["arms"]:
+        arm["runs"] = [arm["runs"][i]]
+    d["shard"] = {"index": i + 1, "count": 2, "seed0": 1, "seeds_total": 2}
+    os.makedirs("acut%d" % i)
+    json.dump(d, open("acut%d/report.json" % i, "w"))
+PY
+"$BIN" ab merge acut1 acut0 --out aback >aback.txt 2>&1 || fail "merge of the auto report exited $?"
+python3 - <<'PY' && ok || fail "auto plan lost in the merge"
+import json
+a = json.load(open("auto/report.json")); b = json.load(open("aback/report.json"))
+for s in range(2):
+    ra, rb = a["arms"][1]["runs"][s], b["arms"][1]["runs"][s]
+    assert ra["saved_budget_bytes"] > 0 and ra["plan"]["active"]
+    assert ra["saved_budget_bytes"] == rb["saved_budget_bytes"]
+    assert ra["plan"] == rb["plan"], (ra["plan"], rb["plan"])
+    assert "plan" not in b["arms"][0]["runs"][s]
+PY
 echo "$passes passed, $fails failed"
 [[ $fails == 0 ]]

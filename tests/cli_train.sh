@@ -2,6 +2,7 @@
 # actstore train: usage errors (exit 2), data errors (exit 1, naming the path
 # and the package), the JSON fields (docs/training.md), bit-for-bit identical loss
 # curves for the same seed, plain progress lines when not on a terminal,
+# SIGTERM / SIGINT ending a run with partial JSON and no offload file left,
 # and actstore bench layers' JSON. Small preset, a few steps: seconds.
 set -u
 BIN=${1:?usage: cli_train.sh path/to/actstore}
@@ -92,6 +93,57 @@ assert 'accuracy' not in j['eval'] and j['eval']['loss'] > 0, j['eval']
 " && ok || bad "lm JSON on stdout"
 grep -q "^step 1/3 loss" "$T/err" && ! grep -q $'\r' "$T/err" && ok \
   || bad "plain progress lines: $(head -c 300 "$T/err")"
+
+# SIGTERM / SIGINT: the run ends after the current step with the partial
+# JSON written (exit 1), and no offload file is left in the directory
+for sig in TERM INT; do
+  mkdir -p "$T/off$sig"
+  "$BIN" train --model cnn --policy "default=offload:$T/off$sig" --steps 100000 \
+    --json "$T/part$sig.json" >"$T/pout" 2>"$T/perr" &
+  pid=$!
+  for _ in $(seq 300); do grep -q "^step 1/" "$T/perr" && break; sleep 0.1; done
+  kill -$sig $pid
+  wait $pid; code=$?
+  [[ $code -eq 1 ]] && ok || bad "SIG$sig: exit $code: $(tail -c 300 "$T/perr")"
+  python3 -c "
+import json; j=json.load(open('$T/part$sig.json'))
+assert j['partial']['planned_steps'] == 100000 and 1 <= j['steps'] < 100000, j.get('partial')
+assert len(j['loss_curve']) == j['steps'] and 'eval' not in j
+" && ok || bad "SIG$sig: partial JSON"
+  grep -q "interrupted" "$T/perr" && ok || bad "SIG$sig: no message"
+  [[ -z "$(ls -A "$T/off$sig")" ]] && ok || bad "SIG$sig: files left: $(ls "$T/off$sig" | head -3)"
+done
+
+# auto within a budget: --budget / --ratio usage, the plan in the JSON and
+# on stderr, the saved peak within the budget, an impossible budget fails
+# naming the smallest reachable one
+expect 2 train --model vit --policy default=auto --budget 0
+expect 2 train --model vit --policy default=auto --budget 12X
+expect 2 train --model vit --policy default=auto --ratio 0
+expect 2 train --model vit --policy default=auto --budget 1M --ratio 10
+expect 0 train --model vit --policy default=auto --ratio 10 --steps 4 --json "$T/auto.json"
+grep -q "auto plan" "$T/err" && grep -q "linear_input" "$T/err" && ok \
+  || bad "plan table on stderr: $(head -c 300 "$T/err")"
+python3 -c "
+import json; j=json.load(open('$T/auto.json')); m=j['memory']; p=j['plan']
+b=m['saved_budget_bytes']
+assert b > 0 and abs(b - p['keep_bytes'] / 10) <= 1, (b, p['keep_bytes'])
+assert m['saved_stored_peak_bytes'] <= b, (m['saved_stored_peak_bytes'], b)
+assert p['active'] and p['feasible'] and p['planned_bytes'] <= b
+assert len(p['layers']) > 5
+for e in p['layers']:
+    assert set(['layer','kind','policy','raw_bytes','stored_bytes','rel_error','cosine']) <= set(e)
+    assert e['stored_bytes'] <= e['raw_bytes']
+" && ok || bad "auto JSON"
+expect 0 train --model vit --policy default=auto --budget 600K --steps 2 --quiet --json "$T/auto2.json"
+python3 -c "
+import json; j=json.load(open('$T/auto2.json'))
+assert j['memory']['saved_budget_bytes'] == 600 * 1024
+assert j['memory']['saved_stored_peak_bytes'] <= 600 * 1024
+" && ok || bad "auto --budget 600K JSON"
+expect 1 train --model vit --policy default=auto --budget 1K --steps 2 --quiet
+grep -q "smallest budget auto can reach is [0-9]* bytes" "$T/err" && ok \
+  || bad "impossible budget message: $(head -c 300 "$T/err")"
 
 # bench layers: its JSON has conv and matmul next to sgemm
 expect 0 bench layers --reps 1 --json "$T/bl.json"

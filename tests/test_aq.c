@@ -20,6 +20,7 @@
 
 #include "actstore/store.h"
 #include "store/policies/aq.h"
+#include "store/policies/quant.h"
 #include "support/store_stats.h"
 #include "util/rng.h"
 
@@ -53,21 +54,12 @@ static void enc_free(enc *e)
     free(e->codes);
 }
 
-/* The step bound of group g as the decoder sees it, scaled to x. */
+/* The step of group g as the decoder sees it. */
 static double group_step(const enc *e, size_t g)
 {
-    float mn, s;
-    if (e->f.p16) {
-        const uint16_t *p = (const uint16_t *)e->params + 2 * g;
-        uint16_t h = p[1];
-        /* decode the f16 step by hand (positive, finite) */
-        int ex = h >> 10 & 31, m = h & 1023;
-        s = ex ? ldexpf(1.0f + m / 1024.0f, ex - 15) : ldexpf(m / 1024.0f, -14);
-        (void)mn;
-    } else {
-        s = ((const as_aq_param *)e->params)[g].step;
-    }
-    return s;
+    if (e->f.p16)
+        return as__f16_to_f32_one(((const uint16_t *)e->params)[2 * g + 1]);
+    return ((const as_aq_param *)e->params)[g].step;
 }
 
 /* ---- kernels ------------------------------------------------------------- */

@@ -16,19 +16,19 @@
 static uint64_t rng_state = 88172645463325252ull;
 static double nrand(void) { return as_rng_normal(&rng_state); }
 
-static as__conv_geom geom(int cin, int h, int w, int cout, int k, int pad)
+static as__civ_geom geom(int cin, int h, int w, int cout, int k, int pad)
 {
-    as__conv_geom g = {.cin = cin, .h = h, .w = w, .cout = cout, .kh = k, .kw = k,
+    as__civ_geom g = {.cin = cin, .h = h, .w = w, .cout = cout, .kh = k, .kw = k,
                        .pad_h = pad, .pad_w = pad, .stride_h = 1, .stride_w = 1,
                        .dil_h = 1, .dil_w = 1, .groups = 1};
     return g;
 }
 
 /* Direct cross-correlation in double, stored as float (like a framework). */
-static void conv_ref(const as__conv_geom *g, int n, const float *x, const float *w,
+static void conv_ref(const as__civ_geom *g, int n, const float *x, const float *w,
                      const float *bias, float *y)
 {
-    int ho = as__conv_out_h(g), wo = as__conv_out_w(g);
+    int ho = as__civ_out_h(g), wo = as__civ_out_w(g);
     for (int b = 0; b < n; b++)
         for (int o = 0; o < g->cout; o++)
             for (int i = 0; i < ho; i++)
@@ -48,9 +48,9 @@ static void conv_ref(const as__conv_geom *g, int n, const float *x, const float 
 }
 
 /* dW = sum over batch and output pixels of dY * X (double accumulation). */
-static void wgrad_ref(const as__conv_geom *g, int n, const float *x, const float *dy, double *dw)
+static void wgrad_ref(const as__civ_geom *g, int n, const float *x, const float *dy, double *dw)
 {
-    int ho = as__conv_out_h(g), wo = as__conv_out_w(g);
+    int ho = as__civ_out_h(g), wo = as__civ_out_w(g);
     for (int o = 0; o < g->cout; o++)
         for (int c = 0; c < g->cin; c++)
             for (int u = 0; u < g->kh; u++)
@@ -80,7 +80,7 @@ static double max_rel_err(const float *a, const float *ref, size_t len)
     return m > 0 ? e / m : e;
 }
 
-static float *rand_weights(const as__conv_geom *g)
+static float *rand_weights(const as__civ_geom *g)
 {
     size_t len = (size_t)g->cout * g->cin * g->kh * g->kw;
     float *w = malloc(sizeof(float) * len);
@@ -90,7 +90,7 @@ static float *rand_weights(const as__conv_geom *g)
     return w;
 }
 
-static float *rand_input(const as__conv_geom *g, int n)
+static float *rand_input(const as__civ_geom *g, int n)
 {
     size_t len = (size_t)n * g->cin * g->h * g->w;
     float *x = malloc(sizeof(float) * len);
@@ -101,23 +101,23 @@ static float *rand_input(const as__conv_geom *g, int n)
 
 /* Forward, extract frame, invert; returns the max relative error or -1 when
  * the policy fell back (cond above the threshold). */
-static double roundtrip(const as__conv_geom *g, int n, const float *w, const float *x,
-                        float *xr, double *cond, as__conv_inv *ci, uint64_t version)
+static double roundtrip(const as__civ_geom *g, int n, const float *w, const float *x,
+                        float *xr, double *cond, as__civ *ci, uint64_t version)
 {
-    int ho = as__conv_out_h(g), wo = as__conv_out_w(g);
+    int ho = as__civ_out_h(g), wo = as__civ_out_w(g);
     float *bias = malloc(sizeof(float) * g->cout);
     for (int o = 0; o < g->cout; o++)
         bias[o] = (float)(0.1 * nrand());
     float *y = malloc(sizeof(float) * (size_t)n * g->cout * ho * wo);
-    size_t flen = as__conv_frame_len(g);
+    size_t flen = as__civ_frame_len(g);
     float *frame = malloc(sizeof(float) * ((size_t)n * g->cin * flen + 1));
     conv_ref(g, n, x, w, bias, y);
-    as__conv_frame_extract(g, n, x, frame);
+    as__civ_frame_extract(g, n, x, frame);
     char why[200];
     double err = -1;
-    int rc = as__conv_inv_prepare(ci, w, version, cond, why, sizeof why);
+    int rc = as__civ_prepare(ci, w, version, cond, why, sizeof why);
     if (rc == 0) {
-        assert_int_equal(as__conv_inv_restore(ci, n, y, bias, frame, xr), 0);
+        assert_int_equal(as__civ_restore(ci, n, y, bias, frame, xr), 0);
         err = max_rel_err(xr, x, (size_t)n * g->cin * g->h * g->w);
     } else {
         assert_int_equal(rc, AS_EFALLBACK);
@@ -168,19 +168,19 @@ static void test_fft_matches_dft(void **state)
 static void test_frame_geometry(void **state)
 {
     (void)state;
-    as__conv_geom g = geom(2, 28, 28, 2, 3, 1);
-    assert_int_equal(as__conv_frame_rows(&g), 1);
-    assert_int_equal(as__conv_frame_len(&g), 4 * 27);   /* 4(H-1) for p = 1 */
+    as__civ_geom g = geom(2, 28, 28, 2, 3, 1);
+    assert_int_equal(as__civ_frame_rows(&g), 1);
+    assert_int_equal(as__civ_frame_len(&g), 4 * 27);   /* 4(H-1) for p = 1 */
     g = geom(2, 10, 12, 2, 5, 0);                       /* pad 0: k-1 wide */
-    assert_int_equal(as__conv_frame_rows(&g), 4);
-    assert_int_equal(as__conv_frame_len(&g), 2 * 4 * 12 + 2 * 4 * 2);
+    assert_int_equal(as__civ_frame_rows(&g), 4);
+    assert_int_equal(as__civ_frame_len(&g), 2 * 4 * 12 + 2 * 4 * 2);
     g = geom(2, 10, 12, 2, 3, 2);                       /* pad > k-1: none */
-    assert_int_equal(as__conv_frame_len(&g), 0);
+    assert_int_equal(as__civ_frame_len(&g), 0);
     /* extract: the frame holds exactly the outer pixels, in order */
     g = geom(1, 4, 5, 1, 3, 1);
     float x[20], fr[14];
     for (int i = 0; i < 20; i++) x[i] = (float)i;
-    as__conv_frame_extract(&g, 1, x, fr);
+    as__civ_frame_extract(&g, 1, x, fr);
     const float want[14] = {0, 1, 2, 3, 4, 15, 16, 17, 18, 19, 5, 9, 10, 14};
     assert_memory_equal(fr, want, sizeof want);
 }
@@ -200,10 +200,10 @@ static void test_reconstruction_shapes(void **state)
     int applied = 0;
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
         const int *s = shapes[t];
-        as__conv_geom g = geom(s[1], s[2], s[3], s[4], s[5], s[6]);
-        as__conv_inv *ci = NULL;
+        as__civ_geom g = geom(s[1], s[2], s[3], s[4], s[5], s[6]);
+        as__civ *ci = NULL;
         char why[200] = "";
-        if (as__conv_inv_create(&g, NULL, &ci, why, sizeof why))
+        if (as__civ_create(&g, NULL, &ci, why, sizeof why))
             fail_msg("shape %zu: %s", t, why);
         float *w = rand_weights(&g), *x = rand_input(&g, s[0]);
         float *xr = malloc(sizeof(float) * s[0] * g.cin * g.h * g.w);
@@ -221,7 +221,7 @@ static void test_reconstruction_shapes(void **state)
             assert_true(cond > 1e4);
         }
         free(w); free(x); free(xr);
-        as__conv_inv_destroy(ci);
+        as__civ_destroy(ci);
     }
     assert_true(applied >= 10);   /* the tolerance test is not vacuous */
 }
@@ -229,10 +229,10 @@ static void test_reconstruction_shapes(void **state)
 static void test_weight_gradient_from_rebuilt_input(void **state)
 {
     (void)state;
-    as__conv_geom g = geom(6, 12, 10, 8, 3, 1);
-    const int n = 5, ho = as__conv_out_h(&g), wo = as__conv_out_w(&g);
-    as__conv_inv *ci = NULL;
-    assert_int_equal(as__conv_inv_create(&g, NULL, &ci, NULL, 0), 0);
+    as__civ_geom g = geom(6, 12, 10, 8, 3, 1);
+    const int n = 5, ho = as__civ_out_h(&g), wo = as__civ_out_w(&g);
+    as__civ *ci = NULL;
+    assert_int_equal(as__civ_create(&g, NULL, &ci, NULL, 0), 0);
     float *w = rand_weights(&g), *x = rand_input(&g, n);
     float *xr = malloc(sizeof(float) * n * g.cin * g.h * g.w);
     double cond;
@@ -252,70 +252,70 @@ static void test_weight_gradient_from_rebuilt_input(void **state)
     }
     assert_true(e / m <= 1e-4);
     free(w); free(x); free(xr); free(dy); free(dw); free(dwr);
-    as__conv_inv_destroy(ci);
+    as__civ_destroy(ci);
 }
 
 static void test_not_applicable(void **state)
 {
     (void)state;
     char why[200];
-    as__conv_geom g = geom(4, 10, 10, 8, 3, 1);
+    as__civ_geom g = geom(4, 10, 10, 8, 3, 1);
     g.stride_h = g.stride_w = 2;
-    assert_int_equal(as__conv_inv_check(&g, why, sizeof why), AS_ENOTSUP);
+    assert_int_equal(as__civ_check(&g, why, sizeof why), AS_ENOTSUP);
     assert_non_null(strstr(why, "stride"));
     g = geom(8, 10, 10, 4, 3, 1);
-    assert_int_equal(as__conv_inv_check(&g, why, sizeof why), AS_ENOTSUP);
+    assert_int_equal(as__civ_check(&g, why, sizeof why), AS_ENOTSUP);
     assert_non_null(strstr(why, "Cout"));
-    as__conv_inv *ci = (as__conv_inv *)1;
-    assert_int_equal(as__conv_inv_create(&g, NULL, &ci, why, sizeof why), AS_ENOTSUP);
+    as__civ *ci = (as__civ *)1;
+    assert_int_equal(as__civ_create(&g, NULL, &ci, why, sizeof why), AS_ENOTSUP);
     assert_null(ci);
     g = geom(4, 10, 10, 8, 3, 1);
     g.dil_h = 2;
-    assert_int_equal(as__conv_inv_check(&g, why, sizeof why), AS_ENOTSUP);
+    assert_int_equal(as__civ_check(&g, why, sizeof why), AS_ENOTSUP);
     g = geom(4, 10, 10, 8, 3, 1);
     g.groups = 4;
-    assert_int_equal(as__conv_inv_check(&g, why, sizeof why), AS_ENOTSUP);
+    assert_int_equal(as__civ_check(&g, why, sizeof why), AS_ENOTSUP);
     g = geom(4, 5, 5, 8, 5, 0);   /* a 5x5 input with k 5, pad 0: all frame */
-    assert_int_equal(as__conv_inv_check(&g, why, sizeof why), AS_ENOTSUP);
+    assert_int_equal(as__civ_check(&g, why, sizeof why), AS_ENOTSUP);
     assert_non_null(strstr(why, "frame"));
 
     /* A deliberately singular kernel: input channels 0 and 1 share weights,
      * so A(f) has two equal columns at every frequency. */
     g = geom(4, 10, 10, 8, 3, 1);
-    assert_int_equal(as__conv_inv_create(&g, NULL, &ci, why, sizeof why), 0);
+    assert_int_equal(as__civ_create(&g, NULL, &ci, why, sizeof why), 0);
     float *w = rand_weights(&g);
     for (int o = 0; o < g.cout; o++)
         memcpy(w + (o * g.cin + 1) * 9, w + (o * g.cin + 0) * 9, 9 * sizeof(float));
     double cond = 0;
-    assert_int_equal(as__conv_inv_prepare(ci, w, 1, &cond, why, sizeof why), AS_EFALLBACK);
+    assert_int_equal(as__civ_prepare(ci, w, 1, &cond, why, sizeof why), AS_EFALLBACK);
     assert_true(cond > 1e4);
     assert_non_null(strstr(why, "condition number"));
     /* same version again: same answer, no recomputation */
-    assert_int_equal(as__conv_inv_prepare(ci, w, 1, &cond, why, sizeof why), AS_EFALLBACK);
-    as__conv_inv_stats st;
-    as__conv_inv_get_stats(ci, &st);
+    assert_int_equal(as__civ_prepare(ci, w, 1, &cond, why, sizeof why), AS_EFALLBACK);
+    as__civ_stats st;
+    as__civ_get_stats(ci, &st);
     assert_int_equal(st.factor_builds, 1);
     float dummy = 0;
-    assert_int_equal(as__conv_inv_restore(ci, 1, &dummy, NULL, &dummy, &dummy), AS_ESTATE);
+    assert_int_equal(as__civ_restore(ci, 1, &dummy, NULL, &dummy, &dummy), AS_ESTATE);
     free(w);
-    as__conv_inv_destroy(ci);
+    as__civ_destroy(ci);
 }
 
 static void test_factor_cached_per_version(void **state)
 {
     (void)state;
-    as__conv_geom g = geom(3, 9, 9, 5, 3, 1);
+    as__civ_geom g = geom(3, 9, 9, 5, 3, 1);
     const int n = 4;
-    as__conv_inv *ci = NULL;
-    assert_int_equal(as__conv_inv_create(&g, NULL, &ci, NULL, 0), 0);
+    as__civ *ci = NULL;
+    assert_int_equal(as__civ_create(&g, NULL, &ci, NULL, 0), 0);
     float *w = rand_weights(&g), *x = rand_input(&g, n);
     float *xr = malloc(sizeof(float) * n * g.cin * g.h * g.w);
     double cond;
-    as__conv_inv_stats st;
+    as__civ_stats st;
     assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 1) <= 1e-4);
     assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 1) <= 1e-4);
     assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 1) <= 1e-4);
-    as__conv_inv_get_stats(ci, &st);
+    as__civ_get_stats(ci, &st);
     assert_int_equal(st.factor_builds, 1);
     assert_int_equal(st.factor_hits, 2);
     assert_int_equal(st.restores, 3);
@@ -324,16 +324,16 @@ static void test_factor_cached_per_version(void **state)
     for (int i = 0; i < g.cout * g.cin * 9; i++)
         w[i] += (float)(0.05 * nrand());
     assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 2) <= 1e-4);
-    as__conv_inv_get_stats(ci, &st);
+    as__civ_get_stats(ci, &st);
     assert_int_equal(st.factor_builds, 2);
     assert_int_equal(st.factor_hits, 2);
     /* Trimmed: the next prepare rebuilds even for the same version. */
-    as__conv_inv_trim(ci);
+    as__civ_trim(ci);
     assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 2) <= 1e-4);
-    as__conv_inv_get_stats(ci, &st);
+    as__civ_get_stats(ci, &st);
     assert_int_equal(st.factor_builds, 3);
     free(w); free(x); free(xr);
-    as__conv_inv_destroy(ci);
+    as__civ_destroy(ci);
 }
 
 /* One case of the cached-vs-streamed tests: shape {n, cin, h, w, cout, k,
@@ -341,10 +341,10 @@ static void test_factor_cached_per_version(void **state)
  * weights, input, bias, the conv output y and the frame, and buffers xa,
  * xb for the two rebuilt inputs. */
 typedef struct pair_case {
-    as__conv_geom g;
+    as__civ_geom g;
     int n;
     size_t xl;
-    as__conv_inv *ci, *cs;
+    as__civ *ci, *cs;
     float *w, *x, *xa, *xb, *y, *frame;
     float bias[32];
 } pair_case;
@@ -352,30 +352,30 @@ typedef struct pair_case {
 static pair_case pair_case_new(const int s[7])
 {
     pair_case k = {.g = geom(s[1], s[2], s[3], s[4], s[5], s[6]), .n = s[0]};
-    const as__conv_geom *g = &k.g;
-    const int ho = as__conv_out_h(g), wo = as__conv_out_w(g);
+    const as__civ_geom *g = &k.g;
+    const int ho = as__civ_out_h(g), wo = as__civ_out_w(g);
     assert_true(g->cout <= 32);
-    assert_int_equal(as__conv_inv_create(g, NULL, &k.ci, NULL, 0), 0);
-    assert_int_equal(as__conv_inv_create(g, NULL, &k.cs, NULL, 0), 0);
+    assert_int_equal(as__civ_create(g, NULL, &k.ci, NULL, 0), 0);
+    assert_int_equal(as__civ_create(g, NULL, &k.cs, NULL, 0), 0);
     k.w = rand_weights(g);
     k.x = rand_input(g, k.n);
     k.xl = (size_t)k.n * g->cin * g->h * g->w;
     k.xa = malloc(sizeof(float) * k.xl);
     k.xb = malloc(sizeof(float) * k.xl);
     k.y = malloc(sizeof(float) * (size_t)k.n * g->cout * ho * wo);
-    k.frame = malloc(sizeof(float) * ((size_t)k.n * g->cin * as__conv_frame_len(g) + 1));
+    k.frame = malloc(sizeof(float) * ((size_t)k.n * g->cin * as__civ_frame_len(g) + 1));
     for (int o = 0; o < g->cout; o++)
         k.bias[o] = (float)(0.1 * nrand());
     conv_ref(g, k.n, k.x, k.w, k.bias, k.y);
-    as__conv_frame_extract(g, k.n, k.x, k.frame);
+    as__civ_frame_extract(g, k.n, k.x, k.frame);
     return k;
 }
 
 static void pair_case_free(pair_case *k)
 {
     free(k->w); free(k->x); free(k->xa); free(k->xb); free(k->y); free(k->frame);
-    as__conv_inv_destroy(k->ci);
-    as__conv_inv_destroy(k->cs);
+    as__civ_destroy(k->ci);
+    as__civ_destroy(k->cs);
 }
 
 /* The streaming restore: the direct path (Cout < 2 Cin) gives the same
@@ -391,19 +391,19 @@ static void test_stream_paths(void **state)
     };
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
         pair_case k = pair_case_new(shapes[t]);
-        const as__conv_geom g = k.g;
+        const as__civ_geom g = k.g;
         const int n = k.n;
         const size_t xl = k.xl;
-        as__conv_inv *ci = k.ci, *cs = k.cs;
+        as__civ *ci = k.ci, *cs = k.cs;
         float *w = k.w, *x = k.x, *xa = k.xa, *xb = k.xb, *y = k.y, *frame = k.frame;
         const float *bias = k.bias;
-        assert_int_equal(as__conv_inv_prepare(ci, w, 1, NULL, NULL, 0), 0);
-        assert_int_equal(as__conv_inv_restore(ci, n, y, bias, frame, xa), 0);
+        assert_int_equal(as__civ_prepare(ci, w, 1, NULL, NULL, 0), 0);
+        assert_int_equal(as__civ_restore(ci, n, y, bias, frame, xa), 0);
         char why[160];
-        assert_int_equal(as__conv_inv_restore_stream(cs, w, 1, n, y, bias, frame, xb,
-                                                     why, sizeof why), 0);
-        as__conv_inv_stats st;
-        as__conv_inv_get_stats(cs, &st);
+        assert_int_equal(as__civ_restore_stream(cs, w, 1, n, y, bias, frame, xb,
+                                                why, sizeof why), 0);
+        as__civ_stats st;
+        as__civ_get_stats(cs, &st);
         /* Cin = 1 takes the closed form (no factor, the same state as the
          * cached restore: the same bits) */
         const int adj = g.cin > 1 && g.cout >= 2 * g.cin && st.cond <= AS__CIV_ADJ_COND;
@@ -438,15 +438,15 @@ static void test_closed_form_and_pointwise(void **state)
         pair_case k = pair_case_new(shapes[t]);
         const int n = k.n;
         const size_t xl = k.xl;
-        as__conv_inv *ci = k.ci, *cs = k.cs;
+        as__civ *ci = k.ci, *cs = k.cs;
         float *w = k.w, *x = k.x, *xa = k.xa, *xb = k.xb, *y = k.y, *frame = k.frame;
         const float *bias = k.bias;
         double cond = 0;
-        assert_int_equal(as__conv_inv_prepare(ci, w, 1, &cond, NULL, 0), 0);
+        assert_int_equal(as__civ_prepare(ci, w, 1, &cond, NULL, 0), 0);
         assert_true(cond <= 1e4);
-        assert_int_equal(as__conv_inv_restore(ci, n, y, bias, frame, xa), 0);
-        assert_int_equal(as__conv_inv_restore_stream(cs, w, 1, n, y, bias, frame, xb,
-                                                     NULL, 0), 0);
+        assert_int_equal(as__civ_restore(ci, n, y, bias, frame, xa), 0);
+        assert_int_equal(as__civ_restore_stream(cs, w, 1, n, y, bias, frame, xb,
+                                                NULL, 0), 0);
         const double ea = max_rel_err(xa, x, xl), eb = max_rel_err(xb, x, xl);
         if (getenv("AS_VERBOSE"))
             printf("special %zu: cond %.3g err cached %.3g streamed %.3g\n", t, cond, ea, eb);
@@ -465,15 +465,15 @@ static void test_closed_form_and_pointwise(void **state)
 static void test_c1_channel_pick(void **state)
 {
     (void)state;
-    const as__conv_geom g = geom(1, 12, 10, 8, 3, 1);
-    const int n = 3, ho = as__conv_out_h(&g), wo = as__conv_out_w(&g);
+    const as__civ_geom g = geom(1, 12, 10, 8, 3, 1);
+    const int n = 3, ho = as__civ_out_h(&g), wo = as__civ_out_w(&g);
     const size_t xl = (size_t)n * g.h * g.w, plane = (size_t)ho * wo;
-    const size_t flen = as__conv_frame_len(&g);
+    const size_t flen = as__civ_frame_len(&g);
     float *x = rand_input(&g, n), *xr = malloc(sizeof(float) * xl);
     float *y = malloc(sizeof(float) * n * g.cout * plane);
     float *frame = malloc(sizeof(float) * (n * flen + 1));
     float w[2][8 * 9];
-    as__conv_frame_extract(&g, n, x, frame);
+    as__civ_frame_extract(&g, n, x, frame);
     /* version 1: channel 2 = [1 1] and channel 5 = [1 -1] along a row
      * (zeros at the Nyquist and at the zero frequency), the rest zero;
      * version 2: the same pair on channels 6 and 1 */
@@ -483,8 +483,8 @@ static void test_c1_channel_pick(void **state)
         w[v][pairs[v][0] * 9 + 3] = 1.0f, w[v][pairs[v][0] * 9 + 4] = 1.0f;
         w[v][pairs[v][1] * 9 + 3] = 1.0f, w[v][pairs[v][1] * 9 + 4] = -1.0f;
     }
-    as__conv_inv *cs = NULL;
-    assert_int_equal(as__conv_inv_create(&g, NULL, &cs, NULL, 0), 0);
+    as__civ *cs = NULL;
+    assert_int_equal(as__civ_create(&g, NULL, &cs, NULL, 0), 0);
     for (int round = 0; round < 3; round++) {
         const int v = round == 1;   /* versions 1, 2, then 1 again */
         conv_ref(&g, n, x, w[v], NULL, y);
@@ -493,33 +493,129 @@ static void test_c1_channel_pick(void **state)
                 if (o != pairs[v][0] && o != pairs[v][1])
                     for (size_t i = 0; i < plane; i++)
                         y[((size_t)img * g.cout + o) * plane + i] = NAN;
-        assert_int_equal(as__conv_inv_restore_stream(cs, w[v], (uint64_t)v + 1, n, y, NULL,
-                                                     frame, xr, NULL, 0), 0);
-        as__conv_inv_stats st;
-        as__conv_inv_get_stats(cs, &st);
+        assert_int_equal(as__civ_restore_stream(cs, w[v], (uint64_t)v + 1, n, y, NULL,
+                                                frame, xr, NULL, 0), 0);
+        as__civ_stats st;
+        as__civ_get_stats(cs, &st);
         assert_int_equal(st.c1_channels, 2);
         const double e = max_rel_err(xr, x, xl);
         if (!(e <= 1e-5))
             fail_msg("round %d: max rel err %.3g", round, e);
     }
-    as__conv_inv_destroy(cs);
+    as__civ_destroy(cs);
     /* random kernels: fewer channels than Cout, same accuracy, cached and
      * streamed alike */
-    as__conv_geom g16 = geom(1, 28, 28, 16, 3, 1);
+    as__civ_geom g16 = geom(1, 28, 28, 16, 3, 1);
     float *w16 = rand_weights(&g16);
     float *x16 = rand_input(&g16, 2), *xa = malloc(sizeof(float) * 2 * 28 * 28);
-    as__conv_inv *ci = NULL;
-    assert_int_equal(as__conv_inv_create(&g16, NULL, &ci, NULL, 0), 0);
+    as__civ *ci = NULL;
+    assert_int_equal(as__civ_create(&g16, NULL, &ci, NULL, 0), 0);
     double err = roundtrip(&g16, 2, w16, x16, xa, NULL, ci, 1);
-    as__conv_inv_stats st;
-    as__conv_inv_get_stats(ci, &st);
+    as__civ_stats st;
+    as__civ_get_stats(ci, &st);
     if (getenv("AS_VERBOSE"))
         printf("c1 pick: %d of 16 channels, err %.3g\n", st.c1_channels, err);
     assert_true(st.c1_channels >= 1 && st.c1_channels < 16);
     assert_true(err >= 0 && err <= 1e-5);
-    as__conv_inv_destroy(ci);
+    as__civ_destroy(ci);
     free(w16); free(x16); free(xa);
     free(x); free(xr); free(y); free(frame);
+}
+
+/* One step of an SGD-like walk: w += step * sd * N(0, 1), sd the He scale. */
+static void perturb(const as__civ_geom *g, float *w, double step)
+{
+    const size_t len = (size_t)g->cout * g->cin * g->kh * g->kw;
+    const double sd = sqrt(2.0 / (g->cin * g->kh * g->kw));
+    for (size_t i = 0; i < len; i++)
+        w[i] += (float)(step * sd * nrand());
+}
+
+/* Verdicts across weight versions: a version near the last checked one
+ * takes the perturbation bound (no check); the bound is never below the
+ * computed condition number and stays at or below the threshold above the
+ * reference's (so the path is the reference's); the restores with it stay
+ * within 1e-4; a jump of the weights (a learning-rate spike) fails the
+ * bound and the version is checked again, giving the exact verdict. */
+static void test_condition_bound(void **state)
+{
+    (void)state;
+    static const int shapes[][3] = {{8, 16, 1}, {6, 6, 1}, {4, 8, 0}};   /* cin cout pad */
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        as__civ_geom g = geom(shapes[s][0], 9, 10, shapes[s][1], 3, shapes[s][2]);
+        const int n = 6, ho = as__civ_out_h(&g), wo = as__civ_out_w(&g);
+        const size_t xl = (size_t)n * g.cin * g.h * g.w;
+        as__civ *cb = NULL, *cx = NULL;
+        const as__civ_cfg exact = {.cond_max = 1e4, .eps_rel = -1, .no_bound = 1};
+        assert_int_equal(as__civ_create(&g, NULL, &cb, NULL, 0), 0);
+        assert_int_equal(as__civ_create(&g, &exact, &cx, NULL, 0), 0);
+        float *w = rand_weights(&g), *x = rand_input(&g, n), *xr = malloc(sizeof(float) * xl);
+        float *y = malloc(sizeof(float) * (size_t)n * g.cout * ho * wo);
+        float *frame = malloc(sizeof(float) * ((size_t)n * g.cin * as__civ_frame_len(&g) + 1));
+        as__civ_frame_extract(&g, n, x, frame);
+        double cb_cond = 0, cx_cond = 0, ref = 0;
+        char why[160];
+        const int versions = 24;
+        for (int v = 1; v <= versions + 1; v++) {
+            perturb(&g, w, v <= versions ? 2e-4 : 0.5);   /* the last: a jump */
+            as__civ_stats before;
+            as__civ_get_stats(cb, &before);
+            assert_int_equal(as__civ_condition(cx, w, (uint64_t)v, &cx_cond, why, sizeof why), 0);
+            assert_int_equal(as__civ_condition(cb, w, (uint64_t)v, &cb_cond, why, sizeof why), 0);
+            as__civ_stats st;
+            as__civ_get_stats(cb, &st);
+            if (v == 1 || st.cond_checks > before.cond_checks)
+                ref = cb_cond;
+            if (getenv("AS_VERBOSE"))
+                printf("bound %d->%d v%d: exact %.4g verdict %.4g (%s)\n", g.cin, g.cout, v,
+                       cx_cond, cb_cond, st.cond_checks > before.cond_checks ? "checked" : "bound");
+            assert_true(cb_cond >= cx_cond * (1 - 1e-9));
+            if (ref <= AS__CIV_ADJ_COND)
+                assert_true(cb_cond <= AS__CIV_ADJ_COND);
+            if (v > versions) {   /* the jump: checked again, exact */
+                assert_int_equal(st.cond_checks, before.cond_checks + 1);
+                assert_true(cb_cond == cx_cond);
+            }
+            conv_ref(&g, n, x, w, NULL, y);
+            assert_int_equal(as__civ_restore_stream(cb, w, (uint64_t)v, n, y, NULL, frame, xr,
+                                                    why, sizeof why), 0);
+            assert_true(max_rel_err(xr, x, xl) <= 1e-4);
+        }
+        as__civ_stats sb, sx;
+        as__civ_get_stats(cb, &sb);
+        as__civ_get_stats(cx, &sx);
+        assert_int_equal(sx.cond_bounded, 0);
+        assert_int_equal(sx.cond_checks, versions + 1);
+        assert_int_equal(sb.cond_checks + sb.cond_bounded, versions + 1);
+        assert_true(sb.cond_bounded >= (uint64_t)versions / 2);   /* small steps: mostly bounded */
+        free(w); free(x); free(xr); free(y); free(frame);
+        as__civ_destroy(cb);
+        as__civ_destroy(cx);
+    }
+}
+
+/* A rejected reference never bounds the next version: every version of a
+ * layer above the threshold is checked (and rejected) again. */
+static void test_condition_bound_rejected(void **state)
+{
+    (void)state;
+    as__civ_geom g = geom(6, 9, 9, 6, 3, 1);
+    as__civ *ci = NULL;
+    const as__civ_cfg cfg = {.cond_max = 1.5, .eps_rel = -1};
+    assert_int_equal(as__civ_create(&g, &cfg, &ci, NULL, 0), 0);
+    float *w = rand_weights(&g);
+    char why[160];
+    for (int v = 1; v <= 5; v++) {
+        perturb(&g, w, 1e-6);
+        assert_int_equal(as__civ_condition(ci, w, (uint64_t)v, NULL, why, sizeof why),
+                         AS_EFALLBACK);
+    }
+    as__civ_stats st;
+    as__civ_get_stats(ci, &st);
+    assert_int_equal(st.cond_checks, 5);
+    assert_int_equal(st.cond_bounded, 0);
+    free(w);
+    as__civ_destroy(ci);
 }
 
 int main(void)
@@ -534,6 +630,8 @@ int main(void)
         cmocka_unit_test(test_stream_paths),
         cmocka_unit_test(test_closed_form_and_pointwise),
         cmocka_unit_test(test_c1_channel_pick),
+        cmocka_unit_test(test_condition_bound),
+        cmocka_unit_test(test_condition_bound_rejected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

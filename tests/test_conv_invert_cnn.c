@@ -116,8 +116,8 @@ static void check_variant(bool batchnorm, const char *policy, bool chain)
                 mk.by_kind[AS_KIND_CONV_INPUT].raw_peak);
     if (chain)   /* only the top activations stay (plus one transient) */
         assert_true(mi.saved_stored_peak * 2 < mk.saved_stored_peak);
-    as__conv_inv_lstats ls;
-    assert_int_equal(as__conv_inv_layer_stats(as_nn_run_store(inv), NULL, &ls), 0);
+    as__civ_lstats ls;
+    assert_int_equal(as__civ_layer_stats(as_nn_run_store(inv), NULL, &ls), 0);
     /* 4 convs, 2 batches; the first conv's input is the batch, borrowed */
     assert_true(ls.restores >= 2 * 3);
     assert_int_equal(ls.cond_checks, 3);  /* weights unchanged: one per layer */

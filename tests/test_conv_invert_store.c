@@ -166,12 +166,12 @@ static void test_invert_roundtrip(void **state)
     assert_non_null(strstr(as_store_policy_of(s, hx), "invert"));
     assert_null(strstr(as_store_policy_of(s, hx), "fallback"));
     /* Stored: the frame (random data: raw floats) and the bias copy. */
-    as__conv_geom g = {.cin = 4, .h = 11, .w = 13, .cout = 8, .kh = 3, .kw = 3,
+    as__civ_geom g = {.cin = 4, .h = 11, .w = 13, .cout = 8, .kh = 3, .kw = 3,
                        .pad_h = 1, .pad_w = 1, .stride_h = 1, .stride_w = 1,
                        .dil_h = 1, .dil_w = 1, .groups = 1};
     as_store_counter c = kind_counter(s, AS_KIND_CONV_INPUT);
     assert_int_equal(c.raw_live, xlen(&l) * sizeof(float));
-    const uint64_t frame_bytes = 5 * 4 * as__conv_frame_len(&g) * sizeof(float);
+    const uint64_t frame_bytes = 5 * 4 * as__civ_frame_len(&g) * sizeof(float);
     assert_true(c.stored_live >= frame_bytes && c.stored_live <= frame_bytes + 8 * sizeof(float) + 64);
     as_store_phase(s, AS_PHASE_BACKWARD);
     double e1, e2;
@@ -188,8 +188,8 @@ static void test_invert_roundtrip(void **state)
         assert_true(rel_err(dwr, dw, 8 * 4 * 9) <= 1e-4);
         free(xr); free(dy); free(dw); free(dwr);
     }
-    as__conv_inv_lstats ls;
-    assert_int_equal(as__conv_inv_layer_stats(s, "conv", &ls), 0);
+    as__civ_lstats ls;
+    assert_int_equal(as__civ_layer_stats(s, "conv", &ls), 0);
     assert_int_equal(ls.saves, 1);
     assert_int_equal(ls.cond_checks, 1);
     assert_true(ls.factor_builds == 1 && ls.restores >= 1);
@@ -199,7 +199,7 @@ static void test_invert_roundtrip(void **state)
     assert_true(c.stored_live >= frame_bytes + ls.cache_bytes);
     assert_int_equal(as_store_release(s, hx), 0);
     assert_int_equal(as_store_release(s, hy), 0);
-    assert_int_equal(as__conv_inv_layer_stats(s, "conv", &ls), 0);
+    assert_int_equal(as__civ_layer_stats(s, "conv", &ls), 0);
     assert_int_equal(ls.cache_bytes, 0);
     assert_int_equal(ls.users, 0);
     c = kind_counter(s, AS_KIND_CONV_INPUT);
@@ -238,8 +238,8 @@ static size_t frame_stored(const char *spec, int cin, int cout, double tol,
         assert_true(rel_err(dwr, dw, nw) <= 1e-4);
         free(xr); free(dy); free(dw); free(dwr);
     }
-    as__conv_inv_lstats ls;
-    assert_int_equal(as__conv_inv_layer_stats(s, "cq", &ls), 0);
+    as__civ_lstats ls;
+    assert_int_equal(as__civ_layer_stats(s, "cq", &ls), 0);
     *cond = ls.cond;
     as_store_destroy(s);
     free(x); free(y); free_layer(&l);
@@ -369,8 +369,8 @@ static void test_fallbacks(void **state)
     /* The rule's named fallback is used, and a threshold argument. */
     s = mk_store("conv_input=invert:1e3|fp16", false);
     expect_fallback(s, &c, "condition number", "fp16");
-    as__conv_inv_lstats ls;
-    assert_int_equal(as__conv_inv_layer_stats(s, "singular", &ls), 0);
+    as__civ_lstats ls;
+    assert_int_equal(as__civ_layer_stats(s, "singular", &ls), 0);
     assert_true(ls.cond > 1e3);
     assert_int_equal(ls.saves, 0);
     as_store_destroy(s);
@@ -477,14 +477,14 @@ static void test_factor_per_version(void **state)
             conv_fwd(&l, x[k], y[k]);
             save_conv(s, &l, x[k], AS_HANDLE_NULL, y[k], &hx[k], &hy[k]);
         }
-        as__conv_inv_lstats ls;
-        assert_int_equal(as__conv_inv_layer_stats(s, "conv", &ls), 0);
+        as__civ_lstats ls;
+        assert_int_equal(as__civ_layer_stats(s, "conv", &ls), 0);
         assert_int_equal(ls.cond_checks, (uint64_t)step + 1);   /* once per version */
         assert_int_equal(ls.factor_builds, (uint64_t)step);     /* built at restore */
         as_store_phase(s, AS_PHASE_BACKWARD);
         for (int k = 1; k >= 0; k--)
             restore_check(s, hx[k], x[k], xlen(&l), 1e-4, NULL);
-        assert_int_equal(as__conv_inv_layer_stats(s, "conv", &ls), 0);
+        assert_int_equal(as__civ_layer_stats(s, "conv", &ls), 0);
         assert_int_equal(ls.factor_builds, (uint64_t)step + 1); /* one per version */
         assert_int_equal(ls.factor_hits, (uint64_t)step + 1);   /* the second restore */
         for (int k = 0; k < 2; k++) {
@@ -493,7 +493,7 @@ static void test_factor_per_version(void **state)
             free(x[k]);
             free(y[k]);
         }
-        assert_int_equal(as__conv_inv_layer_stats(s, "conv", &ls), 0);
+        assert_int_equal(as__civ_layer_stats(s, "conv", &ls), 0);
         assert_int_equal(ls.cache_bytes, 0);
         as_store_phase(s, AS_PHASE_OPTIMIZER);
         /* A weight update: new version, new factor (checked by the values
@@ -526,8 +526,8 @@ static void test_stream_matches_cache(void **state)
         as_tensor d = {.data = out[k], .dtype = AS_F32, .ndim = 4, .shape = {3, 6, 15, 14}};
         assert_int_equal(as_store_restore(s, hx, &d), 0);
         assert_true(rel_err(out[k], x, xlen(&l)) <= 1e-4);
-        as__conv_inv_lstats ls;
-        assert_int_equal(as__conv_inv_layer_stats(s, "conv", &ls), 0);
+        as__civ_lstats ls;
+        assert_int_equal(as__civ_layer_stats(s, "conv", &ls), 0);
         assert_int_equal(ls.factor_builds, 1);
         assert_int_equal(ls.streamed, k == 0 ? 0 : 1);   /* auto: factor > x/8 here */
         assert_int_equal(ls.cache_bytes, k == 0 ? ls.cache_bytes : 0);
@@ -678,8 +678,8 @@ static void run_chain(int act_fn, bool *all_dropped)
         if (as_store_restore(s, hx[i], &d))
             fail_msg("conv%d: %s", i, as_store_last_error(s));
         double ex = rel_err(xr, x[i], xl);
-        as__conv_inv_lstats ls = {0};
-        as__conv_inv_layer_stats(s, l[i].name, &ls);
+        as__civ_lstats ls = {0};
+        as__civ_layer_stats(s, l[i].name, &ls);
         if (getenv("AS_VERBOSE"))
             printf("conv%d: input rel err %.3g cond %.3g\n", i, ex, ls.cond);
         if (!(ex <= tol))

@@ -232,7 +232,8 @@ static void test_report_files(void **state)
     cJSON *ps = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "paired"), "softmax_output");
     assert_true(cJSON_GetObjectItem(ps, "diff")->valuedouble == -5100000);
     const char *v = cJSON_GetObjectItem(j, "verdict")->valuestring;
-    assert_non_null(strstr(v, "B keeps 6.1x less softmax_output memory"));
+    assert_non_null(strstr(v, "all saved: 2.7x less (7.7 MiB -> 2.9 MiB); arena peak 1.5x less"));
+    assert_non_null(strstr(v, "most: 6.1x less softmax_output"));
     assert_non_null(strstr(v, "accuracy -0.67 +/- 1.43 points (not significant)"));
     assert_non_null(strstr(v, "step time +4%"));
     cJSON_Delete(j);
@@ -242,7 +243,7 @@ static void test_report_files(void **state)
     assert_non_null(strstr(md, "| eval accuracy (%) | 81.00 ± 1.00 | 80.33 ± 1.53 | -0.67 | "
                                "[-2.10, +0.77] | no |"));
     assert_non_null(strstr(md, "softmax_output"));
-    assert_non_null(strstr(md, "**Verdict:** B keeps 6.1x less"));
+    assert_non_null(strstr(md, "**Verdict:** all saved: 2.7x less"));
     assert_null(strstr(md, "PARTIAL"));
     free(md);
     static const char *svgs[] = {"loss.svg", "memory.svg", "kinds.svg", "cosine.svg"};
@@ -284,7 +285,7 @@ static void test_report_same_policy_zero(void **state)
     free(m);
     char v[512];
     as_report_verdict(&r, v, sizeof v);
-    assert_non_null(strstr(v, "B keeps as much saved memory as A"));
+    assert_non_null(strstr(v, "all saved: the same (7.7 MiB)"));
     assert_non_null(strstr(v, "accuracy +0.00 +/- 0.00 points (not significant)"));
     as_report_free(&r);
 }
@@ -338,7 +339,8 @@ static void test_report_partial(void **state)
     r.partial = true;
     char v[512];
     as_report_verdict(&r, v, sizeof v);
-    assert_non_null(strstr(v, "PARTIAL: B keeps 4.0x less conv_input memory"));
+    assert_non_null(strstr(v, "PARTIAL: all saved: the same"));
+    assert_non_null(strstr(v, "most: 4.0x less conv_input"));
     assert_non_null(strstr(v, "(1 seed, no interval)"));
     as_report_free(&r);
 }

@@ -6,7 +6,8 @@
  *   - every sample carries job, rank and host, and the three ranks show;
  *   - sum by (kind) (actstore_kind_raw_peak_bytes{job="fleet"}) equals the
  *     sum of the three ranks' series at the same instant, kind by kind;
- *   - a recording rule of the file evaluates over the three;
+ *   - a recording rule of the file evaluates over the three, and the
+ *     trainers' own figures (train_loss) arrive from all three;
  *   - `actstore top` with the three addresses prints one line per rank and
  *     the total.
  * Prometheus and promtool come from the Debian package prometheus
@@ -220,20 +221,23 @@ static void test_prometheus_fleet(void **state)
     (void)state;
     start_prometheus();
     /* all three scraped, each with its own rank and host (bounded) */
-    double up = -1, ranks = -1, hosts = -1, rec = -1;
+    double up = -1, ranks = -1, hosts = -1, rec = -1, loss = -1;
     for (double t0 = as_clock_wall_s(); as_clock_wall_s() - t0 < 60; usleep(500000)) {
         up = scalar("sum(up{job=\"actstore-fleet\"})");
         ranks = scalar("count(count by (rank) (actstore_kind_raw_peak_bytes"
                        "{job=\"fleet\",kind=\"softmax_output\"} > 0))");
         hosts = scalar("count(count by (host) (actstore_build_info{job=\"fleet\"}))");
         rec = scalar("job:actstore_saved_raw_peak_bytes:sum{job=\"fleet\"}");
-        if (up == 3 && ranks == 3 && hosts == 3 && rec > 0)
+        /* the trainers' own figures (as_store_report_metric) */
+        loss = scalar("count(actstore_training_metric{job=\"fleet\",name=\"train_loss\"} > 0)");
+        if (up == 3 && ranks == 3 && hosts == 3 && rec > 0 && loss == 3)
             break;
     }
-    fprintf(stderr, "fleet: up %g, ranks with softmax saves %g, hosts %g, recording rule %g\n",
-            up, ranks, hosts, rec);
+    fprintf(stderr, "fleet: up %g, ranks with softmax saves %g, hosts %g, recording rule %g, "
+                    "ranks reporting train_loss %g\n", up, ranks, hosts, rec, loss);
     assert_true(up == 3 && ranks == 3 && hosts == 3);
     assert_true(rec > 0);
+    assert_true(loss == 3);
 
     /* the aggregation equals the sum of the ranks' series at one instant
      * (Prometheus' own clock: the time it evaluated a query at just now) */

@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
 #include "util/clock.h"
 
 /* Absolute path of an executable on PATH (or the env override), or NULL. */

@@ -158,7 +158,10 @@ static void test_restore_shape_errors(void **st)
     assert_int_equal(as_store_restore(s, h, &d), AS_ESHAPE);
     for (int k = 0; k < 12; k++)   /* nothing written */
         assert_int_equal(((uint32_t *)y)[k], 0x7f7f7f7fu);
-    d = t2(NULL, AS_F32, 3, 4);
+    d = t2(NULL, AS_F32, 3, 4);   /* no buffer: a caller error, not a shape */
+    assert_int_equal(as_store_restore(s, h, &d), AS_EINVAL);
+    assert_contains(as_store_last_error(s), "data is NULL");
+    d = t2(NULL, AS_F32, 4, 4);
     assert_int_equal(as_store_restore(s, h, &d), AS_ESHAPE);
     /* bad saves */
     as_tensor bad = t2(x, 99, 3, 4);
@@ -523,6 +526,45 @@ static void test_fallback_counted(void **st)
     as_store_destroy(s);
 }
 
+/* Training figures: the latest value per name, with the step and a count;
+ * names checked; at most AS_STORE_METRICS_MAX of them. */
+static void test_report_metric(void **st)
+{
+    (void)st;
+    as_store *s = mk("default=keep", false, 0);
+    assert_int_equal(as_store_report_metric(NULL, "x", 1), AS_EINVAL);
+    assert_int_equal(as_store_report_metric(s, NULL, 1), AS_EINVAL);
+    assert_int_equal(as_store_report_metric(s, "", 1), AS_EINVAL);
+    assert_int_equal(as_store_report_metric(s, "Loss", 1), AS_EINVAL);
+    assert_int_equal(as_store_report_metric(s, "a b", 1), AS_EINVAL);
+    assert_int_equal(as_store_report_metric(s, "a23456789012345678901234567890123", 1),
+                     AS_EINVAL);
+    as_store_step_begin(s, 7);
+    assert_int_equal(as_store_report_metric(s, "grad_cosine", 0.99), 0);
+    as_store_step_begin(s, 8);
+    assert_int_equal(as_store_report_metric(s, "grad_cosine", 0.97), 0);
+    assert_int_equal(as_store_report_metric(s, "train_loss", 2.5), 0);
+    char name[16];
+    for (int i = 2; i < AS_STORE_METRICS_MAX; i++) {
+        snprintf(name, sizeof name, "m%d", i);
+        assert_int_equal(as_store_report_metric(s, name, i), 0);
+    }
+    assert_int_equal(as_store_report_metric(s, "one_too_many", 1), AS_ERANGE);
+    assert_contains(as_store_last_error(s), "one_too_many");
+    assert_int_equal(as_store_report_metric(s, "m2", 20), 0);   /* known: fine */
+    as_store_stats sst;
+    assert_int_equal(as_store_stats_take(s, &sst), 0);
+    assert_int_equal(sst.nmetrics, AS_STORE_METRICS_MAX);
+    assert_string_equal(sst.metrics[0].name, "grad_cosine");
+    assert_true(sst.metrics[0].value == 0.97);
+    assert_int_equal(sst.metrics[0].step, 8);
+    assert_int_equal(sst.metrics[0].count, 2);
+    assert_string_equal(sst.metrics[2].name, "m2");
+    assert_true(sst.metrics[2].value == 20);
+    as_store_stats_free(&sst);
+    as_store_destroy(s);
+}
+
 static void test_strict_mode(void **st)
 {
     (void)st;
@@ -828,6 +870,7 @@ int main(void)
         cmocka_unit_test(test_policy_change_between_steps),
         cmocka_unit_test(test_fallback_counted),
         cmocka_unit_test(test_strict_mode),
+        cmocka_unit_test(test_report_metric),
         cmocka_unit_test(test_budget_keeps_store_usable),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_accounting_matches_allocator),

@@ -112,7 +112,7 @@ static void test_lossless_round_trips(void **st)
     as_store_stats_free(&a);
     as__offload_wait_idle();
     char p[512];
-    assert_int_equal(offload_files(dir, p, sizeof p), 0);   /* files removed */
+    assert_int_equal(offload_fds(dir, p, sizeof p), 0);   /* files closed: gone */
     as_store_destroy(s);
     rm_tmp(dir);
 }

@@ -1,9 +1,10 @@
 /*
- * Offload through the store: round trips with prefetch, a modified,
- * truncated or deleted file giving errors that name the handle and the
- * layer with nothing written, falling back to memory when the directory
- * is missing or full (counted, named), a budget sweep, and concurrent
- * offload from several threads. The other codecs: test_store_codecs.c.
+ * Offload through the store: round trips with prefetch, a modified or
+ * truncated file giving errors that name the handle and the layer with
+ * nothing written, files that have no name (none outlives a killed
+ * process), falling back to memory when the directory is missing or full
+ * (counted, named), a budget sweep, and concurrent offload from several
+ * threads. The other codecs: test_store_codecs.c.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -16,7 +17,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -96,7 +100,8 @@ static void test_offload_round_trip_prefetch(void **st)
     off_case c;
     off_setup(&c, "default=offload", "conv3");
     assert_string_equal(as_store_policy_of(c.s, c.h), "offload");
-    assert_int_equal(offload_files(c.dir, c.path, sizeof c.path), 1);
+    assert_int_equal(offload_files(c.dir, c.path, sizeof c.path), 0);   /* no name */
+    assert_int_equal(offload_fds(c.dir, c.path, sizeof c.path), 1);
     struct stat sb;
     assert_int_equal(stat(c.path, &sb), 0);
     assert_int_equal(sb.st_size, 64 + c.n * 4);
@@ -139,7 +144,7 @@ static void test_offload_round_trip_prefetch(void **st)
     assert_int_equal(as_store_release(c.s, c.h), 0);
     c.h = AS_HANDLE_NULL;
     as__offload_wait_idle();
-    assert_int_equal(offload_files(c.dir, c.path, sizeof c.path), 0);
+    assert_int_equal(offload_fds(c.dir, c.path, sizeof c.path), 0);
     off_teardown(&c);
 }
 
@@ -164,7 +169,7 @@ static void test_offload_corrupted_file(void **st)
     (void)st;
     off_case c;
     off_setup(&c, "default=offload", "conv7");
-    assert_int_equal(offload_files(c.dir, c.path, sizeof c.path), 1);
+    assert_int_equal(offload_fds(c.dir, c.path, sizeof c.path), 1);
     /* one payload byte modified */
     uint8_t b, nb;
     int fd = open(c.path, O_RDONLY);
@@ -184,13 +189,54 @@ static void test_offload_corrupted_file(void **st)
     /* truncated */
     assert_int_equal(truncate(c.path, 64 + 1000), 0);
     expect_corrupt(&c, AS_ECORRUPT, "truncated");
-    /* deleted */
-    assert_int_equal(unlink(c.path), 0);
-    expect_corrupt(&c, AS_EIO, "No such file");
     as_store_stats a = stats(c.s);
     assert_int_equal(a.total.restores, 2);   /* only the good ones count */
     as_store_stats_free(&a);
     off_teardown(&c);
+}
+
+/* The child of test_offload_files_die_with_process (this program run
+ * again with --offload-child DIR: a fresh process, not a fork of a
+ * threaded one): offloads 8 tensors, waits for the writes, kills itself. */
+static int offload_child(const char *dir)
+{
+    as_store_config cfg = {.policy = "default=offload", .offload_dir = dir};
+    as_store *s = NULL;
+    if (as_store_create(&cfg, &s, NULL, 0))
+        return 3;
+    static float x[50000];
+    as_tensor t = {.data = x, .dtype = AS_F32, .ndim = 1, .shape = {50000}};
+    as_save_info i = {.kind = AS_KIND_ACTIVATION_OUTPUT, .layer = "k"};
+    as_handle h;
+    for (int k = 0; k < 8; k++)
+        if (as_store_save(s, &i, &t, &h) || strcmp(as_store_policy_of(s, h), "offload"))
+            return 3;
+    as__offload_wait_idle();
+    raise(SIGKILL);
+    return 4;
+}
+
+/* A process killed with offloaded items live leaves no file behind. */
+static void test_offload_files_die_with_process(void **st)
+{
+    (void)st;
+    const char *dir = mktmp();
+    fflush(NULL);
+    pid_t pid;
+    char *const args[] = {"test_store_offload", "--offload-child", (char *)dir, NULL};
+    extern char **environ;
+    assert_int_equal(posix_spawn(&pid, "/proc/self/exe", NULL, NULL, args, environ), 0);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int entries = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        entries += e->d_name[0] != '.';
+    closedir(d);
+    assert_int_equal(entries, 0);
+    rm_tmp(dir);
 }
 
 static void test_offload_missing_or_full_dir(void **st)
@@ -245,7 +291,7 @@ static void test_offload_missing_or_full_dir(void **st)
     assert_int_equal(as_store_save(s, &i, &t, &h), 0);
     as__offload_wait_idle();
     char p[512];
-    assert_int_equal(offload_files(dir, p, sizeof p), 0);   /* the partial file is gone */
+    assert_int_equal(offload_fds(dir, p, sizeof p), 0);   /* the partial file is gone */
     memset(y, 0, sizeof y);
     assert_int_equal(as_store_restore(s, h, &d), 0);
     assert_memory_equal(x, y, sizeof x);
@@ -262,7 +308,7 @@ static void test_offload_missing_or_full_dir(void **st)
     assert_int_equal(as_store_save(s, &i, &t, &h), 0);
     assert_string_equal(as_store_policy_of(s, h), "offload");
     as__offload_wait_idle();
-    assert_int_equal(offload_files(dir, p, sizeof p), 1);
+    assert_int_equal(offload_fds(dir, p, sizeof p), 1);
     assert_int_equal(as_store_restore(s, h, &d), 0);
     assert_memory_equal(x, y, sizeof x);
     as_store_release(s, h);
@@ -410,16 +456,19 @@ static void test_offload_threads(void **st)
     assert_int_equal(a.total.saves, 4 * 120);
     as_store_stats_free(&a);
     char p[512];
-    assert_int_equal(offload_files(dir, p, sizeof p), 0);
+    assert_int_equal(offload_fds(dir, p, sizeof p), 0);
     as_store_destroy(s);
     rm_tmp(dir);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 3 && !strcmp(argv[1], "--offload-child"))
+        return offload_child(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_offload_round_trip_prefetch),
         cmocka_unit_test(test_offload_corrupted_file),
+        cmocka_unit_test(test_offload_files_die_with_process),
         cmocka_unit_test(test_offload_missing_or_full_dir),
         cmocka_unit_test(test_budget_sweep),
         cmocka_unit_test(test_offload_threads),

@@ -17,11 +17,15 @@
     !defined(AS_NO_X86_DISPATCH)
 #define AS_X86_DISPATCH 1
 #include <immintrin.h>
+#if defined(__clang__)
+#include <cpuid.h>
+#endif
 #else
 #define AS_X86_DISPATCH 0
 #endif
 
-#if AS_X86_DISPATCH && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
+#if AS_X86_DISPATCH && defined(__x86_64__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(AS_NO_TARGET_CLONES)
 #define AS_CLONES_V4_V3 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define AS_CLONES_AVX2  __attribute__((target_clones("avx2", "default")))
 #else
@@ -44,7 +48,12 @@ static inline bool as_cpu_avx512bw(void)
 
 static inline bool as_cpu_f16c(void)
 {
+#if defined(__clang__)   /* clang 14 does not know the "f16c" feature name */
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) && (c & (1u << 28));
+#else
     return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+#endif
 }
 #endif
 

@@ -93,7 +93,9 @@ static void usage(FILE *f)
         "ratio (median of invert/forward timed back to back), stream_ms and\n"
         "stream_ratio (restore that factors inside, as in training: adjoint path when\n"
         "Cout >= 2 Cin and cond <= 50; Cin = 1: the closed form, no factor),\n"
-        "channels_read (Cin = 1), cond_ms (the check at save), max_rel_err\n"
+        "channels_read (Cin = 1), cond_ms (the check at save), bound_ms and bounded (the\n"
+        "next version's verdict after a small weight step: by the perturbation bound\n"
+        "when bounded), max_rel_err\n"
         "(max|X'-X| / max|X|), cond, fallback, stored/raw bytes.\n"
         "  --quick        a few small shapes (N=8), seconds\n"
         "  --wall         wall-clock times (default: process CPU time, which leaves\n"
@@ -115,18 +117,19 @@ typedef struct conv_run {
     const shape   *s;
     int            reps;
     as_op_conv_geom og;
-    as__conv_geom  g;
+    as__civ_geom  g;
     size_t         xl, yl, wl, fl;          /* input, output, weight, frame lengths */
     float         *x, *xr, *y, *w, *b, *fr, *ws;
     /* per repeat: forward, cached inversion, streamed restore; the forward
      * right before each inversion (paired ratios: load changes between
      * shapes or phases cancel); the ratios */
     double        *tf, *ti, *ts, *tfi, *tfs, *qi, *qs;
-    as__conv_inv  *ci, *cs;                 /* cached / streaming solver */
-    as__conv_inv_stats st;                  /* of ci after its restores */
+    as__civ  *ci, *cs;                 /* cached / streaming solver */
+    as__civ_stats st;                  /* of ci after its restores */
     double         fwd, inv, ratio, factor_ms, cond, stream, sratio, cond_ms, serr, err;
+    double         bound_ms;            /* the next version's verdict (time_bound) */
     size_t         cache;
-    int            fallback, adjoint;
+    int            fallback, adjoint, bounded;
     char           why[200];
 } conv_run;
 
@@ -149,14 +152,14 @@ static int shape_alloc(conv_run *r)
                               .pad = s->pad};
     if (as_op_conv_geom_init(&r->og))
         return -1;
-    r->g = (as__conv_geom){.n = s->n, .cin = s->cin, .h = s->h, .w = s->h,
+    r->g = (as__civ_geom){.n = s->n, .cin = s->cin, .h = s->h, .w = s->h,
                            .cout = s->cout, .kh = s->k, .kw = s->k, .pad_h = s->pad,
                            .pad_w = s->pad, .stride_h = 1, .stride_w = 1,
                            .dil_h = 1, .dil_w = 1, .groups = 1};
     r->xl = (size_t)s->n * s->cin * s->h * s->h;
     r->yl = (size_t)s->n * s->cout * r->og.Ho * r->og.Wo;
     r->wl = (size_t)s->cout * s->cin * s->k * s->k;
-    r->fl = (size_t)s->n * s->cin * as__conv_frame_len(&r->g);
+    r->fl = (size_t)s->n * s->cin * as__civ_frame_len(&r->g);
     r->x = malloc(sizeof(float) * r->xl);
     r->xr = malloc(sizeof(float) * r->xl);
     r->y = malloc(sizeof(float) * r->yl);
@@ -179,8 +182,8 @@ static int shape_alloc(conv_run *r)
 
 static void shape_free(conv_run *r)
 {
-    as__conv_inv_destroy(r->ci);
-    as__conv_inv_destroy(r->cs);
+    as__civ_destroy(r->ci);
+    as__civ_destroy(r->cs);
     free(r->ts); free(r->tfi); free(r->tfs); free(r->qi); free(r->qs);
     free(r->x); free(r->xr); free(r->y); free(r->w); free(r->b); free(r->fr); free(r->ws);
     free(r->tf); free(r->ti);
@@ -194,21 +197,21 @@ static void time_forward(conv_run *r)
         r->tf[k] = now_ms() - t0;
     }
     r->fwd = as_stats_median(r->tf, (size_t)r->reps);
-    as__conv_frame_extract(&r->g, r->s->n, r->x, r->fr);
+    as__civ_frame_extract(&r->g, r->s->n, r->x, r->fr);
 }
 
 /* The cached solver: factor once, then time restores against the forward
  * right before each. Returns 0, 1 (the shape falls back: r->why), or -1. */
-static int time_cached(conv_run *r, const as__conv_inv_cfg *cfg)
+static int time_cached(conv_run *r, const as__civ_cfg *cfg)
 {
-    int crc = as__conv_inv_create(&r->g, cfg, &r->ci, r->why, sizeof r->why);
+    int crc = as__civ_create(&r->g, cfg, &r->ci, r->why, sizeof r->why);
     if (crc == 0)
-        crc = as__conv_inv_prepare(r->ci, r->w, 1, &r->cond, r->why, sizeof r->why);
+        crc = as__civ_prepare(r->ci, r->w, 1, &r->cond, r->why, sizeof r->why);
     if (crc == AS_ENOMEM)
         return -1;
     if (crc)
         return 1;
-    as__conv_inv_get_stats(r->ci, &r->st);
+    as__civ_get_stats(r->ci, &r->st);
     r->factor_ms = r->st.factor_ms;
     r->cache = r->st.cache_bytes;
     for (int k = 0; k < r->reps; k++) {
@@ -216,32 +219,34 @@ static int time_cached(conv_run *r, const as__conv_inv_cfg *cfg)
         as_op_conv_fwd(&r->og, r->x, r->w, r->b, r->y, r->ws);
         r->tfi[k] = now_ms() - t0;
         t0 = now_ms();
-        if (as__conv_inv_prepare(r->ci, r->w, 1, NULL, NULL, 0) ||
-            as__conv_inv_restore(r->ci, r->s->n, r->y, r->b, r->fr, r->xr))
+        if (as__civ_prepare(r->ci, r->w, 1, NULL, NULL, 0) ||
+            as__civ_restore(r->ci, r->s->n, r->y, r->b, r->fr, r->xr))
             return -1;
         r->ti[k] = now_ms() - t0;
         r->qi[k] = r->ti[k] / r->tfi[k];
     }
     r->inv = as_stats_median(r->ti, (size_t)r->reps);
     r->ratio = as_stats_median(r->qi, (size_t)r->reps);
-    as__conv_inv_get_stats(r->ci, &r->st);
+    as__civ_get_stats(r->ci, &r->st);
     return 0;
 }
 
 /* What the policy does per training step: the condition check at save
  * (once per version), then a restore that factors inside. Returns 0 or -1. */
-static int time_streamed(conv_run *r, const as__conv_inv_cfg *cfg)
+static int time_streamed(conv_run *r, const as__civ_cfg *cfg)
 {
-    if (as__conv_inv_create(&r->g, cfg, &r->cs, r->why, sizeof r->why))
+    as__civ_cfg scfg = *cfg;
+    scfg.no_bound = 1;   /* every version checked, as after a weight jump */
+    if (as__civ_create(&r->g, &scfg, &r->cs, r->why, sizeof r->why))
         return -1;
     for (int k = 0; k < r->reps; k++) {
-        if (as__conv_inv_condition(r->cs, r->w, (uint64_t)k + 1, NULL, NULL, 0))
+        if (as__civ_condition(r->cs, r->w, (uint64_t)k + 1, NULL, NULL, 0))
             return -1;
         double t0 = now_ms();
         as_op_conv_fwd(&r->og, r->x, r->w, r->b, r->y, r->ws);
         r->tfs[k] = now_ms() - t0;
         t0 = now_ms();
-        if (as__conv_inv_restore_stream(r->cs, r->w, (uint64_t)k + 1, r->s->n, r->y, r->b,
+        if (as__civ_restore_stream(r->cs, r->w, (uint64_t)k + 1, r->s->n, r->y, r->b,
                                         r->fr, r->xr, NULL, 0))
             return -1;
         r->ts[k] = now_ms() - t0;
@@ -249,16 +254,41 @@ static int time_streamed(conv_run *r, const as__conv_inv_cfg *cfg)
     }
     r->stream = as_stats_median(r->ts, (size_t)r->reps);
     r->sratio = as_stats_median(r->qs, (size_t)r->reps);
-    as__conv_inv_stats ss;
-    as__conv_inv_get_stats(r->cs, &ss);
+    as__civ_stats ss;
+    as__civ_get_stats(r->cs, &ss);
     r->cond_ms = ss.cond_ms;
     r->adjoint = ss.adjoint > 0;
     r->serr = max_rel_err(r->x, r->xr, r->xl);
     /* xr back to the cached restore's output for its error */
-    if (as__conv_inv_restore(r->ci, r->s->n, r->y, r->b, r->fr, r->xr))
+    if (as__civ_restore(r->ci, r->s->n, r->y, r->b, r->fr, r->xr))
         return -1;
     r->err = max_rel_err(r->x, r->xr, r->xl);
     return 0;
+}
+
+/* The verdict of the next weight version when it is one small step away
+ * (every weight moved by 1e-4 of the He scale, deterministically, about an
+ * SGD step): its time and whether the perturbation bound gave it
+ * (r->bounded) instead of a condition check. */
+static void time_bound(conv_run *r, const as__civ_cfg *cfg)
+{
+    as__civ *cb = NULL;
+    float *w2 = malloc(sizeof(float) * r->wl);
+    const as__civ_geom *g = &r->g;
+    if (w2 && !as__civ_create(g, cfg, &cb, NULL, 0) &&
+        as__civ_condition(cb, r->w, 1, NULL, NULL, 0) != AS_ENOMEM) {
+        const double sd = sqrt(2.0 / (g->cin * g->kh * g->kw));
+        for (size_t i = 0; i < r->wl; i++)
+            w2[i] = r->w[i] + (float)(1e-4 * sd * ((double)(i * 2654435761u % 2001) / 1000.0 - 1.0));
+        const double t0 = now_ms();
+        const int rc = as__civ_condition(cb, w2, 2, NULL, NULL, 0);
+        r->bound_ms = now_ms() - t0;
+        as__civ_stats st;
+        as__civ_get_stats(cb, &st);
+        r->bounded = rc != AS_ENOMEM && st.cond_bounded == 1;
+    }
+    as__civ_destroy(cb);
+    free(w2);
 }
 
 /* The cached solver's phases (and, for Cin = 1, its channel pick). */
@@ -311,12 +341,15 @@ static void shape_report(const conv_run *r, cJSON *res)
     num_or_null(res, "stream_ms", r->stream);
     num_or_null(res, "stream_ratio", r->sratio);
     num_or_null(res, "cond_ms", r->cond_ms);
+    num_or_null(res, "bound_ms", r->bound_ms);
     num_or_null(res, "stream_max_rel_err", r->serr);
     num_or_null(res, "max_rel_err", r->err);
     num_or_null(res, "cond", r->cond);
     cJSON_AddBoolToObject(res, "fallback", r->fallback);
-    if (!r->fallback)
+    if (!r->fallback) {
         cJSON_AddStringToObject(res, "stream_path", stream_path(r, false));
+        cJSON_AddBoolToObject(res, "bounded", r->bounded);
+    }
     if (r->fallback)
         cJSON_AddStringToObject(res, "reason", r->why);
     cJSON_AddNumberToObject(res, "stored_bytes", stored);
@@ -324,10 +357,12 @@ static void shape_report(const conv_run *r, cJSON *res)
     cJSON_AddNumberToObject(res, "stored_over_raw", stored / raw);
     cJSON_AddNumberToObject(res, "factor_cache_bytes", (double)r->cache);
     printf("n %2d  %2d->%-2d  %2dx%-2d  k%d p%d  fwd %7.2f  inv %7.2f (x%5.2f)  "
-           "stream %7.2f (x%5.2f, %s)  factor %6.1f  cond-check %6.1f ms  err %.1e/%.1e  "
+           "stream %7.2f (x%5.2f, %s)  factor %6.1f  cond-check %6.1f ms (next %s %.2f)  "
+           "err %.1e/%.1e  "
            "cond %.3g  stored/raw %.3f%s%s\n",
            s->n, s->cin, s->cout, s->h, s->h, s->k, s->pad, r->fwd, r->inv, r->ratio,
-           r->stream, r->sratio, stream_path(r, true), r->factor_ms, r->cond_ms, r->err,
+           r->stream, r->sratio, stream_path(r, true), r->factor_ms, r->cond_ms,
+           r->bounded ? "bound" : "check", r->bound_ms, r->err,
            r->serr, r->cond, stored / raw, r->fallback ? "  FALLBACK: " : "",
            r->fallback ? r->why : "");
     fflush(stdout);
@@ -337,8 +372,8 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
 {
     conv_run r = {.s = s, .reps = reps, .inv = NAN, .ratio = NAN, .factor_ms = NAN,
                   .cond = NAN, .stream = NAN, .sratio = NAN, .cond_ms = NAN, .serr = NAN,
-                  .err = NAN};
-    as__conv_inv_cfg cfg = {.cond_max = cond_max, .eps_rel = -1, .no_adjoint = no_adjoint};
+                  .err = NAN, .bound_ms = NAN};
+    as__civ_cfg cfg = {.cond_max = cond_max, .eps_rel = -1, .no_adjoint = no_adjoint};
     int rc = shape_alloc(&r);
     if (!rc) {
         time_forward(&r);
@@ -346,6 +381,8 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
         r.fallback = rc == 1;
         if (rc == 0)
             rc = time_streamed(&r, &cfg);
+        if (rc == 0)
+            time_bound(&r, &cfg);
         else if (rc == 1)
             rc = 0;
     }

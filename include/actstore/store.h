@@ -243,7 +243,7 @@ AS_API const char *as_store_last_error(const as_store *s);
  * default=keep". Most specific wins: layer glob > kind > default; among
  * layer globs, the longest pattern wins. Takes effect for saves made after
  * the call. On error nothing changes and err gets "offset N: expected ...".
- * Errors: AS_ESPEC. Thread-safe. */
+ * Errors: AS_ESPEC, AS_EINVAL (s or spec NULL). Thread-safe. */
 AS_API int as_store_set_policy(as_store *s, const char *spec, char *err,
                                size_t errlen);
 
@@ -253,7 +253,8 @@ AS_API int as_policy_check(const char *spec, char *err, size_t errlen);
 /* ---- save / restore / release ----------------------------------------- */
 
 /* Save a tensor for backward. The data is read during the call; the
- * caller's buffer may be reused afterwards. *out receives the handle (the
+ * caller's buffer may be reused afterwards (not with info->borrow, whose
+ * contract is at as_save_info). *out receives the handle (the
  * caller owns it until as_store_release or the end of the step).
  * In no-grad mode, returns 0 and a null handle without storing anything.
  * A policy that does not apply falls back (counted; see as_store_policy_of);
@@ -283,9 +284,10 @@ AS_API int as_store_save_adopt(as_store *s, const as_save_info *info,
 /* Restore into the caller's buffer dst (dtype and shape must match the
  * saved tensor: AS_ESHAPE names both). May be called many times, in any
  * order, from many threads; the same values every time. Errors:
+ * AS_EINVAL (s or dst NULL, dst->data NULL for a non-empty tensor),
  * AS_EHANDLE, AS_ESHAPE, AS_ECORRUPT (a zstd frame, an offload file or the
  * debug checksum failed: nothing written; the message names handle and
- * layer), AS_EIO (offload file gone or unreadable), AS_EBUDGET / AS_ENOMEM
+ * layer), AS_EIO (offload file unreadable), AS_EBUDGET / AS_ENOMEM
  * (no memory to rebuild a regenerated tensor). */
 AS_API int as_store_restore(as_store *s, as_handle h, as_tensor *dst);
 
@@ -394,6 +396,15 @@ typedef struct as_store_policy_stats {
     as_store_counter c;
 } as_store_policy_stats;
 
+/* A figure the training loop reports (as_store_report_metric). */
+#define AS_STORE_METRICS_MAX 16
+typedef struct as_store_metric {
+    char     name[32];          /* [a-z0-9_], e.g. "grad_cosine" */
+    double   value;             /* the latest */
+    uint64_t step;              /* the store's step when it was reported */
+    uint64_t count;             /* reports so far */
+} as_store_metric;
+
 typedef struct as_store_stats {
     const char           *label;
     uint64_t              step;
@@ -406,6 +417,8 @@ typedef struct as_store_stats {
     as_store_policy_stats *policies;
     uint64_t              live_handles, auto_released, offload_fallbacks;
     char                  spec[512];    /* current rules, normalized */
+    size_t                nmetrics;     /* reported training figures */
+    as_store_metric       metrics[AS_STORE_METRICS_MAX];
 } as_store_stats;
 
 /* A consistent copy of the accounting (arrays owned by *out, plain malloc;
@@ -414,8 +427,85 @@ typedef struct as_store_stats {
 AS_API int as_store_stats_take(as_store *s, as_store_stats *out);
 AS_API void as_store_stats_free(as_store_stats *st);
 
+/* Report a training figure (the loss, the cosine of the gradients against
+ * exact ones, a learning rate) under a name: the store keeps the latest
+ * value of each name with the step, and a service watching the store
+ * serves it as actstore_training_metric{name=...} (so a fleet can alert on
+ * it, docs/service.md). name: 1..31 of [a-z0-9_]; at most
+ * AS_STORE_METRICS_MAX names per store. Thread-safe, cheap (a lock held for
+ * a copy). Errors: AS_EINVAL (bad name, NULL store), AS_ERANGE (a new name
+ * beyond the maximum). */
+AS_API int as_store_report_metric(as_store *s, const char *name, double value);
+
 /* Reset every peak (raw and stored, all groups) to current live values. */
 AS_API void as_store_reset_peaks(as_store *s);
+
+/* ---- saved-bytes budget and the `auto` planner --------------------------- */
+
+/* Set a hard limit on the bytes the store holds for saved tensors (the
+ * total stored_live of as_store_stats, whose high-water mark is
+ * total.stored_peak): a save whose stored form would pass it fails with
+ * AS_EBUDGET and keeps nothing (the store stays usable). Tensors under the
+ * `auto` policy are planned to fit (docs/policies.md, "auto"): each is
+ * stored under the plan's candidate, or a more compact one when that would
+ * not fit. 0 removes the limit. Independent of as_store_config.budget_bytes
+ * (a limit on the whole arena). Applies to saves after the call; bytes
+ * already live stay. When auto has measured a whole step and `bytes` is
+ * below the smallest saved peak it can reach, nothing changes and the last
+ * error names that smallest budget. Errors: AS_EINVAL (s NULL), AS_EBUDGET.
+ * Thread-safe (between steps; a change during a step takes effect for the
+ * following saves and re-plans at once). */
+AS_API int as_store_set_budget(as_store *s, uint64_t bytes);
+/* The current saved-bytes budget, 0 = none (or s NULL). Thread-safe. */
+AS_API uint64_t as_store_budget(const as_store *s);
+
+/* Optional sensitivity hook for `auto`: the framework reports, during
+ * backward, the L2 norm of the gradient that the restored values of h are
+ * multiplied with (the consuming layer's output gradient). auto then
+ * weights the reconstruction error of h's (layer, kind) by ||x|| * norm,
+ * an estimate of the gradient error it causes; without reports every
+ * (layer, kind) weighs the same. Call before releasing h. Reports for
+ * tensors auto does not plan are ignored. Errors: AS_EINVAL (s NULL, or
+ * norm negative or not finite), AS_EHANDLE. Thread-safe. */
+AS_API int as_store_report_grad(as_store *s, as_handle h, double norm);
+
+/* One (layer, kind) of auto's plan. Figures are per training step (all
+ * tensors of that layer and kind saved in one step). */
+typedef struct as_store_plan_entry {
+    char     layer[64];
+    int      kind;             /* as_kind */
+    char     policy[48];       /* chosen candidate ("q4", "keep") */
+    uint64_t raw_bytes;        /* what keep holds */
+    uint64_t stored_bytes;     /* under the chosen candidate, as measured */
+    double   rel_error;        /* ||x^ - x|| / ||x|| at the last probe */
+    double   cosine;           /* <x, x^> / (||x|| ||x^||) */
+    double   time_ns;          /* encode + decode of the chosen candidate */
+    double   weight;           /* sensitivity weight (1 without reports) */
+    uint32_t items;            /* tensors per step */
+    uint32_t candidates;       /* candidates measured */
+} as_store_plan_entry;
+
+typedef struct as_store_plan {
+    bool     active;           /* a planner exists (an auto save happened) */
+    bool     measured;         /* a whole step was measured */
+    bool     feasible;         /* the plan fits the budget */
+    uint64_t budget;           /* 0 = none */
+    uint64_t keep_bytes;       /* saved bytes per step under keep */
+    uint64_t planned_bytes;    /* per step under the plan, every tensor */
+    uint64_t fixed_bytes;      /* per step, tensors auto does not plan */
+    uint64_t min_bytes;        /* smallest reachable: the least budget */
+    uint64_t step;             /* step of the last plan */
+    uint64_t probes, replans;  /* probe steps and plans made so far */
+    uint32_t period;           /* steps between probe steps */
+    size_t   n;
+    as_store_plan_entry *entries;   /* n, ordered by layer id then kind */
+} as_store_plan;
+
+/* A copy of auto's current plan (entries owned by *out, plain malloc; free
+ * with as_store_plan_free). Without a planner, out->active is false and n
+ * is 0. Errors: AS_EINVAL, AS_ENOMEM. Thread-safe. */
+AS_API int as_store_plan_take(as_store *s, as_store_plan *out);
+AS_API void as_store_plan_free(as_store_plan *p);
 
 #ifdef __cplusplus
 }

@@ -15,14 +15,8 @@
 #include <string.h>
 
 #include "store/policies/quant.h"
+#include "util/simd.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AQ_CLONES                                                             \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3",         \
-                                 "default")))
-#else
-#define AQ_CLONES
-#endif
 
 bool as__aq_fmt_ok(const as_aq_fmt *f)
 {
@@ -76,7 +70,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 #define v8_select(m, a, b) ((v8f)(((v8i)(a) & (m)) | ((v8i)(b) & ~(m))))
 
 /* Min, max and a finiteness flag over n values (n a multiple of 8). */
-AQ_CLONES
+AS_CLONES_V4_V3
 static bool minmax8(const float *restrict v, size_t n, float *mn, float *mx)
 {
     v8f lo, hi, z = {0};
@@ -102,7 +96,7 @@ static bool minmax8(const float *restrict v, size_t n, float *mn, float *mx)
 
 /* ---- rotation --------------------------------------------------------- */
 
-AQ_CLONES
+AS_CLONES_V4_V3
 void as__aq_fwht(float *restrict v, size_t G)
 {
     /* Stages of half-width 1, 2, 4 within blocks of 8 (v[j] becomes
@@ -137,7 +131,7 @@ void as__aq_fwht(float *restrict v, size_t G)
 /* q[j] = clamp(floor((v[j] - mn) * inv + u_j), 0, qmax) for j < n. The
  * clamp is done in float, so a stray value never reaches the conversion
  * out of range. */
-AQ_CLONES
+AS_CLONES_V4_V3
 static void codes_sr(const float *restrict v, size_t n, float mn, float inv,
                      float qmax, uint32_t gseed, uint8_t *restrict q)
 {
@@ -149,7 +143,7 @@ static void codes_sr(const float *restrict v, size_t n, float mn, float inv,
     }
 }
 
-AQ_CLONES
+AS_CLONES_V4_V3
 static void codes_rn(const float *restrict v, size_t n, float mn, float inv,
                      float qmax, uint8_t *restrict q)
 {
@@ -161,7 +155,7 @@ static void codes_rn(const float *restrict v, size_t n, float mn, float inv,
     }
 }
 
-AQ_CLONES
+AS_CLONES_V4_V3
 static void pack4(const uint8_t *restrict q, size_t P, uint8_t *restrict o)
 {
     size_t h = P / 2;
@@ -170,7 +164,7 @@ static void pack4(const uint8_t *restrict q, size_t P, uint8_t *restrict o)
 }
 
 /* The low two bits of every code (B = 2, and the low plane of B = 3). */
-AQ_CLONES
+AS_CLONES_V4_V3
 static void pack2(const uint8_t *restrict q, size_t P, uint8_t *restrict o)
 {
     size_t h = P / 4;
@@ -180,7 +174,7 @@ static void pack2(const uint8_t *restrict q, size_t P, uint8_t *restrict o)
 }
 
 /* Bit 2 of every code (the high plane of B = 3). */
-AQ_CLONES
+AS_CLONES_V4_V3
 static void pack1(const uint8_t *restrict q, size_t P, uint8_t *restrict o)
 {
     size_t h = P / 8;
@@ -285,16 +279,22 @@ bool as__aq_encode(const as_aq_fmt *f, const float *x, size_t n,
         assert(start < n);
         size_t count = n - start < G ? n - start : G;
         size_t P = padded_count(f, n, g);
-        memcpy(v, x + start, count * sizeof(float));
-        memset(v + count, 0, (P - count) * sizeof(float));
-        if (f->rot)
-            as__aq_fwht(v, G);
-        /* Without rotation the padding does not count in the range. */
+        /* A full group without rotation is read in place; otherwise a
+         * copy, padded with zeros (rotation) or with its first value (so
+         * the padding does not widen the range). */
+        const float *src = x + start;
         size_t live = f->rot ? P : count;
-        for (size_t j = live; j < P; j++)
-            v[j] = v[0];
+        if (f->rot || count != P) {
+            memcpy(v, x + start, count * sizeof(float));
+            float pad = f->rot ? 0.0f : v[0];
+            for (size_t j = count; j < P; j++)
+                v[j] = pad;
+            if (f->rot)
+                as__aq_fwht(v, G);
+            src = v;
+        }
         float mn, mx;
-        bool finite = minmax8(v, P, &mn, &mx);
+        bool finite = minmax8(src, P, &mn, &mx);
         float step = (mx - mn) / qmax;
         if (!finite || !(step < 3.0e38f)) {
             param_put(f, params, g, NAN, NAN, NAN, qmax);
@@ -307,9 +307,9 @@ bool as__aq_encode(const as_aq_fmt *f, const float *x, size_t n,
         param_get(f, params, g, &mn, &step);   /* f16: the rounded values */
         float inv = step > 0.0f ? 1.0f / step : 0.0f;
         if (f->nearest)
-            codes_rn(v, live, mn, inv, qmax, q);
+            codes_rn(src, live, mn, inv, qmax, q);
         else
-            codes_sr(v, live, mn, inv, qmax, as__group_seed(seed, g), q);
+            codes_sr(src, live, mn, inv, qmax, as__group_seed(seed, g), q);
         memset(q + live, 0, P - live);
         pack(f->bits, q, P, codes + start / 8 * (size_t)f->bits);
     }
@@ -318,7 +318,7 @@ bool as__aq_encode(const as_aq_fmt *f, const float *x, size_t n,
 
 /* ---- decode ----------------------------------------------------------- */
 
-AQ_CLONES
+AS_CLONES_V4_V3
 static void unpack8(const uint8_t *restrict c, size_t P, float mn, float s,
                     float *restrict d)
 {
@@ -326,7 +326,7 @@ static void unpack8(const uint8_t *restrict c, size_t P, float mn, float s,
         d[j] = mn + (float)c[j] * s;
 }
 
-AQ_CLONES
+AS_CLONES_V4_V3
 static void unpack4(const uint8_t *restrict c, size_t P, float mn, float s,
                     float *restrict d)
 {
@@ -337,7 +337,7 @@ static void unpack4(const uint8_t *restrict c, size_t P, float mn, float s,
     }
 }
 
-AQ_CLONES
+AS_CLONES_V4_V3
 static void unpack2(const uint8_t *restrict c, size_t P, float mn, float s,
                     float *restrict d)
 {
@@ -347,21 +347,34 @@ static void unpack2(const uint8_t *restrict c, size_t P, float mn, float s,
             d[i * h + k] = mn + (float)(c[k] >> (2 * i) & 3) * s;
 }
 
-AQ_CLONES
+typedef uint8_t v8u8 __attribute__((vector_size(8)));
+
+AS_CLONES_V4_V3
 static void unpack3(const uint8_t *restrict c, size_t P, float mn, float s,
                     float *restrict d)
 {
     const uint8_t *restrict hi = c + P / 4;
-    size_t h = P / 8;
+    size_t h = P / 8, h8 = h & ~(size_t)7;
     /* Code j = i P/4 + k: low bits at (byte k, shift 2i), high bit at
-     * (byte k mod P/8 of the high plane, bit 2i + k / (P/8)). */
+     * (byte k mod P/8 of the high plane, bit 2i + k / (P/8)); eight codes
+     * at a time, the rest one by one. */
     for (unsigned i = 0; i < 4; i++)
         for (unsigned half = 0; half < 2; half++) {
             const uint8_t *restrict lo = c + half * h;
             float *restrict o = d + i * 2 * h + half * h;
-            unsigned hb = 2 * i + half;
-            for (size_t k = 0; k < h; k++) {
-                unsigned code = (lo[k] >> (2 * i) & 3) | (hi[k] >> hb & 1) << 2;
+            int sl = (int)(2 * i), sh = (int)(2 * i + half);
+            size_t k = 0;
+            for (; k < h8; k += 8) {
+                v8u8 lb, hb;
+                memcpy(&lb, lo + k, 8);
+                memcpy(&hb, hi + k, 8);
+                v8i code = (__builtin_convertvector(lb, v8i) >> sl & 3) |
+                           (__builtin_convertvector(hb, v8i) >> sh & 1) << 2;
+                v8f v = __builtin_convertvector(code, v8f) * s + mn;
+                memcpy(o + k, &v, sizeof v);
+            }
+            for (; k < h; k++) {
+                unsigned code = (lo[k] >> sl & 3) | (hi[k] >> sh & 1) << 2;
                 o[k] = mn + (float)code * s;
             }
         }

@@ -76,6 +76,7 @@ static int aq_parse(const char *args, size_t len, void **params, char *err,
     aq_params p = {.fmt = {.bits = 4, .group = 64}};
     uint64_t v;
     size_t i = 0;
+    unsigned seen = 0;   /* bit per field: bits, g, rot, rn/sr, seed */
     *params = NULL;
     while (i < len) {
         size_t e = i;
@@ -83,6 +84,13 @@ static int aq_parse(const char *args, size_t len, void **params, char *err,
             e++;
         const char *f = args + i;
         size_t fl = e - i;
+        unsigned bit = word_is(f, fl, "rot") ? 4u
+                     : word_is(f, fl, "rn") || word_is(f, fl, "sr") ? 8u
+                     : fl > 2 && !memcmp(f, "g=", 2) ? 2u
+                     : fl > 5 && !memcmp(f, "seed=", 5) ? 16u : 1u;
+        if (seen & bit)   /* 4:8 or g=8:g=16 would silently keep the last */
+            return aq_fail(err, errlen, err_off, i, "an argument given twice");
+        seen |= bit;
         if (word_is(f, fl, "rot")) {
             p.fmt.rot = true;
         } else if (word_is(f, fl, "rn")) {

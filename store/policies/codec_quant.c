@@ -64,6 +64,7 @@ static int quant_parse(const char *args, size_t len, void **params, char *err,
                        size_t errlen, size_t *err_off)
 {
     uint64_t group = AS_QUANT_GROUP_DEFAULT, seed = 0;
+    bool seen_group = false, seen_seed = false;
     size_t i = 0;
     *params = NULL;
     while (i < len) {
@@ -85,6 +86,13 @@ static int quant_parse(const char *args, size_t len, void **params, char *err,
             *err_off = numpos;
             return AS_ESPEC;
         }
+        bool *seen = dst == &group ? &seen_group : &seen_seed;
+        if (*seen) {   /* g=8:g=16 would silently keep the last */
+            snprintf(err, errlen, "%s given twice", dst == &group ? "group size" : "seed");
+            *err_off = start;
+            return AS_ESPEC;
+        }
+        *seen = true;
         if (dst == &group &&
             (group < AS_QUANT_GROUP_MIN || group > AS_QUANT_GROUP_MAX ||
              group % 8)) {

@@ -586,3 +586,10 @@ uint8_t *as__zstd_frame_bytes(void *state, size_t i, size_t *len)
     *len = h->f[i].csize;
     return (uint8_t *)h->f[i].data;
 }
+
+void as__zstd_frame_rehash(void *state, size_t i)
+{
+    zhdr *h = state;
+    if (h && i < h->nframes)
+        h->f[i].hash = as__hash64(h->f[i].data, h->f[i].csize);
+}

@@ -1,7 +1,10 @@
 /*
  * offload[:dir] — keep the tensor in a file instead of memory.
  *
- * Save creates the file (O_EXCL, mode 0600), reserves its size
+ * Save creates an unnamed file (O_TMPFILE, mode 0600; where the file
+ * system has no O_TMPFILE, a named one unlinked right after its creation)
+ * and keeps it open until the item is released, so no file outlives the
+ * process, however it ends (SIGKILL included). It reserves the size
  * (posix_fallocate), copies the tensor into a staging buffer (allocator tag
  * saved, the item's layer, counted as stored bytes while it lives), then
  * queues the write on the offload I/O thread and returns. The thread writes
@@ -14,8 +17,10 @@
  * A read is verified before anything reaches the destination: the header
  * (magic, version, size, header checksum), the file size, and the payload
  * checksum against the one the item remembers. A modified or truncated file
- * gives AS_ECORRUPT naming handle and layer; a vanished file gives AS_EIO.
- * Files are removed when the item is released.
+ * gives AS_ECORRUPT naming handle and layer; a read error gives AS_EIO.
+ * Files are closed (and so removed) when the item is released. One open
+ * descriptor per offloaded item: past the process's limit a save falls
+ * back like an unwritable directory.
  *
  * Fallback, never losing the tensor: when the file cannot be created or its
  * space reserved (missing, unwritable or full directory), encode fails with
@@ -63,11 +68,11 @@ typedef struct off_item {
     as_store  *s;
     as_groups  g;
     uint64_t   bytes, handle;
-    char       path[PATH_MAX];
+    char       path[PATH_MAX];  /* the directory, for messages */
     /* under io.mu */
     as_block   staging;     /* tensor copy until written (tag saved,
                                charged as stored bytes to g) */
-    int        fd;          /* open for the write job */
+    int        fd;          /* the unnamed file; -1 after a failed write */
     int        wjob, rjob;  /* JOB_* */
     bool       on_disk;     /* written and verified-size file exists */
     bool       write_failed;
@@ -191,20 +196,15 @@ static int file_write(off_item *it, const void *data, uint64_t hash)
 static int file_read(const off_item *it, uint64_t expect, void *buf, char *msg,
                      size_t msglen)
 {
-    int fd = open(it->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(msg, msglen, "offload file %.200s: %s", it->path, strerror(errno));
-        return AS_EIO;
-    }
-    int rc = 0;
+    int fd = it->fd, rc = 0;
     struct stat st;
     uint8_t h[OFF_HDR];
     int e = fstat(fd, &st) ? errno : read_all(fd, h, OFF_HDR, 0);
     if (e > 0) {
-        snprintf(msg, msglen, "offload file %.200s: %s", it->path, strerror(e));
+        snprintf(msg, msglen, "offload file in %.200s: %s", it->path, strerror(e));
         rc = AS_EIO;
     } else if (e < 0 || (uint64_t)st.st_size != OFF_HDR + it->bytes) {
-        snprintf(msg, msglen, "offload file %.200s truncated or resized: %lld "
+        snprintf(msg, msglen, "offload file in %.200s truncated or resized: %lld "
                  "bytes, expected %llu", it->path, (long long)st.st_size,
                  (unsigned long long)(OFF_HDR + it->bytes));
         rc = AS_ECORRUPT;
@@ -212,18 +212,17 @@ static int file_read(const off_item *it, uint64_t expect, void *buf, char *msg,
                get_u32(h + 12) != OFF_HDR || get_u64(h + 16) != it->bytes ||
                get_u64(h + 32) != it->handle ||
                get_u64(h + 40) != as__hash64(h, 40)) {
-        snprintf(msg, msglen, "offload file %.200s: bad header", it->path);
+        snprintf(msg, msglen, "offload file in %.200s: bad header", it->path);
         rc = AS_ECORRUPT;
     } else if ((e = read_all(fd, buf, it->bytes, OFF_HDR)) != 0) {
-        snprintf(msg, msglen, "offload file %.200s: %s", it->path,
+        snprintf(msg, msglen, "offload file in %.200s: %s", it->path,
                  e > 0 ? strerror(e) : "truncated");
         rc = e > 0 ? AS_EIO : AS_ECORRUPT;
     } else if (get_u64(h + 24) != expect || as__hash64(buf, it->bytes) != expect) {
-        snprintf(msg, msglen, "offload file %.200s: checksum mismatch (modified)",
+        snprintf(msg, msglen, "offload file in %.200s: checksum mismatch (modified)",
                  it->path);
         rc = AS_ECORRUPT;
     }
-    close(fd);
     return rc;
 }
 
@@ -234,11 +233,11 @@ static void do_write(off_item *it)
     /* staging is stable while the job runs: only this thread frees it */
     uint64_t hash = as__hash64(it->staging.ptr, it->bytes);
     int e = file_write(it, it->staging.ptr, hash);
-    close(it->fd);
-    if (e)
-        unlink(it->path);
     pthread_mutex_lock(&io.mu);
-    it->fd = -1;
+    if (e) {
+        close(it->fd);
+        it->fd = -1;
+    }
     it->wjob = JOB_DONE;
     if (e) {
         it->write_failed = true;   /* staging stays: the in-memory copy */
@@ -335,6 +334,31 @@ static bool enqueue_locked(off_item *it, bool read)
     return true;
 }
 
+/* A file in dir that no name reaches, open for reading and writing: it
+ * goes when its descriptor closes, also when the process is killed.
+ * Returns the descriptor or -errno. */
+static int open_unnamed(const char *dir)
+{
+#ifdef O_TMPFILE
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+        return fd >= 0 ? fd : -errno;
+#endif
+    char path[PATH_MAX];
+    for (int tries = 0; tries < 100; tries++) {
+        snprintf(path, sizeof path, "%s/actstore-%ld-%llu.off", dir, (long)getpid(),
+                 (unsigned long long)atomic_fetch_add(&file_seq, 1));
+        int f = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (f >= 0) {
+            unlink(path);
+            return f;
+        }
+        if (errno != EEXIST)
+            return -errno;
+    }
+    return -EEXIST;
+}
+
 /* ---- policy -------------------------------------------------------------- */
 
 static int off_parse(const char *args, size_t len, void **params, char *err,
@@ -379,24 +403,18 @@ static int off_encode(as_pctx *ctx, const void *params,
         *state = it;
         return 0;
     }
-    snprintf(it->path, sizeof it->path, "%s/actstore-%ld-%llu.off", dir,
-             (long)getpid(),
-             (unsigned long long)atomic_fetch_add(&file_seq, 1));
+    snprintf(it->path, sizeof it->path, "%s", dir);
     int one = 1;
     int rc = 0, e = atomic_compare_exchange_strong(&inject_stage, &one, 0)
                         ? atomic_load(&inject_err) : 0;
-    if (!e) {
-        it->fd = open(it->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (it->fd < 0)
-            e = errno;
-    }
+    if (!e && (it->fd = open_unnamed(dir)) < 0)
+        e = -it->fd;
     if (!e) {
         int fe = posix_fallocate(it->fd, 0, (off_t)(OFF_HDR + it->bytes));
         if (fe && fe != EOPNOTSUPP && fe != EINVAL) {
             e = fe;
             close(it->fd);
             it->fd = -1;
-            unlink(it->path);
         }
     }
     if (e) {
@@ -411,7 +429,6 @@ static int off_encode(as_pctx *ctx, const void *params,
         as__seterr(it->s, "save (layer %s): %s", as_pctx_layer(ctx),
                    as_arena_last_error(as_store_arena(it->s)));
         close(it->fd);
-        unlink(it->path);
         free(it);
         return rc;
     }
@@ -508,11 +525,8 @@ static void off_drop(void *params, void *state)
     (void)params;
     off_item *it = state;
     pthread_mutex_lock(&io.mu);
-    if (it->wjob == JOB_QUEUED && queue_remove(&io.writes, it)) {
+    if (it->wjob == JOB_QUEUED && queue_remove(&io.writes, it))
         it->wjob = JOB_NONE;
-        close(it->fd);
-        it->fd = -1;
-    }
     if (it->rjob == JOB_QUEUED && queue_remove(&io.reads, it))
         it->rjob = JOB_NONE;
     while (it->wjob == JOB_RUNNING || it->rjob == JOB_RUNNING ||
@@ -521,8 +535,8 @@ static void off_drop(void *params, void *state)
     pthread_mutex_unlock(&io.mu);
     staging_free(it);
     as_free(as_store_arena(it->s), &it->rbuf);
-    if (!it->write_failed && it->path[0])
-        unlink(it->path);
+    if (it->fd >= 0)
+        close(it->fd);   /* the file has no name: this removes it */
     free(it);
 }
 

@@ -195,6 +195,9 @@ void as__zmask_join(const uint8_t *bm, const uint8_t *packed, size_t ne,
 /* codec_zstd.c: the compressed bytes of frame i of an encoded zstd state
  * (NULL past the end), so tests can corrupt a blob. */
 uint8_t *as__zstd_frame_bytes(void *state, size_t i, size_t *len);
+/* Re-stamp frame i's outer checksum after its bytes were changed (fuzzing:
+ * lets a corruption reach the decoder). */
+void as__zstd_frame_rehash(void *state, size_t i);
 /* codec_zstd.c: use the portable zero-mask split/join instead of the AVX2
  * one (both must give the same bytes); returns the previous setting. */
 bool as__zstd_portable(bool on);

@@ -13,7 +13,8 @@
  *     than any loopback name, or given twice -> 403
  *     parse error              -> 400
  *     request line + headers over max_header_bytes -> 431, URL > 2 KiB -> 414
- *     connection limit reached -> 503
+ *     connection limit reached -> the longest-idle non-SSE connection is
+ *     closed for the new one; 503 when all are event streams
  * After an error response the connection is half-closed (FIN after the
  * response) and what the client still sends is read and discarded for up
  * to 2 s, so the client reads the status instead of a reset.
@@ -256,6 +257,9 @@ static bool route(as__conn *c, bool head, bool keep)
     } else if (path_is(url, plen, "/api/v1/snapshot")) {
         as__render_snapshot(svc, &b);
         send_doc(c, &b, "application/json", head, keep);
+    } else if (path_is(url, plen, "/api/v1/plan")) {
+        as__render_plan(svc, &b);
+        send_doc(c, &b, "application/json", head, keep);
     } else if (path_is(url, plen, "/api/v1/timeline")) {
         uint64_t since = 0;
         if (*query) {
@@ -445,7 +449,10 @@ static int cb_complete(llhttp_t *p)
 {
     as__conn *c = P(p);
     c->in_message = false;
-    bool keep = llhttp_should_keep_alive(p);
+    c->last_active_ns = now_ns();
+    /* Upgrade (WebSocket, h2c) is not offered: answer the request as plain
+     * HTTP and close, since llhttp parses nothing after an upgrade */
+    bool keep = llhttp_should_keep_alive(p) && !p->upgrade;
     bool sse = route(c, p->method == HTTP_HEAD, keep);
     /* Pipelined requests from a client that does not read its responses
      * would queue without bound (a memory attack on the training process):
@@ -509,14 +516,41 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0 || c->closing)
         return;
-    c->last_active_ns = now_ns();
+    /* Bytes alone do not keep a connection: only a completed request
+     * (cb_complete) renews the idle deadline, so blank lines sent between
+     * requests (llhttp skips them) cannot hold it open. */
     if (c->draining || c->sse)
         return;     /* discard */
     llhttp_errno_t e = llhttp_execute(&c->parser, buf->base, (size_t)nread);
-    if (e == HPE_OK || e == HPE_PAUSED)
+    if (e == HPE_OK || e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE)
         return;
     int status = c->reject ? c->reject : 400;
     respond_error(c, status, c->reject ? reject_text(status) : llhttp_get_error_reason(&c->parser));
+}
+
+/* At the connection limit, the connection to give up for a new one: the
+ * non-SSE one idle the longest (or trickling a request the longest), so
+ * connections held open without requests cannot lock out a scrape. NULL
+ * when every open connection is an event stream, or when the limit is
+ * not reached once closing ones are left out. */
+static as__conn *evict_pick(as_service *svc, as__conn *fresh)
+{
+    as__conn *victim = NULL;
+    uint64_t oldest = UINT64_MAX;
+    unsigned open = 0;
+    for (as__conn *c = svc->conns; c; c = c->next) {
+        if (c->closing || c->draining)
+            continue;
+        open++;
+        if (c == fresh || c->sse)
+            continue;
+        uint64_t since = c->in_message ? c->msg_start_ns : c->last_active_ns;
+        if (since < oldest) {
+            oldest = since;
+            victim = c;
+        }
+    }
+    return open > svc->cfg.max_connections ? victim : NULL;
 }
 
 void as__http_on_connection(uv_stream_t *server, int status)
@@ -549,6 +583,12 @@ void as__http_on_connection(uv_stream_t *server, int status)
     c->parser.data = c;
     if (svc->nconns > svc->cfg.max_connections) {
         AS__STAT_ADD(svc, AS__ST_REJECTED, 1);
+        as__conn *victim = evict_pick(svc, c);
+        if (victim) {
+            as__conn_close(victim);
+            uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+            return;
+        }
         if (svc->nconns > svc->cfg.max_connections + 64) {
             as__conn_close(c);     /* flooded: no courtesy response */
             return;

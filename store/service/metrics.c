@@ -169,6 +169,11 @@ static void store_metrics(as_service *svc, as__sb *b)
     FOR_STORE(i, v) sample_u64(svc, b, "actstore_auto_released_total", svc->labels[i], NULL,
                                NULL, NULL, NULL, v->store.auto_released);
 
+    family(b, "actstore_training_metric", "gauge",
+           "Latest figure the training loop reported (as_store_report_metric), by name.");
+    FOR_STORE(i, v) for (size_t m = 0; m < v->store.nmetrics; m++)
+        sample_dbl(svc, b, "actstore_training_metric", svc->labels[i], "name",
+                   v->store.metrics[m].name, v->store.metrics[m].value);
     KIND_SERIES("actstore_kind_raw_bytes", "gauge", "Raw bytes of live saved tensors per kind.", raw_live);
     KIND_SERIES("actstore_kind_stored_bytes", "gauge", "Stored bytes of live saved tensors per kind.", stored_live);
     KIND_SERIES("actstore_kind_raw_peak_bytes", "gauge", "Peak raw bytes per kind since the last peak reset.", raw_peak);

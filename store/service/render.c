@@ -177,6 +177,15 @@ static void put_store(as__sb *b, const as_store_stats *st, size_t layer_limit)
     put_kv_u64(b, "auto_released", st->auto_released, true);
     as__sb_puts(b, "},\"spec\":");
     as__sb_jstr(b, st->spec);
+    as__sb_puts(b, ",\"metrics\":[");
+    for (size_t m = 0; m < st->nmetrics; m++) {
+        as__sb_puts(b, m ? ",{\"name\":" : "{\"name\":");
+        as__sb_jstr(b, st->metrics[m].name);
+        as__sb_puts(b, ",\"value\":");
+        as__sb_dbl(b, st->metrics[m].value);
+        as__sb_printf(b, ",\"step\":%llu}", (unsigned long long)st->metrics[m].step);
+    }
+    as__sb_puts(b, "]");
     as__sb_puts(b, ",\"kinds\":[");
     bool first = true;
     for (int k = 0; k < AS_KIND_COUNT; k++) {
@@ -275,6 +284,66 @@ void as__render_snapshot(as_service *svc, as__sb *b)
         if (i)
             as__sb_puts(b, ",");
         put_source(svc, i, b, 0, true);
+    }
+    as__sb_puts(b, "]}\n");
+}
+
+/* auto's plan of one store: the budget and one entry per (layer, kind). */
+static void put_plan(as__sb *b, const as_store_plan *p)
+{
+    as__sb_printf(b, "{\"active\":%s,\"measured\":%s,\"feasible\":%s",
+                  p->active ? "true" : "false", p->measured ? "true" : "false",
+                  p->feasible ? "true" : "false");
+    put_kv_u64(b, "budget_bytes", p->budget, true);
+    put_kv_u64(b, "keep_bytes", p->keep_bytes, true);
+    put_kv_u64(b, "planned_bytes", p->planned_bytes, true);
+    put_kv_u64(b, "fixed_bytes", p->fixed_bytes, true);
+    put_kv_u64(b, "min_bytes", p->min_bytes, true);
+    put_kv_u64(b, "step", p->step, true);
+    put_kv_u64(b, "probes", p->probes, true);
+    put_kv_u64(b, "replans", p->replans, true);
+    put_kv_u64(b, "period", p->period, true);
+    as__sb_puts(b, ",\"layers\":[");
+    for (size_t i = 0; i < p->n; i++) {
+        const as_store_plan_entry *e = &p->entries[i];
+        as__sb_puts(b, i ? ",{\"layer\":" : "{\"layer\":");
+        as__sb_jstr(b, e->layer);
+        as__sb_puts(b, ",\"kind\":");
+        as__sb_jstr(b, as__svc_kind_name(e->kind));
+        as__sb_puts(b, ",\"policy\":");
+        as__sb_jstr(b, e->policy);
+        put_kv_u64(b, "raw_bytes", e->raw_bytes, true);
+        put_kv_u64(b, "stored_bytes", e->stored_bytes, true);
+        as__sb_puts(b, ",\"rel_error\":");
+        as__sb_dbl(b, e->rel_error);
+        as__sb_puts(b, ",\"cosine\":");
+        as__sb_dbl(b, e->cosine);
+        as__sb_puts(b, ",\"time_ns\":");
+        as__sb_dbl(b, e->time_ns);
+        as__sb_puts(b, ",\"weight\":");
+        as__sb_dbl(b, e->weight);
+        put_kv_u64(b, "items", e->items, true);
+        put_kv_u64(b, "candidates", e->candidates, true);
+        as__sb_puts(b, "}");
+    }
+    as__sb_puts(b, "]}");
+}
+
+void as__render_plan(as_service *svc, as__sb *b)
+{
+    put_header(svc, b);
+    as__sb_puts(b, ",\"stores\":[");
+    for (size_t i = 0; i < svc->nsrc; i++) {
+        const as__svc_view *v = &svc->views[i];
+        as__sb_puts(b, i ? ",{\"label\":" : "{\"label\":");
+        as__sb_jstr(b, svc->labels[i]);
+        bool ok = !svc->view_rc[i] && v->has_plan;
+        as__sb_printf(b, ",\"available\":%s,\"plan\":", ok ? "true" : "false");
+        if (ok)
+            put_plan(b, &v->plan);
+        else
+            as__sb_puts(b, "null");
+        as__sb_puts(b, "}");
     }
     as__sb_puts(b, "]}\n");
 }

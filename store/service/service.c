@@ -105,6 +105,8 @@ static int dflt_take(void *ud, size_t i, uint64_t since, as__svc_view *v)
             return rc;
         }
         v->has_store = true;
+        if (as_store_plan_take(d->store, &v->plan) == 0)
+            v->has_plan = true;
     }
     return 0;
 }
@@ -117,6 +119,8 @@ static void dflt_release(void *ud, size_t i, as__svc_view *v)
         as_arena_snapshot_free(&v->arena);
     if (v->has_store)
         as_store_stats_free(&v->store);
+    if (v->has_plan)
+        as_store_plan_free(&v->plan);
 }
 
 /* ---- the tick ------------------------------------------------------------ */

@@ -51,9 +51,10 @@ void as__sb_plabel(as__sb *b, const char *s); /* Prometheus label value */
  * calls as_arena_snapshot_take / as_store_stats_take; tests plug in a fake
  * one (as__service_start_with). */
 typedef struct as__svc_view {
-    bool              has_arena, has_store;
+    bool              has_arena, has_store, has_plan;
     as_arena_snapshot arena;
     as_store_stats    store;
+    as_store_plan     plan;      /* auto's plan (plan.active when there is one) */
 } as__svc_view;
 
 typedef struct as__svc_provider {
@@ -171,6 +172,7 @@ void as__frame_unref(as__frame *f);
 
 /* render.c: JSON documents and the SSE frame */
 void as__render_snapshot(as_service *svc, as__sb *b);
+void as__render_plan(as_service *svc, as__sb *b);
 void as__render_timeline(as_service *svc, uint64_t since, as__sb *b);
 void as__render_frame(as_service *svc, as__sb *b);
 void as__render_trace(as_service *svc, as__sb *b);

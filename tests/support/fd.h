@@ -20,6 +20,7 @@
 #include <stdlib.h>
 
 #include <cmocka.h>
+
 #include "util/rng.h"
 
 #ifndef AS_FD_SEED

@@ -111,6 +111,33 @@ static inline int offload_files(const char *dir, char *buf, size_t len)
     return n;
 }
 
+/* Open descriptors of this process on unnamed files in dir (offload files
+ * have no name); buf gets a /proc/self/fd path of the last one, through
+ * which the file can be opened, stat'ed or truncated. */
+static inline int offload_fds(const char *dir, char *buf, size_t len)
+{
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    size_t dl = strlen(dir);
+    buf[0] = 0;
+    while ((e = readdir(d))) {
+        char fp[300], target[600];
+        snprintf(fp, sizeof fp, "/proc/self/fd/%s", e->d_name);
+        ssize_t k = readlink(fp, target, sizeof target - 1);
+        if (k <= 0)
+            continue;
+        target[k] = 0;
+        if (!strncmp(target, dir, dl) && target[dl] == '/' && strstr(target, "(deleted)")) {
+            snprintf(buf, len, "%s", fp);
+            n++;
+        }
+    }
+    closedir(d);
+    return n;
+}
+
 static inline void rm_tmp(const char *dir)
 {
     char p[512];

@@ -108,7 +108,7 @@ void as__civ_adjoint_freq(const float *f, float s, const float *z, float *tz, fl
  * first (kh x Qh per channel), then along the rows. Into wv (Cout, nf);
  * the sum over the channels, G(f), into g (nf doubles); tw: 2 (Qh kw +
  * P kh) doubles of scratch. */
-static void c1_spectra(const as__conv_inv *ci, const float *w, size_t so, size_t st,
+static void c1_spectra(const as__civ *ci, const float *w, size_t so, size_t st,
                        float *wv, double *g, double *tw)
 {
     const int P = ci->P, Q = ci->Q, Qh = ci->Qh, kh = ci->g.kh, kw = ci->g.kw;
@@ -212,7 +212,7 @@ static int pick_channels(const float *wv, int cout, size_t nf, float *r, int *se
  * 1e-15 tr, for Cin = 1), the pick and 1 / G_S(f) (with the relative eps
  * of the factorization: G (1 + eps_rel)) into ci's c1 cache for version.
  * Returns 0 or AS_ENOMEM (the cache is then left invalid). */
-int as__civ_c1_prepare(as__conv_inv *ci, const float *w, size_t so, size_t st,
+int as__civ_c1_prepare(as__civ *ci, const float *w, size_t so, size_t st,
                        uint64_t version, double *cond)
 {
     const int cout = ci->g.cout;
@@ -309,10 +309,10 @@ static void sub_row(float *dst, const float *src, float c, int len)
  * as (kh, kw, C1_OB), zero beyond ob; fe: ob grids of fsz floats, Qe a
  * row. Four points of a row at a time (four independent chains). */
 AS__CIV_CLONES
-static void c1_border(const as__conv_inv *ci, const float *xp, size_t xs, const float *wblk,
+static void c1_border(const as__civ *ci, const float *xp, size_t xs, const float *wblk,
                       int ob, float *fe, int Qe, size_t fsz)
 {
-    const as__conv_geom *g = &ci->g;
+    const as__civ_geom *g = &ci->g;
     const int H = g->h, W = g->w, kh = g->kh, kw = g->kw;
     const int Pl = H + kh - 1, Ql = W + kw - 1, dh = ci->dh, dw = ci->dw;
     const int ho = ci->ho, wo = ci->wo;
@@ -354,9 +354,9 @@ static void c1_border(const as__conv_inv *ci, const float *xp, size_t xs, const 
     }
 }
 
-size_t as__civ_c1_work_need(const as__conv_inv *ci, int n)
+size_t as__civ_c1_work_need(const as__civ *ci, int n)
 {
-    const as__conv_geom *g = &ci->g;
+    const as__civ_geom *g = &ci->g;
     const size_t P = (size_t)ci->P, Q = (size_t)ci->Q;
     const size_t NB = (((size_t)n + 1) / 2 + 7) / 8 * 8, E = 2 * NB, f4 = sizeof(float);
     const size_t Qs = (Q + 7) / 8 * 8, Pe = P + g->kh - 1, Qe = Qs + g->kw - 1;
@@ -367,19 +367,108 @@ size_t as__civ_c1_work_need(const as__conv_inv *ci, int n)
            as__civ_wround(f4 * Q * E) + as__civ_wround(f4 * 2 * P * E);
 }
 
-int as__civ_restore_c1(as__conv_inv *ci, uint64_t version, int n, const float *y,
+/* The correlation a_S^H F of one image into xt (P x Qs): F of C1_OB
+ * output channels at a time (the window Y - b, the border from the frame
+ * in xp, the wrap), each on the grid extended by the wrap (fe: C1_OB grids
+ * of Pe x Qe). */
+static void c1_image(const as__civ *ci, int img, const float *y, const float *bias,
+                     const float *xp, size_t xs, float *fe, float *xt)
+{
+    const as__civ_geom *g = &ci->g;
+    const int P = ci->P, Q = ci->Q, cout = g->cout, ho = ci->ho, wo = ci->wo;
+    const int kh = g->kh, kw = g->kw, Qs = (Q + 7) / 8 * 8;
+    const int Pl = g->h + kh - 1, Ql = g->w + kw - 1, Pe = P + kh - 1, Qe = Qs + kw - 1;
+    const int dh = ci->dh, dw = ci->dw, ns = ci->c1_ns, *sel = ci->c1_sel;
+    const size_t flen = as__civ_frame_len(g), fsz = (size_t)Pe * Qe;
+    memset(xt, 0, sizeof(float) * (size_t)P * Qs);
+    for (int o0 = 0; o0 < ns; o0 += C1_OB) {
+        const int ob = ns - o0 < C1_OB ? ns - o0 : C1_OB;
+        /* zeros where neither the window nor the border writes: the
+         * columns from Ql on and the rows Pl .. P-1 (the wrap comes
+         * last) */
+        for (int k = 0; k < ob; k++) {
+            float *f = fe + k * fsz;
+            for (int a = 0; a < Pl; a++)
+                memset(f + (size_t)a * Qe + Ql, 0, sizeof(float) * (size_t)(Qe - Ql));
+            memset(f + (size_t)Pl * Qe, 0, sizeof(float) * (size_t)(P - Pl) * Qe);
+        }
+        /* the window: Y - b */
+        for (int k = 0; k < ob; k++) {
+            const float *yo = y + ((size_t)img * cout + sel[o0 + k]) * ho * wo;
+            const float bo = bias ? bias[sel[o0 + k]] : 0.0f;
+            for (int a = 0; a < Pl; a++) {
+                const int i = a - dh;
+                if (i < 0 || i >= ho)
+                    continue;
+                const int b0 = dw > 0 ? dw : 0, b1 = wo + dw < Ql ? wo + dw : Ql;
+                float *fr = fe + k * fsz + (size_t)a * Qe;
+                const float *ys = yo + (size_t)i * wo - dw;
+                sub_row(fr + b0, ys + b0, bo, b1 - b0);
+            }
+        }
+        /* the border: the kernels against the frame, all channels of
+         * the block per point (weights wt: (kh, kw, Cout); the block's
+         * as (kh, kw, C1_OB), zero beyond ob) */
+        float wblk[256 * C1_OB];
+        for (int t = 0; flen && t < kh * kw; t++)
+            for (int k = 0; k < C1_OB; k++)
+                wblk[t * C1_OB + k] = k < ob ? ci->wt[(size_t)t * cout + sel[o0 + k]] : 0.0f;
+        if (flen)
+            c1_border(ci, xp, xs, wblk, ob, fe, Qe, fsz);
+        for (int k = 0; k < ob; k++) {
+            float *f = fe + k * fsz;
+            float wk_o[256];
+            for (int t = 0; t < kh * kw; t++)
+                wk_o[t] = ci->wt[(size_t)t * cout + sel[o0 + k]];
+            /* wrap: columns Q.. are columns 0.., rows P.. rows 0.. */
+            for (int a = 0; a < P; a++)
+                for (int v = 0; v < kw - 1; v++)
+                    f[(size_t)a * Qe + Q + v] = f[(size_t)a * Qe + v];
+            memcpy(f + (size_t)P * Qe, f, sizeof(float) * (size_t)(kh - 1) * Qe);
+            c1_corr(f, Qe, wk_o, kh, kw, P, Qs, xt);
+        }
+    }
+}
+
+/* X^ = (a_S^H F)^ / G_S: Ga holds a_S^H F of every image (planar, E floats
+ * per grid point); rows: FFT along Q into Gb; columns: FFT along P, times
+ * 1 / G_S, inverse FFT along P back into Ga. C: a column (P * E floats). */
+static void c1_solve(const as__civ *ci, float *Ga, float *Gb, float *C, int NB)
+{
+    const int P = ci->P, Q = ci->Q, Qh = ci->Qh;
+    const size_t E = 2 * (size_t)NB;
+    const float *gi = ci->c1_gi;
+    for (int p = 0; p < P; p++)
+        as__civ_fft_run(&ci->fq, Gb + (size_t)p * Q * E, E, Ga + (size_t)p * Q * E, E, NB);
+    for (int kq = 0; kq < Qh; kq++) {
+        const int mq = (Q - kq) % Q, pair = mq != kq;
+        const int cols[2] = {kq, mq};
+        for (int k = 0; k <= pair; k++) {
+            as__civ_fft_run(&ci->fp, C, E, Gb + (size_t)cols[k] * E, (size_t)Q * E, NB);
+            for (int kp = 0; kp < P; kp++) {
+                /* (kp, mq) = -((P-kp)%P, kq): the same real 1/G */
+                const int fp = k ? (P - kp) % P : kp;
+                const float s = gi[(size_t)kq * P + fp];
+                float *e = C + (size_t)kp * E;
+                for (size_t l = 0; l < E; l++)
+                    e[l] *= s;
+            }
+            as__civ_fft_run(&ci->ip, Ga + (size_t)cols[k] * E, (size_t)Q * E, C, E, NB);
+        }
+    }
+}
+
+int as__civ_restore_c1(as__civ *ci, uint64_t version, int n, const float *y,
                        const float *bias, const float *frame, float *x)
 {
-    const as__conv_geom *g = &ci->g;
-    const int H = g->h, W = g->w, P = ci->P, Q = ci->Q, Qh = ci->Qh;
-    const int cout = g->cout, ho = ci->ho, wo = ci->wo, kh = g->kh, kw = g->kw;
+    const as__civ_geom *g = &ci->g;
+    const int H = g->h, W = g->w, P = ci->P, Q = ci->Q;
+    const int cout = g->cout, kh = g->kh, kw = g->kw;
     const int N2 = (n + 1) / 2, NB = (N2 + 7) / 8 * 8;
     const size_t E = 2 * (size_t)NB;
     /* rows of X~ padded to whole vectors (Qs), F's rows to Qs + kw - 1 */
-    const int Qs = (Q + 7) / 8 * 8;
-    const int Pl = H + kh - 1, Ql = W + kw - 1, Pe = P + kh - 1, Qe = Qs + kw - 1;
-    const int dh = ci->dh, dw = ci->dw;
-    const size_t flen = as__conv_frame_len(g);
+    const int Qs = (Q + 7) / 8 * 8, Pe = P + kh - 1, Qe = Qs + kw - 1;
+    const size_t flen = as__civ_frame_len(g);
     as__civ_work wk;
     double t0 = as__civ_now_ms();
     /* the channels read and 1 / G_S, once per version (ci->wt holds the
@@ -387,9 +476,7 @@ int as__civ_restore_c1(as__conv_inv *ci, uint64_t version, int n, const float *y
     if (!(ci->c1_ok && ci->c1_version == version) &&
         as__civ_c1_prepare(ci, ci->wt, 1, (size_t)cout, version, NULL))
         return AS_ENOMEM;
-    const float *gi = ci->c1_gi;
-    const int ns = ci->c1_ns, *sel = ci->c1_sel;
-    ci->st.c1_channels = ns;
+    ci->st.c1_channels = ci->c1_ns;
     if (as__civ_work_begin(ci, &wk, as__civ_c1_work_need(ci, n)))
         return AS_ENOMEM;
     float *fe = as__civ_wtake(&wk, sizeof(float) * (size_t)Pe * Qe *
@@ -406,64 +493,14 @@ int as__civ_restore_c1(as__conv_inv *ci, uint64_t version, int n, const float *y
     float *C = as__civ_wtake(&wk, sizeof(float) * (size_t)2 * P * E);
     double t1 = as__civ_now_ms();
 
-    /* X~ image by image into lane (img mod N2) of half (img / N2) of Ga;
-     * F of C1_OB output channels at a time, each on the grid extended by
-     * the wrap (Pe x Qe). */
+    /* X~ image by image into lane (img mod N2) of half (img / N2) of Ga */
     memset(Ga, 0, sizeof(float) * (size_t)P * Q * E);
     memset(xp, 0, sizeof(float) * ((H + 2 * (size_t)(kh - 1)) * xs + 3));
-    const size_t fsz = (size_t)Pe * Qe;
     for (int img = 0; img < n; img++) {
         if (flen)
             as__civ_frame_put_one(ci, frame + (size_t)img * flen,
                                   xp + (size_t)(kh - 1) * xs + kw - 1, xs);
-        memset(xt, 0, sizeof(float) * (size_t)P * Qs);
-        for (int o0 = 0; o0 < ns; o0 += C1_OB) {
-            const int ob = ns - o0 < C1_OB ? ns - o0 : C1_OB;
-            /* zeros where neither the window nor the border writes: the
-             * columns from Ql on and the rows Pl .. P-1 (the wrap comes
-             * last) */
-            for (int k = 0; k < ob; k++) {
-                float *f = fe + k * fsz;
-                for (int a = 0; a < Pl; a++)
-                    memset(f + (size_t)a * Qe + Ql, 0, sizeof(float) * (size_t)(Qe - Ql));
-                memset(f + (size_t)Pl * Qe, 0, sizeof(float) * (size_t)(P - Pl) * Qe);
-            }
-            /* the window: Y - b */
-            for (int k = 0; k < ob; k++) {
-                const float *yo = y + ((size_t)img * cout + sel[o0 + k]) * ho * wo;
-                const float bo = bias ? bias[sel[o0 + k]] : 0.0f;
-                for (int a = 0; a < Pl; a++) {
-                    const int i = a - dh;
-                    if (i < 0 || i >= ho)
-                        continue;
-                    const int b0 = dw > 0 ? dw : 0, b1 = wo + dw < Ql ? wo + dw : Ql;
-                    float *fr = fe + k * fsz + (size_t)a * Qe;
-                    const float *ys = yo + (size_t)i * wo - dw;
-                    sub_row(fr + b0, ys + b0, bo, b1 - b0);
-                }
-            }
-            /* the border: the kernels against the frame, all channels of
-             * the block per point (weights wt: (kh, kw, Cout); the block's
-             * as (kh, kw, C1_OB), zero beyond ob) */
-            float wblk[256 * C1_OB];
-            for (int t = 0; flen && t < kh * kw; t++)
-                for (int k = 0; k < C1_OB; k++)
-                    wblk[t * C1_OB + k] = k < ob ? ci->wt[(size_t)t * cout + sel[o0 + k]] : 0.0f;
-            if (flen)
-                c1_border(ci, xp, xs, wblk, ob, fe, Qe, fsz);
-            for (int k = 0; k < ob; k++) {
-                float *f = fe + k * fsz;
-                float wk_o[256];
-                for (int t = 0; t < kh * kw; t++)
-                    wk_o[t] = ci->wt[(size_t)t * cout + sel[o0 + k]];
-                /* wrap: columns Q.. are columns 0.., rows P.. rows 0.. */
-                for (int a = 0; a < P; a++)
-                    for (int v = 0; v < kw - 1; v++)
-                        f[(size_t)a * Qe + Q + v] = f[(size_t)a * Qe + v];
-                memcpy(f + (size_t)P * Qe, f, sizeof(float) * (size_t)(kh - 1) * Qe);
-                c1_corr(f, Qe, wk_o, kh, kw, P, Qs, xt);
-            }
-        }
+        c1_image(ci, img, y, bias, xp, xs, fe, xt);
         const int lane = img < N2 ? img : img - N2, half = img < N2 ? 0 : 1;
         float *dst = Ga + (size_t)half * NB + lane;
         for (int p = 0; p < P; p++)
@@ -471,32 +508,11 @@ int as__civ_restore_c1(as__conv_inv *ci, uint64_t version, int n, const float *y
                 dst[((size_t)p * Q + q) * E] = xt[(size_t)p * Qs + q];
     }
     double t2 = as__civ_now_ms();
-    /* rows: FFT along Q; columns: FFT along P, times 1/G, inverse */
-    for (int p = 0; p < P; p++)
-        as__civ_fft_run(&ci->fq, Gb + (size_t)p * Q * E, E, Ga + (size_t)p * Q * E, E, NB);
+    c1_solve(ci, Ga, Gb, C, NB);
     double t3 = as__civ_now_ms();
-    float *Cf = C, *Cx = C + (size_t)P * E;
-    for (int kq = 0; kq < Qh; kq++) {
-        const int mq = (Q - kq) % Q, pair = mq != kq;
-        const int cols[2] = {kq, mq};
-        for (int k = 0; k <= pair; k++) {
-            as__civ_fft_run(&ci->fp, Cf, E, Gb + (size_t)cols[k] * E, (size_t)Q * E, NB);
-            for (int kp = 0; kp < P; kp++) {
-                /* (kp, mq) = -((P-kp)%P, kq): the same real 1/G */
-                const int fp = k ? (P - kp) % P : kp;
-                const float s = gi[(size_t)kq * P + fp];
-                float *e = Cf + (size_t)kp * E;
-                for (size_t l = 0; l < E; l++)
-                    e[l] *= s;
-            }
-            as__civ_fft_run(&ci->ip, Ga + (size_t)cols[k] * E, (size_t)Q * E, Cf, E, NB);
-        }
-    }
-    (void)Cx;
-    double t4 = as__civ_now_ms();
     ci->st.phase_ms[0] = t2 - t1;
-    ci->st.phase_ms[1] = t3 - t2;
-    ci->st.phase_ms[2] = t1 - t0 + t4 - t3;
+    ci->st.phase_ms[1] = 0;   /* the transforms are inside the solve */
+    ci->st.phase_ms[2] = t1 - t0 + t3 - t2;
     as__civ_finish_rows(ci, n, Ga, E, R, frame, x, NB, 0);
     free(wk.own);
     return 0;

@@ -55,6 +55,8 @@ typedef double v8du __attribute__((vector_size(64), aligned(8), may_alias));
 #define VR(p) (*(v8du *)((p)->re))
 #define VI(p) (*(v8du *)((p)->im))
 typedef double v4du __attribute__((vector_size(32), aligned(8), may_alias));
+typedef long v8i64 __attribute__((vector_size(64)));
+typedef long v8i64u __attribute__((vector_size(64), aligned(8), may_alias));
 
 #define GRB 5   /* rows of a register block (3x3 kernels: 9 = 5 + 4) */
 
@@ -106,12 +108,12 @@ static void gram_corr(int ci, int co, int kh, int kw, const double *V, size_t NR
     }
 }
 
-size_t as__civ_gram_len(const as__conv_geom *g)
+size_t as__civ_gram_len(const as__civ_geom *g)
 {
     return (size_t)g->cin * (g->cin + 1) / 2 * (2 * g->kh - 1) * (2 * g->kw - 1);
 }
 
-int as__civ_gram(const as__conv_geom *g, const float *w, double *R)
+int as__civ_gram(const as__civ_geom *g, const float *w, double *R)
 {
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
     const size_t NRp = (size_t)ci * kh * kw + 16;
@@ -130,7 +132,7 @@ int as__civ_gram(const as__conv_geom *g, const float *w, double *R)
 }
 
 /* Tg from R (computed here when R is NULL). */
-static int gram_dft(const as__conv_geom *g, int Q, const float *w, const double *Rin,
+static int gram_dft(const as__civ_geom *g, int Q, const float *w, const double *Rin,
                     double *Tg)
 {
     const int ci = g->cin, kh = g->kh, kw = g->kw;
@@ -170,10 +172,10 @@ static int gram_dft(const as__conv_geom *g, int Q, const float *w, const double 
     return 0;
 }
 
-static int begin_impl(as__civ_fctx *fc, const as__conv_geom *g, int P, int Q,
+static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
                       const float *w, const double *R, int need_a);
 
-int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
+int as__civ_factor_begin(as__civ_fctx *fc, const as__civ_geom *g, int P,
                          int Q, const float *w, const double *R)
 {
     return begin_impl(fc, g, P, Q, w, R, 1);
@@ -181,7 +183,7 @@ int as__civ_factor_begin(as__civ_fctx *fc, const as__conv_geom *g, int P,
 
 /* need_a = 0: for condition numbers only (no M, no adjoint factor), which
  * do not need A(f), so not its row DFTs T either. */
-static int begin_impl(as__civ_fctx *fc, const as__conv_geom *g, int P, int Q,
+static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
                       const float *w, const double *R, int need_a)
 {
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
@@ -254,13 +256,15 @@ void as__civ_factor_end(as__civ_fctx *fc)
     memset(fc, 0, sizeof *fc);
 }
 
-int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
-                   const double *R, double eps_rel, float *m, double *cond_out)
+int as__civ_factor(const as__civ_geom *g, int P, int Q, const float *w,
+                   const double *R, double eps_rel, float *m, double *cond_out,
+                   double *eig)
 {
     as__civ_fctx fc;
     int rc = begin_impl(&fc, g, P, Q, w, R, m != NULL);
     if (rc)
         return rc;
+    fc.eig = eig;
     if (cond_out)
         *cond_out = 0;
     as__civ_factor_range(&fc, 0, fc.nf, eps_rel, m, cond_out);
@@ -268,386 +272,486 @@ int as__civ_factor(const as__conv_geom *g, int P, int Q, const float *w,
     return 0;
 }
 
+/* The steps of as__civ_factor_range, each over one group of LANES
+ * frequencies in lockstep. Always inlined: every target clone of the range
+ * gets its own vectorized copy. */
+#define FSTEP static inline __attribute__((always_inline))
+
+/* One group of LANES frequencies: their indices, the row twiddles of A and
+ * the distinct columns (kq values) the lanes span. */
+typedef struct fgroup {
+    size_t f0, nf;                   /* first frequency, end of the range */
+    int kp[LANES], kq[LANES];
+    int kqd[LANES], nkq;             /* distinct kq values of the lanes */
+    double eur[16][LANES], eui[16][LANES];   /* e^{-2 pi i kp (kh-1-u)/P}, kh <= 16 */
+} fgroup;
+
+FSTEP void group_init(const as__civ_fctx *fc, size_t f0, size_t nf, fgroup *gr)
+{
+    const int kh = fc->g.kh, P = fc->P;
+    gr->f0 = f0;
+    gr->nf = nf;
+    gr->nkq = 0;
+    for (int l = 0; l < LANES; l++) {
+        const size_t f = f0 + l < nf ? f0 + l : f0;   /* pad with a real one */
+        gr->kq[l] = (int)(f / P);   /* column-major: one kq = P frequencies */
+        gr->kp[l] = (int)(f % P);
+        for (int u = 0; u < kh; u++) {
+            const double *t = fc->tw + 2 * ((size_t)gr->kp[l] * (2 * kh - 1) + u);
+            gr->eur[u][l] = t[0];
+            gr->eui[u][l] = t[1];
+        }
+        int k = 0;
+        while (k < gr->nkq && gr->kqd[k] != gr->kq[l])
+            k++;
+        if (k == gr->nkq)
+            gr->kqd[gr->nkq++] = gr->kq[l];
+    }
+}
+
+/* A(f) (Cout x Cin) for M or the adjoint factor (a condition check alone
+ * does not need it: the Gram matrix comes from Tg). The lanes span few
+ * columns (kq values): each lane takes the row DFTs T of its own column,
+ * blended from one broadcast per distinct column. */
+FSTEP void form_a(const as__civ_fctx *fc, const fgroup *gr, lanes_c *A)
+{
+    const int ci = fc->g.cin, co = fc->g.cout, kh = fc->g.kh, nkq = gr->nkq;
+    const size_t cs = 2 * (size_t)co * ci * kh;   /* T's stride between columns */
+    const double *t0 = fc->T + (size_t)gr->kqd[0] * cs;
+    long dsel[LANES][LANES];   /* dsel[d][l]: lane l belongs to column kqd[d] */
+    for (int d = 0; d < nkq; d++)
+        for (int l = 0; l < LANES; l++)
+            dsel[d][l] = gr->kq[l] == gr->kqd[d] ? -1 : 0;
+    for (int o = 0; o < co; o++)
+        for (int c = 0; c < ci; c++) {
+            const size_t off = 2 * (((size_t)o * ci + c) * kh);
+            v8d sr = {0}, si = {0};
+            for (int u = 0; u < kh; u++) {
+                v8d tr = {0}, ti = {0};
+                tr += t0[off + 2 * u];
+                ti += t0[off + 2 * u + 1];
+                for (int d = 1; d < nkq; d++) {
+                    const double *td = fc->T + (size_t)gr->kqd[d] * cs + off;
+                    const v8i64 m = *(const v8i64u *)dsel[d];
+                    v8d br = {0}, bi = {0};
+                    br += td[2 * u];
+                    bi += td[2 * u + 1];
+                    tr = (v8d)(((v8i64)br & m) | ((v8i64)tr & ~m));
+                    ti = (v8d)(((v8i64)bi & m) | ((v8i64)ti & ~m));
+                }
+                const v8d er = *(const v8du *)gr->eur[u], ei = *(const v8du *)gr->eui[u];
+                sr += er * tr - ei * ti;
+                si += er * ti + ei * tr;
+            }
+            lanes_c *a = &A[(size_t)o * ci + c];
+            VR(a) = sr;
+            VI(a) = si;
+        }
+}
+
+/* G = A^H A (lower triangle) into L, from Tg (gram_dft); each lane takes
+ * Tg of its own column as in form_a. */
+FSTEP void form_gram(const as__civ_fctx *fc, const fgroup *gr, lanes_c *L)
+{
+    const int ci = fc->g.cin, nh = 2 * fc->g.kh - 1, nkq = gr->nkq;
+    const size_t npair = (size_t)ci * (ci + 1) / 2, cs = 2 * npair * nh;
+    v8d gpr[31], gpi[31];   /* e^{2 pi i kp du/P} */
+    for (int l = 0; l < LANES; l++)
+        for (int du = 0; du < nh; du++) {
+            const double *t = fc->tw + 2 * ((size_t)gr->kp[l] * nh + du);
+            gpr[du][l] = t[0];
+            gpi[du][l] = t[1];
+        }
+    long dsel[LANES][LANES];
+    for (int d = 0; d < nkq; d++)
+        for (int l = 0; l < LANES; l++)
+            dsel[d][l] = gr->kq[l] == gr->kqd[d] ? -1 : 0;
+    const double *t0 = fc->Tg + (size_t)gr->kqd[0] * cs;
+    for (int i = 0; i < ci; i++)
+        for (int j = 0; j <= i; j++) {
+            const size_t off = 2 * ((size_t)i * (i + 1) / 2 + j) * nh;
+            v8d sr = {0}, si = {0};
+            for (int du = 0; du < nh; du++) {
+                v8d tr = {0}, ti = {0};
+                tr += t0[off + 2 * du];
+                ti += t0[off + 2 * du + 1];
+                for (int d = 1; d < nkq; d++) {
+                    const double *td = fc->Tg + (size_t)gr->kqd[d] * cs + off;
+                    const v8i64 m = *(const v8i64u *)dsel[d];
+                    v8d br = {0}, bi = {0};
+                    br += td[2 * du];
+                    bi += td[2 * du + 1];
+                    tr = (v8d)(((v8i64)br & m) | ((v8i64)tr & ~m));
+                    ti = (v8d)(((v8i64)bi & m) | ((v8i64)ti & ~m));
+                }
+                sr += gpr[du] * tr - gpi[du] * ti;
+                si += gpr[du] * ti + gpi[du] * tr;
+            }
+            lanes_c *s = &L[(size_t)i * ci + j];
+            VR(s) = sr;
+            VI(s) = i == j ? (v8d){0} : si;
+        }
+}
+
+/* G + eps I with eps = eps_rel * trace(G) / Cin; tr gets the trace. */
+FSTEP void gram_regularize(lanes_c *L, int ci, double eps_rel, double tr[LANES])
+{
+    for (int l = 0; l < LANES; l++)
+        tr[l] = 0;
+    for (int i = 0; i < ci; i++)
+        for (int l = 0; l < LANES; l++)
+            tr[l] += L[(size_t)i * ci + i].re[l];
+    for (int i = 0; i < ci; i++)
+        for (int l = 0; l < LANES; l++)
+            L[(size_t)i * ci + i].re[l] += eps_rel * tr[l] / ci;
+}
+
+/* lambda_max of G by power iteration (G Hermitian, its lower triangle in
+ * L before the factorization overwrites it); x, y: Cin vectors each. */
+FSTEP void power_lmax(const lanes_c *L, int ci, lanes_c *x, lanes_c *y, v8d *lmax)
+{
+    for (int c = 0; c < ci; c++)
+        for (int l = 0; l < LANES; l++) {
+            x[c].re[l] = 1.0 + 0.37 * ((c * 7919) % 13);
+            x[c].im[l] = 0.11 * ((c * 104729) % 7);
+        }
+    for (int it = 0; it < POWER_ITERS; it++) {
+        v8d nx = {0}, rq = {0}, ny = {0};
+        for (int i = 0; i < ci; i++) {
+            v8d sr = {0}, si = {0};
+            /* G[i][j] = L[i][j] for j <= i, conj(L[j][i]) above */
+            for (int j = 0; j <= i; j++) {
+                const lanes_c *gp = &L[(size_t)i * ci + j];
+                const v8d gr = VR(gp), gi = VI(gp), xr = VR(&x[j]), xi = VI(&x[j]);
+                sr += gr * xr - gi * xi;
+                si += gr * xi + gi * xr;
+            }
+            for (int j = i + 1; j < ci; j++) {
+                const lanes_c *gp = &L[(size_t)j * ci + i];
+                const v8d gr = VR(gp), gi = VI(gp), xr = VR(&x[j]), xi = VI(&x[j]);
+                sr += gr * xr + gi * xi;
+                si += gr * xi - gi * xr;
+            }
+            VR(&y[i]) = sr;
+            VI(&y[i]) = si;
+            const v8d xr = VR(&x[i]), xi = VI(&x[i]);
+            rq += xr * sr + xi * si;
+            nx += xr * xr + xi * xi;
+            ny += sr * sr + si * si;
+        }
+        *lmax = rq / nx;
+        v8d sc;
+        for (int l = 0; l < LANES; l++)
+            sc[l] = ny[l] > 0 ? 1.0 / sqrt(ny[l]) : 0.0;
+        for (int i = 0; i < ci; i++) {
+            VR(&x[i]) = VR(&y[i]) * sc;
+            VI(&x[i]) = VI(&y[i]) * sc;
+        }
+    }
+}
+
+/* Cholesky G = L L^H in place (lower). A non-positive pivot marks the lane
+ * singular; the lane goes on with a harmless pivot so the other lanes are
+ * unaffected. The imaginary part of the diagonal gets 1 / L_ii (for the
+ * solves). */
+FSTEP void cholesky(lanes_c *L, int ci, const double tr[LANES], int singular[LANES])
+{
+    for (int l = 0; l < LANES; l++)
+        singular[l] = 0;
+    for (int j = 0; j < ci; j++) {
+        lanes_c *ljj = &L[(size_t)j * ci + j];
+        v8d dj = VR(ljj);
+        for (int k = 0; k < j; k++) {
+            const lanes_c *ljk = &L[(size_t)j * ci + k];
+            const v8d a = VR(ljk), b = VI(ljk);
+            dj -= a * a + b * b;
+        }
+        v8d dinv = {0};
+        for (int l = 0; l < LANES; l++) {
+            double d = dj[l];
+            if (!(d > 1e-300 + 1e-15 * tr[l])) {
+                singular[l] = 1;
+                d = tr[l] > 0 ? tr[l] : 1.0;
+            }
+            dj[l] = sqrt(d);
+            dinv[l] = 1.0 / dj[l];
+        }
+        VR(ljj) = dj;
+        VI(ljj) = dinv;
+        for (int i = j + 1; i < ci; i++) {
+            lanes_c *lij = &L[(size_t)i * ci + j];
+            v8d lr = VR(lij), li = VI(lij);
+            for (int k = 0; k < j; k++) {
+                const lanes_c *lik = &L[(size_t)i * ci + k], *ljk = &L[(size_t)j * ci + k];
+                const v8d ar = VR(lik), ai = VI(lik), br = VR(ljk), bi = VI(ljk);
+                /* lij -= lik * conj(ljk) */
+                lr -= ar * br + ai * bi;
+                li -= ai * br - ar * bi;
+            }
+            VR(lij) = lr * dinv;
+            VI(lij) = li * dinv;
+        }
+    }
+}
+
+/* Solve L L^H z = b in place (b in x[0..ci)). */
+FSTEP void chol_solve(const lanes_c *L, int ci, lanes_c *x)
+{
+    for (int i = 0; i < ci; i++) {
+        v8d xr = VR(&x[i]), xi = VI(&x[i]);
+        for (int k = 0; k < i; k++) {
+            const lanes_c *lik = &L[(size_t)i * ci + k];
+            const v8d a = VR(lik), b = VI(lik);
+            const v8d yr = VR(&x[k]), yi = VI(&x[k]);
+            xr -= a * yr - b * yi;
+            xi -= a * yi + b * yr;
+        }
+        const v8d d = VI(&L[(size_t)i * ci + i]);
+        VR(&x[i]) = xr * d;
+        VI(&x[i]) = xi * d;
+    }
+    for (int i = ci - 1; i >= 0; i--) {
+        v8d xr = VR(&x[i]), xi = VI(&x[i]);
+        for (int k = i + 1; k < ci; k++) {
+            /* (L^H)[i][k] = conj(L[k][i]) */
+            const lanes_c *lki = &L[(size_t)k * ci + i];
+            const v8d a = VR(lki), b = VI(lki);
+            const v8d yr = VR(&x[k]), yi = VI(&x[k]);
+            xr -= a * yr + b * yi;
+            xi -= a * yi - b * yr;
+        }
+        const v8d d = VI(&L[(size_t)i * ci + i]);
+        VR(&x[i]) = xr * d;
+        VI(&x[i]) = xi * d;
+    }
+}
+
+/* lambda_min of G by inverse iteration (Rayleigh quotient of G^-1) with
+ * the Cholesky factor in L; x, y: Cin vectors each. */
+FSTEP void inverse_lmin(const lanes_c *L, int ci, lanes_c *x, lanes_c *y, v8d *lmin)
+{
+    for (int c = 0; c < ci; c++)
+        for (int l = 0; l < LANES; l++) {
+            x[c].re[l] = 1.0 + 0.29 * ((c * 31) % 11);
+            x[c].im[l] = -0.13 * ((c * 17) % 5);
+        }
+    for (int it = 0; it < POWER_ITERS; it++) {
+        v8d nx = {0};
+        for (int i = 0; i < ci; i++) {
+            y[i] = x[i];
+            nx += VR(&x[i]) * VR(&x[i]) + VI(&x[i]) * VI(&x[i]);
+        }
+        chol_solve(L, ci, y);
+        v8d rq = {0}, ny = {0};
+        for (int i = 0; i < ci; i++) {
+            const v8d xr = VR(&x[i]), xi = VI(&x[i]), yr = VR(&y[i]), yi = VI(&y[i]);
+            rq += xr * yr + xi * yi;
+            ny += yr * yr + yi * yi;
+        }
+        v8d sc;
+        for (int l = 0; l < LANES; l++) {
+            (*lmin)[l] = rq[l] > 0 ? nx[l] / rq[l] : 0.0;
+            sc[l] = ny[l] > 0 ? 1.0 / sqrt(ny[l]) : 0.0;
+        }
+        for (int i = 0; i < ci; i++) {
+            VR(&x[i]) = VR(&y[i]) * sc;
+            VI(&x[i]) = VI(&y[i]) * sc;
+        }
+    }
+}
+
+/* The adjoint factor of the group's frequencies into m (frequency f at
+ * m + (f - fbeg) * as__civ_msz(g, 1)): A^H (Cin x Cout) and the Cholesky
+ * factor L of G (Cin x Cin, lower; the diagonal holds 1 / L_ii), for the
+ * adjoint path's product and substitution (invert/adjoint.c). A^H in
+ * blocks of 8 output channels: the 8 lanes (frequencies) of 8 channels'
+ * entries converted to float and transposed, so each frequency gets 8
+ * consecutive floats of its row c (one store instead of 8 scalar
+ * conversions and stores). */
+FSTEP void store_adjoint(const as__civ_fctx *fc, const fgroup *gr, size_t fbeg,
+                         const lanes_c *A, const lanes_c *L, float *m)
+{
+    const int ci = fc->g.cin, co = fc->g.cout;
+    const size_t a = (size_t)ci * co, fs = 2 * a + 2 * (size_t)ci * ci;
+    for (int o = 0; o + 8 <= co; o += 8)
+        for (int c = 0; c < ci; c++)
+            for (int part = 0; part < 2; part++) {
+                v8 r[8];
+                for (int j = 0; j < 8; j++) {
+                    const lanes_c *e = &A[(size_t)(o + j) * ci + c];
+                    const v8d d = part ? -VI(e) : VR(e);
+                    r[j] = __builtin_convertvector(d, v8);
+                }
+                AS__CIV_T8(r);
+                for (int l = 0; l < LANES && gr->f0 + l < gr->nf; l++)
+                    st8(m + (gr->f0 + l - fbeg) * fs + part * a + (size_t)c * co + o, r[l]);
+            }
+    for (int l = 0; l < LANES && gr->f0 + l < gr->nf; l++) {
+        float *ar = m + (gr->f0 + l - fbeg) * fs, *ai = ar + a;
+        float *mr = ai + a, *mi = mr + (size_t)ci * ci;
+        for (int o = co / 8 * 8; o < co; o++)   /* blocks of 8 above */
+            for (int c = 0; c < ci; c++) {
+                ar[(size_t)c * co + o] = (float)A[(size_t)o * ci + c].re[l];
+                ai[(size_t)c * co + o] = (float)-A[(size_t)o * ci + c].im[l];
+            }
+        for (int i = 0; i < ci; i++)
+            for (int k = 0; k < ci; k++) {
+                const lanes_c *lik = &L[(size_t)i * ci + k];
+                mr[(size_t)i * ci + k] = k < i ? (float)lik->re[l] : k == i ? (float)(1.0 / lik->re[l]) : 0.0f;
+                mi[(size_t)i * ci + k] = k < i ? (float)lik->im[l] : 0.0f;
+            }
+    }
+}
+
+/* Four right-hand sides of the M formation in named registers (an array
+ * of them indexed in the inner loop stayed in memory: a store and a reload
+ * per step); x4 holds them as x4[c*4 + r] (row c of right-hand side r). */
+typedef struct rhs4 {
+    v8d r0, r1, r2, r3, i0, i1, i2, i3;
+} rhs4;
+
+FSTEP void rhs4_load(rhs4 *s, const lanes_c *x4, int i)
+{
+    const lanes_c *p = &x4[i * 4];
+    s->r0 = VR(&p[0]), s->r1 = VR(&p[1]), s->r2 = VR(&p[2]), s->r3 = VR(&p[3]);
+    s->i0 = VI(&p[0]), s->i1 = VI(&p[1]), s->i2 = VI(&p[2]), s->i3 = VI(&p[3]);
+}
+
+/* s -= (a + i sg b) * x4[row k] for the four right-hand sides, with
+ * a + i b the entry e (sg = 1: L[i][k]; sg = -1: conj, for L^H). */
+FSTEP void rhs4_step(rhs4 *s, const lanes_c *e, double sg, const lanes_c *x4, int k)
+{
+    const v8d a = VR(e), b = VI(e);
+    const lanes_c *y = &x4[k * 4];
+    s->r0 -= a * VR(&y[0]) - sg * b * VI(&y[0]);
+    s->i0 -= a * VI(&y[0]) + sg * b * VR(&y[0]);
+    s->r1 -= a * VR(&y[1]) - sg * b * VI(&y[1]);
+    s->i1 -= a * VI(&y[1]) + sg * b * VR(&y[1]);
+    s->r2 -= a * VR(&y[2]) - sg * b * VI(&y[2]);
+    s->i2 -= a * VI(&y[2]) + sg * b * VR(&y[2]);
+    s->r3 -= a * VR(&y[3]) - sg * b * VI(&y[3]);
+    s->i3 -= a * VI(&y[3]) + sg * b * VR(&y[3]);
+}
+
+FSTEP void rhs4_store(const rhs4 *s, const lanes_c *dl, lanes_c *x4, int i)
+{
+    const v8d d = VI(dl);
+    lanes_c *p = &x4[i * 4];
+    VR(&p[0]) = s->r0 * d, VI(&p[0]) = s->i0 * d;
+    VR(&p[1]) = s->r1 * d, VI(&p[1]) = s->i1 * d;
+    VR(&p[2]) = s->r2 * d, VI(&p[2]) = s->i2 * d;
+    VR(&p[3]) = s->r3 * d, VI(&p[3]) = s->i3 * d;
+}
+
+/* Columns o4 .. o4+3 of M: column o solves G m = conj(A[o][:]); L is read
+ * once for the four right-hand sides (x4: 4 Cin vectors). */
+FSTEP void form_m4(const lanes_c *A, const lanes_c *L, int ci, int o4, lanes_c *x4)
+{
+    for (int c = 0; c < ci; c++)
+        for (int r = 0; r < 4; r++) {
+            const lanes_c *a = &A[(size_t)(o4 + r) * ci + c];
+            VR(&x4[c * 4 + r]) = VR(a);
+            VI(&x4[c * 4 + r]) = -VI(a);
+        }
+    rhs4 s;
+    for (int i = 0; i < ci; i++) {
+        rhs4_load(&s, x4, i);
+        for (int k = 0; k < i; k++)
+            rhs4_step(&s, &L[(size_t)i * ci + k], 1.0, x4, k);
+        rhs4_store(&s, &L[(size_t)i * ci + i], x4, i);
+    }
+    for (int i = ci - 1; i >= 0; i--) {
+        rhs4_load(&s, x4, i);
+        for (int k = i + 1; k < ci; k++)   /* (L^H)[i][k] = conj(L[k][i]) */
+            rhs4_step(&s, &L[(size_t)k * ci + i], -1.0, x4, k);
+        rhs4_store(&s, &L[(size_t)i * ci + i], x4, i);
+    }
+}
+
+/* M = G^-1 A^H of the group's frequencies into m (frequency f at
+ * m + (f - fbeg) * 2 Cin Cout, fp32 planar): four columns at a time, the
+ * rest one by one. v: 4 Cin vectors of scratch. */
+FSTEP void store_m(const as__civ_fctx *fc, const fgroup *gr, size_t fbeg, const lanes_c *A,
+                   const lanes_c *L, lanes_c *v, float *m)
+{
+    const int ci = fc->g.cin, co = fc->g.cout;
+    int o4 = 0;
+    for (; o4 + 4 <= co; o4 += 4) {
+        form_m4(A, L, ci, o4, v);
+        for (int l = 0; l < LANES && gr->f0 + l < gr->nf; l++) {
+            float *mr = m + (gr->f0 + l - fbeg) * 2 * (size_t)ci * co, *mi = mr + (size_t)ci * co;
+            for (int c = 0; c < ci; c++)
+                for (int r = 0; r < 4; r++) {
+                    mr[(size_t)c * co + o4 + r] = (float)v[c * 4 + r].re[l];
+                    mi[(size_t)c * co + o4 + r] = (float)v[c * 4 + r].im[l];
+                }
+        }
+    }
+    for (int o = o4; o < co; o++) {
+        for (int c = 0; c < ci; c++)
+            for (int l = 0; l < LANES; l++) {
+                v[c].re[l] = A[(size_t)o * ci + c].re[l];
+                v[c].im[l] = -A[(size_t)o * ci + c].im[l];
+            }
+        chol_solve(L, ci, v);
+        for (int l = 0; l < LANES && gr->f0 + l < gr->nf; l++) {
+            float *mr = m + (gr->f0 + l - fbeg) * 2 * (size_t)ci * co, *mi = mr + (size_t)ci * co;
+            for (int c = 0; c < ci; c++) {
+                mr[(size_t)c * co + o] = (float)v[c].re[l];
+                mi[(size_t)c * co + o] = (float)v[c].im[l];
+            }
+        }
+    }
+}
+
+/* The largest of cond_max and the condition numbers sqrt(lmax / lmin) of
+ * the group's lanes (infinite for a singular lane); eig (not NULL) gets
+ * the lanes' lmax and lmin (0 when singular) at eig[2f], eig[2f+1]. */
+FSTEP double fold_cond(const fgroup *gr, const int singular[LANES], const v8d *lmax,
+                       const v8d *lmin, double cond_max, double *eig)
+{
+    for (int l = 0; l < LANES && gr->f0 + l < gr->nf; l++) {
+        const int bad = singular[l] || !((*lmin)[l] > 0);
+        const double c = bad ? INFINITY : sqrt((*lmax)[l] / (*lmin)[l]);
+        if (!(c <= cond_max))
+            cond_max = c;
+        if (eig) {
+            eig[2 * (gr->f0 + l)] = (*lmax)[l];
+            eig[2 * (gr->f0 + l) + 1] = bad ? 0.0 : (*lmin)[l];
+        }
+    }
+    return cond_max;
+}
+
 AS__CIV_CLONES
 void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
                           double eps_rel, float *m, double *cond_out)
 {
-    const int want_cond = cond_out != NULL;
-    const as__conv_geom *g = &fc->g;
-    const int ci = g->cin, co = g->cout, kh = g->kh;
-    const int P = fc->P;
-    const size_t nf = fend;
-    const double *T = fc->T;
+    const int ci = fc->g.cin;
     lanes_c *A = fc->A, *L = fc->L, *v = fc->v;
-    double cond_max = want_cond ? *cond_out : 0;
-    for (size_t f0 = fbeg; f0 < nf; f0 += LANES) {
-        int kp[LANES], kq[LANES];
-        double epr[LANES][16], epi[LANES][16];   /* row twiddles, kh <= 16 */
-        for (int l = 0; l < LANES; l++) {
-            size_t f = f0 + l < nf ? f0 + l : f0;   /* pad with a real one */
-            kq[l] = (int)(f / P);   /* column-major: one kq = P frequencies */
-            kp[l] = (int)(f % P);
-            for (int u = 0; u < kh; u++) {
-                /* e^{-2 pi i kp (kh-1-u)/P} */
-                const double *t = fc->tw + 2 * ((size_t)kp[l] * (2 * kh - 1) + u);
-                epr[l][u] = t[0];
-                epi[l][u] = t[1];
-            }
-        }
-        /* A(f), for M or the adjoint factor (the Gram matrix comes from
-         * Tg, so a condition check alone does not need it) */
-        /* The lanes span few columns (kq values): per distinct kq, every
-         * lane computed with that column's row DFTs T (vectors over the
-         * lanes), kept in the lanes of that kq. */
-        int kqd[LANES], nkq = 0;
-        for (int l = 0; l < LANES; l++) {
-            int k = 0;
-            while (k < nkq && kqd[k] != kq[l]) k++;
-            if (k == nkq) kqd[nkq++] = kq[l];
-        }
-        double eur[16][LANES], eui[16][LANES];
-        for (int u = 0; u < kh; u++)
-            for (int l = 0; l < LANES; l++) {
-                eur[u][l] = epr[l][u];
-                eui[u][l] = epi[l][u];
-            }
-        for (int d = 0; m && d < nkq; d++) {
-            double sel[LANES];
-            for (int l = 0; l < LANES; l++)
-                sel[l] = kq[l] == kqd[d];
-            for (int o = 0; o < co; o++)
-                for (int c = 0; c < ci; c++) {
-                    lanes_c *a = &A[(size_t)o * ci + c];
-                    const double *t = T + 2 * ((((size_t)kqd[d] * co + o) * ci + c) * kh);
-                    double sr[LANES] = {0}, si[LANES] = {0};
-                    for (int u = 0; u < kh; u++) {
-                        const double tr = t[2 * u], ti = t[2 * u + 1];
-                        for (int l = 0; l < LANES; l++) {
-                            sr[l] += eur[u][l] * tr - eui[u][l] * ti;
-                            si[l] += eur[u][l] * ti + eui[u][l] * tr;
-                        }
-                    }
-                    for (int l = 0; l < LANES; l++) {
-                        a->re[l] = d ? (sel[l] != 0 ? sr[l] : a->re[l]) : sr[l];
-                        a->im[l] = d ? (sel[l] != 0 ? si[l] : a->im[l]) : si[l];
-                    }
-                }
-        }
-        /* G = A^H A (lower triangle) into L, from Tg (gram_dft). */
-        {
-            const int nh = 2 * kh - 1;
-            const size_t npair = (size_t)ci * (ci + 1) / 2;
-            double gpr[31][LANES], gpi[31][LANES];   /* e^{2 pi i kp du/P} */
-            for (int l = 0; l < LANES; l++)
-                for (int du = 0; du < nh; du++) {
-                    const double *t = fc->tw + 2 * ((size_t)kp[l] * nh + du);
-                    gpr[du][l] = t[0];
-                    gpi[du][l] = t[1];
-                }
-            for (int i = 0; i < ci; i++)
-                for (int j = 0; j <= i; j++) {
-                    lanes_c *s = &L[(size_t)i * ci + j];
-                    const size_t off = 2 * ((size_t)i * (i + 1) / 2 + j) * nh;
-                    for (int d = 0; d < nkq; d++) {
-                        const double *t = fc->Tg + 2 * (size_t)kqd[d] * npair * nh + off;
-                        double sr[LANES] = {0}, si[LANES] = {0};
-                        for (int du = 0; du < nh; du++) {
-                            const double tr = t[2 * du], ti = t[2 * du + 1];
-                            for (int l = 0; l < LANES; l++) {
-                                sr[l] += gpr[du][l] * tr - gpi[du][l] * ti;
-                                si[l] += gpr[du][l] * ti + gpi[du][l] * tr;
-                            }
-                        }
-                        for (int l = 0; l < LANES; l++) {
-                            const int take = !d || kq[l] == kqd[d];
-                            s->re[l] = take ? sr[l] : s->re[l];
-                            s->im[l] = take ? (i == j ? 0.0 : si[l]) : s->im[l];
-                        }
-                    }
-                }
-        }
-        double tr[LANES] = {0};
-        for (int i = 0; i < ci; i++)
-            for (int l = 0; l < LANES; l++)
-                tr[l] += L[(size_t)i * ci + i].re[l];
-        for (int i = 0; i < ci; i++)
-            for (int l = 0; l < LANES; l++)
-                L[(size_t)i * ci + i].re[l] += eps_rel * tr[l] / ci;
-
-        /* lambda_max by power iteration on G (Hermitian; lower triangle
-         * held in L before the factorization overwrites it). */
+    double cond_max = cond_out ? *cond_out : 0;
+    for (size_t f0 = fbeg; f0 < fend; f0 += LANES) {
+        fgroup gr;
+        group_init(fc, f0, fend, &gr);
+        if (m)
+            form_a(fc, &gr, A);
+        form_gram(fc, &gr, L);
+        double tr[LANES];
+        gram_regularize(L, ci, eps_rel, tr);
         v8d lmax = {0}, lmin = {0};
-        lanes_c *x = v, *y = v + ci;
-        for (int c = 0; want_cond && c < ci; c++)
-            for (int l = 0; l < LANES; l++) {
-                x[c].re[l] = 1.0 + 0.37 * ((c * 7919) % 13);
-                x[c].im[l] = 0.11 * ((c * 104729) % 7);
-            }
-        for (int it = 0; want_cond && it < POWER_ITERS; it++) {
-            v8d nx = {0}, rq = {0}, ny = {0};
-            for (int i = 0; i < ci; i++) {
-                v8d sr = {0}, si = {0};
-                /* G[i][j] = L[i][j] for j <= i, conj(L[j][i]) above */
-                for (int j = 0; j <= i; j++) {
-                    const lanes_c *gp = &L[(size_t)i * ci + j];
-                    const v8d gr = VR(gp), gi = VI(gp), xr = VR(&x[j]), xi = VI(&x[j]);
-                    sr += gr * xr - gi * xi;
-                    si += gr * xi + gi * xr;
-                }
-                for (int j = i + 1; j < ci; j++) {
-                    const lanes_c *gp = &L[(size_t)j * ci + i];
-                    const v8d gr = VR(gp), gi = VI(gp), xr = VR(&x[j]), xi = VI(&x[j]);
-                    sr += gr * xr + gi * xi;
-                    si += gr * xi - gi * xr;
-                }
-                VR(&y[i]) = sr;
-                VI(&y[i]) = si;
-                const v8d xr = VR(&x[i]), xi = VI(&x[i]);
-                rq += xr * sr + xi * si;
-                nx += xr * xr + xi * xi;
-                ny += sr * sr + si * si;
-            }
-            lmax = rq / nx;
-            v8d sc;
-            for (int l = 0; l < LANES; l++)
-                sc[l] = ny[l] > 0 ? 1.0 / sqrt(ny[l]) : 0.0;
-            for (int i = 0; i < ci; i++) {
-                VR(&x[i]) = VR(&y[i]) * sc;
-                VI(&x[i]) = VI(&y[i]) * sc;
-            }
+        if (cond_out)
+            power_lmax(L, ci, v, v + ci, &lmax);
+        int singular[LANES];
+        cholesky(L, ci, tr, singular);
+        if (cond_out) {
+            inverse_lmin(L, ci, v, v + ci, &lmin);
+            cond_max = fold_cond(&gr, singular, &lmax, &lmin, cond_max, fc->eig);
         }
-
-        /* Cholesky G = L L^H in place (lower). A non-positive pivot marks
-         * the lane singular; the lane goes on with a harmless pivot so the
-         * other lanes are unaffected. The imaginary part of the diagonal
-         * gets 1 / L_ii (for the solves). */
-        int singular[LANES] = {0};
-        for (int j = 0; j < ci; j++) {
-            lanes_c *ljj = &L[(size_t)j * ci + j];
-            v8d dj = VR(ljj);
-            for (int k = 0; k < j; k++) {
-                const lanes_c *ljk = &L[(size_t)j * ci + k];
-                const v8d a = VR(ljk), b = VI(ljk);
-                dj -= a * a + b * b;
-            }
-            v8d dinv = {0};
-            for (int l = 0; l < LANES; l++) {
-                double d = dj[l];
-                if (!(d > 1e-300 + 1e-15 * tr[l])) {
-                    singular[l] = 1;
-                    d = tr[l] > 0 ? tr[l] : 1.0;
-                }
-                dj[l] = sqrt(d);
-                dinv[l] = 1.0 / dj[l];
-            }
-            VR(ljj) = dj;
-            VI(ljj) = dinv;
-            for (int i = j + 1; i < ci; i++) {
-                lanes_c *lij = &L[(size_t)i * ci + j];
-                v8d lr = VR(lij), li = VI(lij);
-                for (int k = 0; k < j; k++) {
-                    const lanes_c *lik = &L[(size_t)i * ci + k], *ljk = &L[(size_t)j * ci + k];
-                    const v8d ar = VR(lik), ai = VI(lik), br = VR(ljk), bi = VI(ljk);
-                    /* lij -= lik * conj(ljk) */
-                    lr -= ar * br + ai * bi;
-                    li -= ai * br - ar * bi;
-                }
-                VR(lij) = lr * dinv;
-                VI(lij) = li * dinv;
-            }
-        }
-
-/* Solve L L^H z = b in place (b in x[0..ci)). */
-#define CHOL_SOLVE(x)                                                          \
-        do {                                                                   \
-            for (int i_ = 0; i_ < ci; i_++) {                                  \
-                v8d xr_ = VR(&x[i_]), xi_ = VI(&x[i_]);                        \
-                for (int k_ = 0; k_ < i_; k_++) {                              \
-                    const lanes_c *lik_ = &L[(size_t)i_ * ci + k_];            \
-                    const v8d a_ = VR(lik_), b_ = VI(lik_);                    \
-                    const v8d yr_ = VR(&x[k_]), yi_ = VI(&x[k_]);              \
-                    xr_ -= a_ * yr_ - b_ * yi_;                                \
-                    xi_ -= a_ * yi_ + b_ * yr_;                                \
-                }                                                              \
-                const v8d d_ = VI(&L[(size_t)i_ * ci + i_]);                   \
-                VR(&x[i_]) = xr_ * d_;                                         \
-                VI(&x[i_]) = xi_ * d_;                                         \
-            }                                                                  \
-            for (int i_ = ci - 1; i_ >= 0; i_--) {                             \
-                v8d xr_ = VR(&x[i_]), xi_ = VI(&x[i_]);                        \
-                for (int k_ = i_ + 1; k_ < ci; k_++) {                         \
-                    /* (L^H)[i][k] = conj(L[k][i]) */                          \
-                    const lanes_c *lki_ = &L[(size_t)k_ * ci + i_];            \
-                    const v8d a_ = VR(lki_), b_ = VI(lki_);                    \
-                    const v8d yr_ = VR(&x[k_]), yi_ = VI(&x[k_]);              \
-                    xr_ -= a_ * yr_ + b_ * yi_;                                \
-                    xi_ -= a_ * yi_ - b_ * yr_;                                \
-                }                                                              \
-                const v8d d_ = VI(&L[(size_t)i_ * ci + i_]);                   \
-                VR(&x[i_]) = xr_ * d_;                                         \
-                VI(&x[i_]) = xi_ * d_;                                         \
-            }                                                                  \
-        } while (0)
-
-        /* lambda_min by inverse iteration: Rayleigh quotient of G^-1. */
-        for (int c = 0; want_cond && c < ci; c++)
-            for (int l = 0; l < LANES; l++) {
-                x[c].re[l] = 1.0 + 0.29 * ((c * 31) % 11);
-                x[c].im[l] = -0.13 * ((c * 17) % 5);
-            }
-        for (int it = 0; want_cond && it < POWER_ITERS; it++) {
-            v8d nx = {0};
-            for (int i = 0; i < ci; i++) {
-                y[i] = x[i];
-                nx += VR(&x[i]) * VR(&x[i]) + VI(&x[i]) * VI(&x[i]);
-            }
-            CHOL_SOLVE(y);
-            v8d rq = {0}, ny = {0};
-            for (int i = 0; i < ci; i++) {
-                const v8d xr = VR(&x[i]), xi = VI(&x[i]), yr = VR(&y[i]), yi = VI(&y[i]);
-                rq += xr * yr + xi * yi;
-                ny += yr * yr + yi * yi;
-            }
-            v8d sc;
-            for (int l = 0; l < LANES; l++) {
-                lmin[l] = rq[l] > 0 ? nx[l] / rq[l] : 0.0;
-                sc[l] = ny[l] > 0 ? 1.0 / sqrt(ny[l]) : 0.0;
-            }
-            for (int i = 0; i < ci; i++) {
-                VR(&x[i]) = VR(&y[i]) * sc;
-                VI(&x[i]) = VI(&y[i]) * sc;
-            }
-        }
-        for (int l = 0; want_cond && l < LANES && f0 + l < nf; l++) {
-            double c = singular[l] || !(lmin[l] > 0) ? INFINITY : sqrt(lmax[l] / lmin[l]);
-            if (!(c <= cond_max))
-                cond_max = c;
-        }
-
-        /* fc->ginv: A^H (Cin x Cout) and the Cholesky factor L of G (Cin x
-         * Cin, lower; the diagonal holds 1 / L_ii), for the adjoint path's
-         * product and substitution (invert/adjoint.c). */
-        /* A^H in blocks of 8 output channels: the 8 lanes (frequencies)
-         * of 8 channels' entries converted to float and transposed, so each
-         * frequency gets 8 consecutive floats of its row c (one store
-         * instead of 8 scalar conversions and stores) */
-        for (int o = 0; m && fc->ginv && o + 8 <= co; o += 8)
-            for (int c = 0; c < ci; c++)
-                for (int part = 0; part < 2; part++) {
-                    v8 r[8];
-                    for (int j = 0; j < 8; j++) {
-                        const lanes_c *e = &A[(size_t)(o + j) * ci + c];
-                        const v8d d = part ? -VI(e) : VR(e);
-                        r[j] = __builtin_convertvector(d, v8);
-                    }
-                    AS__CIV_T8(r);
-                    const size_t a = (size_t)ci * co, fs = 2 * a + 2 * (size_t)ci * ci;
-                    for (int l = 0; l < LANES && f0 + l < nf; l++)
-                        st8(m + (f0 + l - fbeg) * fs + part * a + (size_t)c * co + o, r[l]);
-                }
-        for (int l = 0; m && fc->ginv && l < LANES && f0 + l < nf; l++) {
-            const size_t a = (size_t)ci * co;
-            float *ar = m + (f0 + l - fbeg) * (2 * a + 2 * (size_t)ci * ci), *ai = ar + a;
-            float *mr = ai + a, *mi = mr + (size_t)ci * ci;
-            for (int o = co / 8 * 8; o < co; o++)   /* blocks of 8 below */
-                for (int c = 0; c < ci; c++) {
-                    ar[(size_t)c * co + o] = (float)A[(size_t)o * ci + c].re[l];
-                    ai[(size_t)c * co + o] = (float)-A[(size_t)o * ci + c].im[l];
-                }
-            for (int i = 0; i < ci; i++)
-                for (int k = 0; k < ci; k++) {
-                    const lanes_c *lik = &L[(size_t)i * ci + k];
-                    mr[(size_t)i * ci + k] = k < i ? (float)lik->re[l] : k == i ? (float)(1.0 / lik->re[l]) : 0.0f;
-                    mi[(size_t)i * ci + k] = k < i ? (float)lik->im[l] : 0.0f;
-                }
-        }
-        /* M = G^-1 A^H, column o of M solves G m = conj(A[o][:]); four
-         * columns per pass over L (x4[c*4 + r]: row c of column o + r), so
-         * L is read once for four right-hand sides. */
-        int o4 = 0;
-        for (; m && !fc->ginv && o4 + 4 <= co; o4 += 4) {
-            lanes_c *x4 = v;
-            for (int c = 0; c < ci; c++)
-                for (int r = 0; r < 4; r++) {
-                    const lanes_c *a = &A[(size_t)(o4 + r) * ci + c];
-                    VR(&x4[c * 4 + r]) = VR(a);
-                    VI(&x4[c * 4 + r]) = -VI(a);
-                }
-            /* the four right-hand sides in named registers (an array of
-             * them indexed in the inner loop stayed in memory: a store and
-             * a reload per step) */
-#define X4_LOAD(i)                                                          \
-    v8d xr0 = VR(&x4[(i) * 4]), xr1 = VR(&x4[(i) * 4 + 1]),                  \
-        xr2 = VR(&x4[(i) * 4 + 2]), xr3 = VR(&x4[(i) * 4 + 3]);              \
-    v8d xi0 = VI(&x4[(i) * 4]), xi1 = VI(&x4[(i) * 4 + 1]),                  \
-        xi2 = VI(&x4[(i) * 4 + 2]), xi3 = VI(&x4[(i) * 4 + 3])
-#define X4_STEP(k, sg)                                                      \
-    do {                                                                    \
-        const lanes_c *y_ = &x4[(k) * 4];                                   \
-        xr0 -= a * VR(&y_[0]) - (sg) * b * VI(&y_[0]);                      \
-        xi0 -= a * VI(&y_[0]) + (sg) * b * VR(&y_[0]);                      \
-        xr1 -= a * VR(&y_[1]) - (sg) * b * VI(&y_[1]);                      \
-        xi1 -= a * VI(&y_[1]) + (sg) * b * VR(&y_[1]);                      \
-        xr2 -= a * VR(&y_[2]) - (sg) * b * VI(&y_[2]);                      \
-        xi2 -= a * VI(&y_[2]) + (sg) * b * VR(&y_[2]);                      \
-        xr3 -= a * VR(&y_[3]) - (sg) * b * VI(&y_[3]);                      \
-        xi3 -= a * VI(&y_[3]) + (sg) * b * VR(&y_[3]);                      \
-    } while (0)
-#define X4_STORE(i, d)                                                      \
-    do {                                                                    \
-        VR(&x4[(i) * 4]) = xr0 * (d), VI(&x4[(i) * 4]) = xi0 * (d);         \
-        VR(&x4[(i) * 4 + 1]) = xr1 * (d), VI(&x4[(i) * 4 + 1]) = xi1 * (d); \
-        VR(&x4[(i) * 4 + 2]) = xr2 * (d), VI(&x4[(i) * 4 + 2]) = xi2 * (d); \
-        VR(&x4[(i) * 4 + 3]) = xr3 * (d), VI(&x4[(i) * 4 + 3]) = xi3 * (d); \
-    } while (0)
-            for (int i = 0; i < ci; i++) {
-                X4_LOAD(i);
-                for (int k = 0; k < i; k++) {
-                    const lanes_c *lik = &L[(size_t)i * ci + k];
-                    const v8d a = VR(lik), b = VI(lik);
-                    X4_STEP(k, 1.0);
-                }
-                X4_STORE(i, VI(&L[(size_t)i * ci + i]));
-            }
-            for (int i = ci - 1; i >= 0; i--) {
-                X4_LOAD(i);
-                for (int k = i + 1; k < ci; k++) {
-                    /* (L^H)[i][k] = conj(L[k][i]) */
-                    const lanes_c *lki = &L[(size_t)k * ci + i];
-                    const v8d a = VR(lki), b = VI(lki);
-                    X4_STEP(k, -1.0);
-                }
-                X4_STORE(i, VI(&L[(size_t)i * ci + i]));
-            }
-#undef X4_LOAD
-#undef X4_STEP
-#undef X4_STORE
-            for (int l = 0; l < LANES && f0 + l < nf; l++) {
-                float *mr = m + (f0 + l - fbeg) * 2 * (size_t)ci * co, *mi = mr + (size_t)ci * co;
-                for (int c = 0; c < ci; c++)
-                    for (int r = 0; r < 4; r++) {
-                        mr[(size_t)c * co + o4 + r] = (float)x4[c * 4 + r].re[l];
-                        mi[(size_t)c * co + o4 + r] = (float)x4[c * 4 + r].im[l];
-                    }
-            }
-        }
-        for (int o = o4; m && !fc->ginv && o < co; o++) {
-            for (int c = 0; c < ci; c++)
-                for (int l = 0; l < LANES; l++) {
-                    x[c].re[l] = A[(size_t)o * ci + c].re[l];
-                    x[c].im[l] = -A[(size_t)o * ci + c].im[l];
-                }
-            CHOL_SOLVE(x);
-            for (int l = 0; l < LANES && f0 + l < nf; l++) {
-                float *mr = m + (f0 + l - fbeg) * 2 * (size_t)ci * co, *mi = mr + (size_t)ci * co;
-                for (int c = 0; c < ci; c++) {
-                    mr[(size_t)c * co + o] = (float)x[c].re[l];
-                    mi[(size_t)c * co + o] = (float)x[c].im[l];
-                }
-            }
-        }
-#undef CHOL_SOLVE
+        if (m && fc->ginv)
+            store_adjoint(fc, &gr, fbeg, A, L, m);
+        else if (m)
+            store_m(fc, &gr, fbeg, A, L, v, m);
     }
-    if (want_cond)
+    if (cond_out)
         *cond_out = cond_max;
 }

@@ -1,7 +1,9 @@
 /*
- * Internals shared by the conv inversion sources (invert/restore.c: geometry,
- * factor cache, the direct restore; invert/adjoint.c: the adjoint
- * restore). Not part of any API; include only from conv_invert*.c.
+ * Internals shared by the conv inversion sources (invert/solver.c: the
+ * solver object, verdict and factor cache; invert/restore.c: geometry,
+ * frame and the restore's passes; invert/adjoint.c: the adjoint path and
+ * Cin = 1; invert/factor.c; invert/fft.c). Not part of any API; include
+ * only from the sources in invert/.
  */
 #ifndef AS_STORE_CONV_INVERT_IMPL_H
 #define AS_STORE_CONV_INVERT_IMPL_H
@@ -13,10 +15,11 @@
 #include <time.h>
 
 #include "store/policies/invert/conv_invert.h"
+#include "util/clock.h"
 
-struct as__conv_inv {
-    as__conv_geom g;
-    as__conv_inv_cfg cfg;
+struct as__civ {
+    as__civ_geom g;
+    as__civ_cfg cfg;
     int ho, wo;
     int dh, dw;            /* F row a <-> Y row a - dh (dh = kh-1-pad_h) */
     int top, bot, left, right;   /* frame widths, clamped to the image */
@@ -42,6 +45,13 @@ struct as__conv_inv {
     double *gram;
     uint64_t gram_version;
     int gram_ok;
+    /* the reference of the perturbation bound (as__civ_condition): the
+     * weights of the last version whose condition number was computed,
+     * and the extreme eigenvalues of its A^H A per frequency (2 P Qh) */
+    float *ref_w;
+    double *ref_eig;
+    double ref_cond;
+    int ref_ok;
     /* Cin = 1 (invert/adjoint.c): the output channels a restore reads
      * and 1 / G_S over the half spectrum (P*Qh floats), for one version;
      * with them a restore needs no factor at all */
@@ -50,15 +60,11 @@ struct as__conv_inv {
     int c1_ns, c1_ok;
     uint64_t c1_version;
     char reject[160];
-    as__conv_inv_stats st;
+    as__civ_stats st;
 };
 
-static inline double as__civ_now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
+/* Wall clock in ms for the phase and factor times of the stats. */
+static inline double as__civ_now_ms(void) { return as_clock_wall_s() * 1e3; }
 
 /* 8-float vectors (GCC/Clang vector extension; lowered to whatever the
  * clone's target has). Loads and stores are unaligned and
@@ -123,7 +129,7 @@ as__civ_taps_dot4(int nt, const float *const *wtap, size_t woff, const float *co
 }
 
 /* Work space of a restore: carved from the caller's block when one was
- * given (as__conv_inv_set_work) and it is large enough, else one malloc. */
+ * given (as__civ_set_work) and it is large enough, else one malloc. */
 typedef struct as__civ_work {
     char *base, *own;
     size_t off, cap;
@@ -132,7 +138,7 @@ typedef struct as__civ_work {
 #define AS__CIV_WALIGN 64
 static inline size_t as__civ_wround(size_t n) { return (n + AS__CIV_WALIGN - 1) / AS__CIV_WALIGN * AS__CIV_WALIGN; }
 
-static inline int as__civ_work_begin(as__conv_inv *ci, as__civ_work *wk, size_t need)
+static inline int as__civ_work_begin(as__civ *ci, as__civ_work *wk, size_t need)
 {
     memset(wk, 0, sizeof *wk);
     if (ci->ext_work && ci->ext_bytes >= need) {
@@ -157,40 +163,62 @@ static inline void *as__civ_wtake(as__civ_work *wk, size_t bytes)
 
 /* Shared pieces of the restore (invert/restore.c). NB: lanes per half (a
  * multiple of 8); images j and j + ceil(n/2) share lane j (re / im). */
-void as__civ_border_row(const as__conv_inv *ci, const float *xf, const int *fidx,
+void as__civ_border_row(const as__civ *ci, const float *xf, const int *fidx,
                         int a, float *R, int NB);
-void as__civ_scatter_yrow(const as__conv_inv *ci, int n, const float *y, const float *bias,
+void as__civ_scatter_yrow(const as__civ *ci, int n, const float *y, const float *bias,
                           int i, float *R, int NB);
-void as__civ_frame_pack(const as__conv_inv *ci, int n, const float *frame, float *xf,
+void as__civ_frame_pack(const as__civ *ci, int n, const float *frame, float *xf,
                         int *fidx, int NB);
 /* X: the solved spectrum, element (p, q) at X + (p*Q + q) * ex. */
-void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, size_t ex, float *R,
+void as__civ_finish_rows(as__civ *ci, int n, const float *X, size_t ex, float *R,
                          const float *frame, float *x, int NB, double t_ifft);
 /* Bytes of work space of a restore of n images (adjoint: that path). */
-size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint);
+size_t as__civ_work_need(const as__civ *ci, int n, int adjoint);
 
 /* The exact frame pixels of n images back into x (invert/restore.c). */
-void as__civ_frame_put_back(const as__conv_inv *ci, int n, const float *frame, float *x);
+void as__civ_frame_put_back(const as__civ *ci, int n, const float *frame, float *x);
 /* The frame of one image and channel into an image with rows stride floats
  * apart (invert/restore.c). */
-void as__civ_frame_put_one(const as__conv_inv *ci, const float *fr, float *xd, size_t stride);
+void as__civ_frame_put_one(const as__civ *ci, const float *fr, float *xd, size_t stride);
 
 /* Cin = 1 (invert/adjoint.c): the restore of n <= 16 images by the
  * closed form, with the per-version state of version (computed from ci->wt
  * when the cache holds another), and its work space (a restore of Cin = 1
  * takes only this). No factor is used. */
-int as__civ_restore_c1(as__conv_inv *ci, uint64_t version, int n, const float *y,
+int as__civ_restore_c1(as__civ *ci, uint64_t version, int n, const float *y,
                        const float *bias, const float *frame, float *x);
 /* The per-version state of Cin = 1 (the condition verdict, 1 or infinite,
  * the channels to read, 1 / G_S) from weights w(o, u, v) =
  * w[o * so + (u * kw + v) * st] into ci's c1 cache; 0 or AS_ENOMEM. */
-int as__civ_c1_prepare(as__conv_inv *ci, const float *w, size_t so, size_t st,
+int as__civ_c1_prepare(as__civ *ci, const float *w, size_t so, size_t st,
                        uint64_t version, double *cond);
-size_t as__civ_c1_work_need(const as__conv_inv *ci, int n);
+size_t as__civ_c1_work_need(const as__civ *ci, int n);
+
+/* Images per pass of a restore. The work space grows with the images of a
+ * pass (the grid holds Cout channels of every image: P*Q*Cout floats per
+ * image, several times the image's Cin*H*W), so a whole batch in one pass
+ * would take more memory than the inversion saves. The passes are
+ * independent (an image's result depends on its pair partner only through
+ * float rounding); 16 images fill the 8 lanes of both halves exactly, the
+ * smallest work space of the layout. */
+#define AS__CIV_CHUNK 16
+static inline int as__civ_chunk_of(int n) { return n < AS__CIV_CHUNK ? n : AS__CIV_CHUNK; }
+
+/* Frame widths (rows at the top and bottom, columns left and right),
+ * clamped to the image (invert/restore.c). */
+void as__civ_frame_widths(const as__civ_geom *g, int *top, int *bot, int *left, int *right);
+
+/* A restore of n images in passes of as__civ_chunk_of(n) (invert/restore.c):
+ * fc != NULL factors inside (streamed; adj: the adjoint path), else the
+ * cached factor ci->m; one counted restore, phase times summed over the
+ * passes. Returns 0 or AS_ENOMEM. */
+int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version,
+                           int n, const float *y, const float *bias, const float *frame,
+                           float *x);
 
 /* Floats of the factor of one frequency: M (2 Cin Cout), or for the
  * adjoint path A^H (2 Cin Cout) and the Cholesky factor (2 Cin Cin). */
-static inline size_t as__civ_msz(const as__conv_geom *g, int adjoint)
+static inline size_t as__civ_msz(const as__civ_geom *g, int adjoint)
 {
     return 2 * (size_t)g->cin * g->cout + (adjoint ? 2 * (size_t)g->cin * g->cin : 0);
 }

@@ -9,7 +9,7 @@
  *   MODE  auto (default): cache the factor when it is small, else stream;
  *         cache: always cache; stream: never cache (see below)
  *   FRAME precision of the stored frame: auto (default: q16 when the
- *         version's condition number is at most INV_Q16_COND and the input
+ *         version's condition number is at most AS__CIV_Q16_COND and the input
  *         is not an activation's saved output, else f32), f32 (exact), q16
  *         (16-bit fixed point per image and channel)
  *
@@ -30,7 +30,7 @@
  * Restore (decode): the conv output through its own policy, the factor of
  *   the weights' version (built at the first restore of that version and
  *   reused by every other restore of it), the frame; solve, 16 images per
- *   pass (as__conv_inv_work_bytes: the work space is that of one pass, not
+ *   pass (as__civ_work_bytes: the work space is that of one pass, not
  *   of the batch, which would exceed the bytes the inversion saves).
  *
  * The per-layer solver (factor cache) lives in the rule's params, one per
@@ -63,10 +63,10 @@
 typedef struct inv_entry {
     struct inv_entry *next;
     char              layer[64];
-    as__conv_geom     g;        /* n = 0 */
+    as__civ_geom     g;        /* n = 0 */
     const float      *w;        /* the layer's weights (part of the key) */
     pthread_mutex_t   mu;
-    as__conv_inv     *ci;
+    as__civ     *ci;
     int               users;    /* live items that may restore through ci */
     uint64_t          saves, restores;
 } inv_entry;
@@ -99,12 +99,6 @@ typedef struct inv_state {
 
 enum { MODE_AUTO, MODE_CACHE, MODE_STREAM };
 enum { FRAME_AUTO, FRAME_F32, FRAME_Q16 };
-
-/* FRAME=auto stores 16-bit frames up to this condition number: the frame's
- * quantization error (<= 1.5e-5 of the channel's frame maximum) then comes
- * back in the interior amplified by at most a few times (measured:
- * docs/policies.md, "Frame precision"), inside the 1e-4 of the target. */
-#define INV_Q16_COND 100.0
 
 static int parse_err(char *err, size_t errlen, size_t *err_off, size_t off,
                      const char *msg)
@@ -187,7 +181,7 @@ static void inv_free_params(void *params)
         return;
     for (inv_entry *e = p->entries, *nx; e; e = nx) {
         nx = e->next;
-        as__conv_inv_destroy(e->ci);
+        as__civ_destroy(e->ci);
         pthread_mutex_destroy(&e->mu);
         free(e);
     }
@@ -195,7 +189,7 @@ static void inv_free_params(void *params)
     free(p);
 }
 
-static int geom_equal(const as__conv_geom *a, const as__conv_geom *b)
+static int geom_equal(const as__civ_geom *a, const as__civ_geom *b)
 {
     return a->cin == b->cin && a->h == b->h && a->w == b->w &&
            a->cout == b->cout && a->kh == b->kh && a->kw == b->kw &&
@@ -203,7 +197,7 @@ static int geom_equal(const as__conv_geom *a, const as__conv_geom *b)
 }
 
 /* The entry of (layer, geometry), created on first use. */
-static int entry_get(inv_params *p, const char *layer, const as__conv_geom *g,
+static int entry_get(inv_params *p, const char *layer, const as__civ_geom *g,
                      const float *w, inv_entry **out, char *why, size_t whylen)
 {
     *out = NULL;
@@ -223,8 +217,8 @@ static int entry_get(inv_params *p, const char *layer, const as__conv_geom *g,
         e->w = w;
         e->g = *g;
         e->g.n = 0;
-        as__conv_inv_cfg cfg = {.cond_max = p->cond_max, .eps_rel = -1};
-        rc = as__conv_inv_create(&e->g, &cfg, &e->ci, why, whylen);
+        as__civ_cfg cfg = {.cond_max = p->cond_max, .eps_rel = -1};
+        rc = as__civ_create(&e->g, &cfg, &e->ci, why, whylen);
         if (rc) {
             free(e);
             goto out;
@@ -244,9 +238,9 @@ out:
 /* Stride, dilation and groups 0 mean 1 (store.h, as_conv_meta). */
 static int32_t one_if_zero(int32_t v) { return v ? v : 1; }
 
-static void geom_of(const as_conv_meta *m, as__conv_geom *g)
+static void geom_of(const as_conv_meta *m, as__civ_geom *g)
 {
-    *g = (as__conv_geom){.n = m->n, .cin = m->cin, .h = m->h, .w = m->w,
+    *g = (as__civ_geom){.n = m->n, .cin = m->cin, .h = m->h, .w = m->w,
                          .cout = m->cout, .kh = m->kh, .kw = m->kw,
                          .pad_h = m->pad_h, .pad_w = m->pad_w,
                          .stride_h = one_if_zero(m->stride_h),
@@ -282,7 +276,7 @@ static int inv_applies(const void *params, const as_save_info *info,
         snprintf(why, whylen, "no saved conv output to rebuild from");
         return AS_ENOTSUP;
     }
-    as__conv_geom g;
+    as__civ_geom g;
     geom_of(m, &g);
     if (g.kh > 16 || g.kw > 16) {   /* a real conv, beyond the solver */
         snprintf(why, whylen, "kernel %dx%d (inversion handles up to 16)",
@@ -290,7 +284,7 @@ static int inv_applies(const void *params, const as_save_info *info,
         return AS_ENOTSUP;
     }
     char what[128];
-    int rc = as__conv_inv_check(&g, what, sizeof what);
+    int rc = as__civ_check(&g, what, sizeof what);
     if (rc == AS_EINVAL) {   /* impossible geometry: the metadata is wrong */
         snprintf(why, whylen, "metadata: %s", what);
         return AS_EMETA;
@@ -315,6 +309,20 @@ static size_t frame_pack_bytes(size_t nfl, size_t nnz, size_t nblk, int sparse,
 
 /* Pack raw (nblk blocks of flen values) into dst. q16: code = round(v /
  * scale), scale = max|block| / 32767, so |v - code * scale| <= scale / 2. */
+/* 16-bit codes round(v * inv) of one block, clamped to +-32767. The
+ * rounding adds and subtracts 1.5 * 2^23: round half to even, as lrintf in
+ * the default rounding mode, for |v * inv| < 2^22 (here <= 32767 and a
+ * rounding step), without a libm call per value. */
+static void q16_codes(const float *v, size_t len, float inv, int16_t *out)
+{
+    const float magic = 12582912.0f;
+    for (size_t i = 0; i < len; i++) {
+        float t = (v[i] * inv + magic) - magic;
+        t = t > 32767.0f ? 32767.0f : t < -32767.0f ? -32767.0f : t;
+        out[i] = (int16_t)t;
+    }
+}
+
 static void frame_pack(const float *raw, size_t nblk, size_t flen, int sparse,
                        int q16, void *dst)
 {
@@ -345,6 +353,11 @@ static void frame_pack(const float *raw, size_t nblk, size_t flen, int sparse,
             }
             scale[b] = mx / 32767.0f;
             inv = mx > 0 ? 32767.0f / mx : 0;
+        }
+        if (!sparse && q16) {   /* the common case, a loop that vectorizes */
+            q16_codes(v, flen, inv, vq + k);
+            k += flen;
+            continue;
         }
         for (size_t i = 0; i < flen; i++) {
             const size_t j = b * flen + i;
@@ -380,6 +393,14 @@ static void frame_unpack(const void *src, size_t nblk, size_t flen, int sparse,
     }
     const float *vf = (const float *)p;
     const int16_t *vq = (const int16_t *)p;
+    if (!sparse && q16) {   /* the common case, a loop per block that vectorizes */
+        for (size_t b = 0; b < nblk; b++) {
+            const float sc = scale[b];
+            for (size_t i = 0; i < flen; i++)
+                raw[b * flen + i] = (float)vq[b * flen + i] * sc;
+        }
+        return;
+    }
     size_t k = 0;
     for (size_t j = 0; j < nfl; j++) {
         if (sparse && !((bm[j / 64] >> (j % 64)) & 1)) {
@@ -389,6 +410,104 @@ static void frame_unpack(const void *src, size_t nblk, size_t flen, int sparse,
         raw[j] = q16 ? (float)vq[k] * scale[j / flen] : vf[k];
         k++;
     }
+}
+
+/* The conv output handle must describe the f32 (N, Cout, Ho, Wo) tensor
+ * the restore rebuilds from. Returns 0, AS_ENOTSUP (no such handle) or
+ * AS_EMETA (the metadata disagrees with it), the reason set. */
+static int encode_check_output(as_pctx *ctx, const as_conv_meta *m, const as__civ_geom *g)
+{
+    const int ho = as__civ_out_h(g), wo = as__civ_out_w(g);
+    as_tensor ys;
+    int yk = -1;
+    int rc = as_store_describe(as_pctx_store(ctx), m->output, &ys, &yk);
+    if (rc < 0) {
+        as_pctx_errorf(ctx, "conv output handle: %s", as_strerror(rc));
+        return AS_ENOTSUP;
+    }
+    if (ys.dtype != AS_F32 || ys.ndim != 4 || ys.shape[0] != m->n ||
+        ys.shape[1] != m->cout || ys.shape[2] != ho || ys.shape[3] != wo) {
+        as_pctx_errorf(ctx, "metadata: conv output is not f32 (%d, %d, %d, "
+                       "%d)", m->n, m->cout, ho, wo);
+        return AS_EMETA;
+    }
+    return 0;
+}
+
+/* The frame of t into st->frame: extracted into scratch, then packed dense
+ * or sparse (whichever is smaller), 16-bit or f32 (see FRAME). */
+static int encode_frame(as_pctx *ctx, const inv_params *p, const as_save_info *info,
+                        const as_tensor *t, const as__civ_geom *g, double cond,
+                        inv_state *st)
+{
+    const size_t nfl = st->frame_floats;
+    float *raw = NULL;
+    int rc = as_pctx_scratch(ctx, nfl * sizeof(float), (void **)&raw);
+    if (rc < 0)
+        return rc;
+    as__civ_frame_extract(g, st->n, t->data, raw);
+    size_t nnz = 0;
+    int finite = 1;
+    for (size_t i = 0; i < nfl; i++) {
+        nnz += raw[i] != 0.0f || signbit(raw[i]);
+        finite &= isfinite(raw[i]) != 0;
+    }
+    /* 16-bit codes only for finite frames (a NaN or Inf stays exact);
+     * auto: only for well-conditioned versions, and not for inputs that
+     * are an activation's saved output (alias_of): in a chain those
+     * values also rebuild the layers below, through inverses that
+     * amplify errors (LeakyReLU: 1/alpha per link). */
+    st->q16 = finite && (p->frame == FRAME_Q16 ||
+                         (p->frame == FRAME_AUTO && cond <= AS__CIV_Q16_COND &&
+                          as_handle_is_null(info->alias_of)));
+    const size_t nblk = (size_t)st->n * g->cin, flen = nfl / nblk;
+    const size_t dense = frame_pack_bytes(nfl, nnz, nblk, 0, st->q16);
+    const size_t sp = frame_pack_bytes(nfl, nnz, nblk, 1, st->q16);
+    st->sparse = sp < dense;
+    st->nnz = nnz;
+    rc = as_pctx_alloc(ctx, st->sparse ? sp : dense, &st->frame);
+    if (rc < 0)
+        return rc;
+    frame_pack(raw, nblk, flen, st->sparse, st->q16, st->frame);
+    return 0;
+}
+
+/* Signs. The rebuilt values are off by the reconstruction error, so
+ * entries near 0 may land on the wrong side: harmless for the weight
+ * gradient, but an input that is also an activation's saved output
+ * (alias_of) gives that activation's backward its derivative mask
+ * (ReLU, LeakyReLU: y > 0), which must be exact. Such inputs keep a
+ * bitmap of x > 0 (1 bit per value); and an input with no negative
+ * value (images, ReLU and pooled ReLU outputs) is clamped at 0, which
+ * also restores its zeros exactly. */
+static int encode_signs(as_pctx *ctx, const as_save_info *info, const as_tensor *t,
+                        inv_state *st)
+{
+    const size_t nx = as_tensor_numel(t) > 0 ? (size_t)as_tensor_numel(t) : 0;
+    const float *xv = t->data;
+    /* (branch-free inner loops: signs of activations are unpredictable) */
+    st->nonneg = 1;
+    for (size_t i0 = 0; i0 < nx && st->nonneg; i0 += 64) {
+        const size_t i1 = nx - i0 < 64 ? nx : i0 + 64;
+        int neg = 0;
+        for (size_t i = i0; i < i1; i++)
+            neg |= xv[i] < 0;
+        st->nonneg = !neg;
+    }
+    if (as_handle_is_null(info->alias_of) || !nx)
+        return 0;
+    int rc = as_pctx_alloc(ctx, bitmap_bytes(nx), (void **)&st->pos);
+    if (rc < 0)
+        return rc;
+    memset(st->pos, 0, bitmap_bytes(nx));
+    for (size_t i0 = 0; i0 < nx; i0 += 64) {
+        const size_t nb = nx - i0 < 64 ? nx - i0 : 64;
+        uint64_t wbits = 0;
+        for (size_t j = 0; j < nb; j++)
+            wbits |= (uint64_t)(xv[i0 + j] > 0) << j;
+        st->pos[i0 / 64] = wbits;
+    }
+    return 0;
 }
 
 static int inv_encode(as_pctx *ctx, const void *params,
@@ -403,22 +522,10 @@ static int inv_encode(as_pctx *ctx, const void *params,
         as_pctx_errorf(ctx, "%s", why);
         return rc;
     }
-    as__conv_geom g;
+    as__civ_geom g;
     geom_of(m, &g);
-    const int ho = as__conv_out_h(&g), wo = as__conv_out_w(&g);
-    as_tensor ys;
-    int yk = -1;
-    rc = as_store_describe(as_pctx_store(ctx), m->output, &ys, &yk);
-    if (rc < 0) {
-        as_pctx_errorf(ctx, "conv output handle: %s", as_strerror(rc));
-        return AS_ENOTSUP;
-    }
-    if (ys.dtype != AS_F32 || ys.ndim != 4 || ys.shape[0] != m->n ||
-        ys.shape[1] != m->cout || ys.shape[2] != ho || ys.shape[3] != wo) {
-        as_pctx_errorf(ctx, "metadata: conv output is not f32 (%d, %d, %d, "
-                       "%d)", m->n, m->cout, ho, wo);
-        return AS_EMETA;
-    }
+    if ((rc = encode_check_output(ctx, m, &g)))
+        return rc;
     inv_entry *e;
     if ((rc = entry_get(p, as_pctx_layer(ctx), &g, m->weight, &e, why, sizeof why)) < 0) {
         as_pctx_errorf(ctx, "%s", why[0] ? why : as_strerror(rc));
@@ -432,7 +539,7 @@ static int inv_encode(as_pctx *ctx, const void *params,
         as__checksum(m->weight, sizeof(float) * (size_t)m->cout * m->cin * m->kh * m->kw);
     pthread_mutex_lock(&e->mu);
     double cond = 0;
-    rc = as__conv_inv_condition(e->ci, m->weight, key, &cond, why, sizeof why);
+    rc = as__civ_condition(e->ci, m->weight, key, &cond, why, sizeof why);
     pthread_mutex_unlock(&e->mu);
     if (rc == AS_EFALLBACK) {
         as_pctx_errorf(ctx, "%s", why);
@@ -449,71 +556,11 @@ static int inv_encode(as_pctx *ctx, const void *params,
     st->w = m->weight;
     st->version = key;
     st->n = m->n;
-    const size_t nfl = (size_t)m->n * m->cin * as__conv_frame_len(&g);
-    st->frame_floats = nfl;
-    float *raw = NULL;
-    if (nfl) {
-        /* Extract into scratch first, then choose the packing. */
-        rc = as_pctx_scratch(ctx, nfl * sizeof(float), (void **)&raw);
-        if (rc < 0)
-            goto fail;
-        as__conv_frame_extract(&g, m->n, t->data, raw);
-        size_t nnz = 0;
-        int finite = 1;
-        for (size_t i = 0; i < nfl; i++) {
-            nnz += raw[i] != 0.0f || signbit(raw[i]);
-            finite &= isfinite(raw[i]) != 0;
-        }
-        /* 16-bit codes only for finite frames (a NaN or Inf stays exact);
-         * auto: only for well-conditioned versions, and not for inputs that
-         * are an activation's saved output (alias_of): in a chain those
-         * values also rebuild the layers below, through inverses that
-         * amplify errors (LeakyReLU: 1/alpha per link). */
-        st->q16 = finite && (p->frame == FRAME_Q16 ||
-                             (p->frame == FRAME_AUTO && cond <= INV_Q16_COND &&
-                              as_handle_is_null(info->alias_of)));
-        const size_t nblk = (size_t)m->n * m->cin, flen = nfl / nblk;
-        const size_t dense = frame_pack_bytes(nfl, nnz, nblk, 0, st->q16);
-        const size_t sp = frame_pack_bytes(nfl, nnz, nblk, 1, st->q16);
-        st->sparse = sp < dense;
-        st->nnz = nnz;
-        rc = as_pctx_alloc(ctx, st->sparse ? sp : dense, &st->frame);
-        if (rc < 0)
-            goto fail;
-        frame_pack(raw, nblk, flen, st->sparse, st->q16, st->frame);
-    }
-    /* Signs. The rebuilt values are off by the reconstruction error, so
-     * entries near 0 may land on the wrong side: harmless for the weight
-     * gradient, but an input that is also an activation's saved output
-     * (alias_of) gives that activation's backward its derivative mask
-     * (ReLU, LeakyReLU: y > 0), which must be exact. Such inputs keep a
-     * bitmap of x > 0 (1 bit per value); and an input with no negative
-     * value (images, ReLU and pooled ReLU outputs) is clamped at 0, which
-     * also restores its zeros exactly. */
-    const size_t nx = as_tensor_numel(t) > 0 ? (size_t)as_tensor_numel(t) : 0;
-    const float *xv = t->data;
-    /* (branch-free inner loops: signs of activations are unpredictable) */
-    st->nonneg = 1;
-    for (size_t i0 = 0; i0 < nx && st->nonneg; i0 += 64) {
-        const size_t i1 = nx - i0 < 64 ? nx : i0 + 64;
-        int neg = 0;
-        for (size_t i = i0; i < i1; i++)
-            neg |= xv[i] < 0;
-        st->nonneg = !neg;
-    }
-    if (!as_handle_is_null(info->alias_of) && nx) {
-        rc = as_pctx_alloc(ctx, bitmap_bytes(nx), (void **)&st->pos);
-        if (rc < 0)
-            goto fail;
-        memset(st->pos, 0, bitmap_bytes(nx));
-        for (size_t i0 = 0; i0 < nx; i0 += 64) {
-            const size_t nb = nx - i0 < 64 ? nx - i0 : 64;
-            uint64_t wbits = 0;
-            for (size_t j = 0; j < nb; j++)
-                wbits |= (uint64_t)(xv[i0 + j] > 0) << j;
-            st->pos[i0 / 64] = wbits;
-        }
-    }
+    st->frame_floats = (size_t)m->n * m->cin * as__civ_frame_len(&g);
+    if (st->frame_floats && (rc = encode_frame(ctx, p, info, t, &g, cond, st)) < 0)
+        goto fail;
+    if ((rc = encode_signs(ctx, info, t, st)) < 0)
+        goto fail;
     if (m->bias) {
         rc = as_pctx_alloc(ctx, sizeof(float) * m->cout, (void **)&st->bias);
         if (rc < 0)
@@ -587,9 +634,9 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
      * (it would otherwise eat the memory the inversion saves: it grows as
      * Cin * Cout * spectrum, the input as N * Cin * H * W); else factor
      * block by block inside the solve. */
-    const size_t fb = as__conv_inv_factor_bytes(e->ci);
-    as__conv_inv_stats cs;
-    as__conv_inv_get_stats(e->ci, &cs);
+    const size_t fb = as__civ_factor_bytes(e->ci);
+    as__civ_stats cs;
+    as__civ_get_stats(e->ci, &cs);
     /* Cout >= 2 Cin and well conditioned: the streaming restore takes the
      * adjoint path (Cin-channel transforms), faster than a cached M. */
     const int adjoint = e->g.cout >= 2 * e->g.cin && cs.cond <= AS__CIV_ADJ_COND &&
@@ -599,30 +646,30 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
     /* Work space from the store's arena (workspace tag: counted, and its
      * pages are reused from one restore to the next); malloc if refused.
      * The size of the path about to run, for one pass of images. */
-    const size_t wb = as__conv_inv_path_work_bytes(e->ci, st->version, st->n, !cached);
+    const size_t wb = as__civ_path_work_bytes(e->ci, st->version, st->n, !cached);
     void *wbuf = NULL;
     if (wb && as_pctx_scratch(ctx, wb, &wbuf) == 0)
-        as__conv_inv_set_work(e->ci, wbuf, wb);
+        as__civ_set_work(e->ci, wbuf, wb);
     if (cached) {
-        as__conv_inv_stats before;
-        as__conv_inv_get_stats(e->ci, &before);
-        rc = as__conv_inv_prepare(e->ci, st->w, st->version, NULL, why, sizeof why);
+        as__civ_stats before;
+        as__civ_get_stats(e->ci, &before);
+        rc = as__civ_prepare(e->ci, st->w, st->version, NULL, why, sizeof why);
         if (rc == 0) {
-            as__conv_inv_stats after;
-            as__conv_inv_get_stats(e->ci, &after);
+            as__civ_stats after;
+            as__civ_get_stats(e->ci, &after);
             if (after.factor_builds != before.factor_builds)
                 as_pctx_account(ctx, (int64_t)after.cache_bytes);
-            rc = as__conv_inv_restore(e->ci, st->n, y->data, st->bias, frame,
-                                      dst->data);
+            rc = as__civ_restore(e->ci, st->n, y->data, st->bias, frame,
+                                 dst->data);
         }
     } else {
-        rc = as__conv_inv_restore_stream(e->ci, st->w, st->version, st->n,
-                                         y->data, st->bias, frame, dst->data,
-                                         why, sizeof why);
+        rc = as__civ_restore_stream(e->ci, st->w, st->version, st->n,
+                                    y->data, st->bias, frame, dst->data,
+                                    why, sizeof why);
     }
     if (rc == 0)
         e->restores++;
-    as__conv_inv_set_work(e->ci, NULL, 0);
+    as__civ_set_work(e->ci, NULL, 0);
     pthread_mutex_unlock(&e->mu);
     if (rc == 0)
         fix_signs(st, dst->data, (size_t)as_tensor_numel(dst));
@@ -642,7 +689,7 @@ static void inv_drop(void *params, void *state)
     inv_entry *e = st->e;
     pthread_mutex_lock(&e->mu);
     if (--e->users == 0)
-        as__conv_inv_trim(e->ci);   /* nobody can restore through it now */
+        as__civ_trim(e->ci);   /* nobody can restore through it now */
     pthread_mutex_unlock(&e->mu);
     free(st);
 }
@@ -663,13 +710,14 @@ const as_policy_ops as_policy_invert = {
 
 /* ---- introspection (tests, bench) ------------------------------------------ */
 
-static void add_entry(const inv_entry *e, as__conv_inv_lstats *out)
+static void add_entry(const inv_entry *e, as__civ_lstats *out)
 {
-    as__conv_inv_stats s;
-    as__conv_inv_get_stats(e->ci, &s);
+    as__civ_stats s;
+    as__civ_get_stats(e->ci, &s);
     out->factor_builds += s.factor_builds;
     out->factor_hits += s.factor_hits;
     out->cond_checks += s.cond_checks;
+    out->cond_bounded += s.cond_bounded;
     out->streamed += s.streamed;
     out->restores += e->restores;
     out->saves += e->saves;
@@ -680,8 +728,8 @@ static void add_entry(const inv_entry *e, as__conv_inv_lstats *out)
     out->entries++;
 }
 
-int as__conv_inv_layer_stats(as_store *s, const char *layer,
-                             as__conv_inv_lstats *out)
+int as__civ_layer_stats(as_store *s, const char *layer,
+                        as__civ_lstats *out)
 {
     memset(out, 0, sizeof *out);
     as_rules *r = as__rules_get(s);

@@ -32,38 +32,38 @@
 
 static int max0(int v) { return v > 0 ? v : 0; }
 
-int as__conv_out_h(const as__conv_geom *g)
+int as__civ_out_h(const as__civ_geom *g)
 {
     return (g->h + 2 * g->pad_h - g->dil_h * (g->kh - 1) - 1) / (g->stride_h > 0 ? g->stride_h : 1) + 1;
 }
 
-int as__conv_out_w(const as__conv_geom *g)
+int as__civ_out_w(const as__civ_geom *g)
 {
     return (g->w + 2 * g->pad_w - g->dil_w * (g->kw - 1) - 1) / (g->stride_w > 0 ? g->stride_w : 1) + 1;
 }
 
-int as__conv_frame_rows(const as__conv_geom *g) { return max0(g->kh - 1 - g->pad_h); }
-int as__conv_frame_cols(const as__conv_geom *g) { return max0(g->kw - 1 - g->pad_w); }
+int as__civ_frame_rows(const as__civ_geom *g) { return max0(g->kh - 1 - g->pad_h); }
+int as__civ_frame_cols(const as__civ_geom *g) { return max0(g->kw - 1 - g->pad_w); }
 
-static void frame_widths(const as__conv_geom *g, int *top, int *bot, int *left, int *right)
+void as__civ_frame_widths(const as__civ_geom *g, int *top, int *bot, int *left, int *right)
 {
-    int mh = as__conv_frame_rows(g), mw = as__conv_frame_cols(g);
+    int mh = as__civ_frame_rows(g), mw = as__civ_frame_cols(g);
     *top = mh < g->h ? mh : g->h;
     *bot = mh < g->h - *top ? mh : g->h - *top;
     *left = mw < g->w ? mw : g->w;
     *right = mw < g->w - *left ? mw : g->w - *left;
 }
 
-size_t as__conv_frame_len(const as__conv_geom *g)
+size_t as__civ_frame_len(const as__civ_geom *g)
 {
     int t, b, l, r;
-    frame_widths(g, &t, &b, &l, &r);
+    as__civ_frame_widths(g, &t, &b, &l, &r);
     return (size_t)(t + b) * g->w + (size_t)(g->h - t - b) * (l + r);
 }
 
 #define WHY(...) do { if (why && whylen) snprintf(why, whylen, __VA_ARGS__); } while (0)
 
-int as__conv_inv_check(const as__conv_geom *g, char *why, size_t whylen)
+int as__civ_check(const as__civ_geom *g, char *why, size_t whylen)
 {
     if (!g || g->cin < 1 || g->cout < 1 || g->h < 1 || g->w < 1 || g->kh < 1 ||
         g->kw < 1 || g->kh > 16 || g->kw > 16 || g->pad_h < 0 || g->pad_w < 0) {
@@ -86,11 +86,11 @@ int as__conv_inv_check(const as__conv_geom *g, char *why, size_t whylen)
         WHY("Cout %d < Cin %d (the system is underdetermined)", g->cout, g->cin);
         return AS_ENOTSUP;
     }
-    if (as__conv_out_h(g) < 1 || as__conv_out_w(g) < 1) {
+    if (as__civ_out_h(g) < 1 || as__civ_out_w(g) < 1) {
         WHY("empty conv output");
         return AS_EINVAL;
     }
-    if (as__conv_frame_len(g) >= (size_t)g->h * g->w) {
+    if (as__civ_frame_len(g) >= (size_t)g->h * g->w) {
         WHY("frame covers the whole %dx%d input (kernel %dx%d, padding %dx%d)",
             g->h, g->w, g->kh, g->kw, g->pad_h, g->pad_w);
         return AS_ENOTSUP;
@@ -98,10 +98,10 @@ int as__conv_inv_check(const as__conv_geom *g, char *why, size_t whylen)
     return 0;
 }
 
-void as__conv_frame_extract(const as__conv_geom *g, int n, const float *x, float *frame)
+void as__civ_frame_extract(const as__civ_geom *g, int n, const float *x, float *frame)
 {
     int t, b, l, r;
-    frame_widths(g, &t, &b, &l, &r);
+    as__civ_frame_widths(g, &t, &b, &l, &r);
     const int H = g->h, W = g->w;
     for (size_t ch = 0; ch < (size_t)n * g->cin; ch++) {
         const float *src = x + ch * H * W;
@@ -117,194 +117,6 @@ void as__conv_frame_extract(const as__conv_geom *g, int n, const float *x, float
         }
     }
 }
-
-int as__conv_inv_create(const as__conv_geom *g, const as__conv_inv_cfg *cfg,
-                        as__conv_inv **out, char *why, size_t whylen)
-{
-    *out = NULL;
-    int rc = as__conv_inv_check(g, why, whylen);
-    if (rc)
-        return rc;
-    as__conv_inv *ci = calloc(1, sizeof *ci);
-    if (!ci)
-        return AS_ENOMEM;
-    ci->g = *g;
-    ci->cfg.cond_max = cfg && cfg->cond_max > 0 ? cfg->cond_max : 1e4;
-    ci->cfg.eps_rel = cfg && cfg->eps_rel >= 0 ? cfg->eps_rel : 1e-14;
-    ci->cfg.no_adjoint = cfg ? cfg->no_adjoint : 0;
-    ci->ho = as__conv_out_h(g);
-    ci->wo = as__conv_out_w(g);
-    ci->dh = g->kh - 1 - g->pad_h;
-    ci->dw = g->kw - 1 - g->pad_w;
-    frame_widths(g, &ci->top, &ci->bot, &ci->left, &ci->right);
-    /* A 1x1 kernel has A(f) = W at every frequency: one "frequency", and
-     * the restore is a per-pixel channel mix (no transforms). */
-    ci->pointwise = g->kh == 1 && g->kw == 1;
-    ci->P = ci->pointwise ? 1 : as__civ_fft_good_size(g->h + g->kh - 1);
-    ci->Q = ci->pointwise ? 1 : as__civ_fft_good_size(g->w + g->kw - 1);
-    ci->Qh = ci->Q / 2 + 1;
-    if (as__civ_fft_init(&ci->fp, ci->P, -1) || as__civ_fft_init(&ci->fq, ci->Q, -1) ||
-        as__civ_fft_init(&ci->ip, ci->P, 1) || as__civ_fft_init(&ci->iq, ci->Q, 1)) {
-        as__conv_inv_destroy(ci);
-        return AS_ENOMEM;
-    }
-    ci->wt = malloc(sizeof(float) * (size_t)g->kh * g->kw * g->cout * g->cin);
-    if (g->cin == 1 && !ci->pointwise) {
-        ci->c1_gi = malloc(sizeof(float) * (size_t)ci->P * ci->Qh);
-        ci->c1_sel = malloc(sizeof(int) * (size_t)g->cout);
-    }
-    if (!ci->wt || (g->cin == 1 && !ci->pointwise && (!ci->c1_gi || !ci->c1_sel))) {
-        as__conv_inv_destroy(ci);
-        return AS_ENOMEM;
-    }
-    *out = ci;
-    return 0;
-}
-
-void as__conv_inv_destroy(as__conv_inv *ci)
-{
-    if (!ci)
-        return;
-    as__civ_fft_free(&ci->fp);
-    as__civ_fft_free(&ci->fq);
-    as__civ_fft_free(&ci->ip);
-    as__civ_fft_free(&ci->iq);
-    free(ci->m);
-    free(ci->wt);
-    free(ci->gram);
-    free(ci->c1_gi);
-    free(ci->c1_sel);
-    free(ci);
-}
-
-void as__conv_inv_trim(as__conv_inv *ci)
-{
-    free(ci->m);
-    ci->m = NULL;
-    ci->state = 0;
-    ci->st.cache_bytes = 0;
-}
-
-void as__conv_inv_get_stats(const as__conv_inv *ci, as__conv_inv_stats *st)
-{
-    *st = ci->st;
-}
-
-static int reject(as__conv_inv *ci, char *why, size_t whylen)
-{
-    WHY("%s", ci->reject);
-    return AS_EFALLBACK;
-}
-
-static void set_verdict(as__conv_inv *ci, uint64_t version, double cond)
-{
-    ci->cond_version = version;
-    ci->cond = cond;
-    ci->st.cond = cond;
-    ci->st.cond_checks++;
-    ci->cond_state = cond <= ci->cfg.cond_max ? 1 : 2;
-    if (ci->cond_state == 2)
-        snprintf(ci->reject, sizeof ci->reject,
-                 "condition number %.3g above the threshold %.3g", cond,
-                 ci->cfg.cond_max);
-}
-
-/* The kernels' cross-correlation of version `version` (computed on first
- * use, kept for the factorization of the same version); NULL when out of
- * memory (the factorization then computes its own). */
-static const double *gram_of(as__conv_inv *ci, const float *w, uint64_t version)
-{
-    if (ci->gram_ok && ci->gram_version == version)
-        return ci->gram;
-    if (!ci->gram && !(ci->gram = malloc(sizeof(double) * as__civ_gram_len(&ci->g))))
-        return NULL;
-    ci->gram_ok = 0;
-    if (as__civ_gram(&ci->g, w, ci->gram))
-        return NULL;
-    ci->gram_ok = 1;
-    ci->gram_version = version;
-    return ci->gram;
-}
-
-int as__conv_inv_condition(as__conv_inv *ci, const float *w, uint64_t version,
-                           double *cond_out, char *why, size_t whylen)
-{
-    if (!(ci->cond_state && ci->cond_version == version)) {
-        double t0 = as__civ_now_ms(), cond = 0;
-        /* Cin = 1: the verdict comes with the closed form's own state */
-        int rc = ci->c1_gi ? as__civ_c1_prepare(ci, w, (size_t)ci->g.kh * ci->g.kw, 1,
-                                                version, &cond)
-                           : as__civ_factor(&ci->g, ci->P, ci->Q, w, gram_of(ci, w, version),
-                                            ci->cfg.eps_rel, NULL, &cond);
-        if (rc)
-            return rc;
-        set_verdict(ci, version, cond);
-        ci->st.cond_ms = as__civ_now_ms() - t0;
-    }
-    if (cond_out)
-        *cond_out = ci->cond;
-    return ci->cond_state == 2 ? reject(ci, why, whylen) : 0;
-}
-
-/* Weights as (kh, kw, Cout, Cin) for the border build. */
-static void set_wt(as__conv_inv *ci, const float *w)
-{
-    const as__conv_geom *g = &ci->g;
-    for (int u = 0; u < g->kh; u++)
-        for (int v = 0; v < g->kw; v++)
-            for (int o = 0; o < g->cout; o++)
-                for (int c = 0; c < g->cin; c++) {
-                    const float x = w[(((size_t)o * g->cin + c) * g->kh + u) * g->kw + v];
-                    ci->wt[(((size_t)u * g->kw + v) * g->cout + o) * g->cin + c] = x;
-                }
-}
-
-int as__conv_inv_prepare(as__conv_inv *ci, const float *w, uint64_t version,
-                         double *cond_out, char *why, size_t whylen)
-{
-    const as__conv_geom *g = &ci->g;
-    const int known = ci->cond_state && ci->cond_version == version;
-    if (known && cond_out)
-        *cond_out = ci->cond;
-    if (known && ci->cond_state == 2)
-        return reject(ci, why, whylen);
-    if (ci->state == 1 && ci->version == version) {
-        ci->st.factor_hits++;
-        return 0;
-    }
-    as__conv_inv_trim(ci);
-    double t0 = as__civ_now_ms();
-    size_t mlen = (size_t)ci->P * ci->Qh * 2 * g->cin * g->cout;
-    ci->m = malloc(sizeof(float) * mlen);
-    if (!ci->m)
-        return AS_ENOMEM;
-    /* The condition number comes along when this version was not checked
-     * yet (one pass over the frequencies for both). */
-    double cond = 0;
-    int rc = as__civ_factor(g, ci->P, ci->Q, w, gram_of(ci, w, version), ci->cfg.eps_rel, ci->m,
-                            known ? NULL : &cond);
-    if (rc) {
-        as__conv_inv_trim(ci);
-        return rc;
-    }
-    set_wt(ci, w);
-    ci->st.factor_builds++;
-    ci->st.factor_ms = as__civ_now_ms() - t0;
-    if (!known) {
-        set_verdict(ci, version, cond);
-        if (cond_out)
-            *cond_out = cond;
-        if (ci->cond_state == 2) {
-            as__conv_inv_trim(ci);
-            return reject(ci, why, whylen);
-        }
-    }
-    ci->version = version;
-    ci->state = 1;
-    ci->st.cache_bytes = sizeof(float) * mlen;
-    return 0;
-}
-
 
 /* x^(f) = M(f) z^(f) for all lanes at one frequency. z: [re|im][Cout][NB],
  * xo: [re|im][Cin][NB]; s = -1 applies conj(M). Blocks of 4 input channels
@@ -353,10 +165,10 @@ void as__civ_solve_freq(const float *mr, const float *mi, float s, const float *
 /* 1x1 kernel: x[c] = sum_o M[c][o] (y[o] - bias[o]) per pixel, M real
  * (A(f) = W at every frequency, so the imaginary part is 0). */
 AS__CIV_CLONES
-static void restore_pointwise(const as__conv_inv *ci, int n, const float *y,
+static void restore_pointwise(const as__civ *ci, int n, const float *y,
                               const float *bias, float *x)
 {
-    const as__conv_geom *g = &ci->g;
+    const as__civ_geom *g = &ci->g;
     const int cin = g->cin, cout = g->cout, H = g->h, W = g->w;
     const int ho = ci->ho, wo = ci->wo;
     const float *m = ci->m;   /* (Cin, Cout), real part */
@@ -463,10 +275,10 @@ static void restore_pointwise(const as__conv_inv *ci, int n, const float *y,
  * -1. One accumulator per (point, re|im, 4 output channels, 8 lanes) runs
  * over all taps and input channels. R: the row, element b at R + b*Eo. */
 AS__CIV_CLONES
-void as__civ_border_row(const as__conv_inv *ci, const float *xf, const int *fidx,
+void as__civ_border_row(const as__civ *ci, const float *xf, const int *fidx,
                        int a, float *R, int NB)
 {
-    const as__conv_geom *g = &ci->g;
+    const as__civ_geom *g = &ci->g;
     const int H = g->h, W = g->w, kh = g->kh, kw = g->kw;
     const int cin = g->cin, cout = g->cout;
     const size_t Bi = (size_t)cin * NB, Bo = (size_t)cout * NB;
@@ -532,7 +344,7 @@ static inline void load_t8(const float *const ys[8], int j, v8 r[8])
  * [re|im][Cout][NB]): 8 lanes (images) at a time, one vector store per
  * pixel. Image j + ri*N2 is lane j of half ri. */
 AS__CIV_CLONES
-void as__civ_scatter_yrow(const as__conv_inv *ci, int n, const float *y, const float *bias,
+void as__civ_scatter_yrow(const as__civ *ci, int n, const float *y, const float *bias,
                          int i, float *R, int NB)
 {
     const int cout = ci->g.cout, ho = ci->ho, wo = ci->wo, N2 = (n + 1) / 2;
@@ -585,7 +397,7 @@ void as__civ_scatter_yrow(const as__conv_inv *ci, int n, const float *y, const f
 /* Row r of x from an inverse-transformed row (element q at Rx + q*Ei),
  * scaled: one vector load per pixel, 8 images at a time. */
 AS__CIV_CLONES
-static void crop_row(const as__conv_inv *ci, int n, const float *Rx, int r, float scale,
+static void crop_row(const as__civ *ci, int n, const float *Rx, int r, float scale,
                      float *x, int NB)
 {
     const int cin = ci->g.cin, H = ci->g.h, W = ci->g.w, N2 = (n + 1) / 2;
@@ -620,8 +432,8 @@ static void crop_row(const as__conv_inv *ci, int n, const float *Rx, int r, floa
 }
 
 /* Frame pixel index of every image pixel (-1 off the frame), in the order
- * of as__conv_frame_extract. */
-static void frame_index(const as__conv_inv *ci, int *fidx)
+ * of as__civ_frame_extract. */
+static void frame_index(const as__civ *ci, int *fidx)
 {
     const int H = ci->g.h, W = ci->g.w;
     int k = 0;
@@ -640,12 +452,12 @@ static void frame_index(const as__conv_inv *ci, int *fidx)
 /* The frame of n images into xf, one planar element per frame pixel
  * ([re|im][Cin][NB], image j + ri*N2 in lane j of half ri), and the frame
  * index of every image pixel into fidx; nothing when there is no frame. */
-void as__civ_frame_pack(const as__conv_inv *ci, int n, const float *frame, float *xf,
+void as__civ_frame_pack(const as__civ *ci, int n, const float *frame, float *xf,
                        int *fidx, int NB)
 {
     const int cin = ci->g.cin, N2 = (n + 1) / 2;
     const size_t Bi = (size_t)cin * NB, Ei = 2 * Bi;
-    const size_t flen = as__conv_frame_len(&ci->g);
+    const size_t flen = as__civ_frame_len(&ci->g);
     if (!flen)
         return;
     memset(xf, 0, sizeof(float) * flen * Ei);
@@ -666,13 +478,13 @@ void as__civ_frame_pack(const as__conv_inv *ci, int n, const float *frame, float
  * share the layout; the solved spectrum X goes in place of G (element
  * stride Eo), and the adjoint path needs one more element (A^H F^) and a
  * larger factor per frequency (A^H and the Cholesky factor). */
-size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint)
+size_t as__civ_work_need(const as__civ *ci, int n, int adjoint)
 {
-    const as__conv_geom *g = &ci->g;
+    const as__civ_geom *g = &ci->g;
     const size_t P = (size_t)ci->P, Q = (size_t)ci->Q;
     const size_t N2 = ((size_t)n + 1) / 2, NB = (N2 + 7) / 8 * 8;
     const size_t Eo = 2 * (size_t)g->cout * NB, Ei = 2 * (size_t)g->cin * NB;
-    const size_t flen = as__conv_frame_len(g), f4 = sizeof(float);
+    const size_t flen = as__civ_frame_len(g), f4 = sizeof(float);
     if (g->cin == 1)
         return as__civ_c1_work_need(ci, n);
     return as__civ_wround(f4 * (flen ? flen : 1) * Ei) +
@@ -682,72 +494,10 @@ size_t as__civ_work_need(const as__conv_inv *ci, int n, int adjoint)
            as__civ_wround(f4 * as__civ_msz(g, adjoint) * P);
 }
 
-/* Images per pass of a restore. The work space grows with the images of a
- * pass (the grid holds Cout channels of every image: P*Q*Cout floats per
- * image, several times the image's Cin*H*W), so a whole batch in one pass
- * would take more memory than the inversion saves. The passes are
- * independent (an image's result depends on its pair partner only through
- * float rounding); 16 images fill the 8 lanes of both halves exactly, the
- * smallest work space of the layout. The streamed factor is rebuilt per
- * pass (CPU time for memory). */
-#define CHUNK 16
-static int chunk_of(int n) { return n < CHUNK ? n : CHUNK; }
-
-/* A streamed restore of more than one pass builds the factor of every
- * frequency once, before the passes, into work space (instead of once per
- * column in every pass: the factor work would grow with the batch), when
- * it is at most twice the work space of one pass (so the work space at
- * most triples; wide layers at small maps, e.g. 64->64 at 28x28 on the
- * direct path, where the factor is several times a pass, keep factoring
- * per column in every pass). Bytes of that factor for n images on the
- * given path, or 0. */
-static size_t stream_factor_bytes(const as__conv_inv *ci, int n, int adjoint)
-{
-    /* Cin = 1 takes no factor (the closed form, invert/adjoint.c) */
-    if (ci->pointwise || n <= CHUNK || ci->g.cin == 1)
-        return 0;
-    const size_t b = sizeof(float) * (size_t)ci->P * ci->Qh * as__civ_msz(&ci->g, adjoint);
-    return b <= 2 * as__civ_work_need(ci, CHUNK, adjoint) ? b : 0;
-}
-
-/* Work space of one restore: one pass, plus the streamed factor. */
-static size_t path_need(const as__conv_inv *ci, int n, int adjoint, int stream)
-{
-    return as__civ_work_need(ci, chunk_of(n), adjoint) +
-           (stream ? as__civ_wround(stream_factor_bytes(ci, n, adjoint)) : 0);
-}
-
-size_t as__conv_inv_work_bytes(const as__conv_inv *ci, int n)
-{
-    if (ci->pointwise)
-        return 0;
-    size_t a = path_need(ci, n, 0, 1), b = path_need(ci, n, 1, 1);
-    return a > b ? a : b;
-}
-
-size_t as__conv_inv_path_work_bytes(const as__conv_inv *ci, uint64_t version, int n,
-                                    int stream)
-{
-    if (ci->pointwise)
-        return 0;
-    if (!stream || (ci->state == 1 && ci->version == version))
-        return path_need(ci, n, 0, 0);
-    if (!(ci->cond_state == 1 && ci->cond_version == version))
-        return as__conv_inv_work_bytes(ci, n);
-    const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
-                    ci->cond <= AS__CIV_ADJ_COND;
-    return path_need(ci, n, adj, 1);
-}
-
-void as__conv_inv_set_work(as__conv_inv *ci, void *block, size_t bytes)
-{
-    ci->ext_work = block;
-    ci->ext_bytes = block ? bytes : 0;
-}
 
 /* The frame of one image and channel (flen floats) into its place in an
  * image of rows `stride` floats apart. */
-void as__civ_frame_put_one(const as__conv_inv *ci, const float *fr, float *xd, size_t stride)
+void as__civ_frame_put_one(const as__civ *ci, const float *fr, float *xd, size_t stride)
 {
     const int H = ci->g.h, W = ci->g.w;
     for (int r = 0; r < ci->top; r++, fr += W)
@@ -763,10 +513,10 @@ void as__civ_frame_put_one(const as__conv_inv *ci, const float *fr, float *xd, s
 }
 
 /* The exact frame pixels back into x. */
-void as__civ_frame_put_back(const as__conv_inv *ci, int n, const float *frame, float *x)
+void as__civ_frame_put_back(const as__civ *ci, int n, const float *frame, float *x)
 {
     const int H = ci->g.h, W = ci->g.w, cin = ci->g.cin;
-    const size_t flen = as__conv_frame_len(&ci->g);
+    const size_t flen = as__civ_frame_len(&ci->g);
     if (!flen)
         return;
     for (int img = 0; img < n; img++)
@@ -790,7 +540,7 @@ void as__civ_frame_put_back(const as__conv_inv *ci, int n, const float *frame, f
  * the P-direction transform undone, R a row of scratch (Q * Ei floats):
  * per row of X, the inverse FFT along Q, crop, scale and unpair into x;
  * then the kept frame goes back in place. t_ifft: inverse-FFT time so far. */
-void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, size_t ex, float *R,
+void as__civ_finish_rows(as__civ *ci, int n, const float *X, size_t ex, float *R,
                          const float *frame, float *x, int NB, double t_ifft)
 {
     const int H = ci->g.h, P = ci->P, Q = ci->Q;
@@ -812,7 +562,7 @@ void as__civ_finish_rows(as__conv_inv *ci, int n, const float *X, size_t ex, flo
     ci->st.restores++;
 }
 
-static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t version, int n,
+static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version, int n,
                         const float *y,
                         const float *bias, const float *frame, float *x)
 {
@@ -824,14 +574,14 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t ve
         ci->st.restores++;
         return 0;
     }
-    const as__conv_geom *g = &ci->g;
+    const as__civ_geom *g = &ci->g;
     const int H = g->h, W = g->w, P = ci->P, Q = ci->Q, Qh = ci->Qh;
     const int cin = g->cin, cout = g->cout, ho = ci->ho;
     const int N2 = (n + 1) / 2, NB = (N2 + 7) / 8 * 8;
     const size_t Bo = (size_t)cout * NB, Bi = (size_t)cin * NB;
     const size_t Eo = 2 * Bo, Ei = 2 * Bi;
     const int Pl = H + g->kh - 1;
-    const size_t flen = as__conv_frame_len(g);
+    const size_t flen = as__civ_frame_len(g);
     const size_t msz = as__civ_msz(g, adj);
     if (cin == 1)
         return as__civ_restore_c1(ci, version, n, y, bias, frame, x);
@@ -927,20 +677,18 @@ static int restore_impl(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t ve
     return 0;
 }
 
-/* A restore of n images in passes of chunk_of(n) (see CHUNK): one counted
- * restore, phase times summed over the passes. */
-static int restore_chunked(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t version,
-                           int n, const float *y, const float *bias, const float *frame,
+int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version,
+                            int n, const float *y, const float *bias, const float *frame,
                            float *x)
 {
-    if (ci->pointwise || n <= CHUNK)
+    if (ci->pointwise || n <= AS__CIV_CHUNK)
         return restore_impl(ci, fc, adj, version, n, y, bias, frame, x);
-    const as__conv_geom *g = &ci->g;
+    const as__civ_geom *g = &ci->g;
     const size_t ys = (size_t)g->cout * ci->ho * ci->wo, xs = (size_t)g->cin * g->h * g->w;
-    const size_t fs = (size_t)g->cin * as__conv_frame_len(g);
+    const size_t fs = (size_t)g->cin * as__civ_frame_len(g);
     double ph[5] = {0};
-    for (int i0 = 0; i0 < n; i0 += CHUNK) {
-        const int m = n - i0 < CHUNK ? n - i0 : CHUNK;
+    for (int i0 = 0; i0 < n; i0 += AS__CIV_CHUNK) {
+        const int m = n - i0 < AS__CIV_CHUNK ? n - i0 : AS__CIV_CHUNK;
         const float *fr = frame && fs ? frame + (size_t)i0 * fs : frame;
         int rc = restore_impl(ci, fc, adj, version, m, y + (size_t)i0 * ys, bias, fr,
                               x + (size_t)i0 * xs);
@@ -953,87 +701,4 @@ static int restore_chunked(as__conv_inv *ci, as__civ_fctx *fc, int adj, uint64_t
     memcpy(ci->st.phase_ms, ph, sizeof ph);
     ci->st.restores++;
     return 0;
-}
-
-int as__conv_inv_restore(as__conv_inv *ci, int n, const float *y,
-                         const float *bias, const float *frame, float *x)
-{
-    if (ci->state != 1 || !ci->m)
-        return AS_ESTATE;
-    if (n < 1)
-        return n == 0 ? 0 : AS_EINVAL;
-    return restore_chunked(ci, NULL, 0, ci->version, n, y, bias, frame, x);
-}
-
-size_t as__conv_inv_factor_bytes(const as__conv_inv *ci)
-{
-    return sizeof(float) * (size_t)ci->P * ci->Qh * 2 * ci->g.cin * ci->g.cout;
-}
-
-int as__conv_inv_restore_stream(as__conv_inv *ci, const float *w, uint64_t version,
-                                int n, const float *y, const float *bias,
-                                const float *frame, float *x, char *why, size_t whylen)
-{
-    if (ci->state == 1 && ci->version == version) {   /* cached anyway */
-        ci->st.factor_hits++;
-        return as__conv_inv_restore(ci, n, y, bias, frame, x);
-    }
-    int rc = as__conv_inv_condition(ci, w, version, NULL, why, whylen);
-    if (rc)
-        return rc;
-    if (n < 1)
-        return n == 0 ? 0 : AS_EINVAL;
-    if (ci->pointwise) {   /* one frequency: the cached factor is tiny */
-        if ((rc = as__conv_inv_prepare(ci, w, version, NULL, why, whylen)))
-            return rc;
-        return as__conv_inv_restore(ci, n, y, bias, frame, x);
-    }
-    if (ci->c1_gi) {
-        /* Cin = 1 never needs a factor: the closed form's state of this
-         * version is in the c1 cache (filled by the check above), or is
-         * built from the weights by the restore */
-        set_wt(ci, w);
-        ci->st.factor_hits++;
-        if ((rc = restore_chunked(ci, NULL, 0, version, n, y, bias, frame, x)))
-            return rc;
-        ci->st.streamed++;
-        return 0;
-    }
-    as__civ_fctx fc;
-    double t0 = as__civ_now_ms();
-    if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w, gram_of(ci, w, version))))
-        return rc;
-    set_wt(ci, w);
-    ci->st.factor_ms = as__civ_now_ms() - t0;   /* the rest is inside the solve */
-    const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
-                    ci->cond <= AS__CIV_ADJ_COND;
-    fc.ginv = adj;
-    /* Several passes: the factor of every frequency once, up front, at the
-     * end of the lent work space (after the pass's part) or malloc'ed. */
-    const size_t sfb = stream_factor_bytes(ci, n, adj);
-    float *mown = NULL;
-    if (sfb) {
-        const size_t pass = as__civ_wround(as__civ_work_need(ci, CHUNK, adj));
-        float *mbuf;
-        if (ci->ext_work && ci->ext_bytes >= pass + sfb)
-            mbuf = (float *)((char *)ci->ext_work + pass);
-        else if (!(mbuf = mown = malloc(sfb))) {
-            as__civ_factor_end(&fc);
-            return AS_ENOMEM;
-        }
-        t0 = as__civ_now_ms();
-        as__civ_factor_range(&fc, 0, fc.nf, ci->cfg.eps_rel, mbuf, NULL);
-        ci->st.factor_ms += as__civ_now_ms() - t0;
-        ci->mstream = mbuf;
-    }
-    rc = restore_chunked(ci, &fc, adj, version, n, y, bias, frame, x);
-    ci->mstream = NULL;
-    free(mown);
-    as__civ_factor_end(&fc);
-    if (rc == 0) {
-        ci->st.factor_builds++;
-        ci->st.streamed++;
-        ci->st.adjoint += (uint64_t)adj;
-    }
-    return rc;
 }

@@ -83,6 +83,7 @@
     stores: [],        /* {label, cols:{live,...}, tags:{name:[]}, kinds:{name:[]}} */
     marks: [],         /* {t, store, type, step, phase} */
     now: [],           /* each store's current tables (snapshot / frame "now") */
+    plans: [],         /* each store's auto plan (api/v1/plan) */
     hdr: null,
     frames: 0,
     resyncing: false,
@@ -521,7 +522,52 @@
     const note = el('div', 'muted'); note.id = 'layers-note-' + i;
     lp.appendChild(note);
     a.appendChild(lp);
+    /* auto's plan (api/v1/plan): shown once the store has a planner */
+    const pp2 = panel('Plan (auto)', 'per layer and kind: the policy auto chose, bytes per step, measured error');
+    pp2.id = 'plan-panel-' + i;
+    pp2.style.display = 'none';
+    const psum = el('div', 'muted'); psum.id = 'plan-sum-' + i;
+    const ptbl = el('table', 'layers plan'); ptbl.id = 'plan-' + i;
+    pp2.append(psum, ptbl);
+    a.appendChild(pp2);
     return a;
+  }
+
+  function renderPlan(i) {
+    const panelEl = document.getElementById('plan-panel-' + i);
+    const p = (S.plans[i] || {}).plan;
+    if (!panelEl) return;
+    if (!p || !p.active) { panelEl.style.display = 'none'; return; }
+    panelEl.style.display = '';
+    const ratio = p.planned_bytes ? (p.keep_bytes / p.planned_bytes).toFixed(1) + 'x less' : '–';
+    setText('plan-sum-' + i, 'budget ' + (p.budget_bytes ? fmtBytes(p.budget_bytes) : 'none') +
+            ' · keep ' + fmtBytes(p.keep_bytes) + ' · planned ' + fmtBytes(p.planned_bytes) +
+            ' (' + ratio + ') · smallest reachable ' + fmtBytes(p.min_bytes) +
+            ' · step ' + fmtInt(p.step) + ' · ' + fmtInt(p.probes) + ' probe steps' +
+            (p.feasible ? '' : ' · DOES NOT FIT'));
+    const tbl = clear('plan-' + i);
+    head(tbl, ['layer', 'kind', 'policy', ['raw', 'num'], ['stored', 'num'],
+               ['rel. error', 'num'], ['cosine', 'num']]);
+    const body = el('tbody');
+    for (const e of p.layers || [])
+      body.appendChild(row([e.layer, e.kind, e.policy, [fmtBytes(e.raw_bytes), 'num'],
+                            [fmtBytes(e.stored_bytes), 'num'],
+                            [Number(e.rel_error).toExponential(1), 'num'],
+                            [Number(e.cosine).toFixed(4), 'num']]));
+    tbl.appendChild(body);
+  }
+
+  let planTimer = null;
+  function pollPlan() {
+    const run = async () => {
+      try {
+        const doc = await getJSON('api/v1/plan');
+        S.plans = doc.stores || [];
+        S.plans.forEach((_, i) => renderPlan(i));
+      } catch (e) { /* keep the last plan */ }
+    };
+    run();
+    if (!planTimer) planTimer = setInterval(run, 2000);
   }
 
   /* ---- tables and cards (throttled) -------------------------------------------- */
@@ -739,6 +785,8 @@
     }
     if (S.hdr) {
       setText('uptime', 'up ' + fmtDur(S.hdr.uptime_s || 0));
+      if (S.hdr.job)
+        setText('fleet', S.hdr.job + ' · rank ' + S.hdr.rank + ' · ' + S.hdr.host);
       const sv = S.hdr.service || {};
       setText('svc', 'actstore ' + (S.hdr.version || '') + ' · ' + fmtInt(sv.sse_clients) +
               ' live client' + (sv.sse_clients === 1 ? '' : 's') + ' · service memory ' +
@@ -904,6 +952,7 @@
       setConn('error', 'cannot reach the service (' + e.message + ')');
     }
     connect();
+    pollPlan();
   }
 
   if (typeof uPlot === 'undefined') {

@@ -1,0 +1,55 @@
+/*
+ * `auto`: the budget planner (internal). A rule `KIND=auto` or
+ * `default=auto` hands the matching tensors to a per-store planner that
+ * picks, per (layer, kind), one of the candidates of candidates.def so that
+ * the store's saved bytes stay within its budget (as_store_set_budget) at
+ * the least total weighted error (docs/policies.md, "auto").
+ *
+ * The store calls in at five points: the save of a tensor under auto
+ * (as__auto_save: measure on probe steps, then encode under the plan), every
+ * other save while a planner exists (as__auto_note: the bytes auto cannot
+ * choose), step begin / end (probe schedule, measurements, re-planning) and
+ * store destruction. Thread-safety: one planner mutex, never held while a
+ * policy encodes or decodes.
+ */
+#ifndef AS_STORE_POLICIES_AUTO_H
+#define AS_STORE_POLICIES_AUTO_H
+
+#include "store/store_internal.h"
+
+extern const as_policy_ops as_policy_auto;
+
+/* Parsed `auto[:period[:time_weight]]`. */
+typedef struct as_auto_params {
+    uint32_t period;        /* steps between probe steps, 0 = first only */
+    double   time_weight;   /* error units per step time of codec work */
+} as_auto_params;
+
+/* Save t (a new item) under the plan for its (layer, kind); on a probe
+ * step measure every candidate on it first. Same contract as the store's
+ * own encode (out: a new rep, refs 1). AS_EBUDGET when not even the most
+ * compact candidate fits: the last error names the smallest budget auto
+ * can reach. */
+int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
+                  const as_polref *ref, as_rules *rules,
+                  const as_save_info *info, const as_tensor *t,
+                  as_block *adopted, bool *taken, as_rep **spare,
+                  as_rep **out);
+
+/* A save that auto did not plan (planned false) or did (true, no-op);
+ * creates the planner when the rules name auto, so the first step counts
+ * every fixed tensor too. */
+void as__auto_note(as_store *s, const as_rep *r, size_t raw, bool planned);
+
+void as__auto_step_begin(as_store *s);
+void as__auto_step_end(as_store *s);
+void as__auto_destroy(as_store *s);
+
+/* Sensitivity report for the item of rep r (as_store_report_grad). */
+void as__auto_grad(as_store *s, const as_groups *g, double norm);
+
+/* Budget change: AS_EBUDGET (message set) when a measured step shows it
+ * cannot be met; otherwise re-plans at once. */
+int as__auto_budget(as_store *s, uint64_t bytes);
+
+#endif

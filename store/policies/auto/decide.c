@@ -1,0 +1,200 @@
+/*
+ * auto's decision: the cost of each measured candidate and the multiple-
+ * choice knapsack over the (layer, kind) groups (planner.c has the method).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/policies/auto/impl.h"
+
+double as__auto_rel_err(const meas *m)
+{
+    if (m->norm2 > 0)
+        return sqrt(m->err2 / m->norm2);
+    return m->err2 > 0 ? 1.0 : 0.0;
+}
+
+double as__auto_cosine(const meas *m)
+{
+    if (m->norm2 <= 0 || m->hat2 <= 0)
+        return m->norm2 <= 0 && m->hat2 <= 0 ? 1.0 : 0.0;
+    return m->dot / sqrt(m->norm2 * m->hat2);
+}
+
+bool as__auto_usable(const agroup *g, size_t c)
+{
+    return g->measured && g->m[c].n && !g->m[c].bad;
+}
+
+static uint64_t cand_bytes(const as_auto *pl, const agroup *g, size_t c)
+{
+    double b = g->m[c].bytes;
+    if (pl->c[c].variable)
+        b *= AUTO_MARGIN;
+    return (uint64_t)ceil(b);
+}
+
+static double cand_cost(const as_auto *pl, const agroup *g, size_t c)
+{
+    double t = pl->step_ns ? g->m[c].ns / (double)pl->step_ns : 0;
+    double e = g->weight * as__auto_rel_err(&g->m[c]);
+    return e * e + pl->time_weight * t;
+}
+
+/* The most compact usable candidate (ties: least cost, then table order). */
+static int most_compact(const as_auto *pl, const agroup *g)
+{
+    int best = -1;
+    for (size_t c = 0; c < pl->nc; c++) {
+        if (!as__auto_usable(g, c))
+            continue;
+        if (best < 0 || cand_bytes(pl, g, c) < cand_bytes(pl, g, (size_t)best) ||
+            (cand_bytes(pl, g, c) == cand_bytes(pl, g, (size_t)best) &&
+             cand_cost(pl, g, c) < cand_cost(pl, g, (size_t)best)))
+            best = (int)c;
+    }
+    return best;
+}
+
+static int least_cost(const as_auto *pl, const agroup *g)
+{
+    int best = -1;
+    for (size_t c = 0; c < pl->nc; c++)
+        if (as__auto_usable(g, c) &&
+            (best < 0 || cand_cost(pl, g, c) < cand_cost(pl, g, (size_t)best)))
+            best = (int)c;
+    return best;
+}
+
+/* Sensitivity weights: ||x|| * ||dy||, mean 1 over reporting groups. */
+static void weigh(as_auto *pl)
+{
+    double sum = 0;
+    size_t n = 0;
+    for (size_t i = 0; i < pl->ng; i++) {
+        agroup *g = pl->g[i];
+        g->weight = 1;
+        if (g->has_grad && g->measured && g->m[0].n) {
+            g->weight = sqrt(g->m[0].norm2 * g->g2);
+            sum += g->weight;
+            n++;
+        }
+    }
+    for (size_t i = 0; i < pl->ng && sum > 0; i++)
+        if (pl->g[i]->has_grad && pl->g[i]->measured && pl->g[i]->m[0].n)
+            pl->g[i]->weight *= (double)n / sum;
+}
+
+/* Multiple-choice knapsack over the measured groups. Under mu. */
+void as__auto_plan(as_auto *pl, uint64_t budget, uint64_t step)
+{
+    weigh(pl);
+    uint64_t minb = pl->fixed, keep = pl->fixed_raw, nmeas = 0;
+    for (size_t i = 0; i < pl->ng; i++) {
+        agroup *g = pl->g[i];
+        keep += g->raw;
+        int mc = most_compact(pl, g);
+        if (mc >= 0) {
+            minb += cand_bytes(pl, g, (size_t)mc);
+            nmeas++;
+        }
+    }
+    pl->min_bytes = minb;
+    pl->keep_bytes = keep;
+    pl->planned_for = budget;
+    pl->plan_step = step;
+    pl->replans++;
+    pl->need_plan = false;
+    pl->feasible = !budget || minb <= budget;
+    size_t G = pl->ng;
+    /* The unconstrained best, when it fits, needs no knapsack (and is
+     * exact where the units' rounding would not be). */
+    uint64_t best = pl->fixed;
+    for (size_t i = 0; i < G; i++) {
+        int c = least_cost(pl, pl->g[i]);
+        best += c >= 0 ? cand_bytes(pl, pl->g[i], (size_t)c) : 0;
+    }
+    if (budget && pl->feasible && best <= budget) {
+        for (size_t i = 0; i < G; i++)
+            if (pl->g[i]->measured)
+                pl->g[i]->choice = least_cost(pl, pl->g[i]);
+    } else if (!budget || !pl->feasible || !nmeas) {
+        for (size_t i = 0; i < G; i++) {
+            agroup *g = pl->g[i];
+            if (g->measured)
+                g->choice = budget ? most_compact(pl, g) : least_cost(pl, g);
+        }
+    } else {
+        uint64_t avail = budget - pl->fixed;
+        /* The choice table is groups x units bytes: fewer units for a
+         * model with very many groups (at most 32 MiB). */
+        uint64_t units = AUTO_UNITS;
+        if (G * (units + 1) > (32u << 20))
+            units = (32u << 20) / G - 1;
+        uint64_t unit = avail / units + 1;
+        size_t U = (size_t)(avail / unit);
+        double *dp = malloc((U + 1) * sizeof *dp);
+        double *nx = malloc((U + 1) * sizeof *nx);
+        uint8_t *pick = malloc(G * (U + 1));
+        if (!dp || !nx || !pick) {   /* no memory: the safe plan */
+            for (size_t i = 0; i < G; i++)
+                if (pl->g[i]->measured)
+                    pl->g[i]->choice = most_compact(pl, pl->g[i]);
+        } else {
+            for (size_t u = 0; u <= U; u++)
+                dp[u] = 0;
+            for (size_t i = 0; i < G; i++) {
+                agroup *g = pl->g[i];
+                for (size_t u = 0; u <= U; u++) {
+                    nx[u] = INFINITY;
+                    pick[i * (U + 1) + u] = 0xff;
+                    if (!g->measured) {   /* nothing to choose */
+                        nx[u] = dp[u];
+                        continue;
+                    }
+                    for (size_t c = 0; c < pl->nc; c++) {
+                        if (!as__auto_usable(g, c))
+                            continue;
+                        uint64_t k = (cand_bytes(pl, g, c) + unit - 1) / unit;
+                        if (k > u)
+                            continue;
+                        double v = dp[u - k] + cand_cost(pl, g, c);
+                        if (v < nx[u]) {
+                            nx[u] = v;
+                            pick[i * (U + 1) + u] = (uint8_t)c;
+                        }
+                    }
+                }
+                double *tmp = dp;
+                dp = nx;
+                nx = tmp;
+            }
+            if (isfinite(dp[U])) {
+                size_t u = U;
+                for (size_t i = G; i-- > 0;) {
+                    agroup *g = pl->g[i];
+                    if (!g->measured)
+                        continue;
+                    int c = pick[i * (U + 1) + u];
+                    g->choice = c;
+                    u -= (cand_bytes(pl, g, (size_t)c) + unit - 1) / unit;
+                }
+            } else {   /* fits in bytes but not after rounding to units */
+                for (size_t i = 0; i < G; i++)
+                    if (pl->g[i]->measured)
+                        pl->g[i]->choice = most_compact(pl, pl->g[i]);
+            }
+        }
+        free(dp);
+        free(nx);
+        free(pick);
+    }
+    uint64_t planned = pl->fixed;
+    for (size_t i = 0; i < G; i++) {
+        agroup *g = pl->g[i];
+        if (g->choice >= 0)
+            planned += (uint64_t)g->m[g->choice].bytes;
+    }
+    pl->planned_bytes = planned;
+}

@@ -1,0 +1,92 @@
+/*
+ * The `auto` rule: auto[:period[:time_weight]]
+ *     period       steps between probe steps (default 100; 0 = probe only
+ *                  the first step and (layer, kind)s seen for the first time)
+ *     time_weight  error units charged for codec work equal to one step's
+ *                  time (default 0.1; 0 = time only breaks ties, and the plan
+ *                  is then a function of the data alone)
+ * The store hands a tensor under this rule to the planner (planner.c)
+ * instead of encoding it here: encode and decode are never reached.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/policies/auto/auto.h"
+
+static int auto_parse(const char *args, size_t len, void **params, char *err,
+                      size_t errlen, size_t *err_off)
+{
+    as_auto_params *p = malloc(sizeof *p);
+    if (!p)
+        return AS_ENOMEM;
+    p->period = 100;
+    p->time_weight = 0.1;
+    char buf[64];
+    if (len >= sizeof buf) {
+        snprintf(err, errlen, "auto arguments too long");
+        *err_off = 0;
+        free(p);
+        return AS_ESPEC;
+    }
+    memcpy(buf, args, len);
+    buf[len] = 0;
+    char *colon = strchr(buf, ':');
+    if (colon)
+        *colon = 0;
+    char *end;
+    if (buf[0]) {
+        unsigned long v = strtoul(buf, &end, 10);
+        if (*end || buf[0] == '-' || v > 1000000) {
+            snprintf(err, errlen, "auto: period (steps, 0..1000000)");
+            *err_off = 0;
+            free(p);
+            return AS_ESPEC;
+        }
+        p->period = (uint32_t)v;
+    }
+    if (colon) {
+        double w = strtod(colon + 1, &end);
+        if (end == colon + 1 || *end || !(w >= 0 && w <= 1e6)) {
+            snprintf(err, errlen, "auto: time_weight (a number >= 0)");
+            *err_off = (size_t)(colon + 1 - buf);
+            free(p);
+            return AS_ESPEC;
+        }
+        p->time_weight = w;
+    }
+    *params = p;
+    return 0;
+}
+
+static void auto_free(void *params) { free(params); }
+
+/* Only reachable if a caller bypasses the store's save path. */
+static int auto_encode(as_pctx *ctx, const void *params,
+                       const as_save_info *info, const as_tensor *t,
+                       void **state)
+{
+    (void)params, (void)info, (void)t, (void)state;
+    as_pctx_errorf(ctx, "auto is planned by the store, not encoded");
+    return AS_ESTATE;
+}
+
+static int auto_decode(as_pctx *ctx, const void *params, void *state,
+                       as_tensor *dst)
+{
+    (void)params, (void)state, (void)dst;
+    as_pctx_errorf(ctx, "auto is planned by the store, not decoded");
+    return AS_ESTATE;
+}
+
+const as_policy_ops as_policy_auto = {
+    .name = "auto",
+    .summary = "per (layer, kind), the candidate that fits the saved-bytes "
+               "budget at the least measured error",
+    .kinds = 0,
+    .regenerator = false,
+    .parse = auto_parse,
+    .free_params = auto_free,
+    .encode = auto_encode,
+    .decode = auto_decode,
+};
