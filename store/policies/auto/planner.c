@@ -60,7 +60,7 @@ static void add_cand(as_auto *pl, const char *spec, uint32_t kinds,
     c->variable = variable;
     c->ref.ops = ops;
     c->ref.params = params;
-    as__strlcpy(c->ref.text, spec, sizeof c->ref.text);
+    c->ref.text = spec;   /* the candidate table's static string */
 }
 
 static as_auto *planner_new(void)
