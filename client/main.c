@@ -7,6 +7,7 @@
 
 #include "actstore/common.h"
 #include "cli.h"
+#include "layers/ops.h"
 
 static const struct {
     const char *name;
@@ -26,7 +27,7 @@ static void usage(FILE *f)
                "commands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "  %-8s %s\n", "version", "print the library version");
+    fprintf(f, "  %-8s %s\n", "version", "print the library version and the kernels in use");
 }
 
 int main(int argc, char **argv)
@@ -41,7 +42,7 @@ int main(int argc, char **argv)
         return AS_EXIT_OK;
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("actstore %s\n", as_version_string());
+        printf("actstore %s\n%s\n", as_version_string(), as_op_kernels_info());
         return AS_EXIT_OK;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

@@ -30,7 +30,6 @@
  * -> Haswell. OPENBLAS_CORETYPE already set wins; AS_BLAS_CORE=openblas
  * keeps OpenBLAS's own detection; if the re-exec fails the program runs
  * on. Child processes inherit the variables. */
-#define FORCED_TAG "AS_BLAS_CORE_FORCED=1"
 
 static const char *blas_core_how = "OpenBLAS detection";
 
@@ -48,9 +47,10 @@ static const char *env_of(char **envp, const char *name)
 static void blas_core_preinit(int argc, char **argv, char **envp)
 {
     (void)argc;
-    if (env_of(envp, "OPENBLAS_CORETYPE")) {
+    const char *set = env_of(envp, "OPENBLAS_CORETYPE");
+    if (set) {   /* ours (the tag names the same core) or the user's */
         const char *f = env_of(envp, "AS_BLAS_CORE_FORCED");
-        blas_core_how = f && !strcmp(f, "1") ? "forced by actstore from the CPU's ISA"
+        blas_core_how = f && !strcmp(f, set) ? "forced by actstore from the CPU's ISA"
                                              : "OPENBLAS_CORETYPE";
         return;
     }
@@ -60,21 +60,24 @@ static void blas_core_preinit(int argc, char **argv, char **envp)
         return;
     }
     __builtin_cpu_init();
-    const char *core = NULL;
+    const char *core = NULL, *tag = NULL;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-        core = "OPENBLAS_CORETYPE=SkylakeX";
+        core = "OPENBLAS_CORETYPE=SkylakeX", tag = "AS_BLAS_CORE_FORCED=SkylakeX";
     else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        core = "OPENBLAS_CORETYPE=Haswell";
+        core = "OPENBLAS_CORETYPE=Haswell", tag = "AS_BLAS_CORE_FORCED=Haswell";
     if (!core || !argv || !envp)
         return;
-    size_t n = 0;
+    size_t n = 0, m = 0;
     while (envp[n])
         n++;
     char *env[n + 3];   /* no allocation this early */
-    memcpy(env, envp, sizeof(char *) * n);
+    for (size_t i = 0; i < n; i++)   /* a stale tag from a parent goes */
+        if (strncmp(envp[i], "AS_BLAS_CORE_FORCED=", 20) != 0)
+            env[m++] = envp[i];
+    n = m;
     env[n] = (char *)core;
-    env[n + 1] = (char *)FORCED_TAG;
+    env[n + 1] = (char *)tag;
     env[n + 2] = NULL;
     execve("/proc/self/exe", argv, env);
     blas_core_how = "OpenBLAS detection (re-exec failed)";
@@ -130,8 +133,10 @@ const char *as_op_kernels_info(void)
 #else
     snprintf(lib, sizeof lib, "oneDNN not built in");
 #endif
-    snprintf(info, sizeof info, "kernels %s (%s); OpenBLAS %s (%s)",
-             as_op_get_backend() == AS_OP_ONEDNN ? "onednn" : "builtin", lib,
+    const bool dn = as_op_get_backend() == AS_OP_ONEDNN;
+    snprintf(info, sizeof info, "kernels %s (%s%s); OpenBLAS %s (%s)",
+             dn ? "onednn" : "builtin", lib,
+             !dn && strncmp(lib, "oneDNN ", 7) == 0 ? ", not selected" : "",
              openblas_get_corename(), blas_core_how);
     return info;
 }
