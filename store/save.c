@@ -328,7 +328,13 @@ static int save_alias(as_store *s, const as_save_info *info,
         want = cur->ops;
         wparams = cur->params;
     }
-    bool same_pol = want == cur->ops && wparams == cur->params;
+    /* The same policy with the same arguments (another rule's copy of them
+     * included: the rep's desc is then the rule's text) would only encode
+     * the values again into the same form: keep the one made. */
+    bool same_pol = want == cur->ops &&
+                    (wparams == cur->params ||
+                     (plan.pol && plan.pol->ops == want && plan.pol->text &&
+                      !strcmp(plan.pol->text, cur->desc)));
     if (!same_pol && cur->ops->grad_only && !want->exact) {
         /* The first save needs only its derivative form, this one the
          * values under a lossy policy: each gets an item of its own (a

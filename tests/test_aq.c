@@ -361,6 +361,36 @@ static void test_policy_item_keys(void **st)
     assert_true(memcmp(y[0][0], y[2][0], sizeof y[0][0]) != 0);
 }
 
+/* An alias under another rule with the same text keeps the encoding made
+ * at the first save (no second encode: the values come back bit for bit). */
+static void test_alias_same_text(void **st)
+{
+    (void)st;
+    enum { N = 1000 };
+    float x[N], y1[N], y2[N];
+    for (int i = 0; i < N; i++)
+        x[i] = gauss();
+    as_store *s = mk("conv_output=aq:3:g=128; norm_input=aq:3:g=128; "
+                     "linear_input=aq:3:g=64; default=keep");
+    as_tensor t = {.data = x, .dtype = AS_F32, .ndim = 1, .shape = {N}};
+    as_save_info a = {.kind = AS_KIND_CONV_OUTPUT, .layer = "conv"};
+    as_handle h1, h2, h3;
+    assert_int_equal(as_store_save(s, &a, &t, &h1), 0);
+    as_tensor d = t;
+    d.data = y1;
+    assert_int_equal(as_store_restore(s, h1, &d), 0);
+    as_save_info b = {.kind = AS_KIND_NORM_INPUT, .layer = "bn", .alias_of = h1};
+    assert_int_equal(as_store_save(s, &b, &t, &h2), 0);
+    d.data = y2;
+    assert_int_equal(as_store_restore(s, h2, &d), 0);
+    assert_memory_equal(y1, y2, sizeof y1);
+    /* other arguments: encoded again (another group size) */
+    as_save_info c = {.kind = AS_KIND_LINEAR_INPUT, .layer = "fc", .alias_of = h1};
+    assert_int_equal(as_store_save(s, &c, &t, &h3), 0);
+    assert_string_equal(as_store_policy_of(s, h3), "aq:3:g=64");
+    as_store_destroy(s);
+}
+
 static void test_spec_errors(void **st)
 {
     (void)st;
@@ -451,6 +481,7 @@ int main(void)
         cmocka_unit_test(test_seeds_and_bias),
         cmocka_unit_test(test_policy_store),
         cmocka_unit_test(test_policy_item_keys),
+        cmocka_unit_test(test_alias_same_text),
         cmocka_unit_test(test_spec_errors),
         cmocka_unit_test(test_linear_gradient),
     };

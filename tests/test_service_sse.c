@@ -55,7 +55,11 @@ static void test_rate(void **state)
     snprintf(addr, sizeof addr, "127.0.0.1:%d", as_service_port(svc));
     counter c = {0};
     char err[256];
-    assert_int_equal(as_client_subscribe(addr, 2600, count_event, &c, err, sizeof err), 0);
+    int rc = as_client_subscribe(addr, 2600, count_event, &c, err, sizeof err);
+    /* stopped before any assertion: a failed one must not leave it serving
+     * into the next test */
+    assert_int_equal(as__service_stop(svc), 0);
+    assert_int_equal(rc, 0);
     double span = (double)(c.t_last - c.t_first) * 1e-9;
     double rate = span > 0 ? (c.events - 1) / span : 0;
     fprintf(stderr, "sse: %u events in %.2f s (%.1f/s), %u heartbeats\n", c.events, span, rate,
@@ -64,7 +68,6 @@ static void test_rate(void **state)
     assert_true(rate >= 9.0);
     assert_true(c.comments >= 3);
     assert_int_equal(c.bad_json, 0);
-    assert_int_equal(as__service_stop(svc), 0);
 }
 
 /* ---- a stalled client is dropped, another keeps receiving ------------------------- */

@@ -93,7 +93,16 @@ static int sign_decode(as_pctx *ctx, const void *params, void *state,
 {
     const sign_blk *b = state;
     float *y = dst->data;
-    for (int64_t i = 0; i < b->n; i++)
+    const int64_t full = b->n & ~(int64_t)63;
+    for (int64_t i0 = 0; i0 < full; i0 += 64) {
+        const uint64_t v = b->w[i0 >> 6];
+        const uint32_t lo = (uint32_t)v, hi = (uint32_t)(v >> 32);
+        for (int j = 0; j < 32; j++)
+            y[i0 + j] = lo & bitv[j] ? 1.0f : 0.0f;
+        for (int j = 0; j < 32; j++)
+            y[i0 + 32 + j] = hi & bitv[j] ? 1.0f : 0.0f;
+    }
+    for (int64_t i = full; i < b->n; i++)
         y[i] = (float)((b->w[i >> 6] >> (i & 63)) & 1);
     return 0;
 }
