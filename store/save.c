@@ -403,6 +403,28 @@ fail:
     return rc;
 }
 
+/* An adopted block must hold the tensor and be a live block of this
+ * store's arena; a borrowed tensor cannot be adopted too. */
+static int check_adopt(as_store *s, const as_save_info *info,
+                       const as_tensor *t, const as_block *adopt, size_t bytes)
+{
+    if (adopt->ptr != t->data || adopt->size < bytes) {
+        as__seterr(s, "save_adopt (layer %s): the block does not hold the "
+                   "tensor", layer_text(info));
+        return AS_EINVAL;
+    }
+    if (info->borrow) {
+        as__seterr(s, "save_adopt (layer %s): borrow of an adopted block",
+                   layer_text(info));
+        return AS_EINVAL;
+    }
+    int rc = as_arena_check_block(s->arena, adopt);
+    if (rc < 0)
+        as__seterr(s, "save_adopt (layer %s): not a live block of this store's "
+                   "arena: %s", layer_text(info), as_arena_last_error(s->arena));
+    return rc;
+}
+
 static int save_impl(as_store *s, const as_save_info *info,
                      const as_tensor *t, as_block *adopt, as_handle *out)
 {
@@ -415,21 +437,8 @@ static int save_impl(as_store *s, const as_save_info *info,
     if (rc < 0)
         return rc;
     size_t bytes = as_tensor_bytes(t);
-    if (adopt && (adopt->ptr != t->data || adopt->size < bytes)) {
-        as__seterr(s, "save_adopt (layer %s): the block does not hold the "
-                   "tensor", layer_text(info));
-        return AS_EINVAL;
-    }
-    if (adopt && info->borrow) {
-        as__seterr(s, "save_adopt (layer %s): borrow of an adopted block",
-                   layer_text(info));
-        return AS_EINVAL;
-    }
-    if (adopt && (rc = as_arena_check_block(s->arena, adopt)) < 0) {
-        as__seterr(s, "save_adopt (layer %s): not a live block of this store's "
-                   "arena: %s", layer_text(info), as_arena_last_error(s->arena));
+    if (adopt && (rc = check_adopt(s, info, t, adopt, bytes)) < 0)
         return rc;
-    }
     if (!atomic_load(&s->grad)) {
         if (adopt)   /* ownership moved to the store: nothing to keep */
             as_free(s->arena, adopt);
