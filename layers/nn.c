@@ -210,6 +210,17 @@ int as_nn_view(as_nn_ctx *c, as_handle h, const char *layer, const void **data)
     return 0;
 }
 
+int as_nn_in_place(as_nn_ctx *c, as_handle h, const char *layer)
+{
+    if (!c->store)
+        return 1;
+    int rc = as_store_is_in_place(c->store, h);
+    if (rc < 0)
+        return as_nn_fail(c, rc, "%s: restore: %s", layer,
+                          as_store_last_error(c->store));
+    return rc;
+}
+
 int as_nn_rows(as_nn_ctx *c, as_handle h, int64_t row0, int64_t nrows,
                float *dst)
 {

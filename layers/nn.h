@@ -86,6 +86,10 @@ int as_nn_view(as_nn_ctx *c, as_handle h, const char *layer,
 /* Rows [row0, row0+nrows) of a saved f32 tensor (rows x last dim). */
 int as_nn_rows(as_nn_ctx *c, as_handle h, int64_t row0, int64_t nrows,
                float *dst);
+/* 1 when a view of h is the stored data itself (keep, borrow, the built-in
+ * table), 0 when a view would decode the whole tensor into workspace (then
+ * a consumer that can, streams row blocks with as_nn_rows instead). */
+int as_nn_in_place(as_nn_ctx *c, as_handle h, const char *layer);
 /* Softmax backward from a saved softmax output (dx may alias dy). */
 int as_nn_softmax_bwd_saved(as_nn_ctx *c, as_handle h, const float *dy,
                             float *dx);

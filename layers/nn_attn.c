@@ -12,7 +12,8 @@
  * decoded once per step and never whole), and per block computes
  * dP = dO V^T, dV = P^T dO, dS = P * (dP - <dP, P>) from that same decoded
  * block (as_op_attn_softmax_bwd, bit-identical to the softmax codecs' own
- * backward), then dQ, dK. Workspace beyond dO and dqkv: two (T, T) blocks.
+ * backward), then dQ, dK. Workspace beyond dO and dqkv: two (T, T) blocks,
+ * plus one batch's (T, 3C) rows of qkv when qkv is not held in place.
  */
 #include "layers/nn.h"
 
@@ -85,13 +86,25 @@ out:
 int as_nn_attn_bwd(as_nn_ctx *c, as_nn_attn *l, const float *dy, float *dx)
 {
     const int B = l->B, T = l->T, C = l->C, NH = l->NH, N = B * T;
-    as_block dO = {0}, dqkv = {0}, dP = {0}, Pb = {0};
-    const void *qkv;
+    const size_t C3 = 3 * (size_t)C;
+    as_block dO = {0}, dqkv = {0}, dP = {0}, Pb = {0}, qb = {0};
+    const void *qkv = NULL;
     int rc = 0;
     AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)N * C, AS_TAG_WORKSPACE,
                          l->id, false, &dO));                     /* (B,T,C) */
     AS_TRY(as_nn_linear_bwd(c, &l->proj, dy, AS_NN_F(dO)));
-    AS_TRY(as_nn_view(c, l->hqkv, l->name, &qkv));
+    /* qkv held in place: view it; decoded: restore one batch's (T, 3C) rows
+     * at a time instead of materializing all of it */
+    int in_place = as_nn_in_place(c, l->hqkv, l->name);
+    if (in_place < 0) {
+        rc = in_place;
+        goto out;
+    }
+    if (in_place)
+        AS_TRY(as_nn_view(c, l->hqkv, l->name, &qkv));
+    else
+        AS_TRY(as_nn_alloc(c, sizeof(float) * T * C3, AS_TAG_WORKSPACE,
+                             l->id, false, &qb));                 /* (T,3C) */
     as_nn_report_grad(c, l->hqkv, AS_NN_F(dO), (size_t)N * C);
     as_nn_report_grad(c, l->hP, AS_NN_F(dO), (size_t)N * C);
     AS_TRY(as_nn_alloc(c, sizeof(float) * 3 * (size_t)N * C,
@@ -101,18 +114,28 @@ int as_nn_attn_bwd(as_nn_ctx *c, as_nn_attn *l, const float *dy, float *dx)
     AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)T * T, AS_TAG_WORKSPACE,
                          l->id, false, &Pb));                     /* (T,T) */
     /* one decode of P per (b, h), used by dV and by the softmax backward;
-     * dP becomes dS in place, then dQ, dK */
-    for (int b = 0; b < B; b++)
+     * dP becomes dS in place, then dQ, dK. The kernels see batch b through
+     * pointers offset to it (batch index 0), the same arithmetic either way. */
+    for (int b = 0; b < B; b++) {
+        const float *qkv_b;
+        if (in_place) {
+            qkv_b = (const float *)qkv + (size_t)b * T * C3;
+        } else {
+            AS_TRY(as_nn_rows(c, l->hqkv, (int64_t)b * T, T, AS_NN_F(qb)));
+            qkv_b = AS_NN_F(qb);
+        }
+        const float *dO_b = AS_NN_F(dO) + (size_t)b * T * C;
+        float *dqkv_b = AS_NN_F(dqkv) + (size_t)b * T * C3;
         for (int h = 0; h < NH; h++) {
             size_t bh = (size_t)b * NH + h;
             AS_TRY(as_nn_rows(c, l->hP, (int64_t)bh * T, T, AS_NN_F(Pb)));
-            as_op_attn_bwd_pv(T, C, NH, b, h, qkv, AS_NN_F(Pb), AS_NN_F(dO),
-                              AS_NN_F(dqkv), AS_NN_F(dP));
+            as_op_attn_bwd_pv(T, C, NH, 0, h, qkv_b, AS_NN_F(Pb), dO_b,
+                              dqkv_b, AS_NN_F(dP));
             as_op_attn_softmax_bwd(T, l->causal, AS_NN_F(Pb), AS_NN_F(dP),
                                    AS_NN_F(dP));
-            as_op_attn_bwd_qk(T, C, NH, b, h, qkv, AS_NN_F(dP),
-                              AS_NN_F(dqkv));
+            as_op_attn_bwd_qk(T, C, NH, 0, h, qkv_b, AS_NN_F(dP), dqkv_b);
         }
+    }
     as_nn_release(c, &l->hP);
     as_nn_release(c, &l->hqkv);
     AS_TRY(as_nn_linear_bwd(c, &l->qkv, AS_NN_F(dqkv), dx));
@@ -121,5 +144,6 @@ out:
     as_nn_free(c, &dqkv);
     as_nn_free(c, &dP);
     as_nn_free(c, &Pb);
+    as_nn_free(c, &qb);
     return rc;
 }

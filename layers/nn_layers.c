@@ -62,14 +62,51 @@ int as_nn_linear_fwd_alias(as_nn_ctx *c, as_nn_linear *l, int N,
     return as_nn_save(c, &info, &t, &l->hx);
 }
 
+/* Rows of x restored per block when the saved input is not held in place:
+ * a block of about 128 KiB keeps the dW GEMM efficient. */
+static int linear_block_rows(int N, int in)
+{
+    int rb = (int)((128u << 10) / (sizeof(float) * (unsigned)(in > 0 ? in : 1)));
+    rb = rb < 16 ? 16 : rb;
+    return rb < N ? rb : (N > 0 ? N : 1);
+}
+
 int as_nn_linear_bwd(as_nn_ctx *c, as_nn_linear *l, const float *dy,
                      float *dx)
 {
-    const void *x;
-    AS_TRY_RETURN(as_nn_view(c, l->hx, l->name, &x));
+    int in_place = as_nn_in_place(c, l->hx, l->name);
+    if (in_place < 0)
+        return in_place;
+    float *dW = AS_NN_F(l->W->g), *db = l->b ? AS_NN_F(l->b->g) : NULL;
+    const float *W = AS_NN_F(l->W->w);
+    if (in_place) {
+        const void *x;
+        AS_TRY_RETURN(as_nn_view(c, l->hx, l->name, &x));
+        as_nn_report_grad(c, l->hx, dy, (size_t)l->N * l->out);
+        as_op_linear_bwd(l->N, l->in, l->out, x, W, dy, dx, dW, db);
+        as_nn_release(c, &l->hx);
+        return 0;
+    }
+    /* Decoded input: stream x in row blocks into a small workspace and
+     * accumulate dW block by block (dx and db do not need x), so the whole
+     * decoded tensor is never materialized. */
     as_nn_report_grad(c, l->hx, dy, (size_t)l->N * l->out);
-    as_op_linear_bwd(l->N, l->in, l->out, x, AS_NN_F(l->W->w), dy, dx,
-                     AS_NN_F(l->W->g), l->b ? AS_NN_F(l->b->g) : NULL);
+    as_op_linear_bwd(l->N, l->in, l->out, NULL, W, dy, dx, NULL, db);
+    int rb = linear_block_rows(l->N, l->in);
+    as_block ws;
+    AS_TRY_RETURN(as_nn_alloc(c, (size_t)rb * l->in * sizeof(float),
+                              AS_TAG_WORKSPACE, l->id, false, &ws));
+    int rc = 0;
+    for (int r0 = 0; r0 < l->N && rc == 0; r0 += rb) {
+        int n = l->N - r0 < rb ? l->N - r0 : rb;
+        rc = as_nn_rows(c, l->hx, r0, n, AS_NN_F(ws));
+        if (rc == 0)
+            as_op_linear_bwd(n, l->in, l->out, AS_NN_F(ws), W,
+                             dy + (size_t)r0 * l->out, NULL, dW, NULL);
+    }
+    as_nn_free(c, &ws);
+    if (rc)
+        return rc;
     as_nn_release(c, &l->hx);
     return 0;
 }

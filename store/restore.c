@@ -454,6 +454,21 @@ int as_store_prefetch(as_store *s, as_handle h)
     return 0;
 }
 
+int as_store_is_in_place(as_store *s, as_handle h)
+{
+    if (!s)
+        return AS_EINVAL;
+    as_item *it;
+    as_rep *r;
+    int rc = as__lookup_rep(s, h, &it, &r, "is_in_place");
+    if (rc < 0)
+        return rc;
+    int in_place = r->ops->view != NULL;
+    as__rep_unref(s, r);
+    as__item_unref(s, it);
+    return in_place;
+}
+
 int as_store_describe(as_store *s, as_handle h, as_tensor *shape, int *kind)
 {
     if (!s)

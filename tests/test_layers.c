@@ -9,6 +9,9 @@
  * dropout, softmax (causal and valid lengths), embeddings, cross-entropy,
  * and multi-head attention with and without the causal mask (P streamed
  * back with restore_rows and the softmax backward done by the store).
+ * Under a policy that does not hold tensors in place (lossless zstd),
+ * linear backward streams x in row blocks and attention backward streams
+ * qkv per batch: gradients match the keep run (attention bit for bit).
  * Loss = sum(r * y) with random r, so the analytic gradient is the
  * backward with dy = r.
  */
@@ -674,6 +677,108 @@ static void test_attention(void **state)
     attn_case(true);
 }
 
+/* ---- streamed backward (saved input not held in place) ------------------ */
+
+/* One linear forward + backward on fixed data under `spec`; dx, dW, db out. */
+static void linear_run(const char *spec, int N, int in, int out, float *dx,
+                       float *dW, float *db, int *in_place)
+{
+    char err[256];
+    bench b;
+    bench_init(&b);
+    assert_int_equal(as_store_set_policy(b.s, spec, err, sizeof err), 0);
+    as_nn_linear l;
+    assert_int_equal(as_nn_linear_init(&b.c, &b.ps, &l, "fc", in, out, true, &b.rng), 0);
+    size_t nx = (size_t)N * in, ny = (size_t)N * out;
+    double *xd = malloc(nx * sizeof *xd), *rd = malloc(ny * sizeof *rd);
+    fill(xd, nx, 1.0);
+    fill(rd, ny, 1.0);
+    float *x = to_f(xd, nx), *dy = to_f(rd, ny), *y = malloc(ny * sizeof *y);
+    assert_int_equal(as_nn_linear_fwd(&b.c, &l, N, x, y), 0);
+    *in_place = as_store_is_in_place(b.s, l.hx);
+    bench_backward(&b);
+    assert_int_equal(as_nn_linear_bwd(&b.c, &l, dy, dx), 0);
+    memcpy(dW, AS_NN_F(l.W->g), sizeof(float) * (size_t)in * out);
+    memcpy(db, AS_NN_F(l.b->g), sizeof(float) * (size_t)out);
+    /* the handle is gone after backward */
+    assert_int_equal(as_store_is_in_place(b.s, l.hx), AS_EHANDLE);
+    bench_finish(&b, "linear streamed", NULL, NULL, NULL, 0, 0, NULL);
+    free(xd); free(rd); free(x); free(dy); free(y);
+}
+
+static void test_linear_streamed(void **state)
+{
+    (void)state;
+    /* 64 inputs: 512 rows per block, so 1100 rows are three blocks */
+    enum { N = 1100, IN = 64, OUT = 24 };
+    float *dx0 = malloc(sizeof(float) * N * IN), *dx1 = malloc(sizeof(float) * N * IN);
+    float dW0[IN * OUT], dW1[IN * OUT], db0[OUT], db1[OUT];
+    int ip0, ip1;
+    uint64_t seed = rng_state;   /* both runs on the same data */
+    linear_run("default=keep", N, IN, OUT, dx0, dW0, db0, &ip0);
+    rng_state = seed;
+    linear_run("default=zstd", N, IN, OUT, dx1, dW1, db1, &ip1);
+    assert_int_equal(ip0, 1);
+    assert_int_equal(ip1, 0);
+    /* dx and db do not touch x: the same computation */
+    assert_memory_equal(dx0, dx1, sizeof(float) * N * IN);
+    assert_memory_equal(db0, db1, sizeof db0);
+    /* dW summed block by block: equal up to float reassociation */
+    close_rel("streamed dW", dW1, dW0, IN * OUT, 1e-5);
+    assert_int_equal(as_store_is_in_place(NULL, AS_HANDLE_NULL), AS_EINVAL);
+    free(dx0);
+    free(dx1);
+}
+
+static void attn_run(const char *spec, float *dx, float *g, size_t ng,
+                     int *in_place)
+{
+    char err[256];
+    bench b;
+    bench_init(&b);
+    assert_int_equal(as_store_set_policy(b.s, spec, err, sizeof err), 0);
+    as_nn_attn l;
+    assert_int_equal(as_nn_attn_init(&b.c, &b.ps, &l, "attn", 8, 2, true,
+                                     &b.rng), 0);
+    enum { NX = 3 * 5 * 8, NP = NX + 192 + 24 + 64 + 8 };
+    double p[NP], r[NX];
+    fill(p, NP, 0.8);
+    fill(r, NX, 1.0);
+    assert_int_equal(bench_set_params(&b, p, NX), NP);
+    float *x = to_f(p, NX), *rf = to_f(r, NX), y[NX];
+    assert_int_equal(as_nn_attn_fwd(&b.c, &l, 3, 5, x, y), 0);
+    *in_place = as_store_is_in_place(b.s, l.hqkv);
+    bench_backward(&b);
+    assert_int_equal(as_nn_attn_bwd(&b.c, &l, rf, dx), 0);
+    size_t off = 0;
+    for (size_t i = 0; i < b.ps.n; i++) {
+        assert_true(off + b.ps.p[i]->n <= ng);
+        memcpy(g + off, AS_NN_F(b.ps.p[i]->g), sizeof(float) * b.ps.p[i]->n);
+        off += b.ps.p[i]->n;
+    }
+    assert_int_equal(off, ng);
+    bench_finish(&b, "attention streamed", NULL, NULL, NULL, 0, 0, NULL);
+    free(x);
+    free(rf);
+}
+
+static void test_attention_streamed(void **state)
+{
+    (void)state;
+    enum { NX = 3 * 5 * 8, NG = 192 + 24 + 64 + 8 };
+    float dx0[NX], dx1[NX], g0[NG], g1[NG];
+    int ip0, ip1;
+    uint64_t seed = rng_state;   /* both runs on the same data */
+    attn_run("default=keep", dx0, g0, NG, &ip0);
+    rng_state = seed;
+    attn_run("default=zstd", dx1, g1, NG, &ip1);
+    assert_int_equal(ip0, 1);
+    assert_int_equal(ip1, 0);
+    /* lossless decode, same kernels per batch: bit for bit */
+    assert_memory_equal(dx0, dx1, sizeof dx0);
+    assert_memory_equal(g0, g1, sizeof g0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -689,6 +794,8 @@ int main(void)
         cmocka_unit_test(test_embedding),
         cmocka_unit_test(test_xent),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_linear_streamed),
+        cmocka_unit_test(test_attention_streamed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -331,6 +331,16 @@ AS_API int as_store_act_backward(as_store *s, as_handle h, const float *dy,
 AS_API int as_store_restore_rows(as_store *s, as_handle h, int64_t row0,
                                  int64_t nrows, float *dst);
 
+/* Whether h's item is held as the tensor itself (keep, borrow): then
+ * as_store_restore_view returns the stored data without a copy. Otherwise
+ * (codecs, regenerators) restore_view decodes the whole tensor into a
+ * workspace materialization, and a consumer that can work on row blocks
+ * saves that memory with as_store_restore_rows. The answer is for the
+ * item's current policy (a later re-plan may change it). Thread-safe.
+ * Returns 1 (in place) or 0 (not). Errors: AS_EINVAL (s NULL),
+ * AS_EHANDLE. */
+AS_API int as_store_is_in_place(as_store *s, as_handle h);
+
 /* Hint: restore of h will be asked for soon (offload starts reading its
  * file in the background; other policies ignore it). Errors: AS_EHANDLE. */
 AS_API int as_store_prefetch(as_store *s, as_handle h);
