@@ -69,12 +69,14 @@ int as_nn_attn_fwd_alias(as_nn_ctx *c, as_nn_attn *l, int B, int T,
     as_save_info qi = {.kind = AS_KIND_ATTENTION_INPUT, .layer = l->name};
     as_tensor qt = AS_NN_T(qkv.ptr, AS_F32, B, T, 3 * C);
     AS_TRY(as_nn_save(c, &qi, &qt, &l->hqkv));
+    as_nn_free(c, &qkv);   /* the store holds it now: off the peak of P's save */
     as_save_info pi = {.kind = AS_KIND_SOFTMAX_OUTPUT, .layer = l->name};
     pi.meta.softmax = (as_softmax_meta){.row_len = T, .queries = T,
                                         .causal = l->causal,
                                         .rows_per_item = (int64_t)NH * T};
     as_tensor pt = AS_NN_T(P.ptr, AS_F32, B, NH, T, T);
     AS_TRY(as_nn_save(c, &pi, &pt, &l->hP));
+    as_nn_free(c, &P);
     AS_TRY(as_nn_linear_fwd(c, &l->proj, N, AS_NN_F(o), y));
 out:
     as_nn_free(c, &qkv);
