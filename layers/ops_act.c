@@ -5,6 +5,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "util/fastmath.h"
+
 void as_op_leaky_fwd(size_t n, float a, const float *x, float *y)
 {
     for (size_t i = 0; i < n; i++)
@@ -26,53 +28,19 @@ void as_op_leaky_inv(size_t n, float a, const float *y, float *x)
         x[i] = y[i] > 0.0f ? y[i] : y[i] * inv;
 }
 
-/* exp(x) without a libm call, so loops over it vectorize: x = k ln2 + r
- * (Cody-Waite split of ln2, k rounded to nearest with the 1.5 * 2^23
- * trick), exp(r) by its degree-6 Taylor polynomial on |r| <= ln2/2
- * (relative error < 3e-7), times 2^k built in the exponent bits. Inputs
- * are clamped to [-87, 88] (results 1.6e-38 .. 1.7e38). Plain IEEE
- * operations: the same bits on every run of the same build. */
-static inline float exp_fast(float x)
-{
-    x = x > -87.0f ? x : -87.0f;
-    x = x < 88.0f ? x : 88.0f;
-    const float kf = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
-    float r = x - kf * 0.693145752f;
-    r = r - kf * 1.42860677e-6f;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6.0f + r * (1.0f / 24.0f +
-              r * (1.0f / 120.0f + r * (1.0f / 720.0f))))));
-    union { uint32_t u; float f; } sc = {.u = (uint32_t)((int32_t)kf + 127) << 23};
-    return p * sc.f;
-}
-
-/* tanh(u) = 1 - 2 / (exp(2u) + 1): absolute error < 1e-6. */
-static inline float tanh_fast(float u)
-{
-    return 1.0f - 2.0f / (exp_fast(2.0f * u) + 1.0f);
-}
-
-/* GELU(x) = 0.5 x (1 + tanh(s (x + 0.044715 x^3))), s = sqrt(2/pi). */
-#define AS_GELU_S 0.7978845608028654f
-
 void as_op_gelu_fwd(size_t n, const float *x, float *y)
 {
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
         float u = AS_GELU_S * (v + 0.044715f * v * v * v);
-        y[i] = 0.5f * v * (1.0f + tanh_fast(u));
+        y[i] = 0.5f * v * (1.0f + as_tanh_poly(u));
     }
 }
 
 void as_op_gelu_bwd(size_t n, const float *x, const float *dy, float *dx)
 {
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        float u = AS_GELU_S * (v + 0.044715f * v * v * v);
-        float t = tanh_fast(u);
-        float du = AS_GELU_S * (1.0f + 3.0f * 0.044715f * v * v);
-        float d = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
-        dx[i] = d * dy[i];
-    }
+    for (size_t i = 0; i < n; i++)
+        dx[i] = as_gelu_grad(x[i]) * dy[i];
 }
 
 /* Counter-based uniform in [0, 1): splitmix64 of (seed, index). */
@@ -130,7 +98,7 @@ void as_op_softmax_fwd(size_t rows, int L, bool causal, const int32_t *valid,
         for (int j = 1; j < 8; j++)
             m = m8[j] > m ? m8[j] : m;
         for (int c = 0; c < n; c++)
-            yr[c] = exp_fast(xr[c] - m);
+            yr[c] = as_exp_poly(xr[c] - m);
         for (int c = 0; c < c8; c += 8)
             for (int j = 0; j < 8; j++)
                 s8[j] += yr[c + j];
@@ -176,7 +144,7 @@ double as_op_xent_fwd(int N, int V, const float *logits,
                 arg = v;
             }
         for (int v = 0; v < V; v++)
-            p[v] = exp_fast(l[v] - m);
+            p[v] = as_exp_poly(l[v] - m);
         float s = 0.0f;
         for (int v = 0; v < V; v++)
             s += p[v];

@@ -9,7 +9,7 @@ void as__act_grad(int fn, float alpha, size_t n, const float *v,
 {
     if (fn == AS_FN_GELU) {
         for (size_t i = 0; i < n; i++)
-            dx[i] = as__gelu_grad(v[i]) * dy[i];
+            dx[i] = as_gelu_grad(v[i]) * dy[i];
     } else {
         const float a = fn == AS_FN_RELU ? 0.0f : alpha;
         for (size_t i = 0; i < n; i++)

@@ -245,7 +245,7 @@ static float representative(int lo, int hi, float level)
     for (int j = lo; j <= hi; j++)
         for (int k = 0; k < 8; k++) {
             float x = bin_lo(j) + ((float)k + 0.5f) * step;
-            float e = fabsf(as__gelu_grad(x) - level);
+            float e = fabsf(as_gelu_grad(x) - level);
             if (e < err) {
                 err = e;
                 best = x;
