@@ -493,7 +493,7 @@ static int bench_metrics(unsigned layers, unsigned requests, const unsigned top[
         usleep(150000);
         for (int k = 0; k < NCAPS; k++) {
             as_service_get_stats(svc[k], &c1[k]);
-            /* includes the ticks' own work during the run (~0.3 ms per 100 ms) */
+            /* includes the ticks' own work during the run */
             out[k].cpu_ms = (double)(c1[k].cpu_ns - c0[k].cpu_ns) * 1e-6 / requests;
             out[k].series = 0;
             for (const char *q = body[k]; (q = strstr(q, "\nactstore_")); q++)
