@@ -64,7 +64,7 @@ int as__report_plot_loss(const as_report *r, const size_t *idx, size_t np, const
         char title[128];
         snprintf(title, sizeof title, "Training loss, %s (mean of %zu seed%s, moving average of %ld step%s)",
                  r->model, np, np == 1 ? "" : "s", w, w == 1 ? "" : "s");
-        as_svg_axes ax = {title, "step", "cross-entropy loss (nats)", AS_SVG_PLAIN, false};
+        as_svg_axes ax = {title, "step", "cross-entropy loss (nats)", AS_SVG_PLAIN, false, false, false};
         rc = as_svg_line_chart(path, &ax, ser, 2);
     }
     free(x);
@@ -107,7 +107,7 @@ int as__report_plot_memory(const as_report *r, const size_t *idx, size_t np, con
     char title[128];
     snprintf(title, sizeof title, "Memory per step, %s, seed %llu (peak within each step)",
              r->model, np ? (unsigned long long)r->arm[0].runs[idx[0]].seed : 0ULL);
-    as_svg_axes ax = {title, "step", "peak bytes", AS_SVG_BYTES, true};
+    as_svg_axes ax = {title, "step", "peak bytes", AS_SVG_BYTES, true, false, false};
     int rc = as_svg_line_chart(path, &ax, ser, ns);
     free(x);
     return rc;
@@ -146,7 +146,7 @@ int as__report_plot_kinds(const as_report *r, const size_t *idx, size_t np, cons
     char title[128];
     snprintf(title, sizeof title, "Saved memory per kind, %s (peak, mean of %zu seed%s)",
              r->model, np, np == 1 ? "" : "s");
-    as_svg_axes ax = {title, "kind of saved tensor", "peak bytes", AS_SVG_BYTES, true};
+    as_svg_axes ax = {title, "kind of saved tensor", "peak bytes", AS_SVG_BYTES, true, false, false};
     return as_svg_bar_chart(path, &ax, cats, nc, groups, 3, vals);
 }
 
@@ -193,7 +193,7 @@ int as__report_plot_cosine(const as_report *r, const size_t *idx, size_t np, con
         snprintf(title, sizeof title,
                  "Gradient cosine vs exact (keep) gradients, %s (mean of %zu seed%s)", r->model,
                  np, np == 1 ? "" : "s");
-        as_svg_axes ax = {title, "step", "cosine similarity (1 = exact)", AS_SVG_PLAIN, false};
+        as_svg_axes ax = {title, "step", "cosine similarity (1 = exact)", AS_SVG_PLAIN, false, false, false};
         rc = as_svg_line_chart(path, &ax, ser, 4);
     }
     free(x);

@@ -121,11 +121,13 @@ static void axes(FILE *f, const as_svg_axes *ax, const frame *fr, bool xticks)
         double y = py(fr, v);
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e5e5e5\"/>\n",
                 ML, y, W - MR, y);
-        as_svg_format(v, ax->yunit, fr->scale, fr->suffix, buf, sizeof buf);
+        as_svg_format(ax->logy ? exp2(v) : v, ax->yunit, fr->scale, fr->suffix, buf,
+                      sizeof buf);
         fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n", ML - 6, y + 4, buf);
     }
     if (xticks) {
-        double step = nice_step(fr->x1 - fr->x0, 8);
+        double step = ax->logx ? fmax(1.0, ceil((fr->x1 - fr->x0) / 8)) /* doublings */
+                               : nice_step(fr->x1 - fr->x0, 8);
         for (int i = 0; i <= 100; i++) {
             double v = ceil(fr->x0 / step) * step + step * i;
             if (v > fr->x1 + step * 1e-6)
@@ -134,7 +136,7 @@ static void axes(FILE *f, const as_svg_axes *ax, const frame *fr, bool xticks)
             fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#999\"/>\n",
                     x, H - MB, x, H - MB + 4);
             fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g</text>\n", x,
-                    H - MB + 17, v);
+                    H - MB + 17, ax->logx ? exp2(v) : v);
         }
     }
     fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#666\"/>\n",
@@ -175,9 +177,28 @@ static void legend(FILE *f, const char *const *names, size_t n, const bool *dash
     }
 }
 
+/* Y range of a log axis: lo, hi in log2 units; ticks every whole number
+ * of doublings, about six of them. */
+static void y_range_log(frame *fr, const as_svg_axes *ax, double lo, double hi)
+{
+    fr->scale = 1.0;
+    fr->suffix = "";
+    if (ax->yunit == AS_SVG_BYTES)
+        byte_unit(exp2(hi), &fr->scale, &fr->suffix);
+    fr->ystep = fmax(1.0, ceil((hi - lo) / 6));
+    fr->y0 = floor(lo / fr->ystep) * fr->ystep;
+    fr->y1 = ceil(hi / fr->ystep) * fr->ystep;
+    if (fr->y1 <= fr->y0)
+        fr->y1 = fr->y0 + fr->ystep;
+}
+
 /* Y range: nice ticks covering [lo, hi]. */
 static void y_range(frame *fr, const as_svg_axes *ax, double lo, double hi)
 {
+    if (ax->logy) {
+        y_range_log(fr, ax, lo, hi);
+        return;
+    }
     if (ax->y_from_zero && lo > 0)
         lo = 0;
     /* A range below ~1e-9 of the values is flat (cosines of 1 and
@@ -197,6 +218,12 @@ static void y_range(frame *fr, const as_svg_axes *ax, double lo, double hi)
         fr->y1 = fr->y0 + step;
 }
 
+/* A value in axis units: log2 on a log axis (NAN for v <= 0). */
+static double to_axis(bool log_scale, double v)
+{
+    return !log_scale ? v : v > 0 ? log2(v) : NAN;
+}
+
 int as_svg_line_chart(const char *path, const as_svg_axes *ax,
                       const as_svg_series *series, size_t nseries)
 {
@@ -204,7 +231,7 @@ int as_svg_line_chart(const char *path, const as_svg_axes *ax,
     double lo = INFINITY, hi = -INFINITY;
     for (size_t s = 0; s < nseries; s++)
         for (size_t i = 0; i < series[s].n; i++) {
-            double x = series[s].x[i], y = series[s].y[i];
+            double x = to_axis(ax->logx, series[s].x[i]), y = to_axis(ax->logy, series[s].y[i]);
             if (!isfinite(x) || !isfinite(y))
                 continue;
             fr.x0 = fmin(fr.x0, x);
@@ -241,7 +268,7 @@ int as_svg_line_chart(const char *path, const as_svg_axes *ax,
         fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.8\"%s points=\"",
                 palette[(size_t)c % NPAL], series[s].dashed ? " stroke-dasharray=\"6,3\"" : "");
         for (size_t i = 0; i < series[s].n; i++) {
-            double x = series[s].x[i], y = series[s].y[i];
+            double x = to_axis(ax->logx, series[s].x[i]), y = to_axis(ax->logy, series[s].y[i]);
             if (isfinite(x) && isfinite(y))
                 fprintf(f, "%.1f,%.1f ", px(&fr, x), py(&fr, y));
         }
@@ -264,6 +291,7 @@ int as_svg_bar_chart(const char *path, const as_svg_axes *ax,
             hi = fmax(hi, values[i]);
     as_svg_axes a = *ax;
     a.y_from_zero = true;
+    a.logx = a.logy = false;
     y_range(&fr, &a, 0, hi > 0 ? hi : 1);
 
     FILE *f = fopen(path, "w");

@@ -24,6 +24,8 @@ typedef struct as_svg_axes {
     const char *xlabel, *ylabel;
     int         yunit;     /* as_svg_unit: BYTES humanizes (KiB, MiB, ...) */
     bool        y_from_zero;
+    bool        logx, logy;   /* log scale (ticks at powers of 2); values
+                                 <= 0 are skipped */
 } as_svg_axes;
 
 /* Write a line chart to path. Returns 0, or -1 with errno set (the caller

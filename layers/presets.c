@@ -82,6 +82,12 @@ static const as_nn_preset presets[] = {
      .tf = {.C = 64, .NH = 4, .depth = 3, .mlp = 2, .T = 64},
      .batch = 32, .steps = 2000, .optim = AS_NN_ADAMW, .lr = 4e-3f,
      .weight_decay = 0.01f, .clip = 1.0f, .warmup = 100, .eval_limit = 1024},
+    /* lm long: the bench lm at context 1024, batch 8 (8192 characters a
+     * step, as bench's 2048 x 4); the base of `actstore bench scale`. */
+    {.model = "lm", .name = "long",
+     .tf = {.C = 64, .NH = 4, .depth = 3, .mlp = 2, .T = 1024},
+     .batch = 8, .steps = 500, .optim = AS_NN_ADAMW, .lr = 4e-3f,
+     .weight_decay = 0.01f, .clip = 1.0f, .warmup = 50, .eval_limit = 64},
 };
 
 int as_nn_preset_get(const char *model, const char *preset, as_nn_preset *out)

@@ -74,7 +74,7 @@ static void test_svg_charts(void **state)
     assert_true(fd >= 0);
     const double x[] = {0, 1, 2, 3}, y[] = {0, 3 << 20, 5 << 20, 6 << 20};
     as_svg_series s = {"arm <A>", x, y, 4, false, 0};
-    as_svg_axes ax = {"memory", "step", "saved bytes", AS_SVG_BYTES, true};
+    as_svg_axes ax = {"memory", "step", "saved bytes", AS_SVG_BYTES, true, false, false};
     assert_int_equal(as_svg_line_chart(path, &ax, &s, 1), 0);
     char *t = slurp(path);
     assert_non_null(strstr(t, "<svg"));
@@ -105,7 +105,7 @@ static void test_svg_charts(void **state)
      * looped forever on ticks below the values' ulp. */
     const double yc[] = {1.0, 0.9999999999999999, 1.0, 1.0};
     as_svg_series sc = {"cos", x, yc, 4, false, 0};
-    as_svg_axes axc = {"cosine", "step", "cosine", AS_SVG_PLAIN, false};
+    as_svg_axes axc = {"cosine", "step", "cosine", AS_SVG_PLAIN, false, false, false};
     assert_int_equal(as_svg_line_chart(path, &axc, &sc, 1), 0);
     t = slurp(path);
     size_t nticks = 0;

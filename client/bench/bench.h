@@ -9,5 +9,6 @@ int as_bench_layers(int argc, char **argv);
 int as_bench_store(int argc, char **argv);
 int as_bench_service(int argc, char **argv);
 int as_bench_act(int argc, char **argv);
+int as_bench_scale(int argc, char **argv);
 
 #endif

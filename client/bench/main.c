@@ -23,6 +23,7 @@ static const struct {
     {"store",   as_bench_store,   "codecs: save/restore GB/s and stored/raw vs memcpy"},
     {"act",     as_bench_act,     "sign, fewbit, bitpack vs keep: bytes, ns per element, error"},
     {"service", as_bench_service, "live service: step-time overhead (vit small), /metrics latency"},
+    {"scale",   as_bench_scale,   "lm memory and step time against context, width, batch; --fit BYTES"},
 };
 
 static void usage(FILE *f)
