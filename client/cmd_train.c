@@ -214,7 +214,8 @@ int as_cmd_train(int argc, char **argv)
     if (!mi)
         return as_cli_usage("train", "unknown model '%s' (%s)", model, as_nn_model_names());
     if (as_nn_preset_get(model, o.preset, &p))
-        return as_cli_usage("train", "unknown preset '%s' (small, bench)", o.preset);
+        return as_cli_usage("train", "unknown preset '%s' for %s (small, bench; lm long; "
+                            "vit, cnn wide)", o.preset, model);
     char err[768] = "";
     if (as_policy_check(policy, err, sizeof err))
         return as_cli_usage("train", "--policy: %s", err);

@@ -121,8 +121,11 @@ static void axes(FILE *f, const as_svg_axes *ax, const frame *fr, bool xticks)
         double y = py(fr, v);
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e5e5e5\"/>\n",
                 ML, y, W - MR, y);
-        as_svg_format(ax->logy ? exp2(v) : v, ax->yunit, fr->scale, fr->suffix, buf,
-                      sizeof buf);
+        double scale = fr->scale;
+        const char *suffix = fr->suffix;
+        if (ax->logy && ax->yunit == AS_SVG_BYTES)   /* each tick in its own unit */
+            byte_unit(exp2(v), &scale, &suffix);
+        as_svg_format(ax->logy ? exp2(v) : v, ax->yunit, scale, suffix, buf, sizeof buf);
         fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n", ML - 6, y + 4, buf);
     }
     if (xticks) {

@@ -55,6 +55,8 @@ typedef struct as_nn_tf_cfg {
     int   C, NH, depth, mlp;   /* width, heads, blocks, MLP hidden = mlp * C */
     float dropout;             /* after attention and MLP; 0 = off */
     int   T;                   /* lm: context length */
+    int   patch;               /* vit: patch side, divides 28 (0 = 4):
+                                  (28 / patch)^2 + 1 tokens */
     int   V;                   /* lm: vocabulary */
 } as_nn_tf_cfg;
 

@@ -1,5 +1,5 @@
 /*
- * Transformer models: vit (Fashion-MNIST, 4x4 patches + class token) and
+ * Transformer models: vit (Fashion-MNIST, PxP patches + class token) and
  * lm (character-level, causal). Pre-norm blocks:
  *     x = x + drop(attn(ln1(x)));  x = x + drop(fc2(gelu(fc1(ln2(x)))))
  * The residual stream is one (N, C) buffer updated in place; everything a
@@ -31,9 +31,10 @@ typedef struct tf {
     as_nn_tf_cfg cfg;
     bool vit;
     block blk[MAXD];
-    as_nn_linear patch;        /* vit: 16 -> C */
+    as_nn_linear patch;        /* vit: P*P -> C */
+    int P, np;                 /* vit: patch side, patches per image */
     as_handle himg;            /* vit: the batch images (B, 784), borrowed */
-    as_nn_param *cls, *pos;    /* vit: class token (C), positions (50, C) */
+    as_nn_param *cls, *pos;    /* vit: class token (C), positions (np+1, C) */
     as_nn_embed emb;           /* lm */
     as_nn_layernorm lnf;
     as_nn_linear head;
@@ -46,17 +47,18 @@ static int falloc(as_nn_ctx *c, size_t n, int tag, uint16_t id, as_block *b)
     return as_nn_alloc(c, n * sizeof(float), (uint16_t)tag, id, false, b);
 }
 
-/* patches (B*49, 16): 4x4 pixel blocks of (B, 28, 28), row-major within a
- * patch */
-static void patchify(int B, const float *img, float *pp)
+/* patches (B*np, P*P): PxP pixel blocks of (B, 28, 28), np = (28/P)^2,
+ * row-major within a patch */
+static void patchify(int B, int P, const float *img, float *pp)
 {
+    const int G = 28 / P, np = G * G;
     for (int b = 0; b < B; b++)
-        for (int py = 0; py < 7; py++)
-            for (int px = 0; px < 7; px++)
-                for (int i = 0; i < 4; i++)
-                    for (int j = 0; j < 4; j++)
-                        pp[((size_t)(b * 49 + py * 7 + px)) * 16 + i * 4 + j] =
-                            img[(size_t)b * 784 + (py * 4 + i) * 28 + px * 4 + j];
+        for (int py = 0; py < G; py++)
+            for (int px = 0; px < G; px++)
+                for (int i = 0; i < P; i++)
+                    for (int j = 0; j < P; j++)
+                        pp[((size_t)(b * np + py * G + px)) * P * P + i * P + j] =
+                            img[(size_t)b * 784 + (py * P + i) * 28 + px * P + j];
 }
 
 static int block_init(as_nn_ctx *c, as_nn_params *ps, block *b, int i,
@@ -151,7 +153,8 @@ static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
 {
     tf *m = (tf *)m_;
     const int C = m->cfg.C, B = bt->B;
-    const int T = m->vit ? 50 : bt->T, N = B * T;
+    const int T = m->vit ? m->np + 1 : bt->T, N = B * T;
+    const int np = m->np, PP = m->P * m->P;
     m->B = B;
     m->T = T;
     as_block x = {0}, p = {0}, e = {0}, lg = {0};
@@ -162,11 +165,11 @@ static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
         /* The patch linear's input is a rearrangement of the batch, which
          * the caller holds through the step: save the images borrowed (0
          * bytes) and rebuild the patches in backward. */
-        AS_TRY(falloc(c, (size_t)B * 49 * 16, AS_TAG_ACTIVATIONS, m->patch.id, &p));
-        patchify(B, bt->x, AS_NN_F(p));
-        AS_TRY(falloc(c, (size_t)B * 49 * C, AS_TAG_ACTIVATIONS, m->patch.id, &e));
-        m->patch.N = B * 49;
-        as_op_linear_fwd(B * 49, 16, C, AS_NN_F(p), AS_NN_F(m->patch.W->w),
+        AS_TRY(falloc(c, (size_t)B * np * PP, AS_TAG_ACTIVATIONS, m->patch.id, &p));
+        patchify(B, m->P, bt->x, AS_NN_F(p));
+        AS_TRY(falloc(c, (size_t)B * np * C, AS_TAG_ACTIVATIONS, m->patch.id, &e));
+        m->patch.N = B * np;
+        as_op_linear_fwd(B * np, PP, C, AS_NN_F(p), AS_NN_F(m->patch.W->w),
                          AS_NN_F(m->patch.b->w), AS_NN_F(e));
         as_nn_free(c, &p);
         as_save_info ii = {.kind = AS_KIND_LINEAR_INPUT, .layer = m->patch.name,
@@ -175,9 +178,9 @@ static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
         AS_TRY(as_nn_save(c, &ii, &it, &m->himg));
         const float *cls = AS_NN_F(m->cls->w), *pos = AS_NN_F(m->pos->w);
         for (int b = 0; b < B; b++)
-            for (int t = 0; t < 50; t++) {
-                float *xr = xs + ((size_t)b * 50 + t) * C;
-                const float *src = t == 0 ? cls : AS_NN_F(e) + ((size_t)b * 49 + t - 1) * C;
+            for (int t = 0; t < T; t++) {
+                float *xr = xs + ((size_t)b * T + t) * C;
+                const float *src = t == 0 ? cls : AS_NN_F(e) + ((size_t)b * np + t - 1) * C;
                 for (int k = 0; k < C; k++)
                     xr[k] = src[k] + pos[t * C + k];
             }
@@ -193,7 +196,7 @@ static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
     if (m->vit) {
         AS_TRY(falloc(c, (size_t)B * C, AS_TAG_ACTIVATIONS, m->lnf.id, &p));
         for (int b = 0; b < B; b++)
-            memcpy(AS_NN_F(p) + (size_t)b * C, xs + (size_t)b * 50 * C,
+            memcpy(AS_NN_F(p) + (size_t)b * C, xs + (size_t)b * T * C,
                    sizeof(float) * C);
         hin = AS_NN_F(p);
     }
@@ -219,7 +222,7 @@ static int tf_backward(as_nn_model *m_, as_nn_ctx *c)
 {
     tf *m = (tf *)m_;
     const int C = m->cfg.C, B = m->B, T = m->T, N = B * T;
-    const int R = m->vit ? B : N;
+    const int R = m->vit ? B : N, np = m->np, PP = m->P * m->P;
     as_block dl = {0}, dh = {0}, dr = {0}, dx = {0};
     int rc = 0;
     AS_TRY(falloc(c, (size_t)R * m->nout, AS_TAG_WORKSPACE, m->head.id, &dl));
@@ -235,7 +238,7 @@ static int tf_backward(as_nn_model *m_, as_nn_ctx *c)
     float *d = AS_NN_F(dx);
     if (m->vit)
         for (int b = 0; b < B; b++)
-            memcpy(d + (size_t)b * 50 * C, AS_NN_F(dr) + (size_t)b * C,
+            memcpy(d + (size_t)b * T * C, AS_NN_F(dr) + (size_t)b * C,
                    sizeof(float) * C);
     else
         memcpy(d, AS_NN_F(dr), sizeof(float) * (size_t)N * C);
@@ -244,24 +247,24 @@ static int tf_backward(as_nn_model *m_, as_nn_ctx *c)
         AS_TRY(block_bwd(c, &m->blk[i], &m->cfg, B, T, d));
     if (m->vit) {
         float *gc = AS_NN_F(m->cls->g), *gp = AS_NN_F(m->pos->g);
-        AS_TRY(falloc(c, (size_t)B * 49 * C, AS_TAG_WORKSPACE, m->patch.id, &dh));
+        AS_TRY(falloc(c, (size_t)B * np * C, AS_TAG_WORKSPACE, m->patch.id, &dh));
         for (int b = 0; b < B; b++)
-            for (int t = 0; t < 50; t++) {
-                const float *r = d + ((size_t)b * 50 + t) * C;
+            for (int t = 0; t < T; t++) {
+                const float *r = d + ((size_t)b * T + t) * C;
                 for (int k = 0; k < C; k++)
                     gp[t * C + k] += r[k];
                 if (t == 0)
                     for (int k = 0; k < C; k++)
                         gc[k] += r[k];
                 else
-                    memcpy(AS_NN_F(dh) + ((size_t)b * 49 + t - 1) * C, r,
+                    memcpy(AS_NN_F(dh) + ((size_t)b * np + t - 1) * C, r,
                            sizeof(float) * C);
             }
         const void *img;
         AS_TRY(as_nn_view(c, m->himg, m->patch.name, &img));
-        AS_TRY(falloc(c, (size_t)B * 49 * 16, AS_TAG_WORKSPACE, m->patch.id, &dr));
-        patchify(B, img, AS_NN_F(dr));
-        as_op_linear_bwd(B * 49, 16, C, AS_NN_F(dr), AS_NN_F(m->patch.W->w),
+        AS_TRY(falloc(c, (size_t)B * np * PP, AS_TAG_WORKSPACE, m->patch.id, &dr));
+        patchify(B, m->P, img, AS_NN_F(dr));
+        as_op_linear_bwd(B * np, PP, C, AS_NN_F(dr), AS_NN_F(m->patch.W->w),
                          AS_NN_F(dh), NULL, AS_NN_F(m->patch.W->g),
                          AS_NN_F(m->patch.b->g));
         as_nn_release(c, &m->himg);
@@ -288,7 +291,8 @@ static int tf_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
 {
     *out = NULL;
     if (cfg->depth < 1 || cfg->depth > MAXD || cfg->C < 1 || cfg->NH < 1 ||
-        cfg->C % cfg->NH || cfg->mlp < 1 || (!vit && (cfg->T < 1 || cfg->V < 2)))
+        cfg->C % cfg->NH || cfg->mlp < 1 || (!vit && (cfg->T < 1 || cfg->V < 2)) ||
+        (vit && (cfg->patch < 0 || cfg->patch > 28 || (cfg->patch && 28 % cfg->patch))))
         return as_nn_fail(c, AS_EINVAL, "%s: bad configuration", vit ? "vit" : "lm");
     tf *m = calloc(1, sizeof *m);
     if (!m)
@@ -299,15 +303,18 @@ static int tf_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
     m->base.destroy = tf_destroy;
     m->cfg = *cfg;
     m->vit = vit;
+    m->P = cfg->patch ? cfg->patch : 4;
+    m->np = (28 / m->P) * (28 / m->P);
     m->nout = vit ? 10 : cfg->V;
     uint64_t rng = seed;
     int rc = 0;
     as_nn_params *ps = &m->base.params;
     if (vit) {
-        AS_TRY(as_nn_linear_init(c, ps, &m->patch, "patch", 16, cfg->C, true, &rng));
+        AS_TRY(as_nn_linear_init(c, ps, &m->patch, "patch", m->P * m->P, cfg->C, true,
+                                 &rng));
         AS_TRY(as_nn_param_new(c, ps, "cls", m->patch.id, (size_t)cfg->C, 0.02f, 0,
                             false, &rng, &m->cls));
-        AS_TRY(as_nn_param_new(c, ps, "pos", m->patch.id, (size_t)50 * cfg->C, 0.02f,
+        AS_TRY(as_nn_param_new(c, ps, "pos", m->patch.id, (size_t)(m->np + 1) * cfg->C, 0.02f,
                             0, false, &rng, &m->pos));
     } else {
         AS_TRY(as_nn_embed_init(c, ps, &m->emb, "embed", cfg->V, cfg->T, cfg->C,

@@ -61,6 +61,13 @@ static const as_nn_preset presets[] = {
              .widths = {16, 32, 64}, .batchnorm = true},
      .batch = 64, .epochs = 5, .optim = AS_NN_SGD, .lr = 0.05f,
      .weight_decay = 5e-4f, .warmup = 100},
+    /* cnn wide: the bench cnn 2x wider (32, 64, 128), batch 256; 300
+     * steps (1.3 epochs), eval on 2000 test images. */
+    {.model = "cnn", .name = "wide",
+     .cnn = {.act_fn = AS_FN_RELU, .alpha = 0.1f, .nstages = 3, .convs = 1,
+             .widths = {32, 64, 128}, .batchnorm = true},
+     .batch = 256, .steps = 300, .optim = AS_NN_SGD, .lr = 0.1f,
+     .weight_decay = 5e-4f, .warmup = 30, .eval_limit = 2000},
     /* vit small: width 32, 2 heads, 1 block. */
     {.model = "vit", .name = "small",
      .tf = {.C = 32, .NH = 2, .depth = 1, .mlp = 2},
@@ -72,6 +79,12 @@ static const as_nn_preset presets[] = {
      .tf = {.C = 48, .NH = 4, .depth = 3, .mlp = 2},
      .batch = 64, .epochs = 5, .optim = AS_NN_ADAMW, .lr = 2e-3f,
      .weight_decay = 0.01f, .clip = 1.0f, .warmup = 200},
+    /* vit wide: 2x2 patches (197 tokens), width 128, 4 heads, 3 blocks,
+     * MLP 2x; 300 steps, eval on 2000 test images. */
+    {.model = "vit", .name = "wide",
+     .tf = {.C = 128, .NH = 4, .depth = 3, .mlp = 2, .patch = 2},
+     .batch = 32, .steps = 300, .optim = AS_NN_ADAMW, .lr = 1e-3f,
+     .weight_decay = 0.01f, .clip = 1.0f, .warmup = 30, .eval_limit = 2000},
     /* lm small: context 32, width 32, 1 block. */
     {.model = "lm", .name = "small",
      .tf = {.C = 32, .NH = 2, .depth = 1, .mlp = 2, .T = 32},
