@@ -80,10 +80,10 @@ static const as_nn_preset presets[] = {
      .batch = 64, .epochs = 5, .optim = AS_NN_ADAMW, .lr = 2e-3f,
      .weight_decay = 0.01f, .clip = 1.0f, .warmup = 200},
     /* vit wide: 2x2 patches (197 tokens), width 128, 4 heads, 3 blocks,
-     * MLP 2x; 300 steps, eval on 2000 test images. */
+     * MLP 2x; 200 steps, eval on 2000 test images. */
     {.model = "vit", .name = "wide",
      .tf = {.C = 128, .NH = 4, .depth = 3, .mlp = 2, .patch = 2},
-     .batch = 32, .steps = 300, .optim = AS_NN_ADAMW, .lr = 1e-3f,
+     .batch = 32, .steps = 200, .optim = AS_NN_ADAMW, .lr = 2e-3f,
      .weight_decay = 0.01f, .clip = 1.0f, .warmup = 30, .eval_limit = 2000},
     /* lm small: context 32, width 32, 1 block. */
     {.model = "lm", .name = "small",
@@ -99,8 +99,8 @@ static const as_nn_preset presets[] = {
      * step, as bench's 2048 x 4); the base of `actstore bench scale`. */
     {.model = "lm", .name = "long",
      .tf = {.C = 64, .NH = 4, .depth = 3, .mlp = 2, .T = 1024},
-     .batch = 8, .steps = 500, .optim = AS_NN_ADAMW, .lr = 4e-3f,
-     .weight_decay = 0.01f, .clip = 1.0f, .warmup = 50, .eval_limit = 64},
+     .batch = 8, .steps = 300, .optim = AS_NN_ADAMW, .lr = 4e-3f,
+     .weight_decay = 0.01f, .clip = 1.0f, .warmup = 30, .eval_limit = 64},
 };
 
 int as_nn_preset_get(const char *model, const char *preset, as_nn_preset *out)

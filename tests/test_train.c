@@ -95,7 +95,29 @@ static void test_presets(void **state)
                 for (int s = 1; s < p.cnn.nstages; s++)
                     assert_true(p.cnn.widths[s] >= p.cnn.widths[s - 1]);
         }
-    as_nn_preset p;
+    /* the larger presets (docs/training.md): lm long, vit and cnn wide */
+    const char *big[][2] = {{"lm", "long"}, {"vit", "wide"}, {"cnn", "wide"}};
+    for (int i = 0; i < 3; i++) {
+        as_nn_preset p, b;
+        assert_int_equal(as_nn_preset_get(big[i][0], big[i][1], &p), 0);
+        assert_int_equal(as_nn_preset_get(big[i][0], "bench", &b), 0);
+        assert_true(p.steps > 0 && p.eval_limit > 0);
+        if (i == 0)
+            assert_true(p.tf.T >= 1024 && p.tf.C == b.tf.C);
+        else if (i == 1)
+            assert_true(p.tf.patch == 2 && p.tf.C >= 128);
+        else
+            assert_true(p.cnn.widths[2] > b.cnn.widths[2] && p.batch > b.batch);
+    }
+    /* a vit patch that does not divide 28 is refused, naming the model */
+    as_nn_preset p = preset("vit", 1);
+    p.tf.patch = 5;
+    as_nn_train_opts o = {.seed = 1, .threads = 1};
+    char err[256] = "";
+    as_nn_run *r = NULL;
+    assert_int_equal(as_nn_run_create(&p, &o, &r, err, sizeof err), AS_EINVAL);
+    assert_null(r);
+    assert_non_null(strstr(err, "vit"));
     assert_int_equal(as_nn_preset_get("cnn", "huge", &p), AS_ENOTFOUND);
     assert_int_equal(as_nn_preset_get("rnn", "small", &p), AS_ENOTFOUND);
 }
@@ -218,11 +240,12 @@ static void w_axpy(as_nn_run *r, const float *v, double h)
     }
 }
 
-static void model_grad_case(const char *model, bool leaky)
+static void model_grad_case(const char *model, bool leaky, int patch)
 {
     as_nn_preset p = preset(model, 10);
     if (leaky)
         p.cnn.act_fn = AS_FN_LEAKY_RELU;
+    p.tf.patch = patch;   /* vit: patch side (0 = 4) */
     as_nn_run *r = run_new(&p, 17, "default=keep");
     for (int s = 0; s < 3; s++)   /* away from the initialisation */
         assert_int_equal(as_nn_run_step(r, NULL), 0);
@@ -274,10 +297,11 @@ static void model_grad_case(const char *model, bool leaky)
 static void test_model_grads(void **state)
 {
     (void)state;
-    model_grad_case("cnn", true);
-    model_grad_case("cnn", false);
-    model_grad_case("vit", false);
-    model_grad_case("lm", false);
+    model_grad_case("cnn", true, 0);
+    model_grad_case("cnn", false, 0);
+    model_grad_case("vit", false, 0);
+    model_grad_case("vit", false, 7);   /* 16 patches of 7x7 + class token */
+    model_grad_case("lm", false, 0);
 }
 
 /* ---- copying weights: paired runs ------------------------------------------ */
