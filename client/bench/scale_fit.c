@@ -62,6 +62,18 @@ static int probe(const sc_cfg *base, const fit_axis *ax, int v, sc_res *r, bool 
 
 static int round_q(int v, int q) { return v / q * q; }
 
+/* Record probe r of size v: the new largest fitting or smallest failing. */
+static void take(fit_out *out, int f, int v, const sc_res *r, int *lo, int *hi)
+{
+    if (f) {
+        *lo = v;
+        out->at = *r;
+    } else {
+        *hi = v;
+        out->over = *r;
+    }
+}
+
 /* Doubling, then bisection. */
 static int search(const sc_cfg *base, const fit_axis *ax, bool verbose, cJSON *log,
                   fit_out *out)
@@ -83,13 +95,7 @@ static int search(const sc_cfg *base, const fit_axis *ax, bool verbose, cJSON *l
             break;   /* the limit fits */
         if ((f = probe(base, ax, v, &r, verbose, log)) < 0)
             return -1;
-        if (f) {
-            lo = v;
-            out->at = r;
-        } else {
-            hi = v;
-            out->over = r;
-        }
+        take(out, f, v, &r, &lo, &hi);
     }
     while (hi && hi - lo > ax->quantum && (hi - lo) * 16 > lo) {
         int mid = round_q(lo + (hi - lo) / 2, ax->quantum);
@@ -97,13 +103,7 @@ static int search(const sc_cfg *base, const fit_axis *ax, bool verbose, cJSON *l
             break;
         if ((f = probe(base, ax, mid, &r, verbose, log)) < 0)
             return -1;
-        if (f) {
-            lo = mid;
-            out->at = r;
-        } else {
-            hi = mid;
-            out->over = r;
-        }
+        take(out, f, mid, &r, &lo, &hi);
     }
     out->fits = lo;
     out->next = hi;
