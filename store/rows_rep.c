@@ -154,26 +154,46 @@ static int block_values(as_pctx *ctx, const rows_rep *rr, const rows_block *b,
     return rc < 0 ? rc : block_rows(ctx, rr, b, AS_F32, 0, b->nrows, *out);
 }
 
+/* Per block: the softmax backward (fn NULL) or f' * dy, from the block's
+ * policy's direct path where it has one, else from its values. */
+static int blocks_backward(as_pctx *ctx, const rows_rep *rr,
+                           const as_elementwise *fn, const float *dy,
+                           float *dx)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < rr->n; i++) {
+        const rows_block *b = &rr->b[i];
+        const as_policy_ops *o = b->ops;
+        size_t off = (size_t)b->row0 * rr->cols;
+        if (!o->view && !fn && o->softmax_backward) {
+            rc = o->softmax_backward(ctx, b->params, b->state, dy + off,
+                                     dx + off);
+            continue;
+        }
+        if (!o->view && fn && o->act_backward) {
+            rc = o->act_backward(ctx, b->params, b->state, fn, dy + off,
+                                 dx + off);
+            continue;
+        }
+        float *y;
+        if ((rc = block_values(ctx, rr, b, &y)) == 0) {
+            if (fn)
+                as__act_grad(fn->fn, fn->alpha, (size_t)b->nrows * rr->cols,
+                             y, dy + off, dx + off);
+            else
+                as__softmax_bwd_rows(y, dy + off, dx + off, b->nrows,
+                                     rr->cols);
+        }
+        as_pctx_scratch_free(ctx, y);
+    }
+    return rc;
+}
+
 static int rows_softmax_backward(as_pctx *ctx, const void *params,
                                  void *state, const float *dy, float *dx)
 {
     (void)params;
-    const rows_rep *rr = state;
-    int rc = 0;
-    for (size_t i = 0; rc == 0 && i < rr->n; i++) {
-        const rows_block *b = &rr->b[i];
-        size_t off = (size_t)b->row0 * rr->cols;
-        if (b->ops->softmax_backward && !b->ops->view) {
-            rc = b->ops->softmax_backward(ctx, b->params, b->state, dy + off,
-                                          dx + off);
-            continue;
-        }
-        float *y;
-        if ((rc = block_values(ctx, rr, b, &y)) == 0)
-            as__softmax_bwd_rows(y, dy + off, dx + off, b->nrows, rr->cols);
-        as_pctx_scratch_free(ctx, y);
-    }
-    return rc;
+    return blocks_backward(ctx, state, NULL, dy, dx);
 }
 
 static int rows_act_backward(as_pctx *ctx, const void *params, void *state,
@@ -181,23 +201,7 @@ static int rows_act_backward(as_pctx *ctx, const void *params, void *state,
                              float *dx)
 {
     (void)params;
-    const rows_rep *rr = state;
-    int rc = 0;
-    for (size_t i = 0; rc == 0 && i < rr->n; i++) {
-        const rows_block *b = &rr->b[i];
-        size_t off = (size_t)b->row0 * rr->cols;
-        size_t n = (size_t)b->nrows * rr->cols;
-        if (b->ops->act_backward && !b->ops->view) {
-            rc = b->ops->act_backward(ctx, b->params, b->state, fn, dy + off,
-                                      dx + off);
-            continue;
-        }
-        float *y;
-        if ((rc = block_values(ctx, rr, b, &y)) == 0)
-            as__act_grad(fn->fn, fn->alpha, n, y, dy + off, dx + off);
-        as_pctx_scratch_free(ctx, y);
-    }
-    return rc;
+    return blocks_backward(ctx, state, fn, dy, dx);
 }
 
 static void rows_drop(void *params, void *state)

@@ -58,6 +58,17 @@ static as_tensor probs_t(float *d)
                        .shape = {B, H, T, T}};
 }
 
+/* Probabilities with key padding vlen (filled), their info and tensor. */
+static float *probs_case(const int32_t *vlen, as_save_info *si, as_tensor *t)
+{
+    float *y = malloc(N * sizeof *y);
+    assert_non_null(y);
+    fill_probs(y, vlen);
+    *si = probs_info(vlen);
+    *t = probs_t(y);
+    return y;
+}
+
 /* Save x (rows x cols view of t) in blocks of `per` rows. */
 static as_handle save_rows(as_store *s, const as_save_info *si,
                            const as_tensor *t, int64_t per)
@@ -119,14 +130,13 @@ static void test_softmax_codecs_equal_whole(void **st)
                                   "solog:4", "sotk:16:3", "fp16", "bf16",
                                   "aq:4:rn", "aq:8:g=128:rn"};
     int32_t vlen[B] = {T, T - 5, 7};
-    float *y = malloc(N * sizeof *y);
-    fill_probs(y, vlen);
+    as_save_info si;
+    as_tensor t;
+    float *y = probs_case(vlen, &si, &t);
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
         char spec[64];
         snprintf(spec, sizeof spec, "default=%s", specs[i]);
         as_store *s = store_new(spec, NULL, true, 0, NULL);
-        as_save_info si = probs_info(vlen);
-        as_tensor t = probs_t(y);
         as_handle hw, h1, h2;
         assert_int_equal(as_store_save(s, &si, &t, &hw), 0);
         h1 = save_rows(s, &si, &t, H * T);       /* one batch per block */
@@ -190,10 +200,9 @@ static void test_keep_bytes(void **st)
 {
     (void)st;
     int32_t vlen[B] = {T, T, T};
-    float *y = malloc(N * sizeof *y);
-    fill_probs(y, vlen);
-    as_save_info si = probs_info(vlen);
-    as_tensor t = probs_t(y);
+    as_save_info si;
+    as_tensor t;
+    float *y = probs_case(vlen, &si, &t);
     as_store *s = store_new("default=keep", NULL, true, 0, NULL);
     as_handle hw;
     assert_int_equal(as_store_save(s, &si, &t, &hw), 0);
@@ -294,10 +303,9 @@ static void test_softmax_alignment(void **st)
 {
     (void)st;
     int32_t vlen[B] = {T, T, T};
-    float *y = malloc(N * sizeof *y);
-    fill_probs(y, vlen);
-    as_save_info si = probs_info(vlen);
-    as_tensor t = probs_t(y);
+    as_save_info si;
+    as_tensor t;
+    float *y = probs_case(vlen, &si, &t);
     as_store *s = store_new("default=solog:2", NULL, true, 0, NULL);
     as_handle h;
     assert_int_equal(as_store_save_rows_begin(s, &si, &t, &h), 0);
@@ -333,14 +341,15 @@ static void test_auto_rows(void **st)
 {
     (void)st;
     int32_t vlen[B] = {T, T, T};
-    float *y = malloc(N * sizeof *y);
-    as_save_info si = probs_info(vlen);
-    as_tensor t = probs_t(y);
+    as_save_info si;
+    as_tensor t;
+    float *y = probs_case(vlen, &si, &t);
     as_store *s = store_new("default=auto", NULL, false, 0, NULL);
     uint64_t budget = (uint64_t)N * sizeof(float) / 4;
     assert_int_equal(as_store_set_budget(s, budget), 0);
     for (int step = 1; step <= 4; step++) {
-        fill_probs(y, vlen);
+        if (step > 1)
+            fill_probs(y, vlen);
         as_store_step_begin(s, (uint64_t)step);
         as_handle h = save_rows(s, &si, &t, H * T);
         float *d = malloc(N * sizeof *d);

@@ -299,7 +299,7 @@ AS_API int as_store_save_adopt(as_store *s, const as_save_info *info,
  * as_store_save_rows_end succeeds it only takes appends, end or release
  * (any other use is AS_ESTATE naming the rows appended so far). Releasing
  * it, or as_store_step_end, abandons the save and frees everything it
- * held. In no-grad mode returns 0 and a null handle; append and end on a
+ * held (neither may race with an append or end on it). In no-grad mode returns 0 and a null handle; append and end on a
  * null handle return 0 and store nothing.
  * info: as for as_store_save, except that alias_of, source, borrow and
  * recompute must be unset; the softmax metadata (valid_len included) is
@@ -403,7 +403,8 @@ AS_API int as_store_describe(as_store *s, as_handle h, as_tensor *shape,
 
 /* End a handle. Items are freed when their last handle and every item that
  * depends on them are gone. A row save still open (as_store_save_rows_begin)
- * is abandoned: what it held is freed. Errors: AS_EHANDLE. */
+ * is abandoned: what it held is freed (AS_ESTATE, nothing done, while an
+ * append or end on it is running). Errors: AS_EHANDLE, AS_ESTATE. */
 AS_API int as_store_release(as_store *s, as_handle h);
 
 /* The policy decision for a handle ("soa:5", "keep (fallback from invert:
