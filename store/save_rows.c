@@ -356,7 +356,8 @@ static int first_fixed(struct as_rows *w, const as_tensor *blk)
             as__strlcpy(w->rep->desc, d, sizeof w->rep->desc);
             return block_fallback(w, tries[0], AS_ENOTSUP, first_why);
         }
-        as__rep_discard(w->s, w->rep);
+        if (w->rep)
+            as__rep_discard(w->s, w->rep);
         w->rep = NULL;
         if (!is_fallback(rc))
             return rc;

@@ -5,7 +5,9 @@
  * codecs; stochastic aq stays within the whole save's error; keep holds
  * the same bytes in place; misuse gives clear errors (rows too many or
  * missing, end twice, use while open, release and step end mid-way,
- * misaligned softmax blocks); auto measures and plans row saves.
+ * misaligned softmax blocks); auto measures and plans row saves; every
+ * allocation failing in turn leaves nothing behind; threads save rows of
+ * their own handles at once.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -17,8 +19,10 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <pthread.h>
 
 #include "actstore/store.h"
+#include "store/store_internal.h"
 #include "support/store_util.h"
 #include "util/rng.h"
 
@@ -382,6 +386,118 @@ static void test_auto_rows(void **st)
     free(y);
 }
 
+/* Every allocation of a row save failing in turn (items, the block list,
+ * codes, the assembled block): a clear ENOMEM, the save still open or
+ * released, and nothing left behind once it is released. */
+static void fault_loop(const char *spec)
+{
+    enum { R = 48, C = 32 };
+    float *x = randv_from(&rng, R * C);
+    as_tensor t = t2(x, AS_F32, R, C);
+    as_save_info si = info(AS_KIND_LINEAR_INPUT, "fc");
+    as_store *s = store_new(spec, NULL, false, 0, NULL);
+    as_arena *a = as_store_arena(s);
+    uint64_t base = arena_tag(s, AS_TAG_SAVED).live_usable +
+                    arena_tag(s, AS_TAG_WORKSPACE).live_usable;
+    bool reached = true;
+    for (long n = 1; reached && n < 10000; n++) {
+        as_handle h = AS_HANDLE_NULL;
+        as__arena_fault_set(a, n, false);
+        int rc = as_store_save_rows_begin(s, &si, &t, &h);
+        for (int64_t r0 = 0; rc == 0 && r0 < R; r0 += 16)
+            rc = as_store_save_rows_append(s, h, x + r0 * C, 16);
+        if (rc == 0)
+            rc = as_store_save_rows_end(s, h);
+        reached = as__arena_fault_left(a) == 0;
+        as__arena_fault_set(a, 0, false);
+        if (rc && rc != AS_ENOMEM)
+            fail_msg("%s, allocation %ld failing: %s (%s)", spec, n,
+                     as_strerror(rc), as_store_last_error(s));
+        if (rc == 0) {
+            float *d = malloc(sizeof(float) * R * C);
+            as_tensor td = t2(d, AS_F32, R, C);
+            assert_int_equal(as_store_restore(s, h, &td), 0);
+            free(d);
+        }
+        if (!as_handle_is_null(h))
+            assert_int_equal(as_store_release(s, h), 0);
+        uint64_t now = arena_tag(s, AS_TAG_SAVED).live_usable +
+                       arena_tag(s, AS_TAG_WORKSPACE).live_usable;
+        if (now != base)
+            fail_msg("%s, allocation %ld failing (rc %d): %llu bytes live, "
+                     "was %llu", spec, n, rc, (unsigned long long)now,
+                     (unsigned long long)base);
+    }
+    as_store_destroy(s);
+    free(x);
+}
+
+static void test_faults(void **st)
+{
+    (void)st;
+    fault_loop("default=aq:4");
+    fault_loop("default=keep");
+    fault_loop("default=offload");
+    fault_loop("default=auto");
+}
+
+/* Row saves of different handles from several threads at once. */
+typedef struct thr_arg {
+    as_store *s;
+    float    *x;
+    int       ok;
+} thr_arg;
+
+static void *thr_main(void *p)
+{
+    thr_arg *a = p;
+    enum { R = 64, C = 64 };
+    as_tensor t = t2(a->x, AS_F32, R, C);
+    as_save_info si = info(AS_KIND_LINEAR_INPUT, "fc");
+    float *d = malloc(sizeof(float) * R * C), *w = malloc(sizeof(float) * R * C);
+    as_tensor td = t2(d, AS_F32, R, C), tw = t2(w, AS_F32, R, C);
+    a->ok = 1;
+    for (int k = 0; k < 50 && a->ok; k++) {
+        as_handle h, hw;
+        int rc = as_store_save_rows_begin(a->s, &si, &t, &h);
+        for (int64_t r0 = 0; rc == 0 && r0 < R; r0 += 8)
+            rc = as_store_save_rows_append(a->s, h, a->x + r0 * C, 8);
+        rc = rc ? rc : as_store_save_rows_end(a->s, h);
+        rc = rc ? rc : as_store_save(a->s, &si, &t, &hw);
+        rc = rc ? rc : as_store_restore(a->s, h, &td);
+        rc = rc ? rc : as_store_restore(a->s, hw, &tw);
+        a->ok = rc == 0 && !memcmp(d, w, sizeof(float) * R * C);
+        as_store_release(a->s, h);
+        as_store_release(a->s, hw);
+    }
+    free(d);
+    free(w);
+    return NULL;
+}
+
+static void test_threads(void **st)
+{
+    (void)st;
+    as_store *s = store_new("default=aq:4:rn", NULL, true, 0, NULL);
+    pthread_t th[4];
+    thr_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (thr_arg){.s = s, .x = randv_from(&rng, 64 * 64)};
+        assert_int_equal(pthread_create(&th[i], NULL, thr_main, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].ok, 1);
+        free(args[i].x);
+    }
+    as_store_stats sa;
+    assert_int_equal(as_store_stats_take(s, &sa), 0);
+    assert_int_equal(sa.live_handles, 0);
+    assert_int_equal(sa.total.stored_live, 0);
+    as_store_stats_free(&sa);
+    as_store_destroy(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -392,6 +508,8 @@ int main(void)
         cmocka_unit_test(test_softmax_alignment),
         cmocka_unit_test(test_whole_policies),
         cmocka_unit_test(test_auto_rows),
+        cmocka_unit_test(test_faults),
+        cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
