@@ -7,8 +7,9 @@
  *   blocks  the rule's policy (or its fallback) is a codec that applies to
  *           the block: every block is encoded as it comes, by the policy's
  *           own encode on the block (rows_rep.c). Under auto the planner
- *           measures its candidates block by block on a probe step and
- *           picks the candidate at the first block;
+ *           measures its candidates (codecs that keep values) block by
+ *           block on a probe step and picks the candidate at the first
+ *           block;
  *   whole   keep, regenerators, derivative-only forms, offload, or a codec
  *           that does not apply: the rows are assembled in one block and
  *           saved at end as as_store_save does. keep's block is of the

@@ -386,6 +386,34 @@ static void test_auto_rows(void **st)
     free(y);
 }
 
+/* auto never splits a derivative-only form into blocks: the item keeps
+ * values, so a later alias could read them; act_backward still works. */
+static void test_auto_act_rows(void **st)
+{
+    (void)st;
+    enum { R = 32, C = 64 };
+    float *x = randv_from(&rng, R * C), *dy = randv_from(&rng, R * C);
+    float *dx = malloc(sizeof(float) * R * C);
+    as_tensor t = t2(x, AS_F32, R, C);
+    as_save_info si = info(AS_KIND_ACTIVATION_INPUT, "mlp.gelu");
+    si.meta.act.fn = AS_FN_GELU;
+    as_store *s = store_new("default=auto", NULL, false, 0, NULL);
+    assert_int_equal(as_store_set_budget(s, R * C * sizeof(float) / 8), 0);
+    for (int step = 1; step <= 3; step++) {
+        as_store_step_begin(s, (uint64_t)step);
+        as_handle h = save_rows(s, &si, &t, 8);
+        const char *pol = as_store_policy_of(s, h);
+        if (strstr(pol, "fewbit") || strstr(pol, "sign"))
+            fail_msg("row save under %s", pol);
+        assert_int_equal(as_store_act_backward(s, h, dy, dx), 0);
+        as_store_step_end(s);
+    }
+    as_store_destroy(s);
+    free(x);
+    free(dy);
+    free(dx);
+}
+
 /* Every allocation of a row save failing in turn (items, the block list,
  * codes, the assembled block): a clear ENOMEM, the save still open or
  * released, and nothing left behind once it is released. */
@@ -508,6 +536,7 @@ int main(void)
         cmocka_unit_test(test_softmax_alignment),
         cmocka_unit_test(test_whole_policies),
         cmocka_unit_test(test_auto_rows),
+        cmocka_unit_test(test_auto_act_rows),
         cmocka_unit_test(test_faults),
         cmocka_unit_test(test_threads),
     };

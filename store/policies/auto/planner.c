@@ -393,8 +393,13 @@ int as__auto_rows_begin(as_store *s, as_item *it, as_handle h, as_groups g,
     if (!ar)
         return AS_ENOMEM;
     const as_auto_params *ap = ref->params;
-    for (size_t c = 0; c < pl->nc; c++)
-        ar->ok[c] = offered(&pl->c[c], info, blk);
+    /* a block's codes must be values: a derivative-only form or a
+     * regenerator cannot be split into blocks */
+    for (size_t c = 0; c < pl->nc; c++) {
+        const as_policy_ops *o = pl->c[c].ref.ops;
+        ar->ok[c] = !o->grad_only && !o->regenerator &&
+                    offered(&pl->c[c], info, blk);
+    }
     pthread_mutex_lock(&pl->mu);
     pl->period = ap->period;
     pl->time_weight = ap->time_weight;
