@@ -214,8 +214,8 @@ static int check_preset(as_nn_run *r)
         snprintf(r->err, sizeof r->err, "learning rate must be > 0");
         return AS_EINVAL;
     }
-    if (r->lm && (p->tf.T < 2 || p->tf.T > 4096)) {
-        snprintf(r->err, sizeof r->err, "lm context %d out of range 2..4096", p->tf.T);
+    if (r->lm && (p->tf.T < 2 || p->tf.T > 16384)) {
+        snprintf(r->err, sizeof r->err, "lm context %d out of range 2..16384", p->tf.T);
         return AS_EINVAL;
     }
     return 0;

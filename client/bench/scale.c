@@ -53,7 +53,7 @@ typedef struct sc_grid {
 static const sc_grid grids[] = {
     {"small", "small", 32, 32, 2, 4, {16, 32, 64, 128}, 2, {32, 64}, 2, {2, 4}, 4096},
     {"default", "long", 256, 64, 8, 5, {64, 128, 256, 512, 1024}, 3, {64, 128, 256},
-     3, {8, 32, 128}, 4096},
+     3, {8, 32, 128}, 1024},
 };
 
 typedef struct sc_opts {
@@ -62,7 +62,7 @@ typedef struct sc_opts {
     sc_policy pols[SC_MAXPOL];
     char labels[SC_MAXPOL][32];   /* of --policy LABEL=SPEC */
     int npol;
-    unsigned long long repeats, warmup, steps, fit, max_T;
+    unsigned long long repeats, warmup, steps, fit, max_T, max_B;
     bool quiet;
 } sc_opts;
 
@@ -79,7 +79,7 @@ static int usage_help(void)
     printf("usage: actstore bench scale [--json FILE] [--grid small|default]\n"
            "                            [--policy LABEL=SPEC]... [--repeats N]\n"
            "                            [--warmup N] [--steps N] [--fit BYTES]\n"
-           "                            [--max-context T] [--quiet]\n\n"
+           "                            [--max-context T] [--max-batch B] [--quiet]\n\n"
            "The lm (fortunes) against context length, width (heads of 16) and batch\n"
            "under keep, softmax=sotk:16:3, the lm spec v5 and auto at keep/10: saved\n"
            "peak per kind, arena peak, peak RSS and step thread-CPU time, each\n"
@@ -100,6 +100,8 @@ static int usage_help(void)
            "                     grid's batch) and the largest batch (at its context)\n"
            "                     whose training steps fit BYTES of arena, per policy\n"
            "  --max-context T    the fit search's longest context (default 4096)\n"
+           "  --max-batch B      the fit search's largest batch (default: the grid's,\n"
+           "                     small 4096, default 1024)\n"
            "  --quiet            no progress on stderr\n");
     return AS_EXIT_OK;
 }
@@ -168,7 +170,9 @@ static int parse(int argc, char **argv, sc_opts *o)
         else if (!strcmp(a, "--steps"))
             rc = parse_num(a, v, 1, SC_MAXSTEPS, &o->steps);
         else if (!strcmp(a, "--max-context"))
-            rc = parse_num(a, v, 16, 4096, &o->max_T);
+            rc = parse_num(a, v, 16, 16384, &o->max_T);
+        else if (!strcmp(a, "--max-batch"))
+            rc = parse_num(a, v, 1, 65536, &o->max_B);
         else if (!strcmp(a, "--fit")) {
             if (as_cli_parse_bytes(CMD, a, v, &o->fit))
                 return AS_EXIT_USAGE;
@@ -484,7 +488,8 @@ int as_bench_scale(int argc, char **argv)
     if (o.fit) {
         sc_cfg base = {.preset = o.grid->preset, .T = o.grid->T, .C = o.grid->C,
                        .B = o.grid->B, .warmup = (int)o.warmup, .steps = (int)o.steps};
-        rc = sc_fit(&base, o.pols, o.npol, o.fit, (int)o.max_T, o.grid->max_B, !o.quiet, root);
+        rc = sc_fit(&base, o.pols, o.npol, o.fit, (int)o.max_T,
+                    o.max_B ? (int)o.max_B : o.grid->max_B, !o.quiet, root);
     } else {
         as_nn_preset p;
         as_nn_preset_get("lm", o.grid->preset, &p);

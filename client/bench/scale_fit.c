@@ -4,7 +4,8 @@
  * training steps stay within BYTES of arena. A probe is one configuration
  * in its own process with the arena limited to BYTES from the first
  * training step (as_arena_set_budget; auto's measuring step runs before):
- * it fits when every step, warm-up included, succeeds; it does not when a
+ * it fits when every step, warm-up included, succeeds (fixed rules: 1
+ * warm-up step, auto: --warmup's, 2 by default); it does not when a
  * step fails with AS_EBUDGET. Sizes double until one does not fit, then
  * bisect until the gap is at most 1/16 of the size that fits (multiples of
  * 16 for contexts).
@@ -172,6 +173,10 @@ int sc_fit(const sc_cfg *base, const sc_policy *pols, int npol, uint64_t budget,
             sc_cfg c = *base;
             c.pol = pols[k];
             c.arena_budget = budget;
+            /* fixed rules: the second step (optimizer state live) is the
+             * largest; auto's first two are probe steps */
+            if (!strstr(c.pol.spec, "auto") && c.warmup > 1)
+                c.warmup = 1;
             fit_out fo;
             cJSON *log = cJSON_CreateArray();
             if (search(&c, &axes[a], verbose, log, &fo)) {
