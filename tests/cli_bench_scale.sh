@@ -102,6 +102,7 @@ code() { "$BIN" bench scale "$@" >/dev/null 2>&1; echo $?; }
 [[ $(code --grid bogus) -eq 2 ]] || fail "--grid bogus not a usage error"
 [[ $(code --fit 0) -eq 2 ]] || fail "--fit 0 not a usage error"
 [[ $(code --steps 9) -eq 2 ]] || fail "--steps 9 not a usage error"
+[[ $(code --fit-axis sideways) -eq 2 ]] || fail "--fit-axis sideways not a usage error"
 [[ $(code --policy nolabel) -eq 2 ]] || fail "--policy without LABEL= not a usage error"
 [[ $(code --frobnicate 1) -eq 2 ]] || fail "unknown option not a usage error"
 "$BIN" bench scale --grid small --repeats 1 --quiet --policy "bad=softmax=bogus:1" \

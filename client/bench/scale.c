@@ -63,6 +63,7 @@ typedef struct sc_opts {
     char labels[SC_MAXPOL][32];   /* of --policy LABEL=SPEC */
     int npol;
     unsigned long long repeats, warmup, steps, fit, max_T, max_B;
+    unsigned fit_axes;          /* 1 context, 2 batch */
     bool quiet;
 } sc_opts;
 
@@ -79,7 +80,8 @@ static int usage_help(void)
     printf("usage: actstore bench scale [--json FILE] [--grid small|default]\n"
            "                            [--policy LABEL=SPEC]... [--repeats N]\n"
            "                            [--warmup N] [--steps N] [--fit BYTES]\n"
-           "                            [--max-context T] [--max-batch B] [--quiet]\n\n"
+           "                            [--fit-axis context|batch|both] [--max-context T]\n"
+           "                            [--max-batch B] [--quiet]\n\n"
            "The lm (fortunes) against context length, width (heads of 16) and batch\n"
            "under keep, softmax=sotk:16:3, the lm spec v5 and auto at keep/10: saved\n"
            "peak per kind, arena peak, peak RSS and step thread-CPU time, each\n"
@@ -99,6 +101,7 @@ static int usage_help(void)
            "  --fit BYTES        instead of the sweep: the longest context (at the\n"
            "                     grid's batch) and the largest batch (at its context)\n"
            "                     whose training steps fit BYTES of arena, per policy\n"
+           "  --fit-axis A       search only the context, only the batch, or both\n"
            "  --max-context T    the fit search's longest context (default 4096)\n"
            "  --max-batch B      the fit search's largest batch (default: the grid's,\n"
            "                     small 4096, default 1024)\n"
@@ -135,7 +138,8 @@ static int parse(int argc, char **argv, sc_opts *o)
     double ratio = 10;
     const char *user_pol[SC_MAXPOL];
     int nuser = 0;
-    *o = (sc_opts){.grid = &grids[1], .repeats = 2, .warmup = 2, .steps = 1, .max_T = 4096};
+    *o = (sc_opts){.grid = &grids[1], .repeats = 2, .warmup = 2, .steps = 1, .max_T = 4096,
+                   .fit_axes = 3};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int rc = 0;
@@ -171,7 +175,12 @@ static int parse(int argc, char **argv, sc_opts *o)
             rc = parse_num(a, v, 1, SC_MAXSTEPS, &o->steps);
         else if (!strcmp(a, "--max-context"))
             rc = parse_num(a, v, 16, 16384, &o->max_T);
-        else if (!strcmp(a, "--max-batch"))
+        else if (!strcmp(a, "--fit-axis")) {
+            o->fit_axes = !strcmp(v, "context") ? 1 : !strcmp(v, "batch") ? 2
+                        : !strcmp(v, "both") ? 3 : 0;
+            if (!o->fit_axes)
+                return as_cli_usage(CMD, "--fit-axis: context, batch or both, got '%s'", v);
+        } else if (!strcmp(a, "--max-batch"))
             rc = parse_num(a, v, 1, 65536, &o->max_B);
         else if (!strcmp(a, "--fit")) {
             if (as_cli_parse_bytes(CMD, a, v, &o->fit))
@@ -489,7 +498,7 @@ int as_bench_scale(int argc, char **argv)
         sc_cfg base = {.preset = o.grid->preset, .T = o.grid->T, .C = o.grid->C,
                        .B = o.grid->B, .warmup = (int)o.warmup, .steps = (int)o.steps};
         rc = sc_fit(&base, o.pols, o.npol, o.fit, (int)o.max_T,
-                    o.max_B ? (int)o.max_B : o.grid->max_B, !o.quiet, root);
+                    o.max_B ? (int)o.max_B : o.grid->max_B, o.fit_axes, !o.quiet, root);
     } else {
         as_nn_preset p;
         as_nn_preset_get("lm", o.grid->preset, &p);

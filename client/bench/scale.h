@@ -71,11 +71,11 @@ bool sc_over_budget(const sc_res *r);
 double sc_exponent(const double *x, const double *y, int n);
 
 /* Fit search (scale_fit.c): for each policy, the longest context at batch
- * base->B and the largest batch at context base->T whose training steps
- * stay within `budget` arena bytes. Prints a table; adds "fit" to root.
- * Returns 0 or -1 (a probe failed for another reason than the budget:
- * message on stderr). */
+ * base->B (axes & 1) and the largest batch at context base->T (axes & 2)
+ * whose training steps stay within `budget` arena bytes. Prints a table;
+ * adds "fit" to root. Returns 0 or -1 (a probe failed for another reason
+ * than the budget: message on stderr). */
 int sc_fit(const sc_cfg *base, const sc_policy *pols, int npol, uint64_t budget,
-           int max_T, int max_B, bool verbose, cJSON *root);
+           int max_T, int max_B, unsigned axes, bool verbose, cJSON *root);
 
 #endif

@@ -153,7 +153,7 @@ static void print_row(const char *label, const fit_axis *ax, const fit_out *fo, 
 }
 
 int sc_fit(const sc_cfg *base, const sc_policy *pols, int npol, uint64_t budget,
-           int max_T, int max_B, bool verbose, cJSON *root)
+           int max_T, int max_B, unsigned axes_on, bool verbose, cJSON *root)
 {
     const fit_axis axes[2] = {{"context", 64 < max_T ? 64 : max_T, max_T, 16},
                               {"batch", 1, max_B, 1}};
@@ -170,6 +170,8 @@ int sc_fit(const sc_cfg *base, const sc_policy *pols, int npol, uint64_t budget,
         cJSON_AddStringToObject(pj, "policy", pols[k].label);
         cJSON_AddItemToArray(arr, pj);
         for (int a = 0; a < 2; a++) {
+            if (!(axes_on & (1u << a)))
+                continue;
             sc_cfg c = *base;
             c.pol = pols[k];
             c.arena_budget = budget;
