@@ -193,6 +193,8 @@ extern const struct as_policy_ops as_policy_invert;
 typedef struct as__civ_lstats {
     uint64_t entries;         /* (layer, geometry) solvers */
     uint64_t saves;           /* inputs saved by inversion */
+    uint64_t derived;         /* inputs saved as derivations (all layers:
+                                 not per layer) */
     uint64_t restores;        /* inputs rebuilt */
     uint64_t factor_builds;   /* factorizations (once per weight version) */
     uint64_t factor_hits;     /* restores that reused a cached factor */

@@ -46,6 +46,12 @@
  * every pass of images) and keeps nothing (the factor would cost more memory than the inversion saves:
  * it grows as Cin * Cout * spectrum, the input as N * Cin * H * W).
  *
+ * Derived inputs: when the save carries a recompute relation
+ * (as_save_info.recompute: the framework declares the input a function of
+ * tensors it saved anyway, e.g. a pooled map = the pool's input at the
+ * saved argmax), the input is rebuilt through it (policy recompute's
+ * encode / decode): exact, no frame, no weights needed, any geometry.
+ *
  * Contract (as_conv_meta): weights and bias unchanged between the save
  * and the restore (true in training: the optimizer runs after backward),
  * and weight_version bumped whenever they change.
@@ -75,8 +81,9 @@ typedef struct inv_params {
     double          cond_max;
     int             mode;       /* MODE_*: when to cache the factor */
     int             frame;      /* FRAME_*: precision of the stored frame */
-    pthread_mutex_t mu;         /* the entry list */
+    pthread_mutex_t mu;         /* the entry list, derived */
     inv_entry      *entries;
+    uint64_t        derived;    /* inputs saved as derivations */
 } inv_params;
 
 typedef struct inv_state {
@@ -93,6 +100,7 @@ typedef struct inv_state {
     float       *bias;          /* copy (Cout) or NULL */
     int          nonneg;        /* no x < 0: clamp the rebuilt values at 0 */
     uint64_t    *pos;           /* bitmap of x > 0 (aliased inputs) or NULL */
+    void        *derived;       /* recompute state: the input is derived */
 } inv_state;
 
 /* ---- params --------------------------------------------------------------- */
@@ -250,10 +258,9 @@ static void geom_of(const as_conv_meta *m, as__civ_geom *g)
                          .groups = one_if_zero(m->groups)};
 }
 
-static int inv_applies(const void *params, const as_save_info *info,
-                       const as_tensor *t, char *why, size_t whylen)
+static int solve_applies(const as_save_info *info, const as_tensor *t,
+                         char *why, size_t whylen)
 {
-    (void)params;
     const as_conv_meta *m = &info->meta.conv;
     if (t->dtype != AS_F32) {
         snprintf(why, whylen, "dtype %s (inversion needs f32)",
@@ -292,6 +299,21 @@ static int inv_applies(const void *params, const as_save_info *info,
     if (rc)
         snprintf(why, whylen, "%s", what);
     return rc ? AS_ENOTSUP : 0;
+}
+
+/* A declared derivation (as_save_info.recompute) needs no solve. */
+static int has_derivation(const as_save_info *info, const as_tensor *t)
+{
+    char why[80];
+    return info->recompute &&
+           as_policy_recompute.applies(NULL, info, t, why, sizeof why) == 0;
+}
+
+static int inv_applies(const void *params, const as_save_info *info,
+                       const as_tensor *t, char *why, size_t whylen)
+{
+    (void)params;
+    return has_derivation(info, t) ? 0 : solve_applies(info, t, why, whylen);
 }
 
 /* Frame packing: [bitmap of nonzeros, when that is smaller] [q16: one
@@ -510,6 +532,37 @@ static int encode_signs(as_pctx *ctx, const as_save_info *info, const as_tensor 
     return 0;
 }
 
+/* An input the framework declares derived from tensors saved anyway (a
+ * pooled map: the pool's input at its saved argmax) is rebuilt from them:
+ * exact, no frame, no solve. */
+static int derivable(as_pctx *ctx, const as_save_info *info, const as_tensor *t)
+{
+    if (!has_derivation(info, t))
+        return 0;
+    for (size_t i = 0; i < info->recompute_ninputs; i++)
+        if (!as_pctx_can_depend(ctx, info->recompute_inputs[i]))
+            return 0;   /* e.g. a source kept as signs only: solve */
+    return 1;
+}
+
+static int encode_derived(as_pctx *ctx, inv_params *p, const as_save_info *info,
+                          const as_tensor *t, void **state)
+{
+    inv_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return AS_ENOMEM;
+    int rc = as_policy_recompute.encode(ctx, NULL, info, t, &st->derived);
+    if (rc < 0) {
+        free(st);
+        return rc;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->derived++;
+    pthread_mutex_unlock(&p->mu);
+    *state = st;
+    return 0;
+}
+
 static int inv_encode(as_pctx *ctx, const void *params,
                       const as_save_info *info, const as_tensor *t,
                       void **state)
@@ -517,7 +570,9 @@ static int inv_encode(as_pctx *ctx, const void *params,
     inv_params *p = (inv_params *)params;
     const as_conv_meta *m = &info->meta.conv;
     char why[160] = "";
-    int rc = inv_applies(params, info, t, why, sizeof why);
+    if (derivable(ctx, info, t))
+        return encode_derived(ctx, p, info, t, state);
+    int rc = solve_applies(info, t, why, sizeof why);
     if (rc) {
         as_pctx_errorf(ctx, "%s", why);
         return rc;
@@ -612,6 +667,8 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
 {
     const inv_params *p = params;
     inv_state *st = state;
+    if (st->derived)
+        return as_policy_recompute.decode(ctx, NULL, st->derived, dst);
     inv_entry *e = st->e;
     const as_tensor *y;
     int rc = as_pctx_restore_dep(ctx, st->y, &y);
@@ -686,6 +743,11 @@ static void inv_drop(void *params, void *state)
 {
     (void)params;
     inv_state *st = state;
+    if (st->derived) {
+        as_policy_recompute.drop(NULL, st->derived);
+        free(st);
+        return;
+    }
     inv_entry *e = st->e;
     pthread_mutex_lock(&e->mu);
     if (--e->users == 0)
@@ -741,6 +803,8 @@ int as__civ_layer_stats(as_store *s, const char *layer,
                 continue;
             inv_params *p = refs[k]->params;
             pthread_mutex_lock(&p->mu);
+            if (!layer)
+                out->derived += p->derived;
             for (inv_entry *e = p->entries; e; e = e->next) {
                 if (layer && strcmp(e->layer, layer))
                     continue;
@@ -752,5 +816,5 @@ int as__civ_layer_stats(as_store *s, const char *layer,
         }
     }
     as__rules_unref(r);
-    return out->entries ? 0 : AS_ENOTFOUND;
+    return out->entries || out->derived ? 0 : AS_ENOTFOUND;
 }
