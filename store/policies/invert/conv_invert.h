@@ -130,6 +130,10 @@ void as__civ_destroy(as__civ *ci);
 int as__civ_condition(as__civ *ci, const float *w, uint64_t version,
                       double *cond_out, char *why, size_t whylen);
 
+/* While on, restores of a version rejected by the check proceed (the
+ * caller verified that input's rebuild at save; policy.c). */
+void as__civ_admit(as__civ *ci, int on);
+
 /* Make the factor for weights w of version `version` current: reuses the
  * cached one when the version matches (counted as a hit), otherwise
  * rebuilds it (counted), computing the condition number in the same pass
@@ -193,6 +197,8 @@ extern const struct as_policy_ops as_policy_invert;
 typedef struct as__civ_lstats {
     uint64_t entries;         /* (layer, geometry) solvers */
     uint64_t saves;           /* inputs saved by inversion */
+    uint64_t verified;        /* of them above the threshold, admitted by a
+                                 rebuild at save within the error bound */
     uint64_t derived;         /* inputs saved as derivations (all layers:
                                  not per layer) */
     uint64_t restores;        /* inputs rebuilt */

@@ -75,6 +75,7 @@ typedef struct inv_entry {
     as__civ     *ci;
     int               users;    /* live items that may restore through ci */
     uint64_t          saves, restores;
+    uint64_t          verified;  /* saves above the threshold verified */
 } inv_entry;
 
 typedef struct inv_params {
@@ -101,11 +102,18 @@ typedef struct inv_state {
     int          nonneg;        /* no x < 0: clamp the rebuilt values at 0 */
     uint64_t    *pos;           /* bitmap of x > 0 (aliased inputs) or NULL */
     void        *derived;       /* recompute state: the input is derived */
+    int          admitted;      /* version above the threshold, this input's
+                                   rebuild verified at save */
 } inv_state;
 
 /* ---- params --------------------------------------------------------------- */
 
 enum { MODE_AUTO, MODE_CACHE, MODE_STREAM };
+/* Versions with cond in (COND, VERIFY_SPAN * COND] are verified per save
+ * against the error bound VERIFY_TOL (docs/policies.md, "Verified above the
+ * threshold"). */
+#define VERIFY_SPAN 10.0
+#define VERIFY_TOL 1e-4
 enum { FRAME_AUTO, FRAME_F32, FRAME_Q16 };
 
 static int parse_err(char *err, size_t errlen, size_t *err_off, size_t off,
@@ -563,6 +571,38 @@ static int encode_derived(as_pctx *ctx, inv_params *p, const as_save_info *info,
     return 0;
 }
 
+static int restore_into(as_pctx *ctx, const inv_params *p, inv_state *st,
+                        const float *y, float *out, size_t out_bytes);
+
+/* Rebuild t from the conv output just saved, as a restore will, and admit
+ * the item when max|X' - X| <= VERIFY_TOL max|X|; else AS_ENOTSUP (the
+ * store falls back). */
+static int verify_rebuild(as_pctx *ctx, const inv_params *p, inv_state *st,
+                          const as_tensor *t, double cond)
+{
+    const as_tensor *y;
+    int rc = as_pctx_restore_dep(ctx, st->y, &y);
+    float *xr;
+    const size_t nb = as_tensor_bytes(t), n = nb / sizeof(float);
+    if (rc < 0 || (rc = as_pctx_scratch(ctx, nb, (void **)&xr)) < 0)
+        return rc;
+    st->admitted = 1;
+    if ((rc = restore_into(ctx, p, st, y->data, xr, nb)) < 0)
+        return rc;
+    const float *x = t->data;
+    double e = 0, mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        e = fmax(e, fabs((double)xr[i] - x[i]));
+        mx = fmax(mx, fabs((double)x[i]));
+    }
+    if (e <= VERIFY_TOL * mx)
+        return 0;
+    as_pctx_errorf(ctx, "condition number %.3g above the threshold %.3g, and "
+                   "the rebuild error %.2g above %.0e", cond, p->cond_max,
+                   mx > 0 ? e / mx : e, VERIFY_TOL);
+    return AS_ENOTSUP;
+}
+
 static int inv_encode(as_pctx *ctx, const void *params,
                       const as_save_info *info, const as_tensor *t,
                       void **state)
@@ -596,11 +636,14 @@ static int inv_encode(as_pctx *ctx, const void *params,
     double cond = 0;
     rc = as__civ_condition(e->ci, m->weight, key, &cond, why, sizeof why);
     pthread_mutex_unlock(&e->mu);
-    if (rc == AS_EFALLBACK) {
+    /* Above the threshold but within VERIFY_SPAN of it: rebuild this
+     * input now and accept it if the error is within the bound. */
+    const int verify = rc == AS_EFALLBACK && cond <= p->cond_max * VERIFY_SPAN;
+    if (rc == AS_EFALLBACK && !verify) {
         as_pctx_errorf(ctx, "%s", why);
         return AS_ENOTSUP;
     }
-    if (rc < 0)
+    if (rc < 0 && !verify)
         return rc;
 
     inv_state *st = calloc(1, sizeof *st);
@@ -628,9 +671,12 @@ static int inv_encode(as_pctx *ctx, const void *params,
             as_pctx_errorf(ctx, "dependency cycle through the conv output");
         goto fail;
     }
+    if (verify && (rc = verify_rebuild(ctx, p, st, t, cond)) < 0)
+        goto fail;
     pthread_mutex_lock(&e->mu);
     e->users++;
     e->saves++;
+    e->verified += (uint64_t)verify;
     pthread_mutex_unlock(&e->mu);
     *state = st;
     return 0;
@@ -662,18 +708,13 @@ static void fix_signs(const inv_state *st, float *x, size_t n)
             x[i] = x[i] > 0 ? x[i] : 0.0f;
 }
 
-static int inv_decode(as_pctx *ctx, const void *params, void *state,
-                      as_tensor *dst)
+/* Rebuild the input of item st into out (n * Cin * H * W floats) from the
+ * conv output y. */
+static int restore_into(as_pctx *ctx, const inv_params *p, inv_state *st,
+                        const float *y, float *out, size_t out_bytes)
 {
-    const inv_params *p = params;
-    inv_state *st = state;
-    if (st->derived)
-        return as_policy_recompute.decode(ctx, NULL, st->derived, dst);
     inv_entry *e = st->e;
-    const as_tensor *y;
-    int rc = as_pctx_restore_dep(ctx, st->y, &y);
-    if (rc < 0)
-        return rc;
+    int rc;
     const float *frame = st->frame;
     if (st->sparse || st->q16) {
         float *raw;
@@ -687,6 +728,7 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
     }
     char why[160] = "";
     pthread_mutex_lock(&e->mu);
+    as__civ_admit(e->ci, st->admitted);
     /* Cache the factor only when it is small next to the input it rebuilds
      * (it would otherwise eat the memory the inversion saves: it grows as
      * Cin * Cout * spectrum, the input as N * Cin * H * W); else factor
@@ -699,7 +741,7 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
     const int adjoint = e->g.cout >= 2 * e->g.cin && cs.cond <= AS__CIV_ADJ_COND &&
                         !(e->g.kh == 1 && e->g.kw == 1);
     const int cached = p->mode == MODE_CACHE ||
-        (p->mode == MODE_AUTO && !adjoint && fb <= as_tensor_bytes(dst) / 8);
+        (p->mode == MODE_AUTO && !adjoint && fb <= out_bytes / 8);
     /* Work space from the store's arena (workspace tag: counted, and its
      * pages are reused from one restore to the next); malloc if refused.
      * The size of the path about to run, for one pass of images. */
@@ -716,20 +758,19 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
             as__civ_get_stats(e->ci, &after);
             if (after.factor_builds != before.factor_builds)
                 as_pctx_account(ctx, (int64_t)after.cache_bytes);
-            rc = as__civ_restore(e->ci, st->n, y->data, st->bias, frame,
-                                 dst->data);
+            rc = as__civ_restore(e->ci, st->n, y, st->bias, frame, out);
         }
     } else {
         rc = as__civ_restore_stream(e->ci, st->w, st->version, st->n,
-                                    y->data, st->bias, frame, dst->data,
-                                    why, sizeof why);
+                                    y, st->bias, frame, out, why, sizeof why);
     }
     if (rc == 0)
         e->restores++;
     as__civ_set_work(e->ci, NULL, 0);
+    as__civ_admit(e->ci, 0);
     pthread_mutex_unlock(&e->mu);
     if (rc == 0)
-        fix_signs(st, dst->data, (size_t)as_tensor_numel(dst));
+        fix_signs(st, out, out_bytes / sizeof(float));
     if (rc == AS_EFALLBACK) {
         /* Cannot happen for a version accepted at save unless the weights
          * changed under the same version. */
@@ -737,6 +778,19 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
         return AS_ESTATE;
     }
     return rc;
+}
+
+static int inv_decode(as_pctx *ctx, const void *params, void *state,
+                      as_tensor *dst)
+{
+    inv_state *st = state;
+    if (st->derived)
+        return as_policy_recompute.decode(ctx, NULL, st->derived, dst);
+    const as_tensor *y;
+    int rc = as_pctx_restore_dep(ctx, st->y, &y);
+    if (rc < 0)
+        return rc;
+    return restore_into(ctx, params, st, y->data, dst->data, as_tensor_bytes(dst));
 }
 
 static void inv_drop(void *params, void *state)
@@ -783,6 +837,7 @@ static void add_entry(const inv_entry *e, as__civ_lstats *out)
     out->streamed += s.streamed;
     out->restores += e->restores;
     out->saves += e->saves;
+    out->verified += e->verified;
     out->users += (uint64_t)e->users;
     out->cache_bytes += s.cache_bytes;
     if (s.cond > out->cond || out->entries == 0)
