@@ -1,7 +1,9 @@
 /* Policy "invert" on a conv input the framework declares derived (a pooled
  * map = the pool's input at the saved argmax): nothing stored, restored
  * bit for bit, any geometry; a source kept as signs only (no values) makes
- * it solve instead. And the gather against the max-pool forward. */
+ * it solve instead. The gather against the max-pool forward. Versions
+ * above the condition threshold: admitted by a rebuild at save within the
+ * error bound, or falling back with the error named. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -233,6 +235,110 @@ static void test_gather_matches_forward(void **state)
         }
 }
 
+/* One conv (N 2, cin -> cout, 10x10, 3x3 pad 1) saved under spec; returns
+ * the policy text of its input and, in *err, the restore's max rel error
+ * (-1 when it fell back). */
+static const char *save_one(as_store *s, const float *w, int cin, int cout,
+                            const float *x, double *err)
+{
+    static char pol[256];
+    as_op_conv_geom g = {.N = 2, .Cin = cin, .H = 10, .W = 10, .Cout = cout,
+                         .kh = 3, .kw = 3, .stride = 1, .pad = 1};
+    assert_int_equal(as_op_conv_geom_init(&g), 0);
+    const size_t nx = (size_t)2 * cin * 100, ny = (size_t)2 * cout * 100;
+    float *y = malloc(sizeof(float) * ny), *ws = malloc(sizeof(float) * as_op_conv_workspace(&g));
+    as_op_conv_fwd(&g, x, w, NULL, y, ws);
+    free(ws);
+    as_save_info oi = {.kind = AS_KIND_CONV_OUTPUT, .layer = "c"};
+    as_tensor ot = {.data = y, .dtype = AS_F32, .ndim = 4, .shape = {2, cout, 10, 10}};
+    as_handle hy, hx;
+    assert_int_equal(as_store_save(s, &oi, &ot, &hy), 0);
+    as_save_info xi = {.kind = AS_KIND_CONV_INPUT, .layer = "c"};
+    xi.meta.conv = (as_conv_meta){.n = 2, .cin = cin, .h = 10, .w = 10, .cout = cout,
+                                  .kh = 3, .kw = 3, .pad_h = 1, .pad_w = 1,
+                                  .weight = w, .weight_version = 1, .output = hy};
+    as_tensor xt = {.data = (void *)x, .dtype = AS_F32, .ndim = 4, .shape = {2, cin, 10, 10}};
+    assert_int_equal(as_store_save(s, &xi, &xt, &hx), 0);
+    snprintf(pol, sizeof pol, "%s", as_store_policy_of(s, hx));
+    *err = -1;
+    if (!strstr(pol, "fallback")) {
+        float *got = restore_all(s, hx, nx);
+        double e = 0, m = 0;
+        for (size_t i = 0; i < nx; i++) {
+            e = fmax(e, fabs((double)got[i] - x[i]));
+            m = fmax(m, fabs((double)x[i]));
+        }
+        *err = e / m;
+        free(got);
+    }
+    free(y);
+    return pol;
+}
+
+static as_store *store_at(double cond_max)
+{
+    char spec[96];
+    snprintf(spec, sizeof spec, "conv_input=invert:%.17g; default=keep", cond_max);
+    return mk_store(spec);
+}
+
+static double cond_of(const float *w, int cin, int cout, const float *x)
+{
+    as_store *s = store_at(1e30);
+    double e;
+    save_one(s, w, cin, cout, x, &e);
+    as__civ_lstats ls;
+    assert_int_equal(as__civ_layer_stats(s, "c", &ls), 0);
+    as_store_destroy(s);
+    return ls.cond;
+}
+
+/* Above the threshold, within 10x of it: the rebuild at save decides. */
+static void test_verified_above_threshold(void **state)
+{
+    (void)state;
+    const int cin = 6, cout = 6;
+    float *w = randv((size_t)cout * cin * 9, sqrt(2.0 / (cin * 9)));
+    float *x = randv((size_t)2 * cin * 100, 1.0);
+    const double cond = cond_of(w, cin, cout, x);
+    assert_true(cond > 1 && isfinite(cond));
+    /* within the span: admitted, error within the bound */
+    as_store *s = store_at(cond / 3);
+    double e;
+    const char *pol = save_one(s, w, cin, cout, x, &e);
+    if (strncmp(pol, "invert", 6) || strstr(pol, "fallback"))
+        fail_msg("cond %.3g, threshold %.3g: %s", cond, cond / 3, pol);
+    assert_true(e >= 0 && e <= 1e-4);
+    as__civ_lstats ls;
+    assert_int_equal(as__civ_layer_stats(s, "c", &ls), 0);
+    assert_int_equal(ls.verified, 1);
+    assert_int_equal(ls.saves, 1);
+    as_store_destroy(s);
+    /* beyond it: the fallback, naming the condition number */
+    s = store_at(cond / 20);
+    pol = save_one(s, w, cin, cout, x, &e);
+    assert_non_null(strstr(pol, "fallback"));
+    assert_non_null(strstr(pol, "condition number"));
+    as_store_destroy(s);
+
+    /* Nearly singular (input channel 1 = channel 0 up to 1e-5 of the
+     * weights): the rebuild misses the bound, the fallback names it. */
+    for (int o = 0; o < cout; o++)
+        for (int t = 0; t < 9; t++)
+            w[(o * cin + 1) * 9 + t] = w[(o * cin + 0) * 9 + t] *
+                                       (1.0f + 1e-5f * (float)((o + t) % 3 - 1));
+    const double c2 = cond_of(w, cin, cout, x);
+    s = store_at(c2 / 2);
+    pol = save_one(s, w, cin, cout, x, &e);
+    if (!strstr(pol, "rebuild error"))
+        fail_msg("cond %.3g: %s (err %.3g)", c2, pol, e);
+    assert_int_equal(as__civ_layer_stats(s, "c", &ls), 0);
+    assert_int_equal(ls.verified, 0);
+    as_store_destroy(s);
+    free(w);
+    free(x);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -240,6 +346,7 @@ int main(void)
         cmocka_unit_test(test_derived_any_geometry),
         cmocka_unit_test(test_sign_source_solves),
         cmocka_unit_test(test_gather_matches_forward),
+        cmocka_unit_test(test_verified_above_threshold),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -597,9 +597,9 @@ static int verify_rebuild(as_pctx *ctx, const inv_params *p, inv_state *st,
     }
     if (e <= VERIFY_TOL * mx)
         return 0;
-    as_pctx_errorf(ctx, "condition number %.3g above the threshold %.3g, and "
-                   "the rebuild error %.2g above %.0e", cond, p->cond_max,
-                   mx > 0 ? e / mx : e, VERIFY_TOL);
+    as_pctx_errorf(ctx, "rebuild error %.2g > %.0e at condition number %.3g "
+                   "(threshold %.3g)", mx > 0 ? e / mx : e, VERIFY_TOL, cond,
+                   p->cond_max);
     return AS_ENOTSUP;
 }
 
