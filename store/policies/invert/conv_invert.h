@@ -199,6 +199,7 @@ typedef struct as__civ_lstats {
     uint64_t saves;           /* inputs saved by inversion */
     uint64_t verified;        /* of them above the threshold, admitted by a
                                  rebuild at save within the error bound */
+    uint64_t residuals;       /* of them, with an 8-bit residual code */
     uint64_t derived;         /* inputs saved as derivations (all layers:
                                  not per layer) */
     uint64_t restores;        /* inputs rebuilt */
@@ -216,6 +217,20 @@ typedef struct as__civ_lstats {
  * no invert solver exists for it under the current rules. Thread-safe. */
 int as__civ_layer_stats(as_store *s, const char *layer,
                         as__civ_lstats *out);
+
+/* ---- the stored frame's packing (invert/fpack.c) ------------------------ */
+
+/* Bytes of a bitmap of nfl values (whole 64-bit words). */
+static inline size_t as__civ_bitmap_bytes(size_t nfl) { return (nfl + 63) / 64 * 8; }
+/* Packed bytes of nfl frame values (nnz nonzero) in nblk blocks: sparse
+ * (bitmap + nonzeros) or dense, q16 codes or floats. */
+size_t as__civ_fpack_bytes(size_t nfl, size_t nnz, size_t nblk, int sparse, int q16);
+/* Pack raw (nblk blocks of flen floats) into dst; unpack the inverse (q16:
+ * each value within max|block| / 65534). */
+void as__civ_fpack(const float *raw, size_t nblk, size_t flen, int sparse, int q16,
+                   void *dst);
+void as__civ_funpack(const void *src, size_t nblk, size_t flen, int sparse, int q16,
+                     float *raw);
 
 /* ---- internals shared by the conv_invert*.c files ----------------------- */
 

@@ -76,6 +76,7 @@ typedef struct inv_entry {
     int               users;    /* live items that may restore through ci */
     uint64_t          saves, restores;
     uint64_t          verified;  /* saves above the threshold verified */
+    uint64_t          residuals; /* of them, admitted with a residual code */
 } inv_entry;
 
 typedef struct inv_params {
@@ -104,6 +105,9 @@ typedef struct inv_state {
     void        *derived;       /* recompute state: the input is derived */
     int          admitted;      /* version above the threshold, this input's
                                    rebuild verified at save */
+    float       *rscale;        /* admitted with a residual code: one scale
+                                   per (image, channel) block, then */
+    int8_t      *resid;         /* X - X' per value, in units of the scale */
 } inv_state;
 
 /* ---- params --------------------------------------------------------------- */
@@ -114,6 +118,9 @@ enum { MODE_AUTO, MODE_CACHE, MODE_STREAM };
  * threshold"). */
 #define VERIFY_SPAN 10.0
 #define VERIFY_TOL 1e-4
+/* A rebuild off by at most RESID_MAX max|X| keeps an 8-bit residual code
+ * (error <= RESID_MAX / 254 max|X| after it) instead of falling back. */
+#define RESID_MAX 1e-2
 enum { FRAME_AUTO, FRAME_F32, FRAME_Q16 };
 
 static int parse_err(char *err, size_t errlen, size_t *err_off, size_t off,
@@ -324,124 +331,6 @@ static int inv_applies(const void *params, const as_save_info *info,
     return has_derivation(info, t) ? 0 : solve_applies(info, t, why, whylen);
 }
 
-/* Frame packing: [bitmap of nonzeros, when that is smaller] [q16: one
- * float scale per (image, channel)] values (all, or the nonzeros in
- * order) as floats or int16 codes. */
-static size_t bitmap_bytes(size_t nfl) { return (nfl + 63) / 64 * 8; }
-
-static size_t frame_pack_bytes(size_t nfl, size_t nnz, size_t nblk, int sparse,
-                               int q16)
-{
-    const size_t nv = sparse ? nnz : nfl;
-    return (sparse ? bitmap_bytes(nfl) : 0) + (q16 ? nblk * sizeof(float) : 0) +
-           nv * (q16 ? sizeof(int16_t) : sizeof(float));
-}
-
-/* Pack raw (nblk blocks of flen values) into dst. q16: code = round(v /
- * scale), scale = max|block| / 32767, so |v - code * scale| <= scale / 2. */
-/* 16-bit codes round(v * inv) of one block, clamped to +-32767. The
- * rounding adds and subtracts 1.5 * 2^23: round half to even, as lrintf in
- * the default rounding mode, for |v * inv| < 2^22 (here <= 32767 and a
- * rounding step), without a libm call per value. */
-static void q16_codes(const float *v, size_t len, float inv, int16_t *out)
-{
-    const float magic = 12582912.0f;
-    for (size_t i = 0; i < len; i++) {
-        float t = (v[i] * inv + magic) - magic;
-        t = t > 32767.0f ? 32767.0f : t < -32767.0f ? -32767.0f : t;
-        out[i] = (int16_t)t;
-    }
-}
-
-static void frame_pack(const float *raw, size_t nblk, size_t flen, int sparse,
-                       int q16, void *dst)
-{
-    const size_t nfl = nblk * flen;
-    char *p = dst;
-    uint64_t *bm = NULL;
-    if (sparse) {
-        bm = (uint64_t *)p;
-        memset(bm, 0, bitmap_bytes(nfl));
-        p += bitmap_bytes(nfl);
-    }
-    float *scale = NULL;
-    if (q16) {
-        scale = (float *)p;
-        p += nblk * sizeof(float);
-    }
-    float *vf = (float *)p;
-    int16_t *vq = (int16_t *)p;
-    size_t k = 0;
-    for (size_t b = 0; b < nblk; b++) {
-        const float *v = raw + b * flen;
-        float inv = 0;
-        if (q16) {
-            float mx = 0;   /* q16 frames are finite: a plain max (no libm call) */
-            for (size_t i = 0; i < flen; i++) {
-                const float a = fabsf(v[i]);
-                mx = a > mx ? a : mx;
-            }
-            scale[b] = mx / 32767.0f;
-            inv = mx > 0 ? 32767.0f / mx : 0;
-        }
-        if (!sparse && q16) {   /* the common case, a loop that vectorizes */
-            q16_codes(v, flen, inv, vq + k);
-            k += flen;
-            continue;
-        }
-        for (size_t i = 0; i < flen; i++) {
-            const size_t j = b * flen + i;
-            if (sparse) {
-                if (!(v[i] != 0.0f || signbit(v[i])))
-                    continue;
-                bm[j / 64] |= 1ull << (j % 64);
-            }
-            if (q16) {
-                long c = lrintf(v[i] * inv);
-                vq[k++] = (int16_t)(c > 32767 ? 32767 : c < -32767 ? -32767 : c);
-            } else {
-                vf[k++] = v[i];
-            }
-        }
-    }
-}
-
-static void frame_unpack(const void *src, size_t nblk, size_t flen, int sparse,
-                         int q16, float *raw)
-{
-    const size_t nfl = nblk * flen;
-    const char *p = src;
-    const uint64_t *bm = NULL;
-    if (sparse) {
-        bm = (const uint64_t *)p;
-        p += bitmap_bytes(nfl);
-    }
-    const float *scale = NULL;
-    if (q16) {
-        scale = (const float *)p;
-        p += nblk * sizeof(float);
-    }
-    const float *vf = (const float *)p;
-    const int16_t *vq = (const int16_t *)p;
-    if (!sparse && q16) {   /* the common case, a loop per block that vectorizes */
-        for (size_t b = 0; b < nblk; b++) {
-            const float sc = scale[b];
-            for (size_t i = 0; i < flen; i++)
-                raw[b * flen + i] = (float)vq[b * flen + i] * sc;
-        }
-        return;
-    }
-    size_t k = 0;
-    for (size_t j = 0; j < nfl; j++) {
-        if (sparse && !((bm[j / 64] >> (j % 64)) & 1)) {
-            raw[j] = 0.0f;
-            continue;
-        }
-        raw[j] = q16 ? (float)vq[k] * scale[j / flen] : vf[k];
-        k++;
-    }
-}
-
 /* The conv output handle must describe the f32 (N, Cout, Ho, Wo) tensor
  * the restore rebuilds from. Returns 0, AS_ENOTSUP (no such handle) or
  * AS_EMETA (the metadata disagrees with it), the reason set. */
@@ -491,14 +380,14 @@ static int encode_frame(as_pctx *ctx, const inv_params *p, const as_save_info *i
                          (p->frame == FRAME_AUTO && cond <= AS__CIV_Q16_COND &&
                           as_handle_is_null(info->alias_of)));
     const size_t nblk = (size_t)st->n * g->cin, flen = nfl / nblk;
-    const size_t dense = frame_pack_bytes(nfl, nnz, nblk, 0, st->q16);
-    const size_t sp = frame_pack_bytes(nfl, nnz, nblk, 1, st->q16);
+    const size_t dense = as__civ_fpack_bytes(nfl, nnz, nblk, 0, st->q16);
+    const size_t sp = as__civ_fpack_bytes(nfl, nnz, nblk, 1, st->q16);
     st->sparse = sp < dense;
     st->nnz = nnz;
     rc = as_pctx_alloc(ctx, st->sparse ? sp : dense, &st->frame);
     if (rc < 0)
         return rc;
-    frame_pack(raw, nblk, flen, st->sparse, st->q16, st->frame);
+    as__civ_fpack(raw, nblk, flen, st->sparse, st->q16, st->frame);
     return 0;
 }
 
@@ -526,10 +415,10 @@ static int encode_signs(as_pctx *ctx, const as_save_info *info, const as_tensor 
     }
     if (as_handle_is_null(info->alias_of) || !nx)
         return 0;
-    int rc = as_pctx_alloc(ctx, bitmap_bytes(nx), (void **)&st->pos);
+    int rc = as_pctx_alloc(ctx, as__civ_bitmap_bytes(nx), (void **)&st->pos);
     if (rc < 0)
         return rc;
-    memset(st->pos, 0, bitmap_bytes(nx));
+    memset(st->pos, 0, as__civ_bitmap_bytes(nx));
     for (size_t i0 = 0; i0 < nx; i0 += 64) {
         const size_t nb = nx - i0 < 64 ? nx - i0 : 64;
         uint64_t wbits = 0;
@@ -573,6 +462,58 @@ static int encode_derived(as_pctx *ctx, inv_params *p, const as_save_info *info,
 
 static int restore_into(as_pctx *ctx, const inv_params *p, inv_state *st,
                         const float *y, float *out, size_t out_bytes);
+static void fix_signs(const inv_state *st, float *x, size_t n);
+
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double e = 0;
+    for (size_t i = 0; i < n; i++)
+        e = fmax(e, fabs((double)a[i] - b[i]));
+    return e;
+}
+
+static size_t resid_blocks(const inv_state *st) { return (size_t)st->n * st->e->g.cin; }
+
+/* x += the residual code, then the signs fixed again (a restore does the
+ * same after its own fix). */
+static void resid_apply(const inv_state *st, float *x, size_t n)
+{
+    const size_t nblk = resid_blocks(st), blk = n / nblk;
+    for (size_t b = 0; b < nblk; b++) {
+        const float sc = st->rscale[b];
+        const int8_t *c = st->resid + b * blk;
+        float *xb = x + b * blk;
+        for (size_t i = 0; i < blk; i++)
+            xb[i] += sc * (float)c[i];
+    }
+    fix_signs(st, x, n);
+}
+
+/* The residual X - X' as int8 codes, one scale per (image, channel), kept
+ * with the item; xr (the rebuild) gets it applied. */
+static int encode_resid(as_pctx *ctx, inv_state *st, const float *x, float *xr,
+                        size_t n)
+{
+    const size_t nblk = resid_blocks(st), blk = n / nblk;
+    void *buf;
+    int rc = as_pctx_alloc(ctx, nblk * sizeof(float) + n, &buf);
+    if (rc < 0)
+        return rc;
+    st->rscale = buf;
+    st->resid = (int8_t *)(st->rscale + nblk);
+    for (size_t b = 0; b < nblk; b++) {
+        const float *xb = x + b * blk, *rb = xr + b * blk;
+        float m = 0;
+        for (size_t i = 0; i < blk; i++)
+            m = fmaxf(m, fabsf(xb[i] - rb[i]));
+        const float sc = m / 127.0f, inv = m > 0 ? 127.0f / m : 0.0f;
+        st->rscale[b] = sc;
+        for (size_t i = 0; i < blk; i++)
+            st->resid[b * blk + i] = (int8_t)lrintf((xb[i] - rb[i]) * inv);
+    }
+    resid_apply(st, xr, n);
+    return 0;
+}
 
 /* Rebuild t from the conv output just saved, as a restore will, and admit
  * the item when max|X' - X| <= VERIFY_TOL max|X|; else AS_ENOTSUP (the
@@ -590,13 +531,19 @@ static int verify_rebuild(as_pctx *ctx, const inv_params *p, inv_state *st,
     if ((rc = restore_into(ctx, p, st, y->data, xr, nb)) < 0)
         return rc;
     const float *x = t->data;
-    double e = 0, mx = 0;
-    for (size_t i = 0; i < n; i++) {
-        e = fmax(e, fabs((double)xr[i] - x[i]));
+    double e = max_diff(xr, x, n), mx = 0;
+    for (size_t i = 0; i < n; i++)
         mx = fmax(mx, fabs((double)x[i]));
-    }
     if (e <= VERIFY_TOL * mx)
         return 0;
+    if (e <= RESID_MAX * mx) {
+        if ((rc = encode_resid(ctx, st, x, xr, n)) < 0)
+            return rc;
+        const double e1 = max_diff(xr, x, n);
+        if (e1 <= VERIFY_TOL * mx)
+            return 0;
+        e = e1;
+    }
     as_pctx_errorf(ctx, "rebuild error %.2g > %.0e at condition number %.3g "
                    "(threshold %.3g)", mx > 0 ? e / mx : e, VERIFY_TOL, cond,
                    p->cond_max);
@@ -677,6 +624,7 @@ static int inv_encode(as_pctx *ctx, const void *params,
     e->users++;
     e->saves++;
     e->verified += (uint64_t)verify;
+    e->residuals += (uint64_t)(st->resid != NULL);
     pthread_mutex_unlock(&e->mu);
     *state = st;
     return 0;
@@ -722,7 +670,7 @@ static int restore_into(as_pctx *ctx, const inv_params *p, inv_state *st,
                                   (void **)&raw)) < 0)
             return rc;
         const size_t nblk = (size_t)st->n * e->g.cin;
-        frame_unpack(st->frame, nblk, st->frame_floats / nblk, st->sparse,
+        as__civ_funpack(st->frame, nblk, st->frame_floats / nblk, st->sparse,
                      st->q16, raw);
         frame = raw;
     }
@@ -771,6 +719,8 @@ static int restore_into(as_pctx *ctx, const inv_params *p, inv_state *st,
     pthread_mutex_unlock(&e->mu);
     if (rc == 0)
         fix_signs(st, out, out_bytes / sizeof(float));
+    if (rc == 0 && st->resid)
+        resid_apply(st, out, out_bytes / sizeof(float));
     if (rc == AS_EFALLBACK) {
         /* Cannot happen for a version accepted at save unless the weights
          * changed under the same version. */
@@ -838,6 +788,7 @@ static void add_entry(const inv_entry *e, as__civ_lstats *out)
     out->restores += e->restores;
     out->saves += e->saves;
     out->verified += e->verified;
+    out->residuals += e->residuals;
     out->users += (uint64_t)e->users;
     out->cache_bytes += s.cache_bytes;
     if (s.cond > out->cond || out->entries == 0)
