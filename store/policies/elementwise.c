@@ -30,26 +30,21 @@ typedef struct estate {
 } estate;
 
 /* Affine over NCHW-style layout: blocks of `inner` values share a channel
- * (one scale and shift per block, no per-value index arithmetic). */
+ * (one scale and shift per block, no per-value index arithmetic); forward
+ * y = a x + c, or its inverse x = (y - c) / a. */
 AS_CLONES_V4_V3
-static void affine_fwd(const as_elementwise *f, const float *x, float *y, int64_t n)
+static void affine(const as_elementwise *f, const float *in, float *out, int64_t n,
+                   bool inverse)
 {
     for (int64_t b = 0, i0 = 0; i0 < n; b++, i0 += f->inner) {
         const float a = f->scale[b % f->channels], c = f->shift[b % f->channels];
         const int64_t i1 = n - i0 < f->inner ? n : i0 + f->inner;
-        for (int64_t i = i0; i < i1; i++)
-            y[i] = a * x[i] + c;
-    }
-}
-
-AS_CLONES_V4_V3
-static void affine_inv(const as_elementwise *f, const float *y, float *x, int64_t n)
-{
-    for (int64_t b = 0, i0 = 0; i0 < n; b++, i0 += f->inner) {
-        const float a = f->scale[b % f->channels], c = f->shift[b % f->channels];
-        const int64_t i1 = n - i0 < f->inner ? n : i0 + f->inner;
-        for (int64_t i = i0; i < i1; i++)
-            x[i] = (y[i] - c) / a;
+        if (inverse)
+            for (int64_t i = i0; i < i1; i++)
+                out[i] = (in[i] - c) / a;
+        else
+            for (int64_t i = i0; i < i1; i++)
+                out[i] = a * in[i] + c;
     }
 }
 
@@ -79,7 +74,7 @@ static void apply_fn(const as_elementwise *f, const float *x, float *y,
         leaky_fwd(f->alpha, x, y, n);
         break;
     case AS_FN_AFFINE:
-        affine_fwd(f, x, y, n);
+        affine(f, x, y, n, false);
         break;
     case AS_FN_GELU:
         for (int64_t i = 0; i < n; i++)
@@ -98,7 +93,7 @@ static void apply_inverse(const as_elementwise *f, const float *y, float *x,
         leaky_inv(f->alpha, y, x, n);
         break;
     case AS_FN_AFFINE:
-        affine_inv(f, y, x, n);
+        affine(f, y, x, n, true);
         break;
     default:
         memmove(x, y, (size_t)n * sizeof *x);
