@@ -547,6 +547,10 @@ static int verify_rebuild(as_pctx *ctx, const inv_params *p, inv_state *st,
     as_pctx_errorf(ctx, "rebuild error %.2g > %.0e at condition number %.3g "
                    "(threshold %.3g)", mx > 0 ? e / mx : e, VERIFY_TOL, cond,
                    p->cond_max);
+    pthread_mutex_lock(&st->e->mu);
+    if (st->e->users == 0)
+        as__civ_trim(st->e->ci);   /* a factor cached by the check */
+    pthread_mutex_unlock(&st->e->mu);
     return AS_ENOTSUP;
 }
 
