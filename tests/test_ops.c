@@ -142,20 +142,41 @@ static int irand(int lo, int hi)   /* [lo, hi] */
 
 #define CANARY 16   /* floats after the workspace that must stay intact */
 
-/* Random geometries (odd sizes, strides, paddings, missing bias or
- * gradients), every backend against the double reference forward and
- * exact backward, with dW / db accumulating onto non-zero contents; the
- * workspace is guarded by a canary. */
+/* Kernel paths: builtin; oneDNN on one thread (activations change
+ * layout through ops_blk.c) and on two (the library's reorders). */
+typedef struct conv_path {
+    as_op_backend b;
+    int threads;
+} conv_path;
+
+static int conv_paths(conv_path *p)
+{
+    as_op_backend bk[2];
+    int nbk = nbackends(bk), n = 0;
+    for (int bi = 0; bi < nbk; bi++) {
+        p[n++] = (conv_path){bk[bi], 1};
+        if (bk[bi] == AS_OP_ONEDNN)
+            p[n++] = (conv_path){bk[bi], 2};
+    }
+    return n;
+}
+
+/* Random geometries (odd sizes, strides, paddings, channel counts on
+ * both sides of a 16-channel block, missing bias or gradients), every
+ * kernel path against the double reference forward and exact backward,
+ * with dW / db accumulating onto non-zero contents; the workspace is
+ * guarded by a canary. */
 static void test_conv_random(void **state)
 {
     (void)state;
-    as_op_backend bk[2];
-    int nbk = nbackends(bk);
-    for (int t = 0; t < 24; t++) {
+    conv_path paths[3];
+    int npath = conv_paths(paths);
+    for (int t = 0; t < 28; t++) {
         int k = irand(1, 5), stride = irand(1, 3);
-        as_op_conv_geom g = {.N = irand(1, 5), .Cin = irand(1, 20),
+        bool wide = t % 2;   /* more than one channel block */
+        as_op_conv_geom g = {.N = irand(1, 5), .Cin = wide ? irand(15, 40) : irand(1, 20),
                              .H = irand(k, 17), .W = irand(k, 17),
-                             .Cout = irand(1, 24), .kh = k, .kw = k,
+                             .Cout = wide ? irand(15, 40) : irand(1, 24), .kh = k, .kw = k,
                              .stride = stride, .pad = irand(0, k - 1)};
         if (t == 0)   /* a bench-like shape: oneDNN's blocked kernels */
             g = (as_op_conv_geom){.N = 4, .Cin = 16, .H = 14, .W = 14,
@@ -179,8 +200,9 @@ static void test_conv_random(void **state)
         memcpy(gr, g0, sizeof(double) * np);
         conv_bwd_ref(&g, p, p + nx, dy, gr, gr + nx, gr + nx + nw);
         float *pf = to_f(p, np), *dyf = to_f(dy, ny), *y = malloc(sizeof(float) * ny);
-        for (int bi = 0; bi < nbk; bi++) {
-            assert_int_equal(as_op_set_backend(bk[bi]), 0);
+        for (int pi = 0; pi < npath; pi++) {
+            assert_int_equal(as_op_set_backend(paths[pi].b), 0);
+            as_op_set_threads(paths[pi].threads);
             size_t nws = as_op_conv_workspace(&g);
             float *ws = malloc(sizeof(float) * (nws + CANARY));
             for (int c = 0; c < CANARY; c++)
@@ -188,8 +210,8 @@ static void test_conv_random(void **state)
             float *gf = to_f(g0, np);
             char what[128];
             snprintf(what, sizeof what,
-                     "conv %s N%d Cin%d %dx%d Cout%d k%d s%d p%d bias%d dx%d dW%d",
-                     bname(bk[bi]), g.N, g.Cin, g.H, g.W, g.Cout, g.kh, g.stride,
+                     "conv %s/%dt N%d Cin%d %dx%d Cout%d k%d s%d p%d bias%d dx%d dW%d",
+                     bname(paths[pi].b), paths[pi].threads, g.N, g.Cin, g.H, g.W, g.Cout, g.kh, g.stride,
                      g.pad, bias, want_dx, want_dw);
             as_op_conv_fwd(&g, pf, pf + nx, bias ? pf + nx + nw : NULL, y, ws);
             check_close(what, y, yr, ny, 1e-5);
@@ -209,6 +231,7 @@ static void test_conv_random(void **state)
             free(gf);
         }
         as_op_set_backend(AS_OP_BUILTIN);
+        as_op_set_threads(1);
         free(p); free(dy); free(yr); free(g0); free(gr); free(pf); free(dyf);
         free(y);
     }
