@@ -35,6 +35,7 @@ static dnnl_engine_t engine;
 static bool engine_ok;
 static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
 static atomic_int want_threads;
+static atomic_bool own_reorders = true;
 
 static void engine_init(void)
 {
@@ -52,6 +53,11 @@ void as_dnnl_set_threads(int threads)
     atomic_store(&want_threads, threads);
     if (threads > 0)
         omp_set_num_threads(threads);
+}
+
+void as_dnnl_set_own_reorders(bool on)
+{
+    atomic_store(&own_reorders, on);
 }
 
 /* OpenMP's thread count is per calling thread: apply the process-wide
@@ -457,7 +463,7 @@ static void run_exec(run *r, const prim *p, int n, dnnl_exec_arg_t *args)
  * and one thread (the library's reorders run on all of them). */
 static bool own_blk(const slot *s)
 {
-    return s->n > 0 && omp_get_max_threads() == 1;
+    return s->n > 0 && omp_get_max_threads() == 1 && atomic_load(&own_reorders);
 }
 
 /* Memory for slot s holding user data u: the user buffer itself when the

@@ -18,6 +18,9 @@
 #include <actstore/common.h>
 
 #include "layers/ops.h"
+#ifdef AS_TEST_HAVE_ONEDNN
+#include "layers/ops_dnnl.h"
+#endif
 #include "support/fd.h"
 #include "support/ref.h"
 
@@ -142,11 +145,13 @@ static int irand(int lo, int hi)   /* [lo, hi] */
 
 #define CANARY 16   /* floats after the workspace that must stay intact */
 
-/* Kernel paths: builtin; oneDNN on one thread (activations change
- * layout through ops_blk.c) and on two (the library's reorders). */
+/* Kernel paths: builtin; oneDNN on one thread with activations changing
+ * layout through ops_blk.c or through the library's reorders, and on
+ * two threads (the library's reorders). */
 typedef struct conv_path {
     as_op_backend b;
     int threads;
+    bool own;
 } conv_path;
 
 static int conv_paths(conv_path *p)
@@ -154,11 +159,22 @@ static int conv_paths(conv_path *p)
     as_op_backend bk[2];
     int nbk = nbackends(bk), n = 0;
     for (int bi = 0; bi < nbk; bi++) {
-        p[n++] = (conv_path){bk[bi], 1};
-        if (bk[bi] == AS_OP_ONEDNN)
-            p[n++] = (conv_path){bk[bi], 2};
+        p[n++] = (conv_path){bk[bi], 1, true};
+        if (bk[bi] == AS_OP_ONEDNN) {
+            p[n++] = (conv_path){bk[bi], 1, false};
+            p[n++] = (conv_path){bk[bi], 2, true};
+        }
     }
     return n;
+}
+
+static void conv_path_use(const conv_path *p)
+{
+    assert_int_equal(as_op_set_backend(p->b), 0);
+    as_op_set_threads(p->threads);
+#ifdef AS_TEST_HAVE_ONEDNN
+    as_dnnl_set_own_reorders(p->own);
+#endif
 }
 
 /* Random geometries (odd sizes, strides, paddings, channel counts on
@@ -169,7 +185,7 @@ static int conv_paths(conv_path *p)
 static void test_conv_random(void **state)
 {
     (void)state;
-    conv_path paths[3];
+    conv_path paths[4];
     int npath = conv_paths(paths);
     for (int t = 0; t < 28; t++) {
         int k = irand(1, 5), stride = irand(1, 3);
@@ -201,8 +217,7 @@ static void test_conv_random(void **state)
         conv_bwd_ref(&g, p, p + nx, dy, gr, gr + nx, gr + nx + nw);
         float *pf = to_f(p, np), *dyf = to_f(dy, ny), *y = malloc(sizeof(float) * ny);
         for (int pi = 0; pi < npath; pi++) {
-            assert_int_equal(as_op_set_backend(paths[pi].b), 0);
-            as_op_set_threads(paths[pi].threads);
+            conv_path_use(&paths[pi]);
             size_t nws = as_op_conv_workspace(&g);
             float *ws = malloc(sizeof(float) * (nws + CANARY));
             for (int c = 0; c < CANARY; c++)
@@ -210,8 +225,8 @@ static void test_conv_random(void **state)
             float *gf = to_f(g0, np);
             char what[128];
             snprintf(what, sizeof what,
-                     "conv %s/%dt N%d Cin%d %dx%d Cout%d k%d s%d p%d bias%d dx%d dW%d",
-                     bname(paths[pi].b), paths[pi].threads, g.N, g.Cin, g.H, g.W, g.Cout, g.kh, g.stride,
+                     "conv %s/%dt/%s N%d Cin%d %dx%d Cout%d k%d s%d p%d bias%d dx%d dW%d",
+                     bname(paths[pi].b), paths[pi].threads, paths[pi].own ? "own" : "lib", g.N, g.Cin, g.H, g.W, g.Cout, g.kh, g.stride,
                      g.pad, bias, want_dx, want_dw);
             as_op_conv_fwd(&g, pf, pf + nx, bias ? pf + nx + nw : NULL, y, ws);
             check_close(what, y, yr, ny, 1e-5);
@@ -230,8 +245,7 @@ static void test_conv_random(void **state)
             free(ws);
             free(gf);
         }
-        as_op_set_backend(AS_OP_BUILTIN);
-        as_op_set_threads(1);
+        conv_path_use(&paths[0]);
         free(p); free(dy); free(yr); free(g0); free(gr); free(pf); free(dyf);
         free(y);
     }
