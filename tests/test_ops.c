@@ -326,12 +326,22 @@ static void test_backend(void **state)
     for (int pass = 0; pass < 3; pass++)
         assert_int_equal(as_op_conv_native(&g, pass, ws), 0);
     free(ws);
+    n = as_op_linear_native_workspace(37, 20, 9);
+    assert_true(n > 0);
+    ws = calloc(n, sizeof(float));
+    for (int pass = 0; pass < 2; pass++)
+        assert_int_equal(as_op_linear_native(37, 20, 9, pass, ws), 0);
+    assert_int_equal(as_op_linear_native(37, 20, 9, 2, ws), AS_ENOTSUP);
+    assert_int_equal(as_op_linear_native_workspace(0, 20, 9), 0);
+    free(ws);
 #else
     assert_int_equal(rc, AS_ENOTSUP);
     assert_int_equal(as_op_get_backend(), AS_OP_BUILTIN);
 #endif
     as_op_set_backend(AS_OP_BUILTIN);
     assert_int_equal(as_op_conv_native(&(as_op_conv_geom){0}, 0, NULL), AS_ENOTSUP);
+    assert_int_equal(as_op_linear_native_workspace(37, 20, 9), 0);
+    assert_int_equal(as_op_linear_native(37, 20, 9, 0, NULL), AS_ENOTSUP);
     as_op_set_backend(was);
 }
 
