@@ -137,42 +137,40 @@ static bool simd(void)
 #endif
 }
 
-void as_blk16_from_nchw(int N, int C, int HW, const float *src, float *dst)
+/* Every (image, channel block) panel: plain (NCHW) and blocked sides. */
+static void panels(int N, int C, int HW, const float *src, float *dst, bool to_blk)
 {
     const int CB = (C + 15) / 16;
     const bool v = simd();
     for (int n = 0; n < N; n++)
         for (int cb = 0; cb < CB; cb++) {
             const int nc = C - cb * 16 < 16 ? C - cb * 16 : 16;
-            const float *s = src + ((size_t)n * C + (size_t)cb * 16) * HW;
-            float *d = dst + ((size_t)n * CB + cb) * HW * 16;
+            const size_t plain = ((size_t)n * C + (size_t)cb * 16) * HW;
+            const size_t blk = ((size_t)n * CB + cb) * HW * 16;
 #if AS_X86_DISPATCH
+            if (v && to_blk) {
+                panel_to_blk(src + plain, (size_t)HW, nc, dst + blk, HW);
+                continue;
+            }
             if (v) {
-                panel_to_blk(s, (size_t)HW, nc, d, HW);
+                panel_to_nchw(src + blk, HW, dst + plain, (size_t)HW, nc);
                 continue;
             }
 #endif
-            panel_to_blk_ref(s, (size_t)HW, nc, d, HW);
+            if (to_blk)
+                panel_to_blk_ref(src + plain, (size_t)HW, nc, dst + blk, HW);
+            else
+                panel_to_nchw_ref(src + blk, HW, dst + plain, (size_t)HW, nc);
         }
     (void)v;
 }
 
+void as_blk16_from_nchw(int N, int C, int HW, const float *src, float *dst)
+{
+    panels(N, C, HW, src, dst, true);
+}
+
 void as_blk16_to_nchw(int N, int C, int HW, const float *src, float *dst)
 {
-    const int CB = (C + 15) / 16;
-    const bool v = simd();
-    for (int n = 0; n < N; n++)
-        for (int cb = 0; cb < CB; cb++) {
-            const int nc = C - cb * 16 < 16 ? C - cb * 16 : 16;
-            const float *s = src + ((size_t)n * CB + cb) * HW * 16;
-            float *d = dst + ((size_t)n * C + (size_t)cb * 16) * HW;
-#if AS_X86_DISPATCH
-            if (v) {
-                panel_to_nchw(s, HW, d, (size_t)HW, nc);
-                continue;
-            }
-#endif
-            panel_to_nchw_ref(s, HW, d, (size_t)HW, nc);
-        }
-    (void)v;
+    panels(N, C, HW, src, dst, false);
 }

@@ -227,6 +227,19 @@ static bool is_ref(dnnl_primitive_desc_t pd)
     return !strncmp(impl, "ref", 3);
 }
 
+/* The forward / backward-data / backward-weights descriptors of a build
+ * and its attribute (each may be NULL). */
+static void pds_destroy(dnnl_primitive_desc_t f, dnnl_primitive_desc_t d,
+                        dnnl_primitive_desc_t w, dnnl_primitive_attr_t attr)
+{
+    dnnl_primitive_desc_t all[3] = {f, d, w};
+    for (int i = 0; i < 3; i++)
+        if (all[i])
+            dnnl_primitive_desc_destroy(all[i]);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+}
+
 static size_t place(size_t *at, const slot *s)
 {
     size_t o = *at;
@@ -338,14 +351,7 @@ static int ent_build(conv_ent *e)
     e->b_end = at + up(e->scr);
     rc = 0;
 out:
-    if (fpd)
-        dnnl_primitive_desc_destroy(fpd);
-    if (dpd)
-        dnnl_primitive_desc_destroy(dpd);
-    if (wpd)
-        dnnl_primitive_desc_destroy(wpd);
-    if (attr)
-        dnnl_primitive_attr_destroy(attr);
+    pds_destroy(fpd, dpd, wpd, attr);
     if (acc)
         dnnl_primitive_attr_destroy(acc);
     if (sum)
@@ -717,14 +723,7 @@ static int ip_build(ip_ent *e)
             e->scr = md_size(&ps[i]->scratch);
     rc = 0;
 out:
-    if (fpd)
-        dnnl_primitive_desc_destroy(fpd);
-    if (dpd)
-        dnnl_primitive_desc_destroy(dpd);
-    if (wpd)
-        dnnl_primitive_desc_destroy(wpd);
-    if (attr)
-        dnnl_primitive_attr_destroy(attr);
+    pds_destroy(fpd, dpd, wpd, attr);
     if (rc) {
         prim_free(&e->fwd);
         prim_free(&e->bwd_d);
