@@ -2,7 +2,9 @@
  * Where the oneDNN conv path loses against the library's bare primitive:
  * the layout changes NCHW <-> nChw16c of the activations. Times, in one
  * process, alternating call by call (thread CPU time, one thread, median
- * of 41 repeats of 3 calls), on the cnn bench preset's three conv shapes:
+ * of 41 repeats of 3 calls; the order rotates by one variant per repeat,
+ * so each follows each as often), on the cnn bench preset's three conv
+ * shapes:
  *   fwd / bwd with the activations through ops_blk.c's transposes,
  *   fwd / bwd with the library's reorders (as_dnnl_set_own_reorders(false)),
  *   the library's primitives alone on blocked tensors (as_op_conv_native).
@@ -102,7 +104,8 @@ int main(int argc, char **argv)
         const int kind[6] = {0, 0, 2, 1, 1, 3}, own[6] = {1, 0, 1, 1, 0, 1};
         static double t[6][REPS];
         for (int r = 0; r < REPS; r++)
-            for (int k = 0; k < 6; k++) {
+            for (int j = 0; j < 6; j++) {   /* each variant first in turn */
+                const int k = (j + r) % 6;
                 as_dnnl_set_own_reorders(own[k]);
                 double sum = 0;
                 for (int i = 0; i < CALLS; i++) {
