@@ -3,11 +3,9 @@
  * backward-weights (see ops_dnnl.h).
  *
  * Conv: the primitives pick their own (blocked, e.g. nChw16c) layouts,
- * which run 2-3x faster than on NCHW; each call reorders x, W, dy into
+ * which run 3-4x faster than on NCHW; each call reorders x, W, dy into
  * those layouts inside the caller's workspace and the results back to
- * NCHW / OIHW, as PyTorch does for NCHW tensors. Activations in nChw16c
- * go through ops_blk.c's transposes on one thread (faster than the
- * library's reorders on these shapes), the rest through its reorders. Primitives, reorders and
+ * NCHW / OIHW, as PyTorch does for NCHW tensors. Primitives, reorders and
  * the workspace layout are built once per geometry and kept in a small
  * table; every scratch byte (the primitives' scratchpads included) comes
  * from the caller's workspace, so a call allocates nothing but the
@@ -16,8 +14,6 @@
  * marked unsupported: the builtin im2col path is faster there.
  */
 #include "layers/ops_dnnl.h"
-
-#include "layers/ops_blk.h"
 
 #include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
@@ -35,7 +31,6 @@ static dnnl_engine_t engine;
 static bool engine_ok;
 static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
 static atomic_int want_threads;
-static atomic_bool own_reorders = true;
 
 static void engine_init(void)
 {
@@ -53,11 +48,6 @@ void as_dnnl_set_threads(int threads)
     atomic_store(&want_threads, threads);
     if (threads > 0)
         omp_set_num_threads(threads);
-}
-
-void as_dnnl_set_own_reorders(bool on)
-{
-    atomic_store(&own_reorders, on);
 }
 
 /* OpenMP's thread count is per calling thread: apply the process-wide
@@ -121,7 +111,6 @@ typedef struct slot {
     dnnl_memory_desc_t md;
     prim re;
     size_t off;
-    int n, c, hw;   /* > 0: md is nChw16c of this NCHW activation */
 } slot;
 
 typedef struct conv_ent {
@@ -187,15 +176,6 @@ static int reorder_make(prim *out, const dnnl_memory_desc_t *from,
     return rc;
 }
 
-/* Whether md is the dense nChw16c layout of 4-d dims d. */
-static bool is_blk16(const dnnl_memory_desc_t *md, const dnnl_dims_t d)
-{
-    dnnl_memory_desc_t b;
-    return md->ndims == 4 &&
-           dnnl_memory_desc_init_by_tag(&b, 4, d, dnnl_f32, dnnl_aBcd16b) == dnnl_success &&
-           dnnl_memory_desc_equal(md, &b);
-}
-
 /* slot for a primitive operand of layout `want` (user layout `user`);
  * to_user: the reorder runs from `want` to `user` (outputs). */
 static int slot_make(slot *s, const dnnl_memory_desc_t *want,
@@ -204,14 +184,8 @@ static int slot_make(slot *s, const dnnl_memory_desc_t *want,
 {
     s->md = *want;
     s->re.p = NULL;
-    s->n = 0;
     if (dnnl_memory_desc_equal(want, user))
         return 0;
-    if (user->ndims == 4 && is_blk16(want, user->dims)) {
-        s->n = (int)user->dims[0];
-        s->c = (int)user->dims[1];
-        s->hw = (int)(user->dims[2] * user->dims[3]);
-    }
     return to_user ? reorder_make(&s->re, want, user, attr)
                    : reorder_make(&s->re, user, want, attr);
 }
@@ -465,13 +439,6 @@ static void run_exec(run *r, const prim *p, int n, dnnl_exec_arg_t *args)
         r->err = 1;
 }
 
-/* Whether slot s changes layout with ops_blk.c: an nChw16c activation
- * and one thread (the library's reorders run on all of them). */
-static bool own_blk(const slot *s)
-{
-    return s->n > 0 && omp_get_max_threads() == 1 && atomic_load(&own_reorders);
-}
-
 /* Memory for slot s holding user data u: the user buffer itself when the
  * layouts agree, else the slot's workspace copy (reordered from u when
  * `in`). */
@@ -481,9 +448,7 @@ static dnnl_memory_t run_in(run *r, const slot *s, const dnnl_memory_desc_t *umd
     if (!s->re.p)
         return run_mem(r, umd, u);
     dnnl_memory_t m = run_mem(r, &s->md, r->ws + s->off);
-    if (in && own_blk(s)) {
-        as_blk16_from_nchw(s->n, s->c, s->hw, u, (float *)(void *)(r->ws + s->off));
-    } else if (in) {
+    if (in) {
         dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, run_mem(r, umd, u)},
                                 {DNNL_ARG_TO, m}};
         run_exec(r, &s->re, 2, a);
@@ -497,13 +462,6 @@ static void run_out(run *r, const slot *s, dnnl_memory_t m,
 {
     if (!s->re.p)
         return;
-    if (own_blk(s)) {   /* after the primitive that writes m */
-        if (!r->err && dnnl_stream_wait(r->s))
-            r->err = 1;
-        if (!r->err)
-            as_blk16_to_nchw(s->n, s->c, s->hw, (const float *)(void *)(r->ws + s->off), u);
-        return;
-    }
     dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, m}, {DNNL_ARG_TO, run_mem(r, umd, u)}};
     run_exec(r, &s->re, 2, a);
 }

@@ -16,10 +16,6 @@
 bool as_dnnl_available(void);
 /* OpenMP threads the kernels run with (0 = the runtime's default). */
 void as_dnnl_set_threads(int threads);
-/* Whether conv activations change layout through ops_blk.c (default, one
- * thread) or always through the library's reorders; process-wide, for
- * tests and experiments. */
-void as_dnnl_set_own_reorders(bool on);
 /* "oneDNN 2.6.3, avx512_core" into buf (empty when unavailable). */
 void as_dnnl_describe(char *buf, size_t len);
 

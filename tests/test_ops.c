@@ -18,9 +18,6 @@
 #include <actstore/common.h>
 
 #include "layers/ops.h"
-#ifdef AS_TEST_HAVE_ONEDNN
-#include "layers/ops_dnnl.h"
-#endif
 #include "support/fd.h"
 #include "support/ref.h"
 
@@ -145,13 +142,11 @@ static int irand(int lo, int hi)   /* [lo, hi] */
 
 #define CANARY 16   /* floats after the workspace that must stay intact */
 
-/* Kernel paths: builtin; oneDNN on one thread with activations changing
- * layout through ops_blk.c or through the library's reorders, and on
- * two threads (the library's reorders). */
+/* Kernel paths: builtin; oneDNN on one thread and on two (its
+ * primitives and reorders split the work across OpenMP threads). */
 typedef struct conv_path {
     as_op_backend b;
     int threads;
-    bool own;
 } conv_path;
 
 static int conv_paths(conv_path *p)
@@ -159,11 +154,9 @@ static int conv_paths(conv_path *p)
     as_op_backend bk[2];
     int nbk = nbackends(bk), n = 0;
     for (int bi = 0; bi < nbk; bi++) {
-        p[n++] = (conv_path){bk[bi], 1, true};
-        if (bk[bi] == AS_OP_ONEDNN) {
-            p[n++] = (conv_path){bk[bi], 1, false};
-            p[n++] = (conv_path){bk[bi], 2, true};
-        }
+        p[n++] = (conv_path){bk[bi], 1};
+        if (bk[bi] == AS_OP_ONEDNN)
+            p[n++] = (conv_path){bk[bi], 2};
     }
     return n;
 }
@@ -172,9 +165,6 @@ static void conv_path_use(const conv_path *p)
 {
     assert_int_equal(as_op_set_backend(p->b), 0);
     as_op_set_threads(p->threads);
-#ifdef AS_TEST_HAVE_ONEDNN
-    as_dnnl_set_own_reorders(p->own);
-#endif
 }
 
 /* Random geometries (odd sizes, strides, paddings, channel counts on
@@ -185,7 +175,7 @@ static void conv_path_use(const conv_path *p)
 static void test_conv_random(void **state)
 {
     (void)state;
-    conv_path paths[4];
+    conv_path paths[3];
     int npath = conv_paths(paths);
     for (int t = 0; t < 28; t++) {
         int k = irand(1, 5), stride = irand(1, 3);
@@ -225,8 +215,8 @@ static void test_conv_random(void **state)
             float *gf = to_f(g0, np);
             char what[128];
             snprintf(what, sizeof what,
-                     "conv %s/%dt/%s N%d Cin%d %dx%d Cout%d k%d s%d p%d bias%d dx%d dW%d",
-                     bname(paths[pi].b), paths[pi].threads, paths[pi].own ? "own" : "lib", g.N, g.Cin, g.H, g.W, g.Cout, g.kh, g.stride,
+                     "conv %s/%dt N%d Cin%d %dx%d Cout%d k%d s%d p%d bias%d dx%d dW%d",
+                     bname(paths[pi].b), paths[pi].threads, g.N, g.Cin, g.H, g.W, g.Cout, g.kh, g.stride,
                      g.pad, bias, want_dx, want_dw);
             as_op_conv_fwd(&g, pf, pf + nx, bias ? pf + nx + nw : NULL, y, ws);
             check_close(what, y, yr, ny, 1e-5);
