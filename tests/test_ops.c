@@ -216,8 +216,8 @@ static void test_conv_random(void **state)
             char what[128];
             snprintf(what, sizeof what,
                      "conv %s/%dt N%d Cin%d %dx%d Cout%d k%d s%d p%d bias%d dx%d dW%d",
-                     bname(paths[pi].b), paths[pi].threads, g.N, g.Cin, g.H, g.W, g.Cout, g.kh, g.stride,
-                     g.pad, bias, want_dx, want_dw);
+                     bname(paths[pi].b), paths[pi].threads, g.N, g.Cin, g.H, g.W, g.Cout,
+                     g.kh, g.stride, g.pad, bias, want_dx, want_dw);
             as_op_conv_fwd(&g, pf, pf + nx, bias ? pf + nx + nw : NULL, y, ws);
             check_close(what, y, yr, ny, 1e-5);
             as_op_conv_bwd(&g, pf, pf + nx, dyf, want_dx ? gf : NULL,

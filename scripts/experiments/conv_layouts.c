@@ -90,16 +90,22 @@ static job reo(const dnnl_memory_desc_t *a, const dnnl_memory_desc_t *b) {
     j.a[1] = (dnnl_exec_arg_t){DNNL_ARG_TO, mk(b)};
     return j;
 }
+/* src a, weights w, bias b, dst y descriptors of the shape, by tag. */
+static void descs(int N, int Ci, int H, int Co, dnnl_format_tag_t ts, dnnl_format_tag_t tw,
+                  dnnl_format_tag_t td, dnnl_memory_desc_t *a, dnnl_memory_desc_t *w,
+                  dnnl_memory_desc_t *b, dnnl_memory_desc_t *y) {
+    dnnl_dims_t xd = {N, Ci, H, H}, wd = {Co, Ci, 3, 3}, bd = {Co}, yd = {N, Co, H, H};
+    dnnl_memory_desc_init_by_tag(a, 4, xd, dnnl_f32, ts);
+    dnnl_memory_desc_init_by_tag(w, 4, wd, dnnl_f32, tw);
+    dnnl_memory_desc_init_by_tag(b, 1, bd, dnnl_f32, dnnl_x);
+    dnnl_memory_desc_init_by_tag(y, 4, yd, dnnl_f32, td);
+}
 static job fwd(int N, int Ci, int H, int Co, dnnl_format_tag_t ts, dnnl_format_tag_t tw,
                dnnl_format_tag_t td, dnnl_memory_desc_t *xs, dnnl_memory_desc_t *xw,
                dnnl_memory_desc_t *xd, dnnl_primitive_desc_t *fpd_out) {
-    dnnl_dims_t xd_ = {N, Ci, H, H}, wd = {Co, Ci, 3, 3}, bd = {Co}, yd = {N, Co, H, H}, s = {1, 1},
-                p = {1, 1};
+    dnnl_dims_t s = {1, 1}, p = {1, 1};
     dnnl_memory_desc_t a, w, b, y;
-    dnnl_memory_desc_init_by_tag(&a, 4, xd_, dnnl_f32, ts);
-    dnnl_memory_desc_init_by_tag(&w, 4, wd, dnnl_f32, tw);
-    dnnl_memory_desc_init_by_tag(&b, 1, bd, dnnl_f32, dnnl_x);
-    dnnl_memory_desc_init_by_tag(&y, 4, yd, dnnl_f32, td);
+    descs(N, Ci, H, Co, ts, tw, td, &a, &w, &b, &y);
     dnnl_convolution_desc_t cd;
     dnnl_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &a, &w,
                                        &b, &y, s, p, p);
@@ -124,63 +130,55 @@ static job fwd(int N, int Ci, int H, int Co, dnnl_format_tag_t ts, dnnl_format_t
         *fpd_out = pd;
     return j;
 }
-static job bwdd(int N, int Ci, int H, int Co, dnnl_format_tag_t ts, dnnl_format_tag_t tw,
-                dnnl_format_tag_t td, dnnl_primitive_desc_t hint) {
-    dnnl_dims_t xd_ = {N, Ci, H, H}, wd = {Co, Ci, 3, 3}, yd = {N, Co, H, H}, s = {1, 1},
-                p = {1, 1};
-    dnnl_memory_desc_t a, w, y;
-    dnnl_memory_desc_init_by_tag(&a, 4, xd_, dnnl_f32, ts);
-    dnnl_memory_desc_init_by_tag(&w, 4, wd, dnnl_f32, tw);
-    dnnl_memory_desc_init_by_tag(&y, 4, yd, dnnl_f32, td);
-    dnnl_convolution_desc_t cd;
-    dnnl_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &a, &w, &y, s, p, p);
-    dnnl_primitive_desc_t pd;
-    job j = {0};
-    if (dnnl_primitive_desc_create(&pd, &cd, NULL, eng, hint)) {
-        printf("  bwdd create fail\n");
-        return j;
-    }
-    printf("  bwd_d impl %s\n", impl(pd));
-    j.n = 3;
-    j.a[0] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_DST,
-                               mk(dnnl_primitive_desc_query_md(pd, dnnl_query_diff_dst_md, 0))};
-    j.a[1] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS,
-                               mk(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0))};
-    j.a[2] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_SRC,
-                               mk(dnnl_primitive_desc_query_md(pd, dnnl_query_diff_src_md, 0))};
-    dnnl_primitive_create(&j.p, pd);
-    return j;
+/* A query's memory for the primitive of pd. */
+static dnnl_exec_arg_t arg(int what, dnnl_primitive_desc_t pd, dnnl_query_t q) {
+    return (dnnl_exec_arg_t){what, mk(dnnl_primitive_desc_query_md(pd, q, 0))};
 }
-static job bwdw(int N, int Ci, int H, int Co, dnnl_format_tag_t ts, dnnl_format_tag_t tw,
-                dnnl_format_tag_t td, dnnl_primitive_desc_t hint) {
-    dnnl_dims_t xd_ = {N, Ci, H, H}, wd = {Co, Ci, 3, 3}, bd = {Co}, yd = {N, Co, H, H}, s = {1, 1},
-                p = {1, 1};
+/* Backward data (weights = 0) or backward weights (1). */
+static job bwd(int N, int Ci, int H, int Co, dnnl_format_tag_t ts, dnnl_format_tag_t tw,
+               dnnl_format_tag_t td, dnnl_primitive_desc_t hint, int weights) {
+    dnnl_dims_t s = {1, 1}, p = {1, 1};
     dnnl_memory_desc_t a, w, b, y;
-    dnnl_memory_desc_init_by_tag(&a, 4, xd_, dnnl_f32, ts);
-    dnnl_memory_desc_init_by_tag(&w, 4, wd, dnnl_f32, tw);
-    dnnl_memory_desc_init_by_tag(&b, 1, bd, dnnl_f32, dnnl_x);
-    dnnl_memory_desc_init_by_tag(&y, 4, yd, dnnl_f32, td);
+    descs(N, Ci, H, Co, ts, tw, td, &a, &w, &b, &y);
     dnnl_convolution_desc_t cd;
-    dnnl_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &a, &w, &b, &y, s, p,
-                                                p);
+    if (weights)
+        dnnl_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &a, &w, &b, &y,
+                                                    s, p, p);
+    else
+        dnnl_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &a, &w, &y, s, p, p);
     dnnl_primitive_desc_t pd;
     job j = {0};
     if (dnnl_primitive_desc_create(&pd, &cd, NULL, eng, hint)) {
-        printf("  bwdw create fail\n");
+        printf("  %s create fail\n", weights ? "bwd_w" : "bwd_d");
         return j;
     }
-    printf("  bwd_w impl %s\n", impl(pd));
-    j.n = 4;
-    j.a[0] =
-        (dnnl_exec_arg_t){DNNL_ARG_SRC, mk(dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0))};
-    j.a[1] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_DST,
-                               mk(dnnl_primitive_desc_query_md(pd, dnnl_query_diff_dst_md, 0))};
-    j.a[2] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_WEIGHTS,
-                               mk(dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 0))};
-    j.a[3] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_BIAS, mk(&b)};
+    printf("  %s impl %s\n", weights ? "bwd_w" : "bwd_d", impl(pd));
+    if (weights) {
+        j.n = 4;
+        j.a[0] = arg(DNNL_ARG_SRC, pd, dnnl_query_src_md);
+        j.a[1] = arg(DNNL_ARG_DIFF_DST, pd, dnnl_query_diff_dst_md);
+        j.a[2] = arg(DNNL_ARG_DIFF_WEIGHTS, pd, dnnl_query_diff_weights_md);
+        j.a[3] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_BIAS, mk(&b)};
+    } else {
+        j.n = 3;
+        j.a[0] = arg(DNNL_ARG_DIFF_DST, pd, dnnl_query_diff_dst_md);
+        j.a[1] = arg(DNNL_ARG_WEIGHTS, pd, dnnl_query_weights_md);
+        j.a[2] = arg(DNNL_ARG_DIFF_SRC, pd, dnnl_query_diff_src_md);
+    }
     dnnl_primitive_create(&j.p, pd);
     return j;
 }
+/* Append job j (skipped when its primitive did not build) as "cfg what". */
+static void add(job *js, const char **nm, int *n, job j, const char *cfg, const char *what) {
+    static char names[64][48];
+    if (!j.p || *n >= 16)
+        return;
+    snprintf(names[*n], sizeof names[*n], "%s %s", cfg, what);
+    js[*n] = j;
+    nm[*n] = names[*n];
+    (*n)++;
+}
+
 int main(int argc, char **argv) {
     dnnl_engine_create(&eng, dnnl_cpu, 0);
     dnnl_stream_create(&st, eng, dnnl_stream_default_flags);
@@ -206,24 +204,11 @@ int main(int argc, char **argv) {
             job f = fwd(N, Ci, H, Co, cfg[c].s, cfg[c].w, cfg[c].d, &s, &w, &d, &fpd);
             if (!f.p)
                 continue;
-            char *b = malloc(64);
-            snprintf(b, 64, "%s fwd", cfg[c].n);
-            js[n] = f;
-            nm[n++] = b;
-            job bd = bwdd(N, Ci, H, Co, cfg[c].s, cfg[c].w, cfg[c].d, fpd);
-            if (bd.p) {
-                b = malloc(64);
-                snprintf(b, 64, "%s bwd_d", cfg[c].n);
-                js[n] = bd;
-                nm[n++] = b;
-            }
-            job bw = bwdw(N, Ci, H, Co, cfg[c].s, cfg[c].w, cfg[c].d, fpd);
-            if (bw.p) {
-                b = malloc(64);
-                snprintf(b, 64, "%s bwd_w", cfg[c].n);
-                js[n] = bw;
-                nm[n++] = b;
-            }
+            add(js, nm, &n, f, cfg[c].n, "fwd");
+            add(js, nm, &n, bwd(N, Ci, H, Co, cfg[c].s, cfg[c].w, cfg[c].d, fpd, 0), cfg[c].n,
+                "bwd_d");
+            add(js, nm, &n, bwd(N, Ci, H, Co, cfg[c].s, cfg[c].w, cfg[c].d, fpd, 1), cfg[c].n,
+                "bwd_w");
             if (c == 0) {
                 dnnl_dims_t xd_ = {N, Ci, H, H}, yd = {N, Co, H, H};
                 dnnl_memory_desc_t ux, uy;
