@@ -257,55 +257,77 @@ static int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
 }
 
 /* ---- the fast paths ------------------------------------------------------
- * The common case with no call, so no register is saved: a valid request of
- * a kept size class whose bin is not empty (not full, for a free), on the
- * thread that charged the block, without budget or fault injection, and no
- * counter that would fold. When any of that fails they change nothing and
- * the full path (do_alloc / free_slow) runs instead. */
+ * The common cases, for valid arguments without budget, fault injection or
+ * checked mode, on a thread that has its block for the arena at hand:
+ *   - a small block from (to) the bin of its class, with no counter that
+ *     would fold: no call at all, so no register is saved;
+ *   - a large block straight from (to) jemalloc.
+ * Anything else goes the full way (do_alloc / free_slow), which checks and
+ * reports everything; the fast paths change nothing before they commit. */
 
-static inline bool alloc_fast(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
-                              as_block *out)
+/* The calling thread's block when the request qualifies, else NULL. */
+static inline as__tblock *fast_ok(as_arena *a, uint16_t tag, uint16_t layer)
 {
-    if (UNLIKELY(!a || !out || size - 1 >= AS__TAB_MAX ||
-                 tag >= atomic_load_explicit(&a->ntags, memory_order_acquire) ||
+    if (UNLIKELY(!a || tag >= atomic_load_explicit(&a->ntags, memory_order_acquire) ||
                  layer >= atomic_load_explicit(&a->nlayers, memory_order_acquire) ||
                  (atomic_load_explicit(&a->fault_n, RLX) |
-                  (long)atomic_load_explicit(&a->budget, RLX)) != 0 ||
+                  (long)atomic_load_explicit(&a->budget, RLX) | a->checked) != 0 ||
                  as__tls_uid != a->uid))
-        return false;
-    as__tblock *b = as__tls_blk;
+        return NULL;
+    return as__tls_blk;
+}
+
+static inline void set_block(as_block *out, void *p, size_t size, size_t usable,
+                             uint16_t tag, uint16_t layer, uint32_t shard)
+{
+    out->ptr = p;
+    out->size = size;
+    out->usable = usable;
+    out->tag = tag;
+    out->layer = layer;
+    out->shard = shard;
+}
+
+/* size in 1 .. AS__TAB_MAX */
+static inline bool alloc_bin(as__tblock *b, size_t size, uint16_t tag, uint16_t layer,
+                             as_block *out)
+{
     uint32_t e = as__size_tab[(size + 7) >> 3];
     as__bin *bn = &b->bins[(e >> 16) & 0xff];
     uint32_t n = bn->n;
-    int64_t r = (int64_t)size, u = e & 0xffff;
-    if (UNLIKELY(n == 0 || !count_nofold(b, tag, layer, r, u)))
+    int64_t u = e & 0xffff;
+    if (UNLIKELY(n == 0 || !count_nofold(b, tag, layer, (int64_t)size, u)))
         return false;
     bn->n = --n;
-    out->ptr = bn->slot[n];
-    out->size = size;
-    out->usable = (size_t)u;
-    out->tag = tag;
-    out->layer = layer;
-    out->shard = b->id;
+    set_block(out, bn->slot[n], size, (size_t)u, tag, layer, b->id);
     return true;
 }
 
-static inline bool free_fast(as_arena *a, as_block *blk)
+/* size > AS__TAB_MAX */
+__attribute__((noinline))
+static int alloc_large(as_arena *a, as__tblock *b, size_t size, uint16_t tag,
+                       uint16_t layer, as_block *out)
 {
-    if (UNLIKELY(!a || !blk || !blk->ptr || blk->usable > AS__TAB_MAX))
-        return false;
-    uint16_t tag = blk->tag, layer = blk->layer;
-    if (UNLIKELY(tag >= atomic_load_explicit(&a->ntags, memory_order_acquire) ||
-                 layer >= atomic_load_explicit(&a->nlayers, memory_order_acquire) ||
-                 as__tls_uid != a->uid))
-        return false;
-    as__tblock *b = as__tls_blk;
+    int align_flag;
+    unsigned bin;
+    size_t usable = usable_of(size, &align_flag, &bin);
+    void *p = usable ? mallocx(size, b->flags | align_flag) : NULL;
+    if (UNLIKELY(!p))
+        return do_alloc(a, size, tag, layer, out, 0);   /* says why */
+    if (!count_nofold(b, tag, layer, (int64_t)size, (int64_t)usable))
+        as__charge(a, b, tag, layer, (int64_t)size, (int64_t)usable);
+    set_block(out, p, size, usable, tag, layer, b->id);
+    return 0;
+}
+
+static inline bool free_bin(as__tblock *b, as_block *blk)
+{
     int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
     uint32_t e = as__size_tab[(u + 7) >> 3];
     as__bin *bn = &b->bins[(e >> 16) & 0xff];
-    uint32_t n = bn->n;             /* a checked arena's bins keep nothing */
+    uint32_t n = bn->n;
     if (UNLIKELY(n >= bn->cap || (e & 0xffff) != (uint32_t)u || blk->shard != b->id ||
-                 !count_nofold(b, tag, layer, -r, -u)))
+                 !count_nofold(b, blk->tag, blk->layer, -r, -u)))
         return false;
     bn->slot[n] = blk->ptr;
     bn->n = n + 1;
@@ -313,10 +335,29 @@ static inline bool free_fast(as_arena *a, as_block *blk)
     return true;
 }
 
+/* usable > AS__TAB_MAX, charged by this thread */
+__attribute__((noinline))
+static int free_large(as_arena *a, as__tblock *b, as_block *blk)
+{
+    int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
+    sdallocx(blk->ptr, blk->usable, b->flags);
+    if (!count_nofold(b, blk->tag, blk->layer, -r, -u))
+        as__discharge(a, b, blk->tag, blk->layer, r, u);
+    memset(blk, 0, sizeof *blk);
+    return 0;
+}
+
 int as_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer, as_block *out)
 {
-    if (LIKELY(alloc_fast(a, size, tag, layer, out)))
-        return 0;
+    as__tblock *b = fast_ok(a, tag, layer);
+    if (LIKELY(b && out)) {
+        if (LIKELY(size - 1 < AS__TAB_MAX)) {
+            if (LIKELY(alloc_bin(b, size, tag, layer, out)))
+                return 0;
+        } else if (size) {
+            return alloc_large(a, b, size, tag, layer, out);
+        }
+    }
     return do_alloc(a, size, tag, layer, out, 0);
 }
 
@@ -410,7 +451,14 @@ static int free_slow(as_arena *a, as_block *blk)
 
 int as_free(as_arena *a, as_block *blk)
 {
-    if (LIKELY(free_fast(a, blk)))
-        return 0;
+    as__tblock *b = blk && blk->ptr ? fast_ok(a, blk->tag, blk->layer) : NULL;
+    if (LIKELY(b)) {
+        if (LIKELY(blk->usable <= AS__TAB_MAX)) {
+            if (LIKELY(free_bin(b, blk)))
+                return 0;
+        } else if (blk->shard == b->id) {
+            return free_large(a, b, blk);
+        }
+    }
     return free_slow(a, blk);
 }
