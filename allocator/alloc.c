@@ -154,6 +154,8 @@ static inline bool count_nofold(as__tblock *b, unsigned tag, unsigned layer, int
         return false;
     set_live(tt, r1, u1, r > 0 ? &tt->allocs : &tt->frees);
     set_live(tl, r2, u2, r > 0 ? &tl->allocs : &tl->frees);
+    if (r < 0)                             /* the tag now has pending frees */
+        b->pend |= 1u << tag;
     return true;
 }
 
@@ -340,9 +342,11 @@ __attribute__((noinline))
 static int free_large(as_arena *a, as__tblock *b, as_block *blk)
 {
     int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
-    sdallocx(blk->ptr, blk->usable, b->flags);
+    /* counted first: a fold's atomics then wait on our few stores, not on
+     * the ones sdallocx leaves in flight */
     if (!count_nofold(b, blk->tag, blk->layer, -r, -u))
         as__discharge(a, b, blk->tag, blk->layer, r, u);
+    sdallocx(blk->ptr, blk->usable, b->flags);
     memset(blk, 0, sizeof *blk);
     return 0;
 }

@@ -9,6 +9,8 @@
  * in one tag offset growth in another), so with one thread the charged
  * total equals the live total whenever it rises, and its peak is exact.
  */
+#include <limits.h>
+
 #include "allocator/internal.h"
 
 #define RLX memory_order_relaxed
@@ -20,16 +22,12 @@ static inline void inc(_Atomic uint64_t *p)
     atomic_store_explicit(p, atomic_load_explicit(p, RLX) + 1, RLX);
 }
 
-static unsigned ntags(as_arena *a)
-{
-    return atomic_load_explicit(&a->ntags, memory_order_acquire);
-}
-
 /* Sum over b's tags of live - folded (<= 0 between operations). */
-static void pending_tags(as_arena *a, as__tblock *b, int64_t *pr, int64_t *pu)
+static void pending_tags(as__tblock *b, int64_t *pr, int64_t *pu)
 {
     int64_t r = 0, u = 0;
-    for (unsigned i = 0, n = ntags(a); i < n; i++) {
+    for (uint32_t m = b->pend; m; m &= m - 1) {
+        unsigned i = (unsigned)__builtin_ctz(m);
         r += ld(&b->c[i].live_req) - ld(&b->c[i].fold_req);
         u += ld(&b->c[i].live_use) - ld(&b->c[i].fold_use);
     }
@@ -37,11 +35,10 @@ static void pending_tags(as_arena *a, as__tblock *b, int64_t *pr, int64_t *pu)
     *pu = u;
 }
 
-/* Move a pending delta (pr, pu) of counter t, whose live values are
- * (lr, lu), into G, raising the peak if G grew. */
-__attribute__((noinline))
-static void fold_apply(as__tcounter *t, as__gcounter *g, int64_t lr, int64_t lu,
-                       int64_t pr, int64_t pu)
+/* The G side of a fold: add (pr, pu), raising the peak when G grew. A
+ * locked add first waits for every store in flight, so the folds below
+ * issue all their atomics back to back and store afterwards. */
+static inline void g_add(as__gcounter *g, int64_t pr, int64_t pu)
 {
     int64_t nr = atomic_fetch_add_explicit(&g->g_req, pr, RLX) + pr;
     int64_t nu = atomic_fetch_add_explicit(&g->g_use, pu, RLX) + pu;
@@ -49,109 +46,137 @@ static void fold_apply(as__tcounter *t, as__gcounter *g, int64_t lr, int64_t lu,
         as__atomic_max(&g->peak_req, (uint64_t)nr);
     if (pu > 0 && nu > 0)
         as__atomic_max(&g->peak_use, (uint64_t)nu);
-    st(&t->fold_req, lr);
-    st(&t->fold_use, lu);
 }
 
-/* Fold counter t into G and add the delta to *sr, *su. */
-static inline void fold_one(as__tcounter *t, as__gcounter *g, int64_t *sr, int64_t *su)
+/* Live values of tag i, with tag `tag` taken as (lr, lu) (not stored yet). */
+static inline void tag_live(as__tblock *b, unsigned i, unsigned tag, int64_t lr, int64_t lu,
+                            int64_t *vr, int64_t *vu)
 {
-    int64_t lr = ld(&t->live_req), lu = ld(&t->live_use);
-    int64_t pr = lr - ld(&t->fold_req), pu = lu - ld(&t->fold_use);
-    if (pr | pu) {
-        fold_apply(t, g, lr, lu, pr, pu);
-        *sr += pr;
-        *su += pu;
-    }
+    *vr = i == tag ? lr : ld(&b->c[i].live_req);
+    *vu = i == tag ? lu : ld(&b->c[i].live_use);
 }
 
-/* Fold every tag of b; returns the sum of their deltas in *sr, *su (what
- * the total must be charged). */
-static void fold_tags(as_arena *a, as__tblock *b, int64_t *sr, int64_t *su)
+/* Fold b's tags into G: those with pending deltas (b->pend) and tag `tag`
+ * (UINT_MAX: none) taken at live values (lr, lu) not stored yet; and
+ * their deltas' sum into the total when charge_total. Returns that sum in
+ * *sr, *su. */
+static void fold_tags(as_arena *a, as__tblock *b, unsigned tag, int64_t lr, int64_t lu,
+                      bool charge_total, int64_t *sr, int64_t *su)
 {
+    uint32_t mask = b->pend | (tag < AS_TAG_MAX ? 1u << tag : 0);
+    int64_t vr, vu;
     *sr = *su = 0;
-    for (unsigned i = 0, n = ntags(a); i < n; i++)
-        fold_one(&b->c[i], &a->g[i], sr, su);
+    for (uint32_t m = mask; m; m &= m - 1) {
+        unsigned i = (unsigned)__builtin_ctz(m);
+        tag_live(b, i, tag, lr, lu, &vr, &vu);
+        int64_t pr = vr - ld(&b->c[i].fold_req), pu = vu - ld(&b->c[i].fold_use);
+        if (pr | pu) {
+            g_add(&a->g[i], pr, pu);
+            *sr += pr;
+            *su += pu;
+        }
+    }
+    if (charge_total)
+        g_add(&a->gtotal, *sr, *su);
+    for (uint32_t m = mask; m; m &= m - 1) {
+        unsigned i = (unsigned)__builtin_ctz(m);
+        tag_live(b, i, tag, lr, lu, &vr, &vu);
+        st(&b->c[i].fold_req, vr);
+        st(&b->c[i].fold_use, vu);
+    }
+    b->pend = 0;
 }
 
-/* Add (pr, pu) to the charged total; the peak follows when it grows. */
-static void total_add(as_arena *a, int64_t pr, int64_t pu)
+/* The G side of a fold that only shrinks G (no peak to raise, no result
+ * needed: a plain locked add). */
+static inline void g_drop(as__gcounter *g, int64_t pr, int64_t pu)
 {
-    as__gcounter *g = &a->gtotal;
-    int64_t nr = atomic_fetch_add_explicit(&g->g_req, pr, RLX) + pr;
-    int64_t nu = atomic_fetch_add_explicit(&g->g_use, pu, RLX) + pu;
-    if (pr > 0 && nr > 0)
-        as__atomic_max(&g->peak_req, (uint64_t)nr);
-    if (pu > 0 && nu > 0)
-        as__atomic_max(&g->peak_use, (uint64_t)nu);
+    atomic_fetch_add_explicit(&g->g_req, pr, RLX);
+    atomic_fetch_add_explicit(&g->g_use, pu, RLX);
 }
 
-/* A tag grew past its folded value: fold every tag and the total. */
-__attribute__((noinline))
-static void grow_tags(as_arena *a, as__tblock *b)
+/* Fold one counter (live values (lr, lu), not stored yet): G only; the
+ * caller stores the folded values. */
+static inline void fold_g(as__tcounter *t, as__gcounter *g, int64_t lr, int64_t lu)
 {
-    int64_t sr, su;
-    fold_tags(a, b, &sr, &su);
-    total_add(a, sr, su);
+    g_add(g, lr - ld(&t->fold_req), lu - ld(&t->fold_use));
+}
+
+static inline void set_counter(as__tcounter *t, int64_t lr, int64_t lu, bool folded,
+                               _Atomic uint64_t *count)
+{
+    st(&t->live_req, lr);
+    st(&t->live_use, lu);
+    inc(count);
+    if (folded) {
+        st(&t->fold_req, lr);
+        st(&t->fold_use, lu);
+    }
 }
 
 void as__tblock_fold(as__tblock *b)
 {
     as_arena *a = b->arena;
     int64_t sr, su;
-    grow_tags(a, b);
-    for (unsigned i = 0, n = atomic_load(&a->nlayers); i < n; i++)
-        fold_one(&b->c[AS_TAG_MAX + i], &a->g[AS_TAG_MAX + i], &sr, &su);
+    fold_tags(a, b, UINT_MAX, 0, 0, true, &sr, &su);
+    for (unsigned i = 0, n = atomic_load(&a->nlayers); i < n; i++) {
+        as__tcounter *t = &b->c[AS_TAG_MAX + i];
+        int64_t lr = ld(&t->live_req), lu = ld(&t->live_use);
+        if (lr != ld(&t->fold_req) || lu != ld(&t->fold_use)) {
+            fold_g(t, &a->g[AS_TAG_MAX + i], lr, lu);
+            st(&t->fold_req, lr);
+            st(&t->fold_use, lu);
+        }
+    }
 }
 
-/* Layers fold one at a time (each block has one layer, and no layer
- * figure is derived from the others). */
-static void charge_layer(as_arena *a, as__tblock *b, unsigned layer, int64_t r, int64_t u)
+/* A layer folds alone (no layer figure is derived from the others). */
+static inline void charge_layer(as_arena *a, as__tblock *b, unsigned layer, int64_t r,
+                                int64_t u)
 {
     as__tcounter *t = &b->c[AS_TAG_MAX + layer];
     int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
-    st(&t->live_req, lr);
-    st(&t->live_use, lu);
-    inc(&t->allocs);
-    int64_t sr, su;
-    if (lr > ld(&t->fold_req) || lu > ld(&t->fold_use))
-        fold_one(t, &a->g[AS_TAG_MAX + layer], &sr, &su);
+    bool grows = lr > ld(&t->fold_req) || lu > ld(&t->fold_use);
+    if (grows)
+        fold_g(t, &a->g[AS_TAG_MAX + layer], lr, lu);
+    set_counter(t, lr, lu, grows, &t->allocs);
 }
 
+/* A tag that grows past its folded value folds all the thread's tags and
+ * the total. */
 void as__charge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                 int64_t r, int64_t u)
 {
     as__tcounter *t = &b->c[tag];
-    int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
-    st(&t->live_req, lr);
-    st(&t->live_use, lu);
-    inc(&t->allocs);
+    int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u, sr, su;
     if (lr > ld(&t->fold_req) || lu > ld(&t->fold_use))
-        grow_tags(a, b);
+        fold_tags(a, b, tag, lr, lu, true, &sr, &su);
     charge_layer(a, b, layer, r, u);
+    set_counter(t, lr, lu, false, &t->allocs);
 }
 
-/* Record a free in counter t. When its pending frees pass AS__FOLD_BYTES
- * it folds, and the delta moved into G is added to *sr, *su. */
-static void discharge_one(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u,
-                          int64_t *sr, int64_t *su)
-{
-    int64_t lr = ld(&t->live_req) - r, lu = ld(&t->live_use) - u;
-    st(&t->live_req, lr);
-    st(&t->live_use, lu);
-    inc(&t->frees);
-    if (lr < ld(&t->fold_req) - AS__FOLD_BYTES || lu < ld(&t->fold_use) - AS__FOLD_BYTES)
-        fold_one(t, g, sr, su);
-}
-
+/* A counter whose pending frees pass AS__FOLD_BYTES folds; the total
+ * follows the tag's fold. */
 void as__discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                    int64_t r, int64_t u)
 {
-    int64_t sr = 0, su = 0;
-    discharge_one(&b->c[tag], &a->g[tag], r, u, &sr, &su);
-    if (sr || su)
-        total_add(a, sr, su);              /* the total charges the tags' sum */
-    discharge_one(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u, &sr, &su);
+    as__tcounter *tt = &b->c[tag], *tl = &b->c[AS_TAG_MAX + layer];
+    int64_t lr = ld(&tt->live_req) - r, lu = ld(&tt->live_use) - u;
+    int64_t mr = ld(&tl->live_req) - r, mu = ld(&tl->live_use) - u;
+    int64_t dr = lr - ld(&tt->fold_req), du = lu - ld(&tt->fold_use);
+    bool tag_folds = dr < -AS__FOLD_BYTES || du < -AS__FOLD_BYTES;
+    bool layer_folds = mr < ld(&tl->fold_req) - AS__FOLD_BYTES ||
+                       mu < ld(&tl->fold_use) - AS__FOLD_BYTES;
+    if (tag_folds) {
+        g_drop(&a->g[tag], dr, du);
+        g_drop(&a->gtotal, dr, du);
+    }
+    if (layer_folds)
+        g_drop(&a->g[AS_TAG_MAX + layer], mr - ld(&tl->fold_req), mu - ld(&tl->fold_use));
+    set_counter(tt, lr, lu, tag_folds, &tt->frees);
+    set_counter(tl, mr, mu, layer_folds, &tl->frees);
+    if (!tag_folds)
+        b->pend |= 1u << tag;
 }
 
 /* live and folded move together: the thread's pending delta is unchanged,
@@ -199,7 +224,7 @@ bool as__budget_room(as_arena *a, as__tblock *b, uint64_t usable, uint64_t budge
                      uint64_t *live)
 {
     int64_t pr, pu;
-    pending_tags(a, b, &pr, &pu);
+    pending_tags(b, &pr, &pu);
     if (atomic_load_explicit(&a->gtotal.g_use, RLX) + pu + (int64_t)usable <= (int64_t)budget)
         return true;
     as__reg_lock();
@@ -216,7 +241,7 @@ static bool charge_tag_budget(as_arena *a, as__tblock *b, unsigned tag, int64_t 
     as__gcounter *g = &a->gtotal;
     int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
     int64_t pr, pu;
-    pending_tags(a, b, &pr, &pu);
+    pending_tags(b, &pr, &pu);
     pr += r;
     pu += u;
     int64_t cur = atomic_load_explicit(&g->g_use, RLX);
@@ -236,11 +261,9 @@ static bool charge_tag_budget(as_arena *a, as__tblock *b, unsigned tag, int64_t 
         if (cur + pu > 0)
             as__atomic_max(&g->peak_use, (uint64_t)(cur + pu));
     }
-    st(&t->live_req, lr);
-    st(&t->live_use, lu);
-    inc(&t->allocs);
-    if (grows)
-        fold_tags(a, b, &pr, &pu);         /* the total was charged above */
+    if (grows)                             /* the total was charged above */
+        fold_tags(a, b, tag, lr, lu, false, &pr, &pu);
+    set_counter(t, lr, lu, false, &t->allocs);
     return true;
 }
 
@@ -260,11 +283,9 @@ static bool budget_recount(as_arena *a, as__tblock *b, unsigned tag, int64_t r,
         /* the peak gets the true value: G stands above it by exactly the
          * frees we just stepped around */
         as__tcounter *t = &b->c[tag];
-        st(&t->live_req, ld(&t->live_req) + r);
-        st(&t->live_use, ld(&t->live_use) + u);
-        inc(&t->allocs);
-        int64_t sr, su;
-        fold_tags(a, b, &sr, &su);
+        int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u, sr, su;
+        fold_tags(a, b, tag, lr, lu, false, &sr, &su);
+        set_counter(t, lr, lu, false, &t->allocs);
         atomic_fetch_add_explicit(&a->gtotal.g_req, sr, RLX);
         atomic_fetch_add_explicit(&a->gtotal.g_use, su, RLX);
         as__atomic_max(&a->gtotal.peak_use, *live + (uint64_t)u);

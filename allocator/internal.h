@@ -85,6 +85,9 @@ typedef struct as__tblock {
     uint32_t           id;                 /* as_block.shard; unique, never 0 */
     unsigned           tcache;             /* jemalloc explicit tcache id */
     int                flags;              /* MALLOCX_ARENA | MALLOCX_TCACHE */
+    uint32_t           pend;               /* bit per tag: set for every tag
+                                              whose live value differs from its
+                                              folded one (owner only) */
     struct as__tblock *prev, *next;        /* arena's list (g_reg_lock) */
     as__bin            bins[AS__NBINS + 1]; /* last: never keeps (cap 0) */
     as__tcounter       c[AS__NCOUNTERS];
@@ -246,7 +249,14 @@ bool as__ranges_contain(as_arena *a, const void *p);
 void as__sum_live(as_arena *a, as__rcounter *out);
 void as__set_error(const as_arena *a, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-void as__atomic_max(_Atomic uint64_t *p, uint64_t v);
+static inline void as__atomic_max(_Atomic uint64_t *p, uint64_t v)
+{
+    uint64_t cur = atomic_load_explicit(p, memory_order_relaxed);
+    while (v > cur &&
+           !atomic_compare_exchange_weak_explicit(p, &cur, v, memory_order_relaxed,
+                                                  memory_order_relaxed))
+        ;
+}
 
 /* ---- sampler.c ---- */
 int  as__timeline_init(as_arena *a, size_t cap);
