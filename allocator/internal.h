@@ -49,7 +49,7 @@
 #define AS__TAB_MAX 32768u
 #define AS__NBINS 48                       /* size classes <= AS__TAB_MAX */
 #define AS__BIN_SLOTS 32                   /* slots per bin at most */
-#define AS__BIN_BYTES 16384u               /* bytes per bin at most (>= 2 slots) */
+#define AS__BIN_BYTES 16384u               /* bytes per bin at most (>= 1 slot) */
 #define AS__RANGES_MAX 1024
 #define AS__DEFAULT_TIMELINE 4096
 

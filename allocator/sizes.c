@@ -68,7 +68,7 @@ static void tab_init(void)
         if (bin == nbins && nbins < AS__NBINS) {
             g_bin_usable[nbins] = (uint32_t)u;
             uint32_t cap = AS__BIN_BYTES / (uint32_t)u;
-            g_bin_cap[nbins] = cap < 2 ? 2 : cap > AS__BIN_SLOTS ? AS__BIN_SLOTS : cap;
+            g_bin_cap[nbins] = cap < 1 ? 1 : cap > AS__BIN_SLOTS ? AS__BIN_SLOTS : cap;
             nbins++;
         } else if (bin == nbins) {
             bin = AS__NBINS;               /* more classes than bins: not kept */
