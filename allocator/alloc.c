@@ -154,8 +154,6 @@ static inline bool count_nofold(as__tblock *b, unsigned tag, unsigned layer, int
         return false;
     set_live(tt, r1, u1, r > 0 ? &tt->allocs : &tt->frees);
     set_live(tl, r2, u2, r > 0 ? &tl->allocs : &tl->frees);
-    if (r < 0)                             /* the tag now has pending frees */
-        b->pend |= 1u << tag;
     return true;
 }
 

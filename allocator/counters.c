@@ -26,7 +26,7 @@ static inline void inc(_Atomic uint64_t *p)
 static void pending_tags(as__tblock *b, int64_t *pr, int64_t *pu)
 {
     int64_t r = 0, u = 0;
-    for (uint32_t m = b->pend; m; m &= m - 1) {
+    for (uint32_t m = b->used; m; m &= m - 1) {
         unsigned i = (unsigned)__builtin_ctz(m);
         r += ld(&b->c[i].live_req) - ld(&b->c[i].fold_req);
         u += ld(&b->c[i].live_use) - ld(&b->c[i].fold_use);
@@ -56,17 +56,19 @@ static inline void tag_live(as__tblock *b, unsigned i, unsigned tag, int64_t lr,
     *vu = i == tag ? lu : ld(&b->c[i].live_use);
 }
 
-/* Fold b's tags into G: those with pending deltas (b->pend) and tag `tag`
- * (UINT_MAX: none) taken at live values (lr, lu) not stored yet; and
- * their deltas' sum into the total when charge_total. Returns that sum in
- * *sr, *su. */
+/* Fold b's tags into G: those the thread has charged (b->used; tag `tag`,
+ * UINT_MAX: none, joins them) with tag `tag` taken at live values (lr, lu)
+ * not stored yet; and their deltas' sum into the total when charge_total.
+ * Returns that sum in *sr, *su. */
 static void fold_tags(as_arena *a, as__tblock *b, unsigned tag, int64_t lr, int64_t lu,
                       bool charge_total, int64_t *sr, int64_t *su)
 {
-    uint32_t mask = b->pend | (tag < AS_TAG_MAX ? 1u << tag : 0);
+    uint32_t folded = 0;                   /* tags whose G moved */
     int64_t vr, vu;
+    if (tag < AS_TAG_MAX)
+        b->used |= 1u << tag;
     *sr = *su = 0;
-    for (uint32_t m = mask; m; m &= m - 1) {
+    for (uint32_t m = b->used; m; m &= m - 1) {
         unsigned i = (unsigned)__builtin_ctz(m);
         tag_live(b, i, tag, lr, lu, &vr, &vu);
         int64_t pr = vr - ld(&b->c[i].fold_req), pu = vu - ld(&b->c[i].fold_use);
@@ -74,17 +76,17 @@ static void fold_tags(as_arena *a, as__tblock *b, unsigned tag, int64_t lr, int6
             g_add(&a->g[i], pr, pu);
             *sr += pr;
             *su += pu;
+            folded |= 1u << i;
         }
     }
     if (charge_total)
         g_add(&a->gtotal, *sr, *su);
-    for (uint32_t m = mask; m; m &= m - 1) {
-        unsigned i = (unsigned)__builtin_ctz(m);
+    for (; folded; folded &= folded - 1) {
+        unsigned i = (unsigned)__builtin_ctz(folded);
         tag_live(b, i, tag, lr, lu, &vr, &vu);
         st(&b->c[i].fold_req, vr);
         st(&b->c[i].fold_use, vu);
     }
-    b->pend = 0;
 }
 
 /* The G side of a fold that only shrinks G (no peak to raise, no result
@@ -175,8 +177,6 @@ void as__discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
         g_drop(&a->g[AS_TAG_MAX + layer], mr - ld(&tl->fold_req), mu - ld(&tl->fold_use));
     set_counter(tt, lr, lu, tag_folds, &tt->frees);
     set_counter(tl, mr, mu, layer_folds, &tl->frees);
-    if (!tag_folds)
-        b->pend |= 1u << tag;
 }
 
 /* live and folded move together: the thread's pending delta is unchanged,

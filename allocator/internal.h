@@ -85,9 +85,10 @@ typedef struct as__tblock {
     uint32_t           id;                 /* as_block.shard; unique, never 0 */
     unsigned           tcache;             /* jemalloc explicit tcache id */
     int                flags;              /* MALLOCX_ARENA | MALLOCX_TCACHE */
-    uint32_t           pend;               /* bit per tag: set for every tag
-                                              whose live value differs from its
-                                              folded one (owner only) */
+    uint32_t           used;               /* tags this thread has charged: only
+                                              they can hold pending deltas (a
+                                              thread's first charge of a tag
+                                              always folds: counters.c) */
     struct as__tblock *prev, *next;        /* arena's list (g_reg_lock) */
     as__bin            bins[AS__NBINS + 1]; /* last: never keeps (cap 0) */
     as__tcounter       c[AS__NCOUNTERS];
