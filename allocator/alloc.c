@@ -314,7 +314,9 @@ static int alloc_large(as_arena *a, as__tblock *b, size_t size, uint16_t tag,
     void *p = usable ? mallocx(size, b->flags | align_flag) : NULL;
     if (UNLIKELY(!p))
         return do_alloc(a, size, tag, layer, out, 0);   /* says why */
-    if (!count_nofold(b, tag, layer, (int64_t)size, (int64_t)usable))
+    /* a block past the fold bound rarely fits the pending frees */
+    if (usable > (size_t)AS__FOLD_BYTES ||
+        !count_nofold(b, tag, layer, (int64_t)size, (int64_t)usable))
         as__charge(a, b, tag, layer, (int64_t)size, (int64_t)usable);
     set_block(out, p, size, usable, tag, layer, b->id);
     return 0;
@@ -340,11 +342,9 @@ __attribute__((noinline))
 static int free_large(as_arena *a, as__tblock *b, as_block *blk)
 {
     int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
-    /* counted first: a fold's atomics then wait on our few stores, not on
-     * the ones sdallocx leaves in flight */
-    if (!count_nofold(b, blk->tag, blk->layer, -r, -u))
-        as__discharge(a, b, blk->tag, blk->layer, r, u);
     sdallocx(blk->ptr, blk->usable, b->flags);
+    if (u > AS__FOLD_BYTES || !count_nofold(b, blk->tag, blk->layer, -r, -u))
+        as__discharge(a, b, blk->tag, blk->layer, r, u);   /* past the bound: folds */
     memset(blk, 0, sizeof *blk);
     return 0;
 }
