@@ -1,14 +1,14 @@
 /*
  * The allocation path: as_alloc / as_calloc / as_free / as_arena_owns.
  *
- * Cost model (docs/allocator.md has the figures): one thread-local lookup,
- * a table load for the usable size, a block from the thread's bin of that
- * size class or else mallocx/sdallocx with the arena and the thread's
- * private tcache, and three counter updates (total, tag, layer) that are
- * plain loads and stores on memory only this thread writes. A shared atomic
- * is touched only when the thread's net usage grows (fold with atomic add +
- * atomic max for the peak) or its pending frees pass AS__FOLD_BYTES;
- * alloc/free churn in steady state touches none.
+ * Cost model (docs/benchmarks.md has the figures): one thread-local
+ * lookup, a table load for the usable size, a block from the thread's bin
+ * of that size class or else mallocx/sdallocx with the arena and the
+ * thread's private tcache, and two counter updates (tag, layer; the total
+ * is their sum) that are plain loads and stores on memory only this thread
+ * writes. A shared atomic is touched only when a counter grows past its
+ * folded value (fold: atomic add + atomic max for the peak, counters.c) or
+ * its pending frees pass AS__FOLD_BYTES; alloc/free churn touches none.
  */
 #include <assert.h>
 #include <stdio.h>

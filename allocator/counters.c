@@ -5,9 +5,10 @@
  * G (the charged value) moves only when a counter folds. The total has no
  * per-thread counter: a thread's live total is the sum of its tags, and it
  * charges the total exactly the sum of its tags' folded values. When a tag
- * grows past its folded value, every tag of the thread folds (frees pending
- * in one tag offset growth in another), so with one thread the charged
- * total equals the live total whenever it rises, and its peak is exact.
+ * grows past its folded value, every tag the thread has charged folds
+ * (frees pending in one tag offset growth in another), so with one thread
+ * the charged total equals the live total whenever it rises, and its peak
+ * is exact.
  */
 #include <limits.h>
 
