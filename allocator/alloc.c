@@ -304,7 +304,7 @@ static inline bool alloc_bin(as__tblock *b, size_t size, uint16_t tag, uint16_t 
 }
 
 /* size > AS__TAB_MAX */
-__attribute__((noinline))
+__attribute__((noinline, hot))
 static int alloc_large(as_arena *a, as__tblock *b, size_t size, uint16_t tag,
                        uint16_t layer, as_block *out)
 {
@@ -338,7 +338,7 @@ static inline bool free_bin(as__tblock *b, as_block *blk)
 }
 
 /* usable > AS__TAB_MAX, charged by this thread */
-__attribute__((noinline))
+__attribute__((noinline, hot))
 static int free_large(as_arena *a, as__tblock *b, as_block *blk)
 {
     int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
@@ -349,6 +349,7 @@ static int free_large(as_arena *a, as__tblock *b, as_block *blk)
     return 0;
 }
 
+__attribute__((hot))
 int as_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer, as_block *out)
 {
     as__tblock *b = fast_ok(a, tag, layer);
@@ -451,6 +452,7 @@ static int free_slow(as_arena *a, as_block *blk)
     return 0;
 }
 
+__attribute__((hot))
 int as_free(as_arena *a, as_block *blk)
 {
     as__tblock *b = blk && blk->ptr ? fast_ok(a, blk->tag, blk->layer) : NULL;
