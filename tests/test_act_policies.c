@@ -18,7 +18,9 @@
 #include "layers/nn.h"
 #include "layers/ops.h"
 #include "layers/train.h"
+#include "store/store_internal.h"
 #include "support/store_stats.h"
+#include "util/simd.h"
 #include "util/rng.h"
 
 static as_store *mk(const char *spec)
@@ -364,6 +366,66 @@ static void test_fewbit_specials(void **state)
     assert_int_equal(as_policy_check("activation_input=fewbit", err, sizeof err), 0);
 }
 
+/* The stored bytes of h (its representation's state, bytes long). */
+static void *state_copy(as_store *s, as_handle h, size_t bytes)
+{
+    as_item *it;
+    as_rep *r;
+    assert_int_equal(as__lookup_rep(s, h, &it, &r, "test"), 0);
+    void *c = malloc(bytes ? bytes : 1);
+    memcpy(c, r->state, bytes);
+    as__rep_unref(s, r);
+    as__item_unref(s, it);
+    return c;
+}
+
+/* The vector kernels (AVX-512 where the CPU has it) store the bytes of the
+ * portable ones and give the same gradients; each path's backward reads
+ * the other's codes alike: odd sizes, NaN / Inf / zero runs. */
+static void test_fewbit_vector_matches_portable(void **state)
+{
+    (void)state;
+    static const size_t lens[] = {0, 1, 15, 16, 17, 63, 64, 65, 4099, 20011};
+    for (int bits = 1; bits <= 4; bits++)
+        for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+            const size_t n = lens[li];
+            float *x = randn(n, 11 + li, 1.5f), *dy = randn(n, 5, 1.0f);
+            fill_specials(x, n);
+            for (size_t i = n / 2; i < n / 2 + 40 && i < n; i++)
+                x[i] = 0.0f;                      /* a zero run */
+            char spec[64];
+            snprintf(spec, sizeof spec, "activation_input=fewbit:%d", bits);
+            as_store *s = mk(spec);
+            as_handle h[2];
+            size_t nnan = 0;
+            for (size_t i = 0; i < n; i++)
+                nnan += x[i] != x[i];
+            const size_t bytes = 152 + 8 * ((n * (size_t)bits + 63) / 64) + 8 * nnan;
+            void *st[2];
+            for (int port = 0; port < 2; port++) {
+                as__simd_force_portable(port == 1);
+                h[port] = save_act(s, AS_KIND_ACTIVATION_INPUT, AS_FN_GELU, 0, x,
+                                   (int64_t)n, "g");
+                st[port] = state_copy(s, h[port], bytes);
+            }
+            assert_memory_equal(st[0], st[1], bytes);
+            float *dx[2] = {malloc((n ? n : 1) * 4), malloc((n ? n : 1) * 4)};
+            for (int port = 0; port < 2; port++) {
+                as__simd_force_portable(port == 1);
+                assert_int_equal(as_store_act_backward(s, h[1 - port], dy, dx[port]), 0);
+            }
+            assert_true(same_bits(dx[0], dx[1], n));
+            as__simd_force_portable(false);
+            for (int port = 0; port < 2; port++) {
+                free(st[port]);
+                free(dx[port]);
+            }
+            free(x);
+            free(dy);
+            as_store_destroy(s);
+        }
+}
+
 /* ---- bitpack ------------------------------------------------------------ */
 
 static void check_bitpack(int dtype, const void *v, int64_t n, unsigned bits)
@@ -628,6 +690,7 @@ int main(void)
         cmocka_unit_test(test_act_backward_keep),
         cmocka_unit_test(test_fewbit_error),
         cmocka_unit_test(test_fewbit_specials),
+        cmocka_unit_test(test_fewbit_vector_matches_portable),
         cmocka_unit_test(test_bitpack),
         cmocka_unit_test(test_borrow),
         cmocka_unit_test(test_cnn_sign),

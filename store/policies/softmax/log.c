@@ -40,6 +40,7 @@
 #include <pthread.h>
 #include <string.h>
 
+#include "store/policies/pack512.h"
 #include "store/policies/softmax/log_impl.h"
 #include "util/simd.h"
 
@@ -415,7 +416,7 @@ size_t as__sm_log_encode(const as__sm_params *p, const float *v, size_t n,
             return used;
     }
 #endif
-    if (!topk && as__sm_use_avx512()) {
+    if (!topk && as__use_512()) {
         size_t used = as__sm_solog_encode_avx512(B, v, n, out);
         if (used)
             return used;
@@ -460,7 +461,7 @@ bool as__sm_log_encode4(const as__sm_params *p, const float *const *v,
     if (p->kind == AS_SM_TOPK)
         return as__sm_topk_encode4(p, v, n, out, used);
     (void)as__sm_table_of(p);
-    return as__sm_use_avx512() && as__sm_solog_encode4_avx512(p->bits, v, n, out, used);
+    return as__use_512() && as__sm_solog_encode4_avx512(p->bits, v, n, out, used);
 }
 
 size_t as__sm_log_row_size(const as__sm_params *p, const uint8_t *in, size_t n)
@@ -575,7 +576,7 @@ size_t as__sm_log_decode_rows(const as__sm_params *p, const uint8_t *in,
         return (size_t)(pp - in);
     }
 #endif
-    if (p->kind == AS_SM_LOG && as__sm_use_avx512())
+    if (p->kind == AS_SM_LOG && as__use_512())
         return as__sm_solog_decode_avx512(as__sm_table_of(p), p->bits, in, n, v, cnt);
     for (int l = 0; l < cnt; l++)
         pp += sm_row_weights(p, pp, n[l], v[l], w);

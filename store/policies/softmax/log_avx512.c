@@ -4,40 +4,22 @@
  * operations as the scalar paths in log.c, lane by lane (no FMA): the same
  * codes, bytes and weights. Codes are packed and unpacked with BMI2 pext /
  * pdep (the bit stream of sm_pack: code i at bit i B, little endian).
- * Callers check as__sm_use_avx512() first.
+ * Callers check as__use_512() (pack512.h) first.
  */
 #include <assert.h>
 #include <string.h>
 
+#include "store/policies/pack512.h"
 #include "store/policies/softmax/log_impl.h"
 #include "util/simd.h"
 
 #if AS_X86_DISPATCH
 
-#define SM512 __attribute__((target("avx512f,avx512bw,avx512vl,bmi2")))
-
-bool as__sm_use_avx512(void)
-{
-    return as_cpu_avx512_bmi2() && !as__simd_portable();
-}
-
-static inline __mmask16 sm_tail_mask(size_t left)
-{
-    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-}
-
-/* pext / pdep mask of B-bit codes in bytes. */
-static inline uint64_t sm_byte_mask(int B)
-{
-    return 0x0101010101010101ull * ((1u << B) - 1);
-}
-
-#define SM512_INLINE SM512 __attribute__((always_inline)) static inline
 
 /* Codes of 16 entries, #{j : max(y, 1e-38) <= thr[j]} (NaN, <= 0: the
  * tail), 0 past the row; packed 2B bytes to out + o of the row's nb bytes
  * (a byte-masked store: nothing past the row is touched). */
-SM512_INLINE void sm_codes_put(const int B, const __m512 *thr, __m512 y, __mmask16 in,
+AS_INLINE_512 void sm_codes_put(const int B, const __m512 *thr, __m512 y, __mmask16 in,
                                uint8_t *out, size_t o, size_t nb)
 {
     const __m512 tiny = _mm512_set1_ps(1e-38f);
@@ -47,18 +29,12 @@ SM512_INLINE void sm_codes_put(const int B, const __m512 *thr, __m512 y, __mmask
     for (int j = 0; j < (1 << B) - 1; j++)
         c = _mm512_mask_add_epi32(c, _mm512_mask_cmp_ps_mask(in, x, thr[j], _CMP_LE_OQ),
                                   c, one);
-    const __m128i cb = _mm512_cvtepi32_epi8(c);
-    const uint64_t bm = sm_byte_mask(B);
-    const uint64_t lo = _pext_u64((uint64_t)_mm_cvtsi128_si64(cb), bm);
-    const uint64_t hi = _pext_u64((uint64_t)_mm_extract_epi64(cb, 1), bm);
-    const size_t len = nb - o < 2 * (size_t)B ? nb - o : 2 * (size_t)B;
-    _mm_mask_storeu_epi8(out + o, (__mmask16)((1u << len) - 1),
-                         _mm_cvtsi64_si128((long long)(lo | hi << (8 * B))));
+    as__put_bytes(out + o, as__pack16(c, B), nb - o < 2 * (size_t)B ? nb - o : 2 * (size_t)B);
 }
 
 /* The row maximum: max(y, m) keeps m for NaN and y <= m, as sm_row_max;
  * the lanes start at +0. Thresholds as as__sm_solog_thresholds. */
-SM512_INLINE bool sm_thresholds(const int B, __m512 mx, __m512 *thr)
+AS_INLINE_512 bool sm_thresholds(const int B, __m512 mx, __m512 *thr)
 {
     const float m = _mm512_reduce_max_ps(mx);
     if (!(m > 0.0f))
@@ -75,14 +51,14 @@ SM512_INLINE bool sm_thresholds(const int B, __m512 mx, __m512 *thr)
  * go back to back from out; false, with nothing usable written, when a
  * row has no positive entry. */
 #define SM_SHORT 64
-SM512_INLINE bool sm_encode_short(const int B, const int R, const float *const *v,
+AS_INLINE_512 bool sm_encode_short(const int B, const int R, const float *const *v,
                                   const size_t *n, uint8_t *out, size_t *used)
 {
     __m512 y[4][SM_SHORT / 16], mx[4], thr[4][SM_MAXC];
     for (int r = 0; r < R; r++) {
         mx[r] = _mm512_setzero_ps();
         for (size_t i = 0; i < n[r]; i += 16) {
-            y[r][i / 16] = _mm512_maskz_loadu_ps(sm_tail_mask(n[r] - i), v[r] + i);
+            y[r][i / 16] = _mm512_maskz_loadu_ps(as__mask16(n[r] - i), v[r] + i);
             mx[r] = _mm512_max_ps(y[r][i / 16], mx[r]);
         }
     }
@@ -92,7 +68,7 @@ SM512_INLINE bool sm_encode_short(const int B, const int R, const float *const *
     for (int r = 0; r < R; r++) {
         const size_t nb = (n[r] * (size_t)B + 7) / 8;
         for (size_t i = 0; i < n[r]; i += 16)
-            sm_codes_put(B, thr[r], y[r][i / 16], sm_tail_mask(n[r] - i), out,
+            sm_codes_put(B, thr[r], y[r][i / 16], as__mask16(n[r] - i), out,
                          i / 8 * (size_t)B, nb);
         used[r] = nb;
         out += nb;
@@ -101,23 +77,23 @@ SM512_INLINE bool sm_encode_short(const int B, const int R, const float *const *
 }
 
 /* One row of any length: the max, then the codes chunk by chunk. */
-SM512_INLINE size_t sm_encode_long(const int B, const float *v, size_t n, uint8_t *out)
+AS_INLINE_512 size_t sm_encode_long(const int B, const float *v, size_t n, uint8_t *out)
 {
     __m512 mx = _mm512_setzero_ps(), thr[SM_MAXC];
     for (size_t i = 0; i < n; i += 16)
-        mx = _mm512_max_ps(_mm512_maskz_loadu_ps(sm_tail_mask(n - i), v + i), mx);
+        mx = _mm512_max_ps(_mm512_maskz_loadu_ps(as__mask16(n - i), v + i), mx);
     if (!sm_thresholds(B, mx, thr))
         return 0;
     const size_t nb = (n * (size_t)B + 7) / 8;
     for (size_t i = 0; i < n; i += 16) {
-        const __mmask16 in = sm_tail_mask(n - i);
+        const __mmask16 in = as__mask16(n - i);
         sm_codes_put(B, thr, _mm512_maskz_loadu_ps(in, v + i), in, out,
                      i / 8 * (size_t)B, nb);
     }
     return nb;
 }
 
-SM512_INLINE size_t sm_encode_one(const int B, const float *v, size_t n, uint8_t *out)
+AS_INLINE_512 size_t sm_encode_one(const int B, const float *v, size_t n, uint8_t *out)
 {
     size_t used = 0;
     if (n > SM_SHORT)
@@ -125,7 +101,7 @@ SM512_INLINE size_t sm_encode_one(const int B, const float *v, size_t n, uint8_t
     return sm_encode_short(B, 1, &v, &n, out, &used) ? used : 0;
 }
 
-SM512 size_t as__sm_solog_encode_avx512(int B, const float *v, size_t n, uint8_t *out)
+AS_TARGET_512 size_t as__sm_solog_encode_avx512(int B, const float *v, size_t n, uint8_t *out)
 {
     switch (B) {
     case 2:
@@ -137,7 +113,7 @@ SM512 size_t as__sm_solog_encode_avx512(int B, const float *v, size_t n, uint8_t
     }
 }
 
-SM512 bool as__sm_solog_encode4_avx512(int B, const float *const *v, const size_t *n,
+AS_TARGET_512 bool as__sm_solog_encode4_avx512(int B, const float *const *v, const size_t *n,
                                        uint8_t *out, size_t *used)
 {
     for (int r = 0; r < 4; r++)
@@ -153,30 +129,19 @@ SM512 bool as__sm_solog_encode4_avx512(int B, const float *const *v, const size_
     }
 }
 
-/* The 2B code bytes of codes [i, i + 16) at in + o, zeros past nb (a
- * byte-masked load: nothing past the row is read). */
-SM512_INLINE uint64_t sm_read_codes(const uint8_t *in, size_t o, size_t nb)
-{
-    const size_t len = nb - o < 8 ? nb - o : 8;
-    return (uint64_t)_mm_cvtsi128_si64(
-        _mm_maskz_loadu_epi8((__mmask16)((1u << len) - 1), in + o));
-}
-
 /* Weights of codes [i, i + 16) (0 past the row). */
-SM512_INLINE __m512 sm_weights16(const int B, __m512 tab, const uint8_t *in, size_t i,
+AS_INLINE_512 __m512 sm_weights16(const int B, __m512 tab, const uint8_t *in, size_t i,
                                  size_t nb, __mmask16 inm)
 {
-    const uint64_t bm = sm_byte_mask(B);
-    const uint64_t word = sm_read_codes(in, i / 8 * (size_t)B, nb);
-    const __m128i cb = _mm_set_epi64x((long long)_pdep_u64(word >> (8 * B), bm),
-                                      (long long)_pdep_u64(word, bm));
+    const size_t o = i / 8 * (size_t)B;
+    const __m128i cb = as__unpack16(as__get_bytes(in + o, nb - o < 8 ? nb - o : 8), B);
     return _mm512_maskz_permutexvar_ps(inm, _mm512_cvtepu8_epi32(cb), tab);
 }
 
 /* acc (eight double lanes) += entries i .. i + 7, then i + 8 .. i + 15:
  * entry i into lane i mod 8 in ascending i, the partial sums of
  * sm_normalize (adding +0 past the row changes nothing). */
-SM512_INLINE __m512d sm_sum16(__m512d acc, __m512 w)
+AS_INLINE_512 __m512d sm_sum16(__m512d acc, __m512 w)
 {
     acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(w)));
     return _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_castpd_ps(
@@ -185,7 +150,7 @@ SM512_INLINE __m512d sm_sum16(__m512d acc, __m512 w)
 
 /* The scale of a row from its partial sums, combined as sm_normalize
  * does; 0 when the row has no mass (it decodes uniform). */
-SM512_INLINE float sm_scale(__m512d acc)
+AS_INLINE_512 float sm_scale(__m512d acc)
 {
     double a[8];
     _mm512_storeu_pd(a, acc);
@@ -195,15 +160,15 @@ SM512_INLINE float sm_scale(__m512d acc)
 
 /* Multiply wt[i .. i + 16) (already weights, w) by inv, or write the
  * uniform 1 / n when inv is 0. */
-SM512_INLINE void sm_put_scaled(float *wt, size_t i, size_t n, __m512 w, float inv)
+AS_INLINE_512 void sm_put_scaled(float *wt, size_t i, size_t n, __m512 w, float inv)
 {
     const __m512 x = inv > 0.0f ? _mm512_mul_ps(w, _mm512_set1_ps(inv))
                                 : _mm512_set1_ps(1.0f / (float)n);
-    _mm512_mask_storeu_ps(wt + i, sm_tail_mask(n - i), x);
+    _mm512_mask_storeu_ps(wt + i, as__mask16(n - i), x);
 }
 
 /* R short rows stored back to back, phase by phase as the encode. */
-SM512_INLINE size_t sm_decode_short(const int B, const int R, const sm_table *t,
+AS_INLINE_512 size_t sm_decode_short(const int B, const int R, const sm_table *t,
                                     const uint8_t *in, const size_t *n, float *const *wt)
 {
     const __m512 tab = _mm512_loadu_ps(t->wt);
@@ -214,7 +179,7 @@ SM512_INLINE size_t sm_decode_short(const int B, const int R, const sm_table *t,
         const size_t nb = (n[r] * (size_t)B + 7) / 8;
         acc[r] = _mm512_setzero_pd();
         for (size_t i = 0; i < n[r]; i += 16) {
-            w[r][i / 16] = sm_weights16(B, tab, p, i, nb, sm_tail_mask(n[r] - i));
+            w[r][i / 16] = sm_weights16(B, tab, p, i, nb, as__mask16(n[r] - i));
             acc[r] = sm_sum16(acc[r], w[r][i / 16]);
         }
         p += nb;
@@ -228,25 +193,25 @@ SM512_INLINE size_t sm_decode_short(const int B, const int R, const sm_table *t,
 }
 
 /* One row of any length: weights stored, summed, then scaled in place. */
-SM512_INLINE size_t sm_decode_long(const int B, const sm_table *t, const uint8_t *in,
+AS_INLINE_512 size_t sm_decode_long(const int B, const sm_table *t, const uint8_t *in,
                                    size_t n, float *wt)
 {
     const __m512 tab = _mm512_loadu_ps(t->wt);
     const size_t nb = (n * (size_t)B + 7) / 8;
     __m512d acc = _mm512_setzero_pd();
     for (size_t i = 0; i < n; i += 16) {
-        const __mmask16 inm = sm_tail_mask(n - i);
+        const __mmask16 inm = as__mask16(n - i);
         const __m512 w = sm_weights16(B, tab, in, i, nb, inm);
         _mm512_mask_storeu_ps(wt + i, inm, w);
         acc = sm_sum16(acc, w);
     }
     const float inv = sm_scale(acc);
     for (size_t i = 0; i < n; i += 16)
-        sm_put_scaled(wt, i, n, _mm512_maskz_loadu_ps(sm_tail_mask(n - i), wt + i), inv);
+        sm_put_scaled(wt, i, n, _mm512_maskz_loadu_ps(as__mask16(n - i), wt + i), inv);
     return nb;
 }
 
-SM512_INLINE size_t sm_decode_rows(const int B, const sm_table *t, const uint8_t *in,
+AS_INLINE_512 size_t sm_decode_rows(const int B, const sm_table *t, const uint8_t *in,
                                    const size_t *n, float *const *wt, int cnt)
 {
     if (cnt == 4 && n[0] <= SM_SHORT && n[1] <= SM_SHORT && n[2] <= SM_SHORT &&
@@ -259,7 +224,7 @@ SM512_INLINE size_t sm_decode_rows(const int B, const sm_table *t, const uint8_t
     return (size_t)(p - in);
 }
 
-SM512 size_t as__sm_solog_decode_avx512(const sm_table *t, int B, const uint8_t *in,
+AS_TARGET_512 size_t as__sm_solog_decode_avx512(const sm_table *t, int B, const uint8_t *in,
                                         const size_t *n, float *const *wt, int cnt)
 {
     switch (B) {
@@ -273,11 +238,6 @@ SM512 size_t as__sm_solog_decode_avx512(const sm_table *t, int B, const uint8_t 
 }
 
 #else
-bool as__sm_use_avx512(void)
-{
-    return false;
-}
-
 size_t as__sm_solog_encode_avx512(int B, const float *v, size_t n, uint8_t *out)
 {
     (void)B, (void)v, (void)n, (void)out;

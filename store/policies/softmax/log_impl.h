@@ -90,16 +90,14 @@ size_t as__sm_topk_weights_avx2(const sm_table *t, int B, const uint8_t *in, siz
 size_t as__sm_topk_weights4_avx2(const sm_table *t, int B, const uint8_t *in,
                                  const size_t *n, float *const *wt);
 
-/* AVX-512 paths of solog (log_avx512.c), called when as__sm_use_avx512()
- * (the CPU has AVX-512 BW and BMI2, and the tests have not forced the
- * portable paths); the same bytes and values as the scalar paths.
+/* AVX-512 paths of solog (log_avx512.c), called when as__use_512()
+ * (store/policies/pack512.h); the same bytes and values as the scalar paths.
  * encode: one row of any length; the bytes written, or 0 when the row has
  * no positive entry (the scalar path handles it). encode4: four rows of
  * 1..64 entries side by side, back to back from out (used[] gets their
  * bytes); false when a row does not fit or has no positive entry.
  * decode: cnt rows stored back to back, renormalized to mass 1 into
  * wt[l] (as sm_row_weights and sm_normalize); returns the bytes read. */
-bool   as__sm_use_avx512(void);
 size_t as__sm_solog_encode_avx512(int B, const float *v, size_t n, uint8_t *out);
 bool   as__sm_solog_encode4_avx512(int B, const float *const *v, const size_t *n,
                                    uint8_t *out, size_t *used);
