@@ -428,24 +428,39 @@ static void test_fewbit_vector_matches_portable(void **state)
 
 /* ---- bitpack ------------------------------------------------------------ */
 
+/* Round trip, stored bytes, and the same stored bytes and values through
+ * the vector (BMI2) and the portable paths, each decoding the other's. */
 static void check_bitpack(int dtype, const void *v, int64_t n, unsigned bits)
 {
     as_store *s = mk("index=bitpack");
     as_save_info info = {.kind = AS_KIND_INDEX, .layer = "pool"};
     as_tensor t = {.data = (void *)v, .dtype = dtype, .ndim = 2, .shape = {1, n}};
-    as_handle h;
-    assert_int_equal(as_store_save(s, &info, &t, &h), 0);
-    assert_string_equal(as_store_policy_of(s, h), "bitpack");
-    as_store_stats st = stats(s);
-    assert_int_equal(st.total.stored_live, 24 + 8 * (((uint64_t)n * bits + 63) / 64));
-    as_store_stats_free(&st);
+    const size_t stored = 24 + 8 * (((uint64_t)n * bits + 63) / 64);
+    as_handle h[2];
+    void *st[2];
+    for (int port = 0; port < 2; port++) {
+        as__simd_force_portable(port == 1);
+        assert_int_equal(as_store_save(s, &info, &t, &h[port]), 0);
+        assert_string_equal(as_store_policy_of(s, h[port]), "bitpack");
+        st[port] = state_copy(s, h[port], stored);
+    }
+    assert_memory_equal(st[0], st[1], stored);
+    as_store_stats sts = stats(s);
+    assert_int_equal(sts.total.stored_live, 2 * stored);
+    as_store_stats_free(&sts);
     size_t bytes = (size_t)n * as_dtype_size(dtype);
     void *r = malloc(bytes ? bytes : 1);
-    memset(r, 0xa5, bytes);
-    as_tensor rt = t;
-    rt.data = r;
-    assert_int_equal(as_store_restore(s, h, &rt), 0);
-    assert_true(bytes == 0 || memcmp(r, v, bytes) == 0);
+    for (int port = 0; port < 2; port++) {
+        as__simd_force_portable(port == 1);
+        memset(r, 0xa5, bytes);
+        as_tensor rt = t;
+        rt.data = r;
+        assert_int_equal(as_store_restore(s, h[1 - port], &rt), 0);
+        assert_true(bytes == 0 || memcmp(r, v, bytes) == 0);
+    }
+    as__simd_force_portable(false);
+    free(st[0]);
+    free(st[1]);
     free(r);
     as_store_destroy(s);
 }
@@ -461,6 +476,17 @@ static void test_bitpack(void **state)
     uint8_t full[300];           /* 0..255: 8 bits */
     for (int i = 0; i < 300; i++)
         full[i] = (uint8_t)i;
+    check_bitpack(AS_U8, full, 300, 8);
+    for (int64_t n = 1; n <= 19; n++) {   /* 5..12: 3 bits, odd tails */
+        uint8_t odd[19];
+        for (int64_t i = 0; i < n; i++)
+            odd[i] = (uint8_t)(5 + as_rng_next(&st) % 8);
+        odd[0] = 5;
+        odd[n - 1] = n > 1 ? 12 : 5;
+        check_bitpack(AS_U8, odd, n, n > 1 ? 3 : 0);
+    }
+    for (int i = 0; i < 300; i++)   /* 1..255 at an offset: 8 bits */
+        full[i] = (uint8_t)(1 + i % 255);
     check_bitpack(AS_U8, full, 300, 8);
     int32_t tok[257];            /* targets with ignored (-1) entries: 7 bits */
     for (int i = 0; i < 257; i++)
