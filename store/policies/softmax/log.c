@@ -32,8 +32,12 @@
  * (no libm: same codes on every machine); the cut for the k largest comes
  * from a small sorted buffer of the k lowest levels (fixed k <= 32) or a
  * 257-bin histogram of the levels (larger k; with P, the mass per level
- * too); coarse codes are one table lookup by level. Compiled with -O3 and
- * without trapping math so that the level loop vectorizes (same codes).
+ * too); coarse codes are one table lookup by level. solog needs no
+ * level at all: level >= b exactly when y <= max exp(-(b - 1/2) / 16), so
+ * its codes are 2^B - 1 compares with per-row thresholds
+ * (as__sm_solog_thresholds; log_avx512.c does the same in vectors).
+ * Compiled with -O3 and without trapping math so that the level loop
+ * vectorizes (same codes).
  */
 #include <assert.h>
 #include <math.h>
