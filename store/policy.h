@@ -76,7 +76,9 @@ typedef struct as_policy_ops {
     int (*decode)(as_pctx *ctx, const void *params, void *state,
                   as_tensor *dst);
 
-    /* Free state (not the context blocks: the store frees those). */
+    /* Optional: free state (not the context blocks: the store frees
+     * those). NULL when state is a context block, or points to nothing
+     * the policy owns. */
     void (*drop)(void *params, void *state);
 
     /* Optional: restore prefetch hint. */
@@ -168,6 +170,13 @@ int as_policy_parse_none(const char *args, size_t len, void **params, char *err,
                          size_t errlen, size_t *err_off);
 /* free_params() of a policy whose params are one malloc'ed block. */
 void as_policy_free_params(void *params);
+/* drop() of a policy whose state is one malloc'ed block. */
+void as_policy_drop_free(void *params, void *state);
+/* decode() and view() of a policy whose state points to the tensor's own
+ * bytes (keep, borrow): decode copies them, view returns them. */
+int as_policy_decode_state(as_pctx *ctx, const void *params, void *state,
+                           as_tensor *dst);
+const void *as_policy_view_state(const void *params, void *state);
 /* applies() of a policy for f32 tensors only: AS_ENOTSUP otherwise, with
  * "dtype <name> (needs f32)" in why. */
 int as_policy_applies_f32(const void *params, const as_save_info *info, const as_tensor *t,

@@ -170,11 +170,6 @@ static int derive_decode(as_pctx *ctx, const void *params, void *state,
     return rc;
 }
 
-static void e_drop(void *params, void *state)
-{
-    free(state);
-}
-
 const as_policy_ops as_policy_derive = {
     .name = "derive",
     .summary = "store nothing; this = fn(source) (relu, leaky_relu, affine, gelu)",
@@ -184,7 +179,7 @@ const as_policy_ops as_policy_derive = {
     .applies = derive_applies,
     .encode = derive_encode,
     .decode = derive_decode,
-    .drop = e_drop,
+    .drop = as_policy_drop_free,
 };
 
 /* ---- inverse ------------------------------------------------------------ */
@@ -235,5 +230,5 @@ const as_policy_ops as_policy_inverse = {
     .parse = as_policy_parse_none,
     .encode = inverse_encode,
     .decode = inverse_decode,
-    .drop = e_drop,
+    .drop = as_policy_drop_free,
 };

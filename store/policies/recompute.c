@@ -83,11 +83,6 @@ static int rc_decode(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
-static void rc_drop(void *params, void *state)
-{
-    free(state);
-}
-
 const as_policy_ops as_policy_recompute = {
     .name = "recompute",
     .summary = "store nothing; rerun the framework's callback on its inputs",
@@ -97,5 +92,5 @@ const as_policy_ops as_policy_recompute = {
     .applies = rc_applies,
     .encode = rc_encode,
     .decode = rc_decode,
-    .drop = rc_drop,
+    .drop = as_policy_drop_free,
 };
