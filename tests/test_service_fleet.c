@@ -89,8 +89,7 @@ static int setup(void **state)
         fprintf(stderr, "AS_BIN (the actstore command) not set by ctest\n");
         return -1;
     }
-    snprintf(scratch, sizeof scratch, "%s/as_fleet_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(scratch))
+    if (!scratch_make(scratch, sizeof scratch, "fleet"))
         return -1;
     for (int r = 0; r < NRANK; r++) {
         char log[300], rank[8], host[8];
@@ -146,7 +145,7 @@ static int teardown(void **state)
     for (int r = 0; r < NRANK; r++)
         if (trainers[r] > 0)
             proc_stop(trainers[r], 10);
-    proc_rmtree(scratch);
+    scratch_remove(scratch);
     return 0;
 }
 

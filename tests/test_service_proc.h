@@ -1,8 +1,8 @@
 /*
  * Child processes for the service's integration tests (Prometheus,
  * Chromium): find a tool on PATH, spawn it with its output in a log file,
- * stop it within a bound, pick a free loopback port, make and remove a
- * scratch directory. Header-only, static.
+ * stop it within a bound, pick a free loopback port (scratch directories:
+ * support/scratch.h). Header-only, static.
  */
 #ifndef AS_TEST_SERVICE_PROC_H
 #define AS_TEST_SERVICE_PROC_H
@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "support/scratch.h"
 #include "util/clock.h"
 
 /* Absolute path of an executable on PATH (or the env override), or NULL. */
@@ -134,30 +135,6 @@ static __attribute__((unused)) int proc_free_port(void)
         port = ntohs(sa.sin_port);
     close(fd);
     return port;
-}
-
-/* Remove a directory tree (no symlinks followed). */
-static __attribute__((unused)) void proc_rmtree(const char *dir)
-{
-    if (!dir || !*dir)
-        return;
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-                continue;
-            char p[1024];
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            struct stat sb;
-            if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-                proc_rmtree(p);
-            else
-                unlink(p);
-        }
-        closedir(d);
-    }
-    rmdir(dir);
 }
 
 /* The last n bytes of a log file on stderr (for failure messages). */

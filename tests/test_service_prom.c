@@ -42,8 +42,7 @@ static int setup(void **state)
         return -1;
     }
     snprintf(svc_addr, sizeof svc_addr, "127.0.0.1:%d", as_service_port(svc));
-    snprintf(scratch, sizeof scratch, "%s/as_prom_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(scratch)) {
+    if (!scratch_make(scratch, sizeof scratch, "prom")) {
         perror("mkdtemp");
         return -1;
     }
@@ -61,7 +60,7 @@ static int teardown(void **state)
     work_stop(&arms[1]);
     if (arms[0].rc || arms[1].rc)
         fprintf(stderr, "workload errors: %s / %s\n", arms[0].err, arms[1].err);
-    proc_rmtree(scratch);
+    scratch_remove(scratch);
     return arms[0].rc || arms[1].rc ? -1 : 0;
 }
 
