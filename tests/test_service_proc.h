@@ -155,6 +155,28 @@ static __attribute__((unused)) void proc_dump_log(const char *log, long n)
     fclose(f);
 }
 
+/* promtool (at path tool) check metrics on text, written to dir/metrics.txt:
+ * its exit status (0: valid exposition); its output goes to stderr when it
+ * fails. */
+static __attribute__((unused)) int proc_promtool_check(const char *tool, const char *text,
+                                                       const char *dir)
+{
+    char path[300], log[300], cmd[1200];
+    snprintf(path, sizeof path, "%s/metrics.txt", dir);
+    snprintf(log, sizeof log, "%s/promtool.log", dir);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    bool ok = fputs(text, f) >= 0;
+    if (fclose(f) != 0 || !ok)
+        return -1;
+    snprintf(cmd, sizeof cmd, "'%s' check metrics < '%s' > '%s' 2>&1", tool, path, log);
+    int rc = system(cmd);
+    if (rc != 0)
+        proc_dump_log(log, 4000);
+    return rc;
+}
+
 #ifdef AS_CLIENT_CLIENT_H
 /* GET addr/path through the client library with a 3 s bound: the body
  * (caller frees) and *status, or NULL with *status = -1. */
