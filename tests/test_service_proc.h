@@ -192,6 +192,56 @@ static __attribute__((unused)) char *proc_http_get(const char *addr, const char 
     *status = r.status;
     return r.body;
 }
+
+/* Start Prometheus (binary bin) on a free loopback port with the
+ * configuration text config (written to dir/prometheus.yml; data in
+ * dir/data, log in dir/prometheus.log) and wait up to 30 s until it is
+ * ready; a start that loses the race for the port is retried (3 attempts).
+ * Its pid with its address in addr, or -1 with its log on stderr. */
+static __attribute__((unused)) pid_t proc_prometheus_start(const char *bin, const char *dir,
+                                                           const char *config, char *addr,
+                                                           size_t addrlen)
+{
+    char cfg[300], data[300], log[300], fcfg[400], fdata[400], fweb[100];
+    snprintf(cfg, sizeof cfg, "%s/prometheus.yml", dir);
+    snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(log, sizeof log, "%s/prometheus.log", dir);
+    FILE *f = fopen(cfg, "w");
+    if (!f)
+        return -1;
+    bool ok = fputs(config, f) >= 0;
+    if (fclose(f) != 0 || !ok)
+        return -1;
+    snprintf(fcfg, sizeof fcfg, "--config.file=%s", cfg);
+    snprintf(fdata, sizeof fdata, "--storage.tsdb.path=%s", data);
+    for (int attempt = 0; attempt < 3; attempt++) {
+        snprintf(addr, addrlen, "127.0.0.1:%d", proc_free_port());
+        snprintf(fweb, sizeof fweb, "--web.listen-address=%s", addr);
+        char *argv[] = {(char *)bin, fcfg, fdata, fweb, "--log.level=warn",
+                        "--storage.tsdb.retention.time=1h", NULL};
+        pid_t pid = proc_spawn(argv, log, NULL, 0);
+        if (pid <= 0)
+            break;
+        for (double t0 = as_clock_wall_s(); as_clock_wall_s() - t0 < 30;) {
+            int st, status;
+            if (waitpid(pid, &st, WNOHANG) == pid) {
+                pid = -1;   /* lost the port race: another one */
+                break;
+            }
+            free(proc_http_get(addr, "/-/ready", &status));
+            if (status == 200)
+                return pid;
+            usleep(200000);
+        }
+        if (pid > 0) {
+            proc_stop(pid, 5);
+            fprintf(stderr, "Prometheus at %s not ready within 30 s\n", addr);
+            break;
+        }
+    }
+    proc_dump_log(log, 4000);
+    return -1;
+}
 #endif
 
 #endif

@@ -112,57 +112,14 @@ static void test_prometheus_scrapes(void **state)
     (void)state;
     char bin[512];
     PROC_REQUIRE("AS_PROMETHEUS", "prometheus", "prometheus", bin);
-    char cfg[300], data[300], log[300], flag_cfg[400], flag_data[400], flag_web[100];
-    snprintf(cfg, sizeof cfg, "%s/prometheus.yml", scratch);
-    snprintf(data, sizeof data, "%s/data", scratch);
-    snprintf(log, sizeof log, "%s/prometheus.log", scratch);
-    FILE *f = fopen(cfg, "w");
-    assert_non_null(f);
-    fprintf(f, "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
-               "scrape_configs:\n  - job_name: actstore\n    static_configs:\n"
-               "      - targets: ['%s']\n", svc_addr);
-    fclose(f);
-    snprintf(flag_cfg, sizeof flag_cfg, "--config.file=%s", cfg);
-    snprintf(flag_data, sizeof flag_data, "--storage.tsdb.path=%s", data);
-
-    /* The port is picked free just before the start; if Prometheus loses
-     * the race for it, try another. */
-    pid_t pid = -1;
-    char paddr[64] = "";
-    for (int attempt = 0; attempt < 3 && pid < 0; attempt++) {
-        int port = proc_free_port();
-        assert_true(port > 0);
-        snprintf(paddr, sizeof paddr, "127.0.0.1:%d", port);
-        snprintf(flag_web, sizeof flag_web, "--web.listen-address=%s", paddr);
-        char *argv[] = {bin, flag_cfg, flag_data, flag_web, "--log.level=warn",
-                        "--storage.tsdb.retention.time=1h", NULL};
-        pid = proc_spawn(argv, log, NULL, 0);
-        assert_true(pid > 0);
-        /* ready within 30 s, or it exited */
-        bool ready = false;
-        for (double t0 = as_clock_wall_s(); as_clock_wall_s() - t0 < 30 && !ready;) {
-            int st;
-            if (waitpid(pid, &st, WNOHANG) == pid) {
-                pid = -1;
-                break;
-            }
-            int status;
-            char *b = proc_http_get(paddr, "/-/ready", &status);
-            free(b);
-            ready = status == 200;
-            if (!ready)
-                usleep(200000);
-        }
-        if (!ready && pid > 0) {
-            proc_stop(pid, 5);
-            proc_dump_log(log, 4000);
-            fail_msg("Prometheus at %s not ready within 30 s", paddr);
-        }
-    }
-    if (pid < 0) {
-        proc_dump_log(log, 4000);
-        fail_msg("Prometheus exited at start (3 attempts)");
-    }
+    char cfg[300], paddr[64];
+    snprintf(cfg, sizeof cfg,
+             "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
+             "scrape_configs:\n  - job_name: actstore\n    static_configs:\n"
+             "      - targets: ['%s']\n", svc_addr);
+    pid_t pid = proc_prometheus_start(bin, scratch, cfg, paddr, sizeof paddr);
+    if (pid <= 0)
+        fail_msg("Prometheus did not start (its log is above)");
 
     /* wait (bounded) for a scrape that carries our samples */
     char why[512] = "";
@@ -193,6 +150,8 @@ static void test_prometheus_scrapes(void **state)
             waited, up, live, ratio, peak, st);
     if (up != 1 || live <= 0) {
         fprintf(stderr, "last answer: %s\ntargets: %.2000s\n", why, targets ? targets : "-");
+        char log[300];
+        snprintf(log, sizeof log, "%s/prometheus.log", scratch);
         proc_dump_log(log, 4000);
     }
     free(targets);
