@@ -15,18 +15,25 @@
 
 #include "layers/ops.h"
 
+/* y (N, out) = x (N, in) W^T + b, W (out, in). */
+static inline void affine_ref(int N, int in, int out, const double *x,
+                              const double *W, const double *b, double *y)
+{
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < out; o++) {
+            double s = b[o];
+            for (int i = 0; i < in; i++)
+                s += x[n * in + i] * W[o * in + i];
+            y[n * out + o] = s;
+        }
+}
+
 typedef struct { int N, in, out; } lin_cfg;
 static inline void lin_ref(const void *c_, const double *p, double *y)
 {
     const lin_cfg *c = c_;
     const double *x = p, *W = x + c->N * c->in, *b = W + c->out * c->in;
-    for (int n = 0; n < c->N; n++)
-        for (int o = 0; o < c->out; o++) {
-            double s = b[o];
-            for (int i = 0; i < c->in; i++)
-                s += x[n * c->in + i] * W[o * c->in + i];
-            y[n * c->out + o] = s;
-        }
+    affine_ref(c->N, c->in, c->out, x, W, b, y);
 }
 
 static inline void conv_ref(const void *c_, const double *p, double *y)
@@ -160,6 +167,39 @@ static inline void emb_ref(const void *c_, const double *p, double *y)
         for (int t = 0; t < 3; t++)
             for (int k = 0; k < 4; k++)
                 y[(b * 3 + t) * 4 + k] = p[emb_tok[b * 3 + t] * 4 + k] + p[16 + t * 4 + k];
+}
+
+/* Attention core: qkv (B*T, 3C) as q | k | v, NH heads of C / NH, causal or
+ * not; out (B*T, C). T <= 64. */
+typedef struct { int B, T, C, NH; bool causal; } at_cfg;
+static inline void attn_core_ref(const void *c_, const double *qkv, double *out)
+{
+    const at_cfg *c = c_;
+    int hd = c->C / c->NH, C3 = 3 * c->C;
+    double sc = 1.0 / sqrt(hd), p[64];
+    for (int b = 0; b < c->B; b++)
+        for (int h = 0; h < c->NH; h++)
+            for (int t = 0; t < c->T; t++) {
+                const double *q = qkv + (b * c->T + t) * C3 + h * hd;
+                int n = c->causal ? t + 1 : c->T;
+                double m = -1e300, s = 0;
+                for (int u = 0; u < n; u++) {
+                    const double *k = qkv + (b * c->T + u) * C3 + c->C + h * hd;
+                    double d = 0;
+                    for (int i = 0; i < hd; i++)
+                        d += q[i] * k[i];
+                    p[u] = d * sc;
+                    m = fmax(m, p[u]);
+                }
+                for (int u = 0; u < n; u++)
+                    s += (p[u] = exp(p[u] - m));
+                for (int i = 0; i < hd; i++) {
+                    double acc = 0;
+                    for (int u = 0; u < n; u++)
+                        acc += p[u] / s * qkv[(b * c->T + u) * C3 + 2 * c->C + h * hd + i];
+                    out[(b * c->T + t) * c->C + h * hd + i] = acc;
+                }
+            }
 }
 
 #endif
