@@ -155,6 +155,16 @@ static __attribute__((unused)) void proc_dump_log(const char *log, long n)
     fclose(f);
 }
 
+/* Write text to the file path (created or truncated): 0 or -1. */
+static __attribute__((unused)) int proc_write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    bool ok = fputs(text, f) >= 0;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
 /* promtool (at path tool) check metrics on text, written to dir/metrics.txt:
  * its exit status (0: valid exposition); its output goes to stderr when it
  * fails. */
@@ -164,11 +174,7 @@ static __attribute__((unused)) int proc_promtool_check(const char *tool, const c
     char path[300], log[300], cmd[1200];
     snprintf(path, sizeof path, "%s/metrics.txt", dir);
     snprintf(log, sizeof log, "%s/promtool.log", dir);
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
-    bool ok = fputs(text, f) >= 0;
-    if (fclose(f) != 0 || !ok)
+    if (proc_write_text(path, text) < 0)
         return -1;
     snprintf(cmd, sizeof cmd, "'%s' check metrics < '%s' > '%s' 2>&1", tool, path, log);
     int rc = system(cmd);
@@ -206,11 +212,7 @@ static __attribute__((unused)) pid_t proc_prometheus_start(const char *bin, cons
     snprintf(cfg, sizeof cfg, "%s/prometheus.yml", dir);
     snprintf(data, sizeof data, "%s/data", dir);
     snprintf(log, sizeof log, "%s/prometheus.log", dir);
-    FILE *f = fopen(cfg, "w");
-    if (!f)
-        return -1;
-    bool ok = fputs(config, f) >= 0;
-    if (fclose(f) != 0 || !ok)
+    if (proc_write_text(cfg, config) < 0)
         return -1;
     snprintf(fcfg, sizeof fcfg, "--config.file=%s", cfg);
     snprintf(fdata, sizeof fdata, "--storage.tsdb.path=%s", data);
