@@ -265,31 +265,23 @@
     }
     const multi = S.stores.length > 1, many = S.stores.length > 2;
     const pre = st => multi ? shortLabel(st.label) + ' ' : '';
-    /* with more than two stores, two series each keep the legend readable */
-    S.charts.push(makeChart({
-      el: clear('chart-live'), phaseStore: 0, stepStore: 0,
+    /* A chart of two or three series per store: the first solid (filled
+     * when alone), then [label, dash, width, get] ones; with more than two
+     * stores, two series each keep the legend readable. */
+    const storeChart = (id, label, alpha, get, rest) => S.charts.push(makeChart({
+      el: clear(id), phaseStore: 0, stepStore: 0,
       series: S.stores.flatMap((st, i) => [
-        { label: pre(st) + 'live', color: storeColor(i), width: 2,
-          fill: multi ? undefined : 'rgba(92,200,255,0.10)', get: () => st.cols.live },
-        { label: pre(st) + 'step peak', color: storeColor(i), dash: [1, 3],
-          width: 1.4, get: () => heldSeries(st, st.cols.peak) },
-      ].concat(many ? [] : [
-        { label: pre(st) + 'resident', color: storeColor(i), dash: [6, 4],
-          width: 1.2, get: () => st.cols.resident },
-      ])),
+        { label: pre(st) + label, color: storeColor(i), width: 2,
+          fill: multi ? undefined : 'rgba(92,200,255,' + alpha + ')', get: () => get(st) },
+      ].concat(rest.slice(0, many ? 1 : 2).map(([l, dash, width, g]) =>
+        ({ label: pre(st) + l, color: storeColor(i), dash, width, get: () => g(st) })))),
     }));
-    S.charts.push(makeChart({
-      el: clear('chart-saved'), phaseStore: 0, stepStore: 0,
-      series: S.stores.flatMap((st, i) => [
-        { label: pre(st) + 'stored', color: storeColor(i), width: 2,
-          fill: multi ? undefined : 'rgba(92,200,255,0.12)', get: () => st.cols.saved_stored },
-        { label: pre(st) + 'raw (keep)', color: storeColor(i), dash: [6, 4],
-          width: 1.2, get: () => st.cols.saved_raw },
-      ].concat(many ? [] : [
-        { label: pre(st) + 'stored step peak', color: storeColor(i), dash: [1, 3],
-          width: 1.4, get: () => heldSeries(st, st.cols.saved_stored_peak) },
-      ])),
-    }));
+    storeChart('chart-live', 'live', '0.10', st => st.cols.live, [
+      ['step peak', [1, 3], 1.4, st => heldSeries(st, st.cols.peak)],
+      ['resident', [6, 4], 1.2, st => st.cols.resident]]);
+    storeChart('chart-saved', 'stored', '0.12', st => st.cols.saved_stored, [
+      ['raw (keep)', [6, 4], 1.2, st => st.cols.saved_raw],
+      ['stored step peak', [1, 3], 1.4, st => heldSeries(st, st.cols.saved_stored_peak)]]);
     S.stores.forEach((st, i) => {
       for (const panelGrp of ['kinds', 'tags']) {
         /* the kinds panel shows stored bytes now, or each step's peak */
