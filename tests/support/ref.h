@@ -36,16 +36,18 @@ static inline void lin_ref(const void *c_, const double *p, double *y)
     affine_ref(c->N, c->in, c->out, x, W, b, y);
 }
 
-static inline void conv_ref(const void *c_, const double *p, double *y)
+/* Every (output, input, weight) index triple of a conv with geometry g
+ * (NCHW, weights (Cout, Cin, kh, kw)), taps in the padding skipped: output
+ * by output, each one's taps in (c, i, j) order. */
+static inline void conv_taps(const as_op_conv_geom *g,
+                             void (*tap)(void *ctx, size_t yi, size_t xi, size_t wi),
+                             void *ctx)
 {
-    const as_op_conv_geom *g = c_;
-    const double *x = p, *W = x + (size_t)g->N * g->Cin * g->H * g->W;
-    const double *b = W + (size_t)g->Cout * g->Cin * g->kh * g->kw;
     for (int n = 0; n < g->N; n++)
         for (int o = 0; o < g->Cout; o++)
             for (int oh = 0; oh < g->Ho; oh++)
                 for (int ow = 0; ow < g->Wo; ow++) {
-                    double s = b[o];
+                    size_t yi = (((size_t)n * g->Cout + o) * g->Ho + oh) * g->Wo + ow;
                     for (int c = 0; c < g->Cin; c++)
                         for (int i = 0; i < g->kh; i++)
                             for (int j = 0; j < g->kw; j++) {
@@ -53,11 +55,29 @@ static inline void conv_ref(const void *c_, const double *p, double *y)
                                 int iw = ow * g->stride - g->pad + j;
                                 if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W)
                                     continue;
-                                s += x[((n * g->Cin + c) * g->H + ih) * g->W + iw] *
-                                     W[((o * g->Cin + c) * g->kh + i) * g->kw + j];
+                                tap(ctx, yi, (((size_t)n * g->Cin + c) * g->H + ih) * g->W + iw,
+                                    (((size_t)o * g->Cin + c) * g->kh + i) * g->kw + j);
                             }
-                    y[((n * g->Cout + o) * g->Ho + oh) * g->Wo + ow] = s;
                 }
+}
+
+typedef struct { const double *x, *W; double *y; } conv_fwd_ctx;
+static inline void conv_fwd_tap(void *ctx, size_t yi, size_t xi, size_t wi)
+{
+    conv_fwd_ctx *f = ctx;
+    f->y[yi] += f->x[xi] * f->W[wi];
+}
+
+static inline void conv_ref(const void *c_, const double *p, double *y)
+{
+    const as_op_conv_geom *g = c_;
+    const double *x = p, *W = x + (size_t)g->N * g->Cin * g->H * g->W;
+    const double *b = W + (size_t)g->Cout * g->Cin * g->kh * g->kw;
+    const size_t plane = (size_t)g->Ho * g->Wo;
+    for (size_t k = 0; k < (size_t)g->N * g->Cout * plane; k++)
+        y[k] = b[k / plane % (size_t)g->Cout];
+    conv_fwd_ctx f = {x, W, y};
+    conv_taps(g, conv_fwd_tap, &f);
 }
 
 typedef struct { int N, C, H, W, k; bool max; } pool_cfg;
