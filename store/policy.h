@@ -125,7 +125,7 @@ as_block *as_pctx_take_adopted(as_pctx *ctx);
 /* Regenerators: declare a dependency at encode (the dependency's item then
  * lives at least as long as this item, even if its handle is released; a
  * dependency that would close a cycle gives AS_ESTATE, which the store
- * turns into a fallback); at decode, get its values as a read-only view,
+ * turns into a fallback with the reason "dependency cycle"); at decode, get its values as a read-only view,
  * valid until the decode returns (restored through its own policy, in
  * place for keep, cached within the backward phase otherwise). */
 int as_pctx_depend(as_pctx *ctx, as_handle dep);

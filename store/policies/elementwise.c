@@ -121,8 +121,6 @@ static int dep_encode(as_pctx *ctx, const as_elementwise *fn, as_handle dep,
     *st = (estate){.fn = *fn, .dep = dep, .inverse = inverse};
     int rc = as_pctx_depend(ctx, dep);
     if (rc < 0) {
-        if (rc == AS_ESTATE)
-            as_pctx_errorf(ctx, "dependency cycle");
         free(st);
         return rc;
     }

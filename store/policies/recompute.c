@@ -52,11 +52,9 @@ static int rc_encode(as_pctx *ctx, const void *params,
         st->inputs[i] = info->recompute_inputs[i];
         int rc = as_pctx_depend(ctx, st->inputs[i]);
         if (rc < 0) {
-            if (rc != AS_ESTATE)
+            if (rc != AS_ESTATE)   /* a cycle is named by as_pctx_depend */
                 as_pctx_errorf(ctx, "recompute input %zu: %s", i,
                                as_store_last_error(as_pctx_store(ctx)));
-            else
-                as_pctx_errorf(ctx, "dependency cycle");
             free(st);
             return rc;
         }
