@@ -32,6 +32,8 @@ struct as__conn {
     uint64_t     last_active_ns, drain_since_ns, backlog_since_ns;
     uint64_t     msg_start_ns;       /* first byte of the current request */
     uv_shutdown_t shut;
+    as__conn_sink sink;              /* socketless (as__conn_open_local) */
+    void         *sink_ud;
 };
 
 /* Close now (pending writes are cancelled; freed in the close callback). */
