@@ -8,7 +8,7 @@
  * argmax (0..3) takes 2 bits instead of the u8's 8; token ids of a
  * 96-symbol vocabulary 7 bits instead of 32.
  *
- * Stored: 24 + 8 * ceil(n * b / 64) bytes. Applies to u8 and i32 tensors of
+ * Stored: 32 + 8 * ceil(n * b / 64) bytes. Applies to u8 and i32 tensors of
  * kinds index, dropout_mask and generic.
  */
 #include <stdio.h>
@@ -21,6 +21,7 @@ typedef struct bp_blk {
     int64_t  n;
     int64_t  min;
     uint32_t bits, pad;
+    uint64_t seal;     /* as_pctx_seal of the fields above */
     uint64_t w[];
 } bp_blk;
 
@@ -65,6 +66,7 @@ static int bp_encode(as_pctx *ctx, const void *params,
     b->min = lo;
     b->bits = bits;
     b->pad = 0;
+    b->seal = as_pctx_seal(b, offsetof(bp_blk, seal));
     memset(b->w, 0, words * sizeof(uint64_t));
     for (int64_t i = 0; bits && i < n; i++)
         as__bits_put(b->w, (uint64_t)i, bits, (uint64_t)(value_at(t, i) - lo));
@@ -76,6 +78,9 @@ static int bp_decode(as_pctx *ctx, const void *params, void *state,
                      as_tensor *dst)
 {
     const bp_blk *b = state;
+    int rc = as_pctx_check_seal(ctx, b, offsetof(bp_blk, seal), b->seal);
+    if (rc)
+        return rc;
     if (dst->dtype == AS_U8) {
         uint8_t *y = dst->data;
         for (int64_t i = 0; i < b->n; i++)

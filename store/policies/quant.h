@@ -207,5 +207,8 @@ bool as__zstd_portable(bool on);
  * until the offload I/O thread has nothing queued or running. */
 void as__offload_inject(int stage, int err);
 void as__offload_wait_idle(void);
+/* The file descriptor of an offloaded item's file (its state), -1 while
+ * the write has not finished or after it failed (tests, fuzz/). */
+int as__offload_fd(const void *state);
 
 #endif
