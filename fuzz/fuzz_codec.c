@@ -48,6 +48,8 @@ static const spec specs[] = {
     {"default=aq:8:g=8", T_PLAIN},       {"default=sign", T_RELU},
     {"default=fewbit:2", T_GELU},        {"default=fewbit:3", T_GELU},
     {"default=bitpack", T_SMALLINT},     {"default=bitpack", T_U8},
+    {"default=soa:5", T_SOFTMAX},        {"default=soa:3:fullden", T_SOFTMAX},
+    {"default=solog:4", T_SOFTMAX},      {"default=sotk:16:3", T_SOFTMAX},
     {"default=offload", T_PLAIN},        {"default=keep", T_PLAIN},
     {"conv_input=invert::stream:f32; default=keep", T_CONV},
     {"conv_input=invert::cache:q16; default=keep", T_CONV},

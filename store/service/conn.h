@@ -36,8 +36,6 @@ struct as__conn {
     void         *sink_ud;
 };
 
-/* Close now (pending writes are cancelled; freed in the close callback). */
-void as__conn_close(as__conn *c);
 /* Queue bufs; own (as__svc_free) and frame (unref) are released after the
  * write, also on error. Returns 0, or -1 when the connection was closed. */
 int as__conn_write(as__conn *c, uv_buf_t *bufs, unsigned n, char *own, as__frame *frame);

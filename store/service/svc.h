@@ -97,7 +97,10 @@ typedef void (*as__conn_sink)(as__conn *c, void *ud, const uv_buf_t *bufs, unsig
 as__conn *as__conn_open_local(as_service *svc, as__conn_sink sink, void *ud);
 /* Bytes as one read from the socket would deliver them. */
 void as__conn_feed(as__conn *c, const char *p, size_t n);
-/* The connection was closed (its memory goes in the next loop run). */
+/* Close now (pending writes are cancelled; freed in the close callback,
+ * in the next loop run). */
+void as__conn_close(as__conn *c);
+/* Whether c was closed. */
 bool as__conn_closed(const as__conn *c);
 
 /* ---- fault injection (tests): the nth as__svc_malloc / as__svc_realloc
