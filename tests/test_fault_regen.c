@@ -23,15 +23,9 @@
 #include "actstore/store.h"
 #include "layers/ops.h"
 #include "store/store_internal.h"
+#include "tests/support/store_util.h"
 
-static uint64_t live(as_store *s)
-{
-    as_arena_snapshot sn;
-    assert_int_equal(as_arena_snapshot_take(as_store_arena(s), UINT64_MAX, &sn), 0);
-    uint64_t v = sn.total.live_usable;
-    as_arena_snapshot_free(&sn);
-    return v;
-}
+static uint64_t live(as_store *s) { return store_live(s); }
 
 /* ---- one saved item and the calls that decode it ------------------------ */
 

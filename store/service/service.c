@@ -524,45 +524,42 @@ static int default_provider(const as_service_source *src, size_t nsrc,
     return 0;
 }
 
-int as_service_start(const as_service_config *cfg, const as_service_source *src,
-                     size_t nsrc, as_service **out, char *err, size_t errlen)
+/* A service over the default provider: started (its thread and listener),
+ * or local (no thread, no socket: as__service_open_local). */
+static int open_default(const as_service_config *cfg, const as_service_source *src,
+                        size_t nsrc, bool local, as_service **out, char *err, size_t errlen)
 {
     if (!src || !out)
         return as_set_err(err, errlen, AS_EINVAL, "sources and out are required");
     const char *labels[16];
-    as__svc_provider prov;
+    as__svc_provider prov = {0};
     int rc = default_provider(src, nsrc, labels, &prov, err, errlen);
     if (rc)
         return rc;
     as_service *svc = NULL;
-    rc = as__service_start_with(cfg, labels, nsrc, &prov, &svc, err, errlen);
+    rc = local ? svc_create(cfg, labels, nsrc, &prov, &svc, err, errlen)
+               : as__service_start_with(cfg, labels, nsrc, &prov, &svc, err, errlen);
     if (rc) {
         as__svc_free(prov.ud);
         return rc;
     }
     svc->dsrc = prov.ud;   /* freed with the service; the thread never reads this field */
+    if (local)
+        first_view(svc);
     *out = svc;
     return 0;
+}
+
+int as_service_start(const as_service_config *cfg, const as_service_source *src,
+                     size_t nsrc, as_service **out, char *err, size_t errlen)
+{
+    return open_default(cfg, src, nsrc, false, out, err, errlen);
 }
 
 int as__service_open_local(const as_service_config *cfg, const as_service_source *src,
                            size_t nsrc, as_service **out, char *err, size_t errlen)
 {
-    if (!src || !out)
-        return as_set_err(err, errlen, AS_EINVAL, "sources and out are required");
-    const char *labels[16];
-    as__svc_provider prov;
-    int rc = default_provider(src, nsrc, labels, &prov, err, errlen);
-    if (rc)
-        return rc;
-    rc = svc_create(cfg, labels, nsrc, &prov, out, err, errlen);
-    if (rc) {
-        as__svc_free(prov.ud);
-        return rc;
-    }
-    (*out)->dsrc = prov.ud;
-    first_view(*out);
-    return 0;
+    return open_default(cfg, src, nsrc, true, out, err, errlen);
 }
 
 int as__service_close_local(as_service *svc)
