@@ -220,6 +220,8 @@ static fcase *get_case(unsigned c)
     as_item *it;
     if (as__lookup_rep(f->s, f->h, &it, &f->r, "fuzz"))
         abort();
+    as__rep_unref(f->s, f->r);   /* the item keeps it */
+    as__item_unref(f->s, it);
     char want[32];
     snprintf(want, sizeof want, "=%s", f->r->ops->name);
     if (!strstr(specs[c].policy, want)) {

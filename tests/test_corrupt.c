@@ -59,6 +59,8 @@ static void fx_save(fx *f, const char *spec, int kind, int fn)
     assert_int_equal(as_store_save(f->s, &info, &t, &f->h), 0);
     as_item *it;
     assert_int_equal(as__lookup_rep(f->s, f->h, &it, &f->r, "test"), 0);
+    as__rep_unref(f->s, f->r);   /* the item keeps it */
+    as__item_unref(f->s, it);
     assert_true(f->r->nblocks >= 1);
     t.data = f->ref;
     assert_int_equal(as_store_restore(f->s, f->h, &t), 0);
