@@ -113,6 +113,36 @@ static void test_header_fewbit(void **st)
     header_case("default=fewbit:2", AS_KIND_ACTIVATION_INPUT, AS_FN_GELU);
 }
 
+static void test_header_bitpack(void **st)
+{
+    (void)st;
+    as_store_config cfg = {.policy = "default=bitpack", .strict = true};
+    as_store *s;
+    assert_int_equal(as_store_create(&cfg, &s, NULL, 0), 0);
+    static int32_t x[N], y[N];
+    for (size_t i = 0; i < N; i++)
+        x[i] = (int32_t)(i * 7 % 300) - 100;
+    as_tensor t = {.data = x, .dtype = AS_I32, .ndim = 2, .shape = {ROWS, COLS}};
+    as_save_info info = {.kind = AS_KIND_INDEX, .layer = "idx"};
+    as_handle h;
+    assert_int_equal(as_store_save(s, &info, &t, &h), 0);
+    as_item *it;
+    as_rep *r;
+    assert_int_equal(as__lookup_rep(s, h, &it, &r, "test"), 0);
+    as__rep_unref(s, r);
+    as__item_unref(s, it);
+    t.data = y;
+    for (size_t off = 0; off < 24; off++) {   /* count, minimum, width */
+        uint8_t *p = r->blocks[0].ptr;
+        p[off] ^= 0x08;
+        assert_int_equal(as_store_restore(s, h, &t), AS_ECORRUPT);
+        p[off] ^= 0x08;
+        assert_int_equal(as_store_restore(s, h, &t), 0);
+        assert_memory_equal(x, y, sizeof x);
+    }
+    as_store_destroy(s);
+}
+
 static void test_fewbit_nan_position(void **st)
 {
     (void)st;
@@ -176,6 +206,7 @@ int main(void)
         cmocka_unit_test(test_header_fp16),   cmocka_unit_test(test_header_q8),
         cmocka_unit_test(test_header_q2),     cmocka_unit_test(test_header_aq),
         cmocka_unit_test(test_header_sign),   cmocka_unit_test(test_header_fewbit),
+        cmocka_unit_test(test_header_bitpack),
         cmocka_unit_test(test_fewbit_nan_position),
         cmocka_unit_test(test_softmax_blocks),
     };
