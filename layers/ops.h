@@ -69,6 +69,14 @@ void as_op_linear_fwd(int N, int in, int out, const float *x, const float *W,
 /* dx = dy W (overwrite); dW += dy^T x; db += sum_rows dy. */
 void as_op_linear_bwd(int N, int in, int out, const float *x, const float *W,
                       const float *dy, float *dx, float *dW, float *db);
+/* The library's own inner-product primitives alone on this shape, on the
+ * layouts they prefer, inside ws (for benchmarks). pass 0: forward with
+ * bias; 1: backward data, weights and bias. ws:
+ * as_op_linear_native_workspace floats, any contents. Returns 0, or
+ * AS_ENOTSUP without oneDNN or when the backend is AS_OP_BUILTIN (the
+ * workspace size is then 0). */
+size_t as_op_linear_native_workspace(int N, int in, int out);
+int as_op_linear_native(int N, int in, int out, int pass, float *ws);
 
 /* ---- conv2d ------------------------------------------------------------- */
 
@@ -108,6 +116,11 @@ int as_op_conv_native(const as_op_conv_geom *g, int pass, float *ws);
  * position inside each window (0..k*k-1). */
 void as_op_maxpool_fwd(int N, int C, int H, int W, int k, const float *x,
                        float *y, uint8_t *idx);
+/* y (N, C, H/k, W/k) = x at the saved argmax: the forward's output again,
+ * bit for bit, when x is (windows of -inf or NaN only aside: the forward
+ * gives -FLT_MAX there, this the window's first value). */
+void as_op_maxpool_gather(int N, int C, int H, int W, int k, const float *x,
+                          const uint8_t *idx, float *y);
 /* dx (overwrite, N C H W) from dy and the saved argmax. */
 void as_op_maxpool_bwd(int N, int C, int H, int W, int k, const uint8_t *idx,
                        const float *dy, float *dx);

@@ -121,7 +121,15 @@ as_block *as_pctx_take_adopted(as_pctx *c)
 
 int as_pctx_depend(as_pctx *c, as_handle dep)
 {
-    return as__rep_add_dep(c->s, c->it, c->rep, dep);
+    int rc = as__rep_add_dep(c->s, c->it, c->rep, dep);
+    if (rc == AS_ESTATE)
+        as_pctx_errorf(c, "dependency cycle");
+    return rc;
+}
+
+bool as_pctx_can_depend(as_pctx *c, as_handle dep)
+{
+    return as__handle_holds_values(c->s, dep);
 }
 
 int as_pctx_restore_dep(as_pctx *c, as_handle dep, const as_tensor **view)
@@ -162,6 +170,16 @@ int as_pctx_scratch(as_pctx *c, size_t n, void **out)
     c->nscratch++;
     *out = b->ptr;
     return 0;
+}
+
+void as_pctx_scratch_free(as_pctx *c, void *p)
+{
+    for (size_t i = 0; p && i < c->nscratch; i++)
+        if (c->scratch[i].ptr == p) {
+            as_free(c->s->arena, &c->scratch[i]);
+            c->scratch[i] = c->scratch[--c->nscratch];
+            return;
+        }
 }
 
 int as_pctx_check_rows(as_pctx *ctx, int64_t row0, int64_t nrows, uint64_t rows)

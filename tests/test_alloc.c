@@ -14,6 +14,7 @@
 
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
+#include "support/held_thread.h"
 #include "util/rng.h"
 
 extern void *__libc_malloc(size_t);
@@ -120,10 +121,11 @@ static void reset_model_peaks(model *m)
     }
 }
 
-static void test_random_sequence_is_exact(void **state)
+/* checked: every free verified, no bins (the general paths); unchecked:
+ * the fast paths and the per-thread bins. */
+static void random_sequence(bool checked)
 {
-    (void)state;
-    as_arena_config cfg = {.checked = true};
+    as_arena_config cfg = {.checked = checked};
     as_arena *a;
     assert_int_equal(as_arena_create(&cfg, &a), 0);
     uint16_t t1, t2, l[5];
@@ -169,6 +171,11 @@ static void test_random_sequence_is_exact(void **state)
             assert_int_equal(b->usable, sallocx(b->ptr, 0));
             assert_true(b->usable >= sz);
             assert_int_equal((uintptr_t)b->ptr % (sz >= 64 ? 64 : 16), 0);
+            if (sz < 4096 && (op & 1)) {              /* calloc: zero, also from a bin */
+                const unsigned char *z = b->ptr;
+                for (size_t i = 0; i < sz; i++)
+                    assert_int_equal(z[i], 0);
+            }
             ((volatile char *)b->ptr)[0] = 1;
             ((volatile char *)b->ptr)[sz - 1] = 2;
             model_block(&m, b, +1);
@@ -210,6 +217,18 @@ static void test_random_sequence_is_exact(void **state)
     }
     check_model(a, &m, nlayers, true);
     as_arena_destroy(a);
+}
+
+static void test_random_sequence_is_exact(void **state)
+{
+    (void)state;
+    random_sequence(true);
+}
+
+static void test_random_sequence_fast_paths_exact(void **state)
+{
+    (void)state;
+    random_sequence(false);
 }
 
 /* ---- jemalloc's own statistics agree -------------------------------- */
@@ -526,16 +545,14 @@ static void test_cross_thread_frees_exact(void **state)
 /* Another thread's own frees not yet folded (it allocated and freed, then
  * went quiet) must neither fail an allocation that fits nor show up as
  * "live" in the budget message. */
-typedef struct quiet { as_arena *a; pthread_barrier_t *bar; } quiet;
 
 static void *quiet_worker(void *p)
 {
-    quiet *q = p;
+    held_thread *h = p;
     as_block b;
-    assert_int_equal(as_alloc(q->a, 768 << 10, AS_TAG_WORKSPACE, 0, &b), 0);
-    assert_int_equal(as_free(q->a, &b), 0);
-    pthread_barrier_wait(q->bar);          /* freed, still alive */
-    pthread_barrier_wait(q->bar);          /* main is done */
+    assert_int_equal(as_alloc(h->a, 768 << 10, AS_TAG_WORKSPACE, 0, &b), 0);
+    assert_int_equal(as_free(h->a, &b), 0);
+    held_wait(h);                          /* freed, still alive */
     return NULL;
 }
 
@@ -545,12 +562,8 @@ static void test_budget_counts_true_live(void **state)
     as_arena_config cfg = {.budget_bytes = 1u << 20};
     as_arena *a;
     assert_int_equal(as_arena_create(&cfg, &a), 0);
-    pthread_barrier_t bar;
-    pthread_barrier_init(&bar, NULL, 2);
-    quiet q = {a, &bar};
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, quiet_worker, &q), 0);
-    pthread_barrier_wait(&bar);
+    held_thread h;
+    held_start(&h, a, quiet_worker);
     as_block b1, b2;
     int rc = as_alloc(a, 512 << 10, AS_TAG_SAVED, 0, &b1);
     if (rc)
@@ -562,9 +575,7 @@ static void test_budget_counts_true_live(void **state)
         fprintf(stderr, "%s\n", e);
     assert_non_null(strstr(e, "live 512.0 KiB"));
     assert_int_equal(as_free(a, &b1), 0);
-    pthread_barrier_wait(&bar);
-    assert_int_equal(pthread_join(th, NULL), 0);
-    pthread_barrier_destroy(&bar);
+    held_release(&h);
     as_arena_destroy(a);
 }
 
@@ -572,6 +583,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_sequence_is_exact),
+        cmocka_unit_test(test_random_sequence_fast_paths_exact),
         cmocka_unit_test(test_jemalloc_stats_agree),
         cmocka_unit_test(test_four_threads_exact_totals),
         cmocka_unit_test(test_budget_failure_changes_nothing),
