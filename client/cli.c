@@ -37,6 +37,18 @@ bool as_cli_is_help(const char *arg)
     return arg && (!strcmp(arg, "-h") || !strcmp(arg, "--help"));
 }
 
+double as_cli_jnum(const cJSON *o, const char *k, double dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+const char *as_cli_jstr(const cJSON *o, const char *k, const char *dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : dflt;
+}
+
 int as_cli_write_json(const char *cmd, const char *path, const cJSON *json)
 {
     char *text = cJSON_Print(json);

@@ -31,6 +31,11 @@ bool as_cli_is_help(const char *arg);
  * a message on stderr naming the path. Does not free json. */
 int as_cli_write_json(const char *cmd, const char *path, const cJSON *json);
 
+/* Member k of object o as a number / string; dflt when o is not an object,
+ * k is absent or of another type. The string is owned by o. */
+double as_cli_jnum(const cJSON *o, const char *k, double dflt);
+const char *as_cli_jstr(const cJSON *o, const char *k, const char *dflt);
+
 /* Parse a non-negative integer / double option value; on error prints a
  * usage message naming the option and returns -1. */
 int as_cli_parse_u64(const char *cmd, const char *opt, const char *val,

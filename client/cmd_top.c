@@ -119,18 +119,6 @@ static int cmp_row(const void *a, const void *b)
                   cJSON_GetStringValue(cJSON_GetObjectItem(y->j, "name")));
 }
 
-static double num(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(v) ? v->valuedouble : 0;
-}
-
-static const char *str(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : "";
-}
-
 static const char *hb(double v, char *buf)
 {
     return as_cli_human_bytes(v, buf, 32);
@@ -166,19 +154,19 @@ static void render(FILE *f, top_state *st, const cJSON *stores, bool color)
     cJSON_ArrayForEach(s, stores) {
         if (si >= MAX_STORES)
             break;
-        fprintf(f, "%sstore %s%s", B, str(s, "label"), R);
+        fprintf(f, "%sstore %s%s", B, as_cli_jstr(s, "label", ""), R);
         if (!cJSON_IsTrue(cJSON_GetObjectItem(s, "available"))) {
-            fprintf(f, "  unavailable (%s)\n\n", str(s, "error"));
+            fprintf(f, "  unavailable (%s)\n\n", as_cli_jstr(s, "error", ""));
             si++;
             continue;
         }
-        fprintf(f, "  step %.0f  %s\n", num(s, "step"), str(s, "phase"));
+        fprintf(f, "  step %.0f  %s\n", as_cli_jnum(s, "step", 0), as_cli_jstr(s, "phase", ""));
         const cJSON *a = cJSON_GetObjectItem(s, "arena");
         if (a) {
-            fprintf(f, "  live %-10s peak %-10s resident %-10s", hb(num(a, "live_bytes"), b1),
-                    hb(num(a, "peak_bytes"), b2), hb(num(a, "resident_bytes"), b3));
-            if (num(a, "budget_bytes") > 0)
-                fprintf(f, " budget %s", hb(num(a, "budget_bytes"), b4));
+            fprintf(f, "  live %-10s peak %-10s resident %-10s", hb(as_cli_jnum(a, "live_bytes", 0), b1),
+                    hb(as_cli_jnum(a, "peak_bytes", 0), b2), hb(as_cli_jnum(a, "resident_bytes", 0), b3));
+            if (as_cli_jnum(a, "budget_bytes", 0) > 0)
+                fprintf(f, " budget %s", hb(as_cli_jnum(a, "budget_bytes", 0), b4));
             fputc('\n', f);
         }
         if (st->nhist[si] > 1) {
@@ -187,25 +175,25 @@ static void render(FILE *f, top_state *st, const cJSON *stores, bool color)
             fputc('\n', f);
         }
         const cJSON *sv = cJSON_GetObjectItem(s, "saved");
-        double step = num(s, "step");
+        double step = as_cli_jnum(s, "step", 0);
         if (sv) {
-            double raw = num(sv, "raw_peak_bytes"), sto = num(sv, "stored_peak_bytes");
+            double raw = as_cli_jnum(sv, "raw_peak_bytes", 0), sto = as_cli_jnum(sv, "stored_peak_bytes", 0);
             hold(st, si, "total", "", step, &raw, &sto);
             ratio_str(raw, sto, r, sizeof r);
             char d[32];
             as_cli_human_bytes(raw > sto ? raw - sto : sto - raw, d, sizeof d);
             fprintf(f, "  saved now %s of %s raw   step peak %s of %s raw (%s%s%s, %s %s)\n",
-                    hb(num(sv, "stored_bytes"), b1), hb(num(sv, "raw_bytes"), b2),
+                    hb(as_cli_jnum(sv, "stored_bytes", 0), b1), hb(as_cli_jnum(sv, "raw_bytes", 0), b2),
                     hb(sto, b3), hb(raw, b4), B, r, R, raw >= sto ? "saving" : "costing", d);
             fprintf(f, "  %s%-20s %10s %10s %7s %8s %9s%s\n", D, "kind", "raw peak", "stored",
                     "ratio", "saves", "fallbacks", R);
             const cJSON *k;
             cJSON_ArrayForEach(k, cJSON_GetObjectItem(s, "kinds")) {
-                double kr = num(k, "raw_peak_bytes"), ks = num(k, "stored_peak_bytes");
-                hold(st, si, "kind", str(k, "name"), step, &kr, &ks);
+                double kr = as_cli_jnum(k, "raw_peak_bytes", 0), ks = as_cli_jnum(k, "stored_peak_bytes", 0);
+                hold(st, si, "kind", as_cli_jstr(k, "name", ""), step, &kr, &ks);
                 ratio_str(kr, ks, r, sizeof r);
-                fprintf(f, "  %-20s %10s %10s %7s %8.0f %9.0f\n", str(k, "name"), hb(kr, b1),
-                        hb(ks, b2), r, num(k, "saves"), num(k, "fallbacks"));
+                fprintf(f, "  %-20s %10s %10s %7s %8.0f %9.0f\n", as_cli_jstr(k, "name", ""), hb(kr, b1),
+                        hb(ks, b2), r, as_cli_jnum(k, "saves", 0), as_cli_jnum(k, "fallbacks", 0));
             }
             fprintf(f, "  %s%-28s %-14s %10s %10s %7s %9s%s\n", D, "top layers", "policy",
                     "raw peak", "stored", "ratio", "fallbacks", R);
@@ -214,17 +202,17 @@ static void render(FILE *f, top_state *st, const cJSON *stores, bool color)
             cJSON_ArrayForEach(k, cJSON_GetObjectItem(s, "layers")) {
                 if (n == 1024)
                     break;
-                rows[n] = (row){k, num(k, "raw_peak_bytes"), num(k, "stored_peak_bytes")};
-                hold(st, si, "layer", str(k, "name"), step, &rows[n].raw, &rows[n].stored);
+                rows[n] = (row){k, as_cli_jnum(k, "raw_peak_bytes", 0), as_cli_jnum(k, "stored_peak_bytes", 0)};
+                hold(st, si, "layer", as_cli_jstr(k, "name", ""), step, &rows[n].raw, &rows[n].stored);
                 n++;
             }
             qsort(rows, (size_t)n, sizeof *rows, cmp_row);
             for (int i = 0; i < n && i < st->layers; i++) {
                 const cJSON *l = rows[i].j;
                 ratio_str(rows[i].raw, rows[i].stored, r, sizeof r);
-                fprintf(f, "  %-28.28s %-14.14s %10s %10s %7s %9.0f\n", str(l, "name"),
-                        str(l, "policy"), hb(rows[i].raw, b1), hb(rows[i].stored, b2), r,
-                        num(l, "fallbacks"));
+                fprintf(f, "  %-28.28s %-14.14s %10s %10s %7s %9.0f\n", as_cli_jstr(l, "name", ""),
+                        as_cli_jstr(l, "policy", ""), hb(rows[i].raw, b1), hb(rows[i].stored, b2), r,
+                        as_cli_jnum(l, "fallbacks", 0));
             }
         }
         fputc('\n', f);
@@ -383,7 +371,7 @@ static int run_once(top_state *st)
     as_client_response_free(&r);
     if (!j)
         return as_cli_fail("top", "%s sent a snapshot that is not JSON", st->addr);
-    printf("actstore top  %s  uptime %.0f s\n\n", st->addr, num(j, "uptime_s"));
+    printf("actstore top  %s  uptime %.0f s\n\n", st->addr, as_cli_jnum(j, "uptime_s", 0));
     render(stdout, st, cJSON_GetObjectItem(j, "stores"), false);
     cJSON_Delete(j);
     return AS_EXIT_OK;

@@ -13,23 +13,12 @@
 #include <string.h>
 
 #include "actstore/common.h"
+#include "cli.h"
 #include "util/err.h"
-
-static double jnum(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
-}
-
-static const char *jstr(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
 
 static uint64_t ju64(const cJSON *o, const char *k)
 {
-    double v = jnum(o, k);
+    double v = as_cli_jnum(o, k, NAN);
     return isfinite(v) && v > 0 ? (uint64_t)v : 0;
 }
 
@@ -67,7 +56,7 @@ static int plan_from_json(as_store_plan *p, const cJSON *o, char *err, size_t er
     const cJSON *e;
     cJSON_ArrayForEach(e, ls) {
         as_store_plan_entry *x = &p->entries[p->n++];
-        const char *layer = jstr(e, "layer"), *kind = jstr(e, "kind"), *pol = jstr(e, "policy");
+        const char *layer = as_cli_jstr(e, "layer", NULL), *kind = as_cli_jstr(e, "kind", NULL), *pol = as_cli_jstr(e, "policy", NULL);
         snprintf(x->layer, sizeof x->layer, "%s", layer ? layer : "");
         snprintf(x->policy, sizeof x->policy, "%s", pol ? pol : "");
         x->kind = kind ? as_kind_from_name(kind, strlen(kind)) : -1;
@@ -76,10 +65,10 @@ static int plan_from_json(as_store_plan *p, const cJSON *o, char *err, size_t er
                               kind ? kind : "");
         x->raw_bytes = ju64(e, "raw_bytes");
         x->stored_bytes = ju64(e, "stored_bytes");
-        x->rel_error = jnum(e, "rel_error");
-        x->cosine = jnum(e, "cosine");
-        x->time_ns = jnum(e, "time_ns");
-        x->weight = jnum(e, "weight");
+        x->rel_error = as_cli_jnum(e, "rel_error", NAN);
+        x->cosine = as_cli_jnum(e, "cosine", NAN);
+        x->time_ns = as_cli_jnum(e, "time_ns", NAN);
+        x->weight = as_cli_jnum(e, "weight", NAN);
         x->items = (uint32_t)ju64(e, "items");
         x->candidates = (uint32_t)ju64(e, "candidates");
     }
@@ -92,8 +81,8 @@ static int run_from_json(as_report *r, as_rep_run *run, const cJSON *o, char *er
     run->finished = cJSON_IsTrue(cJSON_GetObjectItem(o, "finished"));
     const cJSON *ev = cJSON_GetObjectItem(o, "eval");
     run->evaluated = cJSON_IsTrue(cJSON_GetObjectItem(ev, "done"));
-    run->eval_accuracy = jnum(ev, "accuracy");
-    run->eval_loss = jnum(ev, "loss");
+    run->eval_accuracy = as_cli_jnum(ev, "accuracy", NAN);
+    run->eval_loss = as_cli_jnum(ev, "loss", NAN);
     run->arena_peak = ju64(o, "arena_peak_bytes");
     run->budget = ju64(o, "saved_budget_bytes");
     int prc = plan_from_json(&run->plan, cJSON_GetObjectItem(o, "plan"), err, errlen);
@@ -117,7 +106,7 @@ static int run_from_json(as_report *r, as_rep_run *run, const cJSON *o, char *er
     const cJSON *ma = cJSON_GetObjectItem(mem, "arena_peak_bytes");
     const cJSON *st = cJSON_GetObjectItem(o, "step_ms");
     int n = cJSON_GetArraySize(loss);
-    if (n != jnum(o, "steps") || cJSON_GetArraySize(ms) != n || cJSON_GetArraySize(ma) != n ||
+    if (n != as_cli_jnum(o, "steps", NAN) || cJSON_GetArraySize(ms) != n || cJSON_GetArraySize(ma) != n ||
         cJSON_GetArraySize(st) != n)
         return as_set_err(err, errlen, AS_EFORMAT, "seed %llu: per-step arrays of "
                           "different lengths", (unsigned long long)run->seed);
@@ -131,8 +120,8 @@ static int run_from_json(as_report *r, as_rep_run *run, const cJSON *o, char *er
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(o, "grad_cosine")) {
         const cJSON *per = cJSON_GetObjectItem(c, "per_tensor");
         for (size_t t = 0; t < r->ntensors; t++)
-            pt[t] = jnum(per, r->tensor_names[t]);
-        if (as_report_push_cos(r, run, (long)jnum(c, "step"), jnum(c, "overall"), pt)) {
+            pt[t] = as_cli_jnum(per, r->tensor_names[t], NAN);
+        if (as_report_push_cos(r, run, (long)as_cli_jnum(c, "step", NAN), as_cli_jnum(c, "overall", NAN), pt)) {
             free(pt);
             return as_set_err(err, errlen, AS_ENOMEM, "out of memory");
         }
@@ -144,8 +133,8 @@ static int run_from_json(as_report *r, as_rep_run *run, const cJSON *o, char *er
 int as_report_from_json(const cJSON *j, as_report *r, char *err, size_t errlen)
 {
     memset(r, 0, sizeof *r);
-    const char *fmt = jstr(j, "format");
-    if (!fmt || strcmp(fmt, AS_REPORT_FORMAT) || jnum(j, "version") != AS_REPORT_VERSION)
+    const char *fmt = as_cli_jstr(j, "format", NULL);
+    if (!fmt || strcmp(fmt, AS_REPORT_FORMAT) || as_cli_jnum(j, "version", NAN) != AS_REPORT_VERSION)
         return as_set_err(err, errlen, AS_EFORMAT, "not an %s version %d file",
                           AS_REPORT_FORMAT, AS_REPORT_VERSION);
     const cJSON *seeds = cJSON_GetObjectItem(j, "seeds"), *arms = cJSON_GetObjectItem(j, "arms");
@@ -158,24 +147,24 @@ int as_report_from_json(const cJSON *j, as_report *r, char *err, size_t errlen)
     for (int i = 0; i < ns; i++)
         sv[i] = (uint64_t)jat(seeds, i);
     const cJSON *a0 = cJSON_GetArrayItem(arms, 0), *a1 = cJSON_GetArrayItem(arms, 1);
-    int rc = as_report_init(r, jstr(j, "model"), jstr(j, "preset"), jstr(a0, "spec"),
-                            jstr(a1, "spec"), sv, (size_t)ns, (long)jnum(j, "steps"),
-                            (long)jnum(j, "check_every"));
+    int rc = as_report_init(r, as_cli_jstr(j, "model", NULL), as_cli_jstr(j, "preset", NULL), as_cli_jstr(a0, "spec", NULL),
+                            as_cli_jstr(a1, "spec", NULL), sv, (size_t)ns, (long)as_cli_jnum(j, "steps", NAN),
+                            (long)as_cli_jnum(j, "check_every", NAN));
     free(sv);
     if (rc)
         return as_set_err(err, errlen, rc, "out of memory");
-    snprintf(r->options, sizeof r->options, "%s", jstr(j, "options") ? jstr(j, "options") : "");
-    snprintf(r->started, sizeof r->started, "%s", jstr(j, "started") ? jstr(j, "started") : "");
-    r->wall_s = jnum(j, "wall_s");
+    snprintf(r->options, sizeof r->options, "%s", as_cli_jstr(j, "options", NULL) ? as_cli_jstr(j, "options", NULL) : "");
+    snprintf(r->started, sizeof r->started, "%s", as_cli_jstr(j, "started", NULL) ? as_cli_jstr(j, "started", NULL) : "");
+    r->wall_s = as_cli_jnum(j, "wall_s", NAN);
     r->partial = cJSON_IsTrue(cJSON_GetObjectItem(j, "partial"));
-    if (jstr(j, "partial_reason"))
-        snprintf(r->partial_reason, sizeof r->partial_reason, "%s", jstr(j, "partial_reason"));
+    if (as_cli_jstr(j, "partial_reason", NULL))
+        snprintf(r->partial_reason, sizeof r->partial_reason, "%s", as_cli_jstr(j, "partial_reason", NULL));
     const cJSON *sh = cJSON_GetObjectItem(j, "shard");
     if (sh) {
-        r->shard = (unsigned)jnum(sh, "index");
-        r->nshards = (unsigned)jnum(sh, "count");
-        r->seed0 = (uint64_t)jnum(sh, "seed0");
-        r->seeds_total = (size_t)jnum(sh, "seeds_total");
+        r->shard = (unsigned)as_cli_jnum(sh, "index", NAN);
+        r->nshards = (unsigned)as_cli_jnum(sh, "count", NAN);
+        r->seed0 = (uint64_t)as_cli_jnum(sh, "seed0", NAN);
+        r->seeds_total = (size_t)as_cli_jnum(sh, "seeds_total", NAN);
     }
     const cJSON *tn = cJSON_GetObjectItem(j, "param_tensors");
     int nt = cJSON_GetArraySize(tn);
@@ -195,7 +184,7 @@ int as_report_from_json(const cJSON *j, as_report *r, char *err, size_t errlen)
                               'A' + a, cJSON_GetArraySize(runs), ns);
         for (int i = 0; i < ns; i++) {
             const cJSON *o = cJSON_GetArrayItem(runs, i);
-            if ((uint64_t)jnum(o, "seed") != r->arm[a].runs[i].seed)
+            if ((uint64_t)as_cli_jnum(o, "seed", NAN) != r->arm[a].runs[i].seed)
                 return as_set_err(err, errlen, AS_EFORMAT, "arm %c run %d is not seed %llu",
                                   'A' + a, i, (unsigned long long)r->arm[a].runs[i].seed);
             if ((rc = run_from_json(r, &r->arm[a].runs[i], o, err, errlen)))

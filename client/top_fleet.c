@@ -26,18 +26,6 @@ typedef struct fleet_sum {
     int    stores;
 } fleet_sum;
 
-static double jnum(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(v) ? v->valuedouble : 0;
-}
-
-static const char *jstr(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : "-";
-}
-
 static void line(FILE *f, const char *job, const char *rank, const char *host,
                  const char *store, const char *step, const char *phase,
                  const fleet_sum *s)
@@ -76,15 +64,15 @@ static int endpoint(FILE *f, const char *addr, fleet_sum *tot)
     const cJSON *s;
     cJSON_ArrayForEach(s, cJSON_GetObjectItem(j, "stores")) {
         const cJSON *a = cJSON_GetObjectItem(s, "arena"), *sv = cJSON_GetObjectItem(s, "saved");
-        fleet_sum one = {.live = jnum(a, "live_bytes"), .peak = jnum(a, "peak_bytes"),
-                         .raw = jnum(sv, "raw_peak_bytes"),
-                         .stored = jnum(sv, "stored_peak_bytes"),
-                         .fallbacks = jnum(sv, "fallbacks"),
-                         .meta = jnum(sv, "meta_mismatches"), .stores = 1};
+        fleet_sum one = {.live = as_cli_jnum(a, "live_bytes", 0), .peak = as_cli_jnum(a, "peak_bytes", 0),
+                         .raw = as_cli_jnum(sv, "raw_peak_bytes", 0),
+                         .stored = as_cli_jnum(sv, "stored_peak_bytes", 0),
+                         .fallbacks = as_cli_jnum(sv, "fallbacks", 0),
+                         .meta = as_cli_jnum(sv, "meta_mismatches", 0), .stores = 1};
         char step[24];
-        snprintf(step, sizeof step, "%.0f", jnum(s, "step"));
-        line(f, jstr(j, "job"), jstr(j, "rank"), jstr(j, "host"), jstr(s, "label"), step,
-             jstr(s, "phase"), &one);
+        snprintf(step, sizeof step, "%.0f", as_cli_jnum(s, "step", 0));
+        line(f, as_cli_jstr(j, "job", "-"), as_cli_jstr(j, "rank", "-"), as_cli_jstr(j, "host", "-"), as_cli_jstr(s, "label", "-"), step,
+             as_cli_jstr(s, "phase", "-"), &one);
         tot->live += one.live, tot->peak += one.peak, tot->raw += one.raw;
         tot->stored += one.stored, tot->fallbacks += one.fallbacks, tot->meta += one.meta;
         tot->stores++;

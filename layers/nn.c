@@ -162,7 +162,7 @@ static int table_save(as_nn_ctx *c, const as_save_info *info,
     int rc = as_nn_alloc(c, bytes, AS_TAG_SAVED, AS_LAYER_NONE, false, &s->blk);
     if (rc)
         return rc;
-    if (bytes)
+    if (bytes && t->data)   /* no data: a row save fills it */
         memcpy(s->blk.ptr, t->data, bytes);
     s->t = *t;
     s->t.data = s->blk.ptr;
@@ -189,6 +189,58 @@ int as_nn_save(as_nn_ctx *c, const as_save_info *info, const as_tensor *t,
         return 0;
     }
     return table_save(c, info, t, h);
+}
+
+int as_nn_save_rows_begin(as_nn_ctx *c, const as_save_info *info,
+                          const as_tensor *t, as_handle *h)
+{
+    *h = AS_HANDLE_NULL;
+    if (!c->training)
+        return 0;
+    if (!c->store) {
+        as_tensor shape = *t;
+        shape.data = NULL;
+        return table_save(c, info, &shape, h);
+    }
+    int rc = as_store_save_rows_begin(c->store, info, t, h);
+    if (rc)
+        return as_nn_fail(c, rc, "%s: save rows (%s): %s", info->layer,
+                          as_kind_name(info->kind),
+                          as_store_last_error(c->store));
+    return 0;
+}
+
+int as_nn_save_rows_append(as_nn_ctx *c, as_handle h, const char *layer,
+                           int64_t row0, int64_t nrows, const void *rows)
+{
+    if (as_handle_is_null(h))
+        return 0;
+    if (!c->store) {
+        as_nn_slot *s = NULL;
+        int rc = table_slot(c, h, layer, &s);
+        if (rc)
+            return rc;
+        size_t rb = tensor_bytes(&s->t) / (size_t)(as_tensor_numel(&s->t) /
+                                                   s->t.shape[s->t.ndim - 1]);
+        memcpy((char *)s->t.data + (size_t)row0 * rb, rows, (size_t)nrows * rb);
+        return 0;
+    }
+    int rc = as_store_save_rows_append(c->store, h, rows, nrows);
+    if (rc)
+        return as_nn_fail(c, rc, "%s: save rows: %s", layer,
+                          as_store_last_error(c->store));
+    return 0;
+}
+
+int as_nn_save_rows_end(as_nn_ctx *c, as_handle h, const char *layer)
+{
+    if (as_handle_is_null(h) || !c->store)
+        return 0;
+    int rc = as_store_save_rows_end(c->store, h);
+    if (rc)
+        return as_nn_fail(c, rc, "%s: save rows: %s", layer,
+                          as_store_last_error(c->store));
+    return 0;
 }
 
 int as_nn_view(as_nn_ctx *c, as_handle h, const char *layer, const void **data)

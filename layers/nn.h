@@ -80,6 +80,15 @@ as_tensor as_nn_tensor(const void *data, int dtype, int ndim,
 /* Save t under info. In eval mode returns 0 and a null handle. */
 int as_nn_save(as_nn_ctx *c, const as_save_info *info, const as_tensor *t,
                as_handle *h);
+/* Save a tensor a block of rows at a time (as_store_save_rows_*): begin
+ * with t's dtype and shape (data not read), append rows [row0, row0 +
+ * nrows) in order, end. In eval mode the handle is null and append / end
+ * do nothing. */
+int as_nn_save_rows_begin(as_nn_ctx *c, const as_save_info *info,
+                          const as_tensor *t, as_handle *h);
+int as_nn_save_rows_append(as_nn_ctx *c, as_handle h, const char *layer,
+                           int64_t row0, int64_t nrows, const void *rows);
+int as_nn_save_rows_end(as_nn_ctx *c, as_handle h, const char *layer);
 /* Read-only view of a saved tensor (valid until release / step end). */
 int as_nn_view(as_nn_ctx *c, as_handle h, const char *layer,
                const void **data);

@@ -3,9 +3,10 @@
  *
  * Forward: qkv = x Wqkv^T + b (saved as attention_input), P = softmax of
  * scaled scores (saved as softmax_output with row length T, T queries per
- * (batch, head) and the causal flag), o = P v, y = o Wo^T + b. The qkv, P
- * and o buffers are transient: after the save the store holds what backward
- * needs, in whatever form the policy chose.
+ * (batch, head) and the causal flag), o = P v, y = o Wo^T + b. P is made
+ * and saved one batch at a time (as_store_save_rows_*: a codec encodes
+ * each block as it comes), so the forward holds one (NH, T, T) block of it;
+ * qkv and o are transient: the store holds what backward needs.
  *
  * Backward streams P one (batch, head) block at a time through
  * as_store_restore_rows into one (T, T) workspace (so a compressed P is
@@ -54,28 +55,39 @@ int as_nn_attn_fwd_alias(as_nn_ctx *c, as_nn_attn *l, int B, int T,
                          const float *x, as_handle x_saved, float *y)
 {
     const int C = l->C, NH = l->NH, N = B * T;
+    const size_t C3 = 3 * (size_t)C;
     l->B = B;
     l->T = T;
     as_block qkv = {0}, P = {0}, o = {0};
     int rc = 0;
-    AS_TRY(as_nn_alloc(c, sizeof(float) * 3 * (size_t)N * C,
-                         AS_TAG_ACTIVATIONS, l->id, false, &qkv)); /* (B,T,3C) */
-    AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)B * NH * T * T,
-                         AS_TAG_ACTIVATIONS, l->id, false, &P));   /* (B,NH,T,T) */
+    AS_TRY(as_nn_alloc(c, sizeof(float) * C3 * N, AS_TAG_ACTIVATIONS, l->id,
+                       false, &qkv));                             /* (B,T,3C) */
     AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)N * C,
                          AS_TAG_ACTIVATIONS, l->id, false, &o));   /* (B,T,C) */
     AS_TRY(as_nn_linear_fwd_alias(c, &l->qkv, N, x, x_saved, AS_NN_F(qkv)));
-    as_op_attn_fwd(B, T, C, NH, l->causal, AS_NN_F(qkv), AS_NN_F(P), AS_NN_F(o));
     as_save_info qi = {.kind = AS_KIND_ATTENTION_INPUT, .layer = l->name};
     as_tensor qt = AS_NN_T(qkv.ptr, AS_F32, B, T, 3 * C);
     AS_TRY(as_nn_save(c, &qi, &qt, &l->hqkv));
-    as_nn_free(c, &qkv);   /* the store holds it now: off the peak of P's save */
+    /* P one batch at a time, saved as it is made: the whole (B, NH, T, T)
+     * never exists (the kernels see batch b at batch index 0, the same
+     * arithmetic as one call over all batches) */
+    AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)NH * T * T,
+                         AS_TAG_ACTIVATIONS, l->id, false, &P));   /* (NH,T,T) */
     as_save_info pi = {.kind = AS_KIND_SOFTMAX_OUTPUT, .layer = l->name};
     pi.meta.softmax = (as_softmax_meta){.row_len = T, .queries = T,
                                         .causal = l->causal,
                                         .rows_per_item = (int64_t)NH * T};
-    as_tensor pt = AS_NN_T(P.ptr, AS_F32, B, NH, T, T);
-    AS_TRY(as_nn_save(c, &pi, &pt, &l->hP));
+    as_tensor pt = AS_NN_T(NULL, AS_F32, B, NH, T, T);
+    AS_TRY(as_nn_save_rows_begin(c, &pi, &pt, &l->hP));
+    const int64_t rows_b = (int64_t)NH * T;
+    for (int b = 0; b < B; b++) {
+        as_op_attn_fwd(1, T, C, NH, l->causal, AS_NN_F(qkv) + (size_t)b * T * C3,
+                       AS_NN_F(P), AS_NN_F(o) + (size_t)b * T * C);
+        AS_TRY(as_nn_save_rows_append(c, l->hP, l->name, b * rows_b, rows_b,
+                                      P.ptr));
+    }
+    AS_TRY(as_nn_save_rows_end(c, l->hP, l->name));
+    as_nn_free(c, &qkv);   /* the store holds both now: off the proj's peak */
     as_nn_free(c, &P);
     AS_TRY(as_nn_linear_fwd(c, &l->proj, N, AS_NN_F(o), y));
 out:

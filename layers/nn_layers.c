@@ -184,21 +184,28 @@ int as_nn_conv_bwd(as_nn_ctx *c, as_nn_conv *l, const float *dy, float *dx)
     return 0;
 }
 
+/* A normalization's affine: weight (gamma, ones) and bias (beta, zeros). */
+static int norm_affine_new(as_nn_ctx *c, as_nn_params *ps, const char *name,
+                           uint16_t id, int C, as_nn_param **g, as_nn_param **b)
+{
+    char buf[64];
+    AS_TRY_RETURN(as_nn_param_new(c, ps, pname(buf, name, "weight"), id, (size_t)C, 0,
+                                  1.0f, false, NULL, g));
+    return as_nn_param_new(c, ps, pname(buf, name, "bias"), id, (size_t)C, 0,
+                           0.0f, false, NULL, b);
+}
+
 /* ---- BatchNorm --------------------------------------------------------- */
 
 int as_nn_bnorm_init(as_nn_ctx *c, as_nn_params *ps, as_nn_bnorm *l,
                      const char *name, int C)
 {
-    char b[64];
     memset(l, 0, sizeof *l);
     set_name(c, l->name, &l->id, name);
     l->C = C;
     l->eps = 1e-5f;
     l->momentum = 0.1f;
-    AS_TRY_RETURN(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id, (size_t)C, 0,
-                        1.0f, false, NULL, &l->g));
-    AS_TRY_RETURN(as_nn_param_new(c, ps, pname(b, name, "bias"), l->id, (size_t)C, 0,
-                        0.0f, false, NULL, &l->b));
+    AS_TRY_RETURN(norm_affine_new(c, ps, name, l->id, C, &l->g, &l->b));
     AS_TRY_RETURN(as_nn_alloc(c, sizeof(float) * C, AS_TAG_WEIGHTS, l->id, true,
                     &l->run_mean));
     AS_TRY_RETURN(as_nn_alloc(c, sizeof(float) * C, AS_TAG_WEIGHTS, l->id, false,
@@ -255,16 +262,12 @@ int as_nn_bnorm_bwd(as_nn_ctx *c, as_nn_bnorm *l, const float *dy, float *dx)
 int as_nn_layernorm_init(as_nn_ctx *c, as_nn_params *ps, as_nn_layernorm *l,
                          const char *name, int C)
 {
-    char b[64];
     memset(l, 0, sizeof *l);
     set_name(c, l->name, &l->id, name);
     l->C = C;
     l->save_output = true;
     l->min_gamma_ratio = 1.0f / 32.0f;
-    AS_TRY_RETURN(as_nn_param_new(c, ps, pname(b, name, "weight"), l->id, (size_t)C, 0,
-                        1.0f, false, NULL, &l->g));
-    return as_nn_param_new(c, ps, pname(b, name, "bias"), l->id, (size_t)C, 0,
-                           0.0f, false, NULL, &l->b);
+    return norm_affine_new(c, ps, name, l->id, C, &l->g, &l->b);
 }
 
 /* Can xhat be rebuilt from y = xhat * gamma + beta? Every gamma nonzero,

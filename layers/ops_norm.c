@@ -32,65 +32,55 @@ void as_op_layernorm_fwd(int N, int C, float eps, const float *x,
     }
 }
 
-/* dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), dxh = dy * g. */
+/* xh of one element: from the input, (x - mean) * rstd; from the output
+ * (b != NULL), (y - b) / g, a division (not a product with 1 / g) that
+ * keeps xh within an ulp or two of the forward's. */
+static inline float ln_xhat(const float *r, int c, float m, float s,
+                            const float *g, const float *b)
+{
+    return b ? (r[c] - b[c]) / g[c] : (r[c] - m) * s;
+}
+
+/* One row of dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)),
+ * dxh = dy * g; inlined so that each caller's xh form is fixed. */
+static inline __attribute__((always_inline)) void
+ln_bwd_row(int C, const float *r, float m, float s, const float *g,
+           const float *b, const float *dr, float *xo, float *dg, float *db)
+{
+    float a = 0.0f, bsum = 0.0f;
+    for (int c = 0; c < C; c++) {
+        float xh = ln_xhat(r, c, m, s, g, b), dxh = dr[c] * g[c];
+        a += dxh;
+        bsum += dxh * xh;
+        if (dg)
+            dg[c] += dr[c] * xh;
+        if (db)
+            db[c] += dr[c];
+    }
+    a /= (float)C;
+    bsum /= (float)C;
+    if (xo)
+        for (int c = 0; c < C; c++)
+            xo[c] = s * (dr[c] * g[c] - a - ln_xhat(r, c, m, s, g, b) * bsum);
+}
+
 void as_op_layernorm_bwd(int N, int C, const float *x, const float *g,
                          const float *mean, const float *rstd,
                          const float *dy, float *dx, float *dg, float *db)
 {
-    for (int i = 0; i < N; i++) {
-        const float *xr = x + (size_t)i * C, *dr = dy + (size_t)i * C;
-        const float m = mean[i], s = rstd[i];
-        float a = 0.0f, bsum = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float xh = (xr[c] - m) * s, dxh = dr[c] * g[c];
-            a += dxh;
-            bsum += dxh * xh;
-            if (dg)
-                dg[c] += dr[c] * xh;
-            if (db)
-                db[c] += dr[c];
-        }
-        a /= (float)C;
-        bsum /= (float)C;
-        if (dx) {
-            float *xo = dx + (size_t)i * C;
-            for (int c = 0; c < C; c++) {
-                float xh = (xr[c] - m) * s;
-                xo[c] = s * (dr[c] * g[c] - a - xh * bsum);
-            }
-        }
-    }
+    for (int i = 0; i < N; i++)
+        ln_bwd_row(C, x + (size_t)i * C, mean[i], rstd[i], g, NULL,
+                   dy + (size_t)i * C, dx ? dx + (size_t)i * C : NULL, dg, db);
 }
 
-/* As as_op_layernorm_bwd with xh = (y - b) / g: the division (not a
- * product with 1 / g) keeps xh within an ulp or two of the forward's. */
+/* As as_op_layernorm_bwd with xh rebuilt from the output y. */
 void as_op_layernorm_bwd_y(int N, int C, const float *y, const float *g,
                            const float *b, const float *rstd, const float *dy,
                            float *dx, float *dg, float *db)
 {
-    for (int i = 0; i < N; i++) {
-        const float *yr = y + (size_t)i * C, *dr = dy + (size_t)i * C;
-        const float s = rstd[i];
-        float a = 0.0f, bsum = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float xh = (yr[c] - b[c]) / g[c], dxh = dr[c] * g[c];
-            a += dxh;
-            bsum += dxh * xh;
-            if (dg)
-                dg[c] += dr[c] * xh;
-            if (db)
-                db[c] += dr[c];
-        }
-        a /= (float)C;
-        bsum /= (float)C;
-        if (dx) {
-            float *xo = dx + (size_t)i * C;
-            for (int c = 0; c < C; c++) {
-                float xh = (yr[c] - b[c]) / g[c];
-                xo[c] = s * (dr[c] * g[c] - a - xh * bsum);
-            }
-        }
-    }
+    for (int i = 0; i < N; i++)
+        ln_bwd_row(C, y + (size_t)i * C, 0.0f, rstd[i], g, b,
+                   dy + (size_t)i * C, dx ? dx + (size_t)i * C : NULL, dg, db);
 }
 
 #define LANES 8

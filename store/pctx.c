@@ -163,6 +163,16 @@ int as_pctx_scratch(as_pctx *c, size_t n, void **out)
     return 0;
 }
 
+void as_pctx_scratch_free(as_pctx *c, void *p)
+{
+    for (size_t i = 0; p && i < c->nscratch; i++)
+        if (c->scratch[i].ptr == p) {
+            as_free(c->s->arena, &c->scratch[i]);
+            c->scratch[i] = c->scratch[--c->nscratch];
+            return;
+        }
+}
+
 int as_pctx_check_rows(as_pctx *ctx, int64_t row0, int64_t nrows, uint64_t rows)
 {
     if (row0 < 0 || nrows < 0 || (uint64_t)row0 + (uint64_t)nrows > rows) {

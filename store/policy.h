@@ -129,8 +129,11 @@ as_block *as_pctx_take_adopted(as_pctx *ctx);
 int as_pctx_depend(as_pctx *ctx, as_handle dep);
 int as_pctx_restore_dep(as_pctx *ctx, as_handle dep, const as_tensor **view);
 
-/* Scratch memory for decode (workspace tag), freed at the end of the call. */
+/* Scratch memory for decode (workspace tag), freed at the end of the call
+ * (at most 8 at once; AS_ERANGE beyond), or earlier with
+ * as_pctx_scratch_free (NULL and unknown pointers are ignored). */
 int as_pctx_scratch(as_pctx *ctx, size_t n, void **out);
+void as_pctx_scratch_free(as_pctx *ctx, void *p);
 
 /* Error detail for the current call (becomes the store's last error,
  * prefixed with handle, layer and policy). When encode then returns

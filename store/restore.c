@@ -302,8 +302,8 @@ static int check_f32(as_store *s, as_item *it, as_rep *r, as_handle h,
     return 0;
 }
 
-static void softmax_bwd_rows(const float *y, const float *dy, float *dx,
-                             int64_t rows, int64_t n)
+void as__softmax_bwd_rows(const float *y, const float *dy, float *dx,
+                          int64_t rows, int64_t n)
 {
     for (int64_t r = 0; r < rows; r++, y += n, dy += n, dx += n) {
         double dot = 0;
@@ -336,7 +336,7 @@ int as_store_softmax_backward(as_store *s, as_handle h, const float *dy,
         } else {
             const as_tensor *v;
             if ((rc = as__borrow(s, it, &v)) == 0) {
-                softmax_bwd_rows(v->data, dy, dx, rows, n);
+                as__softmax_bwd_rows(v->data, dy, dx, rows, n);
                 as__unborrow(s, it);
             }
         }

@@ -70,7 +70,7 @@ static int validate(as_store *s, const as_save_info *info, const as_tensor *t)
 static const as_polref borrow_ref = {&as_policy_borrow, NULL, "borrow"};
 
 /* The activation the tensor is the input or output of, for act_backward. */
-static void note_act(as_item *it, const as_save_info *info)
+void as__note_act(as_item *it, const as_save_info *info)
 {
     it->act_fn = -1;
     if ((info->kind == AS_KIND_ACTIVATION_INPUT ||
@@ -484,7 +484,7 @@ static int save_impl(as_store *s, const as_save_info *info,
     it->shape.data = NULL;
     it->bytes = bytes;
     it->pending_inverse = plan.pending_inverse;
-    note_act(it, info);
+    as__note_act(it, info);
     if ((rc = as__slot_reserve(s, &h)) < 0)
         goto fail;
     it->h0 = h;

@@ -73,6 +73,16 @@ static int check_locked(as_store *s, as_handle h, as_slot **out,
         return AS_EHANDLE;
     }
     as_slot *sl = slot_at(s, slot);
+    if (sl->gen == gen && !sl->live && sl->rows) {
+        int64_t done, rows;
+        as__rows_progress(sl->rows, &done, &rows);
+        as__seterr(s, "%s: handle 0x%016llx is a row save in progress (%lld "
+                   "of %lld rows appended; as_store_save_rows_end finishes "
+                   "it)", what, (unsigned long long)v, (long long)done,
+                   (long long)rows);
+        *out = sl;
+        return AS_ESTATE;
+    }
     if (sl->gen != gen || !sl->live) {
         if (!sl->live && sl->gen == ((gen + 1) & ((1u << AS_GEN_BITS) - 1)))
             as__seterr(s, "%s: released handle 0x%016llx", what,
@@ -151,6 +161,7 @@ int as__slot_reserve(as_store *s, as_handle *h)
     as_slot *sl = slot_at(s, i);
     sl->live = false;
     sl->item = NULL;
+    sl->rows = NULL;
     *h = make_handle(s, i, sl->gen);
     pthread_mutex_unlock(&s->mu);
     return 0;
@@ -161,6 +172,7 @@ static void slot_free_locked(as_store *s, uint32_t i)
     as_slot *sl = slot_at(s, i);
     sl->live = false;
     sl->item = NULL;
+    sl->rows = NULL;
     sl->gen = (sl->gen + 1) & ((1u << AS_GEN_BITS) - 1);
     if (sl->gen == 0)
         sl->gen = 1;
@@ -183,10 +195,59 @@ void as__slot_publish(as_store *s, as_handle h, as_item *it)
     as_slot *sl = slot_at(s, (uint32_t)h.v & ((1u << AS_SLOT_BITS) - 1));
     sl->item = it;
     sl->live = true;
-    sl->in_step = s->in_step;
+    if (!sl->rows)   /* a finished row save keeps the step of its begin */
+        sl->in_step = s->in_step;
+    sl->rows = NULL;
     it->nhandles++;
     atomic_fetch_add(&s->live_handles, 1);
     pthread_mutex_unlock(&s->mu);
+}
+
+/* A reserved slot becomes an open row save: lookups report it as such,
+ * release and step end abandon it. */
+void as__slot_open_rows(as_store *s, as_handle h, struct as_rows *w)
+{
+    pthread_mutex_lock(&s->mu);
+    as_slot *sl = slot_at(s, (uint32_t)h.v & ((1u << AS_SLOT_BITS) - 1));
+    sl->rows = w;
+    sl->in_step = s->in_step;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void as__slot_move(as_store *s, as_handle from, as_handle to)
+{
+    const uint32_t mask = (1u << AS_SLOT_BITS) - 1;
+    pthread_mutex_lock(&s->mu);
+    as_slot *f = slot_at(s, (uint32_t)from.v & mask);
+    as_slot *t = slot_at(s, (uint32_t)to.v & mask);
+    t->item = f->item;
+    t->item->h0 = to;
+    t->live = true;
+    t->rows = NULL;
+    slot_free_locked(s, (uint32_t)from.v & mask);
+    pthread_mutex_unlock(&s->mu);
+}
+
+int as__slot_rows(as_store *s, as_handle h, struct as_rows **out,
+                  const char *what)
+{
+    as_slot *sl = NULL;
+    *out = NULL;
+    pthread_mutex_lock(&s->mu);
+    int rc = check_locked(s, h, &sl, what);
+    if (rc == 0) {
+        as__seterr(s, "%s: handle 0x%016llx is not a row save in progress "
+                   "(finished already)", what, (unsigned long long)h.v);
+        rc = AS_ESTATE;
+    } else if (rc == AS_ESTATE && sl && sl->rows) {
+        *out = sl->rows;
+        rc = as__rows_enter(sl->rows) ? 0 : AS_ESTATE;
+        if (rc)
+            as__seterr(s, "%s: handle 0x%016llx: another call on this row "
+                       "save is running", what, (unsigned long long)h.v);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
 }
 
 /* ---- items --------------------------------------------------------------- */
@@ -323,14 +384,26 @@ int as_store_release(as_store *s, as_handle h)
         return AS_EINVAL;
     if (as_handle_is_null(h))
         return 0;   /* like free(NULL): no-grad saves give null handles */
-    as_slot *sl;
+    as_slot *sl = NULL;
     pthread_mutex_lock(&s->mu);
     int rc = check_locked(s, h, &sl, "release");
     as_item *it = NULL;
-    if (rc == 0)
+    struct as_rows *w = NULL;
+    if (rc == 0) {
         it = release_locked(s, (uint32_t)h.v & ((1u << AS_SLOT_BITS) - 1));
+    } else if (rc == AS_ESTATE && sl && sl->rows) {   /* abandon a row save */
+        w = sl->rows;
+        rc = as__rows_enter(w) ? 0 : AS_ESTATE;
+        if (rc == 0)
+            slot_free_locked(s, (uint32_t)h.v & ((1u << AS_SLOT_BITS) - 1));
+        else
+            as__seterr(s, "release: handle 0x%016llx: a call on this row save "
+                       "is running", (unsigned long long)h.v);
+    }
     pthread_mutex_unlock(&s->mu);
-    if (rc < 0)
+    if (w && rc == 0)
+        as__rows_free(s, w);
+    if (rc < 0 || w)
         return rc;
     as__acct_count(s, &it->rep->g, AS_STAT_RELEASE, 1);
     as__item_unref(s, it);
@@ -344,23 +417,29 @@ static uint64_t release_all(as_store *s, bool all)
     for (uint32_t base = 0;; base += 256) {
         as_item *batch[256];
         as_groups gs[256];
-        size_t n = 0;
+        struct as_rows *open[256];
+        size_t n = 0, nopen = 0;
         pthread_mutex_lock(&s->mu);
         uint32_t end = s->nslots;
         for (uint32_t i = base; i < end && i < base + 256; i++) {
             as_slot *sl = slot_at(s, i);
-            if (sl->live && (all || sl->in_step)) {
+            if (sl->rows && (all || sl->in_step)) {   /* abandoned row save */
+                open[nopen++] = sl->rows;
+                slot_free_locked(s, i);
+            } else if (sl->live && (all || sl->in_step)) {
                 batch[n] = release_locked(s, i);
                 gs[n] = batch[n]->rep->g;
                 n++;
             }
         }
         pthread_mutex_unlock(&s->mu);
+        for (size_t k = 0; k < nopen; k++)
+            as__rows_free(s, open[k]);
         for (size_t k = 0; k < n; k++) {
             as__acct_count(s, &gs[k], AS_STAT_RELEASE, 1);
             as__item_unref(s, batch[k]);
         }
-        count += n;
+        count += n + nopen;
         if (base + 256 >= end)
             break;
     }

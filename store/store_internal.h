@@ -209,6 +209,7 @@ typedef struct as_slot {
     bool     in_step;   /* saved since step_begin: auto-released at end */
     uint32_t next_free;
     as_item *item;
+    struct as_rows *rows;   /* an open row save (slot not live yet) */
 } as_slot;
 
 struct as_store {
@@ -291,6 +292,34 @@ void as__item_unref(as_store *s, as_item *it);
 as_rep *as__item_rep(as_store *s, as_item *it);   /* referenced */
 void as__rep_unref(as_store *s, as_rep *r);
 int as__rep_add_dep(as_store *s, as_item *owner, as_rep *r, as_handle h);
+
+/* Row saves (save_rows.c; store.c keeps the open ones in their slots).
+ * open: a reserved slot holds w until end publishes the item; rows: the
+ * open save of h, entered (AS_ESTATE for a live handle or a save another
+ * call is in); enter: claim w for one call (false: taken); free: abandon
+ * (w claimed or unreachable). */
+struct as_rows;
+void as__slot_open_rows(as_store *s, as_handle h, struct as_rows *w);
+int as__slot_rows(as_store *s, as_handle h, struct as_rows **out,
+                  const char *what);
+bool as__rows_enter(struct as_rows *w);
+/* The item of live handle from (just saved) moves to the open slot to,
+ * which becomes live; from is freed. */
+void as__slot_move(as_store *s, as_handle from, as_handle to);
+/* The activation of an activation_input / output save (act_backward). */
+void as__note_act(as_item *it, const as_save_info *info);
+void as__rows_progress(const struct as_rows *w, int64_t *done, int64_t *rows);
+void as__rows_free(as_store *s, struct as_rows *w);
+/* The representation of a row save encoded block by block (rows_rep.c):
+ * state as__rows_rep_new(); as__rows_rep_add encodes one block under ops
+ * (the rep's blocks hold the codes). */
+extern const as_policy_ops as__rows_rep_ops;
+void *as__rows_rep_new(as_store *s, int64_t cols, int dtype);
+int as__rows_rep_add(as_pctx *ctx, void *state, const as_policy_ops *ops,
+                     void *params, const as_save_info *info,
+                     const as_tensor *block, int64_t row0);
+void as__softmax_bwd_rows(const float *y, const float *dy, float *dx,
+                          int64_t rows, int64_t n);
 
 /* Save (save.c): encode t under one policy (NULL = keep) into a new rep
  * (refs 1). A fallback code (AS_ENOTSUP / AS_EIO / AS_ESTATE) comes with the

@@ -453,9 +453,7 @@ static void test_hostile(void **state)
     close(fd);
 
     /* still serving */
-    r = tget(port, "/metrics", NULL);
-    assert_int_equal(tstatus(r), 200);
-    free(r);
+    tassert_serving(port);
     as_service_stats st;
     as_service_get_stats(svc, &st);
     assert_true(st.responses_4xx >= 11);
@@ -478,9 +476,7 @@ static void test_connection_limit(void **state)
     usleep(100000);
     /* connections held without requests do not lock a scrape out: the
      * longest idle one gives way */
-    char *r = tget(port, "/metrics", NULL);
-    assert_int_equal(tstatus(r), 200);
-    free(r);
+    tassert_serving(port);
     assert_true(tclosed(fds[0]));
     for (int i = 0; i < 4; i++)
         close(fds[i]);
@@ -497,9 +493,7 @@ static void test_connection_limit(void **state)
     for (int i = 0; i < 4; i++)
         close(fds[i]);
     usleep(100000);
-    r = tget(port, "/metrics", NULL);
-    assert_int_equal(tstatus(r), 200);
-    free(r);
+    tassert_serving(port);
     as_service_stats st;
     as_service_get_stats(svc, &st);
     assert_true(st.connections_rejected >= 2);
@@ -657,9 +651,7 @@ static void test_fuzz(void **state)
     assert_int_equal(total_allowed, answered);
     assert_true(statuses[200] > 0 && statuses[400] > 0);
     /* still serving, and every hostile connection is gone */
-    char *r = tget(port, "/metrics", NULL);
-    assert_int_equal(tstatus(r), 200);
-    free(r);
+    tassert_serving(port);
     assert_int_equal(as__service_stop(svc), 0);
 }
 
@@ -752,9 +744,7 @@ slowloris:
     assert_true(gone);
     assert_true(waited < 3.0);
     close(fd);
-    char *r = tget(port, "/metrics", NULL);
-    assert_int_equal(tstatus(r), 200);
-    free(r);
+    tassert_serving(port);
     assert_int_equal(as__service_stop(svc), 0);
 }
 

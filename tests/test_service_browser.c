@@ -235,9 +235,7 @@ static cJSON *browse(const char *url, const char *name, bool (*ready)(const cJSO
                      double timeout_s, const char *then_js, size_t *png_len)
 {
     char bin[512];
-    if (!proc_find("AS_CHROMIUM", "chromium", bin, sizeof bin))
-        fail_msg("chromium not found on PATH: install the Debian package 'chromium' "
-                 "(scripts/setup.sh with AS_SETUP_TEST_TOOLS=1) or set AS_CHROMIUM");
+    PROC_REQUIRE("AS_CHROMIUM", "chromium", "chromium", bin);
     char dir[300], log[400], png[400], domf[400], profile[300], flag_profile[400];
     snprintf(dir, sizeof dir, "%s/test-artifacts", AS_BINARY_DIR);
     mkdir(dir, 0755);

@@ -31,18 +31,6 @@
 static pid_t trainers[NRANK], prom = -1;
 static char taddr[NRANK][64], paddr[64], scratch[256];
 
-static char *get(const char *addr, const char *path, int *status)
-{
-    as_client_response r;
-    char err[256];
-    if (as_client_get(addr, path, 3000, &r, err, sizeof err)) {
-        *status = -1;
-        return NULL;
-    }
-    *status = r.status;
-    return r.body;   /* caller frees */
-}
-
 /* Prometheus instant query at time t (0: now); the result array (owned by
  * *doc, which the caller deletes) or NULL. */
 static const cJSON *query(const char *q, double t, cJSON **doc)
@@ -55,7 +43,7 @@ static const cJSON *query(const char *q, double t, cJSON **doc)
     if (t > 0)
         snprintf(path + n, sizeof path - n, "&time=%.3f", t);
     int status;
-    char *body = get(paddr, path, &status);
+    char *body = proc_http_get(paddr, path, &status);
     if (getenv("AS_FLEET_DEBUG"))
         fprintf(stderr, "%s -> %d %.500s\n", path, status, body ? body : "-");
     *doc = body ? cJSON_Parse(body) : NULL;
@@ -131,7 +119,7 @@ static int setup(void **state)
         bool ok = false;
         for (double t0 = as_clock_wall_s(); as_clock_wall_s() - t0 < 60 && !ok;) {
             int status;
-            char *m = get(taddr[r], "/metrics", &status);
+            char *m = proc_http_get(taddr[r], "/metrics", &status);
             const char *s = m ? strstr(m, "\nactstore_training_step{") : NULL;
             s = s ? strchr(s, '}') : NULL;
             ok = s && atof(s + 1) >= 2;
@@ -165,10 +153,8 @@ static int teardown(void **state)
 static void start_prometheus(void)
 {
     char bin[512], tool[512], rules[600], cfg[300], data[300], log[300];
-    if (!proc_find("AS_PROMETHEUS", "prometheus", bin, sizeof bin) ||
-        !proc_find("AS_PROMTOOL", "promtool", tool, sizeof tool))
-        fail_msg("prometheus / promtool not found on PATH: install the Debian package "
-                 "'prometheus' (scripts/setup.sh with AS_SETUP_TEST_TOOLS=1)");
+    PROC_REQUIRE("AS_PROMETHEUS", "prometheus", "prometheus", bin);
+    PROC_REQUIRE("AS_PROMTOOL", "promtool", "prometheus", tool);
     snprintf(rules, sizeof rules, "%s/docs/prometheus/actstore-rules.yml", AS_SOURCE_DIR);
     char cmd[1500];
     snprintf(cmd, sizeof cmd, "'%s' check rules '%s' >/dev/null", tool, rules);
@@ -200,7 +186,7 @@ static void start_prometheus(void)
                 prom = -1;   /* lost the port race: another one */
                 break;
             }
-            free(get(paddr, "/-/ready", &status));
+            free(proc_http_get(paddr, "/-/ready", &status));
             ready = status == 200;
             if (!ready)
                 usleep(200000);

@@ -47,6 +47,16 @@ static __attribute__((unused)) const char *proc_find(const char *env, const char
     return NULL;
 }
 
+/* proc_find into the char array buf, or fail the test naming the tool and
+ * the Debian package that has it (needs cmocka.h). */
+#define PROC_REQUIRE(env, name, pkg, buf)                                      \
+    do {                                                                       \
+        if (!proc_find(env, name, buf, sizeof buf))                            \
+            fail_msg("%s not found on PATH: install the Debian package '%s' "  \
+                     "(scripts/setup.sh with AS_SETUP_TEST_TOOLS=1) or set %s",\
+                     name, pkg, env);                                          \
+    } while (0)
+
 /* Spawn argv[0] with stdout and stderr appended to log (NULL: /dev/null).
  * fds: pairs (parent fd, child fd) to install in the child (e.g. the
  * DevTools pipe on 3 and 4), nfds pairs; every other parent fd is closed
@@ -167,5 +177,22 @@ static __attribute__((unused)) void proc_dump_log(const char *log, long n)
     fprintf(stderr, "---- end of %s ----\n", log);
     fclose(f);
 }
+
+#ifdef AS_CLIENT_CLIENT_H
+/* GET addr/path through the client library with a 3 s bound: the body
+ * (caller frees) and *status, or NULL with *status = -1. */
+static __attribute__((unused)) char *proc_http_get(const char *addr, const char *path,
+                                                   int *status)
+{
+    as_client_response r;
+    char err[256];
+    if (as_client_get(addr, path, 3000, &r, err, sizeof err)) {
+        *status = -1;
+        return NULL;
+    }
+    *status = r.status;
+    return r.body;
+}
+#endif
 
 #endif

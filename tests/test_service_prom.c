@@ -65,27 +65,13 @@ static int teardown(void **state)
     return arms[0].rc || arms[1].rc ? -1 : 0;
 }
 
-static char *get_body(const char *addr, const char *path, int *status)
-{
-    as_client_response r;
-    char err[256];
-    if (as_client_get(addr, path, 3000, &r, err, sizeof err)) {
-        *status = -1;
-        return NULL;
-    }
-    *status = r.status;
-    return r.body;   /* caller frees */
-}
-
 static void test_promtool_live(void **state)
 {
     (void)state;
     char tool[512];
-    if (!proc_find("AS_PROMTOOL", "promtool", tool, sizeof tool))
-        fail_msg("promtool not found on PATH: install the Debian package 'prometheus' "
-                 "(scripts/setup.sh with AS_SETUP_TEST_TOOLS=1) or set AS_PROMTOOL");
+    PROC_REQUIRE("AS_PROMTOOL", "promtool", "prometheus", tool);
     int status;
-    char *m = get_body(svc_addr, "/metrics", &status);
+    char *m = proc_http_get(svc_addr, "/metrics", &status);
     assert_int_equal(status, 200);
     /* real figures: both stores, kinds and layers of the workload */
     assert_non_null(strstr(m, "actstore_saved_raw_bytes{" FLEET "store=\"B\"}"));
@@ -114,7 +100,7 @@ static double prom_query(const char *addr, const char *query_enc, char *why, siz
     char path[600];
     snprintf(path, sizeof path, "/api/v1/query?query=%s", query_enc);
     int status;
-    char *body = get_body(addr, path, &status);
+    char *body = proc_http_get(addr, path, &status);
     double v = -1;
     if (!body) {
         snprintf(why, whylen, "no answer from Prometheus");
@@ -137,9 +123,7 @@ static void test_prometheus_scrapes(void **state)
 {
     (void)state;
     char bin[512];
-    if (!proc_find("AS_PROMETHEUS", "prometheus", bin, sizeof bin))
-        fail_msg("prometheus not found on PATH: install the Debian package 'prometheus' "
-                 "(scripts/setup.sh with AS_SETUP_TEST_TOOLS=1) or set AS_PROMETHEUS");
+    PROC_REQUIRE("AS_PROMETHEUS", "prometheus", "prometheus", bin);
     char cfg[300], data[300], log[300], flag_cfg[400], flag_data[400], flag_web[100];
     snprintf(cfg, sizeof cfg, "%s/prometheus.yml", scratch);
     snprintf(data, sizeof data, "%s/data", scratch);
@@ -175,7 +159,7 @@ static void test_prometheus_scrapes(void **state)
                 break;
             }
             int status;
-            char *b = get_body(paddr, "/-/ready", &status);
+            char *b = proc_http_get(paddr, "/-/ready", &status);
             free(b);
             ready = status == 200;
             if (!ready)
@@ -213,7 +197,7 @@ static void test_prometheus_scrapes(void **state)
     char *targets = NULL;
     if (up != 1 || live <= 0) {
         int status;
-        targets = get_body(paddr, "/api/v1/targets", &status);
+        targets = proc_http_get(paddr, "/api/v1/targets", &status);
     }
     int st = proc_stop(pid, 10);
     fprintf(stderr, "prometheus: first sample after %.1f s; up=%g live_bytes{A}=%g "

@@ -254,6 +254,14 @@ static __attribute__((unused)) char *tget(int port, const char *path, size_t *le
     return thttp(port, req, len);
 }
 
+/* The service still answers: GET /metrics returns 200. */
+static __attribute__((unused)) void tassert_serving(int port)
+{
+    char *r = tget(port, "/metrics", NULL);
+    assert_int_equal(tstatus(r), 200);
+    free(r);
+}
+
 static __attribute__((unused)) const char *tbody(const char *resp)
 {
     const char *p = resp ? strstr(resp, "\r\n\r\n") : NULL;

@@ -281,6 +281,57 @@ AS_API int as_store_save_adopt(as_store *s, const as_save_info *info,
                                const as_tensor *t, as_block *block,
                                as_handle *out);
 
+/* ---- saving in row blocks ------------------------------------------------
+ * A tensor the framework produces a block of rows at a time (attention
+ * probabilities one batch at a time) can be saved without ever existing
+ * whole: begin reserves the item, append hands over the next rows in order,
+ * end makes the handle restorable. The tensor is viewed as (rows, last
+ * dim), rows = numel / last dim. What is stored, and what restore gives
+ * back, is what as_store_save of the assembled tensor would store and give
+ * (same rule, same policy); a codec that works per row or per block (keep,
+ * the softmax codecs, aq, q8, fp16, ...) encodes each block as it comes,
+ * so only that block's codes are added; a regenerator, offload or another
+ * policy that needs the whole tensor has the rows assembled in workspace
+ * and encodes them at end (memory as with as_store_save). */
+
+/* Begin a row save of a tensor of t's dtype and shape (t->data is not
+ * read). *out receives the handle, owned by the caller: until
+ * as_store_save_rows_end succeeds it only takes appends, end or release
+ * (any other use is AS_ESTATE naming the rows appended so far). Releasing
+ * it, or as_store_step_end, abandons the save and frees everything it
+ * held (neither may race with an append or end on it). In no-grad mode returns 0 and a null handle; append and end on a
+ * null handle return 0 and store nothing.
+ * info: as for as_store_save, except that alias_of, source, borrow and
+ * recompute must be unset; the softmax metadata (valid_len included) is
+ * copied here. t needs ndim >= 1 and a last dim > 0.
+ * Errors: AS_EINVAL (bad dtype, shape or info, naming the field),
+ * AS_ERANGE (2^20 live handles), AS_ENOMEM. Thread-safe. */
+AS_API int as_store_save_rows_begin(as_store *s, const as_save_info *info,
+                                    const as_tensor *t, as_handle *out);
+
+/* Append the next nrows rows (rows: nrows * last dim values of the saved
+ * dtype, read during the call; the caller's buffer may be reused
+ * afterwards). For softmax_output a block must start at a multiple of
+ * meta.queries (and of meta.rows_per_item with valid_len), so each block
+ * holds whole (batch, head) blocks. On error nothing is appended and the
+ * save stays open (the caller may retry, or release the handle).
+ * Errors: AS_EHANDLE (not a handle of this store, or released), AS_ESTATE
+ * (the save is finished, or another append / end on this handle is
+ * running: calls on one handle must not overlap; different handles may run
+ * concurrently), AS_ERANGE (more rows than remain), AS_EINVAL (rows NULL
+ * with nrows > 0, nrows < 0, a misaligned softmax block), AS_EBUDGET,
+ * AS_ENOMEM, AS_EFALLBACK / AS_EMETA (strict mode, as as_store_save). */
+AS_API int as_store_save_rows_append(as_store *s, as_handle h,
+                                     const void *rows, int64_t nrows);
+
+/* Finish a row save: every row must have been appended. The handle then
+ * behaves exactly like one from as_store_save. Errors: AS_EHANDLE,
+ * AS_ESTATE (rows missing, naming how many; already finished; or a call
+ * on this handle running), and for a tensor assembled in workspace the
+ * errors of as_store_save. On error the save stays open. Thread-safe as
+ * append. */
+AS_API int as_store_save_rows_end(as_store *s, as_handle h);
+
 /* Restore into the caller's buffer dst (dtype and shape must match the
  * saved tensor: AS_ESHAPE names both). May be called many times, in any
  * order, from many threads; the same values every time. Errors:
@@ -351,7 +402,9 @@ AS_API int as_store_describe(as_store *s, as_handle h, as_tensor *shape,
                              int *kind);
 
 /* End a handle. Items are freed when their last handle and every item that
- * depends on them are gone. Errors: AS_EHANDLE. */
+ * depends on them are gone. A row save still open (as_store_save_rows_begin)
+ * is abandoned: what it held is freed (AS_ESTATE, nothing done, while an
+ * append or end on it is running). Errors: AS_EHANDLE, AS_ESTATE. */
 AS_API int as_store_release(as_store *s, as_handle h);
 
 /* The policy decision for a handle ("soa:5", "keep (fallback from invert:

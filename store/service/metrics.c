@@ -23,24 +23,31 @@ static void family(as__sb *b, const char *name, const char *type, const char *he
     as__sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void sample_u64(const as_service *svc, as__sb *b, const char *name,
-                       const char *store, const char *k2, const char *v2,
-                       const char *k3, const char *v3, uint64_t v)
+/* name{labels,store="...",k2="v2",k3="v3"} : the value follows the brace. */
+static void sample_labels(const as_service *svc, as__sb *b, const char *name,
+                          const char *store, const char *k2, const char *v2,
+                          const char *k3, const char *v3)
 {
     as__sb_puts(b, name);
     as__sb_puts(b, "{");
     as__sb_puts(b, svc->prom_labels);
     as__sb_puts(b, ",store=");
     as__sb_plabel(b, store);
-    if (k2) {
-        as__sb_printf(b, ",%s=", k2);
-        as__sb_plabel(b, v2);
-    }
-    if (k3) {
-        as__sb_printf(b, ",%s=", k3);
-        as__sb_plabel(b, v3);
+    const char *k[2] = { k2, k3 }, *v[2] = { v2, v3 };
+    for (int i = 0; i < 2; i++) {
+        if (k[i]) {
+            as__sb_printf(b, ",%s=", k[i]);
+            as__sb_plabel(b, v[i]);
+        }
     }
     as__sb_puts(b, "} ");
+}
+
+static void sample_u64(const as_service *svc, as__sb *b, const char *name,
+                       const char *store, const char *k2, const char *v2,
+                       const char *k3, const char *v3, uint64_t v)
+{
+    sample_labels(svc, b, name, store, k2, v2, k3, v3);
     as__sb_u64(b, v);
     as__sb_puts(b, "\n");
 }
@@ -49,16 +56,8 @@ static void sample_dbl(const as_service *svc, as__sb *b, const char *name,
                        const char *store, const char *k2, const char *v2,
                        double v)
 {
-    as__sb_puts(b, name);
-    as__sb_puts(b, "{");
-    as__sb_puts(b, svc->prom_labels);
-    as__sb_puts(b, ",store=");
-    as__sb_plabel(b, store);
-    if (k2) {
-        as__sb_printf(b, ",%s=", k2);
-        as__sb_plabel(b, v2);
-    }
-    as__sb_printf(b, "} %.9g\n", v);
+    sample_labels(svc, b, name, store, k2, v2, NULL, NULL);
+    as__sb_printf(b, "%.9g\n", v);
 }
 
 #define FOR_ARENA(i, v)                                                        \

@@ -62,6 +62,18 @@ static void put_kv_u64(as__sb *b, const char *k, uint64_t v, bool comma)
     as__sb_u64(b, v);
 }
 
+static void put_kv_str(as__sb *b, const char *k, const char *v)
+{
+    as__sb_printf(b, ",\"%s\":", k);
+    as__sb_jstr(b, v);
+}
+
+static void put_kv_dbl(as__sb *b, const char *k, double v)
+{
+    as__sb_printf(b, ",\"%s\":", k);
+    as__sb_dbl(b, v);
+}
+
 static double ratio(uint64_t raw, uint64_t stored)
 {
     return stored ? (double)raw / (double)stored : (raw ? 0.0 : 1.0);
@@ -73,18 +85,15 @@ static void put_counter(as__sb *b, const as_store_counter *c)
     put_kv_u64(b, "stored_bytes", c->stored_live, true);
     put_kv_u64(b, "raw_peak_bytes", c->raw_peak, true);
     put_kv_u64(b, "stored_peak_bytes", c->stored_peak, true);
-    as__sb_puts(b, ",\"ratio\":");
-    as__sb_dbl(b, ratio(c->raw_peak ? c->raw_peak : c->raw_live,
+    put_kv_dbl(b, "ratio", ratio(c->raw_peak ? c->raw_peak : c->raw_live,
                         c->raw_peak ? c->stored_peak : c->stored_live));
     put_kv_u64(b, "saves", c->saves, true);
     put_kv_u64(b, "restores", c->restores, true);
     put_kv_u64(b, "releases", c->releases, true);
     put_kv_u64(b, "fallbacks", c->fallbacks, true);
     put_kv_u64(b, "meta_mismatches", c->meta_mismatches, true);
-    as__sb_puts(b, ",\"encode_s\":");
-    as__sb_dbl(b, c->encode_ns * 1e-9);
-    as__sb_puts(b, ",\"decode_s\":");
-    as__sb_dbl(b, c->decode_ns * 1e-9);
+    put_kv_dbl(b, "encode_s", c->encode_ns * 1e-9);
+    put_kv_dbl(b, "decode_s", c->decode_ns * 1e-9);
 }
 
 static const as_store_layer_stats *g_layers;   /* for qsort (service thread only) */
@@ -181,8 +190,7 @@ static void put_store(as__sb *b, const as_store_stats *st, size_t layer_limit)
     for (size_t m = 0; m < st->nmetrics; m++) {
         as__sb_puts(b, m ? ",{\"name\":" : "{\"name\":");
         as__sb_jstr(b, st->metrics[m].name);
-        as__sb_puts(b, ",\"value\":");
-        as__sb_dbl(b, st->metrics[m].value);
+        put_kv_dbl(b, "value", st->metrics[m].value);
         as__sb_printf(b, ",\"step\":%llu}", (unsigned long long)st->metrics[m].step);
     }
     as__sb_puts(b, "]");
@@ -214,12 +222,9 @@ static void put_store(as__sb *b, const as_store_stats *st, size_t layer_limit)
         const as_store_layer_stats *l = &st->layers[idx[j]];
         as__sb_puts(b, j ? ",{\"name\":" : "{\"name\":");
         as__sb_jstr(b, l->name);
-        as__sb_puts(b, ",\"policy\":");
-        as__sb_jstr(b, l->policy);
-        as__sb_puts(b, ",\"last_fallback\":");
-        as__sb_jstr(b, l->last_fallback);
-        as__sb_puts(b, ",\"last_meta_mismatch\":");
-        as__sb_jstr(b, l->last_meta_mismatch);
+        put_kv_str(b, "policy", l->policy);
+        put_kv_str(b, "last_fallback", l->last_fallback);
+        put_kv_str(b, "last_meta_mismatch", l->last_meta_mismatch);
         as__sb_puts(b, ",");
         put_counter(b, &l->c);
         as__sb_puts(b, "}");
@@ -236,8 +241,7 @@ static void put_source(as_service *svc, size_t i, as__sb *b, size_t layer_limit,
     as__sb_jstr(b, svc->labels[i]);
     as__sb_printf(b, ",\"available\":%s", svc->view_rc[i] ? "false" : "true");
     if (svc->view_rc[i]) {
-        as__sb_puts(b, ",\"error\":");
-        as__sb_jstr(b, as_strerror(svc->view_rc[i]));
+        put_kv_str(b, "error", as_strerror(svc->view_rc[i]));
         as__sb_puts(b, "}");
         return;
     }
@@ -260,16 +264,12 @@ static void put_header(as_service *svc, as__sb *b)
 {
     as__sb_puts(b, "{\"version\":");
     as__sb_jstr(b, AS_VERSION_STRING);
-    as__sb_puts(b, ",\"job\":");
-    as__sb_jstr(b, svc->fleet_job);
-    as__sb_puts(b, ",\"rank\":");
-    as__sb_jstr(b, svc->fleet_rank);
-    as__sb_puts(b, ",\"host\":");
-    as__sb_jstr(b, svc->fleet_host);
+    put_kv_str(b, "job", svc->fleet_job);
+    put_kv_str(b, "rank", svc->fleet_rank);
+    put_kv_str(b, "host", svc->fleet_host);
     as__sb_printf(b, ",\"seq\":%llu,\"time\":", (unsigned long long)svc->tl_seq);
     as__sb_printf(b, "%.3f", unix_s(svc->now_ns));
-    as__sb_puts(b, ",\"uptime_s\":");
-    as__sb_dbl(b, as__ns_to_s(svc->now_ns, svc->start_ns));
+    put_kv_dbl(b, "uptime_s", as__ns_to_s(svc->now_ns, svc->start_ns));
     as__sb_printf(b, ",\"tick_hz\":%u,\"service\":{\"connections\":%u,\"sse_clients\":%u,"
                      "\"memory_bytes\":%llu}",
                   svc->cfg.tick_hz, svc->nconns, svc->nsse,
@@ -308,20 +308,14 @@ static void put_plan(as__sb *b, const as_store_plan *p)
         const as_store_plan_entry *e = &p->entries[i];
         as__sb_puts(b, i ? ",{\"layer\":" : "{\"layer\":");
         as__sb_jstr(b, e->layer);
-        as__sb_puts(b, ",\"kind\":");
-        as__sb_jstr(b, as__svc_kind_name(e->kind));
-        as__sb_puts(b, ",\"policy\":");
-        as__sb_jstr(b, e->policy);
+        put_kv_str(b, "kind", as__svc_kind_name(e->kind));
+        put_kv_str(b, "policy", e->policy);
         put_kv_u64(b, "raw_bytes", e->raw_bytes, true);
         put_kv_u64(b, "stored_bytes", e->stored_bytes, true);
-        as__sb_puts(b, ",\"rel_error\":");
-        as__sb_dbl(b, e->rel_error);
-        as__sb_puts(b, ",\"cosine\":");
-        as__sb_dbl(b, e->cosine);
-        as__sb_puts(b, ",\"time_ns\":");
-        as__sb_dbl(b, e->time_ns);
-        as__sb_puts(b, ",\"weight\":");
-        as__sb_dbl(b, e->weight);
+        put_kv_dbl(b, "rel_error", e->rel_error);
+        put_kv_dbl(b, "cosine", e->cosine);
+        put_kv_dbl(b, "time_ns", e->time_ns);
+        put_kv_dbl(b, "weight", e->weight);
         put_kv_u64(b, "items", e->items, true);
         put_kv_u64(b, "candidates", e->candidates, true);
         as__sb_puts(b, "}");

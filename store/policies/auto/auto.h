@@ -41,6 +41,24 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
                   as_block *adopted, bool *taken, as_rep **spare,
                   as_rep **out);
 
+/* Row saves under auto (save_rows.c). begin, at the first block: measure
+ * the candidates on it on a probe step, and name the candidates to try in
+ * order (the plan's choice, then the most compact); block: measure a later
+ * block (probe steps); end: add the save's figures to its group (ok
+ * false: abandoned, nothing added) and free ar; budget_error: the message
+ * when the most compact candidate does not fit either. */
+typedef struct as_auto_rows as_auto_rows;
+int as__auto_rows_begin(as_store *s, as_item *it, as_handle h, as_groups g,
+                        const as_polref *ref, const as_save_info *info,
+                        const as_tensor *blk, as_auto_rows **out,
+                        const as_polref *tries[2], int *ntries);
+void as__auto_rows_block(as_store *s, as_auto_rows *ar, as_handle h,
+                         as_groups g, const as_save_info *info,
+                         const as_tensor *blk);
+void as__auto_rows_end(as_store *s, as_auto_rows *ar, uint64_t raw, bool ok);
+void as__auto_rows_budget_error(as_store *s, as_auto_rows *ar,
+                                const as_save_info *info);
+
 /* A save that auto did not plan (planned false) or did (true, no-op);
  * creates the planner when the rules name auto, so the first step counts
  * every fixed tensor too. */

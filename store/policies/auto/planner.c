@@ -158,6 +158,60 @@ static bool offered(const cand *c, const as_save_info *info,
            c->ref.ops->applies(c->ref.params, info, t, why, sizeof why) == 0;
 }
 
+/* Under mu: add one tensor's trials to its group's sums for the step. */
+static void fold(as_auto *pl, agroup *grp, const bool *ok, const meas *mt)
+{
+    for (size_t c = 0; c < pl->nc; c++) {
+        meas *a = &grp->acc[c];
+        a->bytes += mt[c].bytes;
+        a->ns += mt[c].ns;
+        a->err2 += mt[c].err2;
+        a->norm2 += mt[c].norm2;
+        a->dot += mt[c].dot;
+        a->hat2 += mt[c].hat2;
+        a->n += mt[c].n;
+        a->bad |= mt[c].bad || (ok[c] && !mt[c].n);
+    }
+    grp->probed_step = true;
+}
+
+/* Under mu: what to store a tensor under: the plan's choice (first); before
+ * a plan, the most compact measured candidate (from this tensor's trials
+ * mt on a probe step, else the group's) under a budget, keep without one.
+ * compact: the most compact, tried when the budget refuses first. */
+static void pick(const as_auto *pl, const agroup *grp, const bool *ok,
+                 const meas *mt, uint64_t budget, int *first, int *compact)
+{
+    int f = grp->choice >= 0 && ok[grp->choice] ? grp->choice : -1;
+    int k = -1;
+    const meas *src = mt ? mt : grp->measured ? grp->m : NULL;
+    for (size_t c = 0; src && c < pl->nc; c++) {
+        if (!ok[c] || !src[c].n || src[c].bad)
+            continue;
+        if (k < 0 || src[c].bytes < src[k].bytes)
+            k = (int)c;
+    }
+    if (f < 0)
+        f = budget && k >= 0 ? k : 0;
+    *first = f;
+    *compact = k < 0 ? 0 : k;
+}
+
+/* Bytes of one tensor in its most compact candidate, for the budget's
+ * message: from this tensor's trials, else the group's last measure. */
+static uint64_t compact_need(as_auto *pl, const agroup *grp, const meas *mt,
+                             int compact)
+{
+    if (mt)
+        return (uint64_t)mt[compact].bytes;
+    double need = 0;
+    pthread_mutex_lock(&pl->mu);
+    if (grp->measured && grp->items && grp->m[compact].n)
+        need = grp->m[compact].bytes / grp->m[compact].n;
+    pthread_mutex_unlock(&pl->mu);
+    return (uint64_t)need;
+}
+
 /* ---- the store's entry points ---------------------------------------------- */
 
 static void budget_error(as_store *s, as_auto *pl, const as_save_info *info,
@@ -237,40 +291,13 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
     uint64_t budget = atomic_load(&s->saved_budget);
     pthread_mutex_lock(&pl->mu);
     pl->trial_ns_step += as_clock_wall_ns() - tp;
-    if (probe) {
-        for (size_t c = 0; c < pl->nc; c++) {
-            meas *a = &grp->acc[c];
-            a->bytes += mt[c].bytes;
-            a->ns += mt[c].ns;
-            a->err2 += mt[c].err2;
-            a->norm2 += mt[c].norm2;
-            a->dot += mt[c].dot;
-            a->hat2 += mt[c].hat2;
-            a->n += mt[c].n;
-            a->bad |= mt[c].bad || (ok[c] && !mt[c].n);
-        }
-        grp->probed_step = true;
-    }
+    if (probe)
+        fold(pl, grp, ok, mt);
     grp->items_step++;
     grp->raw_step += it->bytes;
-    int first = grp->choice >= 0 && ok[grp->choice] ? grp->choice : -1;
-    int compact = -1;
-    const agroup *src = grp->measured ? grp : NULL;
-    for (size_t c = 0; c < pl->nc; c++) {
-        if (!ok[c])
-            continue;
-        const meas *m = probe ? &mt[c] : src ? &src->m[c] : NULL;
-        if (!m || !m->n || m->bad)
-            continue;
-        if (compact < 0 || m->bytes < (probe ? mt[compact].bytes
-                                             : src->m[compact].bytes))
-            compact = (int)c;
-    }
+    int first, compact;
+    pick(pl, grp, ok, probe ? mt : NULL, budget, &first, &compact);
     pthread_mutex_unlock(&pl->mu);
-    if (first < 0)
-        first = budget && compact >= 0 ? compact : 0;
-    if (compact < 0)
-        compact = 0;
 
     int order[2] = {first, compact};
     int n = first == compact ? 1 : 2;
@@ -291,14 +318,9 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
             return rc;
     }
     if (rc == AS_EBUDGET) {
-        double need = probe ? mt[compact].bytes : 0;
-        if (!probe) {
-            pthread_mutex_lock(&pl->mu);
-            if (grp->measured && grp->items)
-                need = grp->m[compact].bytes / grp->m[compact].n;
-            pthread_mutex_unlock(&pl->mu);
-        }
-        budget_error(s, pl, info, (uint64_t)need, pl->c[compact].ref.text);
+        budget_error(s, pl, info, compact_need(pl, grp, probe ? mt : NULL,
+                                               compact),
+                     pl->c[compact].ref.text);
         return AS_EBUDGET;
     }
     /* Nothing offered applied in the end: keep. */
@@ -310,6 +332,136 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
     } else if (rc == AS_EBUDGET)
         budget_error(s, pl, info, it->bytes, "keep");
     return rc;
+}
+
+/* ---- row saves ------------------------------------------------------------ */
+
+struct as_auto_rows {
+    agroup  *grp;
+    bool     probe;
+    int      compact;
+    bool     ok[AUTO_NCAND_MAX];
+    meas     mt[AUTO_NCAND_MAX];   /* the blocks' trials, summed */
+    as_item  sub;                  /* a block's shape, for the trials */
+};
+
+/* Every offered candidate on one block, added to the save's sums: bytes,
+ * time and error sums add up over blocks as over tensors. */
+static void rows_measure(as_store *s, as_auto *pl, as_auto_rows *ar,
+                         as_handle h, as_groups g, const as_save_info *info,
+                         const as_tensor *blk)
+{
+    const char *layer = info->layer && info->layer[0] ? info->layer : "(none)";
+    uint64_t tp = as_clock_wall_ns();
+    memset(&ar->sub, 0, sizeof ar->sub);
+    ar->sub.shape = *blk;
+    ar->sub.shape.data = NULL;
+    ar->sub.bytes = as_tensor_bytes(blk);
+    ar->sub.h0 = h;
+    for (size_t c = 0; c < pl->nc; c++) {
+        if (!ar->ok[c])
+            continue;
+        meas m = {0};
+        if (pl->c[c].ref.ops == &as_policy_keep) {
+            m.bytes = (double)ar->sub.bytes;
+            m.n = 1;
+            if (blk->dtype == AS_F32)
+                as__auto_compare(info, blk, blk->data, &m);
+        } else {
+            as__auto_trial(s, &ar->sub, h, g, &pl->c[c], info, blk, layer, &m);
+        }
+        meas *a = &ar->mt[c];
+        a->bytes += m.bytes;
+        a->ns += m.ns;
+        a->err2 += m.err2;
+        a->norm2 += m.norm2;
+        a->dot += m.dot;
+        a->hat2 += m.hat2;
+        a->n = 1;   /* one tensor */
+        a->bad |= m.bad || !m.n;
+    }
+    pthread_mutex_lock(&pl->mu);
+    pl->trial_ns_step += as_clock_wall_ns() - tp;
+    pthread_mutex_unlock(&pl->mu);
+}
+
+int as__auto_rows_begin(as_store *s, as_item *it, as_handle h, as_groups g,
+                        const as_polref *ref, const as_save_info *info,
+                        const as_tensor *blk, as_auto_rows **out,
+                        const as_polref *tries[2], int *ntries)
+{
+    (void)it;
+    *out = NULL;
+    as_auto *pl = planner_get(s);
+    as_auto_rows *ar = pl ? calloc(1, sizeof *ar) : NULL;
+    if (!ar)
+        return AS_ENOMEM;
+    const as_auto_params *ap = ref->params;
+    /* a block's codes must be values: a derivative-only form or a
+     * regenerator cannot be split into blocks */
+    for (size_t c = 0; c < pl->nc; c++) {
+        const as_policy_ops *o = pl->c[c].ref.ops;
+        ar->ok[c] = !o->grad_only && !o->regenerator &&
+                    offered(&pl->c[c], info, blk);
+    }
+    pthread_mutex_lock(&pl->mu);
+    pl->period = ap->period;
+    pl->time_weight = ap->time_weight;
+    pl->any_save = true;
+    ar->grp = group_of(pl, g.layer, info->kind);
+    ar->probe = ar->grp && (pl->probe_step || !ar->grp->measured);
+    pthread_mutex_unlock(&pl->mu);
+    if (!ar->grp) {
+        free(ar);
+        return AS_ENOMEM;
+    }
+    if (ar->probe)
+        rows_measure(s, pl, ar, h, g, info, blk);
+    uint64_t budget = atomic_load(&s->saved_budget);
+    int first;
+    pthread_mutex_lock(&pl->mu);
+    pick(pl, ar->grp, ar->ok, ar->probe ? ar->mt : NULL, budget, &first,
+         &ar->compact);
+    pthread_mutex_unlock(&pl->mu);
+    tries[0] = &pl->c[first].ref;
+    *ntries = 1;
+    if (ar->compact != first)
+        tries[(*ntries)++] = &pl->c[ar->compact].ref;
+    *out = ar;
+    return 0;
+}
+
+void as__auto_rows_block(as_store *s, as_auto_rows *ar, as_handle h,
+                         as_groups g, const as_save_info *info,
+                         const as_tensor *blk)
+{
+    as_auto *pl = atomic_load_explicit(&s->planner, memory_order_acquire);
+    if (ar->probe && pl)
+        rows_measure(s, pl, ar, h, g, info, blk);
+}
+
+void as__auto_rows_end(as_store *s, as_auto_rows *ar, uint64_t raw, bool ok)
+{
+    as_auto *pl = atomic_load_explicit(&s->planner, memory_order_acquire);
+    if (ok && pl) {
+        pthread_mutex_lock(&pl->mu);
+        if (ar->probe)
+            fold(pl, ar->grp, ar->ok, ar->mt);
+        ar->grp->items_step++;
+        ar->grp->raw_step += raw;
+        pthread_mutex_unlock(&pl->mu);
+    }
+    free(ar);
+}
+
+void as__auto_rows_budget_error(as_store *s, as_auto_rows *ar,
+                                const as_save_info *info)
+{
+    as_auto *pl = atomic_load_explicit(&s->planner, memory_order_acquire);
+    budget_error(s, pl, info, compact_need(pl, ar->grp, ar->probe ? ar->mt
+                                                                  : NULL,
+                                           ar->compact),
+                 pl->c[ar->compact].ref.text);
 }
 
 void as__auto_note(as_store *s, const as_rep *r, size_t raw, bool planned)
