@@ -14,8 +14,8 @@
  *
  * Deciding. Cost of candidate c for group g:
  *     (w_g * rel_err(g, c))^2 + time_weight * time(g, c) / step_time
- * with w_g = 1, or ||x_g|| * ||dy_g|| normalized to mean 1 when the
- * framework reports gradient norms (as_store_report_grad). Squared: the
+ * with w_g = sqrt(1 + input_weight) where the group's error reaches the
+ * input gradient (decide.c), else 1. Squared: the
  * codecs' errors are independent across tensors (stochastic rounding), so
  * their contributions to the gradient error add as variances. Minimize the
  * summed cost subject to sum of stored bytes (plus bytes of tensors under
