@@ -1,13 +1,14 @@
 /*
  * The allocation path: as_alloc / as_calloc / as_free / as_arena_owns.
  *
- * Cost model (docs/allocator.md has the figures): one thread-local lookup,
- * nallocx for the usable size, mallocx/sdallocx with the arena and the
- * thread's private tcache, and three counter updates (total, tag, layer)
- * that are plain loads and stores on memory only this thread writes. A
- * shared atomic is touched only when the thread's net usage grows (fold
- * with atomic add + atomic max for the peak) or its pending frees pass
- * AS__FOLD_BYTES; alloc/free churn in steady state touches none.
+ * Cost model (docs/benchmarks.md has the figures): one thread-local
+ * lookup, a table load for the usable size, a block from the thread's bin
+ * of that size class or else mallocx/sdallocx with the arena and the
+ * thread's private tcache, and two counter updates (tag, layer; the total
+ * is their sum) that are plain loads and stores on memory only this thread
+ * writes. A shared atomic is touched only when a counter grows past its
+ * folded value (fold: atomic add + atomic max for the peak, counters.c) or
+ * its pending frees pass AS__FOLD_BYTES; alloc/free churn touches none.
  */
 #include <assert.h>
 #include <stdio.h>
@@ -26,156 +27,21 @@ static inline void inc(_Atomic uint64_t *p)
     atomic_store_explicit(p, atomic_load_explicit(p, RLX) + 1, RLX);
 }
 
-/* ---- usable sizes ------------------------------------------------------
- * nallocx costs about as much as the rest of our bookkeeping, so the usable
- * size (and whether the alignment flag is needed) of every small request is
- * tabulated once, per 8 bytes (size classes are multiples of 8, so a
- * request and its round-up to 8 share a class). */
-#define AS__TAB_MAX 32768u
-#define AS__TAB_ALIGN 0x80000000u
-static uint32_t g_usable[AS__TAB_MAX / 8 + 1];
-static pthread_once_t g_tab_once = PTHREAD_ONCE_INIT;
-
-/* Flags and usable size for a request of size bytes (size > 0): alignment
- * 64 for size >= 64, else 16. Size classes that are multiples of the
- * alignment are naturally aligned (slab regions sit at multiples of their
- * size in page-aligned slabs), so the flag is added only for the others. */
-static size_t size_slow(size_t size, int *align_flag)
-{
-    size_t align = size >= 64 ? 64 : 16;
-    size_t usable = nallocx(size, 0);
-    *align_flag = 0;
-    if (usable % align) {
-        *align_flag = MALLOCX_LG_ALIGN(align == 64 ? 6 : 4);
-        usable = nallocx(size, *align_flag);
-    }
-    return usable;
-}
-
-static void tab_init(void)
-{
-    for (size_t i = 1; i <= AS__TAB_MAX / 8; i++) {
-        int fl;
-        size_t u = size_slow(i * 8, &fl);
-        assert(u < AS__TAB_ALIGN);
-        g_usable[i] = (uint32_t)u | (fl ? AS__TAB_ALIGN : 0);
-    }
-}
-
-void as__size_table_init(void)
-{
-    pthread_once(&g_tab_once, tab_init);
-}
-
-static inline size_t usable_of(size_t size, int *align_flag)
+/* Usable size, alignment flag and bin of a request (size > 0); usable 0
+ * when the size overflows the size classes. */
+static inline size_t usable_of(size_t size, int *align_flag, unsigned *bin)
 {
     if (LIKELY(size <= AS__TAB_MAX)) {
-        uint32_t e = g_usable[(size + 7) >> 3];
+        uint32_t e = as__size_tab[(size + 7) >> 3];
         *align_flag = (e & AS__TAB_ALIGN) ? MALLOCX_LG_ALIGN(size >= 64 ? 6 : 4) : 0;
-        return e & ~AS__TAB_ALIGN;
+        *bin = (e >> 16) & 0xff;
+        return e & 0xffff;
     }
-    return size_slow(size, align_flag);
-}
-
-/* ---- counters ------------------------------------------------------------
- * pending = live - folded (see internal.h). Folding is the only place a
- * shared cache line is written. */
-
-__attribute__((noinline))
-static void fold_up(as__tcounter *t, as__gcounter *g, int64_t lr, int64_t lu,
-                    int64_t pr, int64_t pu)
-{
-    int64_t nr = atomic_fetch_add_explicit(&g->g_req, pr, RLX) + pr;
-    int64_t nu = atomic_fetch_add_explicit(&g->g_use, pu, RLX) + pu;
-    if (nr > 0)
-        as__atomic_max(&g->peak_req, (uint64_t)nr);
-    if (nu > 0)
-        as__atomic_max(&g->peak_use, (uint64_t)nu);
-    st(&t->fold_req, lr);
-    st(&t->fold_use, lu);
-}
-
-__attribute__((noinline))
-static void fold_down(as__tcounter *t, as__gcounter *g, int64_t lr, int64_t lu,
-                      int64_t pr, int64_t pu)
-{
-    atomic_fetch_add_explicit(&g->g_req, pr, RLX);
-    atomic_fetch_add_explicit(&g->g_use, pu, RLX);
-    st(&t->fold_req, lr);
-    st(&t->fold_use, lu);
-}
-
-/* Charge an allocation of (r, u) bytes to counter t/g. */
-static inline void charge(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u)
-{
-    int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
-    st(&t->live_req, lr);
-    st(&t->live_use, lu);
-    inc(&t->allocs);
-    int64_t pr = lr - ld(&t->fold_req), pu = lu - ld(&t->fold_use);
-    if (UNLIKELY(pr > 0 || pu > 0))
-        fold_up(t, g, lr, lu, pr, pu);
-}
-
-/* Record a free of (r, u) bytes in counter t/g. */
-static inline void discharge(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u)
-{
-    int64_t lr = ld(&t->live_req) - r, lu = ld(&t->live_use) - u;
-    st(&t->live_req, lr);
-    st(&t->live_use, lu);
-    inc(&t->frees);
-    int64_t pr = lr - ld(&t->fold_req), pu = lu - ld(&t->fold_use);
-    if (UNLIKELY(pr < -AS__FOLD_BYTES || pu < -AS__FOLD_BYTES))
-        fold_down(t, g, lr, lu, pr, pu);
-}
-
-/* A free of a block another thread charged: into G at once (see
- * internal.h). live and folded move together, so the pending delta of this
- * thread is unchanged. */
-__attribute__((noinline))
-static void discharge_remote(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u)
-{
-    st(&t->live_req, ld(&t->live_req) - r);
-    st(&t->live_use, ld(&t->live_use) - u);
-    st(&t->fold_req, ld(&t->fold_req) - r);
-    st(&t->fold_use, ld(&t->fold_use) - u);
-    inc(&t->frees);
-    atomic_fetch_sub_explicit(&g->g_req, r, RLX);
-    atomic_fetch_sub_explicit(&g->g_use, u, RLX);
-}
-
-/* The total counter with a budget. Returns false (nothing changed) when
- * the allocation would take the charged total past the budget. */
-__attribute__((noinline))
-static bool charge_total_budget(as_arena *a, as__tblock *b, int64_t r, int64_t u,
-                                uint64_t budget)
-{
-    as__tcounter *t = &b->total;
-    as__gcounter *g = &a->gtotal;
-    int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
-    int64_t pr = lr - ld(&t->fold_req), pu = lu - ld(&t->fold_use);
-    int64_t cur = atomic_load_explicit(&g->g_use, RLX);
-    if (pr <= 0 && pu <= 0) {              /* covered by our own pending frees */
-        if (cur + pu > (int64_t)budget)
-            return false;
-    } else {
-        do {
-            if (cur + pu > (int64_t)budget)
-                return false;
-        } while (!atomic_compare_exchange_weak_explicit(&g->g_use, &cur, cur + pu,
-                                                        RLX, RLX));
-        int64_t nr = atomic_fetch_add_explicit(&g->g_req, pr, RLX) + pr;
-        if (nr > 0)
-            as__atomic_max(&g->peak_req, (uint64_t)nr);
-        if (cur + pu > 0)
-            as__atomic_max(&g->peak_use, (uint64_t)(cur + pu));
-        st(&t->fold_req, lr);
-        st(&t->fold_use, lu);
-    }
-    st(&t->live_req, lr);
-    st(&t->live_use, lu);
-    inc(&t->allocs);
-    return true;
+    *bin = AS__NBINS;
+    *align_flag = 0;
+    if (LIKELY(as__large_rule && size <= AS__LARGE_RULE_MAX))
+        return as__usable_large(size);
+    return as__size_slow(size, align_flag);
 }
 
 static char *human(uint64_t v, char *buf, size_t n)
@@ -194,24 +60,6 @@ static char *human(uint64_t v, char *buf, size_t n)
     return buf;
 }
 
-/* True live usable bytes of a: the sum over threads (+ retired), as a
- * snapshot reads it. Caller holds the registry lock. */
-static uint64_t true_live_locked(as_arena *a, uint64_t *requested)
-{
-    int64_t v = 0, q = 0;
-    for (unsigned i = 0; i < AS_TAG_MAX; i++) {
-        v += a->retired[i].live_use;
-        q += a->retired[i].live_req;
-    }
-    for (as__tblock *b = a->blocks; b; b = b->next) {
-        v += ld(&b->total.live_use);
-        q += ld(&b->total.live_req);
-    }
-    if (requested)
-        *requested = q > 0 ? (uint64_t)q : 0;
-    return v > 0 ? (uint64_t)v : 0;
-}
-
 __attribute__((noinline, cold))
 static int budget_error(as_arena *a, size_t size, size_t usable, uint16_t tag,
                         uint16_t layer, uint64_t budget, uint64_t live, as_block *out)
@@ -223,38 +71,6 @@ static int budget_error(as_arena *a, size_t size, size_t usable, uint16_t tag,
                   a->layer_names[layer], human(size, b2, sizeof b2),
                   human(usable, b3, sizeof b3), human(live, b4, sizeof b4));
     return AS_EBUDGET;
-}
-
-/* The charged total says no. It may stand above the true live value by
- * frees other threads have not folded yet (see internal.h), so recount:
- * returns true (charged, under the registry lock so that two recounts do
- * not both spend the same room) when the allocation fits the true value;
- * else *live gets that value for the message. */
-__attribute__((noinline, cold))
-static bool budget_recount(as_arena *a, as__tblock *b, int64_t r, int64_t u,
-                           uint64_t budget, uint64_t *live)
-{
-    as__reg_lock();
-    uint64_t live_req;
-    *live = true_live_locked(a, &live_req);
-    bool fits = *live + (uint64_t)u <= budget;
-    if (fits) {
-        /* into G like charge(), but the peak gets the true value: G stands
-         * above it by exactly the frees we just stepped around */
-        as__tcounter *t = &b->total;
-        int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
-        atomic_fetch_add_explicit(&a->gtotal.g_req, lr - ld(&t->fold_req), RLX);
-        atomic_fetch_add_explicit(&a->gtotal.g_use, lu - ld(&t->fold_use), RLX);
-        as__atomic_max(&a->gtotal.peak_use, *live + (uint64_t)u);
-        as__atomic_max(&a->gtotal.peak_req, live_req + (uint64_t)r);
-        st(&t->fold_req, lr);
-        st(&t->fold_use, lu);
-        st(&t->live_req, lr);
-        st(&t->live_use, lu);
-        inc(&t->allocs);
-    }
-    as__reg_unlock();
-    return fits;
 }
 
 __attribute__((noinline, cold))
@@ -304,8 +120,80 @@ bool as__arena_fault(as_arena *a)
     return UNLIKELY(n != 0) && fault_step(a, n);
 }
 
-static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
-                           as_block *out, int zero)
+/* ---- counters: the common case (the rest is in counters.c) ---- */
+
+/* New live values of counter t after adding (r, u); false when that would
+ * fold it (as__charge's and as__discharge's tests). */
+static inline bool no_fold(as__tcounter *t, int64_t r, int64_t u, int64_t *lr, int64_t *lu)
+{
+    *lr = ld(&t->live_req) + r;
+    *lu = ld(&t->live_use) + u;
+    if (r > 0)
+        return *lr <= ld(&t->fold_req) && *lu <= ld(&t->fold_use);
+    return *lr >= ld(&t->fold_req) - AS__FOLD_BYTES && *lu >= ld(&t->fold_use) - AS__FOLD_BYTES;
+}
+
+static inline void set_live(as__tcounter *t, int64_t lr, int64_t lu, _Atomic uint64_t *count)
+{
+    st(&t->live_req, lr);
+    st(&t->live_use, lu);
+    inc(count);
+}
+
+/* The counters' common case: an allocation (r > 0) or a free (r < 0) by
+ * the thread that charged the block, where neither the tag's nor the
+ * layer's counter folds. Updates both and returns true; false (nothing
+ * changed) otherwise, for as__charge / as__discharge. */
+__attribute__((always_inline))
+static inline bool count_nofold(as__tblock *b, unsigned tag, unsigned layer, int64_t r,
+                                int64_t u)
+{
+    as__tcounter *tt = &b->c[tag], *tl = &b->c[AS_TAG_MAX + layer];
+    int64_t r1, u1, r2, u2;
+    if (UNLIKELY(!no_fold(tt, r, u, &r1, &u1) || !no_fold(tl, r, u, &r2, &u2)))
+        return false;
+    set_live(tt, r1, u1, r > 0 ? &tt->allocs : &tt->frees);
+    set_live(tl, r2, u2, r > 0 ? &tl->allocs : &tl->frees);
+    return true;
+}
+
+/* Return a block to the thread's bin of its class, or to jemalloc when the
+ * bin is full or the class is not kept. A usable size that is not a class
+ * of the table (a corrupted block) never enters a bin. */
+static inline void give(as__tblock *b, void *p, size_t usable)
+{
+    if (LIKELY(usable <= AS__TAB_MAX)) {
+        uint32_t e = as__size_tab[(usable + 7) >> 3];
+        as__bin *bn = &b->bins[(e >> 16) & 0xff];
+        uint32_t n = bn->n;
+        if (LIKELY(n < bn->cap && (e & 0xffff) == usable)) {
+            bn->slot[n] = p;
+            bn->n = n + 1;
+            return;
+        }
+    }
+    /* usable is a size class, so sdallocx needs no alignment flag. */
+    sdallocx(p, usable, b->flags);
+}
+
+/* Memory for a request: the thread's bin of its class, else jemalloc. */
+static inline void *take(as__tblock *b, size_t size, size_t usable, unsigned bin, int flags)
+{
+    as__bin *bn = &b->bins[bin];
+    uint32_t n = bn->n;
+    if (LIKELY(n)) {
+        bn->n = --n;
+        void *p = bn->slot[n];
+        if (flags & MALLOCX_ZERO)
+            memset(p, 0, usable);
+        return p;
+    }
+    return mallocx(size, b->flags | flags);
+}
+
+__attribute__((noinline))
+static int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
+                    as_block *out, int zero)
 {
     if (UNLIKELY(!a || !out ||
                  tag >= atomic_load_explicit(&a->ntags, memory_order_acquire) ||
@@ -331,26 +219,18 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
         return AS_ENOMEM;
     }
     int align_flag;
-    size_t usable = usable_of(size, &align_flag);
+    unsigned bin;
+    size_t usable = usable_of(size, &align_flag, &bin);
     if (UNLIKELY(usable == 0)) {           /* size overflows the size classes */
         memset(out, 0, sizeof *out);
         as__set_error(a, "cannot allocate %zu bytes (tag %s): too large", size,
                       a->tag_names[tag]);
         return AS_ENOMEM;
     }
-    uint64_t budget = atomic_load_explicit(&a->budget, RLX);
-    if (UNLIKELY(budget)) {                /* early out before mallocx */
-        as__tcounter *t = &b->total;
-        int64_t pu = ld(&t->live_use) - ld(&t->fold_use) + (int64_t)usable;
-        if (atomic_load_explicit(&a->gtotal.g_use, RLX) + pu > (int64_t)budget) {
-            as__reg_lock();
-            uint64_t live = true_live_locked(a, NULL);
-            as__reg_unlock();
-            if (live + usable > budget)
-                return budget_error(a, size, usable, tag, layer, budget, live, out);
-        }
-    }
-    void *p = mallocx(size, b->flags | align_flag | zero);
+    uint64_t budget = atomic_load_explicit(&a->budget, RLX), live;
+    if (UNLIKELY(budget) && !as__budget_room(a, b, usable, budget, &live))
+        return budget_error(a, size, usable, tag, layer, budget, live, out);
+    void *p = take(b, size, usable, bin, align_flag | zero);
     if (UNLIKELY(!p)) {
         memset(out, 0, sizeof *out);
         as__set_error(a, "out of memory: %zu bytes (tag %s, layer %s) in arena %u",
@@ -359,17 +239,13 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
     }
     int64_t r = (int64_t)size, u = (int64_t)usable;
     if (UNLIKELY(budget)) {
-        uint64_t live;
-        if (!charge_total_budget(a, b, r, u, budget) &&
-            !budget_recount(a, b, r, u, budget, &live)) {
-            sdallocx(p, usable, b->flags);
+        if (!as__charge_budget(a, b, tag, layer, r, u, budget, &live)) {
+            give(b, p, usable);
             return budget_error(a, size, usable, tag, layer, budget, live, out);
         }
-    } else {
-        charge(&b->total, &a->gtotal, r, u);
+    } else if (!count_nofold(b, tag, layer, r, u)) {
+        as__charge(a, b, tag, layer, r, u);
     }
-    charge(&b->c[tag], &a->g[tag], r, u);
-    charge(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);
 
     out->ptr = p;
     out->size = size;
@@ -380,8 +256,111 @@ static inline int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t laye
     return 0;
 }
 
+/* ---- the fast paths ------------------------------------------------------
+ * The common cases, for valid arguments without budget, fault injection or
+ * checked mode, on a thread that has its block for the arena at hand:
+ *   - a small block from (to) the bin of its class, with no counter that
+ *     would fold: no call at all, so no register is saved;
+ *   - a large block straight from (to) jemalloc.
+ * Anything else goes the full way (do_alloc / free_slow), which checks and
+ * reports everything; the fast paths change nothing before they commit. */
+
+/* The calling thread's block when the request qualifies, else NULL. */
+static inline as__tblock *fast_ok(as_arena *a, uint16_t tag, uint16_t layer)
+{
+    if (UNLIKELY(!a || tag >= atomic_load_explicit(&a->ntags, memory_order_acquire) ||
+                 layer >= atomic_load_explicit(&a->nlayers, memory_order_acquire) ||
+                 (atomic_load_explicit(&a->fault_n, RLX) |
+                  (long)atomic_load_explicit(&a->budget, RLX) | a->checked) != 0 ||
+                 as__tls_uid != a->uid))
+        return NULL;
+    return as__tls_blk;
+}
+
+static inline void set_block(as_block *out, void *p, size_t size, size_t usable,
+                             uint16_t tag, uint16_t layer, uint32_t shard)
+{
+    out->ptr = p;
+    out->size = size;
+    out->usable = usable;
+    out->tag = tag;
+    out->layer = layer;
+    out->shard = shard;
+}
+
+/* size in 1 .. AS__TAB_MAX */
+static inline bool alloc_bin(as__tblock *b, size_t size, uint16_t tag, uint16_t layer,
+                             as_block *out)
+{
+    uint32_t e = as__size_tab[(size + 7) >> 3];
+    as__bin *bn = &b->bins[(e >> 16) & 0xff];
+    uint32_t n = bn->n;
+    int64_t u = e & 0xffff;
+    if (UNLIKELY(n == 0 || !count_nofold(b, tag, layer, (int64_t)size, u)))
+        return false;
+    bn->n = --n;
+    set_block(out, bn->slot[n], size, (size_t)u, tag, layer, b->id);
+    return true;
+}
+
+/* size > AS__TAB_MAX */
+__attribute__((noinline, hot))
+static int alloc_large(as_arena *a, as__tblock *b, size_t size, uint16_t tag,
+                       uint16_t layer, as_block *out)
+{
+    int align_flag;
+    unsigned bin;
+    size_t usable = usable_of(size, &align_flag, &bin);
+    void *p = usable ? mallocx(size, b->flags | align_flag) : NULL;
+    if (UNLIKELY(!p))
+        return do_alloc(a, size, tag, layer, out, 0);   /* says why */
+    /* a block past the fold bound rarely fits the pending frees */
+    if (usable > (size_t)AS__FOLD_BYTES ||
+        !count_nofold(b, tag, layer, (int64_t)size, (int64_t)usable))
+        as__charge(a, b, tag, layer, (int64_t)size, (int64_t)usable);
+    set_block(out, p, size, usable, tag, layer, b->id);
+    return 0;
+}
+
+static inline bool free_bin(as__tblock *b, as_block *blk)
+{
+    int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
+    uint32_t e = as__size_tab[(u + 7) >> 3];
+    as__bin *bn = &b->bins[(e >> 16) & 0xff];
+    uint32_t n = bn->n;
+    if (UNLIKELY(n >= bn->cap || (e & 0xffff) != (uint32_t)u || blk->shard != b->id ||
+                 !count_nofold(b, blk->tag, blk->layer, -r, -u)))
+        return false;
+    bn->slot[n] = blk->ptr;
+    bn->n = n + 1;
+    memset(blk, 0, sizeof *blk);
+    return true;
+}
+
+/* usable > AS__TAB_MAX, charged by this thread */
+__attribute__((noinline, hot))
+static int free_large(as_arena *a, as__tblock *b, as_block *blk)
+{
+    int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
+    sdallocx(blk->ptr, blk->usable, b->flags);
+    if (u > AS__FOLD_BYTES || !count_nofold(b, blk->tag, blk->layer, -r, -u))
+        as__discharge(a, b, blk->tag, blk->layer, r, u);   /* past the bound: folds */
+    memset(blk, 0, sizeof *blk);
+    return 0;
+}
+
+__attribute__((hot))
 int as_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer, as_block *out)
 {
+    as__tblock *b = fast_ok(a, tag, layer);
+    if (LIKELY(b && out)) {
+        if (LIKELY(size - 1 < AS__TAB_MAX)) {
+            if (LIKELY(alloc_bin(b, size, tag, layer, out)))
+                return 0;
+        } else if (size) {
+            return alloc_large(a, b, size, tag, layer, out);
+        }
+    }
     return do_alloc(a, size, tag, layer, out, 0);
 }
 
@@ -436,7 +415,8 @@ int as_arena_check_block(as_arena *a, const as_block *blk)
     return check_block(a, blk, "block");
 }
 
-int as_free(as_arena *a, as_block *blk)
+__attribute__((noinline))
+static int free_slow(as_arena *a, as_block *blk)
 {
     if (!blk)
         return AS_EINVAL;
@@ -462,19 +442,27 @@ int as_free(as_arena *a, as_block *blk)
         as__set_error(a, "no per-thread state for arena %u", a->index);
         return AS_ENOMEM;
     }
-    /* usable is a size class, so sdallocx needs no alignment flag. */
-    sdallocx(blk->ptr, blk->usable, b->flags);
+    give(b, blk->ptr, blk->usable);
     int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
-    if (UNLIKELY(blk->shard != b->id)) {
-        discharge_remote(&b->total, &a->gtotal, r, u);
-        discharge_remote(&b->c[tag], &a->g[tag], r, u);
-        discharge_remote(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);
-        memset(blk, 0, sizeof *blk);
-        return 0;
-    }
-    discharge(&b->total, &a->gtotal, r, u);
-    discharge(&b->c[tag], &a->g[tag], r, u);
-    discharge(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);
+    if (UNLIKELY(blk->shard != b->id))
+        as__discharge_remote(a, b, tag, layer, r, u);
+    else if (!count_nofold(b, tag, layer, -r, -u))
+        as__discharge(a, b, tag, layer, r, u);
     memset(blk, 0, sizeof *blk);
     return 0;
+}
+
+__attribute__((hot))
+int as_free(as_arena *a, as_block *blk)
+{
+    as__tblock *b = blk && blk->ptr ? fast_ok(a, blk->tag, blk->layer) : NULL;
+    if (LIKELY(b)) {
+        if (LIKELY(blk->usable <= AS__TAB_MAX)) {
+            if (LIKELY(free_bin(b, blk)))
+                return 0;
+        } else if (blk->shard == b->id) {
+            return free_large(a, b, blk);
+        }
+    }
+    return free_slow(a, blk);
 }

@@ -55,15 +55,6 @@ const char *as_arena_last_error(const as_arena *a)
     return "no error";
 }
 
-void as__atomic_max(_Atomic uint64_t *p, uint64_t v)
-{
-    uint64_t cur = atomic_load_explicit(p, memory_order_relaxed);
-    while (v > cur &&
-           !atomic_compare_exchange_weak_explicit(p, &cur, v, memory_order_relaxed,
-                                                  memory_order_relaxed))
-        ;
-}
-
 /* ---- create / destroy ------------------------------------------------- */
 
 /* Keep the pages of freed extents (MADV_FREE after the dirty decay, which

@@ -3,20 +3,28 @@
  *
  * Counting scheme (see docs/allocator.md):
  *   - Each (thread, arena) pair owns an as__tblock: its private jemalloc
- *     tcache id and its own counters, written only by that thread with
- *     relaxed atomic stores (plain moves on x86; no locked instruction).
- *     live = sum over blocks of their live values (+ retired threads).
- *   - Peaks and the budget need a global order, so every counter also has a
- *     global atomic "charged" value G. A thread folds its pending delta into
- *     G only when the delta turns positive (net growth) or when its pending
- *     frees pass AS__FOLD_BYTES. So G >= true live at every instant, G ==
- *     true live when one thread is active, and alloc/free churn that does
- *     not grow memory touches no shared cache line.
+ *     tcache id, its bins and its own counters per tag and per layer,
+ *     written only by that thread with relaxed atomic stores (plain moves
+ *     on x86; no locked instruction). live = sum over blocks of their live
+ *     values (+ retired threads); the total is the sum of the tags.
+ *   - Peaks and the budget need a global order, so every counter (and the
+ *     total) also has a global atomic "charged" value G. A thread folds its
+ *     pending delta into G only when a counter's live value passes its
+ *     folded one (net growth) or its pending frees pass AS__FOLD_BYTES.
+ *     A thread charges the total the sum of its tags' folded values, and a
+ *     growing tag folds all of the thread's tags (counters.c). So G >= true
+ *     live at every instant, G == true live whenever it rises with one
+ *     thread active (exact peaks), and alloc/free churn that does not grow
+ *     memory touches no shared cache line.
  *   - A block records the id of the thread block that charged it. A free on
  *     another thread (an autograd worker, the offload I/O thread) is folded
  *     into G at once: lazily kept, those frees would never meet the
  *     allocations they offset, and G would drift up by up to AS__FOLD_BYTES
- *     per freeing thread (budget failures, inflated peaks).
+ *     per counter and freeing thread (budget failures, inflated peaks).
+ *   - Small blocks (usable <= AS__TAB_MAX) freed by a thread go to that
+ *     thread's bins (a few slots per size class, in front of jemalloc's
+ *     generic mallocx/sdallocx path) and are handed out again by its next
+ *     allocation of that class. The counters count them as freed.
  */
 #ifndef AS_ALLOCATOR_INTERNAL_H
 #define AS_ALLOCATOR_INTERNAL_H
@@ -36,6 +44,12 @@
 
 #define AS__NAME_MAX 64
 #define AS__NCOUNTERS (AS_TAG_MAX + AS_LAYER_MAX) /* tags first, then layers */
+/* Usable sizes of requests up to AS__TAB_MAX come from a table; blocks of
+ * those sizes are kept in per-thread bins. */
+#define AS__TAB_MAX 32768u
+#define AS__NBINS 48                       /* size classes <= AS__TAB_MAX */
+#define AS__BIN_SLOTS 32                   /* slots per bin at most */
+#define AS__BIN_BYTES 16384u               /* bytes per bin at most (>= 1 slot) */
 #define AS__RANGES_MAX 1024
 #define AS__DEFAULT_TIMELINE 4096
 
@@ -56,6 +70,13 @@ typedef struct as__gcounter {
 
 typedef struct as__thread as__thread;
 
+/* Freed blocks of one size class kept by a thread (owner only; read by the
+ * arena's destroyer, which no call may race). cap 0: not kept. */
+typedef struct as__bin {
+    uint32_t n, cap;
+    void    *slot[AS__BIN_SLOTS];
+} as__bin;
+
 /* The state of one thread for one arena. */
 typedef struct as__tblock {
     struct as_arena   *arena;
@@ -64,8 +85,12 @@ typedef struct as__tblock {
     uint32_t           id;                 /* as_block.shard; unique, never 0 */
     unsigned           tcache;             /* jemalloc explicit tcache id */
     int                flags;              /* MALLOCX_ARENA | MALLOCX_TCACHE */
+    uint32_t           used;               /* tags this thread has charged: only
+                                              they can hold pending deltas (a
+                                              thread's first charge of a tag
+                                              always folds: counters.c) */
     struct as__tblock *prev, *next;        /* arena's list (g_reg_lock) */
-    as__tcounter       total;              /* for G only; live = sum of tags */
+    as__bin            bins[AS__NBINS + 1]; /* last: never keeps (cap 0) */
     as__tcounter       c[AS__NCOUNTERS];
 } as__tblock;
 
@@ -144,8 +169,6 @@ extern _Thread_local struct as__tblock *as__tls_blk __attribute__((tls_model("in
 /* The calling thread's block for arena a, created on first use (tcache
  * created, block linked). NULL on failure (out of memory / no tcache). */
 as__tblock *as__tblock_get(as_arena *a);
-/* Fold the calling thread's pending deltas for a into G (owner only). */
-void as__tblock_fold(as__tblock *b);
 static inline as__tblock *as__tblock_fast(as_arena *a)
 {
     if (__builtin_expect(as__tls_uid == a->uid, 1))
@@ -161,8 +184,57 @@ unsigned as__arena_nthreads(as_arena *a);
 void as__reg_lock(void);
 void as__reg_unlock(void);
 
-/* ---- alloc.c ---- */
+/* ---- sizes.c ---- */
+/* Table entry per 8 bytes of request: usable size (bits 0..15), bin
+ * (bits 16..23; AS__NBINS = not kept), alignment flag needed (bit 31). */
+#define AS__TAB_ALIGN 0x80000000u
+/* Largest request whose usable size the four-per-doubling rule gives. */
+#define AS__LARGE_RULE_MAX ((size_t)1 << 40)
+extern uint32_t as__size_tab[AS__TAB_MAX / 8 + 1];
+extern bool as__large_rule;                /* the rule matched nallocx */
 void as__size_table_init(void);
+/* Usable size and alignment flag from jemalloc (nallocx); 0 if too large. */
+size_t as__size_slow(size_t size, int *align_flag);
+/* jemalloc's size class of a request above AS__TAB_MAX: four classes per
+ * doubling, so round up to a quarter of the power of two below size - 1.
+ * Such classes are page multiples: no alignment flag. */
+static inline size_t as__usable_large(size_t size)
+{
+    unsigned lg = 63u - (unsigned)__builtin_clzll((unsigned long long)(size - 1));
+    size_t delta = (size_t)1 << (lg - 2);
+    return (size + delta - 1) & ~(delta - 1);
+}
+/* Set up the bins of a new block (after as__size_table_init); checked
+ * arenas keep none, so every free is verified and returned to jemalloc. */
+void as__bins_init(as__tblock *b, bool keep);
+/* Return every block kept in b's bins to jemalloc (through b's tcache). */
+void as__bins_drain(as__tblock *b);
+
+/* ---- counters.c ---- */
+/* Fold the thread's pending deltas into G (owner, or with the owner
+ * quiescent). */
+void as__tblock_fold(as__tblock *b);
+/* An allocation / a free of (r, u) bytes of tag and layer by b's thread. */
+void as__charge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                int64_t r, int64_t u);
+void as__discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                   int64_t r, int64_t u);
+/* A free by b's thread of a block another thread charged. */
+void as__discharge_remote(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                          int64_t r, int64_t u);
+/* Budget: is there room for usable more bytes (a cheap look at the charged
+ * total, then the true live value, returned in *live when there is not)? */
+bool as__budget_room(as_arena *a, as__tblock *b, uint64_t usable, uint64_t budget,
+                     uint64_t *live);
+/* as__charge under the budget; false (nothing changed, the true live value
+ * in *live) when the allocation does not fit. */
+bool as__charge_budget(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                       int64_t r, int64_t u, uint64_t budget, uint64_t *live);
+/* Live usable (and requested) bytes: the sum over threads (+ retired), as
+ * a snapshot reads it. Caller holds the registry lock. */
+uint64_t as__true_live_locked(as_arena *a, uint64_t *requested);
+
+/* ---- alloc.c ---- */
 /* Fault injection (declared for the store and tests in store_internal.h). */
 void as__arena_fault_set(as_arena *a, long nth, bool sticky);
 bool as__arena_fault(as_arena *a);
@@ -178,7 +250,14 @@ bool as__ranges_contain(as_arena *a, const void *p);
 void as__sum_live(as_arena *a, as__rcounter *out);
 void as__set_error(const as_arena *a, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-void as__atomic_max(_Atomic uint64_t *p, uint64_t v);
+static inline void as__atomic_max(_Atomic uint64_t *p, uint64_t v)
+{
+    uint64_t cur = atomic_load_explicit(p, memory_order_relaxed);
+    while (v > cur &&
+           !atomic_compare_exchange_weak_explicit(p, &cur, v, memory_order_relaxed,
+                                                  memory_order_relaxed))
+        ;
+}
 
 /* ---- sampler.c ---- */
 int  as__timeline_init(as_arena *a, size_t cap);

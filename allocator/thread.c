@@ -1,14 +1,14 @@
 /*
- * Per-(thread, arena) state: the private jemalloc tcache and the thread's
- * own counters.
+ * Per-(thread, arena) state: the private jemalloc tcache, the bins of freed
+ * small blocks and the thread's own counters.
  *
  * Every thread that uses an arena gets an as__tblock, created on first use
  * with "tcache.create" and reached through thread-local storage: a one-entry
  * cache (last arena used) in front of a small per-thread table. The block is
- * destroyed ("tcache.destroy", counters retired into the arena) either when
- * the thread exits (pthread key destructor) or when the arena is destroyed,
- * whichever comes first. Both paths run under one registry lock, so they
- * cannot both free the same block.
+ * destroyed (bins drained, "tcache.destroy", counters retired into the
+ * arena) either when the thread exits (pthread key destructor) or when the
+ * arena is destroyed, whichever comes first. Both paths run under one
+ * registry lock, so they cannot both free the same block.
  *
  * Arena uids are never reused, so a stale thread-local entry of a destroyed
  * arena can never match a live arena and is never dereferenced. The slot's
@@ -44,32 +44,6 @@ _Thread_local as__tblock *as__tls_blk __attribute__((tls_model("initial-exec")))
 void as__reg_lock(void)   { pthread_mutex_lock(&g_reg_lock); }
 void as__reg_unlock(void) { pthread_mutex_unlock(&g_reg_lock); }
 
-/* Fold one counter's pending deltas into its global side (owner only). */
-static void fold_counter(as__tcounter *t, as__gcounter *g)
-{
-    int64_t lr = atomic_load_explicit(&t->live_req, memory_order_relaxed);
-    int64_t lu = atomic_load_explicit(&t->live_use, memory_order_relaxed);
-    int64_t pr = lr - atomic_load_explicit(&t->fold_req, memory_order_relaxed);
-    int64_t pu = lu - atomic_load_explicit(&t->fold_use, memory_order_relaxed);
-    if (pr)
-        atomic_fetch_add_explicit(&g->g_req, pr, memory_order_relaxed);
-    if (pu)
-        atomic_fetch_add_explicit(&g->g_use, pu, memory_order_relaxed);
-    atomic_store_explicit(&t->fold_req, lr, memory_order_relaxed);
-    atomic_store_explicit(&t->fold_use, lu, memory_order_relaxed);
-}
-
-void as__tblock_fold(as__tblock *b)
-{
-    as_arena *a = b->arena;
-    fold_counter(&b->total, &a->gtotal);
-    unsigned nt = atomic_load(&a->ntags), nl = atomic_load(&a->nlayers);
-    for (unsigned i = 0; i < nt; i++)
-        fold_counter(&b->c[i], &a->g[i]);
-    for (unsigned i = 0; i < nl; i++)
-        fold_counter(&b->c[AS_TAG_MAX + i], &a->g[AS_TAG_MAX + i]);
-}
-
 /* Retire a block: fold, move its counts into the arena, drop its tcache,
  * unlink and free it. Caller holds g_reg_lock. */
 static void retire_block(as__tblock *b)
@@ -84,6 +58,7 @@ static void retire_block(as__tblock *b)
         r->allocs   += atomic_load_explicit(&t->allocs, memory_order_relaxed);
         r->frees    += atomic_load_explicit(&t->frees, memory_order_relaxed);
     }
+    as__bins_drain(b);
     if (b->tcache != UINT32_MAX) {
         unsigned tc = b->tcache;
         mallctl("tcache.destroy", NULL, NULL, &tc, sizeof tc);
@@ -166,6 +141,7 @@ as__tblock *as__tblock_get(as_arena *a)
         b->tcache = UINT32_MAX;            /* still correct, just slower */
         b->flags = a->base_flags | MALLOCX_TCACHE_NONE;
     }
+    as__bins_init(b, !a->checked);
 
     pthread_mutex_lock(&g_reg_lock);
     unsigned slot = AS__TSLOTS;
@@ -221,6 +197,8 @@ void as_arena_flush_thread_cache(as_arena *a)
     if (!a)
         return;
     as__tblock *b = as__tblock_get(a);
+    if (b)
+        as__bins_drain(b);
     if (b && b->tcache != UINT32_MAX) {
         unsigned tc = b->tcache;
         mallctl("tcache.flush", NULL, NULL, &tc, sizeof tc);

@@ -69,6 +69,14 @@ void as_op_linear_fwd(int N, int in, int out, const float *x, const float *W,
 /* dx = dy W (overwrite); dW += dy^T x; db += sum_rows dy. */
 void as_op_linear_bwd(int N, int in, int out, const float *x, const float *W,
                       const float *dy, float *dx, float *dW, float *db);
+/* The library's own inner-product primitives alone on this shape, on the
+ * layouts they prefer, inside ws (for benchmarks). pass 0: forward with
+ * bias; 1: backward data, weights and bias. ws:
+ * as_op_linear_native_workspace floats, any contents. Returns 0, or
+ * AS_ENOTSUP without oneDNN or when the backend is AS_OP_BUILTIN (the
+ * workspace size is then 0). */
+size_t as_op_linear_native_workspace(int N, int in, int out);
+int as_op_linear_native(int N, int in, int out, int pass, float *ws);
 
 /* ---- conv2d ------------------------------------------------------------- */
 

@@ -201,6 +201,19 @@ static bool is_ref(dnnl_primitive_desc_t pd)
     return !strncmp(impl, "ref", 3);
 }
 
+/* The forward / backward-data / backward-weights descriptors of a build
+ * and its attribute (each may be NULL). */
+static void pds_destroy(dnnl_primitive_desc_t f, dnnl_primitive_desc_t d,
+                        dnnl_primitive_desc_t w, dnnl_primitive_attr_t attr)
+{
+    dnnl_primitive_desc_t all[3] = {f, d, w};
+    for (int i = 0; i < 3; i++)
+        if (all[i])
+            dnnl_primitive_desc_destroy(all[i]);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+}
+
 static size_t place(size_t *at, const slot *s)
 {
     size_t o = *at;
@@ -312,14 +325,7 @@ static int ent_build(conv_ent *e)
     e->b_end = at + up(e->scr);
     rc = 0;
 out:
-    if (fpd)
-        dnnl_primitive_desc_destroy(fpd);
-    if (dpd)
-        dnnl_primitive_desc_destroy(dpd);
-    if (wpd)
-        dnnl_primitive_desc_destroy(wpd);
-    if (attr)
-        dnnl_primitive_attr_destroy(attr);
+    pds_destroy(fpd, dpd, wpd, attr);
     if (acc)
         dnnl_primitive_attr_destroy(acc);
     if (sum)
@@ -613,4 +619,141 @@ int as_dnnl_conv_native(const as_op_conv_geom *g, int pass, float *ws)
     int rc = run_end(&r);
     ent_put(e, &tmp);
     return rc;
+}
+
+/* ---- linear: the inner-product primitives alone (benchmarks) ----------- */
+
+typedef struct ip_ent {
+    int N, in, out;
+    int state;                  /* 0 empty, 1 ready, -1 failed */
+    prim fwd, bwd_d, bwd_w;
+    dnnl_memory_desc_t f[4];    /* forward: src, weights, bias, dst */
+    dnnl_memory_desc_t d[3];    /* backward data: diff_dst, weights, diff_src */
+    dnnl_memory_desc_t w[4];    /* backward weights: src, diff_dst, diff_w, diff_b */
+    size_t scr;
+} ip_ent;
+
+#define MAX_IPS 16
+static ip_ent ips[MAX_IPS];
+
+static size_t mds_bytes(const dnnl_memory_desc_t *m, int n)
+{
+    size_t at = 0;
+    for (int i = 0; i < n; i++)
+        at += up(md_size(&m[i]));
+    return at;
+}
+
+static int ip_build(ip_ent *e)
+{
+    dnnl_dims_t xd = {e->N, e->in}, wd = {e->out, e->in}, bd = {e->out}, yd = {e->N, e->out};
+    dnnl_memory_desc_t x, w, b, y;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t fpd = NULL, dpd = NULL, wpd = NULL;
+    dnnl_inner_product_desc_t id;
+    int rc = -1;
+    if (dnnl_memory_desc_init_by_tag(&x, 2, xd, dnnl_f32, dnnl_format_tag_any) ||
+        dnnl_memory_desc_init_by_tag(&w, 2, wd, dnnl_f32, dnnl_format_tag_any) ||
+        dnnl_memory_desc_init_by_tag(&b, 1, bd, dnnl_f32, dnnl_x) ||
+        dnnl_memory_desc_init_by_tag(&y, 2, yd, dnnl_f32, dnnl_format_tag_any) ||
+        dnnl_primitive_attr_create(&attr) ||
+        dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) ||
+        dnnl_inner_product_forward_desc_init(&id, dnnl_forward_training, &x, &w, &b, &y) ||
+        dnnl_primitive_desc_create(&fpd, &id, attr, engine, NULL) ||
+        dnnl_inner_product_backward_data_desc_init(&id, &x, &w, &y) ||
+        dnnl_primitive_desc_create(&dpd, &id, attr, engine, fpd) ||
+        dnnl_inner_product_backward_weights_desc_init(&id, &x, &w, &b, &y) ||
+        dnnl_primitive_desc_create(&wpd, &id, attr, engine, fpd) ||
+        prim_make(&e->fwd, fpd) || prim_make(&e->bwd_d, dpd) || prim_make(&e->bwd_w, wpd))
+        goto out;
+#define MD(pd, what) *dnnl_primitive_desc_query_md(pd, what, 0)
+    e->f[0] = MD(fpd, dnnl_query_src_md), e->f[1] = MD(fpd, dnnl_query_weights_md);
+    e->f[2] = b, e->f[3] = MD(fpd, dnnl_query_dst_md);
+    e->d[0] = MD(dpd, dnnl_query_diff_dst_md), e->d[1] = MD(dpd, dnnl_query_weights_md);
+    e->d[2] = MD(dpd, dnnl_query_diff_src_md);
+    e->w[0] = MD(wpd, dnnl_query_src_md), e->w[1] = MD(wpd, dnnl_query_diff_dst_md);
+    e->w[2] = MD(wpd, dnnl_query_diff_weights_md), e->w[3] = b;
+#undef MD
+    e->scr = 0;
+    const prim *ps[] = {&e->fwd, &e->bwd_d, &e->bwd_w};
+    for (int i = 0; i < 3; i++)
+        if (md_size(&ps[i]->scratch) > e->scr)
+            e->scr = md_size(&ps[i]->scratch);
+    rc = 0;
+out:
+    pds_destroy(fpd, dpd, wpd, attr);
+    if (rc) {
+        prim_free(&e->fwd);
+        prim_free(&e->bwd_d);
+        prim_free(&e->bwd_w);
+    }
+    return rc;
+}
+
+/* The table's entry for the shape, built on first use; NULL when the
+ * library did not start, the build failed or the table is full. */
+static ip_ent *ip_get(int N, int in, int out)
+{
+    if (N <= 0 || in <= 0 || out <= 0 || !as_dnnl_available())
+        return NULL;
+    ip_ent *e = NULL;
+    pthread_mutex_lock(&table_mu);
+    for (int i = 0; i < MAX_IPS; i++) {
+        ip_ent *t = &ips[i];
+        if (t->state && t->N == N && t->in == in && t->out == out) {
+            e = t;
+            break;
+        }
+        if (!t->state) {
+            *t = (ip_ent){.N = N, .in = in, .out = out};
+            t->state = ip_build(t) == 0 ? 1 : -1;
+            e = t;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&table_mu);
+    return e && e->state == 1 ? e : NULL;
+}
+
+size_t as_dnnl_linear_native_workspace(int N, int in, int out)
+{
+    const ip_ent *e = ip_get(N, in, out);
+    if (!e)
+        return 0;
+    size_t f = mds_bytes(e->f, 4), d = mds_bytes(e->d, 3) + mds_bytes(e->w, 4);
+    return ((f > d ? f : d) + up(e->scr) + ALIGN) / sizeof(float) + 1;
+}
+
+int as_dnnl_linear_native(int N, int in, int out, int pass, float *ws)
+{
+    const ip_ent *e = ip_get(N, in, out);
+    run r;
+    if (!e || pass < 0 || pass > 1 ||
+        run_begin(&r, ws, pass ? mds_bytes(e->d, 3) + mds_bytes(e->w, 4) : mds_bytes(e->f, 4)))
+        return -1;
+    dnnl_memory_t m[7];
+    const dnnl_memory_desc_t *mds[7] = {&e->f[0], &e->f[1], &e->f[2], &e->f[3]};
+    int n = 4;
+    if (pass) {
+        n = 7;
+        for (int i = 0; i < 3; i++)
+            mds[i] = &e->d[i];
+        for (int i = 0; i < 4; i++)
+            mds[3 + i] = &e->w[i];
+    }
+    for (int i = 0, at = 0; i < n; at += (int)up(md_size(mds[i])), i++)
+        m[i] = run_mem(&r, mds[i], r.ws + at);
+    if (!pass) {
+        dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, m[0]}, {DNNL_ARG_WEIGHTS, m[1]},
+                                {DNNL_ARG_BIAS, m[2]}, {DNNL_ARG_DST, m[3]}};
+        run_exec(&r, &e->fwd, 4, a);
+    } else {
+        dnnl_exec_arg_t a[3] = {{DNNL_ARG_DIFF_DST, m[0]}, {DNNL_ARG_WEIGHTS, m[1]},
+                                {DNNL_ARG_DIFF_SRC, m[2]}};
+        dnnl_exec_arg_t b[4] = {{DNNL_ARG_SRC, m[3]}, {DNNL_ARG_DIFF_DST, m[4]},
+                                {DNNL_ARG_DIFF_WEIGHTS, m[5]}, {DNNL_ARG_DIFF_BIAS, m[6]}};
+        run_exec(&r, &e->bwd_d, 3, a);
+        run_exec(&r, &e->bwd_w, 4, b);
+    }
+    return run_end(&r);
 }

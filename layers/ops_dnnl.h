@@ -32,5 +32,7 @@ int as_dnnl_conv_bwd(const as_op_conv_geom *g, const float *x, const float *W,
                      float *ws);
 size_t as_dnnl_conv_native_workspace(const as_op_conv_geom *g);
 int as_dnnl_conv_native(const as_op_conv_geom *g, int pass, float *ws);
+size_t as_dnnl_linear_native_workspace(int N, int in, int out);
+int as_dnnl_linear_native(int N, int in, int out, int pass, float *ws);
 
 #endif

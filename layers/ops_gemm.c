@@ -207,6 +207,27 @@ void as_op_linear_bwd(int N, int in, int out, const float *x, const float *W,
     }
 }
 
+size_t as_op_linear_native_workspace(int N, int in, int out)
+{
+#ifdef AS_OPS_HAVE_ONEDNN
+    if (as_op_get_backend() == AS_OP_ONEDNN)
+        return as_dnnl_linear_native_workspace(N, in, out);
+#endif
+    (void)N, (void)in, (void)out;
+    return 0;
+}
+
+int as_op_linear_native(int N, int in, int out, int pass, float *ws)
+{
+#ifdef AS_OPS_HAVE_ONEDNN
+    if (as_op_get_backend() == AS_OP_ONEDNN &&
+        as_dnnl_linear_native(N, in, out, pass, ws) == 0)
+        return 0;
+#endif
+    (void)N, (void)in, (void)out, (void)pass, (void)ws;
+    return AS_ENOTSUP;
+}
+
 void as_op_add(size_t n, const float *x, float *y)
 {
     for (size_t i = 0; i < n; i++)

@@ -120,10 +120,11 @@ static void reset_model_peaks(model *m)
     }
 }
 
-static void test_random_sequence_is_exact(void **state)
+/* checked: every free verified, no bins (the general paths); unchecked:
+ * the fast paths and the per-thread bins. */
+static void random_sequence(bool checked)
 {
-    (void)state;
-    as_arena_config cfg = {.checked = true};
+    as_arena_config cfg = {.checked = checked};
     as_arena *a;
     assert_int_equal(as_arena_create(&cfg, &a), 0);
     uint16_t t1, t2, l[5];
@@ -169,6 +170,11 @@ static void test_random_sequence_is_exact(void **state)
             assert_int_equal(b->usable, sallocx(b->ptr, 0));
             assert_true(b->usable >= sz);
             assert_int_equal((uintptr_t)b->ptr % (sz >= 64 ? 64 : 16), 0);
+            if (sz < 4096 && (op & 1)) {              /* calloc: zero, also from a bin */
+                const unsigned char *z = b->ptr;
+                for (size_t i = 0; i < sz; i++)
+                    assert_int_equal(z[i], 0);
+            }
             ((volatile char *)b->ptr)[0] = 1;
             ((volatile char *)b->ptr)[sz - 1] = 2;
             model_block(&m, b, +1);
@@ -210,6 +216,18 @@ static void test_random_sequence_is_exact(void **state)
     }
     check_model(a, &m, nlayers, true);
     as_arena_destroy(a);
+}
+
+static void test_random_sequence_is_exact(void **state)
+{
+    (void)state;
+    random_sequence(true);
+}
+
+static void test_random_sequence_fast_paths_exact(void **state)
+{
+    (void)state;
+    random_sequence(false);
 }
 
 /* ---- jemalloc's own statistics agree -------------------------------- */
@@ -572,6 +590,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_sequence_is_exact),
+        cmocka_unit_test(test_random_sequence_fast_paths_exact),
         cmocka_unit_test(test_jemalloc_stats_agree),
         cmocka_unit_test(test_four_threads_exact_totals),
         cmocka_unit_test(test_budget_failure_changes_nothing),

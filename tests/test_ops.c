@@ -142,20 +142,47 @@ static int irand(int lo, int hi)   /* [lo, hi] */
 
 #define CANARY 16   /* floats after the workspace that must stay intact */
 
-/* Random geometries (odd sizes, strides, paddings, missing bias or
- * gradients), every backend against the double reference forward and
- * exact backward, with dW / db accumulating onto non-zero contents; the
- * workspace is guarded by a canary. */
+/* Kernel paths: builtin; oneDNN on one thread and on two (its
+ * primitives and reorders split the work across OpenMP threads). */
+typedef struct conv_path {
+    as_op_backend b;
+    int threads;
+} conv_path;
+
+static int conv_paths(conv_path *p)
+{
+    as_op_backend bk[2];
+    int nbk = nbackends(bk), n = 0;
+    for (int bi = 0; bi < nbk; bi++) {
+        p[n++] = (conv_path){bk[bi], 1};
+        if (bk[bi] == AS_OP_ONEDNN)
+            p[n++] = (conv_path){bk[bi], 2};
+    }
+    return n;
+}
+
+static void conv_path_use(const conv_path *p)
+{
+    assert_int_equal(as_op_set_backend(p->b), 0);
+    as_op_set_threads(p->threads);
+}
+
+/* Random geometries (odd sizes, strides, paddings, channel counts on
+ * both sides of a 16-channel block, missing bias or gradients), every
+ * kernel path against the double reference forward and exact backward,
+ * with dW / db accumulating onto non-zero contents; the workspace is
+ * guarded by a canary. */
 static void test_conv_random(void **state)
 {
     (void)state;
-    as_op_backend bk[2];
-    int nbk = nbackends(bk);
-    for (int t = 0; t < 24; t++) {
+    conv_path paths[3];
+    int npath = conv_paths(paths);
+    for (int t = 0; t < 28; t++) {
         int k = irand(1, 5), stride = irand(1, 3);
-        as_op_conv_geom g = {.N = irand(1, 5), .Cin = irand(1, 20),
+        bool wide = t % 2;   /* more than one channel block */
+        as_op_conv_geom g = {.N = irand(1, 5), .Cin = wide ? irand(15, 40) : irand(1, 20),
                              .H = irand(k, 17), .W = irand(k, 17),
-                             .Cout = irand(1, 24), .kh = k, .kw = k,
+                             .Cout = wide ? irand(15, 40) : irand(1, 24), .kh = k, .kw = k,
                              .stride = stride, .pad = irand(0, k - 1)};
         if (t == 0)   /* a bench-like shape: oneDNN's blocked kernels */
             g = (as_op_conv_geom){.N = 4, .Cin = 16, .H = 14, .W = 14,
@@ -179,8 +206,8 @@ static void test_conv_random(void **state)
         memcpy(gr, g0, sizeof(double) * np);
         conv_bwd_ref(&g, p, p + nx, dy, gr, gr + nx, gr + nx + nw);
         float *pf = to_f(p, np), *dyf = to_f(dy, ny), *y = malloc(sizeof(float) * ny);
-        for (int bi = 0; bi < nbk; bi++) {
-            assert_int_equal(as_op_set_backend(bk[bi]), 0);
+        for (int pi = 0; pi < npath; pi++) {
+            conv_path_use(&paths[pi]);
             size_t nws = as_op_conv_workspace(&g);
             float *ws = malloc(sizeof(float) * (nws + CANARY));
             for (int c = 0; c < CANARY; c++)
@@ -188,9 +215,9 @@ static void test_conv_random(void **state)
             float *gf = to_f(g0, np);
             char what[128];
             snprintf(what, sizeof what,
-                     "conv %s N%d Cin%d %dx%d Cout%d k%d s%d p%d bias%d dx%d dW%d",
-                     bname(bk[bi]), g.N, g.Cin, g.H, g.W, g.Cout, g.kh, g.stride,
-                     g.pad, bias, want_dx, want_dw);
+                     "conv %s/%dt N%d Cin%d %dx%d Cout%d k%d s%d p%d bias%d dx%d dW%d",
+                     bname(paths[pi].b), paths[pi].threads, g.N, g.Cin, g.H, g.W, g.Cout,
+                     g.kh, g.stride, g.pad, bias, want_dx, want_dw);
             as_op_conv_fwd(&g, pf, pf + nx, bias ? pf + nx + nw : NULL, y, ws);
             check_close(what, y, yr, ny, 1e-5);
             as_op_conv_bwd(&g, pf, pf + nx, dyf, want_dx ? gf : NULL,
@@ -208,7 +235,7 @@ static void test_conv_random(void **state)
             free(ws);
             free(gf);
         }
-        as_op_set_backend(AS_OP_BUILTIN);
+        conv_path_use(&paths[0]);
         free(p); free(dy); free(yr); free(g0); free(gr); free(pf); free(dyf);
         free(y);
     }
@@ -289,12 +316,22 @@ static void test_backend(void **state)
     for (int pass = 0; pass < 3; pass++)
         assert_int_equal(as_op_conv_native(&g, pass, ws), 0);
     free(ws);
+    n = as_op_linear_native_workspace(37, 20, 9);
+    assert_true(n > 0);
+    ws = calloc(n, sizeof(float));
+    for (int pass = 0; pass < 2; pass++)
+        assert_int_equal(as_op_linear_native(37, 20, 9, pass, ws), 0);
+    assert_int_equal(as_op_linear_native(37, 20, 9, 2, ws), AS_ENOTSUP);
+    assert_int_equal(as_op_linear_native_workspace(0, 20, 9), 0);
+    free(ws);
 #else
     assert_int_equal(rc, AS_ENOTSUP);
     assert_int_equal(as_op_get_backend(), AS_OP_BUILTIN);
 #endif
     as_op_set_backend(AS_OP_BUILTIN);
     assert_int_equal(as_op_conv_native(&(as_op_conv_geom){0}, 0, NULL), AS_ENOTSUP);
+    assert_int_equal(as_op_linear_native_workspace(37, 20, 9), 0);
+    assert_int_equal(as_op_linear_native(37, 20, 9, 0, NULL), AS_ENOTSUP);
     as_op_set_backend(was);
 }
 

@@ -8,9 +8,10 @@
  *     M = Cout, N = images * Ho * Wo, K = Cin * k * k, one call): what the
  *     kernel would reach with zero overhead (im2col, scatter, bias);
  *   - sgemm 1024 x 1024 x 1024: the machine's practical peak;
- *   - for conv, the library's own primitives (oneDNN) alone on their
- *     native blocked layouts, without the reorders from and to NCHW the
- *     kernel pays: what the library itself reaches on the shape.
+ *   - the library's own primitives (oneDNN) alone on their native
+ *     layouts: for conv the blocked ones, without the reorders from and to
+ *     NCHW the kernel pays; for linear its inner-product primitives: what
+ *     the library itself reaches on the shape.
  * The kernels in use (backend, oneDNN ISA, OpenBLAS core and how it was
  * chosen) head the output; AS_KERNELS=builtin measures the im2col path.
  * Time is the calling thread's CPU time with one BLAS thread (the
@@ -137,7 +138,7 @@ static void run_native_bwd(void *ud)
 
 typedef struct lin_case {
     int N, in, out;
-    float *x, *W, *b, *y, *dy, *dx, *dW, *db;
+    float *x, *W, *b, *y, *dy, *dx, *dW, *db, *nws;
 } lin_case;
 
 static void run_lin_fwd(void *ud)
@@ -150,6 +151,19 @@ static void run_lin_bwd(void *ud)
 {
     lin_case *l = ud;
     as_op_linear_bwd(l->N, l->in, l->out, l->x, l->W, l->dy, l->dx, l->dW, l->db);
+}
+
+/* The library's inner-product primitives alone. */
+static void run_lin_native_fwd(void *ud)
+{
+    lin_case *l = ud;
+    as_op_linear_native(l->N, l->in, l->out, 0, l->nws);
+}
+
+static void run_lin_native_bwd(void *ud)
+{
+    lin_case *l = ud;
+    as_op_linear_native(l->N, l->in, l->out, 1, l->nws);
 }
 
 static int gemm_alloc(gemm_case *g, int M, int N, int K, uint64_t *s)
@@ -180,18 +194,6 @@ static void alternate(int n, kern_fn *fn, void **ud, int reps, double *t)
         t[k] = as_stats_median(v[k], (size_t)reps);
 }
 
-/* Median seconds of kernel a and reference b, alternating per repeat. */
-static void pair(kern_fn a, void *ua, kern_fn b, void *ub, int reps,
-                 double *ta, double *tb)
-{
-    kern_fn fn[2] = {a, b};
-    void *ud[2] = {ua, ub};
-    double t[2];
-    alternate(2, fn, ud, reps, t);
-    *ta = t[0];
-    *tb = t[1];
-}
-
 /* ---- command --------------------------------------------------------------- */
 
 static void usage(FILE *f)
@@ -201,8 +203,8 @@ static void usage(FILE *f)
         "\n"
         "GFLOP/s of conv (forward, backward) and linear (forward, backward)\n"
         "in the shapes of the bench presets (cnn, vit, lm), next to sgemm of\n"
-        "the same GEMM shape, sgemm 1024^3 and (conv) the library's own\n"
-        "primitives on their native layouts, in the same run. The first line\n"
+        "the same GEMM shape, sgemm 1024^3 and the library's own primitives\n"
+        "(conv, inner product) on their native layouts, in the same run. The first line\n"
         "names the kernels: AS_KERNELS=builtin|onednn picks the backend,\n"
         "OPENBLAS_CORETYPE or AS_BLAS_CORE=openblas OpenBLAS's kernel set.\n"
         "  --reps R     repeats per figure, median reported (default 31, max 256)\n"
@@ -417,7 +419,46 @@ static int bench_convs(layers_bench *b, cJSON *root)
     return AS_EXIT_OK;
 }
 
-/* One linear layer against the GEMM of the same shape. */
+/* Print and record one linear layer's figures: times of the kernel, the
+ * same-shape sgemm and (tfl > 0) the library's primitives. */
+static void lin_report(const lin_case *l, const char *name, const double *t, bool nat,
+                       cJSON *ma)
+{
+    const double tf = t[0], tfr = t[1], tfl = t[2], tb = t[3], tbr = 2 * t[4], tbl = t[5];
+    const double f = 2.0 * l->N * l->in * l->out, fb = 2 * f;
+    char shp[64], lf[16] = "-", lfr[16] = "-", lb[16] = "-", lbr[16] = "-";
+    snprintf(shp, sizeof shp, "%d %d>%d", l->N, l->in, l->out);
+    if (nat) {
+        snprintf(lf, sizeof lf, "%.1f", 1e-9 * f / tfl);
+        snprintf(lfr, sizeof lfr, "%.2f", tfl / tf);
+        snprintf(lb, sizeof lb, "%.1f", 1e-9 * fb / tbl);
+        snprintf(lbr, sizeof lbr, "%.2f", tbl / tb);
+    }
+    printf("%-16s %-16s %8.1f %6.1f %6s %6s %8.1f %6.1f %6s %6s %8.2f\n", name, shp,
+           1e-9 * f / tf, 1e-9 * f / tfr, lf, lfr, 1e-9 * fb / tb, 1e-9 * fb / tbr, lb, lbr,
+           2 * tf / tb);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "layer", name);
+    cJSON_AddNumberToObject(o, "n", l->N);
+    cJSON_AddNumberToObject(o, "in", l->in);
+    cJSON_AddNumberToObject(o, "out", l->out);
+    cJSON_AddNumberToObject(o, "fwd_gflops", 1e-9 * f / tf);
+    cJSON_AddNumberToObject(o, "fwd_sgemm_gflops", 1e-9 * f / tfr);
+    cJSON_AddNumberToObject(o, "fwd_over_sgemm", tfr / tf);
+    cJSON_AddNumberToObject(o, "bwd_gflops", 1e-9 * fb / tb);
+    cJSON_AddNumberToObject(o, "bwd_over_sgemm", tbr / tb);
+    cJSON_AddNumberToObject(o, "bwd_over_fwd", 2 * tf / tb);
+    if (nat) {   /* oneDNN's inner-product primitives alone */
+        cJSON_AddNumberToObject(o, "fwd_lib_gflops", 1e-9 * f / tfl);
+        cJSON_AddNumberToObject(o, "fwd_over_lib", tfl / tf);
+        cJSON_AddNumberToObject(o, "bwd_lib_gflops", 1e-9 * fb / tbl);
+        cJSON_AddNumberToObject(o, "bwd_over_lib", tbl / tb);
+    }
+    cJSON_AddItemToArray(ma, o);
+}
+
+/* One linear layer against the GEMM of the same shape and the library's
+ * inner-product primitives. */
 static int lin_one(layers_bench *b, lin_case *l, const char *name, cJSON *ma)
 {
     uint64_t *seed = &b->seed;
@@ -426,37 +467,28 @@ static int lin_one(layers_bench *b, lin_case *l, const char *name, cJSON *ma)
     l->b = randbuf((size_t)l->out, seed); l->y = randbuf((size_t)N * l->out, seed);
     l->dy = randbuf((size_t)N * l->out, seed); l->dx = randbuf((size_t)N * l->in, seed);
     l->dW = randbuf((size_t)l->in * l->out, seed); l->db = randbuf((size_t)l->out, seed);
+    const size_t nnws = as_op_linear_native_workspace(N, l->in, l->out);
+    l->nws = nnws ? randbuf(nnws, seed) : NULL;
     gemm_case g;   /* y (N, out) = x (N, in) W^T: same M, N, K untransposed */
     int bad = gemm_alloc(&g, N, l->out, l->in, seed);
     int rc = AS_EXIT_OK;
-    if (bad || !l->x || !l->W || !l->b || !l->y || !l->dy || !l->dx || !l->dW || !l->db) {
+    if (bad || !l->x || !l->W || !l->b || !l->y || !l->dy || !l->dx || !l->dW || !l->db ||
+        (nnws && !l->nws)) {
         rc = as_cli_fail("bench layers", "out of memory");
     } else {
-        double tf, tfr, tb, tbr;
-        pair(run_lin_fwd, l, run_gemm, &g, b->R, &tf, &tfr);
-        pair(run_lin_bwd, l, run_gemm, &g, b->R, &tb, &tbr);
-        const double f = 2.0 * N * l->in * l->out;
-        char shp[64];
-        snprintf(shp, sizeof shp, "%d %d>%d", N, l->in, l->out);
-        printf("%-16s %-16s %8.1f %6.1f %6.2f %8.1f %6.1f %6.2f %8.2f\n", name, shp,
-               1e-9 * f / tf, 1e-9 * f / tfr, tfr / tf, 2e-9 * f / tb,
-               2e-9 * f / (2 * tbr), 2 * tbr / tb, 2 * tf / tb);
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "layer", name);
-        cJSON_AddNumberToObject(o, "n", N);
-        cJSON_AddNumberToObject(o, "in", l->in);
-        cJSON_AddNumberToObject(o, "out", l->out);
-        cJSON_AddNumberToObject(o, "fwd_gflops", 1e-9 * f / tf);
-        cJSON_AddNumberToObject(o, "fwd_sgemm_gflops", 1e-9 * f / tfr);
-        cJSON_AddNumberToObject(o, "fwd_over_sgemm", tfr / tf);
-        cJSON_AddNumberToObject(o, "bwd_gflops", 2e-9 * f / tb);
-        cJSON_AddNumberToObject(o, "bwd_over_sgemm", 2 * tbr / tb);
-        cJSON_AddNumberToObject(o, "bwd_over_fwd", 2 * tf / tb);
-        cJSON_AddItemToArray(ma, o);
+        const bool nat = l->nws != NULL;
+        const int n = nat ? 3 : 2;
+        double t[6] = {0};
+        kern_fn ff[3] = {run_lin_fwd, run_gemm, run_lin_native_fwd};
+        kern_fn fbk[3] = {run_lin_bwd, run_gemm, run_lin_native_bwd};
+        void *ud[3] = {l, &g, l};
+        alternate(n, ff, ud, b->R, t);
+        alternate(n, fbk, ud, b->R, t + 3);
+        lin_report(l, name, t, nat, ma);
     }
     gemm_free(&g);
     free(l->x); free(l->W); free(l->b); free(l->y); free(l->dy); free(l->dx);
-    free(l->dW); free(l->db);
+    free(l->dW); free(l->db); free(l->nws);
     return rc;
 }
 
@@ -464,8 +496,8 @@ static int lin_one(layers_bench *b, lin_case *l, const char *name, cJSON *ma)
 static int bench_linears(layers_bench *b, cJSON *root)
 {
     cJSON *ma = cJSON_AddArrayToObject(root, "matmul");
-    printf("%-16s %-16s %8s %6s %6s %8s %6s %6s %8s\n", "linear", "N in>out", "fwd GF/s",
-           "sgemm", "ratio", "bwd GF/s", "sgemm", "ratio", "bwd/fwd");
+    printf("%-16s %-16s %8s %6s %6s %6s %8s %6s %6s %6s %8s\n", "linear", "N in>out",
+           "fwd GF/s", "sgemm", "lib", "/lib", "bwd GF/s", "sgemm", "lib", "/lib", "bwd/fwd");
     const char *models[2] = {"vit", "lm"};
     for (int mi = 0; mi < 2; mi++) {
         as_nn_preset tp;

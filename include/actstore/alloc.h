@@ -210,8 +210,10 @@ AS_API int as_arena_refresh_stats(as_arena *a);
  * unreadable; the sample is still appended with zero jemalloc figures). */
 AS_API int as_arena_sample_now(as_arena *a);
 
-/* Flush the calling thread's private cache for this arena (returns cached
- * blocks to the arena so jemalloc's statistics are exact). */
+/* Return the calling thread's cached free blocks for this arena (its bins
+ * of small blocks and its private tcache) to the arena, so that jemalloc's
+ * statistics are exact. Other threads' caches are returned when they exit
+ * or when the arena is destroyed. */
 AS_API void as_arena_flush_thread_cache(as_arena *a);
 
 #ifdef __cplusplus

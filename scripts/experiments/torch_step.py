@@ -7,7 +7,8 @@ Same architecture, batch, optimizer and input shapes as layers/presets.c
 (cnn: 3 stages 16/32/64 of conv3x3 + BatchNorm + ReLU + 2x2 max-pool,
 linear head, SGD momentum 0.9; vit: 4x4 patches, width 48, 4 heads, 3
 pre-norm blocks, MLP 2x with tanh GELU, AdamW, clip 1.0). One thread
-(torch.set_num_threads(1), actstore --threads 1), thread CPU time per step
+(torch.set_num_threads(1) and OPENBLAS_NUM_THREADS=1, actstore --threads 1),
+thread CPU time per step
 (forward, backward, optimizer); PyTorch runs on random inputs, so the data
 path is not in its figure. Runs alternate: R rounds of (actstore run of S
 steps, PyTorch run of S steps); each run reports its median step, the
@@ -35,9 +36,15 @@ import subprocess
 import tempfile
 import time
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+# One BLAS thread for PyTorch: its matmuls go to OpenBLAS, whose worker
+# threads are not the calling thread, so thread CPU time would miss their
+# share (with OpenBLAS's default of one thread per core, x W^T of the vit
+# linears ran half on a second thread: 132 "GFLOP/s" against 86).
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402 (after the BLAS thread count)
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 
 class Cnn(nn.Module):

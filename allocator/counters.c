@@ -1,0 +1,307 @@
+/*
+ * The counters behind the allocation path (the scheme: internal.h).
+ *
+ * Tags and layers: each thread keeps live and folded values per counter;
+ * G (the charged value) moves only when a counter folds. The total has no
+ * per-thread counter: a thread's live total is the sum of its tags, and it
+ * charges the total exactly the sum of its tags' folded values. When a tag
+ * grows past its folded value, every tag the thread has charged folds
+ * (frees pending in one tag offset growth in another), so with one thread
+ * the charged total equals the live total whenever it rises, and its peak
+ * is exact.
+ */
+#include <limits.h>
+
+#include "allocator/internal.h"
+
+#define RLX memory_order_relaxed
+
+static inline int64_t ld(_Atomic int64_t *p) { return atomic_load_explicit(p, RLX); }
+static inline void st(_Atomic int64_t *p, int64_t v) { atomic_store_explicit(p, v, RLX); }
+static inline void inc(_Atomic uint64_t *p)
+{
+    atomic_store_explicit(p, atomic_load_explicit(p, RLX) + 1, RLX);
+}
+
+/* Sum over b's tags of live - folded (<= 0 between operations). */
+static void pending_tags(as__tblock *b, int64_t *pr, int64_t *pu)
+{
+    int64_t r = 0, u = 0;
+    for (uint32_t m = b->used; m; m &= m - 1) {
+        unsigned i = (unsigned)__builtin_ctz(m);
+        r += ld(&b->c[i].live_req) - ld(&b->c[i].fold_req);
+        u += ld(&b->c[i].live_use) - ld(&b->c[i].fold_use);
+    }
+    *pr = r;
+    *pu = u;
+}
+
+/* The G side of a fold: add (pr, pu), raising the peak when G grew. A
+ * locked add first waits for every store in flight, so the folds below
+ * issue all their atomics back to back and store afterwards. */
+static inline void g_add(as__gcounter *g, int64_t pr, int64_t pu)
+{
+    int64_t nr = atomic_fetch_add_explicit(&g->g_req, pr, RLX) + pr;
+    int64_t nu = atomic_fetch_add_explicit(&g->g_use, pu, RLX) + pu;
+    if (pr > 0 && nr > 0)
+        as__atomic_max(&g->peak_req, (uint64_t)nr);
+    if (pu > 0 && nu > 0)
+        as__atomic_max(&g->peak_use, (uint64_t)nu);
+}
+
+/* Live values of tag i, with tag `tag` taken as (lr, lu) (not stored yet). */
+static inline void tag_live(as__tblock *b, unsigned i, unsigned tag, int64_t lr, int64_t lu,
+                            int64_t *vr, int64_t *vu)
+{
+    *vr = i == tag ? lr : ld(&b->c[i].live_req);
+    *vu = i == tag ? lu : ld(&b->c[i].live_use);
+}
+
+/* Fold b's tags into G: those the thread has charged (b->used; tag `tag`,
+ * UINT_MAX: none, joins them) with tag `tag` taken at live values (lr, lu)
+ * not stored yet; and their deltas' sum into the total when charge_total.
+ * Returns that sum in *sr, *su. */
+static void fold_tags(as_arena *a, as__tblock *b, unsigned tag, int64_t lr, int64_t lu,
+                      bool charge_total, int64_t *sr, int64_t *su)
+{
+    uint32_t folded = 0;                   /* tags whose G moved */
+    int64_t vr, vu;
+    if (tag < AS_TAG_MAX)
+        b->used |= 1u << tag;
+    *sr = *su = 0;
+    for (uint32_t m = b->used; m; m &= m - 1) {
+        unsigned i = (unsigned)__builtin_ctz(m);
+        tag_live(b, i, tag, lr, lu, &vr, &vu);
+        int64_t pr = vr - ld(&b->c[i].fold_req), pu = vu - ld(&b->c[i].fold_use);
+        if (pr | pu) {
+            g_add(&a->g[i], pr, pu);
+            *sr += pr;
+            *su += pu;
+            folded |= 1u << i;
+        }
+    }
+    if (charge_total)
+        g_add(&a->gtotal, *sr, *su);
+    for (; folded; folded &= folded - 1) {
+        unsigned i = (unsigned)__builtin_ctz(folded);
+        tag_live(b, i, tag, lr, lu, &vr, &vu);
+        st(&b->c[i].fold_req, vr);
+        st(&b->c[i].fold_use, vu);
+    }
+}
+
+/* The G side of a fold that only shrinks G (no peak to raise, no result
+ * needed: a plain locked add). */
+static inline void g_drop(as__gcounter *g, int64_t pr, int64_t pu)
+{
+    atomic_fetch_add_explicit(&g->g_req, pr, RLX);
+    atomic_fetch_add_explicit(&g->g_use, pu, RLX);
+}
+
+/* Fold one counter (live values (lr, lu), not stored yet): G only; the
+ * caller stores the folded values. */
+static inline void fold_g(as__tcounter *t, as__gcounter *g, int64_t lr, int64_t lu)
+{
+    g_add(g, lr - ld(&t->fold_req), lu - ld(&t->fold_use));
+}
+
+static inline void set_counter(as__tcounter *t, int64_t lr, int64_t lu, bool folded,
+                               _Atomic uint64_t *count)
+{
+    st(&t->live_req, lr);
+    st(&t->live_use, lu);
+    inc(count);
+    if (folded) {
+        st(&t->fold_req, lr);
+        st(&t->fold_use, lu);
+    }
+}
+
+void as__tblock_fold(as__tblock *b)
+{
+    as_arena *a = b->arena;
+    int64_t sr, su;
+    fold_tags(a, b, UINT_MAX, 0, 0, true, &sr, &su);
+    for (unsigned i = 0, n = atomic_load(&a->nlayers); i < n; i++) {
+        as__tcounter *t = &b->c[AS_TAG_MAX + i];
+        int64_t lr = ld(&t->live_req), lu = ld(&t->live_use);
+        if (lr != ld(&t->fold_req) || lu != ld(&t->fold_use)) {
+            fold_g(t, &a->g[AS_TAG_MAX + i], lr, lu);
+            st(&t->fold_req, lr);
+            st(&t->fold_use, lu);
+        }
+    }
+}
+
+/* A layer folds alone (no layer figure is derived from the others). */
+static inline void charge_layer(as_arena *a, as__tblock *b, unsigned layer, int64_t r,
+                                int64_t u)
+{
+    as__tcounter *t = &b->c[AS_TAG_MAX + layer];
+    int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
+    bool grows = lr > ld(&t->fold_req) || lu > ld(&t->fold_use);
+    if (grows)
+        fold_g(t, &a->g[AS_TAG_MAX + layer], lr, lu);
+    set_counter(t, lr, lu, grows, &t->allocs);
+}
+
+/* A tag that grows past its folded value folds all the thread's tags and
+ * the total. */
+void as__charge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                int64_t r, int64_t u)
+{
+    as__tcounter *t = &b->c[tag];
+    int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u, sr, su;
+    if (lr > ld(&t->fold_req) || lu > ld(&t->fold_use))
+        fold_tags(a, b, tag, lr, lu, true, &sr, &su);
+    charge_layer(a, b, layer, r, u);
+    set_counter(t, lr, lu, false, &t->allocs);
+}
+
+/* A counter whose pending frees pass AS__FOLD_BYTES folds; the total
+ * follows the tag's fold. */
+void as__discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                   int64_t r, int64_t u)
+{
+    as__tcounter *tt = &b->c[tag], *tl = &b->c[AS_TAG_MAX + layer];
+    int64_t lr = ld(&tt->live_req) - r, lu = ld(&tt->live_use) - u;
+    int64_t mr = ld(&tl->live_req) - r, mu = ld(&tl->live_use) - u;
+    int64_t dr = lr - ld(&tt->fold_req), du = lu - ld(&tt->fold_use);
+    bool tag_folds = dr < -AS__FOLD_BYTES || du < -AS__FOLD_BYTES;
+    bool layer_folds = mr < ld(&tl->fold_req) - AS__FOLD_BYTES ||
+                       mu < ld(&tl->fold_use) - AS__FOLD_BYTES;
+    if (tag_folds) {
+        g_drop(&a->g[tag], dr, du);
+        g_drop(&a->gtotal, dr, du);
+    }
+    if (layer_folds)
+        g_drop(&a->g[AS_TAG_MAX + layer], mr - ld(&tl->fold_req), mu - ld(&tl->fold_use));
+    set_counter(tt, lr, lu, tag_folds, &tt->frees);
+    set_counter(tl, mr, mu, layer_folds, &tl->frees);
+}
+
+/* live and folded move together: the thread's pending delta is unchanged,
+ * and G (the tag's, the layer's, the total) drops at once. */
+static void remote_one(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u)
+{
+    st(&t->live_req, ld(&t->live_req) - r);
+    st(&t->live_use, ld(&t->live_use) - u);
+    st(&t->fold_req, ld(&t->fold_req) - r);
+    st(&t->fold_use, ld(&t->fold_use) - u);
+    inc(&t->frees);
+    atomic_fetch_sub_explicit(&g->g_req, r, RLX);
+    atomic_fetch_sub_explicit(&g->g_use, u, RLX);
+}
+
+void as__discharge_remote(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                          int64_t r, int64_t u)
+{
+    remote_one(&b->c[tag], &a->g[tag], r, u);
+    remote_one(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);
+    atomic_fetch_sub_explicit(&a->gtotal.g_req, r, RLX);
+    atomic_fetch_sub_explicit(&a->gtotal.g_use, u, RLX);
+}
+
+/* ---- budget --------------------------------------------------------------- */
+
+uint64_t as__true_live_locked(as_arena *a, uint64_t *requested)
+{
+    int64_t v = 0, q = 0;
+    for (unsigned i = 0; i < AS_TAG_MAX; i++) {
+        v += a->retired[i].live_use;
+        q += a->retired[i].live_req;
+    }
+    for (as__tblock *b = a->blocks; b; b = b->next)
+        for (unsigned i = 0; i < AS_TAG_MAX; i++) {
+            v += ld(&b->c[i].live_use);
+            q += ld(&b->c[i].live_req);
+        }
+    if (requested)
+        *requested = q > 0 ? (uint64_t)q : 0;
+    return v > 0 ? (uint64_t)v : 0;
+}
+
+bool as__budget_room(as_arena *a, as__tblock *b, uint64_t usable, uint64_t budget,
+                     uint64_t *live)
+{
+    int64_t pr, pu;
+    pending_tags(b, &pr, &pu);
+    if (atomic_load_explicit(&a->gtotal.g_use, RLX) + pu + (int64_t)usable <= (int64_t)budget)
+        return true;
+    as__reg_lock();
+    *live = as__true_live_locked(a, NULL);
+    as__reg_unlock();
+    return *live + usable <= budget;
+}
+
+/* Charge tag and total under the budget, against the charged total. */
+static bool charge_tag_budget(as_arena *a, as__tblock *b, unsigned tag, int64_t r,
+                              int64_t u, uint64_t budget)
+{
+    as__tcounter *t = &b->c[tag];
+    as__gcounter *g = &a->gtotal;
+    int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
+    int64_t pr, pu;
+    pending_tags(b, &pr, &pu);
+    pr += r;
+    pu += u;
+    int64_t cur = atomic_load_explicit(&g->g_use, RLX);
+    bool grows = lr > ld(&t->fold_req) || lu > ld(&t->fold_use);
+    if (!grows) {                          /* covered by the tag's own frees */
+        if (cur + pu > (int64_t)budget)
+            return false;
+    } else {
+        do {
+            if (cur + pu > (int64_t)budget)
+                return false;
+        } while (!atomic_compare_exchange_weak_explicit(&g->g_use, &cur, cur + pu,
+                                                        RLX, RLX));
+        int64_t nr = atomic_fetch_add_explicit(&g->g_req, pr, RLX) + pr;
+        if (nr > 0)
+            as__atomic_max(&g->peak_req, (uint64_t)nr);
+        if (cur + pu > 0)
+            as__atomic_max(&g->peak_use, (uint64_t)(cur + pu));
+    }
+    if (grows)                             /* the total was charged above */
+        fold_tags(a, b, tag, lr, lu, false, &pr, &pu);
+    set_counter(t, lr, lu, false, &t->allocs);
+    return true;
+}
+
+/* The charged total says no. It may stand above the true live value by
+ * frees other threads have not folded yet, so recount: charged (under the
+ * registry lock, so that two recounts do not both spend the same room)
+ * when the allocation fits the true value; else *live gets that value. */
+__attribute__((noinline, cold))
+static bool budget_recount(as_arena *a, as__tblock *b, unsigned tag, int64_t r,
+                           int64_t u, uint64_t budget, uint64_t *live)
+{
+    as__reg_lock();
+    uint64_t live_req;
+    *live = as__true_live_locked(a, &live_req);
+    bool fits = *live + (uint64_t)u <= budget;
+    if (fits) {
+        /* the peak gets the true value: G stands above it by exactly the
+         * frees we just stepped around */
+        as__tcounter *t = &b->c[tag];
+        int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u, sr, su;
+        fold_tags(a, b, tag, lr, lu, false, &sr, &su);
+        set_counter(t, lr, lu, false, &t->allocs);
+        atomic_fetch_add_explicit(&a->gtotal.g_req, sr, RLX);
+        atomic_fetch_add_explicit(&a->gtotal.g_use, su, RLX);
+        as__atomic_max(&a->gtotal.peak_use, *live + (uint64_t)u);
+        as__atomic_max(&a->gtotal.peak_req, live_req + (uint64_t)r);
+    }
+    as__reg_unlock();
+    return fits;
+}
+
+bool as__charge_budget(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                       int64_t r, int64_t u, uint64_t budget, uint64_t *live)
+{
+    if (!charge_tag_budget(a, b, tag, r, u, budget) &&
+        !budget_recount(a, b, tag, r, u, budget, live))
+        return false;
+    charge_layer(a, b, layer, r, u);
+    return true;
+}
