@@ -23,7 +23,10 @@
  *                      activation_input=inverse: otherwise it would be a
  *                      transient copy for nothing).
  * The first conv's input is the batch itself, which the caller holds
- * through the step: it is saved borrowed (0 bytes).
+ * through the step: it is saved borrowed (0 bytes). A stage's first conv
+ * reads the pooled map, saved declared derived from the pool (its input,
+ * the activation's saved output, at the saved argmax): "invert" then
+ * stores nothing for it and gathers it back at restore.
  * With convs in a row, conv input l+1 is z_l (rebuilt by inversion from
  * y_{l+1}), so a stack keeps only its top activation and the frames.
  */
@@ -172,7 +175,7 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
         }
         const int Ho = H / 2;
         AS_TRY(act_alloc(c, (size_t)N * Cc * Ho * Ho, m->pool[s].id, &y));
-        AS_TRY(as_nn_pool_fwd(c, &m->pool[s], N, Cc, H, H, in, AS_NN_F(y)));
+        AS_TRY(as_nn_pool_fwd(c, &m->pool[s], N, Cc, H, H, in, in_h, AS_NN_F(y)));
         as_nn_free(c, &cur);
         cur = y;
         y = (as_block){0};
@@ -281,6 +284,8 @@ int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
             AS_TRY(as_nn_conv_init(c, &m->base.params, &m->conv[li], name, cin, w,
                                 3, 1, 1, !cfg->batchnorm, &rng));
             m->conv[li].input_held = li == 0;   /* the batch, held by the caller */
+            if (s > 0 && k == 0)   /* a pooled map, derivable from the pool */
+                m->conv[li].in_pool = &m->pool[s - 1];
             if (cfg->batchnorm) {
                 snprintf(name, sizeof name, "stages.%d.bn%d", s, k);
                 AS_TRY(as_nn_bnorm_init(c, &m->base.params, &m->bn[li], name, w));

@@ -182,6 +182,8 @@ typedef struct as_nn_conv {
                               borrowed (as_save_info.borrow, 0 bytes) */
     as_handle hx, hy;      /* conv_input (meta: geometry, W, version, hy);
                               conv_output */
+    struct as_nn_pool *in_pool;   /* x is this max pool's output (or NULL): x is
+                              saved declared derived from the pool's input */
 } as_nn_conv;
 int as_nn_conv_init(as_nn_ctx *c, as_nn_params *ps, as_nn_conv *l,
                     const char *name, int Cin, int Cout, int k, int stride,
@@ -261,11 +263,21 @@ typedef struct as_nn_pool {
     bool max; int k;
     int N, C, H, W;
     as_handle hidx;
+    as_handle src[2];     /* the last forward's (x as saved, argmax) */
 } as_nn_pool;
 void as_nn_pool_init(as_nn_ctx *c, as_nn_pool *l, const char *name, bool max,
                      int k);
+/* x_saved: handle under which x is already saved (e.g. an activation's
+ * output), or null; with it, a max pool's output can be declared derived
+ * (as_nn_pool_derivation). */
 int as_nn_pool_fwd(as_nn_ctx *c, as_nn_pool *l, int N, int C, int H, int W,
-                   const float *x, float *y);
+                   const float *x, as_handle x_saved, float *y);
+/* Declare in *info that the tensor being saved is the last forward's
+ * output of max pool l: gathered from its input at the saved argmax
+ * (as_save_info.recompute, inputs (x, argmax)). Leaves info unchanged and
+ * returns false when that forward saved no input handle or argmax. The
+ * pool must outlive every handle saved with the declaration. */
+bool as_nn_pool_derivation(as_nn_pool *l, as_save_info *info);
 int as_nn_pool_bwd(as_nn_ctx *c, as_nn_pool *l, const float *dy, float *dx);
 
 /* Dropout: saves nothing; the mask is regenerated from (seed, step, layer). */

@@ -157,6 +157,8 @@ int as_nn_conv_fwd(as_nn_ctx *c, as_nn_conv *l, int N, int H, int W,
     as_save_info info = {.kind = AS_KIND_CONV_INPUT, .layer = l->name,
                          .alias_of = x_saved,
                          .borrow = l->input_held && as_handle_is_null(x_saved)};
+    if (l->in_pool && as_handle_is_null(x_saved) && !info.borrow)
+        as_nn_pool_derivation(l->in_pool, &info);
     info.meta.conv = (as_conv_meta){
         .n = N, .cin = g->Cin, .h = H, .w = W, .cout = g->Cout, .kh = g->kh,
         .kw = g->kw, .stride_h = g->stride, .stride_w = g->stride,
@@ -406,9 +408,11 @@ void as_nn_pool_init(as_nn_ctx *c, as_nn_pool *l, const char *name, bool max,
 }
 
 int as_nn_pool_fwd(as_nn_ctx *c, as_nn_pool *l, int N, int C, int H, int W,
-                   const float *x, float *y)
+                   const float *x, as_handle x_saved, float *y)
 {
     l->N = N; l->C = C; l->H = H; l->W = W;
+    l->src[0] = x_saved;
+    l->src[1] = AS_HANDLE_NULL;
     if (!l->max) {
         as_op_avgpool_fwd(N, C, H, W, l->k, x, y);
         return 0;   /* backward needs only the shape */
@@ -422,7 +426,37 @@ int as_nn_pool_fwd(as_nn_ctx *c, as_nn_pool *l, int N, int C, int H, int W,
     as_tensor t = AS_NN_T(ib.ptr, AS_U8, N, C, Ho, Wo);
     int rc = as_nn_save(c, &info, &t, &l->hidx);
     as_nn_free(c, &ib);
+    l->src[1] = l->hidx;
     return rc;
+}
+
+/* Recompute callback of a pooled map: inputs (x f32 (N, C, H, W), argmax
+ * u8 (N, C, H/k, W/k)), out f32 (N, C, H/k, W/k). */
+static int pool_regen(void *ud, const as_tensor *const *in, size_t n, as_tensor *out)
+{
+    const as_nn_pool *l = ud;
+    if (n != 2 || in[0]->ndim != 4 || in[0]->dtype != AS_F32 ||
+        in[1]->dtype != AS_U8 || out->dtype != AS_F32 || out->ndim != 4 ||
+        as_tensor_numel(in[1]) != as_tensor_numel(out))
+        return AS_ESHAPE;
+    const int64_t *xs = in[0]->shape, *ys = out->shape;
+    if (ys[0] != xs[0] || ys[1] != xs[1] || ys[2] != xs[2] / l->k ||
+        ys[3] != xs[3] / l->k)
+        return AS_ESHAPE;
+    as_op_maxpool_gather((int)xs[0], (int)xs[1], (int)xs[2], (int)xs[3], l->k,
+                         in[0]->data, in[1]->data, out->data);
+    return 0;
+}
+
+bool as_nn_pool_derivation(as_nn_pool *l, as_save_info *info)
+{
+    if (!l->max || as_handle_is_null(l->src[0]) || as_handle_is_null(l->src[1]))
+        return false;
+    info->recompute = pool_regen;
+    info->recompute_ud = l;
+    info->recompute_inputs = l->src;
+    info->recompute_ninputs = 2;
+    return true;
 }
 
 int as_nn_pool_bwd(as_nn_ctx *c, as_nn_pool *l, const float *dy, float *dx)

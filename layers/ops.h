@@ -116,6 +116,11 @@ int as_op_conv_native(const as_op_conv_geom *g, int pass, float *ws);
  * position inside each window (0..k*k-1). */
 void as_op_maxpool_fwd(int N, int C, int H, int W, int k, const float *x,
                        float *y, uint8_t *idx);
+/* y (N, C, H/k, W/k) = x at the saved argmax: the forward's output again,
+ * bit for bit, when x is (windows of -inf or NaN only aside: the forward
+ * gives -FLT_MAX there, this the window's first value). */
+void as_op_maxpool_gather(int N, int C, int H, int W, int k, const float *x,
+                          const uint8_t *idx, float *y);
 /* dx (overwrite, N C H W) from dy and the saved argmax. */
 void as_op_maxpool_bwd(int N, int C, int H, int W, int k, const uint8_t *idx,
                        const float *dy, float *dx);

@@ -312,6 +312,22 @@ void as_op_maxpool_fwd(int N, int C, int H, int W, int k, const float *x,
     }
 }
 
+void as_op_maxpool_gather(int N, int C, int H, int W, int k, const float *x,
+                          const uint8_t *idx, float *y)
+{
+    const int Ho = H / k, Wo = W / k;
+    for (size_t nc = 0; nc < (size_t)N * C; nc++) {
+        const float *xc = x + nc * H * W;
+        float *yc = y + nc * Ho * Wo;
+        const uint8_t *ic = idx + nc * Ho * Wo;
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++) {
+                const int a = ic[oh * Wo + ow];
+                yc[oh * Wo + ow] = xc[(oh * k + a / k) * W + ow * k + a % k];
+            }
+    }
+}
+
 void as_op_maxpool_bwd(int N, int C, int H, int W, int k, const uint8_t *idx,
                        const float *dy, float *dx)
 {

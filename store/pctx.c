@@ -123,6 +123,11 @@ int as_pctx_depend(as_pctx *c, as_handle dep)
     return as__rep_add_dep(c->s, c->it, c->rep, dep);
 }
 
+bool as_pctx_can_depend(as_pctx *c, as_handle dep)
+{
+    return as__handle_holds_values(c->s, dep);
+}
+
 int as_pctx_restore_dep(as_pctx *c, as_handle dep, const as_tensor **view)
 {
     *view = NULL;

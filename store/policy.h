@@ -127,6 +127,10 @@ as_block *as_pctx_take_adopted(as_pctx *ctx);
  * valid until the decode returns (restored through its own policy, in
  * place for keep, cached within the backward phase otherwise). */
 int as_pctx_depend(as_pctx *ctx, as_handle dep);
+/* Could dep be a dependency (a live handle whose item holds values, not a
+ * derivative-only form)? Changes no item; the answer may change if dep is
+ * released or re-planned before as_pctx_depend. */
+bool as_pctx_can_depend(as_pctx *ctx, as_handle dep);
 int as_pctx_restore_dep(as_pctx *ctx, as_handle dep, const as_tensor **view);
 
 /* Scratch memory for decode (workspace tag), freed at the end of the call

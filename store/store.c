@@ -675,6 +675,16 @@ static bool reaches_locked(as_item *from, as_item *target)
     return false;
 }
 
+bool as__handle_holds_values(as_store *s, as_handle h)
+{
+    as_slot *sl;
+    pthread_mutex_lock(&s->mu);
+    bool ok = check_locked(s, h, &sl, "dependency") == 0 &&
+              !(sl->item->rep && sl->item->rep->ops->grad_only);
+    pthread_mutex_unlock(&s->mu);
+    return ok;
+}
+
 int as__rep_add_dep(as_store *s, as_item *owner, as_rep *r, as_handle h)
 {
     as_slot *sl;

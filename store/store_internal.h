@@ -292,6 +292,7 @@ void as__item_unref(as_store *s, as_item *it);
 as_rep *as__item_rep(as_store *s, as_item *it);   /* referenced */
 void as__rep_unref(as_store *s, as_rep *r);
 int as__rep_add_dep(as_store *s, as_item *owner, as_rep *r, as_handle h);
+bool as__handle_holds_values(as_store *s, as_handle h);
 
 /* Row saves (save_rows.c; store.c keeps the open ones in their slots).
  * open: a reserved slot holds w until end publishes the item; rows: the
@@ -361,7 +362,7 @@ int as__policy_index(const as_policy_ops *ops);
 const as_policy_ops *as__policy_at(size_t i);
 size_t as__policy_count(void);
 extern const as_policy_ops as_policy_keep, as_policy_inverse,
-    as_policy_offload, as_policy_borrow;
+    as_policy_offload, as_policy_borrow, as_policy_recompute;
 
 /* Elementwise helpers (policies/elementwise.c). */
 bool as__fn_invertible(const as_elementwise *fn, int64_t numel, char *why,

@@ -118,9 +118,11 @@ static void check_variant(bool batchnorm, const char *policy, bool chain)
         assert_true(mi.saved_stored_peak * 2 < mk.saved_stored_peak);
     as__civ_lstats ls;
     assert_int_equal(as__civ_layer_stats(as_nn_run_store(inv), NULL, &ls), 0);
-    /* 4 convs, 2 batches; the first conv's input is the batch, borrowed */
-    assert_true(ls.restores >= 2 * 3);
-    assert_int_equal(ls.cond_checks, 3);  /* weights unchanged: one per layer */
+    /* 4 convs, 2 batches; the first conv's input is the batch, borrowed;
+     * the second stage's first reads the pooled map: derived, not solved */
+    assert_true(ls.restores >= 2 * 2);
+    assert_int_equal(ls.derived, 2);
+    assert_int_equal(ls.cond_checks, 2);  /* weights unchanged: one per layer */
     as_nn_run_destroy(keep);
     as_nn_run_destroy(inv);
 }
@@ -144,12 +146,57 @@ static void test_cnn_leaky_bn_inputs_only(void **state)
     check_variant(true, "conv_input=invert; default=keep", false);
 }
 
+/* One conv per stage (the bench preset's shape): every conv input is the
+ * batch (borrowed) or a pooled map (derived from the pool's input at the
+ * saved argmax), so invert stores no conv-input byte and the gradients
+ * are keep's bit for bit. */
+static void test_cnn_pooled_inputs_derived(void **state)
+{
+    (void)state;
+    as_nn_preset p;
+    assert_int_equal(as_nn_preset_get("cnn", "small", &p), 0);
+    p.cnn.act_fn = AS_FN_LEAKY_RELU;
+    p.cnn.alpha = 0.1f;
+    p.cnn.nstages = 3;
+    p.cnn.convs = 1;
+    p.cnn.widths[0] = 4;
+    p.cnn.widths[1] = 8;
+    p.cnn.widths[2] = 8;
+    p.cnn.batchnorm = true;
+    p.batch = 8;
+    as_nn_run *keep = run_new(&p, "default=keep");
+    as_nn_run *inv = run_new(&p, "conv_input=invert; default=keep");
+    for (long b = 0; b < 2; b++) {
+        double la, lb;
+        assert_int_equal(as_nn_run_grads(keep, b, &la), 0);
+        assert_int_equal(as_nn_run_grads(inv, b, &lb), 0);
+        assert_true(la == lb);
+        const as_nn_params *pa = as_nn_run_params(keep), *pb = as_nn_run_params(inv);
+        for (size_t i = 0; i < pa->n; i++)
+            assert_memory_equal(AS_NN_F(pa->p[i]->g), AS_NN_F(pb->p[i]->g),
+                                sizeof(float) * pa->p[i]->n);
+    }
+    as_nn_mem mk, mi;
+    as_nn_run_memory(keep, &mk);
+    as_nn_run_memory(inv, &mi);
+    assert_true(mk.by_kind[AS_KIND_CONV_INPUT].stored_peak > 0);
+    assert_int_equal(mi.by_kind[AS_KIND_CONV_INPUT].stored_peak, 0);
+    assert_int_equal(mi.fallbacks, 0);
+    as__civ_lstats ls;
+    assert_int_equal(as__civ_layer_stats(as_nn_run_store(inv), NULL, &ls), 0);
+    assert_int_equal(ls.derived, 2 * 2);   /* 2 pooled inputs, 2 batches */
+    assert_int_equal(ls.restores, 0);
+    as_nn_run_destroy(keep);
+    as_nn_run_destroy(inv);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cnn_leaky_no_bn),
         cmocka_unit_test(test_cnn_leaky_bn),
         cmocka_unit_test(test_cnn_leaky_bn_inputs_only),
+        cmocka_unit_test(test_cnn_pooled_inputs_derived),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

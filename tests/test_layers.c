@@ -429,7 +429,7 @@ static void test_pool(void **state)
         fill(x, NX, 1.0);
         fill(r, NY, 1.0);
         float *xf = to_f(x, NX), *rf = to_f(r, NY), y[NY], dx[NX];
-        assert_int_equal(as_nn_pool_fwd(&b.c, &l, 2, 2, 5, 6, xf, y), 0);
+        assert_int_equal(as_nn_pool_fwd(&b.c, &l, 2, 2, 5, 6, xf, AS_HANDLE_NULL, y), 0);
         if (m)
             expect_kind(&b, l.hidx, AS_KIND_INDEX, what);
         else

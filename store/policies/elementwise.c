@@ -22,15 +22,44 @@
 #include <string.h>
 
 #include "store/store_internal.h"
+#include "util/simd.h"
 
 typedef struct estate {
     as_elementwise fn;
     as_handle      dep;
 } estate;
 
-static float channel_of(const as_elementwise *f, const float *v, int64_t i)
+/* Affine over NCHW-style layout: blocks of `inner` values share a channel
+ * (one scale and shift per block, no per-value index arithmetic); forward
+ * y = a x + c, or its inverse x = (y - c) / a. */
+AS_CLONES_V4_V3
+static void affine(const as_elementwise *f, const float *in, float *out, int64_t n,
+                   bool inverse)
 {
-    return v[(i / f->inner) % f->channels];
+    for (int64_t b = 0, i0 = 0; i0 < n; b++, i0 += f->inner) {
+        const float a = f->scale[b % f->channels], c = f->shift[b % f->channels];
+        const int64_t i1 = n - i0 < f->inner ? n : i0 + f->inner;
+        if (inverse)
+            for (int64_t i = i0; i < i1; i++)
+                out[i] = (in[i] - c) / a;
+        else
+            for (int64_t i = i0; i < i1; i++)
+                out[i] = a * in[i] + c;
+    }
+}
+
+AS_CLONES_V4_V3
+static void leaky_fwd(float alpha, const float *x, float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] = x[i] >= 0 ? x[i] : alpha * x[i];
+}
+
+AS_CLONES_V4_V3
+static void leaky_inv(float alpha, const float *y, float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = y[i] >= 0 ? y[i] : y[i] / alpha;
 }
 
 static void apply_fn(const as_elementwise *f, const float *x, float *y,
@@ -42,12 +71,10 @@ static void apply_fn(const as_elementwise *f, const float *x, float *y,
             y[i] = x[i] > 0 ? x[i] : 0.0f;
         break;
     case AS_FN_LEAKY_RELU:
-        for (int64_t i = 0; i < n; i++)
-            y[i] = x[i] >= 0 ? x[i] : f->alpha * x[i];
+        leaky_fwd(f->alpha, x, y, n);
         break;
     case AS_FN_AFFINE:
-        for (int64_t i = 0; i < n; i++)
-            y[i] = channel_of(f, f->scale, i) * x[i] + channel_of(f, f->shift, i);
+        affine(f, x, y, n, false);
         break;
     case AS_FN_GELU:
         for (int64_t i = 0; i < n; i++)
@@ -63,12 +90,10 @@ static void apply_inverse(const as_elementwise *f, const float *y, float *x,
 {
     switch (f->fn) {
     case AS_FN_LEAKY_RELU:
-        for (int64_t i = 0; i < n; i++)
-            x[i] = y[i] >= 0 ? y[i] : y[i] / f->alpha;
+        leaky_inv(f->alpha, y, x, n);
         break;
     case AS_FN_AFFINE:
-        for (int64_t i = 0; i < n; i++)
-            x[i] = (y[i] - channel_of(f, f->shift, i)) / channel_of(f, f->scale, i);
+        affine(f, y, x, n, true);
         break;
     default:
         memmove(x, y, (size_t)n * sizeof *x);

@@ -130,6 +130,10 @@ void as__civ_destroy(as__civ *ci);
 int as__civ_condition(as__civ *ci, const float *w, uint64_t version,
                       double *cond_out, char *why, size_t whylen);
 
+/* While on, restores of a version rejected by the check proceed (the
+ * caller verified that input's rebuild at save; policy.c). */
+void as__civ_admit(as__civ *ci, int on);
+
 /* Make the factor for weights w of version `version` current: reuses the
  * cached one when the version matches (counted as a hit), otherwise
  * rebuilds it (counted), computing the condition number in the same pass
@@ -193,6 +197,11 @@ extern const struct as_policy_ops as_policy_invert;
 typedef struct as__civ_lstats {
     uint64_t entries;         /* (layer, geometry) solvers */
     uint64_t saves;           /* inputs saved by inversion */
+    uint64_t verified;        /* of them above the threshold, admitted by a
+                                 rebuild at save within the error bound */
+    uint64_t residuals;       /* of them, with an 8-bit residual code */
+    uint64_t derived;         /* inputs saved as derivations (all layers:
+                                 not per layer) */
     uint64_t restores;        /* inputs rebuilt */
     uint64_t factor_builds;   /* factorizations (once per weight version) */
     uint64_t factor_hits;     /* restores that reused a cached factor */
@@ -208,6 +217,20 @@ typedef struct as__civ_lstats {
  * no invert solver exists for it under the current rules. Thread-safe. */
 int as__civ_layer_stats(as_store *s, const char *layer,
                         as__civ_lstats *out);
+
+/* ---- the stored frame's packing (invert/fpack.c) ------------------------ */
+
+/* Bytes of a bitmap of nfl values (whole 64-bit words). */
+static inline size_t as__civ_bitmap_bytes(size_t nfl) { return (nfl + 63) / 64 * 8; }
+/* Packed bytes of nfl frame values (nnz nonzero) in nblk blocks: sparse
+ * (bitmap + nonzeros) or dense, q16 codes or floats. */
+size_t as__civ_fpack_bytes(size_t nfl, size_t nnz, size_t nblk, int sparse, int q16);
+/* Pack raw (nblk blocks of flen floats) into dst; unpack the inverse (q16:
+ * each value within max|block| / 65534). */
+void as__civ_fpack(const float *raw, size_t nblk, size_t flen, int sparse, int q16,
+                   void *dst);
+void as__civ_funpack(const void *src, size_t nblk, size_t flen, int sparse, int q16,
+                     float *raw);
 
 /* ---- internals shared by the conv_invert*.c files ----------------------- */
 

@@ -28,6 +28,8 @@ struct as__civ {
     as__civ_fft fp, fq, ip, iq;  /* forward / inverse along P and Q */
     /* cache: the condition verdict and the factor, each for one version */
     int cond_state;        /* 0 unknown, 1 accepted, 2 rejected */
+    int admit;             /* restore a rejected version anyway: its input
+                              was verified at save (as__civ_admit) */
     uint64_t cond_version;
     double cond;
     int state;             /* 0 no factor, 1 factor valid for `version` */

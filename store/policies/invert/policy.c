@@ -46,6 +46,12 @@
  * every pass of images) and keeps nothing (the factor would cost more memory than the inversion saves:
  * it grows as Cin * Cout * spectrum, the input as N * Cin * H * W).
  *
+ * Derived inputs: when the save carries a recompute relation
+ * (as_save_info.recompute: the framework declares the input a function of
+ * tensors it saved anyway, e.g. a pooled map = the pool's input at the
+ * saved argmax), the input is rebuilt through it (policy recompute's
+ * encode / decode): exact, no frame, no weights needed, any geometry.
+ *
  * Contract (as_conv_meta): weights and bias unchanged between the save
  * and the restore (true in training: the optimizer runs after backward),
  * and weight_version bumped whenever they change.
@@ -69,14 +75,17 @@ typedef struct inv_entry {
     as__civ     *ci;
     int               users;    /* live items that may restore through ci */
     uint64_t          saves, restores;
+    uint64_t          verified;  /* saves above the threshold verified */
+    uint64_t          residuals; /* of them, admitted with a residual code */
 } inv_entry;
 
 typedef struct inv_params {
     double          cond_max;
     int             mode;       /* MODE_*: when to cache the factor */
     int             frame;      /* FRAME_*: precision of the stored frame */
-    pthread_mutex_t mu;         /* the entry list */
+    pthread_mutex_t mu;         /* the entry list, derived */
     inv_entry      *entries;
+    uint64_t        derived;    /* inputs saved as derivations */
 } inv_params;
 
 typedef struct inv_state {
@@ -93,11 +102,25 @@ typedef struct inv_state {
     float       *bias;          /* copy (Cout) or NULL */
     int          nonneg;        /* no x < 0: clamp the rebuilt values at 0 */
     uint64_t    *pos;           /* bitmap of x > 0 (aliased inputs) or NULL */
+    void        *derived;       /* recompute state: the input is derived */
+    int          admitted;      /* version above the threshold, this input's
+                                   rebuild verified at save */
+    float       *rscale;        /* admitted with a residual code: one scale
+                                   per (image, channel) block, then */
+    int8_t      *resid;         /* X - X' per value, in units of the scale */
 } inv_state;
 
 /* ---- params --------------------------------------------------------------- */
 
 enum { MODE_AUTO, MODE_CACHE, MODE_STREAM };
+/* Versions with cond in (COND, VERIFY_SPAN * COND] are verified per save
+ * against the error bound VERIFY_TOL (docs/policies.md, "Verified above the
+ * threshold"). */
+#define VERIFY_SPAN 10.0
+#define VERIFY_TOL 1e-4
+/* A rebuild off by at most RESID_MAX max|X| keeps an 8-bit residual code
+ * (error <= RESID_MAX / 254 max|X| after it) instead of falling back. */
+#define RESID_MAX 1e-2
 enum { FRAME_AUTO, FRAME_F32, FRAME_Q16 };
 
 static int parse_err(char *err, size_t errlen, size_t *err_off, size_t off,
@@ -250,10 +273,9 @@ static void geom_of(const as_conv_meta *m, as__civ_geom *g)
                          .groups = one_if_zero(m->groups)};
 }
 
-static int inv_applies(const void *params, const as_save_info *info,
-                       const as_tensor *t, char *why, size_t whylen)
+static int solve_applies(const as_save_info *info, const as_tensor *t,
+                         char *why, size_t whylen)
 {
-    (void)params;
     const as_conv_meta *m = &info->meta.conv;
     if (t->dtype != AS_F32) {
         snprintf(why, whylen, "dtype %s (inversion needs f32)",
@@ -294,122 +316,19 @@ static int inv_applies(const void *params, const as_save_info *info,
     return rc ? AS_ENOTSUP : 0;
 }
 
-/* Frame packing: [bitmap of nonzeros, when that is smaller] [q16: one
- * float scale per (image, channel)] values (all, or the nonzeros in
- * order) as floats or int16 codes. */
-static size_t bitmap_bytes(size_t nfl) { return (nfl + 63) / 64 * 8; }
-
-static size_t frame_pack_bytes(size_t nfl, size_t nnz, size_t nblk, int sparse,
-                               int q16)
+/* A declared derivation (as_save_info.recompute) needs no solve. */
+static int has_derivation(const as_save_info *info, const as_tensor *t)
 {
-    const size_t nv = sparse ? nnz : nfl;
-    return (sparse ? bitmap_bytes(nfl) : 0) + (q16 ? nblk * sizeof(float) : 0) +
-           nv * (q16 ? sizeof(int16_t) : sizeof(float));
+    char why[80];
+    return info->recompute &&
+           as_policy_recompute.applies(NULL, info, t, why, sizeof why) == 0;
 }
 
-/* Pack raw (nblk blocks of flen values) into dst. q16: code = round(v /
- * scale), scale = max|block| / 32767, so |v - code * scale| <= scale / 2. */
-/* 16-bit codes round(v * inv) of one block, clamped to +-32767. The
- * rounding adds and subtracts 1.5 * 2^23: round half to even, as lrintf in
- * the default rounding mode, for |v * inv| < 2^22 (here <= 32767 and a
- * rounding step), without a libm call per value. */
-static void q16_codes(const float *v, size_t len, float inv, int16_t *out)
+static int inv_applies(const void *params, const as_save_info *info,
+                       const as_tensor *t, char *why, size_t whylen)
 {
-    const float magic = 12582912.0f;
-    for (size_t i = 0; i < len; i++) {
-        float t = (v[i] * inv + magic) - magic;
-        t = t > 32767.0f ? 32767.0f : t < -32767.0f ? -32767.0f : t;
-        out[i] = (int16_t)t;
-    }
-}
-
-static void frame_pack(const float *raw, size_t nblk, size_t flen, int sparse,
-                       int q16, void *dst)
-{
-    const size_t nfl = nblk * flen;
-    char *p = dst;
-    uint64_t *bm = NULL;
-    if (sparse) {
-        bm = (uint64_t *)p;
-        memset(bm, 0, bitmap_bytes(nfl));
-        p += bitmap_bytes(nfl);
-    }
-    float *scale = NULL;
-    if (q16) {
-        scale = (float *)p;
-        p += nblk * sizeof(float);
-    }
-    float *vf = (float *)p;
-    int16_t *vq = (int16_t *)p;
-    size_t k = 0;
-    for (size_t b = 0; b < nblk; b++) {
-        const float *v = raw + b * flen;
-        float inv = 0;
-        if (q16) {
-            float mx = 0;   /* q16 frames are finite: a plain max (no libm call) */
-            for (size_t i = 0; i < flen; i++) {
-                const float a = fabsf(v[i]);
-                mx = a > mx ? a : mx;
-            }
-            scale[b] = mx / 32767.0f;
-            inv = mx > 0 ? 32767.0f / mx : 0;
-        }
-        if (!sparse && q16) {   /* the common case, a loop that vectorizes */
-            q16_codes(v, flen, inv, vq + k);
-            k += flen;
-            continue;
-        }
-        for (size_t i = 0; i < flen; i++) {
-            const size_t j = b * flen + i;
-            if (sparse) {
-                if (!(v[i] != 0.0f || signbit(v[i])))
-                    continue;
-                bm[j / 64] |= 1ull << (j % 64);
-            }
-            if (q16) {
-                long c = lrintf(v[i] * inv);
-                vq[k++] = (int16_t)(c > 32767 ? 32767 : c < -32767 ? -32767 : c);
-            } else {
-                vf[k++] = v[i];
-            }
-        }
-    }
-}
-
-static void frame_unpack(const void *src, size_t nblk, size_t flen, int sparse,
-                         int q16, float *raw)
-{
-    const size_t nfl = nblk * flen;
-    const char *p = src;
-    const uint64_t *bm = NULL;
-    if (sparse) {
-        bm = (const uint64_t *)p;
-        p += bitmap_bytes(nfl);
-    }
-    const float *scale = NULL;
-    if (q16) {
-        scale = (const float *)p;
-        p += nblk * sizeof(float);
-    }
-    const float *vf = (const float *)p;
-    const int16_t *vq = (const int16_t *)p;
-    if (!sparse && q16) {   /* the common case, a loop per block that vectorizes */
-        for (size_t b = 0; b < nblk; b++) {
-            const float sc = scale[b];
-            for (size_t i = 0; i < flen; i++)
-                raw[b * flen + i] = (float)vq[b * flen + i] * sc;
-        }
-        return;
-    }
-    size_t k = 0;
-    for (size_t j = 0; j < nfl; j++) {
-        if (sparse && !((bm[j / 64] >> (j % 64)) & 1)) {
-            raw[j] = 0.0f;
-            continue;
-        }
-        raw[j] = q16 ? (float)vq[k] * scale[j / flen] : vf[k];
-        k++;
-    }
+    (void)params;
+    return has_derivation(info, t) ? 0 : solve_applies(info, t, why, whylen);
 }
 
 /* The conv output handle must describe the f32 (N, Cout, Ho, Wo) tensor
@@ -461,14 +380,14 @@ static int encode_frame(as_pctx *ctx, const inv_params *p, const as_save_info *i
                          (p->frame == FRAME_AUTO && cond <= AS__CIV_Q16_COND &&
                           as_handle_is_null(info->alias_of)));
     const size_t nblk = (size_t)st->n * g->cin, flen = nfl / nblk;
-    const size_t dense = frame_pack_bytes(nfl, nnz, nblk, 0, st->q16);
-    const size_t sp = frame_pack_bytes(nfl, nnz, nblk, 1, st->q16);
+    const size_t dense = as__civ_fpack_bytes(nfl, nnz, nblk, 0, st->q16);
+    const size_t sp = as__civ_fpack_bytes(nfl, nnz, nblk, 1, st->q16);
     st->sparse = sp < dense;
     st->nnz = nnz;
     rc = as_pctx_alloc(ctx, st->sparse ? sp : dense, &st->frame);
     if (rc < 0)
         return rc;
-    frame_pack(raw, nblk, flen, st->sparse, st->q16, st->frame);
+    as__civ_fpack(raw, nblk, flen, st->sparse, st->q16, st->frame);
     return 0;
 }
 
@@ -496,10 +415,10 @@ static int encode_signs(as_pctx *ctx, const as_save_info *info, const as_tensor 
     }
     if (as_handle_is_null(info->alias_of) || !nx)
         return 0;
-    int rc = as_pctx_alloc(ctx, bitmap_bytes(nx), (void **)&st->pos);
+    int rc = as_pctx_alloc(ctx, as__civ_bitmap_bytes(nx), (void **)&st->pos);
     if (rc < 0)
         return rc;
-    memset(st->pos, 0, bitmap_bytes(nx));
+    memset(st->pos, 0, as__civ_bitmap_bytes(nx));
     for (size_t i0 = 0; i0 < nx; i0 += 64) {
         const size_t nb = nx - i0 < 64 ? nx - i0 : 64;
         uint64_t wbits = 0;
@@ -510,6 +429,131 @@ static int encode_signs(as_pctx *ctx, const as_save_info *info, const as_tensor 
     return 0;
 }
 
+/* An input the framework declares derived from tensors saved anyway (a
+ * pooled map: the pool's input at its saved argmax) is rebuilt from them:
+ * exact, no frame, no solve. */
+static int derivable(as_pctx *ctx, const as_save_info *info, const as_tensor *t)
+{
+    if (!has_derivation(info, t))
+        return 0;
+    for (size_t i = 0; i < info->recompute_ninputs; i++)
+        if (!as_pctx_can_depend(ctx, info->recompute_inputs[i]))
+            return 0;   /* e.g. a source kept as signs only: solve */
+    return 1;
+}
+
+static int encode_derived(as_pctx *ctx, inv_params *p, const as_save_info *info,
+                          const as_tensor *t, void **state)
+{
+    inv_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return AS_ENOMEM;
+    int rc = as_policy_recompute.encode(ctx, NULL, info, t, &st->derived);
+    if (rc < 0) {
+        free(st);
+        return rc;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->derived++;
+    pthread_mutex_unlock(&p->mu);
+    *state = st;
+    return 0;
+}
+
+static int restore_into(as_pctx *ctx, const inv_params *p, inv_state *st,
+                        const float *y, float *out, size_t out_bytes);
+static void fix_signs(const inv_state *st, float *x, size_t n);
+
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double e = 0;
+    for (size_t i = 0; i < n; i++)
+        e = fmax(e, fabs((double)a[i] - b[i]));
+    return e;
+}
+
+static size_t resid_blocks(const inv_state *st) { return (size_t)st->n * st->e->g.cin; }
+
+/* x += the residual code, then the signs fixed again (a restore does the
+ * same after its own fix). */
+static void resid_apply(const inv_state *st, float *x, size_t n)
+{
+    const size_t nblk = resid_blocks(st), blk = n / nblk;
+    for (size_t b = 0; b < nblk; b++) {
+        const float sc = st->rscale[b];
+        const int8_t *c = st->resid + b * blk;
+        float *xb = x + b * blk;
+        for (size_t i = 0; i < blk; i++)
+            xb[i] += sc * (float)c[i];
+    }
+    fix_signs(st, x, n);
+}
+
+/* The residual X - X' as int8 codes, one scale per (image, channel), kept
+ * with the item; xr (the rebuild) gets it applied. */
+static int encode_resid(as_pctx *ctx, inv_state *st, const float *x, float *xr,
+                        size_t n)
+{
+    const size_t nblk = resid_blocks(st), blk = n / nblk;
+    void *buf;
+    int rc = as_pctx_alloc(ctx, nblk * sizeof(float) + n, &buf);
+    if (rc < 0)
+        return rc;
+    st->rscale = buf;
+    st->resid = (int8_t *)(st->rscale + nblk);
+    for (size_t b = 0; b < nblk; b++) {
+        const float *xb = x + b * blk, *rb = xr + b * blk;
+        float m = 0;
+        for (size_t i = 0; i < blk; i++)
+            m = fmaxf(m, fabsf(xb[i] - rb[i]));
+        const float sc = m / 127.0f, inv = m > 0 ? 127.0f / m : 0.0f;
+        st->rscale[b] = sc;
+        for (size_t i = 0; i < blk; i++)
+            st->resid[b * blk + i] = (int8_t)lrintf((xb[i] - rb[i]) * inv);
+    }
+    resid_apply(st, xr, n);
+    return 0;
+}
+
+/* Rebuild t from the conv output just saved, as a restore will, and admit
+ * the item when max|X' - X| <= VERIFY_TOL max|X|; else AS_ENOTSUP (the
+ * store falls back). */
+static int verify_rebuild(as_pctx *ctx, const inv_params *p, inv_state *st,
+                          const as_tensor *t, double cond)
+{
+    const as_tensor *y;
+    int rc = as_pctx_restore_dep(ctx, st->y, &y);
+    float *xr;
+    const size_t nb = as_tensor_bytes(t), n = nb / sizeof(float);
+    if (rc < 0 || (rc = as_pctx_scratch(ctx, nb, (void **)&xr)) < 0)
+        return rc;
+    st->admitted = 1;
+    if ((rc = restore_into(ctx, p, st, y->data, xr, nb)) < 0)
+        return rc;
+    const float *x = t->data;
+    double e = max_diff(xr, x, n), mx = 0;
+    for (size_t i = 0; i < n; i++)
+        mx = fmax(mx, fabs((double)x[i]));
+    if (e <= VERIFY_TOL * mx)
+        return 0;
+    if (e <= RESID_MAX * mx) {
+        if ((rc = encode_resid(ctx, st, x, xr, n)) < 0)
+            return rc;
+        const double e1 = max_diff(xr, x, n);
+        if (e1 <= VERIFY_TOL * mx)
+            return 0;
+        e = e1;
+    }
+    as_pctx_errorf(ctx, "rebuild error %.2g > %.0e at condition number %.3g "
+                   "(threshold %.3g)", mx > 0 ? e / mx : e, VERIFY_TOL, cond,
+                   p->cond_max);
+    pthread_mutex_lock(&st->e->mu);
+    if (st->e->users == 0)
+        as__civ_trim(st->e->ci);   /* a factor cached by the check */
+    pthread_mutex_unlock(&st->e->mu);
+    return AS_ENOTSUP;
+}
+
 static int inv_encode(as_pctx *ctx, const void *params,
                       const as_save_info *info, const as_tensor *t,
                       void **state)
@@ -517,7 +561,9 @@ static int inv_encode(as_pctx *ctx, const void *params,
     inv_params *p = (inv_params *)params;
     const as_conv_meta *m = &info->meta.conv;
     char why[160] = "";
-    int rc = inv_applies(params, info, t, why, sizeof why);
+    if (derivable(ctx, info, t))
+        return encode_derived(ctx, p, info, t, state);
+    int rc = solve_applies(info, t, why, sizeof why);
     if (rc) {
         as_pctx_errorf(ctx, "%s", why);
         return rc;
@@ -541,11 +587,14 @@ static int inv_encode(as_pctx *ctx, const void *params,
     double cond = 0;
     rc = as__civ_condition(e->ci, m->weight, key, &cond, why, sizeof why);
     pthread_mutex_unlock(&e->mu);
-    if (rc == AS_EFALLBACK) {
+    /* Above the threshold but within VERIFY_SPAN of it: rebuild this
+     * input now and accept it if the error is within the bound. */
+    const int verify = rc == AS_EFALLBACK && cond <= p->cond_max * VERIFY_SPAN;
+    if (rc == AS_EFALLBACK && !verify) {
         as_pctx_errorf(ctx, "%s", why);
         return AS_ENOTSUP;
     }
-    if (rc < 0)
+    if (rc < 0 && !verify)
         return rc;
 
     inv_state *st = calloc(1, sizeof *st);
@@ -573,9 +622,13 @@ static int inv_encode(as_pctx *ctx, const void *params,
             as_pctx_errorf(ctx, "dependency cycle through the conv output");
         goto fail;
     }
+    if (verify && (rc = verify_rebuild(ctx, p, st, t, cond)) < 0)
+        goto fail;
     pthread_mutex_lock(&e->mu);
     e->users++;
     e->saves++;
+    e->verified += (uint64_t)verify;
+    e->residuals += (uint64_t)(st->resid != NULL);
     pthread_mutex_unlock(&e->mu);
     *state = st;
     return 0;
@@ -607,16 +660,13 @@ static void fix_signs(const inv_state *st, float *x, size_t n)
             x[i] = x[i] > 0 ? x[i] : 0.0f;
 }
 
-static int inv_decode(as_pctx *ctx, const void *params, void *state,
-                      as_tensor *dst)
+/* Rebuild the input of item st into out (n * Cin * H * W floats) from the
+ * conv output y. */
+static int restore_into(as_pctx *ctx, const inv_params *p, inv_state *st,
+                        const float *y, float *out, size_t out_bytes)
 {
-    const inv_params *p = params;
-    inv_state *st = state;
     inv_entry *e = st->e;
-    const as_tensor *y;
-    int rc = as_pctx_restore_dep(ctx, st->y, &y);
-    if (rc < 0)
-        return rc;
+    int rc;
     const float *frame = st->frame;
     if (st->sparse || st->q16) {
         float *raw;
@@ -624,12 +674,13 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
                                   (void **)&raw)) < 0)
             return rc;
         const size_t nblk = (size_t)st->n * e->g.cin;
-        frame_unpack(st->frame, nblk, st->frame_floats / nblk, st->sparse,
+        as__civ_funpack(st->frame, nblk, st->frame_floats / nblk, st->sparse,
                      st->q16, raw);
         frame = raw;
     }
     char why[160] = "";
     pthread_mutex_lock(&e->mu);
+    as__civ_admit(e->ci, st->admitted);
     /* Cache the factor only when it is small next to the input it rebuilds
      * (it would otherwise eat the memory the inversion saves: it grows as
      * Cin * Cout * spectrum, the input as N * Cin * H * W); else factor
@@ -642,7 +693,7 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
     const int adjoint = e->g.cout >= 2 * e->g.cin && cs.cond <= AS__CIV_ADJ_COND &&
                         !(e->g.kh == 1 && e->g.kw == 1);
     const int cached = p->mode == MODE_CACHE ||
-        (p->mode == MODE_AUTO && !adjoint && fb <= as_tensor_bytes(dst) / 8);
+        (p->mode == MODE_AUTO && !adjoint && fb <= out_bytes / 8);
     /* Work space from the store's arena (workspace tag: counted, and its
      * pages are reused from one restore to the next); malloc if refused.
      * The size of the path about to run, for one pass of images. */
@@ -659,20 +710,21 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
             as__civ_get_stats(e->ci, &after);
             if (after.factor_builds != before.factor_builds)
                 as_pctx_account(ctx, (int64_t)after.cache_bytes);
-            rc = as__civ_restore(e->ci, st->n, y->data, st->bias, frame,
-                                 dst->data);
+            rc = as__civ_restore(e->ci, st->n, y, st->bias, frame, out);
         }
     } else {
         rc = as__civ_restore_stream(e->ci, st->w, st->version, st->n,
-                                    y->data, st->bias, frame, dst->data,
-                                    why, sizeof why);
+                                    y, st->bias, frame, out, why, sizeof why);
     }
     if (rc == 0)
         e->restores++;
     as__civ_set_work(e->ci, NULL, 0);
+    as__civ_admit(e->ci, 0);
     pthread_mutex_unlock(&e->mu);
     if (rc == 0)
-        fix_signs(st, dst->data, (size_t)as_tensor_numel(dst));
+        fix_signs(st, out, out_bytes / sizeof(float));
+    if (rc == 0 && st->resid)
+        resid_apply(st, out, out_bytes / sizeof(float));
     if (rc == AS_EFALLBACK) {
         /* Cannot happen for a version accepted at save unless the weights
          * changed under the same version. */
@@ -682,10 +734,28 @@ static int inv_decode(as_pctx *ctx, const void *params, void *state,
     return rc;
 }
 
+static int inv_decode(as_pctx *ctx, const void *params, void *state,
+                      as_tensor *dst)
+{
+    inv_state *st = state;
+    if (st->derived)
+        return as_policy_recompute.decode(ctx, NULL, st->derived, dst);
+    const as_tensor *y;
+    int rc = as_pctx_restore_dep(ctx, st->y, &y);
+    if (rc < 0)
+        return rc;
+    return restore_into(ctx, params, st, y->data, dst->data, as_tensor_bytes(dst));
+}
+
 static void inv_drop(void *params, void *state)
 {
     (void)params;
     inv_state *st = state;
+    if (st->derived) {
+        as_policy_recompute.drop(NULL, st->derived);
+        free(st);
+        return;
+    }
     inv_entry *e = st->e;
     pthread_mutex_lock(&e->mu);
     if (--e->users == 0)
@@ -721,6 +791,8 @@ static void add_entry(const inv_entry *e, as__civ_lstats *out)
     out->streamed += s.streamed;
     out->restores += e->restores;
     out->saves += e->saves;
+    out->verified += e->verified;
+    out->residuals += e->residuals;
     out->users += (uint64_t)e->users;
     out->cache_bytes += s.cache_bytes;
     if (s.cond > out->cond || out->entries == 0)
@@ -741,6 +813,8 @@ int as__civ_layer_stats(as_store *s, const char *layer,
                 continue;
             inv_params *p = refs[k]->params;
             pthread_mutex_lock(&p->mu);
+            if (!layer)
+                out->derived += p->derived;
             for (inv_entry *e = p->entries; e; e = e->next) {
                 if (layer && strcmp(e->layer, layer))
                     continue;
@@ -752,5 +826,5 @@ int as__civ_layer_stats(as_store *s, const char *layer,
         }
     }
     as__rules_unref(r);
-    return out->entries ? 0 : AS_ENOTFOUND;
+    return out->entries || out->derived ? 0 : AS_ENOTFOUND;
 }

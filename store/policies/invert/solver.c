@@ -232,7 +232,12 @@ int as__civ_condition(as__civ *ci, const float *w, uint64_t version,
     }
     if (cond_out)
         *cond_out = ci->cond;
-    return ci->cond_state == 2 ? reject(ci, why, whylen) : 0;
+    return ci->cond_state == 2 && !ci->admit ? reject(ci, why, whylen) : 0;
+}
+
+void as__civ_admit(as__civ *ci, int on)
+{
+    ci->admit = on;
 }
 
 /* Weights as (kh, kw, Cout, Cin) for the border build. */
@@ -255,7 +260,7 @@ int as__civ_prepare(as__civ *ci, const float *w, uint64_t version,
     const int known = ci->cond_state && ci->cond_version == version;
     if (known && cond_out)
         *cond_out = ci->cond;
-    if (known && ci->cond_state == 2)
+    if (known && ci->cond_state == 2 && !ci->admit)
         return reject(ci, why, whylen);
     if (ci->state == 1 && ci->version == version) {
         ci->st.factor_hits++;
@@ -334,7 +339,7 @@ size_t as__civ_path_work_bytes(const as__civ *ci, uint64_t version, int n,
         return 0;
     if (!stream || (ci->state == 1 && ci->version == version))
         return path_need(ci, n, 0, 0);
-    if (!(ci->cond_state == 1 && ci->cond_version == version))
+    if (!((ci->cond_state == 1 || ci->admit) && ci->cond_version == version))
         return as__civ_work_bytes(ci, n);
     const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
                     ci->cond <= AS__CIV_ADJ_COND;
