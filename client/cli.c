@@ -10,12 +10,18 @@
 #include <string.h>
 #include <unistd.h>
 
+/* "actstore CMD: <what>MESSAGE" on stderr, without the newline. */
+static void say(const char *cmd, const char *what, const char *fmt, va_list ap)
+{
+    fprintf(stderr, "actstore %s: %s", cmd, what);
+    vfprintf(stderr, fmt, ap);
+}
+
 int as_cli_usage(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "actstore %s: ", cmd);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say(cmd, "", fmt, ap);
     va_end(ap);
     fprintf(stderr, "\n(see: actstore %s --help)\n", cmd);
     return AS_EXIT_USAGE;
@@ -24,9 +30,8 @@ int as_cli_usage(const char *cmd, const char *fmt, ...)
 int as_cli_fail(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "actstore %s: error: ", cmd);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say(cmd, "error: ", fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
     return AS_EXIT_FAIL;

@@ -296,6 +296,22 @@ static int conn_start(uv_loop_t *loop, conn *c, const char *addr, const char *pa
 
 /* ---- one-shot GET ------------------------------------------------------------ */
 
+/* Run a one-shot client's loop to its end, then close its timer and the
+ * loop. rc: how the connection started; AS_EINVAL (a bad address) gets its
+ * message here. */
+static int loop_finish(uv_loop_t *loop, uv_timer_t *timer, int rc, const char *addr,
+                       char *err, size_t errlen)
+{
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)timer, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+    if (rc == AS_EINVAL)
+        return as_set_err(err, errlen, rc, "bad address '%s' (expected HOST:PORT)",
+                          addr ? addr : "");
+    return rc;
+}
+
 static void on_timeout(uv_timer_t *t)
 {
     conn *c = t->data;
@@ -320,12 +336,9 @@ int as_client_get(const char *addr, const char *path, int timeout_ms,
     timer.data = &c;
     uv_timer_start(&timer, on_timeout, timeout_ms > 0 ? (uint64_t)timeout_ms : 5000, 0);
     uv_unref((uv_handle_t *)&timer);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&timer, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
+    rc = loop_finish(&loop, &timer, rc, addr, err, errlen);
     if (rc == AS_EINVAL)
-        return as_set_err(err, errlen, rc, "bad address '%s' (expected HOST:PORT)", addr ? addr : "");
+        return rc;
     if (!rc)
         rc = c.rc;
     if (!rc && c.status <= 0)
@@ -420,12 +433,9 @@ int as_client_subscribe(const char *addr, int duration_ms, as_client_event_fn fn
     int rc = as_client_sse_open(&loop, addr, sub_event, sub_end, &x, &x.s);
     if (!rc && duration_ms > 0)
         uv_timer_start(&x.timer, sub_timeout, (uint64_t)duration_ms, 0);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&x.timer, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
+    rc = loop_finish(&loop, &x.timer, rc, addr, err, errlen);
     if (rc == AS_EINVAL)
-        return as_set_err(err, errlen, rc, "bad address '%s' (expected HOST:PORT)", addr ? addr : "");
+        return rc;
     if (!rc)
         rc = x.rc;
     if (rc)

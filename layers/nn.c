@@ -132,6 +132,18 @@ static size_t tensor_bytes(const as_tensor *t)
     return n;
 }
 
+/* A failed store call (rc < 0) as the context's error: "[layer: ]what:
+ * <store's last error>"; rc otherwise. */
+static int store_rc(as_nn_ctx *c, int rc, const char *layer, const char *what)
+{
+    if (rc >= 0)
+        return rc;
+    if (layer)
+        return as_nn_fail(c, rc, "%s: %s: %s", layer, what,
+                          as_store_last_error(c->store));
+    return as_nn_fail(c, rc, "%s: %s", what, as_store_last_error(c->store));
+}
+
 static int table_slot(as_nn_ctx *c, as_handle h, const char *layer,
                       as_nn_slot **out)
 {
@@ -225,32 +237,26 @@ int as_nn_save_rows_append(as_nn_ctx *c, as_handle h, const char *layer,
         memcpy((char *)s->t.data + (size_t)row0 * rb, rows, (size_t)nrows * rb);
         return 0;
     }
-    int rc = as_store_save_rows_append(c->store, h, rows, nrows);
-    if (rc)
-        return as_nn_fail(c, rc, "%s: save rows: %s", layer,
-                          as_store_last_error(c->store));
-    return 0;
+    return store_rc(c, as_store_save_rows_append(c->store, h, rows, nrows),
+                    layer, "save rows");
 }
 
 int as_nn_save_rows_end(as_nn_ctx *c, as_handle h, const char *layer)
 {
     if (as_handle_is_null(h) || !c->store)
         return 0;
-    int rc = as_store_save_rows_end(c->store, h);
-    if (rc)
-        return as_nn_fail(c, rc, "%s: save rows: %s", layer,
-                          as_store_last_error(c->store));
-    return 0;
+    return store_rc(c, as_store_save_rows_end(c->store, h), layer,
+                    "save rows");
 }
 
 int as_nn_view(as_nn_ctx *c, as_handle h, const char *layer, const void **data)
 {
     if (c->store) {
         const as_tensor *v = NULL;
-        int rc = as_store_restore_view(c->store, h, &v);
+        int rc = store_rc(c, as_store_restore_view(c->store, h, &v), layer,
+                          "restore");
         if (rc)
-            return as_nn_fail(c, rc, "%s: restore: %s", layer,
-                              as_store_last_error(c->store));
+            return rc;
         *data = v->data;
         return 0;
     }
@@ -266,23 +272,15 @@ int as_nn_in_place(as_nn_ctx *c, as_handle h, const char *layer)
 {
     if (!c->store)
         return 1;
-    int rc = as_store_is_in_place(c->store, h);
-    if (rc < 0)
-        return as_nn_fail(c, rc, "%s: restore: %s", layer,
-                          as_store_last_error(c->store));
-    return rc;
+    return store_rc(c, as_store_is_in_place(c->store, h), layer, "restore");
 }
 
 int as_nn_rows(as_nn_ctx *c, as_handle h, int64_t row0, int64_t nrows,
                float *dst)
 {
-    if (c->store) {
-        int rc = as_store_restore_rows(c->store, h, row0, nrows, dst);
-        if (rc)
-            return as_nn_fail(c, rc, "restore rows: %s",
-                              as_store_last_error(c->store));
-        return 0;
-    }
+    if (c->store)
+        return store_rc(c, as_store_restore_rows(c->store, h, row0, nrows, dst),
+                        NULL, "restore rows");
     as_nn_slot *s = NULL;
     int rc = table_slot(c, h, "rows", &s);
     if (rc)
@@ -296,13 +294,9 @@ int as_nn_rows(as_nn_ctx *c, as_handle h, int64_t row0, int64_t nrows,
 int as_nn_softmax_bwd_saved(as_nn_ctx *c, as_handle h, const float *dy,
                             float *dx)
 {
-    if (c->store) {
-        int rc = as_store_softmax_backward(c->store, h, dy, dx);
-        if (rc)
-            return as_nn_fail(c, rc, "softmax backward: %s",
-                              as_store_last_error(c->store));
-        return 0;
-    }
+    if (c->store)
+        return store_rc(c, as_store_softmax_backward(c->store, h, dy, dx), NULL,
+                        "softmax backward");
     as_nn_slot *s = NULL;
     int rc = table_slot(c, h, "softmax", &s);
     if (rc)
@@ -316,13 +310,9 @@ int as_nn_softmax_bwd_saved(as_nn_ctx *c, as_handle h, const float *dy,
 int as_nn_act_bwd_saved(as_nn_ctx *c, as_handle h, int fn, float alpha,
                         const float *dy, float *dx)
 {
-    if (c->store) {
-        int rc = as_store_act_backward(c->store, h, dy, dx);
-        if (rc)
-            return as_nn_fail(c, rc, "activation backward: %s",
-                              as_store_last_error(c->store));
-        return 0;
-    }
+    if (c->store)
+        return store_rc(c, as_store_act_backward(c->store, h, dy, dx), NULL,
+                        "activation backward");
     as_nn_slot *s = NULL;
     int rc = table_slot(c, h, "activation", &s);
     if (rc)

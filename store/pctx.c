@@ -120,7 +120,10 @@ as_block *as_pctx_take_adopted(as_pctx *c)
 
 int as_pctx_depend(as_pctx *c, as_handle dep)
 {
-    return as__rep_add_dep(c->s, c->it, c->rep, dep);
+    int rc = as__rep_add_dep(c->s, c->it, c->rep, dep);
+    if (rc == AS_ESTATE)
+        as_pctx_errorf(c, "dependency cycle");
+    return rc;
 }
 
 bool as_pctx_can_depend(as_pctx *c, as_handle dep)

@@ -76,7 +76,9 @@ typedef struct as_policy_ops {
     int (*decode)(as_pctx *ctx, const void *params, void *state,
                   as_tensor *dst);
 
-    /* Free state (not the context blocks: the store frees those). */
+    /* Optional: free state (not the context blocks: the store frees
+     * those). NULL when state is a context block, or points to nothing
+     * the policy owns. */
     void (*drop)(void *params, void *state);
 
     /* Optional: restore prefetch hint. */
@@ -123,7 +125,7 @@ as_block *as_pctx_take_adopted(as_pctx *ctx);
 /* Regenerators: declare a dependency at encode (the dependency's item then
  * lives at least as long as this item, even if its handle is released; a
  * dependency that would close a cycle gives AS_ESTATE, which the store
- * turns into a fallback); at decode, get its values as a read-only view,
+ * turns into a fallback with the reason "dependency cycle"); at decode, get its values as a read-only view,
  * valid until the decode returns (restored through its own policy, in
  * place for keep, cached within the backward phase otherwise). */
 int as_pctx_depend(as_pctx *ctx, as_handle dep);
@@ -172,6 +174,13 @@ int as_policy_parse_none(const char *args, size_t len, void **params, char *err,
                          size_t errlen, size_t *err_off);
 /* free_params() of a policy whose params are one malloc'ed block. */
 void as_policy_free_params(void *params);
+/* drop() of a policy whose state is one malloc'ed block. */
+void as_policy_drop_free(void *params, void *state);
+/* decode() and view() of a policy whose state points to the tensor's own
+ * bytes (keep, borrow): decode copies them, view returns them. */
+int as_policy_decode_state(as_pctx *ctx, const void *params, void *state,
+                           as_tensor *dst);
+const void *as_policy_view_state(const void *params, void *state);
 /* applies() of a policy for f32 tensors only: AS_ENOTSUP otherwise, with
  * "dtype <name> (needs f32)" in why. */
 int as_policy_applies_f32(const void *params, const as_save_info *info, const as_tensor *t,

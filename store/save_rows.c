@@ -454,17 +454,26 @@ static int append(struct as_rows *w, const void *rows, int64_t nrows)
     return rc;
 }
 
-int as_store_save_rows_append(as_store *s, as_handle h, const void *rows,
-                              int64_t nrows)
+/* The open row save of h, entered (leave with rows_leave): 0; 1 for the
+ * null handle of no-grad mode (nothing to do); or an AS_E* code. */
+static int rows_enter(as_store *s, as_handle h, struct as_rows **w,
+                      const char *what)
 {
     if (!s)
         return AS_EINVAL;
     if (as_handle_is_null(h))
-        return 0;   /* no-grad mode */
+        return 1;
+    int rc = as__slot_rows(s, h, w, what);
+    return rc < 0 ? rc : 0;
+}
+
+int as_store_save_rows_append(as_store *s, as_handle h, const void *rows,
+                              int64_t nrows)
+{
     struct as_rows *w;
-    int rc = as__slot_rows(s, h, &w, "save_rows_append");
-    if (rc < 0)
-        return rc;
+    int rc = rows_enter(s, h, &w, "save_rows_append");
+    if (rc)
+        return rc < 0 ? rc : 0;
     rc = append(w, rows, nrows);
     rows_leave(w);
     return rc;
@@ -514,14 +523,10 @@ static int end_blocks(struct as_rows *w)
 
 int as_store_save_rows_end(as_store *s, as_handle h)
 {
-    if (!s)
-        return AS_EINVAL;
-    if (as_handle_is_null(h))
-        return 0;   /* no-grad mode */
     struct as_rows *w;
-    int rc = as__slot_rows(s, h, &w, "save_rows_end");
-    if (rc < 0)
-        return rc;
+    int rc = rows_enter(s, h, &w, "save_rows_end");
+    if (rc)
+        return rc < 0 ? rc : 0;
     int64_t done = atomic_load(&w->done);
     if (done != w->rows) {
         as__seterr(s, "save_rows_end (layer %s): %lld of %lld rows appended",

@@ -5,13 +5,24 @@
 # shards by hand merges back to itself exactly, step times included; and
 # the merge refuses what does not add up (exit 1), bad --shard is usage
 # (exit 2).
-set -u
-BIN=${1:?usage: cli_ab_shard.sh path/to/actstore}
-dir=$(mktemp -d "${TMPDIR:-/tmp}/as_cli_shard.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
-fails=0 passes=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-ok() { passes=$((passes + 1)); }
+. "$(dirname "$0")/support/cli.sh"
+# cut_report DIR N PREFIX: cut DIR/report.json (N seeds) by hand into N
+# one-seed shards PREFIX0 .. PREFIX{N-1}
+cut_report() {
+  python3 - "$@" <<'PY'
+import json, os, sys
+src, n, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+full = json.load(open(src + "/report.json"))
+for i in range(n):
+    d = json.loads(json.dumps(full))
+    d["seeds"] = [full["seeds"][i]]
+    for arm in d["arms"]:
+        arm["runs"] = [arm["runs"][i]]
+    d["shard"] = {"index": i + 1, "count": n, "seed0": 1, "seeds_total": n}
+    os.makedirs("%s%d" % (prefix, i))
+    json.dump(d, open("%s%d/report.json" % (prefix, i), "w"))
+PY
+}
 cd "$dir"
 AB=(ab --model vit --a default=keep --b "softmax=sotk:16:3; default=keep" --seeds 3
     --steps 12 --check-every 4 --threads 1 --quiet)
@@ -45,18 +56,7 @@ assert a == b
 assert len(a["paired"]) >= 8 and a["paired"]["softmax_output"]["pairs"] == 3
 PY
 # a report cut into shards by hand merges back to itself, timing included
-python3 - <<'PY' || fail "splitting the report"
-import json, os
-full = json.load(open("full/report.json"))
-for i in range(3):
-    d = json.loads(json.dumps(full))
-    d["seeds"] = [full["seeds"][i]]
-    for arm in d["arms"]:
-        arm["runs"] = [arm["runs"][i]]
-    d["shard"] = {"index": i + 1, "count": 3, "seed0": 1, "seeds_total": 3}
-    os.makedirs("cut%d" % i)
-    json.dump(d, open("cut%d/report.json" % i, "w"))
-PY
+cut_report full 3 cut || fail "splitting the report"
 "$BIN" ab merge cut0 cut1 cut2 --out back >back.txt 2>&1 || fail "merge of the cut report exited $?"
 python3 - <<'PY' && ok || fail "cut and merged report differs"
 import json
@@ -87,18 +87,7 @@ done
 "$BIN" ab --model vit --a default=keep --b default=auto --ratio 10 --seeds 2 --steps 3 \
     --check-every 0 --threads 1 --quiet --out auto >auto.txt 2>&1 \
   || fail "auto run exited $? ($(tail -1 auto.txt))"
-python3 - <<'PY' || fail "splitting the auto report"
-import json, os
-full = json.load(open("auto/report.json"))
-for i in range(2):
-    d = json.loads(json.dumps(full))
-    d["seeds"] = [full["seeds"][i]]
-    for arm in d["arms"]:
-        arm["runs"] = [arm["runs"][i]]
-    d["shard"] = {"index": i + 1, "count": 2, "seed0": 1, "seeds_total": 2}
-    os.makedirs("acut%d" % i)
-    json.dump(d, open("acut%d/report.json" % i, "w"))
-PY
+cut_report auto 2 acut || fail "splitting the auto report"
 "$BIN" ab merge acut1 acut0 --out aback >aback.txt 2>&1 || fail "merge of the auto report exited $?"
 python3 - <<'PY' && ok || fail "auto plan lost in the merge"
 import json
@@ -110,5 +99,4 @@ for s in range(2):
     assert ra["plan"] == rb["plan"], (ra["plan"], rb["plan"])
     assert "plan" not in b["arms"][0]["runs"][s]
 PY
-echo "$passes passed, $fails failed"
-[[ $fails == 0 ]]
+cli_done

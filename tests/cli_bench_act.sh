@@ -3,12 +3,7 @@
 # shape (docs/benchmarks.md), the stored bytes of each policy (exact by their
 # formulas), sign's and bitpack's exactness, fewbit's error falling with its
 # bits, and the usage errors (exit 2).
-set -u
-BIN=${1:?usage: cli_bench_act.sh path/to/actstore}
-dir=$(mktemp -d "${TMPDIR:-/tmp}/as_cli_act.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+. "$(dirname "$0")/support/cli.sh"
 
 "$BIN" bench act --n 4097 --repeats 1 --json "$dir/a.json" >"$dir/a.txt" 2>&1 \
   || fail "bench exited $? ($(tail -1 "$dir/a.txt"))"
@@ -34,5 +29,4 @@ PY
 "$BIN" bench act --frobnicate >/dev/null 2>&1; [[ $? -eq 2 ]] || fail "unknown option not a usage error"
 "$BIN" bench act --help | grep -q "fewbit" || fail "--help"
 
-echo "$fails failed"
-[ "$fails" -eq 0 ]
+cli_done

@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
 # actstore bench softmax: capture real rows from a short vit run, bench them,
 # check the JSON shape (docs/benchmarks.md) and the errors (exit 1 failure, 2 usage).
-set -u
-BIN=${1:?usage: cli_bench_softmax.sh path/to/actstore}
-dir=$(mktemp -d "${TMPDIR:-/tmp}/as_cli_softmax.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+. "$(dirname "$0")/support/cli.sh"
 
 "$BIN" bench softmax --capture vit --preset small --steps 3 --out "$dir/vit.rows" \
   --policies soa:5,sotk:16:3 --json "$dir/cap.json" >"$dir/cap.txt" 2>&1 \
@@ -48,4 +43,4 @@ grep -q "bad.rows" "$dir/e.txt" || fail "error names the file: $(cat "$dir/e.txt
 "$BIN" bench softmax --capture vit >/dev/null 2>&1
 [[ $? -eq 2 ]] || fail "--capture without --out should exit 2"
 
-[[ $fails -eq 0 ]] && echo "ok" || { echo "$fails failed"; exit 1; }
+cli_done

@@ -2,12 +2,7 @@
 # actstore bench store: a small run (1 MiB tensors, one repeat) checks the
 # JSON shape (docs/benchmarks.md), exact values of the lossless codecs, the ratios
 # that do not depend on the machine, and the errors (exit 2 usage).
-set -u
-BIN=${1:?usage: cli_bench_store.sh path/to/actstore}
-dir=$(mktemp -d "${TMPDIR:-/tmp}/as_cli_store.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+. "$(dirname "$0")/support/cli.sh"
 
 "$BIN" bench store --mib 1 --repeats 1 --offload-dir "$dir" --json "$dir/s.json" \
   >"$dir/s.txt" 2>&1 || fail "bench exited $? ($(tail -1 "$dir/s.txt"))"
@@ -46,5 +41,4 @@ ls "$dir"/actstore-* >/dev/null 2>&1 && fail "offload files left behind"
 "$BIN" bench store --bogus >/dev/null 2>&1
 [ $? -eq 2 ] || fail "an unknown option should be a usage error (2)"
 
-echo "$fails failed"
-[ "$fails" -eq 0 ]
+cli_done

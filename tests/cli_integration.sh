@@ -4,13 +4,8 @@
 # lower than with keep by at least what the store saves on softmax outputs
 # (raw - stored peak of that kind, jemalloc size classes aside), and
 # training still works (loss falls, within a few percent of keep's).
-set -u
-BIN=${1:?usage: cli_integration.sh path/to/actstore}
+. "$(dirname "$0")/support/cli.sh"
 EX=$(cd "$(dirname "$BIN")/.." && pwd)/tests/integration_example
-dir=$(mktemp -d "${TMPDIR:-/tmp}/as_cli_integration.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
-fails=0 passes=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 for shape in layers slab; do
   for pol in "default=keep" "softmax=sotk:16:3; default=keep" "softmax=soa:5; default=keep"; do
     "$EX" --shape "$shape" --policy "$pol" >>"$dir/$shape.jsonl" 2>"$dir/err" \
@@ -44,5 +39,4 @@ PY
 done
 # a usage error is exit 2
 "$EX" --shape ring >/dev/null 2>&1; [[ $? == 2 ]] || fail "bad --shape not exit 2"
-echo "$passes passed, $fails failed"
-[[ $fails == 0 ]]
+cli_done

@@ -4,23 +4,7 @@
 # curves for the same seed, plain progress lines when not on a terminal,
 # SIGTERM / SIGINT ending a run with partial JSON and no offload file left,
 # and actstore bench layers' JSON. Small preset, a few steps: seconds.
-set -u
-BIN=${1:?usage: cli_train.sh path/to/actstore}
-T=$(mktemp -d /tmp/as_cli_train.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-fails=0; passes=0
-ok() { passes=$((passes+1)); }
-bad() { echo "FAIL: $*"; fails=$((fails+1)); }
-expect() { # expect CODE -- args...
-  local want=$1; shift
-  "$BIN" "$@" >"$T/out" 2>"$T/err"
-  local got=$?
-  if [[ $got -ne $want ]]; then
-    bad "actstore $* exited $got, expected $want: $(head -c 300 "$T/err")"
-  else
-    ok
-  fi
-}
+. "$(dirname "$0")/support/cli.sh"
 expect 0 train --help
 expect 2 train
 expect 2 train --model cnn
@@ -28,7 +12,7 @@ expect 2 train --policy default=keep
 expect 2 train --model rnn --policy default=keep
 expect 2 train --model cnn --policy default=keep --preset huge
 expect 2 train --model cnn --policy "default=nosuch" --steps 1
-grep -q "nosuch" "$T/err" && ok || bad "bad policy message: $(cat "$T/err")"
+grep -q "nosuch" "$dir/err" && ok || fail "fail policy message: $(cat "$dir/err")"
 expect 2 train --model cnn --policy default=keep --steps 0
 expect 2 train --model cnn --policy default=keep --steps 3 --epochs 1
 expect 2 train --model cnn --policy default=keep --lr -1
@@ -37,18 +21,18 @@ expect 2 train --model cnn --policy default=keep --frobnicate 1
 expect 2 train --model cnn --policy default=keep --act tanh
 expect 2 train --model vit --policy default=keep --act leaky
 expect 0 train --model cnn --policy default=keep --act leaky --steps 3 --quiet
-expect 1 train --model cnn --policy default=keep --steps 2 --data-dir "$T/none"
-grep -q "$T/none/train-images-idx3-ubyte.gz" "$T/err" && grep -q "dataset-fashion-mnist" "$T/err" \
-  && ok || bad "missing data message: $(cat "$T/err")"
-expect 1 train --model lm --policy default=keep --steps 2 --text-dir "$T/none"
-grep -q "fortunes" "$T/err" && ok || bad "missing text message: $(cat "$T/err")"
+expect 1 train --model cnn --policy default=keep --steps 2 --data-dir "$dir/none"
+grep -q "$dir/none/train-images-idx3-ubyte.gz" "$dir/err" && grep -q "dataset-fashion-mnist" "$dir/err" \
+  && ok || fail "missing data message: $(cat "$dir/err")"
+expect 1 train --model lm --policy default=keep --steps 2 --text-dir "$dir/none"
+grep -q "fortunes" "$dir/err" && ok || fail "missing text message: $(cat "$dir/err")"
 
 # JSON fields, and determinism through the command
 for run in a b; do
-  expect 0 train --model vit --policy "default=keep" --steps 6 --seed 7 --json "$T/$run.json"
+  expect 0 train --model vit --policy "default=keep" --steps 6 --seed 7 --json "$dir/$run.json"
 done
-expect 0 train --model vit --policy "default=keep" --steps 6 --seed 8 --json "$T/c.json"
-python3 - "$T" <<'EOF' && ok || bad "train JSON checks"
+expect 0 train --model vit --policy "default=keep" --steps 6 --seed 8 --json "$dir/c.json"
+python3 - "$dir" <<'EOF' && ok || fail "train JSON checks"
 import json, sys
 t = sys.argv[1]
 a, b, c = (json.load(open(f"{t}/{r}.json")) for r in "abc")
@@ -77,41 +61,41 @@ EOF
 
 # a stochastic-rounding policy repeats too, run to run
 for run in q1 q2; do
-  expect 0 train --model cnn --policy "default=q4" --steps 8 --seed 3 --quiet --json "$T/$run.json"
+  expect 0 train --model cnn --policy "default=q4" --steps 8 --seed 3 --quiet --json "$dir/$run.json"
 done
 python3 -c "
-import json; a, b = (json.load(open('$T/%s.json' % r)) for r in ('q1', 'q2'))
+import json; a, b = (json.load(open('$dir/%s.json' % r)) for r in ('q1', 'q2'))
 assert a['loss_curve'] == b['loss_curve']
 assert a['memory']['saved_stored_peak_bytes'] < a['memory']['saved_raw_peak_bytes'] / 4
-" && ok || bad "q4 determinism across processes"
+" && ok || fail "q4 determinism across processes"
 
 # lm: held-out loss instead of accuracy; plain progress lines off a terminal
 expect 0 train --model lm --policy "softmax=keep; default=keep" --steps 3 --json -
 python3 -c "
-import json,sys; j=json.load(open('$T/out'))
+import json,sys; j=json.load(open('$dir/out'))
 assert 'accuracy' not in j['eval'] and j['eval']['loss'] > 0, j['eval']
-" && ok || bad "lm JSON on stdout"
-grep -q "^step 1/3 loss" "$T/err" && ! grep -q $'\r' "$T/err" && ok \
-  || bad "plain progress lines: $(head -c 300 "$T/err")"
+" && ok || fail "lm JSON on stdout"
+grep -q "^step 1/3 loss" "$dir/err" && ! grep -q $'\r' "$dir/err" && ok \
+  || fail "plain progress lines: $(head -c 300 "$dir/err")"
 
 # SIGTERM / SIGINT: the run ends after the current step with the partial
 # JSON written (exit 1), and no offload file is left in the directory
 for sig in TERM INT; do
-  mkdir -p "$T/off$sig"
-  "$BIN" train --model cnn --policy "default=offload:$T/off$sig" --steps 100000 \
-    --json "$T/part$sig.json" >"$T/pout" 2>"$T/perr" &
+  mkdir -p "$dir/off$sig"
+  "$BIN" train --model cnn --policy "default=offload:$dir/off$sig" --steps 100000 \
+    --json "$dir/part$sig.json" >"$dir/pout" 2>"$dir/perr" &
   pid=$!
-  for _ in $(seq 300); do grep -q "^step 1/" "$T/perr" && break; sleep 0.1; done
+  for _ in $(seq 300); do grep -q "^step 1/" "$dir/perr" && break; sleep 0.1; done
   kill -$sig $pid
   wait $pid; code=$?
-  [[ $code -eq 1 ]] && ok || bad "SIG$sig: exit $code: $(tail -c 300 "$T/perr")"
+  [[ $code -eq 1 ]] && ok || fail "SIG$sig: exit $code: $(tail -c 300 "$dir/perr")"
   python3 -c "
-import json; j=json.load(open('$T/part$sig.json'))
+import json; j=json.load(open('$dir/part$sig.json'))
 assert j['partial']['planned_steps'] == 100000 and 1 <= j['steps'] < 100000, j.get('partial')
 assert len(j['loss_curve']) == j['steps'] and 'eval' not in j
-" && ok || bad "SIG$sig: partial JSON"
-  grep -q "interrupted" "$T/perr" && ok || bad "SIG$sig: no message"
-  [[ -z "$(ls -A "$T/off$sig")" ]] && ok || bad "SIG$sig: files left: $(ls "$T/off$sig" | head -3)"
+" && ok || fail "SIG$sig: partial JSON"
+  grep -q "interrupted" "$dir/perr" && ok || fail "SIG$sig: no message"
+  [[ -z "$(ls -A "$dir/off$sig")" ]] && ok || fail "SIG$sig: files left: $(ls "$dir/off$sig" | head -3)"
 done
 
 # auto within a budget: --budget / --ratio usage, the plan in the JSON and
@@ -121,11 +105,11 @@ expect 2 train --model vit --policy default=auto --budget 0
 expect 2 train --model vit --policy default=auto --budget 12X
 expect 2 train --model vit --policy default=auto --ratio 0
 expect 2 train --model vit --policy default=auto --budget 1M --ratio 10
-expect 0 train --model vit --policy default=auto --ratio 10 --steps 4 --json "$T/auto.json"
-grep -q "auto plan" "$T/err" && grep -q "linear_input" "$T/err" && ok \
-  || bad "plan table on stderr: $(head -c 300 "$T/err")"
+expect 0 train --model vit --policy default=auto --ratio 10 --steps 4 --json "$dir/auto.json"
+grep -q "auto plan" "$dir/err" && grep -q "linear_input" "$dir/err" && ok \
+  || fail "plan table on stderr: $(head -c 300 "$dir/err")"
 python3 -c "
-import json; j=json.load(open('$T/auto.json')); m=j['memory']; p=j['plan']
+import json; j=json.load(open('$dir/auto.json')); m=j['memory']; p=j['plan']
 b=m['saved_budget_bytes']
 assert b > 0 and abs(b - p['keep_bytes'] / 10) <= 1, (b, p['keep_bytes'])
 assert m['saved_stored_peak_bytes'] <= b, (m['saved_stored_peak_bytes'], b)
@@ -134,27 +118,26 @@ assert len(p['layers']) > 5
 for e in p['layers']:
     assert set(['layer','kind','policy','raw_bytes','stored_bytes','rel_error','cosine']) <= set(e)
     assert e['stored_bytes'] <= e['raw_bytes']
-" && ok || bad "auto JSON"
-expect 0 train --model vit --policy default=auto --budget 600K --steps 2 --quiet --json "$T/auto2.json"
+" && ok || fail "auto JSON"
+expect 0 train --model vit --policy default=auto --budget 600K --steps 2 --quiet --json "$dir/auto2.json"
 python3 -c "
-import json; j=json.load(open('$T/auto2.json'))
+import json; j=json.load(open('$dir/auto2.json'))
 assert j['memory']['saved_budget_bytes'] == 600 * 1024
 assert j['memory']['saved_stored_peak_bytes'] <= 600 * 1024
-" && ok || bad "auto --budget 600K JSON"
+" && ok || fail "auto --budget 600K JSON"
 expect 1 train --model vit --policy default=auto --budget 1K --steps 2 --quiet
-grep -q "smallest budget auto can reach is [0-9]* bytes" "$T/err" && ok \
-  || bad "impossible budget message: $(head -c 300 "$T/err")"
+grep -q "smallest budget auto can reach is [0-9]* bytes" "$dir/err" && ok \
+  || fail "impossible budget message: $(head -c 300 "$dir/err")"
 
 # bench layers: its JSON has conv and matmul next to sgemm
-expect 0 bench layers --reps 1 --json "$T/bl.json"
+expect 0 bench layers --reps 1 --json "$dir/bl.json"
 python3 -c "
-import json; j=json.load(open('$T/bl.json'))
+import json; j=json.load(open('$dir/bl.json'))
 assert j['sgemm_peak']['gflops'] > 0
 assert len(j['conv']) >= 3 and len(j['matmul']) == 8
 for c in j['conv']: assert c['fwd_gflops'] > 0 and c['fwd_sgemm_gflops'] > 0
 assert j['conv_total']['fwd_over_peak'] > 0
-" && ok || bad "bench layers JSON"
+" && ok || fail "bench layers JSON"
 expect 2 bench layers --reps 0
 
-echo "$passes passed, $fails failed"
-[[ $fails -eq 0 ]]
+cli_done

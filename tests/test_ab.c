@@ -30,8 +30,9 @@
 #include <cjson/cJSON.h>
 
 #include "client/ab.h"
+#include "support/scratch.h"
 
-static char tmpdir[] = "/tmp/as_test_ab_XXXXXX";
+static char tmpdir[256];
 
 static const char *bin(void)
 {
@@ -117,15 +118,13 @@ static bool file_ok(const char *dir, const char *name)
 static int setup(void **state)
 {
     (void)state;
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return scratch_make(tmpdir, sizeof tmpdir, "test_ab") ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return scratch_remove(tmpdir);
 }
 
 #define VIT "ab --model vit --preset small --steps 12 --seeds 2 --check-every 5 --quiet"

@@ -14,6 +14,7 @@
 
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
+#include "support/held_thread.h"
 #include "util/rng.h"
 
 extern void *__libc_malloc(size_t);
@@ -544,16 +545,14 @@ static void test_cross_thread_frees_exact(void **state)
 /* Another thread's own frees not yet folded (it allocated and freed, then
  * went quiet) must neither fail an allocation that fits nor show up as
  * "live" in the budget message. */
-typedef struct quiet { as_arena *a; pthread_barrier_t *bar; } quiet;
 
 static void *quiet_worker(void *p)
 {
-    quiet *q = p;
+    held_thread *h = p;
     as_block b;
-    assert_int_equal(as_alloc(q->a, 768 << 10, AS_TAG_WORKSPACE, 0, &b), 0);
-    assert_int_equal(as_free(q->a, &b), 0);
-    pthread_barrier_wait(q->bar);          /* freed, still alive */
-    pthread_barrier_wait(q->bar);          /* main is done */
+    assert_int_equal(as_alloc(h->a, 768 << 10, AS_TAG_WORKSPACE, 0, &b), 0);
+    assert_int_equal(as_free(h->a, &b), 0);
+    held_wait(h);                          /* freed, still alive */
     return NULL;
 }
 
@@ -563,12 +562,8 @@ static void test_budget_counts_true_live(void **state)
     as_arena_config cfg = {.budget_bytes = 1u << 20};
     as_arena *a;
     assert_int_equal(as_arena_create(&cfg, &a), 0);
-    pthread_barrier_t bar;
-    pthread_barrier_init(&bar, NULL, 2);
-    quiet q = {a, &bar};
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, quiet_worker, &q), 0);
-    pthread_barrier_wait(&bar);
+    held_thread h;
+    held_start(&h, a, quiet_worker);
     as_block b1, b2;
     int rc = as_alloc(a, 512 << 10, AS_TAG_SAVED, 0, &b1);
     if (rc)
@@ -580,9 +575,7 @@ static void test_budget_counts_true_live(void **state)
         fprintf(stderr, "%s\n", e);
     assert_non_null(strstr(e, "live 512.0 KiB"));
     assert_int_equal(as_free(a, &b1), 0);
-    pthread_barrier_wait(&bar);
-    assert_int_equal(pthread_join(th, NULL), 0);
-    pthread_barrier_destroy(&bar);
+    held_release(&h);
     as_arena_destroy(a);
 }
 

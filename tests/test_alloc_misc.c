@@ -14,6 +14,7 @@
 
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
+#include "support/held_thread.h"
 
 extern void *__libc_malloc(size_t);
 extern void __libc_free(void *);
@@ -227,22 +228,16 @@ static void test_checked_mode_rejects_foreign_pointers(void **state)
 
 /* ---- thread caches --------------------------------------------------- */
 
-typedef struct tc_worker {
-    as_arena *a;
-    pthread_barrier_t *bar;
-} tc_worker;
-
 static void *tc_main(void *p)
 {
-    tc_worker *w = p;
+    held_thread *h = p;
     as_block b[64];
     for (int i = 0; i < 64; i++)
-        if (as_alloc(w->a, 48, AS_TAG_WORKSPACE, 0, &b[i]) != 0)
+        if (as_alloc(h->a, 48, AS_TAG_WORKSPACE, 0, &b[i]) != 0)
             abort();
     for (int i = 0; i < 64; i++)
-        as_free(w->a, &b[i]);          /* stays in the thread's tcache */
-    pthread_barrier_wait(w->bar);      /* main checks the cache is full */
-    pthread_barrier_wait(w->bar);      /* main may destroy the arena now */
+        as_free(h->a, &b[i]);          /* stays in the thread's tcache */
+    held_wait(h);                      /* main checks the cache, may destroy the arena */
     return NULL;
 }
 
@@ -256,16 +251,11 @@ static void test_thread_exit_releases_tcache(void **state)
     unsigned ind = s.arena_index;
     as_arena_snapshot_free(&s);
 
-    pthread_barrier_t bar;
-    pthread_barrier_init(&bar, NULL, 2);
-    tc_worker w = {a, &bar};
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, tc_main, &w), 0);
-    pthread_barrier_wait(&bar);
+    held_thread h;
+    held_start(&h, a, tc_main);
     assert_int_equal(as__arena_nthreads(a), 1);
     assert_true(je_allocated(ind) > 0);            /* cached in its tcache */
-    pthread_barrier_wait(&bar);
-    assert_int_equal(pthread_join(th, NULL), 0);
+    held_release(&h);
     assert_int_equal(as__arena_nthreads(a), 0);
     assert_int_equal(je_allocated(ind), 0);        /* destroyed -> flushed */
     assert_int_equal(as_arena_snapshot_take(a, 0, &s), 0);
@@ -274,7 +264,6 @@ static void test_thread_exit_releases_tcache(void **state)
     assert_int_equal(s.total.live_usable, 0);
     as_arena_snapshot_free(&s);
     as_arena_destroy(a);
-    pthread_barrier_destroy(&bar);
 }
 
 static void test_destroy_before_thread_exit(void **state)
@@ -283,17 +272,12 @@ static void test_destroy_before_thread_exit(void **state)
     as_arena *a, *keep;
     assert_int_equal(as_arena_create(NULL, &a), 0);
     assert_int_equal(as_arena_create(NULL, &keep), 0);
-    pthread_barrier_t bar;
-    pthread_barrier_init(&bar, NULL, 2);
-    tc_worker w = {a, &bar};
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, tc_main, &w), 0);
-    pthread_barrier_wait(&bar);
+    held_thread h;
+    held_start(&h, a, tc_main);
     /* The worker still runs: destroying the arena destroys its tcache;
      * its exit must then leave the freed state alone (ASan checks). */
     as_arena_destroy(a);
-    pthread_barrier_wait(&bar);
-    assert_int_equal(pthread_join(th, NULL), 0);
+    held_release(&h);
     /* A new arena gets a fresh uid: this thread's stale entries of older
      * arenas never match it. */
     as_block b;
@@ -301,7 +285,6 @@ static void test_destroy_before_thread_exit(void **state)
     assert_int_equal(as__arena_nthreads(keep), 1);
     assert_int_equal(as_free(keep, &b), 0);
     as_arena_destroy(keep);
-    pthread_barrier_destroy(&bar);
 }
 
 static void test_many_arenas_one_thread(void **state)

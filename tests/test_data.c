@@ -20,6 +20,7 @@
 
 #include "actstore/common.h"
 #include "layers/data.h"
+#include "support/scratch.h"
 
 static char tmpdir[256];
 
@@ -72,16 +73,13 @@ static void write_split(const char *pre, uint32_t n, uint32_t rows, uint32_t col
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/as_test_data.XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return scratch_make(tmpdir, sizeof tmpdir, "test_data") ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return scratch_remove(tmpdir);
 }
 
 static void expect_load_error(bool train, int code, const char *needle1,

@@ -583,54 +583,18 @@ static void test_xent(void **state)
 
 /* ---- attention (layer: qkv linear, core, output linear) ------------------------- */
 
-typedef struct { int B, T, C, NH; bool causal; } at_cfg;
 /* p: x (B*T, C), Wqkv (3C, C), bqkv (3C), Wo (C, C), bo (C). */
 static void at_ref(const void *c_, const double *p, double *y)
 {
     const at_cfg *c = c_;
-    const int N = c->B * c->T, C = c->C, C3 = 3 * C, hd = C / c->NH;
+    const int N = c->B * c->T, C = c->C, C3 = 3 * C;
     const double *x = p, *Wq = x + N * C, *bq = Wq + C3 * C, *Wo = bq + C3,
                  *bo = Wo + C * C;
-    double qkv[2 * 6 * 24], o[2 * 6 * 8], s[6];
+    double qkv[2 * 6 * 24], o[2 * 6 * 8];
     assert_true(N * C3 <= (int)(sizeof qkv / sizeof qkv[0]) && c->T <= 6);
-    for (int n = 0; n < N; n++)
-        for (int j = 0; j < C3; j++) {
-            double a = bq[j];
-            for (int i = 0; i < C; i++)
-                a += x[n * C + i] * Wq[j * C + i];
-            qkv[n * C3 + j] = a;
-        }
-    const double sc = 1.0 / sqrt(hd);
-    for (int b = 0; b < c->B; b++)
-        for (int h = 0; h < c->NH; h++)
-            for (int t = 0; t < c->T; t++) {
-                const double *q = qkv + (b * c->T + t) * C3 + h * hd;
-                int n = c->causal ? t + 1 : c->T;
-                double m = -1e300, z = 0;
-                for (int u = 0; u < n; u++) {
-                    const double *k = qkv + (b * c->T + u) * C3 + C + h * hd;
-                    double d = 0;
-                    for (int i = 0; i < hd; i++)
-                        d += q[i] * k[i];
-                    s[u] = d * sc;
-                    m = fmax(m, s[u]);
-                }
-                for (int u = 0; u < n; u++)
-                    z += (s[u] = exp(s[u] - m));
-                for (int i = 0; i < hd; i++) {
-                    double acc = 0;
-                    for (int u = 0; u < n; u++)
-                        acc += s[u] / z * qkv[(b * c->T + u) * C3 + 2 * C + h * hd + i];
-                    o[(b * c->T + t) * C + h * hd + i] = acc;
-                }
-            }
-    for (int n = 0; n < N; n++)
-        for (int j = 0; j < C; j++) {
-            double a = bo[j];
-            for (int i = 0; i < C; i++)
-                a += o[n * C + i] * Wo[j * C + i];
-            y[n * C + j] = a;
-        }
+    affine_ref(N, C, C3, x, Wq, bq, qkv);
+    attn_core_ref(c, qkv, o);
+    affine_ref(N, C, C, o, Wo, bo, y);
 }
 
 static void attn_case(bool causal)

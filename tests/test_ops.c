@@ -108,31 +108,25 @@ static void test_conv(void **state)
     conv_case(70, 2, 3, 3, 2, 3, 1, 1);  /* several image chunks */
 }
 
+typedef struct { const double *x, *W, *dy; double *dx, *dW; } conv_bwd_ctx;
+static void conv_bwd_tap(void *ctx, size_t yi, size_t xi, size_t wi)
+{
+    conv_bwd_ctx *b = ctx;
+    b->dx[xi] += b->dy[yi] * b->W[wi];
+    b->dW[wi] += b->dy[yi] * b->x[xi];
+}
+
 /* Exact backward of conv_ref in double: dx = , dW += , db += . */
 static void conv_bwd_ref(const as_op_conv_geom *g, const double *x,
                          const double *W, const double *dy, double *dx,
                          double *dW, double *db)
 {
     memset(dx, 0, sizeof(double) * (size_t)g->N * g->Cin * g->H * g->W);
-    for (int n = 0; n < g->N; n++)
-        for (int o = 0; o < g->Cout; o++)
-            for (int oh = 0; oh < g->Ho; oh++)
-                for (int ow = 0; ow < g->Wo; ow++) {
-                    double d = dy[(((size_t)n * g->Cout + o) * g->Ho + oh) * g->Wo + ow];
-                    db[o] += d;
-                    for (int c = 0; c < g->Cin; c++)
-                        for (int i = 0; i < g->kh; i++)
-                            for (int j = 0; j < g->kw; j++) {
-                                int ih = oh * g->stride - g->pad + i;
-                                int iw = ow * g->stride - g->pad + j;
-                                if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W)
-                                    continue;
-                                size_t xi = (((size_t)n * g->Cin + c) * g->H + ih) * g->W + iw;
-                                size_t wi = (((size_t)o * g->Cin + c) * g->kh + i) * g->kw + j;
-                                dx[xi] += d * W[wi];
-                                dW[wi] += d * x[xi];
-                            }
-                }
+    const size_t plane = (size_t)g->Ho * g->Wo;
+    for (size_t k = 0; k < (size_t)g->N * g->Cout * plane; k++)
+        db[k / plane % (size_t)g->Cout] += dy[k];
+    conv_bwd_ctx b = {x, W, dy, dx, dW};
+    conv_taps(g, conv_bwd_tap, &b);
 }
 
 static int irand(int lo, int hi)   /* [lo, hi] */

@@ -83,37 +83,6 @@ static void test_batchnorm(void **state)
 
 /* ---- attention -------------------------------------------------------- */
 
-typedef struct { int B, T, C, NH; bool causal; } at_cfg;
-static void at_ref(const void *c_, const double *qkv, double *out)
-{
-    const at_cfg *c = c_;
-    int hd = c->C / c->NH, C3 = 3 * c->C;
-    double sc = 1.0 / sqrt(hd), p[16];
-    for (int b = 0; b < c->B; b++)
-        for (int h = 0; h < c->NH; h++)
-            for (int t = 0; t < c->T; t++) {
-                const double *q = qkv + (b * c->T + t) * C3 + h * hd;
-                int n = c->causal ? t + 1 : c->T;
-                double m = -1e300, s = 0;
-                for (int u = 0; u < n; u++) {
-                    const double *k = qkv + (b * c->T + u) * C3 + c->C + h * hd;
-                    double d = 0;
-                    for (int i = 0; i < hd; i++)
-                        d += q[i] * k[i];
-                    p[u] = d * sc;
-                    m = fmax(m, p[u]);
-                }
-                for (int u = 0; u < n; u++)
-                    s += (p[u] = exp(p[u] - m));
-                for (int i = 0; i < hd; i++) {
-                    double acc = 0;
-                    for (int u = 0; u < n; u++)
-                        acc += p[u] / s * qkv[(b * c->T + u) * C3 + 2 * c->C + h * hd + i];
-                    out[(b * c->T + t) * c->C + h * hd + i] = acc;
-                }
-            }
-}
-
 static int cb_calls;
 static void plain_softmax_bwd(void *ud, int b, int h, int T, const float *P,
                               float *dP)
@@ -132,7 +101,7 @@ static void attn_case(bool causal, bool callback)
     fill(r, no, 1.0);
     float *qf = to_f(q, nq), *rf = to_f(r, no), P[100], out[80], dq[240], dP[25];
     as_op_attn_fwd(2, 5, 8, 2, causal, qf, P, out);
-    at_ref(&c, q, yr);
+    attn_core_ref(&c, q, yr);
     check_close(causal ? "attn fwd causal" : "attn fwd", out, yr, no, 1e-5);
     if (causal)
         for (size_t i = 0; i < np; i++)
@@ -143,7 +112,7 @@ static void attn_case(bool causal, bool callback)
     as_op_attn_bwd(2, 5, 8, 2, qf, P, rf, dq, dP,
                    callback ? plain_softmax_bwd : NULL, &one);
     assert_int_equal(cb_calls, callback ? 4 : 0);
-    check_grad(causal ? "attn dqkv causal" : "attn dqkv", at_ref, &c, q, no, r,
+    check_grad(causal ? "attn dqkv causal" : "attn dqkv", attn_core_ref, &c, q, no, r,
                dq, 0, nq);
     free(qf);
     free(rf);

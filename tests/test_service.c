@@ -7,6 +7,7 @@
 #include <cmocka.h>
 #include <cjson/cJSON.h>
 
+#include "test_service_proc.h"
 #include "test_service_util.h"
 
 static fake_src srcs[2] = {{.nlayers = 100, .name_len = 0}, {.nlayers = 30, .name_len = 0}};
@@ -293,27 +294,27 @@ static void test_endpoints(void **state)
     assert_int_equal(as__service_stop(svc), 0);
 }
 
-/* promtool check metrics on a live /metrics (skipped without promtool). */
+/* proc_promtool_check in a scratch directory of its own. */
+static int promtool_check(const char *tool, const char *text)
+{
+    char dir[256];
+    assert_non_null(scratch_make(dir, sizeof dir, "metrics"));
+    int rc = proc_promtool_check(tool, text, dir);
+    scratch_remove(dir);
+    return rc;
+}
+
+/* promtool check metrics on a live /metrics (fails without promtool). */
 static void test_promtool(void **state)
 {
     (void)state;
-    if (system("command -v promtool >/dev/null 2>&1") != 0)
-        fail_msg("promtool not found on PATH: install the Debian package 'prometheus' "
-                 "(scripts/setup.sh with AS_SETUP_TEST_TOOLS=1)");
+    char tool[512];
+    PROC_REQUIRE("AS_PROMTOOL", "promtool", "prometheus", tool);
     as_service *svc = fake_start(NULL, srcs, 2);
     assert_non_null(svc);
     char *r = tget(as_service_port(svc), "/metrics", NULL);
     assert_int_equal(tstatus(r), 200);
-    char path[] = "/tmp/as_metrics_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    const char *m = tbody(r);
-    assert_int_equal(write(fd, m, strlen(m)), (ssize_t)strlen(m));
-    close(fd);
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "promtool check metrics < %s", path);
-    int rc = system(cmd);
-    unlink(path);
+    int rc = promtool_check(tool, tbody(r));
     free(r);
     assert_int_equal(rc, 0);
     assert_int_equal(as__service_stop(svc), 0);
@@ -539,15 +540,9 @@ static void test_names_escaped(void **state)
     assert_int_equal(tstatus(r), 200);
     const char *m = tbody(r);
     assert_non_null(strstr(m, "{" FLEET "store=\"arm \\\"A\\\"\\\\1\xef\xbf\xbd\",layer=\"we\\\"ird\\\\la\\nyer"));
-    char path[] = "/tmp/as_metrics_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, m, strlen(m)), (ssize_t)strlen(m));
-    close(fd);
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "promtool check metrics < %s", path);
-    int rc = system(cmd);
-    unlink(path);
+    char tool[512];
+    PROC_REQUIRE("AS_PROMTOOL", "promtool", "prometheus", tool);
+    int rc = promtool_check(tool, m);
     free(r);
     assert_int_equal(rc, 0);
     assert_int_equal(as__service_stop(svc), 0);

@@ -244,9 +244,7 @@ static cJSON *browse(const char *url, const char *name, bool (*ready)(const cJSO
     snprintf(domf, sizeof domf, "%s/%s-dom.json", dir, name);
     unlink(log);
     unlink(png);
-    snprintf(profile, sizeof profile, "%s/as_chromium_XXXXXX",
-             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    assert_non_null(mkdtemp(profile));
+    assert_non_null(scratch_make(profile, sizeof profile, "chromium"));
     snprintf(flag_profile, sizeof flag_profile, "--user-data-dir=%s", profile);
 
     /* the browser, with the DevTools protocol on fds 3 (in) and 4 (out) */
@@ -332,7 +330,7 @@ static cJSON *browse(const char *url, const char *name, bool (*ready)(const cJSO
     close(c.wfd);
     close(c.rfd);
     free(c.buf);
-    proc_rmtree(profile);
+    scratch_remove(profile);
 
     char *ds = dom ? cJSON_Print(dom) : NULL;
     FILE *f = fopen(domf, "w");

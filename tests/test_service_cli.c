@@ -39,8 +39,7 @@ static void test_train_serve_and_top(void **state)
 {
     (void)state;
     char dir[256];
-    snprintf(dir, sizeof dir, "%s/as_cli_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    assert_non_null(mkdtemp(dir));
+    assert_non_null(scratch_make(dir, sizeof dir, "cli"));
     char log[300], out[300];
     snprintf(log, sizeof log, "%s/train.log", dir);
     snprintf(out, sizeof out, "%s/top.txt", dir);
@@ -101,7 +100,7 @@ static void test_train_serve_and_top(void **state)
     }
     proc_stop(pid, 10);
     fprintf(stderr, "train --serve at %s reached step %.0f; top --once:\n%s", addr, step, top);
-    proc_rmtree(dir);
+    scratch_remove(dir);
     assert_true(step >= 5);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(top, "store train"));
@@ -126,8 +125,7 @@ static void test_bad_serve(void **state)
 {
     (void)state;
     char dir[256];
-    snprintf(dir, sizeof dir, "%s/as_cli_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    assert_non_null(mkdtemp(dir));
+    assert_non_null(scratch_make(dir, sizeof dir, "cli"));
     char out[300], cmd[1200];
     snprintf(out, sizeof out, "%s/err.txt", dir);
     /* a non-loopback address without --serve-remote */
@@ -155,7 +153,7 @@ static void test_bad_serve(void **state)
     fprintf(stderr, "%s", msg ? msg : "");
     assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) == 1);
     assert_non_null(strstr(msg, "actstore top"));
-    proc_rmtree(dir);
+    scratch_remove(dir);
 }
 
 int main(void)

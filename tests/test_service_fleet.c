@@ -89,8 +89,7 @@ static int setup(void **state)
         fprintf(stderr, "AS_BIN (the actstore command) not set by ctest\n");
         return -1;
     }
-    snprintf(scratch, sizeof scratch, "%s/as_fleet_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(scratch))
+    if (!scratch_make(scratch, sizeof scratch, "fleet"))
         return -1;
     for (int r = 0; r < NRANK; r++) {
         char log[300], rank[8], host[8];
@@ -146,60 +145,29 @@ static int teardown(void **state)
     for (int r = 0; r < NRANK; r++)
         if (trainers[r] > 0)
             proc_stop(trainers[r], 10);
-    proc_rmtree(scratch);
+    scratch_remove(scratch);
     return 0;
 }
 
 static void start_prometheus(void)
 {
-    char bin[512], tool[512], rules[600], cfg[300], data[300], log[300];
+    char bin[512], tool[512], rules[600];
     PROC_REQUIRE("AS_PROMETHEUS", "prometheus", "prometheus", bin);
     PROC_REQUIRE("AS_PROMTOOL", "promtool", "prometheus", tool);
     snprintf(rules, sizeof rules, "%s/docs/prometheus/actstore-rules.yml", AS_SOURCE_DIR);
     char cmd[1500];
     snprintf(cmd, sizeof cmd, "'%s' check rules '%s' >/dev/null", tool, rules);
     assert_int_equal(system(cmd), 0);
-    snprintf(cfg, sizeof cfg, "%s/prometheus.yml", scratch);
-    snprintf(data, sizeof data, "%s/data", scratch);
-    snprintf(log, sizeof log, "%s/prometheus.log", scratch);
-    FILE *f = fopen(cfg, "w");
-    assert_non_null(f);
-    fprintf(f, "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
-               "  evaluation_interval: 1s\nrule_files: ['%s']\n"
-               "scrape_configs:\n  - job_name: actstore-fleet\n    honor_labels: true\n"
-               "    static_configs:\n      - targets: ['%s', '%s', '%s']\n",
-            rules, taddr[0], taddr[1], taddr[2]);
-    fclose(f);
-    char fcfg[400], fdata[400], fweb[100];
-    snprintf(fcfg, sizeof fcfg, "--config.file=%s", cfg);
-    snprintf(fdata, sizeof fdata, "--storage.tsdb.path=%s", data);
-    for (int attempt = 0; attempt < 3 && prom <= 0; attempt++) {
-        snprintf(paddr, sizeof paddr, "127.0.0.1:%d", proc_free_port());
-        snprintf(fweb, sizeof fweb, "--web.listen-address=%s", paddr);
-        char *argv[] = {bin, fcfg, fdata, fweb, "--log.level=warn", NULL};
-        prom = proc_spawn(argv, log, NULL, 0);
-        assert_true(prom > 0);
-        bool ready = false;
-        for (double t0 = as_clock_wall_s(); as_clock_wall_s() - t0 < 30 && !ready;) {
-            int st, status;
-            if (waitpid(prom, &st, WNOHANG) == prom) {
-                prom = -1;   /* lost the port race: another one */
-                break;
-            }
-            free(proc_http_get(paddr, "/-/ready", &status));
-            ready = status == 200;
-            if (!ready)
-                usleep(200000);
-        }
-        if (!ready && prom > 0) {
-            proc_dump_log(log, 4000);
-            fail_msg("Prometheus at %s not ready within 30 s", paddr);
-        }
-    }
-    if (prom <= 0) {
-        proc_dump_log(log, 4000);
-        fail_msg("Prometheus exited at start (3 attempts)");
-    }
+    char cfg[1200];
+    snprintf(cfg, sizeof cfg,
+             "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
+             "  evaluation_interval: 1s\nrule_files: ['%s']\n"
+             "scrape_configs:\n  - job_name: actstore-fleet\n    honor_labels: true\n"
+             "    static_configs:\n      - targets: ['%s', '%s', '%s']\n",
+             rules, taddr[0], taddr[1], taddr[2]);
+    prom = proc_prometheus_start(bin, scratch, cfg, paddr, sizeof paddr);
+    if (prom <= 0)
+        fail_msg("Prometheus did not start (its log is above)");
 }
 
 static void test_prometheus_fleet(void **state)

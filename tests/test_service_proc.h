@@ -1,8 +1,8 @@
 /*
  * Child processes for the service's integration tests (Prometheus,
  * Chromium): find a tool on PATH, spawn it with its output in a log file,
- * stop it within a bound, pick a free loopback port, make and remove a
- * scratch directory. Header-only, static.
+ * stop it within a bound, pick a free loopback port (scratch directories:
+ * support/scratch.h). Header-only, static.
  */
 #ifndef AS_TEST_SERVICE_PROC_H
 #define AS_TEST_SERVICE_PROC_H
@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "support/scratch.h"
 #include "util/clock.h"
 
 /* Absolute path of an executable on PATH (or the env override), or NULL. */
@@ -136,30 +137,6 @@ static __attribute__((unused)) int proc_free_port(void)
     return port;
 }
 
-/* Remove a directory tree (no symlinks followed). */
-static __attribute__((unused)) void proc_rmtree(const char *dir)
-{
-    if (!dir || !*dir)
-        return;
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-                continue;
-            char p[1024];
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            struct stat sb;
-            if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-                proc_rmtree(p);
-            else
-                unlink(p);
-        }
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
 /* The last n bytes of a log file on stderr (for failure messages). */
 static __attribute__((unused)) void proc_dump_log(const char *log, long n)
 {
@@ -178,6 +155,34 @@ static __attribute__((unused)) void proc_dump_log(const char *log, long n)
     fclose(f);
 }
 
+/* Write text to the file path (created or truncated): 0 or -1. */
+static __attribute__((unused)) int proc_write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    bool ok = fputs(text, f) >= 0;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/* promtool (at path tool) check metrics on text, written to dir/metrics.txt:
+ * its exit status (0: valid exposition); its output goes to stderr when it
+ * fails. */
+static __attribute__((unused)) int proc_promtool_check(const char *tool, const char *text,
+                                                       const char *dir)
+{
+    char path[300], log[300], cmd[1200];
+    snprintf(path, sizeof path, "%s/metrics.txt", dir);
+    snprintf(log, sizeof log, "%s/promtool.log", dir);
+    if (proc_write_text(path, text) < 0)
+        return -1;
+    snprintf(cmd, sizeof cmd, "'%s' check metrics < '%s' > '%s' 2>&1", tool, path, log);
+    int rc = system(cmd);
+    if (rc != 0)
+        proc_dump_log(log, 4000);
+    return rc;
+}
+
 #ifdef AS_CLIENT_CLIENT_H
 /* GET addr/path through the client library with a 3 s bound: the body
  * (caller frees) and *status, or NULL with *status = -1. */
@@ -192,6 +197,52 @@ static __attribute__((unused)) char *proc_http_get(const char *addr, const char 
     }
     *status = r.status;
     return r.body;
+}
+
+/* Start Prometheus (binary bin) on a free loopback port with the
+ * configuration text config (written to dir/prometheus.yml; data in
+ * dir/data, log in dir/prometheus.log) and wait up to 30 s until it is
+ * ready; a start that loses the race for the port is retried (3 attempts).
+ * Its pid with its address in addr, or -1 with its log on stderr. */
+static __attribute__((unused)) pid_t proc_prometheus_start(const char *bin, const char *dir,
+                                                           const char *config, char *addr,
+                                                           size_t addrlen)
+{
+    char cfg[300], data[300], log[300], fcfg[400], fdata[400], fweb[100];
+    snprintf(cfg, sizeof cfg, "%s/prometheus.yml", dir);
+    snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(log, sizeof log, "%s/prometheus.log", dir);
+    if (proc_write_text(cfg, config) < 0)
+        return -1;
+    snprintf(fcfg, sizeof fcfg, "--config.file=%s", cfg);
+    snprintf(fdata, sizeof fdata, "--storage.tsdb.path=%s", data);
+    for (int attempt = 0; attempt < 3; attempt++) {
+        snprintf(addr, addrlen, "127.0.0.1:%d", proc_free_port());
+        snprintf(fweb, sizeof fweb, "--web.listen-address=%s", addr);
+        char *argv[] = {(char *)bin, fcfg, fdata, fweb, "--log.level=warn",
+                        "--storage.tsdb.retention.time=1h", NULL};
+        pid_t pid = proc_spawn(argv, log, NULL, 0);
+        if (pid <= 0)
+            break;
+        for (double t0 = as_clock_wall_s(); as_clock_wall_s() - t0 < 30;) {
+            int st, status;
+            if (waitpid(pid, &st, WNOHANG) == pid) {
+                pid = -1;   /* lost the port race: another one */
+                break;
+            }
+            free(proc_http_get(addr, "/-/ready", &status));
+            if (status == 200)
+                return pid;
+            usleep(200000);
+        }
+        if (pid > 0) {
+            proc_stop(pid, 5);
+            fprintf(stderr, "Prometheus at %s not ready within 30 s\n", addr);
+            break;
+        }
+    }
+    proc_dump_log(log, 4000);
+    return -1;
 }
 #endif
 

@@ -42,8 +42,7 @@ static int setup(void **state)
         return -1;
     }
     snprintf(svc_addr, sizeof svc_addr, "127.0.0.1:%d", as_service_port(svc));
-    snprintf(scratch, sizeof scratch, "%s/as_prom_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(scratch)) {
+    if (!scratch_make(scratch, sizeof scratch, "prom")) {
         perror("mkdtemp");
         return -1;
     }
@@ -61,7 +60,7 @@ static int teardown(void **state)
     work_stop(&arms[1]);
     if (arms[0].rc || arms[1].rc)
         fprintf(stderr, "workload errors: %s / %s\n", arms[0].err, arms[1].err);
-    proc_rmtree(scratch);
+    scratch_remove(scratch);
     return arms[0].rc || arms[1].rc ? -1 : 0;
 }
 
@@ -78,19 +77,8 @@ static void test_promtool_live(void **state)
     assert_non_null(strstr(m, "actstore_kind_stored_peak_bytes{" FLEET "store=\"A\",kind=\"linear_input\"}"));
     assert_non_null(strstr(m, "actstore_layer_raw_peak_bytes{" FLEET "store=\"B\",layer=\"blocks.5.mlp\",policy="));
     assert_non_null(strstr(m, "actstore_policy_stored_peak_bytes{" FLEET "store=\"B\",policy=\"fp16\"}"));
-    char path[300];
-    snprintf(path, sizeof path, "%s/metrics.txt", scratch);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(m, f);
-    fclose(f);
+    int rc = proc_promtool_check(tool, m, scratch);
     free(m);
-    char cmd[1200], log[300];
-    snprintf(log, sizeof log, "%s/promtool.log", scratch);
-    snprintf(cmd, sizeof cmd, "'%s' check metrics < '%s' > '%s' 2>&1", tool, path, log);
-    int rc = system(cmd);
-    if (rc != 0)
-        proc_dump_log(log, 4000);
     assert_int_equal(rc, 0);
 }
 
@@ -124,57 +112,14 @@ static void test_prometheus_scrapes(void **state)
     (void)state;
     char bin[512];
     PROC_REQUIRE("AS_PROMETHEUS", "prometheus", "prometheus", bin);
-    char cfg[300], data[300], log[300], flag_cfg[400], flag_data[400], flag_web[100];
-    snprintf(cfg, sizeof cfg, "%s/prometheus.yml", scratch);
-    snprintf(data, sizeof data, "%s/data", scratch);
-    snprintf(log, sizeof log, "%s/prometheus.log", scratch);
-    FILE *f = fopen(cfg, "w");
-    assert_non_null(f);
-    fprintf(f, "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
-               "scrape_configs:\n  - job_name: actstore\n    static_configs:\n"
-               "      - targets: ['%s']\n", svc_addr);
-    fclose(f);
-    snprintf(flag_cfg, sizeof flag_cfg, "--config.file=%s", cfg);
-    snprintf(flag_data, sizeof flag_data, "--storage.tsdb.path=%s", data);
-
-    /* The port is picked free just before the start; if Prometheus loses
-     * the race for it, try another. */
-    pid_t pid = -1;
-    char paddr[64] = "";
-    for (int attempt = 0; attempt < 3 && pid < 0; attempt++) {
-        int port = proc_free_port();
-        assert_true(port > 0);
-        snprintf(paddr, sizeof paddr, "127.0.0.1:%d", port);
-        snprintf(flag_web, sizeof flag_web, "--web.listen-address=%s", paddr);
-        char *argv[] = {bin, flag_cfg, flag_data, flag_web, "--log.level=warn",
-                        "--storage.tsdb.retention.time=1h", NULL};
-        pid = proc_spawn(argv, log, NULL, 0);
-        assert_true(pid > 0);
-        /* ready within 30 s, or it exited */
-        bool ready = false;
-        for (double t0 = as_clock_wall_s(); as_clock_wall_s() - t0 < 30 && !ready;) {
-            int st;
-            if (waitpid(pid, &st, WNOHANG) == pid) {
-                pid = -1;
-                break;
-            }
-            int status;
-            char *b = proc_http_get(paddr, "/-/ready", &status);
-            free(b);
-            ready = status == 200;
-            if (!ready)
-                usleep(200000);
-        }
-        if (!ready && pid > 0) {
-            proc_stop(pid, 5);
-            proc_dump_log(log, 4000);
-            fail_msg("Prometheus at %s not ready within 30 s", paddr);
-        }
-    }
-    if (pid < 0) {
-        proc_dump_log(log, 4000);
-        fail_msg("Prometheus exited at start (3 attempts)");
-    }
+    char cfg[300], paddr[64];
+    snprintf(cfg, sizeof cfg,
+             "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
+             "scrape_configs:\n  - job_name: actstore\n    static_configs:\n"
+             "      - targets: ['%s']\n", svc_addr);
+    pid_t pid = proc_prometheus_start(bin, scratch, cfg, paddr, sizeof paddr);
+    if (pid <= 0)
+        fail_msg("Prometheus did not start (its log is above)");
 
     /* wait (bounded) for a scrape that carries our samples */
     char why[512] = "";
@@ -205,6 +150,8 @@ static void test_prometheus_scrapes(void **state)
             waited, up, live, ratio, peak, st);
     if (up != 1 || live <= 0) {
         fprintf(stderr, "last answer: %s\ntargets: %.2000s\n", why, targets ? targets : "-");
+        char log[300];
+        snprintf(log, sizeof log, "%s/prometheus.log", scratch);
         proc_dump_log(log, 4000);
     }
     free(targets);

@@ -13,6 +13,8 @@
 #include "actstore/store.h"
 #include "layers/ops.h"
 #include "store/policies/softmax/softmax.h"
+#include "support/probs.h"
+#include "support/store_util.h"
 #include "util/rng.h"
 
 static uint64_t rng = 1;
@@ -21,38 +23,7 @@ static double urand(void) { return as_rng_u01(&rng); }
 
 enum { B = 2, H = 3, T = 37, ROWS = B * H * T, N = ROWS * T };
 
-/* causal (B, H, T, T) probabilities with key padding vlen per batch item */
-static void fill(float *y, const int32_t *vlen, double sd)
-{
-    for (int r = 0; r < ROWS; r++) {
-        int q = r % T, n = q + 1 < vlen[r / (H * T)] ? q + 1
-                                                    : vlen[r / (H * T)];
-        double t[T], mx = -1e300, z = 0;
-        for (int k = 0; k < n; k++) {
-            t[k] = nrand() * sd;
-            mx = t[k] > mx ? t[k] : mx;
-        }
-        for (int k = 0; k < n; k++)
-            z += (t[k] = exp(t[k] - mx));
-        for (int k = 0; k < T; k++)
-            y[r * T + k] = k < n ? (float)(t[k] / z) : 0.0f;
-    }
-}
-
-static as_save_info info_of(const int32_t *vlen)
-{
-    as_save_info si = {.kind = AS_KIND_SOFTMAX_OUTPUT, .layer = "blk.attn"};
-    si.meta.softmax = (as_softmax_meta){.row_len = T, .queries = T,
-                                        .causal = true, .valid_len = vlen,
-                                        .rows_per_item = H * T};
-    return si;
-}
-
-static as_tensor tens(float *d)
-{
-    return (as_tensor){.data = d, .dtype = AS_F32, .ndim = 4,
-                       .shape = {B, H, T, T}};
-}
+static const probs_shape PS = {B, H, T};
 
 /* The store's decode, rows, backward agree with the codec on its own. */
 static void test_round_trip(void **st)
@@ -64,15 +35,13 @@ static void test_round_trip(void **st)
     int32_t vlen[B] = {T, 21};
     int32_t vlen_copy[B];
     rng = 12345;
-    fill(y, vlen, 2.5);
+    probs_fill(PS, vlen, 2.5, &rng, y);
     for (int i = 0; i < N; i++)
         dy[i] = (float)nrand();
     for (size_t s = 0; s < sizeof specs / sizeof *specs; s++) {
         char spec[64], err[256];
         snprintf(spec, sizeof spec, "softmax=%s; default=keep", specs[s]);
-        as_store_config cfg = {.policy = spec, .strict = true};
-        as_store *S;
-        assert_int_equal(as_store_create(&cfg, &S, err, sizeof err), 0);
+        as_store *S = store_new(spec, NULL, true, 0, NULL);
 
         /* the codec on its own: the reference for the store's answers */
         as__sm_params p;
@@ -89,8 +58,8 @@ static void test_round_trip(void **st)
         for (int step = 0; step < 2; step++) {
             as_store_step_begin(S, (uint64_t)step);
             memcpy(vlen_copy, vlen, sizeof vlen);
-            as_save_info si = info_of(vlen_copy);
-            as_tensor t = tens(y);
+            as_save_info si = probs_info(PS, vlen_copy);
+            as_tensor t = probs_tensor(PS, y);
             as_handle h, h2;
             assert_int_equal(as_store_save(S, &si, &t, &h), 0);
             assert_int_equal(as_store_save(S, &si, &t, &h2), 0);
@@ -100,7 +69,7 @@ static void test_round_trip(void **st)
             assert_non_null(strstr(as_store_policy_of(S, h), specs[s]));
 
             as_store_phase(S, AS_PHASE_BACKWARD);
-            as_tensor d = tens(got);
+            as_tensor d = probs_tensor(PS, got);
             for (int rep = 0; rep < 2; rep++) {   /* same values twice */
                 memset(got, 0x7f, sizeof got);
                 assert_int_equal(as_store_restore(S, h, &d), 0);
@@ -166,14 +135,14 @@ static void test_specs_and_fallbacks(void **st)
     static float y[N], got[N];
     int32_t vlen[B] = {T, T};
     rng = 99;
-    fill(y, vlen, 1.0);
+    probs_fill(PS, vlen, 1.0, &rng, y);
     as_save_info si = {.kind = AS_KIND_GENERIC, .layer = "other"};
-    as_tensor t = tens(y), d = tens(got);
+    as_tensor t = probs_tensor(PS, y), d = probs_tensor(PS, got);
     as_handle h;
     assert_int_equal(as_store_save(S, &si, &t, &h), 0);
     assert_int_equal(as_store_restore(S, h, &d), 0);
     assert_memory_equal(got, y, sizeof y);        /* kept exactly */
-    si = info_of(vlen);
+    si = probs_info(PS, vlen);
     si.meta.softmax.row_len = T + 1;              /* wrong metadata */
     assert_int_equal(as_store_save(S, &si, &t, &h), 0);
     assert_non_null(strstr(as_store_policy_of(S, h), "fallback"));
@@ -397,7 +366,7 @@ static void test_meta_check_codec(void **st)
     static float y[N];
     int32_t vlen[B] = {T, 21};
     rng = 7;
-    fill(y, vlen, 2.0);
+    probs_fill(PS, vlen, 2.0, &rng, y);
     as__sm_params p;
     assert_int_equal(as__sm_parse("soa:5", 5, &p, NULL, 0, NULL), 0);
     as__sm_layout lay = {.rows = ROWS, .len = T, .queries = T, .causal = true,
@@ -460,7 +429,7 @@ static void test_attn_block_backward(void **st)
     int32_t vlen[B] = {T, T};
     for (int causal = 0; causal < 2; causal++) {
         rng = 777 + (uint64_t)causal;
-        fill(y, vlen, 3.0);
+        probs_fill(PS, vlen, 3.0, &rng, y);
         if (!causal)   /* full rows: softmax of every key */
             for (int r = 0; r < ROWS; r++) {
                 double z = 0, t[T];
@@ -472,18 +441,16 @@ static void test_attn_block_backward(void **st)
         for (int i = 0; i < N; i++)
             dy[i] = (float)nrand();
         for (size_t s = 0; s < sizeof specs / sizeof *specs; s++) {
-            char spec[64], err[256];
+            char spec[64];
             snprintf(spec, sizeof spec, "softmax=%s; default=keep", specs[s]);
-            as_store_config cfg = {.policy = spec, .strict = true};
-            as_store *S;
-            assert_int_equal(as_store_create(&cfg, &S, err, sizeof err), 0);
+            as_store *S = store_new(spec, NULL, true, 0, NULL);
             as_store_step_begin(S, 0);
             as_save_info si = {.kind = AS_KIND_SOFTMAX_OUTPUT,
                                .layer = "blk.attn"};
             si.meta.softmax = (as_softmax_meta){.row_len = T, .queries = T,
                                                 .causal = causal,
                                                 .rows_per_item = H * T};
-            as_tensor t = tens(y);
+            as_tensor t = probs_tensor(PS, y);
             as_handle h;
             assert_int_equal(as_store_save(S, &si, &t, &h), 0);
             as_store_phase(S, AS_PHASE_BACKWARD);

@@ -23,6 +23,7 @@
 
 #include "actstore/store.h"
 #include "store/store_internal.h"
+#include "support/probs.h"
 #include "support/store_util.h"
 #include "util/rng.h"
 
@@ -30,46 +31,16 @@ static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
 enum { B = 3, H = 2, T = 24, ROWS = B * H * T, N = ROWS * T };
 
-/* causal (B, H, T, T) probabilities, key padding vlen per batch item */
-static void fill_probs(float *y, const int32_t *vlen)
-{
-    for (int r = 0; r < ROWS; r++) {
-        int q = r % T, n = q + 1 < vlen[r / (H * T)] ? q + 1 : vlen[r / (H * T)];
-        double t[T], mx = -1e300, z = 0;
-        for (int k = 0; k < n; k++) {
-            t[k] = as_rng_normal(&rng) * 2.0;
-            mx = t[k] > mx ? t[k] : mx;
-        }
-        for (int k = 0; k < n; k++)
-            z += (t[k] = exp(t[k] - mx));
-        for (int k = 0; k < T; k++)
-            y[r * T + k] = k < n ? (float)(t[k] / z) : 0.0f;
-    }
-}
-
-static as_save_info probs_info(const int32_t *vlen)
-{
-    as_save_info si = {.kind = AS_KIND_SOFTMAX_OUTPUT, .layer = "blk.attn"};
-    si.meta.softmax = (as_softmax_meta){.row_len = T, .queries = T,
-                                        .causal = true, .valid_len = vlen,
-                                        .rows_per_item = H * T};
-    return si;
-}
-
-static as_tensor probs_t(float *d)
-{
-    return (as_tensor){.data = d, .dtype = AS_F32, .ndim = 4,
-                       .shape = {B, H, T, T}};
-}
+static const probs_shape PS = {B, H, T};
 
 /* Probabilities with key padding vlen (filled), their info and tensor. */
 static float *probs_case(const int32_t *vlen, as_save_info *si, as_tensor *t)
 {
     float *y = malloc(N * sizeof *y);
     assert_non_null(y);
-    fill_probs(y, vlen);
-    *si = probs_info(vlen);
-    *t = probs_t(y);
+    probs_fill(PS, vlen, 2.0, &rng, y);
+    *si = probs_info(PS, vlen);
+    *t = probs_tensor(PS, y);
     return y;
 }
 
@@ -353,11 +324,11 @@ static void test_auto_rows(void **st)
     assert_int_equal(as_store_set_budget(s, budget), 0);
     for (int step = 1; step <= 4; step++) {
         if (step > 1)
-            fill_probs(y, vlen);
+            probs_fill(PS, vlen, 2.0, &rng, y);
         as_store_step_begin(s, (uint64_t)step);
         as_handle h = save_rows(s, &si, &t, H * T);
         float *d = malloc(N * sizeof *d);
-        as_tensor td = probs_t(d);
+        as_tensor td = probs_tensor(PS, d);
         assert_int_equal(as_store_restore(s, h, &td), 0);
         double dot = 0, a2 = 0, b2 = 0;
         for (int k = 0; k < N; k++) {

@@ -33,20 +33,6 @@ static int borrow_encode(as_pctx *ctx, const void *params,
     return 0;
 }
 
-static int borrow_decode(as_pctx *ctx, const void *params, void *state,
-                         as_tensor *dst)
-{
-    size_t n = as_tensor_bytes(dst);
-    if (n)
-        memcpy(dst->data, state, n);
-    return 0;
-}
-
-static const void *borrow_view(const void *params, void *state)
-{
-    return state;
-}
-
 const as_policy_ops as_policy_borrow = {
     .name = "borrow",
     .summary = "store nothing: the caller holds the tensor (as_save_info."
@@ -56,6 +42,6 @@ const as_policy_ops as_policy_borrow = {
     .parse = as_policy_parse_none,
     .applies = borrow_applies,
     .encode = borrow_encode,
-    .decode = borrow_decode,
-    .view = borrow_view,
+    .decode = as_policy_decode_state,
+    .view = as_policy_view_state,
 };

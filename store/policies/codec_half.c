@@ -111,12 +111,6 @@ static int bf16_rows(as_pctx *ctx, const void *params, void *state,
     return half_rows(ctx, state, row0, nrows, dst, true);
 }
 
-/* State lives in a context block: the store frees it. */
-static void half_drop(void *params, void *state)
-{
-    (void)params, (void)state;
-}
-
 const as_policy_ops as_policy_fp16 = {
     .name = "fp16",
     .summary = "f32 as IEEE half, round to nearest even (2x; rel. err <= 2^-11, |x| <= 65504)",
@@ -125,7 +119,6 @@ const as_policy_ops as_policy_fp16 = {
     .applies = as_policy_applies_f32,
     .encode = fp16_encode,
     .decode = fp16_decode,
-    .drop = half_drop,
     .decode_rows = fp16_rows,
 };
 
@@ -137,6 +130,5 @@ const as_policy_ops as_policy_bf16 = {
     .applies = as_policy_applies_f32,
     .encode = bf16_encode,
     .decode = bf16_decode,
-    .drop = half_drop,
     .decode_rows = bf16_rows,
 };

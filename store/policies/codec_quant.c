@@ -188,11 +188,6 @@ static int quant_rows(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
-static void quant_drop(void *params, void *state)
-{
-    (void)params, (void)state;   /* a context block: the store frees it */
-}
-
 #define QUANT_OPS(B, SUMMARY)                                               \
     const as_policy_ops as_policy_q##B = {                                  \
         .name = "q" #B,                                                     \
@@ -203,7 +198,6 @@ static void quant_drop(void *params, void *state)
         .applies = as_policy_applies_f32,                                           \
         .encode = q##B##_encode,                                            \
         .decode = quant_decode,                                             \
-        .drop = quant_drop,                                                 \
         .decode_rows = quant_rows,                                          \
     };
 QUANT_OPS(8, "8-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~3.9x)")

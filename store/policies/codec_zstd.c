@@ -559,11 +559,6 @@ static int zstd_rows(as_pctx *ctx, const void *params, void *state,
     return rc;
 }
 
-static void zstd_drop(void *params, void *state)
-{
-    (void)params, (void)state;   /* context blocks: the store frees them */
-}
-
 const as_policy_ops as_policy_zstd = {
     .name = "zstd",
     .summary = "lossless zstd[:level] of byte-shuffled frames (zero mask for sparse data)",
@@ -573,7 +568,6 @@ const as_policy_ops as_policy_zstd = {
     .free_params = zstd_free_params,
     .encode = zstd_encode,
     .decode = zstd_decode,
-    .drop = zstd_drop,
     .decode_rows = zstd_rows,
 };
 

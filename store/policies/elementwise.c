@@ -27,6 +27,7 @@
 typedef struct estate {
     as_elementwise fn;
     as_handle      dep;
+    bool           inverse;   /* this = fn^-1(dep), else this = fn(dep) */
 } estate;
 
 /* Affine over NCHW-style layout: blocks of `inner` values share a channel
@@ -135,6 +136,36 @@ bool as__fn_invertible(const as_elementwise *f, int64_t numel, char *why,
     }
 }
 
+/* The state of both: depend on dep, rebuild through fn or its inverse. */
+static int dep_encode(as_pctx *ctx, const as_elementwise *fn, as_handle dep,
+                      bool inverse, void **state)
+{
+    estate *st = calloc(1, sizeof *st);
+    if (!st)
+        return AS_ENOMEM;
+    *st = (estate){.fn = *fn, .dep = dep, .inverse = inverse};
+    int rc = as_pctx_depend(ctx, dep);
+    if (rc < 0) {
+        free(st);
+        return rc;
+    }
+    *state = st;
+    return 0;
+}
+
+static int dep_decode(as_pctx *ctx, const void *params, void *state,
+                      as_tensor *dst)
+{
+    estate *st = state;
+    const as_tensor *v;
+    int rc = as_pctx_restore_dep(ctx, st->dep, &v);
+    if (rc == 0 && st->inverse)
+        apply_inverse(&st->fn, v->data, dst->data, as_tensor_numel(dst));
+    else if (rc == 0)
+        apply_fn(&st->fn, v->data, dst->data, as_tensor_numel(dst));
+    return rc;
+}
+
 /* ---- derive ------------------------------------------------------------ */
 
 static int derive_applies(const void *params, const as_save_info *info,
@@ -169,35 +200,7 @@ static int derive_encode(as_pctx *ctx, const void *params,
         as_pctx_errorf(ctx, "source is not an f32 tensor of the same size");
         return AS_ENOTSUP;
     }
-    estate *st = calloc(1, sizeof *st);
-    if (!st)
-        return AS_ENOMEM;
-    st->fn = info->source_fn;
-    st->dep = info->source;
-    if ((rc = as_pctx_depend(ctx, st->dep)) < 0) {
-        if (rc == AS_ESTATE)
-            as_pctx_errorf(ctx, "dependency cycle");
-        free(st);
-        return rc;
-    }
-    *state = st;
-    return 0;
-}
-
-static int derive_decode(as_pctx *ctx, const void *params, void *state,
-                         as_tensor *dst)
-{
-    estate *st = state;
-    const as_tensor *v;
-    int rc = as_pctx_restore_dep(ctx, st->dep, &v);
-    if (rc == 0)
-        apply_fn(&st->fn, v->data, dst->data, as_tensor_numel(dst));
-    return rc;
-}
-
-static void e_drop(void *params, void *state)
-{
-    free(state);
+    return dep_encode(ctx, &info->source_fn, info->source, false, state);
 }
 
 const as_policy_ops as_policy_derive = {
@@ -208,8 +211,8 @@ const as_policy_ops as_policy_derive = {
     .parse = as_policy_parse_none,
     .applies = derive_applies,
     .encode = derive_encode,
-    .decode = derive_decode,
-    .drop = e_drop,
+    .decode = dep_decode,
+    .drop = as_policy_drop_free,
 };
 
 /* ---- inverse ------------------------------------------------------------ */
@@ -217,18 +220,7 @@ const as_policy_ops as_policy_derive = {
 int as__inverse_encode(as_pctx *ctx, as_handle consumer,
                        const as_elementwise *fn, void **state)
 {
-    estate *st = calloc(1, sizeof *st);
-    if (!st)
-        return AS_ENOMEM;
-    st->fn = *fn;
-    st->dep = consumer;
-    int rc = as_pctx_depend(ctx, consumer);
-    if (rc < 0) {
-        free(st);
-        return rc;
-    }
-    *state = st;
-    return 0;
+    return dep_encode(ctx, fn, consumer, true, state);
 }
 
 static int inverse_encode(as_pctx *ctx, const void *params,
@@ -240,17 +232,6 @@ static int inverse_encode(as_pctx *ctx, const void *params,
     return AS_ENOTSUP;
 }
 
-static int inverse_decode(as_pctx *ctx, const void *params, void *state,
-                          as_tensor *dst)
-{
-    estate *st = state;
-    const as_tensor *v;
-    int rc = as_pctx_restore_dep(ctx, st->dep, &v);
-    if (rc == 0)
-        apply_inverse(&st->fn, v->data, dst->data, as_tensor_numel(dst));
-    return rc;
-}
-
 const as_policy_ops as_policy_inverse = {
     .name = "inverse",
     .summary = "store nothing; rebuilt from a later tensor y = fn(this) "
@@ -259,6 +240,6 @@ const as_policy_ops as_policy_inverse = {
     .regenerator = true,
     .parse = as_policy_parse_none,
     .encode = inverse_encode,
-    .decode = inverse_decode,
-    .drop = e_drop,
+    .decode = dep_decode,
+    .drop = as_policy_drop_free,
 };

@@ -29,20 +29,6 @@ static int keep_encode(as_pctx *ctx, const void *params,
     return 0;
 }
 
-static int keep_decode(as_pctx *ctx, const void *params, void *state,
-                       as_tensor *dst)
-{
-    size_t n = as_tensor_bytes(dst);
-    if (n)
-        memcpy(dst->data, state, n);
-    return 0;
-}
-
-static const void *keep_view(const void *params, void *state)
-{
-    return state;
-}
-
 const as_policy_ops as_policy_keep = {
     .name = "keep",
     .summary = "exact; zero-copy for tensors adopted from the store's arena",
@@ -51,6 +37,6 @@ const as_policy_ops as_policy_keep = {
     .exact = true,
     .parse = as_policy_parse_none,
     .encode = keep_encode,
-    .decode = keep_decode,
-    .view = keep_view,
+    .decode = as_policy_decode_state,
+    .view = as_policy_view_state,
 };

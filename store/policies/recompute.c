@@ -52,11 +52,9 @@ static int rc_encode(as_pctx *ctx, const void *params,
         st->inputs[i] = info->recompute_inputs[i];
         int rc = as_pctx_depend(ctx, st->inputs[i]);
         if (rc < 0) {
-            if (rc != AS_ESTATE)
+            if (rc != AS_ESTATE)   /* a cycle is named by as_pctx_depend */
                 as_pctx_errorf(ctx, "recompute input %zu: %s", i,
                                as_store_last_error(as_pctx_store(ctx)));
-            else
-                as_pctx_errorf(ctx, "dependency cycle");
             free(st);
             return rc;
         }
@@ -83,11 +81,6 @@ static int rc_decode(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
-static void rc_drop(void *params, void *state)
-{
-    free(state);
-}
-
 const as_policy_ops as_policy_recompute = {
     .name = "recompute",
     .summary = "store nothing; rerun the framework's callback on its inputs",
@@ -97,5 +90,5 @@ const as_policy_ops as_policy_recompute = {
     .applies = rc_applies,
     .encode = rc_encode,
     .decode = rc_decode,
-    .drop = rc_drop,
+    .drop = as_policy_drop_free,
 };

@@ -73,6 +73,28 @@ void as_policy_free_params(void *params)
     free(params);
 }
 
+void as_policy_drop_free(void *params, void *state)
+{
+    (void)params;
+    free(state);
+}
+
+int as_policy_decode_state(as_pctx *ctx, const void *params, void *state,
+                           as_tensor *dst)
+{
+    (void)ctx, (void)params;
+    size_t n = as_tensor_bytes(dst);
+    if (n)
+        memcpy(dst->data, state, n);
+    return 0;
+}
+
+const void *as_policy_view_state(const void *params, void *state)
+{
+    (void)params;
+    return state;
+}
+
 int as_policy_applies_f32(const void *params, const as_save_info *info, const as_tensor *t,
                           char *why, size_t whylen)
 {

@@ -276,16 +276,23 @@ static void put_header(as_service *svc, as__sb *b)
                   (unsigned long long)as__svc_memory());
 }
 
-void as__render_snapshot(as_service *svc, as__sb *b)
+/* ,"KEY":[every store] and the closing brace of the document. */
+static void put_sources(as_service *svc, as__sb *b, const char *key,
+                        size_t layer_limit, bool full)
 {
-    put_header(svc, b);
-    as__sb_puts(b, ",\"stores\":[");
+    as__sb_printf(b, ",\"%s\":[", key);
     for (size_t i = 0; i < svc->nsrc; i++) {
         if (i)
             as__sb_puts(b, ",");
-        put_source(svc, i, b, 0, true);
+        put_source(svc, i, b, layer_limit, full);
     }
     as__sb_puts(b, "]}\n");
+}
+
+void as__render_snapshot(as_service *svc, as__sb *b)
+{
+    put_header(svc, b);
+    put_sources(svc, b, "stores", 0, true);
 }
 
 /* auto's plan of one store: the budget and one entry per (layer, kind). */
@@ -462,13 +469,8 @@ void as__render_frame(as_service *svc, as__sb *b)
         return;
     b->len -= 2;                    /* drop its closing brace and newline */
     /* ... extended with the stores' current tables */
-    as__sb_puts(b, ",\"now\":[");
-    for (size_t i = 0; i < svc->nsrc; i++) {
-        if (i)
-            as__sb_puts(b, ",");
-        put_source(svc, i, b, 20, false);
-    }
-    as__sb_puts(b, "]}\n\n");
+    put_sources(svc, b, "now", 20, false);
+    as__sb_puts(b, "\n");             /* the end of the SSE event */
 }
 
 /* ---- Chrome trace-event JSON --------------------------------------------------- */

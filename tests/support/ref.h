@@ -15,30 +15,39 @@
 
 #include "layers/ops.h"
 
+/* y (N, out) = x (N, in) W^T + b, W (out, in). */
+static inline void affine_ref(int N, int in, int out, const double *x,
+                              const double *W, const double *b, double *y)
+{
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < out; o++) {
+            double s = b[o];
+            for (int i = 0; i < in; i++)
+                s += x[n * in + i] * W[o * in + i];
+            y[n * out + o] = s;
+        }
+}
+
 typedef struct { int N, in, out; } lin_cfg;
 static inline void lin_ref(const void *c_, const double *p, double *y)
 {
     const lin_cfg *c = c_;
     const double *x = p, *W = x + c->N * c->in, *b = W + c->out * c->in;
-    for (int n = 0; n < c->N; n++)
-        for (int o = 0; o < c->out; o++) {
-            double s = b[o];
-            for (int i = 0; i < c->in; i++)
-                s += x[n * c->in + i] * W[o * c->in + i];
-            y[n * c->out + o] = s;
-        }
+    affine_ref(c->N, c->in, c->out, x, W, b, y);
 }
 
-static inline void conv_ref(const void *c_, const double *p, double *y)
+/* Every (output, input, weight) index triple of a conv with geometry g
+ * (NCHW, weights (Cout, Cin, kh, kw)), taps in the padding skipped: output
+ * by output, each one's taps in (c, i, j) order. */
+static inline void conv_taps(const as_op_conv_geom *g,
+                             void (*tap)(void *ctx, size_t yi, size_t xi, size_t wi),
+                             void *ctx)
 {
-    const as_op_conv_geom *g = c_;
-    const double *x = p, *W = x + (size_t)g->N * g->Cin * g->H * g->W;
-    const double *b = W + (size_t)g->Cout * g->Cin * g->kh * g->kw;
     for (int n = 0; n < g->N; n++)
         for (int o = 0; o < g->Cout; o++)
             for (int oh = 0; oh < g->Ho; oh++)
                 for (int ow = 0; ow < g->Wo; ow++) {
-                    double s = b[o];
+                    size_t yi = (((size_t)n * g->Cout + o) * g->Ho + oh) * g->Wo + ow;
                     for (int c = 0; c < g->Cin; c++)
                         for (int i = 0; i < g->kh; i++)
                             for (int j = 0; j < g->kw; j++) {
@@ -46,11 +55,29 @@ static inline void conv_ref(const void *c_, const double *p, double *y)
                                 int iw = ow * g->stride - g->pad + j;
                                 if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W)
                                     continue;
-                                s += x[((n * g->Cin + c) * g->H + ih) * g->W + iw] *
-                                     W[((o * g->Cin + c) * g->kh + i) * g->kw + j];
+                                tap(ctx, yi, (((size_t)n * g->Cin + c) * g->H + ih) * g->W + iw,
+                                    (((size_t)o * g->Cin + c) * g->kh + i) * g->kw + j);
                             }
-                    y[((n * g->Cout + o) * g->Ho + oh) * g->Wo + ow] = s;
                 }
+}
+
+typedef struct { const double *x, *W; double *y; } conv_fwd_ctx;
+static inline void conv_fwd_tap(void *ctx, size_t yi, size_t xi, size_t wi)
+{
+    conv_fwd_ctx *f = ctx;
+    f->y[yi] += f->x[xi] * f->W[wi];
+}
+
+static inline void conv_ref(const void *c_, const double *p, double *y)
+{
+    const as_op_conv_geom *g = c_;
+    const double *x = p, *W = x + (size_t)g->N * g->Cin * g->H * g->W;
+    const double *b = W + (size_t)g->Cout * g->Cin * g->kh * g->kw;
+    const size_t plane = (size_t)g->Ho * g->Wo;
+    for (size_t k = 0; k < (size_t)g->N * g->Cout * plane; k++)
+        y[k] = b[k / plane % (size_t)g->Cout];
+    conv_fwd_ctx f = {x, W, y};
+    conv_taps(g, conv_fwd_tap, &f);
 }
 
 typedef struct { int N, C, H, W, k; bool max; } pool_cfg;
@@ -160,6 +187,39 @@ static inline void emb_ref(const void *c_, const double *p, double *y)
         for (int t = 0; t < 3; t++)
             for (int k = 0; k < 4; k++)
                 y[(b * 3 + t) * 4 + k] = p[emb_tok[b * 3 + t] * 4 + k] + p[16 + t * 4 + k];
+}
+
+/* Attention core: qkv (B*T, 3C) as q | k | v, NH heads of C / NH, causal or
+ * not; out (B*T, C). T <= 64. */
+typedef struct { int B, T, C, NH; bool causal; } at_cfg;
+static inline void attn_core_ref(const void *c_, const double *qkv, double *out)
+{
+    const at_cfg *c = c_;
+    int hd = c->C / c->NH, C3 = 3 * c->C;
+    double sc = 1.0 / sqrt(hd), p[64];
+    for (int b = 0; b < c->B; b++)
+        for (int h = 0; h < c->NH; h++)
+            for (int t = 0; t < c->T; t++) {
+                const double *q = qkv + (b * c->T + t) * C3 + h * hd;
+                int n = c->causal ? t + 1 : c->T;
+                double m = -1e300, s = 0;
+                for (int u = 0; u < n; u++) {
+                    const double *k = qkv + (b * c->T + u) * C3 + c->C + h * hd;
+                    double d = 0;
+                    for (int i = 0; i < hd; i++)
+                        d += q[i] * k[i];
+                    p[u] = d * sc;
+                    m = fmax(m, p[u]);
+                }
+                for (int u = 0; u < n; u++)
+                    s += (p[u] = exp(p[u] - m));
+                for (int i = 0; i < hd; i++) {
+                    double acc = 0;
+                    for (int u = 0; u < n; u++)
+                        acc += p[u] / s * qkv[(b * c->T + u) * C3 + 2 * c->C + h * hd + i];
+                    out[(b * c->T + t) * c->C + h * hd + i] = acc;
+                }
+            }
 }
 
 #endif
