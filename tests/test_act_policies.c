@@ -18,7 +18,9 @@
 #include "layers/nn.h"
 #include "layers/ops.h"
 #include "layers/train.h"
+#include "store/store_internal.h"
 #include "support/store_stats.h"
+#include "util/simd.h"
 #include "util/rng.h"
 
 static as_store *mk(const char *spec)
@@ -364,26 +366,101 @@ static void test_fewbit_specials(void **state)
     assert_int_equal(as_policy_check("activation_input=fewbit", err, sizeof err), 0);
 }
 
+/* The stored bytes of h (its representation's state, bytes long). */
+static void *state_copy(as_store *s, as_handle h, size_t bytes)
+{
+    as_item *it;
+    as_rep *r;
+    assert_int_equal(as__lookup_rep(s, h, &it, &r, "test"), 0);
+    void *c = malloc(bytes ? bytes : 1);
+    memcpy(c, r->state, bytes);
+    as__rep_unref(s, r);
+    as__item_unref(s, it);
+    return c;
+}
+
+/* The vector kernels (AVX-512 where the CPU has it) store the bytes of the
+ * portable ones and give the same gradients; each path's backward reads
+ * the other's codes alike: odd sizes, NaN / Inf / zero runs. */
+static void test_fewbit_vector_matches_portable(void **state)
+{
+    (void)state;
+    static const size_t lens[] = {0, 1, 15, 16, 17, 63, 64, 65, 4099, 20011};
+    for (int bits = 1; bits <= 4; bits++)
+        for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+            const size_t n = lens[li];
+            float *x = randn(n, 11 + li, 1.5f), *dy = randn(n, 5, 1.0f);
+            fill_specials(x, n);
+            for (size_t i = n / 2; i < n / 2 + 40 && i < n; i++)
+                x[i] = 0.0f;                      /* a zero run */
+            char spec[64];
+            snprintf(spec, sizeof spec, "activation_input=fewbit:%d", bits);
+            as_store *s = mk(spec);
+            as_handle h[2];
+            size_t nnan = 0;
+            for (size_t i = 0; i < n; i++)
+                nnan += x[i] != x[i];
+            const size_t bytes = 160 + 8 * ((n * (size_t)bits + 63) / 64) + 8 * nnan;
+            void *st[2];
+            for (int port = 0; port < 2; port++) {
+                as__simd_force_portable(port == 1);
+                h[port] = save_act(s, AS_KIND_ACTIVATION_INPUT, AS_FN_GELU, 0, x,
+                                   (int64_t)n, "g");
+                st[port] = state_copy(s, h[port], bytes);
+            }
+            assert_memory_equal(st[0], st[1], bytes);
+            float *dx[2] = {malloc((n ? n : 1) * 4), malloc((n ? n : 1) * 4)};
+            for (int port = 0; port < 2; port++) {
+                as__simd_force_portable(port == 1);
+                assert_int_equal(as_store_act_backward(s, h[1 - port], dy, dx[port]), 0);
+            }
+            assert_true(same_bits(dx[0], dx[1], n));
+            as__simd_force_portable(false);
+            for (int port = 0; port < 2; port++) {
+                free(st[port]);
+                free(dx[port]);
+            }
+            free(x);
+            free(dy);
+            as_store_destroy(s);
+        }
+}
+
 /* ---- bitpack ------------------------------------------------------------ */
 
+/* Round trip, stored bytes, and the same stored bytes and values through
+ * the vector (BMI2) and the portable paths, each decoding the other's. */
 static void check_bitpack(int dtype, const void *v, int64_t n, unsigned bits)
 {
     as_store *s = mk("index=bitpack");
     as_save_info info = {.kind = AS_KIND_INDEX, .layer = "pool"};
     as_tensor t = {.data = (void *)v, .dtype = dtype, .ndim = 2, .shape = {1, n}};
-    as_handle h;
-    assert_int_equal(as_store_save(s, &info, &t, &h), 0);
-    assert_string_equal(as_store_policy_of(s, h), "bitpack");
-    as_store_stats st = stats(s);
-    assert_int_equal(st.total.stored_live, 32 + 8 * (((uint64_t)n * bits + 63) / 64));
-    as_store_stats_free(&st);
+    const size_t stored = 32 + 8 * (((uint64_t)n * bits + 63) / 64);
+    as_handle h[2];
+    void *st[2];
+    for (int port = 0; port < 2; port++) {
+        as__simd_force_portable(port == 1);
+        assert_int_equal(as_store_save(s, &info, &t, &h[port]), 0);
+        assert_string_equal(as_store_policy_of(s, h[port]), "bitpack");
+        st[port] = state_copy(s, h[port], stored);
+    }
+    assert_memory_equal(st[0], st[1], stored);
+    as_store_stats sts = stats(s);
+    assert_int_equal(sts.total.stored_live, 2 * stored);
+    as_store_stats_free(&sts);
     size_t bytes = (size_t)n * as_dtype_size(dtype);
     void *r = malloc(bytes ? bytes : 1);
-    memset(r, 0xa5, bytes);
-    as_tensor rt = t;
-    rt.data = r;
-    assert_int_equal(as_store_restore(s, h, &rt), 0);
-    assert_true(bytes == 0 || memcmp(r, v, bytes) == 0);
+    for (int port = 0; port < 2; port++) {
+        as__simd_force_portable(port == 1);
+        memset(r, 0xa5, bytes);
+        as_tensor rt = t;
+        rt.data = r;
+        assert_int_equal(as_store_restore(s, h[1 - port], &rt), 0);
+        assert_true(bytes == 0 || memcmp(r, v, bytes) == 0);
+    }
+    as__simd_force_portable(false);
+    free(st[0]);
+    free(st[1]);
     free(r);
     as_store_destroy(s);
 }
@@ -399,6 +476,17 @@ static void test_bitpack(void **state)
     uint8_t full[300];           /* 0..255: 8 bits */
     for (int i = 0; i < 300; i++)
         full[i] = (uint8_t)i;
+    check_bitpack(AS_U8, full, 300, 8);
+    for (int64_t n = 1; n <= 19; n++) {   /* 5..12: 3 bits, odd tails */
+        uint8_t odd[19];
+        for (int64_t i = 0; i < n; i++)
+            odd[i] = (uint8_t)(5 + as_rng_next(&st) % 8);
+        odd[0] = 5;
+        odd[n - 1] = n > 1 ? 12 : 5;
+        check_bitpack(AS_U8, odd, n, n > 1 ? 3 : 0);
+    }
+    for (int i = 0; i < 300; i++)   /* 1..255 at an offset: 8 bits */
+        full[i] = (uint8_t)(1 + i % 255);
     check_bitpack(AS_U8, full, 300, 8);
     int32_t tok[257];            /* targets with ignored (-1) entries: 7 bits */
     for (int i = 0; i < 257; i++)
@@ -628,6 +716,7 @@ int main(void)
         cmocka_unit_test(test_act_backward_keep),
         cmocka_unit_test(test_fewbit_error),
         cmocka_unit_test(test_fewbit_specials),
+        cmocka_unit_test(test_fewbit_vector_matches_portable),
         cmocka_unit_test(test_bitpack),
         cmocka_unit_test(test_borrow),
         cmocka_unit_test(test_cnn_sign),

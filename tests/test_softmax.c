@@ -14,6 +14,7 @@
 #include "actstore/common.h"
 #include "store/policies/softmax/softmax.h"
 #include "util/rng.h"
+#include "util/simd.h"
 
 /* ---- fixed-seed rows ------------------------------------------------------ */
 
@@ -618,6 +619,86 @@ static void test_grouped_rows_match_row_by_row(void **st)
         }
 }
 
+/* A row of kind k (0..7): softmax rows of several widths, then rows with
+ * NaN, +-inf, zeros and negatives, all zero, a subnormal maximum, a huge
+ * maximum, ties. */
+static void special_row(float *y, size_t n, int k)
+{
+    softmax_row(y, n, 0.5 + (k % 4));
+    switch (k) {
+    case 4:
+        y[n / 2] = NAN;
+        y[n - 1] = n > 2 ? INFINITY : y[n - 1];
+        y[0] = -INFINITY;
+        break;
+    case 5:
+        for (size_t i = 0; i < n; i += 2)
+            y[i] = i % 4 ? 0.0f : -y[i];
+        break;
+    case 6:
+        memset(y, 0, n * sizeof *y);
+        break;
+    case 7:
+        for (size_t i = 0; i < n; i++)
+            y[i] = i % 3 ? 1e-39f * (float)(i % 5) : 3e30f / (float)(i + 1);
+        if (n > 3)
+            y[n / 3] = 1e-40f;
+        break;
+    default:
+        for (size_t i = 1; k == 3 && i < n; i += 3)
+            y[i] = y[i - 1];
+    }
+}
+
+/* The vector paths (AVX-512 solog, AVX2 sotk) write the bytes and decode
+ * the values of the portable ones, at every length around the vector
+ * widths and on odd rows; each decodes the other's bytes alike. */
+static void test_vector_paths_match_portable(void **st)
+{
+    (void)st;
+    static const char *specs[] = {"solog:2", "solog:3", "solog:4", "sotk:16:3"};
+    static const size_t lens[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33,
+                                  50, 63, 64, 65, 100, 257, 1000};
+    const size_t L = 1000;
+    float *y = malloc(L * sizeof *y), *d[2];
+    uint8_t *b[2];
+    as__sm_work w;
+    assert_int_equal(as__sm_work_init(&w, L), 0);
+    for (int i = 0; i < 2; i++) {
+        d[i] = malloc(L * sizeof *d[i]);
+        b[i] = malloc(2 * L + 64);
+    }
+    seed(77);
+    for (size_t si = 0; si < sizeof specs / sizeof *specs; si++)
+        for (size_t li = 0; li < sizeof lens / sizeof *lens; li++)
+            for (int k = 0; k < 8; k++) {
+                const as__sm_params p = P(specs[si]);
+                const size_t n = lens[li];
+                special_row(y, n, k);
+                size_t used[2];
+                for (int port = 0; port < 2; port++) {
+                    as__simd_force_portable(port == 1);
+                    memset(b[port], 0xa5, 2 * L + 64);
+                    used[port] = as__sm_row_encode(&p, y, n, L, b[port], &w);
+                }
+                assert_int_equal(used[0], used[1]);
+                assert_memory_equal(b[0], b[1], used[0]);
+                for (int port = 0; port < 2; port++) {
+                    as__simd_force_portable(port == 1);
+                    assert_int_equal(as__sm_row_decode(&p, b[1 - port], n, L,
+                                                       d[port], &w), used[0]);
+                }
+                assert_memory_equal(d[0], d[1], n * sizeof *d[0]);
+            }
+    as__simd_force_portable(false);
+    for (int i = 0; i < 2; i++) {
+        free(d[i]);
+        free(b[i]);
+    }
+    as__sm_work_free(&w);
+    free(y);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -633,6 +714,7 @@ int main(void)
         cmocka_unit_test(test_backward_and_ptmatmul),
         cmocka_unit_test(test_specs),
         cmocka_unit_test(test_grouped_rows_match_row_by_row),
+        cmocka_unit_test(test_vector_paths_match_portable),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

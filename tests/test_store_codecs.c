@@ -29,6 +29,7 @@
 #include "store/store_internal.h"
 #include "support/store_stats.h"
 #include "support/store_util.h"
+#include "util/simd.h"
 #include "util/rng.h"
 
 /* ---- helpers -------------------------------------------------------------- */
@@ -129,7 +130,7 @@ static void test_zstd_portable_same_bytes(void **st)
     as_save_info i = {.kind = AS_KIND_ACTIVATION_OUTPUT, .layer = "p"};
     as_handle h[2];
     for (int k = 0; k < 2; k++) {
-        as__zstd_portable(k == 1);
+        as__simd_force_portable(k == 1);
         assert_int_equal(as_store_save(s, &i, &t, &h[k]), 0);
     }
     as_item *it[2];
@@ -143,7 +144,7 @@ static void test_zstd_portable_same_bytes(void **st)
     assert_int_equal(la, lb);
     assert_memory_equal(a, b, la);
     for (int k = 0; k < 2; k++) {   /* and each decodes with either path */
-        as__zstd_portable(k == 0);
+        as__simd_force_portable(k == 0);
         memset(y, 0, n * sizeof *y);
         assert_int_equal(as_store_restore(s, h[k], &d), 0);
         assert_memory_equal(x, y, n * sizeof *y);
@@ -151,7 +152,7 @@ static void test_zstd_portable_same_bytes(void **st)
         as__item_unref(s, it[k]);
         assert_int_equal(as_store_release(s, h[k]), 0);
     }
-    as__zstd_portable(false);
+    as__simd_force_portable(false);
     free(x);
     free(y);
     as_store_destroy(s);

@@ -55,6 +55,19 @@ static inline bool as_cpu_f16c(void)
     return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
 #endif
 }
+
+/* AVX-512 F/BW/VL and BMI2 (pext / pdep): the store's 512-bit kernels. */
+static inline bool as_cpu_avx512_bmi2(void)
+{
+    return as_cpu_avx512bw() && __builtin_cpu_supports("bmi2");
+}
 #endif
+
+/* Testing hook of the store's dispatched kernels (store/simd.c): while on,
+ * every kernel that checks as__simd_portable() takes its portable path,
+ * so tests can compare both on one machine. Process-wide, thread-safe;
+ * returns the previous setting. */
+bool as__simd_force_portable(bool on);
+bool as__simd_portable(void);
 
 #endif

@@ -14,6 +14,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "store/policies/pack512.h"
 #include "store/policies/quant.h"
 #include "util/simd.h"
 
@@ -186,8 +187,34 @@ static void pack1(const uint8_t *restrict q, size_t P, uint8_t *restrict o)
     }
 }
 
+#if AS_X86_DISPATCH
+/* pack1 on AVX-512: per 16 output bytes, bit i from the byte test of the
+ * 16 codes at i P/8 (a transpose of eight 16-bit masks into bytes). */
+AS_TARGET_512 static void pack1_512(const uint8_t *q, size_t P, uint8_t *o)
+{
+    const size_t h = P / 8;
+    const __m128i b2 = _mm_set1_epi8(4);
+    for (size_t k = 0; k < h; k += 16) {
+        const __mmask16 m = as__mask16(h - k);
+        __m128i acc = _mm_setzero_si128();
+        for (unsigned i = 0; i < 8; i++) {
+            const __mmask16 t = _mm_test_epi8_mask(_mm_maskz_loadu_epi8(m, q + k + i * h), b2);
+            acc = _mm_or_si128(acc, _mm_maskz_mov_epi8(t, _mm_set1_epi8((char)(1 << i))));
+        }
+        _mm_mask_storeu_epi8(o + k, m, acc);
+    }
+}
+#endif
+
 static void pack(int bits, const uint8_t *q, size_t P, uint8_t *o)
 {
+#if AS_X86_DISPATCH
+    if (bits == 3 && as__use_512()) {
+        pack2(q, P, o);
+        pack1_512(q, P, o + P / 4);
+        return;
+    }
+#endif
     switch (bits) {
     case 8:
         memcpy(o, q, P);
@@ -380,6 +407,36 @@ static void unpack3(const uint8_t *restrict c, size_t P, float mn, float s,
         }
 }
 
+#if AS_X86_DISPATCH
+/* unpack3 on AVX-512: per (i, half) block of P/8 codes, 16 at a time: the
+ * low bits from the low plane's bytes, the high bit from the high plane's
+ * (the same products and sums as unpack3). */
+AS_TARGET_512 static void unpack3_512(const uint8_t *c, size_t P, float mn, float s,
+                                      float *d)
+{
+    const uint8_t *hi = c + P / 4;
+    const size_t h = P / 8;
+    const __m512 vs = _mm512_set1_ps(s), vm = _mm512_set1_ps(mn);
+    const __m512i three = _mm512_set1_epi32(3), one = _mm512_set1_epi32(1);
+    for (unsigned i = 0; i < 4; i++)
+        for (unsigned half = 0; half < 2; half++) {
+            const uint8_t *lo = c + half * h;
+            float *o = d + i * 2 * h + half * h;
+            const unsigned sl = 2 * i, sh = 2 * i + half;
+            for (size_t k = 0; k < h; k += 16) {
+                const __mmask16 m = as__mask16(h - k);
+                const __m512i lb = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, lo + k));
+                const __m512i hb = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, hi + k));
+                const __m512i code = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi32(lb, sl), three),
+                    _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hb, sh), one), 2));
+                _mm512_mask_storeu_ps(o + k, m, _mm512_add_ps(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(code), vs), vm));
+            }
+        }
+}
+#endif
+
 /* Decode a whole group (P codes) into d. */
 static void decode_group(const as_aq_fmt *f, const void *params,
                          const uint8_t *codes, size_t n, size_t g, float *d)
@@ -400,6 +457,12 @@ static void decode_group(const as_aq_fmt *f, const void *params,
         unpack4(c, P, mn, s, d);
         break;
     case 3:
+#if AS_X86_DISPATCH
+        if (as__use_512()) {
+            unpack3_512(c, P, mn, s, d);
+            break;
+        }
+#endif
         unpack3(c, P, mn, s, d);
         break;
     default:

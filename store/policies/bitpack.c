@@ -16,6 +16,7 @@
 
 #include "store/policies/bits.h"
 #include "store/policy.h"
+#include "util/simd.h"
 
 typedef struct bp_blk {
     int64_t  n;
@@ -42,13 +43,88 @@ static int64_t value_at(const as_tensor *t, int64_t i)
                              : (int64_t)((const int32_t *)t->data)[i];
 }
 
+/* Min and max of n > 0 bytes (vectorizes). */
+AS_CLONES_V4_V3
+static void minmax_u8(const uint8_t *restrict x, int64_t n, int64_t *lo, int64_t *hi)
+{
+    uint8_t l = 255, h = 0;
+    for (int64_t i = 0; i < n; i++) {
+        l = x[i] < l ? x[i] : l;
+        h = x[i] > h ? x[i] : h;
+    }
+    *lo = l;
+    *hi = h;
+}
+
+/* u8 codes with BMI2, eight values per step: subtract lo from every byte
+ * (no borrow: each is >= lo), pext the low `bits` of each byte into
+ * `bits` bytes (the bit stream of bits.h); pdep and add back to decode.
+ * Past n the bytes are taken as lo (code 0). out / in hold `cap` bytes. */
+static inline uint64_t bp_lanes(unsigned bits)
+{
+    return 0x0101010101010101ull * ((1u << bits) - 1);
+}
+
+static inline bool bp_use_bmi2(void)
+{
+#if AS_X86_DISPATCH
+    return __builtin_cpu_supports("bmi2") && !as__simd_portable();
+#else
+    return false;
+#endif
+}
+
+#if AS_X86_DISPATCH
+__attribute__((target("bmi2")))
+static void pack_u8_bmi2(const uint8_t *x, int64_t n, unsigned bits, uint8_t lo,
+                         uint8_t *out, size_t cap)
+{
+    const uint64_t sub = 0x0101010101010101ull * lo, mask = bp_lanes(bits);
+    for (int64_t i = 0; i < n; i += 8) {
+        uint64_t v = sub;
+        memcpy(&v, x + i, n - i < 8 ? (size_t)(n - i) : 8);
+        const uint64_t p = _pext_u64(v - sub, mask);
+        const size_t o = (size_t)i / 8 * bits;
+        memcpy(out + o, &p, cap - o < 8 ? cap - o : 8);
+    }
+}
+
+__attribute__((target("bmi2")))
+static void unpack_u8_bmi2(const uint8_t *in, size_t cap, int64_t n, unsigned bits,
+                           uint8_t lo, uint8_t *y)
+{
+    const uint64_t add = 0x0101010101010101ull * lo, mask = bp_lanes(bits);
+    for (int64_t i = 0; i < n; i += 8) {
+        const size_t o = (size_t)i / 8 * bits;
+        uint64_t p = 0;
+        memcpy(&p, in + o, cap - o < 8 ? cap - o : 8);
+        const uint64_t v = _pdep_u64(p, mask) + add;
+        memcpy(y + i, &v, n - i < 8 ? (size_t)(n - i) : 8);
+    }
+}
+#else
+static void pack_u8_bmi2(const uint8_t *x, int64_t n, unsigned bits, uint8_t lo,
+                         uint8_t *out, size_t cap)
+{
+    (void)x, (void)n, (void)bits, (void)lo, (void)out, (void)cap;
+}
+
+static void unpack_u8_bmi2(const uint8_t *in, size_t cap, int64_t n, unsigned bits,
+                           uint8_t lo, uint8_t *y)
+{
+    (void)in, (void)cap, (void)n, (void)bits, (void)lo, (void)y;
+}
+#endif
+
 static int bp_encode(as_pctx *ctx, const void *params,
                      const as_save_info *info, const as_tensor *t,
                      void **state)
 {
     const int64_t n = as_tensor_numel(t);
     int64_t lo = 0, hi = 0;
-    for (int64_t i = 0; i < n; i++) {
+    if (t->dtype == AS_U8 && n > 0)
+        minmax_u8(t->data, n, &lo, &hi);
+    for (int64_t i = 0; t->dtype != AS_U8 && i < n; i++) {
         int64_t v = value_at(t, i);
         if (i == 0 || v < lo)
             lo = v;
@@ -68,6 +144,12 @@ static int bp_encode(as_pctx *ctx, const void *params,
     b->pad = 0;
     b->seal = as_pctx_seal(b, offsetof(bp_blk, seal));
     memset(b->w, 0, words * sizeof(uint64_t));
+    if (t->dtype == AS_U8 && bits && bp_use_bmi2()) {
+        pack_u8_bmi2(t->data, n, bits, (uint8_t)lo, (uint8_t *)b->w,
+                     words * sizeof(uint64_t));
+        *state = b;
+        return 0;
+    }
     for (int64_t i = 0; bits && i < n; i++)
         as__bits_put(b->w, (uint64_t)i, bits, (uint64_t)(value_at(t, i) - lo));
     *state = b;
@@ -81,7 +163,11 @@ static int bp_decode(as_pctx *ctx, const void *params, void *state,
     int rc = as_pctx_check_seal(ctx, b, offsetof(bp_blk, seal), b->seal);
     if (rc)
         return rc;
-    if (dst->dtype == AS_U8) {
+    if (dst->dtype == AS_U8 && b->bits && b->min >= 0 &&
+        b->min + (1 << b->bits) - 1 <= 255 && bp_use_bmi2()) {   /* no carry */
+        unpack_u8_bmi2((const uint8_t *)b->w, as__bits_words((uint64_t)b->n, b->bits) * 8,
+                       b->n, b->bits, (uint8_t)b->min, dst->data);
+    } else if (dst->dtype == AS_U8) {
         uint8_t *y = dst->data;
         for (int64_t i = 0; i < b->n; i++)
             y[i] = (uint8_t)(b->min + (int64_t)as__bits_get(b->w, (uint64_t)i,

@@ -35,7 +35,9 @@
 
 #include "store/policies/act_grad.h"
 #include "store/policies/bits.h"
+#include "store/policies/pack512.h"
 #include "store/policy.h"
+#include "util/simd.h"
 
 #define FB_BINS 255          /* odd: x = 0 is a bin center */
 #define FB_XR 6.0f
@@ -128,12 +130,18 @@ static void tables_init(void)
         fp_c[j] = gelu_grad_d(-FB_XR + (j + 0.5) * FB_W);
 }
 
-/* Bins of a chunk of values (vectorizes: clamp, scale, convert, narrow). */
+/* Bins of a chunk of values (vectorizes: clamp, scale, convert, narrow)
+ * and its NaN count. */
 #define FB_CHUNK 4096
-static void bins_of(const float *x, int64_t m, uint8_t *bin)
+AS_CLONES_V4_V3
+static int64_t bins_of(const float *restrict x, int64_t m, uint8_t *restrict bin)
 {
-    for (int64_t i = 0; i < m; i++)
+    int64_t nnan = 0;
+    for (int64_t i = 0; i < m; i++) {
         bin[i] = (uint8_t)bin_of(clampx(x[i]));
+        nnan += x[i] != x[i];
+    }
+    return nnan;
 }
 
 /* Per bin: count and sum of f' over its elements, f' taken at the bin
@@ -154,11 +162,9 @@ static void histogram(const float *x, int64_t n, fb_hist *h)
     int64_t nnan = 0;
     for (int64_t i0 = 0; i0 < n; i0 += FB_CHUNK) {
         const int64_t m = n - i0 < FB_CHUNK ? n - i0 : FB_CHUNK;
-        bins_of(x + i0, m, bin);
+        nnan += bins_of(x + i0, m, bin);
         for (int64_t i = 0; i < m; i++)
             cnt[i & 3][bin[i]]++;
-        for (int64_t i = 0; i < m; i++)
-            nnan += x[i0 + i] != x[i0 + i];
     }
     /* NaN went to bin 0 (clamped to -6): take them out again */
     if (nnan)
@@ -255,6 +261,69 @@ static float representative(int lo, int hi, float level)
     return best;
 }
 
+/* The codes of x, code_of[bin] each (NaN: bin 0), packed into w (zeroed). */
+static void codes_portable(const float *x, int64_t n, const uint8_t *code_of,
+                           unsigned bits, uint64_t *w)
+{
+    uint64_t acc = 0, *wp = w;
+    unsigned fill = 0;
+    uint8_t bin[FB_CHUNK];
+    for (int64_t i0 = 0; i0 < n; i0 += FB_CHUNK) {
+        const int64_t m = n - i0 < FB_CHUNK ? n - i0 : FB_CHUNK;
+        bins_of(x + i0, m, bin);
+        for (int64_t i = 0; i < m; i++) {
+            const uint64_t c = code_of[bin[i]];
+            acc |= c << fill;
+            fill += bits;
+            if (fill >= 64) {
+                *wp++ = acc;
+                fill -= 64;
+                acc = fill ? c >> (bits - fill) : 0;
+            }
+        }
+    }
+    if (fill)
+        *wp = acc;
+}
+
+#if AS_X86_DISPATCH
+/* The same codes, 16 values at a time: the bin by the same float
+ * operations, its code by compares with the segments' last bins (code_of
+ * is #{s < nlev - 1 : bin > hi[s]}), packed with pext. */
+AS_TARGET_512 static void codes_512(const float *x, int64_t n, const int *hi,
+                                    unsigned nlev, unsigned bits, uint64_t *w)
+{
+    __m512i h[FB_LEVELS];
+    const int nh = nlev ? (int)nlev - 1 : 0;
+    for (int s = 0; s < nh; s++)
+        h[s] = _mm512_set1_epi32(hi[s]);
+    const __m512 lo6 = _mm512_set1_ps(-FB_XR), hi6 = _mm512_set1_ps(FB_XR);
+    const __m512 scale = _mm512_set1_ps((float)(1.0 / FB_W));
+    const __m512i top = _mm512_set1_epi32(FB_BINS - 1), one = _mm512_set1_epi32(1);
+    uint8_t *out = (uint8_t *)w;
+    const size_t nb = ((size_t)n * bits + 7) / 8, chunk = 2 * (size_t)bits;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 in = as__mask16((size_t)(n - i));
+        /* clampx (max keeps -6 for NaN), then bin_of */
+        __m512 v = _mm512_max_ps(_mm512_maskz_loadu_ps(in, x + i), lo6);
+        v = _mm512_min_ps(v, hi6);
+        __m512i j = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_add_ps(v, hi6), scale));
+        j = _mm512_min_epi32(j, top);
+        __m512i c = _mm512_setzero_si512();
+        for (int s = 0; s < nh; s++)
+            c = _mm512_mask_add_epi32(c, _mm512_mask_cmpgt_epi32_mask(in, j, h[s]), c, one);
+        const size_t o = (size_t)i / 8 * bits;
+        as__put_bytes(out + o, as__pack16(c, (int)bits), nb - o < chunk ? nb - o : chunk);
+    }
+}
+#else
+static void codes_512(const float *x, int64_t n, const int *hi, unsigned nlev,
+                      unsigned bits, uint64_t *w)
+{
+    (void)x, (void)n, (void)hi, (void)nlev, (void)bits, (void)w;
+}
+#endif
+
 static int fb_encode(as_pctx *ctx, const void *params,
                      const as_save_info *info, const as_tensor *t,
                      void **state)
@@ -286,30 +355,14 @@ static int fb_encode(as_pctx *ctx, const void *params,
     for (unsigned s = 0; s < b->nlev; s++)
         b->xrep[s] = representative(lo[s], hi[s], b->level[s]);
     memset(b->w, 0, (words + (size_t)b->nnan) * sizeof(uint64_t));
+    if (as__use_512())
+        codes_512(x, n, hi, b->nlev, bits, b->w);
+    else
+        codes_portable(x, n, code_of, bits, b->w);
     int64_t *nanpos = (int64_t *)(b->w + words), k = 0;
-    /* codes streamed into a 64-bit accumulator (NaN: code 0) */
-    uint64_t acc = 0, *wp = b->w;
-    unsigned fill = 0;
-    uint8_t bin[FB_CHUNK];
-    for (int64_t i0 = 0; i0 < n; i0 += FB_CHUNK) {
-        const int64_t m = n - i0 < FB_CHUNK ? n - i0 : FB_CHUNK;
-        bins_of(x + i0, m, bin);
-        for (int64_t i = 0; i < m; i++) {
-            const uint64_t c = code_of[bin[i]];
-            acc |= c << fill;
-            fill += bits;
-            if (fill >= 64) {
-                *wp++ = acc;
-                fill -= 64;
-                acc = fill ? c >> (bits - fill) : 0;
-            }
-        }
-    }
     for (int64_t i = 0; b->nnan && i < n; i++)
         if (x[i] != x[i])
             nanpos[k++] = i;
-    if (fill)
-        *wp = acc;
     b->seal = as_pctx_seal(b, offsetof(fb_blk, seal));
     *state = b;
     return 0;
@@ -352,6 +405,30 @@ static int fb_decode(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
+#if AS_X86_DISPATCH
+/* dx = level[code] * dy, 16 values at a time (codes by pdep, levels by a
+ * permute of the 16-entry table). */
+AS_TARGET_512 static void backward_512(const fb_blk *b, const float *dy, float *dx)
+{
+    const __m512 lev = _mm512_loadu_ps(b->level);
+    const int B = (int)b->bits;
+    const uint8_t *in = (const uint8_t *)b->w;
+    const size_t nb = ((size_t)b->n * (size_t)B + 7) / 8;
+    for (int64_t i = 0; i < b->n; i += 16) {
+        const __mmask16 m = as__mask16((size_t)(b->n - i));
+        const size_t o = (size_t)i / 8 * (size_t)B;
+        const __m128i c = as__unpack16(as__get_bytes(in + o, nb - o < 8 ? nb - o : 8), B);
+        const __m512 q = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c), lev);
+        _mm512_mask_storeu_ps(dx + i, m, _mm512_mul_ps(q, _mm512_maskz_loadu_ps(m, dy + i)));
+    }
+}
+#else
+static void backward_512(const fb_blk *b, const float *dy, float *dx)
+{
+    (void)b, (void)dy, (void)dx;
+}
+#endif
+
 static int fb_act_backward(as_pctx *ctx, const void *params, void *state,
                            const as_elementwise *fn, const float *dy,
                            float *dx)
@@ -361,7 +438,9 @@ static int fb_act_backward(as_pctx *ctx, const void *params, void *state,
     if (rc)
         return rc;
     const unsigned bits = b->bits;
-    if (64 % bits == 0) {   /* whole codes per word */
+    if (as__use_512()) {
+        backward_512(b, dy, dx);
+    } else if (64 % bits == 0) {   /* whole codes per word */
         const unsigned per = 64 / bits;
         const uint64_t mask = (1ull << bits) - 1;
         for (int64_t i0 = 0; i0 < b->n; i0 += per) {

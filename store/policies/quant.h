@@ -198,9 +198,6 @@ uint8_t *as__zstd_frame_bytes(void *state, size_t i, size_t *len);
 /* Re-stamp frame i's outer checksum after its bytes were changed (fuzzing:
  * lets a corruption reach the decoder). */
 void as__zstd_frame_rehash(void *state, size_t i);
-/* codec_zstd.c: use the portable zero-mask split/join instead of the AVX2
- * one (both must give the same bytes); returns the previous setting. */
-bool as__zstd_portable(bool on);
 
 /* offload.c: make the next offload fail with errno err at stage 1 (creating
  * the file: synchronous fallback) or 2 (the background write); and wait

@@ -5,7 +5,6 @@
  * buffers, thread-safe.
  */
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -50,12 +49,10 @@ static void tab_init(void)
     have_avx2 = as_cpu_avx2();
 }
 
-static _Atomic bool force_portable;   /* testing hook */
-
 static bool use_avx2(void)
 {
     pthread_once(&tab_once, tab_init);
-    return have_avx2 && !atomic_load_explicit(&force_portable, memory_order_relaxed);
+    return have_avx2 && !as__simd_portable();
 }
 
 /* The AVX2 kernels do whole groups of 8 elements and return how many
@@ -204,15 +201,4 @@ void as__zmask_join(const uint8_t *bm, const uint8_t *packed, size_t ne,
         i = mask_join4_avx2(bm, packed, ne, dst, &k);
 #endif
     join_from(bm, packed, i, ne, 4, dst, k);
-}
-
-/* Testing hook (quant.h). */
-bool as__zstd_portable(bool on)
-{
-#if AS_X86_DISPATCH
-    return atomic_exchange(&force_portable, on);
-#else
-    (void)on;
-    return true;
-#endif
 }

@@ -32,14 +32,19 @@
  * (no libm: same codes on every machine); the cut for the k largest comes
  * from a small sorted buffer of the k lowest levels (fixed k <= 32) or a
  * 257-bin histogram of the levels (larger k; with P, the mass per level
- * too); coarse codes are one table lookup by level. Compiled with -O3 and
- * without trapping math so that the level loop vectorizes (same codes).
+ * too); coarse codes are one table lookup by level. solog needs no
+ * level at all: level >= b exactly when y <= max exp(-(b - 1/2) / 16), so
+ * its codes are 2^B - 1 compares with per-row thresholds
+ * (as__sm_solog_thresholds; log_avx512.c does the same in vectors).
+ * Compiled with -O3 and without trapping math so that the level loop
+ * vectorizes (same codes).
  */
 #include <assert.h>
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
 
+#include "store/policies/pack512.h"
 #include "store/policies/softmax/log_impl.h"
 #include "util/simd.h"
 
@@ -93,6 +98,7 @@ const sm_table *as__sm_table_of(const as__sm_params *p)
 
 uint8_t as__sm_ctab[2][5][SM_CTAB];
 int32_t as__sm_cbnd[2][5][SM_MAXC];
+float   as__sm_cthr[5][SM_MAXC];
 
 static void sm_make_ctab(int topk, int bits, double s, double g)
 {
@@ -103,9 +109,12 @@ static void sm_make_ctab(int topk, int bits, double s, double g)
             c += d >= (int)lround(16.0 * s * j * (1.0 + g * (j - 1)));
         as__sm_ctab[topk][bits][d] = (uint8_t)c;
     }
-    for (int j = 1; j < t->nc; j++)
-        as__sm_cbnd[topk][bits][j - 1] =
-            (int32_t)lround(16.0 * s * j * (1.0 + g * (j - 1)));
+    for (int j = 1; j < t->nc; j++) {
+        const int32_t b = (int32_t)lround(16.0 * s * j * (1.0 + g * (j - 1)));
+        as__sm_cbnd[topk][bits][j - 1] = b;
+        if (!topk)
+            as__sm_cthr[bits][j - 1] = (float)exp(-(b - 0.5) / SM_FINE_STEP);
+    }
 }
 
 /* ---- bit packing (little endian, B bits per code) ------------------------ */
@@ -411,19 +420,29 @@ size_t as__sm_log_encode(const as__sm_params *p, const float *v, size_t n,
             return used;
     }
 #endif
+    if (!topk && as__use_512()) {
+        size_t used = as__sm_solog_encode_avx512(B, v, n, out);
+        if (used)
+            return used;
+    }
     const float m = sm_row_max(v, n);
     if (!(m > 0.0f))
         return sm_encode_flat(topk, B, n, codes, out);
-    uint32_t *lev = w->key;
-    sm_levels(v, n, m, lev);
     if (!topk) {
+        float thr[SM_MAXC];
+        const int nbd = as__sm_solog_thresholds(B, m, thr);
         for (size_t i = 0; i < n; i++) {
-            uint32_t r = lev[i];
-            codes[i] = ctab[r < SM_CTAB ? r : SM_CTAB - 1];
+            const float x = v[i] > 1e-38f ? v[i] : 1e-38f;   /* NaN, <= 0 */
+            unsigned c = 0;
+            for (int j = 0; j < nbd; j++)
+                c += x <= thr[j];
+            codes[i] = (uint8_t)c;
         }
         sm_pack(codes, n, B, out);
         return nb;
     }
+    uint32_t *lev = w->key;
+    sm_levels(v, n, m, lev);
     size_t k = n / (size_t)p->k;
     size_t k0 = n < AS_SM_MIN_FINE ? n : AS_SM_MIN_FINE;
     k = k < k0 ? k0 : k;
@@ -438,6 +457,15 @@ size_t as__sm_log_encode(const as__sm_params *p, const float *v, size_t n,
     assert(nfine == k);
     sm_pack(codes, n, B, out);
     return nb + nfine;
+}
+
+bool as__sm_log_encode4(const as__sm_params *p, const float *const *v,
+                        const size_t *n, uint8_t *out, size_t *used)
+{
+    if (p->kind == AS_SM_TOPK)
+        return as__sm_topk_encode4(p, v, n, out, used);
+    (void)as__sm_table_of(p);
+    return as__use_512() && as__sm_solog_encode4_avx512(p->bits, v, n, out, used);
 }
 
 size_t as__sm_log_row_size(const as__sm_params *p, const uint8_t *in, size_t n)
@@ -552,6 +580,8 @@ size_t as__sm_log_decode_rows(const as__sm_params *p, const uint8_t *in,
         return (size_t)(pp - in);
     }
 #endif
+    if (p->kind == AS_SM_LOG && as__use_512())
+        return as__sm_solog_decode_avx512(as__sm_table_of(p), p->bits, in, n, v, cnt);
     for (int l = 0; l < cnt; l++)
         pp += sm_row_weights(p, pp, n[l], v[l], w);
     sm_normalize(v, n, cnt);

@@ -1,6 +1,7 @@
 /*
  * Internals shared by the log-domain codecs' files (log.c: tables, scalar
- * encode and decode; log_avx2.c: the AVX2 paths for short sotk rows).
+ * encode and decode; log_avx2.c: the AVX2 paths for short sotk rows;
+ * log_avx512.c: the AVX-512 paths of solog).
  * Internal to store/policies/softmax/.
  */
 #ifndef AS_STORE_POLICIES_SOFTMAX_LOG_IMPL_H
@@ -41,6 +42,23 @@ extern uint8_t  as__sm_ctab[2][5][SM_CTAB];
 /* the same as boundaries: ctab[d] = #{j : d >= cbnd[j]} (j < nc - 1) */
 extern int32_t  as__sm_cbnd[2][5][SM_MAXC];
 
+/* solog: entry x (> 0) has level >= cbnd[0][B][j] (ln(max / x) >= (b_j
+ * - 1/2) / 16 nats) exactly when x <= max * cthr[B][j], cthr = exp(-(b_j -
+ * 1/2) / 16): the codes without a log per entry. */
+extern float    as__sm_cthr[5][SM_MAXC];
+
+/* solog's thresholds max * cthr for a row maximum m > 0 (+inf counts as
+ * FLT_MAX: the inf entries get code 0, the rest the tail) into thr;
+ * returns their count, 2^B - 1. Code of x: #{j : x <= thr[j]}. */
+static inline int as__sm_solog_thresholds(int B, float m, float *thr)
+{
+    const float mm = m < 3.4028235e38f ? m : 3.4028235e38f;
+    const int nbd = (1 << B) - 1;
+    for (int j = 0; j < nbd; j++)
+        thr[j] = mm * as__sm_cthr[B][j];
+    return nbd;
+}
+
 /* The coarse table of p (builds every table once, thread-safe). */
 const sm_table *as__sm_table_of(const as__sm_params *p);
 
@@ -71,5 +89,19 @@ size_t as__sm_topk_weights_avx2(const sm_table *t, int B, const uint8_t *in, siz
                                 float *wt);
 size_t as__sm_topk_weights4_avx2(const sm_table *t, int B, const uint8_t *in,
                                  const size_t *n, float *const *wt);
+
+/* AVX-512 paths of solog (log_avx512.c), called when as__use_512()
+ * (store/policies/pack512.h); the same bytes and values as the scalar paths.
+ * encode: one row of any length; the bytes written, or 0 when the row has
+ * no positive entry (the scalar path handles it). encode4: four rows of
+ * 1..64 entries side by side, back to back from out (used[] gets their
+ * bytes); false when a row does not fit or has no positive entry.
+ * decode: cnt rows stored back to back, renormalized to mass 1 into
+ * wt[l] (as sm_row_weights and sm_normalize); returns the bytes read. */
+size_t as__sm_solog_encode_avx512(int B, const float *v, size_t n, uint8_t *out);
+bool   as__sm_solog_encode4_avx512(int B, const float *const *v, const size_t *n,
+                                   uint8_t *out, size_t *used);
+size_t as__sm_solog_decode_avx512(const sm_table *t, int B, const uint8_t *in,
+                                  const size_t *n, float *const *wt, int cnt);
 
 #endif

@@ -236,6 +236,9 @@ size_t as__sm_log_decode_rows(const as__sm_params *p, const uint8_t *in,
  * The same bytes as as__sm_row_encode row by row. */
 bool   as__sm_topk_encode4(const as__sm_params *p, const float *const *v,
                           const size_t *n, uint8_t *out, size_t *used);
+/* The same for four solog or sotk rows (solog: on CPUs with AVX-512). */
+bool   as__sm_log_encode4(const as__sm_params *p, const float *const *v,
+                          const size_t *n, uint8_t *out, size_t *used);
 /* Bytes of an encoded row (any codec) without decoding it. */
 size_t as__sm_row_size(const as__sm_params *p, const uint8_t *in, size_t n,
                       size_t len);

@@ -350,8 +350,8 @@ int as__sm_encode_checked(const as__sm_params *p, const as__sm_layout *lay,
     h.payload_off = pos;
     uint8_t *pay = base + pos;
     size_t off = 0;
-    const bool groups = (p->kind == AS_SM_TOPK || p->kind == AS_SM_SOA) &&
-                        !v.maskbytes;
+    const bool groups = (p->kind == AS_SM_TOPK || p->kind == AS_SM_SOA ||
+                         p->kind == AS_SM_LOG) && !v.maskbytes;
     for (int64_t r = 0; r < v.rows; r++) {
         if (r % v.queries == 0)
             offs[r / v.queries] = off;
@@ -374,7 +374,7 @@ int as__sm_encode_checked(const as__sm_params *p, const as__sm_layout *lay,
             }
             if (p->kind == AS_SM_SOA
                     ? as__sm_soa_encode4(p, rv, rn, (size_t)v.len, pay + off, ru)
-                    : as__sm_topk_encode4(p, rv, rn, pay + off, ru)) {
+                    : as__sm_log_encode4(p, rv, rn, pay + off, ru)) {
                 off += ru[0] + ru[1] + ru[2] + ru[3];
                 for (int l = 0; chk && l < 4; l++)
                     sm_check_row(&v, r + l, rv[l], chk);
