@@ -21,7 +21,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-enum { NBYTES = 48000, NCASE = 16 };   /* one frame per tensor: fast */
+enum { NBYTES = 12000, NCASE = 16 };   /* one frame per tensor, small: fast */
 
 /* One saved tensor per (dtype, content), saved once; its pristine frame
  * bytes are put back after every input. */

@@ -343,7 +343,6 @@ void as_nn_release(as_nn_ctx *c, as_handle *h)
 
 void as_nn_report_grad(as_nn_ctx *c, as_handle h, const float *dy, size_t n)
 {
-#if AS_NN_HAVE_STORE
     if (!c->store || as_handle_is_null(h))
         return;
     double s = 0;
@@ -351,9 +350,6 @@ void as_nn_report_grad(as_nn_ctx *c, as_handle h, const float *dy, size_t n)
         s += (double)dy[i] * dy[i];
     if (isfinite(s))
         as_store_report_grad(c->store, h, sqrt(s));
-#else
-    (void)c, (void)h, (void)dy, (void)n;
-#endif
 }
 
 void as_nn_step_end(as_nn_ctx *c)

@@ -9,10 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${1:-build-fuzz}
 SECS=${2:-60}
+TARGETS="spec zstd http codec"
 CC=clang cmake -S . -B "$BUILD_DIR" -DAS_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DAS_BUILD_TESTS=OFF -DAS_BUILD_BENCH=OFF >/dev/null
-cmake --build "$BUILD_DIR" -j2 --target fuzz_spec fuzz_zstd
-for t in spec zstd; do
+cmake --build "$BUILD_DIR" -j2 --target $(printf 'fuzz_%s ' $TARGETS)
+for t in $TARGETS; do
   mkdir -p "$BUILD_DIR/corpus/$t"
   echo "fuzz_$t: ${SECS} s"
   (cd "$BUILD_DIR" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

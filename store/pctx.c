@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/policies/quant.h"
 #include "store/store_internal.h"
 
 void as__pctx_init(as_pctx *c, as_store *s, as_item *it, as_rep *r,
@@ -189,6 +190,19 @@ int as_pctx_check_rows(as_pctx *ctx, int64_t row0, int64_t nrows, uint64_t rows)
         return AS_ERANGE;
     }
     return 0;
+}
+
+uint64_t as_pctx_seal(const void *hdr, size_t n)
+{
+    return as__hash64(hdr, n) ^ 0x5ea1ed4ead0001ull;
+}
+
+int as_pctx_check_seal(as_pctx *ctx, const void *hdr, size_t n, uint64_t seal)
+{
+    if (as_pctx_seal(hdr, n) == seal)
+        return 0;
+    as_pctx_errorf(ctx, "stored header corrupted (checksum mismatch)");
+    return AS_ECORRUPT;
 }
 
 void as_pctx_errorf(as_pctx *c, const char *fmt, ...)

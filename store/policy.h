@@ -152,6 +152,14 @@ void as_pctx_errorf(as_pctx *ctx, const char *fmt, ...)
  * `rows` rows: 0, or AS_ERANGE with the range in the call's error. */
 int as_pctx_check_rows(as_pctx *ctx, int64_t row0, int64_t nrows, uint64_t rows);
 
+/* Stored headers: a codec whose block starts with a header (counts,
+ * widths, pointers into the block) seals it at encode, seal =
+ * as_pctx_seal(h, offsetof(hdr, seal)), and checks it first at every
+ * decode: a corrupted header is then AS_ECORRUPT (naming the item) rather
+ * than a read out of bounds. as_pctx_check_seal returns 0 or AS_ECORRUPT. */
+uint64_t as_pctx_seal(const void *hdr, size_t n);
+int as_pctx_check_seal(as_pctx *ctx, const void *hdr, size_t n, uint64_t seal);
+
 /* The store's offload directory, and the item's handle / layer name (for
  * messages). */
 const char *as_pctx_offload_dir(const as_pctx *ctx);

@@ -166,6 +166,8 @@ typedef struct as_rep {
     bool                 probe;      /* auto's trial encode: blocks are
                                         workspace, never charged as stored */
     uint64_t             probe_bytes;/* what the trial would have stored */
+    uint32_t             auto_group; /* auto's group that planned it + 1
+                                        (0: not auto's); kept by aliases */
 } as_rep;
 
 enum { AS_MAT_NONE, AS_MAT_BUSY, AS_MAT_READY };

@@ -4,7 +4,8 @@
  * plan), an impossible budget fails at the first step naming the smallest
  * reachable one, the plan is deterministic for the same data, it changes
  * when the budget changes between steps, the budget binds fixed rules too,
- * sensitivity reports are validated and weigh the plan, spec arguments.
+ * sensitivity reports are validated, weigh the plan and move its bytes,
+ * spec arguments.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -299,25 +300,74 @@ static void test_plan_follows_the_budget(void **st)
     as_store_destroy(s);
 }
 
-/* Reported gradient norms weigh the groups: the planner's weights differ
- * and average 1 over the reporting groups. */
+static const as_store_plan_entry *entry(const as_store_plan *p,
+                                        const char *layer, int kind)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (!strcmp(p->entries[i].layer, layer) && p->entries[i].kind == kind)
+            return &p->entries[i];
+    fail_msg("no plan entry for %s", layer);
+    return NULL;
+}
+
+/* Sensitivity: a tensor whose error reaches the input gradient weighs
+ * sqrt(1 + input_weight) -- every kind but a linear / conv input, and a
+ * linear input that a second backward reads too (here "ln"'s output, which
+ * "qkv" saves as an alias; the reports of both reach ln's group although
+ * the alias renames the item). A linear input read once weighs 1. */
+static void alias_step(as_store *s, uint64_t k, bool report)
+{
+    static const char *const names[] = {"ln", "qkv", "fc"};
+    float *x = malloc(64 * 96 * sizeof *x);
+    assert_non_null(x);
+    as_handle h[4];
+    as_store_step_begin(s, k);
+    for (int t = 0; t < 3; t++) {
+        fill(k, (size_t)t, x);
+        as_save_info info = {.kind = AS_KIND_LINEAR_INPUT, .layer = names[t]};
+        if (t == 1)
+            info.alias_of = h[0];
+        as_tensor ten = {.data = x, .dtype = AS_F32, .ndim = 2, .shape = {64, 96}};
+        assert_int_equal(as_store_save(s, &info, &ten, &h[t]), 0);
+    }
+    as_save_info gi = {.kind = AS_KIND_GENERIC, .layer = "ln"};
+    as_tensor st = {.data = x, .dtype = AS_F32, .ndim = 1, .shape = {64}};
+    assert_int_equal(as_store_save(s, &gi, &st, &h[3]), 0);
+    for (int t = 3; t >= 0; t--) {
+        if (report)
+            assert_int_equal(as_store_report_grad(s, h[t], 1.0), 0);
+        assert_int_equal(as_store_release(s, h[t]), 0);
+    }
+    as_store_step_end(s);
+    free(x);
+}
+
 static void test_sensitivity_weights(void **st)
 {
     (void)st;
-    as_store *s = mk("default=auto");
-    assert_int_equal(step(s, 0, NULL), 0);
-    assert_int_equal(step(s, 1, NULL), 0);
-    as_store_plan p = plan_of(s);
-    double sum = 0, lo = INFINITY, hi = 0;
-    for (size_t i = 0; i < p.n; i++) {
-        sum += p.entries[i].weight;
-        lo = fmin(lo, p.entries[i].weight);
-        hi = fmax(hi, p.entries[i].weight);
+    static const struct { const char *spec; bool report; double w2[3]; } cases[] = {
+        /* weights^2 of ln (linear input), fc (linear input), ln (generic) */
+        {"default=auto", true, {2, 1, 2}},
+        {"default=auto", false, {1, 1, 2}},   /* no reports: by kind only */
+        {"default=auto:100:0.1:3", true, {4, 1, 4}},
+        {"default=auto:100:0.1:0", true, {1, 1, 1}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        as_store *s = mk(cases[c].spec);
+        alias_step(s, 0, cases[c].report);
+        alias_step(s, 1, cases[c].report);
+        as_store_plan p = plan_of(s);
+        assert_int_equal(p.n, 3);   /* the alias is no group of its own */
+        double w[3] = {entry(&p, "ln", AS_KIND_LINEAR_INPUT)->weight,
+                       entry(&p, "fc", AS_KIND_LINEAR_INPUT)->weight,
+                       entry(&p, "ln", AS_KIND_GENERIC)->weight};
+        for (int i = 0; i < 3; i++)
+            assert_float_equal(w[i] * w[i], cases[c].w2[i], 1e-12);
+        as_store_plan_free(&p);
+        as_store_destroy(s);
     }
-    assert_true(fabs(sum / (double)p.n - 1.0) < 1e-9);
-    assert_true(hi > 2 * lo);
-    as_store_plan_free(&p);
 
+    as_store *s = mk("default=auto");
     as_handle h;
     float v[4] = {1, 2, 3, 4};
     as_tensor t = {.data = v, .dtype = AS_F32, .ndim = 1, .shape = {4}};
@@ -331,6 +381,42 @@ static void test_sensitivity_weights(void **st)
     assert_int_equal(as_store_report_grad(s, h, 0.5), AS_EHANDLE);
     assert_int_equal(as_store_report_grad(NULL, h, 0.5), AS_EINVAL);
     as_store_destroy(s);
+}
+
+/* The weights move bytes: at the same budget, a large input_weight buys
+ * the tensors that reach the input gradient (norm, generic, softmax,
+ * activation) less error than input_weight 0 does, and the linear inputs
+ * pay for it. */
+static double weighted_err(const as_store_plan *p, bool reaching)
+{
+    double e = 0;
+    for (size_t i = 0; i < p->n; i++)
+        if ((p->entries[i].kind != AS_KIND_LINEAR_INPUT) == reaching)
+            e += p->entries[i].rel_error * p->entries[i].rel_error;
+    return e;
+}
+
+static void test_input_weight_moves_bytes(void **st)
+{
+    (void)st;
+    double reach[2], local[2];
+    const char *spec[2] = {"default=auto:100:0:0", "default=auto:100:0:100"};
+    for (int i = 0; i < 2; i++) {
+        as_store *s = mk(spec[i]);
+        assert_int_equal(step(s, 0, NULL), 0);
+        assert_int_equal(step(s, 1, NULL), 0);
+        assert_int_equal(as_store_set_budget(s, keep_bytes() / 8), 0);
+        uint64_t peak;
+        assert_int_equal(step(s, 2, &peak), 0);
+        assert_true(peak <= keep_bytes() / 8);
+        as_store_plan p = plan_of(s);
+        reach[i] = weighted_err(&p, true);
+        local[i] = weighted_err(&p, false);
+        as_store_plan_free(&p);
+        as_store_destroy(s);
+    }
+    assert_true(reach[1] < reach[0]);
+    assert_true(local[1] > local[0]);
 }
 
 /* ---- the budget binds every rule ------------------------------------------------ */
@@ -398,6 +484,12 @@ static void test_spec_arguments(void **st)
     assert_non_null(strstr(err, "period"));
     assert_int_equal(as_policy_check("default=auto:5:-1", err, sizeof err), AS_ESPEC);
     assert_non_null(strstr(err, "time_weight"));
+    assert_int_equal(as_policy_check("default=auto:50:0.25:2", err, sizeof err), 0);
+    assert_int_equal(as_policy_check("default=auto:5:0:-1", err, sizeof err), AS_ESPEC);
+    assert_non_null(strstr(err, "input_weight"));
+    assert_int_equal(as_policy_check("default=auto:5:0:1:2", err, sizeof err), AS_ESPEC);
+    assert_non_null(strstr(err, "input_weight"));
+    assert_int_equal(as_policy_check("default=auto:5:0:", err, sizeof err), AS_ESPEC);
 }
 
 /* Only some kinds under auto: the others are fixed bytes in the plan. */
@@ -430,6 +522,7 @@ int main(void)
         cmocka_unit_test(test_plan_is_deterministic),
         cmocka_unit_test(test_plan_follows_the_budget),
         cmocka_unit_test(test_sensitivity_weights),
+        cmocka_unit_test(test_input_weight_moves_bytes),
         cmocka_unit_test(test_budget_binds_fixed_rules),
         cmocka_unit_test(test_budget_binds_adopted_blocks),
         cmocka_unit_test(test_spec_arguments),

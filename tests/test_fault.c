@@ -20,6 +20,7 @@
 
 #include "actstore/store.h"
 #include "store/store_internal.h"
+#include "tests/support/store_util.h"
 
 enum { N = 70000 };   /* floats per tensor: zstd and q8 span several blocks */
 
@@ -35,14 +36,7 @@ static float *data(uint32_t seed)
     return x;
 }
 
-static uint64_t live(as_store *s)
-{
-    as_arena_snapshot sn;
-    assert_int_equal(as_arena_snapshot_take(as_store_arena(s), UINT64_MAX, &sn), 0);
-    uint64_t v = sn.total.live_usable;
-    as_arena_snapshot_free(&sn);
-    return v;
-}
+static uint64_t live(as_store *s) { return store_live(s); }
 
 static long fault_left(as_store *s)
 {

@@ -247,7 +247,7 @@ static void test_half_bounds(void **st)
                 fail_msg("bf16 %g -> %g", x[k], y[k]);
         }
         as_store_stats a = stats(s);
-        assert_int_equal(a.total.stored_live, 16 + N * 2);   /* header + halves */
+        assert_int_equal(a.total.stored_live, 24 + N * 2);   /* header (n, cols, seal) + halves */
         as_store_stats_free(&a);
         float rows[3 * 256];
         assert_int_equal(as_store_restore_rows(s, h, 100, 3, rows), 0);

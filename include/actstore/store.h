@@ -522,13 +522,16 @@ AS_API int as_store_set_budget(as_store *s, uint64_t bytes);
 /* The current saved-bytes budget, 0 = none (or s NULL). Thread-safe. */
 AS_API uint64_t as_store_budget(const as_store *s);
 
-/* Optional sensitivity hook for `auto`: the framework reports, during
- * backward, the L2 norm of the gradient that the restored values of h are
- * multiplied with (the consuming layer's output gradient). auto then
- * weights the reconstruction error of h's (layer, kind) by ||x|| * norm,
- * an estimate of the gradient error it causes; without reports every
- * (layer, kind) weighs the same. Call before releasing h. Reports for
- * tensors auto does not plan are ignored. Errors: AS_EINVAL (s NULL, or
+/* Optional sensitivity hook for `auto`: the framework calls it in each
+ * backward that reads h (once per reading layer, aliases included), with
+ * the L2 norm of the gradient that the restored values are multiplied with
+ * (the consuming layer's output gradient). auto counts the readers: a
+ * linear or conv input read by more than one backward (a LayerNorm's
+ * output) carries its error into the input gradient, so its reconstruction
+ * error weighs more (docs/policies.md, "auto", Sensitivity); the norm is
+ * validated but does not change the weight. Without reports the kind alone
+ * decides. Call before releasing h. Reports for tensors auto does not plan
+ * are ignored. Errors: AS_EINVAL (s NULL, or
  * norm negative or not finite), AS_EHANDLE. Thread-safe. */
 AS_API int as_store_report_grad(as_store *s, as_handle h, double norm);
 
@@ -543,7 +546,9 @@ typedef struct as_store_plan_entry {
     double   rel_error;        /* ||x^ - x|| / ||x|| at the last probe */
     double   cosine;           /* <x, x^> / (||x|| ||x^||) */
     double   time_ns;          /* encode + decode of the chosen candidate */
-    double   weight;           /* sensitivity weight (1 without reports) */
+    double   weight;           /* sensitivity: sqrt(1 + input_weight) where
+                                  the error reaches the input gradient, 1
+                                  elsewhere (docs/policies.md, auto) */
     uint32_t items;            /* tensors per step */
     uint32_t candidates;       /* candidates measured */
 } as_store_plan_entry;

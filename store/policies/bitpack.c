@@ -8,7 +8,7 @@
  * argmax (0..3) takes 2 bits instead of the u8's 8; token ids of a
  * 96-symbol vocabulary 7 bits instead of 32.
  *
- * Stored: 24 + 8 * ceil(n * b / 64) bytes. Applies to u8 and i32 tensors of
+ * Stored: 32 + 8 * ceil(n * b / 64) bytes. Applies to u8 and i32 tensors of
  * kinds index, dropout_mask and generic.
  */
 #include <stdio.h>
@@ -22,6 +22,7 @@ typedef struct bp_blk {
     int64_t  n;
     int64_t  min;
     uint32_t bits, pad;
+    uint64_t seal;     /* as_pctx_seal of the fields above */
     uint64_t w[];
 } bp_blk;
 
@@ -141,6 +142,7 @@ static int bp_encode(as_pctx *ctx, const void *params,
     b->min = lo;
     b->bits = bits;
     b->pad = 0;
+    b->seal = as_pctx_seal(b, offsetof(bp_blk, seal));
     memset(b->w, 0, words * sizeof(uint64_t));
     if (t->dtype == AS_U8 && bits && bp_use_bmi2()) {
         pack_u8_bmi2(t->data, n, bits, (uint8_t)lo, (uint8_t *)b->w,
@@ -158,6 +160,9 @@ static int bp_decode(as_pctx *ctx, const void *params, void *state,
                      as_tensor *dst)
 {
     const bp_blk *b = state;
+    int rc = as_pctx_check_seal(ctx, b, offsetof(bp_blk, seal), b->seal);
+    if (rc)
+        return rc;
     if (dst->dtype == AS_U8 && b->bits && b->min >= 0 &&
         b->min + (1 << b->bits) - 1 <= 255 && bp_use_bmi2()) {   /* no carry */
         unpack_u8_bmi2((const uint8_t *)b->w, as__bits_words((uint64_t)b->n, b->bits) * 8,

@@ -40,6 +40,7 @@ typedef struct aq_hdr {
     as_aq_fmt fmt;
     void     *params;   /* into this block */
     uint8_t  *codes;    /* into this block */
+    uint64_t  seal;     /* as_pctx_seal of the fields above */
 } aq_hdr;
 
 static bool word_is(const char *s, size_t len, const char *w)
@@ -158,6 +159,7 @@ static int aq_encode(as_pctx *ctx, const void *params_,
         h->fmt = fmt;
         h->params = blk + off_p;
         h->codes = blk + off_c;
+        h->seal = as_pctx_seal(h, offsetof(aq_hdr, seal));
         if (n && !as__aq_encode(&fmt, t->data, n, seed, 0,
                                 as__aq_groups(&fmt, n), h->params, h->codes)) {
             as_pctx_free(ctx, blk);
@@ -173,8 +175,11 @@ static int aq_encode(as_pctx *ctx, const void *params_,
 static int aq_decode(as_pctx *ctx, const void *params, void *state,
                      as_tensor *dst)
 {
-    (void)ctx, (void)params;
+    (void)params;
     const aq_hdr *h = state;
+    int rc = as_pctx_check_seal(ctx, h, offsetof(aq_hdr, seal), h->seal);
+    if (rc)
+        return rc;
     if ((uint64_t)as_tensor_numel(dst) != h->n || dst->dtype != AS_F32)
         return AS_ESHAPE;
     as__aq_decode(&h->fmt, h->params, h->codes, h->n, 0, h->n, dst->data);
@@ -186,7 +191,9 @@ static int aq_rows(as_pctx *ctx, const void *params, void *state,
 {
     (void)params;
     const aq_hdr *h = state;
-    int rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
+    int rc_rows = as_pctx_check_seal(ctx, h, offsetof(aq_hdr, seal), h->seal);
+    if (!rc_rows)
+        rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
     if (rc_rows)
         return rc_rows;
     as__aq_decode(&h->fmt, h->params, h->codes, h->n, (size_t)row0 * h->cols,

@@ -16,6 +16,7 @@
 typedef struct half_hdr {
     uint64_t n;        /* values */
     uint64_t cols;     /* last dimension (rows view for decode_rows) */
+    uint64_t seal;     /* as_pctx_seal of n and cols */
     uint16_t v[];      /* n values */
 } half_hdr;
 
@@ -32,6 +33,7 @@ static int half_encode(as_pctx *ctx, const as_tensor *t, void **state,
     h->n = n;
     h->cols = t->ndim > 0 && t->shape[t->ndim - 1] > 0
                   ? (uint64_t)t->shape[t->ndim - 1] : 1;
+    h->seal = as_pctx_seal(h, offsetof(half_hdr, seal));
     if (brain)
         as__f32_to_bf16(t->data, h->v, n);
     else
@@ -65,8 +67,11 @@ static void half_range(const half_hdr *h, size_t i0, size_t n, float *dst,
         as__f16_to_f32(h->v + i0, dst, n);
 }
 
-static int half_decode(const half_hdr *h, as_tensor *dst, bool brain)
+static int half_decode(as_pctx *ctx, const half_hdr *h, as_tensor *dst, bool brain)
 {
+    int rc = as_pctx_check_seal(ctx, h, offsetof(half_hdr, seal), h->seal);
+    if (rc)
+        return rc;
     if ((uint64_t)as_tensor_numel(dst) != h->n || dst->dtype != AS_F32)
         return AS_ESHAPE;
     half_range(h, 0, h->n, dst->data, brain);
@@ -76,21 +81,23 @@ static int half_decode(const half_hdr *h, as_tensor *dst, bool brain)
 static int fp16_decode(as_pctx *ctx, const void *params, void *state,
                        as_tensor *dst)
 {
-    (void)ctx, (void)params;
-    return half_decode(state, dst, false);
+    (void)params;
+    return half_decode(ctx, state, dst, false);
 }
 
 static int bf16_decode(as_pctx *ctx, const void *params, void *state,
                        as_tensor *dst)
 {
-    (void)ctx, (void)params;
-    return half_decode(state, dst, true);
+    (void)params;
+    return half_decode(ctx, state, dst, true);
 }
 
 static int half_rows(as_pctx *ctx, const half_hdr *h, int64_t row0,
                      int64_t nrows, float *dst, bool brain)
 {
-    int rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
+    int rc_rows = as_pctx_check_seal(ctx, h, offsetof(half_hdr, seal), h->seal);
+    if (!rc_rows)
+        rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
     if (rc_rows)
         return rc_rows;
     half_range(h, (size_t)row0 * h->cols, (size_t)nrows * h->cols, dst, brain);

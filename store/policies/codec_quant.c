@@ -41,6 +41,7 @@ typedef struct quant_hdr {
     uint32_t bits, group;
     as_qgroup *groups;   /* into this block */
     uint8_t   *codes;    /* into this block */
+    uint64_t   seal;     /* as_pctx_seal of the fields above */
 } quant_hdr;
 
 /* Parse one unsigned decimal number of args[*i..len). */
@@ -143,6 +144,7 @@ static int quant_encode(as_pctx *ctx, const quant_params *p,
     h->group = p->group;
     h->groups = (as_qgroup *)(void *)(blk + off_g);
     h->codes = blk + off_c;
+    h->seal = as_pctx_seal(h, offsetof(quant_hdr, seal));
     uint64_t seed = as__mix64(p->seed ^ as__mix64(as_pctx_item_key(ctx)));
     if (n)
         as__quant_encode(t->data, n, bits, p->group, seed, 0, ng, h->groups,
@@ -166,8 +168,11 @@ QUANT_ENCODE(2)
 static int quant_decode(as_pctx *ctx, const void *params, void *state,
                         as_tensor *dst)
 {
-    (void)ctx, (void)params;
+    (void)params;
     const quant_hdr *h = state;
+    int rc = as_pctx_check_seal(ctx, h, offsetof(quant_hdr, seal), h->seal);
+    if (rc)
+        return rc;
     if ((uint64_t)as_tensor_numel(dst) != h->n || dst->dtype != AS_F32)
         return AS_ESHAPE;
     as__quant_decode(h->groups, h->codes, (int)h->bits, h->group, 0, h->n,
@@ -180,7 +185,9 @@ static int quant_rows(as_pctx *ctx, const void *params, void *state,
 {
     (void)params;
     const quant_hdr *h = state;
-    int rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
+    int rc_rows = as_pctx_check_seal(ctx, h, offsetof(quant_hdr, seal), h->seal);
+    if (!rc_rows)
+        rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
     if (rc_rows)
         return rc_rows;
     as__quant_decode(h->groups, h->codes, (int)h->bits, h->group,

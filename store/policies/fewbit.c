@@ -23,7 +23,7 @@
  * differentiates the restored values gets nearly the same gradient; the
  * values themselves are not the input's).
  *
- * Stored: 152 + 8 * ceil(n * B / 64) + 8 * (NaN count) bytes: B = 2 is 16x
+ * Stored: 160 + 8 * ceil(n * B / 64) + 8 * (NaN count) bytes: B = 2 is 16x
  * smaller than f32, B = 3 10.7x. Measured error: docs/policies.md.
  * Applies to activation_input f32 tensors saved with meta.act GELU.
  */
@@ -56,6 +56,7 @@ typedef struct fb_blk {
     uint32_t bits, nlev;
     float    level[FB_LEVELS];  /* f' of code k */
     float    xrep[FB_LEVELS];   /* restore's value of code k */
+    uint64_t seal;              /* as_pctx_seal of the fields above */
     uint64_t w[];               /* codes, then nnan int64 positions */
 } fb_blk;
 
@@ -362,6 +363,7 @@ static int fb_encode(as_pctx *ctx, const void *params,
     for (int64_t i = 0; b->nnan && i < n; i++)
         if (x[i] != x[i])
             nanpos[k++] = i;
+    b->seal = as_pctx_seal(b, offsetof(fb_blk, seal));
     *state = b;
     return 0;
 }
@@ -371,10 +373,29 @@ static const int64_t *nan_positions(const fb_blk *b)
     return (const int64_t *)(b->w + as__bits_words((uint64_t)b->n, b->bits));
 }
 
+/* The header's seal, and every NaN position inside the tensor. */
+static int fb_check(as_pctx *ctx, const fb_blk *b)
+{
+    int rc = as_pctx_check_seal(ctx, b, offsetof(fb_blk, seal), b->seal);
+    if (rc)
+        return rc;
+    const int64_t *np = nan_positions(b);
+    for (int64_t k = 0; k < b->nnan; k++)
+        if (np[k] < 0 || np[k] >= b->n) {
+            as_pctx_errorf(ctx, "stored NaN position %lld outside 0..%lld (corrupted)",
+                           (long long)np[k], (long long)b->n);
+            return AS_ECORRUPT;
+        }
+    return 0;
+}
+
 static int fb_decode(as_pctx *ctx, const void *params, void *state,
                      as_tensor *dst)
 {
     const fb_blk *b = state;
+    int rc = fb_check(ctx, b);
+    if (rc)
+        return rc;
     float *y = dst->data;
     for (int64_t i = 0; i < b->n; i++)
         y[i] = b->xrep[as__bits_get(b->w, (uint64_t)i, b->bits)];
@@ -413,6 +434,9 @@ static int fb_act_backward(as_pctx *ctx, const void *params, void *state,
                            float *dx)
 {
     const fb_blk *b = state;
+    int rc = fb_check(ctx, b);
+    if (rc)
+        return rc;
     const unsigned bits = b->bits;
     if (as__use_512()) {
         backward_512(b, dy, dx);

@@ -568,3 +568,12 @@ void as__offload_wait_idle(void)
         pthread_cond_wait(&io.done, &io.mu);
     pthread_mutex_unlock(&io.mu);
 }
+
+int as__offload_fd(const void *state)
+{
+    const off_item *it = state;
+    pthread_mutex_lock(&io.mu);
+    int fd = it->on_disk ? it->fd : -1;
+    pthread_mutex_unlock(&io.mu);
+    return fd;
+}

@@ -204,5 +204,8 @@ void as__zstd_frame_rehash(void *state, size_t i);
  * until the offload I/O thread has nothing queued or running. */
 void as__offload_inject(int stage, int err);
 void as__offload_wait_idle(void);
+/* The file descriptor of an offloaded item's file (its state), -1 while
+ * the write has not finished or after it failed (tests, fuzz/). */
+int as__offload_fd(const void *state);
 
 #endif

@@ -7,7 +7,7 @@
  * the exact backward) and as_store_act_backward computes the same
  * expression from the bit: bit-identical gradients to keeping the tensor.
  *
- * Stored: 8 + 8 * ceil(n / 64) bytes (32x smaller than f32). Restore gives
+ * Stored: 16 + 8 * ceil(n / 64) bytes (32x smaller than f32). Restore gives
  * a stand-in with the same derivative, not the values: 1.0 where the bit is
  * set, 0.0 elsewhere (grad_only: an alias under a lossy policy gets an item
  * of its own, see store/save.c).
@@ -24,6 +24,7 @@
 
 typedef struct sign_blk {
     int64_t  n;
+    uint64_t seal;     /* as_pctx_seal of n */
     uint64_t w[];      /* ceil(n / 64) words, element i at bit i % 64 */
 } sign_blk;
 
@@ -74,6 +75,7 @@ static int sign_encode(as_pctx *ctx, const void *params,
     if (rc < 0)
         return rc;
     b->n = n;
+    b->seal = as_pctx_seal(b, offsetof(sign_blk, seal));
     const float *x = t->data;
     const int64_t full = n & ~(int64_t)63;
     for (int64_t i0 = 0; i0 < full; i0 += 64)
@@ -92,6 +94,9 @@ static int sign_decode(as_pctx *ctx, const void *params, void *state,
                        as_tensor *dst)
 {
     const sign_blk *b = state;
+    int rc = as_pctx_check_seal(ctx, b, offsetof(sign_blk, seal), b->seal);
+    if (rc)
+        return rc;
     float *y = dst->data;
     const int64_t full = b->n & ~(int64_t)63;
     for (int64_t i0 = 0; i0 < full; i0 += 64) {
@@ -118,6 +123,9 @@ static int sign_act_backward(as_pctx *ctx, const void *params, void *state,
                              float *dx)
 {
     const sign_blk *b = state;
+    int rc = as_pctx_check_seal(ctx, b, offsetof(sign_blk, seal), b->seal);
+    if (rc)
+        return rc;
     const float a = fn->alpha;
     const int64_t full = b->n & ~(int64_t)63;
     for (int64_t i0 = 0; i0 < full; i0 += 64) {

@@ -32,10 +32,10 @@ struct as__conn {
     uint64_t     last_active_ns, drain_since_ns, backlog_since_ns;
     uint64_t     msg_start_ns;       /* first byte of the current request */
     uv_shutdown_t shut;
+    as__conn_sink sink;              /* socketless (as__conn_open_local) */
+    void         *sink_ud;
 };
 
-/* Close now (pending writes are cancelled; freed in the close callback). */
-void as__conn_close(as__conn *c);
 /* Queue bufs; own (as__svc_free) and frame (unref) are released after the
  * write, also on error. Returns 0, or -1 when the connection was closed. */
 int as__conn_write(as__conn *c, uv_buf_t *bufs, unsigned n, char *own, as__frame *frame);

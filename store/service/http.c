@@ -117,6 +117,11 @@ int as__conn_write(as__conn *c, uv_buf_t *bufs, unsigned n, char *own,
     w->frame = frame;
     w->req.data = c;
     c->pending++;
+    if (c->sink) {   /* no socket: the bytes are delivered now */
+        c->sink(c, c->sink_ud, bufs, n);
+        on_write(&w->req, 0);
+        return 0;
+    }
     if (uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, n, on_write)) {
         c->pending--;
         as__svc_free(own);
@@ -507,6 +512,22 @@ static const char *reject_text(int status)
     }
 }
 
+void as__conn_feed(as__conn *c, const char *p, size_t n)
+{
+    /* Bytes alone do not keep a connection: only a completed request
+     * (cb_complete) renews the idle deadline, so blank lines sent between
+     * requests (llhttp skips them) cannot hold it open. */
+    if (n == 0 || c->closing || c->draining || c->sse)
+        return;     /* discard */
+    llhttp_errno_t e = llhttp_execute(&c->parser, p, n);
+    if (e == HPE_OK || e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE)
+        return;
+    int status = c->reject ? c->reject : 400;
+    respond_error(c, status, c->reject ? reject_text(status) : llhttp_get_error_reason(&c->parser));
+}
+
+bool as__conn_closed(const as__conn *c) { return c->closing; }
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     as__conn *c = s->data;
@@ -514,18 +535,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         as__conn_close(c);
         return;
     }
-    if (nread == 0 || c->closing)
-        return;
-    /* Bytes alone do not keep a connection: only a completed request
-     * (cb_complete) renews the idle deadline, so blank lines sent between
-     * requests (llhttp skips them) cannot hold it open. */
-    if (c->draining || c->sse)
-        return;     /* discard */
-    llhttp_errno_t e = llhttp_execute(&c->parser, buf->base, (size_t)nread);
-    if (e == HPE_OK || e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE)
-        return;
-    int status = c->reject ? c->reject : 400;
-    respond_error(c, status, c->reject ? reject_text(status) : llhttp_get_error_reason(&c->parser));
+    as__conn_feed(c, buf->base, (size_t)nread);
 }
 
 /* At the connection limit, the connection to give up for a new one: the
@@ -553,18 +563,17 @@ static as__conn *evict_pick(as_service *svc, as__conn *fresh)
     return open > svc->cfg.max_connections ? victim : NULL;
 }
 
-void as__http_on_connection(uv_stream_t *server, int status)
+/* A new connection in svc's list, its handle initialized on loop (no
+ * socket yet) and its parser ready; NULL when out of memory. */
+static as__conn *conn_new(as_service *svc, uv_loop_t *loop)
 {
-    as_service *svc = server->data;
-    if (status < 0)
-        return;
     uv_once(&settings_once, settings_init);
     as__conn *c = as__svc_malloc(sizeof *c);
     if (!c)
-        return;   /* not accepted: libuv offers it again on the next accept */
+        return NULL;
     memset(c, 0, sizeof *c);
     c->svc = svc;
-    uv_tcp_init(server->loop, &c->tcp);
+    uv_tcp_init(loop, &c->tcp);
     c->tcp.data = c;
     c->next = svc->conns;
     if (svc->conns)
@@ -573,14 +582,35 @@ void as__http_on_connection(uv_stream_t *server, int status)
     svc->nconns++;
     AS__STAT_SET(svc, AS__ST_OPEN, svc->nconns);
     AS__STAT_ADD(svc, AS__ST_CONN_TOTAL, 1);
+    c->last_active_ns = now_ns();
+    llhttp_init(&c->parser, HTTP_REQUEST, &settings);
+    c->parser.data = c;
+    return c;
+}
+
+as__conn *as__conn_open_local(as_service *svc, as__conn_sink sink, void *ud)
+{
+    as__conn *c = conn_new(svc, &svc->loop);
+    if (c) {
+        c->sink = sink;
+        c->sink_ud = ud;
+    }
+    return c;
+}
+
+void as__http_on_connection(uv_stream_t *server, int status)
+{
+    as_service *svc = server->data;
+    if (status < 0)
+        return;
+    as__conn *c = conn_new(svc, server->loop);
+    if (!c)
+        return;   /* not accepted: libuv offers it again on the next accept */
     if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
         as__conn_close(c);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    c->last_active_ns = now_ns();
-    llhttp_init(&c->parser, HTTP_REQUEST, &settings);
-    c->parser.data = c;
     if (svc->nconns > svc->cfg.max_connections) {
         AS__STAT_ADD(svc, AS__ST_REJECTED, 1);
         as__conn *victim = evict_pick(svc, c);

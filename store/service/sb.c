@@ -8,10 +8,34 @@
 #include "svc.h"
 
 static atomic_uint_fast64_t svc_memory;
+static _Atomic long fault_n;     /* fault injection: the nth call fails */
+static atomic_bool fault_sticky;
+
+void as__svc_fault_set(long nth, bool sticky)
+{
+    atomic_store(&fault_sticky, sticky);
+    atomic_store(&fault_n, nth > 0 ? nth : 0);
+}
+
+long as__svc_fault_left(void) { return atomic_load(&fault_n); }
+
+static bool fault(void)
+{
+    long n = atomic_load_explicit(&fault_n, memory_order_relaxed);
+    if (__builtin_expect(n == 0, 1))
+        return false;
+    if (n > 1) {
+        atomic_store(&fault_n, n - 1);
+        return false;
+    }
+    if (!atomic_load(&fault_sticky))
+        atomic_store(&fault_n, 0);
+    return true;
+}
 
 void *as__svc_malloc(size_t n)
 {
-    void *p = malloc(n);
+    void *p = fault() ? NULL : malloc(n);
     if (p)
         atomic_fetch_add(&svc_memory, malloc_usable_size(p));
     return p;
@@ -20,7 +44,7 @@ void *as__svc_malloc(size_t n)
 void *as__svc_realloc(void *p, size_t n)
 {
     size_t old = p ? malloc_usable_size(p) : 0;
-    void *q = realloc(p, n);
+    void *q = fault() ? NULL : realloc(p, n);
     if (!q)
         return NULL;
     atomic_fetch_sub(&svc_memory, old);

@@ -218,9 +218,8 @@ static void timeline_append(as_service *svc)
         svc->tl_count++;
 }
 
-static void on_tick(uv_timer_t *t)
+void as__service_tick(as_service *svc)
 {
-    as_service *svc = t->data;
     uint64_t t0 = uv_hrtime();
     svc->now_ns = as_clock_wall_ns();
     svc->mk_first_new = svc->tl_seq + 1;
@@ -253,6 +252,8 @@ static void on_tick(uv_timer_t *t)
     if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) == 0)
         AS__STAT_SET(svc, AS__ST_CPU_NS, (uint64_t)cpu.tv_sec * 1000000000ull + (uint64_t)cpu.tv_nsec);
 }
+
+static void on_tick(uv_timer_t *t) { as__service_tick(t->data); }
 
 /* ---- thread, start, stop ------------------------------------------------- */
 
@@ -314,6 +315,14 @@ static int bind_listen(as_service *svc)
     return 0;
 }
 
+/* The first view, before any tick, so the first request has data. */
+static void first_view(as_service *svc)
+{
+    svc->now_ns = svc->start_ns = svc->last_heartbeat_ns = as_clock_wall_ns();
+    gather(svc);
+    timeline_append(svc);
+}
+
 static void thread_main(void *arg)
 {
     as_service *svc = arg;
@@ -340,9 +349,7 @@ static void thread_main(void *arg)
         uv_sem_post(&svc->ready);
         return;
     }
-    svc->now_ns = svc->start_ns = svc->last_heartbeat_ns = as_clock_wall_ns();
-    gather(svc);                 /* so the first request has data */
-    timeline_append(svc);
+    first_view(svc);
     uint64_t period = 1000 / svc->cfg.tick_hz;
     uv_timer_start(&svc->tick, on_tick, period, period);
     uv_sem_post(&svc->ready);
@@ -374,10 +381,11 @@ static void svc_free(as_service *svc)
     as__svc_free(svc);
 }
 
-int as__service_start_with(const as_service_config *cfg,
-                           const char *const *labels, size_t nsrc,
-                           const as__svc_provider *prov, as_service **out,
-                           char *err, size_t errlen)
+/* Check cfg, allocate the service, its views and rings, and init its loop
+ * (no listener, no thread yet). */
+static int svc_create(const as_service_config *cfg, const char *const *labels,
+                      size_t nsrc, const as__svc_provider *prov, as_service **out,
+                      char *err, size_t errlen)
 {
     if (!out || !prov || !prov->take || !prov->release)
         return as_set_err(err, errlen, AS_EINVAL, "out and provider are required");
@@ -457,6 +465,20 @@ int as__service_start_with(const as_service_config *cfg,
         svc_free(svc);
         return as_set_err(err, errlen, AS_EIO, "cannot initialize the event loop");
     }
+    *out = svc;
+    return 0;
+}
+
+int as__service_start_with(const as_service_config *cfg,
+                           const char *const *labels, size_t nsrc,
+                           const as__svc_provider *prov, as_service **out,
+                           char *err, size_t errlen)
+{
+    as_service *svc = NULL;
+    int rc = svc_create(cfg, labels, nsrc, prov, &svc, err, errlen);
+    if (rc)
+        return rc;
+    *out = NULL;
     if (uv_thread_create(&svc->thread, thread_main, svc)) {
         uv_loop_close(&svc->loop);
         uv_sem_destroy(&svc->ready);
@@ -465,7 +487,7 @@ int as__service_start_with(const as_service_config *cfg,
     }
     uv_sem_wait(&svc->ready);
     if (svc->start_rc) {
-        int rc = svc->start_rc;
+        rc = svc->start_rc;
         as_set_err(err, errlen, rc, "%s", svc->start_err);
         uv_thread_join(&svc->thread);
         uv_sem_destroy(&svc->ready);
@@ -476,14 +498,13 @@ int as__service_start_with(const as_service_config *cfg,
     return 0;
 }
 
-int as_service_start(const as_service_config *cfg, const as_service_source *src,
-                     size_t nsrc, as_service **out, char *err, size_t errlen)
+/* The default provider over src (labels[nsrc] filled), or an error. */
+static int default_provider(const as_service_source *src, size_t nsrc,
+                            const char **labels, as__svc_provider *prov,
+                            char *err, size_t errlen)
 {
-    if (!src || !out)
-        return as_set_err(err, errlen, AS_EINVAL, "sources and out are required");
     if (nsrc < 1 || nsrc > 16)
         return as_set_err(err, errlen, AS_EINVAL, "need 1..16 sources, got %zu", nsrc);
-    const char *labels[16];
     struct default_src *d = as__svc_malloc(nsrc * sizeof *d);
     if (!d)
         return as_set_err(err, errlen, AS_ENOMEM, "out of memory");
@@ -499,16 +520,58 @@ int as_service_start(const as_service_config *cfg, const as_service_source *src,
         labels[i] = src[i].label ? src[i].label
                     : src[i].store ? as_store_label(src[i].store) : NULL;
     }
-    as__svc_provider prov = {dflt_take, dflt_release, d};
+    *prov = (as__svc_provider){dflt_take, dflt_release, d};
+    return 0;
+}
+
+/* A service over the default provider: started (its thread and listener),
+ * or local (no thread, no socket: as__service_open_local). */
+static int open_default(const as_service_config *cfg, const as_service_source *src,
+                        size_t nsrc, bool local, as_service **out, char *err, size_t errlen)
+{
+    if (!src || !out)
+        return as_set_err(err, errlen, AS_EINVAL, "sources and out are required");
+    const char *labels[16];
+    as__svc_provider prov = {0};
+    int rc = default_provider(src, nsrc, labels, &prov, err, errlen);
+    if (rc)
+        return rc;
     as_service *svc = NULL;
-    int rc = as__service_start_with(cfg, labels, nsrc, &prov, &svc, err, errlen);
+    rc = local ? svc_create(cfg, labels, nsrc, &prov, &svc, err, errlen)
+               : as__service_start_with(cfg, labels, nsrc, &prov, &svc, err, errlen);
     if (rc) {
-        as__svc_free(d);
+        as__svc_free(prov.ud);
         return rc;
     }
-    svc->dsrc = d;   /* freed with the service; the thread never reads this field */
+    svc->dsrc = prov.ud;   /* freed with the service; the thread never reads this field */
+    if (local)
+        first_view(svc);
     *out = svc;
     return 0;
+}
+
+int as_service_start(const as_service_config *cfg, const as_service_source *src,
+                     size_t nsrc, as_service **out, char *err, size_t errlen)
+{
+    return open_default(cfg, src, nsrc, false, out, err, errlen);
+}
+
+int as__service_open_local(const as_service_config *cfg, const as_service_source *src,
+                           size_t nsrc, as_service **out, char *err, size_t errlen)
+{
+    return open_default(cfg, src, nsrc, true, out, err, errlen);
+}
+
+int as__service_close_local(as_service *svc)
+{
+    if (!svc)
+        return 0;
+    as__http_close_all(svc);
+    uv_run(&svc->loop, UV_RUN_DEFAULT);   /* the close callbacks */
+    int rc = uv_loop_close(&svc->loop);
+    uv_sem_destroy(&svc->ready);
+    svc_free(svc);
+    return rc;
 }
 
 int as__service_stop(as_service *svc)

@@ -73,6 +73,41 @@ int as__service_start_with(const as_service_config *cfg,
                            const as__svc_provider *prov, as_service **out,
                            char *err, size_t errlen);
 
+typedef struct as__conn as__conn;
+
+/* ---- the service without a thread or a socket (fuzz/, tests) -------------
+ * as__service_open_local builds a service over the default provider like
+ * as_service_start, with its loop but no listener and no thread: the caller
+ * drives it on its own thread with as__service_tick (one tick: gather,
+ * timeline, SSE frame, heartbeat, sweep), as__conn_open_local /
+ * as__conn_feed (http.c) and uv_run(&svc->loop, UV_RUN_NOWAIT) for the
+ * close callbacks. as__service_close_local closes every connection and
+ * frees it all; returns uv_loop_close()'s result (0). */
+int  as__service_open_local(const as_service_config *cfg, const as_service_source *src,
+                            size_t nsrc, as_service **out, char *err, size_t errlen);
+void as__service_tick(as_service *svc);
+int  as__service_close_local(as_service *svc);
+
+/* Where a socketless connection's bytes go: every write (one response, the
+ * event stream's header, one frame or heartbeat) as one call, synchronously. */
+typedef void (*as__conn_sink)(as__conn *c, void *ud, const uv_buf_t *bufs, unsigned n);
+/* A connection with no socket, parsed and answered like an accepted one.
+ * NULL when out of memory. Closed by as__service_close_local, or earlier
+ * by the service itself (an error response, Connection: close). */
+as__conn *as__conn_open_local(as_service *svc, as__conn_sink sink, void *ud);
+/* Bytes as one read from the socket would deliver them. */
+void as__conn_feed(as__conn *c, const char *p, size_t n);
+/* Close now (pending writes are cancelled; freed in the close callback,
+ * in the next loop run). */
+void as__conn_close(as__conn *c);
+/* Whether c was closed. */
+bool as__conn_closed(const as__conn *c);
+
+/* ---- fault injection (tests): the nth as__svc_malloc / as__svc_realloc
+ * from now fails (sticky: every one from the nth on). Process-wide. */
+void as__svc_fault_set(long nth, bool sticky);
+long as__svc_fault_left(void);   /* allocations to go; 0 = done */
+
 /* ---- timeline ring (one point per tick and source) ---------------------- */
 typedef struct as__svc_point {
     uint64_t live, peak, resident;
@@ -98,8 +133,6 @@ typedef struct as__frame {
     size_t   len;
     char     data[];
 } as__frame;
-
-typedef struct as__conn as__conn;
 
 struct as_service {
     as_service_config cfg;

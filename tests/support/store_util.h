@@ -64,6 +64,16 @@ __attribute__((noinline, unused)) static void assert_contains(const char *hay,
 }
 
 /* Live and peak bytes of tag in the store's arena (thread caches flushed). */
+/* Live bytes of the store's arena (every tag). */
+static inline uint64_t store_live(as_store *s)
+{
+    as_arena_snapshot sn;
+    assert_int_equal(as_arena_snapshot_take(as_store_arena(s), UINT64_MAX, &sn), 0);
+    uint64_t v = sn.total.live_usable;
+    as_arena_snapshot_free(&sn);
+    return v;
+}
+
 static inline as_counter arena_tag(as_store *s, int tag)
 {
     as_arena_flush_thread_cache(as_store_arena(s));

@@ -19,10 +19,15 @@
 
 extern const as_policy_ops as_policy_auto;
 
-/* Parsed `auto[:period[:time_weight]]`. */
+/* Default input_weight (measured: docs/benchmarks.md, "Whole model"). */
+#define AUTO_INPUT_WEIGHT 1.0
+
+/* Parsed `auto[:period[:time_weight[:input_weight]]]`. */
 typedef struct as_auto_params {
     uint32_t period;        /* steps between probe steps, 0 = first only */
     double   time_weight;   /* error units per step time of codec work */
+    double   input_weight;  /* extra weight of an error that reaches the
+                               input gradient (docs/policies.md, auto) */
 } as_auto_params;
 
 /* Save t (a new item) under the plan for its (layer, kind); on a probe
@@ -63,8 +68,9 @@ void as__auto_step_begin(as_store *s);
 void as__auto_step_end(as_store *s);
 void as__auto_destroy(as_store *s);
 
-/* Sensitivity report for the item of rep r (as_store_report_grad). */
-void as__auto_grad(as_store *s, const as_groups *g, double norm);
+/* A backward consumer read a rep (as_store_report_grad): its groups g and
+ * auto's group id + 1 that planned it (0: look up g's layer and kind). */
+void as__auto_grad(as_store *s, const as_groups *g, uint32_t group);
 
 /* Budget change: AS_EBUDGET (message set) when a measured step shows it
  * cannot be met; otherwise re-plans at once. */

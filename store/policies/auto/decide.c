@@ -67,23 +67,27 @@ static int least_cost(const as_auto *pl, const agroup *g)
     return best;
 }
 
-/* Sensitivity weights: ||x|| * ||dy||, mean 1 over reporting groups. */
+/* Whether an error in a tensor of this group reaches the input gradient
+ * (and so every earlier layer's gradients), not only the weight gradient
+ * of the layer that reads it: a linear or conv layer's dx = dy W^T does
+ * not depend on its saved input, every other backward that reads a saved
+ * tensor does (softmax, attention, activations, norms, the loss); a linear
+ * input that a second layer reads too (a LayerNorm's output) does. */
+static bool reaches_input(const agroup *g)
+{
+    if (g->kind != AS_KIND_LINEAR_INPUT && g->kind != AS_KIND_CONV_INPUT)
+        return true;
+    return g->consumers > 1.5;
+}
+
+/* Sensitivity weights (on the relative error, so squared in the cost): an
+ * error that reaches the input gradient weighs 1 + input_weight. */
 static void weigh(as_auto *pl)
 {
-    double sum = 0;
-    size_t n = 0;
     for (size_t i = 0; i < pl->ng; i++) {
         agroup *g = pl->g[i];
-        g->weight = 1;
-        if (g->has_grad && g->measured && g->m[0].n) {
-            g->weight = sqrt(g->m[0].norm2 * g->g2);
-            sum += g->weight;
-            n++;
-        }
+        g->weight = sqrt(1 + (reaches_input(g) ? pl->input_weight : 0));
     }
-    for (size_t i = 0; i < pl->ng && sum > 0; i++)
-        if (pl->g[i]->has_grad && pl->g[i]->measured && pl->g[i]->m[0].n)
-            pl->g[i]->weight *= (double)n / sum;
 }
 
 /* Multiple-choice knapsack over the measured groups. Under mu. */

@@ -33,9 +33,10 @@ typedef struct agroup {
     uint64_t raw_step, raw;
     bool     probed_step, measured;
     meas     acc[AUTO_NCAND_MAX], m[AUTO_NCAND_MAX];
-    double   g2_step, g2, weight;
-    uint32_t greports_step;
-    bool     has_grad;
+    double   weight;              /* sensitivity (decide.c) */
+    uint32_t greports_step;       /* as_store_report_grad calls this step */
+    double   consumers;           /* reports per tensor: backward readers */
+    uint32_t id;                  /* index in as_auto.g */
     int      choice;              /* candidate index, -1 = none yet */
 } agroup;
 
@@ -47,7 +48,7 @@ typedef struct as_auto {
     size_t   ng, gcap;
     int32_t *idx;                 /* (layer, kind) -> group + 1 */
     uint32_t period;
-    double   time_weight;
+    double   time_weight, input_weight;
     bool     probe_step, any_save;
     uint64_t steps, last_probe;
     uint64_t fixed_step, fixed, fixed_raw_step, fixed_raw;

@@ -14,8 +14,8 @@
  *
  * Deciding. Cost of candidate c for group g:
  *     (w_g * rel_err(g, c))^2 + time_weight * time(g, c) / step_time
- * with w_g = 1, or ||x_g|| * ||dy_g|| normalized to mean 1 when the
- * framework reports gradient norms (as_store_report_grad). Squared: the
+ * with w_g = sqrt(1 + input_weight) where the group's error reaches the
+ * input gradient (decide.c), else 1. Squared: the
  * codecs' errors are independent across tensors (stochastic rounding), so
  * their contributions to the gradient error add as variances. Minimize the
  * summed cost subject to sum of stored bytes (plus bytes of tensors under
@@ -139,6 +139,7 @@ static agroup *group_of(as_auto *pl, uint16_t layer, int kind)
     g->kind = kind;
     g->choice = -1;
     g->weight = 1;
+    g->id = (uint32_t)pl->ng;
     pl->g[pl->ng++] = g;
     pl->idx[k] = (int32_t)pl->ng;
     pl->need_plan = true;
@@ -259,6 +260,7 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
     pthread_mutex_lock(&pl->mu);
     pl->period = ap->period;
     pl->time_weight = ap->time_weight;
+    pl->input_weight = ap->input_weight;
     pl->any_save = true;
     agroup *grp = group_of(pl, g.layer, info->kind);
     bool probe = grp && (pl->probe_step || !grp->measured);
@@ -308,6 +310,7 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
         if (rc == 0) {
             snprintf((*out)->desc, sizeof (*out)->desc, "%s (auto)",
                      c->ref.text);
+            (*out)->auto_group = grp->id + 1;
             return 0;
         }
         if (rc != AS_EBUDGET && rc != AS_ENOTSUP && rc != AS_EIO &&
@@ -323,9 +326,10 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
     /* Nothing offered applied in the end: keep. */
     rc = as__try_policy(s, it, h, g, NULL, rules, info, t, adopted, taken,
                         (char[160]){0}, 160, spare, out);
-    if (rc == 0)
+    if (rc == 0) {
         snprintf((*out)->desc, sizeof (*out)->desc, "keep (auto)");
-    else if (rc == AS_EBUDGET)
+        (*out)->auto_group = grp->id + 1;
+    } else if (rc == AS_EBUDGET)
         budget_error(s, pl, info, it->bytes, "keep");
     return rc;
 }
@@ -476,16 +480,16 @@ void as__auto_note(as_store *s, const as_rep *r, size_t raw, bool planned)
     pthread_mutex_unlock(&pl->mu);
 }
 
-void as__auto_grad(as_store *s, const as_groups *g, double norm)
+void as__auto_grad(as_store *s, const as_groups *g, uint32_t group)
 {
     as_auto *pl = atomic_load_explicit(&s->planner, memory_order_acquire);
     if (!pl)
         return;
     pthread_mutex_lock(&pl->mu);
     size_t k = (size_t)g->layer * AS_KIND_COUNT + (size_t)g->kind;
-    if (pl->idx[k]) {
-        agroup *grp = pl->g[pl->idx[k] - 1];
-        grp->g2_step += norm * norm;
+    int32_t i = group && group <= pl->ng ? (int32_t)group : pl->idx[k];
+    if (i) {
+        agroup *grp = pl->g[i - 1];
         grp->greports_step++;
     }
     pthread_mutex_unlock(&pl->mu);
@@ -523,6 +527,9 @@ void as__auto_step_end(as_store *s)
     bool probed = false;
     for (size_t i = 0; i < pl->ng; i++) {
         agroup *g = pl->g[i];
+        if (g->greports_step && g->items_step)
+            g->consumers = (double)g->greports_step / g->items_step;
+        g->greports_step = 0;
         g->items = g->items_step;
         g->raw = g->raw_step;
         g->items_step = 0;
@@ -538,12 +545,6 @@ void as__auto_step_end(as_store *s)
             g->measured = true;
             g->probed_step = false;
             probed = true;
-        }
-        if (g->greports_step) {
-            g->g2 = g->has_grad ? 0.5 * g->g2 + 0.5 * g->g2_step : g->g2_step;
-            g->has_grad = true;
-            g->g2_step = 0;
-            g->greports_step = 0;
         }
     }
     pl->fixed = pl->fixed_step;
@@ -615,9 +616,10 @@ int as_store_report_grad(as_store *s, as_handle h, double norm)
     if (rc < 0)
         return rc;
     as_groups g = r->g;
+    uint32_t group = r->auto_group;
     as__rep_unref(s, r);
     as__item_unref(s, it);
-    as__auto_grad(s, &g, norm);
+    as__auto_grad(s, &g, group);
     return 0;
 }
 

@@ -1,5 +1,5 @@
 /*
- * The `auto` rule: auto[:period[:time_weight]]
+ * The `auto` rule: auto[:period[:time_weight[:input_weight]]]
  *     period       steps between probe steps (default 100; 0 = probe only
  *                  the first step and (layer, kind)s seen for the first time)
  *     time_weight  error units charged for codec work equal to one step's
@@ -14,6 +14,17 @@
 
 #include "store/policies/auto/auto.h"
 
+/* A number in [0, 1e6] at s (the whole string); false otherwise. */
+static bool parse_weight(const char *s, double *out)
+{
+    char *end;
+    double w = strtod(s, &end);
+    if (end == s || *end || !(w >= 0 && w <= 1e6))
+        return false;
+    *out = w;
+    return true;
+}
+
 static int auto_parse(const char *args, size_t len, void **params, char *err,
                       size_t errlen, size_t *err_off)
 {
@@ -22,6 +33,7 @@ static int auto_parse(const char *args, size_t len, void **params, char *err,
         return AS_ENOMEM;
     p->period = 100;
     p->time_weight = 0.1;
+    p->input_weight = AUTO_INPUT_WEIGHT;
     char buf[64];
     if (len >= sizeof buf) {
         snprintf(err, errlen, "auto arguments too long");
@@ -31,29 +43,32 @@ static int auto_parse(const char *args, size_t len, void **params, char *err,
     }
     memcpy(buf, args, len);
     buf[len] = 0;
-    char *colon = strchr(buf, ':');
-    if (colon)
-        *colon = 0;
+    char *f[3] = {buf, NULL, NULL};   /* period, time_weight, input_weight */
+    for (int i = 1; i < 3; i++)
+        if (f[i - 1] && (f[i] = strchr(f[i - 1], ':')) != NULL)
+            *f[i]++ = 0;
+    const char *what = NULL;
+    size_t at = 0;
     char *end;
     if (buf[0]) {
         unsigned long v = strtoul(buf, &end, 10);
-        if (*end || buf[0] == '-' || v > 1000000) {
-            snprintf(err, errlen, "auto: period (steps, 0..1000000)");
-            *err_off = 0;
-            free(p);
-            return AS_ESPEC;
-        }
+        if (*end || buf[0] == '-' || v > 1000000)
+            what = "auto: period (steps, 0..1000000)";
         p->period = (uint32_t)v;
     }
-    if (colon) {
-        double w = strtod(colon + 1, &end);
-        if (end == colon + 1 || *end || !(w >= 0 && w <= 1e6)) {
-            snprintf(err, errlen, "auto: time_weight (a number >= 0)");
-            *err_off = (size_t)(colon + 1 - buf);
-            free(p);
-            return AS_ESPEC;
-        }
-        p->time_weight = w;
+    if (!what && f[1] && !parse_weight(f[1], &p->time_weight)) {
+        what = "auto: time_weight (a number >= 0)";
+        at = (size_t)(f[1] - buf);
+    }
+    if (!what && f[2] && !parse_weight(f[2], &p->input_weight)) {
+        what = "auto: input_weight (a number >= 0)";
+        at = (size_t)(f[2] - buf);
+    }
+    if (what) {
+        snprintf(err, errlen, "%s", what);
+        *err_off = at;
+        free(p);
+        return AS_ESPEC;
     }
     *params = p;
     return 0;

@@ -9,7 +9,12 @@
  *   mask bitmap (rows x len bits)  when an explicit mask was given
  *   offsets[nblocks + 1] u64       payload offset of each (batch, head)
  *                                  block of `queries` rows
+ *   sums[nblocks] u64              as__hash64 of each block's payload
  *   payload                        the rows, back to back
+ * The header carries two checksums: of itself (hdr_sum) and of everything
+ * between it and the payload (meta_sum). Every read checks both and the
+ * sums of the blocks it decodes: corrupted bytes are AS_ECORRUPT, never a
+ * read out of bounds (rows are parsed from their own bytes).
  * Rows are variable-size (causal rows differ in n; sotk adapts k), so a
  * row is found by scanning from its block's offset (row_size reads only
  * the row's codes).
@@ -24,10 +29,11 @@
 #include <string.h>
 
 #include "actstore/common.h"
+#include "store/policies/quant.h"
 #include "store/policies/softmax/softmax.h"
 
 #define SM_MAGIC   0x4d535341u   /* "ASSM" little endian */
-#define SM_VERSION 1u
+#define SM_VERSION 2u
 #define SM_MAXLEN  65536
 
 enum { SM_F_CAUSAL = 1, SM_F_FULLDEN = 2, SM_F_VALIDLEN = 4, SM_F_MASK = 8 };
@@ -41,6 +47,8 @@ typedef struct sm_hdr {
     float    mass;
     int64_t  rows, len, queries, rows_per_item, nitems;
     uint64_t payload_off, payload_bytes, bytes;
+    uint64_t meta_sum;   /* as__hash64 of [al8(sizeof sm_hdr), payload_off) */
+    uint64_t hdr_sum;    /* as__hash64 of the fields above */
 } sm_hdr;
 
 static size_t al8(size_t n) { return (n + 7) & ~(size_t)7; }
@@ -54,6 +62,7 @@ typedef struct sm_view {
     const uint8_t *maskbits;     /* blob bitmap */
     const uint8_t *maskbytes;    /* layout mask (encode) */
     const uint64_t *offs;
+    const uint64_t *sums;        /* blob: per-block payload checksums */
     const uint8_t *payload;
 } sm_view;
 
@@ -147,7 +156,7 @@ static size_t sm_prefix_bytes(const sm_view *v)
     return al8(sizeof(sm_hdr)) + al8((size_t)v->nitems * 4) +
            (v->maskbytes ? al8(((size_t)v->rows * (size_t)v->len + 7) / 8)
                          : 0) +
-           ((size_t)v->nblocks + 1) * 8;
+           ((size_t)v->nblocks + 1) * 8 + (size_t)v->nblocks * 8;
 }
 
 size_t as__sm_encode_bound(const as__sm_params *p, const as__sm_layout *lay)
@@ -336,6 +345,8 @@ int as__sm_encode_checked(const as__sm_params *p, const as__sm_layout *lay,
     }
     uint64_t *offs = (uint64_t *)(void *)(base + pos);
     pos += ((size_t)v.nblocks + 1) * 8;
+    uint64_t *sums = (uint64_t *)(void *)(base + pos);
+    pos += (size_t)v.nblocks * 8;
     h.payload_off = pos;
     uint8_t *pay = base + pos;
     size_t off = 0;
@@ -390,8 +401,12 @@ int as__sm_encode_checked(const as__sm_params *p, const as__sm_layout *lay,
             sm_check_row(&v, r, row, chk);
     }
     offs[v.nblocks] = off;
+    for (int64_t b = 0; b < v.nblocks; b++)
+        sums[b] = as__hash64(pay + offs[b], offs[b + 1] - offs[b]);
     h.payload_bytes = off;
     h.bytes = pos + off;
+    h.meta_sum = as__hash64(base + al8(sizeof h), pos - al8(sizeof h));
+    h.hdr_sum = as__hash64(&h, offsetof(sm_hdr, hdr_sum));
     memcpy(base, &h, sizeof h);
     *used = (size_t)h.bytes;
     assert(*used <= bound);
@@ -407,6 +422,8 @@ static int sm_view_blob(const void *blob, sm_view *v, size_t *bytes_out)
     if (!blob)
         return AS_EINVAL;
     memcpy(&h, blob, sizeof h);
+    if (h.hdr_sum != as__hash64(&h, offsetof(sm_hdr, hdr_sum)))
+        return AS_ECORRUPT;
     if (h.magic != SM_MAGIC || h.version != SM_VERSION ||
         h.kind >= AS_SM_KIND_COUNT || h.rows < 1 || h.len < 1 ||
         h.len > SM_MAXLEN || h.queries < 1 || h.rows % h.queries ||
@@ -434,9 +451,14 @@ static int sm_view_blob(const void *blob, sm_view *v, size_t *bytes_out)
         pos += al8(((size_t)h.rows * (size_t)h.len + 7) / 8);
     }
     v->offs = (const uint64_t *)(const void *)(b + pos);
-    if (pos + ((size_t)v->nblocks + 1) * 8 != h.payload_off ||
+    v->sums = v->offs + v->nblocks + 1;
+    if (pos + ((size_t)v->nblocks * 2 + 1) * 8 != h.payload_off ||
+        h.meta_sum != as__hash64(b + al8(sizeof h), h.payload_off - al8(sizeof h)) ||
         v->offs[v->nblocks] != h.payload_bytes)
         return AS_ECORRUPT;
+    for (int64_t k = 0; k < v->nblocks; k++)
+        if (v->offs[k] > v->offs[k + 1])
+            return AS_ECORRUPT;
     v->payload = b + h.payload_off;
     if (bytes_out)
         *bytes_out = (size_t)h.bytes;
@@ -498,6 +520,10 @@ static int sm_open(const void *blob, int64_t row0, int64_t nrows, sm_view *v,
         return rc;
     if (row0 < 0 || nrows < 0 || row0 > v->rows || nrows > v->rows - row0)
         return AS_EINVAL;
+    /* the blocks the rows fall in */
+    for (int64_t b = row0 / v->queries; nrows && b <= (row0 + nrows - 1) / v->queries; b++)
+        if (v->sums[b] != as__hash64(v->payload + v->offs[b], v->offs[b + 1] - v->offs[b]))
+            return AS_ECORRUPT;
     return as__sm_work_init(w, (size_t)v->len) ? AS_ENOMEM : 0;
 }
 

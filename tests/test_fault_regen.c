@@ -1,0 +1,258 @@
+/*
+ * Allocation-failure injection (SQLite's loop, as tests/test_fault.c) on
+ * the regenerator and softmax restore paths: conv inversion (the factor
+ * built at the first restore, the frame, the solve's work space, the
+ * dependency), and the softmax codecs' restore, restore_rows, restore_view
+ * and backward. For N = 1, 2, ... the Nth allocation (arena blocks and the
+ * store's records) fails, then every one from the Nth on: AS_ENOMEM or a
+ * success, never a crash; the arena's live bytes as before the call (plus
+ * what a successful call keeps by design: the factor cache); and the item
+ * still restores to the same values.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "actstore/store.h"
+#include "layers/ops.h"
+#include "store/store_internal.h"
+#include "tests/support/store_util.h"
+
+static uint64_t live(as_store *s) { return store_live(s); }
+
+/* ---- one saved item and the calls that decode it ------------------------ */
+
+enum { CALL_RESTORE, CALL_ROWS, CALL_VIEW, CALL_BACKWARD, NCALL };
+static const char *const call_name[NCALL] = {"restore", "restore_rows", "restore_view",
+                                              "backward"};
+
+typedef struct item {
+    as_store *s;
+    as_handle h;
+    as_tensor shape;
+    float    *got, *dy;
+    size_t    n;
+    bool      softmax;
+    float    *w, *b, *y;    /* conv: weights, bias, output */
+} item;
+
+static int call(item *it, int c)
+{
+    switch (c) {
+    case CALL_ROWS:
+        return as_store_restore_rows(it->s, it->h, 2, 5, it->got);
+    case CALL_VIEW: {
+        const as_tensor *v;
+        int rc = as_store_restore_view(it->s, it->h, &v);
+        if (rc == 0)
+            memcpy(it->got, v->data, it->n * sizeof(float));
+        as__mat_drop_all(it->s, true);
+        return rc;
+    }
+    case CALL_BACKWARD:
+        return it->softmax ? as_store_softmax_backward(it->s, it->h, it->dy, it->got)
+                           : AS_ENOTSUP;
+    default: {
+        as_tensor d = it->shape;
+        d.data = it->got;
+        return as_store_restore(it->s, it->h, &d);
+    }
+    }
+}
+
+static void item_free(item *it)
+{
+    as_store_destroy(it->s);
+    free(it->dy), free(it->w), free(it->b), free(it->y);   /* got: the caller's */
+    memset(it, 0, sizeof *it);
+}
+
+static as_store *mk(const char *spec)
+{
+    as_store_config cfg = {.policy = spec, .strict = true};
+    as_store *s = NULL;
+    char err[256] = "";
+    if (as_store_create(&cfg, &s, err, sizeof err))
+        fail_msg("%s: %s", spec, err);
+    return s;
+}
+
+static float urand(uint32_t *h)
+{
+    *h ^= *h << 13, *h ^= *h >> 17, *h ^= *h << 5;
+    return (float)(*h % 20001) * 1e-4f - 1.0f;
+}
+
+/* x (2, 3, 8, 8) under invert, its conv output (2, 6, 8, 8) kept. */
+static void save_conv(item *it, const char *spec)
+{
+    enum { CN = 2, CI = 3, CO = 6, H = 8, K = 3 };
+    memset(it, 0, sizeof *it);
+    it->s = mk(spec);
+    as_op_conv_geom g = {.N = CN, .Cin = CI, .H = H, .W = H, .Cout = CO, .kh = K, .kw = K,
+                         .stride = 1, .pad = 1};
+    assert_int_equal(as_op_conv_geom_init(&g), 0);
+    uint32_t h = 77;
+    it->n = (size_t)CN * CI * H * H;
+    size_t ny = (size_t)CN * CO * g.Ho * g.Wo;
+    float *x = malloc(sizeof(float) * it->n);
+    float *ws = malloc(sizeof(float) * (as_op_conv_workspace(&g) + 1));
+    it->w = malloc(sizeof(float) * CO * CI * K * K);
+    it->b = malloc(sizeof(float) * CO);
+    it->y = malloc(sizeof(float) * ny);
+    for (size_t i = 0; i < (size_t)CO * CI * K * K; i++)
+        it->w[i] = urand(&h) * 0.4f + (i % (CI * K * K + 1) == 0 ? 1.0f : 0.0f);
+    for (size_t i = 0; i < CO; i++)
+        it->b[i] = urand(&h) * 0.1f;
+    for (size_t i = 0; i < it->n; i++)
+        x[i] = urand(&h);
+    as_op_conv_fwd(&g, x, it->w, it->b, it->y, ws);
+    as_handle hy;
+    as_save_info oi = {.kind = AS_KIND_CONV_OUTPUT, .layer = "conv"};
+    as_tensor yt = {.data = it->y, .dtype = AS_F32, .ndim = 4, .shape = {CN, CO, g.Ho, g.Wo}};
+    assert_int_equal(as_store_save(it->s, &oi, &yt, &hy), 0);
+    as_save_info xi = {.kind = AS_KIND_CONV_INPUT, .layer = "conv"};
+    xi.meta.conv = (as_conv_meta){.n = CN, .cin = CI, .h = H, .w = H, .cout = CO, .kh = K,
+                                  .kw = K, .pad_h = 1, .pad_w = 1, .weight = it->w,
+                                  .bias = it->b, .weight_version = 1, .output = hy};
+    it->shape = (as_tensor){.dtype = AS_F32, .ndim = 4, .shape = {CN, CI, H, H}};
+    as_tensor xt = it->shape;
+    xt.data = x;
+    assert_int_equal(as_store_save(it->s, &xi, &xt, &it->h), 0);
+    assert_non_null(strstr(as_store_policy_of(it->s, it->h), "invert"));
+    free(x);
+    free(ws);
+}
+
+/* (4, 16, 32) softmax rows, 16 queries per block. */
+static void save_softmax(item *it, const char *spec)
+{
+    enum { B = 4, Q = 16, L = 32 };
+    memset(it, 0, sizeof *it);
+    it->s = mk(spec);
+    it->softmax = true;
+    it->n = (size_t)B * Q * L;
+    float *x = malloc(sizeof(float) * it->n);
+    uint32_t h = 99;
+    for (size_t r = 0; r < (size_t)B * Q; r++) {
+        double sum = 0;
+        for (size_t c = 0; c < L; c++)
+            sum += x[r * L + c] = expf(3.0f * urand(&h));
+        for (size_t c = 0; c < L; c++)
+            x[r * L + c] = (float)(x[r * L + c] / sum);
+    }
+    as_save_info info = {.kind = AS_KIND_SOFTMAX_OUTPUT, .layer = "attn"};
+    info.meta.softmax = (as_softmax_meta){.row_len = L, .queries = Q};
+    it->shape = (as_tensor){.dtype = AS_F32, .ndim = 3, .shape = {B, Q, L}};
+    as_tensor t = it->shape;
+    t.data = x;
+    assert_int_equal(as_store_save(it->s, &info, &t, &it->h), 0);
+    free(x);
+}
+
+/* ---- the loop ------------------------------------------------------------- */
+
+/* A fresh item from mkit, FORWARD phase (no cache of regenerated
+ * tensors), decoding into got. */
+static void fresh(item *it, void (*mkit)(item *, const char *), const char *spec, float *got)
+{
+    mkit(it, spec);
+    as_store_phase(it->s, AS_PHASE_FORWARD);
+    it->got = got;
+    it->dy = malloc(sizeof(float) * it->n);
+    assert_non_null(it->dy);
+    for (size_t i = 0; i < it->n; i++)
+        it->dy[i] = (float)(i % 9) - 4.0f;
+}
+
+/* Run call c with the nth allocation failing (sticky: and all after it) on
+ * a fresh item; returns whether the failure was reached. */
+static bool once(void (*mkit)(item *, const char *), const char *spec, int c, long n,
+                 bool sticky, int *nfail)
+{
+    item it;
+    fresh(&it, mkit, spec, NULL);
+    float *ref = malloc(sizeof(float) * it.n), *got = malloc(sizeof(float) * it.n);
+    it.got = ref;
+    uint64_t base = live(it.s);
+    if (call(&it, c))                           /* reference, on a twin item */
+        fail_msg("%s %s: %s", spec, call_name[c], as_store_last_error(it.s));
+    uint64_t after_ok = live(it.s);             /* what a success keeps (cache) */
+    item_free(&it);
+
+    fresh(&it, mkit, spec, got);
+    size_t cmp = c == CALL_ROWS ? 5 * (size_t)it.shape.shape[it.shape.ndim - 1] : it.n;
+    as_arena *a = as_store_arena(it.s);
+    as__arena_fault_set(a, n, sticky);
+    int rc = call(&it, c);
+    bool reached = sticky ? as__arena_fault_left(a) == 1 : as__arena_fault_left(a) == 0;
+    as__arena_fault_set(a, 0, false);
+    if (rc && rc != AS_ENOMEM)
+        fail_msg("%s %s, allocation %ld failing: %s (%s)", spec, call_name[c], n,
+                 as_strerror(rc), as_store_last_error(it.s));
+    *nfail += rc != 0;
+    if (rc == 0)
+        assert_memory_equal(got, ref, cmp * sizeof(float));
+    uint64_t now = live(it.s);
+    if (now != base && !(rc == 0 && now == after_ok))
+        fail_msg("%s %s, allocation %ld failing (rc %d): live %llu, was %llu", spec,
+                 call_name[c], n, rc, (unsigned long long)now, (unsigned long long)base);
+    if (call(&it, c))                           /* nothing lost */
+        fail_msg("%s %s after a failure: %s", spec, call_name[c], as_store_last_error(it.s));
+    assert_memory_equal(got, ref, cmp * sizeof(float));
+    item_free(&it);
+    free(ref);
+    free(got);
+    return reached;
+}
+
+static void loop(void (*mkit)(item *, const char *), const char *spec, int c)
+{
+    int nfail = 0;
+    long n = 1;
+    while (once(mkit, spec, c, n, false, &nfail))
+        n++;
+    long allocs = n - 1;
+    for (long k = 1; k <= allocs; k++)
+        once(mkit, spec, c, k, true, &nfail);
+    fprintf(stderr, "%-36s %-12s %ld allocations, %d failures returned\n", spec,
+            call_name[c], allocs, nfail);
+}
+
+static void test_fault_invert(void **st)
+{
+    (void)st;
+    static const char *const specs[] = {"conv_input=invert::cache; default=keep",
+                                        "conv_input=invert::stream:q16; default=keep"};
+    for (size_t k = 0; k < 2; k++) {
+        loop(save_conv, specs[k], CALL_RESTORE);
+        loop(save_conv, specs[k], CALL_VIEW);
+    }
+}
+
+static void test_fault_softmax(void **st)
+{
+    (void)st;
+    static const char *const specs[] = {"softmax=soa:3; default=keep",
+                                        "softmax=solog:3; default=keep",
+                                        "softmax=sotk:8:3; default=keep"};
+    for (size_t k = 0; k < 3; k++)
+        for (int c = 0; c < NCALL; c++)
+            loop(save_softmax, specs[k], c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fault_invert),
+        cmocka_unit_test(test_fault_softmax),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
