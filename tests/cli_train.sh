@@ -119,6 +119,16 @@ for e in p['layers']:
     assert set(['layer','kind','policy','raw_bytes','stored_bytes','rel_error','cosine']) <= set(e)
     assert e['stored_bytes'] <= e['raw_bytes']
 " && ok || fail "auto JSON"
+# the cnn declares its pooled conv inputs derivable; auto plans them as
+# ordinary tensors and fits a tenth of keep from the first step
+for act in relu leaky; do
+  expect 0 train --model cnn --act $act --preset bench --policy default=auto --ratio 10 --steps 2 --quiet \
+    --json "$dir/auto_cnn.json"
+  python3 -c "
+import json; m=json.load(open('$dir/auto_cnn.json'))['memory']
+assert 0 < m['saved_stored_peak_bytes'] <= m['saved_budget_bytes'], m
+" && ok || fail "auto cnn ($act) within its budget"
+done
 expect 0 train --model vit --policy default=auto --budget 600K --steps 2 --quiet --json "$dir/auto2.json"
 python3 -c "
 import json; j=json.load(open('$dir/auto2.json'))
