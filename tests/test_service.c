@@ -704,20 +704,30 @@ slowloris:
     static const char slow[] = "GET /metrics HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     t0 = (double)as_clock_wall_ns() * 1e-9;
     char resp[512] = "";
+    bool reset = false;
     for (size_t i = 0; i < sizeof slow - 1; i++) {
-        if (send(fd, slow + i, 1, MSG_NOSIGNAL) <= 0)
+        if (send(fd, slow + i, 1, MSG_NOSIGNAL) <= 0) {
+            reset = true;
             break;
+        }
         struct pollfd pf = {.fd = fd, .events = POLLIN};
         if (poll(&pf, 1, 150) > 0) {
             ssize_t r = recv(fd, resp, sizeof resp - 1, 0);
             resp[r > 0 ? r : 0] = 0;
+            reset = r <= 0;
             break;
         }
     }
     double waited = (double)as_clock_wall_ns() * 1e-9 - t0;
-    fprintf(stderr, "slowloris: '%.30s' after %.2f s\n", resp, waited);
-    assert_int_equal(tstatus(resp), 408);
-    assert_true(waited < 3.0);
+    fprintf(stderr, "slowloris: '%.30s'%s after %.2f s\n", resp, reset ? " (reset)" : "",
+            waited);
+    /* The 408 is sent, then the socket closed with the client's unread bytes
+     * in it: the kernel answers those with a reset, which can overtake the
+     * 408 at a slow client (seen under TSan). Either way the request is cut
+     * at the idle deadline, not held. */
+    if (!reset)
+        assert_int_equal(tstatus(resp), 408);
+    assert_true(waited > 0.5 && waited < 3.0);
     close(fd);
 
     /* blank lines between requests (skipped by the parser) do not renew
