@@ -254,6 +254,12 @@ static void copy_counter(as_store_counter *o, as_acct *a)
     o->raw_peak = atomic_load(&a->raw_peak);
     o->stored_live = atomic_load(&a->stored_live);
     o->stored_peak = atomic_load(&a->stored_peak);
+    /* A save between the two loads raises live before it raises the peak;
+     * the live value read was reached, so the peak is at least that. */
+    if (o->raw_peak < o->raw_live)
+        o->raw_peak = o->raw_live;
+    if (o->stored_peak < o->stored_live)
+        o->stored_peak = o->stored_live;
     o->saves = atomic_load(&a->saves);
     o->restores = atomic_load(&a->restores);
     o->releases = atomic_load(&a->releases);
