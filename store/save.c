@@ -492,17 +492,9 @@ static int save_impl(as_store *s, const as_save_info *info,
     bool taken = false;
     as_rep *r;
     bool planned = plan.pol && plan.pol->ops == &as_policy_auto;
-    if (planned) {
-        /* auto does not plan declared derivations: a derived item pins its
-         * sources' exact values, bytes its plan does not count. */
-        as_save_info ai = *info;
-        ai.recompute = NULL;
-        ai.recompute_ud = NULL;
-        ai.recompute_inputs = NULL;
-        ai.recompute_ninputs = 0;
-        rc = as__auto_save(s, it, h, g, plan.pol, rules, &ai, t,
+    if (planned)
+        rc = as__auto_save(s, it, h, g, plan.pol, rules, info, t,
                            adopt ? &blk : NULL, &taken, &spare, &r);
-    }
     else
         rc = encode_plan(s, it, h, g, &plan, rules, info, t,
                          adopt ? &blk : NULL, &taken, &spare, &r);

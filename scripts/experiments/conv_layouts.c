@@ -7,7 +7,7 @@
  *   weights, nchw + oihw, nhwc + any weights,
  * each with the implementation the library chose, plus the reorders
  * NCHW <-> blocked the "any" case needs. Thread CPU time, one thread,
- * median of 41 repeats of ~2 ms, all cases of a shape alternating.
+ * median of 41 repeats, all cases of a shape alternating.
  *
  * Not part of the build. From the repository root:
  *   gcc -O2 scripts/experiments/conv_layouts.c -ldnnl -o /tmp/conv_layouts

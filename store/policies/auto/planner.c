@@ -248,6 +248,14 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
                   as_block *adopted, bool *taken, as_rep **spare,
                   as_rep **out)
 {
+    /* Declared derivations are not planned: a derived item pins its
+     * sources' exact values, bytes the plan does not count. */
+    as_save_info plain = *info;
+    plain.recompute = NULL;
+    plain.recompute_ud = NULL;
+    plain.recompute_inputs = NULL;
+    plain.recompute_ninputs = 0;
+    info = &plain;
     as_auto *pl = planner_get(s);
     if (!pl)
         return AS_ENOMEM;
