@@ -27,8 +27,12 @@
  * reads the pooled map, saved declared derived from the pool (its input,
  * the activation's saved output, at the saved argmax): "invert" then
  * stores nothing for it and gathers it back at restore.
- * With convs in a row, conv input l+1 is z_l (rebuilt by inversion from
- * y_{l+1}), so a stack keeps only its top activation and the frames.
+ * With convs in a row, conv input l+1 is z_l = act(bn(conv_l(x_l))): it is
+ * saved declared derived from x_l and the BatchNorm statistics (the
+ * forward's own ops replayed, bit for bit), which x_l's own relation or
+ * borrow makes free to hold; so "invert" stores nothing for it either and
+ * a stage keeps only its top activation. With invert's DERIVED field set
+ * to solve, z_l is rebuilt by inversion from y_{l+1} instead (frames).
  */
 #include "layers/model.h"
 
@@ -39,6 +43,15 @@
 #include "util/try.h"
 
 #define MAXL 16
+
+struct cnn;
+/* The relation of a stage's inner conv input: the output of conv li (with
+ * its BatchNorm and activation), from that conv's input and statistics. */
+typedef struct cnn_regen {
+    struct cnn *m;
+    int li;
+    as_handle in[2];   /* conv li's input, BatchNorm li's statistics */
+} cnn_regen;
 
 typedef struct cnn {
     as_nn_model base;
@@ -54,6 +67,8 @@ typedef struct cnn {
     int B, Hs[MAXL], feat;
     int32_t *labels;
     float *aff[MAXL];     /* leaky + BN chain: (scale, shift) per channel */
+    cnn_regen regen[MAXL];
+    as_nn_ctx *ctx;       /* of the step: work space of the relations */
 } cnn;
 
 static int act_alloc(as_nn_ctx *c, size_t n, uint16_t id, as_block *b)
@@ -100,12 +115,9 @@ static int bn_link(as_nn_ctx *c, cnn *m, int li, int N, int H, const float *b,
     if (rc)
         return rc;
     const float *mean = stv, *invstd = (const float *)stv + bn->C;
-    const float *g = AS_NN_F(bn->g->w), *beta = AS_NN_F(bn->b->w);
     float *a = m->aff[li], *bb = a + bn->C;
-    for (int ch = 0; ch < bn->C; ch++) {   /* as in as_op_batchnorm_fwd */
-        a[ch] = invstd[ch] * g[ch];
-        bb[ch] = beta[ch] - mean[ch] * a[ch];
-    }
+    as_op_batchnorm_affine(bn->C, mean, invstd, AS_NN_F(bn->g->w),
+                           AS_NN_F(bn->b->w), a, bb);
     as_save_info info = {.kind = AS_KIND_ACTIVATION_INPUT, .layer = m->act[li].name,
                          .source = bn->hx};
     info.meta.act = (as_elementwise){.fn = AS_FN_AFFINE, .scale = a, .shift = bb,
@@ -115,6 +127,65 @@ static int bn_link(as_nn_ctx *c, cnn *m, int li, int N, int H, const float *b,
     return as_nn_save(c, &info, &t, hb);
 }
 
+/* Recompute callback of an inner conv input: inputs x (f32 (N, Cin, H, W),
+ * conv li's input) and, with BatchNorm, its statistics (f32 (2, C)); out
+ * f32 (N, C, H, W) = act(bn(conv(x))) by the forward's ops, in its order. */
+static int inner_regen(void *ud, const as_tensor *const *in, size_t n, as_tensor *out)
+{
+    const cnn_regen *r = ud;
+    cnn *m = r->m;
+    const as_nn_conv *cv = &m->conv[r->li];
+    const as_op_conv_geom g = cv->g;
+    const size_t nin = m->cfg.batchnorm ? 2 : 1;
+    if (n != nin || in[0]->dtype != AS_F32 || in[0]->ndim != 4 ||
+        out->dtype != AS_F32 || out->ndim != 4)
+        return AS_ESHAPE;
+    const int64_t *xs = in[0]->shape, *ys = out->shape;
+    if (xs[0] != g.N || xs[1] != g.Cin || xs[2] != g.H || xs[3] != g.W ||
+        ys[0] != g.N || ys[1] != g.Cout || ys[2] != g.Ho || ys[3] != g.Wo)
+        return AS_ESHAPE;
+    if (nin == 2 && (in[1]->dtype != AS_F32 || as_tensor_numel(in[1]) != 2 * (int64_t)g.Cout))
+        return AS_ESHAPE;
+    as_block ws;
+    int rc = as_nn_alloc(m->ctx, as_op_conv_workspace(&g) * sizeof(float),
+                         AS_TAG_WORKSPACE, cv->id, false, &ws);
+    if (rc)
+        return rc;
+    float *y = out->data;
+    as_op_conv_fwd(&g, in[0]->data, AS_NN_F(cv->W->w), cv->b ? AS_NN_F(cv->b->w) : NULL,
+                   y, AS_NN_F(ws));
+    as_nn_free(m->ctx, &ws);
+    const int hw = g.Ho * g.Wo;
+    if (nin == 2) {
+        const as_nn_bnorm *bn = &m->bn[r->li];
+        const float *st = in[1]->data;
+        as_op_batchnorm_apply(g.N, g.Cout, hw, st, st + g.Cout, AS_NN_F(bn->g->w),
+                              AS_NN_F(bn->b->w), y, y);
+    }
+    as_op_leaky_fwd((size_t)g.N * g.Cout * hw, m->act[r->li].alpha, y, y);
+    return 0;
+}
+
+/* Declare conv li's input (the output of conv li-1's stage) derived, when
+ * the tensors it is rebuilt from are saved. */
+static void inner_declare(cnn *m, int li)
+{
+    as_nn_conv *cv = &m->conv[li];
+    cnn_regen *r = &m->regen[li];
+    r->m = m;
+    r->li = li - 1;
+    r->in[0] = m->conv[li - 1].hx;
+    r->in[1] = m->cfg.batchnorm ? m->bn[li - 1].hstat : AS_HANDLE_NULL;
+    const size_t n = m->cfg.batchnorm ? 2 : 1;
+    bool ok = m->act[li - 1].fn != AS_FN_GELU;
+    for (size_t i = 0; i < n; i++)
+        ok &= !as_handle_is_null(r->in[i]);
+    cv->in_fn = ok ? inner_regen : NULL;
+    cv->in_ud = r;
+    cv->in_inputs = r->in;
+    cv->in_ninputs = n;
+}
+
 static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
                        double *loss, int *ncorrect)
 {
@@ -122,6 +193,7 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
     const int N = bt->B;
     int rc = 0, H = 28, Cc = 1, li = 0;
     m->B = N;
+    m->ctx = c;
     /* The BatchNorm link costs a transient copy of b per layer: make it
      * only when the rules can use it (activation_input=inverse). */
     bool bn_chain = false;
@@ -141,6 +213,8 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
             const size_t n = (size_t)N * Co * H * H;
             m->Hs[li] = H;
             AS_TRY(act_alloc(c, n, m->conv[li].id, &y));
+            if (k > 0)
+                inner_declare(m, li);
             AS_TRY(as_nn_conv_fwd(c, &m->conv[li], N, H, H, in, in_h, AS_NN_F(y)));
             as_nn_free(c, &cur);
             if (m->cfg.batchnorm) {

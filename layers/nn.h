@@ -184,6 +184,13 @@ typedef struct as_nn_conv {
                               conv_output */
     struct as_nn_pool *in_pool;   /* x is this max pool's output (or NULL): x is
                               saved declared derived from the pool's input */
+    /* Or x is declared a function of other saved tensors (fn NULL: not):
+     * as_save_info.recompute, .recompute_ud, .recompute_inputs (n of them),
+     * set by the model before the forward; the inputs must be live then. */
+    as_recompute_fn in_fn;
+    void *in_ud;
+    const as_handle *in_inputs;
+    size_t in_ninputs;
 } as_nn_conv;
 int as_nn_conv_init(as_nn_ctx *c, as_nn_params *ps, as_nn_conv *l,
                     const char *name, int Cin, int Cout, int k, int stride,

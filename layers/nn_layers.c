@@ -157,8 +157,14 @@ int as_nn_conv_fwd(as_nn_ctx *c, as_nn_conv *l, int N, int H, int W,
     as_save_info info = {.kind = AS_KIND_CONV_INPUT, .layer = l->name,
                          .alias_of = x_saved,
                          .borrow = l->input_held && as_handle_is_null(x_saved)};
-    if (l->in_pool && as_handle_is_null(x_saved) && !info.borrow)
+    if (l->in_pool && as_handle_is_null(x_saved) && !info.borrow) {
         as_nn_pool_derivation(l->in_pool, &info);
+    } else if (l->in_fn && !info.borrow) {
+        info.recompute = l->in_fn;
+        info.recompute_ud = l->in_ud;
+        info.recompute_inputs = l->in_inputs;
+        info.recompute_ninputs = l->in_ninputs;
+    }
     info.meta.conv = (as_conv_meta){
         .n = N, .cin = g->Cin, .h = H, .w = W, .cout = g->Cout, .kh = g->kh,
         .kw = g->kw, .stride_h = g->stride, .stride_w = g->stride,

@@ -185,6 +185,16 @@ void as_op_batchnorm_fwd(int N, int C, int HW, float eps, bool training,
                          float momentum, const float *x, const float *g,
                          const float *b, float *run_mean, float *run_var,
                          float *mean, float *invstd, float *y);
+/* The affine y = a*x + bb that the forward applied with the statistics
+ * (mean, invstd) it wrote: a = invstd*g, bb = b - mean*a per channel
+ * (a, bb: C floats each). */
+void as_op_batchnorm_affine(int C, const float *mean, const float *invstd,
+                            const float *g, const float *b, float *a, float *bb);
+/* Apply it again: y = a*x + bb over (N, C, HW) with the statistics the
+ * forward wrote, bit for bit the forward's output (y may alias x). */
+void as_op_batchnorm_apply(int N, int C, int HW, const float *mean,
+                           const float *invstd, const float *g, const float *b,
+                           const float *x, float *y);
 /* Training-mode backward (batch statistics). */
 void as_op_batchnorm_bwd(int N, int C, int HW, const float *x, const float *g,
                          const float *mean, const float *invstd,

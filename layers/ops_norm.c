@@ -128,6 +128,26 @@ static double plane_sqdev(int N, size_t ns, size_t cs, int HW, const float *x,
     return t;
 }
 
+/* One channel's affine from its statistics; the forward and its replay
+ * share it so that both round alike. */
+static inline void bn_coef(float m, float s, float g, float b, float *a, float *bb)
+{
+    *a = s * g;
+    *bb = b - m * *a;
+}
+
+/* y = a*x + bb over one channel of every image (x, y at that channel). */
+static inline void bn_channel(int N, size_t ns, int HW, float a, float bb,
+                              const float *x, float *y)
+{
+    for (int n = 0; n < N; n++) {
+        const float *p = x + n * ns;
+        float *q = y + n * ns;
+        for (int k = 0; k < HW; k++)
+            q[k] = p[k] * a + bb;
+    }
+}
+
 void as_op_batchnorm_fwd(int N, int C, int HW, float eps, bool training,
                          float momentum, const float *x, const float *g,
                          const float *b, float *run_mean, float *run_var,
@@ -156,13 +176,28 @@ void as_op_batchnorm_fwd(int N, int C, int HW, float eps, bool training,
             mean[c] = m;
         if (invstd)
             invstd[c] = s;
-        const float a = s * g[c], bb = b[c] - m * a;
-        for (int n = 0; n < N; n++) {
-            const float *p = x + n * ns + c * cs;
-            float *q = y + n * ns + c * cs;
-            for (int k = 0; k < HW; k++)
-                q[k] = p[k] * a + bb;
-        }
+        float a, bb;
+        bn_coef(m, s, g[c], b[c], &a, &bb);
+        bn_channel(N, ns, HW, a, bb, x + c * cs, y + c * cs);
+    }
+}
+
+void as_op_batchnorm_affine(int C, const float *mean, const float *invstd,
+                            const float *g, const float *b, float *a, float *bb)
+{
+    for (int c = 0; c < C; c++)
+        bn_coef(mean[c], invstd[c], g[c], b[c], &a[c], &bb[c]);
+}
+
+void as_op_batchnorm_apply(int N, int C, int HW, const float *mean,
+                           const float *invstd, const float *g, const float *b,
+                           const float *x, float *y)
+{
+    const size_t cs = (size_t)HW, ns = (size_t)C * HW;
+    for (int c = 0; c < C; c++) {
+        float a, bb;
+        bn_coef(mean[c], invstd[c], g[c], b[c], &a, &bb);
+        bn_channel(N, ns, HW, a, bb, x + c * cs, y + c * cs);
     }
 }
 

@@ -4,7 +4,8 @@
  * solver is invert/restore.c; the math is in invert/conv_invert.h and
  * docs/policies.md, "## Conv inversion").
  *
- * Spec: conv_input=invert[:COND[:MODE[:FRAME]]] (an empty field = default)
+ * Spec: conv_input=invert[:COND[:MODE[:FRAME[:DERIVED]]]] (an empty field =
+ * default)
  *   COND  largest accepted per-frequency condition number (default 1e4)
  *   MODE  auto (default): cache the factor when it is small, else stream;
  *         cache: always cache; stream: never cache (see below)
@@ -12,6 +13,9 @@
  *         version's condition number is at most AS__CIV_Q16_COND and the input
  *         is not an activation's saved output, else f32), f32 (exact), q16
  *         (16-bit fixed point per image and channel)
+ *   DERIVED derive (default): an input declared derived (below) is rebuilt
+ *         through its relation; solve: declared relations are ignored and
+ *         every input is inverted (to measure or test the solver)
  *
  * Save (encode):
  *   - applicability: f32 (N, Cin, H, W) with conv metadata, stride 1,
@@ -83,6 +87,7 @@ typedef struct inv_params {
     double          cond_max;
     int             mode;       /* MODE_*: when to cache the factor */
     int             frame;      /* FRAME_*: precision of the stored frame */
+    int             solve_only; /* DERIVED solve: ignore declared relations */
     pthread_mutex_t mu;         /* the entry list, derived */
     inv_entry      *entries;
     uint64_t        derived;    /* inputs saved as derivations */
@@ -131,29 +136,42 @@ static int parse_err(char *err, size_t errlen, size_t *err_off, size_t off,
     return AS_ESPEC;
 }
 
+/* Index of w in the NULL-terminated list, or -1. */
+static int word_of(const char *w, const char *const *list)
+{
+    for (int i = 0; list[i]; i++)
+        if (!strcmp(w, list[i]))
+            return i;
+    return -1;
+}
+
 static int inv_parse(const char *args, size_t len, void **params, char *err,
                      size_t errlen, size_t *err_off)
 {
+    static const char *const modes[] = {"auto", "cache", "stream", NULL};
+    static const char *const frames[] = {"auto", "f32", "q16", NULL};
+    static const char *const derives[] = {"derive", "solve", NULL};
     double cm = 1e4;
-    int mode = MODE_AUTO, frame = FRAME_AUTO;
+    int mode = MODE_AUTO, frame = FRAME_AUTO, solve_only = 0;
     *params = NULL;
     char buf[64];
     if (len >= sizeof buf)
         return parse_err(err, errlen, err_off, 0,
-                         "expected COND[:auto|cache|stream[:auto|f32|q16]]");
+                         "expected COND[:auto|cache|stream[:auto|f32|q16"
+                         "[:derive|solve]]]");
     memcpy(buf, args, len);
     buf[len] = 0;
-    char *field[3] = {buf, NULL, NULL};
-    for (int i = 1; i < 3 && field[i - 1]; i++) {
+    char *field[4] = {buf, NULL, NULL, NULL};
+    for (int i = 1; i < 4 && field[i - 1]; i++) {
         char *c = strchr(field[i - 1], ':');
         if (c) {
             *c = 0;
             field[i] = c + 1;
         }
     }
-    if (field[2] && strchr(field[2], ':'))
-        return parse_err(err, errlen, err_off, (size_t)(strchr(field[2], ':') - buf),
-                         "at most three fields: COND:MODE:FRAME");
+    if (field[3] && strchr(field[3], ':'))
+        return parse_err(err, errlen, err_off, (size_t)(strchr(field[3], ':') - buf),
+                         "at most four fields: COND:MODE:FRAME:DERIVED");
     if (field[0][0]) {
         char *end = NULL;
         cm = strtod(field[0], &end);
@@ -162,36 +180,23 @@ static int inv_parse(const char *args, size_t len, void **params, char *err,
                              "expected a condition number threshold > 1 "
                              "(e.g. invert:1e5)");
     }
-    if (field[1] && field[1][0]) {
-        const char *m = field[1];
-        if (!strcmp(m, "auto"))
-            mode = MODE_AUTO;
-        else if (!strcmp(m, "cache"))
-            mode = MODE_CACHE;
-        else if (!strcmp(m, "stream"))
-            mode = MODE_STREAM;
-        else
-            return parse_err(err, errlen, err_off, (size_t)(m - buf),
-                             "expected a factor mode: auto, cache or stream");
-    }
-    if (field[2] && field[2][0]) {
-        const char *f = field[2];
-        if (!strcmp(f, "auto"))
-            frame = FRAME_AUTO;
-        else if (!strcmp(f, "f32"))
-            frame = FRAME_F32;
-        else if (!strcmp(f, "q16"))
-            frame = FRAME_Q16;
-        else
-            return parse_err(err, errlen, err_off, (size_t)(f - buf),
-                             "expected a frame precision: auto, f32 or q16");
-    }
+    if (field[1] && field[1][0] && (mode = word_of(field[1], modes)) < 0)
+        return parse_err(err, errlen, err_off, (size_t)(field[1] - buf),
+                         "expected a factor mode: auto, cache or stream");
+    if (field[2] && field[2][0] && (frame = word_of(field[2], frames)) < 0)
+        return parse_err(err, errlen, err_off, (size_t)(field[2] - buf),
+                         "expected a frame precision: auto, f32 or q16");
+    if (field[3] && field[3][0] && (solve_only = word_of(field[3], derives)) < 0)
+        return parse_err(err, errlen, err_off, (size_t)(field[3] - buf),
+                         "expected what to do with declared derivations: "
+                         "derive or solve");
     inv_params *p = calloc(1, sizeof *p);
     if (!p)
         return AS_ENOMEM;
     p->cond_max = cm;
     p->mode = mode;
     p->frame = frame;
+    p->solve_only = solve_only;
     pthread_mutex_init(&p->mu, NULL);
     *params = p;
     return 0;
@@ -316,19 +321,20 @@ static int solve_applies(const as_save_info *info, const as_tensor *t,
     return rc ? AS_ENOTSUP : 0;
 }
 
-/* A declared derivation (as_save_info.recompute) needs no solve. */
-static int has_derivation(const as_save_info *info, const as_tensor *t)
+/* A declared derivation (as_save_info.recompute) needs no solve, unless
+ * the rule says solve. */
+static int has_derivation(const inv_params *p, const as_save_info *info,
+                          const as_tensor *t)
 {
     char why[80];
-    return info->recompute &&
+    return !p->solve_only && info->recompute &&
            as_policy_recompute.applies(NULL, info, t, why, sizeof why) == 0;
 }
 
 static int inv_applies(const void *params, const as_save_info *info,
                        const as_tensor *t, char *why, size_t whylen)
 {
-    (void)params;
-    return has_derivation(info, t) ? 0 : solve_applies(info, t, why, whylen);
+    return has_derivation(params, info, t) ? 0 : solve_applies(info, t, why, whylen);
 }
 
 /* The conv output handle must describe the f32 (N, Cout, Ho, Wo) tensor
@@ -432,9 +438,10 @@ static int encode_signs(as_pctx *ctx, const as_save_info *info, const as_tensor 
 /* An input the framework declares derived from tensors saved anyway (a
  * pooled map: the pool's input at its saved argmax) is rebuilt from them:
  * exact, no frame, no solve. */
-static int derivable(as_pctx *ctx, const as_save_info *info, const as_tensor *t)
+static int derivable(as_pctx *ctx, const inv_params *p, const as_save_info *info,
+                     const as_tensor *t)
 {
-    if (!has_derivation(info, t))
+    if (!has_derivation(p, info, t))
         return 0;
     for (size_t i = 0; i < info->recompute_ninputs; i++)
         if (!as_pctx_can_depend(ctx, info->recompute_inputs[i]))
@@ -561,7 +568,7 @@ static int inv_encode(as_pctx *ctx, const void *params,
     inv_params *p = (inv_params *)params;
     const as_conv_meta *m = &info->meta.conv;
     char why[160] = "";
-    if (derivable(ctx, info, t))
+    if (derivable(ctx, p, info, t))
         return encode_derived(ctx, p, info, t, state);
     int rc = solve_applies(info, t, why, sizeof why);
     if (rc) {
