@@ -166,6 +166,14 @@ int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t err
         snprintf(err, errlen, "--act: relu or leaky");
         return AS_EINVAL;
     }
+    if (c->convs && mi->cfg != AS_NN_CFG_cnn) {
+        snprintf(err, errlen, "--convs applies to the cnn model only");
+        return AS_EINVAL;
+    }
+    if (c->convs < 0 || (long)c->convs * p->cnn.nstages > 16) {
+        snprintf(err, errlen, "--convs %d: more than 16 convs in all", c->convs);
+        return AS_EINVAL;
+    }
     if (c->steps > 0) {
         p->steps = c->steps;
         p->epochs = 0;
@@ -175,6 +183,8 @@ int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t err
     }
     if (c->act >= 0)
         p->cnn.act_fn = c->act;
+    if (c->convs)
+        p->cnn.convs = c->convs;
     return 0;
 }
 
@@ -513,8 +523,9 @@ int as_ab_run(const as_ab_config *c, as_report *rep, char *err, size_t errlen)
         rep->seeds_total = c->nseeds;
     }
     if (as_nn_model_find(c->model)->cfg == AS_NN_CFG_cnn)
-        snprintf(rep->options, sizeof rep->options, "act=%s",
-                 p.cnn.act_fn == AS_FN_LEAKY_RELU ? "leaky" : "relu");
+        snprintf(rep->options, sizeof rep->options, "act=%s%s%.0d",
+                 p.cnn.act_fn == AS_FN_LEAKY_RELU ? "leaky" : "relu",
+                 p.cnn.convs != 1 ? " convs=" : "", p.cnn.convs != 1 ? p.cnn.convs : 0);
     prog g = {.c = c, .tty = isatty(2) && getenv("TERM") && strcmp(getenv("TERM"), "dumb"),
               .t0 = as_clock_wall_s(), .every = 1};
     bool stopped = false;

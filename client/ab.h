@@ -44,6 +44,7 @@ typedef struct as_ab_config {
     long        check_every;  /* gradient checks; 0 = off */
     int         act;          /* cnn activation: -1 preset, AS_FN_RELU,
                                  AS_FN_LEAKY_RELU */
+    int         convs;        /* cnn: stride-1 convs per stage (0 = preset) */
     int         threads;      /* OpenBLAS threads; 0 = leave */
     uint64_t    budget;       /* saved-bytes budget of the arms whose spec
                                  uses auto (0 = none) */

@@ -163,6 +163,7 @@ int as_cmd_ab(int argc, char **argv)
                       .spec = {spec_a, spec_b}, .nseeds = (size_t)o.seeds,
                       .seed0 = o.seed, .steps = (long)o.steps, .epochs = o.epochs,
                       .check_every = (long)o.check_every, .act = act_fn,
+                      .convs = (int)o.convs,
                       .threads = (int)o.threads, .data_dir = o.data_dir,
                       .text_dir = o.text_dir, .quiet = o.quiet,
                       .budget = o.budget, .ratio = o.ratio,
