@@ -17,6 +17,9 @@
 #include "store/policies/invert/conv_invert.h"
 
 #define CHAIN "conv_input=invert; norm_input=inverse; activation_input=inverse; default=keep"
+/* The same with every conv input solved (declared derivations ignored) */
+#define CHAIN_SOLVE "conv_input=invert::::solve; norm_input=inverse; " \
+                    "activation_input=inverse; default=keep"
 
 static as_nn_run *run_new(const as_nn_preset *p, const char *policy)
 {
@@ -61,7 +64,9 @@ static double grad_err(const as_nn_run *a, const as_nn_run *b, double *l2,
     return e;
 }
 
-static void check_variant(bool batchnorm, const char *policy, bool chain)
+/* solve: the policy inverts every conv input (DERIVED solve); else the
+ * inner and pooled inputs are derived and nothing is solved. */
+static void check_variant(bool batchnorm, const char *policy, bool chain, bool solve)
 {
     as_nn_preset p;
     assert_int_equal(as_nn_preset_get("cnn", "small", &p), 0);
@@ -111,18 +116,25 @@ static void check_variant(bool batchnorm, const char *policy, bool chain)
                (unsigned long long)mi.saved_stored_peak);
     }
     assert_int_equal(mi.fallbacks, 0);
-    /* frames (28x28: 14%, 14x14: 27%) plus sign bitmaps (3%) */
-    assert_true(mi.by_kind[AS_KIND_CONV_INPUT].stored_peak * 4 <
-                mk.by_kind[AS_KIND_CONV_INPUT].raw_peak);
-    if (chain)   /* only the top activations stay (plus one transient) */
-        assert_true(mi.saved_stored_peak * 2 < mk.saved_stored_peak);
     as__civ_lstats ls;
     assert_int_equal(as__civ_layer_stats(as_nn_run_store(inv), NULL, &ls), 0);
-    /* 4 convs, 2 batches; the first conv's input is the batch, borrowed;
-     * the second stage's first reads the pooled map: derived, not solved */
-    assert_true(ls.restores >= 2 * 2);
-    assert_int_equal(ls.derived, 2);
-    assert_int_equal(ls.cond_checks, 2);  /* weights unchanged: one per layer */
+    /* 4 convs, 2 batches; the first conv's input is the batch, borrowed */
+    if (solve) {
+        /* frames (28x28: 14%, 14x14: 27%) plus sign bitmaps (3%) */
+        assert_true(mi.by_kind[AS_KIND_CONV_INPUT].stored_peak * 4 <
+                    mk.by_kind[AS_KIND_CONV_INPUT].raw_peak);
+        assert_true(ls.restores >= 3 * 2);
+        assert_int_equal(ls.derived, 0);
+        assert_int_equal(ls.cond_checks, 3);  /* weights unchanged: one per layer */
+    } else {
+        /* the inner inputs from the conv below, the pooled one from the pool */
+        assert_int_equal(mi.by_kind[AS_KIND_CONV_INPUT].stored_peak, 0);
+        assert_int_equal(ls.restores, 0);
+        assert_int_equal(ls.derived, 3 * 2);
+        assert_int_equal(ls.cond_checks, 0);
+    }
+    if (chain)   /* only the top activations stay (plus one transient) */
+        assert_true(mi.saved_stored_peak * (solve ? 2 : 3) < mk.saved_stored_peak);
     as_nn_run_destroy(keep);
     as_nn_run_destroy(inv);
 }
@@ -130,35 +142,37 @@ static void check_variant(bool batchnorm, const char *policy, bool chain)
 static void test_cnn_leaky_no_bn(void **state)
 {
     (void)state;
-    check_variant(false, CHAIN, true);
+    check_variant(false, CHAIN_SOLVE, true, true);
+    check_variant(false, CHAIN, true, false);
 }
 
 static void test_cnn_leaky_bn(void **state)
 {
     (void)state;
-    check_variant(true, CHAIN, true);
+    check_variant(true, CHAIN_SOLVE, true, true);
+    check_variant(true, CHAIN, true, false);
 }
 
 /* BatchNorm, conv inputs only (conv outputs kept by BatchNorm). */
 static void test_cnn_leaky_bn_inputs_only(void **state)
 {
     (void)state;
-    check_variant(true, "conv_input=invert; default=keep", false);
+    check_variant(true, "conv_input=invert::::solve; default=keep", false, true);
 }
 
-/* One conv per stage (the bench preset's shape): every conv input is the
- * batch (borrowed) or a pooled map (derived from the pool's input at the
- * saved argmax), so invert stores no conv-input byte and the gradients
- * are keep's bit for bit. */
-static void test_cnn_pooled_inputs_derived(void **state)
+/* Every conv input is the batch (borrowed), a pooled map (derived from
+ * the pool's input at the saved argmax) or, with convs in a row, the
+ * output of the conv below (derived from that conv's input and BatchNorm
+ * statistics), so invert stores no conv-input byte and the gradients are
+ * keep's bit for bit. */
+static void check_all_derived(int convs, int act_fn)
 {
-    (void)state;
     as_nn_preset p;
     assert_int_equal(as_nn_preset_get("cnn", "small", &p), 0);
-    p.cnn.act_fn = AS_FN_LEAKY_RELU;
+    p.cnn.act_fn = act_fn;
     p.cnn.alpha = 0.1f;
     p.cnn.nstages = 3;
-    p.cnn.convs = 1;
+    p.cnn.convs = convs;
     p.cnn.widths[0] = 4;
     p.cnn.widths[1] = 8;
     p.cnn.widths[2] = 8;
@@ -184,10 +198,25 @@ static void test_cnn_pooled_inputs_derived(void **state)
     assert_int_equal(mi.fallbacks, 0);
     as__civ_lstats ls;
     assert_int_equal(as__civ_layer_stats(as_nn_run_store(inv), NULL, &ls), 0);
-    assert_int_equal(ls.derived, 2 * 2);   /* 2 pooled inputs, 2 batches */
+    assert_int_equal(ls.derived, (3 * convs - 1) * 2);   /* all but the batch, 2 batches */
     assert_int_equal(ls.restores, 0);
     as_nn_run_destroy(keep);
     as_nn_run_destroy(inv);
+}
+
+/* The bench preset's shape: one conv per stage. */
+static void test_cnn_pooled_inputs_derived(void **state)
+{
+    (void)state;
+    check_all_derived(1, AS_FN_LEAKY_RELU);
+}
+
+/* Two convs per stage, LeakyReLU and ReLU. */
+static void test_cnn_inner_inputs_derived(void **state)
+{
+    (void)state;
+    check_all_derived(2, AS_FN_LEAKY_RELU);
+    check_all_derived(2, AS_FN_RELU);
 }
 
 int main(void)
@@ -197,6 +226,7 @@ int main(void)
         cmocka_unit_test(test_cnn_leaky_bn),
         cmocka_unit_test(test_cnn_leaky_bn_inputs_only),
         cmocka_unit_test(test_cnn_pooled_inputs_derived),
+        cmocka_unit_test(test_cnn_inner_inputs_derived),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

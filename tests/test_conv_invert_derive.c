@@ -177,17 +177,16 @@ static void test_derived_any_geometry(void **state)
     check_derived(2);
 }
 
-/* The pool's input kept as signs only (a derivative-only form) cannot serve
- * as a source: the input is inverted from the conv output instead. */
-static void test_sign_source_solves(void **state)
+/* A pooled input saved declared derived under spec, which must solve it:
+ * a frame is stored, nothing is derived, the rebuild is within 1e-4. */
+static void check_solves(const char *spec)
 {
-    (void)state;
-    as_store *s = mk_store("activation_output=sign; conv_input=invert; default=keep");
+    as_store *s = mk_store(spec);
     pooled p = {.N = 2, .C = 4, .H = 16, .W = 16, .k = 2};
     float *w;
     as_handle hy;
     as_handle hx = save_pooled(s, &p, 8, 1, &w, &hy);
-    assert_string_equal(as_store_policy_of(s, hx), "invert");
+    assert_true(!strncmp(as_store_policy_of(s, hx), "invert", 6));
     as__civ_lstats ls;
     assert_int_equal(as__civ_layer_stats(s, NULL, &ls), 0);
     assert_int_equal(ls.derived, 0);
@@ -208,6 +207,21 @@ static void test_sign_source_solves(void **state)
     free(w);
     free_pooled(&p);
     as_store_destroy(s);
+}
+
+/* The pool's input kept as signs only (a derivative-only form) cannot serve
+ * as a source: the input is inverted from the conv output instead. */
+static void test_sign_source_solves(void **state)
+{
+    (void)state;
+    check_solves("activation_output=sign; conv_input=invert; default=keep");
+}
+
+/* invert's DERIVED field "solve" ignores the declared relation. */
+static void test_solve_field_ignores_derivation(void **state)
+{
+    (void)state;
+    check_solves("conv_input=invert::::solve; default=keep");
 }
 
 /* as_op_maxpool_gather gives the forward's output bit for bit: ties (the
@@ -386,6 +400,7 @@ int main(void)
         cmocka_unit_test(test_derived_stores_nothing),
         cmocka_unit_test(test_derived_any_geometry),
         cmocka_unit_test(test_sign_source_solves),
+        cmocka_unit_test(test_solve_field_ignores_derivation),
         cmocka_unit_test(test_gather_matches_forward),
         cmocka_unit_test(test_verified_above_threshold),
         cmocka_unit_test(test_residual_or_fallback),

@@ -272,6 +272,12 @@ static void test_frame_precision(void **state)
     assert_int_equal(as_policy_check("conv_input=invert:1e4:auto:q8", err, sizeof err), AS_ESPEC);
     assert_non_null(strstr(err, "frame precision"));
     assert_int_equal(as_policy_check("conv_input=invert:1e4:auto:f32:x", err, sizeof err), AS_ESPEC);
+    assert_non_null(strstr(err, "derive or solve"));
+    assert_int_equal(as_policy_check("conv_input=invert:1e4:auto:f32:solve:x", err, sizeof err),
+                     AS_ESPEC);
+    assert_non_null(strstr(err, "at most four fields"));
+    assert_int_equal(as_policy_check("conv_input=invert::::solve", err, sizeof err), 0);
+    assert_int_equal(as_policy_check("conv_input=invert::::derive", err, sizeof err), 0);
     assert_int_equal(as_policy_check("conv_input=invert:::q16", err, sizeof err), 0);
 }
 
