@@ -4,7 +4,7 @@
 # step times aside: they are measured, not computed); a report split into
 # shards by hand merges back to itself exactly, step times included; and
 # the merge refuses what does not add up (exit 1), bad --shard is usage
-# (exit 2).
+# (exit 2); ab --convs reaches the cnn and its report.
 . "$(dirname "$0")/support/cli.sh"
 # cut_report DIR N PREFIX: cut DIR/report.json (N seeds) by hand into N
 # one-seed shards PREFIX0 .. PREFIX{N-1}
@@ -98,5 +98,15 @@ for s in range(2):
     assert ra["saved_budget_bytes"] == rb["saved_budget_bytes"]
     assert ra["plan"] == rb["plan"], (ra["plan"], rb["plan"])
     assert "plan" not in b["arms"][0]["runs"][s]
+PY
+# --convs: cnn only, 1..5; the runs have that many convs per stage
+expect 2 ab --model vit --convs 2 --a default=keep --b default=keep
+expect 2 ab --model cnn --convs 0 --a default=keep --b default=keep
+expect 0 ab --model cnn --act leaky --convs 2 --steps 2 --seeds 1 --check-every 0 --threads 1 \
+    --a default=keep --b "conv_input=invert; default=keep" --quiet --out convs
+python3 - <<'PY' && ok || fail "ab --convs 2 not in the report"
+import json
+r = json.load(open("convs/report.json"))
+assert r["options"] == "act=leaky convs=2", r["options"]
 PY
 cli_done
