@@ -3,7 +3,9 @@
 # (thread CPU), one BLAS thread, cnn bench preset with LeakyReLU.
 #   bench: one conv per stage, conv_input=invert
 #   chain: two convs per stage (--convs 2), the chain spec
-# BIN2 (optional): a second build's binary, run as a third arm (e.g. main's).
+# BIN2 (optional): a second build's binary, run as a third arm (e.g. main's);
+# SPEC2 (optional): the third arm's policy instead of the preset's (e.g. the
+# chain with every input solved: invert::::solve), with BIN2 or this binary.
 BIN=${BIN:-./build/client/actstore}   # run from the repository root
 STEPS=${STEPS:-300}
 ROUNDS=${ROUNDS:-3}
@@ -17,11 +19,11 @@ run() {   # name binary convs policy round
 for preset in ${PRESETS:-bench chain}; do
   if [[ $preset == bench ]]; then convs=1; spec="conv_input=invert; default=keep"; else convs=2; spec=$CHAIN; fi
   arms="keep inv"
-  [[ -n $BIN2 ]] && arms="keep inv inv2"
+  [[ -n $BIN2 || -n $SPEC2 ]] && arms="keep inv inv2"
   for r in $(seq 1 "$ROUNDS"); do
     run "${preset}_keep" "$BIN" $convs "default=keep" $r
     run "${preset}_inv" "$BIN" $convs "$spec" $r
-    [[ -n $BIN2 ]] && run "${preset}_inv2" "$BIN2" $convs "$spec" $r
+    [[ -n $BIN2 || -n $SPEC2 ]] && run "${preset}_inv2" "${BIN2:-$BIN}" $convs "${SPEC2:-$spec}" $r
   done
   python3 - "$OUT" "$preset" "$ROUNDS" $arms <<'PY'
 import json, sys, statistics as st
