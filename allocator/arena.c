@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "allocator/fault.h"
 #include "allocator/internal.h"
 #include "util/clock.h"
 
@@ -137,6 +138,8 @@ void as_arena_destroy(as_arena *a)
     if (!a)
         return;
     as__sampler_stop(a);
+    if (as__fault_tls == a)
+        as__fault_tls = NULL;
     /* Every thread's tcache goes first: cached blocks return to the arena. */
     as__arena_drop_blocks(a);
     char name[64];
