@@ -17,6 +17,18 @@ static fake_src srcs[1] = {{.nlayers = 4, .name_len = 0}};
 
 static double now_s(void) { return (double)as_clock_wall_ns() * 1e-9; }
 
+/* A service with the given idle deadline and a client connected to it. */
+static as_service *start_connected(unsigned idle_ms, int *port, int *fd)
+{
+    as_service_config cfg = {.idle_timeout_ms = idle_ms};
+    as_service *svc = fake_start(&cfg, srcs, 1);
+    assert_non_null(svc);
+    *port = as_service_port(svc);
+    *fd = tconnect(*port);
+    assert_true(*fd >= 0);
+    return svc;
+}
+
 /* Trickle `req` a byte every 100 ms until something comes back; returns
  * what came (the response, or an empty string on reset) and sets *reset
  * when a send or the read failed. */
@@ -49,13 +61,8 @@ static void trickle_until_answer(int fd, const char *req, char *resp, size_t cap
 static void test_408_then_lingering_close(void **state)
 {
     (void)state;
-    as_service_config cfg = {.idle_timeout_ms = 600};
-    as_service *svc = fake_start(&cfg, srcs, 1);
-    assert_non_null(svc);
-    int port = as_service_port(svc);
-
-    int fd = tconnect(port);
-    assert_true(fd >= 0);
+    int port, fd;
+    as_service *svc = start_connected(600, &port, &fd);
     double t0 = now_s();
     usleep(350000);                        /* past half the deadline */
     char resp[1024];
@@ -94,13 +101,8 @@ static void test_408_then_lingering_close(void **state)
 static void test_drain_is_bounded(void **state)
 {
     (void)state;
-    as_service_config cfg = {.idle_timeout_ms = 400};
-    as_service *svc = fake_start(&cfg, srcs, 1);
-    assert_non_null(svc);
-    int port = as_service_port(svc);
-
-    int fd = tconnect(port);
-    assert_true(fd >= 0);
+    int port, fd;
+    as_service *svc = start_connected(400, &port, &fd);
     char resp[1024];
     bool reset;
     trickle_until_answer(fd, "GET / HTTP/1.1\r\nX-Slow: ", resp, sizeof resp, &reset);
