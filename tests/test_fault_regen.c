@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <jemalloc/jemalloc.h>
 
 #include "actstore/store.h"
 #include "layers/ops.h"
@@ -26,6 +27,29 @@
 #include "tests/support/store_util.h"
 
 static uint64_t live(as_store *s) { return store_live(s); }
+
+/* Bytes this thread holds from jemalloc (allocated - freed): plain mallocs
+ * too, which the arena's live bytes do not see. jemalloc is the process's
+ * malloc except under a sanitizer (its leak check covers that build). */
+static int64_t thread_held(void)
+{
+    static uint64_t *got, *gave;
+    size_t sz = sizeof got;
+    if (!got && (mallctl("thread.allocatedp", &got, &sz, NULL, 0) ||
+                 mallctl("thread.deallocatedp", &gave, &sz, NULL, 0)))
+        got = NULL;
+    return got && gave ? (int64_t)(*got - *gave) : 0;
+}
+
+/* A fresh store and what it decoded are gone at its destroy: nothing the
+ * faulted call took stays behind, in the arena or out of it. */
+static void assert_nothing_held(int64_t before, const char *spec, const char *what, long n)
+{
+    int64_t now = thread_held();
+    if (now != before)
+        fail_msg("%s %s, allocation %ld failing: %lld bytes still held after the "
+                 "store's destroy", spec, what, n, (long long)(now - before));
+}
 
 /* ---- one saved item and the calls that decode it ------------------------ */
 
@@ -214,6 +238,7 @@ static bool once(void (*mkit)(item *, const char *), const char *spec, int c, lo
     uint64_t after_ok = live(it.s);             /* what a success keeps (cache) */
     item_free(&it);
 
+    int64_t held = thread_held();
     fresh(&it, mkit, spec, got);
     size_t cmp = c == CALL_ROWS ? 5 * (size_t)it.shape.shape[it.shape.ndim - 1] : it.n;
     as_arena *a = as_store_arena(it.s);
@@ -235,6 +260,7 @@ static bool once(void (*mkit)(item *, const char *), const char *spec, int c, lo
         fail_msg("%s %s after a failure: %s", spec, call_name[c], as_store_last_error(it.s));
     assert_memory_equal(got, ref, cmp * sizeof(float));
     item_free(&it);
+    assert_nothing_held(held, spec, call_name[c], n);
     free(ref);
     free(got);
     return reached;
@@ -290,6 +316,7 @@ static bool save_once(void (*setup)(item *, const char *), const char *spec, lon
     assert_int_equal(call(&it, CALL_RESTORE), 0);
     item_free(&it);
 
+    int64_t held = thread_held();
     setup(&it, spec);
     as_tensor ks = kept_shape(&it);
     as_arena *a = as_store_arena(it.s);
@@ -317,6 +344,7 @@ static bool save_once(void (*setup)(item *, const char *), const char *spec, lon
     assert_memory_equal(got, ref, it.n * sizeof(float));
     assert_int_equal(as_store_release(it.s, it.h), 0);
     item_free(&it);
+    assert_nothing_held(held, spec, "save", n);
     free(ref);
     free(got);
     return reached;
