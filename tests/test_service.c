@@ -407,7 +407,9 @@ static void test_hostile(void **state)
     char *req = malloc(4000);
     snprintf(req, 4000, "%s HTTP/1.1\r\n\r\n", longurl);
     as_service_config cfg2 = {.max_header_bytes = 65536};
-    as_service *svc2 = fake_start(&cfg2, srcs, 1);
+    /* a provider of its own: the first service's thread takes from srcs */
+    static fake_src srcs2[1] = {{.nlayers = 10}};
+    as_service *svc2 = fake_start(&cfg2, srcs2, 1);
     expect_status(as_service_port(svc2), req, 414, true);
     assert_int_equal(as__service_stop(svc2), 0);
     free(longurl);
