@@ -69,6 +69,7 @@
 
 #include "store/policies/invert/conv_invert.h"
 #include "store/store_internal.h"
+#include "allocator/fault.h"
 
 typedef struct inv_entry {
     struct inv_entry *next;
@@ -190,7 +191,7 @@ static int inv_parse(const char *args, size_t len, void **params, char *err,
         return parse_err(err, errlen, err_off, (size_t)(field[3] - buf),
                          "expected what to do with declared derivations: "
                          "derive or solve");
-    inv_params *p = calloc(1, sizeof *p);
+    inv_params *p = as__fcalloc(1, sizeof *p);
     if (!p)
         return AS_ENOMEM;
     p->cond_max = cm;
@@ -236,7 +237,7 @@ static int entry_get(inv_params *p, const char *layer, const as__civ_geom *g,
             break;
     int rc = 0;
     if (!e) {
-        e = calloc(1, sizeof *e);
+        e = as__fcalloc(1, sizeof *e);
         if (!e) {
             rc = AS_ENOMEM;
             goto out;
@@ -452,7 +453,7 @@ static int derivable(as_pctx *ctx, const inv_params *p, const as_save_info *info
 static int encode_derived(as_pctx *ctx, inv_params *p, const as_save_info *info,
                           const as_tensor *t, void **state)
 {
-    inv_state *st = calloc(1, sizeof *st);
+    inv_state *st = as__fcalloc(1, sizeof *st);
     if (!st)
         return AS_ENOMEM;
     int rc = as_policy_recompute.encode(ctx, NULL, info, t, &st->derived);
@@ -604,7 +605,7 @@ static int inv_encode(as_pctx *ctx, const void *params,
     if (rc < 0 && !verify)
         return rc;
 
-    inv_state *st = calloc(1, sizeof *st);
+    inv_state *st = as__fcalloc(1, sizeof *st);
     if (!st)
         return AS_ENOMEM;
     st->e = e;
