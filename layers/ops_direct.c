@@ -56,13 +56,13 @@ size_t as_direct_conv_workspace(const as_op_conv_geom *g)
     return shape_ok(g) ? pad_floats(g) + acc_floats(g) + VL : 0;   /* + alignment */
 }
 
+#if AS_X86_DISPATCH
+
 /* The padded image's place in ws: 64-byte aligned. */
 static float *pad_at(float *ws)
 {
     return (float *)(((uintptr_t)ws + 63) / 64 * 64);
 }
-
-#if AS_X86_DISPATCH
 
 static void pad_image(const as_op_conv_geom *g, const float *x, float *xp)
 {
@@ -255,7 +255,7 @@ void as_direct_conv_bwd_w(const as_op_conv_geom *g, const float *x,
     }
 }
 
-#else
+#else   /* no x86 dispatch: as_direct_conv_ok is false, nothing else runs */
 
 bool as_direct_conv_ok(const as_op_conv_geom *g)
 {
