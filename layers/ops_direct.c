@@ -1,11 +1,13 @@
 /*
  * Direct NCHW conv for few input channels, AVX-512 (see ops_direct.h).
  *
- * Each input image is first copied into a zero-padded buffer (Cin, H + 2p,
- * W + 2p + 16), so every tap of a 16-column output vector is one unaligned
- * load with no bounds tests. Forward: per vector of 16 output columns,
- * 8 output channels accumulate at once (8 independent FMA chains), the
- * weight broadcast from memory. Backward weights: per input channel and
+ * Each input image is first copied into a zero-padded, 64-byte aligned
+ * buffer (Cin, H + 2p, rows of whole cache lines with slack), so the taps
+ * of a 16-column output vector come from aligned loads with no bounds
+ * tests; lanes past the row's end compute on slack and are not stored
+ * (forward) or meet a zero gradient (backward). Forward: per vector of
+ * 16 output columns, 8 output channels accumulate at once (8 independent
+ * FMA chains), the weight broadcast from memory. Backward weights: per input channel and
  * pair of output channels, 2 x 9 vector accumulators over a whole image,
  * added to vector sums in the workspace, reduced to dW once at the end.
  */
@@ -73,7 +75,6 @@ static void pad_image(const as_op_conv_geom *g, const float *x, float *xp)
             memcpy(xp + ((size_t)c * Hp + h + g->pad) * Wp + g->pad,
                    x + ((size_t)c * g->H + h) * g->W, sizeof(float) * (size_t)g->W);
 }
-
 
 bool as_direct_conv_ok(const as_op_conv_geom *g)
 {
