@@ -15,17 +15,12 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "util/clock.h"
+
 #include "layers/ops.h"
 #include "util/simd.h"
 
 enum { REPS = 15, CALLS = 5 };
-
-static double cpu_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 int main(int argc, char **argv)
 {
@@ -55,14 +50,14 @@ int main(int argc, char **argv)
         for (int k = 0; k < 2; k++) {
             double best = 1e9;
             for (int r = 0; r < REPS; r++) {
-                double t0 = cpu_s();
+                double t0 = as_clock_thread_cpu_s();
                 for (int i = 0; i < CALLS; i++) {
                     if (k == 0)
                         as_op_conv_fwd(&g, x, W, NULL, y, ws);
                     else
                         as_op_conv_bwd(&g, x, W, dy, NULL, dW, db, ws);
                 }
-                double t = (cpu_s() - t0) / CALLS;
+                double t = (as_clock_thread_cpu_s() - t0) / CALLS;
                 best = t < best ? t : best;
             }
             printf("%-8s %s %6.1f GFLOP/s (%.0f us)\n", port ? "backend" : "direct",

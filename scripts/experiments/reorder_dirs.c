@@ -6,7 +6,7 @@
  * "Kernel speed").
  *
  * Not part of the build. From the repository root:
- *   gcc -O2 scripts/experiments/reorder_dirs.c -ldnnl -o /tmp/reorder_dirs
+ *   gcc -O2 -I. scripts/experiments/reorder_dirs.c -ldnnl -o /tmp/reorder_dirs
  *   OMP_NUM_THREADS=1 /tmp/reorder_dirs C H
  */
 #include <oneapi/dnnl/dnnl.h>
@@ -14,20 +14,10 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "util/clock.h"
+#include "util/median.h"
+
 enum { N = 64, REPS = 41, CALLS = 5 };
-
-static double cpu_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv)
 {
@@ -65,16 +55,16 @@ int main(int argc, char **argv)
     static double t[2][REPS];
     for (int k = 0; k < REPS; k++)
         for (int j = 0; j < 2; j++) {
-            double t0 = cpu_s();
+            double t0 = as_clock_thread_cpu_s();
             for (int i = 0; i < CALLS; i++)
                 dnnl_primitive_execute(r[j], st, 2, a[j]);
-            t[j][k] = (cpu_s() - t0) / CALLS;
+            t[j][k] = (as_clock_thread_cpu_s() - t0) / CALLS;
         }
     for (int j = 0; j < 2; j++) {
-        qsort(t[j], REPS, sizeof(double), cmp);
+        double m = as_stats_median(t[j], REPS);
         printf("%s 64x%dx%dx%d: %.1f us (%.1f GB/s read + write)\n",
-               j ? "nChw16c -> nchw" : "nchw -> nChw16c", C, H, H, t[j][REPS / 2] * 1e6,
-               2.0 * (double)n * 4 / t[j][REPS / 2] * 1e-9);
+               j ? "nChw16c -> nchw" : "nchw -> nChw16c", C, H, H, m * 1e6,
+               2.0 * (double)n * 4 / m * 1e-9);
     }
     return 0;
 }
