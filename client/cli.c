@@ -42,6 +42,20 @@ bool as_cli_is_help(const char *arg)
     return arg && (!strcmp(arg, "-h") || !strcmp(arg, "--help"));
 }
 
+void as_cli_list_subs(FILE *f, const as_cli_sub *cmds, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        fprintf(f, "  %-8s %s\n", cmds[i].name, cmds[i].summary);
+}
+
+const as_cli_sub *as_cli_find_sub(const as_cli_sub *cmds, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(name, cmds[i].name))
+            return &cmds[i];
+    return NULL;
+}
+
 double as_cli_jnum(const cJSON *o, const char *k, double dflt)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);

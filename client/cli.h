@@ -15,6 +15,19 @@ enum { AS_EXIT_OK = 0, AS_EXIT_FAIL = 1, AS_EXIT_USAGE = 2 };
 /* A subcommand: argv[0] is the subcommand's own name. Returns an exit code. */
 typedef int (*as_cmd_fn)(int argc, char **argv);
 
+/* One row of a subcommand table (the command's, actstore-bench's). */
+typedef struct as_cli_sub {
+    const char *name;
+    as_cmd_fn   fn;
+    const char *summary;   /* one line for the usage text */
+} as_cli_sub;
+
+/* Print "  NAME     SUMMARY" for each of the n rows to f. */
+void as_cli_list_subs(FILE *f, const as_cli_sub *cmds, size_t n);
+
+/* The row named name, or NULL. */
+const as_cli_sub *as_cli_find_sub(const as_cli_sub *cmds, size_t n, const char *name);
+
 /* Print "actstore <cmd>: <message>" and a hint to run --help to stderr;
  * returns AS_EXIT_USAGE. */
 int as_cli_usage(const char *cmd, const char *fmt, ...)
