@@ -56,6 +56,36 @@ int as_cli_parse_u64(const char *cmd, const char *opt, const char *val,
 int as_cli_parse_double(const char *cmd, const char *opt, const char *val,
                         double *out);
 
+/* The same with a range check, lo <= v <= hi (u64) or lo < v <= hi
+ * (double); out of range is a usage message with the range and -1. */
+int as_cli_parse_u64_in(const char *cmd, const char *opt, const char *val,
+                        unsigned long long lo, unsigned long long hi, unsigned long long *out);
+int as_cli_parse_double_in(const char *cmd, const char *opt, const char *val,
+                           double lo, double hi, double *out);
+
+/* An option with a value: when argv[*i] is flag and a value follows, step
+ * *i to the value and return it; NULL otherwise. */
+const char *as_cli_flag_value(int argc, char **argv, int *i, const char *flag);
+
+/* The options of a benchmark, one row each: the flag, the type of its value
+ * and where it goes (STR: const char *, U64 and BYTES: unsigned long long,
+ * DBL: double, FLAG: bool, set without a value), and the range of numbers
+ * (U64: lo <= v <= hi, hi 0 = no bound; DBL: lo < v <= hi). */
+typedef enum { AS_CLI_STR, AS_CLI_U64, AS_CLI_BYTES, AS_CLI_DBL, AS_CLI_FLAG } as_cli_type;
+typedef struct as_cli_flag {
+    const char *flag;
+    as_cli_type type;
+    void       *out;
+    double      lo, hi;
+} as_cli_flag;
+
+/* Parse argv[1..] against the n rows. AS_CLI_RUN when the command should
+ * run; AS_EXIT_OK after -h / --help (usage(stdout) printed); AS_EXIT_USAGE
+ * after a message naming the bad argument (unknown option, missing or bad
+ * value). A row's value is written only when it parses. */
+int as_cli_parse_flags(const char *cmd, const as_cli_flag *rows, size_t n,
+                       void (*usage)(FILE *f), int argc, char **argv);
+
 /* Parse a byte count: an integer with an optional K, M or G suffix (powers
  * of 1024; "1.5G" allowed); on error prints a usage message naming the
  * option and returns -1. 0 is refused. */
