@@ -69,6 +69,12 @@ const char *as_cli_jstr(const cJSON *o, const char *k, const char *dflt)
     return cJSON_IsString(v) ? v->valuestring : dflt;
 }
 
+void as_cli_add_nums(cJSON *o, const as_cli_num *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        cJSON_AddNumberToObject(o, rows[i].key, rows[i].v);
+}
+
 int as_cli_write_json(const char *cmd, const char *path, const cJSON *json)
 {
     char *text = cJSON_Print(json);

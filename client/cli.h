@@ -40,6 +40,15 @@ int as_cli_fail(const char *cmd, const char *fmt, ...)
 /* Is argv[i] one of "-h", "--help"? */
 bool as_cli_is_help(const char *arg);
 
+/* A named number of a JSON object. */
+typedef struct as_cli_num {
+    const char *key;
+    double      v;
+} as_cli_num;
+
+/* Add the n rows to o as number members, in order. */
+void as_cli_add_nums(cJSON *o, const as_cli_num *rows, size_t n);
+
 /* Write json (pretty-printed) to path ("-" = stdout). Returns 0 or -1 with
  * a message on stderr naming the path. Does not free json. */
 int as_cli_write_json(const char *cmd, const char *path, const cJSON *json);

@@ -737,16 +737,14 @@ static void metrics_json(const svc_bench *b, cJSON *root)
     cJSON *ml = cJSON_AddArrayToObject(root, "metrics_latency");
     for (int k = 0; k < 2 && b->do_metrics; k++) {
         const lat_res *l = &b->lr[k];
+        const as_cli_num row[] = {
+            {"layers", b->layers}, {"top_layers", l->top}, {"requests", b->requests},
+            {"p50_ms", l->p50_ms}, {"p99_ms", l->p99_ms}, {"max_ms", l->max_ms},
+            {"service_cpu_ms_per_request", l->cpu_ms},
+            {"body_bytes", (double)l->bytes}, {"samples", (double)l->series},
+        };
         cJSON *o = cJSON_CreateObject();
-        cJSON_AddNumberToObject(o, "layers", b->layers);
-        cJSON_AddNumberToObject(o, "top_layers", l->top);
-        cJSON_AddNumberToObject(o, "requests", b->requests);
-        cJSON_AddNumberToObject(o, "p50_ms", l->p50_ms);
-        cJSON_AddNumberToObject(o, "p99_ms", l->p99_ms);
-        cJSON_AddNumberToObject(o, "max_ms", l->max_ms);
-        cJSON_AddNumberToObject(o, "service_cpu_ms_per_request", l->cpu_ms);
-        cJSON_AddNumberToObject(o, "body_bytes", (double)l->bytes);
-        cJSON_AddNumberToObject(o, "samples", (double)l->series);
+        as_cli_add_nums(o, row, sizeof row / sizeof row[0]);
         cJSON_AddItemToArray(ml, o);
     }
 }
@@ -761,13 +759,16 @@ static int write_json(const svc_bench *b)
     cJSON_AddStringToObject(root, "policy", c->policy);
     cJSON_AddItemToObject(root, "loadavg_before", cJSON_CreateDoubleArray(b->load0, 3));
     cJSON_AddItemToObject(root, "loadavg_after", cJSON_CreateDoubleArray(b->load1, 3));
-    cJSON_AddNumberToObject(root, "cores", (double)b->ncpu);
-    cJSON_AddNumberToObject(root, "repeats", c->repeats);
-    cJSON_AddNumberToObject(root, "steps_per_block", (double)c->steps);
-    cJSON_AddNumberToObject(root, "warmup_steps", (double)c->warmup);
-    cJSON_AddNumberToObject(root, "threads", c->threads);
-    cJSON_AddNumberToObject(root, "clients", c->clients);
-    cJSON_AddNumberToObject(root, "scrape_ms", c->scrape_ms);
+    const as_cli_num setup[] = {
+        {"cores", (double)b->ncpu},
+        {"repeats", c->repeats},
+        {"steps_per_block", (double)c->steps},
+        {"warmup_steps", (double)c->warmup},
+        {"threads", c->threads},
+        {"clients", c->clients},
+        {"scrape_ms", c->scrape_ms},
+    };
+    as_cli_add_nums(root, setup, sizeof setup / sizeof setup[0]);
     steps_json(b, root);
     metrics_json(b, root);
     cJSON *t = cJSON_AddObjectToObject(root, "targets");
