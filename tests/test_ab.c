@@ -31,6 +31,7 @@
 
 #include "client/ab.h"
 #include "support/scratch.h"
+#include "support/test_main.h"
 
 static char tmpdir[256];
 
@@ -434,15 +435,10 @@ static void test_cosine(void **state)
     assert_true(as_ab_cosine(a, z, 3, NULL) == 0.0);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cosine),
-        cmocka_unit_test(test_bad_input),
-        cmocka_unit_test(test_vit_pair_and_determinism),
-        cmocka_unit_test(test_cnn_invert),
-        cmocka_unit_test(test_ctrl_c_partial),
-        cmocka_unit_test(test_demo_small),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+AS_TEST_MAIN(setup, teardown,
+             cmocka_unit_test(test_cosine),
+             cmocka_unit_test(test_bad_input),
+             cmocka_unit_test(test_vit_pair_and_determinism),
+             cmocka_unit_test(test_cnn_invert),
+             cmocka_unit_test(test_ctrl_c_partial),
+             cmocka_unit_test(test_demo_small))

@@ -20,6 +20,7 @@
 #include "layers/train.h"
 #include "store/store_internal.h"
 #include "support/store_stats.h"
+#include "support/test_main.h"
 #include "util/simd.h"
 #include "util/rng.h"
 
@@ -705,22 +706,17 @@ static void test_vit_fewbit(void **state)
     as_nn_run_destroy(pol);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sign_relu),
-        cmocka_unit_test(test_sign_leaky),
-        cmocka_unit_test(test_sign_fallbacks),
-        cmocka_unit_test(test_sign_alias),
-        cmocka_unit_test(test_sign_no_dependents),
-        cmocka_unit_test(test_act_backward_keep),
-        cmocka_unit_test(test_fewbit_error),
-        cmocka_unit_test(test_fewbit_specials),
-        cmocka_unit_test(test_fewbit_vector_matches_portable),
-        cmocka_unit_test(test_bitpack),
-        cmocka_unit_test(test_borrow),
-        cmocka_unit_test(test_cnn_sign),
-        cmocka_unit_test(test_vit_fewbit),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_sign_relu),
+             cmocka_unit_test(test_sign_leaky),
+             cmocka_unit_test(test_sign_fallbacks),
+             cmocka_unit_test(test_sign_alias),
+             cmocka_unit_test(test_sign_no_dependents),
+             cmocka_unit_test(test_act_backward_keep),
+             cmocka_unit_test(test_fewbit_error),
+             cmocka_unit_test(test_fewbit_specials),
+             cmocka_unit_test(test_fewbit_vector_matches_portable),
+             cmocka_unit_test(test_bitpack),
+             cmocka_unit_test(test_borrow),
+             cmocka_unit_test(test_cnn_sign),
+             cmocka_unit_test(test_vit_fewbit))

@@ -22,6 +22,7 @@
 #include "store/policies/aq.h"
 #include "store/policies/quant.h"
 #include "support/store_stats.h"
+#include "support/test_main.h"
 #include "util/rng.h"
 #include "util/simd.h"
 
@@ -520,21 +521,16 @@ static void test_linear_gradient(void **st)
     free(dy);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fwht),
-        cmocka_unit_test(test_bounds),
-        cmocka_unit_test(test_rotation_helps_outliers),
-        cmocka_unit_test(test_special_groups),
-        cmocka_unit_test(test_ranges),
-        cmocka_unit_test(test_vector_matches_portable),
-        cmocka_unit_test(test_seeds_and_bias),
-        cmocka_unit_test(test_policy_store),
-        cmocka_unit_test(test_policy_item_keys),
-        cmocka_unit_test(test_alias_same_text),
-        cmocka_unit_test(test_spec_errors),
-        cmocka_unit_test(test_linear_gradient),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_fwht),
+             cmocka_unit_test(test_bounds),
+             cmocka_unit_test(test_rotation_helps_outliers),
+             cmocka_unit_test(test_special_groups),
+             cmocka_unit_test(test_ranges),
+             cmocka_unit_test(test_vector_matches_portable),
+             cmocka_unit_test(test_seeds_and_bias),
+             cmocka_unit_test(test_policy_store),
+             cmocka_unit_test(test_policy_item_keys),
+             cmocka_unit_test(test_alias_same_text),
+             cmocka_unit_test(test_spec_errors),
+             cmocka_unit_test(test_linear_gradient))

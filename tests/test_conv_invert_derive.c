@@ -20,6 +20,7 @@
 #include "layers/ops.h"
 #include "store/policies/invert/conv_invert.h"
 #include "util/rng.h"
+#include "support/test_main.h"
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 
@@ -379,16 +380,10 @@ static void test_residual_or_fallback(void **state)
 }
 
 
-int main(void)
-{
-
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_derived_stores_nothing),
-        cmocka_unit_test(test_derived_any_geometry),
-        cmocka_unit_test(test_sign_source_solves),
-        cmocka_unit_test(test_gather_matches_forward),
-        cmocka_unit_test(test_verified_above_threshold),
-        cmocka_unit_test(test_residual_or_fallback),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_derived_stores_nothing),
+             cmocka_unit_test(test_derived_any_geometry),
+             cmocka_unit_test(test_sign_source_solves),
+             cmocka_unit_test(test_gather_matches_forward),
+             cmocka_unit_test(test_verified_above_threshold),
+             cmocka_unit_test(test_residual_or_fallback))

@@ -16,6 +16,7 @@
 #include "layers/ops.h"
 #include "store/policies/invert/conv_invert.h"
 #include "util/rng.h"
+#include "support/test_main.h"
 
 static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
 static double nrand(void) { return as_rng_normal_open(&rng_state); }
@@ -727,19 +728,14 @@ static void test_chain_relu_keeps_outputs(void **state)
     assert_false(dropped);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_invert_roundtrip),
-        cmocka_unit_test(test_frame_precision),
-        cmocka_unit_test(test_zero_frame_packs_small),
-        cmocka_unit_test(test_shapes_through_store),
-        cmocka_unit_test(test_fallbacks),
-        cmocka_unit_test(test_factor_per_version),
-        cmocka_unit_test(test_stream_matches_cache),
-        cmocka_unit_test(test_cache_key),
-        cmocka_unit_test(test_chain_four_convs_leaky),
-        cmocka_unit_test(test_chain_relu_keeps_outputs),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_invert_roundtrip),
+             cmocka_unit_test(test_frame_precision),
+             cmocka_unit_test(test_zero_frame_packs_small),
+             cmocka_unit_test(test_shapes_through_store),
+             cmocka_unit_test(test_fallbacks),
+             cmocka_unit_test(test_factor_per_version),
+             cmocka_unit_test(test_stream_matches_cache),
+             cmocka_unit_test(test_cache_key),
+             cmocka_unit_test(test_chain_four_convs_leaky),
+             cmocka_unit_test(test_chain_relu_keeps_outputs))

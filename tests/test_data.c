@@ -21,6 +21,7 @@
 #include "actstore/common.h"
 #include "layers/data.h"
 #include "support/scratch.h"
+#include "support/test_main.h"
 
 static char tmpdir[256];
 
@@ -237,12 +238,7 @@ static void test_text(void **state)
     as_nn_text_free(&t);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fmnist_errors),
-        cmocka_unit_test(test_fmnist_real),
-        cmocka_unit_test(test_text),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+AS_TEST_MAIN(setup, teardown,
+             cmocka_unit_test(test_fmnist_errors),
+             cmocka_unit_test(test_fmnist_real),
+             cmocka_unit_test(test_text))

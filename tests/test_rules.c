@@ -18,6 +18,7 @@
 
 #include "actstore/store.h"
 #include "store/store_internal.h"
+#include "support/test_main.h"
 
 static void test_valid_specs(void **st)
 {
@@ -355,17 +356,12 @@ static void test_random_specs(void **st)
     assert_true(accepted > 0);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_valid_specs),
-        cmocka_unit_test(test_invalid_specs),
-        cmocka_unit_test(test_set_policy_error_keeps_rules),
-        cmocka_unit_test(test_many_rules_linear),
-        cmocka_unit_test(test_glob),
-        cmocka_unit_test(test_most_specific_wins),
-        cmocka_unit_test(test_kind_names),
-        cmocka_unit_test(test_random_specs),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_valid_specs),
+             cmocka_unit_test(test_invalid_specs),
+             cmocka_unit_test(test_set_policy_error_keeps_rules),
+             cmocka_unit_test(test_many_rules_linear),
+             cmocka_unit_test(test_glob),
+             cmocka_unit_test(test_most_specific_wins),
+             cmocka_unit_test(test_kind_names),
+             cmocka_unit_test(test_random_specs))

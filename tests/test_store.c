@@ -25,6 +25,7 @@
 #include "store/policies/quant.h"
 #include "support/store_stats.h"
 #include "support/store_util.h"
+#include "support/test_main.h"
 #include "util/rng.h"
 
 /* ---- helpers (and tests/support/store_util.h) ------------------------- */
@@ -856,24 +857,19 @@ static void test_accounting_matches_allocator(void **st)
     as_store_destroy(s);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_keep_round_trip),
-        cmocka_unit_test(test_restore_shape_errors),
-        cmocka_unit_test(test_view_survives_replan),
-        cmocka_unit_test(test_handle_misuse),
-        cmocka_unit_test(test_adopt_zero_copy),
-        cmocka_unit_test(test_debug_checksum),
-        cmocka_unit_test(test_step_reset),
-        cmocka_unit_test(test_no_grad),
-        cmocka_unit_test(test_policy_change_between_steps),
-        cmocka_unit_test(test_fallback_counted),
-        cmocka_unit_test(test_strict_mode),
-        cmocka_unit_test(test_report_metric),
-        cmocka_unit_test(test_budget_keeps_store_usable),
-        cmocka_unit_test(test_threads),
-        cmocka_unit_test(test_accounting_matches_allocator),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_keep_round_trip),
+             cmocka_unit_test(test_restore_shape_errors),
+             cmocka_unit_test(test_view_survives_replan),
+             cmocka_unit_test(test_handle_misuse),
+             cmocka_unit_test(test_adopt_zero_copy),
+             cmocka_unit_test(test_debug_checksum),
+             cmocka_unit_test(test_step_reset),
+             cmocka_unit_test(test_no_grad),
+             cmocka_unit_test(test_policy_change_between_steps),
+             cmocka_unit_test(test_fallback_counted),
+             cmocka_unit_test(test_strict_mode),
+             cmocka_unit_test(test_report_metric),
+             cmocka_unit_test(test_budget_keeps_store_usable),
+             cmocka_unit_test(test_threads),
+             cmocka_unit_test(test_accounting_matches_allocator))

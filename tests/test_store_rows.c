@@ -25,6 +25,7 @@
 #include "store/store_internal.h"
 #include "support/probs.h"
 #include "support/store_util.h"
+#include "support/test_main.h"
 #include "util/rng.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -497,19 +498,14 @@ static void test_threads(void **st)
     as_store_destroy(s);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_softmax_codecs_equal_whole),
-        cmocka_unit_test(test_aq_rows),
-        cmocka_unit_test(test_keep_bytes),
-        cmocka_unit_test(test_misuse),
-        cmocka_unit_test(test_softmax_alignment),
-        cmocka_unit_test(test_whole_policies),
-        cmocka_unit_test(test_auto_rows),
-        cmocka_unit_test(test_auto_act_rows),
-        cmocka_unit_test(test_faults),
-        cmocka_unit_test(test_threads),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_softmax_codecs_equal_whole),
+             cmocka_unit_test(test_aq_rows),
+             cmocka_unit_test(test_keep_bytes),
+             cmocka_unit_test(test_misuse),
+             cmocka_unit_test(test_softmax_alignment),
+             cmocka_unit_test(test_whole_policies),
+             cmocka_unit_test(test_auto_rows),
+             cmocka_unit_test(test_auto_act_rows),
+             cmocka_unit_test(test_faults),
+             cmocka_unit_test(test_threads))
