@@ -221,18 +221,12 @@ static void test_glob(void **st)
         {"blocks.*.mlp", "blocks.11.mlp", true},
         {"blocks.*.mlp", "blocks.1.attn.mlp", true},   /* '*' crosses dots */
         {"blocks.*.mlp", "blocks.1.mlp.fc", false},
-        {"*", "", true},
-        {"*", "anything.at.all", true},
-        {"a?c", "abc", true},
-        {"a?c", "ac", false},
-        {"*.fc?", "enc.fc1", true},
-        {"*.fc?", "enc.fc12", false},
+        {"*", "", true}, {"*", "anything.at.all", true},
+        {"a?c", "abc", true}, {"a?c", "ac", false},
+        {"*.fc?", "enc.fc1", true}, {"*.fc?", "enc.fc12", false},
         {"**a", "bbba", true},
-        {"exact", "exact", true},
-        {"exact", "exac", false},
-        {"exact", "exactly", false},
-        {"*a*b*c", "xxaxxbxxc", true},
-        {"*a*b*c", "xxaxxcxxb", false},
+        {"exact", "exact", true}, {"exact", "exac", false}, {"exact", "exactly", false},
+        {"*a*b*c", "xxaxxbxxc", true}, {"*a*b*c", "xxaxxcxxb", false},
     };
     for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
         if (as__glob_match(tab[i].pat, strlen(tab[i].pat), tab[i].s) != tab[i].match)
