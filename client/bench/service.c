@@ -47,6 +47,7 @@
 #include "actstore/service.h"
 #include "bench.h"
 #include "util/clock.h"
+#include "util/loopback.h"
 #include "cli.h"
 #include "client.h"
 #include "layers/train.h"
@@ -322,19 +323,10 @@ static int bench_steps(const steps_cfg *c, steps_res *res, char *err, size_t err
 
 static int ka_connect(int port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
-    struct timeval tv = {5, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int fd = as_loopback_connect(port, 5);
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
-        close(fd);
-        return -1;
-    }
+    if (fd >= 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
 }
 
