@@ -98,6 +98,24 @@ void as_nn_free(as_nn_ctx *c, as_block *b)
     memset(b, 0, sizeof *b);
 }
 
+int as_nn_head_bwd(as_nn_ctx *c, as_nn_xent *loss, as_nn_linear *head,
+                   uint16_t dl_layer, as_block *dx)
+{
+    as_block dl;
+    size_t rows = (size_t)loss->N;
+    int rc = as_nn_alloc(c, rows * (size_t)loss->V * sizeof(float), AS_TAG_WORKSPACE,
+                         dl_layer, false, &dl);
+    if (!rc)
+        rc = as_nn_xent_bwd(c, loss, AS_NN_F(dl));
+    if (!rc)
+        rc = as_nn_alloc(c, rows * (size_t)head->in * sizeof(float), AS_TAG_WORKSPACE,
+                         head->id, false, dx);
+    if (!rc)
+        rc = as_nn_linear_bwd(c, head, AS_NN_F(dl), AS_NN_F(*dx));
+    as_nn_free(c, &dl);
+    return rc;
+}
+
 as_tensor as_nn_tensor(const void *data, int dtype, int ndim,
                        const int64_t *shape)
 {
