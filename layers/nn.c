@@ -162,6 +162,15 @@ static int store_rc(as_nn_ctx *c, int rc, const char *layer, const char *what)
     return as_nn_fail(c, rc, "%s: %s", what, as_store_last_error(c->store));
 }
 
+/* store_rc for a save: the message names the layer and the kind. */
+static int save_rc(as_nn_ctx *c, int rc, const as_save_info *info, const char *what)
+{
+    if (rc >= 0)
+        return rc;
+    return as_nn_fail(c, rc, "%s: %s (%s): %s", info->layer, what, as_kind_name(info->kind),
+                      as_store_last_error(c->store));
+}
+
 static int table_slot(as_nn_ctx *c, as_handle h, const char *layer,
                       as_nn_slot **out)
 {
@@ -210,14 +219,8 @@ int as_nn_save(as_nn_ctx *c, const as_save_info *info, const as_tensor *t,
     *h = AS_HANDLE_NULL;
     if (!c->training)
         return 0;
-    if (c->store) {
-        int rc = as_store_save(c->store, info, t, h);
-        if (rc)
-            return as_nn_fail(c, rc, "%s: save (%s): %s", info->layer,
-                              as_kind_name(info->kind),
-                              as_store_last_error(c->store));
-        return 0;
-    }
+    if (c->store)
+        return save_rc(c, as_store_save(c->store, info, t, h), info, "save");
     return table_save(c, info, t, h);
 }
 
@@ -232,12 +235,7 @@ int as_nn_save_rows_begin(as_nn_ctx *c, const as_save_info *info,
         shape.data = NULL;
         return table_save(c, info, &shape, h);
     }
-    int rc = as_store_save_rows_begin(c->store, info, t, h);
-    if (rc)
-        return as_nn_fail(c, rc, "%s: save rows (%s): %s", info->layer,
-                          as_kind_name(info->kind),
-                          as_store_last_error(c->store));
-    return 0;
+    return save_rc(c, as_store_save_rows_begin(c->store, info, t, h), info, "save rows");
 }
 
 int as_nn_save_rows_append(as_nn_ctx *c, as_handle h, const char *layer,
