@@ -24,6 +24,7 @@
 #include "actstore/store.h"
 #include "store/store_internal.h"
 #include "support/probs.h"
+#include "support/store_stats.h"
 #include "support/store_util.h"
 #include "support/test_main.h"
 #include "util/rng.h"
@@ -247,10 +248,7 @@ static void test_misuse(void **st)
     assert_true(sa.total.stored_live > 0);
     as_store_stats_free(&sa);
     assert_int_equal(as_store_release(s, h), 0);
-    assert_int_equal(as_store_stats_take(s, &sa), 0);
-    assert_int_equal(sa.total.stored_live, 0);
-    assert_int_equal(sa.live_handles, 0);
-    as_store_stats_free(&sa);
+    expect_nothing_live(s);
     assert_int_equal(arena_tag(s, AS_TAG_SAVED).live_usable, 0);
     assert_int_equal(as_store_save_rows_end(s, h), AS_EHANDLE);
 
@@ -490,11 +488,7 @@ static void test_threads(void **st)
         assert_int_equal(args[i].ok, 1);
         free(args[i].x);
     }
-    as_store_stats sa;
-    assert_int_equal(as_store_stats_take(s, &sa), 0);
-    assert_int_equal(sa.live_handles, 0);
-    assert_int_equal(sa.total.stored_live, 0);
-    as_store_stats_free(&sa);
+    expect_nothing_live(s);
     as_store_destroy(s);
 }
 
