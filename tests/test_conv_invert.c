@@ -12,6 +12,7 @@
 
 #include "store/policies/invert/conv_invert.h"
 #include "util/rng.h"
+#include "support/test_main.h"
 
 static uint64_t rng_state = 88172645463325252ull;
 static double nrand(void) { return as_rng_normal(&rng_state); }
@@ -618,20 +619,15 @@ static void test_condition_bound_rejected(void **state)
     as__civ_destroy(ci);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fft_matches_dft),
-        cmocka_unit_test(test_frame_geometry),
-        cmocka_unit_test(test_reconstruction_shapes),
-        cmocka_unit_test(test_weight_gradient_from_rebuilt_input),
-        cmocka_unit_test(test_not_applicable),
-        cmocka_unit_test(test_factor_cached_per_version),
-        cmocka_unit_test(test_stream_paths),
-        cmocka_unit_test(test_closed_form_and_pointwise),
-        cmocka_unit_test(test_c1_channel_pick),
-        cmocka_unit_test(test_condition_bound),
-        cmocka_unit_test(test_condition_bound_rejected),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_fft_matches_dft),
+             cmocka_unit_test(test_frame_geometry),
+             cmocka_unit_test(test_reconstruction_shapes),
+             cmocka_unit_test(test_weight_gradient_from_rebuilt_input),
+             cmocka_unit_test(test_not_applicable),
+             cmocka_unit_test(test_factor_cached_per_version),
+             cmocka_unit_test(test_stream_paths),
+             cmocka_unit_test(test_closed_form_and_pointwise),
+             cmocka_unit_test(test_c1_channel_pick),
+             cmocka_unit_test(test_condition_bound),
+             cmocka_unit_test(test_condition_bound_rejected))

@@ -22,6 +22,7 @@
 #include "util/simd.h"
 #include "support/fd.h"
 #include "support/ref.h"
+#include "support/test_main.h"
 
 /* ---- linear ----------------------------------------------------------- */
 
@@ -497,18 +498,13 @@ static void test_xent(void **state)
     free(xf);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_linear),
-        cmocka_unit_test(test_conv),
-        cmocka_unit_test(test_conv_random),
-        cmocka_unit_test(test_gemm),
-        cmocka_unit_test(test_backend),
-        cmocka_unit_test(test_pool),
-        cmocka_unit_test(test_activations),
-        cmocka_unit_test(test_softmax),
-        cmocka_unit_test(test_xent),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_linear),
+             cmocka_unit_test(test_conv),
+             cmocka_unit_test(test_conv_random),
+             cmocka_unit_test(test_gemm),
+             cmocka_unit_test(test_backend),
+             cmocka_unit_test(test_pool),
+             cmocka_unit_test(test_activations),
+             cmocka_unit_test(test_softmax),
+             cmocka_unit_test(test_xent))

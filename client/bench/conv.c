@@ -404,6 +404,7 @@ int as_bench_conv(int argc, char **argv)
     shape shapes[64];
     size_t ns = 0;
     for (int i = 1; i < argc; i++) {
+        const char *v;
         if (as_cli_is_help(argv[i])) {
             usage(stdout);
             return AS_EXIT_OK;
@@ -413,21 +414,21 @@ int as_bench_conv(int argc, char **argv)
             no_adjoint = 1;
         } else if (!strcmp(argv[i], "--wall")) {
             bench_clock = CLOCK_MONOTONIC;
-        } else if (i + 1 < argc && !strcmp(argv[i], "--json")) {
-            json = argv[++i];
-        } else if (i + 1 < argc && !strcmp(argv[i], "--reps")) {
-            if (as_cli_parse_u64("bench conv", "--reps", argv[++i], &reps) || reps < 1 || reps > 100)
-                return as_cli_usage("bench conv", "--reps: expected 1..100");
-        } else if (i + 1 < argc && !strcmp(argv[i], "--threads")) {
-            if (as_cli_parse_u64("bench conv", "--threads", argv[++i], &threads) || threads > 64)
-                return as_cli_usage("bench conv", "--threads: expected 0..64");
-        } else if (i + 1 < argc && !strcmp(argv[i], "--cond-max")) {
-            if (as_cli_parse_double("bench conv", "--cond-max", argv[++i], &cond_max) || !(cond_max > 1))
-                return as_cli_usage("bench conv", "--cond-max: expected a number > 1");
-        } else if (i + 1 < argc && !strcmp(argv[i], "--shape")) {
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--json"))) {
+            json = v;
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--reps"))) {
+            if (as_cli_parse_u64_in("bench conv", "--reps", v, 1, 100, &reps))
+                return AS_EXIT_USAGE;
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--threads"))) {
+            if (as_cli_parse_u64_in("bench conv", "--threads", v, 0, 64, &threads))
+                return AS_EXIT_USAGE;
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--cond-max"))) {
+            if (as_cli_parse_double_in("bench conv", "--cond-max", v, 1, HUGE_VAL, &cond_max))
+                return AS_EXIT_USAGE;
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--shape"))) {
             shape sh;
             char tail;
-            const char *a = argv[++i];
+            const char *a = v;
             if (sscanf(a, "%d:%d:%d:%d:%d:%d%c", &sh.n, &sh.cin, &sh.cout, &sh.h, &sh.k,
                        &sh.pad, &tail) != 6 || sh.n < 1 || sh.n > 4096 || sh.cin < 1 ||
                 sh.cin > 1024 || sh.cout < 1 || sh.cout > 1024 || sh.h < 1 || sh.h > 1024 ||

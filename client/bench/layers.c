@@ -233,30 +233,18 @@ typedef struct layers_bench {
 /* Returns AS_CLI_RUN, or an exit code after --help or a usage error. */
 static int parse_args(layers_bench *b, int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        if (as_cli_is_help(argv[i])) {
-            usage(stdout);
-            return AS_EXIT_OK;
-        } else if (!strcmp(argv[i], "--quick")) {
-            b->reps = 9;
-        } else if (i + 1 < argc && !strcmp(argv[i], "--json")) {
-            b->json = argv[++i];
-        } else if (i + 1 < argc && !strcmp(argv[i], "--reps")) {
-            if (as_cli_parse_u64("bench layers", "--reps", argv[++i], &b->reps))
-                return AS_EXIT_USAGE;
-            if (b->reps < 1 || b->reps > 256)
-                return as_cli_usage("bench layers", "--reps %llu out of range 1..256", b->reps);
-        } else if (i + 1 < argc && !strcmp(argv[i], "--threads")) {
-            if (as_cli_parse_u64("bench layers", "--threads", argv[++i], &b->threads))
-                return AS_EXIT_USAGE;
-            if (b->threads < 1 || b->threads > 256)
-                return as_cli_usage("bench layers", "--threads %llu out of range 1..256",
-                                    b->threads);
-        } else {
-            return as_cli_usage("bench layers", "unknown argument '%s'", argv[i]);
-        }
-    }
-    return AS_CLI_RUN;
+    bool quick = false;
+    const as_cli_flag flags[] = {
+        {"--json", AS_CLI_STR, &b->json, 0, 0},
+        {"--reps", AS_CLI_U64, &b->reps, 1, 256},
+        {"--threads", AS_CLI_U64, &b->threads, 1, 256},
+        {"--quick", AS_CLI_FLAG, &quick, 0, 0},
+    };
+    int rc = as_cli_parse_flags("bench layers", flags, sizeof flags / sizeof flags[0], usage,
+                                argc, argv);
+    if (quick)
+        b->reps = 9;
+    return rc;
 }
 
 /* sgemm 1024^3: the reference every layer is compared with. */
