@@ -68,6 +68,7 @@ void as__civ_destroy(as__civ *ci)
     free(ci->m);
     free(ci->wt);
     free(ci->gram);
+    free(ci->fscr);
     free(ci->ref_w);
     free(ci->ref_eig);
     free(ci->c1_gi);
@@ -107,6 +108,16 @@ static void set_verdict(as__civ *ci, uint64_t version, double cond)
                  ci->cfg.cond_max);
 }
 
+/* The factorization's scratch, kept for the solver's life (a fresh block
+ * per version would be page-faulted in again each time); NULL when out of
+ * memory (the callee then mallocs its own). */
+static void *fscratch(as__civ *ci)
+{
+    if (!ci->fscr)
+        ci->fscr = aligned_alloc(64, as__civ_factor_scratch_bytes(&ci->g, ci->P, ci->Q));
+    return ci->fscr;
+}
+
 /* The kernels' cross-correlation of version `version` (computed on first
  * use, kept for the factorization of the same version); NULL when out of
  * memory (the factorization then computes its own). */
@@ -117,7 +128,7 @@ static const double *gram_of(as__civ *ci, const float *w, uint64_t version)
     if (!ci->gram && !(ci->gram = malloc(sizeof(double) * as__civ_gram_len(&ci->g))))
         return NULL;
     ci->gram_ok = 0;
-    if (as__civ_gram(&ci->g, w, ci->gram))
+    if (as__civ_gram(&ci->g, w, ci->gram, fscratch(ci)))
         return NULL;
     ci->gram_ok = 1;
     ci->gram_version = version;
@@ -187,8 +198,9 @@ static int check_and_reference(as__civ *ci, const float *w, uint64_t version, do
     }
     const int keep = !ci->cfg.no_bound && ci->ref_w && ci->ref_eig;
     ci->ref_ok = 0;
-    int rc = as__civ_factor(g, ci->P, ci->Q, w, gram_of(ci, w, version), ci->cfg.eps_rel, NULL,
-                            cond, keep ? ci->ref_eig : NULL);
+    const double *R = gram_of(ci, w, version);
+    int rc = as__civ_factor(g, ci->P, ci->Q, w, R, ci->cfg.eps_rel, NULL, cond,
+                            keep ? ci->ref_eig : NULL, fscratch(ci));
     if (rc || !keep)
         return rc;
     memcpy(ci->ref_w, w, sizeof(float) * nw);
@@ -266,17 +278,20 @@ int as__civ_prepare(as__civ *ci, const float *w, uint64_t version,
         ci->st.factor_hits++;
         return 0;
     }
-    as__civ_trim(ci);
+    /* A new version overwrites the factor in place (its pages stay). */
+    ci->state = 0;
     double t0 = as__civ_now_ms();
     size_t mlen = (size_t)ci->P * ci->Qh * 2 * g->cin * g->cout;
-    ci->m = malloc(sizeof(float) * mlen);
-    if (!ci->m)
+    if (!ci->m && !(ci->m = malloc(sizeof(float) * mlen))) {
+        ci->st.cache_bytes = 0;
         return AS_ENOMEM;
+    }
     /* The condition number comes along when this version was not checked
      * yet (one pass over the frequencies for both). */
     double cond = 0;
-    int rc = as__civ_factor(g, ci->P, ci->Q, w, gram_of(ci, w, version), ci->cfg.eps_rel, ci->m,
-                            known ? NULL : &cond, NULL);
+    const double *R = gram_of(ci, w, version);
+    int rc = as__civ_factor(g, ci->P, ci->Q, w, R, ci->cfg.eps_rel, ci->m,
+                            known ? NULL : &cond, NULL, fscratch(ci));
     if (rc) {
         as__civ_trim(ci);
         return rc;
@@ -398,7 +413,8 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
     }
     as__civ_fctx fc;
     double t0 = as__civ_now_ms();
-    if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w, gram_of(ci, w, version))))
+    const double *R = gram_of(ci, w, version);
+    if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w, R, fscratch(ci))))
         return rc;
     set_wt(ci, w);
     ci->st.factor_ms = as__civ_now_ms() - t0;   /* the rest is inside the solve */
