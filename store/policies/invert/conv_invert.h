@@ -78,7 +78,7 @@ typedef struct as__civ_stats {
     double   factor_ms;       /* thread CPU time of the last factorization */
     double   cond_ms;         /* thread CPU time of the last condition-only check */
     size_t   cache_bytes;     /* bytes held by the cached factor */
-    /* thread CPU time of the phases of the last restore: build F, forward FFT,
+    /* wall time of the phases of the last restore: build F, forward FFT,
      * solve, inverse FFT, crop */
     double   phase_ms[5];
     int      c1_channels;     /* Cin = 1: output channels the last restore

@@ -230,7 +230,7 @@ int as__civ_condition(as__civ *ci, const float *w, uint64_t version,
                       double *cond_out, char *why, size_t whylen)
 {
     if (!(ci->cond_state && ci->cond_version == version)) {
-        double t0 = as__civ_now_ms(), cond = 0;
+        double t0 = as__civ_cpu_ms(), cond = 0;
         if (!try_bound(ci, w, version)) {
             /* Cin = 1: the verdict comes with the closed form's own state */
             int rc = ci->c1_gi ? as__civ_c1_prepare(ci, w, (size_t)ci->g.kh * ci->g.kw, 1,
@@ -240,7 +240,7 @@ int as__civ_condition(as__civ *ci, const float *w, uint64_t version,
                 return rc;
             set_verdict(ci, version, cond);
         }
-        ci->st.cond_ms = as__civ_now_ms() - t0;
+        ci->st.cond_ms = as__civ_cpu_ms() - t0;
     }
     if (cond_out)
         *cond_out = ci->cond;
@@ -280,7 +280,7 @@ int as__civ_prepare(as__civ *ci, const float *w, uint64_t version,
     }
     /* A new version overwrites the factor in place (its pages stay). */
     ci->state = 0;
-    double t0 = as__civ_now_ms();
+    double t0 = as__civ_cpu_ms();
     size_t mlen = (size_t)ci->P * ci->Qh * 2 * g->cin * g->cout;
     if (!ci->m && !(ci->m = malloc(sizeof(float) * mlen))) {
         ci->st.cache_bytes = 0;
@@ -298,7 +298,7 @@ int as__civ_prepare(as__civ *ci, const float *w, uint64_t version,
     }
     set_wt(ci, w);
     ci->st.factor_builds++;
-    ci->st.factor_ms = as__civ_now_ms() - t0;
+    ci->st.factor_ms = as__civ_cpu_ms() - t0;
     if (!known) {
         set_verdict(ci, version, cond);
         if (cond_out)
@@ -412,12 +412,12 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
         return 0;
     }
     as__civ_fctx fc;
-    double t0 = as__civ_now_ms();
+    double t0 = as__civ_cpu_ms();
     const double *R = gram_of(ci, w, version);
     if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w, R, fscratch(ci))))
         return rc;
     set_wt(ci, w);
-    ci->st.factor_ms = as__civ_now_ms() - t0;   /* the rest is inside the solve */
+    ci->st.factor_ms = as__civ_cpu_ms() - t0;   /* the rest is inside the solve */
     const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
                     ci->cond <= AS__CIV_ADJ_COND;
     fc.ginv = adj;
@@ -434,9 +434,9 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
             as__civ_factor_end(&fc);
             return AS_ENOMEM;
         }
-        t0 = as__civ_now_ms();
+        t0 = as__civ_cpu_ms();
         as__civ_factor_range(&fc, 0, fc.nf, ci->cfg.eps_rel, mbuf, NULL);
-        ci->st.factor_ms += as__civ_now_ms() - t0;
+        ci->st.factor_ms += as__civ_cpu_ms() - t0;
         ci->mstream = mbuf;
     }
     rc = as__civ_restore_passes(ci, &fc, adj, version, n, y, bias, frame, x);
