@@ -80,6 +80,8 @@ void as__civ_trim(as__civ *ci)
 {
     free(ci->m);
     ci->m = NULL;
+    free(ci->fscr);
+    ci->fscr = NULL;
     ci->state = 0;
     ci->st.cache_bytes = 0;
 }
@@ -108,9 +110,12 @@ static void set_verdict(as__civ *ci, uint64_t version, double cond)
                  ci->cfg.cond_max);
 }
 
-/* The factorization's scratch, kept for the solver's life (a fresh block
- * per version would be page-faulted in again each time); NULL when out of
- * memory (the callee then mallocs its own). */
+/* The factorization's scratch (the kernels' DFTs, one group's A and L, the
+ * Gram's weight rows), kept while the solver holds a factor or restores
+ * (a fresh block per version is page-faulted in again each time) and
+ * freed with the factor (as__civ_trim) or after a check at save that
+ * leaves no factor; NULL when out of memory (the callee then mallocs its
+ * own). */
 static void *fscratch(as__civ *ci)
 {
     if (!ci->fscr)
@@ -236,6 +241,10 @@ int as__civ_condition(as__civ *ci, const float *w, uint64_t version,
             int rc = ci->c1_gi ? as__civ_c1_prepare(ci, w, (size_t)ci->g.kh * ci->g.kw, 1,
                                                     version, &cond)
                                : check_and_reference(ci, w, version, &cond);
+            if (ci->state != 1) {   /* nothing cached: no scratch kept */
+                free(ci->fscr);
+                ci->fscr = NULL;
+            }
             if (rc)
                 return rc;
             set_verdict(ci, version, cond);
