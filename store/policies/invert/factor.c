@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "store/policies/invert/impl.h"
+#include "allocator/fault.h"
 
 #define LANES 8
 #define POWER_ITERS 8
@@ -125,7 +126,7 @@ int as__civ_gram(const as__civ_geom *g, const float *w, double *R, void *scratch
 {
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
     const size_t NRp = (size_t)ci * kh * kw + 16, len = gram_scratch_len(g);
-    double *wd = scratch ? scratch : malloc(sizeof(double) * len);
+    double *wd = scratch ? scratch : as__fmalloc(sizeof(double) * len);
     if (!wd)
         return AS_ENOMEM;
     memset(wd, 0, sizeof(double) * len);
@@ -151,7 +152,7 @@ static int gram_dft(const as__civ_geom *g, int Q, const float *w, const double *
     double *Rown = NULL;
     const double *R = Rin;
     if (!R) {
-        if (!(Rown = malloc(sizeof(double) * as__civ_gram_len(g))) ||
+        if (!(Rown = as__fmalloc(sizeof(double) * as__civ_gram_len(g))) ||
             as__civ_gram(g, w, Rown, NULL)) {
             free(Rown);
             return AS_ENOMEM;
@@ -239,7 +240,7 @@ static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
     size_t sz[6];
     const size_t total = begin_sizes(g, P, Q, need_a, sz);
     char *b = scratch;
-    if (!b && !(b = fc->own = aligned_alloc(64, total)))
+    if (!b && !(b = fc->own = as__fmalloc(total)))
         return AS_ENOMEM;
     fc->T = (double *)b;
     fc->tw = (double *)(b += sz[0]);
