@@ -548,6 +548,9 @@ void as__auto_step_end(as_store *s)
             for (size_t c = 0; g->measured && c < pl->nc; c++)
                 if (g->m[c].n && g->acc[c].n && g->m[c].ns < g->acc[c].ns)
                     g->acc[c].ns = g->m[c].ns;
+            for (size_t c = 0; c < pl->nc; c++)
+                if (g->acc[c].n && g->acc[c].bytes > g->bmax[c])
+                    g->bmax[c] = g->acc[c].bytes;
             memcpy(g->m, g->acc, sizeof g->m);
             memset(g->acc, 0, sizeof g->acc);
             g->measured = true;
