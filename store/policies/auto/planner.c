@@ -27,7 +27,8 @@
  * budget changes and when a new group appears.
  *
  * Storing. Before any plan (first step) a tensor goes to its most compact
- * measured candidate when there is a budget (keep without one). A save
+ * measured candidate when there is a budget or one is pending (keep
+ * otherwise). A save
  * that the budget refuses tries the most compact candidate; if that does
  * not fit either the save fails with the smallest budget auto can reach.
  */
@@ -197,6 +198,14 @@ static void pick(const as_auto *pl, const agroup *grp, const bool *ok,
     *compact = k < 0 ? 0 : k;
 }
 
+/* What pick() takes for the budget: nonzero (compact before a plan) while
+ * a budget is pending too. */
+static uint64_t compact_first(as_store *s)
+{
+    uint64_t b = atomic_load(&s->saved_budget);
+    return b ? b : atomic_load(&s->budget_pending) ? UINT64_MAX : 0;
+}
+
 /* Bytes of one tensor in its most compact candidate, for the budget's
  * message: from this tensor's trials, else the group's last measure. */
 static uint64_t compact_need(as_auto *pl, const agroup *grp, const meas *mt,
@@ -296,7 +305,7 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
 
     /* What to store it under: the plan's choice; before a plan, the most
      * compact candidate of this tensor under a budget, keep without one. */
-    uint64_t budget = atomic_load(&s->saved_budget);
+    uint64_t budget = compact_first(s);
     pthread_mutex_lock(&pl->mu);
     pl->trial_ns_step += as_clock_wall_ns() - tp;
     if (probe)
@@ -425,7 +434,7 @@ int as__auto_rows_begin(as_store *s, as_item *it, as_handle h, as_groups g,
     }
     if (ar->probe)
         rows_measure(s, pl, ar, h, g, info, blk);
-    uint64_t budget = atomic_load(&s->saved_budget);
+    uint64_t budget = compact_first(s);
     int first;
     pthread_mutex_lock(&pl->mu);
     pick(pl, ar->grp, ar->ok, ar->probe ? ar->mt : NULL, budget, &first,
@@ -604,7 +613,20 @@ int as__auto_budget(as_store *s, uint64_t bytes)
 
 int as_store_set_budget(as_store *s, uint64_t bytes)
 {
-    return s ? as__auto_budget(s, bytes) : AS_EINVAL;
+    if (!s)
+        return AS_EINVAL;
+    int rc = as__auto_budget(s, bytes);
+    if (rc == 0)
+        atomic_store(&s->budget_pending, false);
+    return rc;
+}
+
+int as_store_budget_pending(as_store *s)
+{
+    if (!s)
+        return AS_EINVAL;
+    atomic_store(&s->budget_pending, true);
+    return 0;
 }
 
 uint64_t as_store_budget(const as_store *s)
