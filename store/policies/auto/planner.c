@@ -22,15 +22,17 @@
  * fixed rules) <= budget: a multiple-choice knapsack solved by dynamic
  * programming on the budget cut into AUTO_UNITS units (each candidate's
  * bytes rounded up, so the plan never overshoots; values-dependent codecs
- * get a margin). Exact candidates (keep, zstd, invert) cost only time, so
- * they win wherever they fit. Re-planned after every probe step, when the
- * budget changes and when a new group appears.
+ * are charged the largest bytes seen plus a margin; what the rounding
+ * leaves is spent greedily in exact bytes). time_weight is 0 by default,
+ * so the plan depends on the data and seed only. Exact candidates (keep,
+ * invert) cost nothing then and win wherever they fit. Re-planned after
+ * every probe step, when the budget changes and when a new group appears.
  *
  * Storing. Before any plan (first step) a tensor goes to its most compact
  * measured candidate when there is a budget or one is pending (keep
- * otherwise). A save
- * that the budget refuses tries the most compact candidate; if that does
- * not fit either the save fails with the smallest budget auto can reach.
+ * otherwise). A save that the budget refuses tries the most compact
+ * candidate; if that does not fit either the save fails with the smallest
+ * budget auto can reach.
  */
 #include <math.h>
 #include <stdio.h>
@@ -304,7 +306,8 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
     }
 
     /* What to store it under: the plan's choice; before a plan, the most
-     * compact candidate of this tensor under a budget, keep without one. */
+     * compact candidate of this tensor under a budget (or a pending one),
+     * keep without one. */
     uint64_t budget = compact_first(s);
     pthread_mutex_lock(&pl->mu);
     pl->trial_ns_step += as_clock_wall_ns() - tp;
