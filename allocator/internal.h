@@ -245,9 +245,9 @@ int  as__hooks_init(as__hooks *h, as_arena *a);
 bool as__ranges_contain(as_arena *a, const void *p);
 
 /* ---- arena.c ---- */
-/* Sum the live values of every counter (tags, layers) into out (array of
- * AS__NCOUNTERS). Caller holds the registry lock. */
-void as__sum_live(as_arena *a, as__rcounter *out);
+/* Sum the live values of the first nt tags and nl layers into out (array of
+ * nt + nl: tags, then layers). Caller holds the registry lock. */
+void as__sum_live(as_arena *a, unsigned nt, unsigned nl, as__rcounter *out);
 void as__set_error(const as_arena *a, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static inline void as__atomic_max(_Atomic uint64_t *p, uint64_t v)
