@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "allocator/fault.h"
 #include "allocator/internal.h"
 #include "util/clock.h"
 
@@ -137,6 +138,8 @@ void as_arena_destroy(as_arena *a)
     if (!a)
         return;
     as__sampler_stop(a);
+    if (as__fault_tls == a)
+        as__fault_tls = NULL;
     /* Every thread's tcache goes first: cached blocks return to the arena. */
     as__arena_drop_blocks(a);
     char name[64];
@@ -233,17 +236,13 @@ uint64_t as_arena_budget(const as_arena *a)
     return a ? atomic_load(&a->budget) : 0;
 }
 
+/* G lock held: no fold moves G or a peak meanwhile. */
 static void reset_peak(as__gcounter *g)
 {
-    /* Store the charged value, then max again with it: an allocation that
-     * raised G between our read and our store is not lost. */
-    int64_t u = atomic_load(&g->g_use), r = atomic_load(&g->g_req);
-    atomic_store(&g->peak_use, u > 0 ? (uint64_t)u : 0);
-    atomic_store(&g->peak_req, r > 0 ? (uint64_t)r : 0);
-    u = atomic_load(&g->g_use);
-    r = atomic_load(&g->g_req);
-    as__atomic_max(&g->peak_use, u > 0 ? (uint64_t)u : 0);
-    as__atomic_max(&g->peak_req, r > 0 ? (uint64_t)r : 0);
+    int64_t u = atomic_load_explicit(&g->g_use, memory_order_relaxed);
+    int64_t r = atomic_load_explicit(&g->g_req, memory_order_relaxed);
+    atomic_store_explicit(&g->peak_use, u > 0 ? (uint64_t)u : 0, memory_order_relaxed);
+    atomic_store_explicit(&g->peak_req, r > 0 ? (uint64_t)r : 0, memory_order_relaxed);
 }
 
 void as_arena_reset_peaks(as_arena *a)
@@ -255,9 +254,11 @@ void as_arena_reset_peaks(as_arena *a)
     as__tblock *b = as__tblock_get(a);
     if (b)
         as__tblock_fold(b);
+    as__glock(a);
     reset_peak(&a->gtotal);
     for (unsigned i = 0; i < AS__NCOUNTERS; i++)
         reset_peak(&a->g[i]);
+    as__gunlock(a);
 }
 
 /* ---- snapshots -------------------------------------------------------- */
