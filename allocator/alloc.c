@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "allocator/fault.h"
 #include "allocator/internal.h"
 
 #define RLX memory_order_relaxed
@@ -91,10 +92,13 @@ static int bad_ids(as_arena *a, uint16_t tag, uint16_t layer, as_block *out)
 
 /* ---- fault injection (tests): SQLite's fail-the-Nth-allocation loop ---- */
 
+_Thread_local struct as_arena *as__fault_tls;
+
 void as__arena_fault_set(as_arena *a, long nth, bool sticky)
 {
     a->fault_sticky = sticky;
     atomic_store(&a->fault_n, nth > 0 ? nth : 0);
+    as__fault_tls = nth > 0 ? a : NULL;   /* this thread's as__fmalloc counts too */
 }
 
 __attribute__((noinline))

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "allocator/fault.h"
 #include "allocator/internal.h"
 #include "util/clock.h"
 
@@ -137,6 +138,8 @@ void as_arena_destroy(as_arena *a)
     if (!a)
         return;
     as__sampler_stop(a);
+    if (as__fault_tls == a)
+        as__fault_tls = NULL;
     /* Every thread's tcache goes first: cached blocks return to the arena. */
     as__arena_drop_blocks(a);
     char name[64];
@@ -233,17 +236,13 @@ uint64_t as_arena_budget(const as_arena *a)
     return a ? atomic_load(&a->budget) : 0;
 }
 
+/* G lock held: no fold moves G or a peak meanwhile. */
 static void reset_peak(as__gcounter *g)
 {
-    /* Store the charged value, then max again with it: an allocation that
-     * raised G between our read and our store is not lost. */
-    int64_t u = atomic_load(&g->g_use), r = atomic_load(&g->g_req);
-    atomic_store(&g->peak_use, u > 0 ? (uint64_t)u : 0);
-    atomic_store(&g->peak_req, r > 0 ? (uint64_t)r : 0);
-    u = atomic_load(&g->g_use);
-    r = atomic_load(&g->g_req);
-    as__atomic_max(&g->peak_use, u > 0 ? (uint64_t)u : 0);
-    as__atomic_max(&g->peak_req, r > 0 ? (uint64_t)r : 0);
+    int64_t u = atomic_load_explicit(&g->g_use, memory_order_relaxed);
+    int64_t r = atomic_load_explicit(&g->g_req, memory_order_relaxed);
+    atomic_store_explicit(&g->peak_use, u > 0 ? (uint64_t)u : 0, memory_order_relaxed);
+    atomic_store_explicit(&g->peak_req, r > 0 ? (uint64_t)r : 0, memory_order_relaxed);
 }
 
 void as_arena_reset_peaks(as_arena *a)
@@ -255,24 +254,34 @@ void as_arena_reset_peaks(as_arena *a)
     as__tblock *b = as__tblock_get(a);
     if (b)
         as__tblock_fold(b);
+    as__glock(a);
     reset_peak(&a->gtotal);
     for (unsigned i = 0; i < AS__NCOUNTERS; i++)
         reset_peak(&a->g[i]);
+    as__gunlock(a);
 }
 
 /* ---- snapshots -------------------------------------------------------- */
 
-void as__sum_live(as_arena *a, as__rcounter *out)
+static void add_live(as__rcounter *o, const as__tcounter *t)
 {
-    memcpy(out, a->retired, sizeof a->retired);
-    for (as__tblock *b = a->blocks; b; b = b->next)
-        for (unsigned i = 0; i < AS__NCOUNTERS; i++) {
-            const as__tcounter *t = &b->c[i];
-            out[i].live_req += atomic_load_explicit(&t->live_req, memory_order_relaxed);
-            out[i].live_use += atomic_load_explicit(&t->live_use, memory_order_relaxed);
-            out[i].allocs   += atomic_load_explicit(&t->allocs, memory_order_relaxed);
-            out[i].frees    += atomic_load_explicit(&t->frees, memory_order_relaxed);
-        }
+    o->live_req += atomic_load_explicit(&t->live_req, memory_order_relaxed);
+    o->live_use += atomic_load_explicit(&t->live_use, memory_order_relaxed);
+    o->allocs   += atomic_load_explicit(&t->allocs, memory_order_relaxed);
+    o->frees    += atomic_load_explicit(&t->frees, memory_order_relaxed);
+}
+
+void as__sum_live(as_arena *a, unsigned nt, unsigned nl, as__rcounter *out)
+{
+    /* Only registered tags and layers: the rest of the counters stay zero. */
+    memcpy(out, a->retired, sizeof *out * nt);
+    memcpy(out + nt, a->retired + AS_TAG_MAX, sizeof *out * nl);
+    for (as__tblock *b = a->blocks; b; b = b->next) {
+        for (unsigned i = 0; i < nt; i++)
+            add_live(&out[i], &b->c[i]);
+        for (unsigned i = 0; i < nl; i++)
+            add_live(&out[nt + i], &b->c[AS_TAG_MAX + i]);
+    }
 }
 
 static uint64_t pos(int64_t v) { return v > 0 ? (uint64_t)v : 0; }
@@ -298,11 +307,11 @@ int as_arena_snapshot_take(as_arena *a, uint64_t since_seq, as_arena_snapshot *o
     if (!a || !out)
         return AS_EINVAL;
     memset(out, 0, sizeof *out);
-    as__rcounter *sum = malloc(sizeof(as__rcounter) * AS__NCOUNTERS);
-    if (!sum)
-        return AS_ENOMEM;
     unsigned nt = atomic_load_explicit(&a->ntags, memory_order_acquire);
     unsigned nl = atomic_load_explicit(&a->nlayers, memory_order_acquire);
+    as__rcounter *sum = malloc(sizeof(as__rcounter) * (nt + nl));
+    if (!sum)
+        return AS_ENOMEM;
     out->layers = calloc(nl, sizeof *out->layers);
     out->layer_names = calloc(nl, sizeof *out->layer_names);
     if (!out->layers || !out->layer_names) {
@@ -315,7 +324,7 @@ int as_arena_snapshot_take(as_arena *a, uint64_t since_seq, as_arena_snapshot *o
     out->arena_index = a->index;
     out->budget_bytes = atomic_load(&a->budget);
     as__reg_lock();
-    as__sum_live(a, sum);
+    as__sum_live(a, nt, nl, sum);
     as__reg_unlock();
 
     /* Every block has exactly one tag: the total is the sum of the tags, so
@@ -333,7 +342,7 @@ int as_arena_snapshot_take(as_arena *a, uint64_t since_seq, as_arena_snapshot *o
     fill_counter(&out->total, &tot, &a->gtotal);
     out->nlayers = nl;
     for (unsigned i = 0; i < nl; i++) {
-        fill_counter(&out->layers[i], &sum[AS_TAG_MAX + i], &a->g[AS_TAG_MAX + i]);
+        fill_counter(&out->layers[i], &sum[nt + i], &a->g[AS_TAG_MAX + i]);
         out->layer_names[i] = a->layer_names[i];
     }
     free(sum);

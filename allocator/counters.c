@@ -11,6 +11,7 @@
  * is exact.
  */
 #include <limits.h>
+#include <sched.h>
 
 #include "allocator/internal.h"
 
@@ -21,6 +22,32 @@ static inline void st(_Atomic int64_t *p, int64_t v) { atomic_store_explicit(p, 
 static inline void inc(_Atomic uint64_t *p)
 {
     atomic_store_explicit(p, atomic_load_explicit(p, RLX) + 1, RLX);
+}
+
+/* ---- the G lock (internal.h) ---------------------------------------------- */
+
+__attribute__((noinline, cold))
+void as__glock_wait(as_arena *a)
+{
+    for (unsigned spins = 0;; spins++) {
+        if (!atomic_load_explicit(&a->glock, RLX) &&
+            !atomic_exchange_explicit(&a->glock, 1, memory_order_acquire))
+            return;
+        if (spins >= 64)
+            sched_yield();                 /* the holder may be preempted */
+#if defined(__x86_64__) || defined(__i386__)
+        else
+            __builtin_ia32_pause();
+#endif
+    }
+}
+
+/* Under the G lock, every update of G is a plain load and store. */
+static inline void g_move(_Atomic int64_t *p, int64_t d) { st(p, ld(p) + d); }
+static inline void peak_raise(_Atomic uint64_t *p, int64_t v)
+{
+    if (v > 0 && (uint64_t)v > atomic_load_explicit(p, RLX))
+        atomic_store_explicit(p, (uint64_t)v, RLX);
 }
 
 /* Sum over b's tags of live - folded (<= 0 between operations). */
@@ -36,17 +63,17 @@ static void pending_tags(as__tblock *b, int64_t *pr, int64_t *pu)
     *pu = u;
 }
 
-/* The G side of a fold: add (pr, pu), raising the peak when G grew. A
- * locked add first waits for every store in flight, so the folds below
- * issue all their atomics back to back and store afterwards. */
+/* The G side of a fold (G lock held): add (pr, pu), raising the peak when
+ * G grew. */
 static inline void g_add(as__gcounter *g, int64_t pr, int64_t pu)
 {
-    int64_t nr = atomic_fetch_add_explicit(&g->g_req, pr, RLX) + pr;
-    int64_t nu = atomic_fetch_add_explicit(&g->g_use, pu, RLX) + pu;
-    if (pr > 0 && nr > 0)
-        as__atomic_max(&g->peak_req, (uint64_t)nr);
-    if (pu > 0 && nu > 0)
-        as__atomic_max(&g->peak_use, (uint64_t)nu);
+    int64_t nr = ld(&g->g_req) + pr, nu = ld(&g->g_use) + pu;
+    st(&g->g_req, nr);
+    st(&g->g_use, nu);
+    if (pr > 0)
+        peak_raise(&g->peak_req, nr);
+    if (pu > 0)
+        peak_raise(&g->peak_use, nu);
 }
 
 /* Live values of tag i, with tag `tag` taken as (lr, lu) (not stored yet). */
@@ -57,14 +84,13 @@ static inline void tag_live(as__tblock *b, unsigned i, unsigned tag, int64_t lr,
     *vu = i == tag ? lu : ld(&b->c[i].live_use);
 }
 
-/* Fold b's tags into G: those the thread has charged (b->used; tag `tag`,
- * UINT_MAX: none, joins them) with tag `tag` taken at live values (lr, lu)
- * not stored yet; and their deltas' sum into the total when charge_total.
- * Returns that sum in *sr, *su. */
+/* Fold b's tags into G (G lock held): those the thread has charged
+ * (b->used; tag `tag`, UINT_MAX: none, joins them) with tag `tag` taken at
+ * live values (lr, lu) not stored yet; and their deltas' sum into the total
+ * when charge_total. Returns that sum in *sr, *su. */
 static void fold_tags(as_arena *a, as__tblock *b, unsigned tag, int64_t lr, int64_t lu,
                       bool charge_total, int64_t *sr, int64_t *su)
 {
-    uint32_t folded = 0;                   /* tags whose G moved */
     int64_t vr, vu;
     if (tag < AS_TAG_MAX)
         b->used |= 1u << tag;
@@ -77,29 +103,16 @@ static void fold_tags(as_arena *a, as__tblock *b, unsigned tag, int64_t lr, int6
             g_add(&a->g[i], pr, pu);
             *sr += pr;
             *su += pu;
-            folded |= 1u << i;
+            st(&b->c[i].fold_req, vr);
+            st(&b->c[i].fold_use, vu);
         }
     }
     if (charge_total)
         g_add(&a->gtotal, *sr, *su);
-    for (; folded; folded &= folded - 1) {
-        unsigned i = (unsigned)__builtin_ctz(folded);
-        tag_live(b, i, tag, lr, lu, &vr, &vu);
-        st(&b->c[i].fold_req, vr);
-        st(&b->c[i].fold_use, vu);
-    }
 }
 
-/* The G side of a fold that only shrinks G (no peak to raise, no result
- * needed: a plain locked add). */
-static inline void g_drop(as__gcounter *g, int64_t pr, int64_t pu)
-{
-    atomic_fetch_add_explicit(&g->g_req, pr, RLX);
-    atomic_fetch_add_explicit(&g->g_use, pu, RLX);
-}
-
-/* Fold one counter (live values (lr, lu), not stored yet): G only; the
- * caller stores the folded values. */
+/* Fold one counter (live values (lr, lu), not stored yet; G lock held): G
+ * only; the caller stores the folded values. */
 static inline void fold_g(as__tcounter *t, as__gcounter *g, int64_t lr, int64_t lu)
 {
     g_add(g, lr - ld(&t->fold_req), lu - ld(&t->fold_use));
@@ -121,6 +134,7 @@ void as__tblock_fold(as__tblock *b)
 {
     as_arena *a = b->arena;
     int64_t sr, su;
+    as__glock(a);
     fold_tags(a, b, UINT_MAX, 0, 0, true, &sr, &su);
     for (unsigned i = 0, n = atomic_load(&a->nlayers); i < n; i++) {
         as__tcounter *t = &b->c[AS_TAG_MAX + i];
@@ -131,30 +145,38 @@ void as__tblock_fold(as__tblock *b)
             st(&t->fold_use, lu);
         }
     }
+    as__gunlock(a);
 }
 
-/* A layer folds alone (no layer figure is derived from the others). */
-static inline void charge_layer(as_arena *a, as__tblock *b, unsigned layer, int64_t r,
-                                int64_t u)
+/* A layer folds alone (no layer figure is derived from the others); G lock
+ * held when it grows. */
+static inline bool layer_grows(as__tblock *b, unsigned layer, int64_t r, int64_t u,
+                               int64_t *lr, int64_t *lu)
 {
     as__tcounter *t = &b->c[AS_TAG_MAX + layer];
-    int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
-    bool grows = lr > ld(&t->fold_req) || lu > ld(&t->fold_use);
-    if (grows)
-        fold_g(t, &a->g[AS_TAG_MAX + layer], lr, lu);
-    set_counter(t, lr, lu, grows, &t->allocs);
+    *lr = ld(&t->live_req) + r;
+    *lu = ld(&t->live_use) + u;
+    return *lr > ld(&t->fold_req) || *lu > ld(&t->fold_use);
 }
 
 /* A tag that grows past its folded value folds all the thread's tags and
- * the total. */
+ * the total; a growing layer folds itself. One G lock for both. */
 void as__charge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                 int64_t r, int64_t u)
 {
-    as__tcounter *t = &b->c[tag];
-    int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u, sr, su;
-    if (lr > ld(&t->fold_req) || lu > ld(&t->fold_use))
-        fold_tags(a, b, tag, lr, lu, true, &sr, &su);
-    charge_layer(a, b, layer, r, u);
+    as__tcounter *t = &b->c[tag], *tl = &b->c[AS_TAG_MAX + layer];
+    int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u, mr, mu, sr, su;
+    bool tag_grows = lr > ld(&t->fold_req) || lu > ld(&t->fold_use);
+    bool lay_grows = layer_grows(b, layer, r, u, &mr, &mu);
+    if (tag_grows || lay_grows) {
+        as__glock(a);
+        if (tag_grows)
+            fold_tags(a, b, tag, lr, lu, true, &sr, &su);
+        if (lay_grows)
+            fold_g(tl, &a->g[AS_TAG_MAX + layer], mr, mu);
+        as__gunlock(a);
+    }
+    set_counter(tl, mr, mu, lay_grows, &tl->allocs);
     set_counter(t, lr, lu, false, &t->allocs);
 }
 
@@ -167,21 +189,29 @@ void as__discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
     int64_t lr = ld(&tt->live_req) - r, lu = ld(&tt->live_use) - u;
     int64_t mr = ld(&tl->live_req) - r, mu = ld(&tl->live_use) - u;
     int64_t dr = lr - ld(&tt->fold_req), du = lu - ld(&tt->fold_use);
+    int64_t er = mr - ld(&tl->fold_req), eu = mu - ld(&tl->fold_use);
     bool tag_folds = dr < -AS__FOLD_BYTES || du < -AS__FOLD_BYTES;
-    bool layer_folds = mr < ld(&tl->fold_req) - AS__FOLD_BYTES ||
-                       mu < ld(&tl->fold_use) - AS__FOLD_BYTES;
-    if (tag_folds) {
-        g_drop(&a->g[tag], dr, du);
-        g_drop(&a->gtotal, dr, du);
+    bool layer_folds = er < -AS__FOLD_BYTES || eu < -AS__FOLD_BYTES;
+    if (tag_folds || layer_folds) {
+        as__glock(a);
+        if (tag_folds) {
+            g_move(&a->g[tag].g_req, dr);
+            g_move(&a->g[tag].g_use, du);
+            g_move(&a->gtotal.g_req, dr);
+            g_move(&a->gtotal.g_use, du);
+        }
+        if (layer_folds) {
+            g_move(&a->g[AS_TAG_MAX + layer].g_req, er);
+            g_move(&a->g[AS_TAG_MAX + layer].g_use, eu);
+        }
+        as__gunlock(a);
     }
-    if (layer_folds)
-        g_drop(&a->g[AS_TAG_MAX + layer], mr - ld(&tl->fold_req), mu - ld(&tl->fold_use));
     set_counter(tt, lr, lu, tag_folds, &tt->frees);
     set_counter(tl, mr, mu, layer_folds, &tl->frees);
 }
 
 /* live and folded move together: the thread's pending delta is unchanged,
- * and G (the tag's, the layer's, the total) drops at once. */
+ * and G (the tag's, the layer's; G lock held) drops at once. */
 static void remote_one(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u)
 {
     st(&t->live_req, ld(&t->live_req) - r);
@@ -189,17 +219,19 @@ static void remote_one(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u)
     st(&t->fold_req, ld(&t->fold_req) - r);
     st(&t->fold_use, ld(&t->fold_use) - u);
     inc(&t->frees);
-    atomic_fetch_sub_explicit(&g->g_req, r, RLX);
-    atomic_fetch_sub_explicit(&g->g_use, u, RLX);
+    g_move(&g->g_req, -r);
+    g_move(&g->g_use, -u);
 }
 
 void as__discharge_remote(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                           int64_t r, int64_t u)
 {
+    as__glock(a);
     remote_one(&b->c[tag], &a->g[tag], r, u);
     remote_one(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);
-    atomic_fetch_sub_explicit(&a->gtotal.g_req, r, RLX);
-    atomic_fetch_sub_explicit(&a->gtotal.g_use, u, RLX);
+    g_move(&a->gtotal.g_req, -r);
+    g_move(&a->gtotal.g_use, -u);
+    as__gunlock(a);
 }
 
 /* ---- budget --------------------------------------------------------------- */
@@ -234,38 +266,34 @@ bool as__budget_room(as_arena *a, as__tblock *b, uint64_t usable, uint64_t budge
     return *live + usable <= budget;
 }
 
-/* Charge tag and total under the budget, against the charged total. */
+/* Charge tag and total under the budget, against the charged total (G
+ * lock held, so two threads never both spend the same room). */
 static bool charge_tag_budget(as_arena *a, as__tblock *b, unsigned tag, int64_t r,
                               int64_t u, uint64_t budget)
 {
     as__tcounter *t = &b->c[tag];
-    as__gcounter *g = &a->gtotal;
     int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
     int64_t pr, pu;
     pending_tags(b, &pr, &pu);
-    pr += r;
-    pu += u;
-    int64_t cur = atomic_load_explicit(&g->g_use, RLX);
-    bool grows = lr > ld(&t->fold_req) || lu > ld(&t->fold_use);
-    if (!grows) {                          /* covered by the tag's own frees */
-        if (cur + pu > (int64_t)budget)
-            return false;
-    } else {
-        do {
-            if (cur + pu > (int64_t)budget)
-                return false;
-        } while (!atomic_compare_exchange_weak_explicit(&g->g_use, &cur, cur + pu,
-                                                        RLX, RLX));
-        int64_t nr = atomic_fetch_add_explicit(&g->g_req, pr, RLX) + pr;
-        if (nr > 0)
-            as__atomic_max(&g->peak_req, (uint64_t)nr);
-        if (cur + pu > 0)
-            as__atomic_max(&g->peak_use, (uint64_t)(cur + pu));
-    }
-    if (grows)                             /* the total was charged above */
-        fold_tags(a, b, tag, lr, lu, false, &pr, &pu);
+    if (ld(&a->gtotal.g_use) + pu + u > (int64_t)budget)
+        return false;
+    if (lr > ld(&t->fold_req) || lu > ld(&t->fold_use))
+        fold_tags(a, b, tag, lr, lu, true, &pr, &pu);
+    /* else covered by the tag's own frees */
     set_counter(t, lr, lu, false, &t->allocs);
     return true;
+}
+
+/* Charge the layer (G lock held). */
+static void charge_layer_locked(as_arena *a, as__tblock *b, unsigned layer, int64_t r,
+                                int64_t u)
+{
+    as__tcounter *t = &b->c[AS_TAG_MAX + layer];
+    int64_t lr, lu;
+    bool grows = layer_grows(b, layer, r, u, &lr, &lu);
+    if (grows)
+        fold_g(t, &a->g[AS_TAG_MAX + layer], lr, lu);
+    set_counter(t, lr, lu, grows, &t->allocs);
 }
 
 /* The charged total says no. It may stand above the true live value by
@@ -273,8 +301,8 @@ static bool charge_tag_budget(as_arena *a, as__tblock *b, unsigned tag, int64_t 
  * registry lock, so that two recounts do not both spend the same room)
  * when the allocation fits the true value; else *live gets that value. */
 __attribute__((noinline, cold))
-static bool budget_recount(as_arena *a, as__tblock *b, unsigned tag, int64_t r,
-                           int64_t u, uint64_t budget, uint64_t *live)
+static bool budget_recount(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                           int64_t r, int64_t u, uint64_t budget, uint64_t *live)
 {
     as__reg_lock();
     uint64_t live_req;
@@ -285,12 +313,15 @@ static bool budget_recount(as_arena *a, as__tblock *b, unsigned tag, int64_t r,
          * frees we just stepped around */
         as__tcounter *t = &b->c[tag];
         int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u, sr, su;
+        as__glock(a);
         fold_tags(a, b, tag, lr, lu, false, &sr, &su);
         set_counter(t, lr, lu, false, &t->allocs);
-        atomic_fetch_add_explicit(&a->gtotal.g_req, sr, RLX);
-        atomic_fetch_add_explicit(&a->gtotal.g_use, su, RLX);
-        as__atomic_max(&a->gtotal.peak_use, *live + (uint64_t)u);
-        as__atomic_max(&a->gtotal.peak_req, live_req + (uint64_t)r);
+        g_move(&a->gtotal.g_req, sr);
+        g_move(&a->gtotal.g_use, su);
+        peak_raise(&a->gtotal.peak_use, (int64_t)(*live + (uint64_t)u));
+        peak_raise(&a->gtotal.peak_req, (int64_t)(live_req + (uint64_t)r));
+        charge_layer_locked(a, b, layer, r, u);
+        as__gunlock(a);
     }
     as__reg_unlock();
     return fits;
@@ -299,9 +330,10 @@ static bool budget_recount(as_arena *a, as__tblock *b, unsigned tag, int64_t r,
 bool as__charge_budget(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                        int64_t r, int64_t u, uint64_t budget, uint64_t *live)
 {
-    if (!charge_tag_budget(a, b, tag, r, u, budget) &&
-        !budget_recount(a, b, tag, r, u, budget, live))
-        return false;
-    charge_layer(a, b, layer, r, u);
-    return true;
+    as__glock(a);
+    bool ok = charge_tag_budget(a, b, tag, r, u, budget);
+    if (ok)
+        charge_layer_locked(a, b, layer, r, u);
+    as__gunlock(a);
+    return ok || budget_recount(a, b, tag, layer, r, u, budget, live);
 }

@@ -8,7 +8,8 @@
  *     on x86; no locked instruction). live = sum over blocks of their live
  *     values (+ retired threads); the total is the sum of the tags.
  *   - Peaks and the budget need a global order, so every counter (and the
- *     total) also has a global atomic "charged" value G. A thread folds its
+ *     total) also has a global "charged" value G, written under the
+ *     arena's G lock (one locked instruction per fold). A thread folds its
  *     pending delta into G only when a counter's live value passes its
  *     folded one (net growth) or its pending frees pass AS__FOLD_BYTES.
  *     A thread charges the total the sum of its tags' folded values, and a
@@ -125,6 +126,8 @@ struct as_arena {
     char             layer_names[AS_LAYER_MAX][AS__NAME_MAX];
 
     /* counters */
+    _Atomic int      glock;                /* held by every writer of G and
+                                              of the peaks (counters.c) */
     as__gcounter     gtotal;
     as__gcounter     g[AS__NCOUNTERS];
     as__tblock      *blocks;               /* g_reg_lock */
@@ -211,6 +214,20 @@ void as__bins_init(as__tblock *b, bool keep);
 void as__bins_drain(as__tblock *b);
 
 /* ---- counters.c ---- */
+/* The G lock: every writer of a charged value or a peak holds it, so a
+ * fold costs one locked exchange however many counters it moves (readers
+ * take none: each value is atomic on its own). A leaf lock, held for a few
+ * dozen instructions; waiters spin, then yield. */
+void as__glock_wait(as_arena *a);
+static inline void as__glock(as_arena *a)
+{
+    if (__builtin_expect(atomic_exchange_explicit(&a->glock, 1, memory_order_acquire), 0))
+        as__glock_wait(a);
+}
+static inline void as__gunlock(as_arena *a)
+{
+    atomic_store_explicit(&a->glock, 0, memory_order_release);
+}
 /* Fold the thread's pending deltas into G (owner, or with the owner
  * quiescent). */
 void as__tblock_fold(as__tblock *b);
@@ -245,19 +262,11 @@ int  as__hooks_init(as__hooks *h, as_arena *a);
 bool as__ranges_contain(as_arena *a, const void *p);
 
 /* ---- arena.c ---- */
-/* Sum the live values of every counter (tags, layers) into out (array of
- * AS__NCOUNTERS). Caller holds the registry lock. */
-void as__sum_live(as_arena *a, as__rcounter *out);
+/* Sum the live values of the first nt tags and nl layers into out (array of
+ * nt + nl: tags, then layers). Caller holds the registry lock. */
+void as__sum_live(as_arena *a, unsigned nt, unsigned nl, as__rcounter *out);
 void as__set_error(const as_arena *a, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-static inline void as__atomic_max(_Atomic uint64_t *p, uint64_t v)
-{
-    uint64_t cur = atomic_load_explicit(p, memory_order_relaxed);
-    while (v > cur &&
-           !atomic_compare_exchange_weak_explicit(p, &cur, v, memory_order_relaxed,
-                                                  memory_order_relaxed))
-        ;
-}
 
 /* ---- sampler.c ---- */
 int  as__timeline_init(as_arena *a, size_t cap);

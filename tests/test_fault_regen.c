@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <jemalloc/jemalloc.h>
 
 #include "actstore/store.h"
 #include "layers/ops.h"
@@ -26,6 +27,29 @@
 #include "tests/support/store_util.h"
 
 static uint64_t live(as_store *s) { return store_live(s); }
+
+/* Bytes this thread holds from jemalloc (allocated - freed): plain mallocs
+ * too, which the arena's live bytes do not see. jemalloc is the process's
+ * malloc except under a sanitizer (its leak check covers that build). */
+static int64_t thread_held(void)
+{
+    static uint64_t *got, *gave;
+    size_t sz = sizeof got;
+    if (!got && (mallctl("thread.allocatedp", &got, &sz, NULL, 0) ||
+                 mallctl("thread.deallocatedp", &gave, &sz, NULL, 0)))
+        got = NULL;
+    return got && gave ? (int64_t)(*got - *gave) : 0;
+}
+
+/* A fresh store and what it decoded are gone at its destroy: nothing the
+ * faulted call took stays behind, in the arena or out of it. */
+static void assert_nothing_held(int64_t before, const char *spec, const char *what, long n)
+{
+    int64_t now = thread_held();
+    if (now != before)
+        fail_msg("%s %s, allocation %ld failing: %lld bytes still held after the "
+                 "store's destroy", spec, what, n, (long long)(now - before));
+}
 
 /* ---- one saved item and the calls that decode it ------------------------ */
 
@@ -41,6 +65,13 @@ typedef struct item {
     size_t    n;
     bool      softmax;
     float    *w, *b, *y;    /* conv: weights, bias, output */
+    /* the save the item was made by (setup only: not done yet) */
+    as_save_info info;
+    as_tensor    src;       /* data: x, owned */
+    /* stored before that save: must survive its failure */
+    as_handle    kept_h;
+    float       *kept;
+    size_t       kept_n;
 } item;
 
 static int call(item *it, int c)
@@ -71,6 +102,7 @@ static void item_free(item *it)
 {
     as_store_destroy(it->s);
     free(it->dy), free(it->w), free(it->b), free(it->y);   /* got: the caller's */
+    free(it->src.data), free(it->kept);
     memset(it, 0, sizeof *it);
 }
 
@@ -90,8 +122,9 @@ static float urand(uint32_t *h)
     return (float)(*h % 20001) * 1e-4f - 1.0f;
 }
 
-/* x (2, 3, 8, 8) under invert, its conv output (2, 6, 8, 8) kept. */
-static void save_conv(item *it, const char *spec)
+/* x (2, 3, 8, 8) under invert, its conv output (2, 6, 8, 8) kept (and
+ * the item stored before): everything but the save of x. */
+static void setup_conv(item *it, const char *spec)
 {
     enum { CN = 2, CI = 3, CO = 6, H = 8, K = 3 };
     memset(it, 0, sizeof *it);
@@ -114,25 +147,25 @@ static void save_conv(item *it, const char *spec)
     for (size_t i = 0; i < it->n; i++)
         x[i] = urand(&h);
     as_op_conv_fwd(&g, x, it->w, it->b, it->y, ws);
-    as_handle hy;
+    free(ws);
     as_save_info oi = {.kind = AS_KIND_CONV_OUTPUT, .layer = "conv"};
     as_tensor yt = {.data = it->y, .dtype = AS_F32, .ndim = 4, .shape = {CN, CO, g.Ho, g.Wo}};
-    assert_int_equal(as_store_save(it->s, &oi, &yt, &hy), 0);
-    as_save_info xi = {.kind = AS_KIND_CONV_INPUT, .layer = "conv"};
-    xi.meta.conv = (as_conv_meta){.n = CN, .cin = CI, .h = H, .w = H, .cout = CO, .kh = K,
-                                  .kw = K, .pad_h = 1, .pad_w = 1, .weight = it->w,
-                                  .bias = it->b, .weight_version = 1, .output = hy};
+    assert_int_equal(as_store_save(it->s, &oi, &yt, &it->kept_h), 0);
+    it->kept_n = ny;
+    it->kept = malloc(sizeof(float) * ny);
+    memcpy(it->kept, it->y, sizeof(float) * ny);
+    it->info = (as_save_info){.kind = AS_KIND_CONV_INPUT, .layer = "conv"};
+    it->info.meta.conv = (as_conv_meta){.n = CN, .cin = CI, .h = H, .w = H, .cout = CO,
+                                        .kh = K, .kw = K, .pad_h = 1, .pad_w = 1,
+                                        .weight = it->w, .bias = it->b,
+                                        .weight_version = 1, .output = it->kept_h};
     it->shape = (as_tensor){.dtype = AS_F32, .ndim = 4, .shape = {CN, CI, H, H}};
-    as_tensor xt = it->shape;
-    xt.data = x;
-    assert_int_equal(as_store_save(it->s, &xi, &xt, &it->h), 0);
-    assert_non_null(strstr(as_store_policy_of(it->s, it->h), "invert"));
-    free(x);
-    free(ws);
+    it->src = it->shape;
+    it->src.data = x;
 }
 
-/* (4, 16, 32) softmax rows, 16 queries per block. */
-static void save_softmax(item *it, const char *spec)
+/* (4, 16, 32) softmax rows, 16 queries per block, after a kept tensor. */
+static void setup_softmax(item *it, const char *spec)
 {
     enum { B = 4, Q = 16, L = 32 };
     memset(it, 0, sizeof *it);
@@ -148,13 +181,31 @@ static void save_softmax(item *it, const char *spec)
         for (size_t c = 0; c < L; c++)
             x[r * L + c] = (float)(x[r * L + c] / sum);
     }
-    as_save_info info = {.kind = AS_KIND_SOFTMAX_OUTPUT, .layer = "attn"};
-    info.meta.softmax = (as_softmax_meta){.row_len = L, .queries = Q};
+    it->kept_n = 1000;
+    it->kept = malloc(sizeof(float) * it->kept_n);
+    for (size_t i = 0; i < it->kept_n; i++)
+        it->kept[i] = urand(&h);
+    as_save_info ki = {.kind = AS_KIND_GENERIC, .layer = "kept"};
+    as_tensor kt = {.data = it->kept, .dtype = AS_F32, .ndim = 1, .shape = {1000}};
+    assert_int_equal(as_store_save(it->s, &ki, &kt, &it->kept_h), 0);
+    it->info = (as_save_info){.kind = AS_KIND_SOFTMAX_OUTPUT, .layer = "attn"};
+    it->info.meta.softmax = (as_softmax_meta){.row_len = L, .queries = Q};
     it->shape = (as_tensor){.dtype = AS_F32, .ndim = 3, .shape = {B, Q, L}};
-    as_tensor t = it->shape;
-    t.data = x;
-    assert_int_equal(as_store_save(it->s, &info, &t, &it->h), 0);
-    free(x);
+    it->src = it->shape;
+    it->src.data = x;
+}
+
+static void save_conv(item *it, const char *spec)
+{
+    setup_conv(it, spec);
+    assert_int_equal(as_store_save(it->s, &it->info, &it->src, &it->h), 0);
+    assert_non_null(strstr(as_store_policy_of(it->s, it->h), "invert"));
+}
+
+static void save_softmax(item *it, const char *spec)
+{
+    setup_softmax(it, spec);
+    assert_int_equal(as_store_save(it->s, &it->info, &it->src, &it->h), 0);
 }
 
 /* ---- the loop ------------------------------------------------------------- */
@@ -187,6 +238,7 @@ static bool once(void (*mkit)(item *, const char *), const char *spec, int c, lo
     uint64_t after_ok = live(it.s);             /* what a success keeps (cache) */
     item_free(&it);
 
+    int64_t held = thread_held();
     fresh(&it, mkit, spec, got);
     size_t cmp = c == CALL_ROWS ? 5 * (size_t)it.shape.shape[it.shape.ndim - 1] : it.n;
     as_arena *a = as_store_arena(it.s);
@@ -208,6 +260,7 @@ static bool once(void (*mkit)(item *, const char *), const char *spec, int c, lo
         fail_msg("%s %s after a failure: %s", spec, call_name[c], as_store_last_error(it.s));
     assert_memory_equal(got, ref, cmp * sizeof(float));
     item_free(&it);
+    assert_nothing_held(held, spec, call_name[c], n);
     free(ref);
     free(got);
     return reached;
@@ -226,14 +279,137 @@ static void loop(void (*mkit)(item *, const char *), const char *spec, int c)
             call_name[c], allocs, nfail);
 }
 
+/* ---- save, release and step_end ---------------------------------------- */
+
+/* Restore the item stored before into a buffer of its shape: bit for bit. */
+static void assert_kept(item *it, const as_tensor *kshape)
+{
+    float *k = malloc(sizeof(float) * it->kept_n);
+    as_tensor d = *kshape;
+    d.data = k;
+    if (as_store_restore(it->s, it->kept_h, &d))
+        fail_msg("kept item: %s", as_store_last_error(it->s));
+    assert_memory_equal(k, it->kept, sizeof(float) * it->kept_n);
+    free(k);
+}
+
+static as_tensor kept_shape(const item *it)
+{
+    if (it->softmax)
+        return (as_tensor){.dtype = AS_F32, .ndim = 1, .shape = {(int64_t)it->kept_n}};
+    const as_conv_meta *m = &it->info.meta.conv;
+    return (as_tensor){.dtype = AS_F32, .ndim = 4, .shape = {m->n, m->cout, m->h, m->w}};
+}
+
+/* The save of the item with the nth allocation failing (sticky: and all
+ * after it), on a fresh store: AS_ENOMEM and nothing held, or a success
+ * that restores like a twin's; the item stored before intact, and the
+ * store still saving. Returns whether the failure was reached. */
+static bool save_once(void (*setup)(item *, const char *), const char *spec, long n,
+                      bool sticky, int *nfail)
+{
+    item it;
+    setup(&it, spec);                           /* reference, on a twin store */
+    assert_int_equal(as_store_save(it.s, &it.info, &it.src, &it.h), 0);
+    float *ref = malloc(sizeof(float) * it.n), *got = malloc(sizeof(float) * it.n);
+    it.got = ref;
+    assert_int_equal(call(&it, CALL_RESTORE), 0);
+    item_free(&it);
+
+    int64_t held = thread_held();
+    setup(&it, spec);
+    as_tensor ks = kept_shape(&it);
+    as_arena *a = as_store_arena(it.s);
+    uint64_t base = live(it.s);
+    as__arena_fault_set(a, n, sticky);
+    int rc = as_store_save(it.s, &it.info, &it.src, &it.h);
+    bool reached = sticky ? as__arena_fault_left(a) == 1 : as__arena_fault_left(a) == 0;
+    as__arena_fault_set(a, 0, false);
+    if (rc) {
+        if (rc != AS_ENOMEM)
+            fail_msg("%s save, allocation %ld failing: %s (%s)", spec, n, as_strerror(rc),
+                     as_store_last_error(it.s));
+        assert_true(as_handle_is_null(it.h));
+        if (live(it.s) != base)
+            fail_msg("%s save, allocation %ld failing: live %llu, was %llu", spec, n,
+                     (unsigned long long)live(it.s), (unsigned long long)base);
+        ++*nfail;
+        assert_int_equal(as_store_save(it.s, &it.info, &it.src, &it.h), 0);
+    }
+    assert_kept(&it, &ks);
+    it.got = got;
+    if (call(&it, CALL_RESTORE))
+        fail_msg("%s save, allocation %ld failing (rc %d), restore: %s", spec, n, rc,
+                 as_store_last_error(it.s));
+    assert_memory_equal(got, ref, it.n * sizeof(float));
+    assert_int_equal(as_store_release(it.s, it.h), 0);
+    item_free(&it);
+    assert_nothing_held(held, spec, "save", n);
+    free(ref);
+    free(got);
+    return reached;
+}
+
+static void save_loop(void (*setup)(item *, const char *), const char *spec)
+{
+    int nfail = 0;
+    long n = 1;
+    while (save_once(setup, spec, n, false, &nfail))
+        n++;
+    long allocs = n - 1;
+    for (long k = 1; k <= allocs; k++)
+        save_once(setup, spec, k, true, &nfail);
+    fprintf(stderr, "%-36s %-12s %ld allocations, %d failures returned\n", spec, "save",
+            allocs, nfail);
+    assert_true(allocs >= 1);
+}
+
+/* release and step_end never fail and give back everything the item and
+ * its decodes held, whatever allocation fails meanwhile. */
+static void release_and_step_end(void (*setup)(item *, const char *), const char *spec)
+{
+    item it;
+    setup(&it, spec);
+    as_tensor ks = kept_shape(&it);
+    as_arena *a = as_store_arena(it.s);
+    uint64_t base = live(it.s);
+    float *got = malloc(sizeof(float) * it.n);
+    it.got = got;
+    it.dy = calloc(it.n, sizeof(float));
+    for (int round = 0; round < 2; round++) {
+        if (round)
+            as_store_step_begin(it.s, 1);
+        assert_int_equal(as_store_save(it.s, &it.info, &it.src, &it.h), 0);
+        for (int c = 0; c < NCALL; c++)
+            if ((c != CALL_BACKWARD || it.softmax) && call(&it, c))
+                fail_msg("%s %s: %s", spec, call_name[c], as_store_last_error(it.s));
+        as__arena_fault_set(a, 1, true);
+        if (round)
+            as_store_step_end(it.s);
+        else
+            assert_int_equal(as_store_release(it.s, it.h), 0);
+        as__arena_fault_set(a, 0, false);
+        as__mat_drop_all(it.s, true);
+        if (live(it.s) != base)
+            fail_msg("%s %s with every allocation failing: live %llu, was %llu", spec,
+                     round ? "step_end" : "release", (unsigned long long)live(it.s),
+                     (unsigned long long)base);
+        assert_kept(&it, &ks);
+    }
+    item_free(&it);
+    free(got);
+}
+
 static void test_fault_invert(void **st)
 {
     (void)st;
     static const char *const specs[] = {"conv_input=invert::cache; default=keep",
                                         "conv_input=invert::stream:q16; default=keep"};
     for (size_t k = 0; k < 2; k++) {
+        save_loop(setup_conv, specs[k]);
         loop(save_conv, specs[k], CALL_RESTORE);
         loop(save_conv, specs[k], CALL_VIEW);
+        release_and_step_end(setup_conv, specs[k]);
     }
 }
 
@@ -242,10 +418,14 @@ static void test_fault_softmax(void **st)
     (void)st;
     static const char *const specs[] = {"softmax=soa:3; default=keep",
                                         "softmax=solog:3; default=keep",
-                                        "softmax=sotk:8:3; default=keep"};
-    for (size_t k = 0; k < 3; k++)
+                                        "softmax=sotk:8:3; default=keep",
+                                        "softmax=sotk:8:3:0.9; default=keep"};
+    for (size_t k = 0; k < 4; k++) {
+        save_loop(setup_softmax, specs[k]);
         for (int c = 0; c < NCALL; c++)
             loop(save_softmax, specs[k], c);
+        release_and_step_end(setup_softmax, specs[k]);
+    }
 }
 
 int main(void)

@@ -209,12 +209,15 @@ void as__http_sweep(as_service *svc)
         if (c->draining) {
             if (now - c->drain_since_ns > 2000000000ull)
                 as__conn_close(c);
-        } else if (!c->sse && c->in_message && now - c->msg_start_ns > idle) {
-            /* a request trickling in (slowloris) gets the same deadline as
-             * an idle connection, however often it sends a byte */
-            respond_error(c, 408, "request not completed in time");
         } else if (!c->sse && now - c->last_active_ns > idle) {
-            as__conn_close(c);
+            /* The deadline runs from the last completed request (or the
+             * connect), however often bytes come. A request trickling in
+             * (slowloris) is answered 408 and half-closed, never cut with
+             * its bytes unread: that close would reset the connection. */
+            if (c->in_message)
+                respond_error(c, 408, "request not completed in time");
+            else
+                as__conn_close(c);
         }
     }
 }

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "store/policies/invert/impl.h"
+#include "allocator/fault.h"
 
 /* x = G^-1 z at one frequency by substitution with G = L L^H (lr, li:
  * Cin x Cin, lower, diagonal = 1 / L_ii; s = -1: the conjugate, for the
@@ -218,10 +219,10 @@ int as__civ_c1_prepare(as__civ *ci, const float *w, size_t so, size_t st,
     const int cout = ci->g.cout;
     const size_t nf = (size_t)ci->P * ci->Qh;
     ci->c1_ok = 0;
-    float *wv = malloc(sizeof(float) * nf * ((size_t)cout + 1));
-    double *g = malloc(sizeof(double) * (nf + 2 * ((size_t)ci->Qh * ci->g.kw +
+    float *wv = as__fmalloc(sizeof(float) * nf * ((size_t)cout + 1));
+    double *g = as__fmalloc(sizeof(double) * (nf + 2 * ((size_t)ci->Qh * ci->g.kw +
                                                  (size_t)ci->P * ci->g.kh)));
-    unsigned char *used = malloc((size_t)cout);
+    unsigned char *used = as__fmalloc((size_t)cout);
     if (!wv || !g || !used) {
         free(wv), free(g), free(used);
         return AS_ENOMEM;

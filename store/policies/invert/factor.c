@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "store/policies/invert/impl.h"
+#include "allocator/fault.h"
 
 #define LANES 8
 #define POWER_ITERS 8
@@ -117,7 +118,7 @@ int as__civ_gram(const as__civ_geom *g, const float *w, double *R)
 {
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
     const size_t NRp = (size_t)ci * kh * kw + 16;
-    double *wd = calloc((size_t)co * NRp + 8 * NRp, sizeof(double));
+    double *wd = as__fcalloc((size_t)co * NRp + 8 * NRp, sizeof(double));
     if (!wd)
         return AS_ENOMEM;
     memset(R, 0, sizeof(double) * as__civ_gram_len(g));
@@ -141,7 +142,7 @@ static int gram_dft(const as__civ_geom *g, int Q, const float *w, const double *
     double *Rown = NULL;
     const double *R = Rin;
     if (!R) {
-        if (!(Rown = malloc(sizeof(double) * as__civ_gram_len(g))) ||
+        if (!(Rown = as__fmalloc(sizeof(double) * as__civ_gram_len(g))) ||
             as__civ_gram(g, w, Rown)) {
             free(Rown);
             return AS_ENOMEM;
@@ -195,17 +196,17 @@ static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
     fc->nf = (size_t)P * Qh;
     /* T[kq][o][c][u] = sum_v W[o,c,u,v] e^{-2 pi i kq (kw-1-v)/Q}: the
      * column DFT of the kernel, shared by every kp. */
-    fc->T = malloc(sizeof(double) * 2 * (need_a ? (size_t)Qh * co * ci * kh : 1));
+    fc->T = as__fmalloc(sizeof(double) * 2 * (need_a ? (size_t)Qh * co * ci * kh : 1));
     /* tw[kp][d] = e^{2 pi i kp (d - (kh-1)) / P}, d < 2kh-1: the row
      * twiddles of A (d <= kh-1) and of the Gram matrix */
-    fc->tw = malloc(sizeof(double) * 2 * (size_t)P * (2 * kh - 1));
-    fc->A = malloc(sizeof(lanes_c) * (size_t)co * ci);   /* (Cout, Cin) */
-    fc->L = malloc(sizeof(lanes_c) * (size_t)ci * ci);   /* (Cin, Cin) */
-    fc->v = malloc(sizeof(lanes_c) * (size_t)ci * 4);    /* vectors */
+    fc->tw = as__fmalloc(sizeof(double) * 2 * (size_t)P * (2 * kh - 1));
+    fc->A = as__fmalloc(sizeof(lanes_c) * (size_t)co * ci);   /* (Cout, Cin) */
+    fc->L = as__fmalloc(sizeof(lanes_c) * (size_t)ci * ci);   /* (Cin, Cin) */
+    fc->v = as__fmalloc(sizeof(lanes_c) * (size_t)ci * 4);    /* vectors */
     /* Tg[kq][ij][du] for the Gram matrix (see gram_dft), lower triangle
      * i >= j, du in [-(kh-1), kh-1]. */
     const size_t npair = (size_t)ci * (ci + 1) / 2, nd = 2 * (size_t)kh - 1;
-    fc->Tg = malloc(sizeof(double) * 2 * (size_t)Qh * npair * nd);
+    fc->Tg = as__fmalloc(sizeof(double) * 2 * (size_t)Qh * npair * nd);
     if (!fc->T || !fc->A || !fc->L || !fc->v || !fc->Tg || !fc->tw) {
         as__civ_factor_end(fc);
         return AS_ENOMEM;

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "store/policies/invert/conv_invert.h"
+#include "allocator/fault.h"
 
 int as__civ_fft_good_size(int n)
 {
@@ -56,7 +57,7 @@ int as__civ_fft_init(as__civ_fft *f, int n, int sign)
         f->fact[k++] = 1;
     }
     f->nfact = k / 2;
-    f->tw = malloc(sizeof(float) * 2 * (size_t)n);
+    f->tw = as__fmalloc(sizeof(float) * 2 * (size_t)n);
     if (!f->tw)
         return AS_ENOMEM;
     for (int j = 0; j < n; j++) {

@@ -65,6 +65,7 @@
 
 #include "store/policies/invert/conv_invert.h"
 #include "store/store_internal.h"
+#include "allocator/fault.h"
 
 typedef struct inv_entry {
     struct inv_entry *next;
@@ -186,7 +187,7 @@ static int inv_parse(const char *args, size_t len, void **params, char *err,
             return parse_err(err, errlen, err_off, (size_t)(f - buf),
                              "expected a frame precision: auto, f32 or q16");
     }
-    inv_params *p = calloc(1, sizeof *p);
+    inv_params *p = as__fcalloc(1, sizeof *p);
     if (!p)
         return AS_ENOMEM;
     p->cond_max = cm;
@@ -231,7 +232,7 @@ static int entry_get(inv_params *p, const char *layer, const as__civ_geom *g,
             break;
     int rc = 0;
     if (!e) {
-        e = calloc(1, sizeof *e);
+        e = as__fcalloc(1, sizeof *e);
         if (!e) {
             rc = AS_ENOMEM;
             goto out;
@@ -445,7 +446,7 @@ static int derivable(as_pctx *ctx, const as_save_info *info, const as_tensor *t)
 static int encode_derived(as_pctx *ctx, inv_params *p, const as_save_info *info,
                           const as_tensor *t, void **state)
 {
-    inv_state *st = calloc(1, sizeof *st);
+    inv_state *st = as__fcalloc(1, sizeof *st);
     if (!st)
         return AS_ENOMEM;
     int rc = as_policy_recompute.encode(ctx, NULL, info, t, &st->derived);
@@ -597,7 +598,7 @@ static int inv_encode(as_pctx *ctx, const void *params,
     if (rc < 0 && !verify)
         return rc;
 
-    inv_state *st = calloc(1, sizeof *st);
+    inv_state *st = as__fcalloc(1, sizeof *st);
     if (!st)
         return AS_ENOMEM;
     st->e = e;

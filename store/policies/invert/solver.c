@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "store/policies/invert/impl.h"
+#include "allocator/fault.h"
 
 #define WHY(...) do { if (why && whylen) snprintf(why, whylen, __VA_ARGS__); } while (0)
 
@@ -20,7 +21,7 @@ int as__civ_create(const as__civ_geom *g, const as__civ_cfg *cfg,
     int rc = as__civ_check(g, why, whylen);
     if (rc)
         return rc;
-    as__civ *ci = calloc(1, sizeof *ci);
+    as__civ *ci = as__fcalloc(1, sizeof *ci);
     if (!ci)
         return AS_ENOMEM;
     ci->g = *g;
@@ -44,10 +45,10 @@ int as__civ_create(const as__civ_geom *g, const as__civ_cfg *cfg,
         as__civ_destroy(ci);
         return AS_ENOMEM;
     }
-    ci->wt = malloc(sizeof(float) * (size_t)g->kh * g->kw * g->cout * g->cin);
+    ci->wt = as__fmalloc(sizeof(float) * (size_t)g->kh * g->kw * g->cout * g->cin);
     if (g->cin == 1 && !ci->pointwise) {
-        ci->c1_gi = malloc(sizeof(float) * (size_t)ci->P * ci->Qh);
-        ci->c1_sel = malloc(sizeof(int) * (size_t)g->cout);
+        ci->c1_gi = as__fmalloc(sizeof(float) * (size_t)ci->P * ci->Qh);
+        ci->c1_sel = as__fmalloc(sizeof(int) * (size_t)g->cout);
     }
     if (!ci->wt || (g->cin == 1 && !ci->pointwise && (!ci->c1_gi || !ci->c1_sel))) {
         as__civ_destroy(ci);
@@ -114,7 +115,7 @@ static const double *gram_of(as__civ *ci, const float *w, uint64_t version)
 {
     if (ci->gram_ok && ci->gram_version == version)
         return ci->gram;
-    if (!ci->gram && !(ci->gram = malloc(sizeof(double) * as__civ_gram_len(&ci->g))))
+    if (!ci->gram && !(ci->gram = as__fmalloc(sizeof(double) * as__civ_gram_len(&ci->g))))
         return NULL;
     ci->gram_ok = 0;
     if (as__civ_gram(&ci->g, w, ci->gram))
@@ -182,8 +183,8 @@ static int check_and_reference(as__civ *ci, const float *w, uint64_t version, do
     const as__civ_geom *g = &ci->g;
     const size_t nw = (size_t)g->cout * g->cin * g->kh * g->kw, nf = (size_t)ci->P * ci->Qh;
     if (!ci->cfg.no_bound && !ci->ref_w) {
-        ci->ref_w = malloc(sizeof(float) * nw);
-        ci->ref_eig = malloc(sizeof(double) * 2 * nf);
+        ci->ref_w = as__fmalloc(sizeof(float) * nw);
+        ci->ref_eig = as__fmalloc(sizeof(double) * 2 * nf);
     }
     const int keep = !ci->cfg.no_bound && ci->ref_w && ci->ref_eig;
     ci->ref_ok = 0;
@@ -269,7 +270,7 @@ int as__civ_prepare(as__civ *ci, const float *w, uint64_t version,
     as__civ_trim(ci);
     double t0 = as__civ_now_ms();
     size_t mlen = (size_t)ci->P * ci->Qh * 2 * g->cin * g->cout;
-    ci->m = malloc(sizeof(float) * mlen);
+    ci->m = as__fmalloc(sizeof(float) * mlen);
     if (!ci->m)
         return AS_ENOMEM;
     /* The condition number comes along when this version was not checked
@@ -414,7 +415,7 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
         float *mbuf;
         if (ci->ext_work && ci->ext_bytes >= pass + sfb)
             mbuf = (float *)((char *)ci->ext_work + pass);
-        else if (!(mbuf = mown = malloc(sfb))) {
+        else if (!(mbuf = mown = as__fmalloc(sfb))) {
             as__civ_factor_end(&fc);
             return AS_ENOMEM;
         }

@@ -12,6 +12,7 @@
 
 #include "actstore/common.h"
 #include "store/policies/softmax/softmax.h"
+#include "allocator/fault.h"
 
 /* ---- half floats ------------------------------------------------------------ */
 
@@ -226,7 +227,7 @@ int as__sm_work_init(as__sm_work *w, size_t len)
     /* doubles first (8-byte aligned), then the 4-byte arrays, bytes last */
     size_t bytes = c * (L * sizeof(double) + L * sizeof(float) +
                         4 * sizeof(uint32_t) + sizeof(float) + 1);
-    uint8_t *m = malloc(bytes);
+    uint8_t *m = as__fmalloc(bytes);
     if (!m)
         return AS_ENOMEM;
     w->cap = c;

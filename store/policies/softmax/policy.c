@@ -25,6 +25,7 @@
 
 #include "store/policies/softmax/softmax.h"
 #include "store/policy.h"
+#include "allocator/fault.h"
 
 typedef struct sm_pol {
     as__sm_params p;
@@ -50,7 +51,7 @@ static int sm_pol_parse(const char *name, const char *args, size_t len,
         memcpy(spec + sl, args, len);
         sl += len;
     }
-    sm_pol *pp = calloc(1, sizeof *pp);
+    sm_pol *pp = as__fcalloc(1, sizeof *pp);
     if (!pp)
         return AS_ENOMEM;
     size_t off = 0;
@@ -163,7 +164,7 @@ static int sm_pol_encode(as_pctx *ctx, const void *params,
      * the rows took, not the bound */
     bool exact = !(pp->p.kind == AS_SM_TOPK && pp->p.mass > 0.0f);
     void *tmp = NULL, *blob = NULL;
-    if (!exact && !(tmp = malloc(bound)))
+    if (!exact && !(tmp = as__fmalloc(bound)))
         return AS_ENOMEM;
     if (exact && (rc = as_pctx_alloc(ctx, bound, &blob)) < 0)
         return rc;

@@ -31,6 +31,7 @@
 #include "actstore/common.h"
 #include "store/policies/quant.h"
 #include "store/policies/softmax/softmax.h"
+#include "allocator/fault.h"
 
 #define SM_MAGIC   0x4d535341u   /* "ASSM" little endian */
 #define SM_VERSION 2u
@@ -639,7 +640,7 @@ int as__sm_pt_matmul(const void *blob, int64_t blk, const float *dout,
     rc = sm_open(blob, blk * v.queries, v.queries, &v, &w);
     if (rc)
         return rc;
-    float *row = malloc((size_t)v.len * sizeof *row);
+    float *row = as__fmalloc((size_t)v.len * sizeof *row);
     if (!row) {
         as__sm_work_free(&w);
         return AS_ENOMEM;
