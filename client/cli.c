@@ -3,6 +3,7 @@
 #include "layers/data.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stddef.h>
 #include <math.h>
 #include <stdarg.h>
@@ -42,6 +43,20 @@ bool as_cli_is_help(const char *arg)
     return arg && (!strcmp(arg, "-h") || !strcmp(arg, "--help"));
 }
 
+void as_cli_list_subs(FILE *f, const as_cli_sub *cmds, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        fprintf(f, "  %-8s %s\n", cmds[i].name, cmds[i].summary);
+}
+
+const as_cli_sub *as_cli_find_sub(const as_cli_sub *cmds, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(name, cmds[i].name))
+            return &cmds[i];
+    return NULL;
+}
+
 double as_cli_jnum(const cJSON *o, const char *k, double dflt)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
@@ -52,6 +67,12 @@ const char *as_cli_jstr(const cJSON *o, const char *k, const char *dflt)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
     return cJSON_IsString(v) ? v->valuestring : dflt;
+}
+
+void as_cli_add_nums(cJSON *o, const as_cli_num *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        cJSON_AddNumberToObject(o, rows[i].key, rows[i].v);
 }
 
 int as_cli_write_json(const char *cmd, const char *path, const cJSON *json)
@@ -102,6 +123,30 @@ int as_cli_parse_u64(const char *cmd, const char *opt, const char *val,
     return 0;
 }
 
+int as_cli_parse_u64_in(const char *cmd, const char *opt, const char *val,
+                        unsigned long long lo, unsigned long long hi, unsigned long long *out)
+{
+    unsigned long long x;
+    if (as_cli_parse_u64(cmd, opt, val, &x))
+        return -1;
+    if (x < lo || x > hi) {
+        if (hi < ULLONG_MAX)
+            as_cli_usage(cmd, "%s %llu out of range %llu..%llu", opt, x, lo, hi);
+        else
+            as_cli_usage(cmd, "%s %llu out of range: at least %llu", opt, x, lo);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+const char *as_cli_flag_value(int argc, char **argv, int *i, const char *flag)
+{
+    if (*i + 1 >= argc || strcmp(argv[*i], flag))
+        return NULL;
+    return argv[++*i];
+}
+
 int as_cli_parse_bytes(const char *cmd, const char *opt, const char *val,
                        unsigned long long *out)
 {
@@ -147,6 +192,20 @@ int as_cli_parse_double(const char *cmd, const char *opt, const char *val,
     return 0;
 }
 
+int as_cli_parse_double_in(const char *cmd, const char *opt, const char *val,
+                           double lo, double hi, double *out)
+{
+    double x;
+    if (as_cli_parse_double(cmd, opt, val, &x))
+        return -1;
+    if (!(x > lo && x <= hi)) {
+        as_cli_usage(cmd, "%s %g out of range (%g, %g]", opt, x, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
 bool as_cli_stdout_is_tty(void)
 {
     const char *term = getenv("TERM");
@@ -171,7 +230,9 @@ char *as_cli_human_bytes(double bytes, char *buf, size_t n)
 /* ---- the run commands' option table (cli_opts.def) ---- */
 
 enum { TRAIN = AS_CLI_TRAIN, AB = AS_CLI_AB, DEMO = AS_CLI_DEMO };
-enum opt_type { STR, U64, BYTES, DBL, FLAG };
+enum opt_type {
+    STR = AS_CLI_STR, U64 = AS_CLI_U64, BYTES = AS_CLI_BYTES, DBL = AS_CLI_DBL, FLAG = AS_CLI_FLAG
+};
 
 typedef struct opt_row {
     const char   *flag, *arg, *help;
@@ -226,69 +287,82 @@ static void print_usage(const as_cli_cmd *cmd, const as_cli_opts *d)
     fputs(cmd->outro, stdout);
 }
 
-/* Parse one value into its field; prints a usage message on error. */
-static int opt_set(const as_cli_cmd *cmd, const opt_row *r, const char *v, as_cli_opts *o)
+/* Parse v as a value of type into p (not FLAG); prints a usage message
+ * naming flag on error. */
+static int set_value(const char *cmd, const char *flag, int type, double lo, double hi,
+                     const char *v, void *p)
 {
-    void *p = (char *)o + r->off;
-    if (r->type == STR) {
+    if (type == STR) {
         *(const char **)p = v;
         return 0;
     }
-    if (r->type == BYTES)
-        return as_cli_parse_bytes(cmd->name, r->flag, v, (unsigned long long *)p);
-    if (r->type == U64) {
-        unsigned long long x;
-        if (as_cli_parse_u64(cmd->name, r->flag, v, &x))
-            return -1;
-        if (x < (unsigned long long)r->lo || (r->hi > 0 && x > (unsigned long long)r->hi)) {
-            if (r->hi > 0)
-                as_cli_usage(cmd->name, "%s %llu out of range %.0f..%.0f", r->flag, x, r->lo,
-                             r->hi);
-            else
-                as_cli_usage(cmd->name, "%s %llu out of range: at least %.0f", r->flag, x,
-                             r->lo);
-            return -1;
+    if (type == BYTES)
+        return as_cli_parse_bytes(cmd, flag, v, (unsigned long long *)p);
+    if (type == U64)
+        return as_cli_parse_u64_in(cmd, flag, v, (unsigned long long)lo,
+                                   hi > 0 ? (unsigned long long)hi : ULLONG_MAX,
+                                   (unsigned long long *)p);
+    return as_cli_parse_double_in(cmd, flag, v, lo, hi, (double *)p);
+}
+
+/* The loop of both parsers: AS_CLI_RUN, AS_EXIT_USAGE after a message, or
+ * AS_EXIT_OK on -h / --help (the caller prints its usage). seen: NULL, or
+ * one flag per row, set when the row is given. */
+static int parse_rows(const char *cmd, const as_cli_flag *rows, size_t n, bool *seen,
+                      int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (as_cli_is_help(a))
+            return AS_EXIT_OK;
+        const as_cli_flag *r = rows;
+        while (r < rows + n && strcmp(a, r->flag))
+            r++;
+        if (r == rows + n) {
+            if (strncmp(a, "--", 2))
+                return as_cli_usage(cmd, "unexpected argument '%s'", a);
+            return as_cli_usage(cmd, "unknown option '%s'", a);
         }
-        *(unsigned long long *)p = x;
-        return 0;
+        if (seen)
+            seen[r - rows] = true;
+        if (r->type == AS_CLI_FLAG) {
+            *(bool *)r->out = true;
+            continue;
+        }
+        if (i + 1 >= argc)
+            return as_cli_usage(cmd, "%s needs a value", a);
+        if (set_value(cmd, r->flag, r->type, r->lo, r->hi, argv[++i], r->out))
+            return AS_EXIT_USAGE;
     }
-    double x;
-    if (as_cli_parse_double(cmd->name, r->flag, v, &x))
-        return -1;
-    if (!(x > r->lo && x <= r->hi)) {
-        as_cli_usage(cmd->name, "%s %g out of range (%g, %g]", r->flag, x, r->lo, r->hi);
-        return -1;
-    }
-    *(double *)p = x;
-    return 0;
+    return AS_CLI_RUN;
+}
+
+int as_cli_parse_flags(const char *cmd, const as_cli_flag *rows, size_t n,
+                       void (*usage)(FILE *f), int argc, char **argv)
+{
+    int rc = parse_rows(cmd, rows, n, NULL, argc, argv);
+    if (rc == AS_EXIT_OK)
+        usage(stdout);
+    return rc;
 }
 
 int as_cli_parse_opts(const as_cli_cmd *cmd, int argc, char **argv, as_cli_opts *o)
 {
     const as_cli_opts defaults = *o;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (as_cli_is_help(a)) {
-            print_usage(cmd, &defaults);
-            return AS_EXIT_OK;
+    as_cli_flag rows[AS_OPT_COUNT];
+    size_t id[AS_OPT_COUNT], n = 0;
+    bool seen[AS_OPT_COUNT] = {false};
+    for (size_t k = 0; k < AS_OPT_COUNT; k++)
+        if (opt_rows[k].cmds & cmd->bit) {
+            const opt_row *r = &opt_rows[k];
+            rows[n] = (as_cli_flag){r->flag, (as_cli_type)r->type, (char *)o + r->off,
+                                    r->lo, r->hi};
+            id[n++] = k;
         }
-        const opt_row *r = opt_rows;
-        while (r < opt_rows + AS_OPT_COUNT && (!(r->cmds & cmd->bit) || strcmp(a, r->flag)))
-            r++;
-        if (r == opt_rows + AS_OPT_COUNT) {
-            if (strncmp(a, "--", 2))
-                return as_cli_usage(cmd->name, "unexpected argument '%s'", a);
-            return as_cli_usage(cmd->name, "unknown option '%s'", a);
-        }
-        o->seen[r - opt_rows] = true;
-        if (r->type == FLAG) {
-            *(bool *)(void *)((char *)o + r->off) = true;
-            continue;
-        }
-        if (i + 1 >= argc)
-            return as_cli_usage(cmd->name, "%s needs a value", a);
-        if (opt_set(cmd, r, argv[++i], o))
-            return AS_EXIT_USAGE;
-    }
-    return AS_CLI_RUN;
+    int rc = parse_rows(cmd->name, rows, n, seen, argc, argv);
+    for (size_t k = 0; k < n; k++)
+        o->seen[id[k]] |= seen[k];
+    if (rc == AS_EXIT_OK)
+        print_usage(cmd, &defaults);
+    return rc;
 }

@@ -15,6 +15,19 @@ enum { AS_EXIT_OK = 0, AS_EXIT_FAIL = 1, AS_EXIT_USAGE = 2 };
 /* A subcommand: argv[0] is the subcommand's own name. Returns an exit code. */
 typedef int (*as_cmd_fn)(int argc, char **argv);
 
+/* One row of a subcommand table (the command's, actstore-bench's). */
+typedef struct as_cli_sub {
+    const char *name;
+    as_cmd_fn   fn;
+    const char *summary;   /* one line for the usage text */
+} as_cli_sub;
+
+/* Print "  NAME     SUMMARY" for each of the n rows to f. */
+void as_cli_list_subs(FILE *f, const as_cli_sub *cmds, size_t n);
+
+/* The row named name, or NULL. */
+const as_cli_sub *as_cli_find_sub(const as_cli_sub *cmds, size_t n, const char *name);
+
 /* Print "actstore <cmd>: <message>" and a hint to run --help to stderr;
  * returns AS_EXIT_USAGE. */
 int as_cli_usage(const char *cmd, const char *fmt, ...)
@@ -26,6 +39,15 @@ int as_cli_fail(const char *cmd, const char *fmt, ...)
 
 /* Is argv[i] one of "-h", "--help"? */
 bool as_cli_is_help(const char *arg);
+
+/* A named number of a JSON object. */
+typedef struct as_cli_num {
+    const char *key;
+    double      v;
+} as_cli_num;
+
+/* Add the n rows to o as number members, in order. */
+void as_cli_add_nums(cJSON *o, const as_cli_num *rows, size_t n);
 
 /* Write json (pretty-printed) to path ("-" = stdout). Returns 0 or -1 with
  * a message on stderr naming the path. Does not free json. */
@@ -42,6 +64,36 @@ int as_cli_parse_u64(const char *cmd, const char *opt, const char *val,
                      unsigned long long *out);
 int as_cli_parse_double(const char *cmd, const char *opt, const char *val,
                         double *out);
+
+/* The same with a range check, lo <= v <= hi (u64) or lo < v <= hi
+ * (double); out of range is a usage message with the range and -1. */
+int as_cli_parse_u64_in(const char *cmd, const char *opt, const char *val,
+                        unsigned long long lo, unsigned long long hi, unsigned long long *out);
+int as_cli_parse_double_in(const char *cmd, const char *opt, const char *val,
+                           double lo, double hi, double *out);
+
+/* An option with a value: when argv[*i] is flag and a value follows, step
+ * *i to the value and return it; NULL otherwise. */
+const char *as_cli_flag_value(int argc, char **argv, int *i, const char *flag);
+
+/* The options of a benchmark, one row each: the flag, the type of its value
+ * and where it goes (STR: const char *, U64 and BYTES: unsigned long long,
+ * DBL: double, FLAG: bool, set without a value), and the range of numbers
+ * (U64: lo <= v <= hi, hi 0 = no bound; DBL: lo < v <= hi). */
+typedef enum { AS_CLI_STR, AS_CLI_U64, AS_CLI_BYTES, AS_CLI_DBL, AS_CLI_FLAG } as_cli_type;
+typedef struct as_cli_flag {
+    const char *flag;
+    as_cli_type type;
+    void       *out;
+    double      lo, hi;
+} as_cli_flag;
+
+/* Parse argv[1..] against the n rows. AS_CLI_RUN when the command should
+ * run; AS_EXIT_OK after -h / --help (usage(stdout) printed); AS_EXIT_USAGE
+ * after a message naming the bad argument (unknown option, missing or bad
+ * value). A row's value is written only when it parses. */
+int as_cli_parse_flags(const char *cmd, const as_cli_flag *rows, size_t n,
+                       void (*usage)(FILE *f), int argc, char **argv);
 
 /* Parse a byte count: an integer with an optional K, M or G suffix (powers
  * of 1024; "1.5G" allowed); on error prints a usage message naming the

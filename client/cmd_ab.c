@@ -77,6 +77,7 @@ static int cmd_merge(int argc, char **argv)
     const char *out = "ab-report", *json = NULL, *dirs[64];
     size_t nd = 0;
     for (int i = 2; i < argc; i++) {
+        const char *v;
         if (as_cli_is_help(argv[i])) {
             printf("usage: actstore ab merge DIR... [--out DIR] [--json FILE]\n\n"
                    "Combine the reports of the shards of one comparison (each DIR holds\n"
@@ -85,10 +86,10 @@ static int cmd_merge(int argc, char **argv)
                    "Writes report.json, report.md and SVG plots to --out (default\n"
                    "ab-report). Exit status: 0 ok, 1 failure, 2 usage.\n");
             return AS_EXIT_OK;
-        } else if (!strcmp(argv[i], "--out") && i + 1 < argc) {
-            out = argv[++i];
-        } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
-            json = argv[++i];
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--out"))) {
+            out = v;
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--json"))) {
+            json = v;
         } else if (argv[i][0] == '-' || nd == 64) {
             return as_cli_usage("ab", "merge: unexpected argument '%s'", argv[i]);
         } else {

@@ -401,15 +401,16 @@ int as_cmd_top(int argc, char **argv)
     const char *addrs[64];
     int naddr = 0;
     for (int i = 1; i < argc; i++) {
+        const char *v;
         if (as_cli_is_help(argv[i])) {
             usage(stdout);
             free(st);
             return AS_EXIT_OK;
         } else if (!strcmp(argv[i], "--once")) {
             once = true;
-        } else if (!strcmp(argv[i], "--layers") && i + 1 < argc) {
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--layers"))) {
             unsigned long long n;
-            if (as_cli_parse_u64("top", "--layers", argv[++i], &n)) {
+            if (as_cli_parse_u64("top", "--layers", v, &n)) {
                 free(st);
                 return AS_EXIT_USAGE;
             }

@@ -9,11 +9,7 @@
 #include "cli.h"
 #include "layers/ops.h"
 
-static const struct {
-    const char *name;
-    as_cmd_fn   fn;
-    const char *summary;
-} commands[] = {
+static const as_cli_sub commands[] = {
     {"demo",  as_cmd_demo,  "A/B demo with the live dashboard (the main job)"},
     {"train", as_cmd_train, "train a model with a policy spec"},
     {"ab",    as_cmd_ab,    "paired A/B comparison of two policy specs"},
@@ -25,8 +21,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: actstore <command> [options]   (actstore <command> --help)\n\n"
                "commands:\n");
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
+    as_cli_list_subs(f, commands, sizeof commands / sizeof commands[0]);
     fprintf(f, "  %-8s %s\n", "version", "print the library version and the kernels in use");
 }
 
@@ -45,9 +40,9 @@ int main(int argc, char **argv)
         printf("actstore %s\n%s\n", as_version_string(), as_op_kernels_info());
         return AS_EXIT_OK;
     }
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(cmd, commands[i].name))
-            return commands[i].fn(argc - 1, argv + 1);
+    const as_cli_sub *c = as_cli_find_sub(commands, sizeof commands / sizeof commands[0], cmd);
+    if (c)
+        return c->fn(argc - 1, argv + 1);
     fprintf(stderr, "actstore: unknown command '%s'\n", cmd);
     usage(stderr);
     return AS_EXIT_USAGE;

@@ -52,18 +52,16 @@ cJSON *as_cli_plan_json(const as_store_plan *p)
     cJSON *a = cJSON_AddArrayToObject(j, "layers");
     for (size_t i = 0; i < p->n; i++) {
         const as_store_plan_entry *e = &p->entries[i];
+        const as_cli_num nums[] = {
+            {"raw_bytes", (double)e->raw_bytes}, {"stored_bytes", (double)e->stored_bytes},
+            {"rel_error", e->rel_error}, {"cosine", e->cosine}, {"time_ns", e->time_ns},
+            {"weight", e->weight}, {"items", e->items}, {"candidates", e->candidates},
+        };
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "layer", e->layer);
         cJSON_AddStringToObject(o, "kind", as_kind_name(e->kind));
         cJSON_AddStringToObject(o, "policy", e->policy);
-        cJSON_AddNumberToObject(o, "raw_bytes", (double)e->raw_bytes);
-        cJSON_AddNumberToObject(o, "stored_bytes", (double)e->stored_bytes);
-        cJSON_AddNumberToObject(o, "rel_error", e->rel_error);
-        cJSON_AddNumberToObject(o, "cosine", e->cosine);
-        cJSON_AddNumberToObject(o, "time_ns", e->time_ns);
-        cJSON_AddNumberToObject(o, "weight", e->weight);
-        cJSON_AddNumberToObject(o, "items", e->items);
-        cJSON_AddNumberToObject(o, "candidates", e->candidates);
+        as_cli_add_nums(o, nums, sizeof nums / sizeof nums[0]);
         cJSON_AddItemToArray(a, o);
     }
     return j;

@@ -22,13 +22,31 @@ static void arm_name(const as_report *r, int a, const char *what, char *buf, siz
         snprintf(buf, n, "%s%s: %s", r->arm[a].label, what, s);
 }
 
-int as__report_plot_loss(const as_report *r, const size_t *idx, size_t np, const char *path)
+static size_t run_steps(const as_rep_run *run)
 {
-    long n = 0;
+    return run->steps_done > 0 ? (size_t)run->steps_done : 0;
+}
+
+static size_t run_ncos(const as_rep_run *run)
+{
+    return run->ncos;
+}
+
+/* The largest count get() gives over the np chosen runs of both arms. */
+static size_t runs_max(const as_report *r, const size_t *idx, size_t np,
+                       size_t (*get)(const as_rep_run *))
+{
+    size_t m = 0;
     for (size_t i = 0; i < np; i++)
         for (int a = 0; a < 2; a++)
-            if (r->arm[a].runs[idx[i]].steps_done > n)
-                n = r->arm[a].runs[idx[i]].steps_done;
+            if (get(&r->arm[a].runs[idx[i]]) > m)
+                m = get(&r->arm[a].runs[idx[i]]);
+    return m;
+}
+
+int as__report_plot_loss(const as_report *r, const size_t *idx, size_t np, const char *path)
+{
+    long n = (long)runs_max(r, idx, np, run_steps);
     long w = n / 40 < 1 ? 1 : n / 40 > 25 ? 25 : n / 40;
     double *x = calloc((size_t)(n ? n : 1), sizeof *x);
     double *y[2] = {calloc((size_t)(n ? n : 1), sizeof(double)),
@@ -152,11 +170,7 @@ int as__report_plot_kinds(const as_report *r, const size_t *idx, size_t np, cons
 
 int as__report_plot_cosine(const as_report *r, const size_t *idx, size_t np, const char *path)
 {
-    size_t nc = 0;
-    for (size_t i = 0; i < np; i++)
-        for (int a = 0; a < 2; a++)
-            if (r->arm[a].runs[idx[i]].ncos > nc)
-                nc = r->arm[a].runs[idx[i]].ncos;
+    size_t nc = runs_max(r, idx, np, run_ncos);
     double *x = calloc(nc ? nc : 1, sizeof *x);
     double *y[4] = {calloc(nc ? nc : 1, sizeof(double)), calloc(nc ? nc : 1, sizeof(double)),
                     calloc(nc ? nc : 1, sizeof(double)), calloc(nc ? nc : 1, sizeof(double))};

@@ -199,12 +199,8 @@ static int cnn_backward(as_nn_model *m_, as_nn_ctx *c)
     cnn *m = (cnn *)m_;
     const int N = m->B;
     int rc = 0;
-    as_block dl = {0}, d = {0}, dn = {0};
-    AS_TRY(grad_alloc(c, (size_t)N * 10, m->loss.id, &dl));
-    AS_TRY(as_nn_xent_bwd(c, &m->loss, AS_NN_F(dl)));
-    AS_TRY(grad_alloc(c, (size_t)N * m->feat, m->head.id, &d));
-    AS_TRY(as_nn_linear_bwd(c, &m->head, AS_NN_F(dl), AS_NN_F(d)));
-    as_nn_free(c, &dl);
+    as_block d = {0}, dn = {0};
+    AS_TRY(as_nn_head_bwd(c, &m->loss, &m->head, m->loss.id, &d));
     int li = m->nconv - 1;
     for (int s = m->cfg.nstages - 1; s >= 0; s--) {
         as_nn_pool *p = &m->pool[s];
@@ -235,7 +231,6 @@ static int cnn_backward(as_nn_model *m_, as_nn_ctx *c)
         }
     }
 out:
-    as_nn_free(c, &dl);
     as_nn_free(c, &d);
     as_nn_free(c, &dn);
     return rc;

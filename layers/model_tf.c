@@ -223,13 +223,9 @@ static int tf_backward(as_nn_model *m_, as_nn_ctx *c)
     tf *m = (tf *)m_;
     const int C = m->cfg.C, B = m->B, T = m->T, N = B * T;
     const int R = m->vit ? B : N, np = m->np, PP = m->P * m->P;
-    as_block dl = {0}, dh = {0}, dr = {0}, dx = {0};
+    as_block dh = {0}, dr = {0}, dx = {0};
     int rc = 0;
-    AS_TRY(falloc(c, (size_t)R * m->nout, AS_TAG_WORKSPACE, m->head.id, &dl));
-    AS_TRY(as_nn_xent_bwd(c, &m->loss, AS_NN_F(dl)));
-    AS_TRY(falloc(c, (size_t)R * C, AS_TAG_WORKSPACE, m->head.id, &dh));
-    AS_TRY(as_nn_linear_bwd(c, &m->head, AS_NN_F(dl), AS_NN_F(dh)));
-    as_nn_free(c, &dl);
+    AS_TRY(as_nn_head_bwd(c, &m->loss, &m->head, m->head.id, &dh));
     AS_TRY(falloc(c, (size_t)R * C, AS_TAG_WORKSPACE, m->lnf.id, &dr));
     AS_TRY(as_nn_layernorm_bwd(c, &m->lnf, AS_NN_F(dh), AS_NN_F(dr)));
     as_nn_free(c, &dh);
@@ -272,7 +268,6 @@ static int tf_backward(as_nn_model *m_, as_nn_ctx *c)
         AS_TRY(as_nn_embed_bwd(c, &m->emb, d));
     }
 out:
-    as_nn_free(c, &dl);
     as_nn_free(c, &dh);
     as_nn_free(c, &dr);
     as_nn_free(c, &dx);

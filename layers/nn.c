@@ -98,6 +98,24 @@ void as_nn_free(as_nn_ctx *c, as_block *b)
     memset(b, 0, sizeof *b);
 }
 
+int as_nn_head_bwd(as_nn_ctx *c, as_nn_xent *loss, as_nn_linear *head,
+                   uint16_t dl_layer, as_block *dx)
+{
+    as_block dl;
+    size_t rows = (size_t)loss->N;
+    int rc = as_nn_alloc(c, rows * (size_t)loss->V * sizeof(float), AS_TAG_WORKSPACE,
+                         dl_layer, false, &dl);
+    if (!rc)
+        rc = as_nn_xent_bwd(c, loss, AS_NN_F(dl));
+    if (!rc)
+        rc = as_nn_alloc(c, rows * (size_t)head->in * sizeof(float), AS_TAG_WORKSPACE,
+                         head->id, false, dx);
+    if (!rc)
+        rc = as_nn_linear_bwd(c, head, AS_NN_F(dl), AS_NN_F(*dx));
+    as_nn_free(c, &dl);
+    return rc;
+}
+
 as_tensor as_nn_tensor(const void *data, int dtype, int ndim,
                        const int64_t *shape)
 {
@@ -142,6 +160,15 @@ static int store_rc(as_nn_ctx *c, int rc, const char *layer, const char *what)
         return as_nn_fail(c, rc, "%s: %s: %s", layer, what,
                           as_store_last_error(c->store));
     return as_nn_fail(c, rc, "%s: %s", what, as_store_last_error(c->store));
+}
+
+/* store_rc for a save: the message names the layer and the kind. */
+static int save_rc(as_nn_ctx *c, int rc, const as_save_info *info, const char *what)
+{
+    if (rc >= 0)
+        return rc;
+    return as_nn_fail(c, rc, "%s: %s (%s): %s", info->layer, what, as_kind_name(info->kind),
+                      as_store_last_error(c->store));
 }
 
 static int table_slot(as_nn_ctx *c, as_handle h, const char *layer,
@@ -192,14 +219,8 @@ int as_nn_save(as_nn_ctx *c, const as_save_info *info, const as_tensor *t,
     *h = AS_HANDLE_NULL;
     if (!c->training)
         return 0;
-    if (c->store) {
-        int rc = as_store_save(c->store, info, t, h);
-        if (rc)
-            return as_nn_fail(c, rc, "%s: save (%s): %s", info->layer,
-                              as_kind_name(info->kind),
-                              as_store_last_error(c->store));
-        return 0;
-    }
+    if (c->store)
+        return save_rc(c, as_store_save(c->store, info, t, h), info, "save");
     return table_save(c, info, t, h);
 }
 
@@ -214,12 +235,7 @@ int as_nn_save_rows_begin(as_nn_ctx *c, const as_save_info *info,
         shape.data = NULL;
         return table_save(c, info, &shape, h);
     }
-    int rc = as_store_save_rows_begin(c->store, info, t, h);
-    if (rc)
-        return as_nn_fail(c, rc, "%s: save rows (%s): %s", info->layer,
-                          as_kind_name(info->kind),
-                          as_store_last_error(c->store));
-    return 0;
+    return save_rc(c, as_store_save_rows_begin(c->store, info, t, h), info, "save rows");
 }
 
 int as_nn_save_rows_append(as_nn_ctx *c, as_handle h, const char *layer,

@@ -335,6 +335,12 @@ int as_nn_xent_fwd(as_nn_ctx *c, as_nn_xent *l, int N, int V,
                    const float *logits, const int32_t *targets, double *loss,
                    int *ncorrect);
 int as_nn_xent_bwd(as_nn_ctx *c, as_nn_xent *l, float *dlogits);
+/* Backward of the loss and of the linear head that feeds it, the start of
+ * every model's backward: the head input's gradient (loss->N x head->in,
+ * workspace of the head's layer) into *dx, owned by the caller. The logits'
+ * gradient is workspace of layer dl_layer, freed before return. */
+int as_nn_head_bwd(as_nn_ctx *c, as_nn_xent *loss, as_nn_linear *head,
+                   uint16_t dl_layer, as_block *dx);
 
 /* Multi-head self-attention: qkv = x Wqkv^T + b, core, out = o Wo^T + b.
  * Saves: x (linear_input, by the qkv linear), qkv (attention_input),

@@ -21,6 +21,8 @@
  * primitives (blocked layouts, reordered from and to NCHW inside the call);
  * AS_OP_BUILTIN is the library-free path: im2col + OpenBLAS sgemm. The
  * environment variable AS_KERNELS=onednn|builtin picks the initial one.
+ * On either backend, convs with 1-3 input channels, 3x3, stride 1 run a
+ * direct AVX-512 kernel on NCHW where the CPU has it (ops_direct.h).
  * OpenBLAS's kernel set is forced to the CPU's ISA before the library loads
  * (docs/architecture.md, "Kernels"); OPENBLAS_CORETYPE in the environment
  * wins, AS_BLAS_CORE=openblas keeps OpenBLAS's own detection.

@@ -20,6 +20,7 @@
 #include <float.h>
 #include <string.h>
 
+#include "layers/ops_direct.h"
 #ifdef AS_OPS_HAVE_ONEDNN
 #include "layers/ops_dnnl.h"
 #endif
@@ -72,6 +73,8 @@ static size_t im2col_workspace(const as_op_conv_geom *g)
 size_t as_op_conv_workspace(const as_op_conv_geom *g)
 {
     size_t n = im2col_workspace(g);
+    if (as_direct_conv_workspace(g) > n)
+        n = as_direct_conv_workspace(g);
 #ifdef AS_OPS_HAVE_ONEDNN
     if (as_op_get_backend() == AS_OP_ONEDNN) {
         size_t d = as_dnnl_conv_workspace(g);
@@ -196,6 +199,10 @@ static void col2im(const as_op_conv_geom *g, const float *cols, int nb,
 void as_op_conv_fwd(const as_op_conv_geom *g, const float *x, const float *W,
                     const float *b, float *y, float *ws)
 {
+    if (as_direct_conv_ok(g)) {
+        as_direct_conv_fwd(g, x, W, b, y, ws);
+        return;
+    }
 #ifdef AS_OPS_HAVE_ONEDNN
     if (as_op_get_backend() == AS_OP_ONEDNN &&
         as_dnnl_conv_fwd(g, x, W, b, y, ws) == 0)
@@ -238,6 +245,13 @@ void as_op_conv_bwd(const as_op_conv_geom *g, const float *x, const float *W,
                     const float *dy, float *dx, float *dW, float *db,
                     float *ws)
 {
+    if ((dW || db) && as_direct_conv_ok(g)) {   /* then dx alone below */
+        as_direct_conv_bwd_w(g, x, dy, dW, db, ws);
+        if (!dx)
+            return;
+        dW = NULL;
+        db = NULL;
+    }
 #ifdef AS_OPS_HAVE_ONEDNN
     if (as_op_get_backend() == AS_OP_ONEDNN &&
         as_dnnl_conv_bwd(g, x, W, dy, dx, dW, db, ws) == 0)

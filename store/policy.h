@@ -194,6 +194,11 @@ const void *as_policy_view_state(const void *params, void *state);
 int as_policy_applies_f32(const void *params, const as_save_info *info, const as_tensor *t,
                           char *why, size_t whylen);
 
+/* An applies() refusal: the reason (printf format) into why, and
+ * AS_ENOTSUP. */
+int as_policy_reject(char *why, size_t whylen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Register a policy at run time (experimental API for frameworks). */
 int as_policy_register(const as_policy_ops *ops);
 

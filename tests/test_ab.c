@@ -31,8 +31,8 @@
 
 #include "client/ab.h"
 #include "support/scratch.h"
+#include "support/test_main.h"
 
-static char tmpdir[256];
 
 static const char *bin(void)
 {
@@ -49,7 +49,7 @@ static int run(char **out, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    snprintf(log, sizeof log, "%s/log.txt", tmpdir);
+    snprintf(log, sizeof log, "%s/log.txt", scratch_dir);
     snprintf(cmd, sizeof cmd, "'%s' %s > '%s' 2>&1", bin(), args, log);
     int st = system(cmd);
     FILE *f = fopen(log, "rb");
@@ -115,26 +115,14 @@ static bool file_ok(const char *dir, const char *name)
     return stat(p, &st) == 0 && st.st_size > 100;
 }
 
-static int setup(void **state)
-{
-    (void)state;
-    return scratch_make(tmpdir, sizeof tmpdir, "test_ab") ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    return scratch_remove(tmpdir);
-}
-
 #define VIT "ab --model vit --preset small --steps 12 --seeds 2 --check-every 5 --quiet"
 
 static void test_vit_pair_and_determinism(void **state)
 {
     (void)state;
     char d1[600], d2[600];
-    snprintf(d1, sizeof d1, "%s/vit-soa", tmpdir);
-    snprintf(d2, sizeof d2, "%s/vit-self", tmpdir);
+    snprintf(d1, sizeof d1, "%s/vit-soa", scratch_dir);
+    snprintf(d2, sizeof d2, "%s/vit-self", scratch_dir);
     char *out;
     int rc = run(&out, VIT " --a default=keep --b 'softmax=soa:5; default=keep' --out '%s' "
                        "--serve 127.0.0.1:0", d1);
@@ -227,19 +215,19 @@ static void test_cnn_invert(void **state)
 {
     (void)state;
     char d[600];
-    snprintf(d, sizeof d, "%s/cnn", tmpdir);
+    snprintf(d, sizeof d, "%s/cnn", scratch_dir);
     char *out;
     int rc = run(&out, "ab --model cnn --act leaky --preset small --steps 8 --seeds 1 "
                        "--check-every 4 --quiet --a default=keep "
                        "--b 'conv_input=invert; default=keep' --out '%s' --json '%s/copy.json'",
-                 d, tmpdir);
+                 d, scratch_dir);
     if (rc != 0)
         fail_msg("exit %d: %s", rc, out);
     free(out);
     cJSON *j = load(d);
     assert_string_equal(cJSON_GetObjectItem(j, "options")->valuestring, "act=leaky");
     /* --json FILE: the same document */
-    cJSON *copy = load_file(tmpdir, "copy.json");
+    cJSON *copy = load_file(scratch_dir, "copy.json");
     assert_true(cJSON_Compare(j, copy, true));
     cJSON_Delete(copy);
     double a = num(arm_run(j, 0, 0), "saved.by_kind.conv_input.stored_peak_bytes");
@@ -259,8 +247,8 @@ static void test_ctrl_c_partial(void **state)
 {
     (void)state;
     char d[600], log[700];
-    snprintf(d, sizeof d, "%s/interrupted", tmpdir);
-    snprintf(log, sizeof log, "%s/int.log", tmpdir);
+    snprintf(d, sizeof d, "%s/interrupted", scratch_dir);
+    snprintf(log, sizeof log, "%s/int.log", scratch_dir);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
@@ -321,7 +309,7 @@ static void test_bad_input(void **state)
 {
     (void)state;
     char *out, d[600];
-    snprintf(d, sizeof d, "%s/never", tmpdir);
+    snprintf(d, sizeof d, "%s/never", scratch_dir);
     struct {
         const char *args;
         int code;
@@ -370,7 +358,7 @@ static void test_demo_small(void **state)
 {
     (void)state;
     char d[600], p[700];
-    snprintf(d, sizeof d, "%s/demo", tmpdir);
+    snprintf(d, sizeof d, "%s/demo", scratch_dir);
     char *out;
     int rc = run(&out, "demo --preset small --steps 6 --seeds 2 --serve 127.0.0.1:0 --quiet "
                        "--out '%s'", d);
@@ -434,15 +422,10 @@ static void test_cosine(void **state)
     assert_true(as_ab_cosine(a, z, 3, NULL) == 0.0);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cosine),
-        cmocka_unit_test(test_bad_input),
-        cmocka_unit_test(test_vit_pair_and_determinism),
-        cmocka_unit_test(test_cnn_invert),
-        cmocka_unit_test(test_ctrl_c_partial),
-        cmocka_unit_test(test_demo_small),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+AS_TEST_MAIN(scratch_group_setup, scratch_group_teardown,
+             cmocka_unit_test(test_cosine),
+             cmocka_unit_test(test_bad_input),
+             cmocka_unit_test(test_vit_pair_and_determinism),
+             cmocka_unit_test(test_cnn_invert),
+             cmocka_unit_test(test_ctrl_c_partial),
+             cmocka_unit_test(test_demo_small))

@@ -19,19 +19,11 @@
 #include "layers/ops.h"
 #include "layers/train.h"
 #include "store/store_internal.h"
+#include "support/store_util.h"
 #include "support/store_stats.h"
+#include "support/test_main.h"
 #include "util/simd.h"
 #include "util/rng.h"
-
-static as_store *mk(const char *spec)
-{
-    as_store_config cfg = {.policy = spec};
-    as_store *s = NULL;
-    char err[256] = "";
-    if (as_store_create(&cfg, &s, err, sizeof err))
-        fail_msg("create: %s", err);
-    return s;
-}
 
 static float *randn(size_t n, uint64_t seed, float scale)
 {
@@ -71,7 +63,7 @@ static void fill_specials(float *x, size_t n)
 
 static void check_sign(int fn, float alpha, int kind, size_t n)
 {
-    as_store *s = mk("activation_output=sign; activation_input=sign; default=keep");
+    as_store *s = store_new("activation_output=sign; activation_input=sign; default=keep", NULL, false, 0, NULL);
     float *x = randn(n, 11 + n, 1.0f), *dy = randn(n, 12 + n, 1.0f);
     fill_specials(x, n);
     fill_specials(dy + (n > 3 ? 3 : 0), n > 3 ? n - 3 : n);
@@ -132,7 +124,7 @@ static void test_sign_leaky(void **state)
 static void test_sign_fallbacks(void **state)
 {
     (void)state;
-    as_store *s = mk("activation_output=sign; activation_input=sign|keep");
+    as_store *s = store_new("activation_output=sign; activation_input=sign|keep", NULL, false, 0, NULL);
     float x[10] = {1, -1, 2, -2, 0, 3, -3, 4, -4, 5};
     as_handle h = save_act(s, AS_KIND_ACTIVATION_INPUT, AS_FN_GELU, 0, x, 10, "g");
     assert_non_null(strstr(as_store_policy_of(s, h), "fallback from sign"));
@@ -156,7 +148,7 @@ static void test_sign_alias(void **state)
                            "activation_output=sign; conv_input=q4; default=keep",
                            "activation_output=sign; conv_input=zstd; default=keep"};
     for (int k = 0; k < 3; k++) {
-        as_store *s = mk(specs[k]);
+        as_store *s = store_new(specs[k], NULL, false, 0, NULL);
         float *x = randn(n, 5, 1.0f), *dy = randn(n, 6, 1.0f), *y = malloc(n * 4);
         for (size_t i = 0; i < n; i += 5)
             x[i] = 1e-4f * (float)(i % 3);   /* small values a lossy code moves */
@@ -198,7 +190,7 @@ static void test_sign_alias(void **state)
 static void test_sign_no_dependents(void **state)
 {
     (void)state;
-    as_store *s = mk("activation_output=sign; generic=derive; default=keep");
+    as_store *s = store_new("activation_output=sign; generic=derive; default=keep", NULL, false, 0, NULL);
     float x[8] = {1, -1, 2, -2, 3, -3, 4, -4}, z[8];
     as_handle ha = save_act(s, AS_KIND_ACTIVATION_OUTPUT, AS_FN_RELU, 0, x, 8, "a");
     for (int i = 0; i < 8; i++)
@@ -206,9 +198,7 @@ static void test_sign_no_dependents(void **state)
     as_save_info gi = {.kind = AS_KIND_GENERIC, .layer = "g", .source = ha};
     gi.source_fn = (as_elementwise){.fn = AS_FN_IDENTITY};
     as_tensor t = {.data = z, .dtype = AS_F32, .ndim = 1, .shape = {8}};
-    as_handle hg;
-    assert_int_equal(as_store_save(s, &gi, &t, &hg), 0);
-    assert_non_null(strstr(as_store_policy_of(s, hg), "fallback from derive"));
+    as_handle hg = save_expect_fallback(s, &gi, &t, "derive");
     float r[8];
     as_tensor rt = {.data = r, .dtype = AS_F32, .ndim = 1, .shape = {8}};
     assert_int_equal(as_store_restore(s, hg, &rt), 0);
@@ -221,7 +211,7 @@ static void test_sign_no_dependents(void **state)
 static void test_act_backward_keep(void **state)
 {
     (void)state;
-    as_store *s = mk("default=keep");
+    as_store *s = store_new("default=keep", NULL, false, 0, NULL);
     const size_t n = 777;
     float *x = randn(n, 21, 2.0f), *dy = randn(n, 22, 1.0f);
     float *ref = malloc(n * 4), *dx = malloc(n * 4);
@@ -262,7 +252,7 @@ static double fewbit_err(const float *x, size_t n, int bits, float *dx_out)
 {
     char spec[64];
     snprintf(spec, sizeof spec, "activation_input=fewbit:%d", bits);
-    as_store *s = mk(spec);
+    as_store *s = store_new(spec, NULL, false, 0, NULL);
     float *dy = randn(n, 99, 1.0f), *ref = malloc((n ? n : 1) * 4);
     float *dx = dx_out ? dx_out : malloc((n ? n : 1) * 4);
     as_handle h = save_act(s, AS_KIND_ACTIVATION_INPUT, AS_FN_GELU, 0, x,
@@ -342,7 +332,7 @@ static void test_fewbit_specials(void **state)
                    NAN, 0};
     float dx[11];
     fewbit_err(x, 11, 3, dx);
-    as_store *s = mk("activation_input=fewbit:3");
+    as_store *s = store_new("activation_input=fewbit:3", NULL, false, 0, NULL);
     as_handle h = save_act(s, AS_KIND_ACTIVATION_INPUT, AS_FN_GELU, 0, x, 11, "g");
     float ones[11], g[11];
     for (int i = 0; i < 11; i++)
@@ -395,7 +385,7 @@ static void test_fewbit_vector_matches_portable(void **state)
                 x[i] = 0.0f;                      /* a zero run */
             char spec[64];
             snprintf(spec, sizeof spec, "activation_input=fewbit:%d", bits);
-            as_store *s = mk(spec);
+            as_store *s = store_new(spec, NULL, false, 0, NULL);
             as_handle h[2];
             size_t nnan = 0;
             for (size_t i = 0; i < n; i++)
@@ -432,7 +422,7 @@ static void test_fewbit_vector_matches_portable(void **state)
  * the vector (BMI2) and the portable paths, each decoding the other's. */
 static void check_bitpack(int dtype, const void *v, int64_t n, unsigned bits)
 {
-    as_store *s = mk("index=bitpack");
+    as_store *s = store_new("index=bitpack", NULL, false, 0, NULL);
     as_save_info info = {.kind = AS_KIND_INDEX, .layer = "pool"};
     as_tensor t = {.data = (void *)v, .dtype = dtype, .ndim = 2, .shape = {1, n}};
     const size_t stored = 32 + 8 * (((uint64_t)n * bits + 63) / 64);
@@ -499,13 +489,11 @@ static void test_bitpack(void **state)
     check_bitpack(AS_U8, same, 33, 0);
     check_bitpack(AS_U8, same, 0, 0);
     /* f32 falls back */
-    as_store *s = mk("index=bitpack|keep");
+    as_store *s = store_new("index=bitpack|keep", NULL, false, 0, NULL);
     float f[3] = {1, 2, 3};
     as_save_info info = {.kind = AS_KIND_INDEX, .layer = "x"};
     as_tensor t = {.data = f, .dtype = AS_F32, .ndim = 1, .shape = {3}};
-    as_handle h;
-    assert_int_equal(as_store_save(s, &info, &t, &h), 0);
-    assert_non_null(strstr(as_store_policy_of(s, h), "fallback from bitpack"));
+    save_expect_fallback(s, &info, &t, "bitpack");
     as_store_destroy(s);
 }
 
@@ -564,8 +552,7 @@ static void test_borrow(void **state)
     assert_int_equal(as_store_set_policy(s, "default=borrow", NULL, 0), 0);
     as_save_info gi = {.kind = AS_KIND_GENERIC, .layer = "g"};
     t.data = x;
-    assert_int_equal(as_store_save(s, &gi, &t, &h3), 0);
-    assert_non_null(strstr(as_store_policy_of(s, h3), "fallback from borrow"));
+    h3 = save_expect_fallback(s, &gi, &t, "borrow");
     free(x);
     as_store_destroy(s);
 }
@@ -705,22 +692,17 @@ static void test_vit_fewbit(void **state)
     as_nn_run_destroy(pol);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sign_relu),
-        cmocka_unit_test(test_sign_leaky),
-        cmocka_unit_test(test_sign_fallbacks),
-        cmocka_unit_test(test_sign_alias),
-        cmocka_unit_test(test_sign_no_dependents),
-        cmocka_unit_test(test_act_backward_keep),
-        cmocka_unit_test(test_fewbit_error),
-        cmocka_unit_test(test_fewbit_specials),
-        cmocka_unit_test(test_fewbit_vector_matches_portable),
-        cmocka_unit_test(test_bitpack),
-        cmocka_unit_test(test_borrow),
-        cmocka_unit_test(test_cnn_sign),
-        cmocka_unit_test(test_vit_fewbit),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_sign_relu),
+             cmocka_unit_test(test_sign_leaky),
+             cmocka_unit_test(test_sign_fallbacks),
+             cmocka_unit_test(test_sign_alias),
+             cmocka_unit_test(test_sign_no_dependents),
+             cmocka_unit_test(test_act_backward_keep),
+             cmocka_unit_test(test_fewbit_error),
+             cmocka_unit_test(test_fewbit_specials),
+             cmocka_unit_test(test_fewbit_vector_matches_portable),
+             cmocka_unit_test(test_bitpack),
+             cmocka_unit_test(test_borrow),
+             cmocka_unit_test(test_cnn_sign),
+             cmocka_unit_test(test_vit_fewbit))

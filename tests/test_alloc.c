@@ -15,6 +15,7 @@
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
 #include "support/held_thread.h"
+#include "support/test_main.h"
 #include "util/rng.h"
 
 extern void *__libc_malloc(size_t);
@@ -579,17 +580,12 @@ static void test_budget_counts_true_live(void **state)
     as_arena_destroy(a);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_random_sequence_is_exact),
-        cmocka_unit_test(test_random_sequence_fast_paths_exact),
-        cmocka_unit_test(test_jemalloc_stats_agree),
-        cmocka_unit_test(test_four_threads_exact_totals),
-        cmocka_unit_test(test_budget_failure_changes_nothing),
-        cmocka_unit_test(test_budget_holds_under_threads),
-        cmocka_unit_test(test_cross_thread_frees_exact),
-        cmocka_unit_test(test_budget_counts_true_live),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_random_sequence_is_exact),
+             cmocka_unit_test(test_random_sequence_fast_paths_exact),
+             cmocka_unit_test(test_jemalloc_stats_agree),
+             cmocka_unit_test(test_four_threads_exact_totals),
+             cmocka_unit_test(test_budget_failure_changes_nothing),
+             cmocka_unit_test(test_budget_holds_under_threads),
+             cmocka_unit_test(test_cross_thread_frees_exact),
+             cmocka_unit_test(test_budget_counts_true_live))

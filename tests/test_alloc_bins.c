@@ -16,6 +16,7 @@
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
 #include "util/rng.h"
+#include "support/test_main.h"
 
 static uint64_t je_allocated(unsigned ind)
 {
@@ -201,13 +202,8 @@ static void test_cross_thread_frees_into_bins(void **state)
     as_arena_destroy(a);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_usable_sizes_match_jemalloc),
-        cmocka_unit_test(test_bins_reuse_zero_and_align),
-        cmocka_unit_test(test_peaks_exact_across_tags),
-        cmocka_unit_test(test_cross_thread_frees_into_bins),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_usable_sizes_match_jemalloc),
+             cmocka_unit_test(test_bins_reuse_zero_and_align),
+             cmocka_unit_test(test_peaks_exact_across_tags),
+             cmocka_unit_test(test_cross_thread_frees_into_bins))

@@ -15,6 +15,7 @@
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
 #include "support/held_thread.h"
+#include "support/test_main.h"
 
 extern void *__libc_malloc(size_t);
 extern void __libc_free(void *);
@@ -316,15 +317,10 @@ static void test_many_arenas_one_thread(void **state)
     }
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_timeline_wraps_and_keeps_marks_in_order),
-        cmocka_unit_test(test_sampler_thread_ticks),
-        cmocka_unit_test(test_checked_mode_rejects_foreign_pointers),
-        cmocka_unit_test(test_thread_exit_releases_tcache),
-        cmocka_unit_test(test_destroy_before_thread_exit),
-        cmocka_unit_test(test_many_arenas_one_thread),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_timeline_wraps_and_keeps_marks_in_order),
+             cmocka_unit_test(test_sampler_thread_ticks),
+             cmocka_unit_test(test_checked_mode_rejects_foreign_pointers),
+             cmocka_unit_test(test_thread_exit_releases_tcache),
+             cmocka_unit_test(test_destroy_before_thread_exit),
+             cmocka_unit_test(test_many_arenas_one_thread))

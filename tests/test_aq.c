@@ -22,12 +22,21 @@
 #include "store/policies/aq.h"
 #include "store/policies/quant.h"
 #include "support/store_stats.h"
+#include "support/store_util.h"
+#include "support/test_main.h"
 #include "util/rng.h"
 #include "util/simd.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint32_t rnd(void) { return as_rng_u32(&rng); }
 static float gauss(void) { return (float)as_rng_normal_open(&rng); }
+
+/* n standard normal values into x. */
+static void fill_gauss(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = gauss();
+}
 
 typedef struct enc {
     as_aq_fmt f;
@@ -156,8 +165,7 @@ static void test_special_groups(void **st)
     (void)st;
     enum { G = 16, N = 6 * G + 5 };
     float x[N], y[N];
-    for (int i = 0; i < N; i++)
-        x[i] = gauss();
+    fill_gauss(x, N);
     for (int i = 0; i < G; i++) {
         x[i] = 0.0f;               /* group 0: all zero */
         x[G + i] = 2.5f;           /* group 1: constant */
@@ -219,8 +227,7 @@ static void test_vector_matches_portable(void **st)
                 f.rot = (mode & 4) && (f.group & (f.group - 1)) == 0;
                 const size_t n = lens[li];
                 float *x = malloc(n * sizeof *x), *y[2];
-                for (size_t i = 0; i < n; i++)
-                    x[i] = gauss();
+                fill_gauss(x, n);
                 for (size_t i = 0; i < n && i < f.group; i++)
                     x[i] = 0.0f;                    /* an all-zero group */
                 if (n > 2 * f.group) {
@@ -256,8 +263,7 @@ static void test_ranges(void **st)
     (void)st;
     enum { N = 777 };
     float x[N], all[N], part[N];
-    for (int i = 0; i < N; i++)
-        x[i] = gauss();
+    fill_gauss(x, N);
     for (int mode = 0; mode < 4; mode++) {
         as_aq_fmt f = {.bits = mode & 1 ? 3 : 4, .group = 64, .rot = mode & 2};
         enc e = encode(f, x, N, 9);
@@ -279,8 +285,7 @@ static void test_seeds_and_bias(void **st)
     enum { N = 256, K = 2000 };
     float x[N], y[N];
     double mean[N] = {0};
-    for (int i = 0; i < N; i++)
-        x[i] = gauss();
+    fill_gauss(x, N);
     as_aq_fmt f = {.bits = 2, .group = 64};
     enc a = encode(f, x, N, 5), b = encode(f, x, N, 5), c = encode(f, x, N, 6);
     size_t cb = as__aq_code_bytes(&f, N);
@@ -326,8 +331,7 @@ static void test_policy_store(void **st)
     (void)st;
     enum { R = 37, C = 48, N = R * C };
     float x[N], y[N], rows[5 * C];
-    for (int i = 0; i < N; i++)
-        x[i] = gauss();
+    fill_gauss(x, N);
     as_store *s = mk("linear_input=aq:2:g=64; default=keep");
     as_save_info info = {.kind = AS_KIND_LINEAR_INPUT, .layer = "fc"};
     as_tensor t = {.data = x, .dtype = AS_F32, .ndim = 2, .shape = {R, C}};
@@ -376,9 +380,7 @@ static void test_policy_store(void **st)
         assert_true(fabsf(bigd[i] - big[i]) < 4e4f);
     /* i32 falls back to keep */
     as_tensor it = {.data = x, .dtype = AS_I32, .ndim = 1, .shape = {4}};
-    as_handle hi;
-    assert_int_equal(as_store_save(s, &info, &it, &hi), 0);
-    assert_non_null(strstr(as_store_policy_of(s, hi), "fallback from aq"));
+    save_expect_fallback(s, &info, &it, "aq");
     as_store_destroy(s);
 }
 
@@ -389,8 +391,7 @@ static void test_policy_item_keys(void **st)
     (void)st;
     enum { N = 512 };
     float x[N], y[3][2][N];
-    for (int i = 0; i < N; i++)
-        x[i] = gauss();
+    fill_gauss(x, N);
     const char *specs[3] = {"default=aq:2", "default=aq:2", "default=aq:2:seed=1"};
     for (int k = 0; k < 3; k++) {
         as_store *s = mk(specs[k]);
@@ -418,8 +419,7 @@ static void test_alias_same_text(void **st)
     (void)st;
     enum { N = 1000 };
     float x[N], y1[N], y2[N];
-    for (int i = 0; i < N; i++)
-        x[i] = gauss();
+    fill_gauss(x, N);
     as_store *s = mk("conv_output=aq:3:g=128; norm_input=aq:3:g=128; "
                      "linear_input=aq:3:g=64; default=keep");
     as_tensor t = {.data = x, .dtype = AS_F32, .ndim = 1, .shape = {N}};
@@ -498,8 +498,7 @@ static void test_linear_gradient(void **st)
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++)
             x[r * C + c] = gauss() * (c == 3 ? 12.0f : 1.0f);
-    for (int i = 0; i < R * O; i++)
-        dy[i] = gauss();
+    fill_gauss(dy, (size_t)(R * O));
     struct { as_aq_fmt f; double min_cos; } cases[] = {
         {{.bits = 8, .group = 64}, 0.9999},   /* measured 0.99992 */
         {{.bits = 4, .group = 64}, 0.975},    /* 0.979 */
@@ -520,21 +519,16 @@ static void test_linear_gradient(void **st)
     free(dy);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fwht),
-        cmocka_unit_test(test_bounds),
-        cmocka_unit_test(test_rotation_helps_outliers),
-        cmocka_unit_test(test_special_groups),
-        cmocka_unit_test(test_ranges),
-        cmocka_unit_test(test_vector_matches_portable),
-        cmocka_unit_test(test_seeds_and_bias),
-        cmocka_unit_test(test_policy_store),
-        cmocka_unit_test(test_policy_item_keys),
-        cmocka_unit_test(test_alias_same_text),
-        cmocka_unit_test(test_spec_errors),
-        cmocka_unit_test(test_linear_gradient),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_fwht),
+             cmocka_unit_test(test_bounds),
+             cmocka_unit_test(test_rotation_helps_outliers),
+             cmocka_unit_test(test_special_groups),
+             cmocka_unit_test(test_ranges),
+             cmocka_unit_test(test_vector_matches_portable),
+             cmocka_unit_test(test_seeds_and_bias),
+             cmocka_unit_test(test_policy_store),
+             cmocka_unit_test(test_policy_item_keys),
+             cmocka_unit_test(test_alias_same_text),
+             cmocka_unit_test(test_spec_errors),
+             cmocka_unit_test(test_linear_gradient))

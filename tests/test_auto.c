@@ -20,6 +20,7 @@
 
 #include "actstore/store.h"
 #include "util/rng.h"
+#include "support/test_main.h"
 
 /* ---- a small synthetic model: the same tensors every step ------------------ */
 
@@ -513,20 +514,15 @@ static void test_mixed_rules(void **st)
     as_store_destroy(s);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_budget_holds_at_several_budgets),
-        cmocka_unit_test(test_budget_from_the_first_step),
-        cmocka_unit_test(test_impossible_budget_fails_at_the_first_step),
-        cmocka_unit_test(test_plan_is_deterministic),
-        cmocka_unit_test(test_plan_follows_the_budget),
-        cmocka_unit_test(test_sensitivity_weights),
-        cmocka_unit_test(test_input_weight_moves_bytes),
-        cmocka_unit_test(test_budget_binds_fixed_rules),
-        cmocka_unit_test(test_budget_binds_adopted_blocks),
-        cmocka_unit_test(test_spec_arguments),
-        cmocka_unit_test(test_mixed_rules),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_budget_holds_at_several_budgets),
+             cmocka_unit_test(test_budget_from_the_first_step),
+             cmocka_unit_test(test_impossible_budget_fails_at_the_first_step),
+             cmocka_unit_test(test_plan_is_deterministic),
+             cmocka_unit_test(test_plan_follows_the_budget),
+             cmocka_unit_test(test_sensitivity_weights),
+             cmocka_unit_test(test_input_weight_moves_bytes),
+             cmocka_unit_test(test_budget_binds_fixed_rules),
+             cmocka_unit_test(test_budget_binds_adopted_blocks),
+             cmocka_unit_test(test_spec_arguments),
+             cmocka_unit_test(test_mixed_rules))

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "store/policies/quant.h"
+#include "support/test_main.h"
 
 static uint64_t rng_state = 0x1234567;
 static uint32_t rnd32(void)
@@ -334,18 +335,13 @@ static void test_quant_unbiased(void **st)
     }
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fp16_bounds_and_specials),
-        cmocka_unit_test(test_fp16_paths_agree),
-        cmocka_unit_test(test_bf16_bounds_and_specials),
-        cmocka_unit_test(test_shuffle_round_trip),
-        cmocka_unit_test(test_hash_detects_changes),
-        cmocka_unit_test(test_quant_bounds),
-        cmocka_unit_test(test_quant_constant_and_nonfinite),
-        cmocka_unit_test(test_quant_seeded),
-        cmocka_unit_test(test_quant_unbiased),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_fp16_bounds_and_specials),
+             cmocka_unit_test(test_fp16_paths_agree),
+             cmocka_unit_test(test_bf16_bounds_and_specials),
+             cmocka_unit_test(test_shuffle_round_trip),
+             cmocka_unit_test(test_hash_detects_changes),
+             cmocka_unit_test(test_quant_bounds),
+             cmocka_unit_test(test_quant_constant_and_nonfinite),
+             cmocka_unit_test(test_quant_seeded),
+             cmocka_unit_test(test_quant_unbiased))

@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include "actstore/common.h"
+#include "support/test_main.h"
 
 static void test_strerror_names_every_code(void **state)
 {
@@ -26,11 +27,6 @@ static void test_version_matches_header(void **state)
     assert_int_equal(as_version_number(), AS_VERSION_NUMBER);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_strerror_names_every_code),
-        cmocka_unit_test(test_version_matches_header),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_strerror_names_every_code),
+             cmocka_unit_test(test_version_matches_header))

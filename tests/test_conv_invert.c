@@ -12,6 +12,7 @@
 
 #include "store/policies/invert/conv_invert.h"
 #include "util/rng.h"
+#include "support/test_main.h"
 
 static uint64_t rng_state = 88172645463325252ull;
 static double nrand(void) { return as_rng_normal(&rng_state); }
@@ -332,8 +333,59 @@ static void test_factor_cached_per_version(void **state)
     assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 2) <= 1e-4);
     as__civ_get_stats(ci, &st);
     assert_int_equal(st.factor_builds, 3);
-    free(w); free(x); free(xr);
+    /* A jump of the weights (a learning-rate spike: every weight moved by
+     * its own size): the factor is rebuilt over the cached one, the same
+     * bytes held, and the restore is right for the new weights. */
+    const size_t cache = st.cache_bytes;
+    for (int i = 0; i < g.cout * g.cin * 9; i++)
+        w[i] = -2.0f * w[i] + (float)(0.3 * nrand());
+    assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 3) <= 1e-4);
+    as__civ_get_stats(ci, &st);
+    assert_int_equal(st.factor_builds, 4);
+    assert_int_equal(st.cache_bytes, cache);
+    /* A singular version after a cached one: rejected, nothing held; the
+     * next good version is built again. */
+    float *wz = malloc(sizeof(float) * g.cout * g.cin * 9);
+    memcpy(wz, w, sizeof(float) * g.cout * g.cin * 9);
+    for (int o = 0; o < g.cout; o++)   /* input channel 1 unused: singular */
+        memset(wz + ((size_t)o * g.cin + 1) * 9, 0, sizeof(float) * 9);
+    assert_true(roundtrip(&g, n, wz, x, xr, &cond, ci, 4) < 0);
+    as__civ_get_stats(ci, &st);
+    assert_int_equal(st.cache_bytes, 0);
+    assert_int_equal(as__civ_restore(ci, n, xr, NULL, xr, xr), AS_ESTATE);
+    assert_true(roundtrip(&g, n, w, x, xr, &cond, ci, 5) <= 1e-4);
+    as__civ_get_stats(ci, &st);
+    assert_int_equal(st.cache_bytes, cache);
+    free(wz); free(w); free(x); free(xr);
     as__civ_destroy(ci);
+}
+
+/* The factorization with the caller's scratch (reused, dirty from a
+ * different layer's use) gives the same bits as with its own buffers. */
+static void test_factor_scratch(void **state)
+{
+    (void)state;
+    const as__civ_geom g = geom(6, 7, 9, 8, 3, 1);
+    const int P = as__civ_fft_good_size(g.h + 2), Q = as__civ_fft_good_size(g.w + 2);
+    const size_t mlen = (size_t)P * (Q / 2 + 1) * 2 * g.cin * g.cout;
+    float *w = rand_weights(&g), *m0 = malloc(sizeof(float) * mlen),
+          *m1 = malloc(sizeof(float) * mlen);
+    const size_t sb = as__civ_factor_scratch_bytes(&g, P, Q);
+    void *scr = aligned_alloc(64, (sb + 63) / 64 * 64);
+    double *R0 = malloc(sizeof(double) * as__civ_gram_len(&g)),
+           *R1 = malloc(sizeof(double) * as__civ_gram_len(&g));
+    assert_non_null(scr);
+    memset(scr, 0x7f, sb);   /* garbage: nothing may be read before written */
+    assert_int_equal(as__civ_gram(&g, w, R0, NULL), 0);
+    assert_int_equal(as__civ_gram(&g, w, R1, scr), 0);
+    assert_memory_equal(R0, R1, sizeof(double) * as__civ_gram_len(&g));
+    memset(scr, 0x7f, sb);
+    double c0 = 0, c1 = 0;
+    assert_int_equal(as__civ_factor(&g, P, Q, w, R0, 1e-14, m0, &c0, NULL, NULL), 0);
+    assert_int_equal(as__civ_factor(&g, P, Q, w, R0, 1e-14, m1, &c1, NULL, scr), 0);
+    assert_true(c0 > 1 && c0 == c1);
+    assert_memory_equal(m0, m1, sizeof(float) * mlen);
+    free(w); free(m0); free(m1); free(scr); free(R0); free(R1);
 }
 
 /* One case of the cached-vs-streamed tests: shape {n, cin, h, w, cout, k,
@@ -618,20 +670,16 @@ static void test_condition_bound_rejected(void **state)
     as__civ_destroy(ci);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fft_matches_dft),
-        cmocka_unit_test(test_frame_geometry),
-        cmocka_unit_test(test_reconstruction_shapes),
-        cmocka_unit_test(test_weight_gradient_from_rebuilt_input),
-        cmocka_unit_test(test_not_applicable),
-        cmocka_unit_test(test_factor_cached_per_version),
-        cmocka_unit_test(test_stream_paths),
-        cmocka_unit_test(test_closed_form_and_pointwise),
-        cmocka_unit_test(test_c1_channel_pick),
-        cmocka_unit_test(test_condition_bound),
-        cmocka_unit_test(test_condition_bound_rejected),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_fft_matches_dft),
+             cmocka_unit_test(test_frame_geometry),
+             cmocka_unit_test(test_reconstruction_shapes),
+             cmocka_unit_test(test_weight_gradient_from_rebuilt_input),
+             cmocka_unit_test(test_not_applicable),
+             cmocka_unit_test(test_factor_cached_per_version),
+             cmocka_unit_test(test_factor_scratch),
+             cmocka_unit_test(test_stream_paths),
+             cmocka_unit_test(test_closed_form_and_pointwise),
+             cmocka_unit_test(test_c1_channel_pick),
+             cmocka_unit_test(test_condition_bound),
+             cmocka_unit_test(test_condition_bound_rejected))

@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 #include <cmocka.h>
+#include "support/test_main.h"
 
 static const char *bin(void)
 {
@@ -99,11 +100,6 @@ static void test_bad_arguments(void **state)
     assert_non_null(strstr(out, "stream_ratio"));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_json_fields),
-        cmocka_unit_test(test_bad_arguments),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_json_fields),
+             cmocka_unit_test(test_bad_arguments))

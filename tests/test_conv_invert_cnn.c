@@ -15,6 +15,7 @@
 
 #include "layers/train.h"
 #include "store/policies/invert/conv_invert.h"
+#include "support/test_main.h"
 
 #define CHAIN "conv_input=invert; norm_input=inverse; activation_input=inverse; default=keep"
 
@@ -190,13 +191,8 @@ static void test_cnn_pooled_inputs_derived(void **state)
     as_nn_run_destroy(inv);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cnn_leaky_no_bn),
-        cmocka_unit_test(test_cnn_leaky_bn),
-        cmocka_unit_test(test_cnn_leaky_bn_inputs_only),
-        cmocka_unit_test(test_cnn_pooled_inputs_derived),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_cnn_leaky_no_bn),
+             cmocka_unit_test(test_cnn_leaky_bn),
+             cmocka_unit_test(test_cnn_leaky_bn_inputs_only),
+             cmocka_unit_test(test_cnn_pooled_inputs_derived))

@@ -20,6 +20,8 @@
 #include "layers/ops.h"
 #include "store/policies/invert/conv_invert.h"
 #include "util/rng.h"
+#include "support/store_util.h"
+#include "support/test_main.h"
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 
@@ -30,16 +32,6 @@ static float *randv(size_t n, double sd)
     for (size_t i = 0; i < n; i++)
         v[i] = (float)(sd * as_rng_normal_open(&rng_state));
     return v;
-}
-
-static as_store *mk_store(const char *spec)
-{
-    as_store_config cfg = {.policy = spec};
-    as_store *s = NULL;
-    char err[256] = "";
-    if (as_store_create(&cfg, &s, err, sizeof err))
-        fail_msg("store: %s", err);
-    return s;
 }
 
 /* The pooled map's geometry: z (N, C, H, W) pooled k x k. */
@@ -134,7 +126,7 @@ static void free_pooled(pooled *p)
 
 static void check_derived(int stride)
 {
-    as_store *s = mk_store("conv_input=invert; default=keep");
+    as_store *s = store_new("conv_input=invert; default=keep", NULL, false, 0, NULL);
     pooled p = {.N = 3, .C = 4, .H = 14, .W = 10, .k = 2};
     float *w;
     as_handle hy;
@@ -182,7 +174,7 @@ static void test_derived_any_geometry(void **state)
 static void test_sign_source_solves(void **state)
 {
     (void)state;
-    as_store *s = mk_store("activation_output=sign; conv_input=invert; default=keep");
+    as_store *s = store_new("activation_output=sign; conv_input=invert; default=keep", NULL, false, 0, NULL);
     pooled p = {.N = 2, .C = 4, .H = 16, .W = 16, .k = 2};
     float *w;
     as_handle hy;
@@ -280,7 +272,7 @@ static as_store *store_at(double cond_max)
 {
     char spec[96];
     snprintf(spec, sizeof spec, "conv_input=invert:%.17g; default=keep", cond_max);
-    return mk_store(spec);
+    return store_new(spec, NULL, false, 0, NULL);
 }
 
 static double cond_of(const float *w, int cin, int cout, const float *x)
@@ -379,16 +371,10 @@ static void test_residual_or_fallback(void **state)
 }
 
 
-int main(void)
-{
-
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_derived_stores_nothing),
-        cmocka_unit_test(test_derived_any_geometry),
-        cmocka_unit_test(test_sign_source_solves),
-        cmocka_unit_test(test_gather_matches_forward),
-        cmocka_unit_test(test_verified_above_threshold),
-        cmocka_unit_test(test_residual_or_fallback),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_derived_stores_nothing),
+             cmocka_unit_test(test_derived_any_geometry),
+             cmocka_unit_test(test_sign_source_solves),
+             cmocka_unit_test(test_gather_matches_forward),
+             cmocka_unit_test(test_verified_above_threshold),
+             cmocka_unit_test(test_residual_or_fallback))

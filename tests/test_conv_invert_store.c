@@ -16,6 +16,8 @@
 #include "layers/ops.h"
 #include "store/policies/invert/conv_invert.h"
 #include "util/rng.h"
+#include "support/store_util.h"
+#include "support/test_main.h"
 
 static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
 static double nrand(void) { return as_rng_normal_open(&rng_state); }
@@ -37,16 +39,6 @@ static double rel_err(const float *a, const float *ref, size_t n)
         m = fmax(m, fabs((double)ref[i]));
     }
     return m > 0 ? e / m : e;
-}
-
-static as_store *mk_store(const char *spec, bool strict)
-{
-    as_store_config cfg = {.policy = spec, .strict = strict};
-    as_store *s = NULL;
-    char err[256] = "";
-    if (as_store_create(&cfg, &s, err, sizeof err))
-        fail_msg("store: %s", err);
-    return s;
 }
 
 /* One conv layer with everything the tests need. */
@@ -156,7 +148,7 @@ static const as_store_layer_stats *find_layer(const as_store_stats *st, const ch
 static void test_invert_roundtrip(void **state)
 {
     (void)state;
-    as_store *s = mk_store("conv_input=invert:1e4:cache:f32; default=keep", false);
+    as_store *s = store_new("conv_input=invert:1e4:cache:f32; default=keep", NULL, false, 0, NULL);
     /* Odd, non-square map, bias, k 3 pad 1. */
     layer l = mk_layer("conv", 5, 4, 8, 11, 13, 3, 1, 1, true);
     float *x = randv(xlen(&l), 1.0), *y = malloc(sizeof(float) * ylen(&l));
@@ -216,7 +208,7 @@ static void test_invert_roundtrip(void **state)
 static size_t frame_stored(const char *spec, int cin, int cout, double tol,
                            double *cond, double *err)
 {
-    as_store *s = mk_store(spec, false);
+    as_store *s = store_new(spec, NULL, false, 0, NULL);
     rng_state = 0x9E3779B97F4A7C15ull;
     layer l = mk_layer("cq", 5, cin, cout, 11, 13, 3, 1, 1, true);
     float *x = randv(xlen(&l), 1.0), *y = malloc(sizeof(float) * ylen(&l));
@@ -279,7 +271,7 @@ static void test_frame_precision(void **state)
 static void test_zero_frame_packs_small(void **state)
 {
     (void)state;
-    as_store *s = mk_store("conv_input=invert", false);
+    as_store *s = store_new("conv_input=invert", NULL, false, 0, NULL);
     layer l = mk_layer("c1", 8, 1, 16, 28, 28, 3, 1, 1, false);
     float *x = calloc(xlen(&l), sizeof(float)), *y = malloc(sizeof(float) * ylen(&l));
     for (int n = 0; n < 8; n++)   /* content only inside rows/cols 4..23 */
@@ -306,7 +298,7 @@ static void test_shapes_through_store(void **state)
         {3, 1, 8, 9, 11, 3, 1}, {2, 3, 6, 7, 12, 5, 2}, {4, 4, 4, 10, 9, 1, 0},
         {2, 2, 5, 13, 11, 5, 0}, {3, 6, 12, 8, 8, 3, 0}, {2, 4, 8, 9, 9, 3, 2},
     };
-    as_store *s = mk_store("conv_input=invert", false);
+    as_store *s = store_new("conv_input=invert", NULL, false, 0, NULL);
     for (size_t t = 0; t < sizeof sh / sizeof sh[0]; t++) {
         char name[16];
         snprintf(name, sizeof name, "s%zu", t);
@@ -353,7 +345,7 @@ static void expect_fallback(as_store *s, layer *l, const char *reason, const cha
 static void test_fallbacks(void **state)
 {
     (void)state;
-    as_store *s = mk_store("conv_input=invert; default=keep", false);
+    as_store *s = store_new("conv_input=invert; default=keep", NULL, false, 0, NULL);
     layer a = mk_layer("stride2", 2, 4, 8, 10, 10, 3, 2, 1, false);
     expect_fallback(s, &a, "stride", "keep");
     layer b = mk_layer("narrow", 2, 8, 4, 10, 10, 3, 1, 1, false);
@@ -367,7 +359,7 @@ static void test_fallbacks(void **state)
     as_store_destroy(s);
 
     /* The rule's named fallback is used, and a threshold argument. */
-    s = mk_store("conv_input=invert:1e3|fp16", false);
+    s = store_new("conv_input=invert:1e3|fp16", NULL, false, 0, NULL);
     expect_fallback(s, &c, "condition number", "fp16");
     as__civ_lstats ls;
     assert_int_equal(as__civ_layer_stats(s, "singular", &ls), 0);
@@ -376,7 +368,7 @@ static void test_fallbacks(void **state)
     as_store_destroy(s);
 
     /* Strict mode makes it an error that names the reason. */
-    s = mk_store("conv_input=invert", true);
+    s = store_new("conv_input=invert", NULL, true, 0, NULL);
     float *x = randv(xlen(&a), 1.0), *y = malloc(sizeof(float) * ylen(&a));
     as_handle hy, hx;
     as_save_info oi = {.kind = AS_KIND_CONV_OUTPUT, .layer = a.name};
@@ -430,7 +422,7 @@ static void test_fallbacks(void **state)
     as_store_stats_free(&mst);
     /* not strict: the same mismatch falls back, counted */
     as_store_destroy(s);
-    s = mk_store("conv_input=invert", false);
+    s = store_new("conv_input=invert", NULL, false, 0, NULL);
     assert_int_equal(as_store_save(s, &oi, &ot1, &hy), 0);
     xi.meta.conv.output = hy;
     free(y1);
@@ -445,7 +437,7 @@ static void test_fallbacks(void **state)
     xi.meta.conv = good;
     /* No output handle: falls back too (non-strict). */
     as_store_destroy(s);
-    s = mk_store("conv_input=invert", false);
+    s = store_new("conv_input=invert", NULL, false, 0, NULL);
     xi.meta.conv.stride_h = xi.meta.conv.stride_w = 1;
     xi.meta.conv.output = AS_HANDLE_NULL;
     assert_int_equal(as_store_save(s, &xi, &xt, &hx), 0);
@@ -465,7 +457,7 @@ static void test_fallbacks(void **state)
 static void test_factor_per_version(void **state)
 {
     (void)state;
-    as_store *s = mk_store("conv_input=invert:1e4:cache", false);
+    as_store *s = store_new("conv_input=invert:1e4:cache", NULL, false, 0, NULL);
     layer l = mk_layer("conv", 3, 4, 6, 9, 9, 3, 1, 1, true);
     for (int step = 0; step < 2; step++) {
         /* Two micro-batches of the same weights in one step. */
@@ -519,7 +511,7 @@ static void test_stream_matches_cache(void **state)
     float *out[3];
     conv_fwd(&l, x, y);
     for (int k = 0; k < 3; k++) {
-        as_store *s = mk_store(specs[k], false);
+        as_store *s = store_new(specs[k], NULL, false, 0, NULL);
         as_handle hx, hy;
         save_conv(s, &l, x, AS_HANDLE_NULL, y, &hx, &hy);
         out[k] = malloc(sizeof(float) * xlen(&l));
@@ -548,7 +540,7 @@ static void test_stream_matches_cache(void **state)
 static void test_cache_key(void **state)
 {
     (void)state;
-    as_store *s = mk_store("conv_input=invert:1e4:cache", false);
+    as_store *s = store_new("conv_input=invert:1e4:cache", NULL, false, 0, NULL);
     layer a = mk_layer("", 3, 4, 6, 9, 9, 3, 1, 1, false);
     layer b = mk_layer("", 3, 4, 6, 9, 9, 3, 1, 1, false);
     float *x = randv(xlen(&a), 1.0), *ya = malloc(sizeof(float) * ylen(&a)),
@@ -596,7 +588,7 @@ static void run_chain(int act_fn, bool *all_dropped)
     rng_state = 0x2545F4914F6CDD1Dull;   /* the same draws whatever ran before */
     /* f32 frames: the byte count below is exact (auto would give the
      * first, unaliased input a 16-bit frame). */
-    as_store *s = mk_store("conv_input=invert:::f32; default=keep", false);
+    as_store *s = store_new("conv_input=invert:::f32; default=keep", NULL, false, 0, NULL);
     layer l[L];
     float *x[L + 1], *y[L];
     as_handle hx[L], hy[L], hz[L];
@@ -727,19 +719,14 @@ static void test_chain_relu_keeps_outputs(void **state)
     assert_false(dropped);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_invert_roundtrip),
-        cmocka_unit_test(test_frame_precision),
-        cmocka_unit_test(test_zero_frame_packs_small),
-        cmocka_unit_test(test_shapes_through_store),
-        cmocka_unit_test(test_fallbacks),
-        cmocka_unit_test(test_factor_per_version),
-        cmocka_unit_test(test_stream_matches_cache),
-        cmocka_unit_test(test_cache_key),
-        cmocka_unit_test(test_chain_four_convs_leaky),
-        cmocka_unit_test(test_chain_relu_keeps_outputs),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_invert_roundtrip),
+             cmocka_unit_test(test_frame_precision),
+             cmocka_unit_test(test_zero_frame_packs_small),
+             cmocka_unit_test(test_shapes_through_store),
+             cmocka_unit_test(test_fallbacks),
+             cmocka_unit_test(test_factor_per_version),
+             cmocka_unit_test(test_stream_matches_cache),
+             cmocka_unit_test(test_cache_key),
+             cmocka_unit_test(test_chain_four_convs_leaky),
+             cmocka_unit_test(test_chain_relu_keeps_outputs))

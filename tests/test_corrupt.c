@@ -20,6 +20,7 @@
 #include "actstore/store.h"
 #include "store/policies/softmax/softmax.h"
 #include "store/store_internal.h"
+#include "support/test_main.h"
 
 enum { ROWS = 32, COLS = 64, N = ROWS * COLS };
 
@@ -200,15 +201,13 @@ static void test_softmax_blocks(void **st)
     }
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_header_fp16),   cmocka_unit_test(test_header_q8),
-        cmocka_unit_test(test_header_q2),     cmocka_unit_test(test_header_aq),
-        cmocka_unit_test(test_header_sign),   cmocka_unit_test(test_header_fewbit),
-        cmocka_unit_test(test_header_bitpack),
-        cmocka_unit_test(test_fewbit_nan_position),
-        cmocka_unit_test(test_softmax_blocks),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_header_fp16),
+             cmocka_unit_test(test_header_q8),
+             cmocka_unit_test(test_header_q2),
+             cmocka_unit_test(test_header_aq),
+             cmocka_unit_test(test_header_sign),
+             cmocka_unit_test(test_header_fewbit),
+             cmocka_unit_test(test_header_bitpack),
+             cmocka_unit_test(test_fewbit_nan_position),
+             cmocka_unit_test(test_softmax_blocks))

@@ -21,8 +21,8 @@
 #include "actstore/common.h"
 #include "layers/data.h"
 #include "support/scratch.h"
+#include "support/test_main.h"
 
-static char tmpdir[256];
 
 static void put_be32(uint8_t *p, uint32_t v)
 {
@@ -39,7 +39,7 @@ static void write_idx(const char *name, uint32_t magic, int ndims,
                       size_t extra)
 {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    snprintf(path, sizeof path, "%s/%s", scratch_dir, name);
     gzFile f = gzopen(path, "wb1");
     assert_non_null(f);
     uint8_t hdr[16];
@@ -70,24 +70,12 @@ static void write_split(const char *pre, uint32_t n, uint32_t rows, uint32_t col
     write_idx(name, 0x801, 1, d1, nlab, label_fill, 0);
 }
 
-static int setup(void **state)
-{
-    (void)state;
-    return scratch_make(tmpdir, sizeof tmpdir, "test_data") ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    return scratch_remove(tmpdir);
-}
-
 static void expect_load_error(bool train, int code, const char *needle1,
                               const char *needle2)
 {
     as_nn_images im;
     char err[1024] = "";
-    int rc = as_nn_fmnist_load(tmpdir, train, &im, err, sizeof err);
+    int rc = as_nn_fmnist_load(scratch_dir, train, &im, err, sizeof err);
     if (rc != code)
         fail_msg("expected %d, got %d: %s", code, rc, err);
     assert_null(im.pixels);
@@ -102,11 +90,11 @@ static void test_fmnist_errors(void **state)
     (void)state;
     char path[512];
     /* nothing there: the exact path tried and the package */
-    snprintf(path, sizeof path, "%s/train-images-idx3-ubyte.gz", tmpdir);
+    snprintf(path, sizeof path, "%s/train-images-idx3-ubyte.gz", scratch_dir);
     expect_load_error(true, AS_ENOTFOUND, path, "dataset-fashion-mnist");
     /* images there, labels missing */
     write_split("t10k", 10000, 28, 28, 10000u * 784, 10000, -1);
-    snprintf(path, sizeof path, "%s/t10k-labels-idx1-ubyte.gz", tmpdir);
+    snprintf(path, sizeof path, "%s/t10k-labels-idx1-ubyte.gz", scratch_dir);
     unlink(path);
     expect_load_error(false, AS_ENOTFOUND, path, "dataset-fashion-mnist");
     /* bad magic (labels magic on the images file) */
@@ -138,7 +126,7 @@ static void test_fmnist_errors(void **state)
     write_idx("t10k-images-idx3-ubyte.gz", 0x803, 3, dz, 0, 0, 0);
     expect_load_error(false, AS_EFORMAT, "dimension 1 is 0", NULL);
     /* not gzip nor IDX: a text file */
-    snprintf(path, sizeof path, "%s/t10k-images-idx3-ubyte.gz", tmpdir);
+    snprintf(path, sizeof path, "%s/t10k-images-idx3-ubyte.gz", scratch_dir);
     FILE *f = fopen(path, "w");
     fputs("hello", f);
     fclose(f);
@@ -147,7 +135,7 @@ static void test_fmnist_errors(void **state)
     write_split("t10k", 10000, 28, 28, 10000u * 784, 10000, -1);
     as_nn_images im;
     char err[512];
-    assert_int_equal(as_nn_fmnist_load(tmpdir, false, &im, err, sizeof err), 0);
+    assert_int_equal(as_nn_fmnist_load(scratch_dir, false, &im, err, sizeof err), 0);
     assert_int_equal(im.n, 10000);
     assert_int_equal(im.labels[13], 3);
     int32_t idx[2] = {5, 13}, y[2];
@@ -187,11 +175,11 @@ static void test_text(void **state)
     (void)state;
     as_nn_text t;
     char err[512], dir[300], path[400];
-    snprintf(dir, sizeof dir, "%s/nofortunes", tmpdir);
+    snprintf(dir, sizeof dir, "%s/nofortunes", scratch_dir);
     assert_int_equal(as_nn_text_load(dir, &t, err, sizeof err), AS_ENOTFOUND);
     assert_non_null(strstr(err, dir));
     assert_non_null(strstr(err, "fortunes"));
-    snprintf(dir, sizeof dir, "%s/fortunes", tmpdir);
+    snprintf(dir, sizeof dir, "%s/fortunes", scratch_dir);
     assert_int_equal(mkdir(dir, 0700), 0);
     assert_int_equal(as_nn_text_load(dir, &t, err, sizeof err), AS_ENOTFOUND);
     assert_non_null(strstr(err, "no fortune files"));
@@ -237,12 +225,7 @@ static void test_text(void **state)
     as_nn_text_free(&t);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fmnist_errors),
-        cmocka_unit_test(test_fmnist_real),
-        cmocka_unit_test(test_text),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+AS_TEST_MAIN(scratch_group_setup, scratch_group_teardown,
+             cmocka_unit_test(test_fmnist_errors),
+             cmocka_unit_test(test_fmnist_real),
+             cmocka_unit_test(test_text))

@@ -30,6 +30,7 @@
 #define AS_FD_SEED 7
 #include "support/fd.h"
 #include "support/ref.h"
+#include "support/test_main.h"
 
 /* A store (default=keep), a context and a parameter list. */
 typedef struct bench {
@@ -743,23 +744,18 @@ static void test_attention_streamed(void **state)
     assert_memory_equal(g0, g1, sizeof g0);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_linear),
-        cmocka_unit_test(test_conv),
-        cmocka_unit_test(test_batchnorm),
-        cmocka_unit_test(test_layernorm),
-        cmocka_unit_test(test_layernorm_from_output),
-        cmocka_unit_test(test_activations),
-        cmocka_unit_test(test_pool),
-        cmocka_unit_test(test_dropout),
-        cmocka_unit_test(test_softmax),
-        cmocka_unit_test(test_embedding),
-        cmocka_unit_test(test_xent),
-        cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_linear_streamed),
-        cmocka_unit_test(test_attention_streamed),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_linear),
+             cmocka_unit_test(test_conv),
+             cmocka_unit_test(test_batchnorm),
+             cmocka_unit_test(test_layernorm),
+             cmocka_unit_test(test_layernorm_from_output),
+             cmocka_unit_test(test_activations),
+             cmocka_unit_test(test_pool),
+             cmocka_unit_test(test_dropout),
+             cmocka_unit_test(test_softmax),
+             cmocka_unit_test(test_embedding),
+             cmocka_unit_test(test_xent),
+             cmocka_unit_test(test_attention),
+             cmocka_unit_test(test_linear_streamed),
+             cmocka_unit_test(test_attention_streamed))

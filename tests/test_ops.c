@@ -18,8 +18,11 @@
 #include <actstore/common.h>
 
 #include "layers/ops.h"
+#include "layers/ops_direct.h"
+#include "util/simd.h"
 #include "support/fd.h"
 #include "support/ref.h"
+#include "support/test_main.h"
 
 /* ---- linear ----------------------------------------------------------- */
 
@@ -137,21 +140,26 @@ static int irand(int lo, int hi)   /* [lo, hi] */
 #define CANARY 16   /* floats after the workspace that must stay intact */
 
 /* Kernel paths: builtin; oneDNN on one thread and on two (its
- * primitives and reorders split the work across OpenMP threads). */
+ * primitives and reorders split the work across OpenMP threads); each
+ * once more with the portable-kernels hook on, which turns the direct
+ * few-channel kernels off (ops_direct.c), so the geometries they take
+ * also run through im2col and the library. */
 typedef struct conv_path {
     as_op_backend b;
     int threads;
+    bool portable;
 } conv_path;
 
 static int conv_paths(conv_path *p)
 {
     as_op_backend bk[2];
     int nbk = nbackends(bk), n = 0;
-    for (int bi = 0; bi < nbk; bi++) {
-        p[n++] = (conv_path){bk[bi], 1};
-        if (bk[bi] == AS_OP_ONEDNN)
-            p[n++] = (conv_path){bk[bi], 2};
-    }
+    for (int port = 0; port < 2; port++)
+        for (int bi = 0; bi < nbk; bi++) {
+            p[n++] = (conv_path){bk[bi], 1, port};
+            if (bk[bi] == AS_OP_ONEDNN)
+                p[n++] = (conv_path){bk[bi], 2, port};
+        }
     return n;
 }
 
@@ -159,6 +167,7 @@ static void conv_path_use(const conv_path *p)
 {
     assert_int_equal(as_op_set_backend(p->b), 0);
     as_op_set_threads(p->threads);
+    as__simd_force_portable(p->portable);
 }
 
 /* Random geometries (odd sizes, strides, paddings, channel counts on
@@ -169,20 +178,28 @@ static void conv_path_use(const conv_path *p)
 static void test_conv_random(void **state)
 {
     (void)state;
-    conv_path paths[3];
+    conv_path paths[6];
     int npath = conv_paths(paths);
-    for (int t = 0; t < 28; t++) {
+    for (int t = 0; t < 36; t++) {
         int k = irand(1, 5), stride = irand(1, 3);
         bool wide = t % 2;   /* more than one channel block */
         as_op_conv_geom g = {.N = irand(1, 5), .Cin = wide ? irand(15, 40) : irand(1, 20),
                              .H = irand(k, 17), .W = irand(k, 17),
                              .Cout = wide ? irand(15, 40) : irand(1, 24), .kh = k, .kw = k,
                              .stride = stride, .pad = irand(0, k - 1)};
+        if (t % 4 == 2)   /* few input channels, 3x3, stride 1: the direct kernels */
+            g = (as_op_conv_geom){.N = irand(1, 4), .Cin = irand(1, 3), .H = irand(3, 20),
+                                  .W = irand(3, 40), .Cout = irand(1, 20), .kh = 3, .kw = 3,
+                                  .stride = 1, .pad = irand(0, 2)};
         if (t == 0)   /* a bench-like shape: oneDNN's blocked kernels */
             g = (as_op_conv_geom){.N = 4, .Cin = 16, .H = 14, .W = 14,
                                   .Cout = 32, .kh = 3, .kw = 3, .stride = 1,
                                   .pad = 1};
         assert_int_equal(as_op_conv_geom_init(&g), 0);
+#if AS_X86_DISPATCH
+        if (t % 4 == 2 && as_cpu_avx512bw())   /* the kernels under test do run */
+            assert_true(as_direct_conv_ok(&g));
+#endif
         size_t nx = (size_t)g.N * g.Cin * g.H * g.W;
         size_t nw = (size_t)g.Cout * g.Cin * g.kh * g.kw;
         size_t ny = (size_t)g.N * g.Cout * g.Ho * g.Wo, nb = (size_t)g.Cout;
@@ -209,8 +226,9 @@ static void test_conv_random(void **state)
             float *gf = to_f(g0, np);
             char what[128];
             snprintf(what, sizeof what,
-                     "conv %s/%dt N%d Cin%d %dx%d Cout%d k%d s%d p%d bias%d dx%d dW%d",
-                     bname(paths[pi].b), paths[pi].threads, g.N, g.Cin, g.H, g.W, g.Cout,
+                     "conv %s/%dt%s N%d Cin%d %dx%d Cout%d k%d s%d p%d bias%d dx%d dW%d",
+                     bname(paths[pi].b), paths[pi].threads,
+                     paths[pi].portable ? "/portable" : "", g.N, g.Cin, g.H, g.W, g.Cout,
                      g.kh, g.stride, g.pad, bias, want_dx, want_dw);
             as_op_conv_fwd(&g, pf, pf + nx, bias ? pf + nx + nw : NULL, y, ws);
             check_close(what, y, yr, ny, 1e-5);
@@ -480,18 +498,13 @@ static void test_xent(void **state)
     free(xf);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_linear),
-        cmocka_unit_test(test_conv),
-        cmocka_unit_test(test_conv_random),
-        cmocka_unit_test(test_gemm),
-        cmocka_unit_test(test_backend),
-        cmocka_unit_test(test_pool),
-        cmocka_unit_test(test_activations),
-        cmocka_unit_test(test_softmax),
-        cmocka_unit_test(test_xent),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_linear),
+             cmocka_unit_test(test_conv),
+             cmocka_unit_test(test_conv_random),
+             cmocka_unit_test(test_gemm),
+             cmocka_unit_test(test_backend),
+             cmocka_unit_test(test_pool),
+             cmocka_unit_test(test_activations),
+             cmocka_unit_test(test_softmax),
+             cmocka_unit_test(test_xent))

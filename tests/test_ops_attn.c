@@ -18,6 +18,7 @@
 #include "layers/ops.h"
 #include "support/fd.h"
 #include "support/ref.h"
+#include "support/test_main.h"
 
 /* ---- LayerNorm -------------------------------------------------------- */
 
@@ -145,13 +146,8 @@ static void test_embedding(void **state)
     free(rf);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_layernorm),
-        cmocka_unit_test(test_batchnorm),
-        cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_embedding),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_layernorm),
+             cmocka_unit_test(test_batchnorm),
+             cmocka_unit_test(test_attention),
+             cmocka_unit_test(test_embedding))

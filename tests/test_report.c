@@ -18,6 +18,7 @@
 #include "client/report.h"
 #include "client/stats.h"
 #include "client/svg.h"
+#include "support/test_main.h"
 
 static void test_summary_and_median(void **state)
 {
@@ -363,16 +364,11 @@ static void test_prepare_dir_errors(void **state)
     unlink(f);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_summary_and_median),
-        cmocka_unit_test(test_paired_ci),
-        cmocka_unit_test(test_svg_charts),
-        cmocka_unit_test(test_report_files),
-        cmocka_unit_test(test_report_same_policy_zero),
-        cmocka_unit_test(test_report_partial),
-        cmocka_unit_test(test_prepare_dir_errors),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_summary_and_median),
+             cmocka_unit_test(test_paired_ci),
+             cmocka_unit_test(test_svg_charts),
+             cmocka_unit_test(test_report_files),
+             cmocka_unit_test(test_report_same_policy_zero),
+             cmocka_unit_test(test_report_partial),
+             cmocka_unit_test(test_prepare_dir_errors))

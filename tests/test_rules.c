@@ -18,6 +18,7 @@
 
 #include "actstore/store.h"
 #include "store/store_internal.h"
+#include "support/test_main.h"
 
 static void test_valid_specs(void **st)
 {
@@ -220,18 +221,12 @@ static void test_glob(void **st)
         {"blocks.*.mlp", "blocks.11.mlp", true},
         {"blocks.*.mlp", "blocks.1.attn.mlp", true},   /* '*' crosses dots */
         {"blocks.*.mlp", "blocks.1.mlp.fc", false},
-        {"*", "", true},
-        {"*", "anything.at.all", true},
-        {"a?c", "abc", true},
-        {"a?c", "ac", false},
-        {"*.fc?", "enc.fc1", true},
-        {"*.fc?", "enc.fc12", false},
+        {"*", "", true}, {"*", "anything.at.all", true},
+        {"a?c", "abc", true}, {"a?c", "ac", false},
+        {"*.fc?", "enc.fc1", true}, {"*.fc?", "enc.fc12", false},
         {"**a", "bbba", true},
-        {"exact", "exact", true},
-        {"exact", "exac", false},
-        {"exact", "exactly", false},
-        {"*a*b*c", "xxaxxbxxc", true},
-        {"*a*b*c", "xxaxxcxxb", false},
+        {"exact", "exact", true}, {"exact", "exac", false}, {"exact", "exactly", false},
+        {"*a*b*c", "xxaxxbxxc", true}, {"*a*b*c", "xxaxxcxxb", false},
     };
     for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
         if (as__glob_match(tab[i].pat, strlen(tab[i].pat), tab[i].s) != tab[i].match)
@@ -355,17 +350,12 @@ static void test_random_specs(void **st)
     assert_true(accepted > 0);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_valid_specs),
-        cmocka_unit_test(test_invalid_specs),
-        cmocka_unit_test(test_set_policy_error_keeps_rules),
-        cmocka_unit_test(test_many_rules_linear),
-        cmocka_unit_test(test_glob),
-        cmocka_unit_test(test_most_specific_wins),
-        cmocka_unit_test(test_kind_names),
-        cmocka_unit_test(test_random_specs),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_valid_specs),
+             cmocka_unit_test(test_invalid_specs),
+             cmocka_unit_test(test_set_policy_error_keeps_rules),
+             cmocka_unit_test(test_many_rules_linear),
+             cmocka_unit_test(test_glob),
+             cmocka_unit_test(test_most_specific_wins),
+             cmocka_unit_test(test_kind_names),
+             cmocka_unit_test(test_random_specs))

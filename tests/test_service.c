@@ -16,7 +16,6 @@ static void test_start_stop(void **state)
 {
     (void)state;
     as_service *svc = fake_start(NULL, srcs, 2);
-    assert_non_null(svc);
     assert_true(as_service_port(svc) > 0);
     assert_non_null(strstr(as_service_url(svc), "http://127.0.0.1:"));
     assert_int_equal(as__service_stop(svc), 0);
@@ -92,7 +91,6 @@ static void test_bad_config(void **state)
     }
     /* the port is taken: AS_EIO naming the address */
     as_service *a = fake_start(NULL, srcs, 1);
-    assert_non_null(a);
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", as_service_port(a));
     cfg.addr = addr;
@@ -206,7 +204,6 @@ static void test_endpoints(void **state)
 {
     (void)state;
     as_service *svc = fake_start(NULL, srcs, 2);
-    assert_non_null(svc);
     int port = as_service_port(svc);
 
     char *r = tget(port, "/", NULL);
@@ -311,7 +308,6 @@ static void test_promtool(void **state)
     char tool[512];
     PROC_REQUIRE("AS_PROMTOOL", "promtool", "prometheus", tool);
     as_service *svc = fake_start(NULL, srcs, 2);
-    assert_non_null(svc);
     char *r = tget(as_service_port(svc), "/metrics", NULL);
     assert_int_equal(tstatus(r), 200);
     int rc = promtool_check(tool, tbody(r));
@@ -342,7 +338,6 @@ static void test_hostile(void **state)
     (void)state;
     as_service_config cfg = {.max_header_bytes = 1024};
     as_service *svc = fake_start(&cfg, srcs, 1);
-    assert_non_null(svc);
     int port = as_service_port(svc);
     expect_status(port, "POST /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 405, true);
     expect_status(port, "DELETE / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 405, true);
@@ -468,7 +463,6 @@ static void test_connection_limit(void **state)
     (void)state;
     as_service_config cfg = {.max_connections = 4};
     as_service *svc = fake_start(&cfg, srcs, 1);
-    assert_non_null(svc);
     int port = as_service_port(svc);
     int fds[4];
     for (int i = 0; i < 4; i++) {
@@ -580,7 +574,6 @@ static void test_fuzz(void **state)
     (void)state;
     as_service_config cfg = {.max_header_bytes = 2048};
     as_service *svc = fake_start(&cfg, srcs, 2);
-    assert_non_null(svc);
     int port = as_service_port(svc);
     /* seeds with their lengths (one holds a NUL byte) */
 #define SEED(x) {x, sizeof x - 1}
@@ -660,7 +653,6 @@ static void test_flood_and_slowloris(void **state)
     (void)state;
     as_service_config cfg = {.sse_queue_limit = 256 * 1024, .idle_timeout_ms = 800};
     as_service *svc = fake_start(&cfg, srcs, 2);
-    assert_non_null(svc);
     int port = as_service_port(svc);
     uint64_t mem0 = as__svc_memory();
     if (AS_TEST_TSAN)

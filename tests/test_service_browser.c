@@ -26,6 +26,7 @@
 #include "test_service_util.h"
 #include "test_service_work.h"
 #include "layers/train.h"
+#include "support/test_main.h"
 
 #ifndef AS_BINARY_DIR
 #define AS_BINARY_DIR "."
@@ -482,11 +483,6 @@ static void test_dashboard_of_trainer(void **state)
     cJSON_Delete(dom);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dashboard_ab),
-        cmocka_unit_test(test_dashboard_of_trainer),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_dashboard_ab),
+             cmocka_unit_test(test_dashboard_of_trainer))

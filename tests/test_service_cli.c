@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "client/client.h"
+#include "support/test_main.h"
 #include "test_service_proc.h"
 
 static const char *bin(void)
@@ -38,8 +39,7 @@ static char *slurp(const char *path)
 static void test_train_serve_and_top(void **state)
 {
     (void)state;
-    char dir[256];
-    assert_non_null(scratch_make(dir, sizeof dir, "cli"));
+    const char *dir = scratch_dir;
     char log[300], out[300];
     snprintf(log, sizeof log, "%s/train.log", dir);
     snprintf(out, sizeof out, "%s/top.txt", dir);
@@ -100,7 +100,6 @@ static void test_train_serve_and_top(void **state)
     }
     proc_stop(pid, 10);
     fprintf(stderr, "train --serve at %s reached step %.0f; top --once:\n%s", addr, step, top);
-    scratch_remove(dir);
     assert_true(step >= 5);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(top, "store train"));
@@ -124,8 +123,7 @@ static void test_train_serve_and_top(void **state)
 static void test_bad_serve(void **state)
 {
     (void)state;
-    char dir[256];
-    assert_non_null(scratch_make(dir, sizeof dir, "cli"));
+    const char *dir = scratch_dir;
     char out[300], cmd[1200];
     snprintf(out, sizeof out, "%s/err.txt", dir);
     /* a non-loopback address without --serve-remote */
@@ -153,18 +151,18 @@ static void test_bad_serve(void **state)
     fprintf(stderr, "%s", msg ? msg : "");
     assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) == 1);
     assert_non_null(strstr(msg, "actstore top"));
-    scratch_remove(dir);
 }
 
-int main(void)
+/* The scratch directory, and the fleet labels of the spawned commands'
+ * services. */
+static int setup(void **state)
 {
-    /* the fleet labels of the spawned commands' services */
     setenv("ACTSTORE_JOB", "t", 1);
     setenv("ACTSTORE_RANK", "0", 1);
     setenv("ACTSTORE_HOST", "h", 1);
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_train_serve_and_top),
-        cmocka_unit_test(test_bad_serve),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return scratch_group_setup(state);
 }
+
+AS_TEST_MAIN(setup, scratch_group_teardown,
+             cmocka_unit_test(test_train_serve_and_top),
+             cmocka_unit_test(test_bad_serve))

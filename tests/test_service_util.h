@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/loopback.h"
 #include "store/service/svc.h"
 #include "util/clock.h"
 
@@ -139,6 +140,7 @@ static __attribute__((unused)) void fake_release(void *ud, size_t i, as__svc_vie
     free(v->store.policies);
 }
 
+/* A service over the n fake sources; fails the test when it does not start. */
 static __attribute__((unused)) as_service *fake_start(const as_service_config *cfg, fake_src *src, size_t n)
 {
     static const char *const labels[] = {"A", "B", "C", "D"};
@@ -147,7 +149,7 @@ static __attribute__((unused)) as_service *fake_start(const as_service_config *c
     char err[256] = "";
     int rc = as__service_start_with(cfg, labels, n, &prov, &svc, err, sizeof err);
     if (rc)
-        fprintf(stderr, "start failed: %s (%s)\n", as_strerror(rc), err);
+        fail_msg("service start failed: %s (%s)", as_strerror(rc), err);
     return svc;
 }
 
@@ -155,19 +157,7 @@ static __attribute__((unused)) as_service *fake_start(const as_service_config *c
 
 static __attribute__((unused)) int tconnect(int port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
-    struct timeval tv = {5, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
-        close(fd);
-        return -1;
-    }
-    return fd;
+    return as_loopback_connect(port, 5);
 }
 
 static __attribute__((unused)) int tsend(int fd, const char *data, size_t n)

@@ -15,6 +15,7 @@
 #include "store/policies/softmax/softmax.h"
 #include "util/rng.h"
 #include "util/simd.h"
+#include "support/test_main.h"
 
 /* ---- fixed-seed rows ------------------------------------------------------ */
 
@@ -699,22 +700,17 @@ static void test_vector_paths_match_portable(void **st)
     free(y);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_soa_matches_reference),
-        cmocka_unit_test(test_radix_order_matches_sort),
-        cmocka_unit_test(test_rank_code_matches_sort),
-        cmocka_unit_test(test_short_rows_exact),
-        cmocka_unit_test(test_mass_is_one),
-        cmocka_unit_test(test_masks),
-        cmocka_unit_test(test_wide_ranks),
-        cmocka_unit_test(test_sotk_fine_count),
-        cmocka_unit_test(test_gradient_cosine),
-        cmocka_unit_test(test_backward_and_ptmatmul),
-        cmocka_unit_test(test_specs),
-        cmocka_unit_test(test_grouped_rows_match_row_by_row),
-        cmocka_unit_test(test_vector_paths_match_portable),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_soa_matches_reference),
+             cmocka_unit_test(test_radix_order_matches_sort),
+             cmocka_unit_test(test_rank_code_matches_sort),
+             cmocka_unit_test(test_short_rows_exact),
+             cmocka_unit_test(test_mass_is_one),
+             cmocka_unit_test(test_masks),
+             cmocka_unit_test(test_wide_ranks),
+             cmocka_unit_test(test_sotk_fine_count),
+             cmocka_unit_test(test_gradient_cosine),
+             cmocka_unit_test(test_backward_and_ptmatmul),
+             cmocka_unit_test(test_specs),
+             cmocka_unit_test(test_grouped_rows_match_row_by_row),
+             cmocka_unit_test(test_vector_paths_match_portable))

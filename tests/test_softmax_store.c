@@ -15,6 +15,7 @@
 #include "store/policies/softmax/softmax.h"
 #include "support/probs.h"
 #include "support/store_util.h"
+#include "support/test_main.h"
 #include "util/rng.h"
 
 static uint64_t rng = 1;
@@ -481,14 +482,9 @@ static void test_attn_block_backward(void **st)
     }
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_attn_block_backward),
-        cmocka_unit_test(test_specs_and_fallbacks),
-        cmocka_unit_test(test_meta_fuzz),
-        cmocka_unit_test(test_meta_check_codec),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_round_trip),
+             cmocka_unit_test(test_attn_block_backward),
+             cmocka_unit_test(test_specs_and_fallbacks),
+             cmocka_unit_test(test_meta_fuzz),
+             cmocka_unit_test(test_meta_check_codec))

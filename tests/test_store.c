@@ -25,6 +25,7 @@
 #include "store/policies/quant.h"
 #include "support/store_stats.h"
 #include "support/store_util.h"
+#include "support/test_main.h"
 #include "util/rng.h"
 
 /* ---- helpers (and tests/support/store_util.h) ------------------------- */
@@ -427,9 +428,8 @@ static void test_no_grad(void **st)
     assert_true(as_handle_is_null(h));
     as_store_stats a = stats(s);
     assert_int_equal(a.total.saves, 0);
-    assert_int_equal(a.total.stored_live, 0);
-    assert_int_equal(a.live_handles, 0);
     as_store_stats_free(&a);
+    expect_nothing_live(s);
     assert_int_equal(arena_tag(s, AS_TAG_SAVED).live_requested, 0);
     assert_int_equal(arena_tag(s, AS_TAG_ACTIVATIONS).live_requested, 0);
     assert_false(as_store_set_grad(s, true));
@@ -610,11 +610,7 @@ static void test_budget_keeps_store_usable(void **st)
     }
     i.layer = "z.big";   /* random floats do not shrink: over budget too */
     assert_int_equal(as_store_save(s, &i, &big, &h), AS_EBUDGET);
-    as_store_stats a = stats(s);
-    assert_int_equal(a.total.raw_live, 0);
-    assert_int_equal(a.total.stored_live, 0);
-    assert_int_equal(a.live_handles, 0);
-    as_store_stats_free(&a);
+    expect_nothing_live(s);
     assert_int_equal(arena_tag(s, AS_TAG_SAVED).live_requested, 0);
     /* smaller saves still work, up to the budget */
     as_tensor small = t2(x, AS_F32, 256, 256);   /* 256 KiB */
@@ -856,24 +852,19 @@ static void test_accounting_matches_allocator(void **st)
     as_store_destroy(s);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_keep_round_trip),
-        cmocka_unit_test(test_restore_shape_errors),
-        cmocka_unit_test(test_view_survives_replan),
-        cmocka_unit_test(test_handle_misuse),
-        cmocka_unit_test(test_adopt_zero_copy),
-        cmocka_unit_test(test_debug_checksum),
-        cmocka_unit_test(test_step_reset),
-        cmocka_unit_test(test_no_grad),
-        cmocka_unit_test(test_policy_change_between_steps),
-        cmocka_unit_test(test_fallback_counted),
-        cmocka_unit_test(test_strict_mode),
-        cmocka_unit_test(test_report_metric),
-        cmocka_unit_test(test_budget_keeps_store_usable),
-        cmocka_unit_test(test_threads),
-        cmocka_unit_test(test_accounting_matches_allocator),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_keep_round_trip),
+             cmocka_unit_test(test_restore_shape_errors),
+             cmocka_unit_test(test_view_survives_replan),
+             cmocka_unit_test(test_handle_misuse),
+             cmocka_unit_test(test_adopt_zero_copy),
+             cmocka_unit_test(test_debug_checksum),
+             cmocka_unit_test(test_step_reset),
+             cmocka_unit_test(test_no_grad),
+             cmocka_unit_test(test_policy_change_between_steps),
+             cmocka_unit_test(test_fallback_counted),
+             cmocka_unit_test(test_strict_mode),
+             cmocka_unit_test(test_report_metric),
+             cmocka_unit_test(test_budget_keeps_store_usable),
+             cmocka_unit_test(test_threads),
+             cmocka_unit_test(test_accounting_matches_allocator))

@@ -29,6 +29,7 @@
 #include "store/store_internal.h"
 #include "support/store_stats.h"
 #include "support/store_util.h"
+#include "support/test_main.h"
 #include "util/simd.h"
 #include "util/rng.h"
 
@@ -463,18 +464,13 @@ static void test_zstd_corrupted_blob(void **st)
     as_store_destroy(s);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lossless_round_trips),
-        cmocka_unit_test(test_zstd_portable_same_bytes),
-        cmocka_unit_test(test_zstd_edge_frames),
-        cmocka_unit_test(test_zstd_ratio_on_relu),
-        cmocka_unit_test(test_half_bounds),
-        cmocka_unit_test(test_quant_bounds),
-        cmocka_unit_test(test_stochastic_rounding_unbiased),
-        cmocka_unit_test(test_stochastic_rounding_same_in_two_stores),
-        cmocka_unit_test(test_zstd_corrupted_blob),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_lossless_round_trips),
+             cmocka_unit_test(test_zstd_portable_same_bytes),
+             cmocka_unit_test(test_zstd_edge_frames),
+             cmocka_unit_test(test_zstd_ratio_on_relu),
+             cmocka_unit_test(test_half_bounds),
+             cmocka_unit_test(test_quant_bounds),
+             cmocka_unit_test(test_stochastic_rounding_unbiased),
+             cmocka_unit_test(test_stochastic_rounding_same_in_two_stores),
+             cmocka_unit_test(test_zstd_corrupted_blob))

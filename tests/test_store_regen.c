@@ -20,6 +20,7 @@
 #include "store/policies/quant.h"
 #include "support/store_stats.h"
 #include "support/store_util.h"
+#include "support/test_main.h"
 #include "util/rng.h"
 
 /* ---- helpers (and tests/support/store_util.h) ------------------------- */
@@ -252,12 +253,7 @@ static void test_inverse_chain(void **st)
 
 /* ---- threads ------------------------------------------------------------- */
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_recompute_chain),
-        cmocka_unit_test(test_long_chain),
-        cmocka_unit_test(test_inverse_chain),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_recompute_chain),
+             cmocka_unit_test(test_long_chain),
+             cmocka_unit_test(test_inverse_chain))

@@ -24,7 +24,9 @@
 #include "actstore/store.h"
 #include "store/store_internal.h"
 #include "support/probs.h"
+#include "support/store_stats.h"
 #include "support/store_util.h"
+#include "support/test_main.h"
 #include "util/rng.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -246,10 +248,7 @@ static void test_misuse(void **st)
     assert_true(sa.total.stored_live > 0);
     as_store_stats_free(&sa);
     assert_int_equal(as_store_release(s, h), 0);
-    assert_int_equal(as_store_stats_take(s, &sa), 0);
-    assert_int_equal(sa.total.stored_live, 0);
-    assert_int_equal(sa.live_handles, 0);
-    as_store_stats_free(&sa);
+    expect_nothing_live(s);
     assert_int_equal(arena_tag(s, AS_TAG_SAVED).live_usable, 0);
     assert_int_equal(as_store_save_rows_end(s, h), AS_EHANDLE);
 
@@ -489,27 +488,18 @@ static void test_threads(void **st)
         assert_int_equal(args[i].ok, 1);
         free(args[i].x);
     }
-    as_store_stats sa;
-    assert_int_equal(as_store_stats_take(s, &sa), 0);
-    assert_int_equal(sa.live_handles, 0);
-    assert_int_equal(sa.total.stored_live, 0);
-    as_store_stats_free(&sa);
+    expect_nothing_live(s);
     as_store_destroy(s);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_softmax_codecs_equal_whole),
-        cmocka_unit_test(test_aq_rows),
-        cmocka_unit_test(test_keep_bytes),
-        cmocka_unit_test(test_misuse),
-        cmocka_unit_test(test_softmax_alignment),
-        cmocka_unit_test(test_whole_policies),
-        cmocka_unit_test(test_auto_rows),
-        cmocka_unit_test(test_auto_act_rows),
-        cmocka_unit_test(test_faults),
-        cmocka_unit_test(test_threads),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+AS_TEST_MAIN(NULL, NULL,
+             cmocka_unit_test(test_softmax_codecs_equal_whole),
+             cmocka_unit_test(test_aq_rows),
+             cmocka_unit_test(test_keep_bytes),
+             cmocka_unit_test(test_misuse),
+             cmocka_unit_test(test_softmax_alignment),
+             cmocka_unit_test(test_whole_policies),
+             cmocka_unit_test(test_auto_rows),
+             cmocka_unit_test(test_auto_act_rows),
+             cmocka_unit_test(test_faults),
+             cmocka_unit_test(test_threads))

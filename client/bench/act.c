@@ -102,36 +102,29 @@ static double rel_l2(const float *a, const float *b, size_t n)
     return m > 0 ? sqrt(d / m) : sqrt(d);
 }
 
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: actstore bench act [--json FILE] [--repeats N] [--n N]\n\n"
+               "sign, fewbit:1..4 and bitpack against keep on ReLU / LeakyReLU\n"
+               "outputs, GELU inputs and 2x2 argmax indices: stored bytes, save\n"
+               "and backward ns per element (thread CPU, medians), gelu dx error.\n\n"
+               "  --json FILE   write {\"bench\":\"act\",\"results\":[...]} (\"-\" = stdout)\n"
+               "  --repeats N   repeats per cell, interleaved (default 7)\n"
+               "  --n N         elements per tensor (default 1048576)\n");
+}
+
 int as_bench_act(int argc, char **argv)
 {
     const char *json_path = NULL;
     unsigned long long repeats = 7, n = 1u << 20;
-    for (int i = 1; i < argc; i++) {
-        if (as_cli_is_help(argv[i])) {
-            printf("usage: actstore bench act [--json FILE] [--repeats N] [--n N]\n\n"
-                   "sign, fewbit:1..4 and bitpack against keep on ReLU / LeakyReLU\n"
-                   "outputs, GELU inputs and 2x2 argmax indices: stored bytes, save\n"
-                   "and backward ns per element (thread CPU, medians), gelu dx error.\n\n"
-                   "  --json FILE   write {\"bench\":\"act\",\"results\":[...]} (\"-\" = stdout)\n"
-                   "  --repeats N   repeats per cell, interleaved (default 7)\n"
-                   "  --n N         elements per tensor (default 1048576)\n");
-            return AS_EXIT_OK;
-        } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
-            json_path = argv[++i];
-        } else if (!strcmp(argv[i], "--repeats") && i + 1 < argc) {
-            if (as_cli_parse_u64(CMD, "--repeats", argv[++i], &repeats) != 0)
-                return AS_EXIT_USAGE;
-            if (repeats < 1 || repeats > 1000)
-                return as_cli_usage(CMD, "--repeats must be 1..1000");
-        } else if (!strcmp(argv[i], "--n") && i + 1 < argc) {
-            if (as_cli_parse_u64(CMD, "--n", argv[++i], &n) != 0)
-                return AS_EXIT_USAGE;
-            if (n < 1 || n > (1ull << 28))
-                return as_cli_usage(CMD, "--n must be 1..2^28");
-        } else {
-            return as_cli_usage(CMD, "unknown or incomplete option '%s'", argv[i]);
-        }
-    }
+    const as_cli_flag flags[] = {
+        {"--json", AS_CLI_STR, &json_path, 0, 0},
+        {"--repeats", AS_CLI_U64, &repeats, 1, 1000},
+        {"--n", AS_CLI_U64, &n, 1, 1ull << 28},
+    };
+    int prc = as_cli_parse_flags(CMD, flags, sizeof flags / sizeof flags[0], usage, argc, argv);
+    if (prc != AS_CLI_RUN)
+        return prc;
     as_store *s = NULL;
     if (as_store_create(NULL, &s, NULL, 0) != 0)
         return as_cli_fail(CMD, "as_store_create failed");

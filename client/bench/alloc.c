@@ -109,32 +109,6 @@ static void usage(FILE *f)
             "  --scale X     multiply the pairs per repeat (default 1.0)\n");
 }
 
-static int parse_args(int argc, char **argv, const char **json_path,
-                      unsigned long long *repeats, double *scale)
-{
-    for (int i = 1; i < argc; i++) {
-        if (as_cli_is_help(argv[i])) {
-            usage(stdout);
-            return 1;
-        } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
-            *json_path = argv[++i];
-        } else if (!strcmp(argv[i], "--repeats") && i + 1 < argc) {
-            if (as_cli_parse_u64("bench alloc", "--repeats", argv[++i], repeats) != 0)
-                return -AS_EXIT_USAGE;
-            if (*repeats < 1 || *repeats > 1000)
-                return -as_cli_usage("bench alloc", "--repeats must be 1..1000");
-        } else if (!strcmp(argv[i], "--scale") && i + 1 < argc) {
-            if (as_cli_parse_double("bench alloc", "--scale", argv[++i], scale) != 0)
-                return -AS_EXIT_USAGE;
-            if (!(*scale > 0 && *scale <= 100))
-                return -as_cli_usage("bench alloc", "--scale must be in (0, 100]");
-        } else {
-            return -as_cli_usage("bench alloc", "unknown or incomplete option '%s'", argv[i]);
-        }
-    }
-    return 0;
-}
-
 /* The plain arena gets the tracked arena's decay setting (freed pages kept,
  * docs/allocator.md), so the ratio measures the tracking alone. */
 static int plain_jemalloc(ctx *c)
@@ -221,9 +195,15 @@ int as_bench_alloc(int argc, char **argv)
     const char *json_path = NULL;
     unsigned long long repeats = 11;
     double scale = 1.0;
-    int pa = parse_args(argc, argv, &json_path, &repeats, &scale);
-    if (pa != 0)
-        return pa > 0 ? AS_EXIT_OK : -pa;
+    const as_cli_flag flags[] = {
+        {"--json", AS_CLI_STR, &json_path, 0, 0},
+        {"--repeats", AS_CLI_U64, &repeats, 1, 1000},
+        {"--scale", AS_CLI_DBL, &scale, 0, 100},
+    };
+    int pa = as_cli_parse_flags("bench alloc", flags, sizeof flags / sizeof flags[0], usage,
+                                argc, argv);
+    if (pa != AS_CLI_RUN)
+        return pa;
 
     double load[2] = {0, 0};
     if (getloadavg(load, 1) != 1)

@@ -125,6 +125,9 @@ typedef struct conv_run {
      * shapes or phases cancel); the ratios */
     double        *tf, *ti, *ts, *tfi, *tfs, *qi, *qs;
     as__civ  *ci, *cs;                 /* cached / streaming solver */
+    void          *work;               /* restore work space, lent to both
+                                          solvers (as the policy lends the
+                                          store's arena: pages reused) */
     as__civ_stats st;                  /* of ci after its restores */
     double         fwd, inv, ratio, factor_ms, cond, stream, sratio, cond_ms, serr, err;
     double         bound_ms;            /* the next version's verdict (time_bound) */
@@ -184,6 +187,7 @@ static void shape_free(conv_run *r)
 {
     as__civ_destroy(r->ci);
     as__civ_destroy(r->cs);
+    free(r->work);
     free(r->ts); free(r->tfi); free(r->tfs); free(r->qi); free(r->qs);
     free(r->x); free(r->xr); free(r->y); free(r->w); free(r->b); free(r->fr); free(r->ws);
     free(r->tf); free(r->ti);
@@ -200,6 +204,22 @@ static void time_forward(conv_run *r)
     as__civ_frame_extract(&r->g, r->s->n, r->x, r->fr);
 }
 
+/* Lend the solver a work block of as__civ_work_bytes (allocated and
+ * touched once per shape), as the policy lends the store's arena in
+ * training: a restore then pays no page faults for its work space (a fresh
+ * malloc of a large block does: on 64x64 maps that was most of a streamed
+ * restore's time). Without memory the solver mallocs its own. */
+static void lend_work(conv_run *r, as__civ *ci)
+{
+    const size_t wb = as__civ_work_bytes(ci, r->s->n);
+    if (!r->work && wb && !(r->work = aligned_alloc(64, (wb + 63) / 64 * 64)))
+        return;
+    if (r->work) {
+        memset(r->work, 0, wb);
+        as__civ_set_work(ci, r->work, wb);
+    }
+}
+
 /* The cached solver: factor once, then time restores against the forward
  * right before each. Returns 0, 1 (the shape falls back: r->why), or -1. */
 static int time_cached(conv_run *r, const as__civ_cfg *cfg)
@@ -211,6 +231,7 @@ static int time_cached(conv_run *r, const as__civ_cfg *cfg)
         return -1;
     if (crc)
         return 1;
+    lend_work(r, r->ci);
     as__civ_get_stats(r->ci, &r->st);
     r->factor_ms = r->st.factor_ms;
     r->cache = r->st.cache_bytes;
@@ -239,6 +260,7 @@ static int time_streamed(conv_run *r, const as__civ_cfg *cfg)
     scfg.no_bound = 1;   /* every version checked, as after a weight jump */
     if (as__civ_create(&r->g, &scfg, &r->cs, r->why, sizeof r->why))
         return -1;
+    lend_work(r, r->cs);
     for (int k = 0; k < r->reps; k++) {
         if (as__civ_condition(r->cs, r->w, (uint64_t)k + 1, NULL, NULL, 0))
             return -1;
@@ -404,6 +426,7 @@ int as_bench_conv(int argc, char **argv)
     shape shapes[64];
     size_t ns = 0;
     for (int i = 1; i < argc; i++) {
+        const char *v;
         if (as_cli_is_help(argv[i])) {
             usage(stdout);
             return AS_EXIT_OK;
@@ -413,21 +436,21 @@ int as_bench_conv(int argc, char **argv)
             no_adjoint = 1;
         } else if (!strcmp(argv[i], "--wall")) {
             bench_clock = CLOCK_MONOTONIC;
-        } else if (i + 1 < argc && !strcmp(argv[i], "--json")) {
-            json = argv[++i];
-        } else if (i + 1 < argc && !strcmp(argv[i], "--reps")) {
-            if (as_cli_parse_u64("bench conv", "--reps", argv[++i], &reps) || reps < 1 || reps > 100)
-                return as_cli_usage("bench conv", "--reps: expected 1..100");
-        } else if (i + 1 < argc && !strcmp(argv[i], "--threads")) {
-            if (as_cli_parse_u64("bench conv", "--threads", argv[++i], &threads) || threads > 64)
-                return as_cli_usage("bench conv", "--threads: expected 0..64");
-        } else if (i + 1 < argc && !strcmp(argv[i], "--cond-max")) {
-            if (as_cli_parse_double("bench conv", "--cond-max", argv[++i], &cond_max) || !(cond_max > 1))
-                return as_cli_usage("bench conv", "--cond-max: expected a number > 1");
-        } else if (i + 1 < argc && !strcmp(argv[i], "--shape")) {
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--json"))) {
+            json = v;
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--reps"))) {
+            if (as_cli_parse_u64_in("bench conv", "--reps", v, 1, 100, &reps))
+                return AS_EXIT_USAGE;
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--threads"))) {
+            if (as_cli_parse_u64_in("bench conv", "--threads", v, 0, 64, &threads))
+                return AS_EXIT_USAGE;
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--cond-max"))) {
+            if (as_cli_parse_double_in("bench conv", "--cond-max", v, 1, HUGE_VAL, &cond_max))
+                return AS_EXIT_USAGE;
+        } else if ((v = as_cli_flag_value(argc, argv, &i, "--shape"))) {
             shape sh;
             char tail;
-            const char *a = argv[++i];
+            const char *a = v;
             if (sscanf(a, "%d:%d:%d:%d:%d:%d%c", &sh.n, &sh.cin, &sh.cout, &sh.h, &sh.k,
                        &sh.pad, &tail) != 6 || sh.n < 1 || sh.n > 4096 || sh.cin < 1 ||
                 sh.cin > 1024 || sh.cout < 1 || sh.cout > 1024 || sh.h < 1 || sh.h > 1024 ||

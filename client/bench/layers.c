@@ -10,7 +10,9 @@
  *   - sgemm 1024 x 1024 x 1024: the machine's practical peak;
  *   - the library's own primitives (oneDNN) alone on their native
  *     layouts: for conv the blocked ones, without the reorders from and to
- *     NCHW the kernel pays; for linear its inner-product primitives: what
+ *     NCHW the kernel pays (convs the direct few-channel kernel of
+ *     layers/ops_direct.c runs are marked "*": measured against the same
+ *     library primitives); for linear its inner-product primitives: what
  *     the library itself reaches on the shape.
  * The kernels in use (backend, oneDNN ISA, OpenBLAS core and how it was
  * chosen) head the output; AS_KERNELS=builtin measures the im2col path.
@@ -37,6 +39,7 @@
 #include "util/clock.h"
 #include "cli.h"
 #include "layers/ops.h"
+#include "layers/ops_direct.h"
 #include "layers/train.h"
 #include "stats.h"
 
@@ -224,35 +227,24 @@ typedef struct layers_bench {
     double   fwd_flops, fwd_t, fwd_ref_t, bwd_flops, bwd_t, bwd_ref_t;
     double   fwd_lib_t, bwd_lib_t;   /* the library primitives alone */
     bool     lib_all;                /* ... ran on every conv shape */
+    bool     any_direct;             /* a conv ran the direct kernel */
 } layers_bench;
 
 /* Returns AS_CLI_RUN, or an exit code after --help or a usage error. */
 static int parse_args(layers_bench *b, int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        if (as_cli_is_help(argv[i])) {
-            usage(stdout);
-            return AS_EXIT_OK;
-        } else if (!strcmp(argv[i], "--quick")) {
-            b->reps = 9;
-        } else if (i + 1 < argc && !strcmp(argv[i], "--json")) {
-            b->json = argv[++i];
-        } else if (i + 1 < argc && !strcmp(argv[i], "--reps")) {
-            if (as_cli_parse_u64("bench layers", "--reps", argv[++i], &b->reps))
-                return AS_EXIT_USAGE;
-            if (b->reps < 1 || b->reps > 256)
-                return as_cli_usage("bench layers", "--reps %llu out of range 1..256", b->reps);
-        } else if (i + 1 < argc && !strcmp(argv[i], "--threads")) {
-            if (as_cli_parse_u64("bench layers", "--threads", argv[++i], &b->threads))
-                return AS_EXIT_USAGE;
-            if (b->threads < 1 || b->threads > 256)
-                return as_cli_usage("bench layers", "--threads %llu out of range 1..256",
-                                    b->threads);
-        } else {
-            return as_cli_usage("bench layers", "unknown argument '%s'", argv[i]);
-        }
-    }
-    return AS_CLI_RUN;
+    bool quick = false;
+    const as_cli_flag flags[] = {
+        {"--json", AS_CLI_STR, &b->json, 0, 0},
+        {"--reps", AS_CLI_U64, &b->reps, 1, 256},
+        {"--threads", AS_CLI_U64, &b->threads, 1, 256},
+        {"--quick", AS_CLI_FLAG, &quick, 0, 0},
+    };
+    int rc = as_cli_parse_flags("bench layers", flags, sizeof flags / sizeof flags[0], usage,
+                                argc, argv);
+    if (quick)
+        b->reps = 9;
+    return rc;
 }
 
 /* sgemm 1024^3: the reference every layer is compared with. */
@@ -323,14 +315,18 @@ static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
         b->fwd_flops += f; b->fwd_t += tf; b->fwd_ref_t += tfr;
         b->bwd_flops += fb; b->bwd_t += tb; b->bwd_ref_t += tbr_all;
         char name[64], shp[64];
+        const bool direct = as_direct_conv_ok(&c->g);
+        b->any_direct = b->any_direct || direct;
         snprintf(name, sizeof name, "stages.%d.conv%d", s, k);
         snprintf(shp, sizeof shp, "%d %d>%d %dx%d 3", c->g.N, c->g.Cin, c->g.Cout, H, H);
+        char row[72];   /* the printed name, marked when the direct kernel ran */
+        snprintf(row, sizeof row, "%s%s", name, direct ? "*" : "");
         if (nat)
-            printf("%-16s %-16s %8.1f %6.1f %6.1f %6.2f %8.1f %6.1f %6.1f %6.2f\n", name,
+            printf("%-16s %-16s %8.1f %6.1f %6.1f %6.2f %8.1f %6.1f %6.1f %6.2f\n", row,
                    shp, 1e-9 * f / tf, 1e-9 * f / tfr, 1e-9 * f / tfl, tfl / tf,
                    1e-9 * fb / tb, 1e-9 * fb / tbr_all, 1e-9 * fb / tbl, tbl / tb);
         else
-            printf("%-16s %-16s %8.1f %6.1f %6s %6s %8.1f %6.1f %6s %6s\n", name, shp,
+            printf("%-16s %-16s %8.1f %6.1f %6s %6s %8.1f %6.1f %6s %6s\n", row, shp,
                    1e-9 * f / tf, 1e-9 * f / tfr, "-", "-", 1e-9 * fb / tb,
                    1e-9 * fb / tbr_all, "-", "-");
         cJSON *o = cJSON_CreateObject();
@@ -343,6 +339,7 @@ static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
         cJSON_AddNumberToObject(o, "k", 3);
         cJSON_AddNumberToObject(o, "stride", 1);
         cJSON_AddNumberToObject(o, "pad", 1);
+        cJSON_AddBoolToObject(o, "direct", direct);
         cJSON_AddNumberToObject(o, "gemm_m", M);
         cJSON_AddNumberToObject(o, "gemm_n", Nc);
         cJSON_AddNumberToObject(o, "gemm_k", K);
@@ -415,6 +412,8 @@ static int bench_convs(layers_bench *b, cJSON *root)
                "(FLOP-weighted)", ff / b->fwd_t, ff / b->fwd_ref_t, "-", "-",
                fb / b->bwd_t, fb / b->bwd_ref_t, "-", "-");
     }
+    if (b->any_direct)
+        printf("* the direct NCHW kernel for few input channels (layers/ops_direct.c)\n");
     printf("conv forward / sgemm 1024^3: %.2f\n\n", 1e-9 * b->fwd_flops / b->fwd_t / b->peak_gf);
     return AS_EXIT_OK;
 }

@@ -5,32 +5,21 @@
  * and reports medians over repeats.
  */
 #include <stdio.h>
-#include <string.h>
 
 #include "bench.h"
 #include "cli.h"
 #include "actstore/common.h"
 
-static const struct {
-    const char *name;
-    as_cmd_fn   fn;
-    const char *summary;
-} benches[] = {
-    {"alloc",   as_bench_alloc,   "tracked allocator vs jemalloc vs glibc (ns per pair)"},
-    {"softmax", as_bench_softmax, "softmax codecs: ratio, gradient cosine, rows/s"},
-    {"conv",    as_bench_conv,    "conv input inversion vs conv forward (time, error, bytes)"},
-    {"layers",  as_bench_layers,  "conv and matmul GFLOP/s in the bench presets vs OpenBLAS sgemm"},
-    {"store",   as_bench_store,   "codecs: save/restore GB/s and stored/raw vs memcpy"},
-    {"act",     as_bench_act,     "sign, fewbit, bitpack vs keep: bytes, ns per element, error"},
-    {"service", as_bench_service, "live service: step-time overhead (vit small), /metrics latency"},
-    {"scale",   as_bench_scale,   "lm memory and step time against context, width, batch; --fit BYTES"},
+static const as_cli_sub benches[] = {
+#define AS_BENCH(NAME, SUMMARY) {#NAME, as_bench_##NAME, SUMMARY},
+#include "benches.def"
+#undef AS_BENCH
 };
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: actstore bench <name> [--json FILE] [options]\n\nbenchmarks:\n");
-    for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++)
-        fprintf(f, "  %-8s %s\n", benches[i].name, benches[i].summary);
+    as_cli_list_subs(f, benches, sizeof benches / sizeof benches[0]);
 }
 
 int main(int argc, char **argv)
@@ -44,8 +33,8 @@ int main(int argc, char **argv)
         usage(stdout);
         return AS_EXIT_OK;
     }
-    for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++)
-        if (!strcmp(argv[1], benches[i].name))
-            return benches[i].fn(argc - 1, argv + 1);
+    const as_cli_sub *b = as_cli_find_sub(benches, sizeof benches / sizeof benches[0], argv[1]);
+    if (b)
+        return b->fn(argc - 1, argv + 1);
     return as_cli_usage("bench", "unknown benchmark '%s'", argv[1]);
 }

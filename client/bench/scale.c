@@ -126,11 +126,7 @@ static int add_policy(sc_opts *o, const char *arg, double ratio)
 static int parse_num(const char *opt, const char *v, unsigned long long lo,
                      unsigned long long hi, unsigned long long *out)
 {
-    if (as_cli_parse_u64(CMD, opt, v, out))
-        return AS_EXIT_USAGE;
-    if (*out < lo || *out > hi)
-        return as_cli_usage(CMD, "%s must be %llu..%llu", opt, lo, hi);
-    return 0;
+    return as_cli_parse_u64_in(CMD, opt, v, lo, hi, out) ? AS_EXIT_USAGE : 0;
 }
 
 static int parse(int argc, char **argv, sc_opts *o)
@@ -163,10 +159,8 @@ static int parse(int argc, char **argv, sc_opts *o)
                 return as_cli_usage(CMD, "at most %d policies besides keep", SC_MAXPOL - 1);
             user_pol[nuser++] = v;
         } else if (!strcmp(a, "--ratio")) {
-            if (as_cli_parse_double(CMD, a, v, &ratio))
+            if (as_cli_parse_double_in(CMD, a, v, 0, HUGE_VAL, &ratio))
                 return AS_EXIT_USAGE;
-            if (!(ratio > 0))
-                return as_cli_usage(CMD, "--ratio must be > 0");
         } else if (!strcmp(a, "--repeats"))
             rc = parse_num(a, v, 1, MAXROUNDS, &o->repeats);
         else if (!strcmp(a, "--warmup"))

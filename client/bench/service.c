@@ -47,6 +47,7 @@
 #include "actstore/service.h"
 #include "bench.h"
 #include "util/clock.h"
+#include "util/loopback.h"
 #include "cli.h"
 #include "client.h"
 #include "layers/train.h"
@@ -322,19 +323,10 @@ static int bench_steps(const steps_cfg *c, steps_res *res, char *err, size_t err
 
 static int ka_connect(int port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
-    struct timeval tv = {5, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int fd = as_loopback_connect(port, 5);
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
-        close(fd);
-        return -1;
-    }
+    if (fd >= 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
 }
 
@@ -737,16 +729,14 @@ static void metrics_json(const svc_bench *b, cJSON *root)
     cJSON *ml = cJSON_AddArrayToObject(root, "metrics_latency");
     for (int k = 0; k < 2 && b->do_metrics; k++) {
         const lat_res *l = &b->lr[k];
+        const as_cli_num row[] = {
+            {"layers", b->layers}, {"top_layers", l->top}, {"requests", b->requests},
+            {"p50_ms", l->p50_ms}, {"p99_ms", l->p99_ms}, {"max_ms", l->max_ms},
+            {"service_cpu_ms_per_request", l->cpu_ms},
+            {"body_bytes", (double)l->bytes}, {"samples", (double)l->series},
+        };
         cJSON *o = cJSON_CreateObject();
-        cJSON_AddNumberToObject(o, "layers", b->layers);
-        cJSON_AddNumberToObject(o, "top_layers", l->top);
-        cJSON_AddNumberToObject(o, "requests", b->requests);
-        cJSON_AddNumberToObject(o, "p50_ms", l->p50_ms);
-        cJSON_AddNumberToObject(o, "p99_ms", l->p99_ms);
-        cJSON_AddNumberToObject(o, "max_ms", l->max_ms);
-        cJSON_AddNumberToObject(o, "service_cpu_ms_per_request", l->cpu_ms);
-        cJSON_AddNumberToObject(o, "body_bytes", (double)l->bytes);
-        cJSON_AddNumberToObject(o, "samples", (double)l->series);
+        as_cli_add_nums(o, row, sizeof row / sizeof row[0]);
         cJSON_AddItemToArray(ml, o);
     }
 }
@@ -761,13 +751,16 @@ static int write_json(const svc_bench *b)
     cJSON_AddStringToObject(root, "policy", c->policy);
     cJSON_AddItemToObject(root, "loadavg_before", cJSON_CreateDoubleArray(b->load0, 3));
     cJSON_AddItemToObject(root, "loadavg_after", cJSON_CreateDoubleArray(b->load1, 3));
-    cJSON_AddNumberToObject(root, "cores", (double)b->ncpu);
-    cJSON_AddNumberToObject(root, "repeats", c->repeats);
-    cJSON_AddNumberToObject(root, "steps_per_block", (double)c->steps);
-    cJSON_AddNumberToObject(root, "warmup_steps", (double)c->warmup);
-    cJSON_AddNumberToObject(root, "threads", c->threads);
-    cJSON_AddNumberToObject(root, "clients", c->clients);
-    cJSON_AddNumberToObject(root, "scrape_ms", c->scrape_ms);
+    const as_cli_num setup[] = {
+        {"cores", (double)b->ncpu},
+        {"repeats", c->repeats},
+        {"steps_per_block", (double)c->steps},
+        {"warmup_steps", (double)c->warmup},
+        {"threads", c->threads},
+        {"clients", c->clients},
+        {"scrape_ms", c->scrape_ms},
+    };
+    as_cli_add_nums(root, setup, sizeof setup / sizeof setup[0]);
     steps_json(b, root);
     metrics_json(b, root);
     cJSON *t = cJSON_AddObjectToObject(root, "targets");

@@ -282,29 +282,13 @@ typedef struct store_bench {
 /* Returns AS_CLI_RUN, or an exit code after --help or a usage error. */
 static int parse_args(store_bench *b, int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        if (as_cli_is_help(argv[i])) {
-            usage(stdout);
-            return AS_EXIT_OK;
-        } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
-            b->json_path = argv[++i];
-        } else if (!strcmp(argv[i], "--offload-dir") && i + 1 < argc) {
-            b->odir = argv[++i];
-        } else if (!strcmp(argv[i], "--repeats") && i + 1 < argc) {
-            if (as_cli_parse_u64(CMD, "--repeats", argv[++i], &b->repeats) != 0)
-                return AS_EXIT_USAGE;
-            if (b->repeats < 1 || b->repeats > 100)
-                return as_cli_usage(CMD, "--repeats must be 1..100");
-        } else if (!strcmp(argv[i], "--mib") && i + 1 < argc) {
-            if (as_cli_parse_u64(CMD, "--mib", argv[++i], &b->mib) != 0)
-                return AS_EXIT_USAGE;
-            if (b->mib < 1 || b->mib > 1024)
-                return as_cli_usage(CMD, "--mib must be 1..1024");
-        } else {
-            return as_cli_usage(CMD, "unknown or incomplete option '%s'", argv[i]);
-        }
-    }
-    return AS_CLI_RUN;
+    const as_cli_flag flags[] = {
+        {"--json", AS_CLI_STR, &b->json_path, 0, 0},
+        {"--offload-dir", AS_CLI_STR, &b->odir, 0, 0},
+        {"--repeats", AS_CLI_U64, &b->repeats, 1, 100},
+        {"--mib", AS_CLI_U64, &b->mib, 1, 1024},
+    };
+    return as_cli_parse_flags(CMD, flags, sizeof flags / sizeof flags[0], usage, argc, argv);
 }
 
 /* The tensors (filled), the caller buffer (pre-faulted) and the cells'

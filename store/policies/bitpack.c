@@ -29,11 +29,9 @@ typedef struct bp_blk {
 static int bp_applies(const void *params, const as_save_info *info,
                       const as_tensor *t, char *why, size_t whylen)
 {
-    if (t->dtype != AS_U8 && t->dtype != AS_I32) {
-        snprintf(why, whylen, "dtype %s (u8 or i32 only)",
-                 as_dtype_name(t->dtype));
-        return AS_ENOTSUP;
-    }
+    if (t->dtype != AS_U8 && t->dtype != AS_I32)
+        return as_policy_reject(why, whylen, "dtype %s (u8 or i32 only)",
+                                as_dtype_name(t->dtype));
     return 0;
 }
 

@@ -18,10 +18,8 @@
 static int borrow_applies(const void *params, const as_save_info *info,
                           const as_tensor *t, char *why, size_t whylen)
 {
-    if (!info->borrow) {
-        snprintf(why, whylen, "not a borrowed (caller-held) tensor");
-        return AS_ENOTSUP;
-    }
+    if (!info->borrow)
+        return as_policy_reject(why, whylen, "not a borrowed (caller-held) tensor");
     return 0;
 }
 

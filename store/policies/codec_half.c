@@ -42,22 +42,6 @@ static int half_encode(as_pctx *ctx, const as_tensor *t, void **state,
     return 0;
 }
 
-static int fp16_encode(as_pctx *ctx, const void *params,
-                       const as_save_info *info, const as_tensor *t,
-                       void **state)
-{
-    (void)params, (void)info;
-    return half_encode(ctx, t, state, false);
-}
-
-static int bf16_encode(as_pctx *ctx, const void *params,
-                       const as_save_info *info, const as_tensor *t,
-                       void **state)
-{
-    (void)params, (void)info;
-    return half_encode(ctx, t, state, true);
-}
-
 static void half_range(const half_hdr *h, size_t i0, size_t n, float *dst,
                        bool brain)
 {
@@ -78,20 +62,6 @@ static int half_decode(as_pctx *ctx, const half_hdr *h, as_tensor *dst, bool bra
     return 0;
 }
 
-static int fp16_decode(as_pctx *ctx, const void *params, void *state,
-                       as_tensor *dst)
-{
-    (void)params;
-    return half_decode(ctx, state, dst, false);
-}
-
-static int bf16_decode(as_pctx *ctx, const void *params, void *state,
-                       as_tensor *dst)
-{
-    (void)params;
-    return half_decode(ctx, state, dst, true);
-}
-
 static int half_rows(as_pctx *ctx, const half_hdr *h, int64_t row0,
                      int64_t nrows, float *dst, bool brain)
 {
@@ -104,38 +74,40 @@ static int half_rows(as_pctx *ctx, const half_hdr *h, int64_t row0,
     return 0;
 }
 
-static int fp16_rows(as_pctx *ctx, const void *params, void *state,
-                     int64_t row0, int64_t nrows, float *dst)
-{
-    (void)params;
-    return half_rows(ctx, state, row0, nrows, dst, false);
-}
+/* One policy per 16-bit format: the callbacks bind `brain` and forward to
+ * the shared encode, decode and decode_rows above. */
+#define HALF_OPS(NAME, BRAIN, SUMMARY)                                       \
+    static int NAME##_encode(as_pctx *ctx, const void *params,              \
+                             const as_save_info *info, const as_tensor *t,  \
+                             void **state)                                  \
+    {                                                                       \
+        (void)params, (void)info;                                           \
+        return half_encode(ctx, t, state, BRAIN);                           \
+    }                                                                       \
+    static int NAME##_decode(as_pctx *ctx, const void *params, void *state, \
+                             as_tensor *dst)                                \
+    {                                                                       \
+        (void)params;                                                       \
+        return half_decode(ctx, state, dst, BRAIN);                         \
+    }                                                                       \
+    static int NAME##_rows(as_pctx *ctx, const void *params, void *state,   \
+                           int64_t row0, int64_t nrows, float *dst)         \
+    {                                                                       \
+        (void)params;                                                       \
+        return half_rows(ctx, state, row0, nrows, dst, BRAIN);              \
+    }                                                                       \
+    const as_policy_ops as_policy_##NAME = {                                \
+        .name = #NAME,                                                      \
+        .summary = SUMMARY,                                                 \
+        .kinds = 0,                                                         \
+        .parse = as_policy_parse_none,                                      \
+        .applies = as_policy_applies_f32,                                   \
+        .encode = NAME##_encode,                                            \
+        .decode = NAME##_decode,                                            \
+        .decode_rows = NAME##_rows,                                         \
+    };
 
-static int bf16_rows(as_pctx *ctx, const void *params, void *state,
-                     int64_t row0, int64_t nrows, float *dst)
-{
-    (void)params;
-    return half_rows(ctx, state, row0, nrows, dst, true);
-}
-
-const as_policy_ops as_policy_fp16 = {
-    .name = "fp16",
-    .summary = "f32 as IEEE half, round to nearest even (2x; rel. err <= 2^-11, |x| <= 65504)",
-    .kinds = 0,
-    .parse = as_policy_parse_none,
-    .applies = as_policy_applies_f32,
-    .encode = fp16_encode,
-    .decode = fp16_decode,
-    .decode_rows = fp16_rows,
-};
-
-const as_policy_ops as_policy_bf16 = {
-    .name = "bf16",
-    .summary = "f32 as bfloat16, round to nearest even (2x; rel. err <= 2^-8)",
-    .kinds = 0,
-    .parse = as_policy_parse_none,
-    .applies = as_policy_applies_f32,
-    .encode = bf16_encode,
-    .decode = bf16_decode,
-    .decode_rows = bf16_rows,
-};
+HALF_OPS(fp16, false,
+         "f32 as IEEE half, round to nearest even (2x; rel. err <= 2^-11, |x| <= 65504)")
+HALF_OPS(bf16, true,
+         "f32 as bfloat16, round to nearest even (2x; rel. err <= 2^-8)")

@@ -171,20 +171,14 @@ static int dep_decode(as_pctx *ctx, const void *params, void *state,
 static int derive_applies(const void *params, const as_save_info *info,
                           const as_tensor *t, char *why, size_t whylen)
 {
-    if (as_handle_is_null(info->source)) {
-        snprintf(why, whylen, "no source");
-        return AS_ENOTSUP;
-    }
-    if (t->dtype != AS_F32) {
-        snprintf(why, whylen, "dtype %s", as_dtype_name(t->dtype));
-        return AS_ENOTSUP;
-    }
+    if (as_handle_is_null(info->source))
+        return as_policy_reject(why, whylen, "no source");
+    if (t->dtype != AS_F32)
+        return as_policy_reject(why, whylen, "dtype %s", as_dtype_name(t->dtype));
     if (info->source_fn.fn < 0 || info->source_fn.fn >= AS_FN_COUNT ||
         (info->source_fn.fn == AS_FN_AFFINE &&
-         !affine_ok(&info->source_fn, as_tensor_numel(t)))) {
-        snprintf(why, whylen, "bad source_fn");
-        return AS_ENOTSUP;
-    }
+         !affine_ok(&info->source_fn, as_tensor_numel(t))))
+        return as_policy_reject(why, whylen, "bad source_fn");
     return 0;
 }
 

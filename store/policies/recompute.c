@@ -26,15 +26,11 @@ typedef struct rstate {
 static int rc_applies(const void *params, const as_save_info *info,
                       const as_tensor *t, char *why, size_t whylen)
 {
-    if (!info->recompute) {
-        snprintf(why, whylen, "no recompute callback");
-        return AS_ENOTSUP;
-    }
+    if (!info->recompute)
+        return as_policy_reject(why, whylen, "no recompute callback");
     if (info->recompute_ninputs > RECOMPUTE_MAX_INPUTS ||
-        (info->recompute_ninputs && !info->recompute_inputs)) {
-        snprintf(why, whylen, "more than %d inputs", RECOMPUTE_MAX_INPUTS);
-        return AS_ENOTSUP;
-    }
+        (info->recompute_ninputs && !info->recompute_inputs))
+        return as_policy_reject(why, whylen, "more than %d inputs", RECOMPUTE_MAX_INPUTS);
     return 0;
 }
 

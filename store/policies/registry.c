@@ -4,6 +4,7 @@
  * lifetime: they are the ids of the per-policy accounting groups.
  */
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdatomic.h>
@@ -95,14 +96,21 @@ const void *as_policy_view_state(const void *params, void *state)
     return state;
 }
 
+int as_policy_reject(char *why, size_t whylen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, whylen, fmt, ap);
+    va_end(ap);
+    return AS_ENOTSUP;
+}
+
 int as_policy_applies_f32(const void *params, const as_save_info *info, const as_tensor *t,
                           char *why, size_t whylen)
 {
     (void)params, (void)info;
-    if (t->dtype != AS_F32) {
-        snprintf(why, whylen, "dtype %s (needs f32)", as_dtype_name(t->dtype));
-        return AS_ENOTSUP;
-    }
+    if (t->dtype != AS_F32)
+        return as_policy_reject(why, whylen, "dtype %s (needs f32)", as_dtype_name(t->dtype));
     return 0;
 }
 

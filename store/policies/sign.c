@@ -32,18 +32,12 @@ static int sign_applies(const void *params, const as_save_info *info,
                         const as_tensor *t, char *why, size_t whylen)
 {
     const as_elementwise *f = &info->meta.act;
-    if (t->dtype != AS_F32) {
-        snprintf(why, whylen, "dtype %s", as_dtype_name(t->dtype));
-        return AS_ENOTSUP;
-    }
-    if (f->fn != AS_FN_RELU && f->fn != AS_FN_LEAKY_RELU) {
-        snprintf(why, whylen, "not a relu / leaky_relu (fn %d)", f->fn);
-        return AS_ENOTSUP;
-    }
-    if (f->fn == AS_FN_LEAKY_RELU && !(f->alpha >= 0 && isfinite(f->alpha))) {
-        snprintf(why, whylen, "leaky_relu alpha %g < 0", f->alpha);
-        return AS_ENOTSUP;
-    }
+    if (t->dtype != AS_F32)
+        return as_policy_reject(why, whylen, "dtype %s", as_dtype_name(t->dtype));
+    if (f->fn != AS_FN_RELU && f->fn != AS_FN_LEAKY_RELU)
+        return as_policy_reject(why, whylen, "not a relu / leaky_relu (fn %d)", f->fn);
+    if (f->fn == AS_FN_LEAKY_RELU && !(f->alpha >= 0 && isfinite(f->alpha)))
+        return as_policy_reject(why, whylen, "leaky_relu alpha %g < 0", f->alpha);
     return 0;
 }
 

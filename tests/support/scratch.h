@@ -47,4 +47,21 @@ static inline int scratch_remove(const char *dir)
     return rmdir(dir) == 0 || access(dir, F_OK) != 0 ? 0 : -1;
 }
 
+/* One scratch directory for a whole test program, as a cmocka group
+ * fixture: scratch_group_setup makes scratch_dir, scratch_group_teardown
+ * removes it with everything in it. */
+static char scratch_dir[256] __attribute__((unused));
+
+static inline int scratch_group_setup(void **state)
+{
+    (void)state;
+    return scratch_make(scratch_dir, sizeof scratch_dir, "test") ? 0 : -1;
+}
+
+static inline int scratch_group_teardown(void **state)
+{
+    (void)state;
+    return scratch_remove(scratch_dir);
+}
+
 #endif

@@ -24,6 +24,16 @@ static inline as_store_stats stats(as_store *s)
     return st;
 }
 
+/* Nothing held: no live handle, no raw or stored bytes live. */
+static inline void expect_nothing_live(as_store *s)
+{
+    as_store_stats st = stats(s);
+    assert_int_equal(st.live_handles, 0);
+    assert_int_equal(st.total.raw_live, 0);
+    assert_int_equal(st.total.stored_live, 0);
+    as_store_stats_free(&st);
+}
+
 /* The layer called name in st; fails the test when it is not there. */
 static inline const as_store_layer_stats *layer_of(const as_store_stats *st,
                                                    const char *name)

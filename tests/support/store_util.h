@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,7 +64,20 @@ __attribute__((noinline, unused)) static void assert_contains(const char *hay,
         fail_msg("'%s' does not contain '%s'", hay, needle);
 }
 
-/* Live and peak bytes of tag in the store's arena (thread caches flushed). */
+/* Save t as info into s, which must fall back from the policy named
+ * `from` (the item's policy text says "fallback from <from>"); returns the
+ * handle. */
+static inline as_handle save_expect_fallback(as_store *s, const as_save_info *info,
+                                             const as_tensor *t, const char *from)
+{
+    as_handle h;
+    char want[64];
+    snprintf(want, sizeof want, "fallback from %s", from);
+    assert_int_equal(as_store_save(s, info, t, &h), 0);
+    assert_contains(as_store_policy_of(s, h), want);
+    return h;
+}
+
 /* Live bytes of the store's arena (every tag). */
 static inline uint64_t store_live(as_store *s)
 {

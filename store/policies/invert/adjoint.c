@@ -514,7 +514,7 @@ int as__civ_restore_c1(as__civ *ci, uint64_t version, int n, const float *y,
     ci->st.phase_ms[0] = t2 - t1;
     ci->st.phase_ms[1] = 0;   /* the transforms are inside the solve */
     ci->st.phase_ms[2] = t1 - t0 + t3 - t2;
-    as__civ_finish_rows(ci, n, Ga, E, R, frame, x, NB, 0);
+    as__civ_finish_rows(ci, n, Ga, E, (size_t)Q * E, R, frame, x, NB, 0);
     free(wk.own);
     return 0;
 }

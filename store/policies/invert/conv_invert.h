@@ -75,8 +75,8 @@ typedef struct as__civ_stats {
     uint64_t streamed;        /* restores that factored block by block */
     uint64_t adjoint;         /* of those, on the adjoint path */
     double   cond;            /* max over frequencies of cond(A(f)), last check */
-    double   factor_ms;       /* wall time of the last factorization */
-    double   cond_ms;         /* wall time of the last condition-only check */
+    double   factor_ms;       /* thread CPU time of the last factorization */
+    double   cond_ms;         /* thread CPU time of the last condition-only check */
     size_t   cache_bytes;     /* bytes held by the cached factor */
     /* wall time of the phases of the last restore: build F, forward FFT,
      * solve, inverse FFT, crop */
@@ -273,14 +273,17 @@ void as__civ_fft_run(const as__civ_fft *f, float *out, size_t os,
  * kept). Returns 0 or AS_ENOMEM. */
 int as__civ_factor(const as__civ_geom *g, int P, int Q, const float *w,
                    const double *R, double eps_rel, float *m, double *cond_out,
-                   double *eig);
+                   double *eig, void *scratch);
+/* Scratch of the factorizations and of as__civ_gram (64-byte aligned, used
+ * by one call at a time; NULL: they malloc their own). */
+size_t as__civ_factor_scratch_bytes(const as__civ_geom *g, int P, int Q);
 
 /* The kernels' cross-correlation R_ij(d) (i >= j, d in [-(kh-1), kh-1] x
  * [-(kw-1), kw-1]) that the Gram matrices come from: as__civ_gram_len(g)
  * doubles. The factorizations take it precomputed (R) or compute it (R
  * NULL). Returns 0 or AS_ENOMEM. */
 size_t as__civ_gram_len(const as__civ_geom *g);
-int as__civ_gram(const as__civ_geom *g, const float *w, double *R);
+int as__civ_gram(const as__civ_geom *g, const float *w, double *R, void *scratch);
 
 /* The same in pieces, for a restore that factors a block of frequencies at
  * a time instead of caching the whole factor: begin (kernel column DFTs
@@ -303,9 +306,10 @@ typedef struct as__civ_fctx {
                                    Cholesky factor of A^H A (Cin x Cin,
                                    diagonal inverted) instead of M: 2 Cin
                                    (Cout + Cin) floats per frequency */
+    void *own;                  /* the buffers' block when not the caller's */
 } as__civ_fctx;
 int as__civ_factor_begin(as__civ_fctx *fc, const as__civ_geom *g, int P,
-                         int Q, const float *w, const double *R);
+                         int Q, const float *w, const double *R, void *scratch);
 void as__civ_factor_range(as__civ_fctx *fc, size_t f0, size_t f1,
                           double eps_rel, float *m, double *cond_out);
 void as__civ_factor_end(as__civ_fctx *fc);

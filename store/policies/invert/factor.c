@@ -114,13 +114,22 @@ size_t as__civ_gram_len(const as__civ_geom *g)
     return (size_t)g->cin * (g->cin + 1) / 2 * (2 * g->kh - 1) * (2 * g->kw - 1);
 }
 
-int as__civ_gram(const as__civ_geom *g, const float *w, double *R)
+/* Doubles of as__civ_gram's scratch: the weights as rows of NRp and GRB
+ * rows of products (gram_corr). */
+static size_t gram_scratch_len(const as__civ_geom *g)
+{
+    const size_t NRp = (size_t)g->cin * g->kh * g->kw + 16;
+    return (size_t)g->cout * NRp + 8 * NRp;
+}
+
+int as__civ_gram(const as__civ_geom *g, const float *w, double *R, void *scratch)
 {
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
-    const size_t NRp = (size_t)ci * kh * kw + 16;
-    double *wd = as__fcalloc((size_t)co * NRp + 8 * NRp, sizeof(double));
+    const size_t NRp = (size_t)ci * kh * kw + 16, len = gram_scratch_len(g);
+    double *wd = scratch ? scratch : as__fmalloc(sizeof(double) * len);
     if (!wd)
         return AS_ENOMEM;
+    memset(wd, 0, sizeof(double) * len);
     memset(R, 0, sizeof(double) * as__civ_gram_len(g));
     /* V[o][c*nt + t] (tap t = u*kw + v of input channel c), rows of NRp */
     for (int o = 0; o < co; o++)
@@ -128,7 +137,8 @@ int as__civ_gram(const as__civ_geom *g, const float *w, double *R)
             for (int t = 0; t < kh * kw; t++)
                 wd[(size_t)o * NRp + (size_t)c * kh * kw + t] = w[((size_t)o * ci + c) * kh * kw + t];
     gram_corr(ci, co, kh, kw, wd, NRp, wd + (size_t)co * NRp, R);
-    free(wd);
+    if (!scratch)
+        free(wd);
     return 0;
 }
 
@@ -143,7 +153,7 @@ static int gram_dft(const as__civ_geom *g, int Q, const float *w, const double *
     const double *R = Rin;
     if (!R) {
         if (!(Rown = as__fmalloc(sizeof(double) * as__civ_gram_len(g))) ||
-            as__civ_gram(g, w, Rown)) {
+            as__civ_gram(g, w, Rown, NULL)) {
             free(Rown);
             return AS_ENOMEM;
         }
@@ -174,18 +184,43 @@ static int gram_dft(const as__civ_geom *g, int Q, const float *w, const double *
 }
 
 static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
-                      const float *w, const double *R, int need_a);
+                      const float *w, const double *R, int need_a, void *scratch);
 
 int as__civ_factor_begin(as__civ_fctx *fc, const as__civ_geom *g, int P,
-                         int Q, const float *w, const double *R)
+                         int Q, const float *w, const double *R, void *scratch)
 {
-    return begin_impl(fc, g, P, Q, w, R, 1);
+    return begin_impl(fc, g, P, Q, w, R, 1, scratch);
+}
+
+/* The factorization's buffers, in bytes, each rounded to 64 (need_a = 0:
+ * T is not needed). */
+static size_t begin_sizes(const as__civ_geom *g, int P, int Q, int need_a, size_t sz[6])
+{
+    const size_t ci = (size_t)g->cin, co = (size_t)g->cout, kh = (size_t)g->kh;
+    const size_t Qh = (size_t)Q / 2 + 1, npair = ci * (ci + 1) / 2, nd = 2 * kh - 1;
+    sz[0] = sizeof(double) * 2 * (need_a ? Qh * co * ci * kh : 1);   /* T */
+    sz[1] = sizeof(double) * 2 * (size_t)P * nd;                      /* tw */
+    sz[2] = sizeof(lanes_c) * co * ci;                                /* A */
+    sz[3] = sizeof(lanes_c) * ci * ci;                                /* L */
+    sz[4] = sizeof(lanes_c) * ci * 4;                                 /* v */
+    sz[5] = sizeof(double) * 2 * Qh * npair * nd;                     /* Tg */
+    size_t t = 0;
+    for (int k = 0; k < 6; k++)
+        t += sz[k] = (sz[k] + 63) / 64 * 64;
+    return t;
+}
+
+size_t as__civ_factor_scratch_bytes(const as__civ_geom *g, int P, int Q)
+{
+    size_t sz[6];
+    const size_t b = begin_sizes(g, P, Q, 1, sz), gb = sizeof(double) * gram_scratch_len(g);
+    return b > gb ? b : gb;
 }
 
 /* need_a = 0: for condition numbers only (no M, no adjoint factor), which
  * do not need A(f), so not its row DFTs T either. */
 static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
-                      const float *w, const double *R, int need_a)
+                      const float *w, const double *R, int need_a, void *scratch)
 {
     const int ci = g->cin, co = g->cout, kh = g->kh, kw = g->kw;
     const int Qh = Q / 2 + 1;
@@ -196,21 +231,23 @@ static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
     fc->nf = (size_t)P * Qh;
     /* T[kq][o][c][u] = sum_v W[o,c,u,v] e^{-2 pi i kq (kw-1-v)/Q}: the
      * column DFT of the kernel, shared by every kp. */
-    fc->T = as__fmalloc(sizeof(double) * 2 * (need_a ? (size_t)Qh * co * ci * kh : 1));
     /* tw[kp][d] = e^{2 pi i kp (d - (kh-1)) / P}, d < 2kh-1: the row
-     * twiddles of A (d <= kh-1) and of the Gram matrix */
-    fc->tw = as__fmalloc(sizeof(double) * 2 * (size_t)P * (2 * kh - 1));
-    fc->A = as__fmalloc(sizeof(lanes_c) * (size_t)co * ci);   /* (Cout, Cin) */
-    fc->L = as__fmalloc(sizeof(lanes_c) * (size_t)ci * ci);   /* (Cin, Cin) */
-    fc->v = as__fmalloc(sizeof(lanes_c) * (size_t)ci * 4);    /* vectors */
-    /* Tg[kq][ij][du] for the Gram matrix (see gram_dft), lower triangle
-     * i >= j, du in [-(kh-1), kh-1]. */
-    const size_t npair = (size_t)ci * (ci + 1) / 2, nd = 2 * (size_t)kh - 1;
-    fc->Tg = as__fmalloc(sizeof(double) * 2 * (size_t)Qh * npair * nd);
-    if (!fc->T || !fc->A || !fc->L || !fc->v || !fc->Tg || !fc->tw) {
-        as__civ_factor_end(fc);
+     * twiddles of A (d <= kh-1) and of the Gram matrix; A (Cout, Cin), L
+     * (Cin, Cin), v: vectors; Tg[kq][ij][du] for the Gram matrix (see
+     * gram_dft), lower triangle i >= j, du in [-(kh-1), kh-1]. All in one
+     * block: the caller's scratch (kept across versions: no page faults
+     * of fresh memory) or one malloc. */
+    size_t sz[6];
+    const size_t total = begin_sizes(g, P, Q, need_a, sz);
+    char *b = scratch;
+    if (!b && !(b = fc->own = as__fmalloc(total)))
         return AS_ENOMEM;
-    }
+    fc->T = (double *)b;
+    fc->tw = (double *)(b += sz[0]);
+    fc->A = (lanes_c *)(b += sz[1]);
+    fc->L = (lanes_c *)(b += sz[2]);
+    fc->v = (lanes_c *)(b += sz[3]);
+    fc->Tg = (double *)(b += sz[4]);
     if (gram_dft(g, Q, w, R, fc->Tg)) {
         as__civ_factor_end(fc);
         return AS_ENOMEM;
@@ -248,21 +285,16 @@ static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
 
 void as__civ_factor_end(as__civ_fctx *fc)
 {
-    free(fc->T);
-    free(fc->Tg);
-    free(fc->tw);
-    free(fc->A);
-    free(fc->L);
-    free(fc->v);
+    free(fc->own);
     memset(fc, 0, sizeof *fc);
 }
 
 int as__civ_factor(const as__civ_geom *g, int P, int Q, const float *w,
                    const double *R, double eps_rel, float *m, double *cond_out,
-                   double *eig)
+                   double *eig, void *scratch)
 {
     as__civ_fctx fc;
-    int rc = begin_impl(&fc, g, P, Q, w, R, m != NULL);
+    int rc = begin_impl(&fc, g, P, Q, w, R, m != NULL, scratch);
     if (rc)
         return rc;
     fc.eig = eig;

@@ -217,7 +217,8 @@ static void bfly5(float *out, size_t os, int m, int fstride, const float *tw,
 }
 
 /* The last stage (m == 1: no twiddles) reading its p inputs where they
- * are, instead of copying them to the output first. x[j] = in + j * s. */
+ * are, instead of copying them to the output first (the butterflies of
+ * bfly2..5 at k = 0). x[j] = in + j * s. */
 AS__CIV_CLONES
 static int leaf(int p, float *out, size_t os, const float *in, size_t s, size_t B,
                 float sign)
@@ -264,6 +265,30 @@ static int leaf(int p, float *out, size_t os, const float *in, size_t s, size_t 
             ST(o2 + b, s0r - s2r); ST(o2 + B + b, s0i - s2i);
             ST(o1 + b, s1r + ur);  ST(o1 + B + b, s1i + ui);
             ST(o3 + b, s1r - ur);  ST(o3 + B + b, s1i - ui);
+        }
+        return 1;
+    }
+    case 5: {
+        const float c1 = 0.30901699437494742410f, c2 = -0.80901699437494742410f;
+        const float s1 = sign * 0.95105651629515357212f;
+        const float s2 = sign * 0.58778525229247312917f;
+        float *o3 = out + 3 * os, *o4 = out + 4 * os;
+        const float *x3 = in + 3 * s, *x4 = in + 4 * s;
+        for (size_t b = 0; b < B; b += 8) {
+            const v8 ar = LD(x0 + b), ai = LD(x0 + B + b);
+            const v8 a1r = LD(x1 + b), a1i = LD(x1 + B + b), a4r = LD(x4 + b), a4i = LD(x4 + B + b);
+            const v8 a2r = LD(x2 + b), a2i = LD(x2 + B + b), a3r = LD(x3 + b), a3i = LD(x3 + B + b);
+            const v8 t1r = a1r + a4r, t1i = a1i + a4i, t2r = a2r + a3r, t2i = a2i + a3i;
+            const v8 d1r = a1r - a4r, d1i = a1i - a4i, d2r = a2r - a3r, d2i = a2i - a3i;
+            const v8 p1r = ar + c1 * t1r + c2 * t2r, p1i = ai + c1 * t1i + c2 * t2i;
+            const v8 p2r = ar + c2 * t1r + c1 * t2r, p2i = ai + c2 * t1i + c1 * t2i;
+            const v8 q1r = s1 * d1r + s2 * d2r, q1i = s1 * d1i + s2 * d2i;
+            const v8 q2r = s2 * d1r - s1 * d2r, q2i = s2 * d1i - s1 * d2i;
+            ST(o0 + b, ar + t1r + t2r); ST(o0 + B + b, ai + t1i + t2i);
+            ST(o1 + b, p1r - q1i); ST(o1 + B + b, p1i + q1r);
+            ST(o4 + b, p1r + q1i); ST(o4 + B + b, p1i - q1r);
+            ST(o2 + b, p2r - q2i); ST(o2 + B + b, p2i + q2r);
+            ST(o3 + b, p2r + q2i); ST(o3 + B + b, p2i - q2r);
         }
         return 1;
     }

@@ -45,6 +45,7 @@ struct as__civ {
      * as__civ_gram_len doubles): computed by the condition check at save,
      * reused by the restore's factorization of the same version */
     double *gram;
+    void *fscr;            /* the factorization's scratch (solver.c) */
     uint64_t gram_version;
     int gram_ok;
     /* the reference of the perturbation bound (as__civ_condition): the
@@ -65,8 +66,13 @@ struct as__civ {
     as__civ_stats st;
 };
 
-/* Wall clock in ms for the phase and factor times of the stats. */
+/* Wall clock in ms for the phase times of the stats (read several times
+ * per grid row: the vDSO clock, no system call). */
 static inline double as__civ_now_ms(void) { return as_clock_wall_s() * 1e3; }
+/* The calling thread's CPU time in ms, for the factor and condition times
+ * (read once per weight version; wall time on a shared machine would add
+ * whatever else held the core). */
+static inline double as__civ_cpu_ms(void) { return as_clock_thread_cpu_s() * 1e3; }
 
 /* 8-float vectors (GCC/Clang vector extension; lowered to whatever the
  * clone's target has). Loads and stores are unaligned and
@@ -171,9 +177,14 @@ void as__civ_scatter_yrow(const as__civ *ci, int n, const float *y, const float 
                           int i, float *R, int NB);
 void as__civ_frame_pack(const as__civ *ci, int n, const float *frame, float *xf,
                         int *fidx, int NB);
-/* X: the solved spectrum, element (p, q) at X + (p*Q + q) * ex. */
-void as__civ_finish_rows(as__civ *ci, int n, const float *X, size_t ex, float *R,
+/* X: the solved spectrum, element (p, q) at X + p*rs + q*ex. */
+void as__civ_finish_rows(as__civ *ci, int n, const float *X, size_t ex, size_t rs, float *R,
                          const float *frame, float *x, int NB, double t_ifft);
+/* Row stride (floats) of a grid of Q elements of e floats: one cache line
+ * more than the row, so the P elements of a column (read by the transforms
+ * along P) fall in different cache sets even when the row is a multiple of
+ * 4 KiB (64x64 maps: 72 elements of 2 KiB). */
+static inline size_t as__civ_grid_rs(int Q, size_t e) { return (size_t)Q * e + 16; }
 /* Bytes of work space of a restore of n images (adjoint: that path). */
 size_t as__civ_work_need(const as__civ *ci, int n, int adjoint);
 

@@ -489,7 +489,7 @@ size_t as__civ_work_need(const as__civ *ci, int n, int adjoint)
         return as__civ_c1_work_need(ci, n);
     return as__civ_wround(f4 * (flen ? flen : 1) * Ei) +
            as__civ_wround(sizeof(int) * (size_t)g->h * g->w) +
-           as__civ_wround(f4 * P * Q * Eo) + as__civ_wround(f4 * Q * Eo) +
+           as__civ_wround(f4 * P * as__civ_grid_rs(Q, Eo)) + as__civ_wround(f4 * Q * Eo) +
            as__civ_wround(f4 * 2 * P * (Eo + Ei)) + as__civ_wround(f4 * (adjoint ? Ei : 1)) +
            as__civ_wround(f4 * as__civ_msz(g, adjoint) * P);
 }
@@ -537,10 +537,11 @@ void as__civ_frame_put_back(const as__civ *ci, int n, const float *frame, float 
  *   rows:    per row a < H of X, inverse FFT along Q into a row buffer,
  *            crop, scale and unpair into x. */
 /* The common end of both restore paths. X holds the solved spectrum with
- * the P-direction transform undone, R a row of scratch (Q * Ei floats):
+ * the P-direction transform undone (row r at X + r * rs), R a row of
+ * scratch (Q * Ei floats):
  * per row of X, the inverse FFT along Q, crop, scale and unpair into x;
  * then the kept frame goes back in place. t_ifft: inverse-FFT time so far. */
-void as__civ_finish_rows(as__civ *ci, int n, const float *X, size_t ex, float *R,
+void as__civ_finish_rows(as__civ *ci, int n, const float *X, size_t ex, size_t rs, float *R,
                          const float *frame, float *x, int NB, double t_ifft)
 {
     const int H = ci->g.h, P = ci->P, Q = ci->Q;
@@ -549,7 +550,7 @@ void as__civ_finish_rows(as__civ *ci, int n, const float *X, size_t ex, float *R
     double t_crop = 0;
     for (int r = 0; r < H; r++) {
         double ta = as__civ_now_ms();
-        as__civ_fft_run(&ci->iq, R, Ei, X + (size_t)r * Q * ex, ex, Bi);
+        as__civ_fft_run(&ci->iq, R, Ei, X + (size_t)r * rs, ex, Bi);
         double tb = as__civ_now_ms();
         crop_row(ci, n, R, r, scale, x, NB);
         t_ifft += tb - ta;
@@ -590,7 +591,8 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version
         return AS_ENOMEM;
     float *xf = as__civ_wtake(&wk, sizeof(float) * (flen ? flen : 1) * Ei);
     int *fidx = as__civ_wtake(&wk, sizeof(int) * (size_t)H * W);
-    float *G = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Q * Eo);
+    const size_t rs = as__civ_grid_rs(Q, Eo);   /* G's row stride */
+    float *G = as__civ_wtake(&wk, sizeof(float) * (size_t)P * rs);
     float *R = as__civ_wtake(&wk, sizeof(float) * (size_t)Q * Eo);          /* a row */
     float *C = as__civ_wtake(&wk, sizeof(float) * (size_t)2 * P * (Eo + Ei)); /* 2 columns */
     float *tz = as__civ_wtake(&wk, sizeof(float) * (adj ? Ei : 1));       /* A^H F^ */
@@ -613,12 +615,12 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version
         if (flen)
             as__civ_border_row(ci, xf, fidx, a, R, NB);
         double t1 = as__civ_now_ms();
-        as__civ_fft_run(&ci->fq, G + (size_t)a * Q * Eo, Eo, R, Eo, Bo);
+        as__civ_fft_run(&ci->fq, G + (size_t)a * rs, Eo, R, Eo, Bo);
         t_build += t1 - t0;
         t_fft += as__civ_now_ms() - t1;
     }
     if (Pl < P)
-        memset(G + (size_t)Pl * Q * Eo, 0, sizeof(float) * (size_t)(P - Pl) * Q * Eo);
+        memset(G + (size_t)Pl * rs, 0, sizeof(float) * (size_t)(P - Pl) * rs);
     ci->st.phase_ms[0] = t_build;
     double t_solve = 0, t_ifft = 0;
 
@@ -630,8 +632,7 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version
         const int cols[2] = {kq, mq};
         double t0 = as__civ_now_ms();
         for (int k = 0; k <= pair; k++)
-            as__civ_fft_run(&ci->fp, Cf[k], Eo, G + (size_t)cols[k] * Eo,
-                            (size_t)Q * Eo, Bo);
+            as__civ_fft_run(&ci->fp, Cf[k], Eo, G + (size_t)cols[k] * Eo, rs, Bo);
         double t1 = as__civ_now_ms();
         const float *mcol;
         if (fc && ci->mstream) {
@@ -663,8 +664,7 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version
         }
         double t2 = as__civ_now_ms();
         for (int k = 0; k <= pair; k++)
-            as__civ_fft_run(&ci->ip, X + (size_t)cols[k] * Eo, (size_t)Q * Eo,
-                            Cx[k], Ei, Bi);
+            as__civ_fft_run(&ci->ip, X + (size_t)cols[k] * Eo, rs, Cx[k], Ei, Bi);
         t_fft += t1 - t0;
         t_solve += t2 - t1;
         t_ifft += as__civ_now_ms() - t2;
@@ -672,7 +672,7 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version
     ci->st.phase_ms[1] = t_fft;
     ci->st.phase_ms[2] = t_solve;
 
-    as__civ_finish_rows(ci, n, X, Eo, R, frame, x, NB, t_ifft);
+    as__civ_finish_rows(ci, n, X, Eo, rs, R, frame, x, NB, t_ifft);
     free(wk.own);
     return 0;
 }

@@ -69,6 +69,7 @@ void as__civ_destroy(as__civ *ci)
     free(ci->m);
     free(ci->wt);
     free(ci->gram);
+    free(ci->fscr);
     free(ci->ref_w);
     free(ci->ref_eig);
     free(ci->c1_gi);
@@ -80,6 +81,8 @@ void as__civ_trim(as__civ *ci)
 {
     free(ci->m);
     ci->m = NULL;
+    free(ci->fscr);
+    ci->fscr = NULL;
     ci->state = 0;
     ci->st.cache_bytes = 0;
 }
@@ -108,6 +111,19 @@ static void set_verdict(as__civ *ci, uint64_t version, double cond)
                  ci->cfg.cond_max);
 }
 
+/* The factorization's scratch (the kernels' DFTs, one group's A and L, the
+ * Gram's weight rows), kept while the solver holds a factor or restores
+ * (a fresh block per version is page-faulted in again each time) and
+ * freed with the factor (as__civ_trim) or after a check at save that
+ * leaves no factor; NULL when out of memory (the callee then mallocs its
+ * own). */
+static void *fscratch(as__civ *ci)
+{
+    if (!ci->fscr)
+        ci->fscr = as__fmalloc(as__civ_factor_scratch_bytes(&ci->g, ci->P, ci->Q));
+    return ci->fscr;
+}
+
 /* The kernels' cross-correlation of version `version` (computed on first
  * use, kept for the factorization of the same version); NULL when out of
  * memory (the factorization then computes its own). */
@@ -118,7 +134,7 @@ static const double *gram_of(as__civ *ci, const float *w, uint64_t version)
     if (!ci->gram && !(ci->gram = as__fmalloc(sizeof(double) * as__civ_gram_len(&ci->g))))
         return NULL;
     ci->gram_ok = 0;
-    if (as__civ_gram(&ci->g, w, ci->gram))
+    if (as__civ_gram(&ci->g, w, ci->gram, fscratch(ci)))
         return NULL;
     ci->gram_ok = 1;
     ci->gram_version = version;
@@ -188,8 +204,9 @@ static int check_and_reference(as__civ *ci, const float *w, uint64_t version, do
     }
     const int keep = !ci->cfg.no_bound && ci->ref_w && ci->ref_eig;
     ci->ref_ok = 0;
-    int rc = as__civ_factor(g, ci->P, ci->Q, w, gram_of(ci, w, version), ci->cfg.eps_rel, NULL,
-                            cond, keep ? ci->ref_eig : NULL);
+    const double *R = gram_of(ci, w, version);
+    int rc = as__civ_factor(g, ci->P, ci->Q, w, R, ci->cfg.eps_rel, NULL, cond,
+                            keep ? ci->ref_eig : NULL, fscratch(ci));
     if (rc || !keep)
         return rc;
     memcpy(ci->ref_w, w, sizeof(float) * nw);
@@ -219,17 +236,21 @@ int as__civ_condition(as__civ *ci, const float *w, uint64_t version,
                       double *cond_out, char *why, size_t whylen)
 {
     if (!(ci->cond_state && ci->cond_version == version)) {
-        double t0 = as__civ_now_ms(), cond = 0;
+        double t0 = as__civ_cpu_ms(), cond = 0;
         if (!try_bound(ci, w, version)) {
             /* Cin = 1: the verdict comes with the closed form's own state */
             int rc = ci->c1_gi ? as__civ_c1_prepare(ci, w, (size_t)ci->g.kh * ci->g.kw, 1,
                                                     version, &cond)
                                : check_and_reference(ci, w, version, &cond);
+            if (ci->state != 1) {   /* nothing cached: no scratch kept */
+                free(ci->fscr);
+                ci->fscr = NULL;
+            }
             if (rc)
                 return rc;
             set_verdict(ci, version, cond);
         }
-        ci->st.cond_ms = as__civ_now_ms() - t0;
+        ci->st.cond_ms = as__civ_cpu_ms() - t0;
     }
     if (cond_out)
         *cond_out = ci->cond;
@@ -267,24 +288,27 @@ int as__civ_prepare(as__civ *ci, const float *w, uint64_t version,
         ci->st.factor_hits++;
         return 0;
     }
-    as__civ_trim(ci);
-    double t0 = as__civ_now_ms();
+    /* A new version overwrites the factor in place (its pages stay). */
+    ci->state = 0;
+    double t0 = as__civ_cpu_ms();
     size_t mlen = (size_t)ci->P * ci->Qh * 2 * g->cin * g->cout;
-    ci->m = as__fmalloc(sizeof(float) * mlen);
-    if (!ci->m)
+    if (!ci->m && !(ci->m = as__fmalloc(sizeof(float) * mlen))) {
+        ci->st.cache_bytes = 0;
         return AS_ENOMEM;
+    }
     /* The condition number comes along when this version was not checked
      * yet (one pass over the frequencies for both). */
     double cond = 0;
-    int rc = as__civ_factor(g, ci->P, ci->Q, w, gram_of(ci, w, version), ci->cfg.eps_rel, ci->m,
-                            known ? NULL : &cond, NULL);
+    const double *R = gram_of(ci, w, version);
+    int rc = as__civ_factor(g, ci->P, ci->Q, w, R, ci->cfg.eps_rel, ci->m,
+                            known ? NULL : &cond, NULL, fscratch(ci));
     if (rc) {
         as__civ_trim(ci);
         return rc;
     }
     set_wt(ci, w);
     ci->st.factor_builds++;
-    ci->st.factor_ms = as__civ_now_ms() - t0;
+    ci->st.factor_ms = as__civ_cpu_ms() - t0;
     if (!known) {
         set_verdict(ci, version, cond);
         if (cond_out)
@@ -398,11 +422,12 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
         return 0;
     }
     as__civ_fctx fc;
-    double t0 = as__civ_now_ms();
-    if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w, gram_of(ci, w, version))))
+    double t0 = as__civ_cpu_ms();
+    const double *R = gram_of(ci, w, version);
+    if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w, R, fscratch(ci))))
         return rc;
     set_wt(ci, w);
-    ci->st.factor_ms = as__civ_now_ms() - t0;   /* the rest is inside the solve */
+    ci->st.factor_ms = as__civ_cpu_ms() - t0;   /* the rest is inside the solve */
     const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
                     ci->cond <= AS__CIV_ADJ_COND;
     fc.ginv = adj;
@@ -419,9 +444,9 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
             as__civ_factor_end(&fc);
             return AS_ENOMEM;
         }
-        t0 = as__civ_now_ms();
+        t0 = as__civ_cpu_ms();
         as__civ_factor_range(&fc, 0, fc.nf, ci->cfg.eps_rel, mbuf, NULL);
-        ci->st.factor_ms += as__civ_now_ms() - t0;
+        ci->st.factor_ms += as__civ_cpu_ms() - t0;
         ci->mstream = mbuf;
     }
     rc = as__civ_restore_passes(ci, &fc, adj, version, n, y, bias, frame, x);

@@ -513,6 +513,9 @@ static void sm_decode_row(const sm_view *v, const uint8_t **pp, int64_t row,
     assert(j == n);
 }
 
+/* Checks rows [row0, row0 + nrows) of blob and the sums of their blocks,
+ * and readies the work buffers: 0, 1 when there are no rows (nothing to
+ * free), or a negative AS_E* code. */
 static int sm_open(const void *blob, int64_t row0, int64_t nrows, sm_view *v,
                    as__sm_work *w)
 {
@@ -525,6 +528,8 @@ static int sm_open(const void *blob, int64_t row0, int64_t nrows, sm_view *v,
     for (int64_t b = row0 / v->queries; nrows && b <= (row0 + nrows - 1) / v->queries; b++)
         if (v->sums[b] != as__hash64(v->payload + v->offs[b], v->offs[b + 1] - v->offs[b]))
             return AS_ECORRUPT;
+    if (nrows == 0)
+        return 1;
     return as__sm_work_init(w, (size_t)v->len) ? AS_ENOMEM : 0;
 }
 
@@ -534,11 +539,8 @@ int as__sm_decode_rows(const void *blob, int64_t row0, int64_t nrows,
     sm_view v;
     as__sm_work w;
     int rc = sm_open(blob, row0, nrows, &v, &w);
-    if (rc || nrows == 0) {
-        if (!rc)
-            as__sm_work_free(&w);
-        return rc;
-    }
+    if (rc)
+        return rc < 0 ? rc : 0;
     const uint8_t *pp = sm_seek(&v, row0);
     const size_t len = (size_t)v.len;
     int64_t r = 0;
@@ -588,11 +590,8 @@ int as__sm_backward_rows(const void *blob, int64_t row0, int64_t nrows,
     sm_view v;
     as__sm_work w;
     int rc = sm_open(blob, row0, nrows, &v, &w);
-    if (rc || nrows == 0) {
-        if (!rc)
-            as__sm_work_free(&w);
-        return rc;
-    }
+    if (rc)
+        return rc < 0 ? rc : 0;
     const size_t len = (size_t)v.len;
     const uint8_t *pp = sm_seek(&v, row0);
     float *y = w.vals;
@@ -639,7 +638,7 @@ int as__sm_pt_matmul(const void *blob, int64_t blk, const float *dout,
         return AS_EINVAL;
     rc = sm_open(blob, blk * v.queries, v.queries, &v, &w);
     if (rc)
-        return rc;
+        return rc < 0 ? rc : 0;
     float *row = as__fmalloc((size_t)v.len * sizeof *row);
     if (!row) {
         as__sm_work_free(&w);
