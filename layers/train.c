@@ -668,9 +668,12 @@ int as_nn_run_fit_budget(as_nn_run *r, uint64_t budget, double ratio,
         return AS_EINVAL;
     }
     as_store_set_budget(r->store, 0);
+    as_store_budget_pending(r->store);
     int rc = as_nn_run_grads(r, 0, NULL);
-    if (rc)
+    if (rc) {
+        as_store_set_budget(r->store, 0);   /* ends the pending state */
         return rc;
+    }
     as_store_plan pl;
     as_store_stats st;
     uint64_t keep = 0;
@@ -692,6 +695,7 @@ int as_nn_run_fit_budget(as_nn_run *r, uint64_t budget, double ratio,
     rc = as_store_set_budget(r->store, budget);
     if (rc) {
         snprintf(r->err, sizeof r->err, "%s", as_store_last_error(r->store));
+        as_store_set_budget(r->store, 0);
         return rc;
     }
     memset(&r->mem, 0, sizeof r->mem);

@@ -165,8 +165,10 @@ int as_nn_run_grads(as_nn_run *r, long batch, double *loss);
 /* Set the store's saved-bytes budget (as_store_set_budget) to `budget`
  * bytes, or, when ratio > 0, to keep's saved bytes of a step / ratio. A
  * measuring step comes first: forward + backward of batch 0 without an
- * update (as as_nn_run_grads), with no budget, so that keep's bytes and
- * what `auto` can reach are known; the run's memory figures are then reset
+ * update (as as_nn_run_grads), with the budget pending
+ * (as_store_budget_pending: auto stores in its most compact measured form,
+ * keep's bytes are counted, not held), so that keep's bytes and what
+ * `auto` can reach are known; the run's memory figures are then reset
  * (they report the training steps only). *set (may be NULL) gets the
  * budget. Errors: AS_EBUDGET when the budget cannot be met (err names the
  * smallest reachable budget), AS_EINVAL, and those of as_nn_run_grads. */

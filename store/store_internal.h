@@ -247,6 +247,8 @@ struct as_store {
     _Atomic uint64_t auto_released, offload_fallbacks;
     /* Hard limit on total stored_live (as_store_set_budget), 0 = none. */
     _Atomic uint64_t saved_budget;
+    /* as_store_budget_pending: auto stores unplanned tensors compactly */
+    _Atomic bool budget_pending;
     /* The `auto` planner, created at the first save under auto. */
     struct as_auto *_Atomic planner;
     as_store_metric  metrics[AS_STORE_METRICS_MAX];   /* under layer_mu */

@@ -199,6 +199,52 @@ static void test_budget_from_the_first_step(void **st)
     as_store_destroy(s);
 }
 
+/* A pending budget (the measuring step of `--ratio`): the first step
+ * holds the most compact forms, not keep's bytes, while keep's bytes are
+ * still counted for the ratio; the budget set after it ends the pending
+ * state and binds from the next step. */
+static void test_pending_budget_measures_compactly(void **st)
+{
+    (void)st;
+    assert_int_equal(as_store_budget_pending(NULL), AS_EINVAL);
+    as_store *s = mk("default=auto");
+    assert_int_equal(as_store_budget_pending(s), 0);
+    assert_int_equal(as_store_budget(s), 0);
+    uint64_t peak;
+    assert_int_equal(step(s, 0, &peak), 0);
+    as_store_plan p = plan_of(s);
+    assert_true(p.measured);
+    assert_int_equal(p.keep_bytes, keep_bytes());
+    assert_true(peak < keep_bytes() / 6);
+    assert_true(peak <= p.min_bytes + p.min_bytes / 20);
+    const uint64_t b = p.keep_bytes / 6;
+    as_store_plan_free(&p);
+    assert_int_equal(as_store_set_budget(s, b), 0);
+    for (uint64_t k = 1; k < 4; k++) {
+        assert_int_equal(step(s, k, &peak), 0);
+        assert_true(peak <= b);
+    }
+    /* the budget removed: no longer pending, so the plan is keep's */
+    assert_int_equal(as_store_set_budget(s, 0), 0);
+    assert_int_equal(step(s, 4, &peak), 0);
+    assert_int_equal(peak, keep_bytes());
+    as_store_destroy(s);
+
+    /* pending, then a budget below what auto can reach: refused with the
+     * exact figure after the measuring step */
+    s = mk("default=auto");
+    assert_int_equal(as_store_budget_pending(s), 0);
+    assert_int_equal(step(s, 0, NULL), 0);
+    p = plan_of(s);
+    assert_int_equal(as_store_set_budget(s, p.min_bytes - 1), AS_EBUDGET);
+    char want[64];
+    snprintf(want, sizeof want, "smallest budget auto can reach is %llu bytes",
+             (unsigned long long)p.min_bytes);
+    assert_non_null(strstr(as_store_last_error(s), want));
+    as_store_plan_free(&p);
+    as_store_destroy(s);
+}
+
 static void test_impossible_budget_fails_at_the_first_step(void **st)
 {
     (void)st;
@@ -235,7 +281,8 @@ static void test_impossible_budget_fails_at_the_first_step(void **st)
 static void test_plan_is_deterministic(void **st)
 {
     (void)st;
-    as_store *s[2] = {mk("default=auto:100:0"), mk("default=auto:100:0")};
+    /* the default spec: time does not enter the plan */
+    as_store *s[2] = {mk("default=auto"), mk("default=auto")};
     for (int a = 0; a < 2; a++) {
         assert_int_equal(as_store_set_budget(s[a], keep_bytes() / 5), 0);
         for (uint64_t k = 0; k < 3; k++)
@@ -517,6 +564,7 @@ static void test_mixed_rules(void **st)
 AS_TEST_MAIN(NULL, NULL,
              cmocka_unit_test(test_budget_holds_at_several_budgets),
              cmocka_unit_test(test_budget_from_the_first_step),
+             cmocka_unit_test(test_pending_budget_measures_compactly),
              cmocka_unit_test(test_impossible_budget_fails_at_the_first_step),
              cmocka_unit_test(test_plan_is_deterministic),
              cmocka_unit_test(test_plan_follows_the_budget),

@@ -107,17 +107,17 @@ int sc_measure(const sc_cfg *c, sc_res *r)
         fail(r, rc, "run", err);
         goto out;
     }
-    /* auto's measuring step runs before the arena limit: it holds keep's
-     * bytes once, which is what it measures */
-    if (c->pol.ratio > 0 &&
-        (rc = as_nn_run_fit_budget(run, 0, c->pol.ratio, &r->saved_budget))) {
-        fail(r, rc, "auto budget", as_nn_run_error(run));
-        goto out;
-    }
+    /* auto's measuring step runs under the arena limit too: it stores in
+     * the most compact measured form, holding what auto can reach */
     if (c->arena_budget) {
         as_arena *a = as_store_arena(s);
         as_arena_reset_peaks(a);
         as_arena_set_budget(a, c->arena_budget);
+    }
+    if (c->pol.ratio > 0 &&
+        (rc = as_nn_run_fit_budget(run, 0, c->pol.ratio, &r->saved_budget))) {
+        fail(r, rc, "auto budget", as_nn_run_error(run));
+        goto out;
     }
     rc = run_steps(c, run, s, r);
     struct rusage ru;

@@ -519,6 +519,15 @@ AS_API void as_store_reset_peaks(as_store *s);
  * Thread-safe (between steps; a change during a step takes effect for the
  * following saves and re-plans at once). */
 AS_API int as_store_set_budget(as_store *s, uint64_t bytes);
+/* Announce that a budget follows (as_store_set_budget, which ends this
+ * state) once a measuring step has shown what keep holds: meanwhile nothing
+ * is refused, and a tensor under `auto` that has no plan yet is stored in
+ * its most compact measured candidate instead of keep, so the measuring
+ * step holds about what auto can reach rather than keep's bytes (a model
+ * whose keep bytes do not fit the arena can still be measured). The plan
+ * made at that step's end is keep's until the budget arrives. Errors:
+ * AS_EINVAL (s NULL). Thread-safe. */
+AS_API int as_store_budget_pending(as_store *s);
 /* The current saved-bytes budget, 0 = none (or s NULL). Thread-safe. */
 AS_API uint64_t as_store_budget(const as_store *s);
 

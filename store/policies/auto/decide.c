@@ -31,7 +31,7 @@ static uint64_t cand_bytes(const as_auto *pl, const agroup *g, size_t c)
 {
     double b = g->m[c].bytes;
     if (pl->c[c].variable)
-        b *= AUTO_MARGIN;
+        b = (g->bmax[c] > b ? g->bmax[c] : b) * AUTO_MARGIN;
     return (uint64_t)ceil(b);
 }
 
@@ -87,6 +87,43 @@ static void weigh(as_auto *pl)
     for (size_t i = 0; i < pl->ng; i++) {
         agroup *g = pl->g[i];
         g->weight = sqrt(1 + (reaches_input(g) ? pl->input_weight : 0));
+    }
+}
+
+/* Spend what the knapsack's rounding to units left of the budget: move
+ * the group whose cheaper candidate gains the most and still fits, in
+ * exact bytes, until none does. Each move lowers the total cost. */
+static void fill(as_auto *pl, uint64_t budget)
+{
+    uint64_t used = pl->fixed;
+    for (size_t i = 0; i < pl->ng; i++)
+        if (pl->g[i]->choice >= 0)
+            used += cand_bytes(pl, pl->g[i], (size_t)pl->g[i]->choice);
+    for (;;) {
+        agroup *bg = NULL;
+        size_t bc = 0;
+        double gain = 0;
+        for (size_t i = 0; i < pl->ng; i++) {
+            agroup *g = pl->g[i];
+            if (g->choice < 0)
+                continue;
+            size_t cur = (size_t)g->choice;
+            uint64_t have = cand_bytes(pl, g, cur);
+            for (size_t c = 0; c < pl->nc; c++) {
+                double d = cand_cost(pl, g, cur) - cand_cost(pl, g, c);
+                if (!as__auto_usable(g, c) || d <= gain ||
+                    used - have + cand_bytes(pl, g, c) > budget)
+                    continue;
+                bg = g;
+                bc = c;
+                gain = d;
+            }
+        }
+        if (!bg)
+            return;
+        used += cand_bytes(pl, bg, bc) -
+                cand_bytes(pl, bg, (size_t)bg->choice);
+        bg->choice = (int)bc;
     }
 }
 
@@ -189,6 +226,7 @@ void as__auto_plan(as_auto *pl, uint64_t budget, uint64_t step)
                     if (pl->g[i]->measured)
                         pl->g[i]->choice = most_compact(pl, pl->g[i]);
             }
+            fill(pl, budget);
         }
         free(dp);
         free(nx);

@@ -10,7 +10,9 @@
 
 #define AUTO_NCAND_MAX 24
 #define AUTO_UNITS 4096
-#define AUTO_MARGIN 1.05   /* values-dependent stored bytes */
+/* On the largest bytes seen of a values-dependent candidate: a save that
+ * grows past the plan falls back to its group's most compact form anyway. */
+#define AUTO_MARGIN 1.01
 
 typedef struct cand {
     const char          *spec;
@@ -33,6 +35,7 @@ typedef struct agroup {
     uint64_t raw_step, raw;
     bool     probed_step, measured;
     meas     acc[AUTO_NCAND_MAX], m[AUTO_NCAND_MAX];
+    double   bmax[AUTO_NCAND_MAX];  /* largest bytes of a probe step */
     double   weight;              /* sensitivity (decide.c) */
     uint32_t greports_step;       /* as_store_report_grad calls this step */
     double   consumers;           /* reports per tensor: backward readers */

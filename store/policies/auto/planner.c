@@ -22,14 +22,17 @@
  * fixed rules) <= budget: a multiple-choice knapsack solved by dynamic
  * programming on the budget cut into AUTO_UNITS units (each candidate's
  * bytes rounded up, so the plan never overshoots; values-dependent codecs
- * get a margin). Exact candidates (keep, zstd, invert) cost only time, so
- * they win wherever they fit. Re-planned after every probe step, when the
- * budget changes and when a new group appears.
+ * are charged the largest bytes seen plus a margin; what the rounding
+ * leaves is spent greedily in exact bytes). time_weight is 0 by default,
+ * so the plan depends on the data and seed only. Exact candidates (keep,
+ * invert) cost nothing then and win wherever they fit. Re-planned after
+ * every probe step, when the budget changes and when a new group appears.
  *
  * Storing. Before any plan (first step) a tensor goes to its most compact
- * measured candidate when there is a budget (keep without one). A save
- * that the budget refuses tries the most compact candidate; if that does
- * not fit either the save fails with the smallest budget auto can reach.
+ * measured candidate when there is a budget or one is pending (keep
+ * otherwise). A save that the budget refuses tries the most compact
+ * candidate; if that does not fit either the save fails with the smallest
+ * budget auto can reach.
  */
 #include <math.h>
 #include <stdio.h>
@@ -197,6 +200,14 @@ static void pick(const as_auto *pl, const agroup *grp, const bool *ok,
     *compact = k < 0 ? 0 : k;
 }
 
+/* What pick() takes for the budget: nonzero (compact before a plan) while
+ * a budget is pending too. */
+static uint64_t compact_first(as_store *s)
+{
+    uint64_t b = atomic_load(&s->saved_budget);
+    return b ? b : atomic_load(&s->budget_pending) ? UINT64_MAX : 0;
+}
+
 /* Bytes of one tensor in its most compact candidate, for the budget's
  * message: from this tensor's trials, else the group's last measure. */
 static uint64_t compact_need(as_auto *pl, const agroup *grp, const meas *mt,
@@ -295,8 +306,9 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
     }
 
     /* What to store it under: the plan's choice; before a plan, the most
-     * compact candidate of this tensor under a budget, keep without one. */
-    uint64_t budget = atomic_load(&s->saved_budget);
+     * compact candidate of this tensor under a budget (or a pending one),
+     * keep without one. */
+    uint64_t budget = compact_first(s);
     pthread_mutex_lock(&pl->mu);
     pl->trial_ns_step += as_clock_wall_ns() - tp;
     if (probe)
@@ -425,7 +437,7 @@ int as__auto_rows_begin(as_store *s, as_item *it, as_handle h, as_groups g,
     }
     if (ar->probe)
         rows_measure(s, pl, ar, h, g, info, blk);
-    uint64_t budget = atomic_load(&s->saved_budget);
+    uint64_t budget = compact_first(s);
     int first;
     pthread_mutex_lock(&pl->mu);
     pick(pl, ar->grp, ar->ok, ar->probe ? ar->mt : NULL, budget, &first,
@@ -548,6 +560,9 @@ void as__auto_step_end(as_store *s)
             for (size_t c = 0; g->measured && c < pl->nc; c++)
                 if (g->m[c].n && g->acc[c].n && g->m[c].ns < g->acc[c].ns)
                     g->acc[c].ns = g->m[c].ns;
+            for (size_t c = 0; c < pl->nc; c++)
+                if (g->acc[c].n && g->acc[c].bytes > g->bmax[c])
+                    g->bmax[c] = g->acc[c].bytes;
             memcpy(g->m, g->acc, sizeof g->m);
             memset(g->acc, 0, sizeof g->acc);
             g->measured = true;
@@ -601,7 +616,20 @@ int as__auto_budget(as_store *s, uint64_t bytes)
 
 int as_store_set_budget(as_store *s, uint64_t bytes)
 {
-    return s ? as__auto_budget(s, bytes) : AS_EINVAL;
+    if (!s)
+        return AS_EINVAL;
+    int rc = as__auto_budget(s, bytes);
+    if (rc == 0)
+        atomic_store(&s->budget_pending, false);
+    return rc;
+}
+
+int as_store_budget_pending(as_store *s)
+{
+    if (!s)
+        return AS_EINVAL;
+    atomic_store(&s->budget_pending, true);
+    return 0;
 }
 
 uint64_t as_store_budget(const as_store *s)

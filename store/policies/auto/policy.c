@@ -3,8 +3,8 @@
  *     period       steps between probe steps (default 100; 0 = probe only
  *                  the first step and (layer, kind)s seen for the first time)
  *     time_weight  error units charged for codec work equal to one step's
- *                  time (default 0.1; 0 = time only breaks ties, and the plan
- *                  is then a function of the data alone)
+ *                  measured time (default 0: the plan is a function of the
+ *                  data and seed alone; > 0 makes it depend on the machine)
  * The store hands a tensor under this rule to the planner (planner.c)
  * instead of encoding it here: encode and decode are never reached.
  */
@@ -32,7 +32,7 @@ static int auto_parse(const char *args, size_t len, void **params, char *err,
     if (!p)
         return AS_ENOMEM;
     p->period = 100;
-    p->time_weight = 0.1;
+    p->time_weight = 0;
     p->input_weight = AUTO_INPUT_WEIGHT;
     char buf[64];
     if (len >= sizeof buf) {
