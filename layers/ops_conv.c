@@ -72,9 +72,9 @@ static size_t im2col_workspace(const as_op_conv_geom *g)
 /* Enough for both paths, so the backend may change between calls. */
 size_t as_op_conv_workspace(const as_op_conv_geom *g)
 {
-    size_t n = im2col_workspace(g);
-    if (as_direct_conv_workspace(g) > n)
-        n = as_direct_conv_workspace(g);
+    size_t n = im2col_workspace(g), direct = as_direct_conv_workspace(g);
+    if (direct > n)
+        n = direct;
 #ifdef AS_OPS_HAVE_ONEDNN
     if (as_op_get_backend() == AS_OP_ONEDNN) {
         size_t d = as_dnnl_conv_workspace(g);

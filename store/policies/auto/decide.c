@@ -109,8 +109,9 @@ static void fill(as_auto *pl, uint64_t budget)
                 continue;
             size_t cur = (size_t)g->choice;
             uint64_t have = cand_bytes(pl, g, cur);
+            double now = cand_cost(pl, g, cur);
             for (size_t c = 0; c < pl->nc; c++) {
-                double d = cand_cost(pl, g, cur) - cand_cost(pl, g, c);
+                double d = now - cand_cost(pl, g, c);
                 if (!as__auto_usable(g, c) || d <= gain ||
                     used - have + cand_bytes(pl, g, c) > budget)
                     continue;
