@@ -242,7 +242,14 @@ static int do_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
         return AS_ENOMEM;
     }
     int64_t r = (int64_t)size, u = (int64_t)usable;
-    if (UNLIKELY(budget)) {
+    if (AS__DIRECT(u)) {
+        if (!budget) {
+            as__direct_charge(a, b, tag, layer, r, u);
+        } else if (!as__direct_charge_budget(a, b, tag, layer, r, u, budget, &live)) {
+            give(b, p, usable);
+            return budget_error(a, size, usable, tag, layer, budget, live, out);
+        }
+    } else if (UNLIKELY(budget)) {
         if (!as__charge_budget(a, b, tag, layer, r, u, budget, &live)) {
             give(b, p, usable);
             return budget_error(a, size, usable, tag, layer, budget, live, out);
@@ -307,21 +314,21 @@ static inline bool alloc_bin(as__tblock *b, size_t size, uint16_t tag, uint16_t 
     return true;
 }
 
-/* size > AS__TAB_MAX */
+/* size > AS__TAB_MAX, within the size rule (such classes need no
+ * alignment flag) */
 __attribute__((noinline, hot))
 static int alloc_large(as_arena *a, as__tblock *b, size_t size, uint16_t tag,
                        uint16_t layer, as_block *out)
 {
-    int align_flag;
-    unsigned bin;
-    size_t usable = usable_of(size, &align_flag, &bin);
-    void *p = usable ? mallocx(size, b->flags | align_flag) : NULL;
+    size_t usable = as__usable_large(size);
+    void *p = mallocx(size, b->flags);
     if (UNLIKELY(!p))
         return do_alloc(a, size, tag, layer, out, 0);   /* says why */
-    /* a block past the fold bound rarely fits the pending frees */
-    if (usable > (size_t)AS__FOLD_BYTES ||
-        !count_nofold(b, tag, layer, (int64_t)size, (int64_t)usable))
-        as__charge(a, b, tag, layer, (int64_t)size, (int64_t)usable);
+    int64_t r = (int64_t)size, u = (int64_t)usable;
+    if (AS__DIRECT(u))
+        as__direct_charge(a, b, tag, layer, r, u);
+    else if (!count_nofold(b, tag, layer, r, u))
+        as__charge(a, b, tag, layer, r, u);
     set_block(out, p, size, usable, tag, layer, b->id);
     return 0;
 }
@@ -341,14 +348,18 @@ static inline bool free_bin(as__tblock *b, as_block *blk)
     return true;
 }
 
-/* usable > AS__TAB_MAX, charged by this thread */
+/* usable > AS__TAB_MAX, any thread's block */
 __attribute__((noinline, hot))
 static int free_large(as_arena *a, as__tblock *b, as_block *blk)
 {
     int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
     sdallocx(blk->ptr, blk->usable, b->flags);
-    if (u > AS__FOLD_BYTES || !count_nofold(b, blk->tag, blk->layer, -r, -u))
-        as__discharge(a, b, blk->tag, blk->layer, r, u);   /* past the bound: folds */
+    if (AS__DIRECT(u))
+        as__direct_discharge(a, b, blk->tag, blk->layer, r, u);
+    else if (blk->shard != b->id)
+        as__discharge_remote(a, b, blk->tag, blk->layer, r, u);
+    else if (!count_nofold(b, blk->tag, blk->layer, -r, -u))
+        as__discharge(a, b, blk->tag, blk->layer, r, u);
     memset(blk, 0, sizeof *blk);
     return 0;
 }
@@ -361,7 +372,7 @@ int as_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer, as_block *o
         if (LIKELY(size - 1 < AS__TAB_MAX)) {
             if (LIKELY(alloc_bin(b, size, tag, layer, out)))
                 return 0;
-        } else if (size) {
+        } else if (LIKELY(size && size <= AS__LARGE_RULE_MAX && as__large_rule)) {
             return alloc_large(a, b, size, tag, layer, out);
         }
     }
@@ -448,7 +459,9 @@ static int free_slow(as_arena *a, as_block *blk)
     }
     give(b, blk->ptr, blk->usable);
     int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
-    if (UNLIKELY(blk->shard != b->id))
+    if (AS__DIRECT(u))
+        as__direct_discharge(a, b, tag, layer, r, u);
+    else if (UNLIKELY(blk->shard != b->id))
         as__discharge_remote(a, b, tag, layer, r, u);
     else if (!count_nofold(b, tag, layer, -r, -u))
         as__discharge(a, b, tag, layer, r, u);
@@ -464,7 +477,7 @@ int as_free(as_arena *a, as_block *blk)
         if (LIKELY(blk->usable <= AS__TAB_MAX)) {
             if (LIKELY(free_bin(b, blk)))
                 return 0;
-        } else if (blk->shard == b->id) {
+        } else {
             return free_large(a, b, blk);
         }
     }

@@ -239,8 +239,10 @@ uint64_t as_arena_budget(const as_arena *a)
 /* G lock held: no fold moves G or a peak meanwhile. */
 static void reset_peak(as__gcounter *g)
 {
-    int64_t u = atomic_load_explicit(&g->g_use, memory_order_relaxed);
-    int64_t r = atomic_load_explicit(&g->g_req, memory_order_relaxed);
+    int64_t u = atomic_load_explicit(&g->g_use, memory_order_relaxed) +
+                atomic_load_explicit(&g->d_use, memory_order_relaxed);
+    int64_t r = atomic_load_explicit(&g->g_req, memory_order_relaxed) +
+                atomic_load_explicit(&g->d_req, memory_order_relaxed);
     atomic_store_explicit(&g->peak_use, u > 0 ? (uint64_t)u : 0, memory_order_relaxed);
     atomic_store_explicit(&g->peak_req, r > 0 ? (uint64_t)r : 0, memory_order_relaxed);
 }
@@ -254,11 +256,11 @@ void as_arena_reset_peaks(as_arena *a)
     as__tblock *b = as__tblock_get(a);
     if (b)
         as__tblock_fold(b);
-    as__glock(a);
+    bool gb = as__glock(a, b);
     reset_peak(&a->gtotal);
     for (unsigned i = 0; i < AS__NCOUNTERS; i++)
         reset_peak(&a->g[i]);
-    as__gunlock(a);
+    as__gunlock(a, gb);
 }
 
 /* ---- snapshots -------------------------------------------------------- */
@@ -269,6 +271,14 @@ static void add_live(as__rcounter *o, const as__tcounter *t)
     o->live_use += atomic_load_explicit(&t->live_use, memory_order_relaxed);
     o->allocs   += atomic_load_explicit(&t->allocs, memory_order_relaxed);
     o->frees    += atomic_load_explicit(&t->frees, memory_order_relaxed);
+}
+
+static void add_direct(as__rcounter *o, const as__gcounter *g)
+{
+    o->live_req += atomic_load_explicit(&g->d_req, memory_order_relaxed);
+    o->live_use += atomic_load_explicit(&g->d_use, memory_order_relaxed);
+    o->allocs   += atomic_load_explicit(&g->d_allocs, memory_order_relaxed);
+    o->frees    += atomic_load_explicit(&g->d_frees, memory_order_relaxed);
 }
 
 void as__sum_live(as_arena *a, unsigned nt, unsigned nl, as__rcounter *out)
@@ -282,6 +292,10 @@ void as__sum_live(as_arena *a, unsigned nt, unsigned nl, as__rcounter *out)
         for (unsigned i = 0; i < nl; i++)
             add_live(&out[nt + i], &b->c[AS_TAG_MAX + i]);
     }
+    for (unsigned i = 0; i < nt; i++)
+        add_direct(&out[i], &a->g[i]);
+    for (unsigned i = 0; i < nl; i++)
+        add_direct(&out[nt + i], &a->g[AS_TAG_MAX + i]);
 }
 
 static uint64_t pos(int64_t v) { return v > 0 ? (uint64_t)v : 0; }

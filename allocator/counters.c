@@ -11,7 +11,14 @@
  * is exact.
  */
 #include <limits.h>
+#include <pthread.h>
 #include <sched.h>
+#include <stdlib.h>
+#if defined(__linux__)
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "allocator/internal.h"
 
@@ -42,6 +49,69 @@ void as__glock_wait(as_arena *a)
     }
 }
 
+/* membarrier(PRIVATE_EXPEDITED): a full barrier on every running thread of
+ * the process; registered once. Without it (old kernel, seccomp) no arena
+ * is biased. */
+static pthread_once_t g_mb_once = PTHREAD_ONCE_INIT;
+static bool g_mb_ok;
+
+static void mb_register(void)
+{
+#if defined(__linux__) && defined(SYS_membarrier)
+    long q = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    g_mb_ok = q > 0 && (q & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
+              syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+#endif
+}
+
+static void mb_all_threads(void)
+{
+#if defined(__linux__) && defined(SYS_membarrier)
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
+        return;
+#endif
+    abort();                               /* registered, so never */
+}
+
+void as__glock_bias(as_arena *a, const as__tblock *b)
+{
+    pthread_once(&g_mb_once, mb_register);
+    if (!g_mb_ok)
+        return;
+    /* under glock: a holder without a block may be writing G */
+    if (atomic_exchange_explicit(&a->glock, 1, memory_order_acquire))
+        as__glock_wait(a);
+    atomic_store_explicit(&a->bias, b->id, RLX);
+    atomic_store_explicit(&a->glock, 0, memory_order_release);
+}
+
+void as__glock_unbias(as_arena *a, const as__tblock *b)
+{
+    if (atomic_load_explicit(&a->bias, RLX) != b->id)
+        return;
+    if (atomic_exchange_explicit(&a->glock, 1, memory_order_acquire))
+        as__glock_wait(a);                 /* a revoker may be at work */
+    if (atomic_load_explicit(&a->bias, RLX) == b->id)
+        atomic_store_explicit(&a->bias, 0, RLX);   /* b is not inside: no barrier */
+    atomic_store_explicit(&a->glock, 0, memory_order_release);
+}
+
+/* glock held, bias set: clear it for good and wait for its owner to leave. */
+__attribute__((noinline, cold))
+void as__glock_revoke(as_arena *a)
+{
+    atomic_store_explicit(&a->bias, 0, RLX);
+    mb_all_threads();
+    for (unsigned spins = 0; atomic_load_explicit(&a->bias_busy, memory_order_acquire); spins++) {
+        if (spins >= 64)
+            sched_yield();
+#if defined(__x86_64__) || defined(__i386__)
+        else
+            __builtin_ia32_pause();
+#endif
+    }
+}
+
 /* Under the G lock, every update of G is a plain load and store. */
 static inline void g_move(_Atomic int64_t *p, int64_t d) { st(p, ld(p) + d); }
 static inline void peak_raise(_Atomic uint64_t *p, int64_t v)
@@ -63,17 +133,17 @@ static void pending_tags(as__tblock *b, int64_t *pr, int64_t *pu)
     *pu = u;
 }
 
-/* The G side of a fold (G lock held): add (pr, pu), raising the peak when
- * G grew. */
+/* The G side of a fold (G lock held): add (pr, pu), raising the peak to
+ * the charged value when G grew. */
 static inline void g_add(as__gcounter *g, int64_t pr, int64_t pu)
 {
     int64_t nr = ld(&g->g_req) + pr, nu = ld(&g->g_use) + pu;
     st(&g->g_req, nr);
     st(&g->g_use, nu);
     if (pr > 0)
-        peak_raise(&g->peak_req, nr);
+        peak_raise(&g->peak_req, nr + ld(&g->d_req));
     if (pu > 0)
-        peak_raise(&g->peak_use, nu);
+        peak_raise(&g->peak_use, nu + ld(&g->d_use));
 }
 
 /* Live values of tag i, with tag `tag` taken as (lr, lu) (not stored yet). */
@@ -134,7 +204,7 @@ void as__tblock_fold(as__tblock *b)
 {
     as_arena *a = b->arena;
     int64_t sr, su;
-    as__glock(a);
+    bool gb = as__glock(a, b);
     fold_tags(a, b, UINT_MAX, 0, 0, true, &sr, &su);
     for (unsigned i = 0, n = atomic_load(&a->nlayers); i < n; i++) {
         as__tcounter *t = &b->c[AS_TAG_MAX + i];
@@ -145,7 +215,7 @@ void as__tblock_fold(as__tblock *b)
             st(&t->fold_use, lu);
         }
     }
-    as__gunlock(a);
+    as__gunlock(a, gb);
 }
 
 /* A layer folds alone (no layer figure is derived from the others); G lock
@@ -169,12 +239,12 @@ void as__charge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
     bool tag_grows = lr > ld(&t->fold_req) || lu > ld(&t->fold_use);
     bool lay_grows = layer_grows(b, layer, r, u, &mr, &mu);
     if (tag_grows || lay_grows) {
-        as__glock(a);
+        bool gb = as__glock(a, b);
         if (tag_grows)
             fold_tags(a, b, tag, lr, lu, true, &sr, &su);
         if (lay_grows)
             fold_g(tl, &a->g[AS_TAG_MAX + layer], mr, mu);
-        as__gunlock(a);
+        as__gunlock(a, gb);
     }
     set_counter(tl, mr, mu, lay_grows, &tl->allocs);
     set_counter(t, lr, lu, false, &t->allocs);
@@ -193,7 +263,7 @@ void as__discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
     bool tag_folds = dr < -AS__FOLD_BYTES || du < -AS__FOLD_BYTES;
     bool layer_folds = er < -AS__FOLD_BYTES || eu < -AS__FOLD_BYTES;
     if (tag_folds || layer_folds) {
-        as__glock(a);
+        bool gb = as__glock(a, b);
         if (tag_folds) {
             g_move(&a->g[tag].g_req, dr);
             g_move(&a->g[tag].g_use, du);
@@ -204,7 +274,7 @@ void as__discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
             g_move(&a->g[AS_TAG_MAX + layer].g_req, er);
             g_move(&a->g[AS_TAG_MAX + layer].g_use, eu);
         }
-        as__gunlock(a);
+        as__gunlock(a, gb);
     }
     set_counter(tt, lr, lu, tag_folds, &tt->frees);
     set_counter(tl, mr, mu, layer_folds, &tl->frees);
@@ -226,19 +296,91 @@ static void remote_one(as__tcounter *t, as__gcounter *g, int64_t r, int64_t u)
 void as__discharge_remote(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                           int64_t r, int64_t u)
 {
-    as__glock(a);
+    bool gb = as__glock(a, b);
     remote_one(&b->c[tag], &a->g[tag], r, u);
     remote_one(&b->c[AS_TAG_MAX + layer], &a->g[AS_TAG_MAX + layer], r, u);
     g_move(&a->gtotal.g_req, -r);
     g_move(&a->gtotal.g_use, -u);
-    as__gunlock(a);
+    as__gunlock(a, gb);
+}
+
+/* ---- direct blocks ---------------------------------------------------------- */
+
+/* d of one counter moves by (r, u) (G lock held); an allocation raises the
+ * peak to the charged value g + d when raise. */
+static inline void d_move(as__gcounter *g, int64_t r, int64_t u, bool raise)
+{
+    int64_t dr = ld(&g->d_req) + r, du = ld(&g->d_use) + u;
+    st(&g->d_req, dr);
+    st(&g->d_use, du);
+    if (raise) {
+        peak_raise(&g->peak_req, ld(&g->g_req) + dr);
+        peak_raise(&g->peak_use, ld(&g->g_use) + du);
+    }
+}
+
+/* G lock held. The thread's pending frees (tags and the block's layer) are
+ * folded first, so that with one thread the charged values are the live
+ * ones when they rise and the peaks stay exact; in steady use nothing is
+ * pending and this is a few loads. raise_total false leaves the total's
+ * peak to the caller. */
+static void direct_charge_locked(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                                 int64_t r, int64_t u, bool raise_total)
+{
+    as__gcounter *gt = &a->g[tag], *gl = &a->g[AS_TAG_MAX + layer];
+    as__tcounter *tl = &b->c[AS_TAG_MAX + layer];
+    int64_t pr, pu;
+    pending_tags(b, &pr, &pu);
+    if (pr | pu) {                         /* <= 0: G only shrinks, no peak */
+        fold_tags(a, b, UINT_MAX, 0, 0, false, &pr, &pu);
+        g_move(&a->gtotal.g_req, pr);
+        g_move(&a->gtotal.g_use, pu);
+    }
+    int64_t lr = ld(&tl->live_req), lu = ld(&tl->live_use);
+    if (lr != ld(&tl->fold_req) || lu != ld(&tl->fold_use)) {
+        fold_g(tl, gl, lr, lu);
+        st(&tl->fold_req, lr);
+        st(&tl->fold_use, lu);
+    }
+    d_move(&a->gtotal, r, u, raise_total);
+    d_move(gt, r, u, true);
+    inc(&gt->d_allocs);
+    d_move(gl, r, u, true);
+    inc(&gl->d_allocs);
+}
+
+void as__direct_charge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                       int64_t r, int64_t u)
+{
+    bool gb = as__glock(a, b);
+    direct_charge_locked(a, b, tag, layer, r, u, true);
+    as__gunlock(a, gb);
+}
+
+void as__direct_discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                          int64_t r, int64_t u)
+{
+    as__gcounter *gt = &a->g[tag], *gl = &a->g[AS_TAG_MAX + layer];
+    bool gb = as__glock(a, b);
+    d_move(&a->gtotal, -r, -u, false);
+    d_move(gt, -r, -u, false);
+    inc(&gt->d_frees);
+    d_move(gl, -r, -u, false);
+    inc(&gl->d_frees);
+    as__gunlock(a, gb);
 }
 
 /* ---- budget --------------------------------------------------------------- */
 
+/* The charged total's usable bytes (no lock: a first look). */
+static inline int64_t charged_total(as_arena *a)
+{
+    return ld(&a->gtotal.g_use) + ld(&a->gtotal.d_use);
+}
+
 uint64_t as__true_live_locked(as_arena *a, uint64_t *requested)
 {
-    int64_t v = 0, q = 0;
+    int64_t v = ld(&a->gtotal.d_use), q = ld(&a->gtotal.d_req);
     for (unsigned i = 0; i < AS_TAG_MAX; i++) {
         v += a->retired[i].live_use;
         q += a->retired[i].live_req;
@@ -258,7 +400,7 @@ bool as__budget_room(as_arena *a, as__tblock *b, uint64_t usable, uint64_t budge
 {
     int64_t pr, pu;
     pending_tags(b, &pr, &pu);
-    if (atomic_load_explicit(&a->gtotal.g_use, RLX) + pu + (int64_t)usable <= (int64_t)budget)
+    if (charged_total(a) + pu + (int64_t)usable <= (int64_t)budget)
         return true;
     as__reg_lock();
     *live = as__true_live_locked(a, NULL);
@@ -275,7 +417,7 @@ static bool charge_tag_budget(as_arena *a, as__tblock *b, unsigned tag, int64_t 
     int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u;
     int64_t pr, pu;
     pending_tags(b, &pr, &pu);
-    if (ld(&a->gtotal.g_use) + pu + u > (int64_t)budget)
+    if (charged_total(a) + pu + u > (int64_t)budget)
         return false;
     if (lr > ld(&t->fold_req) || lu > ld(&t->fold_use))
         fold_tags(a, b, tag, lr, lu, true, &pr, &pu);
@@ -313,7 +455,7 @@ static bool budget_recount(as_arena *a, as__tblock *b, unsigned tag, unsigned la
          * frees we just stepped around */
         as__tcounter *t = &b->c[tag];
         int64_t lr = ld(&t->live_req) + r, lu = ld(&t->live_use) + u, sr, su;
-        as__glock(a);
+        bool gb = as__glock(a, b);
         fold_tags(a, b, tag, lr, lu, false, &sr, &su);
         set_counter(t, lr, lu, false, &t->allocs);
         g_move(&a->gtotal.g_req, sr);
@@ -321,7 +463,7 @@ static bool budget_recount(as_arena *a, as__tblock *b, unsigned tag, unsigned la
         peak_raise(&a->gtotal.peak_use, (int64_t)(*live + (uint64_t)u));
         peak_raise(&a->gtotal.peak_req, (int64_t)(live_req + (uint64_t)r));
         charge_layer_locked(a, b, layer, r, u);
-        as__gunlock(a);
+        as__gunlock(a, gb);
     }
     as__reg_unlock();
     return fits;
@@ -330,10 +472,38 @@ static bool budget_recount(as_arena *a, as__tblock *b, unsigned tag, unsigned la
 bool as__charge_budget(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                        int64_t r, int64_t u, uint64_t budget, uint64_t *live)
 {
-    as__glock(a);
+    bool gb = as__glock(a, b);
     bool ok = charge_tag_budget(a, b, tag, r, u, budget);
     if (ok)
         charge_layer_locked(a, b, layer, r, u);
-    as__gunlock(a);
+    as__gunlock(a, gb);
     return ok || budget_recount(a, b, tag, layer, r, u, budget, live);
+}
+
+bool as__direct_charge_budget(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                              int64_t r, int64_t u, uint64_t budget, uint64_t *live)
+{
+    int64_t pr, pu;
+    bool gb = as__glock(a, b);
+    pending_tags(b, &pr, &pu);
+    bool ok = charged_total(a) + pu + u <= (int64_t)budget;
+    if (ok)
+        direct_charge_locked(a, b, tag, layer, r, u, true);
+    as__gunlock(a, gb);
+    if (ok)
+        return true;
+    /* as budget_recount: the true live value decides, and is the peak */
+    as__reg_lock();
+    uint64_t live_req;
+    *live = as__true_live_locked(a, &live_req);
+    bool fits = *live + (uint64_t)u <= budget;
+    if (fits) {
+        gb = as__glock(a, b);
+        direct_charge_locked(a, b, tag, layer, r, u, false);
+        peak_raise(&a->gtotal.peak_use, (int64_t)(*live + (uint64_t)u));
+        peak_raise(&a->gtotal.peak_req, (int64_t)(live_req + (uint64_t)r));
+        as__gunlock(a, gb);
+    }
+    as__reg_unlock();
+    return fits;
 }

@@ -42,6 +42,12 @@
 /* Pending frees a thread may keep before folding them into G (per counter).
  * Bounds how far a concurrent peak or budget check can over-count. */
 #define AS__FOLD_BYTES ((int64_t)4 << 20)
+/* Blocks of more usable bytes are direct: counted in the global counters
+ * alone (d), under the G lock, by whichever thread allocates or frees them;
+ * the threads' counters never see them. Such a block always folds (it is
+ * larger than the pending frees may be), so counting it twice would only
+ * add work. */
+#define AS__DIRECT(usable) ((int64_t)(usable) > AS__FOLD_BYTES)
 
 #define AS__NAME_MAX 64
 #define AS__NCOUNTERS (AS_TAG_MAX + AS_LAYER_MAX) /* tags first, then layers */
@@ -63,10 +69,13 @@ typedef struct as__tcounter {
     _Atomic uint64_t allocs, frees;
 } as__tcounter;
 
-/* Global side of one counter. */
+/* Global side of one counter (one cache line). The charged value is
+ * g + d: g >= the threads' live sum, d exact. */
 typedef struct as__gcounter {
-    _Atomic int64_t  g_req, g_use;        /* charged (>= true live) */
+    _Atomic int64_t  g_req, g_use;        /* charged by the threads' folds */
     _Atomic uint64_t peak_req, peak_use;
+    _Atomic int64_t  d_req, d_use;        /* live direct blocks (AS__DIRECT) */
+    _Atomic uint64_t d_allocs, d_frees;   /* (tags and layers; not the total) */
 } as__gcounter;
 
 typedef struct as__thread as__thread;
@@ -128,6 +137,9 @@ struct as_arena {
     /* counters */
     _Atomic int      glock;                /* held by every writer of G and
                                               of the peaks (counters.c) */
+    _Atomic uint32_t bias;                 /* thread block that holds G by
+                                              bias_busy alone (0: none) */
+    _Atomic int      bias_busy;
     as__gcounter     gtotal;
     as__gcounter     g[AS__NCOUNTERS];
     as__tblock      *blocks;               /* g_reg_lock */
@@ -217,17 +229,41 @@ void as__bins_drain(as__tblock *b);
 /* The G lock: every writer of a charged value or a peak holds it, so a
  * fold costs one locked exchange however many counters it moves (readers
  * take none: each value is atomic on its own). A leaf lock, held for a few
- * dozen instructions; waiters spin, then yield. */
+ * dozen instructions; waiters spin, then yield.
+ *
+ * Biased: while one thread alone has written G (a->bias names its block),
+ * it takes the lock with plain stores (bias_busy) and no locked
+ * instruction. The first other writer revokes the bias for good: it takes
+ * glock, clears bias, forces a barrier on every thread of the process
+ * (membarrier), so the owner either saw the clear or shows bias_busy, and
+ * waits for bias_busy to drop (counters.c). Without membarrier no arena is
+ * biased. */
 void as__glock_wait(as_arena *a);
-static inline void as__glock(as_arena *a)
+void as__glock_revoke(as_arena *a);
+/* Returns how G was taken, for as__gunlock. b may be NULL. */
+static inline bool as__glock(as_arena *a, const as__tblock *b)
 {
+    if (b && b->id == atomic_load_explicit(&a->bias, memory_order_relaxed)) {
+        atomic_store_explicit(&a->bias_busy, 1, memory_order_relaxed);
+        atomic_signal_fence(memory_order_seq_cst);  /* the revoker's barrier orders it */
+        if (__builtin_expect(b->id == atomic_load_explicit(&a->bias, memory_order_relaxed), 1))
+            return true;
+        atomic_store_explicit(&a->bias_busy, 0, memory_order_release);
+    }
     if (__builtin_expect(atomic_exchange_explicit(&a->glock, 1, memory_order_acquire), 0))
         as__glock_wait(a);
+    if (__builtin_expect(atomic_load_explicit(&a->bias, memory_order_relaxed) != 0, 0))
+        as__glock_revoke(a);
+    return false;
 }
-static inline void as__gunlock(as_arena *a)
+static inline void as__gunlock(as_arena *a, bool biased)
 {
-    atomic_store_explicit(&a->glock, 0, memory_order_release);
+    atomic_store_explicit(biased ? &a->bias_busy : &a->glock, 0, memory_order_release);
 }
+/* Give b the bias when no thread block but b exists (registry lock held),
+ * and take it back from b (b's thread, or the arena's destroyer). */
+void as__glock_bias(as_arena *a, const as__tblock *b);
+void as__glock_unbias(as_arena *a, const as__tblock *b);
 /* Fold the thread's pending deltas into G (owner, or with the owner
  * quiescent). */
 void as__tblock_fold(as__tblock *b);
@@ -236,6 +272,16 @@ void as__charge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                 int64_t r, int64_t u);
 void as__discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                    int64_t r, int64_t u);
+/* A direct block (AS__DIRECT) of tag and layer allocated by b's thread /
+ * freed by any thread. The peaks rise to the charged values plus b's
+ * pending deltas (the live values when one thread is active). */
+void as__direct_charge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                       int64_t r, int64_t u);
+void as__direct_discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                          int64_t r, int64_t u);
+/* as__direct_charge under the budget (as__charge_budget's contract). */
+bool as__direct_charge_budget(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                              int64_t r, int64_t u, uint64_t budget, uint64_t *live);
 /* A free by b's thread of a block another thread charged. */
 void as__discharge_remote(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                           int64_t r, int64_t u);

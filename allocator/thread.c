@@ -50,6 +50,7 @@ static void retire_block(as__tblock *b)
 {
     as_arena *a = b->arena;
     as__tblock_fold(b);
+    as__glock_unbias(a, b);
     for (unsigned i = 0; i < AS__NCOUNTERS; i++) {
         as__tcounter *t = &b->c[i];
         as__rcounter *r = &a->retired[i];
@@ -162,7 +163,8 @@ as__tblock *as__tblock_get(as_arena *a)
     if (a->blocks)
         a->blocks->prev = b;
     a->blocks = b;
-    a->nthreads++;
+    if (a->nthreads++ == 0)
+        as__glock_bias(a, b);              /* the only block: its thread alone writes G */
     t->slots[slot].blk = b;
     atomic_store(&t->slots[slot].uid, a->uid);
     pthread_mutex_unlock(&g_reg_lock);
