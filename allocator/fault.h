@@ -32,4 +32,10 @@ static inline void *as__fcalloc(size_t k, size_t n)
     return __builtin_expect(a != NULL, 0) && as__arena_fault(a) ? NULL : calloc(k, n);
 }
 
+static inline void *as__frealloc(void *p, size_t n)
+{
+    struct as_arena *a = as__fault_tls;
+    return __builtin_expect(a != NULL, 0) && as__arena_fault(a) ? NULL : realloc(p, n);
+}
+
 #endif

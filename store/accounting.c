@@ -288,7 +288,7 @@ int as_store_stats_take(as_store *s, as_store_stats *out)
     size_t npol = as__policy_count();
     /* One block: layer entries, their names, policy entries. */
     size_t lsz = (size_t)nl * (sizeof(as_store_layer_stats) + 64);
-    char *mem = malloc(lsz + npol * sizeof(as_store_policy_stats) + 1);
+    char *mem = as__smalloc(s, lsz + npol * sizeof(as_store_policy_stats) + 1);
     if (!mem)
         return AS_ENOMEM;
     out->layers = (as_store_layer_stats *)(void *)mem;

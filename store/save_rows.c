@@ -129,13 +129,17 @@ static int check_begin(as_store *s, const as_save_info *info,
 static int copy_info(struct as_rows *w, const as_save_info *info)
 {
     w->info = *info;
-    if (info->layer && !(w->layer = strdup(info->layer)))
-        return AS_ENOMEM;
+    if (info->layer) {
+        size_t len = strlen(info->layer) + 1;
+        if (!(w->layer = as__smalloc(w->s, len)))
+            return AS_ENOMEM;
+        memcpy(w->layer, info->layer, len);
+    }
     w->info.layer = w->layer;
     const as_softmax_meta *m = &info->meta.softmax;
     if (info->kind == AS_KIND_SOFTMAX_OUTPUT && m->valid_len) {
         size_t n = (size_t)((w->rows + m->rows_per_item - 1) / m->rows_per_item);
-        if (!(w->valid_len = malloc((n ? n : 1) * sizeof *w->valid_len)))
+        if (!(w->valid_len = as__smalloc(w->s, (n ? n : 1) * sizeof *w->valid_len)))
             return AS_ENOMEM;
         memcpy(w->valid_len, m->valid_len, n * sizeof *w->valid_len);
         w->info.meta.softmax.valid_len = w->valid_len;

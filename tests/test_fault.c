@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "actstore/store.h"
+#include "store/policies/quant.h"
 #include "store/store_internal.h"
 #include "tests/support/store_util.h"
 
@@ -36,7 +37,13 @@ static float *data(uint32_t seed)
     return x;
 }
 
-static uint64_t live(as_store *s) { return store_live(s); }
+/* The arena's live bytes once offload's I/O thread is idle (it frees the
+ * staging buffers of the writes it finished). */
+static uint64_t live(as_store *s)
+{
+    as__offload_wait_idle();
+    return store_live(s);
+}
 
 static long fault_left(as_store *s)
 {
@@ -218,6 +225,60 @@ static void test_fault_zstd(void **st) { (void)st; run_policy("default=zstd"); }
 static void test_fault_fp16(void **st) { (void)st; run_policy("default=fp16"); }
 static void test_fault_q8(void **st) { (void)st; run_policy("default=q8"); }
 static void test_fault_fallback(void **st) { (void)st; run_policy("default=q4|zstd"); }
+/* A whole step under auto with a saved-bytes budget (set_budget and
+ * step_end plan: a dynamic program over the measured groups, with work
+ * arrays of its own), the nth allocation failing: saves fail with
+ * AS_ENOMEM or succeed, the plan falls back to the safe one when its
+ * arrays do not fit, the step ends with the arena back at its level, and
+ * the item stored before restores. */
+static void test_fault_auto_plan(void **st)
+{
+    (void)st;
+    fx f;
+    fx_init(&f, "default=auto");
+    as_arena *a = as_store_arena(f.s);
+    uint64_t base = live(f.s), step = 1;
+    as_handle h;
+    for (; step <= 2; step++) {                    /* the probe steps: measured */
+        as_store_step_begin(f.s, step);
+        for (int k = 0; k < 3; k++)
+            assert_int_equal(as_store_save(f.s, &f.info, &f.t, &h), 0);
+        as_store_step_end(f.s);
+    }
+    assert_int_equal(live(f.s), base);
+    long n;
+    int nfail = 0;
+    for (n = 1;; n++, step++) {
+        as__arena_fault_set(a, n, false);
+        int rc = as_store_set_budget(f.s, n & 1 ? 600000 : 650000);
+        if (rc && rc != AS_ENOMEM)
+            fail_msg("set_budget, allocation %ld failing: %s", n, as_strerror(rc));
+        as_store_step_begin(f.s, step);
+        for (int k = 0; k < 3; k++) {
+            rc = as_store_save(f.s, &f.info, &f.t, &h);
+            if (rc && rc != AS_ENOMEM)
+                fail_msg("save, allocation %ld failing: %s (%s)", n, as_strerror(rc),
+                         as_store_last_error(f.s));
+            nfail += rc != 0;
+        }
+        as_store_step_end(f.s);
+        bool reached = fault_left(f.s) == 0;
+        as__arena_fault_set(a, 0, false);
+        if (live(f.s) != base)
+            fail_msg("step, allocation %ld failing: live %llu, was %llu", n,
+                     (unsigned long long)live(f.s), (unsigned long long)base);
+        check_kept(&f);
+        if (!reached)
+            break;
+    }
+    fprintf(stderr, "%-16s step: %ld allocations, %d failures returned\n", "auto plan", n - 1,
+            nfail);
+    assert_true(n > 3);
+    fx_free(&f);
+}
+
+static void test_fault_offload(void **st) { (void)st; run_policy("default=offload"); }
+static void test_fault_auto(void **st) { (void)st; run_policy("default=auto"); }
 
 int main(void)
 {
@@ -227,6 +288,9 @@ int main(void)
         cmocka_unit_test(test_fault_fp16),
         cmocka_unit_test(test_fault_q8),
         cmocka_unit_test(test_fault_fallback),
+        cmocka_unit_test(test_fault_offload),
+        cmocka_unit_test(test_fault_auto),
+        cmocka_unit_test(test_fault_auto_plan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

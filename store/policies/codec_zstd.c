@@ -47,6 +47,7 @@
 
 #include "store/policies/quant.h"
 #include "store/policy.h"
+#include "allocator/fault.h"
 
 #define ZFRAME   ((size_t)1 << 20)  /* raw bytes per frame */
 #define ZPOOL    4                  /* idle work sets kept per rule */
@@ -67,7 +68,7 @@ static void *ws_alloc(void *opaque, size_t size)
 {
     as_arena *a = opaque;
     if (!a) {
-        void *p = malloc(size + WS_HDR);
+        void *p = as__fmalloc(size + WS_HDR);
         ws_last_rc = p ? 0 : AS_ENOMEM;
         return p ? (char *)p + WS_HDR : NULL;
     }

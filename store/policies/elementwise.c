@@ -140,7 +140,7 @@ bool as__fn_invertible(const as_elementwise *f, int64_t numel, char *why,
 static int dep_encode(as_pctx *ctx, const as_elementwise *fn, as_handle dep,
                       bool inverse, void **state)
 {
-    estate *st = calloc(1, sizeof *st);
+    estate *st = as__scalloc(as_pctx_store(ctx), 1, sizeof *st);
     if (!st)
         return AS_ENOMEM;
     *st = (estate){.fn = *fn, .dep = dep, .inverse = inverse};

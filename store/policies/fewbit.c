@@ -38,6 +38,7 @@
 #include "store/policies/pack512.h"
 #include "store/policy.h"
 #include "util/simd.h"
+#include "allocator/fault.h"
 
 #define FB_BINS 255          /* odd: x = 0 is a bin center */
 #define FB_XR 6.0f
@@ -332,7 +333,7 @@ static int fb_encode(as_pctx *ctx, const void *params,
     const unsigned bits = p ? p->bits : FB_DEFAULT_BITS;
     const int64_t n = as_tensor_numel(t);
     const float *x = t->data;
-    fb_hist *h = malloc(sizeof *h);
+    fb_hist *h = as__fmalloc(sizeof *h);
     if (!h)
         return AS_ENOMEM;
     histogram(x, n, h);

@@ -391,7 +391,7 @@ static int off_encode(as_pctx *ctx, const void *params,
 {
     (void)info;
     const char *dir = params ? params : as_pctx_offload_dir(ctx);
-    off_item *it = calloc(1, sizeof *it);
+    off_item *it = as__scalloc(as_pctx_store(ctx), 1, sizeof *it);
     if (!it)
         return AS_ENOMEM;
     it->s = as_pctx_store(ctx);

@@ -38,7 +38,7 @@ static int rc_encode(as_pctx *ctx, const void *params,
                      const as_save_info *info, const as_tensor *t,
                      void **state)
 {
-    rstate *st = calloc(1, sizeof *st);
+    rstate *st = as__scalloc(as_pctx_store(ctx), 1, sizeof *st);
     if (!st)
         return AS_ENOMEM;
     st->fn = info->recompute;

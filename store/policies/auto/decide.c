@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "store/policies/auto/impl.h"
+#include "allocator/fault.h"
 
 double as__auto_rel_err(const meas *m)
 {
@@ -176,9 +177,9 @@ void as__auto_plan(as_auto *pl, uint64_t budget, uint64_t step)
             units = (32u << 20) / G - 1;
         uint64_t unit = avail / units + 1;
         size_t U = (size_t)(avail / unit);
-        double *dp = malloc((U + 1) * sizeof *dp);
-        double *nx = malloc((U + 1) * sizeof *nx);
-        uint8_t *pick = malloc(G * (U + 1));
+        double *dp = as__fmalloc((U + 1) * sizeof *dp);
+        double *nx = as__fmalloc((U + 1) * sizeof *nx);
+        uint8_t *pick = as__fmalloc(G * (U + 1));
         if (!dp || !nx || !pick) {   /* no memory: the safe plan */
             for (size_t i = 0; i < G; i++)
                 if (pl->g[i]->measured)

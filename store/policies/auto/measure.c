@@ -144,7 +144,7 @@ void as__auto_trial(as_store *s, as_item *it, as_handle h, as_groups g,
                     const cand *c, const as_save_info *info,
                     const as_tensor *t, const char *layer, meas *m)
 {
-    as_rep *r = calloc(1, sizeof *r);
+    as_rep *r = as__scalloc(s, 1, sizeof *r);
     if (!r) {
         m->bad = true;
         return;

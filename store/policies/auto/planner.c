@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "allocator/fault.h"
 #include "store/policies/auto/impl.h"
 #include "util/clock.h"
 
@@ -129,13 +130,13 @@ static agroup *group_of(as_auto *pl, uint16_t layer, int kind)
         return pl->g[pl->idx[k] - 1];
     if (pl->ng == pl->gcap) {
         size_t cap = pl->gcap ? 2 * pl->gcap : 64;
-        agroup **ng = realloc(pl->g, cap * sizeof *ng);
+        agroup **ng = as__frealloc(pl->g, cap * sizeof *ng);
         if (!ng)
             return NULL;
         pl->g = ng;
         pl->gcap = cap;
     }
-    agroup *g = calloc(1, sizeof *g);
+    agroup *g = as__fcalloc(1, sizeof *g);
     if (!g)
         return NULL;
     g->layer = layer;
@@ -413,7 +414,7 @@ int as__auto_rows_begin(as_store *s, as_item *it, as_handle h, as_groups g,
     (void)it;
     *out = NULL;
     as_auto *pl = planner_get(s);
-    as_auto_rows *ar = pl ? calloc(1, sizeof *ar) : NULL;
+    as_auto_rows *ar = pl ? as__scalloc(s, 1, sizeof *ar) : NULL;
     if (!ar)
         return AS_ENOMEM;
     const as_auto_params *ap = ref->params;
@@ -685,7 +686,7 @@ int as_store_plan_take(as_store *s, as_store_plan *out)
     size_t n = 0;
     for (size_t i = 0; i < pl->ng; i++)
         n += pl->g[i]->measured;
-    out->entries = n ? calloc(n, sizeof *out->entries) : NULL;
+    out->entries = n ? as__scalloc(s, n, sizeof *out->entries) : NULL;
     if (n && !out->entries) {
         pthread_mutex_unlock(&pl->mu);
         return AS_ENOMEM;

@@ -16,6 +16,7 @@
 
 #include "store/policies/invert/conv_invert.h"
 #include "util/clock.h"
+#include "allocator/fault.h"
 
 struct as__civ {
     as__civ_geom g;
@@ -152,7 +153,7 @@ static inline int as__civ_work_begin(as__civ *ci, as__civ_work *wk, size_t need)
     if (ci->ext_work && ci->ext_bytes >= need) {
         wk->base = ci->ext_work;
     } else {
-        if (!(wk->own = malloc(need + AS__CIV_WALIGN)))
+        if (!(wk->own = as__fmalloc(need + AS__CIV_WALIGN)))
             return AS_ENOMEM;
         wk->base = (char *)(((uintptr_t)wk->own + AS__CIV_WALIGN - 1) / AS__CIV_WALIGN * AS__CIV_WALIGN);
     }
