@@ -316,6 +316,12 @@ static void fill_counter(as_counter *c, const as__rcounter *r, as__gcounter *g)
         c->peak_usable = c->live_usable;
 }
 
+/* The snapshot's copies count against fault injection (tests). */
+static void *snap_alloc(as_arena *a, size_t k, size_t n)
+{
+    return as__arena_fault(a) ? NULL : calloc(k, n);
+}
+
 int as_arena_snapshot_take(as_arena *a, uint64_t since_seq, as_arena_snapshot *out)
 {
     if (!a || !out)
@@ -323,11 +329,11 @@ int as_arena_snapshot_take(as_arena *a, uint64_t since_seq, as_arena_snapshot *o
     memset(out, 0, sizeof *out);
     unsigned nt = atomic_load_explicit(&a->ntags, memory_order_acquire);
     unsigned nl = atomic_load_explicit(&a->nlayers, memory_order_acquire);
-    as__rcounter *sum = malloc(sizeof(as__rcounter) * (nt + nl));
+    as__rcounter *sum = snap_alloc(a, nt + nl, sizeof(as__rcounter));
     if (!sum)
         return AS_ENOMEM;
-    out->layers = calloc(nl, sizeof *out->layers);
-    out->layer_names = calloc(nl, sizeof *out->layer_names);
+    out->layers = snap_alloc(a, nl, sizeof *out->layers);
+    out->layer_names = snap_alloc(a, nl, sizeof *out->layer_names);
     if (!out->layers || !out->layer_names) {
         free(sum);
         as_arena_snapshot_free(out);
@@ -378,7 +384,7 @@ int as_arena_snapshot_take(as_arena *a, uint64_t since_seq, as_arena_snapshot *o
         first = since_seq < next ? since_seq + 1 : next;   /* UINT64_MAX: none */
     size_t n = next > first ? (size_t)(next - first) : 0;
     if (n) {
-        out->samples = malloc(n * sizeof *out->samples);
+        out->samples = snap_alloc(a, n, sizeof *out->samples);
         if (!out->samples) {
             pthread_mutex_unlock(&a->tl_lock);
             as_arena_snapshot_free(out);

@@ -25,6 +25,7 @@
 #include "actstore/service.h"
 #include "actstore/store.h"
 #include "store/service/svc.h"
+#include "store/store_internal.h"
 #include "tests/support/http_check.h"
 
 typedef struct out {
@@ -169,6 +170,58 @@ static bool serve_failing(fx *f, const char *req, bool tick, int want, long n,
     return reached;
 }
 
+/* The same with the nth allocation of the store's and the arena's side
+ * failing (the views a request reads: arena snapshot, store stats, plan):
+ * the request answers 500 or 200, the arena's live bytes stay, and the
+ * next clean request is complete. */
+static bool serve_failing_store(fx *f, const char *req, bool tick, int want, long n,
+                                bool sticky, int *nfail)
+{
+    as_arena *a = as_store_arena(f->s);
+    as_arena_snapshot s0;
+    assert_int_equal(as_arena_snapshot_take(a, UINT64_MAX, &s0), 0);
+    uint64_t base = s0.total.live_usable, sbase = svc_mem(f->svc);
+    as_arena_snapshot_free(&s0);
+    out o;
+    as__arena_fault_set(a, n, sticky);
+    bool opened = serve(f, req, tick, &o);
+    bool reached = sticky ? as__arena_fault_left(a) == 1 : as__arena_fault_left(a) == 0;
+    as__arena_fault_set(a, 0, false);
+    if (o.bad)
+        fail_msg("%s, store allocation %ld failing: malformed (%s)\n%.400s", req, n, o.why,
+                 o.p);
+    if (opened && o.status != want && o.status != 500 && o.status != 0)
+        fail_msg("%s, store allocation %ld failing: status %d", req, n, o.status);
+    *nfail += !opened || o.status != want;
+    free(o.p);
+    assert_int_equal(as_arena_snapshot_take(a, UINT64_MAX, &s0), 0);
+    if (s0.total.live_usable != base || svc_mem(f->svc) != sbase)
+        fail_msg("%s, store allocation %ld failing: arena live %llu (was %llu), service "
+                 "memory %llu (was %llu)", req, n, (unsigned long long)s0.total.live_usable,
+                 (unsigned long long)base, (unsigned long long)svc_mem(f->svc),
+                 (unsigned long long)sbase);
+    as_arena_snapshot_free(&s0);
+    check_clean(f, req, tick, want);
+    return reached;
+}
+
+static void run_request_store(const char *req, bool tick, int want)
+{
+    fx f;
+    fx_init(&f);
+    check_clean(&f, req, tick, want);
+    int nfail = 0;
+    long n = 1;
+    while (serve_failing_store(&f, req, tick, want, n, false, &nfail))
+        n++;
+    for (long k = 1; k < n; k++)
+        serve_failing_store(&f, req, tick, want, k, true, &nfail);
+    fprintf(stderr, "%-32.*s %ld store/arena allocations, %d failures answered\n",
+            (int)strcspn(req, "\r"), req, n - 1, nfail);
+    assert_true(n > 3);            /* snapshot, stats and plan at least */
+    fx_free(&f);
+}
+
 static void run_request(const char *req, bool tick, int want)
 {
     fx f;
@@ -192,6 +245,14 @@ static void run_request(const char *req, bool tick, int want)
 #define REQ(path) "GET " path " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 static void test_fault_snapshot(void **st) { (void)st; run_request(REQ("/api/v1/snapshot"), false, 200); }
+static void test_fault_views(void **st)
+{
+    (void)st;
+    /* the views are taken by the service's tick, which serve() runs */
+    run_request_store(REQ("/api/v1/snapshot"), true, 200);
+    run_request_store(REQ("/metrics"), true, 200);
+    run_request_store(REQ("/api/v1/plan"), true, 200);
+}
 static void test_fault_metrics(void **st) { (void)st; run_request(REQ("/metrics"), false, 200); }
 static void test_fault_plan(void **st) { (void)st; run_request(REQ("/api/v1/plan"), false, 200); }
 static void test_fault_timeline(void **st) { (void)st; run_request(REQ("/api/v1/timeline?since=0"), false, 200); }
@@ -207,6 +268,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fault_snapshot),
+        cmocka_unit_test(test_fault_views),
         cmocka_unit_test(test_fault_metrics),
         cmocka_unit_test(test_fault_plan),
         cmocka_unit_test(test_fault_timeline),
