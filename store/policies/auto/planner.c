@@ -67,10 +67,10 @@ static void add_cand(as_auto *pl, const char *spec, uint32_t kinds,
     c->ref.text = spec;   /* the candidate table's static string */
 }
 
-static as_auto *planner_new(void)
+static as_auto *planner_new(as_store *s)
 {
-    as_auto *pl = calloc(1, sizeof *pl);
-    int32_t *idx = calloc((size_t)AS_LAYER_MAX * AS_KIND_COUNT, sizeof *idx);
+    as_auto *pl = as__scalloc(s, 1, sizeof *pl);
+    int32_t *idx = as__scalloc(s, (size_t)AS_LAYER_MAX * AS_KIND_COUNT, sizeof *idx);
     if (!pl || !idx) {
         free(pl);
         free(idx);
@@ -106,7 +106,7 @@ static as_auto *planner_get(as_store *s)
     as_auto *pl = atomic_load_explicit(&s->planner, memory_order_acquire);
     if (pl)
         return pl;
-    as_auto *fresh = planner_new();
+    as_auto *fresh = planner_new(s);
     if (!fresh)
         return NULL;
     if (atomic_compare_exchange_strong(&s->planner, &pl, fresh))
