@@ -15,6 +15,7 @@
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
 #include "support/held_thread.h"
+#include "support/xfree_queue.h"
 #include "support/test_main.h"
 #include "util/rng.h"
 
@@ -473,30 +474,6 @@ static void test_budget_holds_under_threads(void **state)
 /* What an autograd engine does: blocks allocated on one thread, freed on a
  * long-lived worker. With at most 256 KiB live, a 2 MiB budget never fails
  * and the peak stays at what was truly live. */
-typedef struct xq {
-    as_arena       *a;
-    as_block        b[4];
-    _Atomic int     head, tail;       /* producer writes head, worker tail */
-    _Atomic bool    done;
-} xq;
-
-static void *xfree_worker(void *p)
-{
-    xq *q = p;
-    for (;;) {
-        int t = atomic_load(&q->tail);
-        if (t == atomic_load(&q->head)) {
-            if (atomic_load(&q->done) && t == atomic_load(&q->head))
-                return NULL;
-            sched_yield();
-            continue;
-        }
-        as_block b = q->b[t % 4];
-        assert_int_equal(as_free(q->a, &b), 0);
-        atomic_store(&q->tail, t + 1);
-    }
-}
-
 static void test_cross_thread_frees_exact(void **state)
 {
     (void)state;
@@ -504,25 +481,20 @@ static void test_cross_thread_frees_exact(void **state)
     as_arena *a;
     assert_int_equal(as_arena_create(&cfg, &a), 0);
     static xq q;
-    memset(&q, 0, sizeof q);
-    q.a = a;
     pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, xfree_worker, &q), 0);
+    xq_start(&q, a, &th);
     size_t usable = 0;
     for (int i = 0; i < 400; i++) {
-        while (atomic_load(&q.head) - atomic_load(&q.tail) >= 4)
-            sched_yield();                 /* at most 4 x 64 KiB live */
+        xq_wait_room(&q);                  /* at most 4 x 64 KiB live */
         as_block b;
         int rc = as_alloc(a, 64 << 10, AS_TAG_SAVED, 0, &b);
         if (rc)
             fprintf(stderr, "alloc %d: %s\n", i, as_arena_last_error(a));
         assert_int_equal(rc, 0);
         usable = b.usable;
-        q.b[atomic_load(&q.head) % 4] = b;
-        atomic_store(&q.head, atomic_load(&q.head) + 1);
+        xq_push(&q, &b);
     }
-    atomic_store(&q.done, true);
-    assert_int_equal(pthread_join(th, NULL), 0);
+    xq_finish(&q, th);
     as_arena_snapshot s;
     assert_int_equal(as_arena_snapshot_take(a, 0, &s), 0);
     assert_int_equal(s.total.live_usable, 0);

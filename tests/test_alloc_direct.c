@@ -16,6 +16,7 @@
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
 #include "support/held_thread.h"
+#include "support/xfree_queue.h"
 #include "support/test_main.h"
 
 #define MIB ((size_t)1 << 20)
@@ -75,31 +76,6 @@ static void test_direct_peaks_exact_with_pending_frees(void **state)
 /* Direct blocks allocated on one thread and freed on a worker (an autograd
  * engine's pattern): at most 4 in flight, a budget of 5 never fails, the
  * peak is at most the 4 in flight, and everything ends at zero. */
-typedef struct xq {
-    as_arena   *a;
-    as_block    b[4];
-    _Atomic int head, tail;
-    _Atomic bool done;
-} xq;
-
-static void *xfree_worker(void *p)
-{
-    xq *q = p;
-    for (;;) {
-        int t = atomic_load(&q->tail);
-        if (t == atomic_load(&q->head)) {
-            if (atomic_load(&q->done) && t == atomic_load(&q->head))
-                return NULL;
-            sched_yield();
-            continue;
-        }
-        as_block b = q->b[t % 4];
-        if (as_free(q->a, &b) != 0)
-            abort();
-        atomic_store(&q->tail, t + 1);
-    }
-}
-
 static void test_direct_cross_thread_frees(void **state)
 {
     (void)state;
@@ -107,13 +83,10 @@ static void test_direct_cross_thread_frees(void **state)
     as_arena *a;
     assert_int_equal(as_arena_create(&cfg, &a), 0);
     static xq q;
-    memset(&q, 0, sizeof q);
-    q.a = a;
     pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, xfree_worker, &q), 0);
+    xq_start(&q, a, &th);
     for (int i = 0; i < 200; i++) {
-        while (atomic_load(&q.head) - atomic_load(&q.tail) >= 4)
-            sched_yield();
+        xq_wait_room(&q);
         as_block b;
         /* alternate the general path (budget) and the fast path */
         as_arena_set_budget(a, i & 1 ? 0 : 5 * 8 * MIB);
@@ -121,11 +94,9 @@ static void test_direct_cross_thread_frees(void **state)
         if (rc)
             fprintf(stderr, "alloc %d: %s\n", i, as_arena_last_error(a));
         assert_int_equal(rc, 0);
-        q.b[atomic_load(&q.head) % 4] = b;
-        atomic_store(&q.head, atomic_load(&q.head) + 1);
+        xq_push(&q, &b);
     }
-    atomic_store(&q.done, true);
-    assert_int_equal(pthread_join(th, NULL), 0);
+    xq_finish(&q, th);
     as_arena_snapshot s = snap(a);
     assert_int_equal(s.total.live_usable, 0);
     assert_int_equal(s.total.live_requested, 0);
