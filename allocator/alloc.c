@@ -6,9 +6,10 @@
  * of that size class or else mallocx/sdallocx with the arena and the
  * thread's private tcache, and two counter updates (tag, layer; the total
  * is their sum) that are plain loads and stores on memory only this thread
- * writes. A shared atomic is touched only when a counter grows past its
- * folded value (fold: atomic add + atomic max for the peak, counters.c) or
- * its pending frees pass AS__FOLD_BYTES; alloc/free churn touches none.
+ * writes. Shared counters are touched (under the G lock, counters.c) only
+ * when a counter grows past its folded value or its pending frees pass
+ * AS__FOLD_BYTES, and by direct blocks (AS__DIRECT), which are counted
+ * there alone; small and mid-size alloc/free churn touches none.
  */
 #include <assert.h>
 #include <stdio.h>

@@ -9,7 +9,7 @@
  *     values (+ retired threads); the total is the sum of the tags.
  *   - Peaks and the budget need a global order, so every counter (and the
  *     total) also has a global "charged" value G, written under the
- *     arena's G lock (one locked instruction per fold). A thread folds its
+ *     arena's G lock (at most one locked instruction per fold). A thread folds its
  *     pending delta into G only when a counter's live value passes its
  *     folded one (net growth) or its pending frees pass AS__FOLD_BYTES.
  *     A thread charges the total the sum of its tags' folded values, and a
@@ -17,6 +17,11 @@
  *     live at every instant, G == true live whenever it rises with one
  *     thread active (exact peaks), and alloc/free churn that does not grow
  *     memory touches no shared cache line.
+ *   - Direct blocks (usable > AS__FOLD_BYTES) skip the threads' counters:
+ *     they are counted in the global ones alone (d, next to G; the charged
+ *     value is G + d), by whichever thread allocates or frees them.
+ *   - The G lock is biased to the arena's first thread (plain stores, no
+ *     locked instruction) until another writer revokes it (membarrier).
  *   - A block records the id of the thread block that charged it. A free on
  *     another thread (an autograd worker, the offload I/O thread) is folded
  *     into G at once: lazily kept, those frees would never meet the
