@@ -26,7 +26,7 @@ typedef struct bp_blk {
     uint64_t w[];
 } bp_blk;
 
-static int bp_applies(const void *params, const as_save_info *info,
+static int bitpack_applies(const void *params, const as_save_info *info,
                       const as_tensor *t, char *why, size_t whylen)
 {
     if (t->dtype != AS_U8 && t->dtype != AS_I32)
@@ -114,7 +114,7 @@ static void unpack_u8_bmi2(const uint8_t *in, size_t cap, int64_t n, unsigned bi
 }
 #endif
 
-static int bp_encode(as_pctx *ctx, const void *params,
+static int bitpack_encode(as_pctx *ctx, const void *params,
                      const as_save_info *info, const as_tensor *t,
                      void **state)
 {
@@ -154,7 +154,7 @@ static int bp_encode(as_pctx *ctx, const void *params,
     return 0;
 }
 
-static int bp_decode(as_pctx *ctx, const void *params, void *state,
+static int bitpack_decode(as_pctx *ctx, const void *params, void *state,
                      as_tensor *dst)
 {
     const bp_blk *b = state;
@@ -179,15 +179,10 @@ static int bp_decode(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
-const as_policy_ops as_policy_bitpack = {
-    .name = "bitpack",
-    .summary = "u8 / i32 indices in ceil(log2(range)) bits each (2 for a "
-               "2x2 argmax); exact",
-    .kinds = (1u << AS_KIND_INDEX) | (1u << AS_KIND_DROPOUT_MASK) |
-             (1u << AS_KIND_GENERIC),
-    .exact = true,
-    .parse = as_policy_parse_none,
-    .applies = bp_applies,
-    .encode = bp_encode,
-    .decode = bp_decode,
-};
+AS_POLICY_OPS(bitpack,
+              "u8 / i32 indices in ceil(log2(range)) bits each (2 for a "
+              "2x2 argmax); exact",
+              (.kinds = (1u << AS_KIND_INDEX) | (1u << AS_KIND_DROPOUT_MASK) |
+                        (1u << AS_KIND_GENERIC),
+               .exact = true, AS_POLICY_NO_ARGS),
+              applies, encode, decode);

@@ -186,7 +186,7 @@ static int aq_decode(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
-static int aq_rows(as_pctx *ctx, const void *params, void *state,
+static int aq_decode_rows(as_pctx *ctx, const void *params, void *state,
                    int64_t row0, int64_t nrows, float *dst)
 {
     (void)params;
@@ -206,17 +206,10 @@ static void aq_drop(void *params, void *state)
     (void)params, (void)state;   /* a context block: the store frees it */
 }
 
-const as_policy_ops as_policy_aq = {
-    .name = "aq",
-    .summary = "per-group affine 2/3/4/8-bit, stochastic rounding, optional "
-               "Hadamard rotation ([:B][:g=N][:rot][:rn][:seed=N]; 2 bits "
-               "~12.8x)",
-    .kinds = 0,
-    .parse = aq_parse,
-    .free_params = as_policy_free_params,
-    .applies = as_policy_applies_f32,
-    .encode = aq_encode,
-    .decode = aq_decode,
-    .drop = aq_drop,
-    .decode_rows = aq_rows,
-};
+AS_POLICY_OPS(aq,
+              "per-group affine 2/3/4/8-bit, stochastic rounding, optional "
+              "Hadamard rotation ([:B][:g=N][:rot][:rn][:seed=N]; 2 bits "
+              "~12.8x)",
+              (.free_params = as_policy_free_params,
+               .applies = as_policy_applies_f32),
+              parse, encode, decode, drop, decode_rows);

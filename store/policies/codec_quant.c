@@ -196,17 +196,11 @@ static int quant_rows(as_pctx *ctx, const void *params, void *state,
 }
 
 #define QUANT_OPS(B, SUMMARY)                                               \
-    const as_policy_ops as_policy_q##B = {                                  \
-        .name = "q" #B,                                                     \
-        .summary = SUMMARY,                                                 \
-        .kinds = 0,                                                         \
-        .parse = quant_parse,                                               \
-        .free_params = as_policy_free_params,                                   \
-        .applies = as_policy_applies_f32,                                           \
-        .encode = q##B##_encode,                                            \
-        .decode = quant_decode,                                             \
-        .decode_rows = quant_rows,                                          \
-    };
-QUANT_OPS(8, "8-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~3.9x)")
-QUANT_OPS(4, "4-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~7.5x)")
-QUANT_OPS(2, "2-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~14x)")
+    AS_POLICY_OPS(q##B, SUMMARY,                                            \
+                  (.parse = quant_parse, .free_params = as_policy_free_params, \
+                   .applies = as_policy_applies_f32, .decode = quant_decode, \
+                   .decode_rows = quant_rows),                              \
+                  encode)
+QUANT_OPS(8, "8-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~3.9x)");
+QUANT_OPS(4, "4-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~7.5x)");
+QUANT_OPS(2, "2-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~14x)");

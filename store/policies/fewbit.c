@@ -60,7 +60,7 @@ typedef struct fb_blk {
     uint64_t w[];               /* codes, then nnan int64 positions */
 } fb_blk;
 
-static int fb_parse(const char *args, size_t len, void **params, char *err,
+static int fewbit_parse(const char *args, size_t len, void **params, char *err,
                     size_t errlen, size_t *err_off)
 {
     unsigned bits = FB_DEFAULT_BITS;
@@ -80,7 +80,7 @@ static int fb_parse(const char *args, size_t len, void **params, char *err,
     return 0;
 }
 
-static int fb_applies(const void *params, const as_save_info *info,
+static int fewbit_applies(const void *params, const as_save_info *info,
                       const as_tensor *t, char *why, size_t whylen)
 {
     if (t->dtype != AS_F32) {
@@ -324,7 +324,7 @@ static void codes_512(const float *x, int64_t n, const int *hi, unsigned nlev,
 }
 #endif
 
-static int fb_encode(as_pctx *ctx, const void *params,
+static int fewbit_encode(as_pctx *ctx, const void *params,
                      const as_save_info *info, const as_tensor *t,
                      void **state)
 {
@@ -389,7 +389,7 @@ static int fb_check(as_pctx *ctx, const fb_blk *b)
     return 0;
 }
 
-static int fb_decode(as_pctx *ctx, const void *params, void *state,
+static int fewbit_decode(as_pctx *ctx, const void *params, void *state,
                      as_tensor *dst)
 {
     const fb_blk *b = state;
@@ -429,7 +429,7 @@ static void backward_512(const fb_blk *b, const float *dy, float *dx)
 }
 #endif
 
-static int fb_act_backward(as_pctx *ctx, const void *params, void *state,
+static int fewbit_act_backward(as_pctx *ctx, const void *params, void *state,
                            const as_elementwise *fn, const float *dy,
                            float *dx)
 {
@@ -459,16 +459,9 @@ static int fb_act_backward(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
-const as_policy_ops as_policy_fewbit = {
-    .name = "fewbit",
-    .summary = "gelu input as fewbit[:B] codes of its derivative (B 1..4, "
-               "default 3; fitted per tensor)",
-    .kinds = 1u << AS_KIND_ACTIVATION_INPUT,
-    .grad_only = true,
-    .parse = fb_parse,
-    .free_params = as_policy_free_params,
-    .applies = fb_applies,
-    .encode = fb_encode,
-    .decode = fb_decode,
-    .act_backward = fb_act_backward,
-};
+AS_POLICY_OPS(fewbit,
+              "gelu input as fewbit[:B] codes of its derivative (B 1..4, "
+              "default 3; fitted per tensor)",
+              (.kinds = 1u << AS_KIND_ACTIVATION_INPUT, .grad_only = true,
+               .free_params = as_policy_free_params),
+              parse, applies, encode, decode, act_backward);
