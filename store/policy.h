@@ -198,6 +198,12 @@ int as_pctx_check_rows(as_pctx *ctx, int64_t row0, int64_t nrows, uint64_t rows)
  * than a read out of bounds. as_pctx_check_seal returns 0 or AS_ECORRUPT. */
 uint64_t as_pctx_seal(const void *hdr, size_t n);
 int as_pctx_check_seal(as_pctx *ctx, const void *hdr, size_t n, uint64_t seal);
+/* decode_rows of a codec whose sealed header counts n values, cols a row:
+ * as_pctx_check_seal(ctx, hdr, n_sealed, seal), then as_pctx_check_rows
+ * against n / cols rows (divided only once the seal holds). */
+int as_pctx_check_sealed_rows(as_pctx *ctx, const void *hdr, size_t n_sealed,
+                              uint64_t seal, uint64_t n, uint64_t cols,
+                              int64_t row0, int64_t nrows);
 
 /* The store's offload directory, and the item's handle / layer name (for
  * messages). */

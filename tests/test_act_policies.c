@@ -21,6 +21,8 @@
 #include "store/store_internal.h"
 #include "support/store_util.h"
 #include "support/store_stats.h"
+#include "support/runs.h"
+#include "support/store_rep.h"
 #include "support/test_main.h"
 #include "util/simd.h"
 #include "util/rng.h"
@@ -359,13 +361,8 @@ static void test_fewbit_specials(void **state)
 /* The stored bytes of h (its representation's state, bytes long). */
 static void *state_copy(as_store *s, as_handle h, size_t bytes)
 {
-    as_item *it;
-    as_rep *r;
-    assert_int_equal(as__lookup_rep(s, h, &it, &r, "test"), 0);
     void *c = malloc(bytes ? bytes : 1);
-    memcpy(c, r->state, bytes);
-    as__rep_unref(s, r);
-    as__item_unref(s, it);
+    memcpy(c, rep_of(s, h)->state, bytes);
     return c;
 }
 
@@ -559,39 +556,6 @@ static void test_borrow(void **state)
 
 /* ---- the reference models ---------------------------------------------- */
 
-static as_nn_run *run_new(const as_nn_preset *p, const char *policy)
-{
-    as_nn_train_opts o = {.policy = policy, .seed = 3, .threads = 1};
-    as_nn_run *r = NULL;
-    char err[512] = "";
-    if (as_nn_run_create(p, &o, &r, err, sizeof err))
-        fail_msg("as_nn_run_create (%s): %s", policy, err);
-    return r;
-}
-
-/* Max relative L2 error over the parameters' gradients of b against a. */
-static double grad_l2(const as_nn_run *a, const as_nn_run *b, bool *identical)
-{
-    const as_nn_params *pa = as_nn_run_params(a), *pb = as_nn_run_params(b);
-    assert_int_equal(pa->n, pb->n);
-    double worst = 0;
-    *identical = true;
-    for (size_t i = 0; i < pa->n; i++) {
-        const float *ga = AS_NN_F(pa->p[i]->g), *gb = AS_NN_F(pb->p[i]->g);
-        double d2 = 0, m2 = 0;
-        for (size_t k = 0; k < pa->p[i]->n; k++) {
-            d2 += ((double)ga[k] - gb[k]) * ((double)ga[k] - gb[k]);
-            m2 += (double)ga[k] * ga[k];
-        }
-        *identical = *identical && !memcmp(ga, gb, pa->p[i]->n * sizeof *ga);
-        double e = m2 > 0 ? sqrt(d2 / m2) : sqrt(d2);
-        if (getenv("AS_VERBOSE") && e > 0.02)
-            printf("  %s: rel L2 %.3g\n", pa->p[i]->name, e);
-        worst = e > worst ? e : worst;
-    }
-    return worst;
-}
-
 /* cnn (ReLU and LeakyReLU): the 1-bit masks and packed argmax give the
  * gradients of keep bit for bit, and the conv inputs that alias the masked
  * outputs may still be compressed. */
@@ -602,23 +566,20 @@ static void check_cnn(int act, const char *policy, bool bit_identical)
     p.cnn.act_fn = act;
     p.cnn.convs = 2;
     p.batch = 16;
-    as_nn_run *keep = run_new(&p, "default=keep");
-    as_nn_run *pol = run_new(&p, policy);
+    as_nn_run *keep = run_new(&p, 3, "default=keep");
+    as_nn_run *pol = run_new(&p, 3, policy);
     for (long b = 0; b < 2; b++) {
         double la, lb;
-        assert_int_equal(as_nn_run_grads(keep, b, &la), 0);
-        if (as_nn_run_grads(pol, b, &lb))
-            fail_msg("%s: %s", policy, as_nn_run_error(pol));
-        bool same;
-        double e = grad_l2(keep, pol, &same);
+        run_grads_pair(keep, pol, b, &la, &lb);
+        grad_diff g = grad_diff_of(keep, pol);
         if (getenv("AS_VERBOSE"))
             printf("%s act %d batch %ld: grad rel L2 %.3g%s\n", policy, act, b,
-                   e, same ? " (bit-identical)" : "");
+                   g.l2, g.identical ? " (bit-identical)" : "");
         if (bit_identical) {
             assert_true(la == lb);
-            assert_true(same);
-        } else if (!(e < 0.2)) {
-            fail_msg("%s: gradient rel L2 error %.3g", policy, e);
+            assert_true(g.identical);
+        } else if (!(g.l2 < 0.2)) {
+            fail_msg("%s: gradient rel L2 error %.3g", policy, g.l2);
         }
     }
     as_nn_mem mk, mp;
@@ -668,13 +629,11 @@ static void test_vit_fewbit(void **state)
     as_nn_preset p;
     assert_int_equal(as_nn_preset_get("vit", "small", &p), 0);
     p.batch = 8;
-    as_nn_run *keep = run_new(&p, "default=keep");
-    as_nn_run *pol = run_new(&p, "activation_input=fewbit:3; default=keep");
+    as_nn_run *keep = run_new(&p, 3, "default=keep");
+    as_nn_run *pol = run_new(&p, 3, "activation_input=fewbit:3; default=keep");
     double la, lb;
-    assert_int_equal(as_nn_run_grads(keep, 0, &la), 0);
-    assert_int_equal(as_nn_run_grads(pol, 0, &lb), 0);
-    bool same;
-    double e = grad_l2(keep, pol, &same);
+    run_grads_pair(keep, pol, 0, &la, &lb);
+    double e = grad_diff_of(keep, pol).l2;
     if (getenv("AS_VERBOSE"))
         printf("vit fewbit:3: grad rel L2 %.3g\n", e);
     assert_true(la == lb);      /* forward unchanged */

@@ -168,15 +168,7 @@ static void fill_any(float *y, int nb, int nh, int t, bool causal,
         int q = r % t, n = causal ? q + 1 : t;
         if (vlen && vlen[r / (nh * t)] < n)
             n = vlen[r / (nh * t)];
-        double mx = -1e300, z = 0;
-        for (int k = 0; k < n; k++) {
-            tmp[k] = nrand() * sd;
-            mx = tmp[k] > mx ? tmp[k] : mx;
-        }
-        for (int k = 0; k < n; k++)
-            z += (tmp[k] = exp(tmp[k] - mx));
-        for (int k = 0; k < t; k++)
-            y[(size_t)r * t + k] = k < n ? (float)(tmp[k] / z) : 0.0f;
+        as_rng_softmax_row(&rng, sd, n, t, tmp, y + (size_t)r * t);
     }
     free(tmp);
 }

@@ -27,7 +27,7 @@ typedef struct bp_blk {
 } bp_blk;
 
 static int bitpack_applies(const void *params, const as_save_info *info,
-                      const as_tensor *t, char *why, size_t whylen)
+                           const as_tensor *t, char *why, size_t whylen)
 {
     if (t->dtype != AS_U8 && t->dtype != AS_I32)
         return as_policy_reject(why, whylen, "dtype %s (u8 or i32 only)",
@@ -115,8 +115,8 @@ static void unpack_u8_bmi2(const uint8_t *in, size_t cap, int64_t n, unsigned bi
 #endif
 
 static int bitpack_encode(as_pctx *ctx, const void *params,
-                     const as_save_info *info, const as_tensor *t,
-                     void **state)
+                          const as_save_info *info, const as_tensor *t,
+                          void **state)
 {
     const int64_t n = as_tensor_numel(t);
     int64_t lo = 0, hi = 0;
@@ -155,7 +155,7 @@ static int bitpack_encode(as_pctx *ctx, const void *params,
 }
 
 static int bitpack_decode(as_pctx *ctx, const void *params, void *state,
-                     as_tensor *dst)
+                          as_tensor *dst)
 {
     const bp_blk *b = state;
     int rc = as_pctx_check_seal(ctx, b, offsetof(bp_blk, seal), b->seal);

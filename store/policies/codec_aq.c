@@ -187,15 +187,14 @@ static int aq_decode(as_pctx *ctx, const void *params, void *state,
 }
 
 static int aq_decode_rows(as_pctx *ctx, const void *params, void *state,
-                   int64_t row0, int64_t nrows, float *dst)
+                          int64_t row0, int64_t nrows, float *dst)
 {
     (void)params;
     const aq_hdr *h = state;
-    int rc_rows = as_pctx_check_seal(ctx, h, offsetof(aq_hdr, seal), h->seal);
-    if (!rc_rows)
-        rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
-    if (rc_rows)
-        return rc_rows;
+    int rc = as_pctx_check_sealed_rows(ctx, h, offsetof(aq_hdr, seal), h->seal,
+                                       h->n, h->cols, row0, nrows);
+    if (rc)
+        return rc;
     as__aq_decode(&h->fmt, h->params, h->codes, h->n, (size_t)row0 * h->cols,
                   (size_t)nrows * h->cols, dst);
     return 0;

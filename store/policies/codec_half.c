@@ -65,11 +65,10 @@ static int half_decode(as_pctx *ctx, const half_hdr *h, as_tensor *dst, bool bra
 static int half_rows(as_pctx *ctx, const half_hdr *h, int64_t row0,
                      int64_t nrows, float *dst, bool brain)
 {
-    int rc_rows = as_pctx_check_seal(ctx, h, offsetof(half_hdr, seal), h->seal);
-    if (!rc_rows)
-        rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
-    if (rc_rows)
-        return rc_rows;
+    int rc = as_pctx_check_sealed_rows(ctx, h, offsetof(half_hdr, seal), h->seal,
+                                       h->n, h->cols, row0, nrows);
+    if (rc)
+        return rc;
     half_range(h, (size_t)row0 * h->cols, (size_t)nrows * h->cols, dst, brain);
     return 0;
 }

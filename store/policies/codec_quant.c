@@ -185,11 +185,10 @@ static int quant_rows(as_pctx *ctx, const void *params, void *state,
 {
     (void)params;
     const quant_hdr *h = state;
-    int rc_rows = as_pctx_check_seal(ctx, h, offsetof(quant_hdr, seal), h->seal);
-    if (!rc_rows)
-        rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
-    if (rc_rows)
-        return rc_rows;
+    int rc = as_pctx_check_sealed_rows(ctx, h, offsetof(quant_hdr, seal), h->seal,
+                                       h->n, h->cols, row0, nrows);
+    if (rc)
+        return rc;
     as__quant_decode(h->groups, h->codes, (int)h->bits, h->group,
                      (size_t)row0 * h->cols, (size_t)nrows * h->cols, dst);
     return 0;

@@ -531,7 +531,7 @@ static int zstd_decode(as_pctx *ctx, const void *params, void *state,
 }
 
 static int zstd_decode_rows(as_pctx *ctx, const void *params, void *state,
-                     int64_t row0, int64_t nrows, float *dst)
+                            int64_t row0, int64_t nrows, float *dst)
 {
     const zhdr *h = state;
     int rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->bytes / h->row_bytes);

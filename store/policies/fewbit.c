@@ -61,7 +61,7 @@ typedef struct fb_blk {
 } fb_blk;
 
 static int fewbit_parse(const char *args, size_t len, void **params, char *err,
-                    size_t errlen, size_t *err_off)
+                        size_t errlen, size_t *err_off)
 {
     unsigned bits = FB_DEFAULT_BITS;
     if (len) {
@@ -81,7 +81,7 @@ static int fewbit_parse(const char *args, size_t len, void **params, char *err,
 }
 
 static int fewbit_applies(const void *params, const as_save_info *info,
-                      const as_tensor *t, char *why, size_t whylen)
+                          const as_tensor *t, char *why, size_t whylen)
 {
     if (t->dtype != AS_F32) {
         snprintf(why, whylen, "dtype %s", as_dtype_name(t->dtype));
@@ -325,8 +325,8 @@ static void codes_512(const float *x, int64_t n, const int *hi, unsigned nlev,
 #endif
 
 static int fewbit_encode(as_pctx *ctx, const void *params,
-                     const as_save_info *info, const as_tensor *t,
-                     void **state)
+                         const as_save_info *info, const as_tensor *t,
+                         void **state)
 {
     const fb_params *p = params;
     const unsigned bits = p ? p->bits : FB_DEFAULT_BITS;
@@ -390,7 +390,7 @@ static int fb_check(as_pctx *ctx, const fb_blk *b)
 }
 
 static int fewbit_decode(as_pctx *ctx, const void *params, void *state,
-                     as_tensor *dst)
+                         as_tensor *dst)
 {
     const fb_blk *b = state;
     int rc = fb_check(ctx, b);
@@ -430,8 +430,8 @@ static void backward_512(const fb_blk *b, const float *dy, float *dx)
 #endif
 
 static int fewbit_act_backward(as_pctx *ctx, const void *params, void *state,
-                           const as_elementwise *fn, const float *dy,
-                           float *dx)
+                               const as_elementwise *fn, const float *dy,
+                               float *dx)
 {
     const fb_blk *b = state;
     int rc = fb_check(ctx, b);

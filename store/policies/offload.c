@@ -362,7 +362,7 @@ static int open_unnamed(const char *dir)
 /* ---- policy -------------------------------------------------------------- */
 
 static int offload_parse(const char *args, size_t len, void **params, char *err,
-                     size_t errlen, size_t *err_off)
+                         size_t errlen, size_t *err_off)
 {
     *params = NULL;
     if (!len)
@@ -386,8 +386,8 @@ static int offload_parse(const char *args, size_t len, void **params, char *err,
 }
 
 static int offload_encode(as_pctx *ctx, const void *params,
-                      const as_save_info *info, const as_tensor *t,
-                      void **state)
+                          const as_save_info *info, const as_tensor *t,
+                          void **state)
 {
     (void)info;
     const char *dir = params ? params : as_pctx_offload_dir(ctx);
@@ -447,7 +447,7 @@ static int offload_encode(as_pctx *ctx, const void *params,
 }
 
 static int offload_decode(as_pctx *ctx, const void *params, void *state,
-                      as_tensor *dst)
+                          as_tensor *dst)
 {
     (void)params;
     off_item *it = state;

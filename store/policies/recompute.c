@@ -24,7 +24,7 @@ typedef struct rstate {
 } rstate;
 
 static int recompute_applies(const void *params, const as_save_info *info,
-                      const as_tensor *t, char *why, size_t whylen)
+                             const as_tensor *t, char *why, size_t whylen)
 {
     if (!info->recompute)
         return as_policy_reject(why, whylen, "no recompute callback");
@@ -35,8 +35,8 @@ static int recompute_applies(const void *params, const as_save_info *info,
 }
 
 static int recompute_encode(as_pctx *ctx, const void *params,
-                     const as_save_info *info, const as_tensor *t,
-                     void **state)
+                            const as_save_info *info, const as_tensor *t,
+                            void **state)
 {
     rstate *st = calloc(1, sizeof *st);
     if (!st)
@@ -60,7 +60,7 @@ static int recompute_encode(as_pctx *ctx, const void *params,
 }
 
 static int recompute_decode(as_pctx *ctx, const void *params, void *state,
-                     as_tensor *dst)
+                            as_tensor *dst)
 {
     rstate *st = state;
     const as_tensor *in[RECOMPUTE_MAX_INPUTS];
