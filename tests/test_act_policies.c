@@ -350,12 +350,9 @@ static void test_fewbit_specials(void **state)
     assert_memory_equal(g, g2, sizeof g);
     as_store_destroy(s);
     /* spec errors */
-    char err[128];
-    assert_int_equal(as_policy_check("activation_input=fewbit:5", err, sizeof err),
-                     AS_ESPEC);
-    assert_int_equal(as_policy_check("activation_input=fewbit:0", err, sizeof err),
-                     AS_ESPEC);
-    assert_int_equal(as_policy_check("activation_input=fewbit", err, sizeof err), 0);
+    spec_err("activation_input=fewbit:5", NULL);
+    spec_err("activation_input=fewbit:0", NULL);
+    spec_ok("activation_input=fewbit");
 }
 
 /* The stored bytes of h (its representation's state, bytes long). */
@@ -566,12 +563,10 @@ static void check_cnn(int act, const char *policy, bool bit_identical)
     p.cnn.act_fn = act;
     p.cnn.convs = 2;
     p.batch = 16;
-    as_nn_run *keep = run_new(&p, 3, "default=keep");
-    as_nn_run *pol = run_new(&p, 3, policy);
+    run_pair rp = run_pair_new(&p, 3, policy);
     for (long b = 0; b < 2; b++) {
         double la, lb;
-        run_grads_pair(keep, pol, b, &la, &lb);
-        grad_diff g = grad_diff_of(keep, pol);
+        grad_diff g = run_pair_grads(&rp, b, &la, &lb);
         if (getenv("AS_VERBOSE"))
             printf("%s act %d batch %ld: grad rel L2 %.3g%s\n", policy, act, b,
                    g.l2, g.identical ? " (bit-identical)" : "");
@@ -583,8 +578,7 @@ static void check_cnn(int act, const char *policy, bool bit_identical)
         }
     }
     as_nn_mem mk, mp;
-    as_nn_run_memory(keep, &mk);
-    as_nn_run_memory(pol, &mp);
+    run_pair_memory(&rp, &mk, &mp);
     if (getenv("AS_VERBOSE"))
         printf("  activation_output peak %llu (keep %llu), index %llu (keep "
                "%llu), saved %llu (keep %llu)\n",
@@ -603,8 +597,7 @@ static void check_cnn(int act, const char *policy, bool bit_identical)
                 mk.by_kind[AS_KIND_ACTIVATION_OUTPUT].stored_peak);
     assert_true(mp.by_kind[AS_KIND_INDEX].stored_peak * 3 <
                 mk.by_kind[AS_KIND_INDEX].stored_peak);
-    as_nn_run_destroy(keep);
-    as_nn_run_destroy(pol);
+    run_pair_destroy(&rp);
 }
 
 static void test_cnn_sign(void **state)
@@ -629,26 +622,22 @@ static void test_vit_fewbit(void **state)
     as_nn_preset p;
     assert_int_equal(as_nn_preset_get("vit", "small", &p), 0);
     p.batch = 8;
-    as_nn_run *keep = run_new(&p, 3, "default=keep");
-    as_nn_run *pol = run_new(&p, 3, "activation_input=fewbit:3; default=keep");
+    run_pair rp = run_pair_new(&p, 3, "activation_input=fewbit:3; default=keep");
     double la, lb;
-    run_grads_pair(keep, pol, 0, &la, &lb);
-    double e = grad_diff_of(keep, pol).l2;
+    double e = run_pair_grads(&rp, 0, &la, &lb).l2;
     if (getenv("AS_VERBOSE"))
         printf("vit fewbit:3: grad rel L2 %.3g\n", e);
     assert_true(la == lb);      /* forward unchanged */
     assert_true(e < 0.3);       /* measured 0.19 (cls, pos; fc1 0.08) */
     as_nn_mem mk, mp;
-    as_nn_run_memory(keep, &mk);
-    as_nn_run_memory(pol, &mp);
+    run_pair_memory(&rp, &mk, &mp);
     assert_true(mp.by_kind[AS_KIND_ACTIVATION_INPUT].stored_peak * 8 <
                 mk.by_kind[AS_KIND_ACTIVATION_INPUT].stored_peak);
     /* the images are borrowed: the patch input costs nothing */
     assert_true(mk.by_kind[AS_KIND_LINEAR_INPUT].raw_peak >=
                 mk.by_kind[AS_KIND_LINEAR_INPUT].stored_peak +
                 (uint64_t)p.batch * 784 * sizeof(float));
-    as_nn_run_destroy(keep);
-    as_nn_run_destroy(pol);
+    run_pair_destroy(&rp);
 }
 
 AS_TEST_MAIN(NULL, NULL,

@@ -37,12 +37,10 @@ static void check_variant(bool batchnorm, const char *policy, bool chain, bool s
     p.cnn.widths[1] = 16;
     p.cnn.batchnorm = batchnorm;
     p.batch = 16;
-    as_nn_run *keep = run_new(&p, 7, "default=keep");
-    as_nn_run *inv = run_new(&p, 7, policy);
+    run_pair rp = run_pair_new(&p, 7, policy);
     for (long b = 0; b < 2; b++) {
         double la, lb;
-        run_grads_pair(keep, inv, b, &la, &lb);
-        grad_diff g = grad_diff_of(keep, inv);
+        grad_diff g = run_pair_grads(&rp, b, &la, &lb);
         double e = g.maxabs, l2 = g.l2;
         const char *worst = g.worst;
         if (getenv("AS_VERBOSE"))
@@ -56,8 +54,7 @@ static void check_variant(bool batchnorm, const char *policy, bool chain, bool s
                      batchnorm, b, e, worst, l2);
     }
     as_nn_mem mk, mi;
-    as_nn_run_memory(keep, &mk);
-    as_nn_run_memory(inv, &mi);
+    run_pair_memory(&rp, &mk, &mi);
     if (getenv("AS_VERBOSE")) {
         const int kinds[] = {AS_KIND_CONV_INPUT, AS_KIND_CONV_OUTPUT, AS_KIND_NORM_INPUT,
                              AS_KIND_ACTIVATION_INPUT, AS_KIND_ACTIVATION_OUTPUT};
@@ -74,7 +71,7 @@ static void check_variant(bool batchnorm, const char *policy, bool chain, bool s
     }
     assert_int_equal(mi.fallbacks, 0);
     as__civ_lstats ls;
-    assert_int_equal(as__civ_layer_stats(as_nn_run_store(inv), NULL, &ls), 0);
+    assert_int_equal(as__civ_layer_stats(as_nn_run_store(rp.pol), NULL, &ls), 0);
     /* 4 convs, 2 batches; the first conv's input is the batch, borrowed */
     if (solve) {
         /* frames (28x28: 14%, 14x14: 27%) plus sign bitmaps (3%) */
@@ -92,8 +89,7 @@ static void check_variant(bool batchnorm, const char *policy, bool chain, bool s
     }
     if (chain)   /* only the top activations stay (plus one transient) */
         assert_true(mi.saved_stored_peak * (solve ? 2 : 3) < mk.saved_stored_peak);
-    as_nn_run_destroy(keep);
-    as_nn_run_destroy(inv);
+    run_pair_destroy(&rp);
 }
 
 static void test_cnn_leaky_no_bn(void **state)
@@ -135,26 +131,23 @@ static void check_all_derived(int convs, int act_fn)
     p.cnn.widths[2] = 8;
     p.cnn.batchnorm = true;
     p.batch = 8;
-    as_nn_run *keep = run_new(&p, 7, "default=keep");
-    as_nn_run *inv = run_new(&p, 7, "conv_input=invert; default=keep");
+    run_pair rp = run_pair_new(&p, 7, "conv_input=invert; default=keep");
     for (long b = 0; b < 2; b++) {
         double la, lb;
-        run_grads_pair(keep, inv, b, &la, &lb);
+        grad_diff g = run_pair_grads(&rp, b, &la, &lb);
         assert_true(la == lb);
-        assert_true(grad_diff_of(keep, inv).identical);
+        assert_true(g.identical);
     }
     as_nn_mem mk, mi;
-    as_nn_run_memory(keep, &mk);
-    as_nn_run_memory(inv, &mi);
+    run_pair_memory(&rp, &mk, &mi);
     assert_true(mk.by_kind[AS_KIND_CONV_INPUT].stored_peak > 0);
     assert_int_equal(mi.by_kind[AS_KIND_CONV_INPUT].stored_peak, 0);
     assert_int_equal(mi.fallbacks, 0);
     as__civ_lstats ls;
-    assert_int_equal(as__civ_layer_stats(as_nn_run_store(inv), NULL, &ls), 0);
+    assert_int_equal(as__civ_layer_stats(as_nn_run_store(rp.pol), NULL, &ls), 0);
     assert_int_equal(ls.derived, (3 * convs - 1) * 2);   /* all but the batch, 2 batches */
     assert_int_equal(ls.restores, 0);
-    as_nn_run_destroy(keep);
-    as_nn_run_destroy(inv);
+    run_pair_destroy(&rp);
 }
 
 /* The bench preset's shape: one conv per stage. */

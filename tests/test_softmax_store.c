@@ -117,16 +117,10 @@ static void test_specs_and_fallbacks(void **st)
 {
     (void)st;
     char err[256];
-    assert_int_equal(as_policy_check("softmax=soa:5; default=keep", err,
-                                     sizeof err), 0);
-    assert_int_equal(as_policy_check("softmax=sotk:16:3:0.9", err,
-                                     sizeof err), 0);
-    assert_int_equal(as_policy_check("softmax=soa:0", err, sizeof err),
-                     AS_ESPEC);
-    assert_non_null(strstr(err, "S, an integer 1..128"));
-    assert_int_equal(as_policy_check("softmax=solog:9", err, sizeof err),
-                     AS_ESPEC);
-    assert_non_null(strstr(err, "bits, 2..4"));
+    spec_ok("softmax=soa:5; default=keep");
+    spec_ok("softmax=sotk:16:3:0.9");
+    spec_err("softmax=soa:0", "S, an integer 1..128");
+    spec_err("softmax=solog:9", "bits, 2..4");
 
     /* a softmax codec on another kind, or on a tensor whose rows do not
      * match the metadata, falls back to keep (and strict mode says so) */

@@ -1,7 +1,7 @@
 /*
  * Runs of the reference models in the tests (test_train.c,
- * test_act_policies.c, test_conv_invert_cnn.c): create one, take the
- * gradients of a batch under two policies, and compare them.
+ * test_act_policies.c, test_conv_invert_cnn.c): create one; run a policy
+ * beside keep and compare their gradients and memory.
  * Header-only (static inline).
  */
 #ifndef AS_TESTS_SUPPORT_RUNS_H
@@ -34,16 +34,6 @@ static inline as_nn_run *run_new(const as_nn_preset *p, uint64_t seed,
         fail_msg("as_nn_run_create(%s, %s): %d %s", p->model,
                  policy ? policy : "preset", rc, err);
     return r;
-}
-
-/* The gradients of batch b under both runs (losses in *la, *lb); a failure
- * of the second names its error. */
-static inline void run_grads_pair(as_nn_run *a, as_nn_run *b, long batch,
-                                  double *la, double *lb)
-{
-    assert_int_equal(as_nn_run_grads(a, batch, la), 0);
-    if (as_nn_run_grads(b, batch, lb))
-        fail_msg("grads of batch %ld: %s", batch, as_nn_run_error(b));
 }
 
 /* The gradients of run b against run a, the worst over the parameters. */
@@ -81,6 +71,42 @@ static inline grad_diff grad_diff_of(const as_nn_run *a, const as_nn_run *b)
         }
     }
     return g;
+}
+
+/* A policy against keep: two runs of one preset and seed. */
+typedef struct run_pair {
+    as_nn_run *keep, *pol;
+} run_pair;
+
+static inline run_pair run_pair_new(const as_nn_preset *p, uint64_t seed,
+                                    const char *policy)
+{
+    return (run_pair){run_new(p, seed, "default=keep"), run_new(p, seed, policy)};
+}
+
+/* The gradients of batch b under both (losses in *lk, *lp) and their
+ * difference; a failure of the policy's run names its error. */
+static inline grad_diff run_pair_grads(run_pair *rp, long batch, double *lk,
+                                       double *lp)
+{
+    assert_int_equal(as_nn_run_grads(rp->keep, batch, lk), 0);
+    if (as_nn_run_grads(rp->pol, batch, lp))
+        fail_msg("grads of batch %ld: %s", batch, as_nn_run_error(rp->pol));
+    return grad_diff_of(rp->keep, rp->pol);
+}
+
+/* The memory figures of both runs. */
+static inline void run_pair_memory(const run_pair *rp, as_nn_mem *mk,
+                                   as_nn_mem *mp)
+{
+    as_nn_run_memory(rp->keep, mk);
+    as_nn_run_memory(rp->pol, mp);
+}
+
+static inline void run_pair_destroy(run_pair *rp)
+{
+    as_nn_run_destroy(rp->keep);
+    as_nn_run_destroy(rp->pol);
 }
 
 #endif
