@@ -63,16 +63,12 @@ static inline uint64_t bp_lanes(unsigned bits)
     return 0x0101010101010101ull * ((1u << bits) - 1);
 }
 
+#if AS_X86_DISPATCH
 static inline bool bp_use_bmi2(void)
 {
-#if AS_X86_DISPATCH
     return __builtin_cpu_supports("bmi2") && !as__simd_portable();
-#else
-    return false;
-#endif
 }
 
-#if AS_X86_DISPATCH
 __attribute__((target("bmi2")))
 static void pack_u8_bmi2(const uint8_t *x, int64_t n, unsigned bits, uint8_t lo,
                          uint8_t *out, size_t cap)
@@ -99,18 +95,6 @@ static void unpack_u8_bmi2(const uint8_t *in, size_t cap, int64_t n, unsigned bi
         const uint64_t v = _pdep_u64(p, mask) + add;
         memcpy(y + i, &v, n - i < 8 ? (size_t)(n - i) : 8);
     }
-}
-#else
-static void pack_u8_bmi2(const uint8_t *x, int64_t n, unsigned bits, uint8_t lo,
-                         uint8_t *out, size_t cap)
-{
-    (void)x, (void)n, (void)bits, (void)lo, (void)out, (void)cap;
-}
-
-static void unpack_u8_bmi2(const uint8_t *in, size_t cap, int64_t n, unsigned bits,
-                           uint8_t lo, uint8_t *y)
-{
-    (void)in, (void)cap, (void)n, (void)bits, (void)lo, (void)y;
 }
 #endif
 
@@ -142,12 +126,14 @@ static int bitpack_encode(as_pctx *ctx, const void *params,
     b->pad = 0;
     b->seal = as_pctx_seal(b, offsetof(bp_blk, seal));
     memset(b->w, 0, words * sizeof(uint64_t));
+#if AS_X86_DISPATCH
     if (t->dtype == AS_U8 && bits && bp_use_bmi2()) {
         pack_u8_bmi2(t->data, n, bits, (uint8_t)lo, (uint8_t *)b->w,
                      words * sizeof(uint64_t));
         *state = b;
         return 0;
     }
+#endif
     for (int64_t i = 0; bits && i < n; i++)
         as__bits_put(b->w, (uint64_t)i, bits, (uint64_t)(value_at(t, i) - lo));
     *state = b;
@@ -161,11 +147,15 @@ static int bitpack_decode(as_pctx *ctx, const void *params, void *state,
     int rc = as_pctx_check_seal(ctx, b, offsetof(bp_blk, seal), b->seal);
     if (rc)
         return rc;
+#if AS_X86_DISPATCH
     if (dst->dtype == AS_U8 && b->bits && b->min >= 0 &&
         b->min + (1 << b->bits) - 1 <= 255 && bp_use_bmi2()) {   /* no carry */
         unpack_u8_bmi2((const uint8_t *)b->w, as__bits_words((uint64_t)b->n, b->bits) * 8,
                        b->n, b->bits, (uint8_t)b->min, dst->data);
-    } else if (dst->dtype == AS_U8) {
+        return 0;
+    }
+#endif
+    if (dst->dtype == AS_U8) {
         uint8_t *y = dst->data;
         for (int64_t i = 0; i < b->n; i++)
             y[i] = (uint8_t)(b->min + (int64_t)as__bits_get(b->w, (uint64_t)i,

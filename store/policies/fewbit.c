@@ -316,12 +316,6 @@ AS_TARGET_512 static void codes_512(const float *x, int64_t n, const int *hi,
         as__put_bytes(out + o, as__pack16(c, (int)bits), nb - o < chunk ? nb - o : chunk);
     }
 }
-#else
-static void codes_512(const float *x, int64_t n, const int *hi, unsigned nlev,
-                      unsigned bits, uint64_t *w)
-{
-    (void)x, (void)n, (void)hi, (void)nlev, (void)bits, (void)w;
-}
 #endif
 
 static int fewbit_encode(as_pctx *ctx, const void *params,
@@ -355,9 +349,11 @@ static int fewbit_encode(as_pctx *ctx, const void *params,
     for (unsigned s = 0; s < b->nlev; s++)
         b->xrep[s] = representative(lo[s], hi[s], b->level[s]);
     memset(b->w, 0, (words + (size_t)b->nnan) * sizeof(uint64_t));
+#if AS_X86_DISPATCH
     if (as__use_512())
         codes_512(x, n, hi, b->nlev, bits, b->w);
     else
+#endif
         codes_portable(x, n, code_of, bits, b->w);
     int64_t *nanpos = (int64_t *)(b->w + words), k = 0;
     for (int64_t i = 0; b->nnan && i < n; i++)
@@ -422,11 +418,6 @@ AS_TARGET_512 static void backward_512(const fb_blk *b, const float *dy, float *
         _mm512_mask_storeu_ps(dx + i, m, _mm512_mul_ps(q, _mm512_maskz_loadu_ps(m, dy + i)));
     }
 }
-#else
-static void backward_512(const fb_blk *b, const float *dy, float *dx)
-{
-    (void)b, (void)dy, (void)dx;
-}
 #endif
 
 static int fewbit_act_backward(as_pctx *ctx, const void *params, void *state,
@@ -438,9 +429,12 @@ static int fewbit_act_backward(as_pctx *ctx, const void *params, void *state,
     if (rc)
         return rc;
     const unsigned bits = b->bits;
+#if AS_X86_DISPATCH
     if (as__use_512()) {
         backward_512(b, dy, dx);
-    } else if (64 % bits == 0) {   /* whole codes per word */
+    } else
+#endif
+    if (64 % bits == 0) {   /* whole codes per word */
         const unsigned per = 64 / bits;
         const uint64_t mask = (1ull << bits) - 1;
         for (int64_t i0 = 0; i0 < b->n; i0 += per) {
