@@ -15,6 +15,7 @@
 
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
+#include "support/arena.h"
 #include "support/held_thread.h"
 #include "support/xfree_queue.h"
 #include "support/test_main.h"
@@ -46,8 +47,7 @@ static void test_direct_peaks_exact_with_pending_frees(void **state)
 {
     (void)state;
     for (int absorb = 0; absorb < 2; absorb++) {
-        as_arena *a;
-        assert_int_equal(as_arena_create(NULL, &a), 0);
+        as_arena *a = arena_new(NULL);
         uint16_t l;
         assert_int_equal(as_arena_layer_register(a, "conv", &l), 0);
         as_block small, big;
@@ -79,9 +79,7 @@ static void test_direct_peaks_exact_with_pending_frees(void **state)
 static void test_direct_cross_thread_frees(void **state)
 {
     (void)state;
-    as_arena_config cfg = {.budget_bytes = 5 * 8 * MIB};
-    as_arena *a;
-    assert_int_equal(as_arena_create(&cfg, &a), 0);
+    as_arena *a = arena_new(&(as_arena_config){.budget_bytes = 5 * 8 * MIB});
     static xq q;
     pthread_t th;
     xq_start(&q, a, &th);
@@ -126,9 +124,7 @@ static void *pending_worker(void *p)
 static void test_direct_budget_recount(void **state)
 {
     (void)state;
-    as_arena_config cfg = {.budget_bytes = 9 * MIB};
-    as_arena *a;
-    assert_int_equal(as_arena_create(&cfg, &a), 0);
+    as_arena *a = arena_new(&(as_arena_config){.budget_bytes = 9 * MIB});
     held_thread h;
     held_start(&h, a, pending_worker);
     as_block big, more;
@@ -185,8 +181,7 @@ static void *churn_main(void *p)
 static void test_bias_given_and_revoked(void **state)
 {
     (void)state;
-    as_arena *a;
-    assert_int_equal(as_arena_create(NULL, &a), 0);
+    as_arena *a = arena_new(NULL);
     as_block b;
     assert_int_equal(as_alloc(a, 8 * MIB, AS_TAG_WEIGHTS, 0, &b), 0);
     uint32_t bias = atomic_load(&a->bias);
@@ -236,8 +231,7 @@ static void *one_direct(void *p)
 static void test_bias_follows_sole_thread(void **state)
 {
     (void)state;
-    as_arena *a;
-    assert_int_equal(as_arena_create(NULL, &a), 0);
+    as_arena *a = arena_new(NULL);
     for (int i = 0; i < 3; i++) {
         pthread_t th;
         assert_int_equal(pthread_create(&th, NULL, one_direct, a), 0);
