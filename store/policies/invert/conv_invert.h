@@ -50,6 +50,8 @@ typedef struct as__civ_cfg {
     int    no_adjoint; /* 1: streaming restores never take the adjoint path
                           (default: taken when Cout >= 2 Cin and
                           cond <= AS__CIV_ADJ_COND) */
+    int    no_lu;      /* 1: streamed restores with Cout = Cin solve with M
+                          (the Gram route) instead of the LU factors of A */
     int    no_bound;   /* 1: compute the condition number of every version
                           (default: a version close enough to the last
                           checked one is accepted by a perturbation bound,
@@ -74,6 +76,7 @@ typedef struct as__civ_stats {
     uint64_t restores;        /* successful restores */
     uint64_t streamed;        /* restores that factored block by block */
     uint64_t adjoint;         /* of those, on the adjoint path */
+    uint64_t lu;              /* of those, on the LU path (Cout = Cin) */
     double   cond;            /* max over frequencies of cond(A(f)), last check */
     double   factor_ms;       /* thread CPU time of the last factorization */
     double   cond_ms;         /* thread CPU time of the last condition-only check */
@@ -306,10 +309,14 @@ typedef struct as__civ_fctx {
                                    Cholesky factor of A^H A (Cin x Cin,
                                    diagonal inverted) instead of M: 2 Cin
                                    (Cout + Cin) floats per frequency */
+    int lu;                     /* range() writes the LU factors of the
+                                   square A(f) instead (invert/lu.c; set by
+                                   begin when asked, which then skips the
+                                   Gram matrices) */
     void *own;                  /* the buffers' block when not the caller's */
 } as__civ_fctx;
 int as__civ_factor_begin(as__civ_fctx *fc, const as__civ_geom *g, int P,
-                         int Q, const float *w, const double *R, void *scratch);
+                         int Q, const float *w, const double *R, void *scratch, int lu);
 void as__civ_factor_range(as__civ_fctx *fc, size_t f0, size_t f1,
                           double eps_rel, float *m, double *cond_out);
 void as__civ_factor_end(as__civ_fctx *fc);

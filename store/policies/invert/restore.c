@@ -478,7 +478,7 @@ void as__civ_frame_pack(const as__civ *ci, int n, const float *frame, float *xf,
  * share the layout; the solved spectrum X goes in place of G (element
  * stride Eo), and the adjoint path needs one more element (A^H F^) and a
  * larger factor per frequency (A^H and the Cholesky factor). */
-size_t as__civ_work_need(const as__civ *ci, int n, int adjoint)
+size_t as__civ_work_need(const as__civ *ci, int n, int path)
 {
     const as__civ_geom *g = &ci->g;
     const size_t P = (size_t)ci->P, Q = (size_t)ci->Q;
@@ -490,8 +490,9 @@ size_t as__civ_work_need(const as__civ *ci, int n, int adjoint)
     return as__civ_wround(f4 * (flen ? flen : 1) * Ei) +
            as__civ_wround(sizeof(int) * (size_t)g->h * g->w) +
            as__civ_wround(f4 * P * as__civ_grid_rs(Q, Eo)) + as__civ_wround(f4 * Q * Eo) +
-           as__civ_wround(f4 * 2 * P * (Eo + Ei)) + as__civ_wround(f4 * (adjoint ? Ei : 1)) +
-           as__civ_wround(f4 * as__civ_msz(g, adjoint) * P);
+           as__civ_wround(f4 * 2 * P * (Eo + Ei)) +
+           as__civ_wround(f4 * (path == AS__CIV_PATH_ADJ ? Ei : 1)) +
+           as__civ_wround(f4 * as__civ_msz(g, path) * P);
 }
 
 
@@ -563,7 +564,7 @@ void as__civ_finish_rows(as__civ *ci, int n, const float *X, size_t ex, size_t r
     ci->st.restores++;
 }
 
-static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version, int n,
+static int restore_impl(as__civ *ci, as__civ_fctx *fc, int path, uint64_t version, int n,
                         const float *y,
                         const float *bias, const float *frame, float *x)
 {
@@ -583,11 +584,12 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version
     const size_t Eo = 2 * Bo, Ei = 2 * Bi;
     const int Pl = H + g->kh - 1;
     const size_t flen = as__civ_frame_len(g);
-    const size_t msz = as__civ_msz(g, adj);
+    const size_t msz = as__civ_msz(g, path);
+    const int adj = path == AS__CIV_PATH_ADJ;
     if (cin == 1)
         return as__civ_restore_c1(ci, version, n, y, bias, frame, x);
     as__civ_work wk;
-    if (as__civ_work_begin(ci, &wk, as__civ_work_need(ci, n, adj)))
+    if (as__civ_work_begin(ci, &wk, as__civ_work_need(ci, n, path)))
         return AS_ENOMEM;
     float *xf = as__civ_wtake(&wk, sizeof(float) * (flen ? flen : 1) * Ei);
     int *fidx = as__civ_wtake(&wk, sizeof(int) * (size_t)H * W);
@@ -656,6 +658,14 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version
                                          Cx[1] + (size_t)mp * Ei, cin, cout, NB);
                 continue;
             }
+            if (path == AS__CIV_PATH_LU) {
+                as__civ_lu_solve_freq(mf, 1.0f, Cf[0] + (size_t)kp * Eo, Cx[0] + (size_t)kp * Ei,
+                                      cin, NB);
+                if (pair)
+                    as__civ_lu_solve_freq(mf, -1.0f, Cf[1] + (size_t)mp * Eo,
+                                          Cx[1] + (size_t)mp * Ei, cin, NB);
+                continue;
+            }
             as__civ_solve_freq(mf, mf + msz / 2, 1.0f, Cf[0] + (size_t)kp * Eo,
                                Cx[0] + (size_t)kp * Ei, cin, cout, NB);
             if (pair)
@@ -677,12 +687,12 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version
     return 0;
 }
 
-int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version,
+int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int path, uint64_t version,
                             int n, const float *y, const float *bias, const float *frame,
                            float *x)
 {
     if (ci->pointwise || n <= AS__CIV_CHUNK)
-        return restore_impl(ci, fc, adj, version, n, y, bias, frame, x);
+        return restore_impl(ci, fc, path, version, n, y, bias, frame, x);
     const as__civ_geom *g = &ci->g;
     const size_t ys = (size_t)g->cout * ci->ho * ci->wo, xs = (size_t)g->cin * g->h * g->w;
     const size_t fs = (size_t)g->cin * as__civ_frame_len(g);
@@ -690,7 +700,7 @@ int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t vers
     for (int i0 = 0; i0 < n; i0 += AS__CIV_CHUNK) {
         const int m = n - i0 < AS__CIV_CHUNK ? n - i0 : AS__CIV_CHUNK;
         const float *fr = frame && fs ? frame + (size_t)i0 * fs : frame;
-        int rc = restore_impl(ci, fc, adj, version, m, y + (size_t)i0 * ys, bias, fr,
+        int rc = restore_impl(ci, fc, path, version, m, y + (size_t)i0 * ys, bias, fr,
                               x + (size_t)i0 * xs);
         if (rc)
             return rc;

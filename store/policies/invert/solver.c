@@ -29,6 +29,7 @@ int as__civ_create(const as__civ_geom *g, const as__civ_cfg *cfg,
     ci->cfg.eps_rel = cfg && cfg->eps_rel >= 0 ? cfg->eps_rel : 1e-14;
     ci->cfg.no_adjoint = cfg ? cfg->no_adjoint : 0;
     ci->cfg.no_bound = cfg ? cfg->no_bound : 0;
+    ci->cfg.no_lu = cfg ? cfg->no_lu : 0;
     ci->ho = as__civ_out_h(g);
     ci->wo = as__civ_out_w(g);
     ci->dh = g->kh - 1 - g->pad_h;
@@ -333,28 +334,42 @@ int as__civ_prepare(as__civ *ci, const float *w, uint64_t version,
  * direct path, where the factor is several times a pass, keep factoring
  * per column in every pass). Bytes of that factor for n images on the
  * given path, or 0. */
-static size_t stream_factor_bytes(const as__civ *ci, int n, int adjoint)
+static size_t stream_factor_bytes(const as__civ *ci, int n, int path)
 {
     /* Cin = 1 takes no factor (the closed form, invert/adjoint.c) */
     if (ci->pointwise || n <= AS__CIV_CHUNK || ci->g.cin == 1)
         return 0;
-    const size_t b = sizeof(float) * (size_t)ci->P * ci->Qh * as__civ_msz(&ci->g, adjoint);
-    return b <= 2 * as__civ_work_need(ci, AS__CIV_CHUNK, adjoint) ? b : 0;
+    const size_t b = sizeof(float) * (size_t)ci->P * ci->Qh * as__civ_msz(&ci->g, path);
+    return b <= 2 * as__civ_work_need(ci, AS__CIV_CHUNK, path) ? b : 0;
+}
+
+/* The path of a streamed restore of the version whose verdict is held:
+ * adjoint when Cout >= 2 Cin at a small condition number, LU when Cout =
+ * Cin, else M. */
+static int stream_path(const as__civ *ci)
+{
+    if (!ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin && ci->cond <= AS__CIV_ADJ_COND)
+        return AS__CIV_PATH_ADJ;
+    return ci->g.cout == ci->g.cin && !ci->cfg.no_lu ? AS__CIV_PATH_LU : AS__CIV_PATH_M;
 }
 
 /* Work space of one restore: one pass, plus the streamed factor. */
-static size_t path_need(const as__civ *ci, int n, int adjoint, int stream)
+static size_t path_need(const as__civ *ci, int n, int path, int stream)
 {
-    return as__civ_work_need(ci, as__civ_chunk_of(n), adjoint) +
-           (stream ? as__civ_wround(stream_factor_bytes(ci, n, adjoint)) : 0);
+    return as__civ_work_need(ci, as__civ_chunk_of(n), path) +
+           (stream ? as__civ_wround(stream_factor_bytes(ci, n, path)) : 0);
 }
 
 size_t as__civ_work_bytes(const as__civ *ci, int n)
 {
     if (ci->pointwise)
         return 0;
-    size_t a = path_need(ci, n, 0, 1), b = path_need(ci, n, 1, 1);
-    return a > b ? a : b;
+    size_t m = 0;
+    for (int p = AS__CIV_PATH_M; p <= AS__CIV_PATH_LU; p++) {
+        const size_t b = path_need(ci, n, p, 1);
+        m = b > m ? b : m;
+    }
+    return m;
 }
 
 size_t as__civ_path_work_bytes(const as__civ *ci, uint64_t version, int n,
@@ -366,9 +381,7 @@ size_t as__civ_path_work_bytes(const as__civ *ci, uint64_t version, int n,
         return path_need(ci, n, 0, 0);
     if (!((ci->cond_state == 1 || ci->admit) && ci->cond_version == version))
         return as__civ_work_bytes(ci, n);
-    const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
-                    ci->cond <= AS__CIV_ADJ_COND;
-    return path_need(ci, n, adj, 1);
+    return path_need(ci, n, stream_path(ci), 1);
 }
 
 void as__civ_set_work(as__civ *ci, void *block, size_t bytes)
@@ -423,20 +436,20 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
     }
     as__civ_fctx fc;
     double t0 = as__civ_cpu_ms();
-    const double *R = gram_of(ci, w, version);
-    if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w, R, fscratch(ci))))
+    const int path = stream_path(ci), lu = path == AS__CIV_PATH_LU;
+    /* the LU path needs no Gram matrices, so not their cross-correlation */
+    const double *R = lu ? NULL : gram_of(ci, w, version);
+    if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w, R, fscratch(ci), lu)))
         return rc;
     set_wt(ci, w);
     ci->st.factor_ms = as__civ_cpu_ms() - t0;   /* the rest is inside the solve */
-    const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
-                    ci->cond <= AS__CIV_ADJ_COND;
-    fc.ginv = adj;
+    fc.ginv = path == AS__CIV_PATH_ADJ;
     /* Several passes: the factor of every frequency once, up front, at the
      * end of the lent work space (after the pass's part) or malloc'ed. */
-    const size_t sfb = stream_factor_bytes(ci, n, adj);
+    const size_t sfb = stream_factor_bytes(ci, n, path);
     float *mown = NULL;
     if (sfb) {
-        const size_t pass = as__civ_wround(as__civ_work_need(ci, AS__CIV_CHUNK, adj));
+        const size_t pass = as__civ_wround(as__civ_work_need(ci, AS__CIV_CHUNK, path));
         float *mbuf;
         if (ci->ext_work && ci->ext_bytes >= pass + sfb)
             mbuf = (float *)((char *)ci->ext_work + pass);
@@ -449,14 +462,15 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
         ci->st.factor_ms += as__civ_cpu_ms() - t0;
         ci->mstream = mbuf;
     }
-    rc = as__civ_restore_passes(ci, &fc, adj, version, n, y, bias, frame, x);
+    rc = as__civ_restore_passes(ci, &fc, path, version, n, y, bias, frame, x);
     ci->mstream = NULL;
     free(mown);
     as__civ_factor_end(&fc);
     if (rc == 0) {
         ci->st.factor_builds++;
         ci->st.streamed++;
-        ci->st.adjoint += (uint64_t)adj;
+        ci->st.adjoint += (uint64_t)(path == AS__CIV_PATH_ADJ);
+        ci->st.lu += (uint64_t)lu;
     }
     return rc;
 }
