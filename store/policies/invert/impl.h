@@ -215,19 +215,18 @@ size_t as__civ_c1_work_need(const as__civ *ci, int n);
  * float rounding); 16 images fill the 8 lanes of both halves exactly, the
  * smallest work space of the layout. */
 #define AS__CIV_CHUNK 16
-static inline int as__civ_chunk_of(int n) { return n < AS__CIV_CHUNK ? n : AS__CIV_CHUNK; }
 
 /* Frame widths (rows at the top and bottom, columns left and right),
  * clamped to the image (invert/restore.c). */
 void as__civ_frame_widths(const as__civ_geom *g, int *top, int *bot, int *left, int *right);
 
-/* A restore of n images in passes of as__civ_chunk_of(n) (invert/restore.c):
+/* A restore of n images in passes of at most chunk images (invert/restore.c):
  * fc != NULL factors inside (streamed; path: AS__CIV_PATH_*), else the
  * cached factor ci->m; one counted restore, phase times summed over the
  * passes. Returns 0 or AS_ENOMEM. */
-int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int path, uint64_t version,
-                           int n, const float *y, const float *bias, const float *frame,
-                           float *x);
+int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int path, int chunk,
+                           uint64_t version, int n, const float *y, const float *bias,
+                           const float *frame, float *x);
 
 /* What a restore applies per frequency: M (the direct path), A^H and the
  * Cholesky factor of A^H A (the adjoint path), or the LU factors of a

@@ -687,18 +687,18 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int path, uint64_t versio
     return 0;
 }
 
-int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int path, uint64_t version,
-                            int n, const float *y, const float *bias, const float *frame,
-                           float *x)
+int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int path, int chunk,
+                           uint64_t version, int n, const float *y, const float *bias,
+                           const float *frame, float *x)
 {
-    if (ci->pointwise || n <= AS__CIV_CHUNK)
+    if (ci->pointwise || n <= chunk)
         return restore_impl(ci, fc, path, version, n, y, bias, frame, x);
     const as__civ_geom *g = &ci->g;
     const size_t ys = (size_t)g->cout * ci->ho * ci->wo, xs = (size_t)g->cin * g->h * g->w;
     const size_t fs = (size_t)g->cin * as__civ_frame_len(g);
     double ph[5] = {0};
-    for (int i0 = 0; i0 < n; i0 += AS__CIV_CHUNK) {
-        const int m = n - i0 < AS__CIV_CHUNK ? n - i0 : AS__CIV_CHUNK;
+    for (int i0 = 0; i0 < n; i0 += chunk) {
+        const int m = n - i0 < chunk ? n - i0 : chunk;
         const float *fr = frame && fs ? frame + (size_t)i0 * fs : frame;
         int rc = restore_impl(ci, fc, path, version, m, y + (size_t)i0 * ys, bias, fr,
                               x + (size_t)i0 * xs);

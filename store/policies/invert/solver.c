@@ -353,10 +353,30 @@ static int stream_path(const as__civ *ci)
     return ci->g.cout == ci->g.cin && !ci->cfg.no_lu ? AS__CIV_PATH_LU : AS__CIV_PATH_M;
 }
 
+/* Images per pass of a streamed restore of n images. When the factor of
+ * every frequency does not fit (stream_factor_bytes 0), each pass factors
+ * its columns again, so the passes are made larger: as few as fit in the
+ * work space the up-front factor may take (3 passes of AS__CIV_CHUNK),
+ * of equal size rounded up to a multiple of AS__CIV_CHUNK (64->64 at
+ * 28x28, 64 images: 2 passes of 32 instead of 4 of 16). */
+static int stream_chunk(const as__civ *ci, int n, int path)
+{
+    if (ci->pointwise || n <= AS__CIV_CHUNK || ci->g.cin == 1 ||
+        stream_factor_bytes(ci, n, path))
+        return AS__CIV_CHUNK;
+    const size_t cap = 3 * as__civ_work_need(ci, AS__CIV_CHUNK, path);
+    int big = AS__CIV_CHUNK;
+    while (big < n && as__civ_work_need(ci, big + AS__CIV_CHUNK, path) <= cap)
+        big += AS__CIV_CHUNK;
+    const int passes = (n + big - 1) / big, per = (n + passes - 1) / passes;
+    return (per + AS__CIV_CHUNK - 1) / AS__CIV_CHUNK * AS__CIV_CHUNK;
+}
+
 /* Work space of one restore: one pass, plus the streamed factor. */
 static size_t path_need(const as__civ *ci, int n, int path, int stream)
 {
-    return as__civ_work_need(ci, as__civ_chunk_of(n), path) +
+    const int chunk = stream ? stream_chunk(ci, n, path) : AS__CIV_CHUNK;
+    return as__civ_work_need(ci, n < chunk ? n : chunk, path) +
            (stream ? as__civ_wround(stream_factor_bytes(ci, n, path)) : 0);
 }
 
@@ -397,7 +417,8 @@ int as__civ_restore(as__civ *ci, int n, const float *y,
         return AS_ESTATE;
     if (n < 1)
         return n == 0 ? 0 : AS_EINVAL;
-    return as__civ_restore_passes(ci, NULL, 0, ci->version, n, y, bias, frame, x);
+    return as__civ_restore_passes(ci, NULL, AS__CIV_PATH_M, AS__CIV_CHUNK, ci->version, n, y,
+                                  bias, frame, x);
 }
 
 size_t as__civ_factor_bytes(const as__civ *ci)
@@ -429,7 +450,8 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
          * built from the weights by the restore */
         set_wt(ci, w);
         ci->st.factor_hits++;
-        if ((rc = as__civ_restore_passes(ci, NULL, 0, version, n, y, bias, frame, x)))
+        if ((rc = as__civ_restore_passes(ci, NULL, AS__CIV_PATH_M, AS__CIV_CHUNK, version, n, y,
+                                         bias, frame, x)))
             return rc;
         ci->st.streamed++;
         return 0;
@@ -462,7 +484,8 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
         ci->st.factor_ms += as__civ_cpu_ms() - t0;
         ci->mstream = mbuf;
     }
-    rc = as__civ_restore_passes(ci, &fc, path, version, n, y, bias, frame, x);
+    rc = as__civ_restore_passes(ci, &fc, path, stream_chunk(ci, n, path), version, n, y, bias,
+                                frame, x);
     ci->mstream = NULL;
     free(mown);
     as__civ_factor_end(&fc);
