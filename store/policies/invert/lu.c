@@ -53,16 +53,19 @@ swap_rows(lanes_c *A, int n, int j, const v8l piv, lanes_c *perm)
     }
 }
 
-/* In place: P A = L U for each lane. Afterwards A holds L's multipliers
- * below the diagonal, U above it and 1 / U_jj on it (0 for an exactly zero
- * pivot: a singular lane, which the condition check rejects before any
- * restore). perm (n entries): the row permutation. */
-static inline __attribute__((always_inline)) void lu_lanes(lanes_c *A, int n, lanes_c *perm)
+/* Complex multiply-subtract on lanes: *a -= l * u. */
+#define CMSUB(ar, ai, lr, li, ur, ui)                                          \
+    do {                                                                       \
+        (ar) -= (lr) * (ur) - (li) * (ui);                                     \
+        (ai) -= (lr) * (ui) + (li) * (ur);                                     \
+    } while (0)
+
+/* Columns jb .. je-1 (the panel), rows jb .. n-1: unblocked LU with partial
+ * pivoting (whole rows swapped), the panel's own columns updated. */
+static inline __attribute__((always_inline)) void
+lu_panel(lanes_c *A, int n, int jb, int je, lanes_c *perm)
 {
-    for (int i = 0; i < n; i++)
-        for (int l = 0; l < LANES; l++)
-            perm[i].re[l] = i;
-    for (int j = 0; j < n; j++) {
+    for (int j = jb; j < je; j++) {
         v8d best = VR(&A[(size_t)j * n + j]) * VR(&A[(size_t)j * n + j]) +
                    VI(&A[(size_t)j * n + j]) * VI(&A[(size_t)j * n + j]);
         v8l piv = (v8l){0} + j;
@@ -87,10 +90,51 @@ static inline __attribute__((always_inline)) void lu_lanes(lanes_c *A, int n, la
             const v8d lr = ar * dr - ai * di, li = ar * di + ai * dr;
             VR(&ri[j]) = lr;
             VI(&ri[j]) = li;
-            for (int c = j + 1; c < n; c++) {
-                const v8d ur = VR(&rj[c]), ui = VI(&rj[c]);
-                VR(&ri[c]) -= lr * ur - li * ui;
-                VI(&ri[c]) -= lr * ui + li * ur;
+            for (int c = j + 1; c < je; c++)
+                CMSUB(VR(&ri[c]), VI(&ri[c]), lr, li, VR(&rj[c]), VI(&rj[c]));
+        }
+    }
+}
+
+/* In place: P A = L U for each lane, in blocks of 4 columns (the panel
+ * above, then its rows of U right of it by forward substitution, then the
+ * trailing matrix minus L21 U12 with L21's row in registers: a quarter of
+ * the loads and stores of the unblocked update). Afterwards A holds L's
+ * multipliers below the diagonal, U above it and 1 / U_jj on it (0 for an
+ * exactly zero pivot: a singular lane, which the condition check rejects
+ * before any restore). perm (n entries): the row permutation. */
+static inline __attribute__((always_inline)) void lu_lanes(lanes_c *A, int n, lanes_c *perm)
+{
+    for (int i = 0; i < n; i++)
+        for (int l = 0; l < LANES; l++)
+            perm[i].re[l] = i;
+    for (int jb = 0; jb < n; jb += 4) {
+        const int je = jb + 4 < n ? jb + 4 : n;
+        lu_panel(A, n, jb, je, perm);
+        for (int j = jb + 1; j < je; j++)   /* U12 = L11^-1 A12 */
+            for (int k = jb; k < j; k++) {
+                const lanes_c *l = &A[(size_t)j * n + k], *rk = A + (size_t)k * n;
+                const v8d lr = VR(l), li = VI(l);
+                lanes_c *rj = A + (size_t)j * n;
+                for (int c = je; c < n; c++)
+                    CMSUB(VR(&rj[c]), VI(&rj[c]), lr, li, VR(&rk[c]), VI(&rk[c]));
+            }
+        if (je - jb == 4) {   /* A22 -= L21 U12 */
+            const lanes_c *u0 = A + (size_t)jb * n, *u1 = u0 + n, *u2 = u1 + n, *u3 = u2 + n;
+            for (int i = je; i < n; i++) {
+                lanes_c *ri = A + (size_t)i * n;
+                const v8d l0r = VR(&ri[jb]), l0i = VI(&ri[jb]), l1r = VR(&ri[jb + 1]),
+                          l1i = VI(&ri[jb + 1]), l2r = VR(&ri[jb + 2]), l2i = VI(&ri[jb + 2]),
+                          l3r = VR(&ri[jb + 3]), l3i = VI(&ri[jb + 3]);
+                for (int c = je; c < n; c++) {
+                    v8d ar = VR(&ri[c]), ai = VI(&ri[c]);
+                    CMSUB(ar, ai, l0r, l0i, VR(&u0[c]), VI(&u0[c]));
+                    CMSUB(ar, ai, l1r, l1i, VR(&u1[c]), VI(&u1[c]));
+                    CMSUB(ar, ai, l2r, l2i, VR(&u2[c]), VI(&u2[c]));
+                    CMSUB(ar, ai, l3r, l3i, VR(&u3[c]), VI(&u3[c]));
+                    VR(&ri[c]) = ar;
+                    VI(&ri[c]) = ai;
+                }
             }
         }
     }
