@@ -223,6 +223,29 @@ rect1(v8 *ar, v8 *ai, const float *tr, const float *ti, float s, int n, int i, i
     }
 }
 
+/* Inside as__civ_lu_solve_freq: (R, I) -= T[i][k] (SR, SI); (R, I) *=
+ * T[i][i] (U's inverted diagonal); the four rows of a back into xo. */
+#define TSUB(R, I, i, k, SR, SI)                                               \
+    do {                                                                       \
+        const float x_ = tr[(size_t)(i) * n + (k)], y_ = s * ti[(size_t)(i) * n + (k)]; \
+        (R) -= x_ * (SR) - y_ * (SI);                                          \
+        (I) -= x_ * (SI) + y_ * (SR);                                          \
+    } while (0)
+#define TDIV(R, I, i)                                                          \
+    do {                                                                       \
+        const float x_ = tr[(size_t)(i) * n + (i)], y_ = s * ti[(size_t)(i) * n + (i)]; \
+        const v8 r_ = (R), i_ = (I);                                           \
+        (R) = x_ * r_ - y_ * i_;                                               \
+        (I) = x_ * i_ + y_ * r_;                                               \
+    } while (0)
+#define STROWS(a, i0)                                                          \
+    do {                                                                       \
+        st8(xr0 + (size_t)(i0) * NB, (a).r0); st8(xi0 + (size_t)(i0) * NB, (a).i0);       \
+        st8(xr0 + (size_t)((i0) + 1) * NB, (a).r1); st8(xi0 + (size_t)((i0) + 1) * NB, (a).i1); \
+        st8(xr0 + (size_t)((i0) + 2) * NB, (a).r2); st8(xi0 + (size_t)((i0) + 2) * NB, (a).i2); \
+        st8(xr0 + (size_t)((i0) + 3) * NB, (a).r3); st8(xi0 + (size_t)((i0) + 3) * NB, (a).i3); \
+    } while (0)
+
 /* x^ = A^-1 z^ at one frequency for all lanes from its LU factors f
  * (store_lu's layout); z [re|im][n][NB], xo [re|im][n][NB]; s = -1: the
  * factors of conj(A) (the mirrored frequency; the same permutation).
@@ -246,18 +269,13 @@ void as__civ_lu_solve_freq(const float *f, float s, const float *z, float *xo, i
                       ld8(zi0 + (size_t)perm[i0] * NB), ld8(zi0 + (size_t)perm[i0 + 1] * NB),
                       ld8(zi0 + (size_t)perm[i0 + 2] * NB), ld8(zi0 + (size_t)perm[i0 + 3] * NB)};
             rect4(&a, tr, ti, s, n, i0, 0, i0, xr0, xi0, NB);
-            v8 *r[4] = {&a.r0, &a.r1, &a.r2, &a.r3}, *im[4] = {&a.i0, &a.i1, &a.i2, &a.i3};
-            for (int q = 0; q < 4; q++) {
-                for (int k = 0; k < q; k++) {
-                    const float x = tr[(size_t)(i0 + q) * n + i0 + k];
-                    const float y = s * ti[(size_t)(i0 + q) * n + i0 + k];
-                    const v8 pr = *r[k], pi = *im[k];
-                    *r[q] -= x * pr - y * pi;
-                    *im[q] -= x * pi + y * pr;
-                }
-                st8(xr0 + (size_t)(i0 + q) * NB, *r[q]);
-                st8(xi0 + (size_t)(i0 + q) * NB, *im[q]);
-            }
+            TSUB(a.r1, a.i1, i0 + 1, i0, a.r0, a.i0);
+            TSUB(a.r2, a.i2, i0 + 2, i0, a.r0, a.i0);
+            TSUB(a.r2, a.i2, i0 + 2, i0 + 1, a.r1, a.i1);
+            TSUB(a.r3, a.i3, i0 + 3, i0, a.r0, a.i0);
+            TSUB(a.r3, a.i3, i0 + 3, i0 + 1, a.r1, a.i1);
+            TSUB(a.r3, a.i3, i0 + 3, i0 + 2, a.r2, a.i2);
+            STROWS(a, i0);
         }
         for (; i0 < n; i0++) {
             v8 ar = ld8(zr0 + (size_t)perm[i0] * NB), ai = ld8(zi0 + (size_t)perm[i0] * NB);
@@ -281,23 +299,17 @@ void as__civ_lu_solve_freq(const float *f, float s, const float *z, float *xo, i
                       ld8(xi0 + (size_t)i0 * NB), ld8(xi0 + (size_t)(i0 + 1) * NB),
                       ld8(xi0 + (size_t)(i0 + 2) * NB), ld8(xi0 + (size_t)(i0 + 3) * NB)};
             rect4(&a, tr, ti, s, n, i0, i0 + 4, n, xr0, xi0, NB);
-            v8 *r[4] = {&a.r0, &a.r1, &a.r2, &a.r3}, *im[4] = {&a.i0, &a.i1, &a.i2, &a.i3};
-            for (int q = 3; q >= 0; q--) {
-                for (int k = q + 1; k < 4; k++) {
-                    const float x = tr[(size_t)(i0 + q) * n + i0 + k];
-                    const float y = s * ti[(size_t)(i0 + q) * n + i0 + k];
-                    const v8 pr = *r[k], pi = *im[k];
-                    *r[q] -= x * pr - y * pi;
-                    *im[q] -= x * pi + y * pr;
-                }
-                const float dr = tr[(size_t)(i0 + q) * n + i0 + q];
-                const float di = s * ti[(size_t)(i0 + q) * n + i0 + q];
-                const v8 vr = *r[q], vi = *im[q];
-                *r[q] = dr * vr - di * vi;
-                *im[q] = dr * vi + di * vr;
-                st8(xr0 + (size_t)(i0 + q) * NB, *r[q]);
-                st8(xi0 + (size_t)(i0 + q) * NB, *im[q]);
-            }
+            TDIV(a.r3, a.i3, i0 + 3);
+            TSUB(a.r2, a.i2, i0 + 2, i0 + 3, a.r3, a.i3);
+            TDIV(a.r2, a.i2, i0 + 2);
+            TSUB(a.r1, a.i1, i0 + 1, i0 + 3, a.r3, a.i3);
+            TSUB(a.r1, a.i1, i0 + 1, i0 + 2, a.r2, a.i2);
+            TDIV(a.r1, a.i1, i0 + 1);
+            TSUB(a.r0, a.i0, i0, i0 + 3, a.r3, a.i3);
+            TSUB(a.r0, a.i0, i0, i0 + 2, a.r2, a.i2);
+            TSUB(a.r0, a.i0, i0, i0 + 1, a.r1, a.i1);
+            TDIV(a.r0, a.i0, i0);
+            STROWS(a, i0);
         }
     }
 }
