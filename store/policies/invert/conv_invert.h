@@ -12,8 +12,9 @@
  * factor cached per weight version (or built inside a streaming restore,
  * nothing kept), and transforms back. For Cout >= 2 Cin and small condition
  * numbers a streaming restore applies A^H and the Cholesky factor of A^H A
- * per frequency instead of M (the adjoint path); Cin = 1 takes the closed
- * form a^H F^ / |a|^2 and 1x1 kernels a per-pixel channel mix.
+ * per frequency instead of M (the adjoint path), and for Cout = Cin the LU
+ * factors of A(f) (the LU path); Cin = 1 takes the closed form
+ * a^H F^ / |a|^2 and 1x1 kernels a per-pixel channel mix.
  *
  * Layouts: X (N, Cin, H, W), Y (N, Cout, Ho, Wo), W (Cout, Cin, kh, kw), all
  * fp32, contiguous. The frame of one image is (Cin, frame_len) floats; per
@@ -158,7 +159,8 @@ int as__civ_restore(as__civ *ci, int n, const float *y,
  * A restore of more than one pass of 16 images builds the factor of every
  * frequency once, before the passes, in its work space when that is at most
  * twice one pass's work space; otherwise the frequencies are factored a
- * column (P frequencies) at a time inside each pass. The factor work is
+ * column (P frequencies) at a time inside each pass, and the passes are
+ * made larger (within three passes' work space). The factor work is
  * done for every call (in training each version is restored once). Uses the
  * cached factor instead when one is held for `version`. Needs an accepted
  * condition verdict for `version` (computed here if missing). Returns 0,
@@ -168,8 +170,10 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
                            const float *frame, float *x, char *why, size_t whylen);
 
 /* Work space: restores take as__civ_work_bytes(ci, n) bytes of work
- * space (that of one pass of at most 16 images: a restore of n images runs
- * in passes, so the work space does not grow with the batch); with as__civ_set_work the caller lends a block (64-byte
+ * space (that of one pass of at most 16 images, at most three times that
+ * for a streamed restore: the up-front factor or larger passes; a restore
+ * of n images runs in passes, so the work space does not grow with the
+ * batch beyond that); with as__civ_set_work the caller lends a block (64-byte
  * aligned, at least that size) that the following restores use instead of
  * their own malloc (e.g. from an arena that keeps its pages: no page
  * faults). NULL returns to malloc. The block must outlive those calls. */
