@@ -450,8 +450,11 @@ static void frame_index(const as__civ *ci, int *fidx)
 }
 
 /* The frame of n images into xf, one planar element per frame pixel
- * ([re|im][Cin][NB], image j + ri*N2 in lane j of half ri), and the frame
- * index of every image pixel into fidx; nothing when there is no frame. */
+ * ([re|im][Cin][NB], image j + ri*N2 in lane j of half ri; lanes without
+ * an image 0), and the frame index of every image pixel into fidx; nothing
+ * when there is no frame. 8 pixels of 8 images at a time: 8 row loads, a
+ * transpose, 8 lane stores (not one strided scalar store per pixel). */
+AS__CIV_CLONES
 void as__civ_frame_pack(const as__civ *ci, int n, const float *frame, float *xf,
                        int *fidx, int NB)
 {
@@ -460,16 +463,29 @@ void as__civ_frame_pack(const as__civ *ci, int n, const float *frame, float *xf,
     const size_t flen = as__civ_frame_len(&ci->g);
     if (!flen)
         return;
-    memset(xf, 0, sizeof(float) * flen * Ei);
-    for (int img = 0; img < n; img++) {
-        const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
-        for (int c = 0; c < cin; c++) {
-            const float *fr = frame + ((size_t)img * cin + c) * flen;
-            float *base = xf + ri * Bi + (size_t)c * NB + np;
-            for (size_t k = 0; k < flen; k++)
-                base[k * Ei] = fr[k];
-        }
-    }
+    for (int ri = 0; ri < 2; ri++)
+        for (int l0 = 0; l0 < NB; l0 += 8)
+            for (int c = 0; c < cin; c++) {
+                const float *fs[8];
+                for (int k = 0; k < 8; k++) {
+                    const int np = l0 + k, img = np + ri * N2;
+                    fs[k] = np < N2 && img < n ? frame + ((size_t)img * cin + c) * flen : NULL;
+                }
+                float *base = xf + ri * Bi + (size_t)c * NB + l0;
+                size_t k = 0;
+                for (; k + 8 <= flen; k += 8) {
+                    v8 r[8];
+                    load_t8(fs, (int)k, r);
+                    for (int q = 0; q < 8; q++)
+                        st8(base + (k + q) * Ei, r[q]);
+                }
+                for (; k < flen; k++) {
+                    v8 v;
+                    for (int q = 0; q < 8; q++)
+                        v[q] = fs[q] ? fs[q][k] : 0.0f;
+                    st8(base + k * Ei, v);
+                }
+            }
     frame_index(ci, fidx);
 }
 
