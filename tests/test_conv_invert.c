@@ -533,45 +533,45 @@ static void test_stream_lu(void **state)
     assert_true(ill >= 3);   /* the pulled kernels did reach high cond */
 }
 
-/* Wide layers on small maps: the factor of every frequency is more than
- * twice a pass of 16 images, so a streamed restore takes larger passes
- * (more than 8 lanes per half) within three passes' work space; LU path
- * and Gram route, one and two passes. */
+/* Wide layers: the factor of every frequency is more than twice a pass of
+ * 16 images, so a streamed restore takes larger passes (more than 8 lanes
+ * per half) within three passes' work space: 64 channels on the LU path
+ * and the Gram route, 96 (beyond AS__CIV_LU_MAX_CIN: the Gram route) in
+ * two passes. */
 static void test_stream_large_passes(void **state)
 {
     (void)state;
-    const as__civ_geom g = geom(96, 5, 5, 96, 3, 1);
-    const int ns[2] = {40, 70};
-    float *w = rand_weights(&g);
-    for (int t = 0; t < 2; t++)
-        for (int no_lu = 0; no_lu < 2; no_lu++) {
-            const int n = ns[t];
-            const size_t xl = (size_t)n * g.cin * g.h * g.w;
-            float *x = rand_input(&g, n), *xr = malloc(sizeof(float) * xl);
-            float *y = malloc(sizeof(float) * (size_t)n * g.cout * g.h * g.w);
-            float *frame = malloc(sizeof(float) * (size_t)n * g.cin * as__civ_frame_len(&g));
-            conv_ref(&g, n, x, w, NULL, y);
-            as__civ_frame_extract(&g, n, x, frame);
-            const as__civ_cfg cfg = {.no_lu = no_lu, .eps_rel = -1};
-            as__civ *ci;
-            assert_int_equal(as__civ_create(&g, &cfg, &ci, NULL, 0), 0);
-            const size_t one = as__civ_work_bytes(ci, 16), all = as__civ_work_bytes(ci, n);
-            assert_true(all > one && all <= 3 * one);
-            char why[160];
-            assert_int_equal(as__civ_restore_stream(ci, w, 1, n, y, NULL, frame, xr, why,
-                                                    sizeof why), 0);
-            as__civ_stats st;
-            as__civ_get_stats(ci, &st);
-            assert_int_equal(st.lu, (uint64_t)!no_lu);
-            const double e = max_rel_err(xr, x, xl);
-            if (getenv("AS_VERBOSE"))
-                printf("large passes n %d no_lu %d: cond %.3g err %.3g work %zu / %zu\n", n,
-                       no_lu, st.cond, e, all, one);
-            assert_true(e <= 1e-4);
-            as__civ_destroy(ci);
-            free(x); free(xr); free(y); free(frame);
-        }
-    free(w);
+    static const int cases[][4] = {   /* channels, map, n, no_lu */
+        {64, 16, 40, 0}, {64, 16, 40, 1}, {96, 5, 70, 0},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const as__civ_geom g = geom(cases[t][0], cases[t][1], cases[t][1], cases[t][0], 3, 1);
+        const int n = cases[t][2], no_lu = cases[t][3];
+        const size_t xl = (size_t)n * g.cin * g.h * g.w;
+        float *w = rand_weights(&g), *x = rand_input(&g, n), *xr = malloc(sizeof(float) * xl);
+        float *y = malloc(sizeof(float) * (size_t)n * g.cout * g.h * g.w);
+        float *frame = malloc(sizeof(float) * (size_t)n * g.cin * as__civ_frame_len(&g));
+        conv_ref(&g, n, x, w, NULL, y);
+        as__civ_frame_extract(&g, n, x, frame);
+        const as__civ_cfg cfg = {.no_lu = no_lu, .eps_rel = -1};
+        as__civ *ci;
+        assert_int_equal(as__civ_create(&g, &cfg, &ci, NULL, 0), 0);
+        const size_t one = as__civ_work_bytes(ci, 16), all = as__civ_work_bytes(ci, n);
+        assert_true(all > one && all <= 3 * one);
+        char why[160];
+        assert_int_equal(as__civ_restore_stream(ci, w, 1, n, y, NULL, frame, xr, why,
+                                                sizeof why), 0);
+        as__civ_stats st;
+        as__civ_get_stats(ci, &st);
+        assert_int_equal(st.lu, (uint64_t)(!no_lu && g.cin <= AS__CIV_LU_MAX_CIN));
+        const double e = max_rel_err(xr, x, xl);
+        if (getenv("AS_VERBOSE"))
+            printf("large passes %d ch %dx%d n %d lu %d: cond %.3g err %.3g work %zu / %zu\n",
+                   g.cin, g.h, g.w, n, (int)st.lu, st.cond, e, all, one);
+        assert_true(e <= 1e-4);
+        as__civ_destroy(ci);
+        free(w); free(x); free(xr); free(y); free(frame);
+    }
 }
 
 /* The special paths: Cin = 1 (the closed form a^H F^ / |a|^2, its own F

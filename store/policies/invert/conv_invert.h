@@ -52,7 +52,8 @@ typedef struct as__civ_cfg {
                           (default: taken when Cout >= 2 Cin and
                           cond <= AS__CIV_ADJ_COND) */
     int    no_lu;      /* 1: streamed restores with Cout = Cin solve with M
-                          (the Gram route) instead of the LU factors of A */
+                          (the Gram route) instead of the LU factors of A
+                          (default: LU up to AS__CIV_LU_MAX_CIN channels) */
     int    no_bound;   /* 1: compute the condition number of every version
                           (default: a version close enough to the last
                           checked one is accepted by a perturbation bound,
@@ -61,6 +62,10 @@ typedef struct as__civ_cfg {
 
 /* Largest condition number for the adjoint (normal equations) path. */
 #define AS__CIV_ADJ_COND 50.0
+/* Widest layer (Cin = Cout) for the LU path: its error against the Gram
+ * route's grows with the size (measured 1.4x at 16 channels, 1.7x at 64,
+ * 2.5x at 96: docs/policies.md, "The LU path"); wider layers keep M. */
+#define AS__CIV_LU_MAX_CIN 64
 /* FRAME=auto stores 16-bit frames up to this condition number: the frame's
  * quantization error (<= 1.5e-5 of the channel's frame maximum) then comes
  * back in the interior amplified by at most a few times (measured:

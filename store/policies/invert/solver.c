@@ -345,12 +345,13 @@ static size_t stream_factor_bytes(const as__civ *ci, int n, int path)
 
 /* The path of a streamed restore of the version whose verdict is held:
  * adjoint when Cout >= 2 Cin at a small condition number, LU when Cout =
- * Cin, else M. */
+ * Cin <= AS__CIV_LU_MAX_CIN, else M. */
 static int stream_path(const as__civ *ci)
 {
     if (!ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin && ci->cond <= AS__CIV_ADJ_COND)
         return AS__CIV_PATH_ADJ;
-    return ci->g.cout == ci->g.cin && !ci->cfg.no_lu ? AS__CIV_PATH_LU : AS__CIV_PATH_M;
+    return ci->g.cout == ci->g.cin && ci->g.cin <= AS__CIV_LU_MAX_CIN && !ci->cfg.no_lu
+               ? AS__CIV_PATH_LU : AS__CIV_PATH_M;
 }
 
 /* Images per pass of a streamed restore of n images. When the factor of
