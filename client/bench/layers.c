@@ -24,7 +24,10 @@
  * repeat by repeat, so machine noise hits both alike. Ratios are what to
  * read on a shared host.
  * FLOPs: 2 M N K per GEMM-equivalent; conv backward counts dW and dx
- * (dx skipped for the first conv, as in the model).
+ * (dx skipped for the first conv, as in the model). For a conv with dx a
+ * second line gives backward-data and backward-weights each alone
+ * against the library's primitive alone (each half then pays its own
+ * reorder of dy, which the whole backward does once).
  * Linear backward is reported against its forward (same FLOPs per
  * product): parity means the ratio bwd / fwd GF/s is near 1.
  */
@@ -137,6 +140,31 @@ static void run_native_bwd(void *ud)
     as_op_conv_native(&c->g, 1, c->nws);
     if (c->dx)
         as_op_conv_native(&c->g, 2, c->nws);
+}
+
+/* The backward's two halves alone: data (dx) and weights (dW, db). */
+static void run_conv_bwd_d(void *ud)
+{
+    conv_case *c = ud;
+    as_op_conv_bwd(&c->g, c->x, c->W, c->dy, c->dxb, NULL, NULL, c->ws);
+}
+
+static void run_conv_bwd_w(void *ud)
+{
+    conv_case *c = ud;
+    as_op_conv_bwd(&c->g, c->x, c->W, c->dy, NULL, c->dW, c->db, c->ws);
+}
+
+static void run_native_bwd_d(void *ud)
+{
+    conv_case *c = ud;
+    as_op_conv_native(&c->g, 2, c->nws);
+}
+
+static void run_native_bwd_w(void *ud)
+{
+    conv_case *c = ud;
+    as_op_conv_native(&c->g, 1, c->nws);
 }
 
 typedef struct lin_case {
@@ -275,6 +303,28 @@ static int sgemm_peak(layers_bench *b, cJSON *root)
     return AS_EXIT_OK;
 }
 
+/* Backward-data and backward-weights each alone against the library's
+ * primitive alone (a conv with dx): a line under the conv's row and
+ * fields of its JSON object. */
+static void conv_split(const layers_bench *b, conv_case *c, double f, cJSON *o)
+{
+    kern_fn fd[2] = {run_conv_bwd_d, run_native_bwd_d};
+    kern_fn fw[2] = {run_conv_bwd_w, run_native_bwd_w};
+    void *ud[2] = {c, c};
+    double td[2], tw[2];
+    alternate(2, fd, ud, b->R, td);
+    alternate(2, fw, ud, b->R, tw);
+    printf("%-16s %-16s bwd-data %6.1f lib %6.1f /lib %4.2f; bwd-weights %6.1f lib %6.1f "
+           "/lib %4.2f\n", "", "", 1e-9 * f / td[0], 1e-9 * f / td[1], td[1] / td[0],
+           1e-9 * f / tw[0], 1e-9 * f / tw[1], tw[1] / tw[0]);
+    cJSON_AddNumberToObject(o, "bwd_data_gflops", 1e-9 * f / td[0]);
+    cJSON_AddNumberToObject(o, "bwd_data_lib_gflops", 1e-9 * f / td[1]);
+    cJSON_AddNumberToObject(o, "bwd_data_over_lib", td[1] / td[0]);
+    cJSON_AddNumberToObject(o, "bwd_weights_gflops", 1e-9 * f / tw[0]);
+    cJSON_AddNumberToObject(o, "bwd_weights_lib_gflops", 1e-9 * f / tw[1]);
+    cJSON_AddNumberToObject(o, "bwd_weights_over_lib", tw[1] / tw[0]);
+}
+
 /* One conv layer (stage s, conv k) against the GEMMs of the same shape. */
 static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
 {
@@ -356,6 +406,8 @@ static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
             cJSON_AddNumberToObject(o, "fwd_over_lib", tfl / tf);
             cJSON_AddNumberToObject(o, "bwd_lib_gflops", 1e-9 * fb / tbl);
             cJSON_AddNumberToObject(o, "bwd_over_lib", tbl / tb);
+            if (c->dx)
+                conv_split(b, c, f, o);
         }
         cJSON_AddItemToArray(ca, o);
     }
