@@ -27,7 +27,6 @@
 #define OB_F 16      /* output channels per forward block */
 #define OB_B 2       /* output channels per backward block */
 #define TAPS 9       /* 3x3 */
-#define NT_BYTES (2u << 20)   /* forward outputs above: streaming stores */
 
 static int pad_h(const as_op_conv_geom *g)
 {
@@ -148,11 +147,10 @@ static void shift_zero(const as_op_conv_geom *g, float *xs)
     memset(xs, 0, sizeof(float) * shift_floats(g));
 }
 
-/* ob output channels from o, the 16 flat outputs from f (mask m); nt:
- * whole aligned vectors bypass the caches. */
+/* ob output channels from o, the 16 flat outputs from f (mask m). */
 AVX512 static INLINE void fwd_vec(const as_op_conv_geom *g, int ob, int o,
                                   const float *xs, const float *W, const float *b,
-                                  float *y, size_t f, __mmask16 m, bool nt)
+                                  float *y, size_t f, __mmask16 m)
 {
     const int Hp = pad_h(g), Wo = g->Wo, K = g->Cin * TAPS;
     const size_t HoWo = (size_t)g->Ho * g->Wo;
@@ -176,9 +174,7 @@ AVX512 static INLINE void fwd_vec(const as_op_conv_geom *g, int ob, int o,
     #pragma GCC unroll 16
     for (int q = 0; q < ob; q++) {
         float *yq = y + (size_t)(o + q) * HoWo + f;
-        if (m == 0xFFFF && !((uintptr_t)yq & 63) && nt)
-            _mm512_stream_ps(yq, acc[q]);
-        else if (m == 0xFFFF)
+        if (m == 0xFFFF)
             _mm512_storeu_ps(yq, acc[q]);
         else
             _mm512_mask_storeu_ps(y + (size_t)(o + q) * HoWo + f, m, acc[q]);
@@ -186,18 +182,18 @@ AVX512 static INLINE void fwd_vec(const as_op_conv_geom *g, int ob, int o,
 }
 
 AVX512 static void fwd_image(const as_op_conv_geom *g, const float *xs,
-                             const float *W, const float *b, float *y, bool nt)
+                             const float *W, const float *b, float *y)
 {
     const size_t HoWo = (size_t)g->Ho * g->Wo;
     for (size_t f = 0; f < HoWo; f += VL) {
         const __mmask16 m = tail_mask((int)(HoWo - f < VL ? HoWo - f : VL));
         int o = 0;
         for (; o + OB_F <= g->Cout; o += OB_F)
-            fwd_vec(g, OB_F, o, xs, W, b, y, f, m, nt);
+            fwd_vec(g, OB_F, o, xs, W, b, y, f, m);
         for (; o + 4 <= g->Cout; o += 4)
-            fwd_vec(g, 4, o, xs, W, b, y, f, m, nt);
+            fwd_vec(g, 4, o, xs, W, b, y, f, m);
         for (; o < g->Cout; o++)
-            fwd_vec(g, 1, o, xs, W, b, y, f, m, nt);
+            fwd_vec(g, 1, o, xs, W, b, y, f, m);
     }
 }
 
@@ -274,17 +270,12 @@ void as_direct_conv_fwd(const as_op_conv_geom *g, const float *x,
 {
     const size_t xs = (size_t)g->Cin * g->H * g->W;
     const size_t ys = (size_t)g->Cout * g->Ho * g->Wo;
-    /* an output larger than the core's L2 is written around the caches:
-     * a read for ownership of every line would double its traffic */
-    const bool nt = sizeof(float) * ys * (size_t)g->N > NT_BYTES;
     float *xsh = pad_at(ws);
     shift_zero(g, xsh);
     for (int n = 0; n < g->N; n++) {
         shift_image(g, x + n * xs, xsh);
-        fwd_image(g, xsh, W, b, y + n * ys, nt);
+        fwd_image(g, xsh, W, b, y + n * ys);
     }
-    if (nt)
-        _mm_sfence();
 }
 
 void as_direct_conv_bwd_w(const as_op_conv_geom *g, const float *x,
