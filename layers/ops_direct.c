@@ -5,13 +5,9 @@
  * buffer (Cin, H + 2p, rows of whole cache lines with slack), so the taps
  * of a 16-column output vector come from aligned loads with no bounds
  * tests; lanes past the row's end compute on slack and are not stored
- * (backward: they meet a zero gradient). The forward instead copies each
- * padded input channel three times, shifted by 0, 1, 2 columns and cut to
- * rows of Wo, so that the 9 taps of any 16 consecutive outputs of the
- * flattened (Ho * Wo) plane are plain loads at fixed offsets: every lane
- * computes an output, whatever the row length; per such vector 16 output
- * channels accumulate at once, the weight broadcast from memory.
- * Backward weights: per input channel and
+ * (forward) or meet a zero gradient (backward). Forward: per vector of
+ * 16 output columns, 8 output channels accumulate at once (8 independent
+ * FMA chains), the weight broadcast from memory. Backward weights: per input channel and
  * pair of output channels, 2 x 9 vector accumulators over a whole image,
  * added to vector sums in the workspace, reduced to dW once at the end.
  */
@@ -24,7 +20,7 @@
 
 #define VL 16        /* floats per vector */
 #define MAX_CIN 3
-#define OB_F 16      /* output channels per forward block */
+#define OB_F 8       /* output channels per forward block */
 #define OB_B 2       /* output channels per backward block */
 #define TAPS 9       /* 3x3 */
 
@@ -57,19 +53,9 @@ static bool shape_ok(const as_op_conv_geom *g)
     return g->Cin <= MAX_CIN && g->kh == 3 && g->kw == 3 && g->stride == 1;
 }
 
-/* The forward's shifted copies: (Cin, 3, Hp, Wo) and one vector of slack
- * for the last vector's taps. */
-static size_t shift_floats(const as_op_conv_geom *g)
-{
-    return (size_t)g->Cin * 3 * pad_h(g) * g->Wo + VL;
-}
-
 size_t as_direct_conv_workspace(const as_op_conv_geom *g)
 {
-    if (!shape_ok(g))
-        return 0;
-    size_t b = pad_floats(g) + acc_floats(g), f = shift_floats(g);
-    return (b > f ? b : f) + VL;   /* + alignment */
+    return shape_ok(g) ? pad_floats(g) + acc_floats(g) + VL : 0;   /* + alignment */
 }
 
 #if AS_X86_DISPATCH
@@ -119,82 +105,53 @@ AVX512 static INLINE void taps(const float *xr, int Wp, __m512 *xv)
     }
 }
 
-/* Copy kx of channel c, row r: the padded image's row r from column kx,
- * Wo long; tap (ky, kx) of flat output f is element f + ky * Wo of it.
- * Only the image's own values are written: the zeros around them are set
- * once per call (shift_zero), as they are the same for every image. */
-AVX512 static void shift_image(const as_op_conv_geom *g, const float *x, float *xs)
-{
-    const int Hp = pad_h(g), Wo = g->Wo, p = g->pad;
-    for (int c = 0; c < g->Cin; c++)
-        for (int kx = 0; kx < 3; kx++) {
-            /* d[j] = x[h][j + kx - p] for the columns j0 .. j1 - 1 that exist */
-            const int j0 = p - kx > 0 ? p - kx : 0;
-            const int j1 = g->W + p - kx < Wo ? g->W + p - kx : Wo;
-            for (int h = 0; h < g->H && j1 > j0; h++) {
-                float *d = xs + (((size_t)c * 3 + kx) * Hp + h + p) * Wo + j0;
-                const float *src = x + ((size_t)c * g->H + h) * g->W + j0 + kx - p;
-                for (int j = 0; j < j1 - j0; j += VL) {
-                    const __mmask16 m = tail_mask(j1 - j0 - j);
-                    _mm512_mask_storeu_ps(d + j, m, _mm512_maskz_loadu_ps(m, src + j));
-                }
-            }
-        }
-}
-
-static void shift_zero(const as_op_conv_geom *g, float *xs)
-{
-    memset(xs, 0, sizeof(float) * shift_floats(g));
-}
-
-/* ob output channels from o, the 16 flat outputs from f (mask m). */
+/* ob output channels from o, one output vector at (oh, ow0). */
 AVX512 static INLINE void fwd_vec(const as_op_conv_geom *g, int ob, int o,
-                                  const float *xs, const float *W, const float *b,
-                                  float *y, size_t f, __mmask16 m)
+                                  const float *xp, const float *W,
+                                  const float *b, float *yv, __mmask16 m)
 {
-    const int Hp = pad_h(g), Wo = g->Wo, K = g->Cin * TAPS;
+    const int Hp = pad_h(g), Wp = pad_w(g), K = g->Cin * TAPS;
     const size_t HoWo = (size_t)g->Ho * g->Wo;
     __m512 acc[OB_F];
-    #pragma GCC unroll 16
+    #pragma GCC unroll 9
     for (int q = 0; q < ob; q++)
         acc[q] = b ? _mm512_set1_ps(b[o + q]) : _mm512_setzero_ps();
-    for (int c = 0; c < g->Cin; c++)
-        #pragma GCC unroll 3
-        for (int kx = 0; kx < 3; kx++) {
-            const float *xc = xs + ((size_t)c * 3 + kx) * Hp * Wo + f;
-            #pragma GCC unroll 3
-            for (int ky = 0; ky < 3; ky++) {
-                const __m512 v = _mm512_loadu_ps(xc + (size_t)ky * Wo);
-                const float *w = W + (size_t)o * K + c * TAPS + ky * 3 + kx;
-                #pragma GCC unroll 16
-                for (int q = 0; q < ob; q++)
-                    acc[q] = _mm512_fmadd_ps(_mm512_set1_ps(w[(size_t)q * K]), v, acc[q]);
-            }
+    for (int c = 0; c < g->Cin; c++) {
+        __m512 xv[TAPS];
+        taps(xp + (size_t)c * Hp * Wp, Wp, xv);
+        #pragma GCC unroll 9
+        for (int t = 0; t < TAPS; t++) {
+            const int k = c * TAPS + t;
+            #pragma GCC unroll 9
+            for (int q = 0; q < ob; q++)
+                acc[q] = _mm512_fmadd_ps(_mm512_set1_ps(W[(size_t)(o + q) * K + k]),
+                                         xv[t], acc[q]);
         }
-    #pragma GCC unroll 16
+    }
+    #pragma GCC unroll 9
     for (int q = 0; q < ob; q++) {
-        float *yq = y + (size_t)(o + q) * HoWo + f;
         if (m == 0xFFFF)
-            _mm512_storeu_ps(yq, acc[q]);
+            _mm512_storeu_ps(yv + (size_t)(o + q) * HoWo, acc[q]);
         else
-            _mm512_mask_storeu_ps(y + (size_t)(o + q) * HoWo + f, m, acc[q]);
+            _mm512_mask_storeu_ps(yv + (size_t)(o + q) * HoWo, m, acc[q]);
     }
 }
 
-AVX512 static void fwd_image(const as_op_conv_geom *g, const float *xs,
+AVX512 static void fwd_image(const as_op_conv_geom *g, const float *xp,
                              const float *W, const float *b, float *y)
 {
-    const size_t HoWo = (size_t)g->Ho * g->Wo;
-    for (size_t f = 0; f < HoWo; f += VL) {
-        const __mmask16 m = tail_mask((int)(HoWo - f < VL ? HoWo - f : VL));
-        int o = 0;
-        for (; o + OB_F <= g->Cout; o += OB_F)
-            fwd_vec(g, OB_F, o, xs, W, b, y, f, m);
-        for (; o + 4 <= g->Cout; o += 4)
-            fwd_vec(g, 4, o, xs, W, b, y, f, m);
-        for (; o < g->Cout; o++)
-            fwd_vec(g, 1, o, xs, W, b, y, f, m);
-    }
+    const int Wp = pad_w(g);
+    for (int oh = 0; oh < g->Ho; oh++)
+        for (int ow0 = 0; ow0 < g->Wo; ow0 += VL) {
+            const __mmask16 m = tail_mask(g->Wo - ow0);
+            const float *xr = xp + (size_t)oh * Wp + ow0;
+            float *yv = y + (size_t)oh * g->Wo + ow0;
+            int o = 0;
+            for (; o + OB_F <= g->Cout; o += OB_F)
+                fwd_vec(g, OB_F, o, xr, W, b, yv, m);
+            for (; o < g->Cout; o++)
+                fwd_vec(g, 1, o, xr, W, b, yv, m);
+        }
 }
 
 /* One image's contribution to the vector sums of output channels o..o+ob
@@ -270,11 +227,10 @@ void as_direct_conv_fwd(const as_op_conv_geom *g, const float *x,
 {
     const size_t xs = (size_t)g->Cin * g->H * g->W;
     const size_t ys = (size_t)g->Cout * g->Ho * g->Wo;
-    float *xsh = pad_at(ws);
-    shift_zero(g, xsh);
+    float *xp = pad_at(ws);
     for (int n = 0; n < g->N; n++) {
-        shift_image(g, x + n * xs, xsh);
-        fwd_image(g, xsh, W, b, y + n * ys);
+        pad_image(g, x + n * xs, xp);
+        fwd_image(g, xp, W, b, y + n * ys);
     }
 }
 
