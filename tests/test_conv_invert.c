@@ -423,6 +423,16 @@ static pair_case pair_case_new(const int s[7])
     return k;
 }
 
+/* The input rebuilt both ways: cached (prepare, restore into xa; *cond the
+ * factor's condition number) and streamed (restore_stream into xb). */
+static void pair_case_restore(pair_case *k, double *cond, char *why, size_t wl)
+{
+    assert_int_equal(as__civ_prepare(k->ci, k->w, 1, cond, NULL, 0), 0);
+    assert_int_equal(as__civ_restore(k->ci, k->n, k->y, k->bias, k->frame, k->xa), 0);
+    assert_int_equal(as__civ_restore_stream(k->cs, k->w, 1, k->n, k->y, k->bias,
+                                            k->frame, k->xb, why, wl), 0);
+}
+
 static void pair_case_free(pair_case *k)
 {
     free(k->w); free(k->x); free(k->xa); free(k->xb); free(k->y); free(k->frame);
@@ -444,18 +454,12 @@ static void test_stream_paths(void **state)
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
         pair_case k = pair_case_new(shapes[t]);
         const as__civ_geom g = k.g;
-        const int n = k.n;
         const size_t xl = k.xl;
-        as__civ *ci = k.ci, *cs = k.cs;
-        float *w = k.w, *x = k.x, *xa = k.xa, *xb = k.xb, *y = k.y, *frame = k.frame;
-        const float *bias = k.bias;
-        assert_int_equal(as__civ_prepare(ci, w, 1, NULL, NULL, 0), 0);
-        assert_int_equal(as__civ_restore(ci, n, y, bias, frame, xa), 0);
+        const float *x = k.x, *xa = k.xa, *xb = k.xb;
         char why[160];
-        assert_int_equal(as__civ_restore_stream(cs, w, 1, n, y, bias, frame, xb,
-                                                why, sizeof why), 0);
+        pair_case_restore(&k, NULL, why, sizeof why);
         as__civ_stats st;
-        as__civ_get_stats(cs, &st);
+        as__civ_get_stats(k.cs, &st);
         /* Cin = 1 takes the closed form (no factor, the same state as the
          * cached restore: the same bits) */
         const int adj = g.cin > 1 && g.cout >= 2 * g.cin && st.cond <= AS__CIV_ADJ_COND;
@@ -488,17 +492,11 @@ static void test_closed_form_and_pointwise(void **state)
     };
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
         pair_case k = pair_case_new(shapes[t]);
-        const int n = k.n;
         const size_t xl = k.xl;
-        as__civ *ci = k.ci, *cs = k.cs;
-        float *w = k.w, *x = k.x, *xa = k.xa, *xb = k.xb, *y = k.y, *frame = k.frame;
-        const float *bias = k.bias;
+        const float *x = k.x, *xa = k.xa, *xb = k.xb;
         double cond = 0;
-        assert_int_equal(as__civ_prepare(ci, w, 1, &cond, NULL, 0), 0);
+        pair_case_restore(&k, &cond, NULL, 0);
         assert_true(cond <= 1e4);
-        assert_int_equal(as__civ_restore(ci, n, y, bias, frame, xa), 0);
-        assert_int_equal(as__civ_restore_stream(cs, w, 1, n, y, bias, frame, xb,
-                                                NULL, 0), 0);
         const double ea = max_rel_err(xa, x, xl), eb = max_rel_err(xb, x, xl);
         if (getenv("AS_VERBOSE"))
             printf("special %zu: cond %.3g err cached %.3g streamed %.3g\n", t, cond, ea, eb);

@@ -23,8 +23,8 @@ typedef struct rstate {
     as_handle       inputs[RECOMPUTE_MAX_INPUTS];
 } rstate;
 
-static int rc_applies(const void *params, const as_save_info *info,
-                      const as_tensor *t, char *why, size_t whylen)
+static int recompute_applies(const void *params, const as_save_info *info,
+                             const as_tensor *t, char *why, size_t whylen)
 {
     if (!info->recompute)
         return as_policy_reject(why, whylen, "no recompute callback");
@@ -34,9 +34,9 @@ static int rc_applies(const void *params, const as_save_info *info,
     return 0;
 }
 
-static int rc_encode(as_pctx *ctx, const void *params,
-                     const as_save_info *info, const as_tensor *t,
-                     void **state)
+static int recompute_encode(as_pctx *ctx, const void *params,
+                            const as_save_info *info, const as_tensor *t,
+                            void **state)
 {
     rstate *st = calloc(1, sizeof *st);
     if (!st)
@@ -59,8 +59,8 @@ static int rc_encode(as_pctx *ctx, const void *params,
     return 0;
 }
 
-static int rc_decode(as_pctx *ctx, const void *params, void *state,
-                     as_tensor *dst)
+static int recompute_decode(as_pctx *ctx, const void *params, void *state,
+                            as_tensor *dst)
 {
     rstate *st = state;
     const as_tensor *in[RECOMPUTE_MAX_INPUTS];
@@ -77,14 +77,8 @@ static int rc_decode(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
-const as_policy_ops as_policy_recompute = {
-    .name = "recompute",
-    .summary = "store nothing; rerun the framework's callback on its inputs",
-    .kinds = 0,
-    .regenerator = true,
-    .parse = as_policy_parse_none,
-    .applies = rc_applies,
-    .encode = rc_encode,
-    .decode = rc_decode,
-    .drop = as_policy_drop_free,
-};
+AS_POLICY_OPS(recompute,
+              "store nothing; rerun the framework's callback on its inputs",
+              (.regenerator = true, AS_POLICY_NO_ARGS,
+               .drop = as_policy_drop_free),
+              applies, encode, decode);
