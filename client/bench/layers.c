@@ -111,6 +111,7 @@ static void run_openblas(void *ud)
 typedef struct conv_case {
     as_op_conv_geom g;
     bool dx;
+    int half;   /* conv_split: 1 backward-weights, 2 backward-data */
     float *x, *W, *b, *y, *dy, *dxb, *dW, *db, *ws, *nws;
 } conv_case;
 
@@ -142,29 +143,20 @@ static void run_native_bwd(void *ud)
         as_op_conv_native(&c->g, 2, c->nws);
 }
 
-/* The backward's two halves alone: data (dx) and weights (dW, db). */
-static void run_conv_bwd_d(void *ud)
+/* One half of the backward alone (c->half: 1 weights, 2 data), the
+ * kernel and the library's primitive. */
+static void run_conv_half(void *ud)
 {
     conv_case *c = ud;
-    as_op_conv_bwd(&c->g, c->x, c->W, c->dy, c->dxb, NULL, NULL, c->ws);
+    const bool data = c->half == 2;
+    as_op_conv_bwd(&c->g, c->x, c->W, c->dy, data ? c->dxb : NULL, data ? NULL : c->dW,
+                   data ? NULL : c->db, c->ws);
 }
 
-static void run_conv_bwd_w(void *ud)
+static void run_native_half(void *ud)
 {
     conv_case *c = ud;
-    as_op_conv_bwd(&c->g, c->x, c->W, c->dy, NULL, c->dW, c->db, c->ws);
-}
-
-static void run_native_bwd_d(void *ud)
-{
-    conv_case *c = ud;
-    as_op_conv_native(&c->g, 2, c->nws);
-}
-
-static void run_native_bwd_w(void *ud)
-{
-    conv_case *c = ud;
-    as_op_conv_native(&c->g, 1, c->nws);
+    as_op_conv_native(&c->g, c->half, c->nws);
 }
 
 typedef struct lin_case {
@@ -308,12 +300,13 @@ static int sgemm_peak(layers_bench *b, cJSON *root)
  * fields of its JSON object. */
 static void conv_split(const layers_bench *b, conv_case *c, double f, cJSON *o)
 {
-    kern_fn fd[2] = {run_conv_bwd_d, run_native_bwd_d};
-    kern_fn fw[2] = {run_conv_bwd_w, run_native_bwd_w};
+    kern_fn fn[2] = {run_conv_half, run_native_half};
     void *ud[2] = {c, c};
     double td[2], tw[2];
-    alternate(2, fd, ud, b->R, td);
-    alternate(2, fw, ud, b->R, tw);
+    c->half = 2;
+    alternate(2, fn, ud, b->R, td);
+    c->half = 1;
+    alternate(2, fn, ud, b->R, tw);
     printf("%-16s %-16s bwd-data %6.1f lib %6.1f /lib %4.2f; bwd-weights %6.1f lib %6.1f "
            "/lib %4.2f\n", "", "", 1e-9 * f / td[0], 1e-9 * f / td[1], td[1] / td[0],
            1e-9 * f / tw[0], 1e-9 * f / tw[1], tw[1] / tw[0]);
