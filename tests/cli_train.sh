@@ -146,6 +146,10 @@ import json; j=json.load(open('$dir/bl.json'))
 assert j['sgemm_peak']['gflops'] > 0
 assert len(j['conv']) >= 3 and len(j['matmul']) == 8
 for c in j['conv']: assert c['fwd_gflops'] > 0 and c['fwd_sgemm_gflops'] > 0
+for c in j['conv']:   # the backward's halves against the library's, where it ran
+    if 'fwd_lib_gflops' in c and c['bwd_includes_dx']:
+        assert c['bwd_data_over_lib'] > 0 and c['bwd_weights_over_lib'] > 0
+assert any('bwd_data_over_lib' in c for c in j['conv']) or not any('fwd_lib_gflops' in c for c in j['conv'])
 assert j['conv_total']['fwd_over_peak'] > 0
 " && ok || fail "bench layers JSON"
 expect 2 bench layers --reps 0

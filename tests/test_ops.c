@@ -191,6 +191,11 @@ static void test_conv_random(void **state)
             g = (as_op_conv_geom){.N = irand(1, 4), .Cin = irand(1, 3), .H = irand(3, 20),
                                   .W = irand(3, 40), .Cout = irand(1, 20), .kh = 3, .kw = 3,
                                   .stride = 1, .pad = irand(0, 2)};
+        if (t == 6 || t == 10)   /* the direct kernels on the cnn's 28x28 plane and an
+                                  * odd 27x29 one, a batch of 36, 16 + 4 channels */
+            g = (as_op_conv_geom){.N = 36, .Cin = t == 6 ? 1 : 2, .H = t == 6 ? 28 : 27,
+                                  .W = t == 6 ? 28 : 29, .Cout = 20, .kh = 3, .kw = 3,
+                                  .stride = 1, .pad = 1};
         if (t == 0)   /* a bench-like shape: oneDNN's blocked kernels */
             g = (as_op_conv_geom){.N = 4, .Cin = 16, .H = 14, .W = 14,
                                   .Cout = 32, .kh = 3, .kw = 3, .stride = 1,

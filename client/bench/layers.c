@@ -24,7 +24,10 @@
  * repeat by repeat, so machine noise hits both alike. Ratios are what to
  * read on a shared host.
  * FLOPs: 2 M N K per GEMM-equivalent; conv backward counts dW and dx
- * (dx skipped for the first conv, as in the model).
+ * (dx skipped for the first conv, as in the model). For a conv with dx a
+ * second line gives backward-data and backward-weights each alone
+ * against the library's primitive alone (each half then pays its own
+ * reorder of dy, which the whole backward does once).
  * Linear backward is reported against its forward (same FLOPs per
  * product): parity means the ratio bwd / fwd GF/s is near 1.
  */
@@ -108,6 +111,7 @@ static void run_openblas(void *ud)
 typedef struct conv_case {
     as_op_conv_geom g;
     bool dx;
+    int half;   /* conv_split: 1 backward-weights, 2 backward-data */
     float *x, *W, *b, *y, *dy, *dxb, *dW, *db, *ws, *nws;
 } conv_case;
 
@@ -137,6 +141,22 @@ static void run_native_bwd(void *ud)
     as_op_conv_native(&c->g, 1, c->nws);
     if (c->dx)
         as_op_conv_native(&c->g, 2, c->nws);
+}
+
+/* One half of the backward alone (c->half: 1 weights, 2 data), the
+ * kernel and the library's primitive. */
+static void run_conv_half(void *ud)
+{
+    conv_case *c = ud;
+    const bool data = c->half == 2;
+    as_op_conv_bwd(&c->g, c->x, c->W, c->dy, data ? c->dxb : NULL, data ? NULL : c->dW,
+                   data ? NULL : c->db, c->ws);
+}
+
+static void run_native_half(void *ud)
+{
+    conv_case *c = ud;
+    as_op_conv_native(&c->g, c->half, c->nws);
 }
 
 typedef struct lin_case {
@@ -275,6 +295,29 @@ static int sgemm_peak(layers_bench *b, cJSON *root)
     return AS_EXIT_OK;
 }
 
+/* Backward-data and backward-weights each alone against the library's
+ * primitive alone (a conv with dx): a line under the conv's row and
+ * fields of its JSON object. */
+static void conv_split(const layers_bench *b, conv_case *c, double f, cJSON *o)
+{
+    kern_fn fn[2] = {run_conv_half, run_native_half};
+    void *ud[2] = {c, c};
+    double td[2], tw[2];
+    c->half = 2;
+    alternate(2, fn, ud, b->R, td);
+    c->half = 1;
+    alternate(2, fn, ud, b->R, tw);
+    printf("%-16s %-16s bwd-data %6.1f lib %6.1f /lib %4.2f; bwd-weights %6.1f lib %6.1f "
+           "/lib %4.2f\n", "", "", 1e-9 * f / td[0], 1e-9 * f / td[1], td[1] / td[0],
+           1e-9 * f / tw[0], 1e-9 * f / tw[1], tw[1] / tw[0]);
+    cJSON_AddNumberToObject(o, "bwd_data_gflops", 1e-9 * f / td[0]);
+    cJSON_AddNumberToObject(o, "bwd_data_lib_gflops", 1e-9 * f / td[1]);
+    cJSON_AddNumberToObject(o, "bwd_data_over_lib", td[1] / td[0]);
+    cJSON_AddNumberToObject(o, "bwd_weights_gflops", 1e-9 * f / tw[0]);
+    cJSON_AddNumberToObject(o, "bwd_weights_lib_gflops", 1e-9 * f / tw[1]);
+    cJSON_AddNumberToObject(o, "bwd_weights_over_lib", tw[1] / tw[0]);
+}
+
 /* One conv layer (stage s, conv k) against the GEMMs of the same shape. */
 static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
 {
@@ -356,6 +399,8 @@ static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
             cJSON_AddNumberToObject(o, "fwd_over_lib", tfl / tf);
             cJSON_AddNumberToObject(o, "bwd_lib_gflops", 1e-9 * fb / tbl);
             cJSON_AddNumberToObject(o, "bwd_over_lib", tbl / tb);
+            if (c->dx)
+                conv_split(b, c, f, o);
         }
         cJSON_AddItemToArray(ca, o);
     }
