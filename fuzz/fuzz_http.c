@@ -101,7 +101,7 @@ static void setup(void)
         if (k % 2 && as_store_release(store, h))
             abort();
     }
-    as_service_config sc = {.max_header_bytes = 512, .timeline_points = 64, .quiet = true};
+    as_service_config sc = {.max_header_bytes = 512, .timeline_points = 8, .quiet = true};
     as_service_source src = {.store = store};
     char err[256];
     if (as__service_open_local(&sc, &src, 1, &svc, err, sizeof err)) {

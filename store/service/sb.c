@@ -174,25 +174,39 @@ static size_t utf8_len(const unsigned char *p)
 
 static const char replacement[] = "\xEF\xBF\xBD";   /* U+FFFD */
 
+/* Length of the run at p that needs no escaping: printable ASCII other than
+ * the quote and the backslash (the common case, copied in one put). */
+static size_t plain_run(const unsigned char *p)
+{
+    size_t n = 0;
+    while (p[n] >= 0x20 && p[n] < 0x80 && p[n] != '"' && p[n] != '\\')
+        n++;
+    return n;
+}
+
 void as__sb_jstr(as__sb *b, const char *s)
 {
     as__sb_put(b, "\"", 1);
-    if (s) {
-        for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-            unsigned c = *p;
-            if (c == '"' || c == '\\') {
-                char e[2] = {'\\', (char)c};
-                as__sb_put(b, e, 2);
-            } else if (c < 0x20) {
-                as__sb_printf(b, "\\u%04x", c);
-            } else {
-                size_t n = utf8_len(p);
-                if (n)
-                    as__sb_put(b, (const char *)p, n);
-                else
-                    as__sb_put(b, replacement, 3);
-                p += n ? n - 1 : 0;
-            }
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        size_t run = plain_run(p);
+        if (run) {
+            as__sb_put(b, (const char *)p, run);
+            p += run - 1;
+            continue;
+        }
+        unsigned c = *p;
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            as__sb_put(b, e, 2);
+        } else if (c < 0x20) {
+            as__sb_printf(b, "\\u%04x", c);
+        } else {
+            size_t n = utf8_len(p);
+            if (n)
+                as__sb_put(b, (const char *)p, n);
+            else
+                as__sb_put(b, replacement, 3);
+            p += n ? n - 1 : 0;
         }
     }
     as__sb_put(b, "\"", 1);
