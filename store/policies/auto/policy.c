@@ -1,5 +1,5 @@
 /*
- * The `auto` rule: auto[:period[:time_weight[:input_weight]]]
+ * The `auto` rule: auto[:period[:time_weight[:input_weight[:derive]]]]
  *     period       steps between probe steps (default 100; 0 = probe only
  *                  the first step and (layer, kind)s seen for the first time)
  *     time_weight  error units charged for codec work equal to one step's
