@@ -181,6 +181,20 @@ static int table_slot(as_nn_ctx *c, as_handle h, const char *layer,
     return 0;
 }
 
+/* The f32 values of a table slot: n of them, L in the last dimension. */
+static int table_floats(as_nn_ctx *c, as_handle h, const char *layer,
+                        const float **x, size_t *n, int64_t *L)
+{
+    as_nn_slot *s = NULL;
+    int rc = table_slot(c, h, layer, &s);
+    if (rc)
+        return rc;
+    *x = s->t.data;
+    *n = tensor_bytes(&s->t) / sizeof(float);
+    *L = s->t.shape[s->t.ndim - 1];
+    return 0;
+}
+
 static int table_save(as_nn_ctx *c, const as_save_info *info,
                       const as_tensor *t, as_handle *h)
 {
@@ -297,13 +311,13 @@ int as_nn_rows(as_nn_ctx *c, as_handle h, int64_t row0, int64_t nrows,
     if (c->store)
         return store_rc(c, as_store_restore_rows(c->store, h, row0, nrows, dst),
                         NULL, "restore rows");
-    as_nn_slot *s = NULL;
-    int rc = table_slot(c, h, "rows", &s);
+    const float *x;
+    size_t n;
+    int64_t L;
+    int rc = table_floats(c, h, "rows", &x, &n, &L);
     if (rc)
         return rc;
-    int64_t L = s->t.shape[s->t.ndim - 1];
-    memcpy(dst, (const float *)s->t.data + row0 * L,
-           sizeof(float) * (size_t)(nrows * L));
+    memcpy(dst, x + row0 * L, sizeof(float) * (size_t)(nrows * L));
     return 0;
 }
 
@@ -313,13 +327,13 @@ int as_nn_softmax_bwd_saved(as_nn_ctx *c, as_handle h, const float *dy,
     if (c->store)
         return store_rc(c, as_store_softmax_backward(c->store, h, dy, dx), NULL,
                         "softmax backward");
-    as_nn_slot *s = NULL;
-    int rc = table_slot(c, h, "softmax", &s);
+    const float *y;
+    size_t n;
+    int64_t L;
+    int rc = table_floats(c, h, "softmax", &y, &n, &L);
     if (rc)
         return rc;
-    int64_t L = s->t.shape[s->t.ndim - 1];
-    size_t rows = tensor_bytes(&s->t) / sizeof(float) / (size_t)L;
-    as_op_softmax_bwd(rows, (int)L, s->t.data, dy, dx);
+    as_op_softmax_bwd(n / (size_t)L, (int)L, y, dy, dx);
     return 0;
 }
 
@@ -329,15 +343,16 @@ int as_nn_act_bwd_saved(as_nn_ctx *c, as_handle h, int fn, float alpha,
     if (c->store)
         return store_rc(c, as_store_act_backward(c->store, h, dy, dx), NULL,
                         "activation backward");
-    as_nn_slot *s = NULL;
-    int rc = table_slot(c, h, "activation", &s);
+    const float *x;
+    size_t n;
+    int64_t L;
+    int rc = table_floats(c, h, "activation", &x, &n, &L);
     if (rc)
         return rc;
-    size_t n = tensor_bytes(&s->t) / sizeof(float);
     if (fn == AS_FN_GELU)
-        as_op_gelu_bwd(n, s->t.data, dy, dx);
+        as_op_gelu_bwd(n, x, dy, dx);
     else
-        as_op_leaky_bwd(n, fn == AS_FN_RELU ? 0.0f : alpha, s->t.data, dy, dx);
+        as_op_leaky_bwd(n, fn == AS_FN_RELU ? 0.0f : alpha, x, dy, dx);
     return 0;
 }
 

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "store/store_internal.h"
+#include "util/err.h"
 
 static void add_live(_Atomic uint64_t *live, _Atomic uint64_t *peak, int64_t d)
 {
@@ -365,35 +366,18 @@ void as_store_reset_peaks(as_store *s)
 
 /* ---- last error: per thread, per store ---------------------------------- */
 
-#define TLS_ERR_SLOTS 4
-static _Thread_local struct {
-    uint16_t id;
-    char     msg[256];
-} tls_err[TLS_ERR_SLOTS];
-static _Thread_local unsigned tls_next;
+static _Thread_local as_last_err tls_err;
 
 void as__seterr(const as_store *s, const char *fmt, ...)
 {
-    unsigned k = TLS_ERR_SLOTS;
-    for (unsigned i = 0; i < TLS_ERR_SLOTS; i++)
-        if (tls_err[i].id == s->id)
-            k = i;
-    if (k == TLS_ERR_SLOTS) {
-        k = tls_next++ % TLS_ERR_SLOTS;
-        tls_err[k].id = s->id;
-    }
+    char *text = as_last_err_slot(&tls_err, s->id);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tls_err[k].msg, sizeof tls_err[k].msg, fmt, ap);
+    vsnprintf(text, sizeof tls_err.slot[0].text, fmt, ap);
     va_end(ap);
 }
 
 const char *as_store_last_error(const as_store *s)
 {
-    if (!s)
-        return "store is NULL";
-    for (unsigned i = 0; i < TLS_ERR_SLOTS; i++)
-        if (tls_err[i].id == s->id)
-            return tls_err[i].msg;
-    return "";
+    return s ? as_last_err_get(&tls_err, s->id, "") : "store is NULL";
 }

@@ -237,6 +237,14 @@ int as_pctx_check_seal(as_pctx *ctx, const void *hdr, size_t n, uint64_t seal)
     return AS_ECORRUPT;
 }
 
+int as_pctx_check_sealed_rows(as_pctx *ctx, const void *hdr, size_t n_sealed,
+                              uint64_t seal, uint64_t n, uint64_t cols,
+                              int64_t row0, int64_t nrows)
+{
+    int rc = as_pctx_check_seal(ctx, hdr, n_sealed, seal);
+    return rc ? rc : as_pctx_check_rows(ctx, row0, nrows, n / cols);
+}
+
 void as_pctx_errorf(as_pctx *c, const char *fmt, ...)
 {
     char msg[256];

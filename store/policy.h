@@ -104,6 +104,45 @@ typedef struct as_policy_ops {
     const void *(*view)(const void *params, void *state);
 } as_policy_ops;
 
+/* The ops table of a policy, named after it:
+ *
+ *   AS_POLICY_OPS(zstd, "summary", (.exact = true), parse, free_params,
+ *                 encode, decode, decode_rows);
+ *
+ * defines `const as_policy_ops as_policy_zstd` with .name "zstd"; each
+ * field after the parenthesized group is bound to the file's own callback
+ * zstd_<field>. The group holds the other fields (kinds, the flags, shared
+ * callbacks such as AS_POLICY_NO_ARGS); it may be empty. Up to 10 fields. */
+#define AS_POLICY_OPS(id, summary_, others, ...)                            \
+    const as_policy_ops as_policy_##id = {                                 \
+        .name = #id, .summary = summary_,                                   \
+        AS__POLICY_FNS(id, __VA_ARGS__) AS__POLICY_UNPAREN others}
+/* parse() of a policy that takes no arguments. */
+#define AS_POLICY_NO_ARGS .parse = as_policy_parse_none
+/* decode() and view() of a policy whose state is the tensor's bytes. */
+#define AS_POLICY_STATE_IS_DATA                                             \
+    .decode = as_policy_decode_state, .view = as_policy_view_state
+
+#define AS__POLICY_UNPAREN(...) __VA_ARGS__
+#define AS__POLICY_FN(id, f) .f = id##_##f,
+#define AS__POLICY_F1(id, f) AS__POLICY_FN(id, f)
+#define AS__POLICY_F2(id, f, ...) AS__POLICY_FN(id, f) AS__POLICY_F1(id, __VA_ARGS__)
+#define AS__POLICY_F3(id, f, ...) AS__POLICY_FN(id, f) AS__POLICY_F2(id, __VA_ARGS__)
+#define AS__POLICY_F4(id, f, ...) AS__POLICY_FN(id, f) AS__POLICY_F3(id, __VA_ARGS__)
+#define AS__POLICY_F5(id, f, ...) AS__POLICY_FN(id, f) AS__POLICY_F4(id, __VA_ARGS__)
+#define AS__POLICY_F6(id, f, ...) AS__POLICY_FN(id, f) AS__POLICY_F5(id, __VA_ARGS__)
+#define AS__POLICY_F7(id, f, ...) AS__POLICY_FN(id, f) AS__POLICY_F6(id, __VA_ARGS__)
+#define AS__POLICY_F8(id, f, ...) AS__POLICY_FN(id, f) AS__POLICY_F7(id, __VA_ARGS__)
+#define AS__POLICY_F9(id, f, ...) AS__POLICY_FN(id, f) AS__POLICY_F8(id, __VA_ARGS__)
+#define AS__POLICY_F10(id, f, ...) AS__POLICY_FN(id, f) AS__POLICY_F9(id, __VA_ARGS__)
+#define AS__POLICY_NTH(_1, _2, _3, _4, _5, _6, _7, _8, _9, _10, n, ...) n
+#define AS__POLICY_CAT(a, b) a##b
+#define AS__POLICY_XCAT(a, b) AS__POLICY_CAT(a, b)
+#define AS__POLICY_FNS(id, ...)                                             \
+    AS__POLICY_XCAT(AS__POLICY_F, AS__POLICY_NTH(__VA_ARGS__, 10, 9, 8, 7, \
+                                                 6, 5, 4, 3, 2, 1, 0))     \
+    (id, __VA_ARGS__)
+
 /* ---- context services for policies --------------------------------- */
 
 /* Allocate n bytes for the item (stored bytes, tag saved, the item's
@@ -165,6 +204,12 @@ int as_pctx_check_rows(as_pctx *ctx, int64_t row0, int64_t nrows, uint64_t rows)
  * than a read out of bounds. as_pctx_check_seal returns 0 or AS_ECORRUPT. */
 uint64_t as_pctx_seal(const void *hdr, size_t n);
 int as_pctx_check_seal(as_pctx *ctx, const void *hdr, size_t n, uint64_t seal);
+/* decode_rows of a codec whose sealed header counts n values, cols a row:
+ * as_pctx_check_seal(ctx, hdr, n_sealed, seal), then as_pctx_check_rows
+ * against n / cols rows (divided only once the seal holds). */
+int as_pctx_check_sealed_rows(as_pctx *ctx, const void *hdr, size_t n_sealed,
+                              uint64_t seal, uint64_t n, uint64_t cols,
+                              int64_t row0, int64_t nrows);
 
 /* The store's offload directory, and the item's handle / layer name (for
  * messages). */

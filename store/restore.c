@@ -213,12 +213,17 @@ static void done(as_store *s, as_item *it, as_rep *r, int rc)
     as__item_unref(s, it);
 }
 
-/* A policy's own restore path (softmax_backward, decode_rows), timed. */
-#define TIMED_POLICY_CALL(s, r, call)                                       \
+/* A policy's own restore path (softmax_backward, act_backward,
+ * decode_rows): call, an expression of the item's context &c, into rc,
+ * timed as decode time. */
+#define POLICY_CALL(s, it, r, h, call)                                      \
     do {                                                                    \
-        uint64_t t0_ = as_clock_wall_ns();                                        \
+        as_pctx c;                                                          \
+        as__pctx_init(&c, (s), (it), (r), (h), lname((s), (r)));            \
+        uint64_t t0_ = as_clock_wall_ns();                                  \
         rc = (call);                                                        \
-        as__acct_time((s), &(r)->g, false, as_clock_wall_ns() - t0_);             \
+        as__acct_time((s), &(r)->g, false, as_clock_wall_ns() - t0_);       \
+        as__pctx_done(&c);                                                  \
     } while (0)
 
 int as_store_restore(as_store *s, as_handle h, as_tensor *dst)
@@ -302,6 +307,24 @@ static int check_f32(as_store *s, as_item *it, as_rep *r, as_handle h,
     return 0;
 }
 
+/* Lookup of h for `what` (references as for as__lookup_rep) on an f32
+ * tensor of rank >= 1, seen as rows x n (n its last dimension); on a wrong
+ * dtype or rank the references are dropped again. */
+static int lookup_rows(as_store *s, as_handle h, const char *what,
+                       as_item **it, as_rep **r, int64_t *rows, int64_t *n)
+{
+    int rc = as__lookup_rep(s, h, it, r, what);
+    if (rc < 0)
+        return rc;
+    if ((rc = check_f32(s, *it, *r, h, what)) < 0) {
+        done(s, *it, *r, rc);
+        return rc;
+    }
+    *n = (*it)->shape.shape[(*it)->shape.ndim - 1];
+    *rows = *n ? as_tensor_numel(&(*it)->shape) / *n : 0;
+    return 0;
+}
+
 void as__softmax_bwd_rows(const float *y, const float *dy, float *dx,
                           int64_t rows, int64_t n)
 {
@@ -321,24 +344,18 @@ int as_store_softmax_backward(as_store *s, as_handle h, const float *dy,
         return AS_EINVAL;
     as_item *it;
     as_rep *r;
-    int rc = as__lookup_rep(s, h, &it, &r, "softmax_backward");
+    int64_t rows, n;
+    int rc = lookup_rows(s, h, "softmax_backward", &it, &r, &rows, &n);
     if (rc < 0)
         return rc;
-    if ((rc = check_f32(s, it, r, h, "softmax_backward")) == 0) {
-        int64_t n = it->shape.shape[it->shape.ndim - 1];
-        int64_t rows = n ? as_tensor_numel(&it->shape) / n : 0;
-        if (r->ops->softmax_backward && !r->ops->view && !mat_ready(s, it)) {
-            as_pctx c;
-            as__pctx_init(&c, s, it, r, h, lname(s, r));
-            TIMED_POLICY_CALL(s, r, r->ops->softmax_backward(&c, r->params,
-                              r->state, dy, dx));
-            as__pctx_done(&c);
-        } else {
-            const as_tensor *v;
-            if ((rc = as__borrow(s, it, &v)) == 0) {
-                as__softmax_bwd_rows(v->data, dy, dx, rows, n);
-                as__unborrow(s, it);
-            }
+    if (r->ops->softmax_backward && !r->ops->view && !mat_ready(s, it)) {
+        POLICY_CALL(s, it, r, h, r->ops->softmax_backward(&c, r->params,
+                                                          r->state, dy, dx));
+    } else {
+        const as_tensor *v;
+        if ((rc = as__borrow(s, it, &v)) == 0) {
+            as__softmax_bwd_rows(v->data, dy, dx, rows, n);
+            as__unborrow(s, it);
         }
     }
     done(s, it, r, rc);
@@ -383,11 +400,8 @@ int as_store_act_backward(as_store *s, as_handle h, const float *dy,
                    : "no derivative of this function from the saved tensor");
         rc = AS_EINVAL;
     } else if (r->ops->act_backward && !r->ops->view) {
-        as_pctx c;
-        as__pctx_init(&c, s, it, r, h, lname(s, r));
-        TIMED_POLICY_CALL(s, r, r->ops->act_backward(&c, r->params, r->state,
-                                                     &fn, dy, dx));
-        as__pctx_done(&c);
+        POLICY_CALL(s, it, r, h, r->ops->act_backward(&c, r->params, r->state,
+                                                      &fn, dy, dx));
     } else {
         rc = act_bwd_values(s, it, &fn, dy, dx);
     }
@@ -402,21 +416,18 @@ int as_store_restore_rows(as_store *s, as_handle h, int64_t row0,
         return AS_EINVAL;
     as_item *it;
     as_rep *r;
-    int rc = as__lookup_rep(s, h, &it, &r, "restore_rows");
+    int64_t rows, n;
+    int rc = lookup_rows(s, h, "restore_rows", &it, &r, &rows, &n);
     if (rc < 0)
         return rc;
-    if ((rc = check_f32(s, it, r, h, "restore_rows")) == 0) {
-        int64_t n = it->shape.shape[it->shape.ndim - 1];
-        int64_t rows = n ? as_tensor_numel(&it->shape) / n : 0;
-        if (row0 < 0 || nrows < 0 || row0 > rows || nrows > rows - row0) {
-            as__seterr(s, "restore_rows of handle 0x%016llx (layer %s): rows "
-                       "[%lld, %lld) outside [0, %lld)", (unsigned long long)h.v,
-                       lname(s, r), (long long)row0, (long long)(row0 + nrows),
-                       (long long)rows);
-            rc = AS_ERANGE;
-        } else {
-            rc = as__item_rows(s, it, r, h, row0, nrows, dst);
-        }
+    if (row0 < 0 || nrows < 0 || row0 > rows || nrows > rows - row0) {
+        as__seterr(s, "restore_rows of handle 0x%016llx (layer %s): rows "
+                   "[%lld, %lld) outside [0, %lld)", (unsigned long long)h.v,
+                   lname(s, r), (long long)row0, (long long)(row0 + nrows),
+                   (long long)rows);
+        rc = AS_ERANGE;
+    } else {
+        rc = as__item_rows(s, it, r, h, row0, nrows, dst);
     }
     done(s, it, r, rc);
     return rc;
@@ -428,11 +439,8 @@ int as__item_rows(as_store *s, as_item *it, as_rep *r, as_handle h,
     int rc;
     int64_t n = it->shape.shape[it->shape.ndim - 1];
     if (r->ops->decode_rows && !r->ops->view && !mat_ready(s, it)) {
-        as_pctx c;
-        as__pctx_init(&c, s, it, r, h, lname(s, r));
-        TIMED_POLICY_CALL(s, r, r->ops->decode_rows(&c, r->params,
-                          r->state, row0, nrows, dst));
-        as__pctx_done(&c);
+        POLICY_CALL(s, it, r, h, r->ops->decode_rows(&c, r->params, r->state,
+                                                     row0, nrows, dst));
         return rc;
     }
     const as_tensor *v;

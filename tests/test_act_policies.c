@@ -21,6 +21,8 @@
 #include "store/store_internal.h"
 #include "support/store_util.h"
 #include "support/store_stats.h"
+#include "support/runs.h"
+#include "support/store_rep.h"
 #include "support/test_main.h"
 #include "util/simd.h"
 #include "util/rng.h"
@@ -348,24 +350,16 @@ static void test_fewbit_specials(void **state)
     assert_memory_equal(g, g2, sizeof g);
     as_store_destroy(s);
     /* spec errors */
-    char err[128];
-    assert_int_equal(as_policy_check("activation_input=fewbit:5", err, sizeof err),
-                     AS_ESPEC);
-    assert_int_equal(as_policy_check("activation_input=fewbit:0", err, sizeof err),
-                     AS_ESPEC);
-    assert_int_equal(as_policy_check("activation_input=fewbit", err, sizeof err), 0);
+    spec_err("activation_input=fewbit:5", NULL);
+    spec_err("activation_input=fewbit:0", NULL);
+    spec_ok("activation_input=fewbit");
 }
 
 /* The stored bytes of h (its representation's state, bytes long). */
 static void *state_copy(as_store *s, as_handle h, size_t bytes)
 {
-    as_item *it;
-    as_rep *r;
-    assert_int_equal(as__lookup_rep(s, h, &it, &r, "test"), 0);
     void *c = malloc(bytes ? bytes : 1);
-    memcpy(c, r->state, bytes);
-    as__rep_unref(s, r);
-    as__item_unref(s, it);
+    memcpy(c, rep_of(s, h)->state, bytes);
     return c;
 }
 
@@ -559,39 +553,6 @@ static void test_borrow(void **state)
 
 /* ---- the reference models ---------------------------------------------- */
 
-static as_nn_run *run_new(const as_nn_preset *p, const char *policy)
-{
-    as_nn_train_opts o = {.policy = policy, .seed = 3, .threads = 1};
-    as_nn_run *r = NULL;
-    char err[512] = "";
-    if (as_nn_run_create(p, &o, &r, err, sizeof err))
-        fail_msg("as_nn_run_create (%s): %s", policy, err);
-    return r;
-}
-
-/* Max relative L2 error over the parameters' gradients of b against a. */
-static double grad_l2(const as_nn_run *a, const as_nn_run *b, bool *identical)
-{
-    const as_nn_params *pa = as_nn_run_params(a), *pb = as_nn_run_params(b);
-    assert_int_equal(pa->n, pb->n);
-    double worst = 0;
-    *identical = true;
-    for (size_t i = 0; i < pa->n; i++) {
-        const float *ga = AS_NN_F(pa->p[i]->g), *gb = AS_NN_F(pb->p[i]->g);
-        double d2 = 0, m2 = 0;
-        for (size_t k = 0; k < pa->p[i]->n; k++) {
-            d2 += ((double)ga[k] - gb[k]) * ((double)ga[k] - gb[k]);
-            m2 += (double)ga[k] * ga[k];
-        }
-        *identical = *identical && !memcmp(ga, gb, pa->p[i]->n * sizeof *ga);
-        double e = m2 > 0 ? sqrt(d2 / m2) : sqrt(d2);
-        if (getenv("AS_VERBOSE") && e > 0.02)
-            printf("  %s: rel L2 %.3g\n", pa->p[i]->name, e);
-        worst = e > worst ? e : worst;
-    }
-    return worst;
-}
-
 /* cnn (ReLU and LeakyReLU): the 1-bit masks and packed argmax give the
  * gradients of keep bit for bit, and the conv inputs that alias the masked
  * outputs may still be compressed. */
@@ -602,28 +563,22 @@ static void check_cnn(int act, const char *policy, bool bit_identical)
     p.cnn.act_fn = act;
     p.cnn.convs = 2;
     p.batch = 16;
-    as_nn_run *keep = run_new(&p, "default=keep");
-    as_nn_run *pol = run_new(&p, policy);
+    run_pair rp = run_pair_new(&p, 3, policy);
     for (long b = 0; b < 2; b++) {
         double la, lb;
-        assert_int_equal(as_nn_run_grads(keep, b, &la), 0);
-        if (as_nn_run_grads(pol, b, &lb))
-            fail_msg("%s: %s", policy, as_nn_run_error(pol));
-        bool same;
-        double e = grad_l2(keep, pol, &same);
+        grad_diff g = run_pair_grads(&rp, b, &la, &lb);
         if (getenv("AS_VERBOSE"))
             printf("%s act %d batch %ld: grad rel L2 %.3g%s\n", policy, act, b,
-                   e, same ? " (bit-identical)" : "");
+                   g.l2, g.identical ? " (bit-identical)" : "");
         if (bit_identical) {
             assert_true(la == lb);
-            assert_true(same);
-        } else if (!(e < 0.2)) {
-            fail_msg("%s: gradient rel L2 error %.3g", policy, e);
+            assert_true(g.identical);
+        } else if (!(g.l2 < 0.2)) {
+            fail_msg("%s: gradient rel L2 error %.3g", policy, g.l2);
         }
     }
     as_nn_mem mk, mp;
-    as_nn_run_memory(keep, &mk);
-    as_nn_run_memory(pol, &mp);
+    run_pair_memory(&rp, &mk, &mp);
     if (getenv("AS_VERBOSE"))
         printf("  activation_output peak %llu (keep %llu), index %llu (keep "
                "%llu), saved %llu (keep %llu)\n",
@@ -642,8 +597,7 @@ static void check_cnn(int act, const char *policy, bool bit_identical)
                 mk.by_kind[AS_KIND_ACTIVATION_OUTPUT].stored_peak);
     assert_true(mp.by_kind[AS_KIND_INDEX].stored_peak * 3 <
                 mk.by_kind[AS_KIND_INDEX].stored_peak);
-    as_nn_run_destroy(keep);
-    as_nn_run_destroy(pol);
+    run_pair_destroy(&rp);
 }
 
 static void test_cnn_sign(void **state)
@@ -668,28 +622,22 @@ static void test_vit_fewbit(void **state)
     as_nn_preset p;
     assert_int_equal(as_nn_preset_get("vit", "small", &p), 0);
     p.batch = 8;
-    as_nn_run *keep = run_new(&p, "default=keep");
-    as_nn_run *pol = run_new(&p, "activation_input=fewbit:3; default=keep");
+    run_pair rp = run_pair_new(&p, 3, "activation_input=fewbit:3; default=keep");
     double la, lb;
-    assert_int_equal(as_nn_run_grads(keep, 0, &la), 0);
-    assert_int_equal(as_nn_run_grads(pol, 0, &lb), 0);
-    bool same;
-    double e = grad_l2(keep, pol, &same);
+    double e = run_pair_grads(&rp, 0, &la, &lb).l2;
     if (getenv("AS_VERBOSE"))
         printf("vit fewbit:3: grad rel L2 %.3g\n", e);
     assert_true(la == lb);      /* forward unchanged */
     assert_true(e < 0.3);       /* measured 0.19 (cls, pos; fc1 0.08) */
     as_nn_mem mk, mp;
-    as_nn_run_memory(keep, &mk);
-    as_nn_run_memory(pol, &mp);
+    run_pair_memory(&rp, &mk, &mp);
     assert_true(mp.by_kind[AS_KIND_ACTIVATION_INPUT].stored_peak * 8 <
                 mk.by_kind[AS_KIND_ACTIVATION_INPUT].stored_peak);
     /* the images are borrowed: the patch input costs nothing */
     assert_true(mk.by_kind[AS_KIND_LINEAR_INPUT].raw_peak >=
                 mk.by_kind[AS_KIND_LINEAR_INPUT].stored_peak +
                 (uint64_t)p.batch * 784 * sizeof(float));
-    as_nn_run_destroy(keep);
-    as_nn_run_destroy(pol);
+    run_pair_destroy(&rp);
 }
 
 AS_TEST_MAIN(NULL, NULL,

@@ -15,6 +15,7 @@
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
 #include "support/held_thread.h"
+#include "support/arena.h"
 #include "support/test_main.h"
 #include "util/rng.h"
 
@@ -126,9 +127,7 @@ static void reset_model_peaks(model *m)
  * the fast paths and the per-thread bins. */
 static void random_sequence(bool checked)
 {
-    as_arena_config cfg = {.checked = checked};
-    as_arena *a;
-    assert_int_equal(as_arena_create(&cfg, &a), 0);
+    as_arena *a = arena_new(&(as_arena_config){.checked = checked});
     uint16_t t1, t2, l[5];
     assert_int_equal(as_arena_tag_register(a, "kv-cache", &t1), 0);
     assert_int_equal(as_arena_tag_register(a, "scratch", &t2), 0);
@@ -237,8 +236,7 @@ static void test_random_sequence_fast_paths_exact(void **state)
 static void test_jemalloc_stats_agree(void **state)
 {
     (void)state;
-    as_arena *a;
-    assert_int_equal(as_arena_create(NULL, &a), 0);
+    as_arena *a = arena_new(NULL);
     enum { N = 300 };
     static as_block b[N];
     uint64_t seed = 42;
@@ -324,8 +322,7 @@ static void *worker_main(void *p)
 static void test_four_threads_exact_totals(void **state)
 {
     (void)state;
-    as_arena *a;
-    assert_int_equal(as_arena_create(NULL, &a), 0);
+    as_arena *a = arena_new(NULL);
     uint16_t id;
     for (int i = 1; i < 4; i++) {
         char n[16];
@@ -387,9 +384,7 @@ static void test_four_threads_exact_totals(void **state)
 static void test_budget_failure_changes_nothing(void **state)
 {
     (void)state;
-    as_arena_config cfg = {.budget_bytes = 1u << 20};
-    as_arena *a;
-    assert_int_equal(as_arena_create(&cfg, &a), 0);
+    as_arena *a = arena_new(&(as_arena_config){.budget_bytes = 1u << 20});
     uint16_t conv;
     assert_int_equal(as_arena_layer_register(a, "conv1", &conv), 0);
     as_block b1, b2;
@@ -446,9 +441,7 @@ static void *budget_worker(void *p)
 static void test_budget_holds_under_threads(void **state)
 {
     (void)state;
-    as_arena_config cfg = {.budget_bytes = 40u << 20};
-    as_arena *a;
-    assert_int_equal(as_arena_create(&cfg, &a), 0);
+    as_arena *a = arena_new(&(as_arena_config){.budget_bytes = 40u << 20});
     static bworker w[4];
     pthread_t th[4];
     memset(w, 0, sizeof w);
@@ -500,9 +493,7 @@ static void *xfree_worker(void *p)
 static void test_cross_thread_frees_exact(void **state)
 {
     (void)state;
-    as_arena_config cfg = {.budget_bytes = 2u << 20};
-    as_arena *a;
-    assert_int_equal(as_arena_create(&cfg, &a), 0);
+    as_arena *a = arena_new(&(as_arena_config){.budget_bytes = 2u << 20});
     static xq q;
     memset(&q, 0, sizeof q);
     q.a = a;
@@ -560,9 +551,7 @@ static void *quiet_worker(void *p)
 static void test_budget_counts_true_live(void **state)
 {
     (void)state;
-    as_arena_config cfg = {.budget_bytes = 1u << 20};
-    as_arena *a;
-    assert_int_equal(as_arena_create(&cfg, &a), 0);
+    as_arena *a = arena_new(&(as_arena_config){.budget_bytes = 1u << 20});
     held_thread h;
     held_start(&h, a, quiet_worker);
     as_block b1, b2;

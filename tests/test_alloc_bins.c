@@ -16,6 +16,7 @@
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
 #include "util/rng.h"
+#include "support/arena.h"
 #include "support/test_main.h"
 
 static uint64_t je_allocated(unsigned ind)
@@ -68,8 +69,7 @@ static void test_usable_sizes_match_jemalloc(void **state)
 static void test_bins_reuse_zero_and_align(void **state)
 {
     (void)state;
-    as_arena *a;
-    assert_int_equal(as_arena_create(NULL, &a), 0);
+    as_arena *a = arena_new(NULL);
     enum { N = 16 };
     as_block b[N];
     void *old[N];
@@ -109,8 +109,7 @@ static void test_bins_reuse_zero_and_align(void **state)
 static void test_peaks_exact_across_tags(void **state)
 {
     (void)state;
-    as_arena *a;
-    assert_int_equal(as_arena_create(NULL, &a), 0);
+    as_arena *a = arena_new(NULL);
     uint16_t l1, l2;
     assert_int_equal(as_arena_layer_register(a, "l1", &l1), 0);
     assert_int_equal(as_arena_layer_register(a, "l2", &l2), 0);
@@ -172,8 +171,7 @@ static void *xw_main(void *p)
 static void test_cross_thread_frees_into_bins(void **state)
 {
     (void)state;
-    as_arena *a;
-    assert_int_equal(as_arena_create(NULL, &a), 0);
+    as_arena *a = arena_new(NULL);
     enum { N = 200 };
     static as_block blocks[N];
     for (int i = 0; i < N; i++)

@@ -15,6 +15,7 @@
 #include "actstore/alloc.h"
 #include "allocator/internal.h"
 #include "support/held_thread.h"
+#include "support/arena.h"
 #include "support/test_main.h"
 
 extern void *__libc_malloc(size_t);
@@ -45,9 +46,7 @@ static void extra_hook(void *ud, uint64_t extra[AS_SAMPLE_EXTRA])
 static void test_timeline_wraps_and_keeps_marks_in_order(void **state)
 {
     (void)state;
-    as_arena_config cfg = {.timeline_capacity = 8};
-    as_arena *a;
-    assert_int_equal(as_arena_create(&cfg, &a), 0);
+    as_arena *a = arena_new(&(as_arena_config){.timeline_capacity = 8});
     uint64_t hook_calls = 0;
     as_arena_set_sample_hook(a, extra_hook, &hook_calls);
     as_block b;
@@ -245,8 +244,7 @@ static void *tc_main(void *p)
 static void test_thread_exit_releases_tcache(void **state)
 {
     (void)state;
-    as_arena *a;
-    assert_int_equal(as_arena_create(NULL, &a), 0);
+    as_arena *a = arena_new(NULL);
     as_arena_snapshot s;
     assert_int_equal(as_arena_snapshot_take(a, 0, &s), 0);
     unsigned ind = s.arena_index;

@@ -20,6 +20,7 @@
 
 #include "actstore/store.h"
 #include "util/rng.h"
+#include "support/store_util.h"
 #include "support/test_main.h"
 
 /* ---- a small synthetic model: the same tensors every step ------------------ */
@@ -637,24 +638,17 @@ static void test_budget_binds_adopted_blocks(void **st)
 static void test_spec_arguments(void **st)
 {
     (void)st;
-    char err[128];
-    assert_int_equal(as_policy_check("default=auto", err, sizeof err), 0);
-    assert_int_equal(as_policy_check("default=auto:50:0.25", err, sizeof err), 0);
-    assert_int_equal(as_policy_check("linear_input=auto:0; default=keep", err,
-                                     sizeof err), 0);
-    assert_int_equal(as_policy_check("default=auto:x", err, sizeof err), AS_ESPEC);
-    assert_non_null(strstr(err, "period"));
-    assert_int_equal(as_policy_check("default=auto:5:-1", err, sizeof err), AS_ESPEC);
-    assert_non_null(strstr(err, "time_weight"));
-    assert_int_equal(as_policy_check("default=auto:50:0.25:2", err, sizeof err), 0);
-    assert_int_equal(as_policy_check("default=auto:5:0:-1", err, sizeof err), AS_ESPEC);
-    assert_non_null(strstr(err, "input_weight"));
-    assert_int_equal(as_policy_check("default=auto:5:0:1:0", err, sizeof err), 0);
-    assert_int_equal(as_policy_check("default=auto:5:0:1:2", err, sizeof err), AS_ESPEC);
-    assert_non_null(strstr(err, "derive"));
-    assert_int_equal(as_policy_check("default=auto:5:0:1:1:1", err, sizeof err), AS_ESPEC);
-    assert_non_null(strstr(err, "derive"));
-    assert_int_equal(as_policy_check("default=auto:5:0:", err, sizeof err), AS_ESPEC);
+    spec_ok("default=auto");
+    spec_ok("default=auto:50:0.25");
+    spec_ok("linear_input=auto:0; default=keep");
+    spec_err("default=auto:x", "period");
+    spec_err("default=auto:5:-1", "time_weight");
+    spec_ok("default=auto:50:0.25:2");
+    spec_err("default=auto:5:0:-1", "input_weight");
+    spec_ok("default=auto:5:0:1:0");
+    spec_err("default=auto:5:0:1:2", "derive");
+    spec_err("default=auto:5:0:1:1:1", "derive");
+    spec_err("default=auto:5:0:", NULL);
 }
 
 /* Only some kinds under auto: the others are fixed bytes in the plan. */

@@ -423,6 +423,16 @@ static pair_case pair_case_new(const int s[7])
     return k;
 }
 
+/* The input rebuilt both ways: cached (prepare, restore into xa; *cond the
+ * factor's condition number) and streamed (restore_stream into xb). */
+static void pair_case_restore(pair_case *k, double *cond, char *why, size_t wl)
+{
+    assert_int_equal(as__civ_prepare(k->ci, k->w, 1, cond, NULL, 0), 0);
+    assert_int_equal(as__civ_restore(k->ci, k->n, k->y, k->bias, k->frame, k->xa), 0);
+    assert_int_equal(as__civ_restore_stream(k->cs, k->w, 1, k->n, k->y, k->bias,
+                                            k->frame, k->xb, why, wl), 0);
+}
+
 static void pair_case_free(pair_case *k)
 {
     free(k->w); free(k->x); free(k->xa); free(k->xb); free(k->y); free(k->frame);
@@ -444,18 +454,12 @@ static void test_stream_paths(void **state)
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
         pair_case k = pair_case_new(shapes[t]);
         const as__civ_geom g = k.g;
-        const int n = k.n;
         const size_t xl = k.xl;
-        as__civ *ci = k.ci, *cs = k.cs;
-        float *w = k.w, *x = k.x, *xa = k.xa, *xb = k.xb, *y = k.y, *frame = k.frame;
-        const float *bias = k.bias;
-        assert_int_equal(as__civ_prepare(ci, w, 1, NULL, NULL, 0), 0);
-        assert_int_equal(as__civ_restore(ci, n, y, bias, frame, xa), 0);
+        const float *x = k.x, *xa = k.xa, *xb = k.xb;
         char why[160];
-        assert_int_equal(as__civ_restore_stream(cs, w, 1, n, y, bias, frame, xb,
-                                                why, sizeof why), 0);
+        pair_case_restore(&k, NULL, why, sizeof why);
         as__civ_stats st;
-        as__civ_get_stats(cs, &st);
+        as__civ_get_stats(k.cs, &st);
         /* Cin = 1 takes the closed form (no factor, the same state as the
          * cached restore: the same bits) */
         const int adj = g.cin > 1 && g.cout >= 2 * g.cin && st.cond <= AS__CIV_ADJ_COND;
@@ -469,6 +473,108 @@ static void test_stream_paths(void **state)
         if (!adj)
             assert_memory_equal(xa, xb, sizeof(float) * xl);
         pair_case_free(&k);
+    }
+}
+
+/* The LU path (streamed, Cout = Cin): against the input and against the
+ * Gram route (cfg.no_lu, M applied) on random He kernels and on kernels
+ * made ill-conditioned (output channel 0 pulled towards channel 1, cond up
+ * to the 1e4 threshold); odd channel counts (the solve's rows in blocks of
+ * 4 and one by one), non-square maps, several passes. */
+static void test_stream_lu(void **state)
+{
+    (void)state;
+    static const int shapes[][7] = {   /* n cin h w cout k pad */
+        {5, 5, 11, 9, 5, 3, 1},  {34, 7, 8, 10, 7, 3, 0}, {3, 4, 13, 10, 4, 5, 2},
+        {20, 16, 12, 12, 16, 3, 1}, {2, 9, 6, 7, 9, 3, 1}, {17, 13, 9, 9, 13, 3, 1},
+    };
+    static const double pull[] = {0, 0.1, 0.03, 0.01, 0.003};
+    const as__civ_cfg gram = {.no_lu = 1, .eps_rel = -1};
+    int ill = 0;
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++)
+        for (size_t d = 0; d < sizeof pull / sizeof pull[0]; d++) {
+            pair_case k = pair_case_new(shapes[t]);
+            const as__civ_geom *g = &k.g;
+            const size_t kk = (size_t)g->kh * g->kw, row = (size_t)g->cin * kk;
+            if (pull[d] > 0) {   /* w[0] <- w[1] + pull * w[0], then y again */
+                for (size_t i = 0; i < row; i++)
+                    k.w[i] = k.w[row + i] + (float)pull[d] * k.w[i];
+                conv_ref(g, k.n, k.x, k.w, k.bias, k.y);
+            }
+            as__civ *cg;
+            assert_int_equal(as__civ_create(g, &gram, &cg, NULL, 0), 0);
+            char why[160];
+            double cond = 0;
+            const int rc = as__civ_condition(k.cs, k.w, 1, &cond, why, sizeof why);
+            if (rc == AS_EFALLBACK) {   /* above the threshold: no restore */
+                assert_true(cond > 1e4);
+                as__civ_destroy(cg);
+                pair_case_free(&k);
+                continue;
+            }
+            assert_int_equal(rc, 0);
+            ill += cond > 300;
+            assert_int_equal(as__civ_restore_stream(k.cs, k.w, 1, k.n, k.y, k.bias, k.frame,
+                                                    k.xb, why, sizeof why), 0);
+            assert_int_equal(as__civ_restore_stream(cg, k.w, 1, k.n, k.y, k.bias, k.frame,
+                                                    k.xa, why, sizeof why), 0);
+            as__civ_stats sl, sg;
+            as__civ_get_stats(k.cs, &sl);
+            as__civ_get_stats(cg, &sg);
+            assert_int_equal(sl.lu, 1);
+            assert_int_equal(sg.lu, 0);
+            assert_int_equal(sl.cache_bytes, 0);
+            const double el = max_rel_err(k.xb, k.x, k.xl), eg = max_rel_err(k.xa, k.x, k.xl);
+            if (getenv("AS_VERBOSE"))
+                printf("lu %zu pull %g: cond %.3g err lu %.3g gram %.3g\n", t, pull[d], cond,
+                       el, eg);
+            assert_true(el <= 1e-4);
+            /* the float factors' rounding against the Gram route's float M */
+            assert_true(el <= 4 * eg + 2e-6);
+            as__civ_destroy(cg);
+            pair_case_free(&k);
+        }
+    assert_true(ill >= 3);   /* the pulled kernels did reach high cond */
+}
+
+/* Wide layers: the factor of every frequency is more than twice a pass of
+ * 16 images, so a streamed restore takes larger passes (more than 8 lanes
+ * per half) within three passes' work space: 64 channels on the LU path
+ * and the Gram route, 96 (beyond AS__CIV_LU_MAX_CIN: the Gram route) in
+ * two passes. */
+static void test_stream_large_passes(void **state)
+{
+    (void)state;
+    static const int cases[][4] = {   /* channels, map, n, no_lu */
+        {64, 16, 40, 0}, {64, 16, 40, 1}, {96, 5, 70, 0},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const as__civ_geom g = geom(cases[t][0], cases[t][1], cases[t][1], cases[t][0], 3, 1);
+        const int n = cases[t][2], no_lu = cases[t][3];
+        const size_t xl = (size_t)n * g.cin * g.h * g.w;
+        float *w = rand_weights(&g), *x = rand_input(&g, n), *xr = malloc(sizeof(float) * xl);
+        float *y = malloc(sizeof(float) * (size_t)n * g.cout * g.h * g.w);
+        float *frame = malloc(sizeof(float) * (size_t)n * g.cin * as__civ_frame_len(&g));
+        conv_ref(&g, n, x, w, NULL, y);
+        as__civ_frame_extract(&g, n, x, frame);
+        const as__civ_cfg cfg = {.no_lu = no_lu, .eps_rel = -1};
+        as__civ *ci;
+        assert_int_equal(as__civ_create(&g, &cfg, &ci, NULL, 0), 0);
+        const size_t one = as__civ_work_bytes(ci, 16), all = as__civ_work_bytes(ci, n);
+        assert_true(all > one && all <= 3 * one);
+        char why[160];
+        assert_int_equal(as__civ_restore_stream(ci, w, 1, n, y, NULL, frame, xr, why,
+                                                sizeof why), 0);
+        as__civ_stats st;
+        as__civ_get_stats(ci, &st);
+        assert_int_equal(st.lu, (uint64_t)(!no_lu && g.cin <= AS__CIV_LU_MAX_CIN));
+        const double e = max_rel_err(xr, x, xl);
+        if (getenv("AS_VERBOSE"))
+            printf("large passes %d ch %dx%d n %d lu %d: cond %.3g err %.3g work %zu / %zu\n",
+                   g.cin, g.h, g.w, n, (int)st.lu, st.cond, e, all, one);
+        assert_true(e <= 1e-4);
+        as__civ_destroy(ci);
+        free(w); free(x); free(xr); free(y); free(frame);
     }
 }
 
@@ -488,17 +594,11 @@ static void test_closed_form_and_pointwise(void **state)
     };
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
         pair_case k = pair_case_new(shapes[t]);
-        const int n = k.n;
         const size_t xl = k.xl;
-        as__civ *ci = k.ci, *cs = k.cs;
-        float *w = k.w, *x = k.x, *xa = k.xa, *xb = k.xb, *y = k.y, *frame = k.frame;
-        const float *bias = k.bias;
+        const float *x = k.x, *xa = k.xa, *xb = k.xb;
         double cond = 0;
-        assert_int_equal(as__civ_prepare(ci, w, 1, &cond, NULL, 0), 0);
+        pair_case_restore(&k, &cond, NULL, 0);
         assert_true(cond <= 1e4);
-        assert_int_equal(as__civ_restore(ci, n, y, bias, frame, xa), 0);
-        assert_int_equal(as__civ_restore_stream(cs, w, 1, n, y, bias, frame, xb,
-                                                NULL, 0), 0);
         const double ea = max_rel_err(xa, x, xl), eb = max_rel_err(xb, x, xl);
         if (getenv("AS_VERBOSE"))
             printf("special %zu: cond %.3g err cached %.3g streamed %.3g\n", t, cond, ea, eb);
@@ -679,6 +779,8 @@ AS_TEST_MAIN(NULL, NULL,
              cmocka_unit_test(test_factor_cached_per_version),
              cmocka_unit_test(test_factor_scratch),
              cmocka_unit_test(test_stream_paths),
+             cmocka_unit_test(test_stream_lu),
+             cmocka_unit_test(test_stream_large_passes),
              cmocka_unit_test(test_closed_form_and_pointwise),
              cmocka_unit_test(test_c1_channel_pick),
              cmocka_unit_test(test_condition_bound),

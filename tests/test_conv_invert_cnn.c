@@ -15,55 +15,13 @@
 
 #include "layers/train.h"
 #include "store/policies/invert/conv_invert.h"
+#include "support/runs.h"
 #include "support/test_main.h"
 
 #define CHAIN "conv_input=invert; norm_input=inverse; activation_input=inverse; default=keep"
 /* The same with every conv input solved (declared derivations ignored) */
 #define CHAIN_SOLVE "conv_input=invert::::solve; norm_input=inverse; " \
                     "activation_input=inverse; default=keep"
-
-static as_nn_run *run_new(const as_nn_preset *p, const char *policy)
-{
-    as_nn_train_opts o = {.policy = policy, .seed = 7, .threads = 1};
-    as_nn_run *r = NULL;
-    char err[512] = "";
-    int rc = as_nn_run_create(p, &o, &r, err, sizeof err);
-    if (rc)
-        fail_msg("as_nn_run_create: %d %s", rc, err);
-    return r;
-}
-
-/* Max over parameters of the relative L2 error ||g_b - g_a|| / ||g_a||
- * (*l2) and of the max-abs error max|g_b - g_a| / max|g_a| (return). */
-static double grad_err(const as_nn_run *a, const as_nn_run *b, double *l2,
-                       char *worst, size_t wl)
-{
-    const as_nn_params *pa = as_nn_run_params(a), *pb = as_nn_run_params(b);
-    assert_int_equal(pa->n, pb->n);
-    double e = 0;
-    *l2 = 0;
-    for (size_t i = 0; i < pa->n; i++) {
-        const float *ga = AS_NN_F(pa->p[i]->g), *gb = AS_NN_F(pb->p[i]->g);
-        double d = 0, m = 0, d2 = 0, m2 = 0;
-        for (size_t k = 0; k < pa->p[i]->n; k++) {
-            const double dk = (double)ga[k] - gb[k];
-            d = fmax(d, fabs(dk));
-            m = fmax(m, fabs((double)ga[k]));
-            d2 += dk * dk;
-            m2 += (double)ga[k] * ga[k];
-        }
-        double r = m > 0 ? d / m : d, r2 = m2 > 0 ? sqrt(d2 / m2) : sqrt(d2);
-        if (getenv("AS_VERBOSE") && r > 1e-5)
-            printf("  %s: max-abs %.3g, L2 %.3g\n", pa->p[i]->name, r, r2);
-        if (r2 > *l2)
-            *l2 = r2;
-        if (r > e) {
-            e = r;
-            snprintf(worst, wl, "%s", pa->p[i]->name);
-        }
-    }
-    return e;
-}
 
 /* solve: the policy inverts every conv input (DERIVED solve); else the
  * inner and pooled inputs are derived and nothing is solved. */
@@ -79,16 +37,12 @@ static void check_variant(bool batchnorm, const char *policy, bool chain, bool s
     p.cnn.widths[1] = 16;
     p.cnn.batchnorm = batchnorm;
     p.batch = 16;
-    as_nn_run *keep = run_new(&p, "default=keep");
-    as_nn_run *inv = run_new(&p, policy);
+    run_pair rp = run_pair_new(&p, 7, policy);
     for (long b = 0; b < 2; b++) {
         double la, lb;
-        assert_int_equal(as_nn_run_grads(keep, b, &la), 0);
-        if (as_nn_run_grads(inv, b, &lb))
-            fail_msg("grads: %s", as_nn_run_error(inv));
-        char worst[64] = "";
-        double l2;
-        double e = grad_err(keep, inv, &l2, worst, sizeof worst);
+        grad_diff g = run_pair_grads(&rp, b, &la, &lb);
+        double e = g.maxabs, l2 = g.l2;
+        const char *worst = g.worst;
         if (getenv("AS_VERBOSE"))
             printf("bn %d batch %ld: loss %.6f vs %.6f, grad rel err max-abs %.3g "
                    "(%s), L2 %.3g\n", batchnorm, b, la, lb, e, worst, l2);
@@ -100,8 +54,7 @@ static void check_variant(bool batchnorm, const char *policy, bool chain, bool s
                      batchnorm, b, e, worst, l2);
     }
     as_nn_mem mk, mi;
-    as_nn_run_memory(keep, &mk);
-    as_nn_run_memory(inv, &mi);
+    run_pair_memory(&rp, &mk, &mi);
     if (getenv("AS_VERBOSE")) {
         const int kinds[] = {AS_KIND_CONV_INPUT, AS_KIND_CONV_OUTPUT, AS_KIND_NORM_INPUT,
                              AS_KIND_ACTIVATION_INPUT, AS_KIND_ACTIVATION_OUTPUT};
@@ -118,7 +71,7 @@ static void check_variant(bool batchnorm, const char *policy, bool chain, bool s
     }
     assert_int_equal(mi.fallbacks, 0);
     as__civ_lstats ls;
-    assert_int_equal(as__civ_layer_stats(as_nn_run_store(inv), NULL, &ls), 0);
+    assert_int_equal(as__civ_layer_stats(as_nn_run_store(rp.pol), NULL, &ls), 0);
     /* 4 convs, 2 batches; the first conv's input is the batch, borrowed */
     if (solve) {
         /* frames (28x28: 14%, 14x14: 27%) plus sign bitmaps (3%) */
@@ -136,8 +89,7 @@ static void check_variant(bool batchnorm, const char *policy, bool chain, bool s
     }
     if (chain)   /* only the top activations stay (plus one transient) */
         assert_true(mi.saved_stored_peak * (solve ? 2 : 3) < mk.saved_stored_peak);
-    as_nn_run_destroy(keep);
-    as_nn_run_destroy(inv);
+    run_pair_destroy(&rp);
 }
 
 static void test_cnn_leaky_no_bn(void **state)
@@ -179,30 +131,23 @@ static void check_all_derived(int convs, int act_fn)
     p.cnn.widths[2] = 8;
     p.cnn.batchnorm = true;
     p.batch = 8;
-    as_nn_run *keep = run_new(&p, "default=keep");
-    as_nn_run *inv = run_new(&p, "conv_input=invert; default=keep");
+    run_pair rp = run_pair_new(&p, 7, "conv_input=invert; default=keep");
     for (long b = 0; b < 2; b++) {
         double la, lb;
-        assert_int_equal(as_nn_run_grads(keep, b, &la), 0);
-        assert_int_equal(as_nn_run_grads(inv, b, &lb), 0);
+        grad_diff g = run_pair_grads(&rp, b, &la, &lb);
         assert_true(la == lb);
-        const as_nn_params *pa = as_nn_run_params(keep), *pb = as_nn_run_params(inv);
-        for (size_t i = 0; i < pa->n; i++)
-            assert_memory_equal(AS_NN_F(pa->p[i]->g), AS_NN_F(pb->p[i]->g),
-                                sizeof(float) * pa->p[i]->n);
+        assert_true(g.identical);
     }
     as_nn_mem mk, mi;
-    as_nn_run_memory(keep, &mk);
-    as_nn_run_memory(inv, &mi);
+    run_pair_memory(&rp, &mk, &mi);
     assert_true(mk.by_kind[AS_KIND_CONV_INPUT].stored_peak > 0);
     assert_int_equal(mi.by_kind[AS_KIND_CONV_INPUT].stored_peak, 0);
     assert_int_equal(mi.fallbacks, 0);
     as__civ_lstats ls;
-    assert_int_equal(as__civ_layer_stats(as_nn_run_store(inv), NULL, &ls), 0);
+    assert_int_equal(as__civ_layer_stats(as_nn_run_store(rp.pol), NULL, &ls), 0);
     assert_int_equal(ls.derived, (3 * convs - 1) * 2);   /* all but the batch, 2 batches */
     assert_int_equal(ls.restores, 0);
-    as_nn_run_destroy(keep);
-    as_nn_run_destroy(inv);
+    run_pair_destroy(&rp);
 }
 
 /* The bench preset's shape: one conv per stage. */

@@ -260,17 +260,12 @@ static void test_frame_precision(void **state)
     assert_int_equal(q88, 5 * 8 * (flen * sizeof(int16_t) + sizeof(float)) + bias);
     if (getenv("AS_VERBOSE"))
         print_message("8->8 cond %.3g: q16 err %.2e\n", cond, eq);
-    char err[256];
-    assert_int_equal(as_policy_check("conv_input=invert:1e4:auto:q8", err, sizeof err), AS_ESPEC);
-    assert_non_null(strstr(err, "frame precision"));
-    assert_int_equal(as_policy_check("conv_input=invert:1e4:auto:f32:x", err, sizeof err), AS_ESPEC);
-    assert_non_null(strstr(err, "derive or solve"));
-    assert_int_equal(as_policy_check("conv_input=invert:1e4:auto:f32:solve:x", err, sizeof err),
-                     AS_ESPEC);
-    assert_non_null(strstr(err, "at most four fields"));
-    assert_int_equal(as_policy_check("conv_input=invert::::solve", err, sizeof err), 0);
-    assert_int_equal(as_policy_check("conv_input=invert::::derive", err, sizeof err), 0);
-    assert_int_equal(as_policy_check("conv_input=invert:::q16", err, sizeof err), 0);
+    spec_err("conv_input=invert:1e4:auto:q8", "frame precision");
+    spec_err("conv_input=invert:1e4:auto:f32:x", "derive or solve");
+    spec_err("conv_input=invert:1e4:auto:f32:solve:x", "at most four fields");
+    spec_ok("conv_input=invert::::solve");
+    spec_ok("conv_input=invert::::derive");
+    spec_ok("conv_input=invert:::q16");
 }
 
 /* Zero image borders (as in Fashion-MNIST) pack into a bitmap. */
@@ -450,10 +445,8 @@ static void test_fallbacks(void **state)
     assert_non_null(strstr(as_store_policy_of(s, hx), "no saved conv output"));
     as_store_destroy(s);
     /* Bad threshold argument: a spec error naming invert. */
-    char err[200];
-    assert_int_equal(as_policy_check("conv_input=invert:abc", err, sizeof err), AS_ESPEC);
-    assert_non_null(strstr(err, "invert"));
-    assert_int_equal(as_policy_check("conv_input=invert:1e5", err, sizeof err), 0);
+    spec_err("conv_input=invert:abc", "invert");
+    spec_ok("conv_input=invert:1e5");
     free(x); free(y);
     free_layer(&a); free_layer(&b); free_layer(&c);
 }
@@ -536,9 +529,7 @@ static void test_stream_matches_cache(void **state)
     for (int k = 0; k < 3; k++)
         free(out[k]);
     free(x); free(y); free_layer(&l);
-    char err[200];
-    assert_int_equal(as_policy_check("conv_input=invert:1e4:sometimes", err, sizeof err), AS_ESPEC);
-    assert_non_null(strstr(err, "factor mode"));
+    spec_err("conv_input=invert:1e4:sometimes", "factor mode");
 }
 
 /* Two unnamed layers of one geometry and one weight version, and weights

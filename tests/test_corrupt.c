@@ -20,6 +20,7 @@
 #include "actstore/store.h"
 #include "store/policies/softmax/softmax.h"
 #include "store/store_internal.h"
+#include "support/store_rep.h"
 #include "support/test_main.h"
 
 enum { ROWS = 32, COLS = 64, N = ROWS * COLS };
@@ -58,10 +59,7 @@ static void fx_save(fx *f, const char *spec, int kind, int fn)
         info.meta.act.fn = fn;
     as_tensor t = {.data = f->x, .dtype = AS_F32, .ndim = 2, .shape = {ROWS, COLS}};
     assert_int_equal(as_store_save(f->s, &info, &t, &f->h), 0);
-    as_item *it;
-    assert_int_equal(as__lookup_rep(f->s, f->h, &it, &f->r, "test"), 0);
-    as__rep_unref(f->s, f->r);   /* the item keeps it */
-    as__item_unref(f->s, it);
+    f->r = rep_of(f->s, f->h);
     assert_true(f->r->nblocks >= 1);
     t.data = f->ref;
     assert_int_equal(as_store_restore(f->s, f->h, &t), 0);
@@ -127,11 +125,7 @@ static void test_header_bitpack(void **st)
     as_save_info info = {.kind = AS_KIND_INDEX, .layer = "idx"};
     as_handle h;
     assert_int_equal(as_store_save(s, &info, &t, &h), 0);
-    as_item *it;
-    as_rep *r;
-    assert_int_equal(as__lookup_rep(s, h, &it, &r, "test"), 0);
-    as__rep_unref(s, r);
-    as__item_unref(s, it);
+    as_rep *r = rep_of(s, h);
     t.data = y;
     for (size_t off = 0; off < 24; off++) {   /* count, minimum, width */
         uint8_t *p = r->blocks[0].ptr;

@@ -67,6 +67,22 @@ static char *slurp(const char *path)
     return s;
 }
 
+/* The file at path holds every string of has and none of lacks (each list
+ * NULL-terminated; lacks may be NULL). */
+static void expect_file(const char *path, const char *const *has,
+                        const char *const *lacks)
+{
+    char *t = slurp(path);
+    for (; has && *has; has++)
+        if (!strstr(t, *has))
+            fail_msg("%s lacks \"%s\"", path, *has);
+    for (; lacks && *lacks; lacks++)
+        if (strstr(t, *lacks))
+            fail_msg("%s holds \"%s\"", path, *lacks);
+    free(t);
+}
+#define HAS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
 static void test_svg_charts(void **state)
 {
     (void)state;
@@ -77,19 +93,11 @@ static void test_svg_charts(void **state)
     as_svg_series s = {"arm <A>", x, y, 4, false, 0};
     as_svg_axes ax = {"memory", "step", "saved bytes", AS_SVG_BYTES, true, false, false};
     assert_int_equal(as_svg_line_chart(path, &ax, &s, 1), 0);
-    char *t = slurp(path);
-    assert_non_null(strstr(t, "<svg"));
-    assert_non_null(strstr(t, "MiB"));
-    assert_non_null(strstr(t, "arm &lt;A&gt;"));
-    assert_non_null(strstr(t, "<polyline"));
-    free(t);
+    expect_file(path, HAS("<svg", "MiB", "arm &lt;A&gt;", "<polyline"), NULL);
     const char *cats[] = {"softmax", "conv_input"}, *groups[] = {"A", "B"};
     const double v[] = {100, 200, 10, NAN};
     assert_int_equal(as_svg_bar_chart(path, &ax, cats, 2, groups, 2, v), 0);
-    t = slurp(path);
-    assert_non_null(strstr(t, "conv_input"));
-    assert_non_null(strstr(t, "<rect x="));
-    free(t);
+    expect_file(path, HAS("conv_input", "<rect x="), NULL);
     /* Many long names: split at '_' onto two lines instead of tiny text. */
     const char *many[] = {"activation_output", "activation_input", "attention_input",
                           "linear_input", "norm_input", "softmax_output", "conv_output",
@@ -98,17 +106,14 @@ static void test_svg_charts(void **state)
     for (int i = 0; i < 16; i++)
         mv[i] = 1000.0 * (i + 1);
     assert_int_equal(as_svg_bar_chart(path, &ax, many, 8, groups, 2, mv), 0);
-    t = slurp(path);
-    assert_non_null(strstr(t, ">activation</tspan><tspan"));
-    assert_non_null(strstr(t, ">output</tspan>"));
-    free(t);
+    expect_file(path, HAS(">activation</tspan><tspan", ">output</tspan>"), NULL);
     /* A flat series a rounding error apart (cosines 1 and 1 - 1e-16) once
      * looped forever on ticks below the values' ulp. */
     const double yc[] = {1.0, 0.9999999999999999, 1.0, 1.0};
     as_svg_series sc = {"cos", x, yc, 4, false, 0};
     as_svg_axes axc = {"cosine", "step", "cosine", AS_SVG_PLAIN, false, false, false};
     assert_int_equal(as_svg_line_chart(path, &axc, &sc, 1), 0);
-    t = slurp(path);
+    char *t = slurp(path);
     size_t nticks = 0;
     for (const char *q = t; (q = strstr(q, "text-anchor=\"end\"")); q++)
         nticks++;
@@ -240,28 +245,17 @@ static void test_report_files(void **state)
     cJSON_Delete(j);
 
     snprintf(p, sizeof p, "%s/report.md", sub);
-    char *md = slurp(p);
-    assert_non_null(strstr(md, "| eval accuracy (%) | 81.00 ± 1.00 | 80.33 ± 1.53 | -0.67 | "
-                               "[-2.10, +0.77] | no |"));
-    assert_non_null(strstr(md, "softmax_output"));
-    assert_non_null(strstr(md, "**Verdict:** all saved: 2.7x less"));
-    assert_null(strstr(md, "PARTIAL"));
-    free(md);
+    expect_file(p, HAS("| eval accuracy (%) | 81.00 ± 1.00 | 80.33 ± 1.53 | -0.67 | "
+                       "[-2.10, +0.77] | no |",
+                       "softmax_output", "**Verdict:** all saved: 2.7x less"),
+                HAS("PARTIAL"));
     static const char *svgs[] = {"loss.svg", "memory.svg", "kinds.svg", "cosine.svg"};
     for (size_t i = 0; i < 4; i++) {
         snprintf(p, sizeof p, "%s/%s", sub, svgs[i]);
-        char *t = slurp(p);
-        assert_non_null(strstr(t, "<svg"));
-        assert_non_null(strstr(t, "</svg>"));
-        assert_null(strstr(t, "nan"));
-        assert_null(strstr(t, "inf"));
-        free(t);
+        expect_file(p, HAS("<svg", "</svg>"), HAS("nan", "inf"));
     }
     snprintf(p, sizeof p, "%s/memory.svg", sub);
-    char *t = slurp(p);
-    assert_non_null(strstr(t, "MiB"));
-    assert_non_null(strstr(t, "peak bytes"));
-    free(t);
+    expect_file(p, HAS("MiB", "peak bytes"), NULL);
     rm_report(sub);
     snprintf(p, sizeof p, "%s/a", dir);
     rmdir(p);
@@ -320,10 +314,7 @@ static void test_report_partial(void **state)
     assert_true(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(last, "eval"), "accuracy")));
     cJSON_Delete(j);
     snprintf(p, sizeof p, "%s/report.md", dir);
-    char *md = slurp(p);
-    assert_non_null(strstr(md, "**PARTIAL REPORT**"));
-    assert_non_null(strstr(md, "40 (unfinished)"));
-    free(md);
+    expect_file(p, HAS("**PARTIAL REPORT**", "40 (unfinished)"), NULL);
     rm_report(dir);
     as_report_free(&r);
 

@@ -117,16 +117,10 @@ static void test_specs_and_fallbacks(void **st)
 {
     (void)st;
     char err[256];
-    assert_int_equal(as_policy_check("softmax=soa:5; default=keep", err,
-                                     sizeof err), 0);
-    assert_int_equal(as_policy_check("softmax=sotk:16:3:0.9", err,
-                                     sizeof err), 0);
-    assert_int_equal(as_policy_check("softmax=soa:0", err, sizeof err),
-                     AS_ESPEC);
-    assert_non_null(strstr(err, "S, an integer 1..128"));
-    assert_int_equal(as_policy_check("softmax=solog:9", err, sizeof err),
-                     AS_ESPEC);
-    assert_non_null(strstr(err, "bits, 2..4"));
+    spec_ok("softmax=soa:5; default=keep");
+    spec_ok("softmax=sotk:16:3:0.9");
+    spec_err("softmax=soa:0", "S, an integer 1..128");
+    spec_err("softmax=solog:9", "bits, 2..4");
 
     /* a softmax codec on another kind, or on a tensor whose rows do not
      * match the metadata, falls back to keep (and strict mode says so) */
@@ -168,15 +162,7 @@ static void fill_any(float *y, int nb, int nh, int t, bool causal,
         int q = r % t, n = causal ? q + 1 : t;
         if (vlen && vlen[r / (nh * t)] < n)
             n = vlen[r / (nh * t)];
-        double mx = -1e300, z = 0;
-        for (int k = 0; k < n; k++) {
-            tmp[k] = nrand() * sd;
-            mx = tmp[k] > mx ? tmp[k] : mx;
-        }
-        for (int k = 0; k < n; k++)
-            z += (tmp[k] = exp(tmp[k] - mx));
-        for (int k = 0; k < t; k++)
-            y[(size_t)r * t + k] = k < n ? (float)(tmp[k] / z) : 0.0f;
+        as_rng_softmax_row(&rng, sd, n, t, tmp, y + (size_t)r * t);
     }
     free(tmp);
 }

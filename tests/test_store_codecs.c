@@ -29,6 +29,7 @@
 #include "store/store_internal.h"
 #include "support/store_stats.h"
 #include "support/store_util.h"
+#include "support/store_rep.h"
 #include "support/test_main.h"
 #include "util/simd.h"
 #include "util/rng.h"
@@ -134,10 +135,9 @@ static void test_zstd_portable_same_bytes(void **st)
         as__simd_force_portable(k == 1);
         assert_int_equal(as_store_save(s, &i, &t, &h[k]), 0);
     }
-    as_item *it[2];
     as_rep *r[2];
     for (int k = 0; k < 2; k++)
-        assert_int_equal(as__lookup_rep(s, h[k], &it[k], &r[k], "test"), 0);
+        r[k] = rep_of(s, h[k]);
     size_t la, lb;
     uint8_t *a = as__zstd_frame_bytes(r[0]->state, 0, &la);
     uint8_t *b = as__zstd_frame_bytes(r[1]->state, 0, &lb);
@@ -149,8 +149,6 @@ static void test_zstd_portable_same_bytes(void **st)
         memset(y, 0, n * sizeof *y);
         assert_int_equal(as_store_restore(s, h[k], &d), 0);
         assert_memory_equal(x, y, n * sizeof *y);
-        as__rep_unref(s, r[k]);
-        as__item_unref(s, it[k]);
         assert_int_equal(as_store_release(s, h[k]), 0);
     }
     as__simd_force_portable(false);
@@ -430,9 +428,7 @@ static void test_zstd_corrupted_blob(void **st)
     as_save_info i = {.kind = AS_KIND_LINEAR_INPUT, .layer = "enc.fc2"};
     as_handle h;
     assert_int_equal(as_store_save(s, &i, &t, &h), 0);
-    as_item *it;
-    as_rep *r;
-    assert_int_equal(as__lookup_rep(s, h, &it, &r, "test"), 0);
+    as_rep *r = rep_of(s, h);
     size_t len = 0;
     uint8_t *blob = as__zstd_frame_bytes(r->state, 1, &len);
     assert_non_null(blob);
@@ -456,8 +452,6 @@ static void test_zstd_corrupted_blob(void **st)
     blob[len / 2] ^= 0x10;   /* repaired: restores work again */
     assert_int_equal(as_store_restore(s, h, &d), 0);
     assert_memory_equal(x, y, n * sizeof *y);
-    as__rep_unref(s, r);
-    as__item_unref(s, it);
     assert_int_equal(as_store_release(s, h), 0);
     free(x);
     free(y);

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "layers/train.h"
+#include "support/runs.h"
 
 static as_nn_preset preset(const char *model, long steps)
 {
@@ -25,18 +26,6 @@ static as_nn_preset preset(const char *model, long steps)
     p.steps = steps;
     p.epochs = 0;
     return p;
-}
-
-static as_nn_run *run_new(const as_nn_preset *p, uint64_t seed,
-                          const char *policy)
-{
-    as_nn_train_opts o = {.seed = seed, .threads = 1, .policy = policy};
-    char err[512] = "";
-    as_nn_run *r = NULL;
-    int rc = as_nn_run_create(p, &o, &r, err, sizeof err);
-    if (rc)
-        fail_msg("as_nn_run_create(%s): %d %s", p->model, rc, err);
-    return r;
 }
 
 /* All parameters (w or g) of a run, concatenated (malloc). */

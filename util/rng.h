@@ -47,4 +47,20 @@ static inline double as_rng_normal_open(uint64_t *s)
     return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
 }
 
+/* A row of attention probabilities: softmax(sd * N(0, 1)) over the first n
+ * of len entries, zeros after them (tmp: n doubles of scratch). */
+static inline void as_rng_softmax_row(uint64_t *s, double sd, int64_t n,
+                                      int64_t len, double *tmp, float *row)
+{
+    double mx = -1e300, z = 0;
+    for (int64_t k = 0; k < n; k++) {
+        tmp[k] = as_rng_normal(s) * sd;
+        mx = tmp[k] > mx ? tmp[k] : mx;
+    }
+    for (int64_t k = 0; k < n; k++)
+        z += (tmp[k] = exp(tmp[k] - mx));
+    for (int64_t k = 0; k < len; k++)
+        row[k] = k < n ? (float)(tmp[k] / z) : 0.0f;
+}
+
 #endif

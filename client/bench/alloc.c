@@ -44,6 +44,18 @@ typedef struct ctx {
 
 #define KEEP(p) __asm__ volatile("" : : "r"(p) : "memory")
 
+/* n pairs of one implementation, inlined (no call through a pointer in the
+ * timed loop): ALLOC declares p (NULL on failure), FREE frees it. */
+#define PAIRS(ALLOC, p, FREE)                                               \
+    for (unsigned long i = 0; i < n; i++) {                                 \
+        ALLOC;                                                              \
+        if (!(p))                                                           \
+            return -1;                                                      \
+        (p)[0] = 1;                                                         \
+        KEEP(p);                                                            \
+        FREE;                                                               \
+    }
+
 /* Time n pairs of one implementation at one size; returns thread-CPU ns per
  * pair, or a negative value on allocation failure. */
 static double run_cell(ctx *c, int impl, size_t size, unsigned long n)
@@ -51,44 +63,19 @@ static double run_cell(ctx *c, int impl, size_t size, unsigned long n)
     uint64_t t0 = as_clock_ns(CLOCK_THREAD_CPUTIME_ID);
     switch (impl) {
     case IMPL_GLIBC:
-        for (unsigned long i = 0; i < n; i++) {
-            char *p = __libc_malloc(size);
-            if (!p)
-                return -1;
-            p[0] = 1;
-            KEEP(p);
-            __libc_free(p);
-        }
+        PAIRS(char *p = __libc_malloc(size), p, __libc_free(p));
         break;
     case IMPL_JE_MALLOC:
-        for (unsigned long i = 0; i < n; i++) {
-            char *p = malloc(size);
-            if (!p)
-                return -1;
-            p[0] = 1;
-            KEEP(p);
-            free(p);
-        }
+        PAIRS(char *p = malloc(size), p, free(p));
         break;
     case IMPL_JEMALLOC:
-        for (unsigned long i = 0; i < n; i++) {
-            char *p = mallocx(size, c->je_flags);
-            if (!p)
-                return -1;
-            p[0] = 1;
-            KEEP(p);
-            sdallocx(p, size, c->je_flags);
-        }
+        PAIRS(char *p = mallocx(size, c->je_flags), p,
+              sdallocx(p, size, c->je_flags));
         break;
     default:
-        for (unsigned long i = 0; i < n; i++) {
-            as_block b;
-            if (as_alloc(c->arena, size, AS_TAG_WORKSPACE, AS_LAYER_NONE, &b) != 0)
-                return -1;
-            ((char *)b.ptr)[0] = 1;
-            KEEP(b.ptr);
-            as_free(c->arena, &b);
-        }
+        PAIRS(as_block b; char *p = as_alloc(c->arena, size, AS_TAG_WORKSPACE,
+                                             AS_LAYER_NONE, &b) ? NULL : b.ptr,
+              p, as_free(c->arena, &b));
         break;
     }
     return (double)(as_clock_ns(CLOCK_THREAD_CPUTIME_ID) - t0) / (double)n;

@@ -1,6 +1,6 @@
 /*
  * actstore bench conv [--json FILE] [--quick] [--wall] [--reps R] [--threads T]
- *                     [--cond-max C] [--no-adjoint] [--shape N:CIN:COUT:H:K:PAD]...
+ *                     [--cond-max C] [--no-adjoint] [--no-lu] [--shape N:CIN:COUT:H:K:PAD]...
  *
  * Conv input regeneration by inversion against the conv forward it saves
  * memory for, side by side per shape: forward = the layers library's
@@ -86,13 +86,14 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: actstore bench conv [--json FILE] [--quick] [--wall] [--reps R] [--threads T]\n"
-        "                           [--cond-max C] [--no-adjoint]\n"
+        "                           [--cond-max C] [--no-adjoint] [--no-lu]\n"
         "                           [--shape N:CIN:COUT:H:K:PAD]...\n"
         "Conv input inversion vs conv forward (im2col + OpenBLAS sgemm), per shape:\n"
         "forward_ms, invert_ms (cached factor), factor_ms (once per weight version),\n"
         "ratio (median of invert/forward timed back to back), stream_ms and\n"
         "stream_ratio (restore that factors inside, as in training: adjoint path when\n"
-        "Cout >= 2 Cin and cond <= 50; Cin = 1: the closed form, no factor),\n"
+        "Cout >= 2 Cin and cond <= 50; LU factors of A when Cout = Cin; Cin = 1: the\n"
+        "closed form, no factor),\n"
         "channels_read (Cin = 1), cond_ms (the check at save), bound_ms and bounded (the\n"
         "next version's verdict after a small weight step: by the perturbation bound\n"
         "when bounded), max_rel_err\n"
@@ -105,12 +106,15 @@ static void usage(FILE *f)
         "                 inversion is single-threaded)\n"
         "  --cond-max C   inversion threshold on cond(A(f)) (default 1e4)\n"
         "  --no-adjoint   streamed restores never take the adjoint path\n"
+        "  --no-lu        streamed restores with Cout = Cin solve with M (the Gram\n"
+        "                 route) instead of the LU factors of A\n"
         "  --shape S      run only shape S = N:CIN:COUT:H:K:PAD (square map H x H,\n"
         "                 k x k kernel, padding PAD); repeatable, up to 64\n");
 }
 
 /* Runs one shape; fills the JSON object. Returns 0 or -1 (out of memory). */
 static int no_adjoint;   /* --no-adjoint */
+static int no_lu;        /* --no-lu */
 
 /* One shape's run: geometry, buffers, samples and results. */
 typedef struct conv_run {
@@ -132,7 +136,7 @@ typedef struct conv_run {
     double         fwd, inv, ratio, factor_ms, cond, stream, sratio, cond_ms, serr, err;
     double         bound_ms;            /* the next version's verdict (time_bound) */
     size_t         cache;
-    int            fallback, adjoint, bounded;
+    int            fallback, adjoint, lu, bounded;
     char           why[200];
 } conv_run;
 
@@ -280,6 +284,7 @@ static int time_streamed(conv_run *r, const as__civ_cfg *cfg)
     as__civ_get_stats(r->cs, &ss);
     r->cond_ms = ss.cond_ms;
     r->adjoint = ss.adjoint > 0;
+    r->lu = ss.lu > 0;
     r->serr = max_rel_err(r->x, r->xr, r->xl);
     /* xr back to the cached restore's output for its error */
     if (as__civ_restore(r->ci, r->s->n, r->y, r->b, r->fr, r->xr))
@@ -342,6 +347,8 @@ static const char *stream_path(const conv_run *r, bool brief)
 {
     if (r->s->cin == 1 && r->s->k > 1)
         return brief ? "c1" : "closed-form";
+    if (r->lu)
+        return "lu";
     return r->adjoint ? (brief ? "adj" : "adjoint") : (brief ? "dir" : "direct");
 }
 
@@ -395,7 +402,8 @@ static int run_shape(const shape *s, int reps, double cond_max, cJSON *res)
     conv_run r = {.s = s, .reps = reps, .inv = NAN, .ratio = NAN, .factor_ms = NAN,
                   .cond = NAN, .stream = NAN, .sratio = NAN, .cond_ms = NAN, .serr = NAN,
                   .err = NAN, .bound_ms = NAN};
-    as__civ_cfg cfg = {.cond_max = cond_max, .eps_rel = -1, .no_adjoint = no_adjoint};
+    as__civ_cfg cfg = {.cond_max = cond_max, .eps_rel = -1, .no_adjoint = no_adjoint,
+                       .no_lu = no_lu};
     int rc = shape_alloc(&r);
     if (!rc) {
         time_forward(&r);
@@ -434,6 +442,8 @@ int as_bench_conv(int argc, char **argv)
             quick = 1;
         } else if (!strcmp(argv[i], "--no-adjoint")) {
             no_adjoint = 1;
+        } else if (!strcmp(argv[i], "--no-lu")) {
+            no_lu = 1;
         } else if (!strcmp(argv[i], "--wall")) {
             bench_clock = CLOCK_MONOTONIC;
         } else if ((v = as_cli_flag_value(argc, argv, &i, "--json"))) {

@@ -70,17 +70,7 @@ static int synth(rowset *s, int64_t L, double sd, bool causal, int64_t target)
         return -1;
     double *t = malloc((size_t)L * sizeof *t);
     for (int64_t r = 0; r < s->rows; r++) {
-        int64_t n = causal ? r % L + 1 : L;
-        double mx = -1e300, z = 0;
-        for (int64_t k = 0; k < n; k++) {
-            t[k] = nrand() * sd;
-            mx = t[k] > mx ? t[k] : mx;
-        }
-        for (int64_t k = 0; k < n; k++)
-            z += (t[k] = exp(t[k] - mx));
-        float *row = s->y + r * L;
-        for (int64_t k = 0; k < L; k++)
-            row[k] = k < n ? (float)(t[k] / z) : 0.0f;
+        as_rng_softmax_row(&rng, sd, causal ? r % L + 1 : L, L, t, s->y + r * L);
     }
     free(t);
     return 0;

@@ -129,19 +129,12 @@ void as__aq_fwht(float *restrict v, size_t G)
 
 /* ---- codes ------------------------------------------------------------ */
 
-/* q[j] = clamp(floor((v[j] - mn) * inv + u_j), 0, qmax) for j < n. The
- * clamp is done in float, so a stray value never reaches the conversion
- * out of range. */
+/* as__codes_sr, cloned for this file's targets. */
 AS_CLONES_V4_V3
 static void codes_sr(const float *restrict v, size_t n, float mn, float inv,
                      float qmax, uint32_t gseed, uint8_t *restrict q)
 {
-    for (uint32_t j = 0; j < (uint32_t)n; j++) {
-        float t = (v[j] - mn) * inv + as__uniform(gseed, j);
-        t = t > 0.0f ? t : 0.0f;
-        t = t < qmax ? t : qmax;
-        q[j] = (uint8_t)(int32_t)t;
-    }
+    as__codes_sr(v, n, mn, inv, qmax, gseed, q);
 }
 
 AS_CLONES_V4_V3

@@ -26,8 +26,8 @@ typedef struct bp_blk {
     uint64_t w[];
 } bp_blk;
 
-static int bp_applies(const void *params, const as_save_info *info,
-                      const as_tensor *t, char *why, size_t whylen)
+static int bitpack_applies(const void *params, const as_save_info *info,
+                           const as_tensor *t, char *why, size_t whylen)
 {
     if (t->dtype != AS_U8 && t->dtype != AS_I32)
         return as_policy_reject(why, whylen, "dtype %s (u8 or i32 only)",
@@ -63,16 +63,12 @@ static inline uint64_t bp_lanes(unsigned bits)
     return 0x0101010101010101ull * ((1u << bits) - 1);
 }
 
+#if AS_X86_DISPATCH
 static inline bool bp_use_bmi2(void)
 {
-#if AS_X86_DISPATCH
     return __builtin_cpu_supports("bmi2") && !as__simd_portable();
-#else
-    return false;
-#endif
 }
 
-#if AS_X86_DISPATCH
 __attribute__((target("bmi2")))
 static void pack_u8_bmi2(const uint8_t *x, int64_t n, unsigned bits, uint8_t lo,
                          uint8_t *out, size_t cap)
@@ -100,23 +96,11 @@ static void unpack_u8_bmi2(const uint8_t *in, size_t cap, int64_t n, unsigned bi
         memcpy(y + i, &v, n - i < 8 ? (size_t)(n - i) : 8);
     }
 }
-#else
-static void pack_u8_bmi2(const uint8_t *x, int64_t n, unsigned bits, uint8_t lo,
-                         uint8_t *out, size_t cap)
-{
-    (void)x, (void)n, (void)bits, (void)lo, (void)out, (void)cap;
-}
-
-static void unpack_u8_bmi2(const uint8_t *in, size_t cap, int64_t n, unsigned bits,
-                           uint8_t lo, uint8_t *y)
-{
-    (void)in, (void)cap, (void)n, (void)bits, (void)lo, (void)y;
-}
 #endif
 
-static int bp_encode(as_pctx *ctx, const void *params,
-                     const as_save_info *info, const as_tensor *t,
-                     void **state)
+static int bitpack_encode(as_pctx *ctx, const void *params,
+                          const as_save_info *info, const as_tensor *t,
+                          void **state)
 {
     const int64_t n = as_tensor_numel(t);
     int64_t lo = 0, hi = 0;
@@ -142,30 +126,36 @@ static int bp_encode(as_pctx *ctx, const void *params,
     b->pad = 0;
     b->seal = as_pctx_seal(b, offsetof(bp_blk, seal));
     memset(b->w, 0, words * sizeof(uint64_t));
+#if AS_X86_DISPATCH
     if (t->dtype == AS_U8 && bits && bp_use_bmi2()) {
         pack_u8_bmi2(t->data, n, bits, (uint8_t)lo, (uint8_t *)b->w,
                      words * sizeof(uint64_t));
         *state = b;
         return 0;
     }
+#endif
     for (int64_t i = 0; bits && i < n; i++)
         as__bits_put(b->w, (uint64_t)i, bits, (uint64_t)(value_at(t, i) - lo));
     *state = b;
     return 0;
 }
 
-static int bp_decode(as_pctx *ctx, const void *params, void *state,
-                     as_tensor *dst)
+static int bitpack_decode(as_pctx *ctx, const void *params, void *state,
+                          as_tensor *dst)
 {
     const bp_blk *b = state;
     int rc = as_pctx_check_seal(ctx, b, offsetof(bp_blk, seal), b->seal);
     if (rc)
         return rc;
+#if AS_X86_DISPATCH
     if (dst->dtype == AS_U8 && b->bits && b->min >= 0 &&
         b->min + (1 << b->bits) - 1 <= 255 && bp_use_bmi2()) {   /* no carry */
         unpack_u8_bmi2((const uint8_t *)b->w, as__bits_words((uint64_t)b->n, b->bits) * 8,
                        b->n, b->bits, (uint8_t)b->min, dst->data);
-    } else if (dst->dtype == AS_U8) {
+        return 0;
+    }
+#endif
+    if (dst->dtype == AS_U8) {
         uint8_t *y = dst->data;
         for (int64_t i = 0; i < b->n; i++)
             y[i] = (uint8_t)(b->min + (int64_t)as__bits_get(b->w, (uint64_t)i,
@@ -179,15 +169,10 @@ static int bp_decode(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
-const as_policy_ops as_policy_bitpack = {
-    .name = "bitpack",
-    .summary = "u8 / i32 indices in ceil(log2(range)) bits each (2 for a "
-               "2x2 argmax); exact",
-    .kinds = (1u << AS_KIND_INDEX) | (1u << AS_KIND_DROPOUT_MASK) |
-             (1u << AS_KIND_GENERIC),
-    .exact = true,
-    .parse = as_policy_parse_none,
-    .applies = bp_applies,
-    .encode = bp_encode,
-    .decode = bp_decode,
-};
+AS_POLICY_OPS(bitpack,
+              "u8 / i32 indices in ceil(log2(range)) bits each (2 for a "
+              "2x2 argmax); exact",
+              (.kinds = (1u << AS_KIND_INDEX) | (1u << AS_KIND_DROPOUT_MASK) |
+                        (1u << AS_KIND_GENERIC),
+               .exact = true, AS_POLICY_NO_ARGS),
+              applies, encode, decode);

@@ -31,15 +31,8 @@ static int borrow_encode(as_pctx *ctx, const void *params,
     return 0;
 }
 
-const as_policy_ops as_policy_borrow = {
-    .name = "borrow",
-    .summary = "store nothing: the caller holds the tensor (as_save_info."
-               "borrow), restore reads it",
-    .kinds = 0,
-    .exact = true,
-    .parse = as_policy_parse_none,
-    .applies = borrow_applies,
-    .encode = borrow_encode,
-    .decode = as_policy_decode_state,
-    .view = as_policy_view_state,
-};
+AS_POLICY_OPS(borrow,
+              "store nothing: the caller holds the tensor (as_save_info."
+              "borrow), restore reads it",
+              (.exact = true, AS_POLICY_NO_ARGS, AS_POLICY_STATE_IS_DATA),
+              applies, encode);

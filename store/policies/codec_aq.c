@@ -186,16 +186,15 @@ static int aq_decode(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
-static int aq_rows(as_pctx *ctx, const void *params, void *state,
-                   int64_t row0, int64_t nrows, float *dst)
+static int aq_decode_rows(as_pctx *ctx, const void *params, void *state,
+                          int64_t row0, int64_t nrows, float *dst)
 {
     (void)params;
     const aq_hdr *h = state;
-    int rc_rows = as_pctx_check_seal(ctx, h, offsetof(aq_hdr, seal), h->seal);
-    if (!rc_rows)
-        rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
-    if (rc_rows)
-        return rc_rows;
+    int rc = as_pctx_check_sealed_rows(ctx, h, offsetof(aq_hdr, seal), h->seal,
+                                       h->n, h->cols, row0, nrows);
+    if (rc)
+        return rc;
     as__aq_decode(&h->fmt, h->params, h->codes, h->n, (size_t)row0 * h->cols,
                   (size_t)nrows * h->cols, dst);
     return 0;
@@ -206,17 +205,10 @@ static void aq_drop(void *params, void *state)
     (void)params, (void)state;   /* a context block: the store frees it */
 }
 
-const as_policy_ops as_policy_aq = {
-    .name = "aq",
-    .summary = "per-group affine 2/3/4/8-bit, stochastic rounding, optional "
-               "Hadamard rotation ([:B][:g=N][:rot][:rn][:seed=N]; 2 bits "
-               "~12.8x)",
-    .kinds = 0,
-    .parse = aq_parse,
-    .free_params = as_policy_free_params,
-    .applies = as_policy_applies_f32,
-    .encode = aq_encode,
-    .decode = aq_decode,
-    .drop = aq_drop,
-    .decode_rows = aq_rows,
-};
+AS_POLICY_OPS(aq,
+              "per-group affine 2/3/4/8-bit, stochastic rounding, optional "
+              "Hadamard rotation ([:B][:g=N][:rot][:rn][:seed=N]; 2 bits "
+              "~12.8x)",
+              (.free_params = as_policy_free_params,
+               .applies = as_policy_applies_f32),
+              parse, encode, decode, drop, decode_rows);

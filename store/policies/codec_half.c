@@ -65,11 +65,10 @@ static int half_decode(as_pctx *ctx, const half_hdr *h, as_tensor *dst, bool bra
 static int half_rows(as_pctx *ctx, const half_hdr *h, int64_t row0,
                      int64_t nrows, float *dst, bool brain)
 {
-    int rc_rows = as_pctx_check_seal(ctx, h, offsetof(half_hdr, seal), h->seal);
-    if (!rc_rows)
-        rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
-    if (rc_rows)
-        return rc_rows;
+    int rc = as_pctx_check_sealed_rows(ctx, h, offsetof(half_hdr, seal), h->seal,
+                                       h->n, h->cols, row0, nrows);
+    if (rc)
+        return rc;
     half_range(h, (size_t)row0 * h->cols, (size_t)nrows * h->cols, dst, brain);
     return 0;
 }
@@ -90,22 +89,16 @@ static int half_rows(as_pctx *ctx, const half_hdr *h, int64_t row0,
         (void)params;                                                       \
         return half_decode(ctx, state, dst, BRAIN);                         \
     }                                                                       \
-    static int NAME##_rows(as_pctx *ctx, const void *params, void *state,   \
-                           int64_t row0, int64_t nrows, float *dst)         \
+    static int NAME##_decode_rows(as_pctx *ctx, const void *params,        \
+                                  void *state, int64_t row0,                \
+                                  int64_t nrows, float *dst)                \
     {                                                                       \
         (void)params;                                                       \
         return half_rows(ctx, state, row0, nrows, dst, BRAIN);              \
     }                                                                       \
-    const as_policy_ops as_policy_##NAME = {                                \
-        .name = #NAME,                                                      \
-        .summary = SUMMARY,                                                 \
-        .kinds = 0,                                                         \
-        .parse = as_policy_parse_none,                                      \
-        .applies = as_policy_applies_f32,                                   \
-        .encode = NAME##_encode,                                            \
-        .decode = NAME##_decode,                                            \
-        .decode_rows = NAME##_rows,                                         \
-    };
+    AS_POLICY_OPS(NAME, SUMMARY,                                            \
+                  (AS_POLICY_NO_ARGS, .applies = as_policy_applies_f32),    \
+                  encode, decode, decode_rows);
 
 HALF_OPS(fp16, false,
          "f32 as IEEE half, round to nearest even (2x; rel. err <= 2^-11, |x| <= 65504)")

@@ -185,28 +185,21 @@ static int quant_rows(as_pctx *ctx, const void *params, void *state,
 {
     (void)params;
     const quant_hdr *h = state;
-    int rc_rows = as_pctx_check_seal(ctx, h, offsetof(quant_hdr, seal), h->seal);
-    if (!rc_rows)
-        rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->n / h->cols);
-    if (rc_rows)
-        return rc_rows;
+    int rc = as_pctx_check_sealed_rows(ctx, h, offsetof(quant_hdr, seal), h->seal,
+                                       h->n, h->cols, row0, nrows);
+    if (rc)
+        return rc;
     as__quant_decode(h->groups, h->codes, (int)h->bits, h->group,
                      (size_t)row0 * h->cols, (size_t)nrows * h->cols, dst);
     return 0;
 }
 
 #define QUANT_OPS(B, SUMMARY)                                               \
-    const as_policy_ops as_policy_q##B = {                                  \
-        .name = "q" #B,                                                     \
-        .summary = SUMMARY,                                                 \
-        .kinds = 0,                                                         \
-        .parse = quant_parse,                                               \
-        .free_params = as_policy_free_params,                                   \
-        .applies = as_policy_applies_f32,                                           \
-        .encode = q##B##_encode,                                            \
-        .decode = quant_decode,                                             \
-        .decode_rows = quant_rows,                                          \
-    };
-QUANT_OPS(8, "8-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~3.9x)")
-QUANT_OPS(4, "4-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~7.5x)")
-QUANT_OPS(2, "2-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~14x)")
+    AS_POLICY_OPS(q##B, SUMMARY,                                            \
+                  (.parse = quant_parse, .free_params = as_policy_free_params, \
+                   .applies = as_policy_applies_f32, .decode = quant_decode, \
+                   .decode_rows = quant_rows),                              \
+                  encode)
+QUANT_OPS(8, "8-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~3.9x)");
+QUANT_OPS(4, "4-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~7.5x)");
+QUANT_OPS(2, "2-bit per-group affine, stochastic rounding ([:g=N][:seed=N]; ~14x)");

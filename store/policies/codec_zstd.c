@@ -530,8 +530,8 @@ static int zstd_decode(as_pctx *ctx, const void *params, void *state,
     return rc;
 }
 
-static int zstd_rows(as_pctx *ctx, const void *params, void *state,
-                     int64_t row0, int64_t nrows, float *dst)
+static int zstd_decode_rows(as_pctx *ctx, const void *params, void *state,
+                            int64_t row0, int64_t nrows, float *dst)
 {
     const zhdr *h = state;
     int rc_rows = as_pctx_check_rows(ctx, row0, nrows, h->bytes / h->row_bytes);
@@ -559,17 +559,11 @@ static int zstd_rows(as_pctx *ctx, const void *params, void *state,
     return rc;
 }
 
-const as_policy_ops as_policy_zstd = {
-    .name = "zstd",
-    .summary = "lossless zstd[:level] of byte-shuffled frames (zero mask for sparse data)",
-    .kinds = 0,
-    .exact = true,
-    .parse = zstd_parse,
-    .free_params = zstd_free_params,
-    .encode = zstd_encode,
-    .decode = zstd_decode,
-    .decode_rows = zstd_rows,
-};
+AS_POLICY_OPS(zstd,
+              "lossless zstd[:level] of byte-shuffled frames (zero mask for "
+              "sparse data)",
+              (.exact = true),
+              parse, free_params, encode, decode, decode_rows);
 
 /* Testing hook (quant.h). */
 uint8_t *as__zstd_frame_bytes(void *state, size_t i, size_t *len)

@@ -168,6 +168,12 @@ static int dep_decode(as_pctx *ctx, const void *params, void *state,
 
 /* ---- derive ------------------------------------------------------------ */
 
+/* derive and inverse: a regenerator over one dependency, rebuilt by
+ * dep_decode. */
+#define DEPENDENT                                                           \
+    .regenerator = true, AS_POLICY_NO_ARGS, .decode = dep_decode,           \
+    .drop = as_policy_drop_free
+
 static int derive_applies(const void *params, const as_save_info *info,
                           const as_tensor *t, char *why, size_t whylen)
 {
@@ -197,17 +203,11 @@ static int derive_encode(as_pctx *ctx, const void *params,
     return dep_encode(ctx, &info->source_fn, info->source, false, state);
 }
 
-const as_policy_ops as_policy_derive = {
-    .name = "derive",
-    .summary = "store nothing; this = fn(source) (relu, leaky_relu, affine, gelu)",
-    .kinds = 0,
-    .regenerator = true,
-    .parse = as_policy_parse_none,
-    .applies = derive_applies,
-    .encode = derive_encode,
-    .decode = dep_decode,
-    .drop = as_policy_drop_free,
-};
+AS_POLICY_OPS(derive,
+              "store nothing; this = fn(source) (relu, leaky_relu, affine, "
+              "gelu)",
+              (DEPENDENT),
+              applies, encode);
 
 /* ---- inverse ------------------------------------------------------------ */
 
@@ -226,14 +226,8 @@ static int inverse_encode(as_pctx *ctx, const void *params,
     return AS_ENOTSUP;
 }
 
-const as_policy_ops as_policy_inverse = {
-    .name = "inverse",
-    .summary = "store nothing; rebuilt from a later tensor y = fn(this) "
-               "through fn^-1 (leaky_relu, affine)",
-    .kinds = 0,
-    .regenerator = true,
-    .parse = as_policy_parse_none,
-    .encode = inverse_encode,
-    .decode = dep_decode,
-    .drop = as_policy_drop_free,
-};
+AS_POLICY_OPS(inverse,
+              "store nothing; rebuilt from a later tensor y = fn(this) "
+              "through fn^-1 (leaky_relu, affine)",
+              (DEPENDENT),
+              encode);

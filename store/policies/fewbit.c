@@ -60,8 +60,8 @@ typedef struct fb_blk {
     uint64_t w[];               /* codes, then nnan int64 positions */
 } fb_blk;
 
-static int fb_parse(const char *args, size_t len, void **params, char *err,
-                    size_t errlen, size_t *err_off)
+static int fewbit_parse(const char *args, size_t len, void **params, char *err,
+                        size_t errlen, size_t *err_off)
 {
     unsigned bits = FB_DEFAULT_BITS;
     if (len) {
@@ -80,8 +80,8 @@ static int fb_parse(const char *args, size_t len, void **params, char *err,
     return 0;
 }
 
-static int fb_applies(const void *params, const as_save_info *info,
-                      const as_tensor *t, char *why, size_t whylen)
+static int fewbit_applies(const void *params, const as_save_info *info,
+                          const as_tensor *t, char *why, size_t whylen)
 {
     if (t->dtype != AS_F32) {
         snprintf(why, whylen, "dtype %s", as_dtype_name(t->dtype));
@@ -316,17 +316,11 @@ AS_TARGET_512 static void codes_512(const float *x, int64_t n, const int *hi,
         as__put_bytes(out + o, as__pack16(c, (int)bits), nb - o < chunk ? nb - o : chunk);
     }
 }
-#else
-static void codes_512(const float *x, int64_t n, const int *hi, unsigned nlev,
-                      unsigned bits, uint64_t *w)
-{
-    (void)x, (void)n, (void)hi, (void)nlev, (void)bits, (void)w;
-}
 #endif
 
-static int fb_encode(as_pctx *ctx, const void *params,
-                     const as_save_info *info, const as_tensor *t,
-                     void **state)
+static int fewbit_encode(as_pctx *ctx, const void *params,
+                         const as_save_info *info, const as_tensor *t,
+                         void **state)
 {
     const fb_params *p = params;
     const unsigned bits = p ? p->bits : FB_DEFAULT_BITS;
@@ -355,9 +349,11 @@ static int fb_encode(as_pctx *ctx, const void *params,
     for (unsigned s = 0; s < b->nlev; s++)
         b->xrep[s] = representative(lo[s], hi[s], b->level[s]);
     memset(b->w, 0, (words + (size_t)b->nnan) * sizeof(uint64_t));
+#if AS_X86_DISPATCH
     if (as__use_512())
         codes_512(x, n, hi, b->nlev, bits, b->w);
     else
+#endif
         codes_portable(x, n, code_of, bits, b->w);
     int64_t *nanpos = (int64_t *)(b->w + words), k = 0;
     for (int64_t i = 0; b->nnan && i < n; i++)
@@ -389,8 +385,8 @@ static int fb_check(as_pctx *ctx, const fb_blk *b)
     return 0;
 }
 
-static int fb_decode(as_pctx *ctx, const void *params, void *state,
-                     as_tensor *dst)
+static int fewbit_decode(as_pctx *ctx, const void *params, void *state,
+                         as_tensor *dst)
 {
     const fb_blk *b = state;
     int rc = fb_check(ctx, b);
@@ -422,25 +418,23 @@ AS_TARGET_512 static void backward_512(const fb_blk *b, const float *dy, float *
         _mm512_mask_storeu_ps(dx + i, m, _mm512_mul_ps(q, _mm512_maskz_loadu_ps(m, dy + i)));
     }
 }
-#else
-static void backward_512(const fb_blk *b, const float *dy, float *dx)
-{
-    (void)b, (void)dy, (void)dx;
-}
 #endif
 
-static int fb_act_backward(as_pctx *ctx, const void *params, void *state,
-                           const as_elementwise *fn, const float *dy,
-                           float *dx)
+static int fewbit_act_backward(as_pctx *ctx, const void *params, void *state,
+                               const as_elementwise *fn, const float *dy,
+                               float *dx)
 {
     const fb_blk *b = state;
     int rc = fb_check(ctx, b);
     if (rc)
         return rc;
     const unsigned bits = b->bits;
+#if AS_X86_DISPATCH
     if (as__use_512()) {
         backward_512(b, dy, dx);
-    } else if (64 % bits == 0) {   /* whole codes per word */
+    } else
+#endif
+    if (64 % bits == 0) {   /* whole codes per word */
         const unsigned per = 64 / bits;
         const uint64_t mask = (1ull << bits) - 1;
         for (int64_t i0 = 0; i0 < b->n; i0 += per) {
@@ -459,16 +453,9 @@ static int fb_act_backward(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
-const as_policy_ops as_policy_fewbit = {
-    .name = "fewbit",
-    .summary = "gelu input as fewbit[:B] codes of its derivative (B 1..4, "
-               "default 3; fitted per tensor)",
-    .kinds = 1u << AS_KIND_ACTIVATION_INPUT,
-    .grad_only = true,
-    .parse = fb_parse,
-    .free_params = as_policy_free_params,
-    .applies = fb_applies,
-    .encode = fb_encode,
-    .decode = fb_decode,
-    .act_backward = fb_act_backward,
-};
+AS_POLICY_OPS(fewbit,
+              "gelu input as fewbit[:B] codes of its derivative (B 1..4, "
+              "default 3; fitted per tensor)",
+              (.kinds = 1u << AS_KIND_ACTIVATION_INPUT, .grad_only = true,
+               .free_params = as_policy_free_params),
+              parse, applies, encode, decode, act_backward);

@@ -29,14 +29,6 @@ static int keep_encode(as_pctx *ctx, const void *params,
     return 0;
 }
 
-const as_policy_ops as_policy_keep = {
-    .name = "keep",
-    .summary = "exact; zero-copy for tensors adopted from the store's arena",
-    .kinds = 0,
-    .regenerator = false,
-    .exact = true,
-    .parse = as_policy_parse_none,
-    .encode = keep_encode,
-    .decode = as_policy_decode_state,
-    .view = as_policy_view_state,
-};
+AS_POLICY_OPS(keep, "exact; zero-copy for tensors adopted from the store's arena",
+              (.exact = true, AS_POLICY_NO_ARGS, AS_POLICY_STATE_IS_DATA),
+              encode);

@@ -361,8 +361,8 @@ static int open_unnamed(const char *dir)
 
 /* ---- policy -------------------------------------------------------------- */
 
-static int off_parse(const char *args, size_t len, void **params, char *err,
-                     size_t errlen, size_t *err_off)
+static int offload_parse(const char *args, size_t len, void **params, char *err,
+                         size_t errlen, size_t *err_off)
 {
     *params = NULL;
     if (!len)
@@ -385,9 +385,9 @@ static int off_parse(const char *args, size_t len, void **params, char *err,
     return 0;
 }
 
-static int off_encode(as_pctx *ctx, const void *params,
-                      const as_save_info *info, const as_tensor *t,
-                      void **state)
+static int offload_encode(as_pctx *ctx, const void *params,
+                          const as_save_info *info, const as_tensor *t,
+                          void **state)
 {
     (void)info;
     const char *dir = params ? params : as_pctx_offload_dir(ctx);
@@ -446,8 +446,8 @@ static int off_encode(as_pctx *ctx, const void *params,
     return 0;
 }
 
-static int off_decode(as_pctx *ctx, const void *params, void *state,
-                      as_tensor *dst)
+static int offload_decode(as_pctx *ctx, const void *params, void *state,
+                          as_tensor *dst)
 {
     (void)params;
     off_item *it = state;
@@ -507,7 +507,7 @@ static int off_decode(as_pctx *ctx, const void *params, void *state,
     return rc;
 }
 
-static void off_prefetch(as_pctx *ctx, const void *params, void *state)
+static void offload_prefetch(as_pctx *ctx, const void *params, void *state)
 {
     (void)ctx, (void)params;
     off_item *it = state;
@@ -520,7 +520,7 @@ static void off_prefetch(as_pctx *ctx, const void *params, void *state)
     pthread_mutex_unlock(&io.mu);
 }
 
-static void off_drop(void *params, void *state)
+static void offload_drop(void *params, void *state)
 {
     (void)params;
     off_item *it = state;
@@ -540,18 +540,11 @@ static void off_drop(void *params, void *state)
     free(it);
 }
 
-const as_policy_ops as_policy_offload = {
-    .name = "offload",
-    .summary = "to a file, written in the background (offload[:dir]; falls back to memory)",
-    .kinds = 0,
-    .exact = true,
-    .parse = off_parse,
-    .free_params = as_policy_free_params,
-    .encode = off_encode,
-    .decode = off_decode,
-    .drop = off_drop,
-    .prefetch = off_prefetch,
-};
+AS_POLICY_OPS(offload,
+              "to a file, written in the background (offload[:dir]; falls "
+              "back to memory)",
+              (.exact = true, .free_params = as_policy_free_params),
+              parse, encode, decode, drop, prefetch);
 
 /* ---- testing hooks (quant.h) ---------------------------------------------- */
 

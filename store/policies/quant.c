@@ -18,19 +18,6 @@
 
 #define AS_HAVE_F16C_PATH AS_X86_DISPATCH
 
-static inline uint32_t f2u(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static inline float u2f(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* ---- fp16 --------------------------------------------------------------- */
 
 void as__f32_to_f16_sw(const float *restrict src, uint16_t *restrict dst,
@@ -116,7 +103,7 @@ void as__f32_to_bf16(const float *restrict src, uint16_t *restrict dst,
                      size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        uint32_t x = f2u(src[i]);
+        uint32_t x = as__f2u(src[i]);
         uint32_t r = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
         uint32_t q = (x >> 16) | 0x40u;
         dst[i] = (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? q : r);
@@ -128,7 +115,7 @@ void as__bf16_to_f32(const uint16_t *restrict src, float *restrict dst,
                      size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        dst[i] = u2f((uint32_t)src[i] << 16);
+        dst[i] = as__u2f((uint32_t)src[i] << 16);
 }
 
 /* ---- byte shuffle ------------------------------------------------------- */
@@ -293,20 +280,14 @@ static void group_minmax(const float *restrict x, size_t n, float *mn,
 }
 
 /* Codes of one group (count values, padded with zeros to a multiple of 8)
- * into q[]. The clamp is done in float before the conversion, so NaN and
- * out-of-range values never reach a float-to-int conversion. */
+ * into q[]. */
 AS_CLONES_AVX2
 static void group_codes(const float *restrict x, size_t count, float mn,
                         float inv, float qmax, uint32_t gseed,
                         uint8_t *restrict q)
 {
     assert(count <= AS_QUANT_GROUP_MAX);
-    for (uint32_t j = 0; j < (uint32_t)count; j++) {
-        float v = (x[j] - mn) * inv + as__uniform(gseed, j);
-        v = v > 0.0f ? v : 0.0f;
-        v = v < qmax ? v : qmax;
-        q[j] = (uint8_t)(int32_t)v;
-    }
+    as__codes_sr(x, count, mn, inv, qmax, gseed, q);
 }
 
 AS_CLONES_AVX2

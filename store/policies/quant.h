@@ -129,6 +129,22 @@ static inline float as__uniform(uint32_t gseed, uint32_t j)
            (1.0f / 16777216.0f);
 }
 
+/* Stochastically rounded codes: q[j] = clamp(floor((x[j] - mn) * inv +
+ * as__uniform(gseed, j)), 0, qmax) for j < n. The clamp is done in float,
+ * so NaN and out-of-range values never reach the conversion. Inline, for
+ * the callers' target clones to vectorize. */
+static inline void as__codes_sr(const float *restrict x, size_t n, float mn,
+                                float inv, float qmax, uint32_t gseed,
+                                uint8_t *restrict q)
+{
+    for (uint32_t j = 0; j < (uint32_t)n; j++) {
+        float v = (x[j] - mn) * inv + as__uniform(gseed, j);
+        v = v > 0.0f ? v : 0.0f;
+        v = v < qmax ? v : qmax;
+        q[j] = (uint8_t)(int32_t)v;
+    }
+}
+
 /* ---- checksum ------------------------------------------------------------ */
 
 /* A fast 64-bit checksum of n bytes (not cryptographic): eight lanes of

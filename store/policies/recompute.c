@@ -72,7 +72,7 @@ static int rows_check(as_pctx *ctx, const as_save_info *info,
     return 0;
 }
 
-static int rc_applies(const void *params, const as_save_info *info,
+static int recompute_applies(const void *params, const as_save_info *info,
                       const as_tensor *t, char *why, size_t whylen)
 {
     if (!info->recompute)
@@ -83,7 +83,7 @@ static int rc_applies(const void *params, const as_save_info *info,
     return 0;
 }
 
-static int rc_encode(as_pctx *ctx, const void *params,
+static int recompute_encode(as_pctx *ctx, const void *params,
                      const as_save_info *info, const as_tensor *t,
                      void **state)
 {
@@ -113,7 +113,7 @@ static int rc_encode(as_pctx *ctx, const void *params,
     return 0;
 }
 
-static int rc_decode(as_pctx *ctx, const void *params, void *state,
+static int recompute_decode(as_pctx *ctx, const void *params, void *state,
                      as_tensor *dst)
 {
     rstate *st = state;
@@ -135,7 +135,7 @@ static int rc_decode(as_pctx *ctx, const void *params, void *state,
  * callback on the slices. Otherwise the whole tensor (its restore
  * materializes and caches it within backward; a trial has no cache, so
  * it rebuilds the whole into scratch) and the rows copied out. */
-static int rc_decode_rows(as_pctx *ctx, const void *params, void *state,
+static int recompute_decode_rows(as_pctx *ctx, const void *params, void *state,
                           int64_t row0, int64_t nrows, float *dst)
 {
     rstate *st = state;
@@ -164,7 +164,7 @@ static int rc_decode_rows(as_pctx *ctx, const void *params, void *state,
         rows_cols(&whole, &rows, &cols);
         if ((rc = as_pctx_check_rows(ctx, row0, nrows, (uint64_t)rows)) < 0 ||
             (rc = as_pctx_scratch(ctx, as_tensor_bytes(&whole), &whole.data)) < 0 ||
-            (rc = rc_decode(ctx, params, state, &whole)) < 0)
+            (rc = recompute_decode(ctx, params, state, &whole)) < 0)
             return rc;
         memcpy(dst, (const float *)whole.data + row0 * cols,
                (size_t)(nrows * cols) * sizeof(float));
@@ -196,15 +196,9 @@ static int rc_decode_rows(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
-const as_policy_ops as_policy_recompute = {
-    .name = "recompute",
-    .summary = "store nothing; rerun the framework's callback on its inputs",
-    .kinds = 0,
-    .regenerator = true,
-    .parse = as_policy_parse_none,
-    .applies = rc_applies,
-    .encode = rc_encode,
-    .decode = rc_decode,
-    .decode_rows = rc_decode_rows,
-    .drop = as_policy_drop_free,
-};
+AS_POLICY_OPS(recompute,
+              "store nothing; rerun the framework's callback on its inputs",
+              (.regenerator = true, AS_POLICY_NO_ARGS,
+               .drop = as_policy_drop_free,
+               .decode_rows = recompute_decode_rows),
+              applies, encode, decode);

@@ -132,15 +132,10 @@ static int sign_act_backward(as_pctx *ctx, const void *params, void *state,
     return 0;
 }
 
-const as_policy_ops as_policy_sign = {
-    .name = "sign",
-    .summary = "relu / leaky_relu input or output as 1 bit per element; "
-               "exact gradients",
-    .kinds = (1u << AS_KIND_ACTIVATION_INPUT) | (1u << AS_KIND_ACTIVATION_OUTPUT),
-    .grad_only = true,
-    .parse = as_policy_parse_none,
-    .applies = sign_applies,
-    .encode = sign_encode,
-    .decode = sign_decode,
-    .act_backward = sign_act_backward,
-};
+AS_POLICY_OPS(sign,
+              "relu / leaky_relu input or output as 1 bit per element; "
+              "exact gradients",
+              (.kinds = (1u << AS_KIND_ACTIVATION_INPUT) |
+                        (1u << AS_KIND_ACTIVATION_OUTPUT),
+               .grad_only = true, AS_POLICY_NO_ARGS),
+              applies, encode, decode, act_backward);

@@ -29,6 +29,7 @@
 #include <llhttp.h>
 
 #include "conn.h"
+#include "util/list.h"
 
 typedef struct wreq {
     uv_write_t req;
@@ -44,12 +45,7 @@ static void on_closed(uv_handle_t *h)
 {
     as__conn *c = h->data;
     as_service *svc = c->svc;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        svc->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    AS_LIST_REMOVE(&svc->conns, c);
     svc->nconns--;
     if (c->sse)
         svc->nsse--;
@@ -578,10 +574,7 @@ static as__conn *conn_new(as_service *svc, uv_loop_t *loop)
     c->svc = svc;
     uv_tcp_init(loop, &c->tcp);
     c->tcp.data = c;
-    c->next = svc->conns;
-    if (svc->conns)
-        svc->conns->prev = c;
-    svc->conns = c;
+    AS_LIST_PUSH(&svc->conns, c);
     svc->nconns++;
     AS__STAT_SET(svc, AS__ST_OPEN, svc->nconns);
     AS__STAT_ADD(svc, AS__ST_CONN_TOTAL, 1);

@@ -599,18 +599,8 @@ void as_service_get_stats(const as_service *svc, as_service_stats *o)
     if (!svc)
         return;
     as_service *s = (as_service *)svc;
-    o->requests = atomic_load(&s->st[AS__ST_REQUESTS]);
-    o->responses_4xx = atomic_load(&s->st[AS__ST_4XX]);
-    o->responses_5xx = atomic_load(&s->st[AS__ST_5XX]);
-    o->connections_open = atomic_load(&s->st[AS__ST_OPEN]);
-    o->connections_total = atomic_load(&s->st[AS__ST_CONN_TOTAL]);
-    o->connections_rejected = atomic_load(&s->st[AS__ST_REJECTED]);
-    o->sse_clients = atomic_load(&s->st[AS__ST_SSE]);
-    o->sse_frames = atomic_load(&s->st[AS__ST_FRAMES]);
-    o->sse_dropped = atomic_load(&s->st[AS__ST_DROPPED]);
-    o->ticks = atomic_load(&s->st[AS__ST_TICKS]);
-    o->tick_ns_last = atomic_load(&s->st[AS__ST_TICK_NS]);
-    o->tick_ns_max = atomic_load(&s->st[AS__ST_TICK_MAX]);
+#define LOAD(k, field) o->field = atomic_load(&s->st[AS__ST_##k]);
+    AS__SVC_STATS(LOAD)
+#undef LOAD
     o->memory_bytes = as__svc_memory();
-    o->cpu_ns = atomic_load(&s->st[AS__ST_CPU_NS]);
 }

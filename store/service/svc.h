@@ -186,10 +186,17 @@ struct as_service {
     atomic_uint_fast64_t st[16];
 };
 
+/* The counters of as_service_stats: X(index name, field), in st[] order. */
+#define AS__SVC_STATS(X)                                                    \
+    X(REQUESTS, requests) X(4XX, responses_4xx) X(5XX, responses_5xx)      \
+    X(OPEN, connections_open) X(CONN_TOTAL, connections_total)             \
+    X(REJECTED, connections_rejected) X(SSE, sse_clients)                  \
+    X(FRAMES, sse_frames) X(DROPPED, sse_dropped) X(TICKS, ticks)          \
+    X(TICK_NS, tick_ns_last) X(TICK_MAX, tick_ns_max) X(CPU_NS, cpu_ns)
 enum {
-    AS__ST_REQUESTS, AS__ST_4XX, AS__ST_5XX, AS__ST_OPEN, AS__ST_CONN_TOTAL,
-    AS__ST_REJECTED, AS__ST_SSE, AS__ST_FRAMES, AS__ST_DROPPED, AS__ST_TICKS,
-    AS__ST_TICK_NS, AS__ST_TICK_MAX, AS__ST_CPU_NS
+#define AS__ST_INDEX(k, field) AS__ST_##k,
+    AS__SVC_STATS(AS__ST_INDEX)
+#undef AS__ST_INDEX
 };
 #define AS__STAT_ADD(svc, k, v) atomic_fetch_add(&(svc)->st[k], (v))
 #define AS__STAT_SET(svc, k, v) atomic_store(&(svc)->st[k], (v))

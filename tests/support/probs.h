@@ -28,15 +28,7 @@ static inline void probs_fill(probs_shape s, const int32_t *vlen, double sd,
     assert_non_null(t);
     for (int r = 0; r < rows; r++) {
         int q = r % T, v = vlen[r / (s.H * T)], n = q + 1 < v ? q + 1 : v;
-        double mx = -1e300, z = 0;
-        for (int k = 0; k < n; k++) {
-            t[k] = as_rng_normal(rng) * sd;
-            mx = t[k] > mx ? t[k] : mx;
-        }
-        for (int k = 0; k < n; k++)
-            z += (t[k] = exp(t[k] - mx));
-        for (int k = 0; k < T; k++)
-            y[r * T + k] = k < n ? (float)(t[k] / z) : 0.0f;
+        as_rng_softmax_row(rng, sd, n, T, t, y + (size_t)r * T);
     }
     free(t);
 }

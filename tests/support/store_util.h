@@ -20,6 +20,23 @@
 #include "actstore/store.h"
 #include "util/rng.h"
 
+/* spec is a valid policy spec. */
+static inline void spec_ok(const char *spec)
+{
+    char err[256] = "";
+    if (as_policy_check(spec, err, sizeof err) != 0)
+        fail_msg("\"%s\": %s", spec, err);
+}
+
+/* spec is refused (AS_ESPEC) with a message holding want (NULL: any). */
+static inline void spec_err(const char *spec, const char *want)
+{
+    char err[256] = "";
+    assert_int_equal(as_policy_check(spec, err, sizeof err), AS_ESPEC);
+    if (want && !strstr(err, want))
+        fail_msg("\"%s\": \"%s\" lacks \"%s\"", spec, err, want);
+}
+
 /* A store with these settings (dir: offload directory or NULL); fails the
  * test when it cannot be created. */
 static inline as_store *store_new(const char *spec, const char *dir, bool strict,

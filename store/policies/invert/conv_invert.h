@@ -12,8 +12,9 @@
  * factor cached per weight version (or built inside a streaming restore,
  * nothing kept), and transforms back. For Cout >= 2 Cin and small condition
  * numbers a streaming restore applies A^H and the Cholesky factor of A^H A
- * per frequency instead of M (the adjoint path); Cin = 1 takes the closed
- * form a^H F^ / |a|^2 and 1x1 kernels a per-pixel channel mix.
+ * per frequency instead of M (the adjoint path), and for Cout = Cin the LU
+ * factors of A(f) (the LU path); Cin = 1 takes the closed form
+ * a^H F^ / |a|^2 and 1x1 kernels a per-pixel channel mix.
  *
  * Layouts: X (N, Cin, H, W), Y (N, Cout, Ho, Wo), W (Cout, Cin, kh, kw), all
  * fp32, contiguous. The frame of one image is (Cin, frame_len) floats; per
@@ -50,6 +51,9 @@ typedef struct as__civ_cfg {
     int    no_adjoint; /* 1: streaming restores never take the adjoint path
                           (default: taken when Cout >= 2 Cin and
                           cond <= AS__CIV_ADJ_COND) */
+    int    no_lu;      /* 1: streamed restores with Cout = Cin solve with M
+                          (the Gram route) instead of the LU factors of A
+                          (default: LU up to AS__CIV_LU_MAX_CIN channels) */
     int    no_bound;   /* 1: compute the condition number of every version
                           (default: a version close enough to the last
                           checked one is accepted by a perturbation bound,
@@ -58,6 +62,10 @@ typedef struct as__civ_cfg {
 
 /* Largest condition number for the adjoint (normal equations) path. */
 #define AS__CIV_ADJ_COND 50.0
+/* Widest layer (Cin = Cout) for the LU path: its error against the Gram
+ * route's grows with the size (measured 1.4x at 16 channels, 1.7x at 64,
+ * 2.5x at 96: docs/policies.md, "The LU path"); wider layers keep M. */
+#define AS__CIV_LU_MAX_CIN 64
 /* FRAME=auto stores 16-bit frames up to this condition number: the frame's
  * quantization error (<= 1.5e-5 of the channel's frame maximum) then comes
  * back in the interior amplified by at most a few times (measured:
@@ -74,6 +82,7 @@ typedef struct as__civ_stats {
     uint64_t restores;        /* successful restores */
     uint64_t streamed;        /* restores that factored block by block */
     uint64_t adjoint;         /* of those, on the adjoint path */
+    uint64_t lu;              /* of those, on the LU path (Cout = Cin) */
     double   cond;            /* max over frequencies of cond(A(f)), last check */
     double   factor_ms;       /* thread CPU time of the last factorization */
     double   cond_ms;         /* thread CPU time of the last condition-only check */
@@ -155,7 +164,8 @@ int as__civ_restore(as__civ *ci, int n, const float *y,
  * A restore of more than one pass of 16 images builds the factor of every
  * frequency once, before the passes, in its work space when that is at most
  * twice one pass's work space; otherwise the frequencies are factored a
- * column (P frequencies) at a time inside each pass. The factor work is
+ * column (P frequencies) at a time inside each pass, and the passes are
+ * made larger (within three passes' work space). The factor work is
  * done for every call (in training each version is restored once). Uses the
  * cached factor instead when one is held for `version`. Needs an accepted
  * condition verdict for `version` (computed here if missing). Returns 0,
@@ -165,8 +175,10 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
                            const float *frame, float *x, char *why, size_t whylen);
 
 /* Work space: restores take as__civ_work_bytes(ci, n) bytes of work
- * space (that of one pass of at most 16 images: a restore of n images runs
- * in passes, so the work space does not grow with the batch); with as__civ_set_work the caller lends a block (64-byte
+ * space (that of one pass of at most 16 images, at most three times that
+ * for a streamed restore: the up-front factor or larger passes; a restore
+ * of n images runs in passes, so the work space does not grow with the
+ * batch beyond that); with as__civ_set_work the caller lends a block (64-byte
  * aligned, at least that size) that the following restores use instead of
  * their own malloc (e.g. from an arena that keeps its pages: no page
  * faults). NULL returns to malloc. The block must outlive those calls. */
@@ -306,10 +318,14 @@ typedef struct as__civ_fctx {
                                    Cholesky factor of A^H A (Cin x Cin,
                                    diagonal inverted) instead of M: 2 Cin
                                    (Cout + Cin) floats per frequency */
+    int lu;                     /* range() writes the LU factors of the
+                                   square A(f) instead (invert/lu.c; set by
+                                   begin when asked, which then skips the
+                                   Gram matrices) */
     void *own;                  /* the buffers' block when not the caller's */
 } as__civ_fctx;
 int as__civ_factor_begin(as__civ_fctx *fc, const as__civ_geom *g, int P,
-                         int Q, const float *w, const double *R, void *scratch);
+                         int Q, const float *w, const double *R, void *scratch, int lu);
 void as__civ_factor_range(as__civ_fctx *fc, size_t f0, size_t f1,
                           double eps_rel, float *m, double *cond_out);
 void as__civ_factor_end(as__civ_fctx *fc);

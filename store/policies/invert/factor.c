@@ -32,12 +32,9 @@
 #include "store/policies/invert/impl.h"
 #include "allocator/fault.h"
 
-#define LANES 8
+#define LANES AS__CIV_LANES
 #define POWER_ITERS 8
 
-struct as__civ_lanes {
-    double re[LANES], im[LANES];
-};
 typedef struct as__civ_lanes lanes_c;
 
 /* The Gram matrix G(f) = A(f)^H A(f) without forming it from A at every
@@ -187,9 +184,13 @@ static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
                       const float *w, const double *R, int need_a, void *scratch);
 
 int as__civ_factor_begin(as__civ_fctx *fc, const as__civ_geom *g, int P,
-                         int Q, const float *w, const double *R, void *scratch)
+                         int Q, const float *w, const double *R, void *scratch, int lu)
 {
-    return begin_impl(fc, g, P, Q, w, R, 1, scratch);
+    /* the LU path needs A(f) only: no Gram matrices (2: skip their DFT) */
+    int rc = begin_impl(fc, g, P, Q, w, R, lu ? 2 : 1, scratch);
+    if (!rc)
+        fc->lu = lu;
+    return rc;
 }
 
 /* The factorization's buffers, in bytes, each rounded to 64 (need_a = 0:
@@ -218,7 +219,8 @@ size_t as__civ_factor_scratch_bytes(const as__civ_geom *g, int P, int Q)
 }
 
 /* need_a = 0: for condition numbers only (no M, no adjoint factor), which
- * do not need A(f), so not its row DFTs T either. */
+ * do not need A(f), so not its row DFTs T either; need_a = 2: A(f) only
+ * (the LU path), no Gram DFT Tg. */
 static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
                       const float *w, const double *R, int need_a, void *scratch)
 {
@@ -248,7 +250,7 @@ static int begin_impl(as__civ_fctx *fc, const as__civ_geom *g, int P, int Q,
     fc->L = (lanes_c *)(b += sz[2]);
     fc->v = (lanes_c *)(b += sz[3]);
     fc->Tg = (double *)(b += sz[4]);
-    if (gram_dft(g, Q, w, R, fc->Tg)) {
+    if (need_a != 2 && gram_dft(g, Q, w, R, fc->Tg)) {
         as__civ_factor_end(fc);
         return AS_ENOMEM;
     }
@@ -768,6 +770,10 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
         group_init(fc, f0, fend, &gr);
         if (m)
             form_a(fc, &gr, A);
+        if (m && fc->lu) {   /* square A: its LU factors, no Gram matrix */
+            as__civ_lu_group(A, ci, v, f0, fend, fbeg, m);
+            continue;
+        }
         form_gram(fc, &gr, L);
         double tr[LANES];
         gram_regularize(L, ci, eps_rel, tr);

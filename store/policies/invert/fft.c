@@ -86,6 +86,22 @@ typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
 #define LD(p) (*(const v8u *)(p))
 #define ST(p, v) (*(v8u *)(p) = (v))
 
+/* The radix-4 butterfly of four (twiddled) inputs, stored at element b of
+ * o0..o3 (B lanes per part); the rotation by sign * i of the odd
+ * difference. A macro: the radix-4 stage and the 4-point leaf share it. */
+#define R4_OUT(o0, o1, o2, o3, b, p0r, p0i, p1r, p1i, p2r, p2i, p3r, p3i)       \
+    do {                                                                       \
+        const v8 s0r_ = (p0r) + (p2r), s0i_ = (p0i) + (p2i);                   \
+        const v8 s1r_ = (p0r) - (p2r), s1i_ = (p0i) - (p2i);                   \
+        const v8 s2r_ = (p1r) + (p3r), s2i_ = (p1i) + (p3i);                   \
+        const v8 s3r_ = (p1r) - (p3r), s3i_ = (p1i) - (p3i);                   \
+        const v8 ur_ = -sign * s3i_, ui_ = sign * s3r_;                        \
+        ST((o0) + (b), s0r_ + s2r_); ST((o0) + B + (b), s0i_ + s2i_);          \
+        ST((o2) + (b), s0r_ - s2r_); ST((o2) + B + (b), s0i_ - s2i_);          \
+        ST((o1) + (b), s1r_ + ur_);  ST((o1) + B + (b), s1i_ + ui_);           \
+        ST((o3) + (b), s1r_ - ur_);  ST((o3) + B + (b), s1i_ - ui_);           \
+    } while (0)
+
 AS__CIV_CLONES
 static void bfly2(float *out, size_t os, int m, int fstride, const float *tw, size_t B)
 {
@@ -125,16 +141,7 @@ static void bfly4(float *out, size_t os, int m, int fstride, const float *tw,
             const v8 x1r = a1r * w1r - a1i * w1i, x1i = a1r * w1i + a1i * w1r;
             const v8 x2r = a2r * w2r - a2i * w2i, x2i = a2r * w2i + a2i * w2r;
             const v8 x3r = a3r * w3r - a3i * w3i, x3i = a3r * w3i + a3i * w3r;
-            const v8 s0r = a0r + x2r, s0i = a0i + x2i;
-            const v8 s1r = a0r - x2r, s1i = a0i - x2i;
-            const v8 s2r = x1r + x3r, s2i = x1i + x3i;
-            const v8 s3r = x1r - x3r, s3i = x1i - x3i;
-            /* w * s3 with w = sign * i */
-            const v8 ur = -sign * s3i, ui = sign * s3r;
-            ST(e0 + b, s0r + s2r); ST(e0 + B + b, s0i + s2i);
-            ST(e2 + b, s0r - s2r); ST(e2 + B + b, s0i - s2i);
-            ST(e1 + b, s1r + ur);  ST(e1 + B + b, s1i + ui);
-            ST(e3 + b, s1r - ur);  ST(e3 + B + b, s1i - ui);
+            R4_OUT(e0, e1, e2, e3, b, a0r, a0i, x1r, x1i, x2r, x2i, x3r, x3i);
         }
     }
 }
@@ -256,15 +263,7 @@ static int leaf(int p, float *out, size_t os, const float *in, size_t s, size_t 
             const v8 a1r = LD(x1 + b), a1i = LD(x1 + B + b);
             const v8 a2r = LD(x2 + b), a2i = LD(x2 + B + b);
             const v8 a3r = LD(x3 + b), a3i = LD(x3 + B + b);
-            const v8 s0r = a0r + a2r, s0i = a0i + a2i;
-            const v8 s1r = a0r - a2r, s1i = a0i - a2i;
-            const v8 s2r = a1r + a3r, s2i = a1i + a3i;
-            const v8 s3r = a1r - a3r, s3i = a1i - a3i;
-            const v8 ur = -sign * s3i, ui = sign * s3r;
-            ST(o0 + b, s0r + s2r); ST(o0 + B + b, s0i + s2i);
-            ST(o2 + b, s0r - s2r); ST(o2 + B + b, s0i - s2i);
-            ST(o1 + b, s1r + ur);  ST(o1 + B + b, s1i + ui);
-            ST(o3 + b, s1r - ur);  ST(o3 + B + b, s1i - ui);
+            R4_OUT(o0, o1, o2, o3, b, a0r, a0i, a1r, a1i, a2r, a2i, a3r, a3i);
         }
         return 1;
     }

@@ -185,8 +185,8 @@ void as__civ_finish_rows(as__civ *ci, int n, const float *X, size_t ex, size_t r
  * along P) fall in different cache sets even when the row is a multiple of
  * 4 KiB (64x64 maps: 72 elements of 2 KiB). */
 static inline size_t as__civ_grid_rs(int Q, size_t e) { return (size_t)Q * e + 16; }
-/* Bytes of work space of a restore of n images (adjoint: that path). */
-size_t as__civ_work_need(const as__civ *ci, int n, int adjoint);
+/* Bytes of work space of a restore of n images on a path (AS__CIV_PATH_*). */
+size_t as__civ_work_need(const as__civ *ci, int n, int path);
 
 /* The exact frame pixels of n images back into x (invert/restore.c). */
 void as__civ_frame_put_back(const as__civ *ci, int n, const float *frame, float *x);
@@ -215,33 +215,58 @@ size_t as__civ_c1_work_need(const as__civ *ci, int n);
  * float rounding); 16 images fill the 8 lanes of both halves exactly, the
  * smallest work space of the layout. */
 #define AS__CIV_CHUNK 16
-static inline int as__civ_chunk_of(int n) { return n < AS__CIV_CHUNK ? n : AS__CIV_CHUNK; }
 
 /* Frame widths (rows at the top and bottom, columns left and right),
  * clamped to the image (invert/restore.c). */
 void as__civ_frame_widths(const as__civ_geom *g, int *top, int *bot, int *left, int *right);
 
-/* A restore of n images in passes of as__civ_chunk_of(n) (invert/restore.c):
- * fc != NULL factors inside (streamed; adj: the adjoint path), else the
+/* A restore of n images in passes of at most chunk images (invert/restore.c):
+ * fc != NULL factors inside (streamed; path: AS__CIV_PATH_*), else the
  * cached factor ci->m; one counted restore, phase times summed over the
  * passes. Returns 0 or AS_ENOMEM. */
-int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version,
-                           int n, const float *y, const float *bias, const float *frame,
-                           float *x);
+int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int path, int chunk,
+                           uint64_t version, int n, const float *y, const float *bias,
+                           const float *frame, float *x);
 
-/* Floats of the factor of one frequency: M (2 Cin Cout), or for the
- * adjoint path A^H (2 Cin Cout) and the Cholesky factor (2 Cin Cin). */
-static inline size_t as__civ_msz(const as__civ_geom *g, int adjoint)
+/* What a restore applies per frequency: M (the direct path), A^H and the
+ * Cholesky factor of A^H A (the adjoint path), or the LU factors of a
+ * square A (the LU path, streamed restores with Cout = Cin). */
+enum { AS__CIV_PATH_M = 0, AS__CIV_PATH_ADJ = 1, AS__CIV_PATH_LU = 2 };
+
+/* Floats of the factor of one frequency on a path: M (2 Cin Cout); A^H
+ * (2 Cin Cout) and the Cholesky factor (2 Cin Cin); L and U (2 Cin Cin)
+ * and the row permutation (Cin ints, one float slot each). */
+static inline size_t as__civ_msz(const as__civ_geom *g, int path)
 {
-    return 2 * (size_t)g->cin * g->cout + (adjoint ? 2 * (size_t)g->cin * g->cin : 0);
+    const size_t ci = (size_t)g->cin;
+    if (path == AS__CIV_PATH_LU)
+        return 2 * ci * ci + ci;
+    return 2 * ci * g->cout + (path == AS__CIV_PATH_ADJ ? 2 * ci * ci : 0);
 }
+
+/* Frequencies the factorizations process in lockstep, and one complex
+ * value of each (invert/factor.c, invert/lu.c). */
+#define AS__CIV_LANES 8
+struct as__civ_lanes {
+    double re[AS__CIV_LANES], im[AS__CIV_LANES];
+};
+
+/* The LU path (invert/lu.c). as__civ_lu_group: P A = L U of the lanes'
+ * square A (n x n, A[r * n + c], overwritten; perm: n lanes of scratch)
+ * into m (frequency f at m + (f - fbeg) * as__civ_msz(g, AS__CIV_PATH_LU))
+ * for the lanes f0 + l < fend. as__civ_lu_solve_freq: x^ = A^-1 z^ at one
+ * frequency for all lanes from those factors f; z [re|im][n][NB], xo
+ * [re|im][n][NB]; s = -1: conj(A). */
+void as__civ_lu_group(struct as__civ_lanes *A, int n, struct as__civ_lanes *perm, size_t f0,
+                      size_t fend, size_t fbeg, float *m);
+void as__civ_lu_solve_freq(const float *f, float s, const float *z, float *xo, int n, int NB);
 
 /* x^ = M z^ at one frequency for all lanes (invert/restore.c): mr, mi Cin x
  * Cout; z [re|im][Cout][NB], xo [re|im][Cin][NB]; s = -1: conj(M). */
 void as__civ_solve_freq(const float *mr, const float *mi, float s, const float *z,
                         float *xo, int ci, int co, int NB);
 /* x^ = G^-1 A^H z^ at one frequency (invert/adjoint.c); f: the
- * adjoint factor of the frequency (as__civ_msz(g, 1) floats). */
+ * adjoint factor of the frequency (as__civ_msz(g, AS__CIV_PATH_ADJ) floats). */
 void as__civ_adjoint_freq(const float *f, float s, const float *z, float *tz, float *xo,
                           int cin, int cout, int NB);
 

@@ -450,8 +450,11 @@ static void frame_index(const as__civ *ci, int *fidx)
 }
 
 /* The frame of n images into xf, one planar element per frame pixel
- * ([re|im][Cin][NB], image j + ri*N2 in lane j of half ri), and the frame
- * index of every image pixel into fidx; nothing when there is no frame. */
+ * ([re|im][Cin][NB], image j + ri*N2 in lane j of half ri; lanes without
+ * an image 0), and the frame index of every image pixel into fidx; nothing
+ * when there is no frame. 8 pixels of 8 images at a time: 8 row loads, a
+ * transpose, 8 lane stores (not one strided scalar store per pixel). */
+AS__CIV_CLONES
 void as__civ_frame_pack(const as__civ *ci, int n, const float *frame, float *xf,
                        int *fidx, int NB)
 {
@@ -460,16 +463,29 @@ void as__civ_frame_pack(const as__civ *ci, int n, const float *frame, float *xf,
     const size_t flen = as__civ_frame_len(&ci->g);
     if (!flen)
         return;
-    memset(xf, 0, sizeof(float) * flen * Ei);
-    for (int img = 0; img < n; img++) {
-        const int np = img < N2 ? img : img - N2, ri = img < N2 ? 0 : 1;
-        for (int c = 0; c < cin; c++) {
-            const float *fr = frame + ((size_t)img * cin + c) * flen;
-            float *base = xf + ri * Bi + (size_t)c * NB + np;
-            for (size_t k = 0; k < flen; k++)
-                base[k * Ei] = fr[k];
-        }
-    }
+    for (int ri = 0; ri < 2; ri++)
+        for (int l0 = 0; l0 < NB; l0 += 8)
+            for (int c = 0; c < cin; c++) {
+                const float *fs[8];
+                for (int k = 0; k < 8; k++) {
+                    const int np = l0 + k, img = np + ri * N2;
+                    fs[k] = np < N2 && img < n ? frame + ((size_t)img * cin + c) * flen : NULL;
+                }
+                float *base = xf + ri * Bi + (size_t)c * NB + l0;
+                size_t k = 0;
+                for (; k + 8 <= flen; k += 8) {
+                    v8 r[8];
+                    load_t8(fs, (int)k, r);
+                    for (int q = 0; q < 8; q++)
+                        st8(base + (k + q) * Ei, r[q]);
+                }
+                for (; k < flen; k++) {
+                    v8 v;
+                    for (int q = 0; q < 8; q++)
+                        v[q] = fs[q] ? fs[q][k] : 0.0f;
+                    st8(base + k * Ei, v);
+                }
+            }
     frame_index(ci, fidx);
 }
 
@@ -478,7 +494,7 @@ void as__civ_frame_pack(const as__civ *ci, int n, const float *frame, float *xf,
  * share the layout; the solved spectrum X goes in place of G (element
  * stride Eo), and the adjoint path needs one more element (A^H F^) and a
  * larger factor per frequency (A^H and the Cholesky factor). */
-size_t as__civ_work_need(const as__civ *ci, int n, int adjoint)
+size_t as__civ_work_need(const as__civ *ci, int n, int path)
 {
     const as__civ_geom *g = &ci->g;
     const size_t P = (size_t)ci->P, Q = (size_t)ci->Q;
@@ -490,8 +506,9 @@ size_t as__civ_work_need(const as__civ *ci, int n, int adjoint)
     return as__civ_wround(f4 * (flen ? flen : 1) * Ei) +
            as__civ_wround(sizeof(int) * (size_t)g->h * g->w) +
            as__civ_wround(f4 * P * as__civ_grid_rs(Q, Eo)) + as__civ_wround(f4 * Q * Eo) +
-           as__civ_wround(f4 * 2 * P * (Eo + Ei)) + as__civ_wround(f4 * (adjoint ? Ei : 1)) +
-           as__civ_wround(f4 * as__civ_msz(g, adjoint) * P);
+           as__civ_wround(f4 * 2 * P * (Eo + Ei)) +
+           as__civ_wround(f4 * (path == AS__CIV_PATH_ADJ ? Ei : 1)) +
+           as__civ_wround(f4 * as__civ_msz(g, path) * P);
 }
 
 
@@ -563,7 +580,7 @@ void as__civ_finish_rows(as__civ *ci, int n, const float *X, size_t ex, size_t r
     ci->st.restores++;
 }
 
-static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version, int n,
+static int restore_impl(as__civ *ci, as__civ_fctx *fc, int path, uint64_t version, int n,
                         const float *y,
                         const float *bias, const float *frame, float *x)
 {
@@ -583,11 +600,12 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version
     const size_t Eo = 2 * Bo, Ei = 2 * Bi;
     const int Pl = H + g->kh - 1;
     const size_t flen = as__civ_frame_len(g);
-    const size_t msz = as__civ_msz(g, adj);
+    const size_t msz = as__civ_msz(g, path);
+    const int adj = path == AS__CIV_PATH_ADJ;
     if (cin == 1)
         return as__civ_restore_c1(ci, version, n, y, bias, frame, x);
     as__civ_work wk;
-    if (as__civ_work_begin(ci, &wk, as__civ_work_need(ci, n, adj)))
+    if (as__civ_work_begin(ci, &wk, as__civ_work_need(ci, n, path)))
         return AS_ENOMEM;
     float *xf = as__civ_wtake(&wk, sizeof(float) * (flen ? flen : 1) * Ei);
     int *fidx = as__civ_wtake(&wk, sizeof(int) * (size_t)H * W);
@@ -656,6 +674,14 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version
                                          Cx[1] + (size_t)mp * Ei, cin, cout, NB);
                 continue;
             }
+            if (path == AS__CIV_PATH_LU) {
+                as__civ_lu_solve_freq(mf, 1.0f, Cf[0] + (size_t)kp * Eo, Cx[0] + (size_t)kp * Ei,
+                                      cin, NB);
+                if (pair)
+                    as__civ_lu_solve_freq(mf, -1.0f, Cf[1] + (size_t)mp * Eo,
+                                          Cx[1] + (size_t)mp * Ei, cin, NB);
+                continue;
+            }
             as__civ_solve_freq(mf, mf + msz / 2, 1.0f, Cf[0] + (size_t)kp * Eo,
                                Cx[0] + (size_t)kp * Ei, cin, cout, NB);
             if (pair)
@@ -677,20 +703,20 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version
     return 0;
 }
 
-int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int adj, uint64_t version,
-                            int n, const float *y, const float *bias, const float *frame,
-                           float *x)
+int as__civ_restore_passes(as__civ *ci, as__civ_fctx *fc, int path, int chunk,
+                           uint64_t version, int n, const float *y, const float *bias,
+                           const float *frame, float *x)
 {
-    if (ci->pointwise || n <= AS__CIV_CHUNK)
-        return restore_impl(ci, fc, adj, version, n, y, bias, frame, x);
+    if (ci->pointwise || n <= chunk)
+        return restore_impl(ci, fc, path, version, n, y, bias, frame, x);
     const as__civ_geom *g = &ci->g;
     const size_t ys = (size_t)g->cout * ci->ho * ci->wo, xs = (size_t)g->cin * g->h * g->w;
     const size_t fs = (size_t)g->cin * as__civ_frame_len(g);
     double ph[5] = {0};
-    for (int i0 = 0; i0 < n; i0 += AS__CIV_CHUNK) {
-        const int m = n - i0 < AS__CIV_CHUNK ? n - i0 : AS__CIV_CHUNK;
+    for (int i0 = 0; i0 < n; i0 += chunk) {
+        const int m = n - i0 < chunk ? n - i0 : chunk;
         const float *fr = frame && fs ? frame + (size_t)i0 * fs : frame;
-        int rc = restore_impl(ci, fc, adj, version, m, y + (size_t)i0 * ys, bias, fr,
+        int rc = restore_impl(ci, fc, path, version, m, y + (size_t)i0 * ys, bias, fr,
                               x + (size_t)i0 * xs);
         if (rc)
             return rc;

@@ -29,6 +29,7 @@ int as__civ_create(const as__civ_geom *g, const as__civ_cfg *cfg,
     ci->cfg.eps_rel = cfg && cfg->eps_rel >= 0 ? cfg->eps_rel : 1e-14;
     ci->cfg.no_adjoint = cfg ? cfg->no_adjoint : 0;
     ci->cfg.no_bound = cfg ? cfg->no_bound : 0;
+    ci->cfg.no_lu = cfg ? cfg->no_lu : 0;
     ci->ho = as__civ_out_h(g);
     ci->wo = as__civ_out_w(g);
     ci->dh = g->kh - 1 - g->pad_h;
@@ -333,28 +334,63 @@ int as__civ_prepare(as__civ *ci, const float *w, uint64_t version,
  * direct path, where the factor is several times a pass, keep factoring
  * per column in every pass). Bytes of that factor for n images on the
  * given path, or 0. */
-static size_t stream_factor_bytes(const as__civ *ci, int n, int adjoint)
+static size_t stream_factor_bytes(const as__civ *ci, int n, int path)
 {
     /* Cin = 1 takes no factor (the closed form, invert/adjoint.c) */
     if (ci->pointwise || n <= AS__CIV_CHUNK || ci->g.cin == 1)
         return 0;
-    const size_t b = sizeof(float) * (size_t)ci->P * ci->Qh * as__civ_msz(&ci->g, adjoint);
-    return b <= 2 * as__civ_work_need(ci, AS__CIV_CHUNK, adjoint) ? b : 0;
+    const size_t b = sizeof(float) * (size_t)ci->P * ci->Qh * as__civ_msz(&ci->g, path);
+    return b <= 2 * as__civ_work_need(ci, AS__CIV_CHUNK, path) ? b : 0;
+}
+
+/* The path of a streamed restore of the version whose verdict is held:
+ * adjoint when Cout >= 2 Cin at a small condition number, LU when Cout =
+ * Cin <= AS__CIV_LU_MAX_CIN, else M. */
+static int stream_path(const as__civ *ci)
+{
+    if (!ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin && ci->cond <= AS__CIV_ADJ_COND)
+        return AS__CIV_PATH_ADJ;
+    return ci->g.cout == ci->g.cin && ci->g.cin <= AS__CIV_LU_MAX_CIN && !ci->cfg.no_lu
+               ? AS__CIV_PATH_LU : AS__CIV_PATH_M;
+}
+
+/* Images per pass of a streamed restore of n images. When the factor of
+ * every frequency does not fit (stream_factor_bytes 0), each pass factors
+ * its columns again, so the passes are made larger: as few as fit in the
+ * work space the up-front factor may take (3 passes of AS__CIV_CHUNK),
+ * of equal size rounded up to a multiple of AS__CIV_CHUNK (64->64 at
+ * 28x28, 64 images: 2 passes of 32 instead of 4 of 16). */
+static int stream_chunk(const as__civ *ci, int n, int path)
+{
+    if (ci->pointwise || n <= AS__CIV_CHUNK || ci->g.cin == 1 ||
+        stream_factor_bytes(ci, n, path))
+        return AS__CIV_CHUNK;
+    const size_t cap = 3 * as__civ_work_need(ci, AS__CIV_CHUNK, path);
+    int big = AS__CIV_CHUNK;
+    while (big < n && as__civ_work_need(ci, big + AS__CIV_CHUNK, path) <= cap)
+        big += AS__CIV_CHUNK;
+    const int passes = (n + big - 1) / big, per = (n + passes - 1) / passes;
+    return (per + AS__CIV_CHUNK - 1) / AS__CIV_CHUNK * AS__CIV_CHUNK;
 }
 
 /* Work space of one restore: one pass, plus the streamed factor. */
-static size_t path_need(const as__civ *ci, int n, int adjoint, int stream)
+static size_t path_need(const as__civ *ci, int n, int path, int stream)
 {
-    return as__civ_work_need(ci, as__civ_chunk_of(n), adjoint) +
-           (stream ? as__civ_wround(stream_factor_bytes(ci, n, adjoint)) : 0);
+    const int chunk = stream ? stream_chunk(ci, n, path) : AS__CIV_CHUNK;
+    return as__civ_work_need(ci, n < chunk ? n : chunk, path) +
+           (stream ? as__civ_wround(stream_factor_bytes(ci, n, path)) : 0);
 }
 
 size_t as__civ_work_bytes(const as__civ *ci, int n)
 {
     if (ci->pointwise)
         return 0;
-    size_t a = path_need(ci, n, 0, 1), b = path_need(ci, n, 1, 1);
-    return a > b ? a : b;
+    size_t m = 0;
+    for (int p = AS__CIV_PATH_M; p <= AS__CIV_PATH_LU; p++) {
+        const size_t b = path_need(ci, n, p, 1);
+        m = b > m ? b : m;
+    }
+    return m;
 }
 
 size_t as__civ_path_work_bytes(const as__civ *ci, uint64_t version, int n,
@@ -366,9 +402,7 @@ size_t as__civ_path_work_bytes(const as__civ *ci, uint64_t version, int n,
         return path_need(ci, n, 0, 0);
     if (!((ci->cond_state == 1 || ci->admit) && ci->cond_version == version))
         return as__civ_work_bytes(ci, n);
-    const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
-                    ci->cond <= AS__CIV_ADJ_COND;
-    return path_need(ci, n, adj, 1);
+    return path_need(ci, n, stream_path(ci), 1);
 }
 
 void as__civ_set_work(as__civ *ci, void *block, size_t bytes)
@@ -384,7 +418,8 @@ int as__civ_restore(as__civ *ci, int n, const float *y,
         return AS_ESTATE;
     if (n < 1)
         return n == 0 ? 0 : AS_EINVAL;
-    return as__civ_restore_passes(ci, NULL, 0, ci->version, n, y, bias, frame, x);
+    return as__civ_restore_passes(ci, NULL, AS__CIV_PATH_M, AS__CIV_CHUNK, ci->version, n, y,
+                                  bias, frame, x);
 }
 
 size_t as__civ_factor_bytes(const as__civ *ci)
@@ -416,27 +451,28 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
          * built from the weights by the restore */
         set_wt(ci, w);
         ci->st.factor_hits++;
-        if ((rc = as__civ_restore_passes(ci, NULL, 0, version, n, y, bias, frame, x)))
+        if ((rc = as__civ_restore_passes(ci, NULL, AS__CIV_PATH_M, AS__CIV_CHUNK, version, n, y,
+                                         bias, frame, x)))
             return rc;
         ci->st.streamed++;
         return 0;
     }
     as__civ_fctx fc;
     double t0 = as__civ_cpu_ms();
-    const double *R = gram_of(ci, w, version);
-    if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w, R, fscratch(ci))))
+    const int path = stream_path(ci), lu = path == AS__CIV_PATH_LU;
+    /* the LU path needs no Gram matrices, so not their cross-correlation */
+    const double *R = lu ? NULL : gram_of(ci, w, version);
+    if ((rc = as__civ_factor_begin(&fc, &ci->g, ci->P, ci->Q, w, R, fscratch(ci), lu)))
         return rc;
     set_wt(ci, w);
     ci->st.factor_ms = as__civ_cpu_ms() - t0;   /* the rest is inside the solve */
-    const int adj = !ci->cfg.no_adjoint && ci->g.cout >= 2 * ci->g.cin &&
-                    ci->cond <= AS__CIV_ADJ_COND;
-    fc.ginv = adj;
+    fc.ginv = path == AS__CIV_PATH_ADJ;
     /* Several passes: the factor of every frequency once, up front, at the
      * end of the lent work space (after the pass's part) or malloc'ed. */
-    const size_t sfb = stream_factor_bytes(ci, n, adj);
+    const size_t sfb = stream_factor_bytes(ci, n, path);
     float *mown = NULL;
     if (sfb) {
-        const size_t pass = as__civ_wround(as__civ_work_need(ci, AS__CIV_CHUNK, adj));
+        const size_t pass = as__civ_wround(as__civ_work_need(ci, AS__CIV_CHUNK, path));
         float *mbuf;
         if (ci->ext_work && ci->ext_bytes >= pass + sfb)
             mbuf = (float *)((char *)ci->ext_work + pass);
@@ -449,14 +485,16 @@ int as__civ_restore_stream(as__civ *ci, const float *w, uint64_t version,
         ci->st.factor_ms += as__civ_cpu_ms() - t0;
         ci->mstream = mbuf;
     }
-    rc = as__civ_restore_passes(ci, &fc, adj, version, n, y, bias, frame, x);
+    rc = as__civ_restore_passes(ci, &fc, path, stream_chunk(ci, n, path), version, n, y, bias,
+                                frame, x);
     ci->mstream = NULL;
     free(mown);
     as__civ_factor_end(&fc);
     if (rc == 0) {
         ci->st.factor_builds++;
         ci->st.streamed++;
-        ci->st.adjoint += (uint64_t)adj;
+        ci->st.adjoint += (uint64_t)(path == AS__CIV_PATH_ADJ);
+        ci->st.lu += (uint64_t)lu;
     }
     return rc;
 }

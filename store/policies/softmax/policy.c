@@ -238,19 +238,13 @@ static void sm_pol_drop(void *params, void *state)
 }
 
 #define SM_POLICY(nm, summ)                                             \
-    const as_policy_ops as_policy_##nm = {                             \
-        .name = #nm,                                                    \
-        .summary = summ,                                                \
-        .kinds = 1u << AS_KIND_SOFTMAX_OUTPUT,                          \
-        .parse = nm##_parse,                                            \
-        .free_params = sm_pol_free,                                     \
-        .applies = sm_pol_applies,                                      \
-        .encode = sm_pol_encode,                                        \
-        .decode = sm_pol_decode,                                        \
-        .drop = sm_pol_drop,                                            \
-        .softmax_backward = sm_pol_backward,                            \
-        .decode_rows = sm_pol_rows,                                     \
-    }
+    AS_POLICY_OPS(nm, summ,                                             \
+                  (.kinds = 1u << AS_KIND_SOFTMAX_OUTPUT,               \
+                   .free_params = sm_pol_free, .applies = sm_pol_applies, \
+                   .encode = sm_pol_encode, .decode = sm_pol_decode,    \
+                   .drop = sm_pol_drop, .softmax_backward = sm_pol_backward, \
+                   .decode_rows = sm_pol_rows),                         \
+                  parse)
 
 SM_POLICY(soa, "softmax output approximation (Lee & Lee 2023): S largest and "
                "smallest exact, ranks, one decay per row (soa:S[:fullden])");

@@ -31,6 +31,7 @@
 #include "actstore/common.h"
 #include "store/policies/quant.h"
 #include "store/policies/softmax/softmax.h"
+#include "store/store_internal.h"
 #include "allocator/fault.h"
 
 #define SM_MAGIC   0x4d535341u   /* "ASSM" little endian */
@@ -602,12 +603,7 @@ int as__sm_backward_rows(const void *blob, int64_t row0, int64_t nrows,
         /* y_hat of this row only (n values, valid keys in order) */
         pp += as__sm_row_decode(&v.p, pp, n, len, y, &w);
         if (!sm_masked(&v)) {
-            double dot = 0.0;
-            for (size_t k = 0; k < n; k++)
-                dot += (double)g[k] * y[k];
-            float d = (float)dot;
-            for (size_t k = 0; k < n; k++)
-                o[k] = y[k] * (g[k] - d);
+            as__softmax_bwd_rows(y, g, o, 1, (int64_t)n);
             memset(o + n, 0, (len - n) * sizeof *o);
             continue;
         }

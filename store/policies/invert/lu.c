@@ -1,0 +1,315 @@
+/*
+ * The LU path of a streamed restore (Cout = Cin): at every frequency the
+ * square A(f) is factored with partial pivoting, P A = L U, and the solve
+ * applies the two triangular factors to the batch instead of M = A^-1.
+ *
+ * Why: a streamed restore factors every weight version once. The Gram
+ * route (Cholesky of A^H A in double, then M = G^-1 A^H: Cin^3/3 + Cin^2 Cout
+ * complex multiply-adds per frequency) costs about 4x the LU's Cin^3/3, and
+ * for a square A the least-squares solution is A^-1 F^ anyway. Accuracy: LU
+ * with partial pivoting is backward stable, so its error grows like cond(A)
+ * times the rounding (not cond^2 as the normal equations); with the factors
+ * rounded to float it measured as close to the float64 floor as the float M
+ * of the Gram route (docs/policies.md, "The LU path").
+ *
+ * The factorization runs in double over AS__CIV_LANES frequencies in
+ * lockstep (the layout of invert/factor.c); each lane pivots on its own
+ * rows (the search is vectorized, the row swaps are per lane).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "store/policies/invert/impl.h"
+
+#define LANES AS__CIV_LANES
+typedef struct as__civ_lanes lanes_c;
+typedef double v8d __attribute__((vector_size(64)));
+typedef double v8du __attribute__((vector_size(64), aligned(8), may_alias));
+typedef long v8l __attribute__((vector_size(64)));
+#define VR(p) (*(v8du *)((p)->re))
+#define VI(p) (*(v8du *)((p)->im))
+
+/* Row j and the pivot row of each lane exchanged (columns 0..n-1), and the
+ * permutation (perm[i].re[l]: original row of row i) with them. */
+static inline __attribute__((always_inline)) void
+swap_rows(lanes_c *A, int n, int j, const v8l piv, lanes_c *perm)
+{
+    for (int l = 0; l < LANES; l++) {
+        const int p = (int)piv[l];
+        if (p == j)
+            continue;
+        lanes_c *rj = A + (size_t)j * n, *rp = A + (size_t)p * n;
+        for (int c = 0; c < n; c++) {
+            double t = rj[c].re[l];
+            rj[c].re[l] = rp[c].re[l];
+            rp[c].re[l] = t;
+            t = rj[c].im[l];
+            rj[c].im[l] = rp[c].im[l];
+            rp[c].im[l] = t;
+        }
+        const double t = perm[j].re[l];
+        perm[j].re[l] = perm[p].re[l];
+        perm[p].re[l] = t;
+    }
+}
+
+/* Complex multiply-subtract on lanes: *a -= l * u. */
+#define CMSUB(ar, ai, lr, li, ur, ui)                                          \
+    do {                                                                       \
+        (ar) -= (lr) * (ur) - (li) * (ui);                                     \
+        (ai) -= (lr) * (ui) + (li) * (ur);                                     \
+    } while (0)
+
+/* Columns jb .. je-1 (the panel), rows jb .. n-1: unblocked LU with partial
+ * pivoting (whole rows swapped), the panel's own columns updated. */
+static inline __attribute__((always_inline)) void
+lu_panel(lanes_c *A, int n, int jb, int je, lanes_c *perm)
+{
+    for (int j = jb; j < je; j++) {
+        v8d best = VR(&A[(size_t)j * n + j]) * VR(&A[(size_t)j * n + j]) +
+                   VI(&A[(size_t)j * n + j]) * VI(&A[(size_t)j * n + j]);
+        v8l piv = (v8l){0} + j;
+        for (int i = j + 1; i < n; i++) {
+            const lanes_c *a = &A[(size_t)i * n + j];
+            const v8d mag = VR(a) * VR(a) + VI(a) * VI(a);
+            const v8l gt = mag > best;
+            best = (v8d)(((v8l)mag & gt) | ((v8l)best & ~gt));
+            piv = (((v8l){0} + i) & gt) | (piv & ~gt);
+        }
+        swap_rows(A, n, j, piv, perm);
+        lanes_c *ajj = &A[(size_t)j * n + j];
+        const v8d pr = VR(ajj), pi = VI(ajj), den = pr * pr + pi * pi;
+        const v8d inv = (v8d)((v8l)(1.0 / den) & (den > 0));
+        const v8d dr = pr * inv, di = -pi * inv;
+        VR(ajj) = dr;
+        VI(ajj) = di;
+        const lanes_c *rj = A + (size_t)j * n;
+        for (int i = j + 1; i < n; i++) {
+            lanes_c *ri = A + (size_t)i * n;
+            const v8d ar = VR(&ri[j]), ai = VI(&ri[j]);
+            const v8d lr = ar * dr - ai * di, li = ar * di + ai * dr;
+            VR(&ri[j]) = lr;
+            VI(&ri[j]) = li;
+            for (int c = j + 1; c < je; c++)
+                CMSUB(VR(&ri[c]), VI(&ri[c]), lr, li, VR(&rj[c]), VI(&rj[c]));
+        }
+    }
+}
+
+/* In place: P A = L U for each lane, in blocks of 4 columns (the panel
+ * above, then its rows of U right of it by forward substitution, then the
+ * trailing matrix minus L21 U12 with L21's row in registers: a quarter of
+ * the loads and stores of the unblocked update). Afterwards A holds L's
+ * multipliers below the diagonal, U above it and 1 / U_jj on it (0 for an
+ * exactly zero pivot: a singular lane, which the condition check rejects
+ * before any restore). perm (n entries): the row permutation. */
+static inline __attribute__((always_inline)) void lu_lanes(lanes_c *A, int n, lanes_c *perm)
+{
+    for (int i = 0; i < n; i++)
+        for (int l = 0; l < LANES; l++)
+            perm[i].re[l] = i;
+    for (int jb = 0; jb < n; jb += 4) {
+        const int je = jb + 4 < n ? jb + 4 : n;
+        lu_panel(A, n, jb, je, perm);
+        for (int j = jb + 1; j < je; j++)   /* U12 = L11^-1 A12 */
+            for (int k = jb; k < j; k++) {
+                const lanes_c *l = &A[(size_t)j * n + k], *rk = A + (size_t)k * n;
+                const v8d lr = VR(l), li = VI(l);
+                lanes_c *rj = A + (size_t)j * n;
+                for (int c = je; c < n; c++)
+                    CMSUB(VR(&rj[c]), VI(&rj[c]), lr, li, VR(&rk[c]), VI(&rk[c]));
+            }
+        if (je - jb == 4) {   /* A22 -= L21 U12 */
+            const lanes_c *u0 = A + (size_t)jb * n, *u1 = u0 + n, *u2 = u1 + n, *u3 = u2 + n;
+            for (int i = je; i < n; i++) {
+                lanes_c *ri = A + (size_t)i * n;
+                const v8d l0r = VR(&ri[jb]), l0i = VI(&ri[jb]), l1r = VR(&ri[jb + 1]),
+                          l1i = VI(&ri[jb + 1]), l2r = VR(&ri[jb + 2]), l2i = VI(&ri[jb + 2]),
+                          l3r = VR(&ri[jb + 3]), l3i = VI(&ri[jb + 3]);
+                for (int c = je; c < n; c++) {
+                    v8d ar = VR(&ri[c]), ai = VI(&ri[c]);
+                    CMSUB(ar, ai, l0r, l0i, VR(&u0[c]), VI(&u0[c]));
+                    CMSUB(ar, ai, l1r, l1i, VR(&u1[c]), VI(&u1[c]));
+                    CMSUB(ar, ai, l2r, l2i, VR(&u2[c]), VI(&u2[c]));
+                    CMSUB(ar, ai, l3r, l3i, VR(&u3[c]), VI(&u3[c]));
+                    VR(&ri[c]) = ar;
+                    VI(&ri[c]) = ai;
+                }
+            }
+        }
+    }
+}
+
+/* The lanes' factors as float into m (frequency f at m + (f - fbeg) * msz,
+ * as__civ_msz(g, AS__CIV_PATH_LU) floats: real parts n x n, imaginary parts
+ * n x n, then the permutation as n ints), for lanes f0 + l < fend. Blocks of
+ * 8 columns are converted and transposed so each lane stores 8 consecutive
+ * floats at once. */
+static inline __attribute__((always_inline)) void
+store_lu(const lanes_c *A, const lanes_c *perm, int n, size_t f0, size_t fend, size_t fbeg,
+         float *m)
+{
+    const size_t nn = (size_t)n * n, msz = 2 * nn + (size_t)n;
+    for (int i = 0; i < n; i++) {
+        int c = 0;
+        for (; c + 8 <= n; c += 8)
+            for (int part = 0; part < 2; part++) {
+                v8 r[8];
+                for (int k = 0; k < 8; k++) {
+                    const lanes_c *e = &A[(size_t)i * n + c + k];
+                    r[k] = __builtin_convertvector(part ? VI(e) : VR(e), v8);
+                }
+                AS__CIV_T8(r);
+                for (int l = 0; l < LANES && f0 + l < fend; l++)
+                    st8(m + (f0 + l - fbeg) * msz + part * nn + (size_t)i * n + c, r[l]);
+            }
+        for (; c < n; c++)
+            for (int l = 0; l < LANES && f0 + l < fend; l++) {
+                float *mf = m + (f0 + l - fbeg) * msz;
+                mf[(size_t)i * n + c] = (float)A[(size_t)i * n + c].re[l];
+                mf[nn + (size_t)i * n + c] = (float)A[(size_t)i * n + c].im[l];
+            }
+    }
+    for (int l = 0; l < LANES && f0 + l < fend; l++) {
+        int *pm = (int *)(m + (f0 + l - fbeg) * msz + 2 * nn);
+        for (int i = 0; i < n; i++)
+            pm[i] = (int)perm[i].re[l];
+    }
+}
+
+AS__CIV_CLONES
+void as__civ_lu_group(lanes_c *A, int n, lanes_c *perm, size_t f0, size_t fend, size_t fbeg,
+                      float *m)
+{
+    lu_lanes(A, n, perm);
+    store_lu(A, perm, n, f0, fend, fbeg, m);
+}
+
+/* Four rows' accumulators (one 8-lane block) in named registers. */
+typedef struct acc4 {
+    v8 r0, r1, r2, r3, i0, i1, i2, i3;
+} acc4;
+
+/* acc(row i0 + r) -= sum_{k in [k0, k1)} T[i0 + r][k] v_k for r < 4, with T
+ * (tr + i s ti) row-major n x n and v_k at vr + k * NB, vi + k * NB. */
+static inline __attribute__((always_inline)) void
+rect4(acc4 *a, const float *tr, const float *ti, float s, int n, int i0, int k0, int k1,
+      const float *vr, const float *vi, int NB)
+{
+    const float *t0 = tr + (size_t)i0 * n, *u0 = ti + (size_t)i0 * n;
+    for (int k = k0; k < k1; k++) {
+        const v8 pr = ld8(vr + (size_t)k * NB), pi = ld8(vi + (size_t)k * NB);
+        float x, y;
+#define STEP(q, R, I)                                                          \
+        x = t0[(size_t)(q) * n + k];                                           \
+        y = s * u0[(size_t)(q) * n + k];                                       \
+        a->R -= x * pr - y * pi;                                               \
+        a->I -= x * pi + y * pr;
+        STEP(0, r0, i0) STEP(1, r1, i1) STEP(2, r2, i2) STEP(3, r3, i3)
+#undef STEP
+    }
+}
+
+/* One row's accumulator: acc -= sum_{k in [k0, k1)} T[i][k] v_k. */
+static inline __attribute__((always_inline)) void
+rect1(v8 *ar, v8 *ai, const float *tr, const float *ti, float s, int n, int i, int k0, int k1,
+      const float *vr, const float *vi, int NB)
+{
+    for (int k = k0; k < k1; k++) {
+        const v8 pr = ld8(vr + (size_t)k * NB), pi = ld8(vi + (size_t)k * NB);
+        const float x = tr[(size_t)i * n + k], y = s * ti[(size_t)i * n + k];
+        *ar -= x * pr - y * pi;
+        *ai -= x * pi + y * pr;
+    }
+}
+
+/* Inside as__civ_lu_solve_freq: (R, I) -= T[i][k] (SR, SI); (R, I) *=
+ * T[i][i] (U's inverted diagonal); the four rows of a back into xo. */
+#define TSUB(R, I, i, k, SR, SI)                                               \
+    do {                                                                       \
+        const float x_ = tr[(size_t)(i) * n + (k)], y_ = s * ti[(size_t)(i) * n + (k)]; \
+        (R) -= x_ * (SR) - y_ * (SI);                                          \
+        (I) -= x_ * (SI) + y_ * (SR);                                          \
+    } while (0)
+#define TDIV(R, I, i)                                                          \
+    do {                                                                       \
+        const float x_ = tr[(size_t)(i) * n + (i)], y_ = s * ti[(size_t)(i) * n + (i)]; \
+        const v8 r_ = (R), i_ = (I);                                           \
+        (R) = x_ * r_ - y_ * i_;                                               \
+        (I) = x_ * i_ + y_ * r_;                                               \
+    } while (0)
+#define STROWS(a, i0)                                                          \
+    do {                                                                       \
+        st8(xr0 + (size_t)(i0) * NB, (a).r0); st8(xi0 + (size_t)(i0) * NB, (a).i0);       \
+        st8(xr0 + (size_t)((i0) + 1) * NB, (a).r1); st8(xi0 + (size_t)((i0) + 1) * NB, (a).i1); \
+        st8(xr0 + (size_t)((i0) + 2) * NB, (a).r2); st8(xi0 + (size_t)((i0) + 2) * NB, (a).i2); \
+        st8(xr0 + (size_t)((i0) + 3) * NB, (a).r3); st8(xi0 + (size_t)((i0) + 3) * NB, (a).i3); \
+    } while (0)
+
+/* x^ = A^-1 z^ at one frequency for all lanes from its LU factors f
+ * (store_lu's layout); z [re|im][n][NB], xo [re|im][n][NB]; s = -1: the
+ * factors of conj(A) (the mirrored frequency; the same permutation).
+ * Forward substitution with the unit lower factor into xo, then back
+ * substitution with U in place, four rows at a time. */
+AS__CIV_CLONES
+void as__civ_lu_solve_freq(const float *f, float s, const float *z, float *xo, int n, int NB)
+{
+    const size_t nn = (size_t)n * n;
+    const float *tr = f, *ti = f + nn;
+    const int *perm = (const int *)(f + 2 * nn);
+    const float *zr = z, *zi = z + (size_t)n * NB;
+    float *xr = xo, *xi = xo + (size_t)n * NB;
+    for (int l0 = 0; l0 < NB; l0 += 8) {
+        const float *zr0 = zr + l0, *zi0 = zi + l0;
+        float *xr0 = xr + l0, *xi0 = xi + l0;
+        int i0 = 0;
+        for (; i0 + 4 <= n; i0 += 4) {   /* L y = P z */
+            acc4 a = {ld8(zr0 + (size_t)perm[i0] * NB), ld8(zr0 + (size_t)perm[i0 + 1] * NB),
+                      ld8(zr0 + (size_t)perm[i0 + 2] * NB), ld8(zr0 + (size_t)perm[i0 + 3] * NB),
+                      ld8(zi0 + (size_t)perm[i0] * NB), ld8(zi0 + (size_t)perm[i0 + 1] * NB),
+                      ld8(zi0 + (size_t)perm[i0 + 2] * NB), ld8(zi0 + (size_t)perm[i0 + 3] * NB)};
+            rect4(&a, tr, ti, s, n, i0, 0, i0, xr0, xi0, NB);
+            TSUB(a.r1, a.i1, i0 + 1, i0, a.r0, a.i0);
+            TSUB(a.r2, a.i2, i0 + 2, i0, a.r0, a.i0);
+            TSUB(a.r2, a.i2, i0 + 2, i0 + 1, a.r1, a.i1);
+            TSUB(a.r3, a.i3, i0 + 3, i0, a.r0, a.i0);
+            TSUB(a.r3, a.i3, i0 + 3, i0 + 1, a.r1, a.i1);
+            TSUB(a.r3, a.i3, i0 + 3, i0 + 2, a.r2, a.i2);
+            STROWS(a, i0);
+        }
+        for (; i0 < n; i0++) {
+            v8 ar = ld8(zr0 + (size_t)perm[i0] * NB), ai = ld8(zi0 + (size_t)perm[i0] * NB);
+            rect1(&ar, &ai, tr, ti, s, n, i0, 0, i0, xr0, xi0, NB);
+            st8(xr0 + (size_t)i0 * NB, ar);
+            st8(xi0 + (size_t)i0 * NB, ai);
+        }
+        /* U x = y, from the bottom: the rows below a multiple of 4 one by
+         * one, then blocks of four */
+        int top = n / 4 * 4;
+        for (int i = n - 1; i >= top; i--) {
+            v8 ar = ld8(xr0 + (size_t)i * NB), ai = ld8(xi0 + (size_t)i * NB);
+            rect1(&ar, &ai, tr, ti, s, n, i, i + 1, n, xr0, xi0, NB);
+            const float dr = tr[(size_t)i * n + i], di = s * ti[(size_t)i * n + i];
+            st8(xr0 + (size_t)i * NB, dr * ar - di * ai);
+            st8(xi0 + (size_t)i * NB, dr * ai + di * ar);
+        }
+        for (i0 = top - 4; i0 >= 0; i0 -= 4) {
+            acc4 a = {ld8(xr0 + (size_t)i0 * NB), ld8(xr0 + (size_t)(i0 + 1) * NB),
+                      ld8(xr0 + (size_t)(i0 + 2) * NB), ld8(xr0 + (size_t)(i0 + 3) * NB),
+                      ld8(xi0 + (size_t)i0 * NB), ld8(xi0 + (size_t)(i0 + 1) * NB),
+                      ld8(xi0 + (size_t)(i0 + 2) * NB), ld8(xi0 + (size_t)(i0 + 3) * NB)};
+            rect4(&a, tr, ti, s, n, i0, i0 + 4, n, xr0, xi0, NB);
+            TDIV(a.r3, a.i3, i0 + 3);
+            TSUB(a.r2, a.i2, i0 + 2, i0 + 3, a.r3, a.i3);
+            TDIV(a.r2, a.i2, i0 + 2);
+            TSUB(a.r1, a.i1, i0 + 1, i0 + 3, a.r3, a.i3);
+            TSUB(a.r1, a.i1, i0 + 1, i0 + 2, a.r2, a.i2);
+            TDIV(a.r1, a.i1, i0 + 1);
+            TSUB(a.r0, a.i0, i0, i0 + 3, a.r3, a.i3);
+            TSUB(a.r0, a.i0, i0, i0 + 2, a.r2, a.i2);
+            TSUB(a.r0, a.i0, i0, i0 + 1, a.r1, a.i1);
+            TDIV(a.r0, a.i0, i0);
+            STROWS(a, i0);
+        }
+    }
+}

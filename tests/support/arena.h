@@ -1,0 +1,25 @@
+/*
+ * An arena for the allocator tests (test_alloc*.c), asserting it is
+ * created. Header-only (static inline).
+ */
+#ifndef AS_TESTS_SUPPORT_ARENA_H
+#define AS_TESTS_SUPPORT_ARENA_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "actstore/alloc.h"
+
+/* An arena with cfg (NULL: the defaults); the caller destroys it. */
+static inline as_arena *arena_new(const as_arena_config *cfg)
+{
+    as_arena *a = NULL;
+    assert_int_equal(as_arena_create(cfg, &a), 0);
+    return a;
+}
+
+#endif
