@@ -6,7 +6,10 @@
  * (batch, head) and the causal flag), o = P v, y = o Wo^T + b. P is made
  * and saved one batch at a time (as_store_save_rows_*: a codec encodes
  * each block as it comes), so the forward holds one (NH, T, T) block of it;
- * qkv and o are transient: the store holds what backward needs.
+ * qkv and o are transient: the store holds what backward needs. qkv's
+ * save declares it row-wise derived from the qkv linear's saved input (the
+ * store may keep nothing for it and rebuild rows in backward: `recompute`,
+ * an `auto` candidate).
  *
  * Backward streams P one (batch, head) block at a time through
  * as_store_restore_rows into one (T, T) workspace (so a compressed P is
@@ -45,6 +48,26 @@ int as_nn_attn_init(as_nn_ctx *c, as_nn_params *ps, as_nn_attn *l,
     return as_nn_linear_init(c, ps, &l->proj, b, C, C, true, rng);
 }
 
+/* q, k, v rebuilt from the qkv linear's saved input: qkv = x Wqkv^T + b,
+ * row by row (the weights are unchanged until the optimizer runs, after
+ * backward). */
+static int qkv_regen(void *ud, const as_tensor *const *in, size_t n,
+                     as_tensor *out)
+{
+    const as_nn_linear *q = ud;
+    if (n != 1 || in[0]->dtype != AS_F32 || out->dtype != AS_F32 ||
+        in[0]->ndim < 1 || out->ndim < 1)
+        return AS_EINVAL;
+    int64_t rows = as_tensor_numel(in[0]) / q->in;
+    if (in[0]->shape[in[0]->ndim - 1] != q->in ||
+        out->shape[out->ndim - 1] != q->out ||
+        as_tensor_numel(out) != rows * q->out)
+        return AS_ESHAPE;
+    as_op_linear_fwd((int)rows, q->in, q->out, in[0]->data, AS_NN_F(q->W->w),
+                     q->b ? AS_NN_F(q->b->w) : NULL, out->data);
+    return 0;
+}
+
 int as_nn_attn_fwd(as_nn_ctx *c, as_nn_attn *l, int B, int T,
                    const float *x, float *y)
 {
@@ -65,7 +88,10 @@ int as_nn_attn_fwd_alias(as_nn_ctx *c, as_nn_attn *l, int B, int T,
     AS_TRY(as_nn_alloc(c, sizeof(float) * (size_t)N * C,
                          AS_TAG_ACTIVATIONS, l->id, false, &o));   /* (B,T,C) */
     AS_TRY(as_nn_linear_fwd_alias(c, &l->qkv, N, x, x_saved, AS_NN_F(qkv)));
-    as_save_info qi = {.kind = AS_KIND_ATTENTION_INPUT, .layer = l->name};
+    as_save_info qi = {.kind = AS_KIND_ATTENTION_INPUT, .layer = l->name,
+                       .recompute = qkv_regen, .recompute_ud = &l->qkv,
+                       .recompute_inputs = &l->qkv.hx,
+                       .recompute_ninputs = 1, .recompute_rows = true};
     as_tensor qt = AS_NN_T(qkv.ptr, AS_F32, B, T, 3 * C);
     AS_TRY(as_nn_save(c, &qi, &qt, &l->hqkv));
     /* P one batch at a time, saved as it is made: the whole (B, NH, T, T)

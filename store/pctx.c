@@ -132,25 +132,57 @@ bool as_pctx_can_depend(as_pctx *c, as_handle dep)
     return as__handle_holds_values(c->s, dep);
 }
 
+/* The item of a declared dependency, or NULL (error set). */
+static as_item *dep_item(as_pctx *c, as_handle dep)
+{
+    as_rep *r = c->rep;
+    for (size_t i = 0; i < r->ndeps; i++)
+        if (r->deps[i].handle == dep.v)
+            return r->deps[i].item;
+    as__seterr(c->s, "restore (layer %s): handle 0x%016llx is not a "
+               "declared dependency", c->layer, (unsigned long long)dep.v);
+    return NULL;
+}
+
 int as_pctx_restore_dep(as_pctx *c, as_handle dep, const as_tensor **view)
 {
     *view = NULL;
-    as_rep *r = c->rep;
-    as_item *d = NULL;
-    for (size_t i = 0; i < r->ndeps; i++)
-        if (r->deps[i].handle == dep.v)
-            d = r->deps[i].item;
-    if (!d) {
-        as__seterr(c->s, "restore (layer %s): handle 0x%016llx is not a "
-                   "declared dependency", c->layer,
-                   (unsigned long long)dep.v);
+    as_item *d = dep_item(c, dep);
+    if (!d)
         return AS_EHANDLE;
-    }
     if (c->nborrowed == sizeof c->borrowed / sizeof c->borrowed[0])
         return AS_ERANGE;
     int rc = as__borrow(c->s, d, view);
     if (rc == 0)
         c->borrowed[c->nborrowed++] = d;
+    return rc;
+}
+
+int as_pctx_restore_dep_rows(as_pctx *c, as_handle dep, int64_t row0,
+                             int64_t nrows, float *dst)
+{
+    as_item *d = dep_item(c, dep);
+    if (!d)
+        return AS_EHANDLE;
+    const as_tensor *sh = &d->shape;
+    int64_t n = sh->ndim ? sh->shape[sh->ndim - 1] : 0;
+    int64_t rows = n > 0 ? as_tensor_numel(sh) / n : 0;
+    if (sh->dtype != AS_F32 || sh->ndim < 1) {
+        as__seterr(c->s, "restore (layer %s): dependency 0x%016llx is not an "
+                   "f32 tensor of rank >= 1", c->layer,
+                   (unsigned long long)dep.v);
+        return AS_ESHAPE;
+    }
+    if (row0 < 0 || nrows < 0 || row0 > rows || nrows > rows - row0) {
+        as__seterr(c->s, "restore (layer %s): rows [%lld, %lld) of dependency "
+                   "0x%016llx outside [0, %lld)", c->layer, (long long)row0,
+                   (long long)(row0 + nrows), (unsigned long long)dep.v,
+                   (long long)rows);
+        return AS_ERANGE;
+    }
+    as_rep *r = as__item_rep(c->s, d);
+    int rc = as__item_rows(c->s, d, r, dep, row0, nrows, dst);
+    as__rep_unref(c->s, r);
     return rc;
 }
 

@@ -173,6 +173,12 @@ int as_pctx_depend(as_pctx *ctx, as_handle dep);
  * released or re-planned before as_pctx_depend. */
 bool as_pctx_can_depend(as_pctx *ctx, as_handle dep);
 int as_pctx_restore_dep(as_pctx *ctx, as_handle dep, const as_tensor **view);
+/* Rows [row0, row0 + nrows) of an f32 dependency viewed as (rows, last
+ * dim) into dst, through its own row decode where it has one (no whole
+ * copy). AS_ESHAPE (not f32), AS_ERANGE (rows outside), AS_EHANDLE (not a
+ * declared dependency); else as its decode. */
+int as_pctx_restore_dep_rows(as_pctx *ctx, as_handle dep, int64_t row0,
+                             int64_t nrows, float *dst);
 
 /* Scratch memory for decode (workspace tag), freed at the end of the call
  * (at most 8 at once; AS_ERANGE beyond), or earlier with

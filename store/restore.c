@@ -426,19 +426,30 @@ int as_store_restore_rows(as_store *s, as_handle h, int64_t row0,
                    lname(s, r), (long long)row0, (long long)(row0 + nrows),
                    (long long)rows);
         rc = AS_ERANGE;
-    } else if (r->ops->decode_rows && !r->ops->view && !mat_ready(s, it)) {
-        POLICY_CALL(s, it, r, h, r->ops->decode_rows(&c, r->params, r->state,
-                                                     row0, nrows, dst));
     } else {
-        const as_tensor *v;
-        if ((rc = as__borrow(s, it, &v)) == 0) {
-            if (nrows > 0 && n > 0)
-                memcpy(dst, (const float *)v->data + row0 * n,
-                       (size_t)(nrows * n) * sizeof(float));
-            as__unborrow(s, it);
-        }
+        rc = as__item_rows(s, it, r, h, row0, nrows, dst);
     }
     done(s, it, r, rc);
+    return rc;
+}
+
+int as__item_rows(as_store *s, as_item *it, as_rep *r, as_handle h,
+                  int64_t row0, int64_t nrows, float *dst)
+{
+    int rc;
+    int64_t n = it->shape.shape[it->shape.ndim - 1];
+    if (r->ops->decode_rows && !r->ops->view && !mat_ready(s, it)) {
+        POLICY_CALL(s, it, r, h, r->ops->decode_rows(&c, r->params, r->state,
+                                                     row0, nrows, dst));
+        return rc;
+    }
+    const as_tensor *v;
+    if ((rc = as__borrow(s, it, &v)) == 0) {
+        if (nrows > 0 && n > 0)
+            memcpy(dst, (const float *)v->data + row0 * n,
+                   (size_t)(nrows * n) * sizeof(float));
+        as__unborrow(s, it);
+    }
     return rc;
 }
 

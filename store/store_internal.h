@@ -295,6 +295,11 @@ as_rep *as__item_rep(as_store *s, as_item *it);   /* referenced */
 void as__rep_unref(as_store *s, as_rep *r);
 int as__rep_add_dep(as_store *s, as_item *owner, as_rep *r, as_handle h);
 bool as__handle_holds_values(as_store *s, as_handle h);
+/* Rows [row0, row0 + nrows) of an f32 item (rank >= 1, range checked by
+ * the caller) under its rep r: the rep's row decode, else its values in
+ * place or materialized (restore.c). Not counted as a restore. */
+int as__item_rows(as_store *s, as_item *it, as_rep *r, as_handle h,
+                  int64_t row0, int64_t nrows, float *dst);
 
 /* Row saves (save_rows.c; store.c keeps the open ones in their slots).
  * open: a reserved slot holds w until end publishes the item; rows: the

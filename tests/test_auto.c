@@ -5,7 +5,7 @@
  * reachable one, the plan is deterministic for the same data, it changes
  * when the budget changes between steps, the budget binds fixed rules too,
  * sensitivity reports are validated, weigh the plan and move its bytes,
- * spec arguments.
+ * spec arguments, row-wise derivations offered as recompute.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -468,6 +468,120 @@ static void test_input_weight_moves_bytes(void **st)
     assert_true(local[1] > local[0]);
 }
 
+/* ---- declared derivations ------------------------------------------------------- */
+
+/* y = x W^T + row index, the rows on their own (a qkv linear's output). */
+enum { DX_ROWS = 64, DX_IN = 96, DX_OUT = 288 };
+static float dW[DX_OUT * DX_IN];
+
+static int derive_rows(void *ud, const as_tensor *const *in, size_t n,
+                       as_tensor *out)
+{
+    (void)ud, (void)n;
+    int64_t rows = as_tensor_numel(in[0]) / DX_IN;
+    const float *x = in[0]->data;
+    float *y = out->data;
+    for (int64_t r = 0; r < rows; r++)
+        for (int o = 0; o < DX_OUT; o++) {
+            float a = 0;
+            for (int i = 0; i < DX_IN; i++)
+                a += x[r * DX_IN + i] * dW[o * DX_IN + i];
+            y[r * DX_OUT + o] = a;
+        }
+    return 0;
+}
+
+/* One step: x (linear input), y derived from it (attention input, saved
+ * with its derivation, row-wise or not); backward restores y's rows, which
+ * must be the callback on x's restored rows whatever policy y got. */
+static bool derive_step(as_store *s, uint64_t k, bool rows, uint64_t *peak)
+{
+    float *x = malloc(DX_ROWS * DX_IN * sizeof *x);
+    float *y = malloc(DX_ROWS * DX_OUT * sizeof *y);
+    float *xr = malloc(DX_ROWS * DX_IN * sizeof *xr);
+    float *yr = malloc(DX_ROWS * DX_OUT * sizeof *yr);
+    float *want = malloc(DX_ROWS * DX_OUT * sizeof *want);
+    assert_true(x && y && xr && yr && want);
+    fill(k, 0, x);
+    as_tensor xt = {.data = x, .dtype = AS_F32, .ndim = 2, .shape = {DX_ROWS, DX_IN}};
+    as_tensor yt = {.data = y, .dtype = AS_F32, .ndim = 2, .shape = {DX_ROWS, DX_OUT}};
+    assert_int_equal(derive_rows(NULL, (const as_tensor *const[]){&xt}, 1, &yt), 0);
+    as_handle hx, hy;
+    as_store_step_begin(s, k);
+    as_store_phase(s, AS_PHASE_FORWARD);
+    as_save_info xi = {.kind = AS_KIND_LINEAR_INPUT, .layer = "ln"};
+    assert_int_equal(as_store_save(s, &xi, &xt, &hx), 0);
+    as_save_info yi = {.kind = AS_KIND_ATTENTION_INPUT, .layer = "attn",
+                       .recompute = derive_rows, .recompute_inputs = &hx,
+                       .recompute_ninputs = 1, .recompute_rows = rows};
+    assert_int_equal(as_store_save(s, &yi, &yt, &hy), 0);
+    as_store_phase(s, AS_PHASE_BACKWARD);
+    for (int r0 = 0; r0 < DX_ROWS; r0 += 16) {
+        assert_int_equal(as_store_restore_rows(s, hy, r0, 16, yr + r0 * DX_OUT), 0);
+        assert_int_equal(as_store_restore_rows(s, hx, r0, 16, xr + r0 * DX_IN), 0);
+    }
+    bool regen = !strcmp(as_store_policy_of(s, hy), "recompute (auto)");
+    if (regen) {
+        as_tensor xd = xt, wt = yt;
+        xd.data = xr;
+        wt.data = want;
+        assert_int_equal(derive_rows(NULL, (const as_tensor *const[]){&xd}, 1, &wt), 0);
+        assert_memory_equal(yr, want, DX_ROWS * DX_OUT * sizeof *yr);
+    }
+    assert_int_equal(as_store_report_grad(s, hy, 1.0), 0);
+    assert_int_equal(as_store_report_grad(s, hx, 1.0), 0);
+    assert_int_equal(as_store_release(s, hy), 0);
+    assert_int_equal(as_store_release(s, hx), 0);
+    as_store_stats st;
+    assert_int_equal(as_store_stats_take(s, &st), 0);
+    *peak = st.total.stored_peak;
+    as_store_stats_free(&st);
+    as_store_step_end(s);
+    free(x), free(y), free(xr), free(yr), free(want);
+    return regen;
+}
+
+/* auto offers recompute for a row-wise derivation (nothing stored, the
+ * error measured through the restored input), and only then: not for a
+ * derivation that is not row-wise, nor with derive 0; the budget holds
+ * either way. */
+static void test_recompute_candidate(void **st)
+{
+    (void)st;
+    uint64_t r = 7;
+    for (size_t i = 0; i < sizeof dW / sizeof dW[0]; i++)
+        dW[i] = (float)(as_rng_u01(&r) - 0.5) * 0.2f;
+    const uint64_t keep = (uint64_t)DX_ROWS * (DX_IN + DX_OUT) * sizeof(float);
+    static const struct { const char *spec; bool rows, recompute; } cases[] = {
+        {"default=auto", true, true},
+        {"default=auto", false, false},
+        {"default=auto:100:0:1:0", true, false},
+        {"default=auto:100:0:1:1", true, true},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        as_store *s = mk(cases[c].spec);
+        uint64_t budget = keep / 6, peak;
+        assert_int_equal(as_store_set_budget(s, budget), 0);
+        for (uint64_t k = 0; k < 3; k++) {
+            bool regen = derive_step(s, k, cases[c].rows, &peak);
+            assert_true(peak <= budget);
+            if (k == 2)
+                assert_int_equal(regen, cases[c].recompute);
+        }
+        as_store_plan p = plan_of(s);
+        const as_store_plan_entry *e = entry(&p, "attn", AS_KIND_ATTENTION_INPUT);
+        assert_int_equal(!strcmp(e->policy, "recompute"), cases[c].recompute);
+        if (cases[c].recompute) {
+            assert_int_equal(e->stored_bytes, 0);
+            /* its error is the input's carried through W, measured on a
+             * probe step: below what y's own 4-bit codes give (~0.1) */
+            assert_true(e->rel_error > 0 && e->rel_error < 0.05);
+        }
+        as_store_plan_free(&p);
+        as_store_destroy(s);
+    }
+}
+
 /* ---- the budget binds every rule ------------------------------------------------ */
 
 static void test_budget_binds_fixed_rules(void **st)
@@ -531,7 +645,9 @@ static void test_spec_arguments(void **st)
     spec_err("default=auto:5:-1", "time_weight");
     spec_ok("default=auto:50:0.25:2");
     spec_err("default=auto:5:0:-1", "input_weight");
-    spec_err("default=auto:5:0:1:2", "input_weight");
+    spec_ok("default=auto:5:0:1:0");
+    spec_err("default=auto:5:0:1:2", "derive");
+    spec_err("default=auto:5:0:1:1:1", "derive");
     spec_err("default=auto:5:0:", NULL);
 }
 
@@ -568,4 +684,5 @@ AS_TEST_MAIN(NULL, NULL,
              cmocka_unit_test(test_budget_binds_fixed_rules),
              cmocka_unit_test(test_budget_binds_adopted_blocks),
              cmocka_unit_test(test_spec_arguments),
-             cmocka_unit_test(test_mixed_rules))
+             cmocka_unit_test(test_mixed_rules),
+             cmocka_unit_test(test_recompute_candidate))

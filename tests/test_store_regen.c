@@ -251,9 +251,126 @@ static void test_inverse_chain(void **st)
     as_store_destroy(s);
 }
 
+/* Row-wise recompute: y = x W^T (x: R x I, W: O x I), rows on their own. */
+typedef struct rw_ud {
+    const float *W;
+    int64_t      in, out;
+    int          calls;
+    int64_t      max_rows;   /* the most rows one call was given */
+} rw_ud;
+
+static int cb_rows(void *ud, const as_tensor *const *in, size_t nin, as_tensor *out)
+{
+    rw_ud *u = ud;
+    (void)nin;
+    int64_t rows = as_tensor_numel(in[0]) / u->in;
+    if (in[0]->shape[in[0]->ndim - 1] != u->in ||
+        out->shape[out->ndim - 1] != u->out ||
+        as_tensor_numel(out) != rows * u->out)
+        return AS_ESHAPE;
+    u->calls++;
+    u->max_rows = rows > u->max_rows ? rows : u->max_rows;
+    const float *x = in[0]->data;
+    float *y = out->data;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t o = 0; o < u->out; o++) {
+            float acc = 0;
+            for (int64_t i = 0; i < u->in; i++)
+                acc += x[r * u->in + i] * u->W[o * u->in + i];
+            y[r * u->out + o] = acc;
+        }
+    return 0;
+}
+
+/* Restoring rows of a row-wise recompute rebuilds only those rows, from
+ * the same rows of its input (kept: bit for bit; under a codec: the
+ * callback on the decoded rows), without materializing either tensor; a
+ * whole restore still works; an input whose rows differ falls back with
+ * the reason; a recompute that is not row-wise still serves rows. */
+static void test_recompute_rows(void **st)
+{
+    (void)st;
+    enum { R = 48, I = 32, O = 24, B = 8 };
+    float *x = randv(R * I), *W = randv(O * I), y[R * O], out[R * O];
+    rw_ud u = {.W = W, .in = I, .out = O};
+    as_tensor xt = t2(x, AS_F32, R, I);
+    assert_int_equal(cb_rows(&u, (const as_tensor *const[]){&xt}, 1,
+                             &(as_tensor){.data = y, .dtype = AS_F32, .ndim = 2,
+                                          .shape = {R, O}}), 0);
+    for (int codec = 0; codec < 2; codec++) {
+        as_store *s = mk(codec ? "layer:x=aq:8:g=128; layer:y=recompute; default=keep"
+                               : "layer:y=recompute; default=keep", false, 0);
+        as_store_phase(s, AS_PHASE_FORWARD);
+        as_save_info xi = info(AS_KIND_LINEAR_INPUT, "x");
+        as_handle hx, hy;
+        assert_int_equal(as_store_save(s, &xi, &xt, &hx), 0);
+        as_save_info yi = info(AS_KIND_ATTENTION_INPUT, "y");
+        yi.recompute = cb_rows, yi.recompute_ud = &u, yi.recompute_inputs = &hx;
+        yi.recompute_ninputs = 1, yi.recompute_rows = true;
+        as_tensor yt = {.data = y, .dtype = AS_F32, .ndim = 3, .shape = {R / B, B, O}};
+        assert_int_equal(as_store_save(s, &yi, &yt, &hy), 0);
+        assert_string_equal(as_store_policy_of(s, hy), "recompute");
+        /* what the callback gives on the restored input */
+        float xr[R * I], want[R * O];
+        as_tensor xd = t2(xr, AS_F32, R, I);
+        assert_int_equal(as_store_restore(s, hx, &xd), 0);
+        u.calls = 0;
+        assert_int_equal(cb_rows(&u, (const as_tensor *const[]){&xd}, 1,
+                                 &(as_tensor){.data = want, .dtype = AS_F32,
+                                              .ndim = 2, .shape = {R, O}}), 0);
+        if (!codec)
+            assert_memory_equal(want, y, sizeof y);
+        as_store_phase(s, AS_PHASE_BACKWARD);
+        u.calls = 0;
+        u.max_rows = 0;
+        for (int64_t r0 = 0; r0 < R; r0 += B)
+            assert_int_equal(as_store_restore_rows(s, hy, r0, B, out + r0 * O), 0);
+        assert_memory_equal(out, want, sizeof out);
+        assert_int_equal(u.calls, R / B);
+        assert_int_equal(u.max_rows, B);
+        assert_int_equal(arena_tag(s, AS_TAG_WORKSPACE).live_requested, 0);
+        assert_int_equal(as_store_restore_rows(s, hy, R - 1, 2, out), AS_ERANGE);
+        as_tensor yd = {.data = out, .dtype = AS_F32, .ndim = 3, .shape = {R / B, B, O}};
+        assert_int_equal(as_store_restore(s, hy, &yd), 0);
+        assert_memory_equal(out, want, sizeof out);
+        assert_int_equal(as_store_release(s, hy), 0);
+        assert_int_equal(as_store_release(s, hx), 0);
+        as_store_phase(s, AS_PHASE_FORWARD);
+        assert_int_equal(arena_tag(s, AS_TAG_SAVED).live_requested, 0);
+        assert_int_equal(arena_tag(s, AS_TAG_WORKSPACE).live_requested, 0);
+
+        /* rows that do not match: a fallback naming them */
+        assert_int_equal(as_store_save(s, &xi, &xt, &hx), 0);
+        as_tensor half = t2(y, AS_F32, R / 2, 2 * O);
+        as_handle hb = save_expect_fallback(s, &yi, &half, "recompute");
+        assert_contains(as_store_policy_of(s, hb), "input 0 has 48 rows");
+        assert_int_equal(as_store_release(s, hb), 0);
+        /* not row-wise: rows served from the whole, rebuilt once */
+        yi.recompute_rows = false;
+        assert_int_equal(as_store_save(s, &yi, &yt, &hy), 0);
+        assert_int_equal(as_store_restore(s, hx, &xd), 0);   /* re-encoded */
+        assert_int_equal(cb_rows(&u, (const as_tensor *const[]){&xd}, 1,
+                                 &(as_tensor){.data = want, .dtype = AS_F32,
+                                              .ndim = 2, .shape = {R, O}}), 0);
+        as_store_phase(s, AS_PHASE_BACKWARD);
+        u.calls = 0;
+        for (int64_t r0 = 0; r0 < R; r0 += B)
+            assert_int_equal(as_store_restore_rows(s, hy, r0, B, out + r0 * O), 0);
+        assert_memory_equal(out, want, sizeof out);
+        assert_int_equal(u.calls, 1);
+        assert_int_equal(as_store_release(s, hy), 0);
+        assert_int_equal(as_store_release(s, hx), 0);
+        as_store_phase(s, AS_PHASE_FORWARD);
+        as_store_destroy(s);
+    }
+    free(x);
+    free(W);
+}
+
 /* ---- threads ------------------------------------------------------------- */
 
 AS_TEST_MAIN(NULL, NULL,
              cmocka_unit_test(test_recompute_chain),
              cmocka_unit_test(test_long_chain),
-             cmocka_unit_test(test_inverse_chain))
+             cmocka_unit_test(test_inverse_chain),
+             cmocka_unit_test(test_recompute_rows))

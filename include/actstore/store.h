@@ -197,6 +197,14 @@ typedef struct as_save_info {
     void           *recompute_ud;
     const as_handle *recompute_inputs;
     size_t          recompute_ninputs;
+    /* The recompute is row-wise: viewing this tensor and every input as
+     * (rows, last dim), all with the same rows (f32), row i of the result
+     * depends only on row i of each input (a linear layer's output from its
+     * input, say). as_store_restore_rows then calls recompute on row slices
+     * (inputs and out of shape (nrows, last dim)) instead of rebuilding the
+     * whole tensor, and `auto` offers recompute as a candidate
+     * (docs/policies.md). Ignored without recompute. */
+    bool            recompute_rows;
 } as_save_info;
 
 /* ---- store lifetime --------------------------------------------------- */

@@ -22,12 +22,13 @@ extern const as_policy_ops as_policy_auto;
 /* Default input_weight (measured: docs/benchmarks.md, "Whole model"). */
 #define AUTO_INPUT_WEIGHT 1.0
 
-/* Parsed `auto[:period[:time_weight[:input_weight]]]`. */
+/* Parsed `auto[:period[:time_weight[:input_weight[:derive]]]]`. */
 typedef struct as_auto_params {
     uint32_t period;        /* steps between probe steps, 0 = first only */
     double   time_weight;   /* error units per step time of codec work */
     double   input_weight;  /* extra weight of an error that reaches the
                                input gradient (docs/policies.md, auto) */
+    bool     derive;        /* offer recompute for row-wise derivations */
 } as_auto_params;
 
 /* Save t (a new item) under the plan for its (layer, kind); on a probe

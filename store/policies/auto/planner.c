@@ -162,6 +162,17 @@ static bool offered(const cand *c, const as_save_info *info,
            c->ref.ops->applies(c->ref.params, info, t, why, sizeof why) == 0;
 }
 
+/* The description a candidate sees: the recompute candidate the save's
+ * own, when it declares a row-wise derivation (else NULL: not offered);
+ * every other candidate the save without its derivation. */
+static const as_save_info *cand_info(const cand *c, const as_save_info *derived,
+                                     const as_save_info *plain)
+{
+    if (c->ref.ops != &as_policy_recompute)
+        return plain;
+    return derived->recompute && derived->recompute_rows ? derived : NULL;
+}
+
 /* Under mu: add one tensor's trials to its group's sums for the step. */
 static void fold(as_auto *pl, agroup *grp, const bool *ok, const meas *mt)
 {
@@ -260,22 +271,30 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
                   as_block *adopted, bool *taken, as_rep **spare,
                   as_rep **out)
 {
-    /* Declared derivations are not planned: a derived item pins its
-     * sources' exact values, bytes the plan does not count. */
+    /* Declared derivations go only to the recompute candidate, and only
+     * row-wise ones (cand_info): others (a conv input gathered from a
+     * pool's sources) would pin sources whose bytes the plan does not
+     * count in the form the derivation needs. */
+    const as_save_info *derived = info;
     as_save_info plain = *info;
     plain.recompute = NULL;
     plain.recompute_ud = NULL;
     plain.recompute_inputs = NULL;
     plain.recompute_ninputs = 0;
+    plain.recompute_rows = false;
     info = &plain;
     as_auto *pl = planner_get(s);
     if (!pl)
         return AS_ENOMEM;
     const as_auto_params *ap = ref->params;
+    if (!ap->derive)
+        derived = &plain;
     const char *layer = info->layer && info->layer[0] ? info->layer : "(none)";
     bool ok[AUTO_NCAND_MAX] = {false};
-    for (size_t c = 0; c < pl->nc; c++)
-        ok[c] = offered(&pl->c[c], info, t);
+    for (size_t c = 0; c < pl->nc; c++) {
+        const as_save_info *ci = cand_info(&pl->c[c], derived, &plain);
+        ok[c] = ci && offered(&pl->c[c], ci, t);
+    }
 
     pthread_mutex_lock(&pl->mu);
     pl->period = ap->period;
@@ -302,7 +321,9 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
                     as__auto_compare(info, t, t->data, &mt[c]);
                 continue;
             }
-            as__auto_trial(s, it, h, g, &pl->c[c], info, t, layer, &mt[c]);
+            as__auto_trial(s, it, h, g, &pl->c[c],
+                           cand_info(&pl->c[c], derived, &plain), t, layer,
+                           &mt[c]);
         }
     }
 
@@ -326,7 +347,8 @@ int as__auto_save(as_store *s, as_item *it, as_handle h, as_groups g,
     for (int k = 0; k < n; k++) {
         char why[160];
         const cand *c = &pl->c[order[k]];
-        rc = as__try_policy(s, it, h, g, &c->ref, rules, info, t, adopted,
+        rc = as__try_policy(s, it, h, g, &c->ref, rules,
+                            cand_info(c, derived, &plain), t, adopted,
                             taken, why, sizeof why, spare, out);
         if (rc == 0) {
             snprintf((*out)->desc, sizeof (*out)->desc, "%s (auto)",

@@ -1,10 +1,13 @@
 /*
- * The `auto` rule: auto[:period[:time_weight[:input_weight]]]
+ * The `auto` rule: auto[:period[:time_weight[:input_weight[:derive]]]]
  *     period       steps between probe steps (default 100; 0 = probe only
  *                  the first step and (layer, kind)s seen for the first time)
  *     time_weight  error units charged for codec work equal to one step's
  *                  measured time (default 0: the plan is a function of the
  *                  data and seed alone; > 0 makes it depend on the machine)
+ *     input_weight extra weight of an error that reaches the input gradient
+ *     derive       1 (default): offer recompute where a save declares a
+ *                  row-wise derivation; 0: never
  * The store hands a tensor under this rule to the planner (planner.c)
  * instead of encoding it here: encode and decode are never reached.
  */
@@ -34,6 +37,7 @@ static int auto_parse(const char *args, size_t len, void **params, char *err,
     p->period = 100;
     p->time_weight = 0;
     p->input_weight = AUTO_INPUT_WEIGHT;
+    p->derive = true;
     char buf[64];
     if (len >= sizeof buf) {
         snprintf(err, errlen, "auto arguments too long");
@@ -43,8 +47,9 @@ static int auto_parse(const char *args, size_t len, void **params, char *err,
     }
     memcpy(buf, args, len);
     buf[len] = 0;
-    char *f[3] = {buf, NULL, NULL};   /* period, time_weight, input_weight */
-    for (int i = 1; i < 3; i++)
+    /* period, time_weight, input_weight, derive */
+    char *f[4] = {buf, NULL, NULL, NULL};
+    for (int i = 1; i < 4; i++)
         if (f[i - 1] && (f[i] = strchr(f[i - 1], ':')) != NULL)
             *f[i]++ = 0;
     const char *what = NULL;
@@ -63,6 +68,13 @@ static int auto_parse(const char *args, size_t len, void **params, char *err,
     if (!what && f[2] && !parse_weight(f[2], &p->input_weight)) {
         what = "auto: input_weight (a number >= 0)";
         at = (size_t)(f[2] - buf);
+    }
+    if (!what && f[3]) {
+        if (strcmp(f[3], "0") && strcmp(f[3], "1")) {
+            what = "auto: derive (0 or 1)";
+            at = (size_t)(f[3] - buf);
+        }
+        p->derive = !strcmp(f[3], "1");
     }
     if (what) {
         snprintf(err, errlen, "%s", what);
