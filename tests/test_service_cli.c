@@ -84,15 +84,18 @@ static void test_train_serve_and_top(void **state)
     char *top = strdup(slurp(out) ? slurp(out) : "");
 
     /* live mode on a pseudo-terminal (script(1), util-linux): it redraws
-     * at the tick rate until 'q' arrives on the terminal */
+     * at the tick rate until 'q' arrives on the terminal; 'q' is sent once
+     * six frames are on the transcript (script -f flushes each write), or
+     * after 20 s, so a loaded host is given time to draw */
     char live[300];
     snprintf(live, sizeof live, "%s/live.txt", dir);
     int live_rc = -1;
     char *live_out = NULL;
     if (system("command -v script >/dev/null 2>&1") == 0) {
         snprintf(cmd, sizeof cmd,
-                 "(sleep 2; printf q) | timeout 20 script -qfec \"'%s' top %s --layers 3\" '%s' "
-                 "> /dev/null 2>&1", bin(), addr, live);
+                 "(for i in $(seq 200); do [ \"$(grep -o 'actstore top' '%s' 2>/dev/null | wc -l)\" -ge 6 ] "
+                 "&& break; sleep 0.1; done; printf q) | timeout 40 script -qfec \"'%s' top %s --layers 3\" '%s' "
+                 "> /dev/null 2>&1", live, bin(), addr, live);
         live_rc = system(cmd);
         live_out = strdup(slurp(live) ? slurp(live) : "");
     } else {
