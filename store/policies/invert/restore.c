@@ -580,6 +580,20 @@ void as__civ_finish_rows(as__civ *ci, int n, const float *X, size_t ex, size_t r
     ci->st.restores++;
 }
 
+/* One frequency's solve by the path's factor (sign -1: the conjugate
+ * frequency with the same factor). */
+static inline void solve_freq(int path, const float *mf, size_t msz, float sign,
+                              const float *f, float *tz, float *xout, int cin, int cout,
+                              int NB)
+{
+    if (path == AS__CIV_PATH_ADJ)
+        as__civ_adjoint_freq(mf, sign, f, tz, xout, cin, cout, NB);
+    else if (path == AS__CIV_PATH_LU)
+        as__civ_lu_solve_freq(mf, sign, f, xout, cin, NB);
+    else
+        as__civ_solve_freq(mf, mf + msz / 2, sign, f, xout, cin, cout, NB);
+}
+
 static int restore_impl(as__civ *ci, as__civ_fctx *fc, int path, uint64_t version, int n,
                         const float *y,
                         const float *bias, const float *frame, float *x)
@@ -666,27 +680,11 @@ static int restore_impl(as__civ *ci, as__civ_fctx *fc, int path, uint64_t versio
             const float *mf = mcol + (size_t)kp * msz;
             /* (-kp, -kq) = ((P-kp)%P, mq) with the conjugate factor */
             const int mp = (P - kp) % P;
-            if (adj) {
-                as__civ_adjoint_freq(mf, 1.0f, Cf[0] + (size_t)kp * Eo, tz,
-                                     Cx[0] + (size_t)kp * Ei, cin, cout, NB);
-                if (pair)
-                    as__civ_adjoint_freq(mf, -1.0f, Cf[1] + (size_t)mp * Eo, tz,
-                                         Cx[1] + (size_t)mp * Ei, cin, cout, NB);
-                continue;
-            }
-            if (path == AS__CIV_PATH_LU) {
-                as__civ_lu_solve_freq(mf, 1.0f, Cf[0] + (size_t)kp * Eo, Cx[0] + (size_t)kp * Ei,
-                                      cin, NB);
-                if (pair)
-                    as__civ_lu_solve_freq(mf, -1.0f, Cf[1] + (size_t)mp * Eo,
-                                          Cx[1] + (size_t)mp * Ei, cin, NB);
-                continue;
-            }
-            as__civ_solve_freq(mf, mf + msz / 2, 1.0f, Cf[0] + (size_t)kp * Eo,
-                               Cx[0] + (size_t)kp * Ei, cin, cout, NB);
+            solve_freq(path, mf, msz, 1.0f, Cf[0] + (size_t)kp * Eo, tz,
+                       Cx[0] + (size_t)kp * Ei, cin, cout, NB);
             if (pair)
-                as__civ_solve_freq(mf, mf + msz / 2, -1.0f, Cf[1] + (size_t)mp * Eo,
-                                   Cx[1] + (size_t)mp * Ei, cin, cout, NB);
+                solve_freq(path, mf, msz, -1.0f, Cf[1] + (size_t)mp * Eo, tz,
+                           Cx[1] + (size_t)mp * Ei, cin, cout, NB);
         }
         double t2 = as__civ_now_ms();
         for (int k = 0; k <= pair; k++)
