@@ -4,7 +4,9 @@
  * Live mode polls every endpoint's /api/v1/snapshot once a second (one
  * request each, 900 ms timeout, so a dead rank costs one timeout per
  * frame and shows as "unreachable"); q or Ctrl-C quits. --once prints one
- * table and exits 1 when an endpoint did not answer.
+ * table and exits 1 when an endpoint did not answer within 5 s (as the
+ * single-endpoint --once: a busy trainer's service may answer late, and
+ * one table has no frame rate to keep).
  */
 #include <poll.h>
 #include <signal.h>
@@ -41,12 +43,13 @@ static void line(FILE *f, const char *job, const char *rank, const char *host,
             as_cli_human_bytes(s->stored, b[3], 32), r, s->fallbacks, s->meta);
 }
 
-/* One endpoint: its stores' lines, added to *tot. 0, or -1 unreachable. */
-static int endpoint(FILE *f, const char *addr, fleet_sum *tot)
+/* One endpoint: its stores' lines, added to *tot. 0, or -1 unreachable
+ * (no answer within timeout_ms). */
+static int endpoint(FILE *f, const char *addr, int timeout_ms, fleet_sum *tot)
 {
     as_client_response resp;
     char err[256] = "";
-    if (as_client_get(addr, "/api/v1/snapshot", 900, &resp, err, sizeof err)) {
+    if (as_client_get(addr, "/api/v1/snapshot", timeout_ms, &resp, err, sizeof err)) {
         fprintf(f, "%-12s unreachable: %s (%s)\n", "-", addr, err);
         return -1;
     }
@@ -82,7 +85,7 @@ static int endpoint(FILE *f, const char *addr, fleet_sum *tot)
 }
 
 /* The whole table; returns the number of endpoints that did not answer. */
-static int table(FILE *f, const char *const *addrs, int n)
+static int table(FILE *f, const char *const *addrs, int n, int timeout_ms)
 {
     fprintf(f, "%-12s %-5s %-14s %-8s %7s %-9s %10s %10s %10s %10s %6s %9s %5s\n", "job",
             "rank", "host", "store", "step", "phase", "live", "peak", "saved raw",
@@ -90,7 +93,7 @@ static int table(FILE *f, const char *const *addrs, int n)
     fleet_sum tot = {0};
     int down = 0;
     for (int i = 0; i < n; i++)
-        down += endpoint(f, addrs[i], &tot) != 0;
+        down += endpoint(f, addrs[i], timeout_ms, &tot) != 0;
     char who[48];
     snprintf(who, sizeof who, "%d/%d up", n - down, n);
     line(f, "total", "", who, "", "", "", &tot);
@@ -108,7 +111,7 @@ int as_top_fleet(const char *const *addrs, int n, bool once)
 {
     if (once) {
         printf("actstore top  %d endpoints\n\n", n);
-        int down = table(stdout, addrs, n);
+        int down = table(stdout, addrs, n, 5000);
         return down ? as_cli_fail("top", "%d of %d endpoints did not answer", down, n)
                     : AS_EXIT_OK;
     }
@@ -128,7 +131,7 @@ int as_top_fleet(const char *const *addrs, int n, bool once)
         strftime(when, sizeof when, "%H:%M:%S", localtime(&now));
         printf("\x1b[H\x1b[2J\x1b[1mactstore top\x1b[0m  %d endpoints  %s  frame %u   "
                "(q quits)\n\n", n, when, frame);
-        table(stdout, addrs, n);
+        table(stdout, addrs, n, 900);
         fflush(stdout);
         struct pollfd p = {.fd = 0, .events = POLLIN};
         char c = 0;

@@ -52,17 +52,25 @@ static void test_rate(void **state)
     as_service *svc = fake_start(&cfg, src, 2);
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", as_service_port(svc));
+    /* A loaded machine can stall the service's thread or this one for a
+     * while: the rate must be reached in one of up to three 2.6 s windows
+     * (a stream slower than 9/s fails all three). */
     counter c = {0};
+    double rate = 0;
+    int rc = 0;
     char err[256];
-    int rc = as_client_subscribe(addr, 2600, count_event, &c, err, sizeof err);
+    for (int w = 0; w < 3 && rate < 9.0 && !rc; w++) {
+        c = (counter){0};
+        rc = as_client_subscribe(addr, 2600, count_event, &c, err, sizeof err);
+        double span = (double)(c.t_last - c.t_first) * 1e-9;
+        rate = span > 0 ? (c.events - 1) / span : 0;
+        fprintf(stderr, "sse window %d: %u events in %.2f s (%.1f/s), %u heartbeats\n", w + 1,
+                c.events, span, rate, c.comments);
+    }
     /* stopped before any assertion: a failed one must not leave it serving
      * into the next test */
     assert_int_equal(as__service_stop(svc), 0);
     assert_int_equal(rc, 0);
-    double span = (double)(c.t_last - c.t_first) * 1e-9;
-    double rate = span > 0 ? (c.events - 1) / span : 0;
-    fprintf(stderr, "sse: %u events in %.2f s (%.1f/s), %u heartbeats\n", c.events, span, rate,
-            c.comments);
     assert_true(c.events >= 20);
     assert_true(rate >= 9.0);
     assert_true(c.comments >= 3);
@@ -91,7 +99,10 @@ static void stall_check(uv_timer_t *t)
         x->t_drop = now;
         x->events_at_drop = x->good.events;
     }
-    if ((x->t_drop && now - x->t_drop > 600000000ull) || now - x->t_start > 15000000000ull) {
+    /* done once the good client has had 10 frames after the drop (0.2 s at
+     * 50 Hz on a quiet machine); the bound is for a loaded one */
+    if ((x->t_drop && x->good.events - x->events_at_drop >= 10) ||
+        now - x->t_start > 60000000000ull) {
         uv_timer_stop(t);
         as_client_sse_close(x->s);
         x->done = true;
@@ -137,7 +148,7 @@ static void test_stalled_client_dropped(void **state)
             x.t_drop ? (double)(x.t_drop - x.t_start) * 1e-9 : -1.0, x.good.events,
             x.good.events - x.events_at_drop);
     assert_true(x.t_drop != 0);
-    assert_true(x.good.events - x.events_at_drop >= 10);   /* 0.6 s at 50 Hz */
+    assert_true(x.good.events - x.events_at_drop >= 10);
     /* the service closed the stalled connection: reading what was queued
      * (at most the queue limit plus the kernel buffers) ends in EOF */
     assert_true(tclosed(fd));

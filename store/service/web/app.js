@@ -30,6 +30,7 @@
     hdr: null,
     frames: 0,
     resyncing: false,
+    pending: [],       /* frames that arrived while a resync was loading */
     layoutKey: '',
     charts: [],
     dirty: false,
@@ -740,6 +741,16 @@
     } finally {
       S.resyncing = false;
     }
+    /* Each frame carries one point: a frame skipped while the timeline
+     * loaded would leave a gap behind the next one, and on a slow
+     * connection every frame would start another resync (points arriving
+     * only through resyncs, the per-layer history never recorded). Those
+     * the resynced timeline holds already are dropped (merge would take an
+     * older seq for a restarted service). */
+    while (S.pending.length && !S.resyncing) {
+      const d = S.pending.shift();
+      if (d.seq > S.seq) applyFrame(d);
+    }
   }
 
   /* Per-layer and per-policy series are not in the service's ring: the
@@ -779,16 +790,27 @@
     return st ? Object.keys(st.hist.policies).filter(k => st.hist.policies[k].some(v => v != null)).sort() : [];
   }
 
+  /* Merge one frame's point and record the page's history at it. */
+  function applyFrame(d) {
+    S.hdr = d;
+    if (d.now) S.now = d.now;
+    const before = S.t.length;
+    if (!merge(d)) resync();
+    recordHistory(S.t.length > before || S.t.length === MAX_POINTS);
+  }
+
   function onFrame(ev) {
     let d;
     try { d = JSON.parse(ev.data); } catch (e) { return; }
     S.frames++;
     document.body.dataset.frames = S.frames;
-    S.hdr = d;
-    if (d.now) { S.now = d.now; observePeaks(S.now); }
-    const before = S.t.length;
-    if (!S.resyncing && !merge(d)) resync();
-    recordHistory(S.t.length > before || S.t.length === MAX_POINTS);
+    if (d.now) observePeaks(d.now);
+    if (S.resyncing) {             /* applied in order once the resync is in (bounded) */
+      S.pending.push(d);
+      if (S.pending.length > MAX_POINTS) S.pending.shift();
+    } else {
+      applyFrame(d);
+    }
     setConn('live', 'live');
     schedule();
   }
