@@ -54,7 +54,8 @@ typedef enum as_op_backend {
 int as_op_set_backend(as_op_backend b);
 as_op_backend as_op_get_backend(void);
 /* Text describing the kernels in use: backend, oneDNN version and ISA,
- * OpenBLAS core and how it was chosen. Never NULL; a per-thread buffer,
+ * OpenBLAS core and how it was chosen, OpenMP's wait policy and where it
+ * came from (layers/ops_gemm.c). Never NULL; a per-thread buffer,
  * valid until the thread's next call. */
 const char *as_op_kernels_info(void);
 

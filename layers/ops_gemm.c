@@ -16,22 +16,31 @@
 #include "layers/ops_dnnl.h"
 #endif
 
-/* ---- OpenBLAS kernel set ------------------------------------------------
- * Debian's OpenBLAS (DYNAMIC_ARCH) picks its kernels from the CPU model
- * when it loads; on CPUs newer than its build (e.g. AMD Zen 4) it falls
- * back to old ones (Haswell, even Prescott) and runs sgemm at a fraction
- * of the core's speed. It reads OPENBLAS_CORETYPE in its constructor, so
- * the choice must be in the environment before the library initializes,
- * and glibc restores the startup environment after .preinit_array runs:
- * so an entry of the executable's .preinit_array (this object is linked
- * into every program that runs the layers) re-executes the program once
- * with OPENBLAS_CORETYPE added, before any library constructor ran. The
- * kernel set follows the ISA: AVX-512 F/BW/DQ/VL -> SkylakeX, AVX2 + FMA
- * -> Haswell. OPENBLAS_CORETYPE already set wins; AS_BLAS_CORE=openblas
- * keeps OpenBLAS's own detection; if the re-exec fails the program runs
- * on. Child processes inherit the variables. */
+/* ---- environment read by library constructors ----------------------------
+ * Two settings must be in the environment before the libraries initialize:
+ *
+ * OpenBLAS kernel set. Debian's OpenBLAS (DYNAMIC_ARCH) picks its kernels
+ * from the CPU model when it loads; on CPUs newer than its build (e.g. AMD
+ * Zen 4) it falls back to old ones (Haswell, even Prescott) and runs sgemm
+ * at a fraction of the core's speed. The kernel set follows the ISA:
+ * AVX-512 F/BW/DQ/VL -> SkylakeX, AVX2 + FMA -> Haswell. OPENBLAS_CORETYPE
+ * already set wins; AS_BLAS_CORE=openblas keeps OpenBLAS's own detection.
+ *
+ * OpenMP waiting. libgomp's idle threads spin before they sleep; when the
+ * cores are shared with other processes a spinning thread burns the time
+ * slice the thread it waits for needs (docs/training.md, "Threads").
+ * OMP_WAIT_POLICY=passive is added unless OMP_WAIT_POLICY or
+ * GOMP_SPINCOUNT is set.
+ *
+ * Both are read in library constructors, and glibc restores the startup
+ * environment after .preinit_array runs: so an entry of the executable's
+ * .preinit_array (this object is linked into every program that runs the
+ * layers) re-executes the program once with the variables added, before
+ * any library constructor ran; if the re-exec fails the program runs on.
+ * Child processes inherit the variables. */
 
 static const char *blas_core_how = "OpenBLAS detection";
+static const char *omp_wait_how = "OpenMP default";
 
 /* getenv from the startup environment: in .preinit_array glibc's
  * environ is not set up yet. */
@@ -44,47 +53,83 @@ static const char *env_of(char **envp, const char *name)
     return NULL;
 }
 
-static void blas_core_preinit(int argc, char **argv, char **envp)
+/* The OPENBLAS_CORETYPE entry to add (and its tag) or NULL; sets blas_core_how. */
+static const char *blas_core_choice(char **envp, const char **tag)
 {
-    (void)argc;
     const char *set = env_of(envp, "OPENBLAS_CORETYPE");
     if (set) {   /* ours (the tag names the same core) or the user's */
         const char *f = env_of(envp, "AS_BLAS_CORE_FORCED");
         blas_core_how = f && !strcmp(f, set) ? "forced by actstore from the CPU's ISA"
                                              : "OPENBLAS_CORETYPE";
-        return;
+        return NULL;
     }
     const char *keep = env_of(envp, "AS_BLAS_CORE");
     if (keep && !strcmp(keep, "openblas")) {
         blas_core_how = "OpenBLAS detection (AS_BLAS_CORE=openblas)";
-        return;
+        return NULL;
     }
     __builtin_cpu_init();
-    const char *core = NULL, *tag = NULL;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-        core = "OPENBLAS_CORETYPE=SkylakeX", tag = "AS_BLAS_CORE_FORCED=SkylakeX";
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        core = "OPENBLAS_CORETYPE=Haswell", tag = "AS_BLAS_CORE_FORCED=Haswell";
-    if (!core || !argv || !envp)
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+        *tag = "AS_BLAS_CORE_FORCED=SkylakeX";
+        return "OPENBLAS_CORETYPE=SkylakeX";
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        *tag = "AS_BLAS_CORE_FORCED=Haswell";
+        return "OPENBLAS_CORETYPE=Haswell";
+    }
+    return NULL;
+}
+
+/* The OMP_WAIT_POLICY entry to add (and its tag) or NULL; sets omp_wait_how. */
+static const char *omp_wait_choice(char **envp, const char **tag)
+{
+    const char *set = env_of(envp, "OMP_WAIT_POLICY");
+    if (set) {
+        const char *f = env_of(envp, "AS_OMP_WAIT_FORCED");
+        omp_wait_how = f && !strcmp(f, set) ? "passive (set by actstore)"
+                                            : "OMP_WAIT_POLICY";
+        return NULL;
+    }
+    if (env_of(envp, "GOMP_SPINCOUNT")) {
+        omp_wait_how = "GOMP_SPINCOUNT";
+        return NULL;
+    }
+    *tag = "AS_OMP_WAIT_FORCED=passive";
+    return "OMP_WAIT_POLICY=passive";
+}
+
+static void env_preinit(int argc, char **argv, char **envp)
+{
+    (void)argc;
+    const char *add[4];
+    int nadd = 0;
+    const char *tag = NULL, *e = blas_core_choice(envp, &tag);
+    if (e)
+        add[nadd++] = e, add[nadd++] = tag;
+    e = omp_wait_choice(envp, &tag);
+    if (e)
+        add[nadd++] = e, add[nadd++] = tag;
+    if (!nadd || !argv || !envp)
         return;
     size_t n = 0, m = 0;
     while (envp[n])
         n++;
-    char *env[n + 3];   /* no allocation this early */
-    for (size_t i = 0; i < n; i++)   /* a stale tag from a parent goes */
-        if (strncmp(envp[i], "AS_BLAS_CORE_FORCED=", 20) != 0)
+    char *env[n + 5];   /* no allocation this early */
+    for (size_t i = 0; i < n; i++)   /* stale tags from a parent go */
+        if (strncmp(envp[i], "AS_BLAS_CORE_FORCED=", 20) != 0 &&
+            strncmp(envp[i], "AS_OMP_WAIT_FORCED=", 19) != 0)
             env[m++] = envp[i];
-    n = m;
-    env[n] = (char *)core;
-    env[n + 1] = (char *)tag;
-    env[n + 2] = NULL;
+    for (int i = 0; i < nadd; i++)
+        env[m++] = (char *)add[i];
+    env[m] = NULL;
     execve("/proc/self/exe", argv, env);
     blas_core_how = "OpenBLAS detection (re-exec failed)";
+    omp_wait_how = "OpenMP default (re-exec failed)";
 }
 
 __attribute__((section(".preinit_array"), used))
-static void (*const as_blas_core_preinit)(int, char **, char **) = blas_core_preinit;
+static void (*const as_env_preinit)(int, char **, char **) = env_preinit;
 
 /* ---- backend ------------------------------------------------------------ */
 
@@ -134,10 +179,10 @@ const char *as_op_kernels_info(void)
     snprintf(lib, sizeof lib, "oneDNN not built in");
 #endif
     const bool dn = as_op_get_backend() == AS_OP_ONEDNN;
-    snprintf(info, sizeof info, "kernels %s (%s%s); OpenBLAS %s (%s)",
+    snprintf(info, sizeof info, "kernels %s (%s%s); OpenBLAS %s (%s); OpenMP wait %s",
              dn ? "onednn" : "builtin", lib,
              !dn && strncmp(lib, "oneDNN ", 7) == 0 ? ", not selected" : "",
-             openblas_get_corename(), blas_core_how);
+             openblas_get_corename(), blas_core_how, omp_wait_how);
     return info;
 }
 
