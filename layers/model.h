@@ -49,6 +49,12 @@ typedef struct as_nn_cnn_cfg {
     int   convs;           /* convs per stage */
     int   widths[4];       /* channels per stage, non-decreasing */
     bool  batchnorm;       /* conv -> BN -> act (else conv(+bias) -> act) */
+    /* Activations between the first conv and the head: AS_OP_NCHW, or
+     * AS_OP_BLK16 (nChw16c, ops.h), used in a step when the conv runs on
+     * oneDNN and every policy the store's rules name is elementwise (see
+     * docs/training.md, "Kernels"); else that step runs NCHW. The
+     * environment variable AS_LAYOUT=blocked|nchw overrides it. */
+    as_op_layout layout;
 } as_nn_cnn_cfg;
 
 typedef struct as_nn_tf_cfg {

@@ -1,0 +1,421 @@
+/*
+ * Kernels on the blocked activation layout nChw16c (see ops.h): reorders,
+ * conv dispatch, BatchNorm and pooling. The loops run over the 16 lanes of
+ * a channel block innermost, contiguous, so the compiler vectorizes them
+ * (one AVX-512 register per block); BatchNorm's statistics are summed in
+ * double per lane, as the NCHW kernels do per plane.
+ */
+#include "layers/ops.h"
+
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#ifdef AS_OPS_HAVE_ONEDNN
+#include "layers/ops_dnnl.h"
+#endif
+#include "util/simd.h"
+
+#define B AS_OP_BLK
+
+static inline int nblk(int C)
+{
+    return (C + B - 1) / B;
+}
+
+size_t as_op_image_numel(as_op_layout l, int N, int C, int H, int W)
+{
+    const int c = l == AS_OP_BLK16 ? nblk(C) * B : C;
+    return (size_t)N * c * H * W;
+}
+
+AS_CLONES_V4_V3
+void as_op_nchw_to_blk(int N, int C, int H, int W, const float *x, float *xb)
+{
+    const size_t hw = (size_t)H * W;
+    for (int n = 0; n < N; n++)
+        for (int cb = 0; cb < nblk(C); cb++) {
+            float *o = xb + ((size_t)n * nblk(C) + cb) * hw * B;
+            const int nl = C - cb * B < B ? C - cb * B : B;
+            const float *in = x + ((size_t)n * C + (size_t)cb * B) * hw;
+            for (size_t p = 0; p < hw; p++) {
+                int l = 0;
+                for (; l < nl; l++)
+                    o[p * B + l] = in[(size_t)l * hw + p];
+                for (; l < B; l++)
+                    o[p * B + l] = 0.0f;
+            }
+        }
+}
+
+AS_CLONES_V4_V3
+void as_op_blk_to_nchw(int N, int C, int H, int W, const float *xb, float *x)
+{
+    const size_t hw = (size_t)H * W;
+    for (int n = 0; n < N; n++)
+        for (int cb = 0; cb < nblk(C); cb++) {
+            const float *in = xb + ((size_t)n * nblk(C) + cb) * hw * B;
+            const int nl = C - cb * B < B ? C - cb * B : B;
+            float *o = x + ((size_t)n * C + (size_t)cb * B) * hw;
+            for (int l = 0; l < nl; l++)
+                for (size_t p = 0; p < hw; p++)
+                    o[(size_t)l * hw + p] = in[p * B + l];
+        }
+}
+
+/* ---- conv --------------------------------------------------------------- */
+
+#ifdef AS_OPS_HAVE_ONEDNN
+static int dnnl_lay(as_op_layout xl)
+{
+    return xl == AS_OP_BLK16 ? AS_DNNL_BLK : AS_DNNL_XNCHW_YBLK;
+}
+#endif
+
+/* The fallback's buffers in ws: x and dx (when blocked) and y / dy as
+ * NCHW copies, then the NCHW kernel's workspace. */
+static size_t fb_x(const as_op_conv_geom *g, as_op_layout xl)
+{
+    return xl == AS_OP_BLK16 ? (size_t)g->N * g->Cin * g->H * g->W : 0;
+}
+
+static size_t fb_y(const as_op_conv_geom *g)
+{
+    return (size_t)g->N * g->Cout * g->Ho * g->Wo;
+}
+
+size_t as_op_conv_workspace_blk(const as_op_conv_geom *g, as_op_layout xl)
+{
+    size_t n = 2 * fb_x(g, xl) + fb_y(g) + as_op_conv_workspace(g);
+#ifdef AS_OPS_HAVE_ONEDNN
+    if (as_op_get_backend() == AS_OP_ONEDNN) {
+        size_t d = as_dnnl_conv_workspace(g, dnnl_lay(xl));
+        n = d > n ? d : n;
+    }
+#endif
+    return n;
+}
+
+bool as_op_conv_blk_native(const as_op_conv_geom *g, as_op_layout xl)
+{
+#ifdef AS_OPS_HAVE_ONEDNN
+    if (as_op_get_backend() == AS_OP_ONEDNN)
+        return as_dnnl_conv_workspace(g, dnnl_lay(xl)) > 0;
+#endif
+    (void)g, (void)xl;
+    return false;
+}
+
+void as_op_conv_fwd_blk(const as_op_conv_geom *g, as_op_layout xl,
+                        const float *x, const float *W, const float *b,
+                        float *y, float *ws)
+{
+#ifdef AS_OPS_HAVE_ONEDNN
+    if (as_op_get_backend() == AS_OP_ONEDNN &&
+        as_dnnl_conv_fwd(g, dnnl_lay(xl), x, W, b, y, ws) == 0)
+        return;
+#endif
+    float *xn = ws, *yn = ws + 2 * fb_x(g, xl), *rest = yn + fb_y(g);
+    if (xl == AS_OP_BLK16)
+        as_op_blk_to_nchw(g->N, g->Cin, g->H, g->W, x, xn);
+    as_op_conv_fwd(g, xl == AS_OP_BLK16 ? xn : x, W, b, yn, rest);
+    as_op_nchw_to_blk(g->N, g->Cout, g->Ho, g->Wo, yn, y);
+}
+
+void as_op_conv_bwd_blk(const as_op_conv_geom *g, as_op_layout xl,
+                        const float *x, const float *W, const float *dy,
+                        float *dx, float *dW, float *db, float *ws)
+{
+#ifdef AS_OPS_HAVE_ONEDNN
+    if (as_op_get_backend() == AS_OP_ONEDNN &&
+        as_dnnl_conv_bwd(g, dnnl_lay(xl), x, W, dy, dx, dW, db, ws) == 0)
+        return;
+#endif
+    const bool blk = xl == AS_OP_BLK16;
+    float *xn = ws, *dxn = ws + fb_x(g, xl), *dyn = ws + 2 * fb_x(g, xl);
+    float *rest = dyn + fb_y(g);
+    if (blk && dW)
+        as_op_blk_to_nchw(g->N, g->Cin, g->H, g->W, x, xn);
+    as_op_blk_to_nchw(g->N, g->Cout, g->Ho, g->Wo, dy, dyn);
+    float *dxo = dx && blk ? dxn : dx;
+    as_op_conv_bwd(g, blk ? xn : x, W, dyn, dxo, dW, db, rest);
+    if (dx && blk)
+        as_op_nchw_to_blk(g->N, g->Cin, g->H, g->W, dxn, dx);
+}
+
+/* ---- BatchNorm ---------------------------------------------------------- */
+
+/* Per-lane sums over every image and position of block cb: s[l] = sum x,
+ * or with m, sum (x - m[l])^2. */
+AS_CLONES_V4_V3
+static void blk_sums(int N, int CB, int cb, size_t hw, const float *x,
+                     const double *m, double *s)
+{
+    double acc[B] = {0};
+    for (int n = 0; n < N; n++) {
+        const float *p = x + ((size_t)n * CB + cb) * hw * B;
+        if (m) {
+            for (size_t k = 0; k < hw; k++)
+                for (int l = 0; l < B; l++) {
+                    double d = p[k * B + l] - m[l];
+                    acc[l] += d * d;
+                }
+        } else {
+            for (size_t k = 0; k < hw; k++)
+                for (int l = 0; l < B; l++)
+                    acc[l] += p[k * B + l];
+        }
+    }
+    memcpy(s, acc, sizeof acc);
+}
+
+/* y = a*x + bb over block cb of every image (a, bb: B lanes). */
+AS_CLONES_V4_V3
+static void blk_affine(int N, int CB, int cb, size_t hw, const float *a,
+                       const float *bb, const float *x, float *y)
+{
+    for (int n = 0; n < N; n++) {
+        const size_t o = ((size_t)n * CB + cb) * hw * B;
+        for (size_t k = 0; k < hw; k++)
+            for (int l = 0; l < B; l++)
+                y[o + k * B + l] = x[o + k * B + l] * a[l] + bb[l];
+    }
+}
+
+void as_op_batchnorm_fwd_blk(int N, int C, int HW, float eps, bool training,
+                             float momentum, const float *x, const float *g,
+                             const float *b, float *run_mean, float *run_var,
+                             float *mean, float *invstd, float *y)
+{
+    const int CB = nblk(C);
+    const size_t hw = (size_t)HW;
+    const double cnt = (double)N * HW;
+    for (int cb = 0; cb < CB; cb++) {
+        double sm[B], sv[B];
+        float a[B] = {0}, bb[B] = {0};
+        if (training) {
+            blk_sums(N, CB, cb, hw, x, NULL, sm);
+            for (int l = 0; l < B; l++)
+                sm[l] /= cnt;
+            blk_sums(N, CB, cb, hw, x, sm, sv);
+        }
+        for (int l = 0; l < B && cb * B + l < C; l++) {
+            const int c = cb * B + l;
+            float m, s;
+            if (training) {
+                double v = sv[l] / cnt;
+                m = (float)sm[l];
+                s = (float)(1.0 / sqrt(v + eps));
+                if (run_mean && run_var) {
+                    double unbiased = cnt > 1 ? v * cnt / (cnt - 1) : v;
+                    run_mean[c] = (1.0f - momentum) * run_mean[c] + momentum * m;
+                    run_var[c] = (1.0f - momentum) * run_var[c] +
+                                 momentum * (float)unbiased;
+                }
+            } else {
+                m = run_mean[c];
+                s = 1.0f / sqrtf(run_var[c] + eps);
+            }
+            if (mean)
+                mean[c] = m;
+            if (invstd)
+                invstd[c] = s;
+            as_op_batchnorm_affine(1, &m, &s, g + c, b + c, &a[l], &bb[l]);
+        }
+        blk_affine(N, CB, cb, hw, a, bb, x, y);
+    }
+}
+
+void as_op_batchnorm_apply_blk(int N, int C, int HW, const float *mean,
+                               const float *invstd, const float *g,
+                               const float *b, const float *x, float *y)
+{
+    const int CB = nblk(C);
+    for (int cb = 0; cb < CB; cb++) {
+        float a[B] = {0}, bb[B] = {0};
+        const int nl = C - cb * B < B ? C - cb * B : B;
+        as_op_batchnorm_affine(nl, mean + cb * B, invstd + cb * B, g + cb * B,
+                               b + cb * B, a, bb);
+        blk_affine(N, CB, cb, (size_t)HW, a, bb, x, y);
+    }
+}
+
+AS_CLONES_V4_V3
+void as_op_batchnorm_bwd_blk(int N, int C, int HW, const float *x,
+                             const float *g, const float *mean,
+                             const float *invstd, const float *dy, float *dx,
+                             float *dg, float *db)
+{
+    const int CB = nblk(C);
+    const size_t hw = (size_t)HW;
+    const float cnt = (float)N * HW;
+    for (int cb = 0; cb < CB; cb++) {
+        const int nl = C - cb * B < B ? C - cb * B : B;
+        float m[B] = {0}, s[B] = {0}, k0[B] = {0}, a[B], bs[B];
+        for (int l = 0; l < nl; l++) {
+            m[l] = mean[cb * B + l];
+            s[l] = invstd[cb * B + l];
+            k0[l] = g[cb * B + l] * s[l];
+        }
+        double ad[B] = {0}, adx[B] = {0};
+        for (int n = 0; n < N; n++) {
+            const size_t o = ((size_t)n * CB + cb) * hw * B;
+            for (size_t k = 0; k < hw; k++)
+                for (int l = 0; l < B; l++) {
+                    const float d = dy[o + k * B + l];
+                    ad[l] += d;
+                    adx[l] += d * (x[o + k * B + l] - m[l]) * s[l];
+                }
+        }
+        for (int l = 0; l < B; l++) {
+            if (l < nl && dg)
+                dg[cb * B + l] += (float)adx[l];
+            if (l < nl && db)
+                db[cb * B + l] += (float)ad[l];
+            a[l] = (float)(ad[l] / cnt);
+            bs[l] = (float)(adx[l] / cnt);
+        }
+        if (!dx)
+            continue;
+        for (int n = 0; n < N; n++) {
+            const size_t o = ((size_t)n * CB + cb) * hw * B;
+            for (size_t k = 0; k < hw; k++)
+                for (int l = 0; l < B; l++) {
+                    const float xh = (x[o + k * B + l] - m[l]) * s[l];
+                    dx[o + k * B + l] = k0[l] * (dy[o + k * B + l] - a[l] - xh * bs[l]);
+                }
+        }
+    }
+}
+
+/* ---- pooling (k x k, stride k, floor) -----------------------------------
+ * One channel block is one 16-lane vector (GCC vector extensions: the
+ * loops over lanes inside window loops do not auto-vectorize). */
+
+typedef float vf16 __attribute__((vector_size(64), aligned(4)));
+typedef int32_t vi16 __attribute__((vector_size(64), aligned(4)));
+
+/* mask ? a : b per lane (a macro: no vector-typed function ABI) */
+#define VSEL(mask, a, b) ((vf16)(((vi16)(a) & (mask)) | ((vi16)(b) & ~(mask))))
+
+AS_CLONES_V4_V3
+void as_op_maxpool_fwd_blk(int N, int C, int H, int W, int k, const float *x,
+                           float *y, uint8_t *idx)
+{
+    const int Ho = H / k, Wo = W / k;
+    const size_t planes = (size_t)N * nblk(C);
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *xp = x + pl * H * W * B;
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++) {
+                const size_t yo = ((pl * Ho + oh) * Wo + ow) * B;
+                vf16 m = (vf16){0} - FLT_MAX;
+                vi16 a = {0};
+                for (int i = 0; i < k; i++)
+                    for (int j = 0; j < k; j++) {
+                        vf16 v = *(const vf16 *)(xp + ((size_t)(oh * k + i) * W + ow * k + j) * B);
+                        vi16 gt = v > m;
+                        m = VSEL(gt, v, m);
+                        a = (gt & ((vi16){0} + (i * k + j))) | (a & ~gt);
+                    }
+                *(vf16 *)(y + yo) = m;
+                if (idx)
+                    for (int l = 0; l < B; l++)
+                        idx[yo + l] = (uint8_t)a[l];
+            }
+    }
+}
+
+AS_CLONES_V4_V3
+void as_op_maxpool_gather_blk(int N, int C, int H, int W, int k,
+                              const float *x, const uint8_t *idx, float *y)
+{
+    const int Ho = H / k, Wo = W / k;
+    const size_t planes = (size_t)N * nblk(C);
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *xp = x + pl * H * W * B;
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++) {
+                const size_t yo = ((pl * Ho + oh) * Wo + ow) * B;
+                for (int l = 0; l < B; l++) {
+                    const int a = idx[yo + l] < k * k ? idx[yo + l] : 0;
+                    y[yo + l] = xp[((size_t)(oh * k + a / k) * W + ow * k + a % k) * B + l];
+                }
+            }
+    }
+}
+
+AS_CLONES_V4_V3
+void as_op_maxpool_bwd_blk(int N, int C, int H, int W, int k,
+                           const uint8_t *idx, const float *dy, float *dx)
+{
+    const int Ho = H / k, Wo = W / k;
+    const size_t planes = (size_t)N * nblk(C);
+    if (H % k || W % k)   /* rows / columns outside every window */
+        memset(dx, 0, sizeof(float) * planes * H * W * B);
+    for (size_t pl = 0; pl < planes; pl++) {
+        float *xp = dx + pl * H * W * B;
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++) {
+                const size_t yo = ((pl * Ho + oh) * Wo + ow) * B;
+                vi16 a;
+                for (int l = 0; l < B; l++)
+                    a[l] = idx[yo + l];
+                const vi16 d = *(const vi16 *)(dy + yo);
+                for (int i = 0; i < k; i++)
+                    for (int j = 0; j < k; j++) {
+                        vi16 eq = a == ((vi16){0} + (i * k + j));
+                        *(vi16 *)(xp + ((size_t)(oh * k + i) * W + ow * k + j) * B) = d & eq;
+                    }
+            }
+    }
+}
+
+AS_CLONES_V4_V3
+void as_op_avgpool_fwd_blk(int N, int C, int H, int W, int k, const float *x,
+                           float *y)
+{
+    const int Ho = H / k, Wo = W / k;
+    const float s = 1.0f / (float)(k * k);
+    const size_t planes = (size_t)N * nblk(C);
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *xp = x + pl * H * W * B;
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++) {
+                float acc[B] = {0};
+                for (int i = 0; i < k; i++)
+                    for (int j = 0; j < k; j++) {
+                        const float *v = xp + ((size_t)(oh * k + i) * W + ow * k + j) * B;
+                        for (int l = 0; l < B; l++)
+                            acc[l] += v[l];
+                    }
+                float *o = y + ((pl * Ho + oh) * Wo + ow) * B;
+                for (int l = 0; l < B; l++)
+                    o[l] = acc[l] * s;
+            }
+    }
+}
+
+AS_CLONES_V4_V3
+void as_op_avgpool_bwd_blk(int N, int C, int H, int W, int k, const float *dy,
+                           float *dx)
+{
+    const int Ho = H / k, Wo = W / k;
+    const float s = 1.0f / (float)(k * k);
+    const size_t planes = (size_t)N * nblk(C);
+    if (H % k || W % k)
+        memset(dx, 0, sizeof(float) * planes * H * W * B);
+    for (size_t pl = 0; pl < planes; pl++) {
+        float *xp = dx + pl * H * W * B;
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++) {
+                const float *d = dy + ((pl * Ho + oh) * Wo + ow) * B;
+                for (int i = 0; i < k; i++)
+                    for (int j = 0; j < k; j++) {
+                        float *o = xp + ((size_t)(oh * k + i) * W + ow * k + j) * B;
+                        for (int l = 0; l < B; l++)
+                            o[l] = d[l] * s;
+                    }
+            }
+    }
+}
