@@ -68,6 +68,13 @@ typedef struct as_nn_tf_cfg {
 
 int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
                      as_nn_model **out);
+/* Whether every policy the rules `spec` name (normalized, as
+ * as_store_stats.spec) is elementwise or stores the bytes as they are
+ * (keep, borrow, sign, fewbit, bitpack, zstd, fp16, bf16, offload), so
+ * that a tensor saved in the blocked layout means to it what its NCHW
+ * form would: a cnn configured blocked then runs its step blocked.
+ * Thread-safe. */
+bool as_nn_cnn_layout_free(const char *spec);
 int as_nn_vit_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
                      as_nn_model **out);
 int as_nn_lm_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,

@@ -102,10 +102,7 @@ static int leaky_fwd_chained(as_nn_ctx *c, as_nn_act *l, const as_tensor *t,
     return as_nn_save(c, &info, t, &l->h);
 }
 
-/* Whether every policy that rules `spec` name is elementwise (or stores
- * the bytes as they are), so that a tensor saved in the blocked layout
- * means to it what its NCHW form would: the step may then run blocked. */
-static bool spec_layout_free(const char *spec)
+bool as_nn_cnn_layout_free(const char *spec)
 {
     static const char *const ok[] = {"keep", "borrow", "sign", "fewbit", "bitpack",
                                      "zstd", "fp16", "bf16", "offload"};
@@ -230,7 +227,7 @@ static void step_plan(cnn *m, as_nn_ctx *c, bool *bn_chain)
     as_store_stats st;
     if (c->store && (blk || link) && as_store_stats_take(c->store, &st) == 0) {
         *bn_chain = link && strstr(st.spec, "activation_input=inverse");
-        blk &= spec_layout_free(st.spec);
+        blk &= as_nn_cnn_layout_free(st.spec);
         as_store_stats_free(&st);
     }
     m->lay = blk ? AS_OP_BLK16 : AS_OP_NCHW;
