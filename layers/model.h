@@ -75,6 +75,11 @@ int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
  * form would: a cnn configured blocked then runs its step blocked.
  * Thread-safe. */
 bool as_nn_cnn_layout_free(const char *spec);
+/* The layout a cnn built from cfg is configured with: cfg->layout, or
+ * the environment's AS_LAYOUT=blocked|nchw. Returns 0, or AS_EINVAL when
+ * AS_LAYOUT holds anything else (*out is then cfg->layout). Reads the
+ * environment: not to be called while another thread changes it. */
+int as_nn_cnn_layout(const as_nn_cnn_cfg *cfg, as_op_layout *out);
 int as_nn_vit_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
                      as_nn_model **out);
 int as_nn_lm_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,

@@ -394,6 +394,18 @@ static void cnn_destroy(as_nn_model *m_, as_nn_ctx *c)
     free(m);
 }
 
+int as_nn_cnn_layout(const as_nn_cnn_cfg *cfg, as_op_layout *out)
+{
+    const char *env = getenv("AS_LAYOUT");
+    *out = cfg->layout;
+    if (!env || !*env)
+        return 0;
+    if (strcmp(env, "blocked") && strcmp(env, "nchw"))
+        return AS_EINVAL;
+    *out = strcmp(env, "blocked") ? AS_OP_NCHW : AS_OP_BLK16;
+    return 0;
+}
+
 int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
                      as_nn_model **out)
 {
@@ -402,13 +414,10 @@ int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
         cfg->nstages * cfg->convs > MAXL)
         return as_nn_fail(c, AS_EINVAL, "cnn: 1..4 stages of 1..%d convs",
                           MAXL / 4);
-    as_op_layout lay = cfg->layout;
-    const char *env = getenv("AS_LAYOUT");
-    if (env && *env) {
-        if (strcmp(env, "blocked") && strcmp(env, "nchw"))
-            return as_nn_fail(c, AS_EINVAL, "AS_LAYOUT=%s: expected blocked or nchw", env);
-        lay = strcmp(env, "blocked") ? AS_OP_NCHW : AS_OP_BLK16;
-    }
+    as_op_layout lay;
+    if (as_nn_cnn_layout(cfg, &lay))
+        return as_nn_fail(c, AS_EINVAL, "AS_LAYOUT=%s: expected blocked or nchw",
+                          getenv("AS_LAYOUT"));
     cnn *m = calloc(1, sizeof *m);
     if (!m)
         return as_nn_fail(c, AS_ENOMEM, "cnn");

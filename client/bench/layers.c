@@ -284,12 +284,11 @@ static int parse_args(layers_bench *b, int argc, char **argv)
                                 argc, argv);
     if (quick)
         b->reps = 9;
-    as_nn_preset cp;   /* default: the cnn's (AS_LAYOUT overrides both) */
+    as_nn_preset cp;   /* default: the cnn's (with AS_LAYOUT) */
     as_nn_preset_get("cnn", "bench", &cp);
-    b->lay = cp.cnn.layout;
-    const char *env = getenv("AS_LAYOUT");
-    if (!layout && env && *env)
-        layout = env;
+    if (rc == AS_CLI_RUN && !layout && as_nn_cnn_layout(&cp.cnn, &b->lay))
+        return as_cli_usage("bench layers", "AS_LAYOUT=%s: expected blocked or nchw",
+                            getenv("AS_LAYOUT"));
     if (rc == AS_CLI_RUN && layout) {
         if (strcmp(layout, "blocked") && strcmp(layout, "nchw"))
             return as_cli_usage("bench layers", "--layout: expected blocked or nchw, got '%s'",
