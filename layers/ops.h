@@ -3,8 +3,10 @@
  *
  * Plain functions on f32 arrays, no allocation, no store: the layers in
  * nn.h call these and decide what to save for backward. Layouts are fixed:
- * images NCHW, sequences (B, T, C) row-major, weights of a linear (out, in)
- * row-major (y = x W^T + b), conv weights (Cout, Cin, kh, kw).
+ * images NCHW (or nChw16c for the functions named *_blk, "blocked
+ * activation layout" below), sequences (B, T, C) row-major, weights of a
+ * linear (out, in) row-major (y = x W^T + b), conv weights (Cout, Cin, kh,
+ * kw).
  *
  * Backward functions ACCUMULATE into parameter gradients (dW, db, ...) so a
  * parameter shared by several uses sums its gradients, and OVERWRITE the
@@ -18,7 +20,8 @@
  *
  * Backends: AS_OP_ONEDNN (default when built with oneDNN, -DAS_ONEDNN=ON)
  * runs GEMM through oneDNN's sgemm and conv forward / backward through its
- * primitives (blocked layouts, reordered from and to NCHW inside the call);
+ * primitives (blocked layouts: reordered from and to NCHW inside the call,
+ * or none for the *_blk functions);
  * AS_OP_BUILTIN is the library-free path: im2col + OpenBLAS sgemm. The
  * environment variable AS_KERNELS=onednn|builtin picks the initial one.
  * On either backend, convs with 1-3 input channels, 3x3, stride 1 run a

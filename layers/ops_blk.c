@@ -72,21 +72,30 @@ static int dnnl_lay(as_op_layout xl)
 }
 #endif
 
-/* The fallback's buffers in ws: x and dx (when blocked) and y / dy as
- * NCHW copies, then the NCHW kernel's workspace. */
-static size_t fb_x(const as_op_conv_geom *g, as_op_layout xl)
+/* The fallback runs image by image on NCHW copies in ws (x, dx when
+ * blocked; y / dy), then the NCHW kernel's workspace: a small share of
+ * the workspace next to the library's own. */
+static as_op_conv_geom one_image(const as_op_conv_geom *g)
 {
-    return xl == AS_OP_BLK16 ? (size_t)g->N * g->Cin * g->H * g->W : 0;
+    as_op_conv_geom g1 = *g;
+    g1.N = 1;
+    return g1;
 }
 
-static size_t fb_y(const as_op_conv_geom *g)
+static size_t fb_x(const as_op_conv_geom *g1, as_op_layout xl)
 {
-    return (size_t)g->N * g->Cout * g->Ho * g->Wo;
+    return xl == AS_OP_BLK16 ? (size_t)g1->Cin * g1->H * g1->W : 0;
+}
+
+static size_t fb_y(const as_op_conv_geom *g1)
+{
+    return (size_t)g1->Cout * g1->Ho * g1->Wo;
 }
 
 size_t as_op_conv_workspace_blk(const as_op_conv_geom *g, as_op_layout xl)
 {
-    size_t n = 2 * fb_x(g, xl) + fb_y(g) + as_op_conv_workspace(g);
+    const as_op_conv_geom g1 = one_image(g);
+    size_t n = 2 * fb_x(&g1, xl) + fb_y(&g1) + as_op_conv_workspace(&g1);
 #ifdef AS_OPS_HAVE_ONEDNN
     if (as_op_get_backend() == AS_OP_ONEDNN) {
         size_t d = as_dnnl_conv_workspace(g, dnnl_lay(xl));
@@ -106,6 +115,12 @@ bool as_op_conv_blk_native(const as_op_conv_geom *g, as_op_layout xl)
     return false;
 }
 
+/* Offsets of image n in layout l. */
+static size_t img_off(as_op_layout l, int n, int C, int H, int W)
+{
+    return (size_t)n * as_op_image_numel(l, 1, C, H, W);
+}
+
 void as_op_conv_fwd_blk(const as_op_conv_geom *g, as_op_layout xl,
                         const float *x, const float *W, const float *b,
                         float *y, float *ws)
@@ -115,11 +130,16 @@ void as_op_conv_fwd_blk(const as_op_conv_geom *g, as_op_layout xl,
         as_dnnl_conv_fwd(g, dnnl_lay(xl), x, W, b, y, ws) == 0)
         return;
 #endif
-    float *xn = ws, *yn = ws + 2 * fb_x(g, xl), *rest = yn + fb_y(g);
-    if (xl == AS_OP_BLK16)
-        as_op_blk_to_nchw(g->N, g->Cin, g->H, g->W, x, xn);
-    as_op_conv_fwd(g, xl == AS_OP_BLK16 ? xn : x, W, b, yn, rest);
-    as_op_nchw_to_blk(g->N, g->Cout, g->Ho, g->Wo, yn, y);
+    const as_op_conv_geom g1 = one_image(g);
+    float *xn = ws, *yn = ws + 2 * fb_x(&g1, xl), *rest = yn + fb_y(&g1);
+    for (int n = 0; n < g->N; n++) {
+        const float *xi = x + img_off(xl, n, g->Cin, g->H, g->W);
+        if (xl == AS_OP_BLK16)
+            as_op_blk_to_nchw(1, g->Cin, g->H, g->W, xi, xn);
+        as_op_conv_fwd(&g1, xl == AS_OP_BLK16 ? xn : xi, W, b, yn, rest);
+        as_op_nchw_to_blk(1, g->Cout, g->Ho, g->Wo, yn,
+                          y + img_off(AS_OP_BLK16, n, g->Cout, g->Ho, g->Wo));
+    }
 }
 
 void as_op_conv_bwd_blk(const as_op_conv_geom *g, as_op_layout xl,
@@ -131,16 +151,21 @@ void as_op_conv_bwd_blk(const as_op_conv_geom *g, as_op_layout xl,
         as_dnnl_conv_bwd(g, dnnl_lay(xl), x, W, dy, dx, dW, db, ws) == 0)
         return;
 #endif
+    const as_op_conv_geom g1 = one_image(g);
     const bool blk = xl == AS_OP_BLK16;
-    float *xn = ws, *dxn = ws + fb_x(g, xl), *dyn = ws + 2 * fb_x(g, xl);
-    float *rest = dyn + fb_y(g);
-    if (blk && dW)
-        as_op_blk_to_nchw(g->N, g->Cin, g->H, g->W, x, xn);
-    as_op_blk_to_nchw(g->N, g->Cout, g->Ho, g->Wo, dy, dyn);
-    float *dxo = dx && blk ? dxn : dx;
-    as_op_conv_bwd(g, blk ? xn : x, W, dyn, dxo, dW, db, rest);
-    if (dx && blk)
-        as_op_nchw_to_blk(g->N, g->Cin, g->H, g->W, dxn, dx);
+    float *xn = ws, *dxn = ws + fb_x(&g1, xl), *dyn = ws + 2 * fb_x(&g1, xl);
+    float *rest = dyn + fb_y(&g1);
+    for (int n = 0; n < g->N; n++) {
+        const size_t xo = img_off(xl, n, g->Cin, g->H, g->W);
+        if (blk && dW)
+            as_op_blk_to_nchw(1, g->Cin, g->H, g->W, x + xo, xn);
+        as_op_blk_to_nchw(1, g->Cout, g->Ho, g->Wo,
+                          dy + img_off(AS_OP_BLK16, n, g->Cout, g->Ho, g->Wo), dyn);
+        float *dxo = dx && blk ? dxn : dx ? dx + xo : NULL;
+        as_op_conv_bwd(&g1, blk ? xn : x + xo, W, dyn, dxo, dW, db, rest);
+        if (dx && blk)
+            as_op_nchw_to_blk(1, g->Cin, g->H, g->W, dxn, dx + xo);
+    }
 }
 
 /* ---- BatchNorm ---------------------------------------------------------- */

@@ -1,5 +1,6 @@
 /*
  * actstore bench layers [--json FILE] [--reps R] [--threads T] [--quick]
+ *                       [--layout blocked|nchw]
  *
  * Achieved GFLOP/s of the reference framework's conv and matmul kernels in
  * the shapes of the bench presets (read from layers/presets.c, so they stay
@@ -16,6 +17,10 @@
  *     the library itself reaches on the shape.
  * The kernels in use (backend, oneDNN ISA, OpenBLAS core and how it was
  * chosen) head the output; AS_KERNELS=builtin measures the im2col path.
+ * The convs run on the activation layout the cnn uses (--layout, default
+ * the bench preset's): blocked, nChw16c in and out as the model passes
+ * them between layers (the first conv reads the NCHW batch), or NCHW with
+ * the reorders to and from the library's layouts inside each call.
  * Time is the calling thread's CPU time with one BLAS thread (the
  * default), wall time otherwise. Each figure is the median over R repeats
  * (default 31); a repeat times
