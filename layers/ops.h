@@ -241,6 +241,14 @@ void as_op_conv_bwd_blk(const as_op_conv_geom *g, as_op_layout xl,
  * reorders of the activations (else on the NCHW path between reorders). */
 bool as_op_conv_blk_native(const as_op_conv_geom *g, as_op_layout xl);
 
+/* One channel c's forward statistics, shared by the NCHW and blocked
+ * BatchNorm: in training (m, s) = (mean, 1/sqrt(var + eps)) from the
+ * batch's mean and (biased) variance over cnt values, and the running
+ * stats updated (when not NULL); in eval from the running stats. */
+void as__bn_stats(bool training, double mean, double var, double cnt, float eps,
+                  float momentum, float *run_mean, float *run_var, int c,
+                  float *m, float *s);
+
 /* BatchNorm and pooling on nChw16c; the same contracts and arithmetic as
  * the NCHW functions (statistics in double, summed in another order). The
  * pooling argmax idx has y's blocked shape. */

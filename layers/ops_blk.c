@@ -227,20 +227,8 @@ void as_op_batchnorm_fwd_blk(int N, int C, int HW, float eps, bool training,
         for (int l = 0; l < B && cb * B + l < C; l++) {
             const int c = cb * B + l;
             float m, s;
-            if (training) {
-                double v = sv[l] / cnt;
-                m = (float)sm[l];
-                s = (float)(1.0 / sqrt(v + eps));
-                if (run_mean && run_var) {
-                    double unbiased = cnt > 1 ? v * cnt / (cnt - 1) : v;
-                    run_mean[c] = (1.0f - momentum) * run_mean[c] + momentum * m;
-                    run_var[c] = (1.0f - momentum) * run_var[c] +
-                                 momentum * (float)unbiased;
-                }
-            } else {
-                m = run_mean[c];
-                s = 1.0f / sqrtf(run_var[c] + eps);
-            }
+            as__bn_stats(training, training ? sm[l] : 0.0, training ? sv[l] / cnt : 0.0,
+                         cnt, eps, momentum, run_mean, run_var, c, &m, &s);
             if (mean)
                 mean[c] = m;
             if (invstd)
@@ -323,31 +311,39 @@ typedef int32_t vi16 __attribute__((vector_size(64), aligned(4)));
 /* mask ? a : b per lane (a macro: no vector-typed function ABI) */
 #define VSEL(mask, a, b) ((vf16)(((vi16)(a) & (mask)) | ((vi16)(b) & ~(mask))))
 
+/* Output position o (of planes * Ho * Wo, plane = image and channel
+ * block) -> offset of its window's first element in the input. */
+static inline size_t win(size_t o, int H, int W, int k)
+{
+    const size_t Ho = (size_t)(H / k), Wo = (size_t)(W / k);
+    const size_t pl = o / (Ho * Wo), oh = o / Wo % Ho, ow = o % Wo;
+    return ((pl * H + oh * k) * W + ow * k) * B;
+}
+
+static inline size_t nout(int N, int C, int H, int W, int k)
+{
+    return (size_t)N * nblk(C) * (size_t)(H / k) * (size_t)(W / k);
+}
+
 AS_CLONES_V4_V3
 void as_op_maxpool_fwd_blk(int N, int C, int H, int W, int k, const float *x,
                            float *y, uint8_t *idx)
 {
-    const int Ho = H / k, Wo = W / k;
-    const size_t planes = (size_t)N * nblk(C);
-    for (size_t pl = 0; pl < planes; pl++) {
-        const float *xp = x + pl * H * W * B;
-        for (int oh = 0; oh < Ho; oh++)
-            for (int ow = 0; ow < Wo; ow++) {
-                const size_t yo = ((pl * Ho + oh) * Wo + ow) * B;
-                vf16 m = (vf16){0} - FLT_MAX;
-                vi16 a = {0};
-                for (int i = 0; i < k; i++)
-                    for (int j = 0; j < k; j++) {
-                        vf16 v = *(const vf16 *)(xp + ((size_t)(oh * k + i) * W + ow * k + j) * B);
-                        vi16 gt = v > m;
-                        m = VSEL(gt, v, m);
-                        a = (gt & ((vi16){0} + (i * k + j))) | (a & ~gt);
-                    }
-                *(vf16 *)(y + yo) = m;
-                if (idx)
-                    for (int l = 0; l < B; l++)
-                        idx[yo + l] = (uint8_t)a[l];
+    for (size_t o = 0, n = nout(N, C, H, W, k); o < n; o++) {
+        const float *xw = x + win(o, H, W, k);
+        vf16 m = (vf16){0} - FLT_MAX;
+        vi16 a = {0};
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < k; j++) {
+                vf16 v = *(const vf16 *)(xw + ((size_t)i * W + j) * B);
+                vi16 gt = v > m;
+                m = VSEL(gt, v, m);
+                a = (gt & ((vi16){0} + (i * k + j))) | (a & ~gt);
             }
+        *(vf16 *)(y + o * B) = m;
+        if (idx)
+            for (int l = 0; l < B; l++)
+                idx[o * B + l] = (uint8_t)a[l];
     }
 }
 
@@ -355,18 +351,12 @@ AS_CLONES_V4_V3
 void as_op_maxpool_gather_blk(int N, int C, int H, int W, int k,
                               const float *x, const uint8_t *idx, float *y)
 {
-    const int Ho = H / k, Wo = W / k;
-    const size_t planes = (size_t)N * nblk(C);
-    for (size_t pl = 0; pl < planes; pl++) {
-        const float *xp = x + pl * H * W * B;
-        for (int oh = 0; oh < Ho; oh++)
-            for (int ow = 0; ow < Wo; ow++) {
-                const size_t yo = ((pl * Ho + oh) * Wo + ow) * B;
-                for (int l = 0; l < B; l++) {
-                    const int a = idx[yo + l] < k * k ? idx[yo + l] : 0;
-                    y[yo + l] = xp[((size_t)(oh * k + a / k) * W + ow * k + a % k) * B + l];
-                }
-            }
+    for (size_t o = 0, n = nout(N, C, H, W, k); o < n; o++) {
+        const float *xw = x + win(o, H, W, k);
+        for (int l = 0; l < B; l++) {
+            const int a = idx[o * B + l] < k * k ? idx[o * B + l] : 0;
+            y[o * B + l] = xw[((size_t)(a / k) * W + a % k) * B + l];
+        }
     }
 }
 
@@ -374,25 +364,17 @@ AS_CLONES_V4_V3
 void as_op_maxpool_bwd_blk(int N, int C, int H, int W, int k,
                            const uint8_t *idx, const float *dy, float *dx)
 {
-    const int Ho = H / k, Wo = W / k;
-    const size_t planes = (size_t)N * nblk(C);
     if (H % k || W % k)   /* rows / columns outside every window */
-        memset(dx, 0, sizeof(float) * planes * H * W * B);
-    for (size_t pl = 0; pl < planes; pl++) {
-        float *xp = dx + pl * H * W * B;
-        for (int oh = 0; oh < Ho; oh++)
-            for (int ow = 0; ow < Wo; ow++) {
-                const size_t yo = ((pl * Ho + oh) * Wo + ow) * B;
-                vi16 a;
-                for (int l = 0; l < B; l++)
-                    a[l] = idx[yo + l];
-                const vi16 d = *(const vi16 *)(dy + yo);
-                for (int i = 0; i < k; i++)
-                    for (int j = 0; j < k; j++) {
-                        vi16 eq = a == ((vi16){0} + (i * k + j));
-                        *(vi16 *)(xp + ((size_t)(oh * k + i) * W + ow * k + j) * B) = d & eq;
-                    }
-            }
+        memset(dx, 0, sizeof(float) * as_op_image_numel(AS_OP_BLK16, N, C, H, W));
+    for (size_t o = 0, n = nout(N, C, H, W, k); o < n; o++) {
+        float *xw = dx + win(o, H, W, k);
+        vi16 a;
+        for (int l = 0; l < B; l++)
+            a[l] = idx[o * B + l];
+        const vi16 d = *(const vi16 *)(dy + o * B);
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < k; j++)
+                *(vi16 *)(xw + ((size_t)i * W + j) * B) = d & (a == ((vi16){0} + (i * k + j)));
     }
 }
 
@@ -400,24 +382,14 @@ AS_CLONES_V4_V3
 void as_op_avgpool_fwd_blk(int N, int C, int H, int W, int k, const float *x,
                            float *y)
 {
-    const int Ho = H / k, Wo = W / k;
     const float s = 1.0f / (float)(k * k);
-    const size_t planes = (size_t)N * nblk(C);
-    for (size_t pl = 0; pl < planes; pl++) {
-        const float *xp = x + pl * H * W * B;
-        for (int oh = 0; oh < Ho; oh++)
-            for (int ow = 0; ow < Wo; ow++) {
-                float acc[B] = {0};
-                for (int i = 0; i < k; i++)
-                    for (int j = 0; j < k; j++) {
-                        const float *v = xp + ((size_t)(oh * k + i) * W + ow * k + j) * B;
-                        for (int l = 0; l < B; l++)
-                            acc[l] += v[l];
-                    }
-                float *o = y + ((pl * Ho + oh) * Wo + ow) * B;
-                for (int l = 0; l < B; l++)
-                    o[l] = acc[l] * s;
-            }
+    for (size_t o = 0, n = nout(N, C, H, W, k); o < n; o++) {
+        const float *xw = x + win(o, H, W, k);
+        vf16 acc = {0};
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < k; j++)
+                acc += *(const vf16 *)(xw + ((size_t)i * W + j) * B);
+        *(vf16 *)(y + o * B) = acc * s;
     }
 }
 
@@ -425,22 +397,14 @@ AS_CLONES_V4_V3
 void as_op_avgpool_bwd_blk(int N, int C, int H, int W, int k, const float *dy,
                            float *dx)
 {
-    const int Ho = H / k, Wo = W / k;
     const float s = 1.0f / (float)(k * k);
-    const size_t planes = (size_t)N * nblk(C);
     if (H % k || W % k)
-        memset(dx, 0, sizeof(float) * planes * H * W * B);
-    for (size_t pl = 0; pl < planes; pl++) {
-        float *xp = dx + pl * H * W * B;
-        for (int oh = 0; oh < Ho; oh++)
-            for (int ow = 0; ow < Wo; ow++) {
-                const float *d = dy + ((pl * Ho + oh) * Wo + ow) * B;
-                for (int i = 0; i < k; i++)
-                    for (int j = 0; j < k; j++) {
-                        float *o = xp + ((size_t)(oh * k + i) * W + ow * k + j) * B;
-                        for (int l = 0; l < B; l++)
-                            o[l] = d[l] * s;
-                    }
-            }
+        memset(dx, 0, sizeof(float) * as_op_image_numel(AS_OP_BLK16, N, C, H, W));
+    for (size_t o = 0, n = nout(N, C, H, W, k); o < n; o++) {
+        float *xw = dx + win(o, H, W, k);
+        const vf16 d = *(const vf16 *)(dy + o * B) * s;
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < k; j++)
+                *(vf16 *)(xw + ((size_t)i * W + j) * B) = d;
     }
 }

@@ -80,17 +80,6 @@ static void test_reorder(void **state)
     }
 }
 
-/* Backends the conv runs on (builtin; oneDNN when built and started). */
-static int backends(as_op_backend *b)
-{
-    int n = 0;
-    b[n++] = AS_OP_BUILTIN;
-    if (as_op_set_backend(AS_OP_ONEDNN) == 0)
-        b[n++] = AS_OP_ONEDNN;
-    as_op_set_backend(AS_OP_BUILTIN);
-    return n;
-}
-
 /* One geometry, input layout xl, on the current backend: forward against
  * the double reference, backward against the NCHW kernel (itself checked
  * against exact gradients in test_ops), dW / db accumulating. */
@@ -146,7 +135,7 @@ static void test_conv_blk(void **state)
 {
     (void)state;
     as_op_backend bk[2];
-    const int nbk = backends(bk);
+    const int nbk = nbackends(bk);
     for (int t = 0; t < 16; t++) {
         const int k = irand(1, 4);
         as_op_conv_geom g = {.N = irand(1, 4), .Cin = irand(1, 40), .H = irand(k, 13),
