@@ -8,7 +8,6 @@
 #include "layers/ops.h"
 
 #include <float.h>
-#include <math.h>
 #include <string.h>
 
 #ifdef AS_OPS_HAVE_ONEDNN

@@ -5,7 +5,9 @@
  * Conv: the primitives pick their own (blocked, e.g. nChw16c) layouts,
  * which run 3-4x faster than on NCHW; each call reorders x, W, dy into
  * those layouts inside the caller's workspace and the results back to
- * NCHW / OIHW, as PyTorch does for NCHW tensors. Primitives, reorders and
+ * NCHW / OIHW, as PyTorch does for NCHW tensors; entries for the blocked
+ * activation layout (ops_dnnl.h, lay) run on the caller's nChw16c x, y,
+ * dy, dx directly and reorder only the weights. Primitives, reorders and
  * the workspace layout are built once per geometry and kept in a small
  * table; every scratch byte (the primitives' scratchpads included) comes
  * from the caller's workspace, so a call allocates nothing but the
