@@ -315,30 +315,13 @@ static inline bool alloc_bin(as__tblock *b, size_t size, uint16_t tag, uint16_t 
     return true;
 }
 
-/* AS__TAB_MAX < size <= AS__FOLD_BYTES (such classes need no alignment
- * flag, and are not direct) */
+/* size > AS__TAB_MAX: an entry of its own, reached by a size test before
+ * anything is saved, so these sizes pay one prologue and make no call
+ * besides mallocx when no counter folds. Such classes need no alignment
+ * flag; above AS__FOLD_BYTES (size and usable alike: a class is never below
+ * its request) the block is direct. */
 __attribute__((noinline, hot))
-static int alloc_large(as_arena *a, as__tblock *b, size_t size, uint16_t tag,
-                       uint16_t layer, as_block *out)
-{
-    size_t usable = as__usable_large(size);
-    void *p = mallocx(size, b->flags);
-    if (UNLIKELY(!p))
-        return do_alloc(a, size, tag, layer, out, 0);   /* says why */
-    int64_t r = (int64_t)size, u = (int64_t)usable;
-    if (!count_nofold(b, tag, layer, r, u))
-        as__charge(a, b, tag, layer, r, u);
-    set_block(out, p, size, usable, tag, layer, b->id);
-    return 0;
-}
-
-/* size > AS__FOLD_BYTES, so usable is too (a size class is never below its
- * request): a direct block. An entry of its own, reached by a size test
- * before as_alloc saves anything, so this path pays no prologue of the
- * small ones and makes no call besides mallocx. */
-__attribute__((noinline, hot))
-static int alloc_direct(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
-                        as_block *out)
+static int alloc_big(as_arena *a, size_t size, uint16_t tag, uint16_t layer, as_block *out)
 {
     as__tblock *b = fast_ok(a, tag, layer);
     if (UNLIKELY(!b || !out || size > AS__LARGE_RULE_MAX || !as__large_rule))
@@ -347,7 +330,11 @@ static int alloc_direct(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
     void *p = mallocx(size, b->flags);
     if (UNLIKELY(!p))
         return do_alloc(a, size, tag, layer, out, 0);   /* says why */
-    as__direct_charge(a, b, tag, layer, (int64_t)size, (int64_t)usable);
+    int64_t r = (int64_t)size, u = (int64_t)usable;
+    if (AS__DIRECT(u))
+        as__direct_charge(a, b, tag, layer, r, u);
+    else if (!count_nofold(b, tag, layer, r, u))
+        as__charge(a, b, tag, layer, r, u);
     set_block(out, p, size, usable, tag, layer, b->id);
     return 0;
 }
@@ -367,44 +354,24 @@ static inline bool free_bin(as__tblock *b, as_block *blk)
     return true;
 }
 
-/* AS__TAB_MAX < usable <= AS__FOLD_BYTES, any thread's block */
-__attribute__((noinline, hot))
-static int free_large(as_arena *a, as__tblock *b, as_block *blk)
-{
-    int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
-    sdallocx(blk->ptr, blk->usable, b->flags);
-    if (blk->shard != b->id)
-        as__discharge_remote(a, b, blk->tag, blk->layer, r, u);
-    else if (!count_nofold(b, blk->tag, blk->layer, -r, -u))
-        as__discharge(a, b, blk->tag, blk->layer, r, u);
-    memset(blk, 0, sizeof *blk);
-    return 0;
-}
-
-/* size <= AS__FOLD_BYTES */
+/* size <= AS__TAB_MAX */
 __attribute__((noinline, hot))
 static int alloc_small(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
                        as_block *out)
 {
     as__tblock *b = fast_ok(a, tag, layer);
-    if (LIKELY(b && out)) {
-        if (LIKELY(size - 1 < AS__TAB_MAX)) {
-            if (LIKELY(alloc_bin(b, size, tag, layer, out)))
-                return 0;
-        } else if (LIKELY(size && as__large_rule)) {
-            return alloc_large(a, b, size, tag, layer, out);
-        }
-    }
+    if (LIKELY(b && out && size) && LIKELY(alloc_bin(b, size, tag, layer, out)))
+        return 0;
     return do_alloc(a, size, tag, layer, out, 0);
 }
 
-/* Two entries, so that neither pays the other's prologue (GCC saves the
- * registers of a whole function before its first test). */
+/* Two entries by size, so that neither pays the other's prologue (GCC
+ * saves the registers of a whole function before its first test). */
 __attribute__((hot))
 int as_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer, as_block *out)
 {
-    if (UNLIKELY(size > (size_t)AS__FOLD_BYTES))
-        return alloc_direct(a, size, tag, layer, out);
+    if (UNLIKELY(size > AS__TAB_MAX))
+        return alloc_big(a, size, tag, layer, out);
     return alloc_small(a, size, tag, layer, out);
 }
 
@@ -498,43 +465,36 @@ static int free_slow(as_arena *a, as_block *blk)
     return 0;
 }
 
-/* usable > AS__FOLD_BYTES, any thread's block: as alloc_direct, an entry
- * of its own. */
+/* usable > AS__TAB_MAX, any thread's block: as alloc_big, an entry of its
+ * own. */
 __attribute__((noinline, hot))
-static int free_direct(as_arena *a, as_block *blk)
+static int free_big(as_arena *a, as_block *blk)
 {
     as__tblock *b = blk->ptr ? fast_ok(a, blk->tag, blk->layer) : NULL;
     if (UNLIKELY(!b))
         return free_slow(a, blk);
     size_t usable = blk->usable;
-    int64_t r = (int64_t)blk->size;
+    int64_t r = (int64_t)blk->size, u = (int64_t)usable;
     unsigned tag = blk->tag, layer = blk->layer;
+    uint32_t shard = blk->shard;
     sdallocx(blk->ptr, usable, b->flags);
-    as__direct_discharge(a, b, tag, layer, r, (int64_t)usable);
+    if (AS__DIRECT(u))
+        as__direct_discharge(a, b, tag, layer, r, u);
+    else if (shard != b->id)
+        as__discharge_remote(a, b, tag, layer, r, u);
+    else if (!count_nofold(b, tag, layer, -r, -u))
+        as__discharge(a, b, tag, layer, r, u);
     memset(blk, 0, sizeof *blk);
     return 0;
-}
-
-/* usable <= AS__FOLD_BYTES (or blk NULL) */
-__attribute__((noinline, hot))
-static int free_small(as_arena *a, as_block *blk)
-{
-    as__tblock *b = blk && blk->ptr ? fast_ok(a, blk->tag, blk->layer) : NULL;
-    if (LIKELY(b)) {
-        if (LIKELY(blk->usable <= AS__TAB_MAX)) {
-            if (LIKELY(free_bin(b, blk)))
-                return 0;
-        } else {
-            return free_large(a, b, blk);
-        }
-    }
-    return free_slow(a, blk);
 }
 
 __attribute__((hot))
 int as_free(as_arena *a, as_block *blk)
 {
-    if (UNLIKELY(blk && blk->usable > (size_t)AS__FOLD_BYTES))
-        return free_direct(a, blk);
-    return free_small(a, blk);
+    if (UNLIKELY(blk && blk->usable > AS__TAB_MAX))
+        return free_big(a, blk);
+    as__tblock *b = blk && blk->ptr ? fast_ok(a, blk->tag, blk->layer) : NULL;
+    if (LIKELY(b) && LIKELY(free_bin(b, blk)))
+        return 0;
+    return free_slow(a, blk);
 }
