@@ -73,6 +73,7 @@ typedef struct item {
     bool      pools;        /* the rule pools work memory (zstd): a failed
                                save may leave it, and it goes with the rule */
     const char *want;       /* the policy the save must get */
+    const char *kept_want;  /* and the kept item then (NULL: not checked) */
     float    *w, *b, *y;    /* conv: weights, bias, output */
     /* the save the item was made by (setup only: not done yet) */
     as_save_info info;
@@ -312,6 +313,16 @@ static void setup_derive(item *it, const char *spec)
     it->info.source_fn = (as_elementwise){.fn = AS_FN_LEAKY_RELU, .alpha = 0.125f};
 }
 
+/* The item is leaky_relu(kept) with the kept tensor under inverse (held
+ * by its fallback until then): the item's save makes it rebuilt from the
+ * item (alpha a power of two: exact). */
+static void setup_inverse(item *it, const char *spec)
+{
+    setup_derive(it, spec);
+    it->want = "keep";
+    it->kept_want = "inverse";
+}
+
 typedef void (*setup_fn)(item *, const char *);
 
 /* setup, then the item's save, which must get the policy asked for. */
@@ -323,6 +334,9 @@ static void save_item(item *it, setup_fn setup, const char *spec)
     const char *pol = as_store_policy_of(it->s, it->h);
     if (!strstr(pol, it->want))
         fail_msg("%s: saved as %s, not %s", spec, pol, it->want);
+    pol = it->kept_want ? as_store_policy_of(it->s, it->kept_h) : "";
+    if (it->kept_want && strncmp(pol, it->kept_want, strlen(it->kept_want)))
+        fail_msg("%s: the kept item is %s after the save, not %s", spec, pol, it->kept_want);
 }
 
 /* ---- the loop ------------------------------------------------------------- */
@@ -585,6 +599,7 @@ static void test_fault_regenerators(void **st)
     (void)st;
     all_loops(setup_recompute, "layer:x=recompute; layer:kept=keep; default=keep");
     all_loops(setup_derive, "layer:x=derive; layer:kept=keep; default=keep");
+    all_loops(setup_inverse, "layer:x=keep; layer:kept=inverse; default=keep");
 }
 
 static void test_fault_codecs(void **st)
