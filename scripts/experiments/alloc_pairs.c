@@ -7,7 +7,9 @@
  * repository root:
  *   gcc -O2 -I. -Iinclude -Ibuild/include scripts/experiments/alloc_pairs.c \
  *     build/libactstore_static.a -ljemalloc -lpthread -lm -o /tmp/alloc_pairs
- *   /tmp/alloc_pairs [PAIRS (20000)] [SIZE (64 MiB)]
+ *   /tmp/alloc_pairs [PAIRS (20000)] [SIZE (64 MiB)] [GLIBC (0)]
+ * GLIBC 1: after each repeat, PAIRS pairs of glibc's malloc / free of the
+ * size (an mmap and munmap each at 64 MiB), as the bench's glibc cells.
  * callgrind: valgrind --tool=callgrind /tmp/alloc_pairs 100 (and 200: the
  * difference over 1100 pairs of each is instructions per pair). */
 #include <stdio.h>
@@ -20,6 +22,10 @@
 #include "util/clock.h"
 #include "util/median.h"
 
+/* glibc's own allocator: jemalloc replaces malloc in this process. */
+extern void *__libc_malloc(size_t);
+extern void __libc_free(void *);
+
 #define KEEP(p) __asm__ volatile("" : : "r"(p) : "memory")
 enum { REPEATS = 11 };
 
@@ -27,6 +33,7 @@ int main(int argc, char **argv)
 {
     unsigned long n = argc > 1 ? strtoul(argv[1], NULL, 10) : 20000;
     size_t size = argc > 2 ? strtoul(argv[2], NULL, 10) : (size_t)64 << 20;
+    int glibc = argc > 3 && atoi(argv[3]);
     as_arena *a;
     unsigned ja, jt;
     size_t sz = sizeof ja;
@@ -69,6 +76,14 @@ int main(int argc, char **argv)
                 }
             }
             ns[tracked][r] = (double)(as_clock_ns(CLOCK_THREAD_CPUTIME_ID) - t0) / (double)n;
+            for (unsigned long i = 0; glibc && k == 1 && i < n; i++) {
+                char *p = __libc_malloc(size);
+                if (!p)
+                    return 1;
+                p[0] = 1;
+                KEEP(p);
+                __libc_free(p);
+            }
         }
     for (int r = 0; r < REPEATS; r++)
         ratio[r] = ns[1][r] / ns[0][r];
