@@ -669,16 +669,11 @@ int as_store_report_grad(as_store *s, as_handle h, double norm)
                    "number", norm);
         return AS_EINVAL;
     }
-    as_item *it;
-    as_rep *r;
-    int rc = as__lookup_rep(s, h, &it, &r, "report_grad");
+    as_peek p;
+    int rc = as__peek(s, h, "report_grad", &p);
     if (rc < 0)
         return rc;
-    as_groups g = r->g;
-    uint32_t group = r->auto_group;
-    as__rep_unref(s, r);
-    as__item_unref(s, it);
-    as__auto_grad(s, &g, group);
+    as__auto_grad(s, &p.g, p.auto_group);
     return 0;
 }
 
