@@ -110,9 +110,7 @@ static void test_peaks_exact_across_tags(void **state)
 {
     (void)state;
     as_arena *a = arena_new(NULL);
-    uint16_t l1, l2;
-    assert_int_equal(as_arena_layer_register(a, "l1", &l1), 0);
-    assert_int_equal(as_arena_layer_register(a, "l2", &l2), 0);
+    uint16_t l1 = arena_layer(a, "l1"), l2 = arena_layer(a, "l2");
     enum { N = 24 };
     as_block x[N], y[N];
     for (int round = 0; round < 3; round++) {

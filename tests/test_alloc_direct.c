@@ -48,8 +48,7 @@ static void test_direct_peaks_exact_with_pending_frees(void **state)
     (void)state;
     for (int absorb = 0; absorb < 2; absorb++) {
         as_arena *a = arena_new(NULL);
-        uint16_t l;
-        assert_int_equal(as_arena_layer_register(a, "conv", &l), 0);
+        uint16_t l = arena_layer(a, "conv");
         as_block small, big;
         assert_int_equal(as_alloc(a, 2 * MIB, AS_TAG_ACTIVATIONS, l, &small), 0);
         assert_int_equal(as_free(a, &small), 0);         /* pending: 2 MiB */
@@ -81,9 +80,7 @@ static void test_direct_peaks_lazy(void **state)
 {
     (void)state;
     as_arena *a = arena_new(NULL);
-    uint16_t l1, l2;
-    assert_int_equal(as_arena_layer_register(a, "conv", &l1), 0);
-    assert_int_equal(as_arena_layer_register(a, "attn", &l2), 0);
+    uint16_t l1 = arena_layer(a, "conv"), l2 = arena_layer(a, "attn");
     as_block big, small, mid, other;
     assert_int_equal(as_alloc(a, 16 * MIB, AS_TAG_ACTIVATIONS, l1, &big), 0);
     assert_int_equal(as_free(a, &big), 0);               /* peaks: 16 MiB */

@@ -22,4 +22,12 @@ static inline as_arena *arena_new(const as_arena_config *cfg)
     return a;
 }
 
+/* The id of layer name in a (registered, or found), asserting it. */
+static inline uint16_t arena_layer(as_arena *a, const char *name)
+{
+    uint16_t id;
+    assert_int_equal(as_arena_layer_register(a, name, &id), 0);
+    return id;
+}
+
 #endif
