@@ -22,6 +22,15 @@ static inline as_arena *arena_new(const as_arena_config *cfg)
     return a;
 }
 
+/* A snapshot of a with its whole timeline, asserting it is taken; the
+ * caller frees it. */
+static inline as_arena_snapshot arena_snap(as_arena *a)
+{
+    as_arena_snapshot s;
+    assert_int_equal(as_arena_snapshot_take(a, UINT64_MAX, &s), 0);
+    return s;
+}
+
 /* The id of layer name in a (registered, or found), asserting it. */
 static inline uint16_t arena_layer(as_arena *a, const char *name)
 {
