@@ -289,15 +289,12 @@ static inline as__tblock *fast_ok(as_arena *a, uint16_t tag, uint16_t layer)
     return as__tls_blk;
 }
 
+/* The whole block, so that no field of the caller's struct is left stale. */
 static inline void set_block(as_block *out, void *p, size_t size, size_t usable,
                              uint16_t tag, uint16_t layer, uint32_t shard)
 {
-    out->ptr = p;
-    out->size = size;
-    out->usable = usable;
-    out->tag = tag;
-    out->layer = layer;
-    out->shard = shard;
+    *out = (as_block){.ptr = p, .size = size, .usable = usable, .tag = tag,
+                      .layer = layer, .shard = shard};
 }
 
 /* size in 1 .. AS__TAB_MAX */

@@ -324,9 +324,7 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
     as_nn_free(c, &cur);
     AS_TRY(as_nn_xent_fwd(c, &m->loss, N, 10, AS_NN_F(y), bt->y, loss, ncorrect));
 out:
-    as_nn_free(c, &cur);
-    as_nn_free(c, &y);
-    as_nn_free(c, &z);
+    AS_NN_FREE(c, &cur, &y, &z);
     return rc;
 }
 
@@ -377,8 +375,7 @@ static int cnn_backward(as_nn_model *m_, as_nn_ctx *c)
         }
     }
 out:
-    as_nn_free(c, &d);
-    as_nn_free(c, &dn);
+    AS_NN_FREE(c, &d, &dn);
     return rc;
 }
 

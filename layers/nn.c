@@ -98,6 +98,12 @@ void as_nn_free(as_nn_ctx *c, as_block *b)
     memset(b, 0, sizeof *b);
 }
 
+void as_nn_free_all(as_nn_ctx *c, as_block *const *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        as_nn_free(c, b[i]);
+}
+
 int as_nn_head_bwd(as_nn_ctx *c, as_nn_xent *loss, as_nn_linear *head,
                    uint16_t dl_layer, as_block *dx)
 {

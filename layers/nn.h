@@ -65,6 +65,12 @@ uint16_t as_nn_layer_id(as_nn_ctx *c, const char *name);
 int as_nn_alloc(as_nn_ctx *c, size_t bytes, uint16_t tag, uint16_t layer,
                 bool zero, as_block *out);
 void as_nn_free(as_nn_ctx *c, as_block *b);
+/* as_nn_free on each of the n blocks, in order; AS_NN_FREE(c, &a, &b, ...)
+ * lists them: the scratch of a pass, freed at its end. */
+void as_nn_free_all(as_nn_ctx *c, as_block *const *b, size_t n);
+#define AS_NN_FREE(c, ...)                                                     \
+    as_nn_free_all((c), (as_block *const[]){__VA_ARGS__},                      \
+                   sizeof((as_block *const[]){__VA_ARGS__}) / sizeof(as_block *))
 #define AS_NN_F(blk) ((float *)(blk).ptr)
 
 /* A tensor descriptor (data not owned): AS_NN_T(ptr, AS_F32, N, C, H, W). */

@@ -491,17 +491,31 @@ static int run_end(run *r)
     return r->err ? -1 : 0;
 }
 
+/* A run on ws for the entry e of ent_get, its scratchpad at scr bytes; on
+ * failure e is put back and -1 returned. */
+static int ent_run_begin(conv_ent *e, conv_ent *tmp, run *r, float *ws, size_t scr)
+{
+    if (run_begin(r, ws, scr) == 0)
+        return 0;
+    ent_put(e, tmp);
+    return -1;
+}
+
+/* End the run and put e back: the run's result. */
+static int ent_run_end(conv_ent *e, conv_ent *tmp, run *r)
+{
+    int rc = run_end(r);
+    ent_put(e, tmp);
+    return rc;
+}
+
 int as_dnnl_conv_fwd(const as_op_conv_geom *g, int lay, const float *x,
                      const float *W, const float *b, float *y, float *ws)
 {
     conv_ent tmp, *e = ent_get(g, lay, &tmp);
-    if (!e)
-        return -1;
     run r;
-    if (run_begin(&r, ws, e->f_scr)) {
-        ent_put(e, &tmp);
+    if (!e || ent_run_begin(e, &tmp, &r, ws, e->f_scr))
         return -1;
-    }
     if (!b) {   /* the primitive has a bias operand: give it zeros */
         float *z = (float *)(r.ws + e->f_b);
         memset(z, 0, sizeof(float) * (size_t)g->Cout);
@@ -515,9 +529,7 @@ int as_dnnl_conv_fwd(const as_op_conv_geom *g, int lay, const float *x,
                             {DNNL_ARG_DST, my}};
     run_exec(&r, &e->fwd, 4, a);
     run_out(&r, &e->fy, my, &e->u_y, y);
-    int rc = run_end(&r);
-    ent_put(e, &tmp);
-    return rc;
+    return ent_run_end(e, &tmp, &r);
 }
 
 int as_dnnl_conv_bwd(const as_op_conv_geom *g, int lay, const float *x,
@@ -525,17 +537,13 @@ int as_dnnl_conv_bwd(const as_op_conv_geom *g, int lay, const float *x,
                      float *db, float *ws)
 {
     conv_ent tmp, *e = ent_get(g, lay, &tmp);
-    if (!e)
-        return -1;
-    if (dx && e->dx_ref) {
+    if (e && dx && e->dx_ref) {
         ent_put(e, &tmp);
         return -1;
     }
     run r;
-    if (run_begin(&r, ws, e->b_scr)) {
-        ent_put(e, &tmp);
+    if (!e || ent_run_begin(e, &tmp, &r, ws, e->b_scr))
         return -1;
-    }
     dnnl_memory_t mdy = NULL;
     if (dx) {
         mdy = run_in(&r, &e->dx_dy, &e->u_y, dy, true);
@@ -563,11 +571,10 @@ int as_dnnl_conv_bwd(const as_op_conv_geom *g, int lay, const float *x,
             run_exec(&r, &e->dw_acc, 2, c);
         }
     }
-    int rc = run_end(&r);
+    int rc = ent_run_end(e, &tmp, &r);
     if (!rc && db)
         for (int o = 0; o < g->Cout; o++)
             db[o] += dbw[o];
-    ent_put(e, &tmp);
     return rc;
 }
 
@@ -600,17 +607,12 @@ size_t as_dnnl_conv_native_workspace(const as_op_conv_geom *g)
 
 int as_dnnl_conv_native(const as_op_conv_geom *g, int pass, float *ws)
 {
+    if (pass < 0 || pass > 2)
+        return -1;
     conv_ent tmp, *e = ent_get(g, AS_DNNL_NCHW, &tmp);
-    if (!e || pass < 0 || pass > 2) {
-        if (e)
-            ent_put(e, &tmp);
-        return -1;
-    }
     run r;
-    if (run_begin(&r, ws, native_bytes(e, pass))) {
-        ent_put(e, &tmp);
+    if (!e || ent_run_begin(e, &tmp, &r, ws, native_bytes(e, pass)))
         return -1;
-    }
     /* operands one after another in the primitive's layouts, then the
      * scratchpad */
     size_t at = 0;
@@ -634,9 +636,7 @@ int as_dnnl_conv_native(const as_op_conv_geom *g, int pass, float *ws)
         run_exec(&r, &e->bwd_d, 3, a);
     }
 #undef NATIVE
-    int rc = run_end(&r);
-    ent_put(e, &tmp);
-    return rc;
+    return ent_run_end(e, &tmp, &r);
 }
 
 /* ---- linear: the inner-product primitives alone (benchmarks) ----------- */

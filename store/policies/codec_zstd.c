@@ -439,8 +439,7 @@ static int zstd_encode(as_pctx *ctx, const void *params,
     h->bytes = bytes;
     h->esize = (uint32_t)esize;
     h->nframes = (uint32_t)nframes;
-    h->row_bytes = esize * (t->ndim > 0 && t->shape[t->ndim - 1] > 0
-                            ? (uint64_t)t->shape[t->ndim - 1] : 1);
+    h->row_bytes = esize * as_policy_row_len(t);
     if (!nframes) {
         *state = h;
         return 0;
