@@ -30,26 +30,35 @@ typedef long v8l __attribute__((vector_size(64)));
 #define VI(p) (*(v8du *)((p)->im))
 
 /* Row j and the pivot row of each lane exchanged (columns 0..n-1), and the
- * permutation (perm[i].re[l]: original row of row i) with them. */
+ * permutation (perm[i].re[l]: original row of row i) with them. Lanes that
+ * pivot on the same row (neighbouring frequencies mostly do) are exchanged
+ * together by vector blends, one pass per distinct pivot row, instead of
+ * per-lane scalar moves. */
 static inline __attribute__((always_inline)) void
 swap_rows(lanes_c *A, int n, int j, const v8l piv, lanes_c *perm)
 {
-    for (int l = 0; l < LANES; l++) {
-        const int p = (int)piv[l];
-        if (p == j)
-            continue;
+    v8l todo = piv != j;
+    for (;;) {
+        int l = 0;
+        while (l < LANES && !todo[l])
+            l++;
+        if (l == LANES)
+            return;
+        const long p = piv[l];
+        const v8l m = piv == p;
+        todo &= ~m;
         lanes_c *rj = A + (size_t)j * n, *rp = A + (size_t)p * n;
         for (int c = 0; c < n; c++) {
-            double t = rj[c].re[l];
-            rj[c].re[l] = rp[c].re[l];
-            rp[c].re[l] = t;
-            t = rj[c].im[l];
-            rj[c].im[l] = rp[c].im[l];
-            rp[c].im[l] = t;
+            const v8l ar = (v8l)VR(&rj[c]), br = (v8l)VR(&rp[c]);
+            const v8l ai = (v8l)VI(&rj[c]), bi = (v8l)VI(&rp[c]);
+            VR(&rj[c]) = (v8d)((br & m) | (ar & ~m));
+            VR(&rp[c]) = (v8d)((ar & m) | (br & ~m));
+            VI(&rj[c]) = (v8d)((bi & m) | (ai & ~m));
+            VI(&rp[c]) = (v8d)((ai & m) | (bi & ~m));
         }
-        const double t = perm[j].re[l];
-        perm[j].re[l] = perm[p].re[l];
-        perm[p].re[l] = t;
+        const v8l pj = (v8l)VR(&perm[j]), pp = (v8l)VR(&perm[p]);
+        VR(&perm[j]) = (v8d)((pp & m) | (pj & ~m));
+        VR(&perm[p]) = (v8d)((pj & m) | (pp & ~m));
     }
 }
 
@@ -96,20 +105,45 @@ lu_panel(lanes_c *A, int n, int jb, int je, lanes_c *perm)
     }
 }
 
-/* In place: P A = L U for each lane, in blocks of 4 columns (the panel
- * above, then its rows of U right of it by forward substitution, then the
- * trailing matrix minus L21 U12 with L21's row in registers: a quarter of
- * the loads and stores of the unblocked update). Afterwards A holds L's
+/* Rows i of the trailing matrix, columns je..n-1: A22 -= L21 U12 for a
+ * panel of 8 columns from jb, with row i's 8 multipliers in registers (an
+ * eighth of the loads and stores of the unblocked update; the whole matrix
+ * of 8 lanes does not fit in L1 at 64 channels). */
+static inline __attribute__((always_inline)) void
+update8(lanes_c *A, int n, int jb, int je)
+{
+    const lanes_c *u = A + (size_t)jb * n;
+    for (int i = je; i < n; i++) {
+        lanes_c *ri = A + (size_t)i * n;
+        v8d lr[8], li[8];
+        for (int k = 0; k < 8; k++) {
+            lr[k] = VR(&ri[jb + k]);
+            li[k] = VI(&ri[jb + k]);
+        }
+        for (int c = je; c < n; c++) {
+            v8d ar = VR(&ri[c]), ai = VI(&ri[c]);
+            for (int k = 0; k < 8; k++)
+                CMSUB(ar, ai, lr[k], li[k], VR(&u[(size_t)k * n + c]), VI(&u[(size_t)k * n + c]));
+            VR(&ri[c]) = ar;
+            VI(&ri[c]) = ai;
+        }
+    }
+}
+
+/* In place: P A = L U for each lane, in panels of LU_NB columns (the panel
+ * unblocked, then its rows of U right of it by forward substitution, then
+ * the trailing matrix minus L21 U12, update8). Afterwards A holds L's
  * multipliers below the diagonal, U above it and 1 / U_jj on it (0 for an
  * exactly zero pivot: a singular lane, which the condition check rejects
  * before any restore). perm (n entries): the row permutation. */
+#define LU_NB 8
 static inline __attribute__((always_inline)) void lu_lanes(lanes_c *A, int n, lanes_c *perm)
 {
     for (int i = 0; i < n; i++)
         for (int l = 0; l < LANES; l++)
             perm[i].re[l] = i;
-    for (int jb = 0; jb < n; jb += 4) {
-        const int je = jb + 4 < n ? jb + 4 : n;
+    for (int jb = 0; jb < n; jb += LU_NB) {
+        const int je = jb + LU_NB < n ? jb + LU_NB : n;
         lu_panel(A, n, jb, je, perm);
         for (int j = jb + 1; j < je; j++)   /* U12 = L11^-1 A12 */
             for (int k = jb; k < j; k++) {
@@ -119,24 +153,8 @@ static inline __attribute__((always_inline)) void lu_lanes(lanes_c *A, int n, la
                 for (int c = je; c < n; c++)
                     CMSUB(VR(&rj[c]), VI(&rj[c]), lr, li, VR(&rk[c]), VI(&rk[c]));
             }
-        if (je - jb == 4) {   /* A22 -= L21 U12 */
-            const lanes_c *u0 = A + (size_t)jb * n, *u1 = u0 + n, *u2 = u1 + n, *u3 = u2 + n;
-            for (int i = je; i < n; i++) {
-                lanes_c *ri = A + (size_t)i * n;
-                const v8d l0r = VR(&ri[jb]), l0i = VI(&ri[jb]), l1r = VR(&ri[jb + 1]),
-                          l1i = VI(&ri[jb + 1]), l2r = VR(&ri[jb + 2]), l2i = VI(&ri[jb + 2]),
-                          l3r = VR(&ri[jb + 3]), l3i = VI(&ri[jb + 3]);
-                for (int c = je; c < n; c++) {
-                    v8d ar = VR(&ri[c]), ai = VI(&ri[c]);
-                    CMSUB(ar, ai, l0r, l0i, VR(&u0[c]), VI(&u0[c]));
-                    CMSUB(ar, ai, l1r, l1i, VR(&u1[c]), VI(&u1[c]));
-                    CMSUB(ar, ai, l2r, l2i, VR(&u2[c]), VI(&u2[c]));
-                    CMSUB(ar, ai, l3r, l3i, VR(&u3[c]), VI(&u3[c]));
-                    VR(&ri[c]) = ar;
-                    VI(&ri[c]) = ai;
-                }
-            }
-        }
+        if (je - jb == LU_NB)
+            update8(A, n, jb, je);
     }
 }
 
@@ -191,9 +209,10 @@ typedef struct acc4 {
 } acc4;
 
 /* acc(row i0 + r) -= sum_{k in [k0, k1)} T[i0 + r][k] v_k for r < 4, with T
- * (tr + i s ti) row-major n x n and v_k at vr + k * NB, vi + k * NB. */
+ * (tr + i ti) row-major n x n and v_k at vr + k * NB, vi + k * NB. Written
+ * as two fused multiply-adds per part (not a product subtracted). */
 static inline __attribute__((always_inline)) void
-rect4(acc4 *a, const float *tr, const float *ti, float s, int n, int i0, int k0, int k1,
+rect4(acc4 *a, const float *tr, const float *ti, int n, int i0, int k0, int k1,
       const float *vr, const float *vi, int NB)
 {
     const float *t0 = tr + (size_t)i0 * n, *u0 = ti + (size_t)i0 * n;
@@ -202,9 +221,9 @@ rect4(acc4 *a, const float *tr, const float *ti, float s, int n, int i0, int k0,
         float x, y;
 #define STEP(q, R, I)                                                          \
         x = t0[(size_t)(q) * n + k];                                           \
-        y = s * u0[(size_t)(q) * n + k];                                       \
-        a->R -= x * pr - y * pi;                                               \
-        a->I -= x * pi + y * pr;
+        y = u0[(size_t)(q) * n + k];                                           \
+        a->R = a->R - x * pr + y * pi;                                         \
+        a->I = a->I - x * pi - y * pr;
         STEP(0, r0, i0) STEP(1, r1, i1) STEP(2, r2, i2) STEP(3, r3, i3)
 #undef STEP
     }
@@ -212,14 +231,14 @@ rect4(acc4 *a, const float *tr, const float *ti, float s, int n, int i0, int k0,
 
 /* One row's accumulator: acc -= sum_{k in [k0, k1)} T[i][k] v_k. */
 static inline __attribute__((always_inline)) void
-rect1(v8 *ar, v8 *ai, const float *tr, const float *ti, float s, int n, int i, int k0, int k1,
+rect1(v8 *ar, v8 *ai, const float *tr, const float *ti, int n, int i, int k0, int k1,
       const float *vr, const float *vi, int NB)
 {
     for (int k = k0; k < k1; k++) {
         const v8 pr = ld8(vr + (size_t)k * NB), pi = ld8(vi + (size_t)k * NB);
-        const float x = tr[(size_t)i * n + k], y = s * ti[(size_t)i * n + k];
-        *ar -= x * pr - y * pi;
-        *ai -= x * pi + y * pr;
+        const float x = tr[(size_t)i * n + k], y = ti[(size_t)i * n + k];
+        *ar = *ar - x * pr + y * pi;
+        *ai = *ai - x * pi - y * pr;
     }
 }
 
@@ -227,13 +246,13 @@ rect1(v8 *ar, v8 *ai, const float *tr, const float *ti, float s, int n, int i, i
  * T[i][i] (U's inverted diagonal); the four rows of a back into xo. */
 #define TSUB(R, I, i, k, SR, SI)                                               \
     do {                                                                       \
-        const float x_ = tr[(size_t)(i) * n + (k)], y_ = s * ti[(size_t)(i) * n + (k)]; \
-        (R) -= x_ * (SR) - y_ * (SI);                                          \
-        (I) -= x_ * (SI) + y_ * (SR);                                          \
+        const float x_ = tr[(size_t)(i) * n + (k)], y_ = ti[(size_t)(i) * n + (k)]; \
+        (R) = (R) - x_ * (SR) + y_ * (SI);                                     \
+        (I) = (I) - x_ * (SI) - y_ * (SR);                                     \
     } while (0)
 #define TDIV(R, I, i)                                                          \
     do {                                                                       \
-        const float x_ = tr[(size_t)(i) * n + (i)], y_ = s * ti[(size_t)(i) * n + (i)]; \
+        const float x_ = tr[(size_t)(i) * n + (i)], y_ = ti[(size_t)(i) * n + (i)]; \
         const v8 r_ = (R), i_ = (I);                                           \
         (R) = x_ * r_ - y_ * i_;                                               \
         (I) = x_ * i_ + y_ * r_;                                               \
@@ -248,7 +267,9 @@ rect1(v8 *ar, v8 *ai, const float *tr, const float *ti, float s, int n, int i, i
 
 /* x^ = A^-1 z^ at one frequency for all lanes from its LU factors f
  * (store_lu's layout); z [re|im][n][NB], xo [re|im][n][NB]; s = -1: the
- * factors of conj(A) (the mirrored frequency; the same permutation).
+ * factors of conj(A) (the mirrored frequency; the same permutation), solved
+ * as conj(A^-1 conj(z)): the imaginary parts negated on load and on the
+ * final store, so the substitutions never scale T.
  * Forward substitution with the unit lower factor into xo, then back
  * substitution with U in place, four rows at a time. */
 AS__CIV_CLONES
@@ -259,6 +280,7 @@ void as__civ_lu_solve_freq(const float *f, float s, const float *z, float *xo, i
     const int *perm = (const int *)(f + 2 * nn);
     const float *zr = z, *zi = z + (size_t)n * NB;
     float *xr = xo, *xi = xo + (size_t)n * NB;
+    const v8 sg = (v8){0} + s;
     for (int l0 = 0; l0 < NB; l0 += 8) {
         const float *zr0 = zr + l0, *zi0 = zi + l0;
         float *xr0 = xr + l0, *xi0 = xi + l0;
@@ -266,9 +288,11 @@ void as__civ_lu_solve_freq(const float *f, float s, const float *z, float *xo, i
         for (; i0 + 4 <= n; i0 += 4) {   /* L y = P z */
             acc4 a = {ld8(zr0 + (size_t)perm[i0] * NB), ld8(zr0 + (size_t)perm[i0 + 1] * NB),
                       ld8(zr0 + (size_t)perm[i0 + 2] * NB), ld8(zr0 + (size_t)perm[i0 + 3] * NB),
-                      ld8(zi0 + (size_t)perm[i0] * NB), ld8(zi0 + (size_t)perm[i0 + 1] * NB),
-                      ld8(zi0 + (size_t)perm[i0 + 2] * NB), ld8(zi0 + (size_t)perm[i0 + 3] * NB)};
-            rect4(&a, tr, ti, s, n, i0, 0, i0, xr0, xi0, NB);
+                      sg * ld8(zi0 + (size_t)perm[i0] * NB),
+                      sg * ld8(zi0 + (size_t)perm[i0 + 1] * NB),
+                      sg * ld8(zi0 + (size_t)perm[i0 + 2] * NB),
+                      sg * ld8(zi0 + (size_t)perm[i0 + 3] * NB)};
+            rect4(&a, tr, ti, n, i0, 0, i0, xr0, xi0, NB);
             TSUB(a.r1, a.i1, i0 + 1, i0, a.r0, a.i0);
             TSUB(a.r2, a.i2, i0 + 2, i0, a.r0, a.i0);
             TSUB(a.r2, a.i2, i0 + 2, i0 + 1, a.r1, a.i1);
@@ -278,8 +302,8 @@ void as__civ_lu_solve_freq(const float *f, float s, const float *z, float *xo, i
             STROWS(a, i0);
         }
         for (; i0 < n; i0++) {
-            v8 ar = ld8(zr0 + (size_t)perm[i0] * NB), ai = ld8(zi0 + (size_t)perm[i0] * NB);
-            rect1(&ar, &ai, tr, ti, s, n, i0, 0, i0, xr0, xi0, NB);
+            v8 ar = ld8(zr0 + (size_t)perm[i0] * NB), ai = sg * ld8(zi0 + (size_t)perm[i0] * NB);
+            rect1(&ar, &ai, tr, ti, n, i0, 0, i0, xr0, xi0, NB);
             st8(xr0 + (size_t)i0 * NB, ar);
             st8(xi0 + (size_t)i0 * NB, ai);
         }
@@ -288,8 +312,8 @@ void as__civ_lu_solve_freq(const float *f, float s, const float *z, float *xo, i
         int top = n / 4 * 4;
         for (int i = n - 1; i >= top; i--) {
             v8 ar = ld8(xr0 + (size_t)i * NB), ai = ld8(xi0 + (size_t)i * NB);
-            rect1(&ar, &ai, tr, ti, s, n, i, i + 1, n, xr0, xi0, NB);
-            const float dr = tr[(size_t)i * n + i], di = s * ti[(size_t)i * n + i];
+            rect1(&ar, &ai, tr, ti, n, i, i + 1, n, xr0, xi0, NB);
+            const float dr = tr[(size_t)i * n + i], di = ti[(size_t)i * n + i];
             st8(xr0 + (size_t)i * NB, dr * ar - di * ai);
             st8(xi0 + (size_t)i * NB, dr * ai + di * ar);
         }
@@ -298,7 +322,7 @@ void as__civ_lu_solve_freq(const float *f, float s, const float *z, float *xo, i
                       ld8(xr0 + (size_t)(i0 + 2) * NB), ld8(xr0 + (size_t)(i0 + 3) * NB),
                       ld8(xi0 + (size_t)i0 * NB), ld8(xi0 + (size_t)(i0 + 1) * NB),
                       ld8(xi0 + (size_t)(i0 + 2) * NB), ld8(xi0 + (size_t)(i0 + 3) * NB)};
-            rect4(&a, tr, ti, s, n, i0, i0 + 4, n, xr0, xi0, NB);
+            rect4(&a, tr, ti, n, i0, i0 + 4, n, xr0, xi0, NB);
             TDIV(a.r3, a.i3, i0 + 3);
             TSUB(a.r2, a.i2, i0 + 2, i0 + 3, a.r3, a.i3);
             TDIV(a.r2, a.i2, i0 + 2);
@@ -311,5 +335,8 @@ void as__civ_lu_solve_freq(const float *f, float s, const float *z, float *xo, i
             TDIV(a.r0, a.i0, i0);
             STROWS(a, i0);
         }
+        if (s < 0)   /* back from the conjugated system */
+            for (int i = 0; i < n; i++)
+                st8(xi0 + (size_t)i * NB, -ld8(xi0 + (size_t)i * NB));
     }
 }

@@ -119,45 +119,48 @@ void as__civ_frame_extract(const as__civ_geom *g, int n, const float *x, float *
 }
 
 /* x^(f) = M(f) z^(f) for all lanes at one frequency. z: [re|im][Cout][NB],
- * xo: [re|im][Cin][NB]; s = -1 applies conj(M). Blocks of 4 input channels
- * x 8 lanes keep their 8 accumulators in registers over the Cout loop. */
+ * xo: [re|im][Cin][NB]; s = -1 applies conj(M), as conj(M conj(z)) (the
+ * imaginary parts negated on load and store, M never scaled). Blocks of 4
+ * input channels x 8 lanes keep their 8 accumulators in registers over the
+ * Cout loop, two fused multiply-adds per part and entry. */
 AS__CIV_CLONES
 void as__civ_solve_freq(const float *mr, const float *mi, float s, const float *z,
                        float *xo, int ci, int co, int NB)
 {
     const float *zr = z, *zi = z + (size_t)co * NB;
     float *xr = xo, *xi = xo + (size_t)ci * NB;
+    const v8 sg = (v8){0} + s;
     for (int l0 = 0; l0 < NB; l0 += 8) {
         int c = 0;
         for (; c + 4 <= ci; c += 4) {
             v8 r0 = {0}, r1 = {0}, r2 = {0}, r3 = {0}, i0 = {0}, i1 = {0}, i2 = {0}, i3 = {0};
             const float *m0 = mr + (size_t)c * co, *n0 = mi + (size_t)c * co;
             for (int o = 0; o < co; o++) {
-                const v8 pr = ld8(zr + (size_t)o * NB + l0), pi = ld8(zi + (size_t)o * NB + l0);
+                const v8 pr = ld8(zr + (size_t)o * NB + l0), pi = sg * ld8(zi + (size_t)o * NB + l0);
                 float a, b;
 #define STEP(q, R, I)                                                          \
                 a = m0[(size_t)(q) * co + o];                                  \
-                b = s * n0[(size_t)(q) * co + o];                              \
-                R += a * pr - b * pi;                                          \
-                I += a * pi + b * pr;
+                b = n0[(size_t)(q) * co + o];                                  \
+                R = R + a * pr - b * pi;                                       \
+                I = I + a * pi + b * pr;
                 STEP(0, r0, i0) STEP(1, r1, i1) STEP(2, r2, i2) STEP(3, r3, i3)
 #undef STEP
             }
-            st8(xr + (size_t)(c + 0) * NB + l0, r0); st8(xi + (size_t)(c + 0) * NB + l0, i0);
-            st8(xr + (size_t)(c + 1) * NB + l0, r1); st8(xi + (size_t)(c + 1) * NB + l0, i1);
-            st8(xr + (size_t)(c + 2) * NB + l0, r2); st8(xi + (size_t)(c + 2) * NB + l0, i2);
-            st8(xr + (size_t)(c + 3) * NB + l0, r3); st8(xi + (size_t)(c + 3) * NB + l0, i3);
+            st8(xr + (size_t)(c + 0) * NB + l0, r0); st8(xi + (size_t)(c + 0) * NB + l0, sg * i0);
+            st8(xr + (size_t)(c + 1) * NB + l0, r1); st8(xi + (size_t)(c + 1) * NB + l0, sg * i1);
+            st8(xr + (size_t)(c + 2) * NB + l0, r2); st8(xi + (size_t)(c + 2) * NB + l0, sg * i2);
+            st8(xr + (size_t)(c + 3) * NB + l0, r3); st8(xi + (size_t)(c + 3) * NB + l0, sg * i3);
         }
         for (; c < ci; c++) {
             v8 r = {0}, i = {0};
             for (int o = 0; o < co; o++) {
-                const v8 pr = ld8(zr + (size_t)o * NB + l0), pi = ld8(zi + (size_t)o * NB + l0);
-                const float a = mr[(size_t)c * co + o], b = s * mi[(size_t)c * co + o];
-                r += a * pr - b * pi;
-                i += a * pi + b * pr;
+                const v8 pr = ld8(zr + (size_t)o * NB + l0), pi = sg * ld8(zi + (size_t)o * NB + l0);
+                const float a = mr[(size_t)c * co + o], b = mi[(size_t)c * co + o];
+                r = r + a * pr - b * pi;
+                i = i + a * pi + b * pr;
             }
             st8(xr + (size_t)c * NB + l0, r);
-            st8(xi + (size_t)c * NB + l0, i);
+            st8(xi + (size_t)c * NB + l0, sg * i);
         }
     }
 }
