@@ -165,6 +165,29 @@ void as__civ_solve_freq(const float *mr, const float *mi, float s, const float *
     }
 }
 
+/* x[c][s..s+15] = sum_o m[c][o] y[o][s..s+15] - mb[c] for 8 channels c (m
+ * rows cout apart, y rows ys apart, x rows xs apart). */
+static inline __attribute__((always_inline)) void
+pointwise_16x8(const float *m, int cout, const float *y, size_t ys, const float *mb, float *x,
+               size_t xs)
+{
+    v8 a[8], b[8];
+    for (int k = 0; k < 8; k++)
+        a[k] = b[k] = (v8){0};
+    for (int o = 0; o < cout; o++) {
+        const v8 yv = ld8(y + o * ys), yw = ld8(y + o * ys + 8);
+        for (int k = 0; k < 8; k++) {
+            const float q = m[(size_t)k * cout + o];
+            a[k] += q * yv;
+            b[k] += q * yw;
+        }
+    }
+    for (int k = 0; k < 8; k++) {
+        st8(x + k * xs, a[k] - mb[k]);
+        st8(x + k * xs + 8, b[k] - mb[k]);
+    }
+}
+
 /* 1x1 kernel: x[c] = sum_o M[c][o] (y[o] - bias[o]) per pixel, M real
  * (A(f) = W at every frequency, so the imaginary part is 0). */
 AS__CIV_CLONES
@@ -197,10 +220,13 @@ static void restore_pointwise(const as__civ *ci, int n, const float *y,
                 const size_t ys = (size_t)ho * wo;
                 float *xr = x + ((size_t)img * cin + c0) * H * W + (size_t)r * rw;
                 int s0 = 0;
-                /* 16 pixels x 4 channels: 8 accumulators, 2 loads and 4
-                 * weights per output channel */
+                /* 16 pixels x 8 channels: 16 accumulators, 2 loads and 8
+                 * weights per output channel; then 16 x 4 */
                 for (; s0 + 16 <= rw; s0 += 16) {
                     int c = 0;
+                    for (; c + 8 <= cn; c += 8)
+                        pointwise_16x8(m + (size_t)(c0 + c) * cout, cout, yr + s0, ys,
+                                       mb + c, xr + (size_t)c * H * W + s0, (size_t)H * W);
                     for (; c + 4 <= cn; c += 4) {
                         const float *m0 = m + (size_t)(c0 + c) * cout;
                         v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
