@@ -1,5 +1,5 @@
 /* Conv inversion, the LU path's kernels (store/policies/invert/lu.c): the
- * factorization of 8 lanes in lockstep and the per-frequency solve, against
+ * factorization of 16 lanes in lockstep (in float) and the per-frequency solve, against
  * Gaussian elimination in double, for lanes that share their pivot rows and
  * lanes that do not, and for the mirrored frequency (s = -1: conj(A)). */
 #include <complex.h>
@@ -55,33 +55,37 @@ static void solve_ref(double complex *a, double complex *b, int n)
     }
 }
 
-/* One size: lanes 0-3 one matrix (the same pivot rows), lanes 4-6 their
- * own random matrices, lane 7 a matrix whose diagonal is tiny (a row
- * exchange at every column). Returns the largest relative error of the
- * solves (both signs) against solve_ref on the float-rounded factors'
- * own input. */
+#define NL (2 * AS__CIV_LANES)   /* lanes of one factorization */
+
+/* One size: lanes 0-3 one matrix (the same pivot rows; 8 and 9 too, across
+ * the two double groups), the others their own random matrices, lane 15 a
+ * matrix whose diagonal is scaled by scale7 (tiny: a row exchange at every
+ * column). Returns the largest relative error of the solves (both signs)
+ * against solve_ref. */
 static double lu_case(int n, double scale7)
 {
     const size_t nn = (size_t)n * n, msz = 2 * nn + (size_t)n;
-    struct as__civ_lanes *A = malloc(sizeof *A * nn), *perm = malloc(sizeof *perm * n);
-    double complex *ref = malloc(sizeof *ref * nn * AS__CIV_LANES);
-    float *m = malloc(sizeof(float) * msz * AS__CIV_LANES);
+    struct as__civ_lanes *A = malloc(sizeof *A * 2 * nn), *perm = malloc(sizeof *perm * n);
+    double complex *ref = malloc(sizeof *ref * nn * NL);
+    float *m = malloc(sizeof(float) * msz * NL);
     float *z = malloc(sizeof(float) * 2 * n * NB), *x = malloc(sizeof(float) * 2 * n * NB);
     double complex *a = malloc(sizeof *a * nn), *b = malloc(sizeof *b * n);
     assert_non_null(A); assert_non_null(perm); assert_non_null(ref); assert_non_null(m);
     assert_non_null(z); assert_non_null(x); assert_non_null(a); assert_non_null(b);
-    for (int l = 0; l < AS__CIV_LANES; l++)
+    for (int l = 0; l < NL; l++)
         for (size_t e = 0; e < nn; e++) {
-            double complex v = l > 0 && l < 4 ? ref[e] : nrand() + I * nrand();
-            if (l == 7 && e % (n + 1) == 0)
+            const int same = (l > 0 && l < 4) || l == 8 || l == 9;
+            double complex v = same ? ref[e] : nrand() + I * nrand();
+            if (l == NL - 1 && e % (n + 1) == 0)
                 v *= scale7;
             ref[(size_t)l * nn + e] = v;
-            A[e].re[l] = creal(v);
-            A[e].im[l] = cimag(v);
+            struct as__civ_lanes *ae = &A[(size_t)(l / AS__CIV_LANES) * nn + e];
+            ae->re[l % AS__CIV_LANES] = creal(v);
+            ae->im[l % AS__CIV_LANES] = cimag(v);
         }
-    as__civ_lu_group(A, n, perm, 0, AS__CIV_LANES, 0, m);
+    as__civ_lu_group(A, A + nn, n, perm, 0, NL, 0, m);
     double worst = 0;
-    for (int l = 0; l < AS__CIV_LANES; l++)
+    for (int l = 0; l < NL; l++)
         for (int sg = 1; sg >= -1; sg -= 2) {
             for (size_t e = 0; e < 2 * (size_t)n * NB; e++)
                 z[e] = (float)nrand();
@@ -128,22 +132,47 @@ static void test_lu_lanes_against_double(void **state)
 static void test_lu_singular_lane(void **state)
 {
     (void)state;
-    const int n = 6;
-    struct as__civ_lanes A[36], perm[6];
-    const size_t msz = 2 * 36 + 6;
-    float m[8 * (2 * 36 + 6)];
-    for (int l = 0; l < AS__CIV_LANES; l++)
-        for (int i = 0; i < 36; i++) {
-            A[i].re[l] = l == 2 && i % 6 == 0 ? 0.0 : nrand();   /* lane 2: column 0 zero */
-            A[i].im[l] = l == 2 && i % 6 == 0 ? 0.0 : nrand();
+    enum { n = 6, nn = n * n };
+    struct as__civ_lanes A[2 * nn], perm[n];
+    const size_t msz = 2 * nn + n;
+    float m[NL * (2 * nn + n)];
+    for (int l = 0; l < NL; l++)
+        for (int i = 0; i < nn; i++) {
+            const int zero = l == 10 && i % n == 0;   /* lane 10: column 0 zero */
+            A[(l / AS__CIV_LANES) * nn + i].re[l % AS__CIV_LANES] = zero ? 0.0 : nrand();
+            A[(l / AS__CIV_LANES) * nn + i].im[l % AS__CIV_LANES] = zero ? 0.0 : nrand();
         }
-    as__civ_lu_group(A, n, perm, 0, AS__CIV_LANES, 0, m);
-    assert_true(m[2 * msz] == 0.0f && m[2 * msz + 36] == 0.0f);   /* 1 / U_00 of lane 2 */
-    for (int l = 0; l < AS__CIV_LANES; l++)
-        if (l != 2)
+    as__civ_lu_group(A, A + nn, n, perm, 0, NL, 0, m);
+    assert_true(m[10 * msz] == 0.0f && m[10 * msz + nn] == 0.0f);   /* 1 / U_00 */
+    for (int l = 0; l < NL; l++)
+        if (l != 10)
             assert_true(m[l * msz] != 0.0f && isfinite(m[l * msz]));
+}
+
+/* A2 NULL: the 8 lanes of A alone, the others neither factored into m
+ * nor read. */
+static void test_lu_one_group(void **state)
+{
+    (void)state;
+    enum { n = 5, nn = n * n };
+    struct as__civ_lanes A[nn], perm[n];
+    const size_t msz = 2 * nn + n;
+    float m[NL * (2 * nn + n)];
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
+        m[i] = -7.0f;
+    for (int l = 0; l < AS__CIV_LANES; l++)
+        for (int i = 0; i < nn; i++) {
+            A[i].re[l] = nrand();
+            A[i].im[l] = nrand();
+        }
+    as__civ_lu_group(A, NULL, n, perm, 0, AS__CIV_LANES, 0, m);
+    for (size_t i = 0; i < AS__CIV_LANES * msz; i += msz)
+        assert_true(m[i] != -7.0f);
+    for (size_t i = AS__CIV_LANES * msz; i < NL * msz; i++)
+        assert_true(m[i] == -7.0f);
 }
 
 AS_TEST_MAIN(NULL, NULL,
              cmocka_unit_test(test_lu_lanes_against_double),
-             cmocka_unit_test(test_lu_singular_lane))
+             cmocka_unit_test(test_lu_singular_lane),
+             cmocka_unit_test(test_lu_one_group))

@@ -12,22 +12,29 @@
  * rounded to float it measured as close to the float64 floor as the float M
  * of the Gram route (docs/policies.md, "The LU path").
  *
- * The factorization runs in double over AS__CIV_LANES frequencies in
- * lockstep (the layout of invert/factor.c); each lane pivots on its own
- * rows (the search is vectorized, the row swaps are per lane).
+ * The factorization runs in float over 16 frequencies in lockstep (two
+ * groups of A(f) of invert/factor.c, formed in double, rounded); each lane
+ * pivots on its own rows (the search is vectorized, the row exchanges are
+ * vector blends per distinct pivot row).
  */
 #include <math.h>
 #include <string.h>
 
 #include "store/policies/invert/impl.h"
 
-#define LANES AS__CIV_LANES
-typedef struct as__civ_lanes lanes_c;
+/* The factorization's lanes: FL frequencies in float, one complex entry
+ * of each (the 128 bytes of an as__civ_lanes of 8 doubles). */
+#define FL (2 * AS__CIV_LANES)
+typedef struct lanes_f {
+    float re[FL], im[FL];
+} lanes_f;
+typedef float vf __attribute__((vector_size(64)));
+typedef float vfu __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int vm __attribute__((vector_size(64)));
 typedef double v8d __attribute__((vector_size(64)));
 typedef double v8du __attribute__((vector_size(64), aligned(8), may_alias));
-typedef long v8l __attribute__((vector_size(64)));
-#define VR(p) (*(v8du *)((p)->re))
-#define VI(p) (*(v8du *)((p)->im))
+#define VR(p) (*(vfu *)((p)->re))
+#define VI(p) (*(vfu *)((p)->im))
 
 /* Row j and the pivot row of each lane exchanged (columns 0..n-1), and the
  * permutation (perm[i].re[l]: original row of row i) with them. Lanes that
@@ -35,30 +42,30 @@ typedef long v8l __attribute__((vector_size(64)));
  * together by vector blends, one pass per distinct pivot row, instead of
  * per-lane scalar moves. */
 static inline __attribute__((always_inline)) void
-swap_rows(lanes_c *A, int n, int j, const v8l piv, lanes_c *perm)
+swap_rows(lanes_f *A, int n, int j, const vm piv, lanes_f *perm)
 {
-    v8l todo = piv != j;
+    vm todo = piv != j;
     for (;;) {
         int l = 0;
-        while (l < LANES && !todo[l])
+        while (l < FL && !todo[l])
             l++;
-        if (l == LANES)
+        if (l == FL)
             return;
-        const long p = piv[l];
-        const v8l m = piv == p;
+        const int p = piv[l];
+        const vm m = piv == p;
         todo &= ~m;
-        lanes_c *rj = A + (size_t)j * n, *rp = A + (size_t)p * n;
+        lanes_f *rj = A + (size_t)j * n, *rp = A + (size_t)p * n;
         for (int c = 0; c < n; c++) {
-            const v8l ar = (v8l)VR(&rj[c]), br = (v8l)VR(&rp[c]);
-            const v8l ai = (v8l)VI(&rj[c]), bi = (v8l)VI(&rp[c]);
-            VR(&rj[c]) = (v8d)((br & m) | (ar & ~m));
-            VR(&rp[c]) = (v8d)((ar & m) | (br & ~m));
-            VI(&rj[c]) = (v8d)((bi & m) | (ai & ~m));
-            VI(&rp[c]) = (v8d)((ai & m) | (bi & ~m));
+            const vm ar = (vm)VR(&rj[c]), br = (vm)VR(&rp[c]);
+            const vm ai = (vm)VI(&rj[c]), bi = (vm)VI(&rp[c]);
+            VR(&rj[c]) = (vf)((br & m) | (ar & ~m));
+            VR(&rp[c]) = (vf)((ar & m) | (br & ~m));
+            VI(&rj[c]) = (vf)((bi & m) | (ai & ~m));
+            VI(&rp[c]) = (vf)((ai & m) | (bi & ~m));
         }
-        const v8l pj = (v8l)VR(&perm[j]), pp = (v8l)VR(&perm[p]);
-        VR(&perm[j]) = (v8d)((pp & m) | (pj & ~m));
-        VR(&perm[p]) = (v8d)((pj & m) | (pp & ~m));
+        const vm pj = (vm)VR(&perm[j]), pp = (vm)VR(&perm[p]);
+        VR(&perm[j]) = (vf)((pp & m) | (pj & ~m));
+        VR(&perm[p]) = (vf)((pj & m) | (pp & ~m));
     }
 }
 
@@ -72,31 +79,31 @@ swap_rows(lanes_c *A, int n, int j, const v8l piv, lanes_c *perm)
 /* Columns jb .. je-1 (the panel), rows jb .. n-1: unblocked LU with partial
  * pivoting (whole rows swapped), the panel's own columns updated. */
 static inline __attribute__((always_inline)) void
-lu_panel(lanes_c *A, int n, int jb, int je, lanes_c *perm)
+lu_panel(lanes_f *A, int n, int jb, int je, lanes_f *perm)
 {
     for (int j = jb; j < je; j++) {
-        v8d best = VR(&A[(size_t)j * n + j]) * VR(&A[(size_t)j * n + j]) +
+        vf best = VR(&A[(size_t)j * n + j]) * VR(&A[(size_t)j * n + j]) +
                    VI(&A[(size_t)j * n + j]) * VI(&A[(size_t)j * n + j]);
-        v8l piv = (v8l){0} + j;
+        vm piv = (vm){0} + j;
         for (int i = j + 1; i < n; i++) {
-            const lanes_c *a = &A[(size_t)i * n + j];
-            const v8d mag = VR(a) * VR(a) + VI(a) * VI(a);
-            const v8l gt = mag > best;
-            best = (v8d)(((v8l)mag & gt) | ((v8l)best & ~gt));
-            piv = (((v8l){0} + i) & gt) | (piv & ~gt);
+            const lanes_f *a = &A[(size_t)i * n + j];
+            const vf mag = VR(a) * VR(a) + VI(a) * VI(a);
+            const vm gt = mag > best;
+            best = (vf)(((vm)mag & gt) | ((vm)best & ~gt));
+            piv = (((vm){0} + i) & gt) | (piv & ~gt);
         }
         swap_rows(A, n, j, piv, perm);
-        lanes_c *ajj = &A[(size_t)j * n + j];
-        const v8d pr = VR(ajj), pi = VI(ajj), den = pr * pr + pi * pi;
-        const v8d inv = (v8d)((v8l)(1.0 / den) & (den > 0));
-        const v8d dr = pr * inv, di = -pi * inv;
+        lanes_f *ajj = &A[(size_t)j * n + j];
+        const vf pr = VR(ajj), pi = VI(ajj), den = pr * pr + pi * pi;
+        const vf inv = (vf)((vm)(1.0f / den) & (den > 0));
+        const vf dr = pr * inv, di = -pi * inv;
         VR(ajj) = dr;
         VI(ajj) = di;
-        const lanes_c *rj = A + (size_t)j * n;
+        const lanes_f *rj = A + (size_t)j * n;
         for (int i = j + 1; i < n; i++) {
-            lanes_c *ri = A + (size_t)i * n;
-            const v8d ar = VR(&ri[j]), ai = VI(&ri[j]);
-            const v8d lr = ar * dr - ai * di, li = ar * di + ai * dr;
+            lanes_f *ri = A + (size_t)i * n;
+            const vf ar = VR(&ri[j]), ai = VI(&ri[j]);
+            const vf lr = ar * dr - ai * di, li = ar * di + ai * dr;
             VR(&ri[j]) = lr;
             VI(&ri[j]) = li;
             for (int c = j + 1; c < je; c++)
@@ -110,18 +117,18 @@ lu_panel(lanes_c *A, int n, int jb, int je, lanes_c *perm)
  * eighth of the loads and stores of the unblocked update; the whole matrix
  * of 8 lanes does not fit in L1 at 64 channels). */
 static inline __attribute__((always_inline)) void
-update8(lanes_c *A, int n, int jb, int je)
+update8(lanes_f *A, int n, int jb, int je)
 {
-    const lanes_c *u = A + (size_t)jb * n;
+    const lanes_f *u = A + (size_t)jb * n;
     for (int i = je; i < n; i++) {
-        lanes_c *ri = A + (size_t)i * n;
-        v8d lr[8], li[8];
+        lanes_f *ri = A + (size_t)i * n;
+        vf lr[8], li[8];
         for (int k = 0; k < 8; k++) {
             lr[k] = VR(&ri[jb + k]);
             li[k] = VI(&ri[jb + k]);
         }
         for (int c = je; c < n; c++) {
-            v8d ar = VR(&ri[c]), ai = VI(&ri[c]);
+            vf ar = VR(&ri[c]), ai = VI(&ri[c]);
             for (int k = 0; k < 8; k++)
                 CMSUB(ar, ai, lr[k], li[k], VR(&u[(size_t)k * n + c]), VI(&u[(size_t)k * n + c]));
             VR(&ri[c]) = ar;
@@ -137,19 +144,19 @@ update8(lanes_c *A, int n, int jb, int je)
  * exactly zero pivot: a singular lane, which the condition check rejects
  * before any restore). perm (n entries): the row permutation. */
 #define LU_NB 8
-static inline __attribute__((always_inline)) void lu_lanes(lanes_c *A, int n, lanes_c *perm)
+static inline __attribute__((always_inline)) void lu_lanes(lanes_f *A, int n, lanes_f *perm)
 {
     for (int i = 0; i < n; i++)
-        for (int l = 0; l < LANES; l++)
-            perm[i].re[l] = i;
+        for (int l = 0; l < FL; l++)
+            perm[i].re[l] = (float)i;
     for (int jb = 0; jb < n; jb += LU_NB) {
         const int je = jb + LU_NB < n ? jb + LU_NB : n;
         lu_panel(A, n, jb, je, perm);
         for (int j = jb + 1; j < je; j++)   /* U12 = L11^-1 A12 */
             for (int k = jb; k < j; k++) {
-                const lanes_c *l = &A[(size_t)j * n + k], *rk = A + (size_t)k * n;
-                const v8d lr = VR(l), li = VI(l);
-                lanes_c *rj = A + (size_t)j * n;
+                const lanes_f *l = &A[(size_t)j * n + k], *rk = A + (size_t)k * n;
+                const vf lr = VR(l), li = VI(l);
+                lanes_f *rj = A + (size_t)j * n;
                 for (int c = je; c < n; c++)
                     CMSUB(VR(&rj[c]), VI(&rj[c]), lr, li, VR(&rk[c]), VI(&rk[c]));
             }
@@ -158,49 +165,72 @@ static inline __attribute__((always_inline)) void lu_lanes(lanes_c *A, int n, la
     }
 }
 
-/* The lanes' factors as float into m (frequency f at m + (f - fbeg) * msz,
+/* The lanes' factors into m (frequency f at m + (f - fbeg) * msz,
  * as__civ_msz(g, AS__CIV_PATH_LU) floats: real parts n x n, imaginary parts
  * n x n, then the permutation as n ints), for lanes f0 + l < fend. Blocks of
- * 8 columns are converted and transposed so each lane stores 8 consecutive
+ * 8 columns of 8 lanes are transposed so each lane stores 8 consecutive
  * floats at once. */
 static inline __attribute__((always_inline)) void
-store_lu(const lanes_c *A, const lanes_c *perm, int n, size_t f0, size_t fend, size_t fbeg,
+store_lu(const lanes_f *A, const lanes_f *perm, int n, size_t f0, size_t fend, size_t fbeg,
          float *m)
 {
     const size_t nn = (size_t)n * n, msz = 2 * nn + (size_t)n;
     for (int i = 0; i < n; i++) {
         int c = 0;
         for (; c + 8 <= n; c += 8)
-            for (int part = 0; part < 2; part++) {
-                v8 r[8];
-                for (int k = 0; k < 8; k++) {
-                    const lanes_c *e = &A[(size_t)i * n + c + k];
-                    r[k] = __builtin_convertvector(part ? VI(e) : VR(e), v8);
+            for (int part = 0; part < 2; part++)
+                for (int l0 = 0; l0 < FL; l0 += 8) {
+                    v8 r[8];
+                    for (int k = 0; k < 8; k++) {
+                        const lanes_f *e = &A[(size_t)i * n + c + k];
+                        r[k] = ld8((part ? e->im : e->re) + l0);
+                    }
+                    AS__CIV_T8(r);
+                    for (int l = 0; l < 8 && f0 + l0 + l < fend; l++)
+                        st8(m + (f0 + l0 + l - fbeg) * msz + part * nn + (size_t)i * n + c, r[l]);
                 }
-                AS__CIV_T8(r);
-                for (int l = 0; l < LANES && f0 + l < fend; l++)
-                    st8(m + (f0 + l - fbeg) * msz + part * nn + (size_t)i * n + c, r[l]);
-            }
         for (; c < n; c++)
-            for (int l = 0; l < LANES && f0 + l < fend; l++) {
+            for (int l = 0; l < FL && f0 + l < fend; l++) {
                 float *mf = m + (f0 + l - fbeg) * msz;
-                mf[(size_t)i * n + c] = (float)A[(size_t)i * n + c].re[l];
-                mf[nn + (size_t)i * n + c] = (float)A[(size_t)i * n + c].im[l];
+                mf[(size_t)i * n + c] = A[(size_t)i * n + c].re[l];
+                mf[nn + (size_t)i * n + c] = A[(size_t)i * n + c].im[l];
             }
     }
-    for (int l = 0; l < LANES && f0 + l < fend; l++) {
+    for (int l = 0; l < FL && f0 + l < fend; l++) {
         int *pm = (int *)(m + (f0 + l - fbeg) * msz + 2 * nn);
         for (int i = 0; i < n; i++)
             pm[i] = (int)perm[i].re[l];
     }
 }
 
-AS__CIV_CLONES
-void as__civ_lu_group(lanes_c *A, int n, lanes_c *perm, size_t f0, size_t fend, size_t fbeg,
-                      float *m)
+/* The two double groups' entries (lanes 0-7 from A, 8-15 from A2; A2 NULL:
+ * A's again, never stored) as float lanes, in place over A (an entry of
+ * either layout is 128 bytes). */
+static inline __attribute__((always_inline)) void
+to_float(struct as__civ_lanes *A, const struct as__civ_lanes *A2, size_t nn)
 {
-    lu_lanes(A, n, perm);
-    store_lu(A, perm, n, f0, fend, fbeg, m);
+    for (size_t e = 0; e < nn; e++) {
+        const struct as__civ_lanes *b = A2 ? &A2[e] : &A[e];
+        const v8 r0 = __builtin_convertvector(*(const v8du *)A[e].re, v8);
+        const v8 i0 = __builtin_convertvector(*(const v8du *)A[e].im, v8);
+        const v8 r1 = __builtin_convertvector(*(const v8du *)b->re, v8);
+        const v8 i1 = __builtin_convertvector(*(const v8du *)b->im, v8);
+        lanes_f *f = (lanes_f *)(void *)&A[e];
+        st8(f->re, r0);
+        st8(f->re + 8, r1);
+        st8(f->im, i0);
+        st8(f->im + 8, i1);
+    }
+}
+
+AS__CIV_CLONES
+void as__civ_lu_group(struct as__civ_lanes *A, const struct as__civ_lanes *A2, int n,
+                      struct as__civ_lanes *perm, size_t f0, size_t fend, size_t fbeg, float *m)
+{
+    to_float(A, A2, (size_t)n * n);
+    lanes_f *Af = (lanes_f *)(void *)A, *pf = (lanes_f *)(void *)perm;
+    lu_lanes(Af, n, pf);
+    store_lu(Af, pf, n, f0, fend, fbeg, m);
 }
 
 /* Four rows' accumulators (one 8-lane block) in named registers. */
