@@ -39,8 +39,8 @@ static void solve_chol(const float *lr, const float *li, float s, const float *z
             for (int k = 0; k < i; k++) {
                 const float a = lr[(size_t)i * cin + k], b = s * li[(size_t)i * cin + k];
                 const v8 yr = ld8(xo + (size_t)k * NB + l0), yi = ld8(xo + B + (size_t)k * NB + l0);
-                ar = ar - a * yr + b * yi;
-                ai = ai - a * yi - b * yr;
+                ar -= a * yr - b * yi;
+                ai -= a * yi + b * yr;
             }
             const float d = lr[(size_t)i * cin + i];
             st8(xo + (size_t)i * NB + l0, ar * d);
@@ -52,8 +52,8 @@ static void solve_chol(const float *lr, const float *li, float s, const float *z
             for (int k = i + 1; k < cin; k++) {
                 const float a = lr[(size_t)k * cin + i], b = -s * li[(size_t)k * cin + i];
                 const v8 xr = ld8(xo + (size_t)k * NB + l0), xi = ld8(xo + B + (size_t)k * NB + l0);
-                ar = ar - a * xr + b * xi;
-                ai = ai - a * xi - b * xr;
+                ar -= a * xr - b * xi;
+                ai -= a * xi + b * xr;
             }
             const float d = lr[(size_t)i * cin + i];
             st8(xo + (size_t)i * NB + l0, ar * d);
