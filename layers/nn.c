@@ -116,6 +116,15 @@ int as_nn_head_bwd(as_nn_ctx *c, as_nn_xent *loss, as_nn_linear *head,
     return rc;
 }
 
+as_tensor as_nn_image(const void *data, int dtype, as_op_layout l, int N,
+                      int C, int H, int W)
+{
+    if (l == AS_OP_BLK16)
+        return AS_NN_T(data, dtype, N, (C + AS_OP_BLK - 1) / AS_OP_BLK, H, W,
+                       AS_OP_BLK);
+    return AS_NN_T(data, dtype, N, C, H, W);
+}
+
 as_tensor as_nn_tensor(const void *data, int dtype, int ndim,
                        const int64_t *shape)
 {

@@ -73,6 +73,64 @@ static void test_direct_peaks_exact_with_pending_frees(void **state)
     }
 }
 
+/* A direct block that raises no peak leaves the thread's pending frees
+ * pending (its charged values stand above the live ones, below the peaks);
+ * the first direct block that would raise a peak folds them first, so the
+ * total's, the tag's and the layer's peaks are the live values. */
+static void test_direct_peaks_lazy(void **state)
+{
+    (void)state;
+    as_arena *a = arena_new(NULL);
+    uint16_t l1, l2;
+    assert_int_equal(as_arena_layer_register(a, "conv", &l1), 0);
+    assert_int_equal(as_arena_layer_register(a, "attn", &l2), 0);
+    as_block big, small, mid, other;
+    assert_int_equal(as_alloc(a, 16 * MIB, AS_TAG_ACTIVATIONS, l1, &big), 0);
+    assert_int_equal(as_free(a, &big), 0);               /* peaks: 16 MiB */
+    assert_int_equal(as_alloc(a, 2 * MIB, AS_TAG_ACTIVATIONS, l1, &small), 0);
+    assert_int_equal(as_free(a, &small), 0);             /* pending: 2 MiB */
+    as__tblock *b = as__tblock_get(a);
+    assert_non_null(b);
+    assert_int_equal(as_alloc(a, 8 * MIB, AS_TAG_ACTIVATIONS, l1, &mid), 0);
+    assert_true(AS__DIRECT(mid.usable));
+    /* charged 10 MiB <= peak 16 MiB: nothing folded, nothing raised */
+    assert_int_equal(atomic_load(&b->c[AS_TAG_ACTIVATIONS].live_use) -
+                         atomic_load(&b->c[AS_TAG_ACTIVATIONS].fold_use),
+                     -(int64_t)(2 * MIB));
+    expect_peak(a, AS_TAG_ACTIVATIONS, l1, 16 * MIB, 16 * MIB);
+    as_arena_snapshot s = snap(a);
+    assert_int_equal(s.total.live_usable, 8 * MIB);
+    assert_int_equal(s.layers[l1].live_usable, 8 * MIB);
+    as_arena_snapshot_free(&s);
+    /* 12 MiB more in another tag and layer: charged 2 + 8 + 12 > 16, so the
+     * 2 MiB fold first and the total's peak is the live 20 MiB, not 22 */
+    assert_int_equal(as_alloc(a, 12 * MIB, AS_TAG_WORKSPACE, l2, &other), 0);
+    assert_int_equal(atomic_load(&b->c[AS_TAG_ACTIVATIONS].live_use),
+                     atomic_load(&b->c[AS_TAG_ACTIVATIONS].fold_use));
+    s = snap(a);
+    assert_int_equal(s.total.peak_usable, 20 * MIB);
+    assert_int_equal(s.total.peak_requested, 20 * MIB);
+    assert_int_equal(s.total.live_usable, 20 * MIB);
+    assert_int_equal(s.tags[AS_TAG_WORKSPACE].peak_usable, 12 * MIB);
+    assert_int_equal(s.layers[l2].peak_usable, 12 * MIB);
+    assert_int_equal(s.tags[AS_TAG_ACTIVATIONS].peak_usable, 16 * MIB);
+    as_arena_snapshot_free(&s);
+    assert_int_equal(as_free(a, &other), 0);
+    assert_int_equal(as_free(a, &mid), 0);
+    /* after a reset the same pattern raises the peaks at once: exact */
+    as_arena_reset_peaks(a);
+    assert_int_equal(as_alloc(a, 2 * MIB, AS_TAG_ACTIVATIONS, l1, &small), 0);
+    assert_int_equal(as_free(a, &small), 0);             /* pending again */
+    assert_int_equal(as_alloc(a, 8 * MIB, AS_TAG_ACTIVATIONS, l1, &mid), 0);
+    assert_int_equal(as_free(a, &mid), 0);
+    expect_peak(a, AS_TAG_ACTIVATIONS, l1, 8 * MIB, 8 * MIB);
+    s = snap(a);
+    assert_int_equal(s.total.live_usable, 0);
+    assert_int_equal(s.total.live_requested, 0);
+    as_arena_snapshot_free(&s);
+    as_arena_destroy(a);
+}
+
 /* Direct blocks allocated on one thread and freed on a worker (an autograd
  * engine's pattern): at most 4 in flight, a budget of 5 never fails, the
  * peak is at most the 4 in flight, and everything ends at zero. */
@@ -250,6 +308,7 @@ static void test_bias_follows_sole_thread(void **state)
 
 AS_TEST_MAIN(NULL, NULL,
              cmocka_unit_test(test_direct_peaks_exact_with_pending_frees),
+             cmocka_unit_test(test_direct_peaks_lazy),
              cmocka_unit_test(test_direct_cross_thread_frees),
              cmocka_unit_test(test_direct_budget_recount),
              cmocka_unit_test(test_bias_given_and_revoked),
