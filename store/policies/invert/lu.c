@@ -114,8 +114,8 @@ lu_panel(lanes_f *A, int n, int jb, int je, lanes_f *perm)
 
 /* Rows i of the trailing matrix, columns je..n-1: A22 -= L21 U12 for a
  * panel of 8 columns from jb, with row i's 8 multipliers in registers (an
- * eighth of the loads and stores of the unblocked update; the whole matrix
- * of 8 lanes does not fit in L1 at 64 channels). */
+ * eighth of the loads and stores of the unblocked update; the lanes' matrix
+ * does not fit in L1 at 64 channels). */
 static inline __attribute__((always_inline)) void
 update8(lanes_f *A, int n, int jb, int je)
 {
