@@ -185,11 +185,6 @@ int as_ab_validate(const as_ab_config *c, as_nn_preset *p, char *err, size_t err
         p->cnn.act_fn = c->act;
     if (c->convs)
         p->cnn.convs = c->convs;
-    /* Both arms (and the keep reference) on one activation layout: a
-     * rule that needs NCHW in either arm puts all of them on NCHW, so the
-     * step-time ratio measures the policies, not the layouts. */
-    if (!as_nn_cnn_layout_free(c->spec[0]) || !as_nn_cnn_layout_free(c->spec[1]))
-        p->cnn.layout = AS_OP_NCHW;
     return 0;
 }
 
