@@ -761,15 +761,25 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
     const int ci = fc->g.cin;
     lanes_c *A = fc->A, *L = fc->L, *v = fc->v;
     double cond_max = cond_out ? *cond_out : 0;
+    if (m && fc->lu) {   /* square A: its LU factors (two groups in L, then A) */
+        for (size_t f0 = fbeg; f0 < fend; f0 += 2 * LANES) {
+            fgroup gr;
+            const int two = f0 + LANES < fend;
+            group_init(fc, f0, fend, &gr);
+            form_a(fc, &gr, A);
+            if (two) {
+                group_init(fc, f0 + LANES, fend, &gr);
+                form_a(fc, &gr, L);   /* Cin x Cin: L's size, unused by the LU */
+            }
+            as__civ_lu_group(A, two ? L : NULL, ci, v, f0, fend, fbeg, m);
+        }
+        return;
+    }
     for (size_t f0 = fbeg; f0 < fend; f0 += LANES) {
         fgroup gr;
         group_init(fc, f0, fend, &gr);
         if (m)
             form_a(fc, &gr, A);
-        if (m && fc->lu) {   /* square A: its LU factors, no Gram matrix */
-            as__civ_lu_group(A, ci, v, f0, fend, fbeg, m);
-            continue;
-        }
         form_gram(fc, &gr, L);
         double tr[LANES];
         gram_regularize(L, ci, eps_rel, tr);
