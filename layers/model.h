@@ -51,7 +51,7 @@ typedef struct as_nn_cnn_cfg {
     bool  batchnorm;       /* conv -> BN -> act (else conv(+bias) -> act) */
     /* Activations between the first conv and the head: AS_OP_NCHW, or
      * AS_OP_BLK16 (nChw16c, ops.h), used in a step when the conv runs on
-     * oneDNN and every policy the store's rules name is elementwise (see
+     * oneDNN and every policy the store's rules name is layout-free (see
      * docs/training.md, "Kernels"); else that step runs NCHW. The
      * environment variable AS_LAYOUT=blocked|nchw overrides it. */
     as_op_layout layout;
@@ -70,9 +70,10 @@ int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
                      as_nn_model **out);
 /* Whether every policy the rules `spec` name (normalized, as
  * as_store_stats.spec) is elementwise or stores the bytes as they are
- * (keep, borrow, sign, fewbit, bitpack, zstd, fp16, bf16, offload), so
- * that a tensor saved in the blocked layout means to it what its NCHW
- * form would: a cnn configured blocked then runs its step blocked.
+ * (keep, borrow, sign, fewbit, bitpack, zstd, fp16, bf16, offload), or is
+ * invert deriving its inputs (not invert::::solve), so that a tensor saved
+ * in the blocked layout means to it what its NCHW form would: a cnn
+ * configured blocked then runs its step blocked.
  * Thread-safe. */
 bool as_nn_cnn_layout_free(const char *spec);
 /* The layout a cnn built from cfg is configured with: cfg->layout, or

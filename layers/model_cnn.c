@@ -113,12 +113,21 @@ bool as_nn_cnn_layout_free(const char *spec)
         for (const char *q = eq ? eq + 1 : end; q < end;) {
             q += strspn(q, " \t");
             size_t n = strcspn(q, ":|; \t");
+            const char *bar = memchr(q, '|', (size_t)(end - q));
             bool found = false;
             for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
                 found |= n == strlen(ok[i]) && !strncmp(q, ok[i], n);
+            /* invert deriving its inputs from the model's relations (which
+             * run in either layout); one it would solve falls back to its
+             * fallback on a blocked tensor, so solve-only runs NCHW */
+            if (n == 6 && !strncmp(q, "invert", 6)) {
+                const char *args_end = bar ? bar : end;
+                found = true;
+                for (const char *a = q; a + 5 <= args_end && found; a++)
+                    found = strncmp(a, "solve", 5) != 0;
+            }
             if (!found)
                 return false;
-            const char *bar = memchr(q, '|', (size_t)(end - q));
             q = bar ? bar + 1 : end;
         }
         p = *end ? end + 1 : end;

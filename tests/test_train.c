@@ -299,8 +299,10 @@ static void test_model_grads(void **state)
 /* ---- the cnn's blocked layout ---------------------------------------------
  * The same training in both layouts: the loss curves agree within float
  * rounding of other summation orders; with a rule whose policy reads the
- * NCHW order (conv inversion) the blocked configuration runs NCHW, bit for
- * bit; an elementwise policy (sign) runs blocked and still agrees. */
+ * NCHW order (conv inversion that solves) the blocked configuration runs
+ * NCHW, bit for bit; an elementwise policy (sign) runs blocked and still
+ * agrees; conv inversion that derives its inputs runs blocked, stores no
+ * conv-input byte and trains as keep does, bit for bit. */
 
 static void layout_losses(as_op_layout lay, bool leaky, const char *policy, double *loss,
                           long n)
@@ -330,13 +332,36 @@ static void test_cnn_layouts(void **state)
             assert_memory_not_equal(a, b, sizeof a);
     }
     double a[N], b[N];
-    const char *inv = "conv_input=invert; default=keep";
-    layout_losses(AS_OP_NCHW, true, inv, a, N);
-    layout_losses(AS_OP_BLK16, true, inv, b, N);
+    const char *solve = "conv_input=invert::::solve; default=keep";
+    layout_losses(AS_OP_NCHW, true, solve, a, N);
+    layout_losses(AS_OP_BLK16, true, solve, b, N);
     assert_memory_equal(a, b, sizeof a);
+    for (int convs = 1; convs <= 2; convs++) {
+        as_nn_preset p = preset("cnn", N);
+        p.cnn.layout = AS_OP_BLK16;
+        p.cnn.act_fn = AS_FN_LEAKY_RELU;
+        p.cnn.convs = convs;
+        train_losses_policy(&p, 21, "default=keep", a, N);
+        as_nn_run *r = run_new(&p, 21, "conv_input=invert; default=keep");
+        for (int s = 0; s < N; s++)
+            assert_int_equal(as_nn_run_step(r, &b[s]), 0);
+        as_store_stats st;
+        assert_int_equal(as_store_stats_take(as_nn_run_store(r), &st), 0);
+        assert_int_equal(st.kinds[AS_KIND_CONV_INPUT].stored_peak, 0);
+        assert_int_equal(st.total.fallbacks, 0);
+        as_store_stats_free(&st);
+        as_nn_run_destroy(r);
+        if (memcmp(a, b, sizeof a))
+            fail_msg("convs %d: invert blocked, step 0 loss %.17g, keep %.17g", convs,
+                     b[0], a[0]);
+    }
     assert_true(as_nn_cnn_layout_free("default=keep; activation_output=sign|keep"));
     assert_true(as_nn_cnn_layout_free("layer:stages.*=fewbit:2; index=bitpack; default=keep"));
-    assert_false(as_nn_cnn_layout_free("conv_input=invert; default=keep"));
+    assert_true(as_nn_cnn_layout_free("conv_input=invert; default=keep"));
+    assert_true(as_nn_cnn_layout_free("conv_input=invert:1e5|keep; default=keep"));
+    assert_false(as_nn_cnn_layout_free(solve));
+    assert_false(as_nn_cnn_layout_free("conv_input=invert|q8"));
+    assert_false(as_nn_cnn_layout_free("conv_input=invert; norm_input=inverse"));
     assert_false(as_nn_cnn_layout_free("default=q4:64"));
     assert_false(as_nn_cnn_layout_free("activation_output=sign|aq"));
 }
