@@ -350,12 +350,19 @@ AS_CLONES_V4_V3
 void as_op_maxpool_gather_blk(int N, int C, int H, int W, int k,
                               const float *x, const uint8_t *idx, float *y)
 {
+    /* a select per window position, as the forward compares (an index
+     * outside the window reads position 0) */
     for (size_t o = 0, n = nout(N, C, H, W, k); o < n; o++) {
         const float *xw = x + win(o, H, W, k);
-        for (int l = 0; l < B; l++) {
-            const int a = idx[o * B + l] < k * k ? idx[o * B + l] : 0;
-            y[o * B + l] = xw[((size_t)(a / k) * W + a % k) * B + l];
-        }
+        vi16 a;
+        for (int l = 0; l < B; l++)
+            a[l] = idx[o * B + l];
+        vf16 r = *(const vf16 *)xw;
+        for (int i = 0; i < k; i++)
+            for (int j = i ? 0 : 1; j < k; j++)
+                r = VSEL(a == ((vi16){0} + (i * k + j)),
+                         *(const vf16 *)(xw + ((size_t)i * W + j) * B), r);
+        *(vf16 *)(y + o * B) = r;
     }
 }
 

@@ -267,6 +267,11 @@ static void pool_blk_case(pool_cfg c)
     if (c.max) {
         as_op_maxpool_gather_blk(c.N, c.C, c.H, c.W, c.k, xb, idx, y2);
         assert_memory_equal(y, y2, sizeof(float) * nyb);
+        const uint8_t keep0 = idx[0];
+        idx[0] = 255;   /* outside the window: reads its position 0 */
+        as_op_maxpool_gather_blk(c.N, c.C, c.H, c.W, c.k, xb, idx, y2);
+        assert_true(y2[0] == xb[0]);
+        idx[0] = keep0;
         as_op_maxpool_bwd_blk(c.N, c.C, c.H, c.W, c.k, idx, rb, dx);
     } else {
         as_op_avgpool_bwd_blk(c.N, c.C, c.H, c.W, c.k, rb, dx);
