@@ -289,15 +289,12 @@ static inline as__tblock *fast_ok(as_arena *a, uint16_t tag, uint16_t layer)
     return as__tls_blk;
 }
 
+/* The whole block, so that no field of the caller's struct is left stale. */
 static inline void set_block(as_block *out, void *p, size_t size, size_t usable,
                              uint16_t tag, uint16_t layer, uint32_t shard)
 {
-    out->ptr = p;
-    out->size = size;
-    out->usable = usable;
-    out->tag = tag;
-    out->layer = layer;
-    out->shard = shard;
+    *out = (as_block){.ptr = p, .size = size, .usable = usable, .tag = tag,
+                      .layer = layer, .shard = shard};
 }
 
 /* size in 1 .. AS__TAB_MAX */
@@ -315,12 +312,17 @@ static inline bool alloc_bin(as__tblock *b, size_t size, uint16_t tag, uint16_t 
     return true;
 }
 
-/* size > AS__TAB_MAX, within the size rule (such classes need no
- * alignment flag) */
+/* size > AS__TAB_MAX: an entry of its own, reached by a size test before
+ * anything is saved, so these sizes pay one prologue and make no call
+ * besides mallocx when no counter folds. Such classes need no alignment
+ * flag; above AS__FOLD_BYTES (size and usable alike: a class is never below
+ * its request) the block is direct. */
 __attribute__((noinline, hot))
-static int alloc_large(as_arena *a, as__tblock *b, size_t size, uint16_t tag,
-                       uint16_t layer, as_block *out)
+static int alloc_big(as_arena *a, size_t size, uint16_t tag, uint16_t layer, as_block *out)
 {
+    as__tblock *b = fast_ok(a, tag, layer);
+    if (UNLIKELY(!b || !out || size > AS__LARGE_RULE_MAX || !as__large_rule))
+        return do_alloc(a, size, tag, layer, out, 0);
     size_t usable = as__usable_large(size);
     void *p = mallocx(size, b->flags);
     if (UNLIKELY(!p))
@@ -349,35 +351,25 @@ static inline bool free_bin(as__tblock *b, as_block *blk)
     return true;
 }
 
-/* usable > AS__TAB_MAX, any thread's block */
+/* size <= AS__TAB_MAX */
 __attribute__((noinline, hot))
-static int free_large(as_arena *a, as__tblock *b, as_block *blk)
+static int alloc_small(as_arena *a, size_t size, uint16_t tag, uint16_t layer,
+                       as_block *out)
 {
-    int64_t r = (int64_t)blk->size, u = (int64_t)blk->usable;
-    sdallocx(blk->ptr, blk->usable, b->flags);
-    if (AS__DIRECT(u))
-        as__direct_discharge(a, b, blk->tag, blk->layer, r, u);
-    else if (blk->shard != b->id)
-        as__discharge_remote(a, b, blk->tag, blk->layer, r, u);
-    else if (!count_nofold(b, blk->tag, blk->layer, -r, -u))
-        as__discharge(a, b, blk->tag, blk->layer, r, u);
-    memset(blk, 0, sizeof *blk);
-    return 0;
+    as__tblock *b = fast_ok(a, tag, layer);
+    if (LIKELY(b && out && size) && LIKELY(alloc_bin(b, size, tag, layer, out)))
+        return 0;
+    return do_alloc(a, size, tag, layer, out, 0);
 }
 
+/* Two entries by size, so that neither pays the other's prologue (GCC
+ * saves the registers of a whole function before its first test). */
 __attribute__((hot))
 int as_alloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer, as_block *out)
 {
-    as__tblock *b = fast_ok(a, tag, layer);
-    if (LIKELY(b && out)) {
-        if (LIKELY(size - 1 < AS__TAB_MAX)) {
-            if (LIKELY(alloc_bin(b, size, tag, layer, out)))
-                return 0;
-        } else if (LIKELY(size && size <= AS__LARGE_RULE_MAX && as__large_rule)) {
-            return alloc_large(a, b, size, tag, layer, out);
-        }
-    }
-    return do_alloc(a, size, tag, layer, out, 0);
+    if (UNLIKELY(size > AS__TAB_MAX))
+        return alloc_big(a, size, tag, layer, out);
+    return alloc_small(a, size, tag, layer, out);
 }
 
 int as_calloc(as_arena *a, size_t size, uint16_t tag, uint16_t layer, as_block *out)
@@ -470,17 +462,36 @@ static int free_slow(as_arena *a, as_block *blk)
     return 0;
 }
 
+/* usable > AS__TAB_MAX, any thread's block: as alloc_big, an entry of its
+ * own. */
+__attribute__((noinline, hot))
+static int free_big(as_arena *a, as_block *blk)
+{
+    as__tblock *b = blk->ptr ? fast_ok(a, blk->tag, blk->layer) : NULL;
+    if (UNLIKELY(!b))
+        return free_slow(a, blk);
+    size_t usable = blk->usable;
+    int64_t r = (int64_t)blk->size, u = (int64_t)usable;
+    unsigned tag = blk->tag, layer = blk->layer;
+    uint32_t shard = blk->shard;
+    sdallocx(blk->ptr, usable, b->flags);
+    if (AS__DIRECT(u))
+        as__direct_discharge(a, b, tag, layer, r, u);
+    else if (shard != b->id)
+        as__discharge_remote(a, b, tag, layer, r, u);
+    else if (!count_nofold(b, tag, layer, -r, -u))
+        as__discharge(a, b, tag, layer, r, u);
+    memset(blk, 0, sizeof *blk);
+    return 0;
+}
+
 __attribute__((hot))
 int as_free(as_arena *a, as_block *blk)
 {
+    if (UNLIKELY(blk && blk->usable > AS__TAB_MAX))
+        return free_big(a, blk);
     as__tblock *b = blk && blk->ptr ? fast_ok(a, blk->tag, blk->layer) : NULL;
-    if (LIKELY(b)) {
-        if (LIKELY(blk->usable <= AS__TAB_MAX)) {
-            if (LIKELY(free_bin(b, blk)))
-                return 0;
-        } else {
-            return free_large(a, b, blk);
-        }
-    }
+    if (LIKELY(b) && LIKELY(free_bin(b, blk)))
+        return 0;
     return free_slow(a, blk);
 }

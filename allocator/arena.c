@@ -13,6 +13,7 @@
 #include "allocator/fault.h"
 #include "allocator/internal.h"
 #include "util/clock.h"
+#include "util/err.h"
 
 static const char *const fixed_tags[AS_TAG_FIXED_COUNT] = {
     "weights", "gradients", "optimizer", "activations",
@@ -23,37 +24,19 @@ static _Atomic uint64_t g_next_uid = 1;
 
 /* ---- per-thread last error ------------------------------------------- */
 
-#define AS__ERR_SLOTS 4
-static _Thread_local struct {
-    uint64_t uid;
-    char     text[240];
-} tls_err[AS__ERR_SLOTS];
-static _Thread_local unsigned tls_err_next;
+static _Thread_local as_last_err tls_err;
 
 void as__set_error(const as_arena *a, const char *fmt, ...)
 {
-    unsigned i;
-    for (i = 0; i < AS__ERR_SLOTS; i++)
-        if (tls_err[i].uid == a->uid)
-            break;
-    if (i == AS__ERR_SLOTS) {
-        i = tls_err_next++ % AS__ERR_SLOTS;
-        tls_err[i].uid = a->uid;
-    }
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tls_err[i].text, sizeof tls_err[i].text, fmt, ap);
+    as_last_err_vset(&tls_err, a->uid, fmt, ap);
     va_end(ap);
 }
 
 const char *as_arena_last_error(const as_arena *a)
 {
-    if (!a)
-        return "no arena";
-    for (unsigned i = 0; i < AS__ERR_SLOTS; i++)
-        if (tls_err[i].uid == a->uid)
-            return tls_err[i].text;
-    return "no error";
+    return a ? as_last_err_get(&tls_err, a->uid, "no error") : "no arena";
 }
 
 /* ---- create / destroy ------------------------------------------------- */

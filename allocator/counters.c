@@ -304,70 +304,37 @@ void as__discharge_remote(as_arena *a, as__tblock *b, unsigned tag, unsigned lay
     as__gunlock(a, gb);
 }
 
-/* ---- direct blocks ---------------------------------------------------------- */
+/* ---- direct blocks (the common path: internal.h) ---------------------------- */
 
-/* d of one counter moves by (r, u) (G lock held); an allocation raises the
- * peak to the charged value g + d when raise. */
-static inline void d_move(as__gcounter *g, int64_t r, int64_t u, bool raise)
+/* The peaks of g rise to its charged values. */
+static inline void peaks_to_charged(as__gcounter *g)
 {
-    int64_t dr = ld(&g->d_req) + r, du = ld(&g->d_use) + u;
-    st(&g->d_req, dr);
-    st(&g->d_use, du);
-    if (raise) {
-        peak_raise(&g->peak_req, ld(&g->g_req) + dr);
-        peak_raise(&g->peak_use, ld(&g->g_use) + du);
-    }
+    peak_raise(&g->peak_req, ld(&g->g_req) + ld(&g->d_req));
+    peak_raise(&g->peak_use, ld(&g->g_use) + ld(&g->d_use));
 }
 
-/* G lock held. The thread's pending frees (tags and the block's layer) are
- * folded first, so that with one thread the charged values are the live
- * ones when they rise and the peaks stay exact; in steady use nothing is
- * pending and this is a few loads. raise_total false leaves the total's
- * peak to the caller. */
-static void direct_charge_locked(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
-                                 int64_t r, int64_t u, bool raise_total)
+__attribute__((noinline, cold))
+void as__direct_peaks(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                      bool raise_total)
 {
-    as__gcounter *gt = &a->g[tag], *gl = &a->g[AS_TAG_MAX + layer];
     as__tcounter *tl = &b->c[AS_TAG_MAX + layer];
     int64_t pr, pu;
     pending_tags(b, &pr, &pu);
-    if (pr | pu) {                         /* <= 0: G only shrinks, no peak */
+    if (pr | pu) {                         /* <= 0: G only shrinks */
         fold_tags(a, b, UINT_MAX, 0, 0, false, &pr, &pu);
         g_move(&a->gtotal.g_req, pr);
         g_move(&a->gtotal.g_use, pu);
     }
     int64_t lr = ld(&tl->live_req), lu = ld(&tl->live_use);
     if (lr != ld(&tl->fold_req) || lu != ld(&tl->fold_use)) {
-        fold_g(tl, gl, lr, lu);
+        fold_g(tl, &a->g[AS_TAG_MAX + layer], lr, lu);
         st(&tl->fold_req, lr);
         st(&tl->fold_use, lu);
     }
-    d_move(&a->gtotal, r, u, raise_total);
-    d_move(gt, r, u, true);
-    inc(&gt->d_allocs);
-    d_move(gl, r, u, true);
-    inc(&gl->d_allocs);
-}
-
-void as__direct_charge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
-                       int64_t r, int64_t u)
-{
-    bool gb = as__glock(a, b);
-    direct_charge_locked(a, b, tag, layer, r, u, true);
-    as__gunlock(a, gb);
-}
-
-void as__direct_discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
-                          int64_t r, int64_t u)
-{
-    as__gcounter *gt = &a->g[tag], *gl = &a->g[AS_TAG_MAX + layer];
-    bool gb = as__glock(a, b);
-    d_move(&a->gtotal, -r, -u, false);
-    d_move(gt, -r, -u, false);
-    inc(&gt->d_frees);
-    d_move(gl, -r, -u, false);
-    inc(&gl->d_frees);
-    as__gunlock(a, gb);
+    if (raise_total)
+        peaks_to_charged(&a->gtotal);
+    peaks_to_charged(&a->g[tag]);
+    peaks_to_charged(&a->g[AS_TAG_MAX + layer]);
 }
 
 /* ---- budget --------------------------------------------------------------- */
@@ -488,7 +455,7 @@ bool as__direct_charge_budget(as_arena *a, as__tblock *b, unsigned tag, unsigned
     pending_tags(b, &pr, &pu);
     bool ok = charged_total(a) + pu + u <= (int64_t)budget;
     if (ok)
-        direct_charge_locked(a, b, tag, layer, r, u, true);
+        as__direct_charge_locked(a, b, tag, layer, r, u, true);
     as__gunlock(a, gb);
     if (ok)
         return true;
@@ -499,7 +466,7 @@ bool as__direct_charge_budget(as_arena *a, as__tblock *b, unsigned tag, unsigned
     bool fits = *live + (uint64_t)u <= budget;
     if (fits) {
         gb = as__glock(a, b);
-        direct_charge_locked(a, b, tag, layer, r, u, false);
+        as__direct_charge_locked(a, b, tag, layer, r, u, false);
         peak_raise(&a->gtotal.peak_use, (int64_t)(*live + (uint64_t)u));
         peak_raise(&a->gtotal.peak_req, (int64_t)(live_req + (uint64_t)r));
         as__gunlock(a, gb);

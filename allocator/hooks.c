@@ -96,15 +96,36 @@ bool as__ranges_contain(as_arena *a, const void *p)
 
 /* ---- the hooks ---- */
 
+/* Extents the OS gave the arena (mapped) or took back (unmapped). */
+static void mapped(extent_hooks_t *h, void *addr, size_t size)
+{
+    as_arena *a = arena_of(h);
+    atomic_fetch_add_explicit(&a->reserved, size, memory_order_relaxed);
+    ranges_add(a, (uintptr_t)addr, (uintptr_t)addr + size);
+}
+
+static void unmapped(extent_hooks_t *h, void *addr, size_t size)
+{
+    as_arena *a = arena_of(h);
+    atomic_fetch_add_explicit(&a->released, size, memory_order_relaxed);
+    ranges_remove(a, (uintptr_t)addr, (uintptr_t)addr + size);
+}
+
+/* A purge's result (jemalloc's convention: true = failed); on success len
+ * bytes went back to the OS. */
+static bool purged(extent_hooks_t *h, size_t len, bool failed)
+{
+    if (!failed)
+        atomic_fetch_add_explicit(&arena_of(h)->purged, len, memory_order_relaxed);
+    return failed;
+}
+
 static void *h_alloc(extent_hooks_t *h, void *addr, size_t size, size_t align,
                      bool *zero, bool *commit, unsigned ind)
 {
     void *p = g_def->alloc(g_def, addr, size, align, zero, commit, ind);
-    if (p) {
-        as_arena *a = arena_of(h);
-        atomic_fetch_add_explicit(&a->reserved, size, memory_order_relaxed);
-        ranges_add(a, (uintptr_t)p, (uintptr_t)p + size);
-    }
+    if (p)
+        mapped(h, p, size);
     return p;
 }
 
@@ -112,11 +133,8 @@ static bool h_dalloc(extent_hooks_t *h, void *addr, size_t size,
                      bool committed, unsigned ind)
 {
     bool keep = g_def->dalloc(g_def, addr, size, committed, ind);
-    if (!keep) {                           /* unmapped */
-        as_arena *a = arena_of(h);
-        atomic_fetch_add_explicit(&a->released, size, memory_order_relaxed);
-        ranges_remove(a, (uintptr_t)addr, (uintptr_t)addr + size);
-    }
+    if (!keep)
+        unmapped(h, addr, size);
     return keep;
 }
 
@@ -124,9 +142,7 @@ static void h_destroy(extent_hooks_t *h, void *addr, size_t size,
                       bool committed, unsigned ind)
 {
     g_def->destroy(g_def, addr, size, committed, ind);
-    as_arena *a = arena_of(h);
-    atomic_fetch_add_explicit(&a->released, size, memory_order_relaxed);
-    ranges_remove(a, (uintptr_t)addr, (uintptr_t)addr + size);
+    unmapped(h, addr, size);
 }
 
 static bool h_commit(extent_hooks_t *h, void *addr, size_t size, size_t off,
@@ -144,19 +160,13 @@ static bool h_decommit(extent_hooks_t *h, void *addr, size_t size, size_t off,
 static bool h_purge_lazy(extent_hooks_t *h, void *addr, size_t size,
                          size_t off, size_t len, unsigned ind)
 {
-    bool failed = g_def->purge_lazy(g_def, addr, size, off, len, ind);
-    if (!failed)
-        atomic_fetch_add_explicit(&arena_of(h)->purged, len, memory_order_relaxed);
-    return failed;
+    return purged(h, len, g_def->purge_lazy(g_def, addr, size, off, len, ind));
 }
 
 static bool h_purge_forced(extent_hooks_t *h, void *addr, size_t size,
                            size_t off, size_t len, unsigned ind)
 {
-    bool failed = g_def->purge_forced(g_def, addr, size, off, len, ind);
-    if (!failed)
-        atomic_fetch_add_explicit(&arena_of(h)->purged, len, memory_order_relaxed);
-    return failed;
+    return purged(h, len, g_def->purge_forced(g_def, addr, size, off, len, ind));
 }
 
 static bool h_split(extent_hooks_t *h, void *addr, size_t size, size_t a_sz,

@@ -277,13 +277,86 @@ void as__charge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                 int64_t r, int64_t u);
 void as__discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                    int64_t r, int64_t u);
+/* ---- direct blocks (AS__DIRECT): inline, so the allocation path's direct
+ * entry (alloc.c) makes no call of its own besides jemalloc's ---- */
+/* A direct block's charge raised a charged value (g + d) of the total
+ * (when raise_total), the tag or the layer above its peak (G lock held):
+ * fold b's pending frees first, if any, so that with one thread the charged
+ * values are the live ones when they set a peak, then raise the peaks. */
+void as__direct_peaks(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
+                      bool raise_total);
+/* d of one counter grows by (r, u) (G lock held); true when the charged
+ * value g + d then stands above its peak. */
+__attribute__((always_inline))
+static inline bool as__d_add(as__gcounter *g, int64_t r, int64_t u)
+{
+    int64_t dr = atomic_load_explicit(&g->d_req, memory_order_relaxed) + r;
+    int64_t du = atomic_load_explicit(&g->d_use, memory_order_relaxed) + u;
+    atomic_store_explicit(&g->d_req, dr, memory_order_relaxed);
+    atomic_store_explicit(&g->d_use, du, memory_order_relaxed);
+    /* peaks stay below 2^63: one signed compare each */
+    return atomic_load_explicit(&g->g_req, memory_order_relaxed) + dr >
+               (int64_t)atomic_load_explicit(&g->peak_req, memory_order_relaxed) ||
+           atomic_load_explicit(&g->g_use, memory_order_relaxed) + du >
+               (int64_t)atomic_load_explicit(&g->peak_use, memory_order_relaxed);
+}
+/* d of one counter shrinks by (r, u) (G lock held). */
+static inline void as__d_sub(as__gcounter *g, int64_t r, int64_t u)
+{
+    atomic_store_explicit(&g->d_req, atomic_load_explicit(&g->d_req, memory_order_relaxed) - r,
+                          memory_order_relaxed);
+    atomic_store_explicit(&g->d_use, atomic_load_explicit(&g->d_use, memory_order_relaxed) - u,
+                          memory_order_relaxed);
+}
+static inline void as__d_count(_Atomic uint64_t *p)
+{
+    atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+/* A direct block of tag and layer allocated by b's thread, G lock held.
+ * In steady use no peak moves, and b's pending frees (which would make a
+ * charged value stand above the live one) stay pending: the peaks are
+ * looked at, and the frees folded, only when a charged value passes its
+ * peak. raise_total false leaves the total's peak to the caller. */
+__attribute__((always_inline))
+static inline void as__direct_charge_locked(as_arena *a, as__tblock *b, unsigned tag,
+                                            unsigned layer, int64_t r, int64_t u,
+                                            bool raise_total)
+{
+    as__gcounter *gt = &a->g[tag], *gl = &a->g[AS_TAG_MAX + layer];
+    bool over = as__d_add(&a->gtotal, r, u) & raise_total;
+    over |= as__d_add(gt, r, u);
+    as__d_count(&gt->d_allocs);
+    over |= as__d_add(gl, r, u);
+    as__d_count(&gl->d_allocs);
+    if (__builtin_expect(over, 0))
+        as__direct_peaks(a, b, tag, layer, raise_total);
+}
 /* A direct block (AS__DIRECT) of tag and layer allocated by b's thread /
- * freed by any thread. The peaks rise to the charged values plus b's
- * pending deltas (the live values when one thread is active). */
-void as__direct_charge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
-                       int64_t r, int64_t u);
-void as__direct_discharge(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
-                          int64_t r, int64_t u);
+ * freed by any thread (b: the freeing thread's block, for the G lock's
+ * bias; may be NULL). The peaks rise to the charged values (the live
+ * values when one thread is active). */
+__attribute__((always_inline))
+static inline void as__direct_charge(as_arena *a, as__tblock *b, unsigned tag,
+                                     unsigned layer, int64_t r, int64_t u)
+{
+    bool gb = as__glock(a, b);
+    as__direct_charge_locked(a, b, tag, layer, r, u, true);
+    as__gunlock(a, gb);
+}
+__attribute__((always_inline))
+static inline void as__direct_discharge(as_arena *a, as__tblock *b, unsigned tag,
+                                        unsigned layer, int64_t r, int64_t u)
+{
+    as__gcounter *gt = &a->g[tag], *gl = &a->g[AS_TAG_MAX + layer];
+    bool gb = as__glock(a, b);
+    as__d_sub(&a->gtotal, r, u);
+    as__d_sub(gt, r, u);
+    as__d_count(&gt->d_frees);
+    as__d_sub(gl, r, u);
+    as__d_count(&gl->d_frees);
+    as__gunlock(a, gb);
+}
 /* as__direct_charge under the budget (as__charge_budget's contract). */
 bool as__direct_charge_budget(as_arena *a, as__tblock *b, unsigned tag, unsigned layer,
                               int64_t r, int64_t u, uint64_t budget, uint64_t *live);

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "allocator/internal.h"
+#include "util/list.h"
 
 #define AS__TSLOTS 64
 
@@ -64,12 +65,7 @@ static void retire_block(as__tblock *b)
         unsigned tc = b->tcache;
         mallctl("tcache.destroy", NULL, NULL, &tc, sizeof tc);
     }
-    if (b->prev)
-        b->prev->next = b->next;
-    else
-        a->blocks = b->next;
-    if (b->next)
-        b->next->prev = b->prev;
+    AS_LIST_REMOVE(&a->blocks, b);
     assert(a->nthreads > 0);
     a->nthreads--;
     atomic_store(&b->owner->slots[b->slot].uid, 0);
@@ -159,10 +155,7 @@ as__tblock *as__tblock_get(as_arena *a)
         return NULL;
     }
     b->slot = slot;
-    b->next = a->blocks;
-    if (a->blocks)
-        a->blocks->prev = b;
-    a->blocks = b;
+    AS_LIST_PUSH(&a->blocks, b);
     if (a->nthreads++ == 0)
         as__glock_bias(a, b);              /* the only block: its thread alone writes G */
     t->slots[slot].blk = b;

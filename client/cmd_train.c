@@ -120,6 +120,9 @@ static cJSON *result_json(const as_nn_preset *p, const char *policy,
         for (int s = 0; s < p->cnn.nstages; s++)
             cJSON_AddItemToArray(w, cJSON_CreateNumber(p->cnn.widths[s]));
         cJSON_AddBoolToObject(cfg, "batchnorm", p->cnn.batchnorm);
+        as_op_layout lay;   /* configured; a step whose rules need NCHW runs NCHW */
+        as_nn_cnn_layout(&p->cnn, &lay);
+        cJSON_AddStringToObject(cfg, "layout", lay == AS_OP_BLK16 ? "blocked" : "nchw");
     } else {
         cJSON_AddNumberToObject(cfg, "width", p->tf.C);
         cJSON_AddNumberToObject(cfg, "heads", p->tf.NH);

@@ -49,6 +49,12 @@ typedef struct as_nn_cnn_cfg {
     int   convs;           /* convs per stage */
     int   widths[4];       /* channels per stage, non-decreasing */
     bool  batchnorm;       /* conv -> BN -> act (else conv(+bias) -> act) */
+    /* Activations between the first conv and the head: AS_OP_NCHW, or
+     * AS_OP_BLK16 (nChw16c, ops.h), used in a step when the conv runs on
+     * oneDNN and every policy the store's rules name is layout-free (see
+     * docs/training.md, "Kernels"); else that step runs NCHW. The
+     * environment variable AS_LAYOUT=blocked|nchw overrides it. */
+    as_op_layout layout;
 } as_nn_cnn_cfg;
 
 typedef struct as_nn_tf_cfg {
@@ -62,6 +68,19 @@ typedef struct as_nn_tf_cfg {
 
 int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
                      as_nn_model **out);
+/* Whether every policy the rules `spec` name (normalized, as
+ * as_store_stats.spec) is elementwise or stores the bytes as they are
+ * (keep, borrow, sign, fewbit, bitpack, zstd, fp16, bf16, offload), or is
+ * invert deriving its inputs (not invert::::solve), so that a tensor saved
+ * in the blocked layout means to it what its NCHW form would: a cnn
+ * configured blocked then runs its step blocked.
+ * Thread-safe. */
+bool as_nn_cnn_layout_free(const char *spec);
+/* The layout a cnn built from cfg is configured with: cfg->layout, or
+ * the environment's AS_LAYOUT=blocked|nchw. Returns 0, or AS_EINVAL when
+ * AS_LAYOUT holds anything else (*out is then cfg->layout). Reads the
+ * environment: not to be called while another thread changes it. */
+int as_nn_cnn_layout(const as_nn_cnn_cfg *cfg, as_op_layout *out);
 int as_nn_vit_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,
                      as_nn_model **out);
 int as_nn_lm_create(as_nn_ctx *c, const as_nn_tf_cfg *cfg, uint64_t seed,

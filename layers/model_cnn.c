@@ -69,6 +69,7 @@ typedef struct cnn {
     float *aff[MAXL];     /* leaky + BN chain: (scale, shift) per channel */
     cnn_regen regen[MAXL];
     as_nn_ctx *ctx;       /* of the step: work space of the relations */
+    as_op_layout lay;     /* of the step's activations past the first conv */
 } cnn;
 
 static int act_alloc(as_nn_ctx *c, size_t n, uint16_t id, as_block *b)
@@ -81,24 +82,57 @@ static int grad_alloc(as_nn_ctx *c, size_t n, uint16_t id, as_block *b)
     return as_nn_alloc(c, n * sizeof(float), AS_TAG_WORKSPACE, id, false, b);
 }
 
-/* LeakyReLU in place on y, saving its output with `src` as its source
- * through `src_fn` (as as_nn_act_fwd does, plus the relation). */
-static int leaky_fwd_chained(as_nn_ctx *c, as_nn_act *l, const int64_t shape[4],
-                             float *y, as_handle src)
+/* LeakyReLU in place on y (described by t), saving its output with `src`
+ * as its source through `src_fn` (as as_nn_act_fwd does, plus the
+ * relation). */
+static int leaky_fwd_chained(as_nn_ctx *c, as_nn_act *l, const as_tensor *t,
+                             as_handle src)
 {
-    l->ndim = 4;
+    l->ndim = t->ndim;
     l->n = 1;
-    for (int i = 0; i < 4; i++) {
-        l->shape[i] = shape[i];
-        l->n *= (size_t)shape[i];
+    for (int i = 0; i < t->ndim; i++) {
+        l->shape[i] = t->shape[i];
+        l->n *= (size_t)t->shape[i];
     }
-    as_op_leaky_fwd(l->n, l->alpha, y, y);
+    as_op_leaky_fwd(l->n, l->alpha, t->data, t->data);
     as_save_info info = {.kind = AS_KIND_ACTIVATION_OUTPUT, .layer = l->name,
                          .source = src};
     info.meta.act = (as_elementwise){.fn = AS_FN_LEAKY_RELU, .alpha = l->alpha};
     info.source_fn = info.meta.act;
-    as_tensor t = as_nn_tensor(y, AS_F32, 4, shape);
-    return as_nn_save(c, &info, &t, &l->h);
+    return as_nn_save(c, &info, t, &l->h);
+}
+
+bool as_nn_cnn_layout_free(const char *spec)
+{
+    static const char *const ok[] = {"keep", "borrow", "sign", "fewbit", "bitpack",
+                                     "zstd", "fp16", "bf16", "offload"};
+    const char *p = spec;
+    while (*p) {
+        const char *end = p + strcspn(p, ";");
+        const char *eq = memchr(p, '=', (size_t)(end - p));
+        for (const char *q = eq ? eq + 1 : end; q < end;) {
+            q += strspn(q, " \t");
+            size_t n = strcspn(q, ":|; \t");
+            const char *bar = memchr(q, '|', (size_t)(end - q));
+            bool found = false;
+            for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+                found |= n == strlen(ok[i]) && !strncmp(q, ok[i], n);
+            /* invert deriving its inputs from the model's relations (which
+             * run in either layout); one it would solve falls back to its
+             * fallback on a blocked tensor, so solve-only runs NCHW */
+            if (n == 6 && !strncmp(q, "invert", 6)) {
+                const char *args_end = bar ? bar : end;
+                found = true;
+                for (const char *a = q; a + 5 <= args_end && found; a++)
+                    found = strncmp(a, "solve", 5) != 0;
+            }
+            if (!found)
+                return false;
+            q = bar ? bar + 1 : end;
+        }
+        p = *end ? end + 1 : end;
+    }
+    return true;
 }
 
 /* BatchNorm's output b = a*y + bb as an item whose source is y (affine),
@@ -137,32 +171,37 @@ static int inner_regen(void *ud, const as_tensor *const *in, size_t n, as_tensor
     const as_nn_conv *cv = &m->conv[r->li];
     const as_op_conv_geom g = cv->g;
     const size_t nin = m->cfg.batchnorm ? 2 : 1;
-    if (n != nin || in[0]->dtype != AS_F32 || in[0]->ndim != 4 ||
-        out->dtype != AS_F32 || out->ndim != 4)
+    if (n != nin || in[0]->dtype != AS_F32 || out->dtype != AS_F32)
         return AS_ESHAPE;
-    const int64_t *xs = in[0]->shape, *ys = out->shape;
-    if (xs[0] != g.N || xs[1] != g.Cin || xs[2] != g.H || xs[3] != g.W ||
-        ys[0] != g.N || ys[1] != g.Cout || ys[2] != g.Ho || ys[3] != g.Wo)
+    const as_tensor wx = as_nn_image(NULL, AS_F32, cv->in_layout, g.N, g.Cin, g.H, g.W);
+    const as_tensor wy = as_nn_image(NULL, AS_F32, cv->out_layout, g.N, g.Cout, g.Ho, g.Wo);
+    if (in[0]->ndim != wx.ndim || out->ndim != wy.ndim ||
+        memcmp(in[0]->shape, wx.shape, sizeof(int64_t) * (size_t)wx.ndim) ||
+        memcmp(out->shape, wy.shape, sizeof(int64_t) * (size_t)wy.ndim))
         return AS_ESHAPE;
     if (nin == 2 && (in[1]->dtype != AS_F32 || as_tensor_numel(in[1]) != 2 * (int64_t)g.Cout))
         return AS_ESHAPE;
+    const bool blk = cv->out_layout == AS_OP_BLK16;
     as_block ws;
-    int rc = as_nn_alloc(m->ctx, as_op_conv_workspace(&g) * sizeof(float),
-                         AS_TAG_WORKSPACE, cv->id, false, &ws);
+    size_t wsn = blk ? as_op_conv_workspace_blk(&g, cv->in_layout) : as_op_conv_workspace(&g);
+    int rc = as_nn_alloc(m->ctx, wsn * sizeof(float), AS_TAG_WORKSPACE, cv->id, false, &ws);
     if (rc)
         return rc;
     float *y = out->data;
-    as_op_conv_fwd(&g, in[0]->data, AS_NN_F(cv->W->w), cv->b ? AS_NN_F(cv->b->w) : NULL,
-                   y, AS_NN_F(ws));
+    const float *W = AS_NN_F(cv->W->w), *b = cv->b ? AS_NN_F(cv->b->w) : NULL;
+    if (blk)
+        as_op_conv_fwd_blk(&g, cv->in_layout, in[0]->data, W, b, y, AS_NN_F(ws));
+    else
+        as_op_conv_fwd(&g, in[0]->data, W, b, y, AS_NN_F(ws));
     as_nn_free(m->ctx, &ws);
     const int hw = g.Ho * g.Wo;
     if (nin == 2) {
         const as_nn_bnorm *bn = &m->bn[r->li];
         const float *st = in[1]->data;
-        as_op_batchnorm_apply(g.N, g.Cout, hw, st, st + g.Cout, AS_NN_F(bn->g->w),
-                              AS_NN_F(bn->b->w), y, y);
+        (blk ? as_op_batchnorm_apply_blk : as_op_batchnorm_apply)(
+            g.N, g.Cout, hw, st, st + g.Cout, AS_NN_F(bn->g->w), AS_NN_F(bn->b->w), y, y);
     }
-    as_op_leaky_fwd((size_t)g.N * g.Cout * hw, m->act[r->li].alpha, y, y);
+    as_op_leaky_fwd((size_t)as_tensor_numel(out), m->act[r->li].alpha, y, y);
     return 0;
 }
 
@@ -186,6 +225,43 @@ static void inner_declare(cnn *m, int li)
     cv->in_ninputs = n;
 }
 
+/* The step's layout, and whether to make the BatchNorm link (it costs a
+ * transient copy of b per layer: only when the rules can use it,
+ * activation_input=inverse), both from the store's rules. */
+static void step_plan(cnn *m, as_nn_ctx *c, bool *bn_chain)
+{
+    *bn_chain = false;
+    bool blk = m->cfg.layout == AS_OP_BLK16 && as_op_get_backend() == AS_OP_ONEDNN;
+    const bool link = m->cfg.act_fn == AS_FN_LEAKY_RELU && m->cfg.batchnorm && c->training;
+    as_store_stats st;
+    if (c->store && (blk || link) && as_store_stats_take(c->store, &st) == 0) {
+        *bn_chain = link && strstr(st.spec, "activation_input=inverse");
+        blk &= as_nn_cnn_layout_free(st.spec);
+        as_store_stats_free(&st);
+    }
+    m->lay = blk ? AS_OP_BLK16 : AS_OP_NCHW;
+    for (int li = 0; li < m->nconv; li++) {
+        m->conv[li].in_layout = li ? m->lay : AS_OP_NCHW;
+        m->conv[li].out_layout = m->bn[li].layout = m->lay;
+    }
+    for (int s = 0; s < m->cfg.nstages; s++)
+        m->pool[s].layout = m->lay;
+}
+
+/* The head's input: the last pooled map, as NCHW (the linear's feature
+ * order) when the step runs blocked. */
+static int head_in(cnn *m, as_nn_ctx *c, int N, int C, int H, as_block *cur)
+{
+    if (m->lay == AS_OP_NCHW)
+        return 0;
+    as_block t;
+    AS_TRY_RETURN(act_alloc(c, (size_t)N * C * H * H, m->head.id, &t));
+    as_op_blk_to_nchw(N, C, H, H, AS_NN_F(*cur), AS_NN_F(t));
+    as_nn_free(c, cur);
+    *cur = t;
+    return 0;
+}
+
 static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
                        double *loss, int *ncorrect)
 {
@@ -194,23 +270,16 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
     int rc = 0, H = 28, Cc = 1, li = 0;
     m->B = N;
     m->ctx = c;
-    /* The BatchNorm link costs a transient copy of b per layer: make it
-     * only when the rules can use it (activation_input=inverse). */
-    bool bn_chain = false;
-    if (m->cfg.act_fn == AS_FN_LEAKY_RELU && m->cfg.batchnorm && c->store && c->training) {
-        as_store_stats st;
-        if (as_store_stats_take(c->store, &st) == 0) {
-            bn_chain = strstr(st.spec, "activation_input=inverse") != NULL;
-            as_store_stats_free(&st);
-        }
-    }
+    bool bn_chain;
+    step_plan(m, c, &bn_chain);
+    const as_op_layout lay = m->lay;
     as_block cur = {0}, y = {0}, z = {0};
     const float *in = bt->x;
     as_handle in_h = AS_HANDLE_NULL;
     for (int s = 0; s < m->cfg.nstages; s++) {
         for (int k = 0; k < m->cfg.convs; k++, li++) {
             const int Co = m->cfg.widths[s];
-            const size_t n = (size_t)N * Co * H * H;
+            const size_t n = as_op_image_numel(lay, N, Co, H, H);
             m->Hs[li] = H;
             AS_TRY(act_alloc(c, n, m->conv[li].id, &y));
             if (k > 0)
@@ -226,7 +295,7 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
                 z = (as_block){0};
             }
             /* activation in place: its saved output is the next input */
-            const int64_t shape[4] = {N, Co, H, H};
+            const as_tensor at = as_nn_image(AS_NN_F(y), AS_F32, lay, N, Co, H, H);
             if (m->cfg.act_fn == AS_FN_LEAKY_RELU && c->training) {
                 as_handle src = m->conv[li].hy, hb = AS_HANDLE_NULL;
                 if (m->cfg.batchnorm) {
@@ -234,12 +303,13 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
                         AS_TRY(bn_link(c, m, li, N, H, AS_NN_F(y), &hb));
                     src = hb;
                 }
-                rc = leaky_fwd_chained(c, &m->act[li], shape, AS_NN_F(y), src);
+                rc = leaky_fwd_chained(c, &m->act[li], &at, src);
                 as_nn_release(c, &hb);
                 if (rc)
                     goto out;
             } else {
-                AS_TRY(as_nn_act_fwd(c, &m->act[li], 4, shape, AS_NN_F(y), AS_NN_F(y)));
+                AS_TRY(as_nn_act_fwd(c, &m->act[li], at.ndim, at.shape, AS_NN_F(y),
+                                     AS_NN_F(y)));
             }
             cur = y;
             y = (as_block){0};
@@ -248,7 +318,7 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
             Cc = Co;
         }
         const int Ho = H / 2;
-        AS_TRY(act_alloc(c, (size_t)N * Cc * Ho * Ho, m->pool[s].id, &y));
+        AS_TRY(act_alloc(c, as_op_image_numel(lay, N, Cc, Ho, Ho), m->pool[s].id, &y));
         AS_TRY(as_nn_pool_fwd(c, &m->pool[s], N, Cc, H, H, in, in_h, AS_NN_F(y)));
         as_nn_free(c, &cur);
         cur = y;
@@ -257,14 +327,13 @@ static int cnn_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
         in_h = AS_HANDLE_NULL;
         H = Ho;
     }
+    AS_TRY(head_in(m, c, N, Cc, H, &cur));
     AS_TRY(act_alloc(c, (size_t)N * 10, m->head.id, &y));
-    AS_TRY(as_nn_linear_fwd(c, &m->head, N, in, AS_NN_F(y)));
+    AS_TRY(as_nn_linear_fwd(c, &m->head, N, AS_NN_F(cur), AS_NN_F(y)));
     as_nn_free(c, &cur);
     AS_TRY(as_nn_xent_fwd(c, &m->loss, N, 10, AS_NN_F(y), bt->y, loss, ncorrect));
 out:
-    as_nn_free(c, &cur);
-    as_nn_free(c, &y);
-    as_nn_free(c, &z);
+    AS_NN_FREE(c, &cur, &y, &z);
     return rc;
 }
 
@@ -274,11 +343,21 @@ static int cnn_backward(as_nn_model *m_, as_nn_ctx *c)
     const int N = m->B;
     int rc = 0;
     as_block d = {0}, dn = {0};
+    const as_op_layout lay = m->lay;
     AS_TRY(as_nn_head_bwd(c, &m->loss, &m->head, m->loss.id, &d));
+    if (lay == AS_OP_BLK16) {   /* the head's input gradient, to the pool's layout */
+        const as_nn_pool *p = &m->pool[m->cfg.nstages - 1];
+        const int Ho = p->H / p->k;
+        AS_TRY(grad_alloc(c, as_op_image_numel(lay, N, p->C, Ho, Ho), m->head.id, &dn));
+        as_op_nchw_to_blk(N, p->C, Ho, Ho, AS_NN_F(d), AS_NN_F(dn));
+        as_nn_free(c, &d);
+        d = dn;
+        dn = (as_block){0};
+    }
     int li = m->nconv - 1;
     for (int s = m->cfg.nstages - 1; s >= 0; s--) {
         as_nn_pool *p = &m->pool[s];
-        AS_TRY(grad_alloc(c, (size_t)N * p->C * p->H * p->W, p->id, &dn));
+        AS_TRY(grad_alloc(c, as_op_image_numel(lay, N, p->C, p->H, p->W), p->id, &dn));
         AS_TRY(as_nn_pool_bwd(c, p, AS_NN_F(d), AS_NN_F(dn)));
         as_nn_free(c, &d);
         d = dn;
@@ -288,16 +367,16 @@ static int cnn_backward(as_nn_model *m_, as_nn_ctx *c)
             AS_TRY(as_nn_act_bwd(c, &m->act[li], AS_NN_F(d), AS_NN_F(d)));
             if (m->cfg.batchnorm)  /* in place: dx may not alias dy, so swap */
             {
-                AS_TRY(grad_alloc(c, (size_t)N * cv->g.Cout * m->Hs[li] * m->Hs[li],
-                               m->bn[li].id, &dn));
+                AS_TRY(grad_alloc(c, as_op_image_numel(lay, N, cv->g.Cout, m->Hs[li],
+                                                       m->Hs[li]), m->bn[li].id, &dn));
                 AS_TRY(as_nn_bnorm_bwd(c, &m->bn[li], AS_NN_F(d), AS_NN_F(dn)));
                 as_nn_free(c, &d);
                 d = dn;
                 dn = (as_block){0};
             }
             if (li > 0)
-                AS_TRY(grad_alloc(c, (size_t)N * cv->g.Cin * m->Hs[li] * m->Hs[li],
-                               cv->id, &dn));
+                AS_TRY(grad_alloc(c, as_op_image_numel(lay, N, cv->g.Cin, m->Hs[li],
+                                                       m->Hs[li]), cv->id, &dn));
             AS_TRY(as_nn_conv_bwd(c, cv, AS_NN_F(d), li > 0 ? AS_NN_F(dn) : NULL));
             as_nn_free(c, &d);
             d = dn;
@@ -305,8 +384,7 @@ static int cnn_backward(as_nn_model *m_, as_nn_ctx *c)
         }
     }
 out:
-    as_nn_free(c, &d);
-    as_nn_free(c, &dn);
+    AS_NN_FREE(c, &d, &dn);
     return rc;
 }
 
@@ -322,6 +400,18 @@ static void cnn_destroy(as_nn_model *m_, as_nn_ctx *c)
     free(m);
 }
 
+int as_nn_cnn_layout(const as_nn_cnn_cfg *cfg, as_op_layout *out)
+{
+    const char *env = getenv("AS_LAYOUT");
+    *out = cfg->layout;
+    if (!env || !*env)
+        return 0;
+    if (strcmp(env, "blocked") && strcmp(env, "nchw"))
+        return AS_EINVAL;
+    *out = strcmp(env, "blocked") ? AS_OP_NCHW : AS_OP_BLK16;
+    return 0;
+}
+
 int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
                      as_nn_model **out)
 {
@@ -330,6 +420,10 @@ int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
         cfg->nstages * cfg->convs > MAXL)
         return as_nn_fail(c, AS_EINVAL, "cnn: 1..4 stages of 1..%d convs",
                           MAXL / 4);
+    as_op_layout lay;
+    if (as_nn_cnn_layout(cfg, &lay))
+        return as_nn_fail(c, AS_EINVAL, "AS_LAYOUT=%s: expected blocked or nchw",
+                          getenv("AS_LAYOUT"));
     cnn *m = calloc(1, sizeof *m);
     if (!m)
         return as_nn_fail(c, AS_ENOMEM, "cnn");
@@ -338,6 +432,7 @@ int as_nn_cnn_create(as_nn_ctx *c, const as_nn_cnn_cfg *cfg, uint64_t seed,
     m->base.backward = cnn_backward;
     m->base.destroy = cnn_destroy;
     m->cfg = *cfg;
+    m->cfg.layout = lay;
     uint64_t rng = seed;
     int rc = 0, cin = 1, H = 28, li = 0;
     char name[64];

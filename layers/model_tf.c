@@ -115,8 +115,7 @@ static int block_fwd(as_nn_ctx *c, block *b, const as_nn_tf_cfg *cfg, int B,
     AS_TRY(as_nn_dropout_fwd(c, &b->d2, (size_t)N * C, AS_NN_F(a), AS_NN_F(a)));
     as_op_add((size_t)N * C, AS_NN_F(a), x);
 out:
-    as_nn_free(c, &a);
-    as_nn_free(c, &h);
+    AS_NN_FREE(c, &a, &h);
     return rc;
 }
 
@@ -142,9 +141,7 @@ static int block_bwd(as_nn_ctx *c, block *b, const as_nn_tf_cfg *cfg, int B,
     AS_TRY(as_nn_layernorm_bwd(c, &b->ln1, AS_NN_F(u), AS_NN_F(t)));
     as_op_add((size_t)N * C, AS_NN_F(t), dx);
 out:
-    as_nn_free(c, &t);
-    as_nn_free(c, &h);
-    as_nn_free(c, &u);
+    AS_NN_FREE(c, &t, &h, &u);
     return rc;
 }
 
@@ -211,10 +208,7 @@ static int tf_forward(as_nn_model *m_, as_nn_ctx *c, const as_nn_batch *bt,
     AS_TRY(as_nn_xent_fwd(c, &m->loss, R, m->nout, AS_NN_F(lg),
                        m->vit ? bt->y : bt->tgt, loss, ncorrect));
 out:
-    as_nn_free(c, &x);
-    as_nn_free(c, &p);
-    as_nn_free(c, &e);
-    as_nn_free(c, &lg);
+    AS_NN_FREE(c, &x, &p, &e, &lg);
     return rc;
 }
 
@@ -268,9 +262,7 @@ static int tf_backward(as_nn_model *m_, as_nn_ctx *c)
         AS_TRY(as_nn_embed_bwd(c, &m->emb, d));
     }
 out:
-    as_nn_free(c, &dh);
-    as_nn_free(c, &dr);
-    as_nn_free(c, &dx);
+    AS_NN_FREE(c, &dh, &dr, &dx);
     return rc;
 }
 

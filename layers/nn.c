@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/simd.h"
+
 struct as_nn_slot {
     bool      used;
     as_block  blk;
@@ -98,6 +100,12 @@ void as_nn_free(as_nn_ctx *c, as_block *b)
     memset(b, 0, sizeof *b);
 }
 
+void as_nn_free_all(as_nn_ctx *c, as_block *const *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        as_nn_free(c, b[i]);
+}
+
 int as_nn_head_bwd(as_nn_ctx *c, as_nn_xent *loss, as_nn_linear *head,
                    uint16_t dl_layer, as_block *dx)
 {
@@ -114,6 +122,15 @@ int as_nn_head_bwd(as_nn_ctx *c, as_nn_xent *loss, as_nn_linear *head,
         rc = as_nn_linear_bwd(c, head, AS_NN_F(dl), AS_NN_F(*dx));
     as_nn_free(c, &dl);
     return rc;
+}
+
+as_tensor as_nn_image(const void *data, int dtype, as_op_layout l, int N,
+                      int C, int H, int W)
+{
+    if (l == AS_OP_BLK16)
+        return AS_NN_T(data, dtype, N, (C + AS_OP_BLK - 1) / AS_OP_BLK, H, W,
+                       AS_OP_BLK);
+    return AS_NN_T(data, dtype, N, C, H, W);
 }
 
 as_tensor as_nn_tensor(const void *data, int dtype, int ndim,
@@ -372,13 +389,28 @@ void as_nn_release(as_nn_ctx *c, as_handle *h)
     *h = AS_HANDLE_NULL;
 }
 
+/* Sum of squares in double over 16 partial sums: one running sum is a
+ * chain of dependent adds (the store validates the norm only, so the
+ * order does not matter). */
+AS_CLONES_V4_V3 static double sum_squares(const float *x, size_t n)
+{
+    double acc[16] = {0}, s = 0;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++)
+            acc[k] += (double)x[i + k] * x[i + k];
+    for (; i < n; i++)
+        s += (double)x[i] * x[i];
+    for (int k = 0; k < 16; k++)
+        s += acc[k];
+    return s;
+}
+
 void as_nn_report_grad(as_nn_ctx *c, as_handle h, const float *dy, size_t n)
 {
     if (!c->store || as_handle_is_null(h))
         return;
-    double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)dy[i] * dy[i];
+    double s = sum_squares(dy, n);
     if (isfinite(s))
         as_store_report_grad(c->store, h, sqrt(s));
 }

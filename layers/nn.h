@@ -65,6 +65,12 @@ uint16_t as_nn_layer_id(as_nn_ctx *c, const char *name);
 int as_nn_alloc(as_nn_ctx *c, size_t bytes, uint16_t tag, uint16_t layer,
                 bool zero, as_block *out);
 void as_nn_free(as_nn_ctx *c, as_block *b);
+/* as_nn_free on each of the n blocks, in order; AS_NN_FREE(c, &a, &b, ...)
+ * lists them: the scratch of a pass, freed at its end. */
+void as_nn_free_all(as_nn_ctx *c, as_block *const *b, size_t n);
+#define AS_NN_FREE(c, ...)                                                     \
+    as_nn_free_all((c), (as_block *const[]){__VA_ARGS__},                      \
+                   sizeof((as_block *const[]){__VA_ARGS__}) / sizeof(as_block *))
 #define AS_NN_F(blk) ((float *)(blk).ptr)
 
 /* A tensor descriptor (data not owned): AS_NN_T(ptr, AS_F32, N, C, H, W). */
@@ -74,6 +80,12 @@ as_tensor as_nn_tensor(const void *data, int dtype, int ndim,
     as_nn_tensor((data), (dtype),                                            \
                  (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)),  \
                  (int64_t[]){__VA_ARGS__})
+
+/* An image (N, C, H, W) as laid out in l: NCHW as 4-D, nChw16c as the 5-D
+ * (N, ceil(C/16), H, W, 16) it is in memory, so that the store sees the
+ * bytes it holds and no policy takes the blocked order for NCHW. */
+as_tensor as_nn_image(const void *data, int dtype, as_op_layout l, int N,
+                      int C, int H, int W);
 
 /* ---- store access (store or built-in table) ----------------------------- */
 
@@ -176,6 +188,9 @@ typedef struct as_nn_conv {
     char name[64]; uint16_t id;
     as_op_conv_geom g;     /* N filled per forward */
     as_nn_param *W, *b;
+    /* Layouts of x (and dx) and y (and dy), set by the model before the
+     * forward: NCHW / NCHW, or either / nChw16c (ops.h); default NCHW. */
+    as_op_layout in_layout, out_layout;
     bool save_output;      /* save y (conv_output) for inversion; default on */
     bool input_held;       /* the caller keeps x valid and unchanged until
                               the step ends (the input batch): x is saved
@@ -205,6 +220,7 @@ typedef struct as_nn_bnorm {
     char name[64]; uint16_t id;
     int C, N, HW;
     float eps, momentum;
+    as_op_layout layout;          /* of x, y, dx, dy; default NCHW */
     as_nn_param *g, *b;
     as_block run_mean, run_var;   /* weights tag, not trained */
     as_handle hx, hstat;          /* norm_input; (2, C) mean, invstd */
@@ -254,12 +270,13 @@ typedef struct as_nn_act {
     int fn;                /* AS_FN_RELU, AS_FN_LEAKY_RELU, AS_FN_GELU */
     float alpha;
     size_t n;
-    int ndim; int64_t shape[4];
+    int ndim; int64_t shape[5];
     as_handle h;
 } as_nn_act;
 void as_nn_act_init(as_nn_ctx *c, as_nn_act *l, const char *name, int fn,
                     float alpha);
-/* shape: up to 4 dims describing x (for the saved tensor). */
+/* shape: up to 5 dims describing x (for the saved tensor; the elementwise
+ * functions see every float of it, so any layout works). */
 int as_nn_act_fwd(as_nn_ctx *c, as_nn_act *l, int ndim, const int64_t *shape,
                   const float *x, float *y);
 int as_nn_act_bwd(as_nn_ctx *c, as_nn_act *l, const float *dy, float *dx);
@@ -268,6 +285,7 @@ int as_nn_act_bwd(as_nn_ctx *c, as_nn_act *l, const float *dy, float *dx);
 typedef struct as_nn_pool {
     char name[64]; uint16_t id;
     bool max; int k;
+    as_op_layout layout;  /* of x, y, dx, dy and the argmax; default NCHW */
     int N, C, H, W;
     as_handle hidx;
     as_handle src[2];     /* the last forward's (x as saved, argmax) */

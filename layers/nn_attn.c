@@ -117,9 +117,7 @@ int as_nn_attn_fwd_alias(as_nn_ctx *c, as_nn_attn *l, int B, int T,
     as_nn_free(c, &P);
     AS_TRY(as_nn_linear_fwd(c, &l->proj, N, AS_NN_F(o), y));
 out:
-    as_nn_free(c, &qkv);
-    as_nn_free(c, &P);
-    as_nn_free(c, &o);
+    AS_NN_FREE(c, &qkv, &P, &o);
     return rc;
 }
 
@@ -180,10 +178,6 @@ int as_nn_attn_bwd(as_nn_ctx *c, as_nn_attn *l, const float *dy, float *dx)
     as_nn_release(c, &l->hqkv);
     AS_TRY(as_nn_linear_bwd(c, &l->qkv, AS_NN_F(dqkv), dx));
 out:
-    as_nn_free(c, &dO);
-    as_nn_free(c, &dqkv);
-    as_nn_free(c, &dP);
-    as_nn_free(c, &Pb);
-    as_nn_free(c, &qb);
+    AS_NN_FREE(c, &dO, &dqkv, &dP, &Pb, &qb);
     return rc;
 }

@@ -132,6 +132,13 @@ int as_nn_conv_init(as_nn_ctx *c, as_nn_params *ps, as_nn_conv *l,
     return 0;
 }
 
+/* Workspace floats of the conv's kernels in its layouts. */
+static size_t conv_ws(const as_nn_conv *l)
+{
+    return l->out_layout == AS_OP_BLK16 ? as_op_conv_workspace_blk(&l->g, l->in_layout)
+                                        : as_op_conv_workspace(&l->g);
+}
+
 int as_nn_conv_fwd(as_nn_ctx *c, as_nn_conv *l, int N, int H, int W,
                    const float *x, as_handle x_saved, float *y)
 {
@@ -141,17 +148,24 @@ int as_nn_conv_fwd(as_nn_ctx *c, as_nn_conv *l, int N, int H, int W,
     g->W = W;
     if (as_op_conv_geom_init(g) != 0)
         return as_nn_fail(c, AS_ESHAPE, "%s: bad geometry %dx%d", l->name, H, W);
+    const bool blk = l->out_layout == AS_OP_BLK16;
+    if (!blk && l->in_layout != AS_OP_NCHW)
+        return as_nn_fail(c, AS_EINVAL, "%s: blocked input needs a blocked output",
+                          l->name);
     as_block ws;
-    AS_TRY_RETURN(as_nn_alloc(c, as_op_conv_workspace(g) * sizeof(float),
-                    AS_TAG_WORKSPACE, l->id, false, &ws));
-    as_op_conv_fwd(g, x, AS_NN_F(l->W->w), l->b ? AS_NN_F(l->b->w) : NULL, y,
-                   AS_NN_F(ws));
+    AS_TRY_RETURN(as_nn_alloc(c, conv_ws(l) * sizeof(float), AS_TAG_WORKSPACE,
+                              l->id, false, &ws));
+    const float *Wt = AS_NN_F(l->W->w), *bt = l->b ? AS_NN_F(l->b->w) : NULL;
+    if (blk)
+        as_op_conv_fwd_blk(g, l->in_layout, x, Wt, bt, y, AS_NN_F(ws));
+    else
+        as_op_conv_fwd(g, x, Wt, bt, y, AS_NN_F(ws));
     as_nn_free(c, &ws);
     /* The output first (inversion rebuilds x from it), then the input with
      * everything a regenerator needs: geometry, weights and version. */
     if (l->save_output) {
         as_save_info oi = {.kind = AS_KIND_CONV_OUTPUT, .layer = l->name};
-        as_tensor ot = AS_NN_T(y, AS_F32, N, g->Cout, g->Ho, g->Wo);
+        as_tensor ot = as_nn_image(y, AS_F32, l->out_layout, N, g->Cout, g->Ho, g->Wo);
         AS_TRY_RETURN(as_nn_save(c, &oi, &ot, &l->hy));
     }
     as_save_info info = {.kind = AS_KIND_CONV_INPUT, .layer = l->name,
@@ -171,7 +185,7 @@ int as_nn_conv_fwd(as_nn_ctx *c, as_nn_conv *l, int N, int H, int W,
         .pad_h = g->pad, .pad_w = g->pad, .dil_h = 1, .dil_w = 1, .groups = 1,
         .weight = AS_NN_F(l->W->w), .bias = l->b ? AS_NN_F(l->b->w) : NULL,
         .weight_version = l->W->version, .output = l->hy};
-    as_tensor t = AS_NN_T(x, AS_F32, N, g->Cin, H, W);
+    as_tensor t = as_nn_image(x, AS_F32, l->in_layout, N, g->Cin, H, W);
     return as_nn_save(c, &info, &t, &l->hx);
 }
 
@@ -180,12 +194,17 @@ int as_nn_conv_bwd(as_nn_ctx *c, as_nn_conv *l, const float *dy, float *dx)
     const void *x;
     AS_TRY_RETURN(as_nn_view(c, l->hx, l->name, &x));
     as_nn_report_grad(c, l->hx, dy,
-                      (size_t)l->g.N * l->g.Cout * l->g.Ho * l->g.Wo);
+                      as_op_image_numel(l->out_layout, l->g.N, l->g.Cout, l->g.Ho,
+                                        l->g.Wo));
     as_block ws;
-    AS_TRY_RETURN(as_nn_alloc(c, as_op_conv_workspace(&l->g) * sizeof(float),
-                    AS_TAG_WORKSPACE, l->id, false, &ws));
-    as_op_conv_bwd(&l->g, x, AS_NN_F(l->W->w), dy, dx, AS_NN_F(l->W->g),
-                   l->b ? AS_NN_F(l->b->g) : NULL, AS_NN_F(ws));
+    AS_TRY_RETURN(as_nn_alloc(c, conv_ws(l) * sizeof(float), AS_TAG_WORKSPACE,
+                              l->id, false, &ws));
+    float *dW = AS_NN_F(l->W->g), *db = l->b ? AS_NN_F(l->b->g) : NULL;
+    if (l->out_layout == AS_OP_BLK16)
+        as_op_conv_bwd_blk(&l->g, l->in_layout, x, AS_NN_F(l->W->w), dy, dx, dW,
+                           db, AS_NN_F(ws));
+    else
+        as_op_conv_bwd(&l->g, x, AS_NN_F(l->W->w), dy, dx, dW, db, AS_NN_F(ws));
     as_nn_free(c, &ws);
     as_nn_release(c, &l->hx);
     as_nn_release(c, &l->hy);
@@ -238,13 +257,13 @@ int as_nn_bnorm_fwd(as_nn_ctx *c, as_nn_bnorm *l, int N, int H, int W,
     float stat[2 * 1024];
     if (l->C > 1024)
         return as_nn_fail(c, AS_ERANGE, "%s: more than 1024 channels", l->name);
-    as_op_batchnorm_fwd(N, l->C, HW, l->eps, c->training, l->momentum, x,
-                        AS_NN_F(l->g->w), AS_NN_F(l->b->w),
-                        AS_NN_F(l->run_mean), AS_NN_F(l->run_var), stat,
-                        stat + l->C, y);
+    (l->layout == AS_OP_BLK16 ? as_op_batchnorm_fwd_blk : as_op_batchnorm_fwd)(
+        N, l->C, HW, l->eps, c->training, l->momentum, x, AS_NN_F(l->g->w),
+        AS_NN_F(l->b->w), AS_NN_F(l->run_mean), AS_NN_F(l->run_var), stat,
+        stat + l->C, y);
     as_save_info info = {.kind = AS_KIND_NORM_INPUT, .layer = l->name,
                          .alias_of = x_saved};
-    as_tensor t = AS_NN_T(x, AS_F32, N, l->C, H, W);
+    as_tensor t = as_nn_image(x, AS_F32, l->layout, N, l->C, H, W);
     AS_TRY_RETURN(as_nn_save(c, &info, &t, &l->hx));
     as_save_info si = {.kind = AS_KIND_GENERIC, .layer = l->name};
     as_tensor st = AS_NN_T(stat, AS_F32, 2, l->C);
@@ -257,9 +276,10 @@ int as_nn_bnorm_bwd(as_nn_ctx *c, as_nn_bnorm *l, const float *dy, float *dx)
     AS_TRY_RETURN(as_nn_view(c, l->hx, l->name, &x));
     AS_TRY_RETURN(as_nn_view(c, l->hstat, l->name, &st));
     const float *s = st;
-    as_nn_report_grad(c, l->hx, dy, (size_t)l->N * l->C * l->HW);
-    as_op_batchnorm_bwd(l->N, l->C, l->HW, x, AS_NN_F(l->g->w), s, s + l->C,
-                        dy, dx, AS_NN_F(l->g->g), AS_NN_F(l->b->g));
+    as_nn_report_grad(c, l->hx, dy, as_op_image_numel(l->layout, l->N, l->C, l->HW, 1));
+    (l->layout == AS_OP_BLK16 ? as_op_batchnorm_bwd_blk : as_op_batchnorm_bwd)(
+        l->N, l->C, l->HW, x, AS_NN_F(l->g->w), s, s + l->C, dy, dx,
+        AS_NN_F(l->g->g), AS_NN_F(l->b->g));
     as_nn_release(c, &l->hx);
     as_nn_release(c, &l->hstat);
     return 0;
@@ -370,6 +390,8 @@ void as_nn_act_init(as_nn_ctx *c, as_nn_act *l, const char *name, int fn,
 int as_nn_act_fwd(as_nn_ctx *c, as_nn_act *l, int ndim, const int64_t *shape,
                   const float *x, float *y)
 {
+    if (ndim < 1 || ndim > 5)
+        return as_nn_fail(c, AS_ESHAPE, "%s: %d dims (1..5)", l->name, ndim);
     l->ndim = ndim;
     l->n = 1;
     for (int i = 0; i < ndim; i++) {
@@ -419,17 +441,18 @@ int as_nn_pool_fwd(as_nn_ctx *c, as_nn_pool *l, int N, int C, int H, int W,
     l->N = N; l->C = C; l->H = H; l->W = W;
     l->src[0] = x_saved;
     l->src[1] = AS_HANDLE_NULL;
+    const bool blk = l->layout == AS_OP_BLK16;
     if (!l->max) {
-        as_op_avgpool_fwd(N, C, H, W, l->k, x, y);
+        (blk ? as_op_avgpool_fwd_blk : as_op_avgpool_fwd)(N, C, H, W, l->k, x, y);
         return 0;   /* backward needs only the shape */
     }
     const int Ho = H / l->k, Wo = W / l->k;
     as_block ib;
-    AS_TRY_RETURN(as_nn_alloc(c, (size_t)N * C * Ho * Wo, AS_TAG_WORKSPACE, l->id, false,
-                    &ib));
-    as_op_maxpool_fwd(N, C, H, W, l->k, x, y, ib.ptr);
+    AS_TRY_RETURN(as_nn_alloc(c, as_op_image_numel(l->layout, N, C, Ho, Wo),
+                              AS_TAG_WORKSPACE, l->id, false, &ib));
+    (blk ? as_op_maxpool_fwd_blk : as_op_maxpool_fwd)(N, C, H, W, l->k, x, y, ib.ptr);
     as_save_info info = {.kind = AS_KIND_INDEX, .layer = l->name};
-    as_tensor t = AS_NN_T(ib.ptr, AS_U8, N, C, Ho, Wo);
+    as_tensor t = as_nn_image(ib.ptr, AS_U8, l->layout, N, C, Ho, Wo);
     int rc = as_nn_save(c, &info, &t, &l->hidx);
     as_nn_free(c, &ib);
     l->src[1] = l->hidx;
@@ -437,20 +460,25 @@ int as_nn_pool_fwd(as_nn_ctx *c, as_nn_pool *l, int N, int C, int H, int W,
 }
 
 /* Recompute callback of a pooled map: inputs (x f32 (N, C, H, W), argmax
- * u8 (N, C, H/k, W/k)), out f32 (N, C, H/k, W/k). */
+ * u8 (N, C, H/k, W/k)), out f32 (N, C, H/k, W/k); in the pool's layout
+ * (blocked: 5-D, C counted in blocks). */
 static int pool_regen(void *ud, const as_tensor *const *in, size_t n, as_tensor *out)
 {
     const as_nn_pool *l = ud;
-    if (n != 2 || in[0]->ndim != 4 || in[0]->dtype != AS_F32 ||
-        in[1]->dtype != AS_U8 || out->dtype != AS_F32 || out->ndim != 4 ||
+    const bool blk = l->layout == AS_OP_BLK16;
+    const int nd = blk ? 5 : 4;
+    if (n != 2 || in[0]->ndim != nd || in[0]->dtype != AS_F32 ||
+        in[1]->dtype != AS_U8 || out->dtype != AS_F32 || out->ndim != nd ||
         as_tensor_numel(in[1]) != as_tensor_numel(out))
         return AS_ESHAPE;
     const int64_t *xs = in[0]->shape, *ys = out->shape;
     if (ys[0] != xs[0] || ys[1] != xs[1] || ys[2] != xs[2] / l->k ||
-        ys[3] != xs[3] / l->k)
+        ys[3] != xs[3] / l->k || (blk && (xs[4] != AS_OP_BLK || ys[4] != AS_OP_BLK)))
         return AS_ESHAPE;
-    as_op_maxpool_gather((int)xs[0], (int)xs[1], (int)xs[2], (int)xs[3], l->k,
-                         in[0]->data, in[1]->data, out->data);
+    const int C = (int)xs[1] * (blk ? AS_OP_BLK : 1);
+    (blk ? as_op_maxpool_gather_blk : as_op_maxpool_gather)(
+        (int)xs[0], C, (int)xs[2], (int)xs[3], l->k, in[0]->data, in[1]->data,
+        out->data);
     return 0;
 }
 
@@ -467,13 +495,16 @@ bool as_nn_pool_derivation(as_nn_pool *l, as_save_info *info)
 
 int as_nn_pool_bwd(as_nn_ctx *c, as_nn_pool *l, const float *dy, float *dx)
 {
+    const bool blk = l->layout == AS_OP_BLK16;
     if (!l->max) {
-        as_op_avgpool_bwd(l->N, l->C, l->H, l->W, l->k, dy, dx);
+        (blk ? as_op_avgpool_bwd_blk : as_op_avgpool_bwd)(l->N, l->C, l->H, l->W,
+                                                         l->k, dy, dx);
         return 0;
     }
     const void *idx;
     AS_TRY_RETURN(as_nn_view(c, l->hidx, l->name, &idx));
-    as_op_maxpool_bwd(l->N, l->C, l->H, l->W, l->k, idx, dy, dx);
+    (blk ? as_op_maxpool_bwd_blk : as_op_maxpool_bwd)(l->N, l->C, l->H, l->W, l->k,
+                                                     idx, dy, dx);
     as_nn_release(c, &l->hidx);
     return 0;
 }

@@ -3,8 +3,10 @@
  *
  * Plain functions on f32 arrays, no allocation, no store: the layers in
  * nn.h call these and decide what to save for backward. Layouts are fixed:
- * images NCHW, sequences (B, T, C) row-major, weights of a linear (out, in)
- * row-major (y = x W^T + b), conv weights (Cout, Cin, kh, kw).
+ * images NCHW (or nChw16c for the functions named *_blk, "blocked
+ * activation layout" below), sequences (B, T, C) row-major, weights of a
+ * linear (out, in) row-major (y = x W^T + b), conv weights (Cout, Cin, kh,
+ * kw).
  *
  * Backward functions ACCUMULATE into parameter gradients (dW, db, ...) so a
  * parameter shared by several uses sums its gradients, and OVERWRITE the
@@ -18,7 +20,8 @@
  *
  * Backends: AS_OP_ONEDNN (default when built with oneDNN, -DAS_ONEDNN=ON)
  * runs GEMM through oneDNN's sgemm and conv forward / backward through its
- * primitives (blocked layouts, reordered from and to NCHW inside the call);
+ * primitives (blocked layouts: reordered from and to NCHW inside the call,
+ * or none for the *_blk functions);
  * AS_OP_BUILTIN is the library-free path: im2col + OpenBLAS sgemm. The
  * environment variable AS_KERNELS=onednn|builtin picks the initial one.
  * On either backend, convs with 1-3 input channels, 3x3, stride 1 run a
@@ -202,6 +205,75 @@ void as_op_batchnorm_apply(int N, int C, int HW, const float *mean,
 void as_op_batchnorm_bwd(int N, int C, int HW, const float *x, const float *g,
                          const float *mean, const float *invstd,
                          const float *dy, float *dx, float *dg, float *db);
+
+/* ---- blocked activation layout (nChw16c) ---------------------------------
+ * oneDNN's fast conv kernels run with src and dst both in nChw16c: the
+ * image (N, C, H, W) stored as (N, ceil(C/16), H, W, 16), channel c at
+ * block c/16, lane c%16. Lanes past C in the last block are zero: every
+ * function here writes them zero given inputs whose padded lanes are
+ * zero (the conv ignores its input's). A model that keeps its activations
+ * blocked between convs calls these instead of the NCHW kernels above;
+ * every one works on either backend (the conv runs oneDNN's primitives on
+ * the blocked tensors directly, else the NCHW path between reorders). */
+
+typedef enum as_op_layout {
+    AS_OP_NCHW = 0,
+    AS_OP_BLK16 = 1,     /* nChw16c */
+} as_op_layout;
+
+#define AS_OP_BLK 16
+/* Floats of an (N, C, H, W) image in layout l. */
+size_t as_op_image_numel(as_op_layout l, int N, int C, int H, int W);
+/* NCHW <-> nChw16c (padded lanes written zero). Not in place. */
+void as_op_nchw_to_blk(int N, int C, int H, int W, const float *x, float *xb);
+void as_op_blk_to_nchw(int N, int C, int H, int W, const float *xb, float *x);
+
+/* Conv with y (and dy) in nChw16c and x (and dx) in layout xl; the same
+ * contract as as_op_conv_fwd / _bwd otherwise. ws: as_op_conv_workspace_blk
+ * floats. */
+size_t as_op_conv_workspace_blk(const as_op_conv_geom *g, as_op_layout xl);
+void as_op_conv_fwd_blk(const as_op_conv_geom *g, as_op_layout xl,
+                        const float *x, const float *W, const float *b,
+                        float *y, float *ws);
+void as_op_conv_bwd_blk(const as_op_conv_geom *g, as_op_layout xl,
+                        const float *x, const float *W, const float *dy,
+                        float *dx, float *dW, float *db, float *ws);
+/* Whether the conv above runs on the library's primitives without
+ * reorders of the activations (else on the NCHW path between reorders). */
+bool as_op_conv_blk_native(const as_op_conv_geom *g, as_op_layout xl);
+
+/* One channel c's forward statistics, shared by the NCHW and blocked
+ * BatchNorm: in training (m, s) = (mean, 1/sqrt(var + eps)) from the
+ * batch's mean and (biased) variance over cnt values, and the running
+ * stats updated (when not NULL); in eval from the running stats. */
+void as__bn_stats(bool training, double mean, double var, double cnt, float eps,
+                  float momentum, float *run_mean, float *run_var, int c,
+                  float *m, float *s);
+
+/* BatchNorm and pooling on nChw16c; the same contracts and arithmetic as
+ * the NCHW functions (statistics in double, summed in another order). The
+ * pooling argmax idx has y's blocked shape. */
+void as_op_batchnorm_fwd_blk(int N, int C, int HW, float eps, bool training,
+                             float momentum, const float *x, const float *g,
+                             const float *b, float *run_mean, float *run_var,
+                             float *mean, float *invstd, float *y);
+void as_op_batchnorm_apply_blk(int N, int C, int HW, const float *mean,
+                               const float *invstd, const float *g,
+                               const float *b, const float *x, float *y);
+void as_op_batchnorm_bwd_blk(int N, int C, int HW, const float *x,
+                             const float *g, const float *mean,
+                             const float *invstd, const float *dy, float *dx,
+                             float *dg, float *db);
+void as_op_maxpool_fwd_blk(int N, int C, int H, int W, int k, const float *x,
+                           float *y, uint8_t *idx);
+void as_op_maxpool_gather_blk(int N, int C, int H, int W, int k,
+                              const float *x, const uint8_t *idx, float *y);
+void as_op_maxpool_bwd_blk(int N, int C, int H, int W, int k,
+                           const uint8_t *idx, const float *dy, float *dx);
+void as_op_avgpool_fwd_blk(int N, int C, int H, int W, int k, const float *x,
+                           float *y);
+void as_op_avgpool_bwd_blk(int N, int C, int H, int W, int k, const float *dy,
+                           float *dx);
 
 /* ---- attention core ---------------------------------------------------- */
 

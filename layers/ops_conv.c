@@ -77,7 +77,7 @@ size_t as_op_conv_workspace(const as_op_conv_geom *g)
         n = direct;
 #ifdef AS_OPS_HAVE_ONEDNN
     if (as_op_get_backend() == AS_OP_ONEDNN) {
-        size_t d = as_dnnl_conv_workspace(g);
+        size_t d = as_dnnl_conv_workspace(g, AS_DNNL_NCHW);
         n = d > n ? d : n;
     }
 #endif
@@ -205,7 +205,7 @@ void as_op_conv_fwd(const as_op_conv_geom *g, const float *x, const float *W,
     }
 #ifdef AS_OPS_HAVE_ONEDNN
     if (as_op_get_backend() == AS_OP_ONEDNN &&
-        as_dnnl_conv_fwd(g, x, W, b, y, ws) == 0)
+        as_dnnl_conv_fwd(g, AS_DNNL_NCHW, x, W, b, y, ws) == 0)
         return;
 #endif
     const int K = g->Cin * g->kh * g->kw, HoWo = g->Ho * g->Wo;
@@ -254,7 +254,7 @@ void as_op_conv_bwd(const as_op_conv_geom *g, const float *x, const float *W,
     }
 #ifdef AS_OPS_HAVE_ONEDNN
     if (as_op_get_backend() == AS_OP_ONEDNN &&
-        as_dnnl_conv_bwd(g, x, W, dy, dx, dW, db, ws) == 0)
+        as_dnnl_conv_bwd(g, AS_DNNL_NCHW, x, W, dy, dx, dW, db, ws) == 0)
         return;
 #endif
     const int K = g->Cin * g->kh * g->kw, HoWo = g->Ho * g->Wo;

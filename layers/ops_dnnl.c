@@ -5,7 +5,9 @@
  * Conv: the primitives pick their own (blocked, e.g. nChw16c) layouts,
  * which run 3-4x faster than on NCHW; each call reorders x, W, dy into
  * those layouts inside the caller's workspace and the results back to
- * NCHW / OIHW, as PyTorch does for NCHW tensors. Primitives, reorders and
+ * NCHW / OIHW, as PyTorch does for NCHW tensors; entries for the blocked
+ * activation layout (ops_dnnl.h, lay) run on the caller's nChw16c x, y,
+ * dy, dx directly and reorder only the weights. Primitives, reorders and
  * the workspace layout are built once per geometry and kept in a small
  * table; every scratch byte (the primitives' scratchpads included) comes
  * from the caller's workspace, so a call allocates nothing but the
@@ -115,6 +117,7 @@ typedef struct slot {
 
 typedef struct conv_ent {
     as_op_conv_geom g;
+    int lay;                    /* AS_DNNL_NCHW, _XNCHW_YBLK, _BLK */
     int state;                  /* 0 empty, 1 ready, -1 not supported */
     dnnl_memory_desc_t u_x, u_w, u_y, u_b;
     prim fwd, bwd_d, bwd_w;
@@ -124,6 +127,7 @@ typedef struct conv_ent {
     dnnl_memory_desc_t dw_dw;   /* ... its dW layout, accumulated by: */
     prim dw_acc;                /* reorder dw_dw -> OIHW with sum */
     bool dy_shared;             /* dw_dy is dx_dy's layout: one reorder */
+    bool dx_ref;                /* backward data on a reference kernel */
     size_t f_b, f_scr, f_end;   /* forward: bias, scratch offsets, size */
     size_t b_dw, b_db, b_scr, b_end;
     size_t scr;                 /* largest scratchpad */
@@ -237,18 +241,23 @@ static int ent_build(conv_ent *e)
     dnnl_dims_t yd = {g->N, g->Cout, g->Ho, g->Wo};
     dnnl_dims_t st = {g->stride, g->stride}, pad = {g->pad, g->pad};
     dnnl_memory_desc_t a_x, a_w, a_y;
+    /* Blocked entries run on the caller's layouts: no activation reorder. */
+    const dnnl_format_tag_t xt = e->lay == AS_DNNL_BLK ? dnnl_nChw16c : dnnl_nchw;
+    const dnnl_format_tag_t yt = e->lay != AS_DNNL_NCHW ? dnnl_nChw16c : dnnl_nchw;
+    const dnnl_format_tag_t ax = e->lay == AS_DNNL_NCHW ? dnnl_format_tag_any : xt;
+    const dnnl_format_tag_t ay = e->lay == AS_DNNL_NCHW ? dnnl_format_tag_any : yt;
     dnnl_primitive_attr_t attr = NULL, acc = NULL;
     dnnl_post_ops_t sum = NULL;
     dnnl_primitive_desc_t fpd = NULL, dpd = NULL, wpd = NULL;
     dnnl_convolution_desc_t cd;
     int rc = -1;
-    if (dnnl_memory_desc_init_by_tag(&e->u_x, 4, xd, dnnl_f32, dnnl_nchw) ||
+    if (dnnl_memory_desc_init_by_tag(&e->u_x, 4, xd, dnnl_f32, xt) ||
         dnnl_memory_desc_init_by_tag(&e->u_w, 4, wd, dnnl_f32, dnnl_oihw) ||
         dnnl_memory_desc_init_by_tag(&e->u_b, 1, bd, dnnl_f32, dnnl_x) ||
-        dnnl_memory_desc_init_by_tag(&e->u_y, 4, yd, dnnl_f32, dnnl_nchw) ||
-        dnnl_memory_desc_init_by_tag(&a_x, 4, xd, dnnl_f32, dnnl_format_tag_any) ||
+        dnnl_memory_desc_init_by_tag(&e->u_y, 4, yd, dnnl_f32, yt) ||
+        dnnl_memory_desc_init_by_tag(&a_x, 4, xd, dnnl_f32, ax) ||
         dnnl_memory_desc_init_by_tag(&a_w, 4, wd, dnnl_f32, dnnl_format_tag_any) ||
-        dnnl_memory_desc_init_by_tag(&a_y, 4, yd, dnnl_f32, dnnl_format_tag_any))
+        dnnl_memory_desc_init_by_tag(&a_y, 4, yd, dnnl_f32, ay))
         return -1;
     if (dnnl_primitive_attr_create(&attr) ||
         dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) ||
@@ -271,7 +280,10 @@ static int ent_build(conv_ent *e)
                                                     st, pad, pad) ||
         dnnl_primitive_desc_create(&wpd, &cd, attr, engine, fpd))
         goto out;
-    if (is_ref(fpd) || is_ref(dpd) || is_ref(wpd)) {
+    /* An NCHW input keeps its backward-data on the reference kernel only
+     * when no caller asks for dx there (the first conv): marked, not run. */
+    e->dx_ref = is_ref(dpd);
+    if (is_ref(fpd) || is_ref(wpd) || (e->dx_ref && e->lay != AS_DNNL_XNCHW_YBLK)) {
         rc = 1;   /* supported only by reference kernels */
         goto out;
     }
@@ -344,20 +356,21 @@ static bool geom_eq(const as_op_conv_geom *a, const as_op_conv_geom *b)
 
 /* The table's entry for g (built on first use), or a private one in *tmp
  * when the table is full (the caller frees it). NULL: not supported. */
-static conv_ent *ent_get(const as_op_conv_geom *g, conv_ent *tmp)
+static conv_ent *ent_get(const as_op_conv_geom *g, int lay, conv_ent *tmp)
 {
     if (!as_dnnl_available())
         return NULL;
     conv_ent *e = NULL;
     pthread_mutex_lock(&table_mu);
     for (int i = 0; i < MAX_GEOMS; i++) {
-        if (table[i].state && geom_eq(&table[i].g, g)) {
+        if (table[i].state && table[i].lay == lay && geom_eq(&table[i].g, g)) {
             e = &table[i];
             break;
         }
         if (!table[i].state) {
             e = &table[i];
             e->g = *g;
+            e->lay = lay;
             int rc = ent_build(e);
             /* a build failure (out of memory) is not remembered */
             e->state = rc == 0 ? 1 : rc > 0 ? -1 : 0;
@@ -368,6 +381,7 @@ static conv_ent *ent_get(const as_op_conv_geom *g, conv_ent *tmp)
     if (!e) {
         memset(tmp, 0, sizeof *tmp);
         tmp->g = *g;
+        tmp->lay = lay;
         if (ent_build(tmp))
             return NULL;
         tmp->state = 1;
@@ -382,9 +396,9 @@ static void ent_put(conv_ent *e, conv_ent *tmp)
         ent_free(tmp);
 }
 
-size_t as_dnnl_conv_workspace(const as_op_conv_geom *g)
+size_t as_dnnl_conv_workspace(const as_op_conv_geom *g, int lay)
 {
-    conv_ent tmp, *e = ent_get(g, &tmp);
+    conv_ent tmp, *e = ent_get(g, lay, &tmp);
     if (!e)
         return 0;
     size_t bytes = e->f_end > e->b_end ? e->f_end : e->b_end;
@@ -477,17 +491,31 @@ static int run_end(run *r)
     return r->err ? -1 : 0;
 }
 
-int as_dnnl_conv_fwd(const as_op_conv_geom *g, const float *x, const float *W,
-                     const float *b, float *y, float *ws)
+/* A run on ws for the entry e of ent_get, its scratchpad at scr bytes; on
+ * failure e is put back and -1 returned. */
+static int ent_run_begin(conv_ent *e, conv_ent *tmp, run *r, float *ws, size_t scr)
 {
-    conv_ent tmp, *e = ent_get(g, &tmp);
-    if (!e)
-        return -1;
+    if (run_begin(r, ws, scr) == 0)
+        return 0;
+    ent_put(e, tmp);
+    return -1;
+}
+
+/* End the run and put e back: the run's result. */
+static int ent_run_end(conv_ent *e, conv_ent *tmp, run *r)
+{
+    int rc = run_end(r);
+    ent_put(e, tmp);
+    return rc;
+}
+
+int as_dnnl_conv_fwd(const as_op_conv_geom *g, int lay, const float *x,
+                     const float *W, const float *b, float *y, float *ws)
+{
+    conv_ent tmp, *e = ent_get(g, lay, &tmp);
     run r;
-    if (run_begin(&r, ws, e->f_scr)) {
-        ent_put(e, &tmp);
+    if (!e || ent_run_begin(e, &tmp, &r, ws, e->f_scr))
         return -1;
-    }
     if (!b) {   /* the primitive has a bias operand: give it zeros */
         float *z = (float *)(r.ws + e->f_b);
         memset(z, 0, sizeof(float) * (size_t)g->Cout);
@@ -501,23 +529,21 @@ int as_dnnl_conv_fwd(const as_op_conv_geom *g, const float *x, const float *W,
                             {DNNL_ARG_DST, my}};
     run_exec(&r, &e->fwd, 4, a);
     run_out(&r, &e->fy, my, &e->u_y, y);
-    int rc = run_end(&r);
-    ent_put(e, &tmp);
-    return rc;
+    return ent_run_end(e, &tmp, &r);
 }
 
-int as_dnnl_conv_bwd(const as_op_conv_geom *g, const float *x, const float *W,
-                     const float *dy, float *dx, float *dW, float *db,
-                     float *ws)
+int as_dnnl_conv_bwd(const as_op_conv_geom *g, int lay, const float *x,
+                     const float *W, const float *dy, float *dx, float *dW,
+                     float *db, float *ws)
 {
-    conv_ent tmp, *e = ent_get(g, &tmp);
-    if (!e)
-        return -1;
-    run r;
-    if (run_begin(&r, ws, e->b_scr)) {
+    conv_ent tmp, *e = ent_get(g, lay, &tmp);
+    if (e && dx && e->dx_ref) {
         ent_put(e, &tmp);
         return -1;
     }
+    run r;
+    if (!e || ent_run_begin(e, &tmp, &r, ws, e->b_scr))
+        return -1;
     dnnl_memory_t mdy = NULL;
     if (dx) {
         mdy = run_in(&r, &e->dx_dy, &e->u_y, dy, true);
@@ -545,11 +571,10 @@ int as_dnnl_conv_bwd(const as_op_conv_geom *g, const float *x, const float *W,
             run_exec(&r, &e->dw_acc, 2, c);
         }
     }
-    int rc = run_end(&r);
+    int rc = ent_run_end(e, &tmp, &r);
     if (!rc && db)
         for (int o = 0; o < g->Cout; o++)
             db[o] += dbw[o];
-    ent_put(e, &tmp);
     return rc;
 }
 
@@ -568,7 +593,7 @@ static size_t native_bytes(const conv_ent *e, int pass)
 
 size_t as_dnnl_conv_native_workspace(const as_op_conv_geom *g)
 {
-    conv_ent tmp, *e = ent_get(g, &tmp);
+    conv_ent tmp, *e = ent_get(g, AS_DNNL_NCHW, &tmp);
     if (!e)
         return 0;
     size_t bytes = 0;
@@ -582,17 +607,12 @@ size_t as_dnnl_conv_native_workspace(const as_op_conv_geom *g)
 
 int as_dnnl_conv_native(const as_op_conv_geom *g, int pass, float *ws)
 {
-    conv_ent tmp, *e = ent_get(g, &tmp);
-    if (!e || pass < 0 || pass > 2) {
-        if (e)
-            ent_put(e, &tmp);
+    if (pass < 0 || pass > 2)
         return -1;
-    }
+    conv_ent tmp, *e = ent_get(g, AS_DNNL_NCHW, &tmp);
     run r;
-    if (run_begin(&r, ws, native_bytes(e, pass))) {
-        ent_put(e, &tmp);
+    if (!e || ent_run_begin(e, &tmp, &r, ws, native_bytes(e, pass)))
         return -1;
-    }
     /* operands one after another in the primitive's layouts, then the
      * scratchpad */
     size_t at = 0;
@@ -616,9 +636,7 @@ int as_dnnl_conv_native(const as_op_conv_geom *g, int pass, float *ws)
         run_exec(&r, &e->bwd_d, 3, a);
     }
 #undef NATIVE
-    int rc = run_end(&r);
-    ent_put(e, &tmp);
-    return rc;
+    return ent_run_end(e, &tmp, &r);
 }
 
 /* ---- linear: the inner-product primitives alone (benchmarks) ----------- */

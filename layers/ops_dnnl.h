@@ -23,13 +23,17 @@ int as_dnnl_sgemm(bool ta, bool tb, int M, int N, int K, float alpha,
                   const float *A, int lda, const float *B, int ldb,
                   float beta, float *C, int ldc);
 
+/* Activation layouts of a conv (lay): x, y NCHW (reordered to the
+ * primitives' layouts inside the call); x NCHW and y nChw16c (dx: not
+ * run, the first conv has none); both nChw16c. */
+enum { AS_DNNL_NCHW = 0, AS_DNNL_XNCHW_YBLK = 1, AS_DNNL_BLK = 2 };
 /* Floats of workspace the oneDNN conv needs (0 when not supported). */
-size_t as_dnnl_conv_workspace(const as_op_conv_geom *g);
-int as_dnnl_conv_fwd(const as_op_conv_geom *g, const float *x, const float *W,
-                     const float *b, float *y, float *ws);
-int as_dnnl_conv_bwd(const as_op_conv_geom *g, const float *x, const float *W,
-                     const float *dy, float *dx, float *dW, float *db,
-                     float *ws);
+size_t as_dnnl_conv_workspace(const as_op_conv_geom *g, int lay);
+int as_dnnl_conv_fwd(const as_op_conv_geom *g, int lay, const float *x,
+                     const float *W, const float *b, float *y, float *ws);
+int as_dnnl_conv_bwd(const as_op_conv_geom *g, int lay, const float *x,
+                     const float *W, const float *dy, float *dx, float *dW,
+                     float *db, float *ws);
 size_t as_dnnl_conv_native_workspace(const as_op_conv_geom *g);
 int as_dnnl_conv_native(const as_op_conv_geom *g, int pass, float *ws);
 size_t as_dnnl_linear_native_workspace(int N, int in, int out);

@@ -157,21 +157,12 @@ void as_op_batchnorm_fwd(int N, int C, int HW, float eps, bool training,
     const double cnt = (double)N * HW;
     for (int c = 0; c < C; c++) {
         float m, s;
+        double sm = 0.0, sv = 0.0;
         if (training) {
-            double sm = plane_sum(N, ns, cs, HW, x, c) / cnt;
-            double sv = plane_sqdev(N, ns, cs, HW, x, c, sm) / cnt;
-            m = (float)sm;
-            s = (float)(1.0 / sqrt(sv + eps));
-            if (run_mean && run_var) {
-                double unbiased = cnt > 1 ? sv * cnt / (cnt - 1) : sv;
-                run_mean[c] = (1.0f - momentum) * run_mean[c] + momentum * m;
-                run_var[c] = (1.0f - momentum) * run_var[c] +
-                             momentum * (float)unbiased;
-            }
-        } else {
-            m = run_mean[c];
-            s = 1.0f / sqrtf(run_var[c] + eps);
+            sm = plane_sum(N, ns, cs, HW, x, c) / cnt;
+            sv = plane_sqdev(N, ns, cs, HW, x, c, sm) / cnt;
         }
+        as__bn_stats(training, sm, sv, cnt, eps, momentum, run_mean, run_var, c, &m, &s);
         if (mean)
             mean[c] = m;
         if (invstd)
@@ -179,6 +170,24 @@ void as_op_batchnorm_fwd(int N, int C, int HW, float eps, bool training,
         float a, bb;
         bn_coef(m, s, g[c], b[c], &a, &bb);
         bn_channel(N, ns, HW, a, bb, x + c * cs, y + c * cs);
+    }
+}
+
+void as__bn_stats(bool training, double mean, double var, double cnt, float eps,
+                  float momentum, float *run_mean, float *run_var, int c,
+                  float *m, float *s)
+{
+    if (!training) {
+        *m = run_mean[c];
+        *s = 1.0f / sqrtf(run_var[c] + eps);
+        return;
+    }
+    *m = (float)mean;
+    *s = (float)(1.0 / sqrt(var + eps));
+    if (run_mean && run_var) {
+        double unbiased = cnt > 1 ? var * cnt / (cnt - 1) : var;
+        run_mean[c] = (1.0f - momentum) * run_mean[c] + momentum * *m;
+        run_var[c] = (1.0f - momentum) * run_var[c] + momentum * (float)unbiased;
     }
 }
 

@@ -370,10 +370,9 @@ static _Thread_local as_last_err tls_err;
 
 void as__seterr(const as_store *s, const char *fmt, ...)
 {
-    char *text = as_last_err_slot(&tls_err, s->id);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof tls_err.slot[0].text, fmt, ap);
+    as_last_err_vset(&tls_err, s->id, fmt, ap);
     va_end(ap);
 }
 

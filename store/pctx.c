@@ -245,6 +245,22 @@ int as_pctx_check_sealed_rows(as_pctx *ctx, const void *hdr, size_t n_sealed,
     return rc ? rc : as_pctx_check_rows(ctx, row0, nrows, n / cols);
 }
 
+int as_pctx_check_sealed_f32(as_pctx *ctx, const void *hdr, size_t n_sealed,
+                             uint64_t seal, uint64_t n, const as_tensor *dst)
+{
+    int rc = as_pctx_check_seal(ctx, hdr, n_sealed, seal);
+    if (rc)
+        return rc;
+    if ((uint64_t)as_tensor_numel(dst) != n || dst->dtype != AS_F32)
+        return AS_ESHAPE;
+    return 0;
+}
+
+uint64_t as_policy_row_len(const as_tensor *t)
+{
+    return t->ndim > 0 && t->shape[t->ndim - 1] > 0 ? (uint64_t)t->shape[t->ndim - 1] : 1;
+}
+
 void as_pctx_errorf(as_pctx *c, const char *fmt, ...)
 {
     char msg[256];

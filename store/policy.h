@@ -210,6 +210,14 @@ int as_pctx_check_seal(as_pctx *ctx, const void *hdr, size_t n, uint64_t seal);
 int as_pctx_check_sealed_rows(as_pctx *ctx, const void *hdr, size_t n_sealed,
                               uint64_t seal, uint64_t n, uint64_t cols,
                               int64_t row0, int64_t nrows);
+/* decode of a codec whose sealed header counts n f32 values:
+ * as_pctx_check_seal, then dst must be an f32 tensor of n values
+ * (AS_ESHAPE). */
+int as_pctx_check_sealed_f32(as_pctx *ctx, const void *hdr, size_t n_sealed,
+                             uint64_t seal, uint64_t n, const as_tensor *dst);
+/* The row length a header records for decode_rows: t's last dimension, 1
+ * for a scalar or an empty last dimension. */
+uint64_t as_policy_row_len(const as_tensor *t);
 
 /* The store's offload directory, and the item's handle / layer name (for
  * messages). */

@@ -475,34 +475,21 @@ int as_store_prefetch(as_store *s, as_handle h)
 
 int as_store_is_in_place(as_store *s, as_handle h)
 {
-    if (!s)
-        return AS_EINVAL;
-    as_item *it;
-    as_rep *r;
-    int rc = as__lookup_rep(s, h, &it, &r, "is_in_place");
-    if (rc < 0)
-        return rc;
-    int in_place = r->ops->view != NULL;
-    as__rep_unref(s, r);
-    as__item_unref(s, it);
-    return in_place;
+    as_peek p;
+    int rc = as__peek(s, h, "is_in_place", &p);
+    return rc < 0 ? rc : p.in_place;
 }
 
 int as_store_describe(as_store *s, as_handle h, as_tensor *shape, int *kind)
 {
-    if (!s)
-        return AS_EINVAL;
-    as_item *it;
-    as_rep *r;
-    int rc = as__lookup_rep(s, h, &it, &r, "describe");
+    as_peek p;
+    int rc = as__peek(s, h, "describe", &p);
     if (rc < 0)
         return rc;
     if (shape)
-        *shape = it->shape;
+        *shape = p.shape;
     if (kind)
-        *kind = r->g.kind;
-    as__rep_unref(s, r);
-    as__item_unref(s, it);
+        *kind = p.g.kind;
     return 0;
 }
 
@@ -510,12 +497,6 @@ const char *as_store_policy_of(as_store *s, as_handle h)
 {
     if (!s)
         return "invalid store";
-    as_item *it;
-    as_rep *r;
-    if (as__lookup_rep(s, h, &it, &r, "policy_of") < 0)
-        return "invalid handle";
-    const char *d = r->desc;   /* rep structs live as long as the item */
-    as__rep_unref(s, r);
-    as__item_unref(s, it);
-    return d;
+    as_peek p;
+    return as__peek(s, h, "policy_of", &p) < 0 ? "invalid handle" : p.desc;
 }

@@ -125,6 +125,25 @@ int as__lookup_rep(as_store *s, as_handle h, as_item **it, as_rep **r,
     return rc;
 }
 
+int as__peek(as_store *s, as_handle h, const char *what, as_peek *p)
+{
+    if (!s)
+        return AS_EINVAL;
+    as_item *it;
+    as_rep *r;
+    int rc = as__lookup_rep(s, h, &it, &r, what);
+    if (rc < 0)
+        return rc;
+    p->shape = it->shape;
+    p->g = r->g;
+    p->auto_group = r->auto_group;
+    p->desc = r->desc;   /* rep structs live as long as the item */
+    p->in_place = r->ops->view != NULL;
+    as__rep_unref(s, r);
+    as__item_unref(s, it);
+    return 0;
+}
+
 as_rep *as__item_rep(as_store *s, as_item *it)
 {
     pthread_mutex_lock(&s->mu);

@@ -284,6 +284,19 @@ int as__layer_id(as_store *s, const char *name, uint16_t *id);
 int as__lookup(as_store *s, as_handle h, as_item **it, const char *what);
 int as__lookup_rep(as_store *s, as_handle h, as_item **it, as_rep **r,
                    const char *what);
+/* What the read-only queries of a handle read, copied out under the
+ * references as__lookup_rep takes (dropped again before returning): the
+ * saved shape, the rep's groups and auto group, its description (valid for
+ * the item's lifetime) and whether it keeps the values in place.
+ * Errors: AS_EINVAL (s NULL), those of as__lookup_rep. */
+typedef struct as_peek {
+    as_tensor   shape;
+    as_groups   g;
+    uint32_t    auto_group;
+    const char *desc;
+    bool        in_place;
+} as_peek;
+int as__peek(as_store *s, as_handle h, const char *what, as_peek *p);
 int as__slot_reserve(as_store *s, as_handle *h);
 void as__slot_unreserve(as_store *s, as_handle h);
 void as__slot_publish(as_store *s, as_handle h, as_item *it);

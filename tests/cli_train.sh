@@ -151,7 +151,20 @@ for c in j['conv']:   # the backward's halves against the library's, where it ra
         assert c['bwd_data_over_lib'] > 0 and c['bwd_weights_over_lib'] > 0
 assert any('bwd_data_over_lib' in c for c in j['conv']) or not any('fwd_lib_gflops' in c for c in j['conv'])
 assert j['conv_total']['fwd_over_peak'] > 0
+assert j['conv_layout'] in ('blocked', 'nchw')
 " && ok || fail "bench layers JSON"
 expect 2 bench layers --reps 0
+expect 2 bench layers --layout nhwc
+AS_LAYOUT=nhwc expect 2 bench layers --reps 1
+# the cnn's activation layout: configured, overridden, recorded; a bad one named
+AS_LAYOUT=blocked expect 0 train --model cnn --policy default=keep --steps 2 --quiet \
+  --json "$dir/lay.json"
+python3 -c "
+import json; j=json.load(open('$dir/lay.json'))
+assert j['config']['layout'] == 'blocked', j['config']
+" && ok || fail "train JSON config.layout"
+AS_LAYOUT=nhwc expect 1 train --model cnn --policy default=keep --steps 2 --quiet
+grep -q "AS_LAYOUT=nhwc: expected blocked or nchw" "$dir/err" && ok \
+  || fail "bad AS_LAYOUT message: $(head -c 300 "$dir/err")"
 
 cli_done

@@ -136,7 +136,7 @@ static void random_sequence(bool checked)
     char name[32];
     for (int i = 0; i < 5; i++) {
         snprintf(name, sizeof name, "blocks.%d.attn", i);
-        assert_int_equal(as_arena_layer_register(a, name, &l[i]), 0);
+        l[i] = arena_layer(a, name);
         assert_int_equal(l[i], i + 1);
     }
     uint16_t again;
@@ -324,11 +324,10 @@ static void test_four_threads_exact_totals(void **state)
 {
     (void)state;
     as_arena *a = arena_new(NULL);
-    uint16_t id;
-    for (int i = 1; i < 4; i++) {
+    for (int i = 1; i < 4; i++) {   /* layers 1..3 for the workers */
         char n[16];
         snprintf(n, sizeof n, "layer%d", i);
-        assert_int_equal(as_arena_layer_register(a, n, &id), 0);
+        arena_layer(a, n);
     }
     static worker w[4];
     pthread_t th[4];
@@ -386,8 +385,7 @@ static void test_budget_failure_changes_nothing(void **state)
 {
     (void)state;
     as_arena *a = arena_new(&(as_arena_config){.budget_bytes = 1u << 20});
-    uint16_t conv;
-    assert_int_equal(as_arena_layer_register(a, "conv1", &conv), 0);
+    uint16_t conv = arena_layer(a, "conv1");
     as_block b1, b2;
     assert_int_equal(as_alloc(a, 512 << 10, AS_TAG_SAVED, conv, &b1), 0);
 

@@ -35,13 +35,6 @@ static uint64_t je_allocated(unsigned ind)
     return sum;
 }
 
-static as_arena_snapshot snap(as_arena *a)
-{
-    as_arena_snapshot s;
-    assert_int_equal(as_arena_snapshot_take(a, UINT64_MAX, &s), 0);
-    return s;
-}
-
 /* The table and the four-per-doubling rule give what nallocx gives. */
 static void test_usable_sizes_match_jemalloc(void **state)
 {
@@ -92,7 +85,7 @@ static void test_bins_reuse_zero_and_align(void **state)
             reused += b[i].ptr == old[j];
     }
     assert_int_equal(reused, N);                      /* all from the bin */
-    as_arena_snapshot s = snap(a);
+    as_arena_snapshot s = arena_snap(a);
     assert_int_equal(s.tags[AS_TAG_SAVED].live_usable, N * 128);
     assert_int_equal(s.tags[AS_TAG_WORKSPACE].live_usable, 0);
     assert_int_equal(s.tags[AS_TAG_WORKSPACE].frees, N);
@@ -110,9 +103,7 @@ static void test_peaks_exact_across_tags(void **state)
 {
     (void)state;
     as_arena *a = arena_new(NULL);
-    uint16_t l1, l2;
-    assert_int_equal(as_arena_layer_register(a, "l1", &l1), 0);
-    assert_int_equal(as_arena_layer_register(a, "l2", &l2), 0);
+    uint16_t l1 = arena_layer(a, "l1"), l2 = arena_layer(a, "l2");
     enum { N = 24 };
     as_block x[N], y[N];
     for (int round = 0; round < 3; round++) {
@@ -122,7 +113,7 @@ static void test_peaks_exact_across_tags(void **state)
             assert_int_equal(as_free(a, &x[i]), 0);
         for (int i = 0; i < N; i++)
             assert_int_equal(as_alloc(a, 64, AS_TAG_SAVED, l2, &y[i]), 0);
-        as_arena_snapshot s = snap(a);
+        as_arena_snapshot s = arena_snap(a);
         assert_int_equal(s.total.live_usable, N * 64);
         assert_int_equal(s.total.peak_usable, N * 64);
         assert_int_equal(s.total.peak_requested, N * 64);
@@ -134,7 +125,7 @@ static void test_peaks_exact_across_tags(void **state)
         for (int i = 0; i < N; i++)
             assert_int_equal(as_free(a, &y[i]), 0);
         as_arena_reset_peaks(a);
-        s = snap(a);
+        s = arena_snap(a);
         assert_int_equal(s.total.peak_usable, 0);
         as_arena_snapshot_free(&s);
     }
@@ -176,7 +167,7 @@ static void test_cross_thread_frees_into_bins(void **state)
     static as_block blocks[N];
     for (int i = 0; i < N; i++)
         assert_int_equal(as_alloc(a, 64, AS_TAG_SAVED, 0, &blocks[i]), 0);
-    as_arena_snapshot s = snap(a);
+    as_arena_snapshot s = arena_snap(a);
     unsigned ind = s.arena_index;
     assert_int_equal(s.total.live_usable, N * 64);
     as_arena_snapshot_free(&s);
@@ -185,7 +176,7 @@ static void test_cross_thread_frees_into_bins(void **state)
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, xw_main, &w), 0);
     assert_int_equal(pthread_join(th, NULL), 0);
-    s = snap(a);
+    s = arena_snap(a);
     assert_int_equal(s.total.live_usable, 0);
     assert_int_equal(s.total.live_requested, 0);
     assert_int_equal(s.tags[AS_TAG_SAVED].frees, N);

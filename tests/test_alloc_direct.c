@@ -22,16 +22,9 @@
 
 #define MIB ((size_t)1 << 20)
 
-static as_arena_snapshot snap(as_arena *a)
-{
-    as_arena_snapshot s;
-    assert_int_equal(as_arena_snapshot_take(a, UINT64_MAX, &s), 0);
-    return s;
-}
-
 static void expect_peak(as_arena *a, uint16_t tag, uint16_t layer, uint64_t req, uint64_t use)
 {
-    as_arena_snapshot s = snap(a);
+    as_arena_snapshot s = arena_snap(a);
     const as_counter *c[3] = {&s.total, &s.tags[tag], &s.layers[layer]};
     for (int i = 0; i < 3; i++) {
         assert_int_equal(c[i]->peak_requested, req);
@@ -48,8 +41,7 @@ static void test_direct_peaks_exact_with_pending_frees(void **state)
     (void)state;
     for (int absorb = 0; absorb < 2; absorb++) {
         as_arena *a = arena_new(NULL);
-        uint16_t l;
-        assert_int_equal(as_arena_layer_register(a, "conv", &l), 0);
+        uint16_t l = arena_layer(a, "conv");
         as_block small, big;
         assert_int_equal(as_alloc(a, 2 * MIB, AS_TAG_ACTIVATIONS, l, &small), 0);
         assert_int_equal(as_free(a, &small), 0);         /* pending: 2 MiB */
@@ -64,13 +56,69 @@ static void test_direct_peaks_exact_with_pending_frees(void **state)
         }
         assert_int_equal(as_free(a, &big), 0);
         expect_peak(a, AS_TAG_ACTIVATIONS, l, req, use);   /* live is 0: no clamp */
-        as_arena_snapshot s = snap(a);
+        as_arena_snapshot s = arena_snap(a);
         assert_int_equal(s.total.live_usable, 0);
         assert_int_equal(s.tags[AS_TAG_ACTIVATIONS].allocs, 2u + (unsigned)absorb);
         assert_int_equal(s.layers[l].frees, 2u + (unsigned)absorb);
         as_arena_snapshot_free(&s);
         as_arena_destroy(a);
     }
+}
+
+/* A direct block that raises no peak leaves the thread's pending frees
+ * pending (its charged values stand above the live ones, below the peaks);
+ * the first direct block that would raise a peak folds them first, so the
+ * total's, the tag's and the layer's peaks are the live values. */
+static void test_direct_peaks_lazy(void **state)
+{
+    (void)state;
+    as_arena *a = arena_new(NULL);
+    uint16_t l1 = arena_layer(a, "conv"), l2 = arena_layer(a, "attn");
+    as_block big, small, mid, other;
+    assert_int_equal(as_alloc(a, 16 * MIB, AS_TAG_ACTIVATIONS, l1, &big), 0);
+    assert_int_equal(as_free(a, &big), 0);               /* peaks: 16 MiB */
+    assert_int_equal(as_alloc(a, 2 * MIB, AS_TAG_ACTIVATIONS, l1, &small), 0);
+    assert_int_equal(as_free(a, &small), 0);             /* pending: 2 MiB */
+    as__tblock *b = as__tblock_get(a);
+    assert_non_null(b);
+    assert_int_equal(as_alloc(a, 8 * MIB, AS_TAG_ACTIVATIONS, l1, &mid), 0);
+    assert_true(AS__DIRECT(mid.usable));
+    /* charged 10 MiB <= peak 16 MiB: nothing folded, nothing raised */
+    assert_int_equal(atomic_load(&b->c[AS_TAG_ACTIVATIONS].live_use) -
+                         atomic_load(&b->c[AS_TAG_ACTIVATIONS].fold_use),
+                     -(int64_t)(2 * MIB));
+    expect_peak(a, AS_TAG_ACTIVATIONS, l1, 16 * MIB, 16 * MIB);
+    as_arena_snapshot s = arena_snap(a);
+    assert_int_equal(s.total.live_usable, 8 * MIB);
+    assert_int_equal(s.layers[l1].live_usable, 8 * MIB);
+    as_arena_snapshot_free(&s);
+    /* 12 MiB more in another tag and layer: charged 2 + 8 + 12 > 16, so the
+     * 2 MiB fold first and the total's peak is the live 20 MiB, not 22 */
+    assert_int_equal(as_alloc(a, 12 * MIB, AS_TAG_WORKSPACE, l2, &other), 0);
+    assert_int_equal(atomic_load(&b->c[AS_TAG_ACTIVATIONS].live_use),
+                     atomic_load(&b->c[AS_TAG_ACTIVATIONS].fold_use));
+    s = arena_snap(a);
+    assert_int_equal(s.total.peak_usable, 20 * MIB);
+    assert_int_equal(s.total.peak_requested, 20 * MIB);
+    assert_int_equal(s.total.live_usable, 20 * MIB);
+    assert_int_equal(s.tags[AS_TAG_WORKSPACE].peak_usable, 12 * MIB);
+    assert_int_equal(s.layers[l2].peak_usable, 12 * MIB);
+    assert_int_equal(s.tags[AS_TAG_ACTIVATIONS].peak_usable, 16 * MIB);
+    as_arena_snapshot_free(&s);
+    assert_int_equal(as_free(a, &other), 0);
+    assert_int_equal(as_free(a, &mid), 0);
+    /* after a reset the same pattern raises the peaks at once: exact */
+    as_arena_reset_peaks(a);
+    assert_int_equal(as_alloc(a, 2 * MIB, AS_TAG_ACTIVATIONS, l1, &small), 0);
+    assert_int_equal(as_free(a, &small), 0);             /* pending again */
+    assert_int_equal(as_alloc(a, 8 * MIB, AS_TAG_ACTIVATIONS, l1, &mid), 0);
+    assert_int_equal(as_free(a, &mid), 0);
+    expect_peak(a, AS_TAG_ACTIVATIONS, l1, 8 * MIB, 8 * MIB);
+    s = arena_snap(a);
+    assert_int_equal(s.total.live_usable, 0);
+    assert_int_equal(s.total.live_requested, 0);
+    as_arena_snapshot_free(&s);
+    as_arena_destroy(a);
 }
 
 /* Direct blocks allocated on one thread and freed on a worker (an autograd
@@ -95,7 +143,7 @@ static void test_direct_cross_thread_frees(void **state)
         xq_push(&q, &b);
     }
     xq_finish(&q, th);
-    as_arena_snapshot s = snap(a);
+    as_arena_snapshot s = arena_snap(a);
     assert_int_equal(s.total.live_usable, 0);
     assert_int_equal(s.total.live_requested, 0);
     assert_true(s.total.peak_usable <= 4 * 8 * MIB);
@@ -132,7 +180,7 @@ static void test_direct_budget_recount(void **state)
     if (rc)
         fprintf(stderr, "%s\n", as_arena_last_error(a));
     assert_int_equal(rc, 0);
-    as_arena_snapshot s = snap(a);
+    as_arena_snapshot s = arena_snap(a);
     assert_int_equal(s.total.peak_usable, 8 * MIB);
     assert_int_equal(s.tags[AS_TAG_SAVED].live_usable, 8 * MIB);
     as_arena_snapshot_free(&s);
@@ -146,7 +194,7 @@ static void test_direct_budget_recount(void **state)
     assert_null(more.ptr);
     assert_int_equal(as_free(a, &big), 0);
     held_release(&h);
-    s = snap(a);
+    s = arena_snap(a);
     assert_int_equal(s.total.live_usable, 0);
     assert_int_equal(s.total.allocs, 2);                /* the worker's and big */
     as_arena_snapshot_free(&s);
@@ -197,7 +245,7 @@ static void test_bias_given_and_revoked(void **state)
     assert_int_equal(atomic_load(&a->bias), 0);          /* revoked by the second */
     assert_int_equal(atomic_load(&a->bias_busy), 0);
 
-    as_arena_snapshot s = snap(a);
+    as_arena_snapshot s = arena_snap(a);
     assert_int_equal(s.total.live_usable, 0);
     assert_int_equal(s.total.live_requested, 0);
     assert_int_equal(s.tags[AS_TAG_ACTIVATIONS].allocs, c[0].allocs);
@@ -210,7 +258,7 @@ static void test_bias_given_and_revoked(void **state)
     as_arena_reset_peaks(a);
     assert_int_equal(as_alloc(a, 6 * MIB, AS_TAG_WEIGHTS, 0, &b), 0);
     assert_int_equal(as_free(a, &b), 0);
-    s = snap(a);
+    s = arena_snap(a);
     assert_int_equal(s.total.peak_usable, 6 * MIB);
     assert_int_equal(s.tags[AS_TAG_WEIGHTS].peak_usable, 6 * MIB);
     as_arena_snapshot_free(&s);
@@ -239,7 +287,7 @@ static void test_bias_follows_sole_thread(void **state)
         assert_int_equal(atomic_load(&a->bias), 0);      /* gone with its thread */
         assert_int_equal(as__arena_nthreads(a), 0);
     }
-    as_arena_snapshot s = snap(a);
+    as_arena_snapshot s = arena_snap(a);
     assert_int_equal(s.tags[AS_TAG_OTHER].allocs, 3);
     assert_int_equal(s.tags[AS_TAG_OTHER].frees, 3);
     assert_int_equal(s.total.live_usable, 0);
@@ -250,6 +298,7 @@ static void test_bias_follows_sole_thread(void **state)
 
 AS_TEST_MAIN(NULL, NULL,
              cmocka_unit_test(test_direct_peaks_exact_with_pending_frees),
+             cmocka_unit_test(test_direct_peaks_lazy),
              cmocka_unit_test(test_direct_cross_thread_frees),
              cmocka_unit_test(test_direct_budget_recount),
              cmocka_unit_test(test_bias_given_and_revoked),

@@ -444,6 +444,29 @@ static void test_fallbacks(void **state)
     assert_int_equal(as_store_save(s, &xi, &xt, &hx), 0);
     assert_non_null(strstr(as_store_policy_of(s, hx), "no saved conv output"));
     as_store_destroy(s);
+    /* A channel-blocked input, (N, ceil(Cin / L), H, W, L), is the same
+     * values in another order: not solved, it falls back naming the
+     * layout, and is no metadata mismatch. */
+    s = store_new("conv_input=invert", NULL, false, 0, NULL);
+    float *y2 = randv((size_t)2 * 8 * 10 * 10, 1.0);
+    as_tensor ot2 = {.data = y2, .dtype = AS_F32, .ndim = 4, .shape = {2, 8, 10, 10}};
+    assert_int_equal(as_store_save(s, &oi, &ot2, &hy), 0);
+    xi.meta.conv.output = hy;
+    as_tensor xb = {.data = x, .dtype = AS_F32, .ndim = 5, .shape = {2, 1, 10, 10, 4}};
+    assert_int_equal(as_store_save(s, &xi, &xb, &hx), 0);
+    assert_non_null(strstr(as_store_policy_of(s, hx), "layout: channel-blocked"));
+    float *xr = malloc(sizeof(float) * xlen(&a));
+    as_tensor rt = xb;
+    rt.data = xr;
+    assert_int_equal(as_store_restore(s, hx, &rt), 0);
+    assert_memory_equal(xr, x, sizeof(float) * xlen(&a));
+    assert_int_equal(as_store_stats_take(s, &mst), 0);
+    assert_int_equal(mst.total.meta_mismatches, 0);
+    assert_int_equal(mst.total.fallbacks, 1);
+    as_store_stats_free(&mst);
+    as_store_destroy(s);
+    free(y2);
+    free(xr);
     /* Bad threshold argument: a spec error naming invert. */
     spec_err("conv_input=invert:abc", "invert");
     spec_ok("conv_input=invert:1e5");

@@ -1,13 +1,17 @@
 /*
- * Allocation-failure injection (SQLite's loop, as tests/test_fault.c) on
- * the regenerator and softmax restore paths: conv inversion (the factor
- * built at the first restore, the frame, the solve's work space, the
- * dependency), and the softmax codecs' restore, restore_rows, restore_view
- * and backward. For N = 1, 2, ... the Nth allocation (arena blocks and the
- * store's records) fails, then every one from the Nth on: AS_ENOMEM or a
- * success, never a crash; the arena's live bytes as before the call (plus
- * what a successful call keeps by design: the factor cache); and the item
- * still restores to the same values.
+ * Allocation-failure injection (SQLite's loop, as tests/test_fault.c) on a
+ * fresh store per run, so first-use state is reached too: the regenerators
+ * (conv inversion: the factor built at the first restore, the frame, the
+ * solve's work space, the dependency; recompute and derive: their state
+ * and the dependency's decode), the softmax codecs' restore, restore_rows,
+ * restore_view and backward, the activation codecs (sign, fewbit's
+ * histogram, act_backward), bitpack, aq, and zstd's work set at a rule's
+ * first use. For N = 1, 2, ... the Nth allocation (arena blocks, the
+ * store's records and plain work buffers) fails, then every one from the
+ * Nth on: AS_ENOMEM or a success, never a crash; the arena's live bytes as
+ * before the call (plus what a successful call keeps by design: the factor
+ * cache, zstd's pooled work set); and the item still restores to the same
+ * values.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -64,6 +68,12 @@ typedef struct item {
     float    *got, *dy;
     size_t    n;
     bool      softmax;
+    bool      act;          /* an activation: act_backward applies */
+    bool      no_rows;      /* not f32: restore_rows does not apply */
+    bool      pools;        /* the rule pools work memory (zstd): a failed
+                               save may leave it, and it goes with the rule */
+    const char *want;       /* the policy the save must get */
+    const char *kept_want;  /* and the kept item then (NULL: not checked) */
     float    *w, *b, *y;    /* conv: weights, bias, output */
     /* the save the item was made by (setup only: not done yet) */
     as_save_info info;
@@ -89,6 +99,7 @@ static int call(item *it, int c)
     }
     case CALL_BACKWARD:
         return it->softmax ? as_store_softmax_backward(it->s, it->h, it->dy, it->got)
+               : it->act   ? as_store_act_backward(it->s, it->h, it->dy, it->got)
                            : AS_ENOTSUP;
     default: {
         as_tensor d = it->shape;
@@ -96,6 +107,12 @@ static int call(item *it, int c)
         return as_store_restore(it->s, it->h, &d);
     }
     }
+}
+
+/* Whether call c applies to the item. */
+static bool applies(const item *it, int c)
+{
+    return c == CALL_BACKWARD ? it->softmax || it->act : c != CALL_ROWS || !it->no_rows;
 }
 
 static void item_free(item *it)
@@ -162,6 +179,20 @@ static void setup_conv(item *it, const char *spec)
     it->shape = (as_tensor){.dtype = AS_F32, .ndim = 4, .shape = {CN, CI, H, H}};
     it->src = it->shape;
     it->src.data = x;
+    it->want = "invert";
+}
+
+/* n values saved under layer "kept" (keep) before the item: the item's
+ * save must not lose them, and regenerators depend on them. */
+static void keep_generic(item *it, size_t n, uint32_t *h)
+{
+    it->kept_n = n;
+    it->kept = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++)
+        it->kept[i] = urand(h);
+    as_save_info ki = {.kind = AS_KIND_GENERIC, .layer = "kept"};
+    as_tensor kt = {.data = it->kept, .dtype = AS_F32, .ndim = 1, .shape = {(int64_t)n}};
+    assert_int_equal(as_store_save(it->s, &ki, &kt, &it->kept_h), 0);
 }
 
 /* (4, 16, 32) softmax rows, 16 queries per block, after a kept tensor. */
@@ -181,40 +212,140 @@ static void setup_softmax(item *it, const char *spec)
         for (size_t c = 0; c < L; c++)
             x[r * L + c] = (float)(x[r * L + c] / sum);
     }
-    it->kept_n = 1000;
-    it->kept = malloc(sizeof(float) * it->kept_n);
-    for (size_t i = 0; i < it->kept_n; i++)
-        it->kept[i] = urand(&h);
-    as_save_info ki = {.kind = AS_KIND_GENERIC, .layer = "kept"};
-    as_tensor kt = {.data = it->kept, .dtype = AS_F32, .ndim = 1, .shape = {1000}};
-    assert_int_equal(as_store_save(it->s, &ki, &kt, &it->kept_h), 0);
+    keep_generic(it, 1000, &h);
     it->info = (as_save_info){.kind = AS_KIND_SOFTMAX_OUTPUT, .layer = "attn"};
     it->info.meta.softmax = (as_softmax_meta){.row_len = L, .queries = Q};
     it->shape = (as_tensor){.dtype = AS_F32, .ndim = 3, .shape = {B, Q, L}};
     it->src = it->shape;
     it->src.data = x;
+    it->want = "so";                              /* soa, solog, sotk */
 }
 
-static void save_conv(item *it, const char *spec)
+/* (64, 40) values of kind kind in layer "x" (spec: "layer:x=POLICY;
+ * layer:kept=keep; ..."), after a kept tensor; act: fn is its activation. */
+static void setup_plain(item *it, const char *spec, int kind, int fn, const char *want)
 {
-    setup_conv(it, spec);
-    assert_int_equal(as_store_save(it->s, &it->info, &it->src, &it->h), 0);
-    assert_non_null(strstr(as_store_policy_of(it->s, it->h), "invert"));
+    memset(it, 0, sizeof *it);
+    it->s = mk(spec);
+    uint32_t h = 31;
+    it->n = 64 * 40;
+    keep_generic(it, it->n, &h);
+    float *x = malloc(sizeof(float) * it->n);
+    for (size_t i = 0; i < it->n; i++)
+        x[i] = 3.0f * urand(&h);
+    it->info = (as_save_info){.kind = kind, .layer = "x"};
+    it->act = kind == AS_KIND_ACTIVATION_INPUT || kind == AS_KIND_ACTIVATION_OUTPUT;
+    if (it->act) {
+        it->info.meta.act = (as_elementwise){.fn = fn};
+        for (size_t i = 0; fn == AS_FN_RELU && i < it->n; i++)
+            x[i] = x[i] > 0 ? x[i] : 0.0f;          /* a ReLU output */
+    }
+    it->shape = (as_tensor){.dtype = AS_F32, .ndim = 2, .shape = {64, 40}};
+    it->src = it->shape;
+    it->src.data = x;
+    it->want = want;
 }
 
-static void save_softmax(item *it, const char *spec)
+static void setup_fewbit(item *it, const char *spec)
 {
-    setup_softmax(it, spec);
-    assert_int_equal(as_store_save(it->s, &it->info, &it->src, &it->h), 0);
+    setup_plain(it, spec, AS_KIND_ACTIVATION_INPUT, AS_FN_GELU, "fewbit");
+}
+
+static void setup_sign(item *it, const char *spec)
+{
+    setup_plain(it, spec, AS_KIND_ACTIVATION_OUTPUT, AS_FN_RELU, "sign");
+}
+
+static void setup_aq(item *it, const char *spec)
+{
+    setup_plain(it, spec, AS_KIND_GENERIC, 0, "aq");
+}
+
+static void setup_zstd(item *it, const char *spec)
+{
+    setup_plain(it, spec, AS_KIND_GENERIC, 0, "zstd");
+    it->pools = true;
+}
+
+/* i32 indices in [100, 1100): bitpack (10 bits each). */
+static void setup_bitpack(item *it, const char *spec)
+{
+    setup_plain(it, spec, AS_KIND_INDEX, 0, "bitpack");
+    uint32_t h = 5;
+    int32_t *v = it->src.data;                   /* 4 bytes a value, as floats */
+    for (size_t i = 0; i < it->n; i++)
+        v[i] = 100 + (int32_t)(urand(&h) * 500.0f + 500.0f);
+    it->shape.dtype = it->src.dtype = AS_I32;
+    it->no_rows = true;
+}
+
+/* out = 2 * in[0] */
+static int cb_double(void *ud, const as_tensor *const *in, size_t nin, as_tensor *out)
+{
+    (void)ud, (void)nin;
+    const float *a = in[0]->data;
+    float *o = out->data;
+    for (int64_t k = 0, n = as_tensor_numel(out); k < n; k++)
+        o[k] = 2.0f * a[k];
+    return 0;
+}
+
+/* The item is 2 * kept, rebuilt by a callback on the restored kept tensor. */
+static void setup_recompute(item *it, const char *spec)
+{
+    setup_plain(it, spec, AS_KIND_GENERIC, 0, "recompute");
+    float *x = it->src.data;
+    for (size_t i = 0; i < it->n; i++)
+        x[i] = 2.0f * it->kept[i];
+    it->info.recompute = cb_double;
+    it->info.recompute_inputs = &it->kept_h;
+    it->info.recompute_ninputs = 1;
+}
+
+/* The item is leaky_relu(kept), derived from it. */
+static void setup_derive(item *it, const char *spec)
+{
+    setup_plain(it, spec, AS_KIND_GENERIC, 0, "derive");
+    float *x = it->src.data;
+    for (size_t i = 0; i < it->n; i++)
+        x[i] = it->kept[i] >= 0 ? it->kept[i] : 0.125f * it->kept[i];
+    it->info.source = it->kept_h;
+    it->info.source_fn = (as_elementwise){.fn = AS_FN_LEAKY_RELU, .alpha = 0.125f};
+}
+
+/* The item is leaky_relu(kept) with the kept tensor under inverse (held
+ * by its fallback until then): the item's save makes it rebuilt from the
+ * item (alpha a power of two: exact). */
+static void setup_inverse(item *it, const char *spec)
+{
+    setup_derive(it, spec);
+    it->want = "keep";
+    it->kept_want = "inverse";
+}
+
+typedef void (*setup_fn)(item *, const char *);
+
+/* setup, then the item's save, which must get the policy asked for. */
+static void save_item(item *it, setup_fn setup, const char *spec)
+{
+    setup(it, spec);
+    if (as_store_save(it->s, &it->info, &it->src, &it->h))
+        fail_msg("%s save: %s", spec, as_store_last_error(it->s));
+    const char *pol = as_store_policy_of(it->s, it->h);
+    if (!strstr(pol, it->want))
+        fail_msg("%s: saved as %s, not %s", spec, pol, it->want);
+    pol = it->kept_want ? as_store_policy_of(it->s, it->kept_h) : "";
+    if (it->kept_want && strncmp(pol, it->kept_want, strlen(it->kept_want)))
+        fail_msg("%s: the kept item is %s after the save, not %s", spec, pol, it->kept_want);
 }
 
 /* ---- the loop ------------------------------------------------------------- */
 
-/* A fresh item from mkit, FORWARD phase (no cache of regenerated
+/* A fresh item from setup and its save, FORWARD phase (no cache of regenerated
  * tensors), decoding into got. */
-static void fresh(item *it, void (*mkit)(item *, const char *), const char *spec, float *got)
+static void fresh(item *it, setup_fn setup, const char *spec, float *got)
 {
-    mkit(it, spec);
+    save_item(it, setup, spec);
     as_store_phase(it->s, AS_PHASE_FORWARD);
     it->got = got;
     it->dy = malloc(sizeof(float) * it->n);
@@ -225,11 +356,10 @@ static void fresh(item *it, void (*mkit)(item *, const char *), const char *spec
 
 /* Run call c with the nth allocation failing (sticky: and all after it) on
  * a fresh item; returns whether the failure was reached. */
-static bool once(void (*mkit)(item *, const char *), const char *spec, int c, long n,
-                 bool sticky, int *nfail)
+static bool once(setup_fn setup, const char *spec, int c, long n, bool sticky, int *nfail)
 {
     item it;
-    fresh(&it, mkit, spec, NULL);
+    fresh(&it, setup, spec, NULL);
     float *ref = malloc(sizeof(float) * it.n), *got = malloc(sizeof(float) * it.n);
     it.got = ref;
     uint64_t base = live(it.s);
@@ -239,7 +369,7 @@ static bool once(void (*mkit)(item *, const char *), const char *spec, int c, lo
     item_free(&it);
 
     int64_t held = thread_held();
-    fresh(&it, mkit, spec, got);
+    fresh(&it, setup, spec, got);
     size_t cmp = c == CALL_ROWS ? 5 * (size_t)it.shape.shape[it.shape.ndim - 1] : it.n;
     as_arena *a = as_store_arena(it.s);
     as__arena_fault_set(a, n, sticky);
@@ -266,15 +396,15 @@ static bool once(void (*mkit)(item *, const char *), const char *spec, int c, lo
     return reached;
 }
 
-static void loop(void (*mkit)(item *, const char *), const char *spec, int c)
+static void loop(setup_fn setup, const char *spec, int c)
 {
     int nfail = 0;
     long n = 1;
-    while (once(mkit, spec, c, n, false, &nfail))
+    while (once(setup, spec, c, n, false, &nfail))
         n++;
     long allocs = n - 1;
     for (long k = 1; k <= allocs; k++)
-        once(mkit, spec, c, k, true, &nfail);
+        once(setup, spec, c, k, true, &nfail);
     fprintf(stderr, "%-36s %-12s %ld allocations, %d failures returned\n", spec,
             call_name[c], allocs, nfail);
 }
@@ -295,7 +425,7 @@ static void assert_kept(item *it, const as_tensor *kshape)
 
 static as_tensor kept_shape(const item *it)
 {
-    if (it->softmax)
+    if (!it->w)                                 /* not conv: keep_generic's */
         return (as_tensor){.dtype = AS_F32, .ndim = 1, .shape = {(int64_t)it->kept_n}};
     const as_conv_meta *m = &it->info.meta.conv;
     return (as_tensor){.dtype = AS_F32, .ndim = 4, .shape = {m->n, m->cout, m->h, m->w}};
@@ -305,15 +435,18 @@ static as_tensor kept_shape(const item *it)
  * after it), on a fresh store: AS_ENOMEM and nothing held, or a success
  * that restores like a twin's; the item stored before intact, and the
  * store still saving. Returns whether the failure was reached. */
-static bool save_once(void (*setup)(item *, const char *), const char *spec, long n,
+static bool save_once(setup_fn setup, const char *spec, long n,
                       bool sticky, int *nfail)
 {
     item it;
     setup(&it, spec);                           /* reference, on a twin store */
+    uint64_t twin_base = live(it.s);
     assert_int_equal(as_store_save(it.s, &it.info, &it.src, &it.h), 0);
     float *ref = malloc(sizeof(float) * it.n), *got = malloc(sizeof(float) * it.n);
     it.got = ref;
     assert_int_equal(call(&it, CALL_RESTORE), 0);
+    assert_int_equal(as_store_release(it.s, it.h), 0);
+    uint64_t pooled = live(it.s) - twin_base;   /* what the rule keeps after a save */
     item_free(&it);
 
     int64_t held = thread_held();
@@ -330,7 +463,7 @@ static bool save_once(void (*setup)(item *, const char *), const char *spec, lon
             fail_msg("%s save, allocation %ld failing: %s (%s)", spec, n, as_strerror(rc),
                      as_store_last_error(it.s));
         assert_true(as_handle_is_null(it.h));
-        if (live(it.s) != base)
+        if (live(it.s) != base && !it.pools)   /* a pool's part set: checked below */
             fail_msg("%s save, allocation %ld failing: live %llu, was %llu", spec, n,
                      (unsigned long long)live(it.s), (unsigned long long)base);
         ++*nfail;
@@ -343,6 +476,12 @@ static bool save_once(void (*setup)(item *, const char *), const char *spec, lon
                  as_store_last_error(it.s));
     assert_memory_equal(got, ref, it.n * sizeof(float));
     assert_int_equal(as_store_release(it.s, it.h), 0);
+    /* whatever the failure left in the rule's pool is what a clean save
+     * leaves there, once one has run: nothing else stayed */
+    if (it.pools && live(it.s) != base + pooled)
+        fail_msg("%s save, allocation %ld failing (rc %d): live %llu after a clean save "
+                 "and release, a twin's %llu", spec, n, rc, (unsigned long long)live(it.s),
+                 (unsigned long long)(base + pooled));
     item_free(&it);
     assert_nothing_held(held, spec, "save", n);
     free(ref);
@@ -350,7 +489,7 @@ static bool save_once(void (*setup)(item *, const char *), const char *spec, lon
     return reached;
 }
 
-static void save_loop(void (*setup)(item *, const char *), const char *spec)
+static void save_loop(setup_fn setup, const char *spec)
 {
     int nfail = 0;
     long n = 1;
@@ -366,12 +505,16 @@ static void save_loop(void (*setup)(item *, const char *), const char *spec)
 
 /* release and step_end never fail and give back everything the item and
  * its decodes held, whatever allocation fails meanwhile. */
-static void release_and_step_end(void (*setup)(item *, const char *), const char *spec)
+static void release_and_step_end(setup_fn setup, const char *spec)
 {
     item it;
     setup(&it, spec);
     as_tensor ks = kept_shape(&it);
     as_arena *a = as_store_arena(it.s);
+    if (it.pools) {                             /* the rule's work set, kept by design */
+        assert_int_equal(as_store_save(it.s, &it.info, &it.src, &it.h), 0);
+        assert_int_equal(as_store_release(it.s, it.h), 0);
+    }
     uint64_t base = live(it.s);
     float *got = malloc(sizeof(float) * it.n);
     it.got = got;
@@ -381,7 +524,7 @@ static void release_and_step_end(void (*setup)(item *, const char *), const char
             as_store_step_begin(it.s, 1);
         assert_int_equal(as_store_save(it.s, &it.info, &it.src, &it.h), 0);
         for (int c = 0; c < NCALL; c++)
-            if ((c != CALL_BACKWARD || it.softmax) && call(&it, c))
+            if (applies(&it, c) && call(&it, c))
                 fail_msg("%s %s: %s", spec, call_name[c], as_store_last_error(it.s));
         as__arena_fault_set(a, 1, true);
         if (round)
@@ -407,8 +550,8 @@ static void test_fault_invert(void **st)
                                         "conv_input=invert::stream:q16; default=keep"};
     for (size_t k = 0; k < 2; k++) {
         save_loop(setup_conv, specs[k]);
-        loop(save_conv, specs[k], CALL_RESTORE);
-        loop(save_conv, specs[k], CALL_VIEW);
+        loop(setup_conv, specs[k], CALL_RESTORE);
+        loop(setup_conv, specs[k], CALL_VIEW);
         release_and_step_end(setup_conv, specs[k]);
     }
 }
@@ -423,9 +566,49 @@ static void test_fault_softmax(void **st)
     for (size_t k = 0; k < 4; k++) {
         save_loop(setup_softmax, specs[k]);
         for (int c = 0; c < NCALL; c++)
-            loop(save_softmax, specs[k], c);
+            loop(setup_softmax, specs[k], c);
         release_and_step_end(setup_softmax, specs[k]);
     }
+}
+
+/* Every loop that applies to the item. */
+static void all_loops(setup_fn setup, const char *spec)
+{
+    save_loop(setup, spec);
+    item probe;
+    setup(&probe, spec);
+    bool use[NCALL];
+    for (int c = 0; c < NCALL; c++)
+        use[c] = applies(&probe, c);
+    item_free(&probe);
+    for (int c = 0; c < NCALL; c++)
+        if (use[c])
+            loop(setup, spec, c);
+    release_and_step_end(setup, spec);
+}
+
+static void test_fault_act(void **st)
+{
+    (void)st;
+    all_loops(setup_fewbit, "layer:x=fewbit:3; layer:kept=keep; default=keep");
+    all_loops(setup_sign, "layer:x=sign; layer:kept=keep; default=keep");
+}
+
+static void test_fault_regenerators(void **st)
+{
+    (void)st;
+    all_loops(setup_recompute, "layer:x=recompute; layer:kept=keep; default=keep");
+    all_loops(setup_derive, "layer:x=derive; layer:kept=keep; default=keep");
+    all_loops(setup_inverse, "layer:x=keep; layer:kept=inverse; default=keep");
+}
+
+static void test_fault_codecs(void **st)
+{
+    (void)st;
+    all_loops(setup_bitpack, "layer:x=bitpack; layer:kept=keep; default=keep");
+    all_loops(setup_aq, "layer:x=aq:4:rn; layer:kept=keep; default=keep");
+    /* the rule's first save builds its work set (contexts and frames) */
+    all_loops(setup_zstd, "layer:x=zstd; layer:kept=keep; default=keep");
 }
 
 int main(void)
@@ -433,6 +616,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fault_invert),
         cmocka_unit_test(test_fault_softmax),
+        cmocka_unit_test(test_fault_act),
+        cmocka_unit_test(test_fault_regenerators),
+        cmocka_unit_test(test_fault_codecs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -32,12 +32,15 @@
 #include "support/ref.h"
 #include "support/test_main.h"
 
-/* A store (default=keep), a context and a parameter list. */
+/* A store (default=keep), a context, a parameter list and the float
+ * buffers the case made with bench_f. */
 typedef struct bench {
     as_store    *s;
     as_nn_ctx    c;
     as_nn_params ps;
     uint64_t     rng;
+    float       *own[4];
+    int          nown;
 } bench;
 
 static void bench_init(bench *b)
@@ -63,18 +66,44 @@ static size_t bench_set_params(bench *b, const double *p, size_t off)
     return off;
 }
 
+/* A float copy of d[0 .. n), freed by bench_finish. */
+static float *bench_f(bench *b, const double *d, size_t n)
+{
+    assert_true(b->nown < (int)(sizeof b->own / sizeof b->own[0]));
+    return b->own[b->nown++] = to_f(d, n);
+}
+
 static void bench_backward(bench *b)
 {
     as_store_phase(b->s, AS_PHASE_BACKWARD);
 }
 
-/* Every parameter's gradient against finite differences (nout = 0: none
- * computed, e.g. after a failed forward); then nothing may be left in the
- * store. */
+/* The forward's y (ny values) against the reference on p within tol; then
+ * the backward phase begins. */
+static void bench_forward_check(bench *b, const char *what, ref_fn ref,
+                                const void *cfg, const double *p, const float *y,
+                                size_t ny, double tol)
+{
+    double *yr = malloc(ny * sizeof *yr);
+    assert_non_null(yr);
+    ref(cfg, p, yr);
+    check_close(what, y, yr, ny, tol);
+    free(yr);
+    bench_backward(b);
+}
+
+/* The input gradient dx (p[0 .. off); NULL: not checked) and every
+ * parameter's gradient against finite differences (nout = 0: none computed,
+ * e.g. after a failed forward); then nothing may be left in the store. */
 static void bench_finish(bench *b, const char *what, ref_fn ref, const void *cfg,
-                         double *p, size_t off, size_t nout, const double *r)
+                         double *p, size_t off, size_t nout, const double *r,
+                         const float *dx)
 {
     char buf[128];
+    if (dx && nout > 0) {
+        snprintf(buf, sizeof buf, "%s dx", what);
+        check_grad(buf, ref, cfg, p, nout, r, dx, 0, off);
+    }
     for (size_t i = 0; i < b->ps.n && nout > 0; i++) {
         snprintf(buf, sizeof buf, "%s d(%s)", what, b->ps.p[i]->name);
         check_grad(buf, ref, cfg, p, nout, r, AS_NN_F(b->ps.p[i]->g), off,
@@ -93,6 +122,9 @@ static void bench_finish(bench *b, const char *what, ref_fn ref, const void *cfg
     as_nn_params_free(&b->c, &b->ps);
     as_nn_ctx_fini(&b->c);
     as_store_destroy(b->s);
+    for (int i = 0; i < b->nown; i++)
+        free(b->own[i]);
+    b->nown = 0;
 }
 
 static void expect_kind(bench *b, as_handle h, int kind, const char *what)
@@ -115,22 +147,17 @@ static void test_linear(void **state)
     as_nn_linear l;
     assert_int_equal(as_nn_linear_init(&b.c, &b.ps, &l, "fc", 5, 4, true, &b.rng), 0);
     lin_cfg c = {3, 5, 4};
-    double p[15 + 20 + 4], r[12], yr[12];
+    double p[15 + 20 + 4], r[12];
     fill(p, 39, 1.0);
     fill(r, 12, 1.0);
     bench_set_params(&b, p, 15);
-    float *x = to_f(p, 15), *rf = to_f(r, 12), y[12], dx[15];
+    float *x = bench_f(&b, p, 15), *rf = bench_f(&b, r, 12), y[12], dx[15];
     assert_int_equal(as_nn_linear_fwd(&b.c, &l, 3, x, y), 0);
     expect_kind(&b, l.hx, AS_KIND_LINEAR_INPUT, "linear");
     memset(x, 0, 15 * sizeof *x);   /* the store holds its own copy */
-    lin_ref(&c, p, yr);
-    check_close("linear fwd", y, yr, 12, 1e-5);
-    bench_backward(&b);
+    bench_forward_check(&b, "linear fwd", lin_ref, &c, p, y, 12, 1e-5);
     assert_int_equal(as_nn_linear_bwd(&b.c, &l, rf, dx), 0);
-    check_grad("linear dx", lin_ref, &c, p, 12, r, dx, 0, 15);
-    bench_finish(&b, "linear", lin_ref, &c, p, 15, 12, r);
-    free(x);
-    free(rf);
+    bench_finish(&b, "linear", lin_ref, &c, p, 15, 12, r, dx);
 }
 
 /* ---- conv ---------------------------------------------------------------------- */
@@ -148,11 +175,10 @@ static void conv_case(int N, int Cin, int H, int Cout, int k, int stride, int pa
     size_t nx = (size_t)N * Cin * H * H, ny = (size_t)N * Cout * g.Ho * g.Wo;
     size_t np = nx + (size_t)Cout * Cin * k * k + Cout;
     double *p = malloc(np * sizeof *p), *r = malloc(ny * sizeof *r);
-    double *yr = malloc(ny * sizeof *yr);
     fill(p, np, 1.0);
     fill(r, ny, 1.0);
     bench_set_params(&b, p, nx);
-    float *x = to_f(p, nx), *rf = to_f(r, ny), *y = malloc(ny * sizeof *y);
+    float *x = bench_f(&b, p, nx), *rf = bench_f(&b, r, ny), *y = malloc(ny * sizeof *y);
     float *dx = malloc(nx * sizeof *dx);
     char what[64];
     snprintf(what, sizeof what, "conv %d>%d %dx%d k%d s%d p%d", Cin, Cout, H, H,
@@ -161,13 +187,10 @@ static void conv_case(int N, int Cin, int H, int Cout, int k, int stride, int pa
     expect_kind(&b, l.hx, AS_KIND_CONV_INPUT, what);
     expect_kind(&b, l.hy, AS_KIND_CONV_OUTPUT, what);
     memset(x, 0, nx * sizeof *x);
-    conv_ref(&g, p, yr);
-    check_close(what, y, yr, ny, 1e-5);
-    bench_backward(&b);
+    bench_forward_check(&b, what, conv_ref, &g, p, y, ny, 1e-5);
     assert_int_equal(as_nn_conv_bwd(&b.c, &l, rf, dx), 0);
-    check_grad(what, conv_ref, &g, p, ny, r, dx, 0, nx);
-    bench_finish(&b, what, conv_ref, &g, p, nx, ny, r);
-    free(p); free(r); free(yr); free(x); free(rf); free(y); free(dx);
+    bench_finish(&b, what, conv_ref, &g, p, nx, ny, r, dx);
+    free(p); free(r); free(y); free(dx);
 }
 
 static void test_conv(void **state)
@@ -189,19 +212,17 @@ static void test_batchnorm(void **state)
     as_nn_bnorm l;
     assert_int_equal(as_nn_bnorm_init(&b.c, &b.ps, &l, "bn", 3), 0);
     bn_cfg c = {2, 3, 6};   /* (2, 3, 2, 3) */
-    double p[36 + 6], r[36], yr[36];
+    double p[36 + 6], r[36];
     fill(p, 42, 1.5);
     for (int i = 0; i < 36; i++)
         p[i] += 2.0;
     fill(r, 36, 1.0);
     bench_set_params(&b, p, 36);
-    float *x = to_f(p, 36), *rf = to_f(r, 36), y[36], dx[36];
+    float *x = bench_f(&b, p, 36), *rf = bench_f(&b, r, 36), y[36], dx[36];
     assert_int_equal(as_nn_bnorm_fwd(&b.c, &l, 2, 2, 3, x, AS_HANDLE_NULL, y), 0);
     expect_kind(&b, l.hx, AS_KIND_NORM_INPUT, "batchnorm");
     memset(x, 0, sizeof(float) * 36);
-    bn_ref(&c, p, yr);
-    check_close("batchnorm fwd", y, yr, 36, 1e-5);
-    bench_backward(&b);
+    bench_forward_check(&b, "batchnorm fwd", bn_ref, &c, p, y, 36, 1e-5);
     assert_int_equal(as_nn_bnorm_bwd(&b.c, &l, rf, dx), 0);
     check_grad("batchnorm dx", bn_ref, &c, p, 36, r, dx, 0, 36);
     /* eval mode: running statistics moved toward the batch's, nothing saved */
@@ -212,9 +233,7 @@ static void test_batchnorm(void **state)
     assert_true(as_handle_is_null(l.hx));
     as_nn_ctx_train(&b.c, true);
     as_nn_bnorm_fini(&b.c, &l);
-    bench_finish(&b, "batchnorm", bn_ref, &c, p, 36, 36, r);
-    free(x);
-    free(rf);
+    bench_finish(&b, "batchnorm", bn_ref, &c, p, 36, 36, r, NULL);
 }
 
 static void test_layernorm(void **state)
@@ -225,23 +244,18 @@ static void test_layernorm(void **state)
     as_nn_layernorm l;
     assert_int_equal(as_nn_layernorm_init(&b.c, &b.ps, &l, "ln", 7), 0);
     ln_cfg c = {4, 7};
-    double p[28 + 14], r[28], yr[28];
+    double p[28 + 14], r[28];
     fill(p, 42, 2.0);
     fill(r, 28, 1.0);
     bench_set_params(&b, p, 28);
-    float *x = to_f(p, 28), *rf = to_f(r, 28), y[28], dx[28];
+    float *x = bench_f(&b, p, 28), *rf = bench_f(&b, r, 28), y[28], dx[28];
     assert_int_equal(as_nn_layernorm_fwd(&b.c, &l, 4, x, y), 0);
     expect_kind(&b, l.hx, l.from_y ? AS_KIND_LINEAR_INPUT : AS_KIND_NORM_INPUT,
                 "layernorm");
     memset(x, 0, sizeof(float) * 28);
-    ln_ref(&c, p, yr);
-    check_close("layernorm fwd", y, yr, 28, 1e-5);
-    bench_backward(&b);
+    bench_forward_check(&b, "layernorm fwd", ln_ref, &c, p, y, 28, 1e-5);
     assert_int_equal(as_nn_layernorm_bwd(&b.c, &l, rf, dx), 0);
-    check_grad("layernorm dx", ln_ref, &c, p, 28, r, dx, 0, 28);
-    bench_finish(&b, "layernorm", ln_ref, &c, p, 28, 28, r);
-    free(x);
-    free(rf);
+    bench_finish(&b, "layernorm", ln_ref, &c, p, 28, 28, r, dx);
 }
 
 /* LayerNorm + linear with the norm saving its output (the linear aliasing
@@ -290,7 +304,7 @@ static void ln_pair(bool save_output, const float *gamma, const float *beta,
     memcpy(out->db, AS_NN_F(l.b->g), sizeof out->db);
     memcpy(out->dW, AS_NN_F(fc.W->g), sizeof out->dW);
     *fallbacks = l.fallbacks;
-    bench_finish(&b, "layernorm from output", NULL, NULL, NULL, 0, 0, NULL);
+    bench_finish(&b, "layernorm from output", NULL, NULL, NULL, 0, 0, NULL, NULL);
 }
 
 static void close_rel(const char *what, const float *a, const float *b,
@@ -377,27 +391,22 @@ static void test_activations(void **state)
         as_nn_act l;
         as_nn_act_init(&b.c, &l, names[k], fns[k], 0.1f);
         act_cfg c = {fns[k], fns[k] == AS_FN_RELU ? 0.0f : 0.1f, N, NULL};
-        double x[N], r[N], yr[N];
+        double x[N], r[N];
         fill(x, N, 2.0);
         for (int i = 0; i < N; i++)
             if (fabs(x[i]) < 1e-2)
                 x[i] = 0.5;
         fill(r, N, 1.0);
-        float *xf = to_f(x, N), *rf = to_f(r, N), y[N], dx[N];
+        float *xf = bench_f(&b, x, N), *rf = bench_f(&b, r, N), y[N], dx[N];
         const int64_t shape[4] = {2, 3, 2, 4};
         assert_int_equal(as_nn_act_fwd(&b.c, &l, 4, shape, xf, y), 0);
         expect_kind(&b, l.h, fns[k] == AS_FN_GELU ? AS_KIND_ACTIVATION_INPUT
                                                   : AS_KIND_ACTIVATION_OUTPUT,
                     names[k]);
         memset(xf, 0, sizeof(float) * N);
-        act_ref(&c, x, yr);
-        check_close(names[k], y, yr, N, 1e-5);
-        bench_backward(&b);
+        bench_forward_check(&b, names[k], act_ref, &c, x, y, N, 1e-5);
         assert_int_equal(as_nn_act_bwd(&b.c, &l, rf, dx), 0);
-        check_grad(names[k], act_ref, &c, x, N, r, dx, 0, N);
-        bench_finish(&b, names[k], act_ref, &c, x, N, N, r);
-        free(xf);
-        free(rf);
+        bench_finish(&b, names[k], act_ref, &c, x, N, N, r, dx);
     }
     /* in place, as the cnn uses it: y overwrites x */
     bench b;
@@ -412,7 +421,7 @@ static void test_activations(void **state)
     assert_int_equal(as_nn_act_bwd(&b.c, &l, d, d), 0);
     assert_float_equal(d[0], 0.2f, 1e-7);
     assert_float_equal(d[1], 1.0f, 1e-7);
-    bench_finish(&b, "inplace", act_ref, NULL, NULL, 0, 0, NULL);
+    bench_finish(&b, "inplace", act_ref, NULL, NULL, 0, 0, NULL, NULL);
 }
 
 static void test_pool(void **state)
@@ -426,23 +435,18 @@ static void test_pool(void **state)
         as_nn_pool_init(&b.c, &l, what, m == 1, 2);
         pool_cfg c = {2, 2, 5, 6, 2, m == 1};   /* odd H: last row dropped */
         enum { NX = 120, NY = 24 };
-        double x[NX], r[NY], yr[NY];
+        double x[NX], r[NY];
         fill(x, NX, 1.0);
         fill(r, NY, 1.0);
-        float *xf = to_f(x, NX), *rf = to_f(r, NY), y[NY], dx[NX];
+        float *xf = bench_f(&b, x, NX), *rf = bench_f(&b, r, NY), y[NY], dx[NX];
         assert_int_equal(as_nn_pool_fwd(&b.c, &l, 2, 2, 5, 6, xf, AS_HANDLE_NULL, y), 0);
         if (m)
             expect_kind(&b, l.hidx, AS_KIND_INDEX, what);
         else
             assert_true(as_handle_is_null(l.hidx));   /* needs nothing */
-        pool_ref(&c, x, yr);
-        check_close(what, y, yr, NY, 1e-6);
-        bench_backward(&b);
+        bench_forward_check(&b, what, pool_ref, &c, x, y, NY, 1e-6);
         assert_int_equal(as_nn_pool_bwd(&b.c, &l, rf, dx), 0);
-        check_grad(what, pool_ref, &c, x, NY, r, dx, 0, NX);
-        bench_finish(&b, what, pool_ref, &c, x, NX, NY, r);
-        free(xf);
-        free(rf);
+        bench_finish(&b, what, pool_ref, &c, x, NX, NY, r, dx);
     }
 }
 
@@ -455,10 +459,10 @@ static void test_dropout(void **state)
     as_nn_dropout l;
     as_nn_dropout_init(&b.c, &l, "dropout", 0.25f);
     enum { N = 64 };
-    double x[N], r[N], yr[N];
+    double x[N], r[N];
     fill(x, N, 1.0);
     fill(r, N, 1.0);
-    float *xf = to_f(x, N), *rf = to_f(r, N), y[N], dx[N], ones[N], mask[N];
+    float *xf = bench_f(&b, x, N), *rf = bench_f(&b, r, N), y[N], dx[N], ones[N], mask[N];
     assert_int_equal(as_nn_dropout_fwd(&b.c, &l, N, xf, y), 0);
     for (int i = 0; i < N; i++)
         ones[i] = 1.0f;
@@ -468,9 +472,7 @@ static void test_dropout(void **state)
         dropped += mask[i] == 0.0f;
     assert_in_range(dropped, 4, 32);
     act_cfg c = {0, 0, N, mask};
-    act_ref(&c, x, yr);
-    check_close("dropout fwd", y, yr, N, 1e-6);
-    bench_backward(&b);
+    bench_forward_check(&b, "dropout fwd", act_ref, &c, x, y, N, 1e-6);
     assert_int_equal(as_nn_dropout_bwd(&b.c, &l, rf, dx), 0);
     check_grad("dropout dx", act_ref, &c, x, N, r, dx, 0, N);
     /* another step: another mask; eval: identity */
@@ -482,9 +484,7 @@ static void test_dropout(void **state)
     assert_int_equal(as_nn_dropout_fwd(&b.c, &l, N, xf, y), 0);
     assert_memory_equal(xf, y, sizeof y);
     as_nn_ctx_train(&b.c, true);
-    bench_finish(&b, "dropout", act_ref, &c, x, N, N, r);
-    free(xf);
-    free(rf);
+    bench_finish(&b, "dropout", act_ref, &c, x, N, N, r, NULL);
 }
 
 /* ---- softmax -------------------------------------------------------------------- */
@@ -502,21 +502,16 @@ static void test_softmax(void **state)
         as_nn_softmax l;
         as_nn_softmax_init(&b.c, &l, names[k]);
         enum { N = 72 };
-        double x[N], r[N], yr[N];
+        double x[N], r[N];
         fill(x, N, 3.0);
         fill(r, N, 1.0);
-        float *xf = to_f(x, N), *rf = to_f(r, N), y[N], dx[N];
+        float *xf = bench_f(&b, x, N), *rf = bench_f(&b, r, N), y[N], dx[N];
         assert_int_equal(as_nn_softmax_fwd(&b.c, &l, 12, 6, cases[k].causal,
                                            cases[k].valid, xf, y), 0);
         expect_kind(&b, l.hy, AS_KIND_SOFTMAX_OUTPUT, names[k]);
-        sm_ref(&cases[k], x, yr);
-        check_close(names[k], y, yr, N, 1e-5);
-        bench_backward(&b);
+        bench_forward_check(&b, names[k], sm_ref, &cases[k], x, y, N, 1e-5);
         assert_int_equal(as_nn_softmax_bwd(&b.c, &l, rf, dx), 0);
-        check_grad(names[k], sm_ref, &cases[k], x, N, r, dx, 0, N);
-        bench_finish(&b, names[k], sm_ref, &cases[k], x, N, N, r);
-        free(xf);
-        free(rf);
+        bench_finish(&b, names[k], sm_ref, &cases[k], x, N, N, r, dx);
     }
 }
 
@@ -530,21 +525,19 @@ static void test_embedding(void **state)
     as_nn_embed l;
     assert_int_equal(as_nn_embed_init(&b.c, &b.ps, &l, "embed", 4, 3, 4, true,
                                       &b.rng), 0);
-    double p[28], r[24], yr[24];
+    double p[28], r[24];
     fill(p, 28, 1.0);
     fill(r, 24, 1.0);
     bench_set_params(&b, p, 0);
-    float *rf = to_f(r, 24), y[24];
+    float *rf = bench_f(&b, r, 24), y[24];
     int32_t tok[6];
     memcpy(tok, emb_tok, sizeof tok);
     assert_int_equal(as_nn_embed_fwd(&b.c, &l, 2, tok, y), 0);
     expect_kind(&b, l.htok, AS_KIND_INDEX, "embed");
     memset(tok, 0, sizeof tok);   /* saved: the caller may reuse its buffer */
-    emb_ref(NULL, p, yr);
-    check_close("embed fwd", y, yr, 24, 1e-6);
-    bench_backward(&b);
+    bench_forward_check(&b, "embed fwd", emb_ref, NULL, p, y, 24, 1e-6);
     assert_int_equal(as_nn_embed_bwd(&b.c, &l, rf), 0);
-    bench_finish(&b, "embed", emb_ref, NULL, p, 0, 24, r);
+    bench_finish(&b, "embed", emb_ref, NULL, p, 0, 24, r, NULL);
     /* a token outside the vocabulary is an error naming the layer */
     bench_init(&b);
     assert_int_equal(as_nn_embed_init(&b.c, &b.ps, &l, "embed", 4, 3, 4, true,
@@ -552,8 +545,7 @@ static void test_embedding(void **state)
     int32_t badtok[6] = {0, 1, 9, 0, 0, 0};
     assert_int_equal(as_nn_embed_fwd(&b.c, &l, 2, badtok, y), AS_ERANGE);
     assert_non_null(strstr(b.c.err, "embed"));
-    bench_finish(&b, "embed (error)", emb_ref, NULL, p, 0, 0, NULL);
-    free(rf);
+    bench_finish(&b, "embed (error)", emb_ref, NULL, p, 0, 0, NULL, NULL);
 }
 
 static void test_xent(void **state)
@@ -567,7 +559,7 @@ static void test_xent(void **state)
     xe_cfg c = {5, 6, t};
     double x[30], one[1] = {1.0}, yr;
     fill(x, 30, 3.0);
-    float *xf = to_f(x, 30), dx[30];
+    float *xf = bench_f(&b, x, 30), dx[30];
     double loss;
     int hits;
     assert_int_equal(as_nn_xent_fwd(&b.c, &l, 5, 6, xf, t, &loss, &hits), 0);
@@ -578,8 +570,7 @@ static void test_xent(void **state)
     bench_backward(&b);
     assert_int_equal(as_nn_xent_bwd(&b.c, &l, dx), 0);
     check_grad("xent dlogits", xe_ref, &c, x, 1, one, dx, 0, 30);
-    bench_finish(&b, "xent", xe_ref, &c, x, 30, 1, one);
-    free(xf);
+    bench_finish(&b, "xent", xe_ref, &c, x, 30, 1, one, NULL);
 }
 
 /* ---- attention (layer: qkv linear, core, output linear) ------------------------- */
@@ -608,11 +599,11 @@ static void attn_case(bool causal)
                                      &b.rng), 0);
     at_cfg c = {2, 5, 8, 2, causal};
     enum { NX = 80, NP = 80 + 192 + 24 + 64 + 8 };
-    double p[NP], r[NX], yr[NX];
+    double p[NP], r[NX];
     fill(p, NP, 0.8);
     fill(r, NX, 1.0);
     assert_int_equal(bench_set_params(&b, p, NX), NP);
-    float *x = to_f(p, NX), *rf = to_f(r, NX), y[NX], dx[NX];
+    float *x = bench_f(&b, p, NX), *rf = bench_f(&b, r, NX), y[NX], dx[NX];
     assert_int_equal(as_nn_attn_fwd(&b.c, &l, 2, 5, x, y), 0);
     expect_kind(&b, l.hP, AS_KIND_SOFTMAX_OUTPUT, what);
     expect_kind(&b, l.hqkv, AS_KIND_ATTENTION_INPUT, what);
@@ -625,14 +616,9 @@ static void attn_case(bool causal)
     assert_int_equal(ps.shape[1], 2);
     assert_int_equal(ps.shape[3], 5);
     memset(x, 0, sizeof(float) * NX);
-    at_ref(&c, p, yr);
-    check_close(what, y, yr, NX, 1e-5);
-    bench_backward(&b);
+    bench_forward_check(&b, what, at_ref, &c, p, y, NX, 1e-5);
     assert_int_equal(as_nn_attn_bwd(&b.c, &l, rf, dx), 0);
-    check_grad(what, at_ref, &c, p, NX, r, dx, 0, NX);
-    bench_finish(&b, what, at_ref, &c, p, NX, NX, r);
-    free(x);
-    free(rf);
+    bench_finish(&b, what, at_ref, &c, p, NX, NX, r, dx);
 }
 
 static void test_attention(void **state)
@@ -658,7 +644,7 @@ static void linear_run(const char *spec, int N, int in, int out, float *dx,
     double *xd = malloc(nx * sizeof *xd), *rd = malloc(ny * sizeof *rd);
     fill(xd, nx, 1.0);
     fill(rd, ny, 1.0);
-    float *x = to_f(xd, nx), *dy = to_f(rd, ny), *y = malloc(ny * sizeof *y);
+    float *x = bench_f(&b, xd, nx), *dy = bench_f(&b, rd, ny), *y = malloc(ny * sizeof *y);
     assert_int_equal(as_nn_linear_fwd(&b.c, &l, N, x, y), 0);
     *in_place = as_store_is_in_place(b.s, l.hx);
     bench_backward(&b);
@@ -667,8 +653,8 @@ static void linear_run(const char *spec, int N, int in, int out, float *dx,
     memcpy(db, AS_NN_F(l.b->g), sizeof(float) * (size_t)out);
     /* the handle is gone after backward */
     assert_int_equal(as_store_is_in_place(b.s, l.hx), AS_EHANDLE);
-    bench_finish(&b, "linear streamed", NULL, NULL, NULL, 0, 0, NULL);
-    free(xd); free(rd); free(x); free(dy); free(y);
+    bench_finish(&b, "linear streamed", NULL, NULL, NULL, 0, 0, NULL, NULL);
+    free(xd); free(rd); free(y);
 }
 
 static void test_linear_streamed(void **state)
@@ -710,7 +696,7 @@ static void attn_run(const char *spec, float *dx, float *g, size_t ng,
     fill(p, NP, 0.8);
     fill(r, NX, 1.0);
     assert_int_equal(bench_set_params(&b, p, NX), NP);
-    float *x = to_f(p, NX), *rf = to_f(r, NX), y[NX];
+    float *x = bench_f(&b, p, NX), *rf = bench_f(&b, r, NX), y[NX];
     assert_int_equal(as_nn_attn_fwd(&b.c, &l, 3, 5, x, y), 0);
     *in_place = as_store_is_in_place(b.s, l.hqkv);
     bench_backward(&b);
@@ -722,9 +708,7 @@ static void attn_run(const char *spec, float *dx, float *g, size_t ng,
         off += b.ps.p[i]->n;
     }
     assert_int_equal(off, ng);
-    bench_finish(&b, "attention streamed", NULL, NULL, NULL, 0, 0, NULL);
-    free(x);
-    free(rf);
+    bench_finish(&b, "attention streamed", NULL, NULL, NULL, 0, 0, NULL, NULL);
 }
 
 static void test_attention_streamed(void **state)

@@ -50,16 +50,6 @@ static void test_linear(void **state)
 /* ---- conv2d ----------------------------------------------------------- */
 
 /* Backends to run: the builtin path always, oneDNN when built in. */
-static int nbackends(as_op_backend *b)
-{
-    int n = 0;
-    b[n++] = AS_OP_BUILTIN;
-    if (as_op_set_backend(AS_OP_ONEDNN) == 0)
-        b[n++] = AS_OP_ONEDNN;
-    as_op_set_backend(AS_OP_BUILTIN);
-    return n;
-}
-
 static const char *bname(as_op_backend b)
 {
     return b == AS_OP_ONEDNN ? "onednn" : "builtin";

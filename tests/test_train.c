@@ -229,11 +229,12 @@ static void w_axpy(as_nn_run *r, const float *v, double h)
     }
 }
 
-static void model_grad_case(const char *model, bool leaky, int patch)
+static void model_grad_case(const char *model, bool leaky, int patch, as_op_layout lay)
 {
     as_nn_preset p = preset(model, 10);
     if (leaky)
         p.cnn.act_fn = AS_FN_LEAKY_RELU;
+    p.cnn.layout = lay;
     p.tf.patch = patch;   /* vit: patch side (0 = 4) */
     as_nn_run *r = run_new(&p, 17, "default=keep");
     for (int s = 0; s < 3; s++)   /* away from the initialisation */
@@ -271,14 +272,14 @@ static void model_grad_case(const char *model, bool leaky, int patch)
         w_axpy(r, v, h);
         double num = (lp - lm) / (2 * h), err = fabs(num - dot);
         if (!(err <= 0.05 * fabs(dot) + 5e-5))
-            fail_msg("%s%s: %s: directional derivative %.6g from the gradients, "
+            fail_msg("%s%s%s: %s: directional derivative %.6g from the gradients, "
                      "%.6g from the loss", model, leaky ? " (leaky)" : "",
-                     ps->p[i]->name, dot, num);
+                     lay ? " (blocked)" : "", ps->p[i]->name, dot, num);
         if (fabs(dot) > 1e-3 && err / fabs(dot) > worst)
             worst = err / fabs(dot);
     }
-    print_message("%s%s: %zu parameter tensors, worst relative error %.2g\n",
-                  model, leaky ? " leaky" : "", ps->n, worst);
+    print_message("%s%s%s: %zu parameter tensors, worst relative error %.2g\n",
+                  model, leaky ? " leaky" : "", lay ? " blocked" : "", ps->n, worst);
     free(g); free(v);
     as_nn_run_destroy(r);
 }
@@ -286,11 +287,83 @@ static void model_grad_case(const char *model, bool leaky, int patch)
 static void test_model_grads(void **state)
 {
     (void)state;
-    model_grad_case("cnn", true, 0);
-    model_grad_case("cnn", false, 0);
-    model_grad_case("vit", false, 0);
-    model_grad_case("vit", false, 7);   /* 16 patches of 7x7 + class token */
-    model_grad_case("lm", false, 0);
+    model_grad_case("cnn", true, 0, AS_OP_NCHW);
+    model_grad_case("cnn", false, 0, AS_OP_NCHW);
+    model_grad_case("cnn", true, 0, AS_OP_BLK16);   /* widths 8, 16: padded lanes */
+    model_grad_case("cnn", false, 0, AS_OP_BLK16);
+    model_grad_case("vit", false, 0, AS_OP_NCHW);
+    model_grad_case("vit", false, 7, AS_OP_NCHW);   /* 16 patches of 7x7 + class token */
+    model_grad_case("lm", false, 0, AS_OP_NCHW);
+}
+
+/* ---- the cnn's blocked layout ---------------------------------------------
+ * The same training in both layouts: the loss curves agree within float
+ * rounding of other summation orders; with a rule whose policy reads the
+ * NCHW order (conv inversion that solves) the blocked configuration runs
+ * NCHW, bit for bit; an elementwise policy (sign) runs blocked and still
+ * agrees; conv inversion that derives its inputs runs blocked, stores no
+ * conv-input byte and trains as keep does, bit for bit. */
+
+static void layout_losses(as_op_layout lay, bool leaky, const char *policy, double *loss,
+                          long n)
+{
+    as_nn_preset p = preset("cnn", n);
+    p.cnn.layout = lay;
+    if (leaky)
+        p.cnn.act_fn = AS_FN_LEAKY_RELU;
+    train_losses_policy(&p, 21, policy, loss, n);
+}
+
+static void test_cnn_layouts(void **state)
+{
+    (void)state;
+    enum { N = 12 };
+    const char *agnostic[] = {"default=keep", "activation_output=sign; index=bitpack; "
+                              "default=keep"};
+    for (int k = 0; k < 2; k++) {
+        double a[N], b[N];
+        layout_losses(AS_OP_NCHW, false, agnostic[k], a, N);
+        layout_losses(AS_OP_BLK16, false, agnostic[k], b, N);
+        for (int s = 0; s < N; s++)
+            if (!(fabs(a[s] - b[s]) <= 1e-4 * fabs(a[s])))
+                fail_msg("%s: step %d loss %.9g NCHW, %.9g blocked", agnostic[k], s,
+                         a[s], b[s]);
+        if (as_op_get_backend() == AS_OP_ONEDNN)   /* the blocked kernels did run */
+            assert_memory_not_equal(a, b, sizeof a);
+    }
+    double a[N], b[N];
+    const char *solve = "conv_input=invert::::solve; default=keep";
+    layout_losses(AS_OP_NCHW, true, solve, a, N);
+    layout_losses(AS_OP_BLK16, true, solve, b, N);
+    assert_memory_equal(a, b, sizeof a);
+    for (int convs = 1; convs <= 2; convs++) {
+        as_nn_preset p = preset("cnn", N);
+        p.cnn.layout = AS_OP_BLK16;
+        p.cnn.act_fn = AS_FN_LEAKY_RELU;
+        p.cnn.convs = convs;
+        train_losses_policy(&p, 21, "default=keep", a, N);
+        as_nn_run *r = run_new(&p, 21, "conv_input=invert; default=keep");
+        for (int s = 0; s < N; s++)
+            assert_int_equal(as_nn_run_step(r, &b[s]), 0);
+        as_store_stats st;
+        assert_int_equal(as_store_stats_take(as_nn_run_store(r), &st), 0);
+        assert_int_equal(st.kinds[AS_KIND_CONV_INPUT].stored_peak, 0);
+        assert_int_equal(st.total.fallbacks, 0);
+        as_store_stats_free(&st);
+        as_nn_run_destroy(r);
+        if (memcmp(a, b, sizeof a))
+            fail_msg("convs %d: invert blocked, step 0 loss %.17g, keep %.17g", convs,
+                     b[0], a[0]);
+    }
+    assert_true(as_nn_cnn_layout_free("default=keep; activation_output=sign|keep"));
+    assert_true(as_nn_cnn_layout_free("layer:stages.*=fewbit:2; index=bitpack; default=keep"));
+    assert_true(as_nn_cnn_layout_free("conv_input=invert; default=keep"));
+    assert_true(as_nn_cnn_layout_free("conv_input=invert:1e5|keep; default=keep"));
+    assert_false(as_nn_cnn_layout_free(solve));
+    assert_false(as_nn_cnn_layout_free("conv_input=invert|q8"));
+    assert_false(as_nn_cnn_layout_free("conv_input=invert; norm_input=inverse"));
+    assert_false(as_nn_cnn_layout_free("default=q4:64"));
+    assert_false(as_nn_cnn_layout_free("activation_output=sign|aq"));
 }
 
 /* ---- copying weights: paired runs ------------------------------------------ */
@@ -603,6 +676,7 @@ int main(void)
         cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_grads_pure),
         cmocka_unit_test(test_model_grads),
+        cmocka_unit_test(test_cnn_layouts),
         cmocka_unit_test(test_copy_weights),
         cmocka_unit_test(test_lockstep),
         cmocka_unit_test(test_eval),

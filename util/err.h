@@ -47,6 +47,13 @@ static inline char *as_last_err_slot(as_last_err *e, uint64_t key)
     return e->slot[i].text;
 }
 
+/* Format the text of key into its slot. */
+static inline void as_last_err_vset(as_last_err *e, uint64_t key, const char *fmt,
+                                    va_list ap)
+{
+    vsnprintf(as_last_err_slot(e, key), sizeof e->slot[0].text, fmt, ap);
+}
+
 /* The text of key, or none when this thread has none. */
 static inline const char *as_last_err_get(const as_last_err *e, uint64_t key,
                                           const char *none)

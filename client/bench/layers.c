@@ -1,5 +1,6 @@
 /*
  * actstore bench layers [--json FILE] [--reps R] [--threads T] [--quick]
+ *                       [--layout blocked|nchw]
  *
  * Achieved GFLOP/s of the reference framework's conv and matmul kernels in
  * the shapes of the bench presets (read from layers/presets.c, so they stay
@@ -16,6 +17,10 @@
  *     the library itself reaches on the shape.
  * The kernels in use (backend, oneDNN ISA, OpenBLAS core and how it was
  * chosen) head the output; AS_KERNELS=builtin measures the im2col path.
+ * The convs run on the activation layout the cnn uses (--layout, default
+ * the bench preset's): blocked, nChw16c in and out as the model passes
+ * them between layers (the first conv reads the NCHW batch), or NCHW with
+ * the reorders to and from the library's layouts inside each call.
  * Time is the calling thread's CPU time with one BLAS thread (the
  * default), wall time otherwise. Each figure is the median over R repeats
  * (default 31); a repeat times
@@ -111,6 +116,8 @@ static void run_openblas(void *ud)
 typedef struct conv_case {
     as_op_conv_geom g;
     bool dx;
+    as_op_layout lay;   /* of y, dy (blocked: x too but the first conv's) */
+    as_op_layout xl;
     int half;   /* conv_split: 1 backward-weights, 2 backward-data */
     float *x, *W, *b, *y, *dy, *dxb, *dW, *db, *ws, *nws;
 } conv_case;
@@ -118,14 +125,27 @@ typedef struct conv_case {
 static void run_conv_fwd(void *ud)
 {
     conv_case *c = ud;
-    as_op_conv_fwd(&c->g, c->x, c->W, c->b, c->y, c->ws);
+    if (c->lay == AS_OP_BLK16)
+        as_op_conv_fwd_blk(&c->g, c->xl, c->x, c->W, c->b, c->y, c->ws);
+    else
+        as_op_conv_fwd(&c->g, c->x, c->W, c->b, c->y, c->ws);
+}
+
+/* The backward as the model runs it; data / weights: which halves. */
+static void conv_bwd(conv_case *c, bool data, bool weights)
+{
+    float *dx = data ? c->dxb : NULL, *dW = weights ? c->dW : NULL;
+    float *db = weights ? c->db : NULL;
+    if (c->lay == AS_OP_BLK16)
+        as_op_conv_bwd_blk(&c->g, c->xl, c->x, c->W, c->dy, dx, dW, db, c->ws);
+    else
+        as_op_conv_bwd(&c->g, c->x, c->W, c->dy, dx, dW, db, c->ws);
 }
 
 static void run_conv_bwd(void *ud)
 {
     conv_case *c = ud;
-    as_op_conv_bwd(&c->g, c->x, c->W, c->dy, c->dx ? c->dxb : NULL, c->dW,
-                   c->db, c->ws);
+    conv_bwd(c, c->dx, true);
 }
 
 /* The library's primitives alone: forward; backward weights (+ data). */
@@ -148,9 +168,7 @@ static void run_native_bwd(void *ud)
 static void run_conv_half(void *ud)
 {
     conv_case *c = ud;
-    const bool data = c->half == 2;
-    as_op_conv_bwd(&c->g, c->x, c->W, c->dy, data ? c->dxb : NULL, data ? NULL : c->dW,
-                   data ? NULL : c->db, c->ws);
+    conv_bwd(c, c->half == 2, c->half != 2);
 }
 
 static void run_native_half(void *ud)
@@ -223,6 +241,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: actstore bench layers [--json FILE] [--reps R] [--threads T] [--quick]\n"
+        "                             [--layout blocked|nchw]\n"
         "\n"
         "GFLOP/s of conv (forward, backward) and linear (forward, backward)\n"
         "in the shapes of the bench presets (cnn, vit, lm), next to sgemm of\n"
@@ -233,6 +252,9 @@ static void usage(FILE *f)
         "  --reps R     repeats per figure, median reported (default 31, max 256)\n"
         "  --threads T  BLAS / oneDNN threads for everything (default 1)\n"
         "  --quick      9 repeats\n"
+        "  --layout L   the convs' activations: blocked (nChw16c in and out, as the\n"
+        "               cnn runs them blocked) or nchw (reordered inside each call);\n"
+        "               default the cnn's (AS_LAYOUT overrides it)\n"
         "  --json FILE  write the results as JSON (\"-\" = stdout)\n");
 }
 
@@ -248,13 +270,16 @@ typedef struct layers_bench {
     double   fwd_lib_t, bwd_lib_t;   /* the library primitives alone */
     bool     lib_all;                /* ... ran on every conv shape */
     bool     any_direct;             /* a conv ran the direct kernel */
+    as_op_layout lay;                /* the convs' activation layout */
 } layers_bench;
 
 /* Returns AS_CLI_RUN, or an exit code after --help or a usage error. */
 static int parse_args(layers_bench *b, int argc, char **argv)
 {
     bool quick = false;
+    const char *layout = NULL;
     const as_cli_flag flags[] = {
+        {"--layout", AS_CLI_STR, &layout, 0, 0},
         {"--json", AS_CLI_STR, &b->json, 0, 0},
         {"--reps", AS_CLI_U64, &b->reps, 1, 256},
         {"--threads", AS_CLI_U64, &b->threads, 1, 256},
@@ -264,6 +289,17 @@ static int parse_args(layers_bench *b, int argc, char **argv)
                                 argc, argv);
     if (quick)
         b->reps = 9;
+    as_nn_preset cp;   /* default: the cnn's (with AS_LAYOUT) */
+    as_nn_preset_get("cnn", "bench", &cp);
+    if (rc == AS_CLI_RUN && !layout && as_nn_cnn_layout(&cp.cnn, &b->lay))
+        return as_cli_usage("bench layers", "AS_LAYOUT=%s: expected blocked or nchw",
+                            getenv("AS_LAYOUT"));
+    if (rc == AS_CLI_RUN && layout) {
+        if (strcmp(layout, "blocked") && strcmp(layout, "nchw"))
+            return as_cli_usage("bench layers", "--layout: expected blocked or nchw, got '%s'",
+                                layout);
+        b->lay = strcmp(layout, "blocked") ? AS_OP_NCHW : AS_OP_BLK16;
+    }
     return rc;
 }
 
@@ -323,14 +359,15 @@ static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
 {
     uint64_t *seed = &b->seed;
     const int H = c->g.H;
-    const size_t nx = (size_t)c->g.N * c->g.Cin * H * H;
-    const size_t ny = (size_t)c->g.N * c->g.Cout * c->g.Ho * c->g.Wo;
+    const size_t nx = as_op_image_numel(c->xl, c->g.N, c->g.Cin, H, H);
+    const size_t ny = as_op_image_numel(c->lay, c->g.N, c->g.Cout, c->g.Ho, c->g.Wo);
     const size_t nw = (size_t)c->g.Cout * c->g.Cin * 9;
     c->x = randbuf(nx, seed); c->W = randbuf(nw, seed);
     c->b = randbuf((size_t)c->g.Cout, seed); c->y = randbuf(ny, seed);
     c->dy = randbuf(ny, seed); c->dxb = randbuf(nx, seed);
     c->dW = randbuf(nw, seed); c->db = randbuf((size_t)c->g.Cout, seed);
-    c->ws = randbuf(as_op_conv_workspace(&c->g), seed);
+    c->ws = randbuf(c->lay == AS_OP_BLK16 ? as_op_conv_workspace_blk(&c->g, c->xl)
+                                          : as_op_conv_workspace(&c->g), seed);
     const size_t nnws = as_op_conv_native_workspace(&c->g);
     c->nws = nnws ? randbuf(nnws, seed) : NULL;
     const int M = c->g.Cout, Nc = c->g.N * c->g.Ho * c->g.Wo, K = c->g.Cin * 9;
@@ -358,7 +395,7 @@ static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
         b->fwd_flops += f; b->fwd_t += tf; b->fwd_ref_t += tfr;
         b->bwd_flops += fb; b->bwd_t += tb; b->bwd_ref_t += tbr_all;
         char name[64], shp[64];
-        const bool direct = as_direct_conv_ok(&c->g);
+        const bool direct = c->lay == AS_OP_NCHW && as_direct_conv_ok(&c->g);
         b->any_direct = b->any_direct || direct;
         snprintf(name, sizeof name, "stages.%d.conv%d", s, k);
         snprintf(shp, sizeof shp, "%d %d>%d %dx%d 3", c->g.N, c->g.Cin, c->g.Cout, H, H);
@@ -383,6 +420,8 @@ static int conv_one(layers_bench *b, conv_case *c, int s, int k, cJSON *ca)
         cJSON_AddNumberToObject(o, "stride", 1);
         cJSON_AddNumberToObject(o, "pad", 1);
         cJSON_AddBoolToObject(o, "direct", direct);
+        cJSON_AddStringToObject(o, "layout", c->lay == AS_OP_BLK16 ? "blocked" : "nchw");
+        cJSON_AddStringToObject(o, "x_layout", c->xl == AS_OP_BLK16 ? "blocked" : "nchw");
         cJSON_AddNumberToObject(o, "gemm_m", M);
         cJSON_AddNumberToObject(o, "gemm_n", Nc);
         cJSON_AddNumberToObject(o, "gemm_k", K);
@@ -416,6 +455,10 @@ static int bench_convs(layers_bench *b, cJSON *root)
     as_nn_preset cp;
     as_nn_preset_get("cnn", "bench", &cp);
     cJSON *ca = cJSON_AddArrayToObject(root, "conv");
+    printf("conv activations: %s\n", b->lay == AS_OP_BLK16
+           ? "nChw16c in and out (the first conv: NCHW batch in), as the cnn runs them blocked"
+           : "NCHW in and out (reordered to the library's layouts inside each call)");
+    cJSON_AddStringToObject(root, "conv_layout", b->lay == AS_OP_BLK16 ? "blocked" : "nchw");
     printf("%-16s %-16s %8s %6s %6s %6s %8s %6s %6s %6s\n", "conv (cnn bench)",
            "N Cin>Cout HxW k", "fwd GF/s", "sgemm", "lib", "/lib", "bwd GF/s", "sgemm",
            "lib", "/lib");
@@ -426,7 +469,8 @@ static int bench_convs(layers_bench *b, cJSON *root)
             conv_case c = {.g = {.N = cp.batch, .Cin = cin, .H = H, .W = H,
                                  .Cout = cp.cnn.widths[s], .kh = 3, .kw = 3,
                                  .stride = 1, .pad = 1},
-                           .dx = li > 0};
+                           .dx = li > 0, .lay = b->lay,
+                           .xl = li > 0 ? b->lay : AS_OP_NCHW};
             as_op_conv_geom_init(&c.g);
             int rc = conv_one(b, &c, s, k, ca);
             cin = cp.cnn.widths[s];

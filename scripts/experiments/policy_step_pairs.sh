@@ -5,6 +5,10 @@
 # for STEPS steps; a run's figure is its median step thread-CPU time
 # (time.step_cpu_ms_median). Prints per SPEC the ratio to the same round's
 # keep run, per round and the median over rounds. Run from the repository root.
+# cnn: keep runs on blocked activations, a spec whose policies need NCHW
+# (invert, q4, auto, ...) on NCHW (docs/training.md, "Activation layout");
+# AS_LAYOUT=nchw in the environment puts every run on NCHW, so the ratio
+# measures the policy alone.
 set -euo pipefail
 BIN=${BIN:-./build/client/actstore}
 m=$1 rounds=$2 steps=$3

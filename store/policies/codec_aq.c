@@ -154,8 +154,7 @@ static int aq_encode(as_pctx *ctx, const void *params_,
             return rc;
         aq_hdr *h = (aq_hdr *)(void *)blk;
         h->n = n;
-        h->cols = t->ndim > 0 && t->shape[t->ndim - 1] > 0
-                      ? (uint64_t)t->shape[t->ndim - 1] : 1;
+        h->cols = as_policy_row_len(t);
         h->fmt = fmt;
         h->params = blk + off_p;
         h->codes = blk + off_c;
@@ -177,11 +176,10 @@ static int aq_decode(as_pctx *ctx, const void *params, void *state,
 {
     (void)params;
     const aq_hdr *h = state;
-    int rc = as_pctx_check_seal(ctx, h, offsetof(aq_hdr, seal), h->seal);
+    int rc = as_pctx_check_sealed_f32(ctx, h, offsetof(aq_hdr, seal), h->seal,
+                                      h->n, dst);
     if (rc)
         return rc;
-    if ((uint64_t)as_tensor_numel(dst) != h->n || dst->dtype != AS_F32)
-        return AS_ESHAPE;
     as__aq_decode(&h->fmt, h->params, h->codes, h->n, 0, h->n, dst->data);
     return 0;
 }

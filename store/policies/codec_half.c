@@ -31,8 +31,7 @@ static int half_encode(as_pctx *ctx, const as_tensor *t, void **state,
     if (rc)
         return rc;
     h->n = n;
-    h->cols = t->ndim > 0 && t->shape[t->ndim - 1] > 0
-                  ? (uint64_t)t->shape[t->ndim - 1] : 1;
+    h->cols = as_policy_row_len(t);
     h->seal = as_pctx_seal(h, offsetof(half_hdr, seal));
     if (brain)
         as__f32_to_bf16(t->data, h->v, n);
@@ -53,11 +52,10 @@ static void half_range(const half_hdr *h, size_t i0, size_t n, float *dst,
 
 static int half_decode(as_pctx *ctx, const half_hdr *h, as_tensor *dst, bool brain)
 {
-    int rc = as_pctx_check_seal(ctx, h, offsetof(half_hdr, seal), h->seal);
+    int rc = as_pctx_check_sealed_f32(ctx, h, offsetof(half_hdr, seal), h->seal,
+                                      h->n, dst);
     if (rc)
         return rc;
-    if ((uint64_t)as_tensor_numel(dst) != h->n || dst->dtype != AS_F32)
-        return AS_ESHAPE;
     half_range(h, 0, h->n, dst->data, brain);
     return 0;
 }

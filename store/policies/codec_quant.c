@@ -138,8 +138,7 @@ static int quant_encode(as_pctx *ctx, const quant_params *p,
         return rc;
     quant_hdr *h = (quant_hdr *)(void *)blk;
     h->n = n;
-    h->cols = t->ndim > 0 && t->shape[t->ndim - 1] > 0
-                  ? (uint64_t)t->shape[t->ndim - 1] : 1;
+    h->cols = as_policy_row_len(t);
     h->bits = (uint32_t)bits;
     h->group = p->group;
     h->groups = (as_qgroup *)(void *)(blk + off_g);
@@ -170,11 +169,10 @@ static int quant_decode(as_pctx *ctx, const void *params, void *state,
 {
     (void)params;
     const quant_hdr *h = state;
-    int rc = as_pctx_check_seal(ctx, h, offsetof(quant_hdr, seal), h->seal);
+    int rc = as_pctx_check_sealed_f32(ctx, h, offsetof(quant_hdr, seal), h->seal,
+                                      h->n, dst);
     if (rc)
         return rc;
-    if ((uint64_t)as_tensor_numel(dst) != h->n || dst->dtype != AS_F32)
-        return AS_ESHAPE;
     as__quant_decode(h->groups, h->codes, (int)h->bits, h->group, 0, h->n,
                      dst->data);
     return 0;

@@ -47,7 +47,6 @@
 
 #include "store/policies/quant.h"
 #include "store/policy.h"
-#include "allocator/fault.h"
 
 #define ZFRAME   ((size_t)1 << 20)  /* raw bytes per frame */
 #define ZPOOL    4                  /* idle work sets kept per rule */
@@ -64,14 +63,10 @@ enum { ZMODE_PLAIN = 0, ZMODE_SHUF = 1, ZMODE_MASK = 2 };
  * AS_ENOMEM), so a save over budget reports the budget. */
 static _Thread_local int ws_last_rc;
 
+/* opaque: the store's arena (a store always has one). */
 static void *ws_alloc(void *opaque, size_t size)
 {
     as_arena *a = opaque;
-    if (!a) {
-        void *p = as__fmalloc(size + WS_HDR);
-        ws_last_rc = p ? 0 : AS_ENOMEM;
-        return p ? (char *)p + WS_HDR : NULL;
-    }
     as_block b;
     int rc = as_alloc(a, size + WS_HDR, AS_TAG_WORKSPACE, AS_LAYER_NONE, &b);
     if (rc) {
@@ -88,10 +83,6 @@ static void ws_free(void *opaque, void *p)
     if (!p)
         return;
     char *base = (char *)p - WS_HDR;
-    if (!a) {
-        free(base);
-        return;
-    }
     as_block b;
     memcpy(&b, base, sizeof b);
     as_free(a, &b);
@@ -100,7 +91,7 @@ static void ws_free(void *opaque, void *p)
 /* ---- pooled work sets -------------------------------------------------- */
 
 typedef struct zwork {
-    as_arena     *arena;   /* where its memory lives (NULL = malloc) */
+    as_arena     *arena;   /* where its memory lives */
     ZSTD_CCtx    *c;       /* the rule's level */
     ZSTD_CCtx    *cl;      /* literals only: fastest level, Huffman on */
     ZSTD_DCtx    *d;
@@ -448,8 +439,7 @@ static int zstd_encode(as_pctx *ctx, const void *params,
     h->bytes = bytes;
     h->esize = (uint32_t)esize;
     h->nframes = (uint32_t)nframes;
-    h->row_bytes = esize * (t->ndim > 0 && t->shape[t->ndim - 1] > 0
-                            ? (uint64_t)t->shape[t->ndim - 1] : 1);
+    h->row_bytes = esize * as_policy_row_len(t);
     if (!nframes) {
         *state = h;
         return 0;

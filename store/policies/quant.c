@@ -71,26 +71,32 @@ static int have_f16c(void)
 }
 #endif
 
+/* The converters of this machine: F16C where the CPU has it, else the
+ * portable loops (both round to nearest even: the same results). */
+typedef struct f16_conv {
+    void (*to_f16)(const float *, uint16_t *, size_t);
+    void (*to_f32)(const uint16_t *, float *, size_t);
+} f16_conv;
+
+static const f16_conv *f16_conv_here(void)
+{
+    static const f16_conv sw = {as__f32_to_f16_sw, as__f16_to_f32_sw};
+#if AS_HAVE_F16C_PATH
+    static const f16_conv hw = {f32_to_f16_f16c, f16_to_f32_f16c};
+    if (have_f16c())
+        return &hw;
+#endif
+    return &sw;
+}
+
 void as__f32_to_f16(const float *src, uint16_t *dst, size_t n)
 {
-#if AS_HAVE_F16C_PATH
-    if (have_f16c()) {
-        f32_to_f16_f16c(src, dst, n);
-        return;
-    }
-#endif
-    as__f32_to_f16_sw(src, dst, n);
+    f16_conv_here()->to_f16(src, dst, n);
 }
 
 void as__f16_to_f32(const uint16_t *src, float *dst, size_t n)
 {
-#if AS_HAVE_F16C_PATH
-    if (have_f16c()) {
-        f16_to_f32_f16c(src, dst, n);
-        return;
-    }
-#endif
-    as__f16_to_f32_sw(src, dst, n);
+    f16_conv_here()->to_f32(src, dst, n);
 }
 
 /* ---- bf16 --------------------------------------------------------------- */

@@ -95,12 +95,11 @@ static void sample_dbl(const as_service *svc, as__sb *b, const char *name,
 
 static void arena_metrics(as_service *svc, as__sb *b)
 {
-    ARENA_GAUGE("actstore_live_bytes", "gauge",
-                "Bytes live in the allocator arena (usable sizes, all tags).",
-                v->arena.total.live_usable);
-    ARENA_GAUGE("actstore_peak_bytes", "gauge",
-                "Peak live bytes since the last peak reset (per training step).",
-                v->arena.total.peak_usable);
+#define GAUGE_ROW(key, name, type, help, field) ARENA_GAUGE(name, type, help, v->arena.field);
+#define NO_ROW(key, field)
+    AS__SVC_ARENA(GAUGE_ROW, NO_ROW)
+#undef NO_ROW
+#undef GAUGE_ROW
     family(b, "actstore_peak_since_scrape_bytes", "gauge",
            "Largest live bytes seen since the previous scrape of /metrics.");
     FOR_ARENA(i, v) {
@@ -111,22 +110,6 @@ static void arena_metrics(as_service *svc, as__sb *b)
                    NULL, NULL, peak);
         svc->scrape_peak[i] = v->arena.total.live_usable;
     }
-    ARENA_GAUGE("actstore_budget_bytes", "gauge",
-                "Allocation budget of the arena (0 = none).", v->arena.budget_bytes);
-    ARENA_GAUGE("actstore_arena_resident_bytes", "gauge",
-                "Resident bytes of the jemalloc arena (last stats refresh).", v->arena.resident);
-    ARENA_GAUGE("actstore_arena_mapped_bytes", "gauge",
-                "Mapped bytes of the jemalloc arena.", v->arena.mapped);
-    ARENA_GAUGE("actstore_arena_retained_bytes", "gauge",
-                "Retained (unmapped, reusable) bytes of the jemalloc arena.", v->arena.retained);
-    ARENA_GAUGE("actstore_arena_reserved_bytes_total", "counter",
-                "Bytes reserved from the OS by the arena's extent hooks.", v->arena.reserved_bytes);
-    ARENA_GAUGE("actstore_arena_purged_bytes_total", "counter",
-                "Bytes purged back to the OS by the arena's extent hooks.", v->arena.purged_bytes);
-    ARENA_GAUGE("actstore_allocations_total", "counter",
-                "Allocations made in the arena.", v->arena.total.allocs);
-    ARENA_GAUGE("actstore_frees_total", "counter", "Frees made in the arena.",
-                v->arena.total.frees);
 
     family(b, "actstore_tag_live_bytes", "gauge", "Live bytes per allocation tag.");
     FOR_ARENA(i, v) for (size_t t = 0; t < v->arena.ntags && t < AS_TAG_MAX; t++)

@@ -131,17 +131,12 @@ static void put_arena(as__sb *b, const as__svc_view *v, bool full)
 {
     const as_arena_snapshot *a = &v->arena;
     as__sb_puts(b, "\"arena\":{");
-    put_kv_u64(b, "live_bytes", a->total.live_usable, false);
-    put_kv_u64(b, "peak_bytes", a->total.peak_usable, true);
-    put_kv_u64(b, "requested_bytes", a->total.live_requested, true);
-    put_kv_u64(b, "budget_bytes", a->budget_bytes, true);
-    put_kv_u64(b, "resident_bytes", a->resident, true);
-    put_kv_u64(b, "mapped_bytes", a->mapped, true);
-    put_kv_u64(b, "retained_bytes", a->retained, true);
-    put_kv_u64(b, "reserved_bytes", a->reserved_bytes, true);
-    put_kv_u64(b, "purged_bytes", a->purged_bytes, true);
-    put_kv_u64(b, "allocs", a->total.allocs, true);
-    put_kv_u64(b, "frees", a->total.frees, true);
+    bool comma = false;
+#define JSON_ROW(key, field) put_kv_u64(b, key, a->field, comma), comma = true;
+#define BOTH_ROW(key, name, type, help, field) JSON_ROW(key, field)
+    AS__SVC_ARENA(BOTH_ROW, JSON_ROW)
+#undef BOTH_ROW
+#undef JSON_ROW
     as__sb_puts(b, ",\"tags\":[");
     bool first = true;
     for (size_t t = 0; t < a->ntags && t < AS_TAG_MAX; t++) {

@@ -357,6 +357,14 @@ static void thread_main(void *arg)
     svc->loop_close_rc = uv_loop_close(&svc->loop);
 }
 
+/* The service's arrays, X(field, elements): allocated together when it is
+ * created (one missing fails the creation), freed by svc_free. */
+#define SVC_ARRAYS(X)                                                          \
+    X(labels, svc->nsrc) X(views, svc->nsrc) X(view_rc, svc->nsrc)            \
+    X(since_seq, svc->nsrc) X(scrape_peak, svc->nsrc)                         \
+    X(prev_peak_seen, svc->nsrc) X(tl_seqs, svc->tl_cap) X(tl_t, svc->tl_cap) \
+    X(tl_pts, svc->tl_cap * svc->nsrc) X(marks, svc->mk_cap)
+
 static void svc_free(as_service *svc)
 {
     if (!svc)
@@ -367,16 +375,9 @@ static void svc_free(as_service *svc)
                 svc->prov.release(svc->prov.ud, i, &svc->views[i]);
     if (svc->frame)
         as__frame_unref(svc->frame);
-    as__svc_free(svc->views);
-    as__svc_free(svc->view_rc);
-    as__svc_free(svc->since_seq);
-    as__svc_free(svc->scrape_peak);
-    as__svc_free(svc->prev_peak_seen);
-    as__svc_free(svc->tl_seqs);
-    as__svc_free(svc->tl_t);
-    as__svc_free(svc->tl_pts);
-    as__svc_free(svc->marks);
-    as__svc_free(svc->labels);
+#define FREE_ARRAY(f, n) as__svc_free(svc->f);
+    SVC_ARRAYS(FREE_ARRAY)
+#undef FREE_ARRAY
     as__svc_free(svc->dsrc);
     as__svc_free(svc);
 }
@@ -436,19 +437,11 @@ static int svc_create(const as_service_config *cfg, const char *const *labels,
     svc->prov = *prov;
     svc->tl_cap = c.timeline_points;
     svc->mk_cap = 16384;   /* ~75 s of marks at 50 steps/s, 4 marks a step */
-    svc->labels = as__svc_malloc(nsrc * sizeof *svc->labels);
-    svc->views = as__svc_malloc(nsrc * sizeof *svc->views);
-    svc->view_rc = as__svc_malloc(nsrc * sizeof *svc->view_rc);
-    svc->since_seq = as__svc_malloc(nsrc * sizeof(uint64_t));
-    svc->scrape_peak = as__svc_malloc(nsrc * sizeof(uint64_t));
-    svc->prev_peak_seen = as__svc_malloc(nsrc * sizeof(uint64_t));
-    svc->tl_seqs = as__svc_malloc(svc->tl_cap * sizeof(uint64_t));   /* (tl_cap) */
-    svc->tl_t = as__svc_malloc(svc->tl_cap * sizeof(uint64_t));      /* (tl_cap) */
-    svc->tl_pts = as__svc_malloc(svc->tl_cap * nsrc * sizeof *svc->tl_pts); /* (tl_cap, nsrc) */
-    svc->marks = as__svc_malloc(svc->mk_cap * sizeof *svc->marks);   /* (mk_cap) */
-    if (!svc->labels || !svc->views || !svc->view_rc || !svc->since_seq ||
-        !svc->scrape_peak || !svc->prev_peak_seen || !svc->tl_seqs || !svc->tl_t ||
-        !svc->tl_pts || !svc->marks) {
+    bool arrays = true;
+#define ALLOC_ARRAY(f, n) arrays &= (svc->f = as__svc_malloc((n) * sizeof *svc->f)) != NULL;
+    SVC_ARRAYS(ALLOC_ARRAY)
+#undef ALLOC_ARRAY
+    if (!arrays) {
         svc_free(svc);
         return as_set_err(err, errlen, AS_ENOMEM, "out of memory");
     }

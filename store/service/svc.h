@@ -186,6 +186,37 @@ struct as_service {
     atomic_uint_fast64_t st[16];
 };
 
+/* The arena figures of a source, in the order both renderings list them:
+ * BOTH(JSON key, Prometheus family, type, help, as_arena_snapshot field)
+ * rows go to the JSON snapshot (render.c) and to /metrics (metrics.c),
+ * JSON(key, field) rows to the JSON snapshot only. */
+#define AS__SVC_ARENA(BOTH, JSON)                                               \
+    BOTH("live_bytes", "actstore_live_bytes", "gauge",                          \
+         "Bytes live in the allocator arena (usable sizes, all tags).",        \
+         total.live_usable)                                                     \
+    BOTH("peak_bytes", "actstore_peak_bytes", "gauge",                          \
+         "Peak live bytes since the last peak reset (per training step).",     \
+         total.peak_usable)                                                     \
+    JSON("requested_bytes", total.live_requested)                               \
+    BOTH("budget_bytes", "actstore_budget_bytes", "gauge",                      \
+         "Allocation budget of the arena (0 = none).", budget_bytes)            \
+    BOTH("resident_bytes", "actstore_arena_resident_bytes", "gauge",            \
+         "Resident bytes of the jemalloc arena (last stats refresh).", resident) \
+    BOTH("mapped_bytes", "actstore_arena_mapped_bytes", "gauge",                \
+         "Mapped bytes of the jemalloc arena.", mapped)                         \
+    BOTH("retained_bytes", "actstore_arena_retained_bytes", "gauge",            \
+         "Retained (unmapped, reusable) bytes of the jemalloc arena.", retained) \
+    BOTH("reserved_bytes", "actstore_arena_reserved_bytes_total", "counter",    \
+         "Bytes reserved from the OS by the arena's extent hooks.",            \
+         reserved_bytes)                                                        \
+    BOTH("purged_bytes", "actstore_arena_purged_bytes_total", "counter",        \
+         "Bytes purged back to the OS by the arena's extent hooks.",           \
+         purged_bytes)                                                          \
+    BOTH("allocs", "actstore_allocations_total", "counter",                     \
+         "Allocations made in the arena.", total.allocs)                        \
+    BOTH("frees", "actstore_frees_total", "counter", "Frees made in the arena.", \
+         total.frees)
+
 /* The counters of as_service_stats: X(index name, field), in st[] order. */
 #define AS__SVC_STATS(X)                                                    \
     X(REQUESTS, requests) X(4XX, responses_4xx) X(5XX, responses_5xx)      \

@@ -22,4 +22,21 @@ static inline as_arena *arena_new(const as_arena_config *cfg)
     return a;
 }
 
+/* A snapshot of a with its whole timeline, asserting it is taken; the
+ * caller frees it. */
+static inline as_arena_snapshot arena_snap(as_arena *a)
+{
+    as_arena_snapshot s;
+    assert_int_equal(as_arena_snapshot_take(a, UINT64_MAX, &s), 0);
+    return s;
+}
+
+/* The id of layer name in a (registered, or found), asserting it. */
+static inline uint16_t arena_layer(as_arena *a, const char *name)
+{
+    uint16_t id;
+    assert_int_equal(as_arena_layer_register(a, name, &id), 0);
+    return id;
+}
+
 #endif

@@ -15,6 +15,18 @@
 
 #include "layers/ops.h"
 
+/* The kernel backends to test (builtin; oneDNN when built and started)
+ * into b; their count. Leaves the backend on builtin. */
+static inline int nbackends(as_op_backend *b)
+{
+    int n = 0;
+    b[n++] = AS_OP_BUILTIN;
+    if (as_op_set_backend(AS_OP_ONEDNN) == 0)
+        b[n++] = AS_OP_ONEDNN;
+    as_op_set_backend(AS_OP_BUILTIN);
+    return n;
+}
+
 /* y (N, out) = x (N, in) W^T + b, W (out, in). */
 static inline void affine_ref(int N, int in, int out, const double *x,
                               const double *W, const double *b, double *y)

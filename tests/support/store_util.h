@@ -74,6 +74,12 @@ static inline float *randv_from(uint64_t *rng, size_t n)
     return x;
 }
 
+/* An a x b f32 tensor of such values (the caller frees its data). */
+static inline as_tensor randt_from(uint64_t *rng, int64_t a, int64_t b)
+{
+    return t2(randv_from(rng, (size_t)(a * b)), AS_F32, a, b);
+}
+
 __attribute__((noinline, unused)) static void assert_contains(const char *hay,
                                                               const char *needle)
 {

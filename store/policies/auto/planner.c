@@ -523,12 +523,21 @@ void as__auto_note(as_store *s, const as_rep *r, size_t raw, bool planned)
     pthread_mutex_unlock(&pl->mu);
 }
 
-void as__auto_grad(as_store *s, const as_groups *g, uint32_t group)
+/* The store's planner with its lock held (NULL: none yet). With a planner,
+ * the saved-bytes budget is written under that lock. */
+static as_auto *planner_lock(as_store *s)
 {
     as_auto *pl = atomic_load_explicit(&s->planner, memory_order_acquire);
+    if (pl)
+        pthread_mutex_lock(&pl->mu);
+    return pl;
+}
+
+void as__auto_grad(as_store *s, const as_groups *g, uint32_t group)
+{
+    as_auto *pl = planner_lock(s);
     if (!pl)
         return;
-    pthread_mutex_lock(&pl->mu);
     size_t k = (size_t)g->layer * AS_KIND_COUNT + (size_t)g->kind;
     int32_t i = group && group <= pl->ng ? (int32_t)group : pl->idx[k];
     if (i) {
@@ -540,11 +549,10 @@ void as__auto_grad(as_store *s, const as_groups *g, uint32_t group)
 
 void as__auto_step_begin(as_store *s)
 {
-    as_auto *pl = atomic_load_explicit(&s->planner, memory_order_acquire);
+    as_auto *pl = planner_lock(s);
     if (!pl)
         return;
     uint64_t budget = atomic_load(&s->saved_budget);
-    pthread_mutex_lock(&pl->mu);
     pl->t0 = as_clock_wall_ns();
     pl->trial_ns_step = 0;
     /* The first two steps probe (the second times warm code). */
@@ -557,11 +565,9 @@ void as__auto_step_begin(as_store *s)
 
 void as__auto_step_end(as_store *s)
 {
-    as_auto *pl = atomic_load_explicit(&s->planner, memory_order_acquire);
+    as_auto *pl = planner_lock(s);
     if (!pl)
         return;
-    uint64_t budget = atomic_load(&s->saved_budget);
-    pthread_mutex_lock(&pl->mu);
     if (!pl->any_save) {   /* an evaluation or empty step */
         pl->fixed_step = pl->fixed_raw_step = 0;
         pthread_mutex_unlock(&pl->mu);
@@ -603,6 +609,7 @@ void as__auto_step_end(as_store *s)
         pl->last_probe = pl->steps;
         pl->measured = true;
     }
+    uint64_t budget = atomic_load(&s->saved_budget);
     if (probed || pl->need_plan || budget != pl->planned_for)
         as__auto_plan(pl, budget, atomic_load(&s->step));
     pl->steps++;
@@ -613,12 +620,11 @@ void as__auto_step_end(as_store *s)
 
 int as__auto_budget(as_store *s, uint64_t bytes)
 {
-    as_auto *pl = atomic_load_explicit(&s->planner, memory_order_acquire);
+    as_auto *pl = planner_lock(s);
     if (!pl) {
         atomic_store(&s->saved_budget, bytes);
         return 0;
     }
-    pthread_mutex_lock(&pl->mu);
     if (bytes && pl->measured && bytes < pl->min_bytes) {
         uint64_t minb = pl->min_bytes, keep = pl->keep_bytes;
         pthread_mutex_unlock(&pl->mu);
@@ -669,16 +675,11 @@ int as_store_report_grad(as_store *s, as_handle h, double norm)
                    "number", norm);
         return AS_EINVAL;
     }
-    as_item *it;
-    as_rep *r;
-    int rc = as__lookup_rep(s, h, &it, &r, "report_grad");
+    as_peek p;
+    int rc = as__peek(s, h, "report_grad", &p);
     if (rc < 0)
         return rc;
-    as_groups g = r->g;
-    uint32_t group = r->auto_group;
-    as__rep_unref(s, r);
-    as__item_unref(s, it);
-    as__auto_grad(s, &g, group);
+    as__auto_grad(s, &p.g, p.auto_group);
     return 0;
 }
 
@@ -690,10 +691,9 @@ int as_store_plan_take(as_store *s, as_store_plan *out)
     if (!s)
         return AS_EINVAL;
     out->budget = atomic_load(&s->saved_budget);
-    as_auto *pl = atomic_load_explicit(&s->planner, memory_order_acquire);
+    as_auto *pl = planner_lock(s);
     if (!pl)
         return 0;
-    pthread_mutex_lock(&pl->mu);
     out->active = true;
     out->measured = pl->measured;
     out->feasible = pl->feasible;

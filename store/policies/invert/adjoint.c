@@ -332,12 +332,16 @@ static void c1_border(const as__civ *ci, const float *xp, size_t xs, const float
         for (int sg = 0; sg < 2; sg++)
             for (int b = seg[sg][0]; b < seg[sg][1]; b += 4) {
                 const int nb = seg[sg][1] - b < 4 ? seg[sg][1] - b : 4;
+                /* the kernel columns over image columns for some point of
+                 * the group (the others read zeros): few in the side strips */
+                const int v0 = kw - b - nb > 0 ? kw - b - nb : 0;
+                const int v1 = W + kw - 1 - b < kw ? W + kw - 1 - b : kw;
                 for (int k0 = 0; k0 < ob; k0 += 8) {
                     v8 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
                     for (int u = u0; u < u1; u++) {
                         const float *xr = xp + (size_t)(a + u) * xs + b;
                         const float *wr = wblk + (size_t)u * kw * C1_OB + k0;
-                        for (int v = 0; v < kw; v++) {
+                        for (int v = v0; v < v1; v++) {
                             const v8 w0 = ld8(wr + (size_t)v * C1_OB);
                             c0 += xr[v] * w0;
                             c1 += xr[v + 1] * w0;
@@ -362,7 +366,7 @@ size_t as__civ_c1_work_need(const as__civ *ci, int n)
     const size_t NB = (((size_t)n + 1) / 2 + 7) / 8 * 8, E = 2 * NB, f4 = sizeof(float);
     const size_t Qs = (Q + 7) / 8 * 8, Pe = P + g->kh - 1, Qe = Qs + g->kw - 1;
     const size_t ob = g->cout < C1_OB ? (size_t)g->cout : C1_OB;
-    return as__civ_wround(f4 * Pe * Qe * ob) + as__civ_wround(f4 * P * Qs) +
+    return as__civ_wround(f4 * Pe * Qe * ob) + as__civ_wround(f4 * 8 * P * Qs) +
            as__civ_wround(f4 * ((g->h + 2 * (size_t)(g->kh - 1)) * (g->w + 2 * (size_t)(g->kw - 1)) + 3)) +
            2 * as__civ_wround(f4 * P * Q * E) +
            as__civ_wround(f4 * Q * E) + as__civ_wround(f4 * 2 * P * E);
@@ -459,6 +463,28 @@ static void c1_solve(const as__civ *ci, float *Ga, float *Gb, float *C, int NB)
     }
 }
 
+/* The correlations of 8 images (rows[k]: P x Qs, NULL: zeros) into 8
+ * lanes of a grid of P x Q elements E floats apart: 8 points of the 8
+ * images per step, transposed (rows are Qs >= Q floats, whole vectors). */
+AS__CIV_CLONES
+static void c1_scatter8(const float *const rows[8], int P, int Q, int Qs, float *dst, size_t E)
+{
+    for (int p = 0; p < P; p++) {
+        const float *rp[8];
+        for (int k = 0; k < 8; k++)
+            rp[k] = rows[k] ? rows[k] + (size_t)p * Qs : NULL;
+        float *dp = dst + (size_t)p * Q * E;
+        for (int q = 0; q < Qs; q += 8) {
+            v8 r[8];
+            for (int k = 0; k < 8; k++)
+                r[k] = rp[k] ? (v8)ld8(rp[k] + q) : (v8){0};
+            AS__CIV_T8(r);
+            for (int j = 0; j < 8 && q + j < Q; j++)
+                st8(dp + (size_t)(q + j) * E, r[j]);
+        }
+    }
+}
+
 int as__civ_restore_c1(as__civ *ci, uint64_t version, int n, const float *y,
                        const float *bias, const float *frame, float *x)
 {
@@ -482,7 +508,7 @@ int as__civ_restore_c1(as__civ *ci, uint64_t version, int n, const float *y,
         return AS_ENOMEM;
     float *fe = as__civ_wtake(&wk, sizeof(float) * (size_t)Pe * Qe *
                               (cout < C1_OB ? cout : C1_OB));
-    float *xt = as__civ_wtake(&wk, sizeof(float) * (size_t)P * Qs);
+    float *xt = as__civ_wtake(&wk, sizeof(float) * 8 * (size_t)P * Qs);   /* 8 images */
     /* the frame of an image, zero inside and padded by kh-1 rows and kw-1
      * columns (then the border's sums need no bounds; +3: the last group
      * of four points of a row reads up to 3 floats beyond) */
@@ -494,20 +520,26 @@ int as__civ_restore_c1(as__civ *ci, uint64_t version, int n, const float *y,
     float *C = as__civ_wtake(&wk, sizeof(float) * (size_t)2 * P * E);
     double t1 = as__civ_now_ms();
 
-    /* X~ image by image into lane (img mod N2) of half (img / N2) of Ga */
-    memset(Ga, 0, sizeof(float) * (size_t)P * Q * E);
+    /* X~ of 8 images at a time (lanes l0 .. l0+7 of one half of Ga: image
+     * lane + half * N2), then into Ga transposed, 8 points of the 8 images
+     * per step (every lane written: no image, zeros) */
     memset(xp, 0, sizeof(float) * ((H + 2 * (size_t)(kh - 1)) * xs + 3));
-    for (int img = 0; img < n; img++) {
-        if (flen)
-            as__civ_frame_put_one(ci, frame + (size_t)img * flen,
-                                  xp + (size_t)(kh - 1) * xs + kw - 1, xs);
-        c1_image(ci, img, y, bias, xp, xs, fe, xt);
-        const int lane = img < N2 ? img : img - N2, half = img < N2 ? 0 : 1;
-        float *dst = Ga + (size_t)half * NB + lane;
-        for (int p = 0; p < P; p++)
-            for (int q = 0; q < Q; q++)
-                dst[((size_t)p * Q + q) * E] = xt[(size_t)p * Qs + q];
-    }
+    for (int half = 0; half < 2; half++)
+        for (int l0 = 0; l0 < NB; l0 += 8) {
+            const float *rows[8];
+            for (int k = 0; k < 8; k++) {
+                const int img = l0 + k + half * N2;
+                float *xk = xt + (size_t)k * P * Qs;
+                rows[k] = l0 + k < N2 && img < n ? xk : NULL;
+                if (!rows[k])
+                    continue;
+                if (flen)
+                    as__civ_frame_put_one(ci, frame + (size_t)img * flen,
+                                          xp + (size_t)(kh - 1) * xs + kw - 1, xs);
+                c1_image(ci, img, y, bias, xp, xs, fe, xk);
+            }
+            c1_scatter8(rows, P, Q, Qs, Ga + (size_t)half * NB + l0, E);
+        }
     double t2 = as__civ_now_ms();
     c1_solve(ci, Ga, Gb, C, NB);
     double t3 = as__civ_now_ms();

@@ -318,6 +318,7 @@ typedef struct fgroup {
     size_t f0, nf;                   /* first frequency, end of the range */
     int kp[LANES], kq[LANES];
     int kqd[LANES], nkq;             /* distinct kq values of the lanes */
+    long dsel[LANES][LANES];         /* dsel[d][l]: lane l belongs to column kqd[d] */
     double eur[16][LANES], eui[16][LANES];   /* e^{-2 pi i kp (kh-1-u)/P}, kh <= 16 */
 } fgroup;
 
@@ -342,38 +343,48 @@ FSTEP void group_init(const as__civ_fctx *fc, size_t f0, size_t nf, fgroup *gr)
         if (k == gr->nkq)
             gr->kqd[gr->nkq++] = gr->kq[l];
     }
+    for (int d = 0; d < gr->nkq; d++)
+        for (int l = 0; l < LANES; l++)
+            gr->dsel[d][l] = gr->kq[l] == gr->kqd[d] ? -1 : 0;
+}
+
+/* The pair (re, im) at offset off of each lane's own column of a table
+ * whose columns (kq values) are cs doubles apart: one broadcast per
+ * distinct column, blended by lane. */
+FSTEP void lane_pair(const double *T, size_t cs, size_t off, const fgroup *gr,
+                     v8d *re, v8d *im)
+{
+    const double *t0 = T + (size_t)gr->kqd[0] * cs + off;
+    v8d tr = {0}, ti = {0};
+    tr += t0[0];
+    ti += t0[1];
+    for (int d = 1; d < gr->nkq; d++) {
+        const double *td = T + (size_t)gr->kqd[d] * cs + off;
+        const v8i64 m = *(const v8i64u *)gr->dsel[d];
+        v8d br = {0}, bi = {0};
+        br += td[0];
+        bi += td[1];
+        tr = (v8d)(((v8i64)br & m) | ((v8i64)tr & ~m));
+        ti = (v8d)(((v8i64)bi & m) | ((v8i64)ti & ~m));
+    }
+    *re = tr;
+    *im = ti;
 }
 
 /* A(f) (Cout x Cin) for M or the adjoint factor (a condition check alone
- * does not need it: the Gram matrix comes from Tg). The lanes span few
- * columns (kq values): each lane takes the row DFTs T of its own column,
- * blended from one broadcast per distinct column. */
+ * does not need it: the Gram matrix comes from Tg). Each lane takes the
+ * row DFTs T of its own column (lane_pair). */
 FSTEP void form_a(const as__civ_fctx *fc, const fgroup *gr, lanes_c *A)
 {
-    const int ci = fc->g.cin, co = fc->g.cout, kh = fc->g.kh, nkq = gr->nkq;
+    const int ci = fc->g.cin, co = fc->g.cout, kh = fc->g.kh;
     const size_t cs = 2 * (size_t)co * ci * kh;   /* T's stride between columns */
-    const double *t0 = fc->T + (size_t)gr->kqd[0] * cs;
-    long dsel[LANES][LANES];   /* dsel[d][l]: lane l belongs to column kqd[d] */
-    for (int d = 0; d < nkq; d++)
-        for (int l = 0; l < LANES; l++)
-            dsel[d][l] = gr->kq[l] == gr->kqd[d] ? -1 : 0;
     for (int o = 0; o < co; o++)
         for (int c = 0; c < ci; c++) {
             const size_t off = 2 * (((size_t)o * ci + c) * kh);
             v8d sr = {0}, si = {0};
             for (int u = 0; u < kh; u++) {
-                v8d tr = {0}, ti = {0};
-                tr += t0[off + 2 * u];
-                ti += t0[off + 2 * u + 1];
-                for (int d = 1; d < nkq; d++) {
-                    const double *td = fc->T + (size_t)gr->kqd[d] * cs + off;
-                    const v8i64 m = *(const v8i64u *)dsel[d];
-                    v8d br = {0}, bi = {0};
-                    br += td[2 * u];
-                    bi += td[2 * u + 1];
-                    tr = (v8d)(((v8i64)br & m) | ((v8i64)tr & ~m));
-                    ti = (v8d)(((v8i64)bi & m) | ((v8i64)ti & ~m));
-                }
+                v8d tr, ti;
+                lane_pair(fc->T, cs, off + 2 * u, gr, &tr, &ti);
                 const v8d er = *(const v8du *)gr->eur[u], ei = *(const v8du *)gr->eui[u];
                 sr += er * tr - ei * ti;
                 si += er * ti + ei * tr;
@@ -388,7 +399,7 @@ FSTEP void form_a(const as__civ_fctx *fc, const fgroup *gr, lanes_c *A)
  * Tg of its own column as in form_a. */
 FSTEP void form_gram(const as__civ_fctx *fc, const fgroup *gr, lanes_c *L)
 {
-    const int ci = fc->g.cin, nh = 2 * fc->g.kh - 1, nkq = gr->nkq;
+    const int ci = fc->g.cin, nh = 2 * fc->g.kh - 1;
     const size_t npair = (size_t)ci * (ci + 1) / 2, cs = 2 * npair * nh;
     v8d gpr[31], gpi[31];   /* e^{2 pi i kp du/P} */
     for (int l = 0; l < LANES; l++)
@@ -397,28 +408,13 @@ FSTEP void form_gram(const as__civ_fctx *fc, const fgroup *gr, lanes_c *L)
             gpr[du][l] = t[0];
             gpi[du][l] = t[1];
         }
-    long dsel[LANES][LANES];
-    for (int d = 0; d < nkq; d++)
-        for (int l = 0; l < LANES; l++)
-            dsel[d][l] = gr->kq[l] == gr->kqd[d] ? -1 : 0;
-    const double *t0 = fc->Tg + (size_t)gr->kqd[0] * cs;
     for (int i = 0; i < ci; i++)
         for (int j = 0; j <= i; j++) {
             const size_t off = 2 * ((size_t)i * (i + 1) / 2 + j) * nh;
             v8d sr = {0}, si = {0};
             for (int du = 0; du < nh; du++) {
-                v8d tr = {0}, ti = {0};
-                tr += t0[off + 2 * du];
-                ti += t0[off + 2 * du + 1];
-                for (int d = 1; d < nkq; d++) {
-                    const double *td = fc->Tg + (size_t)gr->kqd[d] * cs + off;
-                    const v8i64 m = *(const v8i64u *)dsel[d];
-                    v8d br = {0}, bi = {0};
-                    br += td[2 * du];
-                    bi += td[2 * du + 1];
-                    tr = (v8d)(((v8i64)br & m) | ((v8i64)tr & ~m));
-                    ti = (v8d)(((v8i64)bi & m) | ((v8i64)ti & ~m));
-                }
+                v8d tr, ti;
+                lane_pair(fc->Tg, cs, off + 2 * du, gr, &tr, &ti);
                 sr += gpr[du] * tr - gpi[du] * ti;
                 si += gpr[du] * ti + gpi[du] * tr;
             }
@@ -765,15 +761,25 @@ void as__civ_factor_range(as__civ_fctx *fc, size_t fbeg, size_t fend,
     const int ci = fc->g.cin;
     lanes_c *A = fc->A, *L = fc->L, *v = fc->v;
     double cond_max = cond_out ? *cond_out : 0;
+    if (m && fc->lu) {   /* square A: its LU factors (two groups in L, then A) */
+        for (size_t f0 = fbeg; f0 < fend; f0 += 2 * LANES) {
+            fgroup gr;
+            const int two = f0 + LANES < fend;
+            group_init(fc, f0, fend, &gr);
+            form_a(fc, &gr, A);
+            if (two) {
+                group_init(fc, f0 + LANES, fend, &gr);
+                form_a(fc, &gr, L);   /* Cin x Cin: L's size, unused by the LU */
+            }
+            as__civ_lu_group(A, two ? L : NULL, ci, v, f0, fend, fbeg, m);
+        }
+        return;
+    }
     for (size_t f0 = fbeg; f0 < fend; f0 += LANES) {
         fgroup gr;
         group_init(fc, f0, fend, &gr);
         if (m)
             form_a(fc, &gr, A);
-        if (m && fc->lu) {   /* square A: its LU factors, no Gram matrix */
-            as__civ_lu_group(A, ci, v, f0, fend, fbeg, m);
-            continue;
-        }
         form_gram(fc, &gr, L);
         double tr[LANES];
         gram_regularize(L, ci, eps_rel, tr);

@@ -246,20 +246,23 @@ static inline size_t as__civ_msz(const as__civ_geom *g, int path)
 }
 
 /* Frequencies the factorizations process in lockstep, and one complex
- * value of each (invert/factor.c, invert/lu.c). */
+ * value of each (invert/factor.c; invert/lu.c reads two such groups and
+ * factors their 16 lanes in float in the same 128 bytes per entry). */
 #define AS__CIV_LANES 8
 struct as__civ_lanes {
     double re[AS__CIV_LANES], im[AS__CIV_LANES];
 };
 
-/* The LU path (invert/lu.c). as__civ_lu_group: P A = L U of the lanes'
- * square A (n x n, A[r * n + c], overwritten; perm: n lanes of scratch)
- * into m (frequency f at m + (f - fbeg) * as__civ_msz(g, AS__CIV_PATH_LU))
- * for the lanes f0 + l < fend. as__civ_lu_solve_freq: x^ = A^-1 z^ at one
+/* The LU path (invert/lu.c). as__civ_lu_group: P A = L U of 16 lanes'
+ * square A (n x n, A[r * n + c]: frequencies f0 .. f0+7 from A, f0+8 ..
+ * f0+15 from A2, or none when A2 is NULL; factored in float in place over
+ * A; perm: n lanes of scratch) into m (frequency f at m + (f - fbeg) *
+ * as__civ_msz(g, AS__CIV_PATH_LU)) for the lanes f0 + l < fend.
+ * as__civ_lu_solve_freq: x^ = A^-1 z^ at one
  * frequency for all lanes from those factors f; z [re|im][n][NB], xo
  * [re|im][n][NB]; s = -1: conj(A). */
-void as__civ_lu_group(struct as__civ_lanes *A, int n, struct as__civ_lanes *perm, size_t f0,
-                      size_t fend, size_t fbeg, float *m);
+void as__civ_lu_group(struct as__civ_lanes *A, const struct as__civ_lanes *A2, int n,
+                      struct as__civ_lanes *perm, size_t f0, size_t fend, size_t fbeg, float *m);
 void as__civ_lu_solve_freq(const float *f, float s, const float *z, float *xo, int n, int NB);
 
 /* x^ = M z^ at one frequency for all lanes (invert/restore.c): mr, mi Cin x

@@ -279,6 +279,16 @@ static void geom_of(const as_conv_meta *m, as__civ_geom *g)
                          .groups = one_if_zero(m->groups)};
 }
 
+/* Whether t is the conv input in a channel-blocked layout, (N, ceil(Cin /
+ * L), H, W, L) for some lane count L > 1 (a framework's nChw16c): the same
+ * values in another order, which the solver (NCHW) does not read. */
+static bool is_channel_blocked(const as_conv_meta *m, const as_tensor *t)
+{
+    const int64_t *d = t->shape;
+    return t->ndim == 5 && d[4] > 1 && d[0] == m->n && d[1] == (m->cin + d[4] - 1) / d[4] &&
+           d[2] == m->h && d[3] == m->w;
+}
+
 static int solve_applies(const as_save_info *info, const as_tensor *t,
                          char *why, size_t whylen)
 {
@@ -286,6 +296,12 @@ static int solve_applies(const as_save_info *info, const as_tensor *t,
     if (t->dtype != AS_F32) {
         snprintf(why, whylen, "dtype %s (inversion needs f32)",
                  as_dtype_name(t->dtype));
+        return AS_ENOTSUP;
+    }
+    if (is_channel_blocked(m, t)) {
+        snprintf(why, whylen, "layout: channel-blocked (N, C/%lld, H, W, %lld) "
+                 "input (the solver reads NCHW)", (long long)t->shape[4],
+                 (long long)t->shape[4]);
         return AS_ENOTSUP;
     }
     if (t->ndim != 4 || t->shape[0] != m->n || t->shape[1] != m->cin ||

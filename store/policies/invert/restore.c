@@ -119,46 +119,72 @@ void as__civ_frame_extract(const as__civ_geom *g, int n, const float *x, float *
 }
 
 /* x^(f) = M(f) z^(f) for all lanes at one frequency. z: [re|im][Cout][NB],
- * xo: [re|im][Cin][NB]; s = -1 applies conj(M). Blocks of 4 input channels
- * x 8 lanes keep their 8 accumulators in registers over the Cout loop. */
+ * xo: [re|im][Cin][NB]; s = -1 applies conj(M), as conj(M conj(z)) (the
+ * imaginary parts negated on load and store, M never scaled). Blocks of 4
+ * input channels x 8 lanes keep their 8 accumulators in registers over the
+ * Cout loop, two fused multiply-adds per part and entry. */
 AS__CIV_CLONES
 void as__civ_solve_freq(const float *mr, const float *mi, float s, const float *z,
                        float *xo, int ci, int co, int NB)
 {
     const float *zr = z, *zi = z + (size_t)co * NB;
     float *xr = xo, *xi = xo + (size_t)ci * NB;
+    const v8 sg = (v8){0} + s;
     for (int l0 = 0; l0 < NB; l0 += 8) {
         int c = 0;
         for (; c + 4 <= ci; c += 4) {
             v8 r0 = {0}, r1 = {0}, r2 = {0}, r3 = {0}, i0 = {0}, i1 = {0}, i2 = {0}, i3 = {0};
             const float *m0 = mr + (size_t)c * co, *n0 = mi + (size_t)c * co;
             for (int o = 0; o < co; o++) {
-                const v8 pr = ld8(zr + (size_t)o * NB + l0), pi = ld8(zi + (size_t)o * NB + l0);
+                const v8 pr = ld8(zr + (size_t)o * NB + l0), pi = sg * ld8(zi + (size_t)o * NB + l0);
                 float a, b;
 #define STEP(q, R, I)                                                          \
                 a = m0[(size_t)(q) * co + o];                                  \
-                b = s * n0[(size_t)(q) * co + o];                              \
-                R += a * pr - b * pi;                                          \
-                I += a * pi + b * pr;
+                b = n0[(size_t)(q) * co + o];                                  \
+                R = R + a * pr - b * pi;                                       \
+                I = I + a * pi + b * pr;
                 STEP(0, r0, i0) STEP(1, r1, i1) STEP(2, r2, i2) STEP(3, r3, i3)
 #undef STEP
             }
-            st8(xr + (size_t)(c + 0) * NB + l0, r0); st8(xi + (size_t)(c + 0) * NB + l0, i0);
-            st8(xr + (size_t)(c + 1) * NB + l0, r1); st8(xi + (size_t)(c + 1) * NB + l0, i1);
-            st8(xr + (size_t)(c + 2) * NB + l0, r2); st8(xi + (size_t)(c + 2) * NB + l0, i2);
-            st8(xr + (size_t)(c + 3) * NB + l0, r3); st8(xi + (size_t)(c + 3) * NB + l0, i3);
+            st8(xr + (size_t)(c + 0) * NB + l0, r0); st8(xi + (size_t)(c + 0) * NB + l0, sg * i0);
+            st8(xr + (size_t)(c + 1) * NB + l0, r1); st8(xi + (size_t)(c + 1) * NB + l0, sg * i1);
+            st8(xr + (size_t)(c + 2) * NB + l0, r2); st8(xi + (size_t)(c + 2) * NB + l0, sg * i2);
+            st8(xr + (size_t)(c + 3) * NB + l0, r3); st8(xi + (size_t)(c + 3) * NB + l0, sg * i3);
         }
         for (; c < ci; c++) {
             v8 r = {0}, i = {0};
             for (int o = 0; o < co; o++) {
-                const v8 pr = ld8(zr + (size_t)o * NB + l0), pi = ld8(zi + (size_t)o * NB + l0);
-                const float a = mr[(size_t)c * co + o], b = s * mi[(size_t)c * co + o];
-                r += a * pr - b * pi;
-                i += a * pi + b * pr;
+                const v8 pr = ld8(zr + (size_t)o * NB + l0), pi = sg * ld8(zi + (size_t)o * NB + l0);
+                const float a = mr[(size_t)c * co + o], b = mi[(size_t)c * co + o];
+                r = r + a * pr - b * pi;
+                i = i + a * pi + b * pr;
             }
             st8(xr + (size_t)c * NB + l0, r);
-            st8(xi + (size_t)c * NB + l0, i);
+            st8(xi + (size_t)c * NB + l0, sg * i);
         }
+    }
+}
+
+/* x[c][s..s+15] = sum_o m[c][o] y[o][s..s+15] - mb[c] for 8 channels c (m
+ * rows cout apart, y rows ys apart, x rows xs apart). */
+static inline __attribute__((always_inline)) void
+pointwise_16x8(const float *m, int cout, const float *y, size_t ys, const float *mb, float *x,
+               size_t xs)
+{
+    v8 a[8], b[8];
+    for (int k = 0; k < 8; k++)
+        a[k] = b[k] = (v8){0};
+    for (int o = 0; o < cout; o++) {
+        const v8 yv = ld8(y + o * ys), yw = ld8(y + o * ys + 8);
+        for (int k = 0; k < 8; k++) {
+            const float q = m[(size_t)k * cout + o];
+            a[k] += q * yv;
+            b[k] += q * yw;
+        }
+    }
+    for (int k = 0; k < 8; k++) {
+        st8(x + k * xs, a[k] - mb[k]);
+        st8(x + k * xs + 8, b[k] - mb[k]);
     }
 }
 
@@ -194,10 +220,13 @@ static void restore_pointwise(const as__civ *ci, int n, const float *y,
                 const size_t ys = (size_t)ho * wo;
                 float *xr = x + ((size_t)img * cin + c0) * H * W + (size_t)r * rw;
                 int s0 = 0;
-                /* 16 pixels x 4 channels: 8 accumulators, 2 loads and 4
-                 * weights per output channel */
+                /* 16 pixels x 8 channels: 16 accumulators, 2 loads and 8
+                 * weights per output channel; then 16 x 4 */
                 for (; s0 + 16 <= rw; s0 += 16) {
                     int c = 0;
+                    for (; c + 8 <= cn; c += 8)
+                        pointwise_16x8(m + (size_t)(c0 + c) * cout, cout, yr + s0, ys,
+                                       mb + c, xr + (size_t)c * H * W + s0, (size_t)H * W);
                     for (; c + 4 <= cn; c += 4) {
                         const float *m0 = m + (size_t)(c0 + c) * cout;
                         v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
