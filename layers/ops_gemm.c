@@ -26,11 +26,12 @@
  * AVX-512 F/BW/DQ/VL -> SkylakeX, AVX2 + FMA -> Haswell. OPENBLAS_CORETYPE
  * already set wins; AS_BLAS_CORE=openblas keeps OpenBLAS's own detection.
  *
- * OpenMP waiting. libgomp's idle threads spin before they sleep; when the
- * cores are shared with other processes a spinning thread burns the time
- * slice the thread it waits for needs (docs/training.md, "Threads").
- * OMP_WAIT_POLICY=passive is added unless OMP_WAIT_POLICY or
- * GOMP_SPINCOUNT is set.
+ * OpenMP waiting. libgomp's idle threads spin (300000 turns) before they
+ * sleep; when the cores are shared with other processes a spinning thread
+ * burns the time slice the thread it waits for needs, and sleeping at once
+ * (passive) makes every short parallel region pay a wake-up on a quiet
+ * machine (docs/training.md, "Threads"). GOMP_SPINCOUNT=5000, a short
+ * spin, is added unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set.
  *
  * Both are read in library constructors, and glibc restores the startup
  * environment after .preinit_array runs: so an entry of the executable's
@@ -81,22 +82,23 @@ static const char *blas_core_choice(char **envp, const char **tag)
     return NULL;
 }
 
-/* The OMP_WAIT_POLICY entry to add (and its tag) or NULL; sets omp_wait_how. */
+/* The GOMP_SPINCOUNT entry to add (and its tag) or NULL; sets omp_wait_how. */
+#define OMP_SPIN "5000"
 static const char *omp_wait_choice(char **envp, const char **tag)
 {
-    const char *set = env_of(envp, "OMP_WAIT_POLICY");
-    if (set) {
+    if (env_of(envp, "OMP_WAIT_POLICY")) {
+        omp_wait_how = "OMP_WAIT_POLICY";
+        return NULL;
+    }
+    const char *set = env_of(envp, "GOMP_SPINCOUNT");
+    if (set) {   /* ours (the tag holds the same count) or the user's */
         const char *f = env_of(envp, "AS_OMP_WAIT_FORCED");
-        omp_wait_how = f && !strcmp(f, set) ? "passive (set by actstore)"
-                                            : "OMP_WAIT_POLICY";
+        omp_wait_how = f && !strcmp(f, set) ? "spin " OMP_SPIN " (set by actstore)"
+                                            : "GOMP_SPINCOUNT";
         return NULL;
     }
-    if (env_of(envp, "GOMP_SPINCOUNT")) {
-        omp_wait_how = "GOMP_SPINCOUNT";
-        return NULL;
-    }
-    *tag = "AS_OMP_WAIT_FORCED=passive";
-    return "OMP_WAIT_POLICY=passive";
+    *tag = "AS_OMP_WAIT_FORCED=" OMP_SPIN;
+    return "GOMP_SPINCOUNT=" OMP_SPIN;
 }
 
 static void env_preinit(int argc, char **argv, char **envp)
