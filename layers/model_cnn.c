@@ -102,31 +102,37 @@ static int leaky_fwd_chained(as_nn_ctx *c, as_nn_act *l, const as_tensor *t,
     return as_nn_save(c, &info, t, &l->h);
 }
 
-bool as_nn_cnn_layout_free(const char *spec)
+/* Whether the one policy term [q, end) (name and arguments, no fallback)
+ * reads tensors in any layout: the byte-keeping and elementwise policies,
+ * and invert deriving its inputs from the model's relations (which run in
+ * either layout; an input it would solve falls back on a blocked tensor,
+ * so invert::::solve runs NCHW). */
+static bool term_layout_free(const char *q, const char *end)
 {
     static const char *const ok[] = {"keep", "borrow", "sign", "fewbit", "bitpack",
                                      "zstd", "fp16", "bf16", "offload"};
+    const size_t n = strcspn(q, ":|; \t");
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        if (n == strlen(ok[i]) && !strncmp(q, ok[i], n))
+            return true;
+    if (n != 6 || strncmp(q, "invert", 6))
+        return false;
+    for (const char *a = q; a + 5 <= end; a++)
+        if (!strncmp(a, "solve", 5))
+            return false;
+    return true;
+}
+
+bool as_nn_cnn_layout_free(const char *spec)
+{
     const char *p = spec;
     while (*p) {
         const char *end = p + strcspn(p, ";");
         const char *eq = memchr(p, '=', (size_t)(end - p));
         for (const char *q = eq ? eq + 1 : end; q < end;) {
             q += strspn(q, " \t");
-            size_t n = strcspn(q, ":|; \t");
             const char *bar = memchr(q, '|', (size_t)(end - q));
-            bool found = false;
-            for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
-                found |= n == strlen(ok[i]) && !strncmp(q, ok[i], n);
-            /* invert deriving its inputs from the model's relations (which
-             * run in either layout); one it would solve falls back to its
-             * fallback on a blocked tensor, so solve-only runs NCHW */
-            if (n == 6 && !strncmp(q, "invert", 6)) {
-                const char *args_end = bar ? bar : end;
-                found = true;
-                for (const char *a = q; a + 5 <= args_end && found; a++)
-                    found = strncmp(a, "solve", 5) != 0;
-            }
-            if (!found)
+            if (!term_layout_free(q, bar ? bar : end))
                 return false;
             q = bar ? bar + 1 : end;
         }
